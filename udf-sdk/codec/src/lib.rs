@@ -1,0 +1,426 @@
+//! The Weir record encoding, version 1 (see `docs/udf-abi.md`).
+//!
+//! Every record that crosses the UDF boundary, sits in a block or goes
+//! through a shuffle is a *value* in this encoding. It is shared by the host
+//! (the engine) and the guest SDK, so it is `no_std` + `alloc`.
+//!
+//! The encoding is canonical by construction: every value has exactly one
+//! byte representation (fixed-width integers and lengths, NaN canonicalised by
+//! the host when it validates guest output). The engine therefore hashes,
+//! compares and groups keys by their raw bytes without decoding them, and two
+//! guests written in different languages that produce the same value produce
+//! the same bytes.
+//!
+//! ```text
+//! value  := 0x00                         null
+//!         | 0x01 | 0x02                  false | true
+//!         | 0x03 i64le                   64-bit signed integer
+//!         | 0x04 f64le                   IEEE-754 binary64
+//!         | 0x05 u32le(len) utf8[len]    string
+//!         | 0x06 u32le(len) byte[len]    bytes
+//!         | 0x07 u32le(n) value[n]       tuple (a pair is a 2-tuple)
+//!         | 0x08 u32le(n) value[n]       list
+//! batch  := u32le(count) value[count]
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub mod display;
+mod value;
+
+pub use value::Value;
+
+pub const TAG_NULL: u8 = 0x00;
+pub const TAG_FALSE: u8 = 0x01;
+pub const TAG_TRUE: u8 = 0x02;
+pub const TAG_I64: u8 = 0x03;
+pub const TAG_F64: u8 = 0x04;
+pub const TAG_STR: u8 = 0x05;
+pub const TAG_BYTES: u8 = 0x06;
+pub const TAG_TUPLE: u8 = 0x07;
+pub const TAG_LIST: u8 = 0x08;
+
+/// The one NaN bit pattern a valid value may carry.
+pub const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
+
+/// Nesting deeper than this is refused (it protects the host's stack).
+pub const MAX_DEPTH: usize = 64;
+
+/// What is wrong with a buffer, and at which byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecError {
+    pub offset: usize,
+    pub what: &'static str,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at byte {}", self.what, self.offset)
+    }
+}
+
+fn err<T>(offset: usize, what: &'static str) -> Result<T, CodecError> {
+    Err(CodecError { offset, what })
+}
+
+// ---------------------------------------------------------------- writing
+
+/// Appends encoded values to a byte vector.
+///
+/// Containers are written header-first: `tuple(n)` / `list(n)` followed by
+/// exactly `n` values. When the count is not known in advance, write a
+/// placeholder with [`Writer::list_placeholder`] and patch it.
+pub struct Writer<'a> {
+    pub buf: &'a mut Vec<u8>,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(buf: &'a mut Vec<u8>) -> Self {
+        Writer { buf }
+    }
+    #[inline]
+    pub fn null(&mut self) {
+        self.buf.push(TAG_NULL);
+    }
+    #[inline]
+    pub fn bool(&mut self, b: bool) {
+        self.buf.push(if b { TAG_TRUE } else { TAG_FALSE });
+    }
+    #[inline]
+    pub fn i64(&mut self, v: i64) {
+        self.buf.push(TAG_I64);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    #[inline]
+    pub fn f64(&mut self, v: f64) {
+        let bits = if v.is_nan() {
+            CANONICAL_NAN
+        } else {
+            v.to_bits()
+        };
+        self.buf.push(TAG_F64);
+        self.buf.extend_from_slice(&bits.to_le_bytes());
+    }
+    #[inline]
+    pub fn str(&mut self, s: &str) {
+        self.buf.push(TAG_STR);
+        self.buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+    #[inline]
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.buf.push(TAG_BYTES);
+        self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(b);
+    }
+    #[inline]
+    pub fn tuple(&mut self, n: u32) {
+        self.buf.push(TAG_TUPLE);
+        self.buf.extend_from_slice(&n.to_le_bytes());
+    }
+    #[inline]
+    pub fn list(&mut self, n: u32) {
+        self.buf.push(TAG_LIST);
+        self.buf.extend_from_slice(&n.to_le_bytes());
+    }
+    /// Writes a list header with count 0 and returns where to patch it.
+    pub fn list_placeholder(&mut self) -> usize {
+        self.buf.push(TAG_LIST);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        at
+    }
+    /// Appends an already-encoded value verbatim.
+    #[inline]
+    pub fn raw(&mut self, encoded: &[u8]) {
+        self.buf.extend_from_slice(encoded);
+    }
+}
+
+/// Patches a `u32le` count written earlier at `at`.
+pub fn patch_u32(buf: &mut [u8], at: usize, n: u32) {
+    buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
+}
+
+/// Builds a batch: `u32le(count)` followed by the values.
+#[derive(Default, Clone)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes + 4);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        BatchBuilder { buf, count: 0 }
+    }
+    /// Appends one already-encoded record.
+    #[inline]
+    pub fn push_raw(&mut self, encoded: &[u8]) {
+        self.buf.extend_from_slice(encoded);
+        self.count += 1;
+    }
+    /// Appends one record written through a [`Writer`].
+    #[inline]
+    pub fn push_with(&mut self, f: impl FnOnce(&mut Writer<'_>)) {
+        f(&mut Writer::new(&mut self.buf));
+        self.count += 1;
+    }
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    pub fn finish(mut self) -> Vec<u8> {
+        patch_u32(&mut self.buf, 0, self.count);
+        self.buf
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+#[inline]
+fn read_u32(buf: &[u8], at: usize) -> Result<u32, CodecError> {
+    match buf.get(at..at + 4) {
+        Some(b) => Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        None => err(at, "truncated u32"),
+    }
+}
+
+#[inline]
+fn read_u64(buf: &[u8], at: usize) -> Result<u64, CodecError> {
+    match buf.get(at..at + 8) {
+        Some(b) => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(u64::from_le_bytes(a))
+        }
+        None => err(at, "truncated 8-byte scalar"),
+    }
+}
+
+/// Returns the end offset of the value starting at `at`, without checking
+/// UTF-8 or NaNs (use [`validate_value`] for untrusted input).
+pub fn skip_value(buf: &[u8], at: usize) -> Result<usize, CodecError> {
+    skip_inner(buf, at, 0)
+}
+
+fn skip_inner(buf: &[u8], at: usize, depth: usize) -> Result<usize, CodecError> {
+    let Some(&tag) = buf.get(at) else {
+        return err(at, "truncated value (missing tag)");
+    };
+    match tag {
+        TAG_NULL | TAG_FALSE | TAG_TRUE => Ok(at + 1),
+        TAG_I64 | TAG_F64 => {
+            if buf.len() < at + 9 {
+                return err(at, "truncated 8-byte scalar");
+            }
+            Ok(at + 9)
+        }
+        TAG_STR | TAG_BYTES => {
+            let len = read_u32(buf, at + 1)? as usize;
+            let end = at + 5 + len;
+            if end > buf.len() {
+                return err(at, "string/bytes length runs past the end of the buffer");
+            }
+            Ok(end)
+        }
+        TAG_TUPLE | TAG_LIST => {
+            if depth >= MAX_DEPTH {
+                return err(at, "values nested too deeply");
+            }
+            let n = read_u32(buf, at + 1)?;
+            let mut p = at + 5;
+            for _ in 0..n {
+                p = skip_inner(buf, p, depth + 1)?;
+            }
+            Ok(p)
+        }
+        _ => err(at, "unknown type tag"),
+    }
+}
+
+/// Validates the value at `at` (structure, UTF-8, depth) and rewrites any
+/// non-canonical NaN to the canonical one in place. Returns its end offset.
+pub fn validate_value(buf: &mut [u8], at: usize) -> Result<usize, CodecError> {
+    validate_inner(buf, at, 0)
+}
+
+fn validate_inner(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, CodecError> {
+    let Some(&tag) = buf.get(at) else {
+        return err(at, "truncated value (missing tag)");
+    };
+    match tag {
+        TAG_NULL | TAG_FALSE | TAG_TRUE => Ok(at + 1),
+        TAG_I64 => {
+            read_u64(buf, at + 1)?;
+            Ok(at + 9)
+        }
+        TAG_F64 => {
+            let bits = read_u64(buf, at + 1)?;
+            if f64::from_bits(bits).is_nan() && bits != CANONICAL_NAN {
+                buf[at + 1..at + 9].copy_from_slice(&CANONICAL_NAN.to_le_bytes());
+            }
+            Ok(at + 9)
+        }
+        TAG_STR | TAG_BYTES => {
+            let len = read_u32(buf, at + 1)? as usize;
+            let end = (at + 5).checked_add(len).filter(|&e| e <= buf.len());
+            let Some(end) = end else {
+                return err(at, "string/bytes length runs past the end of the buffer");
+            };
+            if tag == TAG_STR && core::str::from_utf8(&buf[at + 5..end]).is_err() {
+                return err(at, "string is not valid UTF-8");
+            }
+            Ok(end)
+        }
+        TAG_TUPLE | TAG_LIST => {
+            if depth >= MAX_DEPTH {
+                return err(at, "values nested too deeply");
+            }
+            let n = read_u32(buf, at + 1)?;
+            let mut p = at + 5;
+            for _ in 0..n {
+                p = validate_inner(buf, p, depth + 1)?;
+            }
+            Ok(p)
+        }
+        _ => err(at, "unknown type tag"),
+    }
+}
+
+/// Validates a whole batch (see [`validate_value`]); returns its record count.
+/// Trailing bytes after the last record are an error.
+pub fn validate_batch(buf: &mut [u8]) -> Result<u32, CodecError> {
+    let count = read_u32(buf, 0)?;
+    let mut p = 4;
+    for _ in 0..count {
+        p = validate_value(buf, p)?;
+    }
+    if p != buf.len() {
+        return err(p, "trailing bytes after the last record of the batch");
+    }
+    Ok(count)
+}
+
+/// Iterates over the raw records of a batch that is known to be valid
+/// (produced by the engine or checked by [`validate_batch`]).
+#[derive(Clone)]
+pub struct Records<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    left: u32,
+}
+
+impl<'a> Records<'a> {
+    pub fn new(batch: &'a [u8]) -> Result<Self, CodecError> {
+        Ok(Records {
+            buf: batch,
+            pos: 4,
+            left: read_u32(batch, 0)?,
+        })
+    }
+    pub fn remaining(&self) -> u32 {
+        self.left
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<&'a [u8], CodecError>;
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        match skip_value(self.buf, self.pos) {
+            Ok(end) => {
+                let r = &self.buf[self.pos..end];
+                self.pos = end;
+                Some(Ok(r))
+            }
+            Err(e) => {
+                self.left = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Splits an encoded 2-tuple into the raw bytes of its key and its value.
+pub fn split_pair(rec: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
+    if rec.first() != Some(&TAG_TUPLE) || read_u32(rec, 1)? != 2 {
+        return err(0, "expected a (key, value) pair");
+    }
+    let k_end = skip_value(rec, 5)?;
+    let v_end = skip_value(rec, k_end)?;
+    Ok((&rec[5..k_end], &rec[k_end..v_end]))
+}
+
+/// Writes the 2-tuple `(key, value)` from two already-encoded values.
+#[inline]
+pub fn write_pair(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    out.push(TAG_TUPLE);
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+}
+
+/// Reads the elements of an encoded list or tuple as raw values.
+pub fn elements(v: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
+    match v.first() {
+        Some(&TAG_TUPLE) | Some(&TAG_LIST) => {}
+        _ => return err(0, "expected a list or tuple"),
+    }
+    let n = read_u32(v, 1)?;
+    let mut out = Vec::with_capacity(n as usize);
+    let mut p = 5;
+    for _ in 0..n {
+        let e = skip_value(v, p)?;
+        out.push(&v[p..e]);
+        p = e;
+    }
+    Ok(out)
+}
+
+/// Decodes a scalar i64 value.
+pub fn as_i64(v: &[u8]) -> Option<i64> {
+    if v.first() == Some(&TAG_I64) {
+        read_u64(v, 1).ok().map(|b| b as i64)
+    } else {
+        None
+    }
+}
+
+/// Decodes a string value.
+pub fn as_str(v: &[u8]) -> Option<&str> {
+    if v.first() == Some(&TAG_STR) {
+        let len = read_u32(v, 1).ok()? as usize;
+        core::str::from_utf8(v.get(5..5 + len)?).ok()
+    } else {
+        None
+    }
+}
+
+/// Encodes a single i64 value.
+pub fn encode_i64(v: i64) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    out[0] = TAG_I64;
+    out[1..].copy_from_slice(&v.to_le_bytes());
+    out
+}
+
+pub(crate) fn lossy(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).into_owned()
+}

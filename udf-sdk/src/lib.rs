@@ -1,0 +1,414 @@
+//! Weir UDF SDK: write a plain Rust function, get an ABI v1 WebAssembly export.
+//!
+//! ```ignore
+//! #[weir_udf::flat_map]
+//! fn split(line: &str) -> impl Iterator<Item = &str> {
+//!     line.split(' ').filter(|w| !w.is_empty())
+//! }
+//!
+//! #[weir_udf::map]
+//! fn pair(word: &str) -> (&str, i64) {
+//!     (word, 1)
+//! }
+//!
+//! #[weir_udf::reduce]
+//! fn sum(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//! ```
+//!
+//! Build with `cargo build --target wasm32-unknown-unknown --release` as a
+//! `cdylib`. Each attribute exports the function as `<kind>:<name>` with the
+//! batch-at-a-time calling convention of `docs/udf-abi.md`; the SDK decodes the
+//! batch in place (a `&str` argument borrows from the input buffer, no copy),
+//! calls the function once per record (or group), and encodes the results into
+//! one output buffer. A function may return `Result<T, E>` with `E: Display`:
+//! an `Err` fails the call with that message, which reaches the user with the
+//! module, export and batch named. A panic traps; its message is logged
+//! through the `weir.log` import first so the host can attach it to the error.
+//!
+//! The function kinds and their Rust shapes:
+//!
+//! | attribute | signature |
+//! |---|---|
+//! | `map` | `fn(T) -> U` |
+//! | `flat_map` | `fn(T) -> impl IntoIterator<Item = U>` |
+//! | `filter` | `fn(T) -> bool` (or `fn(&T) -> bool`) |
+//! | `key_by` | `fn(T) -> K` |
+//! | `map_partitions` | `fn(Records<T>) -> impl IntoIterator<Item = U>` |
+//! | `reduce` | `fn(V, V) -> V` |
+//! | `update` | `fn(Vec<V>, Option<S>) -> Option<S>` or `fn(K, Vec<V>, Option<S>) -> Option<S>` |
+//! | `map_with_state` | `fn(K, Option<V>, &mut State<S>) -> U` |
+
+extern crate alloc;
+
+mod types;
+
+pub use types::{Bytes, FromValue, Raw, ToValue};
+pub use weir_codec as codec;
+pub use weir_codec::Value;
+pub use weir_udf_macros::{
+    filter, flat_map, key_by, map, map_partitions, map_with_state, reduce, update,
+};
+
+/// The ABI version this SDK implements.
+pub const ABI_VERSION: i32 = 1;
+
+/// Logs a line through the host (rate-limited by the host; never affects outputs).
+pub fn log(msg: &str) {
+    rt::host_log(msg)
+}
+
+/// The records of a partition, decoded lazily, for `map_partitions`.
+pub struct Records<'a, T> {
+    inner: codec::Records<'a>,
+    error: &'a core::cell::RefCell<Option<String>>,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'a, T: FromValue<'a>> Iterator for Records<'a, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        if self.error.borrow().is_some() {
+            return None;
+        }
+        match self.inner.next()? {
+            Ok(raw) => match T::from_value(raw) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    *self.error.borrow_mut() = Some(e);
+                    None
+                }
+            },
+            Err(e) => {
+                *self.error.borrow_mut() = Some(e.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// The state of one key in `map_with_state` (Spark's `State[S]`).
+pub struct State<S> {
+    value: Option<S>,
+    timing_out: bool,
+}
+
+impl<S> State<S> {
+    pub fn exists(&self) -> bool {
+        self.value.is_some()
+    }
+    pub fn get(&self) -> Option<&S> {
+        self.value.as_ref()
+    }
+    pub fn update(&mut self, s: S) {
+        self.value = Some(s);
+    }
+    pub fn remove(&mut self) {
+        self.value = None;
+    }
+    /// True when this call is the key's timeout call (no value).
+    pub fn is_timing_out(&self) -> bool {
+        self.timing_out
+    }
+}
+
+/// The glue the attribute macros expand to. Not a stable API.
+#[doc(hidden)]
+pub mod rt {
+    use super::*;
+    use core::cell::RefCell;
+    use weir_codec::{patch_u32, Records as RawRecords, Writer, TAG_LIST, TAG_NULL, TAG_TUPLE};
+
+    thread_local! {
+        static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(target_family = "wasm")]
+    #[link(wasm_import_module = "weir")]
+    extern "C" {
+        #[link_name = "log"]
+        fn weir_log(ptr: *const u8, len: usize);
+    }
+
+    pub fn host_log(msg: &str) {
+        #[cfg(target_family = "wasm")]
+        unsafe {
+            weir_log(msg.as_ptr(), msg.len())
+        }
+        #[cfg(not(target_family = "wasm"))]
+        let _ = msg;
+    }
+
+    #[no_mangle]
+    pub extern "C" fn weir_abi_version() -> i32 {
+        ABI_VERSION
+    }
+
+    /// Allocates `len` bytes for the host to write a batch into.
+    #[no_mangle]
+    pub extern "C" fn weir_alloc(len: usize) -> *mut u8 {
+        install_panic_hook();
+        let mut v: Vec<u8> = Vec::with_capacity(len.max(1));
+        let p = v.as_mut_ptr();
+        core::mem::forget(v);
+        p
+    }
+
+    fn install_panic_hook() {
+        use std::sync::Once;
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| host_log(&format!("panic: {info}"))));
+        });
+    }
+
+    fn pack(ptr: *const u8, len: usize, error: bool) -> i64 {
+        let v = (ptr as usize as u64 & 0xffff_ffff) | ((len as u64 & 0x7fff_ffff) << 32);
+        (if error { v | (1 << 63) } else { v }) as i64
+    }
+
+    /// Runs one call: takes ownership of the input buffer, lets `body` write
+    /// the output, and returns the packed (ptr, len) or error.
+    pub fn call(
+        ptr: *mut u8,
+        len: usize,
+        body: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), String>,
+    ) -> i64 {
+        // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
+        let input = unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) };
+        OUTPUT.with(|o| {
+            let mut out = o.borrow_mut();
+            out.clear();
+            let r = body(&input, &mut out);
+            drop(input);
+            match r {
+                Ok(()) => pack(out.as_ptr(), out.len(), false),
+                Err(msg) => {
+                    out.clear();
+                    out.extend_from_slice(msg.as_bytes());
+                    pack(out.as_ptr(), out.len(), true)
+                }
+            }
+        })
+    }
+
+    fn records(input: &[u8]) -> Result<RawRecords<'_>, String> {
+        RawRecords::new(input).map_err(|e| format!("malformed input batch: {e}"))
+    }
+
+    fn decode<'a, T: FromValue<'a>>(
+        raw: Result<&'a [u8], weir_codec::CodecError>,
+        i: u32,
+    ) -> Result<T, String> {
+        let raw = raw.map_err(|e| format!("malformed input record {i}: {e}"))?;
+        T::from_value(raw).map_err(|e| format!("record {i}: {e}"))
+    }
+
+    pub fn map<'a, I: FromValue<'a>, O: ToValue>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(I) -> Result<O, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&recs.remaining().to_le_bytes());
+        for (i, r) in recs.enumerate() {
+            f(decode(r, i as u32)?)?.write(out);
+        }
+        Ok(())
+    }
+
+    /// key_by is map on the wire: one key per record.
+    pub use map as key_by;
+
+    pub fn flat_map<'a, I: FromValue<'a>, O: ToValue, It: IntoIterator<Item = O>>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(I) -> Result<It, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut n: u32 = 0;
+        for (i, r) in recs.enumerate() {
+            for o in f(decode(r, i as u32)?)? {
+                o.write(out);
+                n += 1;
+            }
+        }
+        patch_u32(out, 0, n);
+        Ok(())
+    }
+
+    pub fn filter<'a, I: FromValue<'a>>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(I) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&recs.remaining().to_le_bytes());
+        for (i, r) in recs.enumerate() {
+            Writer::new(out).bool(f(decode(r, i as u32)?)?);
+        }
+        Ok(())
+    }
+
+    pub fn map_partitions<'a, I: FromValue<'a>, O: ToValue, It: IntoIterator<Item = O>>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        f: impl FnOnce(Records<'a, I>) -> Result<It, String>,
+    ) -> Result<(), String> {
+        // The error cell must outlive the iterator handed to `f`; leaking one
+        // small cell per call is fine because every task gets a fresh instance.
+        let error: &'a RefCell<Option<String>> = Box::leak(Box::new(RefCell::new(None)));
+        let recs = Records {
+            inner: records(input)?,
+            error,
+            _t: core::marker::PhantomData,
+        };
+        out.extend_from_slice(&0u32.to_le_bytes());
+        let mut n: u32 = 0;
+        for o in f(recs)? {
+            if error.borrow().is_some() {
+                break;
+            }
+            o.write(out);
+            n += 1;
+        }
+        if let Some(e) = error.borrow_mut().take() {
+            return Err(e);
+        }
+        patch_u32(out, 0, n);
+        Ok(())
+    }
+
+    /// Reads a list header at the start of `v`, returning (count, body offset).
+    fn container(v: &[u8], tag: u8, what: &str) -> Result<(u32, usize), String> {
+        if v.first() != Some(&tag) || v.len() < 5 {
+            return Err(format!("expected a {what}"));
+        }
+        Ok((u32::from_le_bytes([v[1], v[2], v[3], v[4]]), 5))
+    }
+
+    fn elements(v: &[u8], mut p: usize, n: u32) -> Result<Vec<&[u8]>, String> {
+        let mut xs = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let e = weir_codec::skip_value(v, p).map_err(|e| e.to_string())?;
+            xs.push(&v[p..e]);
+            p = e;
+        }
+        Ok(xs)
+    }
+
+    /// Folds each input group (a non-empty list) left to right.
+    pub fn reduce<'a, V: FromValue<'a> + ToValue>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(V, V) -> Result<V, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&recs.remaining().to_le_bytes());
+        for (i, r) in recs.enumerate() {
+            let g = r.map_err(|e| e.to_string())?;
+            let (n, p) = container(g, TAG_LIST, "list of values to reduce")?;
+            let xs = elements(g, p, n)?;
+            let mut it = xs.into_iter();
+            let Some(first) = it.next() else {
+                return Err(format!("group {i} is empty"));
+            };
+            let mut acc = V::from_value(first).map_err(|e| format!("group {i}: {e}"))?;
+            for x in it {
+                acc = f(
+                    acc,
+                    V::from_value(x).map_err(|e| format!("group {i}: {e}"))?,
+                )?;
+            }
+            acc.write(out);
+        }
+        Ok(())
+    }
+
+    /// Each group is `(key, [values], state | null)`; writes `state | null`.
+    pub fn update<'a, K: FromValue<'a>, V: FromValue<'a>, S: FromValue<'a> + ToValue>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(K, Vec<V>, Option<S>) -> Result<Option<S>, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&recs.remaining().to_le_bytes());
+        for (i, r) in recs.enumerate() {
+            let g = r.map_err(|e| e.to_string())?;
+            let (n, p) = container(g, TAG_TUPLE, "(key, values, state) tuple")?;
+            let parts = elements(g, p, n)?;
+            if parts.len() != 3 {
+                return Err(format!("group {i}: expected (key, values, state)"));
+            }
+            let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
+            let values =
+                Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
+            let state =
+                Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
+            match f(key, values, state)? {
+                Some(s) => s.write(out),
+                None => out.push(TAG_NULL),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each group is `(key, [values], state | null, timing_out)`; writes
+    /// `([outputs], state | null)`, calling `f` once per value (once with no
+    /// value when timing out).
+    pub fn map_with_state<
+        'a,
+        K: FromValue<'a> + Clone,
+        V: FromValue<'a>,
+        S: FromValue<'a> + ToValue,
+        O: ToValue,
+    >(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(K, Option<V>, &mut State<S>) -> Result<O, String>,
+    ) -> Result<(), String> {
+        let recs = records(input)?;
+        out.extend_from_slice(&recs.remaining().to_le_bytes());
+        for (i, r) in recs.enumerate() {
+            let g = r.map_err(|e| e.to_string())?;
+            let (n, p) = container(g, TAG_TUPLE, "(key, values, state, timing_out) tuple")?;
+            let parts = elements(g, p, n)?;
+            if parts.len() != 4 {
+                return Err(format!(
+                    "group {i}: expected (key, values, state, timing_out)"
+                ));
+            }
+            let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
+            let values =
+                Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
+            let value =
+                Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
+            let timing_out =
+                bool::from_value(parts[3]).map_err(|e| format!("group {i} timing_out: {e}"))?;
+            let mut state = State { value, timing_out };
+            out.push(TAG_TUPLE);
+            out.extend_from_slice(&2u32.to_le_bytes());
+            out.push(TAG_LIST);
+            let at = out.len();
+            out.extend_from_slice(&0u32.to_le_bytes());
+            let mut k = 0u32;
+            if timing_out {
+                f(key.clone(), None, &mut state)?.write(out);
+                k += 1;
+            } else {
+                for v in values {
+                    f(key.clone(), Some(v), &mut state)?.write(out);
+                    k += 1;
+                }
+            }
+            patch_u32(out, at, k);
+            match &state.value {
+                Some(s) => s.write(out),
+                None => out.push(TAG_NULL),
+            }
+        }
+        Ok(())
+    }
+}

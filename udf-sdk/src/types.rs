@@ -1,0 +1,276 @@
+//! Conversions between Rust types and encoded values (`docs/udf-abi.md`).
+//! Decoding borrows from the input buffer where it can (`&str`, `Bytes`).
+
+use weir_codec::*;
+
+/// Decodes one encoded value (exactly one, already delimited).
+pub trait FromValue<'a>: Sized {
+    fn from_value(v: &'a [u8]) -> Result<Self, String>;
+}
+
+/// Appends the canonical encoding of `self`.
+pub trait ToValue {
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+/// A bytes value, borrowed from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bytes<'a>(pub &'a [u8]);
+
+/// Any value, left encoded (pass-through without decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Raw<'a>(pub &'a [u8]);
+
+fn tag_name(v: &[u8]) -> &'static str {
+    match v.first() {
+        Some(&TAG_NULL) => "null",
+        Some(&TAG_FALSE) | Some(&TAG_TRUE) => "bool",
+        Some(&TAG_I64) => "i64",
+        Some(&TAG_F64) => "f64",
+        Some(&TAG_STR) => "string",
+        Some(&TAG_BYTES) => "bytes",
+        Some(&TAG_TUPLE) => "tuple",
+        Some(&TAG_LIST) => "list",
+        _ => "malformed value",
+    }
+}
+
+fn mismatch<T>(want: &str, v: &[u8]) -> Result<T, String> {
+    Err(format!("expected {want}, got {}", tag_name(v)))
+}
+
+fn u32_at(v: &[u8], at: usize) -> Result<u32, String> {
+    v.get(at..at + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| "truncated value".to_string())
+}
+
+fn scalar8(v: &[u8]) -> Result<[u8; 8], String> {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(v.get(1..9).ok_or("truncated value")?);
+    Ok(a)
+}
+
+impl<'a> FromValue<'a> for &'a str {
+    #[inline]
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        if v.first() != Some(&TAG_STR) {
+            return mismatch("string", v);
+        }
+        let len = u32_at(v, 1)? as usize;
+        let b = v.get(5..5 + len).ok_or("truncated string")?;
+        core::str::from_utf8(b).map_err(|_| "string is not valid UTF-8".to_string())
+    }
+}
+impl<'a> FromValue<'a> for String {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        <&str>::from_value(v).map(|s| s.to_string())
+    }
+}
+impl<'a> FromValue<'a> for Bytes<'a> {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        if v.first() != Some(&TAG_BYTES) {
+            return mismatch("bytes", v);
+        }
+        let len = u32_at(v, 1)? as usize;
+        Ok(Bytes(v.get(5..5 + len).ok_or("truncated bytes")?))
+    }
+}
+impl<'a> FromValue<'a> for Raw<'a> {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        Ok(Raw(v))
+    }
+}
+impl<'a> FromValue<'a> for i64 {
+    #[inline]
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        if v.first() != Some(&TAG_I64) {
+            return mismatch("i64", v);
+        }
+        Ok(i64::from_le_bytes(scalar8(v)?))
+    }
+}
+impl<'a> FromValue<'a> for i32 {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        let x = i64::from_value(v)?;
+        i32::try_from(x).map_err(|_| format!("{x} does not fit in i32"))
+    }
+}
+impl<'a> FromValue<'a> for f64 {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        match v.first() {
+            Some(&TAG_F64) => Ok(f64::from_le_bytes(scalar8(v)?)),
+            // Integers widen to doubles, as numeric literals in job files are i64.
+            Some(&TAG_I64) => Ok(i64::from_le_bytes(scalar8(v)?) as f64),
+            _ => mismatch("f64", v),
+        }
+    }
+}
+impl<'a> FromValue<'a> for bool {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        match v.first() {
+            Some(&TAG_TRUE) => Ok(true),
+            Some(&TAG_FALSE) => Ok(false),
+            _ => mismatch("bool", v),
+        }
+    }
+}
+impl<'a> FromValue<'a> for () {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        match v.first() {
+            Some(&TAG_NULL) => Ok(()),
+            _ => mismatch("null", v),
+        }
+    }
+}
+impl<'a, T: FromValue<'a>> FromValue<'a> for Option<T> {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        if v.first() == Some(&TAG_NULL) {
+            Ok(None)
+        } else {
+            T::from_value(v).map(Some)
+        }
+    }
+}
+impl<'a> FromValue<'a> for Value {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        Value::decode(v).map_err(|e| e.to_string())
+    }
+}
+
+fn children<'a>(v: &'a [u8], tags: &[u8], want: &str) -> Result<Vec<&'a [u8]>, String> {
+    match v.first() {
+        Some(t) if tags.contains(t) => {}
+        _ => return mismatch(want, v),
+    }
+    elements(v).map_err(|e| e.to_string())
+}
+
+impl<'a, T: FromValue<'a>> FromValue<'a> for Vec<T> {
+    fn from_value(v: &'a [u8]) -> Result<Self, String> {
+        children(v, &[TAG_LIST, TAG_TUPLE], "list")?
+            .into_iter()
+            .map(T::from_value)
+            .collect()
+    }
+}
+
+macro_rules! tuple_impls {
+    ($n:expr; $($t:ident $i:tt),+) => {
+        impl<'a, $($t: FromValue<'a>),+> FromValue<'a> for ($($t,)+) {
+            fn from_value(v: &'a [u8]) -> Result<Self, String> {
+                let xs = children(v, &[TAG_TUPLE, TAG_LIST], concat!(stringify!($n), "-tuple"))?;
+                if xs.len() != $n {
+                    return Err(format!("expected a {}-tuple, got {} elements", $n, xs.len()));
+                }
+                Ok(($($t::from_value(xs[$i])?,)+))
+            }
+        }
+        impl<$($t: ToValue),+> ToValue for ($($t,)+) {
+            #[inline]
+            fn write(&self, out: &mut Vec<u8>) {
+                Writer::new(out).tuple($n);
+                $(self.$i.write(out);)+
+            }
+        }
+    };
+}
+tuple_impls!(1; A 0);
+tuple_impls!(2; A 0, B 1);
+tuple_impls!(3; A 0, B 1, C 2);
+tuple_impls!(4; A 0, B 1, C 2, D 3);
+
+impl ToValue for str {
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).str(self)
+    }
+}
+impl ToValue for String {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).str(self)
+    }
+}
+impl<T: ToValue + ?Sized> ToValue for &T {
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>) {
+        (**self).write(out)
+    }
+}
+impl<T: ToValue + ?Sized> ToValue for Box<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        (**self).write(out)
+    }
+}
+impl ToValue for i64 {
+    #[inline]
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).i64(*self)
+    }
+}
+impl ToValue for i32 {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).i64(*self as i64)
+    }
+}
+impl ToValue for u32 {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).i64(*self as i64)
+    }
+}
+impl ToValue for usize {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).i64(*self as i64)
+    }
+}
+impl ToValue for f64 {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).f64(*self)
+    }
+}
+impl ToValue for bool {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).bool(*self)
+    }
+}
+impl ToValue for () {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).null()
+    }
+}
+impl<T: ToValue> ToValue for Option<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Some(v) => v.write(out),
+            None => Writer::new(out).null(),
+        }
+    }
+}
+impl<T: ToValue> ToValue for [T] {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).list(self.len() as u32);
+        for x in self {
+            x.write(out);
+        }
+    }
+}
+impl<T: ToValue> ToValue for Vec<T> {
+    fn write(&self, out: &mut Vec<u8>) {
+        self.as_slice().write(out)
+    }
+}
+impl ToValue for Bytes<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        Writer::new(out).bytes(self.0)
+    }
+}
+impl ToValue for Raw<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0)
+    }
+}
+impl ToValue for Value {
+    fn write(&self, out: &mut Vec<u8>) {
+        self.encode_into(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! UDFs for the engine's operation tests: one or more of every kind, plus
+//! functions that fail on purpose and a float-heavy one for determinism.
+
+use weir_udf::{Raw, Records, State, Value};
+
+#[weir_udf::map]
+fn upper(s: &str) -> String {
+    s.to_uppercase()
+}
+
+/// `x -> x * 2` on integers.
+#[weir_udf::map]
+fn double(x: i64) -> i64 {
+    x * 2
+}
+
+/// Parses an integer from a string record.
+#[weir_udf::map]
+fn parse_int(s: &str) -> Result<i64, String> {
+    s.trim().parse::<i64>().map_err(|e| format!("cannot parse {s:?} as an integer: {e}"))
+}
+
+/// Fails with a guest error on the record "boom".
+#[weir_udf::map]
+fn fail_on_boom(s: &str) -> Result<String, String> {
+    if s == "boom" {
+        Err("refusing to process record \"boom\"".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// Panics (a trap) on the record "panic".
+#[weir_udf::map]
+fn panic_on_panic(s: &str) -> String {
+    if s == "panic" {
+        panic!("asked to panic")
+    }
+    s.to_string()
+}
+
+/// Repeats each integer n n times.
+#[weir_udf::flat_map]
+fn repeat(n: i64) -> Vec<i64> {
+    vec![n; n.max(0) as usize]
+}
+
+/// Characters of a string, as one-char strings.
+#[weir_udf::flat_map]
+fn chars(s: &str) -> Vec<String> {
+    s.chars().map(String::from).collect()
+}
+
+#[weir_udf::filter]
+fn is_even(x: i64) -> bool {
+    x % 2 == 0
+}
+
+#[weir_udf::filter]
+fn is_long(s: &str) -> bool {
+    s.chars().count() > 3
+}
+
+/// A record's first character, as the key.
+#[weir_udf::key_by]
+fn first_char(s: &str) -> String {
+    s.chars().next().map(String::from).unwrap_or_default()
+}
+
+/// A whole partition -> `[count, sum]` of its integers.
+#[weir_udf::map_partitions]
+fn count_and_sum(records: Records<i64>) -> Vec<i64> {
+    let (mut n, mut s) = (0, 0);
+    for x in records {
+        n += 1;
+        s += x;
+    }
+    vec![n, s]
+}
+
+#[weir_udf::reduce]
+fn max(a: i64, b: i64) -> i64 {
+    a.max(b)
+}
+
+/// String concatenation: order-sensitive, so it shows the fold order.
+#[weir_udf::reduce]
+fn concat(a: String, b: String) -> String {
+    a + &b
+}
+
+/// update_state_by_key that drops a key whose batch brought no values.
+#[weir_udf::update]
+fn total_or_drop(key: Raw, values: Vec<i64>, state: Option<i64>) -> Option<i64> {
+    let _ = key;
+    if values.is_empty() {
+        None
+    } else {
+        Some(state.unwrap_or(0) + values.iter().sum::<i64>())
+    }
+}
+
+/// map_with_state: emits (key, running count) and keeps the count.
+#[weir_udf::map_with_state]
+fn count_seen(key: &str, value: Option<i64>, state: &mut State<i64>) -> (String, i64) {
+    if state.is_timing_out() {
+        return (key.to_string(), -1);
+    }
+    let n = state.get().copied().unwrap_or(0) + value.unwrap_or(0);
+    state.update(n);
+    (key.to_string(), n)
+}
+
+/// Float-heavy: produces NaNs and signed zeros in many ways.
+#[weir_udf::map]
+fn float_chaos(x: f64) -> Vec<f64> {
+    let inf = f64::INFINITY;
+    vec![
+        x / 0.0 - inf,           // NaN for finite x
+        (x - x) / (x - x),       // 0/0
+        (-x).sqrt(),             // NaN for x > 0
+        f64::from_bits(0x7ff0_0000_0000_0001 | (x.to_bits() & 0xffff)), // signalling NaN payloads
+        x.sin() * x.cos() / x.tan(),
+        (x * 1e308) * 10.0,
+        x.mul_add(-0.0, -0.0),
+    ]
+}
+
+/// Echoes a value of any type (a pass-through for encoding tests).
+#[weir_udf::map]
+fn identity(v: Value) -> Value {
+    v
+}
