@@ -47,9 +47,7 @@ mod types;
 pub use types::{Bytes, FromValue, Raw, ToValue};
 pub use weir_codec as codec;
 pub use weir_codec::Value;
-pub use weir_udf_macros::{
-    filter, flat_map, key_by, map, map_partitions, map_with_state, reduce, update,
-};
+pub use weir_udf_macros::{filter, flat_map, key_by, map, map_partitions, map_with_state, reduce, update};
 
 /// The ABI version this SDK implements.
 pub const ABI_VERSION: i32 = 1;
@@ -170,11 +168,7 @@ pub mod rt {
 
     /// Runs one call: takes ownership of the input buffer, lets `body` write
     /// the output, and returns the packed (ptr, len) or error.
-    pub fn call(
-        ptr: *mut u8,
-        len: usize,
-        body: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), String>,
-    ) -> i64 {
+    pub fn call(ptr: *mut u8, len: usize, body: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), String>) -> i64 {
         // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
         let input = unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) };
         OUTPUT.with(|o| {
@@ -197,10 +191,7 @@ pub mod rt {
         RawRecords::new(input).map_err(|e| format!("malformed input batch: {e}"))
     }
 
-    fn decode<'a, T: FromValue<'a>>(
-        raw: Result<&'a [u8], weir_codec::CodecError>,
-        i: u32,
-    ) -> Result<T, String> {
+    fn decode<'a, T: FromValue<'a>>(raw: Result<&'a [u8], weir_codec::CodecError>, i: u32) -> Result<T, String> {
         let raw = raw.map_err(|e| format!("malformed input record {i}: {e}"))?;
         T::from_value(raw).map_err(|e| format!("record {i}: {e}"))
     }
@@ -260,11 +251,7 @@ pub mod rt {
         // The error cell must outlive the iterator handed to `f`; leaking one
         // small cell per call is fine because every task gets a fresh instance.
         let error: &'a RefCell<Option<String>> = Box::leak(Box::new(RefCell::new(None)));
-        let recs = Records {
-            inner: records(input)?,
-            error,
-            _t: core::marker::PhantomData,
-        };
+        let recs = Records { inner: records(input)?, error, _t: core::marker::PhantomData };
         out.extend_from_slice(&0u32.to_le_bytes());
         let mut n: u32 = 0;
         for o in f(recs)? {
@@ -317,10 +304,7 @@ pub mod rt {
             };
             let mut acc = V::from_value(first).map_err(|e| format!("group {i}: {e}"))?;
             for x in it {
-                acc = f(
-                    acc,
-                    V::from_value(x).map_err(|e| format!("group {i}: {e}"))?,
-                )?;
+                acc = f(acc, V::from_value(x).map_err(|e| format!("group {i}: {e}"))?)?;
             }
             acc.write(out);
         }
@@ -343,10 +327,8 @@ pub mod rt {
                 return Err(format!("group {i}: expected (key, values, state)"));
             }
             let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
-            let values =
-                Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
-            let state =
-                Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
+            let values = Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
+            let state = Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
             match f(key, values, state)? {
                 Some(s) => s.write(out),
                 None => out.push(TAG_NULL),
@@ -358,13 +340,7 @@ pub mod rt {
     /// Each group is `(key, [values], state | null, timing_out)`; writes
     /// `([outputs], state | null)`, calling `f` once per value (once with no
     /// value when timing out).
-    pub fn map_with_state<
-        'a,
-        K: FromValue<'a> + Clone,
-        V: FromValue<'a>,
-        S: FromValue<'a> + ToValue,
-        O: ToValue,
-    >(
+    pub fn map_with_state<'a, K: FromValue<'a> + Clone, V: FromValue<'a>, S: FromValue<'a> + ToValue, O: ToValue>(
         input: &'a [u8],
         out: &mut Vec<u8>,
         mut f: impl FnMut(K, Option<V>, &mut State<S>) -> Result<O, String>,
@@ -376,17 +352,12 @@ pub mod rt {
             let (n, p) = container(g, TAG_TUPLE, "(key, values, state, timing_out) tuple")?;
             let parts = elements(g, p, n)?;
             if parts.len() != 4 {
-                return Err(format!(
-                    "group {i}: expected (key, values, state, timing_out)"
-                ));
+                return Err(format!("group {i}: expected (key, values, state, timing_out)"));
             }
             let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
-            let values =
-                Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
-            let value =
-                Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
-            let timing_out =
-                bool::from_value(parts[3]).map_err(|e| format!("group {i} timing_out: {e}"))?;
+            let values = Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
+            let value = Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
+            let timing_out = bool::from_value(parts[3]).map_err(|e| format!("group {i} timing_out: {e}"))?;
             let mut state = State { value, timing_out };
             out.push(TAG_TUPLE);
             out.extend_from_slice(&2u32.to_le_bytes());

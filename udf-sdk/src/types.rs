@@ -40,9 +40,7 @@ fn mismatch<T>(want: &str, v: &[u8]) -> Result<T, String> {
 }
 
 fn u32_at(v: &[u8], at: usize) -> Result<u32, String> {
-    v.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or_else(|| "truncated value".to_string())
+    v.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| "truncated value".to_string())
 }
 
 fn scalar8(v: &[u8]) -> Result<[u8; 8], String> {
@@ -148,10 +146,7 @@ fn children<'a>(v: &'a [u8], tags: &[u8], want: &str) -> Result<Vec<&'a [u8]>, S
 
 impl<'a, T: FromValue<'a>> FromValue<'a> for Vec<T> {
     fn from_value(v: &'a [u8]) -> Result<Self, String> {
-        children(v, &[TAG_LIST, TAG_TUPLE], "list")?
-            .into_iter()
-            .map(T::from_value)
-            .collect()
+        children(v, &[TAG_LIST, TAG_TUPLE], "list")?.into_iter().map(T::from_value).collect()
     }
 }
 

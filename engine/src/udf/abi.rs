@@ -21,9 +21,7 @@ pub const IMPORT_MODULE: &str = "weir";
 pub const IMPORT_LOG: &str = "log";
 
 /// The kinds of function a module can export.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UdfKind {
     Map,
@@ -96,11 +94,7 @@ pub struct Packed {
 /// Bits 0..32: pointer; bits 32..63: length; bit 63: error flag.
 pub fn unpack(r: i64) -> Packed {
     let u = r as u64;
-    Packed {
-        ptr: u as u32,
-        len: ((u >> 32) & 0x7fff_ffff) as u32,
-        error: u >> 63 == 1,
-    }
+    Packed { ptr: u as u32, len: ((u >> 32) & 0x7fff_ffff) as u32, error: u >> 63 == 1 }
 }
 
 /// Checks a guest's output batch against the shape its kind requires and
@@ -109,35 +103,21 @@ pub fn unpack(r: i64) -> Packed {
 pub fn validate_output(kind: UdfKind, input_count: u32, out: &mut [u8]) -> Result<u32, String> {
     let n = codec::validate_batch(out).map_err(|e| format!("not a valid batch: {e}"))?;
     if kind.one_to_one() && n != input_count {
-        return Err(format!(
-            "{kind} must return one value per input ({input_count}), returned {n}"
-        ));
+        return Err(format!("{kind} must return one value per input ({input_count}), returned {n}"));
     }
     match kind {
         UdfKind::Filter => {
-            if let Some(i) = out[4..]
-                .iter()
-                .position(|&b| b != codec::TAG_TRUE && b != codec::TAG_FALSE)
-            {
+            if let Some(i) = out[4..].iter().position(|&b| b != codec::TAG_TRUE && b != codec::TAG_FALSE) {
                 return Err(format!("filter must return booleans; value {i} is not one"));
             }
         }
         UdfKind::MapWithState => {
-            for (i, r) in codec::Records::new(out)
-                .map_err(|e| e.to_string())?
-                .enumerate()
-            {
+            for (i, r) in codec::Records::new(out).map_err(|e| e.to_string())?.enumerate() {
                 let r = r.map_err(|e| e.to_string())?;
-                let ok = codec::elements(r)
-                    .ok()
-                    .filter(|xs| r[0] == codec::TAG_TUPLE && xs.len() == 2);
+                let ok = codec::elements(r).ok().filter(|xs| r[0] == codec::TAG_TUPLE && xs.len() == 2);
                 match ok {
                     Some(xs) if xs[0].first() == Some(&codec::TAG_LIST) => {}
-                    _ => {
-                        return Err(format!(
-                            "map_with_state result {i} is not a ([outputs], state) tuple"
-                        ))
-                    }
+                    _ => return Err(format!("map_with_state result {i} is not a ([outputs], state) tuple")),
                 }
             }
         }
@@ -148,8 +128,5 @@ pub fn validate_output(kind: UdfKind, input_count: u32, out: &mut [u8]) -> Resul
 
 /// The record count in a batch header (0 for a buffer too short to hold one).
 pub fn batch_count(batch: &[u8]) -> u32 {
-    batch
-        .get(..4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0)
+    batch.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0)
 }

@@ -52,36 +52,25 @@ pub enum UdfErrorKind {
     NotWasm,
     #[error("malformed module: {0}")]
     Malformed(String),
-    #[error("module imports {module}::{name}; only weir::log (i32, i32) -> () may be imported (no WASI, no host access)")]
+    #[error(
+        "module imports {module}::{name}; only weir::log (i32, i32) -> () may be imported (no WASI, no host access)"
+    )]
     ForbiddenImport { module: String, name: String },
     #[error("missing export {name:?} required by the Weir UDF ABI v1")]
     MissingExport { name: String },
     #[error("export {name:?} has the wrong type: expected {expected}")]
-    MistypedExport {
-        name: String,
-        expected: &'static str,
-    },
+    MistypedExport { name: String, expected: &'static str },
     #[error("export {name:?} names an unknown function kind {kind:?} (known: map, flat_map, filter, key_by, map_partitions, reduce, update, map_with_state)")]
     UnknownKind { name: String, kind: String },
     #[error("module speaks UDF ABI version {found}; this engine supports version 1")]
     UnsupportedAbiVersion { found: i64 },
     #[error("module has no {kind} function named {name:?} (it has: {available})")]
-    NoSuchFunction {
-        name: String,
-        kind: UdfKind,
-        available: String,
-    },
+    NoSuchFunction { name: String, kind: UdfKind, available: String },
     #[error("instantiation failed: {0}")]
     Instantiate(String),
     #[error("trapped: {message}{}{}", guest_message.as_ref().map(|m| format!(" (guest said: {m})")).unwrap_or_default(), backtrace.as_ref().map(|b| format!("\nwasm backtrace:\n{b}")).unwrap_or_default())]
-    Trap {
-        message: String,
-        guest_message: Option<String>,
-        backtrace: Option<String>,
-    },
-    #[error(
-        "ran out of fuel ({fuel} units per call); the function runs too long or loops forever"
-    )]
+    Trap { message: String, guest_message: Option<String>, backtrace: Option<String> },
+    #[error("ran out of fuel ({fuel} units per call); the function runs too long or loops forever")]
     OutOfFuel { fuel: u64 },
     #[error("exceeded the wall-clock deadline of {ms} ms per call")]
     Deadline { ms: u64 },
@@ -115,9 +104,6 @@ impl UdfError {
     /// (retrying on a fresh instance gives the same result), as opposed to
     /// the wall-clock watchdog.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(
-            self.kind,
-            UdfErrorKind::Deadline { .. } | UdfErrorKind::Io(_)
-        )
+        !matches!(self.kind, UdfErrorKind::Deadline { .. } | UdfErrorKind::Io(_))
     }
 }

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter,
-    Store, Trap, TypedFunc, ValType, WasmBacktrace,
+    Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
+    ValType, WasmBacktrace,
 };
 
 pub use abi::UdfKind;
@@ -37,9 +37,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 const HOUSEKEEPING_FUEL: u64 = 10_000_000;
 
 /// The SHA-256 of a module's bytes: its identity in lineage and checkpoints.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ModuleHash(pub [u8; 32]);
 
 impl ModuleHash {
@@ -85,17 +83,12 @@ impl UdfRuntime {
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&c).map_err(|e| {
-            UdfError::new(
-                UdfSite::default(),
-                UdfErrorKind::Instantiate(format!("engine configuration: {e}")),
-            )
+            UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(format!("engine configuration: {e}")))
         })?;
         let mut linker = Linker::new(&engine);
         linker
             .func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, guest_log)
-            .map_err(|e| {
-                UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string()))
-            })?;
+            .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -107,15 +100,9 @@ impl UdfRuntime {
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| {
-                    UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string()))
-                })?;
+                .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
         }
-        Ok(Arc::new(UdfRuntime {
-            engine,
-            linker,
-            stop,
-        }))
+        Ok(Arc::new(UdfRuntime { engine, linker, stop }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -141,12 +128,7 @@ pub struct HostState {
 }
 
 impl ResourceLimiter for HostState {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_limit_hit = true;
             // An error (not `false`) traps at the `memory.grow` itself, so a
@@ -155,12 +137,7 @@ impl ResourceLimiter for HostState {
         }
         Ok(true)
     }
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= self.table_limit)
     }
 }
@@ -168,10 +145,7 @@ impl ResourceLimiter for HostState {
 const MAX_LOG_LINE: usize = 4096;
 
 fn guest_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
-    let Some(mem) = caller
-        .get_export(abi::EXPORT_MEMORY)
-        .and_then(|e| e.into_memory())
-    else {
+    let Some(mem) = caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory()) else {
         return;
     };
     let len = (len as u32 as usize).min(MAX_LOG_LINE);
@@ -208,39 +182,21 @@ pub struct UdfModule {
 
 impl fmt::Debug for UdfModule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UdfModule")
-            .field("name", &self.name)
-            .field("hash", &self.hash)
-            .finish()
+        f.debug_struct("UdfModule").field("name", &self.name).field("hash", &self.hash).finish()
     }
 }
 
 impl UdfModule {
     /// Loads a module from a `.wasm` (binary) or `.wat` (text) file.
-    pub fn load(
-        runtime: &Arc<UdfRuntime>,
-        path: &Path,
-        limits: UdfLimits,
-    ) -> Result<Arc<Self>, UdfError> {
-        let name: Arc<str> = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into())
-            .unwrap_or_else(|| "?".into());
-        let site = UdfSite {
-            module: name.to_string(),
-            ..Default::default()
-        };
-        let meta = std::fs::metadata(path)
-            .map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
+    pub fn load(runtime: &Arc<UdfRuntime>, path: &Path, limits: UdfLimits) -> Result<Arc<Self>, UdfError> {
+        let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "?".into());
+        let site = UdfSite { module: name.to_string(), ..Default::default() };
+        let meta = std::fs::metadata(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
         if meta.len() as usize > limits.module_bytes {
-            let kind = UdfErrorKind::ModuleTooLarge {
-                size: meta.len() as usize,
-                limit: limits.module_bytes,
-            };
+            let kind = UdfErrorKind::ModuleTooLarge { size: meta.len() as usize, limit: limits.module_bytes };
             return Err(UdfError::new(site, kind));
         }
-        let bytes =
-            std::fs::read(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
+        let bytes = std::fs::read(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
         Self::from_bytes(runtime, name, path.to_path_buf(), &bytes, limits)
     }
 
@@ -252,19 +208,10 @@ impl UdfModule {
         bytes: &[u8],
         limits: UdfLimits,
     ) -> Result<Arc<Self>, UdfError> {
-        let mut site = UdfSite {
-            module: name.to_string(),
-            ..Default::default()
-        };
+        let mut site = UdfSite { module: name.to_string(), ..Default::default() };
         let fail = |site: &UdfSite, kind| Err(UdfError::new(site.clone(), kind));
         if bytes.len() > limits.module_bytes {
-            return fail(
-                &site,
-                UdfErrorKind::ModuleTooLarge {
-                    size: bytes.len(),
-                    limit: limits.module_bytes,
-                },
-            );
+            return fail(&site, UdfErrorKind::ModuleTooLarge { size: bytes.len(), limit: limits.module_bytes });
         }
         let binary: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
             bytes.into()
@@ -288,16 +235,12 @@ impl UdfModule {
                 && matches!(imp.ty(), ExternType::Func(f)
                     if f.params().map(|p| p.to_string()).collect::<Vec<_>>() == ["i32", "i32"] && f.results().len() == 0);
             if !ok {
-                let kind = UdfErrorKind::ForbiddenImport {
-                    module: imp.module().into(),
-                    name: imp.name().into(),
-                };
+                let kind = UdfErrorKind::ForbiddenImport { module: imp.module().into(), name: imp.name().into() };
                 return fail(&site, kind);
             }
         }
         let mut functions = BTreeMap::new();
-        let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) =
-            (false, false, false, false);
+        let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) = (false, false, false, false);
         for exp in module.exports() {
             let n = exp.name();
             let ty = exp.ty();
@@ -306,10 +249,7 @@ impl UdfModule {
                     if f.params().map(|p| p.to_string()).collect::<Vec<_>>() == params
                     && f.results().map(|p| p.to_string()).collect::<Vec<_>>() == results)
             };
-            let mistyped = |expected| UdfErrorKind::MistypedExport {
-                name: n.into(),
-                expected,
-            };
+            let mistyped = |expected| UdfErrorKind::MistypedExport { name: n.into(), expected };
             match n {
                 abi::EXPORT_MEMORY => {
                     if !matches!(ty, ExternType::Memory(_)) {
@@ -335,13 +275,7 @@ impl UdfModule {
                         continue;
                     };
                     let Ok(kind) = kind.parse::<UdfKind>() else {
-                        return fail(
-                            &site,
-                            UdfErrorKind::UnknownKind {
-                                name: n.into(),
-                                kind: kind.into(),
-                            },
-                        );
+                        return fail(&site, UdfErrorKind::UnknownKind { name: n.into(), kind: kind.into() });
                     };
                     if !is_func(&["i32", "i32"], &["i64"]) {
                         return fail(&site, mistyped("func (i32 ptr, i32 len) -> i64"));
@@ -350,11 +284,9 @@ impl UdfModule {
                 }
             }
         }
-        for (present, name) in [
-            (has_memory, abi::EXPORT_MEMORY),
-            (has_alloc, abi::EXPORT_ALLOC),
-            (has_version, abi::EXPORT_VERSION),
-        ] {
+        for (present, name) in
+            [(has_memory, abi::EXPORT_MEMORY), (has_alloc, abi::EXPORT_ALLOC), (has_version, abi::EXPORT_VERSION)]
+        {
             if !present {
                 return fail(&site, UdfErrorKind::MissingExport { name: name.into() });
             }
@@ -379,10 +311,7 @@ impl UdfModule {
         let mut inst = m.instantiate(None, None)?;
         let version = inst.abi_version()?;
         if version != abi::ABI_VERSION {
-            return fail(
-                &site,
-                UdfErrorKind::UnsupportedAbiVersion { found: version },
-            );
+            return fail(&site, UdfErrorKind::UnsupportedAbiVersion { found: version });
         }
         Ok(m)
     }
@@ -408,11 +337,7 @@ impl UdfModule {
     }
 
     fn site(&self) -> UdfSite {
-        UdfSite {
-            module: self.name.to_string(),
-            hash: self.hash.short(),
-            ..Default::default()
-        }
+        UdfSite { module: self.name.to_string(), hash: self.hash.short(), ..Default::default() }
     }
 
     /// Checks that the module offers `name` as a function of `kind`.
@@ -423,22 +348,11 @@ impl UdfModule {
                 let available = if self.functions.is_empty() {
                     "no functions".to_string()
                 } else {
-                    self.functions
-                        .iter()
-                        .map(|(n, k)| format!("{n} ({k})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    self.functions.iter().map(|(n, k)| format!("{n} ({k})")).collect::<Vec<_>>().join(", ")
                 };
                 let mut site = self.site();
                 site.export = Some(kind.export_name(name));
-                Err(UdfError::new(
-                    site,
-                    UdfErrorKind::NoSuchFunction {
-                        name: name.into(),
-                        kind,
-                        available,
-                    },
-                ))
+                Err(UdfError::new(site, UdfErrorKind::NoSuchFunction { name: name.into(), kind, available }))
             }
         }
     }
@@ -473,36 +387,15 @@ impl UdfModule {
             }
         };
         let Some(memory) = instance.get_memory(&mut store, abi::EXPORT_MEMORY) else {
-            return Err(UdfError::new(
-                site,
-                UdfErrorKind::MissingExport {
-                    name: abi::EXPORT_MEMORY.into(),
-                },
-            ));
+            return Err(UdfError::new(site, UdfErrorKind::MissingExport { name: abi::EXPORT_MEMORY.into() }));
         };
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, abi::EXPORT_ALLOC)
-            .map_err(|_| {
-                UdfError::new(
-                    site.clone(),
-                    UdfErrorKind::MissingExport {
-                        name: abi::EXPORT_ALLOC.into(),
-                    },
-                )
-            })?;
-        let mut inst = UdfInstance {
-            module: self.clone(),
-            store,
-            instance,
-            memory,
-            alloc,
-            funcs: HashMap::new(),
-            site,
-        };
+            .map_err(|_| UdfError::new(site.clone(), UdfErrorKind::MissingExport { name: abi::EXPORT_ALLOC.into() }))?;
+        let mut inst =
+            UdfInstance { module: self.clone(), store, instance, memory, alloc, funcs: HashMap::new(), site };
         if self.has_initialize {
-            let init = inst
-                .instance
-                .get_typed_func::<(), ()>(&mut inst.store, abi::EXPORT_INITIALIZE);
+            let init = inst.instance.get_typed_func::<(), ()>(&mut inst.store, abi::EXPORT_INITIALIZE);
             if let Ok(init) = init {
                 if let Err(e) = init.call(&mut inst.store, ()) {
                     let kind = classify(e, &inst.store, &self.limits);
@@ -527,33 +420,20 @@ fn looks_like_wat(bytes: &[u8]) -> bool {
 
 /// Turns a wasmtime error into a typed one.
 fn classify(e: wasmtime::Error, store: &Store<HostState>, limits: &UdfLimits) -> UdfErrorKind {
-    let backtrace = e
-        .downcast_ref::<WasmBacktrace>()
-        .map(|b| b.to_string())
-        .filter(|s| !s.is_empty());
+    let backtrace = e.downcast_ref::<WasmBacktrace>().map(|b| b.to_string()).filter(|s| !s.is_empty());
     if store.data().memory_limit_hit {
-        return UdfErrorKind::MemoryLimit {
-            limit: limits.memory_bytes,
-        };
+        return UdfErrorKind::MemoryLimit { limit: limits.memory_bytes };
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => UdfErrorKind::OutOfFuel {
-            fuel: limits.fuel_per_call,
-        },
-        Some(Trap::Interrupt) => UdfErrorKind::Deadline {
-            ms: limits.deadline_ms,
-        },
+        Some(Trap::OutOfFuel) => UdfErrorKind::OutOfFuel { fuel: limits.fuel_per_call },
+        Some(Trap::Interrupt) => UdfErrorKind::Deadline { ms: limits.deadline_ms },
         Some(Trap::StackOverflow) => UdfErrorKind::StackOverflow,
-        Some(t) => UdfErrorKind::Trap {
-            message: t.to_string(),
-            guest_message: store.data().last_log.clone(),
-            backtrace,
-        },
-        None => UdfErrorKind::Trap {
-            message: format!("{e:#}"),
-            guest_message: store.data().last_log.clone(),
-            backtrace,
-        },
+        Some(t) => {
+            UdfErrorKind::Trap { message: t.to_string(), guest_message: store.data().last_log.clone(), backtrace }
+        }
+        None => {
+            UdfErrorKind::Trap { message: format!("{e:#}"), guest_message: store.data().last_log.clone(), backtrace }
+        }
     }
 }
 
@@ -589,14 +469,7 @@ impl UdfInstance {
         let f = self
             .instance
             .get_typed_func::<(), i32>(&mut self.store, abi::EXPORT_VERSION)
-            .map_err(|_| {
-                self.error(
-                    None,
-                    UdfErrorKind::MissingExport {
-                        name: abi::EXPORT_VERSION.into(),
-                    },
-                )
-            })?;
+            .map_err(|_| self.error(None, UdfErrorKind::MissingExport { name: abi::EXPORT_VERSION.into() }))?;
         let _ = self.store.set_fuel(HOUSEKEEPING_FUEL);
         match f.call(&mut self.store, ()) {
             Ok(v) => Ok(v as i64),
@@ -616,20 +489,11 @@ impl UdfInstance {
         let func = match self.funcs.get(name) {
             Some(f) => f.clone(),
             None => {
-                self.module
-                    .check_function(name, kind)
-                    .map_err(|e| self.error(at, e.kind))?;
+                self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
                 let f = self
                     .instance
                     .get_typed_func::<(i32, i32), i64>(&mut self.store, &kind.export_name(name))
-                    .map_err(|_| {
-                        self.error(
-                            at,
-                            UdfErrorKind::MissingExport {
-                                name: kind.export_name(name),
-                            },
-                        )
-                    })?;
+                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: kind.export_name(name) }))?;
                 self.funcs.insert(name.to_string(), f.clone());
                 f
             }
@@ -637,15 +501,10 @@ impl UdfInstance {
         self.store.data_mut().log_budget = limits.log_lines_per_call;
         self.store.data_mut().last_log = None;
         let _ = self.store.set_fuel(limits.fuel_per_call);
-        self.store
-            .set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
 
-        let len = i32::try_from(input.len()).map_err(|_| {
-            self.error(
-                at,
-                UdfErrorKind::MalformedOutput("input batch over 2 GiB".into()),
-            )
-        })?;
+        let len = i32::try_from(input.len())
+            .map_err(|_| self.error(at, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
         let ptr = match self.alloc.call(&mut self.store, len) {
             Ok(p) => p as u32 as usize,
             Err(e) => {
@@ -667,37 +526,20 @@ impl UdfInstance {
         if packed.error {
             let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
             let mut msg = vec![0u8; n];
-            if self
-                .memory
-                .read(&self.store, packed.ptr as usize, &mut msg)
-                .is_err()
-            {
+            if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
                 let m = "error message lies outside linear memory".to_string();
                 return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
             }
-            return Err(self.error(
-                at,
-                UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned()),
-            ));
+            return Err(self.error(at, UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned())));
         }
         if packed.len as usize > limits.output_bytes {
-            let k = UdfErrorKind::OutputTooLarge {
-                size: packed.len as usize,
-                limit: limits.output_bytes,
-            };
+            let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
             return Err(self.error(at, k));
         }
         // The one copy out of guest memory.
         let mut out = vec![0u8; packed.len as usize];
-        if self
-            .memory
-            .read(&self.store, packed.ptr as usize, &mut out)
-            .is_err()
-        {
-            let m = format!(
-                "output ({} bytes at {:#x}) lies outside linear memory",
-                packed.len, packed.ptr
-            );
+        if self.memory.read(&self.store, packed.ptr as usize, &mut out).is_err() {
+            let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
             return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
         }
         abi::validate_output(kind, abi::batch_count(input), &mut out)
@@ -707,10 +549,7 @@ impl UdfInstance {
 
     /// Fuel consumed by the last call.
     pub fn fuel_used(&self) -> u64 {
-        self.module
-            .limits
-            .fuel_per_call
-            .saturating_sub(self.store.get_fuel().unwrap_or(0))
+        self.module.limits.fuel_per_call.saturating_sub(self.store.get_fuel().unwrap_or(0))
     }
 }
 
@@ -724,11 +563,7 @@ pub struct ModuleRegistry {
 
 impl ModuleRegistry {
     pub fn new(runtime: Arc<UdfRuntime>, limits: UdfLimits) -> Self {
-        ModuleRegistry {
-            runtime,
-            limits,
-            by_hash: Mutex::new(HashMap::new()),
-        }
+        ModuleRegistry { runtime, limits, by_hash: Mutex::new(HashMap::new()) }
     }
 
     pub fn limits(&self) -> &UdfLimits {
@@ -744,30 +579,17 @@ impl ModuleRegistry {
 
     /// Registers a module from bytes (e.g. fetched from a driver).
     pub fn insert_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<UdfModule>, UdfError> {
-        let m = UdfModule::from_bytes(
-            &self.runtime,
-            name.into(),
-            PathBuf::from(name),
-            bytes,
-            self.limits,
-        )?;
+        let m = UdfModule::from_bytes(&self.runtime, name.into(), PathBuf::from(name), bytes, self.limits)?;
         let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(m.hash()).or_insert(m).clone())
     }
 
     pub fn get(&self, hash: &ModuleHash) -> Option<Arc<UdfModule>> {
-        self.by_hash
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned()
     }
 }
 
 /// Converts a parameter type list for messages (used by `weir udf check`).
 pub fn describe_valtypes(ts: &[ValType]) -> String {
-    ts.iter()
-        .map(|t| t.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
 }

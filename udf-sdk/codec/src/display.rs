@@ -35,17 +35,10 @@ fn render_into(buf: &[u8], at: usize, out: &mut String, depth: usize) -> Result<
         }
         t => {
             if depth >= MAX_DEPTH {
-                return Err(CodecError {
-                    offset: at,
-                    what: "values nested too deeply",
-                });
+                return Err(CodecError { offset: at, what: "values nested too deeply" });
             }
             let n = read_u32(buf, at + 1)?;
-            let (open, sep, close) = if t == TAG_TUPLE {
-                ('(', ",", ')')
-            } else {
-                ('[', ", ", ']')
-            };
+            let (open, sep, close) = if t == TAG_TUPLE { ('(', ",", ')') } else { ('[', ", ", ']') };
             out.push(open);
             let mut p = at + 5;
             for i in 0..n {

@@ -99,11 +99,7 @@ impl<'a> Writer<'a> {
     }
     #[inline]
     pub fn f64(&mut self, v: f64) {
-        let bits = if v.is_nan() {
-            CANONICAL_NAN
-        } else {
-            v.to_bits()
-        };
+        let bits = if v.is_nan() { CANONICAL_NAN } else { v.to_bits() };
         self.buf.push(TAG_F64);
         self.buf.extend_from_slice(&bits.to_le_bytes());
     }
@@ -325,11 +321,7 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub fn new(batch: &'a [u8]) -> Result<Self, CodecError> {
-        Ok(Records {
-            buf: batch,
-            pos: 4,
-            left: read_u32(batch, 0)?,
-        })
+        Ok(Records { buf: batch, pos: 4, left: read_u32(batch, 0)? })
     }
     pub fn remaining(&self) -> u32 {
         self.left

@@ -59,10 +59,7 @@ impl Value {
     pub fn decode(buf: &[u8]) -> Result<Value, CodecError> {
         let (v, end) = Self::decode_at(buf, 0, 0)?;
         if end != buf.len() {
-            return Err(CodecError {
-                offset: end,
-                what: "trailing bytes after value",
-            });
+            return Err(CodecError { offset: end, what: "trailing bytes after value" });
         }
         Ok(v)
     }
@@ -95,20 +92,12 @@ impl Value {
             TAG_F64 => Value::F64(f64::from_bits(read_u64(buf, at + 1)?)),
             TAG_STR => match core::str::from_utf8(&buf[at + 5..end]) {
                 Ok(s) => Value::Str(s.into()),
-                Err(_) => {
-                    return Err(CodecError {
-                        offset: at,
-                        what: "string is not valid UTF-8",
-                    })
-                }
+                Err(_) => return Err(CodecError { offset: at, what: "string is not valid UTF-8" }),
             },
             TAG_BYTES => Value::Bytes(buf[at + 5..end].to_vec()),
             t => {
                 if depth >= MAX_DEPTH {
-                    return Err(CodecError {
-                        offset: at,
-                        what: "values nested too deeply",
-                    });
+                    return Err(CodecError { offset: at, what: "values nested too deeply" });
                 }
                 let n = read_u32(buf, at + 1)?;
                 let mut xs = Vec::new();

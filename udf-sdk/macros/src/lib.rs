@@ -18,19 +18,14 @@ fn returns_result(f: &ItemFn) -> bool {
 fn expand(kind: &str, attr: TokenStream, item: TokenStream, arity: &[usize]) -> TokenStream {
     let f = parse_macro_input!(item as ItemFn);
     if !attr.is_empty() {
-        return syn::Error::new(
-            proc_macro2::Span::call_site(),
-            "weir_udf attributes take no arguments",
-        )
-        .to_compile_error()
-        .into();
+        return syn::Error::new(proc_macro2::Span::call_site(), "weir_udf attributes take no arguments")
+            .to_compile_error()
+            .into();
     }
     let n = f.sig.inputs.len();
     if !arity.contains(&n) {
         let msg = format!("a `{kind}` UDF takes {arity:?} argument(s), this one takes {n}");
-        return syn::Error::new_spanned(&f.sig, msg)
-            .to_compile_error()
-            .into();
+        return syn::Error::new_spanned(&f.sig, msg).to_compile_error().into();
     }
     let name = &f.sig.ident;
     let export = format!("{kind}:{name}");
