@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds every UDF module the examples and tests use into udfs/*.wasm:
+#   Rust (udf-sdk)  -> udfs/wordcount.wasm, udfs/testops.wasm
+#   C (clang)       -> udfs/wordcount_c.wasm
+# WAT modules (udfs/wat/, udfs/hostile/) need no build: the engine loads .wat.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  rustup target add wasm32-unknown-unknown
+fi
+cargo build --quiet --release --target wasm32-unknown-unknown --manifest-path Cargo.toml
+for m in wordcount testops; do
+  cp "target/wasm32-unknown-unknown/release/$m.wasm" "$here/$m.wasm"
+done
+
+# C guest: freestanding wasm32, no libc, no imports.
+if command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; then
+  clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wall -Werror \
+    -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
+    -o "$here/wordcount_c.wasm" c/wordcount.c
+else
+  echo "udfs/build.sh: clang and wasm-ld (Debian: clang lld) are needed for the C guest udfs/c/" >&2
+  exit 1
+fi
+echo "built: $(cd "$here" && ls *.wasm | tr '\n' ' ')"
