@@ -1,0 +1,283 @@
+/*
+ * weir_abi.h: the Weir UDF ABI v1 for freestanding C (docs/udf-abi.md).
+ *
+ * One header, no libc, no imports. It gives a C guest:
+ *
+ *   - the three exports every module needs: `memory` (exported by the linker
+ *     with --export-dynamic), `weir_abi_version` and `weir_alloc`, defined
+ *     here (include this header in exactly one .c file);
+ *   - a bump allocator over linear memory (weir_bump);
+ *   - a bounds-checked reader for encoded values (struct weir_rd);
+ *   - a growable writer for the output batch (struct weir_wr);
+ *   - weir_ok / weir_err, which pack the i64 a UDF export returns.
+ *
+ * The encoding, little-endian throughout:
+ *
+ *   00 null | 01 false | 02 true | 03 i64 | 04 f64 | 05 u32 len, utf-8 bytes
+ *   06 u32 len, bytes | 07 u32 n, n values (tuple) | 08 u32 n, n values (list)
+ *   batch = u32 count, then count values
+ *
+ * A UDF is exported as "<kind>:<name>" with type (i32 ptr, i32 len) -> i64:
+ *
+ *   __attribute__((export_name("map:pair")))
+ *   long long pair(const unsigned char *in, unsigned len) { ... }
+ *
+ * Memory: every task gets a fresh instance and the host makes exactly one
+ * weir_alloc per call, right before the call, once it has copied the
+ * previous call's output out. So weir_alloc resets the bump pointer to the
+ * heap base before allocating: a call's input and everything the call
+ * allocates live until the next weir_alloc, and an instance that serves many
+ * calls does not grow without bound. Nothing is ever freed individually.
+ *
+ * Errors: the reader records the first error in `rd.err` (a static string)
+ * and afterwards returns zeros, so a function can read a whole record and
+ * check once. weir_err() returns the message to the host with bit 63 set;
+ * the host reports it as a guest error naming the module and export.
+ */
+#ifndef WEIR_ABI_H
+#define WEIR_ABI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WEIR_NULL 0x00
+#define WEIR_FALSE 0x01
+#define WEIR_TRUE 0x02
+#define WEIR_I64 0x03
+#define WEIR_F64 0x04
+#define WEIR_STR 0x05
+#define WEIR_BYTES 0x06
+#define WEIR_TUPLE 0x07
+#define WEIR_LIST 0x08
+
+#define WEIR_EXPORT(name) __attribute__((export_name(name)))
+
+/* ------------------------------------------------------------ libc bits */
+
+/* clang lowers struct copies and loops to calls to these even with
+ * -ffreestanding; with -nostdlib nobody else provides them. With bulk
+ * memory (-mbulk-memory) they would become memory.copy / memory.fill. */
+void *memcpy(void *restrict dst, const void *restrict src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--) *d++ = *s++;
+    return dst;
+}
+
+void *memmove(void *dst, const void *src, size_t n) {
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (d < s) {
+        while (n--) *d++ = *s++;
+    } else {
+        while (n--) d[n] = s[n];
+    }
+    return dst;
+}
+
+void *memset(void *dst, int c, size_t n) {
+    unsigned char *d = dst;
+    while (n--) *d++ = (unsigned char)c;
+    return dst;
+}
+
+/* ------------------------------------------------------------ allocator */
+
+/* End of the linker's static data: the heap starts here. */
+extern unsigned char __heap_base;
+
+static uintptr_t weir_heap_top;
+
+/* Returns `len` bytes, 8-aligned; grows linear memory as needed; traps
+ * (the host reports a trap, or a memory-limit error) when it cannot grow. */
+static inline void *weir_bump(uint32_t len) {
+    uintptr_t base = (uintptr_t)&__heap_base;
+    if (weir_heap_top < base) weir_heap_top = base;
+    uintptr_t p = (weir_heap_top + 7) & ~(uintptr_t)7;
+    uintptr_t end = p + len;
+    if (end < p) __builtin_trap();
+    uintptr_t have = __builtin_wasm_memory_size(0) * 65536u;
+    if (end > have) {
+        uintptr_t pages = (end - have + 65535u) / 65536u;
+        if (__builtin_wasm_memory_grow(0, pages) == (size_t)-1) __builtin_trap();
+    }
+    weir_heap_top = end;
+    return (void *)p;
+}
+
+WEIR_EXPORT("weir_abi_version") int weir_abi_version(void) { return 1; }
+
+WEIR_EXPORT("weir_alloc") void *weir_alloc(uint32_t len) {
+    weir_heap_top = (uintptr_t)&__heap_base; /* see "Memory" above */
+    return weir_bump(len);
+}
+
+/* ------------------------------------------------------------ results */
+
+/* The packed result: bits 0..31 pointer, 32..62 length, 63 error flag. */
+static inline int64_t weir_pack(const void *ptr, uint32_t len, int error) {
+    uint64_t v = (uint64_t)(uintptr_t)ptr | ((uint64_t)(len & 0x7fffffffu) << 32);
+    if (error) v |= (uint64_t)1 << 63;
+    return (int64_t)v;
+}
+
+static inline uint32_t weir_strlen(const char *s) {
+    uint32_t n = 0;
+    while (s[n]) n++;
+    return n;
+}
+
+/* A guest error: the host reports `msg` (static, UTF-8) as the failure. */
+static inline int64_t weir_err(const char *msg) { return weir_pack(msg, weir_strlen(msg), 1); }
+
+/* ------------------------------------------------------------ reading */
+
+struct weir_rd {
+    const uint8_t *p;   /* next byte */
+    const uint8_t *end; /* one past the last byte */
+    const char *err;    /* first error, or 0 */
+};
+
+static inline struct weir_rd weir_reader(const void *ptr, uint32_t len) {
+    struct weir_rd r = {(const uint8_t *)ptr, (const uint8_t *)ptr + len, 0};
+    return r;
+}
+
+static inline int weir_fail(struct weir_rd *r, const char *msg) {
+    if (!r->err) r->err = msg;
+    r->p = r->end;
+    return 0;
+}
+
+static inline uint32_t weir_avail(const struct weir_rd *r) { return (uint32_t)(r->end - r->p); }
+
+static inline uint32_t weir_rd_u32(struct weir_rd *r) {
+    if (weir_avail(r) < 4) return weir_fail(r, "truncated input");
+    uint32_t v = (uint32_t)r->p[0] | (uint32_t)r->p[1] << 8 | (uint32_t)r->p[2] << 16 | (uint32_t)r->p[3] << 24;
+    r->p += 4;
+    return v;
+}
+
+static inline uint64_t weir_rd_u64(struct weir_rd *r) {
+    uint64_t lo = weir_rd_u32(r);
+    uint64_t hi = weir_rd_u32(r);
+    return lo | hi << 32;
+}
+
+/* Consumes a tag byte; an error (message `what`) if it is not `tag`. */
+static inline int weir_rd_tag(struct weir_rd *r, uint8_t tag, const char *what) {
+    if (weir_avail(r) < 1 || *r->p != tag) return weir_fail(r, what);
+    r->p++;
+    return 1;
+}
+
+/* The batch header: the record count. Every record takes at least `min`
+ * bytes, so a count that cannot fit in the buffer is an error. */
+static inline uint32_t weir_rd_batch(struct weir_rd *r, uint32_t min) {
+    uint32_t n = weir_rd_u32(r);
+    if (min && n > weir_avail(r) / min) return weir_fail(r, "malformed input batch: count too large");
+    return n;
+}
+
+/* A string value: sets *len and returns a pointer to its bytes (in place). */
+static inline const uint8_t *weir_rd_str(struct weir_rd *r, uint32_t *len) {
+    *len = 0;
+    if (!weir_rd_tag(r, WEIR_STR, "expected a string")) return r->p;
+    uint32_t n = weir_rd_u32(r);
+    if (n > weir_avail(r)) {
+        weir_fail(r, "string runs past the end of the input");
+        return r->p;
+    }
+    const uint8_t *s = r->p;
+    r->p += n;
+    *len = n;
+    return s;
+}
+
+static inline int64_t weir_rd_i64(struct weir_rd *r) {
+    if (!weir_rd_tag(r, WEIR_I64, "expected an i64")) return 0;
+    return (int64_t)weir_rd_u64(r);
+}
+
+/* A list header: returns the element count. */
+static inline uint32_t weir_rd_list(struct weir_rd *r) {
+    if (!weir_rd_tag(r, WEIR_LIST, "expected a list")) return 0;
+    return weir_rd_u32(r);
+}
+
+/* ------------------------------------------------------------ writing */
+
+struct weir_wr {
+    uint8_t *buf;
+    uint32_t len;
+    uint32_t cap;
+};
+
+/* A writer with initial room for about `hint` bytes (it grows as needed);
+ * the first 4 bytes hold the batch count. */
+static inline struct weir_wr weir_writer(uint64_t hint) {
+    uint32_t cap = hint < 16 ? 16 : hint > (1u << 30) ? (1u << 30) : (uint32_t)hint;
+    struct weir_wr w = {weir_bump(cap), 4, cap};
+    return w;
+}
+
+/* Makes room for `n` more bytes (moves the buffer to a bigger bump block). */
+static inline void weir_reserve(struct weir_wr *w, uint32_t n) {
+    if (w->cap - w->len >= n) return;
+    uint64_t want = (uint64_t)w->len + n;
+    uint64_t cap = (uint64_t)w->cap * 2;
+    if (cap < want) cap = want;
+    if (cap > 0x7fffffffu) __builtin_trap();
+    uint8_t *b = weir_bump((uint32_t)cap);
+    memcpy(b, w->buf, w->len);
+    w->buf = b;
+    w->cap = (uint32_t)cap;
+}
+
+static inline void weir_put_u8(struct weir_wr *w, uint8_t b) {
+    weir_reserve(w, 1);
+    w->buf[w->len++] = b;
+}
+
+static inline void weir_put_u32(struct weir_wr *w, uint32_t v) {
+    weir_reserve(w, 4);
+    uint8_t *o = w->buf + w->len;
+    o[0] = (uint8_t)v;
+    o[1] = (uint8_t)(v >> 8);
+    o[2] = (uint8_t)(v >> 16);
+    o[3] = (uint8_t)(v >> 24);
+    w->len += 4;
+}
+
+static inline void weir_put_i64(struct weir_wr *w, int64_t v) {
+    weir_put_u8(w, WEIR_I64);
+    weir_put_u32(w, (uint32_t)(uint64_t)v);
+    weir_put_u32(w, (uint32_t)((uint64_t)v >> 32));
+}
+
+static inline void weir_put_str(struct weir_wr *w, const uint8_t *s, uint32_t n) {
+    weir_reserve(w, 5 + n);
+    weir_put_u8(w, WEIR_STR);
+    weir_put_u32(w, n);
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+}
+
+/* A tuple header for `n` elements (a pair: n = 2). */
+static inline void weir_put_tuple(struct weir_wr *w, uint32_t n) {
+    weir_put_u8(w, WEIR_TUPLE);
+    weir_put_u32(w, n);
+}
+
+/* Finishes the batch: writes `count` into the header and returns the
+ * packed (ptr, len) for the host. */
+static inline int64_t weir_ok(struct weir_wr *w, uint32_t count) {
+    uint8_t *o = w->buf;
+    o[0] = (uint8_t)count;
+    o[1] = (uint8_t)(count >> 8);
+    o[2] = (uint8_t)(count >> 16);
+    o[3] = (uint8_t)(count >> 24);
+    return weir_pack(w->buf, w->len, 0);
+}
+
+#endif
