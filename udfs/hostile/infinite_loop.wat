@@ -1,0 +1,22 @@
+;; Hostile: map:spin never returns. Expected: OutOfFuel with a fuel limit,
+;; Deadline with huge fuel and a short deadline_ms.
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  ;; A bump allocator that never frees (each task gets a fresh instance).
+  (func (export "weir_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $len)))
+    (if (i32.gt_u (global.get $heap) (i32.shl (memory.size) (i32.const 16)))
+      (then (drop (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1))))))
+    (local.get $p))
+  ;; A well-behaved function: returns its input batch unchanged.
+  (func (export "map:identity") (param $ptr i32) (param $len i32) (result i64)
+    (i64.or (i64.extend_i32_u (local.get $ptr))
+            (i64.shl (i64.extend_i32_u (local.get $len)) (i64.const 32))))
+  (func (export "map:spin") (param $ptr i32) (param $len i32) (result i64)
+    (loop $forever (br $forever))
+    (i64.const 0))
+)
