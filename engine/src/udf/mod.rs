@@ -412,8 +412,13 @@ fn deadline_ticks(ms: u64) -> u64 {
 }
 
 fn looks_like_wat(bytes: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(&bytes[..bytes.len().min(4096)]) else {
-        return false;
+    let head = &bytes[..bytes.len().min(4096)];
+    // The cut at 4096 bytes may fall inside a multi-byte character: keep
+    // the valid prefix in that case (only a real encoding error refuses).
+    let s = match std::str::from_utf8(head) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default(),
+        Err(_) => return false,
     };
     s.trim_start().starts_with('(') || s.trim_start().starts_with(";;")
 }
@@ -486,7 +491,10 @@ impl UdfInstance {
     pub fn call(&mut self, name: &str, kind: UdfKind, input: &[u8]) -> Result<Vec<u8>, UdfError> {
         let at = Some((name, kind));
         let limits = self.module.limits;
-        let func = match self.funcs.get(name) {
+        // The cache is keyed by name only: only use it when `kind` is the
+        // function's kind, so a wrong-kind call never reaches the guest.
+        let cached = self.funcs.get(name).filter(|_| self.module.functions.get(name) == Some(&kind));
+        let func = match cached {
             Some(f) => f.clone(),
             None => {
                 self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
@@ -536,12 +544,14 @@ impl UdfInstance {
             let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
             return Err(self.error(at, k));
         }
-        // The one copy out of guest memory.
-        let mut out = vec![0u8; packed.len as usize];
-        if self.memory.read(&self.store, packed.ptr as usize, &mut out).is_err() {
+        // The one copy out of guest memory, bounds-checked before the host
+        // allocates anything (a bogus length must not cost host memory).
+        let (p, n) = (packed.ptr as usize, packed.len as usize);
+        let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
             let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
             return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
-        }
+        };
+        let mut out = src.to_vec();
         abi::validate_output(kind, abi::batch_count(input), &mut out)
             .map_err(|m| self.error(at, UdfErrorKind::MalformedOutput(m)))?;
         Ok(out)
