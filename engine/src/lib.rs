@@ -1,4 +1,36 @@
 //! Weir: a micro-batch stream processing engine whose user functions are
-//! WebAssembly. See `docs/architecture.md` for how the modules fit together.
+//! WebAssembly. A record's path through the modules is one-directional:
+//! [`source`] -> blocks ([`executor::block_store`]) -> RDD lineage ([`rdd`],
+//! built per batch by [`dstream`]) -> tasks ([`scheduler`], [`executor`]) ->
+//! UDF calls ([`udf`]) -> shuffle ([`executor::shuffle`]) -> outputs ([`sink`]).
+//! Job files ([`job`]) and the Rust API ([`dstream::StreamingContext`]) build
+//! the same graph. See `docs/architecture.md`.
 
+pub mod cli;
+pub mod dstream;
+pub mod executor;
+pub mod job;
+pub mod rdd;
+pub mod scheduler;
+pub mod sink;
+pub mod source;
 pub mod udf;
+
+pub use weir_codec as codec;
+
+/// Errors of the engine library.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Udf(#[from] udf::UdfError),
+    #[error(transparent)]
+    JobFile(#[from] job::JobFileError),
+    #[error("source: {0}")]
+    Source(#[from] source::SourceError),
+    #[error("output: {0}")]
+    Sink(#[from] sink::SinkError),
+    #[error("invalid job graph: {0}")]
+    Graph(String),
+    #[error("executor: {0}")]
+    Executor(String),
+}

@@ -1,0 +1,236 @@
+//! The DStream graph as plain data, and how it turns into RDDs for a batch.
+//!
+//! A [`Graph`] is what a job file or the Rust API describes: sources, nodes
+//! (transformations), output operations. For each batch time it yields one
+//! RDD per node whose slide divides the time, with lineage pointing at the
+//! parents' RDDs — for windows, the parents' RDDs of earlier batches.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rdd::{Aggregation, Lineage, NarrowOp, Rdd, RddId, RddOp};
+use crate::sink::OutputSpec;
+use crate::source::SourceSpec;
+
+pub type NodeId = u32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum NodeOp {
+    /// The input of source `source`.
+    Source { source: u32 },
+    /// Narrow transformations, pipelined.
+    Narrow(NarrowOp),
+    /// The union of the parents.
+    Union,
+    /// A shuffle of the parent(s) into `partitions` partitions.
+    Shuffle { aggregation: Aggregation, partitions: u32 },
+    /// The union of the parent's RDDs over the last `length_ms`, every `slide_ms`.
+    Window { length_ms: i64, slide_ms: i64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub parents: Vec<NodeId>,
+    pub op: NodeOp,
+    /// How often this stream produces an RDD.
+    pub slide_ms: i64,
+    /// Keep this node's RDD partitions as blocks (a window reads them again).
+    pub persist: bool,
+    /// How long this node's RDDs must stay available after their batch.
+    pub remember_ms: i64,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub node: NodeId,
+    pub spec: OutputSpec,
+}
+
+/// A whole streaming job as data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub batch_interval_ms: i64,
+    /// Default number of partitions for shuffles and sources. Fixed per job
+    /// (not per machine), so outputs do not depend on the number of cores.
+    pub parallelism: u32,
+    pub sources: Vec<SourceSpec>,
+    pub nodes: Vec<Node>,
+    pub outputs: Vec<Output>,
+}
+
+/// A graph that is not well formed, with the node that makes it so.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GraphError(pub String);
+
+impl Graph {
+    pub fn new(batch_interval_ms: i64, parallelism: u32) -> Self {
+        Graph { batch_interval_ms, parallelism, sources: vec![], nodes: vec![], outputs: vec![] }
+    }
+
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    /// Adds a node after checking its slide against its parents'.
+    pub fn add(&mut self, parents: Vec<NodeId>, op: NodeOp, label: String) -> Result<NodeId, GraphError> {
+        let id = self.nodes.len() as NodeId;
+        for p in &parents {
+            if *p >= id {
+                return Err(GraphError(format!("{label}: unknown parent stream {p}")));
+            }
+        }
+        let parent_slide = parents.first().map(|p| self.node(*p).slide_ms).unwrap_or(self.batch_interval_ms);
+        if parents.iter().any(|p| self.node(*p).slide_ms != parent_slide) {
+            return Err(GraphError(format!("{label}: the streams combined have different slide durations")));
+        }
+        let slide_ms = match &op {
+            NodeOp::Window { length_ms, slide_ms } => {
+                for (what, d) in [("window length", *length_ms), ("slide", *slide_ms)] {
+                    if d <= 0 || d % parent_slide != 0 {
+                        return Err(GraphError(format!(
+                            "{label}: the {what} ({d} ms) must be a positive multiple of the parent's slide duration ({parent_slide} ms)"
+                        )));
+                    }
+                }
+                let p = parents[0] as usize;
+                self.nodes[p].persist = true;
+                self.nodes[p].remember_ms = self.nodes[p].remember_ms.max(*length_ms);
+                *slide_ms
+            }
+            NodeOp::Source { .. } => self.batch_interval_ms,
+            _ => parent_slide,
+        };
+        self.nodes.push(Node { id, parents, op, slide_ms, persist: false, remember_ms: slide_ms, label });
+        Ok(id)
+    }
+
+    /// How long any RDD must be kept: the longest window plus one interval.
+    pub fn remember_ms(&self) -> i64 {
+        self.nodes.iter().map(|n| n.remember_ms).max().unwrap_or(0).max(self.batch_interval_ms) + self.batch_interval_ms
+    }
+}
+
+/// Memo of the RDD each node produced at each time (None: not a slide time).
+#[derive(Default)]
+pub struct Generated {
+    rdds: HashMap<(NodeId, i64), Option<RddId>>,
+}
+
+impl Generated {
+    /// Forgets everything before `time`.
+    pub fn forget_before(&mut self, time: i64) {
+        self.rdds.retain(|(_, t), _| *t >= time);
+    }
+}
+
+/// Produces the RDDs of batch `time`; returns the RDD of each output (None
+/// when the output's stream does not produce at this time).
+pub fn generate(
+    graph: &Graph,
+    zero_time: i64,
+    time: i64,
+    input_partitions: &BTreeMap<u32, u32>,
+    memo: &mut Generated,
+    lineage: &mut Lineage,
+) -> Vec<Option<RddId>> {
+    graph.outputs.iter().map(|o| rdd_at(graph, zero_time, o.node, time, input_partitions, memo, lineage)).collect()
+}
+
+fn rdd_at(
+    g: &Graph,
+    zero: i64,
+    node: NodeId,
+    time: i64,
+    inputs: &BTreeMap<u32, u32>,
+    memo: &mut Generated,
+    lineage: &mut Lineage,
+) -> Option<RddId> {
+    if let Some(r) = memo.rdds.get(&(node, time)) {
+        return *r;
+    }
+    let n = g.node(node);
+    let valid = time > zero && (time - zero) % n.slide_ms == 0;
+    let id = RddId { time, node };
+    let made = if !valid {
+        None
+    } else {
+        match &n.op {
+            NodeOp::Source { source } => {
+                // A source's RDD exists only for batches it was asked for;
+                // older batches (before a restart) are not re-created here.
+                inputs.get(source).map(|&p| Rdd {
+                    id,
+                    partitions: p.max(1),
+                    op: RddOp::Input { source: *source },
+                    persist: true,
+                    label: n.label.clone(),
+                })
+            }
+            NodeOp::Narrow(op) => rdd_at(g, zero, n.parents[0], time, inputs, memo, lineage).and_then(|p| {
+                let parent = lineage.get(p)?;
+                Some(Rdd {
+                    id,
+                    partitions: parent.partitions,
+                    op: RddOp::Narrow { parent: p, ops: vec![op.clone()] },
+                    persist: n.persist,
+                    label: n.label.clone(),
+                })
+            }),
+            NodeOp::Union => {
+                let parents: Vec<RddId> =
+                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, inputs, memo, lineage)).collect();
+                union_rdd(id, parents, n, lineage)
+            }
+            NodeOp::Window { length_ms, .. } => {
+                let p = n.parents[0];
+                let ps = g.node(p).slide_ms;
+                let mut parents = Vec::new();
+                let mut t = time - length_ms + ps;
+                while t <= time {
+                    if t > zero {
+                        if let Some(r) = rdd_at(g, zero, p, t, inputs, memo, lineage) {
+                            parents.push(r);
+                        }
+                    }
+                    t += ps;
+                }
+                union_rdd(id, parents, n, lineage)
+            }
+            NodeOp::Shuffle { aggregation, partitions } => {
+                let parents: Vec<RddId> =
+                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, inputs, memo, lineage)).collect();
+                if parents.len() != n.parents.len() {
+                    None
+                } else {
+                    let map_partitions = parents.iter().filter_map(|p| lineage.get(*p).map(|r| r.partitions)).collect();
+                    Some(Rdd {
+                        id,
+                        partitions: *partitions,
+                        op: RddOp::Shuffled { parents, map_partitions, aggregation: aggregation.clone() },
+                        persist: n.persist,
+                        label: n.label.clone(),
+                    })
+                }
+            }
+        }
+    };
+    let out = made.map(|r| {
+        let id = r.id;
+        lineage.rdds.insert(id, r);
+        id
+    });
+    memo.rdds.insert((node, time), out);
+    out
+}
+
+fn union_rdd(id: RddId, parents: Vec<RddId>, n: &Node, lineage: &Lineage) -> Option<Rdd> {
+    if parents.is_empty() {
+        return None;
+    }
+    let partitions = parents.iter().filter_map(|p| lineage.get(*p)).map(|r| r.partitions).sum();
+    Some(Rdd { id, partitions, op: RddOp::Union { parents }, persist: n.persist, label: n.label.clone() })
+}

@@ -1,0 +1,364 @@
+//! DStreams: the Rust API for building a streaming job (`StreamingContext`,
+//! `DStream`), in Spark's vocabulary. It builds a [`graph::Graph`] — plain data
+//! — that the job generator runs; a job file (`crate::job`) builds the same
+//! graph through this API.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), weir::EngineError> {
+//! use std::time::Duration;
+//! use weir::dstream::StreamingContext;
+//! let mut ssc = StreamingContext::new(Duration::from_secs(1))?;
+//! let wc = ssc.module("udfs/wordcount.wasm")?;
+//! let lines = ssc.socket_text_stream("localhost", 9999);
+//! let counts = lines
+//!     .flat_map(&wc.udf("split"))?
+//!     .map(&wc.udf("pair"))?
+//!     .reduce_by_key(&wc.udf("sum"))?;
+//! counts.print()?;
+//! ssc.run(Default::default())?;
+//! # Ok(()) }
+//! ```
+
+pub mod graph;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weir_codec::Value;
+
+use crate::rdd::{Aggregation, JoinKind, NarrowOp, Reducer, UdfRef};
+use crate::scheduler::job_generator::{JobRunner, RunOptions, RunReport};
+use crate::sink::{Collected, OutputSpec};
+use crate::source::SourceSpec;
+use crate::udf::{ModuleRegistry, UdfKind, UdfLimits, UdfModule, UdfRuntime};
+use crate::EngineError;
+use graph::{Graph, NodeId, NodeOp, Output};
+
+/// A function of a loaded module, not yet bound to a kind.
+#[derive(Clone, Debug)]
+pub struct Udf {
+    module: Arc<UdfModule>,
+    name: String,
+}
+
+impl Udf {
+    /// Binds to `kind`, checking the module exports it as such.
+    fn bind(&self, kind: UdfKind) -> Result<UdfRef, EngineError> {
+        self.module.check_function(&self.name, kind)?;
+        Ok(UdfRef {
+            module: self.module.hash(),
+            module_name: self.module.name().to_string(),
+            function: self.name.clone(),
+            kind,
+        })
+    }
+    fn label(&self) -> String {
+        format!("{}.{}", self.module.name().trim_end_matches(".wasm").trim_end_matches(".wat"), self.name)
+    }
+}
+
+/// A loaded module.
+#[derive(Clone, Debug)]
+pub struct ModuleHandle(Arc<UdfModule>);
+
+impl ModuleHandle {
+    pub fn udf(&self, name: &str) -> Udf {
+        Udf { module: self.0.clone(), name: name.to_string() }
+    }
+    pub fn module(&self) -> &Arc<UdfModule> {
+        &self.0
+    }
+}
+
+struct Inner {
+    graph: Graph,
+    collectors: Vec<Collected>,
+}
+
+/// The entry point: holds the graph being built and the job's modules.
+pub struct StreamingContext {
+    inner: Rc<RefCell<Inner>>,
+    registry: Arc<ModuleRegistry>,
+    base_dir: PathBuf,
+}
+
+/// A stream of batches (one RDD per slide).
+#[derive(Clone)]
+pub struct DStream {
+    inner: Rc<RefCell<Inner>>,
+    node: NodeId,
+}
+
+impl StreamingContext {
+    /// A context with default UDF limits and `parallelism` 2.
+    pub fn new(batch_interval: Duration) -> Result<Self, EngineError> {
+        Self::with_limits(batch_interval, UdfLimits::default())
+    }
+
+    pub fn with_limits(batch_interval: Duration, limits: UdfLimits) -> Result<Self, EngineError> {
+        let runtime = UdfRuntime::new()?;
+        Ok(Self::with_registry(batch_interval, Arc::new(ModuleRegistry::new(runtime, limits))))
+    }
+
+    pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Self {
+        let graph = Graph::new(batch_interval.as_millis().max(1) as i64, 2);
+        StreamingContext {
+            inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new() })),
+            registry,
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    /// Relative paths (modules, sources, outputs) resolve against `dir`.
+    pub fn set_base_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.base_dir = dir.into();
+    }
+
+    /// Default number of partitions of sources and shuffles.
+    pub fn set_parallelism(&mut self, n: u32) {
+        self.inner.borrow_mut().graph.parallelism = n.max(1);
+    }
+
+    pub fn registry(&self) -> &Arc<ModuleRegistry> {
+        &self.registry
+    }
+
+    /// Loads a UDF module (`.wasm` or `.wat`).
+    pub fn module(&self, path: impl AsRef<Path>) -> Result<ModuleHandle, EngineError> {
+        Ok(ModuleHandle(self.registry.load(&self.base_dir.join(path))?))
+    }
+
+    pub fn source(&self, spec: SourceSpec, label: &str) -> DStream {
+        let mut inner = self.inner.borrow_mut();
+        let source = inner.graph.sources.len() as u32;
+        inner.graph.sources.push(spec);
+        // A source node has no parents, so adding it cannot fail.
+        let node = inner.graph.add(vec![], NodeOp::Source { source }, label.to_string()).unwrap_or(0);
+        DStream { inner: self.inner.clone(), node }
+    }
+
+    /// Lines from a TCP server (a receiver).
+    pub fn socket_text_stream(&self, host: &str, port: u16) -> DStream {
+        self.source(SourceSpec::Socket { host: host.into(), port }, &format!("socket({host}:{port})"))
+    }
+
+    /// Lines of new files in a directory.
+    pub fn text_file_stream(&self, dir: impl Into<PathBuf>) -> DStream {
+        let path = dir.into();
+        let label = format!("directory({})", path.display());
+        self.source(SourceSpec::Directory { path }, &label)
+    }
+
+    /// Explicit batches, one per batch time (Spark's queueStream).
+    pub fn queue_stream(&self, batches: Vec<Vec<Value>>) -> DStream {
+        let batches = batches.iter().map(|b| Value::encode_batch(b)).collect();
+        self.source(SourceSpec::Queue { batches }, "queue")
+    }
+
+    /// The graph built so far.
+    pub fn graph(&self) -> Graph {
+        self.inner.borrow().graph.clone()
+    }
+
+    /// Runs the job until its sources are exhausted (logical clock), the
+    /// batch limit is reached, or `opts.stop` is set.
+    pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
+        let inner = self.inner.borrow();
+        if inner.graph.outputs.is_empty() {
+            return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
+        }
+        let runner = JobRunner {
+            graph: inner.graph.clone(),
+            base_dir: self.base_dir.clone(),
+            registry: self.registry.clone(),
+            collectors: inner.collectors.clone(),
+        };
+        drop(inner);
+        runner.run(opts)
+    }
+}
+
+type R = Result<DStream, EngineError>;
+
+impl DStream {
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn add(&self, parents: Vec<NodeId>, op: NodeOp, label: String) -> R {
+        let node = self.inner.borrow_mut().graph.add(parents, op, label).map_err(|e| EngineError::Graph(e.0))?;
+        Ok(DStream { inner: self.inner.clone(), node })
+    }
+
+    fn narrow(&self, op: NarrowOp, label: String) -> R {
+        self.add(vec![self.node], NodeOp::Narrow(op), label)
+    }
+
+    fn parallelism(&self) -> u32 {
+        self.inner.borrow().graph.parallelism
+    }
+
+    /// How often this stream produces an RDD, in ms.
+    pub fn slide_ms(&self) -> i64 {
+        let inner = self.inner.borrow();
+        inner.graph.node(self.node).slide_ms
+    }
+
+    fn shuffle(&self, others: &[&DStream], aggregation: Aggregation, partitions: Option<u32>, label: String) -> R {
+        let mut parents = vec![self.node];
+        parents.extend(others.iter().map(|o| o.node));
+        let partitions = partitions.unwrap_or_else(|| self.parallelism()).max(1);
+        self.add(parents, NodeOp::Shuffle { aggregation, partitions }, label)
+    }
+
+    fn udf_op(&self, f: &Udf, kind: UdfKind, name: &str) -> R {
+        self.narrow(NarrowOp::Udf(f.bind(kind)?), format!("{name}({})", f.label()))
+    }
+
+    pub fn map(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::Map, "map")
+    }
+    pub fn flat_map(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::FlatMap, "flat_map")
+    }
+    pub fn filter(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::Filter, "filter")
+    }
+    pub fn map_partitions(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::MapPartitions, "map_partitions")
+    }
+    /// `x -> (f(x), x)`.
+    pub fn key_by(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::KeyBy, "key_by")
+    }
+    pub fn map_values(&self, f: &Udf) -> R {
+        self.narrow(NarrowOp::MapValues(f.bind(UdfKind::Map)?), format!("map_values({})", f.label()))
+    }
+    pub fn flat_map_values(&self, f: &Udf) -> R {
+        self.narrow(NarrowOp::FlatMapValues(f.bind(UdfKind::FlatMap)?), format!("flat_map_values({})", f.label()))
+    }
+    /// Each partition as one list.
+    pub fn glom(&self) -> R {
+        self.narrow(NarrowOp::Glom, "glom".into())
+    }
+    pub fn repartition(&self, n: u32) -> R {
+        self.shuffle(&[], Aggregation::Repartition, Some(n), format!("repartition({n})"))
+    }
+    pub fn union(&self, other: &DStream) -> R {
+        self.add(vec![self.node, other.node], NodeOp::Union, "union".into())
+    }
+    /// The number of records of each batch (`[0]` for an empty batch).
+    pub fn count(&self) -> R {
+        self.shuffle(&[], Aggregation::Count, Some(1), "count".into())
+    }
+    /// The fold of each batch (an empty batch stays empty).
+    pub fn reduce(&self, f: &Udf) -> R {
+        let r = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        self.shuffle(&[], Aggregation::Reduce(r), Some(1), format!("reduce({})", f.label()))
+    }
+    /// `(x, count)` per distinct x.
+    pub fn count_by_value(&self) -> R {
+        self.narrow(NarrowOp::PairWithOne, "pair_with_one".into())?.shuffle(
+            &[],
+            Aggregation::ReduceByKey(Reducer::SumI64),
+            None,
+            "count_by_value".into(),
+        )
+    }
+    pub fn reduce_by_key(&self, f: &Udf) -> R {
+        self.reduce_by_key_into(f, None)
+    }
+    pub fn reduce_by_key_into(&self, f: &Udf, partitions: Option<u32>) -> R {
+        let r = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        self.shuffle(&[], Aggregation::ReduceByKey(r), partitions, format!("reduce_by_key({})", f.label()))
+    }
+    pub fn group_by_key(&self) -> R {
+        self.shuffle(&[], Aggregation::GroupByKey, None, "group_by_key".into())
+    }
+    /// `(k, ([v...], [w...]))`.
+    pub fn cogroup(&self, other: &DStream) -> R {
+        self.shuffle(&[other], Aggregation::CoGroup, None, "cogroup".into())
+    }
+    fn join_kind(&self, other: &DStream, kind: JoinKind, name: &str) -> R {
+        self.cogroup(other)?.narrow(NarrowOp::Join(kind), name.into())
+    }
+    /// `(k, (v, w))` for every pair of values with the same key.
+    pub fn join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::Inner, "join")
+    }
+    /// Like join; keys only on the left give `(k, (v, null))`.
+    pub fn left_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::LeftOuter, "left_outer_join")
+    }
+    pub fn right_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::RightOuter, "right_outer_join")
+    }
+    pub fn full_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::FullOuter, "full_outer_join")
+    }
+
+    /// The union of the last `length` of batches, every `slide`.
+    pub fn window(&self, length: Duration, slide: Duration) -> R {
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        self.add(
+            vec![self.node],
+            NodeOp::Window { length_ms, slide_ms },
+            format!("window({length_ms} ms, {slide_ms} ms)"),
+        )
+    }
+    /// `window` with the slide equal to this stream's.
+    pub fn window_of(&self, length: Duration) -> R {
+        let slide = Duration::from_millis(self.slide_ms() as u64);
+        self.window(length, slide)
+    }
+    pub fn reduce_by_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
+        self.reduce(f)?.window(length, slide)?.reduce(f)
+    }
+    pub fn count_by_window(&self, length: Duration, slide: Duration) -> R {
+        self.count()?.window(length, slide)?.shuffle(&[], Aggregation::Reduce(Reducer::SumI64), Some(1), "sum".into())
+    }
+    pub fn reduce_by_key_and_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
+        self.reduce_by_key(f)?.window(length, slide)?.reduce_by_key(f)
+    }
+    pub fn group_by_key_and_window(&self, length: Duration, slide: Duration) -> R {
+        self.window(length, slide)?.group_by_key()
+    }
+    pub fn count_by_value_and_window(&self, length: Duration, slide: Duration) -> R {
+        self.count_by_value()?.window(length, slide)?.shuffle(
+            &[],
+            Aggregation::ReduceByKey(Reducer::SumI64),
+            None,
+            "count_by_value_and_window".into(),
+        )
+    }
+
+    fn output(&self, spec: OutputSpec) -> Result<(), EngineError> {
+        self.inner.borrow_mut().graph.outputs.push(Output { node: self.node, spec });
+        Ok(())
+    }
+    /// Prints the first 10 records of each batch, Spark's way.
+    pub fn print(&self) -> Result<(), EngineError> {
+        self.print_n(10)
+    }
+    pub fn print_n(&self, num: usize) -> Result<(), EngineError> {
+        self.output(OutputSpec::Print { num })
+    }
+    /// Writes `prefix-<time>[.suffix]/part-NNNNN` per batch.
+    pub fn save_as_text_files(&self, prefix: &str, suffix: Option<&str>) -> Result<(), EngineError> {
+        self.output(OutputSpec::SaveAsTextFiles { prefix: prefix.into(), suffix: suffix.map(Into::into) })
+    }
+    /// Keeps each batch's records in memory (tests, embedding).
+    pub fn collect(&self) -> Result<Collected, EngineError> {
+        let c: Collected = Arc::new(Mutex::new(Vec::new()));
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.collectors.push(c.clone());
+            inner.collectors.len() - 1
+        };
+        self.output(OutputSpec::Collect { id })?;
+        Ok(c)
+    }
+}

@@ -1,0 +1,72 @@
+//! Executors: where tasks run. [`ExecutorBackend`] is the interface the
+//! scheduler drives; [`LocalExecutors`] (`local[N]`) runs N worker threads in
+//! the driver's process over a shared [`BlockStore`]. A task is data
+//! ([`Task`]), so a remote process can implement the same interface.
+
+pub mod block_store;
+pub mod shuffle;
+pub mod task;
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+pub use block_store::{Block, BlockStore};
+pub use task::{run_task, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskResult};
+
+use crate::udf::ModuleRegistry;
+
+/// Runs tasks somewhere and reports their results.
+pub trait ExecutorBackend: Send + Sync {
+    /// Queues a task; its [`TaskResult`] arrives on the backend's result channel.
+    fn submit(&self, task: Task);
+    /// How many tasks run at once.
+    fn slots(&self) -> usize;
+    /// The block store tasks read and write (for the scheduler's bookkeeping
+    /// and test hooks).
+    fn blocks(&self) -> &Arc<BlockStore>;
+}
+
+/// `local[N]`: N worker threads in this process.
+pub struct LocalExecutors {
+    queue: Sender<Task>,
+    slots: usize,
+    blocks: Arc<BlockStore>,
+}
+
+impl LocalExecutors {
+    pub fn start(
+        slots: usize,
+        registry: Arc<ModuleRegistry>,
+        blocks: Arc<BlockStore>,
+    ) -> std::io::Result<(Self, Receiver<TaskResult>)> {
+        let (queue, tasks) = channel::<Task>();
+        let (results_tx, results) = channel::<TaskResult>();
+        let tasks = Arc::new(Mutex::new(tasks));
+        for i in 0..slots.max(1) {
+            let (tasks, results_tx, registry, blocks) =
+                (tasks.clone(), results_tx.clone(), registry.clone(), blocks.clone());
+            std::thread::Builder::new().name(format!("weir-executor-{i}")).spawn(move || loop {
+                let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(task) = next else { return };
+                let env = TaskEnv { registry: &registry, blocks: &blocks };
+                if results_tx.send(run_task(&env, &task)).is_err() {
+                    return;
+                }
+            })?;
+        }
+        Ok((LocalExecutors { queue, slots: slots.max(1), blocks }, results))
+    }
+}
+
+impl ExecutorBackend for LocalExecutors {
+    fn submit(&self, task: Task) {
+        // The workers only stop when this sender is dropped, so this cannot fail.
+        let _ = self.queue.send(task);
+    }
+    fn slots(&self) -> usize {
+        self.slots
+    }
+    fn blocks(&self) -> &Arc<BlockStore> {
+        &self.blocks
+    }
+}

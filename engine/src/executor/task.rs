@@ -1,0 +1,370 @@
+//! Tasks: the unit of work an executor runs, as plain data (stage lineage,
+//! partition, module hashes) — never a closure — so that a remote process can
+//! run it. [`run_task`] computes one partition by walking the lineage in the
+//! task, pipelining narrow operations and reading shuffle buckets in
+//! map-partition order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use weir_codec as codec;
+
+use super::block_store::{Block, BlockStore};
+use super::shuffle;
+use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfError, UdfInstance, UdfKind};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    pub id: u64,
+    pub attempt: u32,
+    pub batch_time: i64,
+    /// The RDDs this task may compute (see `Lineage::stage_closure`).
+    pub rdds: BTreeMap<RddId, Rdd>,
+    pub partition: u32,
+    pub kind: TaskKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Compute partition `partition` of parent `parent_index` of the shuffled
+    /// RDD `shuffle` and write its buckets (map index `map`).
+    ShuffleMap { shuffle: ShuffleId, parent_index: u32, map: u32 },
+    /// Compute partition `partition` of `rdd` and return it.
+    Result { rdd: RddId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task_id: u64,
+    pub attempt: u32,
+    pub outcome: Result<TaskOutput, TaskFailure>,
+    /// Digests of the blocks this task wrote.
+    pub blocks: Vec<(BlockId, u128)>,
+    /// Records read from input blocks and UDF calls made, for metrics.
+    pub udf_calls: u64,
+    pub micros: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TaskOutput {
+    MapDone,
+    Partition(Vec<u8>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum TaskFailure {
+    #[error("shuffle output {shuffle} map {map} is missing")]
+    FetchFailed { shuffle: ShuffleId, map: u32 },
+    #[error("input block {0} is missing (not recoverable from lineage)")]
+    InputLost(BlockId),
+    #[error("{message}")]
+    Udf { message: String, deterministic: bool },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<codec::CodecError> for TaskFailure {
+    fn from(e: codec::CodecError) -> Self {
+        TaskFailure::Other(format!("malformed record: {e}"))
+    }
+}
+
+impl From<UdfError> for TaskFailure {
+    fn from(e: UdfError) -> Self {
+        TaskFailure::Udf { deterministic: e.is_deterministic(), message: e.to_string() }
+    }
+}
+
+/// What a task computes with: the job's modules and the block store.
+pub struct TaskEnv<'a> {
+    pub registry: &'a ModuleRegistry,
+    pub blocks: &'a BlockStore,
+}
+
+/// Runs one task to completion. Never panics on user data: UDF failures,
+/// malformed records and missing blocks come back as a [`TaskFailure`].
+pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
+    let start = Instant::now();
+    let mut cx = TaskCx { env, task, instances: HashMap::new(), written: Vec::new(), udf_calls: 0 };
+    let outcome = match &task.kind {
+        TaskKind::Result { rdd } => cx.compute(*rdd, task.partition).map(|b| TaskOutput::Partition(b.to_vec())),
+        TaskKind::ShuffleMap { shuffle, parent_index, map } => cx.shuffle_map(*shuffle, *parent_index, *map),
+    };
+    TaskResult {
+        task_id: task.id,
+        attempt: task.attempt,
+        outcome,
+        blocks: cx.written,
+        udf_calls: cx.udf_calls,
+        micros: start.elapsed().as_micros() as u64,
+    }
+}
+
+pub(crate) struct TaskCx<'a, 'e> {
+    env: &'a TaskEnv<'e>,
+    task: &'a Task,
+    /// One fresh instance per module per task.
+    instances: HashMap<ModuleHash, UdfInstance>,
+    written: Vec<(BlockId, u128)>,
+    udf_calls: u64,
+}
+
+fn bad(msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::Other(msg.into())
+}
+
+impl TaskCx<'_, '_> {
+    fn rdd(&self, id: RddId) -> Result<&Rdd, TaskFailure> {
+        self.task.rdds.get(&id).ok_or_else(|| bad(format!("task lineage lacks {id}")))
+    }
+
+    fn store(&mut self, id: BlockId, data: Vec<u8>) -> Block {
+        let block = Arc::new(data);
+        self.written.push((id, crate::rdd::digest(&block)));
+        self.env.blocks.put(id, block.clone());
+        block
+    }
+
+    /// Computes (or reads) partition `p` of `id`.
+    pub(crate) fn compute(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
+        let block_id = BlockId::Rdd { rdd: id, partition: p };
+        if let Some(b) = self.env.blocks.get(&block_id) {
+            return Ok(b);
+        }
+        let rdd = self.rdd(id)?.clone();
+        let data: Block = match &rdd.op {
+            RddOp::Input { .. } => return Err(TaskFailure::InputLost(block_id)),
+            RddOp::Narrow { parent, ops } => {
+                let mut cur = self.compute(*parent, p)?;
+                for op in ops {
+                    cur = Arc::new(self.apply(op, &cur, p)?);
+                }
+                cur
+            }
+            RddOp::Union { parents } => {
+                let mut idx = p;
+                let mut found = None;
+                for parent in parents {
+                    let n = self.rdd(*parent)?.partitions;
+                    if idx < n {
+                        found = Some((*parent, idx));
+                        break;
+                    }
+                    idx -= n;
+                }
+                let Some((parent, idx)) = found else {
+                    return Err(bad(format!("union {id} has no partition {p}")));
+                };
+                self.compute(parent, idx)?
+            }
+            RddOp::Shuffled { map_partitions, aggregation, .. } => {
+                let total: u32 = map_partitions.iter().sum();
+                let mut buckets = Vec::with_capacity(total as usize);
+                for m in 0..total {
+                    let bid = BlockId::Shuffle { shuffle: id, map: m, reduce: p };
+                    match self.env.blocks.get(&bid) {
+                        Some(b) => buckets.push(b),
+                        None => return Err(TaskFailure::FetchFailed { shuffle: id, map: m }),
+                    }
+                }
+                let parent_of_map = parent_index_table(map_partitions);
+                Arc::new(shuffle::reduce_side(self, aggregation, &buckets, &parent_of_map, map_partitions.len(), p)?)
+            }
+        };
+        if rdd.persist {
+            Ok(self.store(block_id, data.to_vec()))
+        } else {
+            Ok(data)
+        }
+    }
+
+    fn shuffle_map(&mut self, shuffle: ShuffleId, parent_index: u32, map: u32) -> Result<TaskOutput, TaskFailure> {
+        let rdd = self.rdd(shuffle)?.clone();
+        let RddOp::Shuffled { parents, aggregation, .. } = &rdd.op else {
+            return Err(bad(format!("{shuffle} is not a shuffled RDD")));
+        };
+        let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
+        let input = self.compute(parent, self.task.partition)?;
+        let buckets = shuffle::map_side(self, aggregation, &input, map, rdd.partitions)?;
+        for (r, data) in buckets.into_iter().enumerate() {
+            self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, data);
+        }
+        Ok(TaskOutput::MapDone)
+    }
+
+    /// Calls a UDF on one batch in this task's instance of its module.
+    pub(crate) fn call(&mut self, f: &UdfRef, input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
+        self.call_kind(f, f.kind, input, partition)
+    }
+
+    pub(crate) fn call_kind(
+        &mut self,
+        f: &UdfRef,
+        kind: UdfKind,
+        input: &[u8],
+        partition: u32,
+    ) -> Result<Vec<u8>, TaskFailure> {
+        if !self.instances.contains_key(&f.module) {
+            let module = self.env.registry.get(&f.module).ok_or_else(|| {
+                bad(format!("module {} (sha256 {}) is not loaded on this executor", f.module_name, f.module.short()))
+            })?;
+            let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
+            self.instances.insert(f.module, inst);
+        }
+        let Some(inst) = self.instances.get_mut(&f.module) else { return Err(bad("instance vanished")) };
+        self.udf_calls += 1;
+        match inst.call(&f.function, kind, input) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                // A failed instance is never reused.
+                self.instances.remove(&f.module);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &NarrowOp, input: &[u8], p: u32) -> Result<Vec<u8>, TaskFailure> {
+        let recs = || records(input);
+        Ok(match op {
+            NarrowOp::Udf(f) => match f.kind {
+                UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions => self.call(f, input, p)?,
+                UdfKind::Filter => {
+                    let keep = self.call(f, input, p)?;
+                    let mut b = codec::BatchBuilder::with_capacity(input.len());
+                    for (r, flag) in recs()?.zip(&keep[4..]) {
+                        if *flag == codec::TAG_TRUE {
+                            b.push_raw(r?);
+                        }
+                    }
+                    b.finish()
+                }
+                UdfKind::KeyBy => {
+                    let keys = self.call(f, input, p)?;
+                    let mut b = codec::BatchBuilder::with_capacity(input.len() * 2);
+                    for (r, k) in recs()?.zip(records(&keys)?) {
+                        b.push_with(|w| codec::write_pair(w.buf, k.unwrap_or_default(), r.unwrap_or_default()));
+                    }
+                    b.finish()
+                }
+                k => return Err(bad(format!("{k} function {f} cannot be used as a narrow transformation"))),
+            },
+            NarrowOp::MapValues(f) => {
+                let (keys, values) = split_pairs(input)?;
+                let out = self.call(f, &values, p)?;
+                let mut b = codec::BatchBuilder::with_capacity(input.len());
+                for (k, v) in keys.iter().zip(records(&out)?) {
+                    b.push_with(|w| codec::write_pair(w.buf, k, v.unwrap_or_default()));
+                }
+                b.finish()
+            }
+            NarrowOp::FlatMapValues(f) => {
+                // flat_map's output does not say which input made it, so each
+                // value goes in its own call: correct, and slower than map_values.
+                let mut b = codec::BatchBuilder::with_capacity(input.len());
+                for r in recs()? {
+                    let (k, v) = pair(r?)?;
+                    let mut one = codec::BatchBuilder::new();
+                    one.push_raw(v);
+                    let out = self.call(f, &one.finish(), p)?;
+                    for o in records(&out)? {
+                        b.push_with(|w| codec::write_pair(w.buf, k, o.unwrap_or_default()));
+                    }
+                }
+                b.finish()
+            }
+            NarrowOp::Glom => {
+                let n = codec::Records::new(input).map_err(|e| bad(e.to_string()))?.remaining();
+                let mut b = codec::BatchBuilder::with_capacity(input.len() + 5);
+                b.push_with(|w| {
+                    w.list(n);
+                    w.raw(&input[4..]);
+                });
+                b.finish()
+            }
+            NarrowOp::PairWithOne | NarrowOp::PairWithNull => {
+                let mut b = codec::BatchBuilder::with_capacity(input.len() * 2);
+                let one = codec::encode_i64(1);
+                for r in recs()? {
+                    let r = r.map_err(|e| bad(e.to_string()))?;
+                    b.push_with(|w| match op {
+                        NarrowOp::PairWithOne => codec::write_pair(w.buf, r, &one),
+                        _ => codec::write_pair(w.buf, &[codec::TAG_NULL], r),
+                    });
+                }
+                b.finish()
+            }
+            NarrowOp::Values => {
+                let (_, values) = split_pairs(input)?;
+                values
+            }
+            NarrowOp::Join(kind) => join_rows(input, *kind)?,
+        })
+    }
+}
+
+/// For each global map index, the parent it belongs to.
+fn parent_index_table(map_partitions: &[u32]) -> Vec<u32> {
+    map_partitions.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32, n as usize)).collect()
+}
+
+pub(crate) fn records(batch: &[u8]) -> Result<codec::Records<'_>, TaskFailure> {
+    codec::Records::new(batch).map_err(|e| bad(format!("malformed batch: {e}")))
+}
+
+pub(crate) fn pair(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
+    codec::split_pair(rec)
+        .map_err(|_| bad(format!("expected a (key, value) pair, got {}", codec::display::render(rec))))
+}
+
+fn split_pairs(input: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), TaskFailure> {
+    let mut keys = Vec::new();
+    let mut values = codec::BatchBuilder::with_capacity(input.len());
+    for r in records(input)? {
+        let (k, v) = pair(r.map_err(|e| bad(e.to_string()))?)?;
+        keys.push(k);
+        values.push_raw(v);
+    }
+    Ok((keys, values.finish()))
+}
+
+/// `(k, ([v...], [w...]))` -> join rows `(k, (v, w))`, with null for a
+/// missing side in outer joins.
+fn join_rows(input: &[u8], kind: JoinKind) -> Result<Vec<u8>, TaskFailure> {
+    let mut b = codec::BatchBuilder::with_capacity(input.len());
+    let null: &[u8] = &[codec::TAG_NULL];
+    for r in records(input)? {
+        let (k, groups) = pair(r.map_err(|e| bad(e.to_string()))?)?;
+        let g = codec::elements(groups).map_err(|e| bad(e.to_string()))?;
+        if g.len() != 2 {
+            return Err(bad("join expects cogroup output of two streams"));
+        }
+        let vs = codec::elements(g[0]).map_err(|e| bad(e.to_string()))?;
+        let ws = codec::elements(g[1]).map_err(|e| bad(e.to_string()))?;
+        let mut emit = |v: &[u8], w: &[u8]| {
+            b.push_with(|wr| {
+                wr.tuple(2);
+                wr.raw(k);
+                wr.tuple(2);
+                wr.raw(v);
+                wr.raw(w);
+            })
+        };
+        for v in &vs {
+            for w in &ws {
+                emit(v, w);
+            }
+        }
+        let left = matches!(kind, JoinKind::LeftOuter | JoinKind::FullOuter);
+        let right = matches!(kind, JoinKind::RightOuter | JoinKind::FullOuter);
+        if ws.is_empty() && left {
+            vs.iter().for_each(|v| emit(v, null));
+        }
+        if vs.is_empty() && right {
+            ws.iter().for_each(|w| emit(null, w));
+        }
+    }
+    Ok(b.finish())
+}

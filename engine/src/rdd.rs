@@ -1,0 +1,244 @@
+//! RDDs: the partitions of one batch of one DStream, and how they were made.
+//!
+//! An [`Rdd`] is plain data: its id, its number of partitions, the operation
+//! that makes it from its parents (its lineage), and whether its partitions
+//! are kept as blocks. Ids are deterministic — `(batch time, node of the
+//! DStream graph)` — so the same batch planned twice (after a crash, on
+//! another process) names the same RDDs, shuffles and blocks.
+//!
+//! Narrow operations ([`NarrowOp`]) are pipelined inside one task; a
+//! [`RddOp::Shuffled`] RDD starts a new stage. Every UDF an RDD runs is named
+//! by the SHA-256 of its module, so lineage pins the exact code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::udf::{ModuleHash, UdfKind};
+
+/// `(batch time in ms, DStream graph node)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RddId {
+    pub time: i64,
+    pub node: u32,
+}
+
+impl fmt::Display for RddId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rdd_{}@{}", self.node, self.time)
+    }
+}
+
+/// A shuffle is named after the RDD that reads it.
+pub type ShuffleId = RddId;
+
+/// A stored partition: a computed RDD partition or one shuffle bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BlockId {
+    Rdd { rdd: RddId, partition: u32 },
+    Shuffle { shuffle: ShuffleId, map: u32, reduce: u32 },
+}
+
+impl fmt::Display for BlockId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockId::Rdd { rdd, partition } => write!(f, "{rdd}_p{partition}"),
+            BlockId::Shuffle { shuffle, map, reduce } => {
+                write!(f, "shuffle_{}@{}_{map}_{reduce}", shuffle.node, shuffle.time)
+            }
+        }
+    }
+}
+
+/// A UDF, pinned by module hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UdfRef {
+    pub module: ModuleHash,
+    /// The module's file name, for messages.
+    pub module_name: String,
+    pub function: String,
+    pub kind: UdfKind,
+}
+
+impl fmt::Display for UdfRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{} ({}, sha256 {})", self.module_name, self.function, self.kind, self.module.short())
+    }
+}
+
+/// How values of one key are combined.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reducer {
+    Udf(UdfRef),
+    /// Native i64 addition (counts).
+    SumI64,
+}
+
+/// A record-at-a-time (well, batch-at-a-time) operation inside a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NarrowOp {
+    /// map, flat_map, filter, key_by or map_partitions, by the UDF's kind.
+    Udf(UdfRef),
+    /// Applies a map UDF to the values of pairs.
+    MapValues(UdfRef),
+    /// Applies a flat_map UDF to the values of pairs.
+    FlatMapValues(UdfRef),
+    /// The whole partition as one list.
+    Glom,
+    /// `x -> (x, 1)`.
+    PairWithOne,
+    /// `x -> (null, x)`: a global aggregation's single key.
+    PairWithNull,
+    /// `(k, v) -> v`.
+    Values,
+    /// Expands cogroup output `(k, ([vs], [ws]))` into join rows.
+    Join(JoinKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JoinKind {
+    Inner,
+    LeftOuter,
+    RightOuter,
+    FullOuter,
+}
+
+/// How a shuffle's map side buckets and combines, and its reduce side merges.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Aggregation {
+    /// reduce_by_key: combine on the map side, fold on the reduce side.
+    ReduceByKey(Reducer),
+    /// group_by_key: `(k, [v...])`.
+    GroupByKey,
+    /// cogroup of several parents: `(k, ([v...], [w...], ...))`.
+    CoGroup,
+    /// Redistributes records round-robin (repartition).
+    Repartition,
+    /// count: one i64, the number of records (0 for none).
+    Count,
+    /// reduce: the fold of all records (nothing for none).
+    Reduce(Reducer),
+}
+
+/// How an RDD is made from its parents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RddOp {
+    /// Received or read input of source `source`; blocks are stored at ingestion.
+    Input { source: u32 },
+    /// Narrow operations applied to the same-numbered parent partition.
+    Narrow { parent: RddId, ops: Vec<NarrowOp> },
+    /// The parents' partitions, concatenated in order.
+    Union { parents: Vec<RddId> },
+    /// Reads a shuffle of `parents` (several only for cogroup), whose map
+    /// sides have `map_partitions[i]` partitions each.
+    Shuffled { parents: Vec<RddId>, map_partitions: Vec<u32>, aggregation: Aggregation },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rdd {
+    pub id: RddId,
+    pub partitions: u32,
+    pub op: RddOp,
+    /// Keep computed partitions as blocks (windows read them again).
+    pub persist: bool,
+    /// A short name for plans and logs, e.g. `flat_map(wordcount.split)`.
+    pub label: String,
+}
+
+/// The lineage known to the driver: every live RDD by id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lineage {
+    pub rdds: BTreeMap<RddId, Rdd>,
+}
+
+impl Lineage {
+    pub fn get(&self, id: RddId) -> Option<&Rdd> {
+        self.rdds.get(&id)
+    }
+
+    /// The RDDs a task computing `root` may need: its narrow ancestry, up to
+    /// and including shuffle boundaries (whose map outputs it fetches).
+    pub fn stage_closure(&self, roots: &[RddId]) -> BTreeMap<RddId, Rdd> {
+        let mut out = BTreeMap::new();
+        let mut todo: Vec<RddId> = roots.to_vec();
+        while let Some(id) = todo.pop() {
+            if out.contains_key(&id) {
+                continue;
+            }
+            let Some(r) = self.rdds.get(&id) else { continue };
+            match &r.op {
+                RddOp::Narrow { parent, .. } => todo.push(*parent),
+                RddOp::Union { parents } => todo.extend(parents.iter().copied()),
+                RddOp::Input { .. } | RddOp::Shuffled { .. } => {}
+            }
+            out.insert(id, r.clone());
+        }
+        out
+    }
+
+    /// Shuffles that computing `root` depends on, parents before children.
+    pub fn shuffle_dependencies(&self, root: RddId) -> Vec<RddId> {
+        let mut order = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        self.visit_shuffles(root, &mut seen, &mut order);
+        order
+    }
+
+    fn visit_shuffles(&self, id: RddId, seen: &mut std::collections::HashSet<RddId>, order: &mut Vec<RddId>) {
+        if !seen.insert(id) {
+            return;
+        }
+        let Some(r) = self.rdds.get(&id) else { return };
+        match &r.op {
+            RddOp::Input { .. } => {}
+            RddOp::Narrow { parent, .. } => self.visit_shuffles(*parent, seen, order),
+            RddOp::Union { parents } => parents.iter().for_each(|p| self.visit_shuffles(*p, seen, order)),
+            RddOp::Shuffled { parents, .. } => {
+                parents.iter().for_each(|p| self.visit_shuffles(*p, seen, order));
+                order.push(id);
+            }
+        }
+    }
+
+    /// A human-readable plan of `root`, like Spark's `toDebugString`.
+    pub fn explain(&self, root: RddId) -> String {
+        let mut s = String::new();
+        self.explain_into(root, 0, &mut s);
+        s
+    }
+
+    fn explain_into(&self, id: RddId, depth: usize, s: &mut String) {
+        use std::fmt::Write;
+        let pad = "  ".repeat(depth);
+        let Some(r) = self.rdds.get(&id) else {
+            let _ = writeln!(s, "{pad}{id} (forgotten)");
+            return;
+        };
+        let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
+        let persist = if r.persist { " [persisted]" } else { "" };
+        let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
+        match &r.op {
+            RddOp::Input { .. } => {}
+            RddOp::Narrow { parent, .. } => self.explain_into(*parent, depth + 1, s),
+            RddOp::Union { parents } | RddOp::Shuffled { parents, .. } => {
+                parents.iter().for_each(|p| self.explain_into(*p, depth + 1, s))
+            }
+        }
+    }
+}
+
+/// The fixed seed of the partitioner ("WEIR"). Changing it changes every
+/// shuffle's layout: it is part of the on-disk and wire contract.
+pub const PARTITION_SEED: u64 = 0x5745_4952;
+
+/// The hash partitioner: xxh3-64 of the encoded key with a fixed seed, mod n.
+#[inline]
+pub fn partition_of(encoded_key: &[u8], partitions: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64_with_seed(encoded_key, PARTITION_SEED) % partitions as u64) as u32
+}
+
+/// The digest of a block's bytes, checked on every recomputation.
+pub fn digest(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}

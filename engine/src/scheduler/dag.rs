@@ -1,0 +1,262 @@
+//! The DAG scheduler: turns a request for an RDD's partitions into stages
+//! (cut at shuffle boundaries) and tasks, runs them on the executors, retries
+//! failed tasks, and recomputes lost shuffle outputs when a fetch fails.
+//!
+//! Every block a task writes comes back with its digest. The first digest of
+//! a block is remembered; a recomputed block must match it, byte for byte, or
+//! the job fails loudly (a UDF or the engine is not deterministic).
+
+use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
+
+use crate::executor::{ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput, TaskResult};
+use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
+
+/// Counters the scheduler keeps (per job).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerMetrics {
+    pub tasks_run: u64,
+    pub task_failures: u64,
+    pub fetch_failures: u64,
+    /// Blocks written again after having been written before (recomputation).
+    pub blocks_recomputed: u64,
+    pub map_tasks_recomputed: u64,
+    pub udf_calls: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("partition {partition} of {rdd} failed {attempts} time(s): {failure}")]
+    TaskFailed { rdd: RddId, partition: u32, attempts: u32, failure: TaskFailure },
+    #[error(
+        "recomputed block {block} differs from the original (digest {recomputed:032x}, originally {original:032x}): \
+         a UDF or the engine is not deterministic"
+    )]
+    Nondeterministic { block: BlockId, original: u128, recomputed: u128 },
+    #[error("{0}")]
+    Lost(String),
+}
+
+enum StageError {
+    Fetch { shuffle: ShuffleId, map: u32 },
+    Job(JobError),
+}
+
+pub struct DagScheduler {
+    backend: Box<dyn ExecutorBackend>,
+    results: Receiver<TaskResult>,
+    pub lineage: Lineage,
+    /// Which map outputs of each shuffle are complete.
+    map_outputs: HashMap<ShuffleId, Vec<bool>>,
+    digests: HashMap<BlockId, u128>,
+    next_task: u64,
+    /// Attempts per task before its job fails (spark.task.maxFailures).
+    pub max_task_failures: u32,
+    pub metrics: SchedulerMetrics,
+}
+
+/// Fetch-failure rounds before giving up on a job.
+const MAX_STAGE_ROUNDS: u32 = 16;
+
+impl DagScheduler {
+    pub fn new(backend: Box<dyn ExecutorBackend>, results: Receiver<TaskResult>) -> Self {
+        DagScheduler {
+            backend,
+            results,
+            lineage: Lineage::default(),
+            map_outputs: HashMap::new(),
+            digests: HashMap::new(),
+            next_task: 0,
+            max_task_failures: 4,
+            metrics: SchedulerMetrics::default(),
+        }
+    }
+
+    pub fn backend(&self) -> &dyn ExecutorBackend {
+        &*self.backend
+    }
+
+    /// Records an input block stored by the driver.
+    pub fn register_block(&mut self, id: BlockId, digest: u128) {
+        self.digests.insert(id, digest);
+    }
+
+    pub fn digest_of(&self, id: &BlockId) -> Option<u128> {
+        self.digests.get(id).copied()
+    }
+
+    /// Computes every partition of `rdd`, in order.
+    pub fn run_job(&mut self, rdd: RddId) -> Result<Vec<Vec<u8>>, JobError> {
+        let partitions =
+            self.lineage.get(rdd).ok_or_else(|| JobError::Lost(format!("{rdd} is not in the lineage")))?.partitions;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let attempt = self.ensure_shuffles(rdd).and_then(|()| {
+                let rdds = self.lineage.stage_closure(&[rdd]);
+                let tasks =
+                    (0..partitions).map(|p| self.task(rdd.time, rdds.clone(), p, TaskKind::Result { rdd })).collect();
+                self.run_tasks(tasks, rdd)
+            });
+            match attempt {
+                Ok(outs) => {
+                    return Ok(outs
+                        .into_iter()
+                        .map(|o| match o {
+                            TaskOutput::Partition(b) => b,
+                            TaskOutput::MapDone => Vec::new(),
+                        })
+                        .collect())
+                }
+                Err(StageError::Fetch { shuffle, map }) => {
+                    self.metrics.fetch_failures += 1;
+                    if let Some(v) = self.map_outputs.get_mut(&shuffle) {
+                        if let Some(m) = v.get_mut(map as usize) {
+                            *m = false;
+                        }
+                    }
+                    tracing::info!("shuffle output {shuffle} map {map} lost; recomputing it from lineage");
+                    if rounds >= MAX_STAGE_ROUNDS {
+                        return Err(JobError::Lost(format!("gave up on {rdd} after {rounds} fetch failures")));
+                    }
+                }
+                Err(StageError::Job(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn task(
+        &mut self,
+        time: i64,
+        rdds: std::collections::BTreeMap<RddId, crate::rdd::Rdd>,
+        partition: u32,
+        kind: TaskKind,
+    ) -> Task {
+        self.next_task += 1;
+        Task { id: self.next_task, attempt: 0, batch_time: time, rdds, partition, kind }
+    }
+
+    /// Runs the map stages `rdd` depends on whose outputs are incomplete.
+    fn ensure_shuffles(&mut self, rdd: RddId) -> Result<(), StageError> {
+        for shuffle in self.lineage.shuffle_dependencies(rdd) {
+            let Some(r) = self.lineage.get(shuffle).cloned() else { continue };
+            let RddOp::Shuffled { parents, map_partitions, .. } = &r.op else { continue };
+            let total: u32 = map_partitions.iter().sum();
+            let done = self.map_outputs.entry(shuffle).or_insert_with(|| vec![false; total as usize]).clone();
+            let mut tasks = Vec::new();
+            let mut maps = Vec::new();
+            let mut m = 0u32;
+            for (i, (parent, n)) in parents.iter().zip(map_partitions).enumerate() {
+                for p in 0..*n {
+                    if !done.get(m as usize).copied().unwrap_or(false) {
+                        let mut rdds = self.lineage.stage_closure(&[*parent]);
+                        rdds.insert(shuffle, r.clone());
+                        let kind = TaskKind::ShuffleMap { shuffle, parent_index: i as u32, map: m };
+                        tasks.push(self.task(shuffle.time, rdds, p, kind));
+                        maps.push(m);
+                    }
+                    m += 1;
+                }
+            }
+            if tasks.is_empty() {
+                continue;
+            }
+            let recompute = done.iter().any(|d| *d)
+                || self.digests.contains_key(&BlockId::Shuffle { shuffle, map: maps[0], reduce: 0 });
+            self.run_tasks(tasks, shuffle)?;
+            if recompute {
+                self.metrics.map_tasks_recomputed += maps.len() as u64;
+            }
+            if let Some(v) = self.map_outputs.get_mut(&shuffle) {
+                for m in maps {
+                    v[m as usize] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a set of tasks to completion (with retries); outputs in task order.
+    fn run_tasks(&mut self, tasks: Vec<Task>, rdd: RddId) -> Result<Vec<TaskOutput>, StageError> {
+        let n = tasks.len();
+        let mut index: HashMap<u64, (usize, Task)> = HashMap::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            index.insert(t.id, (i, t.clone()));
+            self.backend.submit(t);
+        }
+        let mut outputs: Vec<Option<TaskOutput>> = (0..n).map(|_| None).collect();
+        let mut failure: Option<StageError> = None;
+        while !index.is_empty() {
+            let Ok(res) = self.results.recv() else {
+                return Err(StageError::Job(JobError::Lost("all executors are gone".into())));
+            };
+            let Some((i, task)) = index.remove(&res.task_id) else { continue };
+            self.metrics.tasks_run += 1;
+            self.metrics.udf_calls += res.udf_calls;
+            for (block, d) in &res.blocks {
+                match self.digests.get(block) {
+                    Some(orig) if orig != d => {
+                        if failure.is_none() {
+                            failure = Some(StageError::Job(JobError::Nondeterministic {
+                                block: *block,
+                                original: *orig,
+                                recomputed: *d,
+                            }));
+                        }
+                    }
+                    Some(_) => self.metrics.blocks_recomputed += 1,
+                    None => {
+                        self.digests.insert(*block, *d);
+                    }
+                }
+            }
+            match res.outcome {
+                Ok(out) => outputs[i] = Some(out),
+                Err(TaskFailure::FetchFailed { shuffle, map }) => {
+                    if failure.is_none() {
+                        failure = Some(StageError::Fetch { shuffle, map });
+                    }
+                }
+                Err(f) => {
+                    self.metrics.task_failures += 1;
+                    let retriable = !matches!(f, TaskFailure::InputLost(_));
+                    if retriable && task.attempt + 1 < self.max_task_failures && failure.is_none() {
+                        tracing::warn!(
+                            "task {} (partition {} of {rdd}) failed, attempt {}: {f}",
+                            task.id,
+                            task.partition,
+                            task.attempt + 1
+                        );
+                        let mut again = task;
+                        again.attempt += 1;
+                        index.insert(again.id, (i, again.clone()));
+                        self.backend.submit(again);
+                    } else if failure.is_none() {
+                        failure = Some(StageError::Job(JobError::TaskFailed {
+                            rdd,
+                            partition: task.partition,
+                            attempts: task.attempt + 1,
+                            failure: f,
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        Ok(outputs.into_iter().map(|o| o.unwrap_or(TaskOutput::MapDone)).collect())
+    }
+
+    /// Forgets RDDs, shuffles and blocks of batches before `time`.
+    pub fn forget_before(&mut self, time: i64) {
+        self.lineage.rdds.retain(|id, _| id.time >= time);
+        self.map_outputs.retain(|id, _| id.time >= time);
+        let old = |b: &BlockId| match b {
+            BlockId::Rdd { rdd, .. } => rdd.time < time,
+            BlockId::Shuffle { shuffle, .. } => shuffle.time < time,
+        };
+        self.digests.retain(|b, _| !old(b));
+        self.backend.blocks().remove_where(old);
+    }
+}
