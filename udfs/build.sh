@@ -21,7 +21,8 @@ if command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; then
     -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
     -o "$here/wordcount_c.wasm" c/wordcount.c
 else
-  echo "udfs/build.sh: clang and wasm-ld (Debian: clang lld) are needed for the C guest udfs/c/" >&2
-  exit 1
+  # Not fatal: the examples need only the Rust modules. The tests need this
+  # one and say so; scripts/test.sh installs clang and lld first.
+  echo "udfs/build.sh: skipping the C guest (udfs/c/): clang and wasm-ld not found (Debian: apt-get install clang lld)" >&2
 fi
 echo "built: $(cd "$here" && ls *.wasm | tr '\n' ' ')"
