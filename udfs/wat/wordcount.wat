@@ -67,16 +67,11 @@
     (i64.or (call $ok (local.get $ptr) (local.get $len))
             (i64.const 0x8000000000000000)))
 
-  ;; Rust's u8::is_ascii_whitespace: 0x20, 0x09, 0x0a, 0x0c, 0x0d.
-  ;; As a bit set over 0..=32: bits 9, 10, 12, 13 and 32 = 0x1_0000_3600.
-  (func $is_ws (param $b i32) (result i32)
-    (if (result i32) (i32.gt_u (local.get $b) (i32.const 32))
-      (then (i32.const 0))
-      (else
-        (i64.ne
-          (i64.and (i64.shl (i64.const 1) (i64.extend_i32_u (local.get $b)))
-                   (i64.const 0x100003600))
-          (i64.const 0)))))
+  ;; Whitespace is Rust's u8::is_ascii_whitespace: 0x20, 0x09, 0x0a, 0x0c,
+  ;; 0x0d. As a bit set over 0..=32 that is bits 9, 10, 12, 13 and 32 =
+  ;; 0x1_0000_3600, so the test for byte $b is, branch-free,
+  ;;   $b <= 32 && (0x100003600 >> $b) & 1
+  ;; written inline in flat_map:split (a call per byte costs more than it).
 
   ;; Reads the batch count at $ptr; -1 (as an "error" marker) when the
   ;; buffer is shorter than 4 bytes or the count cannot fit: each record
@@ -123,7 +118,7 @@
   ;; an input over 1 GiB fails in $alloc instead of wrapping).
   (func (export "flat_map:split") (param $ptr i32) (param $len i32) (result i64)
     (local $n i64) (local $end i32) (local $p i32) (local $e i32)
-    (local $out0 i32) (local $out i32) (local $words i32) (local $start i32)
+    (local $out0 i32) (local $out i32) (local $words i32) (local $start i32) (local $b i32)
     (local.set $n (call $batch_count (local.get $ptr) (local.get $len) (i32.const 5)))
     (if (i64.lt_s (local.get $n) (i64.const 0))
       (then (return (call $err (i32.const 0) (i32.const 21)))))
@@ -150,7 +145,11 @@
             (block $skipped
               (loop $skip
                 (br_if $line_done (i32.ge_u (local.get $p) (local.get $e)))
-                (br_if $skipped (i32.eqz (call $is_ws (i32.load8_u (local.get $p)))))
+                (local.set $b (i32.load8_u (local.get $p)))
+                (br_if $skipped (i32.eqz (i32.and
+                  (i32.le_u (local.get $b) (i32.const 32))
+                  (i32.wrap_i64 (i64.and (i64.shr_u (i64.const 0x100003600) (i64.extend_i32_u (local.get $b)))
+                                         (i64.const 1))))))
                 (local.set $p (i32.add (local.get $p) (i32.const 1)))
                 (br $skip)))
             ;; A word: up to the next whitespace or the end of the line.
@@ -158,7 +157,11 @@
             (block $word_end
               (loop $word
                 (br_if $word_end (i32.ge_u (local.get $p) (local.get $e)))
-                (br_if $word_end (call $is_ws (i32.load8_u (local.get $p))))
+                (local.set $b (i32.load8_u (local.get $p)))
+                (br_if $word_end (i32.and
+                  (i32.le_u (local.get $b) (i32.const 32))
+                  (i32.wrap_i64 (i64.and (i64.shr_u (i64.const 0x100003600) (i64.extend_i32_u (local.get $b)))
+                                         (i64.const 1)))))
                 (local.set $p (i32.add (local.get $p) (i32.const 1)))
                 (br $word)))
             (local.set $out (call $put_str (local.get $out) (local.get $start)
