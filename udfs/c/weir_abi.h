@@ -3,9 +3,9 @@
  *
  * One header, no libc, no imports. It gives a C guest:
  *
- *   - the three exports every module needs: `memory` (exported by the linker
- *     with --export-dynamic), `weir_abi_version` and `weir_alloc`, defined
- *     here (include this header in exactly one .c file);
+ *   - the three exports every module needs: `memory` (wasm-ld exports it
+ *     by default), `weir_abi_version` and `weir_alloc`, defined here
+ *     (include this header in exactly one .c file);
  *   - a bump allocator over linear memory (weir_bump);
  *   - a bounds-checked reader for encoded values (struct weir_rd);
  *   - a growable writer for the output batch (struct weir_wr);
