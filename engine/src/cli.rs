@@ -115,7 +115,7 @@ fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
         println!("  no functions exported");
     }
     for (name, kind) in m.functions() {
-        println!("  {kind:<15} {name}");
+        println!("  {:<15} {name}", kind.as_str());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -336,7 +336,10 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     _ => return Err(e(format!("unterminated argument list of {op}")).into()),
                 }
             }
-            cur = self.apply(&cur, &op, &args, name, span.clone())?;
+            cur = self.apply(&cur, &op, &args, name, span.clone()).map_err(|err| match err {
+                EngineError::JobFile(f) => EngineError::JobFile(f),
+                other => e(format!("{op}: {other}")).into(),
+            })?;
         }
         Ok(cur)
     }

@@ -91,7 +91,7 @@ pub enum UdfErrorKind {
 #[error("{site}: {kind}")]
 pub struct UdfError {
     pub site: UdfSite,
-    #[source]
+    // Not a `#[source]`: the message already includes it.
     pub kind: UdfErrorKind,
 }
 
