@@ -6,35 +6,170 @@
 
 use std::collections::HashMap;
 
+use hashbrown::HashTable;
 use weir_codec as codec;
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::block_store::Block;
 use super::task::{pair, records, TaskCx, TaskFailure};
-use crate::rdd::{partition_of, Aggregation, Reducer};
+use crate::rdd::{Aggregation, Reducer, PARTITION_SEED};
 use crate::udf::UdfKind;
 
 fn bad(msg: impl Into<String>) -> TaskFailure {
     TaskFailure::Other(msg.into())
 }
 
-/// Keys in first-seen order with their values.
+/// Keys in first-seen order with their values. Keys are hashed once (the
+/// partitioner's hash, reused for bucketing); a lookup touches only the hash
+/// table slot and the key bytes. After the last `add`, `finish` lays the
+/// values out group by group (a counting sort, stable: values keep their
+/// input order within a key).
 #[derive(Default)]
 struct Groups<'a> {
-    index: HashMap<&'a [u8], u32, Xxh3Builder>,
-    groups: Vec<(&'a [u8], Vec<&'a [u8]>)>,
+    table: HashTable<Slot>,
+    groups: Vec<Group<'a>>,
+    /// (value, its group), in input order.
+    values: Vec<(&'a [u8], u32)>,
+    /// The values, grouped (filled by `finish`).
+    ordered: Vec<&'a [u8]>,
+}
+
+/// A table slot. Short keys (most keys) are kept inline so that a lookup
+/// compares them without touching the record they came from.
+struct Slot {
+    hash: u64,
+    group: u32,
+    len: u32,
+    inline: [u8; INLINE_KEY],
+}
+
+const INLINE_KEY: usize = 20;
+
+struct Group<'a> {
+    hash: u64,
+    key: &'a [u8],
+    start: u32,
+    len: u32,
+}
+
+#[inline]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    // Keys are short; a plain loop beats a call to memcmp.
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 impl<'a> Groups<'a> {
-    fn add(&mut self, k: &'a [u8], v: &'a [u8]) {
-        match self.index.get(k) {
-            Some(&i) => self.groups[i as usize].1.push(v),
-            None => {
-                self.index.insert(k, self.groups.len() as u32);
-                self.groups.push((k, vec![v]));
-            }
+    fn with_capacity(n: usize) -> Self {
+        Groups {
+            table: HashTable::with_capacity(n / 4),
+            groups: Vec::with_capacity(n / 4),
+            values: Vec::with_capacity(n),
+            ordered: Vec::new(),
         }
     }
+
+    #[inline]
+    fn add(&mut self, k: &'a [u8], v: &'a [u8]) {
+        let h = key_hash(k);
+        let groups = &self.groups;
+        let found = self.table.find(h, |s| {
+            s.hash == h
+                && s.len as usize == k.len()
+                && if k.len() <= INLINE_KEY {
+                    key_eq(&s.inline[..k.len()], k)
+                } else {
+                    key_eq(groups[s.group as usize].key, k)
+                }
+        });
+        let g = match found {
+            Some(s) => s.group,
+            None => {
+                let g = self.groups.len() as u32;
+                self.groups.push(Group { hash: h, key: k, start: 0, len: 0 });
+                let mut inline = [0u8; INLINE_KEY];
+                if k.len() <= INLINE_KEY {
+                    inline[..k.len()].copy_from_slice(k);
+                }
+                self.table.insert_unique(h, Slot { hash: h, group: g, len: k.len() as u32, inline }, |s| s.hash);
+                g
+            }
+        };
+        self.values.push((v, g));
+    }
+
+    fn finish(&mut self) {
+        for &(_, g) in &self.values {
+            self.groups[g as usize].len += 1;
+        }
+        let mut start = 0u32;
+        let mut pos = Vec::with_capacity(self.groups.len());
+        for g in &mut self.groups {
+            g.start = start;
+            pos.push(start);
+            start += g.len;
+        }
+        self.ordered = vec![&[][..]; self.values.len()];
+        for &(v, g) in &self.values {
+            let p = &mut pos[g as usize];
+            self.ordered[*p as usize] = v;
+            *p += 1;
+        }
+    }
+
+    /// The values of group `g`, in input order (after `finish`).
+    fn values_of(&self, g: &Group<'a>) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.ordered[g.start as usize..(g.start + g.len) as usize].iter().copied()
+    }
+
+    /// Each group's values folded with `r`, in group order.
+    /// Folds each group's values with `r` and hands `(group, folded value)` to
+    /// `emit`, in group order. Single values need no call; all other groups go
+    /// to the UDF in one batch.
+    fn fold_each(
+        &self,
+        cx: &mut TaskCx<'_, '_>,
+        r: &Reducer,
+        p: u32,
+        mut emit: impl FnMut(&Group<'a>, &[u8]),
+    ) -> Result<(), TaskFailure> {
+        let f = match r {
+            Reducer::Udf(f) => f,
+            Reducer::SumI64 => {
+                for g in &self.groups {
+                    let vs: Vec<&[u8]> = self.values_of(g).collect();
+                    for v in fold(cx, r, &[vs.as_slice()], p)? {
+                        emit(g, &v);
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let mut input = codec::BatchBuilder::with_capacity(self.values.len() * 16);
+        for g in self.groups.iter().filter(|g| g.len > 1) {
+            input.push_with(|w| w.list(g.len));
+            for v in self.values_of(g) {
+                input.extend_current(v);
+            }
+        }
+        let out = if input.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::Reduce, &input.finish(), p)?) };
+        let mut folded = match &out {
+            Some(o) => Some(records(o)?),
+            None => None,
+        };
+        for g in &self.groups {
+            if g.len > 1 {
+                let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad("reduce output too short"))?;
+                emit(g, v?);
+            } else {
+                emit(g, self.ordered[g.start as usize]);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[inline]
+fn key_hash(k: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)
 }
 
 /// Folds each group of values into one value, left to right.
@@ -93,22 +228,22 @@ pub(crate) fn map_side(
     let p = map;
     match agg {
         Aggregation::ReduceByKey(r) => {
-            let mut g = Groups::default();
-            for rec in records(input)? {
-                let (k, v) = pair(rec.map_err(|e| bad(e.to_string()))?)?;
+            let recs = records(input)?;
+            let mut g = Groups::with_capacity(recs.remaining() as usize);
+            for rec in recs {
+                let (k, v) = pair(rec?)?;
                 g.add(k, v);
             }
-            let vals: Vec<&[&[u8]]> = g.groups.iter().map(|(_, vs)| vs.as_slice()).collect();
-            let combined = fold(cx, r, &vals, p)?;
-            for ((k, _), v) in g.groups.iter().zip(&combined) {
-                buckets[partition_of(k, n) as usize].push_with(|w| codec::write_pair(w.buf, k, v));
-            }
+            g.finish();
+            g.fold_each(cx, r, p, |grp, v| {
+                buckets[(grp.hash % n as u64) as usize].push_with(|w| codec::write_pair(w.buf, grp.key, v))
+            })?;
         }
         Aggregation::GroupByKey | Aggregation::CoGroup => {
             for rec in records(input)? {
-                let rec = rec.map_err(|e| bad(e.to_string()))?;
+                let rec = rec?;
                 let (k, _) = pair(rec)?;
-                buckets[partition_of(k, n) as usize].push_raw(rec);
+                buckets[(key_hash(k) % n as u64) as usize].push_raw(rec);
             }
         }
         Aggregation::Repartition => {
@@ -145,40 +280,35 @@ pub(crate) fn reduce_side(
 ) -> Result<Vec<u8>, TaskFailure> {
     let mut out = codec::BatchBuilder::new();
     match agg {
-        Aggregation::ReduceByKey(r) => {
-            let mut g = Groups::default();
+        Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
+            let n: usize =
+                buckets.iter().map(|b| codec::Records::new(b).map(|r| r.remaining() as usize).unwrap_or(0)).sum();
+            let mut g = Groups::with_capacity(n);
             for b in buckets {
                 for rec in records(b)? {
-                    let (k, v) = pair(rec.map_err(|e| bad(e.to_string()))?)?;
+                    let (k, v) = pair(rec?)?;
                     g.add(k, v);
                 }
             }
-            let vals: Vec<&[&[u8]]> = g.groups.iter().map(|(_, vs)| vs.as_slice()).collect();
-            let folded = fold(cx, r, &vals, p)?;
-            for ((k, _), v) in g.groups.iter().zip(&folded) {
-                out.push_with(|w| codec::write_pair(w.buf, k, v));
-            }
-        }
-        Aggregation::GroupByKey => {
-            let mut g = Groups::default();
-            for b in buckets {
-                for rec in records(b)? {
-                    let (k, v) = pair(rec.map_err(|e| bad(e.to_string()))?)?;
-                    g.add(k, v);
+            g.finish();
+            if let Aggregation::ReduceByKey(r) = agg {
+                g.fold_each(cx, r, p, |grp, v| out.push_with(|w| codec::write_pair(w.buf, grp.key, v)))?;
+            } else {
+                for grp in &g.groups {
+                    out.push_with(|w| {
+                        w.tuple(2);
+                        w.raw(grp.key);
+                        w.list(grp.len);
+                    });
+                    for v in g.values_of(grp) {
+                        out.extend_current(v);
+                    }
                 }
-            }
-            for (k, vs) in &g.groups {
-                out.push_with(|w| {
-                    w.tuple(2);
-                    w.raw(k);
-                    w.list(vs.len() as u32);
-                    vs.iter().for_each(|v| w.raw(v));
-                });
             }
         }
         Aggregation::CoGroup => {
             // Per key, one list of values per parent.
-            let mut index: HashMap<&[u8], usize, Xxh3Builder> = HashMap::default();
+            let mut index: HashMap<&[u8], usize> = HashMap::new();
             let mut groups: Vec<(&[u8], Vec<Vec<&[u8]>>)> = Vec::new();
             for (m, b) in buckets.iter().enumerate() {
                 let parent = *parent_of_map.get(m).ok_or_else(|| bad("cogroup map index out of range"))? as usize;

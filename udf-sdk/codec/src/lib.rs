@@ -172,6 +172,12 @@ impl BatchBuilder {
         f(&mut Writer::new(&mut self.buf));
         self.count += 1;
     }
+    /// Appends bytes to the record being written (not a new record), e.g.
+    /// the elements after a container header pushed with `push_with`.
+    #[inline]
+    pub fn extend_current(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
     pub fn len(&self) -> u32 {
         self.count
     }
