@@ -108,9 +108,21 @@ impl Graph {
         Ok(id)
     }
 
-    /// How long any RDD must be kept: the longest window plus one interval.
+    /// How long any RDD must be kept: the longest window (or chain of
+    /// windows) plus one interval. Lookbacks add up along a chain: a window
+    /// of a window may make its parent's RDD of an earlier time only when it
+    /// needs it, and that RDD reads its own parent further back.
     pub fn remember_ms(&self) -> i64 {
-        self.nodes.iter().map(|n| n.remember_ms).max().unwrap_or(0).max(self.batch_interval_ms) + self.batch_interval_ms
+        let mut chain = vec![0i64; self.nodes.len()];
+        for n in &self.nodes {
+            let up = n.parents.iter().filter_map(|p| chain.get(*p as usize)).copied().max().unwrap_or(0);
+            let own = if let NodeOp::Window { length_ms, .. } = n.op { length_ms } else { 0 };
+            if let Some(c) = chain.get_mut(n.id as usize) {
+                *c = up + own;
+            }
+        }
+        let longest = chain.into_iter().chain(self.nodes.iter().map(|n| n.remember_ms)).max().unwrap_or(0);
+        longest.max(self.batch_interval_ms) + self.batch_interval_ms
     }
 }
 
@@ -137,18 +149,32 @@ pub fn generate(
     memo: &mut Generated,
     lineage: &mut Lineage,
 ) -> Vec<Option<RddId>> {
-    graph.outputs.iter().map(|o| rdd_at(graph, zero_time, o.node, time, input_partitions, memo, lineage)).collect()
+    // Input RDDs are made now, with this batch's partitions, whether or not an
+    // output needs them at this time: a window or a longer slide reads them
+    // at a later batch, when `input_partitions` describes another batch.
+    for n in &graph.nodes {
+        if let NodeOp::Source { source } = n.op {
+            let id = RddId { time, node: n.id };
+            let made = input_partitions.get(&source).map(|&p| {
+                lineage.rdds.insert(
+                    id,
+                    Rdd {
+                        id,
+                        partitions: p.max(1),
+                        op: RddOp::Input { source },
+                        persist: true,
+                        label: n.label.clone(),
+                    },
+                );
+                id
+            });
+            memo.rdds.insert((n.id, time), made);
+        }
+    }
+    graph.outputs.iter().map(|o| rdd_at(graph, zero_time, o.node, time, memo, lineage)).collect()
 }
 
-fn rdd_at(
-    g: &Graph,
-    zero: i64,
-    node: NodeId,
-    time: i64,
-    inputs: &BTreeMap<u32, u32>,
-    memo: &mut Generated,
-    lineage: &mut Lineage,
-) -> Option<RddId> {
+fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, lineage: &mut Lineage) -> Option<RddId> {
     if let Some(r) = memo.rdds.get(&(node, time)) {
         return *r;
     }
@@ -159,18 +185,11 @@ fn rdd_at(
         None
     } else {
         match &n.op {
-            NodeOp::Source { source } => {
-                // A source's RDD exists only for batches it was asked for;
-                // older batches (before a restart) are not re-created here.
-                inputs.get(source).map(|&p| Rdd {
-                    id,
-                    partitions: p.max(1),
-                    op: RddOp::Input { source: *source },
-                    persist: true,
-                    label: n.label.clone(),
-                })
-            }
-            NodeOp::Narrow(op) => rdd_at(g, zero, n.parents[0], time, inputs, memo, lineage).and_then(|p| {
+            // A source's RDD exists only for batches it was asked for (made
+            // by `generate` at its batch, found in the memo above); older
+            // batches (forgotten, before a restart) are not re-created here.
+            NodeOp::Source { .. } => None,
+            NodeOp::Narrow(op) => rdd_at(g, zero, n.parents[0], time, memo, lineage).and_then(|p| {
                 let parent = lineage.get(p)?;
                 Some(Rdd {
                     id,
@@ -182,7 +201,7 @@ fn rdd_at(
             }),
             NodeOp::Union => {
                 let parents: Vec<RddId> =
-                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, inputs, memo, lineage)).collect();
+                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, memo, lineage)).collect();
                 union_rdd(id, parents, n, lineage)
             }
             NodeOp::Window { length_ms, .. } => {
@@ -192,7 +211,7 @@ fn rdd_at(
                 let mut t = time - length_ms + ps;
                 while t <= time {
                     if t > zero {
-                        if let Some(r) = rdd_at(g, zero, p, t, inputs, memo, lineage) {
+                        if let Some(r) = rdd_at(g, zero, p, t, memo, lineage) {
                             parents.push(r);
                         }
                     }
@@ -202,7 +221,7 @@ fn rdd_at(
             }
             NodeOp::Shuffle { aggregation, partitions } => {
                 let parents: Vec<RddId> =
-                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, inputs, memo, lineage)).collect();
+                    n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, memo, lineage)).collect();
                 if parents.len() != n.parents.len() {
                     None
                 } else {
