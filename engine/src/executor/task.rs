@@ -56,8 +56,8 @@ pub enum TaskOutput {
 
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskFailure {
-    #[error("shuffle output {shuffle} map {map} is missing")]
-    FetchFailed { shuffle: ShuffleId, map: u32 },
+    #[error("shuffle output {shuffle} is missing map partition(s) {maps:?}")]
+    FetchFailed { shuffle: ShuffleId, maps: Vec<u32> },
     #[error("input block {0} is missing (not recoverable from lineage)")]
     InputLost(BlockId),
     #[error("{message}")]
@@ -137,12 +137,23 @@ impl TaskCx<'_, '_> {
         let rdd = self.rdd(id)?.clone();
         let data: Block = match &rdd.op {
             RddOp::Input { .. } => return Err(TaskFailure::InputLost(block_id)),
-            RddOp::Narrow { parent, ops } => {
-                let mut cur = self.compute(*parent, p)?;
-                for op in ops {
-                    cur = Arc::new(self.apply(op, &cur, p)?);
+            RddOp::Narrow { .. } => {
+                // Gather the run of narrow RDDs down to one that is stored or
+                // made otherwise, so their operations run as one pipeline.
+                let mut ops: Vec<NarrowOp> = Vec::new();
+                let mut base = id;
+                loop {
+                    let r = self.rdd(base)?;
+                    let RddOp::Narrow { parent, ops: o } = &r.op else { break };
+                    let stored = base != id && (r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }));
+                    if stored {
+                        break;
+                    }
+                    ops.splice(0..0, o.iter().cloned());
+                    base = *parent;
                 }
-                cur
+                let input = self.compute(base, p)?;
+                self.pipeline(&ops, input, p)?
             }
             RddOp::Union { parents } => {
                 let mut idx = p;
@@ -163,12 +174,18 @@ impl TaskCx<'_, '_> {
             RddOp::Shuffled { map_partitions, aggregation, .. } => {
                 let total: u32 = map_partitions.iter().sum();
                 let mut buckets = Vec::with_capacity(total as usize);
+                // Every missing map output is reported at once, so the
+                // scheduler recomputes them all in one round.
+                let mut missing = Vec::new();
                 for m in 0..total {
                     let bid = BlockId::Shuffle { shuffle: id, map: m, reduce: p };
                     match self.env.blocks.get(&bid) {
                         Some(b) => buckets.push(b),
-                        None => return Err(TaskFailure::FetchFailed { shuffle: id, map: m }),
+                        None => missing.push(m),
                     }
+                }
+                if !missing.is_empty() {
+                    return Err(TaskFailure::FetchFailed { shuffle: id, maps: missing });
                 }
                 let parent_of_map = parent_index_table(map_partitions);
                 Arc::new(shuffle::reduce_side(self, aggregation, &buckets, &parent_of_map, map_partitions.len(), p)?)
@@ -195,6 +212,59 @@ impl TaskCx<'_, '_> {
         Ok(TaskOutput::MapDone)
     }
 
+    /// Applies narrow operations in order. Consecutive map / flat_map /
+    /// map_partitions functions of one module run as one chained call: the
+    /// batch enters guest memory once and leaves it once.
+    fn pipeline(&mut self, ops: &[NarrowOp], input: Block, p: u32) -> Result<Block, TaskFailure> {
+        let chainable = |op: &NarrowOp| match op {
+            NarrowOp::Udf(f) if matches!(f.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) => Some(f),
+            _ => None,
+        };
+        let mut cur = input;
+        let mut i = 0;
+        while i < ops.len() {
+            if let Some(f) = chainable(&ops[i]) {
+                let mut j = i + 1;
+                while j < ops.len() && chainable(&ops[j]).is_some_and(|g| g.module == f.module) {
+                    j += 1;
+                }
+                if j - i > 1 {
+                    let steps: Vec<&UdfRef> = ops[i..j].iter().filter_map(chainable).collect();
+                    cur = Arc::new(self.call_chain(&steps, &cur, p)?);
+                    i = j;
+                    continue;
+                }
+            }
+            cur = Arc::new(self.apply(&ops[i], &cur, p)?);
+            i += 1;
+        }
+        Ok(cur)
+    }
+
+    fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
+        if !self.instances.contains_key(&f.module) {
+            let module = self.env.registry.get(&f.module).ok_or_else(|| {
+                bad(format!("module {} (sha256 {}) is not loaded on this executor", f.module_name, f.module.short()))
+            })?;
+            let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
+            self.instances.insert(f.module, inst);
+        }
+        self.instances.get_mut(&f.module).ok_or_else(|| bad("instance vanished"))
+    }
+
+    /// Runs functions of one module as a chained call (see `pipeline`).
+    fn call_chain(&mut self, steps: &[&UdfRef], input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
+        let module = steps[0].module;
+        let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
+        self.udf_calls += steps.len() as u64;
+        let r = self.instance(steps[0], partition)?.call_chain(&names, input);
+        r.map_err(|e| {
+            // A failed instance is never reused.
+            self.instances.remove(&module);
+            e.into()
+        })
+    }
+
     /// Calls a UDF on one batch in this task's instance of its module.
     pub(crate) fn call(&mut self, f: &UdfRef, input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
         self.call_kind(f, f.kind, input, partition)
@@ -207,16 +277,10 @@ impl TaskCx<'_, '_> {
         input: &[u8],
         partition: u32,
     ) -> Result<Vec<u8>, TaskFailure> {
-        if !self.instances.contains_key(&f.module) {
-            let module = self.env.registry.get(&f.module).ok_or_else(|| {
-                bad(format!("module {} (sha256 {}) is not loaded on this executor", f.module_name, f.module.short()))
-            })?;
-            let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
-            self.instances.insert(f.module, inst);
-        }
-        let Some(inst) = self.instances.get_mut(&f.module) else { return Err(bad("instance vanished")) };
+        let inst = self.instance(f, partition)?;
+        let r = inst.call(&f.function, kind, input);
         self.udf_calls += 1;
-        match inst.call(&f.function, kind, input) {
+        match r {
             Ok(out) => Ok(out),
             Err(e) => {
                 // A failed instance is never reused.

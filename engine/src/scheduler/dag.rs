@@ -38,7 +38,8 @@ pub enum JobError {
 }
 
 enum StageError {
-    Fetch { shuffle: ShuffleId, map: u32 },
+    /// Map outputs that tasks found missing, sorted.
+    Fetch(Vec<(ShuffleId, u32)>),
     Job(JobError),
 }
 
@@ -108,14 +109,16 @@ impl DagScheduler {
                         })
                         .collect())
                 }
-                Err(StageError::Fetch { shuffle, map }) => {
+                Err(StageError::Fetch(lost)) => {
                     self.metrics.fetch_failures += 1;
-                    if let Some(v) = self.map_outputs.get_mut(&shuffle) {
-                        if let Some(m) = v.get_mut(map as usize) {
-                            *m = false;
+                    for (shuffle, map) in &lost {
+                        if let Some(v) = self.map_outputs.get_mut(shuffle) {
+                            if let Some(m) = v.get_mut(*map as usize) {
+                                *m = false;
+                            }
                         }
                     }
-                    tracing::info!("shuffle output {shuffle} map {map} lost; recomputing it from lineage");
+                    tracing::info!("shuffle outputs lost: {lost:?}; recomputing them from lineage");
                     if rounds >= MAX_STAGE_ROUNDS {
                         return Err(JobError::Lost(format!("gave up on {rdd} after {rounds} fetch failures")));
                     }
@@ -186,6 +189,7 @@ impl DagScheduler {
         }
         let mut outputs: Vec<Option<TaskOutput>> = (0..n).map(|_| None).collect();
         let mut failure: Option<StageError> = None;
+        let mut lost: Vec<(ShuffleId, u32)> = Vec::new();
         while !index.is_empty() {
             let Ok(res) = self.results.recv() else {
                 return Err(StageError::Job(JobError::Lost("all executors are gone".into())));
@@ -212,10 +216,8 @@ impl DagScheduler {
             }
             match res.outcome {
                 Ok(out) => outputs[i] = Some(out),
-                Err(TaskFailure::FetchFailed { shuffle, map }) => {
-                    if failure.is_none() {
-                        failure = Some(StageError::Fetch { shuffle, map });
-                    }
+                Err(TaskFailure::FetchFailed { shuffle, maps }) => {
+                    lost.extend(maps.into_iter().map(|m| (shuffle, m)));
                 }
                 Err(f) => {
                     self.metrics.task_failures += 1;
@@ -244,6 +246,12 @@ impl DagScheduler {
         }
         if let Some(f) = failure {
             return Err(f);
+        }
+        if !lost.is_empty() {
+            // Every missing output any task reported, recomputed in one round.
+            lost.sort();
+            lost.dedup();
+            return Err(StageError::Fetch(lost));
         }
         Ok(outputs.into_iter().map(|o| o.unwrap_or(TaskOutput::MapDone)).collect())
     }
