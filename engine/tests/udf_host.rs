@@ -793,3 +793,28 @@ fn float_chaos_is_bit_identical_across_processes() {
     let (out, fuel) = chaos_run(&runtime());
     assert_eq!(line, format!("CHAOS={} FUEL={fuel}", hex(&out)));
 }
+
+/// A chained call (split's output handed to pair inside guest memory) gives
+/// the same bytes as two separate calls, in every guest language, and the
+/// instance keeps serving calls of both styles afterwards.
+#[test]
+fn chained_calls_equal_separate_calls_in_every_language() {
+    let lines = strs(&["to be or not", "", "  to\tbe ", "that is the question", "ünïcödé wörds"]);
+    let input = Value::encode_batch(&lines);
+    for rel in ["wordcount.wasm", "wordcount_c.wasm", "wat/wordcount.wat"] {
+        let m = load(rel);
+        let mut inst = m.instantiate(None, None).unwrap();
+        for _ in 0..3 {
+            let words = inst.call("split", UdfKind::FlatMap, &input).unwrap();
+            let separate = inst.call("pair", UdfKind::Map, &words).unwrap();
+            let chained = inst.call_chain(&[("split", UdfKind::FlatMap), ("pair", UdfKind::Map)], &input).unwrap();
+            assert_eq!(chained, separate, "{rel}: chained and separate calls differ");
+            assert_eq!(Value::decode_batch(&chained).unwrap().len(), 12, "{rel}");
+        }
+    }
+    // A wrong kind anywhere in the chain is refused before the guest runs.
+    let m = load("wordcount.wasm");
+    let mut inst = m.instantiate(None, None).unwrap();
+    let e = inst.call_chain(&[("split", UdfKind::FlatMap), ("pair", UdfKind::FlatMap)], &input).unwrap_err();
+    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
+}

@@ -169,10 +169,16 @@ pub mod rt {
     /// Runs one call: takes ownership of the input buffer, lets `body` write
     /// the output, and returns the packed (ptr, len) or error.
     pub fn call(ptr: *mut u8, len: usize, body: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), String>) -> i64 {
-        // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
-        let input = unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) };
         OUTPUT.with(|o| {
             let mut out = o.borrow_mut();
+            // In a chained call (ABI §3) the input is the previous call's
+            // output: take that buffer over instead of adopting the pointer.
+            let input = if !out.is_empty() && out.as_ptr() == ptr as *const u8 && out.len() == len {
+                core::mem::take(&mut *out)
+            } else {
+                // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
+                unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) }
+            };
             out.clear();
             let r = body(&input, &mut out);
             drop(input);
@@ -296,17 +302,23 @@ pub mod rt {
         out.extend_from_slice(&recs.remaining().to_le_bytes());
         for (i, r) in recs.enumerate() {
             let g = r.map_err(|e| e.to_string())?;
-            let (n, p) = container(g, TAG_LIST, "list of values to reduce")?;
-            let xs = elements(g, p, n)?;
-            let mut it = xs.into_iter();
-            let Some(first) = it.next() else {
+            let (n, mut p) = container(g, TAG_LIST, "list of values to reduce")?;
+            if n == 0 {
                 return Err(format!("group {i} is empty"));
-            };
-            let mut acc = V::from_value(first).map_err(|e| format!("group {i}: {e}"))?;
-            for x in it {
-                acc = f(acc, V::from_value(x).map_err(|e| format!("group {i}: {e}"))?)?;
             }
-            acc.write(out);
+            let mut acc: Option<V> = None;
+            for _ in 0..n {
+                let e = weir_codec::skip_value(g, p).map_err(|e| e.to_string())?;
+                let v = V::from_value(&g[p..e]).map_err(|e| format!("group {i}: {e}"))?;
+                p = e;
+                acc = Some(match acc {
+                    None => v,
+                    Some(a) => f(a, v)?,
+                });
+            }
+            if let Some(a) = acc {
+                a.write(out);
+            }
         }
         Ok(())
     }

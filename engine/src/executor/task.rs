@@ -145,7 +145,8 @@ impl TaskCx<'_, '_> {
                 loop {
                     let r = self.rdd(base)?;
                     let RddOp::Narrow { parent, ops: o } = &r.op else { break };
-                    let stored = base != id && (r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }));
+                    let stored = base != id
+                        && (r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }));
                     if stored {
                         break;
                     }
@@ -216,10 +217,14 @@ impl TaskCx<'_, '_> {
     /// map_partitions functions of one module run as one chained call: the
     /// batch enters guest memory once and leaves it once.
     fn pipeline(&mut self, ops: &[NarrowOp], input: Block, p: u32) -> Result<Block, TaskFailure> {
-        let chainable = |op: &NarrowOp| match op {
-            NarrowOp::Udf(f) if matches!(f.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) => Some(f),
-            _ => None,
-        };
+        fn chainable(op: &NarrowOp) -> Option<&UdfRef> {
+            match op {
+                NarrowOp::Udf(f) if matches!(f.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) => {
+                    Some(f)
+                }
+                _ => None,
+            }
+        }
         let mut cur = input;
         let mut i = 0;
         while i < ops.len() {

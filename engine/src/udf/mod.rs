@@ -489,13 +489,16 @@ impl UdfInstance {
     /// validated output batch. After an error the instance must be dropped
     /// (its memory may be in any state); the next task gets a fresh one.
     pub fn call(&mut self, name: &str, kind: UdfKind, input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        self.call_chain(&[(name, kind)], input)
+    }
+
+    fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
         let at = Some((name, kind));
-        let limits = self.module.limits;
         // The cache is keyed by name only: only use it when `kind` is the
         // function's kind, so a wrong-kind call never reaches the guest.
         let cached = self.funcs.get(name).filter(|_| self.module.functions.get(name) == Some(&kind));
-        let func = match cached {
-            Some(f) => f.clone(),
+        match cached {
+            Some(f) => Ok(f.clone()),
             None => {
                 self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
                 let f = self
@@ -503,58 +506,100 @@ impl UdfInstance {
                     .get_typed_func::<(i32, i32), i64>(&mut self.store, &kind.export_name(name))
                     .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: kind.export_name(name) }))?;
                 self.funcs.insert(name.to_string(), f.clone());
-                f
+                Ok(f)
             }
-        };
-        self.store.data_mut().log_budget = limits.log_lines_per_call;
-        self.store.data_mut().last_log = None;
+        }
+    }
+
+    /// Calls a pipeline of functions of this module: the input goes in once,
+    /// each function's output region is handed to the next as its input
+    /// without leaving guest memory (ABI §3, chained calls), and only the
+    /// last output is copied out and validated. Each step gets the full fuel
+    /// and deadline of one call. Only `map`, `flat_map` and `map_partitions`
+    /// steps may precede another step (their output is a plain batch).
+    pub fn call_chain(&mut self, steps: &[(&str, UdfKind)], input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        let Some(&(last_name, last_kind)) = steps.last() else { return Ok(input.to_vec()) };
+        let limits = self.module.limits;
+        let first = Some(steps[0]);
+        let len = i32::try_from(input.len())
+            .map_err(|_| self.error(first, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
         let _ = self.store.set_fuel(limits.fuel_per_call);
         self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
-
-        let len = i32::try_from(input.len())
-            .map_err(|_| self.error(at, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
         let ptr = match self.alloc.call(&mut self.store, len) {
             Ok(p) => p as u32 as usize,
             Err(e) => {
                 let kind = classify(e, &self.store, &limits);
-                return Err(self.error(at, kind));
+                return Err(self.error(first, kind));
             }
         };
         if self.memory.write(&mut self.store, ptr, input).is_err() {
             let msg = format!("weir_alloc({len}) returned {ptr:#x}, outside linear memory");
-            return Err(self.error(at, UdfErrorKind::MalformedOutput(msg)));
+            return Err(self.error(first, UdfErrorKind::MalformedOutput(msg)));
         }
-        let packed = match func.call(&mut self.store, (ptr as i32, len)) {
-            Ok(r) => abi::unpack(r),
-            Err(e) => {
-                let kind = classify(e, &self.store, &limits);
-                return Err(self.error(at, kind));
-            }
-        };
-        if packed.error {
-            let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
-            let mut msg = vec![0u8; n];
-            if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
-                let m = "error message lies outside linear memory".to_string();
+        let (mut in_ptr, mut in_len) = (ptr, input.len());
+        let mut in_count = abi::batch_count(input);
+        for (i, &(name, kind)) in steps.iter().enumerate() {
+            let at = Some((name, kind));
+            if i + 1 < steps.len() && kind.one_to_one() && kind != UdfKind::Map {
+                let m = format!("{kind} cannot feed another function in a chained call");
                 return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
             }
-            return Err(self.error(at, UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned())));
+            let func = self.func(name, kind)?;
+            self.store.data_mut().log_budget = limits.log_lines_per_call;
+            self.store.data_mut().last_log = None;
+            let _ = self.store.set_fuel(limits.fuel_per_call);
+            self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+            let packed = match func.call(&mut self.store, (in_ptr as i32, in_len as i32)) {
+                Ok(r) => abi::unpack(r),
+                Err(e) => {
+                    let kind = classify(e, &self.store, &limits);
+                    return Err(self.error(at, kind));
+                }
+            };
+            if packed.error {
+                let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
+                let mut msg = vec![0u8; n];
+                if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
+                    let m = "error message lies outside linear memory".to_string();
+                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                }
+                return Err(self.error(at, UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned())));
+            }
+            if packed.len as usize > limits.output_bytes {
+                let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
+                return Err(self.error(at, k));
+            }
+            // Bounds-checked before the host allocates or reads anything (a
+            // bogus length must not cost host memory).
+            let (p, n) = (packed.ptr as usize, packed.len as usize);
+            let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
+                let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
+                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+            };
+            if i + 1 < steps.len() {
+                // An intermediate batch stays in the guest; the next function
+                // reads it with its own checks. Only its count is needed.
+                if n < 4 {
+                    return Err(
+                        self.error(at, UdfErrorKind::MalformedOutput("output shorter than a batch header".into()))
+                    );
+                }
+                if kind == UdfKind::Map && abi::batch_count(src) != in_count {
+                    let m =
+                        format!("map must return one value per input ({in_count}), returned {}", abi::batch_count(src));
+                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                }
+                in_count = abi::batch_count(src);
+                (in_ptr, in_len) = (p, n);
+                continue;
+            }
+            // The one copy out of guest memory.
+            let mut out = src.to_vec();
+            abi::validate_output(kind, in_count, &mut out)
+                .map_err(|m| self.error(at, UdfErrorKind::MalformedOutput(m)))?;
+            return Ok(out);
         }
-        if packed.len as usize > limits.output_bytes {
-            let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
-            return Err(self.error(at, k));
-        }
-        // The one copy out of guest memory, bounds-checked before the host
-        // allocates anything (a bogus length must not cost host memory).
-        let (p, n) = (packed.ptr as usize, packed.len as usize);
-        let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
-            let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
-            return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
-        };
-        let mut out = src.to_vec();
-        abi::validate_output(kind, abi::batch_count(input), &mut out)
-            .map_err(|m| self.error(at, UdfErrorKind::MalformedOutput(m)))?;
-        Ok(out)
+        Err(self.error(Some((last_name, last_kind)), UdfErrorKind::MalformedOutput("empty chain".into())))
     }
 
     /// Fuel consumed by the last call.

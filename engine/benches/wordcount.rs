@@ -1,0 +1,180 @@
+//! WordCount through the whole engine (queue of batches -> flat_map(split) ->
+//! map(pair) -> reduce_by_key(sum) -> collect), logical clock, against a
+//! plain native Rust loop over the same lines in the same run.
+//!
+//!     cargo bench -p weir --bench wordcount
+//!
+//! The corpus is `../shared/bench/gen_corpus.py` output when that script is
+//! present (WEIR_CORPUS_LINES lines, default 400 000), else lines from the
+//! engine's seeded generator. Batches of 100 000 lines stand for a 1 s
+//! interval at Spark's reference rate, 10 000 lines for 100 ms.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weir::codec::Value;
+use weir::dstream::StreamingContext;
+use weir::scheduler::{Clock, Master, RunOptions};
+
+/// FxHash: the "fast hash map" of the native reference loop.
+#[derive(Default)]
+struct Fx(u64);
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+type FxMap<'a> = HashMap<&'a str, u64, BuildHasherDefault<Fx>>;
+
+fn native_count(lines: &[String]) -> FxMap<'_> {
+    let mut m = FxMap::default();
+    for l in lines {
+        for w in l.split(' ').filter(|w| !w.is_empty()) {
+            *m.entry(w).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+fn native_count_threads(lines: &[String], threads: usize) -> usize {
+    let chunk = lines.len().div_ceil(threads);
+    let maps: Vec<FxMap<'_>> = std::thread::scope(|s| {
+        let hs: Vec<_> = lines.chunks(chunk).map(|c| s.spawn(move || native_count(c))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut total = FxMap::default();
+    for m in maps {
+        for (k, v) in m {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    total.len()
+}
+
+fn corpus(root: &Path) -> Vec<String> {
+    let n: usize = std::env::var("WEIR_CORPUS_LINES").ok().and_then(|s| s.parse().ok()).unwrap_or(400_000);
+    let script = root.join("../shared/bench/gen_corpus.py");
+    let out = root.join(format!("target/bench-corpus-{n}"));
+    if script.exists() {
+        if !out.join("corpus.txt").exists() {
+            let st = std::process::Command::new("python3")
+                .arg(&script)
+                .args(["--lines", &n.to_string(), "--batches", "1", "--out"])
+                .arg(&out)
+                .status()
+                .expect("python3");
+            assert!(st.success(), "gen_corpus.py failed");
+        }
+        let text = std::fs::read_to_string(out.join("corpus.txt")).unwrap();
+        eprintln!("corpus: {} ({n} lines, gen_corpus.py)", out.display());
+        return text.lines().map(String::from).collect();
+    }
+    eprintln!("corpus: engine generator ({n} lines; ../shared/bench/gen_corpus.py not found)");
+    let mut state = 7u64;
+    (0..n)
+        .map(|_| {
+            (0..10)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+                    format!("w{}", (u * u * u * 100_000.0) as u32)
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let module = root.join("udfs/wordcount.wasm");
+    assert!(module.exists(), "run udfs/build.sh first");
+    let lines = corpus(&root);
+    let words: usize = lines.iter().map(|l| l.split(' ').filter(|w| !w.is_empty()).count()).sum();
+    println!("WordCount: {} lines, {} words", lines.len(), words);
+    println!(
+        "{:<34} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9}",
+        "run", "seconds", "lines/s", "words/s", "p50 batch", "p99 batch", "vs native"
+    );
+    let reps = 3;
+    for threads in [1usize, 2] {
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            let distinct = native_count_threads(&lines, threads);
+            times.push(t.elapsed());
+            assert!(distinct > 0);
+        }
+        let native = percentile(&mut times, 0.5);
+        let row = |name: String, secs: f64, p50: Option<Duration>, p99: Option<Duration>| {
+            println!(
+                "{:<34} {:>10.3} {:>12.0} {:>12.0} {:>10} {:>10} {:>8.0}%",
+                name,
+                secs,
+                lines.len() as f64 / secs,
+                words as f64 / secs,
+                p50.map(|d| format!("{} ms", d.as_millis())).unwrap_or_default(),
+                p99.map(|d| format!("{} ms", d.as_millis())).unwrap_or_default(),
+                native.as_secs_f64() / secs * 100.0
+            )
+        };
+        row(format!("native loop, {threads} thread(s)"), native.as_secs_f64(), None, None);
+        for batch_lines in [100_000usize, 10_000] {
+            let mut totals = Vec::new();
+            let mut batch_times = Vec::new();
+            for _ in 0..reps {
+                let batches: Vec<Vec<Value>> =
+                    lines.chunks(batch_lines).map(|c| c.iter().map(|l| Value::Str(l.clone())).collect()).collect();
+                let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+                let wc = ssc.module(&module).unwrap();
+                let counts = ssc
+                    .queue_stream(batches)
+                    .flat_map(&wc.udf("split"))
+                    .unwrap()
+                    .map(&wc.udf("pair"))
+                    .unwrap()
+                    .reduce_by_key(&wc.udf("sum"))
+                    .unwrap();
+                let out = counts.collect().unwrap();
+                let opts = RunOptions { master: Master::Local(threads), clock: Clock::Logical, ..Default::default() };
+                let t = Instant::now();
+                let report = ssc.run(opts).unwrap();
+                totals.push(t.elapsed());
+                assert!(report.failed_batches().next().is_none());
+                let counted: i64 = out
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|(_, vs)| vs.iter())
+                    .map(|v| match v {
+                        Value::Tuple(kv) => match kv[1] {
+                            Value::I64(c) => c,
+                            _ => 0,
+                        },
+                        _ => 0,
+                    })
+                    .sum();
+                assert_eq!(counted as usize, words, "every word counted once");
+                batch_times.extend(report.batches.iter().map(|b| b.processing));
+            }
+            let secs = percentile(&mut totals, 0.5).as_secs_f64();
+            let p50 = percentile(&mut batch_times, 0.5);
+            let p99 = percentile(&mut batch_times, 0.99);
+            row(format!("weir local[{threads}], {batch_lines} lines/batch"), secs, Some(p50), Some(p99));
+        }
+    }
+}
