@@ -176,6 +176,8 @@ fn case(batch: usize) -> Case {
 struct Timings {
     wasm: [Duration; 3],
     native: [Duration; 3],
+    /// split and pair as one chained call (the engine's path for a stage).
+    chained: Duration,
 }
 
 const FUNCS: [(&str, UdfKind); 3] = [("split", UdfKind::FlatMap), ("pair", UdfKind::Map), ("sum", UdfKind::Reduce)];
@@ -207,8 +209,19 @@ fn measure(m: &Arc<UdfModule>, c: &Case) -> Timings {
             native[f].push(t.elapsed() / iters as u32);
         }
     }
+    let mut chained = Vec::new();
+    for _ in 0..REPS {
+        let mut inst = m.instantiate(None, None).expect("instance");
+        let steps = [FUNCS[0], FUNCS[1]];
+        assert!(inst.call_chain(&steps, inputs[0]).expect("chain") == native_pair(&native_split(inputs[0])));
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(inst.call_chain(&steps, black_box(inputs[0])).expect("chain"));
+        }
+        chained.push(t.elapsed() / iters as u32);
+    }
     let med = |v: &mut [Vec<Duration>; 3]| [0, 1, 2].map(|i| median(std::mem::take(&mut v[i])));
-    Timings { wasm: med(&mut wasm), native: med(&mut native) }
+    Timings { wasm: med(&mut wasm), native: med(&mut native), chained: median(chained) }
 }
 
 fn rate(records: usize, per_batch: Duration) -> f64 {
@@ -261,8 +274,10 @@ fn main() {
         }
         let (tw, tn) = (t.wasm.iter().sum::<Duration>(), t.native.iter().sum::<Duration>());
         let ratio = tn.as_secs_f64() / tw.as_secs_f64();
+        let tc = t.chained + t.wasm[2];
+        let chained_ratio = tn.as_secs_f64() / tc.as_secs_f64();
         if batch == 10_000 {
-            pipeline_ratio_10k = ratio;
+            pipeline_ratio_10k = chained_ratio;
         }
         println!(
             "| {batch} | **split+pair+sum** | {} lines | {:.2?} | {} | {:.2?} | {} | **{:.0}%** |",
@@ -272,6 +287,15 @@ fn main() {
             tn,
             human(rate(c.n_lines, tn)),
             100.0 * ratio
+        );
+        println!(
+            "| {batch} | **split→pair chained, +sum** | {} lines | {:.2?} | {} | {:.2?} | {} | **{:.0}%** |",
+            c.n_lines,
+            tc,
+            human(rate(c.n_lines, tc)),
+            tn,
+            human(rate(c.n_lines, tn)),
+            100.0 * chained_ratio
         );
     }
 
@@ -298,7 +322,7 @@ fn main() {
     println!();
     let verdict = if pipeline_ratio_10k >= 0.5 { "meets" } else { "MISSES" };
     println!(
-        "target (batch 10000, split+pair+sum, WASM >= 50% of native): {:.0}%, {verdict} the target",
+        "target (batch 10000, split+pair+sum as the engine runs it (split→pair chained), WASM >= 50% of native): {:.0}%, {verdict} the target",
         100.0 * pipeline_ratio_10k
     );
 }

@@ -282,7 +282,8 @@ fn validate_inner(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, Code
             let Some(end) = end else {
                 return err(at, "string/bytes length runs past the end of the buffer");
             };
-            if tag == TAG_STR && core::str::from_utf8(&buf[at + 5..end]).is_err() {
+            // Most strings are short and ASCII: check that word-wise first.
+            if tag == TAG_STR && !buf[at + 5..end].is_ascii() && core::str::from_utf8(&buf[at + 5..end]).is_err() {
                 return err(at, "string is not valid UTF-8");
             }
             Ok(end)
