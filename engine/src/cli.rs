@@ -1,4 +1,4 @@
-//! The `weir` command line: `weir run`, `weir udf check`.
+//! The `weir` command line: `weir run`, `weir udf check`, `weir checkpoint inspect`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::scheduler::job_generator::CheckpointOptions;
 use crate::scheduler::{Clock, Master, RunOptions};
 use crate::udf::{UdfLimits, UdfModule, UdfRuntime};
 
@@ -33,6 +34,20 @@ pub enum Command {
         #[command(subcommand)]
         command: UdfCommand,
     },
+    /// Look into checkpoint directories.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCommand {
+    /// What the newest valid checkpoint holds, and which files are invalid.
+    Inspect {
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +66,25 @@ pub struct RunArgs {
     /// Print each output's RDD lineage before its first batch.
     #[arg(long)]
     pub explain: bool,
+    /// Checkpoint into DIR, and recover from it if it holds a checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard what the checkpoint directory holds and start over.
+    #[arg(long, requires = "checkpoint")]
+    pub fresh: bool,
+    /// Recover although a UDF module changed since the checkpoint.
+    #[arg(long, requires = "checkpoint")]
+    pub accept_module_change: bool,
+    /// Metadata checkpoints to keep.
+    #[arg(long, default_value_t = 10, requires = "checkpoint")]
+    pub keep_checkpoints: usize,
+    /// Restart the driver when it dies (killed by a signal or crashed), with
+    /// backoff; with --checkpoint each restart recovers where the last stopped.
+    #[arg(long)]
+    pub supervise: bool,
+    /// With --supervise: give up after this many restarts.
+    #[arg(long, default_value_t = 10)]
+    pub max_restarts: u32,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -100,7 +134,39 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Udf { command: UdfCommand::Check { module } } => udf_check(&module),
+        Command::Run(args) if args.supervise => supervise(&args),
         Command::Run(args) => run_job(args, cli.quiet),
+        Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
+            print!("{}", crate::checkpoint::inspect(&dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `--supervise`: runs the driver as a child process and restarts it when it
+/// dies, with backoff (1 s doubling to 30 s) and a limit. A driver that
+/// exits by itself — success, a bad job, failed batches — is not restarted.
+fn supervise(args: &RunArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the weir executable")?;
+    let child_args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--supervise").collect();
+    let mut backoff = std::time::Duration::from_secs(1);
+    let mut restarts = 0;
+    loop {
+        let status = std::process::Command::new(&exe).args(&child_args).status().context("cannot start the driver")?;
+        let died = match status.code() {
+            None => true,      // killed by a signal
+            Some(101) => true, // panicked
+            Some(c) => return Ok(ExitCode::from(c as u8)),
+        };
+        if died {
+            if restarts >= args.max_restarts {
+                anyhow::bail!("the driver died {} times ({status}); giving up", restarts + 1);
+            }
+            restarts += 1;
+            eprintln!("weir: the driver died ({status}); restart {restarts} of {} in {backoff:?}", args.max_restarts);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
     }
 }
 
@@ -139,6 +205,12 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         progress: !quiet,
         stop,
         after_batch: None,
+        checkpoint: args.checkpoint.as_ref().map(|dir| CheckpointOptions {
+            dir: dir.clone(),
+            keep: args.keep_checkpoints,
+            fresh: args.fresh,
+            accept_module_change: args.accept_module_change,
+        }),
     };
     let report = job.context.run(opts).with_context(|| format!("running {}", args.job.display()))?;
     let failed = report.failed_batches().count();

@@ -142,6 +142,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
     let registry = std::sync::Arc::new(ModuleRegistry::new(runtime, file.limits.unwrap_or_default()));
     let mut ssc = StreamingContext::with_registry(interval, registry);
     ssc.set_base_dir(&base);
+    ssc.set_identity(&path.display().to_string(), &hash);
     if let Some(p) = file.parallelism {
         ssc.set_parallelism(p);
     }
@@ -456,6 +457,10 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                 nargs(1, 2)?;
                 s.window(dur(0)?, slide(1)?)?
             }
+            "reduce_by_window" if matches!(args.get(1), Some(Arg::Qualified(..))) => {
+                nargs(3, 4)?;
+                s.reduce_by_window_inv(&udf(0)?, &udf(1)?, dur(2)?, slide(3)?)?
+            }
             "reduce_by_window" => {
                 nargs(2, 3)?;
                 s.reduce_by_window(&udf(0)?, dur(1)?, slide(2)?)?
@@ -464,9 +469,28 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                 nargs(1, 2)?;
                 s.count_by_window(dur(0)?, slide(1)?)?
             }
+            "reduce_by_key_and_window" if matches!(args.get(1), Some(Arg::Qualified(..))) => {
+                // With an inverse function: (f, inverse, length[, slide][, filter]).
+                nargs(3, 5)?;
+                let (sl, filter) = match (args.get(3), args.get(4)) {
+                    (Some(Arg::Num(..)), f) => (slide(3)?, f.map(|_| udf(4)).transpose()?),
+                    (Some(Arg::Qualified(..)), None) => (slide(usize::MAX)?, Some(udf(3)?)),
+                    (None, _) => (slide(usize::MAX)?, None),
+                    _ => return Err(e("expected (f, inverse, length[, slide][, filter])".into())),
+                };
+                s.reduce_by_key_and_window_inv(&udf(0)?, &udf(1)?, dur(2)?, sl, filter.as_ref())?
+            }
             "reduce_by_key_and_window" => {
                 nargs(2, 3)?;
                 s.reduce_by_key_and_window(&udf(0)?, dur(1)?, slide(2)?)?
+            }
+            "update_state_by_key" => {
+                nargs(1, 1)?;
+                s.update_state_by_key(&udf(0)?)?
+            }
+            "checkpoint" => {
+                nargs(1, 1)?;
+                s.checkpoint(dur(0)?)?
             }
             "group_by_key_and_window" => {
                 nargs(1, 2)?;
@@ -476,8 +500,8 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                 nargs(1, 2)?;
                 s.count_by_value_and_window(dur(0)?, slide(1)?)?
             }
-            "update_state_by_key" | "map_with_state" => {
-                return Err(e("stateful operations need checkpointing, which this version does not have yet".into()))
+            "map_with_state" => {
+                return Err(e("map_with_state is not implemented yet (use update_state_by_key)".into()))
             }
             _ => return Err(e("unknown operation (see docs/jobs.md for the list)".into())),
         })

@@ -6,6 +6,7 @@
 //! Job files ([`job`]) and the Rust API ([`dstream::StreamingContext`]) build
 //! the same graph. See `docs/architecture.md`.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod dstream;
 pub mod executor;
@@ -29,6 +30,8 @@ pub enum EngineError {
     Source(#[from] source::SourceError),
     #[error("output: {0}")]
     Sink(#[from] sink::SinkError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("invalid job graph: {0}")]
     Graph(String),
     #[error("executor: {0}")]

@@ -73,6 +73,17 @@ pub enum Reducer {
     Udf(UdfRef),
     /// Native i64 addition (counts).
     SumI64,
+    /// Native i64 subtraction (the inverse of `SumI64`).
+    SubI64,
+}
+
+/// Which pairs a window with an inverse function keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PairFilter {
+    /// A filter UDF over `(key, value)` pairs.
+    Udf(UdfRef),
+    /// Values that are not the integer 0.
+    NonZero,
 }
 
 /// A record-at-a-time (well, batch-at-a-time) operation inside a stage.
@@ -130,9 +141,40 @@ pub enum RddOp {
     Narrow { parent: RddId, ops: Vec<NarrowOp> },
     /// The parents' partitions, concatenated in order.
     Union { parents: Vec<RddId> },
+    /// update_state_by_key: the previous state RDD (same partitioning) and
+    /// this batch's values grouped by key (`(k, [v...])`).
+    State { prev: Option<RddId>, grouped: RddId, update: UdfRef },
+    /// reduce_by_key_and_window with an inverse function: the previous
+    /// window's value, minus the batches leaving, plus the batches entering
+    /// (all partitioned like this RDD).
+    InvWindow {
+        prev: Option<RddId>,
+        entering: Vec<RddId>,
+        leaving: Vec<RddId>,
+        reduce: Reducer,
+        inverse: Reducer,
+        filter: Option<PairFilter>,
+    },
+    /// Partitions read back from a data checkpoint (lineage truncated here).
+    Checkpointed { path: String },
     /// Reads a shuffle of `parents` (several only for cogroup), whose map
     /// sides have `map_partitions[i]` partitions each.
     Shuffled { parents: Vec<RddId>, map_partitions: Vec<u32>, aggregation: Aggregation },
+}
+
+impl RddOp {
+    /// Parents read partition by partition (no shuffle in between).
+    pub fn narrow_parents(&self) -> Vec<RddId> {
+        match self {
+            RddOp::Input { .. } | RddOp::Checkpointed { .. } | RddOp::Shuffled { .. } => vec![],
+            RddOp::Narrow { parent, .. } => vec![*parent],
+            RddOp::Union { parents } => parents.clone(),
+            RddOp::State { prev, grouped, .. } => prev.iter().copied().chain([*grouped]).collect(),
+            RddOp::InvWindow { prev, entering, leaving, .. } => {
+                prev.iter().chain(leaving).chain(entering).copied().collect()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,11 +209,7 @@ impl Lineage {
                 continue;
             }
             let Some(r) = self.rdds.get(&id) else { continue };
-            match &r.op {
-                RddOp::Narrow { parent, .. } => todo.push(*parent),
-                RddOp::Union { parents } => todo.extend(parents.iter().copied()),
-                RddOp::Input { .. } | RddOp::Shuffled { .. } => {}
-            }
+            todo.extend(r.op.narrow_parents());
             out.insert(id, r.clone());
         }
         out
@@ -191,13 +229,11 @@ impl Lineage {
         }
         let Some(r) = self.rdds.get(&id) else { return };
         match &r.op {
-            RddOp::Input { .. } => {}
-            RddOp::Narrow { parent, .. } => self.visit_shuffles(*parent, seen, order),
-            RddOp::Union { parents } => parents.iter().for_each(|p| self.visit_shuffles(*p, seen, order)),
             RddOp::Shuffled { parents, .. } => {
                 parents.iter().for_each(|p| self.visit_shuffles(*p, seen, order));
                 order.push(id);
             }
+            op => op.narrow_parents().into_iter().for_each(|p| self.visit_shuffles(p, seen, order)),
         }
     }
 
@@ -218,13 +254,11 @@ impl Lineage {
         let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
         let persist = if r.persist { " [persisted]" } else { "" };
         let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
-        match &r.op {
-            RddOp::Input { .. } => {}
-            RddOp::Narrow { parent, .. } => self.explain_into(*parent, depth + 1, s),
-            RddOp::Union { parents } | RddOp::Shuffled { parents, .. } => {
-                parents.iter().for_each(|p| self.explain_into(*p, depth + 1, s))
-            }
-        }
+        let parents = match &r.op {
+            RddOp::Shuffled { parents, .. } => parents.clone(),
+            op => op.narrow_parents(),
+        };
+        parents.iter().for_each(|p| self.explain_into(*p, depth + 1, s));
     }
 }
 

@@ -99,6 +99,16 @@ pub fn save_as_text_files(
         move |source| SinkError::Io { path, source }
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    // Leftovers of an earlier attempt at this batch by a driver that died.
+    if let Ok(rd) = std::fs::read_dir(&parent) {
+        let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+        for e in rd.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;

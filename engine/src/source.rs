@@ -12,7 +12,7 @@
 //!   batch time.
 //! * `queue` — batches given through the Rust API (Spark's queueStream); finite.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use weir_codec::{BatchBuilder, Value};
+
+use crate::checkpoint::wal::{self, WalPosition, WalRange, WalWriter};
 
 /// A source as described in a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,28 +69,68 @@ fn default_vocab() -> u32 {
     10_000
 }
 
+/// What a batch took from a source: enough to read exactly the same records
+/// again when the batch is re-run (recorded in the metadata checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputDescriptor {
+    /// Line `n` (0-based) of a `batches` file.
+    Line(u64),
+    /// Item `n` of a queue.
+    Queue(u64),
+    /// The files a `directory` batch read, in order.
+    Files(Vec<PathBuf>),
+    /// A generator's batch: a pure function of the batch time (or empty).
+    Generated { empty: bool },
+    /// Ranges of a receiver's write-ahead log.
+    Wal(Vec<WalRange>),
+    /// Received without a write-ahead log (no checkpoint directory): cannot
+    /// be read again.
+    Unreplayable,
+}
+
+/// Where a source resumes after the newest batch recorded in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceCursor {
+    Next(u64),
+    Files(BTreeSet<PathBuf>),
+    Generator { left: Option<u64> },
+    Wal(WalPosition),
+    None,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {what}")]
     Parse { path: PathBuf, line: usize, what: String },
+    #[error("cannot re-read the input of a batch: {0}")]
+    Replay(String),
 }
 
 /// A running source.
 pub trait Source: Send {
-    /// The records of the batch at `time`, as an encoded batch.
-    fn poll(&mut self, time: i64, wall_clock: bool) -> Result<Vec<u8>, SourceError>;
+    /// The records of the batch at `time`, as an encoded batch, and what it
+    /// took (to read the same records again).
+    fn poll(&mut self, time: i64, wall_clock: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError>;
+    /// The records a batch took, again, byte for byte.
+    fn replay(&self, time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError>;
+    /// Where to resume after the last batch polled.
+    fn cursor(&self) -> SourceCursor;
+    /// Resumes at a cursor taken by `cursor` (driver recovery).
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError>;
     /// True when the source is finite and has nothing more to give.
     fn exhausted(&self) -> bool;
 }
 
-/// Starts the source a spec describes. `base` resolves relative paths.
-pub fn open(spec: &SourceSpec, base: &Path) -> Result<Box<dyn Source>, SourceError> {
+/// Starts the source a spec describes. `base` resolves relative paths;
+/// `wal` is the checkpoint's WAL directory and the source's index, for
+/// receivers.
+pub fn open(spec: &SourceSpec, base: &Path, wal: Option<(PathBuf, u32)>) -> Result<Box<dyn Source>, SourceError> {
     Ok(match spec {
-        SourceSpec::Socket { host, port } => Box::new(SocketSource::start(host.clone(), *port)),
-        SourceSpec::Directory { path } => Box::new(DirectorySource { dir: base.join(path), seen: HashSet::new() }),
-        SourceSpec::Batches { path } => Box::new(QueueSource { batches: read_batches_file(&base.join(path))?.into() }),
+        SourceSpec::Socket { host, port } => Box::new(SocketSource::start(host.clone(), *port, wal)?),
+        SourceSpec::Directory { path } => Box::new(DirectorySource { dir: base.join(path), seen: BTreeSet::new() }),
+        SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
             Box::new(GeneratorSource {
                 lines: *lines_per_batch,
@@ -98,8 +140,12 @@ pub fn open(spec: &SourceSpec, base: &Path) -> Result<Box<dyn Source>, SourceErr
                 left: *batches,
             })
         }
-        SourceSpec::Queue { batches } => Box::new(QueueSource { batches: batches.clone().into() }),
+        SourceSpec::Queue { batches } => Box::new(QueueSource::new(batches.clone())),
     })
+}
+
+fn empty_batch() -> Vec<u8> {
+    BatchBuilder::new().finish()
 }
 
 /// JSON -> value: strings, integers (i64), other numbers (f64), booleans,
@@ -150,17 +196,59 @@ fn lines_batch<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<u8> {
     b.finish()
 }
 
+/// Batches given up front (a `batches` file or a queue): finite, replayable
+/// by index.
 struct QueueSource {
-    batches: VecDeque<Vec<u8>>,
+    batches: Vec<Vec<u8>>,
+    next: usize,
+}
+
+impl QueueSource {
+    fn new(batches: Vec<Vec<u8>>) -> Self {
+        QueueSource { batches, next: 0 }
+    }
 }
 
 impl Source for QueueSource {
-    fn poll(&mut self, _time: i64, _wall: bool) -> Result<Vec<u8>, SourceError> {
-        Ok(self.batches.pop_front().unwrap_or_else(|| BatchBuilder::new().finish()))
+    fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        let i = self.next;
+        self.next += 1;
+        Ok((self.batches.get(i).cloned().unwrap_or_else(empty_batch), InputDescriptor::Line(i as u64)))
+    }
+    fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        match d {
+            InputDescriptor::Line(i) | InputDescriptor::Queue(i) => {
+                Ok(self.batches.get(*i as usize).cloned().unwrap_or_else(empty_batch))
+            }
+            other => Err(SourceError::Replay(format!("a batches source cannot replay {other:?}"))),
+        }
+    }
+    fn cursor(&self) -> SourceCursor {
+        SourceCursor::Next(self.next as u64)
+    }
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
+        match c {
+            SourceCursor::Next(n) => {
+                self.next = *n as usize;
+                Ok(())
+            }
+            other => Err(SourceError::Replay(format!("a batches source cannot resume at {other:?}"))),
+        }
     }
     fn exhausted(&self) -> bool {
-        self.batches.is_empty()
+        self.next >= self.batches.len()
     }
+}
+
+fn read_files(files: &[PathBuf]) -> Result<Vec<u8>, SourceError> {
+    let mut b = BatchBuilder::new();
+    for path in files {
+        let text = std::fs::read(path).map_err(|e| SourceError::Io { path: path.clone(), source: e })?;
+        for l in String::from_utf8_lossy(&text).lines() {
+            b.push_with(|w| w.str(l));
+        }
+    }
+    Ok(b.finish())
 }
 
 /// How far back, before a batch time, a new file's modification time may be.
@@ -168,11 +256,11 @@ const DIRECTORY_REMEMBER: Duration = Duration::from_secs(60);
 
 struct DirectorySource {
     dir: PathBuf,
-    seen: HashSet<PathBuf>,
+    seen: BTreeSet<PathBuf>,
 }
 
 impl Source for DirectorySource {
-    fn poll(&mut self, time: i64, wall: bool) -> Result<Vec<u8>, SourceError> {
+    fn poll(&mut self, time: i64, wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         let io = |e| SourceError::Io { path: self.dir.clone(), source: e };
         let mut new = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io)? {
@@ -197,31 +285,66 @@ impl Source for DirectorySource {
             new.push((mtime, path));
         }
         new.sort();
-        let mut b = BatchBuilder::new();
-        for (_, path) in new {
-            let text = std::fs::read(&path).map_err(|e| SourceError::Io { path: path.clone(), source: e })?;
-            for l in String::from_utf8_lossy(&text).lines() {
-                b.push_with(|w| w.str(l));
-            }
-            self.seen.insert(path);
+        let files: Vec<PathBuf> = new.into_iter().map(|(_, p)| p).collect();
+        let batch = read_files(&files)?;
+        self.seen.extend(files.iter().cloned());
+        Ok((batch, InputDescriptor::Files(files)))
+    }
+    fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        match d {
+            InputDescriptor::Files(files) => read_files(files),
+            other => Err(SourceError::Replay(format!("a directory source cannot replay {other:?}"))),
         }
-        Ok(b.finish())
+    }
+    fn cursor(&self) -> SourceCursor {
+        SourceCursor::Files(self.seen.clone())
+    }
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
+        match c {
+            SourceCursor::Files(f) => {
+                self.seen = f.clone();
+                Ok(())
+            }
+            other => Err(SourceError::Replay(format!("a directory source cannot resume at {other:?}"))),
+        }
     }
     fn exhausted(&self) -> bool {
         false
     }
 }
 
-/// A receiver: a background thread reading lines from `host:port`.
+/// Lines received and not yet given to a batch, with the WAL ranges that
+/// hold them (when there is a WAL).
+#[derive(Default)]
+struct Received {
+    lines: Vec<String>,
+    ranges: Vec<WalRange>,
+    /// The end of the log as far as it has been written.
+    end: Option<WalPosition>,
+}
+
+/// A receiver: a background thread reading lines from `host:port`. With a
+/// checkpoint directory, every line is in the write-ahead log (fsynced)
+/// before it counts as received.
 struct SocketSource {
-    buffer: Arc<Mutex<Vec<String>>>,
+    buffer: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
+    wal: Option<(PathBuf, u32)>,
+    /// Everything before this has been given to a batch.
+    allocated: Option<WalPosition>,
 }
 
 impl SocketSource {
-    fn start(host: String, port: u16) -> Self {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
+    fn start(host: String, port: u16, wal: Option<(PathBuf, u32)>) -> Result<Self, SourceError> {
+        let buffer = Arc::new(Mutex::new(Received::default()));
         let stop = Arc::new(AtomicBool::new(false));
+        let mut writer = match &wal {
+            Some((dir, source)) => {
+                Some(WalWriter::create(dir, *source).map_err(|e| SourceError::Io { path: dir.clone(), source: e })?)
+            }
+            None => None,
+        };
+        let allocated = writer.as_ref().map(|w| WalPosition { seq: w.seq, offset: 0 });
         let (buf, st) = (buffer.clone(), stop.clone());
         let spawned = std::thread::Builder::new().name("weir-receiver".into()).spawn(move || {
             let mut backoff = Duration::from_millis(100);
@@ -230,29 +353,64 @@ impl SocketSource {
                     Ok(conn) => {
                         tracing::info!("receiver connected to {host}:{port}");
                         backoff = Duration::from_millis(100);
-                        let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
                         let mut r = BufReader::new(conn);
                         let mut line = String::new();
+                        let mut pending: Vec<String> = Vec::new();
                         loop {
                             if st.load(Ordering::Relaxed) {
                                 return;
                             }
-                            match r.read_line(&mut line) {
-                                Ok(0) => break,
-                                Ok(_) => {
-                                    let l = line.trim_end_matches(['\n', '\r']).to_string();
-                                    buf.lock().unwrap_or_else(|p| p.into_inner()).push(l);
+                            let got = r.read_line(&mut line);
+                            let done = match got {
+                                Ok(0) => true,
+                                Ok(_) if line.ends_with('\n') => {
+                                    pending.push(line.trim_end_matches(['\n', '\r']).to_string());
                                     line.clear();
+                                    // Keep reading while more is buffered: one WAL
+                                    // append (and fsync) covers many lines.
+                                    if !r.buffer().is_empty() && pending.len() < 10_000 {
+                                        continue;
+                                    }
+                                    false
                                 }
+                                Ok(_) => false,
                                 Err(e)
                                     if matches!(
                                         e.kind(),
                                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                    ) => {}
+                                    ) =>
+                                {
+                                    false
+                                }
                                 Err(e) => {
                                     tracing::warn!("receiver lost {host}:{port}: {e}");
-                                    break;
+                                    true
                                 }
+                            };
+                            if !pending.is_empty() {
+                                let batch = std::mem::take(&mut pending);
+                                let range = match writer.as_mut().map(|w| w.append(&batch)) {
+                                    Some(Ok(r)) => Some(r),
+                                    Some(Err(e)) => {
+                                        // Not durable, so not received: drop the connection and
+                                        // let the sender's data be lost rather than counted without a log.
+                                        tracing::error!(
+                                            "receiver: write-ahead log append failed: {e}; dropping the connection"
+                                        );
+                                        break;
+                                    }
+                                    None => None,
+                                };
+                                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                                b.lines.extend(batch);
+                                if let Some(r) = range {
+                                    b.ranges.push(r);
+                                    b.end = Some(WalPosition { seq: r.seq, offset: r.end });
+                                }
+                            }
+                            if done {
+                                break;
                             }
                         }
                         tracing::info!("receiver: {host}:{port} closed the connection; reconnecting");
@@ -266,14 +424,58 @@ impl SocketSource {
         if let Err(e) = spawned {
             tracing::error!("cannot start the socket receiver: {e}");
         }
-        SocketSource { buffer, stop }
+        Ok(SocketSource { buffer, stop, wal, allocated })
     }
 }
 
 impl Source for SocketSource {
-    fn poll(&mut self, _time: i64, _wall: bool) -> Result<Vec<u8>, SourceError> {
-        let lines = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
-        Ok(lines_batch(lines.iter().map(|s| s.as_str())))
+    fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        let got = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = lines_batch(got.lines.iter().map(|s| s.as_str()));
+        if self.wal.is_none() {
+            return Ok((batch, InputDescriptor::Unreplayable));
+        }
+        if let Some(end) = got.end {
+            self.allocated = Some(end);
+        }
+        Ok((batch, InputDescriptor::Wal(got.ranges)))
+    }
+    fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        match (d, &self.wal) {
+            (InputDescriptor::Wal(ranges), Some((dir, source))) => {
+                let mut lines = Vec::new();
+                for r in ranges {
+                    lines.extend(
+                        wal::read_range(dir, *source, r)
+                            .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?,
+                    );
+                }
+                Ok(lines_batch(lines.iter().map(|s| s.as_str())))
+            }
+            (other, _) => Err(SourceError::Replay(format!(
+                "socket input {other:?} cannot be read again (received without a write-ahead log)"
+            ))),
+        }
+    }
+    fn cursor(&self) -> SourceCursor {
+        match self.allocated {
+            Some(p) => SourceCursor::Wal(p),
+            None => SourceCursor::None,
+        }
+    }
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
+        let (SourceCursor::Wal(from), Some((dir, source))) = (c, &self.wal) else { return Ok(()) };
+        // Received before the crash but not yet in a batch: the next batch takes it.
+        let (lines, ranges) =
+            wal::read_from(dir, *source, *from).map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
+        let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = lines;
+        lines.append(&mut b.lines);
+        b.lines = lines;
+        let mut ranges = ranges;
+        ranges.append(&mut b.ranges);
+        b.ranges = ranges;
+        Ok(())
     }
     fn exhausted(&self) -> bool {
         false
@@ -303,14 +505,8 @@ fn splitmix64(x: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl Source for GeneratorSource {
-    fn poll(&mut self, time: i64, _wall: bool) -> Result<Vec<u8>, SourceError> {
-        if let Some(l) = &mut self.left {
-            if *l == 0 {
-                return Ok(BatchBuilder::new().finish());
-            }
-            *l -= 1;
-        }
+impl GeneratorSource {
+    fn generate(&self, time: i64) -> Vec<u8> {
         let mut state = self.seed ^ (time as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
         let mut b = BatchBuilder::with_capacity((self.lines * self.words as u64 * 8) as usize);
         let mut line = String::new();
@@ -328,7 +524,35 @@ impl Source for GeneratorSource {
             }
             b.push_with(|w| w.str(&line));
         }
-        Ok(b.finish())
+        b.finish()
+    }
+}
+
+impl Source for GeneratorSource {
+    fn poll(&mut self, time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        if let Some(l) = &mut self.left {
+            if *l == 0 {
+                return Ok((empty_batch(), InputDescriptor::Generated { empty: true }));
+            }
+            *l -= 1;
+        }
+        Ok((self.generate(time), InputDescriptor::Generated { empty: false }))
+    }
+    fn replay(&self, time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        match d {
+            InputDescriptor::Generated { empty: true } => Ok(empty_batch()),
+            InputDescriptor::Generated { empty: false } => Ok(self.generate(time)),
+            other => Err(SourceError::Replay(format!("a generator cannot replay {other:?}"))),
+        }
+    }
+    fn cursor(&self) -> SourceCursor {
+        SourceCursor::Generator { left: self.left }
+    }
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
+        if let SourceCursor::Generator { left } = c {
+            self.left = *left;
+        }
+        Ok(())
     }
     fn exhausted(&self) -> bool {
         self.left == Some(0)

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::rdd::{Aggregation, Lineage, NarrowOp, Rdd, RddId, RddOp};
+use crate::rdd::{Aggregation, Lineage, NarrowOp, PairFilter, Rdd, RddId, RddOp, Reducer, UdfRef};
 use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
 
@@ -27,6 +27,35 @@ pub enum NodeOp {
     Shuffle { aggregation: Aggregation, partitions: u32 },
     /// The union of the parent's RDDs over the last `length_ms`, every `slide_ms`.
     Window { length_ms: i64, slide_ms: i64 },
+    /// update_state_by_key over the parent's `(k, [values])` (a group_by_key).
+    State { update: UdfRef },
+    /// reduce_by_key_and_window with an inverse function over the parent's
+    /// per-batch reduced pairs.
+    InvWindow { length_ms: i64, slide_ms: i64, reduce: Reducer, inverse: Reducer, filter: Option<PairFilter> },
+}
+
+impl NodeOp {
+    /// Whether the node's RDD depends on its own previous RDD (and so needs
+    /// data checkpoints to bound its lineage).
+    pub fn is_stateful(&self) -> bool {
+        matches!(self, NodeOp::State { .. } | NodeOp::InvWindow { .. })
+    }
+
+    /// How far before a data checkpoint of this node its parents' batches
+    /// are still read (a window with an inverse subtracts batches leaving it).
+    pub fn lookback_ms(&self) -> i64 {
+        match self {
+            NodeOp::InvWindow { length_ms, slide_ms, .. } => length_ms + slide_ms,
+            _ => 0,
+        }
+    }
+}
+
+/// The default data checkpoint interval: the smallest multiple of the slide
+/// that is at least 10 s (Spark's rule).
+pub fn default_checkpoint_interval(slide_ms: i64) -> i64 {
+    let n = (10_000 + slide_ms - 1) / slide_ms;
+    n.max(1) * slide_ms
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +70,9 @@ pub struct Node {
     /// How long this node's RDDs must stay available after their batch.
     pub remember_ms: i64,
     pub label: String,
+    /// For stateful nodes: how often their RDD is written to a data checkpoint.
+    #[serde(default)]
+    pub checkpoint_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,10 +133,26 @@ impl Graph {
                 self.nodes[p].remember_ms = self.nodes[p].remember_ms.max(*length_ms);
                 *slide_ms
             }
+            NodeOp::InvWindow { length_ms, slide_ms, .. } => {
+                for (what, d) in [("window length", *length_ms), ("slide", *slide_ms)] {
+                    if d <= 0 || d % parent_slide != 0 {
+                        return Err(GraphError(format!(
+                            "{label}: the {what} ({d} ms) must be a positive multiple of the parent's slide duration ({parent_slide} ms)"
+                        )));
+                    }
+                }
+                // The batches leaving the window are read again.
+                let p = parents[0] as usize;
+                self.nodes[p].persist = true;
+                self.nodes[p].remember_ms = self.nodes[p].remember_ms.max(*length_ms + *slide_ms);
+                *slide_ms
+            }
             NodeOp::Source { .. } => self.batch_interval_ms,
             _ => parent_slide,
         };
-        self.nodes.push(Node { id, parents, op, slide_ms, persist: false, remember_ms: slide_ms, label });
+        let checkpoint_ms = op.is_stateful().then(|| default_checkpoint_interval(slide_ms));
+        let persist = op.is_stateful();
+        self.nodes.push(Node { id, parents, op, slide_ms, persist, remember_ms: slide_ms, label, checkpoint_ms });
         Ok(id)
     }
 
@@ -116,7 +164,12 @@ impl Graph {
         let mut chain = vec![0i64; self.nodes.len()];
         for n in &self.nodes {
             let up = n.parents.iter().filter_map(|p| chain.get(*p as usize)).copied().max().unwrap_or(0);
-            let own = if let NodeOp::Window { length_ms, .. } = n.op { length_ms } else { 0 };
+            let own = match n.op {
+                NodeOp::Window { length_ms, .. } => length_ms,
+                NodeOp::InvWindow { length_ms, slide_ms, .. } => length_ms + slide_ms,
+                NodeOp::State { .. } => n.slide_ms,
+                _ => 0,
+            };
             if let Some(c) = chain.get_mut(n.id as usize) {
                 *c = up + own;
             }
@@ -219,6 +272,71 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
                 }
                 union_rdd(id, parents, n, lineage)
             }
+            NodeOp::State { update } => {
+                let grouped = rdd_at(g, zero, n.parents[0], time, memo, lineage);
+                let prev = previous(g, zero, node, time - n.slide_ms, memo, lineage);
+                match (grouped, prev) {
+                    (Some(grouped), Ok(prev)) => Some(Rdd {
+                        id,
+                        partitions: lineage.get(grouped).map(|r| r.partitions).unwrap_or(1),
+                        op: RddOp::State { prev, grouped, update: update.clone() },
+                        persist: true,
+                        label: n.label.clone(),
+                    }),
+                    _ => None,
+                }
+            }
+            NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse, filter } => {
+                let p = n.parents[0];
+                let ps = g.node(p).slide_ms;
+                // Every batch entering or leaving must be there: a missing one
+                // would silently skew the running value.
+                let range = |from: i64, to: i64, memo: &mut Generated, lineage: &mut Lineage| -> Option<Vec<RddId>> {
+                    let mut v = Vec::new();
+                    let mut t = from + ps;
+                    while t <= to {
+                        if t > zero {
+                            match rdd_at(g, zero, p, t, memo, lineage) {
+                                Some(r) => v.push(r),
+                                None => {
+                                    tracing::error!(
+                                        "{}: the batch at {t} ms is lost; the window at {time} ms cannot be computed",
+                                        n.label
+                                    );
+                                    return None;
+                                }
+                            }
+                        }
+                        t += ps;
+                    }
+                    Some(v)
+                };
+                let entering = range(time - slide_ms, time, memo, lineage);
+                let leaving = range(time - slide_ms - length_ms, time - length_ms, memo, lineage);
+                let prev = previous(g, zero, node, time - slide_ms, memo, lineage);
+                let (Some(entering), Some(leaving)) = (entering, leaving) else {
+                    memo.rdds.insert((node, time), None);
+                    return None;
+                };
+                let partitions = entering.first().and_then(|r| lineage.get(*r)).map(|r| r.partitions).unwrap_or(1);
+                match prev {
+                    Ok(prev) if !entering.is_empty() => Some(Rdd {
+                        id,
+                        partitions,
+                        op: RddOp::InvWindow {
+                            prev,
+                            entering,
+                            leaving,
+                            reduce: reduce.clone(),
+                            inverse: inverse.clone(),
+                            filter: filter.clone(),
+                        },
+                        persist: true,
+                        label: n.label.clone(),
+                    }),
+                    _ => None,
+                }
+            }
             NodeOp::Shuffle { aggregation, partitions } => {
                 let parents: Vec<RddId> =
                     n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, memo, lineage)).collect();
@@ -244,6 +362,37 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
     });
     memo.rdds.insert((node, time), out);
     out
+}
+
+/// The RDD a stateful node made at `time` (None before the first batch).
+/// Missing when it should exist means the state is lost: an error, never a
+/// silent restart from empty state.
+fn previous(
+    g: &Graph,
+    zero: i64,
+    node: NodeId,
+    time: i64,
+    memo: &mut Generated,
+    lineage: &mut Lineage,
+) -> Result<Option<RddId>, ()> {
+    if time <= zero {
+        return Ok(None);
+    }
+    match rdd_at(g, zero, node, time, memo, lineage) {
+        Some(r) => Ok(Some(r)),
+        None => {
+            tracing::error!("the state of {} at batch {time} ms is lost; its batch cannot run", g.node(node).label);
+            Err(())
+        }
+    }
+}
+
+/// Registers an RDD made outside the graph walk (an input RDD of a recorded
+/// batch, a state RDD read from a data checkpoint) as node `node`'s RDD at
+/// `rdd.id.time`.
+pub fn register(memo: &mut Generated, lineage: &mut Lineage, node: NodeId, rdd: Rdd) {
+    memo.rdds.insert((node, rdd.id.time), Some(rdd.id));
+    lineage.rdds.insert(rdd.id, rdd);
 }
 
 fn union_rdd(id: RddId, parents: Vec<RddId>, n: &Node, lineage: &Lineage) -> Option<Rdd> {

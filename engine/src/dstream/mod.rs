@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use weir_codec::Value;
 
-use crate::rdd::{Aggregation, JoinKind, NarrowOp, Reducer, UdfRef};
+use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfRef};
 use crate::scheduler::job_generator::{JobRunner, RunOptions, RunReport};
 use crate::sink::{Collected, OutputSpec};
 use crate::source::SourceSpec;
@@ -83,6 +83,8 @@ pub struct StreamingContext {
     inner: Rc<RefCell<Inner>>,
     registry: Arc<ModuleRegistry>,
     base_dir: PathBuf,
+    /// The job's name and hash in checkpoints (a job file sets them).
+    identity: Option<(String, String)>,
 }
 
 /// A stream of batches (one RDD per slide).
@@ -109,7 +111,14 @@ impl StreamingContext {
             inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new() })),
             registry,
             base_dir: PathBuf::from("."),
+            identity: None,
         }
+    }
+
+    /// Names the job in checkpoints: a checkpoint written under one identity
+    /// is refused under another. By default it is the graph's own hash.
+    pub fn set_identity(&mut self, name: &str, hash: &str) {
+        self.identity = Some((name.to_string(), hash.to_string()));
     }
 
     /// Relative paths (modules, sources, outputs) resolve against `dir`.
@@ -170,7 +179,13 @@ impl StreamingContext {
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
+        let (job_name, job_hash) = self.identity.clone().unwrap_or_else(|| {
+            ("(Rust API job)".to_string(), crate::udf::ModuleHash::of(format!("{:?}", inner.graph).as_bytes()).hex())
+        });
         let runner = JobRunner {
+            job_name,
+            job_hash,
+            modules: self.registry.modules(),
             graph: inner.graph.clone(),
             base_dir: self.base_dir.clone(),
             registry: self.registry.clone(),
@@ -333,6 +348,98 @@ impl DStream {
             None,
             "count_by_value_and_window".into(),
         )
+    }
+
+    /// Running state per key (Spark's updateStateByKey): `f` (kind `update`)
+    /// gets each key's values of the batch and its previous state, for every
+    /// key every batch, and returns the new state or null to remove the key.
+    /// Needs a checkpoint directory.
+    pub fn update_state_by_key(&self, f: &Udf) -> R {
+        let update = f.bind(UdfKind::Update)?;
+        let grouped = self.group_by_key()?;
+        self.add_on(&grouped, NodeOp::State { update }, format!("update_state_by_key({})", f.label()))
+    }
+
+    fn add_on(&self, parent: &DStream, op: NodeOp, label: String) -> R {
+        parent.add(vec![parent.node], op, label)
+    }
+
+    /// reduce_by_key_and_window with an inverse function: each window is the
+    /// previous one plus the batches entering (`f`) minus those leaving
+    /// (`inverse`). `filter` (kind `filter`, over pairs) drops keys; without
+    /// it keys whose value returns to zero are kept, as in Spark. Needs a
+    /// checkpoint directory.
+    pub fn reduce_by_key_and_window_inv(
+        &self,
+        f: &Udf,
+        inverse: &Udf,
+        length: Duration,
+        slide: Duration,
+        filter: Option<&Udf>,
+    ) -> R {
+        let reduce = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        let inv = Reducer::Udf(inverse.bind(UdfKind::Reduce)?);
+        let filter = match filter {
+            Some(u) => Some(PairFilter::Udf(u.bind(UdfKind::Filter)?)),
+            None => None,
+        };
+        let per_batch = self.reduce_by_key(f)?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let label =
+            format!("reduce_by_key_and_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
+        self.add_on(&per_batch, NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse: inv, filter }, label)
+    }
+
+    /// reduce_by_window with an inverse function (see
+    /// `reduce_by_key_and_window_inv`): one value per window.
+    pub fn reduce_by_window_inv(&self, f: &Udf, inverse: &Udf, length: Duration, slide: Duration) -> R {
+        let keyed = self.narrow(NarrowOp::PairWithNull, "pair_with_null".into())?;
+        let reduce = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        let inv = Reducer::Udf(inverse.bind(UdfKind::Reduce)?);
+        let per_batch = keyed.reduce_by_key_into(f, Some(1))?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let label = format!("reduce_by_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
+        let w = self.add_on(
+            &per_batch,
+            NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse: inv, filter: None },
+            label,
+        )?;
+        w.narrow(NarrowOp::Values, "values".into())
+    }
+
+    /// count_by_value_and_window computed incrementally (counts added and
+    /// subtracted natively; keys whose count reaches zero dropped, as Spark's
+    /// countByValueAndWindow does). Needs a checkpoint directory.
+    pub fn count_by_value_and_window_inv(&self, length: Duration, slide: Duration) -> R {
+        let per_batch = self.count_by_value()?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let op = NodeOp::InvWindow {
+            length_ms,
+            slide_ms,
+            reduce: Reducer::SumI64,
+            inverse: Reducer::SubI64,
+            filter: Some(PairFilter::NonZero),
+        };
+        self.add_on(&per_batch, op, format!("count_by_value_and_window({length_ms} ms, {slide_ms} ms)"))
+    }
+
+    /// Sets how often a stateful stream's RDD is written to a data
+    /// checkpoint (a multiple of its slide; default: the smallest multiple >= 10 s).
+    pub fn checkpoint(&self, interval: Duration) -> R {
+        let ms = interval.as_millis() as i64;
+        let mut inner = self.inner.borrow_mut();
+        let n = &mut inner.graph.nodes[self.node as usize];
+        if !n.op.is_stateful() {
+            return Err(EngineError::Graph(format!("{}: checkpoint() applies to stateful streams only", n.label)));
+        }
+        if ms <= 0 || ms % n.slide_ms != 0 {
+            return Err(EngineError::Graph(format!(
+                "{}: the checkpoint interval ({ms} ms) must be a positive multiple of the slide ({} ms)",
+                n.label, n.slide_ms
+            )));
+        }
+        n.checkpoint_ms = Some(ms);
+        Ok(self.clone())
     }
 
     fn output(&self, spec: OutputSpec) -> Result<(), EngineError> {

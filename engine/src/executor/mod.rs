@@ -5,6 +5,7 @@
 
 pub mod block_store;
 pub mod shuffle;
+pub mod state;
 pub mod task;
 
 use std::sync::mpsc::{channel, Receiver, Sender};

@@ -133,7 +133,7 @@ impl<'a> Groups<'a> {
     ) -> Result<(), TaskFailure> {
         let f = match r {
             Reducer::Udf(f) => f,
-            Reducer::SumI64 => {
+            Reducer::SumI64 | Reducer::SubI64 => {
                 for g in &self.groups {
                     let vs: Vec<&[u8]> = self.values_of(g).collect();
                     for v in fold(cx, r, &[vs.as_slice()], p)? {
@@ -173,18 +173,27 @@ fn key_hash(k: &[u8]) -> u64 {
 }
 
 /// Folds each group of values into one value, left to right.
-fn fold(cx: &mut TaskCx<'_, '_>, r: &Reducer, groups: &[&[&[u8]]], p: u32) -> Result<Vec<Vec<u8>>, TaskFailure> {
+pub(crate) fn fold(
+    cx: &mut TaskCx<'_, '_>,
+    r: &Reducer,
+    groups: &[&[&[u8]]],
+    p: u32,
+) -> Result<Vec<Vec<u8>>, TaskFailure> {
     match r {
-        Reducer::SumI64 => groups
+        Reducer::SumI64 | Reducer::SubI64 => groups
             .iter()
             .map(|vs| {
-                let mut s: i64 = 0;
+                let mut acc: Option<i64> = None;
                 for v in vs.iter() {
                     let x = codec::as_i64(v)
                         .ok_or_else(|| bad(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
-                    s = s.wrapping_add(x);
+                    acc = Some(match (acc, r) {
+                        (None, _) => x,
+                        (Some(a), Reducer::SumI64) => a.wrapping_add(x),
+                        (Some(a), _) => a.wrapping_sub(x),
+                    });
                 }
-                Ok(codec::encode_i64(s).to_vec())
+                Ok(codec::encode_i64(acc.unwrap_or(0)).to_vec())
             })
             .collect(),
         Reducer::Udf(f) => {

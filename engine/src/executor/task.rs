@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use weir_codec as codec;
 
 use super::block_store::{Block, BlockStore};
-use super::shuffle;
+use super::{shuffle, state};
 use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfError, UdfInstance, UdfKind};
 
@@ -137,6 +137,35 @@ impl TaskCx<'_, '_> {
         let rdd = self.rdd(id)?.clone();
         let data: Block = match &rdd.op {
             RddOp::Input { .. } => return Err(TaskFailure::InputLost(block_id)),
+            RddOp::Checkpointed { path } => Arc::new(state::read_checkpointed(path, p)?),
+            RddOp::State { prev, grouped, update } => {
+                let prev = match prev {
+                    Some(r) => Some(self.compute(*r, p)?),
+                    None => None,
+                };
+                let grouped = self.compute(*grouped, p)?;
+                Arc::new(state::update_state(self, update, prev.as_deref().map(|v| v.as_slice()), &grouped, p)?)
+            }
+            RddOp::InvWindow { prev, entering, leaving, reduce, inverse, filter } => {
+                let prev = match prev {
+                    Some(r) => Some(self.compute(*r, p)?),
+                    None => None,
+                };
+                let leaving: Vec<Block> = leaving.iter().map(|r| self.compute(*r, p)).collect::<Result<_, _>>()?;
+                let entering: Vec<Block> = entering.iter().map(|r| self.compute(*r, p)).collect::<Result<_, _>>()?;
+                let l: Vec<&[u8]> = leaving.iter().map(|b| b.as_slice()).collect();
+                let e: Vec<&[u8]> = entering.iter().map(|b| b.as_slice()).collect();
+                Arc::new(state::inverse_window(
+                    self,
+                    reduce,
+                    inverse,
+                    filter.as_ref(),
+                    prev.as_deref().map(|v| v.as_slice()),
+                    &l,
+                    &e,
+                    p,
+                )?)
+            }
             RddOp::Narrow { .. } => {
                 // Gather the run of narrow RDDs down to one that is stored or
                 // made otherwise, so their operations run as one pipeline.

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use weir_codec::Records;
 
 use super::dag::{DagScheduler, SchedulerMetrics};
-use crate::dstream::graph::{generate, Generated, Graph, NodeOp};
+use crate::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStats, InputRecord, Metadata};
+use crate::dstream::graph::{generate, register, Generated, Graph, NodeOp};
 use crate::executor::{BlockStore, LocalExecutors};
-use crate::rdd::{BlockId, RddId};
+use crate::rdd::{BlockId, Rdd, RddId, RddOp};
 use crate::sink::{self, Collected, OutputSpec};
 use crate::source::{self, Source};
 use crate::udf::ModuleRegistry;
@@ -72,6 +73,26 @@ pub struct RunOptions {
     /// Called after each batch with the scheduler and the batch's output RDDs
     /// (tests use it to drop blocks and recompute them).
     pub after_batch: Option<AfterBatch>,
+    /// Checkpoint and recover through this directory.
+    pub checkpoint: Option<CheckpointOptions>,
+}
+
+/// `--checkpoint DIR` and its flags.
+#[derive(Debug, Clone)]
+pub struct CheckpointOptions {
+    pub dir: PathBuf,
+    /// Metadata checkpoints kept (default 10).
+    pub keep: usize,
+    /// Discard what the directory holds and start over.
+    pub fresh: bool,
+    /// Continue although a UDF module's hash differs from the checkpoint's.
+    pub accept_module_change: bool,
+}
+
+impl CheckpointOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CheckpointOptions { dir: dir.into(), keep: 10, fresh: false, accept_module_change: false }
+    }
 }
 
 pub type AfterBatch = Arc<std::sync::Mutex<dyn FnMut(&mut DagScheduler, i64, &[Option<RddId>]) + Send>>;
@@ -86,6 +107,7 @@ impl Default for RunOptions {
             progress: false,
             stop: Arc::new(AtomicBool::new(false)),
             after_batch: None,
+            checkpoint: None,
         }
     }
 }
@@ -106,6 +128,8 @@ pub struct BatchReport {
 pub struct RunReport {
     pub batches: Vec<BatchReport>,
     pub metrics: SchedulerMetrics,
+    /// The checkpoint writer's counters (with a checkpoint directory).
+    pub checkpoint: Option<CheckpointStats>,
 }
 
 impl RunReport {
@@ -117,6 +141,11 @@ impl RunReport {
 /// A job ready to run: its graph and everything it owns.
 pub struct JobRunner {
     pub graph: Graph,
+    /// The job's identity in checkpoints (the job file's SHA-256).
+    pub job_hash: String,
+    pub job_name: String,
+    /// Module file name -> SHA-256, for checkpoints.
+    pub modules: BTreeMap<String, String>,
     /// Relative paths in the job (sources, outputs) resolve against this.
     pub base_dir: PathBuf,
     pub registry: Arc<ModuleRegistry>,
@@ -125,6 +154,33 @@ pub struct JobRunner {
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Stores a source's batch as the blocks of its input RDD at `time`.
+fn store_input(
+    dag: &mut DagScheduler,
+    blocks: &BlockStore,
+    time: i64,
+    node: u32,
+    source: u32,
+    batch: &[u8],
+    parallelism: u32,
+) -> Rdd {
+    let parts = split_batch(batch, parallelism);
+    let id = RddId { time, node };
+    let rdd = Rdd {
+        id,
+        partitions: parts.len() as u32,
+        op: RddOp::Input { source },
+        persist: true,
+        label: format!("input of source {source}"),
+    };
+    for (p, data) in parts.into_iter().enumerate() {
+        let bid = BlockId::Rdd { rdd: id, partition: p as u32 };
+        dag.register_block(bid, crate::rdd::digest(&data));
+        blocks.put(bid, Arc::new(data));
+    }
+    rdd
 }
 
 /// Splits an encoded batch into up to `n` contiguous partitions (at least one).
@@ -146,9 +202,35 @@ impl JobRunner {
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
         let g = &self.graph;
         let interval = g.batch_interval_ms;
+        let stateful: Vec<&str> = g.nodes.iter().filter(|n| n.op.is_stateful()).map(|n| n.label.as_str()).collect();
+        if !stateful.is_empty() && opts.checkpoint.is_none() {
+            return Err(EngineError::Graph(format!(
+                "{} keep state across batches, so the job needs a checkpoint directory (--checkpoint DIR): \
+                 without one a driver crash would lose the state, and its lineage would grow without bound",
+                stateful.join(", ")
+            )));
+        }
+        let (ckpt, recovered) = match &opts.checkpoint {
+            Some(c) => {
+                if c.fresh {
+                    CheckpointDir::clear(&c.dir)
+                        .map_err(|e| EngineError::Checkpoint(CheckpointError::Io { dir: c.dir.clone(), source: e }))?;
+                }
+                let (dir, rec) = CheckpointDir::open(&c.dir, c.keep)?;
+                for (p, why) in &rec.invalid {
+                    eprintln!("weir: checkpoint {} is not usable ({why}); falling back to an older one", p.display());
+                }
+                (Some(dir), rec.metadata)
+            }
+            None => (None, None),
+        };
+        if let (Some(m), Some(c)) = (&recovered, &opts.checkpoint) {
+            self.check_compatible(m, c.accept_module_change)?;
+        }
         let mut sources: Vec<Box<dyn Source>> = Vec::new();
-        for s in &g.sources {
-            sources.push(source::open(s, &self.base_dir)?);
+        for (i, s) in g.sources.iter().enumerate() {
+            let wal = ckpt.as_ref().map(|c| (checkpoint::wal_dir(c.root()), i as u32));
+            sources.push(source::open(s, &self.base_dir, wal)?);
         }
         let source_nodes: BTreeMap<u32, u32> = g
             .nodes
@@ -165,24 +247,93 @@ impl JobRunner {
         let mut dag = DagScheduler::new(Box::new(backend), results);
         let mut memo = Generated::default();
 
-        let zero_time = match opts.clock {
+        let mut zero_time = match opts.clock {
             Clock::Logical => 0,
             Clock::Wall => (now_ms() / interval) * interval,
         };
+        // Each batch's input, as recorded (what a re-run reads again).
+        let mut inputs: BTreeMap<i64, Vec<InputRecord>> = BTreeMap::new();
+        let mut pending: Vec<i64> = Vec::new();
+        let mut last_completed: Option<i64> = None;
+        let mut replay: std::collections::VecDeque<i64> = Default::default();
+        let mut k: i64 = 0;
+        if let (Some(m), Some(c)) = (&recovered, &ckpt) {
+            zero_time = m.zero_time;
+            for (src, cur) in sources.iter_mut().zip(&m.cursors) {
+                src.restore(cur)?;
+            }
+            // Inputs of recorded batches: read again and stored as blocks, so
+            // the windows and states that reach back to them can be rebuilt.
+            for (t, recs) in &m.inputs {
+                for (i, rec) in recs.iter().enumerate() {
+                    let Some(&node) = source_nodes.get(&(i as u32)) else { continue };
+                    let batch = sources[i].replay(*t, &rec.descriptor)?;
+                    let rdd = store_input(&mut dag, &blocks, *t, node, i as u32, &batch, g.parallelism);
+                    register(&mut memo, &mut dag.lineage, node, rdd);
+                }
+            }
+            for (node, r) in &m.state {
+                let parts = checkpoint::read_state(c.root(), r).map_err(|e| {
+                    EngineError::Checkpoint(CheckpointError::Mismatch(format!("cannot restore state: {e}")))
+                })?;
+                let id = RddId { time: r.time, node: *node };
+                for (p, data) in parts.into_iter().enumerate() {
+                    let bid = BlockId::Rdd { rdd: id, partition: p as u32 };
+                    dag.register_block(bid, crate::rdd::digest(&data));
+                    blocks.put(bid, Arc::new(data));
+                }
+                let path = checkpoint::state_dir(c.root()).join(&r.file).to_string_lossy().into_owned();
+                let label = g.nodes.get(*node as usize).map(|n| n.label.clone()).unwrap_or_default();
+                register(
+                    &mut memo,
+                    &mut dag.lineage,
+                    *node,
+                    Rdd { id, partitions: r.partitions, op: RddOp::Checkpointed { path }, persist: true, label },
+                );
+            }
+            inputs = m.inputs.clone();
+            last_completed = m.last_completed;
+            pending = m.pending.clone();
+            replay = m.pending.iter().copied().collect();
+            if let Some(newest) = m.newest_batch() {
+                k = (newest - zero_time) / interval;
+            }
+            eprintln!(
+                "weir: recovered from checkpoint {} (last completed batch: {}); re-running {} pending batch(es)",
+                m.seq,
+                m.last_completed.map(|t| format!("{t} ms")).unwrap_or_else(|| "none".into()),
+                replay.len()
+            );
+        }
+
         let remember = g.remember_ms();
         let mut report = RunReport::default();
         let mut explained = false;
-        let mut k: i64 = 0;
+        let mut ran: u64 = 0;
         loop {
             if opts.stop.load(Ordering::Relaxed) {
                 break;
             }
-            if opts.max_batches.is_some_and(|m| k as u64 >= m) {
+            if opts.max_batches.is_some_and(|m| ran >= m) {
                 break;
             }
-            k += 1;
-            let time = zero_time + k * interval;
-            if opts.clock == Clock::Wall {
+            let replayed = replay.pop_front();
+            if replayed.is_none()
+                && opts.clock == Clock::Logical
+                && !sources.is_empty()
+                && sources.iter().all(|s| s.exhausted())
+            {
+                break;
+            }
+            ran += 1;
+            let time = match replayed {
+                Some(t) => t,
+                None => {
+                    k += 1;
+                    zero_time + k * interval
+                }
+            };
+            if opts.clock == Clock::Wall && replayed.is_none() {
                 let wait = time - now_ms();
                 if wait > 0 {
                     std::thread::sleep(Duration::from_millis(wait as u64));
@@ -194,24 +345,39 @@ impl JobRunner {
             };
             let started = Instant::now();
 
-            // Receive: each source's batch becomes the input RDD's blocks.
-            let mut inputs = BTreeMap::new();
+            // Receive: each source's batch becomes the input RDD's blocks
+            // (a re-run batch already has them, read again from its record).
+            let mut input_partitions = BTreeMap::new();
             let mut records_in = 0u64;
-            for (i, src) in sources.iter_mut().enumerate() {
-                let batch = src.poll(time, opts.clock == Clock::Wall)?;
-                records_in += weir_codec::Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
-                let parts = split_batch(&batch, g.parallelism);
-                inputs.insert(i as u32, parts.len() as u32);
-                if let Some(&node) = source_nodes.get(&(i as u32)) {
-                    for (p, data) in parts.into_iter().enumerate() {
-                        let id = BlockId::Rdd { rdd: RddId { time, node }, partition: p as u32 };
-                        dag.register_block(id, crate::rdd::digest(&data));
-                        blocks.put(id, Arc::new(data));
-                    }
+            if replayed.is_some() {
+                for (i, rec) in inputs.get(&time).into_iter().flatten().enumerate() {
+                    input_partitions.insert(i as u32, rec.partitions);
+                    records_in += rec.records;
                 }
+            } else {
+                let mut recs = Vec::new();
+                for (i, src) in sources.iter_mut().enumerate() {
+                    let (batch, descriptor) = src.poll(time, opts.clock == Clock::Wall)?;
+                    let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
+                    records_in += n;
+                    let partitions = match source_nodes.get(&(i as u32)) {
+                        Some(&node) => {
+                            store_input(&mut dag, &blocks, time, node, i as u32, &batch, g.parallelism).partitions
+                        }
+                        None => 1,
+                    };
+                    input_partitions.insert(i as u32, partitions);
+                    recs.push(InputRecord { partitions, records: n, descriptor });
+                }
+                inputs.insert(time, recs);
+                pending.push(time);
             }
 
-            let outs = generate(g, zero_time, time, &inputs, &mut memo, &mut dag.lineage);
+            let outs = generate(g, zero_time, time, &input_partitions, &mut memo, &mut dag.lineage);
+            if let Some(c) = &ckpt {
+                // The batch is generated: its inputs are recorded before it runs.
+                c.write_metadata(self.snapshot(zero_time, last_completed, &pending, &inputs, &sources));
+            }
             if opts.explain && !explained {
                 explained = true;
                 for (o, r) in g.outputs.iter().zip(&outs) {
@@ -222,7 +388,16 @@ impl JobRunner {
             }
             let mut errors = Vec::new();
             for (o, r) in g.outputs.iter().zip(outs.iter().copied()) {
-                let Some(rdd) = r else { continue };
+                let Some(rdd) = r else {
+                    if g.node(o.node).op.is_stateful() || g.nodes.iter().any(|n| n.op.is_stateful()) {
+                        // A stateful stream with no RDD at one of its times has lost its state.
+                        let n = g.node(o.node);
+                        if time > zero_time && (time - zero_time) % n.slide_ms == 0 && n.op.is_stateful() {
+                            errors.push(format!("{}: state lost, batch {time} ms cannot run", n.label));
+                        }
+                    }
+                    continue;
+                };
                 tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, dag.lineage.explain(rdd));
                 let result = dag
                     .run_job(rdd)
@@ -232,6 +407,26 @@ impl JobRunner {
                     tracing::error!("batch {time} ms failed: {e}");
                     errors.push(e);
                 }
+            }
+            pending.retain(|t| *t != time);
+            last_completed = Some(last_completed.map_or(time, |l| l.max(time)));
+            if let Some(c) = &ckpt {
+                // Data checkpoints of stateful streams due at this time.
+                for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
+                    let Some(every) = n.checkpoint_ms else { continue };
+                    if (time - zero_time) % every != 0 {
+                        continue;
+                    }
+                    let id = RddId { time, node: n.id };
+                    if dag.lineage.get(id).is_none() {
+                        continue;
+                    }
+                    match dag.run_job(id) {
+                        Ok(parts) => c.write_state(n.id, time, parts.into_iter().map(Arc::new).collect()),
+                        Err(e) => tracing::warn!("cannot take a data checkpoint of {} at {time} ms: {e}", n.label),
+                    }
+                }
+                c.write_metadata(self.snapshot(zero_time, last_completed, &pending, &inputs, &sources));
             }
             let b = BatchReport { time, records_in, processing: started.elapsed(), scheduling_delay, errors };
             if opts.progress {
@@ -249,15 +444,92 @@ impl JobRunner {
             if let Some(hook) = &opts.after_batch {
                 (hook.lock().unwrap_or_else(|p| p.into_inner()))(&mut dag, time, &outs);
             }
-            let horizon = time - remember;
+            // Forget what no window needs and no state recovery can need:
+            // lineage and inputs go back to the newest durable data checkpoint
+            // of every stateful stream, which truncates their lineage.
+            let mut horizon = time - remember;
+            if let Some(c) = &ckpt {
+                let durable = c.durable_state();
+                for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
+                    match durable.get(&n.id) {
+                        Some(r) => {
+                            horizon = horizon.min(r.time - n.op.lookback_ms());
+                            let id = RddId { time: r.time, node: n.id };
+                            if let Some(rdd) = dag.lineage.rdds.get_mut(&id) {
+                                let path = checkpoint::state_dir(c.root()).join(&r.file).to_string_lossy().into_owned();
+                                rdd.op = RddOp::Checkpointed { path };
+                            }
+                        }
+                        None => horizon = horizon.min(zero_time + 1),
+                    }
+                }
+            }
             memo.forget_before(horizon);
             dag.forget_before(horizon);
-            if opts.clock == Clock::Logical && !sources.is_empty() && sources.iter().all(|s| s.exhausted()) {
-                break;
-            }
+            inputs.retain(|t, _| *t >= horizon || pending.contains(t));
+        }
+        if let Some(c) = &ckpt {
+            c.flush();
+            report.checkpoint = Some(c.stats());
         }
         report.metrics = dag.metrics.clone();
         Ok(report)
+    }
+
+    fn snapshot(
+        &self,
+        zero_time: i64,
+        last_completed: Option<i64>,
+        pending: &[i64],
+        inputs: &BTreeMap<i64, Vec<InputRecord>>,
+        sources: &[Box<dyn Source>],
+    ) -> Metadata {
+        Metadata {
+            seq: 0,
+            job_hash: self.job_hash.clone(),
+            job: self.job_name.clone(),
+            modules: self.modules.clone(),
+            batch_interval_ms: self.graph.batch_interval_ms,
+            zero_time,
+            last_completed,
+            pending: pending.to_vec(),
+            inputs: inputs.clone(),
+            cursors: sources.iter().map(|s| s.cursor()).collect(),
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// Refuses to continue a checkpoint of another job or other modules.
+    fn check_compatible(&self, m: &Metadata, accept_module_change: bool) -> Result<(), EngineError> {
+        let refuse = |msg: String| Err(EngineError::Checkpoint(CheckpointError::Mismatch(msg)));
+        if m.job_hash != self.job_hash {
+            return refuse(format!(
+                "the job changed since the checkpoint was written: {} had sha256 {}, {} now has sha256 {}; \
+                 run with --fresh to discard the checkpoint and start over",
+                m.job, m.job_hash, self.job_name, self.job_hash
+            ));
+        }
+        if m.batch_interval_ms != self.graph.batch_interval_ms {
+            return refuse(format!(
+                "the batch interval changed ({} ms in the checkpoint, {} ms now); run with --fresh to start over",
+                m.batch_interval_ms, self.graph.batch_interval_ms
+            ));
+        }
+        let mut changed = Vec::new();
+        for (name, h) in &self.modules {
+            match m.modules.get(name) {
+                Some(old) if old != h => changed.push(format!("{name} (sha256 {old} in the checkpoint, {h} now)")),
+                _ => {}
+            }
+        }
+        if !changed.is_empty() && !accept_module_change {
+            return refuse(format!(
+                "UDF module changed since the checkpoint was written: {}; run with --accept-module-change to \
+                 continue with the new module (recomputed batches then use the new code), or --fresh to start over",
+                changed.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     fn emit(&self, spec: &OutputSpec, time: i64, parts: &[Vec<u8>]) -> Result<(), EngineError> {

@@ -639,6 +639,12 @@ impl ModuleRegistry {
         Ok(map.entry(m.hash()).or_insert(m).clone())
     }
 
+    /// Every loaded module: file name -> SHA-256 (hex).
+    pub fn modules(&self) -> std::collections::BTreeMap<String, String> {
+        let map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|m| (m.name().to_string(), m.hash().hex())).collect()
+    }
+
     pub fn get(&self, hash: &ModuleHash) -> Option<Arc<UdfModule>> {
         self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned()
     }

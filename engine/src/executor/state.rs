@@ -1,0 +1,204 @@
+//! Stateful partitions: `update_state_by_key` and windows with an inverse
+//! function. Both combine the previous RDD of the same stream (same
+//! partitioning) with this batch's partitions, so their lineage is a chain
+//! that data checkpoints cut. Keys keep a deterministic order: the previous
+//! state's order, then new keys in first-seen order.
+
+use std::collections::HashMap;
+
+use weir_codec as codec;
+
+use super::shuffle::fold;
+use super::task::{pair, records, TaskCx, TaskFailure};
+use crate::rdd::{PairFilter, Reducer, UdfRef};
+use crate::udf::UdfKind;
+
+fn bad(msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::Other(msg.into())
+}
+
+/// update_state_by_key on one partition: `prev` holds `(k, state)` pairs,
+/// `grouped` holds `(k, [values])`. The update function is called for every
+/// key (with `[]` for keys without new values); a null result removes the key.
+pub(crate) fn update_state(
+    cx: &mut TaskCx<'_, '_>,
+    update: &UdfRef,
+    prev: Option<&[u8]>,
+    grouped: &[u8],
+    p: u32,
+) -> Result<Vec<u8>, TaskFailure> {
+    let empty_list: &[u8] = &[codec::TAG_LIST, 0, 0, 0, 0];
+    let null: &[u8] = &[codec::TAG_NULL];
+    // (key, values, state)
+    let mut groups: Vec<(&[u8], &[u8], &[u8])> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    if let Some(prev) = prev {
+        for r in records(prev)? {
+            let (k, s) = pair(r?)?;
+            index.insert(k, groups.len());
+            groups.push((k, empty_list, s));
+        }
+    }
+    for r in records(grouped)? {
+        let (k, vs) = pair(r?)?;
+        match index.get(k) {
+            Some(&i) => groups[i].1 = vs,
+            None => {
+                index.insert(k, groups.len());
+                groups.push((k, vs, null));
+            }
+        }
+    }
+    let mut input = codec::BatchBuilder::new();
+    for (k, vs, s) in &groups {
+        input.push_with(|w| {
+            w.tuple(3);
+            w.raw(k);
+            w.raw(vs);
+            w.raw(s);
+        });
+    }
+    let out = cx.call_kind(update, UdfKind::Update, &input.finish(), p)?;
+    let mut b = codec::BatchBuilder::with_capacity(out.len() + groups.len() * 16);
+    for ((k, _, _), s) in groups.iter().zip(records(&out)?) {
+        let s = s?;
+        if s != null {
+            b.push_with(|w| codec::write_pair(w.buf, k, s));
+        }
+    }
+    Ok(b.finish())
+}
+
+/// The per-key inputs of a window step.
+#[derive(Default)]
+struct Key<'a> {
+    prev: Option<&'a [u8]>,
+    old: Vec<&'a [u8]>,
+    new: Vec<&'a [u8]>,
+}
+
+/// reduce_by_key_and_window with an inverse function, on one partition:
+/// `value = reduce(inverse(prev, reduce(old...)), reduce(new...))`, as Spark
+/// computes it; a key with no previous value takes the reduce of its new
+/// values. Keys whose value reaches zero are kept unless `filter` drops them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn inverse_window(
+    cx: &mut TaskCx<'_, '_>,
+    reduce: &Reducer,
+    inverse: &Reducer,
+    filter: Option<&PairFilter>,
+    prev: Option<&[u8]>,
+    leaving: &[&[u8]],
+    entering: &[&[u8]],
+    p: u32,
+) -> Result<Vec<u8>, TaskFailure> {
+    let mut order: Vec<&[u8]> = Vec::new();
+    let mut keys: HashMap<&[u8], Key> = HashMap::new();
+    if let Some(prev) = prev {
+        for r in records(prev)? {
+            let (k, v) = pair(r?)?;
+            order.push(k);
+            keys.entry(k).or_default().prev = Some(v);
+        }
+    }
+    for part in leaving {
+        for r in records(part)? {
+            let (k, v) = pair(r?)?;
+            // Values leaving a window were in it: their key has a previous value.
+            if let Some(e) = keys.get_mut(k) {
+                e.old.push(v);
+            }
+        }
+    }
+    for part in entering {
+        for r in records(part)? {
+            let (k, v) = pair(r?)?;
+            let e = keys.entry(k).or_insert_with(|| {
+                order.push(k);
+                Key::default()
+            });
+            e.new.push(v);
+        }
+    }
+    // Each step is one batched UDF call over the keys that need it.
+    let with_old: Vec<&[u8]> =
+        order.iter().copied().filter(|k| keys[k].prev.is_some() && !keys[k].old.is_empty()).collect();
+    let old_lists: Vec<&[&[u8]]> = with_old.iter().map(|k| keys[k].old.as_slice()).collect();
+    let old_reduced = fold(cx, reduce, &old_lists, p)?;
+    let mut temp: HashMap<&[u8], Vec<u8>> = HashMap::new();
+    {
+        let pairs: Vec<[&[u8]; 2]> =
+            with_old.iter().zip(&old_reduced).filter_map(|(k, o)| Some([keys[k].prev?, o.as_slice()])).collect();
+        let lists: Vec<&[&[u8]]> = pairs.iter().map(|pr| pr.as_slice()).collect();
+        for (k, v) in with_old.iter().zip(fold(cx, inverse, &lists, p)?) {
+            temp.insert(k, v);
+        }
+    }
+    let with_new: Vec<&[u8]> = order.iter().copied().filter(|k| !keys[k].new.is_empty()).collect();
+    let new_lists: Vec<&[&[u8]]> = with_new.iter().map(|k| keys[k].new.as_slice()).collect();
+    let new_reduced: HashMap<&[u8], Vec<u8>> = with_new.iter().copied().zip(fold(cx, reduce, &new_lists, p)?).collect();
+    // Keys with both a running value and new values: one more reduce.
+    let both: Vec<&[u8]> =
+        order.iter().copied().filter(|k| keys[k].prev.is_some() && new_reduced.contains_key(k)).collect();
+    let both_vals: Vec<Vec<u8>> = both
+        .iter()
+        .map(|k| temp.get(k).cloned().or_else(|| keys[k].prev.map(|v| v.to_vec())).unwrap_or_default())
+        .collect();
+    let both_pairs: Vec<[&[u8]; 2]> =
+        both.iter().zip(&both_vals).map(|(k, t)| [t.as_slice(), new_reduced[k].as_slice()]).collect();
+    let both_lists: Vec<&[&[u8]]> = both_pairs.iter().map(|pr| pr.as_slice()).collect();
+    let merged: HashMap<&[u8], Vec<u8>> = both.iter().copied().zip(fold(cx, reduce, &both_lists, p)?).collect();
+
+    let mut out = codec::BatchBuilder::new();
+    for k in &order {
+        let e = &keys[k];
+        let v: Option<&[u8]> = if let Some(m) = merged.get(k) {
+            Some(m)
+        } else if e.prev.is_some() {
+            temp.get(k).map(|t| t.as_slice()).or(e.prev)
+        } else {
+            new_reduced.get(k).map(|v| v.as_slice())
+        };
+        if let Some(v) = v {
+            out.push_with(|w| codec::write_pair(w.buf, k, v));
+        }
+    }
+    let out = out.finish();
+    match filter {
+        None => Ok(out),
+        Some(PairFilter::NonZero) => {
+            let mut b = codec::BatchBuilder::with_capacity(out.len());
+            for r in records(&out)? {
+                let r = r?;
+                let (_, v) = pair(r)?;
+                if codec::as_i64(v) != Some(0) {
+                    b.push_raw(r);
+                }
+            }
+            Ok(b.finish())
+        }
+        Some(PairFilter::Udf(f)) => {
+            let keep = cx.call_kind(f, UdfKind::Filter, &out, p)?;
+            let mut b = codec::BatchBuilder::with_capacity(out.len());
+            for (r, flag) in records(&out)?.zip(keep.get(4..).unwrap_or_default()) {
+                if *flag == codec::TAG_TRUE {
+                    b.push_raw(r?);
+                }
+            }
+            Ok(b.finish())
+        }
+    }
+}
+
+/// Reads partition `p` of a data checkpoint file.
+pub(crate) fn read_checkpointed(path: &str, p: u32) -> Result<Vec<u8>, TaskFailure> {
+    let path = std::path::Path::new(path);
+    let dir = path.parent().and_then(|d| d.parent()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let r = crate::checkpoint::StateRef { time: 0, file: name, partitions: 0, records: 0, bytes: 0 };
+    let parts = crate::checkpoint::read_state(dir, &r).map_err(|e| bad(format!("data checkpoint: {e}")))?;
+    parts
+        .into_iter()
+        .nth(p as usize)
+        .ok_or_else(|| bad(format!("data checkpoint {} has no partition {p}", path.display())))
+}
