@@ -49,12 +49,36 @@ pub fn write(path: &Path, kind: FileKind, payload: &[u8]) -> Result<(), Checkpoi
     bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
     let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    if crash_injection_due() {
+        // Die with half a file written: what a power cut or SIGKILL leaves.
+        let _ = f.write_all(&bytes[..bytes.len() / 2]);
+        let _ = f.sync_all();
+        std::process::abort();
+    }
     f.write_all(&bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io(path))?;
     sync_dir(dir).map_err(io(dir))?;
     Ok(())
+}
+
+/// Crash injection for tests: `WEIR_CRASH_AT_CHECKPOINT_WRITE=N` aborts the
+/// process halfway through its N-th checkpoint file write; with
+/// `WEIR_CRASH_MARKER=path` only once (the marker file records that it did).
+fn crash_injection_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = std::env::var("WEIR_CRASH_AT_CHECKPOINT_WRITE").ok().and_then(|v| v.parse::<u64>().ok()) else {
+        return false;
+    };
+    if WRITES.fetch_add(1, Ordering::Relaxed) + 1 != n {
+        return false;
+    }
+    match std::env::var_os("WEIR_CRASH_MARKER") {
+        Some(marker) => std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok(),
+        None => true,
+    }
 }
 
 /// Fsyncs a directory, so a rename in it is durable.
