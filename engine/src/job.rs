@@ -63,6 +63,10 @@ struct JobFile {
     streams: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     outputs: Vec<Spanned<OutputFile>>,
+    /// Stream name -> the initial state of an update_state_by_key stream: a
+    /// file like a `batches` source's, whose records are `[key, state]` pairs.
+    #[serde(default)]
+    initial_state: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -157,7 +161,8 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
-    let mut b = Builder { file: &file, modules: &modules, streams, resolving: Vec::new(), err: &err };
+    let mut b =
+        Builder { file: &file, modules: &modules, streams, resolving: Vec::new(), err: &err, base: base.clone() };
     for name in file.streams.keys() {
         b.resolve(name, None)?;
     }
@@ -206,6 +211,7 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     streams: HashMap<String, DStream>,
     resolving: Vec<String>,
     err: &'a E,
+    base: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -486,7 +492,20 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             }
             "update_state_by_key" => {
                 nargs(1, 1)?;
-                s.update_state_by_key(&udf(0)?)?
+                let initial = match self.file.initial_state.get(name) {
+                    Some(p) => {
+                        let path = self.base.join(p.get_ref());
+                        let batches = crate::source::read_batches_file(&path)
+                            .map_err(|err| (self.err)(Some(p.span()), format!("initial state of {name}: {err}")))?;
+                        let mut pairs = Vec::new();
+                        for b in &batches {
+                            pairs.extend(weir_codec::Value::decode_batch(b).map_err(|err| e(err.to_string()))?);
+                        }
+                        Some(pairs)
+                    }
+                    None => None,
+                };
+                s.update_state_by_key_with_initial(&udf(0)?, initial)?
             }
             "checkpoint" => {
                 nargs(1, 1)?;

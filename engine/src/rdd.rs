@@ -105,6 +105,9 @@ pub enum NarrowOp {
     Values,
     /// Expands cogroup output `(k, ([vs], [ws]))` into join rows.
     Join(JoinKind),
+    /// From map_with_state's tagged records: tag 0 gives the `(k, state)`
+    /// snapshot, tag 1 the emitted records.
+    Tagged(u8),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -143,7 +146,13 @@ pub enum RddOp {
     Union { parents: Vec<RddId> },
     /// update_state_by_key: the previous state RDD (same partitioning) and
     /// this batch's values grouped by key (`(k, [v...])`).
-    State { prev: Option<RddId>, grouped: RddId, update: UdfRef },
+    /// `initial` (encoded `(k, state)` pairs) stands in for the previous
+    /// state of the first batch.
+    State { prev: Option<RddId>, grouped: RddId, update: UdfRef, initial: Option<Vec<u8>> },
+    /// map_with_state: like `State`, but `f` is called per value and emits
+    /// records. Partitions hold tagged records: `(0, k, state, last_update_ms)`
+    /// for the state, `(1, output)` for what `f` emitted (see `NarrowOp::Tagged`).
+    MapWithState { prev: Option<RddId>, grouped: RddId, f: UdfRef, timeout_ms: Option<i64> },
     /// reduce_by_key_and_window with an inverse function: the previous
     /// window's value, minus the batches leaving, plus the batches entering
     /// (all partitioned like this RDD).
@@ -169,7 +178,9 @@ impl RddOp {
             RddOp::Input { .. } | RddOp::Checkpointed { .. } | RddOp::Shuffled { .. } => vec![],
             RddOp::Narrow { parent, .. } => vec![*parent],
             RddOp::Union { parents } => parents.clone(),
-            RddOp::State { prev, grouped, .. } => prev.iter().copied().chain([*grouped]).collect(),
+            RddOp::State { prev, grouped, .. } | RddOp::MapWithState { prev, grouped, .. } => {
+                prev.iter().copied().chain([*grouped]).collect()
+            }
             RddOp::InvWindow { prev, entering, leaving, .. } => {
                 prev.iter().chain(leaving).chain(entering).copied().collect()
             }

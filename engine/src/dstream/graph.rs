@@ -27,8 +27,11 @@ pub enum NodeOp {
     Shuffle { aggregation: Aggregation, partitions: u32 },
     /// The union of the parent's RDDs over the last `length_ms`, every `slide_ms`.
     Window { length_ms: i64, slide_ms: i64 },
-    /// update_state_by_key over the parent's `(k, [values])` (a group_by_key).
-    State { update: UdfRef },
+    /// update_state_by_key over the parent's `(k, [values])` (a group_by_key),
+    /// starting from `initial` (encoded `(k, state)` pairs) if given.
+    State { update: UdfRef, initial: Option<Vec<u8>> },
+    /// map_with_state over the parent's `(k, [values])`.
+    MapWithState { f: UdfRef, timeout_ms: Option<i64> },
     /// reduce_by_key_and_window with an inverse function over the parent's
     /// per-batch reduced pairs.
     InvWindow { length_ms: i64, slide_ms: i64, reduce: Reducer, inverse: Reducer, filter: Option<PairFilter> },
@@ -38,7 +41,7 @@ impl NodeOp {
     /// Whether the node's RDD depends on its own previous RDD (and so needs
     /// data checkpoints to bound its lineage).
     pub fn is_stateful(&self) -> bool {
-        matches!(self, NodeOp::State { .. } | NodeOp::InvWindow { .. })
+        matches!(self, NodeOp::State { .. } | NodeOp::InvWindow { .. } | NodeOp::MapWithState { .. })
     }
 
     /// How far before a data checkpoint of this node its parents' batches
@@ -272,14 +275,25 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
                 }
                 union_rdd(id, parents, n, lineage)
             }
-            NodeOp::State { update } => {
+            NodeOp::State { .. } | NodeOp::MapWithState { .. } => {
                 let grouped = rdd_at(g, zero, n.parents[0], time, memo, lineage);
                 let prev = previous(g, zero, node, time - n.slide_ms, memo, lineage);
                 match (grouped, prev) {
                     (Some(grouped), Ok(prev)) => Some(Rdd {
                         id,
                         partitions: lineage.get(grouped).map(|r| r.partitions).unwrap_or(1),
-                        op: RddOp::State { prev, grouped, update: update.clone() },
+                        op: match &n.op {
+                            NodeOp::State { update, initial } => RddOp::State {
+                                prev,
+                                grouped,
+                                update: update.clone(),
+                                initial: if prev.is_none() { initial.clone() } else { None },
+                            },
+                            NodeOp::MapWithState { f, timeout_ms } => {
+                                RddOp::MapWithState { prev, grouped, f: f.clone(), timeout_ms: *timeout_ms }
+                            }
+                            _ => return None,
+                        },
                         persist: true,
                         label: n.label.clone(),
                     }),

@@ -355,9 +355,57 @@ impl DStream {
     /// key every batch, and returns the new state or null to remove the key.
     /// Needs a checkpoint directory.
     pub fn update_state_by_key(&self, f: &Udf) -> R {
+        self.update_state_by_key_with_initial(f, None)
+    }
+
+    /// update_state_by_key starting from `initial` `(key, state)` pairs.
+    pub fn update_state_by_key_with_initial(&self, f: &Udf, initial: Option<Vec<Value>>) -> R {
         let update = f.bind(UdfKind::Update)?;
+        let initial = initial.map(|pairs| Value::encode_batch(&pairs));
         let grouped = self.group_by_key()?;
-        self.add_on(&grouped, NodeOp::State { update }, format!("update_state_by_key({})", f.label()))
+        self.add_on(&grouped, NodeOp::State { update, initial }, format!("update_state_by_key({})", f.label()))
+    }
+
+    /// Spark's mapWithState: `f` (kind `map_with_state`) is called for each
+    /// value of a key, in order, with the key's state, and emits one record
+    /// per call. With a timeout, a key idle that long gets one last call
+    /// (timing out, no value) and its state is removed. The result is the
+    /// emitted records; `state_snapshots()` on it gives `(k, state)` for
+    /// every key. Needs a checkpoint directory.
+    pub fn map_with_state(&self, f: &Udf, timeout: Option<Duration>) -> R {
+        let fr = f.bind(UdfKind::MapWithState)?;
+        let grouped = self.group_by_key()?;
+        let timeout_ms = timeout.map(|t| t.as_millis() as i64);
+        let st = self.add_on(
+            &grouped,
+            NodeOp::MapWithState { f: fr, timeout_ms },
+            format!("map_with_state({})", f.label()),
+        )?;
+        st.narrow(NarrowOp::Tagged(1), "mapped".into())
+    }
+
+    /// The `(k, state)` of every key after each batch, for a stream made by
+    /// `map_with_state`.
+    pub fn state_snapshots(&self) -> R {
+        let parent = {
+            let inner = self.inner.borrow();
+            let n = inner.graph.node(self.node);
+            match (&n.op, n.parents.first()) {
+                (NodeOp::Narrow(NarrowOp::Tagged(1)), Some(&p))
+                    if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
+                {
+                    p
+                }
+                _ => {
+                    return Err(EngineError::Graph(format!(
+                        "{}: state_snapshots() applies to a stream made by map_with_state",
+                        n.label
+                    )))
+                }
+            }
+        };
+        let st = DStream { inner: self.inner.clone(), node: parent };
+        st.narrow(NarrowOp::Tagged(0), "state_snapshots".into())
     }
 
     fn add_on(&self, parent: &DStream, op: NodeOp, label: String) -> R {

@@ -168,7 +168,7 @@ impl<'a> Groups<'a> {
 }
 
 #[inline]
-fn key_hash(k: &[u8]) -> u64 {
+pub(crate) fn key_hash(k: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use weir_codec as codec;
 
-use super::shuffle::fold;
+use super::shuffle::{fold, key_hash};
 use super::task::{pair, records, TaskCx, TaskFailure};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
@@ -188,6 +188,135 @@ pub(crate) fn inverse_window(
             Ok(b.finish())
         }
     }
+}
+
+/// The pairs of an encoded batch that the hash partitioner puts in partition
+/// `p` of `n` (the initial state of update_state_by_key, split like the state).
+pub(crate) fn partition_of_pairs(pairs: &[u8], p: u32, n: u32) -> Result<Vec<u8>, TaskFailure> {
+    let mut b = codec::BatchBuilder::new();
+    for r in records(pairs)? {
+        let r = r?;
+        let (k, _) = pair(r)?;
+        if key_hash(k) % n.max(1) as u64 == p as u64 {
+            b.push_raw(r);
+        }
+    }
+    Ok(b.finish())
+}
+
+/// map_with_state on one partition. `prev` holds tagged records (only the
+/// `(0, k, state, last_update_ms)` ones matter), `grouped` holds `(k, [values])`.
+/// Keys with values get one call of `f` per value, in order; keys without
+/// values keep their state untouched unless they have been idle for
+/// `timeout_ms`, in which case `f` is called once with no value (timing out)
+/// and the key's state is removed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn map_with_state(
+    cx: &mut TaskCx<'_, '_>,
+    f: &UdfRef,
+    timeout_ms: Option<i64>,
+    time: i64,
+    prev: Option<&[u8]>,
+    grouped: &[u8],
+    p: u32,
+) -> Result<Vec<u8>, TaskFailure> {
+    let null: &[u8] = &[codec::TAG_NULL];
+    let empty_list: &[u8] = &[codec::TAG_LIST, 0, 0, 0, 0];
+    // key -> (state, last update, new values)
+    let mut keys: Vec<(&[u8], &[u8], i64, Option<&[u8]>)> = Vec::new();
+    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    if let Some(prev) = prev {
+        for r in records(prev)? {
+            let xs = codec::elements(r?)?;
+            if xs.len() == 4 && codec::as_i64(xs[0]) == Some(0) {
+                index.insert(xs[1], keys.len());
+                keys.push((xs[1], xs[2], codec::as_i64(xs[3]).unwrap_or(time), None));
+            }
+        }
+    }
+    for r in records(grouped)? {
+        let (k, vs) = pair(r?)?;
+        match index.get(k) {
+            Some(&i) => keys[i].3 = Some(vs),
+            None => {
+                index.insert(k, keys.len());
+                keys.push((k, null, time, Some(vs)));
+            }
+        }
+    }
+    // Which keys get a call: those with values, and those timing out.
+    let mut calls = codec::BatchBuilder::new();
+    let mut called = Vec::new();
+    for (i, (k, st, last, vs)) in keys.iter().enumerate() {
+        let timing_out = vs.is_none() && timeout_ms.is_some_and(|t| *last + t <= time);
+        if vs.is_some() || timing_out {
+            calls.push_with(|w| {
+                w.tuple(4);
+                w.raw(k);
+                w.raw(vs.unwrap_or(empty_list));
+                w.raw(st);
+                w.bool(timing_out);
+            });
+            called.push((i, timing_out));
+        }
+    }
+    let out =
+        if called.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::MapWithState, &calls.finish(), p)?) };
+    let mut results: HashMap<usize, (Vec<&[u8]>, Option<&[u8]>)> = HashMap::new();
+    if let Some(out) = &out {
+        for ((i, timing_out), r) in called.iter().zip(records(out)?) {
+            let xs = codec::elements(r?)?;
+            let outputs = codec::elements(xs.first().copied().unwrap_or(empty_list))?;
+            let st = xs.get(1).copied().filter(|s| *s != null && !*timing_out);
+            results.insert(*i, (outputs, st));
+        }
+    }
+    let mut b = codec::BatchBuilder::new();
+    let mut emitted = Vec::new();
+    for (i, (k, st, last, _)) in keys.iter().enumerate() {
+        let (state, updated) = match results.get(&i) {
+            Some((outs, s)) => {
+                emitted.extend(outs.iter().copied());
+                (*s, time)
+            }
+            None => ((*st != null).then_some(*st), *last),
+        };
+        if let Some(s) = state {
+            b.push_with(|w| {
+                w.tuple(4);
+                w.i64(0);
+                w.raw(k);
+                w.raw(s);
+                w.i64(updated);
+            });
+        }
+    }
+    for o in emitted {
+        b.push_with(|w| {
+            w.tuple(2);
+            w.i64(1);
+            w.raw(o);
+        });
+    }
+    Ok(b.finish())
+}
+
+/// Selects map_with_state's tagged records: tag 0 -> `(k, state)`, tag 1 ->
+/// the emitted record.
+pub(crate) fn select_tagged(input: &[u8], tag: u8) -> Result<Vec<u8>, TaskFailure> {
+    let mut b = codec::BatchBuilder::new();
+    for r in records(input)? {
+        let xs = codec::elements(r?)?;
+        if codec::as_i64(xs.first().copied().unwrap_or_default()) != Some(tag as i64) {
+            continue;
+        }
+        match (tag, xs.as_slice()) {
+            (0, [_, k, s, _]) => b.push_with(|w| codec::write_pair(w.buf, k, s)),
+            (1, [_, o]) => b.push_raw(o),
+            _ => return Err(bad("malformed map_with_state record")),
+        }
+    }
+    Ok(b.finish())
 }
 
 /// Reads partition `p` of a data checkpoint file.

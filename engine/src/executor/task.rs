@@ -138,13 +138,23 @@ impl TaskCx<'_, '_> {
         let data: Block = match &rdd.op {
             RddOp::Input { .. } => return Err(TaskFailure::InputLost(block_id)),
             RddOp::Checkpointed { path } => Arc::new(state::read_checkpointed(path, p)?),
-            RddOp::State { prev, grouped, update } => {
+            RddOp::State { prev, grouped, update, initial } => {
+                let prev = match (prev, initial) {
+                    (Some(r), _) => Some(self.compute(*r, p)?),
+                    (None, Some(init)) => Some(Arc::new(state::partition_of_pairs(init, p, rdd.partitions)?)),
+                    (None, None) => None,
+                };
+                let grouped = self.compute(*grouped, p)?;
+                Arc::new(state::update_state(self, update, prev.as_deref().map(|v| v.as_slice()), &grouped, p)?)
+            }
+            RddOp::MapWithState { prev, grouped, f, timeout_ms } => {
                 let prev = match prev {
                     Some(r) => Some(self.compute(*r, p)?),
                     None => None,
                 };
                 let grouped = self.compute(*grouped, p)?;
-                Arc::new(state::update_state(self, update, prev.as_deref().map(|v| v.as_slice()), &grouped, p)?)
+                let prev = prev.as_deref().map(|v| v.as_slice());
+                Arc::new(state::map_with_state(self, f, *timeout_ms, id.time, prev, &grouped, p)?)
             }
             RddOp::InvWindow { prev, entering, leaving, reduce, inverse, filter } => {
                 let prev = match prev {
@@ -399,6 +409,7 @@ impl TaskCx<'_, '_> {
                 values
             }
             NarrowOp::Join(kind) => join_rows(input, *kind)?,
+            NarrowOp::Tagged(tag) => state::select_tagged(input, *tag)?,
         })
     }
 }
