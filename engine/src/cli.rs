@@ -1,4 +1,5 @@
-//! The `weir` command line: `weir run`, `weir udf check`, `weir checkpoint inspect`.
+//! The `weir` command line: `weir run`, `weir executor`, `weir udf check`,
+//! `weir checkpoint inspect`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::scheduler::job_generator::CheckpointOptions;
-use crate::scheduler::{Clock, Master, RunOptions};
+use crate::scheduler::{Clock, ClusterOptions, Master, RunOptions};
 use crate::udf::{UdfLimits, UdfModule, UdfRuntime};
 
 #[derive(Parser, Debug)]
@@ -34,11 +35,29 @@ pub enum Command {
         #[command(subcommand)]
         command: UdfCommand,
     },
+    /// Run an executor process that joins a driver.
+    Executor(ExecutorArgs),
     /// Look into checkpoint directories.
     Checkpoint {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecutorArgs {
+    /// The driver's executor address (HOST:PORT).
+    #[arg(long)]
+    pub driver: String,
+    /// Tasks to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Claim another protocol version (for testing the driver's refusal).
+    #[arg(long, hide = true, default_value_t = crate::cluster::executor::VERSION)]
+    pub protocol_version: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,7 +73,9 @@ pub enum CheckpointCommand {
 pub struct RunArgs {
     /// The job file.
     pub job: PathBuf,
-    /// Where executors run: local[N] (N threads in this process).
+    /// Where executors run: local[N] (N threads in this process),
+    /// local-cluster[N] or local-cluster[N,CORES] (N executor processes on this
+    /// machine), cluster[N] (wait for N executors to join at --listen).
     #[arg(long, default_value = "local[2]")]
     pub master: String,
     /// wall: batches at real time; logical: the next batch as soon as the last is done.
@@ -85,6 +106,16 @@ pub struct RunArgs {
     /// With --supervise: give up after this many restarts.
     #[arg(long, default_value_t = 10)]
     pub max_restarts: u32,
+    /// Accept executors on this address (HOST:PORT); needs a cluster secret
+    /// unless it is a loopback address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Declare an executor lost after this long without a heartbeat (ms).
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_timeout_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -136,6 +167,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Udf { command: UdfCommand::Check { module } } => udf_check(&module),
         Command::Run(args) if args.supervise => supervise(&args),
         Command::Run(args) => run_job(args, cli.quiet),
+        Command::Executor(a) => {
+            let secret = crate::cluster::secret_from(a.secret_file.as_deref())
+                .context("reading the cluster secret")?
+                .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
+            crate::cluster::executor::run(&a.driver, &secret, a.cores, a.protocol_version)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
             print!("{}", crate::checkpoint::inspect(&dir)?);
             Ok(ExitCode::SUCCESS)
@@ -205,6 +243,11 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         progress: !quiet,
         stop,
         after_batch: None,
+        cluster: ClusterOptions {
+            listen: args.listen.clone(),
+            secret: crate::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?,
+            heartbeat_timeout: std::time::Duration::from_millis(args.heartbeat_timeout_ms),
+        },
         checkpoint: args.checkpoint.as_ref().map(|dir| CheckpointOptions {
             dir: dir.clone(),
             keep: args.keep_checkpoints,

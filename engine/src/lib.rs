@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod dstream;
 pub mod executor;
 pub mod job;

@@ -332,6 +332,8 @@ struct SocketSource {
     wal: Option<(PathBuf, u32)>,
     /// Everything before this has been given to a batch.
     allocated: Option<WalPosition>,
+    /// The log segment this run writes.
+    segment: Option<u64>,
 }
 
 impl SocketSource {
@@ -345,6 +347,7 @@ impl SocketSource {
             None => None,
         };
         let allocated = writer.as_ref().map(|w| WalPosition { seq: w.seq, offset: 0 });
+        let segment = writer.as_ref().map(|w| w.seq);
         let (buf, st) = (buffer.clone(), stop.clone());
         let spawned = std::thread::Builder::new().name("weir-receiver".into()).spawn(move || {
             let mut backoff = Duration::from_millis(100);
@@ -424,7 +427,7 @@ impl SocketSource {
         if let Err(e) = spawned {
             tracing::error!("cannot start the socket receiver: {e}");
         }
-        Ok(SocketSource { buffer, stop, wal, allocated })
+        Ok(SocketSource { buffer, stop, wal, allocated, segment })
     }
 }
 
@@ -466,8 +469,11 @@ impl Source for SocketSource {
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
         let (SourceCursor::Wal(from), Some((dir, source))) = (c, &self.wal) else { return Ok(()) };
         // Received before the crash but not yet in a batch: the next batch takes it.
-        let (lines, ranges) =
-            wal::read_from(dir, *source, *from).map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
+        // Only earlier runs' segments: what this run's receiver has already
+        // logged in its own segment is in the buffer.
+        let before = self.segment.unwrap_or(u64::MAX);
+        let (lines, ranges) = wal::read_from_before(dir, *source, *from, before)
+            .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
         let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
         let mut lines = lines;
         lines.append(&mut b.lines);

@@ -191,25 +191,7 @@ impl CheckpointDir {
             std::fs::create_dir_all(&d).map_err(io_err(root))?;
         }
         let lock_path = root.join("lock");
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io_err(root))?;
-        if let Err(e) = lock.try_lock() {
-            return match e {
-                std::fs::TryLockError::WouldBlock => {
-                    let pid = std::fs::read_to_string(&lock_path)
-                        .ok()
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty());
-                    Err(CheckpointError::Locked { dir: root.into(), pid })
-                }
-                std::fs::TryLockError::Error(e) => Err(io_err(root)(e)),
-            };
-        }
+        let lock = take_lock(root)?;
         lock.set_len(0).map_err(io_err(root))?;
         std::fs::write(&lock_path, std::process::id().to_string()).map_err(io_err(root))?;
         let recovered = load_newest(root);
@@ -307,8 +289,23 @@ impl CheckpointDir {
         self.durable_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Removes everything (a fresh start on an existing directory).
+    /// Removes everything (a fresh start on an existing directory). Refused
+    /// while another driver holds the directory: its files are in use.
     pub fn clear(root: &Path) -> std::io::Result<()> {
+        if !root.is_dir() {
+            return Ok(());
+        }
+        let _lock = take_lock(root).map_err(|e| match e {
+            CheckpointError::Locked { pid, .. } => std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "in use by another driver{}; one driver per checkpoint directory",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                ),
+            ),
+            CheckpointError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
         for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
             if d.exists() {
                 std::fs::remove_dir_all(&d)?;
@@ -316,6 +313,30 @@ impl CheckpointDir {
         }
         Ok(())
     }
+}
+
+/// Takes the directory's lock (`<root>/lock`, flock), or says which live
+/// driver holds it.
+fn take_lock(root: &Path) -> Result<File, CheckpointError> {
+    let lock_path = root.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_err(root))?;
+    if let Err(e) = lock.try_lock() {
+        return match e {
+            std::fs::TryLockError::WouldBlock => {
+                let pid =
+                    std::fs::read_to_string(&lock_path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+                Err(CheckpointError::Locked { dir: root.into(), pid })
+            }
+            std::fs::TryLockError::Error(e) => Err(io_err(root)(e)),
+        };
+    }
+    Ok(lock)
 }
 
 fn write_state(root: &Path, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {

@@ -91,9 +91,21 @@ pub fn read_range(dir: &Path, source: u32, r: &WalRange) -> std::io::Result<Vec<
 
 /// Everything in the log from `from` on: the lines and the ranges they came from.
 pub fn read_from(dir: &Path, source: u32, from: WalPosition) -> std::io::Result<(Vec<String>, Vec<WalRange>)> {
+    read_from_before(dir, source, from, u64::MAX)
+}
+
+/// Like `read_from`, but only segments numbered below `before` (a restarted
+/// driver reads what earlier runs logged, not its own new segment, whose
+/// lines its receiver already holds).
+pub fn read_from_before(
+    dir: &Path,
+    source: u32,
+    from: WalPosition,
+    before: u64,
+) -> std::io::Result<(Vec<String>, Vec<WalRange>)> {
     let mut lines = Vec::new();
     let mut ranges = Vec::new();
-    for seq in segments(dir, source).into_iter().filter(|s| *s >= from.seq) {
+    for seq in segments(dir, source).into_iter().filter(|s| *s >= from.seq && *s < before) {
         let bytes = std::fs::read(segment_path(dir, source, seq))?;
         let start = if seq == from.seq { (from.offset as usize).min(bytes.len()) } else { 0 };
         let (ls, used) = parse(&bytes[start..]);

@@ -16,10 +16,25 @@ pub use task::{run_task, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskR
 
 use crate::udf::ModuleRegistry;
 
+/// What a backend reports to the scheduler.
+#[derive(Debug)]
+pub enum BackendEvent {
+    /// A task finished (or failed).
+    Task(TaskResult),
+    /// An executor is gone (dead or silent): the blocks it held are lost. Its
+    /// running tasks are reported failed with `TaskFailure::ExecutorLost`.
+    ExecutorLost { executor: String, reason: String },
+}
+
 /// Runs tasks somewhere and reports their results.
 pub trait ExecutorBackend: Send + Sync {
-    /// Queues a task; its [`TaskResult`] arrives on the backend's result channel.
+    /// Queues a task; its [`TaskResult`] arrives on the backend's event channel.
     fn submit(&self, task: Task);
+    /// Where executors fetch the blocks the driver holds (input blocks), when
+    /// executors are other processes.
+    fn block_address(&self) -> Option<String> {
+        None
+    }
     /// How many tasks run at once.
     fn slots(&self) -> usize;
     /// The block store tasks read and write (for the scheduler's bookkeeping
@@ -39,9 +54,9 @@ impl LocalExecutors {
         slots: usize,
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
-    ) -> std::io::Result<(Self, Receiver<TaskResult>)> {
+    ) -> std::io::Result<(Self, Receiver<BackendEvent>)> {
         let (queue, tasks) = channel::<Task>();
-        let (results_tx, results) = channel::<TaskResult>();
+        let (results_tx, results) = channel::<BackendEvent>();
         let tasks = Arc::new(Mutex::new(tasks));
         for i in 0..slots.max(1) {
             let (tasks, results_tx, registry, blocks) =
@@ -49,8 +64,8 @@ impl LocalExecutors {
             std::thread::Builder::new().name(format!("weir-executor-{i}")).spawn(move || loop {
                 let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(task) = next else { return };
-                let env = TaskEnv { registry: &registry, blocks: &blocks };
-                if results_tx.send(run_task(&env, &task)).is_err() {
+                let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: None, executor: String::new() };
+                if results_tx.send(BackendEvent::Task(run_task(&env, &task))).is_err() {
                     return;
                 }
             })?;

@@ -25,6 +25,10 @@ pub struct Task {
     pub rdds: BTreeMap<RddId, Rdd>,
     pub partition: u32,
     pub kind: TaskKind,
+    /// Where blocks this task may read live, when not on its executor
+    /// (another executor's or the driver's block server address).
+    #[serde(default)]
+    pub locations: Vec<(BlockId, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +50,9 @@ pub struct TaskResult {
     /// Records read from input blocks and UDF calls made, for metrics.
     pub udf_calls: u64,
     pub micros: u64,
+    /// The block server address of the executor that ran it ("" in-process).
+    #[serde(default)]
+    pub executor: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +69,8 @@ pub enum TaskFailure {
     InputLost(BlockId),
     #[error("{message}")]
     Udf { message: String, deterministic: bool },
+    #[error("the executor running the task was lost: {0}")]
+    ExecutorLost(String),
     #[error("{0}")]
     Other(String),
 }
@@ -82,6 +91,11 @@ impl From<UdfError> for TaskFailure {
 pub struct TaskEnv<'a> {
     pub registry: &'a ModuleRegistry,
     pub blocks: &'a BlockStore,
+    /// Fetches a block from another process's block server (executors in
+    /// their own processes); `None` in-process, where every block is local.
+    pub fetch: Option<&'a (dyn Fn(&BlockId, &str) -> Option<Block> + Sync)>,
+    /// This executor's address, reported with results.
+    pub executor: String,
 }
 
 /// Runs one task to completion. Never panics on user data: UDF failures,
@@ -100,6 +114,7 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
         blocks: cx.written,
         udf_calls: cx.udf_calls,
         micros: start.elapsed().as_micros() as u64,
+        executor: env.executor.clone(),
     }
 }
 
@@ -128,10 +143,23 @@ impl TaskCx<'_, '_> {
         block
     }
 
+    /// A block from this executor's store, or fetched from where the task
+    /// says it lives (and kept here).
+    fn get_block(&self, id: &BlockId) -> Option<Block> {
+        if let Some(b) = self.env.blocks.get(id) {
+            return Some(b);
+        }
+        let fetch = self.env.fetch?;
+        let (_, addr) = self.task.locations.iter().find(|(b, _)| b == id)?;
+        let b = fetch(id, addr)?;
+        self.env.blocks.put(*id, b.clone());
+        Some(b)
+    }
+
     /// Computes (or reads) partition `p` of `id`.
     pub(crate) fn compute(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
         let block_id = BlockId::Rdd { rdd: id, partition: p };
-        if let Some(b) = self.env.blocks.get(&block_id) {
+        if let Some(b) = self.get_block(&block_id) {
             return Ok(b);
         }
         let rdd = self.rdd(id)?.clone();
@@ -219,7 +247,7 @@ impl TaskCx<'_, '_> {
                 let mut missing = Vec::new();
                 for m in 0..total {
                     let bid = BlockId::Shuffle { shuffle: id, map: m, reduce: p };
-                    match self.env.blocks.get(&bid) {
+                    match self.get_block(&bid) {
                         Some(b) => buckets.push(b),
                         None => missing.push(m),
                     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 
-use crate::executor::{ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput, TaskResult};
+use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
 
 /// Counters the scheduler keeps (per job).
@@ -22,6 +22,10 @@ pub struct SchedulerMetrics {
     pub blocks_recomputed: u64,
     pub map_tasks_recomputed: u64,
     pub udf_calls: u64,
+    /// Executors found dead or silent.
+    pub executors_lost: u64,
+    /// Tasks run again because their executor was lost.
+    pub tasks_resubmitted: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +49,10 @@ enum StageError {
 
 pub struct DagScheduler {
     backend: Box<dyn ExecutorBackend>,
-    results: Receiver<TaskResult>,
+    results: Receiver<BackendEvent>,
+    /// Where each block lives, when executors are processes (block server
+    /// address); blocks of in-process executors have no entry.
+    locations: HashMap<BlockId, String>,
     pub lineage: Lineage,
     /// Which map outputs of each shuffle are complete.
     map_outputs: HashMap<ShuffleId, Vec<bool>>,
@@ -60,10 +67,11 @@ pub struct DagScheduler {
 const MAX_STAGE_ROUNDS: u32 = 16;
 
 impl DagScheduler {
-    pub fn new(backend: Box<dyn ExecutorBackend>, results: Receiver<TaskResult>) -> Self {
+    pub fn new(backend: Box<dyn ExecutorBackend>, results: Receiver<BackendEvent>) -> Self {
         DagScheduler {
             backend,
             results,
+            locations: HashMap::new(),
             lineage: Lineage::default(),
             map_outputs: HashMap::new(),
             digests: HashMap::new(),
@@ -80,6 +88,33 @@ impl DagScheduler {
     /// Records an input block stored by the driver.
     pub fn register_block(&mut self, id: BlockId, digest: u128) {
         self.digests.insert(id, digest);
+        if let Some(addr) = self.backend.block_address() {
+            self.locations.insert(id, addr);
+        }
+    }
+
+    /// An executor is gone: forget where its blocks were, and mark the map
+    /// outputs it held as missing (they are recomputed when next needed).
+    fn executor_lost(&mut self, executor: &str, reason: &str) {
+        let gone: Vec<BlockId> =
+            self.locations.iter().filter(|(_, a)| a.as_str() == executor).map(|(b, _)| *b).collect();
+        let mut lost_maps = 0;
+        for b in &gone {
+            self.locations.remove(b);
+            if let BlockId::Shuffle { shuffle, map, .. } = b {
+                if let Some(m) = self.map_outputs.get_mut(shuffle).and_then(|v| v.get_mut(*map as usize)) {
+                    if *m {
+                        lost_maps += 1;
+                    }
+                    *m = false;
+                }
+            }
+        }
+        self.metrics.executors_lost += 1;
+        tracing::warn!(
+            "executor {executor} lost ({reason}): {} block(s) gone, {lost_maps} map output(s) to recompute",
+            gone.len()
+        );
     }
 
     pub fn digest_of(&self, id: &BlockId) -> Option<u128> {
@@ -136,7 +171,18 @@ impl DagScheduler {
         kind: TaskKind,
     ) -> Task {
         self.next_task += 1;
-        Task { id: self.next_task, attempt: 0, batch_time: time, rdds, partition, kind }
+        // The locations of every block of the task's RDDs and shuffles.
+        let mut locations: Vec<(BlockId, String)> = self
+            .locations
+            .iter()
+            .filter(|(b, _)| match b {
+                BlockId::Rdd { rdd, .. } => rdds.contains_key(rdd),
+                BlockId::Shuffle { shuffle, .. } => rdds.contains_key(shuffle),
+            })
+            .map(|(b, a)| (*b, a.clone()))
+            .collect();
+        locations.sort();
+        Task { id: self.next_task, attempt: 0, batch_time: time, rdds, partition, kind, locations }
     }
 
     /// Runs the map stages `rdd` depends on whose outputs are incomplete.
@@ -191,10 +237,20 @@ impl DagScheduler {
         let mut failure: Option<StageError> = None;
         let mut lost: Vec<(ShuffleId, u32)> = Vec::new();
         while !index.is_empty() {
-            let Ok(res) = self.results.recv() else {
-                return Err(StageError::Job(JobError::Lost("all executors are gone".into())));
+            let res = match self.results.recv() {
+                Ok(BackendEvent::Task(res)) => res,
+                Ok(BackendEvent::ExecutorLost { executor, reason }) => {
+                    self.executor_lost(&executor, &reason);
+                    continue;
+                }
+                Err(_) => return Err(StageError::Job(JobError::Lost("all executors are gone".into()))),
             };
             let Some((i, task)) = index.remove(&res.task_id) else { continue };
+            if !res.executor.is_empty() {
+                for (b, _) in &res.blocks {
+                    self.locations.insert(*b, res.executor.clone());
+                }
+            }
             self.metrics.tasks_run += 1;
             self.metrics.udf_calls += res.udf_calls;
             for (block, d) in &res.blocks {
@@ -218,6 +274,17 @@ impl DagScheduler {
                 Ok(out) => outputs[i] = Some(out),
                 Err(TaskFailure::FetchFailed { shuffle, maps }) => {
                     lost.extend(maps.into_iter().map(|m| (shuffle, m)));
+                }
+                Err(TaskFailure::ExecutorLost(why)) => {
+                    // Not the task's fault: run it again elsewhere, uncounted.
+                    tracing::info!(
+                        "task {} (partition {} of {rdd}) resubmitted: executor lost ({why})",
+                        task.id,
+                        task.partition
+                    );
+                    self.metrics.tasks_resubmitted += 1;
+                    index.insert(task.id, (i, task.clone()));
+                    self.backend.submit(task);
                 }
                 Err(f) => {
                     self.metrics.task_failures += 1;
@@ -265,6 +332,7 @@ impl DagScheduler {
             BlockId::Shuffle { shuffle, .. } => shuffle.time < time,
         };
         self.digests.retain(|b, _| !old(b));
+        self.locations.retain(|b, _| !old(b));
         self.backend.blocks().remove_where(old);
     }
 }

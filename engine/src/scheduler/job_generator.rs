@@ -19,8 +19,9 @@ use weir_codec::Records;
 
 use super::dag::{DagScheduler, SchedulerMetrics};
 use crate::checkpoint::{self, CheckpointDir, CheckpointError, CheckpointStats, InputRecord, Metadata};
+use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::dstream::graph::{generate, register, Generated, Graph, NodeOp};
-use crate::executor::{BlockStore, LocalExecutors};
+use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
 use crate::rdd::{BlockId, Rdd, RddId, RddOp};
 use crate::sink::{self, Collected, OutputSpec};
 use crate::source::{self, Source};
@@ -37,16 +38,36 @@ pub enum Clock {
 pub enum Master {
     /// N executor threads in this process.
     Local(usize),
+    /// `executors` executor processes on this machine, `cores` tasks each.
+    LocalCluster { executors: u32, cores: u32 },
+    /// Wait for `executors` executors to join from anywhere (`--listen`).
+    Cluster { executors: u32 },
 }
 
 impl std::str::FromStr for Master {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("unknown master {s:?}: expected local, local[N] or local[*]");
+        let bad = || {
+            format!("unknown master {s:?}: expected local, local[N], local[*], local-cluster[N], local-cluster[N,CORES] or cluster[N]")
+        };
         if s == "local" {
             return Ok(Master::Local(1));
         }
-        let inner = s.strip_prefix("local[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
+        let args = |prefix: &str| s.strip_prefix(prefix).and_then(|r| r.strip_suffix(']'));
+        let num = |x: &str| x.trim().parse::<u32>().ok().filter(|n| *n > 0);
+        if let Some(inner) = args("local-cluster[") {
+            let mut it = inner.split(',');
+            let executors = it.next().and_then(num).ok_or_else(bad)?;
+            let cores = match it.next() {
+                Some(c) => num(c).ok_or_else(bad)?,
+                None => 1,
+            };
+            return Ok(Master::LocalCluster { executors, cores });
+        }
+        if let Some(inner) = args("cluster[") {
+            return Ok(Master::Cluster { executors: num(inner).ok_or_else(bad)? });
+        }
+        let inner = args("local[").ok_or_else(bad)?;
         if inner == "*" {
             return Ok(Master::Local(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)));
         }
@@ -75,6 +96,22 @@ pub struct RunOptions {
     pub after_batch: Option<AfterBatch>,
     /// Checkpoint and recover through this directory.
     pub checkpoint: Option<CheckpointOptions>,
+    /// For executor processes: where to listen, the secret, the heartbeat timeout.
+    pub cluster: ClusterOptions,
+}
+
+/// Options of `local-cluster` and `cluster` masters.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub listen: Option<String>,
+    pub secret: Option<Vec<u8>>,
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { listen: None, secret: None, heartbeat_timeout: Duration::from_secs(3) }
+    }
 }
 
 /// `--checkpoint DIR` and its flags.
@@ -108,6 +145,7 @@ impl Default for RunOptions {
             stop: Arc::new(AtomicBool::new(false)),
             after_batch: None,
             checkpoint: None,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -121,6 +159,12 @@ pub struct BatchReport {
     pub scheduling_delay: Duration,
     /// The error of each output operation that failed.
     pub errors: Vec<String>,
+    /// What failures cost this batch: executors lost, map outputs
+    /// recomputed, blocks recomputed, tasks resubmitted.
+    pub executors_lost: u64,
+    pub map_tasks_recomputed: u64,
+    pub blocks_recomputed: u64,
+    pub tasks_resubmitted: u64,
 }
 
 /// What a run did.
@@ -240,11 +284,33 @@ impl JobRunner {
                 _ => None,
             })
             .collect();
-        let Master::Local(slots) = opts.master;
         let blocks = BlockStore::new();
-        let (backend, results) = LocalExecutors::start(slots, self.registry.clone(), blocks.clone())
-            .map_err(|e| EngineError::Executor(format!("cannot start executor threads: {e}")))?;
-        let mut dag = DagScheduler::new(Box::new(backend), results);
+        let (backend, results): (Box<dyn ExecutorBackend>, _) = match opts.master {
+            Master::Local(slots) => {
+                let (b, r) = LocalExecutors::start(slots, self.registry.clone(), blocks.clone())
+                    .map_err(|e| EngineError::Executor(format!("cannot start executor threads: {e}")))?;
+                (Box::new(b), r)
+            }
+            Master::LocalCluster { .. } | Master::Cluster { .. } => {
+                let (local_executors, cores, wait_for) = match opts.master {
+                    Master::LocalCluster { executors, cores } => (executors, cores, 0),
+                    Master::Cluster { executors } => (0, 1, executors),
+                    Master::Local(_) => (0, 1, 0),
+                };
+                let cfg = ClusterConfig {
+                    local_executors,
+                    cores,
+                    listen: opts.cluster.listen.clone(),
+                    wait_for,
+                    secret: opts.cluster.secret.clone(),
+                    heartbeat_timeout: opts.cluster.heartbeat_timeout,
+                };
+                let (b, r) = ClusterBackend::start(&cfg, self.registry.clone(), blocks.clone())
+                    .map_err(|e| EngineError::Executor(format!("cannot start the cluster: {e}")))?;
+                (Box::new(b), r)
+            }
+        };
+        let mut dag = DagScheduler::new(backend, results);
         let mut memo = Generated::default();
 
         let mut zero_time = match opts.clock {
@@ -344,6 +410,7 @@ impl JobRunner {
                 Clock::Logical => Duration::ZERO,
             };
             let started = Instant::now();
+            let before = dag.metrics.clone();
 
             // Receive: each source's batch becomes the input RDD's blocks
             // (a re-run batch already has them, read again from its record).
@@ -428,10 +495,27 @@ impl JobRunner {
                 }
                 c.write_metadata(self.snapshot(zero_time, last_completed, &pending, &inputs, &sources));
             }
-            let b = BatchReport { time, records_in, processing: started.elapsed(), scheduling_delay, errors };
+            let m = &dag.metrics;
+            let b = BatchReport {
+                time,
+                records_in,
+                processing: started.elapsed(),
+                scheduling_delay,
+                errors,
+                executors_lost: m.executors_lost - before.executors_lost,
+                map_tasks_recomputed: m.map_tasks_recomputed - before.map_tasks_recomputed,
+                blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
+                tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
+            };
             if opts.progress {
-                let status =
+                let mut status =
                     if b.errors.is_empty() { String::new() } else { format!(", FAILED: {}", b.errors.join("; ")) };
+                if b.executors_lost + b.map_tasks_recomputed + b.tasks_resubmitted > 0 {
+                    status.push_str(&format!(
+                        ", recovered: {} executor(s) lost, {} map output(s) and {} block(s) recomputed, {} task(s) resubmitted",
+                        b.executors_lost, b.map_tasks_recomputed, b.blocks_recomputed, b.tasks_resubmitted
+                    ));
+                }
                 eprintln!(
                     "batch {} ms: {} records in, processed in {} ms, scheduling delay {} ms{status}",
                     b.time,

@@ -5,4 +5,4 @@ pub mod dag;
 pub mod job_generator;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
-pub use job_generator::{Clock, Master, RunOptions, RunReport};
+pub use job_generator::{Clock, ClusterOptions, Master, RunOptions, RunReport};

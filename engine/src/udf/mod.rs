@@ -178,6 +178,8 @@ pub struct UdfModule {
     limits: UdfLimits,
     has_initialize: bool,
     size: usize,
+    /// The module's binary, to ship to executor processes.
+    bytes: Arc<Vec<u8>>,
 }
 
 impl fmt::Debug for UdfModule {
@@ -305,6 +307,7 @@ impl UdfModule {
             limits,
             has_initialize,
             size: binary.len(),
+            bytes: Arc::new(binary.into_owned()),
         });
         // Probe the version in a throwaway instance: it runs guest code, so it
         // runs under the same limits as any call.
@@ -324,6 +327,10 @@ impl UdfModule {
     }
     pub fn hash(&self) -> ModuleHash {
         self.hash
+    }
+    /// The module's binary (the bytes its hash is of).
+    pub fn bytes(&self) -> &Arc<Vec<u8>> {
+        &self.bytes
     }
     pub fn size(&self) -> usize {
         self.size

@@ -1,0 +1,107 @@
+//! `weir executor --driver HOST:PORT`: an executor process. It proves it
+//! knows the cluster secret, serves its block store to peers, receives UDF
+//! modules (checking each one's SHA-256) and tasks, runs tasks on `cores`
+//! threads with a fresh instance per module per task, and sends results and
+//! heartbeats. It exits when its driver goes away.
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::block_server;
+use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor, PROTOCOL_VERSION};
+use crate::executor::{run_task, BlockStore, Task, TaskEnv};
+use crate::udf::{ModuleRegistry, UdfRuntime};
+
+/// How often an executor tells its driver it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot reach the driver at {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("the driver at {addr} refused this executor: {source}")]
+    Refused { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs an executor until its driver goes away. `version` is the protocol
+/// version to claim (tests use another to check refusal).
+pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), ExecutorError> {
+    let mut conn = TcpStream::connect(driver).map_err(|e| ExecutorError::Connect { addr: driver.into(), source: e })?;
+    let local_ip = conn.local_addr().map_err(|e| ExecutorError::Other(e.to_string()))?.ip();
+    let blocks = BlockStore::new();
+    let listener = TcpListener::bind((local_ip, 0)).map_err(|e| ExecutorError::Other(e.to_string()))?;
+    let block_addr = listener.local_addr().map_err(|e| ExecutorError::Other(e.to_string()))?.to_string();
+    let secret = Arc::new(secret.to_vec());
+    let role = Role::Executor { slots: cores.max(1), block_addr: block_addr.clone(), pid: std::process::id() };
+    let admission = protocol::connect(&mut conn, &secret, role, version)
+        .map_err(|e| ExecutorError::Refused { addr: driver.into(), source: e })?;
+    let Admission::Welcome { executor_id, limits } = admission else {
+        return Err(ExecutorError::Other("refused".into()));
+    };
+    block_server::serve(listener, blocks.clone(), secret.clone());
+    tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
+
+    let runtime = UdfRuntime::new().map_err(|e| ExecutorError::Other(e.to_string()))?;
+    let registry = Arc::new(ModuleRegistry::new(runtime, limits));
+    let writer = Arc::new(Mutex::new(conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?));
+
+    // Heartbeats until the connection fails.
+    {
+        let writer = writer.clone();
+        let _ = std::thread::Builder::new().name("weir-heartbeat".into()).spawn(move || loop {
+            std::thread::sleep(HEARTBEAT_INTERVAL);
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if protocol::write_frame(&mut *w, &FromExecutor::Heartbeat).is_err() {
+                std::process::exit(0);
+            }
+        });
+    }
+
+    // Task threads.
+    let (tx, rx) = channel::<Task>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..cores.max(1) {
+        let (rx, writer, registry, blocks, secret, addr) =
+            (rx.clone(), writer.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.clone());
+        let _ = std::thread::Builder::new().name(format!("weir-task-{i}")).spawn(move || loop {
+            let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok(task) = next else { return };
+            let fetch = |id: &crate::rdd::BlockId, from: &str| block_server::fetch(from, &secret, id);
+            let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
+            let result = run_task(&env, &task);
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if protocol::write_frame(&mut *w, &FromExecutor::Result(Box::new(result))).is_err() {
+                std::process::exit(0);
+            }
+        });
+    }
+
+    loop {
+        match protocol::read_frame::<ToExecutor>(&mut conn) {
+            Ok(ToExecutor::Module { name, hash, bytes }) => match registry.insert_bytes(&name, &bytes) {
+                Ok(m) if m.hash().hex() == hash => {}
+                Ok(m) => {
+                    return Err(ExecutorError::Other(format!(
+                        "module {name} arrived with sha256 {}, expected {hash}",
+                        m.hash().hex()
+                    )))
+                }
+                Err(e) => return Err(ExecutorError::Other(format!("module {name}: {e}"))),
+            },
+            Ok(ToExecutor::Run(task)) => {
+                if tx.send(*task).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(ToExecutor::Shutdown) => return Ok(()),
+            Err(_) => return Ok(()), // the driver is gone
+        }
+    }
+}
+
+/// Protocol version this build speaks (for `weir executor`).
+pub const VERSION: u32 = PROTOCOL_VERSION;
