@@ -43,14 +43,22 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
     });
 }
 
-/// Fetches one block from the block server at `addr`.
-pub fn fetch(addr: &str, secret: &[u8], id: &BlockId) -> Option<Block> {
-    let sock = addr.to_socket_addrs().ok()?.next()?;
-    let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
-    conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
-    conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
-    protocol::connect(&mut conn, secret, Role::BlockFetch, protocol::PROTOCOL_VERSION).ok()?;
-    protocol::write_frame(&mut conn, &BlockRequest::Get(vec![*id])).ok()?;
-    let BlockReply::Blocks(mut bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
-    bs.pop().flatten().map(Arc::new)
+/// Fetches blocks from the block server at `addr` (None for each block it
+/// does not have, or for all if it cannot be reached in time).
+pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
+    let none = || ids.iter().map(|_| None).collect();
+    let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
+        let sock = addr.to_socket_addrs().ok()?.next()?;
+        let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
+        conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
+        conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
+        protocol::connect(&mut conn, secret, Role::BlockFetch, protocol::PROTOCOL_VERSION).ok()?;
+        protocol::write_frame(&mut conn, &BlockRequest::Get(ids.to_vec())).ok()?;
+        let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
+        (bs.len() == ids.len()).then_some(bs)
+    };
+    match attempt() {
+        Some(bs) => bs.into_iter().map(|b| b.map(Arc::new)).collect(),
+        None => none(),
+    }
 }

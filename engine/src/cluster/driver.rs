@@ -240,7 +240,7 @@ impl ClusterBackend {
             children.push(child);
         }
         let want = cfg.local_executors + cfg.wait_for;
-        eprintln!("weir: driver accepting executors on {addr}; waiting for {want}");
+        tracing::info!("driver accepting executors on {addr}; waiting for {want}");
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut st = shared.lock();
         while (st.executors.len() as u32) < want {

@@ -70,7 +70,7 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
         let _ = std::thread::Builder::new().name(format!("weir-task-{i}")).spawn(move || loop {
             let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
             let Ok(task) = next else { return };
-            let fetch = |id: &crate::rdd::BlockId, from: &str| block_server::fetch(from, &secret, id);
+            let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
             let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
             let result = run_task(&env, &task);
             let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());

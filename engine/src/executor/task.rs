@@ -91,9 +91,9 @@ impl From<UdfError> for TaskFailure {
 pub struct TaskEnv<'a> {
     pub registry: &'a ModuleRegistry,
     pub blocks: &'a BlockStore,
-    /// Fetches a block from another process's block server (executors in
-    /// their own processes); `None` in-process, where every block is local.
-    pub fetch: Option<&'a (dyn Fn(&BlockId, &str) -> Option<Block> + Sync)>,
+    /// Fetches blocks from another process's block server (executors in
+    /// their own processes): one request per server for many blocks.
+    pub fetch: Option<&'a (dyn Fn(&[BlockId], &str) -> Vec<Option<Block>> + Sync)>,
     /// This executor's address, reported with results.
     pub executor: String,
 }
@@ -151,9 +151,31 @@ impl TaskCx<'_, '_> {
         }
         let fetch = self.env.fetch?;
         let (_, addr) = self.task.locations.iter().find(|(b, _)| b == id)?;
-        let b = fetch(id, addr)?;
+        let b = fetch(std::slice::from_ref(id), addr).pop().flatten()?;
         self.env.blocks.put(*id, b.clone());
         Some(b)
+    }
+
+    /// Fetches the blocks in `ids` that are not here, one request per block
+    /// server, and keeps them here (a reducer's shuffle buckets).
+    fn prefetch(&self, ids: &[BlockId]) {
+        let Some(fetch) = self.env.fetch else { return };
+        let mut by_addr: BTreeMap<&str, Vec<BlockId>> = BTreeMap::new();
+        for id in ids {
+            if self.env.blocks.contains(id) {
+                continue;
+            }
+            if let Some((_, addr)) = self.task.locations.iter().find(|(b, _)| b == id) {
+                by_addr.entry(addr.as_str()).or_default().push(*id);
+            }
+        }
+        for (addr, ids) in by_addr {
+            for (id, b) in ids.iter().zip(fetch(&ids, addr)) {
+                if let Some(b) = b {
+                    self.env.blocks.put(*id, b);
+                }
+            }
+        }
     }
 
     /// Computes (or reads) partition `p` of `id`.
@@ -245,6 +267,9 @@ impl TaskCx<'_, '_> {
                 // Every missing map output is reported at once, so the
                 // scheduler recomputes them all in one round.
                 let mut missing = Vec::new();
+                let ids: Vec<BlockId> =
+                    (0..total).map(|m| BlockId::Shuffle { shuffle: id, map: m, reduce: p }).collect();
+                self.prefetch(&ids);
                 for m in 0..total {
                     let bid = BlockId::Shuffle { shuffle: id, map: m, reduce: p };
                     match self.get_block(&bid) {
