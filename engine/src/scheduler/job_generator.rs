@@ -456,12 +456,14 @@ impl JobRunner {
             let mut errors = Vec::new();
             for (o, r) in g.outputs.iter().zip(outs.iter().copied()) {
                 let Some(rdd) = r else {
-                    if g.node(o.node).op.is_stateful() || g.nodes.iter().any(|n| n.op.is_stateful()) {
-                        // A stateful stream with no RDD at one of its times has lost its state.
-                        let n = g.node(o.node);
-                        if time > zero_time && (time - zero_time) % n.slide_ms == 0 && n.op.is_stateful() {
-                            errors.push(format!("{}: state lost, batch {time} ms cannot run", n.label));
-                        }
+                    // No RDD at one of the stream's own times: something it
+                    // depends on (an input, a state) is lost — say so.
+                    let n = g.node(o.node);
+                    if (time - zero_time) % n.slide_ms == 0 {
+                        errors.push(format!(
+                            "{}: cannot be computed at {time} ms: an input or state it needs is lost (see the log)",
+                            n.label
+                        ));
                     }
                     continue;
                 };
