@@ -90,14 +90,15 @@ pub enum UdfErrorKind {
 #[derive(Debug, thiserror::Error)]
 #[error("{site}: {kind}")]
 pub struct UdfError {
-    pub site: UdfSite,
+    /// Boxed: errors travel in `Result`s on hot paths; keep them small.
+    pub site: Box<UdfSite>,
     // Not a `#[source]`: the message already includes it.
     pub kind: UdfErrorKind,
 }
 
 impl UdfError {
     pub fn new(site: UdfSite, kind: UdfErrorKind) -> Self {
-        UdfError { site, kind }
+        UdfError { site: Box::new(site), kind }
     }
 
     /// True when the failure comes from the data or the code of the call
