@@ -156,7 +156,19 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("weir: error: {e:#}");
+            // The chain of causes, each once: typed errors often already
+            // quote their source in their own message.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("weir: error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -175,7 +187,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
-            print!("{}", crate::checkpoint::inspect(&dir)?);
+            print_out(&crate::checkpoint::inspect(&dir)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -212,16 +224,24 @@ fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
     let runtime = UdfRuntime::new()?;
     let m = UdfModule::load(&runtime, path, UdfLimits::default())
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
-    println!("{}: valid Weir UDF module (ABI v1)", path.display());
-    println!("  sha256 {}", m.hash());
-    println!("  {} bytes", m.size());
+    let mut out = format!("{}: valid Weir UDF module (ABI v1)\n", path.display());
+    out.push_str(&format!("  sha256 {}\n  {} bytes\n", m.hash(), m.size()));
     if m.functions().is_empty() {
-        println!("  no functions exported");
+        out.push_str("  no functions exported\n");
     }
     for (name, kind) in m.functions() {
-        println!("  {:<15} {name}", kind.as_str());
+        out.push_str(&format!("  {:<15} {name}\n", kind.as_str()));
     }
+    print_out(&out);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_out(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
 }
 
 fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {

@@ -27,11 +27,11 @@ pub enum EngineError {
     Udf(#[from] udf::UdfError),
     #[error(transparent)]
     JobFile(#[from] job::JobFileError),
-    #[error("source: {0}")]
+    #[error(transparent)]
     Source(#[from] source::SourceError),
-    #[error("output: {0}")]
+    #[error(transparent)]
     Sink(#[from] sink::SinkError),
-    #[error("checkpoint: {0}")]
+    #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("invalid job graph: {0}")]
     Graph(String),

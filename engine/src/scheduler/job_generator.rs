@@ -261,8 +261,8 @@ impl JobRunner {
                         .map_err(|e| EngineError::Checkpoint(CheckpointError::Io { dir: c.dir.clone(), source: e }))?;
                 }
                 let (dir, rec) = CheckpointDir::open(&c.dir, c.keep)?;
-                for (p, why) in &rec.invalid {
-                    eprintln!("weir: checkpoint {} is not usable ({why}); falling back to an older one", p.display());
+                for (_, why) in &rec.invalid {
+                    eprintln!("weir: checkpoint not usable, falling back to an older one: {why}");
                 }
                 (Some(dir), rec.metadata)
             }
