@@ -179,9 +179,8 @@ impl StreamingContext {
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
-        let (job_name, job_hash) = self.identity.clone().unwrap_or_else(|| {
-            ("(Rust API job)".to_string(), crate::udf::ModuleHash::of(format!("{:?}", inner.graph).as_bytes()).hex())
-        });
+        let (job_name, job_hash) =
+            self.identity.clone().unwrap_or_else(|| ("(Rust API job)".to_string(), graph_hash(&inner.graph)));
         let runner = JobRunner {
             job_name,
             job_hash,
@@ -194,6 +193,26 @@ impl StreamingContext {
         drop(inner);
         runner.run(opts)
     }
+}
+
+/// A job's identity when no job file names it: the SHA-256 of its graph
+/// (queued batches hashed as bytes, not formatted).
+fn graph_hash(g: &Graph) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}|{}|{}|{:?}", g.nodes, g.batch_interval_ms, g.parallelism, g.outputs).as_bytes());
+    for s in &g.sources {
+        match s {
+            SourceSpec::Queue { batches } => {
+                for b in batches {
+                    h.update((b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+            }
+            other => h.update(format!("{other:?}").as_bytes()),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 type R = Result<DStream, EngineError>;
