@@ -193,13 +193,24 @@ pub mod rt {
         })
     }
 
-    fn records(input: &[u8]) -> Result<RawRecords<'_>, String> {
-        RawRecords::new(input).map_err(|e| format!("malformed input batch: {e}"))
+    /// Calls `f` on each decoded record of a batch, in order.
+    #[inline]
+    fn each<'a, I: FromValue<'a>>(input: &'a [u8], mut f: impl FnMut(I) -> Result<(), String>) -> Result<u32, String> {
+        let n = match input.get(..4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => return Err("malformed input batch: no header".into()),
+        };
+        let mut p = 4;
+        for i in 0..n {
+            let (v, end) = I::decode_at(input, p).map_err(|e| format!("record {i}: {e}"))?;
+            p = end;
+            f(v)?;
+        }
+        Ok(n)
     }
 
-    fn decode<'a, T: FromValue<'a>>(raw: Result<&'a [u8], weir_codec::CodecError>, i: u32) -> Result<T, String> {
-        let raw = raw.map_err(|e| format!("malformed input record {i}: {e}"))?;
-        T::from_value(raw).map_err(|e| format!("record {i}: {e}"))
+    fn records(input: &[u8]) -> Result<RawRecords<'_>, String> {
+        RawRecords::new(input).map_err(|e| format!("malformed input batch: {e}"))
     }
 
     pub fn map<'a, I: FromValue<'a>, O: ToValue>(
@@ -207,11 +218,11 @@ pub mod rt {
         out: &mut Vec<u8>,
         mut f: impl FnMut(I) -> Result<O, String>,
     ) -> Result<(), String> {
-        let recs = records(input)?;
-        out.extend_from_slice(&recs.remaining().to_le_bytes());
-        for (i, r) in recs.enumerate() {
-            f(decode(r, i as u32)?)?.write(out);
-        }
+        out.extend_from_slice(&input.get(..4).ok_or("malformed input batch")?[..4]);
+        each(input, |v| {
+            f(v)?.write(out);
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -223,15 +234,15 @@ pub mod rt {
         out: &mut Vec<u8>,
         mut f: impl FnMut(I) -> Result<It, String>,
     ) -> Result<(), String> {
-        let recs = records(input)?;
         out.extend_from_slice(&0u32.to_le_bytes());
         let mut n: u32 = 0;
-        for (i, r) in recs.enumerate() {
-            for o in f(decode(r, i as u32)?)? {
+        each(input, |v| {
+            for o in f(v)? {
                 o.write(out);
                 n += 1;
             }
-        }
+            Ok(())
+        })?;
         patch_u32(out, 0, n);
         Ok(())
     }
@@ -241,11 +252,11 @@ pub mod rt {
         out: &mut Vec<u8>,
         mut f: impl FnMut(I) -> Result<bool, String>,
     ) -> Result<(), String> {
-        let recs = records(input)?;
-        out.extend_from_slice(&recs.remaining().to_le_bytes());
-        for (i, r) in recs.enumerate() {
-            Writer::new(out).bool(f(decode(r, i as u32)?)?);
-        }
+        out.extend_from_slice(&input.get(..4).ok_or("malformed input batch")?[..4]);
+        each(input, |v| {
+            Writer::new(out).bool(f(v)?);
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -308,8 +319,7 @@ pub mod rt {
             }
             let mut acc: Option<V> = None;
             for _ in 0..n {
-                let e = weir_codec::skip_value(g, p).map_err(|e| e.to_string())?;
-                let v = V::from_value(&g[p..e]).map_err(|e| format!("group {i}: {e}"))?;
+                let (v, e) = V::decode_at(g, p).map_err(|e| format!("group {i}: {e}"))?;
                 p = e;
                 acc = Some(match acc {
                     None => v,

@@ -6,6 +6,14 @@ use weir_codec::*;
 /// Decodes one encoded value (exactly one, already delimited).
 pub trait FromValue<'a>: Sized {
     fn from_value(v: &'a [u8]) -> Result<Self, String>;
+
+    /// Decodes the value starting at `at` in `buf`, returning it and where
+    /// it ends (scalars and strings override this to parse their header once).
+    #[inline]
+    fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+        let end = skip_value(buf, at).map_err(|e| e.to_string())?;
+        Ok((Self::from_value(&buf[at..end])?, end))
+    }
 }
 
 /// Appends the canonical encoding of `self`.
@@ -51,6 +59,16 @@ fn scalar8(v: &[u8]) -> Result<[u8; 8], String> {
 
 impl<'a> FromValue<'a> for &'a str {
     #[inline]
+    fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+        if buf.get(at) != Some(&TAG_STR) {
+            return mismatch("string", buf.get(at..).unwrap_or_default());
+        }
+        let len = u32_at(buf, at + 1)? as usize;
+        let b = buf.get(at + 5..at + 5 + len).ok_or("truncated string")?;
+        // SAFETY: as in `from_value`.
+        Ok((unsafe { core::str::from_utf8_unchecked(b) }, at + 5 + len))
+    }
+    #[inline]
     fn from_value(v: &'a [u8]) -> Result<Self, String> {
         if v.first() != Some(&TAG_STR) {
             return mismatch("string", v);
@@ -83,6 +101,15 @@ impl<'a> FromValue<'a> for Raw<'a> {
     }
 }
 impl<'a> FromValue<'a> for i64 {
+    #[inline]
+    fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+        match buf.get(at..at + 9) {
+            Some(b) if b[0] == TAG_I64 => {
+                Ok((i64::from_le_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]), at + 9))
+            }
+            _ => mismatch("i64", buf.get(at..).unwrap_or_default()),
+        }
+    }
     #[inline]
     fn from_value(v: &'a [u8]) -> Result<Self, String> {
         if v.first() != Some(&TAG_I64) {
