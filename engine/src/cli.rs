@@ -267,6 +267,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         progress: !quiet,
         stop,
         after_batch: None,
+        allow_state_without_checkpoint: false,
         cluster: ClusterOptions {
             listen: args.listen.clone(),
             secret: crate::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?,

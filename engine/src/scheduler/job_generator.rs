@@ -98,6 +98,9 @@ pub struct RunOptions {
     pub checkpoint: Option<CheckpointOptions>,
     /// For executor processes: where to listen, the secret, the heartbeat timeout.
     pub cluster: ClusterOptions,
+    /// Benchmarks only: run stateful streams without a checkpoint directory
+    /// (state lives in memory; a crash loses it).
+    pub allow_state_without_checkpoint: bool,
 }
 
 /// Options of `local-cluster` and `cluster` masters.
@@ -146,6 +149,7 @@ impl Default for RunOptions {
             after_batch: None,
             checkpoint: None,
             cluster: ClusterOptions::default(),
+            allow_state_without_checkpoint: false,
         }
     }
 }
@@ -247,7 +251,7 @@ impl JobRunner {
         let g = &self.graph;
         let interval = g.batch_interval_ms;
         let stateful: Vec<&str> = g.nodes.iter().filter(|n| n.op.is_stateful()).map(|n| n.label.as_str()).collect();
-        if !stateful.is_empty() && opts.checkpoint.is_none() {
+        if !stateful.is_empty() && opts.checkpoint.is_none() && !opts.allow_state_without_checkpoint {
             return Err(EngineError::Graph(format!(
                 "{} keep state across batches, so the job needs a checkpoint directory (--checkpoint DIR): \
                  without one a driver crash would lose the state, and its lineage would grow without bound",
