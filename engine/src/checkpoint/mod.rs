@@ -485,8 +485,3 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
     }
     Ok(s)
 }
-
-/// Lists files of `dir` for messages.
-pub fn describe_mismatch(what: &str, old: &str, new: &str) -> String {
-    format!("{what} changed since the checkpoint was written (was {old}, now {new})")
-}

@@ -167,6 +167,7 @@ impl<'a> Groups<'a> {
     }
 }
 
+/// The partitioner's hash (`rdd::partition_of` is this mod n).
 #[inline]
 pub(crate) fn key_hash(k: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)

@@ -24,7 +24,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
-    ValType, WasmBacktrace,
+    WasmBacktrace,
 };
 
 pub use abi::UdfKind;
@@ -655,9 +655,4 @@ impl ModuleRegistry {
     pub fn get(&self, hash: &ModuleHash) -> Option<Arc<UdfModule>> {
         self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned()
     }
-}
-
-/// Converts a parameter type list for messages (used by `weir udf check`).
-pub fn describe_valtypes(ts: &[ValType]) -> String {
-    ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
 }
