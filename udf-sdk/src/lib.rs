@@ -333,6 +333,80 @@ pub mod rt {
         Ok(())
     }
 
+    /// Pairs in; one pair per distinct key out, in first-seen order, each
+    /// key's values folded left with `f` (reduce_by_key's combiner).
+    pub fn combine<'a, V: FromValue<'a> + ToValue>(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(V, V) -> Result<V, String>,
+    ) -> Result<(), String> {
+        let n = match input.get(..4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => return Err("malformed input batch: no header".into()),
+        };
+        let mut index: std::collections::HashMap<&'a [u8], usize, core::hash::BuildHasherDefault<FxHasher>> =
+            std::collections::HashMap::with_capacity_and_hasher(1024, Default::default());
+        let mut groups: Vec<(&'a [u8], Option<V>)> = Vec::new();
+        let mut p = 4;
+        for i in 0..n {
+            let (n2, body) =
+                container(&input[p..], TAG_TUPLE, "(key, value) pair").map_err(|e| format!("record {i}: {e}"))?;
+            if n2 != 2 {
+                return Err(format!("record {i}: expected a (key, value) pair"));
+            }
+            let kstart = p + body;
+            let kend = weir_codec::skip_value(input, kstart).map_err(|e| e.to_string())?;
+            let (v, vend) = V::decode_at(input, kend).map_err(|e| format!("record {i}: {e}"))?;
+            p = vend;
+            let key = &input[kstart..kend];
+            match index.get(key) {
+                Some(&g) => {
+                    let acc = groups[g].1.take().ok_or("combine: lost accumulator")?;
+                    groups[g].1 = Some(f(acc, v)?);
+                }
+                None => {
+                    index.insert(key, groups.len());
+                    groups.push((key, Some(v)));
+                }
+            }
+        }
+        out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+        for (k, v) in groups {
+            out.push(TAG_TUPLE);
+            out.extend_from_slice(&2u32.to_le_bytes());
+            out.extend_from_slice(k);
+            if let Some(v) = v {
+                v.write(out);
+            }
+        }
+        Ok(())
+    }
+
+    /// FxHash: fast and deterministic (wasm has no random seed to draw).
+    #[derive(Default)]
+    pub struct FxHasher(u64);
+    impl core::hash::Hasher for FxHasher {
+        #[inline]
+        fn write(&mut self, bytes: &[u8]) {
+            for c in bytes.chunks(8) {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+            }
+        }
+        #[inline]
+        fn finish(&self) -> u64 {
+            // fmix64: the table indexes by the low bits, which Fx alone
+            // leaves poorly mixed for keys that differ only in their middle.
+            let mut x = self.0;
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            x ^ (x >> 33)
+        }
+    }
+
     /// Each group is `(key, [values], state | null)`; writes `state | null`.
     pub fn update<'a, K: FromValue<'a>, V: FromValue<'a>, S: FromValue<'a> + ToValue>(
         input: &'a [u8],
