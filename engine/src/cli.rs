@@ -236,9 +236,6 @@ fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
     for (name, kind) in m.functions() {
         out.push_str(&format!("  {:<15} {name}\n", kind.as_str()));
     }
-    for name in m.combiners() {
-        out.push_str(&format!("  {:<15} {name} (reduce_by_key's in-guest combiner)\n", "combine"));
-    }
     print_out(&out);
     Ok(ExitCode::SUCCESS)
 }

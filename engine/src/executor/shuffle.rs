@@ -279,17 +279,6 @@ pub(crate) fn map_side(
     Ok(buckets.into_iter().map(|b| b.finish()).collect())
 }
 
-/// Buckets pairs whose keys are already distinct (combined in the guest).
-pub(crate) fn bucket_pairs(pairs: &[u8], n: u32) -> Result<Vec<Vec<u8>>, TaskFailure> {
-    let mut buckets: Vec<codec::BatchBuilder> = (0..n).map(|_| codec::BatchBuilder::new()).collect();
-    for rec in records(pairs)? {
-        let rec = rec?;
-        let (k, _) = pair(rec)?;
-        buckets[(key_hash(k) % n as u64) as usize].push_raw(rec);
-    }
-    Ok(buckets.into_iter().map(|b| b.finish()).collect())
-}
-
 /// Merges the buckets of reduce partition `p`, given in map-partition order.
 pub(crate) fn reduce_side(
     cx: &mut TaskCx<'_, '_>,
@@ -301,18 +290,6 @@ pub(crate) fn reduce_side(
 ) -> Result<Vec<u8>, TaskFailure> {
     let mut out = codec::BatchBuilder::new();
     match agg {
-        // The guest's combiner merges the buckets, read in map order: the
-        // same first-seen key order and left fold as below, in one call.
-        Aggregation::ReduceByKey(Reducer::Udf(f)) if cx.has_combiner(f) => {
-            let mut all = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
-            for b in buckets {
-                for rec in records(b)? {
-                    all.push_raw(rec?);
-                }
-            }
-            let f = crate::rdd::UdfRef { kind: UdfKind::Combine, ..f.clone() };
-            return cx.call_kind(&f, UdfKind::Combine, &all.finish(), p);
-        }
         Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
             let n: usize =
                 buckets.iter().map(|b| codec::Records::new(b).map(|r| r.remaining() as usize).unwrap_or(0)).sum();

@@ -13,7 +13,7 @@ use weir_codec as codec;
 
 use super::block_store::{Block, BlockStore};
 use super::{shuffle, state};
-use crate::rdd::{Aggregation, BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, Reducer, ShuffleId, UdfRef};
+use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfError, UdfInstance, UdfKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,66 +297,12 @@ impl TaskCx<'_, '_> {
             return Err(bad(format!("{shuffle} is not a shuffled RDD")));
         };
         let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
-        let p = self.task.partition;
-        let buckets = match aggregation {
-            // The combine runs in the guest, chained after the stage's last
-            // functions of the same module: one record per distinct key
-            // leaves guest memory instead of one per input record.
-            Aggregation::ReduceByKey(Reducer::Udf(f)) if self.has_combiner(f) => {
-                let (base, ops) = self.narrow_run(parent, p)?;
-                let same_module = |op: &NarrowOp| match op {
-                    NarrowOp::Udf(g)
-                        if g.module == f.module
-                            && matches!(g.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) =>
-                    {
-                        Some(g.clone())
-                    }
-                    _ => None,
-                };
-                let mut split = ops.len();
-                while split > 0 && same_module(&ops[split - 1]).is_some() {
-                    split -= 1;
-                }
-                let input = self.compute(base, p)?;
-                let cur = self.pipeline(&ops[..split], input, p)?;
-                let mut steps: Vec<UdfRef> = ops[split..].iter().filter_map(same_module).collect();
-                steps.push(UdfRef { kind: UdfKind::Combine, ..f.clone() });
-                let refs: Vec<&UdfRef> = steps.iter().collect();
-                let combined = self.call_chain(&refs, &cur, p)?;
-                shuffle::bucket_pairs(&combined, rdd.partitions)?
-            }
-            _ => {
-                let input = self.compute(parent, p)?;
-                shuffle::map_side(self, aggregation, &input, map, rdd.partitions)?
-            }
-        };
+        let input = self.compute(parent, self.task.partition)?;
+        let buckets = shuffle::map_side(self, aggregation, &input, map, rdd.partitions)?;
         for (r, data) in buckets.into_iter().enumerate() {
             self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, data);
         }
         Ok(TaskOutput::MapDone)
-    }
-
-    /// Whether reduce function `f` has an in-guest combiner.
-    pub(crate) fn has_combiner(&self, f: &UdfRef) -> bool {
-        self.env.registry.get(&f.module).is_some_and(|m| m.has_combiner(&f.function))
-    }
-
-    /// The run of narrow operations that makes partition `p` of `id` from
-    /// the nearest RDD that is stored or made otherwise (that RDD, and the
-    /// operations in order). An RDD that is itself kept is its own base.
-    fn narrow_run(&self, id: RddId, p: u32) -> Result<(RddId, Vec<NarrowOp>), TaskFailure> {
-        let mut ops: Vec<NarrowOp> = Vec::new();
-        let mut base = id;
-        loop {
-            let r = self.rdd(base)?;
-            let RddOp::Narrow { parent, ops: o } = &r.op else { break };
-            if r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }) {
-                break;
-            }
-            ops.splice(0..0, o.iter().cloned());
-            base = *parent;
-        }
-        Ok((base, ops))
     }
 
     /// Applies narrow operations in order. Consecutive map / flat_map /

@@ -32,13 +32,10 @@ pub enum UdfKind {
     Reduce,
     Update,
     MapWithState,
-    /// Pairs in, one pair per distinct key out (first-seen order, values
-    /// folded left): reduce_by_key's combiner, run inside the guest.
-    Combine,
 }
 
 impl UdfKind {
-    pub const ALL: [UdfKind; 9] = [
+    pub const ALL: [UdfKind; 8] = [
         UdfKind::Map,
         UdfKind::FlatMap,
         UdfKind::Filter,
@@ -47,7 +44,6 @@ impl UdfKind {
         UdfKind::Reduce,
         UdfKind::Update,
         UdfKind::MapWithState,
-        UdfKind::Combine,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,7 +56,6 @@ impl UdfKind {
             UdfKind::Reduce => "reduce",
             UdfKind::Update => "update",
             UdfKind::MapWithState => "map_with_state",
-            UdfKind::Combine => "combine",
         }
     }
 
@@ -71,7 +66,7 @@ impl UdfKind {
 
     /// Whether the output batch has exactly one value per input record/group.
     pub fn one_to_one(self) -> bool {
-        !matches!(self, UdfKind::FlatMap | UdfKind::MapPartitions | UdfKind::Combine)
+        !matches!(self, UdfKind::FlatMap | UdfKind::MapPartitions)
     }
 }
 
@@ -114,17 +109,6 @@ pub fn validate_output(kind: UdfKind, input_count: u32, out: &mut [u8]) -> Resul
         UdfKind::Filter => {
             if let Some(i) = out[4..].iter().position(|&b| b != codec::TAG_TRUE && b != codec::TAG_FALSE) {
                 return Err(format!("filter must return booleans; value {i} is not one"));
-            }
-        }
-        UdfKind::Combine => {
-            if n > input_count {
-                return Err(format!("combine returned {n} pairs for {input_count} input pairs"));
-            }
-            for (i, r) in codec::Records::new(out).map_err(|e| e.to_string())?.enumerate() {
-                let r = r.map_err(|e| e.to_string())?;
-                if codec::split_pair(r).is_err() {
-                    return Err(format!("combine result {i} is not a (key, value) pair"));
-                }
             }
         }
         UdfKind::MapWithState => {

@@ -60,7 +60,7 @@ pub enum UdfErrorKind {
     MissingExport { name: String },
     #[error("export {name:?} has the wrong type: expected {expected}")]
     MistypedExport { name: String, expected: &'static str },
-    #[error("export {name:?} names an unknown function kind {kind:?} (known: map, flat_map, filter, key_by, map_partitions, reduce, combine, update, map_with_state)")]
+    #[error("export {name:?} names an unknown function kind {kind:?} (known: map, flat_map, filter, key_by, map_partitions, reduce, update, map_with_state)")]
     UnknownKind { name: String, kind: String },
     #[error("module speaks UDF ABI version {found}; this engine supports version 1")]
     UnsupportedAbiVersion { found: i64 },

@@ -174,8 +174,6 @@ pub struct UdfModule {
     hash: ModuleHash,
     /// Function name -> kind, from the `<kind>:<name>` exports.
     functions: BTreeMap<String, UdfKind>,
-    /// Reduce functions that also export an in-guest combiner (`combine:<name>`).
-    combiners: std::collections::BTreeSet<String>,
     pre: InstancePre<HostState>,
     limits: UdfLimits,
     has_initialize: bool,
@@ -244,7 +242,6 @@ impl UdfModule {
             }
         }
         let mut functions = BTreeMap::new();
-        let mut combiners = std::collections::BTreeSet::new();
         let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) = (false, false, false, false);
         for exp in module.exports() {
             let n = exp.name();
@@ -285,11 +282,7 @@ impl UdfModule {
                     if !is_func(&["i32", "i32"], &["i64"]) {
                         return fail(&site, mistyped("func (i32 ptr, i32 len) -> i64"));
                     }
-                    if kind == UdfKind::Combine {
-                        combiners.insert(fname.to_string());
-                    } else {
-                        functions.insert(fname.to_string(), kind);
-                    }
+                    functions.insert(fname.to_string(), kind);
                 }
             }
         }
@@ -310,7 +303,6 @@ impl UdfModule {
             path,
             hash,
             functions,
-            combiners,
             pre,
             limits,
             has_initialize,
@@ -346,16 +338,6 @@ impl UdfModule {
     pub fn limits(&self) -> &UdfLimits {
         &self.limits
     }
-    /// Whether reduce function `name` has an in-guest combiner.
-    pub fn has_combiner(&self, name: &str) -> bool {
-        self.combiners.contains(name)
-    }
-
-    /// The reduce functions with an in-guest combiner.
-    pub fn combiners(&self) -> &std::collections::BTreeSet<String> {
-        &self.combiners
-    }
-
     /// The functions this module offers, by name, with their kinds.
     pub fn functions(&self) -> &BTreeMap<String, UdfKind> {
         &self.functions
@@ -367,13 +349,8 @@ impl UdfModule {
 
     /// Checks that the module offers `name` as a function of `kind`.
     pub fn check_function(&self, name: &str, kind: UdfKind) -> Result<(), UdfError> {
-        let found = if kind == UdfKind::Combine {
-            self.combiners.contains(name)
-        } else {
-            self.functions.get(name) == Some(&kind)
-        };
-        match found {
-            true => Ok(()),
+        match self.functions.get(name) {
+            Some(k) if *k == kind => Ok(()),
             _ => {
                 let available = if self.functions.is_empty() {
                     "no functions".to_string()
@@ -524,18 +501,18 @@ impl UdfInstance {
 
     fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
         let at = Some((name, kind));
-        // Keyed by export name (kind included): a wrong-kind call is never
-        // served from the cache.
-        let export = kind.export_name(name);
-        match self.funcs.get(&export) {
+        // The cache is keyed by name only: only use it when `kind` is the
+        // function's kind, so a wrong-kind call never reaches the guest.
+        let cached = self.funcs.get(name).filter(|_| self.module.functions.get(name) == Some(&kind));
+        match cached {
             Some(f) => Ok(f.clone()),
             None => {
                 self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
                 let f = self
                     .instance
-                    .get_typed_func::<(i32, i32), i64>(&mut self.store, &export)
-                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: export.clone() }))?;
-                self.funcs.insert(export, f.clone());
+                    .get_typed_func::<(i32, i32), i64>(&mut self.store, &kind.export_name(name))
+                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: kind.export_name(name) }))?;
+                self.funcs.insert(name.to_string(), f.clone());
                 Ok(f)
             }
         }

@@ -43,20 +43,6 @@ fn expand(kind: &str, attr: TokenStream, item: TokenStream, arity: &[usize]) -> 
     } else {
         quote! { |#(#args),*| #wrapped }
     };
-    // A reduce function also serves as reduce_by_key's in-guest combiner.
-    let combiner = if kind == "reduce" {
-        let export = format!("combine:{name}");
-        let shim = format_ident!("__weir_combine_{}", name);
-        quote! {
-            #[doc(hidden)]
-            #[export_name = #export]
-            pub extern "C" fn #shim(ptr: *mut u8, len: usize) -> i64 {
-                ::weir_udf::rt::call(ptr, len, |input, out| ::weir_udf::rt::combine(input, out, #closure))
-            }
-        }
-    } else {
-        quote! {}
-    };
     quote! {
         #f
 
@@ -65,8 +51,6 @@ fn expand(kind: &str, attr: TokenStream, item: TokenStream, arity: &[usize]) -> 
         pub extern "C" fn #shim(ptr: *mut u8, len: usize) -> i64 {
             ::weir_udf::rt::call(ptr, len, |input, out| ::weir_udf::rt::#helper(input, out, #closure))
         }
-
-        #combiner
     }
     .into()
 }
