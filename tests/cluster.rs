@@ -58,18 +58,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A small seeded generator (the tests must not depend on a crate's RNG).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// The fault's timing, drawn from a seed (not a synchronisation).
 fn fault_delay(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
@@ -317,23 +305,6 @@ fn recoveries<'a>(lines: impl Iterator<Item = &'a str>) -> (usize, Recovery) {
     (count, sum)
 }
 
-/// Every file under `dir`, relative path -> bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn assert_same_tree(got: &BTreeMap<String, Vec<u8>>, expected: &BTreeMap<String, Vec<u8>>, what: &str) {
     assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{what}: not the same files");
     for (name, bytes) in expected {
@@ -404,53 +375,6 @@ counts   = "pairs.reduce_by_key(wordcount.sum)"
 fn wordcount_map_tasks(parallelism: u64, batches: u64) -> u64 {
     let windows: u64 = (2..=batches).step_by(2).map(|t| t.min(6) * parallelism).sum();
     batches * parallelism + windows
-}
-
-/// The stateful windowed job of tests/crash_recovery.rs: update_state_by_key
-/// running totals (data checkpoint every 4 s) and reduce_by_key_and_window
-/// with an inverse function, over a seeded `batches` file.
-fn stateful_job(dir: &Path, batches: usize) -> PathBuf {
-    let mut rng = Rng(7);
-    let vocab = ["spark", "flink", "weir", "stream", "batch", "window", "state", "wasm", "lineage", "driver", "kafka"];
-    let mut data = String::new();
-    for _ in 0..batches {
-        let recs: Vec<String> = (0..rng.below(15))
-            .map(|_| {
-                let words: Vec<&str> =
-                    (0..1 + rng.below(6)).map(|_| vocab[rng.below(vocab.len() as u64) as usize]).collect();
-                format!("\"{}\"", words.join(" "))
-            })
-            .collect();
-        data.push_str(&format!("[{}]\n", recs.join(",")));
-    }
-    std::fs::write(dir.join("input.jsonl"), data).unwrap();
-    let job = format!(
-        r#"batch_interval = "1s"
-clock = "logical"
-[modules]
-wordcount = "{}"
-[sources.lines]
-type = "batches"
-path = "input.jsonl"
-[streams]
-words    = "lines.flat_map(wordcount.split)"
-pairs    = "words.map(wordcount.pair)"
-totals   = "pairs.update_state_by_key(wordcount.running_total).checkpoint(4s)"
-windowed = "pairs.reduce_by_key_and_window(wordcount.sum, wordcount.subtract, 6s, 2s)"
-[[outputs]]
-stream = "totals"
-type = "save_as_text_files"
-prefix = "out/totals"
-[[outputs]]
-stream = "windowed"
-type = "save_as_text_files"
-prefix = "out/windowed"
-"#,
-        module("wordcount.wasm").display()
-    );
-    let p = dir.join("job.toml");
-    std::fs::write(&p, job).unwrap();
-    p
 }
 
 /// The executors a local-cluster driver started (once it runs batches).

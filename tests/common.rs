@@ -76,3 +76,80 @@ pub fn native_counts<'a>(lines: impl IntoIterator<Item = &'a str>) -> BTreeMap<S
     }
     m
 }
+
+/// A small seeded generator (the tests must not depend on a crate's RNG).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every file under `dir`, relative path -> bytes.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The stateful, windowed WordCount of the crash tests: update_state_by_key
+/// running totals (data checkpoint every 4 s) and reduce_by_key_and_window
+/// with an inverse function, both to save_as_text_files, over a seeded
+/// `batches` file of `batches` lines. Returns the job file.
+pub fn stateful_job(dir: &Path, batches: usize) -> PathBuf {
+    let mut rng = Rng(7);
+    let vocab = ["spark", "flink", "weir", "stream", "batch", "window", "state", "wasm", "lineage", "driver", "kafka"];
+    let mut data = String::new();
+    for _ in 0..batches {
+        let recs: Vec<String> = (0..rng.below(15))
+            .map(|_| {
+                let words: Vec<&str> =
+                    (0..1 + rng.below(6)).map(|_| vocab[rng.below(vocab.len() as u64) as usize]).collect();
+                format!("\"{}\"", words.join(" "))
+            })
+            .collect();
+        data.push_str(&format!("[{}]\n", recs.join(",")));
+    }
+    std::fs::write(dir.join("input.jsonl"), data).unwrap();
+    let job = format!(
+        r#"batch_interval = "1s"
+clock = "logical"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "batches"
+path = "input.jsonl"
+[streams]
+words    = "lines.flat_map(wordcount.split)"
+pairs    = "words.map(wordcount.pair)"
+totals   = "pairs.update_state_by_key(wordcount.running_total).checkpoint(4s)"
+windowed = "pairs.reduce_by_key_and_window(wordcount.sum, wordcount.subtract, 6s, 2s)"
+[[outputs]]
+stream = "totals"
+type = "save_as_text_files"
+prefix = "out/totals"
+[[outputs]]
+stream = "windowed"
+type = "save_as_text_files"
+prefix = "out/windowed"
+"#,
+        module("wordcount.wasm").display()
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}

@@ -8,83 +8,9 @@
 mod common;
 
 use common::*;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A small seeded generator (the test must not depend on a crate's RNG).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn setup(dir: &Path, batches: usize) -> PathBuf {
-    let mut rng = Rng(7);
-    let vocab = ["spark", "flink", "weir", "stream", "batch", "window", "state", "wasm", "lineage", "driver", "kafka"];
-    let mut data = String::new();
-    for _ in 0..batches {
-        let recs: Vec<String> = (0..rng.below(15))
-            .map(|_| {
-                let words: Vec<&str> =
-                    (0..1 + rng.below(6)).map(|_| vocab[rng.below(vocab.len() as u64) as usize]).collect();
-                format!("\"{}\"", words.join(" "))
-            })
-            .collect();
-        data.push_str(&format!("[{}]\n", recs.join(",")));
-    }
-    std::fs::write(dir.join("input.jsonl"), data).unwrap();
-    let job = format!(
-        r#"batch_interval = "1s"
-clock = "logical"
-[modules]
-wordcount = "{}"
-[sources.lines]
-type = "batches"
-path = "input.jsonl"
-[streams]
-words    = "lines.flat_map(wordcount.split)"
-pairs    = "words.map(wordcount.pair)"
-totals   = "pairs.update_state_by_key(wordcount.running_total).checkpoint(4s)"
-windowed = "pairs.reduce_by_key_and_window(wordcount.sum, wordcount.subtract, 6s, 2s)"
-[[outputs]]
-stream = "totals"
-type = "save_as_text_files"
-prefix = "out/totals"
-[[outputs]]
-stream = "windowed"
-type = "save_as_text_files"
-prefix = "out/windowed"
-"#,
-        module("wordcount.wasm").display()
-    );
-    let p = dir.join("job.toml");
-    std::fs::write(&p, job).unwrap();
-    p
-}
-
-/// Every file under `dir`, relative path -> bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
 
 fn run_job(job: &Path, ckpt: &Path) -> Command {
     let mut c = weir();
@@ -96,7 +22,7 @@ fn run_job(job: &Path, ckpt: &Path) -> Command {
 #[test]
 fn outputs_are_identical_after_twenty_plus_sigkills_and_torn_checkpoint_writes() {
     let tmp = tempfile::tempdir().unwrap();
-    let job = setup(tmp.path(), 120);
+    let job = stateful_job(tmp.path(), 120);
 
     // The failure-free run.
     let clean = run(&mut run_job(&job, &tmp.path().join("ckpt-clean")));
@@ -165,7 +91,7 @@ fn outputs_are_identical_after_twenty_plus_sigkills_and_torn_checkpoint_writes()
 #[test]
 fn supervise_restarts_a_driver_that_died() {
     let tmp = tempfile::tempdir().unwrap();
-    let job = setup(tmp.path(), 30);
+    let job = stateful_job(tmp.path(), 30);
     let clean = run(&mut run_job(&job, &tmp.path().join("ckpt-clean")));
     assert!(clean.status.success(), "{}", text(&clean.stderr));
     let expected = tree(&tmp.path().join("out"));
