@@ -8,6 +8,8 @@
 //!
 //! WEIR_BENCH_MAX_KEYS caps the state sizes (default 10^7).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,22 +26,6 @@ fn module(ssc: &StreamingContext) -> ModuleHandle {
     ssc.module(&p).unwrap()
 }
 
-fn lines(n: usize, batch: usize) -> Vec<String> {
-    let mut state = 11u64 + batch as u64;
-    (0..n)
-        .map(|_| {
-            (0..10)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-                    format!("w{}", (u * u * u * 100_000.0) as u32)
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -49,7 +35,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// (or reduce_by_key when `stateful` is false). `ckpt_every: None` runs the
 /// stateful job with checkpointing off entirely (no directory).
 fn throughput(ckpt_every: Option<Duration>, stateful: bool) -> Duration {
-    let batches: Vec<Vec<Value>> = (0..40).map(|b| lines(10_000, b).into_iter().map(Value::Str).collect()).collect();
+    let batches: Vec<Vec<Value>> =
+        (0..40).map(|b| common::lines(10_000, 11 + b as u64).into_iter().map(Value::Str).collect()).collect();
     let tmp = tempfile::tempdir().unwrap();
     let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
     let wc = module(&ssc);

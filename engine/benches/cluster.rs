@@ -5,6 +5,8 @@
 //!
 //!     cargo bench -p weir --bench cluster
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,22 +15,6 @@ use weir::codec::Value;
 use weir::dstream::StreamingContext;
 use weir::scheduler::job_generator::AfterBatch;
 use weir::scheduler::{Clock, Master, RunOptions};
-
-fn lines(n: usize, seed: u64) -> Vec<String> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            (0..10)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-                    format!("w{}", (u * u * u * 100_000.0) as u32)
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
 
 fn wordcount(master: Master, batches: Vec<Vec<Value>>, hook: Option<AfterBatch>) -> (Duration, Vec<Duration>) {
     let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
@@ -63,7 +49,7 @@ fn children() -> Vec<u32> {
 
 fn main() {
     std::env::set_var("WEIR_EXECUTABLE", env!("CARGO_BIN_EXE_weir"));
-    let corpus = lines(400_000, 5);
+    let corpus = common::lines(400_000, 5);
     let words = 4_000_000.0;
     println!("## WordCount, 400 000 lines (4 M words), logical clock; medians of 3 runs\n");
     println!("| master | lines/batch | seconds | words/s |");
@@ -86,7 +72,7 @@ fn main() {
 
     println!("\n## An executor SIGKILLed mid-batch (local-cluster[3], 20 batches of 20 000 lines)\n");
     let batches: Vec<Vec<Value>> =
-        (0..20).map(|b| lines(20_000, 100 + b).into_iter().map(Value::Str).collect()).collect();
+        (0..20).map(|b| common::lines(20_000, 100 + b).into_iter().map(Value::Str).collect()).collect();
     let killed = Arc::new(Mutex::new(false));
     let k = killed.clone();
     let hook: AfterBatch = Arc::new(Mutex::new(

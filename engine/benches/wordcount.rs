@@ -9,6 +9,8 @@
 //! engine's seeded generator. Batches of 100 000 lines stand for a 1 s
 //! interval at Spark's reference rate, 10 000 lines for 100 ms.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
@@ -79,19 +81,7 @@ fn corpus(root: &Path) -> Vec<String> {
         return text.lines().map(String::from).collect();
     }
     eprintln!("corpus: engine generator ({n} lines; ../shared/bench/gen_corpus.py not found)");
-    let mut state = 7u64;
-    (0..n)
-        .map(|_| {
-            (0..10)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-                    format!("w{}", (u * u * u * 100_000.0) as u32)
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    common::lines(n, 7)
 }
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
