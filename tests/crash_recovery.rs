@@ -13,8 +13,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn run_job(job: &Path, ckpt: &Path) -> Command {
+    let mut c = progress_job(job, ckpt);
+    c.arg("-q");
+    c
+}
+
+/// The job with its per-batch progress lines on stderr.
+fn progress_job(job: &Path, ckpt: &Path) -> Command {
     let mut c = weir();
-    c.args(["run", job.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap(), "-q"]);
+    c.args(["run", job.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap()]);
     c.stdout(Stdio::null()).stderr(Stdio::piped());
     c
 }
@@ -38,19 +45,46 @@ fn outputs_are_identical_after_twenty_plus_sigkills_and_torn_checkpoint_writes()
     loop {
         runs += 1;
         assert!(runs < 400, "the job never finished ({kills} kills, {crashes} crashes)");
-        let mut cmd = run_job(&job, &ckpt);
+        let mut cmd = progress_job(&job, &ckpt);
         // Every third run dies halfway through one of its checkpoint writes.
         if runs % 3 == 0 {
             cmd.env("WEIR_CRASH_AT_CHECKPOINT_WRITE", (1 + rng.below(8)).to_string());
         }
+        // Progress lines on stderr pace the faults: a kill comes after a
+        // seeded number of batches (0: during start-up or recovery), plus a
+        // seeded delay — so every run gets somewhere, however slow the machine.
         let mut child = cmd.spawn().unwrap();
-        // The fault's timing, drawn from the seed (not a synchronisation).
-        std::thread::sleep(Duration::from_millis(rng.below(120)));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                if line.starts_with("batch ") {
+                    let _ = tx.send(line);
+                }
+            }
+            all
+        });
+        let wait_for = rng.below(6);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < wait_for {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(_) => seen += 1,
+                Err(_) => break, // the run ended (or the deadline passed)
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(if wait_for == 0 { 80 } else { 15 })));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
         }
-        let out = child.wait_with_output().unwrap();
+        let status = child.wait().unwrap();
+        let err = reader.join().unwrap();
+        let out = std::process::Output { status, stdout: vec![], stderr: err.clone().into_bytes() };
         let err = text(&out.stderr);
         assert!(!err.contains("panicked"), "{err}");
         if err.contains("re-running") && !err.contains("re-running 0 pending") {

@@ -1,10 +1,9 @@
 //! Checkpoint files: every file Weir writes for recovery has the same frame —
 //! magic, format version, kind, payload length, CRC-32C of the payload — and
-//! is written to a temporary name, fsynced, renamed into place, and the
-//! directory fsynced. A torn or corrupt file fails its length or checksum and
-//! is reported, never half-read.
+//! is stored atomically and durably by a [`super::store::CheckpointStore`]. A
+//! torn or corrupt file fails its length or checksum and is reported, never
+//! half-read.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"WEIRCKPT";
@@ -32,15 +31,9 @@ fn invalid(path: &Path, what: impl Into<String>) -> CheckpointFileError {
     CheckpointFileError::Invalid { path: path.into(), what: what.into() }
 }
 
-/// Writes `payload` atomically and durably as a checkpoint file of `kind`.
-pub fn write(path: &Path, kind: FileKind, payload: &[u8]) -> Result<(), CheckpointFileError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CheckpointFileError::Io { path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
+/// Frames `payload` as a checkpoint file of `kind` (store it with
+/// [`super::store::CheckpointStore::put`], which makes it atomic and durable).
+pub fn frame(kind: FileKind, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -48,47 +41,11 @@ pub fn write(path: &Path, kind: FileKind, payload: &[u8]) -> Result<(), Checkpoi
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     bytes.extend_from_slice(payload);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    if crash_injection_due() {
-        // Die with half a file written: what a power cut or SIGKILL leaves.
-        let _ = f.write_all(&bytes[..bytes.len() / 2]);
-        let _ = f.sync_all();
-        std::process::abort();
-    }
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(dir).map_err(io(dir))?;
-    Ok(())
+    bytes
 }
 
-/// Crash injection for tests: `WEIR_CRASH_AT_CHECKPOINT_WRITE=N` aborts the
-/// process halfway through its N-th checkpoint file write; with
-/// `WEIR_CRASH_MARKER=path` only once (the marker file records that it did).
-fn crash_injection_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let Some(n) = std::env::var("WEIR_CRASH_AT_CHECKPOINT_WRITE").ok().and_then(|v| v.parse::<u64>().ok()) else {
-        return false;
-    };
-    if WRITES.fetch_add(1, Ordering::Relaxed) + 1 != n {
-        return false;
-    }
-    match std::env::var_os("WEIR_CRASH_MARKER") {
-        Some(marker) => std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok(),
-        None => true,
-    }
-}
-
-/// Fsyncs a directory, so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Reads and verifies a checkpoint file of `kind`; returns its payload.
-pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, CheckpointFileError> {
-    let bytes = std::fs::read(path).map_err(|source| CheckpointFileError::Io { path: path.into(), source })?;
+/// Checks a checkpoint file of `kind` read from `path` and returns its payload.
+pub fn unframe(path: &Path, bytes: &[u8], kind: FileKind) -> Result<Vec<u8>, CheckpointFileError> {
     if bytes.len() < HEADER {
         return Err(invalid(path, format!("truncated: {} bytes, shorter than the {HEADER}-byte header", bytes.len())));
     }
@@ -114,4 +71,27 @@ pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, CheckpointFileError>
         return Err(invalid(path, "checksum mismatch (corrupt)"));
     }
     Ok(payload.to_vec())
+}
+
+/// Reads and checks a checkpoint file from `store`.
+pub fn read(
+    store: &dyn super::store::CheckpointStore,
+    name: &str,
+    kind: FileKind,
+) -> Result<Vec<u8>, CheckpointFileError> {
+    let path = store.locate(name);
+    let bytes = store.get(name).map_err(|source| CheckpointFileError::Io { path: path.clone(), source })?;
+    unframe(&path, &bytes, kind)
+}
+
+/// Frames and stores a checkpoint file.
+pub fn write(
+    store: &dyn super::store::CheckpointStore,
+    name: &str,
+    kind: FileKind,
+    payload: &[u8],
+) -> Result<(), CheckpointFileError> {
+    store
+        .put(name, &frame(kind, payload))
+        .map_err(|source| CheckpointFileError::Io { path: store.locate(name), source })
 }

@@ -17,6 +17,7 @@
 //! on; the next snapshot tries again.
 
 pub mod file;
+pub mod store;
 pub mod wal;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::source::{InputDescriptor, SourceCursor};
 use file::FileKind;
+pub use store::{CheckpointStore, LocalDir};
 
 /// A source's part of one batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,46 +140,54 @@ pub fn wal_dir(root: &Path) -> PathBuf {
     root.join("wal")
 }
 
-fn metadata_files(root: &Path) -> Vec<(u64, PathBuf)> {
-    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(metadata_dir(root))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    Some((n.strip_prefix("checkpoint-")?.parse().ok()?, e.path()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// Metadata checkpoints in `store`, by sequence number: (seq, name).
+fn metadata_files(store: &dyn CheckpointStore) -> Vec<(u64, String)> {
+    let mut v: Vec<(u64, String)> = store
+        .list("metadata")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| Some((n.strip_prefix("checkpoint-")?.parse().ok()?, format!("metadata/{n}"))))
+        .collect();
     v.sort();
     v
 }
 
-fn decode_metadata(path: &Path) -> Result<Metadata, String> {
-    let payload = file::read(path, FileKind::Metadata).map_err(|e| e.to_string())?;
+fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
+    let payload = file::read(store, name, FileKind::Metadata).map_err(|e| e.to_string())?;
     let (m, _): (Metadata, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
-        .map_err(|e| format!("{}: undecodable metadata: {e}", path.display()))?;
+        .map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))?;
     Ok(m)
 }
 
-/// Reads the newest valid metadata checkpoint, falling back to older ones.
+/// Reads the newest valid metadata checkpoint of a local checkpoint
+/// directory, falling back to older ones.
 pub fn load_newest(root: &Path) -> Recovered {
+    load_newest_in(&LocalDir::new(root))
+}
+
+/// Reads the newest valid metadata checkpoint in `store`, falling back to older ones.
+pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
     let mut invalid = Vec::new();
-    for (_, path) in metadata_files(root).into_iter().rev() {
-        match decode_metadata(&path) {
+    for (_, name) in metadata_files(store).into_iter().rev() {
+        match decode_metadata(store, &name) {
             Ok(m) => return Recovered { metadata: Some(m), invalid },
-            Err(e) => invalid.push((path, e)),
+            Err(e) => invalid.push((store.locate(&name), e)),
         }
     }
     Recovered { metadata: None, invalid }
 }
 
-/// Reads the partitions of a data checkpoint.
+/// Reads the partitions of a data checkpoint of a local checkpoint directory.
 pub fn read_state(root: &Path, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
-    let path = state_dir(root).join(&r.file);
-    let payload = file::read(&path, FileKind::State).map_err(|e| e.to_string())?;
+    read_state_in(&LocalDir::new(root), r)
+}
+
+/// Reads the partitions of a data checkpoint in `store`.
+pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
+    let name = format!("state/{}", r.file);
+    let payload = file::read(store, &name, FileKind::State).map_err(|e| e.to_string())?;
     let (parts, _): (Vec<Vec<u8>>, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
-        .map_err(|e| format!("{}: undecodable state: {e}", path.display()))?;
+        .map_err(|e| format!("{}: undecodable state: {e}", store.locate(&name).display()))?;
     Ok(parts)
 }
 
@@ -194,14 +204,16 @@ impl CheckpointDir {
         let lock = take_lock(root)?;
         lock.set_len(0).map_err(io_err(root))?;
         std::fs::write(&lock_path, std::process::id().to_string()).map_err(io_err(root))?;
-        let recovered = load_newest(root);
+        let recovered = load_newest_in(&LocalDir::new(root));
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
         let durable_state =
             Arc::new(Mutex::new(recovered.metadata.as_ref().map(|m| m.state.clone()).unwrap_or_default()));
-        let next_seq = metadata_files(root).last().map(|(s, _)| s + 1).unwrap_or(0);
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
+        let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
         let (tx, rx) = channel::<WriteJob>();
         {
-            let (root, stats, durable) = (root.to_path_buf(), stats.clone(), durable_state.clone());
+            let (root, stats, durable, store) =
+                (root.to_path_buf(), stats.clone(), durable_state.clone(), store.clone());
             let mut kept: VecDeque<Metadata> = recovered.metadata.iter().cloned().collect();
             std::thread::Builder::new()
                 .name("weir-checkpoint".into())
@@ -214,7 +226,7 @@ impl CheckpointDir {
                                 let _ = ack.send(());
                                 continue;
                             }
-                            WriteJob::State { node, time, partitions } => write_state(&root, node, time, &partitions)
+                            WriteJob::State { node, time, partitions } => write_state(&*store, node, time, &partitions)
                                 .map(|r| {
                                     let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
                                     st.state_written += 1;
@@ -226,7 +238,7 @@ impl CheckpointDir {
                                 m.seq = seq;
                                 // Only data checkpoints known to be durable are named.
                                 m.state = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                                let r = write_metadata(&root, &m);
+                                let r = write_metadata(&*store, &m);
                                 if r.is_ok() {
                                     seq += 1;
                                     stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
@@ -234,7 +246,7 @@ impl CheckpointDir {
                                     while kept.len() > keep.max(1) {
                                         kept.pop_front();
                                     }
-                                    collect_garbage(&root, &kept, keep.max(1));
+                                    collect_garbage(&*store, &root, &kept, keep.max(1));
                                 }
                                 r
                             }
@@ -336,28 +348,28 @@ fn take_lock(root: &Path) -> Result<File, CheckpointError> {
     Ok(lock)
 }
 
-fn write_state(root: &Path, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {
+fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {
     let plain: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
     let payload = bincode::serde::encode_to_vec(&plain, bincode::config::standard()).map_err(|e| e.to_string())?;
     let name = format!("{node}-{time}.state");
-    file::write(&state_dir(root).join(&name), FileKind::State, &payload).map_err(|e| e.to_string())?;
+    file::write(store, &format!("state/{name}"), FileKind::State, &payload).map_err(|e| e.to_string())?;
     let records = parts.iter().map(|p| crate::udf::abi::batch_count(p) as u64).sum();
     Ok(StateRef { time, file: name, partitions: parts.len() as u32, records, bytes: payload.len() as u64 })
 }
 
-fn write_metadata(root: &Path, m: &Metadata) -> Result<(), String> {
+fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<(), String> {
     let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
-    let path = metadata_dir(root).join(format!("checkpoint-{:020}", m.seq));
-    file::write(&path, FileKind::Metadata, &payload).map_err(|e| e.to_string())
+    file::write(store, &format!("metadata/checkpoint-{:020}", m.seq), FileKind::Metadata, &payload)
+        .map_err(|e| e.to_string())
 }
 
 /// Deletes metadata beyond the newest `keep`, and state files and WAL
 /// segments that no kept metadata checkpoint refers to.
-fn collect_garbage(root: &Path, kept: &VecDeque<Metadata>, keep: usize) {
-    let files = metadata_files(root);
+fn collect_garbage(store: &dyn CheckpointStore, root: &Path, kept: &VecDeque<Metadata>, keep: usize) {
+    let files = metadata_files(store);
     if files.len() > keep {
-        for (_, p) in &files[..files.len() - keep] {
-            let _ = std::fs::remove_file(p);
+        for (_, name) in &files[..files.len() - keep] {
+            let _ = store.delete(name);
         }
     }
     if kept.is_empty() {
@@ -374,20 +386,17 @@ fn collect_garbage(root: &Path, kept: &VecDeque<Metadata>, keep: usize) {
             *e = (*e).min(r.time);
         }
     }
-    if let Ok(rd) = std::fs::read_dir(state_dir(root)) {
-        for e in rd.filter_map(|e| e.ok()) {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let Some((node, time)) = n
-                .strip_suffix(".state")
-                .and_then(|s| s.split_once('-'))
-                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<i64>().ok()?)))
-            else {
-                continue;
-            };
-            let stale = oldest.get(&node).is_some_and(|&o| time < o);
-            if stale && !referenced.contains(n.as_str()) {
-                let _ = std::fs::remove_file(e.path());
-            }
+    for n in store.list("state").unwrap_or_default() {
+        let Some((node, time)) = n
+            .strip_suffix(".state")
+            .and_then(|s| s.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<i64>().ok()?)))
+        else {
+            continue;
+        };
+        let stale = oldest.get(&node).is_some_and(|&o| time < o);
+        if stale && !referenced.contains(n.as_str()) {
+            let _ = store.delete(&format!("state/{n}"));
         }
     }
     // WAL segments older than every kept checkpoint's oldest referenced range.
@@ -425,10 +434,11 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
     if !root.is_dir() {
         return Err(CheckpointError::Mismatch(format!("{} is not a directory", root.display())));
     }
-    let rec = load_newest(root);
+    let store = LocalDir::new(root);
+    let rec = load_newest_in(&store);
     let mut s = String::new();
     let _ = writeln!(s, "checkpoint directory {}", root.display());
-    let files = metadata_files(root);
+    let files = metadata_files(&store);
     let _ = writeln!(s, "metadata checkpoints: {}", files.len());
     for (_, why) in &rec.invalid {
         // `why` starts with the file's path.
@@ -473,7 +483,7 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
         let _ = writeln!(s, "source {i}: {desc}");
     }
     for (node, r) in &m.state {
-        let ok = match read_state(root, r) {
+        let ok = match read_state_in(&store, r) {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("INVALID: {e}"),
         };

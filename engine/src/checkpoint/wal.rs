@@ -62,7 +62,7 @@ impl WalWriter {
         std::fs::create_dir_all(dir)?;
         let seq = segments(dir, source).last().map(|s| s + 1).unwrap_or(0);
         let file = std::fs::OpenOptions::new().create_new(true).append(true).open(segment_path(dir, source, seq))?;
-        super::file::sync_dir(dir)?;
+        super::store::sync_dir(dir)?;
         Ok(WalWriter { file, seq, offset: 0 })
     }
 
