@@ -6,7 +6,7 @@
 //! outputs are recomputed from lineage. Anything it sends after that is
 //! ignored: its connection is shut and its id is never reused.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
 use std::sync::mpsc::{Receiver, Sender};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::block_server;
 use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
-use crate::udf::{ModuleHash, ModuleRegistry};
+use crate::udf::ModuleRegistry;
 
 /// How a driver runs its cluster.
 #[derive(Debug, Clone)]
@@ -42,7 +42,6 @@ struct Conn {
     writer: TcpStream,
     running: HashMap<u64, Task>,
     last_seen: Instant,
-    modules_sent: HashSet<ModuleHash>,
 }
 
 struct State {
@@ -88,20 +87,7 @@ impl Shared {
             let Some(id) = pick else { break };
             let task = task.clone();
             let Some(conn) = st.executors.get_mut(&id) else { break };
-            // Modules the task's lineage uses, sent once per executor.
-            let mut ok = true;
-            for h in task_modules(&task) {
-                if conn.modules_sent.contains(&h) {
-                    continue;
-                }
-                let Some(m) = self.registry.get(&h) else { continue };
-                let msg = ToExecutor::Module { name: m.name().to_string(), hash: h.hex(), bytes: m.bytes().to_vec() };
-                if protocol::write_frame(&mut conn.writer, &msg).is_err() {
-                    ok = false;
-                    break;
-                }
-                conn.modules_sent.insert(h);
-            }
+            let ok = true;
             if ok && protocol::write_frame(&mut conn.writer, &ToExecutor::Run(Box::new(task.clone()))).is_ok() {
                 conn.running.insert(task.id, task);
                 st.queue.pop_front();
@@ -144,45 +130,6 @@ impl Shared {
             }));
         }
     }
-}
-
-fn task_modules(task: &Task) -> Vec<ModuleHash> {
-    use crate::rdd::{NarrowOp, PairFilter, RddOp, Reducer};
-    let mut v = Vec::new();
-    let red = |r: &Reducer, v: &mut Vec<ModuleHash>| {
-        if let Reducer::Udf(f) = r {
-            v.push(f.module)
-        }
-    };
-    for r in task.rdds.values() {
-        match &r.op {
-            RddOp::Narrow { ops, .. } => {
-                for op in ops {
-                    match op {
-                        NarrowOp::Udf(f) | NarrowOp::MapValues(f) | NarrowOp::FlatMapValues(f) => v.push(f.module),
-                        _ => {}
-                    }
-                }
-            }
-            RddOp::Shuffled { aggregation, .. } => match aggregation {
-                crate::rdd::Aggregation::ReduceByKey(r) | crate::rdd::Aggregation::Reduce(r) => red(r, &mut v),
-                _ => {}
-            },
-            RddOp::State { update, .. } => v.push(update.module),
-            RddOp::MapWithState { f, .. } => v.push(f.module),
-            RddOp::InvWindow { reduce, inverse, filter, .. } => {
-                red(reduce, &mut v);
-                red(inverse, &mut v);
-                if let Some(PairFilter::Udf(f)) = filter {
-                    v.push(f.module);
-                }
-            }
-            _ => {}
-        }
-    }
-    v.sort();
-    v.dedup();
-    v
 }
 
 impl ClusterBackend {
@@ -301,7 +248,6 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                             writer,
                             running: HashMap::new(),
                             last_seen: Instant::now(),
-                            modules_sent: HashSet::new(),
                         },
                     );
                     tracing::info!("executor {id} (pid {pid}, blocks at {block_addr}) joined with {slots} slot(s)");
@@ -315,6 +261,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     let Some(c) = st.executors.get_mut(&id) else { return }; // lost: ignore it
                     match msg {
                         Ok(FromExecutor::Heartbeat) => c.last_seen = Instant::now(),
+                        Ok(FromExecutor::NeedModule { hash }) => {
+                            c.last_seen = Instant::now();
+                            let msg = match shared.registry.get(&hash) {
+                                Some(m) => {
+                                    ToExecutor::Module { name: m.name().to_string(), hash, bytes: m.bytes().to_vec() }
+                                }
+                                None => ToExecutor::NoModule { hash },
+                            };
+                            if protocol::write_frame(&mut c.writer, &msg).is_err() {
+                                shared.lose(&mut st, id, "cannot send to it");
+                                shared.dispatch(&mut st);
+                                return;
+                            }
+                        }
                         Ok(FromExecutor::Result(r)) => {
                             c.last_seen = Instant::now();
                             if c.running.remove(&r.task_id).is_some() {

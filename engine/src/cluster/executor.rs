@@ -1,6 +1,7 @@
 //! `weir executor --driver HOST:PORT`: an executor process. It proves it
-//! knows the cluster secret, serves its block store to peers, receives UDF
-//! modules (checking each one's SHA-256) and tasks, runs tasks on `cores`
+//! knows the cluster secret, serves its block store to peers, receives
+//! tasks, fetches the UDF modules it lacks from the driver by hash (checking
+//! each one's SHA-256, compiling it once), runs tasks on `cores`
 //! threads with a fresh instance per module per task, and sends results and
 //! heartbeats. It exits when its driver goes away.
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 use super::block_server;
 use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor, PROTOCOL_VERSION};
 use crate::executor::{run_task, BlockStore, Task, TaskEnv};
-use crate::udf::{ModuleRegistry, UdfRuntime};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
 /// How often an executor tells its driver it is alive.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
@@ -80,25 +81,50 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
         });
     }
 
+    // Tasks wait here until the modules they use have arrived: a module this
+    // executor lacks is fetched from the driver by hash, once.
+    let mut waiting: Vec<Task> = Vec::new();
+    let mut asked: std::collections::HashSet<ModuleHash> = Default::default();
+    let mut unavailable: std::collections::HashSet<ModuleHash> = Default::default();
     loop {
         match protocol::read_frame::<ToExecutor>(&mut conn) {
             Ok(ToExecutor::Module { name, hash, bytes }) => match registry.insert_bytes(&name, &bytes) {
-                Ok(m) if m.hash().hex() == hash => {}
+                Ok(m) if m.hash() == hash => {}
                 Ok(m) => {
                     return Err(ExecutorError::Other(format!(
                         "module {name} arrived with sha256 {}, expected {hash}",
-                        m.hash().hex()
+                        m.hash()
                     )))
                 }
                 Err(e) => return Err(ExecutorError::Other(format!("module {name}: {e}"))),
             },
+            Ok(ToExecutor::NoModule { hash }) => {
+                // The tasks that need it run anyway and fail with a clear error.
+                tracing::error!("the driver has no module with sha256 {hash}");
+                unavailable.insert(hash);
+            }
             Ok(ToExecutor::Run(task)) => {
-                if tx.send(*task).is_err() {
-                    return Ok(());
+                for h in task.modules() {
+                    if registry.get(&h).is_none() && asked.insert(h) {
+                        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                        if protocol::write_frame(&mut *w, &FromExecutor::NeedModule { hash: h }).is_err() {
+                            return Ok(());
+                        }
+                    }
                 }
+                waiting.push(*task);
             }
             Ok(ToExecutor::Shutdown) => return Ok(()),
             Err(_) => return Ok(()), // the driver is gone
+        }
+        let (ready, still): (Vec<Task>, Vec<Task>) = waiting
+            .drain(..)
+            .partition(|t| t.modules().iter().all(|h| registry.get(h).is_some() || unavailable.contains(h)));
+        waiting = still;
+        for t in ready {
+            if tx.send(t).is_err() {
+                return Ok(());
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::executor::{Task, TaskResult};
 use crate::rdd::BlockId;
-use crate::udf::UdfLimits;
+use crate::udf::{ModuleHash, UdfLimits};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 const MAGIC: [u8; 4] = *b"WEIR";
@@ -55,12 +55,16 @@ pub enum Admission {
 /// Driver -> executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToExecutor {
-    /// A UDF module, sent before the first task that needs it; the executor
-    /// checks its SHA-256 against `hash` before using it.
+    /// A UDF module the executor asked for; it checks that the bytes' SHA-256
+    /// is `hash` before using them.
     Module {
         name: String,
-        hash: String,
+        hash: ModuleHash,
         bytes: Vec<u8>,
+    },
+    /// The driver does not have a module the executor asked for.
+    NoModule {
+        hash: ModuleHash,
     },
     Run(Box<Task>),
     Shutdown,
@@ -71,6 +75,10 @@ pub enum ToExecutor {
 pub enum FromExecutor {
     Result(Box<TaskResult>),
     Heartbeat,
+    /// A task needs a module this executor does not have.
+    NeedModule {
+        hash: ModuleHash,
+    },
 }
 
 /// Block fetches, after the handshake.

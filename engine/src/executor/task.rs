@@ -31,6 +31,46 @@ pub struct Task {
     pub locations: Vec<(BlockId, String)>,
 }
 
+impl Task {
+    /// The UDF modules the task's lineage uses, by hash.
+    pub fn modules(&self) -> Vec<ModuleHash> {
+        use crate::rdd::{Aggregation, PairFilter, Reducer};
+        let mut v = Vec::new();
+        let red = |r: &Reducer, v: &mut Vec<ModuleHash>| {
+            if let Reducer::Udf(f) = r {
+                v.push(f.module)
+            }
+        };
+        for r in self.rdds.values() {
+            match &r.op {
+                RddOp::Narrow { ops, .. } => {
+                    for op in ops {
+                        if let NarrowOp::Udf(f) | NarrowOp::MapValues(f) | NarrowOp::FlatMapValues(f) = op {
+                            v.push(f.module)
+                        }
+                    }
+                }
+                RddOp::Shuffled { aggregation: Aggregation::ReduceByKey(r) | Aggregation::Reduce(r), .. } => {
+                    red(r, &mut v)
+                }
+                RddOp::State { update, .. } => v.push(update.module),
+                RddOp::MapWithState { f, .. } => v.push(f.module),
+                RddOp::InvWindow { reduce, inverse, filter, .. } => {
+                    red(reduce, &mut v);
+                    red(inverse, &mut v);
+                    if let Some(PairFilter::Udf(f)) = filter {
+                        v.push(f.module);
+                    }
+                }
+                _ => {}
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TaskKind {
     /// Compute partition `partition` of parent `parent_index` of the shuffled
