@@ -152,3 +152,29 @@ pub fn assert_same_tree(got: &BTreeMap<String, Vec<u8>>, want: &BTreeMap<String,
         );
     }
 }
+
+/// Socket -> split -> pair -> update_state_by_key running totals ->
+/// save_as_text_files under out/totals, 100 ms batches, optionally with a
+/// data checkpoint interval (e.g. "200ms").
+pub fn socket_totals_job(port: u16, checkpoint: Option<&str>) -> String {
+    let every = checkpoint.map(|c| format!(".checkpoint({c})")).unwrap_or_default();
+    format!(
+        r#"batch_interval = "100ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "socket"
+host = "127.0.0.1"
+port = {port}
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+totals = "pairs.update_state_by_key(wordcount.running_total){every}"
+[[outputs]]
+stream = "totals"
+type = "save_as_text_files"
+prefix = "out/totals"
+"#,
+        super::common::module("wordcount.wasm").display()
+    )
+}

@@ -311,35 +311,13 @@ fn inspect_of_a_missing_directory_fails() {
     assert!(text(&out.stderr).contains("not a directory"), "{}", text(&out.stderr));
 }
 
-fn socket_job(port: u16) -> String {
-    format!(
-        r#"batch_interval = "100ms"
-[modules]
-wordcount = "{}"
-[sources.lines]
-type = "socket"
-host = "127.0.0.1"
-port = {port}
-[streams]
-words  = "lines.flat_map(wordcount.split)"
-pairs  = "words.map(wordcount.pair)"
-totals = "pairs.update_state_by_key(wordcount.running_total)"
-[[outputs]]
-stream = "totals"
-type = "save_as_text_files"
-prefix = "out/totals"
-"#,
-        wordcount_path()
-    )
-}
-
 #[test]
 fn one_driver_per_checkpoint_directory() {
     let tmp = tempfile::tempdir().unwrap();
     // Held, never written to: the job runs until killed.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let job = tmp.path().join("job.toml");
-    std::fs::write(&job, socket_job(listener.local_addr().unwrap().port())).unwrap();
+    std::fs::write(&job, socket_totals_job(listener.local_addr().unwrap().port(), None)).unwrap();
     let ckpt = tmp.path().join("ckpt");
     let cmd = || {
         let mut c = weir();

@@ -24,29 +24,6 @@ use weir::checkpoint::wal;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn job(port: u16, checkpoint: Option<&str>) -> String {
-    let every = checkpoint.map(|c| format!(".checkpoint({c})")).unwrap_or_default();
-    format!(
-        r#"batch_interval = "100ms"
-[modules]
-wordcount = "{}"
-[sources.lines]
-type = "socket"
-host = "127.0.0.1"
-port = {port}
-[streams]
-words  = "lines.flat_map(wordcount.split)"
-pairs  = "words.map(wordcount.pair)"
-totals = "pairs.update_state_by_key(wordcount.running_total){every}"
-[[outputs]]
-stream = "totals"
-type = "save_as_text_files"
-prefix = "out/totals"
-"#,
-        module("wordcount.wasm").display()
-    )
-}
-
 /// Bytes `lines` take in the write-ahead log (a record: u32 len, u32 crc, line).
 fn wal_bytes(lines: &[String]) -> u64 {
     lines.iter().map(|l| 8 + l.len() as u64).sum()
@@ -73,7 +50,7 @@ impl Setup {
         let dir = tmp.path().to_path_buf();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let job = dir.join("job.toml");
-        std::fs::write(&job, self::job(listener.local_addr().unwrap().port(), checkpoint)).unwrap();
+        std::fs::write(&job, socket_totals_job(listener.local_addr().unwrap().port(), checkpoint)).unwrap();
         Setup { ckpt: dir.join("ckpt"), _tmp: tmp, dir, job, listener }
     }
 
