@@ -135,10 +135,7 @@ impl<'a> Groups<'a> {
             Reducer::Udf(f) => f,
             Reducer::SumI64 | Reducer::SubI64 => {
                 for g in &self.groups {
-                    let vs: Vec<&[u8]> = self.values_of(g).collect();
-                    for v in fold(cx, r, &[vs.as_slice()], p)? {
-                        emit(g, &v);
-                    }
+                    emit(g, &fold(cx, r, &[&self.ordered[g.start as usize..(g.start + g.len) as usize]], p)?[0]);
                 }
                 return Ok(());
             }

@@ -144,7 +144,10 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
     let start = Instant::now();
     let mut cx = TaskCx { env, task, instances: HashMap::new(), written: Vec::new(), udf_calls: 0 };
     let outcome = match &task.kind {
-        TaskKind::Result { rdd } => cx.compute(*rdd, task.partition).map(|b| TaskOutput::Partition(b.to_vec())),
+        TaskKind::Result { rdd } => cx
+            .compute(*rdd, task.partition)
+            // A block also kept in the store is copied; a pipelined one is not.
+            .map(|b| TaskOutput::Partition(Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone()))),
         TaskKind::ShuffleMap { shuffle, parent_index, map } => cx.shuffle_map(*shuffle, *parent_index, *map),
     };
     TaskResult {
@@ -176,8 +179,7 @@ impl TaskCx<'_, '_> {
         self.task.rdds.get(&id).ok_or_else(|| bad(format!("task lineage lacks {id}")))
     }
 
-    fn store(&mut self, id: BlockId, data: Vec<u8>) -> Block {
-        let block = Arc::new(data);
+    fn store(&mut self, id: BlockId, block: Block) -> Block {
         self.written.push((id, crate::rdd::digest(&block)));
         self.env.blocks.put(id, block.clone());
         block
@@ -325,7 +327,7 @@ impl TaskCx<'_, '_> {
             }
         };
         if rdd.persist {
-            Ok(self.store(block_id, data.to_vec()))
+            Ok(self.store(block_id, data))
         } else {
             Ok(data)
         }
@@ -340,7 +342,7 @@ impl TaskCx<'_, '_> {
         let input = self.compute(parent, self.task.partition)?;
         let buckets = shuffle::map_side(self, aggregation, &input, map, rdd.partitions)?;
         for (r, data) in buckets.into_iter().enumerate() {
-            self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, data);
+            self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
         }
         Ok(TaskOutput::MapDone)
     }
