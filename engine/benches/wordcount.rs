@@ -100,8 +100,11 @@ fn main() {
         "{:<34} {:>10} {:>12} {:>12} {:>10} {:>10} {:>9}",
         "run", "seconds", "lines/s", "words/s", "p50 batch", "p99 batch", "vs native"
     );
-    let reps = 3;
-    for threads in [1usize, 2] {
+    // WEIR_BENCH_THREADS=1 (or 2) runs one core count only, WEIR_BENCH_REPS
+    // sets the repetitions (median reported): handy under `perf record`.
+    let reps: usize = std::env::var("WEIR_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let only: Option<usize> = std::env::var("WEIR_BENCH_THREADS").ok().and_then(|s| s.parse().ok());
+    for threads in [1usize, 2].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         let mut times = Vec::new();
         for _ in 0..reps {
             let t = Instant::now();
@@ -123,7 +126,11 @@ fn main() {
             )
         };
         row(format!("native loop, {threads} thread(s)"), native.as_secs_f64(), None, None);
-        for batch_lines in [100_000usize, 10_000] {
+        let sizes: Vec<usize> = match std::env::var("WEIR_BENCH_BATCH_LINES").ok().and_then(|s| s.parse().ok()) {
+            Some(n) => vec![n],
+            None => vec![100_000, 10_000],
+        };
+        for batch_lines in sizes {
             let mut totals = Vec::new();
             let mut batch_times = Vec::new();
             for _ in 0..reps {

@@ -1125,3 +1125,64 @@ fn a_job_without_outputs_is_refused() {
     let err = ssc.run(opts(2)).expect_err("no output operation");
     assert!(matches!(err, EngineError::Graph(_)), "{err}");
 }
+
+// ---------------------------------------------------------------- large partitions
+
+/// Lines of seeded pseudo-random words (some not ASCII), about `bytes` long.
+fn big_lines(bytes: usize, seed: u64) -> Vec<String> {
+    let words = ["a", "weir", "stream", "café", "naïve", "batch", "lineage", "x", "zürich", "partition"];
+    let mut x = seed;
+    let mut out = Vec::new();
+    let mut total = 0;
+    while total < bytes {
+        let mut line = Vec::new();
+        for _ in 0..1 + (x >> 60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            line.push(words[(x >> 33) as usize % words.len()]);
+        }
+        let line = line.join(" ");
+        total += line.len() + 5;
+        out.push(line);
+    }
+    out
+}
+
+#[test]
+fn large_partitions_go_through_the_pipeline_in_chunks_with_the_same_result() {
+    // About 1 MB per batch: each partition is cut into many chunks on its
+    // way through split -> pair (and filter/map below), which must change
+    // nothing: the counts equal a plain count, and record order is kept.
+    let lines = big_lines(1 << 20, 7);
+    let mut want = std::collections::BTreeMap::<&str, i64>::new();
+    for w in lines.iter().flat_map(|l| l.split_ascii_whitespace()) {
+        *want.entry(w).or_default() += 1;
+    }
+    let input = vec![lines.iter().map(|l| s(l)).collect::<Vec<_>>()];
+    let out = run1(input, |ssc, src| {
+        let wc = wordcount(ssc);
+        src.flat_map(&wc.udf("split"))?.map(&wc.udf("pair"))?.reduce_by_key(&wc.udf("sum"))
+    });
+    let want: Vec<Value> = want.iter().map(|(k, n)| p(s(k), i(*n))).collect();
+    assert_unordered(out, every_second(vec![want]));
+
+    // Order within the batch is kept exactly: filter then map over 200 000
+    // integers (1.8 MB), compared with the same done natively.
+    let xs: Vec<i64> = (0..200_000).map(|k| (k * 7919) % 100_003 - 50_000).collect();
+    let out = run1(vec![ints(&xs)], |ssc, src| {
+        let t = testops(ssc);
+        src.filter(&t.udf("is_even"))?.map(&t.udf("double"))
+    });
+    let want: Vec<i64> = xs.iter().filter(|x| *x % 2 == 0).map(|x| x * 2).collect();
+    assert_eq!(out, every_second(vec![ints(&want)]));
+}
+
+#[test]
+fn map_partitions_sees_a_large_partition_whole() {
+    // map_partitions is never cut into chunks: one [count, sum] per partition
+    // (2 partitions), however large.
+    let xs: Vec<i64> = (0..200_000).collect();
+    let out = run1(vec![ints(&xs)], |ssc, src| src.map_partitions(&testops(ssc).udf("count_and_sum")));
+    let (a, b) = xs.split_at(100_000);
+    let want = ints(&[a.len() as i64, a.iter().sum(), b.len() as i64, b.iter().sum()]);
+    assert_eq!(out, every_second(vec![want]));
+}

@@ -120,6 +120,9 @@ pub mod rt {
 
     thread_local! {
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        /// The buffer of a chained call's input, kept (empty) to be the next
+        /// output: calls over many chunks then reuse two warm buffers.
+        static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
 
     #[cfg(target_family = "wasm")]
@@ -173,15 +176,22 @@ pub mod rt {
             let mut out = o.borrow_mut();
             // In a chained call (ABI §3) the input is the previous call's
             // output: take that buffer over instead of adopting the pointer.
-            let input = if !out.is_empty() && out.as_ptr() == ptr as *const u8 && out.len() == len {
-                core::mem::take(&mut *out)
+            let chained = !out.is_empty() && out.as_ptr() == ptr as *const u8 && out.len() == len;
+            let input = if chained {
+                core::mem::replace(&mut *out, SPARE.take())
             } else {
                 // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
                 unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) }
             };
             out.clear();
             let r = body(&input, &mut out);
-            drop(input);
+            if chained {
+                let mut spare = input;
+                spare.clear();
+                SPARE.replace(spare);
+            } else {
+                drop(input);
+            }
             match r {
                 Ok(()) => pack(out.as_ptr(), out.len(), false),
                 Err(msg) => {

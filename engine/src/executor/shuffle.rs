@@ -18,25 +18,34 @@ fn bad(msg: impl Into<String>) -> TaskFailure {
     TaskFailure::Other(msg.into())
 }
 
-/// Keys in first-seen order with their values. Keys are hashed once (the
-/// partitioner's hash, reused for bucketing); a lookup touches only the hash
-/// table slot and the key bytes. After the last `add`, `finish` lays the
-/// values out group by group (a counting sort, stable: values keep their
-/// input order within a key).
+/// Keys in first-seen order with their values, owned (the records they come
+/// from may be a UDF's output, gone after the next call). Keys are hashed
+/// once (the partitioner's hash, reused for bucketing); a lookup touches
+/// only the hash table slot and the key bytes. Values are appended to one
+/// buffer as they come; `finish` lays them out group by group (stable:
+/// values keep their input order within a key) with one scatter pass.
 #[derive(Default)]
-struct Groups<'a> {
+struct Groups {
     table: HashTable<Slot>,
-    groups: Vec<Group<'a>>,
-    /// (value, its group), in input order.
-    values: Vec<(&'a [u8], u32)>,
+    groups: Vec<Group>,
+    /// The distinct keys, back to back.
+    keys: Vec<u8>,
+    /// Per value, in input order: its group and its length.
+    recs: Vec<(u32, u32)>,
+    /// The values, in input order, back to back.
+    vals: Vec<u8>,
     /// The values, grouped (filled by `finish`).
-    ordered: Vec<&'a [u8]>,
+    grouped: Vec<u8>,
 }
 
 /// A table slot. Short keys (most keys) are kept inline so that a lookup
-/// compares them without touching the record they came from.
+/// compares them without touching the key buffer.
 struct Slot {
     hash: u64,
+    /// The group's value count and bytes, counted here because a lookup has
+    /// just brought the slot into the cache (the group may not be).
+    bytes: u64,
+    count: u32,
     group: u32,
     len: u32,
     inline: [u8; INLINE_KEY],
@@ -44,11 +53,14 @@ struct Slot {
 
 const INLINE_KEY: usize = 20;
 
-struct Group<'a> {
+struct Group {
     hash: u64,
-    key: &'a [u8],
-    start: u32,
-    len: u32,
+    key: (usize, usize),
+    /// How many values, and their total size.
+    count: u32,
+    bytes: usize,
+    /// Where its values start in `grouped` (after `finish`).
+    start: usize,
 }
 
 #[inline]
@@ -57,95 +69,114 @@ fn key_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-impl<'a> Groups<'a> {
-    fn with_capacity(n: usize) -> Self {
-        Groups {
-            table: HashTable::with_capacity(n / 4),
-            groups: Vec::with_capacity(n / 4),
-            values: Vec::with_capacity(n),
-            ordered: Vec::new(),
-        }
+impl Groups {
+    fn new() -> Self {
+        // The table starts small and grows with the distinct keys: sized for
+        // the record count it would sprawl over memory that is mostly empty,
+        // and every probe would miss the cache.
+        Groups { table: HashTable::with_capacity(1 << 10), ..Default::default() }
+    }
+
+    fn key(&self, g: &Group) -> &[u8] {
+        &self.keys[g.key.0..g.key.0 + g.key.1]
     }
 
     #[inline]
-    fn add(&mut self, k: &'a [u8], v: &'a [u8]) {
+    fn add(&mut self, k: &[u8], v: &[u8]) {
         let h = key_hash(k);
-        let groups = &self.groups;
-        let found = self.table.find(h, |s| {
+        let (groups, keys) = (&self.groups, &self.keys);
+        let found = self.table.find_mut(h, |s| {
             s.hash == h
                 && s.len as usize == k.len()
                 && if k.len() <= INLINE_KEY {
                     key_eq(&s.inline[..k.len()], k)
                 } else {
-                    key_eq(groups[s.group as usize].key, k)
+                    let (at, n) = groups[s.group as usize].key;
+                    key_eq(&keys[at..at + n], k)
                 }
         });
         let g = match found {
-            Some(s) => s.group,
+            Some(s) => {
+                s.count += 1;
+                s.bytes += v.len() as u64;
+                s.group
+            }
             None => {
                 let g = self.groups.len() as u32;
-                self.groups.push(Group { hash: h, key: k, start: 0, len: 0 });
+                self.groups.push(Group { hash: h, key: (self.keys.len(), k.len()), count: 0, bytes: 0, start: 0 });
+                self.keys.extend_from_slice(k);
                 let mut inline = [0u8; INLINE_KEY];
                 if k.len() <= INLINE_KEY {
                     inline[..k.len()].copy_from_slice(k);
                 }
-                self.table.insert_unique(h, Slot { hash: h, group: g, len: k.len() as u32, inline }, |s| s.hash);
+                let slot = Slot { hash: h, bytes: v.len() as u64, count: 1, group: g, len: k.len() as u32, inline };
+                self.table.insert_unique(h, slot, |s| s.hash);
                 g
             }
         };
-        self.values.push((v, g));
+        self.recs.push((g, v.len() as u32));
+        match <&[u8; 9]>::try_from(v) {
+            // An i64 (the usual count or sum): a fixed-size copy, no memcpy call.
+            Ok(v9) => self.vals.extend_from_slice(v9),
+            Err(_) => self.vals.extend_from_slice(v),
+        }
     }
 
     fn finish(&mut self) {
-        for &(_, g) in &self.values {
-            self.groups[g as usize].len += 1;
+        for s in self.table.iter() {
+            let g = &mut self.groups[s.group as usize];
+            g.count = s.count;
+            g.bytes = s.bytes as usize;
         }
-        let mut start = 0u32;
-        let mut pos = Vec::with_capacity(self.groups.len());
+        let mut cursor = Vec::with_capacity(self.groups.len());
+        let mut start = 0;
         for g in &mut self.groups {
             g.start = start;
-            pos.push(start);
-            start += g.len;
+            cursor.push(start);
+            start += g.bytes;
         }
-        self.ordered = vec![&[][..]; self.values.len()];
-        for &(v, g) in &self.values {
-            let p = &mut pos[g as usize];
-            self.ordered[*p as usize] = v;
-            *p += 1;
+        self.grouped = vec![0u8; start];
+        let mut at = 0;
+        for &(g, n) in &self.recs {
+            let n = n as usize;
+            let c = &mut cursor[g as usize];
+            self.grouped[*c..*c + n].copy_from_slice(&self.vals[at..at + n]);
+            *c += n;
+            at += n;
         }
+        self.recs = Vec::new();
+        self.vals = Vec::new();
     }
 
-    /// The values of group `g`, in input order (after `finish`).
-    fn values_of(&self, g: &Group<'a>) -> impl Iterator<Item = &'a [u8]> + '_ {
-        self.ordered[g.start as usize..(g.start + g.len) as usize].iter().copied()
+    /// The values of group `g`, back to back, in input order (after `finish`).
+    fn values_of(&self, g: &Group) -> &[u8] {
+        &self.grouped[g.start..g.start + g.bytes]
     }
 
-    /// Each group's values folded with `r`, in group order.
-    /// Folds each group's values with `r` and hands `(group, folded value)` to
-    /// `emit`, in group order. Single values need no call; all other groups go
-    /// to the UDF in one batch.
+    /// Folds each group's values with `r` and hands `(key, hash, folded
+    /// value)` to `emit`, in group order. Single values need no call; all
+    /// other groups go to the UDF in one batch.
     fn fold_each(
         &self,
         cx: &mut TaskCx<'_, '_>,
         r: &Reducer,
         p: u32,
-        mut emit: impl FnMut(&Group<'a>, &[u8]),
+        mut emit: impl FnMut(&[u8], u64, &[u8]),
     ) -> Result<(), TaskFailure> {
         let f = match r {
             Reducer::Udf(f) => f,
             Reducer::SumI64 | Reducer::SubI64 => {
                 for g in &self.groups {
-                    emit(g, &fold(cx, r, &[&self.ordered[g.start as usize..(g.start + g.len) as usize]], p)?[0]);
+                    emit(self.key(g), g.hash, &fold_i64(r, values(self.values_of(g)))?);
                 }
                 return Ok(());
             }
         };
-        let mut input = codec::BatchBuilder::with_capacity(self.values.len() * 16);
-        for g in self.groups.iter().filter(|g| g.len > 1) {
-            input.push_with(|w| w.list(g.len));
-            for v in self.values_of(g) {
-                input.extend_current(v);
-            }
+        let multi: usize = self.groups.iter().filter(|g| g.count > 1).map(|g| g.bytes + 5).sum();
+        let mut input = codec::BatchBuilder::with_capacity(multi);
+        for g in self.groups.iter().filter(|g| g.count > 1) {
+            input.push_with(|w| w.list(g.count));
+            input.extend_current(self.values_of(g));
         }
         let out = if input.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::Reduce, &input.finish(), p)?) };
         let mut folded = match &out {
@@ -153,21 +184,74 @@ impl<'a> Groups<'a> {
             None => None,
         };
         for g in &self.groups {
-            if g.len > 1 {
+            if g.count > 1 {
                 let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad("reduce output too short"))?;
-                emit(g, v?);
+                emit(self.key(g), g.hash, v?);
             } else {
-                emit(g, self.ordered[g.start as usize]);
+                emit(self.key(g), g.hash, self.values_of(g));
             }
         }
         Ok(())
     }
 }
 
+fn pairs(batch: &[u8]) -> Result<codec::Pairs<'_>, TaskFailure> {
+    codec::Pairs::new(batch).map_err(|e| bad(format!("malformed batch: {e}")))
+}
+
+/// The error for a record of `batch` that is not a pair (or is malformed).
+#[cold]
+fn not_a_pair(batch: &[u8], e: codec::CodecError) -> TaskFailure {
+    match codec::skip_value(batch, e.offset) {
+        Ok(end) => pair(&batch[e.offset..end]).err().unwrap_or_else(|| bad(format!("malformed batch: {e}"))),
+        Err(_) => bad(format!("malformed batch: {e}")),
+    }
+}
+
+/// The values laid out back to back in `buf`.
+fn values(buf: &[u8]) -> impl Iterator<Item = Result<&[u8], TaskFailure>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= buf.len() {
+            return None;
+        }
+        Some(match codec::skip_value(buf, at) {
+            Ok(end) => {
+                let v = &buf[at..end];
+                at = end;
+                Ok(v)
+            }
+            Err(e) => {
+                at = buf.len();
+                Err(bad(format!("malformed value: {e}")))
+            }
+        })
+    })
+}
+
 /// The partitioner's hash (`rdd::partition_of` is this mod n).
 #[inline]
 pub(crate) fn key_hash(k: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)
+}
+
+/// Folds integers with native addition (or subtraction), left to right.
+fn fold_i64<'v>(
+    r: &Reducer,
+    vals: impl Iterator<Item = Result<&'v [u8], TaskFailure>>,
+) -> Result<[u8; 9], TaskFailure> {
+    let mut acc: Option<i64> = None;
+    for v in vals {
+        let v = v?;
+        let x = codec::as_i64(v)
+            .ok_or_else(|| bad(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
+        acc = Some(match (acc, r) {
+            (None, _) => x,
+            (Some(a), Reducer::SubI64) => a.wrapping_sub(x),
+            (Some(a), _) => a.wrapping_add(x),
+        });
+    }
+    Ok(codec::encode_i64(acc.unwrap_or(0)))
 }
 
 /// Folds each group of values into one value, left to right.
@@ -178,22 +262,9 @@ pub(crate) fn fold(
     p: u32,
 ) -> Result<Vec<Vec<u8>>, TaskFailure> {
     match r {
-        Reducer::SumI64 | Reducer::SubI64 => groups
-            .iter()
-            .map(|vs| {
-                let mut acc: Option<i64> = None;
-                for v in vs.iter() {
-                    let x = codec::as_i64(v)
-                        .ok_or_else(|| bad(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
-                    acc = Some(match (acc, r) {
-                        (None, _) => x,
-                        (Some(a), Reducer::SumI64) => a.wrapping_add(x),
-                        (Some(a), _) => a.wrapping_sub(x),
-                    });
-                }
-                Ok(codec::encode_i64(acc.unwrap_or(0)).to_vec())
-            })
-            .collect(),
+        Reducer::SumI64 | Reducer::SubI64 => {
+            groups.iter().map(|vs| Ok(fold_i64(r, vs.iter().map(|v| Ok(*v)))?.to_vec())).collect()
+        }
         Reducer::Udf(f) => {
             // Single values need no call; the rest go in one batch.
             let mut input = codec::BatchBuilder::new();
@@ -223,57 +294,89 @@ pub(crate) fn fold(
     }
 }
 
-/// Splits one map partition into `n` buckets.
-pub(crate) fn map_side(
-    cx: &mut TaskCx<'_, '_>,
-    agg: &Aggregation,
-    input: &Block,
+/// The map side of a shuffle: takes one map partition batch by batch (see
+/// `TaskCx::compute_into`) and splits it into `n` buckets, combining values
+/// per key first for reduce_by_key.
+pub(crate) struct MapSide<'a> {
+    agg: &'a Aggregation,
     map: u32,
     n: u32,
-) -> Result<Vec<Vec<u8>>, TaskFailure> {
-    let mut buckets: Vec<codec::BatchBuilder> = (0..n).map(|_| codec::BatchBuilder::new()).collect();
-    let p = map;
-    match agg {
-        Aggregation::ReduceByKey(r) => {
-            let recs = records(input)?;
-            let mut g = Groups::with_capacity(recs.remaining() as usize);
-            for rec in recs {
-                let (k, v) = pair(rec?)?;
-                g.add(k, v);
-            }
-            g.finish();
-            g.fold_each(cx, r, p, |grp, v| {
-                buckets[(grp.hash % n as u64) as usize].push_with(|w| codec::write_pair(w.buf, grp.key, v))
-            })?;
-        }
-        Aggregation::GroupByKey | Aggregation::CoGroup => {
-            for rec in records(input)? {
-                let rec = rec?;
-                let (k, _) = pair(rec)?;
-                buckets[(key_hash(k) % n as u64) as usize].push_raw(rec);
-            }
-        }
-        Aggregation::Repartition => {
-            for (i, rec) in records(input)?.enumerate() {
-                let rec = rec.map_err(|e| bad(e.to_string()))?;
-                buckets[(map as usize + i) % n as usize].push_raw(rec);
-            }
-        }
-        Aggregation::Count => {
-            let c = records(input)?.remaining() as i64;
-            buckets[0].push_raw(&codec::encode_i64(c));
-        }
-        Aggregation::Reduce(r) => {
-            let vals: Vec<&[u8]> = records(input)?.collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
-            if !vals.is_empty() {
-                let folded = fold(cx, r, &[vals.as_slice()], p)?;
-                if let Some(v) = folded.first() {
-                    buckets[0].push_raw(v);
-                }
-            }
+    buckets: Vec<codec::BatchBuilder>,
+    groups: Groups,
+    /// Records seen so far (repartition deals them round-robin).
+    seen: u64,
+    /// Values for a global reduce; records for count.
+    values: codec::BatchBuilder,
+}
+
+impl<'a> MapSide<'a> {
+    pub(crate) fn new(agg: &'a Aggregation, map: u32, n: u32) -> Self {
+        MapSide {
+            agg,
+            map,
+            n,
+            buckets: (0..n).map(|_| codec::BatchBuilder::new()).collect(),
+            groups: if matches!(agg, Aggregation::ReduceByKey(_)) { Groups::new() } else { Groups::default() },
+            seen: 0,
+            values: codec::BatchBuilder::new(),
         }
     }
-    Ok(buckets.into_iter().map(|b| b.finish()).collect())
+
+    /// Takes one batch of the map partition.
+    pub(crate) fn feed(&mut self, batch: &[u8]) -> Result<(), TaskFailure> {
+        let n = self.n as u64;
+        match self.agg {
+            Aggregation::ReduceByKey(_) => {
+                for kv in pairs(batch)? {
+                    let (k, v) = kv.map_err(|e| not_a_pair(batch, e))?;
+                    self.groups.add(k, v);
+                }
+            }
+            Aggregation::GroupByKey | Aggregation::CoGroup => {
+                for rec in records(batch)? {
+                    let rec = rec?;
+                    let (k, _) = pair(rec)?;
+                    self.buckets[(key_hash(k) % n) as usize].push_raw(rec);
+                }
+            }
+            Aggregation::Repartition => {
+                for rec in records(batch)? {
+                    let rec = rec.map_err(|e| bad(e.to_string()))?;
+                    self.buckets[((self.map as u64 + self.seen) % n) as usize].push_raw(rec);
+                    self.seen += 1;
+                }
+            }
+            Aggregation::Count => self.seen += records(batch)?.remaining() as u64,
+            Aggregation::Reduce(_) => self.values.append_batch(batch)?,
+        }
+        Ok(())
+    }
+
+    /// Combines what was fed and returns the `n` buckets.
+    pub(crate) fn finish(mut self, cx: &mut TaskCx<'_, '_>, p: u32) -> Result<Vec<Vec<u8>>, TaskFailure> {
+        let n = self.n as u64;
+        match self.agg {
+            Aggregation::ReduceByKey(r) => {
+                self.groups.finish();
+                let buckets = &mut self.buckets;
+                self.groups.fold_each(cx, r, p, |k, h, v| {
+                    buckets[(h % n) as usize].push_with(|w| codec::write_pair(w.buf, k, v))
+                })?;
+            }
+            Aggregation::Count => self.buckets[0].push_raw(&codec::encode_i64(self.seen as i64)),
+            Aggregation::Reduce(r) => {
+                let values = self.values.finish();
+                let vals: Vec<&[u8]> = records(&values)?.collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
+                if !vals.is_empty() {
+                    if let Some(v) = fold(cx, r, &[vals.as_slice()], p)?.first() {
+                        self.buckets[0].push_raw(v);
+                    }
+                }
+            }
+            Aggregation::GroupByKey | Aggregation::CoGroup | Aggregation::Repartition => {}
+        }
+        Ok(self.buckets.into_iter().map(|b| b.finish()).collect())
+    }
 }
 
 /// Merges the buckets of reduce partition `p`, given in map-partition order.
@@ -288,28 +391,24 @@ pub(crate) fn reduce_side(
     let mut out = codec::BatchBuilder::new();
     match agg {
         Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
-            let n: usize =
-                buckets.iter().map(|b| codec::Records::new(b).map(|r| r.remaining() as usize).unwrap_or(0)).sum();
-            let mut g = Groups::with_capacity(n);
+            let mut g = Groups::new();
             for b in buckets {
-                for rec in records(b)? {
-                    let (k, v) = pair(rec?)?;
+                for kv in pairs(b)? {
+                    let (k, v) = kv.map_err(|e| not_a_pair(b, e))?;
                     g.add(k, v);
                 }
             }
             g.finish();
             if let Aggregation::ReduceByKey(r) = agg {
-                g.fold_each(cx, r, p, |grp, v| out.push_with(|w| codec::write_pair(w.buf, grp.key, v)))?;
+                g.fold_each(cx, r, p, |k, _, v| out.push_with(|w| codec::write_pair(w.buf, k, v)))?;
             } else {
                 for grp in &g.groups {
                     out.push_with(|w| {
                         w.tuple(2);
-                        w.raw(grp.key);
-                        w.list(grp.len);
+                        w.raw(g.key(grp));
+                        w.list(grp.count);
                     });
-                    for v in g.values_of(grp) {
-                        out.extend_current(v);
-                    }
+                    out.extend_current(g.values_of(grp));
                 }
             }
         }

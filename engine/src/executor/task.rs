@@ -269,21 +269,7 @@ impl TaskCx<'_, '_> {
                 )?)
             }
             RddOp::Narrow { .. } => {
-                // Gather the run of narrow RDDs down to one that is stored or
-                // made otherwise, so their operations run as one pipeline.
-                let mut ops: Vec<NarrowOp> = Vec::new();
-                let mut base = id;
-                loop {
-                    let r = self.rdd(base)?;
-                    let RddOp::Narrow { parent, ops: o } = &r.op else { break };
-                    let stored = base != id
-                        && (r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }));
-                    if stored {
-                        break;
-                    }
-                    ops.splice(0..0, o.iter().cloned());
-                    base = *parent;
-                }
+                let (base, ops) = self.narrow_run(id, p)?;
                 let input = self.compute(base, p)?;
                 self.pipeline(&ops, input, p)?
             }
@@ -339,47 +325,132 @@ impl TaskCx<'_, '_> {
             return Err(bad(format!("{shuffle} is not a shuffled RDD")));
         };
         let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
-        let input = self.compute(parent, self.task.partition)?;
-        let buckets = shuffle::map_side(self, aggregation, &input, map, rdd.partitions)?;
+        let mut side = shuffle::MapSide::new(aggregation, map, rdd.partitions);
+        self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
+        let buckets = side.finish(self, map)?;
         for (r, data) in buckets.into_iter().enumerate() {
             self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
         }
         Ok(TaskOutput::MapDone)
     }
 
-    /// Applies narrow operations in order. Consecutive map / flat_map /
-    /// map_partitions functions of one module run as one chained call: the
-    /// batch enters guest memory once and leaves it once.
-    fn pipeline(&mut self, ops: &[NarrowOp], input: Block, p: u32) -> Result<Block, TaskFailure> {
-        fn chainable(op: &NarrowOp) -> Option<&UdfRef> {
-            match op {
-                NarrowOp::Udf(f) if matches!(f.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) => {
-                    Some(f)
-                }
-                _ => None,
+    /// The run of narrow RDDs ending at `id` that are computed together:
+    /// the first RDD below them that is stored or made otherwise, and their
+    /// operations in order.
+    fn narrow_run(&self, id: RddId, p: u32) -> Result<(RddId, Vec<NarrowOp>), TaskFailure> {
+        let mut ops: Vec<NarrowOp> = Vec::new();
+        let mut base = id;
+        loop {
+            let r = self.rdd(base)?;
+            let RddOp::Narrow { parent, ops: o } = &r.op else { break };
+            let stored =
+                base != id && (r.persist || self.env.blocks.contains(&BlockId::Rdd { rdd: base, partition: p }));
+            if stored {
+                break;
             }
+            ops.splice(0..0, o.iter().cloned());
+            base = *parent;
         }
-        let mut cur = input;
-        let mut i = 0;
-        while i < ops.len() {
-            if let Some(f) = chainable(&ops[i]) {
-                let mut j = i + 1;
-                while j < ops.len() && chainable(&ops[j]).is_some_and(|g| g.module == f.module) {
-                    j += 1;
-                }
-                if j - i > 1 {
-                    let steps: Vec<&UdfRef> = ops[i..j].iter().filter_map(chainable).collect();
-                    cur = Arc::new(self.call_chain(&steps, &cur, p)?);
-                    i = j;
-                    continue;
-                }
-            }
-            cur = Arc::new(self.apply(&ops[i], &cur, p)?);
-            i += 1;
-        }
-        Ok(cur)
+        Ok((base, ops))
     }
 
+    /// Computes partition `p` of `id` and hands it to `sink` — in chunks,
+    /// straight from the UDF's memory, when `id` is a narrow pipeline that
+    /// nothing keeps (so a shuffle's map side never holds the whole output).
+    fn compute_into(&mut self, id: RddId, p: u32, sink: &mut Sink<'_>) -> Result<(), TaskFailure> {
+        let rdd = self.rdd(id)?;
+        let pipelined = matches!(rdd.op, RddOp::Narrow { .. })
+            && !rdd.persist
+            && !self.env.blocks.contains(&BlockId::Rdd { rdd: id, partition: p });
+        if !pipelined {
+            let block = self.compute(id, p)?;
+            return sink(&block);
+        }
+        let (base, ops) = self.narrow_run(id, p)?;
+        let input = self.compute(base, p)?;
+        self.pipeline_into(&ops, &input, p, sink)
+    }
+
+    /// Applies narrow operations in order and returns the whole result.
+    fn pipeline(&mut self, ops: &[NarrowOp], input: Block, p: u32) -> Result<Block, TaskFailure> {
+        if ops.is_empty() {
+            return Ok(input);
+        }
+        let mut out = codec::BatchBuilder::with_capacity(input.len());
+        self.pipeline_into(ops, &input, p, &mut |chunk| Ok(out.append_batch(chunk)?))?;
+        Ok(Arc::new(out.finish()))
+    }
+
+    /// Applies narrow operations in order, handing the output to `sink` as
+    /// one or more batches. When every operation works record by record,
+    /// the input goes through in chunks of about [`CHUNK_BYTES`], so each
+    /// chunk's intermediate batches stay in the CPU's cache; the output is
+    /// the same bytes as one call over the whole partition. Consecutive map
+    /// / flat_map / map_partitions functions of one module run as one chained
+    /// call: a chunk enters guest memory once and is read out of it once.
+    fn pipeline_into(
+        &mut self,
+        ops: &[NarrowOp],
+        input: &[u8],
+        p: u32,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), TaskFailure> {
+        if ops.is_empty() {
+            return sink(input);
+        }
+        let runs = runs(ops);
+        if input.len() <= CHUNK_BYTES || !ops.iter().all(per_record) {
+            let header = input.get(..4).ok_or_else(|| bad("malformed batch: no header"))?;
+            return self.run_chunk(&runs, abi_count(input), &[header, &input[4..]], p, sink);
+        }
+        for (count, body) in codec::chunks(input, CHUNK_BYTES)? {
+            self.run_chunk(&runs, count, &[&count.to_le_bytes(), body], p, sink)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `runs` over one batch given as the concatenation of `parts`.
+    fn run_chunk(
+        &mut self,
+        runs: &[Run<'_>],
+        count: u32,
+        parts: &[&[u8]],
+        p: u32,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), TaskFailure> {
+        let mut cur: Option<Vec<u8>> = None;
+        for (i, run) in runs.iter().enumerate() {
+            let last = i + 1 == runs.len();
+            let (n, input): (u32, Vec<&[u8]>) = match &cur {
+                Some(b) => (abi_count(b), vec![b.as_slice()]),
+                None => (count, parts.to_vec()),
+            };
+            match run {
+                Run::Chain(steps) => {
+                    if last {
+                        return self.call_chain_with(steps, n, &input, p, |out| sink(out))?;
+                    }
+                    cur = Some(self.call_chain_with(steps, n, &input, p, |out| out.to_vec())?);
+                }
+                Run::Op(op) => {
+                    let joined;
+                    let batch: &[u8] = match input.as_slice() {
+                        [one] => one,
+                        many => {
+                            joined = many.concat();
+                            &joined
+                        }
+                    };
+                    let out = self.apply(op, batch, p)?;
+                    if last {
+                        return sink(&out);
+                    }
+                    cur = Some(out);
+                }
+            }
+        }
+        Ok(())
+    }
     fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
         if !self.instances.contains_key(&f.module) {
             let module = self.env.registry.get(&f.module).ok_or_else(|| {
@@ -391,12 +462,20 @@ impl TaskCx<'_, '_> {
         self.instances.get_mut(&f.module).ok_or_else(|| bad("instance vanished"))
     }
 
-    /// Runs functions of one module as a chained call (see `pipeline`).
-    fn call_chain(&mut self, steps: &[&UdfRef], input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
+    /// Runs functions of one module as a chained call on the batch made of
+    /// `parts` (see `pipeline_into`); `consume` reads the output in place.
+    fn call_chain_with<R>(
+        &mut self,
+        steps: &[&UdfRef],
+        count: u32,
+        parts: &[&[u8]],
+        partition: u32,
+        consume: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, TaskFailure> {
         let module = steps[0].module;
         let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
         self.udf_calls += steps.len() as u64;
-        let r = self.instance(steps[0], partition)?.call_chain(&names, input);
+        let r = self.instance(steps[0], partition)?.call_chain_with(&names, count, parts, consume);
         r.map_err(|e| {
             // A failed instance is never reused.
             self.instances.remove(&module);
@@ -509,6 +588,68 @@ impl TaskCx<'_, '_> {
     }
 }
 
+/// Where a computed partition goes, batch by batch.
+pub(crate) type Sink<'s> = dyn FnMut(&[u8]) -> Result<(), TaskFailure> + 's;
+
+/// Input bytes per chunk of a record-by-record pipeline: small enough that a
+/// chunk and what the UDFs make of it stay in L2, large enough that the cost
+/// of a call (about a microsecond) is noise.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// A step of a pipeline: a chained call of one module's functions, or one
+/// other operation.
+enum Run<'a> {
+    Chain(Vec<&'a UdfRef>),
+    Op(&'a NarrowOp),
+}
+
+fn chainable(op: &NarrowOp) -> Option<&UdfRef> {
+    match op {
+        NarrowOp::Udf(f) if matches!(f.kind, UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions) => Some(f),
+        _ => None,
+    }
+}
+
+/// Groups operations into runs: consecutive chainable functions of one
+/// module form one chained call.
+fn runs(ops: &[NarrowOp]) -> Vec<Run<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < ops.len() {
+        match chainable(&ops[i]) {
+            Some(f) => {
+                let mut steps = vec![f];
+                i += 1;
+                while let Some(g) = ops.get(i).and_then(chainable).filter(|g| g.module == f.module) {
+                    steps.push(g);
+                    i += 1;
+                }
+                out.push(Run::Chain(steps));
+            }
+            None => {
+                out.push(Run::Op(&ops[i]));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether an operation's output for a record depends on that record alone
+/// (so a partition may go through it in chunks). map_partitions and glom see
+/// the whole partition.
+fn per_record(op: &NarrowOp) -> bool {
+    match op {
+        NarrowOp::Udf(f) => f.kind != UdfKind::MapPartitions,
+        NarrowOp::Glom => false,
+        _ => true,
+    }
+}
+
+fn abi_count(batch: &[u8]) -> u32 {
+    crate::udf::abi::batch_count(batch)
+}
+
 /// For each global map index, the parent it belongs to.
 fn parent_index_table(map_partitions: &[u32]) -> Vec<u32> {
     map_partitions.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32, n as usize)).collect()
@@ -518,9 +659,14 @@ pub(crate) fn records(batch: &[u8]) -> Result<codec::Records<'_>, TaskFailure> {
     codec::Records::new(batch).map_err(|e| bad(format!("malformed batch: {e}")))
 }
 
+#[inline]
 pub(crate) fn pair(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
-    codec::split_pair(rec)
-        .map_err(|_| bad(format!("expected a (key, value) pair, got {}", codec::display::render(rec))))
+    codec::split_pair(rec).map_err(|_| not_pair(rec))
+}
+
+#[cold]
+fn not_pair(rec: &[u8]) -> TaskFailure {
+    bad(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
 }
 
 fn split_pairs(input: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), TaskFailure> {

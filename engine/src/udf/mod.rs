@@ -82,6 +82,11 @@ impl UdfRuntime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20);
+        // `WEIR_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so that `perf
+        // report` names the guest's functions (docs/benchmarks.md).
+        if std::env::var_os("WEIR_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c).map_err(|e| {
             UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(format!("engine configuration: {e}")))
         })?;
@@ -525,10 +530,31 @@ impl UdfInstance {
     /// and deadline of one call. Only `map`, `flat_map` and `map_partitions`
     /// steps may precede another step (their output is a plain batch).
     pub fn call_chain(&mut self, steps: &[(&str, UdfKind)], input: &[u8]) -> Result<Vec<u8>, UdfError> {
-        let Some(&(last_name, last_kind)) = steps.last() else { return Ok(input.to_vec()) };
+        if steps.is_empty() {
+            return Ok(input.to_vec());
+        }
+        self.call_chain_with(steps, abi::batch_count(input), &[input], |out| out.to_vec())
+    }
+
+    /// [`call_chain`](Self::call_chain) without the copy out: the input batch
+    /// is the concatenation of `parts` (holding `in_count` records), and the
+    /// last output, validated in place in guest memory, is handed to
+    /// `consume` — which reads what it needs from it before the guest runs
+    /// again.
+    pub fn call_chain_with<R>(
+        &mut self,
+        steps: &[(&str, UdfKind)],
+        in_count: u32,
+        parts: &[&[u8]],
+        consume: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, UdfError> {
+        let Some(&(last_name, last_kind)) = steps.last() else {
+            return Err(self.error(None, UdfErrorKind::MalformedOutput("empty chain".into())));
+        };
         let limits = self.module.limits;
         let first = Some(steps[0]);
-        let len = i32::try_from(input.len())
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = i32::try_from(total)
             .map_err(|_| self.error(first, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
         let _ = self.store.set_fuel(limits.fuel_per_call);
         self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
@@ -539,12 +565,16 @@ impl UdfInstance {
                 return Err(self.error(first, kind));
             }
         };
-        if self.memory.write(&mut self.store, ptr, input).is_err() {
-            let msg = format!("weir_alloc({len}) returned {ptr:#x}, outside linear memory");
-            return Err(self.error(first, UdfErrorKind::MalformedOutput(msg)));
+        let mut at = ptr;
+        for part in parts {
+            if self.memory.write(&mut self.store, at, part).is_err() {
+                let msg = format!("weir_alloc({len}) returned {ptr:#x}, outside linear memory");
+                return Err(self.error(first, UdfErrorKind::MalformedOutput(msg)));
+            }
+            at += part.len();
         }
-        let (mut in_ptr, mut in_len) = (ptr, input.len());
-        let mut in_count = abi::batch_count(input);
+        let (mut in_ptr, mut in_len) = (ptr, total);
+        let mut in_count = in_count;
         for (i, &(name, kind)) in steps.iter().enumerate() {
             let at = Some((name, kind));
             if i + 1 < steps.len() && kind.one_to_one() && kind != UdfKind::Map {
@@ -576,14 +606,17 @@ impl UdfInstance {
                 let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
                 return Err(self.error(at, k));
             }
-            // Bounds-checked before the host allocates or reads anything (a
-            // bogus length must not cost host memory).
+            // Bounds-checked before the host reads anything (a bogus length
+            // must not cost host memory).
             let (p, n) = (packed.ptr as usize, packed.len as usize);
-            let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
+            let outside = || {
                 let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
-                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                UdfErrorKind::MalformedOutput(m)
             };
             if i + 1 < steps.len() {
+                let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
+                    return Err(self.error(at, outside()));
+                };
                 // An intermediate batch stays in the guest; the next function
                 // reads it with its own checks. Only its count is needed.
                 if n < 4 {
@@ -600,11 +633,15 @@ impl UdfInstance {
                 (in_ptr, in_len) = (p, n);
                 continue;
             }
-            // The one copy out of guest memory.
-            let mut out = src.to_vec();
-            abi::validate_output(kind, in_count, &mut out)
-                .map_err(|m| self.error(at, UdfErrorKind::MalformedOutput(m)))?;
-            return Ok(out);
+            // Validated in place (NaNs canonicalised there), then read by
+            // `consume` straight from guest memory: no copy of the batch.
+            let Some(out) = self.memory.data_mut(&mut self.store).get_mut(p..p + n) else {
+                return Err(self.error(at, outside()));
+            };
+            match abi::validate_output(kind, in_count, out) {
+                Ok(_) => return Ok(consume(out)),
+                Err(m) => return Err(self.error(at, UdfErrorKind::MalformedOutput(m))),
+            }
         }
         Err(self.error(Some((last_name, last_kind)), UdfErrorKind::MalformedOutput("empty chain".into())))
     }

@@ -178,6 +178,13 @@ impl BatchBuilder {
     pub fn extend_current(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
+    /// Appends every record of a valid batch (its header is dropped).
+    pub fn append_batch(&mut self, batch: &[u8]) -> Result<(), CodecError> {
+        let n = read_u32(batch, 0)?;
+        self.buf.extend_from_slice(&batch[4..]);
+        self.count += n;
+        Ok(())
+    }
     pub fn len(&self) -> u32 {
         self.count
     }
@@ -214,93 +221,137 @@ fn read_u64(buf: &[u8], at: usize) -> Result<u64, CodecError> {
 
 /// Returns the end offset of the value starting at `at`, without checking
 /// UTF-8 or NaNs (use [`validate_value`] for untrusted input).
+#[inline]
 pub fn skip_value(buf: &[u8], at: usize) -> Result<usize, CodecError> {
-    skip_inner(buf, at, 0)
+    match skip_scalar(buf, at) {
+        Some(r) => r,
+        None => skip_inner(buf, at, 0),
+    }
 }
 
-fn skip_inner(buf: &[u8], at: usize, depth: usize) -> Result<usize, CodecError> {
-    let Some(&tag) = buf.get(at) else {
-        return err(at, "truncated value (missing tag)");
-    };
-    match tag {
+/// The end of a scalar at `at`, or `None` for a container (or a missing
+/// tag): the hot path of every reader, kept small enough to inline.
+#[inline(always)]
+fn skip_scalar(buf: &[u8], at: usize) -> Option<Result<usize, CodecError>> {
+    let tag = *buf.get(at)?;
+    Some(match tag {
         TAG_NULL | TAG_FALSE | TAG_TRUE => Ok(at + 1),
         TAG_I64 | TAG_F64 => {
             if buf.len() < at + 9 {
-                return err(at, "truncated 8-byte scalar");
+                err(at, "truncated 8-byte scalar")
+            } else {
+                Ok(at + 9)
             }
-            Ok(at + 9)
         }
-        TAG_STR | TAG_BYTES => {
-            let len = read_u32(buf, at + 1)? as usize;
-            let end = at + 5 + len;
-            if end > buf.len() {
-                return err(at, "string/bytes length runs past the end of the buffer");
-            }
-            Ok(end)
-        }
-        TAG_TUPLE | TAG_LIST => {
-            if depth >= MAX_DEPTH {
-                return err(at, "values nested too deeply");
-            }
-            let n = read_u32(buf, at + 1)?;
-            let mut p = at + 5;
-            for _ in 0..n {
-                p = skip_inner(buf, p, depth + 1)?;
-            }
-            Ok(p)
-        }
+        TAG_STR | TAG_BYTES => match read_u32(buf, at + 1) {
+            Ok(len) => match (at + 5).checked_add(len as usize).filter(|&e| e <= buf.len()) {
+                Some(end) => Ok(end),
+                None => err(at, "string/bytes length runs past the end of the buffer"),
+            },
+            Err(e) => Err(e),
+        },
+        TAG_TUPLE | TAG_LIST => return None,
         _ => err(at, "unknown type tag"),
+    })
+}
+
+fn skip_inner(buf: &[u8], at: usize, depth: usize) -> Result<usize, CodecError> {
+    if let Some(r) = skip_scalar(buf, at) {
+        return r;
     }
+    let Some(&tag) = buf.get(at) else {
+        return err(at, "truncated value (missing tag)");
+    };
+    debug_assert!(tag == TAG_TUPLE || tag == TAG_LIST);
+    if depth >= MAX_DEPTH {
+        return err(at, "values nested too deeply");
+    }
+    let n = read_u32(buf, at + 1)?;
+    let mut p = at + 5;
+    for _ in 0..n {
+        p = match skip_scalar(buf, p) {
+            Some(r) => r?,
+            None => skip_inner(buf, p, depth + 1)?,
+        };
+    }
+    Ok(p)
 }
 
 /// Validates the value at `at` (structure, UTF-8, depth) and rewrites any
 /// non-canonical NaN to the canonical one in place. Returns its end offset.
+#[inline]
 pub fn validate_value(buf: &mut [u8], at: usize) -> Result<usize, CodecError> {
-    validate_inner(buf, at, 0)
+    match validate_scalar(buf, at) {
+        Some(r) => r,
+        None => validate_inner(buf, at, 0),
+    }
+}
+
+/// Whether `b` is ASCII; short strings (most keys and words) without a call.
+#[inline(always)]
+fn ascii(b: &[u8]) -> bool {
+    if b.len() <= 16 {
+        b.iter().fold(0u8, |a, &x| a | x) < 0x80
+    } else {
+        b.is_ascii()
+    }
+}
+
+/// Validates a scalar at `at`; `None` for a container (or a missing tag).
+#[inline(always)]
+fn validate_scalar(buf: &mut [u8], at: usize) -> Option<Result<usize, CodecError>> {
+    let tag = *buf.get(at)?;
+    Some(match tag {
+        TAG_NULL | TAG_FALSE | TAG_TRUE => Ok(at + 1),
+        TAG_I64 => read_u64(buf, at + 1).map(|_| at + 9),
+        TAG_F64 => match read_u64(buf, at + 1) {
+            Ok(bits) => {
+                if f64::from_bits(bits).is_nan() && bits != CANONICAL_NAN {
+                    buf[at + 1..at + 9].copy_from_slice(&CANONICAL_NAN.to_le_bytes());
+                }
+                Ok(at + 9)
+            }
+            Err(e) => Err(e),
+        },
+        TAG_STR | TAG_BYTES => match read_u32(buf, at + 1) {
+            Ok(len) => match (at + 5).checked_add(len as usize).filter(|&e| e <= buf.len()) {
+                // Most strings are short and ASCII: check that first.
+                Some(end)
+                    if tag == TAG_STR
+                        && !ascii(&buf[at + 5..end])
+                        && core::str::from_utf8(&buf[at + 5..end]).is_err() =>
+                {
+                    err(at, "string is not valid UTF-8")
+                }
+                Some(end) => Ok(end),
+                None => err(at, "string/bytes length runs past the end of the buffer"),
+            },
+            Err(e) => Err(e),
+        },
+        TAG_TUPLE | TAG_LIST => return None,
+        _ => err(at, "unknown type tag"),
+    })
 }
 
 fn validate_inner(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, CodecError> {
-    let Some(&tag) = buf.get(at) else {
-        return err(at, "truncated value (missing tag)");
-    };
-    match tag {
-        TAG_NULL | TAG_FALSE | TAG_TRUE => Ok(at + 1),
-        TAG_I64 => {
-            read_u64(buf, at + 1)?;
-            Ok(at + 9)
-        }
-        TAG_F64 => {
-            let bits = read_u64(buf, at + 1)?;
-            if f64::from_bits(bits).is_nan() && bits != CANONICAL_NAN {
-                buf[at + 1..at + 9].copy_from_slice(&CANONICAL_NAN.to_le_bytes());
-            }
-            Ok(at + 9)
-        }
-        TAG_STR | TAG_BYTES => {
-            let len = read_u32(buf, at + 1)? as usize;
-            let end = (at + 5).checked_add(len).filter(|&e| e <= buf.len());
-            let Some(end) = end else {
-                return err(at, "string/bytes length runs past the end of the buffer");
-            };
-            // Most strings are short and ASCII: check that word-wise first.
-            if tag == TAG_STR && !buf[at + 5..end].is_ascii() && core::str::from_utf8(&buf[at + 5..end]).is_err() {
-                return err(at, "string is not valid UTF-8");
-            }
-            Ok(end)
-        }
-        TAG_TUPLE | TAG_LIST => {
-            if depth >= MAX_DEPTH {
-                return err(at, "values nested too deeply");
-            }
-            let n = read_u32(buf, at + 1)?;
-            let mut p = at + 5;
-            for _ in 0..n {
-                p = validate_inner(buf, p, depth + 1)?;
-            }
-            Ok(p)
-        }
-        _ => err(at, "unknown type tag"),
+    if let Some(r) = validate_scalar(buf, at) {
+        return r;
     }
+    if buf.get(at).is_none() {
+        return err(at, "truncated value (missing tag)");
+    }
+    if depth >= MAX_DEPTH {
+        return err(at, "values nested too deeply");
+    }
+    let n = read_u32(buf, at + 1)?;
+    let mut p = at + 5;
+    for _ in 0..n {
+        p = match validate_scalar(buf, p) {
+            Some(r) => r?,
+            None => validate_inner(buf, p, depth + 1)?,
+        };
+    }
+    Ok(p)
 }
 
 /// Validates a whole batch (see [`validate_value`]); returns its record count.
@@ -357,7 +408,72 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// Cuts a batch into runs of whole records of about `bytes` bytes each:
+/// `(record count, the records' bytes)`, in order. The cut depends only on
+/// the batch's bytes, so it is the same on every run.
+pub fn chunks(batch: &[u8], bytes: usize) -> Result<Vec<(u32, &[u8])>, CodecError> {
+    let n = read_u32(batch, 0)?;
+    let mut out = Vec::new();
+    let (mut start, mut p, mut count) = (4usize, 4usize, 0u32);
+    for _ in 0..n {
+        p = skip_value(batch, p)?;
+        count += 1;
+        if p - start >= bytes {
+            out.push((count, &batch[start..p]));
+            (start, count) = (p, 0);
+        }
+    }
+    if count > 0 || out.is_empty() {
+        out.push((count, &batch[start..p]));
+    }
+    Ok(out)
+}
+
+/// Iterates over a batch of `(key, value)` pairs known to be valid, giving
+/// each pair's key and value bytes. A record that is not a 2-tuple ends the
+/// iteration with an error whose offset is that record's.
+#[derive(Clone)]
+pub struct Pairs<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    left: u32,
+}
+
+impl<'a> Pairs<'a> {
+    pub fn new(batch: &'a [u8]) -> Result<Self, CodecError> {
+        Ok(Pairs { buf: batch, pos: 4, left: read_u32(batch, 0)? })
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), CodecError>;
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (buf, at) = (self.buf, self.pos);
+        let r = if buf.get(at) == Some(&TAG_TUPLE) && read_u32(buf, at + 1) == Ok(2) {
+            skip_value(buf, at + 5).and_then(|k_end| skip_value(buf, k_end).map(|v_end| (k_end, v_end)))
+        } else {
+            err(at, "expected a (key, value) pair")
+        };
+        match r {
+            Ok((k_end, v_end)) => {
+                self.pos = v_end;
+                Some(Ok((&buf[at + 5..k_end], &buf[k_end..v_end])))
+            }
+            Err(e) => {
+                self.left = 0;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Splits an encoded 2-tuple into the raw bytes of its key and its value.
+#[inline]
 pub fn split_pair(rec: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
     if rec.first() != Some(&TAG_TUPLE) || read_u32(rec, 1)? != 2 {
         return err(0, "expected a (key, value) pair");
