@@ -539,3 +539,66 @@ pub fn encode_i64(v: i64) -> [u8; 9] {
 pub(crate) fn lossy(s: &[u8]) -> String {
     String::from_utf8_lossy(s).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+
+    fn strs(xs: &[&str]) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        for x in xs {
+            b.push_with(|w| w.str(x));
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn chunks_cut_at_whole_records_and_rejoin_to_the_batch() {
+        let words: Vec<String> = (0..1000).map(|i| "w".repeat(1 + i % 13)).collect();
+        let batch = strs(&words.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        for size in [1, 7, 64, 1000, 1 << 20] {
+            let cs = chunks(&batch, size).unwrap();
+            assert_eq!(cs.iter().map(|c| c.0).sum::<u32>(), 1000, "size {size}");
+            let mut rejoined = BatchBuilder::new();
+            for (n, body) in &cs {
+                let mut one = n.to_le_bytes().to_vec();
+                one.extend_from_slice(body);
+                assert_eq!(Records::new(&one).unwrap().count(), *n as usize);
+                rejoined.append_batch(&one).unwrap();
+            }
+            assert_eq!(rejoined.finish(), batch, "size {size}");
+            assert!(cs.iter().rev().skip(1).all(|(_, b)| b.len() >= size), "every chunk but the last is full");
+        }
+        assert_eq!(chunks(&strs(&[]), 64).unwrap(), vec![(0, &[][..])]);
+    }
+
+    #[test]
+    fn pairs_give_keys_and_values_and_stop_at_a_non_pair() {
+        let mut b = BatchBuilder::new();
+        b.push_with(|w| {
+            w.tuple(2);
+            w.str("a");
+            w.i64(1);
+        });
+        b.push_with(|w| w.i64(5));
+        let batch = b.finish();
+        let mut it = Pairs::new(&batch).unwrap();
+        let (k, v) = it.next().unwrap().unwrap();
+        assert_eq!((as_str(k), as_i64(v)), (Some("a"), Some(1)));
+        let e = it.next().unwrap().unwrap_err();
+        assert_eq!(e.offset, 4 + 5 + 6 + 9, "the offset of the record that is not a pair");
+        assert!(it.next().is_none());
+    }
+
+    #[test]
+    fn validation_fast_paths_still_refuse_bad_strings() {
+        let mut bad = strs(&["ok", "caf\u{e9}"]);
+        let n = bad.len();
+        bad[n - 1] = 0xff; // the last byte of "café" is no longer UTF-8
+        assert!(validate_batch(&mut bad).is_err());
+        let mut good = strs(&["ok", "caf\u{e9}", &"x".repeat(40)]);
+        assert_eq!(validate_batch(&mut good), Ok(3));
+    }
+}
