@@ -1157,13 +1157,17 @@ fn large_partitions_go_through_the_pipeline_in_chunks_with_the_same_result() {
     for w in lines.iter().flat_map(|l| l.split_ascii_whitespace()) {
         *want.entry(w).or_default() += 1;
     }
-    let input = vec![lines.iter().map(|l| s(l)).collect::<Vec<_>>()];
-    let out = run1(input, |ssc, src| {
-        let wc = wordcount(ssc);
-        src.flat_map(&wc.udf("split"))?.map(&wc.udf("pair"))?.reduce_by_key(&wc.udf("sum"))
-    });
+    let ssc = ctx();
+    let wc = wordcount(&ssc);
+    let src = ssc.queue_stream(vec![lines.iter().map(|l| s(l)).collect::<Vec<_>>()]);
+    let counts = src.flat_map(&wc.udf("split")).unwrap().map(&wc.udf("pair")).unwrap();
+    let c = counts.reduce_by_key(&wc.udf("sum")).unwrap().collect().unwrap();
+    let report = run_ok(ssc, opts(2));
     let want: Vec<Value> = want.iter().map(|(k, n)| p(s(k), i(*n))).collect();
-    assert_unordered(out, every_second(vec![want]));
+    assert_unordered(taken(&c), every_second(vec![want]));
+    // Whole partitions would make 2 chained calls of 2 steps (plus at most 4
+    // sum calls); 512 KiB partitions in 64 KiB chunks make at least 8 each.
+    assert!(report.metrics.udf_calls >= 2 * 8 * 2, "not chunked: {} UDF calls", report.metrics.udf_calls);
 
     // Order within the batch is kept exactly: filter then map over 200 000
     // integers (1.8 MB), compared with the same done natively.

@@ -353,8 +353,9 @@ impl<'a> MapSide<'a> {
     }
 
     /// Combines what was fed and returns the `n` buckets.
-    pub(crate) fn finish(mut self, cx: &mut TaskCx<'_, '_>, p: u32) -> Result<Vec<Vec<u8>>, TaskFailure> {
-        let n = self.n as u64;
+    pub(crate) fn finish(mut self, cx: &mut TaskCx<'_, '_>) -> Result<Vec<Vec<u8>>, TaskFailure> {
+        // A map task's UDF calls are labelled with its map partition.
+        let (n, p) = (self.n as u64, self.map);
         match self.agg {
             Aggregation::ReduceByKey(r) => {
                 self.groups.finish();

@@ -14,6 +14,7 @@ use weir_codec as codec;
 use super::block_store::{Block, BlockStore};
 use super::{shuffle, state};
 use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
+use crate::udf::abi::batch_count;
 use crate::udf::{ModuleHash, ModuleRegistry, UdfError, UdfInstance, UdfKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,7 +328,7 @@ impl TaskCx<'_, '_> {
         let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
         let mut side = shuffle::MapSide::new(aggregation, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
-        let buckets = side.finish(self, map)?;
+        let buckets = side.finish(self)?;
         for (r, data) in buckets.into_iter().enumerate() {
             self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
         }
@@ -401,7 +402,7 @@ impl TaskCx<'_, '_> {
         let runs = runs(ops);
         if input.len() <= CHUNK_BYTES || !ops.iter().all(per_record) {
             let header = input.get(..4).ok_or_else(|| bad("malformed batch: no header"))?;
-            return self.run_chunk(&runs, abi_count(input), &[header, &input[4..]], p, sink);
+            return self.run_chunk(&runs, batch_count(input), &[header, &input[4..]], p, sink);
         }
         for (count, body) in codec::chunks(input, CHUNK_BYTES)? {
             self.run_chunk(&runs, count, &[&count.to_le_bytes(), body], p, sink)?;
@@ -422,7 +423,7 @@ impl TaskCx<'_, '_> {
         for (i, run) in runs.iter().enumerate() {
             let last = i + 1 == runs.len();
             let (n, input): (u32, Vec<&[u8]>) = match &cur {
-                Some(b) => (abi_count(b), vec![b.as_slice()]),
+                Some(b) => (batch_count(b), vec![b.as_slice()]),
                 None => (count, parts.to_vec()),
             };
             match run {
@@ -511,8 +512,8 @@ impl TaskCx<'_, '_> {
     fn apply(&mut self, op: &NarrowOp, input: &[u8], p: u32) -> Result<Vec<u8>, TaskFailure> {
         let recs = || records(input);
         Ok(match op {
+            // map, flat_map and map_partitions run as chained calls (`runs`).
             NarrowOp::Udf(f) => match f.kind {
-                UdfKind::Map | UdfKind::FlatMap | UdfKind::MapPartitions => self.call(f, input, p)?,
                 UdfKind::Filter => {
                     let keep = self.call(f, input, p)?;
                     let mut b = codec::BatchBuilder::with_capacity(input.len());
@@ -644,10 +645,6 @@ fn per_record(op: &NarrowOp) -> bool {
         NarrowOp::Glom => false,
         _ => true,
     }
-}
-
-fn abi_count(batch: &[u8]) -> u32 {
-    crate::udf::abi::batch_count(batch)
 }
 
 /// For each global map index, the parent it belongs to.

@@ -243,16 +243,21 @@ fn skip_scalar(buf: &[u8], at: usize) -> Option<Result<usize, CodecError>> {
                 Ok(at + 9)
             }
         }
-        TAG_STR | TAG_BYTES => match read_u32(buf, at + 1) {
-            Ok(len) => match (at + 5).checked_add(len as usize).filter(|&e| e <= buf.len()) {
-                Some(end) => Ok(end),
-                None => err(at, "string/bytes length runs past the end of the buffer"),
-            },
-            Err(e) => Err(e),
-        },
+        TAG_STR | TAG_BYTES => str_end(buf, at),
         TAG_TUPLE | TAG_LIST => return None,
         _ => err(at, "unknown type tag"),
     })
+}
+
+/// The end of the string or bytes value at `at` (its length checked against
+/// the buffer).
+#[inline(always)]
+fn str_end(buf: &[u8], at: usize) -> Result<usize, CodecError> {
+    let len = read_u32(buf, at + 1)? as usize;
+    match (at + 5).checked_add(len).filter(|&e| e <= buf.len()) {
+        Some(end) => Ok(end),
+        None => err(at, "string/bytes length runs past the end of the buffer"),
+    }
 }
 
 fn skip_inner(buf: &[u8], at: usize, depth: usize) -> Result<usize, CodecError> {
@@ -313,20 +318,14 @@ fn validate_scalar(buf: &mut [u8], at: usize) -> Option<Result<usize, CodecError
             }
             Err(e) => Err(e),
         },
-        TAG_STR | TAG_BYTES => match read_u32(buf, at + 1) {
-            Ok(len) => match (at + 5).checked_add(len as usize).filter(|&e| e <= buf.len()) {
-                // Most strings are short and ASCII: check that first.
-                Some(end)
-                    if tag == TAG_STR
-                        && !ascii(&buf[at + 5..end])
-                        && core::str::from_utf8(&buf[at + 5..end]).is_err() =>
-                {
-                    err(at, "string is not valid UTF-8")
-                }
-                Some(end) => Ok(end),
-                None => err(at, "string/bytes length runs past the end of the buffer"),
-            },
-            Err(e) => Err(e),
+        TAG_STR | TAG_BYTES => match str_end(buf, at) {
+            // Most strings are short and ASCII: check that first.
+            Ok(end)
+                if tag == TAG_STR && !ascii(&buf[at + 5..end]) && core::str::from_utf8(&buf[at + 5..end]).is_err() =>
+            {
+                err(at, "string is not valid UTF-8")
+            }
+            r => r,
         },
         TAG_TUPLE | TAG_LIST => return None,
         _ => err(at, "unknown type tag"),
