@@ -7,7 +7,10 @@
 //!   line. The batch is written into a temporary directory next to the target
 //!   and renamed into place, so a batch's output appears whole or not at all,
 //!   and a re-run batch replaces it: exactly one copy per batch time.
-//! * `collect` — keeps the records in memory (Rust API, tests).
+//! * `collect` — keeps the records in memory, decoded (Rust API, tests).
+//! * `foreach_rdd` — hands each batch's encoded partitions to a function on
+//!   the driver (Rust API): Spark's `foreachRDD`, for custom sinks and for
+//!   consumers that read the records in place without decoding them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,9 @@ pub enum OutputSpec {
     /// Index into the context's collectors (Rust API only).
     #[serde(skip)]
     Collect { id: usize },
+    /// Index into the context's `foreach_rdd` functions (Rust API only).
+    #[serde(skip)]
+    ForeachRdd { id: usize },
 }
 
 fn default_num() -> usize {
@@ -40,12 +46,20 @@ fn default_num() -> usize {
 /// Records collected by a `collect` output: `(batch time, records)`.
 pub type Collected = Arc<Mutex<Vec<(i64, Vec<Value>)>>>;
 
+/// A `foreach_rdd` function: gets the batch time and the batch's partitions
+/// (each an encoded batch, `docs/udf-abi.md` §2, readable with
+/// `weir::codec::Records`), in partition order. An `Err` fails the batch with
+/// that message.
+pub type ForeachRdd = Arc<dyn Fn(i64, &[Vec<u8>]) -> Result<(), String> + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("malformed record in output: {0}")]
     Malformed(String),
+    #[error("foreach_rdd at batch {time} ms: {message}")]
+    Foreach { time: i64, message: String },
 }
 
 /// Spark's `print()` block for one batch.

@@ -385,6 +385,43 @@ fn reduce_by_key_into_n_partitions() {
     assert_eq!(sorted(all), sorted(want));
 }
 
+/// `foreach_rdd` gets each batch's partitions, encoded, in partition order:
+/// the same records `collect` decodes; an `Err` fails that batch only.
+#[test]
+fn foreach_rdd_sees_each_batch_encoded_and_can_fail_a_batch() {
+    let ssc = ctx();
+    let wc = wordcount(&ssc);
+    let input = vec![kvs(&[("a", 1), ("b", 2), ("a", 3)]), kvs(&[("c", 4)]), kvs(&[("d", 5)])];
+    let counts = ssc.queue_stream(input).reduce_by_key(&wc.udf("sum")).unwrap();
+    let collected = counts.collect().unwrap();
+    let seen: Arc<Mutex<Vec<(i64, Vec<Vec<u8>>)>>> = Arc::default();
+    let s2 = seen.clone();
+    counts
+        .foreach_rdd(move |time, parts| {
+            s2.lock().unwrap().push((time, parts.to_vec()));
+            if time == 2000 {
+                return Err("the sink is full".into());
+            }
+            Ok(())
+        })
+        .unwrap();
+    let report = ssc.run(opts(2)).unwrap();
+    let failed: Vec<(i64, Vec<String>)> = report.failed_batches().map(|b| (b.time, b.errors.clone())).collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, 2000);
+    assert!(failed[0].1.iter().any(|e| e.contains("foreach_rdd at batch 2000 ms: the sink is full")), "{failed:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1000, 2000, 3000]);
+    let collected = taken(&collected);
+    for ((t, parts), (ct, values)) in seen.iter().zip(&collected) {
+        assert_eq!(t, ct);
+        assert_eq!(parts.len(), 2, "one encoded batch per partition");
+        let decoded: Vec<Value> = parts.iter().flat_map(|p| Value::decode_batch(p).unwrap()).collect();
+        assert_eq!(&decoded, values, "batch {t}");
+    }
+    assert_eq!(sorted(collected[0].1.clone()), sorted(kvs(&[("a", 4), ("b", 2)])));
+}
+
 #[test]
 fn reduce_by_key_needs_pairs() {
     let ssc = ctx();

@@ -31,7 +31,7 @@ use weir_codec::Value;
 
 use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfRef};
 use crate::scheduler::job_generator::{JobRunner, RunOptions, RunReport};
-use crate::sink::{Collected, OutputSpec};
+use crate::sink::{Collected, ForeachRdd, OutputSpec};
 use crate::source::SourceSpec;
 use crate::udf::{ModuleRegistry, UdfKind, UdfLimits, UdfModule, UdfRuntime};
 use crate::EngineError;
@@ -76,6 +76,7 @@ impl ModuleHandle {
 struct Inner {
     graph: Graph,
     collectors: Vec<Collected>,
+    foreach: Vec<ForeachRdd>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -108,7 +109,7 @@ impl StreamingContext {
     pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Self {
         let graph = Graph::new(batch_interval.as_millis().max(1) as i64, 2);
         StreamingContext {
-            inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new() })),
+            inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new(), foreach: Vec::new() })),
             registry,
             base_dir: PathBuf::from("."),
             identity: None,
@@ -189,6 +190,7 @@ impl StreamingContext {
             base_dir: self.base_dir.clone(),
             registry: self.registry.clone(),
             collectors: inner.collectors.clone(),
+            foreach: inner.foreach.clone(),
         };
         drop(inner);
         runner.run(opts)
@@ -534,5 +536,19 @@ impl DStream {
         };
         self.output(OutputSpec::Collect { id })?;
         Ok(c)
+    }
+    /// Calls `f` on the driver with each batch's time and its partitions,
+    /// encoded (Spark's `foreachRDD`; see [`ForeachRdd`]). For sinks that
+    /// read records in place instead of decoding them into [`Value`]s.
+    pub fn foreach_rdd(
+        &self,
+        f: impl Fn(i64, &[Vec<u8>]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<(), EngineError> {
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.foreach.push(Arc::new(f));
+            inner.foreach.len() - 1
+        };
+        self.output(OutputSpec::ForeachRdd { id })
     }
 }

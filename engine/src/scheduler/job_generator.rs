@@ -23,7 +23,7 @@ use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::dstream::graph::{generate, register, Generated, Graph, NodeOp};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
 use crate::rdd::{BlockId, Rdd, RddId, RddOp};
-use crate::sink::{self, Collected, OutputSpec};
+use crate::sink::{self, Collected, ForeachRdd, OutputSpec};
 use crate::source::{self, Source};
 use crate::udf::ModuleRegistry;
 use crate::EngineError;
@@ -198,6 +198,7 @@ pub struct JobRunner {
     pub base_dir: PathBuf,
     pub registry: Arc<ModuleRegistry>,
     pub collectors: Vec<Collected>,
+    pub foreach: Vec<ForeachRdd>,
 }
 
 fn now_ms() -> i64 {
@@ -636,6 +637,11 @@ impl JobRunner {
                 let values = sink::decode_partitions(parts)?;
                 if let Some(c) = self.collectors.get(*id) {
                     c.lock().unwrap_or_else(|p| p.into_inner()).push((time, values));
+                }
+            }
+            OutputSpec::ForeachRdd { id } => {
+                if let Some(f) = self.foreach.get(*id) {
+                    f(time, parts).map_err(|message| sink::SinkError::Foreach { time, message })?;
                 }
             }
         }
