@@ -313,23 +313,27 @@ pub mod rt {
         Ok(xs)
     }
 
-    /// Folds each input group (a non-empty list) left to right.
+    /// Folds each input group (a non-empty list) left to right. The groups
+    /// are walked once, value by value (no separate pass to find where each
+    /// group ends).
     pub fn reduce<'a, V: FromValue<'a> + ToValue>(
         input: &'a [u8],
         out: &mut Vec<u8>,
         mut f: impl FnMut(V, V) -> Result<V, String>,
     ) -> Result<(), String> {
-        let recs = records(input)?;
-        out.extend_from_slice(&recs.remaining().to_le_bytes());
-        for (i, r) in recs.enumerate() {
-            let g = r.map_err(|e| e.to_string())?;
-            let (n, mut p) = container(g, TAG_LIST, "list of values to reduce")?;
+        let groups = records(input)?.remaining();
+        out.extend_from_slice(&groups.to_le_bytes());
+        let mut p = 4;
+        for i in 0..groups {
+            let (n, body) = container(input.get(p..).unwrap_or_default(), TAG_LIST, "list of values to reduce")
+                .map_err(|e| format!("group {i}: {e}"))?;
             if n == 0 {
                 return Err(format!("group {i} is empty"));
             }
+            p += body;
             let mut acc: Option<V> = None;
             for _ in 0..n {
-                let (v, e) = V::decode_at(g, p).map_err(|e| format!("group {i}: {e}"))?;
+                let (v, e) = V::decode_at(input, p).map_err(|e| format!("group {i}: {e}"))?;
                 p = e;
                 acc = Some(match acc {
                     None => v,

@@ -43,12 +43,22 @@ fn tag_name(v: &[u8]) -> &'static str {
     }
 }
 
+#[cold]
 fn mismatch<T>(want: &str, v: &[u8]) -> Result<T, String> {
     Err(format!("expected {want}, got {}", tag_name(v)))
 }
 
+#[inline(always)]
 fn u32_at(v: &[u8], at: usize) -> Result<u32, String> {
-    v.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| "truncated value".to_string())
+    match v.get(at..at + 4) {
+        Some(b) => Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        None => truncated(),
+    }
+}
+
+#[cold]
+fn truncated<T>() -> Result<T, String> {
+    Err("truncated value".to_string())
 }
 
 fn scalar8(v: &[u8]) -> Result<[u8; 8], String> {
@@ -58,13 +68,13 @@ fn scalar8(v: &[u8]) -> Result<[u8; 8], String> {
 }
 
 impl<'a> FromValue<'a> for &'a str {
-    #[inline]
+    #[inline(always)]
     fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
         if buf.get(at) != Some(&TAG_STR) {
             return mismatch("string", buf.get(at..).unwrap_or_default());
         }
         let len = u32_at(buf, at + 1)? as usize;
-        let b = buf.get(at + 5..at + 5 + len).ok_or("truncated string")?;
+        let Some(b) = buf.get(at + 5..at + 5 + len) else { return truncated() };
         // SAFETY: as in `from_value`.
         Ok((unsafe { core::str::from_utf8_unchecked(b) }, at + 5 + len))
     }
@@ -101,7 +111,7 @@ impl<'a> FromValue<'a> for Raw<'a> {
     }
 }
 impl<'a> FromValue<'a> for i64 {
-    #[inline]
+    #[inline(always)]
     fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
         match buf.get(at..at + 9) {
             Some(b) if b[0] == TAG_I64 => {

@@ -288,17 +288,28 @@ fn skip_inner(buf: &[u8], at: usize, depth: usize) -> Result<usize, CodecError> 
 pub fn validate_value(buf: &mut [u8], at: usize) -> Result<usize, CodecError> {
     match validate_scalar(buf, at) {
         Some(r) => r,
-        None => validate_inner(buf, at, 0),
+        None => validate_container(buf, at, 0),
     }
 }
 
-/// Whether `b` is ASCII; short strings (most keys and words) without a call.
+/// Whether `b` is ASCII; short strings (most keys and words) without a call
+/// and without a loop: two overlapping word loads cover any length from k to
+/// 2k bytes.
 #[inline(always)]
 fn ascii(b: &[u8]) -> bool {
-    if b.len() <= 16 {
-        b.iter().fold(0u8, |a, &x| a | x) < 0x80
-    } else {
-        b.is_ascii()
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let n = b.len();
+    let word = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(a)
+    };
+    let half = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    match n {
+        8..=16 => (word(0) | word(n - 8)) & HI == 0,
+        4..=7 => (half(0) | half(n - 4)) & HI as u32 == 0,
+        0..=3 => b.iter().fold(0u8, |a, &x| a | x) < 0x80,
+        _ => b.is_ascii(),
     }
 }
 
@@ -332,10 +343,11 @@ fn validate_scalar(buf: &mut [u8], at: usize) -> Option<Result<usize, CodecError
     })
 }
 
-fn validate_inner(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, CodecError> {
-    if let Some(r) = validate_scalar(buf, at) {
-        return r;
-    }
+/// Validates the tuple or list at `at` (or reports a missing tag). Inlined
+/// into [`validate_value`], so a record that is a tuple of scalars (a pair)
+/// is checked without a call; deeper levels go through `validate_nested`.
+#[inline(always)]
+fn validate_container(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, CodecError> {
     if buf.get(at).is_none() {
         return err(at, "truncated value (missing tag)");
     }
@@ -347,10 +359,15 @@ fn validate_inner(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, Code
     for _ in 0..n {
         p = match validate_scalar(buf, p) {
             Some(r) => r?,
-            None => validate_inner(buf, p, depth + 1)?,
+            None => validate_nested(buf, p, depth + 1)?,
         };
     }
     Ok(p)
+}
+
+#[inline(never)]
+fn validate_nested(buf: &mut [u8], at: usize, depth: usize) -> Result<usize, CodecError> {
+    validate_container(buf, at, depth)
 }
 
 /// Validates a whole batch (see [`validate_value`]); returns its record count.
@@ -446,7 +463,7 @@ impl<'a> Pairs<'a> {
 
 impl<'a> Iterator for Pairs<'a> {
     type Item = Result<(&'a [u8], &'a [u8]), CodecError>;
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
             return None;
@@ -599,5 +616,25 @@ mod tests {
         assert!(validate_batch(&mut bad).is_err());
         let mut good = strs(&["ok", "caf\u{e9}", &"x".repeat(40)]);
         assert_eq!(validate_batch(&mut good), Ok(3));
+        // Every length and every position of a stray byte, in a pair (the
+        // inlined tuple path) and alone.
+        for n in 0..=40usize {
+            for bad_at in 0..n {
+                let word = "y".repeat(n);
+                let mut b = BatchBuilder::new();
+                b.push_with(|w| {
+                    w.tuple(2);
+                    w.str(&word);
+                    w.i64(1);
+                });
+                let mut batch = b.finish();
+                assert_eq!(validate_batch(&mut batch.clone()), Ok(1), "length {n}");
+                batch[4 + 5 + 5 + bad_at] = 0x80;
+                assert!(validate_batch(&mut batch).is_err(), "length {n}, stray byte at {bad_at}");
+                let mut one = strs(&[&word]);
+                one[4 + 5 + bad_at] = 0xC3; // a lead byte with no continuation
+                assert!(validate_batch(&mut one).is_err(), "length {n}, lead byte at {bad_at}");
+            }
+        }
     }
 }

@@ -1,0 +1,419 @@
+//! Grouping by key: the table behind reduce_by_key's map-side combine and
+//! the reduce side of reduce_by_key and group_by_key.
+//!
+//! Keys are kept in first-seen order with their values, owned (the records
+//! they come from may be a UDF's output, gone after the next call), so a
+//! group's position never depends on hashing or on the table's size. Each key
+//! is hashed once, with the partitioner's hash (reused for bucketing).
+//!
+//! The table is open addressing with linear probing over 32-byte slots (two
+//! per cache line) that hold short keys inline, so a lookup usually touches
+//! one cache line. With tens of thousands of keys per task the table
+//! outgrows L2 and a lookup of a rare key waits on memory; [`Groups::add_all`]
+//! therefore hashes a few records ahead and prefetches their slots, so those
+//! waits overlap instead of adding up.
+
+use weir_codec as codec;
+
+use super::task::{records, TaskCx, TaskFailure};
+use crate::rdd::{Reducer, PARTITION_SEED};
+use crate::udf::UdfKind;
+
+fn bad(msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::Other(msg.into())
+}
+
+/// The partitioner's hash (`rdd::partition_of` is this mod n).
+#[inline]
+pub(crate) fn key_hash(k: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)
+}
+
+/// Keys in first-seen order, each with its values in input order.
+/// Values are appended to one buffer as they come; [`Groups::finish`] lays
+/// them out group by group with one scatter pass.
+#[derive(Default)]
+pub(crate) struct Groups {
+    table: Table,
+    pub(crate) groups: Vec<Group>,
+    /// The distinct keys, back to back.
+    keys: Vec<u8>,
+    /// Per value, in input order: its group and its length.
+    recs: Vec<(u32, u32)>,
+    /// The values, in input order, back to back.
+    vals: Vec<u8>,
+    /// The values, grouped (filled by `finish`).
+    grouped: Vec<u8>,
+}
+
+pub(crate) struct Group {
+    pub(crate) hash: u64,
+    key: (usize, usize),
+    /// How many values, and their total size (set by `finish`).
+    pub(crate) count: u32,
+    bytes: usize,
+    /// Where its values start in `grouped` (after `finish`).
+    start: usize,
+}
+
+/// How many records [`Groups::add_all`] hashes (and prefetches) ahead of the
+/// one it inserts: enough to cover a miss to memory at a few ns per record.
+const AHEAD: usize = 8;
+
+impl Groups {
+    pub(crate) fn new() -> Self {
+        Groups { table: Table::with_slots(1 << 10), ..Default::default() }
+    }
+
+    pub(crate) fn key(&self, g: &Group) -> &[u8] {
+        &self.keys[g.key.0..g.key.0 + g.key.1]
+    }
+
+    /// Adds every `(key, value)` of `pairs`, in order.
+    #[inline]
+    pub(crate) fn add_all<'b, E>(
+        &mut self,
+        pairs: impl Iterator<Item = Result<(&'b [u8], &'b [u8]), E>>,
+    ) -> Result<(), E> {
+        let mut ring: [(&[u8], &[u8], u64); AHEAD] = [(&[], &[], 0); AHEAD];
+        let mut n = 0usize;
+        for kv in pairs {
+            let (k, v) = kv?;
+            let h = key_hash(k);
+            self.table.prefetch(h);
+            let at = n % AHEAD;
+            if n >= AHEAD {
+                let (k0, v0, h0) = ring[at];
+                self.add_hashed(k0, v0, h0);
+            }
+            ring[at] = (k, v, h);
+            n += 1;
+        }
+        for i in n.saturating_sub(AHEAD)..n {
+            let (k, v, h) = ring[i % AHEAD];
+            self.add_hashed(k, v, h);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn add_hashed(&mut self, k: &[u8], v: &[u8], h: u64) {
+        let g = match self.table.find(h, k, &self.groups, &self.keys) {
+            Ok(g) => g,
+            Err(slot) => {
+                let g = self.groups.len() as u32;
+                self.groups.push(Group { hash: h, key: (self.keys.len(), k.len()), count: 0, bytes: 0, start: 0 });
+                self.keys.extend_from_slice(k);
+                self.table.fill(slot, h, k, g);
+                g
+            }
+        };
+        self.recs.push((g, v.len() as u32));
+        match <&[u8; 9]>::try_from(v) {
+            // An i64 (the usual count or sum): a fixed-size copy, no memcpy call.
+            Ok(v9) => self.vals.extend_from_slice(v9),
+            Err(_) => self.vals.extend_from_slice(v),
+        }
+    }
+
+    /// Lays the values out group by group (stable: values keep their input
+    /// order within a key) and frees the table.
+    pub(crate) fn finish(&mut self) {
+        self.table = Table::default();
+        // Counted here, in two compact arrays that stay in cache, rather than
+        // in the groups (48 bytes each) or in the table during `add`.
+        let mut count = vec![0u32; self.groups.len()];
+        let mut bytes = vec![0usize; self.groups.len()];
+        for &(g, n) in &self.recs {
+            count[g as usize] += 1;
+            bytes[g as usize] += n as usize;
+        }
+        let mut cursor = Vec::with_capacity(self.groups.len());
+        let mut start = 0;
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            g.count = count[i];
+            g.bytes = bytes[i];
+            g.start = start;
+            cursor.push(start);
+            start += g.bytes;
+        }
+        self.grouped = vec![0u8; start];
+        let mut at = 0;
+        for &(g, n) in &self.recs {
+            let n = n as usize;
+            let c = &mut cursor[g as usize];
+            self.grouped[*c..*c + n].copy_from_slice(&self.vals[at..at + n]);
+            *c += n;
+            at += n;
+        }
+        self.recs = Vec::new();
+        self.vals = Vec::new();
+    }
+
+    /// The values of group `g`, back to back, in input order (after `finish`).
+    pub(crate) fn values_of(&self, g: &Group) -> &[u8] {
+        &self.grouped[g.start..g.start + g.bytes]
+    }
+
+    /// Folds each group's values with `r` and hands `(key, hash, folded
+    /// value)` to `emit`, in group order. Single values need no call; all
+    /// other groups go to the UDF in one batch.
+    pub(crate) fn fold_each(
+        &self,
+        cx: &mut TaskCx<'_, '_>,
+        r: &Reducer,
+        p: u32,
+        mut emit: impl FnMut(&[u8], u64, &[u8]),
+    ) -> Result<(), TaskFailure> {
+        let f = match r {
+            Reducer::Udf(f) => f,
+            Reducer::SumI64 | Reducer::SubI64 => {
+                for g in &self.groups {
+                    emit(self.key(g), g.hash, &fold_i64(r, values(self.values_of(g)))?);
+                }
+                return Ok(());
+            }
+        };
+        let multi: usize = self.groups.iter().filter(|g| g.count > 1).map(|g| g.bytes + 5).sum();
+        let mut input = codec::BatchBuilder::with_capacity(multi);
+        for g in self.groups.iter().filter(|g| g.count > 1) {
+            input.push_with(|w| w.list(g.count));
+            input.extend_current(self.values_of(g));
+        }
+        let out = if input.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::Reduce, &input.finish(), p)?) };
+        let mut folded = match &out {
+            Some(o) => Some(records(o)?),
+            None => None,
+        };
+        for g in &self.groups {
+            if g.count > 1 {
+                let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad("reduce output too short"))?;
+                emit(self.key(g), g.hash, v?);
+            } else {
+                emit(self.key(g), g.hash, self.values_of(g));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The values laid out back to back in `buf`.
+pub(crate) fn values(buf: &[u8]) -> impl Iterator<Item = Result<&[u8], TaskFailure>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= buf.len() {
+            return None;
+        }
+        Some(match codec::skip_value(buf, at) {
+            Ok(end) => {
+                let v = &buf[at..end];
+                at = end;
+                Ok(v)
+            }
+            Err(e) => {
+                at = buf.len();
+                Err(bad(format!("malformed value: {e}")))
+            }
+        })
+    })
+}
+
+/// Folds integers with native addition (or subtraction), left to right.
+pub(crate) fn fold_i64<'v>(
+    r: &Reducer,
+    vals: impl Iterator<Item = Result<&'v [u8], TaskFailure>>,
+) -> Result<[u8; 9], TaskFailure> {
+    let mut acc: Option<i64> = None;
+    for v in vals {
+        let v = v?;
+        let x = codec::as_i64(v)
+            .ok_or_else(|| bad(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
+        acc = Some(match (acc, r) {
+            (None, _) => x,
+            (Some(a), Reducer::SubI64) => a.wrapping_sub(x),
+            (Some(a), _) => a.wrapping_add(x),
+        });
+    }
+    Ok(codec::encode_i64(acc.unwrap_or(0)))
+}
+
+// ------------------------------------------------------------------ table
+
+/// Keys up to this long live in their slot.
+const INLINE_KEY: usize = 20;
+
+/// A table slot: 32 bytes, aligned, so that it never straddles a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot {
+    /// The high half of the key's hash: where its probe starts, and a filter
+    /// before comparing keys. (The partitioner uses the low bits, which on
+    /// the reduce side are the same for every key of a partition.)
+    tag: u32,
+    /// The group's index + 1; 0 marks an empty slot.
+    group: u32,
+    len: u32,
+    inline: [u8; INLINE_KEY],
+}
+
+const EMPTY: Slot = Slot { tag: 0, group: 0, len: 0, inline: [0; INLINE_KEY] };
+
+#[derive(Default)]
+struct Table {
+    slots: Vec<Slot>,
+    /// Occupied slots.
+    len: usize,
+}
+
+#[inline]
+fn tag_of(h: u64) -> u32 {
+    (h >> 32) as u32
+}
+
+#[inline]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    // Keys are short; a plain loop beats a call to memcmp.
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+impl Table {
+    fn with_slots(n: usize) -> Self {
+        Table { slots: vec![EMPTY; n.next_power_of_two()], len: 0 }
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Hints the CPU to fetch the slot where the probe for `h` starts.
+    #[inline]
+    fn prefetch(&self, h: u64) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let slot: *const Slot = &self.slots[tag_of(h) as usize & self.mask()];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint: it reads nothing the program
+        // sees and never faults, and the address is a slot of the table.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(slot as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
+    /// The group of key `k` (hash `h`), or the empty slot where it goes.
+    #[inline]
+    fn find(&mut self, h: u64, k: &[u8], groups: &[Group], keys: &[u8]) -> Result<u32, usize> {
+        // Grow at 3/4 full: linear probing's runs stay short up to there.
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow(groups);
+        }
+        let tag = tag_of(h);
+        let mask = self.mask();
+        let mut i = tag as usize & mask;
+        loop {
+            let s = &self.slots[i];
+            if s.group == 0 {
+                return Err(i);
+            }
+            if s.tag == tag && s.len as usize == k.len() {
+                let same = if k.len() <= INLINE_KEY {
+                    key_eq(&s.inline[..k.len()], k)
+                } else {
+                    let (at, n) = groups[s.group as usize - 1].key;
+                    key_eq(&keys[at..at + n], k)
+                };
+                if same {
+                    return Ok(s.group - 1);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Puts group `g` (key `k`, hash `h`) into empty slot `i` (from `find`).
+    #[inline]
+    fn fill(&mut self, i: usize, h: u64, k: &[u8], g: u32) {
+        let s = &mut self.slots[i];
+        s.tag = tag_of(h);
+        s.group = g + 1;
+        s.len = k.len() as u32;
+        if k.len() <= INLINE_KEY {
+            s.inline[..k.len()].copy_from_slice(k);
+        }
+        self.len += 1;
+    }
+
+    #[cold]
+    fn grow(&mut self, groups: &[Group]) {
+        let n = (self.slots.len() * 2).max(1 << 10);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
+        let mask = n - 1;
+        for s in old.into_iter().filter(|s| s.group != 0) {
+            debug_assert_eq!(s.tag, tag_of(groups[s.group as usize - 1].hash));
+            let mut i = s.tag as usize & mask;
+            while self.slots[i].group != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str) -> Vec<u8> {
+        codec::Value::str(s).encode()
+    }
+
+    /// Groups in first-seen order, values in input order, through several
+    /// table growths, with short (inline) and long keys, and with keys whose
+    /// hashes share their low bits (as on the reduce side).
+    #[test]
+    fn groups_keep_first_seen_order_through_growth() {
+        let keys: Vec<Vec<u8>> = (0..5000)
+            .map(|i| if i % 7 == 0 { enc(&format!("a-rather-long-key-number-{i}")) } else { enc(&format!("k{i}")) })
+            .collect();
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for round in 0..3i64 {
+            for (i, k) in keys.iter().enumerate() {
+                if round == 0 || i % (round as usize + 1) == 0 {
+                    pairs.push((k.clone(), codec::encode_i64(round * 10_000 + i as i64).to_vec()));
+                }
+            }
+        }
+        let mut g = Groups::new();
+        g.add_all(pairs.iter().map(|(k, v)| Ok::<_, ()>((k.as_slice(), v.as_slice())))).unwrap();
+        g.finish();
+        assert_eq!(g.groups.len(), keys.len());
+        for (i, grp) in g.groups.iter().enumerate() {
+            assert_eq!(g.key(grp), keys[i].as_slice(), "group {i} is the {i}th key seen");
+            assert_eq!(grp.hash, key_hash(&keys[i]));
+            let want: Vec<i64> =
+                (0..3i64).filter(|&r| r == 0 || i % (r as usize + 1) == 0).map(|r| r * 10_000 + i as i64).collect();
+            let got: Vec<i64> = values(g.values_of(grp)).map(|v| codec::as_i64(v.unwrap()).unwrap()).collect();
+            assert_eq!(got, want, "values of group {i}");
+            assert_eq!(grp.count as usize, want.len());
+        }
+    }
+
+    /// Two keys with the same tag and length but different bytes stay apart.
+    #[test]
+    fn equal_tags_do_not_merge_keys() {
+        let mut t = Table::with_slots(4);
+        let (groups, keys): (Vec<Group>, Vec<u8>) = (Vec::new(), Vec::new());
+        let h = 0xdead_beef_0000_0001;
+        let slot = t.find(h, b"ab", &groups, &keys).unwrap_err();
+        t.fill(slot, h, b"ab", 0);
+        assert_eq!(t.find(h, b"ab", &groups, &keys), Ok(0));
+        let other = t.find(h, b"ac", &groups, &keys).unwrap_err();
+        assert_ne!(other, slot);
+        t.fill(other, h, b"ac", 1);
+        assert_eq!(t.find(h, b"ac", &groups, &keys), Ok(1));
+        assert_eq!(t.find(h, b"ab", &groups, &keys), Ok(0));
+    }
+}
