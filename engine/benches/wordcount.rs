@@ -104,18 +104,35 @@ fn main() {
     );
     // WEIR_BENCH_THREADS=1 (or 2) runs one core count only, WEIR_BENCH_REPS
     // sets the repetitions (median reported): handy under `perf record`.
-    let reps: usize = std::env::var("WEIR_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let reps: usize = std::env::var("WEIR_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let only: Option<usize> = std::env::var("WEIR_BENCH_THREADS").ok().and_then(|s| s.parse().ok());
+    let sizes: Vec<usize> = match std::env::var("WEIR_BENCH_BATCH_LINES").ok().and_then(|s| s.parse().ok()) {
+        Some(n) => vec![n],
+        None => vec![100_000, 10_000],
+    };
     for threads in [1usize, 2].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
-        let mut times = Vec::new();
+        // The machine is shared and its speed drifts by more than the
+        // differences measured here, so each repetition runs the native loop
+        // and then every engine configuration back to back, and "vs native"
+        // is the median of the repetitions' own ratios.
+        let mut native = Vec::new();
+        let mut engine: Vec<Vec<Duration>> = vec![Vec::new(); sizes.len()];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
+        let mut batch_times: Vec<Vec<Duration>> = vec![Vec::new(); sizes.len()];
         for _ in 0..reps {
             let t = Instant::now();
             let distinct = native_count_threads(&lines, threads);
-            times.push(t.elapsed());
+            let n = t.elapsed();
+            native.push(n);
             assert!(distinct > 0);
+            for (i, &batch_lines) in sizes.iter().enumerate() {
+                let (total, batches) = run_engine(&module, &lines, words, batch_lines, threads);
+                ratios[i].push(n.as_secs_f64() / total.as_secs_f64());
+                engine[i].push(total);
+                batch_times[i].extend(batches);
+            }
         }
-        let native = percentile(&mut times, 0.5);
-        let row = |name: String, secs: f64, p50: Option<Duration>, p99: Option<Duration>| {
+        let row = |name: String, secs: f64, p50: Option<Duration>, p99: Option<Duration>, ratio: f64| {
             println!(
                 "{:<34} {:>10.3} {:>12.0} {:>12.0} {:>10} {:>10} {:>8.0}%",
                 name,
@@ -124,60 +141,65 @@ fn main() {
                 words as f64 / secs,
                 p50.map(|d| format!("{} ms", d.as_millis())).unwrap_or_default(),
                 p99.map(|d| format!("{} ms", d.as_millis())).unwrap_or_default(),
-                native.as_secs_f64() / secs * 100.0
+                ratio * 100.0
             )
         };
-        row(format!("native loop, {threads} thread(s)"), native.as_secs_f64(), None, None);
-        let sizes: Vec<usize> = match std::env::var("WEIR_BENCH_BATCH_LINES").ok().and_then(|s| s.parse().ok()) {
-            Some(n) => vec![n],
-            None => vec![100_000, 10_000],
-        };
-        for batch_lines in sizes {
-            let mut totals = Vec::new();
-            let mut batch_times = Vec::new();
-            for _ in 0..reps {
-                let batches: Vec<Vec<Value>> =
-                    lines.chunks(batch_lines).map(|c| c.iter().map(|l| Value::Str(l.clone())).collect()).collect();
-                let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
-                let wc = ssc.module(&module).unwrap();
-                let counts = ssc
-                    .queue_stream(batches)
-                    .flat_map(&wc.udf("split"))
-                    .unwrap()
-                    .map(&wc.udf("pair"))
-                    .unwrap()
-                    .reduce_by_key(&wc.udf("sum"))
-                    .unwrap();
-                // The counts are read in place, as a custom sink would
-                // (decoding every record into a `Value` would cost the driver
-                // more than the reduce side does).
-                let counted = Arc::new(AtomicI64::new(0));
-                let c = counted.clone();
-                counts
-                    .foreach_rdd(move |_, parts| {
-                        let mut n = 0i64;
-                        for p in parts {
-                            for kv in Pairs::new(p).map_err(|e| e.to_string())? {
-                                let (_, v) = kv.map_err(|e| e.to_string())?;
-                                n += as_i64(v).ok_or("count is not an integer")?;
-                            }
-                        }
-                        c.fetch_add(n, Ordering::Relaxed);
-                        Ok(())
-                    })
-                    .unwrap();
-                let opts = RunOptions { master: Master::Local(threads), clock: Clock::Logical, ..Default::default() };
-                let t = Instant::now();
-                let report = ssc.run(opts).unwrap();
-                totals.push(t.elapsed());
-                assert!(report.failed_batches().next().is_none());
-                assert_eq!(counted.load(Ordering::Relaxed) as usize, words, "every word counted once");
-                batch_times.extend(report.batches.iter().map(|b| b.processing));
-            }
-            let secs = percentile(&mut totals, 0.5).as_secs_f64();
-            let p50 = percentile(&mut batch_times, 0.5);
-            let p99 = percentile(&mut batch_times, 0.99);
-            row(format!("weir local[{threads}], {batch_lines} lines/batch"), secs, Some(p50), Some(p99));
+        row(format!("native loop, {threads} thread(s)"), percentile(&mut native, 0.5).as_secs_f64(), None, None, 1.0);
+        for (i, batch_lines) in sizes.iter().enumerate() {
+            let secs = percentile(&mut engine[i], 0.5).as_secs_f64();
+            let p50 = percentile(&mut batch_times[i], 0.5);
+            let p99 = percentile(&mut batch_times[i], 0.99);
+            ratios[i].sort_by(f64::total_cmp);
+            let ratio = ratios[i][ratios[i].len() / 2];
+            row(format!("weir local[{threads}], {batch_lines} lines/batch"), secs, Some(p50), Some(p99), ratio);
         }
     }
+}
+
+/// One WordCount job over `lines` in batches of `batch_lines`: the time of
+/// `run` and each batch's processing time.
+fn run_engine(
+    module: &Path,
+    lines: &[String],
+    words: usize,
+    batch_lines: usize,
+    threads: usize,
+) -> (Duration, Vec<Duration>) {
+    let batches: Vec<Vec<Value>> =
+        lines.chunks(batch_lines).map(|c| c.iter().map(|l| Value::Str(l.clone())).collect()).collect();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let wc = ssc.module(module).unwrap();
+    let counts = ssc
+        .queue_stream(batches)
+        .flat_map(&wc.udf("split"))
+        .unwrap()
+        .map(&wc.udf("pair"))
+        .unwrap()
+        .reduce_by_key(&wc.udf("sum"))
+        .unwrap();
+    // The counts are read in place, as a custom sink would (decoding every
+    // record into a `Value` would cost the driver more than the reduce side
+    // does).
+    let counted = Arc::new(AtomicI64::new(0));
+    let c = counted.clone();
+    counts
+        .foreach_rdd(move |_, parts| {
+            let mut n = 0i64;
+            for p in parts {
+                for kv in Pairs::new(p).map_err(|e| e.to_string())? {
+                    let (_, v) = kv.map_err(|e| e.to_string())?;
+                    n += as_i64(v).ok_or("count is not an integer")?;
+                }
+            }
+            c.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+    let opts = RunOptions { master: Master::Local(threads), clock: Clock::Logical, ..Default::default() };
+    let t = Instant::now();
+    let report = ssc.run(opts).unwrap();
+    let total = t.elapsed();
+    assert!(report.failed_batches().next().is_none());
+    assert_eq!(counted.load(Ordering::Relaxed) as usize, words, "every word counted once");
+    (total, report.batches.iter().map(|b| b.processing).collect())
 }

@@ -202,7 +202,7 @@ macro_rules! tuple_impls {
             }
         }
         impl<$($t: ToValue),+> ToValue for ($($t,)+) {
-            #[inline]
+            #[inline(always)]
             fn write(&self, out: &mut Vec<u8>) {
                 Writer::new(out).tuple($n);
                 $(self.$i.write(out);)+
@@ -216,9 +216,51 @@ tuple_impls!(3; A 0, B 1, C 2);
 tuple_impls!(4; A 0, B 1, C 2, D 3);
 
 impl ToValue for str {
-    #[inline]
+    #[inline(always)]
     fn write(&self, out: &mut Vec<u8>) {
-        Writer::new(out).str(self)
+        write_str(out, self)
+    }
+}
+
+/// Appends a string value. Words and keys are short: their bytes are moved
+/// with two overlapping fixed-size stores instead of a variable-length copy,
+/// which in WebAssembly is a `memory.copy` that the host runs as a libcall
+/// costing more than the copy.
+#[inline(always)]
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let (b, n) = (s.as_bytes(), s.len());
+    if n > 16 {
+        return Writer::new(out).str(s);
+    }
+    out.reserve(5 + n);
+    let at = out.len();
+    // SAFETY: `reserve` made room for 5 + n bytes after `at`; every store
+    // below lands in [at, at + 5 + n), every load in b[0..n], and `set_len`
+    // covers exactly the bytes written.
+    unsafe {
+        let p = out.as_mut_ptr().add(at);
+        p.write(TAG_STR);
+        p.add(1).cast::<[u8; 4]>().write_unaligned((n as u32).to_le_bytes());
+        let d = p.add(5);
+        match n {
+            8..=16 => {
+                let (head, tail) = (b.as_ptr().cast::<[u8; 8]>(), b.as_ptr().add(n - 8).cast::<[u8; 8]>());
+                d.cast::<[u8; 8]>().write_unaligned(head.read_unaligned());
+                d.add(n - 8).cast::<[u8; 8]>().write_unaligned(tail.read_unaligned());
+            }
+            4..=7 => {
+                let (head, tail) = (b.as_ptr().cast::<[u8; 4]>(), b.as_ptr().add(n - 4).cast::<[u8; 4]>());
+                d.cast::<[u8; 4]>().write_unaligned(head.read_unaligned());
+                d.add(n - 4).cast::<[u8; 4]>().write_unaligned(tail.read_unaligned());
+            }
+            1..=3 => {
+                d.write(b[0]);
+                d.add(n / 2).write(b[n / 2]);
+                d.add(n - 1).write(b[n - 1]);
+            }
+            _ => {}
+        }
+        out.set_len(at + 5 + n);
     }
 }
 impl ToValue for String {
@@ -227,7 +269,7 @@ impl ToValue for String {
     }
 }
 impl<T: ToValue + ?Sized> ToValue for &T {
-    #[inline]
+    #[inline(always)]
     fn write(&self, out: &mut Vec<u8>) {
         (**self).write(out)
     }
@@ -307,5 +349,25 @@ impl ToValue for Raw<'_> {
 impl ToValue for Value {
     fn write(&self, out: &mut Vec<u8>) {
         self.encode_into(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every length around the short-string stores' boundaries encodes as
+    /// the codec's writer does, after whatever the buffer already held.
+    #[test]
+    fn short_strings_encode_like_the_codec_writer() {
+        let text: String = (0..40u8).map(|i| (b'a' + i % 26) as char).collect();
+        for n in 0..=40 {
+            let s = &text[..n];
+            let mut fast = vec![7u8, 8];
+            s.write(&mut fast);
+            let mut want = vec![7u8, 8];
+            Writer::new(&mut want).str(s);
+            assert_eq!(fast, want, "length {n}");
+        }
     }
 }
