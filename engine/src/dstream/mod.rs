@@ -180,8 +180,12 @@ impl StreamingContext {
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
-        let (job_name, job_hash) =
-            self.identity.clone().unwrap_or_else(|| ("(Rust API job)".to_string(), graph_hash(&inner.graph)));
+        // The hash only identifies the job in its checkpoints; without them
+        // it is not worth hashing every queued batch.
+        let (job_name, job_hash) = self.identity.clone().unwrap_or_else(|| {
+            let hash = if opts.checkpoint.is_some() { graph_hash(&inner.graph) } else { String::new() };
+            ("(Rust API job)".to_string(), hash)
+        });
         let runner = JobRunner {
             job_name,
             job_hash,

@@ -13,6 +13,9 @@
 //! therefore hashes a few records ahead and prefetches their slots, so those
 //! waits overlap instead of adding up.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use weir_codec as codec;
 
 use super::task::{records, TaskCx, TaskFailure};
@@ -44,6 +47,49 @@ pub(crate) struct Groups {
     vals: Vec<u8>,
     /// The values, grouped (filled by `finish`).
     grouped: Vec<u8>,
+    /// Which grouping this is, to remember its size for the next one.
+    site: Option<Site>,
+}
+
+/// A grouping's place in the job: a shuffle (by graph node) and its side.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Site {
+    pub(crate) node: u32,
+    pub(crate) reduce_side: bool,
+}
+
+/// The buffers of a grouping, kept by each executor thread between tasks:
+/// a task's grouping then writes into memory that is already mapped and
+/// large enough, instead of growing fresh vectors (copying them at each
+/// doubling) and faulting their pages in.
+#[derive(Default)]
+struct Buffers {
+    slots: Vec<Slot>,
+    groups: Vec<Group>,
+    keys: Vec<u8>,
+    recs: Vec<(u32, u32)>,
+    vals: Vec<u8>,
+    grouped: Vec<u8>,
+}
+
+/// Buffers larger than this go back to the allocator rather than being
+/// kept for the next task.
+const KEEP_BYTES: usize = 64 << 20;
+
+fn keep<T>(spare: &mut Vec<T>, mut v: Vec<T>) {
+    if v.capacity() * std::mem::size_of::<T>() <= KEEP_BYTES && v.capacity() > spare.capacity() {
+        v.clear();
+        *spare = v;
+    }
+}
+
+thread_local! {
+    static SPARE: RefCell<Buffers> = RefCell::new(Buffers::default());
+    /// Per executor thread: how many keys the last grouping at each site
+    /// ended with. The next batch's table starts at that size and rarely
+    /// has to grow. It sets only the table's capacity, never which group
+    /// comes first, so outputs do not depend on it.
+    static LAST_KEYS: RefCell<HashMap<Site, usize>> = RefCell::new(HashMap::new());
 }
 
 pub(crate) struct Group {
@@ -61,8 +107,31 @@ pub(crate) struct Group {
 const AHEAD: usize = 8;
 
 impl Groups {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        Groups { table: Table::with_slots(1 << 10), ..Default::default() }
+        let mut g = Groups::default();
+        g.table = Table::with_slots(MIN_SLOTS);
+        g
+    }
+
+    /// A grouping at `site`, its table sized for as many keys as the last
+    /// one there had (and no more than `at_most`, when the count of input
+    /// records is known).
+    pub(crate) fn at(site: Site, at_most: Option<usize>) -> Self {
+        let last = LAST_KEYS.with(|m| m.borrow().get(&site).copied()).unwrap_or(0);
+        let keys = at_most.map_or(last, |n| last.min(n));
+        // Room for `keys` at the table's 3/4 load limit, within bounds.
+        let slots = (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS);
+        let b = SPARE.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        Groups {
+            table: Table::reusing(b.slots, slots),
+            groups: b.groups,
+            keys: b.keys,
+            recs: b.recs,
+            vals: b.vals,
+            grouped: b.grouped,
+            site: Some(site),
+        }
     }
 
     pub(crate) fn key(&self, g: &Group) -> &[u8] {
@@ -119,7 +188,11 @@ impl Groups {
     /// Lays the values out group by group (stable: values keep their input
     /// order within a key) and frees the table.
     pub(crate) fn finish(&mut self) {
-        self.table = Table::default();
+        let slots = std::mem::take(&mut self.table.slots);
+        SPARE.with(|b| keep(&mut b.borrow_mut().slots, slots));
+        if let Some(site) = self.site {
+            LAST_KEYS.with(|m| m.borrow_mut().insert(site, self.groups.len()));
+        }
         // Counted here, in two compact arrays that stay in cache, rather than
         // in the groups (48 bytes each) or in the table during `add`.
         let mut count = vec![0u32; self.groups.len()];
@@ -137,17 +210,27 @@ impl Groups {
             cursor.push(start);
             start += g.bytes;
         }
-        self.grouped = vec![0u8; start];
+        self.grouped.clear();
+        self.grouped.resize(start, 0);
         let mut at = 0;
         for &(g, n) in &self.recs {
             let n = n as usize;
             let c = &mut cursor[g as usize];
-            self.grouped[*c..*c + n].copy_from_slice(&self.vals[at..at + n]);
+            if n == 9 {
+                // An i64: a fixed-size move, not a call to memcpy.
+                self.grouped[*c..*c + 9].copy_from_slice(&self.vals[at..at + 9]);
+            } else {
+                self.grouped[*c..*c + n].copy_from_slice(&self.vals[at..at + n]);
+            }
             *c += n;
             at += n;
         }
-        self.recs = Vec::new();
-        self.vals = Vec::new();
+        let (recs, vals) = (std::mem::take(&mut self.recs), std::mem::take(&mut self.vals));
+        SPARE.with(|b| {
+            let mut b = b.borrow_mut();
+            keep(&mut b.recs, recs);
+            keep(&mut b.vals, vals);
+        });
     }
 
     /// The values of group `g`, back to back, in input order (after `finish`).
@@ -197,6 +280,29 @@ impl Groups {
     }
 }
 
+impl Drop for Groups {
+    fn drop(&mut self) {
+        if self.site.is_none() {
+            return;
+        }
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.clear();
+        let (keys, grouped) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.grouped));
+        let (recs, vals) = (std::mem::take(&mut self.recs), std::mem::take(&mut self.vals));
+        let slots = std::mem::take(&mut self.table.slots);
+        // A thread that is exiting has no buffers to keep them in.
+        let _ = SPARE.try_with(|b| {
+            let mut b = b.borrow_mut();
+            keep(&mut b.groups, groups);
+            keep(&mut b.keys, keys);
+            keep(&mut b.grouped, grouped);
+            keep(&mut b.recs, recs);
+            keep(&mut b.vals, vals);
+            keep(&mut b.slots, slots);
+        });
+    }
+}
+
 /// The values laid out back to back in `buf`.
 pub(crate) fn values(buf: &[u8]) -> impl Iterator<Item = Result<&[u8], TaskFailure>> {
     let mut at = 0;
@@ -239,6 +345,11 @@ pub(crate) fn fold_i64<'v>(
 
 // ------------------------------------------------------------------ table
 
+/// The smallest table (32 KiB), and the largest a remembered size may ask
+/// for up front (128 MiB; a table grows past it if it must).
+const MIN_SLOTS: usize = 1 << 10;
+const MAX_START_SLOTS: usize = 1 << 22;
+
 /// Keys up to this long live in their slot.
 const INLINE_KEY: usize = 20;
 
@@ -277,8 +388,16 @@ fn key_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Table {
+    #[cfg(test)]
     fn with_slots(n: usize) -> Self {
-        Table { slots: vec![EMPTY; n.next_power_of_two()], len: 0 }
+        Table::reusing(Vec::new(), n)
+    }
+
+    /// A table of `n` (rounded up to a power of two) empty slots in `v`'s memory.
+    fn reusing(mut v: Vec<Slot>, n: usize) -> Self {
+        v.clear();
+        v.resize(n.next_power_of_two(), EMPTY);
+        Table { slots: v, len: 0 }
     }
 
     #[inline]
@@ -348,7 +467,7 @@ impl Table {
 
     #[cold]
     fn grow(&mut self, groups: &[Group]) {
-        let n = (self.slots.len() * 2).max(1 << 10);
+        let n = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
         let mask = n - 1;
         for s in old.into_iter().filter(|s| s.group != 0) {
@@ -399,6 +518,33 @@ mod tests {
             assert_eq!(got, want, "values of group {i}");
             assert_eq!(grp.count as usize, want.len());
         }
+    }
+
+    /// A grouping that reuses the thread's buffers (and the last size at its
+    /// site) sees nothing of the one before it.
+    #[test]
+    fn reused_buffers_start_empty() {
+        let site = Site { node: 7, reduce_side: false };
+        let run = |pairs: &[(&str, i64)]| {
+            let enc: Vec<(Vec<u8>, Vec<u8>)> =
+                pairs.iter().map(|(k, v)| (enc(k), codec::encode_i64(*v).to_vec())).collect();
+            let mut g = Groups::at(site, None);
+            g.add_all(enc.iter().map(|(k, v)| Ok::<_, ()>((k.as_slice(), v.as_slice())))).unwrap();
+            g.finish();
+            g.groups
+                .iter()
+                .map(|grp| {
+                    let vs: Vec<i64> = values(g.values_of(grp)).map(|v| codec::as_i64(v.unwrap()).unwrap()).collect();
+                    (g.key(grp).to_vec(), vs)
+                })
+                .collect::<Vec<_>>()
+        };
+        let big: Vec<(String, i64)> = (0..3000).map(|i| (format!("w{}", i % 1000), i)).collect();
+        let big: Vec<(&str, i64)> = big.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(run(&big).len(), 1000);
+        let small = run(&[("b", 1), ("a", 2), ("b", 3)]);
+        assert_eq!(small, vec![(enc("b"), vec![1, 3]), (enc("a"), vec![2])]);
+        assert_eq!(LAST_KEYS.with(|m| m.borrow().get(&site).copied()), Some(2));
     }
 
     /// Two keys with the same tag and length but different bytes stay apart.

@@ -10,9 +10,9 @@ use weir_codec as codec;
 
 use super::block_store::Block;
 pub(crate) use super::groups::key_hash;
-use super::groups::{fold_i64, Groups};
+use super::groups::{fold_i64, Groups, Site};
 use super::task::{pair, records, TaskCx, TaskFailure};
-use crate::rdd::{Aggregation, Reducer};
+use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
 fn bad(msg: impl Into<String>) -> TaskFailure {
@@ -88,13 +88,17 @@ pub(crate) struct MapSide<'a> {
 }
 
 impl<'a> MapSide<'a> {
-    pub(crate) fn new(agg: &'a Aggregation, map: u32, n: u32) -> Self {
+    pub(crate) fn new(agg: &'a Aggregation, shuffle: RddId, map: u32, n: u32) -> Self {
         MapSide {
             agg,
             map,
             n,
             buckets: (0..n).map(|_| codec::BatchBuilder::new()).collect(),
-            groups: if matches!(agg, Aggregation::ReduceByKey(_)) { Groups::new() } else { Groups::default() },
+            groups: if matches!(agg, Aggregation::ReduceByKey(_)) {
+                Groups::at(Site { node: shuffle.node, reduce_side: false }, None)
+            } else {
+                Groups::default()
+            },
             seen: 0,
             values: codec::BatchBuilder::new(),
         }
@@ -158,6 +162,7 @@ impl<'a> MapSide<'a> {
 /// Merges the buckets of reduce partition `p`, given in map-partition order.
 pub(crate) fn reduce_side(
     cx: &mut TaskCx<'_, '_>,
+    shuffle: RddId,
     agg: &Aggregation,
     buckets: &[Block],
     parent_of_map: &[u32],
@@ -167,7 +172,9 @@ pub(crate) fn reduce_side(
     let mut out = codec::BatchBuilder::new();
     match agg {
         Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
-            let mut g = Groups::new();
+            // At most as many keys as records in the buckets.
+            let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
+            let mut g = Groups::at(Site { node: shuffle.node, reduce_side: true }, Some(records));
             for b in buckets {
                 g.add_all(pairs(b)?.map(|kv| kv.map_err(|e| not_a_pair(b, e))))?;
             }

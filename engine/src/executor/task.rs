@@ -310,7 +310,15 @@ impl TaskCx<'_, '_> {
                     return Err(TaskFailure::FetchFailed { shuffle: id, maps: missing });
                 }
                 let parent_of_map = parent_index_table(map_partitions);
-                Arc::new(shuffle::reduce_side(self, aggregation, &buckets, &parent_of_map, map_partitions.len(), p)?)
+                Arc::new(shuffle::reduce_side(
+                    self,
+                    id,
+                    aggregation,
+                    &buckets,
+                    &parent_of_map,
+                    map_partitions.len(),
+                    p,
+                )?)
             }
         };
         if rdd.persist {
@@ -326,7 +334,7 @@ impl TaskCx<'_, '_> {
             return Err(bad(format!("{shuffle} is not a shuffled RDD")));
         };
         let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
-        let mut side = shuffle::MapSide::new(aggregation, map, rdd.partitions);
+        let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
         let buckets = side.finish(self)?;
         for (r, data) in buckets.into_iter().enumerate() {
