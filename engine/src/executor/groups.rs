@@ -134,6 +134,11 @@ impl Groups {
         }
     }
 
+    /// The size of the distinct keys, back to back.
+    pub(crate) fn key_bytes(&self) -> usize {
+        self.keys.len()
+    }
+
     pub(crate) fn key(&self, g: &Group) -> &[u8] {
         &self.keys[g.key.0..g.key.0 + g.key.1]
     }
@@ -381,10 +386,27 @@ fn tag_of(h: u64) -> u32 {
     (h >> 32) as u32
 }
 
-#[inline]
+/// Whether two keys are equal. Keys are short: from 4 to 24 bytes they are
+/// compared as two or three overlapping words, without a loop or a call to
+/// memcmp.
+#[inline(always)]
 fn key_eq(a: &[u8], b: &[u8]) -> bool {
-    // Keys are short; a plain loop beats a call to memcmp.
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w = |s: &[u8], at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(x)
+    };
+    let h = |s: &[u8], at: usize| u32::from_le_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]]);
+    match n {
+        8..=16 => w(a, 0) == w(b, 0) && w(a, n - 8) == w(b, n - 8),
+        17..=24 => w(a, 0) == w(b, 0) && w(a, 8) == w(b, 8) && w(a, n - 8) == w(b, n - 8),
+        4..=7 => h(a, 0) == h(b, 0) && h(a, n - 4) == h(b, n - 4),
+        _ => a == b,
+    }
 }
 
 impl Table {
@@ -545,6 +567,21 @@ mod tests {
         let small = run(&[("b", 1), ("a", 2), ("b", 3)]);
         assert_eq!(small, vec![(enc("b"), vec![1, 3]), (enc("a"), vec![2])]);
         assert_eq!(LAST_KEYS.with(|m| m.borrow().get(&site).copied()), Some(2));
+    }
+
+    /// Keys of every length from 0 to 40 bytes differing in any one byte.
+    #[test]
+    fn key_eq_sees_every_byte() {
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n as u8).collect();
+            assert!(key_eq(&a, &a.clone()), "length {n}");
+            assert!(!key_eq(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x40;
+                assert!(!key_eq(&a, &b), "length {n}, byte {i}");
+            }
+        }
     }
 
     /// Two keys with the same tag and length but different bytes stay apart.

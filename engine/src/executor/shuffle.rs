@@ -138,6 +138,11 @@ impl<'a> MapSide<'a> {
         match self.agg {
             Aggregation::ReduceByKey(r) => {
                 self.groups.finish();
+                // Room for every (key, folded value), assuming 9-byte values
+                // (an i64) and keys spread evenly: the buckets rarely grow.
+                let out = self.groups.key_bytes() + self.groups.groups.len() * 14;
+                let each = out / self.n as usize + out / (8 * self.n as usize);
+                self.buckets.iter_mut().for_each(|b| *b = codec::BatchBuilder::with_capacity(each));
                 let buckets = &mut self.buckets;
                 self.groups.fold_each(cx, r, p, |k, h, v| {
                     buckets[(h % n) as usize].push_with(|w| codec::write_pair(w.buf, k, v))
@@ -172,6 +177,9 @@ pub(crate) fn reduce_side(
     let mut out = codec::BatchBuilder::new();
     match agg {
         Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
+            // The output is at most the buckets' size (one header per key
+            // instead of one per pair).
+            out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
             // At most as many keys as records in the buckets.
             let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
             let mut g = Groups::at(Site { node: shuffle.node, reduce_side: true }, Some(records));
