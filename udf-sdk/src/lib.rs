@@ -171,12 +171,17 @@ pub mod rt {
 
     /// Runs one call: takes ownership of the input buffer, lets `body` write
     /// the output, and returns the packed (ptr, len) or error.
+    ///
+    /// `ptr` and `len` are what the host passed to the export: by the ABI
+    /// (`docs/udf-abi.md` §3) a buffer from `weir_alloc(len)` or the previous
+    /// call's output. Only the exports the macros generate call this.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
     pub fn call(ptr: *mut u8, len: usize, body: impl FnOnce(&[u8], &mut Vec<u8>) -> Result<(), String>) -> i64 {
         OUTPUT.with(|o| {
             let mut out = o.borrow_mut();
             // In a chained call (ABI §3) the input is the previous call's
             // output: take that buffer over instead of adopting the pointer.
-            let chained = !out.is_empty() && out.as_ptr() == ptr as *const u8 && out.len() == len;
+            let chained = !out.is_empty() && core::ptr::eq(out.as_ptr(), ptr) && out.len() == len;
             let input = if chained {
                 core::mem::replace(&mut *out, SPARE.take())
             } else {
