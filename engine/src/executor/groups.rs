@@ -49,6 +49,9 @@ pub(crate) struct Groups {
     grouped: Vec<u8>,
     /// Which grouping this is, to remember its size for the next one.
     site: Option<Site>,
+    /// After `finish`: how many keys have several values, and where their
+    /// lists end in `grouped`.
+    lists: (u32, usize),
 }
 
 /// A grouping's place in the job: a shuffle (by graph node) and its side.
@@ -131,6 +134,7 @@ impl Groups {
             vals: b.vals,
             grouped: b.grouped,
             site: Some(site),
+            lists: (0, 0),
         }
     }
 
@@ -206,17 +210,37 @@ impl Groups {
             count[g as usize] += 1;
             bytes[g as usize] += n as usize;
         }
-        let mut cursor = Vec::with_capacity(self.groups.len());
-        let mut start = 0;
+        // Keys with several values first, each as an encoded list (header,
+        // then its values): together they are the body of the batch a reduce
+        // function gets, so it goes to the guest without another copy. Keys
+        // with one value after them.
+        let mut cursor = vec![0usize; self.groups.len()];
+        let (mut start, mut multi) = (0, 0u32);
         for (i, g) in self.groups.iter_mut().enumerate() {
             g.count = count[i];
             g.bytes = bytes[i];
-            g.start = start;
-            cursor.push(start);
-            start += g.bytes;
+            if g.count > 1 {
+                start += 5;
+                g.start = start;
+                cursor[i] = start;
+                start += g.bytes;
+                multi += 1;
+            }
+        }
+        self.lists = (multi, start);
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            if g.count <= 1 {
+                g.start = start;
+                cursor[i] = start;
+                start += g.bytes;
+            }
         }
         self.grouped.clear();
         self.grouped.resize(start, 0);
+        for g in self.groups.iter().filter(|g| g.count > 1) {
+            self.grouped[g.start - 5] = codec::TAG_LIST;
+            self.grouped[g.start - 4..g.start].copy_from_slice(&g.count.to_le_bytes());
+        }
         let mut at = 0;
         for &(g, n) in &self.recs {
             let n = n as usize;
@@ -245,7 +269,8 @@ impl Groups {
 
     /// Folds each group's values with `r` and hands `(key, hash, folded
     /// value)` to `emit`, in group order. Single values need no call; all
-    /// other groups go to the UDF in one batch.
+    /// other groups go to the UDF in one batch, straight from `grouped`, and
+    /// its output is read in place.
     pub(crate) fn fold_each(
         &self,
         cx: &mut TaskCx<'_, '_>,
@@ -262,26 +287,26 @@ impl Groups {
                 return Ok(());
             }
         };
-        let multi: usize = self.groups.iter().filter(|g| g.count > 1).map(|g| g.bytes + 5).sum();
-        let mut input = codec::BatchBuilder::with_capacity(multi);
-        for g in self.groups.iter().filter(|g| g.count > 1) {
-            input.push_with(|w| w.list(g.count));
-            input.extend_current(self.values_of(g));
-        }
-        let out = if input.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::Reduce, &input.finish(), p)?) };
-        let mut folded = match &out {
-            Some(o) => Some(records(o)?),
-            None => None,
-        };
-        for g in &self.groups {
-            if g.count > 1 {
-                let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad("reduce output too short"))?;
-                emit(self.key(g), g.hash, v?);
-            } else {
+        let (multi, end) = self.lists;
+        if multi == 0 {
+            for g in &self.groups {
                 emit(self.key(g), g.hash, self.values_of(g));
             }
+            return Ok(());
         }
-        Ok(())
+        let count = multi.to_le_bytes();
+        cx.call_in_place(f, UdfKind::Reduce, multi, &[&count, &self.grouped[..end]], p, |out| {
+            let mut folded = records(out)?;
+            for g in &self.groups {
+                if g.count > 1 {
+                    let v = folded.next().ok_or_else(|| bad("reduce output too short"))?;
+                    emit(self.key(g), g.hash, v?);
+                } else {
+                    emit(self.key(g), g.hash, self.values_of(g));
+                }
+            }
+            Ok(())
+        })?
     }
 }
 

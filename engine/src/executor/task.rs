@@ -492,6 +492,26 @@ impl TaskCx<'_, '_> {
         })
     }
 
+    /// Calls `f` as a `kind` function on the batch made of `parts` (holding
+    /// `count` records); `consume` reads the output in place in guest memory.
+    pub(crate) fn call_in_place<R>(
+        &mut self,
+        f: &UdfRef,
+        kind: UdfKind,
+        count: u32,
+        parts: &[&[u8]],
+        partition: u32,
+        consume: impl FnOnce(&[u8]) -> Result<R, TaskFailure>,
+    ) -> Result<Result<R, TaskFailure>, TaskFailure> {
+        self.udf_calls += 1;
+        let r = self.instance(f, partition)?.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
+        r.map_err(|e| {
+            // A failed instance is never reused.
+            self.instances.remove(&f.module);
+            e.into()
+        })
+    }
+
     /// Calls a UDF on one batch in this task's instance of its module.
     pub(crate) fn call(&mut self, f: &UdfRef, input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
         self.call_kind(f, f.kind, input, partition)
