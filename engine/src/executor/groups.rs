@@ -182,7 +182,7 @@ impl Groups {
             Err(slot) => {
                 let g = self.groups.len() as u32;
                 self.groups.push(Group { hash: h, key: (self.keys.len(), k.len()), count: 0, bytes: 0, start: 0 });
-                self.keys.extend_from_slice(k);
+                codec::extend_short(&mut self.keys, k);
                 self.table.fill(slot, h, k, g);
                 g
             }
@@ -507,8 +507,15 @@ impl Table {
         s.tag = tag_of(h);
         s.group = g + 1;
         s.len = k.len() as u32;
-        if k.len() <= INLINE_KEY {
-            s.inline[..k.len()].copy_from_slice(k);
+        let n = k.len();
+        match n {
+            // Two overlapping fixed-size moves, not a call to memcpy.
+            8..=16 => {
+                s.inline[..8].copy_from_slice(&k[..8]);
+                s.inline[n - 8..n].copy_from_slice(&k[n - 8..]);
+            }
+            _ if n <= INLINE_KEY => s.inline[..n].copy_from_slice(k),
+            _ => {}
         }
         self.len += 1;
     }
