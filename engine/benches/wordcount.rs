@@ -110,6 +110,7 @@ fn main() {
         Some(n) => vec![n],
         None => vec![100_000, 10_000],
     };
+    let steal_at_start = cpu_steal();
     for threads in [1usize, 2].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         // The machine is shared and its speed drifts by more than the
         // differences measured here, so each repetition runs the native loop
@@ -154,6 +155,20 @@ fn main() {
             row(format!("weir local[{threads}], {batch_lines} lines/batch"), secs, Some(p50), Some(p99), ratio);
         }
     }
+    if let (Some(a), Some(b)) = (steal_at_start, cpu_steal()) {
+        let total = (b.1 - a.1).max(1) as f64;
+        println!(
+            "CPU time stolen by the hypervisor during the run: {:.0}% (figures from runs with much steal are not comparable)",
+            (b.0 - a.0) as f64 / total * 100.0
+        );
+    }
+}
+
+/// (steal, total) jiffies of all CPUs, from /proc/stat (Linux only).
+fn cpu_steal() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    Some((*cpu.get(7)?, cpu.iter().take(8).sum()))
 }
 
 /// One WordCount job over `lines` in batches of `batch_lines`: the time of
