@@ -182,7 +182,11 @@ fn run_engine(
 ) -> (Duration, Vec<Duration>) {
     let batches: Vec<Vec<Value>> =
         lines.chunks(batch_lines).map(|c| c.iter().map(|l| Value::Str(l.clone())).collect()).collect();
-    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let mut ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    // WEIR_BENCH_PARALLELISM: partitions per stage (default: the engine's, 2).
+    if let Some(n) = std::env::var("WEIR_BENCH_PARALLELISM").ok().and_then(|s| s.parse().ok()) {
+        ssc.set_parallelism(n);
+    }
     let wc = ssc.module(module).unwrap();
     let counts = ssc
         .queue_stream(batches)
