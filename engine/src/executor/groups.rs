@@ -67,7 +67,7 @@ pub(crate) struct Site {
 /// doubling) and faulting their pages in.
 #[derive(Default)]
 struct Buffers {
-    slots: Vec<Slot>,
+    table: Table,
     groups: Vec<Group>,
     keys: Vec<u8>,
     recs: Vec<(u32, u32)>,
@@ -79,6 +79,15 @@ struct Buffers {
 /// kept for the next task: a thread keeps at most six of them (~96 MiB),
 /// and a WordCount task of 500 000 records needs about 5 MiB each.
 const KEEP_BYTES: usize = 16 << 20;
+
+impl Buffers {
+    fn keep_table(&mut self, t: Table) {
+        let bytes = t.slots.capacity() * std::mem::size_of::<Slot>();
+        if bytes <= KEEP_BYTES && t.slots.len() >= self.table.slots.len() {
+            self.table = t;
+        }
+    }
+}
 
 fn keep<T>(spare: &mut Vec<T>, mut v: Vec<T>) {
     if v.capacity() * std::mem::size_of::<T>() <= KEEP_BYTES && v.capacity() > spare.capacity() {
@@ -128,7 +137,7 @@ impl Groups {
         let slots = (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS);
         let b = SPARE.with(|b| std::mem::take(&mut *b.borrow_mut()));
         Groups {
-            table: Table::reusing(b.slots, slots),
+            table: Table::reusing(b.table, slots),
             groups: b.groups,
             keys: b.keys,
             recs: b.recs,
@@ -198,8 +207,8 @@ impl Groups {
     /// Lays the values out group by group (stable: values keep their input
     /// order within a key) and frees the table.
     pub(crate) fn finish(&mut self) {
-        let slots = std::mem::take(&mut self.table.slots);
-        SPARE.with(|b| keep(&mut b.borrow_mut().slots, slots));
+        let table = std::mem::take(&mut self.table);
+        SPARE.with(|b| b.borrow_mut().keep_table(table));
         if let Some(site) = self.site {
             LAST_KEYS.with(|m| m.borrow_mut().insert(site, self.groups.len()));
         }
@@ -320,7 +329,7 @@ impl Drop for Groups {
         groups.clear();
         let (keys, grouped) = (std::mem::take(&mut self.keys), std::mem::take(&mut self.grouped));
         let (recs, vals) = (std::mem::take(&mut self.recs), std::mem::take(&mut self.vals));
-        let slots = std::mem::take(&mut self.table.slots);
+        let table = std::mem::take(&mut self.table);
         // A thread that is exiting has no buffers to keep them in.
         let _ = SPARE.try_with(|b| {
             let mut b = b.borrow_mut();
@@ -329,7 +338,7 @@ impl Drop for Groups {
             keep(&mut b.grouped, grouped);
             keep(&mut b.recs, recs);
             keep(&mut b.vals, vals);
-            keep(&mut b.slots, slots);
+            b.keep_table(table);
         });
     }
 }
@@ -392,7 +401,8 @@ struct Slot {
     /// before comparing keys. (The partitioner uses the low bits, which on
     /// the reduce side are the same for every key of a partition.)
     tag: u32,
-    /// The group's index + 1; 0 marks an empty slot.
+    /// The table's `base` + the group's index + 1. A slot is occupied when
+    /// this is above `base`: raising `base` empties the whole table.
     group: u32,
     len: u32,
     inline: [u8; INLINE_KEY],
@@ -405,6 +415,11 @@ struct Table {
     slots: Vec<Slot>,
     /// Occupied slots.
     len: usize,
+    /// Slots whose `group` is at most this are empty (left by an earlier
+    /// grouping that used this memory).
+    base: u32,
+    /// The largest `group` written so far.
+    top: u32,
 }
 
 #[inline]
@@ -438,14 +453,21 @@ fn key_eq(a: &[u8], b: &[u8]) -> bool {
 impl Table {
     #[cfg(test)]
     fn with_slots(n: usize) -> Self {
-        Table::reusing(Vec::new(), n)
+        Table::reusing(Table::default(), n)
     }
 
-    /// A table of `n` (rounded up to a power of two) empty slots in `v`'s memory.
-    fn reusing(mut v: Vec<Slot>, n: usize) -> Self {
+    /// An empty table of `n` slots (rounded up to a power of two) in the
+    /// memory of `old`. When `old` has that size already, emptying it is
+    /// raising `base` past every slot it wrote, not rewriting every slot.
+    fn reusing(old: Table, n: usize) -> Self {
+        let n = n.next_power_of_two();
+        if old.slots.len() == n && old.top < u32::MAX / 2 {
+            return Table { slots: old.slots, len: 0, base: old.top, top: old.top };
+        }
+        let mut v = old.slots;
         v.clear();
-        v.resize(n.next_power_of_two(), EMPTY);
-        Table { slots: v, len: 0 }
+        v.resize(n, EMPTY);
+        Table { slots: v, len: 0, base: 0, top: 0 }
     }
 
     #[inline]
@@ -482,18 +504,18 @@ impl Table {
         let mut i = tag as usize & mask;
         loop {
             let s = &self.slots[i];
-            if s.group == 0 {
+            if s.group <= self.base {
                 return Err(i);
             }
             if s.tag == tag && s.len as usize == k.len() {
                 let same = if k.len() <= INLINE_KEY {
                     key_eq(&s.inline[..k.len()], k)
                 } else {
-                    let (at, n) = groups[s.group as usize - 1].key;
+                    let (at, n) = groups[(s.group - self.base) as usize - 1].key;
                     key_eq(&keys[at..at + n], k)
                 };
                 if same {
-                    return Ok(s.group - 1);
+                    return Ok(s.group - self.base - 1);
                 }
             }
             i = (i + 1) & mask;
@@ -505,7 +527,8 @@ impl Table {
     fn fill(&mut self, i: usize, h: u64, k: &[u8], g: u32) {
         let s = &mut self.slots[i];
         s.tag = tag_of(h);
-        s.group = g + 1;
+        s.group = self.base + g + 1;
+        self.top = self.top.max(s.group);
         s.len = k.len() as u32;
         let n = k.len();
         match n {
@@ -525,8 +548,13 @@ impl Table {
         let n = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
         let mask = n - 1;
-        for s in old.into_iter().filter(|s| s.group != 0) {
+        // The new slots are all empty: `base` starts again from 0.
+        let base = std::mem::take(&mut self.base);
+        self.top = 0;
+        for mut s in old.into_iter().filter(|s| s.group > base) {
+            s.group -= base;
             debug_assert_eq!(s.tag, tag_of(groups[s.group as usize - 1].hash));
+            self.top = self.top.max(s.group);
             let mut i = s.tag as usize & mask;
             while self.slots[i].group != 0 {
                 i = (i + 1) & mask;
@@ -615,6 +643,49 @@ mod tests {
                 assert!(!key_eq(&a, &b), "length {n}, byte {i}");
             }
         }
+    }
+
+    /// A table reused at the same size is emptied by raising its base: the
+    /// keys of the earlier grouping are gone, and new ones go in; near the
+    /// end of the base's range it is rewritten instead.
+    #[test]
+    fn reused_tables_forget_earlier_keys() {
+        let (groups, keys): (Vec<Group>, Vec<u8>) = (Vec::new(), Vec::new());
+        let mut t = Table::with_slots(1024);
+        for g in 0..100u32 {
+            let k = format!("key{g}").into_bytes();
+            let h = key_hash(&k);
+            let slot = t.find(h, &k, &groups, &keys).unwrap_err();
+            t.fill(slot, h, &k, g);
+        }
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(7));
+        let mut t = Table::reusing(t, 1024);
+        assert_eq!(t.base, 100, "same size: emptied by the base, not rewritten");
+        assert!(t.find(key_hash(b"key7"), b"key7", &groups, &keys).is_err());
+        let slot = t.find(key_hash(b"key7"), b"key7", &groups, &keys).unwrap_err();
+        t.fill(slot, key_hash(b"key7"), b"key7", 0);
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(0));
+        assert!(t.find(key_hash(b"key8"), b"key8", &groups, &keys).is_err());
+        // Growing a reused table keeps this grouping's keys only. (`grow`
+        // checks tags against the groups in debug builds: give it some.)
+        let mut groups = vec![Group { hash: key_hash(b"key7"), key: (0, 4), count: 0, bytes: 0, start: 0 }];
+        for g in 1..2000u32 {
+            let k = format!("other{g}").into_bytes();
+            let h = key_hash(&k);
+            groups.push(Group { hash: h, key: (0, 0), count: 0, bytes: 0, start: 0 });
+            let slot = t.find(h, &k, &groups, &keys).unwrap_err();
+            t.fill(slot, h, &k, g);
+        }
+        assert!(t.slots.len() > 1024, "it grew");
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(0));
+        assert_eq!(t.find(key_hash(b"other1234"), b"other1234", &groups, &keys), Ok(1234));
+        assert!(t.find(key_hash(b"key8"), b"key8", &groups, &keys).is_err());
+        t.top = u32::MAX / 2;
+        let n = t.slots.len();
+        let t = Table::reusing(t, n);
+        let t = Table::reusing(t, 1024);
+        assert_eq!((t.base, t.top), (0, 0), "rewritten when the base runs out");
+        assert!(t.slots.iter().all(|s| s.group == 0));
     }
 
     /// Two keys with the same tag and length but different bytes stay apart.
