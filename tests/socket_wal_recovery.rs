@@ -301,3 +301,38 @@ fn lines_received_while_the_restarted_driver_starts_are_counted_once() {
     // Restoring must read the earlier runs' segments only.
     scenario(Kill::AsSoonAsReceived, None, Some("local[2000]"));
 }
+
+#[test]
+fn a_driver_killed_before_its_first_batch_restarts_from_a_checkpoint() {
+    // An hour-long interval: the driver receives and logs lines, and is
+    // killed long before its first batch would be generated. The metadata
+    // checkpoint a fresh job writes before running anything is what the
+    // restarted driver recovers from (so the logged lines are not orphaned).
+    let s = Setup::new(None);
+    let job = std::fs::read_to_string(&s.job).unwrap().replace("\"100ms\"", "\"3600s\"");
+    std::fs::write(&s.job, job).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut d1 = s.driver(&[]);
+    let mut conn = accept(&s.listener, TIMEOUT);
+    // The fresh job's first metadata checkpoint becomes durable at start-up,
+    // an hour before its first batch. (The receiver may log lines a few
+    // milliseconds before that: a driver killed in that window starts over.)
+    let metadata = s.ckpt.join("metadata");
+    while !std::fs::read_dir(&metadata)
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "no metadata checkpoint before the first batch:\n{}", d1.log());
+        std::thread::yield_now();
+    }
+    let lines = phase1_lines(50);
+    send(&mut conn, &lines);
+    s.wait_segment(0, wal_bytes(&lines), &d1, deadline);
+    d1.kill();
+    drop(conn);
+    assert!(d1.log().lines().all(|l| progress(l).is_none()), "no batch ran:\n{}", d1.log());
+    let mut d2 = s.driver(&[]);
+    let _conn = accept(&s.listener, TIMEOUT);
+    assert_eq!(wait_recovered(&mut d2, deadline), 0, "nothing was pending:\n{}", d2.log());
+    d2.kill();
+}

@@ -328,6 +328,14 @@ impl JobRunner {
         let mut last_completed: Option<i64> = None;
         let mut replay: std::collections::VecDeque<i64> = Default::default();
         let mut k: i64 = 0;
+        if let (None, Some(c)) = (&recovered, &ckpt) {
+            // A fresh job: its first metadata checkpoint is durable before
+            // any batch runs. A driver killed at any moment after its
+            // receivers opened then restarts from it and replays what they
+            // logged, instead of starting over without it.
+            c.write_metadata(self.snapshot(zero_time, None, &[], &inputs, &sources));
+            c.flush();
+        }
         if let (Some(m), Some(c)) = (&recovered, &ckpt) {
             zero_time = m.zero_time;
             for (src, cur) in sources.iter_mut().zip(&m.cursors) {
