@@ -222,46 +222,13 @@ impl ToValue for str {
     }
 }
 
-/// Appends a string value. Words and keys are short: their bytes are moved
-/// with two overlapping fixed-size stores instead of a variable-length copy,
-/// which in WebAssembly is a `memory.copy` that the host runs as a libcall
-/// costing more than the copy.
+/// Appends a string value; its bytes go through [`extend_short`], which
+/// copies words without a `memory.copy` libcall.
 #[inline(always)]
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    let (b, n) = (s.as_bytes(), s.len());
-    if n > 16 {
-        return Writer::new(out).str(s);
-    }
-    out.reserve(5 + n);
-    let at = out.len();
-    // SAFETY: `reserve` made room for 5 + n bytes after `at`; every store
-    // below lands in [at, at + 5 + n), every load in b[0..n], and `set_len`
-    // covers exactly the bytes written.
-    unsafe {
-        let p = out.as_mut_ptr().add(at);
-        p.write(TAG_STR);
-        p.add(1).cast::<[u8; 4]>().write_unaligned((n as u32).to_le_bytes());
-        let d = p.add(5);
-        match n {
-            8..=16 => {
-                let (head, tail) = (b.as_ptr().cast::<[u8; 8]>(), b.as_ptr().add(n - 8).cast::<[u8; 8]>());
-                d.cast::<[u8; 8]>().write_unaligned(head.read_unaligned());
-                d.add(n - 8).cast::<[u8; 8]>().write_unaligned(tail.read_unaligned());
-            }
-            4..=7 => {
-                let (head, tail) = (b.as_ptr().cast::<[u8; 4]>(), b.as_ptr().add(n - 4).cast::<[u8; 4]>());
-                d.cast::<[u8; 4]>().write_unaligned(head.read_unaligned());
-                d.add(n - 4).cast::<[u8; 4]>().write_unaligned(tail.read_unaligned());
-            }
-            1..=3 => {
-                d.write(b[0]);
-                d.add(n / 2).write(b[n / 2]);
-                d.add(n - 1).write(b[n - 1]);
-            }
-            _ => {}
-        }
-        out.set_len(at + 5 + n);
-    }
+    out.push(TAG_STR);
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    extend_short(out, s.as_bytes());
 }
 impl ToValue for String {
     fn write(&self, out: &mut Vec<u8>) {

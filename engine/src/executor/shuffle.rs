@@ -177,8 +177,7 @@ pub(crate) fn reduce_side(
     let mut out = codec::BatchBuilder::new();
     match agg {
         Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
-            // The output is at most the buckets' size (one header per key
-            // instead of one per pair).
+            // About the buckets' size: each key once, each value once.
             out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
             // At most as many keys as records in the buckets.
             let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();

@@ -508,25 +508,31 @@ pub fn write_pair(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     extend_short(out, value);
 }
 
-/// `buf.extend_from_slice(b)`, with slices of 4 to 16 bytes (most keys and
-/// scalar values) copied by two overlapping fixed-size moves instead of a
-/// call to memcpy, whose call costs more than copying a word.
+/// `buf.extend_from_slice(b)`, with slices of up to 16 bytes (most keys,
+/// words and scalar values) copied by fixed-size moves instead of a call to
+/// memcpy — natively a call, in WebAssembly a `memory.copy` libcall, either
+/// costing more than copying a word.
 #[inline(always)]
 pub fn extend_short(buf: &mut Vec<u8>, b: &[u8]) {
     let n = b.len();
-    if !(4..=16).contains(&n) {
+    if n > 16 {
         buf.extend_from_slice(b);
         return;
     }
     let at = buf.len();
     buf.extend_from_slice(&[0u8; 16]);
     let d = &mut buf[at..at + n];
+    // Two overlapping moves of k bytes cover any length from k to 2k.
     if n >= 8 {
         d[..8].copy_from_slice(&b[..8]);
         d[n - 8..].copy_from_slice(&b[n - 8..]);
-    } else {
+    } else if n >= 4 {
         d[..4].copy_from_slice(&b[..4]);
         d[n - 4..].copy_from_slice(&b[n - 4..]);
+    } else if n > 0 {
+        d[0] = b[0];
+        d[n / 2] = b[n / 2];
+        d[n - 1] = b[n - 1];
     }
     buf.truncate(at + n);
 }
