@@ -13,4 +13,4 @@ if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; t
   fi
 fi
 bash udfs/build.sh
-cargo test --release --workspace "$@"
+cargo test --release --workspace --features weir/failpoints,weir/test-hooks "$@"

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash udfs/build.sh
-cargo build --release --quiet -p weir
+cargo build --release -p weir-cli
 exec ./target/release/weir run examples/file_wordcount.toml --clock logical --batches 1 "$@"

@@ -17,7 +17,7 @@ use weir::dstream::StreamingContext;
 use weir::scheduler::job_generator::{AfterBatch, CheckpointOptions};
 use weir::scheduler::{Clock, RunOptions};
 
-const WORDCOUNT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../udfs/wordcount.wasm");
+const WORDCOUNT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/wordcount.wasm");
 const BATCHES: usize = 16;
 const BREAK_AT: i64 = 5000;
 const RESTORE_AT: i64 = 10_000;

@@ -1,9 +1,8 @@
 //! End-to-end tests of the `weir` binary: job file errors, `weir udf check`,
 //! a failing UDF, the file-based WordCount example.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 fn write_job(dir: &Path, body: &str) -> std::path::PathBuf {

@@ -13,9 +13,8 @@
 //! fetch) mean something only on a machine that is not also running their
 //! siblings.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

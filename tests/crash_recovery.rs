@@ -5,9 +5,8 @@
 //! through checkpoint writes — and restarted until it finishes. The output
 //! directories of both runs must be byte-identical, batch by batch.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -175,6 +175,6 @@ stream = "totals"
 type = "save_as_text_files"
 prefix = "out/totals"
 "#,
-        super::common::module("wordcount.wasm").display()
+        crate::common::module("wordcount.wasm").display()
     )
 }

@@ -3,11 +3,9 @@
 //! `weir checkpoint inspect`), two drivers on one checkpoint directory, and
 //! stateful operations without a checkpoint directory.
 
-mod common;
-mod drivers;
 
-use common::*;
-use drivers::*;
+use crate::common::*;
+use crate::drivers::*;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -9,11 +9,9 @@
 //! the recovery message) and by the write-ahead log itself (lines are in the
 //! log before they count as received); never by sleeping.
 
-mod common;
-mod drivers;
 
-use common::*;
-use drivers::*;
+use crate::common::*;
+use crate::drivers::*;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;

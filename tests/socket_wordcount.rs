@@ -2,9 +2,8 @@
 //! `weir run` (wall clock); the server drops the connection half way and the
 //! receiver reconnects; every line sent is counted.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::net::TcpListener;
 

@@ -1,0 +1,310 @@
+//! The `weir` command line: `weir run`, `weir executor`, `weir udf check`,
+//! `weir checkpoint inspect`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use weir::scheduler::job_generator::CheckpointOptions;
+use weir::scheduler::{Clock, ClusterOptions, Master, RunOptions};
+use weir::udf::{UdfLimits, UdfModule, UdfRuntime};
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Micro-batch stream processing with WebAssembly UDFs")]
+pub struct Cli {
+    /// More logging (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a streaming job described by a TOML file.
+    Run(RunArgs),
+    /// Work with UDF modules.
+    Udf {
+        #[command(subcommand)]
+        command: UdfCommand,
+    },
+    /// Run an executor process that joins a driver.
+    Executor(ExecutorArgs),
+    /// Look into checkpoint directories.
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExecutorArgs {
+    /// The driver's executor address (HOST:PORT).
+    #[arg(long)]
+    pub driver: String,
+    /// Tasks to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Claim another protocol version (for testing the driver's refusal).
+    #[arg(long, hide = true, default_value_t = weir::cluster::executor::VERSION)]
+    pub protocol_version: u32,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCommand {
+    /// What the newest valid checkpoint holds, and which files are invalid.
+    Inspect {
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// Where executors run: local[N] (N threads in this process),
+    /// local-cluster[N] or local-cluster[N,CORES] (N executor processes on this
+    /// machine), cluster[N] (wait for N executors to join at --listen).
+    #[arg(long, default_value = "local[2]")]
+    pub master: String,
+    /// wall: batches at real time; logical: the next batch as soon as the last is done.
+    #[arg(long, value_enum)]
+    pub clock: Option<ClockArg>,
+    /// Stop after N batches.
+    #[arg(long)]
+    pub batches: Option<u64>,
+    /// Print each output's RDD lineage before its first batch.
+    #[arg(long)]
+    pub explain: bool,
+    /// Checkpoint into DIR, and recover from it if it holds a checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Discard what the checkpoint directory holds and start over.
+    #[arg(long, requires = "checkpoint")]
+    pub fresh: bool,
+    /// Recover although a UDF module changed since the checkpoint.
+    #[arg(long, requires = "checkpoint")]
+    pub accept_module_change: bool,
+    /// Metadata checkpoints to keep.
+    #[arg(long, default_value_t = 10, requires = "checkpoint")]
+    pub keep_checkpoints: usize,
+    /// Restart the driver when it dies (killed by a signal or crashed), with
+    /// backoff; with --checkpoint each restart recovers where the last stopped.
+    #[arg(long)]
+    pub supervise: bool,
+    /// With --supervise: give up after this many restarts.
+    #[arg(long, default_value_t = 10)]
+    pub max_restarts: u32,
+    /// Accept executors on this address (HOST:PORT); needs a cluster secret
+    /// unless it is a loopback address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Declare an executor lost after this long without a heartbeat (ms).
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_timeout_ms: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ClockArg {
+    Wall,
+    Logical,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UdfCommand {
+    /// Validate a module against the UDF ABI and list its functions.
+    Check {
+        /// A .wasm or .wat file.
+        module: PathBuf,
+    },
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // The chain of causes, each once: typed errors often already
+            // quote their source in their own message.
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("weir: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Udf { command: UdfCommand::Check { module } } => udf_check(&module),
+        Command::Run(args) if args.supervise => supervise(&args),
+        Command::Run(args) => run_job(args, cli.quiet),
+        Command::Executor(a) => {
+            let secret = weir::cluster::secret_from(a.secret_file.as_deref())
+                .context("reading the cluster secret")?
+                .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
+            weir::cluster::executor::run(&a.driver, &secret, a.cores, a.protocol_version)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
+            print_out(&weir::checkpoint::inspect(&dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `--supervise`: runs the driver as a child process and restarts it when it
+/// dies, with backoff (1 s doubling to 30 s) and a limit. A driver that
+/// exits by itself — success, a bad job, failed batches — is not restarted.
+fn supervise(args: &RunArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the weir executable")?;
+    let child_args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--supervise").collect();
+    let mut backoff = std::time::Duration::from_secs(1);
+    let mut restarts = 0;
+    loop {
+        let status = std::process::Command::new(&exe).args(&child_args).status().context("cannot start the driver")?;
+        let died = match status.code() {
+            None => true,      // killed by a signal
+            Some(101) => true, // panicked
+            Some(c) => return Ok(ExitCode::from(c as u8)),
+        };
+        if died {
+            if restarts >= args.max_restarts {
+                anyhow::bail!("the driver died {} times ({status}); giving up", restarts + 1);
+            }
+            restarts += 1;
+            eprintln!("weir: the driver died ({status}); restart {restarts} of {} in {backoff:?}", args.max_restarts);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
+    }
+}
+
+fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
+    let runtime = UdfRuntime::new()?;
+    let m = UdfModule::load(&runtime, path, UdfLimits::default())
+        .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
+    let mut out = format!("{}: valid Weir UDF module (ABI v1)\n", path.display());
+    out.push_str(&format!("  sha256 {}\n  {} bytes\n", m.hash(), m.size()));
+    if m.functions().is_empty() {
+        out.push_str("  no functions exported\n");
+    }
+    for (name, kind) in m.functions() {
+        out.push_str(&format!("  {:<15} {name}\n", kind.as_str()));
+    }
+    print_out(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_out(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
+    let master: Master = args.master.parse().map_err(anyhow::Error::msg).context("--master")?;
+    let runtime = UdfRuntime::new()?;
+    let job = weir::job::load(&args.job, runtime)?;
+    let clock = match args.clock {
+        Some(ClockArg::Wall) => Clock::Wall,
+        Some(ClockArg::Logical) => Clock::Logical,
+        None => job.clock.unwrap_or(Clock::Wall),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    install_ctrl_c(stop.clone());
+    let opts = RunOptions {
+        master,
+        clock,
+        max_batches: args.batches,
+        explain: args.explain,
+        progress: !quiet,
+        stop,
+        after_batch: None,
+        allow_state_without_checkpoint: false,
+        cluster: ClusterOptions {
+            listen: args.listen.clone(),
+            secret: weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?,
+            heartbeat_timeout: std::time::Duration::from_millis(args.heartbeat_timeout_ms),
+            // Executors are this very program, whatever it is called.
+            executor_binary: std::env::current_exe().ok(),
+        },
+        checkpoint: args.checkpoint.as_ref().map(|dir| CheckpointOptions {
+            dir: dir.clone(),
+            keep: args.keep_checkpoints,
+            fresh: args.fresh,
+            accept_module_change: args.accept_module_change,
+        }),
+    };
+    let report = job.context.run(opts).with_context(|| format!("running {}", args.job.display()))?;
+    let failed = report.failed_batches().count();
+    if failed > 0 {
+        eprintln!("weir: {failed} of {} batch(es) failed (see the errors above)", report.batches.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First Ctrl-C: finish the batch in flight, then stop. Second: exit now.
+fn install_ctrl_c(stop: Arc<AtomicBool>) {
+    let _ = std::thread::Builder::new().name("weir-signals".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            loop {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                if stop.swap(true, Ordering::Relaxed) {
+                    std::process::exit(130);
+                }
+                eprintln!("weir: stopping after the batch in flight (Ctrl-C again to exit now)");
+            }
+        });
+    });
+}

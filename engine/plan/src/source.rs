@@ -1,0 +1,97 @@
+//! Source descriptors: what a job says a source is, and what a batch took
+//! from it (recorded in checkpoints so a re-run batch reads the same records).
+//! Running sources live in the runtime (`weir::source`).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A source as described in a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    Socket {
+        host: String,
+        port: u16,
+    },
+    Directory {
+        path: PathBuf,
+    },
+    Batches {
+        path: PathBuf,
+    },
+    Generator {
+        #[serde(default = "default_lines")]
+        lines_per_batch: u64,
+        #[serde(default = "default_words")]
+        words_per_line: u32,
+        #[serde(default = "default_vocab")]
+        vocabulary: u32,
+        #[serde(default)]
+        seed: u64,
+        /// Stop after this many batches (unbounded if absent).
+        #[serde(default)]
+        batches: Option<u64>,
+    },
+    /// Encoded batches (Rust API only).
+    #[serde(skip)]
+    Queue {
+        batches: Vec<Vec<u8>>,
+    },
+}
+
+fn default_lines() -> u64 {
+    10_000
+}
+fn default_words() -> u32 {
+    10
+}
+fn default_vocab() -> u32 {
+    10_000
+}
+
+/// What a batch took from a source: enough to read exactly the same records
+/// again when the batch is re-run (recorded in the metadata checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputDescriptor {
+    /// Line `n` (0-based) of a `batches` file.
+    Line(u64),
+    /// Item `n` of a queue.
+    Queue(u64),
+    /// The files a `directory` batch read, in order.
+    Files(Vec<PathBuf>),
+    /// A generator's batch: a pure function of the batch time (or empty).
+    Generated { empty: bool },
+    /// Ranges of a receiver's write-ahead log.
+    Wal(Vec<WalRange>),
+    /// Received without a write-ahead log (no checkpoint directory): cannot
+    /// be read again.
+    Unreplayable,
+}
+
+/// Where a source resumes after the newest batch recorded in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceCursor {
+    Next(u64),
+    Files(BTreeSet<PathBuf>),
+    Generator { left: Option<u64> },
+    Wal(WalPosition),
+    None,
+}
+
+/// A range of one segment: records starting at byte `start` up to `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalRange {
+    pub seq: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A position in the log: everything before it has been allocated to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WalPosition {
+    pub seq: u64,
+    pub offset: u64,
+}
+

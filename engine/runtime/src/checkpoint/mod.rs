@@ -1,0 +1,497 @@
+//! Checkpointing: what a restarted driver needs to carry on exactly where the
+//! last one was (`docs/fault-tolerance.md`).
+//!
+//! ```text
+//! <dir>/lock                          held (flock) by the live driver
+//! <dir>/metadata/checkpoint-<seq>     metadata checkpoints (newest N kept)
+//! <dir>/state/<node>-<time>.state     data checkpoints of state RDDs
+//! <dir>/wal/<source>-<seq>.log        receivers' write-ahead logs
+//! ```
+//!
+//! A metadata checkpoint is written when a batch is generated (its inputs are
+//! recorded, it is pending) and when it completes. Data checkpoints hold the
+//! partitions of stateful streams every checkpoint interval. All writes go
+//! through one background writer in submission order (so a metadata file is
+//! durable only after the state files it names); the batch loop only takes an
+//! in-memory snapshot. A failed write is logged and counted and the job goes
+//! on; the next snapshot tries again.
+
+pub mod file;
+pub mod store;
+pub mod wal;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use weir_plan::source::{InputDescriptor, SourceCursor};
+use file::FileKind;
+pub use store::{CheckpointStore, LocalDir};
+
+/// A source's part of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRecord {
+    pub partitions: u32,
+    pub records: u64,
+    pub descriptor: InputDescriptor,
+}
+
+/// A data checkpoint of one stateful stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRef {
+    pub time: i64,
+    /// File name under `state/`.
+    pub file: String,
+    pub partitions: u32,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The metadata checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub seq: u64,
+    /// SHA-256 of the job (the job file's bytes).
+    pub job_hash: String,
+    pub job: String,
+    /// Module file name -> SHA-256.
+    pub modules: BTreeMap<String, String>,
+    pub batch_interval_ms: i64,
+    pub zero_time: i64,
+    pub last_completed: Option<i64>,
+    /// Generated but not completed, oldest first.
+    pub pending: Vec<i64>,
+    /// Each source's input of every batch still needed for recovery.
+    pub inputs: BTreeMap<i64, Vec<InputRecord>>,
+    /// Where each source resumes after the newest batch in `inputs`.
+    pub cursors: Vec<SourceCursor>,
+    /// The newest durable data checkpoint of each stateful stream (by node).
+    pub state: BTreeMap<u32, StateRef>,
+}
+
+impl Metadata {
+    pub fn newest_batch(&self) -> Option<i64> {
+        self.inputs.keys().next_back().copied().into_iter().chain(self.last_completed).max()
+    }
+}
+
+/// Counters of the checkpoint writer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub metadata_written: u64,
+    pub state_written: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub last_write_micros: u64,
+    pub last_state_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint directory {dir}: {source}")]
+    Io { dir: PathBuf, source: std::io::Error },
+    #[error(
+        "checkpoint directory {dir} is in use by another driver{}; one driver per checkpoint directory",
+        pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { dir: PathBuf, pid: Option<String> },
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+enum WriteJob {
+    State { node: u32, time: i64, partitions: Vec<Arc<Vec<u8>>> },
+    Metadata(Box<Metadata>),
+    Flush(Sender<()>),
+}
+
+/// An open checkpoint directory, held by this driver.
+pub struct CheckpointDir {
+    root: PathBuf,
+    _lock: File,
+    writer: Sender<WriteJob>,
+    stats: Arc<Mutex<CheckpointStats>>,
+    durable_state: Arc<Mutex<BTreeMap<u32, StateRef>>>,
+}
+
+/// What `open` found in the directory.
+pub struct Recovered {
+    pub metadata: Option<Metadata>,
+    /// Files that could not be used, and why (newest first).
+    pub invalid: Vec<(PathBuf, String)>,
+}
+
+fn io_err(dir: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { dir: dir.to_path_buf(), source }
+}
+
+pub fn metadata_dir(root: &Path) -> PathBuf {
+    root.join("metadata")
+}
+pub fn state_dir(root: &Path) -> PathBuf {
+    root.join("state")
+}
+pub fn wal_dir(root: &Path) -> PathBuf {
+    root.join("wal")
+}
+
+/// Metadata checkpoints in `store`, by sequence number: (seq, name).
+fn metadata_files(store: &dyn CheckpointStore) -> Vec<(u64, String)> {
+    let mut v: Vec<(u64, String)> = store
+        .list("metadata")
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| Some((n.strip_prefix("checkpoint-")?.parse().ok()?, format!("metadata/{n}"))))
+        .collect();
+    v.sort();
+    v
+}
+
+fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
+    let payload = file::read(store, name, FileKind::Metadata).map_err(|e| e.to_string())?;
+    let (m, _): (Metadata, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
+        .map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))?;
+    Ok(m)
+}
+
+/// Reads the newest valid metadata checkpoint of a local checkpoint
+/// directory, falling back to older ones.
+pub fn load_newest(root: &Path) -> Recovered {
+    load_newest_in(&LocalDir::new(root))
+}
+
+/// Reads the newest valid metadata checkpoint in `store`, falling back to older ones.
+pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
+    let mut invalid = Vec::new();
+    for (_, name) in metadata_files(store).into_iter().rev() {
+        match decode_metadata(store, &name) {
+            Ok(m) => return Recovered { metadata: Some(m), invalid },
+            Err(e) => invalid.push((store.locate(&name), e)),
+        }
+    }
+    Recovered { metadata: None, invalid }
+}
+
+/// Reads the partitions of a data checkpoint of a local checkpoint directory.
+pub fn read_state(root: &Path, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
+    read_state_in(&LocalDir::new(root), r)
+}
+
+/// Reads the partitions of a data checkpoint in `store`.
+pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
+    let name = format!("state/{}", r.file);
+    let payload = file::read(store, &name, FileKind::State).map_err(|e| e.to_string())?;
+    let (parts, _): (Vec<Vec<u8>>, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
+        .map_err(|e| format!("{}: undecodable state: {e}", store.locate(&name).display()))?;
+    Ok(parts)
+}
+
+impl CheckpointDir {
+    /// Opens (creating) a checkpoint directory, takes its lock, and reads the
+    /// newest valid metadata checkpoint. A lock held by a live driver is
+    /// refused; a dead driver's lock is released by the kernel with its
+    /// process, so it is simply taken.
+    pub fn open(root: &Path, keep: usize) -> Result<(Self, Recovered), CheckpointError> {
+        for d in [root.to_path_buf(), metadata_dir(root), state_dir(root), wal_dir(root)] {
+            std::fs::create_dir_all(&d).map_err(io_err(root))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = take_lock(root)?;
+        lock.set_len(0).map_err(io_err(root))?;
+        std::fs::write(&lock_path, std::process::id().to_string()).map_err(io_err(root))?;
+        let recovered = load_newest_in(&LocalDir::new(root));
+        let stats = Arc::new(Mutex::new(CheckpointStats::default()));
+        let durable_state =
+            Arc::new(Mutex::new(recovered.metadata.as_ref().map(|m| m.state.clone()).unwrap_or_default()));
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
+        let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
+        let (tx, rx) = channel::<WriteJob>();
+        {
+            let (root, stats, durable, store) =
+                (root.to_path_buf(), stats.clone(), durable_state.clone(), store.clone());
+            let mut kept: VecDeque<Metadata> = recovered.metadata.iter().cloned().collect();
+            std::thread::Builder::new()
+                .name("weir-checkpoint".into())
+                .spawn(move || {
+                    let mut seq = next_seq;
+                    while let Ok(job) = rx.recv() {
+                        let t = Instant::now();
+                        let result = match job {
+                            WriteJob::Flush(ack) => {
+                                let _ = ack.send(());
+                                continue;
+                            }
+                            WriteJob::State { node, time, partitions } => write_state(&*store, node, time, &partitions)
+                                .map(|r| {
+                                    let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
+                                    st.state_written += 1;
+                                    st.last_state_bytes = r.bytes;
+                                    drop(st);
+                                    durable.lock().unwrap_or_else(|p| p.into_inner()).insert(node, r);
+                                }),
+                            WriteJob::Metadata(mut m) => {
+                                m.seq = seq;
+                                // Only data checkpoints known to be durable are named.
+                                m.state = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                let r = write_metadata(&*store, &m);
+                                if r.is_ok() {
+                                    seq += 1;
+                                    stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
+                                    kept.push_back(*m);
+                                    while kept.len() > keep.max(1) {
+                                        kept.pop_front();
+                                    }
+                                    collect_garbage(&*store, &root, &kept, keep.max(1));
+                                }
+                                r
+                            }
+                        };
+                        let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
+                        st.last_write_micros = t.elapsed().as_micros() as u64;
+                        if let Err(e) = result {
+                            st.failures += 1;
+                            tracing::warn!(
+                                "checkpoint write failed (the job goes on; retried with the next checkpoint): {e}"
+                            );
+                            st.last_error = Some(e);
+                        }
+                    }
+                })
+                .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
+        }
+        Ok((CheckpointDir { root: root.into(), _lock: lock, writer: tx, stats, durable_state }, recovered))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Queues a metadata checkpoint (the caller only built the snapshot).
+    pub fn write_metadata(&self, m: Metadata) {
+        let _ = self.writer.send(WriteJob::Metadata(Box::new(m)));
+    }
+
+    /// Queues a data checkpoint of a stateful stream's RDD at `time`.
+    pub fn write_state(&self, node: u32, time: i64, partitions: Vec<Arc<Vec<u8>>>) {
+        let _ = self.writer.send(WriteJob::State { node, time, partitions });
+    }
+
+    /// Waits until every queued write is done (or failed).
+    pub fn flush(&self) {
+        let (tx, rx) = channel();
+        if self.writer.send(WriteJob::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    pub fn stats(&self) -> CheckpointStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The newest durable data checkpoint of each stateful stream.
+    pub fn durable_state(&self) -> BTreeMap<u32, StateRef> {
+        self.durable_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Removes everything (a fresh start on an existing directory). Refused
+    /// while another driver holds the directory: its files are in use.
+    pub fn clear(root: &Path) -> std::io::Result<()> {
+        if !root.is_dir() {
+            return Ok(());
+        }
+        let _lock = take_lock(root).map_err(|e| match e {
+            CheckpointError::Locked { pid, .. } => std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "in use by another driver{}; one driver per checkpoint directory",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                ),
+            ),
+            CheckpointError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the directory's lock (`<root>/lock`, flock), or says which live
+/// driver holds it.
+fn take_lock(root: &Path) -> Result<File, CheckpointError> {
+    let lock_path = root.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(io_err(root))?;
+    if let Err(e) = lock.try_lock() {
+        return match e {
+            std::fs::TryLockError::WouldBlock => {
+                let pid =
+                    std::fs::read_to_string(&lock_path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+                Err(CheckpointError::Locked { dir: root.into(), pid })
+            }
+            std::fs::TryLockError::Error(e) => Err(io_err(root)(e)),
+        };
+    }
+    Ok(lock)
+}
+
+fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {
+    let plain: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+    let payload = bincode::serde::encode_to_vec(&plain, bincode::config::standard()).map_err(|e| e.to_string())?;
+    let name = format!("{node}-{time}.state");
+    file::write(store, &format!("state/{name}"), FileKind::State, &payload).map_err(|e| e.to_string())?;
+    let records = parts.iter().map(|p| crate::udf::abi::batch_count(p) as u64).sum();
+    Ok(StateRef { time, file: name, partitions: parts.len() as u32, records, bytes: payload.len() as u64 })
+}
+
+fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<(), String> {
+    let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
+    file::write(store, &format!("metadata/checkpoint-{:020}", m.seq), FileKind::Metadata, &payload)
+        .map_err(|e| e.to_string())
+}
+
+/// Deletes metadata beyond the newest `keep`, and state files and WAL
+/// segments that no kept metadata checkpoint refers to.
+fn collect_garbage(store: &dyn CheckpointStore, root: &Path, kept: &VecDeque<Metadata>, keep: usize) {
+    let files = metadata_files(store);
+    if files.len() > keep {
+        for (_, name) in &files[..files.len() - keep] {
+            let _ = store.delete(name);
+        }
+    }
+    if kept.is_empty() {
+        return;
+    }
+    // A state file is kept if a kept checkpoint names it, or if it is newer
+    // than everything they name for its stream (a later checkpoint will).
+    let referenced: std::collections::HashSet<&str> =
+        kept.iter().flat_map(|m| m.state.values().map(|r| r.file.as_str())).collect();
+    let mut oldest: BTreeMap<u32, i64> = BTreeMap::new();
+    for m in kept {
+        for (node, r) in &m.state {
+            let e = oldest.entry(*node).or_insert(r.time);
+            *e = (*e).min(r.time);
+        }
+    }
+    for n in store.list("state").unwrap_or_default() {
+        let Some((node, time)) = n
+            .strip_suffix(".state")
+            .and_then(|s| s.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<i64>().ok()?)))
+        else {
+            continue;
+        };
+        let stale = oldest.get(&node).is_some_and(|&o| time < o);
+        if stale && !referenced.contains(n.as_str()) {
+            let _ = store.delete(&format!("state/{n}"));
+        }
+    }
+    // WAL segments older than every kept checkpoint's oldest referenced range.
+    let mut min_seq: BTreeMap<u32, u64> = BTreeMap::new();
+    for m in kept {
+        for (i, c) in m.cursors.iter().enumerate() {
+            if let SourceCursor::Wal(p) = c {
+                let e = min_seq.entry(i as u32).or_insert(p.seq);
+                *e = (*e).min(p.seq);
+            }
+        }
+        for recs in m.inputs.values() {
+            for (i, r) in recs.iter().enumerate() {
+                if let InputDescriptor::Wal(ranges) = &r.descriptor {
+                    for rg in ranges {
+                        let e = min_seq.entry(i as u32).or_insert(rg.seq);
+                        *e = (*e).min(rg.seq);
+                    }
+                }
+            }
+        }
+    }
+    for (source, min) in min_seq {
+        for seq in wal::segments(&wal_dir(root), source) {
+            if seq < min {
+                let _ = std::fs::remove_file(wal::segment_path(&wal_dir(root), source, seq));
+            }
+        }
+    }
+}
+
+/// `weir checkpoint inspect`: what the newest valid checkpoint holds.
+pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
+    use std::fmt::Write;
+    if !root.is_dir() {
+        return Err(CheckpointError::Mismatch(format!("{} is not a directory", root.display())));
+    }
+    let store = LocalDir::new(root);
+    let rec = load_newest_in(&store);
+    let mut s = String::new();
+    let _ = writeln!(s, "checkpoint directory {}", root.display());
+    let files = metadata_files(&store);
+    let _ = writeln!(s, "metadata checkpoints: {}", files.len());
+    for (_, why) in &rec.invalid {
+        // `why` starts with the file's path.
+        let _ = writeln!(s, "  INVALID {why}");
+    }
+    let Some(m) = rec.metadata else {
+        let _ = writeln!(s, "no valid metadata checkpoint");
+        return Ok(s);
+    };
+    let _ = writeln!(s, "newest valid: checkpoint-{:020}", m.seq);
+    let _ = writeln!(s, "job: {} (sha256 {})", m.job, m.job_hash);
+    for (name, h) in &m.modules {
+        let _ = writeln!(s, "module: {name} (sha256 {h})");
+    }
+    let _ = writeln!(s, "batch interval: {} ms, zero time: {} ms", m.batch_interval_ms, m.zero_time);
+    match m.last_completed {
+        Some(t) => {
+            let _ = writeln!(s, "last completed batch: {t} ms");
+        }
+        None => {
+            let _ = writeln!(s, "last completed batch: none");
+        }
+    }
+    let pending: Vec<String> = m.pending.iter().map(|t| format!("{t} ms")).collect();
+    let _ =
+        writeln!(s, "pending batches: {}", if pending.is_empty() { "none".to_string() } else { pending.join(", ") });
+    let (first, last) = (m.inputs.keys().next(), m.inputs.keys().next_back());
+    if let (Some(a), Some(b)) = (first, last) {
+        let _ = writeln!(s, "recorded inputs: {} batch(es), {a} ms .. {b} ms", m.inputs.len());
+    }
+    for (i, c) in m.cursors.iter().enumerate() {
+        let desc = match c {
+            SourceCursor::Next(n) => format!("next batch line {n}"),
+            SourceCursor::Files(f) => format!("{} file(s) read", f.len()),
+            SourceCursor::Generator { left } => match left {
+                Some(l) => format!("generator, {l} batch(es) left"),
+                None => "generator".into(),
+            },
+            SourceCursor::Wal(p) => format!("write-ahead log segment {} offset {}", p.seq, p.offset),
+            SourceCursor::None => "no position (not replayable)".into(),
+        };
+        let _ = writeln!(s, "source {i}: {desc}");
+    }
+    for (node, r) in &m.state {
+        let ok = match read_state_in(&store, r) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("INVALID: {e}"),
+        };
+        let _ = writeln!(
+            s,
+            "state of stream node {node}: batch {} ms, {} partition(s), {} key(s), {} bytes, state/{} ({ok})",
+            r.time, r.partitions, r.records, r.bytes, r.file
+        );
+    }
+    Ok(s)
+}

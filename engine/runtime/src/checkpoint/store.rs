@@ -1,0 +1,103 @@
+//! Where checkpoint files live. [`CheckpointStore`] is the interface: named
+//! blobs, each written atomically and durably, listed by directory. The
+//! default, [`LocalDir`], is a directory on a local filesystem; an object
+//! store (S3-compatible, through the `object_store` crate) can implement the
+//! same four calls. The lock and the receivers' write-ahead logs are local
+//! files beside it (an append-only log and a flock have no object-store
+//! equivalent without more design).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Checkpoint storage: names are `dir/file` (e.g. `metadata/checkpoint-…`).
+pub trait CheckpointStore: Send + Sync {
+    /// Stores `bytes` under `name`, all or nothing, durably.
+    fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()>;
+    fn get(&self, name: &str) -> std::io::Result<Vec<u8>>;
+    /// The file names in `dir`, sorted (temporary files excluded).
+    fn list(&self, dir: &str) -> std::io::Result<Vec<String>>;
+    fn delete(&self, name: &str) -> std::io::Result<()>;
+    /// Where `name` is, for messages (a path, a URL).
+    fn locate(&self, name: &str) -> PathBuf;
+}
+
+/// A checkpoint directory on a local filesystem: write to a temporary name,
+/// fsync, rename into place, fsync the directory.
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+impl LocalDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalDir { root: root.into() }
+    }
+}
+
+/// Fsyncs a directory, so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Crash injection for fault tests (cargo feature `failpoints`, off in
+/// release builds users run): `WEIR_CRASH_AT_CHECKPOINT_WRITE=N` aborts the
+/// process halfway through its N-th checkpoint file write; with
+/// `WEIR_CRASH_MARKER=path` only once (the marker file records that it did).
+#[cfg(feature = "failpoints")]
+fn crash_injection_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = std::env::var("WEIR_CRASH_AT_CHECKPOINT_WRITE").ok().and_then(|v| v.parse::<u64>().ok()) else {
+        return false;
+    };
+    if WRITES.fetch_add(1, Ordering::Relaxed) + 1 != n {
+        return false;
+    }
+    match std::env::var_os("WEIR_CRASH_MARKER") {
+        Some(marker) => std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok(),
+        None => true,
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn crash_injection_due() -> bool {
+    false
+}
+
+impl CheckpointStore for LocalDir {
+    fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.root.join(name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{file}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        if crash_injection_due() {
+            // Die with half a file written: what a power cut or SIGKILL leaves.
+            let _ = f.write_all(&bytes[..bytes.len() / 2]);
+            let _ = f.sync_all();
+            std::process::abort();
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        sync_dir(&dir)
+    }
+    fn get(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.root.join(name))
+    }
+    fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join(dir))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+    fn delete(&self, name: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.root.join(name))
+    }
+    fn locate(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}

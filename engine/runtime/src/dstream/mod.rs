@@ -1,0 +1,558 @@
+//! DStreams: the Rust API for building a streaming job (`StreamingContext`,
+//! `DStream`), in Spark's vocabulary. It builds a [`graph::Graph`] — plain data
+//! — that the job generator runs; a job file (`crate::job`) builds the same
+//! graph through this API.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), weir::EngineError> {
+//! use std::time::Duration;
+//! use weir::dstream::StreamingContext;
+//! let mut ssc = StreamingContext::new(Duration::from_secs(1))?;
+//! let wc = ssc.module("udfs/wordcount.wasm")?;
+//! let lines = ssc.socket_text_stream("localhost", 9999);
+//! let counts = lines
+//!     .flat_map(&wc.udf("split"))?
+//!     .map(&wc.udf("pair"))?
+//!     .reduce_by_key(&wc.udf("sum"))?;
+//! counts.print()?;
+//! ssc.run(Default::default())?;
+//! # Ok(()) }
+//! ```
+
+pub use weir_plan::graph;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weir_codec::Value;
+
+use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfRef};
+use crate::scheduler::job_generator::{JobRunner, RunOptions, RunReport};
+use crate::sink::{Collected, ForeachRdd, OutputSpec};
+use crate::source::SourceSpec;
+use crate::udf::{ModuleRegistry, UdfKind, UdfLimits, UdfModule, UdfRuntime};
+use crate::EngineError;
+use graph::{Graph, NodeId, NodeOp, Output};
+
+/// A function of a loaded module, not yet bound to a kind.
+#[derive(Clone, Debug)]
+pub struct Udf {
+    module: Arc<UdfModule>,
+    name: String,
+}
+
+impl Udf {
+    /// Binds to `kind`, checking the module exports it as such.
+    fn bind(&self, kind: UdfKind) -> Result<UdfRef, EngineError> {
+        self.module.check_function(&self.name, kind)?;
+        Ok(UdfRef {
+            module: self.module.hash(),
+            module_name: self.module.name().to_string(),
+            function: self.name.clone(),
+            kind,
+        })
+    }
+    fn label(&self) -> String {
+        format!("{}.{}", self.module.name().trim_end_matches(".wasm").trim_end_matches(".wat"), self.name)
+    }
+}
+
+/// A loaded module.
+#[derive(Clone, Debug)]
+pub struct ModuleHandle(Arc<UdfModule>);
+
+impl ModuleHandle {
+    pub fn udf(&self, name: &str) -> Udf {
+        Udf { module: self.0.clone(), name: name.to_string() }
+    }
+    pub fn module(&self) -> &Arc<UdfModule> {
+        &self.0
+    }
+}
+
+struct Inner {
+    graph: Graph,
+    collectors: Vec<Collected>,
+    foreach: Vec<ForeachRdd>,
+}
+
+/// The entry point: holds the graph being built and the job's modules.
+pub struct StreamingContext {
+    inner: Rc<RefCell<Inner>>,
+    registry: Arc<ModuleRegistry>,
+    base_dir: PathBuf,
+    /// The job's name and hash in checkpoints (a job file sets them).
+    identity: Option<(String, String)>,
+}
+
+/// A stream of batches (one RDD per slide).
+#[derive(Clone)]
+pub struct DStream {
+    inner: Rc<RefCell<Inner>>,
+    node: NodeId,
+}
+
+impl StreamingContext {
+    /// A context with default UDF limits and `parallelism` 2.
+    pub fn new(batch_interval: Duration) -> Result<Self, EngineError> {
+        Self::with_limits(batch_interval, UdfLimits::default())
+    }
+
+    pub fn with_limits(batch_interval: Duration, limits: UdfLimits) -> Result<Self, EngineError> {
+        let runtime = UdfRuntime::new()?;
+        Ok(Self::with_registry(batch_interval, Arc::new(ModuleRegistry::new(runtime, limits))))
+    }
+
+    pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Self {
+        let graph = Graph::new(batch_interval.as_millis().max(1) as i64, 2);
+        StreamingContext {
+            inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new(), foreach: Vec::new() })),
+            registry,
+            base_dir: PathBuf::from("."),
+            identity: None,
+        }
+    }
+
+    /// Names the job in checkpoints: a checkpoint written under one identity
+    /// is refused under another. By default it is the graph's own hash.
+    pub fn set_identity(&mut self, name: &str, hash: &str) {
+        self.identity = Some((name.to_string(), hash.to_string()));
+    }
+
+    /// Relative paths (modules, sources, outputs) resolve against `dir`.
+    pub fn set_base_dir(&mut self, dir: impl Into<PathBuf>) {
+        self.base_dir = dir.into();
+    }
+
+    /// Default number of partitions of sources and shuffles.
+    pub fn set_parallelism(&mut self, n: u32) {
+        self.inner.borrow_mut().graph.parallelism = n.max(1);
+    }
+
+    pub fn registry(&self) -> &Arc<ModuleRegistry> {
+        &self.registry
+    }
+
+    /// Loads a UDF module (`.wasm` or `.wat`).
+    pub fn module(&self, path: impl AsRef<Path>) -> Result<ModuleHandle, EngineError> {
+        Ok(ModuleHandle(self.registry.load(&self.base_dir.join(path))?))
+    }
+
+    pub fn source(&self, spec: SourceSpec, label: &str) -> DStream {
+        let mut inner = self.inner.borrow_mut();
+        let source = inner.graph.sources.len() as u32;
+        inner.graph.sources.push(spec);
+        // A source node has no parents, so adding it cannot fail.
+        let node = inner.graph.add(vec![], NodeOp::Source { source }, label.to_string()).unwrap_or(0);
+        DStream { inner: self.inner.clone(), node }
+    }
+
+    /// Lines from a TCP server (a receiver).
+    pub fn socket_text_stream(&self, host: &str, port: u16) -> DStream {
+        self.source(SourceSpec::Socket { host: host.into(), port }, &format!("socket({host}:{port})"))
+    }
+
+    /// Lines of new files in a directory.
+    pub fn text_file_stream(&self, dir: impl Into<PathBuf>) -> DStream {
+        let path = dir.into();
+        let label = format!("directory({})", path.display());
+        self.source(SourceSpec::Directory { path }, &label)
+    }
+
+    /// Explicit batches, one per batch time (Spark's queueStream).
+    pub fn queue_stream(&self, batches: Vec<Vec<Value>>) -> DStream {
+        let batches = batches.iter().map(|b| Value::encode_batch(b)).collect();
+        self.source(SourceSpec::Queue { batches }, "queue")
+    }
+
+    /// The graph built so far.
+    pub fn graph(&self) -> Graph {
+        self.inner.borrow().graph.clone()
+    }
+
+    /// Runs the job until its sources are exhausted (logical clock), the
+    /// batch limit is reached, or `opts.stop` is set.
+    pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
+        let inner = self.inner.borrow();
+        if inner.graph.outputs.is_empty() {
+            return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
+        }
+        // The hash only identifies the job in its checkpoints; without them
+        // it is not worth hashing every queued batch.
+        let (job_name, job_hash) = self.identity.clone().unwrap_or_else(|| {
+            let hash = if opts.checkpoint.is_some() { graph_hash(&inner.graph) } else { String::new() };
+            ("(Rust API job)".to_string(), hash)
+        });
+        let runner = JobRunner {
+            job_name,
+            job_hash,
+            modules: self.registry.modules(),
+            graph: inner.graph.clone(),
+            base_dir: self.base_dir.clone(),
+            registry: self.registry.clone(),
+            collectors: inner.collectors.clone(),
+            foreach: inner.foreach.clone(),
+        };
+        drop(inner);
+        runner.run(opts)
+    }
+}
+
+/// A job's identity when no job file names it: the SHA-256 of its graph
+/// (queued batches hashed as bytes, not formatted).
+fn graph_hash(g: &Graph) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{:?}|{}|{}|{:?}", g.nodes, g.batch_interval_ms, g.parallelism, g.outputs).as_bytes());
+    for s in &g.sources {
+        match s {
+            SourceSpec::Queue { batches } => {
+                for b in batches {
+                    h.update((b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+            }
+            other => h.update(format!("{other:?}").as_bytes()),
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type R = Result<DStream, EngineError>;
+
+impl DStream {
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn add(&self, parents: Vec<NodeId>, op: NodeOp, label: String) -> R {
+        let node = self.inner.borrow_mut().graph.add(parents, op, label).map_err(|e| EngineError::Graph(e.0))?;
+        Ok(DStream { inner: self.inner.clone(), node })
+    }
+
+    fn narrow(&self, op: NarrowOp, label: String) -> R {
+        self.add(vec![self.node], NodeOp::Narrow(op), label)
+    }
+
+    fn parallelism(&self) -> u32 {
+        self.inner.borrow().graph.parallelism
+    }
+
+    /// How often this stream produces an RDD, in ms.
+    pub fn slide_ms(&self) -> i64 {
+        let inner = self.inner.borrow();
+        inner.graph.node(self.node).slide_ms
+    }
+
+    fn shuffle(&self, others: &[&DStream], aggregation: Aggregation, partitions: Option<u32>, label: String) -> R {
+        let mut parents = vec![self.node];
+        parents.extend(others.iter().map(|o| o.node));
+        let partitions = partitions.unwrap_or_else(|| self.parallelism()).max(1);
+        self.add(parents, NodeOp::Shuffle { aggregation, partitions }, label)
+    }
+
+    fn udf_op(&self, f: &Udf, kind: UdfKind, name: &str) -> R {
+        self.narrow(NarrowOp::Udf(f.bind(kind)?), format!("{name}({})", f.label()))
+    }
+
+    pub fn map(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::Map, "map")
+    }
+    pub fn flat_map(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::FlatMap, "flat_map")
+    }
+    pub fn filter(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::Filter, "filter")
+    }
+    pub fn map_partitions(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::MapPartitions, "map_partitions")
+    }
+    /// `x -> (f(x), x)`.
+    pub fn key_by(&self, f: &Udf) -> R {
+        self.udf_op(f, UdfKind::KeyBy, "key_by")
+    }
+    pub fn map_values(&self, f: &Udf) -> R {
+        self.narrow(NarrowOp::MapValues(f.bind(UdfKind::Map)?), format!("map_values({})", f.label()))
+    }
+    pub fn flat_map_values(&self, f: &Udf) -> R {
+        self.narrow(NarrowOp::FlatMapValues(f.bind(UdfKind::FlatMap)?), format!("flat_map_values({})", f.label()))
+    }
+    /// Each partition as one list.
+    pub fn glom(&self) -> R {
+        self.narrow(NarrowOp::Glom, "glom".into())
+    }
+    pub fn repartition(&self, n: u32) -> R {
+        self.shuffle(&[], Aggregation::Repartition, Some(n), format!("repartition({n})"))
+    }
+    pub fn union(&self, other: &DStream) -> R {
+        self.add(vec![self.node, other.node], NodeOp::Union, "union".into())
+    }
+    /// The number of records of each batch (`[0]` for an empty batch).
+    pub fn count(&self) -> R {
+        self.shuffle(&[], Aggregation::Count, Some(1), "count".into())
+    }
+    /// The fold of each batch (an empty batch stays empty).
+    pub fn reduce(&self, f: &Udf) -> R {
+        let r = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        self.shuffle(&[], Aggregation::Reduce(r), Some(1), format!("reduce({})", f.label()))
+    }
+    /// `(x, count)` per distinct x.
+    pub fn count_by_value(&self) -> R {
+        self.narrow(NarrowOp::PairWithOne, "pair_with_one".into())?.shuffle(
+            &[],
+            Aggregation::ReduceByKey(Reducer::SumI64),
+            None,
+            "count_by_value".into(),
+        )
+    }
+    pub fn reduce_by_key(&self, f: &Udf) -> R {
+        self.reduce_by_key_into(f, None)
+    }
+    pub fn reduce_by_key_into(&self, f: &Udf, partitions: Option<u32>) -> R {
+        let r = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        self.shuffle(&[], Aggregation::ReduceByKey(r), partitions, format!("reduce_by_key({})", f.label()))
+    }
+    pub fn group_by_key(&self) -> R {
+        self.shuffle(&[], Aggregation::GroupByKey, None, "group_by_key".into())
+    }
+    /// `(k, ([v...], [w...]))`.
+    pub fn cogroup(&self, other: &DStream) -> R {
+        self.shuffle(&[other], Aggregation::CoGroup, None, "cogroup".into())
+    }
+    fn join_kind(&self, other: &DStream, kind: JoinKind, name: &str) -> R {
+        self.cogroup(other)?.narrow(NarrowOp::Join(kind), name.into())
+    }
+    /// `(k, (v, w))` for every pair of values with the same key.
+    pub fn join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::Inner, "join")
+    }
+    /// Like join; keys only on the left give `(k, (v, null))`.
+    pub fn left_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::LeftOuter, "left_outer_join")
+    }
+    pub fn right_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::RightOuter, "right_outer_join")
+    }
+    pub fn full_outer_join(&self, other: &DStream) -> R {
+        self.join_kind(other, JoinKind::FullOuter, "full_outer_join")
+    }
+
+    /// The union of the last `length` of batches, every `slide`.
+    pub fn window(&self, length: Duration, slide: Duration) -> R {
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        self.add(
+            vec![self.node],
+            NodeOp::Window { length_ms, slide_ms },
+            format!("window({length_ms} ms, {slide_ms} ms)"),
+        )
+    }
+    /// `window` with the slide equal to this stream's.
+    pub fn window_of(&self, length: Duration) -> R {
+        let slide = Duration::from_millis(self.slide_ms() as u64);
+        self.window(length, slide)
+    }
+    pub fn reduce_by_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
+        self.reduce(f)?.window(length, slide)?.reduce(f)
+    }
+    pub fn count_by_window(&self, length: Duration, slide: Duration) -> R {
+        self.count()?.window(length, slide)?.shuffle(&[], Aggregation::Reduce(Reducer::SumI64), Some(1), "sum".into())
+    }
+    pub fn reduce_by_key_and_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
+        self.reduce_by_key(f)?.window(length, slide)?.reduce_by_key(f)
+    }
+    pub fn group_by_key_and_window(&self, length: Duration, slide: Duration) -> R {
+        self.window(length, slide)?.group_by_key()
+    }
+    pub fn count_by_value_and_window(&self, length: Duration, slide: Duration) -> R {
+        self.count_by_value()?.window(length, slide)?.shuffle(
+            &[],
+            Aggregation::ReduceByKey(Reducer::SumI64),
+            None,
+            "count_by_value_and_window".into(),
+        )
+    }
+
+    /// Running state per key (Spark's updateStateByKey): `f` (kind `update`)
+    /// gets each key's values of the batch and its previous state, for every
+    /// key every batch, and returns the new state or null to remove the key.
+    /// Needs a checkpoint directory.
+    pub fn update_state_by_key(&self, f: &Udf) -> R {
+        self.update_state_by_key_with_initial(f, None)
+    }
+
+    /// update_state_by_key starting from `initial` `(key, state)` pairs.
+    pub fn update_state_by_key_with_initial(&self, f: &Udf, initial: Option<Vec<Value>>) -> R {
+        let update = f.bind(UdfKind::Update)?;
+        let initial = initial.map(|pairs| Value::encode_batch(&pairs));
+        let grouped = self.group_by_key()?;
+        self.add_on(&grouped, NodeOp::State { update, initial }, format!("update_state_by_key({})", f.label()))
+    }
+
+    /// Spark's mapWithState: `f` (kind `map_with_state`) is called for each
+    /// value of a key, in order, with the key's state, and emits one record
+    /// per call. With a timeout, a key idle that long gets one last call
+    /// (timing out, no value) and its state is removed. The result is the
+    /// emitted records; `state_snapshots()` on it gives `(k, state)` for
+    /// every key. Needs a checkpoint directory.
+    pub fn map_with_state(&self, f: &Udf, timeout: Option<Duration>) -> R {
+        let fr = f.bind(UdfKind::MapWithState)?;
+        let grouped = self.group_by_key()?;
+        let timeout_ms = timeout.map(|t| t.as_millis() as i64);
+        let st = self.add_on(
+            &grouped,
+            NodeOp::MapWithState { f: fr, timeout_ms },
+            format!("map_with_state({})", f.label()),
+        )?;
+        st.narrow(NarrowOp::Tagged(1), "mapped".into())
+    }
+
+    /// The `(k, state)` of every key after each batch, for a stream made by
+    /// `map_with_state`.
+    pub fn state_snapshots(&self) -> R {
+        let parent = {
+            let inner = self.inner.borrow();
+            let n = inner.graph.node(self.node);
+            match (&n.op, n.parents.first()) {
+                (NodeOp::Narrow(NarrowOp::Tagged(1)), Some(&p))
+                    if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
+                {
+                    p
+                }
+                _ => {
+                    return Err(EngineError::Graph(format!(
+                        "{}: state_snapshots() applies to a stream made by map_with_state",
+                        n.label
+                    )))
+                }
+            }
+        };
+        let st = DStream { inner: self.inner.clone(), node: parent };
+        st.narrow(NarrowOp::Tagged(0), "state_snapshots".into())
+    }
+
+    fn add_on(&self, parent: &DStream, op: NodeOp, label: String) -> R {
+        parent.add(vec![parent.node], op, label)
+    }
+
+    /// reduce_by_key_and_window with an inverse function: each window is the
+    /// previous one plus the batches entering (`f`) minus those leaving
+    /// (`inverse`). `filter` (kind `filter`, over pairs) drops keys; without
+    /// it keys whose value returns to zero are kept, as in Spark. Needs a
+    /// checkpoint directory.
+    pub fn reduce_by_key_and_window_inv(
+        &self,
+        f: &Udf,
+        inverse: &Udf,
+        length: Duration,
+        slide: Duration,
+        filter: Option<&Udf>,
+    ) -> R {
+        let reduce = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        let inv = Reducer::Udf(inverse.bind(UdfKind::Reduce)?);
+        let filter = match filter {
+            Some(u) => Some(PairFilter::Udf(u.bind(UdfKind::Filter)?)),
+            None => None,
+        };
+        let per_batch = self.reduce_by_key(f)?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let label =
+            format!("reduce_by_key_and_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
+        self.add_on(&per_batch, NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse: inv, filter }, label)
+    }
+
+    /// reduce_by_window with an inverse function (see
+    /// `reduce_by_key_and_window_inv`): one value per window.
+    pub fn reduce_by_window_inv(&self, f: &Udf, inverse: &Udf, length: Duration, slide: Duration) -> R {
+        let keyed = self.narrow(NarrowOp::PairWithNull, "pair_with_null".into())?;
+        let reduce = Reducer::Udf(f.bind(UdfKind::Reduce)?);
+        let inv = Reducer::Udf(inverse.bind(UdfKind::Reduce)?);
+        let per_batch = keyed.reduce_by_key_into(f, Some(1))?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let label = format!("reduce_by_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
+        let w = self.add_on(
+            &per_batch,
+            NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse: inv, filter: None },
+            label,
+        )?;
+        w.narrow(NarrowOp::Values, "values".into())
+    }
+
+    /// count_by_value_and_window computed incrementally (counts added and
+    /// subtracted natively; keys whose count reaches zero dropped, as Spark's
+    /// countByValueAndWindow does). Needs a checkpoint directory.
+    pub fn count_by_value_and_window_inv(&self, length: Duration, slide: Duration) -> R {
+        let per_batch = self.count_by_value()?;
+        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let op = NodeOp::InvWindow {
+            length_ms,
+            slide_ms,
+            reduce: Reducer::SumI64,
+            inverse: Reducer::SubI64,
+            filter: Some(PairFilter::NonZero),
+        };
+        self.add_on(&per_batch, op, format!("count_by_value_and_window({length_ms} ms, {slide_ms} ms)"))
+    }
+
+    /// Sets how often a stateful stream's RDD is written to a data
+    /// checkpoint (a multiple of its slide; default: the smallest multiple >= 10 s).
+    pub fn checkpoint(&self, interval: Duration) -> R {
+        let ms = interval.as_millis() as i64;
+        let mut inner = self.inner.borrow_mut();
+        let n = &mut inner.graph.nodes[self.node as usize];
+        if !n.op.is_stateful() {
+            return Err(EngineError::Graph(format!("{}: checkpoint() applies to stateful streams only", n.label)));
+        }
+        if ms <= 0 || ms % n.slide_ms != 0 {
+            return Err(EngineError::Graph(format!(
+                "{}: the checkpoint interval ({ms} ms) must be a positive multiple of the slide ({} ms)",
+                n.label, n.slide_ms
+            )));
+        }
+        n.checkpoint_ms = Some(ms);
+        Ok(self.clone())
+    }
+
+    fn output(&self, spec: OutputSpec) -> Result<(), EngineError> {
+        self.inner.borrow_mut().graph.outputs.push(Output { node: self.node, spec });
+        Ok(())
+    }
+    /// Prints the first 10 records of each batch, Spark's way.
+    pub fn print(&self) -> Result<(), EngineError> {
+        self.print_n(10)
+    }
+    pub fn print_n(&self, num: usize) -> Result<(), EngineError> {
+        self.output(OutputSpec::Print { num })
+    }
+    /// Writes `prefix-<time>[.suffix]/part-NNNNN` per batch.
+    pub fn save_as_text_files(&self, prefix: &str, suffix: Option<&str>) -> Result<(), EngineError> {
+        self.output(OutputSpec::SaveAsTextFiles { prefix: prefix.into(), suffix: suffix.map(Into::into) })
+    }
+    /// Keeps each batch's records in memory (tests, embedding).
+    pub fn collect(&self) -> Result<Collected, EngineError> {
+        let c: Collected = Arc::new(Mutex::new(Vec::new()));
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.collectors.push(c.clone());
+            inner.collectors.len() - 1
+        };
+        self.output(OutputSpec::Collect { id })?;
+        Ok(c)
+    }
+    /// Calls `f` on the driver with each batch's time and its partitions,
+    /// encoded (Spark's `foreachRDD`; see [`ForeachRdd`]). For sinks that
+    /// read records in place instead of decoding them into [`Value`]s.
+    pub fn foreach_rdd(
+        &self,
+        f: impl Fn(i64, &[Vec<u8>]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Result<(), EngineError> {
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.foreach.push(Arc::new(f));
+            inner.foreach.len() - 1
+        };
+        self.output(OutputSpec::ForeachRdd { id })
+    }
+}

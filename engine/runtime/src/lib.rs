@@ -1,0 +1,41 @@
+//! Weir: a micro-batch stream processing engine whose user functions are
+//! WebAssembly. A record's path through the modules is one-directional:
+//! [`source`] -> blocks ([`executor::block_store`]) -> RDD lineage ([`rdd`],
+//! built per batch by [`dstream`]) -> tasks ([`scheduler`], [`executor`]) ->
+//! UDF calls ([`udf`]) -> shuffle ([`executor::shuffle`]) -> outputs ([`sink`]).
+//! Job files ([`job`]) and the Rust API ([`dstream::StreamingContext`]) build
+//! the same graph. See `docs/architecture.md`.
+
+pub mod checkpoint;
+pub mod cluster;
+pub mod dstream;
+pub mod executor;
+pub mod job;
+pub mod scheduler;
+pub mod sink;
+pub mod source;
+pub mod udf;
+
+pub use weir_codec as codec;
+pub use weir_plan as plan;
+/// RDD lineage (from the plan crate).
+pub use weir_plan::rdd;
+
+/// Errors of the engine library.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Udf(#[from] udf::UdfError),
+    #[error(transparent)]
+    JobFile(#[from] job::JobFileError),
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("invalid job graph: {0}")]
+    Graph(String),
+    #[error("executor: {0}")]
+    Executor(String),
+}

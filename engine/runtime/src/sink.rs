@@ -1,0 +1,141 @@
+//! Output operations: what happens to each batch's result.
+//!
+//! * `print` — Spark's format on stdout: a dashed line, `Time: <ms> ms`, a
+//!   dashed line, the first `num` records, `...` if there are more, a blank
+//!   line. At-least-once: a batch re-run after a crash prints again.
+//! * `save_as_text_files` — `prefix-<time>[.suffix]/part-NNNNN`, one record per
+//!   line. The batch is written into a temporary directory next to the target
+//!   and renamed into place, so a batch's output appears whole or not at all,
+//!   and a re-run batch replaces it: exactly one copy per batch time.
+//! * `collect` — keeps the records in memory, decoded (Rust API, tests).
+//! * `foreach_rdd` — hands each batch's encoded partitions to a function on
+//!   the driver (Rust API): Spark's `foreachRDD`, for custom sinks and for
+//!   consumers that read the records in place without decoding them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use weir_plan::sink::OutputSpec;
+use weir_codec::{display::render, Records, Value};
+
+/// Records collected by a `collect` output: `(batch time, records)`.
+pub type Collected = Arc<Mutex<Vec<(i64, Vec<Value>)>>>;
+
+/// A `foreach_rdd` function: gets the batch time and the batch's partitions
+/// (each an encoded batch, `docs/udf-abi.md` §2, readable with
+/// `weir::codec::Records`), in partition order. An `Err` fails the batch with
+/// that message.
+pub type ForeachRdd = Arc<dyn Fn(i64, &[Vec<u8>]) -> Result<(), String> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("malformed record in output: {0}")]
+    Malformed(String),
+    #[error("foreach_rdd at batch {time} ms: {message}")]
+    Foreach { time: i64, message: String },
+}
+
+/// Spark's `print()` block for one batch.
+pub fn format_print(time: i64, partitions: &[Vec<u8>], num: usize) -> String {
+    let mut s = String::new();
+    s.push_str("-------------------------------------------\n");
+    s.push_str(&format!("Time: {time} ms\n"));
+    s.push_str("-------------------------------------------\n");
+    let mut shown = 0;
+    'outer: for p in partitions {
+        let Ok(recs) = Records::new(p) else { continue };
+        for r in recs {
+            let Ok(r) = r else { continue };
+            if shown == num {
+                s.push_str("...\n");
+                break 'outer;
+            }
+            s.push_str(&render(r));
+            s.push('\n');
+            shown += 1;
+        }
+    }
+    s.push('\n');
+    s
+}
+
+/// The directory a batch's text files go to.
+pub fn batch_dir(base: &Path, prefix: &str, suffix: Option<&str>, time: i64) -> PathBuf {
+    let name = match suffix {
+        Some(s) if !s.is_empty() => format!("{prefix}-{time}.{s}"),
+        _ => format!("{prefix}-{time}"),
+    };
+    base.join(name)
+}
+
+/// Writes `prefix-<time>[.suffix]/part-NNNNN` atomically (write to a temporary
+/// directory, fsync, rename into place; an existing directory from an earlier
+/// run of the same batch is replaced).
+pub fn save_as_text_files(
+    base: &Path,
+    prefix: &str,
+    suffix: Option<&str>,
+    time: i64,
+    partitions: &[Vec<u8>],
+) -> Result<PathBuf, SinkError> {
+    let target = batch_dir(base, prefix, suffix, time);
+    let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SinkError::Io { path, source }
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    // Leftovers of an earlier attempt at this batch by a driver that died.
+    if let Ok(rd) = std::fs::read_dir(&parent) {
+        let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+        for e in rd.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    for (i, p) in partitions.iter().enumerate() {
+        let path = tmp.join(format!("part-{i:05}"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
+        for r in Records::new(p).map_err(|e| SinkError::Malformed(e.to_string()))? {
+            let r = r.map_err(|e| SinkError::Malformed(e.to_string()))?;
+            writeln!(f, "{}", render(r)).map_err(io(&path))?;
+        }
+        let f = f.into_inner().map_err(|e| SinkError::Io { path: path.clone(), source: e.into_error() })?;
+        f.sync_all().map_err(io(&path))?;
+    }
+    let success = tmp.join("_SUCCESS");
+    std::fs::File::create(&success).map_err(io(&success))?;
+    if target.exists() {
+        // A re-run of this batch: move the old copy aside, then replace it.
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(&target, &old).map_err(io(&target))?;
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    }
+    if let Ok(d) = std::fs::File::open(&parent) {
+        let _ = d.sync_all();
+    }
+    Ok(target)
+}
+
+/// Decodes a result's partitions, in order.
+pub fn decode_partitions(partitions: &[Vec<u8>]) -> Result<Vec<Value>, SinkError> {
+    let mut out = Vec::new();
+    for p in partitions {
+        out.extend(Value::decode_batch(p).map_err(|e| SinkError::Malformed(e.to_string()))?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,664 @@
+//! The WebAssembly host: loads UDF modules, checks them against ABI v1, and
+//! runs batch-at-a-time calls in a deterministic sandbox.
+//!
+//! One [`UdfRuntime`] (one wasmtime `Engine`) per process, configured for
+//! determinism: NaN canonicalisation, deterministic relaxed SIMD, no threads,
+//! no memory64, fuel metering, epoch interruption as a wall-clock watchdog.
+//! Each job owns a [`ModuleRegistry`] with its own limits; modules are keyed
+//! by the SHA-256 of their bytes, compiled once and pre-linked
+//! (`InstancePre`). Every task gets a fresh [`UdfInstance`] (a fresh `Store`),
+//! so no memory survives from one task to the next and a recomputation never
+//! depends on an old instance's state.
+
+pub use weir_plan::udf::{abi, error, limits, ModuleHash};
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::{
+    Caller, Config, Engine, ExternType, InstancePre, Linker, Memory, Module, ResourceLimiter, Store, Trap, TypedFunc,
+    WasmBacktrace,
+};
+
+pub use abi::UdfKind;
+pub use error::{UdfError, UdfErrorKind, UdfSite};
+pub use limits::UdfLimits;
+
+/// How often the epoch ticks: the resolution of the wall-clock watchdog.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Fuel for the ABI's own calls (version probe, allocation).
+const HOUSEKEEPING_FUEL: u64 = 10_000_000;
+
+/// The process-wide WebAssembly engine and its watchdog ticker.
+pub struct UdfRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UdfRuntime {
+    pub fn new() -> Result<Arc<Self>, UdfError> {
+        let mut c = Config::new();
+        // Threads and shared memory are compiled out (no `threads` feature).
+        c.cranelift_nan_canonicalization(true)
+            .relaxed_simd_deterministic(true)
+            .wasm_memory64(false)
+            .wasm_multi_memory(false)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20);
+        // `WEIR_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so that `perf
+        // report` names the guest's functions (docs/benchmarks.md).
+        if std::env::var_os("WEIR_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        let engine = Engine::new(&c).map_err(|e| {
+            UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(format!("engine configuration: {e}")))
+        })?;
+        let mut linker = Linker::new(&engine);
+        linker
+            .func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, guest_log)
+            .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weir-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
+        }
+        Ok(Arc::new(UdfRuntime { engine, linker, stop }))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for UdfRuntime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Per-store host state: memory accounting and the guest's log.
+pub struct HostState {
+    memory_limit: usize,
+    table_limit: usize,
+    memory_limit_hit: bool,
+    log_budget: u32,
+    log_lines_per_call: u32,
+    last_log: Option<String>,
+    module: Arc<str>,
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_limit_hit = true;
+            // An error (not `false`) traps at the `memory.grow` itself, so a
+            // memory bomb stops at the cap instead of spinning on failures.
+            return Err(wasmtime::Error::msg("linear memory limit reached"));
+        }
+        Ok(true)
+    }
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_limit)
+    }
+}
+
+const MAX_LOG_LINE: usize = 4096;
+
+fn guest_log(mut caller: Caller<'_, HostState>, ptr: i32, len: i32) {
+    let Some(mem) = caller.get_export(abi::EXPORT_MEMORY).and_then(|e| e.into_memory()) else {
+        return;
+    };
+    let len = (len as u32 as usize).min(MAX_LOG_LINE);
+    let mut buf = vec![0u8; len];
+    if mem.read(&caller, ptr as u32 as usize, &mut buf).is_err() {
+        return;
+    }
+    let line = String::from_utf8_lossy(&buf).into_owned();
+    let st = caller.data_mut();
+    if st.log_budget > 0 {
+        st.log_budget -= 1;
+        tracing::info!(target: "weir::udf::guest", module = %st.module, "{line}");
+        if st.log_budget == 0 {
+            tracing::warn!(target: "weir::udf::guest", module = %st.module,
+                "log limit of {} lines per call reached; further lines dropped", st.log_lines_per_call);
+        }
+    }
+    st.last_log = Some(line);
+}
+
+/// A loaded, validated, compiled module.
+pub struct UdfModule {
+    runtime: Arc<UdfRuntime>,
+    name: Arc<str>,
+    path: PathBuf,
+    hash: ModuleHash,
+    /// Function name -> kind, from the `<kind>:<name>` exports.
+    functions: BTreeMap<String, UdfKind>,
+    pre: InstancePre<HostState>,
+    limits: UdfLimits,
+    has_initialize: bool,
+    size: usize,
+    /// The module's binary, to ship to executor processes.
+    bytes: Arc<Vec<u8>>,
+}
+
+impl fmt::Debug for UdfModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdfModule").field("name", &self.name).field("hash", &self.hash).finish()
+    }
+}
+
+impl UdfModule {
+    /// Loads a module from a `.wasm` (binary) or `.wat` (text) file.
+    pub fn load(runtime: &Arc<UdfRuntime>, path: &Path, limits: UdfLimits) -> Result<Arc<Self>, UdfError> {
+        let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "?".into());
+        let site = UdfSite { module: name.to_string(), ..Default::default() };
+        let meta = std::fs::metadata(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
+        if meta.len() as usize > limits.module_bytes {
+            let kind = UdfErrorKind::ModuleTooLarge { size: meta.len() as usize, limit: limits.module_bytes };
+            return Err(UdfError::new(site, kind));
+        }
+        let bytes = std::fs::read(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
+        Self::from_bytes(runtime, name, path.to_path_buf(), &bytes, limits)
+    }
+
+    /// Loads a module from bytes (binary or WAT text).
+    pub fn from_bytes(
+        runtime: &Arc<UdfRuntime>,
+        name: Arc<str>,
+        path: PathBuf,
+        bytes: &[u8],
+        limits: UdfLimits,
+    ) -> Result<Arc<Self>, UdfError> {
+        let mut site = UdfSite { module: name.to_string(), ..Default::default() };
+        let fail = |site: &UdfSite, kind| Err(UdfError::new(site.clone(), kind));
+        if bytes.len() > limits.module_bytes {
+            return fail(&site, UdfErrorKind::ModuleTooLarge { size: bytes.len(), limit: limits.module_bytes });
+        }
+        let binary: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
+            bytes.into()
+        } else if looks_like_wat(bytes) {
+            match wat::parse_bytes(bytes) {
+                Ok(b) => b.into_owned().into(),
+                Err(e) => return fail(&site, UdfErrorKind::Malformed(format!("WAT: {e}"))),
+            }
+        } else {
+            return fail(&site, UdfErrorKind::NotWasm);
+        };
+        let hash = ModuleHash::of(&binary);
+        site.hash = hash.short();
+        let module = match Module::new(&runtime.engine, &binary) {
+            Ok(m) => m,
+            Err(e) => return fail(&site, UdfErrorKind::Malformed(format!("{e:#}"))),
+        };
+        for imp in module.imports() {
+            let ok = imp.module() == abi::IMPORT_MODULE
+                && imp.name() == abi::IMPORT_LOG
+                && matches!(imp.ty(), ExternType::Func(f)
+                    if f.params().map(|p| p.to_string()).collect::<Vec<_>>() == ["i32", "i32"] && f.results().len() == 0);
+            if !ok {
+                let kind = UdfErrorKind::ForbiddenImport { module: imp.module().into(), name: imp.name().into() };
+                return fail(&site, kind);
+            }
+        }
+        let mut functions = BTreeMap::new();
+        let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) = (false, false, false, false);
+        for exp in module.exports() {
+            let n = exp.name();
+            let ty = exp.ty();
+            let is_func = |params: &[&str], results: &[&str]| {
+                matches!(&ty, ExternType::Func(f)
+                    if f.params().map(|p| p.to_string()).collect::<Vec<_>>() == params
+                    && f.results().map(|p| p.to_string()).collect::<Vec<_>>() == results)
+            };
+            let mistyped = |expected| UdfErrorKind::MistypedExport { name: n.into(), expected };
+            match n {
+                abi::EXPORT_MEMORY => {
+                    if !matches!(ty, ExternType::Memory(_)) {
+                        return fail(&site, mistyped("a linear memory"));
+                    }
+                    has_memory = true;
+                }
+                abi::EXPORT_ALLOC => {
+                    if !is_func(&["i32"], &["i32"]) {
+                        return fail(&site, mistyped("func (i32) -> i32"));
+                    }
+                    has_alloc = true;
+                }
+                abi::EXPORT_VERSION => {
+                    if !is_func(&[], &["i32"]) {
+                        return fail(&site, mistyped("func () -> i32"));
+                    }
+                    has_version = true;
+                }
+                abi::EXPORT_INITIALIZE => has_initialize = is_func(&[], &[]),
+                _ => {
+                    let Some((kind, fname)) = n.split_once(':') else {
+                        continue;
+                    };
+                    let Ok(kind) = kind.parse::<UdfKind>() else {
+                        return fail(&site, UdfErrorKind::UnknownKind { name: n.into(), kind: kind.into() });
+                    };
+                    if !is_func(&["i32", "i32"], &["i64"]) {
+                        return fail(&site, mistyped("func (i32 ptr, i32 len) -> i64"));
+                    }
+                    functions.insert(fname.to_string(), kind);
+                }
+            }
+        }
+        for (present, name) in
+            [(has_memory, abi::EXPORT_MEMORY), (has_alloc, abi::EXPORT_ALLOC), (has_version, abi::EXPORT_VERSION)]
+        {
+            if !present {
+                return fail(&site, UdfErrorKind::MissingExport { name: name.into() });
+            }
+        }
+        let pre = match runtime.linker.instantiate_pre(&module) {
+            Ok(p) => p,
+            Err(e) => return fail(&site, UdfErrorKind::Instantiate(format!("{e:#}"))),
+        };
+        let m = Arc::new(UdfModule {
+            runtime: runtime.clone(),
+            name,
+            path,
+            hash,
+            functions,
+            pre,
+            limits,
+            has_initialize,
+            size: binary.len(),
+            bytes: Arc::new(binary.into_owned()),
+        });
+        // Probe the version in a throwaway instance: it runs guest code, so it
+        // runs under the same limits as any call.
+        let mut inst = m.instantiate(None, None)?;
+        let version = inst.abi_version()?;
+        if version != abi::ABI_VERSION {
+            return fail(&site, UdfErrorKind::UnsupportedAbiVersion { found: version });
+        }
+        Ok(m)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn hash(&self) -> ModuleHash {
+        self.hash
+    }
+    /// The module's binary (the bytes its hash is of).
+    pub fn bytes(&self) -> &Arc<Vec<u8>> {
+        &self.bytes
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    pub fn limits(&self) -> &UdfLimits {
+        &self.limits
+    }
+    /// The functions this module offers, by name, with their kinds.
+    pub fn functions(&self) -> &BTreeMap<String, UdfKind> {
+        &self.functions
+    }
+
+    fn site(&self) -> UdfSite {
+        UdfSite { module: self.name.to_string(), hash: self.hash.short(), ..Default::default() }
+    }
+
+    /// Checks that the module offers `name` as a function of `kind`.
+    pub fn check_function(&self, name: &str, kind: UdfKind) -> Result<(), UdfError> {
+        match self.functions.get(name) {
+            Some(k) if *k == kind => Ok(()),
+            _ => {
+                let available = if self.functions.is_empty() {
+                    "no functions".to_string()
+                } else {
+                    self.functions.iter().map(|(n, k)| format!("{n} ({k})")).collect::<Vec<_>>().join(", ")
+                };
+                let mut site = self.site();
+                site.export = Some(kind.export_name(name));
+                Err(UdfError::new(site, UdfErrorKind::NoSuchFunction { name: name.into(), kind, available }))
+            }
+        }
+    }
+
+    /// A fresh instance in a fresh store, for one task.
+    pub fn instantiate(
+        self: &Arc<Self>,
+        batch_time_ms: Option<i64>,
+        partition: Option<u32>,
+    ) -> Result<UdfInstance, UdfError> {
+        let mut site = self.site();
+        site.batch_time_ms = batch_time_ms;
+        site.partition = partition;
+        let state = HostState {
+            memory_limit: self.limits.memory_bytes,
+            table_limit: 100_000,
+            memory_limit_hit: false,
+            log_budget: self.limits.log_lines_per_call,
+            log_lines_per_call: self.limits.log_lines_per_call,
+            last_log: None,
+            module: self.name.clone(),
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        let _ = store.set_fuel(HOUSEKEEPING_FUEL);
+        store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
+        let instance = match self.pre.instantiate(&mut store) {
+            Ok(i) => i,
+            Err(e) => {
+                let kind = classify(e, &store, &self.limits);
+                return Err(UdfError::new(site, kind));
+            }
+        };
+        let Some(memory) = instance.get_memory(&mut store, abi::EXPORT_MEMORY) else {
+            return Err(UdfError::new(site, UdfErrorKind::MissingExport { name: abi::EXPORT_MEMORY.into() }));
+        };
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, abi::EXPORT_ALLOC)
+            .map_err(|_| UdfError::new(site.clone(), UdfErrorKind::MissingExport { name: abi::EXPORT_ALLOC.into() }))?;
+        let mut inst =
+            UdfInstance { module: self.clone(), store, instance, memory, alloc, funcs: HashMap::new(), site };
+        if self.has_initialize {
+            let init = inst.instance.get_typed_func::<(), ()>(&mut inst.store, abi::EXPORT_INITIALIZE);
+            if let Ok(init) = init {
+                if let Err(e) = init.call(&mut inst.store, ()) {
+                    let kind = classify(e, &inst.store, &self.limits);
+                    return Err(inst.error(None, kind));
+                }
+            }
+        }
+        Ok(inst)
+    }
+}
+
+fn deadline_ticks(ms: u64) -> u64 {
+    (ms / EPOCH_TICK.as_millis() as u64).max(1)
+}
+
+fn looks_like_wat(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(4096)];
+    // The cut at 4096 bytes may fall inside a multi-byte character: keep
+    // the valid prefix in that case (only a real encoding error refuses).
+    let s = match std::str::from_utf8(head) {
+        Ok(s) => s,
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default(),
+        Err(_) => return false,
+    };
+    s.trim_start().starts_with('(') || s.trim_start().starts_with(";;")
+}
+
+/// Turns a wasmtime error into a typed one.
+fn classify(e: wasmtime::Error, store: &Store<HostState>, limits: &UdfLimits) -> UdfErrorKind {
+    let backtrace = e.downcast_ref::<WasmBacktrace>().map(|b| b.to_string()).filter(|s| !s.is_empty());
+    if store.data().memory_limit_hit {
+        return UdfErrorKind::MemoryLimit { limit: limits.memory_bytes };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => UdfErrorKind::OutOfFuel { fuel: limits.fuel_per_call },
+        Some(Trap::Interrupt) => UdfErrorKind::Deadline { ms: limits.deadline_ms },
+        Some(Trap::StackOverflow) => UdfErrorKind::StackOverflow,
+        Some(t) => {
+            UdfErrorKind::Trap { message: t.to_string(), guest_message: store.data().last_log.clone(), backtrace }
+        }
+        None => {
+            UdfErrorKind::Trap { message: format!("{e:#}"), guest_message: store.data().last_log.clone(), backtrace }
+        }
+    }
+}
+
+/// One instance of a module in its own store: what a task calls into.
+pub struct UdfInstance {
+    module: Arc<UdfModule>,
+    store: Store<HostState>,
+    instance: wasmtime::Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    funcs: HashMap<String, TypedFunc<(i32, i32), i64>>,
+    site: UdfSite,
+}
+
+/// Upper bound on a guest error message we read back.
+const MAX_ERROR_MESSAGE: u32 = 64 * 1024;
+
+impl UdfInstance {
+    pub fn module(&self) -> &Arc<UdfModule> {
+        &self.module
+    }
+
+    fn error(&self, export: Option<(&str, UdfKind)>, kind: UdfErrorKind) -> UdfError {
+        let mut site = self.site.clone();
+        if let Some((name, k)) = export {
+            site.export = Some(k.export_name(name));
+            site.kind = Some(k);
+        }
+        UdfError::new(site, kind)
+    }
+
+    fn abi_version(&mut self) -> Result<i64, UdfError> {
+        let f = self
+            .instance
+            .get_typed_func::<(), i32>(&mut self.store, abi::EXPORT_VERSION)
+            .map_err(|_| self.error(None, UdfErrorKind::MissingExport { name: abi::EXPORT_VERSION.into() }))?;
+        let _ = self.store.set_fuel(HOUSEKEEPING_FUEL);
+        match f.call(&mut self.store, ()) {
+            Ok(v) => Ok(v as i64),
+            Err(e) => {
+                let kind = classify(e, &self.store, &self.module.limits);
+                Err(self.error(None, kind))
+            }
+        }
+    }
+
+    /// Calls function `name` of `kind` on one input batch and returns the
+    /// validated output batch. After an error the instance must be dropped
+    /// (its memory may be in any state); the next task gets a fresh one.
+    pub fn call(&mut self, name: &str, kind: UdfKind, input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        self.call_chain(&[(name, kind)], input)
+    }
+
+    fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
+        let at = Some((name, kind));
+        // The cache is keyed by name only: only use it when `kind` is the
+        // function's kind, so a wrong-kind call never reaches the guest.
+        let cached = self.funcs.get(name).filter(|_| self.module.functions.get(name) == Some(&kind));
+        match cached {
+            Some(f) => Ok(f.clone()),
+            None => {
+                self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
+                let f = self
+                    .instance
+                    .get_typed_func::<(i32, i32), i64>(&mut self.store, &kind.export_name(name))
+                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: kind.export_name(name) }))?;
+                self.funcs.insert(name.to_string(), f.clone());
+                Ok(f)
+            }
+        }
+    }
+
+    /// Calls a pipeline of functions of this module: the input goes in once,
+    /// each function's output region is handed to the next as its input
+    /// without leaving guest memory (ABI §3, chained calls), and only the
+    /// last output is copied out and validated. Each step gets the full fuel
+    /// and deadline of one call. Only `map`, `flat_map` and `map_partitions`
+    /// steps may precede another step (their output is a plain batch).
+    pub fn call_chain(&mut self, steps: &[(&str, UdfKind)], input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        if steps.is_empty() {
+            return Ok(input.to_vec());
+        }
+        self.call_chain_with(steps, abi::batch_count(input), &[input], |out| out.to_vec())
+    }
+
+    /// [`call_chain`](Self::call_chain) without the copy out: the input batch
+    /// is the concatenation of `parts` (holding `in_count` records), and the
+    /// last output, validated in place in guest memory, is handed to
+    /// `consume` — which reads what it needs from it before the guest runs
+    /// again.
+    pub fn call_chain_with<R>(
+        &mut self,
+        steps: &[(&str, UdfKind)],
+        in_count: u32,
+        parts: &[&[u8]],
+        consume: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, UdfError> {
+        let Some(&(last_name, last_kind)) = steps.last() else {
+            return Err(self.error(None, UdfErrorKind::MalformedOutput("empty chain".into())));
+        };
+        let limits = self.module.limits;
+        let first = Some(steps[0]);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = i32::try_from(total)
+            .map_err(|_| self.error(first, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
+        let _ = self.store.set_fuel(limits.fuel_per_call);
+        self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        let ptr = match self.alloc.call(&mut self.store, len) {
+            Ok(p) => p as u32 as usize,
+            Err(e) => {
+                let kind = classify(e, &self.store, &limits);
+                return Err(self.error(first, kind));
+            }
+        };
+        let mut at = ptr;
+        for part in parts {
+            if self.memory.write(&mut self.store, at, part).is_err() {
+                let msg = format!("weir_alloc({len}) returned {ptr:#x}, outside linear memory");
+                return Err(self.error(first, UdfErrorKind::MalformedOutput(msg)));
+            }
+            at += part.len();
+        }
+        let (mut in_ptr, mut in_len) = (ptr, total);
+        let mut in_count = in_count;
+        for (i, &(name, kind)) in steps.iter().enumerate() {
+            let at = Some((name, kind));
+            if i + 1 < steps.len() && kind.one_to_one() && kind != UdfKind::Map {
+                let m = format!("{kind} cannot feed another function in a chained call");
+                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+            }
+            let func = self.func(name, kind)?;
+            self.store.data_mut().log_budget = limits.log_lines_per_call;
+            self.store.data_mut().last_log = None;
+            let _ = self.store.set_fuel(limits.fuel_per_call);
+            self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+            let packed = match func.call(&mut self.store, (in_ptr as i32, in_len as i32)) {
+                Ok(r) => abi::unpack(r),
+                Err(e) => {
+                    let kind = classify(e, &self.store, &limits);
+                    return Err(self.error(at, kind));
+                }
+            };
+            if packed.error {
+                let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
+                let mut msg = vec![0u8; n];
+                if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
+                    let m = "error message lies outside linear memory".to_string();
+                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                }
+                return Err(self.error(at, UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned())));
+            }
+            if packed.len as usize > limits.output_bytes {
+                let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
+                return Err(self.error(at, k));
+            }
+            // Bounds-checked before the host reads anything (a bogus length
+            // must not cost host memory).
+            let (p, n) = (packed.ptr as usize, packed.len as usize);
+            let outside = || {
+                let m = format!("output ({} bytes at {:#x}) lies outside linear memory", packed.len, packed.ptr);
+                UdfErrorKind::MalformedOutput(m)
+            };
+            if i + 1 < steps.len() {
+                let Some(src) = self.memory.data(&self.store).get(p..p + n) else {
+                    return Err(self.error(at, outside()));
+                };
+                // An intermediate batch stays in the guest; the next function
+                // reads it with its own checks. Only its count is needed.
+                if n < 4 {
+                    return Err(
+                        self.error(at, UdfErrorKind::MalformedOutput("output shorter than a batch header".into()))
+                    );
+                }
+                if kind == UdfKind::Map && abi::batch_count(src) != in_count {
+                    let m =
+                        format!("map must return one value per input ({in_count}), returned {}", abi::batch_count(src));
+                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                }
+                in_count = abi::batch_count(src);
+                (in_ptr, in_len) = (p, n);
+                continue;
+            }
+            // Validated in place (NaNs canonicalised there), then read by
+            // `consume` straight from guest memory: no copy of the batch.
+            let Some(out) = self.memory.data_mut(&mut self.store).get_mut(p..p + n) else {
+                return Err(self.error(at, outside()));
+            };
+            match abi::validate_output(kind, in_count, out) {
+                Ok(_) => return Ok(consume(out)),
+                Err(m) => return Err(self.error(at, UdfErrorKind::MalformedOutput(m))),
+            }
+        }
+        Err(self.error(Some((last_name, last_kind)), UdfErrorKind::MalformedOutput("empty chain".into())))
+    }
+
+    /// Fuel consumed by the last call.
+    pub fn fuel_used(&self) -> u64 {
+        self.module.limits.fuel_per_call.saturating_sub(self.store.get_fuel().unwrap_or(0))
+    }
+}
+
+/// A job's modules, by hash and by path. Owned by the job: its limits and its
+/// modules are nobody else's.
+pub struct ModuleRegistry {
+    runtime: Arc<UdfRuntime>,
+    limits: UdfLimits,
+    by_hash: Mutex<HashMap<ModuleHash, Arc<UdfModule>>>,
+}
+
+impl ModuleRegistry {
+    pub fn new(runtime: Arc<UdfRuntime>, limits: UdfLimits) -> Self {
+        ModuleRegistry { runtime, limits, by_hash: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn limits(&self) -> &UdfLimits {
+        &self.limits
+    }
+
+    /// Loads (or finds, by content hash) the module at `path`.
+    pub fn load(&self, path: &Path) -> Result<Arc<UdfModule>, UdfError> {
+        let m = UdfModule::load(&self.runtime, path, self.limits)?;
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(m.hash()).or_insert(m).clone())
+    }
+
+    /// Registers a module from bytes (e.g. fetched from a driver).
+    pub fn insert_bytes(&self, name: &str, bytes: &[u8]) -> Result<Arc<UdfModule>, UdfError> {
+        let m = UdfModule::from_bytes(&self.runtime, name.into(), PathBuf::from(name), bytes, self.limits)?;
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(m.hash()).or_insert(m).clone())
+    }
+
+    /// Every loaded module: file name -> SHA-256 (hex).
+    pub fn modules(&self) -> std::collections::BTreeMap<String, String> {
+        let map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|m| (m.name().to_string(), m.hash().hex())).collect()
+    }
+
+    pub fn get(&self, hash: &ModuleHash) -> Option<Arc<UdfModule>> {
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).get(hash).cloned()
+    }
+}

@@ -1,0 +1,7 @@
+//! The runtime's integration tests through its public API, folded into one
+//! test binary (one link): every operation, stateful streams, and the UDF
+//! host against real modules.
+
+mod operations;
+mod stateful;
+mod udf_host;

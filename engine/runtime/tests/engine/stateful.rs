@@ -1,0 +1,197 @@
+//! Stateful operations through the real engine, with Spark's semantics:
+//! update_state_by_key (with initial state and key removal), map_with_state
+//! (per-value calls, timeout, state snapshots), and windows with an inverse
+//! function, which must agree with their plain counterparts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use weir::codec::Value;
+use weir::dstream::{ModuleHandle, StreamingContext};
+use weir::scheduler::job_generator::CheckpointOptions;
+use weir::scheduler::{Clock, Master, RunOptions};
+
+fn module(ssc: &StreamingContext, name: &str) -> ModuleHandle {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../udfs").join(name);
+    assert!(p.exists(), "{} is missing: run udfs/build.sh first", p.display());
+    ssc.module(&p).unwrap()
+}
+
+fn opts(dir: &Path) -> RunOptions {
+    RunOptions {
+        master: Master::Local(2),
+        clock: Clock::Logical,
+        checkpoint: Some(CheckpointOptions::new(dir)),
+        ..Default::default()
+    }
+}
+
+fn s(x: &str) -> Value {
+    Value::Str(x.into())
+}
+fn i(x: i64) -> Value {
+    Value::I64(x)
+}
+fn kv(k: &str, v: i64) -> Value {
+    Value::pair(s(k), i(v))
+}
+fn pairs(xs: &[(&str, i64)]) -> Vec<Value> {
+    xs.iter().map(|(k, v)| kv(k, *v)).collect()
+}
+
+/// Batch outputs as sorted lists (a shuffle's order across partitions is not part of the contract).
+fn sorted(batches: &[(i64, Vec<Value>)]) -> Vec<(i64, Vec<String>)> {
+    batches
+        .iter()
+        .map(|(t, vs)| {
+            let mut v: Vec<String> = vs.iter().map(|x| x.to_string()).collect();
+            v.sort();
+            (*t, v)
+        })
+        .collect()
+}
+
+fn strs(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn update_state_by_key_keeps_running_totals_calls_every_key_and_removes_on_null() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let wc = module(&ssc, "wordcount.wasm");
+    let ops = module(&ssc, "testops.wasm");
+    let input =
+        ssc.queue_stream(vec![pairs(&[("a", 1), ("b", 1), ("a", 1)]), pairs(&[("b", 5)]), vec![], pairs(&[("c", 2)])]);
+    let totals = input.update_state_by_key(&wc.udf("running_total")).unwrap().collect().unwrap();
+    // total_or_drop removes a key in a batch that brings it no values.
+    let dropping = input.update_state_by_key(&ops.udf("total_or_drop")).unwrap().collect().unwrap();
+    let seeded = input
+        .update_state_by_key_with_initial(&wc.udf("running_total"), Some(pairs(&[("a", 100), ("z", 7)])))
+        .unwrap()
+        .collect()
+        .unwrap();
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    assert!(report.failed_batches().next().is_none());
+    assert_eq!(
+        sorted(&totals.lock().unwrap()),
+        vec![
+            (1000, strs(&["(a,2)", "(b,1)"])),
+            (2000, strs(&["(a,2)", "(b,6)"])),
+            (3000, strs(&["(a,2)", "(b,6)"])),
+            (4000, strs(&["(a,2)", "(b,6)", "(c,2)"])),
+        ]
+    );
+    assert_eq!(
+        sorted(&dropping.lock().unwrap()),
+        vec![(1000, strs(&["(a,2)", "(b,1)"])), (2000, strs(&["(b,6)"])), (3000, vec![]), (4000, strs(&["(c,2)"])),]
+    );
+    assert_eq!(
+        sorted(&seeded.lock().unwrap())[0],
+        (1000, strs(&["(a,102)", "(b,1)", "(z,7)"])),
+        "the initial state is the previous state of the first batch"
+    );
+}
+
+#[test]
+fn map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let ops = module(&ssc, "testops.wasm");
+    let input = ssc.queue_stream(vec![
+        pairs(&[("a", 1), ("a", 2), ("b", 10)]),
+        pairs(&[("a", 3)]),
+        vec![],
+        vec![],
+        pairs(&[("b", 1)]),
+    ]);
+    // count_seen emits (key, running sum) per value and (key, -1) when timing out.
+    let mapped = input.map_with_state(&ops.udf("count_seen"), Some(Duration::from_secs(2))).unwrap();
+    let out = mapped.collect().unwrap();
+    let snaps = mapped.state_snapshots().unwrap().collect().unwrap();
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
+    let out = out.lock().unwrap();
+    let by_time: Vec<(i64, Vec<String>)> =
+        out.iter().map(|(t, vs)| (*t, vs.iter().map(|v| v.to_string()).collect())).collect();
+    // Per-value calls in order within a key (a: 1 then 3); b idle since 1000
+    // times out at 3000 (>= 2 s), a idle since 2000 times out at 4000.
+    let mut first = by_time[0].1.clone();
+    first.sort();
+    assert_eq!(first, strs(&["(a,1)", "(a,3)", "(b,10)"]));
+    assert_eq!(by_time[1].1, strs(&["(a,6)"]));
+    assert_eq!(by_time[2].1, strs(&["(b,-1)"]));
+    assert_eq!(by_time[3].1, strs(&["(a,-1)"]));
+    assert_eq!(by_time[4].1, strs(&["(b,1)"]), "b's state was removed when it timed out");
+    assert_eq!(
+        sorted(&snaps.lock().unwrap()),
+        vec![
+            (1000, strs(&["(a,3)", "(b,10)"])),
+            (2000, strs(&["(a,6)", "(b,10)"])),
+            (3000, strs(&["(a,6)"])),
+            (4000, vec![]),
+            (5000, strs(&["(b,1)"])),
+        ]
+    );
+}
+
+#[test]
+fn windows_with_an_inverse_function_agree_with_plain_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let wc = module(&ssc, "wordcount.wasm");
+    let words = ["a", "b", "c", "d", "e"];
+    let mut batches: Vec<Vec<Value>> =
+        (0..24).map(|b| (0..(b * 7 % 5)).map(|j| s(words[(b * 3 + j * 2) % 5])).collect()).collect();
+    // A word seen once: its windowed count returns to zero when it leaves.
+    batches[0].push(s("z"));
+    let input = ssc.queue_stream(batches);
+    let (len, slide) = (Duration::from_secs(4), Duration::from_secs(2));
+    let ps = input.map(&wc.udf("pair")).unwrap();
+    let plain = ps.reduce_by_key_and_window(&wc.udf("sum"), len, slide).unwrap().collect().unwrap();
+    let inv = ps
+        .reduce_by_key_and_window_inv(&wc.udf("sum"), &wc.udf("subtract"), len, slide, None)
+        .unwrap()
+        .collect()
+        .unwrap();
+    let cbv = input.count_by_value_and_window(len, slide).unwrap().collect().unwrap();
+    let cbv_inv = input.count_by_value_and_window_inv(len, slide).unwrap().collect().unwrap();
+    let ints = ssc.queue_stream((0..24).map(|b| (0..b % 4).map(|j| i(b as i64 * 10 + j as i64)).collect()).collect());
+    let rw = ints.reduce_by_window(&wc.udf("sum"), len, slide).unwrap().collect().unwrap();
+    let rw_inv = ints.reduce_by_window_inv(&wc.udf("sum"), &wc.udf("subtract"), len, slide).unwrap().collect().unwrap();
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
+
+    // Spark keeps keys whose windowed value fell to 0 (no filter given).
+    let plain = sorted(&plain.lock().unwrap());
+    let inv = sorted(&inv.lock().unwrap());
+    assert_eq!(plain.len(), inv.len());
+    for ((t1, p), (t2, v)) in plain.iter().zip(&inv) {
+        assert_eq!(t1, t2);
+        let nonzero: Vec<String> = v.iter().filter(|x| !x.ends_with(",0)")).cloned().collect();
+        assert_eq!(p, &nonzero, "window at {t1} ms");
+    }
+    assert!(inv.iter().any(|(_, v)| v.iter().any(|x| x.ends_with(",0)"))), "some key returned to zero and was kept");
+    // countByValueAndWindow filters zero counts: exactly equal.
+    assert_eq!(sorted(&cbv.lock().unwrap()), sorted(&cbv_inv.lock().unwrap()));
+    // reduce_by_window: the same single value (an empty window gives 0 with the inverse form
+    // once a value has been seen, nothing with the plain one).
+    let rw = sorted(&rw.lock().unwrap());
+    let rw_inv = sorted(&rw_inv.lock().unwrap());
+    for ((t, a), (_, b)) in rw.iter().zip(&rw_inv) {
+        if !a.is_empty() {
+            assert_eq!(a, b, "reduce_by_window at {t} ms");
+        }
+    }
+}
+
+#[test]
+fn stateful_streams_refuse_to_run_without_a_checkpoint_directory() {
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let wc = module(&ssc, "wordcount.wasm");
+    let input = ssc.queue_stream(vec![pairs(&[("a", 1)])]);
+    input.update_state_by_key(&wc.udf("running_total")).unwrap().collect().unwrap();
+    let err = ssc.run(RunOptions { clock: Clock::Logical, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("checkpoint directory"), "{err}");
+    assert!(err.contains("update_state_by_key"), "{err}");
+}

@@ -1,0 +1,14 @@
+//! Weir's end-to-end tests, folded into one test binary (one link instead of
+//! one per file). They run the `weir` binary and the library, kill real
+//! processes, and compare real outputs.
+
+mod common;
+mod drivers;
+
+mod checkpoint_failures;
+mod cli;
+mod cluster;
+mod crash_recovery;
+mod recovery_checks;
+mod socket_wal_recovery;
+mod socket_wordcount;
