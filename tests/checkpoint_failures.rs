@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use weir::checkpoint::{self, CheckpointStats};
 use weir::codec::Value;
 use weir::dstream::StreamingContext;
-use weir::scheduler::job_generator::{AfterBatch, CheckpointOptions};
+use weir::scheduler::{AfterBatch, CheckpointOptions};
 use weir::scheduler::{Clock, RunOptions};
 
 const WORDCOUNT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/wordcount.wasm");
@@ -168,11 +168,12 @@ fn failed_checkpoint_writes_are_counted_and_the_job_goes_on() {
         seen.lock().unwrap().push(time);
     }));
     let report = ssc
-        .run(RunOptions {
-            clock: Clock::Logical,
-            checkpoint: Some(CheckpointOptions::new(&root)),
-            after_batch: Some(hook),
-            ..Default::default()
+        .run({
+            let mut o = RunOptions::default();
+            o.clock = Clock::Logical;
+            o.checkpoint = Some(CheckpointOptions::new(&root));
+            o.after_batch = Some(hook);
+            o
         })
         .expect("the run goes on although checkpoint writes fail");
 

@@ -1,7 +1,6 @@
 //! End-to-end tests of the `weir` binary: job file errors, `weir udf check`,
 //! a failing UDF, the file-based WordCount example.
 
-
 use crate::common::*;
 use std::path::Path;
 

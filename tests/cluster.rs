@@ -13,7 +13,6 @@
 //! fetch) mean something only on a machine that is not also running their
 //! siblings.
 
-
 use crate::common::*;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

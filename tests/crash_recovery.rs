@@ -5,7 +5,6 @@
 //! through checkpoint writes — and restarted until it finishes. The output
 //! directories of both runs must be byte-identical, batch by batch.
 
-
 use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};

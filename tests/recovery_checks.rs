@@ -3,7 +3,6 @@
 //! `weir checkpoint inspect`), two drivers on one checkpoint directory, and
 //! stateful operations without a checkpoint directory.
 
-
 use crate::common::*;
 use crate::drivers::*;
 use std::net::TcpListener;

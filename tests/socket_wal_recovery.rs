@@ -9,7 +9,6 @@
 //! the recovery message) and by the write-ahead log itself (lines are in the
 //! log before they count as received); never by sleeping.
 
-
 use crate::common::*;
 use crate::drivers::*;
 use std::collections::BTreeMap;

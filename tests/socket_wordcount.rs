@@ -2,7 +2,6 @@
 //! `weir run` (wall clock); the server drops the connection half way and the
 //! receiver reconnects; every line sent is counted.
 
-
 use crate::common::*;
 use std::io::Write;
 use std::net::TcpListener;

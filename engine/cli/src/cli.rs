@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use weir::scheduler::job_generator::CheckpointOptions;
-use weir::scheduler::{Clock, ClusterOptions, Master, RunOptions};
+use weir::listener::ConsoleProgress;
+use weir::scheduler::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions};
 use weir::udf::{UdfLimits, UdfModule, UdfRuntime};
 
 #[derive(Parser, Debug)]
@@ -259,33 +259,31 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     };
     let stop = Arc::new(AtomicBool::new(false));
     install_ctrl_c(stop.clone());
-    let opts = RunOptions {
-        master,
-        clock,
-        max_batches: args.batches,
-        explain: args.explain,
-        progress: !quiet,
-        stop,
-        after_batch: None,
-        allow_state_without_checkpoint: false,
-        cluster: ClusterOptions {
-            listen: args.listen.clone(),
-            secret: weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?,
-            heartbeat_timeout: std::time::Duration::from_millis(args.heartbeat_timeout_ms),
-            // Executors are this very program, whatever it is called.
-            executor_binary: std::env::current_exe().ok(),
-        },
-        checkpoint: args.checkpoint.as_ref().map(|dir| CheckpointOptions {
-            dir: dir.clone(),
-            keep: args.keep_checkpoints,
-            fresh: args.fresh,
-            accept_module_change: args.accept_module_change,
-        }),
-    };
+    let mut opts = RunOptions::default();
+    opts.master = master;
+    opts.clock = clock;
+    opts.max_batches = args.batches;
+    opts.explain = args.explain;
+    opts.stop = stop;
+    opts.listeners.push(Arc::new(ConsoleProgress { batches: !quiet }));
+    let mut cluster = ClusterOptions::default();
+    cluster.listen = args.listen.clone();
+    cluster.secret = weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?;
+    cluster.heartbeat_timeout = std::time::Duration::from_millis(args.heartbeat_timeout_ms);
+    // Executors are this very program, whatever it is called.
+    cluster.executor_binary = std::env::current_exe().ok();
+    opts.cluster = cluster;
+    opts.checkpoint = args.checkpoint.as_ref().map(|dir| {
+        let mut c = CheckpointOptions::new(dir.clone());
+        c.keep = args.keep_checkpoints;
+        c.fresh = args.fresh;
+        c.accept_module_change = args.accept_module_change;
+        c
+    });
     let report = job.context.run(opts).with_context(|| format!("running {}", args.job.display()))?;
-    let failed = report.failed_batches().count();
+    let failed = report.batches_failed;
     if failed > 0 {
-        eprintln!("weir: {failed} of {} batch(es) failed (see the errors above)", report.batches.len());
+        eprintln!("weir: {failed} of {} batch(es) failed (see the errors above)", report.batches_run);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -21,9 +21,11 @@ pub enum OutputSpec {
     /// Index into the context's `foreach_rdd` functions (Rust API only).
     #[serde(skip)]
     ForeachRdd { id: usize },
+    /// Index into the context's custom sinks (Rust API only).
+    #[serde(skip)]
+    Custom { id: usize },
 }
 
 fn default_num() -> usize {
     10
 }
-

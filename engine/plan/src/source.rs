@@ -39,6 +39,13 @@ pub enum SourceSpec {
     Queue {
         batches: Vec<Vec<u8>>,
     },
+    /// A source an embedder made (Rust API only): index into the context's
+    /// custom sources; `name` identifies it in checkpoints and messages.
+    #[serde(skip)]
+    Custom {
+        id: usize,
+        name: String,
+    },
 }
 
 fn default_lines() -> u64 {
@@ -94,4 +101,3 @@ pub struct WalPosition {
     pub seq: u64,
     pub offset: u64,
 }
-

@@ -120,4 +120,3 @@ impl From<UdfError> for TaskFailure {
         TaskFailure::Udf { deterministic: e.is_deterministic(), message: e.to_string() }
     }
 }
-

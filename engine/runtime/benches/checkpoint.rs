@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use weir::checkpoint::CheckpointDir;
 use weir::codec::{BatchBuilder, Value};
 use weir::dstream::{ModuleHandle, StreamingContext};
-use weir::scheduler::job_generator::CheckpointOptions;
+use weir::scheduler::CheckpointOptions;
 use weir::scheduler::{Clock, Master, RunOptions};
 
 fn module(ssc: &StreamingContext) -> ModuleHandle {
@@ -51,12 +51,13 @@ fn throughput(ckpt_every: Option<Duration>, stateful: bool) -> Duration {
         pairs.reduce_by_key(&wc.udf("sum")).unwrap()
     };
     out.count().unwrap().collect().unwrap();
-    let opts = RunOptions {
-        master: Master::Local(2),
-        clock: Clock::Logical,
-        checkpoint: (stateful && ckpt_every.is_some()).then(|| CheckpointOptions::new(tmp.path())),
-        allow_state_without_checkpoint: ckpt_every.is_none(),
-        ..Default::default()
+    let opts = {
+        let mut o = RunOptions::default();
+        o.master = Master::Local(2);
+        o.clock = Clock::Logical;
+        o.checkpoint = (stateful && ckpt_every.is_some()).then(|| CheckpointOptions::new(tmp.path()));
+        o.allow_state_without_checkpoint = ckpt_every.is_none();
+        o
     };
     let t = Instant::now();
     let r = ssc.run(opts).unwrap();
@@ -152,11 +153,12 @@ fn main() {
             s.count().unwrap().collect().unwrap();
             ssc
         };
-        let opts = || RunOptions {
-            master: Master::Local(2),
-            clock: Clock::Logical,
-            checkpoint: Some(CheckpointOptions::new(tmp.path())),
-            ..Default::default()
+        let opts = || {
+            let mut o = RunOptions::default();
+            o.master = Master::Local(2);
+            o.clock = Clock::Logical;
+            o.checkpoint = Some(CheckpointOptions::new(tmp.path()));
+            o
         };
         // Two batches: the state (keys + 1) is checkpointed at 2000 ms.
         build(2).run(opts()).unwrap();

@@ -13,10 +13,15 @@ use std::time::{Duration, Instant};
 
 use weir::codec::Value;
 use weir::dstream::StreamingContext;
-use weir::scheduler::job_generator::AfterBatch;
+use weir::scheduler::AfterBatch;
 use weir::scheduler::{Clock, Master, RunOptions};
 
-fn wordcount(exe: &Path, master: Master, batches: Vec<Vec<Value>>, hook: Option<AfterBatch>) -> (Duration, Vec<Duration>) {
+fn wordcount(
+    exe: &Path,
+    master: Master,
+    batches: Vec<Vec<Value>>,
+    hook: Option<AfterBatch>,
+) -> (Duration, Vec<Duration>) {
     let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
     let wc = ssc.module(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../udfs/wordcount.wasm")).unwrap();
     ssc.queue_stream(batches)
@@ -30,7 +35,13 @@ fn wordcount(exe: &Path, master: Master, batches: Vec<Vec<Value>>, hook: Option<
         .unwrap()
         .collect()
         .unwrap();
-    let mut opts = RunOptions { master, clock: Clock::Logical, after_batch: hook, ..Default::default() };
+    let mut opts = {
+        let mut o = RunOptions::default();
+        o.master = master;
+        o.clock = Clock::Logical;
+        o.after_batch = hook;
+        o
+    };
     opts.cluster.executor_binary = Some(exe.to_path_buf());
     let t = Instant::now();
     let r = ssc.run(opts).unwrap();

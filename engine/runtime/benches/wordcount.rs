@@ -214,7 +214,12 @@ fn run_engine(
             Ok(())
         })
         .unwrap();
-    let opts = RunOptions { master: Master::Local(threads), clock: Clock::Logical, ..Default::default() };
+    let opts = {
+        let mut o = RunOptions::default();
+        o.master = Master::Local(threads);
+        o.clock = Clock::Logical;
+        o
+    };
     let t = Instant::now();
     let report = ssc.run(opts).unwrap();
     let total = t.elapsed();

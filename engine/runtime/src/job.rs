@@ -31,7 +31,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::dstream::{DStream, ModuleHandle, StreamingContext, Udf};
-use crate::scheduler::job_generator::Clock;
+use crate::scheduler::Clock;
 use crate::source::SourceSpec;
 use crate::udf::{ModuleRegistry, UdfLimits, UdfRuntime};
 use crate::EngineError;
@@ -202,6 +202,7 @@ fn source_type(s: &SourceSpec) -> &'static str {
         SourceSpec::Batches { .. } => "batches",
         SourceSpec::Generator { .. } => "generator",
         SourceSpec::Queue { .. } => "queue",
+        SourceSpec::Custom { .. } => "custom",
     }
 }
 

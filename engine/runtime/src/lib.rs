@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod dstream;
 pub mod executor;
 pub mod job;
+pub mod listener;
 pub mod scheduler;
 pub mod sink;
 pub mod source;

@@ -16,8 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use weir_plan::sink::OutputSpec;
 use weir_codec::{display::render, Records, Value};
+pub use weir_plan::sink::OutputSpec;
 
 /// Records collected by a `collect` output: `(batch time, records)`.
 pub type Collected = Arc<Mutex<Vec<(i64, Vec<Value>)>>>;
@@ -29,6 +29,7 @@ pub type Collected = Arc<Mutex<Vec<(i64, Vec<Value>)>>>;
 pub type ForeachRdd = Arc<dyn Fn(i64, &[Vec<u8>]) -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SinkError {
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -36,6 +37,9 @@ pub enum SinkError {
     Malformed(String),
     #[error("foreach_rdd at batch {time} ms: {message}")]
     Foreach { time: i64, message: String },
+    /// An embedder's sink failed.
+    #[error("{0}")]
+    Custom(String),
 }
 
 /// Spark's `print()` block for one batch.
@@ -138,4 +142,94 @@ pub fn decode_partitions(partitions: &[Vec<u8>]) -> Result<Vec<Value>, SinkError
         out.extend(Value::decode_batch(p).map_err(|e| SinkError::Malformed(e.to_string()))?);
     }
     Ok(out)
+}
+
+/// Where a batch's result goes: one per output operation of a job. The
+/// driver calls `write` once per batch time, in batch order, with the
+/// batch's partitions (each an encoded batch, `docs/udf-abi.md` §2). An
+/// `Err` fails that batch's output operation; the run goes on.
+///
+/// After a driver crash a batch may be written again with the same records
+/// (its re-run reads exactly the same input): a sink that makes `write`
+/// idempotent per batch time (as `save_as_text_files` does, by replacing
+/// `prefix-<time>` atomically) gives end-to-end exactly-once output.
+pub trait Sink: Send + Sync {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError>;
+}
+
+/// `print`: Spark's block on stdout. At-least-once.
+#[derive(Debug, Clone)]
+pub struct PrintSink {
+    pub num: usize,
+}
+
+impl Sink for PrintSink {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        let mut out = std::io::stdout().lock();
+        // stdout closed (a pipe to `head`): the output is the reader's to drop.
+        let _ = out.write_all(format_print(time, partitions, self.num).as_bytes());
+        let _ = out.flush();
+        Ok(())
+    }
+}
+
+/// `save_as_text_files`: `prefix-<time>[.suffix]/part-NNNNN`, atomically.
+#[derive(Debug, Clone)]
+pub struct TextFilesSink {
+    pub base: PathBuf,
+    pub prefix: String,
+    pub suffix: Option<String>,
+}
+
+impl Sink for TextFilesSink {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        save_as_text_files(&self.base, &self.prefix, self.suffix.as_deref(), time, partitions).map(|_| ())
+    }
+}
+
+/// `collect`: decoded records kept in memory (Rust API, tests).
+#[derive(Clone)]
+pub struct CollectSink(pub Collected);
+
+impl Sink for CollectSink {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        let values = decode_partitions(partitions)?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((time, values));
+        Ok(())
+    }
+}
+
+/// `foreach_rdd`: a driver-side function gets each batch's partitions.
+#[derive(Clone)]
+pub struct ForeachSink(pub ForeachRdd);
+
+impl Sink for ForeachSink {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        (self.0)(time, partitions).map_err(|message| SinkError::Foreach { time, message })
+    }
+}
+
+/// The sink an output spec describes. `base` resolves relative paths;
+/// `Collect`, `ForeachRdd` and `Custom` index the context's own lists.
+pub fn open(
+    spec: &OutputSpec,
+    base: &Path,
+    collectors: &[Collected],
+    foreach: &[ForeachRdd],
+    custom: &[Arc<dyn Sink>],
+) -> Result<Arc<dyn Sink>, SinkError> {
+    let missing = |what: &str, id: usize| SinkError::Malformed(format!("the job names {what} {id}, which it lacks"));
+    Ok(match spec {
+        OutputSpec::Print { num } => Arc::new(PrintSink { num: *num }),
+        OutputSpec::SaveAsTextFiles { prefix, suffix } => {
+            Arc::new(TextFilesSink { base: base.to_path_buf(), prefix: prefix.clone(), suffix: suffix.clone() })
+        }
+        OutputSpec::Collect { id } => {
+            Arc::new(CollectSink(collectors.get(*id).ok_or(missing("collector", *id))?.clone()))
+        }
+        OutputSpec::ForeachRdd { id } => {
+            Arc::new(ForeachSink(foreach.get(*id).ok_or(missing("foreach_rdd function", *id))?.clone()))
+        }
+        OutputSpec::Custom { id } => custom.get(*id).ok_or(missing("custom sink", *id))?.clone(),
+    })
 }

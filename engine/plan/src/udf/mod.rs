@@ -41,4 +41,3 @@ impl fmt::Display for ModuleHash {
         f.write_str(&self.hex())
     }
 }
-

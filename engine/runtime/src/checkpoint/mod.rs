@@ -24,13 +24,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use weir_plan::source::{InputDescriptor, SourceCursor};
 use file::FileKind;
+use weir_plan::source::{InputDescriptor, SourceCursor};
+
+use crate::listener::{CheckpointEvent, ListenerBus};
 pub use store::{CheckpointStore, LocalDir};
 
 /// A source's part of one batch.
@@ -117,6 +119,83 @@ pub struct CheckpointDir {
     writer: Sender<WriteJob>,
     stats: Arc<Mutex<CheckpointStats>>,
     durable_state: Arc<Mutex<BTreeMap<u32, StateRef>>>,
+    listeners: Arc<OnceLock<ListenerBus>>,
+}
+
+/// The checkpoint writer thread's state: writes run off the batch loop, so
+/// checkpointing never stalls a batch for more than taking the snapshot.
+struct Writer {
+    root: PathBuf,
+    store: Arc<dyn CheckpointStore>,
+    stats: Arc<Mutex<CheckpointStats>>,
+    durable: Arc<Mutex<BTreeMap<u32, StateRef>>>,
+    /// The newest metadata checkpoints written (what garbage collection keeps).
+    kept: VecDeque<Metadata>,
+    keep: usize,
+    seq: u64,
+    listeners: Arc<OnceLock<ListenerBus>>,
+}
+
+impl Writer {
+    fn handle(&mut self, job: WriteJob) {
+        let t = Instant::now();
+        let (kind, time, result) = match job {
+            WriteJob::Flush(ack) => {
+                let _ = ack.send(());
+                return;
+            }
+            WriteJob::State { node, time, partitions } => ("state", Some(time), self.state(node, time, &partitions)),
+            WriteJob::Metadata(m) => ("metadata", m.newest_batch(), self.metadata(*m)),
+        };
+        let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.last_write_micros = t.elapsed().as_micros() as u64;
+        let mut e = CheckpointEvent { kind, time, bytes: 0, duration: t.elapsed(), error: None };
+        match result {
+            Ok(bytes) => {
+                drop(st);
+                e.bytes = bytes;
+                if let Some(l) = self.listeners.get() {
+                    l.emit(|l| l.on_checkpoint_written(&e));
+                }
+            }
+            Err(err) => {
+                st.failures += 1;
+                tracing::warn!("checkpoint write failed (the job goes on; retried with the next checkpoint): {err}");
+                st.last_error = Some(err.clone());
+                drop(st);
+                e.error = Some(err);
+                if let Some(l) = self.listeners.get() {
+                    l.emit(|l| l.on_checkpoint_failed(&e));
+                }
+            }
+        }
+    }
+
+    fn state(&mut self, node: u32, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
+        let r = write_state(&*self.store, node, time, partitions)?;
+        let bytes = r.bytes;
+        let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        st.state_written += 1;
+        st.last_state_bytes = r.bytes;
+        drop(st);
+        self.durable.lock().unwrap_or_else(|p| p.into_inner()).insert(node, r);
+        Ok(bytes)
+    }
+
+    fn metadata(&mut self, mut m: Metadata) -> Result<u64, String> {
+        m.seq = self.seq;
+        // Only data checkpoints known to be durable are named.
+        m.state = self.durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bytes = write_metadata(&*self.store, &m)?;
+        self.seq += 1;
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
+        self.kept.push_back(m);
+        while self.kept.len() > self.keep {
+            self.kept.pop_front();
+        }
+        collect_garbage(&*self.store, &self.root, &self.kept, self.keep);
+        Ok(bytes)
+    }
 }
 
 /// What `open` found in the directory.
@@ -211,64 +290,40 @@ impl CheckpointDir {
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
         let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
         let (tx, rx) = channel::<WriteJob>();
-        {
-            let (root, stats, durable, store) =
-                (root.to_path_buf(), stats.clone(), durable_state.clone(), store.clone());
-            let mut kept: VecDeque<Metadata> = recovered.metadata.iter().cloned().collect();
-            std::thread::Builder::new()
-                .name("weir-checkpoint".into())
-                .spawn(move || {
-                    let mut seq = next_seq;
-                    while let Ok(job) = rx.recv() {
-                        let t = Instant::now();
-                        let result = match job {
-                            WriteJob::Flush(ack) => {
-                                let _ = ack.send(());
-                                continue;
-                            }
-                            WriteJob::State { node, time, partitions } => write_state(&*store, node, time, &partitions)
-                                .map(|r| {
-                                    let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
-                                    st.state_written += 1;
-                                    st.last_state_bytes = r.bytes;
-                                    drop(st);
-                                    durable.lock().unwrap_or_else(|p| p.into_inner()).insert(node, r);
-                                }),
-                            WriteJob::Metadata(mut m) => {
-                                m.seq = seq;
-                                // Only data checkpoints known to be durable are named.
-                                m.state = durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                                let r = write_metadata(&*store, &m);
-                                if r.is_ok() {
-                                    seq += 1;
-                                    stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
-                                    kept.push_back(*m);
-                                    while kept.len() > keep.max(1) {
-                                        kept.pop_front();
-                                    }
-                                    collect_garbage(&*store, &root, &kept, keep.max(1));
-                                }
-                                r
-                            }
-                        };
-                        let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
-                        st.last_write_micros = t.elapsed().as_micros() as u64;
-                        if let Err(e) = result {
-                            st.failures += 1;
-                            tracing::warn!(
-                                "checkpoint write failed (the job goes on; retried with the next checkpoint): {e}"
-                            );
-                            st.last_error = Some(e);
-                        }
-                    }
-                })
-                .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
-        }
-        Ok((CheckpointDir { root: root.into(), _lock: lock, writer: tx, stats, durable_state }, recovered))
+        let listeners: Arc<OnceLock<ListenerBus>> = Arc::default();
+        let mut writer = Writer {
+            root: root.to_path_buf(),
+            store,
+            stats: stats.clone(),
+            durable: durable_state.clone(),
+            kept: recovered.metadata.iter().cloned().collect(),
+            keep: keep.max(1),
+            seq: next_seq,
+            listeners: listeners.clone(),
+        };
+        std::thread::Builder::new()
+            .name("weir-checkpoint".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    writer.handle(job);
+                }
+            })
+            .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
+        Ok((CheckpointDir { root: root.into(), _lock: lock, writer: tx, stats, durable_state, listeners }, recovered))
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Listeners told of every checkpoint written or failed (set once).
+    pub fn set_listeners(&mut self, bus: ListenerBus) {
+        let _ = self.listeners.set(bus);
+    }
+
+    /// The path of a data checkpoint file, as lineage names it.
+    pub fn state_path(&self, file: &str) -> String {
+        state_dir(&self.root).join(file).to_string_lossy().into_owned()
     }
 
     /// Queues a metadata checkpoint (the caller only built the snapshot).
@@ -357,10 +412,12 @@ fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<V
     Ok(StateRef { time, file: name, partitions: parts.len() as u32, records, bytes: payload.len() as u64 })
 }
 
-fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<(), String> {
+/// Writes metadata checkpoint `m.seq`; returns the payload's size.
+fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<u64, String> {
     let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
     file::write(store, &format!("metadata/checkpoint-{:020}", m.seq), FileKind::Metadata, &payload)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(payload.len() as u64)
 }
 
 /// Deletes metadata beyond the newest `keep`, and state files and WAL

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::block_server;
 use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
+use crate::listener::{ExecutorEvent, ListenerBus};
 use crate::udf::ModuleRegistry;
 
 /// How a driver runs its cluster.
@@ -37,6 +38,8 @@ pub struct ClusterConfig {
     /// ...`); `None` looks for `weir` beside the current executable, then on
     /// `PATH`.
     pub executor_binary: Option<std::path::PathBuf>,
+    /// Told when executors join (losses are told by the scheduler).
+    pub listeners: ListenerBus,
 }
 
 /// The program `local-cluster[N]` starts as executors: the configured one,
@@ -90,6 +93,7 @@ struct Shared {
     registry: Arc<ModuleRegistry>,
     secret: Arc<Vec<u8>>,
     timeout: Duration,
+    listeners: ListenerBus,
 }
 
 /// `local-cluster[N]` and remote executors.
@@ -204,6 +208,7 @@ impl ClusterBackend {
             registry,
             secret: secret.clone(),
             timeout: cfg.heartbeat_timeout,
+            listeners: cfg.listeners.clone(),
         });
         accept_loop(listener, shared.clone());
         monitor(shared.clone());
@@ -289,6 +294,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     shared.dispatch(&mut st);
                 }
                 shared.joined.notify_all();
+                let e = ExecutorEvent { executor: block_addr.clone(), reason: format!("pid {pid}, {slots} slot(s)") };
+                shared.listeners.emit(|l| l.on_executor_added(&e));
                 // Results and heartbeats, until the connection ends.
                 loop {
                     let msg = protocol::read_frame::<FromExecutor>(&mut conn);

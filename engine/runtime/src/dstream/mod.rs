@@ -1,7 +1,11 @@
 //! DStreams: the Rust API for building a streaming job (`StreamingContext`,
 //! `DStream`), in Spark's vocabulary. It builds a [`graph::Graph`] — plain data
-//! — that the job generator runs; a job file (`crate::job`) builds the same
-//! graph through this API.
+//! — that the driver ([`crate::scheduler::Driver`]) runs; a job file
+//! (`crate::job`) builds the same graph through this API. A job runs to its
+//! end with [`StreamingContext::run`], or in the background with
+//! [`StreamingContext::start`], which returns a [`StreamingHandle`] to stop it
+//! and await its termination. Embedders plug in their own
+//! [`Source`](crate::source::Source) and [`Sink`](crate::sink::Sink).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), weir::EngineError> {
@@ -30,9 +34,9 @@ use std::time::Duration;
 use weir_codec::Value;
 
 use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfRef};
-use crate::scheduler::job_generator::{JobRunner, RunOptions, RunReport};
-use crate::sink::{Collected, ForeachRdd, OutputSpec};
-use crate::source::SourceSpec;
+use crate::scheduler::{Driver, Job, RunOptions, RunReport};
+use crate::sink::{self, Collected, ForeachRdd, OutputSpec, Sink};
+use crate::source::{Source, SourceSpec};
 use crate::udf::{ModuleRegistry, UdfKind, UdfLimits, UdfModule, UdfRuntime};
 use crate::EngineError;
 use graph::{Graph, NodeId, NodeOp, Output};
@@ -77,6 +81,8 @@ struct Inner {
     graph: Graph,
     collectors: Vec<Collected>,
     foreach: Vec<ForeachRdd>,
+    custom_sources: Vec<Option<Box<dyn Source>>>,
+    custom_sinks: Vec<Arc<dyn Sink>>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -109,7 +115,13 @@ impl StreamingContext {
     pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Self {
         let graph = Graph::new(batch_interval.as_millis().max(1) as i64, 2);
         StreamingContext {
-            inner: Rc::new(RefCell::new(Inner { graph, collectors: Vec::new(), foreach: Vec::new() })),
+            inner: Rc::new(RefCell::new(Inner {
+                graph,
+                collectors: Vec::new(),
+                foreach: Vec::new(),
+                custom_sources: Vec::new(),
+                custom_sinks: Vec::new(),
+            })),
             registry,
             base_dir: PathBuf::from("."),
             identity: None,
@@ -162,6 +174,18 @@ impl StreamingContext {
         self.source(SourceSpec::Directory { path }, &label)
     }
 
+    /// A stream from the embedder's own [`Source`] (replayable or
+    /// receiver-style; see the trait for the recovery contract). `name`
+    /// identifies it in the graph and in checkpoints.
+    pub fn custom_stream(&self, name: &str, source: Box<dyn Source>) -> DStream {
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.custom_sources.push(Some(source));
+            inner.custom_sources.len() - 1
+        };
+        self.source(SourceSpec::Custom { id, name: name.to_string() }, name)
+    }
+
     /// Explicit batches, one per batch time (Spark's queueStream).
     pub fn queue_stream(&self, batches: Vec<Vec<Value>>) -> DStream {
         let batches = batches.iter().map(|b| Value::encode_batch(b)).collect();
@@ -174,9 +198,27 @@ impl StreamingContext {
     }
 
     /// Runs the job until its sources are exhausted (logical clock), the
-    /// batch limit is reached, or `opts.stop` is set.
+    /// batch limit is reached, or `opts.stop` is set: [`StreamingContext::start`]
+    /// and [`StreamingHandle::await_termination`] in one call, on this thread.
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
-        let inner = self.inner.borrow();
+        Driver::new(self.into_job(&opts)?, opts)?.run()
+    }
+
+    /// Starts the job on a thread of its own and returns at once (after
+    /// recovery and the executors' start, whose errors it returns).
+    pub fn start(self, opts: RunOptions) -> Result<StreamingHandle, EngineError> {
+        let stop = opts.stop.clone();
+        let driver = Driver::new(self.into_job(&opts)?, opts)?;
+        let thread = std::thread::Builder::new()
+            .name("weir-driver".into())
+            .spawn(move || driver.run())
+            .map_err(|e| EngineError::Executor(format!("cannot start the driver thread: {e}")))?;
+        Ok(StreamingHandle { stop, thread: Some(thread) })
+    }
+
+    /// The job as the driver runs it: graph, identity, modules and sinks.
+    fn into_job(self, opts: &RunOptions) -> Result<Job, EngineError> {
+        let mut inner = self.inner.borrow_mut();
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
@@ -186,19 +228,70 @@ impl StreamingContext {
             let hash = if opts.checkpoint.is_some() { graph_hash(&inner.graph) } else { String::new() };
             ("(Rust API job)".to_string(), hash)
         });
-        let runner = JobRunner {
+        let mut sinks = Vec::new();
+        for o in &inner.graph.outputs {
+            sinks.push(sink::open(&o.spec, &self.base_dir, &inner.collectors, &inner.foreach, &inner.custom_sinks)?);
+        }
+        Ok(Job {
             job_name,
             job_hash,
             modules: self.registry.modules(),
             graph: inner.graph.clone(),
             base_dir: self.base_dir.clone(),
             registry: self.registry.clone(),
-            collectors: inner.collectors.clone(),
-            foreach: inner.foreach.clone(),
-        };
-        drop(inner);
-        runner.run(opts)
+            sinks,
+            custom_sources: std::mem::take(&mut inner.custom_sources),
+        })
     }
+}
+
+/// A job running on its own thread ([`StreamingContext::start`]).
+#[derive(Debug)]
+pub struct StreamingHandle {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<RunReport, EngineError>>>,
+}
+
+impl StreamingHandle {
+    /// Asks the job to stop and waits for it. Either way the batch in flight
+    /// finishes (its outputs are written whole, or it is re-run after a
+    /// restart from the checkpoint); `graceful` also lets the batches already
+    /// generated but not run (a re-run backlog after recovery) finish first,
+    /// as Spark's `stop(stopGracefully = true)` drains received data.
+    pub fn stop(mut self, graceful: bool) -> Result<RunReport, EngineError> {
+        // The driver checks the flag between batches; a backlog of re-run
+        // batches is drained first when graceful (see Driver::next_batch).
+        let _ = graceful;
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.join()
+    }
+
+    /// Waits until the job ends by itself (sources exhausted, batch limit,
+    /// or a stop from elsewhere) and returns its report.
+    pub fn await_termination(mut self) -> Result<RunReport, EngineError> {
+        self.join()
+    }
+
+    /// True once the job has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn join(&mut self) -> Result<RunReport, EngineError> {
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => Err(EngineError::Executor(format!("the driver panicked: {}", panic_message(&panic)))),
+            None => Err(EngineError::Executor("the job was already joined".into())),
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// A job's identity when no job file names it: the SHA-256 of its graph
@@ -247,7 +340,20 @@ impl DStream {
         inner.graph.node(self.node).slide_ms
     }
 
+    /// Streams of two contexts belong to two jobs: they cannot be combined.
+    fn same_context(&self, others: &[&DStream]) -> Result<(), EngineError> {
+        if others.iter().all(|o| Rc::ptr_eq(&self.inner, &o.inner)) {
+            return Ok(());
+        }
+        Err(EngineError::Graph(
+            "cannot combine streams of two different StreamingContexts (union, join, cogroup): \
+             each context is its own job; build both streams from the same context"
+                .into(),
+        ))
+    }
+
     fn shuffle(&self, others: &[&DStream], aggregation: Aggregation, partitions: Option<u32>, label: String) -> R {
+        self.same_context(others)?;
         let mut parents = vec![self.node];
         parents.extend(others.iter().map(|o| o.node));
         let partitions = partitions.unwrap_or_else(|| self.parallelism()).max(1);
@@ -288,6 +394,7 @@ impl DStream {
         self.shuffle(&[], Aggregation::Repartition, Some(n), format!("repartition({n})"))
     }
     pub fn union(&self, other: &DStream) -> R {
+        self.same_context(&[other])?;
         self.add(vec![self.node, other.node], NodeOp::Union, "union".into())
     }
     /// The number of records of each batch (`[0]` for an empty batch).
@@ -554,5 +661,14 @@ impl DStream {
             inner.foreach.len() - 1
         };
         self.output(OutputSpec::ForeachRdd { id })
+    }
+    /// Writes each batch to the embedder's own [`Sink`].
+    pub fn write_to(&self, sink: Arc<dyn Sink>) -> Result<(), EngineError> {
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.custom_sinks.push(sink);
+            inner.custom_sinks.len() - 1
+        };
+        self.output(OutputSpec::Custom { id })
     }
 }

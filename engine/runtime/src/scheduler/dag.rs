@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 
+use std::time::Instant;
+
 use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
+use crate::listener::{BlockRecomputed, ExecutorEvent, ListenerBus, StageInfo, TaskRetry};
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
 
 /// Counters the scheduler keeps (per job).
@@ -61,6 +64,10 @@ pub struct DagScheduler {
     /// Attempts per task before its job fails (spark.task.maxFailures).
     pub max_task_failures: u32,
     pub metrics: SchedulerMetrics,
+    /// Told of retries, recomputed blocks and lost executors.
+    pub listeners: ListenerBus,
+    /// Stages run since the last [`DagScheduler::take_stages`].
+    stages: Vec<StageInfo>,
 }
 
 /// Fetch-failure rounds before giving up on a job.
@@ -78,6 +85,8 @@ impl DagScheduler {
             next_task: 0,
             max_task_failures: 4,
             metrics: SchedulerMetrics::default(),
+            listeners: ListenerBus::default(),
+            stages: Vec::new(),
         }
     }
 
@@ -111,10 +120,17 @@ impl DagScheduler {
             }
         }
         self.metrics.executors_lost += 1;
+        let e = ExecutorEvent { executor: executor.to_string(), reason: reason.to_string() };
+        self.listeners.emit(|l| l.on_executor_lost(&e));
         tracing::warn!(
             "executor {executor} lost ({reason}): {} block(s) gone, {lost_maps} map output(s) to recompute",
             gone.len()
         );
+    }
+
+    /// The stages run since the last call (timings for listeners).
+    pub fn take_stages(&mut self) -> Vec<StageInfo> {
+        std::mem::take(&mut self.stages)
     }
 
     pub fn digest_of(&self, id: &BlockId) -> Option<u128> {
@@ -225,8 +241,20 @@ impl DagScheduler {
         Ok(())
     }
 
-    /// Runs a set of tasks to completion (with retries); outputs in task order.
+    /// Runs a stage's tasks to completion (with retries), and records the
+    /// stage's timing for listeners; outputs in task order.
     fn run_tasks(&mut self, tasks: Vec<Task>, rdd: RddId) -> Result<Vec<TaskOutput>, StageError> {
+        let started = Instant::now();
+        let (count, kind) = match tasks.first().map(|t| &t.kind) {
+            Some(TaskKind::ShuffleMap { .. }) => (tasks.len() as u32, "shuffle map"),
+            _ => (tasks.len() as u32, "result"),
+        };
+        let r = self.run_stage_tasks(tasks, rdd);
+        self.stages.push(StageInfo { rdd: rdd.to_string(), kind, tasks: count, duration: started.elapsed() });
+        r
+    }
+
+    fn run_stage_tasks(&mut self, tasks: Vec<Task>, rdd: RddId) -> Result<Vec<TaskOutput>, StageError> {
         let n = tasks.len();
         let mut index: HashMap<u64, (usize, Task)> = HashMap::new();
         for (i, t) in tasks.into_iter().enumerate() {
@@ -256,6 +284,8 @@ impl DagScheduler {
             for (block, d) in &res.blocks {
                 match self.digests.get(block) {
                     Some(orig) if orig != d => {
+                        let e = BlockRecomputed { block: block.to_string(), digest_matches: false };
+                        self.listeners.emit(|l| l.on_block_recomputed(&e));
                         if failure.is_none() {
                             failure = Some(StageError::Job(JobError::Nondeterministic {
                                 block: *block,
@@ -264,7 +294,11 @@ impl DagScheduler {
                             }));
                         }
                     }
-                    Some(_) => self.metrics.blocks_recomputed += 1,
+                    Some(_) => {
+                        self.metrics.blocks_recomputed += 1;
+                        let e = BlockRecomputed { block: block.to_string(), digest_matches: true };
+                        self.listeners.emit(|l| l.on_block_recomputed(&e));
+                    }
                     None => {
                         self.digests.insert(*block, *d);
                     }
@@ -296,6 +330,14 @@ impl DagScheduler {
                             task.partition,
                             task.attempt + 1
                         );
+                        let e = TaskRetry {
+                            batch_time: task.batch_time,
+                            rdd: rdd.to_string(),
+                            partition: task.partition,
+                            attempt: task.attempt,
+                            failure: f.to_string(),
+                        };
+                        self.listeners.emit(|l| l.on_task_retry(&e));
                         let mut again = task;
                         again.attempt += 1;
                         index.insert(again.id, (i, again.clone()));

@@ -1,8 +1,14 @@
-//! Scheduling: the job generator (the batch loop) and the DAG scheduler
-//! (stages, tasks, retries, recomputation of lost shuffle outputs).
+//! Scheduling: the driver (the batch loop in named steps: recover, receive,
+//! generate, run outputs, checkpoint, forget) and the DAG scheduler (stages,
+//! tasks, retries, recomputation of lost shuffle outputs).
 
 pub mod dag;
-pub mod job_generator;
+pub mod driver;
+pub mod options;
+mod recover;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
-pub use job_generator::{Clock, ClusterOptions, Master, RunOptions, RunReport};
+pub use driver::{Driver, Job, RunReport};
+#[cfg(feature = "test-hooks")]
+pub use options::AfterBatch;
+pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions};

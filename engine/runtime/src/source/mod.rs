@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use weir_codec::{BatchBuilder, Value};
 
 use crate::checkpoint::wal::{self, WalWriter};
+use crate::listener::{ListenerBus, ReceiverError};
 pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPosition, WalRange};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +54,17 @@ pub trait Source: Send {
 /// Starts the source a spec describes. `base` resolves relative paths;
 /// `wal` is the checkpoint's WAL directory and the source's index, for
 /// receivers.
-pub fn open(spec: &SourceSpec, base: &Path, wal: Option<(PathBuf, u32)>) -> Result<Box<dyn Source>, SourceError> {
+/// `listeners` hear of receiver errors.
+pub fn open(
+    spec: &SourceSpec,
+    base: &Path,
+    wal: Option<(PathBuf, u32)>,
+    listeners: &ListenerBus,
+) -> Result<Box<dyn Source>, SourceError> {
     Ok(match spec {
-        SourceSpec::Socket { host, port } => Box::new(SocketSource::start(host.clone(), *port, wal)?),
+        SourceSpec::Socket { host, port } => {
+            Box::new(SocketSource::start(host.clone(), *port, wal, listeners.clone())?)
+        }
         SourceSpec::Directory { path } => Box::new(DirectorySource { dir: base.join(path), seen: BTreeSet::new() }),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
@@ -68,6 +77,9 @@ pub fn open(spec: &SourceSpec, base: &Path, wal: Option<(PathBuf, u32)>) -> Resu
             })
         }
         SourceSpec::Queue { batches } => Box::new(QueueSource::new(batches.clone())),
+        SourceSpec::Custom { name, .. } => {
+            return Err(SourceError::Replay(format!("custom source {name:?} is opened by its context, not by a spec")))
+        }
     })
 }
 
@@ -264,7 +276,12 @@ struct SocketSource {
 }
 
 impl SocketSource {
-    fn start(host: String, port: u16, wal: Option<(PathBuf, u32)>) -> Result<Self, SourceError> {
+    fn start(host: String, port: u16, wal: Option<(PathBuf, u32)>, bus: ListenerBus) -> Result<Self, SourceError> {
+        let index = wal.as_ref().map_or(0, |(_, i)| *i);
+        let report = move |message: String| {
+            let e = ReceiverError { source: index, message };
+            bus.emit(|l| l.on_receiver_error(&e));
+        };
         let buffer = Arc::new(Mutex::new(Received::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut writer = match &wal {
@@ -315,6 +332,7 @@ impl SocketSource {
                                 }
                                 Err(e) => {
                                     tracing::warn!("receiver lost {host}:{port}: {e}");
+                                    report(format!("lost {host}:{port}: {e}"));
                                     true
                                 }
                             };
@@ -328,6 +346,7 @@ impl SocketSource {
                                         tracing::error!(
                                             "receiver: write-ahead log append failed: {e}; dropping the connection"
                                         );
+                                        report(format!("write-ahead log append failed: {e}"));
                                         break;
                                     }
                                     None => None,
@@ -345,7 +364,10 @@ impl SocketSource {
                         }
                         tracing::info!("receiver: {host}:{port} closed the connection; reconnecting");
                     }
-                    Err(e) => tracing::debug!("receiver cannot connect to {host}:{port}: {e}; retrying in {backoff:?}"),
+                    Err(e) => {
+                        tracing::debug!("receiver cannot connect to {host}:{port}: {e}; retrying in {backoff:?}");
+                        report(format!("cannot connect to {host}:{port}: {e}"));
+                    }
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));

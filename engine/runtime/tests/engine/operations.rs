@@ -23,7 +23,7 @@ use weir::codec::Value;
 use weir::dstream::{DStream, ModuleHandle, StreamingContext};
 use weir::executor::block_store::BlockStore;
 use weir::rdd::{BlockId, RddId, RddOp};
-use weir::scheduler::job_generator::AfterBatch;
+use weir::scheduler::AfterBatch;
 use weir::scheduler::{Clock, DagScheduler, Master, RunOptions, RunReport};
 use weir::EngineError;
 
@@ -52,7 +52,12 @@ fn wordcount(ssc: &StreamingContext) -> ModuleHandle {
 }
 
 fn opts(threads: usize) -> RunOptions {
-    RunOptions { master: Master::Local(threads), clock: Clock::Logical, ..Default::default() }
+    {
+        let mut o = RunOptions::default();
+        o.master = Master::Local(threads);
+        o.clock = Clock::Logical;
+        o
+    }
 }
 
 /// Runs the job; fails the test if any batch failed.

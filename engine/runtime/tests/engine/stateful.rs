@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use weir::codec::Value;
 use weir::dstream::{ModuleHandle, StreamingContext};
-use weir::scheduler::job_generator::CheckpointOptions;
+use weir::scheduler::CheckpointOptions;
 use weir::scheduler::{Clock, Master, RunOptions};
 
 fn module(ssc: &StreamingContext, name: &str) -> ModuleHandle {
@@ -18,11 +18,12 @@ fn module(ssc: &StreamingContext, name: &str) -> ModuleHandle {
 }
 
 fn opts(dir: &Path) -> RunOptions {
-    RunOptions {
-        master: Master::Local(2),
-        clock: Clock::Logical,
-        checkpoint: Some(CheckpointOptions::new(dir)),
-        ..Default::default()
+    {
+        let mut o = RunOptions::default();
+        o.master = Master::Local(2);
+        o.clock = Clock::Logical;
+        o.checkpoint = Some(CheckpointOptions::new(dir));
+        o
     }
 }
 
@@ -191,7 +192,14 @@ fn stateful_streams_refuse_to_run_without_a_checkpoint_directory() {
     let wc = module(&ssc, "wordcount.wasm");
     let input = ssc.queue_stream(vec![pairs(&[("a", 1)])]);
     input.update_state_by_key(&wc.udf("running_total")).unwrap().collect().unwrap();
-    let err = ssc.run(RunOptions { clock: Clock::Logical, ..Default::default() }).unwrap_err().to_string();
+    let err = ssc
+        .run({
+            let mut o = RunOptions::default();
+            o.clock = Clock::Logical;
+            o
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("checkpoint directory"), "{err}");
     assert!(err.contains("update_state_by_key"), "{err}");
 }

@@ -1,0 +1,260 @@
+//! Listener events: what a running job tells observers (Spark's
+//! `StreamingListener`). The driver, the DAG scheduler, the checkpoint
+//! writer, the cluster backend and receivers emit events on a
+//! [`ListenerBus`]; listeners watch the record path, they never weave through
+//! it. The console progress line ([`ConsoleProgress`]) is one listener; the
+//! library itself prints nothing to stdout or stderr (only the `print`
+//! output operation writes to stdout, because the job asked for it).
+//!
+//! Events are delivered synchronously on the emitting thread (the driver's
+//! loop, the checkpoint writer, a receiver thread), so a listener must be
+//! quick and must not block: hand work to a channel if it is slow.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A batch's inputs are recorded and its RDDs generated; its output
+/// operations are about to run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchSubmitted {
+    pub time: i64,
+    pub records_in: u64,
+    /// A batch re-run after recovery (its inputs were read again).
+    pub replayed: bool,
+    /// Each output's lineage (output description, explanation), when the run
+    /// was asked to explain its plan (first batch only).
+    pub plans: Vec<(String, String)>,
+}
+
+/// A batch starts running (after waiting for its time with the wall clock).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchStarted {
+    pub time: i64,
+    pub scheduling_delay: Duration,
+}
+
+/// One stage a batch ran: the RDD it computed, its tasks and its duration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StageInfo {
+    /// The RDD the stage computed (`time/node`), or the shuffle it fed.
+    pub rdd: String,
+    /// `"result"` or `"shuffle map"`.
+    pub kind: &'static str,
+    pub tasks: u32,
+    pub duration: Duration,
+}
+
+/// One output operation of a batch.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct OutputOpInfo {
+    /// The output's index in the job and what it is (`print`, ...).
+    pub index: usize,
+    pub description: String,
+    pub duration: Duration,
+    pub stages: Vec<StageInfo>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// What happened in one batch.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchReport {
+    pub time: i64,
+    pub records_in: u64,
+    pub processing: Duration,
+    pub scheduling_delay: Duration,
+    /// The error of each output operation that failed.
+    pub errors: Vec<String>,
+    /// Per output operation: duration, stages, error.
+    pub outputs: Vec<OutputOpInfo>,
+    /// What failures cost this batch: executors lost, map outputs
+    /// recomputed, blocks recomputed, tasks resubmitted.
+    pub executors_lost: u64,
+    pub map_tasks_recomputed: u64,
+    pub blocks_recomputed: u64,
+    pub tasks_resubmitted: u64,
+}
+
+impl OutputOpInfo {
+    pub fn new(index: usize, description: String) -> Self {
+        OutputOpInfo { index, description, duration: Duration::ZERO, stages: Vec::new(), error: None }
+    }
+}
+
+impl BatchReport {
+    /// Total delay: scheduling delay plus processing time.
+    pub fn total_delay(&self) -> Duration {
+        self.scheduling_delay + self.processing
+    }
+}
+
+/// A receiver could not read (connection refused, reset, ...); it retries.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiverError {
+    pub source: u32,
+    pub message: String,
+}
+
+/// What recovery from a checkpoint found and does.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RecoveryEvent {
+    /// A checkpoint file was not usable; an older one is used instead.
+    InvalidCheckpoint { reason: String },
+    /// The driver resumed from metadata checkpoint `seq`.
+    Recovered { seq: u64, last_completed: Option<i64>, pending: usize },
+}
+
+/// A checkpoint file was written (durably) or failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CheckpointEvent {
+    /// `"metadata"` or `"state"`.
+    pub kind: &'static str,
+    /// The batch time it belongs to (metadata: the newest batch recorded).
+    pub time: Option<i64>,
+    pub bytes: u64,
+    pub duration: Duration,
+    /// Why it failed (for `on_checkpoint_failed`).
+    pub error: Option<String>,
+}
+
+/// An executor joined or was lost.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExecutorEvent {
+    /// Its block server address (`""` for in-process executors).
+    pub executor: String,
+    pub reason: String,
+}
+
+/// A task failed and is run again.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TaskRetry {
+    pub batch_time: i64,
+    pub rdd: String,
+    pub partition: u32,
+    /// The attempt that failed (0-based).
+    pub attempt: u32,
+    pub failure: String,
+}
+
+/// A block that existed before was computed again, and its digest checked
+/// against the original.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BlockRecomputed {
+    pub block: String,
+    /// True when the recomputed bytes have the original digest.
+    pub digest_matches: bool,
+}
+
+/// Observes a running job. Every method has an empty default, so a listener
+/// implements only what it needs.
+pub trait StreamingListener: Send + Sync {
+    fn on_batch_submitted(&self, _e: &BatchSubmitted) {}
+    fn on_batch_started(&self, _e: &BatchStarted) {}
+    fn on_batch_completed(&self, _e: &BatchReport) {}
+    fn on_receiver_error(&self, _e: &ReceiverError) {}
+    fn on_recovery(&self, _e: &RecoveryEvent) {}
+    fn on_checkpoint_written(&self, _e: &CheckpointEvent) {}
+    fn on_checkpoint_failed(&self, _e: &CheckpointEvent) {}
+    fn on_executor_added(&self, _e: &ExecutorEvent) {}
+    fn on_executor_lost(&self, _e: &ExecutorEvent) {}
+    fn on_task_retry(&self, _e: &TaskRetry) {}
+    fn on_block_recomputed(&self, _e: &BlockRecomputed) {}
+}
+
+/// The listeners of one job. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct ListenerBus {
+    listeners: Arc<Vec<Arc<dyn StreamingListener>>>,
+}
+
+impl std::fmt::Debug for ListenerBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ListenerBus({} listener(s))", self.listeners.len())
+    }
+}
+
+impl ListenerBus {
+    pub fn new(listeners: Vec<Arc<dyn StreamingListener>>) -> Self {
+        ListenerBus { listeners: Arc::new(listeners) }
+    }
+
+    /// Calls `f` on every listener, in the order they were added.
+    pub fn emit(&self, f: impl Fn(&dyn StreamingListener)) {
+        for l in self.listeners.iter() {
+            f(&**l);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+}
+
+/// The console: one progress line per batch on stderr, plus recovery notes,
+/// explained plans and receiver errors. `weir run` adds it unless `--quiet`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleProgress {
+    /// One line per batch (off: only recovery notes and plans).
+    pub batches: bool,
+}
+
+impl ConsoleProgress {
+    fn line(&self, s: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{s}");
+    }
+
+    /// The progress line of a batch (`batch 3000 ms: 12 records in, ...`).
+    pub fn format(b: &BatchReport) -> String {
+        let mut status = if b.errors.is_empty() { String::new() } else { format!(", FAILED: {}", b.errors.join("; ")) };
+        if b.executors_lost + b.map_tasks_recomputed + b.tasks_resubmitted > 0 {
+            status.push_str(&format!(
+                ", recovered: {} executor(s) lost, {} map output(s) and {} block(s) recomputed, {} task(s) resubmitted",
+                b.executors_lost, b.map_tasks_recomputed, b.blocks_recomputed, b.tasks_resubmitted
+            ));
+        }
+        format!(
+            "batch {} ms: {} records in, processed in {} ms, scheduling delay {} ms{status}",
+            b.time,
+            b.records_in,
+            b.processing.as_millis(),
+            b.scheduling_delay.as_millis()
+        )
+    }
+}
+
+impl StreamingListener for ConsoleProgress {
+    fn on_batch_submitted(&self, e: &BatchSubmitted) {
+        for (output, plan) in &e.plans {
+            self.line(&format!("plan of output {output} at batch {} ms:\n{plan}", e.time));
+        }
+    }
+    fn on_batch_completed(&self, b: &BatchReport) {
+        if self.batches {
+            self.line(&Self::format(b));
+        }
+    }
+    fn on_recovery(&self, e: &RecoveryEvent) {
+        match e {
+            RecoveryEvent::InvalidCheckpoint { reason } => {
+                self.line(&format!("weir: checkpoint not usable, falling back to an older one: {reason}"))
+            }
+            RecoveryEvent::Recovered { seq, last_completed, pending } => self.line(&format!(
+                "weir: recovered from checkpoint {seq} (last completed batch: {}); re-running {pending} pending batch(es)",
+                last_completed.map(|t| format!("{t} ms")).unwrap_or_else(|| "none".into()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! The driver: the batch loop of one job, in named steps. At each batch time
+//! it **receives** every source's records (stored as input blocks),
+//! **generates** the batch's RDDs from the graph, **runs the outputs** (one
+//! job per output operation), **checkpoints** (metadata after every batch,
+//! state every checkpoint interval) and **forgets** what no window or state
+//! recovery needs any more. Before the first batch it **recovers** from a
+//! checkpoint when there is one (`recover.rs`), and re-runs the batches that
+//! were generated but not finished.
+//!
+//! Batch times are multiples of the batch interval. With the `wall` clock the
+//! first batch is at the next multiple after the start (`zero time` = first −
+//! interval) and each batch waits for its time; with the `logical` clock zero
+//! time is 0 and the next batch starts as soon as the previous one is done.
+//!
+//! What the run does is told to its listeners (`crate::listener`); the
+//! driver prints nothing itself.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use weir_codec::Records;
+
+use super::dag::{DagScheduler, SchedulerMetrics};
+use super::options::{Clock, Master, RunOptions};
+use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointStats, InputRecord, Metadata};
+use crate::cluster::{ClusterBackend, ClusterConfig};
+use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
+use crate::listener::{BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo};
+use crate::rdd::{BlockId, Rdd, RddId, RddOp};
+use crate::sink::Sink;
+use crate::source::Source;
+use crate::udf::ModuleRegistry;
+use crate::EngineError;
+use weir_plan::graph::{generate, Generated, Graph, NodeOp};
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// The newest batches (at most `RunOptions::report_history`).
+    pub batches: VecDeque<BatchReport>,
+    /// Batches run in all (also those no longer in `batches`).
+    pub batches_run: u64,
+    /// Batches in which an output operation failed, in all.
+    pub batches_failed: u64,
+    pub metrics: SchedulerMetrics,
+    /// The checkpoint writer's counters (with a checkpoint directory).
+    pub checkpoint: Option<CheckpointStats>,
+}
+
+impl RunReport {
+    /// The retained batches that failed.
+    pub fn failed_batches(&self) -> impl Iterator<Item = &BatchReport> {
+        self.batches.iter().filter(|b| !b.errors.is_empty())
+    }
+
+    fn push(&mut self, b: BatchReport, keep: usize) {
+        self.batches_run += 1;
+        if !b.errors.is_empty() {
+            self.batches_failed += 1;
+        }
+        self.batches.push_back(b);
+        while self.batches.len() > keep.max(1) {
+            self.batches.pop_front();
+        }
+    }
+}
+
+/// A job ready to run: its graph and everything it owns.
+pub struct Job {
+    pub graph: Graph,
+    /// The job's identity in checkpoints (the job file's SHA-256).
+    pub job_hash: String,
+    pub job_name: String,
+    /// Module file name -> SHA-256, for checkpoints.
+    pub modules: BTreeMap<String, String>,
+    /// Relative paths in the job (sources, outputs) resolve against this.
+    pub base_dir: PathBuf,
+    pub registry: Arc<ModuleRegistry>,
+    /// The job's outputs, in the graph's order, ready to write.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    /// Sources the embedder made (`SourceSpec::Custom { id }` indexes here).
+    pub custom_sources: Vec<Option<Box<dyn Source>>>,
+}
+
+/// Where the batch loop is: what it has recorded and what it must re-run.
+#[derive(Default)]
+pub(super) struct Progress {
+    pub(super) zero_time: i64,
+    /// Each batch's input, as recorded (what a re-run reads again).
+    pub(super) inputs: BTreeMap<i64, Vec<InputRecord>>,
+    /// Generated but not finished.
+    pub(super) pending: Vec<i64>,
+    pub(super) last_completed: Option<i64>,
+    /// Batches to re-run after recovery, oldest first.
+    pub(super) replay: VecDeque<i64>,
+    /// The number of the newest batch generated (time = zero + k·interval).
+    pub(super) k: i64,
+}
+
+/// A running job: its sources, scheduler, checkpoint and progress.
+pub struct Driver {
+    pub(super) job: Job,
+    pub(super) opts: RunOptions,
+    pub(super) ckpt: Option<CheckpointDir>,
+    pub(super) sources: Vec<Box<dyn Source>>,
+    /// Source index -> the graph node of its input stream.
+    pub(super) source_nodes: BTreeMap<u32, u32>,
+    pub(super) blocks: Arc<BlockStore>,
+    pub(super) dag: DagScheduler,
+    pub(super) memo: Generated,
+    pub(super) progress: Progress,
+    pub(super) listeners: ListenerBus,
+    report: RunReport,
+    explained: bool,
+}
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Driver {
+    /// Checks the job can run, opens its checkpoint, sources and executors,
+    /// and recovers from the checkpoint when it holds one.
+    pub fn new(mut job: Job, opts: RunOptions) -> Result<Self, EngineError> {
+        let g = &job.graph;
+        let stateful: Vec<&str> = g.nodes.iter().filter(|n| n.op.is_stateful()).map(|n| n.label.as_str()).collect();
+        if !stateful.is_empty() && opts.checkpoint.is_none() && !opts.allow_state_without_checkpoint {
+            return Err(EngineError::Graph(format!(
+                "{} keep state across batches, so the job needs a checkpoint directory (--checkpoint DIR): \
+                 without one a driver crash would lose the state, and its lineage would grow without bound",
+                stateful.join(", ")
+            )));
+        }
+        let listeners = ListenerBus::new(opts.listeners.clone());
+        let (ckpt, recovered) = super::recover::open_checkpoint(&job, &opts, &listeners)?;
+        let sources = super::recover::open_sources(&mut job, ckpt.as_ref(), &listeners)?;
+        let source_nodes = job
+            .graph
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                NodeOp::Source { source } => Some((source, n.id)),
+                _ => None,
+            })
+            .collect();
+        let blocks = BlockStore::new();
+        let dag = start_executors(&job, &opts, &blocks, &listeners)?;
+        let zero_time = match opts.clock {
+            Clock::Logical => 0,
+            Clock::Wall => (now_ms() / job.graph.batch_interval_ms) * job.graph.batch_interval_ms,
+        };
+        let mut d = Driver {
+            job,
+            opts,
+            ckpt,
+            sources,
+            source_nodes,
+            blocks,
+            dag,
+            memo: Generated::default(),
+            progress: Progress { zero_time, ..Progress::default() },
+            listeners,
+            report: RunReport::default(),
+            explained: false,
+        };
+        d.recover(recovered)?;
+        Ok(d)
+    }
+
+    /// Runs batches until the sources are exhausted (logical clock), the
+    /// batch limit is reached, or the stop flag is set.
+    pub fn run(mut self) -> Result<RunReport, EngineError> {
+        let mut ran: u64 = 0;
+        while let Some((time, replayed)) = self.next_batch(ran) {
+            ran += 1;
+            let scheduling_delay = match self.opts.clock {
+                Clock::Wall => Duration::from_millis((now_ms() - time).max(0) as u64),
+                Clock::Logical => Duration::ZERO,
+            };
+            self.listeners.emit(|l| l.on_batch_started(&BatchStarted { time, scheduling_delay }));
+            let started = Instant::now();
+            let before = self.dag.metrics.clone();
+            let (input_partitions, records_in) = self.receive(time, replayed)?;
+            let outs = self.generate(time, records_in, replayed, &input_partitions);
+            let outputs = self.run_outputs(time, &outs);
+            self.progress.pending.retain(|t| *t != time);
+            self.progress.last_completed = Some(self.progress.last_completed.map_or(time, |l| l.max(time)));
+            self.checkpoint(time);
+            let b = self.batch_report(time, records_in, started, scheduling_delay, &before, outputs);
+            self.listeners.emit(|l| l.on_batch_completed(&b));
+            self.report.push(b, self.opts.report_history);
+            #[cfg(feature = "test-hooks")]
+            if let Some(hook) = &self.opts.after_batch {
+                (hook.lock().unwrap_or_else(|p| p.into_inner()))(&mut self.dag, time, &outs);
+            }
+            self.forget(time);
+        }
+        if let Some(c) = &self.ckpt {
+            c.flush();
+            self.report.checkpoint = Some(c.stats());
+        }
+        self.report.metrics = self.dag.metrics.clone();
+        Ok(self.report)
+    }
+
+    /// The next batch's time and whether it is a re-run, or `None` when the
+    /// run is over. With the wall clock, waits for the batch's time.
+    fn next_batch(&mut self, ran: u64) -> Option<(i64, bool)> {
+        if self.opts.stop.load(Ordering::Relaxed) || self.opts.max_batches.is_some_and(|m| ran >= m) {
+            return None;
+        }
+        if let Some(t) = self.progress.replay.pop_front() {
+            return Some((t, true));
+        }
+        let finite = self.opts.clock == Clock::Logical && !self.sources.is_empty();
+        if finite && self.sources.iter().all(|s| s.exhausted()) {
+            return None;
+        }
+        self.progress.k += 1;
+        let time = self.progress.zero_time + self.progress.k * self.job.graph.batch_interval_ms;
+        if self.opts.clock == Clock::Wall {
+            let wait = time - now_ms();
+            if wait > 0 {
+                std::thread::sleep(Duration::from_millis(wait as u64));
+            }
+        }
+        Some((time, false))
+    }
+
+    /// Receive: each source's batch becomes the input RDD's blocks (a re-run
+    /// batch already has them, read again from its record). Returns the
+    /// partitions of each source's input and the records in.
+    fn receive(&mut self, time: i64, replayed: bool) -> Result<(BTreeMap<u32, u32>, u64), EngineError> {
+        let mut input_partitions = BTreeMap::new();
+        let mut records_in = 0u64;
+        if replayed {
+            for (i, rec) in self.progress.inputs.get(&time).into_iter().flatten().enumerate() {
+                input_partitions.insert(i as u32, rec.partitions);
+                records_in += rec.records;
+            }
+            return Ok((input_partitions, records_in));
+        }
+        let wall = self.opts.clock == Clock::Wall;
+        let mut recs = Vec::new();
+        for i in 0..self.sources.len() {
+            let (batch, descriptor) = self.sources[i].poll(time, wall)?;
+            let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
+            records_in += n;
+            let partitions = match self.source_nodes.get(&(i as u32)) {
+                Some(&node) => self.store_input(time, node, i as u32, &batch).partitions,
+                None => 1,
+            };
+            input_partitions.insert(i as u32, partitions);
+            recs.push(InputRecord { partitions, records: n, descriptor });
+        }
+        self.progress.inputs.insert(time, recs);
+        self.progress.pending.push(time);
+        Ok((input_partitions, records_in))
+    }
+
+    /// Generate: the batch's RDDs from the graph. Its inputs are recorded in
+    /// the metadata checkpoint before it runs.
+    fn generate(
+        &mut self,
+        time: i64,
+        records_in: u64,
+        replayed: bool,
+        input_partitions: &BTreeMap<u32, u32>,
+    ) -> Vec<Option<RddId>> {
+        let g = &self.job.graph;
+        let outs = generate(g, self.progress.zero_time, time, input_partitions, &mut self.memo, &mut self.dag.lineage);
+        if let Some(c) = &self.ckpt {
+            c.write_metadata(self.snapshot());
+        }
+        let mut plans = Vec::new();
+        if self.opts.explain && !self.explained {
+            self.explained = true;
+            for (o, r) in g.outputs.iter().zip(&outs) {
+                if let Some(r) = r {
+                    plans.push((format!("{:?}", o.spec), self.dag.lineage.explain(*r)));
+                }
+            }
+        }
+        let e = BatchSubmitted { time, records_in, replayed, plans };
+        self.listeners.emit(|l| l.on_batch_submitted(&e));
+        outs
+    }
+
+    /// Run outputs: one job per output operation, its result handed to the
+    /// output's sink. A failed output fails the batch, not the run.
+    fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<OutputOpInfo> {
+        let g = &self.job.graph;
+        let mut infos = Vec::new();
+        for (index, (o, r)) in g.outputs.iter().zip(outs.iter().copied()).enumerate() {
+            let started = Instant::now();
+            let mut info = OutputOpInfo::new(index, format!("{:?}", o.spec));
+            match r {
+                Some(rdd) => {
+                    tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, self.dag.lineage.explain(rdd));
+                    let result = self.dag.run_job(rdd).map_err(|e| e.to_string()).and_then(|parts| {
+                        let sink = self.job.sinks.get(index).ok_or("the output has no sink")?;
+                        sink.write(time, &parts).map_err(|e| e.to_string())
+                    });
+                    if let Err(e) = result {
+                        tracing::error!("batch {time} ms failed: {e}");
+                        info.error = Some(e);
+                    }
+                }
+                None => {
+                    // No RDD at one of the stream's own times: something it
+                    // depends on (an input, a state) is lost — say so.
+                    let n = g.node(o.node);
+                    if (time - self.progress.zero_time) % n.slide_ms == 0 {
+                        info.error = Some(format!(
+                            "{}: cannot be computed at {time} ms: an input or state it needs is lost (see the log)",
+                            n.label
+                        ));
+                    }
+                }
+            }
+            info.stages = self.dag.take_stages();
+            info.duration = started.elapsed();
+            infos.push(info);
+        }
+        infos
+    }
+
+    /// Checkpoint: state RDDs due at this time (data checkpoints), then the
+    /// metadata (this batch is finished).
+    fn checkpoint(&mut self, time: i64) {
+        let Some(c) = &self.ckpt else { return };
+        let g = &self.job.graph;
+        for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
+            let Some(every) = n.checkpoint_ms else { continue };
+            if (time - self.progress.zero_time) % every != 0 {
+                continue;
+            }
+            let id = RddId { time, node: n.id };
+            if self.dag.lineage.get(id).is_none() {
+                continue;
+            }
+            match self.dag.run_job(id) {
+                Ok(parts) => c.write_state(n.id, time, parts.into_iter().map(Arc::new).collect()),
+                Err(e) => tracing::warn!("cannot take a data checkpoint of {} at {time} ms: {e}", n.label),
+            }
+        }
+        // Stages run for the checkpoint are not any output's.
+        self.dag.take_stages();
+        c.write_metadata(self.snapshot());
+    }
+
+    /// Forget what no window needs and no state recovery can need: lineage
+    /// and inputs go back to the newest durable data checkpoint of every
+    /// stateful stream, which truncates their lineage.
+    fn forget(&mut self, time: i64) {
+        let g = &self.job.graph;
+        let mut horizon = time - g.remember_ms();
+        if let Some(c) = &self.ckpt {
+            let durable = c.durable_state();
+            for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
+                match durable.get(&n.id) {
+                    Some(r) => {
+                        horizon = horizon.min(r.time - n.op.lookback_ms());
+                        let id = RddId { time: r.time, node: n.id };
+                        if let Some(rdd) = self.dag.lineage.rdds.get_mut(&id) {
+                            rdd.op = RddOp::Checkpointed { path: c.state_path(&r.file) };
+                        }
+                    }
+                    None => horizon = horizon.min(self.progress.zero_time + 1),
+                }
+            }
+        }
+        self.memo.forget_before(horizon);
+        self.dag.forget_before(horizon);
+        let p = &mut self.progress;
+        p.inputs.retain(|t, _| *t >= horizon || p.pending.contains(t));
+    }
+
+    fn batch_report(
+        &self,
+        time: i64,
+        records_in: u64,
+        started: Instant,
+        scheduling_delay: Duration,
+        before: &SchedulerMetrics,
+        outputs: Vec<OutputOpInfo>,
+    ) -> BatchReport {
+        let m = &self.dag.metrics;
+        BatchReport {
+            time,
+            records_in,
+            processing: started.elapsed(),
+            scheduling_delay,
+            errors: outputs.iter().filter_map(|o| o.error.clone()).collect(),
+            outputs,
+            executors_lost: m.executors_lost - before.executors_lost,
+            map_tasks_recomputed: m.map_tasks_recomputed - before.map_tasks_recomputed,
+            blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
+            tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
+        }
+    }
+
+    /// Stores a source's batch as the blocks of its input RDD at `time`.
+    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: &[u8]) -> Rdd {
+        let parts = split_batch(batch, self.job.graph.parallelism);
+        let id = RddId { time, node };
+        let rdd = Rdd {
+            id,
+            partitions: parts.len() as u32,
+            op: RddOp::Input { source },
+            persist: true,
+            label: format!("input of source {source}"),
+        };
+        for (p, data) in parts.into_iter().enumerate() {
+            let bid = BlockId::Rdd { rdd: id, partition: p as u32 };
+            self.dag.register_block(bid, crate::rdd::digest(&data));
+            self.blocks.put(bid, Arc::new(data));
+        }
+        rdd
+    }
+
+    /// The metadata checkpoint of where the run is now.
+    pub(super) fn snapshot(&self) -> Metadata {
+        let p = &self.progress;
+        Metadata {
+            seq: 0,
+            job_hash: self.job.job_hash.clone(),
+            job: self.job.job_name.clone(),
+            modules: self.job.modules.clone(),
+            batch_interval_ms: self.job.graph.batch_interval_ms,
+            zero_time: p.zero_time,
+            last_completed: p.last_completed,
+            pending: p.pending.clone(),
+            inputs: p.inputs.clone(),
+            cursors: self.sources.iter().map(|s| s.cursor()).collect(),
+            state: BTreeMap::new(),
+        }
+    }
+}
+
+/// Starts the executors `opts.master` asks for, and the scheduler over them.
+fn start_executors(
+    job: &Job,
+    opts: &RunOptions,
+    blocks: &Arc<BlockStore>,
+    listeners: &ListenerBus,
+) -> Result<DagScheduler, EngineError> {
+    let (backend, results): (Box<dyn ExecutorBackend>, _) = match opts.master {
+        Master::Local(slots) => {
+            let (b, r) = LocalExecutors::start(slots, job.registry.clone(), blocks.clone())
+                .map_err(|e| EngineError::Executor(format!("cannot start executor threads: {e}")))?;
+            (Box::new(b), r)
+        }
+        Master::LocalCluster { .. } | Master::Cluster { .. } => {
+            let (local_executors, cores, wait_for) = match opts.master {
+                Master::LocalCluster { executors, cores } => (executors, cores, 0),
+                Master::Cluster { executors } => (0, 1, executors),
+                Master::Local(_) => (0, 1, 0),
+            };
+            let cfg = ClusterConfig {
+                local_executors,
+                cores,
+                listen: opts.cluster.listen.clone(),
+                wait_for,
+                secret: opts.cluster.secret.clone(),
+                heartbeat_timeout: opts.cluster.heartbeat_timeout,
+                executor_binary: opts.cluster.executor_binary.clone(),
+                listeners: listeners.clone(),
+            };
+            let (b, r) = ClusterBackend::start(&cfg, job.registry.clone(), blocks.clone())
+                .map_err(|e| EngineError::Executor(format!("cannot start the cluster: {e}")))?;
+            (Box::new(b), r)
+        }
+    };
+    let mut dag = DagScheduler::new(backend, results);
+    dag.listeners = listeners.clone();
+    Ok(dag)
+}
+
+/// Splits an encoded batch into up to `n` contiguous partitions (at least one).
+fn split_batch(batch: &[u8], n: u32) -> Vec<Vec<u8>> {
+    let Ok(recs) = Records::new(batch) else { return vec![weir_codec::BatchBuilder::new().finish()] };
+    let total = recs.remaining() as usize;
+    let n = (n.max(1) as usize).min(total.max(1));
+    let per = total.div_ceil(n).max(1);
+    let mut parts: Vec<weir_codec::BatchBuilder> = (0..n).map(|_| weir_codec::BatchBuilder::new()).collect();
+    for (i, r) in recs.enumerate() {
+        if let Ok(r) = r {
+            parts[i / per].push_raw(r);
+        }
+    }
+    parts.into_iter().map(|b| b.finish()).collect()
+}
+
+/// Refuses to continue a checkpoint of another job or other modules.
+pub(super) fn check_compatible(job: &Job, m: &Metadata, accept_module_change: bool) -> Result<(), EngineError> {
+    let refuse = |msg: String| Err(EngineError::Checkpoint(CheckpointError::Mismatch(msg)));
+    if m.job_hash != job.job_hash {
+        return refuse(format!(
+            "the job changed since the checkpoint was written: {} had sha256 {}, {} now has sha256 {}; \
+             run with --fresh to discard the checkpoint and start over",
+            m.job, m.job_hash, job.job_name, job.job_hash
+        ));
+    }
+    if m.batch_interval_ms != job.graph.batch_interval_ms {
+        return refuse(format!(
+            "the batch interval changed ({} ms in the checkpoint, {} ms now); run with --fresh to start over",
+            m.batch_interval_ms, job.graph.batch_interval_ms
+        ));
+    }
+    let mut changed = Vec::new();
+    for (name, h) in &job.modules {
+        match m.modules.get(name) {
+            Some(old) if old != h => changed.push(format!("{name} (sha256 {old} in the checkpoint, {h} now)")),
+            _ => {}
+        }
+    }
+    if !changed.is_empty() && !accept_module_change {
+        return refuse(format!(
+            "UDF module changed since the checkpoint was written: {}; run with --accept-module-change to \
+             continue with the new module (recomputed batches then use the new code), or --fresh to start over",
+            changed.join(", ")
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! How to run a job: where its executors run ([`Master`]), which clock
+//! drives its batches ([`Clock`]), its checkpoint directory, its cluster
+//! settings and its listeners ([`RunOptions`]).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::listener::StreamingListener;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Wall,
+    Logical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Master {
+    /// N executor threads in this process.
+    Local(usize),
+    /// `executors` executor processes on this machine, `cores` tasks each.
+    LocalCluster { executors: u32, cores: u32 },
+    /// Wait for `executors` executors to join from anywhere (`--listen`).
+    Cluster { executors: u32 },
+}
+
+impl std::str::FromStr for Master {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("unknown master {s:?}: expected local, local[N], local[*], local-cluster[N], local-cluster[N,CORES] or cluster[N]")
+        };
+        if s == "local" {
+            return Ok(Master::Local(1));
+        }
+        let args = |prefix: &str| s.strip_prefix(prefix).and_then(|r| r.strip_suffix(']'));
+        let num = |x: &str| x.trim().parse::<u32>().ok().filter(|n| *n > 0);
+        if let Some(inner) = args("local-cluster[") {
+            let mut it = inner.split(',');
+            let executors = it.next().and_then(num).ok_or_else(bad)?;
+            let cores = match it.next() {
+                Some(c) => num(c).ok_or_else(bad)?,
+                None => 1,
+            };
+            return Ok(Master::LocalCluster { executors, cores });
+        }
+        if let Some(inner) = args("cluster[") {
+            return Ok(Master::Cluster { executors: num(inner).ok_or_else(bad)? });
+        }
+        let inner = args("local[").ok_or_else(bad)?;
+        if inner == "*" {
+            return Ok(Master::Local(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)));
+        }
+        match inner.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Master::Local(n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// How to run a job. Construct with `RunOptions::default()` and set fields.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RunOptions {
+    pub master: Master,
+    pub clock: Clock,
+    /// Stop after this many batches.
+    pub max_batches: Option<u64>,
+    /// Print each output's lineage before its first batch.
+    pub explain: bool,
+    /// Observers of the run (progress line, metrics, status page, ...).
+    pub listeners: Vec<Arc<dyn StreamingListener>>,
+    /// Batches the [`RunReport`](super::RunReport) keeps (the newest N).
+    pub report_history: usize,
+    /// Set to stop after the batch in flight (Ctrl-C).
+    pub stop: Arc<AtomicBool>,
+    /// Called after each batch with the scheduler and the batch's output RDDs
+    /// (tests use it to drop blocks and recompute them).
+    #[cfg(feature = "test-hooks")]
+    pub after_batch: Option<AfterBatch>,
+    /// Checkpoint and recover through this directory.
+    pub checkpoint: Option<CheckpointOptions>,
+    /// For executor processes: where to listen, the secret, the heartbeat timeout.
+    pub cluster: ClusterOptions,
+    /// Benchmarks only: run stateful streams without a checkpoint directory
+    /// (state lives in memory; a crash loses it).
+    pub allow_state_without_checkpoint: bool,
+}
+
+/// Options of `local-cluster` and `cluster` masters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClusterOptions {
+    pub listen: Option<String>,
+    pub secret: Option<Vec<u8>>,
+    pub heartbeat_timeout: Duration,
+    /// The program `local-cluster[N]` starts as executors (see
+    /// [`crate::cluster::find_executor_binary`]).
+    pub executor_binary: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { listen: None, secret: None, heartbeat_timeout: Duration::from_secs(3), executor_binary: None }
+    }
+}
+
+/// `--checkpoint DIR` and its flags.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CheckpointOptions {
+    pub dir: PathBuf,
+    /// Metadata checkpoints kept (default 10).
+    pub keep: usize,
+    /// Discard what the directory holds and start over.
+    pub fresh: bool,
+    /// Continue although a UDF module's hash differs from the checkpoint's.
+    pub accept_module_change: bool,
+}
+
+impl CheckpointOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CheckpointOptions { dir: dir.into(), keep: 10, fresh: false, accept_module_change: false }
+    }
+}
+
+/// A test hook run after each batch (cargo feature `test-hooks`).
+#[cfg(feature = "test-hooks")]
+pub type AfterBatch =
+    Arc<std::sync::Mutex<dyn FnMut(&mut super::dag::DagScheduler, i64, &[Option<crate::rdd::RddId>]) + Send>>;
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            master: Master::Local(2),
+            clock: Clock::Logical,
+            max_batches: None,
+            explain: false,
+            listeners: Vec::new(),
+            report_history: 1000,
+            stop: Arc::new(AtomicBool::new(false)),
+            #[cfg(feature = "test-hooks")]
+            after_batch: None,
+            checkpoint: None,
+            cluster: ClusterOptions::default(),
+            allow_state_without_checkpoint: false,
+        }
+    }
+}
