@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The README's second command (and CI's): everything the tests need, then the
-# tests. Installs clang + lld (for the C guest) when missing and allowed to.
+# The README's second command (and CI's): everything the tests need, the
+# gates (formatting, lints, docs, benches compile, the plan crate builds for
+# wasm32), then the tests. Installs clang + lld (for the C guest) when
+# missing and allowed to.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+step() { printf '\n== %s\n' "$*" >&2; }
+
 if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing clang and lld for the C guest" >&2
@@ -12,5 +16,24 @@ if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; t
     exit 1
   fi
 fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+step "formatting (both workspaces)"
+cargo fmt --all --check
+(cd udfs && cargo fmt --all --check)
+
+step "UDF modules"
 bash udfs/build.sh
-cargo test --release --workspace --features weir/failpoints,weir/test-hooks "$@"
+
+features=weir/failpoints,weir/test-hooks
+step "clippy"
+cargo clippy --workspace --all-targets --features "$features" -- -D warnings
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+step "the plan crate builds for wasm32"
+cargo build -p weir-plan --target wasm32-unknown-unknown --quiet
+step "benches compile"
+cargo build --release --workspace --benches --features "$features"
+step "tests"
+cargo test --release --workspace --features "$features" "$@"

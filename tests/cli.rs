@@ -194,3 +194,21 @@ prefix = "out/checked"
     assert_eq!(outputs.keys().copied().collect::<Vec<_>>(), vec![1000, 3000], "batches 1 and 3 still produce output");
     assert_eq!(outputs[&3000], vec!["e"]);
 }
+
+#[test]
+fn version_names_the_abi_wasmtime_and_commit() {
+    let out = run(weir().arg("--version"));
+    assert!(out.status.success());
+    let v = text(&out.stdout);
+    assert!(v.starts_with(&format!("weir {} (", env!("CARGO_PKG_VERSION"))), "{v}");
+    assert!(v.contains("UDF ABI: v1"), "{v}");
+    assert!(v.contains(&format!("wasmtime: {}", weir::WASMTIME_VERSION)), "{v}");
+    // The version the engine claims is the one it is built with.
+    let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap();
+    let pinned = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"wasmtime\"\n"))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"').map(String::from)))
+        .expect("wasmtime in Cargo.lock");
+    assert_eq!(pinned, weir::WASMTIME_VERSION);
+}

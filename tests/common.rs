@@ -22,8 +22,7 @@ pub fn module(name: &str) -> PathBuf {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("cannot start weir");
-    out
+    cmd.output().expect("cannot start weir")
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -3,18 +3,26 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use weir::listener::ConsoleProgress;
-use weir::scheduler::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions};
+use weir::scheduler::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
 use weir::udf::{UdfLimits, UdfModule, UdfRuntime};
 
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WEIR_COMMIT"), ")");
+
+/// `weir --version`: the release, the commit, the UDF ABI versions and the
+/// wasmtime release (what a bug report needs).
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let abis: Vec<String> = weir::UDF_ABI_VERSIONS.iter().map(|v| format!("v{v}")).collect();
+    format!("{VERSION}\nUDF ABI: {}\nwasmtime: {}", abis.join(", "), weir::WASMTIME_VERSION)
+});
+
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Micro-batch stream processing with WebAssembly UDFs")]
+#[command(name = "weir", version = VERSION, long_version = LONG_VERSION.as_str(), about = "Micro-batch stream processing with WebAssembly UDFs")]
 pub struct Cli {
     /// More logging (-v: info, -vv: debug, -vvv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -257,7 +265,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         Some(ClockArg::Logical) => Clock::Logical,
         None => job.clock.unwrap_or(Clock::Wall),
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopSignal::default();
     install_ctrl_c(stop.clone());
     let mut opts = RunOptions::default();
     opts.master = master;
@@ -290,7 +298,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
 }
 
 /// First Ctrl-C: finish the batch in flight, then stop. Second: exit now.
-fn install_ctrl_c(stop: Arc<AtomicBool>) {
+fn install_ctrl_c(stop: StopSignal) {
     let _ = std::thread::Builder::new().name("weir-signals".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
@@ -298,7 +306,7 @@ fn install_ctrl_c(stop: Arc<AtomicBool>) {
                 if tokio::signal::ctrl_c().await.is_err() {
                     return;
                 }
-                if stop.swap(true, Ordering::Relaxed) {
+                if stop.request_again(false) {
                     std::process::exit(130);
                 }
                 eprintln!("weir: stopping after the batch in flight (Ctrl-C again to exit now)");

@@ -75,6 +75,8 @@ pub enum InputDescriptor {
     /// Received without a write-ahead log (no checkpoint directory): cannot
     /// be read again.
     Unreplayable,
+    /// An embedder's source: its own description of what a batch took.
+    Custom(Vec<u8>),
 }
 
 /// Where a source resumes after the newest batch recorded in a checkpoint.
@@ -82,9 +84,13 @@ pub enum InputDescriptor {
 pub enum SourceCursor {
     Next(u64),
     Files(BTreeSet<PathBuf>),
-    Generator { left: Option<u64> },
+    Generator {
+        left: Option<u64>,
+    },
     Wal(WalPosition),
     None,
+    /// An embedder's source: its own position.
+    Custom(Vec<u8>),
 }
 
 /// A range of one segment: records starting at byte `start` up to `end`.

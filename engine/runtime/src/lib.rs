@@ -18,6 +18,12 @@ pub mod source;
 pub mod udf;
 
 pub use weir_codec as codec;
+
+/// The wasmtime release the UDF host is built on (pinned in the workspace;
+/// a test checks this against `Cargo.lock`).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+/// The UDF ABI versions this engine runs (`docs/udf-abi.md`).
+pub const UDF_ABI_VERSIONS: &[i64] = &[weir_plan::udf::abi::ABI_VERSION];
 pub use weir_plan as plan;
 /// RDD lineage (from the plan crate).
 pub use weir_plan::rdd;

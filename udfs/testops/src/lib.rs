@@ -116,9 +116,9 @@ fn count_seen(key: &str, value: Option<i64>, state: &mut State<i64>) -> (String,
 fn float_chaos(x: f64) -> Vec<f64> {
     let inf = f64::INFINITY;
     vec![
-        x / 0.0 - inf,           // NaN for finite x
-        (x - x) / (x - x),       // 0/0
-        (-x).sqrt(),             // NaN for x > 0
+        x / 0.0 - inf,                                                  // NaN for finite x
+        (x - x) / (x - x),                                              // 0/0
+        (-x).sqrt(),                                                    // NaN for x > 0
         f64::from_bits(0x7ff0_0000_0000_0001 | (x.to_bits() & 0xffff)), // signalling NaN payloads
         x.sin() * x.cos() / x.tan(),
         (x * 1e308) * 10.0,

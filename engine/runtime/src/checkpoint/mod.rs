@@ -536,6 +536,7 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
             },
             SourceCursor::Wal(p) => format!("write-ahead log segment {} offset {}", p.seq, p.offset),
             SourceCursor::None => "no position (not replayable)".into(),
+            SourceCursor::Custom(b) => format!("custom source position ({} bytes)", b.len()),
         };
         let _ = writeln!(s, "source {i}: {desc}");
     }

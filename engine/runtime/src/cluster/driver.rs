@@ -22,7 +22,7 @@ use crate::udf::ModuleRegistry;
 /// How a driver runs its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// Executor processes to start on this machine (local-cluster[N]).
+    /// Executor processes to start on this machine (`local-cluster[N]`).
     pub local_executors: u32,
     /// Tasks per executor process.
     pub cores: u32,

@@ -4,7 +4,7 @@
 //! block fetch from a block server) starts the same way: the server sends a
 //! [`Challenge`] with a fresh nonce and its protocol version; the client
 //! answers [`Hello`] with its version and HMAC-SHA256(secret, nonce); the
-//! server answers [`Welcome`] or [`Refused`] (and closes). After that, frames
+//! server answers [`Admission::Welcome`] or [`Admission::Refused`] (and closes). After that, frames
 //! are `u32le length | bincode(message)`.
 
 use std::io::{Read, Write};

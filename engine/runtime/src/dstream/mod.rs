@@ -5,7 +5,7 @@
 //! end with [`StreamingContext::run`], or in the background with
 //! [`StreamingContext::start`], which returns a [`StreamingHandle`] to stop it
 //! and await its termination. Embedders plug in their own
-//! [`Source`](crate::source::Source) and [`Sink`](crate::sink::Sink).
+//! [`Source`] and [`Sink`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), weir::EngineError> {
@@ -248,22 +248,24 @@ impl StreamingContext {
 /// A job running on its own thread ([`StreamingContext::start`]).
 #[derive(Debug)]
 pub struct StreamingHandle {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stop: crate::scheduler::options::StopSignal,
     thread: Option<std::thread::JoinHandle<Result<RunReport, EngineError>>>,
 }
 
 impl StreamingHandle {
     /// Asks the job to stop and waits for it. Either way the batch in flight
-    /// finishes (its outputs are written whole, or it is re-run after a
-    /// restart from the checkpoint); `graceful` also lets the batches already
-    /// generated but not run (a re-run backlog after recovery) finish first,
-    /// as Spark's `stop(stopGracefully = true)` drains received data.
+    /// finishes (its outputs are written whole); `graceful` also runs the
+    /// batches already owed and one last batch with what the sources hold,
+    /// as Spark's `stop(stopGracefully = true)` drains received data (see
+    /// [`StopSignal`](crate::scheduler::StopSignal)).
     pub fn stop(mut self, graceful: bool) -> Result<RunReport, EngineError> {
-        // The driver checks the flag between batches; a backlog of re-run
-        // batches is drained first when graceful (see Driver::next_batch).
-        let _ = graceful;
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.request(graceful);
         self.join()
+    }
+
+    /// The job's stop signal (to stop it from another thread).
+    pub fn stop_signal(&self) -> crate::scheduler::StopSignal {
+        self.stop.clone()
     }
 
     /// Waits until the job ends by itself (sources exhausted, batch limit,

@@ -17,7 +17,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +115,8 @@ pub struct Driver {
     pub(super) listeners: ListenerBus,
     report: RunReport,
     explained: bool,
+    /// A graceful stop's last batch has been generated.
+    drained: bool,
 }
 
 pub(super) fn now_ms() -> i64 {
@@ -166,6 +167,7 @@ impl Driver {
             listeners,
             report: RunReport::default(),
             explained: false,
+            drained: false,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -210,11 +212,23 @@ impl Driver {
     /// The next batch's time and whether it is a re-run, or `None` when the
     /// run is over. With the wall clock, waits for the batch's time.
     fn next_batch(&mut self, ran: u64) -> Option<(i64, bool)> {
-        if self.opts.stop.load(Ordering::Relaxed) || self.opts.max_batches.is_some_and(|m| ran >= m) {
+        if self.opts.max_batches.is_some_and(|m| ran >= m) {
+            return None;
+        }
+        let stop = &self.opts.stop;
+        if stop.is_requested() && !stop.is_graceful() {
             return None;
         }
         if let Some(t) = self.progress.replay.pop_front() {
             return Some((t, true));
+        }
+        if stop.is_requested() {
+            // Graceful: one last batch takes what the sources hold, unless
+            // it was already taken after the request.
+            if self.drained {
+                return None;
+            }
+            self.drained = true;
         }
         let finite = self.opts.clock == Clock::Logical && !self.sources.is_empty();
         if finite && self.sources.iter().all(|s| s.exhausted()) {
@@ -222,7 +236,7 @@ impl Driver {
         }
         self.progress.k += 1;
         let time = self.progress.zero_time + self.progress.k * self.job.graph.batch_interval_ms;
-        if self.opts.clock == Clock::Wall {
+        if self.opts.clock == Clock::Wall && !self.drained {
             let wait = time - now_ms();
             if wait > 0 {
                 std::thread::sleep(Duration::from_millis(wait as u64));

@@ -11,4 +11,4 @@ pub use dag::{DagScheduler, JobError, SchedulerMetrics};
 pub use driver::{Driver, Job, RunReport};
 #[cfg(feature = "test-hooks")]
 pub use options::AfterBatch;
-pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions};
+pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};

@@ -3,7 +3,7 @@
 //! settings and its listeners ([`RunOptions`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,8 +73,8 @@ pub struct RunOptions {
     pub listeners: Vec<Arc<dyn StreamingListener>>,
     /// Batches the [`RunReport`](super::RunReport) keeps (the newest N).
     pub report_history: usize,
-    /// Set to stop after the batch in flight (Ctrl-C).
-    pub stop: Arc<AtomicBool>,
+    /// Asks the run to stop (Ctrl-C, [`crate::dstream::StreamingHandle::stop`]).
+    pub stop: StopSignal,
     /// Called after each batch with the scheduler and the batch's output RDDs
     /// (tests use it to drop blocks and recompute them).
     #[cfg(feature = "test-hooks")]
@@ -86,6 +86,37 @@ pub struct RunOptions {
     /// Benchmarks only: run stateful streams without a checkpoint directory
     /// (state lives in memory; a crash loses it).
     pub allow_state_without_checkpoint: bool,
+}
+
+/// A request to stop a run, shared between the run and whoever stops it.
+///
+/// Either way the batch in flight finishes (its outputs are whole). A
+/// graceful stop also runs the batches already owed — a re-run backlog after
+/// recovery, and one last batch that takes what receivers have accepted but
+/// not yet given to a batch — so nothing accepted waits for a restart.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    requested: Arc<AtomicBool>,
+    graceful: Arc<AtomicBool>,
+}
+
+impl StopSignal {
+    /// Asks the run to stop (see the type's documentation).
+    pub fn request(&self, graceful: bool) {
+        self.graceful.store(graceful, Ordering::Relaxed);
+        self.requested.store(true, Ordering::Release);
+    }
+    /// Asks again; returns whether it had been asked before.
+    pub fn request_again(&self, graceful: bool) -> bool {
+        self.graceful.store(graceful, Ordering::Relaxed);
+        self.requested.swap(true, Ordering::AcqRel)
+    }
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+    pub fn is_graceful(&self) -> bool {
+        self.graceful.load(Ordering::Relaxed)
+    }
 }
 
 /// Options of `local-cluster` and `cluster` masters.
@@ -139,7 +170,7 @@ impl Default for RunOptions {
             explain: false,
             listeners: Vec::new(),
             report_history: 1000,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: StopSignal::default(),
             #[cfg(feature = "test-hooks")]
             after_batch: None,
             checkpoint: None,

@@ -27,6 +27,7 @@ use crate::listener::{ListenerBus, ReceiverError};
 pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPosition, WalRange};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SourceError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -34,9 +35,23 @@ pub enum SourceError {
     Parse { path: PathBuf, line: usize, what: String },
     #[error("cannot re-read the input of a batch: {0}")]
     Replay(String),
+    /// An embedder's source failed.
+    #[error("{0}")]
+    Custom(String),
 }
 
-/// A running source.
+/// A running source: built-in ones are opened from a [`SourceSpec`];
+/// embedders pass their own to `StreamingContext::custom_stream`.
+///
+/// The recovery contract (what makes outputs exactly-once after a driver
+/// crash): `poll` returns a batch and an [`InputDescriptor`] that the driver
+/// records in the metadata checkpoint *before* the batch runs; after a crash
+/// the driver calls `restore` with the newest recorded [`SourceCursor`], then
+/// `replay` with each recorded descriptor, which must return the same bytes
+/// again. A replayable source (files, a log, Kafka) describes offsets; a
+/// receiver-style source (a socket) must make what it accepted durable
+/// first (a write-ahead log) and describe that. A source that cannot replay
+/// returns [`InputDescriptor::Unreplayable`] and is at-most-once.
 pub trait Source: Send {
     /// The records of the batch at `time`, as an encoded batch, and what it
     /// took (to read the same records again).

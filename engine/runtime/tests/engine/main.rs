@@ -2,6 +2,7 @@
 //! test binary (one link): every operation, stateful streams, and the UDF
 //! host against real modules.
 
+mod api;
 mod operations;
 mod stateful;
 mod udf_host;
