@@ -2,6 +2,9 @@
 //! (cut at shuffle boundaries) and tasks, runs them on the executors, retries
 //! failed tasks, and recomputes lost shuffle outputs when a fetch fails.
 //!
+//! A task failure is retried (up to `max_task_failures` attempts) only when
+//! it may pass on another try (see [`TaskFailure::is_deterministic`]).
+//!
 //! Every block a task writes comes back with its digest. The first digest of
 //! a block is remembered; a recomputed block must match it, byte for byte, or
 //! the job fails loudly (a UDF or the engine is not deterministic).
@@ -288,7 +291,9 @@ impl DagScheduler {
                 }
                 Err(f) => {
                     self.metrics.task_failures += 1;
-                    let retriable = !matches!(f, TaskFailure::InputLost(_));
+                    // A trap, bad data or a lost input fails the same way
+                    // every time: retrying only multiplies the cost.
+                    let retriable = !f.is_deterministic();
                     if retriable && task.attempt + 1 < self.max_task_failures && failure.is_none() {
                         tracing::warn!(
                             "task {} (partition {} of {rdd}) failed, attempt {}: {f}",
