@@ -187,3 +187,28 @@ impl From<UdfError> for TaskFailure {
         TaskFailure::Udf { deterministic: e.is_deterministic(), message: e.to_string() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_innermost_site_locates_a_failure() {
+        let (inner, outer) = (RddId { time: 2000, node: 3 }, RddId { time: 2000, node: 5 });
+        let f = TaskFailure::bad_data("expected a pair").locate(2000, inner, 1).locate(2000, outer, 0);
+        assert!(matches!(f, TaskFailure::BadData { rdd: Some(r), partition: 1, batch_time: 2000, .. } if r == inner));
+        assert_eq!(f.to_string(), "bad data in partition 1 of rdd_3@2000 (batch 2000 ms): expected a pair");
+        assert_eq!(TaskFailure::engine("lost").to_string(), "engine fault: lost");
+    }
+
+    #[test]
+    fn bad_data_is_deterministic_and_engine_faults_are_not() {
+        let codec_error: TaskFailure = codec::Records::new(&[1]).map(|_| ()).unwrap_err().into();
+        assert!(matches!(codec_error, TaskFailure::BadData { .. }), "{codec_error:?}");
+        assert!(codec_error.is_deterministic());
+        assert!(!TaskFailure::engine("checkpoint unreadable").is_deterministic());
+        assert!(TaskFailure::Udf { message: "trap".into(), deterministic: true }.is_deterministic());
+        assert!(!TaskFailure::Udf { message: "deadline".into(), deterministic: false }.is_deterministic());
+        assert!(!TaskFailure::ExecutorLost("gone".into()).is_deterministic());
+    }
+}

@@ -22,7 +22,6 @@ use super::task::{bad_data, records, TaskCx, TaskFailure};
 use crate::rdd::{Reducer, PARTITION_SEED};
 use crate::udf::UdfKind;
 
-
 /// The partitioner's hash (`rdd::partition_of` is this mod n).
 #[inline]
 pub(crate) fn key_hash(k: &[u8]) -> u64 {

@@ -15,7 +15,6 @@ use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
-
 fn pairs(batch: &[u8]) -> Result<codec::Pairs<'_>, TaskFailure> {
     codec::Pairs::new(batch).map_err(|e| bad_data(format!("malformed batch: {e}")))
 }
@@ -58,7 +57,8 @@ pub(crate) fn fold(
             let mut res = Vec::with_capacity(groups.len());
             for vs in groups {
                 if vs.len() > 1 {
-                    let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad_data("reduce output too short"))?;
+                    let v =
+                        folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad_data("reduce output too short"))?;
                     res.push(v.map_err(|e| bad_data(e.to_string()))?.to_vec());
                 } else if let Some(v) = vs.first() {
                     res.push(v.to_vec());
@@ -148,7 +148,8 @@ impl<'a> MapSide<'a> {
             Aggregation::Count => self.buckets[0].push_raw(&codec::encode_i64(self.seen as i64)),
             Aggregation::Reduce(r) => {
                 let values = self.values.finish();
-                let vals: Vec<&[u8]> = records(&values)?.collect::<Result<_, _>>().map_err(|e| bad_data(e.to_string()))?;
+                let vals: Vec<&[u8]> =
+                    records(&values)?.collect::<Result<_, _>>().map_err(|e| bad_data(e.to_string()))?;
                 if !vals.is_empty() {
                     if let Some(v) = fold(cx, r, &[vals.as_slice()], p)?.first() {
                         self.buckets[0].push_raw(v);
@@ -201,7 +202,8 @@ pub(crate) fn reduce_side(
             let mut index: HashMap<&[u8], usize> = HashMap::new();
             let mut groups: Vec<(&[u8], Vec<Vec<&[u8]>>)> = Vec::new();
             for (m, b) in buckets.iter().enumerate() {
-                let parent = *parent_of_map.get(m).ok_or_else(|| engine_fault("cogroup map index out of range"))? as usize;
+                let parent =
+                    *parent_of_map.get(m).ok_or_else(|| engine_fault("cogroup map index out of range"))? as usize;
                 for rec in records(b)? {
                     let (k, v) = pair(rec.map_err(|e| bad_data(e.to_string()))?)?;
                     let i = *index.entry(k).or_insert_with(|| {

@@ -13,7 +13,6 @@ use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
 
-
 /// update_state_by_key on one partition: `prev` holds `(k, state)` pairs,
 /// `grouped` holds `(k, [values])`. The update function is called for every
 /// key (with `[]` for keys without new values); a null result removes the key.

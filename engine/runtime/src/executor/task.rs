@@ -280,7 +280,8 @@ impl TaskCx<'_, '_> {
         let RddOp::Shuffled { parents, aggregation, .. } = &rdd.op else {
             return Err(engine_fault(format!("{shuffle} is not a shuffled RDD")));
         };
-        let parent = *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
+        let parent =
+            *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
         let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
         let buckets = side.finish(self)?;
@@ -412,7 +413,11 @@ impl TaskCx<'_, '_> {
     fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
         if !self.instances.contains_key(&f.module) {
             let module = self.env.registry.get(&f.module).ok_or_else(|| {
-                engine_fault(format!("module {} (sha256 {}) is not loaded on this executor", f.module_name, f.module.short()))
+                engine_fault(format!(
+                    "module {} (sha256 {}) is not loaded on this executor",
+                    f.module_name,
+                    f.module.short()
+                ))
             })?;
             let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
             self.instances.insert(f.module, inst);
