@@ -95,6 +95,18 @@ pub enum TaskOutput {
     Partition(Vec<u8>),
 }
 
+/// Why a task failed. [`TaskFailure::is_deterministic`] says whether running
+/// it again can help: the scheduler retries only failures that are not.
+///
+/// Engine faults and bad data are told apart so that retries go where they
+/// can help:
+/// - [`TaskFailure::BadData`]: the bytes of a record or batch are not what
+///   the operation needs (a codec error, a value that is not a pair, a
+///   non-integer to sum, a UDF's output of the wrong shape). The same input
+///   gives the same bytes, so it is deterministic and never retried.
+/// - [`TaskFailure::Engine`]: the engine or its environment failed (a lineage
+///   or module the task should carry is missing, a checkpoint cannot be
+///   read, a task panicked). Treated as transient and retried.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskFailure {
     #[error("shuffle output {shuffle} is missing map partition(s) {maps:?}")]
@@ -105,18 +117,98 @@ pub enum TaskFailure {
     Udf { message: String, deterministic: bool },
     #[error("the executor running the task was lost: {0}")]
     ExecutorLost(String),
-    #[error("{0}")]
-    Other(String),
+    /// `rdd` and `partition` name the innermost partition being computed when
+    /// it failed; `rdd` is `None` only until the task locates the failure
+    /// (see [`TaskFailure::locate`]); every failure a task returns has it.
+    #[error("engine fault{}: {message}", Site(*batch_time, *rdd, *partition))]
+    Engine { batch_time: i64, rdd: Option<RddId>, partition: u32, message: String },
+    /// As [`TaskFailure::Engine`], for records the operation cannot use.
+    #[error("bad data{}: {message}", Site(*batch_time, *rdd, *partition))]
+    BadData { batch_time: i64, rdd: Option<RddId>, partition: u32, message: String },
+}
+
+impl TaskFailure {
+    /// An engine fault, not yet located (see [`TaskFailure::locate`]).
+    pub fn engine(message: impl Into<String>) -> Self {
+        TaskFailure::Engine { batch_time: 0, rdd: None, partition: 0, message: message.into() }
+    }
+
+    /// Bad data, not yet located (see [`TaskFailure::locate`]).
+    pub fn bad_data(message: impl Into<String>) -> Self {
+        TaskFailure::BadData { batch_time: 0, rdd: None, partition: 0, message: message.into() }
+    }
+
+    /// Says where an engine fault or bad data happened, unless a deeper
+    /// computation already did (the innermost site is the most useful).
+    pub fn locate(mut self, time: i64, id: RddId, p: u32) -> Self {
+        if let TaskFailure::Engine { batch_time, rdd, partition, .. }
+        | TaskFailure::BadData { batch_time, rdd, partition, .. } = &mut self
+        {
+            if rdd.is_none() {
+                (*batch_time, *rdd, *partition) = (time, Some(id), p);
+            }
+        }
+        self
+    }
+
+    /// True when running the task again gives the same failure, so it is
+    /// not retried: a deterministic UDF failure, bad data, or a lost input
+    /// block (nothing can recompute it). Everything else (a lost executor, a
+    /// missing shuffle output, an engine fault, the UDF watchdog) may pass.
+    pub fn is_deterministic(&self) -> bool {
+        match self {
+            TaskFailure::Udf { deterministic, .. } => *deterministic,
+            TaskFailure::BadData { .. } | TaskFailure::InputLost(_) => true,
+            TaskFailure::FetchFailed { .. } | TaskFailure::ExecutorLost(_) | TaskFailure::Engine { .. } => false,
+        }
+    }
+}
+
+/// Formats the site of an engine fault or bad data (nothing when unknown).
+struct Site(i64, Option<RddId>, u32);
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(rdd) => write!(f, " in partition {} of {rdd} (batch {} ms)", self.2, self.0),
+            None => Ok(()),
+        }
+    }
 }
 
 impl From<codec::CodecError> for TaskFailure {
     fn from(e: codec::CodecError) -> Self {
-        TaskFailure::Other(format!("malformed record: {e}"))
+        TaskFailure::bad_data(format!("malformed record: {e}"))
     }
 }
 
 impl From<UdfError> for TaskFailure {
     fn from(e: UdfError) -> Self {
         TaskFailure::Udf { deterministic: e.is_deterministic(), message: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_innermost_site_locates_a_failure() {
+        let (inner, outer) = (RddId { time: 2000, node: 3 }, RddId { time: 2000, node: 5 });
+        let f = TaskFailure::bad_data("expected a pair").locate(2000, inner, 1).locate(2000, outer, 0);
+        assert!(matches!(f, TaskFailure::BadData { rdd: Some(r), partition: 1, batch_time: 2000, .. } if r == inner));
+        assert_eq!(f.to_string(), "bad data in partition 1 of rdd_3@2000 (batch 2000 ms): expected a pair");
+        assert_eq!(TaskFailure::engine("lost").to_string(), "engine fault: lost");
+    }
+
+    #[test]
+    fn bad_data_is_deterministic_and_engine_faults_are_not() {
+        let codec_error: TaskFailure = codec::Records::new(&[1]).map(|_| ()).unwrap_err().into();
+        assert!(matches!(codec_error, TaskFailure::BadData { .. }), "{codec_error:?}");
+        assert!(codec_error.is_deterministic());
+        assert!(!TaskFailure::engine("checkpoint unreadable").is_deterministic());
+        assert!(TaskFailure::Udf { message: "trap".into(), deterministic: true }.is_deterministic());
+        assert!(!TaskFailure::Udf { message: "deadline".into(), deterministic: false }.is_deterministic());
+        assert!(!TaskFailure::ExecutorLost("gone".into()).is_deterministic());
     }
 }

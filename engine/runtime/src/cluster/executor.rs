@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::block_server;
 use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor, PROTOCOL_VERSION};
-use crate::executor::{run_task, BlockStore, Task, TaskEnv};
+use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
 /// How often an executor tells its driver it is alive.
@@ -73,7 +73,7 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
             let Ok(task) = next else { return };
             let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
             let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
-            let result = run_task(&env, &task);
+            let result = run_task_guarded(&env, &task);
             let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
             if protocol::write_frame(&mut *w, &FromExecutor::Result(Box::new(result))).is_err() {
                 std::process::exit(0);

@@ -18,13 +18,9 @@ use std::collections::HashMap;
 
 use weir_codec as codec;
 
-use super::task::{records, TaskCx, TaskFailure};
+use super::task::{bad_data, records, TaskCx, TaskFailure};
 use crate::rdd::{Reducer, PARTITION_SEED};
 use crate::udf::UdfKind;
-
-fn bad(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::Other(msg.into())
-}
 
 /// The partitioner's hash (`rdd::partition_of` is this mod n).
 #[inline]
@@ -309,7 +305,7 @@ impl Groups {
             let mut folded = records(out)?;
             for g in &self.groups {
                 if g.count > 1 {
-                    let v = folded.next().ok_or_else(|| bad("reduce output too short"))?;
+                    let v = folded.next().ok_or_else(|| bad_data("reduce output too short"))?;
                     emit(self.key(g), g.hash, v?);
                 } else {
                     emit(self.key(g), g.hash, self.values_of(g));
@@ -358,7 +354,7 @@ pub(crate) fn values(buf: &[u8]) -> impl Iterator<Item = Result<&[u8], TaskFailu
             }
             Err(e) => {
                 at = buf.len();
-                Err(bad(format!("malformed value: {e}")))
+                Err(bad_data(format!("malformed value: {e}")))
             }
         })
     })
@@ -373,7 +369,7 @@ pub(crate) fn fold_i64<'v>(
     for v in vals {
         let v = v?;
         let x = codec::as_i64(v)
-            .ok_or_else(|| bad(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
+            .ok_or_else(|| bad_data(format!("count/sum expects integers, got {}", codec::display::render(v))))?;
         acc = Some(match (acc, r) {
             (None, _) => x,
             (Some(a), Reducer::SubI64) => a.wrapping_sub(x),

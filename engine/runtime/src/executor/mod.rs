@@ -8,12 +8,14 @@ mod groups;
 pub mod shuffle;
 pub mod state;
 pub mod task;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 pub use block_store::{Block, BlockStore};
-pub use task::{run_task, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskResult};
+pub use task::{run_task, run_task_guarded, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskResult};
 
 use crate::udf::ModuleRegistry;
 
@@ -66,7 +68,7 @@ impl LocalExecutors {
                 let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(task) = next else { return };
                 let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: None, executor: String::new() };
-                if results_tx.send(BackendEvent::Task(run_task(&env, &task))).is_err() {
+                if results_tx.send(BackendEvent::Task(run_task_guarded(&env, &task))).is_err() {
                     return;
                 }
             })?;

@@ -11,24 +11,20 @@ use weir_codec as codec;
 use super::block_store::Block;
 pub(crate) use super::groups::key_hash;
 use super::groups::{fold_i64, Groups, Site};
-use super::task::{pair, records, TaskCx, TaskFailure};
+use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
-fn bad(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::Other(msg.into())
-}
-
 fn pairs(batch: &[u8]) -> Result<codec::Pairs<'_>, TaskFailure> {
-    codec::Pairs::new(batch).map_err(|e| bad(format!("malformed batch: {e}")))
+    codec::Pairs::new(batch).map_err(|e| bad_data(format!("malformed batch: {e}")))
 }
 
 /// The error for a record of `batch` that is not a pair (or is malformed).
 #[cold]
 fn not_a_pair(batch: &[u8], e: codec::CodecError) -> TaskFailure {
     match codec::skip_value(batch, e.offset) {
-        Ok(end) => pair(&batch[e.offset..end]).err().unwrap_or_else(|| bad(format!("malformed batch: {e}"))),
-        Err(_) => bad(format!("malformed batch: {e}")),
+        Ok(end) => pair(&batch[e.offset..end]).err().unwrap_or_else(|| bad_data(format!("malformed batch: {e}"))),
+        Err(_) => bad_data(format!("malformed batch: {e}")),
     }
 }
 
@@ -61,8 +57,9 @@ pub(crate) fn fold(
             let mut res = Vec::with_capacity(groups.len());
             for vs in groups {
                 if vs.len() > 1 {
-                    let v = folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad("reduce output too short"))?;
-                    res.push(v.map_err(|e| bad(e.to_string()))?.to_vec());
+                    let v =
+                        folded.as_mut().and_then(|it| it.next()).ok_or_else(|| bad_data("reduce output too short"))?;
+                    res.push(v.map_err(|e| bad_data(e.to_string()))?.to_vec());
                 } else if let Some(v) = vs.first() {
                     res.push(v.to_vec());
                 }
@@ -120,7 +117,7 @@ impl<'a> MapSide<'a> {
             }
             Aggregation::Repartition => {
                 for rec in records(batch)? {
-                    let rec = rec.map_err(|e| bad(e.to_string()))?;
+                    let rec = rec.map_err(|e| bad_data(e.to_string()))?;
                     self.buckets[((self.map as u64 + self.seen) % n) as usize].push_raw(rec);
                     self.seen += 1;
                 }
@@ -151,7 +148,8 @@ impl<'a> MapSide<'a> {
             Aggregation::Count => self.buckets[0].push_raw(&codec::encode_i64(self.seen as i64)),
             Aggregation::Reduce(r) => {
                 let values = self.values.finish();
-                let vals: Vec<&[u8]> = records(&values)?.collect::<Result<_, _>>().map_err(|e| bad(e.to_string()))?;
+                let vals: Vec<&[u8]> =
+                    records(&values)?.collect::<Result<_, _>>().map_err(|e| bad_data(e.to_string()))?;
                 if !vals.is_empty() {
                     if let Some(v) = fold(cx, r, &[vals.as_slice()], p)?.first() {
                         self.buckets[0].push_raw(v);
@@ -204,9 +202,10 @@ pub(crate) fn reduce_side(
             let mut index: HashMap<&[u8], usize> = HashMap::new();
             let mut groups: Vec<(&[u8], Vec<Vec<&[u8]>>)> = Vec::new();
             for (m, b) in buckets.iter().enumerate() {
-                let parent = *parent_of_map.get(m).ok_or_else(|| bad("cogroup map index out of range"))? as usize;
+                let parent =
+                    *parent_of_map.get(m).ok_or_else(|| engine_fault("cogroup map index out of range"))? as usize;
                 for rec in records(b)? {
-                    let (k, v) = pair(rec.map_err(|e| bad(e.to_string()))?)?;
+                    let (k, v) = pair(rec.map_err(|e| bad_data(e.to_string()))?)?;
                     let i = *index.entry(k).or_insert_with(|| {
                         groups.push((k, vec![Vec::new(); parents]));
                         groups.len() - 1
@@ -229,7 +228,7 @@ pub(crate) fn reduce_side(
         Aggregation::Repartition => {
             for b in buckets {
                 for rec in records(b)? {
-                    out.push_raw(rec.map_err(|e| bad(e.to_string()))?);
+                    out.push_raw(rec.map_err(|e| bad_data(e.to_string()))?);
                 }
             }
         }
@@ -237,7 +236,7 @@ pub(crate) fn reduce_side(
             let mut total: i64 = 0;
             for b in buckets {
                 for rec in records(b)? {
-                    total += codec::as_i64(rec.map_err(|e| bad(e.to_string()))?).unwrap_or(0);
+                    total += codec::as_i64(rec.map_err(|e| bad_data(e.to_string()))?).unwrap_or(0);
                 }
             }
             out.push_raw(&codec::encode_i64(total));
@@ -246,7 +245,7 @@ pub(crate) fn reduce_side(
             let mut vals = Vec::new();
             for b in buckets {
                 for rec in records(b)? {
-                    vals.push(rec.map_err(|e| bad(e.to_string()))?);
+                    vals.push(rec.map_err(|e| bad_data(e.to_string()))?);
                 }
             }
             if !vals.is_empty() {

@@ -9,13 +9,9 @@ use std::collections::HashMap;
 use weir_codec as codec;
 
 use super::shuffle::{fold, key_hash};
-use super::task::{pair, records, TaskCx, TaskFailure};
+use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
-
-fn bad(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::Other(msg.into())
-}
 
 /// update_state_by_key on one partition: `prev` holds `(k, state)` pairs,
 /// `grouped` holds `(k, [values])`. The update function is called for every
@@ -313,7 +309,7 @@ pub(crate) fn select_tagged(input: &[u8], tag: u8) -> Result<Vec<u8>, TaskFailur
         match (tag, xs.as_slice()) {
             (0, [_, k, s, _]) => b.push_with(|w| codec::write_pair(w.buf, k, s)),
             (1, [_, o]) => b.push_raw(o),
-            _ => return Err(bad("malformed map_with_state record")),
+            _ => return Err(bad_data("malformed map_with_state record")),
         }
     }
     Ok(b.finish())
@@ -325,9 +321,9 @@ pub(crate) fn read_checkpointed(path: &str, p: u32) -> Result<Vec<u8>, TaskFailu
     let dir = path.parent().and_then(|d| d.parent()).unwrap_or(std::path::Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let r = crate::checkpoint::StateRef { time: 0, file: name, partitions: 0, records: 0, bytes: 0 };
-    let parts = crate::checkpoint::read_state(dir, &r).map_err(|e| bad(format!("data checkpoint: {e}")))?;
+    let parts = crate::checkpoint::read_state(dir, &r).map_err(|e| engine_fault(format!("data checkpoint: {e}")))?;
     parts
         .into_iter()
         .nth(p as usize)
-        .ok_or_else(|| bad(format!("data checkpoint {} has no partition {p}", path.display())))
+        .ok_or_else(|| engine_fault(format!("data checkpoint {} has no partition {p}", path.display())))
 }

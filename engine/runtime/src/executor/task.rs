@@ -40,6 +40,7 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
             .map(|b| TaskOutput::Partition(Arc::try_unwrap(b).unwrap_or_else(|shared| (*shared).clone()))),
         TaskKind::ShuffleMap { shuffle, parent_index, map } => cx.shuffle_map(*shuffle, *parent_index, *map),
     };
+    let outcome = outcome.map_err(|e| e.locate(task.batch_time, target(task), task.partition));
     TaskResult {
         task_id: task.id,
         attempt: task.attempt,
@@ -48,6 +49,51 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
         udf_calls: cx.udf_calls,
         micros: start.elapsed().as_micros() as u64,
         executor: env.executor.clone(),
+    }
+}
+
+/// The RDD a task computes (a map task: the shuffle it writes).
+fn target(task: &Task) -> RddId {
+    match &task.kind {
+        TaskKind::Result { rdd } => *rdd,
+        TaskKind::ShuffleMap { shuffle, .. } => *shuffle,
+    }
+}
+
+/// [`run_task`], with a panic in the task turned into a failed task (an
+/// engine fault carrying the panic's message): a worker thread that died
+/// with its task would leave the scheduler waiting for a result forever.
+/// Every worker loop runs tasks through this.
+pub fn run_task_guarded(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
+    let start = Instant::now();
+    // Unwind safety: a task shares only the block store and the module
+    // registry, whose locks recover from poisoning, and whose contents a
+    // panicking task cannot leave half-written (blocks are put whole).
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_task(env, task))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(a panic without a message)".into());
+            tracing::error!("task {} (attempt {}) panicked: {message}", task.id, task.attempt);
+            TaskResult {
+                task_id: task.id,
+                attempt: task.attempt,
+                outcome: Err(TaskFailure::engine(format!("task panicked: {message}")).locate(
+                    task.batch_time,
+                    target(task),
+                    task.partition,
+                )),
+                // Blocks it wrote before panicking stay unreported: the
+                // task failed, so nothing counts on them.
+                blocks: Vec::new(),
+                udf_calls: 0,
+                micros: start.elapsed().as_micros() as u64,
+                executor: env.executor.clone(),
+            }
+        }
     }
 }
 
@@ -60,13 +106,20 @@ pub(crate) struct TaskCx<'a, 'e> {
     udf_calls: u64,
 }
 
-fn bad(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::Other(msg.into())
+/// Records an operation cannot use (see [`TaskFailure::BadData`]): never
+/// retried. The failure is located where it surfaces (`TaskCx::compute`).
+pub(crate) fn bad_data(msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::bad_data(msg)
+}
+
+/// The engine failed, not the data (see [`TaskFailure::Engine`]): retried.
+pub(crate) fn engine_fault(msg: impl Into<String>) -> TaskFailure {
+    TaskFailure::engine(msg)
 }
 
 impl TaskCx<'_, '_> {
     fn rdd(&self, id: RddId) -> Result<&Rdd, TaskFailure> {
-        self.task.rdds.get(&id).ok_or_else(|| bad(format!("task lineage lacks {id}")))
+        self.task.rdds.get(&id).ok_or_else(|| engine_fault(format!("task lineage lacks {id}")))
     }
 
     fn store(&mut self, id: BlockId, block: Block) -> Block {
@@ -110,8 +163,13 @@ impl TaskCx<'_, '_> {
         }
     }
 
-    /// Computes (or reads) partition `p` of `id`.
+    /// Computes (or reads) partition `p` of `id`. An engine fault or bad
+    /// data is located at the innermost partition it arose in.
     pub(crate) fn compute(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
+        self.compute_unlocated(id, p).map_err(|e| e.locate(self.task.batch_time, id, p))
+    }
+
+    fn compute_unlocated(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
         let block_id = BlockId::Rdd { rdd: id, partition: p };
         if let Some(b) = self.get_block(&block_id) {
             return Ok(b);
@@ -175,7 +233,7 @@ impl TaskCx<'_, '_> {
                     idx -= n;
                 }
                 let Some((parent, idx)) = found else {
-                    return Err(bad(format!("union {id} has no partition {p}")));
+                    return Err(engine_fault(format!("union {id} has no partition {p}")));
                 };
                 self.compute(parent, idx)?
             }
@@ -220,9 +278,10 @@ impl TaskCx<'_, '_> {
     fn shuffle_map(&mut self, shuffle: ShuffleId, parent_index: u32, map: u32) -> Result<TaskOutput, TaskFailure> {
         let rdd = self.rdd(shuffle)?.clone();
         let RddOp::Shuffled { parents, aggregation, .. } = &rdd.op else {
-            return Err(bad(format!("{shuffle} is not a shuffled RDD")));
+            return Err(engine_fault(format!("{shuffle} is not a shuffled RDD")));
         };
-        let parent = *parents.get(parent_index as usize).ok_or_else(|| bad("shuffle parent index out of range"))?;
+        let parent =
+            *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
         let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
         let buckets = side.finish(self)?;
@@ -266,7 +325,7 @@ impl TaskCx<'_, '_> {
         }
         let (base, ops) = self.narrow_run(id, p)?;
         let input = self.compute(base, p)?;
-        self.pipeline_into(&ops, &input, p, sink)
+        self.pipeline_into(&ops, &input, p, sink).map_err(|e| e.locate(self.task.batch_time, id, p))
     }
 
     /// Applies narrow operations in order and returns the whole result.
@@ -296,9 +355,11 @@ impl TaskCx<'_, '_> {
         if ops.is_empty() {
             return sink(input);
         }
+        #[cfg(feature = "test-hooks")]
+        super::test_hooks::check_batch(input);
         let runs = runs(ops);
         if input.len() <= CHUNK_BYTES || !ops.iter().all(per_record) {
-            let header = input.get(..4).ok_or_else(|| bad("malformed batch: no header"))?;
+            let header = input.get(..4).ok_or_else(|| bad_data("malformed batch: no header"))?;
             return self.run_chunk(&runs, batch_count(input), &[header, &input[4..]], p, sink);
         }
         for (count, body) in codec::chunks(input, CHUNK_BYTES)? {
@@ -352,12 +413,16 @@ impl TaskCx<'_, '_> {
     fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
         if !self.instances.contains_key(&f.module) {
             let module = self.env.registry.get(&f.module).ok_or_else(|| {
-                bad(format!("module {} (sha256 {}) is not loaded on this executor", f.module_name, f.module.short()))
+                engine_fault(format!(
+                    "module {} (sha256 {}) is not loaded on this executor",
+                    f.module_name,
+                    f.module.short()
+                ))
             })?;
             let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
             self.instances.insert(f.module, inst);
         }
-        self.instances.get_mut(&f.module).ok_or_else(|| bad("instance vanished"))
+        self.instances.get_mut(&f.module).ok_or_else(|| engine_fault("instance vanished"))
     }
 
     /// Runs functions of one module as a chained call on the batch made of
@@ -449,7 +514,7 @@ impl TaskCx<'_, '_> {
                     }
                     b.finish()
                 }
-                k => return Err(bad(format!("{k} function {f} cannot be used as a narrow transformation"))),
+                k => return Err(engine_fault(format!("{k} function {f} cannot be used as a narrow transformation"))),
             },
             NarrowOp::MapValues(f) => {
                 let (keys, values) = split_pairs(input)?;
@@ -476,7 +541,7 @@ impl TaskCx<'_, '_> {
                 b.finish()
             }
             NarrowOp::Glom => {
-                let n = codec::Records::new(input).map_err(|e| bad(e.to_string()))?.remaining();
+                let n = codec::Records::new(input).map_err(|e| bad_data(e.to_string()))?.remaining();
                 let mut b = codec::BatchBuilder::with_capacity(input.len() + 5);
                 b.push_with(|w| {
                     w.list(n);
@@ -488,7 +553,7 @@ impl TaskCx<'_, '_> {
                 let mut b = codec::BatchBuilder::with_capacity(input.len() * 2);
                 let one = codec::encode_i64(1);
                 for r in recs()? {
-                    let r = r.map_err(|e| bad(e.to_string()))?;
+                    let r = r.map_err(|e| bad_data(e.to_string()))?;
                     b.push_with(|w| match op {
                         NarrowOp::PairWithOne => codec::write_pair(w.buf, r, &one),
                         _ => codec::write_pair(w.buf, &[codec::TAG_NULL], r),
@@ -570,7 +635,7 @@ fn parent_index_table(map_partitions: &[u32]) -> Vec<u32> {
 }
 
 pub(crate) fn records(batch: &[u8]) -> Result<codec::Records<'_>, TaskFailure> {
-    codec::Records::new(batch).map_err(|e| bad(format!("malformed batch: {e}")))
+    codec::Records::new(batch).map_err(|e| bad_data(format!("malformed batch: {e}")))
 }
 
 #[inline]
@@ -580,14 +645,14 @@ pub(crate) fn pair(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
 
 #[cold]
 fn not_pair(rec: &[u8]) -> TaskFailure {
-    bad(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
+    bad_data(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
 }
 
 fn split_pairs(input: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), TaskFailure> {
     let mut keys = Vec::new();
     let mut values = codec::BatchBuilder::with_capacity(input.len());
     for r in records(input)? {
-        let (k, v) = pair(r.map_err(|e| bad(e.to_string()))?)?;
+        let (k, v) = pair(r.map_err(|e| bad_data(e.to_string()))?)?;
         keys.push(k);
         values.push_raw(v);
     }
@@ -600,13 +665,13 @@ fn join_rows(input: &[u8], kind: JoinKind) -> Result<Vec<u8>, TaskFailure> {
     let mut b = codec::BatchBuilder::with_capacity(input.len());
     let null: &[u8] = &[codec::TAG_NULL];
     for r in records(input)? {
-        let (k, groups) = pair(r.map_err(|e| bad(e.to_string()))?)?;
-        let g = codec::elements(groups).map_err(|e| bad(e.to_string()))?;
+        let (k, groups) = pair(r.map_err(|e| bad_data(e.to_string()))?)?;
+        let g = codec::elements(groups).map_err(|e| bad_data(e.to_string()))?;
         if g.len() != 2 {
-            return Err(bad("join expects cogroup output of two streams"));
+            return Err(bad_data("join expects cogroup output of two streams"));
         }
-        let vs = codec::elements(g[0]).map_err(|e| bad(e.to_string()))?;
-        let ws = codec::elements(g[1]).map_err(|e| bad(e.to_string()))?;
+        let vs = codec::elements(g[0]).map_err(|e| bad_data(e.to_string()))?;
+        let ws = codec::elements(g[1]).map_err(|e| bad_data(e.to_string()))?;
         let mut emit = |v: &[u8], w: &[u8]| {
             b.push_with(|wr| {
                 wr.tuple(2);

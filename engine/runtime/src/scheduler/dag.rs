@@ -2,6 +2,9 @@
 //! (cut at shuffle boundaries) and tasks, runs them on the executors, retries
 //! failed tasks, and recomputes lost shuffle outputs when a fetch fails.
 //!
+//! A task failure is retried (up to `max_task_failures` attempts) only when
+//! it may pass on another try (see [`TaskFailure::is_deterministic`]).
+//!
 //! Every block a task writes comes back with its digest. The first digest of
 //! a block is remembered; a recomputed block must match it, byte for byte, or
 //! the job fails loudly (a UDF or the engine is not deterministic).
@@ -322,7 +325,9 @@ impl DagScheduler {
                 }
                 Err(f) => {
                     self.metrics.task_failures += 1;
-                    let retriable = !matches!(f, TaskFailure::InputLost(_));
+                    // A trap, bad data or a lost input fails the same way
+                    // every time: retrying only multiplies the cost.
+                    let retriable = !f.is_deterministic();
                     if retriable && task.attempt + 1 < self.max_task_failures && failure.is_none() {
                         tracing::warn!(
                             "task {} (partition {} of {rdd}) failed, attempt {}: {f}",
@@ -376,5 +381,286 @@ impl DagScheduler {
         self.digests.retain(|b, _| !old(b));
         self.locations.retain(|b, _| !old(b));
         self.backend.blocks().remove_where(old);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler against a fake backend that runs no code: it answers
+    //! each task at once, as `behaviour` says, and remembers every task it
+    //! was given, so stages, attempts and resubmissions can be counted.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::executor::{BlockStore, TaskResult};
+    use crate::rdd::{Aggregation, NarrowOp, Rdd};
+
+    type Behaviour = Box<dyn Fn(&Task) -> Result<TaskOutput, TaskFailure> + Send + Sync>;
+
+    struct FakeBackend {
+        events: Mutex<Sender<BackendEvent>>,
+        behaviour: Behaviour,
+        submitted: Arc<Mutex<Vec<Task>>>,
+        blocks: Arc<BlockStore>,
+    }
+
+    impl ExecutorBackend for FakeBackend {
+        fn submit(&self, task: Task) {
+            let outcome = (self.behaviour)(&task);
+            let result = TaskResult {
+                task_id: task.id,
+                attempt: task.attempt,
+                outcome,
+                blocks: Vec::new(),
+                udf_calls: 0,
+                micros: 0,
+                executor: String::new(),
+            };
+            self.submitted.lock().unwrap().push(task);
+            self.events.lock().unwrap().send(BackendEvent::Task(result)).unwrap();
+        }
+        fn slots(&self) -> usize {
+            1
+        }
+        fn blocks(&self) -> &Arc<BlockStore> {
+            &self.blocks
+        }
+    }
+
+    /// Succeeds: a map task writes nothing, a result task returns no bytes.
+    fn ok(task: &Task) -> Result<TaskOutput, TaskFailure> {
+        Ok(match task.kind {
+            TaskKind::ShuffleMap { .. } => TaskOutput::MapDone,
+            TaskKind::Result { .. } => TaskOutput::Partition(Vec::new()),
+        })
+    }
+
+    const T: i64 = 1000;
+
+    fn id(node: u32) -> RddId {
+        RddId { time: T, node }
+    }
+
+    fn add(lineage: &mut Lineage, node: u32, partitions: u32, op: RddOp) -> RddId {
+        let rdd = Rdd { id: id(node), partitions, op, persist: false, label: format!("rdd{node}") };
+        lineage.rdds.insert(id(node), rdd);
+        id(node)
+    }
+
+    fn narrow(parent: RddId) -> RddOp {
+        RddOp::Narrow { parent, ops: vec![NarrowOp::PairWithOne] }
+    }
+
+    fn shuffled(parent: RddId, map_partitions: u32) -> RddOp {
+        RddOp::Shuffled { parents: vec![parent], map_partitions: vec![map_partitions], aggregation: Aggregation::Count }
+    }
+
+    fn scheduler(
+        lineage: Lineage,
+        behaviour: impl Fn(&Task) -> Result<TaskOutput, TaskFailure> + Send + Sync + 'static,
+    ) -> (DagScheduler, Arc<Mutex<Vec<Task>>>) {
+        let (tx, rx) = channel();
+        let submitted = Arc::new(Mutex::new(Vec::new()));
+        let backend = FakeBackend {
+            events: Mutex::new(tx),
+            behaviour: Box::new(behaviour),
+            submitted: submitted.clone(),
+            blocks: BlockStore::new(),
+        };
+        let mut dag = DagScheduler::new(Box::new(backend), rx);
+        dag.lineage = lineage;
+        (dag, submitted)
+    }
+
+    /// input (2) -> narrow -> narrow: one stage, no shuffle.
+    fn narrow_job() -> (Lineage, RddId) {
+        let mut l = Lineage::default();
+        let input = add(&mut l, 0, 2, RddOp::Input { source: 0 });
+        let a = add(&mut l, 1, 2, narrow(input));
+        let b = add(&mut l, 2, 2, narrow(a));
+        (l, b)
+    }
+
+    /// input (2) -> narrow -> shuffle (3) -> narrow.
+    fn shuffle_job() -> (Lineage, RddId, RddId) {
+        let mut l = Lineage::default();
+        let input = add(&mut l, 0, 2, RddOp::Input { source: 0 });
+        let a = add(&mut l, 1, 2, narrow(input));
+        let s = add(&mut l, 2, 3, shuffled(a, 2));
+        let out = add(&mut l, 3, 3, narrow(s));
+        (l, s, out)
+    }
+
+    fn kinds(tasks: &[Task]) -> Vec<String> {
+        tasks
+            .iter()
+            .map(|t| match t.kind {
+                TaskKind::ShuffleMap { shuffle, map, .. } => format!("map {} of {}", map, shuffle.node),
+                TaskKind::Result { rdd } => format!("result {} of {}", t.partition, rdd.node),
+            })
+            .collect()
+    }
+
+    fn nodes(task: &Task) -> Vec<u32> {
+        task.rdds.keys().map(|r| r.node).collect()
+    }
+
+    #[test]
+    fn narrow_operations_pipeline_in_one_stage() {
+        let (lineage, out) = narrow_job();
+        let (mut dag, submitted) = scheduler(lineage, ok);
+        assert_eq!(dag.run_job(out).unwrap().len(), 2);
+        let tasks = submitted.lock().unwrap().clone();
+        assert_eq!(kinds(&tasks), ["result 0 of 2", "result 1 of 2"]);
+        // Each task carries the whole narrow chain down to the input.
+        assert!(tasks.iter().all(|t| nodes(t) == [0, 1, 2]), "{:?}", tasks.iter().map(nodes).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_shuffle_cuts_the_job_into_a_map_stage_and_a_result_stage() {
+        let (lineage, s, out) = shuffle_job();
+        let (mut dag, submitted) = scheduler(lineage, ok);
+        assert_eq!(dag.run_job(out).unwrap().len(), 3);
+        let tasks = submitted.lock().unwrap().clone();
+        assert_eq!(kinds(&tasks), ["map 0 of 2", "map 1 of 2", "result 0 of 3", "result 1 of 3", "result 2 of 3"]);
+        // The map stage pipelines input -> narrow into the shuffle's buckets.
+        for t in &tasks[..2] {
+            assert_eq!(nodes(t), [0, 1, 2]);
+        }
+        // The result stage starts at the shuffle: nothing before it.
+        for t in &tasks[2..] {
+            assert_eq!(nodes(t), [2, 3]);
+        }
+        assert_eq!(dag.map_outputs.get(&s), Some(&vec![true, true]));
+        // A second job over the same shuffle reuses its map outputs.
+        dag.run_job(out).unwrap();
+        assert_eq!(kinds(&submitted.lock().unwrap()[5..]), ["result 0 of 3", "result 1 of 3", "result 2 of 3"]);
+    }
+
+    #[test]
+    fn chained_shuffles_run_their_map_stages_parents_first() {
+        let mut l = Lineage::default();
+        let input = add(&mut l, 0, 1, RddOp::Input { source: 0 });
+        let s1 = add(&mut l, 1, 2, shuffled(input, 1));
+        let a = add(&mut l, 2, 2, narrow(s1));
+        let s2 = add(&mut l, 3, 1, shuffled(a, 2));
+        let (mut dag, submitted) = scheduler(l, ok);
+        dag.run_job(s2).unwrap();
+        let tasks = submitted.lock().unwrap().clone();
+        assert_eq!(kinds(&tasks), ["map 0 of 1", "map 0 of 3", "map 1 of 3", "result 0 of 3"]);
+        assert_eq!(nodes(&tasks[1]), [1, 2, 3]);
+    }
+
+    /// Runs a one-partition job whose task always fails with `failure`;
+    /// returns the attempts made and the job's error.
+    fn attempts_when_failing_with(failure: TaskFailure) -> (u32, JobError) {
+        let mut l = Lineage::default();
+        let input = add(&mut l, 0, 1, RddOp::Input { source: 0 });
+        let out = add(&mut l, 1, 1, narrow(input));
+        let (mut dag, submitted) = scheduler(l, move |_| Err(failure.clone()));
+        let err = dag.run_job(out).unwrap_err();
+        let tasks = submitted.lock().unwrap().clone();
+        let attempts: Vec<u32> = tasks.iter().map(|t| t.attempt).collect();
+        assert_eq!(attempts, (0..tasks.len() as u32).collect::<Vec<_>>(), "one task, attempt after attempt");
+        assert!(tasks.iter().all(|t| t.id == tasks[0].id));
+        assert_eq!(dag.metrics.tasks_run, tasks.len() as u64);
+        assert_eq!(dag.metrics.task_failures, tasks.len() as u64);
+        match &err {
+            JobError::TaskFailed { attempts, .. } => assert_eq!(*attempts as usize, tasks.len()),
+            e => panic!("expected a task failure, got {e}"),
+        }
+        (tasks.len() as u32, err)
+    }
+
+    #[test]
+    fn deterministic_failures_are_not_retried() {
+        let trap = TaskFailure::Udf { message: "trapped: unreachable".into(), deterministic: true };
+        for f in [
+            trap,
+            TaskFailure::bad_data("malformed batch"),
+            TaskFailure::InputLost(BlockId::Rdd { rdd: id(0), partition: 0 }),
+        ] {
+            let (attempts, err) = attempts_when_failing_with(f.clone());
+            assert_eq!(attempts, 1, "{f}: {err}");
+            assert!(err.to_string().contains("1 time(s)"), "{err}");
+        }
+    }
+
+    #[test]
+    fn transient_failures_are_retried_up_to_max_task_failures() {
+        let deadline = TaskFailure::Udf { message: "exceeded the wall-clock deadline".into(), deterministic: false };
+        for f in [deadline, TaskFailure::engine("checkpoint unreadable")] {
+            let (attempts, err) = attempts_when_failing_with(f.clone());
+            assert_eq!(attempts, 4, "{f}: {err}");
+            assert!(err.to_string().contains("4 time(s)"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_that_passes_on_retry_does_not_fail_the_job() {
+        let (lineage, out) = narrow_job();
+        let calls = AtomicU32::new(0);
+        let (mut dag, submitted) = scheduler(lineage, move |t| {
+            // Partition 1 fails twice, then succeeds.
+            if t.partition == 1 && calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                return Err(TaskFailure::engine("a transient fault"));
+            }
+            ok(t)
+        });
+        assert_eq!(dag.run_job(out).unwrap().len(), 2);
+        let attempts: Vec<(u32, u32)> = submitted.lock().unwrap().iter().map(|t| (t.partition, t.attempt)).collect();
+        assert_eq!(attempts, [(0, 0), (1, 0), (1, 1), (1, 2)]);
+        assert_eq!((dag.metrics.tasks_run, dag.metrics.task_failures), (4, 2));
+    }
+
+    #[test]
+    fn a_fetch_failure_resubmits_the_lost_map_outputs_then_the_result_stage() {
+        let (lineage, s, out) = shuffle_job();
+        let fetches = AtomicU32::new(0);
+        let (mut dag, submitted) = scheduler(lineage, move |t| match t.kind {
+            // The first reduce task finds map output 1 gone (once).
+            TaskKind::Result { .. } if t.partition == 0 && fetches.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Err(TaskFailure::FetchFailed { shuffle: s, maps: vec![1] })
+            }
+            _ => ok(t),
+        });
+        assert_eq!(dag.run_job(out).unwrap().len(), 3);
+        let tasks = submitted.lock().unwrap().clone();
+        assert_eq!(
+            kinds(&tasks),
+            [
+                "map 0 of 2",
+                "map 1 of 2",
+                "result 0 of 3",
+                "result 1 of 3",
+                "result 2 of 3",
+                // Only the lost map output is recomputed, then every result task.
+                "map 1 of 2",
+                "result 0 of 3",
+                "result 1 of 3",
+                "result 2 of 3",
+            ]
+        );
+        assert_eq!(dag.metrics.fetch_failures, 1);
+        assert_eq!(dag.metrics.map_tasks_recomputed, 1);
+        // A fetch failure is not the task's fault: no failure is counted.
+        assert_eq!(dag.metrics.task_failures, 0);
+        assert_eq!(dag.map_outputs.get(&s), Some(&vec![true, true]));
+    }
+
+    #[test]
+    fn a_failing_map_task_fails_the_job_before_any_result_task_runs() {
+        let (lineage, _, out) = shuffle_job();
+        let trap = TaskFailure::Udf { message: "trapped".into(), deterministic: true };
+        let (mut dag, submitted) = scheduler(lineage, move |t| match t.kind {
+            TaskKind::ShuffleMap { map: 1, .. } => Err(trap.clone()),
+            _ => ok(t),
+        });
+        let err = dag.run_job(out).unwrap_err();
+        assert!(matches!(err, JobError::TaskFailed { partition: 1, attempts: 1, .. }), "{err}");
+        assert_eq!(kinds(&submitted.lock().unwrap()), ["map 0 of 2", "map 1 of 2"]);
     }
 }
