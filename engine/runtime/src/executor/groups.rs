@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use weir_codec as codec;
 
-use super::task::{bad_data, records, TaskCx, TaskFailure};
+use super::calls::{bad_data, records, TaskFailure, UdfCalls};
 use crate::rdd::{Reducer, PARTITION_SEED};
 use crate::udf::UdfKind;
 
@@ -279,7 +279,7 @@ impl Groups {
     /// its output is read in place.
     pub(crate) fn fold_each(
         &self,
-        cx: &mut TaskCx<'_, '_>,
+        cx: &mut UdfCalls<'_>,
         r: &Reducer,
         p: u32,
         mut emit: impl FnMut(&[u8], u64, &[u8]),

@@ -4,6 +4,7 @@
 //! ([`Task`]), so a remote process can implement the same interface.
 
 pub mod block_store;
+mod calls;
 mod groups;
 pub mod shuffle;
 pub mod state;

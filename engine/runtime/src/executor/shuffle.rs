@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use weir_codec as codec;
 
 use super::block_store::Block;
+use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 pub(crate) use super::groups::key_hash;
 use super::groups::{fold_i64, Groups, Site};
-use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
@@ -30,7 +30,7 @@ fn not_a_pair(batch: &[u8], e: codec::CodecError) -> TaskFailure {
 
 /// Folds each group of values into one value, left to right.
 pub(crate) fn fold(
-    cx: &mut TaskCx<'_, '_>,
+    cx: &mut UdfCalls<'_>,
     r: &Reducer,
     groups: &[&[&[u8]]],
     p: u32,
@@ -129,7 +129,7 @@ impl<'a> MapSide<'a> {
     }
 
     /// Combines what was fed and returns the `n` buckets.
-    pub(crate) fn finish(mut self, cx: &mut TaskCx<'_, '_>) -> Result<Vec<Vec<u8>>, TaskFailure> {
+    pub(crate) fn finish(mut self, cx: &mut UdfCalls<'_>) -> Result<Vec<Vec<u8>>, TaskFailure> {
         // A map task's UDF calls are labelled with its map partition.
         let (n, p) = (self.n as u64, self.map);
         match self.agg {
@@ -164,7 +164,7 @@ impl<'a> MapSide<'a> {
 
 /// Merges the buckets of reduce partition `p`, given in map-partition order.
 pub(crate) fn reduce_side(
-    cx: &mut TaskCx<'_, '_>,
+    cx: &mut UdfCalls<'_>,
     shuffle: RddId,
     agg: &Aggregation,
     buckets: &[Block],

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use weir_codec as codec;
 
+use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 use super::shuffle::{fold, key_hash};
-use super::task::{bad_data, engine_fault, pair, records, TaskCx, TaskFailure};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
 
@@ -17,7 +17,7 @@ use crate::udf::UdfKind;
 /// `grouped` holds `(k, [values])`. The update function is called for every
 /// key (with `[]` for keys without new values); a null result removes the key.
 pub(crate) fn update_state(
-    cx: &mut TaskCx<'_, '_>,
+    cx: &mut UdfCalls<'_>,
     update: &UdfRef,
     prev: Option<&[u8]>,
     grouped: &[u8],
@@ -79,7 +79,7 @@ struct Key<'a> {
 /// values. Keys whose value reaches zero are kept unless `filter` drops them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn inverse_window(
-    cx: &mut TaskCx<'_, '_>,
+    cx: &mut UdfCalls<'_>,
     reduce: &Reducer,
     inverse: &Reducer,
     filter: Option<&PairFilter>,
@@ -208,7 +208,7 @@ pub(crate) fn partition_of_pairs(pairs: &[u8], p: u32, n: u32) -> Result<Vec<u8>
 /// and the key's state is removed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn map_with_state(
-    cx: &mut TaskCx<'_, '_>,
+    cx: &mut UdfCalls<'_>,
     f: &UdfRef,
     timeout_ms: Option<i64>,
     time: i64,

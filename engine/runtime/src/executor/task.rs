@@ -4,17 +4,18 @@
 //! task, pipelining narrow operations and reading shuffle buckets in
 //! map-partition order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use weir_codec as codec;
 
 use super::block_store::{Block, BlockStore};
+use super::calls::{bad_data, engine_fault, pair, records, UdfCalls};
 use super::{shuffle, state};
 use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
 use crate::udf::abi::batch_count;
-use crate::udf::{ModuleHash, ModuleRegistry, UdfInstance, UdfKind};
+use crate::udf::{ModuleRegistry, UdfKind};
 pub use weir_plan::task::{Task, TaskFailure, TaskKind, TaskOutput, TaskResult};
 
 /// What a task computes with: the job's modules and the block store.
@@ -32,7 +33,7 @@ pub struct TaskEnv<'a> {
 /// malformed records and missing blocks come back as a [`TaskFailure`].
 pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
     let start = Instant::now();
-    let mut cx = TaskCx { env, task, instances: HashMap::new(), written: Vec::new(), udf_calls: 0 };
+    let mut cx = TaskCx { env, task, udfs: UdfCalls::new(env.registry, task.batch_time), written: Vec::new() };
     let outcome = match &task.kind {
         TaskKind::Result { rdd } => cx
             .compute(*rdd, task.partition)
@@ -46,7 +47,7 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
         attempt: task.attempt,
         outcome,
         blocks: cx.written,
-        udf_calls: cx.udf_calls,
+        udf_calls: cx.udfs.count,
         micros: start.elapsed().as_micros() as u64,
         executor: env.executor.clone(),
     }
@@ -100,21 +101,9 @@ pub fn run_task_guarded(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
 pub(crate) struct TaskCx<'a, 'e> {
     env: &'a TaskEnv<'e>,
     task: &'a Task,
-    /// One fresh instance per module per task.
-    instances: HashMap<ModuleHash, UdfInstance>,
+    /// The task's UDF instances.
+    udfs: UdfCalls<'a>,
     written: Vec<(BlockId, u128)>,
-    udf_calls: u64,
-}
-
-/// Records an operation cannot use (see [`TaskFailure::BadData`]): never
-/// retried. The failure is located where it surfaces (`TaskCx::compute`).
-pub(crate) fn bad_data(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::bad_data(msg)
-}
-
-/// The engine failed, not the data (see [`TaskFailure::Engine`]): retried.
-pub(crate) fn engine_fault(msg: impl Into<String>) -> TaskFailure {
-    TaskFailure::engine(msg)
 }
 
 impl TaskCx<'_, '_> {
@@ -185,7 +174,13 @@ impl TaskCx<'_, '_> {
                     (None, None) => None,
                 };
                 let grouped = self.compute(*grouped, p)?;
-                Arc::new(state::update_state(self, update, prev.as_deref().map(|v| v.as_slice()), &grouped, p)?)
+                Arc::new(state::update_state(
+                    &mut self.udfs,
+                    update,
+                    prev.as_deref().map(|v| v.as_slice()),
+                    &grouped,
+                    p,
+                )?)
             }
             RddOp::MapWithState { prev, grouped, f, timeout_ms } => {
                 let prev = match prev {
@@ -194,7 +189,7 @@ impl TaskCx<'_, '_> {
                 };
                 let grouped = self.compute(*grouped, p)?;
                 let prev = prev.as_deref().map(|v| v.as_slice());
-                Arc::new(state::map_with_state(self, f, *timeout_ms, id.time, prev, &grouped, p)?)
+                Arc::new(state::map_with_state(&mut self.udfs, f, *timeout_ms, id.time, prev, &grouped, p)?)
             }
             RddOp::InvWindow { prev, entering, leaving, reduce, inverse, filter } => {
                 let prev = match prev {
@@ -206,7 +201,7 @@ impl TaskCx<'_, '_> {
                 let l: Vec<&[u8]> = leaving.iter().map(|b| b.as_slice()).collect();
                 let e: Vec<&[u8]> = entering.iter().map(|b| b.as_slice()).collect();
                 Arc::new(state::inverse_window(
-                    self,
+                    &mut self.udfs,
                     reduce,
                     inverse,
                     filter.as_ref(),
@@ -258,7 +253,7 @@ impl TaskCx<'_, '_> {
                 }
                 let parent_of_map = parent_index_table(map_partitions);
                 Arc::new(shuffle::reduce_side(
-                    self,
+                    &mut self.udfs,
                     id,
                     aggregation,
                     &buckets,
@@ -284,7 +279,7 @@ impl TaskCx<'_, '_> {
             *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
         let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
-        let buckets = side.finish(self)?;
+        let buckets = side.finish(&mut self.udfs)?;
         for (r, data) in buckets.into_iter().enumerate() {
             self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
         }
@@ -387,9 +382,9 @@ impl TaskCx<'_, '_> {
             match run {
                 Run::Chain(steps) => {
                     if last {
-                        return self.call_chain_with(steps, n, &input, p, |out| sink(out))?;
+                        return self.udfs.call_chain_with(steps, n, &input, p, |out| sink(out))?;
                     }
-                    cur = Some(self.call_chain_with(steps, n, &input, p, |out| out.to_vec())?);
+                    cur = Some(self.udfs.call_chain_with(steps, n, &input, p, |out| out.to_vec())?);
                 }
                 Run::Op(op) => {
                     let joined;
@@ -410,94 +405,13 @@ impl TaskCx<'_, '_> {
         }
         Ok(())
     }
-    fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
-        if !self.instances.contains_key(&f.module) {
-            let module = self.env.registry.get(&f.module).ok_or_else(|| {
-                engine_fault(format!(
-                    "module {} (sha256 {}) is not loaded on this executor",
-                    f.module_name,
-                    f.module.short()
-                ))
-            })?;
-            let inst = module.instantiate(Some(self.task.batch_time), Some(partition))?;
-            self.instances.insert(f.module, inst);
-        }
-        self.instances.get_mut(&f.module).ok_or_else(|| engine_fault("instance vanished"))
-    }
-
-    /// Runs functions of one module as a chained call on the batch made of
-    /// `parts` (see `pipeline_into`); `consume` reads the output in place.
-    fn call_chain_with<R>(
-        &mut self,
-        steps: &[&UdfRef],
-        count: u32,
-        parts: &[&[u8]],
-        partition: u32,
-        consume: impl FnOnce(&[u8]) -> R,
-    ) -> Result<R, TaskFailure> {
-        let module = steps[0].module;
-        let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
-        self.udf_calls += steps.len() as u64;
-        let r = self.instance(steps[0], partition)?.call_chain_with(&names, count, parts, consume);
-        r.map_err(|e| {
-            // A failed instance is never reused.
-            self.instances.remove(&module);
-            e.into()
-        })
-    }
-
-    /// Calls `f` as a `kind` function on the batch made of `parts` (holding
-    /// `count` records); `consume` reads the output in place in guest memory.
-    pub(crate) fn call_in_place<R>(
-        &mut self,
-        f: &UdfRef,
-        kind: UdfKind,
-        count: u32,
-        parts: &[&[u8]],
-        partition: u32,
-        consume: impl FnOnce(&[u8]) -> Result<R, TaskFailure>,
-    ) -> Result<Result<R, TaskFailure>, TaskFailure> {
-        self.udf_calls += 1;
-        let r = self.instance(f, partition)?.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
-        r.map_err(|e| {
-            // A failed instance is never reused.
-            self.instances.remove(&f.module);
-            e.into()
-        })
-    }
-
-    /// Calls a UDF on one batch in this task's instance of its module.
-    pub(crate) fn call(&mut self, f: &UdfRef, input: &[u8], partition: u32) -> Result<Vec<u8>, TaskFailure> {
-        self.call_kind(f, f.kind, input, partition)
-    }
-
-    pub(crate) fn call_kind(
-        &mut self,
-        f: &UdfRef,
-        kind: UdfKind,
-        input: &[u8],
-        partition: u32,
-    ) -> Result<Vec<u8>, TaskFailure> {
-        let inst = self.instance(f, partition)?;
-        let r = inst.call(&f.function, kind, input);
-        self.udf_calls += 1;
-        match r {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                // A failed instance is never reused.
-                self.instances.remove(&f.module);
-                Err(e.into())
-            }
-        }
-    }
-
     fn apply(&mut self, op: &NarrowOp, input: &[u8], p: u32) -> Result<Vec<u8>, TaskFailure> {
         let recs = || records(input);
         Ok(match op {
             // map, flat_map and map_partitions run as chained calls (`runs`).
             NarrowOp::Udf(f) => match f.kind {
                 UdfKind::Filter => {
-                    let keep = self.call(f, input, p)?;
+                    let keep = self.udfs.call(f, input, p)?;
                     let mut b = codec::BatchBuilder::with_capacity(input.len());
                     for (r, flag) in recs()?.zip(&keep[4..]) {
                         if *flag == codec::TAG_TRUE {
@@ -507,7 +421,7 @@ impl TaskCx<'_, '_> {
                     b.finish()
                 }
                 UdfKind::KeyBy => {
-                    let keys = self.call(f, input, p)?;
+                    let keys = self.udfs.call(f, input, p)?;
                     let mut b = codec::BatchBuilder::with_capacity(input.len() * 2);
                     for (r, k) in recs()?.zip(records(&keys)?) {
                         b.push_with(|w| codec::write_pair(w.buf, k.unwrap_or_default(), r.unwrap_or_default()));
@@ -518,7 +432,7 @@ impl TaskCx<'_, '_> {
             },
             NarrowOp::MapValues(f) => {
                 let (keys, values) = split_pairs(input)?;
-                let out = self.call(f, &values, p)?;
+                let out = self.udfs.call(f, &values, p)?;
                 let mut b = codec::BatchBuilder::with_capacity(input.len());
                 for (k, v) in keys.iter().zip(records(&out)?) {
                     b.push_with(|w| codec::write_pair(w.buf, k, v.unwrap_or_default()));
@@ -533,7 +447,7 @@ impl TaskCx<'_, '_> {
                     let (k, v) = pair(r?)?;
                     let mut one = codec::BatchBuilder::new();
                     one.push_raw(v);
-                    let out = self.call(f, &one.finish(), p)?;
+                    let out = self.udfs.call(f, &one.finish(), p)?;
                     for o in records(&out)? {
                         b.push_with(|w| codec::write_pair(w.buf, k, o.unwrap_or_default()));
                     }
@@ -632,20 +546,6 @@ fn per_record(op: &NarrowOp) -> bool {
 /// For each global map index, the parent it belongs to.
 fn parent_index_table(map_partitions: &[u32]) -> Vec<u32> {
     map_partitions.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32, n as usize)).collect()
-}
-
-pub(crate) fn records(batch: &[u8]) -> Result<codec::Records<'_>, TaskFailure> {
-    codec::Records::new(batch).map_err(|e| bad_data(format!("malformed batch: {e}")))
-}
-
-#[inline]
-pub(crate) fn pair(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
-    codec::split_pair(rec).map_err(|_| not_pair(rec))
-}
-
-#[cold]
-fn not_pair(rec: &[u8]) -> TaskFailure {
-    bad_data(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
 }
 
 fn split_pairs(input: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), TaskFailure> {
