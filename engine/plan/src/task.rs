@@ -108,6 +108,7 @@ pub enum TaskOutput {
 ///   or module the task should carry is missing, a checkpoint cannot be
 ///   read, a task panicked). Treated as transient and retried.
 #[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskFailure {
     #[error("shuffle output {shuffle} is missing map partition(s) {maps:?}")]
     FetchFailed { shuffle: ShuffleId, maps: Vec<u32> },

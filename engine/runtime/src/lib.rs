@@ -30,6 +30,7 @@ pub use weir_plan::rdd;
 
 /// Errors of the engine library.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
     #[error(transparent)]
     Udf(#[from] udf::UdfError),

@@ -43,6 +43,7 @@ impl fmt::Display for UdfSite {
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UdfErrorKind {
     #[error("cannot read the module file: {0}")]
     Io(#[source] std::io::Error),

@@ -94,6 +94,7 @@ pub struct CheckpointStats {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointError {
     #[error("checkpoint directory {dir}: {source}")]
     Io { dir: PathBuf, source: std::io::Error },

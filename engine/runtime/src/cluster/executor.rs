@@ -19,6 +19,7 @@ use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecutorError {
     #[error("cannot reach the driver at {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },

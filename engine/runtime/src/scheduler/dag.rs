@@ -35,6 +35,7 @@ pub struct SchedulerMetrics {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     #[error("partition {partition} of {rdd} failed {attempts} time(s): {failure}")]
     TaskFailed { rdd: RddId, partition: u32, attempts: u32, failure: TaskFailure },
