@@ -1,0 +1,104 @@
+//! `batches` files (one JSON array of records per line) and `queue`
+//! batches (Rust API): finite, replayable by index.
+
+use std::path::Path;
+
+use weir_codec::{BatchBuilder, Value};
+
+use super::{InputDescriptor, Source, SourceCursor, SourceError};
+
+pub(super) fn empty_batch() -> Vec<u8> {
+    BatchBuilder::new().finish()
+}
+
+/// JSON -> value: strings, integers (i64), other numbers (f64), booleans,
+/// null; arrays become tuples (so `["a", 1]` is the pair `(a,1)`).
+pub fn json_to_value(j: &serde_json::Value) -> Result<Value, String> {
+    Ok(match j {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::I64(i),
+            None => Value::F64(n.as_f64().ok_or_else(|| format!("number {n} out of range"))?),
+        },
+        serde_json::Value::String(s) => Value::Str(s.clone()),
+        serde_json::Value::Array(xs) => Value::Tuple(xs.iter().map(json_to_value).collect::<Result<_, _>>()?),
+        serde_json::Value::Object(_) => return Err("objects are not records; use arrays for tuples".into()),
+    })
+}
+
+/// Reads a `batches` file: one JSON array of records per line.
+pub fn read_batches_file(path: &Path) -> Result<Vec<Vec<u8>>, SourceError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SourceError::Io { path: path.into(), source: e })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let perr = |what: String| SourceError::Parse { path: path.into(), line: i + 1, what };
+        if line.trim().is_empty() {
+            out.push(BatchBuilder::new().finish());
+            continue;
+        }
+        let j: serde_json::Value = serde_json::from_str(line).map_err(|e| perr(format!("invalid JSON: {e}")))?;
+        let serde_json::Value::Array(recs) = j else {
+            return Err(perr("expected a JSON array of records (one batch per line)".into()));
+        };
+        let mut b = BatchBuilder::new();
+        for r in &recs {
+            let v = json_to_value(r).map_err(perr)?;
+            b.push_with(|w| v.encode_into(w.buf));
+        }
+        out.push(b.finish());
+    }
+    Ok(out)
+}
+
+pub(super) fn lines_batch<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for l in lines {
+        b.push_with(|w| w.str(l));
+    }
+    b.finish()
+}
+
+/// Batches given up front (a `batches` file or a queue): finite, replayable
+/// by index.
+pub(super) struct QueueSource {
+    batches: Vec<Vec<u8>>,
+    next: usize,
+}
+
+impl QueueSource {
+    pub(super) fn new(batches: Vec<Vec<u8>>) -> Self {
+        QueueSource { batches, next: 0 }
+    }
+}
+
+impl Source for QueueSource {
+    fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        let i = self.next;
+        self.next += 1;
+        Ok((self.batches.get(i).cloned().unwrap_or_else(empty_batch), InputDescriptor::Line(i as u64)))
+    }
+    fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        match d {
+            InputDescriptor::Line(i) | InputDescriptor::Queue(i) => {
+                Ok(self.batches.get(*i as usize).cloned().unwrap_or_else(empty_batch))
+            }
+            other => Err(SourceError::Replay(format!("a batches source cannot replay {other:?}"))),
+        }
+    }
+    fn cursor(&self) -> SourceCursor {
+        SourceCursor::Next(self.next as u64)
+    }
+    fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
+        match c {
+            SourceCursor::Next(n) => {
+                self.next = *n as usize;
+                Ok(())
+            }
+            other => Err(SourceError::Replay(format!("a batches source cannot resume at {other:?}"))),
+        }
+    }
+    fn exhausted(&self) -> bool {
+        self.next >= self.batches.len()
+    }
+}
