@@ -12,7 +12,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknow
 fi
 cargo build --quiet --release --target wasm32-unknown-unknown --manifest-path Cargo.toml
 for m in wordcount testops; do
-  cp "target/wasm32-unknown-unknown/release/$m.wasm" "$here/$m.wasm"
+  cp "${CARGO_TARGET_DIR:-$here/target}/wasm32-unknown-unknown/release/$m.wasm" "$here/$m.wasm"
 done
 
 # C guest: freestanding wasm32, no libc, no imports.

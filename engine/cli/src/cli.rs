@@ -2,6 +2,7 @@
 //! `weir checkpoint inspect`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -208,13 +209,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// `--supervise`: runs the driver as a child process and restarts it when it
 /// dies, with backoff (1 s doubling to 30 s) and a limit. A driver that
 /// exits by itself — success, a bad job, failed batches — is not restarted.
+/// SIGINT and SIGTERM to the supervisor go to the driver (which drains), and
+/// the supervisor waits for it and exits with its status: it never leaves a
+/// driver running alone.
 fn supervise(args: &RunArgs) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the weir executable")?;
     let child_args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--supervise").collect();
     let mut backoff = std::time::Duration::from_secs(1);
     let mut restarts = 0;
+    let signals = forward_signals();
     loop {
-        let status = std::process::Command::new(&exe).args(&child_args).status().context("cannot start the driver")?;
+        // Its own process group: a Ctrl-C in the terminal reaches only the
+        // supervisor, which forwards it once (two would stop the driver at once).
+        let child =
+            std::process::Command::new(&exe).args(&child_args).process_group(0).spawn().context("cannot start the driver")?;
+        signals.set_child(child.id());
+        let status = wait_child(child)?;
+        signals.set_child(0);
+        if signals.forwarded() {
+            return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+        }
         let died = match status.code() {
             None => true,      // killed by a signal
             Some(101) => true, // panicked
@@ -297,20 +312,80 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// First Ctrl-C: finish the batch in flight, then stop. Second: exit now.
-fn install_ctrl_c(stop: StopSignal) {
+/// Runs `f(signal number)` for every SIGINT and SIGTERM, on a thread of its own.
+fn on_signals(f: impl Fn(i32) + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
     let _ = std::thread::Builder::new().name("weir-signals".into()).spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async {
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
             loop {
-                if tokio::signal::ctrl_c().await.is_err() {
-                    return;
-                }
-                if stop.request_again(false) {
-                    std::process::exit(130);
-                }
-                eprintln!("weir: stopping after the batch in flight (Ctrl-C again to exit now)");
+                let n = tokio::select! {
+                    s = int.recv() => s.map(|_| libc::SIGINT),
+                    s = term.recv() => s.map(|_| libc::SIGTERM),
+                };
+                let Some(n) = n else { return };
+                f(n);
             }
         });
     });
+}
+
+/// First SIGINT or SIGTERM: finish the batch in flight, write the
+/// checkpoint, exit 0. A second one: exit now (128 + the signal).
+fn install_ctrl_c(stop: StopSignal) {
+    on_signals(move |n| {
+        if stop.request_again(false) {
+            std::process::exit(128 + n);
+        }
+        eprintln!("weir: stopping after the batch in flight (Ctrl-C again to exit now)");
+    });
+}
+
+/// The supervisor's signal forwarding: the driver's pid (0 between drivers)
+/// and whether a signal was forwarded (then the driver is not restarted).
+struct Forwarder {
+    child: std::sync::atomic::AtomicU32,
+    forwarded: AtomicBool,
+}
+
+impl Forwarder {
+    fn set_child(&self, pid: u32) {
+        self.child.store(pid, Ordering::SeqCst);
+    }
+    fn forwarded(&self) -> bool {
+        self.forwarded.load(Ordering::SeqCst)
+    }
+}
+
+fn forward_signals() -> Arc<Forwarder> {
+    let f = Arc::new(Forwarder { child: 0.into(), forwarded: AtomicBool::new(false) });
+    let g = f.clone();
+    on_signals(move |n| {
+        g.forwarded.store(true, Ordering::SeqCst);
+        let pid = g.child.load(Ordering::SeqCst);
+        if pid == 0 {
+            // Between drivers (in the restart backoff): nothing to drain.
+            std::process::exit(128 + n);
+        }
+        // SAFETY: kill(2) with a pid this process started and still waits
+        // for (so it cannot have been reused) and a valid signal number.
+        unsafe {
+            libc::kill(pid as libc::pid_t, n);
+        }
+    });
+    f
+}
+
+/// Waits for the driver; a signal to the supervisor does not interrupt the wait.
+fn wait_child(mut child: std::process::Child) -> Result<std::process::ExitStatus> {
+    loop {
+        match child.wait() {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("waiting for the driver"),
+        }
+    }
 }
