@@ -380,8 +380,8 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                 continue;
             };
             let what = |m: String| e(format!("argument {} ({}): {m}", i + 1, param.name));
-            vals.push(Some(match (param.kind, &args[i]) {
-                (ParamKind::Udf(kind), Arg::Qualified(m, f)) => {
+            vals.push(Some(match (param.kind, args.get(i)) {
+                (ParamKind::Udf(kind), Some(Arg::Qualified(m, f))) => {
                     let Some(h) = self.modules.get(m) else {
                         return Err(what(format!(
                             "no module named {m:?} in [modules] (known: {})",
@@ -393,14 +393,14 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     h.module().check_function(f, kind).map_err(|err| e(err.to_string()))?;
                     Val::Udf(h.udf(f))
                 }
-                (ParamKind::Duration, Arg::Num(n, u)) => {
+                (ParamKind::Duration, Some(Arg::Num(n, u))) => {
                     Val::Duration(parse_duration(&format!("{n}{u}")).map_err(what)?)
                 }
-                (ParamKind::Count, Arg::Num(n, _)) => match u32::try_from(*n) {
+                (ParamKind::Count, Some(Arg::Num(n, _))) => match u32::try_from(*n) {
                     Ok(n) if n > 0 => Val::Count(n),
                     _ => return Err(what(format!("must be a positive integer below 2^32, got {n}"))),
                 },
-                (ParamKind::Stream, Arg::Name(n)) => Val::Stream(self.resolve(n, span.clone())?),
+                (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
                 (kind, _) => return Err(what(format!("must be {kind}"))),
             }));
         }
