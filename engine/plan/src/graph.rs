@@ -416,3 +416,148 @@ fn union_rdd(id: RddId, parents: Vec<RddId>, n: &Node, lineage: &Lineage) -> Opt
     let partitions = parents.iter().filter_map(|p| lineage.get(*p)).map(|r| r.partitions).sum();
     Some(Rdd { id, partitions, op: RddOp::Union { parents }, persist: n.persist, label: n.label.clone() })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::OutputSpec;
+
+    /// A graph with one source (1 s batches) and `ops` applied one after the
+    /// other; its output is the last one.
+    fn chain(ops: Vec<NodeOp>) -> Result<Graph, GraphError> {
+        let mut g = Graph::new(1000, 2);
+        g.sources.push(SourceSpec::Queue { batches: vec![] });
+        let mut last = g.add(vec![], NodeOp::Source { source: 0 }, "source".into())?;
+        for (i, op) in ops.into_iter().enumerate() {
+            last = g.add(vec![last], op, format!("op{i}"))?;
+        }
+        g.outputs.push(Output { node: last, spec: OutputSpec::Print { num: 10 } });
+        Ok(g)
+    }
+
+    fn window(length_ms: i64, slide_ms: i64) -> NodeOp {
+        NodeOp::Window { length_ms, slide_ms }
+    }
+
+    /// The batch times of the input RDDs `id` reads.
+    fn inputs_of(lineage: &Lineage, id: RddId) -> Vec<i64> {
+        let Some(r) = lineage.get(id) else { return vec![] };
+        match &r.op {
+            RddOp::Input { .. } => vec![id.time],
+            op => op.narrow_parents().into_iter().flat_map(|p| inputs_of(lineage, p)).collect(),
+        }
+    }
+
+    /// For each batch after `zero` up to `until`: the batch times the
+    /// output's RDD covers, or None when the output makes no RDD then.
+    fn covered(g: &Graph, zero: i64, until: i64) -> Vec<(i64, Option<Vec<i64>>)> {
+        let (mut memo, mut lineage) = (Generated::default(), Lineage::default());
+        let inputs = BTreeMap::from([(0u32, 1u32)]);
+        let mut out = Vec::new();
+        let mut t = zero + g.batch_interval_ms;
+        while t <= until {
+            let rdds = generate(g, zero, t, &inputs, &mut memo, &mut lineage);
+            out.push((t, rdds[0].map(|r| inputs_of(&lineage, r))));
+            t += g.batch_interval_ms;
+        }
+        out
+    }
+
+    #[test]
+    fn a_window_covers_the_last_length_of_batches_at_every_slide() {
+        let g = chain(vec![window(3000, 2000)]).unwrap();
+        assert_eq!(
+            covered(&g, 0, 6000),
+            vec![
+                (1000, None),
+                // Early windows are partial: nothing before the first batch.
+                (2000, Some(vec![1000, 2000])),
+                (3000, None),
+                (4000, Some(vec![2000, 3000, 4000])),
+                (5000, None),
+                (6000, Some(vec![4000, 5000, 6000])),
+            ]
+        );
+        // Slides count from the zero time (a job started at 10 s).
+        assert_eq!(
+            covered(&g, 10_000, 14_000),
+            vec![
+                (11_000, None),
+                (12_000, Some(vec![11_000, 12_000])),
+                (13_000, None),
+                (14_000, Some(vec![12_000, 13_000, 14_000]))
+            ]
+        );
+        // A window of one batch is every batch alone.
+        let g = chain(vec![window(1000, 1000)]).unwrap();
+        assert_eq!(covered(&g, 0, 2000), vec![(1000, Some(vec![1000])), (2000, Some(vec![2000]))]);
+        // A tumbling window (length = slide) covers each batch once.
+        let g = chain(vec![window(2000, 2000)]).unwrap();
+        assert_eq!(covered(&g, 0, 4000)[3], (4000, Some(vec![3000, 4000])));
+    }
+
+    #[test]
+    fn a_window_of_a_window_reads_its_parents_rdds_at_the_parents_slide() {
+        let g = chain(vec![window(2000, 2000), window(4000, 4000)]).unwrap();
+        let c = covered(&g, 0, 8000);
+        assert_eq!(c[3], (4000, Some(vec![1000, 2000, 3000, 4000])));
+        assert_eq!(c[7], (8000, Some(vec![5000, 6000, 7000, 8000])));
+        assert!(c.iter().filter(|(t, _)| t % 4000 != 0).all(|(_, r)| r.is_none()));
+    }
+
+    #[test]
+    fn lengths_and_slides_must_be_positive_multiples_of_the_parents_slide() {
+        for (length, slide, what) in [
+            (1500, 1000, "window length (1500 ms)"),
+            (3000, 1500, "slide (1500 ms)"),
+            (3000, 0, "slide (0 ms)"),
+            (-1000, 1000, "window length (-1000 ms)"),
+        ] {
+            let Err(e) = chain(vec![window(length, slide)]) else { panic!("window({length}, {slide}) accepted") };
+            assert!(e.0.contains(what) && e.0.contains("parent's slide duration (1000 ms)"), "{e}");
+        }
+        // The parent's slide, not the batch interval: 3 s is not a multiple of 2 s.
+        let Err(e) = chain(vec![window(2000, 2000), window(3000, 2000)]) else { panic!("accepted") };
+        assert!(
+            e.0.contains(
+                "window length (3000 ms) must be a positive multiple of the parent's slide duration (2000 ms)"
+            ),
+            "{e}"
+        );
+        let Err(e) = chain(vec![window(2000, 2000), window(4000, 1000)]) else { panic!("accepted") };
+        assert!(e.0.contains("slide (1000 ms)"), "{e}");
+        // Streams of different slides cannot be combined.
+        let mut g = chain(vec![window(2000, 2000)]).unwrap();
+        let Err(e) = g.add(vec![0, 1], NodeOp::Union, "union".into()) else { panic!("accepted") };
+        assert!(e.0.contains("different slide durations"), "{e}");
+    }
+
+    #[test]
+    fn windows_make_their_parents_remember_their_length() {
+        let g = chain(vec![]).unwrap();
+        assert_eq!(g.remember_ms(), 2000, "no window: the batch and one interval");
+        let g = chain(vec![window(3000, 1000)]).unwrap();
+        assert!(g.nodes[0].persist, "a window's parent is kept as blocks");
+        assert_eq!(g.nodes[0].remember_ms, 3000);
+        assert_eq!((g.nodes[1].slide_ms, g.nodes[1].remember_ms), (1000, 1000));
+        assert_eq!(g.remember_ms(), 4000);
+        // Along a chain, lookbacks add up: 3 s, then 4 s of the 2 s-slide window.
+        let g = chain(vec![window(3000, 1000), window(4000, 2000)]).unwrap();
+        assert_eq!(g.nodes[1].slide_ms, 1000);
+        assert_eq!(g.nodes[2].slide_ms, 2000);
+        assert_eq!(g.remember_ms(), 8000);
+        // A window with an inverse reads the batches leaving it: length + slide.
+        let inv = NodeOp::InvWindow {
+            length_ms: 4000,
+            slide_ms: 2000,
+            reduce: Reducer::SumI64,
+            inverse: Reducer::SubI64,
+            filter: None,
+        };
+        let g = chain(vec![inv]).unwrap();
+        assert_eq!(g.nodes[0].remember_ms, 6000);
+        assert_eq!(g.remember_ms(), 7000);
+        assert_eq!(g.nodes[1].checkpoint_ms, Some(10_000), "the smallest multiple of 2 s >= 10 s");
+        assert_eq!(default_checkpoint_interval(3000), 12_000);
+    }
+}

@@ -21,7 +21,10 @@
 //! type = "print"
 //! ```
 //!
-//! Every error names the file, the line and what was expected.
+//! Every error names the file, the line and what was expected. The
+//! operations, their arguments and the names offered when one is unknown
+//! come from the plan's one list of operations (`weir_plan::ops`), which
+//! `docs/jobs.md` is tested against.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -35,6 +38,7 @@ use crate::scheduler::Clock;
 use crate::source::SourceSpec;
 use crate::udf::{ModuleRegistry, UdfLimits, UdfRuntime};
 use crate::EngineError;
+use weir_plan::ops::{self, ArgShape, Op, ParamKind};
 
 /// A job file problem: where and what.
 #[derive(Debug, thiserror::Error)]
@@ -352,6 +356,8 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         Ok(cur)
     }
 
+    /// Applies operation `op` to `s`: the form and the meaning of each
+    /// argument come from the plan's list of operations (`weir_plan::ops`).
     fn apply(
         &mut self,
         s: &DStream,
@@ -361,138 +367,99 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         span: Option<std::ops::Range<usize>>,
     ) -> Result<DStream, EngineError> {
         let e = |m: String| -> EngineError { (self.err)(span.clone(), format!("stream {name}: {op}: {m}")).into() };
-        let udf = |i: usize| -> Result<Udf, EngineError> {
-            match args.get(i) {
-                Some(Arg::Qualified(m, f)) => match self.modules.get(m) {
-                    Some(h) => Ok(h.udf(f)),
-                    None => Err(e(format!("no module named {m:?} in [modules]"))),
+        let shapes: Vec<ArgShape> = args.iter().map(Arg::shape).collect();
+        let (spec, slots) = ops::select(op, &shapes).map_err(|err| match err {
+            // Keeps the wording `stream x: unknown operation "y" (valid: ...)`.
+            ops::ArgsError::Unknown { .. } => (self.err)(span.clone(), format!("stream {name}: {err}")).into(),
+            other => e(other.to_string()),
+        })?;
+        // One value per parameter, None for an optional one left out.
+        let mut vals: Vec<Option<Val>> = Vec::with_capacity(slots.len());
+        for (param, slot) in spec.params.iter().zip(&slots) {
+            let Some(i) = *slot else {
+                vals.push(None);
+                continue;
+            };
+            let what = |m: String| e(format!("argument {} ({}): {m}", i + 1, param.name));
+            vals.push(Some(match (param.kind, args.get(i)) {
+                (ParamKind::Udf(kind), Some(Arg::Qualified(m, f))) => {
+                    let Some(h) = self.modules.get(m) else {
+                        return Err(what(format!(
+                            "no module named {m:?} in [modules] (known: {})",
+                            sorted(self.modules.keys().map(|k| k.as_str()).collect())
+                        )));
+                    };
+                    // The kind comes from the list, so a function exported
+                    // with another kind is refused here, naming the line.
+                    h.module().check_function(f, kind).map_err(|err| e(err.to_string()))?;
+                    Val::Udf(h.udf(f))
+                }
+                (ParamKind::Duration, Some(Arg::Num(n, u))) => {
+                    Val::Duration(parse_duration(&format!("{n}{u}")).map_err(what)?)
+                }
+                (ParamKind::Count, Some(Arg::Num(n, _))) => match u32::try_from(*n) {
+                    Ok(n) if n > 0 => Val::Count(n),
+                    _ => return Err(what(format!("must be a positive integer below 2^32, got {n}"))),
                 },
-                _ => Err(e(format!("argument {} must be a function, written module.function", i + 1))),
-            }
+                (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
+                (kind, _) => return Err(what(format!("must be {kind}"))),
+            }));
+        }
+        let internal = || e(format!("internal: arguments of {} do not match the list", spec.signature()));
+        let udf = |i: usize| match vals.get(i) {
+            Some(Some(Val::Udf(u))) => Ok(u),
+            _ => Err(internal()),
         };
-        let dur = |i: usize| -> Result<Duration, EngineError> {
-            match args.get(i) {
-                Some(Arg::Num(n, u)) => parse_duration(&format!("{n}{u}")).map_err(e),
-                _ => Err(e(format!("argument {} must be a duration such as 10s", i + 1))),
-            }
+        let opt_dur = |i: usize| match vals.get(i) {
+            Some(Some(Val::Duration(d))) => Ok(Some(*d)),
+            Some(None) => Ok(None),
+            _ => Err(internal()),
         };
-        let opt_dur = |i: usize| -> Result<Option<Duration>, EngineError> {
-            if args.len() > i {
-                dur(i).map(Some)
-            } else {
-                Ok(None)
-            }
+        let dur = |i: usize| opt_dur(i)?.ok_or_else(internal);
+        // A window's slide defaults to the stream's own slide, as in Spark.
+        let slide = |i: usize| Ok::<_, EngineError>(opt_dur(i)?.unwrap_or(Duration::from_millis(s.slide_ms() as u64)));
+        let count = |i: usize| match vals.get(i) {
+            Some(Some(Val::Count(n))) => Ok(Some(*n)),
+            Some(None) => Ok(None),
+            _ => Err(internal()),
         };
-        let int = |i: usize| -> Result<u32, EngineError> {
-            match args.get(i) {
-                Some(Arg::Num(n, u)) if u.is_empty() && *n > 0 && *n <= u32::MAX as u64 => Ok(*n as u32),
-                _ => Err(e(format!("argument {} must be a positive integer", i + 1))),
-            }
+        let other = |i: usize| match vals.get(i) {
+            Some(Some(Val::Stream(o))) => Ok(o),
+            _ => Err(internal()),
         };
-        let nargs = |lo: usize, hi: usize| -> Result<(), EngineError> {
-            if args.len() < lo || args.len() > hi {
-                let want = if lo == hi { format!("{lo}") } else { format!("{lo} to {hi}") };
-                return Err(e(format!("takes {want} argument(s), got {}", args.len())));
-            }
-            Ok(())
+        let opt_udf = |i: usize| match vals.get(i) {
+            Some(Some(Val::Udf(u))) => Ok(Some(u)),
+            Some(None) => Ok(None),
+            _ => Err(internal()),
         };
-        let slide = |i: usize| -> Result<Duration, EngineError> {
-            Ok(opt_dur(i)?.unwrap_or(Duration::from_millis(s_slide(s) as u64)))
-        };
-        let other = |i: usize, this: &mut Self| -> Result<DStream, EngineError> {
-            match args.get(i) {
-                Some(Arg::Name(n)) => this.resolve(n, span.clone()),
-                _ => Err(e(format!("argument {} must be a stream name", i + 1))),
-            }
-        };
-        Ok(match op {
-            "map" | "flat_map" | "filter" | "map_partitions" | "key_by" | "map_values" | "flat_map_values" => {
-                nargs(1, 1)?;
-                let f = udf(0)?;
-                match op {
-                    "map" => s.map(&f)?,
-                    "flat_map" => s.flat_map(&f)?,
-                    "filter" => s.filter(&f)?,
-                    "map_partitions" => s.map_partitions(&f)?,
-                    "key_by" => s.key_by(&f)?,
-                    "map_values" => s.map_values(&f)?,
-                    _ => s.flat_map_values(&f)?,
-                }
-            }
-            "glom" => {
-                nargs(0, 0)?;
-                s.glom()?
-            }
-            "count" => {
-                nargs(0, 0)?;
-                s.count()?
-            }
-            "count_by_value" => {
-                nargs(0, 0)?;
-                s.count_by_value()?
-            }
-            "repartition" => {
-                nargs(1, 1)?;
-                s.repartition(int(0)?)?
-            }
-            "reduce" => {
-                nargs(1, 1)?;
-                s.reduce(&udf(0)?)?
-            }
-            "reduce_by_key" => {
-                nargs(1, 2)?;
-                let n = if args.len() > 1 { Some(int(1)?) } else { None };
-                s.reduce_by_key_into(&udf(0)?, n)?
-            }
-            "group_by_key" => {
-                nargs(0, 0)?;
-                s.group_by_key()?
-            }
-            "union" | "join" | "left_outer_join" | "right_outer_join" | "full_outer_join" | "cogroup" => {
-                nargs(1, 1)?;
-                let o = other(0, self)?;
-                match op {
-                    "union" => s.union(&o)?,
-                    "join" => s.join(&o)?,
-                    "left_outer_join" => s.left_outer_join(&o)?,
-                    "right_outer_join" => s.right_outer_join(&o)?,
-                    "full_outer_join" => s.full_outer_join(&o)?,
-                    _ => s.cogroup(&o)?,
-                }
-            }
-            "window" => {
-                nargs(1, 2)?;
-                s.window(dur(0)?, slide(1)?)?
-            }
-            "reduce_by_window" if matches!(args.get(1), Some(Arg::Qualified(..))) => {
-                nargs(3, 4)?;
-                s.reduce_by_window_inv(&udf(0)?, &udf(1)?, dur(2)?, slide(3)?)?
-            }
-            "reduce_by_window" => {
-                nargs(2, 3)?;
-                s.reduce_by_window(&udf(0)?, dur(1)?, slide(2)?)?
-            }
-            "count_by_window" => {
-                nargs(1, 2)?;
-                s.count_by_window(dur(0)?, slide(1)?)?
-            }
-            "reduce_by_key_and_window" if matches!(args.get(1), Some(Arg::Qualified(..))) => {
-                // With an inverse function: (f, inverse, length[, slide][, filter]).
-                nargs(3, 5)?;
-                let (sl, filter) = match (args.get(3), args.get(4)) {
-                    (Some(Arg::Num(..)), f) => (slide(3)?, f.map(|_| udf(4)).transpose()?),
-                    (Some(Arg::Qualified(..)), None) => (slide(usize::MAX)?, Some(udf(3)?)),
-                    (None, _) => (slide(usize::MAX)?, None),
-                    _ => return Err(e("expected (f, inverse, length[, slide][, filter])".into())),
-                };
-                s.reduce_by_key_and_window_inv(&udf(0)?, &udf(1)?, dur(2)?, sl, filter.as_ref())?
-            }
-            "reduce_by_key_and_window" => {
-                nargs(2, 3)?;
-                s.reduce_by_key_and_window(&udf(0)?, dur(1)?, slide(2)?)?
-            }
-            "update_state_by_key" => {
-                nargs(1, 1)?;
+        Ok(match spec.op {
+            Op::Map => s.map(udf(0)?)?,
+            Op::FlatMap => s.flat_map(udf(0)?)?,
+            Op::Filter => s.filter(udf(0)?)?,
+            Op::MapPartitions => s.map_partitions(udf(0)?)?,
+            Op::KeyBy => s.key_by(udf(0)?)?,
+            Op::MapValues => s.map_values(udf(0)?)?,
+            Op::FlatMapValues => s.flat_map_values(udf(0)?)?,
+            Op::Glom => s.glom()?,
+            Op::Repartition => s.repartition(count(0)?.ok_or_else(internal)?)?,
+            Op::Union => s.union(other(0)?)?,
+            Op::Count => s.count()?,
+            Op::Reduce => s.reduce(udf(0)?)?,
+            Op::CountByValue => s.count_by_value()?,
+            Op::ReduceByKey => s.reduce_by_key_into(udf(0)?, count(1)?)?,
+            Op::GroupByKey => s.group_by_key()?,
+            Op::Cogroup => s.cogroup(other(0)?)?,
+            Op::Join => s.join(other(0)?)?,
+            Op::LeftOuterJoin => s.left_outer_join(other(0)?)?,
+            Op::RightOuterJoin => s.right_outer_join(other(0)?)?,
+            Op::FullOuterJoin => s.full_outer_join(other(0)?)?,
+            Op::Window => s.window(dur(0)?, slide(1)?)?,
+            Op::ReduceByWindow => s.reduce_by_window(udf(0)?, dur(1)?, slide(2)?)?,
+            Op::CountByWindow => s.count_by_window(dur(0)?, slide(1)?)?,
+            Op::ReduceByKeyAndWindow => s.reduce_by_key_and_window(udf(0)?, dur(1)?, slide(2)?)?,
+            Op::GroupByKeyAndWindow => s.group_by_key_and_window(dur(0)?, slide(1)?)?,
+            Op::CountByValueAndWindow => s.count_by_value_and_window(dur(0)?, slide(1)?)?,
+            Op::UpdateStateByKey => {
                 let initial = match self.file.initial_state.get(name) {
                     Some(p) => {
                         let path = self.base.join(p.get_ref());
@@ -506,33 +473,337 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     }
                     None => None,
                 };
-                s.update_state_by_key_with_initial(&udf(0)?, initial)?
+                s.update_state_by_key_with_initial(udf(0)?, initial)?
             }
-            "checkpoint" => {
-                nargs(1, 1)?;
-                s.checkpoint(dur(0)?)?
+            Op::ReduceByKeyAndWindowInv => {
+                s.reduce_by_key_and_window_inv(udf(0)?, udf(1)?, dur(2)?, slide(3)?, opt_udf(4)?)?
             }
-            "group_by_key_and_window" => {
-                nargs(1, 2)?;
-                s.group_by_key_and_window(dur(0)?, slide(1)?)?
-            }
-            "count_by_value_and_window" => {
-                nargs(1, 2)?;
-                s.count_by_value_and_window(dur(0)?, slide(1)?)?
-            }
-            "map_with_state" => {
-                return Err(e("map_with_state is not implemented yet (use update_state_by_key)".into()))
-            }
-            _ => return Err(e("unknown operation (see docs/jobs.md for the list)".into())),
+            Op::ReduceByWindowInv => s.reduce_by_window_inv(udf(0)?, udf(1)?, dur(2)?, slide(3)?)?,
+            Op::MapWithState => s.map_with_state(udf(0)?, opt_dur(1)?)?,
+            Op::StateSnapshots => s.state_snapshots()?,
+            Op::Checkpoint => s.checkpoint(dur(0)?)?,
         })
     }
 }
 
-fn s_slide(s: &DStream) -> i64 {
-    s.slide_ms()
+/// An argument's value, of the kind its parameter asks for.
+enum Val {
+    Udf(Udf),
+    Duration(Duration),
+    Count(u32),
+    Stream(DStream),
+}
+
+impl Arg {
+    fn shape(&self) -> ArgShape {
+        match self {
+            Arg::Name(_) => ArgShape::Name,
+            Arg::Qualified(..) => ArgShape::Function,
+            Arg::Num(_, u) => ArgShape::Number { unit: !u.is_empty() },
+        }
+    }
 }
 
 fn sorted(mut v: Vec<&str>) -> String {
     v.sort();
+    // A stream already built is both in the streams and in the file.
+    v.dedup();
     v.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, OnceLock};
+
+    use weir_plan::ops::{OpSpec, OPERATIONS};
+
+    use crate::udf::UdfKind;
+
+    /// One wasmtime engine for all these tests (compiling is what costs).
+    fn runtime() -> Arc<UdfRuntime> {
+        static RT: OnceLock<Arc<UdfRuntime>> = OnceLock::new();
+        RT.get_or_init(|| UdfRuntime::new().unwrap()).clone()
+    }
+
+    /// A module exporting one stub function per kind, named after its kind:
+    /// `stub.map` is a map function, `stub.update` an update function, ...
+    /// Nothing runs here, so the stubs only have to have the ABI's types.
+    fn stub_module() -> String {
+        let mut wat = String::from(
+            "(module (memory (export \"memory\") 1)\n\
+             (func (export \"weir_abi_version\") (result i32) (i32.const 1))\n\
+             (func (export \"weir_alloc\") (param i32) (result i32) (i32.const 1024))\n",
+        );
+        for k in UdfKind::ALL {
+            wat += &format!("(func (export \"{k}:{k}\") (param i32 i32) (result i64) (i64.const 0))\n");
+        }
+        wat + ")"
+    }
+
+    /// The line of the job's first `[streams]` entry.
+    const STREAMS_LINE: usize = 11;
+
+    /// Loads a job whose `[streams]` are `streams` (the first on line 11)
+    /// and whose output prints stream `out`.
+    fn load_job(streams: &str) -> Result<Job, EngineError> {
+        load_job_with(streams, "1s")
+    }
+
+    fn load_job_with(streams: &str, interval: &str) -> Result<Job, EngineError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), "[[\"a\", 1]]\n").unwrap();
+        let body = format!(
+            "batch_interval = \"{interval}\"\n\
+             \n\
+             [modules]\n\
+             stub = \"stub.wat\"\n\
+             \n\
+             [sources.lines]\n\
+             type = \"batches\"\n\
+             path = \"in.jsonl\"\n\
+             \n\
+             [streams]\n\
+             {streams}\n\
+             \n\
+             [[outputs]]\n\
+             stream = \"out\"\n\
+             type = \"print\"\n"
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        load(&path, runtime())
+    }
+
+    /// The error a job gives, as the CLI prints it.
+    fn error_of(streams: &str) -> String {
+        match load_job(streams) {
+            Ok(_) => panic!("accepted:\n{streams}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn assert_error(streams: &str, line: usize, parts: &[&str]) {
+        let msg = error_of(streams);
+        assert!(msg.contains(&format!("job.toml:{line}: ")), "should name job.toml:{line}: {msg}");
+        for p in parts {
+            assert!(msg.contains(p), "should say {p:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn unknown_operations_name_the_line_and_every_valid_operation() {
+        let msg = error_of("out = \"lines.map(stub.map).frobnicate()\"");
+        assert!(
+            msg.contains(&format!("job.toml:{STREAMS_LINE}: stream out: unknown operation \"frobnicate\"")),
+            "{msg}"
+        );
+        for name in ops::names() {
+            assert!(msg.contains(name), "{name} is valid but not offered: {msg}");
+        }
+        // The same list the docs are checked against, not a copy of it.
+        assert!(msg.contains("map_with_state") && msg.contains("state_snapshots"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_streams_and_modules_name_the_line_and_what_exists() {
+        assert_error(
+            "x = \"lines.map(stub.map)\"\nout = \"nope.map(stub.map)\"",
+            STREAMS_LINE + 1,
+            &["no source or stream named \"nope\" (known: lines, out, x)"],
+        );
+        assert_error("out = \"lines.union(ghost)\"", STREAMS_LINE, &["no source or stream named \"ghost\""]);
+        assert_error("out = \"lines.map(nomod.map)\"", STREAMS_LINE, &["no module named \"nomod\"", "(known: stub)"]);
+        // The output's line when it names an unknown stream.
+        let msg = error_of("other = \"lines.map(stub.map)\"");
+        assert!(msg.contains("job.toml:13: no source or stream named \"out\" (known: lines, other)"), "{msg}");
+    }
+
+    #[test]
+    fn arguments_of_the_wrong_kind_name_the_line_and_what_was_expected() {
+        // A function exported with another kind than the operation's.
+        assert_error(
+            "out = \"lines.map(stub.filter)\"",
+            STREAMS_LINE,
+            &["stream out: map:", "no map function named \"filter\"", "filter (filter)"],
+        );
+        assert_error("out = \"lines.reduce_by_key(stub.map)\"", STREAMS_LINE, &["no reduce function named \"map\""]);
+        assert_error(
+            "out = \"lines.map_with_state(stub.update)\"",
+            STREAMS_LINE,
+            &["no map_with_state function named \"update\""],
+        );
+        // Not a function at all, a stream where a function goes, and so on.
+        assert_error(
+            "out = \"lines.map(10s)\"",
+            STREAMS_LINE,
+            &["argument 1 (f) must be a function of kind map, written module.function: map(f)"],
+        );
+        assert_error("out = \"lines.join(stub.map)\"", STREAMS_LINE, &["argument 1 (other) must be a stream name"]);
+        assert_error(
+            "out = \"lines.reduce_by_key(stub.reduce, 2s)\"",
+            STREAMS_LINE,
+            &["argument 2 (n) must be a positive integer: reduce_by_key(f[, n])"],
+        );
+        assert_error("out = \"lines.repartition(0)\"", STREAMS_LINE, &["argument 1 (n): must be a positive integer"]);
+        assert_error("out = \"lines.count(stub.map)\"", STREAMS_LINE, &["takes 0 argument(s), got 1: count()"]);
+        assert_error(
+            "out = \"lines.reduce_by_window(stub.reduce)\"",
+            STREAMS_LINE,
+            &["match none of its forms: reduce_by_window(f, len[, slide]), reduce_by_window(f, inv, len[, slide])"],
+        );
+        assert_error(
+            "out = \"lines.map(stub.map).state_snapshots()\"",
+            STREAMS_LINE,
+            &["state_snapshots() applies to a stream made by map_with_state"],
+        );
+        assert_error(
+            "out = \"lines.map(stub.map).checkpoint(10s)\"",
+            STREAMS_LINE,
+            &["checkpoint() applies to stateful streams only"],
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_the_line() {
+        assert_error("out = \"lines.window(3fortnights)\"", STREAMS_LINE, &["unknown unit \"fortnights\""]);
+        assert_error("out = \"lines.window(0s)\"", STREAMS_LINE, &["must be positive"]);
+        assert_error(
+            "out = \"lines.window(1500ms)\"",
+            STREAMS_LINE,
+            &["window length (1500 ms) must be a positive multiple of the parent's slide duration (1000 ms)"],
+        );
+        assert_error(
+            "out = \"lines.window(4s, 1500ms)\"",
+            STREAMS_LINE,
+            &["slide (1500 ms) must be a positive multiple"],
+        );
+        assert_error(
+            "out = \"lines.update_state_by_key(stub.update).checkpoint(2500ms)\"",
+            STREAMS_LINE,
+            &["checkpoint interval (2500 ms) must be a positive multiple of the slide (1000 ms)"],
+        );
+        let msg = match load_job_with("out = \"lines\"", "a while") {
+            Ok(_) => panic!("accepted a bad batch interval"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains("job.toml:1: batch_interval: invalid duration"), "{msg}");
+    }
+
+    #[test]
+    fn cycles_name_the_line_of_the_stream_that_depends_on_itself() {
+        assert_error("out = \"out.map(stub.map)\"", STREAMS_LINE, &["stream \"out\" depends on itself"]);
+        // out -> a -> b -> a: reported at a's line, where the loop closes.
+        assert_error(
+            "a = \"b.map(stub.map)\"\nb = \"a.map(stub.map)\"\nout = \"a.count()\"",
+            STREAMS_LINE,
+            &["stream \"a\" depends on itself"],
+        );
+        assert_error("out = \"lines.union(out)\"", STREAMS_LINE, &["stream \"out\" depends on itself"]);
+    }
+
+    /// `spec` applied to `lines` with a value for each parameter (optional
+    /// ones only if `all`).
+    fn call(spec: &OpSpec, all: bool) -> String {
+        let args: Vec<String> = spec
+            .params
+            .iter()
+            .filter(|p| all || !p.optional)
+            .map(|p| match p.kind {
+                ParamKind::Udf(k) => format!("stub.{k}"),
+                ParamKind::Duration => match p.name {
+                    "len" => "4s".into(),
+                    "slide" => "2s".into(),
+                    _ => "10s".into(),
+                },
+                ParamKind::Count => "3".into(),
+                ParamKind::Stream => "other".into(),
+            })
+            .collect();
+        // The operations that apply only to some streams get one.
+        let input = match spec.op {
+            Op::StateSnapshots => "lines.map_with_state(stub.map_with_state)",
+            Op::Checkpoint => "lines.update_state_by_key(stub.update)",
+            _ => "lines",
+        };
+        format!("{input}.{}({})", spec.name, args.join(", "))
+    }
+
+    #[test]
+    fn every_operation_in_the_list_is_accepted_by_the_parser() {
+        for spec in OPERATIONS {
+            for all in [false, true] {
+                let expr = call(spec, all);
+                let job = load_job(&format!("other = \"lines.map(stub.map)\"\nout = \"{expr}\""))
+                    .unwrap_or_else(|e| panic!("{} refused as {expr}: {e}", spec.signature()));
+                let graph = job.context.graph();
+                let stateful = graph.nodes.iter().any(|n| n.op.is_stateful());
+                assert_eq!(stateful, spec.stateful, "{expr}: stateful as the list says");
+            }
+        }
+    }
+
+    /// `(signature, stateful, description)` of every row of the operation
+    /// tables in `docs/jobs.md` (the `## Operations` section; rows under a
+    /// `### Stateful` heading are stateful).
+    fn documented_operations() -> Vec<(String, bool, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/jobs.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut rows = Vec::new();
+        let (mut inside, mut stateful) = (false, false);
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("## ") {
+                inside = h.trim() == "Operations";
+                stateful = false;
+            } else if let Some(h) = line.strip_prefix("### ") {
+                stateful = h.starts_with("Stateful");
+            } else if inside && line.starts_with('|') && !line.starts_with("|---") {
+                let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+                assert_eq!(cells.len(), 2, "docs/jobs.md: an operation row has two cells: {line}");
+                if cells[0] == "operation" {
+                    continue;
+                }
+                let sig = cells[0].strip_prefix('`').and_then(|c| c.strip_suffix('`')).filter(|c| !c.contains('`'));
+                let sig = sig.unwrap_or_else(|| panic!("docs/jobs.md: one `operation(args)` per row: {line}"));
+                rows.push((sig.to_string(), stateful, cells[1].to_string()));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn the_docs_operation_tables_and_the_parser_list_the_same_operations() {
+        let docs = documented_operations();
+        let list: Vec<(String, bool, String)> =
+            OPERATIONS.iter().map(|s| (s.signature(), s.stateful, s.summary.to_string())).collect();
+        let row = |(sig, stateful, what): &(String, bool, String)| {
+            format!("{}| `{sig}` | {what} |", if *stateful { "(stateful) " } else { "" })
+        };
+        let missing: Vec<String> = list.iter().filter(|r| !docs.contains(r)).map(row).collect();
+        let extra: Vec<String> = docs.iter().filter(|r| !list.contains(r)).map(row).collect();
+        // What the docs' tables should be, ready to paste.
+        let table = |stateful: bool| {
+            list.iter()
+                .filter(|r| r.1 == stateful)
+                .map(|(sig, _, what)| format!("| `{sig}` | {what} |\n"))
+                .collect::<String>()
+        };
+        assert!(
+            missing.is_empty() && extra.is_empty() && docs == list,
+            "docs/jobs.md and weir_plan::ops::OPERATIONS disagree.\n\
+             In the list, not (so) in the docs:\n{}\n\
+             In the docs, not (so) in the list:\n{}\n\
+             The tables should read:\n{}\n### Stateful operations\n\n{}",
+            missing.join("\n"),
+            extra.join("\n"),
+            table(false),
+            table(true),
+        );
+        // Every documented name is one the parser dispatches.
+        for (sig, ..) in &docs {
+            let name = sig.split('(').next().unwrap_or_default();
+            assert!(ops::forms(name).next().is_some(), "{name} is documented but the parser does not know it");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Stateful operations through the real engine, with Spark's semantics:
 //! update_state_by_key (with initial state and key removal), map_with_state
 //! (per-value calls, timeout, state snapshots), and windows with an inverse
-//! function, which must agree with their plain counterparts.
+//! function, which must agree with their plain counterparts; map_with_state
+//! and state_snapshots also through a job file.
 
 use std::path::Path;
 use std::time::Duration;
@@ -202,4 +203,97 @@ fn stateful_streams_refuse_to_run_without_a_checkpoint_directory() {
         .to_string();
     assert!(err.contains("checkpoint directory"), "{err}");
     assert!(err.contains("update_state_by_key"), "{err}");
+}
+
+/// Batch time -> the sorted lines of a save_as_text_files output
+/// `dir/<prefix>-<time>/part-*`.
+fn saved(dir: &Path, prefix: &str) -> Vec<(i64, Vec<String>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(Ok(t)) = name.strip_prefix(&format!("{prefix}-")).map(str::parse::<i64>) else { continue };
+        let mut lines = Vec::new();
+        for p in std::fs::read_dir(e.path()).unwrap() {
+            let p = p.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with("part-") {
+                lines.extend(std::fs::read_to_string(p).unwrap().lines().map(String::from));
+            }
+        }
+        lines.sort();
+        out.push((t, lines));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ops = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../udfs/testops.wasm");
+    assert!(ops.exists(), "{} is missing: run udfs/build.sh first", ops.display());
+    // The same input as map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state.
+    std::fs::write(
+        tmp.path().join("in.jsonl"),
+        "[[\"a\", 1], [\"a\", 2], [\"b\", 10]]\n[[\"a\", 3]]\n[]\n[]\n[[\"b\", 1]]\n",
+    )
+    .unwrap();
+    let out = |stream: &str| {
+        format!("[[outputs]]\nstream = \"{stream}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{stream}\"\n")
+    };
+    let job = format!(
+        "batch_interval = \"1s\"\n\n[modules]\nops = \"{}\"\n\n[sources.pairs]\ntype = \"batches\"\npath = \"in.jsonl\"\n\n\
+         [streams]\n\
+         seen = \"pairs.map_with_state(ops.count_seen, 2s)\"\n\
+         states = \"seen.state_snapshots()\"\n\
+         forever = \"pairs.map_with_state(ops.count_seen)\"\n\
+         forever_states = \"pairs.map_with_state(ops.count_seen).state_snapshots()\"\n\n{}{}{}{}",
+        ops.display(),
+        out("seen"),
+        out("states"),
+        out("forever"),
+        out("forever_states"),
+    );
+    let path = tmp.path().join("job.toml");
+    std::fs::write(&path, job).unwrap();
+    let runtime = weir::udf::UdfRuntime::new().unwrap();
+    let job = weir::job::load(&path, runtime).unwrap();
+    let report = job.context.run(RunOptions { max_batches: Some(5), ..opts(&tmp.path().join("checkpoint")) }).unwrap();
+    assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
+    let dir = tmp.path().join("out");
+    // As through the API: one record per value, in order within a key;
+    // b idle since 1000 times out at 3000 (>= 2 s) with one last call
+    // (b,-1), a at 4000; b's state was removed, so it starts again at 5000.
+    assert_eq!(
+        saved(&dir, "seen"),
+        vec![
+            (1000, strs(&["(a,1)", "(a,3)", "(b,10)"])),
+            (2000, strs(&["(a,6)"])),
+            (3000, strs(&["(b,-1)"])),
+            (4000, strs(&["(a,-1)"])),
+            (5000, strs(&["(b,1)"])),
+        ]
+    );
+    assert_eq!(
+        saved(&dir, "states"),
+        vec![
+            (1000, strs(&["(a,3)", "(b,10)"])),
+            (2000, strs(&["(a,6)", "(b,10)"])),
+            (3000, strs(&["(a,6)"])),
+            (4000, vec![]),
+            (5000, strs(&["(b,1)"])),
+        ]
+    );
+    // Without a timeout keys never time out: no last calls, b carries on.
+    assert_eq!(
+        saved(&dir, "forever"),
+        vec![
+            (1000, strs(&["(a,1)", "(a,3)", "(b,10)"])),
+            (2000, strs(&["(a,6)"])),
+            (3000, vec![]),
+            (4000, vec![]),
+            (5000, strs(&["(b,11)"])),
+        ]
+    );
+    assert_eq!(saved(&dir, "forever_states").last(), Some(&(5000, strs(&["(a,6)", "(b,11)"]))));
 }
