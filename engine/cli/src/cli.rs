@@ -2,8 +2,8 @@
 //! `weir checkpoint inspect`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -222,8 +222,11 @@ fn supervise(args: &RunArgs) -> Result<ExitCode> {
     loop {
         // Its own process group: a Ctrl-C in the terminal reaches only the
         // supervisor, which forwards it once (two would stop the driver at once).
-        let child =
-            std::process::Command::new(&exe).args(&child_args).process_group(0).spawn().context("cannot start the driver")?;
+        let child = std::process::Command::new(&exe)
+            .args(&child_args)
+            .process_group(0)
+            .spawn()
+            .context("cannot start the driver")?;
         signals.set_child(child.id());
         let status = wait_child(child)?;
         signals.set_child(0);

@@ -117,7 +117,13 @@ pub struct Driver {
     explained: bool,
     /// A graceful stop's last batch has been generated.
     drained: bool,
+    /// With the logical clock, how long to wait before the next batch after
+    /// empty ones (grows while the sources stay empty, reset by a record).
+    idle: Duration,
 }
+
+/// The longest wait between empty batches with the logical clock.
+const MAX_IDLE: Duration = Duration::from_millis(200);
 
 pub(super) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -168,6 +174,7 @@ impl Driver {
             report: RunReport::default(),
             explained: false,
             drained: false,
+            idle: Duration::ZERO,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -187,6 +194,7 @@ impl Driver {
             let started = Instant::now();
             let before = self.dag.metrics.clone();
             let (input_partitions, records_in) = self.receive(time, replayed)?;
+            self.note_idle(records_in, replayed);
             let outs = self.generate(time, records_in, replayed, &input_partitions);
             let outputs = self.run_outputs(time, &outs);
             self.progress.pending.retain(|t| *t != time);
@@ -241,8 +249,23 @@ impl Driver {
             if wait > 0 {
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
+        } else if !self.idle.is_zero() && !self.drained {
+            // Logical clock, sources with nothing to give: a short backoff
+            // instead of thousands of empty batches a second.
+            std::thread::sleep(self.idle);
         }
         Some((time, false))
+    }
+
+    /// Grows the logical clock's idle backoff after an empty batch of a source
+    /// that may still give records, and resets it when records come.
+    fn note_idle(&mut self, records_in: u64, replayed: bool) {
+        let waiting = self.sources.iter().any(|s| s.waits_for_input() && !s.exhausted());
+        self.idle = if records_in > 0 || replayed || !waiting || self.opts.clock == Clock::Wall {
+            Duration::ZERO
+        } else {
+            (self.idle * 2).clamp(Duration::from_millis(1), MAX_IDLE)
+        };
     }
 
     /// Receive: each source's batch becomes the input RDD's blocks (a re-run

@@ -74,4 +74,7 @@ impl Source for GeneratorSource {
     fn exhausted(&self) -> bool {
         self.left == Some(0)
     }
+    fn waits_for_input(&self) -> bool {
+        false
+    }
 }

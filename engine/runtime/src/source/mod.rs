@@ -66,6 +66,13 @@ pub trait Source: Send {
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError>;
     /// True when the source is finite and has nothing more to give.
     fn exhausted(&self) -> bool;
+    /// True when an empty poll may mean "nothing yet" (records arrive from
+    /// outside: a socket, a directory): with the logical clock the driver then
+    /// waits a little before the next batch instead of spinning. Sources
+    /// whose every batch is decided up front (a queue, a generator) say false.
+    fn waits_for_input(&self) -> bool {
+        true
+    }
 }
 
 /// Starts the source a spec describes. `base` resolves relative paths;

@@ -101,4 +101,7 @@ impl Source for QueueSource {
     fn exhausted(&self) -> bool {
         self.next >= self.batches.len()
     }
+    fn waits_for_input(&self) -> bool {
+        false
+    }
 }
