@@ -122,6 +122,16 @@ struct Counters {
     bytes: AtomicU64,
 }
 
+impl Counters {
+    fn snapshot(&self) -> SendStats {
+        SendStats {
+            stage_frames: self.stage_frames.load(Ordering::Relaxed),
+            run_frames: self.run_frames.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 struct Running {
     stage: StageId,
     task: Task,
@@ -410,12 +420,7 @@ impl ClusterBackend {
 
     /// Frames and bytes written to executors so far.
     pub fn send_stats(&self) -> SendStats {
-        let c = &self.shared.counters;
-        SendStats {
-            stage_frames: c.stage_frames.load(Ordering::Relaxed),
-            run_frames: c.run_frames.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-        }
+        self.shared.counters.snapshot()
     }
 
     /// Pids of the executor processes this driver started.
@@ -685,15 +690,7 @@ mod tests {
         })
     }
 
-    /// Many tasks of two stages: each stage's lineage is sent once (plus
-    /// once more when the executor says it lacks it), tasks never carry it.
-    #[test]
-    fn a_stages_lineage_goes_to_an_executor_once() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let secret = b"unit-test-secret".to_vec();
-        // Stage ids are given in submission order from 1: forget stage 2's.
-        let exec = fake_executor(addr.clone(), secret.clone(), 2);
+    fn start(addr: String, secret: Vec<u8>) -> (ClusterBackend, Receiver<BackendEvent>) {
         let cfg = ClusterConfig {
             local_executors: 0,
             cores: 1,
@@ -704,7 +701,74 @@ mod tests {
             executor_binary: None,
         };
         let registry = Arc::new(ModuleRegistry::new(UdfRuntime::new().unwrap(), Default::default()));
-        let (backend, events) = ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap();
+        ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap()
+    }
+
+    fn free_addr() -> String {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("127.0.0.1:{port}")
+    }
+
+    /// What the driver wrote, once it has stopped: a writer counts a frame
+    /// after writing it, which may be after the executor has answered.
+    fn final_stats(backend: ClusterBackend) -> SendStats {
+        let shared = backend.shared.clone();
+        drop(backend); // waits for the writers to finish
+        shared.counters.snapshot()
+    }
+
+    /// Waits for `n` successful task results.
+    fn await_results(events: &Receiver<BackendEvent>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for done in 0..n {
+            match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(BackendEvent::Task(r)) => assert!(r.outcome.is_ok(), "{:?}", r.outcome),
+                Ok(e) => panic!("unexpected {e:?}"),
+                Err(e) => panic!("only {done} of {n} results: {e}"),
+            }
+        }
+    }
+
+    /// Once an executor has been sent more stages than it keeps, the oldest
+    /// one's lineage goes again with its next task (the driver mirrors the
+    /// executor's cache); a stage it still holds does not.
+    #[test]
+    fn an_evicted_stages_lineage_is_sent_again() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let exec = fake_executor(addr.clone(), secret.clone(), 0);
+        let (backend, events) = start(addr, secret);
+        let lineages: Vec<StageRdds> = (1..=STAGE_CACHE as i64 + 1).map(|t| lineage(t * 1000, 10)).collect();
+        let mut next = 0;
+        let mut run = |rdds: &StageRdds| {
+            next += 1;
+            backend.submit(task(next, rdds));
+            await_results(&events, 1);
+        };
+        for l in &lineages {
+            run(l); // stages 1..=17: the 17th evicts stage 1
+        }
+        run(&lineages[STAGE_CACHE]); // held: no lineage
+        run(&lineages[0]); // evicted: lineage again (evicting stage 2)
+        run(&lineages[2]); // still held
+        let stats = final_stats(backend);
+        let seen = exec.join().unwrap();
+        let mut want: Vec<StageId> = (1..=STAGE_CACHE as u64 + 1).collect();
+        want.push(1);
+        assert_eq!(seen.stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), want);
+        assert!(seen.stages.last().is_some_and(|(_, r)| *r == lineages[0]), "wrong lineage re-sent");
+        assert_eq!((stats.stage_frames, stats.run_frames), (STAGE_CACHE as u64 + 2, STAGE_CACHE as u64 + 4));
+    }
+
+    /// Many tasks of two stages: each stage's lineage is sent once (plus
+    /// once more when the executor says it lacks it), tasks never carry it.
+    #[test]
+    fn a_stages_lineage_goes_to_an_executor_once() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        // Stage ids are given in submission order from 1: forget stage 2's.
+        let exec = fake_executor(addr.clone(), secret.clone(), 2);
+        let (backend, events) = start(addr, secret);
         let (a, b) = (lineage(1000, 100_000), lineage(2000, 50_000));
         let mut want = Vec::new();
         for i in 0..60u64 {
@@ -712,20 +776,8 @@ mod tests {
             backend.submit(task(i + 1, rdds));
             want.push((stage, i + 1));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut done = 0;
-        while done < 60 {
-            match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(BackendEvent::Task(r)) => {
-                    assert!(r.outcome.is_ok(), "{:?}", r.outcome);
-                    done += 1;
-                }
-                Ok(e) => panic!("unexpected {e:?}"),
-                Err(e) => panic!("only {done} of 60 results: {e}"),
-            }
-        }
-        let stats = backend.send_stats();
-        drop(backend);
+        await_results(&events, 60);
+        let stats = final_stats(backend);
         let mut seen = exec.join().unwrap();
         assert_eq!(seen.stages.len(), 3, "stage 1 once, stage 2 twice (once more after it was forgotten)");
         assert_eq!(seen.stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 2]);
