@@ -836,3 +836,115 @@ fn a_driver_listening_beyond_loopback_needs_a_secret() {
     assert!(err.contains("secret") && err.contains("0.0.0.0"), "{err}");
     assert!(!tmp.path().join("out").exists(), "it ran batches");
 }
+
+/// A job whose first stage's tasks are large: its source's name (carried in
+/// the lineage, as the input RDD's label) is `name_bytes` long, so each task
+/// of the stage that reads the input carries that much lineage.
+fn big_lineage_job(dir: &Path, parallelism: u32, batches: u32, name_bytes: usize) -> PathBuf {
+    let source = format!("lines_{}", "x".repeat(name_bytes));
+    let job = format!(
+        r#"batch_interval = "1s"
+clock = "logical"
+parallelism = {parallelism}
+[modules]
+wordcount = "{}"
+[sources.{source}]
+type = "generator"
+lines_per_batch = 200
+words_per_line = 5
+vocabulary = 300
+seed = 9
+batches = {batches}
+[streams]
+counts = "{source}.flat_map(wordcount.split).map(wordcount.pair).reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+        module("wordcount.wasm").display()
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+/// An executor that stops reading (SIGSTOP) while the driver sends it tasks
+/// with megabytes of lineage each: the driver's writes to it stall once the
+/// socket buffers fill, yet it must still be declared lost within the
+/// heartbeat timeout (no write may hold up result handling or the heartbeat
+/// check), and the batch completes on the other executors with the
+/// reference output. Before the driver wrote outside its lock, with a
+/// timeout, this hung: the write blocked forever holding the driver's lock.
+///
+/// Timing: the victim joins first and is stopped at once; the first batch
+/// starts only when the other two have joined, and its first stage sends
+/// the stopped victim most of its 32 tasks (it has 32 slots, they 2 each).
+#[test]
+fn an_executor_that_stops_reading_is_lost_while_the_driver_sends_it_big_tasks() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    // 32 tasks a stage of 2 MB lineage each (under the old protocol, where
+    // every task carried it): far more than the socket buffers between the
+    // driver and a stopped executor hold.
+    let job = big_lineage_job(tmp.path(), 32, 8, 2 << 20);
+    let expected = reference(tmp.path(), &job, &[]);
+
+    let secret = "stall-secret";
+    // Long enough for the other two to join and the first stage to start
+    // before the victim (silent from the moment it joined) is lost.
+    let timeout_ms = 3000u64;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = run_cmd(&job, "cluster[3]", &["--listen", &addr, "--heartbeat-timeout-ms", &timeout_ms.to_string()]);
+    cmd.env("WEIR_SECRET", secret);
+    let mut d = Proc::spawn(&mut cmd);
+    wait_until("the driver to accept connections", Duration::from_secs(30), || {
+        assert!(d.child.try_wait().unwrap().is_none(), "the driver exited early:\n{}", d.text());
+        TcpStream::connect(&addr).is_ok()
+    });
+    // The victim takes most tasks (32 slots against 2 each for the others).
+    let mut victim = Proc::spawn(executor_cmd(&addr).env("WEIR_SECRET", secret).args(["-v", "--cores", "32"]));
+    let vpid = victim.pid();
+    // Continue and kill it whatever happens, so a failing test leaves nothing stopped.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            signal_quietly(self.0, SIGCONT);
+            signal_quietly(self.0, SIGKILL);
+        }
+    }
+    let _reap = Reap(vpid);
+    victim
+        .wait_line(Duration::from_secs(30), |l| l.contains("joined"))
+        .unwrap_or_else(|| panic!("the victim exited before joining:\n{}", victim.text()));
+    let stopped = Instant::now();
+    signal(vpid, SIGSTOP);
+    let others: Vec<Proc> =
+        (0..2).map(|_| Proc::spawn(executor_cmd(&addr).env("WEIR_SECRET", secret).args(["--cores", "2"]))).collect();
+    let (when, line) = d
+        .wait_line(Duration::from_millis(timeout_ms + 20_000), |l| l.contains("lost") && names_pid(l, vpid))
+        .unwrap_or_else(|| panic!("the run ended without declaring the stopped executor lost:\n{}", d.text()));
+    let took = when - stopped;
+    eprintln!("executor {vpid} stopped as it joined; declared lost {took:?} later: {line}");
+    assert!(took < Duration::from_millis(timeout_ms + 3000), "declared lost only {took:?} after it stopped");
+    assert_eq!(proc_state(vpid), Some('T'), "the executor is still stopped when declared lost");
+    let given: u32 = line
+        .rsplit_once("; ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no running-task count in the loss report: {line}"));
+    assert!(given >= 16, "the stopped executor was given only {given} task(s): the stall was not exercised");
+
+    let status = d.finish();
+    let log = d.text();
+    assert!(status.success(), "the job did not finish without the stopped executor ({status}):\n{log}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &expected, "an executor that stopped reading");
+    let (_, sum) = recoveries(d.lines());
+    assert_eq!(sum.lost, 1, "{log}");
+    signal(vpid, SIGKILL);
+    wait_until("the killed executor to exit", Duration::from_secs(10), || victim.child.try_wait().unwrap().is_some());
+    for mut o in others {
+        let s = o.finish();
+        assert!(s.success(), "an executor failed ({s}):\n{}", o.text());
+    }
+}

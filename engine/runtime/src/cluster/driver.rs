@@ -5,18 +5,30 @@
 //! scheduler runs them elsewhere; its blocks are reported gone so lost map
 //! outputs are recomputed from lineage. Anything it sends after that is
 //! ignored: its connection is shut and its id is never reused.
+//!
+//! Nothing writes to a socket while holding the driver's lock: each executor
+//! has a writer thread fed by a bounded queue, and its writes time out after
+//! the heartbeat timeout. An executor that stops reading is thus lost like a
+//! silent one, and never holds up results or the heartbeat check.
+//!
+//! A stage's lineage goes to an executor once (`Stage`), and its tasks name
+//! it (`Run { stage, .. }`): tasks with equal lineage share a stage id.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::block_server;
-use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor};
+use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, STAGE_CACHE};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
 use crate::listener::{ExecutorEvent, ListenerBus};
+use crate::rdd::{Rdd, RddId};
 use crate::udf::ModuleRegistry;
 
 /// How a driver runs its cluster.
@@ -69,18 +81,83 @@ pub fn find_executor_binary(configured: Option<&std::path::Path>) -> std::io::Re
     })
 }
 
+type StageRdds = BTreeMap<RddId, Rdd>;
+
+/// Lineages the driver has given stage ids to, newest first. Tasks with
+/// equal lineage get the same id, so an executor receives it once.
+#[derive(Default)]
+struct Stages {
+    recent: VecDeque<(StageId, Arc<StageRdds>)>,
+    next: StageId,
+}
+
+/// Lineages remembered for matching new tasks: well above the stages in
+/// flight at once (a batch's output jobs, windows).
+const STAGES_REMEMBERED: usize = 64;
+
+impl Stages {
+    fn id_of(&mut self, rdds: &StageRdds) -> StageId {
+        if let Some((id, _)) = self.recent.iter().find(|(_, r)| **r == *rdds) {
+            return *id;
+        }
+        self.next += 1;
+        self.recent.push_front((self.next, Arc::new(rdds.clone())));
+        self.recent.truncate(STAGES_REMEMBERED);
+        self.next
+    }
+}
+
+/// What the driver has sent to executors (frames written, not queued).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendStats {
+    /// `Stage` frames (lineage registrations).
+    pub stage_frames: u64,
+    /// `Run` frames (tasks).
+    pub run_frames: u64,
+    /// Bytes of every frame written, all kinds.
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    stage_frames: AtomicU64,
+    run_frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> SendStats {
+        SendStats {
+            stage_frames: self.stage_frames.load(Ordering::Relaxed),
+            run_frames: self.run_frames.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Running {
+    stage: StageId,
+    task: Task,
+}
+
 struct Conn {
     addr: String,
     pid: u32,
     slots: u32,
-    writer: TcpStream,
-    running: HashMap<u64, Task>,
+    /// For shutting the connection when the executor is lost.
+    sock: TcpStream,
+    /// To its writer thread; dropping it ends the thread.
+    out: SyncSender<ToExecutor>,
+    writer: Option<JoinHandle<()>>,
+    running: HashMap<u64, Running>,
+    /// The stage lineages it holds, oldest first (mirrors its cache).
+    stages: VecDeque<StageId>,
     last_seen: Instant,
 }
 
 struct State {
     executors: BTreeMap<u64, Conn>,
-    queue: VecDeque<Task>,
+    queue: VecDeque<(StageId, Task)>,
     next_id: u64,
     /// The driver is stopping: executors leaving is expected.
     stopping: bool,
@@ -94,6 +171,8 @@ struct Shared {
     secret: Arc<Vec<u8>>,
     timeout: Duration,
     listeners: ListenerBus,
+    stages: Mutex<Stages>,
+    counters: Counters,
 }
 
 /// `local-cluster[N]` and remote executors.
@@ -104,36 +183,82 @@ pub struct ClusterBackend {
     children: Mutex<Vec<Child>>,
 }
 
+/// Why a message could not be queued for an executor.
+#[derive(Debug, thiserror::Error)]
+enum QueueError {
+    #[error("its send queue is full (it is not reading)")]
+    Full,
+    #[error("its connection is closed")]
+    Closed,
+}
+
+/// Frames queued for one executor beyond its task slots (module answers,
+/// lineage, shutdown). Bounded, since `slots` comes from the peer.
+fn queue_bound(slots: u32) -> usize {
+    64 + 2 * slots.min(1024) as usize
+}
+
+impl Conn {
+    fn send(&self, msg: ToExecutor) -> Result<(), QueueError> {
+        self.out.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => QueueError::Full,
+            TrySendError::Disconnected(_) => QueueError::Closed,
+        })
+    }
+
+    /// Queues task `task` of stage `stage`, with the stage's lineage first
+    /// unless the executor holds it.
+    fn send_task(&mut self, stage: StageId, task: &Task) -> Result<(), QueueError> {
+        if !self.stages.contains(&stage) {
+            self.send(ToExecutor::Stage { stage, rdds: task.rdds.clone() })?;
+            self.stages.push_back(stage);
+            while self.stages.len() > STAGE_CACHE {
+                self.stages.pop_front();
+            }
+        }
+        let bare = Task {
+            id: task.id,
+            attempt: task.attempt,
+            batch_time: task.batch_time,
+            rdds: BTreeMap::new(),
+            partition: task.partition,
+            kind: task.kind.clone(),
+            locations: task.locations.clone(),
+        };
+        self.send(ToExecutor::Run { stage, task: Box::new(bare) })
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends queued tasks to executors with free slots (least loaded first).
+    /// Queues tasks for executors with free slots (least loaded first). Only
+    /// queues: the executors' writer threads do the writing.
     fn dispatch(&self, st: &mut State) {
-        let mut failed = Vec::new();
-        while let Some(task) = st.queue.front() {
+        loop {
+            let Some((stage, task)) = st.queue.pop_front() else { return };
             let pick = st
                 .executors
                 .iter()
                 .filter(|(_, c)| (c.running.len() as u32) < c.slots)
                 .min_by_key(|(id, c)| (c.running.len(), **id))
                 .map(|(id, _)| *id);
-            let Some(id) = pick else { break };
-            let task = task.clone();
-            let Some(conn) = st.executors.get_mut(&id) else { break };
-            let ok = true;
-            if ok && protocol::write_frame(&mut conn.writer, &ToExecutor::Run(Box::new(task.clone()))).is_ok() {
-                conn.running.insert(task.id, task);
-                st.queue.pop_front();
-            } else {
-                failed.push(id);
-                break;
+            let Some(id) = pick else {
+                st.queue.push_front((stage, task));
+                return;
+            };
+            let Some(conn) = st.executors.get_mut(&id) else { return };
+            match conn.send_task(stage, &task) {
+                Ok(()) => {
+                    conn.running.insert(task.id, Running { stage, task });
+                }
+                Err(e) => {
+                    st.queue.push_front((stage, task));
+                    self.lose(st, id, &format!("cannot send to it: {e}"));
+                }
             }
-        }
-        for id in failed {
-            self.lose(st, id, "cannot send to it");
-            self.dispatch(st);
         }
     }
 
@@ -141,7 +266,8 @@ impl Shared {
     /// reported gone, and nothing it sends from now on is heard.
     fn lose(&self, st: &mut State, id: u64, reason: &str) {
         let Some(conn) = st.executors.remove(&id) else { return };
-        let _ = conn.writer.shutdown(std::net::Shutdown::Both);
+        // Also wakes its writer thread if it is blocked writing.
+        let _ = conn.sock.shutdown(std::net::Shutdown::Both);
         if st.stopping {
             return;
         }
@@ -153,7 +279,8 @@ impl Shared {
         );
         let _ =
             self.events.send(BackendEvent::ExecutorLost { executor: conn.addr.clone(), reason: reason.to_string() });
-        for (_, t) in conn.running {
+        for (_, r) in conn.running {
+            let t = r.task;
             let _ = self.events.send(BackendEvent::Task(TaskResult {
                 task_id: t.id,
                 attempt: t.attempt,
@@ -163,6 +290,56 @@ impl Shared {
                 micros: 0,
                 executor: String::new(),
             }));
+        }
+    }
+
+    /// Loses executor `id` (unless it is gone already) and gives its tasks
+    /// to the others.
+    fn lose_and_dispatch(&self, id: u64, reason: &str) {
+        let mut st = self.lock();
+        self.lose(&mut st, id, reason);
+        self.dispatch(&mut st);
+    }
+}
+
+/// Writes what is queued for executor `id`, outside the driver's lock; a
+/// write that fails or makes no progress for the heartbeat timeout loses the
+/// executor. Ends when the queue's sender is dropped (the executor was
+/// removed) or after a failed write.
+fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<ToExecutor>) {
+    let timeout = shared.timeout.max(Duration::from_millis(1));
+    if let Err(e) = sock.set_write_timeout(Some(timeout)) {
+        shared.lose_and_dispatch(id, &format!("cannot set a write timeout on its connection ({e})"));
+        return;
+    }
+    for msg in rx {
+        let (stage, run) = match &msg {
+            ToExecutor::Stage { .. } => (1, 0),
+            ToExecutor::Run { .. } => (0, 1),
+            _ => (0, 0),
+        };
+        let written = protocol::encode_frame(&msg).and_then(|frame| {
+            drop(msg);
+            sock.write_all(&frame)?;
+            sock.flush()?;
+            Ok(frame.len() as u64)
+        });
+        match written {
+            Ok(n) => {
+                let c = &shared.counters;
+                c.stage_frames.fetch_add(stage, Ordering::Relaxed);
+                c.run_frames.fetch_add(run, Ordering::Relaxed);
+                c.bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let why = if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    format!("it accepted nothing sent to it for {} ms", timeout.as_millis())
+                } else {
+                    format!("cannot send to it ({e})")
+                };
+                shared.lose_and_dispatch(id, &why);
+                return;
+            }
         }
     }
 }
@@ -209,6 +386,8 @@ impl ClusterBackend {
             secret: secret.clone(),
             timeout: cfg.heartbeat_timeout,
             listeners: cfg.listeners.clone(),
+            stages: Mutex::new(Stages::default()),
+            counters: Counters::default(),
         });
         accept_loop(listener, shared.clone());
         monitor(shared.clone());
@@ -244,6 +423,11 @@ impl ClusterBackend {
         Ok((ClusterBackend { shared, blocks, block_addr, children: Mutex::new(children) }, rx))
     }
 
+    /// Frames and bytes written to executors so far.
+    pub fn send_stats(&self) -> SendStats {
+        self.shared.counters.snapshot()
+    }
+
     /// Pids of the executor processes this driver started.
     pub fn executor_pids(&self) -> Vec<u32> {
         self.children.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|c| c.id()).collect()
@@ -275,18 +459,32 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     }
                 };
                 let Role::Executor { slots, block_addr, pid } = role else { return };
-                let Ok(writer) = conn.try_clone() else { return };
+                let (Ok(sock), Ok(wsock)) = (conn.try_clone(), conn.try_clone()) else { return };
                 let _ = conn.set_read_timeout(None);
+                let slots = slots.max(1);
+                let (out, rx) = std::sync::mpsc::sync_channel(queue_bound(slots));
                 {
                     let mut st = shared.lock();
+                    let w = shared.clone();
+                    let writer = std::thread::Builder::new()
+                        .name("weir-executor-send".into())
+                        .spawn(move || writer_loop(w, id, wsock, rx));
+                    let Ok(writer) = writer else {
+                        tracing::warn!("cannot start a writer thread for executor {id} (pid {pid}); closing it");
+                        let _ = sock.shutdown(std::net::Shutdown::Both);
+                        return;
+                    };
                     st.executors.insert(
                         id,
                         Conn {
                             addr: block_addr.clone(),
                             pid,
-                            slots: slots.max(1),
-                            writer,
+                            slots,
+                            sock,
+                            out,
+                            writer: Some(writer),
                             running: HashMap::new(),
+                            stages: VecDeque::new(),
                             last_seen: Instant::now(),
                         },
                     );
@@ -311,8 +509,26 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                                 }
                                 None => ToExecutor::NoModule { hash },
                             };
-                            if protocol::write_frame(&mut c.writer, &msg).is_err() {
-                                shared.lose(&mut st, id, "cannot send to it");
+                            if let Err(e) = c.send(msg) {
+                                shared.lose(&mut st, id, &format!("cannot send to it: {e}"));
+                                shared.dispatch(&mut st);
+                                return;
+                            }
+                        }
+                        Ok(FromExecutor::UnknownStage { stage, task_id }) => {
+                            c.last_seen = Instant::now();
+                            // It evicted (or never got) the lineage: forget that it
+                            // holds it, so the task goes again with its lineage.
+                            c.stages.retain(|s| *s != stage);
+                            let again = match c.running.get(&task_id) {
+                                Some(r) if r.stage == stage => {
+                                    let task = r.task.clone();
+                                    c.send_task(stage, &task)
+                                }
+                                _ => Ok(()), // no longer its task: nothing to resend
+                            };
+                            if let Err(e) = again {
+                                shared.lose(&mut st, id, &format!("cannot send to it: {e}"));
                                 shared.dispatch(&mut st);
                                 return;
                             }
@@ -353,8 +569,10 @@ fn monitor(shared: Arc<Shared>) {
 
 impl ExecutorBackend for ClusterBackend {
     fn submit(&self, task: Task) {
+        // Matched outside the global lock: comparing lineage takes time.
+        let stage = self.shared.stages.lock().unwrap_or_else(|p| p.into_inner()).id_of(&task.rdds);
         let mut st = self.shared.lock();
-        st.queue.push_back(task);
+        st.queue.push_back((stage, task));
         self.shared.dispatch(&mut st);
     }
     fn block_address(&self) -> Option<String> {
@@ -370,16 +588,213 @@ impl ExecutorBackend for ClusterBackend {
 
 impl Drop for ClusterBackend {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        st.stopping = true;
-        for (_, c) in st.executors.iter_mut() {
-            let _ = protocol::write_frame(&mut c.writer, &ToExecutor::Shutdown);
+        let conns = {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            std::mem::take(&mut st.executors)
+        };
+        // Queued after what each executor has been sent; dropping the conns
+        // closes the queues, so the writers end once they have written them.
+        let mut writers = Vec::new();
+        for (_, mut c) in conns {
+            let _ = c.send(ToExecutor::Shutdown);
+            writers.extend(c.writer.take());
         }
-        drop(st);
+        // A writer stuck on an executor that does not read gives up after
+        // its write timeout; do not wait longer than that for the rest.
+        let deadline = Instant::now() + self.shared.timeout.min(Duration::from_secs(2));
+        while writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         for c in self.children.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             // Executors exit when their driver goes; make sure of it.
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{TaskKind, TaskOutput};
+    use crate::rdd::RddOp;
+    use crate::udf::UdfRuntime;
+
+    fn lineage(time: i64, label_bytes: usize) -> StageRdds {
+        let id = RddId { time, node: 1 };
+        let rdd =
+            Rdd { id, partitions: 64, op: RddOp::Input { source: 0 }, persist: false, label: "x".repeat(label_bytes) };
+        BTreeMap::from([(id, rdd)])
+    }
+
+    fn task(id: u64, rdds: &StageRdds) -> Task {
+        let rdd = *rdds.keys().next().unwrap();
+        Task {
+            id,
+            attempt: 0,
+            batch_time: rdd.time,
+            rdds: rdds.clone(),
+            partition: id as u32,
+            kind: TaskKind::Result { rdd },
+            locations: vec![],
+        }
+    }
+
+    /// What the fake executor saw: lineages registered, tasks run (with
+    /// the lineage each named).
+    #[derive(Default)]
+    struct Seen {
+        stages: Vec<(StageId, StageRdds)>,
+        runs: Vec<(StageId, u64)>,
+    }
+
+    /// A fake executor with 4 slots: answers every task at once, except the
+    /// first task of `forget` (it claims not to hold that stage, once).
+    fn fake_executor(addr: String, secret: Vec<u8>, forget: StageId) -> std::thread::JoinHandle<Seen> {
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut conn = loop {
+                match TcpStream::connect(&addr) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let role = Role::Executor { slots: 4, block_addr: "127.0.0.1:1".into(), pid: 1 };
+            protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap();
+            let mut seen = Seen::default();
+            let mut forgot = false;
+            loop {
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Stage { stage, rdds }) => seen.stages.push((stage, rdds)),
+                    Ok(ToExecutor::Run { stage, task }) => {
+                        assert!(task.rdds.is_empty(), "a task carried its lineage");
+                        let reply = if stage == forget && !forgot {
+                            forgot = true;
+                            FromExecutor::UnknownStage { stage, task_id: task.id }
+                        } else {
+                            seen.runs.push((stage, task.id));
+                            FromExecutor::Result(Box::new(TaskResult {
+                                task_id: task.id,
+                                attempt: task.attempt,
+                                outcome: Ok(TaskOutput::MapDone),
+                                blocks: vec![],
+                                udf_calls: 0,
+                                micros: 0,
+                                executor: String::new(),
+                            }))
+                        };
+                        protocol::write_frame(&mut conn, &reply).unwrap();
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => return seen,
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    fn start(addr: String, secret: Vec<u8>) -> (ClusterBackend, Receiver<BackendEvent>) {
+        let cfg = ClusterConfig {
+            local_executors: 0,
+            cores: 1,
+            listen: Some(addr),
+            wait_for: 1,
+            secret: Some(secret),
+            heartbeat_timeout: Duration::from_secs(30),
+            executor_binary: None,
+            listeners: Default::default(),
+        };
+        let registry = Arc::new(ModuleRegistry::new(UdfRuntime::new().unwrap(), Default::default()));
+        ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap()
+    }
+
+    fn free_addr() -> String {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        format!("127.0.0.1:{port}")
+    }
+
+    /// What the driver wrote, once it has stopped: a writer counts a frame
+    /// after writing it, which may be after the executor has answered.
+    fn final_stats(backend: ClusterBackend) -> SendStats {
+        let shared = backend.shared.clone();
+        drop(backend); // waits for the writers to finish
+        shared.counters.snapshot()
+    }
+
+    /// Waits for `n` successful task results.
+    fn await_results(events: &Receiver<BackendEvent>, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for done in 0..n {
+            match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(BackendEvent::Task(r)) => assert!(r.outcome.is_ok(), "{:?}", r.outcome),
+                Ok(e) => panic!("unexpected {e:?}"),
+                Err(e) => panic!("only {done} of {n} results: {e}"),
+            }
+        }
+    }
+
+    /// Once an executor has been sent more stages than it keeps, the oldest
+    /// one's lineage goes again with its next task (the driver mirrors the
+    /// executor's cache); a stage it still holds does not.
+    #[test]
+    fn an_evicted_stages_lineage_is_sent_again() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let exec = fake_executor(addr.clone(), secret.clone(), 0);
+        let (backend, events) = start(addr, secret);
+        let lineages: Vec<StageRdds> = (1..=STAGE_CACHE as i64 + 1).map(|t| lineage(t * 1000, 10)).collect();
+        let mut next = 0;
+        let mut run = |rdds: &StageRdds| {
+            next += 1;
+            backend.submit(task(next, rdds));
+            await_results(&events, 1);
+        };
+        for l in &lineages {
+            run(l); // stages 1..=17: the 17th evicts stage 1
+        }
+        run(&lineages[STAGE_CACHE]); // held: no lineage
+        run(&lineages[0]); // evicted: lineage again (evicting stage 2)
+        run(&lineages[2]); // still held
+        let stats = final_stats(backend);
+        let seen = exec.join().unwrap();
+        let mut want: Vec<StageId> = (1..=STAGE_CACHE as u64 + 1).collect();
+        want.push(1);
+        assert_eq!(seen.stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), want);
+        assert!(seen.stages.last().is_some_and(|(_, r)| *r == lineages[0]), "wrong lineage re-sent");
+        assert_eq!((stats.stage_frames, stats.run_frames), (STAGE_CACHE as u64 + 2, STAGE_CACHE as u64 + 4));
+    }
+
+    /// Many tasks of two stages: each stage's lineage is sent once (plus
+    /// once more when the executor says it lacks it), tasks never carry it.
+    #[test]
+    fn a_stages_lineage_goes_to_an_executor_once() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        // Stage ids are given in submission order from 1: forget stage 2's.
+        let exec = fake_executor(addr.clone(), secret.clone(), 2);
+        let (backend, events) = start(addr, secret);
+        let (a, b) = (lineage(1000, 100_000), lineage(2000, 50_000));
+        let mut want = Vec::new();
+        for i in 0..60u64 {
+            let (stage, rdds) = if i % 3 == 2 { (2, &b) } else { (1, &a) };
+            backend.submit(task(i + 1, rdds));
+            want.push((stage, i + 1));
+        }
+        await_results(&events, 60);
+        let stats = final_stats(backend);
+        let mut seen = exec.join().unwrap();
+        assert_eq!(seen.stages.len(), 3, "stage 1 once, stage 2 twice (once more after it was forgotten)");
+        assert_eq!(seen.stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 2]);
+        assert!(seen.stages[0].1 == a && seen.stages[1].1 == b && seen.stages[2].1 == b, "wrong lineage sent");
+        seen.runs.sort_by_key(|(_, t)| *t);
+        assert_eq!(seen.runs, want, "every task ran once, naming its stage");
+        assert_eq!(stats.stage_frames, 3);
+        assert_eq!(stats.run_frames, 61, "60 tasks and the one re-sent");
+        // Far less than 60 tasks' worth of lineage (~5 MB) went over the wire.
+        assert!(stats.bytes < 400_000, "{stats:?}");
     }
 }

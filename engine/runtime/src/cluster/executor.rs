@@ -1,6 +1,7 @@
 //! `weir executor --driver HOST:PORT`: an executor process. It proves it
 //! knows the cluster secret, serves its block store to peers, receives
-//! tasks, fetches the UDF modules it lacks from the driver by hash (checking
+//! stage lineages (keeping the last `STAGE_CACHE`) and tasks that name them,
+//! fetches the UDF modules it lacks from the driver by hash (checking
 //! each one's SHA-256, compiling it once), runs tasks on `cores`
 //! threads with a fresh instance per module per task, and sends results and
 //! heartbeats. It exits when its driver goes away.
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::block_server;
-use super::protocol::{self, Admission, FromExecutor, Role, ToExecutor, PROTOCOL_VERSION};
+use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
 use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
@@ -87,6 +88,8 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
     let mut waiting: Vec<Task> = Vec::new();
     let mut asked: std::collections::HashSet<ModuleHash> = Default::default();
     let mut unavailable: std::collections::HashSet<ModuleHash> = Default::default();
+    // Stage lineages, oldest first (the driver mirrors this bound and order).
+    let mut stages: std::collections::VecDeque<(StageId, Arc<StageRdds>)> = Default::default();
     loop {
         match protocol::read_frame::<ToExecutor>(&mut conn) {
             Ok(ToExecutor::Module { name, hash, bytes }) => match registry.insert_bytes(&name, &bytes) {
@@ -104,7 +107,25 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
                 tracing::error!("the driver has no module with sha256 {hash}");
                 unavailable.insert(hash);
             }
-            Ok(ToExecutor::Run(task)) => {
+            Ok(ToExecutor::Stage { stage, rdds }) => {
+                stages.retain(|(s, _)| *s != stage);
+                stages.push_back((stage, Arc::new(rdds)));
+                while stages.len() > STAGE_CACHE {
+                    stages.pop_front();
+                }
+            }
+            Ok(ToExecutor::Run { stage, mut task }) => {
+                let Some((_, rdds)) = stages.iter().find(|(s, _)| *s == stage) else {
+                    // Never guess a lineage: the driver sends it and the task again.
+                    tracing::debug!("task {} names stage {stage}, which this executor does not hold", task.id);
+                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let msg = FromExecutor::UnknownStage { stage, task_id: task.id };
+                    if protocol::write_frame(&mut *w, &msg).is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                };
+                task.rdds = (**rdds).clone();
                 for h in task.modules() {
                     if registry.get(&h).is_none() && asked.insert(h) {
                         let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,6 +150,8 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
         }
     }
 }
+
+type StageRdds = std::collections::BTreeMap<crate::rdd::RddId, crate::rdd::Rdd>;
 
 /// Protocol version this build speaks (for `weir executor`).
 pub const VERSION: u32 = PROTOCOL_VERSION;

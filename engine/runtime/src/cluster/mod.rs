@@ -9,7 +9,7 @@ pub mod driver;
 pub mod executor;
 pub mod protocol;
 
-pub use driver::{find_executor_binary, ClusterBackend, ClusterConfig};
+pub use driver::{find_executor_binary, ClusterBackend, ClusterConfig, SendStats};
 
 /// The cluster secret from `WEIR_SECRET` or a file.
 pub fn secret_from(file: Option<&std::path::Path>) -> std::io::Result<Option<Vec<u8>>> {

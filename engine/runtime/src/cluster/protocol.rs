@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 1 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 2 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -7,6 +7,7 @@
 //! server answers [`Admission::Welcome`] or [`Admission::Refused`] (and closes). After that, frames
 //! are `u32le length | bincode(message)`.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -14,10 +15,12 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::executor::{Task, TaskResult};
-use crate::rdd::BlockId;
+use crate::rdd::{BlockId, Rdd, RddId};
 use crate::udf::{ModuleHash, UdfLimits};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: a stage's lineage is registered once per executor
+/// (`Stage`), and `Run` names it instead of carrying it.
+pub const PROTOCOL_VERSION: u32 = 2;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted (a task with its lineage, a block, a module).
 pub const MAX_FRAME: usize = 1 << 30;
@@ -52,6 +55,14 @@ pub enum Admission {
     Refused { reason: String },
 }
 
+/// A stage lineage's id on one driver (never reused for other lineage).
+pub type StageId = u64;
+
+/// Stage lineages an executor keeps, oldest evicted first. The driver
+/// mirrors each executor's cache with the same bound, so it re-sends a
+/// lineage exactly when the executor has evicted it.
+pub const STAGE_CACHE: usize = 16;
+
 /// Driver -> executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToExecutor {
@@ -66,7 +77,18 @@ pub enum ToExecutor {
     NoModule {
         hash: ModuleHash,
     },
-    Run(Box<Task>),
+    /// Registers the lineage (the RDDs, see `Lineage::stage_closure`) of
+    /// stage `stage`, which the `Run`s that follow name.
+    Stage {
+        stage: StageId,
+        rdds: BTreeMap<RddId, Rdd>,
+    },
+    /// A task of stage `stage`; its `rdds` are empty on the wire and are the
+    /// stage's registered lineage.
+    Run {
+        stage: StageId,
+        task: Box<Task>,
+    },
     Shutdown,
 }
 
@@ -78,6 +100,13 @@ pub enum FromExecutor {
     /// A task needs a module this executor does not have.
     NeedModule {
         hash: ModuleHash,
+    },
+    /// Task `task_id` named a stage whose lineage this executor does not
+    /// hold (evicted, or never registered); it did not run. The driver sends
+    /// the lineage and the task again.
+    UnknownStage {
+        stage: StageId,
+        task_id: u64,
     },
 }
 
@@ -121,13 +150,25 @@ pub fn random_bytes() -> std::io::Result<[u8; 32]> {
     Ok(b)
 }
 
-pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> std::io::Result<()> {
+/// A message as one frame: `u32le length | bincode(message)`.
+pub fn encode_frame<T: Serialize>(msg: &T) -> std::io::Result<Vec<u8>> {
     let bytes = bincode::serde::encode_to_vec(msg, bincode::config::standard())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+    if bytes.len() > MAX_FRAME {
+        // The peer would refuse it: fail here, saying why.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {} bytes is over the {MAX_FRAME}-byte limit", bytes.len()),
+        ));
+    }
     let mut buf = Vec::with_capacity(4 + bytes.len());
     buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     buf.extend_from_slice(&bytes);
-    w.write_all(&buf)?;
+    Ok(buf)
+}
+
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> std::io::Result<()> {
+    w.write_all(&encode_frame(msg)?)?;
     w.flush()
 }
 

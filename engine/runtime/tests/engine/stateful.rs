@@ -258,7 +258,14 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
     std::fs::write(&path, job).unwrap();
     let runtime = weir::udf::UdfRuntime::new().unwrap();
     let job = weir::job::load(&path, runtime).unwrap();
-    let report = job.context.run(RunOptions { max_batches: Some(5), ..opts(&tmp.path().join("checkpoint")) }).unwrap();
+    let report = job
+        .context
+        .run({
+            let mut o = opts(&tmp.path().join("checkpoint"));
+            o.max_batches = Some(5);
+            o
+        })
+        .unwrap();
     assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
     let dir = tmp.path().join("out");
     // As through the API: one record per value, in order within a key;
