@@ -152,3 +152,73 @@ fn logical_clock_idles_when_a_receiver_has_nothing() {
     assert!(batches < 60, "{batches} empty batches in 2 s: the logical clock spins");
     assert!(batches >= 2, "the driver kept running batches ({batches})");
 }
+
+/// A runaway function under the default limits of a 1 s job: its batch fails
+/// with the function named and "ran out of fuel" at the interval-scaled
+/// budget, once (not retried), and the next batches run.
+#[test]
+fn a_runaway_udf_under_default_limits_fails_its_batch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "[\"a\"]\n[\"b\"]\n[\"c\"]\n").unwrap();
+    let job = format!(
+        "batch_interval = \"1s\"\nclock = \"logical\"\n[modules]\nloop = \"{}\"\n\
+         [sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
+         [streams]\nspun = \"lines.filter(loop.spin_on_b)\"\n\
+         [[outputs]]\nstream = \"spun\"\ntype = \"save_as_text_files\"\nprefix = \"out/spun\"\n",
+        spin_module(dir.path()).display()
+    );
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, job).unwrap();
+    let out = run(weir().arg("run").arg(&path));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let failed: Vec<&str> = err.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "only the batch with \"b\" fails: {err}");
+    assert!(failed[0].starts_with("batch 2000 ms"), "{err}");
+    assert!(failed[0].contains("export \"filter:spin_on_b\""), "the line names the function: {err}");
+    assert!(failed[0].contains("ran out of fuel (10000000000 units per call)"), "{err}");
+    assert!(failed[0].contains("failed 1 time(s)"), "running out of fuel is not retried: {err}");
+    let outs = read_outputs(&dir.path().join("out"), "spun");
+    assert_eq!(outs.keys().copied().collect::<Vec<_>>(), vec![1000, 3000], "{err}");
+}
+
+/// A filter that loops for ever on the record "b" and keeps everything else.
+fn spin_module(dir: &Path) -> std::path::PathBuf {
+    // Records are encoded strings (tag 0x05, u32 length, bytes); the batch
+    // is u32 count then records. The output of a filter is u32 count then
+    // one bool per record (0x02: true). "b" is [5,1,0,0,0,98]. The result
+    // packs (length << 32) | pointer (docs/udf-abi.md §3).
+    let wat = r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $len)))
+    (local.get $p))
+  (func (export "filter:spin_on_b") (param $ptr i32) (param $len i32) (result i64)
+    (local $n i32) (local $i i32) (local $at i32) (local $slen i32) (local $out i32)
+    (local.set $n (i32.load (local.get $ptr)))
+    (local.set $at (i32.add (local.get $ptr) (i32.const 4)))
+    (local.set $out (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $n) (i32.const 4))))
+    (i32.store (local.get $out) (local.get $n))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+        (local.set $slen (i32.load (i32.add (local.get $at) (i32.const 1))))
+        (if (i32.and (i32.eq (local.get $slen) (i32.const 1))
+                     (i32.eq (i32.load8_u (i32.add (local.get $at) (i32.const 5))) (i32.const 98)))
+          (then (loop $forever (br $forever))))
+        (i32.store8 (i32.add (i32.add (local.get $out) (i32.const 4)) (local.get $i)) (i32.const 2))
+        (local.set $at (i32.add (local.get $at) (i32.add (local.get $slen) (i32.const 5))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (i64.or (i64.shl (i64.extend_i32_u (i32.add (local.get $n) (i32.const 4))) (i64.const 32))
+            (i64.extend_i32_u (local.get $out)))))
+"#;
+    let path = dir.join("spin.wat");
+    std::fs::write(&path, wat).unwrap();
+    path
+}

@@ -36,7 +36,7 @@ use toml::Spanned;
 use crate::dstream::{DStream, ModuleHandle, StreamingContext, Udf};
 use crate::scheduler::Clock;
 use crate::source::SourceSpec;
-use crate::udf::{ModuleRegistry, UdfLimits, UdfRuntime};
+use crate::udf::{ModuleRegistry, UdfLimits, UdfLimitsOverrides, UdfRuntime};
 use crate::EngineError;
 use weir_plan::ops::{self, ArgShape, Op, ParamKind};
 
@@ -58,7 +58,7 @@ struct JobFile {
     #[serde(default)]
     clock: Option<Spanned<String>>,
     #[serde(default)]
-    limits: Option<UdfLimits>,
+    limits: Option<UdfLimitsOverrides>,
     #[serde(default)]
     modules: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -147,7 +147,8 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
             }
         }),
     };
-    let registry = std::sync::Arc::new(ModuleRegistry::new(runtime, file.limits.unwrap_or_default()));
+    let limits = file.limits.unwrap_or_default().apply(UdfLimits::for_batch_interval(interval.as_millis() as i64));
+    let registry = std::sync::Arc::new(ModuleRegistry::new(runtime, limits));
     let mut ssc = StreamingContext::with_registry(interval, registry);
     ssc.set_base_dir(&base);
     ssc.set_identity(&path.display().to_string(), &hash);

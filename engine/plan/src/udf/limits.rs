@@ -22,6 +22,27 @@ pub struct UdfLimits {
     pub log_lines_per_call: u32,
 }
 
+/// Fuel per second of batch interval in the interval-relative defaults: about
+/// what compiled WebAssembly burns in a second on a current core (5·10^10
+/// units ran out in about 23 s here), times five.
+const FUEL_PER_INTERVAL_SECOND: u64 = 10_000_000_000;
+
+impl UdfLimits {
+    /// Defaults scaled to a job's batch interval: a call may take about five
+    /// intervals of CPU (fuel; at least 10^10 units) and ten of wall clock
+    /// (the watchdog; at least 10 s), so a runaway function stops the stream
+    /// for seconds, not minutes. Running out of fuel is deterministic and
+    /// not retried; the watchdog's deadline is retried.
+    pub fn for_batch_interval(interval_ms: i64) -> Self {
+        let ms = interval_ms.clamp(1, 3_600_000) as u64;
+        UdfLimits {
+            fuel_per_call: (FUEL_PER_INTERVAL_SECOND.saturating_mul(ms) / 1000).max(FUEL_PER_INTERVAL_SECOND),
+            deadline_ms: ms.saturating_mul(10).max(10_000),
+            ..UdfLimits::default()
+        }
+    }
+}
+
 impl Default for UdfLimits {
     fn default() -> Self {
         UdfLimits {
@@ -32,5 +53,51 @@ impl Default for UdfLimits {
             output_bytes: 1 << 30,
             log_lines_per_call: 100,
         }
+    }
+}
+
+/// A job file's `[limits]`: each field given overrides the interval-relative
+/// default ([`UdfLimits::for_batch_interval`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdfLimitsOverrides {
+    pub fuel_per_call: Option<u64>,
+    pub deadline_ms: Option<u64>,
+    pub memory_bytes: Option<usize>,
+    pub module_bytes: Option<usize>,
+    pub output_bytes: Option<usize>,
+    pub log_lines_per_call: Option<u32>,
+}
+
+impl UdfLimitsOverrides {
+    /// `base` with the fields given here replaced.
+    pub fn apply(&self, base: UdfLimits) -> UdfLimits {
+        UdfLimits {
+            fuel_per_call: self.fuel_per_call.unwrap_or(base.fuel_per_call),
+            deadline_ms: self.deadline_ms.unwrap_or(base.deadline_ms),
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            module_bytes: self.module_bytes.unwrap_or(base.module_bytes),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+            log_lines_per_call: self.log_lines_per_call.unwrap_or(base.log_lines_per_call),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_scale_with_the_batch_interval() {
+        let one_second = UdfLimits::for_batch_interval(1000);
+        assert_eq!((one_second.fuel_per_call, one_second.deadline_ms), (10_000_000_000, 10_000));
+        let ten_seconds = UdfLimits::for_batch_interval(10_000);
+        assert_eq!((ten_seconds.fuel_per_call, ten_seconds.deadline_ms), (100_000_000_000, 100_000));
+        // Short intervals keep a floor; absurd ones do not overflow.
+        assert_eq!(UdfLimits::for_batch_interval(100).deadline_ms, 10_000);
+        assert_eq!(UdfLimits::for_batch_interval(i64::MAX).deadline_ms, 36_000_000);
+        let o = UdfLimitsOverrides { deadline_ms: Some(5), ..Default::default() };
+        assert_eq!(o.apply(one_second).deadline_ms, 5);
+        assert_eq!(o.apply(one_second).fuel_per_call, one_second.fuel_per_call);
     }
 }

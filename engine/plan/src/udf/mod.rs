@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 pub use abi::UdfKind;
 pub use error::{UdfError, UdfErrorKind, UdfSite};
-pub use limits::UdfLimits;
+pub use limits::{UdfLimits, UdfLimitsOverrides};
 
 /// The SHA-256 of a module's bytes: its identity in lineage and checkpoints.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]

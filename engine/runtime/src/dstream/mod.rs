@@ -102,9 +102,10 @@ pub struct DStream {
 }
 
 impl StreamingContext {
-    /// A context with default UDF limits and `parallelism` 2.
+    /// A context with UDF limits scaled to the batch interval
+    /// ([`UdfLimits::for_batch_interval`]) and `parallelism` 2.
     pub fn new(batch_interval: Duration) -> Result<Self, EngineError> {
-        Self::with_limits(batch_interval, UdfLimits::default())
+        Self::with_limits(batch_interval, UdfLimits::for_batch_interval(batch_interval.as_millis() as i64))
     }
 
     pub fn with_limits(batch_interval: Duration, limits: UdfLimits) -> Result<Self, EngineError> {

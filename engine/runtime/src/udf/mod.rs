@@ -26,7 +26,7 @@ use wasmtime::{
 
 pub use abi::UdfKind;
 pub use error::{UdfError, UdfErrorKind, UdfSite};
-pub use limits::UdfLimits;
+pub use limits::{UdfLimits, UdfLimitsOverrides};
 
 /// How often the epoch ticks: the resolution of the wall-clock watchdog.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
