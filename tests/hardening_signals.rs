@@ -176,7 +176,7 @@ fn a_runaway_udf_under_default_limits_fails_its_batch_once() {
     assert_eq!(failed.len(), 1, "only the batch with \"b\" fails: {err}");
     assert!(failed[0].starts_with("batch 2000 ms"), "{err}");
     assert!(failed[0].contains("export \"filter:spin_on_b\""), "the line names the function: {err}");
-    assert!(failed[0].contains("ran out of fuel (10000000000 units per call)"), "{err}");
+    assert!(failed[0].contains("ran out of fuel (5000000000 units per call)"), "{err}");
     assert!(failed[0].contains("failed 1 time(s)"), "running out of fuel is not retried: {err}");
     let outs = read_outputs(&dir.path().join("out"), "spun");
     assert_eq!(outs.keys().copied().collect::<Vec<_>>(), vec![1000, 3000], "{err}");

@@ -22,22 +22,23 @@ pub struct UdfLimits {
     pub log_lines_per_call: u32,
 }
 
-/// Fuel per second of batch interval in the interval-relative defaults: about
-/// what compiled WebAssembly burns in a second on a current core (5·10^10
-/// units ran out in about 23 s here), times five.
-const FUEL_PER_INTERVAL_SECOND: u64 = 10_000_000_000;
+/// Fuel per second of batch interval in the interval-relative defaults:
+/// about two seconds of what compiled WebAssembly burns on a current core
+/// (5·10^10 units ran out in about 23 s here).
+const FUEL_PER_INTERVAL_SECOND: u64 = 5_000_000_000;
 
 impl UdfLimits {
-    /// Defaults scaled to a job's batch interval: a call may take about five
-    /// intervals of CPU (fuel; at least 10^10 units) and ten of wall clock
-    /// (the watchdog; at least 10 s), so a runaway function stops the stream
-    /// for seconds, not minutes. Running out of fuel is deterministic and
-    /// not retried; the watchdog's deadline is retried.
+    /// Defaults scaled to a job's batch interval: a call may take about two
+    /// intervals of CPU (fuel; at least 5·10^9 units), so a runaway function
+    /// stops the stream for seconds, not minutes (running out of fuel is
+    /// deterministic and not retried). The wall-clock watchdog (30
+    /// intervals, at least 30 s) stays far above what the fuel allows even
+    /// on a loaded machine: it is retried, and must not beat the fuel.
     pub fn for_batch_interval(interval_ms: i64) -> Self {
         let ms = interval_ms.clamp(1, 3_600_000) as u64;
         UdfLimits {
             fuel_per_call: (FUEL_PER_INTERVAL_SECOND.saturating_mul(ms) / 1000).max(FUEL_PER_INTERVAL_SECOND),
-            deadline_ms: ms.saturating_mul(10).max(10_000),
+            deadline_ms: ms.saturating_mul(30).max(30_000),
             ..UdfLimits::default()
         }
     }
@@ -90,12 +91,13 @@ mod tests {
     #[test]
     fn defaults_scale_with_the_batch_interval() {
         let one_second = UdfLimits::for_batch_interval(1000);
-        assert_eq!((one_second.fuel_per_call, one_second.deadline_ms), (10_000_000_000, 10_000));
+        assert_eq!((one_second.fuel_per_call, one_second.deadline_ms), (5_000_000_000, 30_000));
         let ten_seconds = UdfLimits::for_batch_interval(10_000);
-        assert_eq!((ten_seconds.fuel_per_call, ten_seconds.deadline_ms), (100_000_000_000, 100_000));
+        assert_eq!((ten_seconds.fuel_per_call, ten_seconds.deadline_ms), (50_000_000_000, 300_000));
         // Short intervals keep a floor; absurd ones do not overflow.
-        assert_eq!(UdfLimits::for_batch_interval(100).deadline_ms, 10_000);
-        assert_eq!(UdfLimits::for_batch_interval(i64::MAX).deadline_ms, 36_000_000);
+        assert_eq!(UdfLimits::for_batch_interval(100).deadline_ms, 30_000);
+        assert_eq!(UdfLimits::for_batch_interval(100).fuel_per_call, 5_000_000_000);
+        assert_eq!(UdfLimits::for_batch_interval(i64::MAX).deadline_ms, 108_000_000);
         let o = UdfLimitsOverrides { deadline_ms: Some(5), ..Default::default() };
         assert_eq!(o.apply(one_second).deadline_ms, 5);
         assert_eq!(o.apply(one_second).fuel_per_call, one_second.fuel_per_call);
