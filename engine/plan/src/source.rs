@@ -24,7 +24,7 @@ pub enum SourceSpec {
         new_files_only: bool,
         /// What to do with a line that is not valid UTF-8.
         #[serde(default)]
-        on_invalid_utf8: InvalidUtf8,
+        on_invalid_utf8: InvalidUtf8Policy,
     },
     Batches {
         path: PathBuf,
@@ -59,7 +59,7 @@ pub enum SourceSpec {
 /// What a text source does with a line that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum InvalidUtf8 {
+pub enum InvalidUtf8Policy {
     /// Invalid sequences become U+FFFD (a warning per file says how many lines).
     #[default]
     Replace,

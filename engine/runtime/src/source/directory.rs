@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use super::{InputDescriptor, Source, SourceCursor, SourceError};
 use crate::listener::{ListenerBus, ReceiverError};
 use weir_codec::BatchBuilder;
-use weir_plan::source::{FileSpan, InvalidUtf8};
+use weir_plan::source::{FileSpan, InvalidUtf8Policy};
 
 /// How far back, before a batch time, a new file's modification time may be.
 const DIRECTORY_REMEMBER: Duration = Duration::from_secs(60);
@@ -83,7 +83,7 @@ fn read_file(
     path: &Path,
     limit: Option<u64>,
     b: &mut BatchBuilder,
-    policy: InvalidUtf8,
+    policy: InvalidUtf8Policy,
 ) -> Result<ReadOutcome, FileError> {
     let file = File::open(path)?;
     let before = file.metadata()?;
@@ -116,12 +116,12 @@ fn read_file(
             Err(_) => {
                 invalid_lines += 1;
                 match policy {
-                    InvalidUtf8::Replace => {
+                    InvalidUtf8Policy::Replace => {
                         let t = String::from_utf8_lossy(text);
                         b.push_with(|w| w.str(&t));
                     }
-                    InvalidUtf8::Skip => {}
-                    InvalidUtf8::Fail => return Err(FileError::InvalidUtf8 { line: n }),
+                    InvalidUtf8Policy::Skip => {}
+                    InvalidUtf8Policy::Fail => return Err(FileError::InvalidUtf8 { line: n }),
                 }
             }
         }
@@ -138,7 +138,7 @@ fn read_file(
 pub(super) struct DirectorySource {
     dir: PathBuf,
     new_files_only: bool,
-    utf8: InvalidUtf8,
+    utf8: InvalidUtf8Policy,
     /// Files read (the cursor); only names still in the directory are kept.
     seen: BTreeSet<PathBuf>,
     /// Files not read yet, with the batches that tried and failed.
@@ -161,7 +161,7 @@ impl DirectorySource {
     pub(super) fn new(
         dir: PathBuf,
         new_files_only: bool,
-        utf8: InvalidUtf8,
+        utf8: InvalidUtf8Policy,
         bus: ListenerBus,
         index: u32,
     ) -> DirectorySource {
@@ -333,7 +333,7 @@ impl Source for DirectorySource {
                         ));
                     }
                     if r.invalid_lines > 0 {
-                        let what = if self.utf8 == InvalidUtf8::Skip { "skipped" } else { "replaced" };
+                        let what = if self.utf8 == InvalidUtf8Policy::Skip { "skipped" } else { "replaced" };
                         self.warn(format!("{}: {} line(s) of invalid UTF-8 {what}", path.display(), r.invalid_lines));
                     }
                     self.attempts.remove(&path);

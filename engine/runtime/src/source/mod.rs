@@ -28,7 +28,9 @@ use generator::GeneratorSource;
 use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file};
 use socket::SocketSource;
-pub use weir_plan::source::{FileSpan, InputDescriptor, InvalidUtf8, SourceCursor, SourceSpec, WalPosition, WalRange};
+pub use weir_plan::source::{
+    FileSpan, InputDescriptor, InvalidUtf8Policy, SourceCursor, SourceSpec, WalPosition, WalRange,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
