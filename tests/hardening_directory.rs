@@ -213,7 +213,9 @@ fn symlinks_are_followed_and_new_files_only_warns_of_old_files_it_skips() {
     assert_eq!(warnings_naming(&err, "dangling.txt").len(), 1, "{err}");
 }
 
-/// Peak resident memory of a child, from `wait4` (kilobytes on Linux).
+/// Peak resident memory of a child, from `wait4` (kilobytes on Linux),
+/// which also reaps it.
+#[allow(clippy::zombie_processes)]
 fn run_measuring_peak(cmd: &mut std::process::Command) -> (bool, u64, String) {
     let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id() as libc::pid_t;

@@ -246,8 +246,9 @@ impl DirectorySource {
                 continue;
             }
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            // A file being retried keeps its place whatever its age.
-            let age_rule = wall && !(first && !self.new_files_only) && !self.attempts.contains_key(path);
+            // The first listing of a run takes every file unless
+            // `new_files_only`; a file being retried keeps its place.
+            let age_rule = wall && (!first || self.new_files_only) && !self.attempts.contains_key(path);
             if wall && mtime > t {
                 // Modified after the batch time: it belongs to a later batch.
                 continue;
