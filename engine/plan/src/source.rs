@@ -17,6 +17,14 @@ pub enum SourceSpec {
     },
     Directory {
         path: PathBuf,
+        /// Only files that appear after the job starts (Spark's
+        /// `newFilesOnly`). Off by default: the first batch of a run takes
+        /// every file already in the directory, whatever its age.
+        #[serde(default)]
+        new_files_only: bool,
+        /// What to do with a line that is not valid UTF-8.
+        #[serde(default)]
+        on_invalid_utf8: InvalidUtf8Policy,
     },
     Batches {
         path: PathBuf,
@@ -48,6 +56,19 @@ pub enum SourceSpec {
     },
 }
 
+/// What a text source does with a line that is not valid UTF-8.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvalidUtf8Policy {
+    /// Invalid sequences become U+FFFD (a warning per file says how many lines).
+    #[default]
+    Replace,
+    /// The line is dropped (a warning per file says how many).
+    Skip,
+    /// The batch fails with the file and line.
+    Fail,
+}
+
 fn default_lines() -> u64 {
     10_000
 }
@@ -77,6 +98,16 @@ pub enum InputDescriptor {
     Unreplayable,
     /// An embedder's source: its own description of what a batch took.
     Custom(Vec<u8>),
+    /// The files a `directory` batch read, in order, each with the number
+    /// of bytes read from it (a file that grows later reads the same again).
+    FileSpans(Vec<FileSpan>),
+}
+
+/// The first `len` bytes of a file, as a `directory` batch read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpan {
+    pub path: PathBuf,
+    pub len: u64,
 }
 
 /// Where a source resumes after the newest batch recorded in a checkpoint.

@@ -144,6 +144,13 @@ pub fn patch_u32(buf: &mut [u8], at: usize, n: u32) {
     buf[at..at + 4].copy_from_slice(&n.to_le_bytes());
 }
 
+/// A position in a [`BatchBuilder`], from [`BatchBuilder::mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMark {
+    bytes: usize,
+    count: u32,
+}
+
 /// Builds a batch: `u32le(count)` followed by the values.
 #[derive(Default, Clone)]
 pub struct BatchBuilder {
@@ -190,6 +197,18 @@ impl BatchBuilder {
     }
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+    /// Where the builder is now, to [`truncate`](Self::truncate) back to.
+    pub fn mark(&self) -> BatchMark {
+        BatchMark { bytes: self.buf.len(), count: self.count }
+    }
+    /// Drops every record pushed since `m` was taken (e.g. the lines of a
+    /// file whose read failed halfway).
+    pub fn truncate(&mut self, m: BatchMark) {
+        if m.bytes >= 4 && m.bytes <= self.buf.len() && m.count <= self.count {
+            self.buf.truncate(m.bytes);
+            self.count = m.count;
+        }
     }
     pub fn finish(mut self) -> Vec<u8> {
         patch_u32(&mut self.buf, 0, self.count);

@@ -168,11 +168,13 @@ impl StreamingContext {
         self.source(SourceSpec::Socket { host: host.into(), port }, &format!("socket({host}:{port})"))
     }
 
-    /// Lines of new files in a directory.
+    /// Lines of new files in a directory (the first batch takes the files
+    /// already there; invalid UTF-8 is replaced).
     pub fn text_file_stream(&self, dir: impl Into<PathBuf>) -> DStream {
         let path = dir.into();
         let label = format!("directory({})", path.display());
-        self.source(SourceSpec::Directory { path }, &label)
+        let spec = SourceSpec::Directory { path, new_files_only: false, on_invalid_utf8: Default::default() };
+        self.source(spec, &label)
     }
 
     /// A stream from the embedder's own [`Source`] (replayable or

@@ -288,7 +288,7 @@ impl Driver {
             let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
             records_in += n;
             let partitions = match self.source_nodes.get(&(i as u32)) {
-                Some(&node) => self.store_input(time, node, i as u32, &batch).partitions,
+                Some(&node) => self.store_input(time, node, i as u32, batch).partitions,
                 None => 1,
             };
             input_partitions.insert(i as u32, partitions);
@@ -442,7 +442,7 @@ impl Driver {
     }
 
     /// Stores a source's batch as the blocks of its input RDD at `time`.
-    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: &[u8]) -> Rdd {
+    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: Vec<u8>) -> Rdd {
         let parts = split_batch(batch, self.job.graph.parallelism);
         let id = RddId { time, node };
         let rdd = Rdd {
@@ -518,19 +518,62 @@ fn start_executors(
     Ok(dag)
 }
 
-/// Splits an encoded batch into up to `n` contiguous partitions (at least one).
-fn split_batch(batch: &[u8], n: u32) -> Vec<Vec<u8>> {
-    let Ok(recs) = Records::new(batch) else { return vec![weir_codec::BatchBuilder::new().finish()] };
+/// Bytes moved at a time when a batch is split: the batch gives back
+/// its tail as it goes, so splitting needs this much beside the batch, not
+/// a second copy of it.
+const SPLIT_CHUNK: usize = 4 << 20;
+
+/// Splits an encoded batch into `n` contiguous partitions (fewer if it has
+/// fewer records; at least one): `ceil(records / n)` records each, in order,
+/// trailing ones possibly empty. Memory stays about one batch: the last
+/// partitions are moved out of the batch's tail, which is shrunk as it goes
+/// (the allocator returns the pages of a large block), and the first
+/// partition is what is left of the batch itself.
+fn split_batch(mut batch: Vec<u8>, n: u32) -> Vec<Vec<u8>> {
+    let Ok(recs) = Records::new(&batch) else { return vec![weir_codec::BatchBuilder::new().finish()] };
     let total = recs.remaining() as usize;
     let n = (n.max(1) as usize).min(total.max(1));
     let per = total.div_ceil(n).max(1);
-    let mut parts: Vec<weir_codec::BatchBuilder> = (0..n).map(|_| weir_codec::BatchBuilder::new()).collect();
+    // Each partition's first byte and record count; a corrupt tail ends
+    // the records early (as an iteration over it would).
+    let mut starts = vec![None; n];
+    let mut counts = vec![0u32; n];
+    let mut end = 4;
     for (i, r) in recs.enumerate() {
-        if let Ok(r) = r {
-            parts[i / per].push_raw(r);
-        }
+        let Ok(r) = r else { break };
+        let p = i / per;
+        starts[p].get_or_insert(end);
+        counts[p] += 1;
+        end += r.len();
     }
-    parts.into_iter().map(|b| b.finish()).collect()
+    batch.truncate(end);
+    let mut parts = Vec::with_capacity(n);
+    for p in (1..n).rev() {
+        let Some(start) = starts[p] else {
+            parts.push(weir_codec::BatchBuilder::new().finish());
+            continue;
+        };
+        let len = batch.len() - start;
+        // Zeroed memory of a fresh allocation is not touched until written.
+        let mut part = vec![0u8; 4 + len];
+        part[..4].copy_from_slice(&counts[p].to_le_bytes());
+        let mut left = len;
+        while left > 0 {
+            let c = left.min(SPLIT_CHUNK);
+            let from = start + left - c;
+            part[4 + left - c..4 + left].copy_from_slice(&batch[from..from + c]);
+            left -= c;
+            batch.truncate(from);
+            batch.shrink_to_fit();
+        }
+        parts.push(part);
+    }
+    if batch.len() >= 4 {
+        batch[..4].copy_from_slice(&counts[0].to_le_bytes());
+    }
+    parts.push(batch);
+    parts.reverse();
+    parts
 }
 
 /// Refuses to continue a checkpoint of another job or other modules.

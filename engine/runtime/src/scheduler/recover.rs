@@ -103,7 +103,7 @@ impl Driver {
             for (i, rec) in recs.iter().enumerate() {
                 let Some(&node) = self.source_nodes.get(&(i as u32)) else { continue };
                 let batch = self.sources[i].replay(*t, &rec.descriptor)?;
-                let rdd = self.store_input(*t, node, i as u32, &batch);
+                let rdd = self.store_input(*t, node, i as u32, batch);
                 register(&mut self.memo, &mut self.dag.lineage, node, rdd);
             }
         }

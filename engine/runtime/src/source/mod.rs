@@ -3,9 +3,12 @@
 //! * `socket` — a receiver: a thread reads lines from a TCP server and hands
 //!   them to the next batch; it reconnects with backoff and never fails the job.
 //! * `directory` — new text files in a directory (Spark's textFileStream):
-//!   files must appear atomically (write elsewhere, then rename in); each file
-//!   is read once; with the wall clock, only files modified within the remember
-//!   window (60 s) before the batch time count.
+//!   files should appear atomically (write elsewhere, then rename in); each
+//!   file is read once, line by line; the first batch takes the files already
+//!   there (unless `new_files_only`); later, with the wall clock, only files
+//!   modified within the remember window (60 s) before the batch time count.
+//!   Unreadable files, a missing directory and odd entries are skipped with
+//!   a warning, never fatal.
 //! * `batches` — a JSON-lines file, one line per batch (a JSON array of
 //!   records), for tests and replays; finite.
 //! * `generator` — seeded synthetic text, for benchmarks; deterministic per
@@ -17,7 +20,6 @@ mod generator;
 mod queue;
 mod socket;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::listener::ListenerBus;
@@ -26,7 +28,9 @@ use generator::GeneratorSource;
 use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file};
 use socket::SocketSource;
-pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPosition, WalRange};
+pub use weir_plan::source::{
+    FileSpan, InputDescriptor, InvalidUtf8Policy, SourceCursor, SourceSpec, WalPosition, WalRange,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -89,7 +93,13 @@ pub fn open(
         SourceSpec::Socket { host, port } => {
             Box::new(SocketSource::start(host.clone(), *port, wal, listeners.clone())?)
         }
-        SourceSpec::Directory { path } => Box::new(DirectorySource { dir: base.join(path), seen: BTreeSet::new() }),
+        SourceSpec::Directory { path, new_files_only, on_invalid_utf8 } => Box::new(DirectorySource::new(
+            base.join(path),
+            *new_files_only,
+            *on_invalid_utf8,
+            listeners.clone(),
+            wal.as_ref().map_or(0, |(_, i)| *i),
+        )),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
             Box::new(GeneratorSource {

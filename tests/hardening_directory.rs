@@ -1,0 +1,343 @@
+//! Issue 11, "a messy directory is normal": the `directory` source skips
+//! unreadable, vanished and odd files with a warning and goes on, waits for
+//! a missing directory, follows symlinks, takes the files already there in
+//! a fresh job's first batch (so the file example works on a clone of any
+//! age), reads files line by line (peak memory about one copy of the file),
+//! and replays exactly the bytes a batch read.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use weir::codec::Value;
+use weir::dstream::StreamingContext;
+use weir::listener::{ListenerBus, ReceiverError, StreamingListener};
+use weir::scheduler::{AfterBatch, Clock, RunOptions};
+use weir::source::{InvalidUtf8Policy, Source, SourceSpec};
+
+/// A job counting the records of `[sources.lines]` (no UDF needed).
+fn count_job(dir: &Path, source_extra: &str) -> PathBuf {
+    let p = dir.join("job.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "batch_interval = \"1s\"\n[sources.lines]\ntype = \"directory\"\npath = \"in\"\n{source_extra}\n\
+             [streams]\nn = \"lines.count()\"\n[[outputs]]\nstream = \"n\"\ntype = \"print\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The `records in` of each progress line on stderr.
+fn records_in(stderr: &str) -> Vec<u64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("batch ")?.split_once(": ")?.1.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Warnings (the default log level) that name `what`.
+fn warnings_naming(stderr: &str, what: &str) -> Vec<String> {
+    stderr.lines().filter(|l| l.contains("WARN") && l.contains(what)).map(String::from).collect()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn an_unreadable_file_is_skipped_with_a_warning_retried_a_few_times_and_the_job_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("in")).unwrap();
+    std::fs::write(tmp.path().join("in/good.txt"), "a b\nc\n").unwrap();
+    let secret = tmp.path().join("in/secret.txt");
+    std::fs::write(&secret, "hidden\n").unwrap();
+    let job = count_job(tmp.path(), "");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let args = ["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "5"];
+    let out = if is_root() {
+        // Root reads a mode-000 file: run the driver as nobody instead.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(env!("CARGO_BIN_EXE_weir")).args(args);
+        run(&mut cmd)
+    } else {
+        run(weir().args(args))
+    };
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "one unreadable file stopped the job:\n{err}");
+    assert_eq!(records_in(&err), vec![2, 0, 0, 0, 0], "{err}");
+    let warned = warnings_naming(&err, "secret.txt");
+    assert_eq!(warned.len(), 3, "one warning per attempt, bounded:\n{err}");
+    assert!(warned[0].contains("Permission denied") && warned[0].contains("attempt 1 of 3"), "{err}");
+    assert!(warned[2].contains("skipped for good after 3 attempts"), "{err}");
+}
+
+#[test]
+fn a_file_deleted_between_listing_and_read_is_skipped_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("in")).unwrap();
+    std::fs::write(tmp.path().join("in/a.txt"), "one\ntwo\n").unwrap();
+    std::fs::write(tmp.path().join("in/gone.txt"), "three\n").unwrap();
+    let job = count_job(tmp.path(), "");
+    let out = run(weir()
+        .args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "2"])
+        .env("WEIR_FAILPOINT_DIRECTORY_REMOVE_BEFORE_READ", "gone.txt"));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![2, 0], "{err}");
+    let warned = warnings_naming(&err, "gone.txt");
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(warned[0].contains("deleted before it could be read"), "{err}");
+}
+
+#[test]
+fn a_missing_directory_is_waited_for_with_one_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = count_job(tmp.path(), "");
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "3"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![0, 0, 0], "{err}");
+    let warned = warnings_naming(&err, "waiting for the directory");
+    assert_eq!(warned.len(), 1, "logged once, not per batch:\n{err}");
+    assert!(warned[0].contains("No such file or directory"), "{err}");
+}
+
+/// Receiver errors (source warnings) a run tells its listeners.
+#[derive(Default)]
+struct Warnings(Mutex<Vec<String>>);
+impl StreamingListener for Warnings {
+    fn on_receiver_error(&self, e: &ReceiverError) {
+        self.0.lock().unwrap().push(e.message.clone());
+    }
+}
+
+fn strings(v: &[Value]) -> Vec<String> {
+    v.iter()
+        .map(|v| match v {
+            Value::Str(s) => s.clone(),
+            other => panic!("not a line: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_directory_deleted_and_recreated_is_waited_for_and_read_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "first\n").unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let lines = ssc.text_file_stream(&dir).collect().unwrap();
+    let hook_dir = dir.clone();
+    let hook: AfterBatch = Arc::new(Mutex::new(move |_: &mut weir::scheduler::DagScheduler, time: i64, _: &[_]| {
+        if time == 1000 {
+            std::fs::remove_dir_all(&hook_dir).unwrap();
+        }
+        if time == 3000 {
+            std::fs::create_dir(&hook_dir).unwrap();
+            std::fs::write(hook_dir.join("b.txt"), "second\n").unwrap();
+        }
+    }));
+    let warnings = Arc::new(Warnings::default());
+    let mut o = RunOptions::default();
+    o.clock = Clock::Logical;
+    o.max_batches = Some(5);
+    o.after_batch = Some(hook);
+    o.listeners = vec![warnings.clone()];
+    ssc.run(o).expect("the job goes on while its directory is gone");
+    let got: Vec<(i64, Vec<String>)> = lines.lock().unwrap().iter().map(|(t, v)| (*t, strings(v))).collect();
+    let want: Vec<(i64, Vec<String>)> = vec![
+        (1000, vec!["first".into()]),
+        (2000, vec![]),
+        (3000, vec![]),
+        (4000, vec!["second".into()]),
+        (5000, vec![]),
+    ];
+    assert_eq!(got, want);
+    let w = warnings.0.lock().unwrap().clone();
+    assert_eq!(w.iter().filter(|m| m.contains("waiting for the directory")).count(), 1, "{w:?}");
+}
+
+/// Sets a file's modification time `ago` in the past.
+fn age(path: &Path, ago: Duration) {
+    let f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.set_modified(SystemTime::now() - ago).unwrap();
+}
+
+#[test]
+fn the_file_example_reads_old_files_with_the_wall_clock() {
+    // The example as a clone older than a minute has it.
+    let tmp = tempfile::tempdir().unwrap();
+    let ex = tmp.path().join("examples");
+    std::fs::create_dir_all(ex.join("data")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("udfs")).unwrap();
+    std::fs::copy(module("wordcount.wasm"), tmp.path().join("udfs/wordcount.wasm")).unwrap();
+    std::fs::copy(repo().join("examples/file_wordcount.toml"), ex.join("file_wordcount.toml")).unwrap();
+    let hamlet = ex.join("data/hamlet.txt");
+    std::fs::copy(repo().join("examples/data/hamlet.txt"), &hamlet).unwrap();
+    age(&hamlet, Duration::from_secs(24 * 3600));
+    let want = std::fs::read_to_string(&hamlet).unwrap().lines().count() as u64;
+    // The default clock is the wall clock.
+    let out = run(weir().args(["run", ex.join("file_wordcount.toml").to_str().unwrap(), "--batches", "1"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![want], "{err}");
+    assert!(text(&out.stdout).contains("Time: "), "{}", text(&out.stdout));
+}
+
+#[test]
+fn symlinks_are_followed_and_new_files_only_warns_of_old_files_it_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(tmp.path().join("elsewhere")).unwrap();
+    std::fs::write(tmp.path().join("elsewhere/target.txt"), "linked 1\nlinked 2\nlinked 3\n").unwrap();
+    std::os::unix::fs::symlink("../elsewhere/target.txt", dir.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere/nothing.txt", dir.join("dangling.txt")).unwrap();
+    std::fs::write(dir.join("old.txt"), "old\n").unwrap();
+    age(&dir.join("old.txt"), Duration::from_secs(3600));
+    let job = count_job(tmp.path(), "new_files_only = true");
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--batches", "2"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![3, 0], "the link is read, the old file is not:\n{err}");
+    let old = warnings_naming(&err, "old.txt");
+    assert_eq!(old.len(), 1, "once, not per batch:\n{err}");
+    assert!(old[0].contains("remember window"), "{err}");
+    assert_eq!(warnings_naming(&err, "dangling.txt").len(), 1, "{err}");
+}
+
+/// Peak resident memory of a child, from `wait4` (kilobytes on Linux),
+/// which also reaps it.
+#[allow(clippy::zombie_processes)]
+fn run_measuring_peak(cmd: &mut std::process::Command) -> (bool, u64, String) {
+    let child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, usage.ru_maxrss as u64, reader.join().unwrap())
+}
+
+#[test]
+fn a_big_file_costs_about_one_copy_of_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("in")).unwrap();
+    let path = tmp.path().join("in/big.txt");
+    let size: u64 = 200 << 20;
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut rng = Rng(11);
+        let mut written = 0u64;
+        let mut lines = 0u64;
+        while written < size {
+            let line: Vec<String> = (0..12).map(|_| format!("w{}", rng.below(5000))).collect();
+            let line = line.join(" ") + "\n";
+            w.write_all(line.as_bytes()).unwrap();
+            written += line.len() as u64;
+            lines += 1;
+        }
+        w.flush().unwrap();
+        std::fs::write(tmp.path().join("lines"), lines.to_string()).unwrap();
+    }
+    let lines: u64 = std::fs::read_to_string(tmp.path().join("lines")).unwrap().parse().unwrap();
+    let file = std::fs::metadata(&path).unwrap().len();
+    let job = count_job(tmp.path(), "");
+    let (ok, peak_kb, err) =
+        run_measuring_peak(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "1"]));
+    assert!(ok, "{err}");
+    assert_eq!(records_in(&err), vec![lines], "{err}");
+    let ratio = (peak_kb * 1024) as f64 / file as f64;
+    eprintln!("peak RSS {peak_kb} kB over a {file}-byte file: {ratio:.2}x");
+    assert!(ratio < 1.6, "peak RSS {peak_kb} kB is {ratio:.2}x the {file}-byte file");
+}
+
+// ------------------------------------------------------ the source itself
+
+fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warnings>) {
+    let warnings = Arc::new(Warnings::default());
+    let bus = ListenerBus::new(vec![warnings.clone()]);
+    let spec = SourceSpec::Directory { path: dir.to_path_buf(), new_files_only: false, on_invalid_utf8: utf8 };
+    (weir::source::open(&spec, Path::new("/"), None, &bus).unwrap(), warnings)
+}
+
+fn lines_of(batch: &[u8]) -> Vec<String> {
+    strings(&Value::decode_batch(batch).unwrap())
+}
+
+#[test]
+fn invalid_utf8_is_replaced_by_default_or_skipped_or_fails_as_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("bad.txt"), b"ok\nbad \xff\xfe here\r\nlast \xc3").unwrap();
+    let (mut s, w) = directory(tmp.path(), InvalidUtf8Policy::default());
+    let (batch, _) = s.poll(1000, false).unwrap();
+    assert_eq!(lines_of(&batch), vec!["ok", "bad \u{fffd}\u{fffd} here", "last \u{fffd}"]);
+    assert!(w.0.lock().unwrap().iter().any(|m| m.contains("bad.txt") && m.contains("2 line(s)")), "{w:?}", w = w.0);
+
+    let (mut s, _) = directory(tmp.path(), InvalidUtf8Policy::Skip);
+    let (batch, _) = s.poll(1000, false).unwrap();
+    assert_eq!(lines_of(&batch), vec!["ok"]);
+
+    let (mut s, _) = directory(tmp.path(), InvalidUtf8Policy::Fail);
+    let e = s.poll(1000, false).unwrap_err().to_string();
+    assert!(e.contains("bad.txt:2") && e.contains("invalid UTF-8"), "{e}");
+}
+
+#[test]
+fn hidden_temporary_and_special_entries_are_not_read_and_nothing_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    for name in [".hidden", "_SUCCESS", "part.txt._COPYING_", "x.tmp", "notes~"] {
+        std::fs::write(d.join(name), "no\n").unwrap();
+    }
+    std::fs::create_dir(d.join("sub.txt")).unwrap();
+    std::fs::write(d.join("sub.txt/inner"), "no\n").unwrap();
+    let fifo = d.join("pipe.txt");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    std::fs::write(d.join("real.txt"), "yes\n").unwrap();
+    let (mut s, w) = directory(d, InvalidUtf8Policy::default());
+    let (batch, _) = s.poll(1000, false).unwrap();
+    assert_eq!(lines_of(&batch), vec!["yes"]);
+    let (batch, _) = s.poll(2000, false).unwrap();
+    assert!(lines_of(&batch).is_empty());
+    let w = w.0.lock().unwrap().clone();
+    assert_eq!(w.len(), 1, "one warning, for the FIFO: {w:?}");
+    assert!(w[0].contains("pipe.txt") && w[0].contains("not a regular file"), "{w:?}");
+}
+
+#[test]
+fn replay_reads_the_same_bytes_after_the_file_grew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("growing.txt");
+    std::fs::write(&f, "one\ntwo\npart").unwrap();
+    let (mut s, _) = directory(tmp.path(), InvalidUtf8Policy::default());
+    let (batch, d) = s.poll(1000, false).unwrap();
+    assert_eq!(lines_of(&batch), vec!["one", "two", "part"]);
+    {
+        use std::io::Write;
+        let mut a = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        a.write_all(b"ial\nthree\n").unwrap();
+    }
+    assert_eq!(s.replay(1000, &d).unwrap(), batch, "replay is byte-identical");
+    // A file truncated since cannot be replayed: an error, not other bytes.
+    std::fs::write(&f, "o").unwrap();
+    let e = s.replay(1000, &d).unwrap_err().to_string();
+    assert!(e.contains("growing.txt") && e.contains("truncated"), "{e}");
+}
