@@ -48,6 +48,17 @@ pub enum JobError {
     Lost(String),
 }
 
+/// One stage's tasks in flight: task id -> (output slot, task), what came
+/// back, and what went wrong.
+struct StageRun {
+    rdd: RddId,
+    index: HashMap<u64, (usize, Task)>,
+    outputs: Vec<Option<TaskOutput>>,
+    failure: Option<StageError>,
+    /// Map outputs that tasks found missing.
+    lost: Vec<(ShuffleId, u32)>,
+}
+
 enum StageError {
     /// Map outputs that tasks found missing, sorted.
     Fetch(Vec<(ShuffleId, u32)>),
@@ -259,16 +270,18 @@ impl DagScheduler {
     }
 
     fn run_stage_tasks(&mut self, tasks: Vec<Task>, rdd: RddId) -> Result<Vec<TaskOutput>, StageError> {
-        let n = tasks.len();
-        let mut index: HashMap<u64, (usize, Task)> = HashMap::new();
+        let mut run = StageRun {
+            rdd,
+            index: HashMap::new(),
+            outputs: (0..tasks.len()).map(|_| None).collect(),
+            failure: None,
+            lost: Vec::new(),
+        };
         for (i, t) in tasks.into_iter().enumerate() {
-            index.insert(t.id, (i, t.clone()));
+            run.index.insert(t.id, (i, t.clone()));
             self.backend.submit(t);
         }
-        let mut outputs: Vec<Option<TaskOutput>> = (0..n).map(|_| None).collect();
-        let mut failure: Option<StageError> = None;
-        let mut lost: Vec<(ShuffleId, u32)> = Vec::new();
-        while !index.is_empty() {
+        while !run.index.is_empty() {
             let res = match self.results.recv() {
                 Ok(BackendEvent::Task(res)) => res,
                 Ok(BackendEvent::ExecutorLost { executor, reason }) => {
@@ -277,7 +290,7 @@ impl DagScheduler {
                 }
                 Err(_) => return Err(StageError::Job(JobError::Lost("all executors are gone".into()))),
             };
-            let Some((i, task)) = index.remove(&res.task_id) else { continue };
+            let Some((i, task)) = run.index.remove(&res.task_id) else { continue };
             if !res.executor.is_empty() {
                 for (b, _) in &res.blocks {
                     self.locations.insert(*b, res.executor.clone());
@@ -285,90 +298,103 @@ impl DagScheduler {
             }
             self.metrics.tasks_run += 1;
             self.metrics.udf_calls += res.udf_calls;
-            for (block, d) in &res.blocks {
-                match self.digests.get(block) {
-                    Some(orig) if orig != d => {
-                        let e = BlockRecomputed { block: block.to_string(), digest_matches: false };
-                        self.listeners.emit(|l| l.on_block_recomputed(&e));
-                        if failure.is_none() {
-                            failure = Some(StageError::Job(JobError::Nondeterministic {
-                                block: *block,
-                                original: *orig,
-                                recomputed: *d,
-                            }));
-                        }
-                    }
-                    Some(_) => {
-                        self.metrics.blocks_recomputed += 1;
-                        let e = BlockRecomputed { block: block.to_string(), digest_matches: true };
-                        self.listeners.emit(|l| l.on_block_recomputed(&e));
-                    }
-                    None => {
-                        self.digests.insert(*block, *d);
-                    }
-                }
-            }
+            self.check_digests(&res.blocks, &mut run.failure);
             match res.outcome {
-                Ok(out) => outputs[i] = Some(out),
-                Err(TaskFailure::FetchFailed { shuffle, maps }) => {
-                    lost.extend(maps.into_iter().map(|m| (shuffle, m)));
-                }
-                Err(TaskFailure::ExecutorLost(why)) => {
-                    // Not the task's fault: run it again elsewhere, uncounted.
-                    tracing::info!(
-                        "task {} (partition {} of {rdd}) resubmitted: executor lost ({why})",
-                        task.id,
-                        task.partition
-                    );
-                    self.metrics.tasks_resubmitted += 1;
-                    index.insert(task.id, (i, task.clone()));
-                    self.backend.submit(task);
-                }
-                Err(f) => {
-                    self.metrics.task_failures += 1;
-                    // A trap, bad data or a lost input fails the same way
-                    // every time: retrying only multiplies the cost.
-                    let retriable = !f.is_deterministic();
-                    if retriable && task.attempt + 1 < self.max_task_failures && failure.is_none() {
-                        tracing::warn!(
-                            "task {} (partition {} of {rdd}) failed, attempt {}: {f}",
-                            task.id,
-                            task.partition,
-                            task.attempt + 1
-                        );
-                        let e = TaskRetry {
-                            batch_time: task.batch_time,
-                            rdd: rdd.to_string(),
-                            partition: task.partition,
-                            attempt: task.attempt,
-                            failure: f.to_string(),
-                        };
-                        self.listeners.emit(|l| l.on_task_retry(&e));
-                        let mut again = task;
-                        again.attempt += 1;
-                        index.insert(again.id, (i, again.clone()));
-                        self.backend.submit(again);
-                    } else if failure.is_none() {
-                        failure = Some(StageError::Job(JobError::TaskFailed {
-                            rdd,
-                            partition: task.partition,
-                            attempts: task.attempt + 1,
-                            failure: f,
+                Ok(out) => run.outputs[i] = Some(out),
+                Err(f) => self.task_failed(&mut run, i, task, f),
+            }
+        }
+        if let Some(f) = run.failure {
+            return Err(f);
+        }
+        if !run.lost.is_empty() {
+            // Every missing output any task reported, recomputed in one round.
+            run.lost.sort();
+            run.lost.dedup();
+            return Err(StageError::Fetch(run.lost));
+        }
+        Ok(run.outputs.into_iter().map(|o| o.unwrap_or(TaskOutput::MapDone)).collect())
+    }
+
+    /// Remembers the first digest of each block; a recomputed block must
+    /// have its original digest, or the job fails (non-determinism).
+    fn check_digests(&mut self, blocks: &[(BlockId, u128)], failure: &mut Option<StageError>) {
+        for (block, d) in blocks {
+            match self.digests.get(block) {
+                Some(orig) if orig != d => {
+                    let e = BlockRecomputed { block: block.to_string(), digest_matches: false };
+                    self.listeners.emit(|l| l.on_block_recomputed(&e));
+                    if failure.is_none() {
+                        *failure = Some(StageError::Job(JobError::Nondeterministic {
+                            block: *block,
+                            original: *orig,
+                            recomputed: *d,
                         }));
                     }
                 }
+                Some(_) => {
+                    self.metrics.blocks_recomputed += 1;
+                    let e = BlockRecomputed { block: block.to_string(), digest_matches: true };
+                    self.listeners.emit(|l| l.on_block_recomputed(&e));
+                }
+                None => {
+                    self.digests.insert(*block, *d);
+                }
             }
         }
-        if let Some(f) = failure {
-            return Err(f);
+    }
+
+    /// A task failed: note lost map outputs (fetch failure), run it again
+    /// elsewhere (lost executor), retry it (transient), or fail the stage.
+    fn task_failed(&mut self, run: &mut StageRun, i: usize, task: Task, f: TaskFailure) {
+        let rdd = run.rdd;
+        match f {
+            TaskFailure::FetchFailed { shuffle, maps } => run.lost.extend(maps.into_iter().map(|m| (shuffle, m))),
+            TaskFailure::ExecutorLost(why) => {
+                // Not the task's fault: run it again elsewhere, uncounted.
+                tracing::info!(
+                    "task {} (partition {} of {rdd}) resubmitted: executor lost ({why})",
+                    task.id,
+                    task.partition
+                );
+                self.metrics.tasks_resubmitted += 1;
+                run.index.insert(task.id, (i, task.clone()));
+                self.backend.submit(task);
+            }
+            f => {
+                self.metrics.task_failures += 1;
+                // A trap, bad data or a lost input fails the same way
+                // every time: retrying only multiplies the cost.
+                let retriable = !f.is_deterministic();
+                if retriable && task.attempt + 1 < self.max_task_failures && run.failure.is_none() {
+                    tracing::warn!(
+                        "task {} (partition {} of {rdd}) failed, attempt {}: {f}",
+                        task.id,
+                        task.partition,
+                        task.attempt + 1
+                    );
+                    let e = TaskRetry {
+                        batch_time: task.batch_time,
+                        rdd: rdd.to_string(),
+                        partition: task.partition,
+                        attempt: task.attempt,
+                        failure: f.to_string(),
+                    };
+                    self.listeners.emit(|l| l.on_task_retry(&e));
+                    let mut again = task;
+                    again.attempt += 1;
+                    run.index.insert(again.id, (i, again.clone()));
+                    self.backend.submit(again);
+                } else if run.failure.is_none() {
+                    run.failure = Some(StageError::Job(JobError::TaskFailed {
+                        rdd,
+                        partition: task.partition,
+                        attempts: task.attempt + 1,
+                        failure: f,
+                    }));
+                }
+            }
         }
-        if !lost.is_empty() {
-            // Every missing output any task reported, recomputed in one round.
-            lost.sort();
-            lost.dedup();
-            return Err(StageError::Fetch(lost));
-        }
-        Ok(outputs.into_iter().map(|o| o.unwrap_or(TaskOutput::MapDone)).collect())
     }
 
     /// Forgets RDDs, shuffles and blocks of batches before `time`.
