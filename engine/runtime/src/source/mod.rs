@@ -2,6 +2,7 @@
 //!
 //! * `socket` — a receiver: a thread reads lines from a TCP server and hands
 //!   them to the next batch; it reconnects with backoff and never fails the job.
+//!   Lines are split from bytes (`lines`) and bounded in length.
 //! * `directory` — new text files in a directory (Spark's textFileStream):
 //!   files must appear atomically (write elsewhere, then rename in); each file
 //!   is read once; with the wall clock, only files modified within the remember
@@ -14,6 +15,7 @@
 
 mod directory;
 mod generator;
+mod lines;
 mod queue;
 mod socket;
 
@@ -26,7 +28,9 @@ use generator::GeneratorSource;
 use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file};
 use socket::SocketSource;
-pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPosition, WalRange};
+pub use weir_plan::source::{
+    InputDescriptor, InvalidUtf8Policy, LongLinePolicy, SourceCursor, SourceSpec, WalPosition, WalRange,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -79,8 +83,13 @@ pub fn open(
     listeners: &ListenerBus,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match spec {
-        SourceSpec::Socket { host, port } => {
-            Box::new(SocketSource::start(host.clone(), *port, wal, listeners.clone())?)
+        SourceSpec::Socket { host, port, on_invalid_utf8, max_line_bytes, on_long_line } => {
+            let policy = socket::LinePolicy {
+                on_invalid_utf8: *on_invalid_utf8,
+                max_line_bytes: *max_line_bytes,
+                on_long_line: *on_long_line,
+            };
+            Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone())?)
         }
         SourceSpec::Directory { path } => Box::new(DirectorySource { dir: base.join(path), seen: BTreeSet::new() }),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
