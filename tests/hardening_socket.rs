@@ -4,8 +4,9 @@
 //! out is compared with what was sent. Invalid UTF-8 under each
 //! `on_invalid_utf8` policy, a character split across two reads, a last line
 //! without a newline, lines longer than `max_line_bytes` (memory stays
-//! bounded), `\r\n` / NUL / empty lines, and a write-ahead log that runs out
-//! of space (a real small tmpfs) in the middle of an append.
+//! bounded), `\r\n` / NUL / empty lines, a connection reset in the middle of
+//! a line, and a write-ahead log that runs out of space (a real small tmpfs)
+//! in the middle of an append.
 //!
 //! Synchronisation is by what the driver prints on stderr (progress lines,
 //! warnings) and by the write-ahead log; never by sleeping.
@@ -199,6 +200,25 @@ fn a_last_line_without_a_newline_is_a_line() {
 fn crlf_nul_and_empty_lines_arrive_as_sent() {
     // One `\r` before the `\n` is the line ending's; any other is the line's.
     expect_lines("", b"a\r\nb\0c\n\n\r\nd\r\r\ne\rf\n", &["a", "b\0c", "", "", "d\r", "e\rf"]);
+}
+
+#[test]
+fn a_connection_reset_mid_line_keeps_what_was_received() {
+    let c = Case::new("");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut d = c.driver();
+    let mut conn = c.accept();
+    send(&mut conn, b"whole\npart");
+    wait_records(&mut d, 1, deadline);
+    // A reset (RST), not a close: SO_LINGER 0.
+    socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(conn);
+    let mut conn2 = c.accept();
+    send(&mut conn2, b"next\n");
+    wait_records(&mut d, 2, deadline);
+    d.kill();
+    assert_eq!(c.saved(), ["whole", "part", "next"], "{}", d.log());
+    assert!(d.log().contains("in the middle of a line"), "no warning:\n{}", d.log());
 }
 
 /// The driver's peak resident memory (VmHWM), in bytes.
