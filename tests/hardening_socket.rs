@@ -221,6 +221,26 @@ fn a_connection_reset_mid_line_keeps_what_was_received() {
     assert!(d.log().contains("in the middle of a line"), "no warning:\n{}", d.log());
 }
 
+#[test]
+fn very_many_tiny_lines_and_a_burst_all_arrive_once_through_the_log() {
+    let c = Case::new("");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut d =
+        Driver::spawn(weir().arg("run").arg(&c.job).args(["--clock", "wall", "--checkpoint"]).arg(c.dir.join("ckpt")));
+    let mut conn = c.accept();
+    // 200000 lines of 0 or 1 byte, then a burst of 16 MiB in 100-byte lines.
+    let mut want: Vec<String> = (0..200_000).map(|i| if i % 2 == 0 { String::new() } else { "x".into() }).collect();
+    want.extend((0..(16 << 20) / 101).map(|i| format!("{i:0>100}")));
+    let mut bytes = want.join("\n");
+    bytes.push('\n');
+    send(&mut conn, bytes.as_bytes());
+    wait_records(&mut d, want.len() as u64, deadline);
+    d.kill();
+    let saved = c.saved();
+    assert_eq!(saved.len(), want.len(), "{}", d.log());
+    assert!(saved == want, "the lines differ");
+}
+
 /// The driver's peak resident memory (VmHWM), in bytes.
 fn peak_rss(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
