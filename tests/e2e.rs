@@ -11,6 +11,7 @@ mod cluster;
 mod crash_recovery;
 mod hardening_directory;
 mod hardening_signals;
+mod hardening_socket;
 mod recovery_checks;
 mod socket_wal_recovery;
 mod socket_wordcount;

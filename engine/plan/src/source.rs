@@ -14,6 +14,15 @@ pub enum SourceSpec {
     Socket {
         host: String,
         port: u16,
+        /// What a line that is not valid UTF-8 becomes.
+        #[serde(default)]
+        on_invalid_utf8: InvalidUtf8Policy,
+        /// The longest line kept whole, in bytes (without its line ending).
+        #[serde(default = "default_max_line_bytes")]
+        max_line_bytes: u32,
+        /// What a line longer than `max_line_bytes` becomes.
+        #[serde(default)]
+        on_long_line: LongLinePolicy,
     },
     Directory {
         path: PathBuf,
@@ -56,17 +65,39 @@ pub enum SourceSpec {
     },
 }
 
-/// What a text source does with a line that is not valid UTF-8.
+/// What a text source (socket, directory) does with a line that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvalidUtf8Policy {
-    /// Invalid sequences become U+FFFD (a warning per file says how many lines).
+    /// Invalid bytes become U+FFFD (the replacement character).
     #[default]
     Replace,
-    /// The line is dropped (a warning per file says how many).
+    /// The line is dropped (with a warning; counted).
     Skip,
-    /// The batch fails with the file and line.
+    /// Socket: a receiver error, the connection is dropped (the receiver
+    /// reconnects). Directory: the batch fails with the file and line.
     Fail,
+}
+
+/// A socket source's handling of a line longer than `max_line_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongLinePolicy {
+    /// The line is cut to the limit (at a UTF-8 character boundary).
+    #[default]
+    Truncate,
+    /// The line is dropped.
+    Skip,
+}
+
+/// 1 MiB: the default `max_line_bytes` of a socket source.
+pub const DEFAULT_MAX_LINE_BYTES: u32 = 1 << 20;
+
+/// 1 GiB: the largest `max_line_bytes` a socket source accepts.
+pub const MAX_MAX_LINE_BYTES: u32 = 1 << 30;
+
+fn default_max_line_bytes() -> u32 {
+    DEFAULT_MAX_LINE_BYTES
 }
 
 fn default_lines() -> u64 {

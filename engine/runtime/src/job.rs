@@ -163,6 +163,18 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
     }
     let mut streams: HashMap<String, DStream> = HashMap::new();
     for (name, spec) in &file.sources {
+        if let SourceSpec::Socket { max_line_bytes, .. } = spec.get_ref() {
+            if !(1..=weir_plan::source::MAX_MAX_LINE_BYTES).contains(max_line_bytes) {
+                return Err(err(
+                    Some(spec.span()),
+                    format!(
+                        "source {name}: max_line_bytes must be between 1 and {} (got {max_line_bytes})",
+                        weir_plan::source::MAX_MAX_LINE_BYTES
+                    ),
+                )
+                .into());
+            }
+        }
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }

@@ -102,6 +102,34 @@ pub struct ReceiverError {
     pub message: String,
 }
 
+/// What a receiver did with a line it could not take as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BadLineAction {
+    /// Invalid UTF-8 bytes became U+FFFD (`on_invalid_utf8 = "replace"`).
+    Replaced,
+    /// The line was dropped (`on_invalid_utf8` or `on_long_line = "skip"`).
+    Skipped,
+    /// The line was cut to `max_line_bytes` (`on_long_line = "truncate"`).
+    Truncated,
+    /// The connection was dropped (`on_invalid_utf8 = "fail"`).
+    Failed,
+}
+
+/// A receiver read a line that was not valid UTF-8 or was longer than its
+/// `max_line_bytes`, and applied its policy.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiverBadLine {
+    pub source: u32,
+    /// What was wrong with the line.
+    pub problem: String,
+    pub action: BadLineAction,
+    /// Lines this receiver has treated with `action` since it started,
+    /// this one included.
+    pub count: u64,
+}
+
 /// What recovery from a checkpoint found and does.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -164,6 +192,7 @@ pub trait StreamingListener: Send + Sync {
     fn on_batch_started(&self, _e: &BatchStarted) {}
     fn on_batch_completed(&self, _e: &BatchReport) {}
     fn on_receiver_error(&self, _e: &ReceiverError) {}
+    fn on_receiver_bad_line(&self, _e: &ReceiverBadLine) {}
     fn on_recovery(&self, _e: &RecoveryEvent) {}
     fn on_checkpoint_written(&self, _e: &CheckpointEvent) {}
     fn on_checkpoint_failed(&self, _e: &CheckpointEvent) {}
@@ -202,8 +231,8 @@ impl ListenerBus {
     }
 }
 
-/// The console: one progress line per batch on stderr, plus recovery notes,
-/// explained plans and receiver errors. `weir run` adds it unless `--quiet`.
+/// The console: one progress line per batch on stderr, plus recovery notes
+/// and explained plans (receiver errors reach stderr through `tracing`). `weir run` adds it unless `--quiet`.
 #[derive(Debug, Clone, Copy)]
 pub struct ConsoleProgress {
     /// One line per batch (off: only recovery notes and plans).

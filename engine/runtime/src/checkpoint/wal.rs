@@ -6,7 +6,9 @@
 //! Segment `wal/<source>-<seq>.log` is a sequence of records
 //! `u32le len | u32le crc32c | len bytes (one UTF-8 line)`. Each driver run
 //! starts a new segment. A torn last record (crash mid-append) fails its
-//! length or checksum and ends the segment: it was never acknowledged.
+//! length or checksum and ends the segment: it was never acknowledged. A
+//! failed append (a full disk) is cut off again, so it never hides the
+//! records of a later append.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,11 @@ pub fn segments(dir: &Path, source: u32) -> Vec<u64> {
 pub struct WalWriter {
     file: std::fs::File,
     pub seq: u64,
+    /// The end of the last whole record appended.
     pub offset: u64,
+    /// A failed append may have left bytes after `offset` that could not be
+    /// cut off yet.
+    torn: bool,
 }
 
 impl WalWriter {
@@ -48,19 +54,34 @@ impl WalWriter {
         let seq = segments(dir, source).last().map(|s| s + 1).unwrap_or(0);
         let file = std::fs::OpenOptions::new().create_new(true).append(true).open(segment_path(dir, source, seq))?;
         super::store::sync_dir(dir)?;
-        Ok(WalWriter { file, seq, offset: 0 })
+        Ok(WalWriter { file, seq, offset: 0, torn: false })
     }
 
     /// Appends lines and makes them durable; returns the range they occupy.
+    /// On failure (a full disk, an I/O error) nothing is appended: a part
+    /// of the records that reached the file is cut off again, so no torn
+    /// record is left before the records of a later append (a torn record
+    /// ends a segment's reading, and would hide them).
     pub fn append(&mut self, lines: &[String]) -> std::io::Result<WalRange> {
+        if self.torn {
+            self.file.set_len(self.offset)?;
+            self.torn = false;
+        }
         let mut buf = Vec::new();
         for l in lines {
-            buf.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            let len = u32::try_from(l.len()).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("a line of {} bytes", l.len()))
+            })?;
+            buf.extend_from_slice(&len.to_le_bytes());
             buf.extend_from_slice(&crc32c::crc32c(l.as_bytes()).to_le_bytes());
             buf.extend_from_slice(l.as_bytes());
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()?;
+        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+            // The file is opened for appending: once cut back, the next
+            // append writes at `offset` again.
+            self.torn = self.file.set_len(self.offset).is_err();
+            return Err(e);
+        }
         let start = self.offset;
         self.offset += buf.len() as u64;
         Ok(WalRange { seq: self.seq, start, end: self.offset })

@@ -165,7 +165,14 @@ impl StreamingContext {
 
     /// Lines from a TCP server (a receiver).
     pub fn socket_text_stream(&self, host: &str, port: u16) -> DStream {
-        self.source(SourceSpec::Socket { host: host.into(), port }, &format!("socket({host}:{port})"))
+        let spec = SourceSpec::Socket {
+            host: host.into(),
+            port,
+            on_invalid_utf8: Default::default(),
+            max_line_bytes: weir_plan::source::DEFAULT_MAX_LINE_BYTES,
+            on_long_line: Default::default(),
+        };
+        self.source(spec, &format!("socket({host}:{port})"))
     }
 
     /// Lines of new files in a directory (the first batch takes the files

@@ -2,6 +2,7 @@
 //!
 //! * `socket` — a receiver: a thread reads lines from a TCP server and hands
 //!   them to the next batch; it reconnects with backoff and never fails the job.
+//!   Lines are split from bytes (`lines`) and bounded in length.
 //! * `directory` — new text files in a directory (Spark's textFileStream):
 //!   files should appear atomically (write elsewhere, then rename in); each
 //!   file is read once, line by line; the first batch takes the files already
@@ -17,6 +18,7 @@
 
 mod directory;
 mod generator;
+mod lines;
 mod queue;
 mod socket;
 
@@ -29,7 +31,7 @@ use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file};
 use socket::SocketSource;
 pub use weir_plan::source::{
-    FileSpan, InputDescriptor, InvalidUtf8Policy, SourceCursor, SourceSpec, WalPosition, WalRange,
+    FileSpan, InputDescriptor, InvalidUtf8Policy, LongLinePolicy, SourceCursor, SourceSpec, WalPosition, WalRange,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +92,13 @@ pub fn open(
     listeners: &ListenerBus,
 ) -> Result<Box<dyn Source>, SourceError> {
     Ok(match spec {
-        SourceSpec::Socket { host, port } => {
-            Box::new(SocketSource::start(host.clone(), *port, wal, listeners.clone())?)
+        SourceSpec::Socket { host, port, on_invalid_utf8, max_line_bytes, on_long_line } => {
+            let policy = socket::LinePolicy {
+                on_invalid_utf8: *on_invalid_utf8,
+                max_line_bytes: *max_line_bytes,
+                on_long_line: *on_long_line,
+            };
+            Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone())?)
         }
         SourceSpec::Directory { path, new_files_only, on_invalid_utf8 } => Box::new(DirectorySource::new(
             base.join(path),

@@ -1,33 +1,69 @@
 //! `socket`: a receiver reading lines from a TCP server, logging them to
 //! the write-ahead log before they count as received.
+//!
+//! Every byte from the server is untrusted. Bytes are split into lines at
+//! `\n` before they are decoded (a character split across two reads is
+//! whole by then; see `lines`), a line keeps at most `max_line_bytes` in
+//! memory, and a line that is not UTF-8 or is too long is handled by the
+//! source's policies. A non-empty last line without a newline is a line.
+//! A line is acknowledged (handed to a batch) only once it is in the log;
+//! when the log cannot be written (a full disk) the receiver keeps the lines
+//! and stops reading until it can (TCP backpressure), retrying with backoff.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::lines::{LineSplitter, RawLine};
 use super::queue::lines_batch;
 use super::{InputDescriptor, Source, SourceCursor, SourceError, WalPosition, WalRange};
 use crate::checkpoint::wal::{self, WalWriter};
-use crate::listener::{ListenerBus, ReceiverError};
+use crate::listener::{BadLineAction, ListenerBus, ReceiverBadLine, ReceiverError};
+use weir_plan::source::{InvalidUtf8Policy, LongLinePolicy};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Received lines not yet given to a batch, in bytes, above which the
+/// receiver stops reading until the driver takes them (so a burst waits in
+/// the socket, not in memory).
+const MAX_BUFFERED_BYTES: u64 = 64 << 20;
+
+/// The longest wait between two attempts to append to a log that failed.
+const MAX_APPEND_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a socket source treats what it reads.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LinePolicy {
+    pub on_invalid_utf8: InvalidUtf8Policy,
+    pub max_line_bytes: u32,
+    pub on_long_line: LongLinePolicy,
+}
 
 /// Lines received and not yet given to a batch, with the WAL ranges that
 /// hold them (when there is a WAL).
 #[derive(Default)]
 struct Received {
     lines: Vec<String>,
+    /// Bytes of `lines` this run's receiver added.
+    bytes: u64,
     ranges: Vec<WalRange>,
     /// The end of the log as far as it has been written.
     end: Option<WalPosition>,
 }
 
+/// The buffer shared by the receiver thread and the source, and the signal
+/// that the driver took what it held.
+type Shared = Arc<(Mutex<Received>, Condvar)>;
+
 /// A receiver: a background thread reading lines from `host:port`. With a
 /// checkpoint directory, every line is in the write-ahead log (fsynced)
 /// before it counts as received.
 pub(super) struct SocketSource {
-    buffer: Arc<Mutex<Received>>,
+    buffer: Shared,
     stop: Arc<AtomicBool>,
     wal: Option<(PathBuf, u32)>,
     /// Everything before this has been given to a batch.
@@ -40,17 +76,14 @@ impl SocketSource {
     pub(super) fn start(
         host: String,
         port: u16,
+        policy: LinePolicy,
         wal: Option<(PathBuf, u32)>,
         bus: ListenerBus,
     ) -> Result<Self, SourceError> {
         let index = wal.as_ref().map_or(0, |(_, i)| *i);
-        let report = move |message: String| {
-            let e = ReceiverError { source: index, message };
-            bus.emit(|l| l.on_receiver_error(&e));
-        };
-        let buffer = Arc::new(Mutex::new(Received::default()));
+        let buffer: Shared = Arc::new((Mutex::new(Received::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut writer = match &wal {
+        let writer = match &wal {
             Some((dir, source)) => {
                 Some(WalWriter::create(dir, *source).map_err(|e| SourceError::Io { path: dir.clone(), source: e })?)
             }
@@ -58,87 +91,18 @@ impl SocketSource {
         };
         let allocated = writer.as_ref().map(|w| WalPosition { seq: w.seq, offset: 0 });
         let segment = writer.as_ref().map(|w| w.seq);
-        let (buf, st) = (buffer.clone(), stop.clone());
-        let spawned = std::thread::Builder::new().name("weir-receiver".into()).spawn(move || {
-            let mut backoff = Duration::from_millis(100);
-            while !st.load(Ordering::Relaxed) {
-                match TcpStream::connect((host.as_str(), port)) {
-                    Ok(conn) => {
-                        tracing::info!("receiver connected to {host}:{port}");
-                        backoff = Duration::from_millis(100);
-                        let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
-                        let mut r = BufReader::new(conn);
-                        let mut line = String::new();
-                        let mut pending: Vec<String> = Vec::new();
-                        loop {
-                            if st.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            let got = r.read_line(&mut line);
-                            let done = match got {
-                                Ok(0) => true,
-                                Ok(_) if line.ends_with('\n') => {
-                                    pending.push(line.trim_end_matches(['\n', '\r']).to_string());
-                                    line.clear();
-                                    // Keep reading while more is buffered: one WAL
-                                    // append (and fsync) covers many lines.
-                                    if !r.buffer().is_empty() && pending.len() < 10_000 {
-                                        continue;
-                                    }
-                                    false
-                                }
-                                Ok(_) => false,
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                                    ) =>
-                                {
-                                    false
-                                }
-                                Err(e) => {
-                                    tracing::warn!("receiver lost {host}:{port}: {e}");
-                                    report(format!("lost {host}:{port}: {e}"));
-                                    true
-                                }
-                            };
-                            if !pending.is_empty() {
-                                let batch = std::mem::take(&mut pending);
-                                let range = match writer.as_mut().map(|w| w.append(&batch)) {
-                                    Some(Ok(r)) => Some(r),
-                                    Some(Err(e)) => {
-                                        // Not durable, so not received: drop the connection and
-                                        // let the sender's data be lost rather than counted without a log.
-                                        tracing::error!(
-                                            "receiver: write-ahead log append failed: {e}; dropping the connection"
-                                        );
-                                        report(format!("write-ahead log append failed: {e}"));
-                                        break;
-                                    }
-                                    None => None,
-                                };
-                                let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
-                                b.lines.extend(batch);
-                                if let Some(r) = range {
-                                    b.ranges.push(r);
-                                    b.end = Some(WalPosition { seq: r.seq, offset: r.end });
-                                }
-                            }
-                            if done {
-                                break;
-                            }
-                        }
-                        tracing::info!("receiver: {host}:{port} closed the connection; reconnecting");
-                    }
-                    Err(e) => {
-                        tracing::debug!("receiver cannot connect to {host}:{port}: {e}; retrying in {backoff:?}");
-                        report(format!("cannot connect to {host}:{port}: {e}"));
-                    }
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        });
+        let mut receiver = Receiver {
+            host,
+            port,
+            index,
+            policy,
+            bus,
+            buffer: buffer.clone(),
+            stop: stop.clone(),
+            writer,
+            counts: [0; 4],
+        };
+        let spawned = std::thread::Builder::new().name("weir-receiver".into()).spawn(move || receiver.run());
         if let Err(e) = spawned {
             tracing::error!("cannot start the socket receiver: {e}");
         }
@@ -146,9 +110,296 @@ impl SocketSource {
     }
 }
 
+/// Why the receiver stopped reading a connection.
+enum Closed {
+    /// The server closed it.
+    Eof,
+    /// Reading failed (reset, ...).
+    Lost(std::io::Error),
+    /// A line was not UTF-8 and the policy is `fail`.
+    Invalid,
+    /// The source is being dropped.
+    Stopped,
+}
+
+/// The receiver thread's state.
+struct Receiver {
+    host: String,
+    port: u16,
+    index: u32,
+    policy: LinePolicy,
+    bus: ListenerBus,
+    buffer: Shared,
+    stop: Arc<AtomicBool>,
+    writer: Option<WalWriter>,
+    /// Lines treated with each `BadLineAction` (by `action_slot`).
+    counts: [u64; 4],
+}
+
+fn action_slot(a: BadLineAction) -> usize {
+    match a {
+        BadLineAction::Replaced => 0,
+        BadLineAction::Skipped => 1,
+        BadLineAction::Truncated => 2,
+        _ => 3,
+    }
+}
+
+impl Receiver {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn report(&self, message: String) {
+        let e = ReceiverError { source: self.index, message };
+        self.bus.emit(|l| l.on_receiver_error(&e));
+    }
+
+    /// Sleeps `d`, waking early when the source is dropped; false then.
+    fn pause(&self, d: Duration) -> bool {
+        let (lock, cv) = &*self.buffer;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + d;
+        while !self.stopped() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            // Woken by the driver's polls and by drop; bounded for the stop flag.
+            g = cv.wait_timeout(g, left.min(Duration::from_millis(50))).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        false
+    }
+
+    /// Connects, reads, reconnects with backoff until the source is dropped.
+    fn run(&mut self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.stopped() {
+            let (host, port) = (self.host.clone(), self.port);
+            match TcpStream::connect((host.as_str(), port)) {
+                Ok(conn) => {
+                    tracing::info!("receiver connected to {host}:{port}");
+                    backoff = Duration::from_millis(100);
+                    match self.read_connection(conn) {
+                        Closed::Stopped => return,
+                        Closed::Eof => tracing::info!("receiver: {host}:{port} closed the connection; reconnecting"),
+                        Closed::Lost(e) => {
+                            tracing::warn!("receiver lost {host}:{port}: {e}; reconnecting");
+                            self.report(format!("lost {host}:{port}: {e}"));
+                        }
+                        Closed::Invalid => {
+                            tracing::info!("receiver: dropped the connection to {host}:{port}; reconnecting")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("receiver cannot connect to {host}:{port}: {e}; retrying in {backoff:?}");
+                    self.report(format!("cannot connect to {host}:{port}: {e}"));
+                }
+            }
+            if !self.pause(backoff) {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Reads one connection until it ends; every line read before the end
+    /// is delivered (logged, then handed to the next batch).
+    fn read_connection(&mut self, conn: TcpStream) -> Closed {
+        // A bounded read lets the thread notice a stop.
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut r = BufReader::with_capacity(READ_CHUNK, conn);
+        let mut splitter = LineSplitter::new(self.policy.max_line_bytes as usize);
+        let mut raw: Vec<RawLine> = Vec::new();
+        loop {
+            if !self.wait_for_room() {
+                return Closed::Stopped;
+            }
+            let mut closed = match r.fill_buf() {
+                Ok([]) => Some(Closed::Eof),
+                Ok(data) => {
+                    splitter.feed(data, &mut raw);
+                    let n = data.len();
+                    r.consume(n);
+                    None
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => Some(Closed::Lost(e)),
+            };
+            if closed.is_some() {
+                // What was received of a last line is a line, whether the
+                // server closed cleanly or the connection broke.
+                if matches!(closed, Some(Closed::Lost(_))) && splitter.partial_len() > 0 {
+                    tracing::warn!(
+                        "receiver: the connection broke in the middle of a line; keeping its {} bytes as a line",
+                        splitter.partial_len()
+                    );
+                }
+                raw.extend(splitter.finish());
+            }
+            let mut lines = Vec::with_capacity(raw.len());
+            for l in raw.drain(..) {
+                match self.decode(l) {
+                    Ok(Some(s)) => lines.push(s),
+                    Ok(None) => {}
+                    Err(()) => {
+                        // The rest of the connection is not read: the lines
+                        // after this one in this read go with it.
+                        closed = Some(Closed::Invalid);
+                        break;
+                    }
+                }
+            }
+            raw.clear();
+            if !self.deliver(lines) {
+                return Closed::Stopped;
+            }
+            if let Some(c) = closed {
+                return c;
+            }
+        }
+    }
+
+    /// Waits while the lines not yet given to a batch exceed their bound;
+    /// false when the source is dropped meanwhile.
+    fn wait_for_room(&self) -> bool {
+        let (lock, cv) = &*self.buffer;
+        let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while g.bytes > MAX_BUFFERED_BYTES {
+            if self.stopped() {
+                return false;
+            }
+            g = cv.wait_timeout(g, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        !self.stopped()
+    }
+
+    /// A line by the source's policies: `Ok(None)` when skipped, `Err` when
+    /// the connection must be dropped.
+    fn decode(&mut self, l: RawLine) -> Result<Option<String>, ()> {
+        let max = self.policy.max_line_bytes;
+        let long = l.is_long(max as usize);
+        if long {
+            let problem = format!("a line of {} bytes is longer than max_line_bytes = {max}", l.len);
+            if self.policy.on_long_line == LongLinePolicy::Skip {
+                self.bad_line(problem, BadLineAction::Skipped);
+                return Ok(None);
+            }
+            self.bad_line(problem, BadLineAction::Truncated);
+        }
+        match String::from_utf8(l.bytes) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                let problem = "a line of invalid UTF-8".to_string();
+                match self.policy.on_invalid_utf8 {
+                    InvalidUtf8Policy::Replace => {
+                        self.bad_line(problem, BadLineAction::Replaced);
+                        Ok(Some(String::from_utf8_lossy(e.as_bytes()).into_owned()))
+                    }
+                    InvalidUtf8Policy::Skip => {
+                        self.bad_line(problem, BadLineAction::Skipped);
+                        Ok(None)
+                    }
+                    InvalidUtf8Policy::Fail => {
+                        self.bad_line(problem.clone(), BadLineAction::Failed);
+                        let (host, port) = (&self.host, self.port);
+                        tracing::error!("receiver: {problem} from {host}:{port}; dropping the connection");
+                        self.report(format!("{problem} from {host}:{port} (on_invalid_utf8 = \"fail\")"));
+                        Err(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a line a policy changed or dropped, tells the listeners, and
+    /// warns at the 1st, 2nd, 4th, 8th, ... of each kind (a stream of bad
+    /// lines must not flood the log).
+    fn bad_line(&mut self, problem: String, action: BadLineAction) {
+        let slot = action_slot(action);
+        self.counts[slot] += 1;
+        let count = self.counts[slot];
+        if count.is_power_of_two() {
+            let done = match action {
+                BadLineAction::Replaced => "invalid bytes replaced by U+FFFD",
+                BadLineAction::Skipped => "skipped",
+                BadLineAction::Truncated => "truncated",
+                _ => "connection dropped",
+            };
+            tracing::warn!("receiver {}:{}: {problem}: {done} ({count} {done} so far)", self.host, self.port);
+        }
+        let e = ReceiverBadLine { source: self.index, problem, action, count };
+        self.bus.emit(|l| l.on_receiver_bad_line(&e));
+    }
+
+    /// Logs `lines` (retrying with backoff while the log cannot be
+    /// written; nothing is read meanwhile), then hands them to the next
+    /// batch. False when the source is dropped first (the lines were never
+    /// acknowledged).
+    fn deliver(&mut self, lines: Vec<String>) -> bool {
+        if lines.is_empty() {
+            return true;
+        }
+        let mut range = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u64;
+        while let Some(w) = self.writer.as_mut() {
+            match w.append(&lines) {
+                Ok(r) => {
+                    if failures > 0 {
+                        tracing::warn!(
+                            "receiver: write-ahead log append succeeded after {failures} failed attempt(s); reading again"
+                        );
+                    }
+                    range = Some(r);
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        // Not durable, so not received: keep the lines and
+                        // read nothing more until the log takes them.
+                        tracing::error!(
+                            "receiver: write-ahead log append failed: {e}; holding {} line(s) and retrying",
+                            lines.len()
+                        );
+                        self.report(format!("write-ahead log append failed: {e}"));
+                    } else {
+                        tracing::debug!("receiver: write-ahead log append failed again: {e}");
+                    }
+                    if !self.pause(backoff) {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(MAX_APPEND_BACKOFF);
+                }
+            }
+        }
+        let (lock, _) = &*self.buffer;
+        let mut b = lock.lock().unwrap_or_else(|p| p.into_inner());
+        b.bytes += lines.iter().map(|l| l.len() as u64).sum::<u64>();
+        b.lines.extend(lines);
+        if let Some(r) = range {
+            b.ranges.push(r);
+            b.end = Some(WalPosition { seq: r.seq, offset: r.end });
+        }
+        true
+    }
+}
+
 impl Source for SocketSource {
     fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
-        let got = std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|p| p.into_inner()));
+        let (lock, cv) = &*self.buffer;
+        let got = std::mem::take(&mut *lock.lock().unwrap_or_else(|p| p.into_inner()));
+        // The receiver may be waiting for room.
+        cv.notify_all();
         let batch = lines_batch(got.lines.iter().map(|s| s.as_str()));
         if self.wal.is_none() {
             return Ok((batch, InputDescriptor::Unreplayable));
@@ -189,7 +440,7 @@ impl Source for SocketSource {
         let before = self.segment.unwrap_or(u64::MAX);
         let (lines, ranges) = wal::read_from_before(dir, *source, *from, before)
             .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
-        let mut b = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.buffer.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut lines = lines;
         lines.append(&mut b.lines);
         b.lines = lines;
@@ -206,5 +457,6 @@ impl Source for SocketSource {
 impl Drop for SocketSource {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.buffer.1.notify_all();
     }
 }
