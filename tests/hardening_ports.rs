@@ -323,7 +323,7 @@ fn a_non_reading_executor_flooding_module_requests_does_not_stop_the_driver() {
             break;
         }
         sent += 1;
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             peak = peak.max(rss_kib(c.d.pid()));
         }
     }
