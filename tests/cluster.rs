@@ -28,18 +28,18 @@ use std::time::{Duration, Instant};
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
-const SIGKILL: i32 = 9;
-const SIGCONT: i32 = 18;
-const SIGSTOP: i32 = 19;
+pub(crate) const SIGKILL: i32 = 9;
+pub(crate) const SIGCONT: i32 = 18;
+pub(crate) const SIGSTOP: i32 = 19;
 
-fn signal(pid: u32, sig: i32) {
+pub(crate) fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { kill(pid as i32, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
 /// Signals a process that may be gone already (cleanup).
-fn signal_quietly(pid: u32, sig: i32) {
+pub(crate) fn signal_quietly(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let _ = unsafe { kill(pid as i32, sig) };
 }
@@ -52,7 +52,7 @@ fn names_pid(line: &str, pid: u32) -> bool {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One test at a time (see the module comment).
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -62,7 +62,7 @@ fn fault_delay(ms: u64) {
 }
 
 /// Polls `done` until it holds, or panics after `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
@@ -71,7 +71,7 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// Child processes of `pid` (all threads), from /proc.
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
     for t in tasks.flatten() {
@@ -85,7 +85,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// A process's state letter (R, S, T, Z, ...), None when it is gone.
-fn proc_state(pid: u32) -> Option<char> {
+pub(crate) fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
@@ -100,7 +100,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// Running (or stopped): not gone and not a zombie waiting to be reaped.
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
 }
 
@@ -127,15 +127,15 @@ fn strip_ansi(s: &str) -> String {
 /// A `weir` process whose stderr is read line by line (with arrival times).
 /// Executors of a local cluster inherit the driver's stderr, so their lines
 /// arrive here too, and stderr ends only when they have all exited.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
     rx: Receiver<(Instant, String)>,
     log: Vec<(Instant, String)>,
     eof: bool,
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
+    pub(crate) fn spawn(cmd: &mut Command) -> Proc {
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("cannot start weir");
         let err = child.stderr.take().unwrap();
@@ -159,20 +159,20 @@ impl Proc {
         Proc { child, rx, log: Vec::new(), eof: false }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.log.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
     }
 
-    fn lines(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn lines(&self) -> impl Iterator<Item = &str> {
         self.log.iter().map(|(_, l)| l.as_str())
     }
 
     /// Takes the lines already written, without waiting.
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         loop {
             match self.rx.try_recv() {
                 Ok(l) => self.log.push(l),
@@ -187,7 +187,7 @@ impl Proc {
 
     /// The next line matching `pred` and when it arrived; None if stderr
     /// ends first. Panics (with the log) after `timeout`.
-    fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
+    pub(crate) fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             if self.eof {
@@ -209,18 +209,18 @@ impl Proc {
     }
 
     /// The progress line of batch `time` (None if the run ended first).
-    fn wait_batch(&mut self, time: i64) -> Option<(Instant, String)> {
+    pub(crate) fn wait_batch(&mut self, time: i64) -> Option<(Instant, String)> {
         self.wait_line(Duration::from_secs(60), |l| progress_time(l) == Some(time))
     }
 
     /// The next `n` progress lines (false if the run ended first).
-    fn wait_progress(&mut self, n: u64) -> bool {
+    pub(crate) fn wait_progress(&mut self, n: u64) -> bool {
         (0..n).all(|_| self.wait_line(Duration::from_secs(60), |l| progress_time(l).is_some()).is_some())
     }
 
     /// Waits for the process to exit and for its stderr to end (executors
     /// of a local cluster included).
-    fn finish(&mut self) -> ExitStatus {
+    pub(crate) fn finish(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -259,7 +259,7 @@ impl Drop for Proc {
 }
 
 /// The batch time of a progress line (`batch 3000 ms: ...`).
-fn progress_time(l: &str) -> Option<i64> {
+pub(crate) fn progress_time(l: &str) -> Option<i64> {
     l.strip_prefix("batch ")?.split_once(" ms: ")?.0.parse().ok()
 }
 
@@ -311,7 +311,7 @@ fn assert_same_tree(got: &BTreeMap<String, Vec<u8>>, expected: &BTreeMap<String,
 }
 
 /// `weir run JOB --master MASTER` (+ `extra`), stderr piped, progress on.
-fn run_cmd(job: &Path, master: &str, extra: &[&str]) -> Command {
+pub(crate) fn run_cmd(job: &Path, master: &str, extra: &[&str]) -> Command {
     let mut c = weir();
     c.args(["run", job.to_str().unwrap(), "--master", master]).args(extra).env_remove("WEIR_SECRET");
     c
@@ -334,7 +334,7 @@ fn reference(dir: &Path, job: &Path, extra: &[&str]) -> BTreeMap<String, Vec<u8>
 /// WordCount and a windowed count over it (reduce_by_key, then
 /// reduce_by_key_and_window without an inverse function), over a finite
 /// generator source, logical clock.
-fn wordcount_job(dir: &Path, parallelism: u32, lines: u32, batches: u32, window: bool) -> PathBuf {
+pub(crate) fn wordcount_job(dir: &Path, parallelism: u32, lines: u32, batches: u32, window: bool) -> PathBuf {
     let mut job = format!(
         r#"batch_interval = "1s"
 clock = "logical"
@@ -384,8 +384,9 @@ fn executors_of(d: &Proc, n: usize) -> Vec<u32> {
 
 // ------------------------------------------------------------------ tests
 
-/// Two of three executors SIGKILLed at seeded moments; the job finishes on
-/// the survivor with the reference outputs, and reports what it recomputed.
+/// Two of three executors SIGKILLed at seeded moments; the job finishes (on
+/// the survivors and the replacements the driver starts) with the reference
+/// outputs, and reports what it recomputed.
 #[test]
 fn wordcount_and_window_survive_two_executor_kills() {
     let _serial = serial();
@@ -402,18 +403,19 @@ fn wordcount_and_window_survive_two_executor_kills() {
     let mut victims = Vec::new();
     for at in [first, second] {
         d.wait_batch(at * 1000).unwrap_or_else(|| panic!("the run ended before batch {at}:\n{}", d.text()));
-        let candidates: Vec<u32> = children(d.pid()).into_iter().filter(|p| alive(*p)).collect();
-        assert_eq!(candidates.len(), 3 - victims.len(), "executors alive before kill {}: {candidates:?}", at);
+        // Replacements of the first victim may have started by now.
+        let candidates: Vec<u32> =
+            children(d.pid()).into_iter().filter(|p| alive(*p) && !victims.contains(p)).collect();
+        assert!(!candidates.is_empty(), "no executor alive before kill {at}");
         let victim = candidates[rng.below(candidates.len() as u64) as usize];
         fault_delay(rng.below(150));
         signal(victim, SIGKILL);
         victims.push(victim);
     }
-    // No replacement is started: the rest of the job runs on the survivor.
+    // The rest of the job runs on the survivors and the replacements.
     d.wait_batch((second + 2) * 1000).expect("the run ended early");
     let survivors: Vec<u32> = children(d.pid()).into_iter().filter(|p| alive(*p)).collect();
-    assert_eq!(survivors.len(), 1, "one executor left after two kills: {survivors:?}");
-    assert!(!victims.contains(&survivors[0]));
+    assert!(!survivors.is_empty() && survivors.iter().all(|p| !victims.contains(p)), "{survivors:?}");
     let status = d.finish();
     let log = d.text();
     assert!(status.success(), "the job did not finish on the surviving executor ({status}):\n{log}");
@@ -440,7 +442,7 @@ fn wordcount_and_window_survive_two_executor_kills() {
 }
 
 /// The listening TCP port of `pid` (an executor has one: its block server).
-fn listening_port(pid: u32) -> u16 {
+pub(crate) fn listening_port(pid: u32) -> u16 {
     let mut inodes = Vec::new();
     for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
         if let Ok(t) = std::fs::read_link(fd.path()) {
@@ -712,19 +714,19 @@ fn a_stopped_executor_is_lost_by_heartbeat_timeout_and_exits_when_continued() {
 }
 
 /// A port that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-fn executor_cmd(driver: &str) -> Command {
+pub(crate) fn executor_cmd(driver: &str) -> Command {
     let mut c = weir();
     c.args(["executor", "--driver", driver]).env_remove("WEIR_SECRET").stdin(Stdio::null()).stdout(Stdio::null());
     c
 }
 
 /// Runs `cmd` to completion within `timeout`: (status, stderr).
-fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) {
+pub(crate) fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> (ExitStatus, String) {
     let mut p = Proc::spawn(cmd);
     let deadline = Instant::now() + timeout;
     let status = loop {

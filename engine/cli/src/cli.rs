@@ -122,9 +122,14 @@ pub struct RunArgs {
     /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Declare an executor lost after this long without a heartbeat (ms).
+    /// Declare an executor lost after this long without a heartbeat (ms;
+    /// at least 500).
     #[arg(long, default_value_t = 3000)]
     pub heartbeat_timeout_ms: u64,
+    /// Fail the batch in flight when no executor has been connected for this
+    /// long (ms; at least 500), instead of waiting for one.
+    #[arg(long, default_value_t = 60000)]
+    pub no_executor_timeout_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -296,6 +301,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     cluster.listen = args.listen.clone();
     cluster.secret = weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?;
     cluster.heartbeat_timeout = std::time::Duration::from_millis(args.heartbeat_timeout_ms);
+    cluster.no_executor_timeout = std::time::Duration::from_millis(args.no_executor_timeout_ms);
     // Executors are this very program, whatever it is called.
     cluster.executor_binary = std::env::current_exe().ok();
     opts.cluster = cluster;

@@ -4,11 +4,16 @@
 //! timeout (dead, or stopped) counts as not having the block: a missing
 //! shuffle bucket is a fetch failure, a missing cached partition is
 //! recomputed from lineage.
+//!
+//! Connections are capped ([`super::gate`]), the handshake has a deadline,
+//! and an authenticated peer gets [`IDLE_TIMEOUT`] between requests and for
+//! each reply it does not read.
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::gate::Gate;
 use super::protocol::{self, Admission, BlockReply, BlockRequest, Role};
 use crate::executor::{Block, BlockStore};
 use crate::rdd::BlockId;
@@ -16,20 +21,48 @@ use crate::udf::UdfLimits;
 
 /// How long a fetch waits for a peer.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a server waits for an authenticated peer's next request, or for
+/// it to take a reply.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits a little after `accept` fails (out of descriptors, say), so the
+/// loop does not spin while the condition lasts.
+pub(crate) fn accept_failed(e: &std::io::Error) {
+    tracing::warn!("accepting a connection failed: {e}");
+    std::thread::sleep(Duration::from_millis(50));
+}
 
 /// Serves `store` on `listener` until the process ends.
 pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>) {
     let _ = std::thread::Builder::new().name("weir-block-server".into()).spawn(move || {
+        let gate = Gate::new();
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_failed(&e);
+                    continue;
+                }
+            };
+            let mut ticket = match gate.admit(&conn) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("refused a block fetch connection: {e}");
+                    continue;
+                }
+            };
             let (store, secret) = (store.clone(), secret.clone());
             let _ = std::thread::Builder::new().name("weir-block-conn".into()).spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
                 let admitted = protocol::accept(&mut conn, &secret, |role| match role {
                     Role::BlockFetch => Admission::Welcome { executor_id: 0, limits: UdfLimits::default() },
                     Role::Executor { .. } => Admission::Refused { reason: "this is a block server".into() },
                 });
-                if admitted.is_err() {
+                if admitted.is_err() || !ticket.authenticated() {
+                    return;
+                }
+                if conn.set_read_timeout(Some(IDLE_TIMEOUT)).is_err()
+                    || conn.set_write_timeout(Some(IDLE_TIMEOUT)).is_err()
+                {
                     return;
                 }
                 while let Ok(BlockRequest::Get(ids)) = protocol::read_frame::<BlockRequest>(&mut conn) {
@@ -50,9 +83,11 @@ pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
     let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
+        protocol::connect_within(&mut conn, secret, Role::BlockFetch, protocol::PROTOCOL_VERSION, FETCH_TIMEOUT)
+            .ok()?;
+        // The handshake set its own timeouts.
         conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
         conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
-        protocol::connect(&mut conn, secret, Role::BlockFetch, protocol::PROTOCOL_VERSION).ok()?;
         protocol::write_frame(&mut conn, &BlockRequest::Get(ids.to_vec())).ok()?;
         let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
         (bs.len() == ids.len()).then_some(bs)

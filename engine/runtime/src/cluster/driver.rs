@@ -13,6 +13,14 @@
 //!
 //! A stage's lineage goes to an executor once (`Stage`), and its tasks name
 //! it (`Run { stage, .. }`): tasks with equal lineage share a stage id.
+//! Module answers are queued as references to the registry's bytes, so a
+//! peer that asks again and again costs a bounded queue of pointers.
+//!
+//! Connections are capped ([`super::gate`]); the handshake has a deadline.
+//! `local-cluster[N]` starts a replacement when one of its executors is lost
+//! (after a backoff, up to [`MAX_RESTARTS`] in a row), and a driver with no
+//! executor for `no_executor_timeout` fails the tasks it holds with a clear
+//! error instead of waiting for ever.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -25,11 +33,26 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::block_server;
+use super::gate::Gate;
 use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, STAGE_CACHE};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
 use crate::listener::{ExecutorEvent, ListenerBus};
 use crate::rdd::{Rdd, RddId};
-use crate::udf::ModuleRegistry;
+use crate::udf::{ModuleHash, ModuleRegistry};
+
+/// The shortest heartbeat timeout accepted: several heartbeat intervals, so
+/// one late heartbeat does not lose an executor (and 0 does not lose all).
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Replacements of lost `local-cluster` executors started in a row (a
+/// replacement that stays [`STABLE_AFTER`] resets the count), as Spark's
+/// standalone master caps executor retries.
+pub const MAX_RESTARTS: u32 = 10;
+/// A replacement that lives this long counts as a success.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Backoff before the first replacement in a row, doubled after each up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How a driver runs its cluster.
 #[derive(Debug, Clone)]
@@ -44,8 +67,12 @@ pub struct ClusterConfig {
     pub wait_for: u32,
     /// The cluster secret; generated for local-cluster when absent.
     pub secret: Option<Vec<u8>>,
-    /// An executor silent for this long is declared lost.
+    /// An executor silent for this long is declared lost (at least
+    /// [`MIN_HEARTBEAT_TIMEOUT`]).
     pub heartbeat_timeout: Duration,
+    /// With no executor connected for this long, the tasks the driver holds
+    /// fail (and with them the batch) instead of waiting.
+    pub no_executor_timeout: Duration,
     /// The program started for local executors (`PROGRAM executor --driver
     /// ...`); `None` looks for `weir` beside the current executable, then on
     /// `PATH`.
@@ -147,7 +174,7 @@ struct Conn {
     /// For shutting the connection when the executor is lost.
     sock: TcpStream,
     /// To its writer thread; dropping it ends the thread.
-    out: SyncSender<ToExecutor>,
+    out: SyncSender<Outgoing>,
     writer: Option<JoinHandle<()>>,
     running: HashMap<u64, Running>,
     /// The stage lineages it holds, oldest first (mirrors its cache).
@@ -161,6 +188,10 @@ struct State {
     next_id: u64,
     /// The driver is stopping: executors leaving is expected.
     stopping: bool,
+    /// Since when no executor has been connected (None while one is).
+    empty_since: Option<Instant>,
+    /// The no-executor timeout has been logged as an error (once per spell).
+    empty_reported: bool,
 }
 
 struct Shared {
@@ -173,6 +204,41 @@ struct Shared {
     listeners: ListenerBus,
     stages: Mutex<Stages>,
     counters: Counters,
+    no_executor_timeout: Duration,
+    /// The `local-cluster` executor processes, and how to start more.
+    local: Mutex<Local>,
+}
+
+/// `local-cluster[N]`'s executor processes.
+#[derive(Default)]
+struct Local {
+    /// How many should be connected.
+    want: u32,
+    /// The program and arguments that start one, with the secret.
+    command: Option<(std::path::PathBuf, Vec<String>, String)>,
+    children: Vec<Child>,
+    /// Replacements started in a row without one staying [`STABLE_AFTER`].
+    restarts: u32,
+    /// When the next replacement may start.
+    next_start: Option<Instant>,
+    /// Started, not yet joined: (pid, when).
+    starting: Vec<(u32, Instant)>,
+    /// Pids of joined executors, with when they joined.
+    joined: HashMap<u32, Instant>,
+    gave_up: bool,
+}
+
+impl Local {
+    fn spawn(&mut self) -> std::io::Result<u32> {
+        let Some((exe, args, secret)) = &self.command else {
+            return Err(std::io::Error::other("no executor program"));
+        };
+        let child = Command::new(exe).args(args).env("WEIR_SECRET", secret).spawn()?;
+        let pid = child.id();
+        self.children.push(child);
+        self.starting.push((pid, Instant::now()));
+        Ok(pid)
+    }
 }
 
 /// `local-cluster[N]` and remote executors.
@@ -180,7 +246,13 @@ pub struct ClusterBackend {
     shared: Arc<Shared>,
     blocks: Arc<BlockStore>,
     block_addr: String,
-    children: Mutex<Vec<Child>>,
+}
+
+/// What a writer thread sends: a message, or a module by reference (encoded
+/// only when written, so queued answers do not copy its bytes).
+enum Outgoing {
+    Msg(ToExecutor),
+    Module { name: String, hash: ModuleHash, bytes: Arc<Vec<u8>> },
 }
 
 /// Why a message could not be queued for an executor.
@@ -200,6 +272,10 @@ fn queue_bound(slots: u32) -> usize {
 
 impl Conn {
     fn send(&self, msg: ToExecutor) -> Result<(), QueueError> {
+        self.send_out(Outgoing::Msg(msg))
+    }
+
+    fn send_out(&self, msg: Outgoing) -> Result<(), QueueError> {
         self.out.try_send(msg).map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Full,
             TrySendError::Disconnected(_) => QueueError::Closed,
@@ -232,6 +308,11 @@ impl Conn {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Never taken while holding the state lock's guard.
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues tasks for executors with free slots (least loaded first). Only
@@ -306,13 +387,17 @@ impl Shared {
 /// write that fails or makes no progress for the heartbeat timeout loses the
 /// executor. Ends when the queue's sender is dropped (the executor was
 /// removed) or after a failed write.
-fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<ToExecutor>) {
+fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<Outgoing>) {
     let timeout = shared.timeout.max(Duration::from_millis(1));
     if let Err(e) = sock.set_write_timeout(Some(timeout)) {
         shared.lose_and_dispatch(id, &format!("cannot set a write timeout on its connection ({e})"));
         return;
     }
-    for msg in rx {
+    for out in rx {
+        let msg = match out {
+            Outgoing::Msg(m) => m,
+            Outgoing::Module { name, hash, bytes } => ToExecutor::Module { name, hash, bytes: bytes.to_vec() },
+        };
         let (stage, run) = match &msg {
             ToExecutor::Stage { .. } => (1, 0),
             ToExecutor::Run { .. } => (0, 1),
@@ -352,6 +437,33 @@ impl ClusterBackend {
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Self, Receiver<BackendEvent>)> {
+        if cfg.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a heartbeat timeout of {} ms is too short: the minimum is {} ms (executors heartbeat every {} ms)",
+                    cfg.heartbeat_timeout.as_millis(),
+                    MIN_HEARTBEAT_TIMEOUT.as_millis(),
+                    super::executor::HEARTBEAT_INTERVAL.as_millis()
+                ),
+            ));
+        }
+        if cfg.no_executor_timeout < MIN_HEARTBEAT_TIMEOUT {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a no-executor timeout of {} ms is too short: the minimum is {} ms",
+                    cfg.no_executor_timeout.as_millis(),
+                    MIN_HEARTBEAT_TIMEOUT.as_millis()
+                ),
+            ));
+        }
+        if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the cluster secret is empty: a cluster secret cannot be empty",
+            ));
+        }
         let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
         let loopback = listen.starts_with("127.") || listen.starts_with("localhost") || listen.starts_with("[::1]");
         let secret = match (&cfg.secret, loopback) {
@@ -379,6 +491,8 @@ impl ClusterBackend {
                 queue: VecDeque::new(),
                 next_id: 0,
                 stopping: false,
+                empty_since: None,
+                empty_reported: false,
             }),
             joined: Condvar::new(),
             events,
@@ -388,22 +502,24 @@ impl ClusterBackend {
             listeners: cfg.listeners.clone(),
             stages: Mutex::new(Stages::default()),
             counters: Counters::default(),
+            no_executor_timeout: cfg.no_executor_timeout,
+            local: Mutex::new(Local::default()),
         });
         accept_loop(listener, shared.clone());
         monitor(shared.clone());
 
-        let mut children = Vec::new();
-        let exe = if cfg.local_executors > 0 {
-            find_executor_binary(cfg.executor_binary.as_deref())?
-        } else {
-            std::path::PathBuf::new()
-        };
-        for _ in 0..cfg.local_executors {
-            let child = Command::new(&exe)
-                .args(["executor", "--driver", &addr.to_string(), "--cores", &cfg.cores.to_string()])
-                .env("WEIR_SECRET", String::from_utf8_lossy(&secret).as_ref())
-                .spawn()?;
-            children.push(child);
+        let backend = ClusterBackend { shared: shared.clone(), blocks, block_addr };
+        if cfg.local_executors > 0 {
+            let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
+            let args = ["executor", "--driver", &addr.to_string(), "--cores", &cfg.cores.to_string()]
+                .map(String::from)
+                .to_vec();
+            let mut local = backend.shared.local();
+            local.want = cfg.local_executors;
+            local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
+            for _ in 0..cfg.local_executors {
+                local.spawn()?;
+            }
         }
         let want = cfg.local_executors + cfg.wait_for;
         tracing::info!("driver accepting executors on {addr}; waiting for {want}");
@@ -420,7 +536,7 @@ impl ClusterBackend {
             st = shared.joined.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
         }
         drop(st);
-        Ok((ClusterBackend { shared, blocks, block_addr, children: Mutex::new(children) }, rx))
+        Ok((backend, rx))
     }
 
     /// Frames and bytes written to executors so far.
@@ -430,17 +546,30 @@ impl ClusterBackend {
 
     /// Pids of the executor processes this driver started.
     pub fn executor_pids(&self) -> Vec<u32> {
-        self.children.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|c| c.id()).collect()
+        self.shared.local().children.iter().map(|c| c.id()).collect()
     }
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("weir-driver-accept".into()).spawn(move || {
+        let gate = Gate::new();
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    block_server::accept_failed(&e);
+                    continue;
+                }
+            };
+            let mut ticket = match gate.admit(&conn) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("refused a connection: {e}");
+                    continue;
+                }
+            };
             let shared = shared.clone();
             let _ = std::thread::Builder::new().name("weir-executor-conn".into()).spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
                 let id = {
                     let mut st = shared.lock();
                     st.next_id += 1;
@@ -458,6 +587,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         return;
                     }
                 };
+                if !ticket.authenticated() {
+                    return; // dropped to make room meanwhile
+                }
                 let Role::Executor { slots, block_addr, pid } = role else { return };
                 let (Ok(sock), Ok(wsock)) = (conn.try_clone(), conn.try_clone()) else { return };
                 let _ = conn.set_read_timeout(None);
@@ -505,11 +637,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                             c.last_seen = Instant::now();
                             let msg = match shared.registry.get(&hash) {
                                 Some(m) => {
-                                    ToExecutor::Module { name: m.name().to_string(), hash, bytes: m.bytes().to_vec() }
+                                    Outgoing::Module { name: m.name().to_string(), hash, bytes: m.bytes().clone() }
                                 }
-                                None => ToExecutor::NoModule { hash },
+                                None => Outgoing::Msg(ToExecutor::NoModule { hash }),
                             };
-                            if let Err(e) = c.send(msg) {
+                            if let Err(e) = c.send_out(msg) {
                                 shared.lose(&mut st, id, &format!("cannot send to it: {e}"));
                                 shared.dispatch(&mut st);
                                 return;
@@ -552,19 +684,140 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     });
 }
 
-/// Declares silent executors lost.
+/// Declares silent executors lost, fails the tasks of a driver that has had
+/// no executor for too long, and replaces lost `local-cluster` executors.
 fn monitor(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("weir-heartbeats".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_millis(100));
-        let mut st = shared.lock();
-        let silent: Vec<u64> =
-            st.executors.iter().filter(|(_, c)| c.last_seen.elapsed() > shared.timeout).map(|(id, _)| *id).collect();
-        for id in silent {
-            let t = shared.timeout;
-            shared.lose(&mut st, id, &format!("no heartbeat for {} ms", t.as_millis()));
-        }
-        shared.dispatch(&mut st);
+        let connected: Vec<u32> = {
+            let mut st = shared.lock();
+            let silent: Vec<u64> = st
+                .executors
+                .iter()
+                .filter(|(_, c)| c.last_seen.elapsed() > shared.timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in silent {
+                let t = shared.timeout;
+                shared.lose(&mut st, id, &format!("no heartbeat for {} ms", t.as_millis()));
+            }
+            shared.dispatch(&mut st);
+            if st.stopping {
+                return;
+            }
+            fail_without_executors(&shared, &mut st);
+            st.executors.values().map(|c| c.pid).collect()
+        };
+        replace_local(&shared, &connected);
     });
+}
+
+/// With no executor connected for `no_executor_timeout`, fails the tasks
+/// waiting for one (they are retried, and fail again at once, so the batch
+/// fails with this error).
+fn fail_without_executors(shared: &Shared, st: &mut State) {
+    if !st.executors.is_empty() {
+        st.empty_since = None;
+        st.empty_reported = false;
+        return;
+    }
+    let since = *st.empty_since.get_or_insert_with(Instant::now);
+    if since.elapsed() < shared.no_executor_timeout || st.queue.is_empty() {
+        return;
+    }
+    let why = format!(
+        "no executor connected for {} ms (the no-executor timeout is {} ms)",
+        since.elapsed().as_millis(),
+        shared.no_executor_timeout.as_millis()
+    );
+    if !std::mem::replace(&mut st.empty_reported, true) {
+        tracing::error!("{why}: failing the tasks that wait for one until an executor joins");
+    }
+    for (_, t) in st.queue.drain(..) {
+        let _ = shared.events.send(BackendEvent::Task(TaskResult {
+            task_id: t.id,
+            attempt: t.attempt,
+            outcome: Err(TaskFailure::engine(why.clone())),
+            blocks: vec![],
+            udf_calls: 0,
+            micros: 0,
+            executor: String::new(),
+        }));
+    }
+}
+
+/// Keeps `local-cluster[N]`'s N executors: reaps exited ones, and starts a
+/// replacement for each one missing, after a backoff that doubles with each
+/// replacement in a row, up to [`MAX_RESTARTS`] in a row. `connected` are
+/// the pids of the executors connected now.
+fn replace_local(shared: &Shared, connected: &[u32]) {
+    let mut local = shared.local();
+    if local.want == 0 || local.command.is_none() {
+        return;
+    }
+    local.children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    let children: Vec<u32> = local.children.iter().map(|c| c.id()).collect();
+    let now = Instant::now();
+    // Started ones that joined or exited are no longer starting; one that
+    // has not joined in a minute is killed (it is stuck) and replaced.
+    let mut stuck = Vec::new();
+    local.starting.retain(|(pid, at)| {
+        if connected.contains(pid) || !children.contains(pid) {
+            return false;
+        }
+        if at.elapsed() > Duration::from_secs(60) {
+            stuck.push(*pid);
+            return false;
+        }
+        true
+    });
+    for c in local.children.iter_mut().filter(|c| stuck.contains(&c.id())) {
+        let _ = c.kill();
+    }
+    for pid in connected.iter().filter(|p| children.contains(p)) {
+        local.joined.entry(*pid).or_insert(now);
+    }
+    // Lost ones: one that ran long enough was a success.
+    let lost: Vec<(u32, Instant)> =
+        local.joined.iter().filter(|(p, _)| !connected.contains(p)).map(|(p, t)| (*p, *t)).collect();
+    for (pid, since) in lost {
+        local.joined.remove(&pid);
+        if since.elapsed() >= STABLE_AFTER {
+            local.restarts = 0;
+        }
+    }
+    if local.joined.values().any(|t| t.elapsed() >= STABLE_AFTER) && local.joined.len() as u32 >= local.want {
+        local.restarts = 0;
+    }
+    let have = local.joined.len() + local.starting.len();
+    if have as u32 >= local.want || local.gave_up {
+        local.next_start = None;
+        return;
+    }
+    if local.restarts >= MAX_RESTARTS {
+        local.gave_up = true;
+        tracing::error!(
+            "{MAX_RESTARTS} local executors were started in a row and none stayed {} s: no more replacements",
+            STABLE_AFTER.as_secs()
+        );
+        return;
+    }
+    let backoff = FIRST_BACKOFF.saturating_mul(1 << local.restarts.min(16)).min(MAX_BACKOFF);
+    let at = *local.next_start.get_or_insert(now + backoff);
+    if now < at {
+        return;
+    }
+    local.next_start = None;
+    local.restarts += 1;
+    match local.spawn() {
+        Ok(pid) => tracing::warn!(
+            "started executor pid {pid} to replace a lost one ({} of {}, replacement {} in a row)",
+            have + 1,
+            local.want,
+            local.restarts
+        ),
+        Err(e) => tracing::error!("cannot start a replacement executor: {e}"),
+    }
 }
 
 impl ExecutorBackend for ClusterBackend {
@@ -606,7 +859,9 @@ impl Drop for ClusterBackend {
         while writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        for c in self.children.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+        let mut local = self.shared.local();
+        local.want = 0;
+        for c in local.children.iter_mut() {
             // Executors exit when their driver goes; make sure of it.
             let _ = c.kill();
             let _ = c.wait();
@@ -705,6 +960,7 @@ mod tests {
             wait_for: 1,
             secret: Some(secret),
             heartbeat_timeout: Duration::from_secs(30),
+            no_executor_timeout: Duration::from_secs(60),
             executor_binary: None,
             listeners: Default::default(),
         };

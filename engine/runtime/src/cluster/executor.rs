@@ -17,7 +17,11 @@ use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
 /// How often an executor tells its driver it is alive.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(300);
+/// (Several fit in the driver's minimum heartbeat timeout.)
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a write to the driver may make no progress before the executor
+/// gives up on it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,6 +49,10 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
     let Admission::Welcome { executor_id, limits } = admission else {
         return Err(ExecutorError::Other("refused".into()));
     };
+    // The handshake's deadline set these; from now on the driver may be
+    // quiet for long (no tasks), and heartbeats tell it this one is alive.
+    conn.set_read_timeout(None).map_err(|e| ExecutorError::Other(e.to_string()))?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| ExecutorError::Other(e.to_string()))?;
     block_server::serve(listener, blocks.clone(), secret.clone());
     tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
 

@@ -7,15 +7,32 @@
 pub mod block_server;
 pub mod driver;
 pub mod executor;
+pub mod gate;
 pub mod protocol;
 
 pub use driver::{find_executor_binary, ClusterBackend, ClusterConfig, SendStats};
 
-/// The cluster secret from `WEIR_SECRET` or a file.
+/// The cluster secret from a file (trimmed) or `WEIR_SECRET`. An empty or
+/// whitespace-only secret is an error, never a secret: anyone could prove
+/// they know it.
 pub fn secret_from(file: Option<&std::path::Path>) -> std::io::Result<Option<Vec<u8>>> {
+    let empty = |what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} is empty: a cluster secret cannot be empty"),
+        )
+    };
     if let Some(f) = file {
         let s = std::fs::read_to_string(f)?;
+        if s.trim().is_empty() {
+            return Err(empty(format!("the secret file {}", f.display())));
+        }
         return Ok(Some(s.trim().as_bytes().to_vec()));
     }
-    Ok(std::env::var("WEIR_SECRET").ok().filter(|s| !s.is_empty()).map(|s| s.into_bytes()))
+    match std::env::var("WEIR_SECRET") {
+        Ok(s) if s.is_empty() => Ok(None),
+        Ok(s) if s.trim().is_empty() => Err(empty("WEIR_SECRET".into())),
+        Ok(s) => Ok(Some(s.trim().as_bytes().to_vec())),
+        Err(_) => Ok(None),
+    }
 }

@@ -6,10 +6,19 @@
 //! answers [`Hello`] with its version and HMAC-SHA256(secret, nonce); the
 //! server answers [`Admission::Welcome`] or [`Admission::Refused`] (and closes). After that, frames
 //! are `u32le length | bincode(message)`.
+//!
+//! Every byte from a peer is untrusted: a frame's length is checked before
+//! anything is allocated for it ([`HANDSHAKE_FRAME`] before authentication,
+//! [`MAX_FRAME`] after), its body is read as it arrives (memory grows with
+//! the bytes received, not with the length claimed), decoding is bounded so
+//! no length inside the payload allocates more than a small multiple of the
+//! frame's size, and the whole handshake has a deadline
+//! ([`HANDSHAKE_DEADLINE`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,8 +31,17 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// (`Stage`), and `Run` names it instead of carrying it.
 pub const PROTOCOL_VERSION: u32 = 2;
 const MAGIC: [u8; 4] = *b"WEIR";
-/// Largest frame accepted (a task with its lineage, a block, a module).
+/// Largest frame accepted from an authenticated peer (a task with its
+/// lineage, a block, a module).
 pub const MAX_FRAME: usize = 1 << 30;
+/// Largest frame accepted during the handshake (a challenge, a hello, an
+/// admission are well under 1 KiB; a few KiB of addresses and reasons).
+pub const HANDSHAKE_FRAME: usize = 64 << 10;
+/// How long a peer has to complete the handshake, however it trickles bytes.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes a frame's body is read in (so a claimed length allocates nothing
+/// until the bytes arrive).
+const READ_CHUNK: usize = 64 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Challenge {
@@ -172,30 +190,101 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> std::io::Result
     w.flush()
 }
 
+/// Reads one frame of at most [`MAX_FRAME`] bytes (after the handshake).
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<T> {
+    read_frame_limited(r, MAX_FRAME)
+}
+
+/// Reads one frame of at most `limit` bytes. The body is read as it arrives,
+/// and decoding may claim (for strings and byte buffers) no more than a
+/// small multiple of the frame's length, so a hostile length costs nothing.
+pub fn read_frame_limited<T: DeserializeOwned>(r: &mut impl Read, limit: usize) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    if len > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the {limit}-byte limit"),
+        ));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    bincode::serde::decode_from_slice(&buf, bincode::config::standard())
-        .map(|(m, _)| m)
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
+    let got = r.take(len as u64).read_to_end(&mut buf)?;
+    if got < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the peer closed after {got} of a frame's {len} bytes"),
+        ));
+    }
+    decode_bounded(&buf)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+/// Decodes `buf` with a bincode limit of the smallest power of four (from
+/// 64 KiB) at or above its length. Only strings and byte buffers claim
+/// against the limit, one byte per byte, so a well-formed frame never
+/// exceeds its own length; a length inside the payload that does is refused
+/// before anything is allocated for it.
+fn decode_bounded<T: DeserializeOwned>(buf: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    use bincode::config::standard;
+    macro_rules! within {
+        ($($n:literal),*) => {
+            $(if buf.len() <= (1usize << $n) {
+                return bincode::serde::decode_from_slice(buf, standard().with_limit::<{ 1usize << $n }>()).map(|(m, _)| m);
+            })*
+        };
+    }
+    within!(16, 18, 20, 22, 24, 26, 28);
+    bincode::serde::decode_from_slice(buf, standard().with_limit::<MAX_FRAME>()).map(|(m, _)| m)
+}
+
+/// A socket whose reads and writes all end by one deadline (a peer that
+/// trickles a byte now and then still runs out of time).
+struct Deadline<'a> {
+    sock: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the handshake took too long"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        (&mut &*self.sock).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        (&mut &*self.sock).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, msg)
 }
 
-/// Server side of the handshake: returns the client's role, or an error
-/// after telling the client why it was refused.
+/// Server side of the handshake, within [`HANDSHAKE_DEADLINE`]: returns the
+/// client's role, or an error after telling the client why it was refused.
+/// The socket's timeouts are the caller's to set again afterwards.
 pub fn accept(conn: &mut TcpStream, secret: &[u8], admit: impl FnOnce(&Role) -> Admission) -> std::io::Result<Role> {
+    let conn = &mut Deadline { sock: conn, until: Instant::now() + HANDSHAKE_DEADLINE };
     let nonce = random_bytes()?;
     write_frame(conn, &Challenge { magic: MAGIC, version: PROTOCOL_VERSION, nonce })?;
-    let hello: Hello = read_frame(conn).map_err(|e| invalid(format!("not a Weir peer (bad hello: {e})")))?;
+    let hello: Hello =
+        read_frame_limited(conn, HANDSHAKE_FRAME).map_err(|e| invalid(format!("not a Weir peer (bad hello: {e})")))?;
     let refusal = if hello.magic != MAGIC {
         Some("not a Weir peer".to_string())
     } else if hello.version != PROTOCOL_VERSION {
@@ -224,14 +313,28 @@ pub fn accept(conn: &mut TcpStream, secret: &[u8], admit: impl FnOnce(&Role) -> 
     }
 }
 
-/// Client side of the handshake.
+/// Client side of the handshake, within [`HANDSHAKE_DEADLINE`] (the server
+/// is as untrusted as any peer until it has answered). The socket's timeouts
+/// are the caller's to set again afterwards.
 pub fn connect(conn: &mut TcpStream, secret: &[u8], role: Role, version: u32) -> std::io::Result<Admission> {
-    let ch: Challenge = read_frame(conn)?;
+    connect_within(conn, secret, role, version, HANDSHAKE_DEADLINE)
+}
+
+/// [`connect`] with another deadline (block fetches wait less).
+pub fn connect_within(
+    conn: &mut TcpStream,
+    secret: &[u8],
+    role: Role,
+    version: u32,
+    within: Duration,
+) -> std::io::Result<Admission> {
+    let conn = &mut Deadline { sock: conn, until: Instant::now() + within };
+    let ch: Challenge = read_frame_limited(conn, HANDSHAKE_FRAME)?;
     if ch.magic != MAGIC {
         return Err(invalid("the server is not a Weir driver or executor".into()));
     }
     write_frame(conn, &Hello { magic: MAGIC, version, proof: hmac(secret, &ch.nonce), role })?;
-    let adm: Admission = read_frame(conn)?;
+    let adm: Admission = read_frame_limited(conn, HANDSHAKE_FRAME)?;
     if let Admission::Refused { reason } = &adm {
         return Err(invalid(format!("refused: {reason}")));
     }
@@ -247,5 +350,34 @@ mod tests {
         let mac = hmac(b"Jefe", b"what do ya want for nothing?");
         let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    /// Lengths claimed by the header, or inside the payload, allocate nothing.
+    #[test]
+    fn hostile_lengths_are_refused_before_allocating() {
+        let mut big = (1u32 << 30).to_le_bytes().to_vec();
+        big.extend_from_slice(&[0; 16]);
+        let e = read_frame_limited::<Hello>(&mut big.as_slice(), HANDSHAKE_FRAME).unwrap_err();
+        assert!(e.to_string().contains("over the 65536-byte limit"), "{e}");
+        let mut body = b"WEIR".to_vec();
+        body.extend_from_slice(&[2]);
+        body.extend_from_slice(&[0; 32]);
+        body.extend_from_slice(&[0, 1, 0xfd]);
+        body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(&body);
+        let e = read_frame::<Hello>(&mut f.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("malformed frame"), "{e}");
+        // A frame cut short is an error, not a wait for bytes never sent.
+        let short = [10u8, 0, 0, 0, 1, 2];
+        assert!(read_frame::<Hello>(&mut &short[..]).is_err());
+    }
+
+    #[test]
+    fn a_frame_round_trips() {
+        let msg = Admission::Refused { reason: "x".repeat(100_000) };
+        let f = encode_frame(&msg).unwrap();
+        let Admission::Refused { reason } = read_frame::<Admission>(&mut f.as_slice()).unwrap() else { panic!() };
+        assert_eq!(reason.len(), 100_000);
     }
 }

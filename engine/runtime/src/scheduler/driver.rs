@@ -505,6 +505,7 @@ fn start_executors(
                 wait_for,
                 secret: opts.cluster.secret.clone(),
                 heartbeat_timeout: opts.cluster.heartbeat_timeout,
+                no_executor_timeout: opts.cluster.no_executor_timeout,
                 executor_binary: opts.cluster.executor_binary.clone(),
                 listeners: listeners.clone(),
             };

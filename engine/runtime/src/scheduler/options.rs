@@ -125,7 +125,11 @@ impl StopSignal {
 pub struct ClusterOptions {
     pub listen: Option<String>,
     pub secret: Option<Vec<u8>>,
+    /// An executor silent for this long is lost (at least 500 ms).
     pub heartbeat_timeout: Duration,
+    /// With no executor connected for this long, the batch in flight fails
+    /// with an error instead of waiting (default 60 s).
+    pub no_executor_timeout: Duration,
     /// The program `local-cluster[N]` starts as executors (see
     /// [`crate::cluster::find_executor_binary`]).
     pub executor_binary: Option<PathBuf>,
@@ -133,7 +137,13 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { listen: None, secret: None, heartbeat_timeout: Duration::from_secs(3), executor_binary: None }
+        ClusterOptions {
+            listen: None,
+            secret: None,
+            heartbeat_timeout: Duration::from_secs(3),
+            no_executor_timeout: Duration::from_secs(60),
+            executor_binary: None,
+        }
     }
 }
 
