@@ -100,6 +100,13 @@ pub(super) struct Progress {
     pub(super) k: i64,
 }
 
+impl Progress {
+    /// The oldest batch generated but not finished (running or failed).
+    pub(super) fn oldest_pending(&self) -> Option<i64> {
+        self.pending.iter().min().copied()
+    }
+}
+
 /// A running job: its sources, scheduler, checkpoint and progress.
 pub struct Driver {
     pub(super) job: Job,
@@ -189,8 +196,7 @@ impl Driver {
             let (input_partitions, records_in) = self.receive(time, replayed)?;
             let outs = self.generate(time, records_in, replayed, &input_partitions);
             let outputs = self.run_outputs(time, &outs);
-            self.progress.pending.retain(|t| *t != time);
-            self.progress.last_completed = Some(self.progress.last_completed.map_or(time, |l| l.max(time)));
+            self.complete(time, outputs.iter().any(|o| o.error.is_some()));
             self.checkpoint(time);
             let b = self.batch_report(time, records_in, started, scheduling_delay, &before, outputs);
             self.listeners.emit(|l| l.on_batch_completed(&b));
@@ -265,7 +271,7 @@ impl Driver {
             let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
             records_in += n;
             let partitions = match self.source_nodes.get(&(i as u32)) {
-                Some(&node) => self.store_input(time, node, i as u32, &batch).partitions,
+                Some(&node) => self.store_input(time, node, i as u32, &batch)?.partitions,
                 None => 1,
             };
             input_partitions.insert(i as u32, partitions);
@@ -288,7 +294,7 @@ impl Driver {
         let g = &self.job.graph;
         let outs = generate(g, self.progress.zero_time, time, input_partitions, &mut self.memo, &mut self.dag.lineage);
         if let Some(c) = &self.ckpt {
-            c.write_metadata(self.snapshot());
+            c.write_metadata_until(self.snapshot(), self.progress.oldest_pending());
         }
         let mut plans = Vec::new();
         if self.opts.explain && !self.explained {
@@ -304,6 +310,23 @@ impl Driver {
         outs
     }
 
+    /// A batch whose outputs all succeeded is completed; one whose output
+    /// failed stays pending (the checkpoint says so, and a restart re-runs
+    /// it), while later batches go on as in Spark.
+    fn complete(&mut self, time: i64, failed: bool) {
+        let p = &mut self.progress;
+        if failed {
+            if !p.pending.contains(&time) {
+                p.pending.push(time);
+                p.pending.sort_unstable();
+            }
+            tracing::warn!("batch {time} ms stays pending: an output failed; a restart re-runs it");
+            return;
+        }
+        p.pending.retain(|t| *t != time);
+        p.last_completed = Some(p.last_completed.map_or(time, |l| l.max(time)));
+    }
+
     /// Run outputs: one job per output operation, its result handed to the
     /// output's sink. A failed output fails the batch, not the run.
     fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<OutputOpInfo> {
@@ -315,11 +338,8 @@ impl Driver {
             match r {
                 Some(rdd) => {
                     tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, self.dag.lineage.explain(rdd));
-                    let result = self.dag.run_job(rdd).map_err(|e| e.to_string()).and_then(|parts| {
-                        let sink = self.job.sinks.get(index).ok_or("the output has no sink")?;
-                        sink.write(time, &parts).map_err(|e| e.to_string())
-                    });
-                    if let Err(e) = result {
+                    let sink = self.job.sinks.get(index);
+                    if let Err(e) = run_output(&mut self.dag, sink, &self.opts, time, index, rdd) {
                         tracing::error!("batch {time} ms failed: {e}");
                         info.error = Some(e);
                     }
@@ -344,7 +364,7 @@ impl Driver {
     }
 
     /// Checkpoint: state RDDs due at this time (data checkpoints), then the
-    /// metadata (this batch is finished).
+    /// metadata (this batch is finished, or pending if it failed).
     fn checkpoint(&mut self, time: i64) {
         let Some(c) = &self.ckpt else { return };
         let g = &self.job.graph;
@@ -364,17 +384,18 @@ impl Driver {
         }
         // Stages run for the checkpoint are not any output's.
         self.dag.take_stages();
-        c.write_metadata(self.snapshot());
+        c.write_metadata_until(self.snapshot(), self.progress.oldest_pending());
     }
 
     /// Forget what no window needs and no state recovery can need: lineage
     /// and inputs go back to the newest durable data checkpoint of every
-    /// stateful stream, which truncates their lineage.
+    /// stateful stream (at or before the oldest pending batch, which a
+    /// restart re-runs from there), which truncates their lineage.
     fn forget(&mut self, time: i64) {
         let g = &self.job.graph;
         let mut horizon = time - g.remember_ms();
         if let Some(c) = &self.ckpt {
-            let durable = c.durable_state();
+            let durable = c.durable_state_until(self.progress.oldest_pending());
             for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
                 match durable.get(&n.id) {
                     Some(r) => {
@@ -418,9 +439,12 @@ impl Driver {
         }
     }
 
-    /// Stores a source's batch as the blocks of its input RDD at `time`.
-    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: &[u8]) -> Rdd {
-        let parts = split_batch(batch, self.job.graph.parallelism);
+    /// Stores a source's batch as the blocks of its input RDD at `time`. A
+    /// malformed batch is refused, not partly dropped.
+    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: &[u8]) -> Result<Rdd, EngineError> {
+        let parts = split_batch(batch, self.job.graph.parallelism).map_err(|e| {
+            crate::source::SourceError::Custom(format!("source {source} gave a malformed batch at {time} ms: {e}"))
+        })?;
         let id = RddId { time, node };
         let rdd = Rdd {
             id,
@@ -434,7 +458,7 @@ impl Driver {
             self.dag.register_block(bid, crate::rdd::digest(&data));
             self.blocks.put(bid, Arc::new(data));
         }
-        rdd
+        Ok(rdd)
     }
 
     /// The metadata checkpoint of where the run is now.
@@ -452,6 +476,38 @@ impl Driver {
             inputs: p.inputs.clone(),
             cursors: self.sources.iter().map(|s| s.cursor()).collect(),
             state: BTreeMap::new(),
+        }
+    }
+}
+
+/// One output operation: its job, then its sink's write. A failed write
+/// (a full disk) is tried again, with backoff, `output_retries` times;
+/// the job's result is kept, not recomputed.
+fn run_output(
+    dag: &mut DagScheduler,
+    sink: Option<&Arc<dyn Sink>>,
+    opts: &RunOptions,
+    time: i64,
+    index: usize,
+    rdd: RddId,
+) -> Result<(), String> {
+    let parts = dag.run_job(rdd).map_err(|e| e.to_string())?;
+    let sink = sink.ok_or("the output has no sink")?;
+    let (retries, mut backoff) = (opts.output_retries, opts.output_retry_backoff);
+    let mut attempt = 0;
+    loop {
+        match sink.write(time, &parts) {
+            Ok(()) => return Ok(()),
+            // A malformed result fails the same way every time.
+            Err(e) if attempt < retries && !matches!(e, crate::sink::SinkError::Malformed(_)) => {
+                attempt += 1;
+                tracing::warn!(
+                    "batch {time} ms: output {index} failed: {e}; retrying in {backoff:?} ({attempt} of {retries})"
+                );
+                std::thread::sleep(backoff);
+                backoff = backoff.saturating_mul(2);
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
@@ -496,18 +552,16 @@ fn start_executors(
 }
 
 /// Splits an encoded batch into up to `n` contiguous partitions (at least one).
-fn split_batch(batch: &[u8], n: u32) -> Vec<Vec<u8>> {
-    let Ok(recs) = Records::new(batch) else { return vec![weir_codec::BatchBuilder::new().finish()] };
+fn split_batch(batch: &[u8], n: u32) -> Result<Vec<Vec<u8>>, weir_codec::CodecError> {
+    let recs = Records::new(batch)?;
     let total = recs.remaining() as usize;
     let n = (n.max(1) as usize).min(total.max(1));
     let per = total.div_ceil(n).max(1);
     let mut parts: Vec<weir_codec::BatchBuilder> = (0..n).map(|_| weir_codec::BatchBuilder::new()).collect();
     for (i, r) in recs.enumerate() {
-        if let Ok(r) = r {
-            parts[i / per].push_raw(r);
-        }
+        parts[i / per].push_raw(r?);
     }
-    parts.into_iter().map(|b| b.finish()).collect()
+    Ok(parts.into_iter().map(|b| b.finish()).collect())
 }
 
 /// Refuses to continue a checkpoint of another job or other modules.
