@@ -9,6 +9,7 @@ mod checkpoint_failures;
 mod cli;
 mod cluster;
 mod crash_recovery;
+mod hardening_outputs;
 mod recovery_checks;
 mod socket_wal_recovery;
 mod socket_wordcount;
