@@ -297,9 +297,16 @@ fn print_to_a_full_stdout_fails_the_batch() {
     )
     .unwrap();
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let out = weir().arg("run").arg(&job).stdout(full).output().unwrap();
+    let out = weir().arg("run").arg(&job).stdout(full.try_clone().unwrap()).output().unwrap();
     let err = text(&out.stderr);
     assert!(!out.status.success(), "print to a full stdout succeeded:\n{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // So does `weir checkpoint inspect`.
+    let ckpt = tmp.path().join("ckpt");
+    let _ = run(weir().arg("run").arg(&job).arg("--checkpoint").arg(&ckpt));
+    let out = weir().args(["checkpoint", "inspect"]).arg(&ckpt).stdout(full).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "inspect to a full stdout succeeded:\n{err}");
     assert!(err.contains("No space left on device"), "{err}");
 }
 
