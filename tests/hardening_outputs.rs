@@ -418,3 +418,25 @@ fn later_batches_complete_while_a_failed_one_stays_pending_and_only_it_is_rerun(
     assert!(m.pending.is_empty(), "{m:?}");
     assert_eq!(m.last_completed, Some(12000));
 }
+
+#[test]
+fn with_no_consistent_checkpoint_left_recovery_refuses_rather_than_drop_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job());
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "8"]), "the first 8 batches");
+    // Every data checkpoint is corrupt: every kept metadata checkpoint names one.
+    for e in std::fs::read_dir(ckpt.join("state")).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let out = run_job(&job, &ckpt, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "ran without its state:\n{err}");
+    assert!(err.contains("state") && err.contains("--fresh"), "{err}");
+    assert!(ran(&err).is_empty(), "{err}");
+    ok(&run_job(&job, &ckpt, &["--fresh"]), "--fresh starts over");
+}

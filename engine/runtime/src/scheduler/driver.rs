@@ -5,7 +5,8 @@
 //! state every checkpoint interval) and **forgets** what no window or state
 //! recovery needs any more. Before the first batch it **recovers** from a
 //! checkpoint when there is one (`recover.rs`), and re-runs the batches that
-//! were generated but not finished.
+//! were generated but not finished — including those whose output failed: a
+//! batch is completed only when every output was written.
 //!
 //! Batch times are multiples of the batch interval. With the `wall` clock the
 //! first batch is at the next multiple after the start (`zero time` = first −
