@@ -205,7 +205,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
-            print_out(&weir::checkpoint::inspect(&dir)?);
+            print_out(&weir::checkpoint::inspect(&dir)?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -267,16 +267,19 @@ fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
     for (name, kind) in m.functions() {
         out.push_str(&format!("  {:<15} {name}\n", kind.as_str()));
     }
-    print_out(&out);
+    print_out(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
-fn print_out(s: &str) {
+/// Writes to stdout. A closed pipe (`| head`) is the reader's choice, not an
+/// error; any other failure (a full disk behind a redirect) is one.
+fn print_out(s: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes());
-    let _ = out.flush();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }
 
 fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {

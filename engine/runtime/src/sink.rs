@@ -2,7 +2,8 @@
 //!
 //! * `print` — Spark's format on stdout: a dashed line, `Time: <ms> ms`, a
 //!   dashed line, the first `num` records, `...` if there are more, a blank
-//!   line. At-least-once: a batch re-run after a crash prints again.
+//!   line. At-least-once: a batch re-run after a crash prints again. A
+//!   failed write fails the batch, except a closed pipe (`| head`).
 //! * `save_as_text_files` — `prefix-<time>[.suffix]/part-NNNNN`, one record per
 //!   line. The batch is written into a temporary directory next to the target
 //!   and renamed into place, so a batch's output appears whole or not at all,
@@ -108,6 +109,25 @@ pub fn save_as_text_files(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    // A failed attempt (a full disk) leaves nothing behind: the batch stays
+    // pending and is written again later.
+    let written = write_parts(&tmp, partitions).and_then(|()| publish(&parent, &name, &tmp, &target));
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
+    // The rename is durable only once the directory is: a failure here fails
+    // the batch (its re-run replaces the copy).
+    crate::checkpoint::store::sync_dir(&parent).map_err(io(&parent))?;
+    Ok(target)
+}
+
+/// Writes each partition as `part-NNNNN` and `_SUCCESS` into `tmp`, fsynced.
+fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SinkError::Io { path, source }
+    };
     for (i, p) in partitions.iter().enumerate() {
         let path = tmp.join(format!("part-{i:05}"));
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
@@ -120,19 +140,26 @@ pub fn save_as_text_files(
     }
     let success = tmp.join("_SUCCESS");
     std::fs::File::create(&success).map_err(io(&success))?;
-    if target.exists() {
-        // A re-run of this batch: move the old copy aside, then replace it.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(&target, &old).map_err(io(&target))?;
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    } else {
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    Ok(())
+}
+
+/// Renames `tmp` to `target`. A re-run batch's old copy is moved aside
+/// first and put back if the rename fails, so a failure never loses it.
+fn publish(parent: &Path, name: &str, tmp: &Path, target: &Path) -> Result<(), SinkError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SinkError::Io { path, source }
+    };
+    if !target.exists() {
+        return std::fs::rename(tmp, target).map_err(io(target));
     }
-    if let Ok(d) = std::fs::File::open(&parent) {
-        let _ = d.sync_all();
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    std::fs::rename(target, &old).map_err(io(target))?;
+    if let Err(e) = std::fs::rename(tmp, target) {
+        let _ = std::fs::rename(&old, target);
+        return Err(io(target)(e));
     }
-    Ok(target)
+    std::fs::remove_dir_all(&old).map_err(io(&old))
 }
 
 /// Decodes a result's partitions, in order.
@@ -166,10 +193,15 @@ pub struct PrintSink {
 impl Sink for PrintSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
         let mut out = std::io::stdout().lock();
-        // stdout closed (a pipe to `head`): the output is the reader's to drop.
-        let _ = out.write_all(format_print(time, partitions, self.num).as_bytes());
-        let _ = out.flush();
-        Ok(())
+        let written = out.write_all(format_print(time, partitions, self.num).as_bytes()).and_then(|()| out.flush());
+        match written {
+            // stdout closed (a pipe to `head`): the output is the reader's to drop.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            // Anything else (a full disk behind a redirect) loses the output:
+            // the batch fails, so it is not recorded as done.
+            Err(source) => Err(SinkError::Io { path: PathBuf::from("<stdout>"), source }),
+            Ok(()) => Ok(()),
+        }
     }
 }
 

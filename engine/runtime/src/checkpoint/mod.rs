@@ -2,14 +2,15 @@
 //! last one was (`docs/fault-tolerance.md`).
 //!
 //! ```text
-//! <dir>/lock                          held (flock) by the live driver
+//! <dir>/lock                          the live driver's pid (the flock is on <dir>)
 //! <dir>/metadata/checkpoint-<seq>     metadata checkpoints (newest N kept)
 //! <dir>/state/<node>-<time>.state     data checkpoints of state RDDs
 //! <dir>/wal/<source>-<seq>.log        receivers' write-ahead logs
 //! ```
 //!
 //! A metadata checkpoint is written when a batch is generated (its inputs are
-//! recorded, it is pending) and when it completes. Data checkpoints hold the
+//! recorded, it is pending) and when it completes (or stays pending, when an
+//! output failed). Data checkpoints hold the
 //! partitions of stateful streams every checkpoint interval. All writes go
 //! through one background writer in submission order (so a metadata file is
 //! durable only after the state files it names); the batch loop only takes an
@@ -108,9 +109,33 @@ pub enum CheckpointError {
 }
 
 enum WriteJob {
-    State { node: u32, time: i64, partitions: Vec<Arc<Vec<u8>>> },
-    Metadata(Box<Metadata>),
+    State {
+        node: u32,
+        time: i64,
+        partitions: Vec<Arc<Vec<u8>>>,
+    },
+    /// A metadata checkpoint; it names, of each stream, the newest durable
+    /// data checkpoint at or before the time given (all when `None`).
+    Metadata(Box<Metadata>, Option<i64>),
     Flush(Sender<()>),
+}
+
+/// Durable data checkpoints: node -> time -> file (pruned as files are
+/// collected). Older ones stay usable while a batch before the newest is
+/// pending: its re-run needs the state as it was before it.
+type DurableState = BTreeMap<u32, BTreeMap<i64, StateRef>>;
+
+/// Of each stream, the newest durable data checkpoint at or before `until`.
+fn newest_until(d: &DurableState, until: Option<i64>) -> BTreeMap<u32, StateRef> {
+    d.iter()
+        .filter_map(|(node, refs)| {
+            let r = match until {
+                Some(t) => refs.range(..=t).next_back(),
+                None => refs.iter().next_back(),
+            };
+            r.map(|(_, r)| (*node, r.clone()))
+        })
+        .collect()
 }
 
 /// An open checkpoint directory, held by this driver.
@@ -119,7 +144,7 @@ pub struct CheckpointDir {
     _lock: File,
     writer: Sender<WriteJob>,
     stats: Arc<Mutex<CheckpointStats>>,
-    durable_state: Arc<Mutex<BTreeMap<u32, StateRef>>>,
+    durable_state: Arc<Mutex<DurableState>>,
     listeners: Arc<OnceLock<ListenerBus>>,
 }
 
@@ -129,7 +154,7 @@ struct Writer {
     root: PathBuf,
     store: Arc<dyn CheckpointStore>,
     stats: Arc<Mutex<CheckpointStats>>,
-    durable: Arc<Mutex<BTreeMap<u32, StateRef>>>,
+    durable: Arc<Mutex<DurableState>>,
     /// The newest metadata checkpoints written (what garbage collection keeps).
     kept: VecDeque<Metadata>,
     keep: usize,
@@ -146,7 +171,7 @@ impl Writer {
                 return;
             }
             WriteJob::State { node, time, partitions } => ("state", Some(time), self.state(node, time, &partitions)),
-            WriteJob::Metadata(m) => ("metadata", m.newest_batch(), self.metadata(*m)),
+            WriteJob::Metadata(m, until) => ("metadata", m.newest_batch(), self.metadata(*m, until)),
         };
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         st.last_write_micros = t.elapsed().as_micros() as u64;
@@ -179,14 +204,14 @@ impl Writer {
         st.state_written += 1;
         st.last_state_bytes = r.bytes;
         drop(st);
-        self.durable.lock().unwrap_or_else(|p| p.into_inner()).insert(node, r);
+        self.durable.lock().unwrap_or_else(|p| p.into_inner()).entry(node).or_default().insert(time, r);
         Ok(bytes)
     }
 
-    fn metadata(&mut self, mut m: Metadata) -> Result<u64, String> {
+    fn metadata(&mut self, mut m: Metadata, until: Option<i64>) -> Result<u64, String> {
         m.seq = self.seq;
         // Only data checkpoints known to be durable are named.
-        m.state = self.durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        m.state = newest_until(&self.durable.lock().unwrap_or_else(|p| p.into_inner()), until);
         let bytes = write_metadata(&*self.store, &m)?;
         self.seq += 1;
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
@@ -194,16 +219,26 @@ impl Writer {
         while self.kept.len() > self.keep {
             self.kept.pop_front();
         }
-        collect_garbage(&*self.store, &self.root, &self.kept, self.keep);
+        let oldest = collect_garbage(&*self.store, &self.root, &self.kept, self.keep);
+        // Forget what garbage collection deleted (older than any kept checkpoint names).
+        for (node, refs) in self.durable.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            if let Some(&o) = oldest.get(node) {
+                refs.retain(|t, _| *t >= o);
+            }
+        }
         Ok(bytes)
     }
 }
 
 /// What `open` found in the directory.
 pub struct Recovered {
+    /// The newest metadata checkpoint whose data checkpoints are all valid.
     pub metadata: Option<Metadata>,
     /// Files that could not be used, and why (newest first).
     pub invalid: Vec<(PathBuf, String)>,
+    /// Some metadata checkpoint was readable but none had valid data
+    /// checkpoints: starting over would silently drop the state.
+    pub state_lost: bool,
 }
 
 fn io_err(dir: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
@@ -232,11 +267,43 @@ fn metadata_files(store: &dyn CheckpointStore) -> Vec<(u64, String)> {
     v
 }
 
+/// Decodes a bincode payload (standard config) with a limit sized from its
+/// length: a length read from disk (a string, a list) cannot claim more than
+/// the payload could hold, so a corrupt or hostile one is refused before
+/// anything is allocated for it. bincode counts a decoded value's in-memory
+/// size (at most 16 bytes per encoded byte: an integer, a container entry),
+/// so 16 × the payload bounds every valid file; the limit is a const
+/// generic, hence the next power of two.
+fn decode_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    let budget = payload.len().saturating_mul(16).saturating_add(4096);
+    macro_rules! within {
+        ($($bits:literal),*) => {
+            $(
+                if budget <= 1usize << $bits {
+                    let config = bincode::config::standard().with_limit::<{ 1usize << $bits }>();
+                    return bincode::serde::decode_from_slice(payload, config).map(|(v, _)| v);
+                }
+            )*
+        };
+    }
+    within!(16, 20, 24, 28, 32, 36, 40, 44);
+    Err(bincode::error::DecodeError::LimitExceeded)
+}
+
 fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
     let payload = file::read(store, name, FileKind::Metadata).map_err(|e| e.to_string())?;
-    let (m, _): (Metadata, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
-        .map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))?;
-    Ok(m)
+    decode_bounded(&payload).map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))
+}
+
+/// A decoded metadata checkpoint is usable only with every data checkpoint
+/// it names: recovery needs the pair.
+fn check_state_files(store: &dyn CheckpointStore, name: &str, m: &Metadata) -> Result<(), String> {
+    for r in m.state.values() {
+        read_state_in(store, r).map_err(|e| {
+            format!("{}: the data checkpoint it names is not usable: {e}", store.locate(name).display())
+        })?;
+    }
+    Ok(())
 }
 
 /// Reads the newest valid metadata checkpoint of a local checkpoint
@@ -245,16 +312,22 @@ pub fn load_newest(root: &Path) -> Recovered {
     load_newest_in(&LocalDir::new(root))
 }
 
-/// Reads the newest valid metadata checkpoint in `store`, falling back to older ones.
+/// Reads the newest valid metadata checkpoint in `store` whose data
+/// checkpoints are valid too, falling back to older ones.
 pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
     let mut invalid = Vec::new();
+    let mut state_lost = false;
     for (_, name) in metadata_files(store).into_iter().rev() {
-        match decode_metadata(store, &name) {
-            Ok(m) => return Recovered { metadata: Some(m), invalid },
+        let checked = decode_metadata(store, &name).and_then(|m| {
+            check_state_files(store, &name, &m).inspect_err(|_| state_lost = true)?;
+            Ok(m)
+        });
+        match checked {
+            Ok(m) => return Recovered { metadata: Some(m), invalid, state_lost: false },
             Err(e) => invalid.push((store.locate(&name), e)),
         }
     }
-    Recovered { metadata: None, invalid }
+    Recovered { metadata: None, invalid, state_lost }
 }
 
 /// Reads the partitions of a data checkpoint of a local checkpoint directory.
@@ -266,9 +339,7 @@ pub fn read_state(root: &Path, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
 pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
     let name = format!("state/{}", r.file);
     let payload = file::read(store, &name, FileKind::State).map_err(|e| e.to_string())?;
-    let (parts, _): (Vec<Vec<u8>>, usize) = bincode::serde::decode_from_slice(&payload, bincode::config::standard())
-        .map_err(|e| format!("{}: undecodable state: {e}", store.locate(&name).display()))?;
-    Ok(parts)
+    decode_bounded(&payload).map_err(|e| format!("{}: undecodable state: {e}", store.locate(&name).display()))
 }
 
 impl CheckpointDir {
@@ -280,14 +351,19 @@ impl CheckpointDir {
         for d in [root.to_path_buf(), metadata_dir(root), state_dir(root), wal_dir(root)] {
             std::fs::create_dir_all(&d).map_err(io_err(root))?;
         }
-        let lock_path = root.join("lock");
         let lock = take_lock(root)?;
-        lock.set_len(0).map_err(io_err(root))?;
-        std::fs::write(&lock_path, std::process::id().to_string()).map_err(io_err(root))?;
+        // Only for messages: who holds the directory.
+        std::fs::write(root.join("lock"), std::process::id().to_string()).map_err(io_err(root))?;
+        remove_temporary_files(root);
         let recovered = load_newest_in(&LocalDir::new(root));
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
-        let durable_state =
-            Arc::new(Mutex::new(recovered.metadata.as_ref().map(|m| m.state.clone()).unwrap_or_default()));
+        let durable: DurableState = recovered
+            .metadata
+            .iter()
+            .flat_map(|m| m.state.iter())
+            .map(|(node, r)| (*node, BTreeMap::from([(r.time, r.clone())])))
+            .collect();
+        let durable_state = Arc::new(Mutex::new(durable));
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
         let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
         let (tx, rx) = channel::<WriteJob>();
@@ -329,7 +405,14 @@ impl CheckpointDir {
 
     /// Queues a metadata checkpoint (the caller only built the snapshot).
     pub fn write_metadata(&self, m: Metadata) {
-        let _ = self.writer.send(WriteJob::Metadata(Box::new(m)));
+        self.write_metadata_until(m, None);
+    }
+
+    /// Queues a metadata checkpoint that names, of each stateful stream, the
+    /// newest durable data checkpoint at or before `until` (the oldest
+    /// pending batch: its re-run must start from state before it).
+    pub fn write_metadata_until(&self, m: Metadata, until: Option<i64>) {
+        let _ = self.writer.send(WriteJob::Metadata(Box::new(m), until));
     }
 
     /// Queues a data checkpoint of a stateful stream's RDD at `time`.
@@ -351,7 +434,13 @@ impl CheckpointDir {
 
     /// The newest durable data checkpoint of each stateful stream.
     pub fn durable_state(&self) -> BTreeMap<u32, StateRef> {
-        self.durable_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.durable_state_until(None)
+    }
+
+    /// Of each stateful stream, the newest durable data checkpoint at or
+    /// before `until` (all when `None`).
+    pub fn durable_state_until(&self, until: Option<i64>) -> BTreeMap<u32, StateRef> {
+        newest_until(&self.durable_state.lock().unwrap_or_else(|p| p.into_inner()), until)
     }
 
     /// Removes everything (a fresh start on an existing directory). Refused
@@ -380,17 +469,13 @@ impl CheckpointDir {
     }
 }
 
-/// Takes the directory's lock (`<root>/lock`, flock), or says which live
-/// driver holds it.
+/// Takes the directory's lock, or says which live driver holds it (the pid
+/// in `<root>/lock`). The flock is on the checkpoint directory itself, not
+/// on a file in it: a file can be deleted under a live driver, and a second
+/// driver would then lock a new one and run beside it.
 fn take_lock(root: &Path) -> Result<File, CheckpointError> {
     let lock_path = root.join("lock");
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(io_err(root))?;
+    let lock = File::open(root).map_err(io_err(root))?;
     if let Err(e) = lock.try_lock() {
         return match e {
             std::fs::TryLockError::WouldBlock => {
@@ -402,6 +487,22 @@ fn take_lock(root: &Path) -> Result<File, CheckpointError> {
         };
     }
     Ok(lock)
+}
+
+/// Removes what a driver killed halfway through a write left (`.<name>.tmp`,
+/// never read: only renamed into place when whole). Called with the lock held.
+fn remove_temporary_files(root: &Path) {
+    for d in [metadata_dir(root), state_dir(root)] {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') && n.ends_with(".tmp") {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!("cannot remove {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
 }
 
 fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {
@@ -423,7 +524,13 @@ fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<u64, Stri
 
 /// Deletes metadata beyond the newest `keep`, and state files and WAL
 /// segments that no kept metadata checkpoint refers to.
-fn collect_garbage(store: &dyn CheckpointStore, root: &Path, kept: &VecDeque<Metadata>, keep: usize) {
+/// Returns, of each stream, the oldest data checkpoint a kept one names.
+fn collect_garbage(
+    store: &dyn CheckpointStore,
+    root: &Path,
+    kept: &VecDeque<Metadata>,
+    keep: usize,
+) -> BTreeMap<u32, i64> {
     let files = metadata_files(store);
     if files.len() > keep {
         for (_, name) in &files[..files.len() - keep] {
@@ -431,7 +538,7 @@ fn collect_garbage(store: &dyn CheckpointStore, root: &Path, kept: &VecDeque<Met
         }
     }
     if kept.is_empty() {
-        return;
+        return BTreeMap::new();
     }
     // A state file is kept if a kept checkpoint names it, or if it is newer
     // than everything they name for its stream (a later checkpoint will).
@@ -484,6 +591,7 @@ fn collect_garbage(store: &dyn CheckpointStore, root: &Path, kept: &VecDeque<Met
             }
         }
     }
+    oldest
 }
 
 /// `weir checkpoint inspect`: what the newest valid checkpoint holds.

@@ -5,7 +5,8 @@
 //! state every checkpoint interval) and **forgets** what no window or state
 //! recovery needs any more. Before the first batch it **recovers** from a
 //! checkpoint when there is one (`recover.rs`), and re-runs the batches that
-//! were generated but not finished.
+//! were generated but not finished — including those whose output failed: a
+//! batch is completed only when every output was written.
 //!
 //! Batch times are multiples of the batch interval. With the `wall` clock the
 //! first batch is at the next multiple after the start (`zero time` = first −
@@ -98,6 +99,13 @@ pub(super) struct Progress {
     pub(super) replay: VecDeque<i64>,
     /// The number of the newest batch generated (time = zero + k·interval).
     pub(super) k: i64,
+}
+
+impl Progress {
+    /// The oldest batch generated but not finished (running or failed).
+    pub(super) fn oldest_pending(&self) -> Option<i64> {
+        self.pending.iter().min().copied()
+    }
 }
 
 /// A running job: its sources, scheduler, checkpoint and progress.
@@ -197,8 +205,7 @@ impl Driver {
             self.note_idle(records_in, replayed);
             let outs = self.generate(time, records_in, replayed, &input_partitions);
             let outputs = self.run_outputs(time, &outs);
-            self.progress.pending.retain(|t| *t != time);
-            self.progress.last_completed = Some(self.progress.last_completed.map_or(time, |l| l.max(time)));
+            self.complete(time, outputs.iter().any(|o| o.error.is_some()));
             self.checkpoint(time);
             let b = self.batch_report(time, records_in, started, scheduling_delay, &before, outputs);
             self.listeners.emit(|l| l.on_batch_completed(&b));
@@ -288,7 +295,7 @@ impl Driver {
             let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
             records_in += n;
             let partitions = match self.source_nodes.get(&(i as u32)) {
-                Some(&node) => self.store_input(time, node, i as u32, batch).partitions,
+                Some(&node) => self.store_input(time, node, i as u32, batch)?.partitions,
                 None => 1,
             };
             input_partitions.insert(i as u32, partitions);
@@ -311,7 +318,7 @@ impl Driver {
         let g = &self.job.graph;
         let outs = generate(g, self.progress.zero_time, time, input_partitions, &mut self.memo, &mut self.dag.lineage);
         if let Some(c) = &self.ckpt {
-            c.write_metadata(self.snapshot());
+            c.write_metadata_until(self.snapshot(), self.progress.oldest_pending());
         }
         let mut plans = Vec::new();
         if self.opts.explain && !self.explained {
@@ -327,6 +334,23 @@ impl Driver {
         outs
     }
 
+    /// A batch whose outputs all succeeded is completed; one whose output
+    /// failed stays pending (the checkpoint says so, and a restart re-runs
+    /// it), while later batches go on as in Spark.
+    fn complete(&mut self, time: i64, failed: bool) {
+        let p = &mut self.progress;
+        if failed {
+            if !p.pending.contains(&time) {
+                p.pending.push(time);
+                p.pending.sort_unstable();
+            }
+            tracing::warn!("batch {time} ms stays pending: an output failed; a restart re-runs it");
+            return;
+        }
+        p.pending.retain(|t| *t != time);
+        p.last_completed = Some(p.last_completed.map_or(time, |l| l.max(time)));
+    }
+
     /// Run outputs: one job per output operation, its result handed to the
     /// output's sink. A failed output fails the batch, not the run.
     fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<OutputOpInfo> {
@@ -338,11 +362,8 @@ impl Driver {
             match r {
                 Some(rdd) => {
                     tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, self.dag.lineage.explain(rdd));
-                    let result = self.dag.run_job(rdd).map_err(|e| e.to_string()).and_then(|parts| {
-                        let sink = self.job.sinks.get(index).ok_or("the output has no sink")?;
-                        sink.write(time, &parts).map_err(|e| e.to_string())
-                    });
-                    if let Err(e) = result {
+                    let sink = self.job.sinks.get(index);
+                    if let Err(e) = run_output(&mut self.dag, sink, &self.opts, time, index, rdd) {
                         tracing::error!("batch {time} ms failed: {e}");
                         info.error = Some(e);
                     }
@@ -367,7 +388,7 @@ impl Driver {
     }
 
     /// Checkpoint: state RDDs due at this time (data checkpoints), then the
-    /// metadata (this batch is finished).
+    /// metadata (this batch is finished, or pending if it failed).
     fn checkpoint(&mut self, time: i64) {
         let Some(c) = &self.ckpt else { return };
         let g = &self.job.graph;
@@ -387,17 +408,18 @@ impl Driver {
         }
         // Stages run for the checkpoint are not any output's.
         self.dag.take_stages();
-        c.write_metadata(self.snapshot());
+        c.write_metadata_until(self.snapshot(), self.progress.oldest_pending());
     }
 
     /// Forget what no window needs and no state recovery can need: lineage
     /// and inputs go back to the newest durable data checkpoint of every
-    /// stateful stream, which truncates their lineage.
+    /// stateful stream (at or before the oldest pending batch, which a
+    /// restart re-runs from there), which truncates their lineage.
     fn forget(&mut self, time: i64) {
         let g = &self.job.graph;
         let mut horizon = time - g.remember_ms();
         if let Some(c) = &self.ckpt {
-            let durable = c.durable_state();
+            let durable = c.durable_state_until(self.progress.oldest_pending());
             for n in g.nodes.iter().filter(|n| n.op.is_stateful()) {
                 match durable.get(&n.id) {
                     Some(r) => {
@@ -441,9 +463,18 @@ impl Driver {
         }
     }
 
-    /// Stores a source's batch as the blocks of its input RDD at `time`.
-    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, batch: Vec<u8>) -> Rdd {
-        let parts = split_batch(batch, self.job.graph.parallelism);
+    /// Stores a source's batch as the blocks of its input RDD at `time`. A
+    /// malformed batch is refused, not partly dropped.
+    pub(super) fn store_input(
+        &mut self,
+        time: i64,
+        node: u32,
+        source: u32,
+        batch: Vec<u8>,
+    ) -> Result<Rdd, EngineError> {
+        let parts = split_batch(batch, self.job.graph.parallelism).map_err(|e| {
+            crate::source::SourceError::Custom(format!("source {source} gave a malformed batch at {time} ms: {e}"))
+        })?;
         let id = RddId { time, node };
         let rdd = Rdd {
             id,
@@ -457,7 +488,7 @@ impl Driver {
             self.dag.register_block(bid, crate::rdd::digest(&data));
             self.blocks.put(bid, Arc::new(data));
         }
-        rdd
+        Ok(rdd)
     }
 
     /// The metadata checkpoint of where the run is now.
@@ -475,6 +506,38 @@ impl Driver {
             inputs: p.inputs.clone(),
             cursors: self.sources.iter().map(|s| s.cursor()).collect(),
             state: BTreeMap::new(),
+        }
+    }
+}
+
+/// One output operation: its job, then its sink's write. A failed write
+/// (a full disk) is tried again, with backoff, `output_retries` times;
+/// the job's result is kept, not recomputed.
+fn run_output(
+    dag: &mut DagScheduler,
+    sink: Option<&Arc<dyn Sink>>,
+    opts: &RunOptions,
+    time: i64,
+    index: usize,
+    rdd: RddId,
+) -> Result<(), String> {
+    let parts = dag.run_job(rdd).map_err(|e| e.to_string())?;
+    let sink = sink.ok_or("the output has no sink")?;
+    let (retries, mut backoff) = (opts.output_retries, opts.output_retry_backoff);
+    let mut attempt = 0;
+    loop {
+        match sink.write(time, &parts) {
+            Ok(()) => return Ok(()),
+            // A malformed result fails the same way every time.
+            Err(e) if attempt < retries && !matches!(e, crate::sink::SinkError::Malformed(_)) => {
+                attempt += 1;
+                tracing::warn!(
+                    "batch {time} ms: output {index} failed: {e}; retrying in {backoff:?} ({attempt} of {retries})"
+                );
+                std::thread::sleep(backoff);
+                backoff = backoff.saturating_mul(2);
+            }
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
@@ -530,18 +593,18 @@ const SPLIT_CHUNK: usize = 4 << 20;
 /// partitions are moved out of the batch's tail, which is shrunk as it goes
 /// (the allocator returns the pages of a large block), and the first
 /// partition is what is left of the batch itself.
-fn split_batch(mut batch: Vec<u8>, n: u32) -> Vec<Vec<u8>> {
-    let Ok(recs) = Records::new(&batch) else { return vec![weir_codec::BatchBuilder::new().finish()] };
+fn split_batch(mut batch: Vec<u8>, n: u32) -> Result<Vec<Vec<u8>>, weir_codec::CodecError> {
+    let recs = Records::new(&batch)?;
     let total = recs.remaining() as usize;
     let n = (n.max(1) as usize).min(total.max(1));
     let per = total.div_ceil(n).max(1);
-    // Each partition's first byte and record count; a corrupt tail ends
-    // the records early (as an iteration over it would).
+    // Each partition's first byte and record count; a malformed record
+    // fails the split (the batch is refused, never partly dropped).
     let mut starts = vec![None; n];
     let mut counts = vec![0u32; n];
     let mut end = 4;
     for (i, r) in recs.enumerate() {
-        let Ok(r) = r else { break };
+        let r = r?;
         let p = i / per;
         starts[p].get_or_insert(end);
         counts[p] += 1;
@@ -574,7 +637,7 @@ fn split_batch(mut batch: Vec<u8>, n: u32) -> Vec<Vec<u8>> {
     }
     parts.push(batch);
     parts.reverse();
-    parts
+    Ok(parts)
 }
 
 /// Refuses to continue a checkpoint of another job or other modules.

@@ -86,6 +86,13 @@ pub struct RunOptions {
     /// Benchmarks only: run stateful streams without a checkpoint directory
     /// (state lives in memory; a crash loses it).
     pub allow_state_without_checkpoint: bool,
+    /// How often a failed output write (a sink's `write`, e.g. on a full
+    /// disk) is tried again within the batch before the batch fails and
+    /// stays pending (default 2).
+    pub output_retries: u32,
+    /// The wait before the first retry of an output write, doubling after
+    /// each (default 100 ms).
+    pub output_retry_backoff: Duration,
 }
 
 /// A request to stop a run, shared between the run and whoever stops it.
@@ -186,6 +193,8 @@ impl Default for RunOptions {
             checkpoint: None,
             cluster: ClusterOptions::default(),
             allow_state_without_checkpoint: false,
+            output_retries: 2,
+            output_retry_backoff: Duration::from_millis(100),
         }
     }
 }

@@ -37,6 +37,13 @@ pub(super) fn open_checkpoint(
         tracing::warn!("checkpoint not usable, falling back to an older one: {why}");
         listeners.emit(|l| l.on_recovery(&e));
     }
+    if rec.metadata.is_none() && rec.state_lost {
+        return Err(EngineError::Checkpoint(CheckpointError::Mismatch(format!(
+            "{}: no metadata checkpoint has valid data checkpoints (see the warnings above), so the state \
+             of the job's stateful streams is lost; run with --fresh to discard the checkpoint and start over",
+            c.dir.display()
+        ))));
+    }
     if let Some(m) = &rec.metadata {
         check_compatible(job, m, c.accept_module_change)?;
     }
@@ -103,7 +110,7 @@ impl Driver {
             for (i, rec) in recs.iter().enumerate() {
                 let Some(&node) = self.source_nodes.get(&(i as u32)) else { continue };
                 let batch = self.sources[i].replay(*t, &rec.descriptor)?;
-                let rdd = self.store_input(*t, node, i as u32, batch);
+                let rdd = self.store_input(*t, node, i as u32, batch)?;
                 register(&mut self.memo, &mut self.dag.lineage, node, rdd);
             }
         }

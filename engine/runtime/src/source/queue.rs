@@ -42,9 +42,21 @@ pub fn read_batches_file(path: &Path) -> Result<Vec<Vec<u8>>, SourceError> {
             return Err(perr("expected a JSON array of records (one batch per line)".into()));
         };
         let mut b = BatchBuilder::new();
-        for r in &recs {
+        for (j, r) in recs.iter().enumerate() {
             let v = json_to_value(r).map_err(perr)?;
-            b.push_with(|w| v.encode_into(w.buf));
+            // Checked as every reader will check it (nesting, the codec's
+            // limits): a record they would refuse is refused here, naming
+            // it, rather than dropped with the rest of its batch later.
+            let mut enc = v.encode();
+            weir_codec::validate_value(&mut enc, 0).map_err(|e| {
+                let what = if e.what.contains("nested") {
+                    format!("record {} is nested deeper than {} levels", j + 1, weir_codec::MAX_DEPTH)
+                } else {
+                    format!("record {}: {}", j + 1, e.what)
+                };
+                perr(what)
+            })?;
+            b.push_raw(&enc);
         }
         out.push(b.finish());
     }
