@@ -112,12 +112,13 @@ impl Ui {
     /// `opts.event_log`), and records the job's description.
     pub fn start(opts: UiOptions, job: JobInfo) -> Result<Ui, Error> {
         let shared = Shared::new(opts.limits);
-        let log = match &opts.event_log {
-            Some(dir) => Some(EventLog::start(dir, opts.rotation)?),
-            None => None,
-        };
+        // The server first: if it cannot start, no event-log file is made.
         let addr = match &opts.addr {
             Some(a) => Some(start_server(a, opts.token.clone(), shared.clone())?),
+            None => None,
+        };
+        let log = match &opts.event_log {
+            Some(dir) => Some(EventLog::start(dir, opts.rotation)?),
             None => None,
         };
         let listener = Arc::new(UiListener::new(shared, log.as_ref().and_then(|l| l.sender())));
