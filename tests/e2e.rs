@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod crash_recovery;
 mod hardening_signals;
+mod observability;
 mod recovery_checks;
 mod socket_wal_recovery;
 mod socket_wordcount;

@@ -126,9 +126,29 @@ fn handle(mut stream: TcpStream, token: Option<&str>, shared: &Shared) {
             };
             (resp, head)
         }
-        Err(resp) => (resp, false),
+        Err(resp) => {
+            let _ = write_response(&mut stream, &resp, false);
+            linger(&mut stream);
+            return;
+        }
     };
     let _ = write_response(&mut stream, &resp, head);
+}
+
+/// After refusing a request the peer may still be sending: closing with
+/// unread bytes would reset the connection and lose the answer, so read
+/// (and drop) a bounded amount for a bounded time first.
+fn linger(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 fn authorized(req: &Request, token: Option<&str>) -> bool {

@@ -1,0 +1,345 @@
+//! Issue 14: the status page, `/metrics`, the JSON API, `--progress json`,
+//! the event log and `weir history`, fetched over plain HTTP on 127.0.0.1
+//! and checked against what the job did.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::{module, run, text, weir};
+use crate::drivers::{progress, Driver};
+
+const LINES_PER_BATCH: u64 = 7;
+
+/// An endless WordCount over a generator of 7 lines a batch (so records
+/// in = 7 x batches), 100 ms batches on the wall clock.
+fn generator_job(dir: &Path, batches: Option<u64>) -> PathBuf {
+    let job = format!(
+        r#"batch_interval = "100ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = {LINES_PER_BATCH}
+words_per_line = 3
+vocabulary = 50
+{}
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+counts = "pairs.reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+        module("wordcount.wasm").display(),
+        batches.map(|b| format!("batches = {b}")).unwrap_or_default()
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+struct Http {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// A GET with a plain TcpStream (one request per connection).
+fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Http {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    assert_eq!(body.len(), len, "{path}: body length");
+    Http { status, headers: head.to_string(), body: body.to_string() }
+}
+
+fn get_ok(addr: SocketAddr, path: &str) -> Http {
+    let r = get(addr, path, None);
+    assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.headers, r.body);
+    r
+}
+
+fn json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let r = get_ok(addr, path);
+    assert!(r.headers.contains("application/json"), "{path}: {}", r.headers);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+}
+
+/// The address a driver printed (`weir: status page at http://A/`).
+fn page_addr(d: &mut Driver, what: &str) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let l = d.wait_for(deadline, what, |l| l.contains(" at http://"));
+    let a = l.split("http://").nth(1).unwrap().split('/').next().unwrap();
+    a.parse().unwrap()
+}
+
+/// A strict reader of the Prometheus/OpenMetrics text format: every sample
+/// belongs to a family declared by `# TYPE` with a suffix its type allows,
+/// names and labels are well formed, values are numbers, `# EOF` ends it,
+/// and histogram buckets are cumulative with `+Inf` equal to `_count`.
+/// Returns `name{labels}` -> value.
+fn parse_metrics(s: &str) -> BTreeMap<String, f64> {
+    let name_ok = |n: &str| {
+        let mut c = n.chars();
+        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut eof = false;
+    for line in s.lines() {
+        assert!(!eof, "a line after # EOF: {line}");
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut it = rest.splitn(3, ' ');
+            let (kw, name) = (it.next().unwrap(), it.next().unwrap_or(""));
+            assert!(name_ok(name), "bad metric name in {line:?}");
+            match kw {
+                "HELP" | "UNIT" => {}
+                "TYPE" => {
+                    let t = it.next().unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "info", "stateset", "unknown"].contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(types.insert(name.to_string(), t.to_string()).is_none(), "family declared twice: {name}");
+                }
+                _ => panic!("bad comment line {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels in {line:?}")))),
+            None => (series, None),
+        };
+        assert!(name_ok(name), "bad name in {line:?}");
+        if let Some(labels) = labels {
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(name_ok(k), "bad label name in {line:?}");
+                assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "unquoted label value in {line:?}");
+            }
+        }
+        let family = types
+            .iter()
+            .filter(|(f, t)| {
+                let suffixes: &[&str] = match t.as_str() {
+                    "counter" => &["_total", "_created"],
+                    "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                    "summary" => &["", "_sum", "_count", "_created"],
+                    _ => &[""],
+                };
+                suffixes.iter().any(|s| name == format!("{f}{s}"))
+            })
+            .map(|(f, _)| f.clone())
+            .next();
+        assert!(family.is_some(), "sample of no declared family: {line:?}");
+        assert!(out.insert(series.to_string(), v).is_none(), "sample twice: {line:?}");
+    }
+    assert!(eof, "no # EOF");
+    for (f, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let mut buckets: Vec<(f64, f64)> = out
+            .iter()
+            .filter_map(|(k, v)| {
+                let le = k.strip_prefix(&format!("{f}_bucket{{le=\""))?.strip_suffix("\"}")?;
+                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{f}: buckets not cumulative");
+        assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY), "{f}: no +Inf bucket");
+        assert_eq!(buckets.last().map(|b| b.1), out.get(&format!("{f}_count")).copied(), "{f}: +Inf != count");
+    }
+    out
+}
+
+#[test]
+fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    let events = dir.path().join("events");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--event-log"]).arg(&events),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = BTreeMap::new();
+    while seen.len() < 4 {
+        let (t, n) = progress(&d.wait_for(deadline, "a progress line", |l| progress(l).is_some())).unwrap();
+        seen.insert(t, n);
+    }
+
+    // The JSON API against the progress lines already printed.
+    let status = json(addr, "/api/v1/status");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["batch_interval_ms"], 100);
+    let done = status["totals"]["batches_completed"].as_u64().unwrap();
+    assert!(done >= seen.len() as u64, "{status}");
+    assert_eq!(status["totals"]["records_in"].as_u64().unwrap(), LINES_PER_BATCH * done);
+    let batches = json(addr, "/api/v1/batches");
+    let listed: BTreeMap<i64, u64> = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["time"].as_i64().unwrap(), b["records_in"].as_u64().unwrap()))
+        .collect();
+    for (t, n) in &seen {
+        assert_eq!(listed.get(t), Some(n), "batch {t} in /api/v1/batches");
+    }
+    let (&t0, _) = seen.iter().next().unwrap();
+    let one = json(addr, &format!("/api/v1/batches/{t0}"));
+    assert_eq!(one["records_in"].as_u64(), Some(LINES_PER_BATCH));
+    let stages: Vec<&str> = one["outputs"][0]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["shuffle map", "result"], "{one}");
+    let streams = json(addr, "/api/v1/streams");
+    let kinds: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["source", "narrow", "narrow", "shuffle"]);
+    assert_eq!(streams["modules"]["wordcount.wasm"].as_str().map(|h| h.len()), Some(64));
+    let sources = json(addr, "/api/v1/sources");
+    assert_eq!(sources[0]["kind"], "generator");
+    assert!(json(addr, "/api/v1/executors").is_array());
+    assert!(json(addr, "/api/v1/checkpoints")["checkpoints"].is_array());
+    assert_eq!(get(addr, "/api/v1/nothing", None).status, 404);
+    assert_eq!(get(addr, "/batches/1", None).status, 404);
+
+    // /metrics parses strictly, and agrees with itself and the API.
+    let m = get_ok(addr, "/metrics");
+    assert!(m.headers.contains("openmetrics-text"), "{}", m.headers);
+    let metrics = parse_metrics(&m.body);
+    let batches_total = metrics["weir_batches_total"];
+    assert!(batches_total >= done as f64);
+    assert_eq!(metrics["weir_records_in_total"], batches_total * LINES_PER_BATCH as f64);
+    assert_eq!(metrics["weir_batch_processing_seconds_count"], batches_total);
+    assert_eq!(metrics["weir_batches_failed_total"], 0.0);
+    for name in ["weir_task_retries_total", "weir_executors_added_total", "weir_executors_lost_total"] {
+        assert_eq!(metrics.get(name), Some(&0.0), "{name}");
+    }
+
+    // The pages: four plots with data, links to batches, the graph.
+    let home = get_ok(addr, "/");
+    assert!(home.headers.contains("text/html"));
+    assert!(home.body.contains("http-equiv=\"refresh\""), "a running job's page refreshes itself");
+    let plots = home.body.matches("<path class=\"data\" d=\"M").count();
+    assert_eq!(plots, 8, "four timelines and four histograms with data");
+    assert_eq!(home.body.matches("class=\"reference\"").count(), 2, "the batch interval on two timelines");
+    assert!(home.body.contains(&format!("href=\"/batches/{t0}\"")));
+    assert!(!home.body.contains("src=") && !home.body.contains("href=\"http"), "nothing loaded from elsewhere");
+    let batch = get_ok(addr, &format!("/batches/{t0}"));
+    assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
+    let jobp = get_ok(addr, "/job");
+    assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
+    assert!(jobp.body.contains("fuel_per_call"));
+    for p in ["/executors", "/checkpoints", "/sources"] {
+        assert!(get_ok(addr, p).body.contains("</html>"), "{p}");
+    }
+    // Only GET and HEAD; a huge request head is refused.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /{} HTTP/1.1\r\n", "x".repeat(20_000)).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+
+    // SIGTERM: the job drains; then `weir history` serves the same figures.
+    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let all: Vec<(i64, u64)> = d.log().lines().filter_map(progress).collect();
+    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
+    let haddr = page_addr(&mut h, "the history address");
+    let hs = json(haddr, "/api/v1/status");
+    assert_eq!(hs["state"], "history");
+    assert_eq!(hs["totals"]["batches_completed"].as_u64(), Some(all.len() as u64), "{hs}");
+    assert_eq!(hs["totals"]["records_in"].as_u64(), Some(all.iter().map(|b| b.1).sum::<u64>()));
+    let hb = json(haddr, "/api/v1/batches");
+    assert_eq!(hb.as_array().unwrap().len(), all.len());
+    let hm = parse_metrics(&get_ok(haddr, "/metrics").body);
+    assert_eq!(hm["weir_batches_total"], all.len() as f64);
+    let hhome = get_ok(haddr, "/");
+    assert!(!hhome.body.contains("http-equiv=\"refresh\""), "a finished job's page does not refresh");
+    assert_eq!(hhome.body.matches("<path class=\"data\" d=\"M").count(), 8);
+    get_ok(haddr, &format!("/batches/{t0}"));
+    h.kill();
+}
+
+#[test]
+fn progress_json_writes_one_object_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(3));
+    let out = run(weir().current_dir(dir.path()).arg("run").arg(&job).args([
+        "--clock", "logical", "--ui", "off", "--progress", "json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", text(&out.stderr));
+    for l in &lines {
+        assert_eq!(l["records_in"].as_u64(), Some(LINES_PER_BATCH));
+        assert!(l["processing_ms"].as_f64().is_some() && l["errors"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_page_off_loopback_needs_a_token_and_a_token_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(2));
+    let out = run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "0.0.0.0:0", "--clock", "logical"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--ui-token-file"), "{}", text(&out.stderr));
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    let job = generator_job(dir.path(), None);
+    let mut d = Driver::spawn(
+        weir()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--ui", "127.0.0.1:0", "--ui-token-file"])
+            .arg(&token),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    assert_eq!(get(addr, "/", None).status, 401);
+    assert_eq!(get(addr, "/metrics", Some("wrong")).status, 401);
+    assert_eq!(get(addr, "/api/v1/status?token=s3cret-t0kem", None).status, 401);
+    assert_eq!(get(addr, "/metrics", Some("s3cret-t0ken")).status, 200);
+    let home = get(addr, "/?token=s3cret-t0ken", None);
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("href=\"/job?token=s3cret-t0ken\""), "links keep the token");
+    d.kill();
+}
