@@ -343,3 +343,35 @@ fn a_page_off_loopback_needs_a_token_and_a_token_is_checked() {
     assert!(home.body.contains("href=\"/job?token=s3cret-t0ken\""), "links keep the token");
     d.kill();
 }
+
+#[test]
+fn a_receiver_that_cannot_connect_warns_once_and_the_sources_page_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    // Poll the API (with a deadline) until the receiver has failed 3 times.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = json(addr, "/api/v1/sources");
+        if s[0]["errors"].as_u64().unwrap_or(0) >= 3 {
+            assert!(s[0]["last_error"].as_str().unwrap().contains(&format!("127.0.0.1:{port}")), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the receiver did not fail 3 times: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = get_ok(addr, "/sources");
+    assert!(page.body.contains(&format!("cannot connect to 127.0.0.1:{port}")), "{}", page.body);
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert!(m["weir_receiver_errors_total{source=\"0\"}"] >= 3.0);
+    d.kill();
+    let warnings = d.log().lines().filter(|l| l.contains("WARN") && l.contains("cannot connect")).count();
+    assert_eq!(warnings, 1, "{}", d.log());
+}

@@ -383,6 +383,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     if let Some(ui) = &ui {
         opts.listeners.push(ui.listener());
     }
+    opts.listeners.push(Arc::new(weir_ui::ReceiverLog::default()));
     match args.progress {
         ProgressArg::Json if !quiet => {
             opts.listeners.push(Arc::new(ConsoleProgress { batches: false }));

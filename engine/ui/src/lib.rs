@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod pages;
 pub mod state;
 
-pub use listener::{JsonProgress, Shared, UiListener};
+pub use listener::{JsonProgress, ReceiverLog, Shared, UiListener};
 
 use event::{now_ms, Event, JobInfo};
 use eventlog::{EventLog, Rotation};

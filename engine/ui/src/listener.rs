@@ -49,14 +49,11 @@ impl Shared {
 pub struct UiListener {
     shared: Arc<Shared>,
     log: Option<EventLogSender>,
-    /// Per source, the last receiver message logged (a warning is logged
-    /// when it changes, not on every retry).
-    receiver_state: Mutex<HashMap<u32, String>>,
 }
 
 impl UiListener {
     pub fn new(shared: Arc<Shared>, log: Option<EventLogSender>) -> Self {
-        UiListener { shared, log, receiver_state: Mutex::new(HashMap::new()) }
+        UiListener { shared, log }
     }
 
     /// Records an event (also used for `JobStarted` and `JobEnded`, which
@@ -81,17 +78,6 @@ impl StreamingListener for UiListener {
         self.record(Event::BatchCompleted(e.into()));
     }
     fn on_receiver_error(&self, e: &ReceiverError) {
-        let changed = {
-            let mut m = self.receiver_state.lock().unwrap_or_else(|p| p.into_inner());
-            m.insert(e.source, e.message.clone()).as_deref() != Some(e.message.as_str())
-        };
-        // The socket receiver retries every few hundred ms; one warning per
-        // change of what goes wrong (cannot connect, lost, ...) is enough.
-        if changed {
-            tracing::warn!(source = e.source, "receiver: {}", e.message);
-        } else {
-            tracing::debug!(source = e.source, "receiver: {}", e.message);
-        }
         self.record(Event::ReceiverError { source: e.source, message: e.message.clone() });
     }
     fn on_recovery(&self, e: &RecoveryEvent) {
@@ -120,6 +106,28 @@ impl StreamingListener for UiListener {
     }
     fn on_block_recomputed(&self, e: &BlockRecomputed) {
         self.record(Event::BlockRecomputed { block: e.block.clone(), digest_matches: e.digest_matches });
+    }
+}
+
+/// Logs a warning when a receiver starts failing to connect (naming the
+/// address, from the receiver's message), once per change of state rather
+/// than on every retry. The receiver itself logs losing a connection (a
+/// warning) and each failed retry (debug); `weir run` always adds this.
+#[derive(Debug, Default)]
+pub struct ReceiverLog {
+    /// Per source, the last message seen.
+    last: Mutex<HashMap<u32, String>>,
+}
+
+impl StreamingListener for ReceiverLog {
+    fn on_receiver_error(&self, e: &ReceiverError) {
+        let changed = {
+            let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            m.insert(e.source, e.message.clone()).as_deref() != Some(e.message.as_str())
+        };
+        if changed && e.message.starts_with("cannot connect") {
+            tracing::warn!("receiver of source {}: {} (retrying)", e.source, e.message);
+        }
     }
 }
 
