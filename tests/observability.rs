@@ -216,12 +216,8 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let (&t0, _) = seen.iter().next().unwrap();
     let one = json(addr, &format!("/api/v1/batches/{t0}"));
     assert_eq!(one["records_in"].as_u64(), Some(LINES_PER_BATCH));
-    let stages: Vec<&str> = one["outputs"][0]["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["kind"].as_str().unwrap())
-        .collect();
+    let stages: Vec<&str> =
+        one["outputs"][0]["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(stages, ["shuffle map", "result"], "{one}");
     let streams = json(addr, "/api/v1/streams");
     let kinds: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
@@ -300,7 +296,12 @@ fn progress_json_writes_one_object_per_batch() {
     let dir = tempfile::tempdir().unwrap();
     let job = generator_job(dir.path(), Some(3));
     let out = run(weir().current_dir(dir.path()).arg("run").arg(&job).args([
-        "--clock", "logical", "--ui", "off", "--progress", "json",
+        "--clock",
+        "logical",
+        "--ui",
+        "off",
+        "--progress",
+        "json",
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stderr)
@@ -318,7 +319,8 @@ fn progress_json_writes_one_object_per_batch() {
 fn a_page_off_loopback_needs_a_token_and_a_token_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let job = generator_job(dir.path(), Some(2));
-    let out = run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "0.0.0.0:0", "--clock", "logical"]));
+    let out =
+        run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "0.0.0.0:0", "--clock", "logical"]));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--ui-token-file"), "{}", text(&out.stderr));
 

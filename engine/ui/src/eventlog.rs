@@ -73,11 +73,7 @@ impl EventLog {
             .name("weir-event-log".into())
             .spawn(move || w.run(rx))
             .map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-        Ok(EventLog {
-            sender: Some(EventLogSender { tx, dropped: dropped.clone() }),
-            thread: Some(thread),
-            dropped,
-        })
+        Ok(EventLog { sender: Some(EventLogSender { tx, dropped: dropped.clone() }), thread: Some(thread), dropped })
     }
 
     pub fn sender(&self) -> Option<EventLogSender> {

@@ -50,8 +50,7 @@ pub struct Request {
 
 /// Whether every address `addr` names is a loopback address.
 pub fn is_loopback(addr: &str) -> Result<bool, Error> {
-    let addrs: Vec<SocketAddr> =
-        addr.to_socket_addrs().map_err(|e| Error::Address(format!("{addr}: {e}")))?.collect();
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(|e| Error::Address(format!("{addr}: {e}")))?.collect();
     if addrs.is_empty() {
         return Err(Error::Address(format!("{addr}: no address")));
     }
@@ -225,18 +224,16 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'%' => {
-                match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
+            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
                 }
-            }
+                _ => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
             b'+' => {
                 out.push(b' ');
                 i += 1;

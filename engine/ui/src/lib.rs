@@ -52,8 +52,10 @@ pub enum Error {
     NoEventLog(PathBuf),
 }
 
-/// Where and how to serve, and where to log events.
+/// Where and how to serve, and where to log events. Construct with
+/// `UiOptions::default()` and set fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UiOptions {
     /// `HOST:PORT` to serve on (a taken port: the next free one; port 0:
     /// any), or `None` for no server.

@@ -15,7 +15,7 @@ use weir::listener::{
     RecoveryEvent, StreamingListener, TaskRetry,
 };
 
-use crate::event::{now_ms, ms, BatchRecord, Event, Logged};
+use crate::event::{ms, now_ms, BatchRecord, Event, Logged};
 use crate::eventlog::EventLogSender;
 use crate::metrics::Metrics;
 use crate::state::{Limits, UiState};

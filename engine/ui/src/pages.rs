@@ -147,7 +147,8 @@ fn timeline(points: &[(i64, f64)], reference: Option<f64>, unit: &str) -> String
     for (i, (t, v)) in points.iter().enumerate() {
         let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*t as f64), y(*v));
     }
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">");
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">");
     let _ = write!(
         s,
         "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/><line x1=\"{PAD}\" y1=\"10\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#999\"/>\
@@ -239,7 +240,8 @@ fn input_rate(b: &BatchView, interval_ms: i64) -> f64 {
 fn streaming_page(st: &UiState, q: &str) -> String {
     let interval = st.job.as_ref().map_or(1000, |j| j.batch_interval_ms);
     let bs: Vec<&BatchView> = st.batches.iter().collect();
-    let series = |f: &dyn Fn(&BatchView) -> f64| -> Vec<(i64, f64)> { bs.iter().map(|b| (b.record.time, f(b))).collect() };
+    let series =
+        |f: &dyn Fn(&BatchView) -> f64| -> Vec<(i64, f64)> { bs.iter().map(|b| (b.record.time, f(b))).collect() };
     let rows: [(&str, &str, Vec<(i64, f64)>, Option<f64>); 4] = [
         ("Input rate", "rec/s", series(&|b| input_rate(b, interval)), None),
         ("Scheduling delay", "ms", series(&|b| b.record.scheduling_delay_ms), None),
@@ -260,13 +262,15 @@ fn streaming_page(st: &UiState, q: &str) -> String {
         st.batches.len(),
         t.records_in
     );
-    body.push_str("<table class=\"plot\" id=\"plots\"><tr><th></th><th>Timeline (batch time)</th><th>Histogram</th></tr>");
+    body.push_str(
+        "<table class=\"plot\" id=\"plots\"><tr><th></th><th>Timeline (batch time)</th><th>Histogram</th></tr>",
+    );
     for (name, unit, pts, reference) in &rows {
         let vals: Vec<f64> = pts.iter().map(|p| p.1).collect();
         let _ = write!(
             body,
-            "<tr><td><b>{name}</b><br>avg {} {unit}</td><td>{}</td><td>{}</td></tr>",
-            if *unit == "ms" { format!("{:.1}", avg(&vals)) } else { format!("{:.1}", avg(&vals)) },
+            "<tr><td><b>{name}</b><br>avg {:.1} {unit}</td><td>{}</td><td>{}</td></tr>",
+            avg(&vals),
             timeline(pts, *reference, unit),
             histogram(&vals, *reference)
         );
@@ -521,7 +525,13 @@ fn checkpoints_page(st: &UiState, q: &str) -> String {
     } else {
         body.push_str("<table><tr><th>When</th><th>What</th><th>Detail</th></tr>");
         for n in &st.recovery {
-            let _ = write!(body, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", fmt_time(n.at_ms), esc(&n.what), esc(&n.detail));
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                fmt_time(n.at_ms),
+                esc(&n.what),
+                esc(&n.detail)
+            );
         }
         body.push_str("</table>");
     }
@@ -550,7 +560,11 @@ fn sources_page(st: &UiState, q: &str) -> String {
             s.errors,
             s.last_error
                 .as_ref()
-                .map(|e| format!("{} <span class=\"muted\">{}</span>", esc(e), s.last_error_at_ms.map(fmt_time).unwrap_or_default()))
+                .map(|e| format!(
+                    "{} <span class=\"muted\">{}</span>",
+                    esc(e),
+                    s.last_error_at_ms.map(fmt_time).unwrap_or_default()
+                ))
                 .unwrap_or_default()
         );
     }

@@ -216,9 +216,11 @@ impl UiState {
                 s.last_error = Some(message.clone());
                 s.last_error_at_ms = Some(at);
             }
-            Event::Recovery { what, detail } => {
-                push_bounded(&mut self.recovery, Note { what: what.clone(), detail: detail.clone(), at_ms: at }, lim.notes)
-            }
+            Event::Recovery { what, detail } => push_bounded(
+                &mut self.recovery,
+                Note { what: what.clone(), detail: detail.clone(), at_ms: at },
+                lim.notes,
+            ),
             Event::CheckpointWritten(c) | Event::CheckpointFailed(c) => {
                 let ok = matches!(e.event, Event::CheckpointWritten(_));
                 if ok {
@@ -226,7 +228,11 @@ impl UiState {
                 } else {
                     self.totals.checkpoint_failures += 1;
                 }
-                push_bounded(&mut self.checkpoints, CheckpointView { record: c.clone(), ok, at_ms: at }, lim.checkpoints);
+                push_bounded(
+                    &mut self.checkpoints,
+                    CheckpointView { record: c.clone(), ok, at_ms: at },
+                    lim.checkpoints,
+                );
             }
             Event::ExecutorAdded { executor, reason } => {
                 self.totals.executors_added += 1;
@@ -264,8 +270,13 @@ impl UiState {
             }
             Event::TaskRetry { batch_time, rdd, partition, attempt, failure } => {
                 self.totals.task_retries += 1;
-                let r =
-                    Retry { rdd: rdd.clone(), partition: *partition, attempt: *attempt, failure: failure.clone(), at_ms: at };
+                let r = Retry {
+                    rdd: rdd.clone(),
+                    partition: *partition,
+                    attempt: *attempt,
+                    failure: failure.clone(),
+                    at_ms: at,
+                };
                 if let Some(p) = self.pending.get_mut(batch_time) {
                     if p.retries.len() < lim.per_batch {
                         p.retries.push(r);
