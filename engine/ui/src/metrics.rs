@@ -86,6 +86,15 @@ impl Metrics {
         registry.register("executors_added", "Executors that joined", m.executors_added.clone());
         registry.register("executors_lost", "Executors lost", m.executors_lost.clone());
         registry.register("receiver_errors", "Receiver errors (per source)", m.receiver_errors.clone());
+        // Series known in advance exist from the start (at 0), so a
+        // dashboard sees them before the first checkpoint or recomputation.
+        for kind in ["metadata", "state"] {
+            m.checkpoint_writes.get_or_create(&vec![("kind".into(), kind.into())]);
+            m.checkpoint_failures.get_or_create(&vec![("kind".into(), kind.into())]);
+        }
+        for d in ["match", "mismatch"] {
+            m.blocks_recomputed.get_or_create(&vec![("digest".into(), d.into())]);
+        }
         Metrics { registry, ..m }
     }
 
