@@ -152,3 +152,44 @@ impl StreamingListener for JsonProgress {
         let _ = writeln!(err, "{line}");
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::event::{OutputRecord, StageRecord};
+
+    #[test]
+    #[ignore]
+    fn cost_of_a_batch_event() {
+        let shared = Shared::new(Limits::default());
+        let l = UiListener::new(shared.clone(), None);
+        let stage = StageRecord { rdd: "rdd_3@600".into(), kind: "result".into(), tasks: 2, duration_ms: 1.0 };
+        let out = OutputRecord {
+            index: 0,
+            description: "save".into(),
+            duration_ms: 2.0,
+            stages: vec![stage.clone(), stage],
+            error: None,
+        };
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            l.record(Event::BatchSubmitted { time: i, records_in: 5, replayed: false });
+            l.record(Event::BatchStarted { time: i, scheduling_delay_ms: 0.0 });
+            l.record(Event::BatchCompleted(BatchRecord {
+                time: i,
+                records_in: 5,
+                processing_ms: 3.0,
+                scheduling_delay_ms: 0.0,
+                total_delay_ms: 3.0,
+                errors: vec![],
+                outputs: vec![out.clone()],
+                executors_lost: 0,
+                map_tasks_recomputed: 0,
+                blocks_recomputed: 0,
+                tasks_resubmitted: 0,
+            }));
+        }
+        eprintln!("{:?} per batch", t.elapsed() / n as u32);
+    }
+}
