@@ -377,3 +377,78 @@ fn a_receiver_that_cannot_connect_warns_once_and_the_sources_page_shows_it() {
     let warnings = d.log().lines().filter(|l| l.contains("WARN") && l.contains("cannot connect")).count();
     assert_eq!(warnings, 1, "{}", d.log());
 }
+
+/// Headless Chromium (Debian `chromium`; scripts/test.sh installs it)
+/// renders the Streaming page of a running job to a screenshot kept under
+/// the target directory; the HTML it was served has the four plots with
+/// data. Skipped (with a note) when Chromium is missing, except under CI.
+#[test]
+fn the_streaming_page_renders_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        assert!(std::env::var_os("CI").is_none(), "chromium is missing (scripts/test.sh installs it)");
+        eprintln!("skipped: no chromium on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut d, "the status page address");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..3 {
+        d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
+    }
+    let html = get_ok(addr, "/").body;
+    let plots: Vec<&str> =
+        html.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(plots.len(), 8, "four timelines, four histograms");
+    for p in &plots {
+        assert!(p.starts_with('M') && p.len() > 10, "an empty plot: {p:?}");
+    }
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("observability");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("streaming.png");
+    let _ = std::fs::remove_file(&png);
+    let profile = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("http://{addr}/"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium: {status:?}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    d.kill();
+}

@@ -80,6 +80,16 @@ fn fmt_ms(v: f64) -> String {
     }
 }
 
+/// A batch time: wall-clock times (after 2001) as UTC clock time, logical
+/// ones (multiples of the interval from 0) in ms.
+fn fmt_batch_time(t: i64) -> String {
+    if t > 1_000_000_000_000 {
+        fmt_time(t as u64)
+    } else {
+        format!("{t} ms")
+    }
+}
+
 fn fmt_time(at_ms: u64) -> String {
     // UTC clock time of day, enough to relate events to each other and to logs.
     let s = at_ms / 1000;
@@ -160,10 +170,10 @@ fn timeline(points: &[(i64, f64)], reference: Option<f64>, unit: &str) -> String
     if points.len() > 1 {
         let _ = write!(
             s,
-            "<text x=\"{PAD}\" y=\"{H}\" font-size=\"10\" dy=\"-4\">{} ms</text><text x=\"{}\" y=\"{H}\" font-size=\"10\" dy=\"-4\" text-anchor=\"end\">{} ms</text>",
-            x0,
+            "<text x=\"{PAD}\" y=\"{H}\" font-size=\"10\" dy=\"-4\">{}</text><text x=\"{}\" y=\"{H}\" font-size=\"10\" dy=\"-4\" text-anchor=\"end\">{}</text>",
+            fmt_batch_time(x0 as i64),
             W - 8.0,
-            x1
+            fmt_batch_time(x1 as i64)
         );
     }
     if let Some(r) = reference {
@@ -300,13 +310,14 @@ fn streaming_page(st: &UiState, q: &str) -> String {
         };
         let _ = write!(
             body,
-            "<tr><td><a href=\"/batches/{t}{q}\">{t} ms</a>{rep}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
+            "<tr><td><a href=\"/batches/{t}{q}\" title=\"{t} ms\">{tt}</a>{rep}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
             r.records_in,
             fmt_ms(r.scheduling_delay_ms),
             fmt_ms(r.processing_ms),
             fmt_ms(r.total_delay_ms),
             r.outputs.len(),
             t = r.time,
+            tt = fmt_batch_time(r.time),
             rep = if b.replayed { " (re-run)" } else { "" },
         );
     }
