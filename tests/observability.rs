@@ -452,3 +452,103 @@ fn the_streaming_page_renders_in_headless_chromium() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
     d.kill();
 }
+
+/// The driver's child processes (the executors of `local-cluster[N]`).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Polls `path` (with a deadline) until `done` holds; returns that answer.
+fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = json(addr, path);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {path} is still {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn executors_and_checkpoints_pages_follow_a_local_cluster_losing_an_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    // Running totals (state, so checkpoints) over the generator.
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "200ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = {LINES_PER_BATCH}
+words_per_line = 3
+vocabulary = 50
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+totals = "pairs.update_state_by_key(wordcount.running_total).checkpoint(400ms)"
+[[outputs]]
+stream = "totals"
+type = "save_as_text_files"
+prefix = "out/totals"
+"#,
+            module("wordcount.wasm").display()
+        ),
+    )
+    .unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--master", "local-cluster[2]", "--ui", "127.0.0.1:0", "--checkpoint"])
+            .arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let execs = poll(addr, "/api/v1/executors", "two executors", |v| {
+        v.as_array().is_some_and(|a| a.iter().filter(|x| x["active"] == true).count() == 2)
+    });
+    for x in execs.as_array().unwrap() {
+        assert!(x["added_reason"].as_str().unwrap().contains("pid"), "{x}");
+    }
+    let cps = poll(addr, "/api/v1/checkpoints", "checkpoints written", |v| {
+        v["checkpoints"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["kind"] == "metadata") && a.iter().any(|c| c["kind"] == "state"))
+    });
+    assert_eq!(cps["failed"], 0);
+    let page = get_ok(addr, "/checkpoints");
+    assert!(page.body.contains("metadata") && page.body.contains("written"));
+
+    // kill -9 one executor: the driver notices, the pages say so.
+    let kids = children(d.pid());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let ok = std::process::Command::new("kill").args(["-KILL", &kids[0].to_string()]).status().unwrap();
+    assert!(ok.success());
+    let execs = poll(addr, "/api/v1/executors", "an executor lost", |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|x| x["active"] == false))
+    });
+    let lost: Vec<&serde_json::Value> = execs.as_array().unwrap().iter().filter(|x| x["active"] == false).collect();
+    assert_eq!(lost.len(), 1, "{execs}");
+    assert!(lost[0]["lost_reason"].as_str().is_some_and(|r| !r.is_empty()));
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_executors_added_total"], 2.0);
+    assert_eq!(m["weir_executors_lost_total"], 1.0);
+    assert!(m["weir_checkpoint_writes_total{kind=\"metadata\"}"] >= 1.0);
+    assert!(get_ok(addr, "/executors").body.contains("lost"));
+    d.kill();
+}
