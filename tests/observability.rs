@@ -552,3 +552,16 @@ prefix = "out/totals"
     assert!(get_ok(addr, "/executors").body.contains("lost"));
     d.kill();
 }
+
+#[test]
+fn verbose_logs_show_weirs_events_but_not_the_compilers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(2));
+    let out =
+        run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--clock", "logical", "--ui", "off", "-vv"]));
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.lines().any(|l| l.contains("DEBUG")), "-vv shows Weir's debug events:\n{err}");
+    // Cranelift at debug level writes thousands of lines compiling a module.
+    assert!(err.lines().count() < 500, "{} lines: wasmtime/cranelift internals leaked into -vv", err.lines().count());
+}

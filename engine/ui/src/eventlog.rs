@@ -273,6 +273,13 @@ mod tests {
         assert_eq!(f.len(), 3, "{f:?}");
         let (events, bad) = read_dir(dir.path()).unwrap();
         assert_eq!(bad, 0);
+        // A crash mid-line: the half line is skipped, the rest is read.
+        let last = &f[2].1;
+        let mut bytes = std::fs::read(last).unwrap();
+        bytes.extend_from_slice(b"{\"at_ms\":3,\"event\":{\"type\":\"batch_");
+        std::fs::write(last, bytes).unwrap();
+        let (again, bad) = read_dir(dir.path()).unwrap();
+        assert_eq!((again.len(), bad), (events.len(), 1));
         assert!(matches!(events[0].event, Event::JobStarted(_)));
         assert!(matches!(events.last().unwrap().event, Event::BatchSubmitted { time: 49, .. }));
         let starts = events.iter().filter(|e| matches!(e.event, Event::JobStarted(_))).count();
