@@ -1,5 +1,5 @@
 //! The `weir` command line: `weir run`, `weir executor`, `weir udf check`,
-//! `weir checkpoint inspect`.
+//! `weir checkpoint inspect`, `weir history`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +51,20 @@ pub enum Command {
         #[command(subcommand)]
         command: CheckpointCommand,
     },
+    /// Serve the status page of a finished job from its event log (--event-log).
+    History(HistoryArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    /// The event-log directory.
+    pub dir: PathBuf,
+    /// Serve on HOST:PORT (port 0: any free port; a taken port: the next free one).
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub ui: String,
+    /// Requests must carry the token in this file (required off loopback).
+    #[arg(long)]
+    pub ui_token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +144,28 @@ pub struct RunArgs {
     /// long (ms; at least 500), instead of waiting for one.
     #[arg(long, default_value_t = 60000)]
     pub no_executor_timeout_ms: u64,
+    /// Serve the status page, /metrics and /api/v1 on HOST:PORT (a taken
+    /// port: the next free one; port 0: any free port), or `off`.
+    #[arg(long, default_value = weir_ui::DEFAULT_ADDR, value_name = "HOST:PORT|off")]
+    pub ui: String,
+    /// Requests to the status page must carry the token in this file
+    /// (`Authorization: Bearer TOKEN` or `?token=TOKEN`); required when
+    /// --ui is not a loopback address.
+    #[arg(long)]
+    pub ui_token_file: Option<PathBuf>,
+    /// The per-batch progress on stderr: a text line or a JSON object.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Text)]
+    pub progress: ProgressArg,
+    /// Write listener events to DIR as JSON lines (rotated, bounded), for
+    /// `weir history DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub event_log: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressArg {
+    Text,
+    Json,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -147,19 +183,22 @@ pub enum UdfCommand {
     },
 }
 
+/// `-v`/`-vv` raise Weir's own events (the `weir*` targets) only; the
+/// wasmtime and cranelift internals stay at warnings unless `-vvv` or
+/// `WEIR_LOG` (an `EnvFilter` directive) asks for them.
+fn log_filter(verbose: u8, quiet: bool) -> String {
+    match (quiet, verbose) {
+        (true, _) => "error".into(),
+        (false, 0) => "warn".into(),
+        (false, 1) => "warn,weir=info".into(),
+        (false, 2) => "warn,weir=debug".into(),
+        _ => "trace".into(),
+    }
+}
+
 fn init_logging(verbose: u8, quiet: bool) {
-    let level = if quiet {
-        "error"
-    } else {
-        match verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
-    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(verbose, quiet)));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -208,7 +247,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_out(&weir::checkpoint::inspect(&dir)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::History(a) => history(&a),
     }
+}
+
+/// `weir history DIR`: serves the pages of the event log until interrupted.
+fn history(a: &HistoryArgs) -> Result<ExitCode> {
+    let token = a.ui_token_file.as_deref().map(weir_ui::read_token).transpose()?;
+    let (addr, bad, n) = weir_ui::serve_history(&a.dir, &a.ui, token, Default::default())
+        .with_context(|| format!("serving the event log in {}", a.dir.display()))?;
+    if bad > 0 {
+        tracing::warn!("{bad} line(s) of the event log could not be read and were skipped");
+    }
+    eprintln!("weir: history of {} ({n} events) at http://{addr}/ (Ctrl-C to stop)", a.dir.display());
+    loop {
+        // The server runs on its own threads; SIGINT/SIGTERM end the process.
+        std::thread::park();
+    }
+}
+
+/// Starts the status page and event log as `weir run` asked.
+fn start_ui(args: &RunArgs, job: &weir::job::Job, master: &str, clock: Clock) -> Result<Option<weir_ui::Ui>> {
+    let off = args.ui.eq_ignore_ascii_case("off");
+    if off && args.event_log.is_none() {
+        return Ok(None);
+    }
+    let mut info = weir_ui::event::JobInfo::from_graph(&job.context.graph());
+    info.name = args.job.display().to_string();
+    info.master = master.to_string();
+    info.clock = format!("{clock:?}").to_lowercase();
+    info.modules = job.context.registry().modules();
+    info.set_limits(job.context.registry().limits());
+    let mut opts = weir_ui::UiOptions::default();
+    opts.addr = (!off).then(|| args.ui.clone());
+    opts.token = args.ui_token_file.as_deref().map(weir_ui::read_token).transpose()?;
+    opts.event_log = args.event_log.clone();
+    let default_addr = args.ui == weir_ui::DEFAULT_ADDR;
+    let ui = match weir_ui::Ui::start(opts.clone(), info.clone()) {
+        // The default page is a convenience: many jobs on one machine must
+        // not fail because the ports after 4040 are taken.
+        Err(e @ weir_ui::Error::Bind { .. }) if default_addr => {
+            tracing::warn!("no status page: {e}");
+            opts.addr = None;
+            weir_ui::Ui::start(opts, info)?
+        }
+        r => r.context("starting the status page")?,
+    };
+    if let Some(a) = ui.addr() {
+        eprintln!("weir: status page at http://{a}/");
+    }
+    Ok(Some(ui))
 }
 
 /// `--supervise`: runs the driver as a child process and restarts it when it
@@ -299,7 +387,18 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     opts.max_batches = args.batches;
     opts.explain = args.explain;
     opts.stop = stop;
-    opts.listeners.push(Arc::new(ConsoleProgress { batches: !quiet }));
+    let ui = start_ui(&args, &job, &args.master, clock)?;
+    if let Some(ui) = &ui {
+        opts.listeners.push(ui.listener());
+    }
+    opts.listeners.push(Arc::new(weir_ui::ReceiverLog::default()));
+    match args.progress {
+        ProgressArg::Json if !quiet => {
+            opts.listeners.push(Arc::new(ConsoleProgress { batches: false }));
+            opts.listeners.push(Arc::new(weir_ui::JsonProgress));
+        }
+        _ => opts.listeners.push(Arc::new(ConsoleProgress { batches: !quiet })),
+    }
     let mut cluster = ClusterOptions::default();
     cluster.listen = args.listen.clone();
     cluster.secret = weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?;
@@ -315,7 +414,12 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         c.accept_module_change = args.accept_module_change;
         c
     });
-    let report = job.context.run(opts).with_context(|| format!("running {}", args.job.display()))?;
+    let result = job.context.run(opts);
+    if let Some(ui) = ui {
+        let (run, failed) = result.as_ref().map_or((0, 0), |r| (r.batches_run, r.batches_failed));
+        ui.finish(run, failed);
+    }
+    let report = result.with_context(|| format!("running {}", args.job.display()))?;
     let failed = report.batches_failed;
     if failed > 0 {
         eprintln!("weir: {failed} of {} batch(es) failed (see the errors above)", report.batches_run);

@@ -1,0 +1,315 @@
+//! The UI's own copy of the listener events: owned, serializable records
+//! (durations in milliseconds) that the live listener, the event log and
+//! `weir history` share. The status page is built by applying these records
+//! in order ([`crate::state::UiState::apply`]), so a page served from an
+//! event log is the page the live job served.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use weir::listener as l;
+use weir_plan::graph::{Graph, NodeOp};
+use weir_plan::sink::OutputSpec;
+use weir_plan::source::SourceSpec;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One event with the wall-clock time it was observed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logged {
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+/// Everything the UI records (one JSON object per line in an event log).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    JobStarted(JobInfo),
+    BatchSubmitted { time: i64, records_in: u64, replayed: bool },
+    BatchStarted { time: i64, scheduling_delay_ms: f64 },
+    BatchCompleted(BatchRecord),
+    ReceiverError { source: u32, message: String },
+    Recovery { what: String, detail: String },
+    CheckpointWritten(CheckpointRecord),
+    CheckpointFailed(CheckpointRecord),
+    ExecutorAdded { executor: String, reason: String },
+    ExecutorLost { executor: String, reason: String },
+    TaskRetry { batch_time: i64, rdd: String, partition: u32, attempt: u32, failure: String },
+    BlockRecomputed { block: String, digest_matches: bool },
+    JobEnded { batches_run: u64, batches_failed: u64 },
+}
+
+/// What the job is: set once at start (the first line of each event-log file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub name: String,
+    pub weir_version: String,
+    pub master: String,
+    pub clock: String,
+    pub batch_interval_ms: i64,
+    pub parallelism: u32,
+    pub sources: Vec<SourceInfo>,
+    pub streams: Vec<StreamInfo>,
+    pub outputs: Vec<OutputSpecInfo>,
+    /// Module file name -> SHA-256.
+    pub modules: BTreeMap<String, String>,
+    /// The UDF limits every call runs under (name -> value).
+    pub limits: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub id: u32,
+    pub kind: String,
+    pub description: String,
+    /// Receivers (sockets) connect and can fail; replayable sources read files.
+    pub receiver: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub id: u32,
+    pub label: String,
+    /// `source`, `narrow`, `union`, `shuffle`, `window`, `state`, ...
+    pub kind: String,
+    /// Window length and slide, state timeouts, shuffle partitions.
+    pub detail: String,
+    pub parents: Vec<u32>,
+    pub slide_ms: i64,
+    pub stateful: bool,
+    pub checkpoint_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputSpecInfo {
+    pub index: usize,
+    pub stream: u32,
+    pub description: String,
+}
+
+impl JobInfo {
+    /// The job's plain description from its graph; the caller fills in the
+    /// name, master, clock, modules and limits.
+    pub fn from_graph(g: &Graph) -> JobInfo {
+        let sources = g
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (kind, description, receiver) = match s {
+                    SourceSpec::Socket { host, port, .. } => ("socket", format!("{host}:{port}"), true),
+                    SourceSpec::Directory { path, .. } => ("directory", path.display().to_string(), false),
+                    SourceSpec::Batches { path } => ("batches", path.display().to_string(), false),
+                    SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, batches, .. } => (
+                        "generator",
+                        format!(
+                            "{lines_per_batch} lines/batch, {words_per_line} words/line, vocabulary {vocabulary}{}",
+                            batches.map(|b| format!(", {b} batches")).unwrap_or_default()
+                        ),
+                        false,
+                    ),
+                    SourceSpec::Queue { batches } => ("queue", format!("{} batches", batches.len()), false),
+                    SourceSpec::Custom { name, .. } => ("custom", name.clone(), false),
+                };
+                SourceInfo { id: i as u32, kind: kind.into(), description, receiver }
+            })
+            .collect();
+        let streams = g
+            .nodes
+            .iter()
+            .map(|n| {
+                let (kind, detail) = match &n.op {
+                    NodeOp::Source { source } => ("source", format!("source {source}")),
+                    NodeOp::Narrow(_) => ("narrow", String::new()),
+                    NodeOp::Union => ("union", String::new()),
+                    NodeOp::Shuffle { partitions, .. } => ("shuffle", format!("{partitions} partitions")),
+                    NodeOp::Window { length_ms, slide_ms } => {
+                        ("window", format!("length {length_ms} ms, slide {slide_ms} ms"))
+                    }
+                    NodeOp::State { .. } => ("state", "update_state_by_key".into()),
+                    NodeOp::MapWithState { timeout_ms, .. } => (
+                        "state",
+                        format!(
+                            "map_with_state{}",
+                            timeout_ms.map(|t| format!(", timeout {t} ms")).unwrap_or_default()
+                        ),
+                    ),
+                    NodeOp::InvWindow { length_ms, slide_ms, .. } => {
+                        ("window", format!("inverse reduce, length {length_ms} ms, slide {slide_ms} ms"))
+                    }
+                };
+                StreamInfo {
+                    id: n.id,
+                    label: n.label.clone(),
+                    kind: kind.into(),
+                    detail,
+                    parents: n.parents.clone(),
+                    slide_ms: n.slide_ms,
+                    stateful: n.op.is_stateful(),
+                    checkpoint_ms: n.checkpoint_ms,
+                }
+            })
+            .collect();
+        let outputs = g
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| OutputSpecInfo {
+                index: i,
+                stream: o.node,
+                description: match &o.spec {
+                    OutputSpec::Print { num } => format!("print({num})"),
+                    OutputSpec::SaveAsTextFiles { prefix, suffix } => format!(
+                        "save_as_text_files({prefix}{})",
+                        suffix.as_ref().map(|s| format!(", {s}")).unwrap_or_default()
+                    ),
+                    OutputSpec::Collect { .. } => "collect".into(),
+                    OutputSpec::ForeachRdd { .. } => "foreach_rdd".into(),
+                    OutputSpec::Custom { .. } => "custom sink".into(),
+                },
+            })
+            .collect();
+        JobInfo {
+            weir_version: env!("CARGO_PKG_VERSION").into(),
+            batch_interval_ms: g.batch_interval_ms,
+            parallelism: g.parallelism,
+            sources,
+            streams,
+            outputs,
+            ..JobInfo::default()
+        }
+    }
+
+    /// Records the UDF limits (from the module registry).
+    pub fn set_limits(&mut self, limits: &weir::udf::UdfLimits) {
+        let mut m = BTreeMap::new();
+        m.insert("fuel_per_call".into(), limits.fuel_per_call);
+        m.insert("deadline_ms".into(), limits.deadline_ms);
+        m.insert("memory_bytes".into(), limits.memory_bytes as u64);
+        m.insert("module_bytes".into(), limits.module_bytes as u64);
+        m.insert("output_bytes".into(), limits.output_bytes as u64);
+        m.insert("log_lines_per_call".into(), u64::from(limits.log_lines_per_call));
+        self.limits = m;
+    }
+}
+
+/// A completed batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub time: i64,
+    pub records_in: u64,
+    pub processing_ms: f64,
+    pub scheduling_delay_ms: f64,
+    pub total_delay_ms: f64,
+    pub errors: Vec<String>,
+    pub outputs: Vec<OutputRecord>,
+    pub executors_lost: u64,
+    pub map_tasks_recomputed: u64,
+    pub blocks_recomputed: u64,
+    pub tasks_resubmitted: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub index: usize,
+    pub description: String,
+    pub duration_ms: f64,
+    pub stages: Vec<StageRecord>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub rdd: String,
+    pub kind: String,
+    pub tasks: u32,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub kind: String,
+    pub time: Option<i64>,
+    pub bytes: u64,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+}
+
+impl From<&l::BatchReport> for BatchRecord {
+    fn from(b: &l::BatchReport) -> Self {
+        BatchRecord {
+            time: b.time,
+            records_in: b.records_in,
+            processing_ms: ms(b.processing),
+            scheduling_delay_ms: ms(b.scheduling_delay),
+            total_delay_ms: ms(b.total_delay()),
+            errors: b.errors.clone(),
+            outputs: b
+                .outputs
+                .iter()
+                .map(|o| OutputRecord {
+                    index: o.index,
+                    description: o.description.clone(),
+                    duration_ms: ms(o.duration),
+                    stages: o
+                        .stages
+                        .iter()
+                        .map(|s| StageRecord {
+                            rdd: s.rdd.clone(),
+                            kind: s.kind.to_string(),
+                            tasks: s.tasks,
+                            duration_ms: ms(s.duration),
+                        })
+                        .collect(),
+                    error: o.error.clone(),
+                })
+                .collect(),
+            executors_lost: b.executors_lost,
+            map_tasks_recomputed: b.map_tasks_recomputed,
+            blocks_recomputed: b.blocks_recomputed,
+            tasks_resubmitted: b.tasks_resubmitted,
+        }
+    }
+}
+
+impl From<&l::CheckpointEvent> for CheckpointRecord {
+    fn from(c: &l::CheckpointEvent) -> Self {
+        CheckpointRecord {
+            kind: c.kind.to_string(),
+            time: c.time,
+            bytes: c.bytes,
+            duration_ms: ms(c.duration),
+            error: c.error.clone(),
+        }
+    }
+}
+
+impl From<&l::RecoveryEvent> for Event {
+    fn from(e: &l::RecoveryEvent) -> Self {
+        match e {
+            l::RecoveryEvent::InvalidCheckpoint { reason } => {
+                Event::Recovery { what: "invalid checkpoint".into(), detail: reason.clone() }
+            }
+            l::RecoveryEvent::Recovered { seq, last_completed, pending } => Event::Recovery {
+                what: "recovered".into(),
+                detail: format!(
+                    "from checkpoint {seq}, last completed batch {}, {pending} pending batch(es) re-run",
+                    last_completed.map(|t| format!("{t} ms")).unwrap_or_else(|| "none".into())
+                ),
+            },
+            // The enum is non-exhaustive: a future variant still shows up.
+            #[allow(unreachable_patterns)]
+            other => Event::Recovery { what: "recovery".into(), detail: format!("{other:?}") },
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The listeners `weir run` adds: [`UiListener`] (status page, metrics,
+//! event log) and [`JsonProgress`] (`--progress json`).
+//!
+//! Callbacks run on the driver's (or a receiver's) thread: they convert the
+//! event, update the in-memory state under a short lock and the metrics
+//! (atomic adds), and hand the event to the event-log writer through a
+//! bounded channel without waiting. No I/O happens here.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use weir::listener::{
+    BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent, ReceiverError,
+    RecoveryEvent, StreamingListener, TaskRetry,
+};
+
+use crate::event::{ms, now_ms, BatchRecord, Event, Logged};
+use crate::eventlog::EventLogSender;
+use crate::metrics::Metrics;
+use crate::state::{Limits, UiState};
+
+/// The state and metrics the server reads and the listener writes.
+#[derive(Debug)]
+pub struct Shared {
+    state: Mutex<UiState>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(limits: Limits) -> Arc<Shared> {
+        Arc::new(Shared { state: Mutex::new(UiState::new(limits)), metrics: Metrics::new() })
+    }
+
+    /// The state, even if a thread panicked while holding it (it stays
+    /// consistent enough to show: every update is a few field writes).
+    pub fn state(&self) -> MutexGuard<'_, UiState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn apply(&self, e: &Logged) {
+        self.metrics.observe(&e.event);
+        self.state().apply(e);
+    }
+}
+
+/// Feeds the status page, the metrics and (optionally) the event log.
+#[derive(Debug)]
+pub struct UiListener {
+    shared: Arc<Shared>,
+    log: Option<EventLogSender>,
+}
+
+impl UiListener {
+    pub fn new(shared: Arc<Shared>, log: Option<EventLogSender>) -> Self {
+        UiListener { shared, log }
+    }
+
+    /// Records an event (also used for `JobStarted` and `JobEnded`, which
+    /// the CLI emits itself).
+    pub fn record(&self, event: Event) {
+        let e = Logged { at_ms: now_ms(), event };
+        self.shared.apply(&e);
+        if let Some(log) = &self.log {
+            log.send(e);
+        }
+    }
+}
+
+impl StreamingListener for UiListener {
+    fn on_batch_submitted(&self, e: &BatchSubmitted) {
+        self.record(Event::BatchSubmitted { time: e.time, records_in: e.records_in, replayed: e.replayed });
+    }
+    fn on_batch_started(&self, e: &BatchStarted) {
+        self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });
+    }
+    fn on_batch_completed(&self, e: &BatchReport) {
+        self.record(Event::BatchCompleted(e.into()));
+    }
+    fn on_receiver_error(&self, e: &ReceiverError) {
+        self.record(Event::ReceiverError { source: e.source, message: e.message.clone() });
+    }
+    fn on_recovery(&self, e: &RecoveryEvent) {
+        self.record(e.into());
+    }
+    fn on_checkpoint_written(&self, e: &CheckpointEvent) {
+        self.record(Event::CheckpointWritten(e.into()));
+    }
+    fn on_checkpoint_failed(&self, e: &CheckpointEvent) {
+        self.record(Event::CheckpointFailed(e.into()));
+    }
+    fn on_executor_added(&self, e: &ExecutorEvent) {
+        self.record(Event::ExecutorAdded { executor: e.executor.clone(), reason: e.reason.clone() });
+    }
+    fn on_executor_lost(&self, e: &ExecutorEvent) {
+        self.record(Event::ExecutorLost { executor: e.executor.clone(), reason: e.reason.clone() });
+    }
+    fn on_task_retry(&self, e: &TaskRetry) {
+        self.record(Event::TaskRetry {
+            batch_time: e.batch_time,
+            rdd: e.rdd.clone(),
+            partition: e.partition,
+            attempt: e.attempt,
+            failure: e.failure.clone(),
+        });
+    }
+    fn on_block_recomputed(&self, e: &BlockRecomputed) {
+        self.record(Event::BlockRecomputed { block: e.block.clone(), digest_matches: e.digest_matches });
+    }
+}
+
+/// Logs a warning when a receiver starts failing to connect (naming the
+/// address, from the receiver's message), once per change of state rather
+/// than on every retry. The receiver itself logs losing a connection (a
+/// warning) and each failed retry (debug); `weir run` always adds this.
+#[derive(Debug, Default)]
+pub struct ReceiverLog {
+    /// Per source, the last message seen.
+    last: Mutex<HashMap<u32, String>>,
+}
+
+impl StreamingListener for ReceiverLog {
+    fn on_receiver_error(&self, e: &ReceiverError) {
+        let changed = {
+            let mut m = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            m.insert(e.source, e.message.clone()).as_deref() != Some(e.message.as_str())
+        };
+        if changed && e.message.starts_with("cannot connect") {
+            tracing::warn!("receiver of source {}: {} (retrying)", e.source, e.message);
+        }
+    }
+}
+
+/// `--progress json`: one JSON object per completed batch on stderr (the
+/// fields of `/api/v1/batches/{time}` without the retained details).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonProgress;
+
+impl JsonProgress {
+    pub fn format(b: &BatchReport) -> String {
+        let r = BatchRecord::from(b);
+        serde_json::to_string(&r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+impl StreamingListener for JsonProgress {
+    fn on_batch_completed(&self, b: &BatchReport) {
+        // The text progress line is written the same way (stderr is the
+        // console; a line per batch is what the user asked for).
+        let line = Self::format(b);
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::event::{OutputRecord, StageRecord};
+
+    #[test]
+    #[ignore]
+    fn cost_of_a_batch_event() {
+        let shared = Shared::new(Limits::default());
+        let l = UiListener::new(shared.clone(), None);
+        let stage = StageRecord { rdd: "rdd_3@600".into(), kind: "result".into(), tasks: 2, duration_ms: 1.0 };
+        let out = OutputRecord {
+            index: 0,
+            description: "save".into(),
+            duration_ms: 2.0,
+            stages: vec![stage.clone(), stage],
+            error: None,
+        };
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            l.record(Event::BatchSubmitted { time: i, records_in: 5, replayed: false });
+            l.record(Event::BatchStarted { time: i, scheduling_delay_ms: 0.0 });
+            l.record(Event::BatchCompleted(BatchRecord {
+                time: i,
+                records_in: 5,
+                processing_ms: 3.0,
+                scheduling_delay_ms: 0.0,
+                total_delay_ms: 3.0,
+                errors: vec![],
+                outputs: vec![out.clone()],
+                executors_lost: 0,
+                map_tasks_recomputed: 0,
+                blocks_recomputed: 0,
+                tasks_resubmitted: 0,
+            }));
+        }
+        eprintln!("{:?} per batch", t.elapsed() / n as u32);
+    }
+}

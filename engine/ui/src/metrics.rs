@@ -1,0 +1,147 @@
+//! `/metrics`: the job's counters and histograms in the Prometheus
+//! (OpenMetrics) text format, through prometheus-client. Updated from the
+//! same events as the status page; every update is an atomic add.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::event::Event;
+
+type Labels = Vec<(String, String)>;
+
+/// The metrics registry and its handles.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    batches: Counter,
+    batches_failed: Counter,
+    records_in: Counter,
+    processing: Histogram,
+    scheduling_delay: Histogram,
+    last_batch_time: Gauge,
+    task_retries: Counter,
+    blocks_recomputed: Family<Labels, Counter>,
+    checkpoint_writes: Family<Labels, Counter>,
+    checkpoint_failures: Family<Labels, Counter>,
+    checkpoint_duration: Histogram,
+    executors_added: Counter,
+    executors_lost: Counter,
+    receiver_errors: Family<Labels, Counter>,
+}
+
+/// Seconds, 1 ms to about 65 s.
+fn seconds_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weir");
+        let m = Metrics {
+            batches: Counter::default(),
+            batches_failed: Counter::default(),
+            records_in: Counter::default(),
+            processing: seconds_buckets(),
+            scheduling_delay: seconds_buckets(),
+            last_batch_time: Gauge::default(),
+            task_retries: Counter::default(),
+            blocks_recomputed: Family::default(),
+            checkpoint_writes: Family::default(),
+            checkpoint_failures: Family::default(),
+            checkpoint_duration: seconds_buckets(),
+            executors_added: Counter::default(),
+            executors_lost: Counter::default(),
+            receiver_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("batches", "Batches completed", m.batches.clone());
+        registry.register("batches_failed", "Batches with a failed output operation", m.batches_failed.clone());
+        registry.register("records_in", "Records taken from the sources", m.records_in.clone());
+        registry.register("batch_processing_seconds", "Batch processing time", m.processing.clone());
+        registry.register(
+            "batch_scheduling_delay_seconds",
+            "Time a batch waited before it started",
+            m.scheduling_delay.clone(),
+        );
+        registry.register("last_batch_time_ms", "Time of the newest completed batch", m.last_batch_time.clone());
+        registry.register("task_retries", "Tasks run again after a failure", m.task_retries.clone());
+        registry.register(
+            "blocks_recomputed",
+            "Blocks computed again (digest: match or mismatch)",
+            m.blocks_recomputed.clone(),
+        );
+        registry.register("checkpoint_writes", "Checkpoint files written", m.checkpoint_writes.clone());
+        registry.register("checkpoint_failures", "Checkpoint writes that failed", m.checkpoint_failures.clone());
+        registry.register("checkpoint_write_seconds", "Checkpoint write duration", m.checkpoint_duration.clone());
+        registry.register("executors_added", "Executors that joined", m.executors_added.clone());
+        registry.register("executors_lost", "Executors lost", m.executors_lost.clone());
+        registry.register("receiver_errors", "Receiver errors (per source)", m.receiver_errors.clone());
+        // Series known in advance exist from the start (at 0), so a
+        // dashboard sees them before the first checkpoint or recomputation.
+        for kind in ["metadata", "state"] {
+            drop(m.checkpoint_writes.get_or_create(&vec![("kind".into(), kind.into())]));
+            drop(m.checkpoint_failures.get_or_create(&vec![("kind".into(), kind.into())]));
+        }
+        for d in ["match", "mismatch"] {
+            drop(m.blocks_recomputed.get_or_create(&vec![("digest".into(), d.into())]));
+        }
+        Metrics { registry, ..m }
+    }
+
+    pub fn observe(&self, e: &Event) {
+        match e {
+            Event::BatchCompleted(b) => {
+                self.batches.inc();
+                if !b.errors.is_empty() {
+                    self.batches_failed.inc();
+                }
+                self.records_in.inc_by(b.records_in);
+                self.processing.observe(b.processing_ms / 1000.0);
+                self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
+                self.last_batch_time.set(b.time);
+            }
+            Event::TaskRetry { .. } => {
+                self.task_retries.inc();
+            }
+            Event::BlockRecomputed { digest_matches, .. } => {
+                let d = if *digest_matches { "match" } else { "mismatch" };
+                self.blocks_recomputed.get_or_create(&vec![("digest".into(), d.into())]).inc();
+            }
+            Event::CheckpointWritten(c) => {
+                self.checkpoint_writes.get_or_create(&vec![("kind".into(), c.kind.clone())]).inc();
+                self.checkpoint_duration.observe(c.duration_ms / 1000.0);
+            }
+            Event::CheckpointFailed(c) => {
+                self.checkpoint_failures.get_or_create(&vec![("kind".into(), c.kind.clone())]).inc();
+            }
+            Event::ExecutorAdded { .. } => {
+                self.executors_added.inc();
+            }
+            Event::ExecutorLost { .. } => {
+                self.executors_lost.inc();
+            }
+            Event::ReceiverError { source, .. } => {
+                self.receiver_errors.get_or_create(&vec![("source".into(), source.to_string())]).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// The exposition text (ends with `# EOF`).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}

@@ -1,0 +1,699 @@
+//! The status pages (server-rendered HTML with server-drawn SVG plots;
+//! nothing is loaded from elsewhere), `/metrics` and the JSON API.
+//! Spark's Streaming tab is the model of the main page.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::event::JobInfo;
+use crate::http::{percent_encode, Request, Response};
+use crate::listener::Shared;
+use crate::state::{BatchView, UiState};
+
+const HTML: &str = "text/html; charset=utf-8";
+const JSON: &str = "application/json";
+/// Rows of the completed-batches table (the plots use every retained batch).
+const TABLE_ROWS: usize = 100;
+
+/// Dispatches a request.
+pub fn route(req: &Request, shared: &Shared, with_token: bool) -> Response {
+    // Links carry the token when it came in the query (a browser has no
+    // other way to send it).
+    let q = match req.query.iter().find(|(k, _)| k == "token") {
+        Some((_, t)) if with_token => format!("?token={}", percent_encode(t)),
+        _ => String::new(),
+    };
+    let path = req.path.trim_end_matches('/');
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.as_slice() == ["metrics"] {
+        return Response::new(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.render(),
+        );
+    }
+    let st = shared.state();
+    match segs.as_slice() {
+        [] => Response::new(200, HTML, streaming_page(&st, &q)),
+        ["batches", t] => match t.parse::<i64>().ok().and_then(|t| st.batch(t)) {
+            Some(b) => Response::new(200, HTML, batch_page(&st, b, &q)),
+            None => not_found(&st, &q),
+        },
+        ["job"] => Response::new(200, HTML, job_page(&st, &q)),
+        ["executors"] => Response::new(200, HTML, executors_page(&st, &q)),
+        ["checkpoints"] => Response::new(200, HTML, checkpoints_page(&st, &q)),
+        ["sources"] => Response::new(200, HTML, sources_page(&st, &q)),
+        ["api", "v1", rest @ ..] => api(&st, rest),
+        _ => not_found(&st, &q),
+    }
+}
+
+fn not_found(st: &UiState, q: &str) -> Response {
+    Response::new(404, HTML, page(st, q, "Not found", "<p>No such page (or the batch is no longer retained).</p>"))
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} s", v / 1000.0)
+    } else if v >= 10.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// A batch time: wall-clock times (after 2001) as UTC clock time, logical
+/// ones (multiples of the interval from 0) in ms.
+fn fmt_batch_time(t: i64) -> String {
+    if t > 1_000_000_000_000 {
+        fmt_time(t as u64)
+    } else {
+        format!("{t} ms")
+    }
+}
+
+fn fmt_time(at_ms: u64) -> String {
+    // UTC clock time of day, enough to relate events to each other and to logs.
+    let s = at_ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60, at_ms % 1000)
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:0 1.5em 2em;color:#222}nav{background:#2c3e50;margin:0 -1.5em 1em;padding:.6em 1.5em}\
+nav a{color:#fff;margin-right:1.2em;text-decoration:none}nav b{color:#f39c12;margin-right:1.5em}table{border-collapse:collapse;margin:.5em 0 1.2em}\
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px;vertical-align:top}th{background:#f3f3f3}\
+.fail{color:#c0392b;font-weight:bold}.ok{color:#27ae60}svg{background:#fafafa;border:1px solid #ddd}\
+.plot td{border:none}.muted{color:#777}code{font-size:12px}";
+
+fn page(st: &UiState, q: &str, title: &str, body: &str) -> String {
+    let job = st.job.as_ref().map(|j| j.name.as_str()).unwrap_or("");
+    let refresh = if st.live() { "<meta http-equiv=\"refresh\" content=\"2\">" } else { "" };
+    let status = if st.history {
+        "history (from an event log)".to_string()
+    } else if st.live() {
+        "running".to_string()
+    } else {
+        "finished".to_string()
+    };
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">{refresh}<title>Weir: {t}</title><style>{STYLE}</style></head><body>\
+<nav><b>Weir</b><a href=\"/{q}\">Streaming</a><a href=\"/job{q}\">Job</a><a href=\"/executors{q}\">Executors</a>\
+<a href=\"/checkpoints{q}\">Checkpoints</a><a href=\"/sources{q}\">Sources</a><a href=\"/metrics{q}\">Metrics</a></nav>\
+<h2>{t}</h2><p class=\"muted\">{j} &middot; {status}</p>{body}</body></html>",
+        t = esc(title),
+        j = esc(job),
+    )
+}
+
+// ---- plots ----
+
+const W: f64 = 560.0;
+const H: f64 = 150.0;
+const HW: f64 = 260.0;
+const PAD: f64 = 36.0;
+
+fn nice_max(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let p = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if v <= m * p {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+/// A timeline: `points` (batch time, value) as a line, with an optional
+/// dashed reference line (the batch interval). Always has a `<path>`.
+fn timeline(points: &[(i64, f64)], reference: Option<f64>, unit: &str) -> String {
+    let ymax = nice_max(points.iter().map(|p| p.1).fold(reference.unwrap_or(0.0), f64::max));
+    let (x0, x1) = match (points.first(), points.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => (a.0 as f64, b.0 as f64),
+        (Some(a), _) => (a.0 as f64 - 1.0, a.0 as f64 + 1.0),
+        _ => (0.0, 1.0),
+    };
+    let x = |t: f64| PAD + (t - x0) / (x1 - x0) * (W - PAD - 8.0);
+    let y = |v: f64| H - 18.0 - v / ymax * (H - 28.0);
+    let mut d = String::new();
+    for (i, (t, v)) in points.iter().enumerate() {
+        let _ = write!(d, "{}{:.1},{:.1}", if i == 0 { "M" } else { " L" }, x(*t as f64), y(*v));
+    }
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\">");
+    let _ = write!(
+        s,
+        "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#999\"/><line x1=\"{PAD}\" y1=\"10\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#999\"/>\
+<text x=\"2\" y=\"14\" font-size=\"10\">{ymax}</text><text x=\"2\" y=\"{b}\" font-size=\"10\">0 {unit}</text>",
+        b = H - 18.0,
+        r = W - 8.0,
+        ymax = trim_num(ymax),
+    );
+    if points.len() > 1 {
+        let _ = write!(
+            s,
+            "<text x=\"{PAD}\" y=\"{H}\" font-size=\"10\" dy=\"-4\">{}</text><text x=\"{}\" y=\"{H}\" font-size=\"10\" dy=\"-4\" text-anchor=\"end\">{}</text>",
+            fmt_batch_time(x0 as i64),
+            W - 8.0,
+            fmt_batch_time(x1 as i64)
+        );
+    }
+    if let Some(r) = reference {
+        let _ = write!(
+            s,
+            "<line class=\"reference\" x1=\"{PAD}\" y1=\"{yr:.1}\" x2=\"{xr}\" y2=\"{yr:.1}\" stroke=\"#e67e22\" stroke-dasharray=\"4 3\"/>\
+<text x=\"{xr}\" y=\"{yr:.1}\" dy=\"-3\" font-size=\"10\" text-anchor=\"end\" fill=\"#e67e22\">batch interval</text>",
+            yr = y(r),
+            xr = W - 8.0
+        );
+    }
+    let _ = write!(s, "<path class=\"data\" d=\"{d}\" fill=\"none\" stroke=\"#2980b9\" stroke-width=\"1.5\"/>");
+    for (t, v) in points.iter().rev().take(1) {
+        let _ = write!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"#2980b9\"/>", x(*t as f64), y(*v));
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// A histogram of `values` on the same vertical scale as the timeline
+/// (horizontal bars, as Spark draws it).
+fn histogram(values: &[f64], reference: Option<f64>) -> String {
+    const BINS: usize = 10;
+    let ymax = nice_max(values.iter().copied().fold(reference.unwrap_or(0.0), f64::max));
+    let mut counts = [0usize; BINS];
+    for v in values {
+        let i = ((v / ymax) * BINS as f64).floor() as usize;
+        counts[i.min(BINS - 1)] += 1;
+    }
+    let cmax = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let bin_h = (H - 28.0) / BINS as f64;
+    let mut d = String::new();
+    for (i, c) in counts.iter().enumerate() {
+        if *c == 0 {
+            continue;
+        }
+        let w = *c as f64 / cmax * (HW - 20.0);
+        let y_top = H - 18.0 - (i + 1) as f64 * bin_h;
+        let _ = write!(d, "M10,{y_top:.1} h{w:.1} v{:.1} h{:.1} Z ", bin_h - 1.0, -w);
+    }
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{HW}\" height=\"{H}\" viewBox=\"0 0 {HW} {H}\">\
+<line x1=\"10\" y1=\"10\" x2=\"10\" y2=\"{b}\" stroke=\"#999\"/><text x=\"{r}\" y=\"{H}\" dy=\"-4\" font-size=\"10\" text-anchor=\"end\">{n} batch(es)</text>\
+<path class=\"data\" d=\"{d}\" fill=\"#2980b9\" fill-opacity=\"0.6\"/></svg>",
+        b = H - 18.0,
+        r = HW - 4.0,
+        n = cmax as usize,
+    )
+}
+
+fn trim_num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+// ---- pages ----
+
+fn avg(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Records per second of a batch: its records over the batch interval.
+fn input_rate(b: &BatchView, interval_ms: i64) -> f64 {
+    b.record.records_in as f64 * 1000.0 / interval_ms.max(1) as f64
+}
+
+fn streaming_page(st: &UiState, q: &str) -> String {
+    let interval = st.job.as_ref().map_or(1000, |j| j.batch_interval_ms);
+    let bs: Vec<&BatchView> = st.batches.iter().collect();
+    let series =
+        |f: &dyn Fn(&BatchView) -> f64| -> Vec<(i64, f64)> { bs.iter().map(|b| (b.record.time, f(b))).collect() };
+    let rows: [(&str, &str, Vec<(i64, f64)>, Option<f64>); 4] = [
+        ("Input rate", "rec/s", series(&|b| input_rate(b, interval)), None),
+        ("Scheduling delay", "ms", series(&|b| b.record.scheduling_delay_ms), None),
+        ("Processing time", "ms", series(&|b| b.record.processing_ms), Some(interval as f64)),
+        ("Total delay", "ms", series(&|b| b.record.total_delay_ms), Some(interval as f64)),
+    ];
+    let t = &st.totals;
+    let mut body = String::new();
+    let uptime = match (st.started_at_ms, st.ended_at_ms.or(st.last_event_ms)) {
+        (Some(a), Some(b)) => format!("{:.1} s", (b.saturating_sub(a)) as f64 / 1000.0),
+        _ => "-".into(),
+    };
+    let _ = write!(
+        body,
+        "<p>Batch interval <b>{interval} ms</b> &middot; up {uptime} &middot; <b>{}</b> completed batches ({} failed, {} retained) &middot; <b>{}</b> records in</p>",
+        t.batches_completed,
+        t.batches_failed,
+        st.batches.len(),
+        t.records_in
+    );
+    body.push_str(
+        "<table class=\"plot\" id=\"plots\"><tr><th></th><th>Timeline (batch time)</th><th>Histogram</th></tr>",
+    );
+    for (name, unit, pts, reference) in &rows {
+        let vals: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        let _ = write!(
+            body,
+            "<tr><td><b>{name}</b><br>avg {:.1} {unit}</td><td>{}</td><td>{}</td></tr>",
+            avg(&vals),
+            timeline(pts, *reference, unit),
+            histogram(&vals, *reference)
+        );
+    }
+    body.push_str("</table>");
+    let in_flight = st.in_flight();
+    if !in_flight.is_empty() {
+        body.push_str("<h3>Active batches</h3><table><tr><th>Batch time</th><th>Records</th><th>Submitted</th></tr>");
+        for (time, recs, at) in in_flight {
+            let _ = write!(body, "<tr><td>{time} ms</td><td>{recs}</td><td>{}</td></tr>", fmt_time(at));
+        }
+        body.push_str("</table>");
+    }
+    let _ = write!(
+        body,
+        "<h3>Completed batches (newest {} of {})</h3><table id=\"batches\"><tr><th>Batch time</th><th>Records</th><th>Scheduling delay</th>\
+<th>Processing time</th><th>Total delay</th><th>Outputs</th><th>Status</th></tr>",
+        bs.len().min(TABLE_ROWS),
+        t.batches_completed
+    );
+    for b in bs.iter().rev().take(TABLE_ROWS) {
+        let r = &b.record;
+        let status = if r.errors.is_empty() {
+            "<span class=\"ok\">ok</span>".to_string()
+        } else {
+            format!("<span class=\"fail\">failed</span> {}", esc(&r.errors.join("; ")))
+        };
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/batches/{t}{q}\" title=\"{t} ms\">{tt}</a>{rep}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
+            r.records_in,
+            fmt_ms(r.scheduling_delay_ms),
+            fmt_ms(r.processing_ms),
+            fmt_ms(r.total_delay_ms),
+            r.outputs.len(),
+            t = r.time,
+            tt = fmt_batch_time(r.time),
+            rep = if b.replayed { " (re-run)" } else { "" },
+        );
+    }
+    body.push_str("</table>");
+    page(st, q, "Streaming", &body)
+}
+
+fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
+    let r = &b.record;
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<table><tr><th>Batch time</th><td>{} ms{}</td></tr><tr><th>Records in</th><td>{}</td></tr>\
+<tr><th>Scheduling delay</th><td>{}</td></tr><tr><th>Processing time</th><td>{}</td></tr><tr><th>Total delay</th><td>{}</td></tr>\
+<tr><th>Status</th><td>{}</td></tr><tr><th>Recovery</th><td>{} executor(s) lost, {} map output(s) and {} block(s) recomputed, {} task(s) resubmitted</td></tr></table>",
+        r.time,
+        if b.replayed { " (re-run after recovery)" } else { "" },
+        r.records_in,
+        fmt_ms(r.scheduling_delay_ms),
+        fmt_ms(r.processing_ms),
+        fmt_ms(r.total_delay_ms),
+        if r.errors.is_empty() { "ok".to_string() } else { format!("<span class=\"fail\">failed</span>: {}", esc(&r.errors.join("; "))) },
+        r.executors_lost,
+        r.map_tasks_recomputed,
+        r.blocks_recomputed,
+        r.tasks_resubmitted,
+    );
+    body.push_str("<h3>Output operations</h3>");
+    for o in &r.outputs {
+        let _ = write!(
+            body,
+            "<h4>Output {}: <code>{}</code> &middot; {}{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th></tr>",
+            o.index,
+            esc(&o.description),
+            fmt_ms(o.duration_ms),
+            o.error.as_ref().map(|e| format!(" &middot; <span class=\"fail\">{}</span>", esc(e))).unwrap_or_default()
+        );
+        for s in &o.stages {
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.rdd),
+                esc(&s.kind),
+                s.tasks,
+                fmt_ms(s.duration_ms)
+            );
+        }
+        body.push_str("</table>");
+    }
+    let _ = write!(body, "<h3>Task retries ({})</h3>", b.retries.len());
+    if !b.retries.is_empty() {
+        body.push_str("<table><tr><th>RDD</th><th>Partition</th><th>Attempt</th><th>Failure</th></tr>");
+        for x in &b.retries {
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&x.rdd),
+                x.partition,
+                x.attempt,
+                esc(&x.failure)
+            );
+        }
+        body.push_str("</table>");
+    }
+    let _ = write!(body, "<h3>Recomputed blocks ({})</h3>", b.recomputed_blocks.len());
+    if !b.recomputed_blocks.is_empty() {
+        body.push_str("<table><tr><th>Block</th><th>Digest check</th></tr>");
+        for x in &b.recomputed_blocks {
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&x.block),
+                if x.digest_matches {
+                    "<span class=\"ok\">matches the original</span>"
+                } else {
+                    "<span class=\"fail\">DIFFERS from the original</span>"
+                }
+            );
+        }
+        body.push_str("</table>");
+    }
+    if b.dropped_details > 0 {
+        let _ = write!(body, "<p class=\"muted\">{} more retries/blocks not kept.</p>", b.dropped_details);
+    }
+    page(st, q, &format!("Batch {} ms", r.time), &body)
+}
+
+/// The stream `id` and its ancestors as a nested list (depth-bounded: the
+/// graph is a DAG, and a shared parent is listed under each child).
+fn stream_tree(job: &JobInfo, id: u32, depth: usize, out: &mut String) {
+    let Some(s) = job.streams.iter().find(|s| s.id == id) else { return };
+    let _ = write!(
+        out,
+        "<li><b>{}</b> <code>{}</code> <span class=\"muted\">#{} {}{}</span>",
+        esc(&s.kind),
+        esc(&s.label),
+        s.id,
+        esc(&s.detail),
+        if s.stateful { " &middot; stateful" } else { "" }
+    );
+    if let Some(src) = job.sources.iter().find(|x| s.kind == "source" && s.detail == format!("source {}", x.id)) {
+        let _ = write!(out, " &larr; {} <code>{}</code>", esc(&src.kind), esc(&src.description));
+    }
+    if !s.parents.is_empty() && depth < 64 {
+        out.push_str("<ul>");
+        for p in &s.parents {
+            stream_tree(job, *p, depth + 1, out);
+        }
+        out.push_str("</ul>");
+    }
+    out.push_str("</li>");
+}
+
+fn job_page(st: &UiState, q: &str) -> String {
+    let Some(j) = &st.job else { return page(st, q, "Job", "<p>No job description yet.</p>") };
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<table><tr><th>Job</th><td>{}</td></tr><tr><th>Weir</th><td>{}</td></tr><tr><th>Master</th><td>{}</td></tr>\
+<tr><th>Clock</th><td>{}</td></tr><tr><th>Batch interval</th><td>{} ms</td></tr><tr><th>Parallelism</th><td>{}</td></tr></table>",
+        esc(&j.name),
+        esc(&j.weir_version),
+        esc(&j.master),
+        esc(&j.clock),
+        j.batch_interval_ms,
+        j.parallelism
+    );
+    body.push_str("<h3>DStream graph</h3><p class=\"muted\">Each output with the streams it reads, down to the sources.</p><ul id=\"graph\">");
+    for o in &j.outputs {
+        let _ = write!(body, "<li><b>output {}</b> <code>{}</code><ul>", o.index, esc(&o.description));
+        stream_tree(j, o.stream, 0, &mut body);
+        body.push_str("</ul></li>");
+    }
+    body.push_str("</ul><h3>Streams</h3><table><tr><th>#</th><th>Kind</th><th>Label</th><th>Detail</th><th>Parents</th><th>Slide</th><th>Checkpoint</th></tr>");
+    for s in &j.streams {
+        let parents: Vec<String> = s.parents.iter().map(|p| p.to_string()).collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{} ms</td><td>{}</td></tr>",
+            s.id,
+            esc(&s.kind),
+            esc(&s.label),
+            esc(&s.detail),
+            parents.join(", "),
+            s.slide_ms,
+            s.checkpoint_ms.map(|c| format!("every {c} ms")).unwrap_or_default()
+        );
+    }
+    body.push_str("</table><h3>UDF modules</h3><table><tr><th>Module</th><th>SHA-256</th></tr>");
+    for (name, hash) in &j.modules {
+        let _ = write!(body, "<tr><td>{}</td><td><code>{}</code></td></tr>", esc(name), esc(hash));
+    }
+    body.push_str("</table><h3>UDF limits (per call)</h3><table>");
+    for (k, v) in &j.limits {
+        let _ = write!(body, "<tr><th>{}</th><td>{v}</td></tr>", esc(k));
+    }
+    body.push_str("</table>");
+    page(st, q, "Job", &body)
+}
+
+fn executors_page(st: &UiState, q: &str) -> String {
+    let mut body = String::new();
+    let active = st.executors.values().filter(|x| x.active).count();
+    let _ = write!(
+        body,
+        "<p>{active} active &middot; {} added &middot; {} lost</p>",
+        st.totals.executors_added, st.totals.executors_lost
+    );
+    if st.executors.is_empty() {
+        let master = st.job.as_ref().map_or("", |j| j.master.as_str());
+        let _ = write!(body, "<p class=\"muted\">No executor events: with master <code>{}</code> tasks may run on threads of the driver.</p>", esc(master));
+    } else {
+        body.push_str("<table><tr><th>Executor</th><th>Status</th><th>Added</th><th>Lost</th><th>Reason</th></tr>");
+        for x in st.executors.values() {
+            let _ = write!(
+                body,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(if x.executor.is_empty() { "(in-process)" } else { &x.executor }),
+                if x.active { "<span class=\"ok\">active</span>" } else { "<span class=\"fail\">lost</span>" },
+                x.added_at_ms.map(fmt_time).unwrap_or_default(),
+                x.lost_at_ms.map(fmt_time).unwrap_or_default(),
+                esc(x.lost_reason.as_deref().unwrap_or(&x.added_reason)),
+            );
+        }
+        body.push_str("</table>");
+    }
+    page(st, q, "Executors", &body)
+}
+
+fn checkpoints_page(st: &UiState, q: &str) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<p>{} written &middot; {} failed</p><table><tr><th>When</th><th>Kind</th><th>Batch time</th><th>Bytes</th><th>Duration</th><th>Result</th></tr>",
+        st.totals.checkpoint_writes, st.totals.checkpoint_failures
+    );
+    for c in st.checkpoints.iter().rev() {
+        let r = &c.record;
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            fmt_time(c.at_ms),
+            esc(&r.kind),
+            r.time.map(|t| format!("{t} ms")).unwrap_or_default(),
+            r.bytes,
+            fmt_ms(r.duration_ms),
+            match &r.error {
+                None => "<span class=\"ok\">written</span>".to_string(),
+                Some(e) => format!("<span class=\"fail\">failed</span>: {}", esc(e)),
+            }
+        );
+    }
+    body.push_str("</table><h3>Recovery</h3>");
+    if st.recovery.is_empty() {
+        body.push_str("<p class=\"muted\">The job did not recover from a checkpoint.</p>");
+    } else {
+        body.push_str("<table><tr><th>When</th><th>What</th><th>Detail</th></tr>");
+        for n in &st.recovery {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                fmt_time(n.at_ms),
+                esc(&n.what),
+                esc(&n.detail)
+            );
+        }
+        body.push_str("</table>");
+    }
+    page(st, q, "Checkpoints", &body)
+}
+
+fn sources_page(st: &UiState, q: &str) -> String {
+    let mut body = String::new();
+    let rate = st.batches.back().map(|b| input_rate(b, st.job.as_ref().map_or(1000, |j| j.batch_interval_ms)));
+    let _ = write!(
+        body,
+        "<p>{} records in &middot; newest batch {} rec/s &middot; {} receiver error(s)</p>",
+        st.totals.records_in,
+        rate.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+        st.totals.receiver_errors
+    );
+    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Errors</th><th>Last error</th></tr>");
+    for s in sources(st) {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            s.id,
+            esc(&s.kind),
+            esc(&s.description),
+            if s.receiver { "yes" } else { "no" },
+            s.errors,
+            s.last_error
+                .as_ref()
+                .map(|e| format!(
+                    "{} <span class=\"muted\">{}</span>",
+                    esc(e),
+                    s.last_error_at_ms.map(fmt_time).unwrap_or_default()
+                ))
+                .unwrap_or_default()
+        );
+    }
+    body.push_str("</table>");
+    page(st, q, "Sources", &body)
+}
+
+// ---- JSON API ----
+
+#[derive(Serialize)]
+struct SourceJson {
+    id: u32,
+    kind: String,
+    description: String,
+    receiver: bool,
+    errors: u64,
+    last_error: Option<String>,
+    last_error_at_ms: Option<u64>,
+}
+
+fn sources(st: &UiState) -> Vec<SourceJson> {
+    let mut out: Vec<SourceJson> = st
+        .job
+        .iter()
+        .flat_map(|j| j.sources.iter())
+        .map(|s| {
+            let v = st.sources.get(&s.id).cloned().unwrap_or_default();
+            SourceJson {
+                id: s.id,
+                kind: s.kind.clone(),
+                description: s.description.clone(),
+                receiver: s.receiver,
+                errors: v.errors,
+                last_error: v.last_error,
+                last_error_at_ms: v.last_error_at_ms,
+            }
+        })
+        .collect();
+    // Errors of sources the description does not list (should not happen).
+    for (id, v) in &st.sources {
+        if !out.iter().any(|s| s.id == *id) {
+            out.push(SourceJson {
+                id: *id,
+                kind: "unknown".into(),
+                description: String::new(),
+                receiver: true,
+                errors: v.errors,
+                last_error: v.last_error.clone(),
+                last_error_at_ms: v.last_error_at_ms,
+            });
+        }
+    }
+    out
+}
+
+fn json_resp(v: &impl Serialize) -> Response {
+    match serde_json::to_vec_pretty(v) {
+        Ok(b) => Response::new(200, JSON, b),
+        Err(e) => Response::text(500, format!("cannot encode: {e}\n")),
+    }
+}
+
+fn api(st: &UiState, rest: &[&str]) -> Response {
+    match rest {
+        ["status"] => json_resp(&json!({
+            "job": st.job.as_ref().map(|j| &j.name),
+            "state": if st.history { "history" } else if st.live() { "running" } else { "finished" },
+            "started_at_ms": st.started_at_ms,
+            "ended_at_ms": st.ended_at_ms,
+            "batch_interval_ms": st.job.as_ref().map(|j| j.batch_interval_ms),
+            "totals": st.totals,
+            "retained_batches": st.batches.len(),
+            "last_batch_time": st.batches.back().map(|b| b.record.time),
+            "in_flight": st.in_flight().iter().map(|(t, r, at)| json!({"time": t, "records_in": r, "submitted_at_ms": at})).collect::<Vec<_>>(),
+        })),
+        ["batches"] => json_resp(
+            &st.batches
+                .iter()
+                .rev()
+                .map(|b| {
+                    let r = &b.record;
+                    json!({
+                        "time": r.time,
+                        "records_in": r.records_in,
+                        "scheduling_delay_ms": r.scheduling_delay_ms,
+                        "processing_ms": r.processing_ms,
+                        "total_delay_ms": r.total_delay_ms,
+                        "failed": !r.errors.is_empty(),
+                        "replayed": b.replayed,
+                        "outputs": r.outputs.len(),
+                        "task_retries": b.retries.len(),
+                        "blocks_recomputed": b.recomputed_blocks.len(),
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ),
+        ["batches", t] => match t.parse::<i64>().ok().and_then(|t| st.batch(t)) {
+            Some(b) => json_resp(b),
+            None => Response::new(404, JSON, "{\"error\":\"no such batch retained\"}\n"),
+        },
+        ["executors"] => json_resp(&st.executors.values().collect::<Vec<_>>()),
+        ["checkpoints"] => json_resp(&json!({
+            "written": st.totals.checkpoint_writes,
+            "failed": st.totals.checkpoint_failures,
+            "checkpoints": st.checkpoints.iter().rev().collect::<Vec<_>>(),
+            "recovery": st.recovery,
+        })),
+        ["streams"] => match &st.job {
+            Some(j) => json_resp(&json!({
+                "batch_interval_ms": j.batch_interval_ms,
+                "streams": j.streams,
+                "outputs": j.outputs,
+                "modules": j.modules,
+                "limits": j.limits,
+            })),
+            None => json_resp(&json!({"streams": [], "outputs": []})),
+        },
+        ["sources"] => json_resp(&sources(st)),
+        _ => Response::new(404, JSON, "{\"error\":\"no such endpoint\"}\n"),
+    }
+}

@@ -1,0 +1,374 @@
+//! What the status page shows, kept in memory and bounded: the newest
+//! batches with their outputs, stages, retries and recomputed blocks, the
+//! newest checkpoints, executors, receiver errors and recovery notes. Built
+//! by applying [`Logged`] events in order, live or from an event log.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged};
+
+/// How much the state keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Completed batches kept (the newest).
+    pub batches: usize,
+    /// Retries and recomputed blocks kept per batch.
+    pub per_batch: usize,
+    /// Checkpoint writes kept.
+    pub checkpoints: usize,
+    /// Executors kept (lost ones are dropped first).
+    pub executors: usize,
+    /// Recovery notes and receiver messages kept.
+    pub notes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { batches: 1000, per_batch: 100, checkpoints: 200, executors: 1000, notes: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Retry {
+    pub rdd: String,
+    pub partition: u32,
+    pub attempt: u32,
+    pub failure: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recomputed {
+    pub block: String,
+    pub digest_matches: bool,
+    pub at_ms: u64,
+}
+
+/// A completed batch with what happened while it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchView {
+    #[serde(flatten)]
+    pub record: BatchRecord,
+    pub replayed: bool,
+    pub submitted_at_ms: Option<u64>,
+    pub completed_at_ms: u64,
+    pub retries: Vec<Retry>,
+    pub recomputed_blocks: Vec<Recomputed>,
+    /// Retries or blocks past the per-batch bound (counted, not kept).
+    pub dropped_details: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointView {
+    #[serde(flatten)]
+    pub record: CheckpointRecord,
+    pub ok: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorView {
+    pub executor: String,
+    pub active: bool,
+    pub added_at_ms: Option<u64>,
+    pub added_reason: String,
+    pub lost_at_ms: Option<u64>,
+    pub lost_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceView {
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Note {
+    pub what: String,
+    pub detail: String,
+    pub at_ms: u64,
+}
+
+/// A batch submitted but not completed yet.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    records_in: u64,
+    replayed: bool,
+    submitted_at_ms: u64,
+    retries: Vec<Retry>,
+    recomputed: Vec<Recomputed>,
+    dropped: u64,
+}
+
+/// Totals since the job started (not bounded by the retained window).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub batches_completed: u64,
+    pub batches_failed: u64,
+    pub records_in: u64,
+    pub task_retries: u64,
+    pub blocks_recomputed: u64,
+    pub blocks_digest_mismatch: u64,
+    pub checkpoint_writes: u64,
+    pub checkpoint_failures: u64,
+    pub executors_added: u64,
+    pub executors_lost: u64,
+    pub receiver_errors: u64,
+}
+
+/// The whole UI state.
+#[derive(Debug, Default)]
+pub struct UiState {
+    pub limits: Limits,
+    pub job: Option<JobInfo>,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    /// Served from an event log (`weir history`), not a running job.
+    pub history: bool,
+    pub totals: Totals,
+    pub batches: VecDeque<BatchView>,
+    pending: BTreeMap<i64, Pending>,
+    /// The batch running now (its time), for attributing recomputed blocks.
+    running: Option<i64>,
+    pub checkpoints: VecDeque<CheckpointView>,
+    pub executors: BTreeMap<String, ExecutorView>,
+    pub sources: BTreeMap<u32, SourceView>,
+    pub recovery: VecDeque<Note>,
+    pub last_event_ms: Option<u64>,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, x: T, max: usize) {
+    q.push_back(x);
+    while q.len() > max {
+        q.pop_front();
+    }
+}
+
+impl UiState {
+    pub fn new(limits: Limits) -> Self {
+        UiState { limits, ..UiState::default() }
+    }
+
+    /// Whether the job still runs (the page then refreshes itself).
+    pub fn live(&self) -> bool {
+        !self.history && self.ended_at_ms.is_none()
+    }
+
+    /// The batch submitted but not completed, with its submission time.
+    pub fn in_flight(&self) -> Vec<(i64, u64, u64)> {
+        self.pending.iter().map(|(t, p)| (*t, p.records_in, p.submitted_at_ms)).collect()
+    }
+
+    pub fn batch(&self, time: i64) -> Option<&BatchView> {
+        // Batches arrive in time order (re-runs after recovery may repeat a
+        // time: the newest wins).
+        self.batches.iter().rev().find(|b| b.record.time == time)
+    }
+
+    pub fn apply(&mut self, e: &Logged) {
+        let at = e.at_ms;
+        self.last_event_ms = Some(at);
+        let lim = self.limits;
+        match &e.event {
+            Event::JobStarted(info) => {
+                self.job = Some(info.clone());
+                self.started_at_ms.get_or_insert(at);
+            }
+            Event::BatchSubmitted { time, records_in, replayed } => {
+                // Bounded: a batch that never completes is dropped with the oldest.
+                if self.pending.len() >= lim.batches {
+                    self.pending.pop_first();
+                }
+                self.pending.insert(
+                    *time,
+                    Pending { records_in: *records_in, replayed: *replayed, submitted_at_ms: at, ..Pending::default() },
+                );
+            }
+            Event::BatchStarted { time, .. } => self.running = Some(*time),
+            Event::BatchCompleted(r) => {
+                let p = self.pending.remove(&r.time).unwrap_or_default();
+                if self.running == Some(r.time) {
+                    self.running = None;
+                }
+                self.totals.batches_completed += 1;
+                if !r.errors.is_empty() {
+                    self.totals.batches_failed += 1;
+                }
+                self.totals.records_in += r.records_in;
+                let view = BatchView {
+                    record: r.clone(),
+                    replayed: p.replayed,
+                    submitted_at_ms: (p.submitted_at_ms > 0).then_some(p.submitted_at_ms),
+                    completed_at_ms: at,
+                    retries: p.retries,
+                    recomputed_blocks: p.recomputed,
+                    dropped_details: p.dropped,
+                };
+                push_bounded(&mut self.batches, view, lim.batches);
+            }
+            Event::ReceiverError { source, message } => {
+                self.totals.receiver_errors += 1;
+                let s = self.sources.entry(*source).or_default();
+                s.errors += 1;
+                s.last_error = Some(message.clone());
+                s.last_error_at_ms = Some(at);
+            }
+            Event::Recovery { what, detail } => push_bounded(
+                &mut self.recovery,
+                Note { what: what.clone(), detail: detail.clone(), at_ms: at },
+                lim.notes,
+            ),
+            Event::CheckpointWritten(c) | Event::CheckpointFailed(c) => {
+                let ok = matches!(e.event, Event::CheckpointWritten(_));
+                if ok {
+                    self.totals.checkpoint_writes += 1;
+                } else {
+                    self.totals.checkpoint_failures += 1;
+                }
+                push_bounded(
+                    &mut self.checkpoints,
+                    CheckpointView { record: c.clone(), ok, at_ms: at },
+                    lim.checkpoints,
+                );
+            }
+            Event::ExecutorAdded { executor, reason } => {
+                self.totals.executors_added += 1;
+                if self.executors.len() >= lim.executors && !self.executors.contains_key(executor) {
+                    self.evict_executor();
+                }
+                self.executors.insert(
+                    executor.clone(),
+                    ExecutorView {
+                        executor: executor.clone(),
+                        active: true,
+                        added_at_ms: Some(at),
+                        added_reason: reason.clone(),
+                        lost_at_ms: None,
+                        lost_reason: None,
+                    },
+                );
+            }
+            Event::ExecutorLost { executor, reason } => {
+                self.totals.executors_lost += 1;
+                if self.executors.len() >= lim.executors && !self.executors.contains_key(executor) {
+                    self.evict_executor();
+                }
+                let x = self.executors.entry(executor.clone()).or_insert_with(|| ExecutorView {
+                    executor: executor.clone(),
+                    active: false,
+                    added_at_ms: None,
+                    added_reason: String::new(),
+                    lost_at_ms: None,
+                    lost_reason: None,
+                });
+                x.active = false;
+                x.lost_at_ms = Some(at);
+                x.lost_reason = Some(reason.clone());
+            }
+            Event::TaskRetry { batch_time, rdd, partition, attempt, failure } => {
+                self.totals.task_retries += 1;
+                let r = Retry {
+                    rdd: rdd.clone(),
+                    partition: *partition,
+                    attempt: *attempt,
+                    failure: failure.clone(),
+                    at_ms: at,
+                };
+                if let Some(p) = self.pending.get_mut(batch_time) {
+                    if p.retries.len() < lim.per_batch {
+                        p.retries.push(r);
+                    } else {
+                        p.dropped += 1;
+                    }
+                }
+            }
+            Event::BlockRecomputed { block, digest_matches } => {
+                self.totals.blocks_recomputed += 1;
+                if !digest_matches {
+                    self.totals.blocks_digest_mismatch += 1;
+                }
+                let r = Recomputed { block: block.clone(), digest_matches: *digest_matches, at_ms: at };
+                // A block is recomputed while a batch runs (or right after, by
+                // a test hook): it belongs to the running or newest batch.
+                if let Some(p) = self.running.and_then(|t| self.pending.get_mut(&t)) {
+                    if p.recomputed.len() < lim.per_batch {
+                        p.recomputed.push(r);
+                    } else {
+                        p.dropped += 1;
+                    }
+                } else if let Some(b) = self.batches.back_mut() {
+                    if b.recomputed_blocks.len() < lim.per_batch {
+                        b.recomputed_blocks.push(r);
+                    } else {
+                        b.dropped_details += 1;
+                    }
+                }
+            }
+            Event::JobEnded { .. } => {
+                self.ended_at_ms = Some(at);
+            }
+        }
+    }
+
+    fn evict_executor(&mut self) {
+        let victim = self
+            .executors
+            .iter()
+            .find(|(_, x)| !x.active)
+            .or_else(|| self.executors.iter().next())
+            .map(|(k, _)| k.clone());
+        if let Some(k) = victim {
+            self.executors.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(time: i64, records_in: u64) -> BatchRecord {
+        BatchRecord {
+            time,
+            records_in,
+            processing_ms: 1.0,
+            scheduling_delay_ms: 0.5,
+            total_delay_ms: 1.5,
+            errors: vec![],
+            outputs: vec![],
+            executors_lost: 0,
+            map_tasks_recomputed: 0,
+            blocks_recomputed: 0,
+            tasks_resubmitted: 0,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_batches_and_attributes_retries() {
+        let mut s = UiState::new(Limits { batches: 3, ..Limits::default() });
+        for t in 1..=5 {
+            let at = t as u64;
+            s.apply(&Logged { at_ms: at, event: Event::BatchSubmitted { time: t, records_in: 2, replayed: false } });
+            s.apply(&Logged {
+                at_ms: at,
+                event: Event::TaskRetry {
+                    batch_time: t,
+                    rdd: "r".into(),
+                    partition: 0,
+                    attempt: 0,
+                    failure: "boom".into(),
+                },
+            });
+            s.apply(&Logged { at_ms: at, event: Event::BatchCompleted(batch(t, 2)) });
+        }
+        assert_eq!(s.batches.len(), 3);
+        assert_eq!(s.batches.front().map(|b| b.record.time), Some(3));
+        assert_eq!(s.totals.batches_completed, 5);
+        assert_eq!(s.totals.records_in, 10);
+        assert_eq!(s.batch(5).map(|b| b.retries.len()), Some(1));
+        assert!(s.in_flight().is_empty());
+    }
+}

@@ -1,0 +1,567 @@
+//! Issue 14: the status page, `/metrics`, the JSON API, `--progress json`,
+//! the event log and `weir history`, fetched over plain HTTP on 127.0.0.1
+//! and checked against what the job did.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::{module, run, text, weir};
+use crate::drivers::{progress, Driver};
+
+const LINES_PER_BATCH: u64 = 7;
+
+/// An endless WordCount over a generator of 7 lines a batch (so records
+/// in = 7 x batches), 100 ms batches on the wall clock.
+fn generator_job(dir: &Path, batches: Option<u64>) -> PathBuf {
+    let job = format!(
+        r#"batch_interval = "100ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = {LINES_PER_BATCH}
+words_per_line = 3
+vocabulary = 50
+{}
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+counts = "pairs.reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+        module("wordcount.wasm").display(),
+        batches.map(|b| format!("batches = {b}")).unwrap_or_default()
+    );
+    let p = dir.join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+struct Http {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// A GET with a plain TcpStream (one request per connection).
+fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Http {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = text(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no header end in {raw:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    assert_eq!(body.len(), len, "{path}: body length");
+    Http { status, headers: head.to_string(), body: body.to_string() }
+}
+
+fn get_ok(addr: SocketAddr, path: &str) -> Http {
+    let r = get(addr, path, None);
+    assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.headers, r.body);
+    r
+}
+
+fn json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let r = get_ok(addr, path);
+    assert!(r.headers.contains("application/json"), "{path}: {}", r.headers);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+}
+
+/// The address a driver printed (`weir: status page at http://A/`).
+fn page_addr(d: &mut Driver, what: &str) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let l = d.wait_for(deadline, what, |l| l.contains(" at http://"));
+    let a = l.split("http://").nth(1).unwrap().split('/').next().unwrap();
+    a.parse().unwrap()
+}
+
+/// A strict reader of the Prometheus/OpenMetrics text format: every sample
+/// belongs to a family declared by `# TYPE` with a suffix its type allows,
+/// names and labels are well formed, values are numbers, `# EOF` ends it,
+/// and histogram buckets are cumulative with `+Inf` equal to `_count`.
+/// Returns `name{labels}` -> value.
+fn parse_metrics(s: &str) -> BTreeMap<String, f64> {
+    let name_ok = |n: &str| {
+        let mut c = n.chars();
+        c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    };
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut eof = false;
+    for line in s.lines() {
+        assert!(!eof, "a line after # EOF: {line}");
+        if line == "# EOF" {
+            eof = true;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut it = rest.splitn(3, ' ');
+            let (kw, name) = (it.next().unwrap(), it.next().unwrap_or(""));
+            assert!(name_ok(name), "bad metric name in {line:?}");
+            match kw {
+                "HELP" | "UNIT" => {}
+                "TYPE" => {
+                    let t = it.next().unwrap_or("");
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "info", "stateset", "unknown"].contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(types.insert(name.to_string(), t.to_string()).is_none(), "family declared twice: {name}");
+                }
+                _ => panic!("bad comment line {line:?}"),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, Some(l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels in {line:?}")))),
+            None => (series, None),
+        };
+        assert!(name_ok(name), "bad name in {line:?}");
+        if let Some(labels) = labels {
+            for pair in labels.split(',') {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(name_ok(k), "bad label name in {line:?}");
+                assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "unquoted label value in {line:?}");
+            }
+        }
+        let family = types
+            .iter()
+            .filter(|(f, t)| {
+                let suffixes: &[&str] = match t.as_str() {
+                    "counter" => &["_total", "_created"],
+                    "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                    "summary" => &["", "_sum", "_count", "_created"],
+                    _ => &[""],
+                };
+                suffixes.iter().any(|s| name == format!("{f}{s}"))
+            })
+            .map(|(f, _)| f.clone())
+            .next();
+        assert!(family.is_some(), "sample of no declared family: {line:?}");
+        assert!(out.insert(series.to_string(), v).is_none(), "sample twice: {line:?}");
+    }
+    assert!(eof, "no # EOF");
+    for (f, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let mut buckets: Vec<(f64, f64)> = out
+            .iter()
+            .filter_map(|(k, v)| {
+                let le = k.strip_prefix(&format!("{f}_bucket{{le=\""))?.strip_suffix("\"}")?;
+                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{f}: buckets not cumulative");
+        assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY), "{f}: no +Inf bucket");
+        assert_eq!(buckets.last().map(|b| b.1), out.get(&format!("{f}_count")).copied(), "{f}: +Inf != count");
+    }
+    out
+}
+
+#[test]
+fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    let events = dir.path().join("events");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--event-log"]).arg(&events),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = BTreeMap::new();
+    while seen.len() < 4 {
+        let (t, n) = progress(&d.wait_for(deadline, "a progress line", |l| progress(l).is_some())).unwrap();
+        seen.insert(t, n);
+    }
+
+    // The JSON API against the progress lines already printed.
+    let status = json(addr, "/api/v1/status");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["batch_interval_ms"], 100);
+    let done = status["totals"]["batches_completed"].as_u64().unwrap();
+    assert!(done >= seen.len() as u64, "{status}");
+    assert_eq!(status["totals"]["records_in"].as_u64().unwrap(), LINES_PER_BATCH * done);
+    let batches = json(addr, "/api/v1/batches");
+    let listed: BTreeMap<i64, u64> = batches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["time"].as_i64().unwrap(), b["records_in"].as_u64().unwrap()))
+        .collect();
+    for (t, n) in &seen {
+        assert_eq!(listed.get(t), Some(n), "batch {t} in /api/v1/batches");
+    }
+    let (&t0, _) = seen.iter().next().unwrap();
+    let one = json(addr, &format!("/api/v1/batches/{t0}"));
+    assert_eq!(one["records_in"].as_u64(), Some(LINES_PER_BATCH));
+    let stages: Vec<&str> =
+        one["outputs"][0]["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["shuffle map", "result"], "{one}");
+    let streams = json(addr, "/api/v1/streams");
+    let kinds: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["source", "narrow", "narrow", "shuffle"]);
+    assert_eq!(streams["modules"]["wordcount.wasm"].as_str().map(|h| h.len()), Some(64));
+    let sources = json(addr, "/api/v1/sources");
+    assert_eq!(sources[0]["kind"], "generator");
+    assert!(json(addr, "/api/v1/executors").is_array());
+    assert!(json(addr, "/api/v1/checkpoints")["checkpoints"].is_array());
+    assert_eq!(get(addr, "/api/v1/nothing", None).status, 404);
+    assert_eq!(get(addr, "/batches/1", None).status, 404);
+
+    // /metrics parses strictly, and agrees with itself and the API.
+    let m = get_ok(addr, "/metrics");
+    assert!(m.headers.contains("openmetrics-text"), "{}", m.headers);
+    let metrics = parse_metrics(&m.body);
+    let batches_total = metrics["weir_batches_total"];
+    assert!(batches_total >= done as f64);
+    assert_eq!(metrics["weir_records_in_total"], batches_total * LINES_PER_BATCH as f64);
+    assert_eq!(metrics["weir_batch_processing_seconds_count"], batches_total);
+    assert_eq!(metrics["weir_batches_failed_total"], 0.0);
+    for name in ["weir_task_retries_total", "weir_executors_added_total", "weir_executors_lost_total"] {
+        assert_eq!(metrics.get(name), Some(&0.0), "{name}");
+    }
+
+    // The pages: four plots with data, links to batches, the graph.
+    let home = get_ok(addr, "/");
+    assert!(home.headers.contains("text/html"));
+    assert!(home.body.contains("http-equiv=\"refresh\""), "a running job's page refreshes itself");
+    let plots = home.body.matches("<path class=\"data\" d=\"M").count();
+    assert_eq!(plots, 8, "four timelines and four histograms with data");
+    assert_eq!(home.body.matches("class=\"reference\"").count(), 2, "the batch interval on two timelines");
+    assert!(home.body.contains(&format!("href=\"/batches/{t0}\"")));
+    assert!(!home.body.contains("src=") && !home.body.contains("href=\"http"), "nothing loaded from elsewhere");
+    let batch = get_ok(addr, &format!("/batches/{t0}"));
+    assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
+    let jobp = get_ok(addr, "/job");
+    assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
+    assert!(jobp.body.contains("fuel_per_call"));
+    for p in ["/executors", "/checkpoints", "/sources"] {
+        assert!(get_ok(addr, p).body.contains("</html>"), "{p}");
+    }
+    // Only GET and HEAD; a huge request head is refused.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /{} HTTP/1.1\r\n", "x".repeat(20_000)).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+
+    // SIGTERM: the job drains; then `weir history` serves the same figures.
+    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let all: Vec<(i64, u64)> = d.log().lines().filter_map(progress).collect();
+    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
+    let haddr = page_addr(&mut h, "the history address");
+    let hs = json(haddr, "/api/v1/status");
+    assert_eq!(hs["state"], "history");
+    assert_eq!(hs["totals"]["batches_completed"].as_u64(), Some(all.len() as u64), "{hs}");
+    assert_eq!(hs["totals"]["records_in"].as_u64(), Some(all.iter().map(|b| b.1).sum::<u64>()));
+    let hb = json(haddr, "/api/v1/batches");
+    assert_eq!(hb.as_array().unwrap().len(), all.len());
+    let hm = parse_metrics(&get_ok(haddr, "/metrics").body);
+    assert_eq!(hm["weir_batches_total"], all.len() as f64);
+    let hhome = get_ok(haddr, "/");
+    assert!(!hhome.body.contains("http-equiv=\"refresh\""), "a finished job's page does not refresh");
+    assert_eq!(hhome.body.matches("<path class=\"data\" d=\"M").count(), 8);
+    get_ok(haddr, &format!("/batches/{t0}"));
+    h.kill();
+}
+
+#[test]
+fn progress_json_writes_one_object_per_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(3));
+    let out = run(weir().current_dir(dir.path()).arg("run").arg(&job).args([
+        "--clock",
+        "logical",
+        "--ui",
+        "off",
+        "--progress",
+        "json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", text(&out.stderr));
+    for l in &lines {
+        assert_eq!(l["records_in"].as_u64(), Some(LINES_PER_BATCH));
+        assert!(l["processing_ms"].as_f64().is_some() && l["errors"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_page_off_loopback_needs_a_token_and_a_token_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(2));
+    let out =
+        run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "0.0.0.0:0", "--clock", "logical"]));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--ui-token-file"), "{}", text(&out.stderr));
+
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-t0ken\n").unwrap();
+    let job = generator_job(dir.path(), None);
+    let mut d = Driver::spawn(
+        weir()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--ui", "127.0.0.1:0", "--ui-token-file"])
+            .arg(&token),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    assert_eq!(get(addr, "/", None).status, 401);
+    assert_eq!(get(addr, "/metrics", Some("wrong")).status, 401);
+    assert_eq!(get(addr, "/api/v1/status?token=s3cret-t0kem", None).status, 401);
+    assert_eq!(get(addr, "/metrics", Some("s3cret-t0ken")).status, 200);
+    let home = get(addr, "/?token=s3cret-t0ken", None);
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("href=\"/job?token=s3cret-t0ken\""), "links keep the token");
+    d.kill();
+}
+
+#[test]
+fn a_receiver_that_cannot_connect_warns_once_and_the_sources_page_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    // Poll the API (with a deadline) until the receiver has failed 3 times.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = json(addr, "/api/v1/sources");
+        if s[0]["errors"].as_u64().unwrap_or(0) >= 3 {
+            assert!(s[0]["last_error"].as_str().unwrap().contains(&format!("127.0.0.1:{port}")), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the receiver did not fail 3 times: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let page = get_ok(addr, "/sources");
+    assert!(page.body.contains(&format!("cannot connect to 127.0.0.1:{port}")), "{}", page.body);
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert!(m["weir_receiver_errors_total{source=\"0\"}"] >= 3.0);
+    d.kill();
+    let warnings = d.log().lines().filter(|l| l.contains("WARN") && l.contains("cannot connect")).count();
+    assert_eq!(warnings, 1, "{}", d.log());
+}
+
+/// Headless Chromium (Debian `chromium`; scripts/test.sh installs it)
+/// renders the Streaming page of a running job to a screenshot kept under
+/// the target directory; the HTML it was served has the four plots with
+/// data. Skipped (with a note) when Chromium is missing, except under CI.
+#[test]
+fn the_streaming_page_renders_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }) else {
+        assert!(std::env::var_os("CI").is_none(), "chromium is missing (scripts/test.sh installs it)");
+        eprintln!("skipped: no chromium on PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut d, "the status page address");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..3 {
+        d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
+    }
+    let html = get_ok(addr, "/").body;
+    let plots: Vec<&str> =
+        html.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(plots.len(), 8, "four timelines, four histograms");
+    for p in &plots {
+        assert!(p.starts_with('M') && p.len() > 10, "an empty plot: {p:?}");
+    }
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("observability");
+    std::fs::create_dir_all(&shots).unwrap();
+    let png = shots.join("streaming.png");
+    let _ = std::fs::remove_file(&png);
+    let profile = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,2000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("http://{addr}/"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium: {status:?}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    d.kill();
+}
+
+/// The driver's child processes (the executors of `local-cluster[N]`).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Polls `path` (with a deadline) until `done` holds; returns that answer.
+fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = json(addr, path);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {path} is still {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn executors_and_checkpoints_pages_follow_a_local_cluster_losing_an_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    // Running totals (state, so checkpoints) over the generator.
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "200ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = {LINES_PER_BATCH}
+words_per_line = 3
+vocabulary = 50
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+totals = "pairs.update_state_by_key(wordcount.running_total).checkpoint(400ms)"
+[[outputs]]
+stream = "totals"
+type = "save_as_text_files"
+prefix = "out/totals"
+"#,
+            module("wordcount.wasm").display()
+        ),
+    )
+    .unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir()
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(&job)
+            .args(["--master", "local-cluster[2]", "--ui", "127.0.0.1:0", "--checkpoint"])
+            .arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let execs = poll(addr, "/api/v1/executors", "two executors", |v| {
+        v.as_array().is_some_and(|a| a.iter().filter(|x| x["active"] == true).count() == 2)
+    });
+    for x in execs.as_array().unwrap() {
+        assert!(x["added_reason"].as_str().unwrap().contains("pid"), "{x}");
+    }
+    let cps = poll(addr, "/api/v1/checkpoints", "checkpoints written", |v| {
+        v["checkpoints"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c["kind"] == "metadata") && a.iter().any(|c| c["kind"] == "state"))
+    });
+    assert_eq!(cps["failed"], 0);
+    let page = get_ok(addr, "/checkpoints");
+    assert!(page.body.contains("metadata") && page.body.contains("written"));
+
+    // kill -9 one executor: the driver notices, the pages say so.
+    let kids = children(d.pid());
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    let ok = std::process::Command::new("kill").args(["-KILL", &kids[0].to_string()]).status().unwrap();
+    assert!(ok.success());
+    let execs = poll(addr, "/api/v1/executors", "an executor lost", |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|x| x["active"] == false))
+    });
+    let lost: Vec<&serde_json::Value> = execs.as_array().unwrap().iter().filter(|x| x["active"] == false).collect();
+    assert_eq!(lost.len(), 1, "{execs}");
+    assert!(lost[0]["lost_reason"].as_str().is_some_and(|r| !r.is_empty()));
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_executors_added_total"], 2.0);
+    assert_eq!(m["weir_executors_lost_total"], 1.0);
+    assert!(m["weir_checkpoint_writes_total{kind=\"metadata\"}"] >= 1.0);
+    assert!(get_ok(addr, "/executors").body.contains("lost"));
+    d.kill();
+}
+
+#[test]
+fn verbose_logs_show_weirs_events_but_not_the_compilers() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), Some(2));
+    let out =
+        run(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--clock", "logical", "--ui", "off", "-vv"]));
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.lines().any(|l| l.contains("DEBUG")), "-vv shows Weir's debug events:\n{err}");
+    // Cranelift at debug level writes thousands of lines compiling a module.
+    assert!(err.lines().count() < 500, "{} lines: wasmtime/cranelift internals leaked into -vv", err.lines().count());
+}
