@@ -43,6 +43,16 @@ pub enum SinkError {
     Custom(String),
 }
 
+impl SinkError {
+    /// Whether writing again may succeed: I/O (a full disk, a lost
+    /// connection) and an embedder's sink may; a malformed result fails the
+    /// same way every time, and a `foreach_rdd` function's `Err` is that
+    /// function's decision, so neither is retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Io { .. } | SinkError::Custom(_))
+    }
+}
+
 /// Spark's `print()` block for one batch.
 pub fn format_print(time: i64, partitions: &[Vec<u8>], num: usize) -> String {
     let mut s = String::new();

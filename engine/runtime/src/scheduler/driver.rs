@@ -528,8 +528,7 @@ fn run_output(
     loop {
         match sink.write(time, &parts) {
             Ok(()) => return Ok(()),
-            // A malformed result fails the same way every time.
-            Err(e) if attempt < retries && !matches!(e, crate::sink::SinkError::Malformed(_)) => {
+            Err(e) if attempt < retries && e.is_transient() => {
                 attempt += 1;
                 tracing::warn!(
                     "batch {time} ms: output {index} failed: {e}; retrying in {backoff:?} ({attempt} of {retries})"
