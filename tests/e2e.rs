@@ -9,6 +9,7 @@ mod checkpoint_failures;
 mod cli;
 mod cluster;
 mod crash_recovery;
+mod hardening_jobs;
 mod hardening_signals;
 mod recovery_checks;
 mod socket_wal_recovery;

@@ -24,7 +24,7 @@ use crate::listener::ListenerBus;
 use directory::DirectorySource;
 use generator::GeneratorSource;
 use queue::QueueSource;
-pub use queue::{json_to_value, read_batches_file};
+pub use queue::{json_to_value, read_batches_file, MAX_BATCHES_FILE_BYTES};
 use socket::SocketSource;
 pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPosition, WalRange};
 
@@ -33,6 +33,12 @@ pub use weir_plan::source::{InputDescriptor, SourceCursor, SourceSpec, WalPositi
 pub enum SourceError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A file a source reads is not a regular file or is too large.
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: crate::files::ReadError },
+    /// A source spec out of its bounds (`SourceSpec::check`).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{path}:{line}: {what}")]
     Parse { path: PathBuf, line: usize, what: String },
     #[error("cannot re-read the input of a batch: {0}")]
@@ -85,6 +91,7 @@ pub fn open(
     wal: Option<(PathBuf, u32)>,
     listeners: &ListenerBus,
 ) -> Result<Box<dyn Source>, SourceError> {
+    spec.check().map_err(SourceError::Invalid)?;
     Ok(match spec {
         SourceSpec::Socket { host, port } => {
             Box::new(SocketSource::start(host.clone(), *port, wal, listeners.clone())?)
