@@ -982,4 +982,211 @@ mod tests {
             assert!(ops::forms(name).next().is_some(), "{name} is documented but the parser does not know it");
         }
     }
+
+    #[test]
+    fn durations_are_bounded_and_never_wrap() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 24 * 3600)));
+        for s in ["18446744073709552s", "9223372036854775808ms", "99999999999999999999999", "8761h", "31536000001"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("longer than the maximum of 1 year"), "{s}: {e}");
+        }
+        assert!(parse_duration("0ms").unwrap_err().contains("must be positive"));
+        assert!(parse_duration("s").unwrap_err().contains("expected e.g."));
+        assert!(parse_duration("-5s").unwrap_err().contains("expected e.g."));
+    }
+
+    #[test]
+    fn a_stream_named_like_a_source_is_refused() {
+        assert_error(
+            "lines = \"lines.map(stub.map)\"\nout = \"lines\"",
+            STREAMS_LINE,
+            &["stream \"lines\" has the name of the source on line 6"],
+        );
+    }
+
+    /// A small seeded generator (no RNG crate for one test).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[self.below(xs.len())]
+        }
+    }
+
+    /// A random stream expression: mostly plausible tokens, some noise.
+    fn random_expr(rng: &mut Rng) -> String {
+        const TOKENS: &[&str] = &[
+            "lines",
+            "out",
+            "other",
+            "x",
+            "stub",
+            "map",
+            "flat_map",
+            "window",
+            "repartition",
+            "reduce_by_key",
+            "union",
+            "join",
+            "update_state_by_key",
+            "checkpoint",
+            "map_with_state",
+            "state_snapshots",
+            "glom",
+            "count",
+            "reduce_by_window",
+            ".",
+            ".",
+            ".",
+            "(",
+            "(",
+            ")",
+            ")",
+            ",",
+            "0",
+            "1",
+            "3",
+            "4294967295",
+            "18446744073709551616",
+            "2s",
+            "10s",
+            "1500ms",
+            "9223372036854775808ms",
+            "7fortnights",
+            "stub.map",
+            "stub.reduce",
+            "stub.update",
+            "stub.filter",
+            " ",
+            "-",
+            "_",
+            "é",
+            "\\t",
+            "#",
+            "\\\"",
+        ];
+        let n = rng.below(12);
+        (0..n).map(|_| rng.pick(TOKENS)).collect()
+    }
+
+    /// Writes `body` as a job file and loads it, failing with the input if
+    /// loading panics.
+    fn load_never_panics(dir: &Path, body: &[u8]) -> Result<Job, EngineError> {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&path, runtime()))) {
+            Ok(r) => r,
+            Err(_) => panic!("loading panicked on:\n{}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    /// Bounded random input: TOML-ish job files built from plausible and
+    /// out-of-range pieces, and random stream expressions, load as a job or
+    /// as a `JobFileError` naming the job file — never a panic.
+    #[test]
+    fn arbitrary_job_files_load_or_give_a_job_file_error() {
+        const LINES: &[&str] = &[
+            "batch_interval = \"1s\"",
+            "batch_interval = \"0s\"",
+            "batch_interval = \"18446744073709552s\"",
+            "batch_interval = 5",
+            "parallelism = 4294967295",
+            "parallelism = -1",
+            "parallelism = 0",
+            "parallelism = 3",
+            "clock = \"logical\"",
+            "clock = 1",
+            "[limits]",
+            "module_bytes = 0",
+            "fuel_per_call = 18446744073709551615",
+            "[modules]",
+            "stub = \"stub.wat\"",
+            "m = \"/dev/zero\"",
+            "[sources.lines]",
+            "[sources.other]",
+            "[sources.x]",
+            "type = \"batches\"",
+            "type = \"generator\"",
+            "type = \"socket\"",
+            "type = \"nope\"",
+            "path = \"in.jsonl\"",
+            "path = \"/dev/zero\"",
+            "lines_per_batch = 1000000000000",
+            "lines_per_batch = 3",
+            "words_per_line = 4294967295",
+            "host = \"localhost\"",
+            "port = 0",
+            "port = 70000",
+            "[streams]",
+            "[initial_state]",
+            "out = \"x.jsonl\"",
+            "[[outputs]]",
+            "stream = \"out\"",
+            "stream = \"lines\"",
+            "type = \"print\"",
+            "type = \"save_as_text_files\"",
+            "prefix = \"o\"",
+            "prefix = \"./o\"",
+            "suffix = \"s\"",
+            "num = 1000000000000000000",
+            "num = -3",
+            "bogus = 1",
+            "[bogus]",
+            "= = =",
+            "[",
+            "\"",
+            "'''",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), "[[\"a\", 1]]\n").unwrap();
+        let mut rng = Rng(11);
+        let (mut ok, mut refused) = (0, 0);
+        for case in 0..400 {
+            let mut body = String::new();
+            for _ in 0..rng.below(16) {
+                match rng.below(8) {
+                    0 => {
+                        let name = rng.pick(&["out", "other", "x", "lines"]);
+                        body += &format!("{name} = \"{}\"", random_expr(&mut rng));
+                    }
+                    1 => body.push(char::from(rng.below(128) as u8)),
+                    _ => body += rng.pick(LINES),
+                }
+                body.push('\n');
+            }
+            // A quarter of the cases: a plausible job around a random expression.
+            if case % 4 == 0 {
+                body = format!(
+                    "batch_interval = \"1s\"\n[modules]\nstub = \"stub.wat\"\n[sources.lines]\ntype = \"batches\"\n\
+                     path = \"in.jsonl\"\n[streams]\nother = \"lines\"\nout = \"{}\"\n[[outputs]]\nstream = \"out\"\n\
+                     type = \"print\"\n",
+                    random_expr(&mut rng)
+                );
+            }
+            let mut bytes = body.into_bytes();
+            if case % 50 == 7 {
+                bytes.push(0xff);
+            }
+            match load_never_panics(dir.path(), &bytes) {
+                Ok(_) => ok += 1,
+                Err(EngineError::JobFile(e)) => {
+                    assert!(e.file.ends_with("job.toml"), "{e}");
+                    refused += 1
+                }
+                Err(other) => panic!("not a job file error: {other}\non:\n{}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        assert!(refused > 300, "mostly refused ({ok} loaded, {refused} refused)");
+    }
 }
