@@ -39,11 +39,13 @@ fn run_job(job: &Path) -> (Option<i32>, String) {
     (status.code(), std::fs::read_to_string(&err).unwrap_or_default())
 }
 
-/// Writes `body` as `job.toml` in a new directory, runs it and checks it is
+/// Writes `body` as `job.toml` in a new directory (with a one-batch
+/// `in.jsonl`, so that a job not refused runs), runs it and checks it is
 /// refused cleanly (exit 1, no panic) with an error naming `at` and saying
 /// each of `what`.
 fn refused(body: &str, at: &str, what: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "[\"a b\", \"c\"]\n").unwrap();
     let job = dir.path().join("job.toml");
     std::fs::write(&job, body).unwrap();
     refused_file(&job, at, what);
@@ -83,7 +85,11 @@ const PRINT: &str = "[[outputs]]\nstream = \"out\"\ntype = \"print\"";
 #[test]
 fn partitions_beyond_the_maximum_are_refused() {
     refused(
-        &job("parallelism = 4294967295", "out = \"lines.flat_map(wc.split)\"", PRINT),
+        &job(
+            "parallelism = 4294967295",
+            "out = \"lines.flat_map(wc.split).map(wc.pair).reduce_by_key(wc.sum)\"",
+            PRINT,
+        ),
         "job.toml:2:",
         &["parallelism (4294967295) must be between 1 and 4096"],
     );
