@@ -244,6 +244,15 @@ fn neighbours_are_refused_too() {
     // An initial state for a stream that does not exist.
     let body = job("", "out = \"lines\"", PRINT) + "[initial_state]\ntotals = \"x.jsonl\"\n";
     refused(&body, "job.toml:", &["initial_state: no stream named \"totals\""]);
+    // An initial state for a stream without update_state_by_key.
+    let body = job("", "out = \"lines\"", PRINT) + "[initial_state]\nout = \"x.jsonl\"\n";
+    refused(&body, "job.toml:", &["initial_state: stream \"out\" has no update_state_by_key"]);
+    // Keeping no checkpoint at all (was taken as 1, silently).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.toml"), job("", "out = \"lines\"", PRINT)).unwrap();
+    let out =
+        run(weir().args(["run", "job.toml", "--checkpoint", "ck", "--keep-checkpoints", "0"]).current_dir(dir.path()));
+    assert!(!out.status.success() && text(&out.stderr).contains("--keep-checkpoints"), "{}", text(&out.stderr));
     // A window shorter than the batch interval, a zero interval.
     refused(&job("", "out = \"lines.window(500ms)\"", PRINT), "job.toml:9:", &["must be a positive multiple"]);
     let body = job("", "out = \"lines\"", PRINT).replace("\"1s\"", "\"0s\"");

@@ -678,4 +678,51 @@ mod tests {
         assert_eq!(g.nodes[1].checkpoint_ms, Some(10_000), "the smallest multiple of 2 s >= 10 s");
         assert_eq!(default_checkpoint_interval(3000), 12_000);
     }
+
+    #[test]
+    fn the_graph_refuses_what_is_out_of_bounds() {
+        let shuffle = |partitions| NodeOp::Shuffle { aggregation: Aggregation::GroupByKey, partitions };
+        let Err(e) = chain(vec![shuffle(u32::MAX)]) else { panic!("accepted") };
+        assert!(e.0.contains("the number of partitions (4294967295) must be between 1 and 4096"), "{e}");
+        assert!(chain(vec![shuffle(4096)]).is_ok());
+        let mut g = Graph::new(1000, 2);
+        assert!(g.set_parallelism(0).is_err() && g.set_parallelism(4097).is_err() && g.set_parallelism(4096).is_ok());
+        assert!(Graph::try_new(limits::MAX_DURATION_MS + 1, 2).is_err());
+        assert!(Graph::try_new(0, 2).is_err());
+        assert!(Graph::try_new(1000, 1 << 20).is_err());
+        // Depth: a source and 999 operations, not 1000.
+        assert!(chain(vec![NodeOp::Narrow(NarrowOp::Glom); 999]).is_ok());
+        let Err(e) = chain(vec![NodeOp::Narrow(NarrowOp::Glom); 1000]) else { panic!("accepted") };
+        assert!(e.0.contains("op999: the stream is 1001 operations deep, over the maximum of 1000"), "{e}");
+        // Windows: at most a year, at most MAX_WINDOW_BATCHES parent batches.
+        let Err(e) = chain(vec![window(i64::MAX / 1000 * 1000, 1000)]) else { panic!("accepted") };
+        assert!(e.0.contains("longer than the maximum of 1 year"), "{e}");
+        let Err(e) = chain(vec![window(100_001_000, 1000)]) else { panic!("accepted") };
+        assert!(e.0.contains("spans 100001 batches"), "{e}");
+        // Unions that double their partitions stop at MAX_RDD_PARTITIONS.
+        let mut g = chain(vec![shuffle(4096)]).unwrap();
+        let mut last = 1;
+        let refused = (0..20).find_map(|i| match g.add(vec![last, last], NodeOp::Union, format!("u{i}")) {
+            Ok(id) => {
+                last = id;
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert!(refused.is_some_and(|e| e.0.contains("over the maximum of 1048576")));
+        // Checkpoint intervals: a multiple of the slide, at most a year.
+        let mut g = chain(vec![NodeOp::State { update: udf(), initial: None }]).unwrap();
+        assert!(g.set_checkpoint_interval(1, 2000).is_ok());
+        assert!(g.set_checkpoint_interval(1, limits::MAX_DURATION_MS + 1000).is_err());
+        assert!(g.set_checkpoint_interval(0, 2000).unwrap_err().0.contains("stateful streams only"));
+    }
+
+    fn udf() -> UdfRef {
+        UdfRef {
+            module: crate::udf::ModuleHash([0; 32]),
+            module_name: "m".into(),
+            function: "f".into(),
+            kind: crate::udf::UdfKind::Update,
+        }
+    }
 }

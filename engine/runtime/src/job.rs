@@ -251,9 +251,26 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
-    let mut b = Builder { file: &file, modules: &modules, streams, err: &err, base: base.clone() };
+    let mut b = Builder {
+        file: &file,
+        modules: &modules,
+        streams,
+        err: &err,
+        base: base.clone(),
+        initial_used: Default::default(),
+    };
     for name in file.streams.keys() {
         b.resolve(name, None)?;
+    }
+    // An initial state no update_state_by_key takes would be ignored silently.
+    for (name, p) in &file.initial_state {
+        if !b.initial_used.contains(name) {
+            return Err(err(
+                Some(p.span()),
+                format!("initial_state: stream {name:?} has no update_state_by_key to start from it"),
+            )
+            .into());
+        }
     }
     if file.outputs.is_empty() {
         return Err(
@@ -322,6 +339,8 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     streams: HashMap<String, DStream>,
     err: &'a E,
     base: PathBuf,
+    /// The streams whose `[initial_state]` an update_state_by_key took.
+    initial_used: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -638,6 +657,7 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Op::UpdateStateByKey => {
                 let initial = match self.file.initial_state.get(name) {
                     Some(p) => {
+                        self.initial_used.insert(name.to_string());
                         let path = self.base.join(p.get_ref());
                         let batches = crate::source::read_batches_file(&path)
                             .map_err(|err| (self.err)(Some(p.span()), format!("initial state of {name}: {err}")))?;
