@@ -215,6 +215,7 @@ impl StreamingContext {
         let driver = Driver::new(self.into_job(&opts)?, opts)?;
         let thread = std::thread::Builder::new()
             .name("weir-driver".into())
+            .stack_size(crate::executor::TASK_STACK_BYTES)
             .spawn(move || driver.run())
             .map_err(|e| EngineError::Executor(format!("cannot start the driver thread: {e}")))?;
         Ok(StreamingHandle { stop, thread: Some(thread) })
