@@ -111,8 +111,10 @@ fn generator_sizes_beyond_the_maximum_are_refused() {
     let body = "batch_interval = \"1s\"\n[sources.lines]\ntype = \"generator\"\nlines_per_batch = 1000000000000\n\
                 [streams]\nout = \"lines\"\n[[outputs]]\nstream = \"out\"\ntype = \"print\"\n";
     refused(body, "job.toml:", &["source lines: lines_per_batch (1000000000000) is over the maximum of 10000000"]);
-    let body = body.replace("lines_per_batch = 1000000000000", "lines_per_batch = 1000000\nwords_per_line = 10000");
-    refused(&body, "job.toml:", &["over the maximum of 100000000 words per batch"]);
+    let many = body.replace("lines_per_batch = 1000000000000", "lines_per_batch = 1000000\nwords_per_line = 10000");
+    refused(&many, "job.toml:", &["over the maximum of 100000000 words per batch"]);
+    let zero = body.replace("lines_per_batch = 1000000000000", "vocabulary = 0");
+    refused(&zero, "job.toml:2:", &["words_per_line and vocabulary must be at least 1"]);
 }
 
 #[test]

@@ -55,7 +55,11 @@ impl SourceSpec {
         use crate::limits::{MAX_GENERATOR_LINES, MAX_GENERATOR_WORDS, MAX_GENERATOR_WORDS_PER_LINE};
         match self {
             SourceSpec::Socket { port: 0, .. } => Err("port 0 is not a port to connect to (1 to 65535)".into()),
-            SourceSpec::Generator { lines_per_batch, words_per_line, .. } => {
+            SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, .. } => {
+                // Zero used to be taken as 1, silently.
+                if *words_per_line == 0 || *vocabulary == 0 {
+                    return Err("words_per_line and vocabulary must be at least 1".into());
+                }
                 if *lines_per_batch > MAX_GENERATOR_LINES {
                     return Err(format!(
                         "lines_per_batch ({lines_per_batch}) is over the maximum of {MAX_GENERATOR_LINES}"

@@ -204,6 +204,9 @@ impl StreamingContext {
     /// Runs the job until its sources are exhausted (logical clock), the
     /// batch limit is reached, or `opts.stop` is set: [`StreamingContext::start`]
     /// and [`StreamingHandle::await_termination`] in one call, on this thread.
+    /// The driver walks the graph recursively on it: a graph near
+    /// `weir_plan::limits::MAX_GRAPH_DEPTH` deep wants a few MiB of stack
+    /// (a main thread's 8 MiB is plenty; `start` gives its thread 64 MiB).
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
         Driver::new(self.into_job(&opts)?, opts)?.run()
     }
