@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod crash_recovery;
 mod hardening_directory;
+mod hardening_jobs;
 mod hardening_outputs;
 mod hardening_ports;
 mod hardening_signals;

@@ -119,9 +119,9 @@ pub struct RunArgs {
     /// Recover although a UDF module changed since the checkpoint.
     #[arg(long, requires = "checkpoint")]
     pub accept_module_change: bool,
-    /// Metadata checkpoints to keep.
-    #[arg(long, default_value_t = 10, requires = "checkpoint")]
-    pub keep_checkpoints: usize,
+    /// Metadata checkpoints to keep (at least 1).
+    #[arg(long, default_value_t = 10, requires = "checkpoint", value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_checkpoints: u64,
     /// Restart the driver when it dies (killed by a signal or crashed), with
     /// backoff; with --checkpoint each restart recovers where the last stopped.
     #[arg(long)]
@@ -409,7 +409,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     opts.cluster = cluster;
     opts.checkpoint = args.checkpoint.as_ref().map(|dir| {
         let mut c = CheckpointOptions::new(dir.clone());
-        c.keep = args.keep_checkpoints;
+        c.keep = usize::try_from(args.keep_checkpoints).unwrap_or(usize::MAX);
         c.fresh = args.fresh;
         c.accept_module_change = args.accept_module_change;
         c

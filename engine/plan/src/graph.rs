@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::rdd::{Aggregation, Lineage, NarrowOp, PairFilter, Rdd, RddId, RddOp, Reducer, UdfRef};
 use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
@@ -102,8 +103,88 @@ pub struct Graph {
 pub struct GraphError(pub String);
 
 impl Graph {
+    /// A graph without bounds checks on its arguments (see [`Graph::try_new`]).
     pub fn new(batch_interval_ms: i64, parallelism: u32) -> Self {
         Graph { batch_interval_ms, parallelism, sources: vec![], nodes: vec![], outputs: vec![] }
+    }
+
+    /// A graph whose batch interval and parallelism are within the bounds
+    /// of [`crate::limits`].
+    pub fn try_new(batch_interval_ms: i64, parallelism: u32) -> Result<Self, GraphError> {
+        limits::check_duration_ms("the batch interval", batch_interval_ms).map_err(GraphError)?;
+        let mut g = Graph::new(batch_interval_ms, 1);
+        g.set_parallelism(parallelism)?;
+        Ok(g)
+    }
+
+    /// Sets the default number of partitions of sources and shuffles
+    /// (1 to [`limits::MAX_PARTITIONS`]).
+    pub fn set_parallelism(&mut self, n: u32) -> Result<(), GraphError> {
+        limits::check_partitions("parallelism", n as u64).map_err(GraphError)?;
+        self.parallelism = n;
+        Ok(())
+    }
+
+    /// Sets how often stateful node `id` is written to a data checkpoint: a
+    /// positive multiple of its slide, at most a year and
+    /// [`limits::MAX_WINDOW_BATCHES`] slides.
+    pub fn set_checkpoint_interval(&mut self, id: NodeId, ms: i64) -> Result<(), GraphError> {
+        let Some(n) = self.nodes.get_mut(id as usize) else {
+            return Err(GraphError(format!("unknown stream {id}")));
+        };
+        if !n.op.is_stateful() {
+            return Err(GraphError(format!("{}: checkpoint() applies to stateful streams only", n.label)));
+        }
+        limits::check_duration_ms("the checkpoint interval", ms)
+            .map_err(|m| GraphError(format!("{}: {m}", n.label)))?;
+        if ms % n.slide_ms != 0 {
+            return Err(GraphError(format!(
+                "{}: the checkpoint interval ({ms} ms) must be a positive multiple of the slide ({} ms)",
+                n.label, n.slide_ms
+            )));
+        }
+        if ms / n.slide_ms > limits::MAX_WINDOW_BATCHES {
+            return Err(GraphError(format!(
+                "{}: the checkpoint interval ({ms} ms) spans more than {} slides ({} ms)",
+                n.label,
+                limits::MAX_WINDOW_BATCHES,
+                n.slide_ms
+            )));
+        }
+        n.checkpoint_ms = Some(ms);
+        Ok(())
+    }
+
+    /// Each node's depth (operations from a source, a source being 1) and
+    /// the most partitions its RDDs can have, in one pass: parents come
+    /// before their children, so no recursion.
+    fn bounds(&self) -> Vec<(usize, u64)> {
+        let mut b: Vec<(usize, u64)> = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let bound = self.bound_of(&n.parents, &b, &n.op);
+            b.push(bound);
+        }
+        b
+    }
+
+    /// The bound of a node with operation `op` and parents `parents`, given
+    /// the bounds of the nodes before it.
+    fn bound_of(&self, parents: &[NodeId], bounds: &[(usize, u64)], op: &NodeOp) -> (usize, u64) {
+        let of = |p: &NodeId| bounds.get(*p as usize).copied().unwrap_or((0, 0));
+        let depth = 1 + parents.iter().map(|p| of(p).0).max().unwrap_or(0);
+        let first = parents.first().map(|p| of(p).1).unwrap_or(0);
+        let partitions = match op {
+            NodeOp::Source { .. } => self.parallelism as u64,
+            NodeOp::Shuffle { partitions, .. } => *partitions as u64,
+            NodeOp::Union => parents.iter().fold(0u64, |a, p| a.saturating_add(of(p).1)),
+            // A window is the union of `length / parent slide` parent RDDs.
+            NodeOp::Window { length_ms, .. } => {
+                let ps = parents.first().and_then(|p| self.nodes.get(*p as usize)).map(|n| n.slide_ms).unwrap_or(1);
+                first.saturating_mul(((*length_ms).max(1) / ps.max(1)).max(1) as u64)
+            }
+            _ => first,
+        };
+        (depth, partitions)
     }
 
     pub fn node(&self, id: NodeId) -> &Node {
@@ -118,32 +199,39 @@ impl Graph {
                 return Err(GraphError(format!("{label}: unknown parent stream {p}")));
             }
         }
+        if self.nodes.len() >= limits::MAX_NODES {
+            return Err(GraphError(format!("{label}: the job has more than {} streams", limits::MAX_NODES)));
+        }
+        let (depth, partitions) = self.bound_of(&parents, &self.bounds(), &op);
+        if depth > limits::MAX_GRAPH_DEPTH {
+            return Err(GraphError(format!(
+                "{label}: the stream is {depth} operations deep, over the maximum of {} \
+                 (a chain of streams or of operations that long; split the job)",
+                limits::MAX_GRAPH_DEPTH
+            )));
+        }
+        if let NodeOp::Shuffle { partitions, .. } = &op {
+            limits::check_partitions("the number of partitions", *partitions as u64)
+                .map_err(|m| GraphError(format!("{label}: {m}")))?;
+        }
+        if let NodeOp::MapWithState { timeout_ms: Some(t), .. } = &op {
+            limits::check_duration_ms("the timeout", *t).map_err(|m| GraphError(format!("{label}: {m}")))?;
+        }
         let parent_slide = parents.first().map(|p| self.node(*p).slide_ms).unwrap_or(self.batch_interval_ms);
         if parents.iter().any(|p| self.node(*p).slide_ms != parent_slide) {
             return Err(GraphError(format!("{label}: the streams combined have different slide durations")));
         }
         let slide_ms = match &op {
             NodeOp::Window { length_ms, slide_ms } => {
-                for (what, d) in [("window length", *length_ms), ("slide", *slide_ms)] {
-                    if d <= 0 || d % parent_slide != 0 {
-                        return Err(GraphError(format!(
-                            "{label}: the {what} ({d} ms) must be a positive multiple of the parent's slide duration ({parent_slide} ms)"
-                        )));
-                    }
-                }
+                check_window(&label, *length_ms, *slide_ms, *length_ms, parent_slide)?;
                 let p = parents[0] as usize;
                 self.nodes[p].persist = true;
                 self.nodes[p].remember_ms = self.nodes[p].remember_ms.max(*length_ms);
                 *slide_ms
             }
             NodeOp::InvWindow { length_ms, slide_ms, .. } => {
-                for (what, d) in [("window length", *length_ms), ("slide", *slide_ms)] {
-                    if d <= 0 || d % parent_slide != 0 {
-                        return Err(GraphError(format!(
-                            "{label}: the {what} ({d} ms) must be a positive multiple of the parent's slide duration ({parent_slide} ms)"
-                        )));
-                    }
-                }
+                // It reads the batches leaving the window too: length + slide.
+                check_window(&label, *length_ms, *slide_ms, length_ms.saturating_add(*slide_ms), parent_slide)?;
                 // The batches leaving the window are read again.
                 let p = parents[0] as usize;
                 self.nodes[p].persist = true;
@@ -153,6 +241,13 @@ impl Graph {
             NodeOp::Source { .. } => self.batch_interval_ms,
             _ => parent_slide,
         };
+        if partitions > limits::MAX_RDD_PARTITIONS {
+            return Err(GraphError(format!(
+                "{label}: its RDDs would have up to {partitions} partitions, over the maximum of {} \
+                 (a union or a window adds up its parents' partitions)",
+                limits::MAX_RDD_PARTITIONS
+            )));
+        }
         let checkpoint_ms = op.is_stateful().then(|| default_checkpoint_interval(slide_ms));
         let persist = op.is_stateful();
         self.nodes.push(Node { id, parents, op, slide_ms, persist, remember_ms: slide_ms, label, checkpoint_ms });
@@ -180,6 +275,28 @@ impl Graph {
         let longest = chain.into_iter().chain(self.nodes.iter().map(|n| n.remember_ms)).max().unwrap_or(0);
         longest.max(self.batch_interval_ms) + self.batch_interval_ms
     }
+}
+
+/// Checks a window's length and slide: each a positive multiple of the
+/// parent's slide, at most a year, spanning at most
+/// [`limits::MAX_WINDOW_BATCHES`] parent batches (`span`: what it reads).
+fn check_window(label: &str, length_ms: i64, slide_ms: i64, span: i64, parent_slide: i64) -> Result<(), GraphError> {
+    for (what, d) in [("window length", length_ms), ("slide", slide_ms)] {
+        if d <= 0 || d % parent_slide != 0 {
+            return Err(GraphError(format!(
+                "{label}: the {what} ({d} ms) must be a positive multiple of the parent's slide duration ({parent_slide} ms)"
+            )));
+        }
+        limits::check_duration_ms(&format!("the {what}"), d).map_err(|m| GraphError(format!("{label}: {m}")))?;
+    }
+    if span / parent_slide > limits::MAX_WINDOW_BATCHES {
+        return Err(GraphError(format!(
+            "{label}: the window spans {} batches of its parent ({parent_slide} ms each), over the maximum of {}",
+            span / parent_slide,
+            limits::MAX_WINDOW_BATCHES
+        )));
+    }
+    Ok(())
 }
 
 /// Memo of the RDD each node produced at each time (None: not a slide time).
@@ -413,7 +530,8 @@ fn union_rdd(id: RddId, parents: Vec<RddId>, n: &Node, lineage: &Lineage) -> Opt
     if parents.is_empty() {
         return None;
     }
-    let partitions = parents.iter().filter_map(|p| lineage.get(*p)).map(|r| r.partitions).sum();
+    // Saturating: partitions recorded by an older run are not bounded by this graph.
+    let partitions = parents.iter().filter_map(|p| lineage.get(*p)).fold(0u32, |a, r| a.saturating_add(r.partitions));
     Some(Rdd { id, partitions, op: RddOp::Union { parents }, persist: n.persist, label: n.label.clone() })
 }
 
@@ -559,5 +677,52 @@ mod tests {
         assert_eq!(g.remember_ms(), 7000);
         assert_eq!(g.nodes[1].checkpoint_ms, Some(10_000), "the smallest multiple of 2 s >= 10 s");
         assert_eq!(default_checkpoint_interval(3000), 12_000);
+    }
+
+    #[test]
+    fn the_graph_refuses_what_is_out_of_bounds() {
+        let shuffle = |partitions| NodeOp::Shuffle { aggregation: Aggregation::GroupByKey, partitions };
+        let Err(e) = chain(vec![shuffle(u32::MAX)]) else { panic!("accepted") };
+        assert!(e.0.contains("the number of partitions (4294967295) must be between 1 and 4096"), "{e}");
+        assert!(chain(vec![shuffle(4096)]).is_ok());
+        let mut g = Graph::new(1000, 2);
+        assert!(g.set_parallelism(0).is_err() && g.set_parallelism(4097).is_err() && g.set_parallelism(4096).is_ok());
+        assert!(Graph::try_new(limits::MAX_DURATION_MS + 1, 2).is_err());
+        assert!(Graph::try_new(0, 2).is_err());
+        assert!(Graph::try_new(1000, 1 << 20).is_err());
+        // Depth: a source and 999 operations, not 1000.
+        assert!(chain(vec![NodeOp::Narrow(NarrowOp::Glom); 999]).is_ok());
+        let Err(e) = chain(vec![NodeOp::Narrow(NarrowOp::Glom); 1000]) else { panic!("accepted") };
+        assert!(e.0.contains("op999: the stream is 1001 operations deep, over the maximum of 1000"), "{e}");
+        // Windows: at most a year, at most MAX_WINDOW_BATCHES parent batches.
+        let Err(e) = chain(vec![window(i64::MAX / 1000 * 1000, 1000)]) else { panic!("accepted") };
+        assert!(e.0.contains("longer than the maximum of 1 year"), "{e}");
+        let Err(e) = chain(vec![window(100_001_000, 1000)]) else { panic!("accepted") };
+        assert!(e.0.contains("spans 100001 batches"), "{e}");
+        // Unions that double their partitions stop at MAX_RDD_PARTITIONS.
+        let mut g = chain(vec![shuffle(4096)]).unwrap();
+        let mut last = 1;
+        let refused = (0..20).find_map(|i| match g.add(vec![last, last], NodeOp::Union, format!("u{i}")) {
+            Ok(id) => {
+                last = id;
+                None
+            }
+            Err(e) => Some(e),
+        });
+        assert!(refused.is_some_and(|e| e.0.contains("over the maximum of 1048576")));
+        // Checkpoint intervals: a multiple of the slide, at most a year.
+        let mut g = chain(vec![NodeOp::State { update: udf(), initial: None }]).unwrap();
+        assert!(g.set_checkpoint_interval(1, 2000).is_ok());
+        assert!(g.set_checkpoint_interval(1, limits::MAX_DURATION_MS + 1000).is_err());
+        assert!(g.set_checkpoint_interval(0, 2000).unwrap_err().0.contains("stateful streams only"));
+    }
+
+    fn udf() -> UdfRef {
+        UdfRef {
+            module: crate::udf::ModuleHash([0; 32]),
+            module_name: "m".into(),
+            function: "f".into(),
+            kind: crate::udf::UdfKind::Update,
+        }
     }
 }

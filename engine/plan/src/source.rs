@@ -100,6 +100,44 @@ fn default_max_line_bytes() -> u32 {
     DEFAULT_MAX_LINE_BYTES
 }
 
+impl SourceSpec {
+    /// Checks the fields a spec's type bounds (`docs/jobs.md`, "Limits"):
+    /// a generator's sizes, a socket's port and line limit.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::limits::{MAX_GENERATOR_LINES, MAX_GENERATOR_WORDS, MAX_GENERATOR_WORDS_PER_LINE};
+        match self {
+            SourceSpec::Socket { port: 0, .. } => Err("port 0 is not a port to connect to (1 to 65535)".into()),
+            SourceSpec::Socket { max_line_bytes, .. } if !(1..=MAX_MAX_LINE_BYTES).contains(max_line_bytes) => {
+                Err(format!("max_line_bytes must be between 1 and {MAX_MAX_LINE_BYTES} (got {max_line_bytes})"))
+            }
+            SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, .. } => {
+                // Zero used to be taken as 1, silently.
+                if *words_per_line == 0 || *vocabulary == 0 {
+                    return Err("words_per_line and vocabulary must be at least 1".into());
+                }
+                if *lines_per_batch > MAX_GENERATOR_LINES {
+                    return Err(format!(
+                        "lines_per_batch ({lines_per_batch}) is over the maximum of {MAX_GENERATOR_LINES}"
+                    ));
+                }
+                if *words_per_line > MAX_GENERATOR_WORDS_PER_LINE {
+                    return Err(format!(
+                        "words_per_line ({words_per_line}) is over the maximum of {MAX_GENERATOR_WORDS_PER_LINE}"
+                    ));
+                }
+                let words = lines_per_batch.saturating_mul((*words_per_line).max(1) as u64);
+                if words > MAX_GENERATOR_WORDS {
+                    return Err(format!(
+                        "lines_per_batch × words_per_line ({words}) is over the maximum of {MAX_GENERATOR_WORDS} words per batch"
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 fn default_lines() -> u64 {
     10_000
 }

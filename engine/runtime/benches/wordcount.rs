@@ -185,7 +185,7 @@ fn run_engine(
     let mut ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
     // WEIR_BENCH_PARALLELISM: partitions per stage (default: the engine's, 2).
     if let Some(n) = std::env::var("WEIR_BENCH_PARALLELISM").ok().and_then(|s| s.parse().ok()) {
-        ssc.set_parallelism(n);
+        ssc.set_parallelism(n).unwrap();
     }
     let wc = ssc.module(module).unwrap();
     let counts = ssc

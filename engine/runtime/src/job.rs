@@ -54,7 +54,7 @@ pub struct JobFileError {
 struct JobFile {
     batch_interval: Spanned<String>,
     #[serde(default)]
-    parallelism: Option<u32>,
+    parallelism: Option<Spanned<u32>>,
     #[serde(default)]
     clock: Option<Spanned<String>>,
     #[serde(default)]
@@ -97,32 +97,79 @@ pub struct Job {
     pub hash: String,
 }
 
-/// Parses a duration: `500ms`, `1s`, `2m`, `1h`, or a bare number of ms.
+/// Largest job file read, in bytes.
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+
+/// Parses a duration: `500ms`, `1s`, `2m`, `1h`, or a bare number of ms;
+/// 1 ms to a year ([`weir_plan::limits::MAX_DURATION_MS`]).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 1s, 2m"))?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1000,
-        "m" | "min" => n * 60_000,
-        "h" => n * 3_600_000,
+    if num.is_empty() {
+        return Err(format!("invalid duration {s:?}: expected e.g. 500ms, 1s, 2m"));
+    }
+    let max = weir_plan::limits::MAX_DURATION_MS as u64;
+    // Numbers too large for u64 are out of range, not malformed.
+    let too_long = || format!("invalid duration {s:?}: longer than the maximum of 1 year ({max} ms)");
+    let n: u64 = num.parse().map_err(|_| too_long())?;
+    let unit_ms: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
         u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (ms, s, m, h)")),
     };
+    let ms = n.checked_mul(unit_ms).ok_or_else(too_long)?;
     if ms == 0 {
         return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    if ms > max {
+        return Err(too_long());
     }
     Ok(Duration::from_millis(ms))
 }
 
+/// Reads the job file: a regular file of at most [`MAX_JOB_FILE_BYTES`],
+/// UTF-8 text.
+fn read_job_file(path: &Path) -> Result<String, JobFileError> {
+    let fail = |line: Option<usize>, message: String| JobFileError { file: path.into(), line, message };
+    let bytes =
+        crate::files::read_limited(path, MAX_JOB_FILE_BYTES).map_err(|e| fail(None, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        fail(Some(line), "not UTF-8 text (a job file is TOML, which is UTF-8)".into())
+    })
+}
+
+/// `path` made absolute against `base`, `.` and `..` removed, and its
+/// directory's symlinks resolved when it exists: two spellings of one place
+/// compare equal.
+fn normalize(base: &Path, path: &str) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    let joined = base.join(path);
+    let absolute =
+        if joined.is_absolute() { joined } else { std::env::current_dir().map(|d| d.join(&joined)).unwrap_or(joined) };
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    match (out.parent().and_then(|p| p.canonicalize().ok()), out.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => out,
+    }
+}
+
 /// Loads a job file: parses it, loads its modules, builds its graph.
 pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, EngineError> {
-    let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
-        file: path.into(),
-        line: None,
-        message: format!("cannot read: {e}"),
-    })?;
+    let text = read_job_file(path)?;
     let hash = crate::udf::ModuleHash::of(text.as_bytes()).hex();
     let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
     let err = |span: Option<std::ops::Range<usize>>, message: String| JobFileError {
@@ -149,11 +196,39 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
     };
     let limits = file.limits.unwrap_or_default().apply(UdfLimits::for_batch_interval(interval.as_millis() as i64));
     let registry = std::sync::Arc::new(ModuleRegistry::new(runtime, limits));
-    let mut ssc = StreamingContext::with_registry(interval, registry);
+    let mut ssc = StreamingContext::with_registry(interval, registry)
+        .map_err(|e| err(Some(file.batch_interval.span()), format!("batch_interval: {e}")))?;
     ssc.set_base_dir(&base);
     ssc.set_identity(&path.display().to_string(), &hash);
-    if let Some(p) = file.parallelism {
-        ssc.set_parallelism(p);
+    if let Some(p) = &file.parallelism {
+        ssc.set_parallelism(*p.get_ref()).map_err(|e| match e {
+            EngineError::Graph(m) => err(Some(p.span()), m),
+            other => err(Some(p.span()), other.to_string()),
+        })?;
+    }
+    // A stream named like a source would hide it: every reference to the
+    // name would mean one of them, silently.
+    for (name, expr) in &file.streams {
+        if let Some(src) = file.sources.get(name) {
+            let at = line_of(src.span().start).unwrap_or(0);
+            return Err(err(
+                Some(expr.span()),
+                format!("stream {name:?} has the name of the source on line {at}: rename one of them"),
+            )
+            .into());
+        }
+    }
+    for (name, p) in &file.initial_state {
+        if !file.streams.contains_key(name) {
+            return Err(err(
+                Some(p.span()),
+                format!(
+                    "initial_state: no stream named {name:?} in [streams] (known: {})",
+                    sorted(file.streams.keys().map(|k| k.as_str()).collect())
+                ),
+            )
+            .into());
+        }
     }
 
     let mut modules: HashMap<String, ModuleHandle> = HashMap::new();
@@ -163,31 +238,48 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
     }
     let mut streams: HashMap<String, DStream> = HashMap::new();
     for (name, spec) in &file.sources {
-        if let SourceSpec::Socket { max_line_bytes, .. } = spec.get_ref() {
-            if !(1..=weir_plan::source::MAX_MAX_LINE_BYTES).contains(max_line_bytes) {
-                return Err(err(
-                    Some(spec.span()),
-                    format!(
-                        "source {name}: max_line_bytes must be between 1 and {} (got {max_line_bytes})",
-                        weir_plan::source::MAX_MAX_LINE_BYTES
-                    ),
-                )
-                .into());
+        let at = Some(spec.span());
+        spec.get_ref().check().map_err(|m| err(at.clone(), format!("source {name}: {m}")))?;
+        if let SourceSpec::Batches { path: p } = spec.get_ref() {
+            // Read when the job starts; a file that exists is checked now, to
+            // name the line (one that does not may yet be written).
+            let full = base.join(p);
+            if full.exists() {
+                crate::files::check_regular(&full, crate::source::MAX_BATCHES_FILE_BYTES)
+                    .map_err(|e| err(at.clone(), format!("source {name}: {}: {e}", full.display())))?;
             }
         }
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
-    let mut b =
-        Builder { file: &file, modules: &modules, streams, resolving: Vec::new(), err: &err, base: base.clone() };
+    let mut b = Builder {
+        file: &file,
+        modules: &modules,
+        streams,
+        err: &err,
+        base: base.clone(),
+        initial_used: Default::default(),
+    };
     for name in file.streams.keys() {
         b.resolve(name, None)?;
+    }
+    // An initial state no update_state_by_key takes would be ignored silently.
+    for (name, p) in &file.initial_state {
+        if !b.initial_used.contains(name) {
+            return Err(err(
+                Some(p.span()),
+                format!("initial_state: stream {name:?} has no update_state_by_key to start from it"),
+            )
+            .into());
+        }
     }
     if file.outputs.is_empty() {
         return Err(
             err(None, "the job has no [[outputs]]: add e.g. { stream = \"counts\", type = \"print\" }".into()).into()
         );
     }
+    // Output prefix (resolved) and suffix -> the line of the output using them.
+    let mut prefixes: HashMap<(PathBuf, Option<String>), usize> = HashMap::new();
     for o in &file.outputs {
         let span = Some(o.span());
         let o = o.get_ref();
@@ -198,6 +290,21 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                 let Some(prefix) = &o.prefix else {
                     return Err(err(span, "save_as_text_files needs prefix = \"dir/name\"".into()).into());
                 };
+                // Two outputs writing the same directories would overwrite
+                // each other's batches.
+                let key = (normalize(&base, prefix), o.suffix.clone());
+                let line = line_of(o_span_start(&span)).unwrap_or(0);
+                if let Some(first) = prefixes.insert(key, line) {
+                    return Err(err(
+                        span,
+                        format!(
+                            "save_as_text_files: prefix {prefix:?}{} is already written by the output on line {first}: \
+                             two outputs would overwrite each other's batch directories",
+                            o.suffix.as_ref().map(|s| format!(" (suffix {s:?})")).unwrap_or_default()
+                        ),
+                    )
+                    .into());
+                }
                 s.save_as_text_files(prefix, o.suffix.as_deref())?
             }
             k => {
@@ -210,6 +317,10 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         }
     }
     Ok(Job { path: path.into(), context: ssc, clock, hash })
+}
+
+fn o_span_start(span: &Option<std::ops::Range<usize>>) -> usize {
+    span.as_ref().map(|r| r.start).unwrap_or(0)
 }
 
 fn source_type(s: &SourceSpec) -> &'static str {
@@ -227,9 +338,10 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     file: &'a JobFile,
     modules: &'a HashMap<String, ModuleHandle>,
     streams: HashMap<String, DStream>,
-    resolving: Vec<String>,
     err: &'a E,
     base: PathBuf,
+    /// The streams whose `[initial_state]` an update_state_by_key took.
+    initial_used: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -299,69 +411,134 @@ enum Arg {
     Num(u64, String),
 }
 
+/// A stream expression: the stream it starts from and its operations with
+/// their arguments, in order.
+struct Expr {
+    first: String,
+    calls: Vec<(String, Vec<Arg>)>,
+}
+
+/// Parses `<stream>.<operation>(args)[.<operation>(args)...]`.
+fn parse_expr(s: &str) -> Result<Expr, String> {
+    let toks = lex(s)?;
+    let mut it = toks.into_iter().peekable();
+    let Some(Tok::Ident(first)) = it.next() else {
+        return Err("expected `<stream>.<operation>(...)`".into());
+    };
+    let mut calls = Vec::new();
+    while let Some(t) = it.next() {
+        if t != Tok::Dot {
+            return Err(format!("expected `.` before the next operation, found {t:?}"));
+        }
+        let Some(Tok::Ident(op)) = it.next() else {
+            return Err("expected an operation name after `.`".into());
+        };
+        if it.next() != Some(Tok::Open) {
+            return Err(format!("expected `(` after {op}"));
+        }
+        let mut args = Vec::new();
+        loop {
+            match it.next() {
+                Some(Tok::Close) => break,
+                Some(Tok::Ident(a)) => {
+                    if it.peek() == Some(&Tok::Dot) {
+                        it.next();
+                        let Some(Tok::Ident(b)) = it.next() else {
+                            return Err(format!("expected a function name after `{a}.`"));
+                        };
+                        args.push(Arg::Qualified(a, b));
+                    } else {
+                        args.push(Arg::Name(a));
+                    }
+                }
+                Some(Tok::Num(n, u)) => args.push(Arg::Num(n, u)),
+                Some(Tok::Comma) => {}
+                _ => return Err(format!("unterminated argument list of {op}")),
+            }
+        }
+        calls.push((op, args));
+    }
+    Ok(Expr { first, calls })
+}
+
+impl Expr {
+    /// The streams the expression reads: the one it starts from and the
+    /// stream arguments of its operations (as the list of operations places
+    /// them; an operation whose arguments match no form reads none, and
+    /// fails when the stream is built).
+    fn dependencies(&self) -> Vec<&str> {
+        let mut deps = vec![self.first.as_str()];
+        for (op, args) in &self.calls {
+            let shapes: Vec<ArgShape> = args.iter().map(Arg::shape).collect();
+            let Ok((spec, slots)) = ops::select(op, &shapes) else { continue };
+            for (param, slot) in spec.params.iter().zip(&slots) {
+                if let (ParamKind::Stream, Some(Arg::Name(n))) = (param.kind, slot.and_then(|i| args.get(i))) {
+                    deps.push(n);
+                }
+            }
+        }
+        deps
+    }
+}
+
 impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, E> {
+    /// The stream `name` (a source, or a stream built from its expression
+    /// after the streams it reads). Depth-first with a stack of its own, not
+    /// the thread's: a chain of thousands of streams must not overflow it.
     fn resolve(&mut self, name: &str, used_at: Option<std::ops::Range<usize>>) -> Result<DStream, EngineError> {
         if let Some(s) = self.streams.get(name) {
             return Ok(s.clone());
         }
-        let Some(expr) = self.file.streams.get(name) else {
-            let known: Vec<&str> =
-                self.streams.keys().map(|s| s.as_str()).chain(self.file.streams.keys().map(|s| s.as_str())).collect();
-            return Err(
-                (self.err)(used_at, format!("no source or stream named {name:?} (known: {})", sorted(known))).into()
-            );
-        };
-        if self.resolving.iter().any(|n| n == name) {
-            return Err((self.err)(Some(expr.span()), format!("stream {name:?} depends on itself")).into());
+        // The streams being resolved, each waiting for the one after it.
+        let mut pending: Vec<(String, Option<std::ops::Range<usize>>)> = vec![(name.to_string(), used_at)];
+        while let Some((n, at)) = pending.last().cloned() {
+            if self.streams.contains_key(&n) {
+                pending.pop();
+                continue;
+            }
+            let Some(expr) = self.file.streams.get(&n) else {
+                let known: Vec<&str> = self
+                    .streams
+                    .keys()
+                    .map(|s| s.as_str())
+                    .chain(self.file.streams.keys().map(|s| s.as_str()))
+                    .collect();
+                return Err(
+                    (self.err)(at, format!("no source or stream named {n:?} (known: {})", sorted(known))).into()
+                );
+            };
+            let parsed = parse_expr(expr.get_ref()).ok();
+            let deps = parsed.as_ref().map(Expr::dependencies).unwrap_or_default();
+            match deps.into_iter().find(|d| !self.streams.contains_key(*d)) {
+                Some(d) => {
+                    if let Some(looped) = pending.iter().find(|(p, _)| p == d) {
+                        let span = self.file.streams.get(&looped.0).map(|e| e.span());
+                        return Err((self.err)(span, format!("stream {d:?} depends on itself")).into());
+                    }
+                    pending.push((d.to_string(), Some(expr.span())));
+                }
+                None => {
+                    let s = self.build(&n, expr)?;
+                    self.streams.insert(n, s);
+                    pending.pop();
+                }
+            }
         }
-        self.resolving.push(name.to_string());
-        let r = self.build(name, expr);
-        self.resolving.pop();
-        let s = r?;
-        self.streams.insert(name.to_string(), s.clone());
-        Ok(s)
+        self.streams
+            .get(name)
+            .cloned()
+            .ok_or_else(|| (self.err)(None, format!("internal: stream {name:?} was not built")).into())
     }
 
+    /// Builds stream `name` from its expression; the streams it reads are
+    /// built already (see `resolve`).
     fn build(&mut self, name: &str, expr: &Spanned<String>) -> Result<DStream, EngineError> {
         let span = Some(expr.span());
         let e = |m: String| (self.err)(span.clone(), format!("stream {name}: {m}"));
-        let toks = lex(expr.get_ref()).map_err(e)?;
-        let mut it = toks.into_iter().peekable();
-        let Some(Tok::Ident(first)) = it.next() else {
-            return Err(e("expected `<stream>.<operation>(...)`".into()).into());
-        };
-        let mut cur = self.resolve(&first, span.clone())?;
-        while let Some(t) = it.next() {
-            if t != Tok::Dot {
-                return Err(e(format!("expected `.` before the next operation, found {t:?}")).into());
-            }
-            let Some(Tok::Ident(op)) = it.next() else {
-                return Err(e("expected an operation name after `.`".into()).into());
-            };
-            if it.next() != Some(Tok::Open) {
-                return Err(e(format!("expected `(` after {op}")).into());
-            }
-            let mut args = Vec::new();
-            loop {
-                match it.next() {
-                    Some(Tok::Close) => break,
-                    Some(Tok::Ident(a)) => {
-                        if it.peek() == Some(&Tok::Dot) {
-                            it.next();
-                            let Some(Tok::Ident(b)) = it.next() else {
-                                return Err(e(format!("expected a function name after `{a}.`")).into());
-                            };
-                            args.push(Arg::Qualified(a, b));
-                        } else {
-                            args.push(Arg::Name(a));
-                        }
-                    }
-                    Some(Tok::Num(n, u)) => args.push(Arg::Num(n, u)),
-                    Some(Tok::Comma) => {}
-                    _ => return Err(e(format!("unterminated argument list of {op}")).into()),
-                }
-            }
-            cur = self.apply(&cur, &op, &args, name, span.clone()).map_err(|err| match err {
+        let parsed = parse_expr(expr.get_ref()).map_err(e)?;
+        let mut cur = self.resolve(&parsed.first, span.clone())?;
+        for (op, args) in &parsed.calls {
+            cur = self.apply(&cur, op, args, name, span.clone()).map_err(|err| match err {
                 EngineError::JobFile(f) => EngineError::JobFile(f),
                 other => e(format!("{op}: {other}")).into(),
             })?;
@@ -410,9 +587,15 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                 (ParamKind::Duration, Some(Arg::Num(n, u))) => {
                     Val::Duration(parse_duration(&format!("{n}{u}")).map_err(what)?)
                 }
+                // Every count is a number of partitions.
                 (ParamKind::Count, Some(Arg::Num(n, _))) => match u32::try_from(*n) {
-                    Ok(n) if n > 0 => Val::Count(n),
-                    _ => return Err(what(format!("must be a positive integer below 2^32, got {n}"))),
+                    Ok(n) if n > 0 && n <= weir_plan::limits::MAX_PARTITIONS => Val::Count(n),
+                    _ => {
+                        return Err(what(format!(
+                            "must be a positive integer up to {} (partitions), got {n}",
+                            weir_plan::limits::MAX_PARTITIONS
+                        )))
+                    }
                 },
                 (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
                 (kind, _) => return Err(what(format!("must be {kind}"))),
@@ -475,6 +658,7 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Op::UpdateStateByKey => {
                 let initial = match self.file.initial_state.get(name) {
                     Some(p) => {
+                        self.initial_used.insert(name.to_string());
                         let path = self.base.join(p.get_ref());
                         let batches = crate::source::read_batches_file(&path)
                             .map_err(|err| (self.err)(Some(p.span()), format!("initial state of {name}: {err}")))?;
@@ -818,5 +1002,212 @@ mod tests {
             let name = sig.split('(').next().unwrap_or_default();
             assert!(ops::forms(name).next().is_some(), "{name} is documented but the parser does not know it");
         }
+    }
+
+    #[test]
+    fn durations_are_bounded_and_never_wrap() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 24 * 3600)));
+        for s in ["18446744073709552s", "9223372036854775808ms", "99999999999999999999999", "8761h", "31536000001"] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("longer than the maximum of 1 year"), "{s}: {e}");
+        }
+        assert!(parse_duration("0ms").unwrap_err().contains("must be positive"));
+        assert!(parse_duration("s").unwrap_err().contains("expected e.g."));
+        assert!(parse_duration("-5s").unwrap_err().contains("expected e.g."));
+    }
+
+    #[test]
+    fn a_stream_named_like_a_source_is_refused() {
+        assert_error(
+            "lines = \"lines.map(stub.map)\"\nout = \"lines\"",
+            STREAMS_LINE,
+            &["stream \"lines\" has the name of the source on line 6"],
+        );
+    }
+
+    /// A small seeded generator (no RNG crate for one test).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+            xs[self.below(xs.len())]
+        }
+    }
+
+    /// A random stream expression: mostly plausible tokens, some noise.
+    fn random_expr(rng: &mut Rng) -> String {
+        const TOKENS: &[&str] = &[
+            "lines",
+            "out",
+            "other",
+            "x",
+            "stub",
+            "map",
+            "flat_map",
+            "window",
+            "repartition",
+            "reduce_by_key",
+            "union",
+            "join",
+            "update_state_by_key",
+            "checkpoint",
+            "map_with_state",
+            "state_snapshots",
+            "glom",
+            "count",
+            "reduce_by_window",
+            ".",
+            ".",
+            ".",
+            "(",
+            "(",
+            ")",
+            ")",
+            ",",
+            "0",
+            "1",
+            "3",
+            "4294967295",
+            "18446744073709551616",
+            "2s",
+            "10s",
+            "1500ms",
+            "9223372036854775808ms",
+            "7fortnights",
+            "stub.map",
+            "stub.reduce",
+            "stub.update",
+            "stub.filter",
+            " ",
+            "-",
+            "_",
+            "é",
+            "\\t",
+            "#",
+            "\\\"",
+        ];
+        let n = rng.below(12);
+        (0..n).map(|_| rng.pick(TOKENS)).collect()
+    }
+
+    /// Writes `body` as a job file and loads it, failing with the input if
+    /// loading panics.
+    fn load_never_panics(dir: &Path, body: &[u8]) -> Result<Job, EngineError> {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load(&path, runtime()))) {
+            Ok(r) => r,
+            Err(_) => panic!("loading panicked on:\n{}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    /// Bounded random input: TOML-ish job files built from plausible and
+    /// out-of-range pieces, and random stream expressions, load as a job or
+    /// as a `JobFileError` naming the job file — never a panic.
+    #[test]
+    fn arbitrary_job_files_load_or_give_a_job_file_error() {
+        const LINES: &[&str] = &[
+            "batch_interval = \"1s\"",
+            "batch_interval = \"0s\"",
+            "batch_interval = \"18446744073709552s\"",
+            "batch_interval = 5",
+            "parallelism = 4294967295",
+            "parallelism = -1",
+            "parallelism = 0",
+            "parallelism = 3",
+            "clock = \"logical\"",
+            "clock = 1",
+            "[limits]",
+            "module_bytes = 0",
+            "fuel_per_call = 18446744073709551615",
+            "[modules]",
+            "stub = \"stub.wat\"",
+            "m = \"/dev/zero\"",
+            "[sources.lines]",
+            "[sources.other]",
+            "[sources.x]",
+            "type = \"batches\"",
+            "type = \"generator\"",
+            "type = \"socket\"",
+            "type = \"nope\"",
+            "path = \"in.jsonl\"",
+            "path = \"/dev/zero\"",
+            "lines_per_batch = 1000000000000",
+            "lines_per_batch = 3",
+            "words_per_line = 4294967295",
+            "host = \"localhost\"",
+            "port = 0",
+            "port = 70000",
+            "[streams]",
+            "[initial_state]",
+            "out = \"x.jsonl\"",
+            "[[outputs]]",
+            "stream = \"out\"",
+            "stream = \"lines\"",
+            "type = \"print\"",
+            "type = \"save_as_text_files\"",
+            "prefix = \"o\"",
+            "prefix = \"./o\"",
+            "suffix = \"s\"",
+            "num = 1000000000000000000",
+            "num = -3",
+            "bogus = 1",
+            "[bogus]",
+            "= = =",
+            "[",
+            "\"",
+            "'''",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        std::fs::write(dir.path().join("in.jsonl"), "[[\"a\", 1]]\n").unwrap();
+        let mut rng = Rng(11);
+        let (mut ok, mut refused) = (0, 0);
+        for case in 0..400 {
+            let mut body = String::new();
+            for _ in 0..rng.below(16) {
+                match rng.below(8) {
+                    0 => {
+                        let name = rng.pick(&["out", "other", "x", "lines"]);
+                        body += &format!("{name} = \"{}\"", random_expr(&mut rng));
+                    }
+                    1 => body.push(char::from(rng.below(128) as u8)),
+                    _ => body += rng.pick(LINES),
+                }
+                body.push('\n');
+            }
+            // A quarter of the cases: a plausible job around a random expression.
+            if case % 4 == 0 {
+                body = format!(
+                    "batch_interval = \"1s\"\n[modules]\nstub = \"stub.wat\"\n[sources.lines]\ntype = \"batches\"\n\
+                     path = \"in.jsonl\"\n[streams]\nother = \"lines\"\nout = \"{}\"\n[[outputs]]\nstream = \"out\"\n\
+                     type = \"print\"\n",
+                    random_expr(&mut rng)
+                );
+            }
+            let mut bytes = body.into_bytes();
+            if case % 50 == 7 {
+                bytes.push(0xff);
+            }
+            match load_never_panics(dir.path(), &bytes) {
+                Ok(_) => ok += 1,
+                Err(EngineError::JobFile(e)) => {
+                    assert!(e.file.ends_with("job.toml"), "{e}");
+                    refused += 1
+                }
+                Err(other) => panic!("not a job file error: {other}\non:\n{}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        assert!(refused > 300, "mostly refused ({ok} loaded, {refused} refused)");
     }
 }

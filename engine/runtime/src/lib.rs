@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod dstream;
 pub mod executor;
+pub mod files;
 pub mod job;
 pub mod listener;
 pub mod scheduler;

@@ -78,17 +78,20 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
     for i in 0..cores.max(1) {
         let (rx, writer, registry, blocks, secret, addr) =
             (rx.clone(), writer.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.clone());
-        let _ = std::thread::Builder::new().name(format!("weir-task-{i}")).spawn(move || loop {
-            let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-            let Ok(task) = next else { return };
-            let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
-            let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
-            let result = run_task_guarded(&env, &task);
-            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-            if protocol::write_frame(&mut *w, &FromExecutor::Result(Box::new(result))).is_err() {
-                std::process::exit(0);
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .name(format!("weir-task-{i}"))
+            .stack_size(crate::executor::TASK_STACK_BYTES)
+            .spawn(move || loop {
+                let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(task) = next else { return };
+                let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
+                let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
+                let result = run_task_guarded(&env, &task);
+                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+                if protocol::write_frame(&mut *w, &FromExecutor::Result(Box::new(result))).is_err() {
+                    std::process::exit(0);
+                }
+            });
     }
 
     // Tasks wait here until the modules they use have arrived: a module this

@@ -40,6 +40,7 @@ use crate::source::{Source, SourceSpec};
 use crate::udf::{ModuleRegistry, UdfKind, UdfLimits, UdfModule, UdfRuntime};
 use crate::EngineError;
 use graph::{Graph, NodeId, NodeOp, Output};
+use weir_plan::limits::duration_ms;
 
 /// A function of a loaded module, not yet bound to a kind.
 #[derive(Clone, Debug)]
@@ -110,12 +111,14 @@ impl StreamingContext {
 
     pub fn with_limits(batch_interval: Duration, limits: UdfLimits) -> Result<Self, EngineError> {
         let runtime = UdfRuntime::new()?;
-        Ok(Self::with_registry(batch_interval, Arc::new(ModuleRegistry::new(runtime, limits))))
+        Self::with_registry(batch_interval, Arc::new(ModuleRegistry::new(runtime, limits)))
     }
 
-    pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Self {
-        let graph = Graph::new(batch_interval.as_millis().max(1) as i64, 2);
-        StreamingContext {
+    /// A context whose modules load into `registry`. The batch interval is
+    /// 1 ms to a year (`weir_plan::limits`).
+    pub fn with_registry(batch_interval: Duration, registry: Arc<ModuleRegistry>) -> Result<Self, EngineError> {
+        let graph = Graph::try_new(duration_ms(batch_interval), 2).map_err(|e| EngineError::Graph(e.0))?;
+        Ok(StreamingContext {
             inner: Rc::new(RefCell::new(Inner {
                 graph,
                 collectors: Vec::new(),
@@ -126,7 +129,7 @@ impl StreamingContext {
             registry,
             base_dir: PathBuf::from("."),
             identity: None,
-        }
+        })
     }
 
     /// Names the job in checkpoints: a checkpoint written under one identity
@@ -140,9 +143,10 @@ impl StreamingContext {
         self.base_dir = dir.into();
     }
 
-    /// Default number of partitions of sources and shuffles.
-    pub fn set_parallelism(&mut self, n: u32) {
-        self.inner.borrow_mut().graph.parallelism = n.max(1);
+    /// Default number of partitions of sources and shuffles: 1 to
+    /// [`MAX_PARTITIONS`](weir_plan::limits::MAX_PARTITIONS).
+    pub fn set_parallelism(&mut self, n: u32) -> Result<(), EngineError> {
+        self.inner.borrow_mut().graph.set_parallelism(n).map_err(|e| EngineError::Graph(e.0))
     }
 
     pub fn registry(&self) -> &Arc<ModuleRegistry> {
@@ -210,6 +214,9 @@ impl StreamingContext {
     /// Runs the job until its sources are exhausted (logical clock), the
     /// batch limit is reached, or `opts.stop` is set: [`StreamingContext::start`]
     /// and [`StreamingHandle::await_termination`] in one call, on this thread.
+    /// The driver walks the graph recursively on it: a graph near
+    /// `weir_plan::limits::MAX_GRAPH_DEPTH` deep wants a few MiB of stack
+    /// (a main thread's 8 MiB is plenty; `start` gives its thread 64 MiB).
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
         Driver::new(self.into_job(&opts)?, opts)?.run()
     }
@@ -221,6 +228,7 @@ impl StreamingContext {
         let driver = Driver::new(self.into_job(&opts)?, opts)?;
         let thread = std::thread::Builder::new()
             .name("weir-driver".into())
+            .stack_size(crate::executor::TASK_STACK_BYTES)
             .spawn(move || driver.run())
             .map_err(|e| EngineError::Executor(format!("cannot start the driver thread: {e}")))?;
         Ok(StreamingHandle { stop, thread: Some(thread) })
@@ -461,7 +469,7 @@ impl DStream {
 
     /// The union of the last `length` of batches, every `slide`.
     pub fn window(&self, length: Duration, slide: Duration) -> R {
-        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
         self.add(
             vec![self.node],
             NodeOp::Window { length_ms, slide_ms },
@@ -519,7 +527,7 @@ impl DStream {
     pub fn map_with_state(&self, f: &Udf, timeout: Option<Duration>) -> R {
         let fr = f.bind(UdfKind::MapWithState)?;
         let grouped = self.group_by_key()?;
-        let timeout_ms = timeout.map(|t| t.as_millis() as i64);
+        let timeout_ms = timeout.map(duration_ms);
         let st = self.add_on(
             &grouped,
             NodeOp::MapWithState { f: fr, timeout_ms },
@@ -576,7 +584,7 @@ impl DStream {
             None => None,
         };
         let per_batch = self.reduce_by_key(f)?;
-        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
         let label =
             format!("reduce_by_key_and_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
         self.add_on(&per_batch, NodeOp::InvWindow { length_ms, slide_ms, reduce, inverse: inv, filter }, label)
@@ -589,7 +597,7 @@ impl DStream {
         let reduce = Reducer::Udf(f.bind(UdfKind::Reduce)?);
         let inv = Reducer::Udf(inverse.bind(UdfKind::Reduce)?);
         let per_batch = keyed.reduce_by_key_into(f, Some(1))?;
-        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
         let label = format!("reduce_by_window({}, {}, {length_ms} ms, {slide_ms} ms)", f.label(), inverse.label());
         let w = self.add_on(
             &per_batch,
@@ -604,7 +612,7 @@ impl DStream {
     /// countByValueAndWindow does). Needs a checkpoint directory.
     pub fn count_by_value_and_window_inv(&self, length: Duration, slide: Duration) -> R {
         let per_batch = self.count_by_value()?;
-        let (length_ms, slide_ms) = (length.as_millis() as i64, slide.as_millis() as i64);
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
         let op = NodeOp::InvWindow {
             length_ms,
             slide_ms,
@@ -618,19 +626,8 @@ impl DStream {
     /// Sets how often a stateful stream's RDD is written to a data
     /// checkpoint (a multiple of its slide; default: the smallest multiple >= 10 s).
     pub fn checkpoint(&self, interval: Duration) -> R {
-        let ms = interval.as_millis() as i64;
         let mut inner = self.inner.borrow_mut();
-        let n = &mut inner.graph.nodes[self.node as usize];
-        if !n.op.is_stateful() {
-            return Err(EngineError::Graph(format!("{}: checkpoint() applies to stateful streams only", n.label)));
-        }
-        if ms <= 0 || ms % n.slide_ms != 0 {
-            return Err(EngineError::Graph(format!(
-                "{}: the checkpoint interval ({ms} ms) must be a positive multiple of the slide ({} ms)",
-                n.label, n.slide_ms
-            )));
-        }
-        n.checkpoint_ms = Some(ms);
+        inner.graph.set_checkpoint_interval(self.node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
         Ok(self.clone())
     }
 

@@ -46,6 +46,12 @@ pub trait ExecutorBackend: Send + Sync {
     fn blocks(&self) -> &Arc<BlockStore>;
 }
 
+/// Stack of a thread that runs tasks (and of the driver's thread): a task
+/// computes its partition through its lineage recursively, one frame set
+/// per RDD, and a graph may be `weir_plan::limits::MAX_GRAPH_DEPTH` deep.
+/// Only the pages used are committed.
+pub const TASK_STACK_BYTES: usize = 64 << 20;
+
 /// `local[N]`: N worker threads in this process.
 pub struct LocalExecutors {
     queue: Sender<Task>,
@@ -65,14 +71,16 @@ impl LocalExecutors {
         for i in 0..slots.max(1) {
             let (tasks, results_tx, registry, blocks) =
                 (tasks.clone(), results_tx.clone(), registry.clone(), blocks.clone());
-            std::thread::Builder::new().name(format!("weir-executor-{i}")).spawn(move || loop {
-                let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(task) = next else { return };
-                let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: None, executor: String::new() };
-                if results_tx.send(BackendEvent::Task(run_task_guarded(&env, &task))).is_err() {
-                    return;
-                }
-            })?;
+            std::thread::Builder::new().name(format!("weir-executor-{i}")).stack_size(TASK_STACK_BYTES).spawn(
+                move || loop {
+                    let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(task) = next else { return };
+                    let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: None, executor: String::new() };
+                    if results_tx.send(BackendEvent::Task(run_task_guarded(&env, &task))).is_err() {
+                        return;
+                    }
+                },
+            )?;
         }
         Ok((LocalExecutors { queue, slots: slots.max(1), blocks }, results))
     }

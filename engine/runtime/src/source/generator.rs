@@ -25,7 +25,9 @@ fn splitmix64(x: &mut u64) -> u64 {
 impl GeneratorSource {
     fn generate(&self, time: i64) -> Vec<u8> {
         let mut state = self.seed ^ (time as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let mut b = BatchBuilder::with_capacity((self.lines * self.words as u64 * 8) as usize);
+        // Sizes are bounded by `SourceSpec::check`; saturating all the same.
+        let capacity = self.lines.saturating_mul(self.words as u64).saturating_mul(8).min(1 << 30);
+        let mut b = BatchBuilder::with_capacity(capacity as usize);
         let mut line = String::new();
         for _ in 0..self.lines {
             line.clear();

@@ -28,7 +28,7 @@ use crate::listener::ListenerBus;
 use directory::DirectorySource;
 use generator::GeneratorSource;
 use queue::QueueSource;
-pub use queue::{json_to_value, read_batches_file};
+pub use queue::{json_to_value, read_batches_file, MAX_BATCHES_FILE_BYTES};
 use socket::SocketSource;
 pub use weir_plan::source::{
     FileSpan, InputDescriptor, InvalidUtf8Policy, LongLinePolicy, SourceCursor, SourceSpec, WalPosition, WalRange,
@@ -39,6 +39,12 @@ pub use weir_plan::source::{
 pub enum SourceError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A file a source reads is not a regular file or is too large.
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: crate::files::ReadError },
+    /// A source spec out of its bounds (`SourceSpec::check`).
+    #[error("{0}")]
+    Invalid(String),
     #[error("{path}:{line}: {what}")]
     Parse { path: PathBuf, line: usize, what: String },
     #[error("cannot re-read the input of a batch: {0}")]
@@ -91,6 +97,7 @@ pub fn open(
     wal: Option<(PathBuf, u32)>,
     listeners: &ListenerBus,
 ) -> Result<Box<dyn Source>, SourceError> {
+    spec.check().map_err(SourceError::Invalid)?;
     Ok(match spec {
         SourceSpec::Socket { host, port, on_invalid_utf8, max_line_bytes, on_long_line } => {
             let policy = socket::LinePolicy {

@@ -27,9 +27,20 @@ pub fn json_to_value(j: &serde_json::Value) -> Result<Value, String> {
     })
 }
 
-/// Reads a `batches` file: one JSON array of records per line.
+/// Largest `batches` file read (and `initial_state` file), in bytes: the
+/// whole file is held in memory, decoded.
+pub const MAX_BATCHES_FILE_BYTES: u64 = 256 << 20;
+
+/// Reads a `batches` file: one JSON array of records per line. A regular
+/// file of at most [`MAX_BATCHES_FILE_BYTES`].
 pub fn read_batches_file(path: &Path) -> Result<Vec<Vec<u8>>, SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SourceError::Io { path: path.into(), source: e })?;
+    let bytes = crate::files::read_limited(path, MAX_BATCHES_FILE_BYTES)
+        .map_err(|e| SourceError::File { path: path.into(), source: e })?;
+    let text = String::from_utf8(bytes).map_err(|e| SourceError::Parse {
+        path: path.into(),
+        line: e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1,
+        what: "not UTF-8 text".into(),
+    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let perr = |what: String| SourceError::Parse { path: path.into(), line: i + 1, what };

@@ -167,12 +167,20 @@ impl UdfModule {
     pub fn load(runtime: &Arc<UdfRuntime>, path: &Path, limits: UdfLimits) -> Result<Arc<Self>, UdfError> {
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "?".into());
         let site = UdfSite { module: name.to_string(), ..Default::default() };
-        let meta = std::fs::metadata(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
-        if meta.len() as usize > limits.module_bytes {
-            let kind = UdfErrorKind::ModuleTooLarge { size: meta.len() as usize, limit: limits.module_bytes };
-            return Err(UdfError::new(site, kind));
-        }
-        let bytes = std::fs::read(path).map_err(|e| UdfError::new(site.clone(), UdfErrorKind::Io(e)))?;
+        // Regular files only, at most `module_bytes` (a device or a FIFO
+        // named as a module would be read for ever).
+        let bytes = crate::files::read_limited(path, limits.module_bytes as u64).map_err(|e| {
+            let kind = match e {
+                crate::files::ReadError::Io(e) => UdfErrorKind::Io(e),
+                crate::files::ReadError::TooLarge { size, limit } => {
+                    UdfErrorKind::ModuleTooLarge { size: size as usize, limit: limit as usize }
+                }
+                not_regular => {
+                    UdfErrorKind::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, not_regular.to_string()))
+                }
+            };
+            UdfError::new(site.clone(), kind)
+        })?;
         Self::from_bytes(runtime, name, path.to_path_buf(), &bytes, limits)
     }
 

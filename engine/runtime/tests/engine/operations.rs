@@ -239,7 +239,7 @@ fn glom() {
 
     // With parallelism 3, three contiguous partitions.
     let mut ssc = ctx();
-    ssc.set_parallelism(3);
+    ssc.set_parallelism(3).unwrap();
     let c = ssc.queue_stream(vec![ints(&[1, 2, 3, 4, 5, 6, 7])]).glom().unwrap().collect().unwrap();
     run_ok(ssc, opts(2));
     assert_eq!(taken(&c), every_second(vec![vec![l(ints(&[1, 2, 3])), l(ints(&[4, 5, 6])), l(ints(&[7]))]]));
