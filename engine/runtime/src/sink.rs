@@ -274,6 +274,7 @@ pub fn open(
 }
 
 /// Renders a partition as text lines, one record per line.
+#[cfg(feature = "object-store")]
 fn render_lines(partition: &[u8]) -> Result<Vec<u8>, SinkError> {
     let mut out = Vec::new();
     for r in Records::new(partition).map_err(|e| SinkError::Malformed(e.to_string()))? {
