@@ -816,3 +816,18 @@ fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_store_urls_and_local_paths() {
+        assert_eq!(object_store_url(Path::new("s3://b/p/")).as_deref(), Some("s3://b/p"));
+        assert!(is_object_store_url("gs://b") && is_object_store_url("az://c/x"));
+        assert!(!is_object_store_url("s3://") && !is_object_store_url("/tmp/s3://x") && !is_object_store_url("ckpt"));
+        assert_eq!(object_store_url(Path::new("file:///tmp/c")), None);
+        assert_eq!(local_path(Path::new("file:///tmp/c")), PathBuf::from("/tmp/c"));
+        assert_eq!(local_path(Path::new("rel/dir")), PathBuf::from("rel/dir"));
+    }
+}
