@@ -2,7 +2,7 @@
 # The README's second command (and CI's): everything the tests need, the
 # gates (formatting, lints, docs, benches compile, the plan crate builds for
 # wasm32), then the tests. Installs clang + lld (for the C guest) when
-# missing and allowed to.
+# missing and allowed to, and moto's S3 server (scripts/test-servers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -25,6 +25,9 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "scripts/test.sh: chromium is missing; the status page screenshot test will be skipped" >&2
   fi
 fi
+# moto's S3 server for tests/object_store.rs, cached under target/test-servers.
+bash scripts/test-servers.sh
+export WEIR_REQUIRE_TEST_SERVERS=1
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

@@ -87,7 +87,7 @@ pub struct ExecutorArgs {
 pub enum CheckpointCommand {
     /// What the newest valid checkpoint holds, and which files are invalid.
     Inspect {
-        /// The checkpoint directory.
+        /// The checkpoint directory, or object-store URL (s3://bucket/prefix).
         dir: PathBuf,
     },
 }
@@ -111,8 +111,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub explain: bool,
     /// Checkpoint into DIR, and recover from it if it holds a checkpoint.
-    #[arg(long, value_name = "DIR")]
+    /// DIR may be an object-store URL: s3://bucket/prefix (gs://, az://),
+    /// configured by the standard environment variables (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, ...).
+    #[arg(long, value_name = "DIR|URL")]
     pub checkpoint: Option<PathBuf>,
+    /// Object-store checkpoints: the driver's lease lasts this long
+    /// unrenewed (ms; renewed every third of it). A driver finding a lease
+    /// nobody renews takes it over after this long.
+    #[arg(long, default_value_t = 30_000, requires = "checkpoint")]
+    pub checkpoint_lease_ms: u64,
     /// Discard what the checkpoint directory holds and start over.
     #[arg(long, requires = "checkpoint")]
     pub fresh: bool,
@@ -412,6 +420,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         c.keep = usize::try_from(args.keep_checkpoints).unwrap_or(usize::MAX);
         c.fresh = args.fresh;
         c.accept_module_change = args.accept_module_change;
+        c.lease_ttl = std::time::Duration::from_millis(args.checkpoint_lease_ms);
         c
     });
     let result = job.context.run(opts);

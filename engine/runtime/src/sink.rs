@@ -8,6 +8,10 @@
 //!   line. The batch is written into a temporary directory next to the target
 //!   and renamed into place, so a batch's output appears whole or not at all,
 //!   and a re-run batch replaces it: exactly one copy per batch time.
+//!   With an object-store prefix (`s3://bucket/out/totals`, cargo feature
+//!   `object-store`) there is no rename: each part is one object (one PUT),
+//!   and `_SUCCESS` is written last — a reader that waits for `_SUCCESS` never
+//!   sees half a batch, and a re-run batch overwrites the same keys.
 //! * `collect` — keeps the records in memory, decoded (Rust API, tests).
 //! * `foreach_rdd` — hands each batch's encoded partitions to a function on
 //!   the driver (Rust API): Spark's `foreachRDD`, for custom sinks and for
@@ -263,6 +267,9 @@ pub fn open(
     let missing = |what: &str, id: usize| SinkError::Malformed(format!("the job names {what} {id}, which it lacks"));
     Ok(match spec {
         OutputSpec::Print { num } => Arc::new(PrintSink { num: *num }),
+        OutputSpec::SaveAsTextFiles { prefix, suffix } if crate::checkpoint::is_object_store_url(prefix) => {
+            object_text_files(prefix, suffix.clone())?
+        }
         OutputSpec::SaveAsTextFiles { prefix, suffix } => {
             Arc::new(TextFilesSink { base: base.to_path_buf(), prefix: prefix.clone(), suffix: suffix.clone() })
         }
@@ -274,4 +281,80 @@ pub fn open(
         }
         OutputSpec::Custom { id } => custom.get(*id).ok_or(missing("custom sink", *id))?.clone(),
     })
+}
+
+/// Renders a partition as text lines, one record per line.
+#[cfg(feature = "object-store")]
+fn render_lines(partition: &[u8]) -> Result<Vec<u8>, SinkError> {
+    let mut out = Vec::new();
+    for r in Records::new(partition).map_err(|e| SinkError::Malformed(e.to_string()))? {
+        let r = r.map_err(|e| SinkError::Malformed(e.to_string()))?;
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(out, "{}", render(r));
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "object-store"))]
+fn object_text_files(prefix: &str, _suffix: Option<String>) -> Result<Arc<dyn Sink>, SinkError> {
+    Err(SinkError::Custom(format!(
+        "save_as_text_files to {prefix}: this build of Weir has no object-storage support (cargo feature \
+         `weir/object-store`)"
+    )))
+}
+
+#[cfg(feature = "object-store")]
+fn object_text_files(prefix: &str, suffix: Option<String>) -> Result<Arc<dyn Sink>, SinkError> {
+    let bad =
+        || SinkError::Custom(format!("save_as_text_files: {prefix} needs a name after the bucket (s3://bucket/name)"));
+    let (base, name) = prefix.trim_end_matches('/').rsplit_once('/').ok_or_else(bad)?;
+    if name.is_empty() || !crate::checkpoint::is_object_store_url(base) {
+        return Err(bad());
+    }
+    let store = crate::checkpoint::objstore::shared(base).map_err(|e| SinkError::Custom(e.to_string()))?;
+    Ok(Arc::new(ObjectTextFilesSink { store, name: name.to_string(), suffix }))
+}
+
+/// `save_as_text_files` to an object store: `<prefix>-<time>[.suffix]/part-NNNNN`
+/// objects, then `_SUCCESS`.
+#[cfg(feature = "object-store")]
+pub struct ObjectTextFilesSink {
+    store: Arc<crate::checkpoint::objstore::ObjectStoreCheckpoint>,
+    /// The prefix's last segment (the store is at the rest).
+    name: String,
+    suffix: Option<String>,
+}
+
+#[cfg(feature = "object-store")]
+impl Sink for ObjectTextFilesSink {
+    fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        use crate::checkpoint::CheckpointStore;
+        let dir = batch_dir(Path::new(""), &self.name, self.suffix.as_deref(), time).to_string_lossy().into_owned();
+        let io = |key: &str| {
+            let path = self.store.locate(key);
+            move |source| SinkError::Io { path, source }
+        };
+        let not_found_ok = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        };
+        // An earlier attempt's `_SUCCESS` goes first: it must never vouch
+        // for a mix of its parts and this attempt's.
+        let success = format!("{dir}/_SUCCESS");
+        not_found_ok(self.store.delete(&success)).map_err(io(&success))?;
+        for (i, p) in partitions.iter().enumerate() {
+            let key = format!("{dir}/part-{i:05}");
+            self.store.put(&key, &render_lines(p)?).map_err(io(&key))?;
+        }
+        // Parts beyond this attempt's, left by an earlier one.
+        for n in self.store.list(&dir).map_err(io(&dir))? {
+            let extra =
+                n.strip_prefix("part-").and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i >= partitions.len());
+            if extra {
+                let key = format!("{dir}/{n}");
+                not_found_ok(self.store.delete(&key)).map_err(io(&key))?;
+            }
+        }
+        self.store.put(&success, b"").map_err(io(&success))
+    }
 }

@@ -8,6 +8,12 @@
 //! <dir>/wal/<source>-<seq>.log        receivers' write-ahead logs
 //! ```
 //!
+//! The location may also be an object-store URL (`s3://bucket/prefix`, ...;
+//! cargo feature `object-store`, [`objstore`]): the same `metadata/` and
+//! `state/` objects, each written whole by one PUT, and a lease object `lock`
+//! instead of the flock. There is no `wal/` there: a source that needs a
+//! write-ahead log (a socket) is refused with an object-store checkpoint.
+//!
 //! A metadata checkpoint is written when a batch is generated (its inputs are
 //! recorded, it is pending) and when it completes (or stays pending, when an
 //! output failed). Data checkpoints hold the
@@ -18,6 +24,8 @@
 //! on; the next snapshot tries again.
 
 pub mod file;
+#[cfg(feature = "object-store")]
+pub mod objstore;
 pub mod store;
 pub mod wal;
 
@@ -106,6 +114,59 @@ pub enum CheckpointError {
     Locked { dir: PathBuf, pid: Option<String> },
     #[error("{0}")]
     Mismatch(String),
+    #[error(
+        "checkpoint location {location} is in use by another driver ({owner}); one driver per checkpoint location \
+         (its lease object {location}/lock is renewed; it is taken over only once it stops being renewed)"
+    )]
+    Leased { location: String, owner: String },
+    /// An object-store location could not be used (or this build lacks the
+    /// `object-store` feature).
+    #[error("{0}")]
+    ObjectStore(String),
+}
+
+/// The URL schemes of object-store locations (`file://` is a local directory).
+const OBJECT_STORE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+
+/// Whether `s` names an object-store location (`s3://…`, `gs://…`, `az://…`).
+pub fn is_object_store_url(s: &str) -> bool {
+    s.split_once("://").is_some_and(|(scheme, rest)| OBJECT_STORE_SCHEMES.contains(&scheme) && !rest.is_empty())
+}
+
+/// The object-store URL `p` names, if it names one (without a trailing `/`).
+pub fn object_store_url(p: &Path) -> Option<String> {
+    let s = p.to_str()?;
+    is_object_store_url(s).then(|| s.trim_end_matches('/').to_string())
+}
+
+/// A local checkpoint path: `file:///x` is `/x`, anything else is itself.
+pub fn local_path(p: &Path) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_prefix("file://")) {
+        Some(rest) => PathBuf::from(rest),
+        None => p.to_path_buf(),
+    }
+}
+
+/// The shared store of an object-store URL.
+#[cfg(feature = "object-store")]
+fn remote_store(url: &str) -> Result<Arc<objstore::ObjectStoreCheckpoint>, CheckpointError> {
+    objstore::shared(url).map_err(|e| CheckpointError::ObjectStore(e.to_string()))
+}
+
+#[cfg(not(feature = "object-store"))]
+fn remote_store(url: &str) -> Result<Arc<LocalDir>, CheckpointError> {
+    Err(CheckpointError::ObjectStore(format!(
+        "{url}: this build of Weir has no object-storage support (cargo feature `weir/object-store`)"
+    )))
+}
+
+/// What keeps other drivers out while this one runs.
+enum Guard {
+    /// The flock on a local directory.
+    Flock(#[allow(dead_code)] File),
+    /// The renewed lease object of an object-store location.
+    #[cfg(feature = "object-store")]
+    Lease(#[allow(dead_code)] objstore::Lease),
 }
 
 enum WriteJob {
@@ -140,8 +201,11 @@ fn newest_until(d: &DurableState, until: Option<i64>) -> BTreeMap<u32, StateRef>
 
 /// An open checkpoint directory, held by this driver.
 pub struct CheckpointDir {
+    /// The directory, or the object-store URL (for messages and lineage).
     root: PathBuf,
-    _lock: File,
+    store: Arc<dyn CheckpointStore>,
+    remote: bool,
+    _guard: Guard,
     writer: Sender<WriteJob>,
     stats: Arc<Mutex<CheckpointStats>>,
     durable_state: Arc<Mutex<DurableState>>,
@@ -151,7 +215,10 @@ pub struct CheckpointDir {
 /// The checkpoint writer thread's state: writes run off the batch loop, so
 /// checkpointing never stalls a batch for more than taking the snapshot.
 struct Writer {
-    root: PathBuf,
+    /// Where receivers' write-ahead logs are (local directories only).
+    wal_root: Option<PathBuf>,
+    /// The lease of an object-store location: no write once it is not sure.
+    lease: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
     store: Arc<dyn CheckpointStore>,
     stats: Arc<Mutex<CheckpointStats>>,
     durable: Arc<Mutex<DurableState>>,
@@ -198,6 +265,7 @@ impl Writer {
     }
 
     fn state(&mut self, node: u32, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
+        self.check_lease()?;
         let r = write_state(&*self.store, node, time, partitions)?;
         let bytes = r.bytes;
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -208,7 +276,12 @@ impl Writer {
         Ok(bytes)
     }
 
+    fn check_lease(&self) -> Result<(), String> {
+        self.lease.as_ref().map_or(Ok(()), |check| check())
+    }
+
     fn metadata(&mut self, mut m: Metadata, until: Option<i64>) -> Result<u64, String> {
+        self.check_lease()?;
         m.seq = self.seq;
         // Only data checkpoints known to be durable are named.
         m.state = newest_until(&self.durable.lock().unwrap_or_else(|p| p.into_inner()), until);
@@ -219,7 +292,7 @@ impl Writer {
         while self.kept.len() > self.keep {
             self.kept.pop_front();
         }
-        let oldest = collect_garbage(&*self.store, &self.root, &self.kept, self.keep);
+        let oldest = collect_garbage(&*self.store, self.wal_root.as_deref(), &self.kept, self.keep);
         // Forget what garbage collection deleted (older than any kept checkpoint names).
         for (node, refs) in self.durable.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             if let Some(&o) = oldest.get(node) {
@@ -330,9 +403,13 @@ pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
     Recovered { metadata: None, invalid, state_lost }
 }
 
-/// Reads the partitions of a data checkpoint of a local checkpoint directory.
+/// Reads the partitions of a data checkpoint of a checkpoint directory or
+/// object-store location (`root` is then its URL).
 pub fn read_state(root: &Path, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
-    read_state_in(&LocalDir::new(root), r)
+    match object_store_url(root) {
+        Some(url) => read_state_in(&*remote_store(&url).map_err(|e| e.to_string())?, r),
+        None => read_state_in(&LocalDir::new(local_path(root)), r),
+    }
 }
 
 /// Reads the partitions of a data checkpoint in `store`.
@@ -343,6 +420,43 @@ pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Ve
 }
 
 impl CheckpointDir {
+    /// Opens the checkpoint location of `c` — a local directory (`file://`
+    /// URLs too) or an object-store URL — clearing it first with `fresh`.
+    pub fn open_location(c: &crate::scheduler::CheckpointOptions) -> Result<(Self, Recovered), CheckpointError> {
+        let Some(url) = object_store_url(&c.dir) else {
+            let root = local_path(&c.dir);
+            if c.fresh {
+                CheckpointDir::clear(&root).map_err(|source| CheckpointError::Io { dir: root.clone(), source })?;
+            }
+            return CheckpointDir::open(&root, c.keep);
+        };
+        #[cfg(feature = "object-store")]
+        {
+            let store = remote_store(&url)?;
+            let lease = objstore::Lease::acquire(store.clone(), c.lease_ttl).map_err(|e| match e {
+                objstore::LeaseError::Held { owner } => CheckpointError::Leased { location: url.clone(), owner },
+                other => CheckpointError::ObjectStore(format!("{url}/lock: cannot take the lease: {other}")),
+            })?;
+            if c.fresh {
+                // Everything but the lease, which is ours now.
+                for d in ["metadata", "state"] {
+                    let io = |e: std::io::Error| CheckpointError::ObjectStore(format!("{url}/{d}: {e}"));
+                    for n in store.list(d).map_err(io)? {
+                        store.delete(&format!("{d}/{n}")).map_err(io)?;
+                    }
+                }
+            }
+            let state = lease.state();
+            let check: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || state.check());
+            CheckpointDir::start(PathBuf::from(&url), store, true, Guard::Lease(lease), Some(check), c.keep)
+        }
+        #[cfg(not(feature = "object-store"))]
+        {
+            // Always an error in this build.
+            remote_store(&url).and_then(|_| Err(CheckpointError::ObjectStore(url.clone())))
+        }
+    }
+
     /// Opens (creating) a checkpoint directory, takes its lock, and reads the
     /// newest valid metadata checkpoint. A lock held by a live driver is
     /// refused; a dead driver's lock is released by the kernel with its
@@ -355,7 +469,20 @@ impl CheckpointDir {
         // Only for messages: who holds the directory.
         std::fs::write(root.join("lock"), std::process::id().to_string()).map_err(io_err(root))?;
         remove_temporary_files(root);
-        let recovered = load_newest_in(&LocalDir::new(root));
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
+        CheckpointDir::start(root.to_path_buf(), store, false, Guard::Flock(lock), None, keep)
+    }
+
+    /// Reads the newest checkpoint of a held location and starts the writer.
+    fn start(
+        root: PathBuf,
+        store: Arc<dyn CheckpointStore>,
+        remote: bool,
+        guard: Guard,
+        lease: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+        keep: usize,
+    ) -> Result<(Self, Recovered), CheckpointError> {
+        let recovered = load_newest_in(&*store);
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
         let durable: DurableState = recovered
             .metadata
@@ -364,13 +491,13 @@ impl CheckpointDir {
             .map(|(node, r)| (*node, BTreeMap::from([(r.time, r.clone())])))
             .collect();
         let durable_state = Arc::new(Mutex::new(durable));
-        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
         let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
         let (tx, rx) = channel::<WriteJob>();
         let listeners: Arc<OnceLock<ListenerBus>> = Arc::default();
         let mut writer = Writer {
-            root: root.to_path_buf(),
-            store,
+            wal_root: (!remote).then(|| wal_dir(&root)),
+            lease,
+            store: store.clone(),
             stats: stats.clone(),
             durable: durable_state.clone(),
             kept: recovered.metadata.iter().cloned().collect(),
@@ -386,7 +513,18 @@ impl CheckpointDir {
                 }
             })
             .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
-        Ok((CheckpointDir { root: root.into(), _lock: lock, writer: tx, stats, durable_state, listeners }, recovered))
+        let dir = CheckpointDir { root, store, remote, _guard: guard, writer: tx, stats, durable_state, listeners };
+        Ok((dir, recovered))
+    }
+
+    /// Whether the location is in an object store (no write-ahead logs there).
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Reads the partitions of one of this location's data checkpoints.
+    pub fn read_state(&self, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
+        read_state_in(&*self.store, r)
     }
 
     pub fn root(&self) -> &Path {
@@ -398,8 +536,11 @@ impl CheckpointDir {
         let _ = self.listeners.set(bus);
     }
 
-    /// The path of a data checkpoint file, as lineage names it.
+    /// The path (or URL) of a data checkpoint file, as lineage names it.
     pub fn state_path(&self, file: &str) -> String {
+        if self.remote {
+            return format!("{}/state/{file}", self.root.display());
+        }
         state_dir(&self.root).join(file).to_string_lossy().into_owned()
     }
 
@@ -527,7 +668,7 @@ fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<u64, Stri
 /// Returns, of each stream, the oldest data checkpoint a kept one names.
 fn collect_garbage(
     store: &dyn CheckpointStore,
-    root: &Path,
+    wal_root: Option<&Path>,
     kept: &VecDeque<Metadata>,
     keep: usize,
 ) -> BTreeMap<u32, i64> {
@@ -584,10 +725,11 @@ fn collect_garbage(
             }
         }
     }
+    let Some(wal_root) = wal_root else { return oldest };
     for (source, min) in min_seq {
-        for seq in wal::segments(&wal_dir(root), source) {
+        for seq in wal::segments(wal_root, source) {
             if seq < min {
-                let _ = std::fs::remove_file(wal::segment_path(&wal_dir(root), source, seq));
+                let _ = std::fs::remove_file(wal::segment_path(wal_root, source, seq));
             }
         }
     }
@@ -595,16 +737,28 @@ fn collect_garbage(
 }
 
 /// `weir checkpoint inspect`: what the newest valid checkpoint holds.
+/// `root` may be an object-store URL: read-only, it takes no lease.
 pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
-    use std::fmt::Write;
+    if let Some(url) = object_store_url(root) {
+        let store = remote_store(&url)?;
+        // Listing first: a missing bucket or bad credentials are an error,
+        // not "no checkpoint".
+        store.list("metadata").map_err(|e| CheckpointError::ObjectStore(format!("{url}/metadata: {e}")))?;
+        return Ok(inspect_in(&*store, &format!("checkpoint location {url}")));
+    }
+    let root = local_path(root);
     if !root.is_dir() {
         return Err(CheckpointError::Mismatch(format!("{} is not a directory", root.display())));
     }
-    let store = LocalDir::new(root);
-    let rec = load_newest_in(&store);
+    Ok(inspect_in(&LocalDir::new(&root), &format!("checkpoint directory {}", root.display())))
+}
+
+fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {
+    use std::fmt::Write;
+    let rec = load_newest_in(store);
     let mut s = String::new();
-    let _ = writeln!(s, "checkpoint directory {}", root.display());
-    let files = metadata_files(&store);
+    let _ = writeln!(s, "{title}");
+    let files = metadata_files(store);
     let _ = writeln!(s, "metadata checkpoints: {}", files.len());
     for (_, why) in &rec.invalid {
         // `why` starts with the file's path.
@@ -612,7 +766,7 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
     }
     let Some(m) = rec.metadata else {
         let _ = writeln!(s, "no valid metadata checkpoint");
-        return Ok(s);
+        return s;
     };
     let _ = writeln!(s, "newest valid: checkpoint-{:020}", m.seq);
     let _ = writeln!(s, "job: {} (sha256 {})", m.job, m.job_hash);
@@ -650,7 +804,7 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
         let _ = writeln!(s, "source {i}: {desc}");
     }
     for (node, r) in &m.state {
-        let ok = match read_state_in(&store, r) {
+        let ok = match read_state_in(store, r) {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("INVALID: {e}"),
         };
@@ -660,5 +814,20 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
             r.time, r.partitions, r.records, r.bytes, r.file
         );
     }
-    Ok(s)
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_store_urls_and_local_paths() {
+        assert_eq!(object_store_url(Path::new("s3://b/p/")).as_deref(), Some("s3://b/p"));
+        assert!(is_object_store_url("gs://b") && is_object_store_url("az://c/x"));
+        assert!(!is_object_store_url("s3://") && !is_object_store_url("/tmp/s3://x") && !is_object_store_url("ckpt"));
+        assert_eq!(object_store_url(Path::new("file:///tmp/c")), None);
+        assert_eq!(local_path(Path::new("file:///tmp/c")), PathBuf::from("/tmp/c"));
+        assert_eq!(local_path(Path::new("rel/dir")), PathBuf::from("rel/dir"));
+    }
 }

@@ -158,6 +158,8 @@ impl Default for ClusterOptions {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CheckpointOptions {
+    /// A local directory (or `file:///dir`), or an object-store URL
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`; cargo feature `object-store`).
     pub dir: PathBuf,
     /// Metadata checkpoints kept (default 10).
     pub keep: usize,
@@ -165,11 +167,21 @@ pub struct CheckpointOptions {
     pub fresh: bool,
     /// Continue although a UDF module's hash differs from the checkpoint's.
     pub accept_module_change: bool,
+    /// Object-store locations: how long the driver's lease lasts unrenewed
+    /// (renewed every third of it; a second driver waits this long before
+    /// taking over a lease nobody renews). Default 30 s.
+    pub lease_ttl: Duration,
 }
 
 impl CheckpointOptions {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        CheckpointOptions { dir: dir.into(), keep: 10, fresh: false, accept_module_change: false }
+        CheckpointOptions {
+            dir: dir.into(),
+            keep: 10,
+            fresh: false,
+            accept_module_change: false,
+            lease_ttl: Duration::from_secs(30),
+        }
     }
 }
 

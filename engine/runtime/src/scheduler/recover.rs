@@ -26,11 +26,7 @@ pub(super) fn open_checkpoint(
     listeners: &ListenerBus,
 ) -> Result<(Option<CheckpointDir>, Option<Metadata>), EngineError> {
     let Some(c) = &opts.checkpoint else { return Ok((None, None)) };
-    if c.fresh {
-        CheckpointDir::clear(&c.dir)
-            .map_err(|e| EngineError::Checkpoint(CheckpointError::Io { dir: c.dir.clone(), source: e }))?;
-    }
-    let (mut dir, rec) = CheckpointDir::open(&c.dir, c.keep)?;
+    let (mut dir, rec) = CheckpointDir::open_location(c)?;
     dir.set_listeners(listeners.clone());
     for (_, why) in &rec.invalid {
         let e = RecoveryEvent::InvalidCheckpoint { reason: why.clone() };
@@ -65,6 +61,18 @@ pub(super) fn open_sources(
             })?;
             sources.push(src);
             continue;
+        }
+        if let (SourceSpec::Socket { .. }, Some(c)) = (s, ckpt) {
+            if c.is_remote() {
+                // The receiver's write-ahead log is an append-only local
+                // file; an object store has no append.
+                return Err(EngineError::Checkpoint(CheckpointError::Mismatch(format!(
+                    "source {i} is a socket, whose receiver needs a write-ahead log in a local checkpoint \
+                     directory; {} is an object-store location: checkpoint to a local directory for socket \
+                     sources",
+                    c.root().display()
+                ))));
+            }
         }
         let wal = ckpt.map(|c| (checkpoint::wal_dir(c.root()), i as u32));
         sources.push(source::open(s, &job.base_dir, wal, listeners)?);
@@ -121,7 +129,7 @@ impl Driver {
     fn restore_state(&mut self, m: &Metadata) -> Result<(), EngineError> {
         let Some(c) = &self.ckpt else { return Ok(()) };
         for (node, r) in &m.state {
-            let parts = checkpoint::read_state(c.root(), r).map_err(|e| {
+            let parts = c.read_state(r).map_err(|e| {
                 EngineError::Checkpoint(CheckpointError::Mismatch(format!("cannot restore state: {e}")))
             })?;
             let id = RddId { time: r.time, node: *node };

@@ -1,0 +1,501 @@
+//! Checkpoints and text outputs on object storage (cargo feature
+//! `object-store`): `s3://bucket/prefix`, `gs://bucket/prefix`,
+//! `az://container/prefix`, through the `object_store` crate.
+//!
+//! Object stores have no rename and no flock, so:
+//!
+//! * every checkpoint file is one immutable object written whole by a single
+//!   PUT (atomic per object: a reader sees all of it or none of it); the
+//!   checksummed frame of [`super::file`] still catches a corrupt object, and
+//!   recovery falls back to an older checkpoint as on local disk;
+//! * one driver per location is enforced by a **lease object** (`<prefix>/lock`,
+//!   [`Lease`]) created with a conditional PUT (`If-None-Match: *`) and renewed
+//!   with `If-Match` on its ETag. The rule is in [`Lease::acquire`].
+//!
+//! Credentials and endpoint come from the standard environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`); plain HTTP is
+//! allowed on its own only for a loopback endpoint. `object_store` is async:
+//! a private current-thread tokio runtime runs each request to completion
+//! (`block_on`), every request under a deadline, with bounded retries.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion};
+
+use super::store::CheckpointStore;
+
+/// The most a checkpoint object may hold: a bigger (corrupt or hostile)
+/// object is refused before it is read.
+pub const MAX_OBJECT_BYTES: u64 = 4 << 30;
+/// The most the lease object may hold.
+const MAX_LEASE_BYTES: u64 = 64 << 10;
+/// The deadline of one request, retries included.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectStoreError {
+    #[error(
+        "{url}: not an object-store URL (expected s3://bucket/prefix, gs://bucket/prefix or az://container/prefix)"
+    )]
+    Url { url: String },
+    #[error("{url}: {source}")]
+    Build { url: String, source: object_store::Error },
+    #[error("{url}: cannot start the object-store client runtime: {source}")]
+    Runtime { url: String, source: std::io::Error },
+}
+
+/// A prefix in an object store, with its own small runtime.
+pub struct ObjectStoreCheckpoint {
+    /// The location's URL, without a trailing `/` (for messages).
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for ObjectStoreCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectStoreCheckpoint({})", self.url)
+    }
+}
+
+/// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`) points at this machine.
+fn loopback_endpoint() -> bool {
+    let ep = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
+    let Some(rest) = ep.strip_prefix("http://") else { return false };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+}
+
+impl ObjectStoreCheckpoint {
+    /// Opens `url` (`s3://bucket/prefix`, ...), configured from the environment.
+    pub fn open(url: &str) -> Result<Self, ObjectStoreError> {
+        let url = url.trim_end_matches('/').to_string();
+        let bad = || ObjectStoreError::Url { url: url.clone() };
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let scheme = scheme.to_string();
+        if !super::is_object_store_url(&url) {
+            return Err(bad());
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad());
+        }
+        let prefix = ObjectPath::from(prefix);
+        // Every request has a deadline: connect, whole request, and retries.
+        let client = ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(30))
+            .with_allow_http(loopback_endpoint());
+        let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
+        let build = |source| ObjectStoreError::Build { url: url.clone(), source };
+        let store: Arc<dyn ObjectStore> = match scheme.as_str() {
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(build)?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(build)?,
+            ),
+            _ => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry)
+                    .build()
+                    .map_err(build)?,
+            ),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| ObjectStoreError::Runtime { url: url.clone(), source })?;
+        Ok(ObjectStoreCheckpoint { url, store, prefix, rt })
+    }
+
+    /// The same bucket, another prefix under this one (a batch's output).
+    fn key(&self, name: &str) -> ObjectPath {
+        name.split('/').filter(|s| !s.is_empty()).fold(self.prefix.clone(), |p, s| p.child(s))
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one request to completion, under [`REQUEST_DEADLINE`].
+    fn run<T>(&self, name: &str, f: impl std::future::Future<Output = object_store::Result<T>>) -> std::io::Result<T> {
+        match self.rt.block_on(async { tokio::time::timeout(REQUEST_DEADLINE, f).await }) {
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{}/{name}: no answer within {} s", self.url, REQUEST_DEADLINE.as_secs()),
+            )),
+            Ok(r) => r.map_err(to_io),
+        }
+    }
+
+    /// PUT with a mode; returns the new object's ETag.
+    fn put_mode(&self, name: &str, bytes: &[u8], mode: PutMode) -> std::io::Result<Option<String>> {
+        let key = self.key(name);
+        let payload = PutPayload::from(bytes.to_vec());
+        let opts = PutOptions { mode, ..Default::default() };
+        Ok(self.run(name, self.store.put_opts(&key, payload, opts))?.e_tag)
+    }
+
+    /// GET of at most `limit` bytes; returns the bytes and the ETag.
+    fn get_bounded(&self, name: &str, limit: u64) -> std::io::Result<(Vec<u8>, Option<String>)> {
+        let key = self.key(name);
+        let url = &self.url;
+        self.run(name, async {
+            let r = self.store.get(&key).await?;
+            if r.meta.size > limit {
+                return Err(object_store::Error::Generic {
+                    store: "weir",
+                    source: format!("{url}/{name}: {} bytes, more than the {limit} allowed", r.meta.size).into(),
+                });
+            }
+            let etag = r.meta.e_tag.clone();
+            let bytes = r.bytes().await?;
+            Ok((bytes.to_vec(), etag))
+        })
+    }
+}
+
+fn to_io(e: object_store::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+        object_store::Error::Precondition { .. } => ErrorKind::WouldBlock,
+        object_store::Error::NotImplemented => ErrorKind::Unsupported,
+        _ => ErrorKind::Other,
+    };
+    std::io::Error::new(kind, e.to_string())
+}
+
+impl CheckpointStore for ObjectStoreCheckpoint {
+    fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        // One PUT: the object appears whole or not at all.
+        self.put_mode(name, bytes, PutMode::Overwrite).map(|_| ())
+    }
+    fn get(&self, name: &str) -> std::io::Result<Vec<u8>> {
+        self.get_bounded(name, MAX_OBJECT_BYTES).map(|(b, _)| b)
+    }
+    fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        let key = self.key(dir);
+        let listed = self.run(dir, self.store.list_with_delimiter(Some(&key)))?;
+        let mut v: Vec<String> = listed
+            .objects
+            .into_iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+    fn delete(&self, name: &str) -> std::io::Result<()> {
+        self.run(name, self.store.delete(&self.key(name)))
+    }
+    fn locate(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{name}", self.url))
+    }
+}
+
+/// Stores opened by URL, shared (a store and its runtime are not free, and
+/// executors read data checkpoints by URL).
+pub fn shared(url: &str) -> Result<Arc<ObjectStoreCheckpoint>, ObjectStoreError> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<ObjectStoreCheckpoint>>>> = OnceLock::new();
+    let url = url.trim_end_matches('/');
+    let mut m = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = m.get(url) {
+        return Ok(s.clone());
+    }
+    let s = Arc::new(ObjectStoreCheckpoint::open(url)?);
+    m.insert(url.to_string(), s.clone());
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------
+// The lease.
+
+/// What the lease object holds (JSON, at most [`MAX_LEASE_BYTES`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LeaseBody {
+    /// For messages: `pid N on HOST`.
+    owner: String,
+    pid: u32,
+    /// This kernel boot and pid namespace (Linux): with the pid, tells a
+    /// driver on the same machine whether the holder still runs.
+    machine: String,
+    /// Random: who wrote the lease (a renewal bumps `renewals`).
+    token: u64,
+    renewals: u64,
+    ttl_ms: u64,
+}
+
+/// The lease of one checkpoint location, held by this driver while it lives.
+/// Dropping it stops the renewals and deletes the lease object.
+pub struct Lease {
+    store: Arc<ObjectStoreCheckpoint>,
+    state: Arc<LeaseState>,
+    token: u64,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Shared between the driver's checkpoint writer and the renewal thread.
+pub struct LeaseState {
+    stop: Mutex<bool>,
+    wake: std::sync::Condvar,
+    lost: AtomicBool,
+    /// When the last renewal succeeded (ms since `epoch`).
+    renewed_ms: AtomicU64,
+    epoch: Instant,
+    ttl: Duration,
+    why_lost: Mutex<Option<String>>,
+}
+
+impl LeaseState {
+    /// Whether the lease is still surely ours: not lost, and renewed within
+    /// two thirds of its TTL (a taker waits a whole TTL of silence first).
+    pub fn check(&self) -> Result<(), String> {
+        if self.lost.load(Ordering::Acquire) {
+            let why = self.why_lost.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+            return Err(format!("the checkpoint lease is lost ({why}); this driver no longer writes checkpoints"));
+        }
+        let since = (self.epoch.elapsed().as_millis() as u64).saturating_sub(self.renewed_ms.load(Ordering::Acquire));
+        if since > self.ttl.as_millis() as u64 * 2 / 3 {
+            return Err(format!("the checkpoint lease was not renewed for {since} ms; not writing until it is"));
+        }
+        Ok(())
+    }
+
+    fn lose(&self, why: String) {
+        tracing::error!("checkpoint lease lost: {why}");
+        *self.why_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.lost.store(true, Ordering::Release);
+    }
+}
+
+fn machine_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+    if boot.trim().is_empty() || ns.is_empty() {
+        return String::new();
+    }
+    format!("{} {ns}", boot.trim())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown host".into())
+}
+
+/// The holder runs on this machine (same boot, same pid namespace) and its
+/// process is gone: its lease can be taken at once.
+fn holder_is_dead_here(b: &LeaseBody) -> bool {
+    let here = machine_id();
+    !here.is_empty() && b.machine == here && !std::path::Path::new(&format!("/proc/{}", b.pid)).exists()
+}
+
+fn random_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Why a lease could not be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// Another driver holds it and renews it.
+    #[error("held by {owner}")]
+    Held { owner: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+const LEASE: &str = "lock";
+
+impl Lease {
+    /// Takes the lease of the location `store` is at, for a driver that
+    /// renews it every `ttl / 3`. The rule:
+    ///
+    /// 1. no lease object: create it with `If-None-Match: *` — of two drivers
+    ///    racing, exactly one PUT succeeds;
+    /// 2. a lease whose holder ran on this machine (same kernel boot and pid
+    ///    namespace) and whose process is gone: taken over at once;
+    /// 3. otherwise the lease is watched: if it changes (a renewal) within
+    ///    the holder's TTL, the holder is alive and this driver is refused,
+    ///    naming it; if it stays unchanged for a whole TTL (measured on this
+    ///    machine's monotonic clock, so clocks need not agree), the holder is
+    ///    presumed dead and the lease is taken over with `If-Match` on the
+    ///    ETag that was watched — of two takers, one wins.
+    ///
+    /// A holder stops writing checkpoints when it has not renewed for 2/3 of
+    /// its TTL, before a taker can have waited a whole TTL.
+    pub fn acquire(store: Arc<ObjectStoreCheckpoint>, ttl: Duration) -> Result<Lease, LeaseError> {
+        let ttl = ttl.max(Duration::from_millis(300));
+        let body = LeaseBody {
+            owner: format!("pid {} on {}", std::process::id(), hostname()),
+            pid: std::process::id(),
+            machine: machine_id(),
+            token: random_token(),
+            renewals: 0,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        let encode = |b: &LeaseBody| serde_json::to_vec(b).map_err(std::io::Error::other);
+        // (ETag watched, since when, the holder's TTL)
+        let mut watched: Option<(Option<String>, Instant, Duration)> = None;
+        // A bounded wait: the longest TTL a holder may claim, and then some.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let etag = loop {
+            if Instant::now() > deadline {
+                return Err(LeaseError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the lease kept changing hands",
+                )));
+            }
+            match store.put_mode(LEASE, &encode(&body)?, PutMode::Create) {
+                Ok(etag) => break etag,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (bytes, etag) = match store.get_bounded(LEASE, MAX_LEASE_BYTES) {
+                Ok(x) => x,
+                // Released between our PUT and GET: try to create it again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let holder: Option<LeaseBody> = serde_json::from_slice(&bytes).ok();
+            let owner = holder.as_ref().map_or_else(|| "an unreadable lease".to_string(), |h| h.owner.clone());
+            // A holder may claim at most 10 minutes; an unreadable lease gets 1 minute.
+            let holder_ttl = Duration::from_millis(holder.as_ref().map_or(60_000, |h| h.ttl_ms).clamp(300, 600_000));
+            let take_now = holder.as_ref().is_some_and(holder_is_dead_here);
+            let take = match &watched {
+                _ if take_now => true,
+                Some((seen, _, _)) if *seen != etag => return Err(LeaseError::Held { owner }),
+                Some((_, since, t)) => since.elapsed() >= *t,
+                None => {
+                    tracing::info!(
+                        "checkpoint {} is leased by {owner}; waiting up to {} ms to see whether it renews it",
+                        store.url(),
+                        holder_ttl.as_millis()
+                    );
+                    watched = Some((etag.clone(), Instant::now(), holder_ttl));
+                    false
+                }
+            };
+            if take {
+                let v = UpdateVersion { e_tag: etag.clone(), version: None };
+                match store.put_mode(LEASE, &encode(&body)?, PutMode::Update(v)) {
+                    Ok(new) => {
+                        tracing::warn!("took over the checkpoint lease of {owner} (no longer running)");
+                        break new;
+                    }
+                    // Someone else renewed or took it: watch again.
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::NotFound) => {
+                        watched = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            std::thread::sleep((holder_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500)));
+        };
+        let state = Arc::new(LeaseState {
+            stop: Mutex::new(false),
+            wake: std::sync::Condvar::new(),
+            lost: AtomicBool::new(false),
+            renewed_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            ttl,
+            why_lost: Mutex::new(None),
+        });
+        let (st, s, token) = (state.clone(), store.clone(), body.token);
+        let renewer = std::thread::Builder::new()
+            .name("weir-lease".into())
+            .spawn(move || renew(&s, &st, body, etag))
+            .map_err(LeaseError::Io)?;
+        Ok(Lease { store, state, token, renewer: Some(renewer) })
+    }
+
+    pub fn state(&self) -> Arc<LeaseState> {
+        self.state.clone()
+    }
+}
+
+/// The renewal loop: every TTL/3, a conditional PUT on the last ETag. A
+/// refused one means another driver took the lease: this one is lost for good.
+fn renew(store: &ObjectStoreCheckpoint, st: &LeaseState, mut body: LeaseBody, mut etag: Option<String>) {
+    loop {
+        let stopped = st.stop.lock().unwrap_or_else(|p| p.into_inner());
+        let (stopped, _) = st.wake.wait_timeout(stopped, st.ttl / 3).unwrap_or_else(|p| p.into_inner());
+        if *stopped {
+            return;
+        }
+        drop(stopped);
+        body.renewals += 1;
+        let Ok(bytes) = serde_json::to_vec(&body) else { return };
+        let v = UpdateVersion { e_tag: etag.clone(), version: None };
+        match store.put_mode(LEASE, &bytes, PutMode::Update(v)) {
+            Ok(new) => {
+                etag = new;
+                st.renewed_ms.store(st.epoch.elapsed().as_millis() as u64, Ordering::Release);
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::NotFound) => {
+                st.lose(format!("another driver took over {}/{LEASE}: {e}", store.url()));
+                return;
+            }
+            // A network error: retried at the next tick; `check` stops the
+            // writes meanwhile once the renewal is overdue.
+            Err(e) => tracing::warn!("cannot renew the checkpoint lease: {e}"),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.state.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.state.wake.notify_all();
+        if let Some(h) = self.renewer.take() {
+            let _ = h.join();
+        }
+        // Released only when still ours (never after a takeover). Not atomic
+        // (no conditional DELETE on every store): a taker between the GET and
+        // the DELETE loses its lease object, its next renewal fails, and it
+        // stops writing — safe, if unlucky.
+        let ours = self
+            .store
+            .get_bounded(LEASE, MAX_LEASE_BYTES)
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice::<LeaseBody>(&b).ok())
+            .is_some_and(|b| b.token == self.token);
+        if ours {
+            if let Err(e) = self.store.delete(LEASE) {
+                tracing::warn!("cannot release the checkpoint lease {}/{LEASE}: {e}", self.store.url());
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Checkpoints and outputs on object storage (issue 13), against a local S3
+//! server: the server mode of the PyPI package `moto`, installed by
+//! `scripts/test-servers.sh` under `target/test-servers/py` (CI's
+//! `scripts/test.sh` does it when missing). Without it these tests say so and
+//! pass, unless `WEIR_REQUIRE_TEST_SERVERS=1` (set by `scripts/test.sh`).
+//!
+//! Each test starts its own server on a free loopback port (killed by a Drop
+//! guard), creates a bucket with a plain HTTP PUT, and reads objects back
+//! with boto3 (which moto brings): a third-party client.
+
+use crate::common::*;
+use crate::drivers::*;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A moto S3 server on a loopback port, killed on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+    py: PathBuf,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_dir() -> PathBuf {
+    std::env::var_os("WEIR_TEST_SERVERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-servers"))
+        .join("py")
+}
+
+/// HTTP/1.1 request without a body; returns the status code.
+fn http(port: u16, method: &str, path: &str, timeout: Duration) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    let code = String::from_utf8_lossy(&head[9..12]).parse::<u16>().map_err(std::io::Error::other)?;
+    Ok(code)
+}
+
+impl S3Server {
+    /// Starts moto, or returns None (after saying why) when it is not installed.
+    fn start() -> Option<S3Server> {
+        let py = python_dir();
+        if !py.join("moto").is_dir() {
+            let msg = format!("moto is not installed in {} (run scripts/test-servers.sh)", py.display());
+            assert!(std::env::var_os("WEIR_REQUIRE_TEST_SERVERS").is_none(), "{msg}");
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("PYTHONPATH", &py)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start python3");
+        let server = S3Server { child, port, py };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http(port, "GET", "/", Duration::from_secs(2)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not answer on port {port} within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    fn bucket(&self, name: &str) {
+        let code = http(self.port, "PUT", &format!("/{name}"), Duration::from_secs(10)).unwrap();
+        assert_eq!(code, 200, "creating bucket {name}");
+    }
+
+    /// A `weir` command configured for this server.
+    fn weir(&self) -> Command {
+        let mut c = weir();
+        self.env(&mut c);
+        c
+    }
+
+    fn env(&self, c: &mut Command) {
+        c.env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port));
+    }
+
+    /// Runs a boto3 script (`s3` is a client of this server); returns stdout.
+    fn boto3(&self, script: &str) -> String {
+        let mut c = Command::new("python3");
+        self.env(&mut c);
+        let prelude = "import boto3, json, sys, base64\ns3 = boto3.client('s3', endpoint_url=__import__('os').environ['AWS_ENDPOINT_URL'])\n";
+        let out = c.env("PYTHONPATH", &self.py).args(["-c", &format!("{prelude}{script}")]).output().unwrap();
+        assert!(out.status.success(), "boto3 script failed: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// Every object under `prefix` in `bucket`: key (without the prefix) -> bytes.
+    fn objects(&self, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+        let out = self.boto3(&format!(
+            "out = {{}}\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    for o in page.get('Contents', []):\n        out[o['Key'][len('{prefix}'):]] = base64.b64encode(s3.get_object(Bucket='{bucket}', Key=o['Key'])['Body'].read()).decode()\nprint(json.dumps(out))\n"
+        ));
+        let m: BTreeMap<String, String> = serde_json::from_str(out.trim()).unwrap();
+        m.into_iter().map(|(k, v)| (k, b64(&v))).collect()
+    }
+}
+
+/// Base64 decoding (the tests must not need a crate for it).
+fn b64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= (val(c) as u32) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+fn run_with(server: &S3Server, job: &Path, ckpt: &str) -> std::process::Output {
+    let mut c = server.weir();
+    c.args(["run", job.to_str().unwrap(), "--checkpoint", ckpt, "-q"]);
+    run(&mut c)
+}
+
+#[test]
+fn s3_checkpoint_outputs_are_identical_after_sigkills() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-ckpt");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), 40);
+
+    let clean = run_with(&server, &job, "s3://weir-ckpt/clean");
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    let expected = tree(&tmp.path().join("out"));
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    assert!(expected.len() > 40, "one directory per output per batch");
+
+    let mut rng = Rng(1313);
+    let (mut kills, mut runs, mut recoveries) = (0, 0, 0);
+    loop {
+        runs += 1;
+        assert!(runs < 60, "the job never finished ({kills} kills)");
+        let mut cmd = server.weir();
+        cmd.args(["run", job.to_str().unwrap(), "--checkpoint", "s3://weir-ckpt/killed"]);
+        let mut d = Driver::spawn(&mut cmd);
+        // Killed after a seeded number of progress lines (0: during start-up
+        // or recovery), unless it finished first.
+        let wait_for = rng.below(8);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < wait_for {
+            match d.next_line(deadline, "progress") {
+                Some(l) if l.starts_with("batch ") => seen += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let killed = kills < 6 && d.child.try_wait().unwrap().is_none();
+        if killed {
+            d.kill();
+            kills += 1;
+        }
+        let status = d.wait_exit(Duration::from_secs(120), "the driver to exit");
+        let log = d.log();
+        assert!(!log.contains("panicked"), "{log}");
+        if log.contains("recovered from checkpoint") {
+            recoveries += 1;
+        }
+        if !killed {
+            assert!(status.success(), "the driver failed: {log}");
+            if kills >= 6 {
+                break;
+            }
+        }
+    }
+    assert!(recoveries >= 1, "no run recovered");
+    assert_same_tree(&tree(&tmp.path().join("out")), &expected, "outputs after SIGKILLs (S3 checkpoint)");
+    eprintln!("{kills} SIGKILLs, {runs} runs, {recoveries} recoveries: outputs identical");
+}
+
+/// A job that runs until stopped (wall clock, endless generator).
+fn endless_job(dir: &Path) -> PathBuf {
+    let job = format!(
+        r#"batch_interval = "300ms"
+clock = "wall"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = 5
+words_per_line = 3
+vocabulary = 20
+seed = 1
+[streams]
+words = "lines.flat_map(wordcount.split)"
+[[outputs]]
+stream = "words"
+type = "print"
+"#,
+        module("wordcount.wasm").display()
+    );
+    let p = dir.join("endless.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+#[test]
+fn a_second_driver_on_one_s3_location_is_refused_naming_the_first() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-two");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = endless_job(tmp.path());
+    let loc = "s3://weir-two/job";
+    let driver = |ttl: &str| {
+        let mut c = server.weir();
+        c.args(["run", job.to_str().unwrap(), "--checkpoint", loc, "--checkpoint-lease-ms", ttl]);
+        Driver::spawn(&mut c)
+    };
+    let mut first = driver("1500");
+    first.wait_for(Instant::now() + Duration::from_secs(60), "the first driver's first batch", |l| {
+        l.starts_with("batch ")
+    });
+
+    let mut second = driver("1500");
+    let status = second.wait_exit(Duration::from_secs(30), "the second driver to be refused");
+    let log = second.log();
+    assert!(!status.success(), "{log}");
+    let owner = format!("pid {} on", first.pid());
+    assert!(log.contains("is in use by another driver") && log.contains(&owner), "{log}");
+    assert!(log.contains(loc), "{log}");
+    assert!(first.child.try_wait().unwrap().is_none(), "the first driver stopped: {}", first.log());
+
+    // Once the first is gone (killed: its lease stays behind), a new driver
+    // on this machine sees its process is gone and takes the lease over.
+    first.kill();
+    let mut third = driver("1500");
+    third.wait_for(Instant::now() + Duration::from_secs(60), "the third driver's first batch", |l| {
+        l.starts_with("batch ")
+    });
+    assert!(third.log().contains("recovered from checkpoint"), "{}", third.log());
+}
+
+#[test]
+fn a_corrupt_newest_s3_checkpoint_falls_back_to_an_older_one() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-corrupt");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), 20);
+    let loc = "s3://weir-corrupt/job";
+    let first = run_with(&server, &job, loc);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let expected = tree(&tmp.path().join("out"));
+
+    // Flip the last byte of the newest metadata checkpoint (its checksum fails).
+    let meta = server.objects("weir-corrupt", "job/metadata/");
+    let (newest, bytes) = meta.iter().next_back().unwrap();
+    let older: u64 = meta.keys().nth_back(1).unwrap().strip_prefix("checkpoint-").unwrap().parse().unwrap();
+    let mut bad = bytes.clone();
+    *bad.last_mut().unwrap() ^= 0xff;
+    std::fs::write(tmp.path().join("bad"), &bad).unwrap();
+    server.boto3(&format!(
+        "s3.put_object(Bucket='weir-corrupt', Key='job/metadata/{newest}', Body=open('{}', 'rb').read())",
+        tmp.path().join("bad").display()
+    ));
+
+    let again = run_with(&server, &job, loc);
+    let err = text(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("checkpoint not usable") && err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains(&format!("recovered from checkpoint {older}")), "{err}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &expected, "outputs after falling back");
+
+    let inspect = run(server.weir().args(["checkpoint", "inspect", loc]));
+    let out = text(&inspect.stdout);
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    assert!(out.contains("checkpoint location s3://weir-corrupt/job") && out.contains("newest valid"), "{out}");
+}
+
+#[test]
+fn save_as_text_files_to_s3_equals_a_local_run() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-out");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), 12);
+    let local = run_with(&server, &job, tmp.path().join("ckpt-local").to_str().unwrap());
+    assert!(local.status.success(), "{}", text(&local.stderr));
+    let want = tree(&tmp.path().join("out"));
+
+    // The same job, its outputs on S3.
+    let s3_job = tmp.path().join("s3-job.toml");
+    let body = std::fs::read_to_string(&job).unwrap().replace("prefix = \"out/", "prefix = \"s3://weir-out/out/");
+    std::fs::write(&s3_job, body).unwrap();
+    let remote = run_with(&server, &s3_job, "s3://weir-out/ckpt");
+    assert!(remote.status.success(), "{}", text(&remote.stderr));
+    let got = server.objects("weir-out", "out/");
+    assert_same_tree(&got, &want, "objects read back with boto3 vs a local run's files");
+    let batches = got.keys().filter(|k| k.ends_with("/_SUCCESS")).count();
+    assert_eq!(batches, want.keys().filter(|k| k.ends_with("/_SUCCESS")).count());
+    assert!(batches >= 12, "{batches} batches with _SUCCESS");
+
+    // A socket source needs a local write-ahead log: refused, saying why.
+    let sock = tmp.path().join("sock.toml");
+    std::fs::write(&sock, socket_totals_job(1, None)).unwrap();
+    let refused = run(server.weir().args(["run", sock.to_str().unwrap(), "--checkpoint", "s3://weir-out/sock"]));
+    let err = text(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("write-ahead log") && err.contains("local checkpoint directory"), "{err}");
+}
