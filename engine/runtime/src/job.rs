@@ -175,6 +175,22 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                 .into());
             }
         }
+        if let SourceSpec::Kafka { brokers, topics, max_rate_per_partition, broker_timeout_ms, .. } = spec.get_ref() {
+            let problem = if brokers.split(',').all(|b| b.trim().is_empty()) {
+                Some("brokers must name at least one \"host:port\"".to_string())
+            } else if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+                Some("topics must name at least one topic (and no empty name)".to_string())
+            } else if *max_rate_per_partition == Some(0) {
+                Some("max_rate_per_partition must be at least 1".to_string())
+            } else if !(1..=3_600_000).contains(broker_timeout_ms) {
+                Some(format!("broker_timeout_ms must be between 1 and 3600000 (got {broker_timeout_ms})"))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(err(Some(spec.span()), format!("source {name}: {p}")).into());
+            }
+        }
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
@@ -218,6 +234,7 @@ fn source_type(s: &SourceSpec) -> &'static str {
         SourceSpec::Directory { .. } => "directory",
         SourceSpec::Batches { .. } => "batches",
         SourceSpec::Generator { .. } => "generator",
+        SourceSpec::Kafka { .. } => "kafka",
         SourceSpec::Queue { .. } => "queue",
         SourceSpec::Custom { .. } => "custom",
     }
