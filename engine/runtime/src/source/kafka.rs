@@ -31,7 +31,9 @@ use weir_plan::source::{
 
 use super::{json_to_value, InputDescriptor, Source, SourceCursor, SourceError};
 
-/// The longest one request to a broker may take before it is retried.
+/// The longest one request to a broker may take before it is retried (a
+/// quarter of the broker timeout when that is shorter, so a hung broker is
+/// retried, and warned about, more than once).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest frame accepted from a broker.
 const MAX_FRAME_BYTES: usize = 16 << 20;
@@ -177,7 +179,7 @@ impl KafkaSource {
             let mut off = r.from;
             let deadline = Instant::now() + self.cfg.broker_timeout;
             while off < r.until {
-                let (recs, _high) = retry(&self.rt, &self.cfg, "fetch", || {
+                let (recs, high) = retry(&self.rt, &self.cfg, "fetch", || {
                     pc.fetch_records(off, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
                 })
                 .map_err(|e| match e {
@@ -187,6 +189,15 @@ impl KafkaSource {
                     )),
                     e => e,
                 })?;
+                if recs.is_empty() && high <= off {
+                    // The log ends before the range does: its records are
+                    // gone (the topic was recreated, or the broker lost them).
+                    return Err(SourceError::Kafka(format!(
+                        "kafka {}/{}: the log ends at offset {high}, before the recorded range {}..{}: its \
+                         records can no longer be read",
+                        r.topic, r.partition, r.from, r.until
+                    )));
+                }
                 let before = off;
                 for rec in recs {
                     if rec.offset >= off && rec.offset < r.until {
@@ -364,14 +375,15 @@ where
     let deadline = start + cfg.broker_timeout;
     let mut backoff = Duration::from_millis(100);
     let brokers = cfg.brokers.join(",");
+    let attempt = (cfg.broker_timeout / 4).clamp(Duration::from_millis(250), ATTEMPT_TIMEOUT);
     loop {
-        let err = match rt.block_on(async { tokio::time::timeout(ATTEMPT_TIMEOUT, f()).await }) {
+        let err = match rt.block_on(async { tokio::time::timeout(attempt, f()).await }) {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if !transient(&e) => {
                 return Err(SourceError::Kafka(format!("kafka {what} failed (brokers {brokers}): {e}")))
             }
             Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", ATTEMPT_TIMEOUT.as_millis()),
+            Err(_) => format!("no answer within {} ms", attempt.as_millis()),
         };
         let now = Instant::now();
         if now >= deadline {

@@ -95,6 +95,7 @@ pub trait Source: Send {
 /// receivers.
 /// `listeners` hear of receiver errors. `batch_interval_ms` turns per-second
 /// rate limits into per-batch ones.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 pub fn open(
     spec: &SourceSpec,
     base: &Path,
