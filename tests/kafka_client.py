@@ -2,8 +2,8 @@
 produces lines from stdin.
 
     kafka_client.py create BROKERS TOPIC PARTITIONS
-    kafka_client.py produce BROKERS TOPIC   (lines on stdin, round-robin over partitions)
-    kafka_client.py add-partitions BROKERS TOPIC TOTAL
+    kafka_client.py produce BROKERS TOPIC [COMPRESSION]
+        (lines on stdin, round-robin over partitions; COMPRESSION e.g. gzip)
 
 Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
 of a partition as the first offset of its newest record batch plus one, so
@@ -13,7 +13,7 @@ next produce.
 import sys
 
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
+from kafka.admin import KafkaAdminClient, NewTopic
 
 TIMEOUT_S = 30
 
@@ -24,12 +24,11 @@ def main():
         admin = KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
         admin.create_topics([NewTopic(topic, num_partitions=int(sys.argv[4]), replication_factor=1)])
         admin.close()
-    elif cmd == "add-partitions":
-        admin = KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
-        admin.create_partitions({topic: NewPartitions(total_count=int(sys.argv[4]))})
-        admin.close()
     elif cmd == "produce":
-        producer = KafkaProducer(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
+        compression = sys.argv[4] if len(sys.argv) > 4 else None
+        producer = KafkaProducer(
+            bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000, compression_type=compression
+        )
         partitions = sorted(producer.partitions_for(topic))
         n = 0
         for i, line in enumerate(sys.stdin):

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::error::{Error as KafkaError, ProtocolError, RequestError};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
@@ -350,7 +350,13 @@ impl Source for KafkaSource {
 /// unreachable, a request failed or timed out.
 fn transient(e: &KafkaError) -> bool {
     match e {
-        KafkaError::Connection(_) | KafkaError::Request(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => true,
+        KafkaError::Connection(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => true,
+        // A connection that broke is worth another attempt; a response that
+        // does not decode (a compression codec not built in, a malformed
+        // frame) would only fail again.
+        KafkaError::Request(r) => {
+            matches!(r, RequestError::IO(_) | RequestError::Poisoned(_) | RequestError::ReadFramedMessageError(_))
+        }
         KafkaError::ServerError { protocol_error, .. } => matches!(
             protocol_error,
             ProtocolError::NotLeaderOrFollower
