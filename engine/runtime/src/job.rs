@@ -622,6 +622,61 @@ mod tests {
         }
     }
 
+    /// Loads a job whose only source is `source` (TOML fields after `[sources.lines]`).
+    fn load_source(source: &str) -> Result<Job, EngineError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        let body = format!(
+            "batch_interval = \"1s\"\n[modules]\nstub = \"stub.wat\"\n[sources.lines]\n{source}\n\
+             [streams]\nout = \"lines.map(stub.map)\"\n[[outputs]]\nstream = \"out\"\ntype = \"print\"\n"
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        load(&path, runtime())
+    }
+
+    #[test]
+    fn kafka_sources_take_defaults_and_refuse_bad_fields_naming_the_line() {
+        use weir_plan::source::{KafkaValueFormat, OffsetOutOfRangePolicy, StartingOffsets};
+        let job = load_source("type = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]").unwrap();
+        match &job.context.graph().sources[0] {
+            SourceSpec::Kafka {
+                brokers,
+                topics,
+                starting_offsets,
+                max_rate_per_partition,
+                value_format,
+                key,
+                client_id,
+                on_offset_out_of_range,
+                broker_timeout_ms,
+            } => {
+                assert_eq!((brokers.as_str(), topics.as_slice()), ("b:9092", &["t".to_string()][..]));
+                assert_eq!(*starting_offsets, StartingOffsets::Latest);
+                assert_eq!((*max_rate_per_partition, *key, client_id.as_deref()), (None, false, None));
+                assert_eq!(*value_format, KafkaValueFormat::String);
+                assert_eq!(*on_offset_out_of_range, OffsetOutOfRangePolicy::Error);
+                assert_eq!(*broker_timeout_ms, 60_000);
+            }
+            other => panic!("not a kafka source: {other:?}"),
+        }
+        let cases = [
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"", "unknown field `group_id`"),
+            ("brokers = \" , \"\ntopics = [\"t\"]", "brokers must name"),
+            ("brokers = \"b:1\"\ntopics = []", "topics must name"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nmax_rate_per_partition = 0", "at least 1"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nbroker_timeout_ms = 0", "broker_timeout_ms must be"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nstarting_offsets = \"first\"", "unknown variant `first`"),
+        ];
+        for (fields, want) in cases {
+            let err = match load_source(&format!("type = \"kafka\"\n{fields}")) {
+                Ok(_) => panic!("accepted: {fields}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("job.toml:") && err.contains(want), "{fields}: {err}");
+        }
+    }
+
     #[test]
     fn unknown_operations_name_the_line_and_every_valid_operation() {
         let msg = error_of("out = \"lines.map(stub.map).frobnicate()\"");
