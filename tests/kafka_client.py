@@ -4,15 +4,20 @@ produces lines from stdin.
     kafka_client.py create BROKERS TOPIC PARTITIONS
     kafka_client.py produce BROKERS TOPIC [COMPRESSION]
         (lines on stdin, round-robin over partitions; COMPRESSION e.g. gzip)
+    kafka_client.py consume BROKERS TOPIC N
+        (the first N records of every partition from the start, one JSON
+        object a line: partition, value, headers)
 
 Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
 of a partition as the first offset of its newest record batch plus one, so
 the tail of a multi-record batch would stay invisible to consumers until the
 next produce.
 """
+import json
 import sys
+import time
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 TIMEOUT_S = 30
@@ -37,6 +42,23 @@ def main():
             n += 1
         producer.close(timeout=TIMEOUT_S)
         print(n)
+    elif cmd == "consume":
+        want = int(sys.argv[4])
+        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        got = []
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(got) < want and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                got.extend(recs)
+        consumer.close()
+        for r in got:
+            headers = {k: v.decode() for k, v in r.headers}
+            print(json.dumps({"partition": r.partition, "value": r.value.decode(), "headers": headers}))
+        if len(got) < want:
+            sys.exit(f"only {len(got)} of {want} records within {TIMEOUT_S} s")
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -35,6 +35,7 @@ use toml::Spanned;
 
 use crate::dstream::{DStream, ModuleHandle, StreamingContext, Udf};
 use crate::scheduler::Clock;
+use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
 use crate::udf::{ModuleRegistry, UdfLimits, UdfLimitsOverrides, UdfRuntime};
 use crate::EngineError;
@@ -85,6 +86,15 @@ struct OutputFile {
     prefix: Option<String>,
     #[serde(default)]
     suffix: Option<String>,
+    /// `kafka`: bootstrap brokers, topic, client id, broker timeout.
+    #[serde(default)]
+    brokers: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// A parsed job, ready to run.
@@ -216,10 +226,34 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                 };
                 s.save_as_text_files(prefix, o.suffix.as_deref())?
             }
+            "kafka" => {
+                let (Some(brokers), Some(topic)) = (&o.brokers, &o.topic) else {
+                    return Err(
+                        err(span, "a kafka output needs brokers = \"host:port\" and topic = \"name\"".into()).into()
+                    );
+                };
+                let timeout_ms = o.timeout_ms.unwrap_or(60_000);
+                if brokers.split(',').all(|b| b.trim().is_empty())
+                    || topic.is_empty()
+                    || !(1..=3_600_000).contains(&timeout_ms)
+                {
+                    return Err(err(
+                        span,
+                        "a kafka output needs a broker, a topic, and timeout_ms between 1 and 3600000".into(),
+                    )
+                    .into());
+                }
+                s.output_spec(OutputSpec::Kafka {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                    client_id: o.client_id.clone(),
+                    timeout_ms,
+                })?
+            }
             k => {
                 return Err(err(
                     span,
-                    format!("unknown output type {k:?}: expected \"print\" or \"save_as_text_files\""),
+                    format!("unknown output type {k:?}: expected \"print\", \"save_as_text_files\" or \"kafka\""),
                 )
                 .into())
             }

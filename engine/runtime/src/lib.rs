@@ -11,6 +11,8 @@ pub mod cluster;
 pub mod dstream;
 pub mod executor;
 pub mod job;
+#[cfg(feature = "kafka")]
+mod kafka_sink;
 pub mod listener;
 pub mod scheduler;
 pub mod sink;

@@ -36,7 +36,7 @@ use super::{json_to_value, InputDescriptor, Source, SourceCursor, SourceError};
 /// retried, and warned about, more than once).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest frame accepted from a broker.
-const MAX_FRAME_BYTES: usize = 16 << 20;
+pub(crate) const MAX_FRAME_BYTES: usize = 16 << 20;
 /// The most bytes one fetch request asks for.
 const FETCH_MAX_BYTES: i32 = 4 << 20;
 /// How long a fetch waits at the broker for records (they are known to be
@@ -93,14 +93,7 @@ impl KafkaSource {
             .enable_all()
             .build()
             .map_err(|e| SourceError::Kafka(format!("cannot start the kafka client's runtime: {e}")))?;
-        // The client's own retries end quickly so that ours (which warn and
-        // keep to the broker timeout) decide.
-        let backoff = BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            base: 2.0,
-            deadline: Some(Duration::from_secs(3).min(cfg.broker_timeout)),
-        };
+        let backoff = client_backoff(cfg.broker_timeout);
         let brokers = cfg.brokers.clone();
         let client_id = cfg.client_id.clone();
         let client = retry(&rt, &cfg, "connect", || {
@@ -346,6 +339,17 @@ impl Source for KafkaSource {
     }
 }
 
+/// The client's own retries end quickly so that [`with_retries`] (which
+/// warns and keeps to the caller's timeout) decides.
+pub(crate) fn client_backoff(timeout: Duration) -> BackoffConfig {
+    BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        base: 2.0,
+        deadline: Some(Duration::from_secs(3).min(timeout)),
+    }
+}
+
 /// True for errors that a later attempt may not have: the broker is
 /// unreachable, a request failed or timed out.
 fn transient(e: &KafkaError) -> bool {
@@ -372,31 +376,43 @@ fn transient(e: &KafkaError) -> bool {
 
 /// Runs `f` until it succeeds, retrying transient failures with backoff (a
 /// warning naming the brokers each time) for at most the broker timeout.
-fn retry<T, F, Fut>(rt: &tokio::runtime::Runtime, cfg: &KafkaConfig, what: &str, mut f: F) -> Result<T, SourceError>
+fn retry<T, F, Fut>(rt: &tokio::runtime::Runtime, cfg: &KafkaConfig, what: &str, f: F) -> Result<T, SourceError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, KafkaError>>,
 {
-    let start = Instant::now();
-    let deadline = start + cfg.broker_timeout;
+    with_retries(rt, &cfg.brokers.join(","), cfg.broker_timeout, what, f).map_err(SourceError::Kafka)
+}
+
+/// [`retry`] for any Kafka client (the source's and the sink's): the error
+/// is a message naming the brokers.
+pub(crate) fn with_retries<T, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    timeout: Duration,
+    what: &str,
+    mut f: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, KafkaError>>,
+{
+    let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(100);
-    let brokers = cfg.brokers.join(",");
-    let attempt = (cfg.broker_timeout / 4).clamp(Duration::from_millis(250), ATTEMPT_TIMEOUT);
+    let attempt = (timeout / 4).clamp(Duration::from_millis(250), ATTEMPT_TIMEOUT);
     loop {
         let err = match rt.block_on(async { tokio::time::timeout(attempt, f()).await }) {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if !transient(&e) => {
-                return Err(SourceError::Kafka(format!("kafka {what} failed (brokers {brokers}): {e}")))
-            }
+            Ok(Err(e)) if !transient(&e) => return Err(format!("kafka {what} failed (brokers {brokers}): {e}")),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} ms", attempt.as_millis()),
         };
         let now = Instant::now();
         if now >= deadline {
-            return Err(SourceError::Kafka(format!(
+            return Err(format!(
                 "kafka broker(s) {brokers} unreachable for {} ms ({what}): {err}",
-                cfg.broker_timeout.as_millis()
-            )));
+                timeout.as_millis()
+            ));
         }
         tracing::warn!(
             "kafka broker(s) {brokers} unreachable ({what}): {err}; the batch waits, retrying for up to {} ms more",

@@ -21,7 +21,7 @@
 mod directory;
 mod generator;
 #[cfg(feature = "kafka")]
-mod kafka;
+pub(crate) mod kafka;
 mod lines;
 mod queue;
 mod socket;
