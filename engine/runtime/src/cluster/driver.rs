@@ -44,7 +44,7 @@ use crate::udf::{ModuleHash, ModuleRegistry};
 /// one late heartbeat does not lose an executor (and 0 does not lose all).
 pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Replacements of lost `local-cluster` executors started in a row (a
-/// replacement that stays [`STABLE_AFTER`] resets the count), as Spark's
+/// replacement that stays `STABLE_AFTER` resets the count), as Spark's
 /// standalone master caps executor retries.
 pub const MAX_RESTARTS: u32 = 10;
 /// A replacement that lives this long counts as a success.
