@@ -337,7 +337,14 @@ fn a_paused_broker_makes_the_batch_wait_and_nothing_is_skipped() {
     broker.signal(libc::SIGCONT);
     let second = lines(6, 10);
     broker.produce("p", &second);
-    d.wait_for(deadline, "the later records", |l| progress(l).is_some_and(|(_, n)| n > 0));
+    // The later records may be spread over several batches (each is
+    // produced on its own): wait until all ten have come.
+    let mut later = 0;
+    d.wait_for(deadline, "the later records", |l| {
+        later += progress(l).map_or(0, |(_, n)| n);
+        later >= 10
+    });
+    assert_eq!(later, 10, "{}", d.log());
     d.kill();
     let all: Vec<&str> = first.iter().chain(&second).map(String::as_str).collect();
     let got = sum_counts(read_outputs(&tmp.path().join("out-p"), "counts").values().flatten());
