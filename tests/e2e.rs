@@ -15,6 +15,7 @@ mod hardening_outputs;
 mod hardening_ports;
 mod hardening_signals;
 mod hardening_socket;
+mod kafka;
 mod object_store;
 mod observability;
 mod recovery_checks;

@@ -274,7 +274,7 @@ fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warni
     let warnings = Arc::new(Warnings::default());
     let bus = ListenerBus::new(vec![warnings.clone()]);
     let spec = SourceSpec::Directory { path: dir.to_path_buf(), new_files_only: false, on_invalid_utf8: utf8 };
-    (weir::source::open(&spec, Path::new("/"), None, &bus).unwrap(), warnings)
+    (weir::source::open(&spec, Path::new("/"), None, &bus, 1000).unwrap(), warnings)
 }
 
 fn lines_of(batch: &[u8]) -> Vec<String> {

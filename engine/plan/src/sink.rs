@@ -15,6 +15,20 @@ pub enum OutputSpec {
         #[serde(default)]
         suffix: Option<String>,
     },
+    /// Each record's text (as `save_as_text_files` writes it) produced to a
+    /// Kafka topic, with headers naming the job, batch time, partition and
+    /// sequence. At-least-once: a re-run batch produces again.
+    Kafka {
+        /// `host:port[,host:port]`: the bootstrap brokers.
+        brokers: String,
+        topic: String,
+        #[serde(default)]
+        client_id: Option<String>,
+        /// How long a batch's output waits for an unreachable broker
+        /// (retrying with backoff) before the batch fails.
+        #[serde(default = "default_kafka_timeout_ms")]
+        timeout_ms: u64,
+    },
     /// Index into the context's collectors (Rust API only).
     #[serde(skip)]
     Collect { id: usize },
@@ -24,6 +38,10 @@ pub enum OutputSpec {
     /// Index into the context's custom sinks (Rust API only).
     #[serde(skip)]
     Custom { id: usize },
+}
+
+fn default_kafka_timeout_ms() -> u64 {
+    60_000
 }
 
 fn default_num() -> usize {

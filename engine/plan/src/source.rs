@@ -51,6 +51,37 @@ pub enum SourceSpec {
         #[serde(default)]
         batches: Option<u64>,
     },
+    /// Kafka topics read directly (Spark's Direct approach): every batch
+    /// takes offset ranges per partition, decided and recorded before the
+    /// batch runs, so a re-run batch reads the same records.
+    Kafka {
+        /// `host:port[,host:port]`: the bootstrap brokers.
+        brokers: String,
+        topics: Vec<String>,
+        /// Where a partition never read before starts.
+        #[serde(default)]
+        starting_offsets: StartingOffsets,
+        /// At most this many records per partition per second of batch
+        /// interval (unbounded if absent, up to [`KAFKA_MAX_RECORDS_PER_PARTITION`]).
+        #[serde(default)]
+        max_rate_per_partition: Option<u64>,
+        /// How a record's value becomes a record of the stream.
+        #[serde(default)]
+        value_format: KafkaValueFormat,
+        /// Records become `(key, value)` pairs (a missing key is null).
+        #[serde(default)]
+        key: bool,
+        #[serde(default)]
+        client_id: Option<String>,
+        /// What to do when the next offset of a partition is no longer (or
+        /// not yet) in the log.
+        #[serde(default)]
+        on_offset_out_of_range: OffsetOutOfRangePolicy,
+        /// How long a batch waits for an unreachable broker (retrying with
+        /// backoff) before the job fails.
+        #[serde(default = "default_broker_timeout_ms")]
+        broker_timeout_ms: u64,
+    },
     /// Encoded batches (Rust API only).
     #[serde(skip)]
     Queue {
@@ -77,6 +108,51 @@ pub enum InvalidUtf8Policy {
     /// Socket: a receiver error, the connection is dropped (the receiver
     /// reconnects). Directory: the batch fails with the file and line.
     Fail,
+}
+
+/// Where a Kafka partition without a recorded position starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartingOffsets {
+    Earliest,
+    /// Only records produced after the job started (Spark's default).
+    #[default]
+    Latest,
+}
+
+/// How a Kafka record's value (and key) is decoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaValueFormat {
+    /// UTF-8 text (invalid bytes become U+FFFD).
+    #[default]
+    String,
+    /// The bytes as they are.
+    Bytes,
+    /// One JSON value per record, as in `batches` files (arrays are tuples).
+    Json,
+}
+
+/// What a Kafka source does when a partition's next offset is out of range
+/// (deleted by retention, or beyond the log's end after a topic was recreated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetOutOfRangePolicy {
+    /// The job fails with the topic, partition and offsets.
+    #[default]
+    Error,
+    /// Resume at the earliest offset still in the log (a warning counts the
+    /// records skipped).
+    Earliest,
+    /// Resume at the end of the log (a warning counts the records skipped).
+    Latest,
+}
+
+/// The most records a Kafka batch takes from one partition.
+pub const KAFKA_MAX_RECORDS_PER_PARTITION: u64 = 1_000_000;
+
+fn default_broker_timeout_ms() -> u64 {
+    60_000
 }
 
 /// A socket source's handling of a line longer than `max_line_bytes`.
@@ -170,6 +246,25 @@ pub enum InputDescriptor {
     /// The files a `directory` batch read, in order, each with the number
     /// of bytes read from it (a file that grows later reads the same again).
     FileSpans(Vec<FileSpan>),
+    /// The offset ranges a Kafka batch took, per partition.
+    KafkaRanges(Vec<KafkaRange>),
+}
+
+/// Offsets `from..until` (until exclusive) of one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaRange {
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub until: i64,
+}
+
+/// The next offset of one Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub next: i64,
 }
 
 /// The first `len` bytes of a file, as a `directory` batch read them.
@@ -191,6 +286,8 @@ pub enum SourceCursor {
     None,
     /// An embedder's source: its own position.
     Custom(Vec<u8>),
+    /// A Kafka source: the next offset of every partition it has seen.
+    Kafka(Vec<KafkaOffset>),
 }
 
 /// A range of one segment: records starting at byte `start` up to `end`.

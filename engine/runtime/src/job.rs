@@ -35,6 +35,7 @@ use toml::Spanned;
 
 use crate::dstream::{DStream, ModuleHandle, StreamingContext, Udf};
 use crate::scheduler::Clock;
+use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
 use crate::udf::{ModuleRegistry, UdfLimits, UdfLimitsOverrides, UdfRuntime};
 use crate::EngineError;
@@ -85,6 +86,15 @@ struct OutputFile {
     prefix: Option<String>,
     #[serde(default)]
     suffix: Option<String>,
+    /// `kafka`: bootstrap brokers, topic, client id, broker timeout.
+    #[serde(default)]
+    brokers: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// A parsed job, ready to run.
@@ -249,6 +259,22 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     .map_err(|e| err(at.clone(), format!("source {name}: {}: {e}", full.display())))?;
             }
         }
+        if let SourceSpec::Kafka { brokers, topics, max_rate_per_partition, broker_timeout_ms, .. } = spec.get_ref() {
+            let problem = if brokers.split(',').all(|b| b.trim().is_empty()) {
+                Some("brokers must name at least one \"host:port\"".to_string())
+            } else if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
+                Some("topics must name at least one topic (and no empty name)".to_string())
+            } else if *max_rate_per_partition == Some(0) {
+                Some("max_rate_per_partition must be at least 1".to_string())
+            } else if !(1..=3_600_000).contains(broker_timeout_ms) {
+                Some(format!("broker_timeout_ms must be between 1 and 3600000 (got {broker_timeout_ms})"))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(err(Some(spec.span()), format!("source {name}: {p}")).into());
+            }
+        }
         let label = format!("{name} ({})", source_type(spec.get_ref()));
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
@@ -307,10 +333,34 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                 }
                 s.save_as_text_files(prefix, o.suffix.as_deref())?
             }
+            "kafka" => {
+                let (Some(brokers), Some(topic)) = (&o.brokers, &o.topic) else {
+                    return Err(
+                        err(span, "a kafka output needs brokers = \"host:port\" and topic = \"name\"".into()).into()
+                    );
+                };
+                let timeout_ms = o.timeout_ms.unwrap_or(60_000);
+                if brokers.split(',').all(|b| b.trim().is_empty())
+                    || topic.is_empty()
+                    || !(1..=3_600_000).contains(&timeout_ms)
+                {
+                    return Err(err(
+                        span,
+                        "a kafka output needs a broker, a topic, and timeout_ms between 1 and 3600000".into(),
+                    )
+                    .into());
+                }
+                s.output_spec(OutputSpec::Kafka {
+                    brokers: brokers.clone(),
+                    topic: topic.clone(),
+                    client_id: o.client_id.clone(),
+                    timeout_ms,
+                })?
+            }
             k => {
                 return Err(err(
                     span,
-                    format!("unknown output type {k:?}: expected \"print\" or \"save_as_text_files\""),
+                    format!("unknown output type {k:?}: expected \"print\", \"save_as_text_files\" or \"kafka\""),
                 )
                 .into())
             }
@@ -329,6 +379,7 @@ fn source_type(s: &SourceSpec) -> &'static str {
         SourceSpec::Directory { .. } => "directory",
         SourceSpec::Batches { .. } => "batches",
         SourceSpec::Generator { .. } => "generator",
+        SourceSpec::Kafka { .. } => "kafka",
         SourceSpec::Queue { .. } => "queue",
         SourceSpec::Custom { .. } => "custom",
     }
@@ -786,6 +837,61 @@ mod tests {
         assert!(msg.contains(&format!("job.toml:{line}: ")), "should name job.toml:{line}: {msg}");
         for p in parts {
             assert!(msg.contains(p), "should say {p:?}: {msg}");
+        }
+    }
+
+    /// Loads a job whose only source is `source` (TOML fields after `[sources.lines]`).
+    fn load_source(source: &str) -> Result<Job, EngineError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        let body = format!(
+            "batch_interval = \"1s\"\n[modules]\nstub = \"stub.wat\"\n[sources.lines]\n{source}\n\
+             [streams]\nout = \"lines.map(stub.map)\"\n[[outputs]]\nstream = \"out\"\ntype = \"print\"\n"
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        load(&path, runtime())
+    }
+
+    #[test]
+    fn kafka_sources_take_defaults_and_refuse_bad_fields_naming_the_line() {
+        use weir_plan::source::{KafkaValueFormat, OffsetOutOfRangePolicy, StartingOffsets};
+        let job = load_source("type = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]").unwrap();
+        match &job.context.graph().sources[0] {
+            SourceSpec::Kafka {
+                brokers,
+                topics,
+                starting_offsets,
+                max_rate_per_partition,
+                value_format,
+                key,
+                client_id,
+                on_offset_out_of_range,
+                broker_timeout_ms,
+            } => {
+                assert_eq!((brokers.as_str(), topics.as_slice()), ("b:9092", &["t".to_string()][..]));
+                assert_eq!(*starting_offsets, StartingOffsets::Latest);
+                assert_eq!((*max_rate_per_partition, *key, client_id.as_deref()), (None, false, None));
+                assert_eq!(*value_format, KafkaValueFormat::String);
+                assert_eq!(*on_offset_out_of_range, OffsetOutOfRangePolicy::Error);
+                assert_eq!(*broker_timeout_ms, 60_000);
+            }
+            other => panic!("not a kafka source: {other:?}"),
+        }
+        let cases = [
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"", "unknown field `group_id`"),
+            ("brokers = \" , \"\ntopics = [\"t\"]", "brokers must name"),
+            ("brokers = \"b:1\"\ntopics = []", "topics must name"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nmax_rate_per_partition = 0", "at least 1"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nbroker_timeout_ms = 0", "broker_timeout_ms must be"),
+            ("brokers = \"b:1\"\ntopics = [\"t\"]\nstarting_offsets = \"first\"", "unknown variant `first`"),
+        ];
+        for (fields, want) in cases {
+            let err = match load_source(&format!("type = \"kafka\"\n{fields}")) {
+                Ok(_) => panic!("accepted: {fields}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains("job.toml:") && err.contains(want), "{fields}: {err}");
         }
     }
 

@@ -12,6 +12,8 @@ pub mod dstream;
 pub mod executor;
 pub mod files;
 pub mod job;
+#[cfg(feature = "kafka")]
+mod kafka_sink;
 pub mod listener;
 pub mod scheduler;
 pub mod sink;

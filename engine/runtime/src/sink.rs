@@ -12,6 +12,9 @@
 //!   `object-store`) there is no rename: each part is one object (one PUT),
 //!   and `_SUCCESS` is written last — a reader that waits for `_SUCCESS` never
 //!   sees half a batch, and a re-run batch overwrites the same keys.
+//! * `kafka` — each record's text produced to a Kafka topic (`kafka_sink`,
+//!   behind the `kafka` feature). At-least-once: headers let readers drop
+//!   the copies a re-run batch produces.
 //! * `collect` — keeps the records in memory, decoded (Rust API, tests).
 //! * `foreach_rdd` — hands each batch's encoded partitions to a function on
 //!   the driver (Rust API): Spark's `foreachRDD`, for custom sinks and for
@@ -42,6 +45,10 @@ pub enum SinkError {
     Malformed(String),
     #[error("foreach_rdd at batch {time} ms: {message}")]
     Foreach { time: i64, message: String },
+    /// A Kafka output failed (a missing topic, an unreachable broker past
+    /// its timeout, a produce refused).
+    #[error("{0}")]
+    Kafka(String),
     /// An embedder's sink failed.
     #[error("{0}")]
     Custom(String),
@@ -256,10 +263,13 @@ impl Sink for ForeachSink {
 }
 
 /// The sink an output spec describes. `base` resolves relative paths;
-/// `Collect`, `ForeachRdd` and `Custom` index the context's own lists.
+/// `Collect`, `ForeachRdd` and `Custom` index the context's own lists;
+/// `job` names the job in the Kafka output's headers.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 pub fn open(
     spec: &OutputSpec,
     base: &Path,
+    job: &str,
     collectors: &[Collected],
     foreach: &[ForeachRdd],
     custom: &[Arc<dyn Sink>],
@@ -280,6 +290,20 @@ pub fn open(
             Arc::new(ForeachSink(foreach.get(*id).ok_or(missing("foreach_rdd function", *id))?.clone()))
         }
         OutputSpec::Custom { id } => custom.get(*id).ok_or(missing("custom sink", *id))?.clone(),
+        #[cfg(feature = "kafka")]
+        OutputSpec::Kafka { brokers, topic, client_id, timeout_ms } => Arc::new(crate::kafka_sink::KafkaSink::new(
+            brokers,
+            topic,
+            client_id.clone(),
+            std::time::Duration::from_millis(*timeout_ms),
+            job,
+        )?),
+        #[cfg(not(feature = "kafka"))]
+        OutputSpec::Kafka { .. } => {
+            return Err(SinkError::Kafka(
+                "this build of weir has no Kafka support (build the weir crate with the `kafka` feature)".into(),
+            ))
+        }
     })
 }
 

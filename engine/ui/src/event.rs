@@ -110,6 +110,9 @@ impl JobInfo {
                     SourceSpec::Socket { host, port, .. } => ("socket", format!("{host}:{port}"), true),
                     SourceSpec::Directory { path, .. } => ("directory", path.display().to_string(), false),
                     SourceSpec::Batches { path } => ("batches", path.display().to_string(), false),
+                    SourceSpec::Kafka { brokers, topics, .. } => {
+                        ("kafka", format!("{} @ {brokers}", topics.join(",")), false)
+                    }
                     SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, batches, .. } => (
                         "generator",
                         format!(
@@ -176,6 +179,7 @@ impl JobInfo {
                     OutputSpec::Collect { .. } => "collect".into(),
                     OutputSpec::ForeachRdd { .. } => "foreach_rdd".into(),
                     OutputSpec::Custom { .. } => "custom sink".into(),
+                    OutputSpec::Kafka { brokers, topic, .. } => format!("kafka({topic} @ {brokers})"),
                 },
             })
             .collect();

@@ -800,6 +800,11 @@ fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {
             SourceCursor::Wal(p) => format!("write-ahead log segment {} offset {}", p.seq, p.offset),
             SourceCursor::None => "no position (not replayable)".into(),
             SourceCursor::Custom(b) => format!("custom source position ({} bytes)", b.len()),
+            SourceCursor::Kafka(offs) => {
+                let parts: Vec<String> =
+                    offs.iter().map(|o| format!("{}/{} at {}", o.topic, o.partition, o.next)).collect();
+                format!("kafka, next offsets: {}", if parts.is_empty() { "none".into() } else { parts.join(", ") })
+            }
         };
         let _ = writeln!(s, "source {i}: {desc}");
     }

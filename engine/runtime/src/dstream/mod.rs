@@ -248,7 +248,14 @@ impl StreamingContext {
         });
         let mut sinks = Vec::new();
         for o in &inner.graph.outputs {
-            sinks.push(sink::open(&o.spec, &self.base_dir, &inner.collectors, &inner.foreach, &inner.custom_sinks)?);
+            sinks.push(sink::open(
+                &o.spec,
+                &self.base_dir,
+                &job_name,
+                &inner.collectors,
+                &inner.foreach,
+                &inner.custom_sinks,
+            )?);
         }
         Ok(Job {
             job_name,
@@ -645,6 +652,20 @@ impl DStream {
     /// Writes `prefix-<time>[.suffix]/part-NNNNN` per batch.
     pub fn save_as_text_files(&self, prefix: &str, suffix: Option<&str>) -> Result<(), EngineError> {
         self.output(OutputSpec::SaveAsTextFiles { prefix: prefix.into(), suffix: suffix.map(Into::into) })
+    }
+    /// Produces each record's text to a Kafka topic (at-least-once; needs
+    /// the `kafka` feature when the job runs).
+    pub fn save_to_kafka(&self, brokers: &str, topic: &str) -> Result<(), EngineError> {
+        self.output(OutputSpec::Kafka {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            client_id: None,
+            timeout_ms: 60_000,
+        })
+    }
+    /// Any output a job file can describe.
+    pub(crate) fn output_spec(&self, spec: OutputSpec) -> Result<(), EngineError> {
+        self.output(spec)
     }
     /// Keeps each batch's records in memory (tests, embedding).
     pub fn collect(&self) -> Result<Collected, EngineError> {

@@ -75,7 +75,7 @@ pub(super) fn open_sources(
             }
         }
         let wal = ckpt.map(|c| (checkpoint::wal_dir(c.root()), i as u32));
-        sources.push(source::open(s, &job.base_dir, wal, listeners)?);
+        sources.push(source::open(s, &job.base_dir, wal, listeners, job.graph.batch_interval_ms)?);
     }
     Ok(sources)
 }

@@ -15,9 +15,13 @@
 //! * `generator` — seeded synthetic text, for benchmarks; deterministic per
 //!   batch time.
 //! * `queue` — batches given through the Rust API (Spark's queueStream); finite.
+//! * `kafka` — Kafka topics read directly by offset ranges recorded per
+//!   batch (behind the `kafka` cargo feature).
 
 mod directory;
 mod generator;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 mod lines;
 mod queue;
 mod socket;
@@ -31,7 +35,8 @@ use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file, MAX_BATCHES_FILE_BYTES};
 use socket::SocketSource;
 pub use weir_plan::source::{
-    FileSpan, InputDescriptor, InvalidUtf8Policy, LongLinePolicy, SourceCursor, SourceSpec, WalPosition, WalRange,
+    FileSpan, InputDescriptor, InvalidUtf8Policy, KafkaOffset, KafkaRange, KafkaValueFormat, LongLinePolicy,
+    OffsetOutOfRangePolicy, SourceCursor, SourceSpec, StartingOffsets, WalPosition, WalRange,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,10 @@ pub enum SourceError {
     Parse { path: PathBuf, line: usize, what: String },
     #[error("cannot re-read the input of a batch: {0}")]
     Replay(String),
+    /// A Kafka source failed (a missing topic, an unreachable broker past its
+    /// timeout, offsets out of range, an undecodable record).
+    #[error("{0}")]
+    Kafka(String),
     /// An embedder's source failed.
     #[error("{0}")]
     Custom(String),
@@ -90,12 +99,15 @@ pub trait Source: Send {
 /// Starts the source a spec describes. `base` resolves relative paths;
 /// `wal` is the checkpoint's WAL directory and the source's index, for
 /// receivers.
-/// `listeners` hear of receiver errors.
+/// `listeners` hear of receiver errors. `batch_interval_ms` turns per-second
+/// rate limits into per-batch ones.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 pub fn open(
     spec: &SourceSpec,
     base: &Path,
     wal: Option<(PathBuf, u32)>,
     listeners: &ListenerBus,
+    batch_interval_ms: i64,
 ) -> Result<Box<dyn Source>, SourceError> {
     spec.check().map_err(SourceError::Invalid)?;
     Ok(match spec {
@@ -125,6 +137,35 @@ pub fn open(
             })
         }
         SourceSpec::Queue { batches } => Box::new(QueueSource::new(batches.clone())),
+        #[cfg(feature = "kafka")]
+        SourceSpec::Kafka {
+            brokers,
+            topics,
+            starting_offsets,
+            max_rate_per_partition,
+            value_format,
+            key,
+            client_id,
+            on_offset_out_of_range,
+            broker_timeout_ms,
+        } => Box::new(kafka::KafkaSource::start(kafka::KafkaConfig {
+            brokers: brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect(),
+            topics: topics.clone(),
+            starting_offsets: *starting_offsets,
+            max_rate_per_partition: *max_rate_per_partition,
+            value_format: *value_format,
+            key: *key,
+            client_id: client_id.clone(),
+            on_offset_out_of_range: *on_offset_out_of_range,
+            broker_timeout: std::time::Duration::from_millis(*broker_timeout_ms),
+            batch_interval_ms,
+        })?),
+        #[cfg(not(feature = "kafka"))]
+        SourceSpec::Kafka { .. } => {
+            return Err(SourceError::Kafka(
+                "this build of weir has no Kafka support (build the weir crate with the `kafka` feature)".into(),
+            ))
+        }
         SourceSpec::Custom { name, .. } => {
             return Err(SourceError::Replay(format!("custom source {name:?} is opened by its context, not by a spec")))
         }

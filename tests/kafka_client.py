@@ -1,0 +1,67 @@
+"""The Kafka tests' third-party client (kafka-python): creates topics and
+produces lines from stdin.
+
+    kafka_client.py create BROKERS TOPIC PARTITIONS
+    kafka_client.py produce BROKERS TOPIC [COMPRESSION]
+        (lines on stdin, round-robin over partitions; COMPRESSION e.g. gzip)
+    kafka_client.py consume BROKERS TOPIC N
+        (the first N records of every partition from the start, one JSON
+        object a line: partition, value, headers)
+
+Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
+of a partition as the first offset of its newest record batch plus one, so
+the tail of a multi-record batch would stay invisible to consumers until the
+next produce.
+"""
+import json
+import sys
+import time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+
+TIMEOUT_S = 30
+
+
+def main():
+    cmd, brokers, topic = sys.argv[1:4]
+    if cmd == "create":
+        admin = KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
+        admin.create_topics([NewTopic(topic, num_partitions=int(sys.argv[4]), replication_factor=1)])
+        admin.close()
+    elif cmd == "produce":
+        compression = sys.argv[4] if len(sys.argv) > 4 else None
+        producer = KafkaProducer(
+            bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000, compression_type=compression
+        )
+        partitions = sorted(producer.partitions_for(topic))
+        n = 0
+        for i, line in enumerate(sys.stdin):
+            p = partitions[i % len(partitions)]
+            producer.send(topic, line.rstrip("\n").encode(), partition=p).get(timeout=TIMEOUT_S)
+            n += 1
+        producer.close(timeout=TIMEOUT_S)
+        print(n)
+    elif cmd == "consume":
+        want = int(sys.argv[4])
+        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        got = []
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(got) < want and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                got.extend(recs)
+        consumer.close()
+        for r in got:
+            headers = {k: v.decode() for k, v in r.headers}
+            print(json.dumps({"partition": r.partition, "value": r.value.decode(), "headers": headers}))
+        if len(got) < want:
+            sys.exit(f"only {len(got)} of {want} records within {TIMEOUT_S} s")
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
