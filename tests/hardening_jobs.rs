@@ -244,9 +244,9 @@ fn neighbours_are_refused_too() {
     let path = dir.path().join("job.toml");
     std::fs::write(&path, b"batch_interval = \"1s\"\n# caf\xe9\n").unwrap();
     refused_file(&path, "job.toml:2:", &["not UTF-8"]);
-    // A job file of more than 1 MiB.
-    std::fs::write(&path, format!("batch_interval = \"1s\"\n{}", "# padding\n".repeat(200_000))).unwrap();
-    refused_file(&path, "job.toml:", &["over the limit of 1048576 bytes"]);
+    // A job file of more than 16 MiB.
+    std::fs::write(&path, format!("batch_interval = \"1s\"\n{}", "# padding\n".repeat(1_700_000))).unwrap();
+    refused_file(&path, "job.toml:", &["over the limit of 16777216 bytes"]);
     // An initial state for a stream that does not exist.
     let body = job("", "out = \"lines\"", PRINT) + "[initial_state]\ntotals = \"x.jsonl\"\n";
     refused(&body, "job.toml:", &["initial_state: no stream named \"totals\""]);

@@ -344,8 +344,35 @@ fn expected_totals() -> Vec<(i64, std::collections::BTreeMap<String, i64>)> {
 
 type Seen = std::sync::Arc<std::sync::Mutex<Vec<(i64, std::collections::BTreeMap<String, i64>)>>>;
 
-/// Running totals (data checkpoint every 3 s) to a `foreach_rdd` that fails
-/// at `fail_at`; what it was given goes to `seen`, each call to `calls`.
+/// An embedder's sink (retried like I/O, unlike a `foreach_rdd` `Err`) that
+/// fails at `fail_at`; what it was given goes to `seen`, each call to `calls`.
+struct FlakySink {
+    fail_at: Option<i64>,
+    seen: Seen,
+    calls: Seen,
+}
+
+impl weir::sink::Sink for FlakySink {
+    fn write(&self, time: i64, parts: &[Vec<u8>]) -> Result<(), weir::sink::SinkError> {
+        use weir::codec::Value;
+        self.calls.lock().unwrap().push((time, Default::default()));
+        if Some(time) == self.fail_at {
+            return Err(weir::sink::SinkError::Custom("the disk is full".into()));
+        }
+        let mut m = std::collections::BTreeMap::new();
+        for p in parts {
+            for v in Value::decode_batch(p).unwrap() {
+                let Value::Tuple(kv) = v else { panic!("{v:?}") };
+                let (Value::Str(k), Value::I64(c)) = (&kv[0], &kv[1]) else { panic!("{kv:?}") };
+                m.insert(k.clone(), *c);
+            }
+        }
+        self.seen.lock().unwrap().push((time, m));
+        Ok(())
+    }
+}
+
+/// Running totals (data checkpoint every 3 s) to a [`FlakySink`].
 fn totals_context(fail_at: Option<i64>, seen: Seen, calls: Seen) -> weir::dstream::StreamingContext {
     use weir::codec::Value;
     let ssc = weir::dstream::StreamingContext::new(Duration::from_secs(1)).unwrap();
@@ -361,24 +388,7 @@ fn totals_context(fail_at: Option<i64>, seen: Seen, calls: Seen) -> weir::dstrea
         .unwrap()
         .checkpoint(Duration::from_secs(3))
         .unwrap();
-    totals
-        .foreach_rdd(move |time, parts| {
-            calls.lock().unwrap().push((time, Default::default()));
-            if Some(time) == fail_at {
-                return Err("the disk is full".into());
-            }
-            let mut m = std::collections::BTreeMap::new();
-            for p in parts {
-                for v in Value::decode_batch(p).unwrap() {
-                    let Value::Tuple(kv) = v else { panic!("{v:?}") };
-                    let (Value::Str(k), Value::I64(c)) = (&kv[0], &kv[1]) else { panic!("{kv:?}") };
-                    m.insert(k.clone(), *c);
-                }
-            }
-            seen.lock().unwrap().push((time, m));
-            Ok(())
-        })
-        .unwrap();
+    totals.write_to(std::sync::Arc::new(FlakySink { fail_at, seen, calls })).unwrap();
     ssc
 }
 

@@ -79,7 +79,8 @@ impl Cluster {
         let secret_file = tmp.path().join("secret");
         std::fs::write(&secret_file, SECRET).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["--listen", addr.as_str(), "--secret-file", secret_file.to_str().unwrap()];
+        // No status page: the tests count the driver's listening ports and fds.
+        let mut args = vec!["--listen", addr.as_str(), "--secret-file", secret_file.to_str().unwrap(), "--ui", "off"];
         args.extend_from_slice(extra);
         let run = run_cmd(&job, "cluster[1]", &args);
         let mut cmd = match fd_limit {

@@ -108,7 +108,7 @@ pub struct Job {
 }
 
 /// Largest job file read, in bytes.
-pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
+pub const MAX_JOB_FILE_BYTES: u64 = 16 << 20;
 
 /// Parses a duration: `500ms`, `1s`, `2m`, `1h`, or a bare number of ms;
 /// 1 ms to a year ([`weir_plan::limits::MAX_DURATION_MS`]).
