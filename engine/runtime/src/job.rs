@@ -348,6 +348,8 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
 enum Tok {
     Ident(String),
     Num(u64, String),
+    /// A number with a decimal point, as written.
+    Decimal(String),
     Dot,
     Open,
     Close,
@@ -389,6 +391,15 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 while i < cs.len() && cs[i].is_ascii_alphabetic() {
                     i += 1;
                 }
+                // A decimal fraction (`0.25`): a dot followed by a digit.
+                if us == i && cs.get(i) == Some(&'.') && cs.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+                    i += 1;
+                    while i < cs.len() && cs[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    out.push(Tok::Decimal(cs[st..i].iter().collect()));
+                    continue;
+                }
                 out.push(Tok::Num(n, cs[us..i].iter().collect()));
             }
             c if c.is_alphanumeric() || c == '_' || c == '-' => {
@@ -409,6 +420,7 @@ enum Arg {
     Name(String),
     Qualified(String, String),
     Num(u64, String),
+    Decimal(String),
 }
 
 /// A stream expression: the stream it starts from and its operations with
@@ -452,6 +464,7 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
                     }
                 }
                 Some(Tok::Num(n, u)) => args.push(Arg::Num(n, u)),
+                Some(Tok::Decimal(d)) => args.push(Arg::Decimal(d)),
                 Some(Tok::Comma) => {}
                 _ => return Err(format!("unterminated argument list of {op}")),
             }
@@ -598,6 +611,20 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     }
                 },
                 (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
+                (ParamKind::Records, Some(Arg::Num(n, _))) if *n <= weir_plan::limits::MAX_TAKE => Val::Int(*n),
+                (ParamKind::Records, Some(Arg::Num(n, _))) => {
+                    return Err(what(format!("must be at most {} records, got {n}", weir_plan::limits::MAX_TAKE)))
+                }
+                (ParamKind::Seed, Some(Arg::Num(n, _))) => Val::Int(*n),
+                (ParamKind::Fraction, Some(Arg::Num(n, _))) if *n <= 1 => Val::Fraction(*n as f64),
+                (ParamKind::Fraction, Some(Arg::Num(n, _))) => {
+                    return Err(what(format!("must be from 0 to 1, got {n}")))
+                }
+                (ParamKind::Fraction, Some(Arg::Decimal(d))) => match d.parse::<f64>() {
+                    Ok(f) if (0.0..=1.0).contains(&f) => Val::Fraction(f),
+                    _ => return Err(what(format!("must be from 0 to 1, got {d}"))),
+                },
+                (ParamKind::Bool, Some(Arg::Name(b))) => Val::Bool(b == "true"),
                 (kind, _) => return Err(what(format!("must be {kind}"))),
             }));
         }
@@ -626,6 +653,20 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         let opt_udf = |i: usize| match vals.get(i) {
             Some(Some(Val::Udf(u))) => Ok(Some(u)),
             Some(None) => Ok(None),
+            _ => Err(internal()),
+        };
+        let int = |i: usize| match vals.get(i) {
+            Some(Some(Val::Int(n))) => Ok(*n),
+            _ => Err(internal()),
+        };
+        let fraction = |i: usize| match vals.get(i) {
+            Some(Some(Val::Fraction(f))) => Ok(*f),
+            _ => Err(internal()),
+        };
+        // `ascending` defaults to true, as in Spark.
+        let ascending = |i: usize| match vals.get(i) {
+            Some(Some(Val::Bool(b))) => Ok(*b),
+            Some(None) => Ok(true),
             _ => Err(internal()),
         };
         Ok(match spec.op {
@@ -679,6 +720,17 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Op::MapWithState => s.map_with_state(udf(0)?, opt_dur(1)?)?,
             Op::StateSnapshots => s.state_snapshots()?,
             Op::Checkpoint => s.checkpoint(dur(0)?)?,
+            Op::SortByKey => s.sort_by_key(ascending(0)?)?,
+            Op::SortBy => s.sort_by(udf(0)?, ascending(1)?)?,
+            Op::Distinct => s.distinct_into(count(0)?)?,
+            Op::Subtract => s.subtract(other(0)?)?,
+            Op::Intersection => s.intersection(other(0)?)?,
+            Op::Sample => s.sample(fraction(0)?, int(1)?)?,
+            Op::Take => s.take(int(0)?)?,
+            Op::Top => s.top(int(0)?)?,
+            Op::ZipWithIndex => s.zip_with_index()?,
+            Op::Cartesian => s.cartesian(other(0)?)?,
+            Op::Coalesce => s.coalesce(count(0)?.ok_or_else(internal)?)?,
         })
     }
 }
@@ -689,14 +741,20 @@ enum Val {
     Duration(Duration),
     Count(u32),
     Stream(DStream),
+    /// A number of records, a seed.
+    Int(u64),
+    Fraction(f64),
+    Bool(bool),
 }
 
 impl Arg {
     fn shape(&self) -> ArgShape {
         match self {
+            Arg::Name(n) if n == "true" || n == "false" => ArgShape::Bool,
             Arg::Name(_) => ArgShape::Name,
             Arg::Qualified(..) => ArgShape::Function,
             Arg::Num(_, u) => ArgShape::Number { unit: !u.is_empty() },
+            Arg::Decimal(_) => ArgShape::Decimal,
         }
     }
 }
@@ -801,6 +859,31 @@ mod tests {
         }
         // The same list the docs are checked against, not a copy of it.
         assert!(msg.contains("map_with_state") && msg.contains("state_snapshots"), "{msg}");
+    }
+
+    #[test]
+    fn fractions_booleans_and_record_counts_are_read_and_bounded() {
+        let job = load_job("out = \"lines.sample(0.25, 7).sort_by_key(false).take(1000000)\"").unwrap();
+        let ops: Vec<weir_plan::graph::NodeOp> = job.context.graph().nodes.into_iter().map(|n| n.op).collect();
+        assert!(ops.contains(&weir_plan::graph::NodeOp::Sample { seed: 7, threshold: 1 << 30 }), "{ops:?}");
+        assert!(load_job("out = \"lines.sample(1, 0).sort_by(stub.key_by, true)\"").is_ok());
+        assert_error(
+            "out = \"lines.sample(1.5, 7)\"",
+            STREAMS_LINE,
+            &["sample: argument 1 (fraction): must be from 0 to 1, got 1.5"],
+        );
+        assert_error(
+            "out = \"lines.sample(2, 7)\"",
+            STREAMS_LINE,
+            &["argument 1 (fraction): must be from 0 to 1, got 2"],
+        );
+        assert_error("out = \"lines.take(1000001)\"", STREAMS_LINE, &["must be at most 1000000 records"]);
+        assert_error(
+            "out = \"lines.sort_by_key(yes)\"",
+            STREAMS_LINE,
+            &["argument 1 (ascending) must be true or false"],
+        );
+        assert_error("out = \"lines.coalesce(0)\"", STREAMS_LINE, &["must be a positive integer"]);
     }
 
     #[test]
@@ -914,7 +997,9 @@ mod tests {
                     "slide" => "2s".into(),
                     _ => "10s".into(),
                 },
-                ParamKind::Count => "3".into(),
+                ParamKind::Count | ParamKind::Records | ParamKind::Seed => "3".into(),
+                ParamKind::Fraction => "0.5".into(),
+                ParamKind::Bool => "false".into(),
                 ParamKind::Stream => "other".into(),
             })
             .collect();
