@@ -60,6 +60,8 @@ pub enum Op {
     ZipWithIndex,
     Cartesian,
     Coalesce,
+    Transform,
+    TransformWith,
 }
 
 /// What an argument must be.
@@ -81,6 +83,8 @@ pub enum ParamKind {
     Fraction,
     /// `true` or `false`.
     Bool,
+    /// An RDD expression in double quotes: `"rdd.sort_by_key().take(10)"`.
+    Expr,
 }
 
 impl fmt::Display for ParamKind {
@@ -94,6 +98,7 @@ impl fmt::Display for ParamKind {
             ParamKind::Seed => f.write_str("a non-negative integer"),
             ParamKind::Fraction => f.write_str("a number from 0 to 1 such as 0.25"),
             ParamKind::Bool => f.write_str("true or false"),
+            ParamKind::Expr => f.write_str("an RDD expression in double quotes such as \"rdd.sort_by_key().take(10)\""),
         }
     }
 }
@@ -122,6 +127,23 @@ pub struct OpSpec {
 }
 
 impl OpSpec {
+    /// Whether it may appear in a `transform` expression: it acts on each
+    /// batch's RDD alone (not a window, not stateful, not a transform).
+    pub fn per_batch(&self) -> bool {
+        !self.stateful
+            && !matches!(
+                self.op,
+                Op::Window
+                    | Op::ReduceByWindow
+                    | Op::CountByWindow
+                    | Op::ReduceByKeyAndWindow
+                    | Op::GroupByKeyAndWindow
+                    | Op::CountByValueAndWindow
+                    | Op::Transform
+                    | Op::TransformWith
+            )
+    }
+
     /// How it is written in the docs: `reduce_by_key(f[, n])`.
     pub fn signature(&self) -> String {
         let mut s = format!("{}(", self.name);
@@ -198,6 +220,8 @@ pub enum ArgShape {
     Decimal,
     /// `true` or `false` (so never a stream's name as an argument).
     Bool,
+    /// Text in double quotes.
+    Text,
 }
 
 impl ArgShape {
@@ -212,6 +236,7 @@ impl ArgShape {
                 | (ArgShape::Number { unit: false }, ParamKind::Seed)
                 | (ArgShape::Number { unit: false } | ArgShape::Decimal, ParamKind::Fraction)
                 | (ArgShape::Bool, ParamKind::Bool)
+                | (ArgShape::Text, ParamKind::Expr)
                 | (ArgShape::Name, ParamKind::Stream)
         )
     }
@@ -322,6 +347,8 @@ pub static OPERATIONS: &[OpSpec] = &[
     op(Op::ZipWithIndex, "zip_with_index", &[], "`(x, i)`, `i` the record's position in the batch from 0, in one partition"),
     op(Op::Cartesian, "cartesian", &[OTHER], "`(x, y)` for every record `x` here and `y` there"),
     op(Op::Coalesce, "coalesce", &[req("n", ParamKind::Count)], "at most `n` partitions, neighbours merged in order (no shuffle)"),
+    op(Op::Transform, "transform", &[req("expr", ParamKind::Expr)], "`expr` applied to each batch's RDD: `\"rdd.<operation>(args)...\"` with the operations that act per batch (see transform)"),
+    op(Op::TransformWith, "transform_with", &[OTHER, req("expr", ParamKind::Expr)], "as `transform`, where `other` in `expr` is the other stream's RDD of the batch: `\"rdd.join(other)\"`"),
     stateful(Op::UpdateStateByKey, "update_state_by_key", &[udf("f", UdfKind::Update)], "`(k, state)` for every key with state: `f` (kind `update`) gets each key's values of the batch (`[]` if none) and its previous state (null if none) — for every key, every batch — and returns the new state, or null to remove the key"),
     stateful(Op::ReduceByKeyAndWindowInv, "reduce_by_key_and_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE, opt("filter", ParamKind::Udf(UdfKind::Filter))], "the window computed incrementally: previous window `f` entering batches, `inv` leaving batches (Spark's semantics: keys reaching zero stay unless `filter` — a `filter` function over `(k, v)` pairs — drops them)"),
     stateful(Op::ReduceByWindowInv, "reduce_by_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE], "`reduce_by_window` computed incrementally"),
@@ -442,6 +469,7 @@ mod tests {
                             ParamKind::Count | ParamKind::Records | ParamKind::Seed => N,
                             ParamKind::Fraction => ArgShape::Decimal,
                             ParamKind::Bool => ArgShape::Bool,
+                            ParamKind::Expr => ArgShape::Text,
                             ParamKind::Stream => S,
                         })
                         .collect();

@@ -253,6 +253,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
     let mut b = Builder {
+        in_transform: None,
         file: &file,
         modules: &modules,
         streams,
@@ -342,6 +343,10 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     base: PathBuf,
     /// The streams whose `[initial_state]` an update_state_by_key took.
     initial_used: std::collections::HashSet<String>,
+    /// Inside a `transform` expression: the stream `other` names
+    /// (`transform_with`'s second stream), if any. No other stream may be
+    /// named there.
+    in_transform: Option<Option<DStream>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -350,6 +355,8 @@ enum Tok {
     Num(u64, String),
     /// A number with a decimal point, as written.
     Decimal(String),
+    /// Text in double quotes (a transform's expression), without them.
+    Str(String),
     Dot,
     Open,
     Close,
@@ -379,6 +386,12 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
             ',' => {
                 out.push(Tok::Comma);
                 i += 1
+            }
+            '"' => {
+                // No escapes: an expression never contains a quote.
+                let end = cs[i + 1..].iter().position(|&c| c == '"').ok_or("unterminated \"...\" argument")?;
+                out.push(Tok::Str(cs[i + 1..i + 1 + end].iter().collect()));
+                i += end + 2;
             }
             c if c.is_ascii_digit() => {
                 let st = i;
@@ -421,6 +434,7 @@ enum Arg {
     Qualified(String, String),
     Num(u64, String),
     Decimal(String),
+    Text(String),
 }
 
 /// A stream expression: the stream it starts from and its operations with
@@ -465,6 +479,7 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
                 }
                 Some(Tok::Num(n, u)) => args.push(Arg::Num(n, u)),
                 Some(Tok::Decimal(d)) => args.push(Arg::Decimal(d)),
+                Some(Tok::Str(t)) => args.push(Arg::Text(t)),
                 Some(Tok::Comma) => {}
                 _ => return Err(format!("unterminated argument list of {op}")),
             }
@@ -559,6 +574,53 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         Ok(cur)
     }
 
+    /// Applies a transform expression (`rdd.op(args)...`) to `s`: its
+    /// operations, each acting on the batch's RDD, are the stream's own
+    /// per-batch operations; `other` names `other`.
+    fn transform(
+        &mut self,
+        s: &DStream,
+        text: &str,
+        other: Option<DStream>,
+        name: &str,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Result<DStream, EngineError> {
+        let e =
+            |m: String| -> EngineError { (self.err)(span.clone(), format!("stream {name}: transform: {m}")).into() };
+        if self.in_transform.is_some() {
+            return Err(e("a transform expression cannot contain another transform".into()));
+        }
+        let parsed = parse_expr(text).map_err(|m| e(format!("{m} in \"{text}\"")))?;
+        if parsed.first != "rdd" {
+            return Err(e(format!("the expression starts from `rdd` (the batch's RDD), not {:?}", parsed.first)));
+        }
+        let mut cur = s.clone();
+        self.in_transform = Some(other);
+        let mut result = Ok(());
+        for (op, args) in &parsed.calls {
+            let shapes: Vec<ArgShape> = args.iter().map(Arg::shape).collect();
+            if let Ok((spec, _)) = ops::select(op, &shapes) {
+                if !spec.per_batch() {
+                    result = Err(e(format!(
+                        "{} does not act on one batch's RDD (windows, stateful operations and transforms are \
+                         applied to the stream instead)",
+                        spec.signature()
+                    )));
+                    break;
+                }
+            }
+            match self.apply(&cur, op, args, name, span.clone()) {
+                Ok(next) => cur = next,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        self.in_transform = None;
+        result.map(|()| cur)
+    }
+
     /// Applies operation `op` to `s`: the form and the meaning of each
     /// argument come from the plan's list of operations (`weir_plan::ops`).
     fn apply(
@@ -610,7 +672,16 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                         )))
                     }
                 },
-                (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
+                (ParamKind::Stream, Some(Arg::Name(n))) => match &self.in_transform {
+                    None => Val::Stream(self.resolve(n, span.clone())?),
+                    Some(Some(o)) if n == "other" => Val::Stream(o.clone()),
+                    Some(_) => {
+                        return Err(what(format!(
+                            "inside a transform expression only `other` (transform_with's stream) names a stream, not {n:?}"
+                        )))
+                    }
+                },
+                (ParamKind::Expr, Some(Arg::Text(t))) => Val::Text(t.clone()),
                 (ParamKind::Records, Some(Arg::Num(n, _))) if *n <= weir_plan::limits::MAX_TAKE => Val::Int(*n),
                 (ParamKind::Records, Some(Arg::Num(n, _))) => {
                     return Err(what(format!("must be at most {} records, got {n}", weir_plan::limits::MAX_TAKE)))
@@ -669,7 +740,19 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Some(None) => Ok(true),
             _ => Err(internal()),
         };
+        let text = |i: usize| match vals.get(i) {
+            Some(Some(Val::Text(t))) => Ok(t.clone()),
+            _ => Err(internal()),
+        };
         Ok(match spec.op {
+            Op::Transform => {
+                let t = text(0)?;
+                self.transform(s, &t, None, name, span)?
+            }
+            Op::TransformWith => {
+                let (o, t) = (other(0)?.clone(), text(1)?);
+                self.transform(s, &t, Some(o), name, span)?
+            }
             Op::Map => s.map(udf(0)?)?,
             Op::FlatMap => s.flat_map(udf(0)?)?,
             Op::Filter => s.filter(udf(0)?)?,
@@ -745,6 +828,7 @@ enum Val {
     Int(u64),
     Fraction(f64),
     Bool(bool),
+    Text(String),
 }
 
 impl Arg {
@@ -755,6 +839,7 @@ impl Arg {
             Arg::Qualified(..) => ArgShape::Function,
             Arg::Num(_, u) => ArgShape::Number { unit: !u.is_empty() },
             Arg::Decimal(_) => ArgShape::Decimal,
+            Arg::Text(_) => ArgShape::Text,
         }
     }
 }
@@ -887,6 +972,48 @@ mod tests {
     }
 
     #[test]
+    fn a_transform_expression_is_the_same_plan_as_its_operations_on_the_stream() {
+        let ops_of = |streams: &str| -> Vec<weir_plan::graph::NodeOp> {
+            let job = load_job(streams).unwrap_or_else(|e| panic!("{streams}: {e}"));
+            job.context.graph().nodes.into_iter().map(|n| n.op).collect()
+        };
+        assert_eq!(
+            ops_of("out = 'lines.transform(\"rdd.map(stub.map).sort_by_key(false).take(10)\")'"),
+            ops_of("out = \"lines.map(stub.map).sort_by_key(false).take(10)\"")
+        );
+        assert_eq!(
+            ops_of(
+                "other = \"lines.map(stub.map)\"\nout = 'lines.transform_with(other, \"rdd.join(other).distinct()\")'"
+            ),
+            ops_of("other = \"lines.map(stub.map)\"\nout = \"lines.join(other).distinct()\"")
+        );
+        assert_error(
+            "out = 'lines.transform(\"rdd.window(2s)\")'",
+            STREAMS_LINE,
+            &["transform: window(len[, slide]) does not act on one batch's RDD"],
+        );
+        assert_error(
+            "out = 'lines.transform(\"rdd.update_state_by_key(stub.update)\")'",
+            STREAMS_LINE,
+            &["does not act on one batch's RDD"],
+        );
+        assert_error(
+            "x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(x)\")'",
+            STREAMS_LINE + 1,
+            &["only `other` (transform_with's stream) names a stream, not \"x\""],
+        );
+        assert_error("out = 'lines.transform(\"lines.distinct()\")'", STREAMS_LINE, &["starts from `rdd`"]);
+        assert_error(
+            "out = 'lines.transform(\"rdd.transform(rdd)\")'",
+            STREAMS_LINE,
+            // An expression holds no quotes, so no transform inside.
+            &["transform: argument 1 (expr) must be an RDD expression"],
+        );
+        assert_error("out = 'lines.transform(\"rdd.map(stub.map)'", STREAMS_LINE, &["unterminated"]);
+        assert_error("out = 'lines.transform(rdd)'", STREAMS_LINE, &["argument 1 (expr) must be an RDD expression"]);
+    }
+
+    #[test]
     fn unknown_streams_and_modules_name_the_line_and_what_exists() {
         assert_error(
             "x = \"lines.map(stub.map)\"\nout = \"nope.map(stub.map)\"",
@@ -1000,6 +1127,7 @@ mod tests {
                 ParamKind::Count | ParamKind::Records | ParamKind::Seed => "3".into(),
                 ParamKind::Fraction => "0.5".into(),
                 ParamKind::Bool => "false".into(),
+                ParamKind::Expr => "\\\"rdd.distinct().take(3)\\\"".into(),
                 ParamKind::Stream => "other".into(),
             })
             .collect();
