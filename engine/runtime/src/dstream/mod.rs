@@ -25,6 +25,9 @@
 
 pub use weir_plan::graph;
 
+mod transform;
+pub use transform::BatchRdd;
+
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;

@@ -1557,3 +1557,32 @@ fn lost_blocks_of_a_sampled_rdd_are_recomputed_to_the_same_bytes() {
     assert_eq!(*recomputed.lock().unwrap(), taken(&c));
     assert!(taken(&c).iter().all(|(_, v)| (60..=140).contains(&v.len())));
 }
+
+#[test]
+fn transform_and_transform_with() {
+    // Spark's transform(rdd => rdd.sortByKey(false).take(2)), per batch.
+    let input = vec![kvs(&[("b", 2), ("a", 1), ("c", 3)]), kvs(&[("x", 1)]), vec![]];
+    let out = run1(input.clone(), |_, src| src.transform(|rdd| rdd.sort_by_key(false)?.take(2)));
+    assert_eq!(out, every_second(vec![kvs(&[("c", 3), ("b", 2)]), kvs(&[("x", 1)]), vec![]]));
+    // The same plan as the operations on the stream.
+    let ssc = ctx();
+    let src = ssc.queue_stream(input);
+    let a = src.transform(|rdd| rdd.distinct()?.sort_by_key(true)).unwrap();
+    let b = src.distinct().unwrap().sort_by_key(true).unwrap();
+    let g = ssc.graph();
+    let ops = |d: &DStream| {
+        let mut v = Vec::new();
+        let mut n = d.node();
+        while let Some(node) = g.nodes.get(n as usize).filter(|x| !x.parents.is_empty()) {
+            v.push(format!("{:?}", node.op));
+            n = node.parents[0];
+        }
+        v
+    };
+    assert_eq!(ops(&a), ops(&b));
+    // transformWith: the other stream's RDD of the same batch.
+    let out = run2(join_left(), join_right(), |_, a, b| a.transform_with(b, |x, y| x.join(&y)?.sort_by_key(true)));
+    let want = run2(join_left(), join_right(), |_, a, b| a.join(b)?.sort_by_key(true));
+    assert_eq!(out, want);
+    assert!(!out.iter().all(|(_, v)| v.is_empty()));
+}
