@@ -1329,7 +1329,7 @@ fn sort_by_key() {
     assert_eq!(out, every_second(vec![vec![l(kvs(&[("a", 2), ("b", 1), ("c", 4), ("d", 3), ("e", 5)]))]]));
     // Records that are not pairs fail the batch, not the job.
     let ssc = ctx();
-    let c = ssc.queue_stream(vec![ints(&[1]), vec![kvs(&[("a", 1)])].concat()]).sort_by_key(true).unwrap();
+    let c = ssc.queue_stream(vec![ints(&[1]), kvs(&[("a", 1)])]).sort_by_key(true).unwrap();
     let c = c.collect().unwrap();
     let report = ssc.run(opts(2)).expect("run");
     assert_eq!(report.failed_batches().map(|b| b.time).collect::<Vec<_>>(), vec![1000]);
