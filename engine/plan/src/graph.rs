@@ -36,6 +36,13 @@ pub enum NodeOp {
     /// reduce_by_key_and_window with an inverse function over the parent's
     /// per-batch reduced pairs.
     InvWindow { length_ms: i64, slide_ms: i64, reduce: Reducer, inverse: Reducer, filter: Option<PairFilter> },
+    /// A seeded sample: a narrow `NarrowOp::Sample` whose seed mixes in
+    /// each RDD's batch time (`rdd::sample_seed`).
+    Sample { seed: u64, threshold: u64 },
+    /// The parent's partitions merged into at most `partitions`, no shuffle.
+    Coalesce { partitions: u32 },
+    /// Every pair of a record of the first parent and one of the second.
+    Cartesian,
 }
 
 impl NodeOp {
@@ -177,6 +184,8 @@ impl Graph {
             NodeOp::Source { .. } => self.parallelism as u64,
             NodeOp::Shuffle { partitions, .. } => *partitions as u64,
             NodeOp::Union => parents.iter().fold(0u64, |a, p| a.saturating_add(of(p).1)),
+            NodeOp::Coalesce { partitions } => first.min(*partitions as u64),
+            NodeOp::Cartesian => parents.iter().fold(1u64, |a, p| a.saturating_mul(of(p).1)),
             // A window is the union of `length / parent slide` parent RDDs.
             NodeOp::Window { length_ms, .. } => {
                 let ps = parents.first().and_then(|p| self.nodes.get(*p as usize)).map(|n| n.slide_ms).unwrap_or(1);
@@ -210,7 +219,7 @@ impl Graph {
                 limits::MAX_GRAPH_DEPTH
             )));
         }
-        if let NodeOp::Shuffle { partitions, .. } = &op {
+        if let NodeOp::Shuffle { partitions, .. } | NodeOp::Coalesce { partitions } = &op {
             limits::check_partitions("the number of partitions", *partitions as u64)
                 .map_err(|m| GraphError(format!("{label}: {m}")))?;
         }
@@ -372,6 +381,42 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
                     label: n.label.clone(),
                 })
             }),
+            NodeOp::Sample { seed, threshold } => rdd_at(g, zero, n.parents[0], time, memo, lineage).and_then(|p| {
+                let parent = lineage.get(p)?;
+                let seed = crate::rdd::sample_seed(*seed, time);
+                Some(Rdd {
+                    id,
+                    partitions: parent.partitions,
+                    op: RddOp::Narrow { parent: p, ops: vec![NarrowOp::Sample { seed, threshold: *threshold }] },
+                    persist: n.persist,
+                    label: n.label.clone(),
+                })
+            }),
+            NodeOp::Coalesce { partitions } => rdd_at(g, zero, n.parents[0], time, memo, lineage).and_then(|p| {
+                let parent = lineage.get(p)?;
+                Some(Rdd {
+                    id,
+                    partitions: parent.partitions.min(*partitions).max(1),
+                    op: RddOp::Coalesce { parent: p, parent_partitions: parent.partitions },
+                    persist: n.persist,
+                    label: n.label.clone(),
+                })
+            }),
+            NodeOp::Cartesian => {
+                let left = rdd_at(g, zero, n.parents[0], time, memo, lineage);
+                let right = n.parents.get(1).and_then(|r| rdd_at(g, zero, *r, time, memo, lineage));
+                match (left.and_then(|l| lineage.get(l)), right.and_then(|r| lineage.get(r))) {
+                    (Some(l), Some(r)) => Some(Rdd {
+                        id,
+                        // Saturating: bounded by the graph (MAX_RDD_PARTITIONS) when built.
+                        partitions: l.partitions.saturating_mul(r.partitions),
+                        op: RddOp::Cartesian { left: l.id, right: r.id, right_partitions: r.partitions },
+                        persist: n.persist,
+                        label: n.label.clone(),
+                    }),
+                    _ => None,
+                }
+            }
             NodeOp::Union => {
                 let parents: Vec<RddId> =
                     n.parents.iter().filter_map(|p| rdd_at(g, zero, *p, time, memo, lineage)).collect();

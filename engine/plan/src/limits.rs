@@ -39,6 +39,14 @@ pub const MAX_GENERATOR_WORDS_PER_LINE: u32 = 10_000;
 /// a batch is built in memory, about 8 bytes a word.
 pub const MAX_GENERATOR_WORDS: u64 = 100_000_000;
 
+/// Most records `take(n)` and `top(n)` may ask for: they gather into one
+/// partition, in memory.
+pub const MAX_TAKE: u64 = 1_000_000;
+
+/// Most bytes one partition of a `cartesian` may make (pairs of both sides'
+/// records): a partition is built in memory.
+pub const MAX_CARTESIAN_BYTES: u64 = 1 << 30;
+
 /// Checks a duration in milliseconds against `1..=MAX_DURATION_MS`.
 pub fn check_duration_ms(what: &str, ms: i64) -> Result<(), String> {
     if ms <= 0 {

@@ -49,6 +49,19 @@ pub enum Op {
     MapWithState,
     StateSnapshots,
     Checkpoint,
+    SortByKey,
+    SortBy,
+    Distinct,
+    Subtract,
+    Intersection,
+    Sample,
+    Take,
+    Top,
+    ZipWithIndex,
+    Cartesian,
+    Coalesce,
+    Transform,
+    TransformWith,
 }
 
 /// What an argument must be.
@@ -60,8 +73,18 @@ pub enum ParamKind {
     Duration,
     /// The name of another source or stream.
     Stream,
-    /// A positive integer.
+    /// A number of partitions: a positive integer.
     Count,
+    /// A number of records: 0 to [`crate::limits::MAX_TAKE`].
+    Records,
+    /// A non-negative integer (a seed).
+    Seed,
+    /// A number from 0 to 1, such as `0.25`.
+    Fraction,
+    /// `true` or `false`.
+    Bool,
+    /// An RDD expression in double quotes: `"rdd.sort_by_key().take(10)"`.
+    Expr,
 }
 
 impl fmt::Display for ParamKind {
@@ -71,6 +94,11 @@ impl fmt::Display for ParamKind {
             ParamKind::Duration => f.write_str("a duration such as 10s"),
             ParamKind::Stream => f.write_str("a stream name"),
             ParamKind::Count => f.write_str("a positive integer"),
+            ParamKind::Records => write!(f, "a number of records (0 to {})", crate::limits::MAX_TAKE),
+            ParamKind::Seed => f.write_str("a non-negative integer"),
+            ParamKind::Fraction => f.write_str("a number from 0 to 1 such as 0.25"),
+            ParamKind::Bool => f.write_str("true or false"),
+            ParamKind::Expr => f.write_str("an RDD expression in double quotes such as \"rdd.sort_by_key().take(10)\""),
         }
     }
 }
@@ -99,6 +127,23 @@ pub struct OpSpec {
 }
 
 impl OpSpec {
+    /// Whether it may appear in a `transform` expression: it acts on each
+    /// batch's RDD alone (not a window, not stateful, not a transform).
+    pub fn per_batch(&self) -> bool {
+        !self.stateful
+            && !matches!(
+                self.op,
+                Op::Window
+                    | Op::ReduceByWindow
+                    | Op::CountByWindow
+                    | Op::ReduceByKeyAndWindow
+                    | Op::GroupByKeyAndWindow
+                    | Op::CountByValueAndWindow
+                    | Op::Transform
+                    | Op::TransformWith
+            )
+    }
+
     /// How it is written in the docs: `reduce_by_key(f[, n])`.
     pub fn signature(&self) -> String {
         let mut s = format!("{}(", self.name);
@@ -171,6 +216,12 @@ pub enum ArgShape {
     Number { unit: bool },
     /// A bare name.
     Name,
+    /// A number with a decimal point (`0.25`).
+    Decimal,
+    /// `true` or `false` (so never a stream's name as an argument).
+    Bool,
+    /// Text in double quotes.
+    Text,
 }
 
 impl ArgShape {
@@ -181,6 +232,11 @@ impl ArgShape {
             (ArgShape::Function, ParamKind::Udf(_))
                 | (ArgShape::Number { .. }, ParamKind::Duration)
                 | (ArgShape::Number { unit: false }, ParamKind::Count)
+                | (ArgShape::Number { unit: false }, ParamKind::Records)
+                | (ArgShape::Number { unit: false }, ParamKind::Seed)
+                | (ArgShape::Number { unit: false } | ArgShape::Decimal, ParamKind::Fraction)
+                | (ArgShape::Bool, ParamKind::Bool)
+                | (ArgShape::Text, ParamKind::Expr)
                 | (ArgShape::Name, ParamKind::Stream)
         )
     }
@@ -280,6 +336,19 @@ pub static OPERATIONS: &[OpSpec] = &[
     op(Op::ReduceByKeyAndWindow, "reduce_by_key_and_window", &[udf("f", UdfKind::Reduce), LEN, SLIDE], "`reduce_by_key` over the window"),
     op(Op::GroupByKeyAndWindow, "group_by_key_and_window", &[LEN, SLIDE], "`group_by_key` over the window"),
     op(Op::CountByValueAndWindow, "count_by_value_and_window", &[LEN, SLIDE], "`count_by_value` over the window"),
+    op(Op::SortByKey, "sort_by_key", &[opt("ascending", ParamKind::Bool)], "on pairs, sorted by key (ascending unless `false`; keys in the value order, see Ordering), in one partition"),
+    op(Op::SortBy, "sort_by", &[udf("f", UdfKind::KeyBy), opt("ascending", ParamKind::Bool)], "the records sorted by `f(x)` (`f` of kind `key_by`; as `sort_by_key`), in one partition"),
+    op(Op::Distinct, "distinct", &[opt("n", ParamKind::Count)], "each distinct record once (a shuffle into `n` partitions, default `parallelism`)"),
+    op(Op::Subtract, "subtract", &[OTHER], "the records not in `other` (duplicates kept; a shuffle)"),
+    op(Op::Intersection, "intersection", &[OTHER], "the records in both streams, each once (a shuffle)"),
+    op(Op::Sample, "sample", &[req("fraction", ParamKind::Fraction), req("seed", ParamKind::Seed)], "each record with probability `fraction` (without replacement), decided by a hash of `seed`, the batch time, the record and its position: the same every run"),
+    op(Op::Take, "take", &[req("n", ParamKind::Records)], "the first `n` records (partitions in order), in one partition"),
+    op(Op::Top, "top", &[req("n", ParamKind::Records)], "the `n` greatest records in the value order, greatest first, in one partition"),
+    op(Op::ZipWithIndex, "zip_with_index", &[], "`(x, i)`, `i` the record's position in the batch from 0, in one partition"),
+    op(Op::Cartesian, "cartesian", &[OTHER], "`(x, y)` for every record `x` here and `y` there"),
+    op(Op::Coalesce, "coalesce", &[req("n", ParamKind::Count)], "at most `n` partitions, neighbours merged in order (no shuffle)"),
+    op(Op::Transform, "transform", &[req("expr", ParamKind::Expr)], "`expr` applied to each batch's RDD: `\"rdd.<operation>(args)...\"` with the operations that act per batch (see transform)"),
+    op(Op::TransformWith, "transform_with", &[OTHER, req("expr", ParamKind::Expr)], "as `transform`, where `other` in `expr` is the other stream's RDD of the batch: `\"rdd.join(other)\"`"),
     stateful(Op::UpdateStateByKey, "update_state_by_key", &[udf("f", UdfKind::Update)], "`(k, state)` for every key with state: `f` (kind `update`) gets each key's values of the batch (`[]` if none) and its previous state (null if none) — for every key, every batch — and returns the new state, or null to remove the key"),
     stateful(Op::ReduceByKeyAndWindowInv, "reduce_by_key_and_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE, opt("filter", ParamKind::Udf(UdfKind::Filter))], "the window computed incrementally: previous window `f` entering batches, `inv` leaving batches (Spark's semantics: keys reaching zero stay unless `filter` — a `filter` function over `(k, v)` pairs — drops them)"),
     stateful(Op::ReduceByWindowInv, "reduce_by_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE], "`reduce_by_window` computed incrementally"),
@@ -362,7 +431,12 @@ mod tests {
     fn unknown_operations_list_the_valid_names() {
         let e = pick("reduce_by_kee", &[F]).map_err(|e| e.to_string());
         let Err(msg) = e else { panic!("accepted an unknown operation") };
-        assert!(msg.starts_with("unknown operation \"reduce_by_kee\" (valid: checkpoint, cogroup, count, "), "{msg}");
+        assert!(
+            msg.starts_with(
+                "unknown operation \"reduce_by_kee\" (valid: cartesian, checkpoint, coalesce, cogroup, count, "
+            ),
+            "{msg}"
+        );
         for n in names() {
             assert!(msg.contains(n), "{n} missing from {msg}");
         }
@@ -392,7 +466,10 @@ mod tests {
                         .map(|p| match p.kind {
                             ParamKind::Udf(_) => F,
                             ParamKind::Duration => D,
-                            ParamKind::Count => N,
+                            ParamKind::Count | ParamKind::Records | ParamKind::Seed => N,
+                            ParamKind::Fraction => ArgShape::Decimal,
+                            ParamKind::Bool => ArgShape::Bool,
+                            ParamKind::Expr => ArgShape::Text,
                             ParamKind::Stream => S,
                         })
                         .collect();

@@ -108,6 +108,49 @@ pub enum NarrowOp {
     /// From map_with_state's tagged records: tag 0 gives the `(k, state)`
     /// snapshot, tag 1 the emitted records.
     Tagged(u8),
+    /// `(k, v) -> k`.
+    Keys,
+    /// Keeps a record when a hash of `(seed, partition, position, record)`
+    /// falls below `threshold` (a fraction of 2^32). `seed` already mixes in
+    /// the batch time ([`sample_seed`]), so recomputation keeps the same
+    /// records and different batches sample independently.
+    Sample { seed: u64, threshold: u64 },
+    /// From cogroup output `(x, ([v...], [w...]))`: `x` once per `v` when
+    /// there is no `w` (subtract keeps the left's duplicates).
+    Subtract,
+    /// From cogroup output: `x` once when both sides have it.
+    Intersection,
+    /// `x -> (x, i)`, `i` its position in the partition (after a gather to
+    /// one partition: its position in the batch).
+    ZipWithIndex,
+}
+
+/// The seed a sample uses for the RDD of batch `time`: the user's seed and
+/// the time, mixed (splitmix64), so each batch samples independently.
+pub fn sample_seed(seed: u64, time: i64) -> u64 {
+    mix64(seed ^ mix64(time as u64))
+}
+
+/// splitmix64's finaliser: a fixed bijection that spreads every input bit.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A sample's threshold for `fraction` (clamped to 0..=1): kept records
+/// hash below it in 32 bits, so 1 keeps all and 0 none.
+pub fn sample_threshold(fraction: f64) -> u64 {
+    let f = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+    (f * (1u64 << 32) as f64).round() as u64
+}
+
+/// Whether a sample keeps the record `rec` at `position` of partition
+/// `partition`: a pure function of its arguments.
+pub fn sample_keeps(seed: u64, threshold: u64, partition: u32, position: u64, rec: &[u8]) -> bool {
+    let s = mix64(seed ^ mix64(((partition as u64) << 40) ^ position));
+    (xxhash_rust::xxh3::xxh3_64_with_seed(rec, s) >> 32) < threshold
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -133,6 +176,15 @@ pub enum Aggregation {
     Count,
     /// reduce: the fold of all records (nothing for none).
     Reduce(Reducer),
+    /// Into one partition, every record in map-partition order.
+    Gather,
+    /// sort_by_key: into one partition, pairs stably sorted by key in the
+    /// value order (`docs/jobs.md`, "Ordering"); ties keep map order.
+    SortByKey { ascending: bool },
+    /// take: into one partition, the first `n` records in map-partition order.
+    Take(u64),
+    /// top: into one partition, the `n` greatest records, greatest first.
+    Top(u64),
 }
 
 /// How an RDD is made from its parents.
@@ -169,6 +221,21 @@ pub enum RddOp {
     /// Reads a shuffle of `parents` (several only for cogroup), whose map
     /// sides have `map_partitions[i]` partitions each.
     Shuffled { parents: Vec<RddId>, map_partitions: Vec<u32>, aggregation: Aggregation },
+    /// coalesce: partition `i` of this RDD's `n` is the concatenation of the
+    /// parent's partitions `i*p/n .. (i+1)*p/n` (`p`: the parent's; see
+    /// [`coalesced`]). No shuffle, as Spark's `coalesce(n)`.
+    Coalesce { parent: RddId, parent_partitions: u32 },
+    /// cartesian: partition `i*r + j` is every `(x, y)` of the left's
+    /// partition `i` and the right's `j` (`r`: the right's partitions).
+    Cartesian { left: RddId, right: RddId, right_partitions: u32 },
+}
+
+/// The parent partitions that partition `i` of a coalesce into `n` reads,
+/// out of `parent` partitions: contiguous, in order, none shared.
+pub fn coalesced(i: u32, n: u32, parent: u32) -> std::ops::Range<u32> {
+    let n = n.max(1) as u64;
+    let at = |k: u64| (k * parent as u64 / n) as u32;
+    at(i as u64)..at(i as u64 + 1)
 }
 
 impl RddOp {
@@ -176,7 +243,8 @@ impl RddOp {
     pub fn narrow_parents(&self) -> Vec<RddId> {
         match self {
             RddOp::Input { .. } | RddOp::Checkpointed { .. } | RddOp::Shuffled { .. } => vec![],
-            RddOp::Narrow { parent, .. } => vec![*parent],
+            RddOp::Narrow { parent, .. } | RddOp::Coalesce { parent, .. } => vec![*parent],
+            RddOp::Cartesian { left, right, .. } => vec![*left, *right],
             RddOp::Union { parents } => parents.clone(),
             RddOp::State { prev, grouped, .. } | RddOp::MapWithState { prev, grouped, .. } => {
                 prev.iter().copied().chain([*grouped]).collect()

@@ -279,6 +279,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
     }
     let mut b = Builder {
+        in_transform: None,
         file: &file,
         modules: &modules,
         streams,
@@ -393,12 +394,20 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     base: PathBuf,
     /// The streams whose `[initial_state]` an update_state_by_key took.
     initial_used: std::collections::HashSet<String>,
+    /// Inside a `transform` expression: the stream `other` names
+    /// (`transform_with`'s second stream), if any. No other stream may be
+    /// named there.
+    in_transform: Option<Option<DStream>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
     Num(u64, String),
+    /// A number with a decimal point, as written.
+    Decimal(String),
+    /// Text in double quotes (a transform's expression), without them.
+    Str(String),
     Dot,
     Open,
     Close,
@@ -429,6 +438,12 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 out.push(Tok::Comma);
                 i += 1
             }
+            '"' => {
+                // No escapes: an expression never contains a quote.
+                let end = cs[i + 1..].iter().position(|&c| c == '"').ok_or("unterminated \"...\" argument")?;
+                out.push(Tok::Str(cs[i + 1..i + 1 + end].iter().collect()));
+                i += end + 2;
+            }
             c if c.is_ascii_digit() => {
                 let st = i;
                 while i < cs.len() && cs[i].is_ascii_digit() {
@@ -439,6 +454,15 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
                 let us = i;
                 while i < cs.len() && cs[i].is_ascii_alphabetic() {
                     i += 1;
+                }
+                // A decimal fraction (`0.25`): a dot followed by a digit.
+                if us == i && cs.get(i) == Some(&'.') && cs.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+                    i += 1;
+                    while i < cs.len() && cs[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    out.push(Tok::Decimal(cs[st..i].iter().collect()));
+                    continue;
                 }
                 out.push(Tok::Num(n, cs[us..i].iter().collect()));
             }
@@ -460,6 +484,8 @@ enum Arg {
     Name(String),
     Qualified(String, String),
     Num(u64, String),
+    Decimal(String),
+    Text(String),
 }
 
 /// A stream expression: the stream it starts from and its operations with
@@ -503,6 +529,8 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
                     }
                 }
                 Some(Tok::Num(n, u)) => args.push(Arg::Num(n, u)),
+                Some(Tok::Decimal(d)) => args.push(Arg::Decimal(d)),
+                Some(Tok::Str(t)) => args.push(Arg::Text(t)),
                 Some(Tok::Comma) => {}
                 _ => return Err(format!("unterminated argument list of {op}")),
             }
@@ -597,6 +625,53 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         Ok(cur)
     }
 
+    /// Applies a transform expression (`rdd.op(args)...`) to `s`: its
+    /// operations, each acting on the batch's RDD, are the stream's own
+    /// per-batch operations; `other` names `other`.
+    fn transform(
+        &mut self,
+        s: &DStream,
+        text: &str,
+        other: Option<DStream>,
+        name: &str,
+        span: Option<std::ops::Range<usize>>,
+    ) -> Result<DStream, EngineError> {
+        let e =
+            |m: String| -> EngineError { (self.err)(span.clone(), format!("stream {name}: transform: {m}")).into() };
+        if self.in_transform.is_some() {
+            return Err(e("a transform expression cannot contain another transform".into()));
+        }
+        let parsed = parse_expr(text).map_err(|m| e(format!("{m} in \"{text}\"")))?;
+        if parsed.first != "rdd" {
+            return Err(e(format!("the expression starts from `rdd` (the batch's RDD), not {:?}", parsed.first)));
+        }
+        let mut cur = s.clone();
+        self.in_transform = Some(other);
+        let mut result = Ok(());
+        for (op, args) in &parsed.calls {
+            let shapes: Vec<ArgShape> = args.iter().map(Arg::shape).collect();
+            if let Ok((spec, _)) = ops::select(op, &shapes) {
+                if !spec.per_batch() {
+                    result = Err(e(format!(
+                        "{} does not act on one batch's RDD (windows, stateful operations and transforms are \
+                         applied to the stream instead)",
+                        spec.signature()
+                    )));
+                    break;
+                }
+            }
+            match self.apply(&cur, op, args, name, span.clone()) {
+                Ok(next) => cur = next,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        self.in_transform = None;
+        result.map(|()| cur)
+    }
+
     /// Applies operation `op` to `s`: the form and the meaning of each
     /// argument come from the plan's list of operations (`weir_plan::ops`).
     fn apply(
@@ -648,7 +723,30 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                         )))
                     }
                 },
-                (ParamKind::Stream, Some(Arg::Name(n))) => Val::Stream(self.resolve(n, span.clone())?),
+                (ParamKind::Stream, Some(Arg::Name(n))) => match &self.in_transform {
+                    None => Val::Stream(self.resolve(n, span.clone())?),
+                    Some(Some(o)) if n == "other" => Val::Stream(o.clone()),
+                    Some(_) => {
+                        return Err(what(format!(
+                            "inside a transform expression only `other` (transform_with's stream) names a stream, not {n:?}"
+                        )))
+                    }
+                },
+                (ParamKind::Expr, Some(Arg::Text(t))) => Val::Text(t.clone()),
+                (ParamKind::Records, Some(Arg::Num(n, _))) if *n <= weir_plan::limits::MAX_TAKE => Val::Int(*n),
+                (ParamKind::Records, Some(Arg::Num(n, _))) => {
+                    return Err(what(format!("must be at most {} records, got {n}", weir_plan::limits::MAX_TAKE)))
+                }
+                (ParamKind::Seed, Some(Arg::Num(n, _))) => Val::Int(*n),
+                (ParamKind::Fraction, Some(Arg::Num(n, _))) if *n <= 1 => Val::Fraction(*n as f64),
+                (ParamKind::Fraction, Some(Arg::Num(n, _))) => {
+                    return Err(what(format!("must be from 0 to 1, got {n}")))
+                }
+                (ParamKind::Fraction, Some(Arg::Decimal(d))) => match d.parse::<f64>() {
+                    Ok(f) if (0.0..=1.0).contains(&f) => Val::Fraction(f),
+                    _ => return Err(what(format!("must be from 0 to 1, got {d}"))),
+                },
+                (ParamKind::Bool, Some(Arg::Name(b))) => Val::Bool(b == "true"),
                 (kind, _) => return Err(what(format!("must be {kind}"))),
             }));
         }
@@ -679,7 +777,33 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Some(None) => Ok(None),
             _ => Err(internal()),
         };
+        let int = |i: usize| match vals.get(i) {
+            Some(Some(Val::Int(n))) => Ok(*n),
+            _ => Err(internal()),
+        };
+        let fraction = |i: usize| match vals.get(i) {
+            Some(Some(Val::Fraction(f))) => Ok(*f),
+            _ => Err(internal()),
+        };
+        // `ascending` defaults to true, as in Spark.
+        let ascending = |i: usize| match vals.get(i) {
+            Some(Some(Val::Bool(b))) => Ok(*b),
+            Some(None) => Ok(true),
+            _ => Err(internal()),
+        };
+        let text = |i: usize| match vals.get(i) {
+            Some(Some(Val::Text(t))) => Ok(t.clone()),
+            _ => Err(internal()),
+        };
         Ok(match spec.op {
+            Op::Transform => {
+                let t = text(0)?;
+                self.transform(s, &t, None, name, span)?
+            }
+            Op::TransformWith => {
+                let (o, t) = (other(0)?.clone(), text(1)?);
+                self.transform(s, &t, Some(o), name, span)?
+            }
             Op::Map => s.map(udf(0)?)?,
             Op::FlatMap => s.flat_map(udf(0)?)?,
             Op::Filter => s.filter(udf(0)?)?,
@@ -730,6 +854,17 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Op::MapWithState => s.map_with_state(udf(0)?, opt_dur(1)?)?,
             Op::StateSnapshots => s.state_snapshots()?,
             Op::Checkpoint => s.checkpoint(dur(0)?)?,
+            Op::SortByKey => s.sort_by_key(ascending(0)?)?,
+            Op::SortBy => s.sort_by(udf(0)?, ascending(1)?)?,
+            Op::Distinct => s.distinct_into(count(0)?)?,
+            Op::Subtract => s.subtract(other(0)?)?,
+            Op::Intersection => s.intersection(other(0)?)?,
+            Op::Sample => s.sample(fraction(0)?, int(1)?)?,
+            Op::Take => s.take(int(0)?)?,
+            Op::Top => s.top(int(0)?)?,
+            Op::ZipWithIndex => s.zip_with_index()?,
+            Op::Cartesian => s.cartesian(other(0)?)?,
+            Op::Coalesce => s.coalesce(count(0)?.ok_or_else(internal)?)?,
         })
     }
 }
@@ -740,14 +875,22 @@ enum Val {
     Duration(Duration),
     Count(u32),
     Stream(DStream),
+    /// A number of records, a seed.
+    Int(u64),
+    Fraction(f64),
+    Bool(bool),
+    Text(String),
 }
 
 impl Arg {
     fn shape(&self) -> ArgShape {
         match self {
+            Arg::Name(n) if n == "true" || n == "false" => ArgShape::Bool,
             Arg::Name(_) => ArgShape::Name,
             Arg::Qualified(..) => ArgShape::Function,
             Arg::Num(_, u) => ArgShape::Number { unit: !u.is_empty() },
+            Arg::Decimal(_) => ArgShape::Decimal,
+            Arg::Text(_) => ArgShape::Text,
         }
     }
 }
@@ -910,6 +1053,73 @@ mod tests {
     }
 
     #[test]
+    fn fractions_booleans_and_record_counts_are_read_and_bounded() {
+        let job = load_job("out = \"lines.sample(0.25, 7).sort_by_key(false).take(1000000)\"").unwrap();
+        let ops: Vec<weir_plan::graph::NodeOp> = job.context.graph().nodes.into_iter().map(|n| n.op).collect();
+        assert!(ops.contains(&weir_plan::graph::NodeOp::Sample { seed: 7, threshold: 1 << 30 }), "{ops:?}");
+        assert!(load_job("out = \"lines.sample(1, 0).sort_by(stub.key_by, true)\"").is_ok());
+        assert_error(
+            "out = \"lines.sample(1.5, 7)\"",
+            STREAMS_LINE,
+            &["sample: argument 1 (fraction): must be from 0 to 1, got 1.5"],
+        );
+        assert_error(
+            "out = \"lines.sample(2, 7)\"",
+            STREAMS_LINE,
+            &["argument 1 (fraction): must be from 0 to 1, got 2"],
+        );
+        assert_error("out = \"lines.take(1000001)\"", STREAMS_LINE, &["must be at most 1000000 records"]);
+        assert_error(
+            "out = \"lines.sort_by_key(yes)\"",
+            STREAMS_LINE,
+            &["argument 1 (ascending) must be true or false"],
+        );
+        assert_error("out = \"lines.coalesce(0)\"", STREAMS_LINE, &["must be a positive integer"]);
+    }
+
+    #[test]
+    fn a_transform_expression_is_the_same_plan_as_its_operations_on_the_stream() {
+        let ops_of = |streams: &str| -> Vec<weir_plan::graph::NodeOp> {
+            let job = load_job(streams).unwrap_or_else(|e| panic!("{streams}: {e}"));
+            job.context.graph().nodes.into_iter().map(|n| n.op).collect()
+        };
+        assert_eq!(
+            ops_of("out = 'lines.transform(\"rdd.map(stub.map).sort_by_key(false).take(10)\")'"),
+            ops_of("out = \"lines.map(stub.map).sort_by_key(false).take(10)\"")
+        );
+        assert_eq!(
+            ops_of(
+                "other = \"lines.map(stub.map)\"\nout = 'lines.transform_with(other, \"rdd.join(other).distinct()\")'"
+            ),
+            ops_of("other = \"lines.map(stub.map)\"\nout = \"lines.join(other).distinct()\"")
+        );
+        assert_error(
+            "out = 'lines.transform(\"rdd.window(2s)\")'",
+            STREAMS_LINE,
+            &["transform: window(len[, slide]) does not act on one batch's RDD"],
+        );
+        assert_error(
+            "out = 'lines.transform(\"rdd.update_state_by_key(stub.update)\")'",
+            STREAMS_LINE,
+            &["does not act on one batch's RDD"],
+        );
+        assert_error(
+            "x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(x)\")'",
+            STREAMS_LINE + 1,
+            &["only `other` (transform_with's stream) names a stream, not \"x\""],
+        );
+        assert_error("out = 'lines.transform(\"lines.distinct()\")'", STREAMS_LINE, &["starts from `rdd`"]);
+        assert_error(
+            "out = 'lines.transform(\"rdd.transform(rdd)\")'",
+            STREAMS_LINE,
+            // An expression holds no quotes, so no transform inside.
+            &["transform: argument 1 (expr) must be an RDD expression"],
+        );
+        assert_error("out = 'lines.transform(\"rdd.map(stub.map)'", STREAMS_LINE, &["unterminated"]);
+        assert_error("out = 'lines.transform(rdd)'", STREAMS_LINE, &["argument 1 (expr) must be an RDD expression"]);
+    }
+
+    #[test]
     fn unknown_streams_and_modules_name_the_line_and_what_exists() {
         assert_error(
             "x = \"lines.map(stub.map)\"\nout = \"nope.map(stub.map)\"",
@@ -1020,7 +1230,10 @@ mod tests {
                     "slide" => "2s".into(),
                     _ => "10s".into(),
                 },
-                ParamKind::Count => "3".into(),
+                ParamKind::Count | ParamKind::Records | ParamKind::Seed => "3".into(),
+                ParamKind::Fraction => "0.5".into(),
+                ParamKind::Bool => "false".into(),
+                ParamKind::Expr => "\\\"rdd.distinct().take(3)\\\"".into(),
                 ParamKind::Stream => "other".into(),
             })
             .collect();

@@ -134,6 +134,11 @@ impl JobInfo {
                 let (kind, detail) = match &n.op {
                     NodeOp::Source { source } => ("source", format!("source {source}")),
                     NodeOp::Narrow(_) => ("narrow", String::new()),
+                    NodeOp::Sample { .. } => ("narrow", "sample".into()),
+                    NodeOp::Coalesce { partitions } => {
+                        ("narrow", format!("coalesce to at most {partitions} partitions"))
+                    }
+                    NodeOp::Cartesian => ("narrow", "cartesian".into()),
                     NodeOp::Union => ("union", String::new()),
                     NodeOp::Shuffle { partitions, .. } => ("shuffle", format!("{partitions} partitions")),
                     NodeOp::Window { length_ms, slide_ms } => {

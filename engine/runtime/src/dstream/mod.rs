@@ -25,6 +25,9 @@
 
 pub use weir_plan::graph;
 
+mod transform;
+pub use transform::BatchRdd;
+
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -472,6 +475,90 @@ impl DStream {
     }
     pub fn full_outer_join(&self, other: &DStream) -> R {
         self.join_kind(other, JoinKind::FullOuter, "full_outer_join")
+    }
+
+    /// On pairs: each batch sorted by key (Spark's sortByKey), in one
+    /// partition. Keys compare as decoded values
+    /// ([`crate::executor::order`]); equal keys keep their order.
+    pub fn sort_by_key(&self, ascending: bool) -> R {
+        let label = if ascending { "sort_by_key" } else { "sort_by_key(false)" };
+        self.shuffle(&[], Aggregation::SortByKey { ascending }, Some(1), label.into())
+    }
+    /// Each batch sorted by `f(x)` (`f` of kind `key_by`; Spark's sortBy),
+    /// in one partition.
+    pub fn sort_by(&self, f: &Udf, ascending: bool) -> R {
+        self.key_by(f)?.sort_by_key(ascending)?.narrow(NarrowOp::Values, format!("sort_by({})", f.label()))
+    }
+    /// Each distinct record of a batch once (Spark's distinct).
+    pub fn distinct(&self) -> R {
+        self.distinct_into(None)
+    }
+    /// `distinct` into `partitions` partitions (default: `parallelism`).
+    pub fn distinct_into(&self, partitions: Option<u32>) -> R {
+        self.narrow(NarrowOp::PairWithOne, "pair_with_one".into())?
+            .shuffle(&[], Aggregation::ReduceByKey(Reducer::SumI64), partitions, "distinct".into())?
+            .narrow(NarrowOp::Keys, "keys".into())
+    }
+    /// Both streams' records paired with a count, cogrouped, then `op`.
+    fn set_op(&self, other: &DStream, op: NarrowOp, name: &str) -> R {
+        self.same_context(&[other])?;
+        let a = self.narrow(NarrowOp::PairWithOne, "pair_with_one".into())?;
+        let b = other.narrow(NarrowOp::PairWithOne, "pair_with_one".into())?;
+        a.cogroup(&b)?.narrow(op, name.into())
+    }
+    /// The records of each batch not in `other`'s batch; duplicates are kept
+    /// (Spark's subtract).
+    pub fn subtract(&self, other: &DStream) -> R {
+        self.set_op(other, NarrowOp::Subtract, "subtract")
+    }
+    /// The records in both batches, each once (Spark's intersection).
+    pub fn intersection(&self, other: &DStream) -> R {
+        self.set_op(other, NarrowOp::Intersection, "intersection")
+    }
+    /// Each record with probability `fraction` (0 to 1), without
+    /// replacement. Whether a record is kept is a hash of `seed`, the batch
+    /// time, the record and its position: the same in every run and
+    /// recomputation.
+    pub fn sample(&self, fraction: f64, seed: u64) -> R {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(EngineError::Graph(format!("sample: the fraction ({fraction}) must be from 0 to 1")));
+        }
+        let threshold = crate::rdd::sample_threshold(fraction);
+        self.add(vec![self.node], NodeOp::Sample { seed, threshold }, format!("sample({fraction}, {seed})"))
+    }
+    fn check_take(n: u64, name: &str) -> Result<(), EngineError> {
+        if n > weir_plan::limits::MAX_TAKE {
+            return Err(EngineError::Graph(format!("{name}({n}): at most {} records", weir_plan::limits::MAX_TAKE)));
+        }
+        Ok(())
+    }
+    /// The first `n` records of each batch, partitions in order, in one
+    /// partition (Spark's take, as a stream).
+    pub fn take(&self, n: u64) -> R {
+        Self::check_take(n, "take")?;
+        self.shuffle(&[], Aggregation::Take(n), Some(1), format!("take({n})"))
+    }
+    /// The `n` greatest records of each batch in the value order, greatest
+    /// first, in one partition (Spark's top).
+    pub fn top(&self, n: u64) -> R {
+        Self::check_take(n, "top")?;
+        self.shuffle(&[], Aggregation::Top(n), Some(1), format!("top({n})"))
+    }
+    /// `(x, i)`, `i` the position of `x` in its batch from 0 (Spark's
+    /// zipWithIndex), gathered into one partition.
+    pub fn zip_with_index(&self) -> R {
+        self.shuffle(&[], Aggregation::Gather, Some(1), "gather".into())?
+            .narrow(NarrowOp::ZipWithIndex, "zip_with_index".into())
+    }
+    /// `(x, y)` for every record `x` of this batch and `y` of `other`'s.
+    pub fn cartesian(&self, other: &DStream) -> R {
+        self.same_context(&[other])?;
+        self.add(vec![self.node, other.node], NodeOp::Cartesian, "cartesian".into())
+    }
+    /// At most `n` partitions, neighbouring partitions merged in order,
+    /// without a shuffle (Spark's coalesce).
+    pub fn coalesce(&self, n: u32) -> R {
+        self.add(vec![self.node], NodeOp::Coalesce { partitions: n }, format!("coalesce({n})"))
     }
 
     /// The union of the last `length` of batches, every `slide`.

@@ -6,6 +6,7 @@
 pub mod block_store;
 mod calls;
 mod groups;
+pub mod order;
 pub mod shuffle;
 pub mod state;
 pub mod task;

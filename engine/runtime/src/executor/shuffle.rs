@@ -12,6 +12,7 @@ use super::block_store::Block;
 use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 pub(crate) use super::groups::key_hash;
 use super::groups::{fold_i64, Groups, Site};
+use super::order;
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
@@ -69,6 +70,15 @@ pub(crate) fn fold(
     }
 }
 
+/// The `k` greatest records of `batch`, greatest first (equal records are
+/// identical bytes, so ties cannot reorder anything).
+fn top(batch: &[u8], k: u64) -> Result<Vec<&[u8]>, TaskFailure> {
+    let mut v: Vec<&[u8]> = records(batch)?.collect::<Result<_, _>>().map_err(|e| bad_data(e.to_string()))?;
+    v.sort_by(|a, b| order::compare(b, a));
+    v.truncate(usize::try_from(k).unwrap_or(usize::MAX));
+    Ok(v)
+}
+
 /// The map side of a shuffle: takes one map partition batch by batch (see
 /// `TaskCx::compute_into`) and splits it into `n` buckets, combining values
 /// per key first for reduce_by_key.
@@ -123,7 +133,27 @@ impl<'a> MapSide<'a> {
                 }
             }
             Aggregation::Count => self.seen += records(batch)?.remaining() as u64,
-            Aggregation::Reduce(_) => self.values.append_batch(batch)?,
+            Aggregation::Reduce(_) | Aggregation::Top(_) => self.values.append_batch(batch)?,
+            Aggregation::Gather => self.buckets[0].append_batch(batch)?,
+            Aggregation::SortByKey { .. } => {
+                for rec in records(batch)? {
+                    let rec = rec?;
+                    // Refused here, in the map task, naming the bad record.
+                    pair(rec)?;
+                    self.buckets[0].push_raw(rec);
+                }
+            }
+            Aggregation::Take(k) => {
+                // Only the first k of each map partition can be among the
+                // first k of all of them.
+                for rec in records(batch)? {
+                    if self.seen >= *k {
+                        break;
+                    }
+                    self.buckets[0].push_raw(rec.map_err(|e| bad_data(e.to_string()))?);
+                    self.seen += 1;
+                }
+            }
         }
         Ok(())
     }
@@ -156,7 +186,19 @@ impl<'a> MapSide<'a> {
                     }
                 }
             }
-            Aggregation::GroupByKey | Aggregation::CoGroup | Aggregation::Repartition => {}
+            Aggregation::Top(k) => {
+                // Each map partition sends only its own top k.
+                let values = self.values.finish();
+                for v in top(&values, *k)? {
+                    self.buckets[0].push_raw(v);
+                }
+            }
+            Aggregation::GroupByKey
+            | Aggregation::CoGroup
+            | Aggregation::Repartition
+            | Aggregation::Gather
+            | Aggregation::SortByKey { .. }
+            | Aggregation::Take(_) => {}
         }
         Ok(self.buckets.into_iter().map(|b| b.finish()).collect())
     }
@@ -225,7 +267,47 @@ pub(crate) fn reduce_side(
                 });
             }
         }
-        Aggregation::Repartition => {
+        Aggregation::SortByKey { ascending } => {
+            let mut recs: Vec<(&[u8], &[u8])> = Vec::new();
+            for b in buckets {
+                for rec in records(b)? {
+                    let rec = rec.map_err(|e| bad_data(e.to_string()))?;
+                    recs.push((pair(rec)?.0, rec));
+                }
+            }
+            // Stable: equal keys keep map-partition order, so the output is
+            // the same bytes on every run and every recomputation.
+            if *ascending {
+                recs.sort_by(|a, b| order::compare(a.0, b.0));
+            } else {
+                recs.sort_by(|a, b| order::compare(b.0, a.0));
+            }
+            out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
+            recs.iter().for_each(|(_, r)| out.push_raw(r));
+        }
+        Aggregation::Take(k) => {
+            let mut left = *k;
+            'all: for b in buckets {
+                for rec in records(b)? {
+                    if left == 0 {
+                        break 'all;
+                    }
+                    out.push_raw(rec.map_err(|e| bad_data(e.to_string()))?);
+                    left -= 1;
+                }
+            }
+        }
+        Aggregation::Top(k) => {
+            let mut all = codec::BatchBuilder::new();
+            for b in buckets {
+                all.append_batch(b)?;
+            }
+            let all = all.finish();
+            for v in top(&all, *k)? {
+                out.push_raw(v);
+            }
+        }
+        Aggregation::Repartition | Aggregation::Gather => {
             for b in buckets {
                 for rec in records(b)? {
                     out.push_raw(rec.map_err(|e| bad_data(e.to_string()))?);

@@ -232,6 +232,18 @@ impl TaskCx<'_, '_> {
                 };
                 self.compute(parent, idx)?
             }
+            RddOp::Coalesce { parent, parent_partitions } => {
+                let mut out = codec::BatchBuilder::new();
+                for q in crate::rdd::coalesced(p, rdd.partitions, *parent_partitions) {
+                    out.append_batch(&self.compute(*parent, q)?)?;
+                }
+                Arc::new(out.finish())
+            }
+            RddOp::Cartesian { left, right, right_partitions } => {
+                let r = (*right_partitions).max(1);
+                let (lb, rb) = (self.compute(*left, p / r)?, self.compute(*right, p % r)?);
+                Arc::new(cartesian(&lb, &rb)?)
+            }
             RddOp::Shuffled { map_partitions, aggregation, .. } => {
                 let total: u32 = map_partitions.iter().sum();
                 let mut buckets = Vec::with_capacity(total as usize);
@@ -481,6 +493,34 @@ impl TaskCx<'_, '_> {
             }
             NarrowOp::Join(kind) => join_rows(input, *kind)?,
             NarrowOp::Tagged(tag) => state::select_tagged(input, *tag)?,
+            NarrowOp::Keys => {
+                let mut b = codec::BatchBuilder::with_capacity(input.len());
+                for r in recs()? {
+                    b.push_raw(pair(r.map_err(|e| bad_data(e.to_string()))?)?.0);
+                }
+                b.finish()
+            }
+            NarrowOp::Sample { seed, threshold } => {
+                // The whole partition at once (not per_record): positions
+                // count from the partition's start.
+                let mut b = codec::BatchBuilder::with_capacity(input.len());
+                for (i, r) in recs()?.enumerate() {
+                    let r = r.map_err(|e| bad_data(e.to_string()))?;
+                    if crate::rdd::sample_keeps(*seed, *threshold, p, i as u64, r) {
+                        b.push_raw(r);
+                    }
+                }
+                b.finish()
+            }
+            NarrowOp::Subtract | NarrowOp::Intersection => set_rows(input, op == &NarrowOp::Subtract)?,
+            NarrowOp::ZipWithIndex => {
+                let mut b = codec::BatchBuilder::with_capacity(input.len() + input.len() / 2);
+                for (i, r) in recs()?.enumerate() {
+                    let r = r.map_err(|e| bad_data(e.to_string()))?;
+                    b.push_with(|w| codec::write_pair(w.buf, r, &codec::encode_i64(i as i64)));
+                }
+                b.finish()
+            }
         })
     }
 }
@@ -538,7 +578,8 @@ fn runs(ops: &[NarrowOp]) -> Vec<Run<'_>> {
 fn per_record(op: &NarrowOp) -> bool {
     match op {
         NarrowOp::Udf(f) => f.kind != UdfKind::MapPartitions,
-        NarrowOp::Glom => false,
+        // Positions count over the whole partition.
+        NarrowOp::Glom | NarrowOp::Sample { .. } | NarrowOp::ZipWithIndex => false,
         _ => true,
     }
 }
@@ -557,6 +598,58 @@ fn split_pairs(input: &[u8]) -> Result<(Vec<&[u8]>, Vec<u8>), TaskFailure> {
         values.push_raw(v);
     }
     Ok((keys, values.finish()))
+}
+
+/// Cogroup output `(x, ([v...], [w...]))` of records paired with a
+/// count: for subtract, `x` once per `v` when there is no `w`; for
+/// intersection, `x` once when both sides have it.
+fn set_rows(input: &[u8], subtract: bool) -> Result<Vec<u8>, TaskFailure> {
+    let mut b = codec::BatchBuilder::with_capacity(input.len());
+    for r in records(input)? {
+        let (x, groups) = pair(r.map_err(|e| bad_data(e.to_string()))?)?;
+        let g = codec::elements(groups).map_err(|e| bad_data(e.to_string()))?;
+        let [vs, ws] = g.as_slice() else {
+            return Err(bad_data("subtract and intersection expect cogroup output of two streams"));
+        };
+        let count = |l: &[u8]| codec::elements(l).map(|e| e.len()).map_err(|e| bad_data(e.to_string()));
+        let (nv, nw) = (count(vs)?, count(ws)?);
+        let times = match (subtract, nw) {
+            (true, 0) => nv,
+            (true, _) => 0,
+            (false, _) => usize::from(nv > 0 && nw > 0),
+        };
+        (0..times).for_each(|_| b.push_raw(x));
+    }
+    Ok(b.finish())
+}
+
+/// Every `(x, y)` of the records of `left` and `right`, left-major, refused
+/// past [`weir_plan::limits::MAX_CARTESIAN_BYTES`].
+fn cartesian(left: &[u8], right: &[u8]) -> Result<Vec<u8>, TaskFailure> {
+    fn collect(b: &[u8]) -> Result<Vec<&[u8]>, TaskFailure> {
+        records(b)?.collect::<Result<_, _>>().map_err(|e| bad_data(e.to_string()))
+    }
+    let (ls, rs) = (collect(left)?, collect(right)?);
+    // Each pair: a 5-byte tuple header and both records.
+    let bytes = (ls.len() as u64)
+        .saturating_mul(right.len() as u64)
+        .saturating_add((rs.len() as u64).saturating_mul(left.len() as u64))
+        .saturating_add((ls.len() as u64).saturating_mul(rs.len() as u64).saturating_mul(5));
+    if bytes > weir_plan::limits::MAX_CARTESIAN_BYTES {
+        return Err(bad_data(format!(
+            "cartesian of {} by {} records would make about {bytes} bytes in one partition, over the maximum of {}",
+            ls.len(),
+            rs.len(),
+            weir_plan::limits::MAX_CARTESIAN_BYTES
+        )));
+    }
+    let mut b = codec::BatchBuilder::with_capacity(bytes as usize + 4);
+    for x in &ls {
+        for y in &rs {
+            b.push_with(|w| codec::write_pair(w.buf, x, y));
+        }
+    }
+    Ok(b.finish())
 }
 
 /// `(k, ([v...], [w...]))` -> join rows `(k, (v, w))`, with null for a

@@ -1287,3 +1287,302 @@ fn map_partitions_sees_a_large_partition_whole() {
     let want = ints(&[a.len() as i64, a.iter().sum(), b.len() as i64, b.iter().sum()]);
     assert_eq!(out, every_second(vec![want]));
 }
+
+// ---------------------------------------------------------------- RDD operations (issue 12)
+//
+// The operations Spark users reach for through `transform(rdd => ...)`,
+// directly on DStreams. Expected outputs follow Spark's RDD suites
+// (SortingSuite, RDDSuite, PairRDDFunctionsSuite), per batch.
+
+#[test]
+fn sort_by_key() {
+    // Spark's SortingSuite: sortByKey ascending and descending. Keys compare
+    // as decoded values: -1 < 2 < 10 (their encodings would not), and
+    // equal keys keep their order in the batch (partitions in order).
+    let input = vec![
+        vec![p(i(10), s("x")), p(i(-1), s("y")), p(i(2), s("z")), p(i(-1), s("w"))],
+        kvs(&[("b", 2), ("a", 1), ("c", 3), ("a", 0)]),
+        vec![],
+    ];
+    let out = run1(input.clone(), |_, src| src.sort_by_key(true));
+    assert_eq!(
+        out,
+        every_second(vec![
+            vec![p(i(-1), s("y")), p(i(-1), s("w")), p(i(2), s("z")), p(i(10), s("x"))],
+            kvs(&[("a", 1), ("a", 0), ("b", 2), ("c", 3)]),
+            vec![],
+        ])
+    );
+    let out = run1(input, |_, src| src.sort_by_key(false));
+    assert_eq!(
+        out,
+        every_second(vec![
+            vec![p(i(10), s("x")), p(i(2), s("z")), p(i(-1), s("y")), p(i(-1), s("w"))],
+            kvs(&[("c", 3), ("b", 2), ("a", 1), ("a", 0)]),
+            vec![],
+        ])
+    );
+    // One partition, whatever the input's.
+    let out = run1(vec![kvs(&[("b", 1), ("a", 2), ("d", 3), ("c", 4), ("e", 5)])], |_, src| {
+        src.repartition(3)?.sort_by_key(true)?.glom()
+    });
+    assert_eq!(out, every_second(vec![vec![l(kvs(&[("a", 2), ("b", 1), ("c", 4), ("d", 3), ("e", 5)]))]]));
+    // Records that are not pairs fail the batch, not the job.
+    let ssc = ctx();
+    let c = ssc.queue_stream(vec![ints(&[1]), kvs(&[("a", 1)])]).sort_by_key(true).unwrap();
+    let c = c.collect().unwrap();
+    let report = ssc.run(opts(2)).expect("run");
+    assert_eq!(report.failed_batches().map(|b| b.time).collect::<Vec<_>>(), vec![1000]);
+    assert_eq!(taken(&c), vec![(2000, kvs(&[("a", 1)]))]);
+}
+
+#[test]
+fn sort_by() {
+    let input = vec![strs(&["banana", "apple", "cherry", "avocado"])];
+    let out = run1(input.clone(), |ssc, src| src.sort_by(&testops(ssc).udf("first_char"), true));
+    assert_eq!(out, every_second(vec![strs(&["apple", "avocado", "banana", "cherry"])]));
+    let out = run1(input, |ssc, src| src.sort_by(&testops(ssc).udf("first_char"), false));
+    assert_eq!(out, every_second(vec![strs(&["cherry", "banana", "apple", "avocado"])]));
+}
+
+#[test]
+fn distinct() {
+    // RDDSuite: parallelize(1, 2, 3, 4, 2, 3).distinct() == {1, 2, 3, 4}.
+    let out = run1(vec![ints(&[1, 2, 3, 4, 2, 3]), strs(&["a", "a", "a"]), vec![]], |_, src| src.distinct());
+    assert_unordered(out.clone(), every_second(vec![ints(&[1, 2, 3, 4]), strs(&["a"]), vec![]]));
+    // The order (by reduce partition, keys first-seen within one) is the
+    // same every run, on any number of threads.
+    assert_eq!(
+        run1_on(1, vec![ints(&[1, 2, 3, 4, 2, 3]), strs(&["a", "a", "a"]), vec![]], |_, src| src.distinct()),
+        out
+    );
+    let out = run1(vec![vec![p(s("k"), i(1)), p(s("k"), i(1)), p(s("k"), i(2))]], |_, src| src.distinct_into(Some(3)));
+    assert_unordered(out, every_second(vec![vec![p(s("k"), i(1)), p(s("k"), i(2))]]));
+}
+
+#[test]
+fn subtract() {
+    // PairRDDFunctionsSuite "subtract": (1, 2, 3) - (2, 3, 4) == (1); the
+    // left's duplicates are kept.
+    let out = run2(
+        vec![ints(&[1, 2, 3]), ints(&[1, 1, 2, 3, 3]), vec![], ints(&[5])],
+        vec![ints(&[2, 3, 4]), ints(&[3]), ints(&[1]), vec![]],
+        |_, a, b| a.subtract(b),
+    );
+    assert_unordered(out, every_second(vec![ints(&[1]), ints(&[1, 1, 2]), vec![], ints(&[5])]));
+}
+
+#[test]
+fn intersection() {
+    // RDDSuite: "intersection" and "intersection strips duplicates in an input".
+    let out = run2(
+        vec![ints(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), ints(&[1, 2, 3, 3]), ints(&[1])],
+        vec![ints(&[2, 4, 6, 8, 10]), ints(&[1, 1, 2, 3]), vec![]],
+        |_, a, b| a.intersection(b),
+    );
+    assert_unordered(out, every_second(vec![ints(&[2, 4, 6, 8, 10]), ints(&[1, 2, 3]), vec![]]));
+}
+
+#[test]
+fn sample() {
+    let batch: Vec<Value> = (0..1000).map(i).collect();
+    let input = vec![batch.clone(), batch.clone()];
+    let all = run1(input.clone(), |_, src| src.sample(1.0, 7));
+    assert_eq!(all, every_second(vec![batch.clone(), batch.clone()]));
+    let none = run1(input.clone(), |_, src| src.sample(0.0, 7));
+    assert_eq!(none, every_second(vec![vec![], vec![]]));
+    let half = run1(input.clone(), |_, src| src.sample(0.3, 7));
+    for (_, kept) in &half {
+        assert!((230..=370).contains(&kept.len()), "sample(0.3) of 1000 kept {}", kept.len());
+        // A subsequence: order kept, nothing made up.
+        let mut rest = batch.iter();
+        assert!(kept.iter().all(|k| rest.any(|x| x == k)));
+    }
+    // Seeded: the same every run and on any number of threads...
+    assert_eq!(run1_on(1, input.clone(), |_, src| src.sample(0.3, 7)), half);
+    // ... but each batch (same records, another time) and each seed samples anew.
+    assert_ne!(half[0].1, half[1].1);
+    assert_ne!(run1(input, |_, src| src.sample(0.3, 8)), half);
+    // Out of range fractions are refused when the job is built.
+    let ssc = ctx();
+    let src = ssc.queue_stream(vec![]);
+    assert!(matches!(src.sample(1.5, 1), Err(EngineError::Graph(_))));
+    assert!(matches!(src.sample(f64::NAN, 1), Err(EngineError::Graph(_))));
+}
+
+#[test]
+fn take_and_top() {
+    let input = vec![ints(&[3, 1, 4, 1, 5, 9, 2, 6]), vec![], ints(&[7])];
+    // The first n, partitions in order ([3, 1, 4, 1] and [5, 9, 2, 6]).
+    let out = run1(input.clone(), |_, src| src.take(5));
+    assert_eq!(out, every_second(vec![ints(&[3, 1, 4, 1, 5]), vec![], ints(&[7])]));
+    assert_eq!(run1(input.clone(), |_, src| src.take(0)), every_second(vec![vec![], vec![], vec![]]));
+    // RDDSuite "top with predefined ordering": greatest first.
+    let out = run1(input.clone(), |_, src| src.top(3));
+    assert_eq!(out, every_second(vec![ints(&[9, 6, 5]), vec![], ints(&[7])]));
+    let out = run1(vec![strs(&["b", "a", "d", "c", "a"])], |_, src| src.top(10));
+    assert_eq!(out, every_second(vec![strs(&["d", "c", "b", "a", "a"])]));
+    let ssc = ctx();
+    let src = ssc.queue_stream(vec![]);
+    assert!(matches!(src.take(1_000_001), Err(EngineError::Graph(_))));
+}
+
+#[test]
+fn zip_with_index() {
+    // RDDSuite "zipWithIndex": positions over the whole batch, partitions in
+    // order, from 0 in every batch.
+    let out = run1(vec![strs(&["a", "b", "c", "d", "e"]), strs(&["x"]), vec![]], |_, src| src.zip_with_index());
+    assert_eq!(
+        out,
+        every_second(vec![
+            vec![p(s("a"), i(0)), p(s("b"), i(1)), p(s("c"), i(2)), p(s("d"), i(3)), p(s("e"), i(4))],
+            vec![p(s("x"), i(0))],
+            vec![],
+        ])
+    );
+}
+
+#[test]
+fn cartesian() {
+    // RDDSuite "cartesian": every pair. Left partition [1] and [2] by right
+    // partitions [x, y] and [z]: left-major.
+    let out =
+        run2(vec![ints(&[1, 2]), ints(&[3]), vec![]], vec![strs(&["x", "y", "z"]), vec![], strs(&["q"])], |_, a, b| {
+            a.cartesian(b)
+        });
+    let pairs = |xs: &[(i64, &str)]| xs.iter().map(|&(a, b)| p(i(a), s(b))).collect::<Vec<_>>();
+    assert_eq!(
+        out,
+        every_second(vec![pairs(&[(1, "x"), (1, "y"), (1, "z"), (2, "x"), (2, "y"), (2, "z")]), vec![], vec![]])
+    );
+    // With itself, as in Spark.
+    let out = run1(vec![ints(&[1, 2])], |_, a| a.cartesian(a));
+    assert_eq!(out, every_second(vec![vec![p(i(1), i(1)), p(i(1), i(2)), p(i(2), i(1)), p(i(2), i(2))]]));
+}
+
+#[test]
+fn coalesce() {
+    let mut ssc = ctx();
+    ssc.set_parallelism(4).unwrap();
+    let src = ssc.queue_stream(vec![ints(&[1, 2, 3, 4, 5, 6, 7, 8])]);
+    let two = src.coalesce(2).unwrap().glom().unwrap().collect().unwrap();
+    let one = src.coalesce(1).unwrap().glom().unwrap().collect().unwrap();
+    let same = src.coalesce(9).unwrap().glom().unwrap().collect().unwrap();
+    run_ok(ssc, opts(2));
+    // Neighbouring partitions merged in order: [1,2][3,4] and [5,6][7,8].
+    assert_eq!(taken(&two), every_second(vec![vec![l(ints(&[1, 2, 3, 4])), l(ints(&[5, 6, 7, 8]))]]));
+    assert_eq!(taken(&one), every_second(vec![vec![l(ints(&[1, 2, 3, 4, 5, 6, 7, 8]))]]));
+    // More partitions than there are: unchanged (no shuffle).
+    assert_eq!(taken(&same).first().map(|(_, v)| v.len()), Some(4));
+}
+
+/// Drops every shuffle bucket of `rdd`'s shuffle written by map partition 0
+/// and checks that recomputation gives the same bytes.
+fn drop_map_zero(dag: &mut DagScheduler, shuffle: RddId, rdd: RddId) -> Vec<Vec<u8>> {
+    let victims: Vec<BlockId> = dag
+        .backend()
+        .blocks()
+        .ids()
+        .into_iter()
+        .filter(|b| matches!(b, BlockId::Shuffle { shuffle: s, map: 0, .. } if *s == shuffle))
+        .collect();
+    drop_and_recompute(dag, rdd, &victims)
+}
+
+#[test]
+fn lost_blocks_of_sorted_and_distinct_rdds_are_recomputed_to_the_same_bytes() {
+    let ssc = ctx();
+    let input = vec![kvs(&[("b", 2), ("a", 1), ("c", 3), ("a", 0), ("b", 5)]), kvs(&[("z", 1), ("y", 2), ("z", 3)])];
+    let src = ssc.queue_stream(input);
+    let sorted_s = src.sort_by_key(false).unwrap();
+    let distinct_s = src.distinct().unwrap();
+    let (sort_node, distinct_node) = (sorted_s.node(), distinct_s.node());
+    let c1 = sorted_s.collect().unwrap();
+    let c2 = distinct_s.collect().unwrap();
+    let recomputed: Arc<Mutex<Vec<Batches>>> = Arc::new(Mutex::new(vec![vec![], vec![]]));
+    let r2 = recomputed.clone();
+    let mut o = opts(2);
+    o.after_batch = Some(hook(move |dag, time, outs| {
+        let sorted_rdd = outs[0].expect("sorted every batch");
+        assert_eq!(sorted_rdd.node, sort_node);
+        let again = drop_map_zero(dag, sorted_rdd, sorted_rdd);
+        r2.lock().unwrap()[0].push((time, decode(&again)));
+        // distinct: keys(reduce_by_key(...)); its shuffle is the keys' parent.
+        let distinct_rdd = outs[1].expect("distinct every batch");
+        assert_eq!(distinct_rdd.node, distinct_node);
+        let RddOp::Narrow { parent, .. } = dag.lineage.get(distinct_rdd).unwrap().op else { panic!("not keys") };
+        let again = drop_map_zero(dag, parent, distinct_rdd);
+        r2.lock().unwrap()[1].push((time, decode(&again)));
+    }));
+    run_ok(ssc, o);
+    let rec = recomputed.lock().unwrap().clone();
+    assert_eq!(rec[0], taken(&c1));
+    assert_eq!(rec[1], taken(&c2));
+    assert_eq!(
+        taken(&c1),
+        every_second(vec![
+            kvs(&[("c", 3), ("b", 2), ("b", 5), ("a", 1), ("a", 0)]),
+            kvs(&[("z", 1), ("z", 3), ("y", 2)]),
+        ])
+    );
+}
+
+#[test]
+fn lost_blocks_of_a_sampled_rdd_are_recomputed_to_the_same_bytes() {
+    let ssc = ctx();
+    let batch: Vec<Value> = (0..200).map(i).collect();
+    let sampled = ssc.queue_stream(vec![batch.clone(), batch]).sample(0.5, 42).unwrap();
+    // A window keeps its parent's partitions as blocks: those are dropped.
+    let windowed = sampled.window(secs(1), secs(1)).unwrap();
+    let node = sampled.node();
+    let c = windowed.collect().unwrap();
+    let recomputed: Arc<Mutex<Batches>> = Arc::default();
+    let r2 = recomputed.clone();
+    let mut o = opts(2);
+    o.after_batch = Some(hook(move |dag, time, outs| {
+        let rdd = outs[0].expect("a window every second");
+        let sample_rdd = RddId { time, node };
+        let victims: Vec<BlockId> = dag
+            .backend()
+            .blocks()
+            .ids()
+            .into_iter()
+            .filter(|b| matches!(b, BlockId::Rdd { rdd: r, .. } if *r == sample_rdd))
+            .collect();
+        assert_eq!(victims.len(), 2, "both sampled partitions are blocks: {victims:?}");
+        let again = drop_and_recompute(dag, rdd, &victims);
+        r2.lock().unwrap().push((time, decode(&again)));
+    }));
+    run_ok(ssc, o);
+    assert_eq!(*recomputed.lock().unwrap(), taken(&c));
+    assert!(taken(&c).iter().all(|(_, v)| (60..=140).contains(&v.len())));
+}
+
+#[test]
+fn transform_and_transform_with() {
+    // Spark's transform(rdd => rdd.sortByKey(false).take(2)), per batch.
+    let input = vec![kvs(&[("b", 2), ("a", 1), ("c", 3)]), kvs(&[("x", 1)]), vec![]];
+    let out = run1(input.clone(), |_, src| src.transform(|rdd| rdd.sort_by_key(false)?.take(2)));
+    assert_eq!(out, every_second(vec![kvs(&[("c", 3), ("b", 2)]), kvs(&[("x", 1)]), vec![]]));
+    // The same plan as the operations on the stream.
+    let ssc = ctx();
+    let src = ssc.queue_stream(input);
+    let a = src.transform(|rdd| rdd.distinct()?.sort_by_key(true)).unwrap();
+    let b = src.distinct().unwrap().sort_by_key(true).unwrap();
+    let g = ssc.graph();
+    let ops = |d: &DStream| {
+        let mut v = Vec::new();
+        let mut n = d.node();
+        while let Some(node) = g.nodes.get(n as usize).filter(|x| !x.parents.is_empty()) {
+            v.push(format!("{:?}", node.op));
+            n = node.parents[0];
+        }
+        v
+    };
+    assert_eq!(ops(&a), ops(&b));
+    // transformWith: the other stream's RDD of the same batch.
+    let out = run2(join_left(), join_right(), |_, a, b| a.transform_with(b, |x, y| x.join(&y)?.sort_by_key(true)));
+    let want = run2(join_left(), join_right(), |_, a, b| a.join(b)?.sort_by_key(true));
+    assert_eq!(out, want);
+    assert!(!out.iter().all(|(_, v)| v.is_empty()));
+}
