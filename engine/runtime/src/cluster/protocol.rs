@@ -380,4 +380,51 @@ mod tests {
         let Admission::Refused { reason } = read_frame::<Admission>(&mut f.as_slice()).unwrap() else { panic!() };
         assert_eq!(reason.len(), 100_000);
     }
+
+    /// Bounded random input (a fuzz run in every `cargo test`): random and
+    /// mutated frames of every message type give an error or a message,
+    /// never a panic, an abort or a wait for bytes that never come.
+    #[test]
+    fn hostile_frames_never_panic() {
+        use crate::rdd::{Rdd, RddId, RddOp};
+        let mut seed = 0x5745_4952_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let id = RddId { time: 1000, node: 1 };
+        let rdd = Rdd { id, partitions: 2, op: RddOp::Input { source: 0 }, persist: true, label: "x".into() };
+        let valid: Vec<Vec<u8>> = vec![
+            encode_frame(&ToExecutor::Stage { stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
+            encode_frame(&FromExecutor::UnknownStage { stage: 7, task_id: 3 }).unwrap(),
+            encode_frame(&Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                proof: [7; 32],
+                role: Role::Executor { slots: 2, block_addr: "127.0.0.1:1".into(), pid: 9 },
+            })
+            .unwrap(),
+            encode_frame(&Admission::Refused { reason: "no".into() }).unwrap(),
+        ];
+        for case in 0..20_000u32 {
+            let mut f = valid[(case as usize) % valid.len()].clone();
+            if case % 5 == 0 {
+                f = (0..(next() % 96) as usize).map(|_| next() as u8).collect();
+            } else {
+                for _ in 0..1 + next() % 3 {
+                    let at = 4 + (next() as usize) % (f.len().max(5) - 4);
+                    if at < f.len() {
+                        f[at] = next() as u8;
+                    }
+                }
+            }
+            let _ = read_frame::<ToExecutor>(&mut f.as_slice());
+            let _ = read_frame::<FromExecutor>(&mut f.as_slice());
+            let _ = read_frame_limited::<Hello>(&mut f.as_slice(), HANDSHAKE_FRAME);
+            let _ = read_frame_limited::<Admission>(&mut f.as_slice(), HANDSHAKE_FRAME);
+            let _ = read_frame::<BlockRequest>(&mut f.as_slice());
+        }
+    }
 }
