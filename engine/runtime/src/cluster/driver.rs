@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::block_server;
-use super::gate::Gate;
+use super::gate::{Gate, Ticket};
 use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, STAGE_CACHE};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
 use crate::listener::{ExecutorEvent, ListenerBus};
@@ -554,14 +554,14 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("weir-driver-accept".into()).spawn(move || {
         let gate = Gate::new();
         for conn in listener.incoming() {
-            let mut conn = match conn {
+            let conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
                     block_server::accept_failed(&e);
                     continue;
                 }
             };
-            let mut ticket = match gate.admit(&conn) {
+            let ticket = match gate.admit(&conn) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!("refused a connection: {e}");
@@ -569,119 +569,140 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             };
             let shared = shared.clone();
-            let _ = std::thread::Builder::new().name("weir-executor-conn".into()).spawn(move || {
-                let id = {
-                    let mut st = shared.lock();
-                    st.next_id += 1;
-                    st.next_id
-                };
-                let limits = *shared.registry.limits();
-                let role = match protocol::accept(&mut conn, &shared.secret, |role| match role {
-                    Role::Executor { .. } => Admission::Welcome { executor_id: id, limits },
-                    Role::BlockFetch => Admission::Refused { reason: "this is the driver's executor port".into() },
-                }) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-                        tracing::warn!("refused a connection from {peer}: {e}");
-                        return;
-                    }
-                };
-                if !ticket.authenticated() {
-                    return; // dropped to make room meanwhile
-                }
-                let Role::Executor { slots, block_addr, pid } = role else { return };
-                let (Ok(sock), Ok(wsock)) = (conn.try_clone(), conn.try_clone()) else { return };
-                let _ = conn.set_read_timeout(None);
-                let slots = slots.max(1);
-                let (out, rx) = std::sync::mpsc::sync_channel(queue_bound(slots));
-                {
-                    let mut st = shared.lock();
-                    let w = shared.clone();
-                    let writer = std::thread::Builder::new()
-                        .name("weir-executor-send".into())
-                        .spawn(move || writer_loop(w, id, wsock, rx));
-                    let Ok(writer) = writer else {
-                        tracing::warn!("cannot start a writer thread for executor {id} (pid {pid}); closing it");
-                        let _ = sock.shutdown(std::net::Shutdown::Both);
-                        return;
-                    };
-                    st.executors.insert(
-                        id,
-                        Conn {
-                            addr: block_addr.clone(),
-                            pid,
-                            slots,
-                            sock,
-                            out,
-                            writer: Some(writer),
-                            running: HashMap::new(),
-                            stages: VecDeque::new(),
-                            last_seen: Instant::now(),
-                        },
-                    );
-                    tracing::info!("executor {id} (pid {pid}, blocks at {block_addr}) joined with {slots} slot(s)");
-                    shared.dispatch(&mut st);
-                }
-                shared.joined.notify_all();
-                let e = ExecutorEvent { executor: block_addr.clone(), reason: format!("pid {pid}, {slots} slot(s)") };
-                shared.listeners.emit(|l| l.on_executor_added(&e));
-                // Results and heartbeats, until the connection ends.
-                loop {
-                    let msg = protocol::read_frame::<FromExecutor>(&mut conn);
-                    let mut st = shared.lock();
-                    let Some(c) = st.executors.get_mut(&id) else { return }; // lost: ignore it
-                    match msg {
-                        Ok(FromExecutor::Heartbeat) => c.last_seen = Instant::now(),
-                        Ok(FromExecutor::NeedModule { hash }) => {
-                            c.last_seen = Instant::now();
-                            let msg = match shared.registry.get(&hash) {
-                                Some(m) => {
-                                    Outgoing::Module { name: m.name().to_string(), hash, bytes: m.bytes().clone() }
-                                }
-                                None => Outgoing::Msg(ToExecutor::NoModule { hash }),
-                            };
-                            if let Err(e) = c.send_out(msg) {
-                                shared.lose(&mut st, id, &format!("cannot send to it: {e}"));
-                                shared.dispatch(&mut st);
-                                return;
-                            }
-                        }
-                        Ok(FromExecutor::UnknownStage { stage, task_id }) => {
-                            c.last_seen = Instant::now();
-                            // It evicted (or never got) the lineage: forget that it
-                            // holds it, so the task goes again with its lineage.
-                            c.stages.retain(|s| *s != stage);
-                            let again = match c.running.get(&task_id) {
-                                Some(r) if r.stage == stage => {
-                                    let task = r.task.clone();
-                                    c.send_task(stage, &task)
-                                }
-                                _ => Ok(()), // no longer its task: nothing to resend
-                            };
-                            if let Err(e) = again {
-                                shared.lose(&mut st, id, &format!("cannot send to it: {e}"));
-                                shared.dispatch(&mut st);
-                                return;
-                            }
-                        }
-                        Ok(FromExecutor::Result(r)) => {
-                            c.last_seen = Instant::now();
-                            if c.running.remove(&r.task_id).is_some() {
-                                let _ = shared.events.send(BackendEvent::Task(*r));
-                            }
-                            shared.dispatch(&mut st);
-                        }
-                        Err(e) => {
-                            shared.lose(&mut st, id, &format!("connection ended ({e})"));
-                            shared.dispatch(&mut st);
-                            return;
-                        }
-                    }
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name("weir-executor-conn".into())
+                .spawn(move || serve_connection(conn, ticket, shared));
         }
     });
+}
+
+/// One connection to the executor port: the handshake, then (for an
+/// executor) its registration and its messages until it ends.
+fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>) {
+    let id = {
+        let mut st = shared.lock();
+        st.next_id += 1;
+        st.next_id
+    };
+    let limits = *shared.registry.limits();
+    let role = match protocol::accept(&mut conn, &shared.secret, |role| match role {
+        Role::Executor { .. } => Admission::Welcome { executor_id: id, limits },
+        Role::BlockFetch => Admission::Refused { reason: "this is the driver's executor port".into() },
+    }) {
+        Ok(r) => r,
+        Err(e) => {
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!("refused a connection from {peer}: {e}");
+            return;
+        }
+    };
+    if !ticket.authenticated() {
+        return; // dropped to make room meanwhile
+    }
+    let Role::Executor { slots, block_addr, pid } = role else { return };
+    if !register_executor(&conn, &shared, id, slots.max(1), &block_addr, pid) {
+        return;
+    }
+    let _ = conn.set_read_timeout(None);
+    // Results and heartbeats, until the connection ends.
+    loop {
+        let msg = protocol::read_frame::<FromExecutor>(&mut conn);
+        let mut st = shared.lock();
+        if !on_message(&shared, &mut st, id, msg) {
+            return;
+        }
+    }
+}
+
+/// Adds an authenticated executor, with its writer thread, and hands it
+/// work. False when it could not be set up (the connection is closed).
+fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32, block_addr: &str, pid: u32) -> bool {
+    let (Ok(sock), Ok(wsock)) = (conn.try_clone(), conn.try_clone()) else { return false };
+    let (out, rx) = std::sync::mpsc::sync_channel(queue_bound(slots));
+    {
+        let mut st = shared.lock();
+        let w = shared.clone();
+        let writer =
+            std::thread::Builder::new().name("weir-executor-send".into()).spawn(move || writer_loop(w, id, wsock, rx));
+        let Ok(writer) = writer else {
+            tracing::warn!("cannot start a writer thread for executor {id} (pid {pid}); closing it");
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return false;
+        };
+        st.executors.insert(
+            id,
+            Conn {
+                addr: block_addr.to_string(),
+                pid,
+                slots,
+                sock,
+                out,
+                writer: Some(writer),
+                running: HashMap::new(),
+                stages: VecDeque::new(),
+                last_seen: Instant::now(),
+            },
+        );
+        tracing::info!("executor {id} (pid {pid}, blocks at {block_addr}) joined with {slots} slot(s)");
+        shared.dispatch(&mut st);
+    }
+    shared.joined.notify_all();
+    let e = ExecutorEvent { executor: block_addr.to_string(), reason: format!("pid {pid}, {slots} slot(s)") };
+    shared.listeners.emit(|l| l.on_executor_added(&e));
+    true
+}
+
+/// One message (or the end) of executor `id`'s connection, under the
+/// driver's lock (which does no I/O: sends go to the writer's queue).
+/// False when the connection is done with.
+fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<FromExecutor>) -> bool {
+    let Some(c) = st.executors.get_mut(&id) else { return false }; // lost: ignore it
+    let sent = match msg {
+        Ok(FromExecutor::Heartbeat) => {
+            c.last_seen = Instant::now();
+            Ok(())
+        }
+        Ok(FromExecutor::NeedModule { hash }) => {
+            c.last_seen = Instant::now();
+            let msg = match shared.registry.get(&hash) {
+                Some(m) => Outgoing::Module { name: m.name().to_string(), hash, bytes: m.bytes().clone() },
+                None => Outgoing::Msg(ToExecutor::NoModule { hash }),
+            };
+            c.send_out(msg)
+        }
+        Ok(FromExecutor::UnknownStage { stage, task_id }) => {
+            c.last_seen = Instant::now();
+            // It evicted (or never got) the lineage: forget that it holds
+            // it, so the task goes again with its lineage.
+            c.stages.retain(|s| *s != stage);
+            match c.running.get(&task_id) {
+                Some(r) if r.stage == stage => {
+                    let task = r.task.clone();
+                    c.send_task(stage, &task)
+                }
+                _ => Ok(()), // no longer its task: nothing to resend
+            }
+        }
+        Ok(FromExecutor::Result(r)) => {
+            c.last_seen = Instant::now();
+            if c.running.remove(&r.task_id).is_some() {
+                let _ = shared.events.send(BackendEvent::Task(*r));
+            }
+            shared.dispatch(st);
+            Ok(())
+        }
+        Err(e) => {
+            shared.lose(st, id, &format!("connection ended ({e})"));
+            shared.dispatch(st);
+            return false;
+        }
+    };
+    if let Err(e) = sent {
+        shared.lose(st, id, &format!("cannot send to it: {e}"));
+        shared.dispatch(st);
+        return false;
+    }
+    true
 }
 
 /// Declares silent executors lost, fails the tasks of a driver that has had
