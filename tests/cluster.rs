@@ -443,23 +443,7 @@ fn wordcount_and_window_survive_two_executor_kills() {
 
 /// The listening TCP port of `pid` (an executor has one: its block server).
 pub(crate) fn listening_port(pid: u32) -> u16 {
-    let mut inodes = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        if let Ok(t) = std::fs::read_link(fd.path()) {
-            if let Some(i) = t.to_string_lossy().strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                inodes.push(i.to_string());
-            }
-        }
-    }
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for l in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                ports.push(u16::from_str_radix(f[1].rsplit(':').next().unwrap(), 16).unwrap());
-            }
-        }
-    }
+    let ports = listening_ports(pid);
     assert_eq!(ports.len(), 1, "executor {pid} should listen on exactly one port (its block server): {ports:?}");
     ports[0]
 }

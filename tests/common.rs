@@ -152,3 +152,46 @@ prefix = "out/windowed"
     std::fs::write(&p, job).unwrap();
     p
 }
+
+/// Twelve batches of words from a nine-word vocabulary (batch 7 empty): the
+/// word at (batch b, line l, position i) is `(b*mix.0 + l*mix.1 + i*mix.2) % 9`.
+pub fn word_batches(mix: (u64, u64, u64)) -> Vec<Vec<String>> {
+    let words = ["spark", "weir", "wasm", "state", "batch", "driver", "kafka", "flink", "lineage"];
+    (0..12u64)
+        .map(|b| {
+            if b == 6 {
+                return vec![];
+            }
+            (0..(b % 4 + 2))
+                .map(|l| {
+                    (0..(b + l) % 5 + 1)
+                        .map(|i| words[((b * mix.0 + l * mix.1 + i * mix.2) % 9) as usize])
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The listening TCP ports of process `pid` (from /proc).
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let mut inodes = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        if let Ok(t) = std::fs::read_link(fd.path()) {
+            if let Some(i) = t.to_string_lossy().strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                inodes.push(i.to_string());
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for l in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                ports.push(u16::from_str_radix(f[1].rsplit(':').next().unwrap(), 16).unwrap());
+            }
+        }
+    }
+    ports
+}

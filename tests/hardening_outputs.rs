@@ -14,22 +14,7 @@ use std::time::{Duration, Instant};
 
 /// 12 batches of words (batch 7 empty).
 fn batches() -> Vec<Vec<String>> {
-    let words = ["spark", "weir", "wasm", "state", "batch", "driver", "kafka", "flink", "lineage"];
-    (0..12u64)
-        .map(|b| {
-            if b == 6 {
-                return vec![];
-            }
-            (0..(b % 4 + 2))
-                .map(|l| {
-                    (0..(b + l) % 5 + 1)
-                        .map(|i| words[((b * 5 + l * 7 + i * 3) % 9) as usize])
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect()
-        })
-        .collect()
+    word_batches((5, 7, 3))
 }
 
 /// Running totals (data checkpoint every 3 s) and a sliding window with an

@@ -30,30 +30,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Listening TCP ports of `pid`.
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let mut inodes = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
-        if let Ok(t) = std::fs::read_link(fd.path()) {
-            if let Some(i) = t.to_string_lossy().strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                inodes.push(i.to_string());
-            }
-        }
-    }
-    let mut ports = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for l in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                ports.push(u16::from_str_radix(f[1].rsplit(':').next().unwrap(), 16).unwrap());
-            }
-        }
-    }
-    ports.sort();
-    ports.dedup();
-    ports
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }

@@ -11,22 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Batches of the `batches` source: 12 batches (one of them empty).
 fn batches() -> Vec<Vec<String>> {
-    let words = ["spark", "weir", "wasm", "state", "batch", "driver", "kafka", "flink", "lineage"];
-    (0..12u64)
-        .map(|b| {
-            if b == 6 {
-                return vec![];
-            }
-            (0..(b % 4 + 2))
-                .map(|l| {
-                    (0..(b + l) % 5 + 1)
-                        .map(|i| words[((b * 7 + l * 3 + i * 5) % 9) as usize])
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect()
-        })
-        .collect()
+    word_batches((7, 3, 5))
 }
 
 fn jsonl(batches: &[Vec<String>]) -> String {
