@@ -273,7 +273,12 @@ fn a_big_file_costs_about_one_copy_of_memory() {
 fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warnings>) {
     let warnings = Arc::new(Warnings::default());
     let bus = ListenerBus::new(vec![warnings.clone()]);
-    let spec = SourceSpec::Directory { path: dir.to_path_buf(), new_files_only: false, on_invalid_utf8: utf8 };
+    let spec = SourceSpec::Directory {
+        path: dir.to_path_buf(),
+        new_files_only: false,
+        on_invalid_utf8: utf8,
+        max_files_per_batch: None,
+    };
     (weir::source::open(&spec, Path::new("/"), None, &bus, 1000).unwrap(), warnings)
 }
 

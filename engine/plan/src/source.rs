@@ -34,6 +34,11 @@ pub enum SourceSpec {
         /// What to do with a line that is not valid UTF-8.
         #[serde(default)]
         on_invalid_utf8: InvalidUtf8Policy,
+        /// At most this many files per batch, oldest first (Spark's
+        /// `maxFilesPerTrigger`); the rest wait for later batches. Unbounded
+        /// if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_files_per_batch: Option<u32>,
     },
     Batches {
         path: PathBuf,

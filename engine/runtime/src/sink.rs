@@ -144,23 +144,53 @@ pub fn save_as_text_files(
 }
 
 /// Writes each partition as `part-NNNNN` and `_SUCCESS` into `tmp`, fsynced.
+/// Parts are rendered and written on up to one thread per core (the job's
+/// tasks are done, so the cores are free): the output of a batch would
+/// otherwise be one core's serial work in every batch.
 fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SinkError::Io { path, source }
-    };
-    for (i, p) in partitions.iter().enumerate() {
-        let path = tmp.join(format!("part-{i:05}"));
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(&path))?);
-        for r in Records::new(p).map_err(|e| SinkError::Malformed(e.to_string()))? {
-            let r = r.map_err(|e| SinkError::Malformed(e.to_string()))?;
-            writeln!(f, "{}", render(r)).map_err(io(&path))?;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len()).max(1);
+    let worker = || -> Result<(), SinkError> {
+        let mut text = String::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(p) = partitions.get(i) else { return Ok(()) };
+            text.clear();
+            render_lines_into(p, &mut text)?;
+            write_part(&tmp.join(format!("part-{i:05}")), text.as_bytes())?;
         }
-        let f = f.into_inner().map_err(|e| SinkError::Io { path: path.clone(), source: e.into_error() })?;
-        f.sync_all().map_err(io(&path))?;
-    }
+    };
+    let results: Vec<Result<(), SinkError>> = if threads == 1 {
+        vec![worker()]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(SinkError::Custom("a part writer panicked".into()))))
+                .collect()
+        })
+    };
+    results.into_iter().collect::<Result<(), _>>()?;
     let success = tmp.join("_SUCCESS");
-    std::fs::File::create(&success).map_err(io(&success))?;
+    std::fs::File::create(&success).map_err(|source| SinkError::Io { path: success.clone(), source })?;
+    Ok(())
+}
+
+/// One part file, written whole and fsynced.
+fn write_part(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+    let io = |source| SinkError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Appends a partition's records to `out` as text lines, one per record.
+fn render_lines_into(partition: &[u8], out: &mut String) -> Result<(), SinkError> {
+    let malformed = |e: weir_codec::CodecError| SinkError::Malformed(e.to_string());
+    for r in Records::new(partition).map_err(malformed)? {
+        weir_codec::display::render_append(r.map_err(malformed)?, out).map_err(malformed)?;
+        out.push('\n');
+    }
     Ok(())
 }
 
@@ -310,13 +340,9 @@ pub fn open(
 /// Renders a partition as text lines, one record per line.
 #[cfg(feature = "object-store")]
 fn render_lines(partition: &[u8]) -> Result<Vec<u8>, SinkError> {
-    let mut out = Vec::new();
-    for r in Records::new(partition).map_err(|e| SinkError::Malformed(e.to_string()))? {
-        let r = r.map_err(|e| SinkError::Malformed(e.to_string()))?;
-        // Writing to a Vec cannot fail.
-        let _ = writeln!(out, "{}", render(r));
-    }
-    Ok(out)
+    let mut out = String::new();
+    render_lines_into(partition, &mut out)?;
+    Ok(out.into_bytes())
 }
 
 #[cfg(not(feature = "object-store"))]

@@ -16,17 +16,25 @@ pub fn render(v: &[u8]) -> String {
     s
 }
 
+/// Appends the rendering of one encoded value to `out` (no allocation of
+/// its own: sinks render a whole partition into one buffer). A malformed
+/// value is an error, and `out` may then hold part of its rendering.
+pub fn render_append(v: &[u8], out: &mut String) -> Result<(), CodecError> {
+    render_into(v, 0, out, 0).map(|_| ())
+}
+
 fn render_into(buf: &[u8], at: usize, out: &mut String, depth: usize) -> Result<usize, CodecError> {
     let end = skip_value(buf, at)?;
     match buf[at] {
         TAG_NULL => out.push_str("null"),
         TAG_FALSE => out.push_str("false"),
         TAG_TRUE => out.push_str("true"),
-        TAG_I64 => {
-            let _ = write!(out, "{}", read_u64(buf, at + 1)? as i64);
-        }
+        TAG_I64 => push_i64(out, read_u64(buf, at + 1)? as i64),
         TAG_F64 => java_double(f64::from_bits(read_u64(buf, at + 1)?), out),
-        TAG_STR => out.push_str(&lossy(&buf[at + 5..end])),
+        TAG_STR => match core::str::from_utf8(&buf[at + 5..end]) {
+            Ok(t) => out.push_str(t),
+            Err(_) => out.push_str(&lossy(&buf[at + 5..end])),
+        },
         TAG_BYTES => {
             out.push_str("0x");
             for b in &buf[at + 5..end] {
@@ -51,6 +59,27 @@ fn render_into(buf: &[u8], at: usize, out: &mut String, depth: usize) -> Result<
         }
     }
     Ok(end)
+}
+
+/// Decimal digits of `v` without the formatting machinery (the hot path of
+/// text outputs: every count of a WordCount).
+fn push_i64(out: &mut String, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut n = v.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    // ASCII digits: always valid UTF-8.
+    out.push_str(core::str::from_utf8(&digits[i..]).unwrap_or_default());
 }
 
 /// `Double.toString` as the JVM prints it: `1.0`, `0.001`, `1.0E7`, `1.5E-4`,

@@ -187,7 +187,12 @@ impl StreamingContext {
     pub fn text_file_stream(&self, dir: impl Into<PathBuf>) -> DStream {
         let path = dir.into();
         let label = format!("directory({})", path.display());
-        let spec = SourceSpec::Directory { path, new_files_only: false, on_invalid_utf8: Default::default() };
+        let spec = SourceSpec::Directory {
+            path,
+            new_files_only: false,
+            on_invalid_utf8: Default::default(),
+            max_files_per_batch: None,
+        };
         self.source(spec, &label)
     }
 

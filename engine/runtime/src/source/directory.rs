@@ -15,7 +15,10 @@
 //!   (once per name) — except in a run's first listing when the source is
 //!   not `new_files_only`, which takes every file already there;
 //! * a file that changes while it is read is put back and read again in a
-//!   later batch (after [`READ_ATTEMPTS`] tries, what was read is taken).
+//!   later batch (after [`READ_ATTEMPTS`] tries, what was read is taken);
+//! * with `max_files_per_batch`, the oldest files are taken and the rest
+//!   wait (a waiting file is exempt from the age rule: the job, not the
+//!   file, is late).
 //!
 //! Files are read line by line straight into the batch, so the driver holds
 //! a file's records once, never the file's text beside them. A batch records
@@ -135,10 +138,22 @@ fn read_file(
     Ok(ReadOutcome { len, changed, invalid_lines })
 }
 
+/// The job's settings of a directory source.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Options {
+    pub(super) new_files_only: bool,
+    pub(super) utf8: InvalidUtf8Policy,
+    /// At most this many files per batch.
+    pub(super) max_files: usize,
+}
+
 pub(super) struct DirectorySource {
     dir: PathBuf,
     new_files_only: bool,
     utf8: InvalidUtf8Policy,
+    max_files: usize,
+    /// Files left for a later batch by `max_files` (exempt from the age rule).
+    waiting: BTreeSet<PathBuf>,
     /// Files read (the cursor); only names still in the directory are kept.
     seen: BTreeSet<PathBuf>,
     /// Files not read yet, with the batches that tried and failed.
@@ -158,17 +173,13 @@ pub(super) struct DirectorySource {
 }
 
 impl DirectorySource {
-    pub(super) fn new(
-        dir: PathBuf,
-        new_files_only: bool,
-        utf8: InvalidUtf8Policy,
-        bus: ListenerBus,
-        index: u32,
-    ) -> DirectorySource {
+    pub(super) fn new(dir: PathBuf, options: Options, bus: ListenerBus, index: u32) -> DirectorySource {
         DirectorySource {
             dir,
-            new_files_only,
-            utf8,
+            new_files_only: options.new_files_only,
+            utf8: options.utf8,
+            max_files: options.max_files.max(1),
+            waiting: BTreeSet::new(),
             seen: BTreeSet::new(),
             attempts: BTreeMap::new(),
             given_up: BTreeSet::new(),
@@ -248,7 +259,10 @@ impl DirectorySource {
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             // The first listing of a run takes every file unless
             // `new_files_only`; a file being retried keeps its place.
-            let age_rule = wall && (!first || self.new_files_only) && !self.attempts.contains_key(path);
+            let age_rule = wall
+                && (!first || self.new_files_only)
+                && !self.attempts.contains_key(path)
+                && !self.waiting.contains(path);
             if wall && mtime > t {
                 // Modified after the batch time: it belongs to a later batch.
                 continue;
@@ -269,7 +283,9 @@ impl DirectorySource {
             new.push((mtime, path.clone()));
         }
         new.sort();
-        new.into_iter().map(|(_, p)| p).collect()
+        // Beyond the per-batch limit, files wait (and keep their place).
+        self.waiting = new.iter().skip(self.max_files).map(|(_, p)| p.clone()).collect();
+        new.into_iter().take(self.max_files).map(|(_, p)| p).collect()
     }
 }
 
@@ -313,6 +329,7 @@ impl Source for DirectorySource {
         self.attempts.retain(|p, _| present.contains(p));
         self.given_up.retain(|p| present.contains(p));
         self.warned.retain(|p| present.contains(p));
+        self.waiting.retain(|p| present.contains(p));
 
         let files = self.candidates(&listing, time, wall, first);
         let mut b = BatchBuilder::new();

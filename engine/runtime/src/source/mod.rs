@@ -119,13 +119,18 @@ pub fn open(
             };
             Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone())?)
         }
-        SourceSpec::Directory { path, new_files_only, on_invalid_utf8 } => Box::new(DirectorySource::new(
-            base.join(path),
-            *new_files_only,
-            *on_invalid_utf8,
-            listeners.clone(),
-            wal.as_ref().map_or(0, |(_, i)| *i),
-        )),
+        SourceSpec::Directory { path, new_files_only, on_invalid_utf8, max_files_per_batch } => {
+            Box::new(DirectorySource::new(
+                base.join(path),
+                directory::Options {
+                    new_files_only: *new_files_only,
+                    utf8: *on_invalid_utf8,
+                    max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
+                },
+                listeners.clone(),
+                wal.as_ref().map_or(0, |(_, i)| *i),
+            ))
+        }
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
             Box::new(GeneratorSource {
