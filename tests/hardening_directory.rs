@@ -346,3 +346,30 @@ fn replay_reads_the_same_bytes_after_the_file_grew() {
     let e = s.replay(1000, &d).unwrap_err().to_string();
     assert!(e.contains("growing.txt") && e.contains("truncated"), "{e}");
 }
+
+/// `max_files_per_batch`: the oldest files first, the rest wait for later
+/// batches — and a file that waits is not then skipped by the age rule
+/// (with the wall clock, files an hour old are all read, one per batch).
+#[test]
+fn max_files_per_batch_takes_the_oldest_and_the_rest_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, name) in ["e.txt", "d.txt", "c.txt", "b.txt", "a.txt"].iter().enumerate() {
+        // e.txt is the oldest and has one line; a.txt the newest, five.
+        std::fs::write(dir.join(name), "w\n".repeat(i + 1)).unwrap();
+        age(&dir.join(name), Duration::from_secs(3600 - i as u64 * 10));
+    }
+    let job = count_job(tmp.path(), "max_files_per_batch = 2");
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "4"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![1 + 2, 3 + 4, 5, 0], "oldest first, two per batch:\n{err}");
+
+    let job = count_job(tmp.path(), "max_files_per_batch = 1");
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--batches", "5"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(records_in(&err), vec![1, 2, 3, 4, 5], "waiting files keep their place:\n{err}");
+    assert!(warnings_naming(&err, "remember window").is_empty(), "{err}");
+}

@@ -291,11 +291,11 @@ impl Driver {
         let wall = self.opts.clock == Clock::Wall;
         let mut recs = Vec::new();
         for i in 0..self.sources.len() {
-            let (batch, descriptor) = self.sources[i].poll(time, wall)?;
-            let n = Records::new(&batch).map(|r| r.remaining() as u64).unwrap_or(0);
+            let (parts, descriptor) = self.sources[i].poll_partitions(time, wall, self.job.graph.parallelism)?;
+            let n = parts.iter().map(|p| Records::new(p).map(|r| r.remaining() as u64).unwrap_or(0)).sum();
             records_in += n;
             let partitions = match self.source_nodes.get(&(i as u32)) {
-                Some(&node) => self.store_input(time, node, i as u32, batch)?.partitions,
+                Some(&node) => self.store_input(time, node, i as u32, parts).partitions,
                 None => 1,
             };
             input_partitions.insert(i as u32, partitions);
@@ -463,18 +463,8 @@ impl Driver {
         }
     }
 
-    /// Stores a source's batch as the blocks of its input RDD at `time`. A
-    /// malformed batch is refused, not partly dropped.
-    pub(super) fn store_input(
-        &mut self,
-        time: i64,
-        node: u32,
-        source: u32,
-        batch: Vec<u8>,
-    ) -> Result<Rdd, EngineError> {
-        let parts = split_batch(batch, self.job.graph.parallelism).map_err(|e| {
-            crate::source::SourceError::Custom(format!("source {source} gave a malformed batch at {time} ms: {e}"))
-        })?;
+    /// Stores a source's partitions as the blocks of its input RDD at `time`.
+    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, parts: Vec<Vec<u8>>) -> Rdd {
         let id = RddId { time, node };
         let rdd = Rdd {
             id,
@@ -488,7 +478,7 @@ impl Driver {
             self.dag.register_block(bid, crate::rdd::digest(&data));
             self.blocks.put(bid, Arc::new(data));
         }
-        Ok(rdd)
+        rdd
     }
 
     /// The metadata checkpoint of where the run is now.
@@ -579,64 +569,6 @@ fn start_executors(
     let mut dag = DagScheduler::new(backend, results);
     dag.listeners = listeners.clone();
     Ok(dag)
-}
-
-/// Bytes moved at a time when a batch is split: the batch gives back
-/// its tail as it goes, so splitting needs this much beside the batch, not
-/// a second copy of it.
-const SPLIT_CHUNK: usize = 4 << 20;
-
-/// Splits an encoded batch into `n` contiguous partitions (fewer if it has
-/// fewer records; at least one): `ceil(records / n)` records each, in order,
-/// trailing ones possibly empty. Memory stays about one batch: the last
-/// partitions are moved out of the batch's tail, which is shrunk as it goes
-/// (the allocator returns the pages of a large block), and the first
-/// partition is what is left of the batch itself.
-fn split_batch(mut batch: Vec<u8>, n: u32) -> Result<Vec<Vec<u8>>, weir_codec::CodecError> {
-    let recs = Records::new(&batch)?;
-    let total = recs.remaining() as usize;
-    let n = (n.max(1) as usize).min(total.max(1));
-    let per = total.div_ceil(n).max(1);
-    // Each partition's first byte and record count; a malformed record
-    // fails the split (the batch is refused, never partly dropped).
-    let mut starts = vec![None; n];
-    let mut counts = vec![0u32; n];
-    let mut end = 4;
-    for (i, r) in recs.enumerate() {
-        let r = r?;
-        let p = i / per;
-        starts[p].get_or_insert(end);
-        counts[p] += 1;
-        end += r.len();
-    }
-    batch.truncate(end);
-    let mut parts = Vec::with_capacity(n);
-    for p in (1..n).rev() {
-        let Some(start) = starts[p] else {
-            parts.push(weir_codec::BatchBuilder::new().finish());
-            continue;
-        };
-        let len = batch.len() - start;
-        // Zeroed memory of a fresh allocation is not touched until written.
-        let mut part = vec![0u8; 4 + len];
-        part[..4].copy_from_slice(&counts[p].to_le_bytes());
-        let mut left = len;
-        while left > 0 {
-            let c = left.min(SPLIT_CHUNK);
-            let from = start + left - c;
-            part[4 + left - c..4 + left].copy_from_slice(&batch[from..from + c]);
-            left -= c;
-            batch.truncate(from);
-            batch.shrink_to_fit();
-        }
-        parts.push(part);
-    }
-    if batch.len() >= 4 {
-        batch[..4].copy_from_slice(&counts[0].to_le_bytes());
-    }
-    parts.push(batch);
-    parts.reverse();
-    Ok(parts)
 }
 
 /// Refuses to continue a checkpoint of another job or other modules.

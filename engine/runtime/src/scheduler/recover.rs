@@ -117,8 +117,8 @@ impl Driver {
         for (t, recs) in &m.inputs {
             for (i, rec) in recs.iter().enumerate() {
                 let Some(&node) = self.source_nodes.get(&(i as u32)) else { continue };
-                let batch = self.sources[i].replay(*t, &rec.descriptor)?;
-                let rdd = self.store_input(*t, node, i as u32, batch)?;
+                let parts = self.sources[i].replay_partitions(*t, &rec.descriptor, self.job.graph.parallelism)?;
+                let rdd = self.store_input(*t, node, i as u32, parts);
                 register(&mut self.memo, &mut self.dag.lineage, node, rdd);
             }
         }

@@ -20,20 +20,19 @@
 //!   wait (a waiting file is exempt from the age rule: the job, not the
 //!   file, is late).
 //!
-//! Files are read line by line straight into the batch, so the driver holds
+//! Files are scanned (lines counted), then read line by line straight into
+//! the batch's partitions on every core (`text_split`), so the driver holds
 //! a file's records once, never the file's text beside them. A batch records
 //! each file's length as read ([`FileSpan`]), so a replay reads the same
-//! bytes even if the file grew since.
+//! bytes (into the same partitions) even if the file grew since.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::text_split::{encode, scan, FileError, Scanned};
 use super::{InputDescriptor, Source, SourceCursor, SourceError};
 use crate::listener::{ListenerBus, ReceiverError};
-use weir_codec::BatchBuilder;
 use weir_plan::source::{FileSpan, InvalidUtf8Policy};
 
 /// How far back, before a batch time, a new file's modification time may be.
@@ -43,32 +42,6 @@ const DIRECTORY_REMEMBER: Duration = Duration::from_secs(60);
 /// is read) is tried, in all.
 pub(super) const READ_ATTEMPTS: u32 = 3;
 
-/// The read buffer: memory per file read is this plus the longest line.
-const READ_BUFFER: usize = 64 * 1024;
-
-/// Why one file could not be read.
-#[derive(Debug, thiserror::Error)]
-enum FileError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("not a regular file")]
-    NotRegular,
-    #[error("has {has} bytes, fewer than the {len} the batch read: it was truncated or replaced")]
-    Short { has: u64, len: u64 },
-    #[error("line {line}: invalid UTF-8")]
-    InvalidUtf8 { line: usize },
-}
-
-/// What reading one file gave.
-struct ReadOutcome {
-    /// Bytes read (the file's length when it was opened, or the recorded span).
-    len: u64,
-    /// The file's length or modification time changed while it was read.
-    changed: bool,
-    /// Lines that were not valid UTF-8 (replaced or skipped).
-    invalid_lines: u64,
-}
-
 /// Names of files still being written (Hadoop's hidden-file rule, HDFS's
 /// `_COPYING_`, editors' and downloaders' temporary names).
 fn ignored_name(name: &str) -> bool {
@@ -77,65 +50,6 @@ fn ignored_name(name: &str) -> bool {
         || name.ends_with("._COPYING_")
         || name.ends_with(".tmp")
         || name.ends_with('~')
-}
-
-/// Reads the lines of the first `limit` bytes of `path` (the whole file as
-/// it is when opened if `None`) into `b`. On error, `b` may hold some of the
-/// file's lines: the caller truncates it back.
-fn read_file(
-    path: &Path,
-    limit: Option<u64>,
-    b: &mut BatchBuilder,
-    policy: InvalidUtf8Policy,
-) -> Result<ReadOutcome, FileError> {
-    let file = File::open(path)?;
-    let before = file.metadata()?;
-    // Checked on the open file: the name may have changed since the listing.
-    if !before.is_file() {
-        return Err(FileError::NotRegular);
-    }
-    let len = limit.unwrap_or(before.len());
-    if before.len() < len {
-        return Err(FileError::Short { has: before.len(), len });
-    }
-    let mut r = BufReader::with_capacity(READ_BUFFER, (&file).take(len));
-    let mut line = Vec::new();
-    let (mut got, mut n, mut invalid_lines) = (0u64, 0usize, 0u64);
-    loop {
-        line.clear();
-        let k = r.read_until(b'\n', &mut line)?;
-        if k == 0 {
-            break;
-        }
-        got += k as u64;
-        n += 1;
-        // As `str::lines`: `\n` or `\r\n` ends a line; a bare `\r` does not.
-        let text = match line.strip_suffix(b"\n") {
-            Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
-            None => &line[..],
-        };
-        match std::str::from_utf8(text) {
-            Ok(t) => b.push_with(|w| w.str(t)),
-            Err(_) => {
-                invalid_lines += 1;
-                match policy {
-                    InvalidUtf8Policy::Replace => {
-                        let t = String::from_utf8_lossy(text);
-                        b.push_with(|w| w.str(&t));
-                    }
-                    InvalidUtf8Policy::Skip => {}
-                    InvalidUtf8Policy::Fail => return Err(FileError::InvalidUtf8 { line: n }),
-                }
-            }
-        }
-    }
-    if got < len {
-        // Shrank while being read.
-        return Err(FileError::Short { has: got, len });
-    }
-    let after = file.metadata()?;
-    let changed = after.len() != before.len() || after.modified().ok() != before.modified().ok();
-    Ok(ReadOutcome { len, changed, invalid_lines })
 }
 
 /// The job's settings of a directory source.
@@ -304,8 +218,49 @@ fn remove_before_read(path: &Path) {
 #[cfg(not(feature = "failpoints"))]
 fn remove_before_read(_path: &Path) {}
 
+impl DirectorySource {
+    /// Scans the batch's files: the ones that cannot be read now (or changed
+    /// while scanned, and may be tried again) are put back for later.
+    fn scan_candidates(&mut self, files: Vec<PathBuf>) -> Vec<Scanned> {
+        let mut taken = Vec::new();
+        for path in files {
+            remove_before_read(&path);
+            match scan(&path, None) {
+                Ok(f) if f.changed && self.attempts.get(&path).copied().unwrap_or(0) + 1 < READ_ATTEMPTS => {
+                    self.failed(&path, "changed while it was read (still being written?)");
+                }
+                Ok(f) => {
+                    if f.changed {
+                        self.warn(format!(
+                            "{}: still changing after {READ_ATTEMPTS} attempts; took its first {} bytes",
+                            path.display(),
+                            f.len
+                        ));
+                    }
+                    taken.push(f);
+                }
+                Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.attempts.remove(&path);
+                    self.warn(format!("{}: deleted before it could be read; skipped", path.display()));
+                }
+                Err(e) => self.failed(&path, &e.to_string()),
+            }
+        }
+        taken
+    }
+}
+
 impl Source for DirectorySource {
     fn poll(&mut self, time: i64, wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        let (mut parts, d) = self.poll_partitions(time, wall, 1)?;
+        Ok((parts.pop().unwrap_or_else(|| weir_codec::BatchBuilder::new().finish()), d))
+    }
+    fn poll_partitions(
+        &mut self,
+        time: i64,
+        wall: bool,
+        n: u32,
+    ) -> Result<(Vec<Vec<u8>>, InputDescriptor), SourceError> {
         let listing = match self.list() {
             Ok(l) => l,
             Err(e) => {
@@ -313,7 +268,7 @@ impl Source for DirectorySource {
                     self.missing = true;
                     self.warn(format!("{}: {e}; waiting for the directory", self.dir.display()));
                 }
-                return Ok((BatchBuilder::new().finish(), InputDescriptor::FileSpans(Vec::new())));
+                return Ok((vec![weir_codec::BatchBuilder::new().finish()], InputDescriptor::FileSpans(Vec::new())));
             }
         };
         if self.missing {
@@ -331,71 +286,62 @@ impl Source for DirectorySource {
         self.warned.retain(|p| present.contains(p));
         self.waiting.retain(|p| present.contains(p));
 
-        let files = self.candidates(&listing, time, wall, first);
-        let mut b = BatchBuilder::new();
-        let mut spans = Vec::new();
-        for path in files {
-            remove_before_read(&path);
-            let mark = b.mark();
-            match read_file(&path, None, &mut b, self.utf8) {
-                Ok(r) if r.changed && self.attempts.get(&path).copied().unwrap_or(0) + 1 < READ_ATTEMPTS => {
-                    b.truncate(mark);
-                    self.failed(&path, "changed while it was read (still being written?)");
-                }
-                Ok(r) => {
-                    if r.changed {
-                        self.warn(format!(
-                            "{}: still changing after {READ_ATTEMPTS} attempts; took its first {} bytes",
-                            path.display(),
-                            r.len
-                        ));
-                    }
-                    if r.invalid_lines > 0 {
-                        let what = if self.utf8 == InvalidUtf8Policy::Skip { "skipped" } else { "replaced" };
-                        self.warn(format!("{}: {} line(s) of invalid UTF-8 {what}", path.display(), r.invalid_lines));
-                    }
-                    self.attempts.remove(&path);
-                    self.seen.insert(path.clone());
-                    spans.push(FileSpan { path, len: r.len });
-                }
-                Err(FileError::InvalidUtf8 { line }) => {
+        let candidates = self.candidates(&listing, time, wall, first);
+        let mut taken = self.scan_candidates(candidates);
+        // A file that fails while its lines are read (truncated since the
+        // scan) is put back like one that failed the scan, and the batch is
+        // read again without it.
+        let encoded = loop {
+            match encode(&taken, n, self.utf8) {
+                Ok(e) => break e,
+                Err((i, FileError::InvalidUtf8 { line })) => {
                     return Err(SourceError::Parse {
-                        path,
-                        line,
+                        path: taken[i].path.clone(),
+                        line: line as usize,
                         what: "invalid UTF-8 (on_invalid_utf8 = fail)".into(),
                     })
                 }
-                Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                    b.truncate(mark);
-                    self.attempts.remove(&path);
-                    self.warn(format!("{}: deleted before it could be read; skipped", path.display()));
-                }
-                Err(e) => {
-                    b.truncate(mark);
-                    self.failed(&path, &e.to_string());
+                Err((i, e)) => {
+                    let f = taken.remove(i);
+                    self.failed(&f.path, &e.to_string());
                 }
             }
+        };
+        let mut spans = Vec::new();
+        for (f, invalid) in taken.into_iter().zip(encoded.invalid) {
+            if invalid > 0 {
+                let what = if self.utf8 == InvalidUtf8Policy::Skip { "skipped" } else { "replaced" };
+                self.warn(format!("{}: {invalid} line(s) of invalid UTF-8 {what}", f.path.display()));
+            }
+            self.attempts.remove(&f.path);
+            self.seen.insert(f.path.clone());
+            spans.push(FileSpan { path: f.path, len: f.len });
         }
-        Ok((b.finish(), InputDescriptor::FileSpans(spans)))
+        Ok((encoded.parts, InputDescriptor::FileSpans(spans)))
     }
-    fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+    fn replay(&self, time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
+        let mut parts = self.replay_partitions(time, d, 1)?;
+        Ok(parts.pop().unwrap_or_else(|| weir_codec::BatchBuilder::new().finish()))
+    }
+    fn replay_partitions(&self, _time: i64, d: &InputDescriptor, n: u32) -> Result<Vec<Vec<u8>>, SourceError> {
         let spans: Vec<(&Path, Option<u64>)> = match d {
             InputDescriptor::FileSpans(s) => s.iter().map(|s| (s.path.as_path(), Some(s.len))).collect(),
             // Recorded before spans: the whole file.
             InputDescriptor::Files(f) => f.iter().map(|p| (p.as_path(), None)).collect(),
             other => return Err(SourceError::Replay(format!("a directory source cannot replay {other:?}"))),
         };
-        let mut b = BatchBuilder::new();
+        let failed = |path: &Path, e: FileError| match e {
+            FileError::Io(source) => SourceError::Io { path: path.to_path_buf(), source },
+            FileError::InvalidUtf8 { line } => {
+                SourceError::Parse { path: path.to_path_buf(), line: line as usize, what: "invalid UTF-8".into() }
+            }
+            other => SourceError::Replay(format!("{}: {other}", path.display())),
+        };
+        let mut files = Vec::new();
         for (path, len) in spans {
-            read_file(path, len, &mut b, self.utf8).map_err(|e| match e {
-                FileError::Io(source) => SourceError::Io { path: path.to_path_buf(), source },
-                FileError::InvalidUtf8 { line } => {
-                    SourceError::Parse { path: path.to_path_buf(), line, what: "invalid UTF-8".into() }
-                }
-                other => SourceError::Replay(format!("{}: {other}", path.display())),
-            })?;
+            files.push(scan(path, len).map_err(|e| failed(path, e))?);
         }
-        Ok(b.finish())
+        encode(&files, n, self.utf8).map(|e| e.parts).map_err(|(i, e)| failed(&files[i].path, e))
     }
     fn cursor(&self) -> SourceCursor {
         SourceCursor::Files(self.seen.clone())

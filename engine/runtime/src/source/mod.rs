@@ -25,6 +25,7 @@ pub(crate) mod kafka;
 mod lines;
 mod queue;
 mod socket;
+mod text_split;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ use generator::GeneratorSource;
 use queue::QueueSource;
 pub use queue::{json_to_value, read_batches_file, MAX_BATCHES_FILE_BYTES};
 use socket::SocketSource;
+pub use text_split::split_batch;
 pub use weir_plan::source::{
     FileSpan, InputDescriptor, InvalidUtf8Policy, KafkaOffset, KafkaRange, KafkaValueFormat, LongLinePolicy,
     OffsetOutOfRangePolicy, SourceCursor, SourceSpec, StartingOffsets, WalPosition, WalRange,
@@ -81,6 +83,25 @@ pub trait Source: Send {
     fn poll(&mut self, time: i64, wall_clock: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError>;
     /// The records a batch took, again, byte for byte.
     fn replay(&self, time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError>;
+    /// As `poll`, with the records cut into `n` partitions (fewer if there
+    /// are fewer records; at least one) of `ceil(records / n)` records each,
+    /// in order. The default cuts `poll`'s batch ([`split_batch`]); a source
+    /// that can build the partitions itself, in parallel, does (the
+    /// directory source).
+    fn poll_partitions(
+        &mut self,
+        time: i64,
+        wall_clock: bool,
+        n: u32,
+    ) -> Result<(Vec<Vec<u8>>, InputDescriptor), SourceError> {
+        let (batch, d) = self.poll(time, wall_clock)?;
+        Ok((split_or_refuse(batch, n, time)?, d))
+    }
+    /// As `replay`, cut into `n` partitions exactly as `poll_partitions`
+    /// cut them.
+    fn replay_partitions(&self, time: i64, d: &InputDescriptor, n: u32) -> Result<Vec<Vec<u8>>, SourceError> {
+        split_or_refuse(self.replay(time, d)?, n, time)
+    }
     /// Where to resume after the last batch polled.
     fn cursor(&self) -> SourceCursor;
     /// Resumes at a cursor taken by `cursor` (driver recovery).
@@ -94,6 +115,11 @@ pub trait Source: Send {
     fn waits_for_input(&self) -> bool {
         true
     }
+}
+
+/// [`split_batch`], a malformed batch refused (never partly dropped).
+fn split_or_refuse(batch: Vec<u8>, n: u32, time: i64) -> Result<Vec<Vec<u8>>, SourceError> {
+    split_batch(batch, n).map_err(|e| SourceError::Custom(format!("a malformed batch at {time} ms: {e}")))
 }
 
 /// Starts the source a spec describes. `base` resolves relative paths;

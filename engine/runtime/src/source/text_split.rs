@@ -1,0 +1,377 @@
+//! Reading text files' lines straight into a batch's partitions, on every
+//! core.
+//!
+//! A batch's input used to be one core's serial work before any task ran:
+//! read each file line by line into one encoded batch, then copy it into
+//! partitions. Here a file is first *scanned* (its lines counted, with a
+//! sparse index of line starts), then the partitions are *encoded* in
+//! parallel, each thread reading its own line range of the files through
+//! the handles the scan opened (positioned reads, so a file deleted in
+//! between is still read whole).
+//!
+//! Partitions are cut exactly as [`split_batch`] cuts an encoded batch:
+//! `ceil(lines / n)` lines each, in order, counted over every line read
+//! (a line skipped as invalid UTF-8 still takes its place). A re-run batch
+//! goes through the same code with the recorded lengths, so it gets the
+//! same partitions, byte for byte.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use weir_codec::{BatchBuilder, CodecError, Records};
+use weir_plan::source::InvalidUtf8Policy;
+
+/// A line start is indexed every this many lines: finding where a range
+/// starts reads at most this many lines of the file for nothing.
+const STRIDE: u64 = 1024;
+
+/// The read buffer of one thread reading one file.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Batches with fewer lines are encoded on the calling thread (threads cost
+/// more than they save).
+const PARALLEL_LINES: u64 = 4096;
+
+/// Why one file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("has {has} bytes, fewer than the {len} the batch read: it was truncated or replaced")]
+    Short { has: u64, len: u64 },
+    #[error("line {line}: invalid UTF-8")]
+    InvalidUtf8 { line: u64 },
+}
+
+/// A file taken into a batch: the open handle and what the scan found.
+pub(super) struct Scanned {
+    pub(super) path: PathBuf,
+    file: File,
+    /// Bytes the batch reads (the file's length when opened, or the
+    /// recorded span).
+    pub(super) len: u64,
+    /// Lines in those bytes (a last line without `\n` counts).
+    lines: u64,
+    /// Byte offset of line `k * STRIDE`.
+    marks: Vec<u64>,
+    /// The file's length or modification time changed during the scan.
+    pub(super) changed: bool,
+}
+
+/// Opens `path` and counts the lines of its first `limit` bytes (the whole
+/// file as it is when opened if `None`).
+pub(super) fn scan(path: &Path, limit: Option<u64>) -> Result<Scanned, FileError> {
+    let file = File::open(path)?;
+    let before = file.metadata()?;
+    // Checked on the open file: the name may have changed since the listing.
+    if !before.is_file() {
+        return Err(FileError::NotRegular);
+    }
+    let len = limit.unwrap_or(before.len());
+    if before.len() < len {
+        return Err(FileError::Short { has: before.len(), len });
+    }
+    let mut r = (&file).take(len);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let (mut got, mut lines, mut last) = (0u64, 0u64, b'\n');
+    let mut marks = vec![0u64];
+    loop {
+        let k = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for at in memchr::memchr_iter(b'\n', &buf[..k]) {
+            lines += 1;
+            if lines % STRIDE == 0 {
+                marks.push(got + at as u64 + 1);
+            }
+        }
+        got += k as u64;
+        last = buf[k - 1];
+    }
+    if got < len {
+        // Shrank while being read.
+        return Err(FileError::Short { has: got, len });
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    let after = file.metadata()?;
+    let changed = after.len() != before.len() || after.modified().ok() != before.modified().ok();
+    Ok(Scanned { path: path.to_path_buf(), file, len, lines, marks, changed })
+}
+
+/// What encoding gave: the partitions, and per file the lines of invalid
+/// UTF-8 it replaced or skipped.
+pub(super) struct Encoded {
+    pub(super) parts: Vec<Vec<u8>>,
+    pub(super) invalid: Vec<u64>,
+}
+
+/// The lines of `files`, in order, as `n` partitions (fewer if there are
+/// fewer lines; at least one). An error names the index of the file.
+pub(super) fn encode(files: &[Scanned], n: u32, policy: InvalidUtf8Policy) -> Result<Encoded, (usize, FileError)> {
+    let total: u64 = files.iter().map(|f| f.lines).sum();
+    let n = (n.max(1) as u64).min(total.max(1));
+    let per = total.div_ceil(n).max(1);
+    let ranges: Vec<(u64, u64)> = (0..n).map(|p| ((p * per).min(total), ((p + 1) * per).min(total))).collect();
+    let threads = if total < PARALLEL_LINES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |c| c.get()).min(ranges.len())
+    };
+    let next = AtomicUsize::new(0);
+    let work = || -> Result<Vec<(usize, Vec<u8>, Vec<u64>)>, (usize, FileError)> {
+        let mut done = Vec::new();
+        loop {
+            let p = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(from, to)) = ranges.get(p) else { return Ok(done) };
+            let mut invalid = vec![0u64; files.len()];
+            let part = encode_range(files, from, to, policy, &mut invalid)?;
+            done.push((p, part, invalid));
+        }
+    };
+    let results = if threads <= 1 {
+        vec![work()]
+    } else {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err((0, FileError::Io(std::io::Error::other("a reader panicked")))))
+                })
+                .collect()
+        })
+    };
+    let mut parts = vec![Vec::new(); ranges.len()];
+    let mut invalid = vec![0u64; files.len()];
+    for r in results {
+        for (p, part, inv) in r? {
+            parts[p] = part;
+            invalid.iter_mut().zip(inv).for_each(|(a, b)| *a += b);
+        }
+    }
+    Ok(Encoded { parts, invalid })
+}
+
+/// Lines `from..to` of the files (counted over all of them) as one batch.
+fn encode_range(
+    files: &[Scanned],
+    from: u64,
+    to: u64,
+    policy: InvalidUtf8Policy,
+    invalid: &mut [u64],
+) -> Result<Vec<u8>, (usize, FileError)> {
+    let mut b = BatchBuilder::new();
+    let mut first = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        let (lo, hi) = (from.max(first), to.min(first + f.lines));
+        if lo < hi {
+            read_lines(f, lo - first, hi - first, policy, &mut b, &mut invalid[i]).map_err(|e| (i, e))?;
+        }
+        first += f.lines;
+    }
+    Ok(b.finish())
+}
+
+/// Reads lines `from..to` of one file into `b`.
+fn read_lines(
+    f: &Scanned,
+    from: u64,
+    to: u64,
+    policy: InvalidUtf8Policy,
+    b: &mut BatchBuilder,
+    invalid: &mut u64,
+) -> Result<(), FileError> {
+    let start = f.marks.get((from / STRIDE) as usize).copied().unwrap_or(0);
+    let mut r = BufReader::with_capacity(READ_BUFFER, At { file: &f.file, pos: start, end: f.len });
+    let mut line = Vec::new();
+    let mut k = from - from % STRIDE;
+    while k < to {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            // Fewer lines than the scan counted: the file changed under us.
+            return Err(FileError::Short { has: r.get_ref().pos, len: f.len });
+        }
+        k += 1;
+        if k <= from {
+            continue;
+        }
+        // As `str::lines`: `\n` or `\r\n` ends a line; a bare `\r` does not.
+        let text = match line.strip_suffix(b"\n") {
+            Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
+            None => &line[..],
+        };
+        match std::str::from_utf8(text) {
+            Ok(t) => b.push_with(|w| w.str(t)),
+            Err(_) => {
+                *invalid += 1;
+                match policy {
+                    InvalidUtf8Policy::Replace => {
+                        let t = String::from_utf8_lossy(text);
+                        b.push_with(|w| w.str(&t));
+                    }
+                    InvalidUtf8Policy::Skip => {}
+                    InvalidUtf8Policy::Fail => return Err(FileError::InvalidUtf8 { line: k }),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Positioned reads of `file` from `pos` up to `end`: threads share the
+/// handle without sharing a file offset.
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        let want = (buf.len() as u64).min(left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let k = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += k as u64;
+        Ok(k)
+    }
+}
+
+/// Bytes moved at a time when a batch is split: the batch gives back
+/// its tail as it goes, so splitting needs this much beside the batch, not
+/// a second copy of it.
+const SPLIT_CHUNK: usize = 4 << 20;
+
+/// Splits an encoded batch into `n` contiguous partitions (fewer if it has
+/// fewer records; at least one): `ceil(records / n)` records each, in order,
+/// trailing ones possibly empty. Memory stays about one batch: the last
+/// partitions are moved out of the batch's tail, which is shrunk as it goes
+/// (the allocator returns the pages of a large block), and the first
+/// partition is what is left of the batch itself.
+pub fn split_batch(mut batch: Vec<u8>, n: u32) -> Result<Vec<Vec<u8>>, CodecError> {
+    let recs = Records::new(&batch)?;
+    let total = recs.remaining() as usize;
+    let n = (n.max(1) as usize).min(total.max(1));
+    let per = total.div_ceil(n).max(1);
+    // Each partition's first byte and record count; a malformed record
+    // fails the split (the batch is refused, never partly dropped).
+    let mut starts = vec![None; n];
+    let mut counts = vec![0u32; n];
+    let mut end = 4;
+    for (i, r) in recs.enumerate() {
+        let r = r?;
+        let p = i / per;
+        starts[p].get_or_insert(end);
+        counts[p] += 1;
+        end += r.len();
+    }
+    batch.truncate(end);
+    let mut parts = Vec::with_capacity(n);
+    for p in (1..n).rev() {
+        let Some(start) = starts[p] else {
+            parts.push(BatchBuilder::new().finish());
+            continue;
+        };
+        let len = batch.len() - start;
+        // Zeroed memory of a fresh allocation is not touched until written.
+        let mut part = vec![0u8; 4 + len];
+        part[..4].copy_from_slice(&counts[p].to_le_bytes());
+        let mut left = len;
+        while left > 0 {
+            let c = left.min(SPLIT_CHUNK);
+            let from = start + left - c;
+            part[4 + left - c..4 + left].copy_from_slice(&batch[from..from + c]);
+            left -= c;
+            batch.truncate(from);
+            batch.shrink_to_fit();
+        }
+        parts.push(part);
+    }
+    if batch.len() >= 4 {
+        batch[..4].copy_from_slice(&counts[0].to_le_bytes());
+    }
+    parts.push(batch);
+    parts.reverse();
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn lines_of(parts: &[Vec<u8>]) -> Vec<Vec<String>> {
+        parts
+            .iter()
+            .map(|p| Records::new(p).unwrap().map(|r| weir_codec::display::render(r.unwrap())).collect())
+            .collect()
+    }
+
+    /// The parallel encoder cuts exactly where splitting one encoded batch
+    /// would, across file boundaries, strides and a last line without `\n`.
+    #[test]
+    fn encode_matches_split_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut all = BatchBuilder::new();
+        for (i, lines) in [0usize, 1, 5000, 3, 2100].into_iter().enumerate() {
+            let path = dir.path().join(format!("f{i}"));
+            let mut f = File::create(&path).unwrap();
+            for l in 0..lines {
+                let text = format!("file {i} line {l}");
+                all.push_with(|w| w.str(&text));
+                if i == 3 && l == lines - 1 {
+                    write!(f, "{text}").unwrap();
+                } else if l % 7 == 0 {
+                    write!(f, "{text}\r\n").unwrap();
+                } else {
+                    writeln!(f, "{text}").unwrap();
+                }
+            }
+            files.push(scan(&path, None).unwrap());
+        }
+        let all = all.finish();
+        for n in [1, 2, 3, 7, 64] {
+            let got = encode(&files, n, InvalidUtf8Policy::Replace).unwrap();
+            let want = split_batch(all.clone(), n).unwrap();
+            assert_eq!(lines_of(&got.parts), lines_of(&want), "n = {n}");
+            assert_eq!(got.parts, want, "n = {n}: bytes");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_counted_per_file_and_fail_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad");
+        std::fs::write(&path, b"ok\n\xff\xfe\nok\n").unwrap();
+        let files = vec![scan(&path, None).unwrap()];
+        let got = encode(&files, 2, InvalidUtf8Policy::Skip).unwrap();
+        assert_eq!(got.invalid, vec![1]);
+        assert_eq!(lines_of(&got.parts).concat(), vec!["ok", "ok"]);
+        match encode(&files, 2, InvalidUtf8Policy::Fail) {
+            Err((0, FileError::InvalidUtf8 { line: 2 })) => {}
+            other => panic!("expected line 2 of file 0, got {:?}", other.map(|e| e.invalid)),
+        }
+    }
+
+    #[test]
+    fn a_recorded_span_reads_only_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grew");
+        std::fs::write(&path, b"a\nb\nc\n").unwrap();
+        let files = vec![scan(&path, Some(4)).unwrap()];
+        assert_eq!(lines_of(&encode(&files, 1, InvalidUtf8Policy::Replace).unwrap().parts), vec![vec!["a", "b"]]);
+        assert!(matches!(scan(&path, Some(100)), Err(FileError::Short { has: 6, len: 100 })));
+    }
+}
