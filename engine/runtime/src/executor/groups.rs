@@ -28,6 +28,32 @@ pub(crate) fn key_hash(k: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(k, PARTITION_SEED)
 }
 
+/// The hasher of the executor's lookup maps over encoded keys: the
+/// partitioner's xxh3 (fixed seed, so no per-process randomness anywhere
+/// near computation), not SipHash, which cost more than the lookups. Maps
+/// keyed by it are only looked up, never iterated, so their order cannot
+/// reach an output.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0 ^ PARTITION_SEED);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        // The length prefix of a slice: mixed in cheaply.
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A lookup map over encoded keys (see [`KeyHasher`]).
+pub(crate) type KeyMap<'a, V> = HashMap<&'a [u8], V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// Keys in first-seen order, each with its values in input order.
 /// Values are appended to one buffer as they come; [`Groups::finish`] lays
 /// them out group by group with one scatter pass.

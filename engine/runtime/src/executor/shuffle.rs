@@ -4,14 +4,12 @@
 //! Keys are grouped in first-seen order, so the output never depends on hash
 //! map iteration or on the order in which map tasks finished.
 
-use std::collections::HashMap;
-
 use weir_codec as codec;
 
 use super::block_store::Block;
 use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 pub(crate) use super::groups::key_hash;
-use super::groups::{fold_i64, Groups, Site};
+use super::groups::{fold_i64, Groups, KeyMap, Site};
 use super::order;
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
@@ -101,7 +99,7 @@ impl<'a> MapSide<'a> {
             map,
             n,
             buckets: (0..n).map(|_| codec::BatchBuilder::new()).collect(),
-            groups: if matches!(agg, Aggregation::ReduceByKey(_)) {
+            groups: if matches!(agg, Aggregation::ReduceByKey(_) | Aggregation::GroupByKey) {
                 Groups::at(Site { node: shuffle.node, reduce_side: false }, None)
             } else {
                 Groups::default()
@@ -115,10 +113,13 @@ impl<'a> MapSide<'a> {
     pub(crate) fn feed(&mut self, batch: &[u8]) -> Result<(), TaskFailure> {
         let n = self.n as u64;
         match self.agg {
-            Aggregation::ReduceByKey(_) => {
+            // group_by_key groups on the map side too (keys once per map
+            // partition, values as lists): it moves and hashes a key per
+            // distinct key, not per record, on the reduce side.
+            Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
                 self.groups.add_all(pairs(batch)?.map(|kv| kv.map_err(|e| not_a_pair(batch, e))))?;
             }
-            Aggregation::GroupByKey | Aggregation::CoGroup => {
+            Aggregation::CoGroup => {
                 for rec in records(batch)? {
                     let rec = rec?;
                     let (k, _) = pair(rec)?;
@@ -175,6 +176,20 @@ impl<'a> MapSide<'a> {
                     buckets[(h % n) as usize].push_with(|w| codec::write_pair(w.buf, k, v))
                 })?;
             }
+            Aggregation::GroupByKey => {
+                // `(key, [values])` per key, in first-seen order.
+                self.groups.finish();
+                let g = &self.groups;
+                for grp in &g.groups {
+                    let b = &mut self.buckets[(grp.hash % n) as usize];
+                    b.push_with(|w| {
+                        w.tuple(2);
+                        w.raw(g.key(grp));
+                        w.list(grp.count);
+                    });
+                    b.extend_current(g.values_of(grp));
+                }
+            }
             Aggregation::Count => self.buckets[0].push_raw(&codec::encode_i64(self.seen as i64)),
             Aggregation::Reduce(r) => {
                 let values = self.values.finish();
@@ -193,14 +208,69 @@ impl<'a> MapSide<'a> {
                     self.buckets[0].push_raw(v);
                 }
             }
-            Aggregation::GroupByKey
-            | Aggregation::CoGroup
+            Aggregation::CoGroup
             | Aggregation::Repartition
             | Aggregation::Gather
             | Aggregation::SortByKey { .. }
             | Aggregation::Take(_) => {}
         }
         Ok(self.buckets.into_iter().map(|b| b.finish()).collect())
+    }
+}
+
+/// The reduce side of group_by_key: the map sides' `(key, [values])`
+/// records merged into one list per key. Keys come in first-seen order and
+/// values in map-partition order, then input order: the same records as
+/// grouping every pair here would give.
+fn merge_groups(buckets: &[Block], out: &mut codec::BatchBuilder) -> Result<(), TaskFailure> {
+    // Per key: its bytes, its value count, and its lists (first, last) as a
+    // chain in `lists` of (list body, next).
+    let mut keys: Vec<(&[u8], u32, usize, usize)> = Vec::new();
+    let mut lists: Vec<(&[u8], usize)> = Vec::new();
+    let mut index: KeyMap<'_, usize> = KeyMap::default();
+    let mut bytes = 0usize;
+    for b in buckets {
+        for rec in records(b)? {
+            let (k, vs) = pair(rec.map_err(|e| bad_data(e.to_string()))?)?;
+            let (count, body) = list_body(vs).ok_or_else(|| bad_data("grouped values are not a list"))?;
+            bytes += k.len() + body.len() + 10;
+            lists.push((body, usize::MAX));
+            let at = lists.len() - 1;
+            match index.get(k) {
+                Some(&i) => {
+                    let key = &mut keys[i];
+                    key.1 = key.1.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
+                    lists[key.3].1 = at;
+                    key.3 = at;
+                }
+                None => {
+                    index.insert(k, keys.len());
+                    keys.push((k, count, at, at));
+                }
+            }
+        }
+    }
+    *out = codec::BatchBuilder::with_capacity(bytes);
+    for &(k, count, first, _) in &keys {
+        out.push_with(|w| {
+            w.tuple(2);
+            w.raw(k);
+            w.list(count);
+        });
+        let mut at = first;
+        while let Some(&(body, next)) = lists.get(at) {
+            out.extend_current(body);
+            at = next;
+        }
+    }
+    Ok(())
+}
+
+/// A whole encoded list (as `pair` cut it): its count and its elements' bytes.
+fn list_body(v: &[u8]) -> Option<(u32, &[u8])> {
+    match v {
+        [codec::TAG_LIST, a, b, c, d, body @ ..] => Some((u32::from_le_bytes([*a, *b, *c, *d]), body)),
+        _ => None,
     }
 }
 
@@ -216,7 +286,8 @@ pub(crate) fn reduce_side(
 ) -> Result<Vec<u8>, TaskFailure> {
     let mut out = codec::BatchBuilder::new();
     match agg {
-        Aggregation::ReduceByKey(_) | Aggregation::GroupByKey => {
+        Aggregation::GroupByKey => merge_groups(buckets, &mut out)?,
+        Aggregation::ReduceByKey(_) => {
             // About the buckets' size: each key once, each value once.
             out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
             // At most as many keys as records in the buckets.
@@ -228,20 +299,11 @@ pub(crate) fn reduce_side(
             g.finish();
             if let Aggregation::ReduceByKey(r) = agg {
                 g.fold_each(cx, r, p, |k, _, v| out.push_with(|w| codec::write_pair(w.buf, k, v)))?;
-            } else {
-                for grp in &g.groups {
-                    out.push_with(|w| {
-                        w.tuple(2);
-                        w.raw(g.key(grp));
-                        w.list(grp.count);
-                    });
-                    out.extend_current(g.values_of(grp));
-                }
             }
         }
         Aggregation::CoGroup => {
             // Per key, one list of values per parent.
-            let mut index: HashMap<&[u8], usize> = HashMap::new();
+            let mut index: KeyMap<'_, usize> = KeyMap::default();
             let mut groups: Vec<(&[u8], Vec<Vec<&[u8]>>)> = Vec::new();
             for (m, b) in buckets.iter().enumerate() {
                 let parent =

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use weir_codec as codec;
 
 use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
+use super::groups::KeyMap;
 use super::shuffle::{fold, key_hash};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
@@ -27,8 +28,11 @@ pub(crate) fn update_state(
     let null: &[u8] = &[codec::TAG_NULL];
     // (key, values, state)
     let mut groups: Vec<(&[u8], &[u8], &[u8])> = Vec::new();
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut index: KeyMap<'_, usize> = KeyMap::default();
     if let Some(prev) = prev {
+        let n = codec::Records::new(prev).map(|r| r.remaining() as usize).unwrap_or(0);
+        index.reserve(n);
+        groups.reserve(n);
         for r in records(prev)? {
             let (k, s) = pair(r?)?;
             index.insert(k, groups.len());
@@ -89,7 +93,7 @@ pub(crate) fn inverse_window(
     p: u32,
 ) -> Result<Vec<u8>, TaskFailure> {
     let mut order: Vec<&[u8]> = Vec::new();
-    let mut keys: HashMap<&[u8], Key> = HashMap::new();
+    let mut keys: KeyMap<'_, Key> = KeyMap::default();
     if let Some(prev) = prev {
         for r in records(prev)? {
             let (k, v) = pair(r?)?;
@@ -121,7 +125,7 @@ pub(crate) fn inverse_window(
         order.iter().copied().filter(|k| keys[k].prev.is_some() && !keys[k].old.is_empty()).collect();
     let old_lists: Vec<&[&[u8]]> = with_old.iter().map(|k| keys[k].old.as_slice()).collect();
     let old_reduced = fold(cx, reduce, &old_lists, p)?;
-    let mut temp: HashMap<&[u8], Vec<u8>> = HashMap::new();
+    let mut temp: KeyMap<'_, Vec<u8>> = KeyMap::default();
     {
         let pairs: Vec<[&[u8]; 2]> =
             with_old.iter().zip(&old_reduced).filter_map(|(k, o)| Some([keys[k].prev?, o.as_slice()])).collect();
@@ -132,7 +136,7 @@ pub(crate) fn inverse_window(
     }
     let with_new: Vec<&[u8]> = order.iter().copied().filter(|k| !keys[k].new.is_empty()).collect();
     let new_lists: Vec<&[&[u8]]> = with_new.iter().map(|k| keys[k].new.as_slice()).collect();
-    let new_reduced: HashMap<&[u8], Vec<u8>> = with_new.iter().copied().zip(fold(cx, reduce, &new_lists, p)?).collect();
+    let new_reduced: KeyMap<'_, Vec<u8>> = with_new.iter().copied().zip(fold(cx, reduce, &new_lists, p)?).collect();
     // Keys with both a running value and new values: one more reduce.
     let both: Vec<&[u8]> =
         order.iter().copied().filter(|k| keys[k].prev.is_some() && new_reduced.contains_key(k)).collect();
@@ -143,7 +147,7 @@ pub(crate) fn inverse_window(
     let both_pairs: Vec<[&[u8]; 2]> =
         both.iter().zip(&both_vals).map(|(k, t)| [t.as_slice(), new_reduced[k].as_slice()]).collect();
     let both_lists: Vec<&[&[u8]]> = both_pairs.iter().map(|pr| pr.as_slice()).collect();
-    let merged: HashMap<&[u8], Vec<u8>> = both.iter().copied().zip(fold(cx, reduce, &both_lists, p)?).collect();
+    let merged: KeyMap<'_, Vec<u8>> = both.iter().copied().zip(fold(cx, reduce, &both_lists, p)?).collect();
 
     let mut out = codec::BatchBuilder::new();
     for k in &order {
@@ -220,7 +224,7 @@ pub(crate) fn map_with_state(
     let empty_list: &[u8] = &[codec::TAG_LIST, 0, 0, 0, 0];
     // key -> (state, last update, new values)
     let mut keys: Vec<(&[u8], &[u8], i64, Option<&[u8]>)> = Vec::new();
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    let mut index: KeyMap<'_, usize> = KeyMap::default();
     if let Some(prev) = prev {
         for r in records(prev)? {
             let xs = codec::elements(r?)?;
