@@ -9,6 +9,11 @@
 //! Events are delivered synchronously on the emitting thread (the driver's
 //! loop, the checkpoint writer, a receiver thread), so a listener must be
 //! quick and must not block: hand work to a channel if it is slow.
+//!
+//! A batch's outputs are written while the next batch's jobs run, so batch
+//! *t + 1* may be started and submitted before batch *t* is completed;
+//! each batch's own events come in order (started, submitted, completed),
+//! and completions come in batch order.
 
 use std::io::Write;
 use std::sync::Arc;

@@ -25,6 +25,7 @@ use weir_codec::Records;
 
 use super::dag::{DagScheduler, SchedulerMetrics};
 use super::options::{Clock, Master, RunOptions};
+use super::output_writer::{self, Computed, OutputWriter, Written};
 use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
@@ -128,6 +129,10 @@ pub struct Driver {
     /// With the logical clock, how long to wait before the next batch after
     /// empty ones (grows while the sources stay empty, reset by a record).
     idle: Duration,
+    /// Writes batches' outputs while the next batch computes.
+    writer: Option<OutputWriter>,
+    /// Batches computed whose outputs are being written, oldest first.
+    in_flight: VecDeque<InFlight>,
 }
 
 /// The longest wait between empty batches with the logical clock.
@@ -183,6 +188,8 @@ impl Driver {
             explained: false,
             drained: false,
             idle: Duration::ZERO,
+            writer: None,
+            in_flight: VecDeque::new(),
         };
         d.recover(recovered)?;
         Ok(d)
@@ -201,27 +208,91 @@ impl Driver {
             self.listeners.emit(|l| l.on_batch_started(&BatchStarted { time, scheduling_delay }));
             let started = Instant::now();
             let before = self.dag.metrics.clone();
-            let (input_partitions, records_in) = self.receive(time, replayed)?;
+            let (input_partitions, records_in) = match self.receive(time, replayed) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.finish_written();
+                    return Err(e);
+                }
+            };
             self.note_idle(records_in, replayed);
             let outs = self.generate(time, records_in, replayed, &input_partitions);
-            let outputs = self.run_outputs(time, &outs);
-            self.complete(time, outputs.iter().any(|o| o.error.is_some()));
-            self.checkpoint(time);
-            let b = self.batch_report(time, records_in, started, scheduling_delay, &before, outputs);
-            self.listeners.emit(|l| l.on_batch_completed(&b));
-            self.report.push(b, self.opts.report_history);
-            #[cfg(feature = "test-hooks")]
-            if let Some(hook) = &self.opts.after_batch {
-                (hook.lock().unwrap_or_else(|p| p.into_inner()))(&mut self.dag, time, &outs);
-            }
-            self.forget(time);
+            let computed = self.run_outputs(time, &outs);
+            // The previous batch's writes overlapped this batch's jobs.
+            self.finish_written();
+            let after = self.dag.metrics.clone();
+            let batch = InFlight { time, records_in, started, scheduling_delay, before, after, outs };
+            self.write_outputs(batch, computed);
         }
+        self.finish_written();
         if let Some(c) = &self.ckpt {
             c.flush();
             self.report.checkpoint = Some(c.stats());
         }
         self.report.metrics = self.dag.metrics.clone();
         Ok(self.report)
+    }
+
+    /// Hands a computed batch's outputs to the writer. Test hooks that look
+    /// at a batch right after it need its writes done before the next one
+    /// starts, so then (and if the writer cannot start) it waits for them.
+    fn write_outputs(&mut self, batch: InFlight, computed: Vec<Computed>) {
+        if self.writer.is_none() {
+            match OutputWriter::start(self.opts.output_retries, self.opts.output_retry_backoff) {
+                Ok(w) => self.writer = Some(w),
+                Err(e) => tracing::warn!("cannot start the output writer thread ({e}); writing outputs in line"),
+            }
+        }
+        let time = batch.time;
+        self.in_flight.push_back(batch);
+        match self.writer.as_mut() {
+            Some(w) => {
+                if let Some(done) = w.submit(time, computed) {
+                    self.complete_batch(done);
+                }
+            }
+            None => {
+                let done =
+                    output_writer::write_now(time, computed, self.opts.output_retries, self.opts.output_retry_backoff);
+                self.complete_batch(done);
+            }
+        }
+        #[cfg(feature = "test-hooks")]
+        if self.opts.after_batch.is_some() {
+            self.finish_written();
+        }
+    }
+
+    /// Waits for the batch whose writes are in flight, and completes it.
+    fn finish_written(&mut self) {
+        while !self.in_flight.is_empty() {
+            let done = self.writer.as_mut().and_then(|w| w.take());
+            let done = done.unwrap_or_else(|| {
+                let time = self.in_flight.front().map_or(0, |b| b.time);
+                let mut info = OutputOpInfo::new(0, "outputs".into());
+                info.error = Some(format!("the output writer stopped before batch {time} ms was written"));
+                Written { time, outputs: vec![info], finished: Instant::now() }
+            });
+            self.complete_batch(done);
+        }
+    }
+
+    /// The end of a batch whose outputs were written: completed (or left
+    /// pending), checkpointed, reported, and what it no longer needs forgotten.
+    fn complete_batch(&mut self, done: Written) {
+        let Some(b) = self.in_flight.pop_front() else { return };
+        debug_assert_eq!(b.time, done.time);
+        let time = b.time;
+        self.complete(time, done.outputs.iter().any(|o| o.error.is_some()));
+        self.checkpoint(time);
+        let report = batch_report(&b, &done);
+        self.listeners.emit(|l| l.on_batch_completed(&report));
+        self.report.push(report, self.opts.report_history);
+        #[cfg(feature = "test-hooks")]
+        if let Some(hook) = &self.opts.after_batch {
+            (hook.lock().unwrap_or_else(|p| p.into_inner()))(&mut self.dag, time, &b.outs);
+        }
+        self.forget(time);
     }
 
     /// The next batch's time and whether it is a re-run, or `None` when the
@@ -252,11 +323,14 @@ impl Driver {
         self.progress.k += 1;
         let time = self.progress.zero_time + self.progress.k * self.job.graph.batch_interval_ms;
         if self.opts.clock == Clock::Wall && !self.drained {
+            // Ahead of time: the last batch completes now, not after the wait.
+            self.finish_written();
             let wait = time - now_ms();
             if wait > 0 {
                 std::thread::sleep(Duration::from_millis(wait as u64));
             }
         } else if !self.idle.is_zero() && !self.drained {
+            self.finish_written();
             // Logical clock, sources with nothing to give: a short backoff
             // instead of thousands of empty batches a second.
             std::thread::sleep(self.idle);
@@ -351,22 +425,21 @@ impl Driver {
         p.last_completed = Some(p.last_completed.map_or(time, |l| l.max(time)));
     }
 
-    /// Run outputs: one job per output operation, its result handed to the
-    /// output's sink. A failed output fails the batch, not the run.
-    fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<OutputOpInfo> {
+    /// Run outputs: one job per output operation, its result to be handed
+    /// to the output's sink (by the writer). A failed output fails the
+    /// batch, not the run.
+    fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<Computed> {
         let g = &self.job.graph;
-        let mut infos = Vec::new();
+        let mut computed = Vec::new();
         for (index, (o, r)) in g.outputs.iter().zip(outs.iter().copied()).enumerate() {
             let started = Instant::now();
             let mut info = OutputOpInfo::new(index, format!("{:?}", o.spec));
+            let mut write = None;
             match r {
                 Some(rdd) => {
                     tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, self.dag.lineage.explain(rdd));
-                    let sink = self.job.sinks.get(index);
-                    if let Err(e) = run_output(&mut self.dag, sink, &self.opts, time, index, rdd) {
-                        tracing::error!("batch {time} ms failed: {e}");
-                        info.error = Some(e);
-                    }
+                    let result = self.dag.run_job(rdd).map_err(|e| e.to_string());
+                    write = Some((self.job.sinks.get(index).cloned(), result));
                 }
                 None => {
                     // No RDD at one of the stream's own times: something it
@@ -381,10 +454,9 @@ impl Driver {
                 }
             }
             info.stages = self.dag.take_stages();
-            info.duration = started.elapsed();
-            infos.push(info);
+            computed.push(Computed { info, started, write });
         }
-        infos
+        computed
     }
 
     /// Checkpoint: state RDDs due at this time (data checkpoints), then the
@@ -439,30 +511,6 @@ impl Driver {
         p.inputs.retain(|t, _| *t >= horizon || p.pending.contains(t));
     }
 
-    fn batch_report(
-        &self,
-        time: i64,
-        records_in: u64,
-        started: Instant,
-        scheduling_delay: Duration,
-        before: &SchedulerMetrics,
-        outputs: Vec<OutputOpInfo>,
-    ) -> BatchReport {
-        let m = &self.dag.metrics;
-        BatchReport {
-            time,
-            records_in,
-            processing: started.elapsed(),
-            scheduling_delay,
-            errors: outputs.iter().filter_map(|o| o.error.clone()).collect(),
-            outputs,
-            executors_lost: m.executors_lost - before.executors_lost,
-            map_tasks_recomputed: m.map_tasks_recomputed - before.map_tasks_recomputed,
-            blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
-            tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
-        }
-    }
-
     /// Stores a source's partitions as the blocks of its input RDD at `time`.
     pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, parts: Vec<Vec<u8>>) -> Rdd {
         let id = RddId { time, node };
@@ -500,34 +548,32 @@ impl Driver {
     }
 }
 
-/// One output operation: its job, then its sink's write. A failed write
-/// (a full disk) is tried again, with backoff, `output_retries` times;
-/// the job's result is kept, not recomputed.
-fn run_output(
-    dag: &mut DagScheduler,
-    sink: Option<&Arc<dyn Sink>>,
-    opts: &RunOptions,
+/// A batch computed, whose outputs are being written.
+struct InFlight {
     time: i64,
-    index: usize,
-    rdd: RddId,
-) -> Result<(), String> {
-    let parts = dag.run_job(rdd).map_err(|e| e.to_string())?;
-    let sink = sink.ok_or("the output has no sink")?;
-    let (retries, mut backoff) = (opts.output_retries, opts.output_retry_backoff);
-    let mut attempt = 0;
-    loop {
-        match sink.write(time, &parts) {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < retries && e.is_transient() => {
-                attempt += 1;
-                tracing::warn!(
-                    "batch {time} ms: output {index} failed: {e}; retrying in {backoff:?} ({attempt} of {retries})"
-                );
-                std::thread::sleep(backoff);
-                backoff = backoff.saturating_mul(2);
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+    records_in: u64,
+    started: Instant,
+    scheduling_delay: Duration,
+    /// The scheduler's counters before and after the batch's jobs.
+    before: SchedulerMetrics,
+    after: SchedulerMetrics,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    outs: Vec<Option<RddId>>,
+}
+
+fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
+    let (m, before) = (&b.after, &b.before);
+    BatchReport {
+        time: b.time,
+        records_in: b.records_in,
+        processing: done.finished.saturating_duration_since(b.started),
+        scheduling_delay: b.scheduling_delay,
+        errors: done.outputs.iter().filter_map(|o| o.error.clone()).collect(),
+        outputs: done.outputs.clone(),
+        executors_lost: m.executors_lost - before.executors_lost,
+        map_tasks_recomputed: m.map_tasks_recomputed - before.map_tasks_recomputed,
+        blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
+        tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod dag;
 pub mod driver;
 pub mod options;
+mod output_writer;
 mod recover;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
