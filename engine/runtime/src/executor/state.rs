@@ -26,30 +26,36 @@ pub(crate) fn update_state(
 ) -> Result<Vec<u8>, TaskFailure> {
     let empty_list: &[u8] = &[codec::TAG_LIST, 0, 0, 0, 0];
     let null: &[u8] = &[codec::TAG_NULL];
-    // (key, values, state)
-    let mut groups: Vec<(&[u8], &[u8], &[u8])> = Vec::new();
+    // Only this batch's keys are hashed (usually far fewer than the keys in
+    // the state): each state key is looked up among them.
+    let n_new = codec::Records::new(grouped).map(|r| r.remaining() as usize).unwrap_or(0);
+    let mut new: Vec<(&[u8], &[u8], bool)> = Vec::with_capacity(n_new);
     let mut index: KeyMap<'_, usize> = KeyMap::default();
-    if let Some(prev) = prev {
-        let n = codec::Records::new(prev).map(|r| r.remaining() as usize).unwrap_or(0);
-        index.reserve(n);
-        groups.reserve(n);
-        for r in records(prev)? {
-            let (k, s) = pair(r?)?;
-            index.insert(k, groups.len());
-            groups.push((k, empty_list, s));
-        }
-    }
+    index.reserve(n_new);
     for r in records(grouped)? {
         let (k, vs) = pair(r?)?;
-        match index.get(k) {
-            Some(&i) => groups[i].1 = vs,
-            None => {
-                index.insert(k, groups.len());
-                groups.push((k, vs, null));
+        index.insert(k, new.len());
+        new.push((k, vs, false));
+    }
+    // (key, values, state): the state's keys in their order, then new keys
+    // in first-seen order.
+    let n_prev = prev.and_then(|p| codec::Records::new(p).ok()).map_or(0, |r| r.remaining() as usize);
+    let mut groups: Vec<(&[u8], &[u8], &[u8])> = Vec::with_capacity(n_prev + n_new);
+    if let Some(prev) = prev {
+        for r in records(prev)? {
+            let (k, s) = pair(r?)?;
+            match index.get(k) {
+                Some(&i) => {
+                    new[i].2 = true;
+                    groups.push((k, new[i].1, s));
+                }
+                None => groups.push((k, empty_list, s)),
             }
         }
     }
-    let mut input = codec::BatchBuilder::new();
+    groups.extend(new.iter().filter(|(_, _, seen)| !seen).map(|&(k, vs, _)| (k, vs, null)));
+    let bytes: usize = groups.iter().map(|(k, vs, s)| 5 + k.len() + vs.len() + s.len()).sum();
+    let mut input = codec::BatchBuilder::with_capacity(bytes);
     for (k, vs, s) in &groups {
         input.push_with(|w| {
             w.tuple(3);
