@@ -192,6 +192,9 @@ struct State {
     empty_since: Option<Instant>,
     /// The no-executor timeout has been logged as an error (once per spell).
     empty_reported: bool,
+    /// Tasks go only to the executor with this block address, while it is
+    /// connected ([`ExecutorBackend::prefer`]).
+    prefer: Option<String>,
 }
 
 struct Shared {
@@ -320,9 +323,12 @@ impl Shared {
     fn dispatch(&self, st: &mut State) {
         loop {
             let Some((stage, task)) = st.queue.pop_front() else { return };
+            let preferred = st.prefer.as_ref().and_then(|a| st.executors.iter().find(|(_, c)| c.addr == *a));
+            let preferred = preferred.map(|(id, _)| *id);
             let pick = st
                 .executors
                 .iter()
+                .filter(|(id, _)| preferred.is_none_or(|p| p == **id))
                 .filter(|(_, c)| (c.running.len() as u32) < c.slots)
                 .min_by_key(|(id, c)| (c.running.len(), **id))
                 .map(|(id, _)| *id);
@@ -494,6 +500,7 @@ impl ClusterBackend {
                 stopping: false,
                 empty_since: None,
                 empty_reported: false,
+                prefer: None,
             }),
             joined: Condvar::new(),
             events,
@@ -869,6 +876,11 @@ impl ExecutorBackend for ClusterBackend {
     }
     fn blocks(&self) -> &Arc<BlockStore> {
         &self.blocks
+    }
+    fn prefer(&self, executor: Option<&str>) {
+        let mut st = self.shared.lock();
+        st.prefer = executor.map(String::from);
+        self.shared.dispatch(&mut st);
     }
 }
 
