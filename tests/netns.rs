@@ -68,17 +68,21 @@ struct Figure {
     lost_after: Option<Duration>,
     /// Fault -> the first batch completed after it.
     first_batch_after: Duration,
+    /// Loss declared -> the first batch completed after that.
+    after_loss: Option<Duration>,
 }
 
 fn print_figures(test: &str, figures: &[Figure]) {
     let mut ms: Vec<u128> = figures.iter().map(|f| f.first_batch_after.as_millis()).collect();
     ms.sort();
     for f in figures {
-        let lost = f.lost_after.map(|d| format!("{} ms", d.as_millis())).unwrap_or_else(|| "-".into());
+        let ms = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or_else(|| "-".into());
         eprintln!(
-            "{test}: {:<48} declared lost after {lost:>8}; first batch after {} ms",
+            "{test}: {:<44} fault -> lost {:>8}; fault -> first batch {:>8}; lost -> first batch {:>8}",
             f.what,
-            f.first_batch_after.as_millis()
+            ms(f.lost_after),
+            ms(Some(f.first_batch_after)),
+            ms(f.after_loss)
         );
     }
     if !ms.is_empty() {
@@ -246,13 +250,19 @@ fn kill(r: &mut Run, victims: &[&str]) -> Figure {
         pending.retain(|p| !lost_line(&line, *p));
     }
     let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
     for h in victims {
         let mut old = r.execs.remove(*h).unwrap();
         old.finish();
         let pid = r.start_executor(h);
         r.await_driver("the restarted executor's join", |l| joined_line(l, pid));
     }
-    Figure { what: format!("SIGKILL of {}", victims.join(" and ")), lost_after: Some(lost - at), first_batch_after: first }
+    Figure {
+        what: format!("SIGKILL of {}", victims.join(" and ")),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
 }
 
 /// SIGSTOPs one executor past the heartbeat timeout: it must be declared
@@ -264,11 +274,17 @@ fn pause(r: &mut Run, victim: &str) -> Figure {
     signal(pid, SIGSTOP);
     let lost = r.await_driver("the paused executor's loss", |l| lost_line(l, pid) && l.contains("no heartbeat"));
     let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
     signal(pid, SIGCONT);
     let p = r.execs.get_mut(victim).unwrap();
     await_rejoin(p, "after SIGCONT");
     r.await_driver("the continued executor's rejoin", |l| joined_line(l, pid));
-    Figure { what: format!("SIGSTOP of {victim} (SIGCONT after loss)"), lost_after: Some(lost - at), first_batch_after: first }
+    Figure {
+        what: format!("SIGSTOP of {victim} (SIGCONT after loss)"),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
 }
 
 /// Takes one executor host's link down: the executor runs on but reaches
@@ -282,11 +298,17 @@ fn link_down(r: &mut Run, victim: &str) -> Figure {
     r.world.link(victim, false);
     let lost = r.await_driver("the cut-off executor's loss", |l| lost_line(l, pid));
     let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
     r.world.link(victim, true);
     let p = r.execs.get_mut(victim).unwrap();
     await_rejoin(p, "after its link came back");
     r.await_driver("the reconnected executor's rejoin", |l| joined_line(l, pid));
-    Figure { what: format!("link of {victim} down (up after loss)"), lost_after: Some(lost - at), first_batch_after: first }
+    Figure {
+        what: format!("link of {victim} down (up after loss)"),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
 }
 
 /// Cuts every executor off from the other executors (they still reach the
@@ -306,7 +328,12 @@ fn partition_executors(r: &mut Run, hosts: &[&str]) -> Figure {
             r.world.partition(a, b, false);
         }
     }
-    Figure { what: "executors partitioned from each other".into(), lost_after: None, first_batch_after: first }
+    Figure {
+        what: "executors partitioned from each other".into(),
+        lost_after: None,
+        first_batch_after: first,
+        after_loss: None,
+    }
 }
 
 /// The driver is SIGKILLed at seeded moments and started again on the
@@ -374,6 +401,7 @@ fn netns_driver_moves_to_another_host_and_executors_follow() {
             what: format!("driver SIGKILLed, started on {on}"),
             lost_after: None,
             first_batch_after: first,
+            after_loss: None,
         });
         let since_kill = started + first - at;
         eprintln!("driver move to {on}: kill -> first batch {} ms", since_kill.as_millis());
@@ -390,4 +418,94 @@ fn netns_driver_moves_to_another_host_and_executors_follow() {
     let expected = expected.join().unwrap();
     crate::drivers::assert_same_tree(&tree(&store.join("out")), &expected, "after the driver moved");
     print_figures("driver moves (new driver start -> first batch)", &figures);
+}
+
+/// All three executors SIGKILLed at once and kept away past the
+/// no-executor timeout: batches must fail with the clear error (not hang),
+/// the job must go on once new executors join, the driver must exit saying
+/// how many batches failed, and a restart from the checkpoint must re-run
+/// exactly those, leaving outputs identical to the failure-free run's.
+#[test]
+fn netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them() {
+    let Some(()) = require("netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them") else {
+        return;
+    };
+    let _serial = serial();
+    let batches = 60;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["driver", "e1", "e2", "e3"]);
+    let job = stateful_job(&world.host("driver").dir, batches);
+    let listen = format!("{}:{PORT}", world.host("driver").ip);
+    let driver_args = [
+        "-v",
+        "run",
+        job.to_str().unwrap(),
+        "--master",
+        "cluster[3]",
+        "--listen",
+        &listen,
+        "--checkpoint",
+        "ckpt",
+        "--heartbeat-timeout-ms",
+        &HEARTBEAT_MS.to_string(),
+        "--no-executor-timeout-ms",
+        "1000",
+    ];
+    let driver = world.spawn("driver", SECRET, &driver_args);
+    let mut r = Run { world: &world, driver, execs: BTreeMap::new(), drivers: listen.clone() };
+    let hosts = ["e1", "e2", "e3"];
+    for h in hosts {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(4242);
+    r.batches(3 + rng.below(6));
+    let pids: Vec<u32> = hosts.iter().map(|h| r.pid(h)).collect();
+    let at = Instant::now();
+    for p in &pids {
+        signal(*p, SIGKILL);
+    }
+    let failed = r.await_driver("a batch failed for want of executors", |l| {
+        l.contains("FAILED") && l.contains("no executor connected")
+    });
+    for h in hosts {
+        let mut old = r.execs.remove(h).unwrap();
+        old.finish();
+        r.start_executor(h);
+    }
+    let back = r
+        .await_driver("a batch completed once executors were back", |l| batch_of(l).is_some() && !l.contains("FAILED"));
+    let status = r.driver.finish();
+    let log = r.driver.text();
+    assert!(!status.success(), "the driver exited 0 although batches failed:\n{log}");
+    let n_failed = log.lines().filter(|l| batch_of(l).is_some() && l.contains("FAILED")).count();
+    assert!(
+        log.contains(&format!("weir: {n_failed} of ")) && log.contains("batch(es) failed"),
+        "the driver did not say how many batches failed ({n_failed}):\n{log}"
+    );
+    for p in r.execs.values_mut() {
+        p.finish();
+    }
+    // A restart re-runs the failed (pending) batches: outputs complete.
+    r.execs.clear();
+    r.driver = world.spawn("driver", SECRET, &driver_args);
+    for h in hosts {
+        r.start_executor(h);
+    }
+    let status = r.driver.finish();
+    assert!(status.success(), "the restarted driver failed ({status}):\n{}", r.driver.text());
+    assert!(
+        r.driver.lines().any(|l| l.contains(&format!("re-running {n_failed} pending"))),
+        "the restart did not re-run the {n_failed} failed batch(es):\n{}",
+        r.driver.text()
+    );
+    for p in r.execs.values_mut() {
+        p.finish();
+    }
+    let expected = expected.join().unwrap();
+    crate::drivers::assert_same_tree(&tree(&world.host("driver").dir.join("out")), &expected, "after the restart");
+    eprintln!(
+        "all executors lost: first failed batch {} ms after the kill, first good batch {} ms after it; {n_failed} batch(es) failed, re-run by the restart",
+        (failed - at).as_millis(),
+        (back - at).as_millis()
+    );
 }

@@ -139,7 +139,13 @@ impl World {
             // Pushed before it is configured, so Drop removes it if a step fails.
             let dir = world.root.path().join(name);
             std::fs::create_dir_all(&dir).unwrap();
-            world.hosts.push(Host { name: name.to_string(), ns: ns.clone(), ip: addr.clone(), dir, port: port.clone() });
+            world.hosts.push(Host {
+                name: name.to_string(),
+                ns: ns.clone(),
+                ip: addr.clone(),
+                dir,
+                port: port.clone(),
+            });
             ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns", &br]).unwrap();
             ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
             ip(&["-n", &ns, "link", "set", "eth0", "up"]).unwrap();
@@ -180,7 +186,19 @@ impl World {
         let (ha, hb) = (self.host(a), self.host(b));
         for (from, to) in [(ha, hb), (hb, ha)] {
             if cut {
-                let args = ["-n", &from.ns, "neigh", "replace", &to.ip, "lladdr", NOWHERE_MAC, "dev", "eth0", "nud", "permanent"];
+                let args = [
+                    "-n",
+                    &from.ns,
+                    "neigh",
+                    "replace",
+                    &to.ip,
+                    "lladdr",
+                    NOWHERE_MAC,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ];
                 ip(&args).unwrap();
             } else {
                 // Learnt again by ARP at the next packet.

@@ -107,10 +107,52 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
     handle
 }
 
+/// How long a peer that could not be reached counts as unreachable: fetches
+/// from it fail at once meanwhile, instead of each waiting out
+/// [`FETCH_TIMEOUT`] (a task reading many cached blocks of a partitioned peer
+/// would otherwise wait once per block).
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// Block fetches of one executor incarnation, remembering which peers just
+/// failed to answer.
+#[derive(Default)]
+pub struct Fetcher {
+    unreachable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Fetcher {
+    /// [`fetch`], except that a peer that failed within [`UNREACHABLE_FOR`]
+    /// is not asked again (None for every block, as if it had not answered).
+    pub fn fetch(&self, addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
+        let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|_, since| since.elapsed() < UNREACHABLE_FOR);
+        if down.contains_key(addr) {
+            return ids.iter().map(|_| None).collect();
+        }
+        drop(down);
+        match try_fetch(addr, secret, ids) {
+            Some(bs) => bs,
+            None => {
+                tracing::info!(
+                    "block server {addr} did not answer; treating it as unreachable for {UNREACHABLE_FOR:?}"
+                );
+                let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                down.insert(addr.to_string(), std::time::Instant::now());
+                ids.iter().map(|_| None).collect()
+            }
+        }
+    }
+}
+
 /// Fetches blocks from the block server at `addr` (None for each block it
 /// does not have, or for all if it cannot be reached in time).
 pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
-    let none = || ids.iter().map(|_| None).collect();
+    try_fetch(addr, secret, ids).unwrap_or_else(|| ids.iter().map(|_| None).collect())
+}
+
+/// The blocks, or None when the server could not be reached or did not
+/// answer in time.
+fn try_fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Option<Vec<Option<Block>>> {
     let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
@@ -123,8 +165,5 @@ pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
         let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
         (bs.len() == ids.len()).then_some(bs)
     };
-    match attempt() {
-        Some(bs) => bs.into_iter().map(|b| b.map(Arc::new)).collect(),
-        None => none(),
-    }
+    attempt().map(|bs| bs.into_iter().map(|b| b.map(Arc::new)).collect())
 }

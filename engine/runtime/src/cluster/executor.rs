@@ -246,16 +246,18 @@ fn spawn_task_threads(
 ) -> Sender<Task> {
     let (tx, rx) = channel::<Task>();
     let rx = Arc::new(Mutex::new(rx));
+    let fetcher = Arc::new(block_server::Fetcher::default());
     for i in 0..cores.max(1) {
         let (rx, link, registry, blocks, secret, addr) =
             (rx.clone(), link.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.to_string());
+        let fetcher = fetcher.clone();
         let _ = std::thread::Builder::new()
             .name(format!("weir-task-{i}"))
             .stack_size(crate::executor::TASK_STACK_BYTES)
             .spawn(move || loop {
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(task) = next else { return };
-                let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
+                let fetch = |ids: &[crate::rdd::BlockId], from: &str| fetcher.fetch(from, &secret, ids);
                 let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
                 let result = run_task_guarded(&env, &task);
                 if !link.send(&FromExecutor::Result { executor_id, result: Box::new(result) }) {
@@ -315,7 +317,9 @@ fn serve_driver(
                 };
                 task.rdds = (**rdds).clone();
                 for h in task.modules() {
-                    if registry.get(&h).is_none() && asked.insert(h) && !link.send(&FromExecutor::NeedModule { hash: h })
+                    if registry.get(&h).is_none()
+                        && asked.insert(h)
+                        && !link.send(&FromExecutor::NeedModule { hash: h })
                     {
                         return Ok(Ended::DriverGone);
                     }
