@@ -32,6 +32,14 @@ const HEARTBEAT_MS: u64 = 1000;
 const PATIENCE: Duration = Duration::from_secs(60);
 const PORT: u16 = 7077;
 
+/// The nemesis seed: `default`, or `WEIR_NEMESIS_SEED` (to run other
+/// schedules; the test prints the seed it used).
+fn seed(default: u64) -> u64 {
+    let s = std::env::var("WEIR_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    eprintln!("nemesis seed {s}");
+    s
+}
+
 /// Batch time of a progress line.
 fn batch_of(l: &str) -> Option<i64> {
     crate::cluster::progress_time(l)
@@ -195,7 +203,7 @@ fn netns_executor_nemeses_keep_outputs_identical() {
     }
     r.batches(3);
 
-    let mut rng = Rng(20261130);
+    let mut rng = Rng(seed(20261130));
     let mut order = vec!["kill", "pause", "link", "partition", "kill-two"];
     for i in (1..order.len()).rev() {
         order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -315,6 +323,7 @@ fn link_down(r: &mut Run, victim: &str) -> Figure {
 /// driver: heartbeats pass, shuffle fetches between them fail) for a few
 /// batches, then heals.
 fn partition_executors(r: &mut Run, hosts: &[&str]) -> Figure {
+    let from = r.driver.timed_lines().len();
     let at = Instant::now();
     for (i, a) in hosts.iter().enumerate() {
         for b in &hosts[i + 1..] {
@@ -328,6 +337,14 @@ fn partition_executors(r: &mut Run, hosts: &[&str]) -> Figure {
             r.world.partition(a, b, false);
         }
     }
+    // Heartbeats passed all along: nobody was declared lost.
+    let during: Vec<&str> = r.driver.timed_lines()[from..].iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        !during.iter().any(|l| l.contains(") lost: ")),
+        "an executor was declared lost although it reached the driver:
+{}",
+        during.join("\n")
+    );
     Figure {
         what: "executors partitioned from each other".into(),
         lost_after: None,
@@ -378,7 +395,7 @@ fn netns_driver_moves_to_another_host_and_executors_follow() {
     for h in ["e1", "e2", "e3"] {
         r.start_executor(h);
     }
-    let mut rng = Rng(77);
+    let mut rng = Rng(seed(77));
     let mut figures = Vec::new();
     let mut on = "d1";
     for _ in 0..3 {
@@ -457,7 +474,7 @@ fn netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them() {
     for h in hosts {
         r.start_executor(h);
     }
-    let mut rng = Rng(4242);
+    let mut rng = Rng(seed(4242));
     r.batches(3 + rng.below(6));
     let pids: Vec<u32> = hosts.iter().map(|h| r.pid(h)).collect();
     let at = Instant::now();
