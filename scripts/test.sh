@@ -25,6 +25,17 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "scripts/test.sh: chromium is missing; the status page screenshot test will be skipped" >&2
   fi
 fi
+# iproute2's `ip` makes the simulated hosts of tests/netns.rs (network
+# namespaces; the tests need root and fail under WEIR_REQUIRE_TEST_SERVERS
+# when they cannot make them).
+if ! command -v ip >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing iproute2 for the network-namespace tests" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >/dev/null
+  else
+    echo "scripts/test.sh: ip (iproute2) is missing; the network-namespace tests will fail" >&2
+  fi
+fi
 # moto's S3 server for tests/object_store.rs, cached under target/test-servers.
 bash scripts/test-servers.sh
 export WEIR_REQUIRE_TEST_SERVERS=1

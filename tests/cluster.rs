@@ -171,6 +171,11 @@ impl Proc {
         self.log.iter().map(|(_, l)| l.as_str())
     }
 
+    /// The lines read so far, with when each arrived.
+    pub(crate) fn timed_lines(&self) -> &[(Instant, String)] {
+        &self.log
+    }
+
     /// Takes the lines already written, without waiting.
     pub(crate) fn drain(&mut self) {
         loop {

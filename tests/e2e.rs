@@ -16,6 +16,8 @@ mod hardening_ports;
 mod hardening_signals;
 mod hardening_socket;
 mod kafka;
+mod netns;
+mod netns_hosts;
 mod object_store;
 mod observability;
 mod recovery_checks;

@@ -69,9 +69,20 @@ pub struct HistoryArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ExecutorArgs {
-    /// The driver's executor address (HOST:PORT).
+    /// The driver's executor address (HOST:PORT), or several separated by
+    /// commas (where the driver may run: the first that accepts is joined).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub driver: Vec<String>,
+    /// When the driver goes away (it died, moved to another host, or
+    /// declared this executor lost), join again as a new executor: the same
+    /// address or the next of --driver's, until a driver shuts this
+    /// executor down or none accepts it for --rejoin-timeout-ms.
     #[arg(long)]
-    pub driver: String,
+    pub rejoin: bool,
+    /// With --rejoin: give up (exit with an error) after this long without
+    /// a driver (ms).
+    #[arg(long, default_value_t = 60_000)]
+    pub rejoin_timeout_ms: u64,
     /// Tasks to run at once.
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
@@ -248,7 +259,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let secret = weir::cluster::secret_from(a.secret_file.as_deref())
                 .context("reading the cluster secret")?
                 .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
-            weir::cluster::executor::run(&a.driver, &secret, a.cores, a.protocol_version)?;
+            let rejoin = a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms));
+            weir::cluster::executor::run_with(&a.driver, &secret, a.cores, a.protocol_version, rejoin)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {

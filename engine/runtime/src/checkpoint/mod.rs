@@ -462,6 +462,11 @@ impl CheckpointDir {
     /// refused; a dead driver's lock is released by the kernel with its
     /// process, so it is simply taken.
     pub fn open(root: &Path, keep: usize) -> Result<(Self, Recovered), CheckpointError> {
+        // Absolute, because the lineage hands this path to executors to
+        // read data checkpoints from, and an executor process (on another
+        // host, or started elsewhere) has its own working directory: a
+        // relative `ckpt/state/...` would name a file that is not there.
+        let root = &std::path::absolute(root).map_err(io_err(root))?;
         for d in [root.to_path_buf(), metadata_dir(root), state_dir(root), wal_dir(root)] {
             std::fs::create_dir_all(&d).map_err(io_err(root))?;
         }

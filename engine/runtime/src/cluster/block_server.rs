@@ -9,7 +9,8 @@
 //! and an authenticated peer gets [`IDLE_TIMEOUT`] between requests and for
 //! each reply it does not read.
 
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,11 +33,37 @@ pub(crate) fn accept_failed(e: &std::io::Error) {
     std::thread::sleep(Duration::from_millis(50));
 }
 
-/// Serves `store` on `listener` until the process ends.
-pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>) {
+/// A running block server. An executor that rejoins its driver as a new
+/// incarnation retires its old server, so blocks the driver declared lost
+/// with the old incarnation can never be served to a newer stage.
+pub struct BlockServer {
+    addr: Option<SocketAddr>,
+    live: Arc<AtomicBool>,
+}
+
+impl BlockServer {
+    /// Stops serving: requests on open connections are no longer answered,
+    /// and the listening socket is closed (a connection to it wakes the
+    /// accept loop, which then sees it is retired).
+    pub fn retire(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        if let Some(a) = self.addr {
+            let _ = TcpStream::connect_timeout(&a, Duration::from_millis(200));
+        }
+    }
+}
+
+/// Serves `store` on `listener` until the process ends or the returned
+/// handle is retired.
+pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>) -> BlockServer {
+    let live = Arc::new(AtomicBool::new(true));
+    let handle = BlockServer { addr: listener.local_addr().ok(), live: live.clone() };
     let _ = std::thread::Builder::new().name("weir-block-server".into()).spawn(move || {
         let gate = Gate::new();
         for conn in listener.incoming() {
+            if !live.load(Ordering::SeqCst) {
+                return; // retired: the listener closes with this thread
+            }
             let mut conn = match conn {
                 Ok(c) => c,
                 Err(e) => {
@@ -51,7 +78,7 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
                     continue;
                 }
             };
-            let (store, secret) = (store.clone(), secret.clone());
+            let (store, secret, live) = (store.clone(), secret.clone(), live.clone());
             let _ = std::thread::Builder::new().name("weir-block-conn".into()).spawn(move || {
                 let admitted = protocol::accept(&mut conn, &secret, |role| match role {
                     Role::BlockFetch => Admission::Welcome { executor_id: 0, limits: UdfLimits::default() },
@@ -66,6 +93,9 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
                     return;
                 }
                 while let Ok(BlockRequest::Get(ids)) = protocol::read_frame::<BlockRequest>(&mut conn) {
+                    if !live.load(Ordering::SeqCst) {
+                        return;
+                    }
                     let blocks = ids.iter().map(|id| store.get(id).map(|b| b.to_vec())).collect();
                     if protocol::write_frame(&mut conn, &BlockReply::Blocks(blocks)).is_err() {
                         return;
@@ -74,12 +104,55 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
             });
         }
     });
+    handle
+}
+
+/// How long a peer that could not be reached counts as unreachable: fetches
+/// from it fail at once meanwhile, instead of each waiting out
+/// [`FETCH_TIMEOUT`] (a task reading many cached blocks of a partitioned peer
+/// would otherwise wait once per block).
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// Block fetches of one executor incarnation, remembering which peers just
+/// failed to answer.
+#[derive(Default)]
+pub struct Fetcher {
+    unreachable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl Fetcher {
+    /// [`fetch`], except that a peer that failed within [`UNREACHABLE_FOR`]
+    /// is not asked again (None for every block, as if it had not answered).
+    pub fn fetch(&self, addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
+        let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        down.retain(|_, since| since.elapsed() < UNREACHABLE_FOR);
+        if down.contains_key(addr) {
+            return ids.iter().map(|_| None).collect();
+        }
+        drop(down);
+        match try_fetch(addr, secret, ids) {
+            Some(bs) => bs,
+            None => {
+                tracing::info!(
+                    "block server {addr} did not answer; treating it as unreachable for {UNREACHABLE_FOR:?}"
+                );
+                let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+                down.insert(addr.to_string(), std::time::Instant::now());
+                ids.iter().map(|_| None).collect()
+            }
+        }
+    }
 }
 
 /// Fetches blocks from the block server at `addr` (None for each block it
 /// does not have, or for all if it cannot be reached in time).
 pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
-    let none = || ids.iter().map(|_| None).collect();
+    try_fetch(addr, secret, ids).unwrap_or_else(|| ids.iter().map(|_| None).collect())
+}
+
+/// The blocks, or None when the server could not be reached or did not
+/// answer in time.
+fn try_fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Option<Vec<Option<Block>>> {
     let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
@@ -92,8 +165,5 @@ pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
         let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
         (bs.len() == ids.len()).then_some(bs)
     };
-    match attempt() {
-        Some(bs) => bs.into_iter().map(|b| b.map(Arc::new)).collect(),
-        None => none(),
-    }
+    attempt().map(|bs| bs.into_iter().map(|b| b.map(Arc::new)).collect())
 }

@@ -192,6 +192,9 @@ struct State {
     empty_since: Option<Instant>,
     /// The no-executor timeout has been logged as an error (once per spell).
     empty_reported: bool,
+    /// Tasks go only to the executor with this block address, while it is
+    /// connected ([`ExecutorBackend::prefer`]).
+    prefer: Option<String>,
 }
 
 struct Shared {
@@ -320,9 +323,12 @@ impl Shared {
     fn dispatch(&self, st: &mut State) {
         loop {
             let Some((stage, task)) = st.queue.pop_front() else { return };
+            let preferred = st.prefer.as_ref().and_then(|a| st.executors.iter().find(|(_, c)| c.addr == *a));
+            let preferred = preferred.map(|(id, _)| *id);
             let pick = st
                 .executors
                 .iter()
+                .filter(|(id, _)| preferred.is_none_or(|p| p == **id))
                 .filter(|(_, c)| (c.running.len() as u32) < c.slots)
                 .min_by_key(|(id, c)| (c.running.len(), **id))
                 .map(|(id, _)| *id);
@@ -482,7 +488,8 @@ impl ClusterBackend {
         // The driver's own block server (input blocks), on the same interface.
         let block_listener = TcpListener::bind((addr.ip(), 0))?;
         let block_addr = block_listener.local_addr()?.to_string();
-        block_server::serve(block_listener, blocks.clone(), secret.clone());
+        // Serves for the driver's lifetime: its handle is never retired.
+        let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
 
         let (events, rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
@@ -493,6 +500,7 @@ impl ClusterBackend {
                 stopping: false,
                 empty_since: None,
                 empty_reported: false,
+                prefer: None,
             }),
             joined: Condvar::new(),
             events,
@@ -683,8 +691,19 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
                 _ => Ok(()), // no longer its task: nothing to resend
             }
         }
-        Ok(FromExecutor::Result(r)) => {
+        Ok(FromExecutor::Result { executor_id, result: r }) => {
             c.last_seen = Instant::now();
+            if executor_id != id {
+                // A result of another incarnation (this process rejoined, or
+                // it lies): its task may have been re-run since, and its
+                // blocks were declared lost. Never count it.
+                tracing::warn!(
+                    "executor {id} (pid {}) sent a result of task {} computed as executor {executor_id}: ignored (stale incarnation)",
+                    c.pid,
+                    r.task_id
+                );
+                return true;
+            }
             if c.running.remove(&r.task_id).is_some() {
                 let _ = shared.events.send(BackendEvent::Task(*r));
             }
@@ -858,6 +877,11 @@ impl ExecutorBackend for ClusterBackend {
     fn blocks(&self) -> &Arc<BlockStore> {
         &self.blocks
     }
+    fn prefer(&self, executor: Option<&str>) {
+        let mut st = self.shared.lock();
+        st.prefer = executor.map(String::from);
+        self.shared.dispatch(&mut st);
+    }
 }
 
 impl Drop for ClusterBackend {
@@ -928,6 +952,33 @@ mod tests {
     /// A fake executor with 4 slots: answers every task at once, except the
     /// first task of `forget` (it claims not to hold that stage, once).
     fn fake_executor(addr: String, secret: Vec<u8>, forget: StageId) -> std::thread::JoinHandle<Seen> {
+        fake_executor_with(addr, secret, forget, false)
+    }
+
+    /// A result for `task` from incarnation `executor_id`, marked by `udf_calls`.
+    fn result_of(task: &Task, executor_id: u64, udf_calls: u64) -> FromExecutor {
+        FromExecutor::Result {
+            executor_id,
+            result: Box::new(TaskResult {
+                task_id: task.id,
+                attempt: task.attempt,
+                outcome: Ok(TaskOutput::MapDone),
+                blocks: vec![],
+                udf_calls,
+                micros: 0,
+                executor: String::new(),
+            }),
+        }
+    }
+
+    /// [`fake_executor`]; with `stale`, every result is preceded by one for
+    /// the same task claiming another incarnation (`udf_calls` 666).
+    fn fake_executor_with(
+        addr: String,
+        secret: Vec<u8>,
+        forget: StageId,
+        stale: bool,
+    ) -> std::thread::JoinHandle<Seen> {
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut conn = loop {
@@ -941,7 +992,11 @@ mod tests {
             };
             conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             let role = Role::Executor { slots: 4, block_addr: "127.0.0.1:1".into(), pid: 1 };
-            protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap();
+            let Admission::Welcome { executor_id: me, .. } =
+                protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap()
+            else {
+                panic!("refused")
+            };
             let mut seen = Seen::default();
             let mut forgot = false;
             loop {
@@ -954,15 +1009,10 @@ mod tests {
                             FromExecutor::UnknownStage { stage, task_id: task.id }
                         } else {
                             seen.runs.push((stage, task.id));
-                            FromExecutor::Result(Box::new(TaskResult {
-                                task_id: task.id,
-                                attempt: task.attempt,
-                                outcome: Ok(TaskOutput::MapDone),
-                                blocks: vec![],
-                                udf_calls: 0,
-                                micros: 0,
-                                executor: String::new(),
-                            }))
+                            if stale {
+                                protocol::write_frame(&mut conn, &result_of(&task, me + 1000, 666)).unwrap();
+                            }
+                            result_of(&task, me, 1)
                         };
                         protocol::write_frame(&mut conn, &reply).unwrap();
                     }
@@ -1043,6 +1093,31 @@ mod tests {
         assert_eq!(seen.stages.iter().map(|(s, _)| *s).collect::<Vec<_>>(), want);
         assert!(seen.stages.last().is_some_and(|(_, r)| *r == lineages[0]), "wrong lineage re-sent");
         assert_eq!((stats.stage_frames, stats.run_frames), (STAGE_CACHE as u64 + 2, STAGE_CACHE as u64 + 4));
+    }
+
+    /// A result that names another incarnation than its connection's (an
+    /// executor that rejoined and still had a task of its old self running)
+    /// is never counted: the driver reports only the real one, which the
+    /// executor sent after the stale one on the same connection.
+    #[test]
+    fn a_result_of_another_incarnation_is_not_counted() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let exec = fake_executor_with(addr.clone(), secret.clone(), 0, true);
+        let (backend, events) = start(addr, secret);
+        let rdds = lineage(1000, 10);
+        for i in 1..=5u64 {
+            backend.submit(task(i, &rdds));
+            match events.recv_timeout(Duration::from_secs(30)) {
+                Ok(BackendEvent::Task(r)) => {
+                    assert_eq!((r.task_id, r.udf_calls), (i, 1), "a stale incarnation's result was counted")
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        drop(backend);
+        assert_eq!(exec.join().unwrap().runs.len(), 5);
+        assert!(events.try_recv().is_err(), "a stale result was reported after all");
     }
 
     /// Many tasks of two stages: each stage's lineage is sent once (plus

@@ -1,20 +1,31 @@
-//! `weir executor --driver HOST:PORT`: an executor process. It proves it
-//! knows the cluster secret, serves its block store to peers, receives
-//! stage lineages (keeping the last `STAGE_CACHE`) and tasks that name them,
-//! fetches the UDF modules it lacks from the driver by hash (checking
-//! each one's SHA-256, compiling it once), runs tasks on `cores`
+//! `weir executor --driver HOST:PORT[,HOST:PORT...]`: an executor process.
+//! It proves it knows the cluster secret, serves its block store to peers,
+//! receives stage lineages (keeping the last `STAGE_CACHE`) and tasks that
+//! name them, fetches the UDF modules it lacks from the driver by hash
+//! (checking each one's SHA-256, compiling it once), runs tasks on `cores`
 //! threads with a fresh instance per module per task, and sends results and
-//! heartbeats. It exits when its driver goes away.
+//! heartbeats. It exits when its driver goes away — or, with `--rejoin`,
+//! joins again (the same driver after a partition heals, or the next address
+//! of the list after the driver moved to another host).
+//!
+//! Every join is a new **incarnation**: a new executor id from the driver's
+//! `Welcome`, a new block store, block server and task threads. The old
+//! incarnation's block server is retired and its task threads can write
+//! only to the old (closed) connection, and every result names the
+//! incarnation that computed it, so nothing computed before a rejoin — which
+//! the driver declared lost and may have re-run elsewhere — is ever
+//! delivered or served as current.
 
-use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc::channel;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::block_server;
 use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
 use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv};
-use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfLimits, UdfRuntime};
 
 /// How often an executor tells its driver it is alive.
 /// (Several fit in the driver's minimum heartbeat timeout.)
@@ -22,6 +33,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a write to the driver may make no progress before the executor
 /// gives up on it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a TCP connect to a driver address may take (an unreachable
+/// host answers nothing; the OS default is minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between rounds over the driver addresses when rejoining: doubles
+/// from the first to the last.
+const REJOIN_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -30,72 +47,236 @@ pub enum ExecutorError {
     Connect { addr: String, source: std::io::Error },
     #[error("the driver at {addr} refused this executor: {source}")]
     Refused { addr: String, source: std::io::Error },
+    #[error("no driver at {addrs} accepted this executor for {} ms (last: {last})", waited.as_millis())]
+    NoDriver { addrs: String, waited: Duration, last: Box<ExecutorError> },
     #[error("{0}")]
     Other(String),
+}
+
+impl ExecutorError {
+    /// Whether trying again may succeed: the driver was unreachable, or the
+    /// handshake broke off (a partition, a driver starting or dying). A
+    /// refusal (wrong secret, version) or a bad module is final.
+    fn transient(&self) -> bool {
+        match self {
+            ExecutorError::Connect { .. } => true,
+            ExecutorError::Refused { source, .. } => source.kind() != std::io::ErrorKind::PermissionDenied,
+            _ => false,
+        }
+    }
+}
+
+/// How an incarnation ended.
+enum Ended {
+    /// The driver said so: the job is over.
+    Shutdown,
+    /// The connection to the driver ended (the driver died or moved, or it
+    /// declared this executor lost and closed it).
+    DriverGone,
 }
 
 /// Runs an executor until its driver goes away. `version` is the protocol
 /// version to claim (tests use another to check refusal).
 pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), ExecutorError> {
-    let mut conn = TcpStream::connect(driver).map_err(|e| ExecutorError::Connect { addr: driver.into(), source: e })?;
-    let local_ip = conn.local_addr().map_err(|e| ExecutorError::Other(e.to_string()))?.ip();
-    let blocks = BlockStore::new();
-    let listener = TcpListener::bind((local_ip, 0)).map_err(|e| ExecutorError::Other(e.to_string()))?;
-    let block_addr = listener.local_addr().map_err(|e| ExecutorError::Other(e.to_string()))?.to_string();
-    let secret = Arc::new(secret.to_vec());
+    incarnation(driver, secret, cores, version).map(|_| ())
+}
+
+/// Runs an executor that joins the first of `drivers` that accepts it.
+/// Without `rejoin` it stops when that driver goes away (or when none of
+/// them accepts it). With `rejoin: Some(give_up_after)`, whenever its driver
+/// goes away it joins again, as a new incarnation, the first that accepts
+/// it, trying them in turn with backoff, until a driver shuts it down (the
+/// job is over) or none accepts it for `give_up_after`.
+pub fn run_with(
+    drivers: &[String],
+    secret: &[u8],
+    cores: u32,
+    version: u32,
+    rejoin: Option<Duration>,
+) -> Result<(), ExecutorError> {
+    if drivers.is_empty() {
+        return Err(ExecutorError::Other("no driver address".into()));
+    }
+    let mut since = Instant::now();
+    let mut backoff = REJOIN_BACKOFF.0;
+    loop {
+        let mut last = None;
+        for addr in drivers {
+            match incarnation(addr, secret, cores, version) {
+                Ok(Ended::Shutdown) => return Ok(()),
+                Ok(Ended::DriverGone) if rejoin.is_none() => return Ok(()),
+                Ok(Ended::DriverGone) => {
+                    tracing::warn!("lost the driver at {addr}; joining again as a new executor");
+                    since = Instant::now();
+                    backoff = REJOIN_BACKOFF.0;
+                    last = None;
+                    break;
+                }
+                Err(e) if e.transient() => {
+                    tracing::debug!("{e}");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some(last) = last else { continue };
+        match rejoin {
+            None => return Err(last),
+            Some(limit) if since.elapsed() >= limit => {
+                let addrs = drivers.join(",");
+                return Err(ExecutorError::NoDriver { addrs, waited: since.elapsed(), last: Box::new(last) });
+            }
+            Some(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(REJOIN_BACKOFF.1);
+            }
+        }
+    }
+}
+
+/// The connection of one incarnation, shared by its threads. The first
+/// thread that fails to write to it marks it dead and shuts it, which also
+/// ends the incarnation's read loop; no thread ever writes to a newer
+/// incarnation's connection.
+struct Link {
+    writer: Mutex<TcpStream>,
+    live: AtomicBool,
+}
+
+impl Link {
+    /// Sends `msg`; false (and the link is dead) when it cannot.
+    fn send(&self, msg: &FromExecutor) -> bool {
+        if !self.live.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if protocol::write_frame(&mut *w, msg).is_err() {
+            self.kill(&w);
+            return false;
+        }
+        true
+    }
+
+    fn kill(&self, sock: &TcpStream) {
+        self.live.store(false, Ordering::SeqCst);
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A joined incarnation: its connection, the listener of its block server
+/// (on the interface that reaches the driver), its id and the job's limits.
+struct Joined {
+    conn: TcpStream,
+    listener: TcpListener,
+    block_addr: String,
+    executor_id: u64,
+    limits: UdfLimits,
+}
+
+/// Connects to `driver` (with a deadline) and completes the handshake.
+fn join(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<Joined, ExecutorError> {
+    let connect_err = |source| ExecutorError::Connect { addr: driver.into(), source };
+    let other = |e: std::io::Error| ExecutorError::Other(e.to_string());
+    let addr = driver
+        .to_socket_addrs()
+        .map_err(connect_err)?
+        .next()
+        .ok_or_else(|| connect_err(std::io::Error::other("the address resolves to nothing")))?;
+    let mut conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(connect_err)?;
+    let listener = TcpListener::bind((conn.local_addr().map_err(other)?.ip(), 0)).map_err(other)?;
+    let block_addr = listener.local_addr().map_err(other)?.to_string();
     let role = Role::Executor { slots: cores.max(1), block_addr: block_addr.clone(), pid: std::process::id() };
-    let admission = protocol::connect(&mut conn, &secret, role, version)
+    let admission = protocol::connect(&mut conn, secret, role, version)
         .map_err(|e| ExecutorError::Refused { addr: driver.into(), source: e })?;
     let Admission::Welcome { executor_id, limits } = admission else {
         return Err(ExecutorError::Other("refused".into()));
     };
     // The handshake's deadline set these; from now on the driver may be
     // quiet for long (no tasks), and heartbeats tell it this one is alive.
-    conn.set_read_timeout(None).map_err(|e| ExecutorError::Other(e.to_string()))?;
-    conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(|e| ExecutorError::Other(e.to_string()))?;
-    block_server::serve(listener, blocks.clone(), secret.clone());
+    conn.set_read_timeout(None).map_err(other)?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(other)?;
+    Ok(Joined { conn, listener, block_addr, executor_id, limits })
+}
+
+/// One incarnation: joins `driver`, then serves it until it goes away.
+fn incarnation(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<Ended, ExecutorError> {
+    let Joined { conn, listener, block_addr, executor_id, limits } = join(driver, secret, cores, version)?;
+    let blocks = BlockStore::new();
+    let secret = Arc::new(secret.to_vec());
+    let server = block_server::serve(listener, blocks.clone(), secret.clone());
     tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
 
     let runtime = UdfRuntime::new().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let registry = Arc::new(ModuleRegistry::new(runtime, limits));
-    let writer = Arc::new(Mutex::new(conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?));
-
-    // Heartbeats until the connection fails.
+    let writer = conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?;
+    let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });
+    spawn_heartbeat(link.clone());
+    let tasks = spawn_task_threads(cores, executor_id, &link, &registry, &blocks, &secret, &block_addr);
+    let ended = serve_driver(conn, &link, &registry, tasks);
+    // Whatever ended it, this incarnation is over: its connection is shut
+    // (its task threads can no longer send), its blocks are served no more.
     {
-        let writer = writer.clone();
-        let _ = std::thread::Builder::new().name("weir-heartbeat".into()).spawn(move || loop {
-            std::thread::sleep(HEARTBEAT_INTERVAL);
-            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-            if protocol::write_frame(&mut *w, &FromExecutor::Heartbeat).is_err() {
-                std::process::exit(0);
-            }
-        });
+        let w = link.writer.lock().unwrap_or_else(|p| p.into_inner());
+        link.kill(&w);
     }
+    server.retire();
+    ended
+}
 
-    // Task threads.
+/// Heartbeats until the link dies.
+fn spawn_heartbeat(link: Arc<Link>) {
+    let _ = std::thread::Builder::new().name("weir-heartbeat".into()).spawn(move || loop {
+        std::thread::sleep(HEARTBEAT_INTERVAL);
+        if !link.send(&FromExecutor::Heartbeat) {
+            return;
+        }
+    });
+}
+
+/// Starts the incarnation's task threads; they end when the returned
+/// sender is dropped, or when their result cannot be sent.
+fn spawn_task_threads(
+    cores: u32,
+    executor_id: u64,
+    link: &Arc<Link>,
+    registry: &Arc<ModuleRegistry>,
+    blocks: &Arc<BlockStore>,
+    secret: &Arc<Vec<u8>>,
+    block_addr: &str,
+) -> Sender<Task> {
     let (tx, rx) = channel::<Task>();
     let rx = Arc::new(Mutex::new(rx));
+    let fetcher = Arc::new(block_server::Fetcher::default());
     for i in 0..cores.max(1) {
-        let (rx, writer, registry, blocks, secret, addr) =
-            (rx.clone(), writer.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.clone());
+        let (rx, link, registry, blocks, secret, addr) =
+            (rx.clone(), link.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.to_string());
+        let fetcher = fetcher.clone();
         let _ = std::thread::Builder::new()
             .name(format!("weir-task-{i}"))
             .stack_size(crate::executor::TASK_STACK_BYTES)
             .spawn(move || loop {
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(task) = next else { return };
-                let fetch = |ids: &[crate::rdd::BlockId], from: &str| block_server::fetch(from, &secret, ids);
+                let fetch = |ids: &[crate::rdd::BlockId], from: &str| fetcher.fetch(from, &secret, ids);
                 let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
                 let result = run_task_guarded(&env, &task);
-                let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                if protocol::write_frame(&mut *w, &FromExecutor::Result(Box::new(result))).is_err() {
-                    std::process::exit(0);
+                if !link.send(&FromExecutor::Result { executor_id, result: Box::new(result) }) {
+                    return;
                 }
             });
     }
+    tx
+}
 
-    // Tasks wait here until the modules they use have arrived: a module this
-    // executor lacks is fetched from the driver by hash, once.
+/// Reads what the driver sends until it goes away (or shuts this executor
+/// down). Tasks wait here until the modules they use have arrived: a module
+/// this executor lacks is fetched from the driver by hash, once.
+fn serve_driver(
+    mut conn: TcpStream,
+    link: &Link,
+    registry: &ModuleRegistry,
+    tx: Sender<Task>,
+) -> Result<Ended, ExecutorError> {
     let mut waiting: Vec<Task> = Vec::new();
     let mut asked: std::collections::HashSet<ModuleHash> = Default::default();
     let mut unavailable: std::collections::HashSet<ModuleHash> = Default::default();
@@ -129,26 +310,24 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
                 let Some((_, rdds)) = stages.iter().find(|(s, _)| *s == stage) else {
                     // Never guess a lineage: the driver sends it and the task again.
                     tracing::debug!("task {} names stage {stage}, which this executor does not hold", task.id);
-                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    let msg = FromExecutor::UnknownStage { stage, task_id: task.id };
-                    if protocol::write_frame(&mut *w, &msg).is_err() {
-                        return Ok(());
+                    if !link.send(&FromExecutor::UnknownStage { stage, task_id: task.id }) {
+                        return Ok(Ended::DriverGone);
                     }
                     continue;
                 };
                 task.rdds = (**rdds).clone();
                 for h in task.modules() {
-                    if registry.get(&h).is_none() && asked.insert(h) {
-                        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                        if protocol::write_frame(&mut *w, &FromExecutor::NeedModule { hash: h }).is_err() {
-                            return Ok(());
-                        }
+                    if registry.get(&h).is_none()
+                        && asked.insert(h)
+                        && !link.send(&FromExecutor::NeedModule { hash: h })
+                    {
+                        return Ok(Ended::DriverGone);
                     }
                 }
                 waiting.push(*task);
             }
-            Ok(ToExecutor::Shutdown) => return Ok(()),
-            Err(_) => return Ok(()), // the driver is gone
+            Ok(ToExecutor::Shutdown) => return Ok(Ended::Shutdown),
+            Err(_) => return Ok(Ended::DriverGone),
         }
         let (ready, still): (Vec<Task>, Vec<Task>) = waiting
             .drain(..)
@@ -156,7 +335,7 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
         waiting = still;
         for t in ready {
             if tx.send(t).is_err() {
-                return Ok(());
+                return Ok(Ended::DriverGone);
             }
         }
     }

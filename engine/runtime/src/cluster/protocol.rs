@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 2 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 3 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -28,8 +28,11 @@ use crate::rdd::{BlockId, Rdd, RddId};
 use crate::udf::{ModuleHash, UdfLimits};
 
 /// Version 2: a stage's lineage is registered once per executor
-/// (`Stage`), and `Run` names it instead of carrying it.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// (`Stage`), and `Run` names it instead of carrying it. Version 3: a
+/// result names the executor incarnation (the `executor_id` it was
+/// welcomed with) that computed it, and the driver drops results of any
+/// other incarnation.
+pub const PROTOCOL_VERSION: u32 = 3;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
 /// lineage, a block, a module).
@@ -113,7 +116,14 @@ pub enum ToExecutor {
 /// Executor -> driver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromExecutor {
-    Result(Box<TaskResult>),
+    /// A task's result, from the incarnation `executor_id` (the id of the
+    /// `Welcome` of the connection the task came on). An executor that
+    /// rejoined its driver is a new incarnation with a new id; a result
+    /// computed for an earlier one is stale and is never counted.
+    Result {
+        executor_id: u64,
+        result: Box<TaskResult>,
+    },
     Heartbeat,
     /// A task needs a module this executor does not have.
     NeedModule {

@@ -45,6 +45,10 @@ pub trait ExecutorBackend: Send + Sync {
     /// The block store tasks read and write (for the scheduler's bookkeeping
     /// and test hooks).
     fn blocks(&self) -> &Arc<BlockStore>;
+    /// Runs tasks submitted from now on only on the executor whose block
+    /// address is `executor`, while it is connected (None: anywhere again).
+    /// Executors in this process share one block store: nothing to do.
+    fn prefer(&self, _executor: Option<&str>) {}
 }
 
 /// Stack of a thread that runs tasks (and of the driver's thread): a task

@@ -83,6 +83,9 @@ pub struct DagScheduler {
     pub listeners: ListenerBus,
     /// Stages run since the last [`DagScheduler::take_stages`].
     stages: Vec<StageInfo>,
+    /// The executor the current job's tasks are kept on after one of its
+    /// fetches failed (see [`DagScheduler::run_job`]).
+    colocated: Option<String>,
 }
 
 /// Fetch-failure rounds before giving up on a job.
@@ -102,6 +105,7 @@ impl DagScheduler {
             metrics: SchedulerMetrics::default(),
             listeners: ListenerBus::default(),
             stages: Vec::new(),
+            colocated: None,
         }
     }
 
@@ -153,7 +157,23 @@ impl DagScheduler {
     }
 
     /// Computes every partition of `rdd`, in order.
+    ///
+    /// When a task cannot fetch a shuffle output from a peer that the driver
+    /// still reaches (executors partitioned from each other, not from the
+    /// driver), re-running the map task on any executor could fail the same
+    /// way for ever. So after a fetch failure the rest of the job — the
+    /// recomputed map tasks and the next round of its tasks — is kept on the
+    /// executor that reported it (while it is connected): every output it
+    /// then needs is its own. The next job spreads over all executors again.
     pub fn run_job(&mut self, rdd: RddId) -> Result<Vec<Vec<u8>>, JobError> {
+        let r = self.run_job_rounds(rdd);
+        if self.colocated.take().is_some() {
+            self.backend.prefer(None);
+        }
+        r
+    }
+
+    fn run_job_rounds(&mut self, rdd: RddId) -> Result<Vec<Vec<u8>>, JobError> {
         let partitions =
             self.lineage.get(rdd).ok_or_else(|| JobError::Lost(format!("{rdd} is not in the lineage")))?.partitions;
         let mut rounds = 0;
@@ -299,6 +319,14 @@ impl DagScheduler {
             self.metrics.tasks_run += 1;
             self.metrics.udf_calls += res.udf_calls;
             self.check_digests(&res.blocks, &mut run.failure);
+            if matches!(res.outcome, Err(TaskFailure::FetchFailed { .. }))
+                && !res.executor.is_empty()
+                && self.colocated.is_none()
+            {
+                tracing::info!("keeping this job's tasks on {} (it could not fetch from a peer)", res.executor);
+                self.backend.prefer(Some(&res.executor));
+                self.colocated = Some(res.executor.clone());
+            }
             match res.outcome {
                 Ok(out) => run.outputs[i] = Some(out),
                 Err(f) => self.task_failed(&mut run, i, task, f),
@@ -434,8 +462,17 @@ mod tests {
         blocks: Arc<BlockStore>,
     }
 
+    thread_local! {
+        /// The fake backend's placement preference (`prefer`), and each task
+        /// submitted (by partition and kind) with the preference in force.
+        static PREFERRED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+        static PLACED: std::cell::RefCell<Vec<(String, Option<String>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
     impl ExecutorBackend for FakeBackend {
         fn submit(&self, task: Task) {
+            let pref = PREFERRED.with(|p| p.borrow().clone());
+            PLACED.with(|p| p.borrow_mut().push((kinds(std::slice::from_ref(&task)).remove(0), pref)));
             let outcome = (self.behaviour)(&task);
             let result = TaskResult {
                 task_id: task.id,
@@ -444,7 +481,7 @@ mod tests {
                 blocks: Vec::new(),
                 udf_calls: 0,
                 micros: 0,
-                executor: String::new(),
+                executor: "fake-executor:1".into(),
             };
             self.submitted.lock().unwrap().push(task);
             self.events.lock().unwrap().send(BackendEvent::Task(result)).unwrap();
@@ -455,6 +492,46 @@ mod tests {
         fn blocks(&self) -> &Arc<BlockStore> {
             &self.blocks
         }
+        fn prefer(&self, executor: Option<&str>) {
+            PREFERRED.with(|p| *p.borrow_mut() = executor.map(String::from));
+        }
+    }
+
+    /// After a fetch failure, the recomputed map task and the next round of
+    /// result tasks are kept on the executor that reported it (executors
+    /// partitioned from each other would otherwise re-run the map output
+    /// somewhere the reducer cannot reach, for ever); the next job is free
+    /// to go anywhere again.
+    #[test]
+    fn after_a_fetch_failure_the_job_stays_on_the_executor_that_reported_it() {
+        let (lineage, s, out) = shuffle_job();
+        let fetches = AtomicU32::new(0);
+        let (mut dag, _) = scheduler(lineage, move |t| match t.kind {
+            TaskKind::Result { .. } if t.partition == 0 && fetches.fetch_add(1, Ordering::SeqCst) == 0 => {
+                Err(TaskFailure::FetchFailed { shuffle: s, maps: vec![1] })
+            }
+            _ => ok(t),
+        });
+        PLACED.with(|p| p.borrow_mut().clear());
+        assert_eq!(dag.run_job(out).unwrap().len(), 3);
+        let placed = PLACED.with(|p| p.borrow().clone());
+        let on = |k: &str, p: Option<&str>| (k.to_string(), p.map(String::from));
+        let here = Some("fake-executor:1");
+        assert_eq!(
+            placed,
+            [
+                on("map 0 of 2", None),
+                on("map 1 of 2", None),
+                on("result 0 of 3", None),
+                on("result 1 of 3", None),
+                on("result 2 of 3", None),
+                on("map 1 of 2", here),
+                on("result 0 of 3", here),
+                on("result 1 of 3", here),
+                on("result 2 of 3", here),
+            ]
+        );
+        assert_eq!(PREFERRED.with(|p| p.borrow().clone()), None, "the preference outlived the job");
     }
 
     /// Succeeds: a map task writes nothing, a result task returns no bytes.

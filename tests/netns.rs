@@ -1,0 +1,528 @@
+//! Beyond one host: a driver and three executors on simulated hosts (Linux
+//! network namespaces, `tests/netns_hosts.rs`), under nemeses in the manner
+//! of Jepsen, at seeded moments — SIGKILL of an executor, SIGSTOP/SIGCONT,
+//! a host's link down and up while its processes run on, executors
+//! partitioned from each other but not from the driver, two of three
+//! executors killed at once, and the driver killed and started again on
+//! another host from the same checkpoint. Every run's outputs must be
+//! byte-identical to a failure-free `local[2]` run of the same job.
+//!
+//! The executors run `weir executor --driver D1,D2 --rejoin`: an executor
+//! whose driver went away (died, moved, or declared it lost and closed its
+//! connection) joins again as a new incarnation; the test itself is the
+//! "supervisor" that starts a new executor where one was SIGKILLed.
+//!
+//! The tests need root (network namespaces); elsewhere they say why they
+//! were skipped, and under `WEIR_REQUIRE_TEST_SERVERS=1` (scripts/test.sh)
+//! they fail instead. Each run prints the time from every fault to the
+//! first batch completed after it (recorded in `docs/fault-tolerance.md`);
+//! timings are figures, not assertions, beyond generous deadlines that turn
+//! a hang into a failure.
+
+use crate::cluster::{serial, signal, Proc, SIGCONT, SIGKILL, SIGSTOP};
+use crate::common::*;
+use crate::netns_hosts::{require, World};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "netns-test-secret";
+/// The driver's heartbeat timeout in these runs (ms).
+const HEARTBEAT_MS: u64 = 1000;
+/// How long any awaited event may take before the test fails as hung.
+const PATIENCE: Duration = Duration::from_secs(60);
+const PORT: u16 = 7077;
+
+/// The nemesis seed: `default`, or `WEIR_NEMESIS_SEED` (to run other
+/// schedules; the test prints the seed it used).
+fn seed(default: u64) -> u64 {
+    let s = std::env::var("WEIR_NEMESIS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+    eprintln!("nemesis seed {s}");
+    s
+}
+
+/// Batch time of a progress line.
+fn batch_of(l: &str) -> Option<i64> {
+    crate::cluster::progress_time(l)
+}
+
+/// The driver's executor-loss line for `pid`.
+fn lost_line(l: &str, pid: u32) -> bool {
+    l.contains(") lost: ") && l.contains(&format!("(pid {pid},"))
+}
+
+/// The driver's join line for `pid`: `executor N (pid P, blocks at A) joined ...`.
+fn joined_line(l: &str, pid: u32) -> bool {
+    l.contains(" joined with ") && l.contains(&format!("(pid {pid},"))
+}
+
+/// Runs the job on `local[2]` (on this machine, no faults) and returns its
+/// outputs: the reference every faulty run must equal.
+fn reference(batches: usize) -> BTreeMap<String, Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let job = stateful_job(dir.path(), batches);
+    let ckpt = dir.path().join("ckpt");
+    let out = run(weir()
+        .args(["run", job.to_str().unwrap(), "--master", "local[2]", "-q", "--checkpoint"])
+        .arg(&ckpt)
+        .env_remove("WEIR_SECRET"));
+    assert!(out.status.success(), "the reference run failed: {}", text(&out.stderr));
+    tree(&dir.path().join("out"))
+}
+
+/// A fault and what followed it.
+struct Figure {
+    what: String,
+    /// Fault -> the driver declared the executor(s) lost.
+    lost_after: Option<Duration>,
+    /// Fault -> the first batch completed after it.
+    first_batch_after: Duration,
+    /// Loss declared -> the first batch completed after that.
+    after_loss: Option<Duration>,
+}
+
+fn print_figures(test: &str, figures: &[Figure]) {
+    let mut ms: Vec<u128> = figures.iter().map(|f| f.first_batch_after.as_millis()).collect();
+    ms.sort();
+    for f in figures {
+        let ms = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or_else(|| "-".into());
+        eprintln!(
+            "{test}: {:<44} fault -> lost {:>8}; fault -> first batch {:>8}; lost -> first batch {:>8}",
+            f.what,
+            ms(f.lost_after),
+            ms(Some(f.first_batch_after)),
+            ms(f.after_loss)
+        );
+    }
+    if !ms.is_empty() {
+        let p = |q: f64| ms[(((ms.len() - 1) as f64) * q).round() as usize];
+        eprintln!("{test}: {} faults; fault -> first batch: median {} ms, p99 {} ms", ms.len(), p(0.5), p(0.99));
+    }
+}
+
+/// The driver of a run, with what it said.
+struct Run<'w> {
+    world: &'w World,
+    driver: Proc,
+    /// Executor host -> its current executor process.
+    execs: BTreeMap<String, Proc>,
+    drivers: String,
+}
+
+impl<'w> Run<'w> {
+    /// An executor on `host` that rejoins whichever driver of the list runs.
+    fn start_executor(&mut self, host: &str) -> u32 {
+        let p = self.world.spawn(
+            host,
+            SECRET,
+            &["-v", "executor", "--driver", &self.drivers, "--cores", "2", "--rejoin", "--rejoin-timeout-ms", "60000"],
+        );
+        let pid = p.pid();
+        self.execs.insert(host.to_string(), p);
+        pid
+    }
+
+    fn pid(&self, host: &str) -> u32 {
+        self.execs[host].pid()
+    }
+
+    /// Waits for a driver line satisfying `pred`; its arrival time.
+    fn await_driver(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Instant {
+        match self.driver.wait_line(PATIENCE, pred) {
+            Some((t, _)) => t,
+            None => panic!("the driver ended before {what}:\n{}", self.driver.text()),
+        }
+    }
+
+    /// The first batch completed after `since` (among the lines read
+    /// already, or the next one).
+    fn first_batch_after(&mut self, since: Instant) -> Duration {
+        let seen = self.driver.timed_lines().iter().find(|(t, l)| *t >= since && batch_of(l).is_some());
+        if let Some((t, _)) = seen {
+            return *t - since;
+        }
+        loop {
+            let t = self.await_driver("a batch completed after the fault", |l| batch_of(l).is_some());
+            if t >= since {
+                return t - since;
+            }
+        }
+    }
+
+    /// Lets `n` batches complete (a seeded pause between faults).
+    fn batches(&mut self, n: u64) {
+        for _ in 0..n {
+            self.await_driver("the next batch", |l| batch_of(l).is_some());
+        }
+    }
+}
+
+/// Waits for executor `p` (after its connection was closed) to say it joins again.
+fn await_rejoin(p: &mut Proc, what: &str) {
+    if p.wait_line(PATIENCE, |l| l.contains("joining again as a new executor")).is_none() {
+        panic!("{what}: the executor exited instead of rejoining:\n{}", p.text());
+    }
+}
+
+/// SIGKILL and SIGSTOP of one executor, its host's link down, executors
+/// partitioned from each other, two executors killed at once: in a seeded
+/// order, at seeded moments, during one run of the stateful windowed job.
+/// After each loss the driver must say the executor was lost (for the silent
+/// ones, by the heartbeat timeout), finish a batch without it, and take it
+/// back as a new incarnation when it returns (a paused or cut-off executor
+/// rejoins by itself; a killed one is restarted). The outputs must equal
+/// the failure-free run's, byte for byte.
+#[test]
+fn netns_executor_nemeses_keep_outputs_identical() {
+    let Some(()) = require("netns_executor_nemeses_keep_outputs_identical") else { return };
+    let _serial = serial();
+    let batches = 200;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["driver", "e1", "e2", "e3"]);
+    let job = stateful_job(&world.host("driver").dir, batches);
+    let listen = format!("{}:{PORT}", world.host("driver").ip);
+    let driver = world.spawn(
+        "driver",
+        SECRET,
+        &[
+            "-v",
+            "run",
+            job.to_str().unwrap(),
+            "--master",
+            "cluster[3]",
+            "--listen",
+            &listen,
+            "--checkpoint",
+            "ckpt",
+            "--heartbeat-timeout-ms",
+            &HEARTBEAT_MS.to_string(),
+        ],
+    );
+    let mut r = Run { world: &world, driver, execs: BTreeMap::new(), drivers: listen.clone() };
+    for h in ["e1", "e2", "e3"] {
+        r.start_executor(h);
+    }
+    r.batches(3);
+
+    let mut rng = Rng(seed(20261130));
+    let mut order = vec!["kill", "pause", "link", "partition", "kill-two"];
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let hosts = ["e1", "e2", "e3"];
+    let mut figures = Vec::new();
+    for nemesis in order {
+        r.batches(2 + rng.below(4));
+        std::thread::sleep(Duration::from_millis(rng.below(150))); // the fault's seeded moment
+        let victim = hosts[rng.below(3) as usize];
+        let fig = match nemesis {
+            "kill" => kill(&mut r, &[victim]),
+            "kill-two" => {
+                let other = hosts.iter().copied().find(|h| *h != victim).unwrap();
+                kill(&mut r, &[victim, other])
+            }
+            "pause" => pause(&mut r, victim),
+            "link" => link_down(&mut r, victim),
+            _ => partition_executors(&mut r, &hosts),
+        };
+        figures.push(fig);
+    }
+    let status = r.driver.finish();
+    let log = r.driver.text();
+    assert!(status.success(), "the job failed under the nemeses ({status}):\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    for (h, p) in r.execs.iter_mut() {
+        let s = p.finish();
+        assert!(s.success(), "executor on {h} failed ({s}):\n{}", p.text());
+    }
+    let expected = expected.join().unwrap();
+    let got = tree(&world.host("driver").dir.join("out"));
+    crate::drivers::assert_same_tree(&got, &expected, "after the executor nemeses");
+    print_figures("executor nemeses", &figures);
+}
+
+/// SIGKILLs the executors on `victims` at the same moment; waits for the
+/// losses and a batch without them, then starts new ones there.
+fn kill(r: &mut Run, victims: &[&str]) -> Figure {
+    let pids: Vec<u32> = victims.iter().map(|h| r.pid(h)).collect();
+    let at = Instant::now();
+    for p in &pids {
+        signal(*p, SIGKILL);
+    }
+    // The losses in whatever order the driver notices them.
+    let mut lost = at;
+    let mut pending = pids.clone();
+    while !pending.is_empty() {
+        let left = pending.clone();
+        lost = r.await_driver("the killed executors' losses", |l| left.iter().any(|p| lost_line(l, *p)));
+        let line = r.driver.lines().last().unwrap_or_default().to_string();
+        pending.retain(|p| !lost_line(&line, *p));
+    }
+    let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
+    for h in victims {
+        let mut old = r.execs.remove(*h).unwrap();
+        old.finish();
+        let pid = r.start_executor(h);
+        r.await_driver("the restarted executor's join", |l| joined_line(l, pid));
+    }
+    Figure {
+        what: format!("SIGKILL of {}", victims.join(" and ")),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
+}
+
+/// SIGSTOPs one executor past the heartbeat timeout: it must be declared
+/// lost by silence while stopped; once continued it finds its connection
+/// closed and rejoins as a new incarnation (same pid, new executor id).
+fn pause(r: &mut Run, victim: &str) -> Figure {
+    let pid = r.pid(victim);
+    let at = Instant::now();
+    signal(pid, SIGSTOP);
+    let lost = r.await_driver("the paused executor's loss", |l| lost_line(l, pid) && l.contains("no heartbeat"));
+    let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
+    signal(pid, SIGCONT);
+    let p = r.execs.get_mut(victim).unwrap();
+    await_rejoin(p, "after SIGCONT");
+    r.await_driver("the continued executor's rejoin", |l| joined_line(l, pid));
+    Figure {
+        what: format!("SIGSTOP of {victim} (SIGCONT after loss)"),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
+}
+
+/// Takes one executor host's link down: the executor runs on but reaches
+/// nobody. It must be declared lost by the heartbeat timeout while the link
+/// is still down, a batch must complete without it, and when the link
+/// comes back it must rejoin as a new incarnation, never deliver a result
+/// of its old one.
+fn link_down(r: &mut Run, victim: &str) -> Figure {
+    let pid = r.pid(victim);
+    let at = Instant::now();
+    r.world.link(victim, false);
+    let lost = r.await_driver("the cut-off executor's loss", |l| lost_line(l, pid));
+    let first = r.first_batch_after(at);
+    let after_loss = r.first_batch_after(lost);
+    r.world.link(victim, true);
+    let p = r.execs.get_mut(victim).unwrap();
+    await_rejoin(p, "after its link came back");
+    r.await_driver("the reconnected executor's rejoin", |l| joined_line(l, pid));
+    Figure {
+        what: format!("link of {victim} down (up after loss)"),
+        lost_after: Some(lost - at),
+        first_batch_after: first,
+        after_loss: Some(after_loss),
+    }
+}
+
+/// Cuts every executor off from the other executors (they still reach the
+/// driver: heartbeats pass, shuffle fetches between them fail) for a few
+/// batches, then heals.
+fn partition_executors(r: &mut Run, hosts: &[&str]) -> Figure {
+    let from = r.driver.timed_lines().len();
+    let at = Instant::now();
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            r.world.partition(a, b, true);
+        }
+    }
+    let first = r.first_batch_after(at);
+    r.batches(1);
+    for (i, a) in hosts.iter().enumerate() {
+        for b in &hosts[i + 1..] {
+            r.world.partition(a, b, false);
+        }
+    }
+    // Heartbeats passed all along: nobody was declared lost.
+    let during: Vec<&str> = r.driver.timed_lines()[from..].iter().map(|(_, l)| l.as_str()).collect();
+    assert!(
+        !during.iter().any(|l| l.contains(") lost: ")),
+        "an executor was declared lost although it reached the driver:
+{}",
+        during.join("\n")
+    );
+    Figure {
+        what: "executors partitioned from each other".into(),
+        lost_after: None,
+        first_batch_after: first,
+        after_loss: None,
+    }
+}
+
+/// The driver is SIGKILLed at seeded moments and started again on the
+/// other driver host, from the same checkpoint (a directory only the two
+/// driver hosts use: the stand-in for object storage, which also holds the
+/// job's input and outputs). The executors, given both addresses, find the
+/// new driver by themselves. Outputs must equal the failure-free run's.
+#[test]
+fn netns_driver_moves_to_another_host_and_executors_follow() {
+    let Some(()) = require("netns_driver_moves_to_another_host_and_executors_follow") else { return };
+    let _serial = serial();
+    let batches = 90;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["d1", "d2", "e1", "e2", "e3"]);
+    let store = world.root.path().join("object-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let job = stateful_job(&store, batches);
+    let addr = |h: &str| format!("{}:{PORT}", world.host(h).ip);
+    let drivers = format!("{},{}", addr("d1"), addr("d2"));
+    let start_driver = |host: &str| -> Proc {
+        let listen = addr(host);
+        let ckpt = store.join("ckpt");
+        world.spawn(
+            host,
+            SECRET,
+            &[
+                "-v",
+                "run",
+                job.to_str().unwrap(),
+                "--master",
+                "cluster[3]",
+                "--listen",
+                &listen,
+                "--checkpoint",
+                ckpt.to_str().unwrap(),
+                "--heartbeat-timeout-ms",
+                &HEARTBEAT_MS.to_string(),
+            ],
+        )
+    };
+    let mut r = Run { world: &world, driver: start_driver("d1"), execs: BTreeMap::new(), drivers };
+    for h in ["e1", "e2", "e3"] {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(seed(77));
+    let mut figures = Vec::new();
+    let mut on = "d1";
+    for _ in 0..3 {
+        r.batches(3 + rng.below(8));
+        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        let old = r.driver.pid();
+        let at = Instant::now();
+        signal(old, SIGKILL);
+        r.driver.finish();
+        on = if on == "d1" { "d2" } else { "d1" };
+        let started = Instant::now();
+        r.driver = start_driver(on);
+        let first = r.first_batch_after(started);
+        assert!(
+            r.driver.lines().any(|l| l.contains("recovered from checkpoint")),
+            "the new driver did not recover from the checkpoint:\n{}",
+            r.driver.text()
+        );
+        figures.push(Figure {
+            what: format!("driver SIGKILLed, started on {on}"),
+            lost_after: None,
+            first_batch_after: first,
+            after_loss: None,
+        });
+        let since_kill = started + first - at;
+        eprintln!("driver move to {on}: kill -> first batch {} ms", since_kill.as_millis());
+    }
+    let status = r.driver.finish();
+    let log = r.driver.text();
+    assert!(status.success(), "the last driver failed ({status}):\n{log}");
+    for (h, p) in r.execs.iter_mut() {
+        let s = p.finish();
+        assert!(s.success(), "executor on {h} failed ({s}):\n{}", p.text());
+        let joins = p.lines().filter(|l| l.contains(" joined ")).count();
+        assert!(joins >= 4, "executor on {h} joined {joins} driver(s), not all four:\n{}", p.text());
+    }
+    let expected = expected.join().unwrap();
+    crate::drivers::assert_same_tree(&tree(&store.join("out")), &expected, "after the driver moved");
+    print_figures("driver moves (new driver start -> first batch)", &figures);
+}
+
+/// All three executors SIGKILLed at once and kept away past the
+/// no-executor timeout: batches must fail with the clear error (not hang),
+/// the job must go on once new executors join, the driver must exit saying
+/// how many batches failed, and a restart from the checkpoint must re-run
+/// exactly those, leaving outputs identical to the failure-free run's.
+#[test]
+fn netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them() {
+    let Some(()) = require("netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them") else {
+        return;
+    };
+    let _serial = serial();
+    let batches = 60;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["driver", "e1", "e2", "e3"]);
+    let job = stateful_job(&world.host("driver").dir, batches);
+    let listen = format!("{}:{PORT}", world.host("driver").ip);
+    let driver_args = [
+        "-v",
+        "run",
+        job.to_str().unwrap(),
+        "--master",
+        "cluster[3]",
+        "--listen",
+        &listen,
+        "--checkpoint",
+        "ckpt",
+        "--heartbeat-timeout-ms",
+        &HEARTBEAT_MS.to_string(),
+        "--no-executor-timeout-ms",
+        "1000",
+    ];
+    let driver = world.spawn("driver", SECRET, &driver_args);
+    let mut r = Run { world: &world, driver, execs: BTreeMap::new(), drivers: listen.clone() };
+    let hosts = ["e1", "e2", "e3"];
+    for h in hosts {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(seed(4242));
+    r.batches(3 + rng.below(6));
+    let pids: Vec<u32> = hosts.iter().map(|h| r.pid(h)).collect();
+    let at = Instant::now();
+    for p in &pids {
+        signal(*p, SIGKILL);
+    }
+    let failed = r.await_driver("a batch failed for want of executors", |l| {
+        l.contains("FAILED") && l.contains("no executor connected")
+    });
+    for h in hosts {
+        let mut old = r.execs.remove(h).unwrap();
+        old.finish();
+        r.start_executor(h);
+    }
+    let back = r
+        .await_driver("a batch completed once executors were back", |l| batch_of(l).is_some() && !l.contains("FAILED"));
+    let status = r.driver.finish();
+    let log = r.driver.text();
+    assert!(!status.success(), "the driver exited 0 although batches failed:\n{log}");
+    let n_failed = log.lines().filter(|l| batch_of(l).is_some() && l.contains("FAILED")).count();
+    assert!(
+        log.contains(&format!("weir: {n_failed} of ")) && log.contains("batch(es) failed"),
+        "the driver did not say how many batches failed ({n_failed}):\n{log}"
+    );
+    for p in r.execs.values_mut() {
+        p.finish();
+    }
+    // A restart re-runs the failed (pending) batches: outputs complete.
+    r.execs.clear();
+    r.driver = world.spawn("driver", SECRET, &driver_args);
+    for h in hosts {
+        r.start_executor(h);
+    }
+    let status = r.driver.finish();
+    assert!(status.success(), "the restarted driver failed ({status}):\n{}", r.driver.text());
+    assert!(
+        r.driver.lines().any(|l| l.contains(&format!("re-running {n_failed} pending"))),
+        "the restart did not re-run the {n_failed} failed batch(es):\n{}",
+        r.driver.text()
+    );
+    for p in r.execs.values_mut() {
+        p.finish();
+    }
+    let expected = expected.join().unwrap();
+    crate::drivers::assert_same_tree(&tree(&world.host("driver").dir.join("out")), &expected, "after the restart");
+    eprintln!(
+        "all executors lost: first failed batch {} ms after the kill, first good batch {} ms after it; {n_failed} batch(es) failed, re-run by the restart",
+        (failed - at).as_millis(),
+        (back - at).as_millis()
+    );
+}
