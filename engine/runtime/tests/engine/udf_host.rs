@@ -130,10 +130,11 @@ fn testops_exports_every_kind() {
         ("count_seen", UdfKind::MapWithState),
     ];
     for (name, kind) in expect {
-        assert_eq!(f.get(name), Some(&kind), "testops.wasm should export {kind}:{name}; has {f:?}");
+        assert_eq!(m.kinds_of(name), [kind], "testops.wasm should export {kind}:{name}; has {f:?}");
+        assert_eq!(m.function(name, kind).map(|f| f.export.clone()), Some(kind.export_name(name)));
     }
     for k in UdfKind::ALL {
-        assert!(f.values().any(|&x| x == k), "testops.wasm exports no {k} function");
+        assert!(f.iter().any(|x| x.kind == k), "testops.wasm exports no {k} function");
     }
 }
 
