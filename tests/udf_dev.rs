@@ -16,7 +16,8 @@ fn check(path: &Path) -> (Option<i32>, String, String) {
 fn call(module: &Path, args: &[&str]) -> (Option<i32>, Option<serde_json::Value>, String) {
     let out = run(weir().args(["udf", "call", module.to_str().unwrap()]).args(args));
     let json = out.status.success().then(|| {
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
     });
     (out.status.code(), json, text(&out.stderr))
 }
@@ -104,7 +105,10 @@ fn declaring(dir: &Path, name: &str, section: &str) -> std::path::PathBuf {
 fn bad_weir_exports_sections_are_refused_naming_the_problem() {
     let tmp = tempfile::tempdir().unwrap();
     for (section, want) in [
-        ("f = flat_map\\nnope = map", "declares export \\\"nope\\\" as map function \\\"nope\\\", but the module has no such export"),
+        (
+            "f = flat_map\\nnope = map",
+            "declares export \\\"nope\\\" as map function \\\"nope\\\", but the module has no such export",
+        ),
         ("f = flatmap", "unknown function kind \\\"flatmap\\\""),
         ("f = flat_map\\ng = filter", "export \\\"g\\\" has the wrong type"),
         ("f = map", "map function \\\"f\\\" is both export \\\"f\\\" and export \\\"map:f\\\""),
@@ -165,7 +169,11 @@ fn udf_call_errors_name_the_module_the_export_and_what_to_do() {
     let ops = module("testops.wasm");
     for (m, args, want) in [
         (&wc, &["nope", "--input", "[]"][..], "has no function named \"nope\" (it has: pair (map),"),
-        (&wc, &["sum", "--kind", "map", "--input", "[]"], "export \"map:sum\": module has no map function named \"sum\""),
+        (
+            &wc,
+            &["sum", "--kind", "map", "--input", "[]"],
+            "export \"map:sum\": module has no map function named \"sum\"",
+        ),
         (&two, &["same", "--input", "[1]"], "2 functions named \"same\" (map, flat_map): pass --kind"),
         (&wc, &["split", "--input", "[\"a\""], "--input is not valid JSON"),
         (&wc, &["split", "--input", "{\"a\": 1}"], "must be a JSON array"),
@@ -225,4 +233,96 @@ fn a_job_runs_a_module_whose_exports_are_declared_in_weir_exports() {
     }
     assert_eq!(sum_counts(&outputs[1][&1000]), native_counts(input.lines()));
     assert_eq!(outputs[0], outputs[1], "the declared-exports WordCount gives the Rust one's output, line for line");
+}
+
+/// Runs a template's `build.sh` in `dir`; panics with its output on failure.
+fn build_template(dir: &Path) {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("build.sh").current_dir(dir);
+    // The Rust template: the versions and the compiled dependencies of the
+    // repository's own UDF build (udfs/), so no resolution and no rebuild of
+    // the SDK's dependencies from scratch.
+    if dir.join("Cargo.toml").exists() {
+        std::fs::copy(repo().join("udfs/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+        let udfs_target = repo().join("udfs/target");
+        let target = if udfs_target.is_dir() { udfs_target } else { repo().join("target") };
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    let out = cmd.output().expect("cannot run bash");
+    assert!(out.status.success(), "{} build failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn udf_new_templates_build_and_their_functions_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["rust", "c"] {
+        let dir = tmp.path().join(format!("wc-{lang}"));
+        let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("bash build.sh"), "it says how to build: {}", text(&out.stdout));
+        for f in ["build.sh", "job.toml", "README.md", "in/sample.txt"] {
+            assert!(dir.join(f).is_file(), "{lang}: no {f}");
+        }
+        build_template(&dir);
+        let m = dir.join("my_wc.wasm");
+        let (code, out, err) = check(&m);
+        assert_eq!(code, Some(0), "{lang}: {out}{err}");
+        for f in ["flat_map        split", "map             pair", "reduce          sum"] {
+            assert!(out.contains(f), "{lang}: missing {f:?} in {out}");
+        }
+        let (_, json, err) = call(&m, &["split", "--input", r#"["to be or", "not to be"]"#]);
+        assert_eq!(json.expect(&err), serde_json::json!(["to", "be", "or", "not", "to", "be"]), "{lang}");
+        let (_, json, err) = call(&m, &["pair", "--input", r#"["to"]"#]);
+        assert_eq!(json.expect(&err), serde_json::json!([["to", 1]]), "{lang}");
+        let (_, json, err) = call(&m, &["sum", "--input", "[[1, 2, 3], [4]]"]);
+        assert_eq!(json.expect(&err), serde_json::json!([6, 4]), "{lang}");
+        // The job it comes with runs WordCount over its sample.
+        let job = dir.join("job.toml");
+        let out =
+            run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "1", "--ui", "off"]));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        for line in ["(to,2)", "(be,2)", "(question,1)"] {
+            assert!(stdout.lines().any(|l| l == line), "{lang}: no {line} in {stdout}");
+        }
+    }
+    // Never over a directory with files in it; names must be usable.
+    let dir = tmp.path().join("wc-c");
+    let out = run(weir().args(["udf", "new", "c", "again", "--dir", dir.to_str().unwrap()]));
+    assert!(!out.status.success() && text(&out.stderr).contains("not empty"), "{}", text(&out.stderr));
+    let out = run(weir().args(["udf", "new", "c", "../x"]).current_dir(tmp.path()));
+    assert!(!out.status.success() && text(&out.stderr).contains("not a usable name"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_c_headers_record_helpers_read_and_write_every_type() {
+    let m = module("c_helpers.wasm");
+    for (f, input, want) in [
+        ("is_long", r#"["ab", "abcd"]"#, serde_json::json!([false, true])),
+        ("first", r#"[["k", 1], [[1, 2], 3]]"#, serde_json::json!(["k", [1, 2]])),
+        (
+            "describe",
+            r#"[null, true, 5, 1.5, "s", [1, 2, 3]]"#,
+            serde_json::json!([["null", null], ["bool", false], ["i64", 5], ["f64", 3.0], ["str", "s"], ["tuple", 3]]),
+        ),
+        ("count", r#"[1, 2, "x"]"#, serde_json::json!([3])),
+        ("fmax", "[[1.5, -2.0, 3.25], [0.5]]", serde_json::json!([3.25, 0.5])),
+        ("swap_pair", r#"[["a", 1], [[2], null]]"#, serde_json::json!([[1, "a"], [null, [2]]])),
+    ] {
+        let (code, json, err) = call(&m, &[f, "--input", input]);
+        assert_eq!(code, Some(0), "{f}: {err}");
+        assert_eq!(json.unwrap(), want, "{f}");
+    }
+    // WEIR_DECLARE: the plain export "swap" is the map function "swap_pair".
+    let (_, out, _) = check(&m);
+    assert!(out.contains("map             swap_pair  (export \"swap\", declared in weir:exports)"), "{out}");
+    // A reader error becomes the guest's error, naming the export.
+    let (code, _, err) = call(&m, &["first", "--input", "[[]]"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("export \"key_by:first\" (key_by): the function reported an error: first: an empty tuple"),
+        "{err}"
+    );
+    let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
+    assert!(err.contains("expected a string"), "{err}");
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every UDF module the examples and tests use into udfs/*.wasm:
 #   Rust (udf-sdk)  -> udfs/wordcount.wasm, udfs/testops.wasm
-#   C (clang)       -> udfs/wordcount_c.wasm
+#   C (clang)       -> udfs/wordcount_c.wasm, udfs/c_helpers.wasm
 # WAT modules (udfs/wat/, udfs/hostile/) need no build: the engine loads .wat.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +20,10 @@ if command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; then
   clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wall -Werror \
     -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
     -o "$here/wordcount_c.wasm" c/wordcount.c
+  # The rest of weir_abi.h's record helpers (tests/udf_dev.rs).
+  clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wall -Werror \
+    -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
+    -o "$here/c_helpers.wasm" c/helpers.c
 else
   # Not fatal: the examples need only the Rust modules. The tests need this
   # one and say so; scripts/test.sh installs clang and lld first.

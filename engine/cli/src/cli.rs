@@ -206,6 +206,21 @@ pub enum UdfCommand {
         #[arg(long, value_parser = parse_kind)]
         kind: Option<UdfKind>,
     },
+    /// Write a ready-to-build UDF project (a WordCount) into directory NAME.
+    New {
+        /// The language.
+        #[arg(value_enum)]
+        lang: crate::udf_new::Lang,
+        /// The project's name, and the directory it is written to.
+        name: String,
+        /// Write into this directory instead of ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The weir-udf SDK (the repository's udf-sdk/ directory) the Rust
+        /// template depends on; default: the one this weir was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn parse_kind(s: &str) -> Result<UdfKind, String> {
@@ -268,6 +283,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Udf { command: UdfCommand::Check { module } } => crate::udf::check(&module),
         Command::Udf { command: UdfCommand::Call { module, function, input, kind } } => {
             crate::udf::call(&module, &function, &input, kind)
+        }
+        Command::Udf { command: UdfCommand::New { lang, name, dir, sdk } } => {
+            crate::udf_new::new(lang, &name, dir.as_deref(), sdk.as_deref())
         }
         Command::Run(args) if args.supervise => supervise(&args),
         Command::Run(args) => run_job(args, cli.quiet),

@@ -2,6 +2,7 @@
 
 mod cli;
 mod udf;
+mod udf_new;
 
 fn main() -> std::process::ExitCode {
     cli::main()

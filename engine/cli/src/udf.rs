@@ -120,7 +120,8 @@ fn describe(out: &mut String, r: &Report, limits: &UdfLimits) {
     }
     match r.memory {
         Some((min, max)) => {
-            let max = max.map(|m| format!("{m} pages ({})", bytes_text(m.saturating_mul(65536)))).unwrap_or("none".into());
+            let max =
+                max.map(|m| format!("{m} pages ({})", bytes_text(m.saturating_mul(65536)))).unwrap_or("none".into());
             let _ = writeln!(
                 out,
                 "  memory: {min} pages ({}) at start, maximum {max}; a job caps it at memory_bytes (default {})",
@@ -179,7 +180,11 @@ fn hints(r: &Report, e: &UdfErrorKind) -> Vec<String> {
         UdfErrorKind::ForbiddenImport { .. } => {
             let missing: Vec<String> =
                 r.imports.iter().filter(|i| !i.provided).map(|i| format!("{}.{}", i.module, i.name)).collect();
-            h.push(format!("hint: the module needs {} import(s) the host does not provide: {}", missing.len(), missing.join(", ")));
+            h.push(format!(
+                "hint: the module needs {} import(s) the host does not provide: {}",
+                missing.len(),
+                missing.join(", ")
+            ));
             if r.imports.iter().any(|i| i.is_wasi()) {
                 h.push(
                     "hint: UDFs get no WASI: build for wasm32-unknown-unknown (Rust) or with -nostdlib (C), \

@@ -95,8 +95,10 @@ mod tests {
 
     #[test]
     fn declarations_comments_renames_and_c_terminators() {
-        let d = parse_exports_section(b"# wordcount\nsplit = flat_map\n\tpair=map # one per word\r\nwc_sum = reduce:sum\0\0")
-            .unwrap();
+        let d = parse_exports_section(
+            b"# wordcount\nsplit = flat_map\n\tpair=map # one per word\r\nwc_sum = reduce:sum\0\0",
+        )
+        .unwrap();
         let got: Vec<(&str, UdfKind, &str)> = d.iter().map(|d| (&*d.export, d.kind, &*d.name)).collect();
         assert_eq!(
             got,

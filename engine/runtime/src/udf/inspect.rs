@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use wasmtime::{ExternType, Module};
 use wasmparser::{Encoding, Parser, Payload};
+use wasmtime::{ExternType, Module};
 
 use super::exports::{parse_exports_section, DeclaredExport, EXPORTS_SECTION, MAX_EXPORTS_SECTION_BYTES};
 use super::{abi, to_binary, ModuleHash, UdfErrorKind, UdfRuntime};
@@ -129,7 +129,8 @@ pub fn inspect(runtime: &Arc<UdfRuntime>, bytes: &[u8]) -> Result<Report, UdfErr
         }
         let ty = type_string(&ty);
         let n = exp.name();
-        let abi_name = [abi::EXPORT_MEMORY, abi::EXPORT_ALLOC, abi::EXPORT_VERSION, abi::EXPORT_INITIALIZE].contains(&n);
+        let abi_name =
+            [abi::EXPORT_MEMORY, abi::EXPORT_ALLOC, abi::EXPORT_VERSION, abi::EXPORT_INITIALIZE].contains(&n);
         if ty == UDF_EXPORT_TYPE && !abi_name && !n.contains(':') && !declared.iter().any(|d| d.export == n) {
             report.unnamed.push(n.to_string());
         }

@@ -14,8 +14,8 @@ pub use weir_plan::udf::{abi, error, exports, limits, ModuleHash};
 
 pub mod inspect;
 
-use std::collections::HashMap;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,13 +264,19 @@ impl UdfModule {
             }
         }
         if let Some(d) = declared.iter().find(|d| !found.contains(&d.export.as_str())) {
-            let m = format!("declares export {:?} as {} function {:?}, but the module has no such export", d.export, d.kind, d.name);
+            let m = format!(
+                "declares export {:?} as {} function {:?}, but the module has no such export",
+                d.export, d.kind, d.name
+            );
             return fail(&site, UdfErrorKind::ExportsSection(m));
         }
         functions.sort();
         // `map:f` next to a declaration `g = map:f`: two exports, one function.
         if let Some(w) = functions.windows(2).find(|w| w[0].name == w[1].name && w[0].kind == w[1].kind) {
-            let m = format!("{} function {:?} is both export {:?} and export {:?}", w[0].kind, w[0].name, w[0].export, w[1].export);
+            let m = format!(
+                "{} function {:?} is both export {:?} and export {:?}",
+                w[0].kind, w[0].name, w[0].export, w[1].export
+            );
             return fail(&site, UdfErrorKind::ExportsSection(m));
         }
         for (present, name) in
@@ -418,24 +424,23 @@ impl UdfModule {
     }
 }
 
-
 /// Reads a module file: regular files only, at most `module_bytes` (a device
 /// or a FIFO named as a module would be read for ever).
 pub fn read_module_file(path: &Path, limits: &UdfLimits) -> Result<Vec<u8>, UdfError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "?".into());
     let site = UdfSite { module: name, ..Default::default() };
     let bytes = crate::files::read_limited(path, limits.module_bytes as u64).map_err(|e| {
-            let kind = match e {
-                crate::files::ReadError::Io(e) => UdfErrorKind::Io(e),
-                crate::files::ReadError::TooLarge { size, limit } => {
-                    UdfErrorKind::ModuleTooLarge { size: size as usize, limit: limit as usize }
-                }
-                not_regular => {
-                    UdfErrorKind::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, not_regular.to_string()))
-                }
-            };
-            UdfError::new(site.clone(), kind)
-        })?;
+        let kind = match e {
+            crate::files::ReadError::Io(e) => UdfErrorKind::Io(e),
+            crate::files::ReadError::TooLarge { size, limit } => {
+                UdfErrorKind::ModuleTooLarge { size: size as usize, limit: limit as usize }
+            }
+            not_regular => {
+                UdfErrorKind::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, not_regular.to_string()))
+            }
+        };
+        UdfError::new(site.clone(), kind)
+    })?;
     Ok(bytes)
 }
 
