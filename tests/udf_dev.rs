@@ -222,17 +222,27 @@ prefix = "out/counts"
 }
 
 #[test]
-fn a_job_runs_a_module_whose_exports_are_declared_in_weir_exports() {
-    let input = "to be or not to be\nthat is the question\n  whether tis nobler\tin the mind to suffer\n";
+fn wordcount_in_every_guest_language_gives_identical_output_through_weir_run() {
+    let input = "to be or not to be\nthat is the question\n  whether tis nobler\tin the mind to suffer\nü ü 日本\n";
+    let modules = [
+        "wordcount.wasm",
+        "wordcount_c.wasm",
+        "wat/wordcount.wat",
+        // Plain export names, declared in a weir:exports section:
+        "wat/wordcount_plain.wat",
+        "wordcount_as.wasm",
+    ];
     let mut outputs = Vec::new();
-    for m in [module("wordcount.wasm"), module("wat/wordcount_plain.wat")] {
+    for m in modules {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("in")).unwrap();
         std::fs::write(tmp.path().join("in/a.txt"), input).unwrap();
-        outputs.push(wordcount_outputs(tmp.path(), &m));
+        outputs.push(wordcount_outputs(tmp.path(), &module(m)));
     }
-    assert_eq!(sum_counts(&outputs[1][&1000]), native_counts(input.lines()));
-    assert_eq!(outputs[0], outputs[1], "the declared-exports WordCount gives the Rust one's output, line for line");
+    assert_eq!(sum_counts(&outputs[0][&1000]), native_counts(input.lines()));
+    for (m, o) in modules.iter().zip(&outputs).skip(1) {
+        assert_eq!(outputs[0], *o, "{m} differs from the Rust WordCount");
+    }
 }
 
 /// Runs a template's `build.sh` in `dir`; panics with its output on failure.
