@@ -258,6 +258,14 @@ fn build_template(dir: &Path) {
         let target = if udfs_target.is_dir() { udfs_target } else { repo().join("target") };
         cmd.env("CARGO_TARGET_DIR", target);
     }
+    // The AssemblyScript template: the compiler udfs/build.sh installed.
+    for t in ["udfs/target", "target"] {
+        let asc = repo().join(t).join("assemblyscript/node_modules/.bin/asc");
+        if asc.exists() {
+            cmd.env("ASC", asc);
+            break;
+        }
+    }
     let out = cmd.output().expect("cannot run bash");
     assert!(out.status.success(), "{} build failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
 }
@@ -265,7 +273,7 @@ fn build_template(dir: &Path) {
 #[test]
 fn udf_new_templates_build_and_their_functions_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for lang in ["rust", "c"] {
+    for lang in ["rust", "c", "assemblyscript"] {
         let dir = tmp.path().join(format!("wc-{lang}"));
         let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
         assert!(out.status.success(), "{lang}: {}", text(&out.stderr));

@@ -18,6 +18,8 @@ pub enum Lang {
     Rust,
     /// Freestanding C with weir_abi.h (clang --target=wasm32).
     C,
+    /// AssemblyScript with weir-udf-assemblyscript (npm's assemblyscript).
+    Assemblyscript,
 }
 
 /// The Rust SDK this binary was built from, when it is still there.
@@ -30,6 +32,9 @@ const C_SOURCE: &str = include_str!("../templates/c/udf.c.in");
 const C_BUILD: &str = include_str!("../templates/c/build.sh.in");
 /// The header is the repository's own, so a template never lags behind it.
 const C_HEADER: &str = include_str!("../../../udfs/c/weir_abi.h");
+const AS_SOURCE: &str = include_str!("../templates/assemblyscript/udf.ts.in");
+const AS_EXPORTS: &str = include_str!("../templates/assemblyscript/exports.in");
+const AS_BUILD: &str = include_str!("../templates/assemblyscript/build.sh.in");
 const JOB: &str = include_str!("../templates/job.toml.in");
 const README: &str = include_str!("../templates/README.md.in");
 
@@ -44,19 +49,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
     let module = format!("{}.wasm", name.replace('-', "_"));
     let (build_cmd, files): (&str, Vec<(String, String)>) = match lang {
         Lang::Rust => {
-            let sdk = match sdk {
-                Some(p) => p.to_path_buf(),
-                None => PathBuf::from(BUILT_FROM_SDK),
-            };
-            let sdk = sdk.canonicalize().with_context(|| {
-                format!(
-                    "the weir-udf SDK is not at {}: pass --sdk (the repository's udf-sdk/ directory)",
-                    sdk.display()
-                )
-            })?;
-            if !sdk.join("Cargo.toml").is_file() {
-                bail!("{} holds no Cargo.toml: --sdk must be the repository's udf-sdk/ directory", sdk.display());
-            }
+            let sdk = find_sdk(sdk, "Cargo.toml")?;
             // A TOML basic string: escape what would end or break it.
             let sdk_toml = sdk.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
             let cargo = RUST_CARGO.replace("{{name}}", name).replace("{{sdk}}", &sdk_toml);
@@ -77,10 +70,32 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
                 ("build.sh".into(), C_BUILD.replace("{{name}}", name).replace("{{module}}", &module)),
             ],
         ),
+        Lang::Assemblyscript => {
+            let sdk = find_sdk(sdk, "assemblyscript/declare.cjs")?.join("assemblyscript");
+            // Inside a double-quoted shell string: escape what would end it
+            // or expand in it.
+            let mut sdk_sh = String::new();
+            for c in sdk.display().to_string().chars() {
+                if matches!(c, '"' | '\\' | '$' | '`') {
+                    sdk_sh.push('\\');
+                }
+                sdk_sh.push(c);
+            }
+            let build = AS_BUILD.replace("{{name}}", name).replace("{{module}}", &module).replace("{{sdk}}", &sdk_sh);
+            (
+                "bash build.sh",
+                vec![
+                    (format!("{name}.ts"), AS_SOURCE.to_string()),
+                    (format!("{name}.exports"), AS_EXPORTS.to_string()),
+                    ("build.sh".into(), build),
+                ],
+            )
+        }
     };
     let lang_name = match lang {
         Lang::Rust => "Rust",
         Lang::C => "C",
+        Lang::Assemblyscript => "AssemblyScript",
     };
     let common = [
         ("job.toml".to_string(), JOB.replace("{{name}}", &name.replace('-', "_")).replace("{{module}}", &module)),
@@ -103,10 +118,23 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
     }
     print_out(&format!(
-        "wrote a {lang_name} WordCount UDF to {dir}/\nnext:\n  cd {dir} && {build_cmd}\n  weir udf check {module}\n  weir udf call {module} split --input '[\"to be or not\"]'\n  weir run job.toml --clock logical --batches 1\n",
+        "wrote the {lang_name} WordCount UDF project {dir}/\nnext:\n  cd {dir} && {build_cmd}\n  weir udf check {module}\n  weir udf call {module} split --input '[\"to be or not\"]'\n  weir run job.toml --clock logical --batches 1\n",
         dir = dir.display()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The repository's `udf-sdk/` directory: `--sdk`, or the one this binary
+/// was built from; it must hold `marker`.
+fn find_sdk(sdk: Option<&Path>, marker: &str) -> Result<PathBuf> {
+    let sdk = sdk.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(BUILT_FROM_SDK));
+    let sdk = sdk.canonicalize().with_context(|| {
+        format!("the Weir UDF SDK is not at {}: pass --sdk (the repository's udf-sdk/ directory)", sdk.display())
+    })?;
+    if !sdk.join(marker).is_file() {
+        bail!("{} holds no {marker}: --sdk must be the repository's udf-sdk/ directory", sdk.display());
+    }
+    Ok(sdk)
 }
 
 /// A name usable as a crate name, a C file name and a job module name.
