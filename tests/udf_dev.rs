@@ -157,6 +157,15 @@ fn udf_call_runs_each_kind_on_json_records() {
     assert_eq!(json.expect(&err), serde_json::json!([[[["a", 1], ["a", 3]], 3]]));
     let (_, json, err) = call(&ops, &["is_even", "--input", "[1, 2, 3, 4]"]);
     assert_eq!(json.expect(&err), serde_json::json!([false, true, false, true]));
+    // --input @FILE: the same records from a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lines.json");
+    std::fs::write(&file, r#"["to be or", "  not to be "]"#).unwrap();
+    let (_, json, err) = call(&wc, &["split", "--input", &format!("@{}", file.display())]);
+    assert_eq!(json.expect(&err), serde_json::json!(["to", "be", "or", "not", "to", "be"]));
+    let (code, _, err) = call(&wc, &["split", "--input", "@/nonexistent/lines.json"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("reading --input @/nonexistent/lines.json"), "{err}");
     // Doubles stay doubles; non-finite ones are strings.
     let (_, json, err) = call(&ops, &["identity", "--input", "[1.5, 2]"]);
     assert_eq!(json.expect(&err), serde_json::json!([1.5, 2]));

@@ -198,7 +198,7 @@ pub enum UdfCommand {
         /// The function's name (without its kind).
         function: String,
         /// The input records as a JSON array (arrays are tuples; a reduce
-        /// group is an array of values).
+        /// group is an array of values), or @FILE to read them from FILE.
         #[arg(long)]
         input: String,
         /// The function's kind, when the module has several functions of

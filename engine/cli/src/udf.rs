@@ -206,6 +206,17 @@ pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>) -> 
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
     let kind = resolve_kind(&m, path, function, kind)?;
     m.check_function(function, kind)?;
+    // `@FILE`: the records from a file (a command line holds at most 128 KiB).
+    let file_text;
+    let input = match input.strip_prefix('@') {
+        Some(file) => {
+            let bytes = weir::files::read_limited(Path::new(file), weir::source::MAX_BATCHES_FILE_BYTES)
+                .with_context(|| format!("reading --input {input}"))?;
+            file_text = String::from_utf8(bytes).with_context(|| format!("--input {input} is not UTF-8"))?;
+            file_text.as_str()
+        }
+        None => input,
+    };
     let json: serde_json::Value = serde_json::from_str(input).context("--input is not valid JSON")?;
     let serde_json::Value::Array(records) = json else {
         bail!("--input must be a JSON array of records, e.g. '[\"to be\", \"or not\"]'");
