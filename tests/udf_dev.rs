@@ -353,3 +353,37 @@ fn the_c_headers_record_helpers_read_and_write_every_type() {
     let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
     assert!(err.contains("expected a string"), "{err}");
 }
+
+#[test]
+fn one_instance_calls_two_kinds_of_one_name() {
+    // `map:same` and `flat_map:same` in one job: each operation reaches its
+    // own export (a cache keyed by name alone would mix them up).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("in.jsonl"), "[\"a\", \"b\"]\n").unwrap();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "1s"
+[modules]
+two = "{}"
+[sources.lines]
+type = "batches"
+path = "in.jsonl"
+[streams]
+mapped = "lines.map(two.same)"
+flat = "mapped.flat_map(two.same)"
+[[outputs]]
+stream = "flat"
+type = "save_as_text_files"
+prefix = "out/flat"
+"#,
+            module("check/two_kinds.wat").display()
+        ),
+    )
+    .unwrap();
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--ui", "off"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs = read_outputs(&tmp.path().join("out"), "flat");
+    assert_eq!(outputs[&1000], vec!["a", "b"]);
+}

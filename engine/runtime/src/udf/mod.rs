@@ -510,7 +510,9 @@ pub struct UdfInstance {
     instance: wasmtime::Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    funcs: HashMap<String, TypedFunc<(i32, i32), i64>>,
+    /// Looked-up exports by function name, one per kind called (a name may
+    /// have several kinds).
+    funcs: HashMap<String, Vec<(UdfKind, TypedFunc<(i32, i32), i64>)>>,
     site: UdfSite,
 }
 
@@ -555,11 +557,11 @@ impl UdfInstance {
 
     fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
         let at = Some((name, kind));
-        // The cache is keyed by name only: only use it when `kind` is the
-        // function's kind, so a wrong-kind call never reaches the guest.
-        let cached = self.funcs.get(name).filter(|_| self.module.kinds_of(name) == [kind]);
+        // Only functions the module has of this very kind are cached, so a
+        // wrong-kind call never reaches the guest.
+        let cached = self.funcs.get(name).and_then(|fs| fs.iter().find(|(k, _)| *k == kind));
         match cached {
-            Some(f) => Ok(f.clone()),
+            Some((_, f)) => Ok(f.clone()),
             None => {
                 self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
                 let export = self.module.export_of(name, kind);
@@ -567,7 +569,7 @@ impl UdfInstance {
                     .instance
                     .get_typed_func::<(i32, i32), i64>(&mut self.store, &export)
                     .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: export.clone() }))?;
-                self.funcs.insert(name.to_string(), f.clone());
+                self.funcs.entry(name.to_string()).or_default().push((kind, f.clone()));
                 Ok(f)
             }
         }
