@@ -23,3 +23,4 @@ mod observability;
 mod recovery_checks;
 mod socket_wal_recovery;
 mod socket_wordcount;
+mod udf_dev;

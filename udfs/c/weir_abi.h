@@ -9,7 +9,20 @@
  *   - a bump allocator over linear memory (weir_bump);
  *   - a bounds-checked reader for encoded values (struct weir_rd);
  *   - a growable writer for the output batch (struct weir_wr);
- *   - weir_ok / weir_err, which pack the i64 a UDF export returns.
+ *   - weir_ok / weir_err, which pack the i64 a UDF export returns;
+ *   - per-kind wrappers (WEIR_MAP, WEIR_FLAT_MAP, WEIR_FILTER, WEIR_KEY_BY,
+ *     WEIR_MAP_PARTITIONS, WEIR_REDUCE_I64, WEIR_REDUCE_F64) that define the
+ *     export, walk the input batch and write the output batch's header, so
+ *     a function only reads its record and writes its value(s):
+ *
+ *       static void pair(struct weir_rd *in, struct weir_wr *out) {
+ *           uint32_t n;
+ *           const uint8_t *word = weir_rd_str(in, &n);
+ *           weir_put_tuple(out, 2);
+ *           weir_put_str(out, word, n);
+ *           weir_put_i64(out, 1);
+ *       }
+ *       WEIR_MAP(pair)        // exports "map:pair"
  *
  * The encoding, little-endian throughout:
  *
@@ -205,6 +218,103 @@ static inline uint32_t weir_rd_list(struct weir_rd *r) {
     return weir_rd_u32(r);
 }
 
+/* The tag of the next value, without consuming it (0xff at the end). */
+static inline uint8_t weir_rd_peek(const struct weir_rd *r) { return weir_avail(r) ? *r->p : 0xff; }
+
+static inline void weir_rd_null(struct weir_rd *r) { weir_rd_tag(r, WEIR_NULL, "expected null"); }
+
+/* A bool value: 0 or 1. */
+static inline int weir_rd_bool(struct weir_rd *r) {
+    if (weir_avail(r) >= 1 && (*r->p == WEIR_TRUE || *r->p == WEIR_FALSE)) return *r->p++ == WEIR_TRUE;
+    return weir_fail(r, "expected a bool");
+}
+
+static inline double weir_rd_f64(struct weir_rd *r) {
+    if (!weir_rd_tag(r, WEIR_F64, "expected an f64")) return 0;
+    uint64_t bits = weir_rd_u64(r);
+    double d;
+    memcpy(&d, &bits, 8);
+    return d;
+}
+
+/* A bytes value: sets *len and returns a pointer to its bytes (in place). */
+static inline const uint8_t *weir_rd_bytes(struct weir_rd *r, uint32_t *len) {
+    *len = 0;
+    if (!weir_rd_tag(r, WEIR_BYTES, "expected bytes")) return r->p;
+    uint32_t n = weir_rd_u32(r);
+    if (n > weir_avail(r)) {
+        weir_fail(r, "bytes run past the end of the input");
+        return r->p;
+    }
+    const uint8_t *s = r->p;
+    r->p += n;
+    *len = n;
+    return s;
+}
+
+/* A tuple header: returns the element count (a pair: 2). */
+static inline uint32_t weir_rd_tuple(struct weir_rd *r) {
+    if (!weir_rd_tag(r, WEIR_TUPLE, "expected a tuple")) return 0;
+    return weir_rd_u32(r);
+}
+
+/* Skips one value of any type (nesting at most 64 levels, as the host
+ * allows). */
+static inline void weir_rd_skip_depth(struct weir_rd *r, int depth) {
+    if (depth > 64) {
+        weir_fail(r, "values nested too deeply");
+        return;
+    }
+    if (weir_avail(r) < 1) {
+        weir_fail(r, "truncated input");
+        return;
+    }
+    uint8_t tag = *r->p++;
+    switch (tag) {
+    case WEIR_NULL:
+    case WEIR_FALSE:
+    case WEIR_TRUE:
+        return;
+    case WEIR_I64:
+    case WEIR_F64:
+        if (weir_avail(r) < 8) {
+            weir_fail(r, "truncated input");
+            return;
+        }
+        r->p += 8;
+        return;
+    case WEIR_STR:
+    case WEIR_BYTES: {
+        uint32_t n = weir_rd_u32(r);
+        if (n > weir_avail(r)) {
+            weir_fail(r, "value runs past the end of the input");
+            return;
+        }
+        r->p += n;
+        return;
+    }
+    case WEIR_TUPLE:
+    case WEIR_LIST: {
+        uint32_t n = weir_rd_u32(r);
+        for (uint32_t i = 0; i < n && !r->err; i++) weir_rd_skip_depth(r, depth + 1);
+        return;
+    }
+    default:
+        weir_fail(r, "unknown value tag");
+    }
+}
+
+static inline void weir_rd_skip(struct weir_rd *r) { weir_rd_skip_depth(r, 0); }
+
+/* One whole value, still encoded: sets *len and returns a pointer to it, to
+ * copy it unchanged into the output with weir_put_raw (a key, say). */
+static inline const uint8_t *weir_rd_raw(struct weir_rd *r, uint32_t *len) {
+    const uint8_t *start = r->p;
+    weir_rd_skip(r);
+    *len = r->err ? 0 : (uint32_t)(r->p - start);
+    return start;
+}
+
 /* ------------------------------------------------------------ writing */
 
 struct weir_wr {
@@ -263,6 +373,49 @@ static inline void weir_put_str(struct weir_wr *w, const uint8_t *s, uint32_t n)
     w->len += n;
 }
 
+static inline void weir_put_null(struct weir_wr *w) { weir_put_u8(w, WEIR_NULL); }
+
+static inline void weir_put_bool(struct weir_wr *w, int b) { weir_put_u8(w, b ? WEIR_TRUE : WEIR_FALSE); }
+
+/* Any NaN is written as the canonical one (the host would rewrite it). */
+static inline void weir_put_f64(struct weir_wr *w, double d) {
+    uint64_t bits;
+    if (d != d) {
+        bits = 0x7ff8000000000000ull;
+    } else {
+        memcpy(&bits, &d, 8);
+    }
+    weir_put_u8(w, WEIR_F64);
+    weir_put_u32(w, (uint32_t)bits);
+    weir_put_u32(w, (uint32_t)(bits >> 32));
+}
+
+static inline void weir_put_bytes(struct weir_wr *w, const uint8_t *b, uint32_t n) {
+    weir_reserve(w, 5 + n);
+    weir_put_u8(w, WEIR_BYTES);
+    weir_put_u32(w, n);
+    memcpy(w->buf + w->len, b, n);
+    w->len += n;
+}
+
+/* A NUL-terminated string as a string value. */
+static inline void weir_put_cstr(struct weir_wr *w, const char *s) {
+    weir_put_str(w, (const uint8_t *)s, weir_strlen(s));
+}
+
+/* An already encoded value (from weir_rd_raw), copied as is. */
+static inline void weir_put_raw(struct weir_wr *w, const uint8_t *v, uint32_t n) {
+    weir_reserve(w, n);
+    memcpy(w->buf + w->len, v, n);
+    w->len += n;
+}
+
+/* A list header for `n` elements. */
+static inline void weir_put_list(struct weir_wr *w, uint32_t n) {
+    weir_put_u8(w, WEIR_LIST);
+    weir_put_u32(w, n);
+}
+
 /* A tuple header for `n` elements (a pair: n = 2). */
 static inline void weir_put_tuple(struct weir_wr *w, uint32_t n) {
     weir_put_u8(w, WEIR_TUPLE);
@@ -279,5 +432,135 @@ static inline int64_t weir_ok(struct weir_wr *w, uint32_t count) {
     o[3] = (uint8_t)(count >> 24);
     return weir_pack(w->buf, w->len, 0);
 }
+
+/* ------------------------------------------------------------ kinds */
+
+/* The loops behind the WEIR_<KIND> macros: they read the batch header, call
+ * the function once per record (or pair of values), count what it writes
+ * and finish the output batch. A function reports a bad record with
+ * weir_fail(in, "message"): the call then returns that message as the
+ * guest error. The output writer starts at about twice the input's size and
+ * grows as needed. */
+
+/* map, key_by: the function writes exactly one value per record. */
+static inline int64_t weir_run_map(const uint8_t *in, uint32_t len, void (*fn)(struct weir_rd *, struct weir_wr *)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 1);
+    struct weir_wr w = weir_writer(2 * (uint64_t)len + 64);
+    for (uint32_t i = 0; i < n && !r.err; i++) fn(&r, &w);
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, n);
+}
+
+/* flat_map: the function writes any number of values and returns how many. */
+static inline int64_t weir_run_flat_map(const uint8_t *in, uint32_t len,
+                                        uint32_t (*fn)(struct weir_rd *, struct weir_wr *)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 1);
+    struct weir_wr w = weir_writer(2 * (uint64_t)len + 64);
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < n && !r.err; i++) count += fn(&r, &w);
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, count);
+}
+
+/* filter: the function reads one record and returns whether to keep it. */
+static inline int64_t weir_run_filter(const uint8_t *in, uint32_t len, int (*fn)(struct weir_rd *)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 1);
+    struct weir_wr w = weir_writer(4 + (uint64_t)n);
+    for (uint32_t i = 0; i < n && !r.err; i++) weir_put_bool(&w, fn(&r));
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, n);
+}
+
+/* map_partitions: the function gets the reader positioned after the batch
+ * header and the record count, reads them all, and returns how many values
+ * it wrote. */
+static inline int64_t weir_run_map_partitions(const uint8_t *in, uint32_t len,
+                                              uint32_t (*fn)(struct weir_rd *, uint32_t, struct weir_wr *)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 1);
+    struct weir_wr w = weir_writer(2 * (uint64_t)len + 64);
+    uint32_t count = r.err ? 0 : fn(&r, n, &w);
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, count);
+}
+
+/* reduce over i64 values: the left fold fn(fn(v1, v2), v3)... per group. */
+static inline int64_t weir_run_reduce_i64(const uint8_t *in, uint32_t len, int64_t (*fn)(int64_t, int64_t)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 5 + 9);
+    struct weir_wr w = weir_writer(4 + 9 * (uint64_t)n);
+    for (uint32_t i = 0; i < n && !r.err; i++) {
+        uint32_t k = weir_rd_list(&r);
+        if (r.err) break;
+        if (k == 0) return weir_err("a group to reduce is empty");
+        int64_t acc = weir_rd_i64(&r);
+        for (uint32_t j = 1; j < k && !r.err; j++) acc = fn(acc, weir_rd_i64(&r));
+        weir_put_i64(&w, acc);
+    }
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, n);
+}
+
+/* reduce over f64 values, the same way. */
+static inline int64_t weir_run_reduce_f64(const uint8_t *in, uint32_t len, double (*fn)(double, double)) {
+    struct weir_rd r = weir_reader(in, len);
+    uint32_t n = weir_rd_batch(&r, 5 + 9);
+    struct weir_wr w = weir_writer(4 + 9 * (uint64_t)n);
+    for (uint32_t i = 0; i < n && !r.err; i++) {
+        uint32_t k = weir_rd_list(&r);
+        if (r.err) break;
+        if (k == 0) return weir_err("a group to reduce is empty");
+        double acc = weir_rd_f64(&r);
+        for (uint32_t j = 1; j < k && !r.err; j++) acc = fn(acc, weir_rd_f64(&r));
+        weir_put_f64(&w, acc);
+    }
+    if (r.err) return weir_err(r.err);
+    return weir_ok(&w, n);
+}
+
+/* Each macro exports function `fn` (defined above it) as "<kind>:fn". */
+#define WEIR_MAP(fn)                                                                                        \
+    WEIR_EXPORT("map:" #fn) int64_t weir_export_map_##fn(const uint8_t *in, uint32_t len) {                 \
+        return weir_run_map(in, len, fn);                                                                   \
+    }
+#define WEIR_KEY_BY(fn)                                                                                     \
+    WEIR_EXPORT("key_by:" #fn) int64_t weir_export_key_by_##fn(const uint8_t *in, uint32_t len) {           \
+        return weir_run_map(in, len, fn);                                                                   \
+    }
+#define WEIR_FLAT_MAP(fn)                                                                                   \
+    WEIR_EXPORT("flat_map:" #fn) int64_t weir_export_flat_map_##fn(const uint8_t *in, uint32_t len) {       \
+        return weir_run_flat_map(in, len, fn);                                                              \
+    }
+#define WEIR_FILTER(fn)                                                                                     \
+    WEIR_EXPORT("filter:" #fn) int64_t weir_export_filter_##fn(const uint8_t *in, uint32_t len) {           \
+        return weir_run_filter(in, len, fn);                                                                \
+    }
+#define WEIR_MAP_PARTITIONS(fn)                                                                             \
+    WEIR_EXPORT("map_partitions:" #fn) int64_t weir_export_map_partitions_##fn(const uint8_t *in,           \
+                                                                               uint32_t len) {              \
+        return weir_run_map_partitions(in, len, fn);                                                        \
+    }
+#define WEIR_REDUCE_I64(fn)                                                                                 \
+    WEIR_EXPORT("reduce:" #fn) int64_t weir_export_reduce_##fn(const uint8_t *in, uint32_t len) {           \
+        return weir_run_reduce_i64(in, len, fn);                                                            \
+    }
+#define WEIR_REDUCE_F64(fn)                                                                                 \
+    WEIR_EXPORT("reduce:" #fn) int64_t weir_export_reduce_##fn(const uint8_t *in, uint32_t len) {           \
+        return weir_run_reduce_f64(in, len, fn);                                                            \
+    }
+
+/* Declares a plain export as a UDF in the module's "weir:exports" custom
+ * section (docs/udf-abi.md, section 1), for an export whose name cannot be
+ * "<kind>:<name>". One declaration per use, without quotes or backslashes:
+ *
+ *     WEIR_DECLARE("ident = map");
+ *     __attribute__((export_name("ident"))) int64_t ident(...) { ... }
+ *
+ * (clang 14 does not place C data in custom sections, hence the assembler.) */
+#define WEIR_DECLARE(decl) \
+    __asm__(".section \".custom_section.weir:exports\",\"\",@\n.ascii \"" decl "\\n\"\n.text\n")
 
 #endif

@@ -1,5 +1,5 @@
 //! The `weir` command line: `weir run`, `weir executor`, `weir udf check`,
-//! `weir checkpoint inspect`, `weir history`.
+//! `weir udf call`, `weir udf new`, `weir checkpoint inspect`, `weir history`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use weir::listener::ConsoleProgress;
 use weir::scheduler::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
-use weir::udf::{UdfLimits, UdfModule, UdfRuntime};
+use weir::udf::{UdfKind, UdfRuntime};
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WEIR_COMMIT"), ")");
 
@@ -195,11 +195,50 @@ pub enum ClockArg {
 
 #[derive(Subcommand, Debug)]
 pub enum UdfCommand {
-    /// Validate a module against the UDF ABI and list its functions.
+    /// Validate a module against the UDF ABI, list its functions, and
+    /// explain what it would need (imports, kinds, components, memory).
     Check {
         /// A .wasm or .wat file.
         module: PathBuf,
     },
+    /// Run one function on records given as JSON; print the output records
+    /// as JSON (stdout), the fuel used and the time (stderr).
+    Call {
+        /// A .wasm or .wat file.
+        module: PathBuf,
+        /// The function's name (without its kind).
+        function: String,
+        /// The input records as a JSON array (arrays are tuples; a reduce
+        /// group is an array of values), or @FILE to read them from FILE.
+        #[arg(long)]
+        input: String,
+        /// The function's kind, when the module has several functions of
+        /// that name.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<UdfKind>,
+    },
+    /// Write a ready-to-build UDF project (a WordCount) into directory NAME.
+    New {
+        /// The language.
+        #[arg(value_enum)]
+        lang: crate::udf_new::Lang,
+        /// The project's name, and the directory it is written to.
+        name: String,
+        /// Write into this directory instead of ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The weir-udf SDK (the repository's udf-sdk/ directory) the Rust
+        /// template depends on; default: the one this weir was built from.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<UdfKind, String> {
+    s.parse().map_err(|()| {
+        let known: Vec<&str> = UdfKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("unknown kind {s:?} (known: {})", known.join(", "))
+    })
 }
 
 /// `-v`/`-vv` raise Weir's own events (the `weir*` targets) only; the
@@ -252,7 +291,13 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Udf { command: UdfCommand::Check { module } } => udf_check(&module),
+        Command::Udf { command: UdfCommand::Check { module } } => crate::udf::check(&module),
+        Command::Udf { command: UdfCommand::Call { module, function, input, kind } } => {
+            crate::udf::call(&module, &function, &input, kind)
+        }
+        Command::Udf { command: UdfCommand::New { lang, name, dir, sdk } } => {
+            crate::udf_new::new(lang, &name, dir.as_deref(), sdk.as_deref())
+        }
         Command::Run(args) if args.supervise => supervise(&args),
         Command::Run(args) => run_job(args, cli.quiet),
         Command::Executor(a) => {
@@ -363,25 +408,9 @@ fn supervise(args: &RunArgs) -> Result<ExitCode> {
     }
 }
 
-fn udf_check(path: &std::path::Path) -> Result<ExitCode> {
-    let runtime = UdfRuntime::new()?;
-    let m = UdfModule::load(&runtime, path, UdfLimits::default())
-        .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
-    let mut out = format!("{}: valid Weir UDF module (ABI v1)\n", path.display());
-    out.push_str(&format!("  sha256 {}\n  {} bytes\n", m.hash(), m.size()));
-    if m.functions().is_empty() {
-        out.push_str("  no functions exported\n");
-    }
-    for (name, kind) in m.functions() {
-        out.push_str(&format!("  {:<15} {name}\n", kind.as_str()));
-    }
-    print_out(&out)?;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// Writes to stdout. A closed pipe (`| head`) is the reader's choice, not an
 /// error; any other failure (a full disk behind a redirect) is one.
-fn print_out(s: &str) -> Result<()> {
+pub(crate) fn print_out(s: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {

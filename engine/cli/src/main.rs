@@ -1,6 +1,8 @@
 //! The `weir` binary: a thin command line over the `weir` library.
 
 mod cli;
+mod udf;
+mod udf_new;
 
 fn main() -> std::process::ExitCode {
     cli::main()

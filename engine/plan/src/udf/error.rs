@@ -53,6 +53,10 @@ pub enum UdfErrorKind {
     NotWasm,
     #[error("malformed module: {0}")]
     Malformed(String),
+    #[error("this is a WebAssembly component, not a core module: this engine runs core modules of UDF ABI v1 only; a component would need ABI v2 (the WIT package weir:udf), which is not supported yet")]
+    Component,
+    #[error("invalid custom section \"weir:exports\": {0}")]
+    ExportsSection(String),
     #[error(
         "module imports {module}::{name}; only weir::log (i32, i32) -> () may be imported (no WASI, no host access)"
     )]

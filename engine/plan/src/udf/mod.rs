@@ -4,6 +4,7 @@
 
 pub mod abi;
 pub mod error;
+pub mod exports;
 pub mod limits;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 pub use abi::UdfKind;
 pub use error::{UdfError, UdfErrorKind, UdfSite};
+pub use exports::{parse_exports_section, DeclaredExport, EXPORTS_SECTION};
 pub use limits::{UdfLimits, UdfLimitsOverrides};
 
 /// The SHA-256 of a module's bytes: its identity in lineage and checkpoints.

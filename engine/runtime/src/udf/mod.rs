@@ -10,9 +10,12 @@
 //! so no memory survives from one task to the next and a recomputation never
 //! depends on an old instance's state.
 
-pub use weir_plan::udf::{abi, error, limits, ModuleHash};
+pub use weir_plan::udf::{abi, error, exports, limits, ModuleHash};
 
-use std::collections::{BTreeMap, HashMap};
+pub mod inspect;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,8 +149,9 @@ pub struct UdfModule {
     name: Arc<str>,
     path: PathBuf,
     hash: ModuleHash,
-    /// Function name -> kind, from the `<kind>:<name>` exports.
-    functions: BTreeMap<String, UdfKind>,
+    /// The functions, sorted by name and kind: from the `<kind>:<name>`
+    /// exports and the `weir:exports` declarations.
+    functions: Vec<UdfFunction>,
     pre: InstancePre<HostState>,
     limits: UdfLimits,
     has_initialize: bool,
@@ -166,21 +170,7 @@ impl UdfModule {
     /// Loads a module from a `.wasm` (binary) or `.wat` (text) file.
     pub fn load(runtime: &Arc<UdfRuntime>, path: &Path, limits: UdfLimits) -> Result<Arc<Self>, UdfError> {
         let name: Arc<str> = path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "?".into());
-        let site = UdfSite { module: name.to_string(), ..Default::default() };
-        // Regular files only, at most `module_bytes` (a device or a FIFO
-        // named as a module would be read for ever).
-        let bytes = crate::files::read_limited(path, limits.module_bytes as u64).map_err(|e| {
-            let kind = match e {
-                crate::files::ReadError::Io(e) => UdfErrorKind::Io(e),
-                crate::files::ReadError::TooLarge { size, limit } => {
-                    UdfErrorKind::ModuleTooLarge { size: size as usize, limit: limit as usize }
-                }
-                not_regular => {
-                    UdfErrorKind::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, not_regular.to_string()))
-                }
-            };
-            UdfError::new(site.clone(), kind)
-        })?;
+        let bytes = read_module_file(path, &limits)?;
         Self::from_bytes(runtime, name, path.to_path_buf(), &bytes, limits)
     }
 
@@ -197,18 +187,13 @@ impl UdfModule {
         if bytes.len() > limits.module_bytes {
             return fail(&site, UdfErrorKind::ModuleTooLarge { size: bytes.len(), limit: limits.module_bytes });
         }
-        let binary: std::borrow::Cow<[u8]> = if bytes.starts_with(b"\0asm") {
-            bytes.into()
-        } else if looks_like_wat(bytes) {
-            match wat::parse_bytes(bytes) {
-                Ok(b) => b.into_owned().into(),
-                Err(e) => return fail(&site, UdfErrorKind::Malformed(format!("WAT: {e}"))),
-            }
-        } else {
-            return fail(&site, UdfErrorKind::NotWasm);
-        };
+        let binary = to_binary(bytes).map_err(|kind| UdfError::new(site.clone(), kind))?;
         let hash = ModuleHash::of(&binary);
         site.hash = hash.short();
+        if inspect::is_component(&binary) {
+            return fail(&site, UdfErrorKind::Component);
+        }
+        let declared = inspect::declared_exports(&binary).map_err(|kind| UdfError::new(site.clone(), kind))?;
         let module = match Module::new(&runtime.engine, &binary) {
             Ok(m) => m,
             Err(e) => return fail(&site, UdfErrorKind::Malformed(format!("{e:#}"))),
@@ -223,7 +208,8 @@ impl UdfModule {
                 return fail(&site, kind);
             }
         }
-        let mut functions = BTreeMap::new();
+        let mut functions = Vec::new();
+        let mut found: Vec<&str> = Vec::new();
         let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) = (false, false, false, false);
         for exp in module.exports() {
             let n = exp.name();
@@ -255,18 +241,43 @@ impl UdfModule {
                 }
                 abi::EXPORT_INITIALIZE => has_initialize = is_func(&[], &[]),
                 _ => {
-                    let Some((kind, fname)) = n.split_once(':') else {
-                        continue;
-                    };
-                    let Ok(kind) = kind.parse::<UdfKind>() else {
-                        return fail(&site, UdfErrorKind::UnknownKind { name: n.into(), kind: kind.into() });
+                    // A declaration in `weir:exports` wins over the name's
+                    // own shape: the toolchain chose the name, the author the
+                    // declaration.
+                    let (kind, fname) = if let Some(d) = declared.iter().find(|d| d.export == n) {
+                        found.push(&d.export);
+                        (d.kind, d.name.as_str())
+                    } else {
+                        let Some((kind, fname)) = n.split_once(':') else {
+                            continue;
+                        };
+                        let Ok(kind) = kind.parse::<UdfKind>() else {
+                            return fail(&site, UdfErrorKind::UnknownKind { name: n.into(), kind: kind.into() });
+                        };
+                        (kind, fname)
                     };
                     if !is_func(&["i32", "i32"], &["i64"]) {
                         return fail(&site, mistyped("func (i32 ptr, i32 len) -> i64"));
                     }
-                    functions.insert(fname.to_string(), kind);
+                    functions.push(UdfFunction { name: fname.to_string(), kind, export: n.to_string() });
                 }
             }
+        }
+        if let Some(d) = declared.iter().find(|d| !found.contains(&d.export.as_str())) {
+            let m = format!(
+                "declares export {:?} as {} function {:?}, but the module has no such export",
+                d.export, d.kind, d.name
+            );
+            return fail(&site, UdfErrorKind::ExportsSection(m));
+        }
+        functions.sort();
+        // `map:f` next to a declaration `g = map:f`: two exports, one function.
+        if let Some(w) = functions.windows(2).find(|w| w[0].name == w[1].name && w[0].kind == w[1].kind) {
+            let m = format!(
+                "{} function {:?} is both export {:?} and export {:?}",
+                w[0].kind, w[0].name, w[0].export, w[1].export
+            );
+            return fail(&site, UdfErrorKind::ExportsSection(m));
         }
         for (present, name) in
             [(has_memory, abi::EXPORT_MEMORY), (has_alloc, abi::EXPORT_ALLOC), (has_version, abi::EXPORT_VERSION)]
@@ -320,9 +331,26 @@ impl UdfModule {
     pub fn limits(&self) -> &UdfLimits {
         &self.limits
     }
-    /// The functions this module offers, by name, with their kinds.
-    pub fn functions(&self) -> &BTreeMap<String, UdfKind> {
+    /// The functions this module offers, sorted by name and kind. One name
+    /// may have several kinds (`map:f` and `filter:f`).
+    pub fn functions(&self) -> &[UdfFunction] {
         &self.functions
+    }
+
+    /// The function `name` of `kind`, if the module has it.
+    pub fn function(&self, name: &str, kind: UdfKind) -> Option<&UdfFunction> {
+        self.functions.iter().find(|f| f.name == name && f.kind == kind)
+    }
+
+    /// The kinds of the functions called `name`.
+    pub fn kinds_of(&self, name: &str) -> Vec<UdfKind> {
+        self.functions.iter().filter(|f| f.name == name).map(|f| f.kind).collect()
+    }
+
+    /// The export that implements function `name` of `kind` (`kind:name`
+    /// unless `weir:exports` maps it to another export).
+    fn export_of(&self, name: &str, kind: UdfKind) -> String {
+        self.function(name, kind).map(|f| f.export.clone()).unwrap_or_else(|| kind.export_name(name))
     }
 
     fn site(&self) -> UdfSite {
@@ -331,13 +359,13 @@ impl UdfModule {
 
     /// Checks that the module offers `name` as a function of `kind`.
     pub fn check_function(&self, name: &str, kind: UdfKind) -> Result<(), UdfError> {
-        match self.functions.get(name) {
-            Some(k) if *k == kind => Ok(()),
-            _ => {
+        match self.function(name, kind) {
+            Some(_) => Ok(()),
+            None => {
                 let available = if self.functions.is_empty() {
                     "no functions".to_string()
                 } else {
-                    self.functions.iter().map(|(n, k)| format!("{n} ({k})")).collect::<Vec<_>>().join(", ")
+                    self.functions.iter().map(|f| format!("{} ({})", f.name, f.kind)).collect::<Vec<_>>().join(", ")
                 };
                 let mut site = self.site();
                 site.export = Some(kind.export_name(name));
@@ -396,6 +424,50 @@ impl UdfModule {
     }
 }
 
+/// Reads a module file: regular files only, at most `module_bytes` (a device
+/// or a FIFO named as a module would be read for ever).
+pub fn read_module_file(path: &Path, limits: &UdfLimits) -> Result<Vec<u8>, UdfError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "?".into());
+    let site = UdfSite { module: name, ..Default::default() };
+    let bytes = crate::files::read_limited(path, limits.module_bytes as u64).map_err(|e| {
+        let kind = match e {
+            crate::files::ReadError::Io(e) => UdfErrorKind::Io(e),
+            crate::files::ReadError::TooLarge { size, limit } => {
+                UdfErrorKind::ModuleTooLarge { size: size as usize, limit: limit as usize }
+            }
+            not_regular => {
+                UdfErrorKind::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, not_regular.to_string()))
+            }
+        };
+        UdfError::new(site.clone(), kind)
+    })?;
+    Ok(bytes)
+}
+
+/// A function a module offers: its name and kind, and the export that
+/// implements it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UdfFunction {
+    pub name: String,
+    pub kind: UdfKind,
+    pub export: String,
+}
+
+/// The module's binary: `bytes` themselves when they start with the WASM
+/// magic, assembled when they are WAT text.
+pub fn to_binary(bytes: &[u8]) -> Result<Cow<'_, [u8]>, UdfErrorKind> {
+    if bytes.starts_with(b"\0asm") {
+        Ok(bytes.into())
+    } else if looks_like_wat(bytes) {
+        match wat::parse_bytes(bytes) {
+            Ok(b) => Ok(b.into_owned().into()),
+            Err(e) => Err(UdfErrorKind::Malformed(format!("WAT: {e}"))),
+        }
+    } else {
+        Err(UdfErrorKind::NotWasm)
+    }
+}
+
 fn deadline_ticks(ms: u64) -> u64 {
     (ms / EPOCH_TICK.as_millis() as u64).max(1)
 }
@@ -438,7 +510,9 @@ pub struct UdfInstance {
     instance: wasmtime::Instance,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
-    funcs: HashMap<String, TypedFunc<(i32, i32), i64>>,
+    /// Looked-up exports by function name, one per kind called (a name may
+    /// have several kinds).
+    funcs: HashMap<String, Vec<(UdfKind, TypedFunc<(i32, i32), i64>)>>,
     site: UdfSite,
 }
 
@@ -453,7 +527,7 @@ impl UdfInstance {
     fn error(&self, export: Option<(&str, UdfKind)>, kind: UdfErrorKind) -> UdfError {
         let mut site = self.site.clone();
         if let Some((name, k)) = export {
-            site.export = Some(k.export_name(name));
+            site.export = Some(self.module.export_of(name, k));
             site.kind = Some(k);
         }
         UdfError::new(site, kind)
@@ -483,18 +557,19 @@ impl UdfInstance {
 
     fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
         let at = Some((name, kind));
-        // The cache is keyed by name only: only use it when `kind` is the
-        // function's kind, so a wrong-kind call never reaches the guest.
-        let cached = self.funcs.get(name).filter(|_| self.module.functions.get(name) == Some(&kind));
+        // Only functions the module has of this very kind are cached, so a
+        // wrong-kind call never reaches the guest.
+        let cached = self.funcs.get(name).and_then(|fs| fs.iter().find(|(k, _)| *k == kind));
         match cached {
-            Some(f) => Ok(f.clone()),
+            Some((_, f)) => Ok(f.clone()),
             None => {
                 self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
+                let export = self.module.export_of(name, kind);
                 let f = self
                     .instance
-                    .get_typed_func::<(i32, i32), i64>(&mut self.store, &kind.export_name(name))
-                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: kind.export_name(name) }))?;
-                self.funcs.insert(name.to_string(), f.clone());
+                    .get_typed_func::<(i32, i32), i64>(&mut self.store, &export)
+                    .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: export.clone() }))?;
+                self.funcs.entry(name.to_string()).or_default().push((kind, f.clone()));
                 Ok(f)
             }
         }

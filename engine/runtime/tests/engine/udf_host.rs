@@ -1,5 +1,6 @@
 //! The WebAssembly host against real modules: every function kind of
-//! `udfs/testops.wasm`, WordCount in three languages (Rust, C, WAT) giving
+//! `udfs/testops.wasm`, WordCount in four languages (Rust, C, WAT with
+//! kind:name exports and with `weir:exports`, AssemblyScript) giving
 //! identical bytes, every hostile module in `udfs/hostile/` failing with its
 //! own typed error, and determinism of float-heavy code.
 //!
@@ -130,10 +131,11 @@ fn testops_exports_every_kind() {
         ("count_seen", UdfKind::MapWithState),
     ];
     for (name, kind) in expect {
-        assert_eq!(f.get(name), Some(&kind), "testops.wasm should export {kind}:{name}; has {f:?}");
+        assert_eq!(m.kinds_of(name), [kind], "testops.wasm should export {kind}:{name}; has {f:?}");
+        assert_eq!(m.function(name, kind).map(|f| f.export.clone()), Some(kind.export_name(name)));
     }
     for k in UdfKind::ALL {
-        assert!(f.values().any(|&x| x == k), "testops.wasm exports no {k} function");
+        assert!(f.iter().any(|x| x.kind == k), "testops.wasm exports no {k} function");
     }
 }
 
@@ -324,7 +326,8 @@ fn batch_time_and_partition_appear_in_errors() {
 
 // ---------------------------------------------------------------- WordCount in three languages
 
-const WORDCOUNTS: [&str; 3] = ["wordcount.wasm", "wordcount_c.wasm", "wat/wordcount.wat"];
+const WORDCOUNTS: [&str; 5] =
+    ["wordcount.wasm", "wordcount_c.wasm", "wat/wordcount.wat", "wat/wordcount_plain.wat", "wordcount_as.wasm"];
 
 fn tricky_lines() -> Vec<&'static str> {
     vec![
@@ -458,8 +461,9 @@ fn wordcount_three_languages_edge_cases() {
             .zip(WORDCOUNTS)
             .map(|(m, p)| call_raw(m, f, k, &enc).unwrap_or_else(|e| panic!("{p} {f} {input:?}: {e}")))
             .collect();
-        assert_eq!(outs[0], outs[1], "{f} {input:?}: C differs from Rust");
-        assert_eq!(outs[0], outs[2], "{f} {input:?}: WAT differs from Rust");
+        for (o, p) in outs.iter().zip(WORDCOUNTS).skip(1) {
+            assert_eq!(outs[0], *o, "{f} {input:?}: {p} differs from Rust");
+        }
     }
     // Overflow wraps in all three (Rust release semantics).
     let wc = &mods[0];
@@ -474,7 +478,8 @@ fn wordcount_three_languages_edge_cases() {
         assert!(matches!(e.kind, UdfErrorKind::Guest(_)), "{p}: {e}");
         let e = err(m, "sum", UdfKind::Reduce, &[list(vec![])]);
         assert!(matches!(e.kind, UdfErrorKind::Guest(_)), "{p}: {e}");
-        assert_names(&e, p.rsplit('/').next().unwrap_or(p), Some("reduce:sum"));
+        let export = m.function("sum", UdfKind::Reduce).map(|f| f.export.clone());
+        assert_names(&e, p.rsplit('/').next().unwrap_or(p), export.as_deref());
     }
 }
 
@@ -801,7 +806,7 @@ fn float_chaos_is_bit_identical_across_processes() {
 fn chained_calls_equal_separate_calls_in_every_language() {
     let lines = strs(&["to be or not", "", "  to\tbe ", "that is the question", "ünïcödé wörds"]);
     let input = Value::encode_batch(&lines);
-    for rel in ["wordcount.wasm", "wordcount_c.wasm", "wat/wordcount.wat"] {
+    for rel in WORDCOUNTS {
         let m = load(rel);
         let mut inst = m.instantiate(None, None).unwrap();
         for _ in 0..3 {

@@ -1,0 +1,389 @@
+//! The UDF development loop through the `weir` binary: `weir udf check`
+//! explaining what a module is and needs, `weir udf call` running one
+//! function on JSON records, modules whose exports are declared in a
+//! `weir:exports` custom section, and `weir udf new` templates built and
+//! called.
+
+use crate::common::*;
+use std::path::Path;
+
+fn check(path: &Path) -> (Option<i32>, String, String) {
+    let out = run(weir().args(["udf", "check", path.to_str().unwrap()]));
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `weir udf call`: (exit code, stdout parsed as JSON when it succeeded, stderr).
+fn call(module: &Path, args: &[&str]) -> (Option<i32>, Option<serde_json::Value>, String) {
+    let out = run(weir().args(["udf", "call", module.to_str().unwrap()]).args(args));
+    let json = out.status.success().then(|| {
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
+    });
+    (out.status.code(), json, text(&out.stderr))
+}
+
+#[test]
+fn udf_check_lists_exports_without_a_kind_and_exits_1_with_a_hint() {
+    let (code, out, err) = check(&module("check/plain_exports.wat"));
+    assert_eq!(code, Some(1), "no usable function is a failure:\n{out}{err}");
+    assert!(out.contains("exports of the UDF type without a kind (ignored):\n    identity\n    upper\n"), "{out}");
+    assert!(!out.contains("helper"), "an export of another type is no candidate: {out}");
+    assert!(err.contains("weir:exports") && err.contains("flat_map:split"), "the hint names both ways out: {err}");
+    assert!(err.contains("exports no UDF"), "{err}");
+}
+
+#[test]
+fn udf_check_lists_every_import_and_what_the_host_provides() {
+    let (code, out, err) = check(&module("check/wasi_imports.wat"));
+    assert_eq!(code, Some(1), "{out}{err}");
+    for line in [
+        "wasi_snapshot_preview1.fd_write: func (i32, i32, i32, i32) -> i32  (WASI, not provided",
+        "wasi_snapshot_preview1.clock_time_get: func (i32, i64, i32) -> i32  (WASI, not provided",
+        "env.abort: func (i32, i32, i32, i32)  (not provided",
+        "weir.log: func (i32, i32)  (provided by the host)",
+        "memory: 2 pages (128.0 KiB) at start, maximum 16 pages (1.0 MiB)",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    // All three, although loading stops at the first.
+    assert!(err.contains("3 import(s) the host does not provide"), "{err}");
+    assert!(err.contains("wasm32-unknown-unknown"), "{err}");
+    assert!(err.contains("imports wasi_snapshot_preview1::fd_write"), "the loader's own error: {err}");
+}
+
+#[test]
+fn udf_check_recognises_a_component_and_names_its_imports() {
+    let (code, out, err) = check(&module("check/component.wat"));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("a WebAssembly component (component model), not a core module"), "{out}");
+    assert!(out.contains("wasi:cli/environment@0.2.0  (WASI: not provided)"), "{out}");
+    assert!(out.contains("component exports:\n    double\n"), "{out}");
+    assert!(err.contains("ABI v2") && err.contains("core module"), "{err}");
+}
+
+#[test]
+fn udf_check_shows_the_abi_memory_and_declared_exports_of_a_valid_module() {
+    let (code, out, err) = check(&module("wat/wordcount_plain.wat"));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("valid Weir UDF module (ABI v1)"), "{out}");
+    assert!(out.contains("imports: none"), "{out}");
+    assert!(out.contains("memory: 1 pages (64.0 KiB) at start, maximum none"), "{out}");
+    assert!(out.contains("    wc_sum = reduce:sum\n"), "{out}");
+    for f in [
+        "flat_map        split  (export \"split\", declared in weir:exports)",
+        "reduce          sum  (export \"wc_sum\", declared in weir:exports)",
+        "reduce          subtract  (export \"subtract\"",
+        "map             pair  (export \"pair\"",
+    ] {
+        assert!(out.contains(f), "missing {f:?} in:\n{out}");
+    }
+    // A module built with kind:name exports says nothing about declarations.
+    let (code, out, _) = check(&module("wordcount.wasm"));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("weir.log: func (i32, i32)  (provided by the host)") && !out.contains("declared"), "{out}");
+}
+
+/// A module with a `weir:exports` section `section` and a UDF-typed export
+/// `f` (and a mistyped export `g`).
+fn declaring(dir: &Path, name: &str, section: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let wat = format!(
+        r#"(module
+  (@custom "weir:exports" "{section}")
+  (memory (export "memory") 1)
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "f") (param i32 i32) (result i64) (i64.const 0))
+  (func (export "map:f") (param i32 i32) (result i64) (i64.const 0))
+  (func (export "g") (param i32) (result i32) (i32.const 0)))"#
+    );
+    std::fs::write(&p, wat).unwrap();
+    p
+}
+
+#[test]
+fn bad_weir_exports_sections_are_refused_naming_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (section, want) in [
+        (
+            "f = flat_map\\nnope = map",
+            "declares export \\\"nope\\\" as map function \\\"nope\\\", but the module has no such export",
+        ),
+        ("f = flatmap", "unknown function kind \\\"flatmap\\\""),
+        ("f = flat_map\\ng = filter", "export \\\"g\\\" has the wrong type"),
+        ("f = map", "map function \\\"f\\\" is both export \\\"f\\\" and export \\\"map:f\\\""),
+        ("f = map\\nf = filter", "line 2: export \\\"f\\\" is declared twice"),
+    ] {
+        let p = declaring(tmp.path(), "m.wat", section);
+        let (code, out, err) = check(&p);
+        assert_eq!(code, Some(1), "{section:?} accepted:\n{out}");
+        let want = want.replace("\\\"", "\"");
+        assert!(err.contains(&want), "{section:?}: expected {want:?} in {err}");
+        assert!(err.contains("m.wat"), "the error names the module: {err}");
+    }
+    // A good declaration next to a kind:name export: both functions usable.
+    let p = declaring(tmp.path(), "ok.wat", "f = flat_map");
+    let (code, out, err) = check(&p);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("flat_map        f  (export \"f\"") && out.contains("map             f\n"), "{out}");
+}
+
+#[test]
+fn udf_call_runs_each_kind_on_json_records() {
+    let wc = module("wordcount.wasm");
+    let (code, json, err) = call(&wc, &["split", "--input", r#"["to be or", "  not to be "]"#]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json.unwrap(), serde_json::json!(["to", "be", "or", "not", "to", "be"]));
+    // The stats line: module, export, kind, counts, fuel (a number above 0), time.
+    let stats = err.lines().find(|l| l.contains("\"flat_map:split\"")).unwrap_or_else(|| panic!("{err}"));
+    assert!(stats.contains("wordcount.wasm") && stats.contains("2 record(s) in, 6 out"), "{stats}");
+    let fuel: u64 = stats.split("fuel ").nth(1).and_then(|s| s.split(';').next()).unwrap().parse().unwrap();
+    assert!(fuel > 0, "{stats}");
+    assert!(stats.trim_end().ends_with(" ms"), "{stats}");
+
+    let (_, json, err) = call(&wc, &["pair", "--input", r#"["a", "b"]"#]);
+    assert_eq!(json.expect(&err), serde_json::json!([["a", 1], ["b", 1]]));
+    // reduce: each entry is a group (a list), folded left.
+    let (_, json, err) = call(&wc, &["subtract", "--input", "[[10, 1, 2], [5]]"]);
+    assert_eq!(json.expect(&err), serde_json::json!([7, 5]));
+    let ops = module("testops.wasm");
+    // update: [key, [new values], state]; null state is "no state yet".
+    let (_, json, err) = call(&ops, &["total_or_drop", "--input", r#"[["a", [1, 2], null], ["b", [], 5]]"#]);
+    let json = json.expect(&err);
+    assert_eq!(json.as_array().map(|a| a.len()), Some(2), "{json}");
+    assert_eq!(json[0], serde_json::json!(3), "{json}");
+    // map_with_state: [key, [values], state, timing_out] -> ([outputs], state).
+    let (_, json, err) = call(&ops, &["count_seen", "--input", r#"[["a", [1, 2], null, false]]"#]);
+    assert_eq!(json.expect(&err), serde_json::json!([[[["a", 1], ["a", 3]], 3]]));
+    let (_, json, err) = call(&ops, &["is_even", "--input", "[1, 2, 3, 4]"]);
+    assert_eq!(json.expect(&err), serde_json::json!([false, true, false, true]));
+    // --input @FILE: the same records from a file.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("lines.json");
+    std::fs::write(&file, r#"["to be or", "  not to be "]"#).unwrap();
+    let (_, json, err) = call(&wc, &["split", "--input", &format!("@{}", file.display())]);
+    assert_eq!(json.expect(&err), serde_json::json!(["to", "be", "or", "not", "to", "be"]));
+    let (code, _, err) = call(&wc, &["split", "--input", "@/nonexistent/lines.json"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("reading --input @/nonexistent/lines.json"), "{err}");
+    // Doubles stay doubles; non-finite ones are strings.
+    let (_, json, err) = call(&ops, &["identity", "--input", "[1.5, 2]"]);
+    assert_eq!(json.expect(&err), serde_json::json!([1.5, 2]));
+}
+
+#[test]
+fn udf_call_errors_name_the_module_the_export_and_what_to_do() {
+    let wc = module("wordcount.wasm");
+    let two = module("check/two_kinds.wat");
+    let ops = module("testops.wasm");
+    for (m, args, want) in [
+        (&wc, &["nope", "--input", "[]"][..], "has no function named \"nope\" (it has: pair (map),"),
+        (
+            &wc,
+            &["sum", "--kind", "map", "--input", "[]"],
+            "export \"map:sum\": module has no map function named \"sum\"",
+        ),
+        (&two, &["same", "--input", "[1]"], "2 functions named \"same\" (map, flat_map): pass --kind"),
+        (&wc, &["split", "--input", "[\"a\""], "--input is not valid JSON"),
+        (&wc, &["split", "--input", "{\"a\": 1}"], "must be a JSON array"),
+        (&wc, &["sum", "--input", "[[]]"], "record 1: a reduce group must not be empty"),
+        (&wc, &["split", "--input", "[1]"], "export \"flat_map:split\" (flat_map): the function reported an error"),
+        (&ops, &["parse_int", "--input", "[\"x\"]"], "testops.wasm (sha256 "),
+    ] {
+        let (code, _, err) = call(m, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+    let (code, json, err) = call(&two, &["same", "--kind", "flat_map", "--input", "[1, \"x\"]"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json.unwrap(), serde_json::json!([1, "x"]));
+    assert!(err.contains("\"flat_map:same\" (flat_map)"), "{err}");
+}
+
+/// WordCount over a directory with `module`: the `save_as_text_files` outputs.
+fn wordcount_outputs(dir: &Path, module: &Path) -> std::collections::BTreeMap<i64, Vec<String>> {
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "1s"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "directory"
+path = "in"
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+counts = "pairs.reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+            module.display()
+        ),
+    )
+    .unwrap();
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "1", "--ui", "off"]));
+    assert!(out.status.success(), "{}: {}", module.display(), text(&out.stderr));
+    read_outputs(&dir.join("out"), "counts")
+}
+
+#[test]
+fn wordcount_in_every_guest_language_gives_identical_output_through_weir_run() {
+    let input = "to be or not to be\nthat is the question\n  whether tis nobler\tin the mind to suffer\nü ü 日本\n";
+    let modules = [
+        "wordcount.wasm",
+        "wordcount_c.wasm",
+        "wat/wordcount.wat",
+        // Plain export names, declared in a weir:exports section:
+        "wat/wordcount_plain.wat",
+        "wordcount_as.wasm",
+    ];
+    let mut outputs = Vec::new();
+    for m in modules {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("in")).unwrap();
+        std::fs::write(tmp.path().join("in/a.txt"), input).unwrap();
+        outputs.push(wordcount_outputs(tmp.path(), &module(m)));
+    }
+    assert_eq!(sum_counts(&outputs[0][&1000]), native_counts(input.lines()));
+    for (m, o) in modules.iter().zip(&outputs).skip(1) {
+        assert_eq!(outputs[0], *o, "{m} differs from the Rust WordCount");
+    }
+}
+
+/// Runs a template's `build.sh` in `dir`; panics with its output on failure.
+fn build_template(dir: &Path) {
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("build.sh").current_dir(dir);
+    // The Rust template: the versions and the compiled dependencies of the
+    // repository's own UDF build (udfs/), so no resolution and no rebuild of
+    // the SDK's dependencies from scratch.
+    if dir.join("Cargo.toml").exists() {
+        std::fs::copy(repo().join("udfs/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+        let udfs_target = repo().join("udfs/target");
+        let target = if udfs_target.is_dir() { udfs_target } else { repo().join("target") };
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    // The AssemblyScript template: the compiler udfs/build.sh installed.
+    for t in ["udfs/target", "target"] {
+        let asc = repo().join(t).join("assemblyscript/node_modules/.bin/asc");
+        if asc.exists() {
+            cmd.env("ASC", asc);
+            break;
+        }
+    }
+    let out = cmd.output().expect("cannot run bash");
+    assert!(out.status.success(), "{} build failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn udf_new_templates_build_and_their_functions_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in ["rust", "c", "assemblyscript"] {
+        let dir = tmp.path().join(format!("wc-{lang}"));
+        let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("bash build.sh"), "it says how to build: {}", text(&out.stdout));
+        for f in ["build.sh", "job.toml", "README.md", "in/sample.txt"] {
+            assert!(dir.join(f).is_file(), "{lang}: no {f}");
+        }
+        build_template(&dir);
+        let m = dir.join("my_wc.wasm");
+        let (code, out, err) = check(&m);
+        assert_eq!(code, Some(0), "{lang}: {out}{err}");
+        for f in ["flat_map        split", "map             pair", "reduce          sum"] {
+            assert!(out.contains(f), "{lang}: missing {f:?} in {out}");
+        }
+        let (_, json, err) = call(&m, &["split", "--input", r#"["to be or", "not to be"]"#]);
+        assert_eq!(json.expect(&err), serde_json::json!(["to", "be", "or", "not", "to", "be"]), "{lang}");
+        let (_, json, err) = call(&m, &["pair", "--input", r#"["to"]"#]);
+        assert_eq!(json.expect(&err), serde_json::json!([["to", 1]]), "{lang}");
+        let (_, json, err) = call(&m, &["sum", "--input", "[[1, 2, 3], [4]]"]);
+        assert_eq!(json.expect(&err), serde_json::json!([6, 4]), "{lang}");
+        // The job it comes with runs WordCount over its sample.
+        let job = dir.join("job.toml");
+        let out =
+            run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "1", "--ui", "off"]));
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        for line in ["(to,2)", "(be,2)", "(question,1)"] {
+            assert!(stdout.lines().any(|l| l == line), "{lang}: no {line} in {stdout}");
+        }
+    }
+    // Never over a directory with files in it; names must be usable.
+    let dir = tmp.path().join("wc-c");
+    let out = run(weir().args(["udf", "new", "c", "again", "--dir", dir.to_str().unwrap()]));
+    assert!(!out.status.success() && text(&out.stderr).contains("not empty"), "{}", text(&out.stderr));
+    let out = run(weir().args(["udf", "new", "c", "../x"]).current_dir(tmp.path()));
+    assert!(!out.status.success() && text(&out.stderr).contains("not a usable name"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_c_headers_record_helpers_read_and_write_every_type() {
+    let m = module("c_helpers.wasm");
+    for (f, input, want) in [
+        ("is_long", r#"["ab", "abcd"]"#, serde_json::json!([false, true])),
+        ("first", r#"[["k", 1], [[1, 2], 3]]"#, serde_json::json!(["k", [1, 2]])),
+        (
+            "describe",
+            r#"[null, true, 5, 1.5, "s", [1, 2, 3]]"#,
+            serde_json::json!([["null", null], ["bool", false], ["i64", 5], ["f64", 3.0], ["str", "s"], ["tuple", 3]]),
+        ),
+        ("count", r#"[1, 2, "x"]"#, serde_json::json!([3])),
+        ("fmax", "[[1.5, -2.0, 3.25], [0.5]]", serde_json::json!([3.25, 0.5])),
+        ("swap_pair", r#"[["a", 1], [[2], null]]"#, serde_json::json!([[1, "a"], [null, [2]]])),
+    ] {
+        let (code, json, err) = call(&m, &[f, "--input", input]);
+        assert_eq!(code, Some(0), "{f}: {err}");
+        assert_eq!(json.unwrap(), want, "{f}");
+    }
+    // WEIR_DECLARE: the plain export "swap" is the map function "swap_pair".
+    let (_, out, _) = check(&m);
+    assert!(out.contains("map             swap_pair  (export \"swap\", declared in weir:exports)"), "{out}");
+    // A reader error becomes the guest's error, naming the export.
+    let (code, _, err) = call(&m, &["first", "--input", "[[]]"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("export \"key_by:first\" (key_by): the function reported an error: first: an empty tuple"),
+        "{err}"
+    );
+    let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
+    assert!(err.contains("expected a string"), "{err}");
+}
+
+#[test]
+fn one_instance_calls_two_kinds_of_one_name() {
+    // `map:same` and `flat_map:same` in one job: each operation reaches its
+    // own export (a cache keyed by name alone would mix them up).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("in.jsonl"), "[\"a\", \"b\"]\n").unwrap();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "1s"
+[modules]
+two = "{}"
+[sources.lines]
+type = "batches"
+path = "in.jsonl"
+[streams]
+mapped = "lines.map(two.same)"
+flat = "mapped.flat_map(two.same)"
+[[outputs]]
+stream = "flat"
+type = "save_as_text_files"
+prefix = "out/flat"
+"#,
+            module("check/two_kinds.wat").display()
+        ),
+    )
+    .unwrap();
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--ui", "off"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs = read_outputs(&tmp.path().join("out"), "flat");
+    assert_eq!(outputs[&1000], vec!["a", "b"]);
+}
