@@ -17,6 +17,7 @@ mod hardening_signals;
 mod hardening_socket;
 mod kafka;
 mod object_store;
+mod serve;
 mod observability;
 mod recovery_checks;
 mod socket_wal_recovery;
