@@ -186,11 +186,14 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
         let e = submit(&addr, EVIL, &p).unwrap_err();
         assert!(e.contains("403") && e.contains(want), "{source}: {e}");
     }
-    let greedy = generator_job(tmp.path(), "greedy.toml", &spin, "map(m.identity)", "[limits]\nfuel_per_call = 5_000_000_000");
+    let greedy =
+        generator_job(tmp.path(), "greedy.toml", &spin, "map(m.identity)", "[limits]\nfuel_per_call = 5_000_000_000");
     let e = submit(&addr, EVIL, &greedy).unwrap_err();
     assert!(e.contains("ceiling fuel_per_call = 50000000"), "{e}");
-    let out_escape = generator_job(tmp.path(), "outesc.toml", &spin, "map(m.identity)", "").to_string_lossy().into_owned();
-    let text_job = std::fs::read_to_string(&out_escape).unwrap().replace("prefix = \"out/x\"", "prefix = \"../../acme/x\"");
+    let out_escape =
+        generator_job(tmp.path(), "outesc.toml", &spin, "map(m.identity)", "").to_string_lossy().into_owned();
+    let text_job =
+        std::fs::read_to_string(&out_escape).unwrap().replace("prefix = \"out/x\"", "prefix = \"../../acme/x\"");
     std::fs::write(&out_escape, text_job).unwrap();
     assert!(submit(&addr, EVIL, Path::new(&out_escape)).unwrap_err().contains("`..`"));
 
@@ -198,7 +201,8 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
     let wc = module("wordcount.wasm");
     let acme_job = generator_job(tmp.path(), "acme.toml", &wc, "flat_map(m.split)", "");
     let acme_id = submit(&addr, ACME, &acme_job).unwrap();
-    let wc_hash: String = sha2::Sha256::digest(std::fs::read(&wc).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    let wc_hash: String =
+        sha2::Sha256::digest(std::fs::read(&wc).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
     let body = serde_json::json!({
         "job": std::fs::read_to_string(&acme_job).unwrap(),
         "modules": { "m": wc_hash },
@@ -217,7 +221,12 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
 
     // Slow clients: half a request line, or headers with a body that never
     // comes, are cut off (read_timeout_ms = 1000), not waited for.
-    for partial in ["GET /api/v1/jo".to_string(), format!("POST /api/v1/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {EVIL}\r\nContent-Length: 100\r\n\r\n{{")] {
+    for partial in [
+        "GET /api/v1/jo".to_string(),
+        format!(
+            "POST /api/v1/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {EVIL}\r\nContent-Length: 100\r\n\r\n{{"
+        ),
+    ] {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s.write_all(partial.as_bytes()).unwrap();
@@ -293,9 +302,8 @@ fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let bomb_id = submit(&addr, EVIL, &bomb).unwrap();
 
     let id = submit(&addr, ACME, &acme_job).unwrap();
-    let before = wait_status(&server, &addr, ACME, &id, 120, |v| {
-        v["progress"]["batches_completed"].as_u64().unwrap_or(0) >= 10
-    });
+    let before =
+        wait_status(&server, &addr, ACME, &id, 120, |v| v["progress"]["batches_completed"].as_u64().unwrap_or(0) >= 10);
     assert_eq!(before["state"], "running", "{before}");
     server.kill(); // SIGKILL, mid-run
 

@@ -246,7 +246,8 @@ pub fn logs(a: &JobArgs, follow: bool) -> Result<ExitCode> {
     let mut since = 0u64;
     loop {
         let wait = if follow { 5000 } else { 0 };
-        let v = c.ok(reqwest::Method::GET, &format!("/api/v1/jobs/{}/logs?since={since}&wait_ms={wait}", a.id), None)?;
+        let v =
+            c.ok(reqwest::Method::GET, &format!("/api/v1/jobs/{}/logs?since={since}&wait_ms={wait}", a.id), None)?;
         let lines = v.get("lines").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut out = String::new();
         for l in &lines {

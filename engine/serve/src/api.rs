@@ -73,7 +73,10 @@ async fn read_body(s: &Server, body: Body) -> Result<Bytes, Response> {
     let fail = |code: StatusCode, m: String| (code, Json(json!({ "error": m }))).into_response();
     match tokio::time::timeout(Duration::from_millis(cfg.read_timeout_ms), axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => Err(fail(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than max_upload_bytes = {limit} ({e})"))),
+        Ok(Err(e)) => Err(fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than max_upload_bytes = {limit} ({e})"),
+        )),
         Err(_) => Err(fail(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time (read_timeout_ms)".into())),
     }
 }
@@ -102,11 +105,8 @@ pub fn router(server: Arc<Server>) -> Router {
 /// client cannot hold a handler; a body announced larger than the limit is
 /// refused before a byte of it is read.
 async fn deadline(timeout: Duration, limit: usize, req: Request, next: Next) -> Response {
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let announced =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit as u64) {
         let msg = format!("the body is larger than max_upload_bytes = {limit}");
         return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": msg }))).into_response();
@@ -180,8 +180,9 @@ async fn submit_job(State(s): State<Arc<Server>>, headers: HeaderMap, body: Body
         Ok(b) => b,
         Err(r) => return Ok(r),
     };
-    let sub: Submission = serde_json::from_slice(&body)
-        .map_err(|e| ServeError::BadRequest(format!("a submission is {{\"job\": \"TOML\", \"modules\": {{name: sha256}}}}: {e}")))?;
+    let sub: Submission = serde_json::from_slice(&body).map_err(|e| {
+        ServeError::BadRequest(format!("a submission is {{\"job\": \"TOML\", \"modules\": {{name: sha256}}}}: {e}"))
+    })?;
     let view = blocking(move || s.submit(&t, sub)).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

@@ -377,7 +377,9 @@ impl ConfigWatch {
                 tracing::info!(target: "weir::serve", "configuration reloaded ({} tenant(s))", c.tenants.len());
                 w.config = Arc::new(c);
             }
-            Err(e) => tracing::warn!(target: "weir::serve", "configuration not reloaded, keeping the last good one: {e}"),
+            Err(e) => {
+                tracing::warn!(target: "weir::serve", "configuration not reloaded, keeping the last good one: {e}")
+            }
         }
     }
 }

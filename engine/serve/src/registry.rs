@@ -135,7 +135,9 @@ impl Registry {
                     jobs.insert(r.id.clone(), r);
                 }
                 Ok(_) => tracing::warn!(target: "weir::serve", "{}: its id is not its name; skipped", p.display()),
-                Err(e) => tracing::warn!(target: "weir::serve", "{}: unreadable registry record, skipped: {e}", p.display()),
+                Err(e) => {
+                    tracing::warn!(target: "weir::serve", "{}: unreadable registry record, skipped: {e}", p.display())
+                }
             }
         }
         Ok(Registry { dir, jobs, next, _lock: lock })

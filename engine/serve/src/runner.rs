@@ -195,7 +195,8 @@ pub fn spawn(
     let (sh, st, rec) = (shared.clone(), stop.clone(), rec.clone());
     let thread = std::thread::Builder::new().name(format!("weir-job-{}", rec.id)).spawn(move || {
         let outcome =
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&rec, runtime, sh.clone(), st.clone()))) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&rec, runtime, sh.clone(), st.clone())))
+            {
                 Ok(o) => o,
                 Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
             };

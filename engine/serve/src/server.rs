@@ -120,7 +120,11 @@ impl Server {
         let mut started = Vec::new();
         for rec in records {
             if rec.state == JobState::Stopping {
-                self.set_state(&rec.id, JobState::Stopped, Some("stopped (the server restarted while it stopped)".into()));
+                self.set_state(
+                    &rec.id,
+                    JobState::Stopped,
+                    Some("stopped (the server restarted while it stopped)".into()),
+                );
                 continue;
             }
             match self.start(&rec) {

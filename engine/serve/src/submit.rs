@@ -179,7 +179,9 @@ fn rewrite_modules(
         }
     }
     if let Some(extra) = modules.keys().find(|k| !named.contains(*k)) {
-        return Err(ServeError::BadRequest(format!("module {extra}: uploaded, but the job's [modules] do not name it")));
+        return Err(ServeError::BadRequest(format!(
+            "module {extra}: uploaded, but the job's [modules] do not name it"
+        )));
     }
     Ok(())
 }
@@ -209,7 +211,9 @@ fn cap_limits(t: &Tenant, doc: &mut DocumentMut) -> Result<(), ServeError> {
     for (key, ceiling, default) in fields {
         match limits.get(key) {
             Some(v) => {
-                let n = v.as_integer().ok_or_else(|| ServeError::BadRequest(format!("limits.{key}: expected an integer")))?;
+                let n = v
+                    .as_integer()
+                    .ok_or_else(|| ServeError::BadRequest(format!("limits.{key}: expected an integer")))?;
                 if n <= 0 || n as u64 > ceiling {
                     return Err(refused(format!(
                         "limits.{key} = {n} is outside tenant {}'s ceiling {key} = {ceiling} (a job may ask for 1 to {ceiling})",
