@@ -155,6 +155,13 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
     assert!(!second.status.success());
     assert!(text(&second.stderr).contains("another weir serve holds the state directory"), "{}", text(&second.stderr));
 
+    // A non-loopback address without TLS is refused unless --insecure.
+    let open_cfg = tmp.path().join("open.toml");
+    std::fs::write(&open_cfg, "listen = \"0.0.0.0:0\"\nstate_dir = \"open-state\"\n").unwrap();
+    let open = run(weir().args(["serve", "--config", open_cfg.to_str().unwrap()]));
+    assert!(!open.status.success());
+    assert!(text(&open.stderr).contains("not a loopback address"), "{}", text(&open.stderr));
+
     // Tokens: none, wrong, or right; /healthz needs none.
     assert_eq!(http(&addr, "GET", "/healthz", None, b"", 0).0, 200);
     for path in ["/api/v1/jobs", "/metrics", "/api/openapi.json"] {
@@ -324,4 +331,68 @@ fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     assert!(spin_logs.contains("fuel"), "{spin_status}\n{spin_logs}");
     let bomb_logs = text(&client(&addr, EVIL, &["logs", &bomb_id]).stdout);
     assert!(bomb_logs.contains("FAILED"), "{bomb_logs}");
+}
+
+/// A self-signed certificate for 127.0.0.1 (the openssl command, which
+/// scripts/test.sh installs): (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "openssl (scripts/test.sh installs it): {}", text(&out.stderr));
+    (cert, key)
+}
+
+#[test]
+fn serve_speaks_tls_with_its_certificate_and_not_plain_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path());
+    let cfg = tmp.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             [tenants.acme]\ntoken_sha256 = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            sha(ACME)
+        ),
+    )
+    .unwrap();
+    let mut d = Driver::spawn(weir().args(["serve", "--config", cfg.to_str().unwrap()]));
+    let line = d.wait_for(Instant::now() + Duration::from_secs(120), "the server to listen", |l| {
+        l.starts_with("weir: serving")
+    });
+    let addr = line.split("https://").nth(1).and_then(|r| r.split('/').next()).expect(&line).to_string();
+    let url = format!("https://{addr}");
+    // The client trusts the certificate given, and the token works over TLS.
+    let ok = run(weir().args(["jobs", "--server", &url, "--ca-file", cert.to_str().unwrap()]).env("WEIR_TOKEN", ACME));
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).starts_with("ID"), "{}", text(&ok.stdout));
+    // Without the certificate the client refuses the server.
+    let untrusted = run(weir().args(["jobs", "--server", &url]).env("WEIR_TOKEN", ACME));
+    assert!(!untrusted.status.success());
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (code, _) = http(&addr, "GET", "/healthz", None, b"", 0);
+    assert_eq!(code, 0, "plain HTTP was answered on the TLS port");
+    d.kill();
 }
