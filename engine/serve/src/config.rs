@@ -170,6 +170,51 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// One `[tenants.NAME]` table with its defaults applied; `err` names the
+/// table's line.
+fn tenant_from(
+    name: &str,
+    t: TenantFile,
+    state_dir: &Path,
+    err: &dyn Fn(String) -> ServeError,
+) -> Result<Tenant, ServeError> {
+    if !valid_name(name) {
+        return Err(err(format!("tenant {name:?}: names are 1-64 of a-z, 0-9 and _")));
+    }
+    let token = parse_digest(&t.token_sha256)
+        .ok_or_else(|| err(format!("tenant {name}: token_sha256: expected 64 hex digits (sha256 of the token)")))?;
+    let positive = |v: Option<u32>, default: u32, what: &str| match v {
+        Some(0) => Err(err(format!("tenant {name}: {what} must be at least 1"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let root_rel = t.root.unwrap_or_else(|| PathBuf::from("tenants").join(name));
+    let root = if root_rel.is_absolute() { root_rel } else { state_dir.join(root_rel) };
+    let c = t.limits.unwrap_or_default();
+    let ceilings = Ceilings {
+        fuel_per_call: c.fuel_per_call.unwrap_or(DEFAULT_FUEL_PER_CALL),
+        deadline_ms: c.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
+        memory_bytes: c.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
+    };
+    if ceilings.fuel_per_call == 0 || ceilings.deadline_ms == 0 || ceilings.memory_bytes < 65_536 {
+        return Err(err(format!(
+            "tenant {name}: limits: fuel_per_call and deadline_ms must be positive, memory_bytes at least 65536"
+        )));
+    }
+    Ok(Tenant {
+        name: name.to_string(),
+        token_sha256: token,
+        max_jobs: positive(t.max_jobs, 1, "max_jobs")?,
+        weight: positive(t.weight, 1, "weight")?,
+        max_slots: positive(t.max_slots, 1, "max_slots")?,
+        max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
+        root,
+        storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
+        allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ceilings,
+    })
+}
+
 impl Config {
     /// Reads and checks `serve.toml`.
     pub fn load(path: &Path) -> Result<Config, ServeError> {
@@ -204,47 +249,12 @@ impl Config {
         let mut seen_tokens: Vec<[u8; 32]> = Vec::new();
         for (name, t) in f.tenants {
             let key = format!("[tenants.{name}]");
-            if !valid_name(&name) {
-                return Err(err(&key, format!("tenant {name:?}: names are 1-64 of a-z, 0-9 and _")));
+            let e = |m: String| err(&key, m);
+            let tenant = tenant_from(&name, t, &state_dir, &e)?;
+            if seen_tokens.contains(&tenant.token_sha256) || admin_token_sha256 == Some(tenant.token_sha256) {
+                return Err(e(format!("tenant {name}: token_sha256 is another tenant's token")));
             }
-            let token = parse_digest(&t.token_sha256).ok_or_else(|| {
-                err(&key, format!("tenant {name}: token_sha256: expected 64 hex digits (sha256 of the token)"))
-            })?;
-            if seen_tokens.contains(&token) || admin_token_sha256 == Some(token) {
-                return Err(err(&key, format!("tenant {name}: token_sha256 is another tenant's token")));
-            }
-            seen_tokens.push(token);
-            let positive = |v: Option<u32>, default: u32, what: &str| match v {
-                Some(0) => Err(err(&key, format!("tenant {name}: {what} must be at least 1"))),
-                Some(n) => Ok(n),
-                None => Ok(default),
-            };
-            let root_rel = t.root.unwrap_or_else(|| PathBuf::from("tenants").join(&name));
-            let root = if root_rel.is_absolute() { root_rel } else { state_dir.join(root_rel) };
-            let c = t.limits.unwrap_or_default();
-            let ceilings = Ceilings {
-                fuel_per_call: c.fuel_per_call.unwrap_or(DEFAULT_FUEL_PER_CALL),
-                deadline_ms: c.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
-                memory_bytes: c.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
-            };
-            if ceilings.fuel_per_call == 0 || ceilings.deadline_ms == 0 || ceilings.memory_bytes < 65_536 {
-                return Err(err(
-                    &key,
-                    format!("tenant {name}: limits: fuel_per_call and deadline_ms must be positive, memory_bytes at least 65536"),
-                ));
-            }
-            let tenant = Tenant {
-                name: name.clone(),
-                token_sha256: token,
-                max_jobs: positive(t.max_jobs, 1, "max_jobs")?,
-                weight: positive(t.weight, 1, "weight")?,
-                max_slots: positive(t.max_slots, 1, "max_slots")?,
-                max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
-                root,
-                storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
-                allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-                ceilings,
-            };
+            seen_tokens.push(tenant.token_sha256);
             tenants.insert(name, tenant);
         }
         let max_upload_bytes = f.max_upload_bytes.unwrap_or(32 << 20);
