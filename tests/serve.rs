@@ -280,6 +280,16 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
     assert!(m.contains("weir_serve_submissions_refused_total{tenant=\"evil\",reason=\"max_jobs\"} 5"), "{m}");
     assert!(!m.contains("acme"), "{m}");
     assert!(!server.log().contains(ACME) && !server.log().contains(EVIL), "a token in the log");
+
+    // Token rotation without a restart: the server re-reads serve.toml.
+    let rotated = std::fs::read_to_string(&config).unwrap().replace(&sha(ACME), &sha("acme-rotated-token"));
+    std::fs::write(&config, rotated).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(&addr, "GET", "/api/v1/jobs", Some(ACME), b"", 0).0 != 401 {
+        assert!(Instant::now() < deadline, "the old token still works:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(&addr, "GET", "/api/v1/jobs", Some("acme-rotated-token"), b"", 0).0, 200);
     server.kill();
 }
 
@@ -307,6 +317,10 @@ fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let spin_id = submit(&addr, EVIL, &spin).unwrap();
     let bomb = generator_job(tmp.path(), "bomb.toml", &module("hostile/memory_bomb.wat"), "map(m.grow)", "");
     let bomb_id = submit(&addr, EVIL, &bomb).unwrap();
+    // The bomb is stopped (after a batch) before the kill: it stays stopped.
+    wait_status(&server, &addr, EVIL, &bomb_id, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    assert!(client(&addr, EVIL, &["stop", &bomb_id]).status.success());
+    wait_status(&server, &addr, EVIL, &bomb_id, 120, |v| v["state"] == "stopped");
 
     let id = submit(&addr, ACME, &acme_job).unwrap();
     let before =
@@ -315,7 +329,10 @@ fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     server.kill(); // SIGKILL, mid-run
 
     let (server, addr) = start_server(&config);
-    assert!(server.log().contains("recovered") && server.log().contains(&id), "{}", server.log());
+    let recovered = server.log().lines().find(|l| l.starts_with("weir: recovered")).unwrap_or_default().to_string();
+    assert!(recovered.contains(&id) && recovered.contains(&spin_id), "{}", server.log());
+    assert!(!recovered.contains(&bomb_id), "a stopped job was restarted: {recovered}");
+    assert_eq!(status_json(&addr, EVIL, &bomb_id)["state"], "stopped");
     let done = wait_status(&server, &addr, ACME, &id, 300, |v| v["state"] != "running");
     assert_eq!(done["state"], "finished", "{done}");
     let outputs = done["outputs"].as_array().unwrap();
