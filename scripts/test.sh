@@ -47,6 +47,17 @@ if ! command -v ip >/dev/null 2>&1; then
     echo "scripts/test.sh: ip (iproute2) is missing; the network-namespace tests will fail" >&2
   fi
 fi
+# The openssl command makes the self-signed certificate of weir serve's TLS
+# test (tests/serve.rs).
+if ! command -v openssl >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing openssl for the TLS test of weir serve" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl) >/dev/null
+  else
+    echo "scripts/test.sh: openssl is needed (apt-get install openssl)" >&2
+    exit 1
+  fi
+fi
 # moto's S3 server for tests/object_store.rs, cached under target/test-servers.
 bash scripts/test-servers.sh
 export WEIR_REQUIRE_TEST_SERVERS=1

@@ -21,6 +21,7 @@ mod netns_hosts;
 mod object_store;
 mod observability;
 mod recovery_checks;
+mod serve;
 mod socket_wal_recovery;
 mod socket_wordcount;
 mod udf_dev;

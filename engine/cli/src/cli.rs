@@ -1,5 +1,7 @@
 //! The `weir` command line: `weir run`, `weir executor`, `weir udf check`,
-//! `weir udf call`, `weir udf new`, `weir checkpoint inspect`, `weir history`.
+//! `weir udf call`, `weir udf new`, `weir checkpoint inspect`, `weir history`,
+//! and the job server's `weir serve`, `weir submit`, `weir jobs`,
+//! `weir status`, `weir stop`, `weir logs` (in `serve.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,30 @@ pub enum Command {
     },
     /// Serve the status page of a finished job from its event log (--event-log).
     History(HistoryArgs),
+    /// Run the multi-tenant job server (docs/serve.md).
+    Serve(crate::serve::ServeArgs),
+    /// Submit a job to a server: uploads the job file and its modules; prints the job's id.
+    Submit(crate::serve::SubmitArgs),
+    /// List your jobs on a server.
+    Jobs(crate::serve::ServerArgs),
+    /// A job's status on a server (JSON).
+    Status(crate::serve::JobArgs),
+    /// Stop a job on a server: after the batch in flight, or --now.
+    Stop {
+        #[command(flatten)]
+        job: crate::serve::JobArgs,
+        /// Stop now instead of after the batch in flight.
+        #[arg(long)]
+        now: bool,
+    },
+    /// A job's log on a server.
+    Logs {
+        #[command(flatten)]
+        job: crate::serve::JobArgs,
+        /// Keep printing new lines until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -313,6 +339,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::History(a) => history(&a),
+        Command::Serve(a) => crate::serve::serve(&a),
+        Command::Submit(a) => crate::serve::submit(&a),
+        Command::Jobs(a) => crate::serve::jobs(&a),
+        Command::Status(a) => crate::serve::status(&a),
+        Command::Stop { job, now } => crate::serve::stop(&job, now),
+        Command::Logs { job, follow } => crate::serve::logs(&job, follow),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `weir` binary: a thin command line over the `weir` library.
 
 mod cli;
+mod serve;
 mod udf;
 mod udf_new;
 

@@ -1,0 +1,456 @@
+//! The operator's `serve.toml`: where the server listens, its state
+//! directory, its master, and every tenant with its token, quotas and
+//! sandbox ceilings (`docs/serve.md`).
+//!
+//! Every limit has a default and the defaults are safe: a tenant that sets
+//! nothing gets one job, one slot, small sandbox ceilings, no network
+//! sources. Unknown keys are refused with the file and line, as job files
+//! are. Tokens are stored as SHA-256 hex digests and compared in constant
+//! time; the file is re-read when it changes, so a token rotates without a
+//! restart ([`ConfigWatch`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::ServeError;
+
+/// Largest `serve.toml` read, in bytes.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Default ceilings of a tenant's UDF sandbox: about half a second of CPU per
+/// call, a 5 s watchdog, 64 MiB of linear memory per instance.
+pub const DEFAULT_FUEL_PER_CALL: u64 = 1_000_000_000;
+pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
+pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    master: Option<String>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    admin_token_sha256: Option<String>,
+    #[serde(default)]
+    max_upload_bytes: Option<u64>,
+    #[serde(default)]
+    request_timeout_ms: Option<u64>,
+    #[serde(default)]
+    read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    token_sha256: String,
+    #[serde(default)]
+    max_jobs: Option<u32>,
+    #[serde(default)]
+    weight: Option<u32>,
+    #[serde(default)]
+    max_slots: Option<u32>,
+    #[serde(default)]
+    max_parallelism: Option<u32>,
+    #[serde(default)]
+    root: Option<PathBuf>,
+    #[serde(default)]
+    storage_quota_bytes: Option<u64>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    limits: Option<CeilingsFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CeilingsFile {
+    #[serde(default)]
+    fuel_per_call: Option<u64>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    memory_bytes: Option<usize>,
+}
+
+/// The ceilings of a tenant's UDF sandbox: a job may ask for less, never more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceilings {
+    pub fuel_per_call: u64,
+    pub deadline_ms: u64,
+    pub memory_bytes: usize,
+}
+
+/// One tenant, with every default applied.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    token_sha256: [u8; 32],
+    /// Jobs that may run (or wait to run) at once.
+    pub max_jobs: u32,
+    /// Share of the executor slots (recorded; see `docs/serve.md`).
+    pub weight: u32,
+    /// Executor threads a job of this tenant gets at most.
+    pub max_slots: u32,
+    /// Largest `parallelism` (partitions) a job may ask for.
+    pub max_parallelism: u32,
+    /// Absolute: where the tenant's inputs, checkpoints and outputs live.
+    pub root: PathBuf,
+    pub storage_quota_bytes: u64,
+    /// Hosts (`host` or `host:port`) socket sources and Kafka may reach.
+    pub allowed_hosts: Vec<String>,
+    pub ceilings: Ceilings,
+}
+
+/// The server's configuration, with every default applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: String,
+    /// Absolute.
+    pub state_dir: PathBuf,
+    pub master: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    admin_token_sha256: Option<[u8; 32]>,
+    /// Largest request body (a module or a job), in bytes.
+    pub max_upload_bytes: u64,
+    /// A request must be answered in this long.
+    pub request_timeout_ms: u64,
+    /// A client must send its headers, and then its body, each within this long.
+    pub read_timeout_ms: u64,
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Tenant(String),
+    /// `admin_token_sha256`: sees every tenant's metrics (never runs jobs).
+    Admin,
+}
+
+/// SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_digest(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A tenant name becomes part of paths and job ids.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// One `[tenants.NAME]` table with its defaults applied; `err` names the
+/// table's line.
+fn tenant_from(
+    name: &str,
+    t: TenantFile,
+    state_dir: &Path,
+    err: &dyn Fn(String) -> ServeError,
+) -> Result<Tenant, ServeError> {
+    if !valid_name(name) {
+        return Err(err(format!("tenant {name:?}: names are 1-64 of a-z, 0-9 and _")));
+    }
+    let token = parse_digest(&t.token_sha256)
+        .ok_or_else(|| err(format!("tenant {name}: token_sha256: expected 64 hex digits (sha256 of the token)")))?;
+    let positive = |v: Option<u32>, default: u32, what: &str| match v {
+        Some(0) => Err(err(format!("tenant {name}: {what} must be at least 1"))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let root_rel = t.root.unwrap_or_else(|| PathBuf::from("tenants").join(name));
+    let root = if root_rel.is_absolute() { root_rel } else { state_dir.join(root_rel) };
+    let c = t.limits.unwrap_or_default();
+    let ceilings = Ceilings {
+        fuel_per_call: c.fuel_per_call.unwrap_or(DEFAULT_FUEL_PER_CALL),
+        deadline_ms: c.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
+        memory_bytes: c.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
+    };
+    if ceilings.fuel_per_call == 0 || ceilings.deadline_ms == 0 || ceilings.memory_bytes < 65_536 {
+        return Err(err(format!(
+            "tenant {name}: limits: fuel_per_call and deadline_ms must be positive, memory_bytes at least 65536"
+        )));
+    }
+    Ok(Tenant {
+        name: name.to_string(),
+        token_sha256: token,
+        max_jobs: positive(t.max_jobs, 1, "max_jobs")?,
+        weight: positive(t.weight, 1, "weight")?,
+        max_slots: positive(t.max_slots, 1, "max_slots")?,
+        max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
+        root,
+        storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
+        allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        ceilings,
+    })
+}
+
+impl Config {
+    /// Reads and checks `serve.toml`.
+    pub fn load(path: &Path) -> Result<Config, ServeError> {
+        let bytes = weir::files::read_limited(path, MAX_CONFIG_BYTES)
+            .map_err(|e| ServeError::config(path, None, format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|_| ServeError::config(path, None, "not UTF-8 text".into()))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses `text` as the contents of `path` (relative paths are taken
+    /// from `path`'s directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ServeError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let f: ConfigFile = toml::from_str(text)
+            .map_err(|e| ServeError::config(path, e.span().map(|s| line_of(s.start)), e.message().to_string()))?;
+        // Errors after parsing name the line of the tenant's table.
+        let line_of_key = |key: &str| text.find(key).map(line_of);
+        let err = |key: &str, m: String| ServeError::config(path, line_of_key(key), m);
+        let base = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let state_dir = base.join(f.state_dir.unwrap_or_else(|| PathBuf::from("serve-state")));
+        let admin_token_sha256 = match &f.admin_token_sha256 {
+            None => None,
+            Some(t) => Some(parse_digest(t).ok_or_else(|| {
+                err("admin_token_sha256", "admin_token_sha256: expected 64 hex digits (sha256 of the token)".into())
+            })?),
+        };
+        let mut tenants = BTreeMap::new();
+        let mut seen_tokens: Vec<[u8; 32]> = Vec::new();
+        for (name, t) in f.tenants {
+            let key = format!("[tenants.{name}]");
+            let e = |m: String| err(&key, m);
+            let tenant = tenant_from(&name, t, &state_dir, &e)?;
+            if seen_tokens.contains(&tenant.token_sha256) || admin_token_sha256 == Some(tenant.token_sha256) {
+                return Err(e(format!("tenant {name}: token_sha256 is another tenant's token")));
+            }
+            seen_tokens.push(tenant.token_sha256);
+            tenants.insert(name, tenant);
+        }
+        let max_upload_bytes = f.max_upload_bytes.unwrap_or(32 << 20);
+        if max_upload_bytes == 0 {
+            return Err(err("max_upload_bytes", "max_upload_bytes must be positive".into()));
+        }
+        let request_timeout_ms = f.request_timeout_ms.unwrap_or(60_000);
+        let read_timeout_ms = f.read_timeout_ms.unwrap_or(10_000);
+        for (key, v) in [("request_timeout_ms", request_timeout_ms), ("read_timeout_ms", read_timeout_ms)] {
+            if !(100..=600_000).contains(&v) {
+                return Err(err(key, format!("{key} must be between 100 and 600000")));
+            }
+        }
+        if f.tls_cert.is_some() != f.tls_key.is_some() {
+            return Err(err("tls_", "tls_cert and tls_key go together".into()));
+        }
+        let master = f.master.unwrap_or_else(|| "local[2]".into());
+        match master.parse::<weir::scheduler::Master>() {
+            Ok(weir::scheduler::Master::Local(_)) => {}
+            Ok(_) => {
+                return Err(err("master", format!("master {master:?}: only local[N] is supported by weir serve yet")))
+            }
+            Err(m) => return Err(err("master", format!("master: {m}"))),
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen: f.listen.unwrap_or_else(|| "127.0.0.1:7077".into()),
+            state_dir,
+            master,
+            tls_cert: f.tls_cert.map(|p| base.join(p)),
+            tls_key: f.tls_key.map(|p| base.join(p)),
+            admin_token_sha256,
+            max_upload_bytes,
+            request_timeout_ms,
+            read_timeout_ms,
+            tenants,
+        })
+    }
+
+    /// Who presents `token`, if anyone. Every tenant's digest is compared
+    /// (in constant time), whichever matches.
+    pub fn authenticate(&self, token: &str) -> Option<Principal> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for t in self.tenants.values() {
+            if bool::from(t.token_sha256.ct_eq(&digest)) {
+                found = Some(Principal::Tenant(t.name.clone()));
+            }
+        }
+        if let Some(a) = &self.admin_token_sha256 {
+            if bool::from(a.ct_eq(&digest)) {
+                found = Some(Principal::Admin);
+            }
+        }
+        found
+    }
+
+    /// The executor threads of `local[N]`.
+    pub fn slots(&self) -> u32 {
+        match self.master.parse::<weir::scheduler::Master>() {
+            Ok(weir::scheduler::Master::Local(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => 1,
+        }
+    }
+}
+
+/// The configuration, re-read when the file's modification time changes
+/// (checked at most once a second): tokens and quotas change without a
+/// restart. A file that no longer parses keeps the last good configuration
+/// (and says so in the log).
+pub struct ConfigWatch {
+    inner: Mutex<Watched>,
+}
+
+struct Watched {
+    config: Arc<Config>,
+    mtime: Option<SystemTime>,
+    checked: std::time::Instant,
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl ConfigWatch {
+    pub fn new(config: Config) -> Self {
+        let m = mtime(&config.path);
+        ConfigWatch {
+            inner: Mutex::new(Watched { config: Arc::new(config), mtime: m, checked: std::time::Instant::now() }),
+        }
+    }
+
+    /// The current configuration (re-read if the file changed).
+    pub fn get(&self) -> Arc<Config> {
+        let mut w = match self.inner.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        if w.checked.elapsed() >= std::time::Duration::from_secs(1) {
+            w.checked = std::time::Instant::now();
+            let m = mtime(&w.config.path);
+            if m != w.mtime {
+                w.mtime = m;
+                self.reload(&mut w);
+            }
+        }
+        w.config.clone()
+    }
+
+    /// Re-reads the file now (SIGHUP).
+    pub fn reload_now(&self) {
+        let mut w = match self.inner.lock() {
+            Ok(w) => w,
+            Err(p) => p.into_inner(),
+        };
+        w.mtime = mtime(&w.config.path);
+        self.reload(&mut w);
+    }
+
+    fn reload(&self, w: &mut Watched) {
+        match Config::load(&w.config.path) {
+            Ok(mut c) => {
+                // Where the server listens and keeps its state is fixed for
+                // its life; tenants, tokens and quotas follow the file.
+                c.listen = w.config.listen.clone();
+                c.state_dir = w.config.state_dir.clone();
+                c.master = w.config.master.clone();
+                c.tls_cert = w.config.tls_cert.clone();
+                c.tls_key = w.config.tls_key.clone();
+                tracing::info!(target: "weir::serve", "configuration reloaded ({} tenant(s))", c.tenants.len());
+                w.config = Arc::new(c);
+            }
+            Err(e) => {
+                tracing::warn!(target: "weir::serve", "configuration not reloaded, keeping the last good one: {e}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ServeError> {
+        Config::parse(Path::new("/etc/weir/serve.toml"), text)
+    }
+
+    const TOKEN: &str = "s3cret-acme";
+
+    fn acme() -> String {
+        format!("[tenants.acme]\ntoken_sha256 = \"{}\"\n", sha256_hex(TOKEN.as_bytes()))
+    }
+
+    #[test]
+    fn the_issue_shape_parses_and_defaults_are_safe() {
+        let text = format!(
+            "listen = \"127.0.0.1:7077\"\nstate_dir = \"serve-state\"\nmaster = \"local[2]\"\n{}max_jobs = 4\nweight = 2\n\
+             max_slots = 2\nroot = \"tenants/acme\"\nstorage_quota_bytes = 10_000_000_000\n[tenants.acme.limits]\n\
+             fuel_per_call = 1_000_000_000\ndeadline_ms = 2000\nmemory_bytes = 268_435_456\n\
+             [tenants.bob]\ntoken_sha256 = \"{}\"\n",
+            acme(),
+            sha256_hex(b"bob")
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/weir/serve-state"));
+        let a = &c.tenants["acme"];
+        assert_eq!((a.max_jobs, a.weight, a.max_slots), (4, 2, 2));
+        assert_eq!(a.root, Path::new("/etc/weir/serve-state/tenants/acme"));
+        assert_eq!(a.ceilings, Ceilings { fuel_per_call: 1_000_000_000, deadline_ms: 2000, memory_bytes: 268_435_456 });
+        let b = &c.tenants["bob"];
+        assert_eq!((b.max_jobs, b.max_slots), (1, 1));
+        assert!(b.allowed_hosts.is_empty());
+        assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
+        assert_eq!(c.authenticate(TOKEN), Some(Principal::Tenant("acme".into())));
+        assert_eq!(c.authenticate("bob"), Some(Principal::Tenant("bob".into())));
+        assert_eq!(c.authenticate("s3cret-acmf"), None);
+        assert_eq!(c.authenticate(""), None);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_line() {
+        let e = parse(&format!("{}max_job = 3\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("/etc/weir/serve.toml:3:") && e.contains("max_job"), "{e}");
+        let e = parse(&format!("{}[tenants.acme.limits]\nfuel = 1\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:4:") && e.contains("fuel"), "{e}");
+        let e = parse("[tenants.acme]\ntoken_sha256 = \"abc\"\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("64 hex digits"), "{e}");
+        let e = parse(&format!("{}max_jobs = 0\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("max_jobs must be at least 1"), "{e}");
+        let e = parse(&format!("{}[tenants.b]\ntoken_sha256 = \"{}\"\n", acme(), sha256_hex(TOKEN.as_bytes())))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another tenant's token"), "{e}");
+        let e = parse("master = \"cluster[2]\"\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("only local[N]"), "{e}");
+        let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
+        assert!(e.to_string().contains("names are"), "{e}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The durable registry of jobs: one JSON file per job under
+//! `state_dir/registry/`, each written to a temporary name, fsynced,
+//! renamed and the directory fsynced (the checkpoints' discipline), so a
+//! SIGKILL leaves either the old record or the new one. The state
+//! directory is locked (`serve.lock`) for the server's life: a second
+//! server on it is refused.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ServeError;
+
+/// Largest registry record read, in bytes.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// Where a job is in its life. `Running` survives a restart (the job is
+/// recovered from its checkpoint); the others are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    /// Asked to stop; becomes `Stopped` when its driver returns.
+    Stopping,
+    Stopped,
+    /// Its sources ended and every batch ran.
+    Finished,
+    Failed,
+}
+
+impl JobState {
+    pub fn is_live(self) -> bool {
+        matches!(self, JobState::Running | JobState::Stopping)
+    }
+}
+
+/// One job as the registry keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub tenant: String,
+    /// The submitted file's name (for people).
+    pub name: String,
+    pub state: JobState,
+    /// Unix time of the submission, ms.
+    pub submitted_ms: u64,
+    /// The job's directory: its rewritten job file, checkpoint, outputs, log.
+    pub dir: PathBuf,
+    /// `save_as_text_files` prefixes as rewritten (absolute).
+    pub outputs: Vec<PathBuf>,
+    /// Executor threads (`local[N]`).
+    pub slots: u32,
+    /// Why it failed, or how it stopped.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl JobRecord {
+    pub fn job_file(&self) -> PathBuf {
+        self.dir.join("job.toml")
+    }
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.join("checkpoint")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("job.log")
+    }
+}
+
+/// The registry: records in memory, each change written through.
+pub struct Registry {
+    dir: PathBuf,
+    jobs: BTreeMap<String, JobRecord>,
+    next: u64,
+    /// Held (locked) for the registry's life.
+    _lock: File,
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+impl Registry {
+    /// Opens (creating) `state_dir`, takes its lock and reads every record.
+    /// A record that cannot be read is skipped with a warning (and kept on
+    /// disk for the operator), never fatal.
+    pub fn open(state_dir: &Path) -> Result<Registry, ServeError> {
+        let io = |what: &str, e: std::io::Error| ServeError::Io(format!("{what} {}: {e}", state_dir.display()));
+        std::fs::create_dir_all(state_dir).map_err(|e| io("cannot create", e))?;
+        let lock_path = state_dir.join("serve.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("cannot open the lock of", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ServeError::Locked(state_dir.display().to_string()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
+        }
+        let dir = state_dir.join("registry");
+        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the registry in", e))?;
+        let mut jobs = BTreeMap::new();
+        let mut next = 1;
+        let entries = std::fs::read_dir(&dir).map_err(|e| io("cannot read the registry in", e))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let rec = weir::files::read_limited(&p, MAX_RECORD_BYTES)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).map_err(|e| e.to_string()));
+            match rec {
+                Ok(r) if p.file_stem().is_some_and(|s| s.to_string_lossy() == r.id) => {
+                    if let Some(n) = r.id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
+                        next = next.max(n + 1);
+                    }
+                    jobs.insert(r.id.clone(), r);
+                }
+                Ok(_) => tracing::warn!(target: "weir::serve", "{}: its id is not its name; skipped", p.display()),
+                Err(e) => {
+                    tracing::warn!(target: "weir::serve", "{}: unreadable registry record, skipped: {e}", p.display())
+                }
+            }
+        }
+        Ok(Registry { dir, jobs, next, _lock: lock })
+    }
+
+    /// A new job id for `tenant` (`<tenant>-<n>`, n unique in this state dir).
+    pub fn next_id(&mut self, tenant: &str) -> String {
+        let id = format!("{tenant}-{}", self.next);
+        self.next += 1;
+        id
+    }
+
+    pub fn get(&self, id: &str) -> Option<&JobRecord> {
+        self.jobs.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values()
+    }
+
+    /// Writes `rec` through to disk, then keeps it.
+    pub fn put(&mut self, rec: JobRecord) -> Result<(), ServeError> {
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(|e| ServeError::Io(e.to_string()))?;
+        let path = self.dir.join(format!("{}.json", rec.id));
+        write_atomic(&path, &bytes).map_err(|e| ServeError::Io(format!("writing {}: {e}", path.display())))?;
+        self.jobs.insert(rec.id.clone(), rec);
+        Ok(())
+    }
+
+    /// Sets a job's state (and message) durably.
+    pub fn set_state(&mut self, id: &str, state: JobState, message: Option<String>) -> Result<(), ServeError> {
+        let Some(mut rec) = self.jobs.get(id).cloned() else { return Ok(()) };
+        rec.state = state;
+        if message.is_some() {
+            rec.message = message;
+        }
+        self.put(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, state: JobState) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            tenant: "acme".into(),
+            name: "job.toml".into(),
+            state,
+            submitted_ms: 1,
+            dir: PathBuf::from("/x"),
+            outputs: vec![],
+            slots: 1,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_a_second_opener_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = Registry::open(tmp.path()).unwrap();
+        let id = r.next_id("acme");
+        assert_eq!(id, "acme-1");
+        r.put(rec(&id, JobState::Running)).unwrap();
+        r.put(rec("acme-7", JobState::Stopped)).unwrap();
+        assert!(matches!(Registry::open(tmp.path()), Err(ServeError::Locked(_))));
+        // A torn or hostile record is skipped, not fatal.
+        std::fs::write(tmp.path().join("registry/acme-9.json"), b"{not json").unwrap();
+        drop(r);
+        let mut r = Registry::open(tmp.path()).unwrap();
+        assert_eq!(r.get("acme-1").unwrap().state, JobState::Running);
+        assert_eq!(r.get("acme-7").unwrap().state, JobState::Stopped);
+        assert!(r.get("acme-9").is_none());
+        assert_eq!(r.next_id("bob"), "bob-8");
+    }
+}

@@ -1,0 +1,341 @@
+//! The server's state and its operations: submit, stop, list, status,
+//! logs, and recovery of the jobs that were running when it last died.
+//! Every operation takes the tenant the token named; a job of another
+//! tenant is "not found" (its existence is not revealed).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use weir::udf::UdfRuntime;
+
+use crate::config::{Config, ConfigWatch, Tenant};
+use crate::registry::{JobRecord, JobState, Registry};
+use crate::runner::{self, Handle, JobShared, Outcome, Progress};
+use crate::store::ModuleStore;
+use crate::submit;
+use crate::ServeError;
+
+/// Entries a storage-quota walk visits at most.
+const QUOTA_WALK_ENTRIES: usize = 1_000_000;
+/// Log lines one request returns at most.
+pub const MAX_LOG_LINES: usize = 1000;
+
+/// A submission: the job file's text and its modules' hashes by name.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    /// The job file's name, for people (default `job.toml`).
+    #[serde(default)]
+    pub name: Option<String>,
+    pub job: String,
+    #[serde(default)]
+    pub modules: BTreeMap<String, String>,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub state: JobState,
+    pub submitted_ms: u64,
+    pub slots: u32,
+    pub message: Option<String>,
+    pub outputs: Vec<PathBuf>,
+    pub checkpoint: PathBuf,
+    pub progress: Option<Progress>,
+}
+
+pub struct Server {
+    config: ConfigWatch,
+    state_dir: PathBuf,
+    registry: Mutex<Registry>,
+    store: ModuleStore,
+    runtime: Arc<UdfRuntime>,
+    handles: Mutex<HashMap<String, Handle>>,
+    /// Submissions one at a time: the job quota is checked and taken together.
+    submitting: Mutex<()>,
+    shutting_down: AtomicBool,
+    /// Refusals by (tenant, reason), for /metrics.
+    refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Server {
+    /// Opens the state directory (refused if another server holds it) and
+    /// the module store. Jobs are not started yet ([`Server::recover`]).
+    pub fn open(config: Config) -> Result<Arc<Server>, ServeError> {
+        let registry = Registry::open(&config.state_dir)?;
+        let store = ModuleStore::open(&config.state_dir)?;
+        let runtime = UdfRuntime::new().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
+        Ok(Arc::new(Server {
+            state_dir: config.state_dir.clone(),
+            config: ConfigWatch::new(config),
+            registry: Mutex::new(registry),
+            store,
+            runtime,
+            handles: Mutex::new(HashMap::new()),
+            submitting: Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+            refusals: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    pub fn reload_config(&self) {
+        self.config.reload_now();
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn store(&self) -> &ModuleStore {
+        &self.store
+    }
+
+    /// Starts again every job the registry says was running (each recovers
+    /// from its checkpoint); a job that was being stopped is stopped.
+    pub fn recover(self: &Arc<Self>) -> Vec<String> {
+        let records: Vec<JobRecord> = lock(&self.registry).all().filter(|r| r.state.is_live()).cloned().collect();
+        let mut started = Vec::new();
+        for rec in records {
+            if rec.state == JobState::Stopping {
+                self.set_state(
+                    &rec.id,
+                    JobState::Stopped,
+                    Some("stopped (the server restarted while it stopped)".into()),
+                );
+                continue;
+            }
+            match self.start(&rec) {
+                Ok(()) => started.push(rec.id.clone()),
+                Err(e) => self.set_state(&rec.id, JobState::Failed, Some(format!("could not restart: {e}"))),
+            }
+        }
+        started
+    }
+
+    fn set_state(&self, id: &str, state: JobState, message: Option<String>) {
+        if let Err(e) = lock(&self.registry).set_state(id, state, message) {
+            tracing::error!(target: "weir::serve", "job {id}: the registry could not record {state:?}: {e}");
+        }
+    }
+
+    /// Starts `rec` on its own thread.
+    fn start(self: &Arc<Self>, rec: &JobRecord) -> Result<(), ServeError> {
+        let me = Arc::downgrade(self);
+        let id = rec.id.clone();
+        let handle = runner::spawn(rec, self.runtime.clone(), move |o: Outcome| {
+            let Some(s) = me.upgrade() else { return };
+            // A server shutting down stops its jobs, but they stay
+            // `running` in the registry: the next start resumes them.
+            if !s.shutting_down.load(Ordering::SeqCst) {
+                s.set_state(&id, o.state, o.message);
+            }
+        })
+        .map_err(|e| ServeError::Io(format!("cannot start a thread for the job: {e}")))?;
+        lock(&self.handles).insert(rec.id.clone(), handle);
+        Ok(())
+    }
+
+    fn refuse(&self, tenant: &str, reason: &'static str, e: ServeError) -> ServeError {
+        *lock(&self.refusals).entry((tenant.to_string(), reason)).or_insert(0) += 1;
+        tracing::info!(target: "weir::serve", "tenant {tenant}: submission refused: {e}");
+        e
+    }
+
+    pub fn refusals(&self) -> BTreeMap<(String, &'static str), u64> {
+        lock(&self.refusals).clone()
+    }
+
+    fn tenant(&self, name: &str) -> Result<Tenant, ServeError> {
+        self.config().tenants.get(name).cloned().ok_or(ServeError::Unauthorized)
+    }
+
+    /// Checks, stores and starts a job of `tenant`.
+    pub fn submit(self: &Arc<Self>, tenant: &str, sub: Submission) -> Result<JobView, ServeError> {
+        let t = self.tenant(tenant)?;
+        let _one = lock(&self.submitting);
+        let live = lock(&self.registry).all().filter(|r| r.tenant == t.name && r.state.is_live()).count();
+        if live >= t.max_jobs as usize {
+            return Err(self.refuse(
+                tenant,
+                "max_jobs",
+                ServeError::Quota(format!("tenant {} runs {live} job(s) already (max_jobs = {})", t.name, t.max_jobs)),
+            ));
+        }
+        std::fs::create_dir_all(&t.root).map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
+        let root = t.root.canonicalize().map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
+        let used = submit::dir_size(&root, QUOTA_WALK_ENTRIES);
+        if used >= t.storage_quota_bytes {
+            return Err(self.refuse(
+                tenant,
+                "storage_quota",
+                ServeError::Quota(format!(
+                    "tenant {} uses {used} bytes of its storage_quota_bytes = {}",
+                    t.name, t.storage_quota_bytes
+                )),
+            ));
+        }
+        let id = lock(&self.registry).next_id(&t.name);
+        let dir = root.join("jobs").join(&id);
+        let prepared = match submit::prepare(&t, &root, &dir, &sub.job, &sub.modules, &self.store) {
+            Ok(p) => p,
+            Err(e) => return Err(self.refuse(tenant, "policy", e)),
+        };
+        let rec = JobRecord {
+            id: id.clone(),
+            tenant: t.name.clone(),
+            name: sub.name.unwrap_or_else(|| "job.toml".into()).chars().take(200).collect(),
+            state: JobState::Running,
+            submitted_ms: now_ms(),
+            dir: dir.clone(),
+            outputs: prepared.outputs,
+            slots: t.max_slots.min(self.config().slots()).max(1),
+            message: None,
+        };
+        let io = |e: std::io::Error| ServeError::Io(format!("job directory {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        crate::registry::write_atomic(&rec.job_file(), prepared.text.as_bytes()).map_err(io)?;
+        // The loader checks everything else (and names the line); a job
+        // that does not load is never registered.
+        if let Err(e) = weir::job::load(&rec.job_file(), self.runtime.clone()) {
+            let _ = std::fs::remove_dir_all(&dir);
+            let msg = e.to_string().replace(&rec.job_file().display().to_string(), &rec.name);
+            return Err(self.refuse(tenant, "invalid_job", ServeError::Job(msg)));
+        }
+        lock(&self.registry).put(rec.clone())?;
+        self.start(&rec)?;
+        tracing::info!(target: "weir::serve", "tenant {}: job {id} submitted", t.name);
+        Ok(self.view(&rec))
+    }
+
+    fn view(&self, rec: &JobRecord) -> JobView {
+        let progress = lock(&self.handles).get(&rec.id).map(|h| h.shared.progress());
+        JobView {
+            id: rec.id.clone(),
+            tenant: rec.tenant.clone(),
+            name: rec.name.clone(),
+            state: rec.state,
+            submitted_ms: rec.submitted_ms,
+            slots: rec.slots,
+            message: rec.message.clone(),
+            outputs: rec.outputs.clone(),
+            checkpoint: rec.checkpoint_dir(),
+            progress,
+        }
+    }
+
+    fn record(&self, tenant: &str, id: &str) -> Result<JobRecord, ServeError> {
+        match lock(&self.registry).get(id) {
+            Some(r) if r.tenant == tenant => Ok(r.clone()),
+            _ => Err(ServeError::NotFound(id.to_string())),
+        }
+    }
+
+    pub fn list(&self, tenant: &str) -> Vec<JobView> {
+        let recs: Vec<JobRecord> = lock(&self.registry).all().filter(|r| r.tenant == tenant).cloned().collect();
+        recs.iter().map(|r| self.view(r)).collect()
+    }
+
+    /// Every job's progress, for /metrics (`None`: every tenant).
+    pub fn all_views(&self, tenant: Option<&str>) -> Vec<JobView> {
+        let recs: Vec<JobRecord> =
+            lock(&self.registry).all().filter(|r| tenant.is_none_or(|t| r.tenant == t)).cloned().collect();
+        recs.iter().map(|r| self.view(r)).collect()
+    }
+
+    pub fn status(&self, tenant: &str, id: &str) -> Result<JobView, ServeError> {
+        Ok(self.view(&self.record(tenant, id)?))
+    }
+
+    /// Asks a job to stop: gracefully (the batch in flight finishes and is
+    /// checkpointed) or now.
+    pub fn stop(&self, tenant: &str, id: &str, now: bool) -> Result<JobView, ServeError> {
+        let rec = self.record(tenant, id)?;
+        if rec.state.is_live() {
+            self.set_state(id, JobState::Stopping, None);
+            if let Some(h) = lock(&self.handles).get(id) {
+                h.stop.request(!now);
+            }
+        }
+        self.status(tenant, id)
+    }
+
+    /// The job's log lines from number `since` on, the next number, and
+    /// whether more may come.
+    pub fn logs(&self, tenant: &str, id: &str, since: u64) -> Result<(Vec<String>, u64, bool), ServeError> {
+        let rec = self.record(tenant, id)?;
+        let shared: Option<Arc<JobShared>> = lock(&self.handles).get(id).map(|h| h.shared.clone());
+        let live = rec.state.is_live();
+        match shared {
+            Some(s) => {
+                let (lines, next) = s.lines_since(since, MAX_LOG_LINES);
+                Ok((lines, next, live))
+            }
+            None => {
+                // A job of an earlier life of the server: its log file's tail.
+                let text = read_tail(&rec.log_file(), 256 << 10);
+                let all: Vec<String> = text.lines().map(String::from).collect();
+                let from = (since as usize).min(all.len());
+                let lines: Vec<String> = all[from..].iter().take(MAX_LOG_LINES).cloned().collect();
+                let next = (from + lines.len()) as u64;
+                Ok((lines, next, live))
+            }
+        }
+    }
+
+    /// Stops every job after its batch in flight (they stay `running` in the
+    /// registry and resume at the next start) and waits for them, at most
+    /// `deadline`.
+    pub fn shutdown(&self, deadline: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let threads: Vec<std::thread::JoinHandle<()>> = {
+            let mut h = lock(&self.handles);
+            h.values().for_each(|h| h.stop.request(true));
+            h.values_mut().filter_map(|h| h.thread.take()).collect()
+        };
+        let end = Instant::now() + deadline;
+        for t in threads {
+            while !t.is_finished() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// The last `max` bytes of a file, as text.
+fn read_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map_or(0, |m| m.len());
+    if len > max && f.seek(SeekFrom::Start(len - max)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}

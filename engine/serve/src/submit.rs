@@ -1,0 +1,393 @@
+//! A submitted job checked against its tenant's policy and rewritten for
+//! the server: module names point into the module store, inputs resolve
+//! inside the tenant's root, outputs go under the job's own directory,
+//! `[limits]` stay under the tenant's ceilings (a job asking for more is
+//! refused, naming the ceiling; one asking for nothing gets the engine's
+//! default capped by the ceiling), network sources reach only allowed hosts.
+//!
+//! The rewrite edits the TOML document in place (`toml_edit`), so the lines
+//! of the loader's errors are the lines of the file the tenant submitted.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use toml_edit::{DocumentMut, Item, Value};
+
+use crate::config::Tenant;
+use crate::store::ModuleStore;
+use crate::ServeError;
+
+/// The job as the server will run it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The rewritten job file.
+    pub text: String,
+    /// Every `save_as_text_files` prefix, rewritten (absolute).
+    pub outputs: Vec<PathBuf>,
+}
+
+fn refused(m: String) -> ServeError {
+    ServeError::Refused(m)
+}
+
+/// `rel` as a path that stays where it is put: relative, no `..`, no
+/// control characters.
+fn check_relative(what: &str, rel: &str) -> Result<PathBuf, ServeError> {
+    if rel.is_empty() || rel.chars().any(|c| c.is_control()) {
+        return Err(refused(format!("{what}: {rel:?} is not a usable path")));
+    }
+    let p = Path::new(rel);
+    for c in p.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(refused(format!("{what}: {rel:?} leaves the tenant's root (`..` is not allowed)")))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refused(format!(
+                    "{what}: {rel:?} is an absolute path; paths are relative to the tenant's root"
+                )))
+            }
+        }
+    }
+    Ok(p.to_path_buf())
+}
+
+/// `rel` under `root` (canonical), refusing anything that resolves outside
+/// it: the longest existing part of the path is canonicalised (symlinks
+/// followed) and must still be inside the root.
+pub fn inside_root(root: &Path, what: &str, rel: &str) -> Result<PathBuf, ServeError> {
+    let full = root.join(check_relative(what, rel)?);
+    let mut existing = full.as_path();
+    loop {
+        if std::fs::symlink_metadata(existing).is_ok() {
+            let canon = existing.canonicalize().map_err(|e| refused(format!("{what}: {rel:?}: {e}")))?;
+            if !canon.starts_with(root) {
+                return Err(refused(format!("{what}: {rel:?} resolves outside the tenant's root (a symlink)")));
+            }
+            return Ok(full);
+        }
+        match existing.parent() {
+            Some(p) if p.starts_with(root) => existing = p,
+            _ => return Ok(full),
+        }
+    }
+}
+
+/// Whether every `host:port` of `list` (comma-separated) is allowed.
+fn hosts_allowed(t: &Tenant, list: &str) -> Result<(), ServeError> {
+    for hp in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let hp = hp.to_ascii_lowercase();
+        let host = hp.rsplit_once(':').map(|(h, _)| h).unwrap_or(&hp);
+        if !t.allowed_hosts.iter().any(|a| *a == hp || a == host) {
+            return Err(refused(format!(
+                "{hp}: tenant {} may not reach this host (allowed_hosts: [{}])",
+                t.name,
+                t.allowed_hosts.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn str_of<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
+    item.get(key).and_then(Item::as_str)
+}
+
+/// Checks and rewrites the job `text` of tenant `t` (root `root`,
+/// canonical) to run from `job_dir`. `modules` maps the job's module names
+/// to the hashes uploaded.
+pub fn prepare(
+    t: &Tenant,
+    root: &Path,
+    job_dir: &Path,
+    text: &str,
+    modules: &BTreeMap<String, String>,
+    store: &ModuleStore,
+) -> Result<Prepared, ServeError> {
+    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1).unwrap_or(1);
+        ServeError::BadRequest(format!("job.toml:{line}: {}", e.message()))
+    })?;
+    rewrite_modules(t, &mut doc, modules, store)?;
+    cap_limits(t, &mut doc)?;
+    if let Some(p) = doc.get("parallelism").and_then(Item::as_integer) {
+        if p > i64::from(t.max_parallelism) {
+            return Err(refused(format!(
+                "parallelism = {p} is above tenant {}'s ceiling max_parallelism = {}",
+                t.name, t.max_parallelism
+            )));
+        }
+    }
+    if let Some(sources) = doc.get_mut("sources").and_then(Item::as_table_like_mut) {
+        for (name, src) in sources.iter_mut() {
+            let what = format!("sources.{}", name.get());
+            match str_of(src, "type") {
+                Some("directory") | Some("batches") => {
+                    if let Some(p) = str_of(src, "path") {
+                        let full = inside_root(root, &format!("{what}.path"), p)?;
+                        src["path"] = toml_edit::value(full.display().to_string());
+                    }
+                }
+                Some("socket") => {
+                    let host = str_of(src, "host").unwrap_or_default();
+                    let port = src.get("port").and_then(Item::as_integer).unwrap_or(0);
+                    hosts_allowed(t, &format!("{host}:{port}")).map_err(|e| refused(format!("{what}: {e}")))?;
+                }
+                Some("kafka") => {
+                    hosts_allowed(t, str_of(src, "brokers").unwrap_or_default())
+                        .map_err(|e| refused(format!("{what}: {e}")))?;
+                }
+                // Generators read nothing; unknown types are the loader's to refuse.
+                _ => {}
+            }
+        }
+    }
+    if let Some(initial) = doc.get_mut("initial_state").and_then(Item::as_table_like_mut) {
+        for (name, p) in initial.iter_mut() {
+            if let Some(s) = p.as_str() {
+                let full = inside_root(root, &format!("initial_state.{}", name.get()), s)?;
+                *p = toml_edit::value(full.display().to_string());
+            }
+        }
+    }
+    let outputs = rewrite_outputs(t, &mut doc, job_dir)?;
+    Ok(Prepared { text: doc.to_string(), outputs })
+}
+
+fn rewrite_modules(
+    t: &Tenant,
+    doc: &mut DocumentMut,
+    modules: &BTreeMap<String, String>,
+    store: &ModuleStore,
+) -> Result<(), ServeError> {
+    let mut named = std::collections::BTreeSet::new();
+    if let Some(table) = doc.get_mut("modules").and_then(Item::as_table_like_mut) {
+        for (key, item) in table.iter_mut() {
+            let name = key.get().to_string();
+            let Some(hash) = modules.get(&name) else {
+                return Err(ServeError::BadRequest(format!("module {name}: not uploaded with the job")));
+            };
+            if !store.owns(&t.name, hash) {
+                return Err(refused(format!(
+                    "module {name}: sha256 {hash} was not uploaded by tenant {} (upload the module first)",
+                    t.name
+                )));
+            }
+            *item = toml_edit::value(store.path(hash).display().to_string());
+            named.insert(name);
+        }
+    }
+    if let Some(extra) = modules.keys().find(|k| !named.contains(*k)) {
+        return Err(ServeError::BadRequest(format!(
+            "module {extra}: uploaded, but the job's [modules] do not name it"
+        )));
+    }
+    Ok(())
+}
+
+/// Each of the three sandbox limits: above the ceiling is refused; absent
+/// becomes the engine's interval default capped by the ceiling.
+fn cap_limits(t: &Tenant, doc: &mut DocumentMut) -> Result<(), ServeError> {
+    let interval_ms = doc
+        .get("batch_interval")
+        .and_then(Item::as_str)
+        .and_then(|s| weir::job::parse_duration(s).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(1000);
+    let defaults = weir::udf::UdfLimits::for_batch_interval(interval_ms);
+    let c = t.ceilings;
+    let fields: [(&str, u64, u64); 3] = [
+        ("fuel_per_call", c.fuel_per_call, defaults.fuel_per_call),
+        ("deadline_ms", c.deadline_ms, defaults.deadline_ms),
+        ("memory_bytes", c.memory_bytes as u64, defaults.memory_bytes as u64),
+    ];
+    if doc.get("limits").is_none() {
+        doc["limits"] = toml_edit::table();
+    }
+    let Some(limits) = doc.get_mut("limits").and_then(Item::as_table_like_mut) else {
+        return Err(ServeError::BadRequest("limits: expected a table".into()));
+    };
+    for (key, ceiling, default) in fields {
+        match limits.get(key) {
+            Some(v) => {
+                let n = v
+                    .as_integer()
+                    .ok_or_else(|| ServeError::BadRequest(format!("limits.{key}: expected an integer")))?;
+                if n <= 0 || n as u64 > ceiling {
+                    return Err(refused(format!(
+                        "limits.{key} = {n} is outside tenant {}'s ceiling {key} = {ceiling} (a job may ask for 1 to {ceiling})",
+                        t.name
+                    )));
+                }
+            }
+            None => {
+                let v = default.min(ceiling).min(i64::MAX as u64) as i64;
+                limits.insert(key, Item::Value(Value::from(v)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rewrite_outputs(t: &Tenant, doc: &mut DocumentMut, job_dir: &Path) -> Result<Vec<PathBuf>, ServeError> {
+    let mut out = Vec::new();
+    let Some(outputs) = doc.get_mut("outputs") else { return Ok(out) };
+    let Some(arr) = outputs.as_array_of_tables_mut() else {
+        return Err(ServeError::BadRequest("outputs: expected [[outputs]] tables".into()));
+    };
+    for (i, o) in arr.iter_mut().enumerate() {
+        let what = format!("outputs[{i}]");
+        match o.get("type").and_then(Item::as_str) {
+            Some("save_as_text_files") => {
+                if let Some(prefix) = o.get("prefix").and_then(Item::as_str) {
+                    let rel = check_relative(&format!("{what}.prefix"), prefix)?;
+                    let full = job_dir.join("out").join(rel);
+                    o["prefix"] = toml_edit::value(full.display().to_string());
+                    out.push(full);
+                }
+            }
+            Some("print") => {
+                return Err(refused(format!(
+                    "{what}: print writes to the server's standard output, which tenants share; \
+                     use save_as_text_files (outputs are kept per job)"
+                )))
+            }
+            Some("kafka") => {
+                let brokers = o.get("brokers").and_then(Item::as_str).unwrap_or_default().to_string();
+                hosts_allowed(t, &brokers).map_err(|e| refused(format!("{what}: {e}")))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Bytes under `dir` (not following symlinks; at most `limit_entries`
+/// entries are visited, so a hostile tree cannot make it run forever).
+pub fn dir_size(dir: &Path, limit_entries: usize) -> u64 {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            seen += 1;
+            if seen > limit_entries {
+                return total;
+            }
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                total = total.saturating_add(m.len());
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{sha256_hex, Config};
+
+    fn tenant(extra: &str) -> Tenant {
+        let text = format!(
+            "[tenants.acme]\ntoken_sha256 = \"{}\"\nallowed_hosts = [\"feed.local\"]\n{extra}",
+            sha256_hex(b"t")
+        );
+        Config::parse(Path::new("/s/serve.toml"), &text).unwrap().tenants["acme"].clone()
+    }
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        store: ModuleStore,
+        hash: String,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("in")).unwrap();
+        let root = root.canonicalize().unwrap();
+        let store = ModuleStore::open(tmp.path()).unwrap();
+        let bytes = b"(module)";
+        let hash = sha256_hex(bytes);
+        store.put("acme", &hash, bytes).unwrap();
+        Fixture { _tmp: tmp, root, store, hash }
+    }
+
+    fn job(source: &str, output: &str, limits: &str) -> String {
+        format!(
+            "batch_interval = \"1s\"\n{limits}\n[modules]\nwc = \"../udfs/wc.wasm\"\n[sources.lines]\n{source}\n\
+             [streams]\nw = \"lines.flat_map(wc.split)\"\n[[outputs]]\nstream = \"w\"\n{output}\n"
+        )
+    }
+
+    fn prep(f: &Fixture, t: &Tenant, text: &str) -> Result<Prepared, ServeError> {
+        let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
+        prepare(t, &f.root, &f.root.join("jobs/acme-1"), text, &m, &f.store)
+    }
+
+    const DIR: &str = "type = \"directory\"\npath = \"in\"";
+    const SAVE: &str = "type = \"save_as_text_files\"\nprefix = \"out/w\"";
+
+    #[test]
+    fn an_honest_job_is_rewritten_into_the_store_the_root_and_the_job_directory() {
+        let f = fixture();
+        let t = tenant("");
+        let submitted = job(DIR, SAVE, "");
+        let p = prep(&f, &t, &submitted).unwrap();
+        let doc: toml::Table = toml::from_str(&p.text).unwrap();
+        assert_eq!(doc["modules"]["wc"].as_str().unwrap(), f.store.path(&f.hash).to_str().unwrap());
+        assert_eq!(doc["sources"]["lines"]["path"].as_str().unwrap(), f.root.join("in").to_str().unwrap());
+        let want = f.root.join("jobs/acme-1/out/out/w");
+        assert_eq!(doc["outputs"][0]["prefix"].as_str().unwrap(), want.to_str().unwrap());
+        assert_eq!(p.outputs, vec![want]);
+        // Limits nobody asked for: the engine's default, capped by the ceiling.
+        assert_eq!(doc["limits"]["fuel_per_call"].as_integer().unwrap(), 1_000_000_000);
+        assert_eq!(doc["limits"]["deadline_ms"].as_integer().unwrap(), 5_000);
+        // The lines of the submitted file are kept (errors name them).
+        let streams_line = |t: &str| t.lines().position(|l| l.starts_with("[streams]"));
+        assert_eq!(streams_line(&p.text), streams_line(&submitted));
+        assert!(streams_line(&submitted).is_some());
+    }
+
+    #[test]
+    fn paths_out_of_the_root_are_refused() {
+        let f = fixture();
+        let t = tenant("");
+        for p in ["../other", "/etc", "in/../../x", ""] {
+            let e = prep(&f, &t, &job(&format!("type = \"directory\"\npath = \"{p}\""), SAVE, "")).unwrap_err();
+            assert!(matches!(e, ServeError::Refused(_)), "{p}: {e}");
+        }
+        std::os::unix::fs::symlink("/etc", f.root.join("in/escape")).unwrap();
+        let e = prep(&f, &t, &job("type = \"batches\"\npath = \"in/escape/passwd\"", SAVE, "")).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        let e = prep(&f, &t, &job(DIR, "type = \"save_as_text_files\"\nprefix = \"../../bob/out\"", "")).unwrap_err();
+        assert!(e.to_string().contains("`..`"), "{e}");
+        let e = prep(&f, &t, &job(DIR, "type = \"print\"", "")).unwrap_err();
+        assert!(e.to_string().contains("save_as_text_files"), "{e}");
+    }
+
+    #[test]
+    fn limits_above_a_ceiling_are_refused_naming_it_and_hosts_must_be_allowed() {
+        let f = fixture();
+        let t = tenant("[tenants.acme.limits]\ndeadline_ms = 2000\n");
+        let e = prep(&f, &t, &job(DIR, SAVE, "[limits]\ndeadline_ms = 0")).unwrap_err().to_string();
+        assert!(e.contains("limits.deadline_ms = 0") && e.contains("ceiling deadline_ms = 2000"), "{e}");
+        let e = prep(&f, &t, &job(DIR, SAVE, "[limits]\nmemory_bytes = 1099511627776")).unwrap_err().to_string();
+        assert!(e.contains("ceiling memory_bytes = 67108864"), "{e}");
+        assert!(prep(&f, &t, &job(DIR, SAVE, "[limits]\ndeadline_ms = 1500")).is_ok());
+        let sock = |h: &str| format!("type = \"socket\"\nhost = \"{h}\"\nport = 9999");
+        let e = prep(&f, &t, &job(&sock("10.0.0.1"), SAVE, "")).unwrap_err().to_string();
+        assert!(e.contains("may not reach"), "{e}");
+        assert!(prep(&f, &t, &job(&sock("feed.local"), SAVE, "")).is_ok());
+        // A module hash this tenant never uploaded.
+        let m = BTreeMap::from([("wc".to_string(), sha256_hex(b"someone else's"))]);
+        let e = prepare(&t, &f.root, &f.root.join("j"), &job(DIR, SAVE, ""), &m, &f.store).unwrap_err();
+        assert!(e.to_string().contains("was not uploaded by tenant acme"), "{e}");
+    }
+}

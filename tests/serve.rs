@@ -1,0 +1,415 @@
+//! `weir serve` end to end: the real binary as the server and as its
+//! client (`weir submit`, `jobs`, `status`, `stop`, `logs`), hostile
+//! requests as raw bytes on a TCP socket. Tokens, paths out of a tenant's
+//! root, ceilings, job floods, oversized and slow uploads are refused; an
+//! honest stateful job writes byte-identical outputs to `weir run`'s beside
+//! a hostile tenant's infinite loop, and again after the server is
+//! SIGKILLed mid-run and restarted.
+
+use crate::common::*;
+use crate::drivers::*;
+use sha2::Digest;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ACME: &str = "acme-token-0123456789";
+const EVIL: &str = "evil-token-9876543210";
+
+fn sha(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A server directory: serve.toml with tenants acme (honest) and evil.
+fn write_config(dir: &Path) -> PathBuf {
+    let cfg = format!(
+        r#"listen = "127.0.0.1:0"
+state_dir = "state"
+master = "local[2]"
+max_upload_bytes = 1_000_000
+read_timeout_ms = 1000
+
+[tenants.acme]
+token_sha256 = "{}"
+max_jobs = 2
+max_slots = 2
+
+[tenants.acme.limits]
+fuel_per_call = 5_000_000_000
+deadline_ms = 30000
+memory_bytes = 268_435_456
+
+[tenants.evil]
+token_sha256 = "{}"
+max_jobs = 2
+max_slots = 1
+
+[tenants.evil.limits]
+fuel_per_call = 50_000_000
+deadline_ms = 2000
+memory_bytes = 16_777_216
+"#,
+        sha(ACME),
+        sha(EVIL)
+    );
+    let p = dir.join("serve.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// `weir serve` started, and the address it serves on.
+fn start_server(config: &Path) -> (Driver, String) {
+    let mut d = Driver::spawn(weir().args(["serve", "--config", config.to_str().unwrap()]));
+    let line = d.wait_for(Instant::now() + Duration::from_secs(120), "the server to listen", |l| {
+        l.starts_with("weir: serving")
+    });
+    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap().to_string();
+    (d, addr)
+}
+
+/// A client command against `addr` with `token` (through WEIR_TOKEN).
+fn client(addr: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let mut c: Command = weir();
+    c.args(args).args(["--server", &format!("http://{addr}")]).env("WEIR_TOKEN", token);
+    run(&mut c)
+}
+
+/// One raw HTTP/1.1 request; the status and the body. `body_len` is the
+/// Content-Length announced; only `body` is sent.
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &[u8], body_len: usize) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {body_len}\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn status_json(addr: &str, token: &str, id: &str) -> serde_json::Value {
+    let (code, body) = http(addr, "GET", &format!("/api/v1/jobs/{id}"), Some(token), b"", 0);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls a job's status until `pred` holds (panics with the server's log after `secs`).
+fn wait_status(
+    d: &Driver,
+    addr: &str,
+    token: &str,
+    id: &str,
+    secs: u64,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = status_json(addr, token, id);
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "job {id} never got there: {v}\nserver log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn submit(addr: &str, token: &str, job: &Path) -> Result<String, String> {
+    let out = client(addr, token, &["submit", job.to_str().unwrap()]);
+    if out.status.success() {
+        Ok(text(&out.stdout).trim().to_string())
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+/// A job of evil's that never ends (a wall-clock generator) and runs `udf`.
+fn generator_job(dir: &Path, name: &str, module: &Path, udf: &str, extra: &str) -> PathBuf {
+    let job = format!(
+        "batch_interval = \"500ms\"\n{extra}\n[modules]\nm = \"{}\"\n[sources.lines]\ntype = \"generator\"\n\
+         lines_per_batch = 20\n[streams]\nout = \"lines.{udf}\"\n[[outputs]]\nstream = \"out\"\n\
+         type = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+        module.display()
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+#[test]
+fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let (mut server, addr) = start_server(&config);
+
+    // A second server on the same state directory is refused.
+    let second = run(weir().args(["serve", "--config", config.to_str().unwrap()]));
+    assert!(!second.status.success());
+    assert!(text(&second.stderr).contains("another weir serve holds the state directory"), "{}", text(&second.stderr));
+
+    // A non-loopback address without TLS is refused unless --insecure.
+    let open_cfg = tmp.path().join("open.toml");
+    std::fs::write(&open_cfg, "listen = \"0.0.0.0:0\"\nstate_dir = \"open-state\"\n").unwrap();
+    let open = run(weir().args(["serve", "--config", open_cfg.to_str().unwrap()]));
+    assert!(!open.status.success());
+    assert!(text(&open.stderr).contains("not a loopback address"), "{}", text(&open.stderr));
+
+    // Tokens: none, wrong, or right; /healthz needs none.
+    assert_eq!(http(&addr, "GET", "/healthz", None, b"", 0).0, 200);
+    for path in ["/api/v1/jobs", "/metrics", "/api/openapi.json"] {
+        assert_eq!(http(&addr, "GET", path, None, b"", 0).0, 401, "{path} without a token");
+        assert_eq!(http(&addr, "GET", path, Some("guess"), b"", 0).0, 401, "{path} with a wrong token");
+    }
+    let (code, api) = http(&addr, "GET", "/api/openapi.json", Some(ACME), b"", 0);
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert!(api["paths"]["/api/v1/jobs/{id}/stop"]["post"].is_object(), "{api}");
+    let no_token = run(weir().args(["jobs", "--server", &format!("http://{addr}")]).env_remove("WEIR_TOKEN"));
+    assert!(text(&no_token.stderr).contains("no token"), "{}", text(&no_token.stderr));
+
+    // Paths out of the tenant's root, a ceiling exceeded, print to the server's stdout.
+    let spin = module("hostile/infinite_loop.wat");
+    let escapes = [
+        ("[sources.lines]\ntype = \"directory\"\npath = \"../acme/in\"", "leaves the tenant's root"),
+        ("[sources.lines]\ntype = \"batches\"\npath = \"/etc/passwd\"", "absolute path"),
+        ("[sources.lines]\ntype = \"socket\"\nhost = \"10.1.2.3\"\nport = 9999", "may not reach"),
+    ];
+    for (source, want) in escapes {
+        let job = format!(
+            "batch_interval = \"1s\"\n[modules]\nm = \"{}\"\n{source}\n[streams]\nout = \"lines.map(m.identity)\"\n\
+             [[outputs]]\nstream = \"out\"\ntype = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+            spin.display()
+        );
+        let p = tmp.path().join("escape.toml");
+        std::fs::write(&p, job).unwrap();
+        let e = submit(&addr, EVIL, &p).unwrap_err();
+        assert!(e.contains("403") && e.contains(want), "{source}: {e}");
+    }
+    let greedy =
+        generator_job(tmp.path(), "greedy.toml", &spin, "map(m.identity)", "[limits]\nfuel_per_call = 5_000_000_000");
+    let e = submit(&addr, EVIL, &greedy).unwrap_err();
+    assert!(e.contains("ceiling fuel_per_call = 50000000"), "{e}");
+    let out_escape =
+        generator_job(tmp.path(), "outesc.toml", &spin, "map(m.identity)", "").to_string_lossy().into_owned();
+    let text_job =
+        std::fs::read_to_string(&out_escape).unwrap().replace("prefix = \"out/x\"", "prefix = \"../../acme/x\"");
+    std::fs::write(&out_escape, text_job).unwrap();
+    assert!(submit(&addr, EVIL, Path::new(&out_escape)).unwrap_err().contains("`..`"));
+
+    // A module hash evil never uploaded (acme did).
+    let wc = module("wordcount.wasm");
+    let acme_job = generator_job(tmp.path(), "acme.toml", &wc, "flat_map(m.split)", "");
+    let acme_id = submit(&addr, ACME, &acme_job).unwrap();
+    let wc_hash: String =
+        sha2::Sha256::digest(std::fs::read(&wc).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    let body = serde_json::json!({
+        "job": std::fs::read_to_string(&acme_job).unwrap(),
+        "modules": { "m": wc_hash },
+    })
+    .to_string();
+    let (code, msg) = http(&addr, "POST", "/api/v1/jobs", Some(EVIL), body.as_bytes(), body.len());
+    assert_eq!(code, 403, "{msg}");
+    assert!(msg.contains("was not uploaded by tenant evil"), "{msg}");
+
+    // Oversized: the server answers 413 from the announced length alone.
+    let (code, _) = http(&addr, "PUT", &format!("/api/v1/modules/{}", sha("x")), Some(EVIL), b"", 5_000_000);
+    assert_eq!(code, 413);
+    // Malformed: bytes that do not hash to the name.
+    let (code, msg) = http(&addr, "PUT", &format!("/api/v1/modules/{}", sha("x")), Some(EVIL), b"y", 1);
+    assert_eq!(code, 400, "{msg}");
+
+    // Slow clients: half a request line, or headers with a body that never
+    // comes, are cut off (read_timeout_ms = 1000), not waited for.
+    for partial in [
+        "GET /api/v1/jo".to_string(),
+        format!(
+            "POST /api/v1/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {EVIL}\r\nContent-Length: 100\r\n\r\n{{"
+        ),
+    ] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(partial.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let r = s.read_to_end(&mut buf);
+        assert!(r.is_ok(), "the server kept a stuck client for 20 s: {r:?}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+
+    // The job quota: evil's two jobs run, the flood after them is refused.
+    let mut evil_ids = Vec::new();
+    for i in 0..2 {
+        let j = generator_job(tmp.path(), &format!("evil{i}.toml"), &spin, "map(m.identity)", "");
+        evil_ids.push(submit(&addr, EVIL, &j).unwrap());
+    }
+    for _ in 0..5 {
+        let e = submit(&addr, EVIL, &tmp.path().join("evil0.toml")).unwrap_err();
+        assert!(e.contains("429") && e.contains("max_jobs = 2"), "{e}");
+    }
+    let listed = text(&client(&addr, EVIL, &["jobs"]).stdout);
+    assert_eq!(listed.lines().count(), 3, "a header and evil's two jobs:\n{listed}");
+    assert!(!listed.contains(&acme_id), "{listed}");
+
+    // Another tenant's job does not exist for evil.
+    for args in [vec!["status", acme_id.as_str()], vec!["stop", acme_id.as_str()], vec!["logs", acme_id.as_str()]] {
+        let o = client(&addr, EVIL, &args);
+        assert!(!o.status.success() && text(&o.stderr).contains("404"), "{args:?}: {}", text(&o.stderr));
+    }
+    assert_eq!(status_json(&addr, ACME, &acme_id)["state"], "running");
+
+    // Stops: graceful and now; the slot is free again afterwards.
+    assert!(client(&addr, EVIL, &["stop", &evil_ids[0]]).status.success());
+    assert!(client(&addr, EVIL, &["stop", &evil_ids[1], "--now"]).status.success());
+    for id in &evil_ids {
+        wait_status(&server, &addr, EVIL, id, 60, |v| v["state"] == "stopped");
+    }
+    let again = submit(&addr, EVIL, &tmp.path().join("evil0.toml")).unwrap();
+    assert!(client(&addr, EVIL, &["stop", &again, "--now"]).status.success());
+
+    // /metrics: evil sees its own series only.
+    let (code, m) = http(&addr, "GET", "/metrics", Some(EVIL), b"", 0);
+    assert_eq!(code, 200);
+    assert!(m.contains("weir_serve_submissions_refused_total{tenant=\"evil\",reason=\"max_jobs\"} 5"), "{m}");
+    assert!(!m.contains("acme"), "{m}");
+    assert!(!server.log().contains(ACME) && !server.log().contains(EVIL), "a token in the log");
+
+    // Token rotation without a restart: the server re-reads serve.toml.
+    let rotated = std::fs::read_to_string(&config).unwrap().replace(&sha(ACME), &sha("acme-rotated-token"));
+    std::fs::write(&config, rotated).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(&addr, "GET", "/api/v1/jobs", Some(ACME), b"", 0).0 != 401 {
+        assert!(Instant::now() < deadline, "the old token still works:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(&addr, "GET", "/api/v1/jobs", Some("acme-rotated-token"), b"", 0).0, 200);
+    server.kill();
+}
+
+#[test]
+fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    // The reference: the same stateful job under `weir run`.
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    let job = stateful_job(&reference, 150);
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--checkpoint"]).arg(reference.join("ckpt")).arg("-q"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = tree(&reference.join("out"));
+    assert!(want.len() > 100, "{} files", want.len());
+
+    // The tenant's copy: its input in its root, the job file beside it.
+    let root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(&root).unwrap();
+    let acme_job = stateful_job(&root, 150);
+
+    let (mut server, addr) = start_server(&config);
+    // The hostile tenant: an infinite loop in every call, and a memory bomb.
+    let spin = generator_job(tmp.path(), "spin.toml", &module("hostile/infinite_loop.wat"), "map(m.spin)", "");
+    let spin_id = submit(&addr, EVIL, &spin).unwrap();
+    let bomb = generator_job(tmp.path(), "bomb.toml", &module("hostile/memory_bomb.wat"), "map(m.grow)", "");
+    let bomb_id = submit(&addr, EVIL, &bomb).unwrap();
+    // The bomb is stopped (after a batch) before the kill: it stays stopped.
+    wait_status(&server, &addr, EVIL, &bomb_id, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    assert!(client(&addr, EVIL, &["stop", &bomb_id]).status.success());
+    wait_status(&server, &addr, EVIL, &bomb_id, 120, |v| v["state"] == "stopped");
+
+    let id = submit(&addr, ACME, &acme_job).unwrap();
+    let before =
+        wait_status(&server, &addr, ACME, &id, 120, |v| v["progress"]["batches_completed"].as_u64().unwrap_or(0) >= 10);
+    assert_eq!(before["state"], "running", "{before}");
+    server.kill(); // SIGKILL, mid-run
+
+    let (server, addr) = start_server(&config);
+    let recovered = server.log().lines().find(|l| l.starts_with("weir: recovered")).unwrap_or_default().to_string();
+    assert!(recovered.contains(&id) && recovered.contains(&spin_id), "{}", server.log());
+    assert!(!recovered.contains(&bomb_id), "a stopped job was restarted: {recovered}");
+    assert_eq!(status_json(&addr, EVIL, &bomb_id)["state"], "stopped");
+    let done = wait_status(&server, &addr, ACME, &id, 300, |v| v["state"] != "running");
+    assert_eq!(done["state"], "finished", "{done}");
+    let outputs = done["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "{done}");
+    let got = tree(&root.join("jobs").join(&id).join("out/out"));
+    assert_same_tree(&got, &want, "weir serve (SIGKILLed and restarted) vs weir run");
+    let logs = text(&client(&addr, ACME, &["logs", &id]).stdout);
+    assert!(logs.contains("recovered from checkpoint"), "{logs}");
+
+    // The hostile job failed its batches (out of fuel) and nothing else.
+    let spin_status = status_json(&addr, EVIL, &spin_id);
+    let spin_logs = text(&client(&addr, EVIL, &["logs", &spin_id]).stdout);
+    assert!(spin_logs.contains("fuel"), "{spin_status}\n{spin_logs}");
+    let bomb_logs = text(&client(&addr, EVIL, &["logs", &bomb_id]).stdout);
+    assert!(bomb_logs.contains("FAILED"), "{bomb_logs}");
+}
+
+/// A self-signed certificate for 127.0.0.1 (the openssl command, which
+/// scripts/test.sh installs): (cert, key).
+fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "openssl (scripts/test.sh installs it): {}", text(&out.stderr));
+    (cert, key)
+}
+
+#[test]
+fn serve_speaks_tls_with_its_certificate_and_not_plain_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(tmp.path());
+    let cfg = tmp.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             [tenants.acme]\ntoken_sha256 = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            sha(ACME)
+        ),
+    )
+    .unwrap();
+    let mut d = Driver::spawn(weir().args(["serve", "--config", cfg.to_str().unwrap()]));
+    let line = d.wait_for(Instant::now() + Duration::from_secs(120), "the server to listen", |l| {
+        l.starts_with("weir: serving")
+    });
+    let addr = line.split("https://").nth(1).and_then(|r| r.split('/').next()).expect(&line).to_string();
+    let url = format!("https://{addr}");
+    // The client trusts the certificate given, and the token works over TLS.
+    let ok = run(weir().args(["jobs", "--server", &url, "--ca-file", cert.to_str().unwrap()]).env("WEIR_TOKEN", ACME));
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).starts_with("ID"), "{}", text(&ok.stdout));
+    // Without the certificate the client refuses the server.
+    let untrusted = run(weir().args(["jobs", "--server", &url]).env("WEIR_TOKEN", ACME));
+    assert!(!untrusted.status.success());
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (code, _) = http(&addr, "GET", "/healthz", None, b"", 0);
+    assert_eq!(code, 0, "plain HTTP was answered on the TLS port");
+    d.kill();
+}
