@@ -204,6 +204,27 @@ impl DagScheduler {
                             }
                         }
                     }
+                    // Kept on one executor after a fetch failure: every map
+                    // output it would have to fetch from another executor may
+                    // be unreachable too. Recompute them all there in the next
+                    // round, rather than finding them one fetch failure (and
+                    // one round) at a time — a window over many batches would
+                    // run out of rounds.
+                    if let Some(exec) = self.colocated.clone() {
+                        let elsewhere: Vec<(RddId, u32)> = self
+                            .locations
+                            .iter()
+                            .filter_map(|(b, at)| match b {
+                                BlockId::Shuffle { shuffle, map, .. } if *at != exec => Some((*shuffle, *map)),
+                                _ => None,
+                            })
+                            .collect();
+                        for (shuffle, map) in elsewhere {
+                            if let Some(m) = self.map_outputs.get_mut(&shuffle).and_then(|v| v.get_mut(map as usize)) {
+                                *m = false;
+                            }
+                        }
+                    }
                     tracing::info!("shuffle outputs lost: {lost:?}; recomputing them from lineage");
                     if rounds >= MAX_STAGE_ROUNDS {
                         return Err(JobError::Lost(format!("gave up on {rdd} after {rounds} fetch failures")));
