@@ -90,10 +90,14 @@ fn native(files: &[PathBuf], threads: usize, totals: bool) -> Counted {
         let mut batch: HashMap<&[u8], u64, Fast> = HashMap::default();
         let bufs: Vec<Vec<u8>> = files.iter().skip(t).step_by(threads).map(|f| std::fs::read(f).unwrap()).collect();
         if !totals {
+            // Per batch (file) counts, as WordCount gives: a small map per
+            // batch stays in cache, which beats one large map (the stronger
+            // reference). Distinct words are checked by the totals run.
             for b in &bufs {
+                batch.clear();
                 words += count_into(b, &mut batch);
             }
-            return (words, batch.into_iter().map(|(k, v)| (k.to_vec(), v)).collect());
+            return (words, all);
         }
         for b in &bufs {
             let mut m: HashMap<&[u8], u64, Fast> = HashMap::default();
@@ -125,7 +129,7 @@ fn native(files: &[PathBuf], threads: usize, totals: bool) -> Counted {
             *merged.entry(k).or_insert(0) += v;
         }
     }
-    Counted { words, distinct: merged.len() as u64 }
+    Counted { words, distinct: if totals { merged.len() as u64 } else { 0 } }
 }
 
 /// Resources of a finished child (wait4).
@@ -327,7 +331,7 @@ fn main() {
     let cases: Vec<&Case> =
         cases.iter().filter(|c| only.is_empty() || only.iter().any(|o| c.name.contains(o.as_str()))).collect();
     let tmp = root.join("target/bench-run-tmp");
-    let want = native(&sets[0], 1, false);
+    let want = native(&sets[0], 1, true);
     println!("corpus: {} ({lines} lines, {} words, {} distinct)", base.display(), want.words, want.distinct);
     println!("weir: {}", weir.display());
     let steal0 = cpu_steal();
@@ -341,7 +345,10 @@ fn main() {
             let t = Instant::now();
             let got = native(&sets[0], threads, totals);
             out.push(want.words as f64 / t.elapsed().as_secs_f64());
-            assert_eq!(got, want, "native loop, {threads} thread(s)");
+            assert_eq!(got.words, want.words, "native loop, {threads} thread(s)");
+            if totals {
+                assert_eq!(got, want, "native loop with totals, {threads} thread(s)");
+            }
         }
         for (i, case) in cases.iter().enumerate() {
             let files = &sets[case.files];
