@@ -23,30 +23,15 @@
 //! first), which is what a long-running job sees. WEIR_BENCH_CASES picks
 //! cases by name (comma-separated substrings).
 
+#[path = "../../runtime/benches/shared/native.rs"]
+mod native;
+
+use native::{cpu_steal, Fast};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// FxHash: the fast hasher of the native loop.
-#[derive(Default)]
-struct Fx(u64);
-impl Hasher for Fx {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-type Fast = BuildHasherDefault<Fx>;
 
 /// Counts the words of `buf` (ASCII whitespace separates them, as the
 /// WordCount UDF's `split_ascii_whitespace`) into `m`, one pass.
@@ -282,13 +267,6 @@ fn split_corpus(corpus: &Path, dir: &Path, per: usize) -> Vec<PathBuf> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// (steal, total) jiffies of all CPUs, from /proc/stat.
-fn cpu_steal() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    Some((*cpu.get(7)?, cpu.iter().take(8).sum()))
 }
 
 fn main() {

@@ -11,8 +11,11 @@
 
 mod common;
 
+#[path = "shared/native.rs"]
+mod native;
+
+use native::{cpu_steal, Fast};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,22 +25,7 @@ use weir::codec::{as_i64, Pairs, Value};
 use weir::dstream::StreamingContext;
 use weir::scheduler::{Clock, Master, RunOptions};
 
-/// FxHash: the "fast hash map" of the native reference loop.
-#[derive(Default)]
-struct Fx(u64);
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-type FxMap<'a> = HashMap<&'a str, u64, BuildHasherDefault<Fx>>;
+type FxMap<'a> = HashMap<&'a str, u64, Fast>;
 
 fn native_count(lines: &[String]) -> FxMap<'_> {
     let mut m = FxMap::default();
@@ -162,13 +150,6 @@ fn main() {
             (b.0 - a.0) as f64 / total * 100.0
         );
     }
-}
-
-/// (steal, total) jiffies of all CPUs, from /proc/stat (Linux only).
-fn cpu_steal() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    Some((*cpu.get(7)?, cpu.iter().take(8).sum()))
 }
 
 /// One WordCount job over `lines` in batches of `batch_lines`: the time of

@@ -48,6 +48,9 @@ pub(super) struct OutputWriter {
     thread: Option<JoinHandle<()>>,
     /// Batches handed over and not yet taken back.
     in_flight: usize,
+    /// How failed writes are retried (also for a batch written in line).
+    retries: u32,
+    backoff: Duration,
 }
 
 impl OutputWriter {
@@ -64,20 +67,22 @@ impl OutputWriter {
                 }
             }
         })?;
-        Ok(OutputWriter { tx: Some(tx), rx, thread: Some(thread), in_flight: 0 })
+        Ok(OutputWriter { tx: Some(tx), rx, thread: Some(thread), in_flight: 0, retries, backoff })
     }
 
     /// Hands a batch's outputs to the thread (or writes them here if the
     /// thread is gone, so nothing computed is dropped).
     pub(super) fn submit(&mut self, time: i64, outputs: Vec<Computed>) -> Option<Written> {
         let batch = Batch { time, outputs };
-        match self.tx.as_ref().map(|tx| tx.send(batch)) {
-            Some(Ok(())) => {
+        // Without the thread (gone, or being dropped) the batch is written
+        // here, with the same retries: nothing computed is dropped.
+        let Some(tx) = self.tx.as_ref() else { return Some(write_batch(batch, self.retries, self.backoff)) };
+        match tx.send(batch) {
+            Ok(()) => {
                 self.in_flight += 1;
                 None
             }
-            Some(Err(e)) => Some(write_batch(e.0, 0, Duration::ZERO)),
-            None => None,
+            Err(e) => Some(write_batch(e.0, self.retries, self.backoff)),
         }
     }
 
