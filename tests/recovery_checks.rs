@@ -5,6 +5,7 @@
 
 use crate::common::*;
 use crate::drivers::*;
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -110,6 +111,100 @@ fn line_with<'a>(s: &'a str, prefix: &str) -> &'a str {
 }
 
 #[test]
+fn an_edit_outside_the_state_recovers() {
+    let want = clean_outputs(&stateful_job(&wordcount_path()));
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job(&wordcount_path()));
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "7"]), "the first 7 batches");
+
+    // A comment, a stateless stream before the stateful ones (which moves
+    // them to other nodes of the graph) and an output more: the state does
+    // not depend on any of them.
+    let body = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("[streams]\n", "[streams]\n# an edit\nshouting = \"lines.map(wordcount.pair)\"\n")
+        + "\n[[outputs]]\nstream = \"shouting\"\ntype = \"save_as_text_files\"\nprefix = \"extra/shouting\"\n";
+    std::fs::write(&job, &body).unwrap();
+    let err = ok(&run_job(&job, &ckpt, &[]), "the run of the edited job");
+    assert!(err.contains("recovered from checkpoint"), "{err}");
+    let ran: Vec<i64> = progress_lines(&err).iter().map(|p| p.0).collect();
+    assert_eq!(ran, (8..=12).map(|b| b * 1000).collect::<Vec<_>>(), "it carried on after batch 7: {err}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &want, "the state's outputs vs a clean run");
+    let extra = read_outputs(&tmp.path().join("extra"), "shouting");
+    assert_eq!(extra.keys().copied().collect::<Vec<_>>(), (8..=12).map(|b| b * 1000).collect::<Vec<_>>());
+}
+
+/// The job with totals counting characters instead of words (a change of
+/// what the stateful stream `totals` reads); the window is unchanged.
+fn chars_job() -> String {
+    stateful_job(&wordcount_path()).replace(
+        "totals   = \"pairs.update_state_by_key",
+        "chars    = \"lines.flat_map(ops.chars)\"\ncpairs   = \"chars.map(wordcount.pair)\"\ntotals   = \"cpairs.update_state_by_key",
+    ).replace("[modules]\n", &format!("[modules]\nops = \"{}\"\n", module("testops.wasm").display()))
+}
+
+#[test]
+fn an_edit_of_a_stateful_stream_is_refused_with_a_diff_unless_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job(&wordcount_path()));
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "7"]), "the first 7 batches");
+    let s = inspect(&ckpt);
+    assert!(s.contains("stateful stream \"totals\" (update_state_by_key(wordcount.running_total))"), "{s}");
+    assert!(s.contains("stateful stream \"windowed\""), "{s}");
+    let totals_state = line_with(&s, "state of stream \"totals\"");
+    let k: usize =
+        totals_state.split("batch ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse::<usize>().unwrap()
+            / 1000;
+
+    std::fs::write(&job, chars_job()).unwrap();
+    let out = run_job(&job, &ckpt, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a changed stateful stream continued its old state silently:\n{err}");
+    assert!(err.contains("stateful stream \"totals\""), "the diff names the stream: {err}");
+    assert!(err.contains("- words: flat_map(wordcount.split)"), "the diff shows what left: {err}");
+    assert!(err.contains("+ chars: flat_map(testops.chars)"), "the diff shows what came: {err}");
+    assert!(!err.contains("\"windowed\""), "the window did not change: {err}");
+    assert!(err.contains("--accept-job-change") && err.contains("--fresh"), "{err}");
+    assert!(progress_lines(&err).is_empty(), "no batch ran: {err}");
+
+    let err = ok(&run_job(&job, &ckpt, &["--accept-job-change"]), "the run with --accept-job-change");
+    assert!(err.contains("recovered from checkpoint"), "{err}");
+    let ran: Vec<i64> = progress_lines(&err).iter().map(|p| p.0).collect();
+    assert_eq!(ran, (8..=12).map(|b| b * 1000).collect::<Vec<_>>(), "{err}");
+    // The totals kept their state (words up to the data checkpoint) and
+    // counted characters from there on (batches after the checkpoint are
+    // recomputed with the new lineage).
+    let b = batches();
+    let mut want = native_counts(b[..k].iter().flatten().map(|s| s.as_str()));
+    for line in b[k..].iter().flatten() {
+        for c in line.chars() {
+            *want.entry(c.to_string()).or_insert(0) += 1;
+        }
+    }
+    let outs = read_outputs(&tmp.path().join("out"), "totals");
+    assert_eq!(sum_counts(&outs[&12000]), want, "state kept across the accepted change");
+}
+
+#[test]
+fn a_changed_source_is_refused_even_when_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job(&wordcount_path()));
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "3"]), "the first 3 batches");
+    std::fs::copy(tmp.path().join("in.jsonl"), tmp.path().join("other.jsonl")).unwrap();
+    let body = std::fs::read_to_string(&job).unwrap().replace("path = \"in.jsonl\"", "path = \"other.jsonl\"");
+    std::fs::write(&job, body).unwrap();
+    let out = run_job(&job, &ckpt, &["--accept-job-change"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("sources changed"), "{err}");
+    assert!(err.contains("in.jsonl") && err.contains("other.jsonl"), "both sources are named: {err}");
+    assert!(progress_lines(&err).is_empty(), "no batch ran: {err}");
+}
+
+#[test]
 fn a_changed_job_is_refused_until_fresh() {
     let want = clean_outputs(&stateful_job(&wordcount_path()));
     let tmp = tempfile::tempdir().unwrap();
@@ -117,24 +212,29 @@ fn a_changed_job_is_refused_until_fresh() {
     let ckpt = tmp.path().join("ckpt");
     ok(&run_job(&job, &ckpt, &[]), "the first run");
 
-    // Any edit changes the job, even a comment.
-    let mut body = std::fs::read_to_string(&job).unwrap();
-    body.push_str("# totals and a window\n");
+    // The window's length is part of its state's meaning.
+    let body = std::fs::read_to_string(&job).unwrap().replace("4s, 2s", "6s, 2s");
     std::fs::write(&job, &body).unwrap();
     let out = run_job(&job, &ckpt, &[]);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "a changed job continued an old checkpoint:\n{err}");
-    assert!(err.contains("job changed"), "the error says the job changed: {err}");
+    assert!(err.contains("changed since the checkpoint"), "the error says the job changed: {err}");
+    assert!(err.contains("stateful stream \"windowed\""), "{err}");
     assert!(err.contains("--fresh"), "the error says how to start over: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(progress_lines(&err).is_empty(), "no batch ran: {err}");
 
-    // --fresh: from scratch, all batches again, the same outputs as a clean run.
+    // --fresh: from scratch, all batches again, the same totals as a clean run.
     std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
     let err = ok(&run_job(&job, &ckpt, &["--fresh"]), "the --fresh run");
     assert!(!err.contains("recovered from checkpoint"), "--fresh must not recover: {err}");
     assert_eq!(progress_lines(&err).len(), 12, "all 12 batches ran again: {err}");
-    assert_same_tree(&tree(&tmp.path().join("out")), &want, "outputs after --fresh vs a clean run");
+    let got = read_outputs(&tmp.path().join("out"), "totals");
+    let clean: BTreeMap<String, Vec<u8>> = want.into_iter().filter(|(k, _)| k.starts_with("totals")).collect();
+    let fresh: BTreeMap<String, Vec<u8>> =
+        tree(&tmp.path().join("out")).into_iter().filter(|(k, _)| k.starts_with("totals")).collect();
+    assert_eq!(got.len(), 12);
+    assert_same_tree(&fresh, &clean, "totals after --fresh vs a clean run");
 
     // The fresh checkpoint is the new job's: a plain restart is accepted now.
     let err = ok(&run_job(&job, &ckpt, &[]), "a restart after --fresh");

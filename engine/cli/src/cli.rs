@@ -164,6 +164,12 @@ pub struct RunArgs {
     /// Recover although a UDF module changed since the checkpoint.
     #[arg(long, requires = "checkpoint")]
     pub accept_module_change: bool,
+    /// Recover although what a stateful stream depends on changed since the
+    /// checkpoint (its operations upstream, their modules or arguments), or
+    /// a stateful stream was added or removed. Edits elsewhere (outputs,
+    /// stateless streams, comments) need no flag.
+    #[arg(long, requires = "checkpoint")]
+    pub accept_job_change: bool,
     /// Metadata checkpoints to keep (at least 1).
     #[arg(long, default_value_t = 10, requires = "checkpoint", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_checkpoints: u64,
@@ -406,6 +412,9 @@ fn supervise(args: &RunArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the weir executable")?;
     let child_args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--supervise").collect();
+    // A restart recovers from what the first driver checkpointed: `--fresh`
+    // again would discard it (and a socket source's logged lines with it).
+    let restart_args: Vec<String> = child_args.iter().filter(|a| *a != "--fresh").cloned().collect();
     let mut backoff = std::time::Duration::from_secs(1);
     let mut restarts = 0;
     let signals = forward_signals();
@@ -413,7 +422,7 @@ fn supervise(args: &RunArgs) -> Result<ExitCode> {
         // Its own process group: a Ctrl-C in the terminal reaches only the
         // supervisor, which forwards it once (two would stop the driver at once).
         let child = std::process::Command::new(&exe)
-            .args(&child_args)
+            .args(if restarts == 0 { &child_args } else { &restart_args })
             .process_group(0)
             .spawn()
             .context("cannot start the driver")?;
@@ -493,6 +502,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         c.keep = usize::try_from(args.keep_checkpoints).unwrap_or(usize::MAX);
         c.fresh = args.fresh;
         c.accept_module_change = args.accept_module_change;
+        c.accept_job_change = args.accept_job_change;
         c.lease_ttl = std::time::Duration::from_millis(args.checkpoint_lease_ms);
         c
     });

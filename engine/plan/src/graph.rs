@@ -165,7 +165,7 @@ impl Graph {
     /// Each node's depth (operations from a source, a source being 1) and
     /// the most partitions its RDDs can have, in one pass: parents come
     /// before their children, so no recursion.
-    fn bounds(&self) -> Vec<(usize, u64)> {
+    pub(crate) fn bounds(&self) -> Vec<(usize, u64)> {
         let mut b: Vec<(usize, u64)> = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let bound = self.bound_of(&n.parents, &b, &n.op);

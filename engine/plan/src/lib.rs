@@ -7,6 +7,7 @@
 //! a plan can be inspected anywhere. The runtime (crate `weir`) runs plans.
 
 pub mod graph;
+pub mod identity;
 pub mod limits;
 pub mod ops;
 pub mod rdd;

@@ -276,7 +276,9 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
             }
         }
         let label = format!("{name} ({})", source_type(spec.get_ref()));
-        streams.insert(name.clone(), ssc.source(spec.get_ref().clone(), &label));
+        let s = ssc.source(spec.get_ref().clone(), &label);
+        s.name_nodes_from(s.node(), name);
+        streams.insert(name.clone(), s);
     }
     let mut b = Builder {
         in_transform: None,
@@ -616,12 +618,14 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
         let e = |m: String| (self.err)(span.clone(), format!("stream {name}: {m}"));
         let parsed = parse_expr(expr.get_ref()).map_err(e)?;
         let mut cur = self.resolve(&parsed.first, span.clone())?;
+        let first_node = cur.graph_len();
         for (op, args) in &parsed.calls {
             cur = self.apply(&cur, op, args, name, span.clone()).map_err(|err| match err {
                 EngineError::JobFile(f) => EngineError::JobFile(f),
                 other => e(format!("{op}: {other}")).into(),
             })?;
         }
+        cur.name_nodes_from(first_node, name);
         Ok(cur)
     }
 

@@ -83,6 +83,47 @@ pub struct Metadata {
     pub cursors: Vec<SourceCursor>,
     /// The newest durable data checkpoint of each stateful stream (by node).
     pub state: BTreeMap<u32, StateRef>,
+    /// What the state depends on: sources and stateful streams with their
+    /// lineage signatures. `None` in checkpoints written before it existed
+    /// (those are recovered only by the same job file, by `job_hash`).
+    pub identity: Option<weir_plan::identity::JobIdentity>,
+}
+
+/// A metadata checkpoint as written before [`Metadata::identity`] existed.
+/// bincode is not self-describing, so such a file is decoded as this shape
+/// when the current one does not fit.
+#[derive(Serialize, Deserialize)]
+struct MetadataV1 {
+    seq: u64,
+    job_hash: String,
+    job: String,
+    modules: BTreeMap<String, String>,
+    batch_interval_ms: i64,
+    zero_time: i64,
+    last_completed: Option<i64>,
+    pending: Vec<i64>,
+    inputs: BTreeMap<i64, Vec<InputRecord>>,
+    cursors: Vec<SourceCursor>,
+    state: BTreeMap<u32, StateRef>,
+}
+
+impl From<MetadataV1> for Metadata {
+    fn from(m: MetadataV1) -> Self {
+        Metadata {
+            seq: m.seq,
+            job_hash: m.job_hash,
+            job: m.job,
+            modules: m.modules,
+            batch_interval_ms: m.batch_interval_ms,
+            zero_time: m.zero_time,
+            last_completed: m.last_completed,
+            pending: m.pending,
+            inputs: m.inputs,
+            cursors: m.cursors,
+            state: m.state,
+            identity: None,
+        }
+    }
 }
 
 impl Metadata {
@@ -365,7 +406,14 @@ fn decode_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, b
 
 fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
     let payload = file::read(store, name, FileKind::Metadata).map_err(|e| e.to_string())?;
-    decode_bounded(&payload).map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))
+    decode_metadata_payload(&payload)
+        .map_err(|e| format!("{}: undecodable metadata: {e}", store.locate(name).display()))
+}
+
+/// A metadata checkpoint of this version, or of the one before identities.
+fn decode_metadata_payload(payload: &[u8]) -> Result<Metadata, bincode::error::DecodeError> {
+    decode_bounded::<Metadata>(payload)
+        .or_else(|e| decode_bounded::<MetadataV1>(payload).map(Metadata::from).map_err(|_| e))
 }
 
 /// A decoded metadata checkpoint is usable only with every data checkpoint
@@ -812,24 +860,76 @@ fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {
             }
         };
         let _ = writeln!(s, "source {i}: {desc}");
+        if let Some(w) = m.identity.as_ref().and_then(|id| id.sources.get(i)) {
+            let _ = writeln!(s, "  reads {w}");
+        }
+    }
+    inspect_streams(&mut s, store, &m);
+    s
+}
+
+/// The stateful streams (by name where the job file gives one) and the
+/// data checkpoint each holds.
+fn inspect_streams(s: &mut String, store: &dyn CheckpointStore, m: &Metadata) {
+    use std::fmt::Write;
+    let streams = m.identity.as_ref().map(|id| id.stateful.as_slice()).unwrap_or_default();
+    if m.identity.is_none() {
+        let _ = writeln!(s, "stateful streams: not recorded (a checkpoint from an older Weir)");
+    }
+    for st in streams {
+        let held = if m.state.contains_key(&st.node) { "holds state" } else { "no state checkpointed yet" };
+        let _ = writeln!(s, "stateful stream {} (node {}): {held}", st.display_name(), st.node);
     }
     for (node, r) in &m.state {
         let ok = match read_state_in(store, r) {
             Ok(_) => "ok".to_string(),
             Err(e) => format!("INVALID: {e}"),
         };
+        let name = streams.iter().find(|st| st.node == *node).map(|st| st.display_name());
         let _ = writeln!(
             s,
-            "state of stream node {node}: batch {} ms, {} partition(s), {} key(s), {} bytes, state/{} ({ok})",
-            r.time, r.partitions, r.records, r.bytes, r.file
+            "state of stream {}: batch {} ms, {} partition(s), {} key(s), {} bytes, state/{} ({ok})",
+            name.unwrap_or_else(|| format!("node {node}")),
+            r.time,
+            r.partitions,
+            r.records,
+            r.bytes,
+            r.file
         );
     }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_of_the_version_before_identities_still_decodes() {
+        let v1 = MetadataV1 {
+            seq: 7,
+            job_hash: "ab".into(),
+            job: "job.toml".into(),
+            modules: BTreeMap::from([("m.wasm".to_string(), "cd".to_string())]),
+            batch_interval_ms: 1000,
+            zero_time: 0,
+            last_completed: Some(7000),
+            pending: vec![8000],
+            inputs: BTreeMap::new(),
+            cursors: vec![SourceCursor::Next(8)],
+            state: BTreeMap::new(),
+        };
+        let payload = bincode::serde::encode_to_vec(&v1, bincode::config::standard()).unwrap();
+        let m = decode_metadata_payload(&payload).unwrap();
+        assert_eq!((m.seq, m.last_completed, m.pending.clone(), m.identity.clone()), (7, Some(7000), vec![8000], None));
+        // And today's shape round-trips with its identity.
+        let mut now = m.clone();
+        now.identity =
+            Some(weir_plan::identity::JobIdentity { sources: vec!["batches in.jsonl".into()], stateful: vec![] });
+        let payload = bincode::serde::encode_to_vec(&now, bincode::config::standard()).unwrap();
+        assert_eq!(decode_metadata_payload(&payload).unwrap(), now);
+        // Garbage is still refused.
+        assert!(decode_metadata_payload(&payload[..payload.len() / 2]).is_err());
+    }
 
     #[test]
     fn object_store_urls_and_local_paths() {

@@ -87,6 +87,9 @@ struct Inner {
     foreach: Vec<ForeachRdd>,
     custom_sources: Vec<Option<Box<dyn Source>>>,
     custom_sinks: Vec<Arc<dyn Sink>>,
+    /// The job-file stream each node was written in (checkpoint identity
+    /// and its diffs).
+    names: std::collections::BTreeMap<NodeId, String>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -128,6 +131,7 @@ impl StreamingContext {
                 foreach: Vec::new(),
                 custom_sources: Vec::new(),
                 custom_sinks: Vec::new(),
+                names: Default::default(),
             })),
             registry,
             base_dir: PathBuf::from("."),
@@ -254,6 +258,10 @@ impl StreamingContext {
             let hash = if opts.checkpoint.is_some() { graph_hash(&inner.graph) } else { String::new() };
             ("(Rust API job)".to_string(), hash)
         });
+        let identity = match opts.checkpoint {
+            Some(_) => weir_plan::identity::JobIdentity::of(&inner.graph, &inner.names),
+            None => Default::default(),
+        };
         let mut sinks = Vec::new();
         for o in &inner.graph.outputs {
             sinks.push(sink::open(
@@ -269,6 +277,7 @@ impl StreamingContext {
             job_name,
             job_hash,
             modules: self.registry.modules(),
+            identity,
             graph: inner.graph.clone(),
             base_dir: self.base_dir.clone(),
             registry: self.registry.clone(),
@@ -354,6 +363,20 @@ type R = Result<DStream, EngineError>;
 impl DStream {
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// How many nodes the job's graph has (the next node's id).
+    pub(crate) fn graph_len(&self) -> NodeId {
+        self.inner.borrow().graph.nodes.len() as NodeId
+    }
+
+    /// Names the nodes from `first` on that have no name yet `name`: the
+    /// job-file stream they were written in.
+    pub(crate) fn name_nodes_from(&self, first: NodeId, name: &str) {
+        let mut inner = self.inner.borrow_mut();
+        for id in first..inner.graph.nodes.len() as NodeId {
+            inner.names.entry(id).or_insert_with(|| name.to_string());
+        }
     }
 
     fn add(&self, parents: Vec<NodeId>, op: NodeOp, label: String) -> R {

@@ -26,7 +26,7 @@ use weir_codec::Records;
 use super::dag::{DagScheduler, SchedulerMetrics};
 use super::options::{Clock, Master, RunOptions};
 use super::output_writer::{self, Computed, OutputWriter, Written};
-use crate::checkpoint::{CheckpointDir, CheckpointError, CheckpointStats, InputRecord, Metadata};
+use crate::checkpoint::{CheckpointDir, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
 use crate::listener::{BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo};
@@ -78,6 +78,8 @@ pub struct Job {
     pub job_name: String,
     /// Module file name -> SHA-256, for checkpoints.
     pub modules: BTreeMap<String, String>,
+    /// What its checkpoints' state depends on (empty without checkpoints).
+    pub identity: weir_plan::identity::JobIdentity,
     /// Relative paths in the job (sources, outputs) resolve against this.
     pub base_dir: PathBuf,
     pub registry: Arc<ModuleRegistry>,
@@ -544,6 +546,7 @@ impl Driver {
             inputs: p.inputs.clone(),
             cursors: self.sources.iter().map(|s| s.cursor()).collect(),
             state: BTreeMap::new(),
+            identity: Some(self.job.identity.clone()),
         }
     }
 }
@@ -615,37 +618,4 @@ fn start_executors(
     let mut dag = DagScheduler::new(backend, results);
     dag.listeners = listeners.clone();
     Ok(dag)
-}
-
-/// Refuses to continue a checkpoint of another job or other modules.
-pub(super) fn check_compatible(job: &Job, m: &Metadata, accept_module_change: bool) -> Result<(), EngineError> {
-    let refuse = |msg: String| Err(EngineError::Checkpoint(CheckpointError::Mismatch(msg)));
-    if m.job_hash != job.job_hash {
-        return refuse(format!(
-            "the job changed since the checkpoint was written: {} had sha256 {}, {} now has sha256 {}; \
-             run with --fresh to discard the checkpoint and start over",
-            m.job, m.job_hash, job.job_name, job.job_hash
-        ));
-    }
-    if m.batch_interval_ms != job.graph.batch_interval_ms {
-        return refuse(format!(
-            "the batch interval changed ({} ms in the checkpoint, {} ms now); run with --fresh to start over",
-            m.batch_interval_ms, job.graph.batch_interval_ms
-        ));
-    }
-    let mut changed = Vec::new();
-    for (name, h) in &job.modules {
-        match m.modules.get(name) {
-            Some(old) if old != h => changed.push(format!("{name} (sha256 {old} in the checkpoint, {h} now)")),
-            _ => {}
-        }
-    }
-    if !changed.is_empty() && !accept_module_change {
-        return refuse(format!(
-            "UDF module changed since the checkpoint was written: {}; run with --accept-module-change to \
-             continue with the new module (recomputed batches then use the new code), or --fresh to start over",
-            changed.join(", ")
-        ));
-    }
-    Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod dag;
 pub mod driver;
+mod job_change;
 pub mod options;
 mod output_writer;
 mod recover;

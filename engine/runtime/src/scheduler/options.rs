@@ -167,6 +167,10 @@ pub struct CheckpointOptions {
     pub fresh: bool,
     /// Continue although a UDF module's hash differs from the checkpoint's.
     pub accept_module_change: bool,
+    /// Continue although a stateful stream's lineage changed (or a stateful
+    /// stream was added or removed): matching streams keep their state,
+    /// removed ones drop it, new ones start without it.
+    pub accept_job_change: bool,
     /// Object-store locations: how long the driver's lease lasts unrenewed
     /// (renewed every third of it; a second driver waits this long before
     /// taking over a lease nobody renews). Default 30 s.
@@ -180,6 +184,7 @@ impl CheckpointOptions {
             keep: 10,
             fresh: false,
             accept_module_change: false,
+            accept_job_change: false,
             lease_ttl: Duration::from_secs(30),
         }
     }

@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use super::driver::{check_compatible, Driver, Job};
+use super::driver::{Driver, Job};
+use super::job_change::check_compatible;
 use super::options::RunOptions;
 use crate::checkpoint::{self, CheckpointDir, CheckpointError, Metadata};
 use crate::listener::{ListenerBus, RecoveryEvent};
@@ -40,10 +41,11 @@ pub(super) fn open_checkpoint(
             c.dir.display()
         ))));
     }
-    if let Some(m) = &rec.metadata {
-        check_compatible(job, m, c.accept_module_change)?;
+    let mut metadata = rec.metadata;
+    if let Some(m) = &mut metadata {
+        check_compatible(job, m, c)?;
     }
-    Ok((Some(dir), rec.metadata))
+    Ok((Some(dir), metadata))
 }
 
 /// Starts the job's sources; receivers log to the checkpoint's WAL.
