@@ -35,6 +35,8 @@ use super::store::CheckpointStore;
 pub const MAX_OBJECT_BYTES: u64 = 4 << 30;
 /// The most the lease object may hold.
 const MAX_LEASE_BYTES: u64 = 64 << 10;
+/// What a read reserves before the body arrives (the rest grows with it).
+const INITIAL_READ_BYTES: u64 = 8 << 20;
 /// The deadline of one request, retries included.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -171,8 +173,30 @@ impl ObjectStoreCheckpoint {
                 });
             }
             let etag = r.meta.e_tag.clone();
-            let bytes = r.bytes().await?;
-            Ok((bytes.to_vec(), etag))
+            let declared = r.meta.size;
+            // Not `r.bytes()`: it reserves the declared size up front, and a
+            // hostile server declares what it likes. Grow with what arrives,
+            // and stop at the first byte past the declared size.
+            let mut body = r.into_stream();
+            let mut out = Vec::with_capacity(declared.min(INITIAL_READ_BYTES) as usize);
+            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                let chunk = chunk?;
+                if out.len() as u64 + chunk.len() as u64 > declared {
+                    return Err(object_store::Error::Generic {
+                        store: "weir",
+                        source: format!("{url}/{name}: the server sent more than the {declared} bytes it declared")
+                            .into(),
+                    });
+                }
+                out.extend_from_slice(&chunk);
+            }
+            if (out.len() as u64) < declared {
+                return Err(object_store::Error::Generic {
+                    store: "weir",
+                    source: format!("{url}/{name}: {} of the {declared} bytes declared arrived", out.len()).into(),
+                });
+            }
+            Ok((out, etag))
         })
     }
 }
