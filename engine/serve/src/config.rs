@@ -51,6 +51,8 @@ struct ConfigFile {
     #[serde(default)]
     read_timeout_ms: Option<u64>,
     #[serde(default)]
+    storage_check_interval_ms: Option<u64>,
+    #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
 
@@ -72,6 +74,8 @@ struct TenantFile {
     storage_quota_bytes: Option<u64>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    kafka_topic_prefixes: Vec<String>,
     #[serde(default)]
     limits: Option<CeilingsFile>,
 }
@@ -113,6 +117,9 @@ pub struct Tenant {
     pub storage_quota_bytes: u64,
     /// Hosts (`host` or `host:port`) socket sources and Kafka may reach.
     pub allowed_hosts: Vec<String>,
+    /// Kafka topics this tenant may read and write: those that start with
+    /// one of these (none by default).
+    pub kafka_topic_prefixes: Vec<String>,
     pub ceilings: Ceilings,
 }
 
@@ -133,6 +140,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// A client must send its headers, and then its body, each within this long.
     pub read_timeout_ms: u64,
+    /// How often the roots of tenants with live jobs are measured against
+    /// their `storage_quota_bytes` (`quota`).
+    pub storage_check_interval_ms: u64,
     pub tenants: BTreeMap<String, Tenant>,
 }
 
@@ -196,6 +206,10 @@ fn tenant_from(
         deadline_ms: c.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
         memory_bytes: c.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
     };
+    // An empty prefix would allow every topic: the operator names prefixes.
+    if t.kafka_topic_prefixes.iter().any(|p| p.is_empty() || p.chars().any(|c| c.is_control())) {
+        return Err(err(format!("tenant {name}: kafka_topic_prefixes: a prefix must be non-empty text")));
+    }
     if ceilings.fuel_per_call == 0 || ceilings.deadline_ms == 0 || ceilings.memory_bytes < 65_536 {
         return Err(err(format!(
             "tenant {name}: limits: fuel_per_call and deadline_ms must be positive, memory_bytes at least 65536"
@@ -211,6 +225,7 @@ fn tenant_from(
         root,
         storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
         allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        kafka_topic_prefixes: t.kafka_topic_prefixes,
         ceilings,
     })
 }
@@ -263,7 +278,12 @@ impl Config {
         }
         let request_timeout_ms = f.request_timeout_ms.unwrap_or(60_000);
         let read_timeout_ms = f.read_timeout_ms.unwrap_or(10_000);
-        for (key, v) in [("request_timeout_ms", request_timeout_ms), ("read_timeout_ms", read_timeout_ms)] {
+        let storage_check_interval_ms = f.storage_check_interval_ms.unwrap_or(5_000);
+        for (key, v) in [
+            ("request_timeout_ms", request_timeout_ms),
+            ("read_timeout_ms", read_timeout_ms),
+            ("storage_check_interval_ms", storage_check_interval_ms),
+        ] {
             if !(100..=600_000).contains(&v) {
                 return Err(err(key, format!("{key} must be between 100 and 600000")));
             }
@@ -290,6 +310,7 @@ impl Config {
             max_upload_bytes,
             request_timeout_ms,
             read_timeout_ms,
+            storage_check_interval_ms,
             tenants,
         })
     }
@@ -427,6 +448,7 @@ mod tests {
         let b = &c.tenants["bob"];
         assert_eq!((b.max_jobs, b.max_slots), (1, 1));
         assert!(b.allowed_hosts.is_empty());
+        assert!(b.kafka_topic_prefixes.is_empty(), "no Kafka topic by default");
         assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
         assert_eq!(c.authenticate(TOKEN), Some(Principal::Tenant("acme".into())));
         assert_eq!(c.authenticate("bob"), Some(Principal::Tenant("bob".into())));
@@ -450,6 +472,8 @@ mod tests {
         assert!(e.contains("another tenant's token"), "{e}");
         let e = parse("master = \"cluster[2]\"\n").unwrap_err().to_string();
         assert!(e.contains("serve.toml:1:") && e.contains("only local[N]"), "{e}");
+        let e = parse(&format!("{}kafka_topic_prefixes = [\"acme.\", \"\"]\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
         assert!(e.to_string().contains("names are"), "{e}");
     }

@@ -64,6 +64,9 @@ pub struct Server {
     shutting_down: AtomicBool,
     /// Refusals by (tenant, reason), for /metrics.
     refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Jobs being stopped because they must fail (the storage quota), with
+    /// the message they end with.
+    failing: Mutex<HashMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +87,8 @@ impl Server {
         let registry = Registry::open(&config.state_dir)?;
         let store = ModuleStore::open(&config.state_dir)?;
         let runtime = UdfRuntime::new().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
-        Ok(Arc::new(Server {
+        let interval = Duration::from_millis(config.storage_check_interval_ms);
+        let server = Arc::new(Server {
             state_dir: config.state_dir.clone(),
             config: ConfigWatch::new(config),
             registry: Mutex::new(registry),
@@ -94,7 +98,11 @@ impl Server {
             submitting: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             refusals: Mutex::new(BTreeMap::new()),
-        }))
+            failing: Mutex::new(HashMap::new()),
+        });
+        crate::quota::spawn_watch(Arc::downgrade(&server), interval)
+            .map_err(|e| ServeError::Io(format!("cannot start the storage-quota thread: {e}")))?;
+        Ok(server)
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -150,12 +158,46 @@ impl Server {
             // A server shutting down stops its jobs, but they stay
             // `running` in the registry: the next start resumes them.
             if !s.shutting_down.load(Ordering::SeqCst) {
-                s.set_state(&id, o.state, o.message);
+                match lock(&s.failing).remove(&id) {
+                    Some(why) => s.set_state(&id, JobState::Failed, Some(why)),
+                    None => s.set_state(&id, o.state, o.message),
+                }
             }
         })
         .map_err(|e| ServeError::Io(format!("cannot start a thread for the job: {e}")))?;
         lock(&self.handles).insert(rec.id.clone(), handle);
         Ok(())
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The ids of the live jobs (running, stopping) of each tenant.
+    pub(crate) fn live_jobs_by_tenant(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in lock(&self.registry).all().filter(|r| r.state.is_live()) {
+            out.entry(r.tenant.clone()).or_default().push(r.id.clone());
+        }
+        out
+    }
+
+    /// Stops job `id` after its batch in flight (its checkpoint written)
+    /// and records it `failed` with `why` when its driver returns. Once per
+    /// job: a job already failing is left alone.
+    pub(crate) fn fail_job(&self, id: &str, why: String) {
+        let handles = lock(&self.handles);
+        let Some(h) = handles.get(id) else { return };
+        if h.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return;
+        }
+        let mut failing = lock(&self.failing);
+        if failing.contains_key(id) {
+            return;
+        }
+        h.shared.log(format!("job {id}: {why}"));
+        h.stop.request(true);
+        failing.insert(id.to_string(), why);
     }
 
     fn refuse(&self, tenant: &str, reason: &'static str, e: ServeError) -> ServeError {
