@@ -49,6 +49,7 @@ max_jobs = 2
 max_slots = 1
 allowed_hosts = ["kafka.local"]
 kafka_topic_prefixes = ["evil."]
+memory_quota_bytes = 40_000_000
 
 [tenants.evil.limits]
 fuel_per_call = 50_000_000
@@ -464,6 +465,16 @@ fn serve_status_page_lists_only_the_tenants_own_jobs() {
     let acme_id = submit(&addr, ACME, &generator_job(tmp.path(), "a.toml", &wc, "flat_map(m.split)", "")).unwrap();
     let evil_id = submit(&addr, EVIL, &generator_job(tmp.path(), "e.toml", &wc, "flat_map(m.split)", "")).unwrap();
     let bearer = |t: &str| format!("Bearer {t}");
+
+    // UDF memory: evil's running job holds 16 MiB (memory_bytes x 1 module x
+    // 1 thread); one with three modules needs 48 MiB more, past its 40 MB.
+    let one = std::fs::read_to_string(tmp.path().join("e.toml")).unwrap();
+    let m = format!("m2 = \"{0}\"\nm3 = \"{0}\"\n", wc.display());
+    std::fs::write(tmp.path().join("three.toml"), one.replace("[modules]\n", &format!("[modules]\n{m}"))).unwrap();
+    let e = submit(&addr, EVIL, &tmp.path().join("three.toml")).unwrap_err();
+    assert!(e.contains("429") && e.contains("3 module(s)") && e.contains("memory_quota_bytes = 40000000"), "{e}");
+    assert!(e.contains("live jobs hold 16777216"), "{e}");
+    assert_eq!(status_json(&addr, EVIL, &evil_id)["udf_memory_bytes"], 16_777_216);
 
     // No token, or a wrong one: 401 with the token form.
     let (code, head, body) = http_headers(&addr, "GET", "/ui", &[], b"");

@@ -28,6 +28,9 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const DEFAULT_FUEL_PER_CALL: u64 = 1_000_000_000;
 pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
 pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+/// Default UDF memory of a tenant's live jobs together: 1 GiB (sixteen
+/// instances at the default ceiling).
+pub const DEFAULT_MEMORY_QUOTA_BYTES: u64 = 1 << 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +76,8 @@ struct TenantFile {
     #[serde(default)]
     storage_quota_bytes: Option<u64>,
     #[serde(default)]
+    memory_quota_bytes: Option<u64>,
+    #[serde(default)]
     allowed_hosts: Vec<String>,
     #[serde(default)]
     kafka_topic_prefixes: Vec<String>,
@@ -115,6 +120,9 @@ pub struct Tenant {
     /// Absolute: where the tenant's inputs, checkpoints and outputs live.
     pub root: PathBuf,
     pub storage_quota_bytes: u64,
+    /// UDF memory all its live jobs may hold at once: each job counts
+    /// `memory_bytes` x its modules x its executor threads.
+    pub memory_quota_bytes: u64,
     /// Hosts (`host` or `host:port`) socket sources and Kafka may reach.
     pub allowed_hosts: Vec<String>,
     /// Kafka topics this tenant may read and write: those that start with
@@ -224,6 +232,11 @@ fn tenant_from(
         max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
         root,
         storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
+        memory_quota_bytes: match t.memory_quota_bytes {
+            Some(0) => return Err(err(format!("tenant {name}: memory_quota_bytes must be at least 1"))),
+            Some(n) => n,
+            None => DEFAULT_MEMORY_QUOTA_BYTES,
+        },
         allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         kafka_topic_prefixes: t.kafka_topic_prefixes,
         ceilings,
@@ -449,6 +462,7 @@ mod tests {
         assert_eq!((b.max_jobs, b.max_slots), (1, 1));
         assert!(b.allowed_hosts.is_empty());
         assert!(b.kafka_topic_prefixes.is_empty(), "no Kafka topic by default");
+        assert_eq!(b.memory_quota_bytes, DEFAULT_MEMORY_QUOTA_BYTES);
         assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
         assert_eq!(c.authenticate(TOKEN), Some(Principal::Tenant("acme".into())));
         assert_eq!(c.authenticate("bob"), Some(Principal::Tenant("bob".into())));

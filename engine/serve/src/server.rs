@@ -49,6 +49,9 @@ pub struct JobView {
     pub message: Option<String>,
     pub outputs: Vec<PathBuf>,
     pub checkpoint: PathBuf,
+    /// UDF memory the job may hold at once, counted against its tenant's
+    /// `memory_quota_bytes`.
+    pub udf_memory_bytes: u64,
     pub progress: Option<Progress>,
 }
 
@@ -245,6 +248,8 @@ impl Server {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(tenant, "policy", e)),
         };
+        let slots = t.max_slots.min(self.config().slots()).max(1);
+        let udf_memory_bytes = self.memory_reservation(&t, &prepared, slots)?;
         let rec = JobRecord {
             id: id.clone(),
             tenant: t.name.clone(),
@@ -253,8 +258,9 @@ impl Server {
             submitted_ms: now_ms(),
             dir: dir.clone(),
             outputs: prepared.outputs,
-            slots: t.max_slots.min(self.config().slots()).max(1),
+            slots,
             message: None,
+            udf_memory_bytes,
         };
         let io = |e: std::io::Error| ServeError::Io(format!("job directory {}: {e}", dir.display()));
         std::fs::create_dir_all(&dir).map_err(io)?;
@@ -272,6 +278,33 @@ impl Server {
         Ok(self.view(&rec))
     }
 
+    /// The UDF memory the job may hold at once, if it fits in what the
+    /// tenant's live jobs leave of its `memory_quota_bytes` (else 429,
+    /// naming the figures).
+    fn memory_reservation(&self, t: &Tenant, p: &submit::Prepared, slots: u32) -> Result<u64, ServeError> {
+        let need = p.udf_memory_bytes(slots);
+        let held: u64 = lock(&self.registry)
+            .all()
+            .filter(|r| r.tenant == t.name && r.state.is_live())
+            .map(|r| r.udf_memory_bytes)
+            .fold(0u64, u64::saturating_add);
+        if held.saturating_add(need) <= t.memory_quota_bytes {
+            return Ok(need);
+        }
+        Err(self.refuse(
+            &t.name,
+            "memory_quota",
+            ServeError::Quota(format!(
+                "the job needs {need} bytes of UDF memory (memory_bytes = {} x {} module(s) x {slots} executor \
+                 thread(s)); tenant {}'s live jobs hold {held} of its memory_quota_bytes = {}",
+                p.memory_bytes,
+                p.modules.max(1),
+                t.name,
+                t.memory_quota_bytes
+            )),
+        ))
+    }
+
     fn view(&self, rec: &JobRecord) -> JobView {
         let progress = lock(&self.handles).get(&rec.id).map(|h| h.shared.progress());
         JobView {
@@ -284,6 +317,7 @@ impl Server {
             message: rec.message.clone(),
             outputs: rec.outputs.clone(),
             checkpoint: rec.checkpoint_dir(),
+            udf_memory_bytes: rec.udf_memory_bytes,
             progress,
         }
     }

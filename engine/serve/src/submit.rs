@@ -24,6 +24,19 @@ pub struct Prepared {
     pub text: String,
     /// Every `save_as_text_files` prefix, rewritten (absolute).
     pub outputs: Vec<PathBuf>,
+    /// The job's `limits.memory_bytes` (as capped).
+    pub memory_bytes: u64,
+    /// Modules the job names: a task of a fused stage may hold an instance
+    /// of each at once.
+    pub modules: u64,
+}
+
+impl Prepared {
+    /// UDF memory the job may hold at once with `slots` executor threads
+    /// (one task each): every module's instance at its full `memory_bytes`.
+    pub fn udf_memory_bytes(&self, slots: u32) -> u64 {
+        self.memory_bytes.saturating_mul(self.modules.max(1)).saturating_mul(u64::from(slots.max(1)))
+    }
 }
 
 fn refused(m: String) -> ServeError {
@@ -183,7 +196,13 @@ pub fn prepare(
         }
     }
     let outputs = rewrite_outputs(t, &mut doc, job_dir)?;
-    Ok(Prepared { text: doc.to_string(), outputs })
+    // cap_limits set it: the job's own value or the capped default.
+    let memory_bytes = doc
+        .get("limits")
+        .and_then(|l| l.get("memory_bytes"))
+        .and_then(Item::as_integer)
+        .map_or(t.ceilings.memory_bytes as u64, |n| n.max(0) as u64);
+    Ok(Prepared { text: doc.to_string(), outputs, memory_bytes, modules: modules.len() as u64 })
 }
 
 fn rewrite_modules(
@@ -383,6 +402,8 @@ mod tests {
         // Limits nobody asked for: the engine's default, capped by the ceiling.
         assert_eq!(doc["limits"]["fuel_per_call"].as_integer().unwrap(), 1_000_000_000);
         assert_eq!(doc["limits"]["deadline_ms"].as_integer().unwrap(), 5_000);
+        // Its UDF memory: the capped default (64 MiB) x one module x slots.
+        assert_eq!(p.udf_memory_bytes(3), 3 * (64 << 20));
         // The lines of the submitted file are kept (errors name them).
         let streams_line = |t: &str| t.lines().position(|l| l.starts_with("[streams]"));
         assert_eq!(streams_line(&p.text), streams_line(&submitted));
