@@ -240,6 +240,7 @@ async fn job_page(State(s): State<Arc<Server>>, Path(id): Path<String>, headers:
         ("State", state_name(&v)),
         ("Message", opt(v.message.clone())),
         ("Executor threads", v.slots.to_string()),
+        ("UDF memory reserved", format!("{} bytes", v.udf_memory_bytes)),
         ("Batches completed", p.batches_completed.to_string()),
         ("Batches failed", p.batches_failed.to_string()),
         ("Records in", p.records_in.to_string()),
