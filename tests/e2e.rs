@@ -22,6 +22,7 @@ mod object_store;
 mod observability;
 mod recovery_checks;
 mod serve;
+mod serve_kubernetes;
 mod socket_wal_recovery;
 mod socket_wordcount;
 mod udf_dev;

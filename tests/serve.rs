@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 const ACME: &str = "acme-token-0123456789";
 const EVIL: &str = "evil-token-9876543210";
+const ADMIN: &str = "admin-token-5555555555";
 
 fn sha(s: &str) -> String {
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
@@ -30,6 +31,7 @@ state_dir = "state"
 master = "local[2]"
 max_upload_bytes = 1_000_000
 read_timeout_ms = 1000
+admin_token_sha256 = "{}"
 
 [tenants.acme]
 token_sha256 = "{}"
@@ -45,12 +47,16 @@ memory_bytes = 268_435_456
 token_sha256 = "{}"
 max_jobs = 2
 max_slots = 1
+allowed_hosts = ["kafka.local"]
+kafka_topic_prefixes = ["evil."]
+memory_quota_bytes = 40_000_000
 
 [tenants.evil.limits]
 fuel_per_call = 50_000_000
 deadline_ms = 2000
 memory_bytes = 16_777_216
 "#,
+        sha(ADMIN),
         sha(ACME),
         sha(EVIL)
     );
@@ -181,6 +187,11 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
         ("[sources.lines]\ntype = \"directory\"\npath = \"../acme/in\"", "leaves the tenant's root"),
         ("[sources.lines]\ntype = \"batches\"\npath = \"/etc/passwd\"", "absolute path"),
         ("[sources.lines]\ntype = \"socket\"\nhost = \"10.1.2.3\"\nport = 9999", "may not reach"),
+        // Kafka: an allowed broker, but a topic outside evil's prefixes.
+        (
+            "[sources.lines]\ntype = \"kafka\"\nbrokers = \"kafka.local:9092\"\ntopics = [\"evil.in\", \"acme.orders\"]",
+            "topic \"acme.orders\": tenant evil may use only topics starting with one of [\"evil.\"]",
+        ),
     ];
     for (source, want) in escapes {
         let job = format!(
@@ -203,6 +214,16 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
         std::fs::read_to_string(&out_escape).unwrap().replace("prefix = \"out/x\"", "prefix = \"../../acme/x\"");
     std::fs::write(&out_escape, text_job).unwrap();
     assert!(submit(&addr, EVIL, Path::new(&out_escape)).unwrap_err().contains("`..`"));
+    let kafka_sink = std::fs::read_to_string(&out_escape).unwrap().replace(
+        "type = \"save_as_text_files\"\nprefix = \"../../acme/x\"",
+        "type = \"kafka\"\nbrokers = \"kafka.local:9092\"\ntopic = \"acme.results\"",
+    );
+    std::fs::write(&out_escape, kafka_sink).unwrap();
+    let e = submit(&addr, EVIL, Path::new(&out_escape)).unwrap_err();
+    assert!(
+        e.contains("403") && e.contains("outputs[0].topic: topic \"acme.results\"") && e.contains("[\"evil.\"]"),
+        "{e}"
+    );
 
     // A module hash evil never uploaded (acme did).
     let wc = module("wordcount.wasm");
@@ -412,4 +433,150 @@ fn serve_speaks_tls_with_its_certificate_and_not_plain_http() {
     let (code, _) = http(&addr, "GET", "/healthz", None, b"", 0);
     assert_eq!(code, 0, "plain HTTP was answered on the TLS port");
     d.kill();
+}
+
+/// One raw HTTP/1.1 request with extra headers: the status, the response's
+/// headers and its body.
+fn http_headers(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+#[test]
+fn serve_status_page_lists_only_the_tenants_own_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let (mut server, addr) = start_server(&config);
+    let wc = module("wordcount.wasm");
+    let acme_id = submit(&addr, ACME, &generator_job(tmp.path(), "a.toml", &wc, "flat_map(m.split)", "")).unwrap();
+    let evil_id = submit(&addr, EVIL, &generator_job(tmp.path(), "e.toml", &wc, "flat_map(m.split)", "")).unwrap();
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // UDF memory: evil's running job holds 16 MiB (memory_bytes x 1 module x
+    // 1 thread); one with three modules needs 48 MiB more, past its 40 MB.
+    let one = std::fs::read_to_string(tmp.path().join("e.toml")).unwrap();
+    let m = format!("m2 = \"{0}\"\nm3 = \"{0}\"\n", wc.display());
+    std::fs::write(tmp.path().join("three.toml"), one.replace("[modules]\n", &format!("[modules]\n{m}"))).unwrap();
+    let e = submit(&addr, EVIL, &tmp.path().join("three.toml")).unwrap_err();
+    assert!(e.contains("429") && e.contains("3 module(s)") && e.contains("memory_quota_bytes = 40000000"), "{e}");
+    assert!(e.contains("live jobs hold 16777216"), "{e}");
+    assert_eq!(status_json(&addr, EVIL, &evil_id)["udf_memory_bytes"], 16_777_216);
+
+    // No token, or a wrong one: 401 with the token form.
+    let (code, head, body) = http_headers(&addr, "GET", "/ui", &[], b"");
+    assert_eq!(code, 401, "{body}");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("action=\"/ui/login\"") && !body.contains(&acme_id), "{body}");
+    let (code, _, _) = http_headers(&addr, "GET", "/ui", &[("Authorization", &bearer("guess"))], b"");
+    assert_eq!(code, 401);
+    let (code, _, _) = http_headers(&addr, "GET", &format!("/ui/jobs/{acme_id}"), &[], b"");
+    assert_eq!(code, 401);
+
+    // Each tenant sees its own jobs, with links to their pages; the admin all.
+    let page = |token: &str| {
+        let (code, _, body) = http_headers(&addr, "GET", "/ui", &[("Authorization", &bearer(token))], b"");
+        assert_eq!(code, 200, "{body}");
+        assert!(!body.contains("://"), "the page loads or links something elsewhere: {body}");
+        body
+    };
+    let a = page(ACME);
+    assert!(a.contains(&format!("href=\"/ui/jobs/{acme_id}\"")), "{a}");
+    assert!(a.contains(&format!("href=\"/ui/jobs/{acme_id}/logs\"")), "{a}");
+    assert!(a.contains("running") && !a.contains(&evil_id), "{a}");
+    let e = page(EVIL);
+    assert!(e.contains(&evil_id) && !e.contains(&acme_id), "{e}");
+    let all = page(ADMIN);
+    assert!(all.contains(&evil_id) && all.contains(&acme_id), "{all}");
+
+    // A job's pages: its own tenant's only.
+    let get = |path: &str, token: &str| http_headers(&addr, "GET", path, &[("Authorization", &bearer(token))], b"");
+    let (code, _, body) = get(&format!("/ui/jobs/{evil_id}"), ACME);
+    assert_eq!(code, 404, "{body}");
+    let (code, _, body) = get(&format!("/ui/jobs/{evil_id}/logs"), ACME);
+    assert_eq!(code, 404, "{body}");
+    wait_status(&server, &addr, ACME, &acme_id, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    let (code, _, body) = get(&format!("/ui/jobs/{acme_id}"), ACME);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Batches completed") && body.contains("checkpoint"), "{body}");
+    let (code, _, body) = get(&format!("/ui/jobs/{acme_id}/logs"), ACME);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("job {acme_id}: starting with local[2]")), "{body}");
+
+    // A browser: the token form sets a cookie for /ui only, the cookie shows the page.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (code, _, _) = http_headers(&addr, "POST", "/ui/login", &form, b"token=guess");
+    assert_eq!(code, 401);
+    let (code, head, _) = http_headers(&addr, "POST", "/ui/login", &form, format!("token={EVIL}").as_bytes());
+    assert_eq!(code, 303, "{head}");
+    let cookie_line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect(&head);
+    for want in [&format!("weir_token={EVIL}"), "Path=/ui", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie_line.contains(want), "{cookie_line}");
+    }
+    let cookie = format!("weir_token={EVIL}");
+    let (code, _, body) = http_headers(&addr, "GET", "/ui", &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&evil_id) && !body.contains(&acme_id), "{body}");
+    // The cookie is for the pages, not the API.
+    let (code, _, _) = http_headers(&addr, "GET", "/api/v1/jobs", &[("Cookie", &cookie)], b"");
+    assert_eq!(code, 401);
+    assert!(!server.log().contains(ACME) && !server.log().contains(EVIL), "a token in the log");
+    server.kill();
+}
+
+#[test]
+fn serve_fails_a_job_over_its_storage_quota_and_keeps_the_others_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    // evil's root may hold 20 kB; the roots are measured every 200 ms.
+    let cfg = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("read_timeout_ms = 1000\n", "read_timeout_ms = 1000\nstorage_check_interval_ms = 200\n")
+        .replace("[tenants.evil.limits]", "storage_quota_bytes = 20_000\n\n[tenants.evil.limits]");
+    std::fs::write(&config, cfg).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let wc = module("wordcount.wasm");
+    let acme_id = submit(&addr, ACME, &generator_job(tmp.path(), "a.toml", &wc, "flat_map(m.split)", "")).unwrap();
+    let evil_id = submit(&addr, EVIL, &generator_job(tmp.path(), "e.toml", &wc, "flat_map(m.split)", "")).unwrap();
+
+    let failed = wait_status(&server, &addr, EVIL, &evil_id, 180, |v| v["state"] != "running");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let msg = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("storage quota exceeded")
+            && msg.contains("storage_quota_bytes = 20000")
+            && msg.contains("tenant evil"),
+        "{failed}"
+    );
+    let used: u64 = msg.split("holds ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(used > 20_000, "{msg}");
+    let logs = text(&client(&addr, EVIL, &["logs", &evil_id]).stdout);
+    assert!(logs.contains("storage_quota_bytes = 20000"), "{logs}");
+    // Stopped after its batch in flight: its checkpoint reads back whole.
+    let ckpt = failed["checkpoint"].as_str().unwrap();
+    let inspect = run(weir().args(["checkpoint", "inspect", ckpt]));
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+
+    // acme's job goes on.
+    let now = status_json(&addr, ACME, &acme_id);
+    assert_eq!(now["state"], "running", "{now}");
+    let n = now["progress"]["batches_completed"].as_u64().unwrap_or(0);
+    let later = wait_status(&server, &addr, ACME, &acme_id, 120, |v| {
+        v["progress"]["batches_completed"].as_u64() >= Some(n + 2)
+    });
+    assert_eq!(later["state"], "running", "{later}");
+    server.kill();
 }

@@ -80,6 +80,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
             eprintln!("weir: recovered {} job(s): {}", started.len(), started.join(", "));
         }
         eprintln!("weir: serving {tenants} tenant(s) at {scheme}://{addr}/ (state in {})", config.state_dir.display());
+        eprintln!("weir: status page at {scheme}://{addr}/ui");
         let s = server.clone();
         let shutdown = async move {
             use tokio::signal::unix::{signal, SignalKind};

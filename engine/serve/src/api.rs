@@ -41,6 +41,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{id}/stop"),
     ("get", "/api/v1/jobs/{id}/logs"),
     ("get", "/api/v1/jobs/{id}/outputs"),
+    ("get", "/ui"),
+    ("get", "/ui/login"),
+    ("post", "/ui/login"),
+    ("post", "/ui/logout"),
+    ("get", "/ui/jobs/{id}"),
+    ("get", "/ui/jobs/{id}/logs"),
 ];
 
 /// An error as the API answers it: the status and `{"error": "..."}`.
@@ -96,6 +102,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/jobs/{id}/stop", post(stop_job))
         .route("/api/v1/jobs/{id}/logs", get(job_logs))
         .route("/api/v1/jobs/{id}/outputs", get(job_outputs))
+        .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| deadline(timeout, limit, req, next)))
         .with_state(server)

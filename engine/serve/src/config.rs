@@ -28,6 +28,9 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const DEFAULT_FUEL_PER_CALL: u64 = 1_000_000_000;
 pub const DEFAULT_DEADLINE_MS: u64 = 5_000;
 pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
+/// Default UDF memory of a tenant's live jobs together: 1 GiB (sixteen
+/// instances at the default ceiling).
+pub const DEFAULT_MEMORY_QUOTA_BYTES: u64 = 1 << 30;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +54,8 @@ struct ConfigFile {
     #[serde(default)]
     read_timeout_ms: Option<u64>,
     #[serde(default)]
+    storage_check_interval_ms: Option<u64>,
+    #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
 
@@ -71,7 +76,11 @@ struct TenantFile {
     #[serde(default)]
     storage_quota_bytes: Option<u64>,
     #[serde(default)]
+    memory_quota_bytes: Option<u64>,
+    #[serde(default)]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    kafka_topic_prefixes: Vec<String>,
     #[serde(default)]
     limits: Option<CeilingsFile>,
 }
@@ -111,8 +120,14 @@ pub struct Tenant {
     /// Absolute: where the tenant's inputs, checkpoints and outputs live.
     pub root: PathBuf,
     pub storage_quota_bytes: u64,
+    /// UDF memory all its live jobs may hold at once: each job counts
+    /// `memory_bytes` x its modules x its executor threads.
+    pub memory_quota_bytes: u64,
     /// Hosts (`host` or `host:port`) socket sources and Kafka may reach.
     pub allowed_hosts: Vec<String>,
+    /// Kafka topics this tenant may read and write: those that start with
+    /// one of these (none by default).
+    pub kafka_topic_prefixes: Vec<String>,
     pub ceilings: Ceilings,
 }
 
@@ -133,6 +148,9 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// A client must send its headers, and then its body, each within this long.
     pub read_timeout_ms: u64,
+    /// How often the roots of tenants with live jobs are measured against
+    /// their `storage_quota_bytes` (`quota`).
+    pub storage_check_interval_ms: u64,
     pub tenants: BTreeMap<String, Tenant>,
 }
 
@@ -196,6 +214,10 @@ fn tenant_from(
         deadline_ms: c.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS),
         memory_bytes: c.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
     };
+    // An empty prefix would allow every topic: the operator names prefixes.
+    if t.kafka_topic_prefixes.iter().any(|p| p.is_empty() || p.chars().any(|c| c.is_control())) {
+        return Err(err(format!("tenant {name}: kafka_topic_prefixes: a prefix must be non-empty text")));
+    }
     if ceilings.fuel_per_call == 0 || ceilings.deadline_ms == 0 || ceilings.memory_bytes < 65_536 {
         return Err(err(format!(
             "tenant {name}: limits: fuel_per_call and deadline_ms must be positive, memory_bytes at least 65536"
@@ -210,7 +232,13 @@ fn tenant_from(
         max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
         root,
         storage_quota_bytes: t.storage_quota_bytes.unwrap_or(1 << 30),
+        memory_quota_bytes: match t.memory_quota_bytes {
+            Some(0) => return Err(err(format!("tenant {name}: memory_quota_bytes must be at least 1"))),
+            Some(n) => n,
+            None => DEFAULT_MEMORY_QUOTA_BYTES,
+        },
         allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        kafka_topic_prefixes: t.kafka_topic_prefixes,
         ceilings,
     })
 }
@@ -263,7 +291,12 @@ impl Config {
         }
         let request_timeout_ms = f.request_timeout_ms.unwrap_or(60_000);
         let read_timeout_ms = f.read_timeout_ms.unwrap_or(10_000);
-        for (key, v) in [("request_timeout_ms", request_timeout_ms), ("read_timeout_ms", read_timeout_ms)] {
+        let storage_check_interval_ms = f.storage_check_interval_ms.unwrap_or(5_000);
+        for (key, v) in [
+            ("request_timeout_ms", request_timeout_ms),
+            ("read_timeout_ms", read_timeout_ms),
+            ("storage_check_interval_ms", storage_check_interval_ms),
+        ] {
             if !(100..=600_000).contains(&v) {
                 return Err(err(key, format!("{key} must be between 100 and 600000")));
             }
@@ -290,6 +323,7 @@ impl Config {
             max_upload_bytes,
             request_timeout_ms,
             read_timeout_ms,
+            storage_check_interval_ms,
             tenants,
         })
     }
@@ -427,6 +461,8 @@ mod tests {
         let b = &c.tenants["bob"];
         assert_eq!((b.max_jobs, b.max_slots), (1, 1));
         assert!(b.allowed_hosts.is_empty());
+        assert!(b.kafka_topic_prefixes.is_empty(), "no Kafka topic by default");
+        assert_eq!(b.memory_quota_bytes, DEFAULT_MEMORY_QUOTA_BYTES);
         assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
         assert_eq!(c.authenticate(TOKEN), Some(Principal::Tenant("acme".into())));
         assert_eq!(c.authenticate("bob"), Some(Principal::Tenant("bob".into())));
@@ -450,6 +486,8 @@ mod tests {
         assert!(e.contains("another tenant's token"), "{e}");
         let e = parse("master = \"cluster[2]\"\n").unwrap_err().to_string();
         assert!(e.contains("serve.toml:1:") && e.contains("only local[N]"), "{e}");
+        let e = parse(&format!("{}kafka_topic_prefixes = [\"acme.\", \"\"]\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
         assert!(e.to_string().contains("names are"), "{e}");
     }

@@ -10,18 +10,23 @@
 //! - [`registry`]: the durable list of jobs and the state directory's lock;
 //! - [`runner`]: a job on a thread of its own, through the `weir` library,
 //!   with its status and logs;
+//! - [`quota`]: the storage quota of tenants with running jobs, measured
+//!   while they run;
 //! - [`server`]: the above put together (submit, stop, list, recover);
+//! - [`ui`]: the status page listing a tenant's jobs;
 //! - [`api`]: the HTTP API (axum), [`http`]: the listener (TLS, timeouts,
 //!   connection limit).
 
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod quota;
 pub mod registry;
 pub mod runner;
 pub mod server;
 pub mod store;
 pub mod submit;
+pub mod ui;
 
 pub use config::Config;
 pub use server::Server;

@@ -56,6 +56,11 @@ pub struct JobRecord {
     /// Why it failed, or how it stopped.
     #[serde(default)]
     pub message: Option<String>,
+    /// UDF memory the job may hold at once (`memory_bytes` x modules x
+    /// slots), counted against its tenant's `memory_quota_bytes`. Records of
+    /// older servers have none.
+    #[serde(default)]
+    pub udf_memory_bytes: u64,
 }
 
 impl JobRecord {
@@ -193,6 +198,7 @@ mod tests {
             outputs: vec![],
             slots: 1,
             message: None,
+            udf_memory_bytes: 0,
         }
     }
 

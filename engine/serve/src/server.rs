@@ -49,6 +49,9 @@ pub struct JobView {
     pub message: Option<String>,
     pub outputs: Vec<PathBuf>,
     pub checkpoint: PathBuf,
+    /// UDF memory the job may hold at once, counted against its tenant's
+    /// `memory_quota_bytes`.
+    pub udf_memory_bytes: u64,
     pub progress: Option<Progress>,
 }
 
@@ -64,6 +67,9 @@ pub struct Server {
     shutting_down: AtomicBool,
     /// Refusals by (tenant, reason), for /metrics.
     refusals: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Jobs being stopped because they must fail (the storage quota), with
+    /// the message they end with.
+    failing: Mutex<HashMap<String, String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +90,8 @@ impl Server {
         let registry = Registry::open(&config.state_dir)?;
         let store = ModuleStore::open(&config.state_dir)?;
         let runtime = UdfRuntime::new().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
-        Ok(Arc::new(Server {
+        let interval = Duration::from_millis(config.storage_check_interval_ms);
+        let server = Arc::new(Server {
             state_dir: config.state_dir.clone(),
             config: ConfigWatch::new(config),
             registry: Mutex::new(registry),
@@ -94,7 +101,11 @@ impl Server {
             submitting: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             refusals: Mutex::new(BTreeMap::new()),
-        }))
+            failing: Mutex::new(HashMap::new()),
+        });
+        crate::quota::spawn_watch(Arc::downgrade(&server), interval)
+            .map_err(|e| ServeError::Io(format!("cannot start the storage-quota thread: {e}")))?;
+        Ok(server)
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -150,12 +161,46 @@ impl Server {
             // A server shutting down stops its jobs, but they stay
             // `running` in the registry: the next start resumes them.
             if !s.shutting_down.load(Ordering::SeqCst) {
-                s.set_state(&id, o.state, o.message);
+                match lock(&s.failing).remove(&id) {
+                    Some(why) => s.set_state(&id, JobState::Failed, Some(why)),
+                    None => s.set_state(&id, o.state, o.message),
+                }
             }
         })
         .map_err(|e| ServeError::Io(format!("cannot start a thread for the job: {e}")))?;
         lock(&self.handles).insert(rec.id.clone(), handle);
         Ok(())
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The ids of the live jobs (running, stopping) of each tenant.
+    pub(crate) fn live_jobs_by_tenant(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in lock(&self.registry).all().filter(|r| r.state.is_live()) {
+            out.entry(r.tenant.clone()).or_default().push(r.id.clone());
+        }
+        out
+    }
+
+    /// Stops job `id` after its batch in flight (its checkpoint written)
+    /// and records it `failed` with `why` when its driver returns. Once per
+    /// job: a job already failing is left alone.
+    pub(crate) fn fail_job(&self, id: &str, why: String) {
+        let handles = lock(&self.handles);
+        let Some(h) = handles.get(id) else { return };
+        if h.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            return;
+        }
+        let mut failing = lock(&self.failing);
+        if failing.contains_key(id) {
+            return;
+        }
+        h.shared.log(format!("job {id}: {why}"));
+        h.stop.request(true);
+        failing.insert(id.to_string(), why);
     }
 
     fn refuse(&self, tenant: &str, reason: &'static str, e: ServeError) -> ServeError {
@@ -203,6 +248,8 @@ impl Server {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(tenant, "policy", e)),
         };
+        let slots = t.max_slots.min(self.config().slots()).max(1);
+        let udf_memory_bytes = self.memory_reservation(&t, &prepared, slots)?;
         let rec = JobRecord {
             id: id.clone(),
             tenant: t.name.clone(),
@@ -211,8 +258,9 @@ impl Server {
             submitted_ms: now_ms(),
             dir: dir.clone(),
             outputs: prepared.outputs,
-            slots: t.max_slots.min(self.config().slots()).max(1),
+            slots,
             message: None,
+            udf_memory_bytes,
         };
         let io = |e: std::io::Error| ServeError::Io(format!("job directory {}: {e}", dir.display()));
         std::fs::create_dir_all(&dir).map_err(io)?;
@@ -230,6 +278,33 @@ impl Server {
         Ok(self.view(&rec))
     }
 
+    /// The UDF memory the job may hold at once, if it fits in what the
+    /// tenant's live jobs leave of its `memory_quota_bytes` (else 429,
+    /// naming the figures).
+    fn memory_reservation(&self, t: &Tenant, p: &submit::Prepared, slots: u32) -> Result<u64, ServeError> {
+        let need = p.udf_memory_bytes(slots);
+        let held: u64 = lock(&self.registry)
+            .all()
+            .filter(|r| r.tenant == t.name && r.state.is_live())
+            .map(|r| r.udf_memory_bytes)
+            .fold(0u64, u64::saturating_add);
+        if held.saturating_add(need) <= t.memory_quota_bytes {
+            return Ok(need);
+        }
+        Err(self.refuse(
+            &t.name,
+            "memory_quota",
+            ServeError::Quota(format!(
+                "the job needs {need} bytes of UDF memory (memory_bytes = {} x {} module(s) x {slots} executor \
+                 thread(s)); tenant {}'s live jobs hold {held} of its memory_quota_bytes = {}",
+                p.memory_bytes,
+                p.modules.max(1),
+                t.name,
+                t.memory_quota_bytes
+            )),
+        ))
+    }
+
     fn view(&self, rec: &JobRecord) -> JobView {
         let progress = lock(&self.handles).get(&rec.id).map(|h| h.shared.progress());
         JobView {
@@ -242,6 +317,7 @@ impl Server {
             message: rec.message.clone(),
             outputs: rec.outputs.clone(),
             checkpoint: rec.checkpoint_dir(),
+            udf_memory_bytes: rec.udf_memory_bytes,
             progress,
         }
     }

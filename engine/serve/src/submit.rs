@@ -24,6 +24,19 @@ pub struct Prepared {
     pub text: String,
     /// Every `save_as_text_files` prefix, rewritten (absolute).
     pub outputs: Vec<PathBuf>,
+    /// The job's `limits.memory_bytes` (as capped).
+    pub memory_bytes: u64,
+    /// Modules the job names: a task of a fused stage may hold an instance
+    /// of each at once.
+    pub modules: u64,
+}
+
+impl Prepared {
+    /// UDF memory the job may hold at once with `slots` executor threads
+    /// (one task each): every module's instance at its full `memory_bytes`.
+    pub fn udf_memory_bytes(&self, slots: u32) -> u64 {
+        self.memory_bytes.saturating_mul(self.modules.max(1)).saturating_mul(u64::from(slots.max(1)))
+    }
 }
 
 fn refused(m: String) -> ServeError {
@@ -90,6 +103,40 @@ fn hosts_allowed(t: &Tenant, list: &str) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Whether `topic` starts with one of the tenant's `kafka_topic_prefixes`.
+fn topic_allowed(t: &Tenant, what: &str, topic: &str) -> Result<(), ServeError> {
+    if t.kafka_topic_prefixes.iter().any(|p| topic.starts_with(p.as_str())) {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "{what}: topic {topic:?}: tenant {} may use only topics starting with one of [{}] (kafka_topic_prefixes)",
+        t.name,
+        t.kafka_topic_prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// A Kafka source's brokers and topics. A pattern subscription is refused:
+/// whether a regular expression matches only names under a prefix is not
+/// something the server can prove in general, and the engine reads named
+/// topics only.
+fn kafka_source_allowed(t: &Tenant, what: &str, src: &Item) -> Result<(), ServeError> {
+    hosts_allowed(t, str_of(src, "brokers").unwrap_or_default()).map_err(|e| refused(format!("{what}: {e}")))?;
+    if src.get("topic_pattern").is_some() || src.get("pattern").is_some() {
+        return Err(refused(format!(
+            "{what}: topic patterns are not allowed in weir serve (a pattern cannot be confined to \
+             kafka_topic_prefixes); name the topics in `topics`"
+        )));
+    }
+    let topics = src.get("topics").and_then(Item::as_array);
+    for topic in topics.into_iter().flat_map(|a| a.iter()) {
+        // Non-strings are the loader's to refuse, with the line.
+        if let Some(name) = topic.as_str() {
+            topic_allowed(t, &format!("{what}.topics"), name)?;
+        }
+    }
+    Ok(())
+}
+
 fn str_of<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
     item.get(key).and_then(Item::as_str)
 }
@@ -134,10 +181,7 @@ pub fn prepare(
                     let port = src.get("port").and_then(Item::as_integer).unwrap_or(0);
                     hosts_allowed(t, &format!("{host}:{port}")).map_err(|e| refused(format!("{what}: {e}")))?;
                 }
-                Some("kafka") => {
-                    hosts_allowed(t, str_of(src, "brokers").unwrap_or_default())
-                        .map_err(|e| refused(format!("{what}: {e}")))?;
-                }
+                Some("kafka") => kafka_source_allowed(t, &what, src)?,
                 // Generators read nothing; unknown types are the loader's to refuse.
                 _ => {}
             }
@@ -152,7 +196,13 @@ pub fn prepare(
         }
     }
     let outputs = rewrite_outputs(t, &mut doc, job_dir)?;
-    Ok(Prepared { text: doc.to_string(), outputs })
+    // cap_limits set it: the job's own value or the capped default.
+    let memory_bytes = doc
+        .get("limits")
+        .and_then(|l| l.get("memory_bytes"))
+        .and_then(Item::as_integer)
+        .map_or(t.ceilings.memory_bytes as u64, |n| n.max(0) as u64);
+    Ok(Prepared { text: doc.to_string(), outputs, memory_bytes, modules: modules.len() as u64 })
 }
 
 fn rewrite_modules(
@@ -256,6 +306,9 @@ fn rewrite_outputs(t: &Tenant, doc: &mut DocumentMut, job_dir: &Path) -> Result<
             Some("kafka") => {
                 let brokers = o.get("brokers").and_then(Item::as_str).unwrap_or_default().to_string();
                 hosts_allowed(t, &brokers).map_err(|e| refused(format!("{what}: {e}")))?;
+                if let Some(topic) = o.get("topic").and_then(Item::as_str) {
+                    topic_allowed(t, &format!("{what}.topic"), topic)?;
+                }
             }
             _ => {}
         }
@@ -349,6 +402,8 @@ mod tests {
         // Limits nobody asked for: the engine's default, capped by the ceiling.
         assert_eq!(doc["limits"]["fuel_per_call"].as_integer().unwrap(), 1_000_000_000);
         assert_eq!(doc["limits"]["deadline_ms"].as_integer().unwrap(), 5_000);
+        // Its UDF memory: the capped default (64 MiB) x one module x slots.
+        assert_eq!(p.udf_memory_bytes(3), 3 * (64 << 20));
         // The lines of the submitted file are kept (errors name them).
         let streams_line = |t: &str| t.lines().position(|l| l.starts_with("[streams]"));
         assert_eq!(streams_line(&p.text), streams_line(&submitted));
@@ -389,5 +444,29 @@ mod tests {
         let m = BTreeMap::from([("wc".to_string(), sha256_hex(b"someone else's"))]);
         let e = prepare(&t, &f.root, &f.root.join("j"), &job(DIR, SAVE, ""), &m, &f.store).unwrap_err();
         assert!(e.to_string().contains("was not uploaded by tenant acme"), "{e}");
+    }
+
+    #[test]
+    fn kafka_topics_must_start_with_a_tenant_prefix() {
+        let f = fixture();
+        let kafka = |topics: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopics = [{topics}]");
+        let sink = |topic: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopic = \"{topic}\"");
+        // By default no topic is allowed.
+        let e = prep(&f, &tenant(""), &job(&kafka("\"acme.in\""), SAVE, "")).unwrap_err().to_string();
+        assert!(e.contains("topic \"acme.in\"") && e.contains("[]"), "{e}");
+        let t = tenant("kafka_topic_prefixes = [\"acme.\", \"shared-acme-\"]\n");
+        assert!(prep(&f, &t, &job(&kafka("\"acme.in\", \"shared-acme-x\""), SAVE, "")).is_ok());
+        assert!(prep(&f, &t, &job(DIR, &sink("acme.out"), "")).is_ok());
+        let e = prep(&f, &t, &job(&kafka("\"acme.in\", \"bob.in\""), SAVE, "")).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ServeError::Refused(_)), "{e}");
+        assert!(msg.contains("sources.lines.topics") && msg.contains("\"bob.in\""), "{msg}");
+        assert!(msg.contains("[\"acme.\", \"shared-acme-\"]"), "{msg}");
+        // `acme` alone is not under `acme.`.
+        let e = prep(&f, &t, &job(DIR, &sink("acme"), "")).unwrap_err().to_string();
+        assert!(e.contains("outputs[0].topic") && e.contains("\"acme\""), "{e}");
+        let pattern = format!("{}\ntopic_pattern = \"acme\\\\..*\"", kafka("\"acme.in\""));
+        let e = prep(&f, &t, &job(&pattern, SAVE, "")).unwrap_err().to_string();
+        assert!(e.contains("topic patterns are not allowed"), "{e}");
     }
 }

@@ -55,7 +55,7 @@ fn not_found(st: &UiState, q: &str) -> Response {
 }
 
 /// Escapes text for HTML.
-fn esc(s: &str) -> String {
+pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -82,7 +82,7 @@ fn fmt_ms(v: f64) -> String {
 
 /// A batch time: wall-clock times (after 2001) as UTC clock time, logical
 /// ones (multiples of the interval from 0) in ms.
-fn fmt_batch_time(t: i64) -> String {
+pub fn fmt_batch_time(t: i64) -> String {
     if t > 1_000_000_000_000 {
         fmt_time(t as u64)
     } else {
@@ -96,7 +96,8 @@ fn fmt_time(at_ms: u64) -> String {
     format!("{:02}:{:02}:{:02}.{:03} UTC", (s / 3600) % 24, (s / 60) % 60, s % 60, at_ms % 1000)
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:0 1.5em 2em;color:#222}nav{background:#2c3e50;margin:0 -1.5em 1em;padding:.6em 1.5em}\
+/// The pages' style sheet (inline: nothing is loaded from elsewhere).
+pub const STYLE: &str = "body{font-family:sans-serif;margin:0 1.5em 2em;color:#222}nav{background:#2c3e50;margin:0 -1.5em 1em;padding:.6em 1.5em}\
 nav a{color:#fff;margin-right:1.2em;text-decoration:none}nav b{color:#f39c12;margin-right:1.5em}table{border-collapse:collapse;margin:.5em 0 1.2em}\
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px;vertical-align:top}th{background:#f3f3f3}\
 .fail{color:#c0392b;font-weight:bold}.ok{color:#27ae60}svg{background:#fafafa;border:1px solid #ddd}\
