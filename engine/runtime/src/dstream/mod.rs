@@ -583,8 +583,29 @@ impl DStream {
     pub fn reduce_by_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
         self.reduce(f)?.window(length, slide)?.reduce(f)
     }
+    /// The number of records in each window, as Spark's countByWindow
+    /// computes it: a window with an inverse (`+` entering, `-` leaving)
+    /// over one key, so nothing is emitted before the first record arrives
+    /// and `0` once every record has left the window. Needs a checkpoint
+    /// directory (as in Spark).
     pub fn count_by_window(&self, length: Duration, slide: Duration) -> R {
-        self.count()?.window(length, slide)?.shuffle(&[], Aggregation::Reduce(Reducer::SumI64), Some(1), "sum".into())
+        // Spark: map(_ => 1L).reduceByWindow(_ + _, _ - _, ...), which keys
+        // every value by one key and reduces it by key and window.
+        let ones = self
+            .narrow(NarrowOp::PairWithOne, "pair_with_one".into())?
+            .narrow(NarrowOp::Values, "one".into())?
+            .narrow(NarrowOp::PairWithNull, "pair_with_null".into())?;
+        let per_batch = ones.shuffle(&[], Aggregation::ReduceByKey(Reducer::SumI64), Some(1), "count".into())?;
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
+        let op = NodeOp::InvWindow {
+            length_ms,
+            slide_ms,
+            reduce: Reducer::SumI64,
+            inverse: Reducer::SubI64,
+            filter: None,
+        };
+        let w = self.add_on(&per_batch, op, format!("count_by_window({length_ms} ms, {slide_ms} ms)"))?;
+        w.narrow(NarrowOp::Values, "values".into())
     }
     pub fn reduce_by_key_and_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
         self.reduce_by_key(f)?.window(length, slide)?.reduce_by_key(f)

@@ -86,10 +86,13 @@ struct Key<'a> {
 /// reduce_by_key_and_window with an inverse function, on one partition:
 /// `value = reduce(inverse(prev, reduce(old...)), reduce(new...))`, as Spark
 /// computes it; a key with no previous value takes the reduce of its new
-/// values. Keys whose value reaches zero are kept unless `filter` drops them.
+/// values. Keys whose value reaches zero are kept unless `filter` drops them;
+/// a key dropped while values of it are still in the window fails the batch
+/// (`time`) when they leave, as in Spark.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn inverse_window(
     cx: &mut UdfCalls<'_>,
+    time: i64,
     reduce: &Reducer,
     inverse: &Reducer,
     filter: Option<&PairFilter>,
@@ -107,12 +110,15 @@ pub(crate) fn inverse_window(
             keys.entry(k).or_default().prev = Some(v);
         }
     }
+    // Values leaving a window were in it, so their key has a previous value
+    // unless `filter` dropped it while it was still in the window.
+    let mut dropped: Vec<&[u8]> = Vec::new();
     for part in leaving {
         for r in records(part)? {
             let (k, v) = pair(r?)?;
-            // Values leaving a window were in it: their key has a previous value.
-            if let Some(e) = keys.get_mut(k) {
-                e.old.push(v);
+            match keys.get_mut(k) {
+                Some(e) => e.old.push(v),
+                None => dropped.push(k),
             }
         }
     }
@@ -125,6 +131,18 @@ pub(crate) fn inverse_window(
             });
             e.new.push(v);
         }
+    }
+    // As Spark's ReducedWindowedDStream: such a key with new values takes
+    // their reduce; without, there is nothing to compute it from, and Spark
+    // fails the batch ("Neither previous window has value for key, nor new
+    // values found") rather than silently skip what is leaving.
+    if let Some(k) = dropped.into_iter().find(|k| !keys.contains_key(k)) {
+        return Err(bad_data(format!(
+            "window with an inverse function at batch {time} ms: key {} has values leaving the window but no \
+             value in the previous window (the window's filter dropped it while values of it were still in the \
+             window); let the filter keep a key until its values have left the window",
+            codec::display::render(k)
+        )));
     }
     // Each step is one batched UDF call over the keys that need it.
     let with_old: Vec<&[u8]> =

@@ -202,6 +202,7 @@ impl TaskCx<'_, '_> {
                 let e: Vec<&[u8]> = entering.iter().map(|b| b.as_slice()).collect();
                 Arc::new(state::inverse_window(
                     &mut self.udfs,
+                    id.time,
                     reduce,
                     inverse,
                     filter.as_ref(),
