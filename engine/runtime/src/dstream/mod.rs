@@ -25,7 +25,9 @@
 
 pub use weir_plan::graph;
 
+mod state_spec;
 mod transform;
+pub use state_spec::StateSpec;
 pub use transform::BatchRdd;
 
 use std::cell::RefCell;
@@ -639,42 +641,57 @@ impl DStream {
     }
 
     /// Spark's mapWithState: `f` (kind `map_with_state`) is called for each
-    /// value of a key, in order, with the key's state, and emits one record
-    /// per call. With a timeout, a key idle that long gets one last call
-    /// (timing out, no value) and its state is removed. The result is the
-    /// emitted records; `state_snapshots()` on it gives `(k, state)` for
+    /// value of a key, in order, with the key's state, and emits at most one
+    /// record per call. With a timeout, a key idle longer than that gets one
+    /// last call (timing out, no value) and its state is removed; as in
+    /// Spark, keys time out on the batches whose state is checkpointed
+    /// (every 10 slides unless `checkpoint(d)` says otherwise). The result is
+    /// the emitted records; `state_snapshots()` on it gives `(k, state)` for
     /// every key. Needs a checkpoint directory.
     pub fn map_with_state(&self, f: &Udf, timeout: Option<Duration>) -> R {
-        let fr = f.bind(UdfKind::MapWithState)?;
+        let spec = StateSpec::function(f);
+        self.map_with_state_spec(match timeout {
+            Some(d) => spec.timeout(d),
+            None => spec,
+        })
+    }
+
+    /// `map_with_state` as Spark's `mapWithState(StateSpec...)`, with an
+    /// initial state if the spec has one.
+    pub fn map_with_state_spec(&self, spec: StateSpec) -> R {
+        let fr = spec.f.bind(UdfKind::MapWithState)?;
+        let label = format!("map_with_state({})", spec.f.label());
+        let initial = spec.encoded_initial(&label)?;
         let grouped = self.group_by_key()?;
-        let timeout_ms = timeout.map(duration_ms);
-        let st = self.add_on(
-            &grouped,
-            NodeOp::MapWithState { f: fr, timeout_ms },
-            format!("map_with_state({})", f.label()),
-        )?;
+        let timeout_ms = spec.timeout.map(duration_ms);
+        let st = self.add_on(&grouped, NodeOp::MapWithState { f: fr, timeout_ms, initial }, label)?;
         st.narrow(NarrowOp::Tagged(1), "mapped".into())
+    }
+
+    /// The map_with_state node behind a stream made by `map_with_state` (or
+    /// its `state_snapshots()`), if it is one.
+    fn map_with_state_node(&self) -> Option<NodeId> {
+        let inner = self.inner.borrow();
+        let n = inner.graph.node(self.node);
+        match (&n.op, n.parents.first()) {
+            (NodeOp::Narrow(NarrowOp::Tagged(_)), Some(&p))
+                if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        }
     }
 
     /// The `(k, state)` of every key after each batch, for a stream made by
     /// `map_with_state`.
     pub fn state_snapshots(&self) -> R {
-        let parent = {
-            let inner = self.inner.borrow();
-            let n = inner.graph.node(self.node);
-            match (&n.op, n.parents.first()) {
-                (NodeOp::Narrow(NarrowOp::Tagged(1)), Some(&p))
-                    if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
-                {
-                    p
-                }
-                _ => {
-                    return Err(EngineError::Graph(format!(
-                        "{}: state_snapshots() applies to a stream made by map_with_state",
-                        n.label
-                    )))
-                }
-            }
+        let mapped = matches!(self.inner.borrow().graph.node(self.node).op, NodeOp::Narrow(NarrowOp::Tagged(1)));
+        let Some(parent) = self.map_with_state_node().filter(|_| mapped) else {
+            let label = self.inner.borrow().graph.node(self.node).label.clone();
+            return Err(EngineError::Graph(format!(
+                "{label}: state_snapshots() applies to a stream made by map_with_state"
+            )));
         };
         let st = DStream { inner: self.inner.clone(), node: parent };
         st.narrow(NarrowOp::Tagged(0), "state_snapshots".into())
@@ -744,10 +761,15 @@ impl DStream {
     }
 
     /// Sets how often a stateful stream's RDD is written to a data
-    /// checkpoint (a multiple of its slide; default: the smallest multiple >= 10 s).
+    /// checkpoint (a multiple of its slide; default: the smallest multiple >=
+    /// 10 s, and 10 slides for map_with_state, as in Spark). On a stream made
+    /// by `map_with_state` (or its `state_snapshots()`) it sets its state's.
     pub fn checkpoint(&self, interval: Duration) -> R {
+        // On a map_with_state stream (the emitted records or the snapshots),
+        // the interval is its state's, as Spark's MapWithStateDStream does.
+        let node = self.map_with_state_node().unwrap_or(self.node);
         let mut inner = self.inner.borrow_mut();
-        inner.graph.set_checkpoint_interval(self.node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
+        inner.graph.set_checkpoint_interval(node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
         Ok(self.clone())
     }
 

@@ -108,7 +108,13 @@ fn map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state() {
         pairs(&[("b", 1)]),
     ]);
     // count_seen emits (key, running sum) per value and (key, -1) when timing out.
-    let mapped = input.map_with_state(&ops.udf("count_seen"), Some(Duration::from_secs(2))).unwrap();
+    // Keys time out only on batches whose state is checkpointed (Spark's
+    // MapWithStateRDD full scan): every batch here.
+    let mapped = input
+        .map_with_state(&ops.udf("count_seen"), Some(Duration::from_secs(2)))
+        .unwrap()
+        .checkpoint(Duration::from_secs(1))
+        .unwrap();
     let out = mapped.collect().unwrap();
     let snaps = mapped.state_snapshots().unwrap().collect().unwrap();
     let report = ssc.run(opts(tmp.path())).unwrap();
@@ -116,22 +122,26 @@ fn map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state() {
     let out = out.lock().unwrap();
     let by_time: Vec<(i64, Vec<String>)> =
         out.iter().map(|(t, vs)| (*t, vs.iter().map(|v| v.to_string()).collect())).collect();
-    // Per-value calls in order within a key (a: 1 then 3); b idle since 1000
-    // times out at 3000 (>= 2 s), a idle since 2000 times out at 4000.
+    // Per-value calls in order within a key (a: 1 then 3). Spark's threshold
+    // (OpenHashMapBasedStateMap.getByTime): a key times out at t when its
+    // last update is before t - timeout, so b (last 1000) at 4000, a (last
+    // 2000) at 5000.
     let mut first = by_time[0].1.clone();
     first.sort();
     assert_eq!(first, strs(&["(a,1)", "(a,3)", "(b,10)"]));
     assert_eq!(by_time[1].1, strs(&["(a,6)"]));
-    assert_eq!(by_time[2].1, strs(&["(b,-1)"]));
-    assert_eq!(by_time[3].1, strs(&["(a,-1)"]));
-    assert_eq!(by_time[4].1, strs(&["(b,1)"]), "b's state was removed when it timed out");
+    assert_eq!(by_time[2].1, Vec::<String>::new());
+    assert_eq!(by_time[3].1, strs(&["(b,-1)"]));
+    let mut last = by_time[4].1.clone();
+    last.sort();
+    assert_eq!(last, strs(&["(a,-1)", "(b,1)"]), "b's state was removed when it timed out");
     assert_eq!(
         sorted(&snaps.lock().unwrap()),
         vec![
             (1000, strs(&["(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)", "(b,10)"])),
-            (3000, strs(&["(a,6)"])),
-            (4000, vec![]),
+            (3000, strs(&["(a,6)", "(b,10)"])),
+            (4000, strs(&["(a,6)"])),
             (5000, strs(&["(b,1)"])),
         ]
     );
@@ -244,7 +254,7 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
     let job = format!(
         "batch_interval = \"1s\"\n\n[modules]\nops = \"{}\"\n\n[sources.pairs]\ntype = \"batches\"\npath = \"in.jsonl\"\n\n\
          [streams]\n\
-         seen = \"pairs.map_with_state(ops.count_seen, 2s)\"\n\
+         seen = \"pairs.map_with_state(ops.count_seen, 2s).checkpoint(1s)\"\n\
          states = \"seen.state_snapshots()\"\n\
          forever = \"pairs.map_with_state(ops.count_seen)\"\n\
          forever_states = \"pairs.map_with_state(ops.count_seen).state_snapshots()\"\n\n{}{}{}{}",
@@ -269,16 +279,17 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
     assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
     let dir = tmp.path().join("out");
     // As through the API: one record per value, in order within a key;
-    // b idle since 1000 times out at 3000 (>= 2 s) with one last call
-    // (b,-1), a at 4000; b's state was removed, so it starts again at 5000.
+    // b idle since 1000 times out at 4000 (last update before 4000 - 2 s)
+    // with one last call (b,-1), a at 5000; b's state was removed, so it
+    // starts again at 5000.
     assert_eq!(
         saved(&dir, "seen"),
         vec![
             (1000, strs(&["(a,1)", "(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)"])),
-            (3000, strs(&["(b,-1)"])),
-            (4000, strs(&["(a,-1)"])),
-            (5000, strs(&["(b,1)"])),
+            (3000, vec![]),
+            (4000, strs(&["(b,-1)"])),
+            (5000, strs(&["(a,-1)", "(b,1)"])),
         ]
     );
     assert_eq!(
@@ -286,8 +297,8 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
         vec![
             (1000, strs(&["(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)", "(b,10)"])),
-            (3000, strs(&["(a,6)"])),
-            (4000, vec![]),
+            (3000, strs(&["(a,6)", "(b,10)"])),
+            (4000, strs(&["(a,6)"])),
             (5000, strs(&["(b,1)"])),
         ]
     );
