@@ -366,6 +366,19 @@ pub fn generate(
     graph.outputs.iter().map(|o| rdd_at(graph, zero_time, o.node, time, memo, lineage)).collect()
 }
 
+/// The RDD of `node` at `time` (made from its parents' if not made yet;
+/// None when the node does not produce at that time): `DStream::slice`.
+pub fn rdd_of(
+    graph: &Graph,
+    zero_time: i64,
+    node: NodeId,
+    time: i64,
+    memo: &mut Generated,
+    lineage: &mut Lineage,
+) -> Option<RddId> {
+    rdd_at(graph, zero_time, node, time, memo, lineage)
+}
+
 fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, lineage: &mut Lineage) -> Option<RddId> {
     if let Some(r) = memo.rdds.get(&(node, time)) {
         return *r;

@@ -89,6 +89,10 @@ struct Inner {
     foreach: Vec<ForeachRdd>,
     custom_sources: Vec<Option<Box<dyn Source>>>,
     custom_sinks: Vec<Arc<dyn Sink>>,
+    /// `StreamingContext::remember`: every stream keeps its RDDs this long.
+    remember_ms: i64,
+    /// Set once the job runs on its own thread: where `slice` asks.
+    slices: Option<crate::scheduler::SliceQueue>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -130,6 +134,8 @@ impl StreamingContext {
                 foreach: Vec::new(),
                 custom_sources: Vec::new(),
                 custom_sinks: Vec::new(),
+                remember_ms: 0,
+                slices: None,
             })),
             registry,
             base_dir: PathBuf::from("."),
@@ -236,6 +242,7 @@ impl StreamingContext {
     pub fn start(self, opts: RunOptions) -> Result<StreamingHandle, EngineError> {
         let stop = opts.stop.clone();
         let driver = Driver::new(self.into_job(&opts)?, opts)?;
+        self.inner.borrow_mut().slices = Some(driver.slice_queue());
         let thread = std::thread::Builder::new()
             .name("weir-driver".into())
             .stack_size(crate::executor::TASK_STACK_BYTES)
@@ -244,9 +251,22 @@ impl StreamingContext {
         Ok(StreamingHandle { stop, thread: Some(thread) })
     }
 
-    /// The job as the driver runs it: graph, identity, modules and sinks.
-    fn into_job(self, opts: &RunOptions) -> Result<Job, EngineError> {
+    /// Spark's `StreamingContext.remember`: every stream keeps the RDDs it
+    /// produced for at least `duration` (longer if a window needs them), so
+    /// that [`DStream::slice`] can return them. Kept RDDs cost memory: their
+    /// inputs stay in the driver's block store.
+    pub fn remember(&self, duration: Duration) {
         let mut inner = self.inner.borrow_mut();
+        inner.remember_ms = inner.remember_ms.max(duration_ms(duration));
+    }
+
+    /// The job as the driver runs it: graph, identity, modules and sinks.
+    fn into_job(&self, opts: &RunOptions) -> Result<Job, EngineError> {
+        let mut inner = self.inner.borrow_mut();
+        let remember_ms = inner.remember_ms;
+        for n in &mut inner.graph.nodes {
+            n.remember_ms = n.remember_ms.max(remember_ms);
+        }
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
@@ -771,6 +791,31 @@ impl DStream {
         let mut inner = self.inner.borrow_mut();
         inner.graph.set_checkpoint_interval(node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
         Ok(self.clone())
+    }
+
+    /// Keeps this stream's RDDs for at least `duration` (Spark's
+    /// `DStream.remember`; [`StreamingContext::remember`] does it for every
+    /// stream), so that [`DStream::slice`] can return them.
+    pub fn remember(&self, duration: Duration) -> R {
+        let mut inner = self.inner.borrow_mut();
+        let n = &mut inner.graph.nodes[self.node as usize];
+        n.remember_ms = n.remember_ms.max(duration_ms(duration));
+        Ok(self.clone())
+    }
+
+    /// Spark's `DStream.slice`: the records of every RDD this stream
+    /// produced from `from_ms` to `to_ms` (batch times, both aligned down to
+    /// the stream's slide, both included), by batch time, computed from
+    /// their lineage. Only while the job runs ([`StreamingContext::start`]),
+    /// for batches that have run and that the job still remembers (its
+    /// longest window, or `remember`). The driver answers between batches;
+    /// this waits up to [`crate::scheduler::slice::SLICE_DEADLINE`]. Do not
+    /// call it from a `foreach_rdd` function or a listener (they run on the
+    /// driver, which would wait for itself until the deadline).
+    pub fn slice(&self, from_ms: i64, to_ms: i64) -> Result<crate::scheduler::Sliced, crate::scheduler::SliceError> {
+        let queue = self.inner.borrow().slices.clone();
+        let queue = queue.ok_or(crate::scheduler::SliceError::NotStarted)?;
+        queue.ask(self.node, from_ms, to_ms, crate::scheduler::slice::SLICE_DEADLINE)
     }
 
     fn output(&self, spec: OutputSpec) -> Result<(), EngineError> {

@@ -7,9 +7,11 @@ pub mod driver;
 pub mod options;
 mod output_writer;
 mod recover;
+pub mod slice;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
 pub use driver::{Driver, Job, RunReport};
+pub use slice::{SliceError, SliceQueue, Sliced};
 #[cfg(feature = "test-hooks")]
 pub use options::AfterBatch;
 pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
