@@ -157,14 +157,10 @@ fn count_by_window_emits_as_sparks_count_by_window() {
     assert_eq!(counted, ["1", "2", "3", "3", "1", "0"].map(|c| lines(&[c])).to_vec());
     let late = outputs(dir.path(), "late");
     let none: Vec<String> = Vec::new();
-    assert_eq!(late.values().cloned().collect::<Vec<_>>(), vec![
-        none.clone(),
-        none,
-        lines(&["1"]),
-        lines(&["1"]),
-        lines(&["0"]),
-        lines(&["0"])
-    ]);
+    assert_eq!(
+        late.values().cloned().collect::<Vec<_>>(),
+        vec![none.clone(), none, lines(&["1"]), lines(&["1"]), lines(&["0"]), lines(&["0"])]
+    );
 }
 
 #[test]
@@ -211,8 +207,7 @@ fn map_with_state_may_emit_nothing_for_a_call() {
         first = \"pairs.map_with_state(ops.first_seen)\"\n\
         states = \"first.state_snapshots()\"\n";
     let input = "[[\"a\", 1], [\"a\", 2], [\"b\", 3]]\n[[\"a\", 4], [\"b\", 5], [\"c\", 6]]\n[]\n".to_string();
-    let (out, dir) =
-        run_both(&format!("{body}{}{}", saved("first"), saved("states")), &[("pairs.jsonl", input)], None);
+    let (out, dir) = run_both(&format!("{body}{}{}", saved("first"), saved("states")), &[("pairs.jsonl", input)], None);
     ok(&out);
     let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<Vec<String>> {
         m.into_values()
@@ -317,5 +312,8 @@ fn a_bad_initial_state_for_map_with_state_is_refused_naming_it() {
     let out = run_on(tmp.path(), "local[2]", None);
     let err = text(&out.stderr);
     assert!(!out.status.success(), "a key twice in the initial state is refused");
-    assert!(err.contains("job.toml:") && err.contains("initial state record 2") && err.contains("repeats a key"), "{err}");
+    assert!(
+        err.contains("job.toml:") && err.contains("initial state record 2") && err.contains("repeats a key"),
+        "{err}"
+    );
 }

@@ -619,13 +619,8 @@ impl DStream {
             .narrow(NarrowOp::PairWithNull, "pair_with_null".into())?;
         let per_batch = ones.shuffle(&[], Aggregation::ReduceByKey(Reducer::SumI64), Some(1), "count".into())?;
         let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
-        let op = NodeOp::InvWindow {
-            length_ms,
-            slide_ms,
-            reduce: Reducer::SumI64,
-            inverse: Reducer::SubI64,
-            filter: None,
-        };
+        let op =
+            NodeOp::InvWindow { length_ms, slide_ms, reduce: Reducer::SumI64, inverse: Reducer::SubI64, filter: None };
         let w = self.add_on(&per_batch, op, format!("count_by_window({length_ms} ms, {slide_ms} ms)"))?;
         w.narrow(NarrowOp::Values, "values".into())
     }

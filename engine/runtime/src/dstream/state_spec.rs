@@ -46,9 +46,7 @@ impl StateSpec {
         let Some(pairs) = &self.initial else { return Ok(None) };
         let mut seen = std::collections::HashSet::new();
         for (i, p) in pairs.iter().enumerate() {
-            let bad = |why: &str| {
-                EngineError::Graph(format!("{what}: initial state record {} ({p}) {why}", i + 1))
-            };
+            let bad = |why: &str| EngineError::Graph(format!("{what}: initial state record {} ({p}) {why}", i + 1));
             match p {
                 Value::Tuple(xs) if xs.len() == 2 => {
                     if xs[1] == Value::Null {

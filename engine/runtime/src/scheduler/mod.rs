@@ -11,7 +11,7 @@ pub mod slice;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
 pub use driver::{Driver, Job, RunReport};
-pub use slice::{SliceError, SliceQueue, Sliced};
 #[cfg(feature = "test-hooks")]
 pub use options::AfterBatch;
 pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
+pub use slice::{SliceError, SliceQueue, Sliced};

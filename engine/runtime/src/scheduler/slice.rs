@@ -104,7 +104,12 @@ impl Driver {
     fn slice(&mut self, node: u32, from: i64, to: i64) -> Result<Sliced, SliceError> {
         let g = &self.job.graph;
         let Some(n) = g.nodes.get(node as usize) else {
-            return Err(SliceError::Refused { stream: format!("stream {node}"), from, to, why: "no such stream".into() });
+            return Err(SliceError::Refused {
+                stream: format!("stream {node}"),
+                from,
+                to,
+                why: "no such stream".into(),
+            });
         };
         let refuse = |why: String| SliceError::Refused { stream: n.label.clone(), from, to, why };
         let (zero, slide) = (self.progress.zero_time, n.slide_ms.max(1));

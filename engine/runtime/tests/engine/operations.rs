@@ -712,9 +712,8 @@ fn window_of_batches_with_different_partition_counts() {
     assert_eq!(out, vec![(2000, ints(&[1, 2, 3, 4])), (4000, ints(&[2, 3, 4, 5, 6]))]);
 
     // The same through a narrow transformation and a shuffle.
-    let out = run1_checkpointed(input, |ssc, src| {
-        src.map(&testops(ssc).udf("double"))?.count_by_window(secs(2), secs(2))
-    });
+    let out =
+        run1_checkpointed(input, |ssc, src| src.map(&testops(ssc).udf("double"))?.count_by_window(secs(2), secs(2)));
     assert_eq!(out, vec![(2000, ints(&[4])), (4000, ints(&[4]))]);
 }
 

@@ -40,8 +40,7 @@ impl Latest {
 /// A generator stream (never ends), collected; `remember` if given.
 fn job(remember: Option<Duration>) -> (StreamingContext, DStream, Arc<Mutex<Vec<(i64, Vec<Value>)>>>) {
     let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
-    let spec =
-        SourceSpec::Generator { lines_per_batch: 3, words_per_line: 2, vocabulary: 50, seed: 7, batches: None };
+    let spec = SourceSpec::Generator { lines_per_batch: 3, words_per_line: 2, vocabulary: 50, seed: 7, batches: None };
     let lines = ssc.source(spec, "generator");
     let collected = lines.collect().unwrap();
     if let Some(d) = remember {
