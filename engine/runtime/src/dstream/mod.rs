@@ -234,14 +234,14 @@ impl StreamingContext {
     /// `weir_plan::limits::MAX_GRAPH_DEPTH` deep wants a few MiB of stack
     /// (a main thread's 8 MiB is plenty; `start` gives its thread 64 MiB).
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
-        Driver::new(self.into_job(&opts)?, opts)?.run()
+        Driver::new(self.job(&opts)?, opts)?.run()
     }
 
     /// Starts the job on a thread of its own and returns at once (after
     /// recovery and the executors' start, whose errors it returns).
     pub fn start(self, opts: RunOptions) -> Result<StreamingHandle, EngineError> {
         let stop = opts.stop.clone();
-        let driver = Driver::new(self.into_job(&opts)?, opts)?;
+        let driver = Driver::new(self.job(&opts)?, opts)?;
         self.inner.borrow_mut().slices = Some(driver.slice_queue());
         let thread = std::thread::Builder::new()
             .name("weir-driver".into())
@@ -261,7 +261,7 @@ impl StreamingContext {
     }
 
     /// The job as the driver runs it: graph, identity, modules and sinks.
-    fn into_job(&self, opts: &RunOptions) -> Result<Job, EngineError> {
+    fn job(&self, opts: &RunOptions) -> Result<Job, EngineError> {
         let mut inner = self.inner.borrow_mut();
         let remember_ms = inner.remember_ms;
         for n in &mut inner.graph.nodes {
