@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir::codec::Value;
-use weir::dstream::{ModuleHandle, StreamingContext};
+use weir::dstream::{ModuleHandle, StateSpec, StreamingContext};
 use weir::scheduler::CheckpointOptions;
 use weir::scheduler::{Clock, Master, RunOptions};
 
@@ -314,4 +314,48 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
         ]
     );
     assert_eq!(saved(&dir, "forever_states").last(), Some(&(5000, strs(&["(a,6)", "(b,11)"]))));
+}
+
+#[test]
+fn map_with_state_starts_from_a_state_spec_initial_state() {
+    // Spark's StateSpec.function(f).initialState(rdd): the initial keys are
+    // there before the first batch (MapWithStateSuite "mapWithState - initial
+    // states, with nothing returned as from mapping function").
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let ops = module(&ssc, "testops.wasm");
+    let input = ssc.queue_stream(vec![pairs(&[("a", 1), ("b", 2)]), pairs(&[("a", 3)])]);
+    let spec = StateSpec::function(&ops.udf("count_seen")).initial_state(pairs(&[("a", 100), ("z", 5)]));
+    let mapped = input.map_with_state_spec(spec).unwrap();
+    let out = mapped.collect().unwrap();
+    let snaps = mapped.state_snapshots().unwrap().collect().unwrap();
+    // The initial state is data of the graph: part of the job's identity.
+    let with = |pairs: Vec<Value>| {
+        let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+        let f = module(&ssc, "testops.wasm").udf("count_seen");
+        let s = ssc.queue_stream(vec![]).map_with_state_spec(StateSpec::function(&f).initial_state(pairs)).unwrap();
+        s.collect().unwrap();
+        ssc.graph()
+    };
+    assert_ne!(with(pairs(&[("a", 100)])), with(pairs(&[("a", 101)])), "another initial state is another job");
+    assert_eq!(with(pairs(&[("a", 100)])), with(pairs(&[("a", 100)])));
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
+    assert_eq!(sorted(&out.lock().unwrap()), vec![(1000, strs(&["(a,101)", "(b,2)"])), (2000, strs(&["(a,104)"]))]);
+    assert_eq!(
+        sorted(&snaps.lock().unwrap()),
+        vec![(1000, strs(&["(a,101)", "(b,2)", "(z,5)"])), (2000, strs(&["(a,104)", "(b,2)", "(z,5)"]))]
+    );
+    // Records that are not (key, state) pairs, or null states, are refused.
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let f = module(&ssc, "testops.wasm").udf("count_seen");
+    let src = ssc.queue_stream(vec![]);
+    for (bad, why) in
+        [(vec![i(1)], "is not a (key, state) pair"), (vec![Value::pair(s("a"), Value::Null)], "null state")]
+    {
+        let Err(err) = src.map_with_state_spec(StateSpec::function(&f).initial_state(bad)) else {
+            panic!("an initial state that {why} must be refused")
+        };
+        assert!(err.to_string().contains("initial state record 1") && err.to_string().contains(why), "{err}");
+    }
 }
