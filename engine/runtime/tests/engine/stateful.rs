@@ -359,3 +359,22 @@ fn map_with_state_starts_from_a_state_spec_initial_state() {
         assert!(err.to_string().contains("initial state record 1") && err.to_string().contains(why), "{err}");
     }
 }
+
+#[test]
+fn a_map_with_state_function_emitting_more_than_one_output_per_call_fails_its_batch() {
+    // docs/udf-abi.md §4: at most one output per call (a call may emit
+    // nothing). udfs/hostile/malformed_output.wat's too_many returns two for
+    // a key with one value.
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let hostile = module(&ssc, "hostile/malformed_output.wat");
+    let input = ssc.queue_stream(vec![pairs(&[("a", 1)])]);
+    let out = input.map_with_state(&hostile.udf("too_many"), None).unwrap().collect().unwrap();
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    let failed: Vec<_> = report.failed_batches().collect();
+    assert_eq!(failed.len(), 1, "{:?}", report.batches);
+    let err = failed[0].errors.join("; ");
+    assert!(err.contains("malformed output") && err.contains("too_many"), "{err}");
+    assert!(err.contains("2 outputs for key a after 1 call"), "{err}");
+    assert!(out.lock().unwrap().iter().all(|(_, v)| v.is_empty()), "nothing of the batch is kept");
+}
