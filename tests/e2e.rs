@@ -9,6 +9,7 @@ mod checkpoint_failures;
 mod cli;
 mod cluster;
 mod crash_recovery;
+mod dstream_api;
 mod hardening_directory;
 mod hardening_jobs;
 mod hardening_outputs;

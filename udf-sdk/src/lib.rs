@@ -39,6 +39,7 @@
 //! | `reduce` | `fn(V, V) -> V` |
 //! | `update` | `fn(Vec<V>, Option<S>) -> Option<S>` or `fn(K, Vec<V>, Option<S>) -> Option<S>` |
 //! | `map_with_state` | `fn(K, Option<V>, &mut State<S>) -> U` |
+//! | `map_with_state(optional)` | `fn(K, Option<V>, &mut State<S>) -> Option<U>` (`None` emits nothing) |
 
 extern crate alloc;
 
@@ -386,6 +387,22 @@ pub mod rt {
         out: &mut Vec<u8>,
         mut f: impl FnMut(K, Option<V>, &mut State<S>) -> Result<O, String>,
     ) -> Result<(), String> {
+        map_with_state_opt(input, out, |k, v, s| f(k, v, s).map(Some))
+    }
+
+    /// As [`map_with_state`], for `#[map_with_state(optional)]`: a call that
+    /// returns `None` emits nothing (the outputs list is shorter).
+    pub fn map_with_state_opt<
+        'a,
+        K: FromValue<'a> + Clone,
+        V: FromValue<'a>,
+        S: FromValue<'a> + ToValue,
+        O: ToValue,
+    >(
+        input: &'a [u8],
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(K, Option<V>, &mut State<S>) -> Result<Option<O>, String>,
+    ) -> Result<(), String> {
         let recs = records(input)?;
         out.extend_from_slice(&recs.remaining().to_le_bytes());
         for (i, r) in recs.enumerate() {
@@ -407,12 +424,16 @@ pub mod rt {
             out.extend_from_slice(&0u32.to_le_bytes());
             let mut k = 0u32;
             if timing_out {
-                f(key.clone(), None, &mut state)?.write(out);
-                k += 1;
+                if let Some(o) = f(key.clone(), None, &mut state)? {
+                    o.write(out);
+                    k += 1;
+                }
             } else {
                 for v in values {
-                    f(key.clone(), Some(v), &mut state)?.write(out);
-                    k += 1;
+                    if let Some(o) = f(key.clone(), Some(v), &mut state)? {
+                        o.write(out);
+                        k += 1;
+                    }
                 }
             }
             patch_u32(out, at, k);

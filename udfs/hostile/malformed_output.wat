@@ -5,6 +5,8 @@
 ;;   map:trailing  a valid batch of one i64 followed by junk bytes
 ;;   map:bad_utf8  one string whose bytes are not UTF-8
 ;;   filter:not_bool  one i64 per record instead of booleans
+;;   map_with_state:too_many  one group ([1, 2], null): two outputs, for a
+;;                 group of one value (at most one output per call)
 (module
   (memory (export "memory") 1)
   (global $heap (mut i32) (i32.const 1024))
@@ -29,6 +31,8 @@
   (data (i32.const 32) "\01\00\00\00\03\01\00\00\00\00\00\00\00\de\ad")
   ;; 01 00 00 00  05 02 00 00 00 c3 28
   (data (i32.const 64) "\01\00\00\00\05\02\00\00\00\c3\28")
+  ;; 01 00 00 00  07 02 00 00 00  08 02 00 00 00  03 <1>  03 <2>  00
+  (data (i32.const 128) "\01\00\00\00\07\02\00\00\00\08\02\00\00\00\03\01\00\00\00\00\00\00\00\03\02\00\00\00\00\00\00\00\00")
   (func $pack (param $ptr i32) (param $len i32) (result i64)
     (i64.or (i64.extend_i32_u (local.get $ptr))
             (i64.shl (i64.extend_i32_u (local.get $len)) (i64.const 32))))
@@ -40,6 +44,8 @@
     (call $pack (i32.const 32) (i32.const 15)))
   (func (export "map:bad_utf8") (param $ptr i32) (param $len i32) (result i64)
     (call $pack (i32.const 64) (i32.const 11)))
+  (func (export "map_with_state:too_many") (param $ptr i32) (param $len i32) (result i64)
+    (call $pack (i32.const 128) (i32.const 33)))
   ;; The input batch of n i64 records is a batch of n non-booleans.
   (func (export "filter:not_bool") (param $ptr i32) (param $len i32) (result i64)
     (call $pack (local.get $ptr) (local.get $len)))

@@ -31,8 +31,9 @@ pub enum NodeOp {
     /// update_state_by_key over the parent's `(k, [values])` (a group_by_key),
     /// starting from `initial` (encoded `(k, state)` pairs) if given.
     State { update: UdfRef, initial: Option<Vec<u8>> },
-    /// map_with_state over the parent's `(k, [values])`.
-    MapWithState { f: UdfRef, timeout_ms: Option<i64> },
+    /// map_with_state over the parent's `(k, [values])`, starting from
+    /// `initial` (encoded `(k, state)` pairs) if given.
+    MapWithState { f: UdfRef, timeout_ms: Option<i64>, initial: Option<Vec<u8>> },
     /// reduce_by_key_and_window with an inverse function over the parent's
     /// per-batch reduced pairs.
     InvWindow { length_ms: i64, slide_ms: i64, reduce: Reducer, inverse: Reducer, filter: Option<PairFilter> },
@@ -61,6 +62,11 @@ impl NodeOp {
         }
     }
 }
+
+/// The default data checkpoint interval of a map_with_state stream, in
+/// slides (Spark's `DEFAULT_CHECKPOINT_DURATION_MULTIPLIER`): its keys time
+/// out only on checkpointed batches.
+pub const MAP_WITH_STATE_CHECKPOINT_SLIDES: i64 = 10;
 
 /// The default data checkpoint interval: the smallest multiple of the slide
 /// that is at least 10 s (Spark's rule).
@@ -257,7 +263,11 @@ impl Graph {
                 limits::MAX_RDD_PARTITIONS
             )));
         }
-        let checkpoint_ms = op.is_stateful().then(|| default_checkpoint_interval(slide_ms));
+        let checkpoint_ms = match &op {
+            // Spark's InternalMapWithStateDStream: 10 slides by default.
+            NodeOp::MapWithState { .. } => Some(slide_ms.saturating_mul(MAP_WITH_STATE_CHECKPOINT_SLIDES)),
+            _ => op.is_stateful().then(|| default_checkpoint_interval(slide_ms)),
+        };
         let persist = op.is_stateful();
         self.nodes.push(Node { id, parents, op, slide_ms, persist, remember_ms: slide_ms, label, checkpoint_ms });
         Ok(id)
@@ -356,6 +366,19 @@ pub fn generate(
     graph.outputs.iter().map(|o| rdd_at(graph, zero_time, o.node, time, memo, lineage)).collect()
 }
 
+/// The RDD of `node` at `time` (made from its parents' if not made yet;
+/// None when the node does not produce at that time): `DStream::slice`.
+pub fn rdd_of(
+    graph: &Graph,
+    zero_time: i64,
+    node: NodeId,
+    time: i64,
+    memo: &mut Generated,
+    lineage: &mut Lineage,
+) -> Option<RddId> {
+    rdd_at(graph, zero_time, node, time, memo, lineage)
+}
+
 fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, lineage: &mut Lineage) -> Option<RddId> {
     if let Some(r) = memo.rdds.get(&(node, time)) {
         return *r;
@@ -451,8 +474,19 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
                                 update: update.clone(),
                                 initial: if prev.is_none() { initial.clone() } else { None },
                             },
-                            NodeOp::MapWithState { f, timeout_ms } => {
-                                RddOp::MapWithState { prev, grouped, f: f.clone(), timeout_ms: *timeout_ms }
+                            NodeOp::MapWithState { f, timeout_ms, initial } => {
+                                // Spark's rule: keys time out only on batches
+                                // whose state is checkpointed (MapWithStateRDD's
+                                // full scan), so other batches see no timeout.
+                                let full_scan = n.checkpoint_ms.is_some_and(|every| (time - zero) % every == 0);
+                                let timeout_ms = timeout_ms.filter(|_| full_scan);
+                                RddOp::MapWithState {
+                                    prev,
+                                    grouped,
+                                    f: f.clone(),
+                                    timeout_ms,
+                                    initial: if prev.is_none() { initial.clone() } else { None },
+                                }
                             }
                             _ => return None,
                         },

@@ -332,7 +332,6 @@ pub static OPERATIONS: &[OpSpec] = &[
     op(Op::FullOuterJoin, "full_outer_join", &[OTHER], "as `join`; a missing side is `null`"),
     op(Op::Window, "window", &[LEN, SLIDE], "the union of the last `len` of batches, every `slide` (both multiples of the stream's slide, which is the default `slide`; early windows are partial)"),
     op(Op::ReduceByWindow, "reduce_by_window", &[udf("f", UdfKind::Reduce), LEN, SLIDE], "`reduce` over the window"),
-    op(Op::CountByWindow, "count_by_window", &[LEN, SLIDE], "`count` over the window"),
     op(Op::ReduceByKeyAndWindow, "reduce_by_key_and_window", &[udf("f", UdfKind::Reduce), LEN, SLIDE], "`reduce_by_key` over the window"),
     op(Op::GroupByKeyAndWindow, "group_by_key_and_window", &[LEN, SLIDE], "`group_by_key` over the window"),
     op(Op::CountByValueAndWindow, "count_by_value_and_window", &[LEN, SLIDE], "`count_by_value` over the window"),
@@ -352,9 +351,10 @@ pub static OPERATIONS: &[OpSpec] = &[
     stateful(Op::UpdateStateByKey, "update_state_by_key", &[udf("f", UdfKind::Update)], "`(k, state)` for every key with state: `f` (kind `update`) gets each key's values of the batch (`[]` if none) and its previous state (null if none) — for every key, every batch — and returns the new state, or null to remove the key"),
     stateful(Op::ReduceByKeyAndWindowInv, "reduce_by_key_and_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE, opt("filter", ParamKind::Udf(UdfKind::Filter))], "the window computed incrementally: previous window `f` entering batches, `inv` leaving batches (Spark's semantics: keys reaching zero stay unless `filter` — a `filter` function over `(k, v)` pairs — drops them)"),
     stateful(Op::ReduceByWindowInv, "reduce_by_window", &[udf("f", UdfKind::Reduce), udf("inv", UdfKind::Reduce), LEN, SLIDE], "`reduce_by_window` computed incrementally"),
-    stateful(Op::MapWithState, "map_with_state", &[udf("f", UdfKind::MapWithState), opt("timeout", ParamKind::Duration)], "Spark's mapWithState, on pairs: `f` (kind `map_with_state`) is called for each value of a key, in order, with the key's state, and emits one record per call; a key idle for `timeout` (no timeout: never) gets one last call (timing out, no value) and its state is removed"),
+    stateful(Op::CountByWindow, "count_by_window", &[LEN, SLIDE], "the number of records in the window, computed incrementally as Spark's `countByWindow`: nothing before the first record arrives, then the count every slide (`0` once every record has left the window)"),
+    stateful(Op::MapWithState, "map_with_state", &[udf("f", UdfKind::MapWithState), opt("timeout", ParamKind::Duration)], "Spark's mapWithState, on pairs: `f` (kind `map_with_state`) is called for each value of a key, in order, with the key's state, and emits at most one record per call; a key idle for more than `timeout` (no timeout: never) gets one last call (timing out, no value) and its state is removed, on the batches whose state is checkpointed (Spark's rule; see below)"),
     stateful(Op::StateSnapshots, "state_snapshots", &[], "on a stream made by `map_with_state`: `(k, state)` of every key with state, each batch"),
-    stateful(Op::Checkpoint, "checkpoint", &[req("interval", ParamKind::Duration)], "on a stateful stream: its data checkpoint interval (a multiple of its slide; default the smallest multiple ≥ 10 s); the stream itself"),
+    stateful(Op::Checkpoint, "checkpoint", &[req("interval", ParamKind::Duration)], "on a stateful stream (or one made by `map_with_state`, or its `state_snapshots()`: its state's): its data checkpoint interval (a multiple of its slide; default the smallest multiple ≥ 10 s, and 10 slides for `map_with_state`, as in Spark); the stream itself"),
 ];
 
 #[cfg(test)]

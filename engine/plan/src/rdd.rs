@@ -204,7 +204,9 @@ pub enum RddOp {
     /// map_with_state: like `State`, but `f` is called per value and emits
     /// records. Partitions hold tagged records: `(0, k, state, last_update_ms)`
     /// for the state, `(1, output)` for what `f` emitted (see `NarrowOp::Tagged`).
-    MapWithState { prev: Option<RddId>, grouped: RddId, f: UdfRef, timeout_ms: Option<i64> },
+    /// `initial` (encoded `(k, state)` pairs) stands in for the previous state
+    /// of the first batch.
+    MapWithState { prev: Option<RddId>, grouped: RddId, f: UdfRef, timeout_ms: Option<i64>, initial: Option<Vec<u8>> },
     /// reduce_by_key_and_window with an inverse function: the previous
     /// window's value, minus the batches leaving, plus the batches entering
     /// (all partitioned like this RDD).

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dstream::{DStream, ModuleHandle, StreamingContext, Udf};
+use crate::dstream::{DStream, ModuleHandle, StateSpec, StreamingContext, Udf};
 use crate::scheduler::Clock;
 use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
@@ -297,7 +297,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         if !b.initial_used.contains(name) {
             return Err(err(
                 Some(p.span()),
-                format!("initial_state: stream {name:?} has no update_state_by_key to start from it"),
+                format!("initial_state: stream {name:?} has no update_state_by_key or map_with_state to start from it"),
             )
             .into());
         }
@@ -394,7 +394,8 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     streams: HashMap<String, DStream>,
     err: &'a E,
     base: PathBuf,
-    /// The streams whose `[initial_state]` an update_state_by_key took.
+    /// The streams whose `[initial_state]` an update_state_by_key or a
+    /// map_with_state took.
     initial_used: std::collections::HashSet<String>,
     /// Inside a `transform` expression: the stream `other` names
     /// (`transform_with`'s second stream), if any. No other stream may be
@@ -563,6 +564,21 @@ impl Expr {
 }
 
 impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, E> {
+    /// The `[initial_state]` of stream `name`, read now (`(key, state)` pairs
+    /// in the format of a `batches` file), if the job file gives one.
+    fn initial_state(&mut self, name: &str) -> Result<Option<Vec<weir_codec::Value>>, EngineError> {
+        let Some(p) = self.file.initial_state.get(name) else { return Ok(None) };
+        self.initial_used.insert(name.to_string());
+        let path = self.base.join(p.get_ref());
+        let at = |m: String| (self.err)(Some(p.span()), format!("initial state of {name}: {m}"));
+        let batches = crate::source::read_batches_file(&path).map_err(|e| at(e.to_string()))?;
+        let mut pairs = Vec::new();
+        for b in &batches {
+            pairs.extend(weir_codec::Value::decode_batch(b).map_err(|e| at(e.to_string()))?);
+        }
+        Ok(Some(pairs))
+    }
+
     /// The stream `name` (a source, or a stream built from its expression
     /// after the streams it reads). Depth-first with a stack of its own, not
     /// the thread's: a chain of thousands of streams must not overflow it.
@@ -834,28 +850,23 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             Op::ReduceByKeyAndWindow => s.reduce_by_key_and_window(udf(0)?, dur(1)?, slide(2)?)?,
             Op::GroupByKeyAndWindow => s.group_by_key_and_window(dur(0)?, slide(1)?)?,
             Op::CountByValueAndWindow => s.count_by_value_and_window(dur(0)?, slide(1)?)?,
-            Op::UpdateStateByKey => {
-                let initial = match self.file.initial_state.get(name) {
-                    Some(p) => {
-                        self.initial_used.insert(name.to_string());
-                        let path = self.base.join(p.get_ref());
-                        let batches = crate::source::read_batches_file(&path)
-                            .map_err(|err| (self.err)(Some(p.span()), format!("initial state of {name}: {err}")))?;
-                        let mut pairs = Vec::new();
-                        for b in &batches {
-                            pairs.extend(weir_codec::Value::decode_batch(b).map_err(|err| e(err.to_string()))?);
-                        }
-                        Some(pairs)
-                    }
-                    None => None,
-                };
-                s.update_state_by_key_with_initial(udf(0)?, initial)?
-            }
+            Op::UpdateStateByKey => s.update_state_by_key_with_initial(udf(0)?, self.initial_state(name)?)?,
             Op::ReduceByKeyAndWindowInv => {
                 s.reduce_by_key_and_window_inv(udf(0)?, udf(1)?, dur(2)?, slide(3)?, opt_udf(4)?)?
             }
             Op::ReduceByWindowInv => s.reduce_by_window_inv(udf(0)?, udf(1)?, dur(2)?, slide(3)?)?,
-            Op::MapWithState => s.map_with_state(udf(0)?, opt_dur(1)?)?,
+            Op::MapWithState => {
+                let spec = StateSpec::function(udf(0)?);
+                let spec = match opt_dur(1)? {
+                    Some(d) => spec.timeout(d),
+                    None => spec,
+                };
+                let spec = match self.initial_state(name)? {
+                    Some(pairs) => spec.initial_state(pairs),
+                    None => spec,
+                };
+                s.map_with_state_spec(spec)?
+            }
             Op::StateSnapshots => s.state_snapshots()?,
             Op::Checkpoint => s.checkpoint(dur(0)?)?,
             Op::SortByKey => s.sort_by_key(ascending(0)?)?,

@@ -17,10 +17,16 @@ fn returns_result(f: &ItemFn) -> bool {
 
 fn expand(kind: &str, attr: TokenStream, item: TokenStream, arity: &[usize]) -> TokenStream {
     let f = parse_macro_input!(item as ItemFn);
-    if !attr.is_empty() {
-        return syn::Error::new(proc_macro2::Span::call_site(), "weir_udf attributes take no arguments")
-            .to_compile_error()
-            .into();
+    // `map_with_state(optional)`: the function returns `Option<U>` and `None`
+    // emits nothing for that call (Spark's `Option` return).
+    let optional = kind == "map_with_state" && attr.to_string().trim() == "optional";
+    if !attr.is_empty() && !optional {
+        let msg = if kind == "map_with_state" {
+            "weir_udf::map_with_state takes no argument but `optional`"
+        } else {
+            "weir_udf attributes take no arguments"
+        };
+        return syn::Error::new(proc_macro2::Span::call_site(), msg).to_compile_error().into();
     }
     let n = f.sig.inputs.len();
     if !arity.contains(&n) {
@@ -37,7 +43,7 @@ fn expand(kind: &str, attr: TokenStream, item: TokenStream, arity: &[usize]) -> 
     } else {
         quote! { ::core::result::Result::<_, ::std::string::String>::Ok(#call) }
     };
-    let helper = format_ident!("{}", kind);
+    let helper = if optional { format_ident!("map_with_state_opt") } else { format_ident!("{}", kind) };
     let closure = if kind == "update" && n == 2 {
         quote! { |_k: ::weir_udf::Raw<'_>, a0, a1| #wrapped }
     } else {
@@ -97,7 +103,8 @@ pub fn update(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand("update", attr, item, &[2, 3])
 }
 
-/// `fn(K, Option<V>, &mut State<S>) -> U`: map_with_state.
+/// `fn(K, Option<V>, &mut State<S>) -> U`: map_with_state, one output per
+/// call. `#[map_with_state(optional)]`: `-> Option<U>`, `None` emits nothing.
 #[proc_macro_attribute]
 pub fn map_with_state(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand("map_with_state", attr, item, &[3])

@@ -131,3 +131,32 @@ fn float_chaos(x: f64) -> Vec<f64> {
 fn identity(v: Value) -> Value {
     v
 }
+
+/// map_with_state that emits only on a key's first value and on its
+/// timeout (Spark's `Option` return: `None` emits nothing), counting values.
+#[weir_udf::map_with_state(optional)]
+fn first_seen(key: &str, value: Option<i64>, state: &mut State<i64>) -> Option<(String, i64)> {
+    if state.is_timing_out() {
+        return Some((format!("{key} timed out"), state.get().copied().unwrap_or(0)));
+    }
+    let seen = state.get().copied();
+    state.update(seen.unwrap_or(0) + 1);
+    match seen {
+        None => Some((key.to_string(), value.unwrap_or(0))),
+        Some(_) => None,
+    }
+}
+
+/// A filter over `(key, count)` pairs: keeps positive counts (Spark's usual
+/// `filterFunc` of reduceByKeyAndWindow with an inverse).
+#[weir_udf::filter]
+fn positive_value(kv: (&str, i64)) -> bool {
+    kv.1 > 0
+}
+
+/// A filter over `(key, count)` pairs that drops a key whose count reaches
+/// 2, while values of it may still be in the window (a misuse Spark fails).
+#[weir_udf::filter]
+fn below_two(kv: (&str, i64)) -> bool {
+    kv.1 < 2
+}

@@ -25,7 +25,9 @@
 
 pub use weir_plan::graph;
 
+mod state_spec;
 mod transform;
+pub use state_spec::StateSpec;
 pub use transform::BatchRdd;
 
 use std::cell::RefCell;
@@ -90,6 +92,10 @@ struct Inner {
     /// The job-file stream each node was written in (checkpoint identity
     /// and its diffs).
     names: std::collections::BTreeMap<NodeId, String>,
+    /// `StreamingContext::remember`: every stream keeps its RDDs this long.
+    remember_ms: i64,
+    /// Set once the job runs on its own thread: where `slice` asks.
+    slices: Option<crate::scheduler::SliceQueue>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -132,6 +138,8 @@ impl StreamingContext {
                 custom_sources: Vec::new(),
                 custom_sinks: Vec::new(),
                 names: Default::default(),
+                remember_ms: 0,
+                slices: None,
             })),
             registry,
             base_dir: PathBuf::from("."),
@@ -230,14 +238,15 @@ impl StreamingContext {
     /// `weir_plan::limits::MAX_GRAPH_DEPTH` deep wants a few MiB of stack
     /// (a main thread's 8 MiB is plenty; `start` gives its thread 64 MiB).
     pub fn run(self, opts: RunOptions) -> Result<RunReport, EngineError> {
-        Driver::new(self.into_job(&opts)?, opts)?.run()
+        Driver::new(self.job(&opts)?, opts)?.run()
     }
 
     /// Starts the job on a thread of its own and returns at once (after
     /// recovery and the executors' start, whose errors it returns).
     pub fn start(self, opts: RunOptions) -> Result<StreamingHandle, EngineError> {
         let stop = opts.stop.clone();
-        let driver = Driver::new(self.into_job(&opts)?, opts)?;
+        let driver = Driver::new(self.job(&opts)?, opts)?;
+        self.inner.borrow_mut().slices = Some(driver.slice_queue());
         let thread = std::thread::Builder::new()
             .name("weir-driver".into())
             .stack_size(crate::executor::TASK_STACK_BYTES)
@@ -246,9 +255,22 @@ impl StreamingContext {
         Ok(StreamingHandle { stop, thread: Some(thread) })
     }
 
-    /// The job as the driver runs it: graph, identity, modules and sinks.
-    fn into_job(self, opts: &RunOptions) -> Result<Job, EngineError> {
+    /// Spark's `StreamingContext.remember`: every stream keeps the RDDs it
+    /// produced for at least `duration` (longer if a window needs them), so
+    /// that [`DStream::slice`] can return them. Kept RDDs cost memory: their
+    /// inputs stay in the driver's block store.
+    pub fn remember(&self, duration: Duration) {
         let mut inner = self.inner.borrow_mut();
+        inner.remember_ms = inner.remember_ms.max(duration_ms(duration));
+    }
+
+    /// The job as the driver runs it: graph, identity, modules and sinks.
+    fn job(&self, opts: &RunOptions) -> Result<Job, EngineError> {
+        let mut inner = self.inner.borrow_mut();
+        let remember_ms = inner.remember_ms;
+        for n in &mut inner.graph.nodes {
+            n.remember_ms = n.remember_ms.max(remember_ms);
+        }
         if inner.graph.outputs.is_empty() {
             return Err(EngineError::Graph("the job has no output operation (print, save_as_text_files, ...)".into()));
         }
@@ -606,8 +628,24 @@ impl DStream {
     pub fn reduce_by_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
         self.reduce(f)?.window(length, slide)?.reduce(f)
     }
+    /// The number of records in each window, as Spark's countByWindow
+    /// computes it: a window with an inverse (`+` entering, `-` leaving)
+    /// over one key, so nothing is emitted before the first record arrives
+    /// and `0` once every record has left the window. Needs a checkpoint
+    /// directory (as in Spark).
     pub fn count_by_window(&self, length: Duration, slide: Duration) -> R {
-        self.count()?.window(length, slide)?.shuffle(&[], Aggregation::Reduce(Reducer::SumI64), Some(1), "sum".into())
+        // Spark: map(_ => 1L).reduceByWindow(_ + _, _ - _, ...), which keys
+        // every value by one key and reduces it by key and window.
+        let ones = self
+            .narrow(NarrowOp::PairWithOne, "pair_with_one".into())?
+            .narrow(NarrowOp::Values, "one".into())?
+            .narrow(NarrowOp::PairWithNull, "pair_with_null".into())?;
+        let per_batch = ones.shuffle(&[], Aggregation::ReduceByKey(Reducer::SumI64), Some(1), "count".into())?;
+        let (length_ms, slide_ms) = (duration_ms(length), duration_ms(slide));
+        let op =
+            NodeOp::InvWindow { length_ms, slide_ms, reduce: Reducer::SumI64, inverse: Reducer::SubI64, filter: None };
+        let w = self.add_on(&per_batch, op, format!("count_by_window({length_ms} ms, {slide_ms} ms)"))?;
+        w.narrow(NarrowOp::Values, "values".into())
     }
     pub fn reduce_by_key_and_window(&self, f: &Udf, length: Duration, slide: Duration) -> R {
         self.reduce_by_key(f)?.window(length, slide)?.reduce_by_key(f)
@@ -641,42 +679,57 @@ impl DStream {
     }
 
     /// Spark's mapWithState: `f` (kind `map_with_state`) is called for each
-    /// value of a key, in order, with the key's state, and emits one record
-    /// per call. With a timeout, a key idle that long gets one last call
-    /// (timing out, no value) and its state is removed. The result is the
-    /// emitted records; `state_snapshots()` on it gives `(k, state)` for
+    /// value of a key, in order, with the key's state, and emits at most one
+    /// record per call. With a timeout, a key idle longer than that gets one
+    /// last call (timing out, no value) and its state is removed; as in
+    /// Spark, keys time out on the batches whose state is checkpointed
+    /// (every 10 slides unless `checkpoint(d)` says otherwise). The result is
+    /// the emitted records; `state_snapshots()` on it gives `(k, state)` for
     /// every key. Needs a checkpoint directory.
     pub fn map_with_state(&self, f: &Udf, timeout: Option<Duration>) -> R {
-        let fr = f.bind(UdfKind::MapWithState)?;
+        let spec = StateSpec::function(f);
+        self.map_with_state_spec(match timeout {
+            Some(d) => spec.timeout(d),
+            None => spec,
+        })
+    }
+
+    /// `map_with_state` as Spark's `mapWithState(StateSpec...)`, with an
+    /// initial state if the spec has one.
+    pub fn map_with_state_spec(&self, spec: StateSpec) -> R {
+        let fr = spec.f.bind(UdfKind::MapWithState)?;
+        let label = format!("map_with_state({})", spec.f.label());
+        let initial = spec.encoded_initial(&label)?;
         let grouped = self.group_by_key()?;
-        let timeout_ms = timeout.map(duration_ms);
-        let st = self.add_on(
-            &grouped,
-            NodeOp::MapWithState { f: fr, timeout_ms },
-            format!("map_with_state({})", f.label()),
-        )?;
+        let timeout_ms = spec.timeout.map(duration_ms);
+        let st = self.add_on(&grouped, NodeOp::MapWithState { f: fr, timeout_ms, initial }, label)?;
         st.narrow(NarrowOp::Tagged(1), "mapped".into())
+    }
+
+    /// The map_with_state node behind a stream made by `map_with_state` (or
+    /// its `state_snapshots()`), if it is one.
+    fn map_with_state_node(&self) -> Option<NodeId> {
+        let inner = self.inner.borrow();
+        let n = inner.graph.node(self.node);
+        match (&n.op, n.parents.first()) {
+            (NodeOp::Narrow(NarrowOp::Tagged(_)), Some(&p))
+                if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        }
     }
 
     /// The `(k, state)` of every key after each batch, for a stream made by
     /// `map_with_state`.
     pub fn state_snapshots(&self) -> R {
-        let parent = {
-            let inner = self.inner.borrow();
-            let n = inner.graph.node(self.node);
-            match (&n.op, n.parents.first()) {
-                (NodeOp::Narrow(NarrowOp::Tagged(1)), Some(&p))
-                    if matches!(inner.graph.node(p).op, NodeOp::MapWithState { .. }) =>
-                {
-                    p
-                }
-                _ => {
-                    return Err(EngineError::Graph(format!(
-                        "{}: state_snapshots() applies to a stream made by map_with_state",
-                        n.label
-                    )))
-                }
-            }
+        let mapped = matches!(self.inner.borrow().graph.node(self.node).op, NodeOp::Narrow(NarrowOp::Tagged(1)));
+        let Some(parent) = self.map_with_state_node().filter(|_| mapped) else {
+            let label = self.inner.borrow().graph.node(self.node).label.clone();
+            return Err(EngineError::Graph(format!(
+                "{label}: state_snapshots() applies to a stream made by map_with_state"
+            )));
         };
         let st = DStream { inner: self.inner.clone(), node: parent };
         st.narrow(NarrowOp::Tagged(0), "state_snapshots".into())
@@ -746,11 +799,41 @@ impl DStream {
     }
 
     /// Sets how often a stateful stream's RDD is written to a data
-    /// checkpoint (a multiple of its slide; default: the smallest multiple >= 10 s).
+    /// checkpoint (a multiple of its slide; default: the smallest multiple >=
+    /// 10 s, and 10 slides for map_with_state, as in Spark). On a stream made
+    /// by `map_with_state` (or its `state_snapshots()`) it sets its state's.
     pub fn checkpoint(&self, interval: Duration) -> R {
+        // On a map_with_state stream (the emitted records or the snapshots),
+        // the interval is its state's, as Spark's MapWithStateDStream does.
+        let node = self.map_with_state_node().unwrap_or(self.node);
         let mut inner = self.inner.borrow_mut();
-        inner.graph.set_checkpoint_interval(self.node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
+        inner.graph.set_checkpoint_interval(node, duration_ms(interval)).map_err(|e| EngineError::Graph(e.0))?;
         Ok(self.clone())
+    }
+
+    /// Keeps this stream's RDDs for at least `duration` (Spark's
+    /// `DStream.remember`; [`StreamingContext::remember`] does it for every
+    /// stream), so that [`DStream::slice`] can return them.
+    pub fn remember(&self, duration: Duration) -> R {
+        let mut inner = self.inner.borrow_mut();
+        let n = &mut inner.graph.nodes[self.node as usize];
+        n.remember_ms = n.remember_ms.max(duration_ms(duration));
+        Ok(self.clone())
+    }
+
+    /// Spark's `DStream.slice`: the records of every RDD this stream
+    /// produced from `from_ms` to `to_ms` (batch times, both aligned down to
+    /// the stream's slide, both included), by batch time, computed from
+    /// their lineage. Only while the job runs ([`StreamingContext::start`]),
+    /// for batches that have run and that the job still remembers (its
+    /// longest window, or `remember`). The driver answers between batches;
+    /// this waits up to [`crate::scheduler::slice::SLICE_DEADLINE`]. Do not
+    /// call it from a `foreach_rdd` function or a listener (they run on the
+    /// driver, which would wait for itself until the deadline).
+    pub fn slice(&self, from_ms: i64, to_ms: i64) -> Result<crate::scheduler::Sliced, crate::scheduler::SliceError> {
+        let queue = self.inner.borrow().slices.clone();
+        let queue = queue.ok_or(crate::scheduler::SliceError::NotStarted)?;
+        queue.ask(self.node, from_ms, to_ms, crate::scheduler::slice::SLICE_DEADLINE)
     }
 
     fn output(&self, spec: OutputSpec) -> Result<(), EngineError> {

@@ -86,10 +86,13 @@ struct Key<'a> {
 /// reduce_by_key_and_window with an inverse function, on one partition:
 /// `value = reduce(inverse(prev, reduce(old...)), reduce(new...))`, as Spark
 /// computes it; a key with no previous value takes the reduce of its new
-/// values. Keys whose value reaches zero are kept unless `filter` drops them.
+/// values. Keys whose value reaches zero are kept unless `filter` drops them;
+/// a key dropped while values of it are still in the window fails the batch
+/// (`time`) when they leave, as in Spark.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn inverse_window(
     cx: &mut UdfCalls<'_>,
+    time: i64,
     reduce: &Reducer,
     inverse: &Reducer,
     filter: Option<&PairFilter>,
@@ -107,12 +110,15 @@ pub(crate) fn inverse_window(
             keys.entry(k).or_default().prev = Some(v);
         }
     }
+    // Values leaving a window were in it, so their key has a previous value
+    // unless `filter` dropped it while it was still in the window.
+    let mut dropped: Vec<&[u8]> = Vec::new();
     for part in leaving {
         for r in records(part)? {
             let (k, v) = pair(r?)?;
-            // Values leaving a window were in it: their key has a previous value.
-            if let Some(e) = keys.get_mut(k) {
-                e.old.push(v);
+            match keys.get_mut(k) {
+                Some(e) => e.old.push(v),
+                None => dropped.push(k),
             }
         }
     }
@@ -125,6 +131,18 @@ pub(crate) fn inverse_window(
             });
             e.new.push(v);
         }
+    }
+    // As Spark's ReducedWindowedDStream: such a key with new values takes
+    // their reduce; without, there is nothing to compute it from, and Spark
+    // fails the batch ("Neither previous window has value for key, nor new
+    // values found") rather than silently skip what is leaving.
+    if let Some(k) = dropped.into_iter().find(|k| !keys.contains_key(k)) {
+        return Err(bad_data(format!(
+            "window with an inverse function at batch {time} ms: key {} has values leaving the window but no \
+             value in the previous window (the window's filter dropped it while values of it were still in the \
+             window); let the filter keep a key until its values have left the window",
+            short_render(k)
+        )));
     }
     // Each step is one batched UDF call over the keys that need it.
     let with_old: Vec<&[u8]> =
@@ -210,19 +228,31 @@ pub(crate) fn partition_of_pairs(pairs: &[u8], p: u32, n: u32) -> Result<Vec<u8>
     Ok(b.finish())
 }
 
-/// map_with_state on one partition. `prev` holds tagged records (only the
-/// `(0, k, state, last_update_ms)` ones matter), `grouped` holds `(k, [values])`.
+/// The state a map_with_state partition starts from.
+pub(crate) enum Prev {
+    /// The first batch, without an initial state.
+    None,
+    /// The previous RDD's tagged records (only the `(0, k, state,
+    /// last_update_ms)` ones matter).
+    Tagged(super::block_store::Block),
+    /// The first batch's initial state: `(k, state)` pairs, last updated at
+    /// this batch (as Spark's `MapWithStateRDD.createFromPairRDD`).
+    Pairs(Vec<u8>),
+}
+
+/// map_with_state on one partition, from `prev`; `grouped` holds `(k, [values])`.
 /// Keys with values get one call of `f` per value, in order; keys without
-/// values keep their state untouched unless they have been idle for
-/// `timeout_ms`, in which case `f` is called once with no value (timing out)
-/// and the key's state is removed.
+/// values keep their state untouched unless they have been idle for more
+/// than `timeout_ms`, in which case `f` is called once with no value (timing
+/// out) and the key's state is removed. The plan gives `timeout_ms` only on
+/// batches whose state is checkpointed (Spark's rule).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn map_with_state(
     cx: &mut UdfCalls<'_>,
     f: &UdfRef,
     timeout_ms: Option<i64>,
     time: i64,
-    prev: Option<&[u8]>,
+    prev: &Prev,
     grouped: &[u8],
     p: u32,
 ) -> Result<Vec<u8>, TaskFailure> {
@@ -231,12 +261,26 @@ pub(crate) fn map_with_state(
     // key -> (state, last update, new values)
     let mut keys: Vec<(&[u8], &[u8], i64, Option<&[u8]>)> = Vec::new();
     let mut index: KeyMap<'_, usize> = KeyMap::default();
-    if let Some(prev) = prev {
-        for r in records(prev)? {
-            let xs = codec::elements(r?)?;
-            if xs.len() == 4 && codec::as_i64(xs[0]) == Some(0) {
-                index.insert(xs[1], keys.len());
-                keys.push((xs[1], xs[2], codec::as_i64(xs[3]).unwrap_or(time), None));
+    match prev {
+        Prev::None => {}
+        Prev::Tagged(prev) => {
+            for r in records(prev)? {
+                let xs = codec::elements(r?)?;
+                if xs.len() == 4 && codec::as_i64(xs[0]) == Some(0) {
+                    index.insert(xs[1], keys.len());
+                    keys.push((xs[1], xs[2], codec::as_i64(xs[3]).unwrap_or(time), None));
+                }
+            }
+        }
+        Prev::Pairs(pairs) => {
+            for r in records(pairs)? {
+                let (k, s) = pair(r?)?;
+                // A null state is no state (the ABI's "absent"); a key
+                // given twice keeps its first state.
+                if s != null && !index.contains_key(k) {
+                    index.insert(k, keys.len());
+                    keys.push((k, s, time, None));
+                }
             }
         }
     }
@@ -254,7 +298,8 @@ pub(crate) fn map_with_state(
     let mut calls = codec::BatchBuilder::new();
     let mut called = Vec::new();
     for (i, (k, st, last, vs)) in keys.iter().enumerate() {
-        let timing_out = vs.is_none() && timeout_ms.is_some_and(|t| *last + t <= time);
+        // Spark's threshold: last update strictly before `time - timeout`.
+        let timing_out = vs.is_none() && timeout_ms.is_some_and(|t| last.saturating_add(t) < time);
         if vs.is_some() || timing_out {
             calls.push_with(|w| {
                 w.tuple(4);
@@ -263,16 +308,28 @@ pub(crate) fn map_with_state(
                 w.raw(st);
                 w.bool(timing_out);
             });
-            called.push((i, timing_out));
+            // Calls `f` makes for this group: one per value, or one timing out.
+            let n_calls = if timing_out { 1 } else { codec::elements(vs.unwrap_or(empty_list))?.len() };
+            called.push((i, timing_out, n_calls));
         }
     }
     let out =
         if called.is_empty() { None } else { Some(cx.call_kind(f, UdfKind::MapWithState, &calls.finish(), p)?) };
     let mut results: HashMap<usize, (Vec<&[u8]>, Option<&[u8]>)> = HashMap::new();
     if let Some(out) = &out {
-        for ((i, timing_out), r) in called.iter().zip(records(out)?) {
+        for ((i, timing_out, n_calls), r) in called.iter().zip(records(out)?) {
             let xs = codec::elements(r?)?;
             let outputs = codec::elements(xs.first().copied().unwrap_or(empty_list))?;
+            // At most one output per call (a call may emit nothing: Spark's
+            // `Option` return); more is a malformed output, never kept.
+            if outputs.len() > *n_calls {
+                return Err(bad_data(format!(
+                    "malformed output of {f}: {} outputs for key {} after {n_calls} call(s); a map_with_state \
+                     function emits at most one record per call",
+                    outputs.len(),
+                    short_render(keys[*i].0)
+                )));
+            }
             let st = xs.get(1).copied().filter(|s| *s != null && !*timing_out);
             results.insert(*i, (outputs, st));
         }
@@ -305,6 +362,15 @@ pub(crate) fn map_with_state(
         });
     }
     Ok(b.finish())
+}
+
+/// A key as messages show it: rendered, cut to 200 characters.
+fn short_render(k: &[u8]) -> String {
+    let r = codec::display::render(k);
+    match r.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &r[..at]),
+        None => r,
+    }
 }
 
 /// Selects map_with_state's tagged records: tag 0 -> `(k, state)`, tag 1 ->

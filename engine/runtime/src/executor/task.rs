@@ -182,14 +182,14 @@ impl TaskCx<'_, '_> {
                     p,
                 )?)
             }
-            RddOp::MapWithState { prev, grouped, f, timeout_ms } => {
-                let prev = match prev {
-                    Some(r) => Some(self.compute(*r, p)?),
-                    None => None,
+            RddOp::MapWithState { prev, grouped, f, timeout_ms, initial } => {
+                let prev = match (prev, initial) {
+                    (Some(r), _) => state::Prev::Tagged(self.compute(*r, p)?),
+                    (None, Some(init)) => state::Prev::Pairs(state::partition_of_pairs(init, p, rdd.partitions)?),
+                    (None, None) => state::Prev::None,
                 };
                 let grouped = self.compute(*grouped, p)?;
-                let prev = prev.as_deref().map(|v| v.as_slice());
-                Arc::new(state::map_with_state(&mut self.udfs, f, *timeout_ms, id.time, prev, &grouped, p)?)
+                Arc::new(state::map_with_state(&mut self.udfs, f, *timeout_ms, id.time, &prev, &grouped, p)?)
             }
             RddOp::InvWindow { prev, entering, leaving, reduce, inverse, filter } => {
                 let prev = match prev {
@@ -202,6 +202,7 @@ impl TaskCx<'_, '_> {
                 let e: Vec<&[u8]> = entering.iter().map(|b| b.as_slice()).collect();
                 Arc::new(state::inverse_window(
                     &mut self.udfs,
+                    id.time,
                     reduce,
                     inverse,
                     filter.as_ref(),

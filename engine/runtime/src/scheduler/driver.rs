@@ -135,6 +135,12 @@ pub struct Driver {
     writer: Option<OutputWriter>,
     /// Batches computed whose outputs are being written, oldest first.
     in_flight: VecDeque<InFlight>,
+    /// `DStream::slice` requests, served between batches.
+    pub(super) slices: super::slice::SliceQueue,
+    /// The latest batch time generated.
+    pub(super) latest: Option<i64>,
+    /// RDDs before this time are forgotten (see `forget`).
+    pub(super) horizon: i64,
 }
 
 /// The longest wait between empty batches with the logical clock.
@@ -192,6 +198,9 @@ impl Driver {
             idle: Duration::ZERO,
             writer: None,
             in_flight: VecDeque::new(),
+            slices: Default::default(),
+            latest: None,
+            horizon: i64::MIN,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -199,9 +208,17 @@ impl Driver {
 
     /// Runs batches until the sources are exhausted (logical clock), the
     /// batch limit is reached, or the stop flag is set.
-    pub fn run(mut self) -> Result<RunReport, EngineError> {
+    pub fn run(self) -> Result<RunReport, EngineError> {
+        let slices = self.slices.clone();
+        let r = self.run_batches();
+        slices.end();
+        r
+    }
+
+    fn run_batches(mut self) -> Result<RunReport, EngineError> {
         let mut ran: u64 = 0;
         while let Some((time, replayed)) = self.next_batch(ran) {
+            self.serve_slices();
             ran += 1;
             let scheduling_delay = match self.opts.clock {
                 Clock::Wall => Duration::from_millis((now_ms() - time).max(0) as u64),
@@ -393,6 +410,7 @@ impl Driver {
     ) -> Vec<Option<RddId>> {
         let g = &self.job.graph;
         let outs = generate(g, self.progress.zero_time, time, input_partitions, &mut self.memo, &mut self.dag.lineage);
+        self.latest = Some(self.latest.map_or(time, |l| l.max(time)));
         if let Some(c) = &self.ckpt {
             c.write_metadata_until(self.snapshot(), self.progress.oldest_pending());
         }
@@ -507,6 +525,7 @@ impl Driver {
                 }
             }
         }
+        self.horizon = horizon;
         self.memo.forget_before(horizon);
         self.dag.forget_before(horizon);
         let p = &mut self.progress;

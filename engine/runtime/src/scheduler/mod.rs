@@ -8,9 +8,11 @@ mod job_change;
 pub mod options;
 mod output_writer;
 mod recover;
+pub mod slice;
 
 pub use dag::{DagScheduler, JobError, SchedulerMetrics};
 pub use driver::{Driver, Job, RunReport};
 #[cfg(feature = "test-hooks")]
 pub use options::AfterBatch;
 pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
+pub use slice::{SliceError, SliceQueue, Sliced};

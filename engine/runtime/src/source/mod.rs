@@ -84,8 +84,8 @@ pub trait Source: Send {
     /// The records a batch took, again, byte for byte.
     fn replay(&self, time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError>;
     /// As `poll`, with the records cut into `n` partitions (fewer if there
-    /// are fewer records; at least one) of `ceil(records / n)` records each,
-    /// in order. The default cuts `poll`'s batch ([`split_batch`]); a source
+    /// are fewer records; at least one), in order, cut as Spark's `makeRDD`
+    /// cuts a collection (slice `i` = records `[i*len/n, (i+1)*len/n)`). The default cuts `poll`'s batch ([`split_batch`]); a source
     /// that can build the partitions itself, in parallel, does (the
     /// directory source).
     fn poll_partitions(

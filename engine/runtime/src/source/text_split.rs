@@ -9,11 +9,11 @@
 //! the handles the scan opened (positioned reads, so a file deleted in
 //! between is still read whole).
 //!
-//! Partitions are cut exactly as [`split_batch`] cuts an encoded batch:
-//! `ceil(lines / n)` lines each, in order, counted over every line read
-//! (a line skipped as invalid UTF-8 still takes its place). A re-run batch
-//! goes through the same code with the recorded lengths, so it gets the
-//! same partitions, byte for byte.
+//! Partitions are cut exactly as [`split_batch`] cuts an encoded batch,
+//! by [`slice_start`] (Spark's `ParallelCollectionRDD.slice`), in order,
+//! counted over every line read (a line skipped as invalid UTF-8 still
+//! takes its place). A re-run batch goes through the same code with the
+//! recorded lengths, so it gets the same partitions, byte for byte.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -119,9 +119,8 @@ pub(super) struct Encoded {
 /// fewer lines; at least one). An error names the index of the file.
 pub(super) fn encode(files: &[Scanned], n: u32, policy: InvalidUtf8Policy) -> Result<Encoded, (usize, FileError)> {
     let total: u64 = files.iter().map(|f| f.lines).sum();
-    let n = (n.max(1) as u64).min(total.max(1));
-    let per = total.div_ceil(n).max(1);
-    let ranges: Vec<(u64, u64)> = (0..n).map(|p| ((p * per).min(total), ((p + 1) * per).min(total))).collect();
+    let n = slices(total, n);
+    let ranges: Vec<(u64, u64)> = (0..n).map(|p| (slice_start(total, n, p), slice_start(total, n, p + 1))).collect();
     let threads = if total < PARALLEL_LINES {
         1
     } else {
@@ -248,30 +247,51 @@ impl Read for At<'_> {
     }
 }
 
+/// How many partitions a batch of `total` records is cut into when `n` are
+/// asked for: `n`, fewer if it has fewer records, at least one.
+pub(super) fn slices(total: u64, n: u32) -> u64 {
+    (n.max(1) as u64).min(total.max(1))
+}
+
+/// The first record of slice `p` of `n` over `total` records: Spark's
+/// `ParallelCollectionRDD.positions`, slice `p` = `[p*total/n,
+/// (p+1)*total/n)`, so when `total` does not divide evenly the cut
+/// falls where `makeRDD` puts it (7 over 3: 2, 2, 3; 10 over 4: 2, 3, 2, 3). O(1): the
+/// hot path computes it once per partition.
+pub(super) fn slice_start(total: u64, n: u64, p: u64) -> u64 {
+    // u128: `p * total` may pass u64 for huge counts.
+    ((p.min(n) as u128 * total as u128) / n.max(1) as u128) as u64
+}
+
 /// Bytes moved at a time when a batch is split: the batch gives back
 /// its tail as it goes, so splitting needs this much beside the batch, not
 /// a second copy of it.
 const SPLIT_CHUNK: usize = 4 << 20;
 
 /// Splits an encoded batch into `n` contiguous partitions (fewer if it has
-/// fewer records; at least one): `ceil(records / n)` records each, in order,
-/// trailing ones possibly empty. Memory stays about one batch: the last
+/// fewer records; at least one), in order, cut as Spark's `makeRDD` cuts a
+/// collection ([`slice_start`]: 7 records over 3 give 2, 2, 3). Memory
+/// stays about one batch: the last
 /// partitions are moved out of the batch's tail, which is shrunk as it goes
 /// (the allocator returns the pages of a large block), and the first
 /// partition is what is left of the batch itself.
 pub fn split_batch(mut batch: Vec<u8>, n: u32) -> Result<Vec<Vec<u8>>, CodecError> {
     let recs = Records::new(&batch)?;
-    let total = recs.remaining() as usize;
-    let n = (n.max(1) as usize).min(total.max(1));
-    let per = total.div_ceil(n).max(1);
+    let total = recs.remaining() as u64;
+    let n64 = slices(total, n);
+    let n = n64 as usize;
     // Each partition's first byte and record count; a malformed record
     // fails the split (the batch is refused, never partly dropped).
     let mut starts = vec![None; n];
     let mut counts = vec![0u32; n];
     let mut end = 4;
+    let (mut p, mut next) = (0usize, slice_start(total, n64, 1));
     for (i, r) in recs.enumerate() {
         let r = r?;
-        let p = i / per;
+        while i as u64 >= next && p + 1 < n {
+            p += 1;
+            next = slice_start(total, n64, p as u64 + 1);
+        }
         starts[p].get_or_insert(end);
         counts[p] += 1;
         end += r.len();
@@ -348,6 +368,28 @@ mod tests {
             assert_eq!(lines_of(&got.parts), lines_of(&want), "n = {n}");
             assert_eq!(got.parts, want, "n = {n}: bytes");
         }
+    }
+
+    /// Spark's `ParallelCollectionRDD.positions` (ParallelCollectionSplitSuite,
+    /// "slicing ... non-divisible"): slice i = [i*len/n, (i+1)*len/n).
+    #[test]
+    fn split_batch_cuts_as_sparks_make_rdd() {
+        let batch = |k: i64| {
+            let mut b = BatchBuilder::new();
+            (0..k).for_each(|x| b.push_with(|w| w.i64(x)));
+            b.finish()
+        };
+        let sizes = |parts: &[Vec<u8>]| parts.iter().map(|p| Records::new(p).unwrap().remaining()).collect::<Vec<_>>();
+        assert_eq!(sizes(&split_batch(batch(7), 3).unwrap()), vec![2, 2, 3]);
+        assert_eq!(sizes(&split_batch(batch(5), 2).unwrap()), vec![2, 3]);
+        assert_eq!(sizes(&split_batch(batch(10), 4).unwrap()), vec![2, 3, 2, 3]);
+        assert_eq!(sizes(&split_batch(batch(6), 3).unwrap()), vec![2, 2, 2]);
+        // Fewer records than partitions: one each; none: one empty partition.
+        assert_eq!(sizes(&split_batch(batch(2), 4).unwrap()), vec![1, 1]);
+        assert_eq!(sizes(&split_batch(batch(0), 4).unwrap()), vec![0]);
+        let parts = split_batch(batch(7), 3).unwrap();
+        assert_eq!(lines_of(&parts), vec![vec!["0", "1"], vec!["2", "3"], vec!["4", "5", "6"]]);
+        assert_eq!(slice_start(u64::MAX, 4096, 4095), (u64::MAX as u128 * 4095 / 4096) as u64);
     }
 
     #[test]

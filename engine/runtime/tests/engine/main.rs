@@ -4,5 +4,6 @@
 
 mod api;
 mod operations;
+mod slice;
 mod stateful;
 mod udf_host;

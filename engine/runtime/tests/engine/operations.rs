@@ -86,6 +86,23 @@ fn run1_on(
     taken(&c)
 }
 
+/// As [`run1`], with a checkpoint directory (for operations that keep state
+/// from batch to batch, as `count_by_window` does).
+fn run1_checkpointed(
+    input: Vec<Vec<Value>>,
+    build: impl FnOnce(&StreamingContext, &DStream) -> Result<DStream, EngineError>,
+) -> Batches {
+    let dir = tempfile::tempdir().expect("checkpoint directory");
+    let ssc = ctx();
+    let src = ssc.queue_stream(input);
+    let out = build(&ssc, &src).expect("building the job");
+    let c = out.collect().expect("collect");
+    let mut o = opts(2);
+    o.checkpoint = Some(weir::scheduler::CheckpointOptions::new(dir.path()));
+    run_ok(ssc, o);
+    taken(&c)
+}
+
 fn run1(
     input: Vec<Vec<Value>>,
     build: impl FnOnce(&StreamingContext, &DStream) -> Result<DStream, EngineError>,
@@ -208,13 +225,14 @@ fn filter() {
 
 #[test]
 fn map_partitions() {
-    // A batch is split into `parallelism` (2) contiguous partitions: [1,2,3]
-    // and [4,5]; an empty batch is one empty partition, on which the function
+    // A batch is split into `parallelism` (2) contiguous partitions as
+    // Spark's makeRDD slices it (ParallelCollectionRDD.positions: [i*5/2,
+    // (i+1)*5/2)): [1,2] and [3,4,5]; an empty batch is one empty partition, on which the function
     // still runs (Spark calls mapPartitions' function on empty iterators).
     let out = run1(vec![ints(&[1, 2, 3, 4, 5]), vec![], ints(&[7])], |ssc, src| {
         src.map_partitions(&testops(ssc).udf("count_and_sum"))
     });
-    assert_eq!(out, every_second(vec![ints(&[3, 6, 2, 9]), ints(&[0, 0]), ints(&[1, 7])]));
+    assert_eq!(out, every_second(vec![ints(&[2, 3, 3, 12]), ints(&[0, 0]), ints(&[1, 7])]));
 }
 
 #[test]
@@ -227,22 +245,25 @@ fn key_by() {
 
 #[test]
 fn glom() {
+    // Spark's makeRDD slicing (ParallelCollectionRDD.positions): 5 records
+    // over 2 partitions are [0, 2) and [2, 5).
     let out = run1(vec![strs(&["a", "b", "c", "d", "e"]), strs(&["x"]), vec![]], |_, src| src.glom());
     assert_eq!(
         out,
         every_second(vec![
-            vec![l(strs(&["a", "b", "c"])), l(strs(&["d", "e"]))],
+            vec![l(strs(&["a", "b"])), l(strs(&["c", "d", "e"]))],
             vec![l(strs(&["x"]))],
             vec![l(vec![])],
         ])
     );
 
-    // With parallelism 3, three contiguous partitions.
+    // With parallelism 3, three contiguous partitions: 7 records as
+    // [0, 2), [2, 4), [4, 7).
     let mut ssc = ctx();
     ssc.set_parallelism(3).unwrap();
     let c = ssc.queue_stream(vec![ints(&[1, 2, 3, 4, 5, 6, 7])]).glom().unwrap().collect().unwrap();
     run_ok(ssc, opts(2));
-    assert_eq!(taken(&c), every_second(vec![vec![l(ints(&[1, 2, 3])), l(ints(&[4, 5, 6])), l(ints(&[7]))]]));
+    assert_eq!(taken(&c), every_second(vec![vec![l(ints(&[1, 2])), l(ints(&[3, 4])), l(ints(&[5, 6, 7]))]]));
 }
 
 #[test]
@@ -691,7 +712,8 @@ fn window_of_batches_with_different_partition_counts() {
     assert_eq!(out, vec![(2000, ints(&[1, 2, 3, 4])), (4000, ints(&[2, 3, 4, 5, 6]))]);
 
     // The same through a narrow transformation and a shuffle.
-    let out = run1(input, |ssc, src| src.map(&testops(ssc).udf("double"))?.count_by_window(secs(2), secs(2)));
+    let out =
+        run1_checkpointed(input, |ssc, src| src.map(&testops(ssc).udf("double"))?.count_by_window(secs(2), secs(2)));
     assert_eq!(out, vec![(2000, ints(&[4])), (4000, ints(&[4]))]);
 }
 
@@ -760,12 +782,27 @@ fn reduce_by_window() {
 #[test]
 fn count_by_window() {
     let input = vec![strs(&["a", "b"]), strs(&["c"]), vec![], strs(&["d", "e", "f"]), vec![], vec![], vec![]];
-    let out = run1(input.clone(), |_, src| src.count_by_window(secs(3), secs(1)));
-    // An empty window counts 0.
+    let out = run1_checkpointed(input.clone(), |_, src| src.count_by_window(secs(3), secs(1)));
+    // A window emptied after data arrived counts 0 (Spark's countByWindow
+    // keeps its one key once it exists).
     assert_eq!(out, every_second(ints(&[2, 3, 3, 4, 3, 3, 0]).into_iter().map(|x| vec![x]).collect()));
 
-    let out = run1(input, |_, src| src.count_by_window(secs(2), secs(2)));
+    let out = run1_checkpointed(input, |_, src| src.count_by_window(secs(2), secs(2)));
     assert_eq!(out, vec![(2000, ints(&[3])), (4000, ints(&[3])), (6000, ints(&[0]))]);
+
+    // Windows before any record arrived emit nothing, as in Spark (its
+    // countByWindow is reduceByWindow(_ + _, _ - _), whose key appears with
+    // the first record).
+    let input = vec![vec![], vec![], strs(&["a"]), vec![], vec![], vec![]];
+    let out = run1_checkpointed(input, |_, src| src.count_by_window(secs(2), secs(1)));
+    assert_eq!(out, every_second(vec![vec![], vec![], ints(&[1]), ints(&[1]), ints(&[0]), ints(&[0])]));
+
+    // Without a checkpoint directory it is refused, as every stateful stream.
+    let ssc = ctx();
+    let c = ssc.queue_stream(vec![]).count_by_window(secs(2), secs(1)).unwrap().collect().unwrap();
+    let err = ssc.run(opts(2)).map(|_| ()).expect_err("count_by_window needs a checkpoint directory");
+    assert!(err.to_string().contains("needs a checkpoint directory"), "{err}");
+    drop(c);
 }
 
 #[test]

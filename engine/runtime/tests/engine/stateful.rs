@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use weir::codec::Value;
-use weir::dstream::{ModuleHandle, StreamingContext};
+use weir::dstream::{ModuleHandle, StateSpec, StreamingContext};
 use weir::scheduler::CheckpointOptions;
 use weir::scheduler::{Clock, Master, RunOptions};
 
@@ -108,7 +108,13 @@ fn map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state() {
         pairs(&[("b", 1)]),
     ]);
     // count_seen emits (key, running sum) per value and (key, -1) when timing out.
-    let mapped = input.map_with_state(&ops.udf("count_seen"), Some(Duration::from_secs(2))).unwrap();
+    // Keys time out only on batches whose state is checkpointed (Spark's
+    // MapWithStateRDD full scan): every batch here.
+    let mapped = input
+        .map_with_state(&ops.udf("count_seen"), Some(Duration::from_secs(2)))
+        .unwrap()
+        .checkpoint(Duration::from_secs(1))
+        .unwrap();
     let out = mapped.collect().unwrap();
     let snaps = mapped.state_snapshots().unwrap().collect().unwrap();
     let report = ssc.run(opts(tmp.path())).unwrap();
@@ -116,22 +122,26 @@ fn map_with_state_calls_per_value_times_out_idle_keys_and_snapshots_state() {
     let out = out.lock().unwrap();
     let by_time: Vec<(i64, Vec<String>)> =
         out.iter().map(|(t, vs)| (*t, vs.iter().map(|v| v.to_string()).collect())).collect();
-    // Per-value calls in order within a key (a: 1 then 3); b idle since 1000
-    // times out at 3000 (>= 2 s), a idle since 2000 times out at 4000.
+    // Per-value calls in order within a key (a: 1 then 3). Spark's threshold
+    // (OpenHashMapBasedStateMap.getByTime): a key times out at t when its
+    // last update is before t - timeout, so b (last 1000) at 4000, a (last
+    // 2000) at 5000.
     let mut first = by_time[0].1.clone();
     first.sort();
     assert_eq!(first, strs(&["(a,1)", "(a,3)", "(b,10)"]));
     assert_eq!(by_time[1].1, strs(&["(a,6)"]));
-    assert_eq!(by_time[2].1, strs(&["(b,-1)"]));
-    assert_eq!(by_time[3].1, strs(&["(a,-1)"]));
-    assert_eq!(by_time[4].1, strs(&["(b,1)"]), "b's state was removed when it timed out");
+    assert_eq!(by_time[2].1, Vec::<String>::new());
+    assert_eq!(by_time[3].1, strs(&["(b,-1)"]));
+    let mut last = by_time[4].1.clone();
+    last.sort();
+    assert_eq!(last, strs(&["(a,-1)", "(b,1)"]), "b's state was removed when it timed out");
     assert_eq!(
         sorted(&snaps.lock().unwrap()),
         vec![
             (1000, strs(&["(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)", "(b,10)"])),
-            (3000, strs(&["(a,6)"])),
-            (4000, vec![]),
+            (3000, strs(&["(a,6)", "(b,10)"])),
+            (4000, strs(&["(a,6)"])),
             (5000, strs(&["(b,1)"])),
         ]
     );
@@ -244,7 +254,7 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
     let job = format!(
         "batch_interval = \"1s\"\n\n[modules]\nops = \"{}\"\n\n[sources.pairs]\ntype = \"batches\"\npath = \"in.jsonl\"\n\n\
          [streams]\n\
-         seen = \"pairs.map_with_state(ops.count_seen, 2s)\"\n\
+         seen = \"pairs.map_with_state(ops.count_seen, 2s).checkpoint(1s)\"\n\
          states = \"seen.state_snapshots()\"\n\
          forever = \"pairs.map_with_state(ops.count_seen)\"\n\
          forever_states = \"pairs.map_with_state(ops.count_seen).state_snapshots()\"\n\n{}{}{}{}",
@@ -269,16 +279,17 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
     assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
     let dir = tmp.path().join("out");
     // As through the API: one record per value, in order within a key;
-    // b idle since 1000 times out at 3000 (>= 2 s) with one last call
-    // (b,-1), a at 4000; b's state was removed, so it starts again at 5000.
+    // b idle since 1000 times out at 4000 (last update before 4000 - 2 s)
+    // with one last call (b,-1), a at 5000; b's state was removed, so it
+    // starts again at 5000.
     assert_eq!(
         saved(&dir, "seen"),
         vec![
             (1000, strs(&["(a,1)", "(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)"])),
-            (3000, strs(&["(b,-1)"])),
-            (4000, strs(&["(a,-1)"])),
-            (5000, strs(&["(b,1)"])),
+            (3000, vec![]),
+            (4000, strs(&["(b,-1)"])),
+            (5000, strs(&["(a,-1)", "(b,1)"])),
         ]
     );
     assert_eq!(
@@ -286,8 +297,8 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
         vec![
             (1000, strs(&["(a,3)", "(b,10)"])),
             (2000, strs(&["(a,6)", "(b,10)"])),
-            (3000, strs(&["(a,6)"])),
-            (4000, vec![]),
+            (3000, strs(&["(a,6)", "(b,10)"])),
+            (4000, strs(&["(a,6)"])),
             (5000, strs(&["(b,1)"])),
         ]
     );
@@ -303,4 +314,67 @@ fn a_job_file_runs_map_with_state_and_state_snapshots_with_sparks_semantics() {
         ]
     );
     assert_eq!(saved(&dir, "forever_states").last(), Some(&(5000, strs(&["(a,6)", "(b,11)"]))));
+}
+
+#[test]
+fn map_with_state_starts_from_a_state_spec_initial_state() {
+    // Spark's StateSpec.function(f).initialState(rdd): the initial keys are
+    // there before the first batch (MapWithStateSuite "mapWithState - initial
+    // states, with nothing returned as from mapping function").
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let ops = module(&ssc, "testops.wasm");
+    let input = ssc.queue_stream(vec![pairs(&[("a", 1), ("b", 2)]), pairs(&[("a", 3)])]);
+    let spec = StateSpec::function(&ops.udf("count_seen")).initial_state(pairs(&[("a", 100), ("z", 5)]));
+    let mapped = input.map_with_state_spec(spec).unwrap();
+    let out = mapped.collect().unwrap();
+    let snaps = mapped.state_snapshots().unwrap().collect().unwrap();
+    // The initial state is data of the graph: part of the job's identity.
+    let with = |pairs: Vec<Value>| {
+        let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+        let f = module(&ssc, "testops.wasm").udf("count_seen");
+        let s = ssc.queue_stream(vec![]).map_with_state_spec(StateSpec::function(&f).initial_state(pairs)).unwrap();
+        s.collect().unwrap();
+        ssc.graph()
+    };
+    assert_ne!(with(pairs(&[("a", 100)])), with(pairs(&[("a", 101)])), "another initial state is another job");
+    assert_eq!(with(pairs(&[("a", 100)])), with(pairs(&[("a", 100)])));
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    assert!(report.failed_batches().next().is_none(), "{:?}", report.batches);
+    assert_eq!(sorted(&out.lock().unwrap()), vec![(1000, strs(&["(a,101)", "(b,2)"])), (2000, strs(&["(a,104)"]))]);
+    assert_eq!(
+        sorted(&snaps.lock().unwrap()),
+        vec![(1000, strs(&["(a,101)", "(b,2)", "(z,5)"])), (2000, strs(&["(a,104)", "(b,2)", "(z,5)"]))]
+    );
+    // Records that are not (key, state) pairs, or null states, are refused.
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let f = module(&ssc, "testops.wasm").udf("count_seen");
+    let src = ssc.queue_stream(vec![]);
+    for (bad, why) in
+        [(vec![i(1)], "is not a (key, state) pair"), (vec![Value::pair(s("a"), Value::Null)], "null state")]
+    {
+        let Err(err) = src.map_with_state_spec(StateSpec::function(&f).initial_state(bad)) else {
+            panic!("an initial state that {why} must be refused")
+        };
+        assert!(err.to_string().contains("initial state record 1") && err.to_string().contains(why), "{err}");
+    }
+}
+
+#[test]
+fn a_map_with_state_function_emitting_more_than_one_output_per_call_fails_its_batch() {
+    // docs/udf-abi.md §4: at most one output per call (a call may emit
+    // nothing). udfs/hostile/malformed_output.wat's too_many returns two for
+    // a key with one value.
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let hostile = module(&ssc, "hostile/malformed_output.wat");
+    let input = ssc.queue_stream(vec![pairs(&[("a", 1)])]);
+    let out = input.map_with_state(&hostile.udf("too_many"), None).unwrap().collect().unwrap();
+    let report = ssc.run(opts(tmp.path())).unwrap();
+    let failed: Vec<_> = report.failed_batches().collect();
+    assert_eq!(failed.len(), 1, "{:?}", report.batches);
+    let err = failed[0].errors.join("; ");
+    assert!(err.contains("malformed output") && err.contains("too_many"), "{err}");
+    assert!(err.contains("2 outputs for key a after 1 call"), "{err}");
+    assert!(out.lock().unwrap().iter().all(|(_, v)| v.is_empty()), "nothing of the batch is kept");
 }

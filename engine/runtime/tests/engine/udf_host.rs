@@ -123,12 +123,15 @@ fn testops_exports_every_kind() {
         ("chars", UdfKind::FlatMap),
         ("is_even", UdfKind::Filter),
         ("is_long", UdfKind::Filter),
+        ("positive_value", UdfKind::Filter),
+        ("below_two", UdfKind::Filter),
         ("first_char", UdfKind::KeyBy),
         ("count_and_sum", UdfKind::MapPartitions),
         ("max", UdfKind::Reduce),
         ("concat", UdfKind::Reduce),
         ("total_or_drop", UdfKind::Update),
         ("count_seen", UdfKind::MapWithState),
+        ("first_seen", UdfKind::MapWithState),
     ];
     for (name, kind) in expect {
         assert_eq!(m.kinds_of(name), [kind], "testops.wasm should export {kind}:{name}; has {f:?}");
@@ -253,6 +256,26 @@ fn testops_map_with_state() {
         tuple(vec![list(vec![]), Value::Null]),
     ];
     assert_eq!(ok(&m, "count_seen", UdfKind::MapWithState, &groups), expect);
+}
+
+/// `#[map_with_state(optional)]`: a call returning `None` emits nothing, so
+/// a group's outputs list is shorter than its calls (Spark's `Option`).
+#[test]
+fn testops_map_with_state_may_emit_nothing() {
+    let m = load("testops.wasm");
+    let groups = vec![
+        tuple(vec![s("a"), list(ints(&[7, 8, 9])), Value::Null, Value::Bool(false)]),
+        tuple(vec![s("b"), list(ints(&[1])), i(2), Value::Bool(false)]),
+        tuple(vec![s("c"), list(vec![]), i(4), Value::Bool(true)]),
+    ];
+    let expect = vec![
+        // Only the first of three calls emits.
+        tuple(vec![list(vec![pair(s("a"), i(7))]), i(3)]),
+        // Seen before: nothing emitted, the state still updated.
+        tuple(vec![list(vec![]), i(3)]),
+        tuple(vec![list(vec![pair(s("c timed out"), i(4))]), i(4)]),
+    ];
+    assert_eq!(ok(&m, "first_seen", UdfKind::MapWithState, &groups), expect);
 }
 
 #[test]

@@ -1,0 +1,319 @@
+//! The DStream API through `weir run`, with expected outputs derived from
+//! Spark's semantics (each test cites the Spark suite it follows): how an
+//! input batch is cut into partitions, `count_by_window`, windows with an
+//! inverse function and a filter, and `map_with_state` (emitting nothing,
+//! time-outs on checkpointed batches, `checkpoint(d)`, an initial state).
+//! Every job runs on `local[2]` and on `local-cluster[2]`, and the two give
+//! the same output files byte for byte.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+/// Runs `job.toml` of `dir` with the logical clock on `master`, with a
+/// checkpoint directory, for `batches` batches (until the sources end if
+/// `None`); the outputs land in `dir/out`.
+fn run_on(dir: &Path, master: &str, batches: Option<u32>) -> Output {
+    let job = dir.join("job.toml");
+    let ckpt = dir.join("ckpt");
+    let mut cmd = weir();
+    cmd.args(["run", job.to_str().unwrap(), "--clock", "logical", "--master", master, "--checkpoint"]).arg(&ckpt);
+    if let Some(n) = batches {
+        cmd.args(["--batches", &n.to_string()]);
+    }
+    run(&mut cmd)
+}
+
+/// Writes the job (`body`, then the modules `ops` and `wc`) and its input
+/// files, runs it on `local[2]` and `local-cluster[2]` (see [`run_on`]),
+/// checks both runs wrote the same output files byte for byte, and returns
+/// the `local[2]` run and its directory.
+fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Output, tempfile::TempDir) {
+    let modules = format!(
+        "\n[modules]\nops = \"{}\"\nwc = \"{}\"\n",
+        module("testops.wasm").display(),
+        module("wordcount.wasm").display()
+    );
+    let mut results = Vec::new();
+    for master in ["local[2]", "local-cluster[2]"] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("job.toml"), format!("batch_interval = \"1s\"\n{body}{modules}")).unwrap();
+        for (name, content) in files {
+            let p = tmp.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let out = run_on(tmp.path(), master, batches);
+        let written = tmp.path().join("out");
+        let files = if written.exists() { tree(&written) } else { BTreeMap::new() };
+        results.push((out, files, tmp));
+    }
+    let (cluster, local) = (results.pop().unwrap(), results.pop().unwrap());
+    assert_eq!(
+        local.0.status.code(),
+        cluster.0.status.code(),
+        "local[2] and local-cluster[2] end alike; local stderr: {}\ncluster stderr: {}",
+        text(&local.0.stderr),
+        text(&cluster.0.stderr)
+    );
+    assert!(!local.1.is_empty(), "the job wrote outputs: {}", text(&local.0.stderr));
+    assert_eq!(local.1, cluster.1, "local-cluster[2] writes the same files, byte for byte, as local[2]");
+    (local.0, local.2)
+}
+
+fn outputs(dir: &Path, prefix: &str) -> BTreeMap<i64, Vec<String>> {
+    read_outputs(&dir.join("out"), prefix)
+}
+
+fn saved(stream: &str) -> String {
+    format!("[[outputs]]\nstream = \"{stream}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{stream}\"\n")
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "weir run failed: {}", text(&out.stderr));
+}
+
+fn lines(xs: &[&str]) -> Vec<String> {
+    xs.iter().map(|x| x.to_string()).collect()
+}
+
+/// Spark's `ParallelCollectionRDD.positions(length, numSlices)`: slice `i`
+/// holds elements `[i * length / numSlices, (i + 1) * length / numSlices)`.
+fn positions(length: u64, slices: u64) -> Vec<(u64, u64)> {
+    (0..slices).map(|i| (i * length / slices, (i + 1) * length / slices)).collect()
+}
+
+/// How `glom` shows a slice of consecutive integers: `[a, b, c]`.
+fn glom_of(xs: impl Iterator<Item = u64>) -> String {
+    format!("[{}]", xs.map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+#[test]
+fn input_batches_are_cut_into_partitions_as_sparks_make_rdd() {
+    // BasicOperationsSuite "glom" and "mapPartitions" (2 input partitions,
+    // sizes that divide evenly) and ParallelCollectionSplitSuite (sizes that
+    // do not: the cut is `positions`), from a `batches` source and from the
+    // directory source's parallel reader (over 4096 lines, so on threads),
+    // which must cut alike.
+    let n = 10_000u64;
+    let numbers: String = (1..=n).map(|x| format!("{x}\n")).collect();
+    let body = "parallelism = 3\n\
+        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.lines]\ntype = \"directory\"\npath = \"in\"\n\
+        [streams]\n\
+        glommed = \"nums.glom()\"\n\
+        sums = \"nums.map_partitions(ops.count_and_sum)\"\n\
+        file_sums = \"lines.map(ops.parse_int).map_partitions(ops.count_and_sum)\"\n";
+    let body = format!("{body}{}{}{}", saved("glommed"), saved("sums"), saved("file_sums"));
+    let batches = "[1,2,3,4,5,6]\n[1,2,3,4,5,6,7]\n[1,2,3,4,5,6,7,8,9,10]\n[1]\n[]\n".to_string();
+    // The directory source never ends: five batches.
+    let (out, dir) = run_both(&body, &[("nums.jsonl", batches), ("in/numbers.txt", numbers)], Some(5));
+    ok(&out);
+    let glommed = outputs(dir.path(), "glommed");
+    let sums = outputs(dir.path(), "sums");
+    for (t, len) in [(1000, 6u64), (2000, 7), (3000, 10)] {
+        let cut = positions(len, 3);
+        let want: Vec<String> = cut.iter().map(|&(a, b)| glom_of(a + 1..=b)).collect();
+        assert_eq!(glommed[&t], want, "batch {t}: {len} records over 3 partitions");
+        let want: Vec<String> =
+            cut.iter().flat_map(|&(a, b)| [(b - a).to_string(), (a + 1..=b).sum::<u64>().to_string()]).collect();
+        assert_eq!(sums[&t], want, "batch {t}: map_partitions sees the same slices");
+    }
+    // Spelled out once: 7 over 3 is [1, 2], [3, 4], [5, 6, 7] (the old cut
+    // was 3, 3, 1); 10 over 3 is 3, 3, 4.
+    assert_eq!(glommed[&2000], lines(&["[1, 2]", "[3, 4]", "[5, 6, 7]"]));
+    assert_eq!(glommed[&3000], lines(&["[1, 2, 3]", "[4, 5, 6]", "[7, 8, 9, 10]"]));
+    // Fewer records than partitions: one partition per record; none: one empty one.
+    assert_eq!(glommed[&4000], lines(&["[1]"]));
+    assert_eq!(glommed[&5000], lines(&["[]"]));
+    // The directory source reads a file's lines straight into partitions
+    // on several threads: the same cut.
+    let want: Vec<String> = positions(n, 3)
+        .iter()
+        .flat_map(|&(a, b)| [(b - a).to_string(), (a + 1..=b).sum::<u64>().to_string()])
+        .collect();
+    assert_eq!(outputs(dir.path(), "file_sums")[&1000], want);
+    assert_eq!(want[0], "3333", "10000 lines over 3: 3333, 3333, 3334");
+}
+
+#[test]
+fn count_by_window_emits_as_sparks_count_by_window() {
+    // WindowOperationsSuite "countByWindow": window 2 s, slide 1 s. Spark's
+    // countByWindow is reduceByWindow(_ + _, _ - _): nothing before the
+    // first record, then the count, 0 once every record has left.
+    let body = "[sources.a]\ntype = \"batches\"\npath = \"a.jsonl\"\n\
+        [sources.b]\ntype = \"batches\"\npath = \"b.jsonl\"\n\
+        [streams]\n\
+        counted = \"a.count_by_window(2s, 1s)\"\n\
+        late = \"b.count_by_window(2s, 1s)\"\n";
+    let body = format!("{body}{}{}", saved("counted"), saved("late"));
+    let a = "[1]\n[1]\n[1, 2]\n[0]\n[]\n[]\n".to_string();
+    let b = "[]\n[]\n[\"x\"]\n[]\n[]\n[]\n".to_string();
+    let (out, dir) = run_both(&body, &[("a.jsonl", a), ("b.jsonl", b)], None);
+    ok(&out);
+    let counted: Vec<Vec<String>> = outputs(dir.path(), "counted").into_values().collect();
+    // Spark's expected output: Seq(Seq(1), Seq(2), Seq(3), Seq(3), Seq(1), Seq(0)).
+    assert_eq!(counted, ["1", "2", "3", "3", "1", "0"].map(|c| lines(&[c])).to_vec());
+    let late = outputs(dir.path(), "late");
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        late.values().cloned().collect::<Vec<_>>(),
+        vec![none.clone(), none, lines(&["1"]), lines(&["1"]), lines(&["0"]), lines(&["0"])]
+    );
+}
+
+#[test]
+fn an_inverse_window_with_a_filter_follows_spark_and_fails_on_a_key_dropped_inside_the_window() {
+    // WindowOperationsSuite "reduceByKeyAndWindow with inverse and filter
+    // functions - key removed from window" (window 2 s, slide 1 s, filter
+    // `_._2 != 0`): (a,1), (a,2), (a,1), then nothing.
+    let body = "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        kept = \"pairs.reduce_by_key_and_window(wc.sum, wc.subtract, 2s, 1s, ops.positive_value)\"\n";
+    let input = "[[\"a\", 1]]\n[[\"a\", 1]]\n[]\n[]\n".to_string();
+    let (out, dir) = run_both(&format!("{body}{}", saved("kept")), &[("pairs.jsonl", input.clone())], None);
+    ok(&out);
+    let kept: Vec<Vec<String>> = outputs(dir.path(), "kept").into_values().collect();
+    assert_eq!(kept, vec![lines(&["(a,1)"]), lines(&["(a,2)"]), lines(&["(a,1)"]), vec![]]);
+
+    // A filter that drops `a` at 2000 (value 2) while both its values are
+    // still in the window: at 3000 the value of 1000 leaves, and there is
+    // no previous value to take it from and no new value. Spark's
+    // ReducedWindowedDStream throws there ("Neither previous window has
+    // value for key, nor new values found"); Weir fails the batch, naming
+    // the key and the batch time, instead of skipping what leaves.
+    let body = "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        dropped = \"pairs.reduce_by_key_and_window(wc.sum, wc.subtract, 2s, 1s, ops.below_two)\"\n";
+    let (out, dir) = run_both(&format!("{body}{}", saved("dropped")), &[("pairs.jsonl", input)], None);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a failed batch makes the exit status 1: {err}");
+    assert!(err.contains("batch 3000 ms") && err.contains("key a "), "the error names the batch and the key: {err}");
+    assert!(err.contains("values leaving the window"), "{err}");
+    let dropped = outputs(dir.path(), "dropped");
+    assert_eq!(dropped.get(&1000), Some(&lines(&["(a,1)"])));
+    assert_eq!(dropped.get(&2000), Some(&vec![]), "the filter dropped (a,2)");
+    assert!(!dropped.contains_key(&3000), "the failed batch wrote nothing: {dropped:?}");
+}
+
+#[test]
+fn map_with_state_may_emit_nothing_for_a_call() {
+    // MapWithStateSuite's mapping functions return Option (Spark's
+    // `StateSpec.function((time, key, value, state) => Option[T])`): None
+    // emits nothing. testops.first_seen emits a key's first value only.
+    let body = "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        first = \"pairs.map_with_state(ops.first_seen)\"\n\
+        states = \"first.state_snapshots()\"\n";
+    let input = "[[\"a\", 1], [\"a\", 2], [\"b\", 3]]\n[[\"a\", 4], [\"b\", 5], [\"c\", 6]]\n[]\n".to_string();
+    let (out, dir) = run_both(&format!("{body}{}{}", saved("first"), saved("states")), &[("pairs.jsonl", input)], None);
+    ok(&out);
+    let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<Vec<String>> {
+        m.into_values()
+            .map(|mut v| {
+                v.sort();
+                v
+            })
+            .collect()
+    };
+    assert_eq!(sorted(outputs(dir.path(), "first")), vec![lines(&["(a,1)", "(b,3)"]), lines(&["(c,6)"]), vec![]]);
+    // Every call still updates the state (the count of values seen).
+    assert_eq!(
+        sorted(outputs(dir.path(), "states")),
+        vec![lines(&["(a,2)", "(b,1)"]), lines(&["(a,3)", "(b,2)", "(c,1)"]), lines(&["(a,3)", "(b,2)", "(c,1)"])]
+    );
+}
+
+#[test]
+fn map_with_state_times_out_on_checkpointed_batches_from_an_initial_state() {
+    // Spark's mapWithState: keys time out only on batches whose state is
+    // checkpointed (MapWithStateRDD's full scan), when last updated before
+    // `batch time - timeout` (OpenHashMapBasedStateMap.getByTime); the
+    // default interval is 10 slides (InternalMapWithStateDStream); an
+    // initial state (StateSpec.initialState) counts as updated at the first
+    // batch (MapWithStateRDD.createFromPairRDD).
+    let body = "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        seen = \"pairs.map_with_state(ops.count_seen, 2s).checkpoint(2s)\"\n\
+        states = \"seen.state_snapshots()\"\n\
+        lazy = \"pairs.map_with_state(ops.count_seen, 2s)\"\n\
+        [initial_state]\n\
+        seen = \"initial.jsonl\"\n";
+    let input = "[[\"a\", 1], [\"b\", 10]]\n[[\"a\", 3]]\n[]\n[]\n[]\n[]\n".to_string();
+    let initial = "[[\"a\", 100], [\"z\", 5]]\n".to_string();
+    let (out, dir) = run_both(
+        &format!("{body}{}{}{}", saved("seen"), saved("states"), saved("lazy")),
+        &[("pairs.jsonl", input), ("initial.jsonl", initial)],
+        None,
+    );
+    ok(&out);
+    let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<(i64, Vec<String>)> {
+        m.into_iter()
+            .map(|(t, mut v)| {
+                v.sort();
+                (t, v)
+            })
+            .collect()
+    };
+    // Checkpointed (and so scanned) at 2000, 4000, 6000: b and z (last
+    // updated at 1000) time out at 4000 (1000 < 4000 - 2000), a (2000) at 6000.
+    assert_eq!(
+        sorted(outputs(dir.path(), "seen")),
+        vec![
+            (1000, lines(&["(a,101)", "(b,10)"])),
+            (2000, lines(&["(a,104)"])),
+            (3000, vec![]),
+            (4000, lines(&["(b,-1)", "(z,-1)"])),
+            (5000, vec![]),
+            (6000, lines(&["(a,-1)"])),
+        ]
+    );
+    assert_eq!(
+        sorted(outputs(dir.path(), "states")),
+        vec![
+            (1000, lines(&["(a,101)", "(b,10)", "(z,5)"])),
+            (2000, lines(&["(a,104)", "(b,10)", "(z,5)"])),
+            (3000, lines(&["(a,104)", "(b,10)", "(z,5)"])),
+            (4000, lines(&["(a,104)"])),
+            (5000, lines(&["(a,104)"])),
+            (6000, vec![]),
+        ]
+    );
+    // The default interval (10 slides): no batch of these six is scanned,
+    // so nothing times out yet; no initial state here.
+    assert_eq!(
+        sorted(outputs(dir.path(), "lazy")),
+        vec![
+            (1000, lines(&["(a,1)", "(b,10)"])),
+            (2000, lines(&["(a,4)"])),
+            (3000, vec![]),
+            (4000, vec![]),
+            (5000, vec![]),
+            (6000, vec![]),
+        ]
+    );
+}
+
+#[test]
+fn a_bad_initial_state_for_map_with_state_is_refused_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("pairs.jsonl"), "[]\n").unwrap();
+    std::fs::write(tmp.path().join("initial.jsonl"), "[[\"a\", 1], [\"a\", 2]]\n").unwrap();
+    let job = format!(
+        "batch_interval = \"1s\"\n[modules]\nops = \"{}\"\n\
+         [sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+         [streams]\nseen = \"pairs.map_with_state(ops.count_seen)\"\n\
+         [initial_state]\nseen = \"initial.jsonl\"\n{}",
+        module("testops.wasm").display(),
+        saved("seen")
+    );
+    std::fs::write(tmp.path().join("job.toml"), job).unwrap();
+    let out = run_on(tmp.path(), "local[2]", None);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a key twice in the initial state is refused");
+    assert!(
+        err.contains("job.toml:") && err.contains("initial state record 2") && err.contains("repeats a key"),
+        "{err}"
+    );
+}
