@@ -106,11 +106,19 @@ impl Comparison {
         }
         for c in &self.changed {
             out.push(format!("stateful stream {} changed:", c.new.display_name()));
+            let before = out.len();
             for l in c.old.lineage.iter().filter(|l| !c.new.lineage.contains(l)) {
                 out.push(format!("  - {l}"));
             }
             for l in c.new.lineage.iter().filter(|l| !c.old.lineage.contains(l)) {
                 out.push(format!("  + {l}"));
+            }
+            if out.len() == before {
+                out.push(
+                    "  the operations read the same: an argument they do not show changed (an initial state, \
+                     a partition count, a slide)"
+                        .into(),
+                );
             }
         }
         for r in &self.removed {
@@ -407,6 +415,18 @@ mod tests {
         let d = c.diff();
         assert!(d.contains("+ filter(o.keep)"), "{d}");
         assert!(!d.contains("- "), "nothing was removed: {d}");
+    }
+
+    #[test]
+    fn a_changed_initial_state_is_a_change_the_diff_explains() {
+        let (mut g, n) = job(b"v1", false, "in.jsonl");
+        let a = JobIdentity::of(&g, &n);
+        if let NodeOp::State { initial, .. } = &mut g.nodes[2].op {
+            *initial = Some(vec![1, 2, 3]);
+        }
+        let c = a.compare(&JobIdentity::of(&g, &n));
+        assert_eq!(c.changed.len(), 1, "{c:?}");
+        assert!(c.diff().contains("an argument they do not show changed"), "{}", c.diff());
     }
 
     #[test]
