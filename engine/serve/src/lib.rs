@@ -8,8 +8,10 @@
 //!   directory);
 //! - [`store`]: UDF modules content-addressed by SHA-256;
 //! - [`registry`]: the durable list of jobs and the state directory's lock;
-//! - [`runner`]: a job on a thread of its own, through the `weir` library,
-//!   with its status and logs;
+//! - [`pool`]: the one executor pool every job's tasks run on, shared by
+//!   tenants by weight (deficit round robin);
+//! - [`runner`]: a job's driver on a thread of its own, through the `weir`
+//!   library, with its status and logs;
 //! - [`server`]: the above put together (submit, stop, list, recover);
 //! - [`api`]: the HTTP API (axum), [`http`]: the listener (TLS, timeouts,
 //!   connection limit).
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod pool;
 pub mod registry;
 pub mod runner;
 pub mod server;
