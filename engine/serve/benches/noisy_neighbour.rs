@@ -6,7 +6,8 @@
 //!
 //! It runs the release binary (`target/release/weir`, or WEIR_BIN; build it
 //! first with `cargo build --release -p weir-cli`), on `master = "local[2]"` (WEIR_BENCH_SLOTS). Both tenants have
-//! weight 1 and `max_slots` = the pool's size.
+//! `max_slots` = the pool's size; the neighbour weight 1, the victim
+//! WEIR_BENCH_VICTIM_WEIGHT (default 1).
 //!
 //! - The victim: WordCount over a `directory` source, one 10 000-line corpus
 //!   file per batch (the `run_wordcount` bench's files: `gen_corpus.py`,
@@ -50,7 +51,7 @@ fn sha(s: &str) -> String {
 struct ServerProc {
     child: Child,
     addr: String,
-    _lines: Receiver<String>,
+    lines: Receiver<String>,
 }
 
 impl Drop for ServerProc {
@@ -78,13 +79,15 @@ fn start_server(weir: &Path, config: &Path) -> ServerProc {
             }
         }
     });
+    // Owned (killed and waited for on drop) before anything can fail.
+    let mut server = ServerProc { child, addr: String::new(), lines: rx };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("weir serve did not say where it listens within 60 s");
+        let line = server.lines.recv_timeout(left).expect("weir serve did not say where it listens within 60 s");
         if let Some(rest) = line.strip_prefix("weir: serving").and_then(|l| l.split("http://").nth(1)) {
-            let addr = rest.split('/').next().unwrap_or_default().to_string();
-            return ServerProc { child, addr, _lines: rx };
+            server.addr = rest.split('/').next().unwrap_or_default().to_string();
+            return server;
         }
     }
 }
@@ -270,9 +273,10 @@ fn main() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().join("state");
-    let tenant = |name: &str, token: &str| {
+    let victim_weight: u32 = env_or("WEIR_BENCH_VICTIM_WEIGHT", 1);
+    let tenant = |name: &str, token: &str, weight: u32| {
         format!(
-            "[tenants.{name}]\ntoken_sha256 = \"{}\"\nmax_jobs = 2\nweight = 1\nmax_slots = {slots}\n\
+            "[tenants.{name}]\ntoken_sha256 = \"{}\"\nmax_jobs = 2\nweight = {weight}\nmax_slots = {slots}\n\
              max_parallelism = 64\nstorage_quota_bytes = 100_000_000_000\n",
             sha(token)
         )
@@ -280,8 +284,8 @@ fn main() {
     let config = tmp.path().join("serve.toml");
     let text = format!(
         "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local[{slots}]\"\n{}{}",
-        tenant("victim", VICTIM),
-        tenant("noisy", NOISY)
+        tenant("victim", VICTIM, victim_weight),
+        tenant("noisy", NOISY, 1)
     );
     std::fs::write(&config, text).expect("serve.toml");
     let noisy_job = tmp.path().join("noisy.toml");
@@ -302,7 +306,8 @@ fn main() {
     let server = start_server(&weir, &config);
     println!(
         "noisy neighbour: weir serve, local[{slots}], victim WordCount {batches} batches of 10000 lines every {interval}, \
-         neighbour WordCount 1M words/batch in {partitions} partitions back to back; {reps} repetition(s)"
+         neighbour WordCount 1M words/batch in {partitions} partitions back to back; weights victim {victim_weight}, \
+         neighbour 1; {reps} repetition(s)"
     );
     let (mut alone, mut beside) = (Vec::new(), Vec::new());
     for rep in 0..reps {

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use weir::executor::PoolTenant;
 use weir::listener::{
     BatchReport, CheckpointEvent, ConsoleProgress, ExecutorEvent, ReceiverError, RecoveryEvent, StreamingListener,
     TaskRetry,
 };
-use weir::executor::PoolTenant;
 use weir::scheduler::{CheckpointOptions, Clock, RunOptions, StopSignal};
 use weir::udf::UdfRuntime;
 
@@ -197,12 +197,12 @@ pub fn spawn(
     let stop = StopSignal::default();
     let (sh, st, rec) = (shared.clone(), stop.clone(), rec.clone());
     let thread = std::thread::Builder::new().name(format!("weir-job-{}", rec.id)).spawn(move || {
-        let outcome =
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&rec, runtime, seat, sh.clone(), st.clone())))
-            {
-                Ok(o) => o,
-                Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
-            };
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&rec, runtime, seat, sh.clone(), st.clone())
+        })) {
+            Ok(o) => o,
+            Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
+        };
         sh.log(format!(
             "job {}: {}{}",
             rec.id,
@@ -214,7 +214,13 @@ pub fn spawn(
     Ok(Handle { shared, stop, thread: Some(thread) })
 }
 
-fn run(rec: &JobRecord, runtime: Arc<UdfRuntime>, seat: PoolTenant, shared: Arc<JobShared>, stop: StopSignal) -> Outcome {
+fn run(
+    rec: &JobRecord,
+    runtime: Arc<UdfRuntime>,
+    seat: PoolTenant,
+    shared: Arc<JobShared>,
+    stop: StopSignal,
+) -> Outcome {
     let failed = |m: String| Outcome { state: JobState::Failed, message: Some(m) };
     let job = match weir::job::load(&rec.job_file(), runtime) {
         Ok(j) => j,

@@ -120,7 +120,7 @@ impl<T> Drr<T> {
     /// The next item to run and its tenant, if any tenant with queued items
     /// is under its cap; the tenant's running count goes up by one (give it
     /// back with [`Drr::done`]).
-    pub fn next(&mut self) -> Option<(String, T)> {
+    pub fn grant(&mut self) -> Option<(String, T)> {
         let cost = self
             .ring
             .iter()
@@ -163,7 +163,7 @@ impl<T> Drr<T> {
         None
     }
 
-    /// An item of `tenant` handed out by [`Drr::next`] has finished.
+    /// An item of `tenant` handed out by [`Drr::grant`] has finished.
     pub fn done(&mut self, tenant: &str) {
         if let Some(t) = self.tenants.get_mut(tenant) {
             t.running = t.running.saturating_sub(1);
@@ -306,7 +306,7 @@ fn work(inner: &Inner) {
                 if s.shutdown {
                     return;
                 }
-                match s.drr.next() {
+                match s.drr.grant() {
                     Some((tenant, q)) => match s.jobs.get(&q.job).cloned() {
                         Some(env) => break (tenant, q, env),
                         // The job ended after queuing it: nothing to run.
@@ -412,7 +412,7 @@ mod tests {
     fn grants(d: &mut Drr<u32>, n: usize) -> HashMap<String, usize> {
         let mut c = HashMap::new();
         for _ in 0..n {
-            let (t, _) = d.next().expect("an item");
+            let (t, _) = d.grant().expect("an item");
             *c.entry(t).or_insert(0) += 1;
         }
         c
@@ -439,7 +439,7 @@ mod tests {
         d.set_tenant("a", 2, 1000);
         backlog(&mut d, "a", 100);
         backlog(&mut d, "b", 100);
-        let order: String = (0..60).map(|_| if d.next().unwrap().0 == "a" { 'a' } else { 'b' }).collect();
+        let order: String = (0..60).map(|_| if d.grant().unwrap().0 == "a" { 'a' } else { 'b' }).collect();
         assert!(!order.contains("bbb") && !order.contains("aaaaa"), "{order}");
     }
 
@@ -453,7 +453,7 @@ mod tests {
         backlog(&mut d, "b", 1000);
         let mut c: HashMap<String, usize> = HashMap::new();
         for _ in 0..150 {
-            let got: Vec<String> = (0..2).filter_map(|_| d.next().map(|g| g.0)).collect();
+            let got: Vec<String> = (0..2).filter_map(|_| d.grant().map(|g| g.0)).collect();
             assert_eq!(got.len(), 2);
             for t in got {
                 *c.entry(t.clone()).or_insert(0) += 1;
@@ -479,7 +479,7 @@ mod tests {
         let mut d2 = Drr::new(1000);
         backlog(&mut d2, "a", 1000);
         backlog(&mut d2, "b", 100);
-        let first: Vec<String> = (0..6).map(|_| d2.next().unwrap().0).collect();
+        let first: Vec<String> = (0..6).map(|_| d2.grant().unwrap().0).collect();
         assert_eq!(first.iter().filter(|t| *t == "b").count(), 3, "{first:?}");
     }
 
@@ -493,13 +493,13 @@ mod tests {
         let c = grants(&mut d, 3);
         assert_eq!((c["a"], c["b"]), (1, 2));
         // Both at their caps: nothing more, though workers are free.
-        assert!(d.next().is_none());
+        assert!(d.grant().is_none());
         assert_eq!((d.running("a"), d.running("b")), (1, 2));
         d.done("a");
-        assert_eq!(d.next().map(|g| g.0).as_deref(), Some("a"));
-        assert!(d.next().is_none());
+        assert_eq!(d.grant().map(|g| g.0).as_deref(), Some("a"));
+        assert!(d.grant().is_none());
         d.done("b");
-        assert_eq!(d.next().map(|g| g.0).as_deref(), Some("b"));
+        assert_eq!(d.grant().map(|g| g.0).as_deref(), Some("b"));
     }
 
     #[test]
@@ -520,7 +520,7 @@ mod tests {
             }
             busy.retain(|(f, _)| *f != tick);
             while busy.len() < 2 {
-                let Some((t, _)) = d.next() else { break };
+                let Some((t, _)) = d.grant() else { break };
                 if t == "b" && b_started.is_none() {
                     b_started = Some(tick);
                 }
@@ -558,7 +558,8 @@ mod tests {
     fn dropping_a_jobs_backend_removes_its_queued_tasks_only() {
         // No worker threads: the tasks stay queued.
         let pool = SharedPool::idle(2);
-        let registry = Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
+        let registry =
+            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
         let (one, _rx1) = pool.tenant("t").executors(registry.clone(), BlockStore::new()).expect("job one");
         let (two, _rx2) = pool.tenant("t").executors(registry, BlockStore::new()).expect("job two");
         for i in 0..3 {
@@ -575,7 +576,8 @@ mod tests {
     #[test]
     fn a_task_runs_on_the_pool_and_a_dropped_pool_closes_the_result_channel() {
         let pool = SharedPool::start(1).expect("workers");
-        let registry = Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
+        let registry =
+            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
         let (job, rx) = pool.tenant("t").executors(registry, BlockStore::new()).expect("job");
         assert_eq!(job.slots(), 1);
         // Its RDD is not in the task: the task fails, as a result.
