@@ -450,6 +450,8 @@ mod tests {
         assert!(e.contains("serve.toml:1:") && e.contains("64 hex digits"), "{e}");
         let e = parse(&format!("{}max_jobs = 0\n", acme())).unwrap_err().to_string();
         assert!(e.contains("max_jobs must be at least 1"), "{e}");
+        let e = parse(&format!("{}weight = 1000001\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("weight must be at most 1000000"), "{e}");
         let e = parse(&format!("{}[tenants.b]\ntoken_sha256 = \"{}\"\n", acme(), sha256_hex(TOKEN.as_bytes())))
             .unwrap_err()
             .to_string();
