@@ -580,3 +580,90 @@ fn serve_fails_a_job_over_its_storage_quota_and_keeps_the_others_running() {
     assert_eq!(later["state"], "running", "{later}");
     server.kill();
 }
+
+const VICTIM: &str = "victim-token-0123456789";
+const NOISY: &str = "noisy-token-0123456789";
+
+/// A WordCount job over the seeded generator (logical clock, so finite and
+/// the same bytes every run): `batches` batches of `lines` lines.
+fn generator_wordcount(dir: &Path, lines: u32, batches: u32, parallelism: u32) -> PathBuf {
+    let job = format!(
+        "batch_interval = \"1s\"\nclock = \"logical\"\nparallelism = {parallelism}\n[modules]\nwordcount = \"{}\"\n\
+         [sources.lines]\ntype = \"generator\"\nlines_per_batch = {lines}\nwords_per_line = 10\nbatches = {batches}\n\
+         seed = 3\n[streams]\nwords = \"lines.flat_map(wordcount.split)\"\npairs = \"words.map(wordcount.pair)\"\n\
+         counts = \"pairs.reduce_by_key(wordcount.sum)\"\n[[outputs]]\nstream = \"counts\"\n\
+         type = \"save_as_text_files\"\nprefix = \"out/counts\"\n",
+        module("wordcount.wasm").display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join("job.toml");
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+/// Names of the threads of process `pid` that start with `prefix`.
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|c| c.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn serve_runs_two_tenants_on_one_shared_pool_and_the_victim_keeps_pace_beside_a_saturating_neighbour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local[2]\"\n\
+         [tenants.victim]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
+         [tenants.noisy]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n",
+        sha(VICTIM),
+        sha(NOISY)
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, cfg).unwrap();
+    // The victim: small batches. The neighbour: 100 times the words per
+    // batch, four partitions, so it keeps both workers busy throughout.
+    let (victim_batches, noisy_batches) = (20u64, 100u64);
+    let jobs = [("victim", 200, victim_batches, 2), ("noisy", 20_000, noisy_batches, 4)];
+    let mut want = Vec::new();
+    for (name, lines, batches, par) in jobs {
+        let reference = tmp.path().join("reference").join(name);
+        let job = generator_wordcount(&reference, lines, batches as u32, par);
+        let out = run(weir().args(["run", job.to_str().unwrap(), "-q"]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let files = tree(&reference.join("out"));
+        assert_eq!(files.len() as u64, batches * (par as u64 + 1), "{name}: {:?}", files.keys().collect::<Vec<_>>());
+        want.push(files);
+    }
+
+    let (server, addr) = start_server(&config);
+    // One pool for the server: two worker threads, and no job starts its own.
+    assert_eq!(threads_named(server.pid(), "weir-pool-"), 2);
+    let noisy_job = generator_wordcount(&tmp.path().join("noisy"), 20_000, noisy_batches as u32, 4);
+    let noisy = submit(&addr, NOISY, &noisy_job).unwrap();
+    wait_status(&server, &addr, NOISY, &noisy, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    let victim_job = generator_wordcount(&tmp.path().join("victim"), 200, victim_batches as u32, 2);
+    let victim = submit(&addr, VICTIM, &victim_job).unwrap();
+    assert_eq!(threads_named(server.pid(), "weir-pool-"), 2);
+    assert_eq!(threads_named(server.pid(), "weir-executor"), 0);
+
+    // The victim's batches complete while the neighbour still saturates the
+    // pool: all of them, before the neighbour's last.
+    let done = wait_status(&server, &addr, VICTIM, &victim, 300, |v| v["state"] != "running");
+    let beside = status_json(&addr, NOISY, &noisy);
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(done["progress"]["batches_completed"].as_u64(), Some(victim_batches), "{done}");
+    assert_eq!(beside["state"], "running", "the neighbour ended before the victim: {beside}");
+    let noisy_done_then = beside["progress"]["batches_completed"].as_u64().unwrap_or(0);
+    assert!(noisy_done_then < noisy_batches, "neighbour at {noisy_done_then} of {noisy_batches}: {beside}");
+
+    let noisy_end = wait_status(&server, &addr, NOISY, &noisy, 600, |v| v["state"] != "running");
+    assert_eq!(noisy_end["state"], "finished", "{noisy_end}");
+    for ((name, id, token), want) in [("victim", &victim, VICTIM), ("noisy", &noisy, NOISY)].into_iter().zip(&want) {
+        let got = tree(&tmp.path().join("state/tenants").join(name).join("jobs").join(id).join("out/out"));
+        assert_same_tree(&got, want, &format!("{name} on the shared pool vs weir run alone"));
+        let logs = text(&client(&addr, token, &["logs", id]).stdout);
+        assert!(logs.contains("shared executor pool"), "{logs}");
+    }
+}

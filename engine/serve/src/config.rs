@@ -111,9 +111,10 @@ pub struct Tenant {
     token_sha256: [u8; 32],
     /// Jobs that may run (or wait to run) at once.
     pub max_jobs: u32,
-    /// Share of the executor slots (recorded; see `docs/serve.md`).
+    /// Share of the pool's slots under contention: tasks are handed out in
+    /// proportion to weights (deficit round robin, [`crate::pool`]).
     pub weight: u32,
-    /// Executor threads a job of this tenant gets at most.
+    /// Tasks this tenant's jobs together run at once on the pool, at most.
     pub max_slots: u32,
     /// Largest `parallelism` (partitions) a job may ask for.
     pub max_parallelism: u32,
@@ -227,7 +228,12 @@ fn tenant_from(
         name: name.to_string(),
         token_sha256: token,
         max_jobs: positive(t.max_jobs, 1, "max_jobs")?,
-        weight: positive(t.weight, 1, "weight")?,
+        weight: match positive(t.weight, 1, "weight")? {
+            w if w > weir::executor::pool::MAX_WEIGHT => {
+                return Err(err(format!("tenant {name}: weight must be at most {}", weir::executor::pool::MAX_WEIGHT)))
+            }
+            w => w,
+        },
         max_slots: positive(t.max_slots, 1, "max_slots")?,
         max_parallelism: positive(t.max_parallelism, 8, "max_parallelism")?,
         root,
@@ -480,6 +486,8 @@ mod tests {
         assert!(e.contains("serve.toml:1:") && e.contains("64 hex digits"), "{e}");
         let e = parse(&format!("{}max_jobs = 0\n", acme())).unwrap_err().to_string();
         assert!(e.contains("max_jobs must be at least 1"), "{e}");
+        let e = parse(&format!("{}weight = 1000001\n", acme())).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:1:") && e.contains("weight must be at most 1000000"), "{e}");
         let e = parse(&format!("{}[tenants.b]\ntoken_sha256 = \"{}\"\n", acme(), sha256_hex(TOKEN.as_bytes())))
             .unwrap_err()
             .to_string();

@@ -8,8 +8,10 @@
 //!   directory);
 //! - [`store`]: UDF modules content-addressed by SHA-256;
 //! - [`registry`]: the durable list of jobs and the state directory's lock;
-//! - [`runner`]: a job on a thread of its own, through the `weir` library,
-//!   with its status and logs;
+//! - [`pool`]: the one executor pool every job's tasks run on, shared by
+//!   tenants by weight (deficit round robin);
+//! - [`runner`]: a job's driver on a thread of its own, through the `weir`
+//!   library, with its status and logs;
 //! - [`quota`]: the storage quota of tenants with running jobs, measured
 //!   while they run;
 //! - [`server`]: the above put together (submit, stop, list, recover);
@@ -21,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod http;
 pub mod quota;
+pub mod pool;
 pub mod registry;
 pub mod runner;
 pub mod server;

@@ -1,6 +1,7 @@
 //! One job on a thread of its own, run by the `weir` library as `weir run`
-//! runs it: its own driver, its own `local[N]` executor threads (N capped by
-//! the tenant's `max_slots`), its checkpoint in its job directory, its
+//! runs it: its own driver (on this thread) and block store, its tasks on
+//! the server's shared executor pool under its tenant's seat
+//! ([`crate::pool`]), its checkpoint in its job directory, its
 //! [`StopSignal`]. Its status comes from its listener events; its log is a
 //! bounded ring in memory plus a size-capped file in the job directory. A
 //! job that fails, traps or panics ends only its own thread.
@@ -12,11 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use weir::executor::PoolTenant;
 use weir::listener::{
     BatchReport, CheckpointEvent, ConsoleProgress, ExecutorEvent, ReceiverError, RecoveryEvent, StreamingListener,
     TaskRetry,
 };
-use weir::scheduler::{CheckpointOptions, Clock, Master, RunOptions, StopSignal};
+use weir::scheduler::{CheckpointOptions, Clock, RunOptions, StopSignal};
 use weir::udf::UdfRuntime;
 
 use crate::registry::{JobRecord, JobState};
@@ -183,23 +185,24 @@ pub struct Handle {
 }
 
 /// Starts `rec`'s job on a thread: loads its (rewritten) job file, runs it
-/// with `slots` executor threads, recovering from its checkpoint if it has
-/// one, and calls `on_end` with how it ended.
+/// with its tasks on `seat` (its tenant's at the shared pool), recovering
+/// from its checkpoint if it has one, and calls `on_end` with how it ended.
 pub fn spawn(
     rec: &JobRecord,
     runtime: Arc<UdfRuntime>,
+    seat: PoolTenant,
     on_end: impl FnOnce(Outcome) + Send + 'static,
 ) -> std::io::Result<Handle> {
     let shared = JobShared::new(rec);
     let stop = StopSignal::default();
     let (sh, st, rec) = (shared.clone(), stop.clone(), rec.clone());
     let thread = std::thread::Builder::new().name(format!("weir-job-{}", rec.id)).spawn(move || {
-        let outcome =
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&rec, runtime, sh.clone(), st.clone())))
-            {
-                Ok(o) => o,
-                Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
-            };
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&rec, runtime, seat, sh.clone(), st.clone())
+        })) {
+            Ok(o) => o,
+            Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
+        };
         sh.log(format!(
             "job {}: {}{}",
             rec.id,
@@ -211,19 +214,25 @@ pub fn spawn(
     Ok(Handle { shared, stop, thread: Some(thread) })
 }
 
-fn run(rec: &JobRecord, runtime: Arc<UdfRuntime>, shared: Arc<JobShared>, stop: StopSignal) -> Outcome {
+fn run(
+    rec: &JobRecord,
+    runtime: Arc<UdfRuntime>,
+    seat: PoolTenant,
+    shared: Arc<JobShared>,
+    stop: StopSignal,
+) -> Outcome {
     let failed = |m: String| Outcome { state: JobState::Failed, message: Some(m) };
     let job = match weir::job::load(&rec.job_file(), runtime) {
         Ok(j) => j,
         Err(e) => return failed(e.to_string()),
     };
     let mut opts = RunOptions::default();
-    opts.master = Master::Local(rec.slots.max(1) as usize);
+    opts.pool = Some(seat);
     opts.clock = job.clock.unwrap_or(Clock::Wall);
     opts.stop = stop.clone();
     opts.listeners.push(Arc::new(JobListener(shared.clone())));
     opts.checkpoint = Some(CheckpointOptions::new(rec.checkpoint_dir()));
-    shared.log(format!("job {}: starting with local[{}]", rec.id, rec.slots));
+    shared.log(format!("job {}: starting on the shared executor pool (tenant {})", rec.id, rec.tenant));
     match job.context.run(opts) {
         Err(e) => failed(e.to_string()),
         Ok(_) if stop.is_requested() => Outcome {

@@ -14,6 +14,7 @@ use serde::Serialize;
 use weir::udf::UdfRuntime;
 
 use crate::config::{Config, ConfigWatch, Tenant};
+use crate::pool::ServePool;
 use crate::registry::{JobRecord, JobState, Registry};
 use crate::runner::{self, Handle, JobShared, Outcome, Progress};
 use crate::store::ModuleStore;
@@ -61,6 +62,8 @@ pub struct Server {
     registry: Mutex<Registry>,
     store: ModuleStore,
     runtime: Arc<UdfRuntime>,
+    /// The executor threads every job's tasks run on.
+    pool: ServePool,
     handles: Mutex<HashMap<String, Handle>>,
     /// Submissions one at a time: the job quota is checked and taken together.
     submitting: Mutex<()>,
@@ -91,12 +94,14 @@ impl Server {
         let store = ModuleStore::open(&config.state_dir)?;
         let runtime = UdfRuntime::new().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
         let interval = Duration::from_millis(config.storage_check_interval_ms);
+        let pool = ServePool::start(&config)?;
         let server = Arc::new(Server {
             state_dir: config.state_dir.clone(),
             config: ConfigWatch::new(config),
             registry: Mutex::new(registry),
             store,
             runtime,
+            pool,
             handles: Mutex::new(HashMap::new()),
             submitting: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
@@ -109,7 +114,10 @@ impl Server {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.get()
+        let c = self.config.get();
+        // A reloaded file's weights and caps reach the pool before use.
+        self.pool.apply(&c);
+        c
     }
 
     pub fn reload_config(&self) {
@@ -156,7 +164,9 @@ impl Server {
     fn start(self: &Arc<Self>, rec: &JobRecord) -> Result<(), ServeError> {
         let me = Arc::downgrade(self);
         let id = rec.id.clone();
-        let handle = runner::spawn(rec, self.runtime.clone(), move |o: Outcome| {
+        self.config(); // the pool knows the tenant's current weight and cap
+        let seat = self.pool.tenant(&rec.tenant);
+        let handle = runner::spawn(rec, self.runtime.clone(), seat, move |o: Outcome| {
             let Some(s) = me.upgrade() else { return };
             // A server shutting down stops its jobs, but they stay
             // `running` in the registry: the next start resumes them.

@@ -1,12 +1,15 @@
 //! Executors: where tasks run. [`ExecutorBackend`] is the interface the
 //! scheduler drives; [`LocalExecutors`] (`local[N]`) runs N worker threads in
-//! the driver's process over a shared [`BlockStore`]. A task is data
-//! ([`Task`]), so a remote process can implement the same interface.
+//! the driver's process over a shared [`BlockStore`]; [`pool::SharedPool`]
+//! runs one set of threads for many jobs (`weir serve`), shared by tenants
+//! by deficit round robin. A task is data ([`Task`]), so a remote process
+//! can implement the same interface.
 
 pub mod block_store;
 mod calls;
 mod groups;
 pub mod order;
+pub mod pool;
 pub mod shuffle;
 pub mod state;
 pub mod task;
@@ -17,6 +20,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 pub use block_store::{Block, BlockStore};
+pub use pool::{PoolTenant, PooledExecutors, SharedPool};
 pub use task::{run_task, run_task_guarded, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskResult};
 
 use crate::udf::ModuleRegistry;

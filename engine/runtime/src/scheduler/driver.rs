@@ -599,13 +599,22 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
     }
 }
 
-/// Starts the executors `opts.master` asks for, and the scheduler over them.
+/// Starts the executors `opts.master` asks for (or joins `opts.pool`), and
+/// the scheduler over them.
 fn start_executors(
     job: &Job,
     opts: &RunOptions,
     blocks: &Arc<BlockStore>,
     listeners: &ListenerBus,
 ) -> Result<DagScheduler, EngineError> {
+    if let Some(pool) = &opts.pool {
+        let (b, r) = pool.executors(job.registry.clone(), blocks.clone()).map_err(|e| {
+            EngineError::Executor(format!("cannot join the shared executor pool as tenant {}: {e}", pool.tenant()))
+        })?;
+        let mut dag = DagScheduler::new(Box::new(b), r);
+        dag.listeners = listeners.clone();
+        return Ok(dag);
+    }
     let (backend, results): (Box<dyn ExecutorBackend>, _) = match opts.master {
         Master::Local(slots) => {
             let (b, r) = LocalExecutors::start(slots, job.registry.clone(), blocks.clone())

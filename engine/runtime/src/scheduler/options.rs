@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::executor::PoolTenant;
 use crate::listener::StreamingListener;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,9 @@ impl std::str::FromStr for Master {
 #[non_exhaustive]
 pub struct RunOptions {
     pub master: Master,
+    /// Run the job's tasks on this tenant's seat at a shared executor pool
+    /// (`weir serve`) instead of starting the executors `master` names.
+    pub pool: Option<PoolTenant>,
     pub clock: Clock,
     /// Stop after this many batches.
     pub max_batches: Option<u64>,
@@ -199,6 +203,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             master: Master::Local(2),
+            pool: None,
             clock: Clock::Logical,
             max_batches: None,
             explain: false,
