@@ -3,6 +3,7 @@
 Built into udfs/wordcount_py.wasm by udfs/build.sh (componentize-py).
 """
 
+import builtins
 import re
 
 import weir_udf as weir
@@ -26,3 +27,13 @@ def pair(word):
 @weir.reduce
 def sum(a, b):  # noqa: A001
     return a + b
+
+
+@weir.reduce
+def subtract(a, b):
+    return a - b
+
+
+@weir.update
+def running_total(values, state):
+    return (state or 0) + builtins.sum(values)

@@ -195,7 +195,7 @@ try:
     # tests of the functions themselves.
     from componentize_py_types import Err
     from wit_world import exports
-    from wit_world.imports import types as _types
+    from wit_world.exports import udf as _types
 
     _KIND_OF = {k: getattr(_types.Kind, k.upper()) for k in KINDS}
     _NAME_OF = {v: k for k, v in _KIND_OF.items()}
