@@ -117,12 +117,14 @@ fn describe(out: &mut String, r: &Report, limits: &UdfLimits) {
     let _ = writeln!(out, "  sha256 {}\n  {} bytes (module_bytes limit: {})", r.hash, r.size, limits.module_bytes);
     if let Some(c) = &r.component {
         let _ = writeln!(out, "  component imports:{}", if c.imports.is_empty() { " none" } else { "" });
+        if c.imports.iter().any(|i| i.starts_with("wasi:")) {
+            out.push_str(
+                "    (WASI 0.2 is served by deterministic stand-ins: no files, network or environment; clocks read \
+                 the batch time; random numbers seeded per batch and partition; stdout and stderr go to the log)\n",
+            );
+        }
         for i in &c.imports {
-            let wasi = if i.starts_with("wasi:") {
-                "  (WASI 0.2: a deterministic stand-in: no files, network or environment; clocks read the batch time; seeded random; output to the log)"
-            } else {
-                "  (not provided)"
-            };
+            let wasi = if i.starts_with("wasi:") { "  (WASI 0.2: deterministic stand-in)" } else { "  (not provided)" };
             let _ = writeln!(out, "    {i}{wasi}");
         }
         let _ = writeln!(out, "  component exports:{}", if c.exports.is_empty() { " none" } else { "" });
