@@ -213,3 +213,32 @@ fn compiled_components_are_cached_on_disk_by_hash_and_engine() {
     let out = inst.call("split", UdfKind::FlatMap, &Value::encode_batch(&[s("a b")])).expect("split");
     assert_eq!(decode(&out), vec![s("a"), s("b")]);
 }
+
+#[test]
+fn a_damaged_cache_entry_is_recompiled_never_trusted_blindly() {
+    // A tiny component (it lacks the weir:udf interface, so loading it
+    // fails after the compile): cheap to compile, enough to exercise the cache.
+    let path = module_path("check/component.wat");
+    let binary = weir::udf::to_binary(&std::fs::read(&path).expect("read")).expect("WAT").into_owned();
+    let hex = weir::udf::ModuleHash::of(&binary).hex();
+    let load = || {
+        let e = UdfModule::load(&runtime(), &path, UdfLimits::default()).expect_err("no weir:udf/udf export");
+        assert!(matches!(&e.kind, UdfErrorKind::MissingExport { name } if name == "weir:udf/udf@2.0.0"), "{e}");
+    };
+    load();
+    let dir = cache_dir().expect("a cache directory");
+    let entry = std::fs::read_dir(&dir)
+        .expect("cache directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&hex)))
+        .unwrap_or_else(|| panic!("no cache entry for {hex} in {}", dir.display()));
+    let good = std::fs::read(&entry).expect("entry");
+    // Truncated, then garbage: each is refused by wasmtime and rewritten.
+    for bad in [good[..good.len() / 2].to_vec(), b"\x7fELF not a compiled component".to_vec()] {
+        std::fs::write(&entry, &bad).expect("damage the entry");
+        load();
+        let now = std::fs::read(&entry).expect("entry");
+        assert_ne!(now, bad, "the damaged entry was replaced");
+        assert_eq!(now.len(), good.len(), "by a fresh compile of the same component");
+    }
+}
