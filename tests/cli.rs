@@ -201,7 +201,7 @@ fn version_names_the_abi_wasmtime_and_commit() {
     assert!(out.status.success());
     let v = text(&out.stdout);
     assert!(v.starts_with(&format!("weir {} (", env!("CARGO_PKG_VERSION"))), "{v}");
-    assert!(v.contains("UDF ABI: v1"), "{v}");
+    assert!(v.contains("UDF ABI: v1, v2"), "{v}");
     assert!(v.contains(&format!("wasmtime: {}", weir::WASMTIME_VERSION)), "{v}");
     // The version the engine claims is the one it is built with.
     let lock = std::fs::read_to_string(repo().join("Cargo.lock")).unwrap();

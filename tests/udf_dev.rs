@@ -55,10 +55,37 @@ fn udf_check_lists_every_import_and_what_the_host_provides() {
 fn udf_check_recognises_a_component_and_names_its_imports() {
     let (code, out, err) = check(&module("check/component.wat"));
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(out.contains("a WebAssembly component (component model), not a core module"), "{out}");
-    assert!(out.contains("wasi:cli/environment@0.2.0  (WASI: not provided)"), "{out}");
+    assert!(out.contains("a WebAssembly component (component model) that is not a valid Weir UDF component"), "{out}");
+    assert!(out.contains("wasi:cli/environment@0.2.0  (WASI 0.2: deterministic stand-in)"), "{out}");
     assert!(out.contains("component exports:\n    double\n"), "{out}");
-    assert!(err.contains("ABI v2") && err.contains("core module"), "{err}");
+    assert!(err.contains("ABI v2") && err.contains("weir:udf/udf@2.0.0"), "{err}");
+    assert!(err.contains("missing export \"weir:udf/udf@2.0.0\""), "the loader's own error: {err}");
+}
+
+#[test]
+fn udf_check_and_call_run_a_python_component() {
+    let m = module("wordcount_py.wasm");
+    let (code, out, err) = check(&m);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("valid Weir UDF component (ABI v2)"), "{out}");
+    assert!(out.contains("wasi:random/random@0.2.9  (WASI 0.2: deterministic stand-in)"), "{out}");
+    assert!(out.contains("component exports:\n") && out.contains("\n    weir:udf/udf@2.0.0\n"), "{out}");
+    for f in ["flat_map        split", "map             pair", "reduce          sum", "update          running_total"] {
+        assert!(out.contains(f), "missing {f:?} in {out}");
+    }
+    // The check compiled it or found it compiled: the call reads the cache.
+    let (code, json, err) = call(&m, &["split", "--input", r#"["to be or", "not  to be"]"#]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json, Some(serde_json::json!(["to", "be", "or", "not", "to", "be"])), "{err}");
+    assert!(err.contains("\"flat_map:split\" (flat_map): 2 record(s) in, 6 out; fuel "), "{err}");
+    let (code, json, err) = call(&m, &["running_total", "--input", r#"[["a", [1, 2], null], ["b", [], 5]]"#]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json, Some(serde_json::json!([3, 5])), "{err}");
+    // A Python exception: the traceback, naming the module and the function.
+    let (code, _, err) = call(&module("hostile_py.wasm"), &["shout", "--input", r#"["x"]"#]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("hostile_py.wasm") && err.contains("\"map:shout\""), "{err}");
+    assert!(err.contains("ValueError: bad record 'x'") && err.contains("about to fail on x"), "{err}");
 }
 
 #[test]
@@ -240,6 +267,8 @@ fn wordcount_in_every_guest_language_gives_identical_output_through_weir_run() {
         // Plain export names, declared in a weir:exports section:
         "wat/wordcount_plain.wat",
         "wordcount_as.wasm",
+        // A Python component (ABI v2).
+        "wordcount_py.wasm",
     ];
     let mut outputs = Vec::new();
     for m in modules {
@@ -267,6 +296,14 @@ fn build_template(dir: &Path) {
         let target = if udfs_target.is_dir() { udfs_target } else { repo().join("target") };
         cmd.env("CARGO_TARGET_DIR", target);
     }
+    // The Python template: the componentize-py udfs/build.sh installed.
+    for t in ["udfs/target", "target"] {
+        let cpy = repo().join(t).join("componentize-py");
+        if cpy.join("bin/componentize-py").exists() {
+            cmd.env("COMPONENTIZE_PY", cpy);
+            break;
+        }
+    }
     // The AssemblyScript template: the compiler udfs/build.sh installed.
     for t in ["udfs/target", "target"] {
         let asc = repo().join(t).join("assemblyscript/node_modules/.bin/asc");
@@ -282,7 +319,7 @@ fn build_template(dir: &Path) {
 #[test]
 fn udf_new_templates_build_and_their_functions_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for lang in ["rust", "c", "assemblyscript"] {
+    for lang in ["rust", "c", "assemblyscript", "python"] {
         let dir = tmp.path().join(format!("wc-{lang}"));
         let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
         assert!(out.status.success(), "{lang}: {}", text(&out.stderr));

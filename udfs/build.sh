@@ -4,6 +4,9 @@
 #   C (clang)       -> udfs/wordcount_c.wasm, udfs/c_helpers.wasm
 #   AssemblyScript  -> udfs/wordcount_as.wasm (npm's assemblyscript, installed
 #                      under target/assemblyscript when missing)
+#   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm (components
+#                      of ABI v2, by PyPI's componentize-py, installed under
+#                      target/componentize-py when missing)
 # WAT modules (udfs/wat/, udfs/hostile/) need no build: the engine loads .wat.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,5 +49,26 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   node ../udf-sdk/assemblyscript/declare.cjs "$here/wordcount_as.wasm" assemblyscript/wordcount.exports
 else
   echo "udfs/build.sh: skipping the AssemblyScript guest (udfs/assemblyscript/): node and npm not found (Debian: apt-get install nodejs npm)" >&2
+fi
+# Python guests (udf-sdk/python, ABI v2 components): componentize-py from PyPI,
+# pinned, installed under the target directory. Each component embeds
+# CPython (about 20 MB); a build takes about a minute, so it is skipped when
+# the component is newer than its sources.
+py_dir="${CARGO_TARGET_DIR:-$here/target}/componentize-py"
+if command -v python3 >/dev/null 2>&1; then
+  if [ ! -f "$py_dir/bin/componentize-py" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$py_dir" componentize-py==0.25.1 >&2
+  fi
+  for m in wordcount hostile; do
+    out="$here/${m}_py.wasm"
+    if [ -f "$out" ] && [ -z "$(find python/$m.py ../udf-sdk/python ../udf-sdk/wit "$py_dir/bin" -newer "$out" -type f 2>/dev/null)" ]; then
+      continue
+    fi
+    PYTHONPATH="$py_dir" python3 "$py_dir/bin/componentize-py" -d ../udf-sdk/wit -w guest \
+      componentize "$m" -p python -p ../udf-sdk/python -o "$out.tmp" >&2
+    mv "$out.tmp" "$out"
+  done
+else
+  echo "udfs/build.sh: skipping the Python guests (udfs/python/): python3 not found (Debian: apt-get install python3 python3-pip)" >&2
 fi
 echo "built: $(cd "$here" && ls *.wasm | tr '\n' ' ')"

@@ -1,7 +1,7 @@
 ;; `weir udf check` fixture: a WebAssembly component (component model), as
 ;; componentize-py or jco produce, reduced to its interface: it imports a
-;; WASI interface and exports a function. The engine runs core modules of ABI
-;; v1 only: it refuses this as a component, naming what it imports.
+;; WASI interface and exports a function, but not the interface weir:udf/udf
+;; of ABI v2: the engine refuses it, naming what it imports and exports.
 (component
   (import "wasi:cli/environment@0.2.0" (instance))
   (core module $m

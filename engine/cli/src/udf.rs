@@ -40,14 +40,24 @@ pub fn check(path: &Path) -> Result<ExitCode> {
     );
     let mut out = String::new();
     match &loaded {
+        Ok(m) if !m.functions().is_empty() && m.abi_version() == weir::udf::component::ABI_VERSION => {
+            let _ = writeln!(out, "{}: valid Weir UDF component (ABI v{})", path.display(), m.abi_version());
+        }
         Ok(m) if !m.functions().is_empty() => {
-            let _ = writeln!(out, "{}: valid Weir UDF module (ABI v{})", path.display(), weir::udf::abi::ABI_VERSION);
+            let _ = writeln!(out, "{}: valid Weir UDF module (ABI v{})", path.display(), m.abi_version());
+        }
+        Ok(m) if m.abi_version() == weir::udf::component::ABI_VERSION => {
+            let _ = writeln!(out, "{}: a component of UDF ABI v2, but no UDF a job can use", path.display());
         }
         Ok(_) => {
             let _ = writeln!(out, "{}: a core module of UDF ABI v1, but no UDF a job can use", path.display());
         }
         Err(_) if report.component.is_some() => {
-            let _ = writeln!(out, "{}: a WebAssembly component (component model), not a core module", path.display());
+            let _ = writeln!(
+                out,
+                "{}: a WebAssembly component (component model) that is not a valid Weir UDF component",
+                path.display()
+            );
         }
         Err(_) => {
             let _ = writeln!(out, "{}: a core WebAssembly module that is not a valid Weir UDF module", path.display());
@@ -55,6 +65,16 @@ pub fn check(path: &Path) -> Result<ExitCode> {
     }
     describe(&mut out, &report, &limits);
     if let Ok(m) = &loaded {
+        if let Some(from) = m.compiled_from() {
+            let how = match from {
+                weir::udf::component::CompiledFrom::Cache => "loaded compiled from the cache",
+                weir::udf::component::CompiledFrom::Compiled => "compiled now",
+            };
+            let dir = weir::udf::component::cache_dir()
+                .map(|d| format!(" ({})", d.display()))
+                .unwrap_or_else(|| " (cache off)".into());
+            let _ = writeln!(out, "  {how}{dir}");
+        }
         if m.functions().is_empty() {
             out.push_str("  functions: none\n");
         } else {
@@ -97,8 +117,14 @@ fn describe(out: &mut String, r: &Report, limits: &UdfLimits) {
     let _ = writeln!(out, "  sha256 {}\n  {} bytes (module_bytes limit: {})", r.hash, r.size, limits.module_bytes);
     if let Some(c) = &r.component {
         let _ = writeln!(out, "  component imports:{}", if c.imports.is_empty() { " none" } else { "" });
+        if c.imports.iter().any(|i| i.starts_with("wasi:")) {
+            out.push_str(
+                "    (WASI 0.2 is served by deterministic stand-ins: no files, network or environment; clocks read \
+                 the batch time; random numbers seeded per batch and partition; stdout and stderr go to the log)\n",
+            );
+        }
         for i in &c.imports {
-            let wasi = if i.starts_with("wasi:") { "  (WASI: not provided)" } else { "  (not provided)" };
+            let wasi = if i.starts_with("wasi:") { "  (WASI 0.2: deterministic stand-in)" } else { "  (not provided)" };
             let _ = writeln!(out, "    {i}{wasi}");
         }
         let _ = writeln!(out, "  component exports:{}", if c.exports.is_empty() { " none" } else { "" });
@@ -172,11 +198,15 @@ fn hints(r: &Report, e: &UdfErrorKind) -> Vec<String> {
     let mut h = Vec::new();
     match e {
         UdfErrorKind::Component => h.push(
-            "hint: Weir runs core modules (UDF ABI v1). Build a core module instead: Rust with --target \
-             wasm32-unknown-unknown and weir-udf, C with clang --target=wasm32 -nostdlib (see docs/udfs.md); \
-             Python and JavaScript components need ABI v2, not supported yet"
+            "hint: a UDF component (ABI v2) exports the interface weir:udf/udf@2.0.0 of udf-sdk/wit \
+             (docs/udf-abi.md, version 2)"
                 .to_string(),
         ),
+        _ if r.component.is_some() => h.push(format!(
+            "hint: a UDF component (ABI v2) exports the interface {} of udf-sdk/wit and imports nothing but WASI 0.2 \
+             (docs/udf-abi.md, version 2); Python: udf-sdk/python and componentize-py (docs/udfs.md)",
+            weir::udf::component::EXPORT_INTERFACE
+        )),
         UdfErrorKind::ForbiddenImport { .. } => {
             let missing: Vec<String> =
                 r.imports.iter().filter(|i| !i.provided).map(|i| format!("{}.{}", i.module, i.name)).collect();

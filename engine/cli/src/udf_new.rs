@@ -20,6 +20,8 @@ pub enum Lang {
     C,
     /// AssemblyScript with weir-udf-assemblyscript (npm's assemblyscript).
     Assemblyscript,
+    /// Python with weir_udf, a component of ABI v2 (PyPI's componentize-py).
+    Python,
 }
 
 /// The Rust SDK this binary was built from, when it is still there.
@@ -35,6 +37,8 @@ const C_HEADER: &str = include_str!("../../../udfs/c/weir_abi.h");
 const AS_SOURCE: &str = include_str!("../templates/assemblyscript/udf.ts.in");
 const AS_EXPORTS: &str = include_str!("../templates/assemblyscript/exports.in");
 const AS_BUILD: &str = include_str!("../templates/assemblyscript/build.sh.in");
+const PY_SOURCE: &str = include_str!("../templates/python/udf.py.in");
+const PY_BUILD: &str = include_str!("../templates/python/build.sh.in");
 const JOB: &str = include_str!("../templates/job.toml.in");
 const README: &str = include_str!("../templates/README.md.in");
 
@@ -70,17 +74,18 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
                 ("build.sh".into(), C_BUILD.replace("{{name}}", name).replace("{{module}}", &module)),
             ],
         ),
+        Lang::Python => {
+            let sdk = find_sdk(sdk, "python/weir_udf/__init__.py")?;
+            let ident = name.replace('-', "_");
+            let build = PY_BUILD
+                .replace("{{ident}}", &ident)
+                .replace("{{module}}", &module)
+                .replace("{{sdk}}", &shell_quoted(&sdk));
+            ("bash build.sh", vec![(format!("{ident}.py"), PY_SOURCE.to_string()), ("build.sh".into(), build)])
+        }
         Lang::Assemblyscript => {
             let sdk = find_sdk(sdk, "assemblyscript/declare.cjs")?.join("assemblyscript");
-            // Inside a double-quoted shell string: escape what would end it
-            // or expand in it.
-            let mut sdk_sh = String::new();
-            for c in sdk.display().to_string().chars() {
-                if matches!(c, '"' | '\\' | '$' | '`') {
-                    sdk_sh.push('\\');
-                }
-                sdk_sh.push(c);
-            }
+            let sdk_sh = shell_quoted(&sdk);
             let build = AS_BUILD.replace("{{name}}", name).replace("{{module}}", &module).replace("{{sdk}}", &sdk_sh);
             (
                 "bash build.sh",
@@ -96,6 +101,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
         Lang::Rust => "Rust",
         Lang::C => "C",
         Lang::Assemblyscript => "AssemblyScript",
+        Lang::Python => "Python",
     };
     let common = [
         ("job.toml".to_string(), JOB.replace("{{name}}", &name.replace('-', "_")).replace("{{module}}", &module)),
@@ -122,6 +128,19 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
         dir = dir.display()
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A path inside a double-quoted shell string: what would end it or expand
+/// in it escaped.
+fn shell_quoted(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.display().to_string().chars() {
+        if matches!(c, '"' | '\\' | '$' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The repository's `udf-sdk/` directory: `--sdk`, or the one this binary

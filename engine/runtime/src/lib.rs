@@ -26,7 +26,7 @@ pub use weir_codec as codec;
 /// a test checks this against `Cargo.lock`).
 pub const WASMTIME_VERSION: &str = "48.0.8";
 /// The UDF ABI versions this engine runs (`docs/udf-abi.md`).
-pub const UDF_ABI_VERSIONS: &[i64] = &[weir_plan::udf::abi::ABI_VERSION];
+pub const UDF_ABI_VERSIONS: &[i64] = &[weir_plan::udf::abi::ABI_VERSION, udf::component::ABI_VERSION];
 pub use weir_plan as plan;
 /// RDD lineage (from the plan crate).
 pub use weir_plan::rdd;

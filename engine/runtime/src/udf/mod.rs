@@ -1,5 +1,6 @@
-//! The WebAssembly host: loads UDF modules, checks them against ABI v1, and
-//! runs batch-at-a-time calls in a deterministic sandbox.
+//! The WebAssembly host: loads UDF modules, checks them against ABI v1 (core
+//! modules) or v2 (components, `component`), and runs batch-at-a-time calls
+//! in a deterministic sandbox.
 //!
 //! One [`UdfRuntime`] (one wasmtime `Engine`) per process, configured for
 //! determinism: NaN canonicalisation, deterministic relaxed SIMD, no threads,
@@ -8,10 +9,13 @@
 //! by the SHA-256 of their bytes, compiled once and pre-linked
 //! (`InstancePre`). Every task gets a fresh [`UdfInstance`] (a fresh `Store`),
 //! so no memory survives from one task to the next and a recomputation never
-//! depends on an old instance's state.
+//! depends on an old instance's state. Components go through the same
+//! [`UdfModule`] and [`UdfInstance`], so a job may mix both and executors in
+//! other processes need nothing special.
 
 pub use weir_plan::udf::{abi, error, exports, limits, ModuleHash};
 
+pub mod component;
 pub mod inspect;
 
 use std::borrow::Cow;
@@ -40,6 +44,7 @@ const HOUSEKEEPING_FUEL: u64 = 10_000_000;
 pub struct UdfRuntime {
     engine: Engine,
     linker: Linker<HostState>,
+    component_linker: wasmtime::component::Linker<component::ComponentState>,
     stop: Arc<AtomicBool>,
 }
 
@@ -66,6 +71,9 @@ impl UdfRuntime {
         linker
             .func_wrap(abi::IMPORT_MODULE, abi::IMPORT_LOG, guest_log)
             .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
+        let component_linker = component::linker(&engine).map_err(|e| {
+            UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(format!("WASI stand-ins: {e:#}")))
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         {
             let (engine, stop) = (engine.clone(), stop.clone());
@@ -79,7 +87,7 @@ impl UdfRuntime {
                 })
                 .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
         }
-        Ok(Arc::new(UdfRuntime { engine, linker, stop }))
+        Ok(Arc::new(UdfRuntime { engine, linker, component_linker, stop }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -152,12 +160,19 @@ pub struct UdfModule {
     /// The functions, sorted by name and kind: from the `<kind>:<name>`
     /// exports and the `weir:exports` declarations.
     functions: Vec<UdfFunction>,
-    pre: InstancePre<HostState>,
+    code: Code,
     limits: UdfLimits,
-    has_initialize: bool,
     size: usize,
     /// The module's binary, to ship to executor processes.
     bytes: Arc<Vec<u8>>,
+}
+
+/// A module's compiled, pre-linked code.
+enum Code {
+    /// ABI v1: a core module.
+    Core { pre: InstancePre<HostState>, has_initialize: bool },
+    /// ABI v2: a component.
+    Component { pre: component::GuestPre<component::ComponentState>, from: component::CompiledFrom },
 }
 
 impl fmt::Debug for UdfModule {
@@ -191,7 +206,7 @@ impl UdfModule {
         let hash = ModuleHash::of(&binary);
         site.hash = hash.short();
         if inspect::is_component(&binary) {
-            return fail(&site, UdfErrorKind::Component);
+            return Self::from_component(runtime, name, path, binary.into_owned(), hash, limits, site);
         }
         let declared = inspect::declared_exports(&binary).map_err(|kind| UdfError::new(site.clone(), kind))?;
         let module = match Module::new(&runtime.engine, &binary) {
@@ -296,20 +311,104 @@ impl UdfModule {
             path,
             hash,
             functions,
-            pre,
+            code: Code::Core { pre, has_initialize },
             limits,
-            has_initialize,
             size: binary.len(),
             bytes: Arc::new(binary.into_owned()),
         });
         // Probe the version in a throwaway instance: it runs guest code, so it
         // runs under the same limits as any call.
-        let mut inst = m.instantiate(None, None)?;
-        let version = inst.abi_version()?;
+        let version = match m.instantiate(None, None)?.inner {
+            Inner::Core(mut inst) => inst.abi_version()?,
+            Inner::Component(_) => component::ABI_VERSION,
+        };
         if version != abi::ABI_VERSION {
             return fail(&site, UdfErrorKind::UnsupportedAbiVersion { found: version });
         }
         Ok(m)
+    }
+
+    /// Loads a component (ABI v2): compiled (or read from the disk cache),
+    /// pre-linked against the WASI stand-ins, and asked for its functions in
+    /// a throwaway instance, under the same limits as any call.
+    fn from_component(
+        runtime: &Arc<UdfRuntime>,
+        name: Arc<str>,
+        path: PathBuf,
+        binary: Vec<u8>,
+        hash: ModuleHash,
+        limits: UdfLimits,
+        site: UdfSite,
+    ) -> Result<Arc<Self>, UdfError> {
+        let fail = |kind| Err(UdfError::new(site.clone(), kind));
+        let (compiled, from) = match component::compile(&runtime.engine, &binary, &hash) {
+            Ok(c) => c,
+            Err(kind) => return fail(kind),
+        };
+        let pre = match runtime.component_linker.instantiate_pre(&compiled) {
+            Ok(p) => p,
+            Err(e) => return fail(UdfErrorKind::Instantiate(format!("{e:#}"))),
+        };
+        let pre = match component::GuestPre::new(pre) {
+            Ok(p) => p,
+            Err(_) => return fail(UdfErrorKind::MissingExport { name: component::EXPORT_INTERFACE.into() }),
+        };
+        let mut m = Arc::new(UdfModule {
+            runtime: runtime.clone(),
+            name,
+            path,
+            hash,
+            functions: Vec::new(),
+            code: Code::Component { pre, from },
+            limits,
+            size: binary.len(),
+            bytes: Arc::new(binary),
+        });
+        // The probe instance holds a reference to `m`: dropped at the end of
+        // this block, so `m` is ours alone again below.
+        let list = {
+            let mut inst = m.instantiate(None, None)?;
+            match &mut inst.inner {
+                Inner::Component(c) => c.functions()?,
+                Inner::Core(_) => {
+                    return fail(UdfErrorKind::Instantiate("a component instantiated as a core module".into()))
+                }
+            }
+        };
+        let mut functions: Vec<UdfFunction> = list
+            .into_iter()
+            .map(|f| {
+                let kind = component::kind_from_wit(f.kind);
+                UdfFunction { export: kind.export_name(&f.name), name: f.name, kind }
+            })
+            .collect();
+        functions.sort();
+        if let Some(w) = functions.windows(2).find(|w| w[0] == w[1]) {
+            let m = format!("functions() lists {} function {:?} twice", w[0].kind, w[0].name);
+            return fail(UdfErrorKind::MalformedOutput(m));
+        }
+        match Arc::get_mut(&mut m) {
+            Some(mm) => mm.functions = functions,
+            None => return fail(UdfErrorKind::Instantiate("the probe instance outlived its call".into())),
+        }
+        Ok(m)
+    }
+
+    /// The ABI version: 1 for a core module, 2 for a component.
+    pub fn abi_version(&self) -> i64 {
+        match self.code {
+            Code::Core { .. } => abi::ABI_VERSION,
+            Code::Component { .. } => component::ABI_VERSION,
+        }
+    }
+
+    /// For a component: whether it was compiled now or read from the disk
+    /// cache (`None` for a core module).
+    pub fn compiled_from(&self) -> Option<component::CompiledFrom> {
+        match self.code {
+            Code::Core { .. } => None,
+            Code::Component { from, .. } => Some(from),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -392,11 +491,18 @@ impl UdfModule {
             last_log: None,
             module: self.name.clone(),
         };
+        let (pre, has_initialize) = match &self.code {
+            Code::Core { pre, has_initialize } => (pre, *has_initialize),
+            Code::Component { pre, .. } => {
+                let inst = ComponentInstance::new(self, pre, state, batch_time_ms, partition, site)?;
+                return Ok(UdfInstance { inner: Inner::Component(Box::new(inst)) });
+            }
+        };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         let _ = store.set_fuel(HOUSEKEEPING_FUEL);
         store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
-        let instance = match self.pre.instantiate(&mut store) {
+        let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => {
                 let kind = classify(e, &store, &self.limits);
@@ -410,8 +516,8 @@ impl UdfModule {
             .get_typed_func::<i32, i32>(&mut store, abi::EXPORT_ALLOC)
             .map_err(|_| UdfError::new(site.clone(), UdfErrorKind::MissingExport { name: abi::EXPORT_ALLOC.into() }))?;
         let mut inst =
-            UdfInstance { module: self.clone(), store, instance, memory, alloc, funcs: HashMap::new(), site };
-        if self.has_initialize {
+            CoreInstance { module: self.clone(), store, instance, memory, alloc, funcs: HashMap::new(), site };
+        if has_initialize {
             let init = inst.instance.get_typed_func::<(), ()>(&mut inst.store, abi::EXPORT_INITIALIZE);
             if let Ok(init) = init {
                 if let Err(e) = init.call(&mut inst.store, ()) {
@@ -420,7 +526,7 @@ impl UdfModule {
                 }
             }
         }
-        Ok(inst)
+        Ok(UdfInstance { inner: Inner::Core(Box::new(inst)) })
     }
 }
 
@@ -486,25 +592,27 @@ fn looks_like_wat(bytes: &[u8]) -> bool {
 
 /// Turns a wasmtime error into a typed one.
 fn classify(e: wasmtime::Error, store: &Store<HostState>, limits: &UdfLimits) -> UdfErrorKind {
+    classify_state(e, store.data(), limits)
+}
+
+/// [`classify`] given the store's host state (a core module's or a
+/// component's).
+fn classify_state(e: wasmtime::Error, state: &HostState, limits: &UdfLimits) -> UdfErrorKind {
     let backtrace = e.downcast_ref::<WasmBacktrace>().map(|b| b.to_string()).filter(|s| !s.is_empty());
-    if store.data().memory_limit_hit {
+    if state.memory_limit_hit {
         return UdfErrorKind::MemoryLimit { limit: limits.memory_bytes };
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => UdfErrorKind::OutOfFuel { fuel: limits.fuel_per_call },
         Some(Trap::Interrupt) => UdfErrorKind::Deadline { ms: limits.deadline_ms },
         Some(Trap::StackOverflow) => UdfErrorKind::StackOverflow,
-        Some(t) => {
-            UdfErrorKind::Trap { message: t.to_string(), guest_message: store.data().last_log.clone(), backtrace }
-        }
-        None => {
-            UdfErrorKind::Trap { message: format!("{e:#}"), guest_message: store.data().last_log.clone(), backtrace }
-        }
+        Some(t) => UdfErrorKind::Trap { message: t.to_string(), guest_message: state.last_log.clone(), backtrace },
+        None => UdfErrorKind::Trap { message: format!("{e:#}"), guest_message: state.last_log.clone(), backtrace },
     }
 }
 
-/// One instance of a module in its own store: what a task calls into.
-pub struct UdfInstance {
+/// One instance of a core module (ABI v1) in its own store.
+struct CoreInstance {
     module: Arc<UdfModule>,
     store: Store<HostState>,
     instance: wasmtime::Instance,
@@ -519,11 +627,7 @@ pub struct UdfInstance {
 /// Upper bound on a guest error message we read back.
 const MAX_ERROR_MESSAGE: u32 = 64 * 1024;
 
-impl UdfInstance {
-    pub fn module(&self) -> &Arc<UdfModule> {
-        &self.module
-    }
-
+impl CoreInstance {
     fn error(&self, export: Option<(&str, UdfKind)>, kind: UdfErrorKind) -> UdfError {
         let mut site = self.site.clone();
         if let Some((name, k)) = export {
@@ -548,13 +652,6 @@ impl UdfInstance {
         }
     }
 
-    /// Calls function `name` of `kind` on one input batch and returns the
-    /// validated output batch. After an error the instance must be dropped
-    /// (its memory may be in any state); the next task gets a fresh one.
-    pub fn call(&mut self, name: &str, kind: UdfKind, input: &[u8]) -> Result<Vec<u8>, UdfError> {
-        self.call_chain(&[(name, kind)], input)
-    }
-
     fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {
         let at = Some((name, kind));
         // Only functions the module has of this very kind are cached, so a
@@ -575,25 +672,12 @@ impl UdfInstance {
         }
     }
 
-    /// Calls a pipeline of functions of this module: the input goes in once,
-    /// each function's output region is handed to the next as its input
-    /// without leaving guest memory (ABI §3, chained calls), and only the
-    /// last output is copied out and validated. Each step gets the full fuel
-    /// and deadline of one call. Only `map`, `flat_map` and `map_partitions`
-    /// steps may precede another step (their output is a plain batch).
-    pub fn call_chain(&mut self, steps: &[(&str, UdfKind)], input: &[u8]) -> Result<Vec<u8>, UdfError> {
-        if steps.is_empty() {
-            return Ok(input.to_vec());
-        }
-        self.call_chain_with(steps, abi::batch_count(input), &[input], |out| out.to_vec())
-    }
-
-    /// [`call_chain`](Self::call_chain) without the copy out: the input batch
+    /// [`UdfInstance::call_chain`] without the copy out: the input batch
     /// is the concatenation of `parts` (holding `in_count` records), and the
     /// last output, validated in place in guest memory, is handed to
     /// `consume` — which reads what it needs from it before the guest runs
     /// again.
-    pub fn call_chain_with<R>(
+    fn call_chain_with<R>(
         &mut self,
         steps: &[(&str, UdfKind)],
         in_count: u32,
@@ -699,7 +783,248 @@ impl UdfInstance {
     }
 
     /// Fuel consumed by the last call.
+    fn fuel_used(&self) -> u64 {
+        self.module.limits.fuel_per_call.saturating_sub(self.store.get_fuel().unwrap_or(0))
+    }
+}
+
+/// One instance of a module (or component) in its own store: what a task
+/// calls into.
+pub struct UdfInstance {
+    inner: Inner,
+}
+
+enum Inner {
+    Core(Box<CoreInstance>),
+    Component(Box<ComponentInstance>),
+}
+
+impl UdfInstance {
+    pub fn module(&self) -> &Arc<UdfModule> {
+        match &self.inner {
+            Inner::Core(i) => &i.module,
+            Inner::Component(i) => &i.module,
+        }
+    }
+
+    /// Calls function `name` of `kind` on one input batch and returns the
+    /// validated output batch. After an error the instance must be dropped
+    /// (its memory may be in any state); the next task gets a fresh one.
+    pub fn call(&mut self, name: &str, kind: UdfKind, input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        self.call_chain(&[(name, kind)], input)
+    }
+
+    /// Calls a pipeline of functions of this module: the input goes in once,
+    /// each function's output region is handed to the next as its input
+    /// without leaving guest memory (ABI §3, chained calls), and only the
+    /// last output is copied out and validated. Each step gets the full fuel
+    /// and deadline of one call. Only `map`, `flat_map` and `map_partitions`
+    /// steps may precede another step (their output is a plain batch).
+    pub fn call_chain(&mut self, steps: &[(&str, UdfKind)], input: &[u8]) -> Result<Vec<u8>, UdfError> {
+        if steps.is_empty() {
+            return Ok(input.to_vec());
+        }
+        self.call_chain_with(steps, abi::batch_count(input), &[input], |out| out.to_vec())
+    }
+
+    /// [`call_chain`](Self::call_chain) without the copy out: the input batch
+    /// is the concatenation of `parts` (holding `in_count` records), and the
+    /// last output, validated in place, is handed to `consume` — which reads
+    /// what it needs from it before the guest runs again.
+    pub fn call_chain_with<R>(
+        &mut self,
+        steps: &[(&str, UdfKind)],
+        in_count: u32,
+        parts: &[&[u8]],
+        consume: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, UdfError> {
+        match &mut self.inner {
+            Inner::Core(i) => i.call_chain_with(steps, in_count, parts, consume),
+            Inner::Component(i) => i.call_chain_with(steps, in_count, parts, consume),
+        }
+    }
+
+    /// Fuel consumed by the last call.
     pub fn fuel_used(&self) -> u64 {
+        match &self.inner {
+            Inner::Core(i) => i.fuel_used(),
+            Inner::Component(i) => i.fuel_used(),
+        }
+    }
+}
+
+/// One instance of a component (ABI v2) in its own store.
+struct ComponentInstance {
+    module: Arc<UdfModule>,
+    store: Store<component::ComponentState>,
+    guest: component::Guest,
+    site: UdfSite,
+}
+
+/// Most lines of a call's stdout/stderr kept to attach to its failure.
+const FAILURE_LOG_LINES: usize = 20;
+
+impl ComponentInstance {
+    fn new(
+        module: &Arc<UdfModule>,
+        pre: &component::GuestPre<component::ComponentState>,
+        host: HostState,
+        batch_time_ms: Option<i64>,
+        partition: Option<u32>,
+        site: UdfSite,
+    ) -> Result<Self, UdfError> {
+        let state = component::ComponentState::new(host, &module.hash, batch_time_ms, partition);
+        let mut store = Store::new(&module.runtime.engine, state);
+        store.limiter(|s| &mut s.host as &mut dyn ResourceLimiter);
+        // A component's start-up runs its language's runtime (an
+        // interpreter's initialisation): a call's fuel, not housekeeping's.
+        let _ = store.set_fuel(module.limits.fuel_per_call);
+        store.set_epoch_deadline(deadline_ticks(module.limits.deadline_ms));
+        let guest = match pre.instantiate(&mut store) {
+            Ok(g) => g,
+            Err(e) => {
+                let kind = classify_state(e, &store.data().host, &module.limits);
+                return Err(UdfError::new(site, kind));
+            }
+        };
+        Ok(ComponentInstance { module: module.clone(), store, guest, site })
+    }
+
+    fn error(&self, export: Option<(&str, UdfKind)>, kind: UdfErrorKind) -> UdfError {
+        let mut site = self.site.clone();
+        if let Some((name, k)) = export {
+            site.export = Some(k.export_name(name));
+            site.kind = Some(k);
+        }
+        UdfError::new(site, kind)
+    }
+
+    fn arm(&mut self) {
+        let limits = self.module.limits;
+        let st = self.store.data_mut();
+        st.host.log_budget = limits.log_lines_per_call;
+        st.host.last_log = None;
+        let _ = self.store.set_fuel(limits.fuel_per_call);
+        self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+    }
+
+    /// Turns what the guest wrote to stdout and stderr since the last call
+    /// into log lines (within the call's budget), and keeps the last lines
+    /// to attach to a failure.
+    fn drain_output(&mut self) {
+        let (bytes, dropped) = self.store.data().output.drain();
+        if bytes.is_empty() && dropped == 0 {
+            return;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let st = &mut self.store.data_mut().host;
+        let (batch, partition) = (self.site.batch_time_ms, self.site.partition);
+        for line in text.lines() {
+            if st.log_budget > 0 {
+                st.log_budget -= 1;
+                tracing::info!(target: "weir::udf::guest", module = %st.module, ?batch, ?partition, "{line}");
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        let mut tail = lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..].join("\n");
+        if dropped > 0 {
+            tail.push_str(&format!("\n[{dropped} bytes of output dropped over the 64 KiB per call]"));
+        }
+        st.last_log = Some(tail);
+    }
+
+    fn functions(&mut self) -> Result<Vec<component::FunctionInfo>, UdfError> {
+        self.arm();
+        let r = self.guest.weir_udf_udf().call_functions(&mut self.store);
+        self.drain_output();
+        match r {
+            Ok(list) => {
+                component::check_functions(&list).map_err(|k| self.error(None, k))?;
+                Ok(list)
+            }
+            Err(e) => {
+                let kind = classify_state(e, &self.store.data().host, &self.module.limits);
+                Err(self.error(None, kind))
+            }
+        }
+    }
+
+    fn call_chain_with<R>(
+        &mut self,
+        steps: &[(&str, UdfKind)],
+        in_count: u32,
+        parts: &[&[u8]],
+        consume: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, UdfError> {
+        let limits = self.module.limits;
+        // The bindings take the list as a `Vec`: one copy of the input per
+        // call, small next to what an interpreter spends on it.
+        let mut input: Vec<u8> = parts.concat();
+        let mut in_count = in_count;
+        for (i, &(name, kind)) in steps.iter().enumerate() {
+            let at = Some((name, kind));
+            if i + 1 < steps.len() && kind.one_to_one() && kind != UdfKind::Map {
+                let m = format!("{kind} cannot feed another function in a chained call");
+                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+            }
+            self.module.check_function(name, kind).map_err(|e| self.error(at, e.kind))?;
+            self.arm();
+            let r = self.guest.weir_udf_udf().call_call(&mut self.store, name, component::kind_to_wit(kind), &input);
+            self.drain_output();
+            let mut out = match r {
+                Ok(Ok(out)) => out,
+                Ok(Err(msg)) => {
+                    let mut msg = msg;
+                    if msg.len() > MAX_ERROR_MESSAGE as usize {
+                        let mut cut = MAX_ERROR_MESSAGE as usize;
+                        while !msg.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        msg.truncate(cut);
+                    }
+                    // What the guest printed before failing belongs with
+                    // the failure (Python prints before it raises).
+                    if let Some(out) = &self.store.data().host.last_log {
+                        msg.push_str("\nguest output (last lines):\n");
+                        msg.push_str(out);
+                    }
+                    return Err(self.error(at, UdfErrorKind::Guest(msg)));
+                }
+                Err(e) => {
+                    let kind = classify_state(e, &self.store.data().host, &limits);
+                    return Err(self.error(at, kind));
+                }
+            };
+            if out.len() > limits.output_bytes {
+                let k = UdfErrorKind::OutputTooLarge { size: out.len(), limit: limits.output_bytes };
+                return Err(self.error(at, k));
+            }
+            if i + 1 < steps.len() {
+                if out.len() < 4 {
+                    return Err(
+                        self.error(at, UdfErrorKind::MalformedOutput("output shorter than a batch header".into()))
+                    );
+                }
+                if kind == UdfKind::Map && abi::batch_count(&out) != in_count {
+                    let m = format!(
+                        "map must return one value per input ({in_count}), returned {}",
+                        abi::batch_count(&out)
+                    );
+                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+                }
+                in_count = abi::batch_count(&out);
+                input = out;
+                continue;
+            }
+            return match abi::validate_output(kind, in_count, &mut out) {
+                Ok(_) => Ok(consume(&out)),
+                Err(m) => Err(self.error(at, UdfErrorKind::MalformedOutput(m))),
+            };
+        }
+        Err(self.error(None, UdfErrorKind::MalformedOutput("empty chain".into())))
+    }
+
+    fn fuel_used(&self) -> u64 {
         self.module.limits.fuel_per_call.saturating_sub(self.store.get_fuel().unwrap_or(0))
     }
 }

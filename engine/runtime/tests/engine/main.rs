@@ -1,8 +1,9 @@
 //! The runtime's integration tests through its public API, folded into one
 //! test binary (one link): every operation, stateful streams, and the UDF
-//! host against real modules.
+//! host against real modules and components.
 
 mod api;
+mod components;
 mod operations;
 mod slice;
 mod stateful;

@@ -1623,3 +1623,52 @@ fn transform_and_transform_with() {
     assert_eq!(out, want);
     assert!(!out.iter().all(|(_, v)| v.is_empty()));
 }
+
+#[test]
+fn lost_blocks_of_a_python_job_recompute_to_the_same_bytes_clock_and_random_included() {
+    // ABI v2 components inside a job, next to a v1 module: WordCount in
+    // Python, and a Python map that reads the clock twice and random bytes.
+    let ssc = ctx();
+    let py = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/wordcount_py.wasm"));
+    let hostile = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/hostile_py.wasm"));
+    let rust = wordcount(&ssc);
+    let lines = vec![strs(&["a b a", "c a b", "b b d", "a e"]), strs(&["x y", "y x z"])];
+    let words = ssc.queue_stream(lines).flat_map(&py.udf("split")).unwrap();
+    let counts = words.map(&py.udf("pair")).unwrap().reduce_by_key(&rust.udf("sum")).unwrap();
+    let stamps = words.map(&hostile.udf("stamp")).unwrap().reduce_by_key(&hostile.udf("concat")).unwrap();
+    let (c, st) = (counts.collect().unwrap(), stamps.collect().unwrap());
+    let recomputed: Arc<Mutex<Vec<Batches>>> = Arc::default();
+    let r2 = recomputed.clone();
+    let mut o = opts(2);
+    o.after_batch = Some(hook(move |dag, time, outs| {
+        let mut again = Vec::new();
+        for out in outs {
+            let rdd = out.expect("reduce_by_key produces every batch");
+            let victims: Vec<BlockId> = dag
+                .backend()
+                .blocks()
+                .ids()
+                .into_iter()
+                .filter(|b| matches!(b, BlockId::Shuffle { shuffle, map: 0, .. } if *shuffle == rdd))
+                .collect();
+            again.push((time, decode(&drop_and_recompute(dag, rdd, &victims))));
+        }
+        r2.lock().unwrap().push(again);
+    }));
+    run_ok(ssc, o);
+    let (counts, stamps) = (taken(&c), taken(&st));
+    let recomputed = recomputed.lock().unwrap().clone();
+    assert_eq!(recomputed.iter().map(|r| r[0].clone()).collect::<Vec<_>>(), counts);
+    assert_eq!(recomputed.iter().map(|r| r[1].clone()).collect::<Vec<_>>(), stamps);
+    assert_unordered(
+        counts,
+        every_second(vec![
+            kvs(&[("a", 4), ("b", 4), ("c", 1), ("d", 1), ("e", 1)]),
+            kvs(&[("x", 2), ("y", 2), ("z", 1)]),
+        ]),
+    );
+    // The clock read the batch time, twice the same.
+    let Value::Tuple(kv) = &stamps[0].1[0] else { panic!("{:?}", stamps[0]) };
+    let Value::Str(v) = &kv[1] else { panic!("{kv:?}") };
+    assert!(v.contains("@1.0:") && !v.contains('!'), "{v}");
+}

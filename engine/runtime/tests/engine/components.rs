@@ -1,0 +1,244 @@
+//! UDF ABI v2 (components) against the Python components that
+//! `udfs/build.sh` builds with componentize-py: WordCount giving the Rust
+//! module's bytes, the deterministic WASI stand-ins (clock, random,
+//! environment, files), the limits (fuel, memory), captured output, the
+//! on-disk cache of compiled components.
+//!
+//! A Python component embeds CPython (about 20 MB): compiling it takes tens
+//! of seconds, so each component is loaded once per test binary (and the
+//! compiled code is read from the disk cache after the first run); further
+//! loads with other limits come from that cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use weir::udf::component::{cache_dir, CompiledFrom};
+use weir::udf::{UdfErrorKind, UdfKind, UdfLimits, UdfModule, UdfRuntime};
+use weir_codec::Value;
+
+fn module_path(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../udfs").join(rel);
+    assert!(p.is_file(), "{} does not exist: run udfs/build.sh first", p.display());
+    p
+}
+
+fn runtime() -> Arc<UdfRuntime> {
+    static RT: OnceLock<Arc<UdfRuntime>> = OnceLock::new();
+    RT.get_or_init(|| UdfRuntime::new().expect("UDF runtime")).clone()
+}
+
+fn load_with(rel: &str, limits: UdfLimits) -> Arc<UdfModule> {
+    UdfModule::load(&runtime(), &module_path(rel), limits).unwrap_or_else(|e| panic!("loading {rel}: {e}"))
+}
+
+fn wordcount_py() -> Arc<UdfModule> {
+    static M: OnceLock<Arc<UdfModule>> = OnceLock::new();
+    M.get_or_init(|| load_with("wordcount_py.wasm", UdfLimits::default())).clone()
+}
+
+/// The hostile component with limits small enough to hit quickly.
+fn hostile_py() -> Arc<UdfModule> {
+    static M: OnceLock<Arc<UdfModule>> = OnceLock::new();
+    M.get_or_init(|| {
+        let limits = UdfLimits { fuel_per_call: 2_000_000_000, memory_bytes: 256 << 20, ..UdfLimits::default() };
+        load_with("hostile_py.wasm", limits)
+    })
+    .clone()
+}
+
+fn s(x: &str) -> Value {
+    Value::str(x)
+}
+
+fn call_at(
+    m: &Arc<UdfModule>,
+    batch: i64,
+    partition: u32,
+    name: &str,
+    kind: UdfKind,
+    input: &[Value],
+) -> Result<Vec<u8>, weir::udf::UdfError> {
+    let mut inst = m.instantiate(Some(batch), Some(partition))?;
+    inst.call(name, kind, &Value::encode_batch(input))
+}
+
+fn decode(b: &[u8]) -> Vec<Value> {
+    Value::decode_batch(b).expect("the host returns valid batches")
+}
+
+/// Groups (word, 1) pairs by word, in order of first appearance.
+fn groups_of(pairs: &[Value]) -> Vec<Value> {
+    let mut keys: Vec<Value> = Vec::new();
+    let mut groups: Vec<Vec<Value>> = Vec::new();
+    for p in pairs {
+        let Value::Tuple(kv) = p else { panic!("not a pair: {p:?}") };
+        match keys.iter().position(|k| *k == kv[0]) {
+            Some(j) => groups[j].push(kv[1].clone()),
+            None => {
+                keys.push(kv[0].clone());
+                groups.push(vec![kv[1].clone()]);
+            }
+        }
+    }
+    groups.into_iter().map(Value::List).collect()
+}
+
+#[test]
+fn python_wordcount_gives_the_rust_modules_bytes_for_every_function() {
+    let py = wordcount_py();
+    let rust = load_with("wordcount.wasm", UdfLimits::default());
+    assert_eq!(py.abi_version(), 2);
+    assert_eq!(rust.abi_version(), 1);
+    let fs: Vec<(String, UdfKind)> = py.functions().iter().map(|f| (f.name.clone(), f.kind)).collect();
+    let want = [
+        ("pair", UdfKind::Map),
+        ("running_total", UdfKind::Update),
+        ("split", UdfKind::FlatMap),
+        ("subtract", UdfKind::Reduce),
+        ("sum", UdfKind::Reduce),
+    ];
+    assert_eq!(fs, want.iter().map(|(n, k)| (n.to_string(), *k)).collect::<Vec<_>>());
+    let lines: Vec<Value> = [
+        "to be or not to be",
+        "",
+        "  leading and trailing  ",
+        "tabs\tand\t\ttabs",
+        "line\nbreaks\r\nand\x0cform\rfeeds",
+        // U+000B, U+00A0 and U+3000 are not ASCII whitespace: they stay inside words.
+        "vertical\x0btab stays\x0binside",
+        "emoji 🎉 party\u{a0}nbsp 日本語\u{3000}全角",
+        "Grüße aus Köln — naïve café",
+    ]
+    .iter()
+    .map(|l| s(l))
+    .collect();
+    let run = |m: &Arc<UdfModule>| {
+        let mut inst = m.instantiate(Some(1000), Some(0)).expect("instance");
+        let words = inst.call("split", UdfKind::FlatMap, &Value::encode_batch(&lines)).expect("split");
+        // A chained call (split then pair in one go) as a stage runs it.
+        let pairs = inst
+            .call_chain(&[("split", UdfKind::FlatMap), ("pair", UdfKind::Map)], &Value::encode_batch(&lines))
+            .expect("split+pair");
+        let groups = Value::encode_batch(&groups_of(&decode(&pairs)));
+        let sums = inst.call("sum", UdfKind::Reduce, &groups).expect("sum");
+        let diffs = inst.call("subtract", UdfKind::Reduce, &groups).expect("subtract");
+        let state = Value::encode_batch(&[
+            Value::Tuple(vec![s("a"), Value::List(vec![Value::I64(2), Value::I64(3)]), Value::Null]),
+            Value::Tuple(vec![s("b"), Value::List(vec![]), Value::I64(7)]),
+        ]);
+        let totals = inst.call("running_total", UdfKind::Update, &state).expect("running_total");
+        [words, pairs, sums, diffs, totals]
+    };
+    let (want, got) = (run(&rust), run(&py));
+    assert!(decode(&want[0]).len() > 20, "the input has words");
+    for (i, what) in ["split", "split+pair", "sum", "subtract", "running_total"].iter().enumerate() {
+        assert_eq!(got[i], want[i], "{what}: Python {:?} vs Rust {:?}", decode(&got[i]), decode(&want[i]));
+    }
+}
+
+#[test]
+fn python_errors_are_typed_and_name_the_function_batch_and_partition() {
+    let m = hostile_py();
+    // An exception: the traceback and the captured print come back.
+    let e = call_at(&m, 5000, 3, "shout", UdfKind::Map, &[s("x")]).expect_err("shout raises");
+    let text = e.to_string();
+    let UdfErrorKind::Guest(msg) = &e.kind else { panic!("not a guest error: {text}") };
+    assert!(msg.contains("ValueError: bad record 'x'"), "{msg}");
+    assert!(msg.contains("about to fail on x"), "the captured stdout is attached: {msg}");
+    assert!(text.contains("hostile_py.wasm") && text.contains("\"map:shout\""), "{text}");
+    assert!(text.contains("batch 5000 ms") && text.contains("partition 3"), "{text}");
+    // A function the component does not have, or the wrong kind.
+    let e = call_at(&m, 0, 0, "shout", UdfKind::FlatMap, &[s("x")]).expect_err("wrong kind");
+    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
+    // An endless loop runs out of fuel (deterministic: not retried).
+    let e = call_at(&m, 0, 0, "spin", UdfKind::Map, &[s("x")]).expect_err("spin");
+    assert!(matches!(e.kind, UdfErrorKind::OutOfFuel { .. }), "{e}");
+    assert!(e.is_deterministic());
+    // Memory growth stops at the job's memory limit.
+    let e = call_at(&m, 0, 0, "grow", UdfKind::Map, &[s("x")]).expect_err("grow");
+    assert!(matches!(e.kind, UdfErrorKind::MemoryLimit { limit } if limit == 256 << 20), "{e}");
+    // No filesystem: nothing is preopened, so no path opens.
+    for path in ["/etc/passwd", "wordcount.py", "."] {
+        let e = call_at(&m, 0, 0, "read_file", UdfKind::Map, &[s(path)]).expect_err("read_file");
+        let UdfErrorKind::Guest(msg) = &e.kind else { panic!("{path}: {e}") };
+        assert!(msg.contains("Error"), "{path}: {msg}");
+    }
+    // The instance a failure left is dropped; a new one still serves calls.
+    let out = call_at(&m, 0, 0, "environ", UdfKind::Map, &[s("x")]).expect("environ");
+    assert_eq!(decode(&out), vec![Value::Tuple(vec![s("x"), Value::List(vec![])])], "no environment");
+}
+
+#[test]
+fn python_clock_and_random_are_functions_of_batch_and_partition() {
+    let m = hostile_py();
+    let clock = |batch, part| call_at(&m, batch, part, "clock", UdfKind::Map, &[s("r")]).expect("clock");
+    // The clock reads the batch time, twice the same (a sleep returns at
+    // once), so branching on it gives the same answer on every recompute.
+    let first = clock(1_700_000_000_000, 0);
+    assert_eq!(clock(1_700_000_000_000, 0), first, "recomputed on a fresh instance");
+    assert_eq!(clock(1_700_000_000_000, 5), first, "the clock does not depend on the partition");
+    let v = decode(&first);
+    let want = Value::Tuple(vec![
+        s("r"),
+        s("still"),
+        Value::I64(1_700_000_000_000),
+        Value::I64(1_700_000_000_000 * 1_000_000),
+    ]);
+    assert_eq!(v, vec![want]);
+    assert_ne!(clock(1_700_000_001_000, 0), first, "another batch reads another time");
+    // Random bytes: a function of (module, batch time, partition).
+    let rand = |batch, part| call_at(&m, batch, part, "entropy", UdfKind::Map, &[s("r")]).expect("entropy");
+    let r = rand(2000, 1);
+    assert_eq!(rand(2000, 1), r);
+    assert_ne!(rand(2000, 2), r);
+    assert_ne!(rand(3000, 1), r);
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk_by_hash_and_engine() {
+    let m = wordcount_py();
+    let dir = cache_dir().expect("a cache directory (HOME or WEIR_CACHE_DIR is set)");
+    let hex = m.hash().hex();
+    let entries: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&hex) && n.ends_with(".cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 1, "one cache entry for {hex} in {}: {entries:?}", dir.display());
+    // A second load (other limits: a new module) reads the cache.
+    let again = load_with("wordcount_py.wasm", UdfLimits { fuel_per_call: 1_000_000_000, ..UdfLimits::default() });
+    assert_eq!(again.compiled_from(), Some(CompiledFrom::Cache));
+    assert_eq!(again.hash(), m.hash());
+    let mut inst = again.instantiate(Some(1), Some(0)).expect("instance");
+    let out = inst.call("split", UdfKind::FlatMap, &Value::encode_batch(&[s("a b")])).expect("split");
+    assert_eq!(decode(&out), vec![s("a"), s("b")]);
+}
+
+#[test]
+fn a_damaged_cache_entry_is_recompiled_never_trusted_blindly() {
+    // A tiny component (it lacks the weir:udf interface, so loading it
+    // fails after the compile): cheap to compile, enough to exercise the cache.
+    let path = module_path("check/component.wat");
+    let binary = weir::udf::to_binary(&std::fs::read(&path).expect("read")).expect("WAT").into_owned();
+    let hex = weir::udf::ModuleHash::of(&binary).hex();
+    let load = || {
+        let e = UdfModule::load(&runtime(), &path, UdfLimits::default()).expect_err("no weir:udf/udf export");
+        assert!(matches!(&e.kind, UdfErrorKind::MissingExport { name } if name == "weir:udf/udf@2.0.0"), "{e}");
+    };
+    load();
+    let dir = cache_dir().expect("a cache directory");
+    let entry = std::fs::read_dir(&dir)
+        .expect("cache directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&hex)))
+        .unwrap_or_else(|| panic!("no cache entry for {hex} in {}", dir.display()));
+    let good = std::fs::read(&entry).expect("entry");
+    // Truncated, then garbage: each is refused by wasmtime and rewritten.
+    for bad in [good[..good.len() / 2].to_vec(), b"\x7fELF not a compiled component".to_vec()] {
+        std::fs::write(&entry, &bad).expect("damage the entry");
+        load();
+        let now = std::fs::read(&entry).expect("entry");
+        assert_ne!(now, bad, "the damaged entry was replaced");
+        assert_eq!(now.len(), good.len(), "by a fresh compile of the same component");
+    }
+}
