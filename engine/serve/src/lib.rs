@@ -22,8 +22,8 @@
 pub mod api;
 pub mod config;
 pub mod http;
-pub mod quota;
 pub mod pool;
+pub mod quota;
 pub mod registry;
 pub mod runner;
 pub mod server;

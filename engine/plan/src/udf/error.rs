@@ -53,7 +53,7 @@ pub enum UdfErrorKind {
     NotWasm,
     #[error("malformed module: {0}")]
     Malformed(String),
-    #[error("this is a WebAssembly component, not a core module: this engine runs core modules of UDF ABI v1 only; a component would need ABI v2 (the WIT package weir:udf), which is not supported yet")]
+    #[error("this WebAssembly component is not a UDF component: a component must export the interface weir:udf/udf@2.0.0 (ABI v2, the WIT package of udf-sdk/wit)")]
     Component,
     #[error("invalid custom section \"weir:exports\": {0}")]
     ExportsSection(String),
