@@ -270,7 +270,7 @@ const SPLIT_CHUNK: usize = 4 << 20;
 
 /// Splits an encoded batch into `n` contiguous partitions (fewer if it has
 /// fewer records; at least one), in order, cut as Spark's `makeRDD` cuts a
-/// collection ([`slice_start`]: 7 records over 3 give 2, 2, 3). Memory
+/// collection (`slice_start`: 7 records over 3 give 2, 2, 3). Memory
 /// stays about one batch: the last
 /// partitions are moved out of the batch's tail, which is shrunk as it goes
 /// (the allocator returns the pages of a large block), and the first
