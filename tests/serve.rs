@@ -514,7 +514,7 @@ fn serve_status_page_lists_only_the_tenants_own_jobs() {
     assert!(body.contains("Batches completed") && body.contains("checkpoint"), "{body}");
     let (code, _, body) = get(&format!("/ui/jobs/{acme_id}/logs"), ACME);
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains(&format!("job {acme_id}: starting with local[2]")), "{body}");
+    assert!(body.contains(&format!("job {acme_id}: starting on the shared executor pool (tenant acme)")), "{body}");
 
     // A browser: the token form sets a cookie for /ui only, the cookie shows the page.
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
