@@ -495,3 +495,27 @@ fn stateful_operations_need_a_checkpoint_directory() {
     let job = setup(tmp.path(), &stateless);
     ok(&run(weir().arg("run").arg(&job)), "a stateless job without --checkpoint");
 }
+
+#[test]
+fn a_changed_initial_state_is_refused_and_the_diff_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let with_initial = stateful_job(&wordcount_path()) + "\n[initial_state]\ntotals = \"initial.jsonl\"\n";
+    let job = setup(tmp.path(), &with_initial);
+    std::fs::write(tmp.path().join("initial.jsonl"), "[[\"spark\", 100], [\"zebra\", 5]]\n").unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "3"]), "the first 3 batches");
+
+    // The same file again: recovers.
+    let err = ok(&run_job(&job, &ckpt, &["--batches", "4"]), "a restart with the same initial state");
+    assert!(err.contains("recovered from checkpoint"), "{err}");
+
+    // Another initial state: what the totals started from changed.
+    std::fs::write(tmp.path().join("initial.jsonl"), "[[\"spark\", 1]]\n").unwrap();
+    let out = run_job(&job, &ckpt, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a changed initial state continued the old state silently:\n{err}");
+    assert!(err.contains("stateful stream \"totals\""), "{err}");
+    assert!(err.contains("an argument they do not show changed (an initial state"), "{err}");
+    assert!(err.contains("--accept-job-change"), "{err}");
+    assert!(progress_lines(&err).is_empty(), "no batch ran: {err}");
+}
