@@ -241,7 +241,13 @@ impl Server {
         }
         std::fs::create_dir_all(&t.root).map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
         let root = t.root.canonicalize().map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
-        let used = submit::dir_size(&root, QUOTA_WALK_ENTRIES);
+        let used = crate::quota::measure(
+            &root,
+            QUOTA_WALK_ENTRIES,
+            // Bounded by entries, as before; no deadline of its own here.
+            std::time::Instant::now() + std::time::Duration::from_secs(24 * 3600),
+        )
+        .bytes;
         if used >= t.storage_quota_bytes {
             return Err(self.refuse(
                 tenant,

@@ -316,30 +316,6 @@ fn rewrite_outputs(t: &Tenant, doc: &mut DocumentMut, job_dir: &Path) -> Result<
     Ok(out)
 }
 
-/// Bytes under `dir` (not following symlinks; at most `limit_entries`
-/// entries are visited, so a hostile tree cannot make it run forever).
-pub fn dir_size(dir: &Path, limit_entries: usize) -> u64 {
-    let mut total = 0u64;
-    let mut seen = 0usize;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            seen += 1;
-            if seen > limit_entries {
-                return total;
-            }
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
-            if m.is_dir() {
-                todo.push(e.path());
-            } else {
-                total = total.saturating_add(m.len());
-            }
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
