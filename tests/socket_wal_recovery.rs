@@ -333,3 +333,47 @@ fn a_driver_killed_before_its_first_batch_restarts_from_a_checkpoint() {
     assert_eq!(wait_recovered(&mut d2, deadline), 0, "nothing was pending:\n{}", d2.log());
     d2.kill();
 }
+
+#[test]
+fn a_restart_that_only_re_runs_pending_batches_keeps_the_unallocated_log() {
+    // Driver 1's outputs fail (`out` is a file, not a directory), so every
+    // batch it runs stays pending; it is killed with lines in the log that
+    // no batch took yet. Driver 2 re-runs exactly the pending batches and
+    // stops: its checkpoints are all written before its first new batch, and
+    // must still say where the untaken lines start (CI once lost them: the
+    // cursor named the new run's empty segment). Driver 3 counts them.
+    let s = Setup::new(None);
+    let deadline = Instant::now() + TIMEOUT;
+    let mut logs = String::new();
+    std::fs::write(s.dir.join("out"), b"not a directory").unwrap();
+
+    let mut d1 = s.driver(&[]);
+    let mut conn = accept(&s.listener, TIMEOUT);
+    let all = phase1_lines(600);
+    let (a, b) = all.split_at(300);
+    send(&mut conn, a);
+    d1.wait_for(deadline, "a batch with records", |l| progress(l).is_some_and(|p| p.1 > 0));
+    send(&mut conn, b);
+    s.wait_segment(0, wal_bytes(&all), &d1, deadline);
+    d1.kill();
+    drop(conn);
+    logs.push_str(&format!("--- driver 1\n{}", d1.log()));
+
+    let m = weir::checkpoint::load_newest(&s.ckpt).metadata.expect("driver 1 left a checkpoint");
+    let pending = m.pending.len();
+    assert!(pending > 0, "driver 1's failed batches are pending:\n{logs}");
+    std::fs::remove_file(s.dir.join("out")).unwrap();
+
+    let mut d2 = s.driver(&["--batches", &pending.to_string()]);
+    assert_eq!(wait_recovered(&mut d2, deadline), pending, "{}", d2.log());
+    let status = d2.wait_exit(TIMEOUT, "the second driver to re-run the pending batches");
+    logs.push_str(&format!("--- driver 2\n{}", d2.log()));
+    assert!(status.success(), "{logs}");
+
+    let mut d3 = s.driver(&["--batches", "3"]);
+    wait_recovered(&mut d3, deadline);
+    let status = d3.wait_exit(TIMEOUT, "the third driver to run 3 batches");
+    logs.push_str(&format!("--- driver 3\n{}", d3.log()));
+    assert!(status.success(), "{logs}");
+    check_totals(&s.dir, &all, &logs);
+}

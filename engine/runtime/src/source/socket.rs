@@ -440,6 +440,10 @@ impl Source for SocketSource {
         let before = self.segment.unwrap_or(u64::MAX);
         let (lines, ranges) = wal::read_from_before(dir, *source, *from, before)
             .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
+        // Until the next batch takes them, those lines are still untaken:
+        // a checkpoint written before then (the re-runs of pending batches)
+        // must resume here, not at this run's new segment.
+        self.allocated = Some(*from);
         let mut b = self.buffer.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut lines = lines;
         lines.append(&mut b.lines);
