@@ -225,6 +225,9 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert_eq!(streams["modules"]["wordcount.wasm"].as_str().map(|h| h.len()), Some(64));
     let sources = json(addr, "/api/v1/sources");
     assert_eq!(sources[0]["kind"], "generator");
+    let src_records = sources[0]["records_in"].as_u64().unwrap();
+    assert!(src_records >= LINES_PER_BATCH && src_records % LINES_PER_BATCH == 0, "{sources}");
+    assert_eq!(sources[0]["last_batch_records"].as_u64(), Some(LINES_PER_BATCH), "{sources}");
     assert!(json(addr, "/api/v1/executors").is_array());
     assert!(json(addr, "/api/v1/checkpoints")["checkpoints"].is_array());
     assert_eq!(get(addr, "/api/v1/nothing", None).status, 404);
@@ -238,6 +241,14 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert!(batches_total >= done as f64);
     assert_eq!(metrics["weir_records_in_total"], batches_total * LINES_PER_BATCH as f64);
     assert_eq!(metrics["weir_batch_processing_seconds_count"], batches_total);
+    // Per source: counted as batches are submitted, so the batch in flight too.
+    let per_source = metrics["weir_source_records_in_total{source=\"0\",kind=\"generator\"}"];
+    let in_total = metrics["weir_records_in_total"];
+    assert!(
+        per_source >= in_total && per_source <= in_total + 2.0 * LINES_PER_BATCH as f64,
+        "source 0: {per_source} records, all sources {in_total}"
+    );
+    assert_eq!(per_source % LINES_PER_BATCH as f64, 0.0);
     assert_eq!(metrics["weir_batches_failed_total"], 0.0);
     for name in ["weir_task_retries_total", "weir_executors_added_total", "weir_executors_lost_total"] {
         assert_eq!(metrics.get(name), Some(&0.0), "{name}");
@@ -257,6 +268,16 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let jobp = get_ok(addr, "/job");
     assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
     assert!(jobp.body.contains("fuel_per_call"));
+    // The graph drawn: a box per stream (4) and output (1), an arrow per link.
+    assert!(jobp.body.contains("<svg id=\"dag\""), "the job page draws the graph");
+    assert_eq!(jobp.body.matches("<g class=\"node\"").count(), 5, "{}", jobp.body);
+    assert_eq!(jobp.body.matches("<path class=\"edge\"").count(), 4, "{}", jobp.body);
+    // The lineage of a recent batch: the output's RDD down to its input,
+    // across the shuffle of reduce_by_key.
+    assert!(jobp.body.contains("Lineage of batch"), "{}", jobp.body);
+    let plan = jobp.body.split("<pre class=\"plan\">").nth(1).expect("a plan").split("</pre>").next().unwrap();
+    assert!(plan.contains("&lt;- shuffle") && plan.contains("reduce_by_key(wordcount.sum)"), "{plan}");
+    assert!(plan.lines().count() >= 4, "{plan}");
     for p in ["/executors", "/checkpoints", "/sources"] {
         assert!(get_ok(addr, p).body.contains("</html>"), "{p}");
     }

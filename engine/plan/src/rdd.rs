@@ -325,6 +325,44 @@ impl Lineage {
         s
     }
 
+    /// As [`explain`](Self::explain), for a status page: an RDD reached
+    /// again through another path is named, not expanded again, and the
+    /// plan stops after `max_lines` lines (`...` says it was cut), so the
+    /// cost is bounded by the lineage's size, never by its paths.
+    pub fn explain_bounded(&self, root: RddId, max_lines: usize) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let mut seen = std::collections::HashSet::new();
+        // Depth-first, iteratively: (rdd, depth), the next to print on top.
+        let mut stack = vec![(root, 0usize)];
+        let mut lines = 0;
+        while let Some((id, depth)) = stack.pop() {
+            if lines == max_lines {
+                s.push_str("...\n");
+                break;
+            }
+            lines += 1;
+            let pad = "  ".repeat(depth.min(64));
+            let Some(r) = self.rdds.get(&id) else {
+                let _ = writeln!(s, "{pad}{id} (forgotten)");
+                continue;
+            };
+            if !seen.insert(id) {
+                let _ = writeln!(s, "{pad}{id} (above)");
+                continue;
+            }
+            let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
+            let persist = if r.persist { " [persisted]" } else { "" };
+            let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
+            let parents = match &r.op {
+                RddOp::Shuffled { parents, .. } => parents.clone(),
+                op => op.narrow_parents(),
+            };
+            stack.extend(parents.iter().rev().map(|p| (*p, depth + 1)));
+        }
+        s
+    }
+
     fn explain_into(&self, id: RddId, depth: usize, s: &mut String) {
         use std::fmt::Write;
         let pad = "  ".repeat(depth);
@@ -356,4 +394,53 @@ pub fn partition_of(encoded_key: &[u8], partitions: u32) -> u32 {
 /// The digest of a block's bytes, checked on every recomputation.
 pub fn digest(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdd(time: i64, op: RddOp) -> Rdd {
+        Rdd { id: RddId { time, node: 0 }, partitions: 1, op, persist: false, label: format!("r{time}") }
+    }
+
+    /// Forty unions, each of the previous one twice: 2^40 paths, 41 RDDs.
+    fn doubling() -> (Lineage, RddId) {
+        let mut l = Lineage::default();
+        l.rdds.insert(RddId { time: 0, node: 0 }, rdd(0, RddOp::Input { source: 0 }));
+        for t in 1..=40 {
+            let prev = RddId { time: t - 1, node: 0 };
+            l.rdds.insert(RddId { time: t, node: 0 }, rdd(t, RddOp::Union { parents: vec![prev, prev] }));
+        }
+        (l, RddId { time: 40, node: 0 })
+    }
+
+    #[test]
+    fn a_bounded_plan_expands_each_rdd_once() {
+        let (l, root) = doubling();
+        let plan = l.explain_bounded(root, 1000);
+        // Each RDD once, plus one "(above)" per union for its second parent.
+        assert_eq!(plan.lines().count(), 41 + 40, "{plan}");
+        assert_eq!(plan.matches("(above)").count(), 40);
+        assert!(plan.lines().next().unwrap().contains("r40"));
+        assert!(!plan.contains("..."));
+    }
+
+    #[test]
+    fn a_bounded_plan_stops_at_its_line_limit() {
+        let (l, root) = doubling();
+        let plan = l.explain_bounded(root, 10);
+        assert_eq!(plan.lines().count(), 11, "{plan}");
+        assert!(plan.ends_with("...\n"));
+    }
+
+    #[test]
+    fn a_bounded_plan_of_a_chain_is_the_full_plan() {
+        let mut l = Lineage::default();
+        l.rdds.insert(RddId { time: 0, node: 0 }, rdd(0, RddOp::Input { source: 0 }));
+        let parent = RddId { time: 0, node: 0 };
+        l.rdds.insert(RddId { time: 1, node: 0 }, rdd(1, RddOp::Narrow { parent, ops: vec![] }));
+        let root = RddId { time: 1, node: 0 };
+        assert_eq!(l.explain_bounded(root, 100), l.explain(root));
+    }
 }

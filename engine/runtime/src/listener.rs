@@ -26,10 +26,22 @@ use std::time::Duration;
 pub struct BatchSubmitted {
     pub time: i64,
     pub records_in: u64,
+    /// Records each source gave (by source index; the sum is `records_in`).
+    pub records_per_source: Vec<u64>,
     /// A batch re-run after recovery (its inputs were read again).
     pub replayed: bool,
     /// Each output's lineage (output description, explanation), when the run
     /// was asked to explain its plan (first batch only).
+    pub plans: Vec<(String, String)>,
+}
+
+/// The lineage of a batch's outputs, for status pages: sent only to
+/// listeners whose `wants_lineage` is true, at most once a second.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BatchLineage {
+    pub time: i64,
+    /// (output description, plan as `explain` writes it, bounded).
     pub plans: Vec<(String, String)>,
 }
 
@@ -205,6 +217,12 @@ pub trait StreamingListener: Send + Sync {
     fn on_executor_lost(&self, _e: &ExecutorEvent) {}
     fn on_task_retry(&self, _e: &TaskRetry) {}
     fn on_block_recomputed(&self, _e: &BlockRecomputed) {}
+    /// True to be sent [`BatchLineage`] events (explaining a plan costs a
+    /// little, so the driver does it only for listeners that show it).
+    fn wants_lineage(&self) -> bool {
+        false
+    }
+    fn on_batch_lineage(&self, _e: &BatchLineage) {}
 }
 
 /// The listeners of one job. Cheap to clone (shared).
@@ -233,6 +251,11 @@ impl ListenerBus {
 
     pub fn is_empty(&self) -> bool {
         self.listeners.is_empty()
+    }
+
+    /// Whether any listener wants [`BatchLineage`] events.
+    pub fn wants_lineage(&self) -> bool {
+        self.listeners.iter().any(|l| l.wants_lineage())
     }
 }
 

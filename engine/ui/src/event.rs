@@ -35,18 +35,58 @@ pub struct Logged {
 #[non_exhaustive]
 pub enum Event {
     JobStarted(JobInfo),
-    BatchSubmitted { time: i64, records_in: u64, replayed: bool },
-    BatchStarted { time: i64, scheduling_delay_ms: f64 },
+    BatchSubmitted {
+        time: i64,
+        records_in: u64,
+        /// Records each source gave (by source index); absent in event logs
+        /// of earlier versions.
+        #[serde(default)]
+        records_per_source: Vec<u64>,
+        replayed: bool,
+    },
+    BatchStarted {
+        time: i64,
+        scheduling_delay_ms: f64,
+    },
+    /// The outputs' lineage of a batch (at most one a second).
+    BatchLineage {
+        time: i64,
+        plans: Vec<(String, String)>,
+    },
     BatchCompleted(BatchRecord),
-    ReceiverError { source: u32, message: String },
-    Recovery { what: String, detail: String },
+    ReceiverError {
+        source: u32,
+        message: String,
+    },
+    Recovery {
+        what: String,
+        detail: String,
+    },
     CheckpointWritten(CheckpointRecord),
     CheckpointFailed(CheckpointRecord),
-    ExecutorAdded { executor: String, reason: String },
-    ExecutorLost { executor: String, reason: String },
-    TaskRetry { batch_time: i64, rdd: String, partition: u32, attempt: u32, failure: String },
-    BlockRecomputed { block: String, digest_matches: bool },
-    JobEnded { batches_run: u64, batches_failed: u64 },
+    ExecutorAdded {
+        executor: String,
+        reason: String,
+    },
+    ExecutorLost {
+        executor: String,
+        reason: String,
+    },
+    TaskRetry {
+        batch_time: i64,
+        rdd: String,
+        partition: u32,
+        attempt: u32,
+        failure: String,
+    },
+    BlockRecomputed {
+        block: String,
+        digest_matches: bool,
+    },
+    JobEnded {
+        batches_run: u64,
+        batches_failed: u64,
+    },
 }
 
 /// What the job is: set once at start (the first line of each event-log file).

@@ -265,7 +265,10 @@ mod tests {
         let tx = log.sender().unwrap();
         tx.send(Logged { at_ms: 1, event: Event::JobStarted(JobInfo::default()) });
         for t in 0..50 {
-            tx.send(Logged { at_ms: 2, event: Event::BatchSubmitted { time: t, records_in: 1, replayed: false } });
+            tx.send(Logged {
+                at_ms: 2,
+                event: Event::BatchSubmitted { time: t, records_in: 1, records_per_source: vec![1], replayed: false },
+            });
         }
         drop(tx);
         log.finish();

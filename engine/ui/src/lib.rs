@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod dag;
 pub mod event;
 pub mod eventlog;
 pub mod http;

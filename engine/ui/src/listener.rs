@@ -11,8 +11,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
-    BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent, ReceiverError,
-    RecoveryEvent, StreamingListener, TaskRetry,
+    BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
+    ReceiverError, RecoveryEvent, StreamingListener, TaskRetry,
 };
 
 use crate::event::{ms, now_ms, BatchRecord, Event, Logged};
@@ -69,7 +69,18 @@ impl UiListener {
 
 impl StreamingListener for UiListener {
     fn on_batch_submitted(&self, e: &BatchSubmitted) {
-        self.record(Event::BatchSubmitted { time: e.time, records_in: e.records_in, replayed: e.replayed });
+        self.record(Event::BatchSubmitted {
+            time: e.time,
+            records_in: e.records_in,
+            records_per_source: e.records_per_source.clone(),
+            replayed: e.replayed,
+        });
+    }
+    fn wants_lineage(&self) -> bool {
+        true
+    }
+    fn on_batch_lineage(&self, e: &BatchLineage) {
+        self.record(Event::BatchLineage { time: e.time, plans: e.plans.clone() });
     }
     fn on_batch_started(&self, e: &BatchStarted) {
         self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });
@@ -174,7 +185,7 @@ mod cost {
         let n = 200_000;
         let t = std::time::Instant::now();
         for i in 0..n {
-            l.record(Event::BatchSubmitted { time: i, records_in: 5, replayed: false });
+            l.record(Event::BatchSubmitted { time: i, records_in: 5, records_per_source: vec![5], replayed: false });
             l.record(Event::BatchStarted { time: i, scheduling_delay_ms: 0.0 });
             l.record(Event::BatchCompleted(BatchRecord {
                 time: i,

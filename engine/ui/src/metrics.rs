@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::event::Event;
+use crate::event::{Event, SourceInfo};
 
 type Labels = Vec<(String, String)>;
 
@@ -20,6 +20,7 @@ pub struct Metrics {
     batches: Counter,
     batches_failed: Counter,
     records_in: Counter,
+    source_records_in: Family<Labels, Counter>,
     processing: Histogram,
     scheduling_delay: Histogram,
     last_batch_time: Gauge,
@@ -31,6 +32,14 @@ pub struct Metrics {
     executors_added: Counter,
     executors_lost: Counter,
     receiver_errors: Family<Labels, Counter>,
+    /// The job's sources (for the labels of per-source series).
+    source_names: std::sync::Mutex<Vec<SourceInfo>>,
+}
+
+/// A source's series labels: its index and kind.
+fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
+    let kind = sources.iter().find(|s| s.id == id).map_or("unknown", |s| s.kind.as_str());
+    vec![("source".into(), id.to_string()), ("kind".into(), kind.to_string())]
 }
 
 /// Seconds, 1 ms to about 65 s.
@@ -51,6 +60,7 @@ impl Metrics {
             batches: Counter::default(),
             batches_failed: Counter::default(),
             records_in: Counter::default(),
+            source_records_in: Family::default(),
             processing: seconds_buckets(),
             scheduling_delay: seconds_buckets(),
             last_batch_time: Gauge::default(),
@@ -62,11 +72,17 @@ impl Metrics {
             executors_added: Counter::default(),
             executors_lost: Counter::default(),
             receiver_errors: Family::default(),
+            source_names: Default::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
         registry.register("batches_failed", "Batches with a failed output operation", m.batches_failed.clone());
         registry.register("records_in", "Records taken from the sources", m.records_in.clone());
+        registry.register(
+            "source_records_in",
+            "Records taken from each source (label: the source's index and name)",
+            m.source_records_in.clone(),
+        );
         registry.register("batch_processing_seconds", "Batch processing time", m.processing.clone());
         registry.register(
             "batch_scheduling_delay_seconds",
@@ -109,6 +125,19 @@ impl Metrics {
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
+            }
+            Event::JobStarted(j) => {
+                // Every source's series exists from the start (at 0).
+                for s in &j.sources {
+                    drop(self.source_records_in.get_or_create(&source_labels(s.id, &j.sources)));
+                }
+                *self.source_names.lock().unwrap_or_else(|p| p.into_inner()) = j.sources.clone();
+            }
+            Event::BatchSubmitted { records_per_source, .. } => {
+                let names = self.source_names.lock().unwrap_or_else(|p| p.into_inner());
+                for (i, n) in records_per_source.iter().enumerate().take(names.len()) {
+                    self.source_records_in.get_or_create(&source_labels(i as u32, &names)).inc_by(*n);
+                }
             }
             Event::TaskRetry { .. } => {
                 self.task_retries.inc();

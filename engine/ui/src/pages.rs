@@ -446,7 +446,14 @@ fn job_page(st: &UiState, q: &str) -> String {
         j.batch_interval_ms,
         j.parallelism
     );
-    body.push_str("<h3>DStream graph</h3><p class=\"muted\">Each output with the streams it reads, down to the sources.</p><ul id=\"graph\">");
+    body.push_str("<h3>DStream graph</h3>");
+    match crate::dag::layout(j) {
+        Some(l) => body.push_str(&crate::dag::svg(&l)),
+        None => body.push_str("<p class=\"muted\">Too many streams to draw; see the table below.</p>"),
+    }
+    body.push_str(
+        "<p class=\"muted\">Each output with the streams it reads, down to the sources.</p><ul id=\"graph\">",
+    );
     for o in &j.outputs {
         let _ = write!(body, "<li><b>output {}</b> <code>{}</code><ul>", o.index, esc(&o.description));
         stream_tree(j, o.stream, 0, &mut body);
@@ -467,7 +474,17 @@ fn job_page(st: &UiState, q: &str) -> String {
             s.checkpoint_ms.map(|c| format!("every {c} ms")).unwrap_or_default()
         );
     }
-    body.push_str("</table><h3>UDF modules</h3><table><tr><th>Module</th><th>SHA-256</th></tr>");
+    body.push_str("</table>");
+    match &st.lineage {
+        Some((t, plans)) => {
+            let _ = write!(body, "<h3 id=\"lineage\">Lineage of batch {}</h3>", fmt_batch_time(*t));
+            for (o, p) in plans {
+                let _ = write!(body, "<p><code>{}</code></p><pre class=\"plan\">{}</pre>", esc(o), esc(p));
+            }
+        }
+        None => body.push_str("<h3 id=\"lineage\">Lineage</h3><p class=\"muted\">No batch yet.</p>"),
+    }
+    body.push_str("<h3>UDF modules</h3><table><tr><th>Module</th><th>SHA-256</th></tr>");
     for (name, hash) in &j.modules {
         let _ = write!(body, "<tr><td>{}</td><td><code>{}</code></td></tr>", esc(name), esc(hash));
     }
@@ -560,15 +577,17 @@ fn sources_page(st: &UiState, q: &str) -> String {
         rate.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
         st.totals.receiver_errors
     );
-    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Errors</th><th>Last error</th></tr>");
+    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Records in</th><th>Newest batch</th><th>Errors</th><th>Last error</th></tr>");
     for s in sources(st) {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             s.id,
             esc(&s.kind),
             esc(&s.description),
             if s.receiver { "yes" } else { "no" },
+            s.records_in,
+            s.last_batch_records,
             s.errors,
             s.last_error
                 .as_ref()
@@ -592,6 +611,8 @@ struct SourceJson {
     kind: String,
     description: String,
     receiver: bool,
+    records_in: u64,
+    last_batch_records: u64,
     errors: u64,
     last_error: Option<String>,
     last_error_at_ms: Option<u64>,
@@ -609,6 +630,8 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 kind: s.kind.clone(),
                 description: s.description.clone(),
                 receiver: s.receiver,
+                records_in: v.records_in,
+                last_batch_records: v.last_batch_records,
                 errors: v.errors,
                 last_error: v.last_error,
                 last_error_at_ms: v.last_error_at_ms,
@@ -623,6 +646,8 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 kind: "unknown".into(),
                 description: String::new(),
                 receiver: true,
+                records_in: v.records_in,
+                last_batch_records: v.last_batch_records,
                 errors: v.errors,
                 last_error: v.last_error.clone(),
                 last_error_at_ms: v.last_error_at_ms,

@@ -80,6 +80,10 @@ pub struct ExecutorView {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SourceView {
+    /// Records this source gave, over every batch seen.
+    pub records_in: u64,
+    /// Records it gave to the newest batch.
+    pub last_batch_records: u64,
     pub errors: u64,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<u64>,
@@ -138,6 +142,24 @@ pub struct UiState {
     pub sources: BTreeMap<u32, SourceView>,
     pub recovery: VecDeque<Note>,
     pub last_event_ms: Option<u64>,
+    /// The newest batch lineage shown: (batch time, (output, plan) pairs),
+    /// each plan cut to [`MAX_PLAN_BYTES`] (an event log is not trusted).
+    pub lineage: Option<(i64, Vec<(String, String)>)>,
+}
+
+/// The longest plan kept per output, and the most outputs kept.
+pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+const MAX_PLANS: usize = 64;
+
+fn cut_at(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n...", &s[..end])
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, x: T, max: usize) {
@@ -177,7 +199,15 @@ impl UiState {
                 self.job = Some(info.clone());
                 self.started_at_ms.get_or_insert(at);
             }
-            Event::BatchSubmitted { time, records_in, replayed } => {
+            Event::BatchSubmitted { time, records_in, records_per_source, replayed } => {
+                // Only sources the job lists (an event log is a file, and its
+                // indices are not trusted to be few).
+                let known = self.job.as_ref().map_or(0, |j| j.sources.len());
+                for (i, n) in records_per_source.iter().enumerate().take(known) {
+                    let v = self.sources.entry(i as u32).or_default();
+                    v.records_in = v.records_in.saturating_add(*n);
+                    v.last_batch_records = *n;
+                }
                 // Bounded: a batch that never completes is dropped with the oldest.
                 if self.pending.len() >= lim.batches {
                     self.pending.pop_first();
@@ -188,6 +218,11 @@ impl UiState {
                 );
             }
             Event::BatchStarted { time, .. } => self.running = Some(*time),
+            Event::BatchLineage { time, plans } => {
+                let plans =
+                    plans.iter().take(MAX_PLANS).map(|(o, p)| (cut_at(o, 1024), cut_at(p, MAX_PLAN_BYTES))).collect();
+                self.lineage = Some((*time, plans));
+            }
             Event::BatchCompleted(r) => {
                 let p = self.pending.remove(&r.time).unwrap_or_default();
                 if self.running == Some(r.time) {
@@ -351,7 +386,10 @@ mod tests {
         let mut s = UiState::new(Limits { batches: 3, ..Limits::default() });
         for t in 1..=5 {
             let at = t as u64;
-            s.apply(&Logged { at_ms: at, event: Event::BatchSubmitted { time: t, records_in: 2, replayed: false } });
+            s.apply(&Logged {
+                at_ms: at,
+                event: Event::BatchSubmitted { time: t, records_in: 2, records_per_source: vec![2], replayed: false },
+            });
             s.apply(&Logged {
                 at_ms: at,
                 event: Event::TaskRetry {

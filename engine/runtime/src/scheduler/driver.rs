@@ -29,7 +29,7 @@ use super::output_writer::{self, Computed, OutputWriter, Written};
 use crate::checkpoint::{CheckpointDir, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
-use crate::listener::{BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo};
+use crate::listener::{BatchLineage, BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo};
 use crate::rdd::{BlockId, Rdd, RddId, RddOp};
 use crate::sink::Sink;
 use crate::source::Source;
@@ -126,6 +126,8 @@ pub struct Driver {
     pub(super) listeners: ListenerBus,
     report: RunReport,
     explained: bool,
+    /// When the lineage was last shown to a listener that asks for it.
+    lineage_shown: Option<Instant>,
     /// A graceful stop's last batch has been generated.
     drained: bool,
     /// With the logical clock, how long to wait before the next batch after
@@ -142,6 +144,11 @@ pub struct Driver {
     /// RDDs before this time are forgotten (see `forget`).
     pub(super) horizon: i64,
 }
+
+/// How often, and in how many lines per output, listeners that ask for it
+/// are shown the lineage.
+const LINEAGE_EVERY: Duration = Duration::from_secs(1);
+const LINEAGE_LINES: usize = 200;
 
 /// The longest wait between empty batches with the logical clock.
 const MAX_IDLE: Duration = Duration::from_millis(200);
@@ -194,6 +201,7 @@ impl Driver {
             listeners,
             report: RunReport::default(),
             explained: false,
+            lineage_shown: None,
             drained: false,
             idle: Duration::ZERO,
             writer: None,
@@ -227,15 +235,16 @@ impl Driver {
             self.listeners.emit(|l| l.on_batch_started(&BatchStarted { time, scheduling_delay }));
             let started = Instant::now();
             let before = self.dag.metrics.clone();
-            let (input_partitions, records_in) = match self.receive(time, replayed) {
+            let (input_partitions, per_source) = match self.receive(time, replayed) {
                 Ok(r) => r,
                 Err(e) => {
                     self.finish_written();
                     return Err(e);
                 }
             };
+            let records_in = per_source.iter().sum();
             self.note_idle(records_in, replayed);
-            let outs = self.generate(time, records_in, replayed, &input_partitions);
+            let outs = self.generate(time, &per_source, replayed, &input_partitions);
             let computed = self.run_outputs(time, &outs);
             // The previous batch's writes overlapped this batch's jobs.
             self.finish_written();
@@ -370,23 +379,23 @@ impl Driver {
 
     /// Receive: each source's batch becomes the input RDD's blocks (a re-run
     /// batch already has them, read again from its record). Returns the
-    /// partitions of each source's input and the records in.
-    fn receive(&mut self, time: i64, replayed: bool) -> Result<(BTreeMap<u32, u32>, u64), EngineError> {
+    /// partitions of each source's input and the records each source gave.
+    fn receive(&mut self, time: i64, replayed: bool) -> Result<(BTreeMap<u32, u32>, Vec<u64>), EngineError> {
         let mut input_partitions = BTreeMap::new();
-        let mut records_in = 0u64;
+        let mut per_source = Vec::with_capacity(self.sources.len());
         if replayed {
             for (i, rec) in self.progress.inputs.get(&time).into_iter().flatten().enumerate() {
                 input_partitions.insert(i as u32, rec.partitions);
-                records_in += rec.records;
+                per_source.push(rec.records);
             }
-            return Ok((input_partitions, records_in));
+            return Ok((input_partitions, per_source));
         }
         let wall = self.opts.clock == Clock::Wall;
         let mut recs = Vec::new();
         for i in 0..self.sources.len() {
             let (parts, descriptor) = self.sources[i].poll_partitions(time, wall, self.job.graph.parallelism)?;
             let n = parts.iter().map(|p| Records::new(p).map(|r| r.remaining() as u64).unwrap_or(0)).sum();
-            records_in += n;
+            per_source.push(n);
             let partitions = match self.source_nodes.get(&(i as u32)) {
                 Some(&node) => self.store_input(time, node, i as u32, parts).partitions,
                 None => 1,
@@ -396,7 +405,7 @@ impl Driver {
         }
         self.progress.inputs.insert(time, recs);
         self.progress.pending.push(time);
-        Ok((input_partitions, records_in))
+        Ok((input_partitions, per_source))
     }
 
     /// Generate: the batch's RDDs from the graph. Its inputs are recorded in
@@ -404,7 +413,7 @@ impl Driver {
     fn generate(
         &mut self,
         time: i64,
-        records_in: u64,
+        per_source: &[u64],
         replayed: bool,
         input_partitions: &BTreeMap<u32, u32>,
     ) -> Vec<Option<RddId>> {
@@ -423,9 +432,27 @@ impl Driver {
                 }
             }
         }
-        let e = BatchSubmitted { time, records_in, replayed, plans };
+        self.show_lineage(time, &outs);
+        let records_in = per_source.iter().sum();
+        let e = BatchSubmitted { time, records_in, records_per_source: per_source.to_vec(), replayed, plans };
         self.listeners.emit(|l| l.on_batch_submitted(&e));
         outs
+    }
+
+    /// The outputs' lineage, to listeners that ask for it (a status page),
+    /// at most once a second and bounded in size.
+    fn show_lineage(&mut self, time: i64, outs: &[Option<RddId>]) {
+        if !self.listeners.wants_lineage() || self.lineage_shown.is_some_and(|t| t.elapsed() < LINEAGE_EVERY) {
+            return;
+        }
+        self.lineage_shown = Some(Instant::now());
+        let plans: Vec<(String, String)> = (self.job.graph.outputs.iter().zip(outs))
+            .filter_map(|(o, r)| {
+                Some((format!("{:?}", o.spec), self.dag.lineage.explain_bounded((*r)?, LINEAGE_LINES)))
+            })
+            .collect();
+        let e = BatchLineage { time, plans };
+        self.listeners.emit(|l| l.on_batch_lineage(&e));
     }
 
     /// A batch whose outputs all succeeded is completed; one whose output
