@@ -223,10 +223,28 @@ fn kafka_python_lines_are_counted_exactly_and_rate_limited() {
 
     // 20 records per partition per second of batch interval: 60 a batch.
     let rated = job(tmp.path(), "rated", &broker.addr(), "words", "max_rate_per_partition = 20", "counts");
-    let out = weir_run(&rated, &["--batches", "7"]);
+    let events = tmp.path().join("events");
+    let out = weir_run(&rated, &["--batches", "7", "--ui", "127.0.0.1:0", "--event-log", events.to_str().unwrap()]);
     let log = text(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert_eq!(records_in(&log), [60, 60, 60, 60, 60, 0, 0], "{log}");
+    // The status page's view of the topic: after batch k, 60k records taken
+    // of the 300 there (the high watermarks), the rest the lag.
+    let progress: Vec<serde_json::Value> = std::fs::read_dir(&events)
+        .unwrap()
+        .flat_map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().map(String::from).collect::<Vec<_>>())
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap())
+        .filter(|e| e["event"]["type"] == "source_progress")
+        .collect();
+    assert_eq!(progress.len(), 7, "one source_progress event per batch");
+    for (k, e) in progress.iter().enumerate() {
+        let parts = e["event"]["positions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3, "{e}");
+        let sum = |f: &str| parts.iter().map(|p| p[f].as_i64().unwrap()).sum::<i64>();
+        assert_eq!(sum("end"), 300, "{e}");
+        assert_eq!(sum("next"), (60 * (k as i64 + 1)).min(300), "{e}");
+        assert!(parts.iter().all(|p| p["partition"].as_str().unwrap().starts_with("words/")), "{e}");
+    }
     let got = sum_counts(read_outputs(&tmp.path().join("out-rated"), "counts").values().flatten());
     assert_eq!(got, want);
 }

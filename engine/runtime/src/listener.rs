@@ -45,6 +45,25 @@ pub struct BatchLineage {
     pub plans: Vec<(String, String)>,
 }
 
+/// Where a partitioned source stands after cutting a batch (Kafka: per
+/// topic partition, the next offset and the high watermark seen).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SourceProgress {
+    pub source: u32,
+    pub time: i64,
+    pub positions: Vec<SourcePosition>,
+}
+
+/// One partition of a source: `end - next` records are waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    /// `topic/partition` for Kafka.
+    pub partition: String,
+    pub next: i64,
+    pub end: i64,
+}
+
 /// A batch starts running (after waiting for its time with the wall clock).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -223,6 +242,7 @@ pub trait StreamingListener: Send + Sync {
         false
     }
     fn on_batch_lineage(&self, _e: &BatchLineage) {}
+    fn on_source_progress(&self, _e: &SourceProgress) {}
 }
 
 /// The listeners of one job. Cheap to clone (shared).

@@ -48,6 +48,12 @@ pub enum Event {
         time: i64,
         scheduling_delay_ms: f64,
     },
+    /// Where a partitioned source (Kafka) stands after cutting a batch.
+    SourceProgress {
+        source: u32,
+        time: i64,
+        positions: Vec<PartitionPosition>,
+    },
     /// The outputs' lineage of a batch (at most one a second).
     BatchLineage {
         time: i64,
@@ -87,6 +93,14 @@ pub enum Event {
         batches_run: u64,
         batches_failed: u64,
     },
+}
+
+/// One partition of a source: `end - next` records wait (Kafka's lag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    pub partition: String,
+    pub next: i64,
+    pub end: i64,
 }
 
 /// What the job is: set once at start (the first line of each event-log file).

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
     BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ReceiverError, RecoveryEvent, StreamingListener, TaskRetry,
+    ReceiverError, RecoveryEvent, SourceProgress, StreamingListener, TaskRetry,
 };
 
-use crate::event::{ms, now_ms, BatchRecord, Event, Logged};
+use crate::event::{ms, now_ms, BatchRecord, Event, Logged, PartitionPosition};
 use crate::eventlog::EventLogSender;
 use crate::metrics::Metrics;
 use crate::state::{Limits, UiState};
@@ -81,6 +81,14 @@ impl StreamingListener for UiListener {
     }
     fn on_batch_lineage(&self, e: &BatchLineage) {
         self.record(Event::BatchLineage { time: e.time, plans: e.plans.clone() });
+    }
+    fn on_source_progress(&self, e: &SourceProgress) {
+        let positions = e
+            .positions
+            .iter()
+            .map(|p| PartitionPosition { partition: p.partition.clone(), next: p.next, end: p.end })
+            .collect();
+        self.record(Event::SourceProgress { source: e.source, time: e.time, positions });
     }
     fn on_batch_started(&self, e: &BatchStarted) {
         self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });

@@ -21,6 +21,7 @@ pub struct Metrics {
     batches_failed: Counter,
     records_in: Counter,
     source_records_in: Family<Labels, Counter>,
+    source_lag: Family<Labels, Gauge>,
     processing: Histogram,
     scheduling_delay: Histogram,
     last_batch_time: Gauge,
@@ -61,6 +62,7 @@ impl Metrics {
             batches_failed: Counter::default(),
             records_in: Counter::default(),
             source_records_in: Family::default(),
+            source_lag: Family::default(),
             processing: seconds_buckets(),
             scheduling_delay: seconds_buckets(),
             last_batch_time: Gauge::default(),
@@ -82,6 +84,11 @@ impl Metrics {
             "source_records_in",
             "Records taken from each source (label: the source's index and name)",
             m.source_records_in.clone(),
+        );
+        registry.register(
+            "source_lag_records",
+            "Records waiting in each partition of a partitioned source (Kafka) when the newest batch was cut",
+            m.source_lag.clone(),
         );
         registry.register("batch_processing_seconds", "Batch processing time", m.processing.clone());
         registry.register(
@@ -137,6 +144,16 @@ impl Metrics {
                 let names = self.source_names.lock().unwrap_or_else(|p| p.into_inner());
                 for (i, n) in records_per_source.iter().enumerate().take(names.len()) {
                     self.source_records_in.get_or_create(&source_labels(i as u32, &names)).inc_by(*n);
+                }
+            }
+            Event::SourceProgress { source, positions, .. } => {
+                let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
+                if (*source as usize) < known {
+                    for p in positions.iter().take(crate::state::MAX_PARTITIONS) {
+                        let labels =
+                            vec![("source".into(), source.to_string()), ("partition".into(), p.partition.clone())];
+                        self.source_lag.get_or_create(&labels).set((p.end - p.next).max(0));
+                    }
                 }
             }
             Event::TaskRetry { .. } => {

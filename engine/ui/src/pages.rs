@@ -600,6 +600,26 @@ fn sources_page(st: &UiState, q: &str) -> String {
         );
     }
     body.push_str("</table>");
+    for s in sources(st).iter().filter(|s| !s.positions.is_empty()) {
+        let lag: i64 = s.positions.iter().map(|p| (p.end - p.next).max(0)).sum();
+        let _ = write!(
+            body,
+            "<h3>Source {} partitions</h3><p>lag {lag} record(s) when the newest batch was cut</p>\
+<table class=\"positions\"><tr><th>Partition</th><th>Next offset</th><th>High watermark</th><th>Lag</th></tr>",
+            s.id
+        );
+        for p in &s.positions {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.partition),
+                p.next,
+                p.end,
+                (p.end - p.next).max(0)
+            );
+        }
+        body.push_str("</table>");
+    }
     page(st, q, "Sources", &body)
 }
 
@@ -613,6 +633,8 @@ struct SourceJson {
     receiver: bool,
     records_in: u64,
     last_batch_records: u64,
+    /// Kafka: per partition, the next offset and the high watermark.
+    positions: Vec<crate::event::PartitionPosition>,
     errors: u64,
     last_error: Option<String>,
     last_error_at_ms: Option<u64>,
@@ -632,6 +654,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 receiver: s.receiver,
                 records_in: v.records_in,
                 last_batch_records: v.last_batch_records,
+                positions: v.positions,
                 errors: v.errors,
                 last_error: v.last_error,
                 last_error_at_ms: v.last_error_at_ms,
@@ -648,6 +671,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 receiver: true,
                 records_in: v.records_in,
                 last_batch_records: v.last_batch_records,
+                positions: v.positions.clone(),
                 errors: v.errors,
                 last_error: v.last_error.clone(),
                 last_error_at_ms: v.last_error_at_ms,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged};
+use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition};
 
 /// How much the state keeps.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +84,9 @@ pub struct SourceView {
     pub records_in: u64,
     /// Records it gave to the newest batch.
     pub last_batch_records: u64,
+    /// Partitioned sources (Kafka): each partition's position and lag when
+    /// the newest batch was cut (at most [`MAX_PARTITIONS`]).
+    pub positions: Vec<PartitionPosition>,
     pub errors: u64,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<u64>,
@@ -146,6 +149,9 @@ pub struct UiState {
     /// each plan cut to [`MAX_PLAN_BYTES`] (an event log is not trusted).
     pub lineage: Option<(i64, Vec<(String, String)>)>,
 }
+
+/// Partitions kept per source (a topic may have thousands).
+pub const MAX_PARTITIONS: usize = 1024;
 
 /// The longest plan kept per output, and the most outputs kept.
 pub const MAX_PLAN_BYTES: usize = 64 * 1024;
@@ -218,6 +224,16 @@ impl UiState {
                 );
             }
             Event::BatchStarted { time, .. } => self.running = Some(*time),
+            Event::SourceProgress { source, positions, .. } => {
+                let known = self.job.as_ref().map_or(0, |j| j.sources.len());
+                if (*source as usize) < known {
+                    let v = self.sources.entry(*source).or_default();
+                    v.positions = positions.iter().take(MAX_PARTITIONS).cloned().collect();
+                    for p in &mut v.positions {
+                        p.partition = cut_at(&p.partition, 300);
+                    }
+                }
+            }
             Event::BatchLineage { time, plans } => {
                 let plans =
                     plans.iter().take(MAX_PLANS).map(|(o, p)| (cut_at(o, 1024), cut_at(p, MAX_PLAN_BYTES))).collect();
@@ -379,6 +395,51 @@ mod tests {
             blocks_recomputed: 0,
             tasks_resubmitted: 0,
         }
+    }
+
+    fn one_source_job() -> JobInfo {
+        JobInfo {
+            name: "j".into(),
+            weir_version: String::new(),
+            master: String::new(),
+            clock: String::new(),
+            batch_interval_ms: 1000,
+            parallelism: 2,
+            sources: vec![crate::event::SourceInfo {
+                id: 0,
+                kind: "kafka".into(),
+                description: "t".into(),
+                receiver: false,
+            }],
+            streams: vec![],
+            outputs: vec![],
+            modules: Default::default(),
+            limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn per_source_records_and_positions_are_bounded_to_the_jobs_sources() {
+        let mut s = UiState::new(Limits::default());
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(one_source_job()) });
+        for (t, n) in [(1, 5), (2, 7)] {
+            // A hostile event log: counts for sources the job does not have.
+            let event =
+                Event::BatchSubmitted { time: t, records_in: n, records_per_source: vec![n, 99, 99], replayed: false };
+            s.apply(&Logged { at_ms: 1, event });
+        }
+        assert_eq!(s.sources.len(), 1);
+        assert_eq!((s.sources[&0].records_in, s.sources[&0].last_batch_records), (12, 7));
+        let positions: Vec<PartitionPosition> = (0..MAX_PARTITIONS + 10)
+            .map(|i| PartitionPosition { partition: format!("t/{i}"), next: 1, end: 3 })
+            .collect();
+        s.apply(&Logged {
+            at_ms: 2,
+            event: Event::SourceProgress { source: 0, time: 2, positions: positions.clone() },
+        });
+        s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions } });
+        assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
+        assert_eq!(s.sources[&0].positions.len(), MAX_PARTITIONS);
     }
 
     #[test]

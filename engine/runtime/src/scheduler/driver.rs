@@ -29,7 +29,9 @@ use super::output_writer::{self, Computed, OutputWriter, Written};
 use crate::checkpoint::{CheckpointDir, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
-use crate::listener::{BatchLineage, BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo};
+use crate::listener::{
+    BatchLineage, BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo, SourceProgress,
+};
 use crate::rdd::{BlockId, Rdd, RddId, RddOp};
 use crate::sink::Sink;
 use crate::source::Source;
@@ -396,6 +398,11 @@ impl Driver {
             let (parts, descriptor) = self.sources[i].poll_partitions(time, wall, self.job.graph.parallelism)?;
             let n = parts.iter().map(|p| Records::new(p).map(|r| r.remaining() as u64).unwrap_or(0)).sum();
             per_source.push(n);
+            let positions = self.sources[i].positions();
+            if !positions.is_empty() {
+                let e = SourceProgress { source: i as u32, time, positions };
+                self.listeners.emit(|l| l.on_source_progress(&e));
+            }
             let partitions = match self.source_nodes.get(&(i as u32)) {
                 Some(&node) => self.store_input(time, node, i as u32, parts).partitions,
                 None => 1,

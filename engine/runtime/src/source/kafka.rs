@@ -30,6 +30,7 @@ use weir_plan::source::{
 };
 
 use super::{json_to_value, InputDescriptor, Source, SourceCursor, SourceError};
+use crate::listener::SourcePosition;
 
 /// The longest one request to a broker may take before it is retried (a
 /// quarter of the broker timeout when that is shorter, so a hung broker is
@@ -75,6 +76,9 @@ pub(super) struct KafkaSource {
     /// `starting_offsets`, partitions found later (added to a topic) at the
     /// earliest offset so none of their records is missed.
     started: bool,
+    /// Each partition's high watermark when the last batch was cut (for
+    /// the lag shown on the status page).
+    ends: BTreeMap<PartitionKey, i64>,
 }
 
 impl KafkaSource {
@@ -111,6 +115,7 @@ impl KafkaSource {
             partitions: Mutex::new(BTreeMap::new()),
             next: BTreeMap::new(),
             started: false,
+            ends: BTreeMap::new(),
         };
         src.topic_partitions()?;
         Ok(src)
@@ -296,6 +301,7 @@ impl Source for KafkaSource {
                 from = to;
             }
             let until = latest.min(from.saturating_add(limit));
+            self.ends.insert(key.clone(), latest);
             ranges.push(KafkaRange { topic: topic.clone(), partition: *partition, from, until });
         }
         let batch = self.fetch(&ranges)?;
@@ -306,6 +312,17 @@ impl Source for KafkaSource {
         ranges.retain(|r| r.from < r.until);
         tracing::debug!(time, ranges = ranges.len(), "kafka batch");
         Ok((batch, InputDescriptor::KafkaRanges(ranges)))
+    }
+
+    fn positions(&self) -> Vec<SourcePosition> {
+        self.next
+            .iter()
+            .map(|((t, p), n)| SourcePosition {
+                partition: format!("{t}/{p}"),
+                next: *n,
+                end: self.ends.get(&(t.clone(), *p)).copied().unwrap_or(*n),
+            })
+            .collect()
     }
 
     fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {

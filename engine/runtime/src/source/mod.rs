@@ -29,7 +29,7 @@ mod text_split;
 
 use std::path::{Path, PathBuf};
 
-use crate::listener::ListenerBus;
+use crate::listener::{ListenerBus, SourcePosition};
 use directory::DirectorySource;
 use generator::GeneratorSource;
 use queue::QueueSource;
@@ -104,6 +104,13 @@ pub trait Source: Send {
     }
     /// Where to resume after the last batch polled.
     fn cursor(&self) -> SourceCursor;
+    /// For status pages: each partition's next position and the end of
+    /// what was there when the last batch was cut (Kafka offsets and high
+    /// watermarks; the lag is the difference). Empty for sources without
+    /// such positions.
+    fn positions(&self) -> Vec<SourcePosition> {
+        Vec::new()
+    }
     /// Resumes at a cursor taken by `cursor` (driver recovery).
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError>;
     /// True when the source is finite and has nothing more to give.
