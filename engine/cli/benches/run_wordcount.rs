@@ -144,6 +144,8 @@ struct Case {
     interval: &'static str,
     stateful: bool,
     output: &'static str,
+    /// The status page and metrics on (`--ui 127.0.0.1:0`), as by default.
+    ui: bool,
 }
 
 /// A `weir run` result.
@@ -177,7 +179,8 @@ fn run_weir(weir: &Path, module: &Path, dir: &Path, case: &Case, batches: usize,
     );
     std::fs::write(tmp.join("job.toml"), job).unwrap();
     let mut cmd = Command::new(weir);
-    cmd.arg("run").arg(tmp.join("job.toml")).args(["--master", "local[2]", "--clock", "logical", "--ui", "off"]);
+    cmd.arg("run").arg(tmp.join("job.toml")).args(["--master", "local[2]", "--clock", "logical"]);
+    cmd.args(["--ui", if case.ui { "127.0.0.1:0" } else { "off" }]);
     cmd.args(["--progress", "json", "--batches", &batches.to_string()]);
     if case.stateful {
         cmd.arg("--checkpoint").arg(tmp.join("ckpt"));
@@ -295,15 +298,31 @@ fn main() {
     ];
     let dirs = [base.join("files-100000"), base.join("files-10000")];
     let cases = [
-        Case { name: "save_as_text_files, 1 s", files: 0, interval: "1s", stateful: false, output: "text" },
-        Case { name: "save_as_text_files, 100 ms", files: 1, interval: "100ms", stateful: false, output: "text" },
-        Case { name: "print, 1 s", files: 0, interval: "1s", stateful: false, output: "print" },
+        Case { name: "save_as_text_files, 1 s", files: 0, interval: "1s", stateful: false, output: "text", ui: false },
+        Case {
+            name: "save_as_text_files, 100 ms",
+            files: 1,
+            interval: "100ms",
+            stateful: false,
+            output: "text",
+            ui: false,
+        },
+        Case { name: "print, 1 s", files: 0, interval: "1s", stateful: false, output: "print", ui: false },
         Case {
             name: "update_state_by_key + checkpoint, 1 s",
             files: 0,
             interval: "1s",
             stateful: true,
             output: "text",
+            ui: false,
+        },
+        Case {
+            name: "save_as_text_files, 1 s, status page on",
+            files: 0,
+            interval: "1s",
+            stateful: false,
+            output: "text",
+            ui: true,
         },
     ];
     let cases: Vec<&Case> =
@@ -377,6 +396,22 @@ fn main() {
             c / native1 * 100.0,
             median(&mut busy),
             median(&mut rss)
+        );
+    }
+    // The status page's cost: per repetition, the run with it on against the
+    // same case with it off, run back to back.
+    let off = cases.iter().position(|c| c.name == "save_as_text_files, 1 s");
+    let on = cases.iter().position(|c| c.ui);
+    if let (Some(off), Some(on)) = (off, on) {
+        let mut ratios: Vec<f64> = rows[on]
+            .iter()
+            .zip(&rows[off])
+            .map(|((a, _), (b, _))| b.usage.wall.as_secs_f64() / a.usage.wall.as_secs_f64())
+            .collect();
+        println!(
+            "\nstatus page on vs --ui off (save_as_text_files, 1 s): {:.1}% of the throughput (median of {} back-to-back pairs)",
+            median(&mut ratios) * 100.0,
+            ratios.len()
         );
     }
     if let (Some(a), Some(b)) = (steal0, cpu_steal()) {
