@@ -369,16 +369,23 @@ pub fn wal_dir(root: &Path) -> PathBuf {
     root.join("wal")
 }
 
-/// Metadata checkpoints in `store`, by sequence number: (seq, name).
+/// Metadata checkpoints in `store`, by sequence number: (seq, name); none
+/// when they cannot be listed (for garbage collection and inspection, where
+/// that deletes or claims nothing; starting a run uses
+/// [`try_metadata_files`]).
 fn metadata_files(store: &dyn CheckpointStore) -> Vec<(u64, String)> {
+    try_metadata_files(store).unwrap_or_default()
+}
+
+/// Metadata checkpoints in `store`, or why they cannot be listed.
+fn try_metadata_files(store: &dyn CheckpointStore) -> std::io::Result<Vec<(u64, String)>> {
     let mut v: Vec<(u64, String)> = store
-        .list("metadata")
-        .unwrap_or_default()
+        .list("metadata")?
         .into_iter()
         .filter_map(|n| Some((n.strip_prefix("checkpoint-")?.parse().ok()?, format!("metadata/{n}"))))
         .collect();
     v.sort();
-    v
+    Ok(v)
 }
 
 /// Decodes a bincode payload (standard config) with a limit sized from its
@@ -436,9 +443,14 @@ pub fn load_newest(root: &Path) -> Recovered {
 /// Reads the newest valid metadata checkpoint in `store` whose data
 /// checkpoints are valid too, falling back to older ones.
 pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
+    load_newest_of(store, metadata_files(store))
+}
+
+/// `load_newest_in` over a listing already made.
+fn load_newest_of(store: &dyn CheckpointStore, files: Vec<(u64, String)>) -> Recovered {
     let mut invalid = Vec::new();
     let mut state_lost = false;
-    for (_, name) in metadata_files(store).into_iter().rev() {
+    for (_, name) in files.into_iter().rev() {
         let checked = decode_metadata(store, &name).and_then(|m| {
             check_state_files(store, &name, &m).inspect_err(|_| state_lost = true)?;
             Ok(m)
@@ -535,7 +547,17 @@ impl CheckpointDir {
         lease: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
         keep: usize,
     ) -> Result<(Self, Recovered), CheckpointError> {
-        let recovered = load_newest_in(&*store);
+        // A location whose listing fails is not an empty one: starting over
+        // would ignore its checkpoints (and write over their numbers).
+        let files = try_metadata_files(&*store).map_err(|e| CheckpointError::Io {
+            dir: root.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("cannot list its metadata checkpoints ({e}); not starting, as that would ignore them"),
+            ),
+        })?;
+        let next_seq = files.last().map(|(s, _)| s + 1).unwrap_or(0);
+        let recovered = load_newest_of(&*store, files);
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
         let durable: DurableState = recovered
             .metadata
@@ -544,7 +566,6 @@ impl CheckpointDir {
             .map(|(node, r)| (*node, BTreeMap::from([(r.time, r.clone())])))
             .collect();
         let durable_state = Arc::new(Mutex::new(durable));
-        let next_seq = metadata_files(&*store).last().map(|(s, _)| s + 1).unwrap_or(0);
         let (tx, rx) = channel::<WriteJob>();
         let listeners: Arc<OnceLock<ListenerBus>> = Arc::default();
         let mut writer = Writer {
