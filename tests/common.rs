@@ -195,3 +195,57 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
     }
     ports
 }
+
+/// How a bounded run of a child ended: its exit status (None when it was
+/// killed at the deadline), its peak resident memory in kB (`ru_maxrss` from
+/// `wait4`, over its whole life) and its stderr.
+pub struct Bounded {
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub peak_kb: u64,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Runs `cmd` (stdout discarded, stderr collected) for at most `limit`,
+/// killing it at the deadline; reaps it with `wait4` for its peak RSS.
+#[allow(clippy::zombie_processes)]
+pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Bounded {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("cannot start weir");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut timed_out = false;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: our own child; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(r >= 0, "wait4 failed");
+        if r == pid {
+            break;
+        }
+        if started.elapsed() >= limit && !timed_out {
+            timed_out = true;
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let code = if libc::WIFEXITED(status) { Some(libc::WEXITSTATUS(status)) } else { None };
+    Bounded {
+        code,
+        timed_out,
+        peak_kb: usage.ru_maxrss as u64,
+        stderr: reader.join().unwrap(),
+        elapsed: started.elapsed(),
+    }
+}
