@@ -195,3 +195,67 @@ pub fn listening_ports(pid: u32) -> Vec<u16> {
     }
     ports
 }
+
+/// How a bounded run of a child ended: its exit status (None when it was
+/// killed at the deadline or died of a signal), its peak resident memory in
+/// kB and its stderr.
+pub struct Bounded {
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    pub peak_kb: u64,
+    pub stderr: String,
+    pub elapsed: std::time::Duration,
+}
+
+/// Runs `cmd` (stdout discarded, stderr collected) for at most `limit`,
+/// killing it at the deadline. The peak RSS is the child's `VmHWM` (its own
+/// address space's high-water mark), read every 5 ms until it exits: not
+/// `wait4`'s `ru_maxrss`, which a child spawned with `vfork` inherits from
+/// this (multi-test, possibly big) process at `exec`.
+#[allow(clippy::zombie_processes)]
+pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Bounded {
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("cannot start weir");
+    let pid = child.id() as libc::pid_t;
+    let mut stderr = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut timed_out = false;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut peak_kb = 0u64;
+    loop {
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        });
+        peak_kb = peak_kb.max(hwm.unwrap_or(0));
+        // SAFETY: our own child; status and usage are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        assert!(r >= 0, "wait4 failed");
+        if r == pid {
+            break;
+        }
+        if started.elapsed() >= limit && !timed_out {
+            timed_out = true;
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let code = if libc::WIFEXITED(status) { Some(libc::WEXITSTATUS(status)) } else { None };
+    Bounded {
+        code,
+        timed_out,
+        peak_kb: usage.ru_maxrss as u64,
+        stderr: reader.join().unwrap(),
+        elapsed: started.elapsed(),
+    }
+}

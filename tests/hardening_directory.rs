@@ -96,6 +96,31 @@ fn a_file_deleted_between_listing_and_read_is_skipped_with_a_warning() {
 }
 
 #[test]
+fn a_file_swapped_for_a_fifo_or_dev_zero_before_the_read_neither_blocks_nor_is_read() {
+    for to in ["fifo", "/dev/zero"] {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("in")).unwrap();
+        std::fs::write(tmp.path().join("in/a.txt"), "one\ntwo\n").unwrap();
+        std::fs::write(tmp.path().join("in/swap.txt"), "three\n").unwrap();
+        let job = count_job(tmp.path(), "");
+        let r = run_bounded(
+            weir()
+                .args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "3"])
+                .env("WEIR_FAILPOINT_DIRECTORY_SWAP_BEFORE_READ", "swap.txt")
+                .env("WEIR_FAILPOINT_DIRECTORY_SWAP_TO", to),
+            Duration::from_secs(30),
+        );
+        let err = &r.stderr;
+        assert!(!r.timed_out, "{to}: the driver hung (killed after 30 s):\n{err}");
+        assert_eq!(r.code, Some(0), "{to}:\n{err}");
+        assert!(r.peak_kb < 200 << 10, "{to}: peak RSS {} kB:\n{err}", r.peak_kb);
+        assert_eq!(records_in(err), vec![2, 0, 0], "{to}:\n{err}");
+        let warned = warnings_naming(err, "swap.txt");
+        assert!(!warned.is_empty() && warned[0].contains("not a regular file"), "{to}:\n{err}");
+    }
+}
+
+#[test]
 fn a_missing_directory_is_waited_for_with_one_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let job = count_job(tmp.path(), "");

@@ -167,6 +167,45 @@ fn a_batch_whose_output_failed_stays_pending_and_is_rerun_after_a_restart() {
 }
 
 #[test]
+fn an_output_failing_for_ever_stops_the_run_past_the_pending_limit_and_a_restart_reruns_them() {
+    let want = clean_outputs();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job());
+    let ckpt = tmp.path().join("ckpt");
+    // `out` is a file: every output write fails (ENOTDIR), for ever.
+    std::fs::write(tmp.path().join("out"), "not a directory").unwrap();
+    let r = run_bounded(
+        weir().arg("run").arg(&job).arg("--checkpoint").arg(&ckpt).args(["--max-pending-batches", "5"]),
+        Duration::from_secs(60),
+    );
+    let err = &r.stderr;
+    assert!(!r.timed_out, "{err}");
+    assert_eq!(r.code, Some(1), "an error exit, not success or a crash:\n{err}");
+    // Stopped at the 6th pending batch (the 7th, computed while the 6th was
+    // written, may have run too), not at the end of the input (12).
+    let times = ran(err);
+    assert!(times.len() <= 7 && times[..6] == [1000, 2000, 3000, 4000, 5000, 6000], "{err}");
+    let last = err.lines().rev().find(|l| l.contains("error")).unwrap_or_default();
+    assert!(
+        last.contains("6 batches are pending")
+            && last.contains("1000 ms to 6000 ms")
+            && last.contains("--max-pending-batches")
+            && last.contains(&format!("writing {}", tmp.path().join("out").display())),
+        "{err}"
+    );
+    let s = text(&run(weir().args(["checkpoint", "inspect"]).arg(&ckpt)).stdout);
+    let pending = s.lines().find(|l| l.starts_with("pending batches:")).unwrap_or_default().to_string();
+    assert!(pending.contains("1000 ms") && pending.contains("6000 ms"), "{s}");
+
+    // The output works again: a restart re-runs the pending batches, then
+    // the rest, and writes what a clean run writes.
+    std::fs::remove_file(tmp.path().join("out")).unwrap();
+    let err = ok(&run_job(&job, &ckpt, &[]), "the run after the output was fixed");
+    assert_eq!(ran(&err), (1..=12).map(|k| k * 1000).collect::<Vec<_>>(), "{err}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &want, "outputs after a failing output vs a clean run");
+}
+
+#[test]
 fn a_corrupt_newest_state_checkpoint_falls_back_to_an_older_consistent_one() {
     let want = clean_outputs();
     let tmp = tempfile::tempdir().unwrap();

@@ -276,6 +276,44 @@ fn a_long_line_is_truncated_at_a_character_and_memory_stays_bounded() {
 }
 
 #[test]
+fn a_64_mib_burst_without_newlines_then_lines_keeps_memory_bounded_by_either_policy() {
+    for (fields, kept) in [("", Some(1usize << 20)), ("on_long_line = \"skip\"", None)] {
+        let c = Case::new(fields);
+        let deadline = Instant::now() + TIMEOUT;
+        let mut d = c.driver();
+        let mut conn = c.accept();
+        send(&mut conn, b"first\n");
+        wait_records(&mut d, 1, deadline);
+        let before = peak_rss(d.pid());
+        // One write: 64 MiB with no newline, its end and 1000 lines after it
+        // in the same buffer (they arrive in the reads that end the long line).
+        let mut burst = vec![b'z'; 64 << 20];
+        burst.push(b'\n');
+        let lines: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
+        for l in &lines {
+            burst.extend_from_slice(l.as_bytes());
+            burst.push(b'\n');
+        }
+        send(&mut conn, &burst);
+        drop(burst);
+        let n = 1 + lines.len() as u64 + u64::from(kept.is_some());
+        wait_records(&mut d, n - 1, deadline);
+        let grew = peak_rss(d.pid()).saturating_sub(before);
+        d.kill();
+        let saved = c.saved();
+        let mut want = vec!["first".to_string()];
+        if let Some(k) = kept {
+            want.push("z".repeat(k));
+        }
+        want.extend(lines.iter().cloned());
+        assert_eq!(saved.len(), want.len(), "{fields:?}: {}", d.log());
+        assert!(saved == want, "{fields:?}: the lines differ");
+        eprintln!("{fields:?}: peak RSS grew by {} KiB for a 64 MiB burst", grew >> 10);
+        assert!(grew < 24 << 20, "{fields:?}: the driver's peak memory grew by {grew} bytes for a 64 MiB burst");
+    }
+}
+
+#[test]
 fn a_long_line_is_skipped_by_policy() {
     let mut bytes = b"short\n".to_vec();
     bytes.extend(std::iter::repeat_n(b'y', 100_000));

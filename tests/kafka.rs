@@ -454,3 +454,198 @@ fn the_kafka_output_produces_every_record_with_identifying_headers() {
     got.sort();
     assert_eq!(got, want);
 }
+
+// ------------------------------------------------------- a hostile broker
+//
+// A broker held by the test on 127.0.0.1 that speaks just enough of the
+// Kafka protocol (ApiVersions v0, Metadata v1, ListOffsets v1, Fetch v4,
+// what rskafka negotiates when offered only these) to lead the source to one
+// request, and then answers it with hostile bytes.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hostile {
+    /// The first response frame claims 1.5 GiB, followed by zeros for ever.
+    HugeFrame,
+    /// The metadata response's broker array claims 2^31-1 entries.
+    HugeMetadataArray,
+    /// A fetch response whose record batch claims a length of ~2 GiB.
+    HugeBatch,
+    /// A fetch response whose records field claims ~2 GiB.
+    HugeRecords,
+    /// Accepts, reads, never answers.
+    Silent,
+}
+
+const TOPIC: &str = "t";
+
+fn put_i16(b: &mut Vec<u8>, v: i16) {
+    b.extend_from_slice(&v.to_be_bytes());
+}
+fn put_i32(b: &mut Vec<u8>, v: i32) {
+    b.extend_from_slice(&v.to_be_bytes());
+}
+fn put_i64(b: &mut Vec<u8>, v: i64) {
+    b.extend_from_slice(&v.to_be_bytes());
+}
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_i16(b, s.len() as i16);
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// Reads one request frame: (api key, api version, correlation id, body
+/// after the v1 header). None once the client has gone.
+fn read_request(s: &mut TcpStream) -> Option<(i16, i16, i32, Vec<u8>)> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let len = i32::from_be_bytes(len);
+    assert!((8..1 << 20).contains(&len), "the client sent a frame of {len} bytes");
+    let mut f = vec![0u8; len as usize];
+    s.read_exact(&mut f).ok()?;
+    let key = i16::from_be_bytes([f[0], f[1]]);
+    let version = i16::from_be_bytes([f[2], f[3]]);
+    let corr = i32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+    let id_len = i16::from_be_bytes([f[8], f[9]]).max(0) as usize;
+    Some((key, version, corr, f[10 + id_len..].to_vec()))
+}
+
+fn respond(s: &mut TcpStream, corr: i32, body: &[u8]) -> std::io::Result<()> {
+    let mut f = Vec::new();
+    put_i32(&mut f, 4 + body.len() as i32);
+    put_i32(&mut f, corr);
+    f.extend_from_slice(body);
+    s.write_all(&f)
+}
+
+/// Serves one connection as a `mode` broker at `port`.
+fn serve_hostile(mut s: TcpStream, port: u16, mode: Hostile) {
+    while let Some((key, version, corr, body)) = read_request(&mut s) {
+        let mut b = Vec::new();
+        match (mode, key) {
+            (Hostile::Silent, _) => continue,
+            (Hostile::HugeFrame, _) => {
+                // 1.5 GiB claimed, then zeros until the client hangs up.
+                let _ = s.write_all(&0x6000_0000i32.to_be_bytes());
+                let zeros = vec![0u8; 1 << 16];
+                while s.write_all(&zeros).is_ok() {}
+                return;
+            }
+            // ApiVersions: anything but v0 gets a body no version reads, so
+            // the client falls back to v0.
+            (_, 18) if version != 0 => {}
+            (_, 18) => {
+                put_i16(&mut b, 0);
+                let apis: [(i16, i16); 4] = [(3, 1), (2, 1), (1, 4), (18, 0)];
+                put_i32(&mut b, apis.len() as i32);
+                for (k, v) in apis {
+                    put_i16(&mut b, k);
+                    put_i16(&mut b, v);
+                    put_i16(&mut b, v);
+                }
+            }
+            (Hostile::HugeMetadataArray, 3) => put_i32(&mut b, i32::MAX),
+            (_, 3) => {
+                // Metadata v1: this broker leads the topic's one partition.
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0);
+                put_str(&mut b, "127.0.0.1");
+                put_i32(&mut b, port as i32);
+                put_i16(&mut b, -1); // rack
+                put_i32(&mut b, 0); // controller
+                put_i32(&mut b, 1);
+                put_i16(&mut b, 0);
+                put_str(&mut b, TOPIC);
+                b.push(0); // not internal
+                put_i32(&mut b, 1);
+                put_i16(&mut b, 0);
+                put_i32(&mut b, 0); // partition
+                put_i32(&mut b, 0); // leader
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0); // replicas
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0); // isr
+            }
+            (_, 2) => {
+                // ListOffsets v1: earliest (-2) is 0, latest 10.
+                let name_len = i16::from_be_bytes([body[8], body[9]]) as usize;
+                let at = 10 + name_len + 8;
+                let ts = i64::from_be_bytes(body[at..at + 8].try_into().unwrap());
+                put_i32(&mut b, 1);
+                put_str(&mut b, TOPIC);
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0);
+                put_i16(&mut b, 0);
+                put_i64(&mut b, -1);
+                put_i64(&mut b, if ts == -2 { 0 } else { 10 });
+            }
+            (_, 1) => {
+                // Fetch v4 of offset 0: one partition, high watermark 10.
+                put_i32(&mut b, 0); // throttle
+                put_i32(&mut b, 1);
+                put_str(&mut b, TOPIC);
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0);
+                put_i16(&mut b, 0);
+                put_i64(&mut b, 10);
+                put_i64(&mut b, 10);
+                put_i32(&mut b, -1); // no aborted transactions
+                let mut batch = Vec::new();
+                put_i64(&mut batch, 0); // base offset
+                put_i32(&mut batch, 0x7fff_fff0); // batch length: ~2 GiB
+                put_i32(&mut batch, 0); // leader epoch
+                batch.push(2); // magic
+                put_i32(&mut batch, 0); // crc
+                batch.extend_from_slice(&[0u8; 64]);
+                if mode == Hostile::HugeRecords {
+                    put_i32(&mut b, 0x7fff_fff0);
+                } else {
+                    put_i32(&mut b, batch.len() as i32);
+                }
+                b.extend_from_slice(&batch);
+            }
+            (_, k) => panic!("the hostile broker was sent an unexpected request (api key {k})"),
+        }
+        if respond(&mut s, corr, &b).is_err() {
+            return;
+        }
+    }
+}
+
+/// A `mode` broker on a free port; serves connections until the test ends.
+fn hostile_broker(mode: Hostile) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            std::thread::spawn(move || serve_hostile(s, port, mode));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_hostile_broker_costs_bounded_memory_and_ends_in_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in
+        [Hostile::HugeFrame, Hostile::HugeMetadataArray, Hostile::HugeBatch, Hostile::HugeRecords, Hostile::Silent]
+    {
+        let port = hostile_broker(mode);
+        let addr = format!("127.0.0.1:{port}");
+        let name = format!("{mode:?}");
+        let job = job(tmp.path(), &name, &addr, TOPIC, "broker_timeout_ms = 3000", "counts");
+        let r = run_bounded(weir().args(["run", job.to_str().unwrap(), "--batches", "2"]), Duration::from_secs(60));
+        let log = &r.stderr;
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        eprintln!("{mode:?}: exit {:?} in {:?}, peak RSS {} kB: {last}", r.code, r.elapsed, r.peak_kb);
+        assert!(!r.timed_out, "{mode:?}: weir did not end within 60 s:\n{log}");
+        assert!(
+            r.code.is_some_and(|c| c != 0),
+            "{mode:?}: a failure exit, not a crash or success: {:?}\n{log}",
+            r.code
+        );
+        assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{mode:?}:\n{log}");
+        assert!(last.contains(&addr), "{mode:?}: the error names the broker: {last}\n{log}");
+        assert!(r.peak_kb < 100 << 10, "{mode:?}: peak RSS {} kB\n{log}", r.peak_kb);
+    }
+}

@@ -330,3 +330,140 @@ fn save_as_text_files_to_s3_equals_a_local_run() {
     assert!(!refused.status.success(), "{err}");
     assert!(err.contains("write-ahead log") && err.contains("local checkpoint directory"), "{err}");
 }
+
+// ------------------------------------------------- a hostile "S3" server
+//
+// An HTTP/1.1 server held by the test on 127.0.0.1 that plays an S3 bucket
+// just well enough (lease GET/PUT, ListObjectsV2, object GET/PUT/DELETE) to
+// lead `weir run --checkpoint s3://...` to one hostile answer.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum HostileS3 {
+    /// The lease object declares 2^40 bytes, then zeros for ever.
+    HugeLease,
+    /// The metadata checkpoint declares 2^40 bytes, then zeros for ever.
+    HugeMetadata,
+    /// The metadata checkpoint declares 1 GiB (less than any state object
+    /// may hold) and streams zeros for ever: only a bound below the
+    /// declared length keeps memory small.
+    GiBMetadata,
+}
+
+/// Serves one connection (keep-alive) as a `mode` bucket.
+fn serve_s3(mut s: TcpStream, mode: HostileS3) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line);
+        }
+        let (method, target) = {
+            let mut f = head[0].split_whitespace();
+            (f.next().unwrap_or("").to_string(), f.next().unwrap_or("").to_string())
+        };
+        let len: u64 = head
+            .iter()
+            .find_map(|h| h.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        std::io::copy(&mut (&mut r).take(len), &mut std::io::sink()).unwrap();
+        let path = target.split('?').next().unwrap_or("").to_string();
+        let endless = |s: &mut TcpStream, declared: u64| {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\nETag: \"h\"\r\nLast-Modified: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\n");
+            let zeros = vec![0u8; 1 << 16];
+            while s.write_all(&zeros).is_ok() {}
+        };
+        let reply = |s: &mut TcpStream, status: &str, body: &str| {
+            write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"e1\"\r\n\r\n{body}", body.len())
+        };
+        let ok = match (method.as_str(), path.as_str()) {
+            // The lease is taken by a conditional PUT: refused, so the
+            // driver reads the holder's lease.
+            ("PUT", "/bucket/p/lock") if mode == HostileS3::HugeLease => reply(&mut s, "412 Precondition Failed", ""),
+            ("GET", "/bucket/p/lock") if mode == HostileS3::HugeLease => return endless(&mut s, 1 << 40),
+            ("GET", "/bucket/p/metadata/checkpoint-1000") => {
+                return endless(&mut s, if mode == HostileS3::HugeMetadata { 1 << 40 } else { 1 << 30 })
+            }
+            ("GET", "/bucket") if target.contains("list-type=2") => {
+                let listing = if target.contains("prefix=p%2Fmetadata%2F") {
+                    "<Contents><Key>p/metadata/checkpoint-1000</Key><LastModified>2026-11-30T00:00:00.000Z\
+                     </LastModified><ETag>\"m\"</ETag><Size>100</Size></Contents>"
+                } else {
+                    ""
+                };
+                reply(
+                    &mut s,
+                    "200 OK",
+                    &format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>bucket</Name>\
+                         <IsTruncated>false</IsTruncated>{listing}</ListBucketResult>"
+                    ),
+                )
+            }
+            ("GET", _) => reply(
+                &mut s,
+                "404 Not Found",
+                "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>no</Message></Error>",
+            ),
+            ("PUT", _) => reply(&mut s, "200 OK", ""),
+            ("DELETE", _) => reply(&mut s, "204 No Content", ""),
+            _ => reply(&mut s, "400 Bad Request", ""),
+        };
+        if ok.is_err() {
+            return;
+        }
+    }
+}
+
+fn hostile_s3(mode: HostileS3) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            std::thread::spawn(move || serve_s3(s, mode));
+        }
+    });
+    port
+}
+
+#[test]
+fn a_hostile_s3_server_is_refused_within_bounded_memory_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("in.jsonl"), "[\"a b\"]\n").unwrap();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "batch_interval = \"1s\"\nclock = \"logical\"\n[sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
+         [streams]\nn = \"lines.count()\"\n[[outputs]]\nstream = \"n\"\ntype = \"print\"\n",
+    )
+    .unwrap();
+    for (mode, object, says) in [
+        (HostileS3::HugeLease, "lock", "1099511627776 bytes, more than the 65536 allowed"),
+        (HostileS3::HugeMetadata, "metadata/checkpoint-1000", "1099511627776 bytes, more than the 67108864 allowed"),
+        (HostileS3::GiBMetadata, "metadata/checkpoint-1000", "1073741824 bytes, more than the 67108864 allowed"),
+    ] {
+        let port = hostile_s3(mode);
+        let mut c = weir();
+        c.args(["run", job.to_str().unwrap(), "--checkpoint", "s3://bucket/p", "--batches", "1"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+        let r = run_bounded(&mut c, Duration::from_secs(90));
+        let err = &r.stderr;
+        eprintln!("{mode:?}: exit {:?} in {:?}, peak RSS {} kB", r.code, r.elapsed, r.peak_kb);
+        assert!(!r.timed_out, "{mode:?}: no end within 90 s:\n{err}");
+        assert!(r.code.is_some() && !err.contains("panicked"), "{mode:?}: crashed:\n{err}");
+        assert!(r.peak_kb < 200 << 10, "{mode:?}: peak RSS {} kB:\n{err}", r.peak_kb);
+        let named = err.lines().find(|l| l.contains(&format!("s3://bucket/p/{object}")) && l.contains(says));
+        assert!(named.is_some(), "{mode:?}: no message naming {object} and saying {says:?}:\n{err}");
+    }
+}

@@ -170,6 +170,11 @@ pub struct RunArgs {
     /// stateless streams, comments) need no flag.
     #[arg(long, requires = "checkpoint")]
     pub accept_job_change: bool,
+    /// Stop the run when more batches than this are pending because their
+    /// outputs failed (each keeps its input and lineage in memory until it
+    /// completes; a restart with the same --checkpoint re-runs them).
+    #[arg(long, default_value_t = weir::scheduler::DEFAULT_MAX_PENDING_BATCHES)]
+    pub max_pending_batches: usize,
     /// Metadata checkpoints to keep (at least 1).
     #[arg(long, default_value_t = 10, requires = "checkpoint", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_checkpoints: u64,
@@ -497,6 +502,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     // Executors are this very program, whatever it is called.
     cluster.executor_binary = std::env::current_exe().ok();
     opts.cluster = cluster;
+    opts.max_pending_batches = args.max_pending_batches;
     opts.checkpoint = args.checkpoint.as_ref().map(|dir| {
         let mut c = CheckpointOptions::new(dir.clone());
         c.keep = usize::try_from(args.keep_checkpoints).unwrap_or(usize::MAX);

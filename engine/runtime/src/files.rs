@@ -5,6 +5,7 @@
 //! before reading and enforced while reading (the file may grow meanwhile).
 
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Why a file was not read.
@@ -54,7 +55,9 @@ pub fn check_regular(path: &Path, limit: u64) -> Result<u64, ReadError> {
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     // Checked before opening: opening a FIFO blocks.
     let size = check_regular(path, limit)?;
-    let file = std::fs::File::open(path)?;
+    // Non-blocking, so that a name swapped for a FIFO after the check does
+    // not block the open; a regular file reads the same either way.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     // And again on what was opened (the path may have been replaced).
     let meta = file.metadata()?;
     if !meta.is_file() {

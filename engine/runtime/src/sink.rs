@@ -52,6 +52,13 @@ pub enum SinkError {
     /// An embedder's sink failed.
     #[error("{0}")]
     Custom(String),
+    /// Outputs kept failing: more batches are pending than the run keeps.
+    #[error(
+        "{count} batches are pending because their outputs failed ({oldest} ms to {newest} ms; the last error: \
+         {last}); the run stops past {limit} (--max-pending-batches) rather than keep their inputs and lineage \
+         without bound: fix the output and restart (with the same --checkpoint the pending batches are re-run)"
+    )]
+    TooManyPending { count: usize, limit: usize, oldest: i64, newest: i64, last: String },
 }
 
 impl SinkError {

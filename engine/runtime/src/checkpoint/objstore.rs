@@ -33,6 +33,11 @@ use super::store::CheckpointStore;
 /// The most a checkpoint object may hold: a bigger (corrupt or hostile)
 /// object is refused before it is read.
 pub const MAX_OBJECT_BYTES: u64 = 4 << 30;
+/// The most a metadata checkpoint object may hold. Metadata is small (a
+/// few KiB; pending batches are capped), so a server declaring more, or
+/// streaming an endless body under a huge declared length, is refused long
+/// before it costs memory.
+pub const MAX_METADATA_OBJECT_BYTES: u64 = 64 << 20;
 /// The most the lease object may hold.
 const MAX_LEASE_BYTES: u64 = 64 << 10;
 /// What a read reserves before the body arrives (the rest grows with it).
@@ -219,7 +224,8 @@ impl CheckpointStore for ObjectStoreCheckpoint {
         self.put_mode(name, bytes, PutMode::Overwrite).map(|_| ())
     }
     fn get(&self, name: &str) -> std::io::Result<Vec<u8>> {
-        self.get_bounded(name, MAX_OBJECT_BYTES).map(|(b, _)| b)
+        let limit = if name.starts_with("metadata/") { MAX_METADATA_OBJECT_BYTES } else { MAX_OBJECT_BYTES };
+        self.get_bounded(name, limit).map(|(b, _)| b)
     }
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
         let key = self.key(dir);

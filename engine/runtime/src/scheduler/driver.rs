@@ -145,6 +145,8 @@ pub struct Driver {
     pub(super) latest: Option<i64>,
     /// RDDs before this time are forgotten (see `forget`).
     pub(super) horizon: i64,
+    /// The newest output error (named when too many batches are pending).
+    last_output_error: Option<String>,
 }
 
 /// How often, and in how many lines per output, listeners that ask for it
@@ -211,6 +213,7 @@ impl Driver {
             slices: Default::default(),
             latest: None,
             horizon: i64::MIN,
+            last_output_error: None,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -253,6 +256,13 @@ impl Driver {
             let after = self.dag.metrics.clone();
             let batch = InFlight { time, records_in, started, scheduling_delay, before, after, outs };
             self.write_outputs(batch, computed);
+            if let Err(e) = self.check_pending() {
+                self.finish_written();
+                if let Some(c) = &self.ckpt {
+                    c.flush();
+                }
+                return Err(e);
+            }
         }
         self.finish_written();
         if let Some(c) = &self.ckpt {
@@ -293,6 +303,28 @@ impl Driver {
         }
     }
 
+    /// Batches left pending by failed outputs are bounded: each keeps its
+    /// input (and, with a checkpoint, the lineage and input blocks back to the
+    /// oldest, which every metadata checkpoint lists), so past
+    /// `max_pending_batches` the run stops rather than grow without bound. A
+    /// restart with the same checkpoint re-runs them.
+    fn check_pending(&self) -> Result<(), EngineError> {
+        let p = &self.progress;
+        let failed: Vec<i64> =
+            p.pending.iter().copied().filter(|t| !self.in_flight.iter().any(|b| b.time == *t)).collect();
+        if failed.len() <= self.opts.max_pending_batches {
+            return Ok(());
+        }
+        let (oldest, newest) = (failed.iter().min().copied().unwrap_or(0), failed.iter().max().copied().unwrap_or(0));
+        Err(EngineError::Sink(crate::sink::SinkError::TooManyPending {
+            count: failed.len(),
+            limit: self.opts.max_pending_batches,
+            oldest,
+            newest,
+            last: self.last_output_error.clone().unwrap_or_default(),
+        }))
+    }
+
     /// Waits for the batch whose writes are in flight, and completes it.
     fn finish_written(&mut self) {
         while !self.in_flight.is_empty() {
@@ -313,6 +345,9 @@ impl Driver {
         let Some(b) = self.in_flight.pop_front() else { return };
         debug_assert_eq!(b.time, done.time);
         let time = b.time;
+        if let Some(e) = done.outputs.iter().find_map(|o| o.error.as_ref()) {
+            self.last_output_error = Some(e.clone());
+        }
         self.complete(time, done.outputs.iter().any(|o| o.error.is_some()));
         self.checkpoint(time);
         let report = batch_report(&b, &done);

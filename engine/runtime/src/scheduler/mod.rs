@@ -14,5 +14,7 @@ pub use dag::{DagScheduler, JobError, SchedulerMetrics};
 pub use driver::{Driver, Job, RunReport};
 #[cfg(feature = "test-hooks")]
 pub use options::AfterBatch;
-pub use options::{CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal};
+pub use options::{
+    CheckpointOptions, Clock, ClusterOptions, Master, RunOptions, StopSignal, DEFAULT_MAX_PENDING_BATCHES,
+};
 pub use slice::{SliceError, SliceQueue, Sliced};

@@ -97,7 +97,16 @@ pub struct RunOptions {
     /// The wait before the first retry of an output write, doubling after
     /// each (default 100 ms).
     pub output_retry_backoff: Duration,
+    /// The most batches that may stay pending after their outputs failed
+    /// (default [`DEFAULT_MAX_PENDING_BATCHES`]): one more stops the run with
+    /// an error. Each keeps its input, and with a checkpoint the lineage back
+    /// to the oldest, so an output failing for ever would grow memory (and
+    /// every metadata checkpoint) without bound.
+    pub max_pending_batches: usize,
 }
+
+/// The default of [`RunOptions::max_pending_batches`].
+pub const DEFAULT_MAX_PENDING_BATCHES: usize = 100;
 
 /// A request to stop a run, shared between the run and whoever stops it.
 ///
@@ -217,6 +226,7 @@ impl Default for RunOptions {
             allow_state_without_checkpoint: false,
             output_retries: 2,
             output_retry_backoff: Duration::from_millis(100),
+            max_pending_batches: DEFAULT_MAX_PENDING_BATCHES,
         }
     }
 }

@@ -218,6 +218,31 @@ fn remove_before_read(path: &Path) {
 #[cfg(not(feature = "failpoints"))]
 fn remove_before_read(_path: &Path) {}
 
+/// A test-only race (cargo feature `failpoints`): the file named by
+/// `WEIR_FAILPOINT_DIRECTORY_SWAP_BEFORE_READ` is replaced, after the
+/// listing and just before it is read, by a FIFO (`WEIR_FAILPOINT_DIRECTORY_SWAP_TO=fifo`)
+/// or a symlink to the path given there (`/dev/zero`).
+#[cfg(feature = "failpoints")]
+fn swap_before_read(path: &Path) {
+    let Some(name) = std::env::var_os("WEIR_FAILPOINT_DIRECTORY_SWAP_BEFORE_READ") else { return };
+    if path.file_name() != Some(name.as_os_str()) {
+        return;
+    }
+    let to = std::env::var("WEIR_FAILPOINT_DIRECTORY_SWAP_TO").unwrap_or_else(|_| "fifo".into());
+    let _ = std::fs::remove_file(path);
+    if to == "fifo" {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+        // SAFETY: a valid NUL-terminated path; mkfifo touches no memory of ours.
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    } else {
+        let _ = std::os::unix::fs::symlink(to, path);
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn swap_before_read(_path: &Path) {}
+
 impl DirectorySource {
     /// Scans the batch's files: the ones that cannot be read now (or changed
     /// while scanned, and may be tried again) are put back for later.
@@ -225,6 +250,7 @@ impl DirectorySource {
         let mut taken = Vec::new();
         for path in files {
             remove_before_read(&path);
+            swap_before_read(&path);
             match scan(&path, None) {
                 Ok(f) if f.changed && self.attempts.get(&path).copied().unwrap_or(0) + 1 < READ_ATTEMPTS => {
                     self.failed(&path, "changed while it was read (still being written?)");

@@ -43,6 +43,9 @@ const FETCH_MAX_BYTES: i32 = 4 << 20;
 /// How long a fetch waits at the broker for records (they are known to be
 /// there: the range ends at the high watermark).
 const FETCH_MAX_WAIT_MS: i32 = 500;
+/// The first pause after a fetch that returned nothing (doubling up to
+/// [`MAX_BACKOFF`]).
+const EMPTY_FETCH_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two attempts to reach a broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -176,6 +179,7 @@ impl KafkaSource {
             let pc = self.partition(&key)?;
             let mut off = r.from;
             let deadline = Instant::now() + self.cfg.broker_timeout;
+            let mut idle = EMPTY_FETCH_PAUSE;
             while off < r.until {
                 let (recs, high) = retry(&self.rt, &self.cfg, "fetch", || {
                     pc.fetch_records(off, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
@@ -204,17 +208,31 @@ impl KafkaSource {
                     }
                     off = off.max(rec.offset + 1);
                 }
-                // Nothing came back: the range holds only control records
-                // (transactions) or the broker lags; bounded like any wait.
-                if off == before && Instant::now() >= deadline {
-                    return Err(SourceError::Kafka(format!(
-                        "kafka {}/{}: no records returned at offset {off} (range {}..{}) within {} ms",
-                        r.topic,
-                        r.partition,
-                        r.from,
-                        r.until,
-                        self.cfg.broker_timeout.as_millis()
-                    )));
+                if off == before {
+                    // Nothing came back: the range holds only control records
+                    // (transactions), the broker lags, or it answers with a
+                    // record batch cut off or claiming more bytes than the
+                    // response holds (the client drops such a tail as "cut
+                    // off by max_bytes"). Bounded like any wait, and paced:
+                    // a broker answering at once must not make this spin.
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(SourceError::Kafka(format!(
+                            "kafka {}/{}: broker(s) {} returned no records at offset {off} (range {}..{}, high \
+                             watermark {high}) within {} ms (only control records there, or the broker sends \
+                             a record batch cut off or claiming more bytes than it holds)",
+                            r.topic,
+                            r.partition,
+                            self.cfg.brokers.join(","),
+                            r.from,
+                            r.until,
+                            self.cfg.broker_timeout.as_millis(),
+                        )));
+                    }
+                    std::thread::sleep(idle.min(deadline - now));
+                    idle = (idle * 2).min(MAX_BACKOFF);
+                } else {
+                    idle = EMPTY_FETCH_PAUSE;
                 }
             }
         }

@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -66,7 +66,10 @@ pub(super) struct Scanned {
 /// Opens `path` and counts the lines of its first `limit` bytes (the whole
 /// file as it is when opened if `None`).
 pub(super) fn scan(path: &Path, limit: Option<u64>) -> Result<Scanned, FileError> {
-    let file = File::open(path)?;
+    // Non-blocking: a name swapped for a FIFO since the listing would block
+    // the open until a writer came (for ever). The flag changes nothing for
+    // a regular file's reads; anything else is refused below.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     let before = file.metadata()?;
     // Checked on the open file: the name may have changed since the listing.
     if !before.is_file() {
