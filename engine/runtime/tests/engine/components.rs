@@ -145,7 +145,7 @@ fn assert_wordcount_matches_rust(guest: &Arc<UdfModule>, lang: &str) {
         let totals = inst.call("running_total", UdfKind::Update, &state).expect("running_total");
         [words, pairs, sums, diffs, totals]
     };
-    let (want, got) = (run(&rust), run(py));
+    let (want, got) = (run(&rust), run(guest));
     assert!(decode(&want[0]).len() > 20, "the input has words");
     for (i, what) in ["split", "split+pair", "sum", "subtract", "running_total"].iter().enumerate() {
         assert_eq!(got[i], want[i], "{what}: {lang} {:?} vs Rust {:?}", decode(&got[i]), decode(&want[i]));
