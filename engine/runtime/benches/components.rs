@@ -204,7 +204,7 @@ fn main() {
         "| split+pair+sum, ms (words/s) | {} |",
         cols(&|f| {
             let total: Duration = f.times.iter().sum();
-            format!("{} ({:.2} M/s)", ms(total), 100_000.0 / total.as_secs_f64() / 1e6)
+            format!("{} ({:.3} M/s)", ms(total), 100_000.0 / total.as_secs_f64() / 1e6)
         })
     );
     println!("| fuel, split+pair+sum | {} |", cols(&|f| format!("{:.1} M", f.fuel as f64 / 1e6)));
