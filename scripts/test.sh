@@ -16,11 +16,11 @@ if ! command -v clang >/dev/null 2>&1 || ! command -v wasm-ld >/dev/null 2>&1; t
     exit 1
   fi
 fi
-# node and npm build the AssemblyScript guest (udfs/build.sh installs the
-# compiler itself, under target/).
+# node and npm build the AssemblyScript and JavaScript guests (udfs/build.sh
+# installs the compilers themselves, under udfs/target/).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: installing nodejs and npm for the AssemblyScript guest" >&2
+    echo "scripts/test.sh: installing nodejs and npm for the AssemblyScript and JavaScript guests" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm) >/dev/null
   else
     echo "scripts/test.sh: node and npm are needed (apt-get install nodejs npm)" >&2

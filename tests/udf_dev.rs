@@ -269,6 +269,8 @@ fn wordcount_in_every_guest_language_gives_identical_output_through_weir_run() {
         "wordcount_as.wasm",
         // A Python component (ABI v2).
         "wordcount_py.wasm",
+        // A JavaScript component (ABI v2).
+        "wordcount_js.wasm",
     ];
     let mut outputs = Vec::new();
     for m in modules {
@@ -312,6 +314,14 @@ fn build_template(dir: &Path) {
             break;
         }
     }
+    // The JavaScript template: the toolchain udfs/build.sh installed.
+    for t in ["udfs/target", "target"] {
+        let tc = repo().join(t).join("componentize-js");
+        if tc.join("node_modules/@bytecodealliance/componentize-js").is_dir() {
+            cmd.env("WEIR_JS_TOOLCHAIN", tc);
+            break;
+        }
+    }
     let out = cmd.output().expect("cannot run bash");
     assert!(out.status.success(), "{} build failed:\n{}{}", dir.display(), text(&out.stdout), text(&out.stderr));
 }
@@ -319,7 +329,7 @@ fn build_template(dir: &Path) {
 #[test]
 fn udf_new_templates_build_and_their_functions_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for lang in ["rust", "c", "assemblyscript", "python"] {
+    for lang in ["rust", "c", "assemblyscript", "python", "js"] {
         let dir = tmp.path().join(format!("wc-{lang}"));
         let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
         assert!(out.status.success(), "{lang}: {}", text(&out.stderr));

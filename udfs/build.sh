@@ -7,6 +7,10 @@
 #   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm (components
 #                      of ABI v2, by PyPI's componentize-py, installed under
 #                      target/componentize-py when missing)
+#   JavaScript      -> udfs/wordcount_js.wasm, udfs/hostile_js.wasm (components
+#                      of ABI v2, by npm's componentize-js and rolldown, the
+#                      versions of udf-sdk/js/package-lock.json, installed
+#                      under target/componentize-js when missing or changed)
 # WAT modules (udfs/wat/, udfs/hostile/) need no build: the engine loads .wat.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -70,5 +74,33 @@ if command -v python3 >/dev/null 2>&1; then
   done
 else
   echo "udfs/build.sh: skipping the Python guests (udfs/python/): python3 not found (Debian: apt-get install python3 python3-pip)" >&2
+fi
+# JavaScript guests (udf-sdk/js, ABI v2 components): the toolchain is the SDK's
+# devDependencies, installed by `npm ci` from its lock file (exact versions
+# and integrity hashes) and reinstalled when the lock file changes. Each
+# component embeds SpiderMonkey (about 12 MB); a build takes about half a
+# minute, so it is skipped when the component is newer than its sources.
+js_dir="${CARGO_TARGET_DIR:-$here/target}/componentize-js"
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  if ! cmp -s ../udf-sdk/js/package-lock.json "$js_dir/package-lock.json" \
+    || [ ! -d "$js_dir/node_modules/@bytecodealliance/componentize-js" ]; then
+    mkdir -p "$js_dir"
+    cp ../udf-sdk/js/package.json ../udf-sdk/js/package-lock.json "$js_dir/"
+    (cd "$js_dir" && npm ci --no-audit --no-fund --silent >&2)
+  fi
+  # The two builds run side by side (each is mostly one single-threaded
+  # wizer run); `wait PID` passes a failure on.
+  pids=()
+  for m in wordcount hostile; do
+    out="$here/${m}_js.wasm"
+    if [ -f "$out" ] && [ -z "$(find js/$m.js ../udf-sdk/js ../udf-sdk/wit "$js_dir/package-lock.json" -newer "$out" -type f 2>/dev/null)" ]; then
+      continue
+    fi
+    node ../udf-sdk/js/build.mjs "js/$m.js" -o "$out" --toolchain "$js_dir" >&2 &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+else
+  echo "udfs/build.sh: skipping the JavaScript guests (udfs/js/): node and npm not found (Debian: apt-get install nodejs npm)" >&2
 fi
 echo "built: $(cd "$here" && ls *.wasm | tr '\n' ' ')"

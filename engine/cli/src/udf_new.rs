@@ -22,6 +22,10 @@ pub enum Lang {
     Assemblyscript,
     /// Python with weir_udf, a component of ABI v2 (PyPI's componentize-py).
     Python,
+    /// JavaScript (or TypeScript) with weir-udf, a component of ABI v2
+    /// (npm's componentize-js).
+    #[value(alias = "javascript")]
+    Js,
 }
 
 /// The Rust SDK this binary was built from, when it is still there.
@@ -39,6 +43,8 @@ const AS_EXPORTS: &str = include_str!("../templates/assemblyscript/exports.in");
 const AS_BUILD: &str = include_str!("../templates/assemblyscript/build.sh.in");
 const PY_SOURCE: &str = include_str!("../templates/python/udf.py.in");
 const PY_BUILD: &str = include_str!("../templates/python/build.sh.in");
+const JS_SOURCE: &str = include_str!("../templates/js/udf.js.in");
+const JS_BUILD: &str = include_str!("../templates/js/build.sh.in");
 const JOB: &str = include_str!("../templates/job.toml.in");
 const README: &str = include_str!("../templates/README.md.in");
 
@@ -83,6 +89,14 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
                 .replace("{{sdk}}", &shell_quoted(&sdk));
             ("bash build.sh", vec![(format!("{ident}.py"), PY_SOURCE.to_string()), ("build.sh".into(), build)])
         }
+        Lang::Js => {
+            let sdk = find_sdk(sdk, "js/build.mjs")?;
+            let build = JS_BUILD
+                .replace("{{name}}", name)
+                .replace("{{module}}", &module)
+                .replace("{{sdk}}", &shell_quoted(&sdk));
+            ("bash build.sh", vec![(format!("{name}.js"), JS_SOURCE.to_string()), ("build.sh".into(), build)])
+        }
         Lang::Assemblyscript => {
             let sdk = find_sdk(sdk, "assemblyscript/declare.cjs")?.join("assemblyscript");
             let sdk_sh = shell_quoted(&sdk);
@@ -102,6 +116,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
         Lang::C => "C",
         Lang::Assemblyscript => "AssemblyScript",
         Lang::Python => "Python",
+        Lang::Js => "JavaScript",
     };
     let common = [
         ("job.toml".to_string(), JOB.replace("{{name}}", &name.replace('-', "_")).replace("{{module}}", &module)),

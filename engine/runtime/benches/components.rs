@@ -1,12 +1,13 @@
 //! UDF components (ABI v2) against core modules: the cold start of the
-//! Python WordCount component (compiling it, and loading it from the disk
-//! cache), a task's instantiation, and WordCount's split, pair and sum over
-//! a batch of 10 000 lines through Python and through Rust.
+//! Python and JavaScript WordCount components (compiling each, and loading
+//! it from the disk cache), a task's instantiation, and WordCount's split,
+//! pair and sum over a batch of 10 000 lines through each and through Rust.
 //!
 //!     cargo bench -p weir --bench components
+//!     WEIR_BENCH_GUESTS=js cargo bench -p weir --bench components   # one guest
 //!
-//! The components are `udfs/wordcount_py.wasm` and `udfs/wordcount.wasm`
-//! (`bash udfs/build.sh`). The compile is measured against an empty cache
+//! The modules are `udfs/wordcount_py.wasm`, `udfs/wordcount_js.wasm` and
+//! `udfs/wordcount.wasm` (`bash udfs/build.sh`). The compile is measured against an empty cache
 //! directory of its own (`WEIR_CACHE_DIR` is set to a temporary directory),
 //! so it neither reads nor fills the user's cache. Prints a Markdown table
 //! (docs/benchmarks.md).
@@ -100,11 +101,26 @@ fn wordcount(m: &Arc<UdfModule>, input: &[u8]) -> ([Duration; 3], u64, Vec<u8>) 
     ([split, pair, sum], fuel, sums)
 }
 
+/// What one module measured.
+struct Figures {
+    name: &'static str,
+    size: u64,
+    compile: Duration,
+    from_cache: Option<Duration>,
+    instantiate: Duration,
+    times: [Duration; 3],
+    fuel: u64,
+}
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let py_path = root.join("udfs/wordcount_py.wasm");
+    // (column, file, key for WEIR_BENCH_GUESTS); Rust last, the baseline.
+    let guests = [("Python", "udfs/wordcount_py.wasm", "py"), ("JavaScript", "udfs/wordcount_js.wasm", "js")];
+    let only = std::env::var("WEIR_BENCH_GUESTS").ok();
+    let guests: Vec<_> =
+        guests.into_iter().filter(|g| only.as_deref().is_none_or(|o| o.split(',').any(|k| k == g.2))).collect();
     let rust_path = root.join("udfs/wordcount.wasm");
-    for p in [&py_path, &rust_path] {
+    for p in guests.iter().map(|g| root.join(g.1)).chain([rust_path.clone()]) {
         assert!(p.is_file(), "{} is missing: run bash udfs/build.sh", p.display());
     }
     let cache = tempfile::tempdir().expect("temporary cache directory");
@@ -112,45 +128,84 @@ fn main() {
     std::env::set_var("WEIR_CACHE_DIR", cache.path());
     let rt = UdfRuntime::new().expect("runtime");
     let limits = UdfLimits::default();
-
-    let t = Instant::now();
-    let py = UdfModule::load(&rt, &py_path, limits).expect("load the Python component");
-    let compile = t.elapsed();
-    let (from_cache, _) = best(REPS, || UdfModule::load(&rt, &py_path, limits).expect("load from the cache"));
-    let (rust_load, rust) = best(REPS, || UdfModule::load(&rt, &rust_path, limits).expect("load the Rust module"));
-    let inst_py = best(20, || py.instantiate(Some(1000), Some(0)).expect("instance")).0;
-    let inst_rust = best(20, || rust.instantiate(Some(1000), Some(0)).expect("instance")).0;
-
     let input = Value::encode_batch(&lines());
-    let (t_py, fuel_py, out_py) = wordcount(&py, &input);
-    let (t_rust, fuel_rust, out_rust) = wordcount(&rust, &input);
-    assert_eq!(out_py, out_rust, "Python and Rust sums differ");
 
-    println!("component: {} ({} MB)", py_path.display(), py.size() / 1_000_000);
+    let (rust_load, rust) = best(REPS, || UdfModule::load(&rt, &rust_path, limits).expect("load the Rust module"));
+    let inst_rust = best(20, || rust.instantiate(Some(1000), Some(0)).expect("instance")).0;
+    let (t_rust, fuel_rust, out_rust) = wordcount(&rust, &input);
+    let mut figures = Vec::new();
+    for (name, rel, _) in &guests {
+        let path = root.join(rel);
+        let t = Instant::now();
+        let m = UdfModule::load(&rt, &path, limits).unwrap_or_else(|e| panic!("load {name}: {e}"));
+        let compile = t.elapsed();
+        let (from_cache, _) = best(REPS, || UdfModule::load(&rt, &path, limits).expect("load from the cache"));
+        let instantiate = best(20, || m.instantiate(Some(1000), Some(0)).expect("instance")).0;
+        let (times, fuel, out) = wordcount(&m, &input);
+        assert_eq!(out, out_rust, "{name} and Rust sums differ");
+        println!("component: {} ({} MB)", path.display(), m.size() / 1_000_000);
+        figures.push(Figures {
+            name,
+            size: m.size() as u64,
+            compile,
+            from_cache: Some(from_cache),
+            instantiate,
+            times,
+            fuel,
+        });
+    }
+    figures.push(Figures {
+        name: "Rust",
+        size: std::fs::metadata(&rust_path).map(|m| m.len()).unwrap_or(0),
+        compile: rust_load,
+        from_cache: None,
+        instantiate: inst_rust,
+        times: t_rust,
+        fuel: fuel_rust,
+    });
+
+    let cols = |f: &dyn Fn(&Figures) -> String| figures.iter().map(f).collect::<Vec<_>>().join(" | ");
     println!();
-    println!("| | Python (component) | Rust (core module) |");
-    println!("|---|---|---|");
-    println!("| cold start: compile, ms | {} | {} (load incl. compile) |", ms(compile), ms(rust_load));
-    println!("| cold start: load from the disk cache, ms | {} | - |", ms(from_cache));
     println!(
-        "| per-task instantiation, ms | {:.2} | {:.3} |",
-        inst_py.as_secs_f64() * 1e3,
-        inst_rust.as_secs_f64() * 1e3
+        "| | {} |",
+        cols(&|f| if f.name == "Rust" { "Rust (core module)".into() } else { format!("{} (component)", f.name) })
     );
+    println!("|---|{}", "---|".repeat(figures.len()));
+    println!("| size, MB | {} |", cols(&|f| format!("{:.1}", f.size as f64 / 1e6)));
+    println!(
+        "| cold start: compile, ms | {} |",
+        cols(&|f| if f.from_cache.is_some() {
+            ms(f.compile)
+        } else {
+            format!("{} (load incl. compile)", ms(f.compile))
+        })
+    );
+    println!(
+        "| cold start: load from the disk cache, ms | {} |",
+        cols(&|f| f.from_cache.map(ms).unwrap_or("-".into()))
+    );
+    println!("| per-task instantiation, ms | {} |", cols(&|f| format!("{:.3}", f.instantiate.as_secs_f64() * 1e3)));
     for (i, what) in
         ["split (flat_map), 10 000 lines", "pair (map), 100 000 words", "sum (reduce), 12 groups"].iter().enumerate()
     {
-        let ratio = t_py[i].as_secs_f64() / t_rust[i].as_secs_f64().max(1e-9);
-        println!("| {what}, ms | {} ({ratio:.0}x) | {} |", ms(t_py[i]), ms(t_rust[i]));
+        println!(
+            "| {what}, ms | {} |",
+            cols(&|f| {
+                if f.name == "Rust" {
+                    ms(f.times[i])
+                } else {
+                    let ratio = f.times[i].as_secs_f64() / t_rust[i].as_secs_f64().max(1e-9);
+                    format!("{} ({ratio:.0}x)", ms(f.times[i]))
+                }
+            })
+        );
     }
-    let total_py: Duration = t_py.iter().sum();
-    let total_rust: Duration = t_rust.iter().sum();
     println!(
-        "| split+pair+sum, ms (words/s) | {} ({:.2} M/s) | {} ({:.1} M/s) |",
-        ms(total_py),
-        100_000.0 / total_py.as_secs_f64() / 1e6,
-        ms(total_rust),
-        100_000.0 / total_rust.as_secs_f64() / 1e6
+        "| split+pair+sum, ms (words/s) | {} |",
+        cols(&|f| {
+            let total: Duration = f.times.iter().sum();
+            format!("{} ({:.3} M/s)", ms(total), 100_000.0 / total.as_secs_f64() / 1e6)
+        })
     );
-    println!("| fuel, split+pair+sum | {:.0} M | {:.1} M |", fuel_py as f64 / 1e6, fuel_rust as f64 / 1e6);
+    println!("| fuel, split+pair+sum | {} |", cols(&|f| format!("{:.1} M", f.fuel as f64 / 1e6)));
 }

@@ -1,10 +1,11 @@
-//! UDF ABI v2 (components) against the Python components that
-//! `udfs/build.sh` builds with componentize-py: WordCount giving the Rust
+//! UDF ABI v2 (components) against the Python and JavaScript components that
+//! `udfs/build.sh` builds with componentize-py and componentize-js: WordCount giving the Rust
 //! module's bytes, the deterministic WASI stand-ins (clock, random,
 //! environment, files), the limits (fuel, memory), captured output, the
 //! on-disk cache of compiled components.
 //!
-//! A Python component embeds CPython (about 20 MB): compiling it takes tens
+//! A Python component embeds CPython (about 20 MB), a JavaScript one
+//! SpiderMonkey (about 12 MB): compiling one takes tens
 //! of seconds, so each component is loaded once per test binary (and the
 //! compiled code is read from the disk cache after the first run); further
 //! loads with other limits come from that cache.
@@ -66,6 +67,21 @@ fn decode(b: &[u8]) -> Vec<Value> {
     Value::decode_batch(b).expect("the host returns valid batches")
 }
 
+fn wordcount_js() -> Arc<UdfModule> {
+    static M: OnceLock<Arc<UdfModule>> = OnceLock::new();
+    M.get_or_init(|| load_with("wordcount_js.wasm", UdfLimits::default())).clone()
+}
+
+/// The hostile JavaScript component, with the limits of [`hostile_py`].
+fn hostile_js() -> Arc<UdfModule> {
+    static M: OnceLock<Arc<UdfModule>> = OnceLock::new();
+    M.get_or_init(|| {
+        let limits = UdfLimits { fuel_per_call: 2_000_000_000, memory_bytes: 256 << 20, ..UdfLimits::default() };
+        load_with("hostile_js.wasm", limits)
+    })
+    .clone()
+}
+
 /// Groups (word, 1) pairs by word, in order of first appearance.
 fn groups_of(pairs: &[Value]) -> Vec<Value> {
     let mut keys: Vec<Value> = Vec::new();
@@ -83,13 +99,13 @@ fn groups_of(pairs: &[Value]) -> Vec<Value> {
     groups.into_iter().map(Value::List).collect()
 }
 
-#[test]
-fn python_wordcount_gives_the_rust_modules_bytes_for_every_function() {
-    let py = wordcount_py();
+/// Every WordCount function of `guest` gives the bytes of the Rust module's
+/// on the same input (`lang` names it in failures).
+fn assert_wordcount_matches_rust(guest: &Arc<UdfModule>, lang: &str) {
     let rust = load_with("wordcount.wasm", UdfLimits::default());
-    assert_eq!(py.abi_version(), 2);
+    assert_eq!(guest.abi_version(), 2);
     assert_eq!(rust.abi_version(), 1);
-    let fs: Vec<(String, UdfKind)> = py.functions().iter().map(|f| (f.name.clone(), f.kind)).collect();
+    let fs: Vec<(String, UdfKind)> = guest.functions().iter().map(|f| (f.name.clone(), f.kind)).collect();
     let want = [
         ("pair", UdfKind::Map),
         ("running_total", UdfKind::Update),
@@ -129,11 +145,21 @@ fn python_wordcount_gives_the_rust_modules_bytes_for_every_function() {
         let totals = inst.call("running_total", UdfKind::Update, &state).expect("running_total");
         [words, pairs, sums, diffs, totals]
     };
-    let (want, got) = (run(&rust), run(&py));
+    let (want, got) = (run(&rust), run(guest));
     assert!(decode(&want[0]).len() > 20, "the input has words");
     for (i, what) in ["split", "split+pair", "sum", "subtract", "running_total"].iter().enumerate() {
-        assert_eq!(got[i], want[i], "{what}: Python {:?} vs Rust {:?}", decode(&got[i]), decode(&want[i]));
+        assert_eq!(got[i], want[i], "{what}: {lang} {:?} vs Rust {:?}", decode(&got[i]), decode(&want[i]));
     }
+}
+
+#[test]
+fn python_wordcount_gives_the_rust_modules_bytes_for_every_function() {
+    assert_wordcount_matches_rust(&wordcount_py(), "Python");
+}
+
+#[test]
+fn javascript_wordcount_gives_the_rust_modules_bytes_for_every_function() {
+    assert_wordcount_matches_rust(&wordcount_js(), "JavaScript");
 }
 
 #[test]
@@ -192,6 +218,67 @@ fn python_clock_and_random_are_functions_of_batch_and_partition() {
     assert_eq!(rand(2000, 1), r);
     assert_ne!(rand(2000, 2), r);
     assert_ne!(rand(3000, 1), r);
+}
+
+#[test]
+fn javascript_errors_are_typed_and_name_the_function_batch_and_partition() {
+    let m = hostile_js();
+    // A thrown error: its message, the JavaScript stack and the captured
+    // console.log come back.
+    let e = call_at(&m, 5000, 3, "shout", UdfKind::Map, &[s("x")]).expect_err("shout throws");
+    let text = e.to_string();
+    let UdfErrorKind::Guest(msg) = &e.kind else { panic!("not a guest error: {text}") };
+    assert!(msg.contains("TypeError: bad record \"x\""), "{msg}");
+    assert!(msg.contains("shout@"), "the stack names the function: {msg}");
+    assert!(msg.contains("about to fail on x"), "the captured stdout is attached: {msg}");
+    assert!(text.contains("hostile_js.wasm") && text.contains("\"map:shout\""), "{text}");
+    assert!(text.contains("batch 5000 ms") && text.contains("partition 3"), "{text}");
+    let e = call_at(&m, 0, 0, "shout", UdfKind::FlatMap, &[s("x")]).expect_err("wrong kind");
+    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
+    // An endless loop runs out of fuel (deterministic: not retried), and the
+    // error names the module and the export.
+    let e = call_at(&m, 0, 0, "spin", UdfKind::Map, &[s("x")]).expect_err("spin");
+    assert!(matches!(e.kind, UdfErrorKind::OutOfFuel { .. }), "{e}");
+    assert!(e.is_deterministic());
+    let text = e.to_string();
+    assert!(text.contains("hostile_js.wasm") && text.contains("\"map:spin\""), "{text}");
+    // Memory growth stops at the job's memory limit.
+    let e = call_at(&m, 0, 0, "grow", UdfKind::Map, &[s("x")]).expect_err("grow");
+    assert!(matches!(e.kind, UdfErrorKind::MemoryLimit { limit } if limit == 256 << 20), "{e}");
+    // No network and no files: fetch has no wasi:http behind it and stops
+    // the call with a typed error, whatever the URL.
+    for path in ["/etc/passwd", "wordcount.js"] {
+        let e = call_at(&m, 0, 0, "read_file", UdfKind::Map, &[s(path)]).expect_err("read_file");
+        assert!(matches!(e.kind, UdfErrorKind::Trap { .. } | UdfErrorKind::Guest(_)), "{path}: {e}");
+    }
+    // The instance a failure left is dropped; a new one still serves calls.
+    let out = call_at(&m, 0, 0, "concat", UdfKind::Reduce, &[Value::List(vec![s("a"), s("b")])]).expect("concat");
+    assert_eq!(decode(&out), vec![s("ab")]);
+}
+
+#[test]
+fn javascript_clock_and_random_are_functions_of_batch_and_partition() {
+    let m = hostile_js();
+    let clock = |batch, part| call_at(&m, batch, part, "clock", UdfKind::Map, &[s("r")]).expect("clock");
+    // Date.now() reads the batch time, the same however often it is read.
+    let first = clock(1_700_000_000_000, 0);
+    assert_eq!(clock(1_700_000_000_000, 0), first, "recomputed on a fresh instance");
+    assert_eq!(clock(1_700_000_000_000, 5), first, "the clock does not depend on the partition");
+    let v = decode(&first);
+    let [Value::Tuple(t)] = v.as_slice() else { panic!("one tuple: {v:?}") };
+    assert_eq!(t[..3], [s("r"), s("still"), Value::I64(1_700_000_000_000)], "{v:?}");
+    assert_ne!(clock(1_700_000_001_000, 0), first, "another batch reads another time");
+    // crypto.getRandomValues and Math.random: functions of (module, batch
+    // time, partition).
+    let rand = |batch, part| call_at(&m, batch, part, "entropy", UdfKind::Map, &[s("r")]).expect("entropy");
+    let r = rand(2000, 1);
+    assert_eq!(rand(2000, 1), r);
+    assert_ne!(rand(2000, 2), r);
+    assert_ne!(rand(3000, 1), r);
+    let v = decode(&r);
+    let [Value::Tuple(t)] = v.as_slice() else { panic!("one tuple: {v:?}") };
+    assert!(matches!(&t[1], Value::Bytes(b) if b.len() == 8 && b.iter().any(|&x| x != 0)), "{v:?}");
+    assert!(matches!(t[2], Value::F64(x) if (0.0..1.0).contains(&x)), "{v:?}");
 }
 
 #[test]
