@@ -1124,14 +1124,14 @@ mod tests {
             // (head, line, what the error says)
             (
                 "backpressure = true\n[rate]\ninitial = 5\nburst = 3",
-                3,
+                5,
                 "unknown field `burst`, expected one of `initial`, `min`, `max`",
             ),
             ("backpressure = true\n[rate]\nmin = 0", 4, "[rate] min must be at least 1"),
-            ("backpressure = true\n[rate]\nmax = -5", 4, "max"),
+            ("backpressure = true\n[rate]\nmax = -5", 4, "-5"),
             ("backpressure = true\n[rate]\nmin = 50\nmax = 20", 4, "[rate] min (50) is above max (20)"),
             ("[rate]\ninitial = 100", 3, "[rate] initial is used only with backpressure = true"),
-            ("backpressure = \"yes\"", 2, "backpressure"),
+            ("backpressure = \"yes\"", 2, "yes"),
         ];
         for (head, line, want) in cases {
             let err = match load_head(head) {
