@@ -5,6 +5,7 @@
 mod common;
 mod drivers;
 
+mod backpressure;
 mod checkpoint_failures;
 mod cli;
 mod cluster;

@@ -249,6 +249,33 @@ fn kafka_python_lines_are_counted_exactly_and_rate_limited() {
     assert_eq!(got, want);
 }
 
+#[test]
+fn the_job_rate_limit_is_split_over_partitions_and_bounded_by_max_rate_per_partition() {
+    let broker = Broker::start();
+    broker.create("rated", 3);
+    let input = lines(17, 300);
+    broker.produce("rated", &input);
+    let tmp = tempfile::tempdir().unwrap();
+    let want = native_counts(input.iter().map(String::as_str));
+    // `[rate] max = 90` (a table after the source's fields): 30 per partition
+    // and second, so 90 a 1 s batch over the 3 partitions.
+    let split = job(tmp.path(), "split", &broker.addr(), "rated", "[rate]\nmax = 90", "counts");
+    let out = weir_run(&split, &["--batches", "5"]);
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(records_in(&log), [90, 90, 90, 30, 0], "{log}");
+    assert!(log.contains("rate limit 90 records/s"), "{log}");
+    let got = sum_counts(read_outputs(&tmp.path().join("out-split"), "counts").values().flatten());
+    assert_eq!(got, want);
+    // The lower of 20 per partition and 90 / 3: 60 a batch.
+    let lower =
+        job(tmp.path(), "lower", &broker.addr(), "rated", "max_rate_per_partition = 20\n[rate]\nmax = 90", "counts");
+    let out = weir_run(&lower, &["--batches", "6"]);
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(records_in(&log), [60, 60, 60, 60, 60, 0], "{log}");
+}
+
 /// The files of an output tree whose batch time is at most `until`
 /// (`totals-<time>/part-...`).
 fn until(t: &BTreeMap<String, Vec<u8>>, until: i64) -> BTreeMap<String, Vec<u8>> {

@@ -105,6 +105,9 @@ pub struct Graph {
     /// Default number of partitions for shuffles and sources. Fixed per job
     /// (not per machine), so outputs do not depend on the number of cores.
     pub parallelism: u32,
+    /// How fast sources may take records (backpressure, `[rate]`).
+    #[serde(default)]
+    pub rate: crate::rate::RateSpec,
     pub sources: Vec<SourceSpec>,
     pub nodes: Vec<Node>,
     pub outputs: Vec<Output>,
@@ -118,7 +121,14 @@ pub struct GraphError(pub String);
 impl Graph {
     /// A graph without bounds checks on its arguments (see [`Graph::try_new`]).
     pub fn new(batch_interval_ms: i64, parallelism: u32) -> Self {
-        Graph { batch_interval_ms, parallelism, sources: vec![], nodes: vec![], outputs: vec![] }
+        Graph {
+            batch_interval_ms,
+            parallelism,
+            rate: Default::default(),
+            sources: vec![],
+            nodes: vec![],
+            outputs: vec![],
+        }
     }
 
     /// A graph whose batch interval and parallelism are within the bounds

@@ -10,6 +10,7 @@ pub mod graph;
 pub mod identity;
 pub mod limits;
 pub mod ops;
+pub mod rate;
 pub mod rdd;
 pub mod sink;
 pub mod source;

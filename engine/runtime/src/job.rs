@@ -60,6 +60,11 @@ struct JobFile {
     clock: Option<Spanned<String>>,
     #[serde(default)]
     limits: Option<UdfLimitsOverrides>,
+    /// Spark's `spark.streaming.backpressure.enabled`.
+    #[serde(default)]
+    backpressure: Option<Spanned<bool>>,
+    #[serde(default)]
+    rate: Option<Spanned<RateFile>>,
     #[serde(default)]
     modules: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -72,6 +77,18 @@ struct JobFile {
     /// file like a `batches` source's, whose records are `[key, state]` pairs.
     #[serde(default)]
     initial_state: BTreeMap<String, Spanned<String>>,
+}
+
+/// `[rate]`: records per second.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateFile {
+    #[serde(default)]
+    initial: Option<Spanned<u64>>,
+    #[serde(default)]
+    min: Option<Spanned<u64>>,
+    #[serde(default)]
+    max: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +232,32 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
             EngineError::Graph(m) => err(Some(p.span()), m),
             other => err(Some(p.span()), other.to_string()),
         })?;
+    }
+    if file.backpressure.is_some() || file.rate.is_some() {
+        let r = file.rate.as_ref().map(|r| r.get_ref());
+        let value = |f: fn(&RateFile) -> &Option<Spanned<u64>>| r.and_then(|r| f(r).as_ref().map(|v| *v.get_ref()));
+        let spec = weir_plan::rate::RateSpec {
+            backpressure: file.backpressure.as_ref().is_some_and(|b| *b.get_ref()),
+            initial: value(|r| &r.initial),
+            min: value(|r| &r.min),
+            max: value(|r| &r.max),
+        };
+        if let Err(m) = spec.check() {
+            // The line of the key the message names, else of the table.
+            let key = |f: fn(&RateFile) -> &Option<Spanned<u64>>| r.and_then(|r| f(r).as_ref().map(|v| v.span()));
+            let span = if m.starts_with("[rate] initial") {
+                key(|r| &r.initial)
+            } else if m.starts_with("[rate] min") {
+                key(|r| &r.min)
+            } else if m.starts_with("[rate] max") {
+                key(|r| &r.max)
+            } else {
+                None
+            };
+            let span = span.or_else(|| file.rate.as_ref().map(|r| r.span()));
+            return Err(err(span, m).into());
+        }
+        ssc.set_rate(spec)?;
     }
     // A stream named like a source would hide it: every reference to the
     // name would mean one of them, silently.
@@ -1050,6 +1093,52 @@ mod tests {
                 Err(e) => e.to_string(),
             };
             assert!(err.contains("job.toml:") && err.contains(want), "{fields}: {err}");
+        }
+    }
+
+    /// Loads a job whose top of file (before `[modules]`) is `head` after
+    /// `batch_interval` (line 1).
+    fn load_head(head: &str) -> Result<Job, EngineError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stub.wat"), stub_module()).unwrap();
+        let body = format!(
+            "batch_interval = \"1s\"\n{head}\n[modules]\nstub = \"stub.wat\"\n[sources.lines]\ntype = \"socket\"\n\
+             host = \"localhost\"\nport = 9\n[streams]\nout = \"lines.map(stub.map)\"\n[[outputs]]\nstream = \"out\"\n\
+             type = \"print\"\n"
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        load(&path, runtime())
+    }
+
+    #[test]
+    fn backpressure_and_rate_keys_are_read_and_bad_values_name_their_line() {
+        use weir_plan::rate::RateSpec;
+        let job = load_head("backpressure = true\n[rate]\ninitial = 500\nmin = 10\nmax = 2000").unwrap();
+        let want = RateSpec { backpressure: true, initial: Some(500), min: Some(10), max: Some(2000) };
+        assert_eq!(job.context.graph().rate, want);
+        let job = load_head("[rate]\nmax = 300").unwrap();
+        assert_eq!(job.context.graph().rate, RateSpec { max: Some(300), ..RateSpec::default() });
+        assert_eq!(load_head("").unwrap().context.graph().rate, RateSpec::default());
+        let cases = [
+            // (head, line, what the error says)
+            (
+                "backpressure = true\n[rate]\ninitial = 5\nburst = 3",
+                5,
+                "unknown field `burst`, expected one of `initial`, `min`, `max`",
+            ),
+            ("backpressure = true\n[rate]\nmin = 0", 4, "[rate] min must be at least 1"),
+            ("backpressure = true\n[rate]\nmax = -5", 4, "-5"),
+            ("backpressure = true\n[rate]\nmin = 50\nmax = 20", 4, "[rate] min (50) is above max (20)"),
+            ("[rate]\ninitial = 100", 3, "[rate] initial is used only with backpressure = true"),
+            ("backpressure = \"yes\"", 2, "yes"),
+        ];
+        for (head, line, want) in cases {
+            let err = match load_head(head) {
+                Ok(_) => panic!("accepted: {head}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(&format!("job.toml:{line}: ")) && err.contains(want), "{head}: {err}");
         }
     }
 

@@ -115,6 +115,10 @@ pub struct BatchReport {
     pub map_tasks_recomputed: u64,
     pub blocks_recomputed: u64,
     pub tasks_resubmitted: u64,
+    /// Per source (by index): the rate limit, records per second, in force
+    /// when the batch took its records (`None`: unbounded). Set by
+    /// backpressure and `[rate] max`.
+    pub rate_limits: Vec<Option<f64>>,
 }
 
 impl OutputOpInfo {
@@ -301,6 +305,11 @@ impl ConsoleProgress {
                 ", recovered: {} executor(s) lost, {} map output(s) and {} block(s) recomputed, {} task(s) resubmitted",
                 b.executors_lost, b.map_tasks_recomputed, b.blocks_recomputed, b.tasks_resubmitted
             ));
+        }
+        let limits: Vec<String> =
+            b.rate_limits.iter().map(|r| r.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.0}"))).collect();
+        if b.rate_limits.iter().any(Option::is_some) {
+            status.push_str(&format!(", rate limit {} records/s", limits.join("/")));
         }
         format!(
             "batch {} ms: {} records in, processed in {} ms, scheduling delay {} ms{status}",

@@ -280,6 +280,10 @@ pub struct BatchRecord {
     pub map_tasks_recomputed: u64,
     pub blocks_recomputed: u64,
     pub tasks_resubmitted: u64,
+    /// Per source: the rate limit (records per second) in force when the
+    /// batch took its records; `null`: unbounded.
+    #[serde(default)]
+    pub rate_limits: Vec<Option<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,6 +345,7 @@ impl From<&l::BatchReport> for BatchRecord {
             map_tasks_recomputed: b.map_tasks_recomputed,
             blocks_recomputed: b.blocks_recomputed,
             tasks_resubmitted: b.tasks_resubmitted,
+            rate_limits: b.rate_limits.clone(),
         }
     }
 }

@@ -207,6 +207,7 @@ mod cost {
                 map_tasks_recomputed: 0,
                 blocks_recomputed: 0,
                 tasks_resubmitted: 0,
+                rate_limits: vec![],
             }));
         }
         eprintln!("{:?} per batch", t.elapsed() / n as u32);

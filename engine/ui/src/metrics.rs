@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
 use crate::event::{Event, SourceInfo};
 
 type Labels = Vec<(String, String)>;
@@ -35,6 +37,8 @@ pub struct Metrics {
     receiver_errors: Family<Labels, Counter>,
     /// The job's sources (for the labels of per-source series).
     source_names: std::sync::Mutex<Vec<SourceInfo>>,
+    /// Per source: its rate limit in records per second (absent: unbounded).
+    source_rate_limit: Family<Labels, Gauge<f64, AtomicU64>>,
 }
 
 /// A source's series labels: its index and kind.
@@ -75,6 +79,7 @@ impl Metrics {
             executors_lost: Counter::default(),
             receiver_errors: Family::default(),
             source_names: Default::default(),
+            source_rate_limit: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
@@ -109,6 +114,11 @@ impl Metrics {
         registry.register("executors_added", "Executors that joined", m.executors_added.clone());
         registry.register("executors_lost", "Executors lost", m.executors_lost.clone());
         registry.register("receiver_errors", "Receiver errors (per source)", m.receiver_errors.clone());
+        registry.register(
+            "source_rate_limit",
+            "Records per second a source may take (backpressure, [rate] max), per source",
+            m.source_rate_limit.clone(),
+        );
         // Series known in advance exist from the start (at 0), so a
         // dashboard sees them before the first checkpoint or recomputation.
         for kind in ["metadata", "state"] {
@@ -132,6 +142,17 @@ impl Metrics {
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
+                for (i, r) in b.rate_limits.iter().enumerate() {
+                    let labels = vec![("source".to_string(), i.to_string())];
+                    match r {
+                        Some(r) => {
+                            self.source_rate_limit.get_or_create(&labels).set(*r);
+                        }
+                        None => {
+                            self.source_rate_limit.remove(&labels);
+                        }
+                    }
+                }
             }
             Event::JobStarted(j) => {
                 // Every source's series exists from the start (at 0).

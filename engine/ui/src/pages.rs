@@ -346,6 +346,14 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
         r.blocks_recomputed,
         r.tasks_resubmitted,
     );
+    if r.rate_limits.iter().any(Option::is_some) {
+        let limits: Vec<String> = r
+            .rate_limits
+            .iter()
+            .map(|l| l.map_or_else(|| "unbounded".into(), |l| format!("{l:.0} records/s")))
+            .collect();
+        let _ = write!(body, "<p>Rate limit per source (backpressure): {}</p>", esc(&limits.join(", ")));
+    }
     body.push_str("<h3>Output operations</h3>");
     for o in &r.outputs {
         let _ = write!(
@@ -718,6 +726,7 @@ fn api(st: &UiState, rest: &[&str]) -> Response {
                         "outputs": r.outputs.len(),
                         "task_retries": b.retries.len(),
                         "blocks_recomputed": b.recomputed_blocks.len(),
+                        "rate_limits": r.rate_limits,
                     })
                 })
                 .collect::<Vec<_>>(),

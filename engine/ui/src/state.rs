@@ -394,6 +394,7 @@ mod tests {
             map_tasks_recomputed: 0,
             blocks_recomputed: 0,
             tasks_resubmitted: 0,
+            rate_limits: vec![],
         }
     }
 

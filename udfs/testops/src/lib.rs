@@ -160,3 +160,22 @@ fn positive_value(kv: (&str, i64)) -> bool {
 fn below_two(kv: (&str, i64)) -> bool {
     kv.1 < 2
 }
+
+/// The line unchanged, after a fixed amount of work (tens of microseconds):
+/// a UDF slower than its input, for the backpressure tests.
+#[weir_udf::map]
+fn spin(s: &str) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ s.len() as u64;
+    for _ in 0..40_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = core::hint::black_box(x);
+    }
+    // Never true (xorshift never reaches 0 from a non-zero seed): keeps the
+    // loop's result used.
+    if x == 0 {
+        return String::new();
+    }
+    s.to_string()
+}

@@ -164,6 +164,14 @@ impl StreamingContext {
         self.inner.borrow_mut().graph.set_parallelism(n).map_err(|e| EngineError::Graph(e.0))
     }
 
+    /// How fast sources may take records: backpressure and the `[rate]`
+    /// bounds (checked with [`RateSpec::check`](weir_plan::rate::RateSpec::check)).
+    pub fn set_rate(&mut self, rate: weir_plan::rate::RateSpec) -> Result<(), EngineError> {
+        rate.check().map_err(EngineError::Graph)?;
+        self.inner.borrow_mut().graph.rate = rate;
+        Ok(())
+    }
+
     pub fn registry(&self) -> &Arc<ModuleRegistry> {
         &self.registry
     }

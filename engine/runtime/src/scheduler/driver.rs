@@ -38,6 +38,7 @@ use crate::source::Source;
 use crate::udf::ModuleRegistry;
 use crate::EngineError;
 use weir_plan::graph::{generate, Generated, Graph, NodeOp};
+use weir_plan::rate::PidRateEstimator;
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -147,6 +148,17 @@ pub struct Driver {
     pub(super) horizon: i64,
     /// The newest output error (named when too many batches are pending).
     last_output_error: Option<String>,
+    /// Per source: its backpressure estimator and the rate limit in force.
+    rates: Vec<RateControl>,
+}
+
+/// One source's rate controller (Spark's `RateController`): fed each
+/// completed batch, it sets the source's rate limit.
+struct RateControl {
+    /// With backpressure only.
+    estimator: Option<PidRateEstimator>,
+    /// Records per second the source may take now (`None`: unbounded).
+    limit: Option<f64>,
 }
 
 /// How often, and in how many lines per output, listeners that ask for it
@@ -192,6 +204,16 @@ impl Driver {
             Clock::Logical => 0,
             Clock::Wall => (now_ms() / job.graph.batch_interval_ms) * job.graph.batch_interval_ms,
         };
+        let rate = job.graph.rate;
+        let mut sources = sources;
+        let rates = sources
+            .iter_mut()
+            .map(|s| {
+                let limit = rate.effective(None);
+                s.set_rate_limit(limit);
+                RateControl { estimator: rate.backpressure.then(|| rate.estimator(job.graph.batch_interval_ms)), limit }
+            })
+            .collect();
         let mut d = Driver {
             job,
             opts,
@@ -214,6 +236,7 @@ impl Driver {
             latest: None,
             horizon: i64::MIN,
             last_output_error: None,
+            rates,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -254,7 +277,20 @@ impl Driver {
             // The previous batch's writes overlapped this batch's jobs.
             self.finish_written();
             let after = self.dag.metrics.clone();
-            let batch = InFlight { time, records_in, started, scheduling_delay, before, after, outs };
+            let per_source = self.progress.inputs.get(&time).map(|r| r.iter().map(|i| i.records).collect());
+            let rate_limits = self.rates.iter().map(|r| r.limit).collect();
+            let batch = InFlight {
+                time,
+                records_in,
+                started,
+                scheduling_delay,
+                before,
+                after,
+                outs,
+                replayed,
+                per_source: per_source.unwrap_or_default(),
+                rate_limits,
+            };
             self.write_outputs(batch, computed);
             if let Err(e) = self.check_pending() {
                 self.finish_written();
@@ -351,6 +387,7 @@ impl Driver {
         self.complete(time, done.outputs.iter().any(|o| o.error.is_some()));
         self.checkpoint(time);
         let report = batch_report(&b, &done);
+        self.estimate_rates(&b, &report);
         self.listeners.emit(|l| l.on_batch_completed(&report));
         self.report.push(report, self.opts.report_history);
         #[cfg(feature = "test-hooks")]
@@ -358,6 +395,34 @@ impl Driver {
             (hook.lock().unwrap_or_else(|p| p.into_inner()))(&mut self.dag, time, &b.outs);
         }
         self.forget(time);
+    }
+
+    /// Backpressure: feeds each source's estimator with the batch and gives
+    /// the source its new limit. A re-run batch is not fed: its input was
+    /// taken before this run (at another rate), and its scheduling delay
+    /// counts from a batch time in the past. The estimator's clock is the
+    /// batch time (Spark uses the processing end time; only the derivative
+    /// term, off by default, looks at it), so no wall clock enters it.
+    fn estimate_rates(&mut self, b: &InFlight, report: &BatchReport) {
+        if b.replayed {
+            return;
+        }
+        let rate = self.job.graph.rate;
+        let processing = report.processing.as_millis() as u64;
+        let scheduling = report.scheduling_delay.as_millis() as u64;
+        for (i, c) in self.rates.iter_mut().enumerate() {
+            let Some(e) = c.estimator.as_mut() else { continue };
+            let n = b.per_source.get(i).copied().unwrap_or(0);
+            let Some(estimate) = e.compute(b.time, n, processing, scheduling) else { continue };
+            let limit = rate.effective(Some(estimate));
+            tracing::debug!(source = i, estimate, ?limit, "backpressure: new rate estimate");
+            if limit != c.limit {
+                c.limit = limit;
+                if let Some(s) = self.sources.get_mut(i) {
+                    s.set_rate_limit(limit);
+                }
+            }
+        }
     }
 
     /// The next batch's time and whether it is a re-run, or `None` when the
@@ -650,6 +715,12 @@ struct InFlight {
     after: SchedulerMetrics,
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     outs: Vec<Option<RddId>>,
+    /// A batch re-run after recovery.
+    replayed: bool,
+    /// Records taken from each source.
+    per_source: Vec<u64>,
+    /// Each source's rate limit when the batch took its records.
+    rate_limits: Vec<Option<f64>>,
 }
 
 fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
@@ -665,6 +736,7 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
         map_tasks_recomputed: m.map_tasks_recomputed - before.map_tasks_recomputed,
         blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
         tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
+        rate_limits: b.rate_limits.clone(),
     }
 }
 

@@ -66,6 +66,28 @@ pub(super) struct KafkaConfig {
 
 type PartitionKey = (String, i32);
 
+/// The most records a batch takes from one partition: `max_rate_per_partition`
+/// and the source's rate limit (backpressure, `[rate] max`) split evenly over
+/// its `partitions`, the lower of the two, over one batch interval; at least
+/// one record (so a slow job still moves, as Spark's `minRatePerPartition`)
+/// and at most [`KAFKA_MAX_RECORDS_PER_PARTITION`].
+fn per_partition_limit(
+    max_rate_per_partition: Option<u64>,
+    rate_limit: Option<f64>,
+    partitions: usize,
+    batch_interval_ms: i64,
+) -> i64 {
+    let cap = KAFKA_MAX_RECORDS_PER_PARTITION as f64;
+    let split = rate_limit.map(|r| r / partitions.max(1) as f64);
+    let rate = match (max_rate_per_partition.map(|m| m as f64), split) {
+        (Some(m), Some(s)) => m.min(s),
+        (Some(m), None) => m,
+        (None, Some(s)) => s,
+        (None, None) => return cap as i64,
+    };
+    (rate * batch_interval_ms.max(1) as f64 / 1000.0).floor().clamp(1.0, cap) as i64
+}
+
 pub(super) struct KafkaSource {
     cfg: KafkaConfig,
     rt: tokio::runtime::Runtime,
@@ -75,6 +97,8 @@ pub(super) struct KafkaSource {
     /// The next offset of every partition seen: everything before it has
     /// been given to a batch.
     next: BTreeMap<PartitionKey, i64>,
+    /// The rate limit the driver set (records per second over all partitions).
+    rate: Option<f64>,
     /// False until the first batch: partitions found then start at
     /// `starting_offsets`, partitions found later (added to a topic) at the
     /// earliest offset so none of their records is missed.
@@ -117,6 +141,7 @@ impl KafkaSource {
             client,
             partitions: Mutex::new(BTreeMap::new()),
             next: BTreeMap::new(),
+            rate: None,
             started: false,
             ends: BTreeMap::new(),
         };
@@ -159,16 +184,9 @@ impl KafkaSource {
         retry(&self.rt, &self.cfg, "list offsets", || pc.get_offset(at))
     }
 
-    /// The most records a batch takes from one partition.
-    fn limit(&self) -> i64 {
-        let cap = KAFKA_MAX_RECORDS_PER_PARTITION as i64;
-        match self.cfg.max_rate_per_partition {
-            Some(r) => {
-                let per_batch = (r as i128 * self.cfg.batch_interval_ms.max(1) as i128 / 1000).clamp(1, cap as i128);
-                per_batch as i64
-            }
-            None => cap,
-        }
+    /// The most records a batch takes from one partition of `partitions`.
+    fn limit(&self, partitions: usize) -> i64 {
+        per_partition_limit(self.cfg.max_rate_per_partition, self.rate, partitions, self.cfg.batch_interval_ms)
     }
 
     /// Reads the records of `ranges`, in order, into one batch.
@@ -278,6 +296,9 @@ impl KafkaSource {
 }
 
 impl Source for KafkaSource {
+    fn set_rate_limit(&mut self, records_per_second: Option<f64>) {
+        self.rate = records_per_second;
+    }
     fn poll(&mut self, time: i64, _wall_clock: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         // Partitions added to a topic since the last batch join here.
         for key in self.topic_partitions()? {
@@ -293,7 +314,7 @@ impl Source for KafkaSource {
             self.next.insert(key, off);
         }
         self.started = true;
-        let limit = self.limit();
+        let limit = self.limit(self.next.len());
         let mut ranges = Vec::new();
         for ((topic, partition), &next) in &self.next {
             let key = (topic.clone(), *partition);
@@ -455,5 +476,25 @@ where
         );
         std::thread::sleep(backoff.min(deadline - now));
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_partition_bound_is_the_lower_of_the_fixed_and_the_split_rate() {
+        // Nothing bounds it: the hard cap.
+        assert_eq!(per_partition_limit(None, None, 4, 1000), KAFKA_MAX_RECORDS_PER_PARTITION as i64);
+        // 100/s per partition over 500 ms.
+        assert_eq!(per_partition_limit(Some(100), None, 4, 500), 50);
+        // 1000/s over 4 partitions = 250/s each, over 200 ms = 50.
+        assert_eq!(per_partition_limit(None, Some(1000.0), 4, 200), 50);
+        // The lower of 100/s and 1000/4 = 250/s.
+        assert_eq!(per_partition_limit(Some(100), Some(1000.0), 4, 1000), 100);
+        assert_eq!(per_partition_limit(Some(400), Some(1000.0), 4, 1000), 250);
+        // At least one record a batch, however slow.
+        assert_eq!(per_partition_limit(None, Some(1.0), 8, 100), 1);
     }
 }

@@ -122,6 +122,12 @@ pub trait Source: Send {
     fn waits_for_input(&self) -> bool {
         true
     }
+    /// Bounds how many records per second the source takes from now on
+    /// (`None`: unbounded): backpressure's estimate and `[rate] max`. The
+    /// driver calls it before the first batch and after each batch the
+    /// estimate changes. Sources that cannot be slowed ignore it (the
+    /// default); `socket` and `kafka` honour it.
+    fn set_rate_limit(&mut self, _records_per_second: Option<f64>) {}
 }
 
 /// [`split_batch`], a malformed batch refused (never partly dropped).
@@ -134,7 +140,6 @@ fn split_or_refuse(batch: Vec<u8>, n: u32, time: i64) -> Result<Vec<Vec<u8>>, So
 /// receivers.
 /// `listeners` hear of receiver errors. `batch_interval_ms` turns per-second
 /// rate limits into per-batch ones.
-#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 pub fn open(
     spec: &SourceSpec,
     base: &Path,
@@ -150,7 +155,7 @@ pub fn open(
                 max_line_bytes: *max_line_bytes,
                 on_long_line: *on_long_line,
             };
-            Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone())?)
+            Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone(), batch_interval_ms)?)
         }
         SourceSpec::Directory { path, new_files_only, on_invalid_utf8, max_files_per_batch } => {
             Box::new(DirectorySource::new(

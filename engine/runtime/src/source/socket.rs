@@ -9,13 +9,21 @@
 //! A line is acknowledged (handed to a batch) only once it is in the log;
 //! when the log cannot be written (a full disk) the receiver keeps the lines
 //! and stops reading until it can (TCP backpressure), retrying with backoff.
+//!
+//! With a rate limit (backpressure, `[rate] max`) the receiver reads at most
+//! that many lines a second (a token bucket: it takes lines out of its read
+//! buffer only as tokens allow, so the rest waits there and then in the
+//! socket, and the sender is slowed by TCP; nothing is dropped), and a batch
+//! takes at most rate × batch interval lines: the rest stays received, and
+//! logged, for the next batch. A batch's WAL ranges then end at the line it
+//! took last, which may be inside one append's range.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::lines::{LineSplitter, RawLine};
 use super::queue::lines_batch;
@@ -35,6 +43,72 @@ const MAX_BUFFERED_BYTES: u64 = 64 << 20;
 /// The longest wait between two attempts to append to a log that failed.
 const MAX_APPEND_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The longest burst the token bucket allows, as seconds of its rate (as
+/// Spark's receiver rate limiter, a Guava `RateLimiter`).
+const MAX_BURST_SECONDS: f64 = 1.0;
+
+/// A rate shared by the source (which sets it) and its receiver thread:
+/// records per second as `f64` bits, 0 for none.
+#[derive(Clone, Default)]
+struct SharedRate(Arc<AtomicU64>);
+
+impl SharedRate {
+    fn set(&self, r: Option<f64>) {
+        let bits = match r {
+            Some(r) if r.is_finite() && r > 0.0 => r.to_bits(),
+            _ => 0,
+        };
+        self.0.store(bits, Ordering::Relaxed);
+    }
+    fn get(&self) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+}
+
+/// The receiver's token bucket: one token a line, `rate` tokens a second,
+/// at most [`MAX_BURST_SECONDS`] of them stored.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Bucket { tokens: 0.0, last: Instant::now() }
+    }
+
+    /// Adds the tokens earned since the last call at `rate`.
+    fn refill(&mut self, rate: f64) {
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min((rate * MAX_BURST_SECONDS).max(1.0));
+        self.last = now;
+    }
+
+    /// How long until one whole token is there at `rate`.
+    fn wait(&self, rate: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / rate).clamp(0.001, 1.0))
+    }
+}
+
+/// How many bytes of `data` hold at most `lines` line ends, and how many
+/// line ends that is: the cut falls just after the `lines`-th `\n`.
+fn cut_after_lines(data: &[u8], lines: usize) -> (usize, usize) {
+    let mut seen = 0;
+    for (i, b) in data.iter().enumerate() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == lines {
+                return (i + 1, seen);
+            }
+        }
+    }
+    (data.len(), seen)
+}
+
 /// How a socket source treats what it reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LinePolicy {
@@ -51,8 +125,6 @@ struct Received {
     /// Bytes of `lines` this run's receiver added.
     bytes: u64,
     ranges: Vec<WalRange>,
-    /// The end of the log as far as it has been written.
-    end: Option<WalPosition>,
 }
 
 /// The buffer shared by the receiver thread and the source, and the signal
@@ -70,6 +142,9 @@ pub(super) struct SocketSource {
     allocated: Option<WalPosition>,
     /// The log segment this run writes.
     segment: Option<u64>,
+    /// The rate limit the receiver reads at (set by the driver).
+    rate: SharedRate,
+    batch_interval_ms: i64,
 }
 
 impl SocketSource {
@@ -79,6 +154,7 @@ impl SocketSource {
         policy: LinePolicy,
         wal: Option<(PathBuf, u32)>,
         bus: ListenerBus,
+        batch_interval_ms: i64,
     ) -> Result<Self, SourceError> {
         let index = wal.as_ref().map_or(0, |(_, i)| *i);
         let buffer: Shared = Arc::new((Mutex::new(Received::default()), Condvar::new()));
@@ -91,7 +167,9 @@ impl SocketSource {
         };
         let allocated = writer.as_ref().map(|w| WalPosition { seq: w.seq, offset: 0 });
         let segment = writer.as_ref().map(|w| w.seq);
+        let rate = SharedRate::default();
         let mut receiver = Receiver {
+            rate: rate.clone(),
             host,
             port,
             index,
@@ -106,7 +184,7 @@ impl SocketSource {
         if let Err(e) = spawned {
             tracing::error!("cannot start the socket receiver: {e}");
         }
-        Ok(SocketSource { buffer, stop, wal, allocated, segment })
+        Ok(SocketSource { buffer, stop, wal, allocated, segment, rate, batch_interval_ms })
     }
 }
 
@@ -134,6 +212,7 @@ struct Receiver {
     writer: Option<WalWriter>,
     /// Lines treated with each `BadLineAction` (by `action_slot`).
     counts: [u64; 4],
+    rate: SharedRate,
 }
 
 fn action_slot(a: BadLineAction) -> usize {
@@ -212,16 +291,40 @@ impl Receiver {
         let mut r = BufReader::with_capacity(READ_CHUNK, conn);
         let mut splitter = LineSplitter::new(self.policy.max_line_bytes as usize);
         let mut raw: Vec<RawLine> = Vec::new();
+        let mut bucket = Bucket::new();
         loop {
             if !self.wait_for_room() {
                 return Closed::Stopped;
             }
+            // Lines the rate limit lets through now; the bucket starts empty
+            // whenever there was no limit.
+            let allowed = match self.rate.get() {
+                None => {
+                    bucket = Bucket::new();
+                    usize::MAX
+                }
+                Some(rate) => {
+                    bucket.refill(rate);
+                    if bucket.tokens < 1.0 {
+                        if !self.pause(bucket.wait(rate)) {
+                            return Closed::Stopped;
+                        }
+                        continue;
+                    }
+                    bucket.tokens.floor() as usize
+                }
+            };
             let mut closed = match r.fill_buf() {
                 Ok([]) => Some(Closed::Eof),
                 Ok(data) => {
-                    splitter.feed(data, &mut raw);
-                    let n = data.len();
+                    // Only whole allowed lines leave the read buffer; the
+                    // rest waits there (and the sender, in the socket).
+                    let (n, lines) = cut_after_lines(data, allowed);
+                    splitter.feed(&data[..n], &mut raw);
                     r.consume(n);
+                    if allowed != usize::MAX {
+                        bucket.tokens -= lines as f64;
+                    }
                     None
                 }
                 Err(e)
@@ -388,26 +491,82 @@ impl Receiver {
         b.lines.extend(lines);
         if let Some(r) = range {
             b.ranges.push(r);
-            b.end = Some(WalPosition { seq: r.seq, offset: r.end });
         }
         true
     }
 }
 
+/// Takes the first `n` lines of `r` with the WAL ranges that hold them
+/// (when there are ranges), and the log position just after the last line
+/// taken. A line's record is 8 bytes of header and its bytes (`wal`), so a
+/// range is cut at a line boundary by adding up the lines it holds.
+fn take_front(r: &mut Received, n: usize) -> (Vec<String>, Vec<WalRange>, Option<WalPosition>) {
+    let n = n.min(r.lines.len());
+    if n == 0 {
+        return (Vec::new(), Vec::new(), None);
+    }
+    let rest_lines = r.lines.split_off(n);
+    let lines = std::mem::replace(&mut r.lines, rest_lines);
+    r.bytes = r.lines.iter().map(|l| l.len() as u64).sum();
+    if r.ranges.is_empty() {
+        return (lines, Vec::new(), None);
+    }
+    // Walk the ranges line by line: `(ri, off)` is where the next line starts.
+    let mut ri = 0;
+    let mut off = r.ranges[0].start;
+    for l in &lines {
+        while ri < r.ranges.len() && off >= r.ranges[ri].end {
+            ri += 1;
+            if let Some(next) = r.ranges.get(ri) {
+                off = next.start;
+            }
+        }
+        off += 8 + l.len() as u64;
+    }
+    let Some(cut) = r.ranges.get(ri).copied() else {
+        // More lines than the ranges hold: cannot happen (every line is
+        // logged before it is received); keep every range with the batch
+        // rather than describe it short.
+        tracing::error!("socket source: received lines and their log ranges disagree; the batch takes every range");
+        let ranges = std::mem::take(&mut r.ranges);
+        let end = ranges.last().map(|l| WalPosition { seq: l.seq, offset: l.end });
+        return (lines, ranges, end);
+    };
+    let off = off.min(cut.end);
+    let mut taken: Vec<WalRange> = r.ranges.drain(..ri).collect();
+    taken.push(WalRange { seq: cut.seq, start: cut.start, end: off });
+    if off < cut.end {
+        r.ranges[0] = WalRange { seq: cut.seq, start: off, end: cut.end };
+    } else {
+        r.ranges.remove(0);
+    }
+    (lines, taken, Some(WalPosition { seq: cut.seq, offset: off }))
+}
+
 impl Source for SocketSource {
     fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
+        // A batch takes at most rate × interval lines (at least one).
+        let most = match self.rate.get() {
+            Some(r) => (r * self.batch_interval_ms.max(1) as f64 / 1000.0).ceil().max(1.0) as usize,
+            None => usize::MAX,
+        };
         let (lock, cv) = &*self.buffer;
-        let got = std::mem::take(&mut *lock.lock().unwrap_or_else(|p| p.into_inner()));
+        let (lines, ranges, after) = take_front(&mut lock.lock().unwrap_or_else(|p| p.into_inner()), most);
         // The receiver may be waiting for room.
         cv.notify_all();
-        let batch = lines_batch(got.lines.iter().map(|s| s.as_str()));
+        let batch = lines_batch(lines.iter().map(|s| s.as_str()));
         if self.wal.is_none() {
             return Ok((batch, InputDescriptor::Unreplayable));
         }
-        if let Some(end) = got.end {
-            self.allocated = Some(end);
+        if let Some(p) = after {
+            self.allocated = Some(p);
         }
-        Ok((batch, InputDescriptor::Wal(got.ranges)))
+        Ok((batch, InputDescriptor::Wal(ranges)))
+    }
+    fn set_rate_limit(&mut self, records_per_second: Option<f64>) {
+        self.rate.set(records_per_second);
+        // A receiver waiting for tokens looks at the new rate now.
+        self.buffer.1.notify_all();
     }
     fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
         match (d, &self.wal) {
@@ -462,5 +621,78 @@ impl Drop for SocketSource {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.buffer.1.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(r: std::ops::Range<usize>) -> Vec<String> {
+        r.map(|i| format!("line {i}{}", "x".repeat(i % 5))).collect()
+    }
+
+    #[test]
+    fn a_batch_takes_the_first_lines_and_exactly_the_log_bytes_that_hold_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WalWriter::create(dir.path(), 0).unwrap();
+        let all = lines(0..10);
+        let mut r = Received::default();
+        for chunk in [&all[0..4], &all[4..7], &all[7..10]] {
+            r.ranges.push(w.append(chunk).unwrap());
+            r.lines.extend(chunk.iter().cloned());
+        }
+        let read = |ranges: &[WalRange]| -> Vec<String> {
+            ranges.iter().flat_map(|x| wal::read_range(dir.path(), 0, x).unwrap()).collect()
+        };
+        // Cut inside the second append.
+        let (got, ranges, after) = take_front(&mut r, 5);
+        assert_eq!(got, all[0..5]);
+        assert_eq!(read(&ranges), all[0..5]);
+        assert_eq!(ranges.len(), 2);
+        // The cursor: reading from it gives exactly what was not taken.
+        let after = after.unwrap();
+        assert_eq!(wal::read_from(dir.path(), 0, after).unwrap().0, all[5..10]);
+        assert_eq!(read(&r.ranges), all[5..10]);
+        assert_eq!(r.bytes, all[5..10].iter().map(|l| l.len() as u64).sum::<u64>());
+        // Cut exactly at the end of an append.
+        let (got, ranges, after) = take_front(&mut r, 2);
+        assert_eq!((got.as_slice(), read(&ranges).as_slice()), (&all[5..7], &all[5..7]));
+        assert_eq!(wal::read_from(dir.path(), 0, after.unwrap()).unwrap().0, all[7..10]);
+        assert_eq!(r.ranges.len(), 1);
+        // More than there is: everything.
+        let (got, ranges, after) = take_front(&mut r, 100);
+        assert_eq!((got.as_slice(), read(&ranges).as_slice()), (&all[7..10], &all[7..10]));
+        assert!(wal::read_from(dir.path(), 0, after.unwrap()).unwrap().0.is_empty());
+        assert!(r.lines.is_empty() && r.ranges.is_empty());
+        assert_eq!(take_front(&mut r, 3), (Vec::new(), Vec::new(), None));
+    }
+
+    #[test]
+    fn without_a_log_a_batch_takes_lines_only() {
+        let mut r = Received { lines: lines(0..3), ..Received::default() };
+        let (got, ranges, after) = take_front(&mut r, 2);
+        assert_eq!((got, ranges, after), (lines(0..2), Vec::new(), None));
+        assert_eq!(r.lines, lines(2..3));
+    }
+
+    #[test]
+    fn the_read_buffer_is_cut_after_the_allowed_line_ends() {
+        assert_eq!(cut_after_lines(b"a\nb\nc\n", 2), (4, 2));
+        assert_eq!(cut_after_lines(b"a\nb\nc", 5), (5, 2));
+        assert_eq!(cut_after_lines(b"abc", 1), (3, 0));
+        assert_eq!(cut_after_lines(b"a\nb\n", usize::MAX), (4, 2));
+    }
+
+    #[test]
+    fn the_bucket_holds_at_most_one_second_of_its_rate() {
+        let mut b = Bucket { tokens: 0.0, last: Instant::now() - Duration::from_secs(10) };
+        b.refill(50.0);
+        assert_eq!(b.tokens, 50.0);
+        b.tokens = 0.5;
+        b.last = Instant::now();
+        // Half a token missing at 10/s: 50 ms.
+        let w = b.wait(10.0);
+        assert!(w <= Duration::from_millis(50) && w >= Duration::from_millis(40), "{w:?}");
     }
 }
