@@ -62,7 +62,9 @@ pub struct UdfRef {
     pub kind: UdfKind,
     /// The parameters the job file gives this use of the function
     /// (`ops.plus(4)`); part of the lineage, so of the job's identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (Always serialized: tasks travel as bincode, which cannot skip a
+    /// field.)
+    #[serde(default)]
     pub params: Option<UdfParams>,
 }
 
