@@ -298,6 +298,9 @@ pub enum Aggregation {
 }
 
 /// How an RDD is made from its parents.
+// A `UdfRef` with parameters makes the stateful variants larger than the
+// rest; RDD ops are plan data, few per batch, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RddOp {
     /// Received or read input of source `source`; blocks are stored at ingestion.
