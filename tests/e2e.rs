@@ -28,3 +28,4 @@ mod serve_kubernetes;
 mod socket_wal_recovery;
 mod socket_wordcount;
 mod udf_dev;
+mod udf_params;

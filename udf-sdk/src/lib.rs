@@ -48,10 +48,69 @@ mod types;
 pub use types::{Bytes, FromValue, Raw, ToValue};
 pub use weir_codec as codec;
 pub use weir_codec::Value;
-pub use weir_udf_macros::{filter, flat_map, key_by, map, map_partitions, map_with_state, reduce, update};
+pub use weir_udf_macros::{filter, flat_map, key_by, map, map_partitions, map_with_state, params, reduce, update};
 
 /// The ABI version this SDK implements.
 pub const ABI_VERSION: i32 = 1;
+
+/// The batch time (ms since the epoch) of the RDD this instance computes:
+/// the host hands it to every instance before its first call (ABI §3a), so
+/// it is an input like the records and a recomputation sees the same time.
+/// `None` outside a job (`weir udf call`). A function gets it as its first
+/// argument with the `time` flag: `#[weir_udf::update(time)]`.
+pub fn batch_time() -> Option<i64> {
+    rt::BATCH_TIME.with(|t| t.get())
+}
+
+/// The parameters a job file gives a function (`ops.plus(4)`,
+/// `geo.within(lat = 52.5, km = 10)`), as `#[weir_udf::params]` structs
+/// read them: the positional values in order, then the named ones.
+pub struct ParamValues<'a> {
+    pub positional: Vec<&'a [u8]>,
+    pub named: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> ParamValues<'a> {
+    /// Field `index` (`name`): the named value, else the positional one,
+    /// else null (so an `Option` field may be left out).
+    pub fn field<T: FromValue<'a>>(&self, index: usize, name: &str) -> Result<T, String> {
+        let v = match self.named.iter().find(|(n, _)| *n == name) {
+            Some((_, v)) => *v,
+            None => match self.positional.get(index) {
+                Some(v) => *v,
+                None => return T::from_value(&[codec::TAG_NULL]).map_err(|_| format!("missing parameter `{name}`")),
+            },
+        };
+        T::from_value(v).map_err(|e| format!("parameter `{name}`: {e}"))
+    }
+
+    /// Refuses values no field takes: more positional values than fields,
+    /// or a name that is not a field's.
+    pub fn check(&self, fields: &[&str]) -> Result<(), String> {
+        if self.positional.len() > fields.len() {
+            return Err(format!("takes {} parameter(s), got {} positional", fields.len(), self.positional.len()));
+        }
+        for (i, (n, _)) in self.named.iter().enumerate() {
+            match fields.iter().position(|f| f == n) {
+                None => return Err(format!("unknown parameter `{n}` (parameters: {})", fields.join(", "))),
+                Some(j) if j < self.positional.len() => {
+                    return Err(format!("parameter `{n}` is given both by position and by name"))
+                }
+                Some(_) if self.named[..i].iter().any(|(m, _)| m == n) => {
+                    return Err(format!("parameter `{n}` is given twice"))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A type a function's parameters decode into: derive it with
+/// `#[weir_udf::params]` on a struct.
+pub trait Params: Sized {
+    fn from_params(p: &ParamValues<'_>) -> Result<Self, String>;
+}
 
 /// Logs a line through the host (rate-limited by the host; never affects outputs).
 pub fn log(msg: &str) {
@@ -120,6 +179,10 @@ pub mod rt {
     use weir_codec::{patch_u32, Records as RawRecords, Writer, TAG_LIST, TAG_NULL, TAG_TUPLE};
 
     thread_local! {
+        /// Set by `weir_batch_time` (ABI §3a).
+        pub(crate) static BATCH_TIME: core::cell::Cell<Option<i64>> = const { core::cell::Cell::new(None) };
+        /// What `weir_params` got: `(export, [positional], [(name, value)])`.
+        static PARAMS: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
         static OUTPUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         /// The buffer of a chained call's input, kept (empty) to be the next
         /// output: calls over many chunks then reuse two warm buffers.
@@ -155,6 +218,83 @@ pub mod rt {
         let p = v.as_mut_ptr();
         core::mem::forget(v);
         p
+    }
+
+    /// The host hands a fresh instance the batch time before any call.
+    #[no_mangle]
+    pub extern "C" fn weir_batch_time(time_ms: i64) {
+        BATCH_TIME.with(|t| t.set(Some(time_ms)));
+    }
+
+    /// The host hands a fresh instance the job file's parameters of the
+    /// one function it serves (a buffer from `weir_alloc`). Checked for
+    /// shape here; each function decodes them into its own type.
+    #[no_mangle]
+    #[allow(clippy::not_unsafe_ptr_arg_deref)]
+    pub extern "C" fn weir_params(ptr: *mut u8, len: usize) -> i64 {
+        // SAFETY: the host got `ptr` from `weir_alloc(len)` and wrote `len` bytes.
+        let bytes = unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) };
+        match split_params(&bytes) {
+            Ok(_) => {
+                PARAMS.with(|p| *p.borrow_mut() = Some(bytes));
+                pack(core::ptr::null(), 0, false)
+            }
+            Err(e) => OUTPUT.with(|o| {
+                let mut out = o.borrow_mut();
+                out.clear();
+                out.extend_from_slice(e.as_bytes());
+                pack(out.as_ptr(), out.len(), true)
+            }),
+        }
+    }
+
+    /// `(export, [positional], [(name, value)])` into its parts.
+    fn split_params(b: &[u8]) -> Result<(&str, ParamValues<'_>), String> {
+        let parts = weir_codec::elements(b).map_err(|e| format!("malformed parameters: {e}"))?;
+        let [export, pos, named] = parts.as_slice() else {
+            return Err("malformed parameters: expected (function, [positional], [named])".into());
+        };
+        let export = <&str>::from_value(export).map_err(|e| format!("malformed parameters: {e}"))?;
+        let positional = weir_codec::elements(pos).map_err(|e| format!("malformed parameters: {e}"))?;
+        let mut out = Vec::new();
+        for p in weir_codec::elements(named).map_err(|e| format!("malformed parameters: {e}"))? {
+            let (k, v) = weir_codec::split_pair(p).map_err(|e| format!("malformed parameters: {e}"))?;
+            out.push((<&str>::from_value(k).map_err(|e| format!("malformed parameter name: {e}"))?, v));
+        }
+        Ok((export, ParamValues { positional, named: out }))
+    }
+
+    /// The parameters of function `export` (`<kind>:<name>`), decoded; a
+    /// function given none decodes from no values.
+    pub fn params<P: Params>(export: &str) -> Result<P, String> {
+        PARAMS.with(|p| {
+            let p = p.borrow();
+            let given = match p.as_deref() {
+                Some(b) => Some(split_params(b)?),
+                None => None,
+            };
+            match given {
+                Some((e, values)) if e == export => P::from_params(&values).map_err(|m| format!("{export}: {m}")),
+                _ => P::from_params(&ParamValues { positional: Vec::new(), named: Vec::new() })
+                    .map_err(|m| format!("{export}: {m}")),
+            }
+        })
+    }
+
+    /// Refuses parameters for a function declared without any.
+    pub fn no_params(export: &str) -> Result<(), String> {
+        PARAMS.with(|p| match p.borrow().as_deref().map(split_params) {
+            Some(Ok((e, _))) if e == export => Err(format!(
+                "{export} takes no parameters (declare them: #[weir_udf::{}(params)])",
+                export.split(':').next().unwrap_or("map")
+            )),
+            _ => Ok(()),
+        })
+    }
+
+    /// The batch time for a `time` function: 0 outside a job.
+    pub fn time() -> i64 {
+        BATCH_TIME.with(|t| t.get()).unwrap_or(0)
     }
 
     fn install_panic_hook() {

@@ -75,6 +75,23 @@ pub fn check(path: &Path) -> Result<ExitCode> {
                 .unwrap_or_else(|| " (cache off)".into());
             let _ = writeln!(out, "  {how}{dir}");
         }
+        // What a job may hand it besides batches (ABI §3a).
+        let params = if m.takes_params() {
+            "yes (exports weir_params: a job may write module.function(args))"
+        } else if m.compiled_from().is_some() {
+            "no (components take no parameters)"
+        } else {
+            "no (no weir_params export)"
+        };
+        let time = if m.takes_batch_time() {
+            "yes (exports weir_batch_time)"
+        } else if m.compiled_from().is_some() {
+            "read from the WASI clocks (a component)"
+        } else {
+            "no (no weir_batch_time export)"
+        };
+        let _ = writeln!(out, "  parameters: {params}");
+        let _ = writeln!(out, "  batch time: {time}");
         if m.functions().is_empty() {
             out.push_str("  functions: none\n");
         } else {

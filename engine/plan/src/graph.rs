@@ -812,6 +812,7 @@ mod tests {
             module_name: "m".into(),
             function: "f".into(),
             kind: crate::udf::UdfKind::Update,
+            params: None,
         }
     }
 }

@@ -331,7 +331,7 @@ mod tests {
     use crate::udf::{ModuleHash, UdfKind};
 
     fn udf(module: &[u8], f: &str, kind: UdfKind) -> UdfRef {
-        UdfRef { module: ModuleHash::of(module), module_name: "m.wasm".into(), function: f.into(), kind }
+        UdfRef { module: ModuleHash::of(module), module_name: "m.wasm".into(), function: f.into(), kind, params: None }
     }
 
     /// lines -> flat_map(split) -> [filter] -> update_state_by_key(total).

@@ -16,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::udf::{ModuleHash, UdfKind};
+use weir_codec as codec;
 
 /// `(batch time in ms, DStream graph node)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,18 +53,127 @@ impl fmt::Display for BlockId {
 }
 
 /// A UDF, pinned by module hash.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UdfRef {
     pub module: ModuleHash,
     /// The module's file name, for messages.
     pub module_name: String,
     pub function: String,
     pub kind: UdfKind,
+    /// The parameters the job file gives this use of the function
+    /// (`ops.plus(4)`); part of the lineage, so of the job's identity.
+    /// (Always serialized: tasks travel as bincode, which cannot skip a
+    /// field.)
+    #[serde(default)]
+    pub params: Option<UdfParams>,
+}
+
+/// As derived, with `params` shown only when given: a job without
+/// parameters keeps the identity signatures (hashes of `Debug` text) its
+/// checkpoints recorded before parameters existed.
+impl fmt::Debug for UdfRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("UdfRef");
+        d.field("module", &self.module)
+            .field("module_name", &self.module_name)
+            .field("function", &self.function)
+            .field("kind", &self.kind);
+        if let Some(p) = &self.params {
+            d.field("params", p);
+        }
+        d.finish()
+    }
 }
 
 impl fmt::Display for UdfRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{} ({}, sha256 {})", self.module_name, self.function, self.kind, self.module.short())
+        write!(f, "{}.{}", self.module_name, self.function)?;
+        if let Some(p) = &self.params {
+            write!(f, "({p})")?;
+        }
+        write!(f, " ({}, sha256 {})", self.kind, self.module.short())
+    }
+}
+
+/// A function's parameters from the job file (`ops.plus(4)`,
+/// `geo.within(lat = 52.5, lon = 13.4, km = 10)`), held as the canonical
+/// encoding of the 2-tuple `([positional values], [(name, value)...])`, the
+/// named ones sorted by name (so their order in the file does not matter).
+/// The guest gets them before its first call (`docs/udf-abi.md` §3a).
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct UdfParams {
+    encoded: Vec<u8>,
+}
+
+impl UdfParams {
+    /// Parameters from positional and named values; `None` if a name is
+    /// given twice.
+    pub fn new(positional: Vec<codec::Value>, mut named: Vec<(String, codec::Value)>) -> Result<Self, String> {
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = named.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(format!("parameter {:?} is given twice", w[0].0));
+        }
+        let named = named.into_iter().map(|(n, v)| codec::Value::pair(codec::Value::Str(n), v)).collect();
+        let v = codec::Value::Tuple(vec![codec::Value::List(positional), codec::Value::List(named)]);
+        Ok(UdfParams { encoded: v.encode() })
+    }
+
+    /// The canonical encoding of `([positional], [(name, value)...])`.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// What the guest's `weir_params` receives for function `export`
+    /// (`<kind>:<name>`): the 3-tuple `(export, [positional], [(name,
+    /// value)...])`.
+    pub fn handoff(&self, export: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded.len() + export.len() + 10);
+        let mut w = codec::Writer::new(&mut out);
+        w.tuple(3);
+        w.str(export);
+        // The stored 2-tuple's body: its two lists.
+        out.extend_from_slice(self.encoded.get(5..).unwrap_or_default());
+        out
+    }
+
+    /// The parameters as a job file writes them: `4`, `"ERROR"`,
+    /// `lat = 52.5, lon = 13.4`.
+    pub fn text(&self) -> String {
+        let show = |v: &codec::Value| match v {
+            codec::Value::Str(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        let Ok(codec::Value::Tuple(parts)) = codec::Value::decode(&self.encoded) else {
+            return "?".into();
+        };
+        let mut out: Vec<String> = Vec::new();
+        if let Some(codec::Value::List(pos)) = parts.first() {
+            out.extend(pos.iter().map(show));
+        }
+        if let Some(codec::Value::List(named)) = parts.get(1) {
+            for p in named {
+                if let codec::Value::Tuple(kv) = p {
+                    if let (Some(codec::Value::Str(k)), Some(v)) = (kv.first(), kv.get(1)) {
+                        out.push(format!("{k} = {}", show(v)));
+                    }
+                }
+            }
+        }
+        out.join(", ")
+    }
+}
+
+impl fmt::Display for UdfParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
+    }
+}
+
+/// The parameters as written (identity signatures hash `Debug` text; the
+/// text is a faithful rendering of the encoded values).
+impl fmt::Debug for UdfParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UdfParams({})", self.text())
     }
 }
 
@@ -188,6 +298,9 @@ pub enum Aggregation {
 }
 
 /// How an RDD is made from its parents.
+// A `UdfRef` with parameters makes the stateful variants larger than the
+// rest; RDD ops are plan data, few per batch, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RddOp {
     /// Received or read input of source `source`; blocks are stored at ingestion.

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::dstream::{DStream, ModuleHandle, StateSpec, StreamingContext, Udf};
+use crate::rdd::UdfParams;
 use crate::scheduler::Clock;
 use crate::sink::OutputSpec;
 use crate::source::SourceSpec;
@@ -458,6 +459,10 @@ enum Tok {
     Open,
     Close,
     Comma,
+    /// `=` between a parameter's name and its value (`km = 10`).
+    Eq,
+    /// The sign of a negative parameter value (`ops.plus(-4)`).
+    Minus,
 }
 
 fn lex(s: &str) -> Result<Vec<Tok>, String> {
@@ -482,6 +487,18 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
             }
             ',' => {
                 out.push(Tok::Comma);
+                i += 1
+            }
+            '=' => {
+                out.push(Tok::Eq);
+                i += 1
+            }
+            // A sign only where a value starts (elsewhere `-` is part of a
+            // name).
+            '-' if cs.get(i + 1).is_some_and(|c| c.is_ascii_digit())
+                && matches!(out.last(), Some(Tok::Open | Tok::Comma | Tok::Eq)) =>
+            {
+                out.push(Tok::Minus);
                 i += 1
             }
             '"' => {
@@ -528,7 +545,9 @@ fn lex(s: &str) -> Result<Vec<Tok>, String> {
 #[derive(Debug)]
 enum Arg {
     Name(String),
-    Qualified(String, String),
+    /// `module.function`, with its parameters when written
+    /// `module.function(args)`.
+    Qualified(String, String, Option<UdfParams>),
     Num(u64, String),
     Decimal(String),
     Text(String),
@@ -569,7 +588,13 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
                         let Some(Tok::Ident(b)) = it.next() else {
                             return Err(format!("expected a function name after `{a}.`"));
                         };
-                        args.push(Arg::Qualified(a, b));
+                        let params = if it.peek() == Some(&Tok::Open) {
+                            it.next();
+                            Some(parse_params(&mut it, &a, &b)?)
+                        } else {
+                            None
+                        };
+                        args.push(Arg::Qualified(a, b, params));
                     } else {
                         args.push(Arg::Name(a));
                     }
@@ -585,6 +610,104 @@ fn parse_expr(s: &str) -> Result<Expr, String> {
     }
     Ok(Expr { first, calls })
 }
+
+/// Parses a function's parameter list after its `(`, through its `)`:
+/// values (integers, decimals, `"text"`, `true`, `false`, `null`), the
+/// positional ones first, then `name = value` ones, separated by commas
+/// (`geo.within(lat = 52.5, lon = 13.4, km = 10)`).
+fn parse_params(
+    it: &mut std::iter::Peekable<std::vec::IntoIter<Tok>>,
+    module: &str,
+    function: &str,
+) -> Result<UdfParams, String> {
+    use weir_codec::Value;
+    let what = format!("parameters of {module}.{function}");
+    let mut positional = Vec::new();
+    let mut named: Vec<(String, Value)> = Vec::new();
+    let show = |t: Option<Tok>| match t {
+        None => "the end of the expression".to_string(),
+        Some(Tok::Ident(s)) | Some(Tok::Decimal(s)) => format!("`{s}`"),
+        Some(Tok::Num(n, u)) => format!("`{n}{u}`"),
+        Some(Tok::Str(s)) => format!("\"{s}\""),
+        Some(Tok::Dot) => "`.`".into(),
+        Some(Tok::Open) => "`(`".into(),
+        Some(Tok::Close) => "`)`".into(),
+        Some(Tok::Comma) => "`,`".into(),
+        Some(Tok::Eq) => "`=`".into(),
+        Some(Tok::Minus) => "`-`".into(),
+    };
+    if it.peek() == Some(&Tok::Close) {
+        it.next();
+        return UdfParams::new(positional, named).map_err(|m| format!("{what}: {m}"));
+    }
+    loop {
+        // `name = value` or `value`.
+        let mut name = None;
+        let mut t = it.next();
+        if let Some(Tok::Ident(n)) = &t {
+            if it.peek() == Some(&Tok::Eq) {
+                it.next();
+                name = Some(n.clone());
+                t = it.next();
+            }
+        }
+        let negative = t == Some(Tok::Minus);
+        if negative {
+            t = it.next();
+        }
+        let value = match t {
+            Some(Tok::Num(n, u)) if u.is_empty() => {
+                let v = if negative { 0i64.checked_sub_unsigned(n) } else { i64::try_from(n).ok() };
+                Value::I64(v.ok_or_else(|| {
+                    format!("{what}: integer {}{n} does not fit in 64 bits", if negative { "-" } else { "" })
+                })?)
+            }
+            Some(Tok::Num(n, u)) => {
+                return Err(format!(
+                    "{what}: `{n}{u}` is not a value (a number has no unit here; text is written in double quotes)"
+                ))
+            }
+            Some(Tok::Decimal(d)) => match d.parse::<f64>() {
+                Ok(f) if f.is_finite() => Value::F64(if negative { -f } else { f }),
+                _ => return Err(format!("{what}: `{d}` is not a finite number")),
+            },
+            Some(Tok::Str(text)) if !negative => Value::Str(text),
+            Some(Tok::Ident(w)) if !negative && w == "true" => Value::Bool(true),
+            Some(Tok::Ident(w)) if !negative && w == "false" => Value::Bool(false),
+            Some(Tok::Ident(w)) if !negative && w == "null" => Value::Null,
+            Some(Tok::Ident(w)) if !negative => {
+                return Err(format!(
+                    "{what}: expected a value (a number, \"text\", true, false or null) or `name = value`, found `{w}`"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{what}: expected a value (a number, \"text\", true, false or null), found {}",
+                    show(other)
+                ))
+            }
+        };
+        match name {
+            Some(n) => named.push((n, value)),
+            None if !named.is_empty() => {
+                return Err(format!("{what}: a positional value follows a named one (write the positional ones first)"))
+            }
+            None => positional.push(value),
+        }
+        if positional.len() + named.len() > MAX_PARAMS {
+            return Err(format!("{what}: more than {MAX_PARAMS} parameters"));
+        }
+        match it.next() {
+            Some(Tok::Comma) => continue,
+            Some(Tok::Close) => break,
+            other => return Err(format!("{what}: expected `,` or `)` after a value, found {}", show(other))),
+        }
+    }
+    UdfParams::new(positional, named).map_err(|m| format!("{what}: {m}"))
+}
+
+/// Most parameters one function use may have.
+const MAX_PARAMS: usize = 256;
 
 impl Expr {
     /// The streams the expression reads: the one it starts from and the
@@ -761,7 +884,7 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             };
             let what = |m: String| e(format!("argument {} ({}): {m}", i + 1, param.name));
             vals.push(Some(match (param.kind, args.get(i)) {
-                (ParamKind::Udf(kind), Some(Arg::Qualified(m, f))) => {
+                (ParamKind::Udf(kind), Some(Arg::Qualified(m, f, params))) => {
                     let Some(h) = self.modules.get(m) else {
                         return Err(what(format!(
                             "no module named {m:?} in [modules] (known: {})",
@@ -771,7 +894,13 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     // The kind comes from the list, so a function exported
                     // with another kind is refused here, naming the line.
                     h.module().check_function(f, kind).map_err(|err| e(err.to_string()))?;
-                    Val::Udf(h.udf(f))
+                    match params {
+                        Some(p) => {
+                            h.module().probe_params(f, kind, p).map_err(|err| e(err.to_string()))?;
+                            Val::Udf(h.udf(f).with_params(p.clone()))
+                        }
+                        None => Val::Udf(h.udf(f)),
+                    }
                 }
                 (ParamKind::Duration, Some(Arg::Num(n, u))) => {
                     Val::Duration(parse_duration(&format!("{n}{u}")).map_err(what)?)

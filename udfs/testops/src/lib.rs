@@ -179,3 +179,75 @@ fn spin(s: &str) -> String {
     }
     s.to_string()
 }
+
+/// `ops.plus(4)`: the job file's parameter, added to each integer.
+#[weir_udf::params]
+struct Plus {
+    n: i64,
+}
+
+#[weir_udf::map(params)]
+fn plus(x: i64, p: &Plus) -> i64 {
+    x + p.n
+}
+
+/// `ops.level_is("ERROR")`: keeps log lines whose first word is the level.
+#[weir_udf::params]
+struct Level(String);
+
+#[weir_udf::filter(params)]
+fn level_is(line: &str, p: &Level) -> bool {
+    line.split_whitespace().next() == Some(p.0.as_str())
+}
+
+/// `ops.within(lat = 52.5, lon = 13.4, km = 10)`: keeps `(lat, lon)` points
+/// within `km` of the centre (equirectangular distance: enough for a test).
+#[weir_udf::params]
+struct Within {
+    lat: f64,
+    lon: f64,
+    km: f64,
+}
+
+#[weir_udf::filter(params)]
+fn within(point: (f64, f64), p: &Within) -> bool {
+    let r = 6371.0_f64;
+    let (la1, la2) = (p.lat.to_radians(), point.0.to_radians());
+    let x = (point.1 - p.lon).to_radians() * ((la1 + la2) / 2.0).cos();
+    let y = la2 - la1;
+    (x * x + y * y).sqrt() * r <= p.km
+}
+
+/// Spark's `updateStateByKey((time, key, values, state) => ...)`: the state
+/// is `(sum, [batch times that brought values])`, so the batch time each
+/// call saw is in the output.
+#[weir_udf::update(time)]
+fn sum_with_times(time: i64, key: Raw, values: Vec<i64>, state: Option<(i64, Vec<i64>)>) -> Option<(i64, Vec<i64>)> {
+    let _ = key;
+    let (mut sum, mut times) = state.unwrap_or((0, Vec::new()));
+    if !values.is_empty() {
+        sum += values.iter().sum::<i64>();
+        times.push(time);
+    }
+    Some((sum, times))
+}
+
+/// Parameters and the batch time together: `ops.scaled_at(factor = 10)`
+/// maps `x` to `(x * factor, batch time)`.
+#[weir_udf::params]
+struct Factor {
+    factor: i64,
+}
+
+#[weir_udf::map(time, params)]
+fn scaled_at(time: i64, x: i64, p: &Factor) -> (i64, i64) {
+    (x * p.factor, time)
+}
+
+/// map_with_state with the batch time: emits `(key, time)` per value.
+#[weir_udf::map_with_state(time)]
+fn stamp(time: i64, key: &str, value: Option<i64>, state: &mut State<i64>) -> (String, i64) {
+    let _ = value;
+    state.update(time);
+    (key.to_string(), time)
+}

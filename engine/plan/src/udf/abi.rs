@@ -16,6 +16,15 @@ pub const EXPORT_ALLOC: &str = "weir_alloc";
 pub const EXPORT_VERSION: &str = "weir_abi_version";
 /// Called once after instantiation if present (WASI-style reactors).
 pub const EXPORT_INITIALIZE: &str = "_initialize";
+/// Optional: `weir_batch_time(time_ms: i64)`, called once on a fresh instance
+/// with the batch time of the RDD it computes, before any UDF call (a module
+/// without it never sees the time).
+pub const EXPORT_BATCH_TIME: &str = "weir_batch_time";
+/// Optional: `weir_params(ptr: i32, len: i32) -> i64`, called once on a fresh
+/// instance with the job file's parameters of the function the instance
+/// serves (a buffer from `weir_alloc`), after `weir_batch_time` and before
+/// any UDF call; returns as a UDF call does (bit 63: an error message).
+pub const EXPORT_PARAMS: &str = "weir_params";
 /// The one import a module may have: `weir::log(ptr: i32, len: i32)`.
 pub const IMPORT_MODULE: &str = "weir";
 pub const IMPORT_LOG: &str = "log";

@@ -85,6 +85,11 @@ pub enum UdfErrorKind {
     StackOverflow,
     #[error("the function reported an error: {0}")]
     Guest(String),
+    /// The job file's parameters cannot be handed over: the module takes
+    /// none (no `weir_params` export, or a component), or `weir_params`
+    /// refused them.
+    #[error("parameters: {0}")]
+    Params(String),
     #[error("malformed output: {0}")]
     MalformedOutput(String),
     #[error("output is {size} bytes, over the limit of {limit} bytes")]

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use weir_codec::Value;
 
-use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfRef};
+use crate::rdd::{Aggregation, JoinKind, NarrowOp, PairFilter, Reducer, UdfParams, UdfRef};
 use crate::scheduler::{Driver, Job, RunOptions, RunReport};
 use crate::sink::{self, Collected, ForeachRdd, OutputSpec, Sink};
 use crate::source::{Source, SourceSpec};
@@ -47,26 +47,46 @@ use crate::EngineError;
 use graph::{Graph, NodeId, NodeOp, Output};
 use weir_plan::limits::duration_ms;
 
-/// A function of a loaded module, not yet bound to a kind.
+/// A function of a loaded module, not yet bound to a kind, with the
+/// parameters the job gives it, if any.
 #[derive(Clone, Debug)]
 pub struct Udf {
     module: Arc<UdfModule>,
     name: String,
+    params: Option<UdfParams>,
 }
 
 impl Udf {
-    /// Binds to `kind`, checking the module exports it as such.
+    /// This function with parameters (`ops.plus(4)`): the instance that
+    /// runs it gets them before its first call (`docs/udf-abi.md` §3a).
+    /// The module must take parameters (checked when bound to a kind).
+    pub fn with_params(mut self, params: UdfParams) -> Udf {
+        self.params = Some(params);
+        self
+    }
+
+    /// Binds to `kind`, checking the module exports it as such (and takes
+    /// parameters, if given).
     fn bind(&self, kind: UdfKind) -> Result<UdfRef, EngineError> {
         self.module.check_function(&self.name, kind)?;
+        if self.params.is_some() {
+            self.module.check_params(&self.name, kind)?;
+        }
         Ok(UdfRef {
             module: self.module.hash(),
             module_name: self.module.name().to_string(),
             function: self.name.clone(),
             kind,
+            params: self.params.clone(),
         })
     }
+    /// How stream labels (and so lineage diffs) name it: `ops.plus(4)`.
     fn label(&self) -> String {
-        format!("{}.{}", self.module.name().trim_end_matches(".wasm").trim_end_matches(".wat"), self.name)
+        let name = format!("{}.{}", self.module.name().trim_end_matches(".wasm").trim_end_matches(".wat"), self.name);
+        match &self.params {
+            Some(p) => format!("{name}({p})"),
+            None => name,
+        }
     }
 }
 
@@ -76,7 +96,7 @@ pub struct ModuleHandle(Arc<UdfModule>);
 
 impl ModuleHandle {
     pub fn udf(&self, name: &str) -> Udf {
-        Udf { module: self.0.clone(), name: name.to_string() }
+        Udf { module: self.0.clone(), name: name.to_string(), params: None }
     }
     pub fn module(&self) -> &Arc<UdfModule> {
         &self.0

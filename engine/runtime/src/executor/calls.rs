@@ -8,37 +8,72 @@ use std::collections::HashMap;
 
 use weir_codec as codec;
 
-use crate::rdd::UdfRef;
+use crate::rdd::{UdfParams, UdfRef};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfInstance, UdfKind};
 pub use weir_plan::task::TaskFailure;
+
+/// Which instance serves a call: one per module, and apart from that one
+/// per use of a function with parameters (its own parameters are handed to
+/// its instance) and, for a module that asks for the batch time, one per
+/// batch time (a task may recompute an older batch's RDD: its calls see
+/// that batch's time, so a recomputation is byte-identical).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct InstanceKey {
+    module: ModuleHash,
+    params: Option<(String, UdfKind, UdfParams)>,
+    time: Option<i64>,
+}
 
 /// The instances and call count of one task.
 pub(crate) struct UdfCalls<'a> {
     registry: &'a ModuleRegistry,
     batch_time: i64,
-    instances: HashMap<ModuleHash, UdfInstance>,
+    /// The batch time of the RDD being computed (see [`UdfCalls::set_time`]).
+    time: i64,
+    instances: HashMap<InstanceKey, UdfInstance>,
     /// UDF calls made (for metrics).
     pub(crate) count: u64,
 }
 
 impl<'a> UdfCalls<'a> {
     pub(crate) fn new(registry: &'a ModuleRegistry, batch_time: i64) -> Self {
-        UdfCalls { registry, batch_time, instances: HashMap::new(), count: 0 }
+        UdfCalls { registry, batch_time, time: batch_time, instances: HashMap::new(), count: 0 }
     }
 
-    fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<&mut UdfInstance, TaskFailure> {
-        if !self.instances.contains_key(&f.module) {
-            let module = self.registry.get(&f.module).ok_or_else(|| {
-                engine_fault(format!(
-                    "module {} (sha256 {}) is not loaded on this executor",
-                    f.module_name,
-                    f.module.short()
-                ))
-            })?;
-            let inst = module.instantiate(Some(self.batch_time), Some(partition))?;
-            self.instances.insert(f.module, inst);
+    /// Sets the batch time of the RDD whose UDFs are called next (the task
+    /// may compute older batches' RDDs on the way); returns the previous
+    /// one, to restore.
+    pub(crate) fn set_time(&mut self, time: i64) -> i64 {
+        std::mem::replace(&mut self.time, time)
+    }
+
+    fn key(&self, f: &UdfRef, takes_time: bool) -> InstanceKey {
+        InstanceKey {
+            module: f.module,
+            params: f.params.as_ref().map(|p| (f.function.clone(), f.kind, p.clone())),
+            time: takes_time.then_some(self.time),
         }
-        self.instances.get_mut(&f.module).ok_or_else(|| engine_fault("instance vanished"))
+    }
+
+    fn instance(&mut self, f: &UdfRef, partition: u32) -> Result<(&mut UdfInstance, InstanceKey), TaskFailure> {
+        let module = self.registry.get(&f.module).ok_or_else(|| {
+            engine_fault(format!(
+                "module {} (sha256 {}) is not loaded on this executor",
+                f.module_name,
+                f.module.short()
+            ))
+        })?;
+        let key = self.key(f, module.takes_batch_time());
+        if !self.instances.contains_key(&key) {
+            // A module that asks for the batch time gets its RDD's; the
+            // others keep the task's (a component's clocks read it).
+            let time = if module.takes_batch_time() { self.time } else { self.batch_time };
+            let params = f.params.as_ref().map(|p| (f.function.as_str(), f.kind, p));
+            let inst = module.instantiate_with(Some(time), Some(partition), params)?;
+            self.instances.insert(key.clone(), inst);
+        }
+        let inst = self.instances.get_mut(&key).ok_or_else(|| engine_fault("instance vanished"))?;
+        Ok((inst, key))
     }
 
     /// Runs functions of one module as a chained call on the batch made of
@@ -51,13 +86,13 @@ impl<'a> UdfCalls<'a> {
         partition: u32,
         consume: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, TaskFailure> {
-        let module = steps[0].module;
         let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
         self.count += steps.len() as u64;
-        let r = self.instance(steps[0], partition)?.call_chain_with(&names, count, parts, consume);
+        let (inst, key) = self.instance(steps[0], partition)?;
+        let r = inst.call_chain_with(&names, count, parts, consume);
         r.map_err(|e| {
             // A failed instance is never reused.
-            self.instances.remove(&module);
+            self.instances.remove(&key);
             e.into()
         })
     }
@@ -74,10 +109,11 @@ impl<'a> UdfCalls<'a> {
         consume: impl FnOnce(&[u8]) -> Result<R, TaskFailure>,
     ) -> Result<Result<R, TaskFailure>, TaskFailure> {
         self.count += 1;
-        let r = self.instance(f, partition)?.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
+        let (inst, key) = self.instance(f, partition)?;
+        let r = inst.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
         r.map_err(|e| {
             // A failed instance is never reused.
-            self.instances.remove(&f.module);
+            self.instances.remove(&key);
             e.into()
         })
     }
@@ -94,14 +130,14 @@ impl<'a> UdfCalls<'a> {
         input: &[u8],
         partition: u32,
     ) -> Result<Vec<u8>, TaskFailure> {
-        let inst = self.instance(f, partition)?;
+        let (inst, key) = self.instance(f, partition)?;
         let r = inst.call(&f.function, kind, input);
         self.count += 1;
         match r {
             Ok(out) => Ok(out),
             Err(e) => {
                 // A failed instance is never reused.
-                self.instances.remove(&f.module);
+                self.instances.remove(&key);
                 Err(e.into())
             }
         }

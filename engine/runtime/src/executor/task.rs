@@ -155,7 +155,11 @@ impl TaskCx<'_, '_> {
     /// Computes (or reads) partition `p` of `id`. An engine fault or bad
     /// data is located at the innermost partition it arose in.
     pub(crate) fn compute(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
-        self.compute_unlocated(id, p).map_err(|e| e.locate(self.task.batch_time, id, p))
+        // The UDFs of `id` see its batch time, even in a later batch's task.
+        let outer = self.udfs.set_time(id.time);
+        let r = self.compute_unlocated(id, p).map_err(|e| e.locate(self.task.batch_time, id, p));
+        self.udfs.set_time(outer);
+        r
     }
 
     fn compute_unlocated(&mut self, id: RddId, p: u32) -> Result<Block, TaskFailure> {
@@ -292,7 +296,10 @@ impl TaskCx<'_, '_> {
             *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
         let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
-        let buckets = side.finish(&mut self.udfs)?;
+        let outer = self.udfs.set_time(shuffle.time);
+        let buckets = side.finish(&mut self.udfs);
+        self.udfs.set_time(outer);
+        let buckets = buckets?;
         for (r, data) in buckets.into_iter().enumerate() {
             self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
         }
@@ -333,7 +340,10 @@ impl TaskCx<'_, '_> {
         }
         let (base, ops) = self.narrow_run(id, p)?;
         let input = self.compute(base, p)?;
-        self.pipeline_into(&ops, &input, p, sink).map_err(|e| e.locate(self.task.batch_time, id, p))
+        let outer = self.udfs.set_time(id.time);
+        let r = self.pipeline_into(&ops, &input, p, sink).map_err(|e| e.locate(self.task.batch_time, id, p));
+        self.udfs.set_time(outer);
+        r
     }
 
     /// Applies narrow operations in order and returns the whole result.
@@ -558,7 +568,15 @@ fn runs(ops: &[NarrowOp]) -> Vec<Run<'_>> {
             Some(f) => {
                 let mut steps = vec![f];
                 i += 1;
-                while let Some(g) = ops.get(i).and_then(chainable).filter(|g| g.module == f.module) {
+                // A function with parameters has an instance of its own
+                // (they are handed to the instance), so it chains with
+                // nothing but uses of itself with the same parameters.
+                let same_instance = |g: &&UdfRef| {
+                    g.module == f.module
+                        && (g.params.is_none() && f.params.is_none()
+                            || (g.params == f.params && g.function == f.function && g.kind == f.kind))
+                };
+                while let Some(g) = ops.get(i).and_then(chainable).filter(same_instance) {
                     steps.push(g);
                     i += 1;
                 }

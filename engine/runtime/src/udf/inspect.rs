@@ -129,8 +129,15 @@ pub fn inspect(runtime: &Arc<UdfRuntime>, bytes: &[u8]) -> Result<Report, UdfErr
         }
         let ty = type_string(&ty);
         let n = exp.name();
-        let abi_name =
-            [abi::EXPORT_MEMORY, abi::EXPORT_ALLOC, abi::EXPORT_VERSION, abi::EXPORT_INITIALIZE].contains(&n);
+        let abi_name = [
+            abi::EXPORT_MEMORY,
+            abi::EXPORT_ALLOC,
+            abi::EXPORT_VERSION,
+            abi::EXPORT_INITIALIZE,
+            abi::EXPORT_PARAMS,
+            abi::EXPORT_BATCH_TIME,
+        ]
+        .contains(&n);
         if ty == UDF_EXPORT_TYPE && !abi_name && !n.contains(':') && !declared.iter().any(|d| d.export == n) {
             report.unnamed.push(n.to_string());
         }

@@ -169,8 +169,8 @@ pub struct UdfModule {
 
 /// A module's compiled, pre-linked code.
 enum Code {
-    /// ABI v1: a core module.
-    Core { pre: InstancePre<HostState>, has_initialize: bool },
+    /// ABI v1: a core module, with which optional exports it has.
+    Core { pre: InstancePre<HostState>, has_initialize: bool, has_batch_time: bool, has_params: bool },
     /// ABI v2: a component.
     Component { pre: component::GuestPre<component::ComponentState>, from: component::CompiledFrom },
 }
@@ -226,6 +226,7 @@ impl UdfModule {
         let mut functions = Vec::new();
         let mut found: Vec<&str> = Vec::new();
         let (mut has_memory, mut has_alloc, mut has_version, mut has_initialize) = (false, false, false, false);
+        let (mut has_batch_time, mut has_params) = (false, false);
         for exp in module.exports() {
             let n = exp.name();
             let ty = exp.ty();
@@ -255,6 +256,18 @@ impl UdfModule {
                     has_version = true;
                 }
                 abi::EXPORT_INITIALIZE => has_initialize = is_func(&[], &[]),
+                abi::EXPORT_BATCH_TIME => {
+                    if !is_func(&["i64"], &[]) {
+                        return fail(&site, mistyped("func (i64 time_ms)"));
+                    }
+                    has_batch_time = true;
+                }
+                abi::EXPORT_PARAMS => {
+                    if !is_func(&["i32", "i32"], &["i64"]) {
+                        return fail(&site, mistyped("func (i32 ptr, i32 len) -> i64"));
+                    }
+                    has_params = true;
+                }
                 _ => {
                     // A declaration in `weir:exports` wins over the name's
                     // own shape: the toolchain chose the name, the author the
@@ -311,7 +324,7 @@ impl UdfModule {
             path,
             hash,
             functions,
-            code: Code::Core { pre, has_initialize },
+            code: Code::Core { pre, has_initialize, has_batch_time, has_params },
             limits,
             size: binary.len(),
             bytes: Arc::new(binary.into_owned()),
@@ -402,6 +415,53 @@ impl UdfModule {
         }
     }
 
+    /// Whether the module takes parameters from the job file (a core
+    /// module exporting `weir_params`; components do not).
+    pub fn takes_params(&self) -> bool {
+        matches!(self.code, Code::Core { has_params: true, .. })
+    }
+
+    /// Whether the module asks for the batch time (a core module exporting
+    /// `weir_batch_time`; a component reads it from its WASI clocks).
+    pub fn takes_batch_time(&self) -> bool {
+        matches!(self.code, Code::Core { has_batch_time: true, .. })
+    }
+
+    /// Checks that function `name` of `kind` may be given parameters: the
+    /// module must take them (`weir_params`).
+    pub fn check_params(&self, name: &str, kind: UdfKind) -> Result<(), UdfError> {
+        if self.takes_params() {
+            return Ok(());
+        }
+        let why = match self.code {
+            Code::Component { .. } => {
+                "components (ABI v2) take no parameters from the job file; use a core module (ABI v1) \
+                 that exports weir_params"
+            }
+            Code::Core { .. } => "the module takes no parameters (it does not export weir_params)",
+        };
+        let mut site = self.site();
+        site.export = Some(self.export_of(name, kind));
+        site.kind = Some(kind);
+        Err(UdfError::new(site, UdfErrorKind::Params(format!("{} is given parameters, but {why}", name))))
+    }
+
+    /// Checks, when a job is loaded, that function `name` of `kind` takes
+    /// `params`: the module must take parameters, and an instance given
+    /// them must accept a call on an empty batch (the Rust SDK decodes the
+    /// parameters there, so a missing or unknown one is found before the
+    /// job runs, not in its first batch).
+    pub fn probe_params(
+        self: &Arc<Self>,
+        name: &str,
+        kind: UdfKind,
+        params: &weir_plan::rdd::UdfParams,
+    ) -> Result<(), UdfError> {
+        self.check_params(name, kind)?;
+        let mut inst = self.instantiate_with(None, None, Some((name, kind, params)))?;
+        inst.call(name, kind, &0u32.to_le_bytes()).map(|_| ())
+    }
+
     /// For a component: whether it was compiled now or read from the disk
     /// cache (`None` for a core module).
     pub fn compiled_from(&self) -> Option<component::CompiledFrom> {
@@ -479,6 +539,19 @@ impl UdfModule {
         batch_time_ms: Option<i64>,
         partition: Option<u32>,
     ) -> Result<UdfInstance, UdfError> {
+        self.instantiate_with(batch_time_ms, partition, None)
+    }
+
+    /// [`instantiate`](Self::instantiate), handing the instance its batch
+    /// time (when the module exports `weir_batch_time`) and, for `params`
+    /// `Some((name, kind, parameters))`, the job file's parameters of that
+    /// function (`weir_params`), before any call (ABI §3a).
+    pub fn instantiate_with(
+        self: &Arc<Self>,
+        batch_time_ms: Option<i64>,
+        partition: Option<u32>,
+        params: Option<(&str, UdfKind, &weir_plan::rdd::UdfParams)>,
+    ) -> Result<UdfInstance, UdfError> {
         let mut site = self.site();
         site.batch_time_ms = batch_time_ms;
         site.partition = partition;
@@ -491,9 +564,14 @@ impl UdfModule {
             last_log: None,
             module: self.name.clone(),
         };
-        let (pre, has_initialize) = match &self.code {
-            Code::Core { pre, has_initialize } => (pre, *has_initialize),
+        let (pre, has_initialize, has_batch_time) = match &self.code {
+            Code::Core { pre, has_initialize, has_batch_time, .. } => (pre, *has_initialize, *has_batch_time),
             Code::Component { pre, .. } => {
+                if let Some((name, kind, _)) = params {
+                    return Err(self.check_params(name, kind).err().unwrap_or_else(|| {
+                        UdfError::new(site, UdfErrorKind::Params("a component takes no parameters".into()))
+                    }));
+                }
                 let inst = ComponentInstance::new(self, pre, state, batch_time_ms, partition, site)?;
                 return Ok(UdfInstance { inner: Inner::Component(Box::new(inst)) });
             }
@@ -525,6 +603,13 @@ impl UdfModule {
                     return Err(inst.error(None, kind));
                 }
             }
+        }
+        if let (true, Some(t)) = (has_batch_time, batch_time_ms) {
+            inst.set_batch_time(t)?;
+        }
+        if let Some((name, kind, p)) = params {
+            self.check_params(name, kind)?;
+            inst.set_params(name, kind, p)?;
         }
         Ok(UdfInstance { inner: Inner::Core(Box::new(inst)) })
     }
@@ -650,6 +735,67 @@ impl CoreInstance {
                 Err(self.error(None, kind))
             }
         }
+    }
+
+    /// Hands the instance its batch time (`weir_batch_time`), under the
+    /// housekeeping fuel.
+    fn set_batch_time(&mut self, time_ms: i64) -> Result<(), UdfError> {
+        let f = self
+            .instance
+            .get_typed_func::<i64, ()>(&mut self.store, abi::EXPORT_BATCH_TIME)
+            .map_err(|_| self.error(None, UdfErrorKind::MissingExport { name: abi::EXPORT_BATCH_TIME.into() }))?;
+        let _ = self.store.set_fuel(HOUSEKEEPING_FUEL);
+        f.call(&mut self.store, time_ms).map_err(|e| {
+            let kind = classify(e, &self.store, &self.module.limits);
+            self.error(None, kind)
+        })
+    }
+
+    /// Hands the instance the parameters of function `name` of `kind`
+    /// (`weir_params`): written into a buffer from `weir_alloc` as for a
+    /// call, under a call's fuel (a guest may parse them eagerly); an error
+    /// result is the guest refusing them.
+    fn set_params(&mut self, name: &str, kind: UdfKind, params: &weir_plan::rdd::UdfParams) -> Result<(), UdfError> {
+        let at = Some((name, kind));
+        let limits = self.module.limits;
+        let input = params.handoff(&kind.export_name(name));
+        let f = self
+            .instance
+            .get_typed_func::<(i32, i32), i64>(&mut self.store, abi::EXPORT_PARAMS)
+            .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: abi::EXPORT_PARAMS.into() }))?;
+        let len = i32::try_from(input.len())
+            .map_err(|_| self.error(at, UdfErrorKind::Params("parameters over 2 GiB".into())))?;
+        let _ = self.store.set_fuel(limits.fuel_per_call);
+        self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
+        let ptr = match self.alloc.call(&mut self.store, len) {
+            Ok(p) => p as u32 as usize,
+            Err(e) => {
+                let kind = classify(e, &self.store, &limits);
+                return Err(self.error(at, kind));
+            }
+        };
+        if self.memory.write(&mut self.store, ptr, &input).is_err() {
+            let msg = format!("weir_alloc({len}) returned {ptr:#x}, outside linear memory");
+            return Err(self.error(at, UdfErrorKind::MalformedOutput(msg)));
+        }
+        let packed = match f.call(&mut self.store, (ptr as i32, len)) {
+            Ok(r) => abi::unpack(r),
+            Err(e) => {
+                let kind = classify(e, &self.store, &limits);
+                return Err(self.error(at, kind));
+            }
+        };
+        if packed.error {
+            let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
+            let mut msg = vec![0u8; n];
+            if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
+                let m = "error message lies outside linear memory".to_string();
+                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+            }
+            let m = format!("weir_params refused {}: {}", params.text(), String::from_utf8_lossy(&msg));
+            return Err(self.error(at, UdfErrorKind::Params(m)));
+        }
+        Ok(())
     }
 
     fn func(&mut self, name: &str, kind: UdfKind) -> Result<TypedFunc<(i32, i32), i64>, UdfError> {

@@ -968,6 +968,55 @@ fn drop_and_recompute(dag: &mut DagScheduler, rdd: RddId, victims: &[BlockId]) -
     again
 }
 
+#[test]
+fn the_batch_time_and_parameters_recompute_to_identical_blocks() {
+    // update_state_by_key's function gets the batch time (its state lists
+    // the batches that brought values) after a map_values with a
+    // parameter. Dropping the state blocks of batches 2000 and 3000 makes
+    // the task of 3000 recompute 2000's state too: that function must see
+    // 2000, or the recomputed bytes differ.
+    let tmp = tempfile::tempdir().unwrap();
+    let ssc = ctx();
+    let t = testops(&ssc);
+    let plus = t.udf("plus").with_params(weir::rdd::UdfParams::new(vec![i(1)], vec![]).unwrap());
+    let input = vec![kvs(&[("a", 1), ("b", 2)]), kvs(&[("a", 3)]), kvs(&[("c", 4)])];
+    let state =
+        ssc.queue_stream(input).map_values(&plus).unwrap().update_state_by_key(&t.udf("sum_with_times")).unwrap();
+    let node = state.node();
+    let c = state.collect().unwrap();
+    let recomputed: Arc<Mutex<Batches>> = Arc::default();
+    let r2 = recomputed.clone();
+    let mut o = opts(2);
+    o.checkpoint = Some(weir::scheduler::CheckpointOptions::new(tmp.path()));
+    o.after_batch = Some(hook(move |dag, time, outs| {
+        if time != 3000 {
+            return;
+        }
+        let rdd = outs[0].expect("the state every batch");
+        assert_eq!(rdd.node, node);
+        let victims: Vec<BlockId> = dag
+            .backend()
+            .blocks()
+            .ids()
+            .into_iter()
+            .filter(|b| matches!(b, BlockId::Rdd { rdd: r, .. } if r.node == node && r.time >= 2000))
+            .collect();
+        assert!(victims.iter().any(|b| matches!(b, BlockId::Rdd { rdd: r, .. } if r.time == 2000)), "{victims:?}");
+        let again = drop_and_recompute(dag, rdd, &victims);
+        r2.lock().unwrap().push((time, decode(&again)));
+    }));
+    run_ok(ssc, o);
+    let collected = taken(&c);
+    let at_3000 = collected.iter().find(|(t, _)| *t == 3000).expect("batch 3000").clone();
+    assert_eq!(*recomputed.lock().unwrap(), vec![at_3000.clone()], "recomputed state equals the batch's");
+    let times = |xs: &[i64]| Value::List(xs.iter().map(|&x| i(x)).collect());
+    let st = |sum: i64, ts: &[i64]| Value::Tuple(vec![i(sum), times(ts)]);
+    assert_unordered(
+        vec![at_3000],
+        vec![(3000, vec![p(s("a"), st(6, &[1000, 2000])), p(s("b"), st(3, &[1000])), p(s("c"), st(5, &[3000]))])],
+    );
+}
+
 fn decode(parts: &[Vec<u8>]) -> Vec<Value> {
     parts.iter().flat_map(|p| Value::decode_batch(p).unwrap()).collect()
 }

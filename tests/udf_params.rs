@@ -1,0 +1,192 @@
+//! UDF parameters from the job file (`ops.plus(4)`, `ops.within(lat =
+//! 52.5, ...)`) and the batch time handed to functions (Spark's
+//! `updateStateByKey((time, key, values, state) => ...)`), through `weir
+//! run` on `local[2]` and `local-cluster[2]`: what they change in the
+//! outputs, the job file's errors (file:line), a changed parameter refusing
+//! recovery with a diff naming it, and what `weir udf check` says.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+/// The `[modules]` table: testops, and the Python component (ABI v2)
+/// when `body` uses it (loading it costs a compilation).
+fn modules(body: &str) -> String {
+    let mut m = format!("\n[modules]\nops = \"{}\"\n", module("testops.wasm").display());
+    if body.contains("py.") {
+        m.push_str(&format!("py = \"{}\"\n", module("wordcount_py.wasm").display()));
+    }
+    m
+}
+
+fn saved(stream: &str) -> String {
+    format!("[[outputs]]\nstream = \"{stream}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{stream}\"\n")
+}
+
+fn write_job(dir: &Path, body: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let job = dir.join("job.toml");
+    std::fs::write(&job, format!("batch_interval = \"1s\"\n{body}{}", modules(body))).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+    job
+}
+
+fn run_on(job: &Path, master: &str, extra: &[&str]) -> Output {
+    let ckpt = job.parent().unwrap().join("ckpt");
+    run(weir()
+        .arg("run")
+        .arg(job)
+        .args(["--clock", "logical", "--master", master, "--checkpoint"])
+        .arg(&ckpt)
+        .args(extra))
+}
+
+fn ok(out: &Output) -> String {
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "weir run failed:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const NUMS: &str = "[1, 2, 3]\n[10]\n[]\n";
+const LOGS: &str = "[\"ERROR disk full\", \"INFO started\", \"WARN slow\", \"ERROR again\"]\n[\"INFO x\"]\n[]\n";
+/// Berlin (52.52, 13.40), Potsdam (52.39, 13.06, about 26 km away) and
+/// Hamburg (53.55, 9.99, about 255 km away).
+const POINTS: &str = "[[52.52, 13.40], [52.39, 13.06], [53.55, 9.99]]\n[]\n[]\n";
+const PAIRS: &str = "[[\"a\", 1], [\"b\", 2]]\n[[\"a\", 3]]\n[]\n";
+
+#[test]
+fn parameters_and_the_batch_time_change_results_alike_on_both_masters() {
+    let body = "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
+        [sources.points]\ntype = \"batches\"\npath = \"points.jsonl\"\n\
+        [sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        plus4 = \"nums.map(ops.plus(4))\"\n\
+        minus10 = \"nums.map(ops.plus(n = -10))\"\n\
+        twice = \"nums.map(ops.plus(4)).map(ops.plus(100)).map(ops.double)\"\n\
+        errors = 'logs.filter(ops.level_is(\"ERROR\"))'\n\
+        warns = 'logs.filter(ops.level_is(\"WARN\"))'\n\
+        near = \"points.filter(ops.within(lat = 52.5, lon = 13.4, km = 10))\"\n\
+        region = \"points.filter(ops.within(km = 100, lon = 13.4, lat = 52.5))\"\n\
+        stamped = \"nums.map(ops.scaled_at(factor = 10))\"\n\
+        transformed = 'nums.transform(\"rdd.map(ops.plus(1000))\")'\n\
+        totals = \"pairs.map_values(ops.plus(1)).update_state_by_key(ops.sum_with_times)\"\n";
+    let streams =
+        ["plus4", "minus10", "twice", "errors", "warns", "near", "region", "stamped", "transformed", "totals"];
+    let body = format!("{body}{}", streams.iter().map(|s| saved(s)).collect::<String>());
+    let files = [("nums.jsonl", NUMS), ("logs.jsonl", LOGS), ("points.jsonl", POINTS), ("pairs.jsonl", PAIRS)];
+    let mut trees = Vec::new();
+    let mut dirs = Vec::new();
+    for master in ["local[2]", "local-cluster[2]"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = write_job(tmp.path(), &body, &files);
+        ok(&run_on(&job, master, &[]));
+        trees.push(tree(&tmp.path().join("out")));
+        dirs.push(tmp);
+    }
+    assert!(!trees[0].is_empty());
+    assert_eq!(trees[0], trees[1], "local-cluster[2] writes the same files, byte for byte, as local[2]");
+    let out = |s: &str| -> BTreeMap<i64, Vec<String>> { read_outputs(&dirs[0].path().join("out"), s) };
+    let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(out("plus4")[&1000], l(&["5", "6", "7"]));
+    assert_eq!(out("plus4")[&2000], l(&["14"]));
+    assert_eq!(out("minus10")[&1000], l(&["-9", "-8", "-7"]), "a named, negative parameter");
+    // One export used with two parameters in one pipeline: each use keeps
+    // its own.
+    assert_eq!(out("twice")[&1000], l(&["210", "212", "214"]));
+    assert_eq!(out("errors")[&1000], l(&["ERROR disk full", "ERROR again"]));
+    assert_eq!(out("warns")[&1000], l(&["WARN slow"]));
+    assert_eq!(out("near")[&1000], l(&["(52.52,13.4)"]), "Potsdam and Hamburg are farther than 10 km");
+    assert_eq!(out("region")[&1000], l(&["(52.52,13.4)", "(52.39,13.06)"]), "named parameters in any order");
+    assert_eq!(out("stamped")[&1000], l(&["(10,1000)", "(20,1000)", "(30,1000)"]));
+    assert_eq!(out("stamped")[&2000], l(&["(100,2000)"]), "each batch's own time");
+    assert_eq!(out("transformed")[&2000], l(&["1010"]), "parameters inside a transform expression");
+    // update_state_by_key's function got each batch's time: the state
+    // lists the batches that brought values.
+    let totals = out("totals");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(totals[&1000].clone()), l(&["(a,(2,[1000]))", "(b,(3,[1000]))"]));
+    assert_eq!(sorted(totals[&2000].clone()), l(&["(a,(6,[1000, 2000]))", "(b,(3,[1000]))"]));
+    assert_eq!(sorted(totals[&3000].clone()), l(&["(a,(6,[1000, 2000]))", "(b,(3,[1000]))"]));
+}
+
+#[test]
+fn malformed_parameter_lists_are_refused_naming_the_line() {
+    let cases: &[(&str, &str)] = &[
+        ("nums.map(ops.plus(4)", "unterminated argument list of map"),
+        ("nums.map(ops.plus(4, )", "expected a value"),
+        ("nums.map(ops.plus(4 5))", "expected `,` or `)` after a value, found `5`"),
+        ("nums.map(ops.plus(n = ))", "expected a value"),
+        ("nums.map(ops.plus(n = 1, 2))", "a positional value follows a named one"),
+        ("nums.map(ops.plus(10s))", "`10s` is not a value"),
+        ("nums.map(ops.plus(n = 1, n = 2))", "parameter \"n\" is given twice"),
+        ("nums.map(ops.plus(99999999999999999999))", "number too large"),
+        // Found by the probe when the job loads, not in its first batch.
+        ("nums.map(ops.plus(m = 1))", "unknown parameter `m` (parameters: n)"),
+        ("nums.map(ops.plus())", "missing parameter `n`"),
+        ("nums.map(ops.plus(\"four\"))", "parameter `n`"),
+        ("nums.map(ops.double(2))", "map:double takes no parameters"),
+        // A component (ABI v2) takes none: a clear error, not a silent drop.
+        ("nums.flat_map(py.split(1))", "components (ABI v2) take no parameters"),
+    ];
+    for (expr, want) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = format!(
+            "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\n[streams]\nx = '{expr}'\n{}",
+            saved("x")
+        );
+        let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
+        let out = run_on(&job, "local[2]", &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{expr} was accepted:\n{err}");
+        // `batch_interval` is line 1, `x = ...` line 7.
+        assert!(err.contains("job.toml:7: stream x"), "{expr}: the error names the file and line:\n{err}");
+        assert!(err.contains(want), "{expr}: expected {want:?} in:\n{err}");
+        assert!(!err.contains("batch 1000 ms"), "{expr}: refused before any batch ran:\n{err}");
+    }
+}
+
+#[test]
+fn a_changed_parameter_refuses_recovery_with_a_diff_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = |n: i64| {
+        format!(
+            "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+             [streams]\ntotals = \"pairs.map_values(ops.plus({n})).update_state_by_key(ops.sum_with_times)\"\n{}",
+            saved("totals")
+        )
+    };
+    let job = write_job(tmp.path(), &body(1), &[("pairs.jsonl", PAIRS)]);
+    ok(&run_on(&job, "local[2]", &["--batches", "2"]));
+    // The same job with another parameter.
+    write_job(tmp.path(), &body(2), &[]);
+    let out = run_on(&job, "local[2]", &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a changed parameter continued the old state:\n{err}");
+    assert!(err.contains("stateful stream \"totals\""), "{err}");
+    assert!(err.contains("- totals: map_values(testops.plus(1))"), "the diff shows the old parameter: {err}");
+    assert!(err.contains("+ totals: map_values(testops.plus(2))"), "the diff shows the new parameter: {err}");
+    // Unchanged, it recovers.
+    write_job(tmp.path(), &body(1), &[]);
+    let err = ok(&run_on(&job, "local[2]", &[]));
+    assert!(err.contains("recovered from checkpoint"), "{err}");
+}
+
+#[test]
+fn udf_check_says_whether_a_module_takes_parameters_and_the_batch_time() {
+    let out = run(weir().args(["udf", "check"]).arg(module("testops.wasm")));
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{s}{}", text(&out.stderr));
+    assert!(s.contains("parameters: yes (exports weir_params"), "{s}");
+    assert!(s.contains("batch time: yes (exports weir_batch_time)"), "{s}");
+    let out = run(weir().args(["udf", "check"]).arg(module("wordcount_c.wasm")));
+    let s = text(&out.stdout);
+    assert!(s.contains("parameters: no (no weir_params export)"), "{s}");
+    assert!(s.contains("batch time: no (no weir_batch_time export)"), "{s}");
+}
