@@ -254,7 +254,8 @@ pub fn run_bounded(cmd: &mut Command, limit: std::time::Duration) -> Bounded {
     Bounded {
         code,
         timed_out,
-        peak_kb: usage.ru_maxrss as u64,
+        // The sampled VmHWM (see above), never `usage.ru_maxrss`.
+        peak_kb,
         stderr: reader.join().unwrap(),
         elapsed: started.elapsed(),
     }

@@ -347,6 +347,9 @@ enum HostileS3 {
     /// may hold) and streams zeros for ever: only a bound below the
     /// declared length keeps memory small.
     GiBMetadata,
+    /// Listing the metadata checkpoints fails (HTTP 500, every time): the
+    /// run must not take the location for an empty one.
+    ListFails,
 }
 
 /// Serves one connection (keep-alive) as a `mode` bucket.
@@ -391,6 +394,11 @@ fn serve_s3(mut s: TcpStream, mode: HostileS3) {
             ("GET", "/bucket/p/metadata/checkpoint-1000") => {
                 return endless(&mut s, if mode == HostileS3::HugeMetadata { 1 << 40 } else { 1 << 30 })
             }
+            ("GET", "/bucket") if mode == HostileS3::ListFails && target.contains("prefix=p%2Fmetadata%2F") => reply(
+                &mut s,
+                "500 Internal Server Error",
+                "<?xml version=\"1.0\"?><Error><Code>InternalError</Code><Message>no</Message></Error>",
+            ),
             ("GET", "/bucket") if target.contains("list-type=2") => {
                 let listing = if target.contains("prefix=p%2Fmetadata%2F") {
                     "<Contents><Key>p/metadata/checkpoint-1000</Key><LastModified>2026-11-30T00:00:00.000Z\
@@ -449,6 +457,7 @@ fn a_hostile_s3_server_is_refused_within_bounded_memory_and_time() {
         (HostileS3::HugeLease, "lock", "1099511627776 bytes, more than the 65536 allowed"),
         (HostileS3::HugeMetadata, "metadata/checkpoint-1000", "1099511627776 bytes, more than the 67108864 allowed"),
         (HostileS3::GiBMetadata, "metadata/checkpoint-1000", "1073741824 bytes, more than the 67108864 allowed"),
+        (HostileS3::ListFails, "", "cannot list its metadata checkpoints"),
     ] {
         let port = hostile_s3(mode);
         let mut c = weir();
@@ -463,7 +472,8 @@ fn a_hostile_s3_server_is_refused_within_bounded_memory_and_time() {
         assert!(!r.timed_out, "{mode:?}: no end within 90 s:\n{err}");
         assert!(r.code.is_some() && !err.contains("panicked"), "{mode:?}: crashed:\n{err}");
         assert!(r.peak_kb < 200 << 10, "{mode:?}: peak RSS {} kB:\n{err}", r.peak_kb);
-        let named = err.lines().find(|l| l.contains(&format!("s3://bucket/p/{object}")) && l.contains(says));
+        let place = if object.is_empty() { "s3://bucket/p".to_string() } else { format!("s3://bucket/p/{object}") };
+        let named = err.lines().find(|l| l.contains(&place) && l.contains(says));
         assert!(named.is_some(), "{mode:?}: no message naming {object} and saying {says:?}:\n{err}");
     }
 }
