@@ -464,13 +464,7 @@ impl Lineage {
                 let _ = writeln!(s, "{pad}{id} (above)");
                 continue;
             }
-            let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
-            let persist = if r.persist { " [persisted]" } else { "" };
-            let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
-            let parents = match &r.op {
-                RddOp::Shuffled { parents, .. } => parents.clone(),
-                op => op.narrow_parents(),
-            };
+            let parents = explain_line(id, r, &pad, &mut s);
             stack.extend(parents.iter().rev().map(|p| (*p, depth + 1)));
         }
         s
@@ -483,14 +477,19 @@ impl Lineage {
             let _ = writeln!(s, "{pad}{id} (forgotten)");
             return;
         };
-        let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
-        let persist = if r.persist { " [persisted]" } else { "" };
-        let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
-        let parents = match &r.op {
-            RddOp::Shuffled { parents, .. } => parents.clone(),
-            op => op.narrow_parents(),
-        };
-        parents.iter().for_each(|p| self.explain_into(*p, depth + 1, s));
+        explain_line(id, r, &pad, s).iter().for_each(|p| self.explain_into(*p, depth + 1, s));
+    }
+}
+
+/// One RDD's line of a plan; returns its parents (shuffle or narrow).
+fn explain_line(id: RddId, r: &Rdd, pad: &str, s: &mut String) -> Vec<RddId> {
+    use std::fmt::Write;
+    let shuffle = if matches!(r.op, RddOp::Shuffled { .. }) { " <- shuffle" } else { "" };
+    let persist = if r.persist { " [persisted]" } else { "" };
+    let _ = writeln!(s, "{pad}({}) {} {}{persist}{shuffle}", r.partitions, id, r.label);
+    match &r.op {
+        RddOp::Shuffled { parents, .. } => parents.clone(),
+        op => op.narrow_parents(),
     }
 }
 
