@@ -467,7 +467,7 @@ pub(crate) fn print_out(s: &str) -> Result<()> {
 
 fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     let master: Master = args.master.parse().map_err(anyhow::Error::msg).context("--master")?;
-    let runtime = UdfRuntime::new()?;
+    let runtime = UdfRuntime::shared()?;
     let job = weir::job::load(&args.job, runtime)?;
     let clock = match args.clock {
         Some(ClockArg::Wall) => Clock::Wall,

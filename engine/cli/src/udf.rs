@@ -25,7 +25,7 @@ with lines like `split = flat_map` (docs/udf-abi.md, section 1)";
 /// loading it exactly as a job would. Exit 1 when a job could not use it:
 /// invalid, or valid but without a single function.
 pub fn check(path: &Path) -> Result<ExitCode> {
-    let runtime = UdfRuntime::new()?;
+    let runtime = UdfRuntime::shared()?;
     let limits = UdfLimits::default();
     let bytes = weir::udf::read_module_file(path, &limits)
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
@@ -248,7 +248,7 @@ fn hints(r: &Report, e: &UdfErrorKind) -> Vec<String> {
 
 /// `weir udf call MODULE FUNC --input JSON [--kind K]`.
 pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>) -> Result<ExitCode> {
-    let runtime = UdfRuntime::new()?;
+    let runtime = UdfRuntime::shared()?;
     let m = UdfModule::load(&runtime, path, UdfLimits::default())
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
     let kind = resolve_kind(&m, path, function, kind)?;

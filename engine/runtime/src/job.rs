@@ -1101,7 +1101,7 @@ mod tests {
     /// One wasmtime engine for all these tests (compiling is what costs).
     fn runtime() -> Arc<UdfRuntime> {
         static RT: OnceLock<Arc<UdfRuntime>> = OnceLock::new();
-        RT.get_or_init(|| UdfRuntime::new().unwrap()).clone()
+        RT.get_or_init(|| UdfRuntime::shared().unwrap()).clone()
     }
 
     /// A module exporting one stub function per kind, named after its kind:

@@ -123,15 +123,51 @@ pub fn save_as_text_files(
     };
     std::fs::create_dir_all(&parent).map_err(io(&parent))?;
     // Leftovers of an earlier attempt at this batch by a driver that died.
-    if let Ok(rd) = std::fs::read_dir(&parent) {
-        let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
-        for e in rd.filter_map(|e| e.ok()) {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+    let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    remove_leftovers(&parent, |n| n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix));
+    write_batch_dir(&parent, &name, &target, partitions)
+}
+
+/// Removes the entries of `dir` whose names `is_leftover` picks.
+fn remove_leftovers(dir: &Path, is_leftover: impl Fn(&str) -> bool) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.filter_map(|e| e.ok()) {
+        if is_leftover(&e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Whether `name` is a temporary or replaced directory that a writer of
+/// `stem-<time>[.suffix]` leaves when it dies: `.stem-<time>[.suffix].tmp-<pid>`
+/// or `.old-<pid>`.
+fn is_batch_leftover(name: &str, stem: &str, suffix: Option<&str>) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_prefix(stem)).and_then(|n| n.strip_prefix('-')) else {
+        return false;
+    };
+    let rest = rest.strip_prefix('-').unwrap_or(rest);
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return false;
+    }
+    let mut rest = &rest[digits..];
+    if let Some(s) = suffix.filter(|s| !s.is_empty()) {
+        match rest.strip_prefix('.').and_then(|r| r.strip_prefix(s)) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    let pid = rest.strip_prefix(".tmp-").or_else(|| rest.strip_prefix(".old-"));
+    pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Writes a batch's directory `parent/name` (= `target`) through a temporary
+/// directory, without looking for leftovers of other writers.
+fn write_batch_dir(parent: &Path, name: &str, target: &Path, partitions: &[Vec<u8>]) -> Result<PathBuf, SinkError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SinkError::Io { path, source }
+    };
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -139,15 +175,15 @@ pub fn save_as_text_files(
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     // A failed attempt (a full disk) leaves nothing behind: the batch stays
     // pending and is written again later.
-    let written = write_parts(&tmp, partitions).and_then(|()| publish(&parent, &name, &tmp, &target));
+    let written = write_parts(&tmp, partitions).and_then(|()| publish(parent, name, &tmp, target));
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written?;
     // The rename is durable only once the directory is: a failure here fails
     // the batch (its re-run replaces the copy).
-    crate::checkpoint::store::sync_dir(&parent).map_err(io(&parent))?;
-    Ok(target)
+    crate::checkpoint::store::sync_dir(parent).map_err(io(parent))?;
+    Ok(target.to_path_buf())
 }
 
 /// Writes each partition as `part-NNNNN` and `_SUCCESS` into `tmp`, fsynced.
@@ -264,16 +300,38 @@ impl Sink for PrintSink {
 }
 
 /// `save_as_text_files`: `prefix-<time>[.suffix]/part-NNNNN`, atomically.
+///
+/// Leftovers of writers that died (their temporary directories) are
+/// removed once, at the sink's first write, for every batch time: listing
+/// the output directory at every batch would cost time that grows with the
+/// number of batches ever written.
 #[derive(Debug, Clone)]
 pub struct TextFilesSink {
-    pub base: PathBuf,
-    pub prefix: String,
-    pub suffix: Option<String>,
+    base: PathBuf,
+    prefix: String,
+    suffix: Option<String>,
+    swept: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TextFilesSink {
+    pub fn new(base: PathBuf, prefix: String, suffix: Option<String>) -> TextFilesSink {
+        TextFilesSink { base, prefix, suffix, swept: Arc::default() }
+    }
 }
 
 impl Sink for TextFilesSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
-        save_as_text_files(&self.base, &self.prefix, self.suffix.as_deref(), time, partitions).map(|_| ())
+        let target = batch_dir(&self.base, &self.prefix, self.suffix.as_deref(), time);
+        let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::fs::create_dir_all(&parent).map_err(|source| SinkError::Io { path: parent.clone(), source })?;
+        if !self.swept.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let zero = batch_dir(&self.base, &self.prefix, None, 0);
+            let zero = zero.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = zero.strip_suffix("-0").unwrap_or(&zero);
+            remove_leftovers(&parent, |n| is_batch_leftover(n, stem, self.suffix.as_deref()));
+        }
+        write_batch_dir(&parent, &name, &target, partitions).map(|_| ())
     }
 }
 
@@ -318,7 +376,7 @@ pub fn open(
             object_text_files(prefix, suffix.clone())?
         }
         OutputSpec::SaveAsTextFiles { prefix, suffix } => {
-            Arc::new(TextFilesSink { base: base.to_path_buf(), prefix: prefix.clone(), suffix: suffix.clone() })
+            Arc::new(TextFilesSink::new(base.to_path_buf(), prefix.clone(), suffix.clone()))
         }
         OutputSpec::Collect { id } => {
             Arc::new(CollectSink(collectors.get(*id).ok_or(missing("collector", *id))?.clone()))
@@ -413,5 +471,52 @@ impl Sink for ObjectTextFilesSink {
             }
         }
         self.store.put(&success, b"").map_err(io(&success))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_recognised_by_stem_time_suffix_and_pid() {
+        for (name, suffix, yes) in [
+            (".counts-100.tmp-4242", None, true),
+            (".counts-100.old-7", None, true),
+            (".counts--5.tmp-1", None, true),
+            (".counts-100.txt.tmp-1", Some("txt"), true),
+            (".counts-100.tmp-1", Some("txt"), false),
+            (".counts-100", None, false),
+            ("counts-100.tmp-1", None, false),
+            (".counts-x-100.tmp-1", None, false),
+            (".countsx-100.tmp-1", None, false),
+            (".counts-100.tmp-", None, false),
+            (".counts-100.tmp-12a", None, false),
+            (".other-100.tmp-1", None, false),
+        ] {
+            assert_eq!(is_batch_leftover(name, "counts", suffix), yes, "{name} with suffix {suffix:?}");
+        }
+    }
+
+    /// The first write removes what dead writers left for any batch time of
+    /// this sink, and nothing of another sink's; later writes do not list
+    /// the directory again.
+    #[test]
+    fn the_first_write_sweeps_every_batch_leftover_of_this_sink_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let names = [".counts-100.tmp-99999", ".counts-200.old-1", ".counts-x-100.tmp-5", ".other-100.tmp-5"];
+        for n in names {
+            std::fs::create_dir_all(out.join(n).join("sub")).unwrap();
+        }
+        let sink = TextFilesSink::new(dir.path().to_path_buf(), "out/counts".into(), None);
+        let batch = weir_codec::Value::encode_batch(&[weir_codec::Value::str("a")]);
+        sink.write(300, std::slice::from_ref(&batch)).unwrap();
+        let left: Vec<bool> = names.iter().map(|n| out.join(n).exists()).collect();
+        assert_eq!(left, [false, false, true, true], "after the first write");
+        assert_eq!(std::fs::read_to_string(out.join("counts-300/part-00000")).unwrap(), "a\n");
+        std::fs::create_dir(out.join(".counts-100.tmp-1")).unwrap();
+        sink.write(400, &[batch]).unwrap();
+        assert!(out.join(".counts-100.tmp-1").exists(), "a later write listed the directory again");
     }
 }

@@ -92,7 +92,7 @@ impl Server {
     pub fn open(config: Config) -> Result<Arc<Server>, ServeError> {
         let registry = Registry::open(&config.state_dir)?;
         let store = ModuleStore::open(&config.state_dir)?;
-        let runtime = UdfRuntime::new().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
+        let runtime = UdfRuntime::shared().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;
         let interval = Duration::from_millis(config.storage_check_interval_ms);
         let pool = ServePool::start(&config)?;
         let server = Arc::new(Server {

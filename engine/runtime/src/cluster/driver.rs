@@ -1035,7 +1035,7 @@ mod tests {
             executor_binary: None,
             listeners: Default::default(),
         };
-        let registry = Arc::new(ModuleRegistry::new(UdfRuntime::new().unwrap(), Default::default()));
+        let registry = Arc::new(ModuleRegistry::new(UdfRuntime::shared().unwrap(), Default::default()));
         ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap()
     }
 

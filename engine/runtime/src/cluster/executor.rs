@@ -206,7 +206,7 @@ fn incarnation(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<
     let server = block_server::serve(listener, blocks.clone(), secret.clone());
     tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
 
-    let runtime = UdfRuntime::new().map_err(|e| ExecutorError::Other(e.to_string()))?;
+    let runtime = UdfRuntime::shared().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let registry = Arc::new(ModuleRegistry::new(runtime, limits));
     let writer = conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });

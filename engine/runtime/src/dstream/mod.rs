@@ -142,7 +142,7 @@ impl StreamingContext {
     }
 
     pub fn with_limits(batch_interval: Duration, limits: UdfLimits) -> Result<Self, EngineError> {
-        let runtime = UdfRuntime::new()?;
+        let runtime = UdfRuntime::shared()?;
         Self::with_registry(batch_interval, Arc::new(ModuleRegistry::new(runtime, limits)))
     }
 

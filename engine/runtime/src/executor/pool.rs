@@ -559,7 +559,7 @@ mod tests {
         // No worker threads: the tasks stay queued.
         let pool = SharedPool::idle(2);
         let registry =
-            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
+            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::shared().expect("engine"), Default::default()));
         let (one, _rx1) = pool.tenant("t").executors(registry.clone(), BlockStore::new()).expect("job one");
         let (two, _rx2) = pool.tenant("t").executors(registry, BlockStore::new()).expect("job two");
         for i in 0..3 {
@@ -577,7 +577,7 @@ mod tests {
     fn a_task_runs_on_the_pool_and_a_dropped_pool_closes_the_result_channel() {
         let pool = SharedPool::start(1).expect("workers");
         let registry =
-            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::new().expect("engine"), Default::default()));
+            Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::shared().expect("engine"), Default::default()));
         let (job, rx) = pool.tenant("t").executors(registry, BlockStore::new()).expect("job");
         assert_eq!(job.slots(), 1);
         // Its RDD is not in the task: the task fails, as a result.

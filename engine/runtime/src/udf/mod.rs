@@ -9,7 +9,9 @@
 //! by the SHA-256 of their bytes, compiled once and pre-linked
 //! (`InstancePre`). Every task gets a fresh [`UdfInstance`] (a fresh `Store`),
 //! so no memory survives from one task to the next and a recomputation never
-//! depends on an old instance's state. Components go through the same
+//! depends on an old instance's state. Instances live in a pool of reused
+//! slots whose memory is zeroed between uses (mapping a fresh memory per
+//! task cost more than the guest's work on small batches). Components go through the same
 //! [`UdfModule`] and [`UdfInstance`], so a job may mix both and executors in
 //! other processes need nothing special.
 
@@ -37,6 +39,17 @@ pub use limits::{UdfLimits, UdfLimitsOverrides};
 
 /// How often the epoch ticks: the resolution of the wall-clock watchdog.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Instance slots in the process's pool (concurrent instances, core and
+/// component ones together; a task holds one per module it calls).
+const POOL_SLOTS: u32 = 1000;
+
+/// Bytes of a pooled linear memory kept mapped and zeroed by `memset` when
+/// its instance ends (the rest is returned with `madvise`).
+const POOL_KEEP_RESIDENT: usize = 32 << 20;
+
+/// Elements a table may grow to (the store's limiter and the pool's slots).
+const TABLE_ELEMENTS: usize = 100_000;
+
 /// Fuel for the ABI's own calls (version probe, allocation).
 const HOUSEKEEPING_FUEL: u64 = 10_000_000;
 
@@ -49,6 +62,22 @@ pub struct UdfRuntime {
 }
 
 impl UdfRuntime {
+    /// The process's runtime, made on first use. One engine per process
+    /// (as wasmtime intends): its instance pool reserves address space for
+    /// `POOL_SLOTS` linear memories once, not once per job or context.
+    pub fn shared() -> Result<Arc<Self>, UdfError> {
+        static SHARED: Mutex<Option<Arc<UdfRuntime>>> = Mutex::new(None);
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = shared.as_ref() {
+            return Ok(rt.clone());
+        }
+        let rt = Self::new()?;
+        *shared = Some(rt.clone());
+        Ok(rt)
+    }
+
+    /// A runtime of its own (its own engine, pool and watchdog thread);
+    /// [`UdfRuntime::shared`] is what a process normally wants.
     pub fn new() -> Result<Arc<Self>, UdfError> {
         let mut c = Config::new();
         // Threads and shared memory are compiled out (no `threads` feature).
@@ -59,6 +88,7 @@ impl UdfRuntime {
             .consume_fuel(true)
             .epoch_interruption(true)
             .max_wasm_stack(1 << 20);
+        c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
         // `WEIR_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so that `perf
         // report` names the guest's functions (docs/benchmarks.md).
         if std::env::var_os("WEIR_WASM_PERFMAP").is_some_and(|v| v == "1") {
@@ -93,6 +123,32 @@ impl UdfRuntime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// Instances come from a pool of pre-reserved slots instead of a fresh
+/// `mmap` per task: every task instantiates its modules anew (a fresh
+/// `Store`, for isolation), and with the default allocator each one mapped,
+/// faulted in and unmapped its linear memory, which cost more CPU than the
+/// guest's own work on small batches. A slot's memory is zeroed on reuse
+/// (up to `POOL_KEEP_RESIDENT` by `memset`, the rest by `madvise`), so no
+/// state survives from one task to the next.
+fn pooling() -> wasmtime::PoolingAllocationConfig {
+    let mut p = wasmtime::PoolingAllocationConfig::new();
+    p.total_core_instances(POOL_SLOTS)
+        .total_memories(POOL_SLOTS)
+        .total_tables(POOL_SLOTS)
+        .total_component_instances(POOL_SLOTS)
+        // Multi-memory is off (one memory per core module); tables as the
+        // store's limiter allows them (several per module with reference
+        // types; component toolchains emit large function tables).
+        .max_memories_per_module(1)
+        .max_tables_per_module(8)
+        .table_elements(TABLE_ELEMENTS)
+        .max_core_instance_size(16 << 20)
+        .linear_memory_keep_resident(POOL_KEEP_RESIDENT)
+        .table_keep_resident(1 << 16)
+        .max_unused_warm_slots(64);
+    p
 }
 
 impl Drop for UdfRuntime {
@@ -557,7 +613,7 @@ impl UdfModule {
         site.partition = partition;
         let state = HostState {
             memory_limit: self.limits.memory_bytes,
-            table_limit: 100_000,
+            table_limit: TABLE_ELEMENTS,
             memory_limit_hit: false,
             log_budget: self.limits.log_lines_per_call,
             log_lines_per_call: self.limits.log_lines_per_call,

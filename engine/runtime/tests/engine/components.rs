@@ -25,7 +25,7 @@ fn module_path(rel: &str) -> PathBuf {
 
 fn runtime() -> Arc<UdfRuntime> {
     static RT: OnceLock<Arc<UdfRuntime>> = OnceLock::new();
-    RT.get_or_init(|| UdfRuntime::new().expect("UDF runtime")).clone()
+    RT.get_or_init(|| UdfRuntime::shared().expect("UDF runtime")).clone()
 }
 
 fn load_with(rel: &str, limits: UdfLimits) -> Arc<UdfModule> {

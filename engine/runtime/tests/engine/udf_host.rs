@@ -28,7 +28,7 @@ fn module_path(rel: &str) -> PathBuf {
 
 fn runtime() -> Arc<UdfRuntime> {
     static RT: OnceLock<Arc<UdfRuntime>> = OnceLock::new();
-    RT.get_or_init(|| UdfRuntime::new().expect("UDF runtime")).clone()
+    RT.get_or_init(|| UdfRuntime::shared().expect("UDF runtime")).clone()
 }
 
 fn load(rel: &str) -> Arc<UdfModule> {
@@ -845,4 +845,57 @@ fn chained_calls_equal_separate_calls_in_every_language() {
     let mut inst = m.instantiate(None, None).unwrap();
     let e = inst.call_chain(&[("split", UdfKind::FlatMap), ("pair", UdfKind::FlatMap)], &input).unwrap_err();
     assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
+}
+
+/// Instances come from a pool of reused slots (`udf/mod.rs`, `pooling`): a
+/// task's instance must still start from zeroed memory, below and above the
+/// part of a slot that is kept resident. `map:scribble` grows memory to
+/// ~40 MiB and writes non-zero bytes at 1, 20 and 36 MiB; `map:peek` grows
+/// it the same way and traps if any of those bytes is not zero.
+#[test]
+fn a_reused_instance_slot_starts_from_zeroed_memory() {
+    const WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "weir_abi_version") (result i32) (i32.const 1))
+  (func (export "weir_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $len)))
+    (if (i32.gt_u (global.get $heap) (i32.shl (memory.size) (i32.const 16)))
+      (then (drop (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1))))))
+    (local.get $p))
+  (func $grow (if (i32.lt_u (memory.size) (i32.const 640))
+    (then (drop (memory.grow (i32.sub (i32.const 640) (memory.size)))))))
+  (func $same (param $ptr i32) (param $len i32) (result i64)
+    (i64.or (i64.extend_i32_u (local.get $ptr))
+            (i64.shl (i64.extend_i32_u (local.get $len)) (i64.const 32))))
+  (func (export "map:scribble") (param $ptr i32) (param $len i32) (result i64)
+    (call $grow)
+    (i64.store (i32.const 0x100000) (i64.const -1))
+    (i64.store (i32.const 0x1400000) (i64.const -1))
+    (i64.store (i32.const 0x2400000) (i64.const -1))
+    (call $same (local.get $ptr) (local.get $len)))
+  (func (export "map:peek") (param $ptr i32) (param $len i32) (result i64)
+    (call $grow)
+    (if (i64.ne (i64.const 0) (i64.or (i64.load (i32.const 0x100000))
+          (i64.or (i64.load (i32.const 0x1400000)) (i64.load (i32.const 0x2400000)))))
+      (then unreachable))
+    (call $same (local.get $ptr) (local.get $len)))
+)"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slot_reuse.wat");
+    std::fs::write(&path, WAT).unwrap();
+    let m = UdfModule::load(&runtime(), &path, UdfLimits::default()).unwrap();
+    let input = Value::encode_batch(&ints(&[7]));
+    for round in 0..20 {
+        let mut a = m.instantiate(None, None).unwrap();
+        assert_eq!(a.call("scribble", UdfKind::Map, &input).unwrap(), input);
+        // `peek` does see the bytes where they are (the check can fail).
+        assert!(a.call("peek", UdfKind::Map, &input).is_err(), "round {round}: peek missed the scribbles");
+        drop(a);
+        let mut b = m.instantiate(None, None).unwrap();
+        let peeked = b.call("peek", UdfKind::Map, &input);
+        assert_eq!(peeked.unwrap_or_else(|e| panic!("round {round}: memory of an earlier instance: {e}")), input);
+    }
 }
