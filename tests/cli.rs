@@ -2,6 +2,7 @@
 //! a failing UDF, the file-based WordCount example.
 
 use crate::common::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn write_job(dir: &Path, body: &str) -> std::path::PathBuf {
@@ -193,6 +194,50 @@ prefix = "out/checked"
     let outputs = read_outputs(&tmp.path().join("out"), "checked");
     assert_eq!(outputs.keys().copied().collect::<Vec<_>>(), vec![1000, 3000], "batches 1 and 3 still produce output");
     assert_eq!(outputs[&3000], vec!["e"]);
+}
+
+/// Each batch's progress object names what every module cost: calls, fuel
+/// and failed calls (a trap is a failure; the deterministic one is not
+/// retried, so the failing batch has exactly one).
+#[test]
+fn progress_json_reports_udf_calls_fuel_and_failures_per_module() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("in.jsonl"), "[\"a\", \"b\"]\n[\"c\", \"panic\", \"d\"]\n[\"e\"]\n").unwrap();
+    let job = format!(
+        r#"batch_interval = "1s"
+[modules]
+ops = "{}"
+[sources.lines]
+type = "batches"
+path = "in.jsonl"
+[streams]
+checked = "lines.map(ops.panic_on_panic)"
+[[outputs]]
+stream = "checked"
+type = "save_as_text_files"
+prefix = "out/checked"
+"#,
+        module("testops.wasm").display()
+    );
+    let job = write_job(tmp.path(), &job);
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--progress", "json"]));
+    let err = text(&out.stderr);
+    let usage: BTreeMap<i64, serde_json::Value> = err
+        .lines()
+        .filter(|l| l.starts_with("{\"time\":"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["time"].as_i64().unwrap(), v["udf_usage"].clone()))
+        .collect();
+    assert_eq!(usage.keys().copied().collect::<Vec<_>>(), [1000, 2000, 3000], "{err}");
+    for (t, u) in &usage {
+        let u = u.as_array().unwrap_or_else(|| panic!("batch {t}: {u}"));
+        assert_eq!(u.len(), 1, "batch {t}: one module: {u:?}");
+        assert_eq!(u[0]["module"], "testops.wasm", "batch {t}");
+        assert!(u[0]["calls"].as_u64().unwrap() >= 1, "batch {t}: {u:?}");
+        assert!(u[0]["fuel"].as_u64().unwrap() > 0, "batch {t}: the guest burned no fuel? {u:?}");
+        let failures = if *t == 2000 { 1 } else { 0 };
+        assert_eq!(u[0]["failures"].as_u64(), Some(failures), "batch {t}: {u:?}");
+    }
 }
 
 #[test]

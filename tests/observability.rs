@@ -253,6 +253,15 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     for name in ["weir_task_retries_total", "weir_executors_added_total", "weir_executors_lost_total"] {
         assert_eq!(metrics.get(name), Some(&0.0), "{name}");
     }
+    // Per module: split, pair and sum at least once a batch, fuel burned,
+    // no failure; and the batch's own figures in the API.
+    let calls = metrics["weir_udf_calls_total{module=\"wordcount.wasm\"}"];
+    assert!(calls >= 3.0 * batches_total, "{calls} calls in {batches_total} batches");
+    assert!(metrics["weir_udf_fuel_total{module=\"wordcount.wasm\"}"] > calls, "fuel of {calls} calls");
+    assert_eq!(metrics["weir_udf_failures_total{module=\"wordcount.wasm\"}"], 0.0);
+    let usage = &one["udf_usage"][0];
+    assert_eq!(usage["module"], "wordcount.wasm", "{one}");
+    assert!(usage["calls"].as_u64().unwrap() >= 3 && usage["fuel"].as_u64().unwrap() > 0, "{one}");
 
     // The pages: four plots with data, links to batches, the graph.
     let home = get_ok(addr, "/");

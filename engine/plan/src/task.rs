@@ -87,6 +87,29 @@ pub struct TaskResult {
     /// The block server address of the executor that ran it ("" in-process).
     #[serde(default)]
     pub executor: String,
+    /// What each module's functions cost in this task (by module name).
+    #[serde(default)]
+    pub udf_usage: Vec<UdfUsage>,
+}
+
+/// One module's use in a task, a batch or a run: calls, fuel its instances
+/// burned (their own code and the ABI's allocations), failed calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdfUsage {
+    pub module: String,
+    pub calls: u64,
+    pub fuel: u64,
+    /// Calls that failed (a trap, a limit, malformed output, a guest error).
+    pub failures: u64,
+}
+
+impl UdfUsage {
+    /// Adds `other`'s figures (same module) into this one.
+    pub fn add(&mut self, other: &UdfUsage) {
+        self.calls += other.calls;
+        self.fuel += other.fuel;
+        self.failures += other.failures;
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -119,7 +119,12 @@ pub struct BatchReport {
     /// when the batch took its records (`None`: unbounded). Set by
     /// backpressure and `[rate] max`.
     pub rate_limits: Vec<Option<f64>>,
+    /// Per module (by name, sorted): the batch's UDF calls, fuel burned and
+    /// failed calls, retried and recomputing tasks included.
+    pub udf_usage: Vec<UdfUsage>,
 }
+
+pub use weir_plan::task::UdfUsage;
 
 impl OutputOpInfo {
     pub fn new(index: usize, description: String) -> Self {

@@ -284,6 +284,9 @@ pub struct BatchRecord {
     /// batch took its records; `null`: unbounded.
     #[serde(default)]
     pub rate_limits: Vec<Option<f64>>,
+    /// Per module: the batch's UDF calls, fuel burned and failed calls.
+    #[serde(default)]
+    pub udf_usage: Vec<l::UdfUsage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +349,7 @@ impl From<&l::BatchReport> for BatchRecord {
             blocks_recomputed: b.blocks_recomputed,
             tasks_resubmitted: b.tasks_resubmitted,
             rate_limits: b.rate_limits.clone(),
+            udf_usage: b.udf_usage.clone(),
         }
     }
 }

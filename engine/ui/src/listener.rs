@@ -208,6 +208,7 @@ mod cost {
                 blocks_recomputed: 0,
                 tasks_resubmitted: 0,
                 rate_limits: vec![],
+                udf_usage: vec![],
             }));
         }
         eprintln!("{:?} per batch", t.elapsed() / n as u32);

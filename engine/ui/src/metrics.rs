@@ -39,6 +39,10 @@ pub struct Metrics {
     source_names: std::sync::Mutex<Vec<SourceInfo>>,
     /// Per source: its rate limit in records per second (absent: unbounded).
     source_rate_limit: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Per module (by the job's name for it): calls, fuel, failed calls.
+    udf_calls: Family<Labels, Counter>,
+    udf_fuel: Family<Labels, Counter>,
+    udf_failures: Family<Labels, Counter>,
 }
 
 /// A source's series labels: its index and kind.
@@ -80,6 +84,9 @@ impl Metrics {
             receiver_errors: Family::default(),
             source_names: Default::default(),
             source_rate_limit: Family::default(),
+            udf_calls: Family::default(),
+            udf_fuel: Family::default(),
+            udf_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
@@ -114,6 +121,17 @@ impl Metrics {
         registry.register("executors_added", "Executors that joined", m.executors_added.clone());
         registry.register("executors_lost", "Executors lost", m.executors_lost.clone());
         registry.register("receiver_errors", "Receiver errors (per source)", m.receiver_errors.clone());
+        registry.register("udf_calls", "UDF calls, per module", m.udf_calls.clone());
+        registry.register(
+            "udf_fuel",
+            "Fuel burned by a module's instances (WebAssembly instructions, roughly), per module",
+            m.udf_fuel.clone(),
+        );
+        registry.register(
+            "udf_failures",
+            "UDF calls that failed (trap, fuel, memory or deadline limit, malformed output, guest error), per module",
+            m.udf_failures.clone(),
+        );
         registry.register(
             "source_rate_limit",
             "Records per second a source may take (backpressure, [rate] max), per source",
@@ -142,6 +160,12 @@ impl Metrics {
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
+                for u in &b.udf_usage {
+                    let labels = vec![("module".to_string(), u.module.clone())];
+                    self.udf_calls.get_or_create(&labels).inc_by(u.calls);
+                    self.udf_fuel.get_or_create(&labels).inc_by(u.fuel);
+                    self.udf_failures.get_or_create(&labels).inc_by(u.failures);
+                }
                 for (i, r) in b.rate_limits.iter().enumerate() {
                     let labels = vec![("source".to_string(), i.to_string())];
                     match r {

@@ -395,6 +395,7 @@ mod tests {
             blocks_recomputed: 0,
             tasks_resubmitted: 0,
             rate_limits: vec![],
+            udf_usage: vec![],
         }
     }
 

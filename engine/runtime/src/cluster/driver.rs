@@ -376,6 +376,7 @@ impl Shared {
                 udf_calls: 0,
                 micros: 0,
                 executor: String::new(),
+                udf_usage: Vec::new(),
             }));
         }
     }
@@ -782,6 +783,7 @@ fn fail_without_executors(shared: &Shared, st: &mut State) {
             udf_calls: 0,
             micros: 0,
             executor: String::new(),
+            udf_usage: Vec::new(),
         }));
     }
 }
@@ -967,6 +969,7 @@ mod tests {
                 udf_calls,
                 micros: 0,
                 executor: String::new(),
+                udf_usage: Vec::new(),
             }),
         }
     }

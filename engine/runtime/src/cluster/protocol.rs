@@ -31,8 +31,9 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// (`Stage`), and `Run` names it instead of carrying it. Version 3: a
 /// result names the executor incarnation (the `executor_id` it was
 /// welcomed with) that computed it, and the driver drops results of any
-/// other incarnation.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// other incarnation. Version 4: a result carries the task's UDF usage per
+/// module (calls, fuel, failures).
+pub const PROTOCOL_VERSION: u32 = 4;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
 /// lineage, a block, a module).

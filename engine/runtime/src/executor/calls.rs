@@ -4,13 +4,13 @@
 //! helpers every operation shares. The bottom of the executor's modules:
 //! `task` -> `shuffle`, `state` -> `groups` -> `calls`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use weir_codec as codec;
 
 use crate::rdd::{UdfParams, UdfRef};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfInstance, UdfKind};
-pub use weir_plan::task::TaskFailure;
+pub use weir_plan::task::{TaskFailure, UdfUsage};
 
 /// Which instance serves a call: one per module, and apart from that one
 /// per use of a function with parameters (its own parameters are handed to
@@ -33,11 +33,56 @@ pub(crate) struct UdfCalls<'a> {
     instances: HashMap<InstanceKey, UdfInstance>,
     /// UDF calls made (for metrics).
     pub(crate) count: u64,
+    /// Per module name: calls, failures, and the fuel of instances already
+    /// dropped (see [`UdfCalls::usage`]).
+    usage: BTreeMap<String, UdfUsage>,
+    /// The module name of each instance's key.
+    names: HashMap<ModuleHash, String>,
 }
 
 impl<'a> UdfCalls<'a> {
     pub(crate) fn new(registry: &'a ModuleRegistry, batch_time: i64) -> Self {
-        UdfCalls { registry, batch_time, time: batch_time, instances: HashMap::new(), count: 0 }
+        UdfCalls {
+            registry,
+            batch_time,
+            time: batch_time,
+            instances: HashMap::new(),
+            count: 0,
+            usage: BTreeMap::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    fn usage_of(&mut self, module: &str) -> &mut UdfUsage {
+        self.usage
+            .entry(module.to_string())
+            .or_insert_with(|| UdfUsage { module: module.to_string(), ..Default::default() })
+    }
+
+    /// Counts `calls` calls of `f`'s module, and a failure when `failed`:
+    /// the failed instance is dropped (never reused) and its fuel counted.
+    fn account(&mut self, f: &UdfRef, key: &InstanceKey, calls: u64, failed: bool) {
+        self.count += calls;
+        let fuel = if failed { self.instances.remove(key).map_or(0, |i| i.fuel_burned()) } else { 0 };
+        let u = self.usage_of(&f.module_name);
+        u.calls += calls;
+        u.fuel += fuel;
+        u.failures += u64::from(failed);
+    }
+
+    /// What each module cost in this task so far, by module name: the fuel
+    /// of live instances included.
+    pub(crate) fn usage(&self) -> Vec<UdfUsage> {
+        let mut usage = self.usage.clone();
+        for (key, inst) in &self.instances {
+            if let Some(name) = self.names.get(&key.module) {
+                let u = usage
+                    .entry(name.clone())
+                    .or_insert_with(|| UdfUsage { module: name.clone(), ..Default::default() });
+                u.fuel += inst.fuel_burned();
+            }
+        }
+        usage.into_values().collect()
     }
 
     /// Sets the batch time of the RDD whose UDFs are called next (the task
@@ -69,7 +114,15 @@ impl<'a> UdfCalls<'a> {
             // others keep the task's (a component's clocks read it).
             let time = if module.takes_batch_time() { self.time } else { self.batch_time };
             let params = f.params.as_ref().map(|p| (f.function.as_str(), f.kind, p));
-            let inst = module.instantiate_with(Some(time), Some(partition), params)?;
+            let inst = match module.instantiate_with(Some(time), Some(partition), params) {
+                Ok(i) => i,
+                Err(e) => {
+                    // A start-up that traps or runs out of fuel is the module's failure.
+                    self.usage_of(&f.module_name).failures += 1;
+                    return Err(e.into());
+                }
+            };
+            self.names.entry(f.module).or_insert_with(|| f.module_name.clone());
             self.instances.insert(key.clone(), inst);
         }
         let inst = self.instances.get_mut(&key).ok_or_else(|| engine_fault("instance vanished"))?;
@@ -87,14 +140,10 @@ impl<'a> UdfCalls<'a> {
         consume: impl FnOnce(&[u8]) -> R,
     ) -> Result<R, TaskFailure> {
         let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
-        self.count += steps.len() as u64;
         let (inst, key) = self.instance(steps[0], partition)?;
         let r = inst.call_chain_with(&names, count, parts, consume);
-        r.map_err(|e| {
-            // A failed instance is never reused.
-            self.instances.remove(&key);
-            e.into()
-        })
+        self.account(steps[0], &key, steps.len() as u64, r.is_err());
+        r.map_err(Into::into)
     }
 
     /// Calls `f` as a `kind` function on the batch made of `parts` (holding
@@ -108,14 +157,10 @@ impl<'a> UdfCalls<'a> {
         partition: u32,
         consume: impl FnOnce(&[u8]) -> Result<R, TaskFailure>,
     ) -> Result<Result<R, TaskFailure>, TaskFailure> {
-        self.count += 1;
         let (inst, key) = self.instance(f, partition)?;
         let r = inst.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
-        r.map_err(|e| {
-            // A failed instance is never reused.
-            self.instances.remove(&key);
-            e.into()
-        })
+        self.account(f, &key, 1, r.is_err());
+        r.map_err(Into::into)
     }
 
     /// Calls a UDF on one batch in this task's instance of its module.
@@ -132,15 +177,8 @@ impl<'a> UdfCalls<'a> {
     ) -> Result<Vec<u8>, TaskFailure> {
         let (inst, key) = self.instance(f, partition)?;
         let r = inst.call(&f.function, kind, input);
-        self.count += 1;
-        match r {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                // A failed instance is never reused.
-                self.instances.remove(&key);
-                Err(e.into())
-            }
-        }
+        self.account(f, &key, 1, r.is_err());
+        r.map_err(Into::into)
     }
 }
 

@@ -50,6 +50,7 @@ pub fn run_task(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
         udf_calls: cx.udfs.count,
         micros: start.elapsed().as_micros() as u64,
         executor: env.executor.clone(),
+        udf_usage: cx.udfs.usage(),
     }
 }
 
@@ -93,6 +94,7 @@ pub fn run_task_guarded(env: &TaskEnv<'_>, task: &Task) -> TaskResult {
                 udf_calls: 0,
                 micros: start.elapsed().as_micros() as u64,
                 executor: env.executor.clone(),
+                udf_usage: Vec::new(),
             }
         }
     }

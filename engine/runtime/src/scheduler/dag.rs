@@ -17,6 +17,7 @@ use std::time::Instant;
 use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
 use crate::listener::{BlockRecomputed, ExecutorEvent, ListenerBus, StageInfo, TaskRetry};
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
+use weir_plan::task::UdfUsage;
 
 /// Counters the scheduler keeps (per job).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct SchedulerMetrics {
     pub executors_lost: u64,
     /// Tasks run again because their executor was lost.
     pub tasks_resubmitted: u64,
+    /// Per module name: UDF calls, fuel and failures.
+    pub udf: std::collections::BTreeMap<String, UdfUsage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,6 +342,13 @@ impl DagScheduler {
             }
             self.metrics.tasks_run += 1;
             self.metrics.udf_calls += res.udf_calls;
+            for u in &res.udf_usage {
+                self.metrics
+                    .udf
+                    .entry(u.module.clone())
+                    .or_insert_with(|| UdfUsage { module: u.module.clone(), ..Default::default() })
+                    .add(u);
+            }
             self.check_digests(&res.blocks, &mut run.failure);
             if matches!(res.outcome, Err(TaskFailure::FetchFailed { .. }))
                 && !res.executor.is_empty()
@@ -503,6 +513,7 @@ mod tests {
                 udf_calls: 0,
                 micros: 0,
                 executor: "fake-executor:1".into(),
+                udf_usage: Vec::new(),
             };
             self.submitted.lock().unwrap().push(task);
             self.events.lock().unwrap().send(BackendEvent::Task(result)).unwrap();

@@ -30,7 +30,7 @@ use crate::checkpoint::{CheckpointDir, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
 use crate::listener::{
-    BatchLineage, BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo, SourceProgress,
+    BatchLineage, BatchReport, BatchStarted, BatchSubmitted, ListenerBus, OutputOpInfo, SourceProgress, UdfUsage,
 };
 use crate::rdd::{BlockId, Rdd, RddId, RddOp};
 use crate::sink::Sink;
@@ -737,7 +737,26 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
         blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
         tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
         rate_limits: b.rate_limits.clone(),
+        udf_usage: usage_between(&before.udf, &m.udf),
     }
+}
+
+/// The UDF usage of the modules between two snapshots of the counters.
+fn usage_between(before: &BTreeMap<String, UdfUsage>, after: &BTreeMap<String, UdfUsage>) -> Vec<UdfUsage> {
+    let zero = UdfUsage::default();
+    after
+        .values()
+        .map(|a| {
+            let b = before.get(&a.module).unwrap_or(&zero);
+            UdfUsage {
+                module: a.module.clone(),
+                calls: a.calls - b.calls,
+                fuel: a.fuel - b.fuel,
+                failures: a.failures - b.failures,
+            }
+        })
+        .filter(|u| u.calls + u.failures > 0)
+        .collect()
 }
 
 /// Starts the executors `opts.master` asks for (or joins `opts.pool`), and

@@ -166,6 +166,50 @@ pub struct HostState {
     log_lines_per_call: u32,
     last_log: Option<String>,
     module: Arc<str>,
+    /// Fuel granted for the running call, and fuel burned by earlier ones
+    /// (see [`grant_fuel`]): what the module cost, for metrics.
+    fuel_granted: u64,
+    fuel_burned: u64,
+}
+
+/// A store whose data holds the [`HostState`] (core modules and components).
+trait HasHost {
+    fn host(&self) -> &HostState;
+    fn host_mut(&mut self) -> &mut HostState;
+}
+
+impl HasHost for HostState {
+    fn host(&self) -> &HostState {
+        self
+    }
+    fn host_mut(&mut self) -> &mut HostState {
+        self
+    }
+}
+
+impl HasHost for component::ComponentState {
+    fn host(&self) -> &HostState {
+        &self.host
+    }
+    fn host_mut(&mut self) -> &mut HostState {
+        &mut self.host
+    }
+}
+
+/// Gives a store `fuel` for its next call, first counting what the guest
+/// burned of the previous grant.
+fn grant_fuel<T: HasHost>(store: &mut Store<T>, fuel: u64) {
+    let left = store.get_fuel().unwrap_or(0);
+    let h = store.data_mut().host_mut();
+    h.fuel_burned = h.fuel_burned.saturating_add(h.fuel_granted.saturating_sub(left));
+    h.fuel_granted = fuel;
+    let _ = store.set_fuel(fuel);
+}
+
+/// All the fuel a store's guest burned so far.
+fn fuel_burned<T: HasHost>(store: &Store<T>) -> u64 {
+    let h = store.data().host();
+    h.fuel_burned.saturating_add(h.fuel_granted.saturating_sub(store.get_fuel().unwrap_or(0)))
 }
 
 impl ResourceLimiter for HostState {
@@ -619,6 +663,8 @@ impl UdfModule {
             log_lines_per_call: self.limits.log_lines_per_call,
             last_log: None,
             module: self.name.clone(),
+            fuel_granted: 0,
+            fuel_burned: 0,
         };
         let (pre, has_initialize, has_batch_time) = match &self.code {
             Code::Core { pre, has_initialize, has_batch_time, .. } => (pre, *has_initialize, *has_batch_time),
@@ -634,7 +680,7 @@ impl UdfModule {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        let _ = store.set_fuel(HOUSEKEEPING_FUEL);
+        grant_fuel(&mut store, HOUSEKEEPING_FUEL);
         store.set_epoch_deadline(deadline_ticks(self.limits.deadline_ms));
         let instance = match pre.instantiate(&mut store) {
             Ok(i) => i,
@@ -783,7 +829,7 @@ impl CoreInstance {
             .instance
             .get_typed_func::<(), i32>(&mut self.store, abi::EXPORT_VERSION)
             .map_err(|_| self.error(None, UdfErrorKind::MissingExport { name: abi::EXPORT_VERSION.into() }))?;
-        let _ = self.store.set_fuel(HOUSEKEEPING_FUEL);
+        grant_fuel(&mut self.store, HOUSEKEEPING_FUEL);
         match f.call(&mut self.store, ()) {
             Ok(v) => Ok(v as i64),
             Err(e) => {
@@ -800,7 +846,7 @@ impl CoreInstance {
             .instance
             .get_typed_func::<i64, ()>(&mut self.store, abi::EXPORT_BATCH_TIME)
             .map_err(|_| self.error(None, UdfErrorKind::MissingExport { name: abi::EXPORT_BATCH_TIME.into() }))?;
-        let _ = self.store.set_fuel(HOUSEKEEPING_FUEL);
+        grant_fuel(&mut self.store, HOUSEKEEPING_FUEL);
         f.call(&mut self.store, time_ms).map_err(|e| {
             let kind = classify(e, &self.store, &self.module.limits);
             self.error(None, kind)
@@ -821,7 +867,7 @@ impl CoreInstance {
             .map_err(|_| self.error(at, UdfErrorKind::MissingExport { name: abi::EXPORT_PARAMS.into() }))?;
         let len = i32::try_from(input.len())
             .map_err(|_| self.error(at, UdfErrorKind::Params("parameters over 2 GiB".into())))?;
-        let _ = self.store.set_fuel(limits.fuel_per_call);
+        grant_fuel(&mut self.store, limits.fuel_per_call);
         self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
         let ptr = match self.alloc.call(&mut self.store, len) {
             Ok(p) => p as u32 as usize,
@@ -894,7 +940,7 @@ impl CoreInstance {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let len = i32::try_from(total)
             .map_err(|_| self.error(first, UdfErrorKind::MalformedOutput("input batch over 2 GiB".into())))?;
-        let _ = self.store.set_fuel(limits.fuel_per_call);
+        grant_fuel(&mut self.store, limits.fuel_per_call);
         self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
         let ptr = match self.alloc.call(&mut self.store, len) {
             Ok(p) => p as u32 as usize,
@@ -922,7 +968,7 @@ impl CoreInstance {
             let func = self.func(name, kind)?;
             self.store.data_mut().log_budget = limits.log_lines_per_call;
             self.store.data_mut().last_log = None;
-            let _ = self.store.set_fuel(limits.fuel_per_call);
+            grant_fuel(&mut self.store, limits.fuel_per_call);
             self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
             let packed = match func.call(&mut self.store, (in_ptr as i32, in_len as i32)) {
                 Ok(r) => abi::unpack(r),
@@ -1053,6 +1099,15 @@ impl UdfInstance {
             Inner::Component(i) => i.fuel_used(),
         }
     }
+
+    /// Fuel the instance burned since it was made (its calls, start-up and
+    /// the ABI's allocations).
+    pub fn fuel_burned(&self) -> u64 {
+        match &self.inner {
+            Inner::Core(i) => fuel_burned(&i.store),
+            Inner::Component(i) => fuel_burned(&i.store),
+        }
+    }
 }
 
 /// One instance of a component (ABI v2) in its own store.
@@ -1080,7 +1135,7 @@ impl ComponentInstance {
         store.limiter(|s| &mut s.host as &mut dyn ResourceLimiter);
         // A component's start-up runs its language's runtime (an
         // interpreter's initialisation): a call's fuel, not housekeeping's.
-        let _ = store.set_fuel(module.limits.fuel_per_call);
+        grant_fuel(&mut store, module.limits.fuel_per_call);
         store.set_epoch_deadline(deadline_ticks(module.limits.deadline_ms));
         let guest = match pre.instantiate(&mut store) {
             Ok(g) => g,
@@ -1106,7 +1161,7 @@ impl ComponentInstance {
         let st = self.store.data_mut();
         st.host.log_budget = limits.log_lines_per_call;
         st.host.last_log = None;
-        let _ = self.store.set_fuel(limits.fuel_per_call);
+        grant_fuel(&mut self.store, limits.fuel_per_call);
         self.store.set_epoch_deadline(deadline_ticks(limits.deadline_ms));
     }
 
