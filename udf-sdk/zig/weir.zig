@@ -510,7 +510,7 @@ fn paramsFor(comptime with: bool) ?Params {
 }
 
 fn refuseParams(comptime export_name: []const u8, comptime with: bool) ?i64 {
-    if (params_bytes != null and !with) return failWith(export_name ++ " takes no parameters (take a weir.Params as the last argument)");
+    if (params_bytes != null and !with) return failWith(export_name ++ " takes no parameters (give it a last argument p: ?weir.Params)");
     return null;
 }
 
