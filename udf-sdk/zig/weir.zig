@@ -99,7 +99,7 @@ fn setBatchTime(t: i64) callconv(.c) void {
 fn setParams(ptr: u32, len: u32) callconv(.c) i64 {
     const bytes = @as([*]const u8, @ptrFromInt(ptr))[0..len];
     // Decoded once here, so malformed parameters fail the job at load.
-    _ = Params.parse(bytes) catch |e| return failWith(@errorName(e));
+    _ = Params.parse(bytes) catch return failWith("malformed parameters: expected (function, [positional], [named])");
     params_bytes = bytes;
     // The buffer came from the last weir_alloc: keep it below the floor.
     heap_floor = heap_top;

@@ -147,21 +147,18 @@ fn main() {
         // Only components are cached on disk; a core module's load is
         // its compile.
         let component = m.abi_version() == 2;
-        let from_cache = component
-            .then(|| best(REPS, || UdfModule::load(&rt, &path, limits).expect("load from the cache")).0);
+        let from_cache =
+            component.then(|| best(REPS, || UdfModule::load(&rt, &path, limits).expect("load from the cache")).0);
         let instantiate = best(20, || m.instantiate(Some(1000), Some(0)).expect("instance")).0;
         let (times, fuel, out) = wordcount(&m, &input);
         assert_eq!(out, out_rust, "{name} and Rust sums differ");
-        println!("{}: {} ({:.2} MB)", if component { "component" } else { "core module" }, path.display(), m.size() as f64 / 1e6);
-        figures.push(Figures {
-            name,
-            size: m.size() as u64,
-            compile,
-            from_cache,
-            instantiate,
-            times,
-            fuel,
-        });
+        println!(
+            "{}: {} ({:.2} MB)",
+            if component { "component" } else { "core module" },
+            path.display(),
+            m.size() as f64 / 1e6
+        );
+        figures.push(Figures { name, size: m.size() as u64, compile, from_cache, instantiate, times, fuel });
     }
     figures.push(Figures {
         name: "Rust",
@@ -208,7 +205,12 @@ fn main() {
                     ms(f.times[i])
                 } else {
                     let ratio = f.times[i].as_secs_f64() / t_rust[i].as_secs_f64().max(1e-9);
-                    format!("{} ({ratio:.0}x)", ms(f.times[i]))
+                    // One decimal near 1x (a core module), none far above.
+                    if ratio < 10.0 {
+                        format!("{} ({ratio:.1}x)", ms(f.times[i]))
+                    } else {
+                        format!("{} ({ratio:.0}x)", ms(f.times[i]))
+                    }
                 }
             })
         );
