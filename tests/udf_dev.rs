@@ -267,6 +267,8 @@ fn wordcount_in_every_guest_language_gives_identical_output_through_weir_run() {
         // Plain export names, declared in a weir:exports section:
         "wat/wordcount_plain.wat",
         "wordcount_as.wasm",
+        // Zig (udf-sdk/zig), plain exports declared by the SDK.
+        "wordcount_zig.wasm",
         // A Python component (ABI v2).
         "wordcount_py.wasm",
         // A JavaScript component (ABI v2).
@@ -314,6 +316,14 @@ fn build_template(dir: &Path) {
             break;
         }
     }
+    // The Zig template: the compiler udfs/build.sh installed.
+    for t in ["udfs/target", "target"] {
+        let zig = repo().join(t).join("ziglang/ziglang/zig");
+        if zig.exists() {
+            cmd.env("ZIG", zig);
+            break;
+        }
+    }
     // The JavaScript template: the toolchain udfs/build.sh installed.
     for t in ["udfs/target", "target"] {
         let tc = repo().join(t).join("componentize-js");
@@ -329,7 +339,7 @@ fn build_template(dir: &Path) {
 #[test]
 fn udf_new_templates_build_and_their_functions_run() {
     let tmp = tempfile::tempdir().unwrap();
-    for lang in ["rust", "c", "assemblyscript", "python", "js"] {
+    for lang in ["rust", "c", "assemblyscript", "zig", "python", "js"] {
         let dir = tmp.path().join(format!("wc-{lang}"));
         let out = run(weir().args(["udf", "new", lang, "my-wc", "--dir", dir.to_str().unwrap()]));
         assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
@@ -399,6 +409,94 @@ fn the_c_headers_record_helpers_read_and_write_every_type() {
     );
     let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
     assert!(err.contains("expected a string"), "{err}");
+}
+
+#[test]
+fn the_zig_sdk_exports_every_kind_with_parameters_and_the_batch_time() {
+    let m = module("zig_helpers.wasm");
+    for (f, input, want) in [
+        ("double", "[1, -4]", serde_json::json!([2, -8])),
+        ("stamp", r#"["a"]"#, serde_json::json!([["a", 0]])),
+        ("is_long", r#"["ab", "abcd"]"#, serde_json::json!([false, true])),
+        ("first", r#"[["k", 1], [[1, 2], 3]]"#, serde_json::json!(["k", [1, 2]])),
+        ("count", r#"[1, 2, "x"]"#, serde_json::json!([3])),
+        ("fmax", "[[1.5, -2.0, 3.25], [0.5]]", serde_json::json!([3.25, 0.5])),
+        ("swap_pair", r#"[["a", 1], [[2], null]]"#, serde_json::json!([[1, "a"], [null, [2]]])),
+        (
+            "running",
+            r#"[["a", [1, 2], null, false], ["b", [5], 10, false], ["c", [], 3, true]]"#,
+            serde_json::json!([[[1, 3], 3], [[15], 15], [[], null]]),
+        ),
+    ] {
+        let (code, json, err) = call(&m, &[f, "--input", input]);
+        assert_eq!(code, Some(0), "{f}: {err}");
+        assert_eq!(json.unwrap(), want, "{f}");
+    }
+    // Every function is a plain export the SDK declared; `swap` is
+    // declared by hand (weir.declare) as the map function "swap_pair".
+    let (code, out, _) = check(&m);
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "map             swap_pair  (export \"swap\", declared in weir:exports)",
+        "update          sum_with_times  (export \"sum_with_times\", declared in weir:exports)",
+        "map_with_state  running  (export \"running\", declared in weir:exports)",
+        "parameters: yes",
+        "batch time: yes",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in {out}");
+    }
+    // A reader error is the call's error, naming the export.
+    let (code, _, err) = call(&m, &["first", "--input", "[[]]"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("export \"first\" (key_by): the function reported an error: first: an empty tuple"), "{err}");
+    let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
+    assert!(err.contains("expected a string"), "{err}");
+
+    // In a job: parameters (positional and named), the batch time, and
+    // update_state_by_key's function reading it.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("nums.jsonl"), "[1, 2]\n[10]\n").unwrap();
+    std::fs::write(tmp.path().join("pairs.jsonl"), "[[\"a\", 1], [\"b\", 2]]\n[[\"a\", 3]]\n").unwrap();
+    let job = |streams: &str| {
+        let outs: String = ["plus4", "minus10", "stamped", "totals"]
+            .iter()
+            .filter(|s| streams.contains(&format!("{s} =")))
+            .map(|s| format!("[[outputs]]\nstream = \"{s}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{s}\"\n"))
+            .collect();
+        let path = tmp.path().join("job.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "batch_interval = \"1s\"\n[modules]\nz = \"{}\"\n[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+                 [sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n[streams]\n{streams}{outs}",
+                m.display()
+            ),
+        )
+        .unwrap();
+        // update_state_by_key keeps state: the job needs a checkpoint.
+        let ckpt = tmp.path().join("ckpt");
+        run(weir()
+            .args(["run", path.to_str().unwrap(), "--clock", "logical", "--ui", "off", "--checkpoint"])
+            .arg(&ckpt))
+    };
+    let out = job("plus4 = \"nums.map(z.plus(4))\"\nminus10 = \"nums.map(z.plus(n = -10))\"\n\
+         stamped = \"nums.map(z.stamp)\"\ntotals = \"pairs.update_state_by_key(z.sum_with_times)\"\n");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = |s: &str| read_outputs(&tmp.path().join("out"), s);
+    let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(got("plus4")[&1000], l(&["5", "6"]));
+    assert_eq!(got("plus4")[&2000], l(&["14"]));
+    assert_eq!(got("minus10")[&1000], l(&["-9", "-8"]), "a named, negative parameter");
+    assert_eq!(got("stamped")[&1000], l(&["(1,1000)", "(2,1000)"]));
+    assert_eq!(got("stamped")[&2000], l(&["(10,2000)"]), "each batch's own time");
+    let mut totals = got("totals")[&2000].clone();
+    totals.sort();
+    assert_eq!(totals, l(&["(a,(4,[1000, 2000]))", "(b,(2,[1000]))"]));
+    // A function that takes no parameters refuses them when the job loads.
+    let out = job("plus4 = \"nums.map(z.double(3))\"\n");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("map:double takes no parameters"), "{err}");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 #   C (clang)       -> udfs/wordcount_c.wasm, udfs/c_helpers.wasm
 #   AssemblyScript  -> udfs/wordcount_as.wasm (npm's assemblyscript, installed
 #                      under target/assemblyscript when missing)
+#   Zig             -> udfs/wordcount_zig.wasm, udfs/zig_helpers.wasm (PyPI's
+#                      ziglang, installed under target/ziglang when missing)
 #   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm (components
 #                      of ABI v2, by PyPI's componentize-py, installed under
 #                      target/componentize-py when missing)
@@ -53,6 +55,25 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   node ../udf-sdk/assemblyscript/declare.cjs "$here/wordcount_as.wasm" assemblyscript/wordcount.exports
 else
   echo "udfs/build.sh: skipping the AssemblyScript guest (udfs/assemblyscript/): node and npm not found (Debian: apt-get install nodejs npm)" >&2
+fi
+# Zig guests (udf-sdk/zig/weir.zig): the compiler from PyPI's ziglang wheel,
+# pinned, installed under the target directory (its cache too, so nothing is
+# written under udfs/ or the home directory). -fllvm: the SDK writes the
+# weir:exports section with global assembly, which needs the LLVM backend;
+# -rdynamic: keep the exported functions.
+zig_dir="${CARGO_TARGET_DIR:-$here/target}/ziglang"
+if command -v python3 >/dev/null 2>&1; then
+  if ! "$zig_dir/ziglang/zig" version 2>/dev/null | grep -qx 0.17.0; then
+    rm -rf "$zig_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$zig_dir" ziglang==0.17.0 >&2
+  fi
+  for m in wordcount:wordcount_zig helpers:zig_helpers; do
+    "$zig_dir/ziglang/zig" build-exe -target wasm32-freestanding -fno-entry -rdynamic -fllvm \
+      -O ReleaseFast -fstrip --cache-dir "$zig_dir/cache" --global-cache-dir "$zig_dir/cache" \
+      --dep weir "-Mroot=zig/${m%%:*}.zig" -Mweir=../udf-sdk/zig/weir.zig -femit-bin="$here/${m#*:}.wasm"
+  done
+else
+  echo "udfs/build.sh: skipping the Zig guests (udfs/zig/): python3 not found (Debian: apt-get install python3 python3-pip)" >&2
 fi
 # Python guests (udf-sdk/python, ABI v2 components): componentize-py from PyPI,
 # pinned, installed under the target directory. Each component embeds

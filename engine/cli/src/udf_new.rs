@@ -20,6 +20,8 @@ pub enum Lang {
     C,
     /// AssemblyScript with weir-udf-assemblyscript (npm's assemblyscript).
     Assemblyscript,
+    /// Zig with udf-sdk/zig/weir.zig (PyPI's ziglang).
+    Zig,
     /// Python with weir_udf, a component of ABI v2 (PyPI's componentize-py).
     Python,
     /// JavaScript (or TypeScript) with weir-udf, a component of ABI v2
@@ -41,6 +43,8 @@ const C_HEADER: &str = include_str!("../../../udfs/c/weir_abi.h");
 const AS_SOURCE: &str = include_str!("../templates/assemblyscript/udf.ts.in");
 const AS_EXPORTS: &str = include_str!("../templates/assemblyscript/exports.in");
 const AS_BUILD: &str = include_str!("../templates/assemblyscript/build.sh.in");
+const ZIG_SOURCE: &str = include_str!("../templates/zig/udf.zig.in");
+const ZIG_BUILD: &str = include_str!("../templates/zig/build.sh.in");
 const PY_SOURCE: &str = include_str!("../templates/python/udf.py.in");
 const PY_BUILD: &str = include_str!("../templates/python/build.sh.in");
 const JS_SOURCE: &str = include_str!("../templates/js/udf.js.in");
@@ -80,6 +84,15 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
                 ("build.sh".into(), C_BUILD.replace("{{name}}", name).replace("{{module}}", &module)),
             ],
         ),
+        Lang::Zig => {
+            let sdk = find_sdk(sdk, "zig/weir.zig")?;
+            let ident = name.replace('-', "_");
+            let build = ZIG_BUILD
+                .replace("{{ident}}", &ident)
+                .replace("{{module}}", &module)
+                .replace("{{sdk}}", &shell_quoted(&sdk));
+            ("bash build.sh", vec![(format!("{ident}.zig"), ZIG_SOURCE.to_string()), ("build.sh".into(), build)])
+        }
         Lang::Python => {
             let sdk = find_sdk(sdk, "python/weir_udf/__init__.py")?;
             let ident = name.replace('-', "_");
@@ -115,6 +128,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Re
         Lang::Rust => "Rust",
         Lang::C => "C",
         Lang::Assemblyscript => "AssemblyScript",
+        Lang::Zig => "Zig",
         Lang::Python => "Python",
         Lang::Js => "JavaScript",
     };

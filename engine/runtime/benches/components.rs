@@ -1,13 +1,14 @@
 //! UDF components (ABI v2) against core modules: the cold start of the
 //! Python and JavaScript WordCount components (compiling each, and loading
 //! it from the disk cache), a task's instantiation, and WordCount's split,
-//! pair and sum over a batch of 10 000 lines through each and through Rust.
+//! pair and sum over a batch of 10 000 lines through each, through the Zig
+//! core module and through Rust.
 //!
 //!     cargo bench -p weir --bench components
-//!     WEIR_BENCH_GUESTS=js cargo bench -p weir --bench components   # one guest
+//!     WEIR_BENCH_GUESTS=js cargo bench -p weir --bench components   # one guest (py, js, zig)
 //!
-//! The modules are `udfs/wordcount_py.wasm`, `udfs/wordcount_js.wasm` and
-//! `udfs/wordcount.wasm` (`bash udfs/build.sh`). The compile is measured against an empty cache
+//! The modules are `udfs/wordcount_py.wasm`, `udfs/wordcount_js.wasm`,
+//! `udfs/wordcount_zig.wasm` and `udfs/wordcount.wasm` (`bash udfs/build.sh`). The compile is measured against an empty cache
 //! directory of its own (`WEIR_CACHE_DIR` is set to a temporary directory),
 //! so it neither reads nor fills the user's cache. Prints a Markdown table
 //! (docs/benchmarks.md).
@@ -115,7 +116,11 @@ struct Figures {
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // (column, file, key for WEIR_BENCH_GUESTS); Rust last, the baseline.
-    let guests = [("Python", "udfs/wordcount_py.wasm", "py"), ("JavaScript", "udfs/wordcount_js.wasm", "js")];
+    let guests = [
+        ("Python", "udfs/wordcount_py.wasm", "py"),
+        ("JavaScript", "udfs/wordcount_js.wasm", "js"),
+        ("Zig", "udfs/wordcount_zig.wasm", "zig"),
+    ];
     let only = std::env::var("WEIR_BENCH_GUESTS").ok();
     let guests: Vec<_> =
         guests.into_iter().filter(|g| only.as_deref().is_none_or(|o| o.split(',').any(|k| k == g.2))).collect();
@@ -139,20 +144,21 @@ fn main() {
         let t = Instant::now();
         let m = UdfModule::load(&rt, &path, limits).unwrap_or_else(|e| panic!("load {name}: {e}"));
         let compile = t.elapsed();
-        let (from_cache, _) = best(REPS, || UdfModule::load(&rt, &path, limits).expect("load from the cache"));
+        // Only components are cached on disk; a core module's load is
+        // its compile.
+        let component = m.abi_version() == 2;
+        let from_cache =
+            component.then(|| best(REPS, || UdfModule::load(&rt, &path, limits).expect("load from the cache")).0);
         let instantiate = best(20, || m.instantiate(Some(1000), Some(0)).expect("instance")).0;
         let (times, fuel, out) = wordcount(&m, &input);
         assert_eq!(out, out_rust, "{name} and Rust sums differ");
-        println!("component: {} ({} MB)", path.display(), m.size() / 1_000_000);
-        figures.push(Figures {
-            name,
-            size: m.size() as u64,
-            compile,
-            from_cache: Some(from_cache),
-            instantiate,
-            times,
-            fuel,
-        });
+        println!(
+            "{}: {} ({:.2} MB)",
+            if component { "component" } else { "core module" },
+            path.display(),
+            m.size() as f64 / 1e6
+        );
+        figures.push(Figures { name, size: m.size() as u64, compile, from_cache, instantiate, times, fuel });
     }
     figures.push(Figures {
         name: "Rust",
@@ -168,7 +174,11 @@ fn main() {
     println!();
     println!(
         "| | {} |",
-        cols(&|f| if f.name == "Rust" { "Rust (core module)".into() } else { format!("{} (component)", f.name) })
+        cols(&|f| if f.from_cache.is_none() {
+            format!("{} (core module)", f.name)
+        } else {
+            format!("{} (component)", f.name)
+        })
     );
     println!("|---|{}", "---|".repeat(figures.len()));
     println!("| size, MB | {} |", cols(&|f| format!("{:.1}", f.size as f64 / 1e6)));
@@ -195,7 +205,12 @@ fn main() {
                     ms(f.times[i])
                 } else {
                     let ratio = f.times[i].as_secs_f64() / t_rust[i].as_secs_f64().max(1e-9);
-                    format!("{} ({ratio:.0}x)", ms(f.times[i]))
+                    // One decimal near 1x (a core module), none far above.
+                    if ratio < 10.0 {
+                        format!("{} ({ratio:.1}x)", ms(f.times[i]))
+                    } else {
+                        format!("{} ({ratio:.0}x)", ms(f.times[i]))
+                    }
                 }
             })
         );

@@ -1673,19 +1673,27 @@ fn transform_and_transform_with() {
     assert!(!out.iter().all(|(_, v)| v.is_empty()));
 }
 
-#[test]
-fn lost_blocks_of_a_python_job_recompute_to_the_same_bytes_clock_and_random_included() {
-    // ABI v2 components inside a job, next to a v1 module: WordCount in
-    // Python, and a Python map that reads the clock twice and random bytes.
+/// WordCount whose `split` and `pair` come from the guest `wc` (a file
+/// under `udfs/`) and whose `sum` is the Rust module's, next to the
+/// `stamp`/`concat` pair of the guest `hostile` (when given: a map that
+/// reads the clock twice and random bytes). After every batch it drops the
+/// first map task's shuffle output of each reduce_by_key, recomputes it
+/// from lineage ([`drop_and_recompute`] checks the digests) and checks the
+/// recomputed results equal the batch's. Returns the counts (checked
+/// against WordCount's) and the stamps.
+fn recompute_a_guests_wordcount(wc: &str, hostile: Option<&str>) -> Batches {
+    let udfs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/");
     let ssc = ctx();
-    let py = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/wordcount_py.wasm"));
-    let hostile = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/hostile_py.wasm"));
+    let guest = load(&ssc, &format!("{udfs}{wc}"));
     let rust = wordcount(&ssc);
     let lines = vec![strs(&["a b a", "c a b", "b b d", "a e"]), strs(&["x y", "y x z"])];
-    let words = ssc.queue_stream(lines).flat_map(&py.udf("split")).unwrap();
-    let counts = words.map(&py.udf("pair")).unwrap().reduce_by_key(&rust.udf("sum")).unwrap();
-    let stamps = words.map(&hostile.udf("stamp")).unwrap().reduce_by_key(&hostile.udf("concat")).unwrap();
-    let (c, st) = (counts.collect().unwrap(), stamps.collect().unwrap());
+    let words = ssc.queue_stream(lines).flat_map(&guest.udf("split")).unwrap();
+    let counts = words.map(&guest.udf("pair")).unwrap().reduce_by_key(&rust.udf("sum")).unwrap();
+    let c = counts.collect().unwrap();
+    let st = hostile.map(|h| {
+        let h = load(&ssc, &format!("{udfs}{h}"));
+        words.map(&h.udf("stamp")).unwrap().reduce_by_key(&h.udf("concat")).unwrap().collect().unwrap()
+    });
     let recomputed: Arc<Mutex<Vec<Batches>>> = Arc::default();
     let r2 = recomputed.clone();
     let mut o = opts(2);
@@ -1705,10 +1713,10 @@ fn lost_blocks_of_a_python_job_recompute_to_the_same_bytes_clock_and_random_incl
         r2.lock().unwrap().push(again);
     }));
     run_ok(ssc, o);
-    let (counts, stamps) = (taken(&c), taken(&st));
+    let counts = taken(&c);
     let recomputed = recomputed.lock().unwrap().clone();
-    assert_eq!(recomputed.iter().map(|r| r[0].clone()).collect::<Vec<_>>(), counts);
-    assert_eq!(recomputed.iter().map(|r| r[1].clone()).collect::<Vec<_>>(), stamps);
+    assert_eq!(recomputed.len(), 2, "{wc}: both batches recomputed");
+    assert_eq!(recomputed.iter().map(|r| r[0].clone()).collect::<Vec<_>>(), counts, "{wc}");
     assert_unordered(
         counts,
         every_second(vec![
@@ -1716,8 +1724,44 @@ fn lost_blocks_of_a_python_job_recompute_to_the_same_bytes_clock_and_random_incl
             kvs(&[("x", 2), ("y", 2), ("z", 1)]),
         ]),
     );
-    // The clock read the batch time, twice the same.
+    let Some(st) = st else { return Vec::new() };
+    let stamps = taken(&st);
+    assert_eq!(recomputed.iter().map(|r| r[1].clone()).collect::<Vec<_>>(), stamps, "{hostile:?}");
+    stamps
+}
+
+/// The first stamp's string (`word@<clock>...`).
+fn first_stamp(stamps: &Batches) -> String {
     let Value::Tuple(kv) = &stamps[0].1[0] else { panic!("{:?}", stamps[0]) };
     let Value::Str(v) = &kv[1] else { panic!("{kv:?}") };
+    v.clone()
+}
+
+#[test]
+fn lost_blocks_of_a_python_job_recompute_to_the_same_bytes_clock_and_random_included() {
+    // ABI v2 components inside a job, next to a v1 module: WordCount in
+    // Python, and a Python map that reads the clock twice and random bytes.
+    let stamps = recompute_a_guests_wordcount("wordcount_py.wasm", Some("hostile_py.wasm"));
+    // The clock read the batch time, twice the same.
+    let v = first_stamp(&stamps);
     assert!(v.contains("@1.0:") && !v.contains('!'), "{v}");
+}
+
+#[test]
+fn lost_blocks_of_a_javascript_job_recompute_to_the_same_bytes_clock_and_random_included() {
+    // The JavaScript components (SpiderMonkey): Date.now() read twice and
+    // Math.random() in `stamp`.
+    let stamps = recompute_a_guests_wordcount("wordcount_js.wasm", Some("hostile_js.wasm"));
+    // Date.now() is the batch time (ms), twice the same.
+    let v = first_stamp(&stamps);
+    assert!(v.contains("@1000:") && !v.contains('!'), "{v}");
+    assert!(stamps.iter().all(|(_, vs)| !vs.is_empty()), "{stamps:?}");
+}
+
+#[test]
+fn lost_blocks_of_assemblyscript_and_zig_jobs_recompute_to_the_same_bytes() {
+    // Core modules whose kinds come from a weir:exports section.
+    for wc in ["wordcount_as.wasm", "wordcount_zig.wasm"] {
+        recompute_a_guests_wordcount(wc, None);
+    }
 }

@@ -347,10 +347,16 @@ fn batch_time_and_partition_appear_in_errors() {
     assert!(text.contains("batch 1700000000000 ms") && text.contains("partition 7"), "{text}");
 }
 
-// ---------------------------------------------------------------- WordCount in three languages
+// ---------------------------------------------------------------- WordCount in every core-module language
 
-const WORDCOUNTS: [&str; 5] =
-    ["wordcount.wasm", "wordcount_c.wasm", "wat/wordcount.wat", "wat/wordcount_plain.wat", "wordcount_as.wasm"];
+const WORDCOUNTS: [&str; 6] = [
+    "wordcount.wasm",
+    "wordcount_c.wasm",
+    "wat/wordcount.wat",
+    "wat/wordcount_plain.wat",
+    "wordcount_as.wasm",
+    "wordcount_zig.wasm",
+];
 
 fn tricky_lines() -> Vec<&'static str> {
     vec![
