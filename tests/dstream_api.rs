@@ -29,7 +29,7 @@ fn run_on(dir: &Path, master: &str, batches: Option<u32>) -> Output {
 /// files, runs it on `local[2]` and `local-cluster[2]` (see [`run_on`]),
 /// checks both runs wrote the same output files byte for byte, and returns
 /// the `local[2]` run and its directory.
-fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Output, tempfile::TempDir) {
+pub(crate) fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Output, tempfile::TempDir) {
     let modules = format!(
         "\n[modules]\nops = \"{}\"\nwc = \"{}\"\n",
         module("testops.wasm").display(),
@@ -62,19 +62,19 @@ fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Outp
     (local.0, local.2)
 }
 
-fn outputs(dir: &Path, prefix: &str) -> BTreeMap<i64, Vec<String>> {
+pub(crate) fn outputs(dir: &Path, prefix: &str) -> BTreeMap<i64, Vec<String>> {
     read_outputs(&dir.join("out"), prefix)
 }
 
-fn saved(stream: &str) -> String {
+pub(crate) fn saved(stream: &str) -> String {
     format!("[[outputs]]\nstream = \"{stream}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{stream}\"\n")
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(out.status.success(), "weir run failed: {}", text(&out.stderr));
 }
 
-fn lines(xs: &[&str]) -> Vec<String> {
+pub(crate) fn lines(xs: &[&str]) -> Vec<String> {
     xs.iter().map(|x| x.to_string()).collect()
 }
 

@@ -25,6 +25,24 @@ pub struct JobIdentity {
     pub sources: Vec<String>,
     /// The stateful streams, in graph order.
     pub stateful: Vec<StatefulStream>,
+    /// Each static dataset the job reads: name -> SHA-256 of its content.
+    /// A changed dataset changes what re-run batches compute.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, String>,
+}
+
+/// [`JobIdentity`] as checkpoints wrote it before datasets existed (bincode
+/// is not self-describing: such a checkpoint is decoded as this shape).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentityV1 {
+    pub sources: Vec<String>,
+    pub stateful: Vec<StatefulStream>,
+}
+
+impl From<JobIdentityV1> for JobIdentity {
+    fn from(v: JobIdentityV1) -> Self {
+        JobIdentity { sources: v.sources, stateful: v.stateful, datasets: BTreeMap::new() }
+    }
 }
 
 /// One stateful stream (update_state_by_key, map_with_state, a window with
@@ -72,6 +90,9 @@ pub struct Comparison {
     pub added: Vec<StatefulStream>,
     /// Sources whose identity changed: (index, in the checkpoint, now).
     pub sources: Vec<(usize, Option<String>, Option<String>)>,
+    /// Datasets whose content changed, or that were added or removed:
+    /// (name, hash in the checkpoint, hash now).
+    pub datasets: Vec<(String, Option<String>, Option<String>)>,
 }
 
 /// A stateful stream whose lineage changed.
@@ -85,12 +106,17 @@ pub struct Changed {
 impl Comparison {
     /// Whether nothing the state depends on changed.
     pub fn is_same(&self) -> bool {
-        self.changed.is_empty() && self.removed.is_empty() && self.added.is_empty() && self.sources.is_empty()
+        self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.added.is_empty()
+            && self.sources.is_empty()
+            && self.datasets.is_empty()
     }
 
     /// Whether every difference is a changed module under the same lineage.
     pub fn modules_only(&self) -> bool {
         self.sources.is_empty()
+            && self.datasets.is_empty()
             && self.removed.is_empty()
             && self.added.is_empty()
             && self.changed.iter().all(|c| c.modules_only)
@@ -103,6 +129,17 @@ impl Comparison {
         for (i, old, new) in &self.sources {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
             out.push(format!("source {i}: was {}, now {}", show(old), show(new)));
+        }
+        for (name, old, new) in &self.datasets {
+            let short = |h: &String| format!("sha256 {}", h.get(..12).unwrap_or(h));
+            out.push(match (old, new) {
+                (Some(o), Some(n)) => {
+                    format!("dataset {name:?} changed: content {} in the checkpoint, {} now", short(o), short(n))
+                }
+                (Some(o), None) => format!("dataset {name:?} ({}) is no longer in the job", short(o)),
+                (None, Some(n)) => format!("dataset {name:?} ({}) is new", short(n)),
+                (None, None) => continue,
+            });
         }
         for c in &self.changed {
             out.push(format!("stateful stream {} changed:", c.new.display_name()));
@@ -183,7 +220,15 @@ impl JobIdentity {
             sig.push((f, m));
             lines.push(lineage);
         }
-        JobIdentity { sources, stateful }
+        let datasets = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                NodeOp::Dataset { dataset, .. } => Some((dataset.name().to_string(), dataset.hash().to_string())),
+                _ => None,
+            })
+            .collect();
+        JobIdentity { sources, stateful, datasets }
     }
 
     /// Compares the identity a checkpoint recorded (`self`) with a new job's.
@@ -193,6 +238,12 @@ impl JobIdentity {
             let (a, b) = (self.sources.get(i), new.sources.get(i));
             if a != b {
                 c.sources.push((i, a.cloned(), b.cloned()));
+            }
+        }
+        for name in self.datasets.keys().chain(new.datasets.keys()) {
+            let (a, b) = (self.datasets.get(name), new.datasets.get(name));
+            if a != b && !c.datasets.iter().any(|d| &d.0 == name) {
+                c.datasets.push((name.clone(), a.cloned(), b.cloned()));
             }
         }
         let mut old_left: Vec<&StatefulStream> = Vec::new();

@@ -89,6 +89,43 @@ pub struct Metadata {
     pub identity: Option<weir_plan::identity::JobIdentity>,
 }
 
+/// A metadata checkpoint as written before the job identity recorded
+/// static datasets (`weir_plan::identity::JobIdentity::datasets`).
+#[derive(Serialize, Deserialize)]
+struct MetadataV2 {
+    seq: u64,
+    job_hash: String,
+    job: String,
+    modules: BTreeMap<String, String>,
+    batch_interval_ms: i64,
+    zero_time: i64,
+    last_completed: Option<i64>,
+    pending: Vec<i64>,
+    inputs: BTreeMap<i64, Vec<InputRecord>>,
+    cursors: Vec<SourceCursor>,
+    state: BTreeMap<u32, StateRef>,
+    identity: Option<weir_plan::identity::JobIdentityV1>,
+}
+
+impl From<MetadataV2> for Metadata {
+    fn from(m: MetadataV2) -> Self {
+        Metadata {
+            seq: m.seq,
+            job_hash: m.job_hash,
+            job: m.job,
+            modules: m.modules,
+            batch_interval_ms: m.batch_interval_ms,
+            zero_time: m.zero_time,
+            last_completed: m.last_completed,
+            pending: m.pending,
+            inputs: m.inputs,
+            cursors: m.cursors,
+            state: m.state,
+            identity: m.identity.map(Into::into),
+        }
+    }
+}
+
 /// A metadata checkpoint as written before [`Metadata::identity`] existed.
 /// bincode is not self-describing, so such a file is decoded as this shape
 /// when the current one does not fit.
@@ -420,6 +457,7 @@ fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, 
 /// A metadata checkpoint of this version, or of the one before identities.
 fn decode_metadata_payload(payload: &[u8]) -> Result<Metadata, bincode::error::DecodeError> {
     decode_bounded::<Metadata>(payload)
+        .or_else(|e| decode_bounded::<MetadataV2>(payload).map(Metadata::from).map_err(|_| e))
         .or_else(|e| decode_bounded::<MetadataV1>(payload).map(Metadata::from).map_err(|_| e))
 }
 
@@ -944,8 +982,11 @@ mod tests {
         assert_eq!((m.seq, m.last_completed, m.pending.clone(), m.identity.clone()), (7, Some(7000), vec![8000], None));
         // And today's shape round-trips with its identity.
         let mut now = m.clone();
-        now.identity =
-            Some(weir_plan::identity::JobIdentity { sources: vec!["batches in.jsonl".into()], stateful: vec![] });
+        now.identity = Some(weir_plan::identity::JobIdentity {
+            sources: vec!["batches in.jsonl".into()],
+            stateful: vec![],
+            datasets: Default::default(),
+        });
         let payload = bincode::serde::encode_to_vec(&now, bincode::config::standard()).unwrap();
         assert_eq!(decode_metadata_payload(&payload).unwrap(), now);
         // Garbage is still refused.
