@@ -247,3 +247,40 @@ fn dataset_errors_name_the_file_and_line() {
     std::fs::write(d.join("big.jsonl"), big).unwrap();
     check(job("out = \"events\"", "big = \"big.jsonl\""), &["job.toml:3:", "dataset big", "big.jsonl", "16777216"]);
 }
+
+#[test]
+fn the_rust_api_joins_a_dataset_in_a_transform_closure_and_hands_it_to_a_udf() {
+    use weir::codec::Value;
+    use weir::dstream::StreamingContext;
+    use weir::scheduler::{Clock, RunOptions};
+    let s = |x: &str| Value::Str(x.into());
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let ops = ssc.module(module("testops.wasm")).unwrap();
+    let users = ssc.dataset("users", &[Value::pair(s("u1"), s("Ada")), Value::pair(s("u2"), s("Bob"))]).unwrap();
+    let events = ssc.queue_stream(vec![
+        vec![Value::pair(s("u1"), Value::I64(1)), Value::pair(s("u3"), Value::I64(2))],
+        vec![Value::pair(s("u2"), Value::I64(3))],
+    ]);
+    let joined = events.transform(|rdd| rdd.left_outer_join(&rdd.dataset(&users)?)).unwrap().collect().unwrap();
+    let ids = ssc.queue_stream(vec![vec![s("u1"), s("u3")], vec![s("u2")]]);
+    let looked_up = ids.map(&ops.udf("lookup").with_params(users.params().unwrap())).unwrap().collect().unwrap();
+    let mut o = RunOptions::default();
+    o.clock = Clock::Logical;
+    ssc.run(o).unwrap();
+    let show = |c: &weir::sink::Collected| -> Vec<(i64, Vec<String>)> {
+        c.lock()
+            .unwrap()
+            .iter()
+            .map(|(t, v)| {
+                let mut v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+                v.sort();
+                (*t, v)
+            })
+            .collect()
+    };
+    assert_eq!(
+        show(&joined),
+        vec![(1000, lines(&["(u1,(1,Ada))", "(u3,(2,null))"])), (2000, lines(&["(u2,(3,Bob))"]))]
+    );
+    assert_eq!(show(&looked_up), vec![(1000, lines(&["(u1,Ada)", "(u3,null)"])), (2000, lines(&["(u2,Bob)"]))]);
+}

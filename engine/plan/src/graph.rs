@@ -16,6 +16,9 @@ use crate::source::SourceSpec;
 
 pub type NodeId = u32;
 
+// A `UdfRef` with parameters makes the window variants larger than the rest;
+// graph nodes are plan data, a few per job, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeOp {
     /// The input of source `source`.

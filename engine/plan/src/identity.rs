@@ -488,6 +488,35 @@ mod tests {
         assert!(d.contains("source 0: was batches in.jsonl, now batches other.jsonl"), "{d}");
     }
 
+    /// A source joined (cogrouped) with dataset `users` of `records`.
+    fn with_dataset(records: &[i64]) -> JobIdentity {
+        let mut g = Graph::new(1000, 2);
+        g.sources.push(SourceSpec::Batches { path: "in.jsonl".into() });
+        let src = g.add(vec![], NodeOp::Source { source: 0 }, "lines".into()).unwrap();
+        let recs: Vec<weir_codec::Value> = records.iter().map(|r| weir_codec::Value::I64(*r)).collect();
+        let dataset = crate::dataset::Dataset::new("users", vec![weir_codec::Value::encode_batch(&recs)]);
+        let d = g.add(vec![], NodeOp::Dataset { dataset, slide_ms: 1000 }, "dataset users".into()).unwrap();
+        let agg = crate::rdd::Aggregation::CoGroup;
+        g.add(vec![src, d], NodeOp::Shuffle { aggregation: agg, partitions: 2 }, "cogroup".into()).unwrap();
+        JobIdentity::of(&g, &BTreeMap::new())
+    }
+
+    #[test]
+    fn a_changed_dataset_is_a_change_the_diff_names() {
+        let (a, b) = (with_dataset(&[1, 2]), with_dataset(&[1, 3]));
+        assert!(a.compare(&with_dataset(&[1, 2])).is_same());
+        let cmp = a.compare(&b);
+        assert!(!cmp.is_same() && !cmp.modules_only());
+        assert_eq!(cmp.datasets.len(), 1);
+        let diff = cmp.diff();
+        assert!(diff.starts_with("dataset \"users\" changed: content sha256 "), "{diff}");
+        assert!(diff.contains(&a.datasets["users"][..12]) && diff.contains(&b.datasets["users"][..12]), "{diff}");
+        // A slide that is not a multiple of the batch interval is refused.
+        let mut g = Graph::new(1000, 2);
+        let dataset = crate::dataset::Dataset::new("d", vec![]);
+        assert!(g.add(vec![], NodeOp::Dataset { dataset, slide_ms: 1500 }, "d".into()).is_err());
+    }
+
     #[test]
     fn hashes_are_found_and_masked() {
         let h = ModuleHash::of(b"x");

@@ -295,7 +295,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
     let mut datasets: BTreeMap<String, DatasetHandle> = BTreeMap::new();
     for (name, p) in &file.datasets {
         let clash = if name == "rdd" || name == "other" {
-            Some(format!("a transform expression names its RDDs `rdd` and `other`"))
+            Some("a transform expression names its RDDs `rdd` and `other`".to_string())
         } else if let Some(s) = file.sources.get(name) {
             Some(format!("the source on line {} has that name", line_of(s.span().start).unwrap_or(0)))
         } else {
