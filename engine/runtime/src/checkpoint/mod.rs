@@ -985,10 +985,33 @@ mod tests {
         now.identity = Some(weir_plan::identity::JobIdentity {
             sources: vec!["batches in.jsonl".into()],
             stateful: vec![],
-            datasets: Default::default(),
+            datasets: BTreeMap::from([("users".to_string(), "ef".to_string())]),
         });
         let payload = bincode::serde::encode_to_vec(&now, bincode::config::standard()).unwrap();
         assert_eq!(decode_metadata_payload(&payload).unwrap(), now);
+        // A checkpoint with an identity but written before datasets were
+        // recorded decodes, with no datasets.
+        let v2 = MetadataV2 {
+            seq: 7,
+            job_hash: "ab".into(),
+            job: "job.toml".into(),
+            modules: BTreeMap::new(),
+            batch_interval_ms: 1000,
+            zero_time: 0,
+            last_completed: Some(7000),
+            pending: vec![8000],
+            inputs: BTreeMap::new(),
+            cursors: vec![SourceCursor::Next(8)],
+            state: BTreeMap::new(),
+            identity: Some(weir_plan::identity::JobIdentityV1 {
+                sources: vec!["batches in.jsonl".into()],
+                stateful: vec![],
+            }),
+        };
+        let old = bincode::serde::encode_to_vec(&v2, bincode::config::standard()).unwrap();
+        let m = decode_metadata_payload(&old).unwrap();
+        let id = m.identity.expect("the identity is kept");
+        assert_eq!((id.sources, id.datasets.len()), (vec!["batches in.jsonl".to_string()], 0));
         // Garbage is still refused.
         assert!(decode_metadata_payload(&payload[..payload.len() / 2]).is_err());
     }
