@@ -29,7 +29,7 @@ fn run_on(dir: &Path, master: &str, batches: Option<u32>) -> Output {
 /// files, runs it on `local[2]` and `local-cluster[2]` (see [`run_on`]),
 /// checks both runs wrote the same output files byte for byte, and returns
 /// the `local[2]` run and its directory.
-fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Output, tempfile::TempDir) {
+pub(crate) fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Output, tempfile::TempDir) {
     let modules = format!(
         "\n[modules]\nops = \"{}\"\nwc = \"{}\"\n",
         module("testops.wasm").display(),
@@ -62,19 +62,19 @@ fn run_both(body: &str, files: &[(&str, String)], batches: Option<u32>) -> (Outp
     (local.0, local.2)
 }
 
-fn outputs(dir: &Path, prefix: &str) -> BTreeMap<i64, Vec<String>> {
+pub(crate) fn outputs(dir: &Path, prefix: &str) -> BTreeMap<i64, Vec<String>> {
     read_outputs(&dir.join("out"), prefix)
 }
 
-fn saved(stream: &str) -> String {
+pub(crate) fn saved(stream: &str) -> String {
     format!("[[outputs]]\nstream = \"{stream}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{stream}\"\n")
 }
 
-fn ok(out: &Output) {
+pub(crate) fn ok(out: &Output) {
     assert!(out.status.success(), "weir run failed: {}", text(&out.stderr));
 }
 
-fn lines(xs: &[&str]) -> Vec<String> {
+pub(crate) fn lines(xs: &[&str]) -> Vec<String> {
     xs.iter().map(|x| x.to_string()).collect()
 }
 
@@ -316,4 +316,98 @@ fn a_bad_initial_state_for_map_with_state_is_refused_naming_it() {
         err.contains("job.toml:") && err.contains("initial state record 2") && err.contains("repeats a key"),
         "{err}"
     );
+}
+
+#[test]
+fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
+    // The operations Spark users reach for through `transform(rdd => ...)`
+    // (SortingSuite, RDDSuite, PairRDDFunctionsSuite), on `local[2]` and
+    // `local-cluster[2]` (run_both: the same bytes), directly and inside
+    // `transform`.
+    let body = "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.other]\ntype = \"batches\"\npath = \"other.jsonl\"\n\
+        [sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [sources.words]\ntype = \"batches\"\npath = \"words.jsonl\"\n\
+        [sources.many]\ntype = \"batches\"\npath = \"many.jsonl\"\n\
+        [streams]\n\
+        sorted = \"pairs.sort_by_key(false)\"\n\
+        sorted_by = \"words.sort_by(ops.first_char)\"\n\
+        distinct = \"nums.distinct()\"\n\
+        subtract = 'nums.transform_with(other, \"rdd.subtract(other)\")'\n\
+        intersection = \"nums.intersection(other)\"\n\
+        taken = 'nums.transform(\"rdd.take(3)\")'\n\
+        top = \"nums.top(2)\"\n\
+        zipped = \"words.zip_with_index()\"\n\
+        cartesian = \"nums.take(2).cartesian(other)\"\n\
+        coalesced = \"nums.coalesce(1).glom()\"\n\
+        sampled = \"many.sample(0.5, 7)\"\n";
+    let names = [
+        "sorted",
+        "sorted_by",
+        "distinct",
+        "subtract",
+        "intersection",
+        "taken",
+        "top",
+        "zipped",
+        "cartesian",
+        "coalesced",
+        "sampled",
+    ];
+    let body = format!("{body}{}", names.iter().map(|n| saved(n)).collect::<String>());
+    let many: Vec<String> = (1..=200).map(|x| x.to_string()).collect();
+    let many = format!("[{}]\n[{}]\n[]\n", many.join(","), many.join(","));
+    let files = [
+        ("nums.jsonl", "[1, 2, 3, 4, 2, 3]\n[5, 5, 6]\n[]\n".to_string()),
+        ("other.jsonl", "[2, 3, 4]\n[6]\n[1]\n".to_string()),
+        ("pairs.jsonl", "[[\"b\", 2], [\"a\", 1], [\"c\", 3], [\"a\", 0]]\n[]\n[[\"x\", 1]]\n".to_string()),
+        ("words.jsonl", "[\"banana\", \"apple\", \"cherry\", \"avocado\"]\n[\"x\"]\n[]\n".to_string()),
+        ("many.jsonl", many),
+    ];
+    let (out, dir) = run_both(&body, &files, None);
+    ok(&out);
+    let d = dir.path();
+    let exact = |name: &str| outputs(d, name).into_values().collect::<Vec<_>>();
+    let unordered = |name: &str| {
+        outputs(d, name)
+            .into_values()
+            .map(|mut v| {
+                v.sort();
+                v
+            })
+            .collect::<Vec<_>>()
+    };
+    let none: Vec<String> = vec![];
+    // Stable: equal keys keep their order in the batch.
+    assert_eq!(exact("sorted"), vec![lines(&["(c,3)", "(b,2)", "(a,1)", "(a,0)"]), none.clone(), lines(&["(x,1)"])]);
+    assert_eq!(exact("sorted_by"), vec![lines(&["apple", "avocado", "banana", "cherry"]), lines(&["x"]), none.clone()]);
+    assert_eq!(unordered("distinct"), vec![lines(&["1", "2", "3", "4"]), lines(&["5", "6"]), none.clone()]);
+    // The left's duplicates are kept.
+    assert_eq!(unordered("subtract"), vec![lines(&["1"]), lines(&["5", "5"]), none.clone()]);
+    assert_eq!(unordered("intersection"), vec![lines(&["2", "3", "4"]), lines(&["6"]), none.clone()]);
+    // Partitions in order: [1, 2, 3] and [4, 2, 3].
+    assert_eq!(exact("taken"), vec![lines(&["1", "2", "3"]), lines(&["5", "5", "6"]), none.clone()]);
+    assert_eq!(exact("top"), vec![lines(&["4", "3"]), lines(&["6", "5"]), none.clone()]);
+    assert_eq!(
+        exact("zipped"),
+        vec![lines(&["(banana,0)", "(apple,1)", "(cherry,2)", "(avocado,3)"]), lines(&["(x,0)"]), none.clone()]
+    );
+    // Left-major over pairs of partitions: the left's one partition [1, 2]
+    // by the right's [2] and [3, 4].
+    assert_eq!(
+        exact("cartesian"),
+        vec![lines(&["(1,2)", "(2,2)", "(1,3)", "(1,4)", "(2,3)", "(2,4)"]), lines(&["(5,6)", "(5,6)"]), none.clone()]
+    );
+    assert_eq!(exact("coalesced"), vec![lines(&["[1, 2, 3, 4, 2, 3]"]), lines(&["[5, 5, 6]"]), lines(&["[]"])]);
+    // Seeded: a subsequence of about half, different in each batch (the
+    // time is mixed into the seed), and the same bytes on both masters.
+    let sampled = exact("sampled");
+    let all: Vec<String> = (1..=200).map(|x| x.to_string()).collect();
+    for kept in &sampled[..2] {
+        assert!((60..=140).contains(&kept.len()), "sample(0.5) of 200 kept {}", kept.len());
+        let mut rest = all.iter();
+        assert!(kept.iter().all(|k| rest.any(|x| x == k)), "a subsequence: {kept:?}");
+    }
+    assert_ne!(sampled[0], sampled[1]);
+    assert_eq!(sampled[2], none);
 }

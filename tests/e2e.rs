@@ -10,6 +10,7 @@ mod checkpoint_failures;
 mod cli;
 mod cluster;
 mod crash_recovery;
+mod datasets;
 mod dstream_api;
 mod hardening_directory;
 mod hardening_jobs;

@@ -127,6 +127,11 @@ fn malformed_parameter_lists_are_refused_naming_the_line() {
         ("nums.map(ops.plus(10s))", "`10s` is not a value"),
         ("nums.map(ops.plus(n = 1, n = 2))", "parameter \"n\" is given twice"),
         ("nums.map(ops.plus(99999999999999999999))", "number too large"),
+        // A bare name is a dataset's records; this job has none.
+        (
+            "nums.map(ops.plus(four))",
+            "`four` is neither a value (a number, \"text\", true, false or null) nor a dataset",
+        ),
         // Found by the probe when the job loads, not in its first batch.
         ("nums.map(ops.plus(m = 1))", "unknown parameter `m` (parameters: n)"),
         ("nums.map(ops.plus())", "missing parameter `n`"),

@@ -16,10 +16,16 @@ use crate::source::SourceSpec;
 
 pub type NodeId = u32;
 
+// A `UdfRef` with parameters makes the window variants larger than the rest;
+// graph nodes are plan data, a few per job, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum NodeOp {
     /// The input of source `source`.
     Source { source: u32 },
+    /// A static dataset, as an RDD every `slide_ms` (the slide of the
+    /// stream it is combined with; `crate::dataset`).
+    Dataset { dataset: crate::dataset::Dataset, slide_ms: i64 },
     /// Narrow transformations, pipelined.
     Narrow(NarrowOp),
     /// The union of the parents.
@@ -198,6 +204,7 @@ impl Graph {
         let first = parents.first().map(|p| of(p).1).unwrap_or(0);
         let partitions = match op {
             NodeOp::Source { .. } => self.parallelism as u64,
+            NodeOp::Dataset { dataset, .. } => dataset.partitions().len() as u64,
             NodeOp::Shuffle { partitions, .. } => *partitions as u64,
             NodeOp::Union => parents.iter().fold(0u64, |a, p| a.saturating_add(of(p).1)),
             NodeOp::Coalesce { partitions } => first.min(*partitions as u64),
@@ -264,6 +271,14 @@ impl Graph {
                 *slide_ms
             }
             NodeOp::Source { .. } => self.batch_interval_ms,
+            NodeOp::Dataset { slide_ms, .. } => {
+                if *slide_ms <= 0 || *slide_ms % self.batch_interval_ms != 0 {
+                    return Err(GraphError(format!(
+                        "{label}: the slide ({slide_ms} ms) must be a positive multiple of the batch interval"
+                    )));
+                }
+                *slide_ms
+            }
             _ => parent_slide,
         };
         if partitions > limits::MAX_RDD_PARTITIONS {
@@ -404,6 +419,13 @@ fn rdd_at(g: &Graph, zero: i64, node: NodeId, time: i64, memo: &mut Generated, l
             // by `generate` at its batch, found in the memo above); older
             // batches (forgotten, before a restart) are not re-created here.
             NodeOp::Source { .. } => None,
+            NodeOp::Dataset { dataset, .. } => Some(Rdd {
+                id,
+                partitions: dataset.partitions().len().max(1) as u32,
+                op: RddOp::Dataset(dataset.clone()),
+                persist: false,
+                label: n.label.clone(),
+            }),
             NodeOp::Narrow(op) => rdd_at(g, zero, n.parents[0], time, memo, lineage).and_then(|p| {
                 let parent = lineage.get(p)?;
                 Some(Rdd {

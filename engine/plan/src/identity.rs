@@ -25,6 +25,24 @@ pub struct JobIdentity {
     pub sources: Vec<String>,
     /// The stateful streams, in graph order.
     pub stateful: Vec<StatefulStream>,
+    /// Each static dataset the job reads: name -> SHA-256 of its content.
+    /// A changed dataset changes what re-run batches compute.
+    #[serde(default)]
+    pub datasets: BTreeMap<String, String>,
+}
+
+/// [`JobIdentity`] as checkpoints wrote it before datasets existed (bincode
+/// is not self-describing: such a checkpoint is decoded as this shape).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentityV1 {
+    pub sources: Vec<String>,
+    pub stateful: Vec<StatefulStream>,
+}
+
+impl From<JobIdentityV1> for JobIdentity {
+    fn from(v: JobIdentityV1) -> Self {
+        JobIdentity { sources: v.sources, stateful: v.stateful, datasets: BTreeMap::new() }
+    }
 }
 
 /// One stateful stream (update_state_by_key, map_with_state, a window with
@@ -72,6 +90,9 @@ pub struct Comparison {
     pub added: Vec<StatefulStream>,
     /// Sources whose identity changed: (index, in the checkpoint, now).
     pub sources: Vec<(usize, Option<String>, Option<String>)>,
+    /// Datasets whose content changed, or that were added or removed:
+    /// (name, hash in the checkpoint, hash now).
+    pub datasets: Vec<(String, Option<String>, Option<String>)>,
 }
 
 /// A stateful stream whose lineage changed.
@@ -85,12 +106,17 @@ pub struct Changed {
 impl Comparison {
     /// Whether nothing the state depends on changed.
     pub fn is_same(&self) -> bool {
-        self.changed.is_empty() && self.removed.is_empty() && self.added.is_empty() && self.sources.is_empty()
+        self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.added.is_empty()
+            && self.sources.is_empty()
+            && self.datasets.is_empty()
     }
 
     /// Whether every difference is a changed module under the same lineage.
     pub fn modules_only(&self) -> bool {
         self.sources.is_empty()
+            && self.datasets.is_empty()
             && self.removed.is_empty()
             && self.added.is_empty()
             && self.changed.iter().all(|c| c.modules_only)
@@ -103,6 +129,17 @@ impl Comparison {
         for (i, old, new) in &self.sources {
             let show = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
             out.push(format!("source {i}: was {}, now {}", show(old), show(new)));
+        }
+        for (name, old, new) in &self.datasets {
+            let short = |h: &String| format!("sha256 {}", h.get(..12).unwrap_or(h));
+            out.push(match (old, new) {
+                (Some(o), Some(n)) => {
+                    format!("dataset {name:?} changed: content {} in the checkpoint, {} now", short(o), short(n))
+                }
+                (Some(o), None) => format!("dataset {name:?} ({}) is no longer in the job", short(o)),
+                (None, Some(n)) => format!("dataset {name:?} ({}) is new", short(n)),
+                (None, None) => continue,
+            });
         }
         for c in &self.changed {
             out.push(format!("stateful stream {} changed:", c.new.display_name()));
@@ -183,7 +220,15 @@ impl JobIdentity {
             sig.push((f, m));
             lines.push(lineage);
         }
-        JobIdentity { sources, stateful }
+        let datasets = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                NodeOp::Dataset { dataset, .. } => Some((dataset.name().to_string(), dataset.hash().to_string())),
+                _ => None,
+            })
+            .collect();
+        JobIdentity { sources, stateful, datasets }
     }
 
     /// Compares the identity a checkpoint recorded (`self`) with a new job's.
@@ -193,6 +238,12 @@ impl JobIdentity {
             let (a, b) = (self.sources.get(i), new.sources.get(i));
             if a != b {
                 c.sources.push((i, a.cloned(), b.cloned()));
+            }
+        }
+        for name in self.datasets.keys().chain(new.datasets.keys()) {
+            let (a, b) = (self.datasets.get(name), new.datasets.get(name));
+            if a != b && !c.datasets.iter().any(|d| &d.0 == name) {
+                c.datasets.push((name.clone(), a.cloned(), b.cloned()));
             }
         }
         let mut old_left: Vec<&StatefulStream> = Vec::new();
@@ -435,6 +486,35 @@ mod tests {
         assert_eq!(c.sources.len(), 1);
         let d = c.diff();
         assert!(d.contains("source 0: was batches in.jsonl, now batches other.jsonl"), "{d}");
+    }
+
+    /// A source joined (cogrouped) with dataset `users` of `records`.
+    fn with_dataset(records: &[i64]) -> JobIdentity {
+        let mut g = Graph::new(1000, 2);
+        g.sources.push(SourceSpec::Batches { path: "in.jsonl".into() });
+        let src = g.add(vec![], NodeOp::Source { source: 0 }, "lines".into()).unwrap();
+        let recs: Vec<weir_codec::Value> = records.iter().map(|r| weir_codec::Value::I64(*r)).collect();
+        let dataset = crate::dataset::Dataset::new("users", vec![weir_codec::Value::encode_batch(&recs)]);
+        let d = g.add(vec![], NodeOp::Dataset { dataset, slide_ms: 1000 }, "dataset users".into()).unwrap();
+        let agg = crate::rdd::Aggregation::CoGroup;
+        g.add(vec![src, d], NodeOp::Shuffle { aggregation: agg, partitions: 2 }, "cogroup".into()).unwrap();
+        JobIdentity::of(&g, &BTreeMap::new())
+    }
+
+    #[test]
+    fn a_changed_dataset_is_a_change_the_diff_names() {
+        let (a, b) = (with_dataset(&[1, 2]), with_dataset(&[1, 3]));
+        assert!(a.compare(&with_dataset(&[1, 2])).is_same());
+        let cmp = a.compare(&b);
+        assert!(!cmp.is_same() && !cmp.modules_only());
+        assert_eq!(cmp.datasets.len(), 1);
+        let diff = cmp.diff();
+        assert!(diff.starts_with("dataset \"users\" changed: content sha256 "), "{diff}");
+        assert!(diff.contains(&a.datasets["users"][..12]) && diff.contains(&b.datasets["users"][..12]), "{diff}");
+        // A slide that is not a multiple of the batch interval is refused.
+        let mut g = Graph::new(1000, 2);
+        let dataset = crate::dataset::Dataset::new("d", vec![]);
+        assert!(g.add(vec![], NodeOp::Dataset { dataset, slide_ms: 1500 }, "d".into()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! wasmtime, no threads, no I/O. It builds for `wasm32-unknown-unknown`, so
 //! a plan can be inspected anywhere. The runtime (crate `weir`) runs plans.
 
+pub mod dataset;
 pub mod graph;
 pub mod identity;
 pub mod limits;

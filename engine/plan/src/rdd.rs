@@ -103,6 +103,10 @@ impl fmt::Display for UdfRef {
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct UdfParams {
     encoded: Vec<u8>,
+    /// How they are shown when a value is a static dataset's records
+    /// (`ops.lookup(users)`: `users`, not every record).
+    #[serde(default)]
+    shown: Option<String>,
 }
 
 impl UdfParams {
@@ -115,7 +119,14 @@ impl UdfParams {
         }
         let named = named.into_iter().map(|(n, v)| codec::Value::pair(codec::Value::Str(n), v)).collect();
         let v = codec::Value::Tuple(vec![codec::Value::List(positional), codec::Value::List(named)]);
-        Ok(UdfParams { encoded: v.encode() })
+        Ok(UdfParams { encoded: v.encode(), shown: None })
+    }
+
+    /// These parameters, shown as `shown` in labels and plans (a value that
+    /// is a dataset's records is shown by the dataset's name).
+    pub fn with_shown(mut self, shown: String) -> Self {
+        self.shown = Some(shown);
+        self
     }
 
     /// The canonical encoding of `([positional], [(name, value)...])`.
@@ -139,6 +150,9 @@ impl UdfParams {
     /// The parameters as a job file writes them: `4`, `"ERROR"`,
     /// `lat = 52.5, lon = 13.4`.
     pub fn text(&self) -> String {
+        if let Some(s) = &self.shown {
+            return s.clone();
+        }
         let show = |v: &codec::Value| match v {
             codec::Value::Str(s) => format!("{s:?}"),
             other => other.to_string(),
@@ -171,9 +185,18 @@ impl fmt::Display for UdfParams {
 
 /// The parameters as written (identity signatures hash `Debug` text; the
 /// text is a faithful rendering of the encoded values).
+/// With a dataset among them, the text names it and the content hash of the
+/// encoded values stands for the records.
 impl fmt::Debug for UdfParams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UdfParams({})", self.text())
+        match &self.shown {
+            None => write!(f, "UdfParams({})", self.text()),
+            Some(s) => {
+                use sha2::{Digest, Sha256};
+                let h: String = Sha256::digest(&self.encoded).iter().map(|b| format!("{b:02x}")).collect();
+                write!(f, "UdfParams({s}, content {h})")
+            }
+        }
     }
 }
 
@@ -305,6 +328,9 @@ pub enum Aggregation {
 pub enum RddOp {
     /// Received or read input of source `source`; blocks are stored at ingestion.
     Input { source: u32 },
+    /// A static dataset's records: partition `i` is its partition `i`, the
+    /// same for every batch (`crate::dataset`).
+    Dataset(crate::dataset::Dataset),
     /// Narrow operations applied to the same-numbered parent partition.
     Narrow { parent: RddId, ops: Vec<NarrowOp> },
     /// The parents' partitions, concatenated in order.
@@ -357,7 +383,9 @@ impl RddOp {
     /// Parents read partition by partition (no shuffle in between).
     pub fn narrow_parents(&self) -> Vec<RddId> {
         match self {
-            RddOp::Input { .. } | RddOp::Checkpointed { .. } | RddOp::Shuffled { .. } => vec![],
+            RddOp::Input { .. } | RddOp::Dataset(_) | RddOp::Checkpointed { .. } | RddOp::Shuffled { .. } => {
+                vec![]
+            }
             RddOp::Narrow { parent, .. } | RddOp::Coalesce { parent, .. } => vec![*parent],
             RddOp::Cartesian { left, right, .. } => vec![*left, *right],
             RddOp::Union { parents } => parents.clone(),

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::dstream::{DStream, ModuleHandle, StateSpec, StreamingContext, Udf};
+use crate::dstream::{DStream, DatasetHandle, ModuleHandle, StateSpec, StreamingContext, Udf};
 use crate::rdd::UdfParams;
 use crate::scheduler::Clock;
 use crate::sink::OutputSpec;
@@ -78,6 +78,11 @@ struct JobFile {
     /// file like a `batches` source's, whose records are `[key, state]` pairs.
     #[serde(default)]
     initial_state: BTreeMap<String, Spanned<String>>,
+    /// Dataset name -> a file in the format of a `batches` source, or a
+    /// directory of text files: loaded once, used in `transform`
+    /// expressions and as UDF parameters.
+    #[serde(default)]
+    datasets: BTreeMap<String, Spanned<String>>,
 }
 
 /// `[rate]`: records per second.
@@ -285,6 +290,26 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         }
     }
 
+    // A dataset is named in expressions where streams are: its name must
+    // not clash with one, nor with the names a transform expression gives.
+    let mut datasets: BTreeMap<String, DatasetHandle> = BTreeMap::new();
+    for (name, p) in &file.datasets {
+        let clash = if name == "rdd" || name == "other" {
+            Some("a transform expression names its RDDs `rdd` and `other`".to_string())
+        } else if let Some(s) = file.sources.get(name) {
+            Some(format!("the source on line {} has that name", line_of(s.span().start).unwrap_or(0)))
+        } else {
+            file.streams
+                .get(name)
+                .map(|s| format!("the stream on line {} has that name", line_of(s.span().start).unwrap_or(0)))
+        };
+        if let Some(why) = clash {
+            return Err(err(Some(p.span()), format!("dataset {name:?}: rename it ({why})")).into());
+        }
+        let d = ssc.dataset_from_path(name, p.get_ref()).map_err(|e| err(Some(p.span()), e.to_string()))?;
+        datasets.insert(name.clone(), d);
+    }
+
     let mut modules: HashMap<String, ModuleHandle> = HashMap::new();
     for (name, p) in &file.modules {
         let m = ssc.module(p.get_ref()).map_err(|e| err(Some(p.span()), format!("module {name}: {e}")))?;
@@ -330,6 +355,8 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         modules: &modules,
         streams,
         err: &err,
+        line_of: &line_of,
+        datasets: &datasets,
         base: base.clone(),
         initial_used: Default::default(),
     };
@@ -437,6 +464,10 @@ struct Builder<'a, E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError
     modules: &'a HashMap<String, ModuleHandle>,
     streams: HashMap<String, DStream>,
     err: &'a E,
+    /// The line of a byte offset of the job file.
+    line_of: &'a dyn Fn(usize) -> Option<usize>,
+    /// `[datasets]`, by name.
+    datasets: &'a BTreeMap<String, DatasetHandle>,
     base: PathBuf,
     /// The streams whose `[initial_state]` an update_state_by_key or a
     /// map_with_state took.
@@ -547,10 +578,53 @@ enum Arg {
     Name(String),
     /// `module.function`, with its parameters when written
     /// `module.function(args)`.
-    Qualified(String, String, Option<UdfParams>),
+    Qualified(String, String, Option<ParsedParams>),
     Num(u64, String),
     Decimal(String),
     Text(String),
+}
+
+/// A function's parameters as written: values, and names of datasets
+/// (`ops.lookup(users)`), whose records are the value.
+#[derive(Debug)]
+struct ParsedParams {
+    positional: Vec<ParamVal>,
+    named: Vec<(String, ParamVal)>,
+}
+
+#[derive(Debug)]
+enum ParamVal {
+    Value(weir_codec::Value),
+    Dataset(String),
+}
+
+impl ParsedParams {
+    /// The parameters, datasets replaced by their records (a list):
+    /// `dataset` finds one by name.
+    fn resolve(&self, dataset: &dyn Fn(&str) -> Result<weir_codec::Value, String>) -> Result<UdfParams, String> {
+        let show = |v: &ParamVal| match v {
+            ParamVal::Value(weir_codec::Value::Str(s)) => format!("{s:?}"),
+            ParamVal::Value(other) => other.to_string(),
+            ParamVal::Dataset(n) => n.clone(),
+        };
+        let value = |v: &ParamVal| match v {
+            ParamVal::Value(v) => Ok(v.clone()),
+            ParamVal::Dataset(n) => dataset(n),
+        };
+        let positional = self.positional.iter().map(value).collect::<Result<Vec<_>, _>>()?;
+        let named = self.named.iter().map(|(n, v)| Ok((n.clone(), value(v)?))).collect::<Result<Vec<_>, String>>()?;
+        let p = UdfParams::new(positional, named)?;
+        let has_dataset =
+            self.positional.iter().chain(self.named.iter().map(|(_, v)| v)).any(|v| matches!(v, ParamVal::Dataset(_)));
+        if !has_dataset {
+            return Ok(p);
+        }
+        let mut shown: Vec<String> = self.positional.iter().map(show).collect();
+        let mut named: Vec<&(String, ParamVal)> = self.named.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        shown.extend(named.iter().map(|(n, v)| format!("{n} = {}", show(v))));
+        Ok(p.with_shown(shown.join(", ")))
+    }
 }
 
 /// A stream expression: the stream it starts from and its operations with
@@ -619,11 +693,17 @@ fn parse_params(
     it: &mut std::iter::Peekable<std::vec::IntoIter<Tok>>,
     module: &str,
     function: &str,
-) -> Result<UdfParams, String> {
+) -> Result<ParsedParams, String> {
     use weir_codec::Value;
     let what = format!("parameters of {module}.{function}");
-    let mut positional = Vec::new();
-    let mut named: Vec<(String, Value)> = Vec::new();
+    let mut positional: Vec<ParamVal> = Vec::new();
+    let mut named: Vec<(String, ParamVal)> = Vec::new();
+    // Names given twice are refused here, with the parameters' text.
+    let done = |positional: Vec<ParamVal>, named: Vec<(String, ParamVal)>| {
+        let names: Vec<(String, Value)> = named.iter().map(|(n, _)| (n.clone(), Value::Null)).collect();
+        UdfParams::new(vec![], names).map_err(|m| format!("{what}: {m}"))?;
+        Ok(ParsedParams { positional, named })
+    };
     let show = |t: Option<Tok>| match t {
         None => "the end of the expression".to_string(),
         Some(Tok::Ident(s)) | Some(Tok::Decimal(s)) => format!("`{s}`"),
@@ -638,7 +718,7 @@ fn parse_params(
     };
     if it.peek() == Some(&Tok::Close) {
         it.next();
-        return UdfParams::new(positional, named).map_err(|m| format!("{what}: {m}"));
+        return done(positional, named);
     }
     loop {
         // `name = value` or `value`.
@@ -658,9 +738,9 @@ fn parse_params(
         let value = match t {
             Some(Tok::Num(n, u)) if u.is_empty() => {
                 let v = if negative { 0i64.checked_sub_unsigned(n) } else { i64::try_from(n).ok() };
-                Value::I64(v.ok_or_else(|| {
+                ParamVal::Value(Value::I64(v.ok_or_else(|| {
                     format!("{what}: integer {}{n} does not fit in 64 bits", if negative { "-" } else { "" })
-                })?)
+                })?))
             }
             Some(Tok::Num(n, u)) => {
                 return Err(format!(
@@ -668,18 +748,16 @@ fn parse_params(
                 ))
             }
             Some(Tok::Decimal(d)) => match d.parse::<f64>() {
-                Ok(f) if f.is_finite() => Value::F64(if negative { -f } else { f }),
+                Ok(f) if f.is_finite() => ParamVal::Value(Value::F64(if negative { -f } else { f })),
                 _ => return Err(format!("{what}: `{d}` is not a finite number")),
             },
-            Some(Tok::Str(text)) if !negative => Value::Str(text),
-            Some(Tok::Ident(w)) if !negative && w == "true" => Value::Bool(true),
-            Some(Tok::Ident(w)) if !negative && w == "false" => Value::Bool(false),
-            Some(Tok::Ident(w)) if !negative && w == "null" => Value::Null,
-            Some(Tok::Ident(w)) if !negative => {
-                return Err(format!(
-                    "{what}: expected a value (a number, \"text\", true, false or null) or `name = value`, found `{w}`"
-                ))
-            }
+            Some(Tok::Str(text)) if !negative => ParamVal::Value(Value::Str(text)),
+            Some(Tok::Ident(w)) if !negative && w == "true" => ParamVal::Value(Value::Bool(true)),
+            Some(Tok::Ident(w)) if !negative && w == "false" => ParamVal::Value(Value::Bool(false)),
+            Some(Tok::Ident(w)) if !negative && w == "null" => ParamVal::Value(Value::Null),
+            // A bare name is a dataset (`ops.lookup(users)`), checked when
+            // the function is bound.
+            Some(Tok::Ident(w)) if !negative => ParamVal::Dataset(w),
             other => {
                 return Err(format!(
                     "{what}: expected a value (a number, \"text\", true, false or null), found {}",
@@ -703,7 +781,7 @@ fn parse_params(
             other => return Err(format!("{what}: expected `,` or `)` after a value, found {}", show(other))),
         }
     }
-    UdfParams::new(positional, named).map_err(|m| format!("{what}: {m}"))
+    done(positional, named)
 }
 
 /// Most parameters one function use may have.
@@ -730,6 +808,21 @@ impl Expr {
 }
 
 impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, E> {
+    /// The job's datasets, each with the line it is declared on:
+    /// `users (line 7), zones (line 8)`, or `none`.
+    fn dataset_list(&self) -> String {
+        if self.file.datasets.is_empty() {
+            return "none: declare one under [datasets]".into();
+        }
+        let shown: Vec<String> = self
+            .file
+            .datasets
+            .iter()
+            .map(|(n, p)| format!("{n} (line {})", (self.line_of)(p.span().start).unwrap_or(0)))
+            .collect();
+        shown.join(", ")
+    }
+
     /// The `[initial_state]` of stream `name`, read now (`(key, state)` pairs
     /// in the format of a `batches` file), if the job file gives one.
     fn initial_state(&mut self, name: &str) -> Result<Option<Vec<weir_codec::Value>>, EngineError> {
@@ -772,7 +865,10 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
             };
             let parsed = parse_expr(expr.get_ref()).ok();
             let deps = parsed.as_ref().map(Expr::dependencies).unwrap_or_default();
-            match deps.into_iter().find(|d| !self.streams.contains_key(*d)) {
+            // A dataset is not built (a misplaced one is refused, naming
+            // it, when the operation is applied).
+            let is_dataset = |d: &str| self.datasets.contains_key(d) && !self.file.streams.contains_key(d);
+            match deps.into_iter().find(|d| !self.streams.contains_key(*d) && !is_dataset(d)) {
                 Some(d) => {
                     if let Some(looped) = pending.iter().find(|(p, _)| p == d) {
                         let span = self.file.streams.get(&looped.0).map(|e| e.span());
@@ -896,8 +992,19 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     h.module().check_function(f, kind).map_err(|err| e(err.to_string()))?;
                     match params {
                         Some(p) => {
-                            h.module().probe_params(f, kind, p).map_err(|err| e(err.to_string()))?;
-                            Val::Udf(h.udf(f).with_params(p.clone()))
+                            let datasets = self.datasets;
+                            let valid = self.dataset_list();
+                            let p = p
+                                .resolve(&|n| match datasets.get(n) {
+                                    Some(d) => d.as_param().map_err(|err| err.to_string()),
+                                    None => Err(format!(
+                                        "parameters of {m}.{f}: `{n}` is neither a value (a number, \"text\", \
+                                         true, false or null) nor a dataset (datasets: {valid})"
+                                    )),
+                                })
+                                .map_err(&e)?;
+                            h.module().probe_params(f, kind, &p).map_err(|err| e(err.to_string()))?;
+                            Val::Udf(h.udf(f).with_params(p))
                         }
                         None => Val::Udf(h.udf(f)),
                     }
@@ -916,13 +1023,26 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                     }
                 },
                 (ParamKind::Stream, Some(Arg::Name(n))) => match &self.in_transform {
-                    None => Val::Stream(self.resolve(n, span.clone())?),
-                    Some(Some(o)) if n == "other" => Val::Stream(o.clone()),
-                    Some(_) => {
+                    None if self.datasets.contains_key(n) && !self.file.streams.contains_key(n) => {
                         return Err(what(format!(
-                            "inside a transform expression only `other` (transform_with's stream) names a stream, not {n:?}"
+                            "{n:?} is a dataset: name it inside a transform expression, \
+                             e.g. transform(\"rdd.{op}({n})\")"
                         )))
                     }
+                    None => Val::Stream(self.resolve(n, span.clone())?),
+                    Some(Some(o)) if n == "other" => Val::Stream(o.clone()),
+                    Some(other) => match self.datasets.get(n) {
+                        Some(d) => Val::Stream(s.dataset_rdd(d)?),
+                        None => {
+                            let valid = self.dataset_list();
+                            let o = if other.is_some() { "; `other` is transform_with's stream" } else { "" };
+                            return Err(what(format!(
+                                "no dataset named {n:?} (datasets: {valid}{o}); inside a transform expression \
+                                 only datasets{} name RDDs",
+                                if other.is_some() { " and `other`" } else { "" }
+                            )));
+                        }
+                    },
                 },
                 (ParamKind::Expr, Some(Arg::Text(t))) => Val::Text(t.clone()),
                 (ParamKind::Records, Some(Arg::Num(n, _))) if *n <= weir_plan::limits::MAX_TAKE => Val::Int(*n),
@@ -1339,7 +1459,7 @@ mod tests {
         assert_error(
             "x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(x)\")'",
             STREAMS_LINE + 1,
-            &["only `other` (transform_with's stream) names a stream, not \"x\""],
+            &["no dataset named \"x\" (datasets: none: declare one under [datasets])"],
         );
         assert_error("out = 'lines.transform(\"lines.distinct()\")'", STREAMS_LINE, &["starts from `rdd`"]);
         assert_error(

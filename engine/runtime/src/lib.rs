@@ -49,4 +49,7 @@ pub enum EngineError {
     Graph(String),
     #[error("executor: {0}")]
     Executor(String),
+    /// A static dataset that cannot be loaded or used (it names the dataset).
+    #[error("{0}")]
+    Dataset(String),
 }

@@ -187,6 +187,15 @@ impl JobInfo {
             .map(|n| {
                 let (kind, detail) = match &n.op {
                     NodeOp::Source { source } => ("source", format!("source {source}")),
+                    NodeOp::Dataset { dataset, .. } => (
+                        "dataset",
+                        format!(
+                            "dataset {} (sha256 {}, {} bytes)",
+                            dataset.name(),
+                            dataset.short_hash(),
+                            dataset.bytes()
+                        ),
+                    ),
                     NodeOp::Narrow(_) => ("narrow", String::new()),
                     NodeOp::Sample { .. } => ("narrow", "sample".into()),
                     NodeOp::Coalesce { partitions } => {

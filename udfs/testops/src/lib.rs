@@ -251,3 +251,15 @@ fn stamp(time: i64, key: &str, value: Option<i64>, state: &mut State<i64>) -> (S
     state.update(time);
     (key.to_string(), time)
 }
+
+/// `ops.lookup(users)`: a static dataset (`[datasets]` in a job file) of
+/// `[key, name]` pairs, handed over as a parameter, used as a lookup
+/// table: maps `key` to `(key, name)`, `name` null for a key it lacks.
+#[weir_udf::params]
+struct Table(Vec<(String, String)>);
+
+#[weir_udf::map(params)]
+fn lookup(key: &str, p: &Table) -> (String, Option<String>) {
+    let name = p.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    (key.to_string(), name)
+}

@@ -89,6 +89,43 @@ pub struct Metadata {
     pub identity: Option<weir_plan::identity::JobIdentity>,
 }
 
+/// A metadata checkpoint as written before the job identity recorded
+/// static datasets (`weir_plan::identity::JobIdentity::datasets`).
+#[derive(Serialize, Deserialize)]
+struct MetadataV2 {
+    seq: u64,
+    job_hash: String,
+    job: String,
+    modules: BTreeMap<String, String>,
+    batch_interval_ms: i64,
+    zero_time: i64,
+    last_completed: Option<i64>,
+    pending: Vec<i64>,
+    inputs: BTreeMap<i64, Vec<InputRecord>>,
+    cursors: Vec<SourceCursor>,
+    state: BTreeMap<u32, StateRef>,
+    identity: Option<weir_plan::identity::JobIdentityV1>,
+}
+
+impl From<MetadataV2> for Metadata {
+    fn from(m: MetadataV2) -> Self {
+        Metadata {
+            seq: m.seq,
+            job_hash: m.job_hash,
+            job: m.job,
+            modules: m.modules,
+            batch_interval_ms: m.batch_interval_ms,
+            zero_time: m.zero_time,
+            last_completed: m.last_completed,
+            pending: m.pending,
+            inputs: m.inputs,
+            cursors: m.cursors,
+            state: m.state,
+            identity: m.identity.map(Into::into),
+        }
+    }
+}
+
 /// A metadata checkpoint as written before [`Metadata::identity`] existed.
 /// bincode is not self-describing, so such a file is decoded as this shape
 /// when the current one does not fit.
@@ -420,6 +457,7 @@ fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, 
 /// A metadata checkpoint of this version, or of the one before identities.
 fn decode_metadata_payload(payload: &[u8]) -> Result<Metadata, bincode::error::DecodeError> {
     decode_bounded::<Metadata>(payload)
+        .or_else(|e| decode_bounded::<MetadataV2>(payload).map(Metadata::from).map_err(|_| e))
         .or_else(|e| decode_bounded::<MetadataV1>(payload).map(Metadata::from).map_err(|_| e))
 }
 
@@ -944,10 +982,36 @@ mod tests {
         assert_eq!((m.seq, m.last_completed, m.pending.clone(), m.identity.clone()), (7, Some(7000), vec![8000], None));
         // And today's shape round-trips with its identity.
         let mut now = m.clone();
-        now.identity =
-            Some(weir_plan::identity::JobIdentity { sources: vec!["batches in.jsonl".into()], stateful: vec![] });
+        now.identity = Some(weir_plan::identity::JobIdentity {
+            sources: vec!["batches in.jsonl".into()],
+            stateful: vec![],
+            datasets: BTreeMap::from([("users".to_string(), "ef".to_string())]),
+        });
         let payload = bincode::serde::encode_to_vec(&now, bincode::config::standard()).unwrap();
         assert_eq!(decode_metadata_payload(&payload).unwrap(), now);
+        // A checkpoint with an identity but written before datasets were
+        // recorded decodes, with no datasets.
+        let v2 = MetadataV2 {
+            seq: 7,
+            job_hash: "ab".into(),
+            job: "job.toml".into(),
+            modules: BTreeMap::new(),
+            batch_interval_ms: 1000,
+            zero_time: 0,
+            last_completed: Some(7000),
+            pending: vec![8000],
+            inputs: BTreeMap::new(),
+            cursors: vec![SourceCursor::Next(8)],
+            state: BTreeMap::new(),
+            identity: Some(weir_plan::identity::JobIdentityV1 {
+                sources: vec!["batches in.jsonl".into()],
+                stateful: vec![],
+            }),
+        };
+        let old = bincode::serde::encode_to_vec(&v2, bincode::config::standard()).unwrap();
+        let m = decode_metadata_payload(&old).unwrap();
+        let id = m.identity.expect("the identity is kept");
+        assert_eq!((id.sources, id.datasets.len()), (vec!["batches in.jsonl".to_string()], 0));
         // Garbage is still refused.
         assert!(decode_metadata_payload(&payload[..payload.len() / 2]).is_err());
     }

@@ -25,8 +25,10 @@
 
 pub use weir_plan::graph;
 
+mod dataset;
 mod state_spec;
 mod transform;
+pub use dataset::{Dataset, DatasetHandle, MAX_DATASET_BYTES};
 pub use state_spec::StateSpec;
 pub use transform::BatchRdd;
 

@@ -49,6 +49,14 @@ macro_rules! forward2 {
 }
 
 impl BatchRdd {
+    pub(super) fn of(s: DStream) -> BatchRdd {
+        BatchRdd(s)
+    }
+
+    pub(super) fn stream(&self) -> &DStream {
+        &self.0
+    }
+
     forward! {
         /// See [`DStream::map`].
         map(f: &Udf);

@@ -172,6 +172,10 @@ impl TaskCx<'_, '_> {
         let rdd = self.rdd(id)?.clone();
         let data: Block = match &rdd.op {
             RddOp::Input { .. } => return Err(TaskFailure::InputLost(block_id)),
+            RddOp::Dataset(d) => match d.partition(p) {
+                Some(bytes) => Arc::new(bytes.to_vec()),
+                None => return Err(engine_fault(format!("dataset {} has no partition {p}", d.name()))),
+            },
             RddOp::Checkpointed { path } => Arc::new(state::read_checkpointed(path, p)?),
             RddOp::State { prev, grouped, update, initial } => {
                 let prev = match (prev, initial) {

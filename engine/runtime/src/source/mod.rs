@@ -33,7 +33,7 @@ use crate::listener::{ListenerBus, SourcePosition};
 use directory::DirectorySource;
 use generator::GeneratorSource;
 use queue::QueueSource;
-pub use queue::{json_to_value, read_batches_file, MAX_BATCHES_FILE_BYTES};
+pub use queue::{json_to_value, read_batches_file, read_batches_file_limited, MAX_BATCHES_FILE_BYTES};
 use socket::SocketSource;
 pub use text_split::split_batch;
 pub use weir_plan::source::{

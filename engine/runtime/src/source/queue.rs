@@ -34,8 +34,13 @@ pub const MAX_BATCHES_FILE_BYTES: u64 = 256 << 20;
 /// Reads a `batches` file: one JSON array of records per line. A regular
 /// file of at most [`MAX_BATCHES_FILE_BYTES`].
 pub fn read_batches_file(path: &Path) -> Result<Vec<Vec<u8>>, SourceError> {
-    let bytes = crate::files::read_limited(path, MAX_BATCHES_FILE_BYTES)
-        .map_err(|e| SourceError::File { path: path.into(), source: e })?;
+    read_batches_file_limited(path, MAX_BATCHES_FILE_BYTES)
+}
+
+/// As [`read_batches_file`], for a file of at most `limit` bytes.
+pub fn read_batches_file_limited(path: &Path, limit: u64) -> Result<Vec<Vec<u8>>, SourceError> {
+    let bytes =
+        crate::files::read_limited(path, limit).map_err(|e| SourceError::File { path: path.into(), source: e })?;
     let text = String::from_utf8(bytes).map_err(|e| SourceError::Parse {
         path: path.into(),
         line: e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1,
