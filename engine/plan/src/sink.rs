@@ -30,10 +30,10 @@ pub enum OutputSpec {
         timeout_ms: u64,
         /// TLS to the brokers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        tls: Option<crate::source::KafkaTls>,
+        tls: Option<Box<crate::source::KafkaTls>>,
         /// SASL authentication.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sasl: Option<crate::source::KafkaSasl>,
+        sasl: Option<Box<crate::source::KafkaSasl>>,
     },
     /// Index into the context's collectors (Rust API only).
     #[serde(skip)]

@@ -88,10 +88,10 @@ pub enum SourceSpec {
         broker_timeout_ms: u64,
         /// TLS to the brokers (`[sources.NAME.tls]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        tls: Option<KafkaTls>,
+        tls: Option<Box<KafkaTls>>,
         /// SASL authentication (`[sources.NAME.sasl]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        sasl: Option<KafkaSasl>,
+        sasl: Option<Box<KafkaSasl>>,
     },
     /// Encoded batches (Rust API only).
     #[serde(skip)]

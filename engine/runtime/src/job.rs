@@ -320,7 +320,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
             } else if !(1..=3_600_000).contains(broker_timeout_ms) {
                 Some(format!("broker_timeout_ms must be between 1 and 3600000 (got {broker_timeout_ms})"))
             } else {
-                check_kafka_security(tls.as_ref(), sasl.as_ref(), &base).err()
+                check_kafka_security(tls.as_deref(), sasl.as_deref(), &base).err()
             };
             if let Some(p) = problem {
                 return Err(err(Some(spec.span()), format!("source {name}: {p}")).into());
@@ -410,8 +410,8 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     topic: topic.clone(),
                     client_id: o.client_id.clone(),
                     timeout_ms,
-                    tls: o.tls.clone(),
-                    sasl: o.sasl.clone(),
+                    tls: o.tls.clone().map(Box::new),
+                    sasl: o.sasl.clone().map(Box::new),
                 })?
             }
             k => {

@@ -335,7 +335,7 @@ pub fn open(
                 client_id.clone(),
                 std::time::Duration::from_millis(*timeout_ms),
                 job,
-                crate::kafka_security::KafkaSecurity::load(tls.as_ref(), sasl.as_ref(), base)
+                crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
                     .map_err(SinkError::Kafka)?,
             )?)
         }

@@ -204,7 +204,7 @@ pub fn open(
             on_offset_out_of_range: *on_offset_out_of_range,
             broker_timeout: std::time::Duration::from_millis(*broker_timeout_ms),
             batch_interval_ms,
-            security: crate::kafka_security::KafkaSecurity::load(tls.as_ref(), sasl.as_ref(), base)
+            security: crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
                 .map_err(SourceError::Kafka)?,
         })?),
         #[cfg(not(feature = "kafka"))]
