@@ -19,6 +19,7 @@ mod hardening_ports;
 mod hardening_signals;
 mod hardening_socket;
 mod kafka;
+mod kafka_s3;
 mod netns;
 mod netns_hosts;
 mod object_store;

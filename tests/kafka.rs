@@ -17,13 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-struct Tools {
-    tansu: PathBuf,
-    pythonpath: PathBuf,
+pub(crate) struct Tools {
+    pub(crate) tansu: PathBuf,
+    pub(crate) pythonpath: PathBuf,
 }
 
 /// The broker and the client, installed once per test binary.
-fn tools() -> &'static Tools {
+pub(crate) fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
         let out = Command::new("bash")
@@ -43,14 +43,14 @@ fn tools() -> &'static Tools {
     })
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running Tansu broker; killed when dropped (even by a failing test).
-struct Broker {
-    child: Child,
-    port: u16,
+pub(crate) struct Broker {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Broker {
@@ -59,10 +59,19 @@ impl Broker {
     }
 
     fn start_on(port: u16) -> Broker {
+        Broker::start_with(port, "memory://tansu/", &[])
+    }
+
+    /// A broker on `port` keeping its log in `storage` (`memory://tansu/`,
+    /// or `s3://bucket/` with the S3 server in `env`: that log outlives the
+    /// broker process, so a broker killed and started again on the same
+    /// port and storage is a broker restart).
+    pub(crate) fn start_with(port: u16, storage: &str, env: &[(String, String)]) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&tools().tansu)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
+            .args(["--storage-engine", storage, "--silent"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -77,12 +86,12 @@ impl Broker {
         b
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// Runs the kafka-python client (60 s at most).
-    fn client(&self, args: &[&str], stdin: &str) -> String {
+    pub(crate) fn client(&self, args: &[&str], stdin: &str) -> String {
         let mut child = Command::new("python3")
             .arg(repo().join("tests/kafka_client.py"))
             .arg(args[0])
@@ -113,22 +122,22 @@ impl Broker {
         text(&out.stdout)
     }
 
-    fn create(&self, topic: &str, partitions: u32) {
+    pub(crate) fn create(&self, topic: &str, partitions: u32) {
         self.client(&["create", topic, &partitions.to_string()], "");
     }
 
-    fn produce(&self, topic: &str, lines: &[String]) {
+    pub(crate) fn produce(&self, topic: &str, lines: &[String]) {
         self.produce_with(topic, lines, &[]);
     }
 
     /// Produces with extra client arguments (a compression codec).
-    fn produce_with(&self, topic: &str, lines: &[String], extra: &[&str]) {
+    pub(crate) fn produce_with(&self, topic: &str, lines: &[String], extra: &[&str]) {
         let args: Vec<&str> = ["produce", topic].iter().chain(extra).copied().collect();
         let n = self.client(&args, &(lines.join("\n") + "\n"));
         assert_eq!(n.trim(), lines.len().to_string(), "records produced");
     }
 
-    fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         let r = unsafe { libc::kill(self.child.id() as i32, sig) };
         assert_eq!(r, 0, "kill({sig}) on the broker failed");
@@ -143,7 +152,7 @@ impl Drop for Broker {
 }
 
 /// Seeded lines of words.
-fn lines(seed: u64, n: usize) -> Vec<String> {
+pub(crate) fn lines(seed: u64, n: usize) -> Vec<String> {
     let mut rng = Rng(seed);
     let vocab = ["kafka", "topic", "offset", "weir", "batch", "stream", "broker", "tansu", "wasm", "replay"];
     (0..n)
@@ -675,4 +684,73 @@ fn a_hostile_broker_costs_bounded_memory_and_ends_in_a_clear_error() {
         assert!(last.contains(&addr), "{mode:?}: the error names the broker: {last}\n{log}");
         assert!(r.peak_kb < 100 << 10, "{mode:?}: peak RSS {} kB\n{log}", r.peak_kb);
     }
+}
+
+#[test]
+fn kafka_tls_and_sasl_settings_are_checked_at_start_naming_the_field_and_path() {
+    // No broker is needed: every case is refused before one is contacted
+    // (the brokers named are a closed port).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("not-pem.txt"), "hello\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let missing = tmp.path().join("missing.pem");
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "missing CA",
+            "[sources.lines.tls]\nca_file = \"missing.pem\"".into(),
+            format!("kafka tls.ca_file {}: No such file", missing.display()),
+        ),
+        (
+            "not PEM",
+            "[sources.lines.tls]\nca_file = \"not-pem.txt\"".into(),
+            format!("kafka tls.ca_file {}: no PEM certificate in it", tmp.path().join("not-pem.txt").display()),
+        ),
+        (
+            "cert without key",
+            "[sources.lines.tls]\ncert_file = \"not-pem.txt\"".into(),
+            "kafka tls: cert_file is given without key_file".into(),
+        ),
+        (
+            "unknown field",
+            "[sources.lines.tls]\nca = \"x.pem\"".into(),
+            "unknown field `ca`".into(),
+        ),
+        (
+            "password_env unset",
+            "[sources.lines.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword_env = \"WEIR_TEST_NO_SUCH_VAR\"".into(),
+            "kafka sasl.password_env: the environment variable WEIR_TEST_NO_SUCH_VAR is not set".into(),
+        ),
+        (
+            "two passwords",
+            "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"\npassword_env = \"HOME\"".into(),
+            "kafka sasl: give exactly one of password and password_env".into(),
+        ),
+        (
+            "unknown mechanism",
+            "[sources.lines.sasl]\nmechanism = \"GSSAPI\"\nusername = \"u\"\npassword = \"p\"".into(),
+            "unknown variant `GSSAPI`".into(),
+        ),
+    ];
+    for (what, fields, says) in cases {
+        let job = job(tmp.path(), "sec", &addr, "t", &fields, "counts");
+        let started = Instant::now();
+        let out = weir_run(&job, &["--batches", "1"]);
+        let log = text(&out.stderr);
+        assert!(!out.status.success(), "{what}: {log}");
+        assert!(log.contains(&says), "{what}: expected {says:?} in:\n{log}");
+        assert!(!log.contains("unreachable") && !log.contains("panicked"), "{what}: {log}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}: refused at start, not after retries");
+    }
+    // The output's inline tables are checked the same way.
+    let job = job(tmp.path(), "sec-out", &addr, "t", "", "counts");
+    let body = std::fs::read_to_string(&job).unwrap()
+        + &format!(
+            "[[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{addr}\"\ntopic = \"o\"\n\
+             tls = {{ ca_file = \"missing.pem\" }}\n"
+        );
+    std::fs::write(&job, body).unwrap();
+    let out = weir_run(&job, &["--batches", "1"]);
+    let log = text(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains(&format!("kafka tls.ca_file {}", missing.display())), "{log}");
 }

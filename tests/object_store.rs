@@ -18,9 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A moto S3 server on a loopback port, killed on drop.
-struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     py: PathBuf,
 }
 
@@ -52,7 +52,7 @@ fn http(port: u16, method: &str, path: &str, timeout: Duration) -> std::io::Resu
 
 impl S3Server {
     /// Starts moto, or returns None (after saying why) when it is not installed.
-    fn start() -> Option<S3Server> {
+    pub(crate) fn start() -> Option<S3Server> {
         let py = python_dir();
         if !py.join("moto").is_dir() {
             let msg = format!("moto is not installed in {} (run scripts/test-servers.sh)", py.display());
@@ -78,19 +78,37 @@ impl S3Server {
         Some(server)
     }
 
-    fn bucket(&self, name: &str) {
+    pub(crate) fn bucket(&self, name: &str) {
         let code = http(self.port, "PUT", &format!("/{name}"), Duration::from_secs(10)).unwrap();
         assert_eq!(code, 200, "creating bucket {name}");
     }
 
     /// A `weir` command configured for this server.
-    fn weir(&self) -> Command {
+    pub(crate) fn weir(&self) -> Command {
         let mut c = weir();
         self.env(&mut c);
         c
     }
 
-    fn env(&self, c: &mut Command) {
+    /// The variables that point an S3 client (weir, boto3, Tansu's
+    /// object_store) at this server.
+    pub(crate) fn env_pairs(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", url.as_str()),
+            ("AWS_ENDPOINT", url.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    pub(crate) fn env(&self, c: &mut Command) {
         c.env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
@@ -98,7 +116,7 @@ impl S3Server {
     }
 
     /// Runs a boto3 script (`s3` is a client of this server); returns stdout.
-    fn boto3(&self, script: &str) -> String {
+    pub(crate) fn boto3(&self, script: &str) -> String {
         let mut c = Command::new("python3");
         self.env(&mut c);
         let prelude = "import boto3, json, sys, base64\ns3 = boto3.client('s3', endpoint_url=__import__('os').environ['AWS_ENDPOINT_URL'])\n";
@@ -108,7 +126,7 @@ impl S3Server {
     }
 
     /// Every object under `prefix` in `bucket`: key (without the prefix) -> bytes.
-    fn objects(&self, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    pub(crate) fn objects(&self, bucket: &str, prefix: &str) -> BTreeMap<String, Vec<u8>> {
         let out = self.boto3(&format!(
             "out = {{}}\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    for o in page.get('Contents', []):\n        out[o['Key'][len('{prefix}'):]] = base64.b64encode(s3.get_object(Bucket='{bucket}', Key=o['Key'])['Body'].read()).decode()\nprint(json.dumps(out))\n"
         ));
@@ -476,4 +494,67 @@ fn a_hostile_s3_server_is_refused_within_bounded_memory_and_time() {
         let named = err.lines().find(|l| l.contains(&place) && l.contains(says));
         assert!(named.is_some(), "{mode:?}: no message naming {object} and saying {says:?}:\n{err}");
     }
+}
+
+/// A job whose one output partition is about 20 MiB of text (three 8 MiB
+/// multipart parts) in its first batch, then a small batch.
+fn big_part_job(dir: &Path, prefix: &str) -> PathBuf {
+    let mut rng = Rng(8);
+    let alphabet: Vec<char> = "abcdefghijklmnopqrstuvwxyz0123456789 ".chars().collect();
+    let lines: Vec<String> = (0..2100)
+        .map(|i| {
+            let body: String = (0..10_000).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
+            format!("\"{i} {body}\"")
+        })
+        .collect();
+    std::fs::write(dir.join("big.jsonl"), format!("[{}]\n[\"small\",\"batch\"]\n", lines.join(","))).unwrap();
+    let job = format!(
+        "batch_interval = \"1s\"\nclock = \"logical\"\nparallelism = 1\n[sources.lines]\ntype = \"batches\"\n\
+         path = \"big.jsonl\"\n[streams]\nbig = \"lines.coalesce(1)\"\n[[outputs]]\nstream = \"big\"\n\
+         type = \"save_as_text_files\"\nprefix = \"{prefix}\"\n"
+    );
+    let p = dir.join(format!("big-{}.toml", prefix.replace(['/', ':'], "_")));
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+#[test]
+fn a_part_bigger_than_8_mib_is_a_multipart_upload_and_a_failed_one_is_aborted() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-big");
+    let tmp = tempfile::tempdir().unwrap();
+    // The reference: the same job to local files.
+    let local = big_part_job(tmp.path(), "out/big");
+    let out = run(weir().args(["run", local.to_str().unwrap(), "-q"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = tree(&tmp.path().join("out"));
+    let first = &want["big-1000/part-00000"];
+    assert!(first.len() > 2 * (8 << 20), "the first part is {} bytes, not over two 8 MiB parts", first.len());
+
+    // A failure after two parts are uploaded: the batch's output fails, the
+    // upload is aborted: no part object, no _SUCCESS, no upload left open.
+    let remote = big_part_job(tmp.path(), "s3://weir-big/out/big");
+    let mut c = server.weir();
+    c.args(["run", remote.to_str().unwrap(), "--checkpoint", "s3://weir-big/ckpt", "--batches", "1"])
+        .env("WEIR_FAILPOINT_MULTIPART_FAIL_AFTER_PARTS", "2");
+    let failed = run(&mut c);
+    let log = text(&failed.stderr);
+    assert!(log.contains("injected failure after 2 parts"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let objects = server.objects("weir-big", "out/");
+    assert!(objects.is_empty(), "objects visible after a failed upload: {:?}", objects.keys().collect::<Vec<_>>());
+    let open = server.boto3("print(len(s3.list_multipart_uploads(Bucket='weir-big').get('Uploads', [])))");
+    assert_eq!(open.trim(), "0", "the failed multipart upload was not aborted");
+
+    // Again without the failure, on the same checkpoint (the failed batch
+    // is re-run): the objects equal the local files byte for byte, and the
+    // big part went up in three parts (an S3 multipart ETag ends in -3).
+    let again = run(server.weir().args(["run", remote.to_str().unwrap(), "--checkpoint", "s3://weir-big/ckpt", "-q"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let got = server.objects("weir-big", "out/");
+    assert_same_tree(&got, &want, "S3 objects vs local files");
+    let etag = server.boto3("print(s3.head_object(Bucket='weir-big', Key='out/big-1000/part-00000')['ETag'])");
+    assert!(etag.trim().trim_matches('"').ends_with("-3"), "not a 3-part multipart upload: ETag {etag}");
+    let small = server.boto3("print(s3.head_object(Bucket='weir-big', Key='out/big-2000/part-00000')['ETag'])");
+    assert!(!small.contains('-'), "a small part is one PUT: ETag {small}");
 }

@@ -28,6 +28,12 @@ pub enum OutputSpec {
         /// (retrying with backoff) before the batch fails.
         #[serde(default = "default_kafka_timeout_ms")]
         timeout_ms: u64,
+        /// TLS to the brokers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<Box<crate::source::KafkaTls>>,
+        /// SASL authentication.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sasl: Option<Box<crate::source::KafkaSasl>>,
     },
     /// Index into the context's collectors (Rust API only).
     #[serde(skip)]

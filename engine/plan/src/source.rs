@@ -86,6 +86,12 @@ pub enum SourceSpec {
         /// backoff) before the job fails.
         #[serde(default = "default_broker_timeout_ms")]
         broker_timeout_ms: u64,
+        /// TLS to the brokers (`[sources.NAME.tls]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<Box<KafkaTls>>,
+        /// SASL authentication (`[sources.NAME.sasl]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sasl: Option<Box<KafkaSasl>>,
     },
     /// Encoded batches (Rust API only).
     #[serde(skip)]
@@ -151,6 +157,49 @@ pub enum OffsetOutOfRangePolicy {
     Earliest,
     /// Resume at the end of the log (a warning counts the records skipped).
     Latest,
+}
+
+/// TLS to Kafka brokers (`[sources.NAME.tls]`, or `tls = { ... }` on a Kafka
+/// output). Relative paths are resolved against the job file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTls {
+    /// PEM file of the certificate authorities to trust (the system's roots
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate (chain), for brokers that ask for
+    /// one; needs `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key; needs `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// SASL authentication to Kafka brokers (`[sources.NAME.sasl]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    /// The password itself (the job file then holds a secret)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// ...or the environment variable holding it (exactly one of the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+/// A SASL mechanism, named as Kafka names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// The most records a Kafka batch takes from one partition.

@@ -118,6 +118,11 @@ struct OutputFile {
     client_id: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `kafka`: TLS and SASL (`tls = { ca_file = ... }`, `sasl = { ... }`).
+    #[serde(default)]
+    tls: Option<weir_plan::source::KafkaTls>,
+    #[serde(default)]
+    sasl: Option<weir_plan::source::KafkaSasl>,
 }
 
 /// A parsed job, ready to run.
@@ -328,7 +333,9 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     .map_err(|e| err(at.clone(), format!("source {name}: {}: {e}", full.display())))?;
             }
         }
-        if let SourceSpec::Kafka { brokers, topics, max_rate_per_partition, broker_timeout_ms, .. } = spec.get_ref() {
+        if let SourceSpec::Kafka { brokers, topics, max_rate_per_partition, broker_timeout_ms, tls, sasl, .. } =
+            spec.get_ref()
+        {
             let problem = if brokers.split(',').all(|b| b.trim().is_empty()) {
                 Some("brokers must name at least one \"host:port\"".to_string())
             } else if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
@@ -338,7 +345,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
             } else if !(1..=3_600_000).contains(broker_timeout_ms) {
                 Some(format!("broker_timeout_ms must be between 1 and 3600000 (got {broker_timeout_ms})"))
             } else {
-                None
+                check_kafka_security(tls.as_deref(), sasl.as_deref(), &base).err()
             };
             if let Some(p) = problem {
                 return Err(err(Some(spec.span()), format!("source {name}: {p}")).into());
@@ -414,6 +421,7 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     );
                 };
                 let timeout_ms = o.timeout_ms.unwrap_or(60_000);
+                check_kafka_security(o.tls.as_ref(), o.sasl.as_ref(), &base).map_err(|m| err(span.clone(), m))?;
                 if brokers.split(',').all(|b| b.trim().is_empty())
                     || topic.is_empty()
                     || !(1..=3_600_000).contains(&timeout_ms)
@@ -429,6 +437,8 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     topic: topic.clone(),
                     client_id: o.client_id.clone(),
                     timeout_ms,
+                    tls: o.tls.clone().map(Box::new),
+                    sasl: o.sasl.clone().map(Box::new),
                 })?
             }
             k => {
@@ -1209,6 +1219,26 @@ fn sorted(mut v: Vec<&str>) -> String {
     v.join(", ")
 }
 
+/// TLS files and SASL settings of a Kafka source or output, checked when the
+/// job loads (the error then carries the job file's line).
+#[cfg(feature = "kafka")]
+fn check_kafka_security(
+    tls: Option<&weir_plan::source::KafkaTls>,
+    sasl: Option<&weir_plan::source::KafkaSasl>,
+    base: &Path,
+) -> Result<(), String> {
+    crate::kafka_security::KafkaSecurity::load(tls, sasl, base).map(|_| ())
+}
+
+#[cfg(not(feature = "kafka"))]
+fn check_kafka_security(
+    _tls: Option<&weir_plan::source::KafkaTls>,
+    _sasl: Option<&weir_plan::source::KafkaSasl>,
+    _base: &Path,
+) -> Result<(), String> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1318,7 +1348,10 @@ mod tests {
                 client_id,
                 on_offset_out_of_range,
                 broker_timeout_ms,
+                tls,
+                sasl,
             } => {
+                assert_eq!((tls, sasl), (&None, &None));
                 assert_eq!((brokers.as_str(), topics.as_slice()), ("b:9092", &["t".to_string()][..]));
                 assert_eq!(*starting_offsets, StartingOffsets::Latest);
                 assert_eq!((*max_rate_per_partition, *key, client_id.as_deref()), (None, false, None));

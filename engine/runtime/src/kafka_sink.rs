@@ -34,6 +34,7 @@ pub(crate) struct KafkaSink {
     client_id: Option<String>,
     timeout: Duration,
     job: String,
+    security: crate::kafka_security::KafkaSecurity,
     rt: tokio::runtime::Runtime,
     /// Connected on the first write (a job starts without its output's
     /// broker being up yet); one write at a time.
@@ -52,6 +53,7 @@ impl KafkaSink {
         client_id: Option<String>,
         timeout: Duration,
         job: &str,
+        security: crate::kafka_security::KafkaSecurity,
     ) -> Result<Self, SinkError> {
         let brokers: Vec<String> = brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect();
         if brokers.is_empty() || topic.is_empty() {
@@ -61,7 +63,16 @@ impl KafkaSink {
             .enable_all()
             .build()
             .map_err(|e| SinkError::Kafka(format!("cannot start the kafka client's runtime: {e}")))?;
-        Ok(KafkaSink { brokers, topic: topic.into(), client_id, timeout, job: job.into(), rt, conn: Mutex::new(None) })
+        Ok(KafkaSink {
+            brokers,
+            topic: topic.into(),
+            client_id,
+            timeout,
+            job: job.into(),
+            security,
+            rt,
+            conn: Mutex::new(None),
+        })
     }
 
     fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, SinkError>
@@ -79,6 +90,7 @@ impl KafkaSink {
                 let mut b = ClientBuilder::new(self.brokers.clone())
                     .max_message_size(MAX_FRAME_BYTES)
                     .backoff_config(client_backoff(self.timeout));
+                b = self.security.apply(b);
                 if let Some(id) = &self.client_id {
                     b = b.client_id(id.as_str());
                 }

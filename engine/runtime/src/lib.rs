@@ -13,6 +13,8 @@ pub mod executor;
 pub mod files;
 pub mod job;
 #[cfg(feature = "kafka")]
+mod kafka_security;
+#[cfg(feature = "kafka")]
 mod kafka_sink;
 pub mod listener;
 pub mod scheduler;

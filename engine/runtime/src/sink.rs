@@ -386,13 +386,17 @@ pub fn open(
         }
         OutputSpec::Custom { id } => custom.get(*id).ok_or(missing("custom sink", *id))?.clone(),
         #[cfg(feature = "kafka")]
-        OutputSpec::Kafka { brokers, topic, client_id, timeout_ms } => Arc::new(crate::kafka_sink::KafkaSink::new(
-            brokers,
-            topic,
-            client_id.clone(),
-            std::time::Duration::from_millis(*timeout_ms),
-            job,
-        )?),
+        OutputSpec::Kafka { brokers, topic, client_id, timeout_ms, tls, sasl } => {
+            Arc::new(crate::kafka_sink::KafkaSink::new(
+                brokers,
+                topic,
+                client_id.clone(),
+                std::time::Duration::from_millis(*timeout_ms),
+                job,
+                crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
+                    .map_err(SinkError::Kafka)?,
+            )?)
+        }
         #[cfg(not(feature = "kafka"))]
         OutputSpec::Kafka { .. } => {
             return Err(SinkError::Kafka(
@@ -402,12 +406,34 @@ pub fn open(
     })
 }
 
-/// Renders a partition as text lines, one record per line.
 #[cfg(feature = "object-store")]
-fn render_lines(partition: &[u8]) -> Result<Vec<u8>, SinkError> {
-    let mut out = String::new();
-    render_lines_into(partition, &mut out)?;
-    Ok(out.into_bytes())
+enum PartError {
+    Io(std::io::Error),
+    Sink(SinkError),
+}
+
+/// Renders a partition as text lines into the object `key`, handing the
+/// writer a part whenever [`MULTIPART_PART_BYTES`](crate::checkpoint::objstore::MULTIPART_PART_BYTES)
+/// have been rendered: a big partition's text is never held whole, and goes
+/// up as a multipart upload (a small one as one PUT).
+#[cfg(feature = "object-store")]
+fn write_object_part(
+    store: &crate::checkpoint::objstore::ObjectStoreCheckpoint,
+    key: &str,
+    partition: &[u8],
+) -> Result<(), PartError> {
+    use crate::checkpoint::objstore::MULTIPART_PART_BYTES;
+    let malformed = |e: weir_codec::CodecError| PartError::Sink(SinkError::Malformed(e.to_string()));
+    let mut writer = store.writer(key);
+    let mut text = String::new();
+    for r in Records::new(partition).map_err(malformed)? {
+        weir_codec::display::render_append(r.map_err(malformed)?, &mut text).map_err(malformed)?;
+        text.push('\n');
+        if text.len() >= MULTIPART_PART_BYTES {
+            writer.put_part(std::mem::take(&mut text).into_bytes()).map_err(PartError::Io)?;
+        }
+    }
+    writer.finish(text.into_bytes()).map_err(PartError::Io)
 }
 
 #[cfg(not(feature = "object-store"))]
@@ -459,7 +485,10 @@ impl Sink for ObjectTextFilesSink {
         not_found_ok(self.store.delete(&success)).map_err(io(&success))?;
         for (i, p) in partitions.iter().enumerate() {
             let key = format!("{dir}/part-{i:05}");
-            self.store.put(&key, &render_lines(p)?).map_err(io(&key))?;
+            write_object_part(&self.store, &key, p).map_err(|e| match e {
+                PartError::Io(source) => SinkError::Io { path: self.store.locate(&key), source },
+                PartError::Sink(e) => e,
+            })?;
         }
         // Parts beyond this attempt's, left by an earlier one.
         for n in self.store.list(&dir).map_err(io(&dir))? {

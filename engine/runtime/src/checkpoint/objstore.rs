@@ -12,6 +12,12 @@
 //!   [`Lease`]) created with a conditional PUT (`If-None-Match: *`) and renewed
 //!   with `If-Match` on its ETag. The rule is in [`Lease::acquire`].
 //!
+//! Text outputs (`save_as_text_files` part objects) bigger than
+//! [`MULTIPART_PART_BYTES`] are written by an [`ObjectWriter`] as a multipart
+//! upload, one part at a time: a big partition is never buffered whole nor
+//! sent as one giant PUT, and the object appears only when the upload is
+//! completed (an upload that fails is aborted, so no half object is seen).
+//!
 //! Credentials and endpoint come from the standard environment variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
 //! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, `GOOGLE_*`, `AZURE_*`); plain HTTP is
@@ -26,7 +32,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion};
+use object_store::{
+    ClientOptions, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
+};
 
 use super::store::CheckpointStore;
 
@@ -42,6 +50,10 @@ pub const MAX_METADATA_OBJECT_BYTES: u64 = 64 << 20;
 const MAX_LEASE_BYTES: u64 = 64 << 10;
 /// What a read reserves before the body arrives (the rest grows with it).
 const INITIAL_READ_BYTES: u64 = 8 << 20;
+/// The size of one part of a text output's multipart upload, and the size
+/// from which a text output object is uploaded in parts (8 MiB: above S3's
+/// 5 MiB minimum part, and 10,000 parts make 80 GB).
+pub const MULTIPART_PART_BYTES: usize = 8 << 20;
 /// The deadline of one request, retries included.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -203,6 +215,109 @@ impl ObjectStoreCheckpoint {
             }
             Ok((out, etag))
         })
+    }
+}
+
+/// One object written in pieces ([`ObjectStoreCheckpoint::writer`]): the
+/// caller renders its bytes into parts of about [`MULTIPART_PART_BYTES`]
+/// ([`ObjectWriter::put_part`]) and hands over the rest at the end
+/// ([`ObjectWriter::finish`]). An object that never reached a full part is
+/// one PUT; a bigger one is a multipart upload, started at the first part and
+/// completed by `finish`. Dropped unfinished (an error on the way), the
+/// upload is aborted: nothing of it becomes visible.
+pub struct ObjectWriter<'a> {
+    store: &'a ObjectStoreCheckpoint,
+    name: String,
+    upload: Option<Box<dyn MultipartUpload>>,
+    parts: usize,
+}
+
+/// A test-only failure (cargo feature `failpoints`):
+/// `WEIR_FAILPOINT_MULTIPART_FAIL_AFTER_PARTS=N` fails a multipart upload
+/// once N parts are uploaded (before the next part or the completion).
+#[cfg(feature = "failpoints")]
+fn multipart_failure_due(parts: usize) -> bool {
+    std::env::var("WEIR_FAILPOINT_MULTIPART_FAIL_AFTER_PARTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| parts >= n)
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn multipart_failure_due(_parts: usize) -> bool {
+    false
+}
+
+impl ObjectWriter<'_> {
+    fn injected_failure(&self) -> std::io::Result<()> {
+        if multipart_failure_due(self.parts) {
+            return Err(std::io::Error::other(format!(
+                "{}/{}: injected failure after {} parts (WEIR_FAILPOINT_MULTIPART_FAIL_AFTER_PARTS)",
+                self.store.url, self.name, self.parts
+            )));
+        }
+        Ok(())
+    }
+
+    /// Uploads `bytes` as the next part (starting the multipart upload at
+    /// the first). Every part but the last must be at least 5 MiB on S3:
+    /// callers send parts of at least [`MULTIPART_PART_BYTES`].
+    pub fn put_part(&mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        let store = self.store;
+        if self.upload.is_none() {
+            let key = store.key(&self.name);
+            self.upload = Some(store.run(&self.name, store.store.put_multipart(&key))?);
+        }
+        self.injected_failure()?;
+        let Some(upload) = self.upload.as_mut() else { return Ok(()) };
+        let part = upload.put_part(PutPayload::from(bytes));
+        store.run(&self.name, part)?;
+        self.parts += 1;
+        Ok(())
+    }
+
+    /// Writes the rest (`bytes`, possibly empty) and makes the object
+    /// visible: one PUT when no part was uploaded, else the last part and the
+    /// completion of the upload.
+    pub fn finish(mut self, bytes: Vec<u8>) -> std::io::Result<()> {
+        if self.upload.is_none() {
+            return self.store.put_mode(&self.name, &bytes, PutMode::Overwrite).map(|_| ());
+        }
+        if !bytes.is_empty() {
+            self.put_part(bytes)?;
+        }
+        self.injected_failure()?;
+        let store = self.store;
+        let Some(mut upload) = self.upload.take() else { return Ok(()) };
+        match store.run(&self.name, upload.complete()) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Completion failed: abort, so the parts do not linger.
+                self.upload = Some(upload);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for ObjectWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            // Best effort, under the request deadline: a failed abort
+            // leaves invisible parts that the bucket's lifecycle rules
+            // (AbortIncompleteMultipartUpload) reclaim; the object itself
+            // never appears.
+            if let Err(e) = self.store.run(&self.name, upload.abort()) {
+                tracing::warn!("{}/{}: cannot abort the multipart upload: {e}", self.store.url, self.name);
+            }
+        }
+    }
+}
+
+impl ObjectStoreCheckpoint {
+    /// A writer of the object `name`, written in parts ([`ObjectWriter`]).
+    pub fn writer(&self, name: &str) -> ObjectWriter<'_> {
+        ObjectWriter { store: self, name: name.to_string(), upload: None, parts: 0 }
     }
 }
 

@@ -889,6 +889,8 @@ impl DStream {
             topic: topic.into(),
             client_id: None,
             timeout_ms: 60_000,
+            tls: None,
+            sasl: None,
         })
     }
     /// Any output a job file can describe.

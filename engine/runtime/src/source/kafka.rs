@@ -62,6 +62,8 @@ pub(super) struct KafkaConfig {
     pub on_offset_out_of_range: OffsetOutOfRangePolicy,
     pub broker_timeout: Duration,
     pub batch_interval_ms: i64,
+    /// TLS and SASL, loaded when the job starts.
+    pub security: crate::kafka_security::KafkaSecurity,
 }
 
 type PartitionKey = (String, i32);
@@ -127,9 +129,11 @@ impl KafkaSource {
         let backoff = client_backoff(cfg.broker_timeout);
         let brokers = cfg.brokers.clone();
         let client_id = cfg.client_id.clone();
+        let security = cfg.security.clone();
         let client = retry(&rt, &cfg, "connect", || {
             let mut b =
                 ClientBuilder::new(brokers.clone()).max_message_size(MAX_FRAME_BYTES).backoff_config(backoff.clone());
+            b = security.apply(b);
             if let Some(id) = &client_id {
                 b = b.client_id(id.as_str());
             }

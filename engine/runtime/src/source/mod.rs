@@ -191,6 +191,8 @@ pub fn open(
             client_id,
             on_offset_out_of_range,
             broker_timeout_ms,
+            tls,
+            sasl,
         } => Box::new(kafka::KafkaSource::start(kafka::KafkaConfig {
             brokers: brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect(),
             topics: topics.clone(),
@@ -202,6 +204,8 @@ pub fn open(
             on_offset_out_of_range: *on_offset_out_of_range,
             broker_timeout: std::time::Duration::from_millis(*broker_timeout_ms),
             batch_interval_ms,
+            security: crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
+                .map_err(SourceError::Kafka)?,
         })?),
         #[cfg(not(feature = "kafka"))]
         SourceSpec::Kafka { .. } => {
