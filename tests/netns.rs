@@ -114,7 +114,19 @@ impl<'w> Run<'w> {
         let p = self.world.spawn(
             host,
             SECRET,
-            &["-v", "executor", "--driver", &self.drivers, "--cores", "2", "--rejoin", "--rejoin-timeout-ms", "60000"],
+            &[
+                "-v",
+                "executor",
+                "--driver",
+                &self.drivers,
+                "--cores",
+                "2",
+                "--rejoin",
+                "--rejoin-timeout-ms",
+                "60000",
+                "--heartbeat-timeout-ms",
+                &HEARTBEAT_MS.to_string(),
+            ],
         );
         let pid = p.pid();
         self.execs.insert(host.to_string(), p);
@@ -435,6 +447,99 @@ fn netns_driver_moves_to_another_host_and_executors_follow() {
     let expected = expected.join().unwrap();
     crate::drivers::assert_same_tree(&tree(&store.join("out")), &expected, "after the driver moved");
     print_figures("driver moves (new driver start -> first batch)", &figures);
+}
+
+/// The longest an executor may take, after it decided its driver was lost,
+/// to join the new one: a connect to the vanished host times out (2 s),
+/// the rejoin backoff (at most 500 ms), the handshake, and slack for a
+/// loaded machine.
+const REJOIN_BOUND: Duration = Duration::from_millis(2000 + 500 + 1500);
+
+/// The driver's host vanishes for ever (its link goes down, then its process
+/// dies unseen: no FIN or RST crosses the downed link), and a new driver
+/// starts on the other driver host from the same checkpoint. Nothing tells
+/// the executors their driver is gone but the driver's silence: each must
+/// notice it within its heartbeat timeout (saying so), and join the new
+/// driver within the heartbeat timeout plus one retry round — measured on
+/// the new driver's join lines. Without driver heartbeats they would wait
+/// for TCP to give up (many minutes). Outputs must equal the failure-free
+/// run's.
+#[test]
+fn netns_driver_host_vanishes_and_executors_join_the_new_driver_within_the_heartbeat_timeout() {
+    let Some(()) =
+        require("netns_driver_host_vanishes_and_executors_join_the_new_driver_within_the_heartbeat_timeout")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let batches = 40;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["d1", "d2", "e1", "e2", "e3"]);
+    let store = world.root.path().join("object-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let job = stateful_job(&store, batches);
+    let addr = |h: &str| format!("{}:{PORT}", world.host(h).ip);
+    let drivers = format!("{},{}", addr("d1"), addr("d2"));
+    let start_driver = |host: &str| -> Proc {
+        let args = moving_driver_args(&job, &store, &addr(host));
+        world.spawn(host, SECRET, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut r = Run { world: &world, driver: start_driver("d1"), execs: BTreeMap::new(), drivers };
+    for h in ["e1", "e2", "e3"] {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(seed(9090));
+    r.batches(3 + rng.below(5));
+    std::thread::sleep(Duration::from_millis(rng.below(150)));
+    let vanished = Instant::now();
+    world.link("d1", false);
+    signal(r.driver.pid(), SIGKILL);
+    r.driver.finish();
+    r.driver = start_driver("d2");
+    let accepting = r.await_driver("the new driver accepting executors", |l| l.contains("accepting executors on"));
+    // Each executor must notice by the heartbeat timeout, then retry.
+    let bound = accepting.max(vanished + Duration::from_millis(HEARTBEAT_MS)) + REJOIN_BOUND;
+    let pids: Vec<u32> = ["e1", "e2", "e3"].iter().map(|h| r.pid(h)).collect();
+    let mut joins = Vec::new();
+    for pid in &pids {
+        let seen = r.driver.timed_lines().iter().find(|(_, l)| joined_line(l, *pid)).map(|(t, _)| *t);
+        let t = seen.unwrap_or_else(|| r.await_driver("an executor joining the new driver", |l| joined_line(l, *pid)));
+        assert!(
+            t <= bound,
+            "executor pid {pid} joined the new driver {} ms after its host vanished (bound {} ms):\n{}",
+            (t - vanished).as_millis(),
+            (bound - vanished).as_millis(),
+            r.driver.text()
+        );
+        joins.push((t - vanished).as_millis());
+    }
+    let first = r.first_batch_after(accepting);
+    let status = r.driver.finish();
+    assert!(status.success(), "the new driver failed ({status}):\n{}", r.driver.text());
+    for (h, p) in r.execs.iter_mut() {
+        let s = p.finish();
+        assert!(s.success(), "executor on {h} failed ({s}):\n{}", p.text());
+        assert!(
+            p.lines().any(|l| l.contains("sent nothing for") && l.contains("treating it as lost")),
+            "executor on {h} did not notice its driver's silence:\n{}",
+            p.text()
+        );
+    }
+    crate::drivers::assert_same_tree(&tree(&store.join("out")), &expected.join().unwrap(), "after the host vanished");
+    eprintln!(
+        "driver host vanished: executors joined the new driver {joins:?} ms after; new driver accepting -> first batch {} ms",
+        first.as_millis()
+    );
+}
+
+/// A driver of the driver-move tests, listening on `listen`, its checkpoint
+/// in the shared `store`.
+fn moving_driver_args(job: &std::path::Path, store: &std::path::Path, listen: &str) -> Vec<String> {
+    let ckpt = store.join("ckpt");
+    let args = ["-v", "run", job.to_str().unwrap(), "--master", "cluster[3]", "--listen", listen, "--checkpoint"];
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend([ckpt.to_str().unwrap().to_string(), "--heartbeat-timeout-ms".into(), HEARTBEAT_MS.to_string()]);
+    v
 }
 
 /// All three executors SIGKILLed at once and kept away past the
