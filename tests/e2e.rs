@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod crash_recovery;
 mod dstream_api;
+mod fencing;
 mod hardening_directory;
 mod hardening_jobs;
 mod hardening_outputs;

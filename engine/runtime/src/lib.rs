@@ -49,4 +49,8 @@ pub enum EngineError {
     Graph(String),
     #[error("executor: {0}")]
     Executor(String),
+    /// Another driver took the checkpoint location over (a newer epoch):
+    /// this one writes nothing more and stops.
+    #[error(transparent)]
+    Fenced(#[from] checkpoint::fence::Fenced),
 }

@@ -59,6 +59,19 @@ pub enum SinkError {
          without bound: fix the output and restart (with the same --checkpoint the pending batches are re-run)"
     )]
     TooManyPending { count: usize, limit: usize, oldest: i64, newest: i64, last: String },
+    /// The commit was refused: another driver took the checkpoint location
+    /// over (`checkpoint::fence`). Never retried.
+    #[error("{0}")]
+    Fenced(String),
+}
+
+/// Runs an output's commit step — the rename that publishes a batch, a
+/// `_SUCCESS` object — through the driver's fence, or directly.
+pub type CommitGate<'a> = &'a dyn Fn(&mut dyn FnMut() -> Result<(), SinkError>) -> Result<(), SinkError>;
+
+/// The gate of a driver without a checkpoint: every commit runs.
+pub fn ungated(commit: &mut dyn FnMut() -> Result<(), SinkError>) -> Result<(), SinkError> {
+    commit()
 }
 
 impl SinkError {
@@ -114,6 +127,18 @@ pub fn save_as_text_files(
     time: i64,
     partitions: &[Vec<u8>],
 ) -> Result<PathBuf, SinkError> {
+    save_as_text_files_gated(base, prefix, suffix, time, partitions, &ungated)
+}
+
+/// [`save_as_text_files`], its rename into place run through `gate`.
+fn save_as_text_files_gated(
+    base: &Path,
+    prefix: &str,
+    suffix: Option<&str>,
+    time: i64,
+    partitions: &[Vec<u8>],
+    gate: CommitGate,
+) -> Result<PathBuf, SinkError> {
     let target = batch_dir(base, prefix, suffix, time);
     let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -139,14 +164,17 @@ pub fn save_as_text_files(
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     // A failed attempt (a full disk) leaves nothing behind: the batch stays
     // pending and is written again later.
-    let written = write_parts(&tmp, partitions).and_then(|()| publish(&parent, &name, &tmp, &target));
+    // The rename is durable only once the directory is: a failure there
+    // fails the batch (its re-run replaces the copy).
+    let mut commit = || {
+        publish(&parent, &name, &tmp, &target)?;
+        crate::checkpoint::store::sync_dir(&parent).map_err(io(&parent))
+    };
+    let written = write_parts(&tmp, partitions).and_then(|()| gate(&mut commit));
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written?;
-    // The rename is durable only once the directory is: a failure here fails
-    // the batch (its re-run replaces the copy).
-    crate::checkpoint::store::sync_dir(&parent).map_err(io(&parent))?;
     Ok(target)
 }
 
@@ -240,6 +268,14 @@ pub fn decode_partitions(partitions: &[Vec<u8>]) -> Result<Vec<Value>, SinkError
 /// `prefix-<time>` atomically) gives end-to-end exactly-once output.
 pub trait Sink: Send + Sync {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError>;
+
+    /// [`Sink::write`] with its commit step run through `gate` (the driver's
+    /// fence: refused once another driver took over). By default the whole
+    /// write is the commit; a sink that prepares its output first and
+    /// publishes it in one step gates only that step.
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
+        gate(&mut || self.write(time, partitions))
+    }
 }
 
 /// `print`: Spark's block on stdout. At-least-once.
@@ -273,7 +309,13 @@ pub struct TextFilesSink {
 
 impl Sink for TextFilesSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
-        save_as_text_files(&self.base, &self.prefix, self.suffix.as_deref(), time, partitions).map(|_| ())
+        self.write_gated(time, partitions, &ungated)
+    }
+
+    /// Only the rename into place (and its fsync) is the commit.
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
+        let (base, suffix) = (&self.base, self.suffix.as_deref());
+        save_as_text_files_gated(base, &self.prefix, suffix, time, partitions, gate).map(|_| ())
     }
 }
 
@@ -385,6 +427,12 @@ pub struct ObjectTextFilesSink {
 #[cfg(feature = "object-store")]
 impl Sink for ObjectTextFilesSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        self.write_gated(time, partitions, &ungated)
+    }
+
+    /// Withdrawing an earlier `_SUCCESS` and writing the new one are the
+    /// commits (parts are invisible to readers without `_SUCCESS`).
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
         use crate::checkpoint::CheckpointStore;
         let dir = batch_dir(Path::new(""), &self.name, self.suffix.as_deref(), time).to_string_lossy().into_owned();
         let io = |key: &str| {
@@ -398,7 +446,7 @@ impl Sink for ObjectTextFilesSink {
         // An earlier attempt's `_SUCCESS` goes first: it must never vouch
         // for a mix of its parts and this attempt's.
         let success = format!("{dir}/_SUCCESS");
-        not_found_ok(self.store.delete(&success)).map_err(io(&success))?;
+        gate(&mut || not_found_ok(self.store.delete(&success)).map_err(io(&success)))?;
         for (i, p) in partitions.iter().enumerate() {
             let key = format!("{dir}/part-{i:05}");
             self.store.put(&key, &render_lines(p)?).map_err(io(&key))?;
@@ -412,6 +460,6 @@ impl Sink for ObjectTextFilesSink {
                 not_found_ok(self.store.delete(&key)).map_err(io(&key))?;
             }
         }
-        self.store.put(&success, b"").map_err(io(&success))
+        gate(&mut || self.store.put(&success, b"").map_err(io(&success)))
     }
 }

@@ -520,10 +520,17 @@ impl ClusterBackend {
         if cfg.local_executors > 0 {
             let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
             let beat = cfg.heartbeat_timeout.as_millis().to_string();
-            let args =
-                ["executor", "--driver", &addr.to_string(), "--cores", &cfg.cores.to_string(), "--heartbeat-timeout-ms", &beat]
-                    .map(String::from)
-                    .to_vec();
+            let args = [
+                "executor",
+                "--driver",
+                &addr.to_string(),
+                "--cores",
+                &cfg.cores.to_string(),
+                "--heartbeat-timeout-ms",
+                &beat,
+            ]
+            .map(String::from)
+            .to_vec();
             let mut local = backend.shared.local();
             local.want = cfg.local_executors;
             local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));

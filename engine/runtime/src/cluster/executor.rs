@@ -139,9 +139,15 @@ pub fn run_with(drivers: &[String], secret: &[u8], opts: &ExecutorOptions) -> Re
     let rejoin = opts.rejoin;
     let mut since = Instant::now();
     let mut backoff = REJOIN_BACKOFF.0;
+    // Where a round starts: after the address whose driver was just lost
+    // (it died, moved, or vanished: the next host is likelier, and an
+    // unreachable one costs a whole connect timeout).
+    let mut first = 0;
     loop {
         let mut last = None;
-        for addr in drivers {
+        for i in 0..drivers.len() {
+            let at = (first + i) % drivers.len();
+            let addr = &drivers[at];
             match incarnation(addr, secret, opts) {
                 Ok(Ended::Shutdown) => return Ok(()),
                 Ok(Ended::DriverGone) if rejoin.is_none() => return Ok(()),
@@ -150,11 +156,15 @@ pub fn run_with(drivers: &[String], secret: &[u8], opts: &ExecutorOptions) -> Re
                 }
                 Ok(ended) => {
                     if let Ended::DriverSilent(t) = ended {
-                        tracing::warn!("the driver at {addr} sent nothing for {} ms: treating it as lost", t.as_millis());
+                        tracing::warn!(
+                            "the driver at {addr} sent nothing for {} ms: treating it as lost",
+                            t.as_millis()
+                        );
                     }
                     tracing::warn!("lost the driver at {addr}; joining again as a new executor");
                     since = Instant::now();
                     backoff = REJOIN_BACKOFF.0;
+                    first = at + 1;
                     last = None;
                     break;
                 }
