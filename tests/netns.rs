@@ -710,7 +710,7 @@ fn netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover() {
     let status = r.driver.finish();
     let blog = r.driver.text();
     assert!(status.success(), "driver B failed ({status}):\n{blog}");
-    assert!(blog.contains("took over the checkpoint lease") && blog.contains("driver epoch 2"), "{blog}");
+    assert!(blog.contains("took over the checkpoint lease") && blog.contains("this driver is epoch 2"), "{blog}");
     let out_after_b = tree(&shared.join("out"));
     world.link("d1", true);
     let status = a.finish();

@@ -512,7 +512,7 @@ fn a_paused_driver_taken_over_on_s3_is_fenced_and_its_late_writes_are_ignored() 
     let status = b.wait_exit(Duration::from_secs(180), "driver B to take over and finish the job");
     let blog = b.log();
     assert!(status.success(), "driver B failed ({status}):\n{blog}");
-    assert!(blog.contains("took over the checkpoint lease") && blog.contains("driver epoch 2"), "{blog}");
+    assert!(blog.contains("took over the checkpoint lease") && blog.contains("this driver is epoch 2"), "{blog}");
     let meta_after_b = server.objects("weir-fence", "job/metadata/");
     let out_after_b = tree(&tmp.path().join("out"));
 

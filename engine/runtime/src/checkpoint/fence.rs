@@ -225,17 +225,18 @@ impl LocalLease {
             let pid = held.as_ref().map(|h| h.pid.to_string()).or(Some(text).filter(|t| !t.is_empty()));
             return Err(Refused::Held(pid));
         }
+        let floor = super::newest_epoch(&super::store::LocalDir::new(root));
+        let epoch = held.as_ref().map_or(0, |h| h.epoch).max(floor) + 1;
         if let Some(h) = held.as_ref().filter(|h| !h.released && !super::holder_is_dead_here(&h.machine, h.pid)) {
             tracing::warn!(
-                "taking over checkpoint directory {} from {} (epoch {}), which has not renewed its lease for {} ms",
+                "taking over checkpoint directory {} from {} (epoch {}), which has not renewed its lease for {} ms; \
+                 this driver is epoch {epoch}",
                 root.display(),
                 h.owner,
                 h.epoch,
                 unix_ms().saturating_sub(h.renewed_unix_ms)
             );
         }
-        let floor = super::newest_epoch(&super::store::LocalDir::new(root));
-        let epoch = held.as_ref().map_or(0, |h| h.epoch).max(floor) + 1;
         let body = LockBody {
             owner: format!("pid {} on {}", std::process::id(), super::hostname()),
             pid: std::process::id(),

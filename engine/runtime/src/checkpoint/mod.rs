@@ -450,7 +450,8 @@ fn parse_metadata_name(n: &str) -> Option<MetadataFile> {
 /// Metadata checkpoints in `store` by (sequence number, epoch), or why they
 /// cannot be listed.
 fn try_metadata_files(store: &dyn CheckpointStore) -> std::io::Result<Vec<MetadataFile>> {
-    let mut v: Vec<MetadataFile> = store.list("metadata")?.iter().filter_map(|n| parse_metadata_name(n)).collect();
+    let mut v: Vec<MetadataFile> =
+        store.list("metadata")?.iter().map(String::as_str).filter_map(parse_metadata_name).collect();
     v.sort();
     Ok(v)
 }
@@ -1087,7 +1088,7 @@ mod tests {
             "checkpoint-00000000000000000004-e2",
             "checkpoint-x",
         ];
-        let mut files: Vec<MetadataFile> = names.iter().filter_map(|n| parse_metadata_name(n)).collect();
+        let mut files: Vec<MetadataFile> = names.iter().copied().filter_map(parse_metadata_name).collect();
         files.sort();
         assert_eq!(files.len(), 6);
         let stale: Vec<(u64, u64)> =

@@ -82,6 +82,13 @@ fn loopback_endpoint() -> bool {
     matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
 }
 
+/// Plain HTTP: by itself for a loopback endpoint, else when
+/// `AWS_ALLOW_HTTP=true` says so. (Read here: the client options set below
+/// replace the ones `from_env` read, `AWS_ALLOW_HTTP` among them.)
+fn allow_http() -> bool {
+    loopback_endpoint() || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 impl ObjectStoreCheckpoint {
     /// Opens `url` (`s3://bucket/prefix`, ...), configured from the environment.
     pub fn open(url: &str) -> Result<Self, ObjectStoreError> {
@@ -101,7 +108,7 @@ impl ObjectStoreCheckpoint {
         let client = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30))
-            .with_allow_http(loopback_endpoint());
+            .with_allow_http(allow_http());
         let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
         let build = |source| ObjectStoreError::Build { url: url.clone(), source };
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
@@ -422,7 +429,10 @@ impl Lease {
                 let v = UpdateVersion { e_tag: etag.clone(), version: None };
                 match store.put_mode(LEASE, &encode(&body)?, PutMode::Update(v)) {
                     Ok(new) => {
-                        tracing::warn!("took over the checkpoint lease of {owner} (no longer running)");
+                        tracing::warn!(
+                            "took over the checkpoint lease of {owner} (no longer running); this driver is epoch {}",
+                            body.epoch
+                        );
                         break new;
                     }
                     // Someone else renewed or took it: watch again.
