@@ -12,6 +12,7 @@ mod cluster;
 mod crash_recovery;
 mod datasets;
 mod dstream_api;
+mod fencing;
 mod hardening_directory;
 mod hardening_jobs;
 mod hardening_outputs;

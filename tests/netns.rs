@@ -114,7 +114,19 @@ impl<'w> Run<'w> {
         let p = self.world.spawn(
             host,
             SECRET,
-            &["-v", "executor", "--driver", &self.drivers, "--cores", "2", "--rejoin", "--rejoin-timeout-ms", "60000"],
+            &[
+                "-v",
+                "executor",
+                "--driver",
+                &self.drivers,
+                "--cores",
+                "2",
+                "--rejoin",
+                "--rejoin-timeout-ms",
+                "60000",
+                "--heartbeat-timeout-ms",
+                &HEARTBEAT_MS.to_string(),
+            ],
         );
         let pid = p.pid();
         self.execs.insert(host.to_string(), p);
@@ -437,6 +449,98 @@ fn netns_driver_moves_to_another_host_and_executors_follow() {
     print_figures("driver moves (new driver start -> first batch)", &figures);
 }
 
+/// The longest an executor may take, after it decided its driver was lost,
+/// to join the new one: a connect to the vanished host times out (2 s),
+/// the rejoin backoff (at most 500 ms), the handshake, and slack for a
+/// loaded machine.
+const REJOIN_BOUND: Duration = Duration::from_millis(2000 + 500 + 1500);
+
+/// The driver's host vanishes for ever (its link goes down, then its process
+/// dies unseen: no FIN or RST crosses the downed link), and a new driver
+/// starts on the other driver host from the same checkpoint. Nothing tells
+/// the executors their driver is gone but the driver's silence: each must
+/// notice it within its heartbeat timeout (saying so), and join the new
+/// driver within the heartbeat timeout plus one retry round — measured on
+/// the new driver's join lines. Without driver heartbeats they would wait
+/// for TCP to give up (many minutes). Outputs must equal the failure-free
+/// run's.
+#[test]
+fn netns_driver_host_vanishes_and_executors_join_the_new_driver_within_the_heartbeat_timeout() {
+    let Some(()) = require("netns_driver_host_vanishes_and_executors_join_the_new_driver_within_the_heartbeat_timeout")
+    else {
+        return;
+    };
+    let _serial = serial();
+    let batches = 40;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["d1", "d2", "e1", "e2", "e3"]);
+    let store = world.root.path().join("object-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let job = stateful_job(&store, batches);
+    let addr = |h: &str| format!("{}:{PORT}", world.host(h).ip);
+    let drivers = format!("{},{}", addr("d1"), addr("d2"));
+    let start_driver = |host: &str| -> Proc {
+        let args = moving_driver_args(&job, &store, &addr(host));
+        world.spawn(host, SECRET, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut r = Run { world: &world, driver: start_driver("d1"), execs: BTreeMap::new(), drivers };
+    for h in ["e1", "e2", "e3"] {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(seed(9090));
+    r.batches(3 + rng.below(5));
+    std::thread::sleep(Duration::from_millis(rng.below(150)));
+    let vanished = Instant::now();
+    world.link("d1", false);
+    signal(r.driver.pid(), SIGKILL);
+    r.driver.finish();
+    r.driver = start_driver("d2");
+    let accepting = r.await_driver("the new driver accepting executors", |l| l.contains("accepting executors on"));
+    // Each executor must notice by the heartbeat timeout, then retry.
+    let bound = accepting.max(vanished + Duration::from_millis(HEARTBEAT_MS)) + REJOIN_BOUND;
+    let pids: Vec<u32> = ["e1", "e2", "e3"].iter().map(|h| r.pid(h)).collect();
+    let mut joins = Vec::new();
+    for pid in &pids {
+        let seen = r.driver.timed_lines().iter().find(|(_, l)| joined_line(l, *pid)).map(|(t, _)| *t);
+        let t = seen.unwrap_or_else(|| r.await_driver("an executor joining the new driver", |l| joined_line(l, *pid)));
+        assert!(
+            t <= bound,
+            "executor pid {pid} joined the new driver {} ms after its host vanished (bound {} ms):\n{}",
+            (t - vanished).as_millis(),
+            (bound - vanished).as_millis(),
+            r.driver.text()
+        );
+        joins.push((t - vanished).as_millis());
+    }
+    let first = r.first_batch_after(accepting);
+    let status = r.driver.finish();
+    assert!(status.success(), "the new driver failed ({status}):\n{}", r.driver.text());
+    for (h, p) in r.execs.iter_mut() {
+        let s = p.finish();
+        assert!(s.success(), "executor on {h} failed ({s}):\n{}", p.text());
+        assert!(
+            p.lines().any(|l| l.contains("sent nothing for") && l.contains("treating it as lost")),
+            "executor on {h} did not notice its driver's silence:\n{}",
+            p.text()
+        );
+    }
+    crate::drivers::assert_same_tree(&tree(&store.join("out")), &expected.join().unwrap(), "after the host vanished");
+    eprintln!(
+        "driver host vanished: executors joined the new driver {joins:?} ms after; new driver accepting -> first batch {} ms",
+        first.as_millis()
+    );
+}
+
+/// A driver of the driver-move tests, listening on `listen`, its checkpoint
+/// in the shared `store`.
+fn moving_driver_args(job: &std::path::Path, store: &std::path::Path, listen: &str) -> Vec<String> {
+    let ckpt = store.join("ckpt");
+    let args = ["-v", "run", job.to_str().unwrap(), "--master", "cluster[3]", "--listen", listen, "--checkpoint"];
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    v.extend([ckpt.to_str().unwrap().to_string(), "--heartbeat-timeout-ms".into(), HEARTBEAT_MS.to_string()]);
+    v
+}
+
 /// All three executors SIGKILLed at once and kept away past the
 /// no-executor timeout: batches must fail with the clear error (not hang),
 /// the job must go on once new executors join, the driver must exit saying
@@ -525,4 +629,99 @@ fn netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them() {
         (failed - at).as_millis(),
         (back - at).as_millis()
     );
+}
+
+/// Fencing across a partition (issue 18). The checkpoint lives on an
+/// S3-compatible server (moto) on a host of its own. Driver A on d1 is cut
+/// off from everyone (its link down) but kept running; driver B starts on
+/// d2, takes the lease over once A's lapses (A cannot renew it), the
+/// executors find B by A's silence, and B runs the job to its end. Then
+/// A's link comes back: A must stop, fenced, naming both epochs, without
+/// publishing any output; the outputs equal the failure-free run's. (A,
+/// without executors, waits in its batch for the no-executor timeout, 60 s;
+/// the first commit it tries after that is refused.)
+#[test]
+#[ignore = "known failure (issue 18): the new driver deletes the lease object when it releases it, so the old one finds no lease and reports a failed check instead of naming the newer epoch"]
+fn netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover() {
+    let Some(()) = require("netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover") else { return };
+    let py = repo().join("target/test-servers/py");
+    if !py.join("moto").is_dir() {
+        let msg = format!("moto is not installed in {} (run scripts/test-servers.sh)", py.display());
+        assert!(std::env::var_os("WEIR_REQUIRE_TEST_SERVERS").is_none(), "{msg}");
+        eprintln!("SKIPPED netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover: {msg}");
+        return;
+    }
+    let _serial = serial();
+    let batches = 40;
+    let expected = std::thread::spawn(move || reference(batches));
+    let world = World::new(&["s3", "d1", "d2", "e1", "e2", "e3"]);
+    let py = py.to_str().unwrap().to_string();
+    let endpoint = format!("http://{}:9000", world.host("s3").ip);
+    let _moto = world.spawn_program(
+        "s3",
+        "python3",
+        &["-m", "moto.server", "-H", &world.host("s3").ip, "-p", "9000"],
+        &[("PYTHONPATH", &py)],
+    );
+    let create =
+        format!("import urllib.request as u; u.urlopen(u.Request('{endpoint}/weir-netns', method='PUT'), timeout=2)");
+    crate::cluster::wait_until("moto on its host to create the bucket", PATIENCE, || {
+        world.run_on("d2", "python3", &["-c", &create], &[])
+    });
+    let shared = world.root.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let job = stateful_job(&shared, batches);
+    let addr = |h: &str| format!("{}:{PORT}", world.host(h).ip);
+    let env = [
+        ("WEIR_SECRET", SECRET),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let start_driver = |host: &str| -> Proc {
+        let listen = addr(host);
+        let args = [
+            "-v",
+            "run",
+            job.to_str().unwrap(),
+            "--master",
+            "cluster[3]",
+            "--listen",
+            &listen,
+            "--checkpoint",
+            "s3://weir-netns/job",
+            "--checkpoint-lease-ms",
+            "1000",
+            "--heartbeat-timeout-ms",
+            "1000",
+        ];
+        world.spawn_program(host, env!("CARGO_BIN_EXE_weir"), &args, &env)
+    };
+    let drivers = format!("{},{}", addr("d1"), addr("d2"));
+    let mut r = Run { world: &world, driver: start_driver("d1"), execs: BTreeMap::new(), drivers };
+    for h in ["e1", "e2", "e3"] {
+        r.start_executor(h);
+    }
+    let mut rng = Rng(seed(1818));
+    r.batches(3 + rng.below(5));
+    world.link("d1", false);
+    let mut a = std::mem::replace(&mut r.driver, start_driver("d2"));
+    let status = r.driver.finish();
+    let blog = r.driver.text();
+    assert!(status.success(), "driver B failed ({status}):\n{blog}");
+    assert!(blog.contains("took over the checkpoint lease") && blog.contains("this driver is epoch 2"), "{blog}");
+    let out_after_b = tree(&shared.join("out"));
+    world.link("d1", true);
+    let status = a.finish();
+    let alog = a.text();
+    assert!(!status.success(), "driver A exited 0 after the takeover:\n{alog}");
+    assert!(alog.contains("fenced") && alog.contains("holds epoch 1") && alog.contains("epoch 2"), "{alog}");
+    crate::drivers::assert_same_tree(&tree(&shared.join("out")), &out_after_b, "outputs after A came back");
+    crate::drivers::assert_same_tree(&tree(&shared.join("out")), &expected.join().unwrap(), "after the takeover");
+    for (h, p) in r.execs.iter_mut() {
+        let s = p.finish();
+        assert!(s.success(), "executor on {h} failed ({s}):\n{}", p.text());
+    }
 }

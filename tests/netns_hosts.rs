@@ -173,6 +173,29 @@ impl World {
         Proc::spawn(&mut c)
     }
 
+    /// `program ARGS` on host `name`, in its working directory, with `env`
+    /// (no cluster secret); stderr is read line by line ([`Proc`]).
+    pub(crate) fn spawn_program(&self, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let h = self.host(name);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.ns, program]).args(args).current_dir(&h.dir).env_remove("WEIR_LOG");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc::spawn(&mut c)
+    }
+
+    /// Runs `program ARGS` on host `name` to its end; whether it succeeded.
+    pub(crate) fn run_on(&self, name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> bool {
+        let h = self.host(name);
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &h.ns, program]).args(args).current_dir(&h.dir);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().is_ok_and(|o| o.status.success())
+    }
+
     /// Takes host `name`'s link down (true) or up: while down it reaches
     /// nobody and nobody reaches it; its processes keep running.
     pub(crate) fn link(&self, name: &str, up: bool) {

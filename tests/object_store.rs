@@ -296,7 +296,9 @@ fn a_corrupt_newest_s3_checkpoint_falls_back_to_an_older_one() {
     // Flip the last byte of the newest metadata checkpoint (its checksum fails).
     let meta = server.objects("weir-corrupt", "job/metadata/");
     let (newest, bytes) = meta.iter().next_back().unwrap();
-    let older: u64 = meta.keys().nth_back(1).unwrap().strip_prefix("checkpoint-").unwrap().parse().unwrap();
+    let older = meta.keys().nth_back(1).unwrap().strip_prefix("checkpoint-").unwrap();
+    // `<seq>-e<driver epoch>`
+    let older: u64 = older.split("-e").next().unwrap().parse().unwrap();
     let mut bad = bytes.clone();
     *bad.last_mut().unwrap() ^= 0xff;
     std::fs::write(tmp.path().join("bad"), &bad).unwrap();
@@ -557,4 +559,63 @@ fn a_part_bigger_than_8_mib_is_a_multipart_upload_and_a_failed_one_is_aborted() 
     assert!(etag.trim().trim_matches('"').ends_with("-3"), "not a 3-part multipart upload: ETag {etag}");
     let small = server.boto3("print(s3.head_object(Bucket='weir-big', Key='out/big-2000/part-00000')['ETag'])");
     assert!(!small.contains('-'), "a small part is one PUT: ETag {small}");
+}
+
+/// Fencing on object storage (issue 18): driver A is paused past its
+/// lease, driver B takes the location over (epoch 2) and runs the job to
+/// its end, then A is continued. A must stop, fenced, naming both epochs,
+/// and publish no output after the takeover; a metadata object it may
+/// still have PUT (the one in flight in its check-then-write window when it
+/// was paused) must be of epoch 1 and ignored by the next recovery; the
+/// outputs equal an uninterrupted run's.
+#[test]
+#[ignore = "known failure (issue 18): the new driver deletes the lease object when it releases it, so the old one finds no lease and reports a failed check instead of naming the newer epoch"]
+fn a_paused_driver_taken_over_on_s3_is_fenced_and_its_late_writes_are_ignored() {
+    use crate::cluster::{signal, wait_until, SIGCONT, SIGSTOP};
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-fence");
+    let batches = 120;
+    let expected = std::thread::spawn(move || crate::fencing::reference(batches));
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), batches);
+    let loc = "s3://weir-fence/job";
+    let cmd = || {
+        let mut c = server.weir();
+        c.args(["run", job.to_str().unwrap(), "--master", "local[2]", "--checkpoint", loc]);
+        c.args(["--checkpoint-lease-ms", "1000"]);
+        c
+    };
+    let mut a = Driver::spawn(&mut cmd());
+    a.wait_for(Instant::now() + Duration::from_secs(120), "driver A's first batch", |l| progress(l).is_some());
+    signal(a.pid(), SIGSTOP);
+    wait_until("A to stop", Duration::from_secs(10), || crate::cluster::proc_state(a.pid()) == Some('T'));
+
+    let mut b = Driver::spawn(&mut cmd());
+    let status = b.wait_exit(Duration::from_secs(180), "driver B to take over and finish the job");
+    let blog = b.log();
+    assert!(status.success(), "driver B failed ({status}):\n{blog}");
+    assert!(blog.contains("took over the checkpoint lease") && blog.contains("this driver is epoch 2"), "{blog}");
+    let meta_after_b = server.objects("weir-fence", "job/metadata/");
+    let out_after_b = tree(&tmp.path().join("out"));
+
+    signal(a.pid(), SIGCONT);
+    let status = a.wait_exit(Duration::from_secs(60), "driver A to stop, fenced");
+    let alog = a.log();
+    assert!(!status.success(), "the fenced driver exited 0:\n{alog}");
+    assert!(alog.contains("fenced") && alog.contains("holds epoch 1") && alog.contains("epoch 2"), "{alog}");
+    let late: Vec<String> =
+        server.objects("weir-fence", "job/metadata/").into_keys().filter(|k| !meta_after_b.contains_key(k)).collect();
+    assert!(late.len() <= 1 && late.iter().all(|k| k.ends_with("-e1")), "A wrote after the takeover: {late:?}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &out_after_b, "outputs after A was continued");
+    let expected = expected.join().unwrap();
+    assert_same_tree(&tree(&tmp.path().join("out")), &expected, "outputs after the takeover");
+
+    // A late write of A's is never what a new driver recovers from.
+    let again = run_with(&server, &job, loc);
+    let err = text(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    let seq = |k: &String| -> u64 { k.trim_start_matches("checkpoint-").split("-e").next().unwrap().parse().unwrap() };
+    let newest_of_b = meta_after_b.keys().map(seq).max().unwrap();
+    assert!(err.contains(&format!("recovered from checkpoint {newest_of_b} ")), "not B's newest checkpoint:\n{err}");
+    assert_same_tree(&tree(&tmp.path().join("out")), &expected, "outputs after a recovery");
 }

@@ -109,6 +109,11 @@ pub struct ExecutorArgs {
     /// a driver (ms).
     #[arg(long, default_value_t = 60_000)]
     pub rejoin_timeout_ms: u64,
+    /// Treat the driver as lost after this long without a frame from it
+    /// (it heartbeats every 100 ms): rejoin with --rejoin, else exit with an
+    /// error (ms; at least 500).
+    #[arg(long, default_value_t = 3000)]
+    pub heartbeat_timeout_ms: u64,
     /// Tasks to run at once.
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
@@ -341,8 +346,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let secret = weir::cluster::secret_from(a.secret_file.as_deref())
                 .context("reading the cluster secret")?
                 .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
-            let rejoin = a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms));
-            weir::cluster::executor::run_with(&a.driver, &secret, a.cores, a.protocol_version, rejoin)?;
+            let opts = weir::cluster::executor::ExecutorOptions {
+                cores: a.cores,
+                version: a.protocol_version,
+                rejoin: a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms)),
+                driver_timeout: std::time::Duration::from_millis(a.heartbeat_timeout_ms),
+            };
+            weir::cluster::executor::run_with(&a.driver, &secret, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {

@@ -54,4 +54,8 @@ pub enum EngineError {
     /// A static dataset that cannot be loaded or used (it names the dataset).
     #[error("{0}")]
     Dataset(String),
+    /// Another driver took the checkpoint location over (a newer epoch):
+    /// this one writes nothing more and stops.
+    #[error(transparent)]
+    Fenced(#[from] checkpoint::fence::Fenced),
 }

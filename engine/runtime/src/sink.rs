@@ -59,6 +59,19 @@ pub enum SinkError {
          without bound: fix the output and restart (with the same --checkpoint the pending batches are re-run)"
     )]
     TooManyPending { count: usize, limit: usize, oldest: i64, newest: i64, last: String },
+    /// The commit was refused: another driver took the checkpoint location
+    /// over (`checkpoint::fence`). Never retried.
+    #[error("{0}")]
+    Fenced(String),
+}
+
+/// Runs an output's commit step — the rename that publishes a batch, a
+/// `_SUCCESS` object — through the driver's fence, or directly.
+pub type CommitGate<'a> = &'a dyn Fn(&mut dyn FnMut() -> Result<(), SinkError>) -> Result<(), SinkError>;
+
+/// The gate of a driver without a checkpoint: every commit runs.
+pub fn ungated(commit: &mut dyn FnMut() -> Result<(), SinkError>) -> Result<(), SinkError> {
+    commit()
 }
 
 impl SinkError {
@@ -114,6 +127,18 @@ pub fn save_as_text_files(
     time: i64,
     partitions: &[Vec<u8>],
 ) -> Result<PathBuf, SinkError> {
+    save_as_text_files_gated(base, prefix, suffix, time, partitions, &ungated)
+}
+
+/// [`save_as_text_files`], its rename into place run through `gate`.
+fn save_as_text_files_gated(
+    base: &Path,
+    prefix: &str,
+    suffix: Option<&str>,
+    time: i64,
+    partitions: &[Vec<u8>],
+    gate: CommitGate,
+) -> Result<PathBuf, SinkError> {
     let target = batch_dir(base, prefix, suffix, time);
     let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -125,7 +150,7 @@ pub fn save_as_text_files(
     // Leftovers of an earlier attempt at this batch by a driver that died.
     let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
     remove_leftovers(&parent, |n| n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix));
-    write_batch_dir(&parent, &name, &target, partitions)
+    write_batch_dir(&parent, &name, &target, partitions, gate)
 }
 
 /// Removes the entries of `dir` whose names `is_leftover` picks.
@@ -163,7 +188,14 @@ fn is_batch_leftover(name: &str, stem: &str, suffix: Option<&str>) -> bool {
 
 /// Writes a batch's directory `parent/name` (= `target`) through a temporary
 /// directory, without looking for leftovers of other writers.
-fn write_batch_dir(parent: &Path, name: &str, target: &Path, partitions: &[Vec<u8>]) -> Result<PathBuf, SinkError> {
+/// The rename into place (and its fsync) runs through `gate`: it is the commit.
+fn write_batch_dir(
+    parent: &Path,
+    name: &str,
+    target: &Path,
+    partitions: &[Vec<u8>],
+    gate: CommitGate,
+) -> Result<PathBuf, SinkError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }
@@ -175,14 +207,17 @@ fn write_batch_dir(parent: &Path, name: &str, target: &Path, partitions: &[Vec<u
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
     // A failed attempt (a full disk) leaves nothing behind: the batch stays
     // pending and is written again later.
-    let written = write_parts(&tmp, partitions).and_then(|()| publish(parent, name, &tmp, target));
+    // The rename is durable only once the directory is: a failure there
+    // fails the batch (its re-run replaces the copy).
+    let mut commit = || {
+        publish(parent, name, &tmp, target)?;
+        crate::checkpoint::store::sync_dir(parent).map_err(io(parent))
+    };
+    let written = write_parts(&tmp, partitions).and_then(|()| gate(&mut commit));
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
     written?;
-    // The rename is durable only once the directory is: a failure here fails
-    // the batch (its re-run replaces the copy).
-    crate::checkpoint::store::sync_dir(parent).map_err(io(parent))?;
     Ok(target.to_path_buf())
 }
 
@@ -276,6 +311,14 @@ pub fn decode_partitions(partitions: &[Vec<u8>]) -> Result<Vec<Value>, SinkError
 /// `prefix-<time>` atomically) gives end-to-end exactly-once output.
 pub trait Sink: Send + Sync {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError>;
+
+    /// [`Sink::write`] with its commit step run through `gate` (the driver's
+    /// fence: refused once another driver took over). By default the whole
+    /// write is the commit; a sink that prepares its output first and
+    /// publishes it in one step gates only that step.
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
+        gate(&mut || self.write(time, partitions))
+    }
 }
 
 /// `print`: Spark's block on stdout. At-least-once.
@@ -321,6 +364,11 @@ impl TextFilesSink {
 
 impl Sink for TextFilesSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        self.write_gated(time, partitions, &ungated)
+    }
+
+    /// Only the rename into place (and its fsync) is the commit.
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
         let target = batch_dir(&self.base, &self.prefix, self.suffix.as_deref(), time);
         let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -331,7 +379,7 @@ impl Sink for TextFilesSink {
             let stem = zero.strip_suffix("-0").unwrap_or(&zero);
             remove_leftovers(&parent, |n| is_batch_leftover(n, stem, self.suffix.as_deref()));
         }
-        write_batch_dir(&parent, &name, &target, partitions).map(|_| ())
+        write_batch_dir(&parent, &name, &target, partitions, gate).map(|_| ())
     }
 }
 
@@ -469,6 +517,12 @@ pub struct ObjectTextFilesSink {
 #[cfg(feature = "object-store")]
 impl Sink for ObjectTextFilesSink {
     fn write(&self, time: i64, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
+        self.write_gated(time, partitions, &ungated)
+    }
+
+    /// Withdrawing an earlier `_SUCCESS` and writing the new one are the
+    /// commits (parts are invisible to readers without `_SUCCESS`).
+    fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
         use crate::checkpoint::CheckpointStore;
         let dir = batch_dir(Path::new(""), &self.name, self.suffix.as_deref(), time).to_string_lossy().into_owned();
         let io = |key: &str| {
@@ -482,7 +536,7 @@ impl Sink for ObjectTextFilesSink {
         // An earlier attempt's `_SUCCESS` goes first: it must never vouch
         // for a mix of its parts and this attempt's.
         let success = format!("{dir}/_SUCCESS");
-        not_found_ok(self.store.delete(&success)).map_err(io(&success))?;
+        gate(&mut || not_found_ok(self.store.delete(&success)).map_err(io(&success)))?;
         for (i, p) in partitions.iter().enumerate() {
             let key = format!("{dir}/part-{i:05}");
             write_object_part(&self.store, &key, p).map_err(|e| match e {
@@ -499,7 +553,7 @@ impl Sink for ObjectTextFilesSink {
                 not_found_ok(self.store.delete(&key)).map_err(io(&key))?;
             }
         }
-        self.store.put(&success, b"").map_err(io(&success))
+        gate(&mut || self.store.put(&success, b"").map_err(io(&success)))
     }
 }
 

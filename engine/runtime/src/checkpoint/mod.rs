@@ -2,8 +2,8 @@
 //! last one was (`docs/fault-tolerance.md`).
 //!
 //! ```text
-//! <dir>/lock                          the live driver's pid (the flock is on <dir>)
-//! <dir>/metadata/checkpoint-<seq>     metadata checkpoints (newest N kept)
+//! <dir>/lock                          the driver's lease and epoch (JSON; see [`fence`])
+//! <dir>/metadata/checkpoint-<seq>-e<epoch>  metadata checkpoints (newest N kept)
 //! <dir>/state/<node>-<time>.state     data checkpoints of state RDDs
 //! <dir>/wal/<source>-<seq>.log        receivers' write-ahead logs
 //! ```
@@ -23,6 +23,7 @@
 //! in-memory snapshot. A failed write is logged and counted and the job goes
 //! on; the next snapshot tries again.
 
+pub mod fence;
 pub mod file;
 #[cfg(feature = "object-store")]
 pub mod objstore;
@@ -203,6 +204,47 @@ pub enum CheckpointError {
     ObjectStore(String),
 }
 
+/// This kernel boot and pid namespace (Linux): with a pid, tells a driver on
+/// the same machine whether a lease's holder still runs.
+pub(crate) fn machine_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
+    if boot.trim().is_empty() || ns.is_empty() {
+        return String::new();
+    }
+    format!("{} {ns}", boot.trim())
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown host".into())
+}
+
+/// A lease's holder ran on this machine (same boot, same pid namespace) and
+/// its process is gone: its lease can be taken at once.
+pub(crate) fn holder_is_dead_here(machine: &str, pid: u32) -> bool {
+    let here = machine_id();
+    !here.is_empty() && machine == here && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub(crate) fn random_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The newest driver epoch a metadata checkpoint in `store` names (0: none).
+pub(crate) fn newest_epoch(store: &dyn CheckpointStore) -> u64 {
+    metadata_files(store).iter().map(|f| f.epoch).max().unwrap_or(0)
+}
+
 /// The URL schemes of object-store locations (`file://` is a local directory).
 const OBJECT_STORE_SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
 
@@ -240,11 +282,23 @@ fn remote_store(url: &str) -> Result<Arc<LocalDir>, CheckpointError> {
 
 /// What keeps other drivers out while this one runs.
 enum Guard {
-    /// The flock on a local directory.
-    Flock(#[allow(dead_code)] File),
+    /// The flock on a local directory (when this driver got it: a paused
+    /// driver it took over from may still hold it) and its lease.
+    Flock(#[allow(dead_code)] Option<File>, Arc<fence::LocalLease>),
     /// The renewed lease object of an object-store location.
     #[cfg(feature = "object-store")]
     Lease(#[allow(dead_code)] objstore::Lease),
+}
+
+impl Drop for Guard {
+    // Irrefutable without the `object-store` feature.
+    #[allow(irrefutable_let_patterns)]
+    fn drop(&mut self) {
+        // Released (its epoch kept) only if still this driver's.
+        if let Guard::Flock(_, lease) = self {
+            lease.release();
+        }
+    }
 }
 
 enum WriteJob {
@@ -284,6 +338,7 @@ pub struct CheckpointDir {
     store: Arc<dyn CheckpointStore>,
     remote: bool,
     _guard: Guard,
+    fence: Arc<fence::Fence>,
     writer: Sender<WriteJob>,
     stats: Arc<Mutex<CheckpointStats>>,
     durable_state: Arc<Mutex<DurableState>>,
@@ -295,8 +350,9 @@ pub struct CheckpointDir {
 struct Writer {
     /// Where receivers' write-ahead logs are (local directories only).
     wal_root: Option<PathBuf>,
-    /// The lease of an object-store location: no write once it is not sure.
-    lease: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// Every write is a commit through this driver's fence: none once
+    /// another driver has taken the location over.
+    fence: Arc<fence::Fence>,
     store: Arc<dyn CheckpointStore>,
     stats: Arc<Mutex<CheckpointStats>>,
     durable: Arc<Mutex<DurableState>>,
@@ -343,8 +399,8 @@ impl Writer {
     }
 
     fn state(&mut self, node: u32, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
-        self.check_lease()?;
-        let r = write_state(&*self.store, node, time, partitions)?;
+        let r =
+            self.fence.commit(|| write_state(&*self.store, node, time, partitions)).map_err(|e| e.to_string())??;
         let bytes = r.bytes;
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         st.state_written += 1;
@@ -354,16 +410,12 @@ impl Writer {
         Ok(bytes)
     }
 
-    fn check_lease(&self) -> Result<(), String> {
-        self.lease.as_ref().map_or(Ok(()), |check| check())
-    }
-
     fn metadata(&mut self, mut m: Metadata, until: Option<i64>) -> Result<u64, String> {
-        self.check_lease()?;
         m.seq = self.seq;
         // Only data checkpoints known to be durable are named.
         m.state = newest_until(&self.durable.lock().unwrap_or_else(|p| p.into_inner()), until);
-        let bytes = write_metadata(&*self.store, &m)?;
+        let epoch = self.fence.epoch();
+        let bytes = self.fence.commit(|| write_metadata(&*self.store, &m, epoch)).map_err(|e| e.to_string())??;
         self.seq += 1;
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
         self.kept.push_back(m);
@@ -410,19 +462,47 @@ pub fn wal_dir(root: &Path) -> PathBuf {
 /// when they cannot be listed (for garbage collection and inspection, where
 /// that deletes or claims nothing; starting a run uses
 /// [`try_metadata_files`]).
-fn metadata_files(store: &dyn CheckpointStore) -> Vec<(u64, String)> {
+fn metadata_files(store: &dyn CheckpointStore) -> Vec<MetadataFile> {
     try_metadata_files(store).unwrap_or_default()
 }
 
-/// Metadata checkpoints in `store`, or why they cannot be listed.
-fn try_metadata_files(store: &dyn CheckpointStore) -> std::io::Result<Vec<(u64, String)>> {
-    let mut v: Vec<(u64, String)> = store
-        .list("metadata")?
-        .into_iter()
-        .filter_map(|n| Some((n.strip_prefix("checkpoint-")?.parse().ok()?, format!("metadata/{n}"))))
-        .collect();
+/// A metadata checkpoint's name: `checkpoint-<seq>-e<epoch>` (epoch 0: a
+/// `checkpoint-<seq>` of a driver before epochs).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct MetadataFile {
+    seq: u64,
+    epoch: u64,
+    name: String,
+}
+
+fn parse_metadata_name(n: &str) -> Option<MetadataFile> {
+    let rest = n.strip_prefix("checkpoint-")?;
+    let (seq, epoch) = match rest.split_once("-e") {
+        Some((s, e)) => (s.parse().ok()?, e.parse().ok()?),
+        None => (rest.parse().ok()?, 0),
+    };
+    Some(MetadataFile { seq, epoch, name: format!("metadata/{n}") })
+}
+
+/// Metadata checkpoints in `store` by (sequence number, epoch), or why they
+/// cannot be listed.
+fn try_metadata_files(store: &dyn CheckpointStore) -> std::io::Result<Vec<MetadataFile>> {
+    let mut v: Vec<MetadataFile> =
+        store.list("metadata")?.iter().map(String::as_str).filter_map(parse_metadata_name).collect();
     v.sort();
     Ok(v)
+}
+
+/// Why a metadata checkpoint written by a fenced driver is not used: a newer
+/// epoch had already written one at or before its sequence number, so it
+/// was written after that epoch took the location over (in an object
+/// store's check-then-write window). `None`: it is not stale.
+fn stale_metadata(files: &[MetadataFile], f: &MetadataFile) -> Option<String> {
+    let newer = files.iter().filter(|o| o.seq <= f.seq && o.epoch > f.epoch).map(|o| o.epoch).max()?;
+    Some(format!(
+        "written by driver epoch {} after epoch {newer} had taken the location over (a fenced driver's write); ignored",
+        f.epoch
+    ))
 }
 
 /// Decodes a bincode payload (standard config) with a limit sized from its
@@ -485,17 +565,22 @@ pub fn load_newest_in(store: &dyn CheckpointStore) -> Recovered {
 }
 
 /// `load_newest_in` over a listing already made.
-fn load_newest_of(store: &dyn CheckpointStore, files: Vec<(u64, String)>) -> Recovered {
+fn load_newest_of(store: &dyn CheckpointStore, files: Vec<MetadataFile>) -> Recovered {
     let mut invalid = Vec::new();
     let mut state_lost = false;
-    for (_, name) in files.into_iter().rev() {
-        let checked = decode_metadata(store, &name).and_then(|m| {
-            check_state_files(store, &name, &m).inspect_err(|_| state_lost = true)?;
+    for f in files.iter().rev() {
+        let name = &f.name;
+        if let Some(why) = stale_metadata(&files, f) {
+            invalid.push((store.locate(name), format!("{}: {why}", store.locate(name).display())));
+            continue;
+        }
+        let checked = decode_metadata(store, name).and_then(|m| {
+            check_state_files(store, name, &m).inspect_err(|_| state_lost = true)?;
             Ok(m)
         });
         match checked {
             Ok(m) => return Recovered { metadata: Some(m), invalid, state_lost: false },
-            Err(e) => invalid.push((store.locate(&name), e)),
+            Err(e) => invalid.push((store.locate(name), e)),
         }
     }
     Recovered { metadata: None, invalid, state_lost }
@@ -526,7 +611,7 @@ impl CheckpointDir {
             if c.fresh {
                 CheckpointDir::clear(&root).map_err(|source| CheckpointError::Io { dir: root.clone(), source })?;
             }
-            return CheckpointDir::open(&root, c.keep);
+            return CheckpointDir::open_leased(&root, c.keep, c.lease_ttl);
         };
         #[cfg(feature = "object-store")]
         {
@@ -544,9 +629,9 @@ impl CheckpointDir {
                     }
                 }
             }
-            let state = lease.state();
-            let check: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || state.check());
-            CheckpointDir::start(PathBuf::from(&url), store, true, Guard::Lease(lease), Some(check), c.keep)
+            let fence = Arc::new(lease.fence());
+            tracing::info!("checkpoint location {url}: driver epoch {}", fence.epoch());
+            CheckpointDir::start(PathBuf::from(&url), store, true, Guard::Lease(lease), fence, c.keep)
         }
         #[cfg(not(feature = "object-store"))]
         {
@@ -560,6 +645,17 @@ impl CheckpointDir {
     /// refused; a dead driver's lock is released by the kernel with its
     /// process, so it is simply taken.
     pub fn open(root: &Path, keep: usize) -> Result<(Self, Recovered), CheckpointError> {
+        CheckpointDir::open_leased(root, keep, std::time::Duration::from_secs(30))
+    }
+
+    /// [`CheckpointDir::open`] with the lease's TTL: a holder that has not
+    /// renewed its lease for `ttl` (paused, hung) is taken over, and
+    /// fenced from then on ([`fence`]).
+    pub fn open_leased(
+        root: &Path,
+        keep: usize,
+        ttl: std::time::Duration,
+    ) -> Result<(Self, Recovered), CheckpointError> {
         // Absolute, because the lineage hands this path to executors to
         // read data checkpoints from, and an executor process (on another
         // host, or started elsewhere) has its own working directory: a
@@ -568,12 +664,25 @@ impl CheckpointDir {
         for d in [root.to_path_buf(), metadata_dir(root), state_dir(root), wal_dir(root)] {
             std::fs::create_dir_all(&d).map_err(io_err(root))?;
         }
-        let lock = take_lock(root)?;
-        // Only for messages: who holds the directory.
-        std::fs::write(root.join("lock"), std::process::id().to_string()).map_err(io_err(root))?;
-        remove_temporary_files(root);
+        let lock = match take_lock(root) {
+            Ok(l) => Some(l),
+            Err(CheckpointError::Locked { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let lease = fence::LocalLease::acquire(root, ttl, lock.is_some()).map_err(|e| match e {
+            fence::Refused::Held(pid) => CheckpointError::Locked { dir: root.clone(), pid },
+            fence::Refused::Io(e) => io_err(root)(e),
+        })?;
+        if lock.is_some() {
+            // Only when no live driver holds the directory: a paused one's
+            // half-written file is not a leftover until it is fenced.
+            remove_temporary_files(root);
+        }
+        let epoch = lease.epoch();
+        tracing::info!("checkpoint directory {}: driver epoch {epoch}", root.display());
+        let fence = Arc::new(fence::Fence::new(epoch, root.display().to_string(), Box::new(lease.clone())));
         let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
-        CheckpointDir::start(root.to_path_buf(), store, false, Guard::Flock(lock), None, keep)
+        CheckpointDir::start(root.to_path_buf(), store, false, Guard::Flock(lock, lease), fence, keep)
     }
 
     /// Reads the newest checkpoint of a held location and starts the writer.
@@ -582,7 +691,7 @@ impl CheckpointDir {
         store: Arc<dyn CheckpointStore>,
         remote: bool,
         guard: Guard,
-        lease: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+        fence: Arc<fence::Fence>,
         keep: usize,
     ) -> Result<(Self, Recovered), CheckpointError> {
         // A location whose listing fails is not an empty one: starting over
@@ -594,7 +703,7 @@ impl CheckpointDir {
                 format!("cannot list its metadata checkpoints ({e}); not starting, as that would ignore them"),
             ),
         })?;
-        let next_seq = files.last().map(|(s, _)| s + 1).unwrap_or(0);
+        let next_seq = files.iter().map(|f| f.seq + 1).max().unwrap_or(0);
         let recovered = load_newest_of(&*store, files);
         let stats = Arc::new(Mutex::new(CheckpointStats::default()));
         let durable: DurableState = recovered
@@ -608,7 +717,7 @@ impl CheckpointDir {
         let listeners: Arc<OnceLock<ListenerBus>> = Arc::default();
         let mut writer = Writer {
             wal_root: (!remote).then(|| wal_dir(&root)),
-            lease,
+            fence: fence.clone(),
             store: store.clone(),
             stats: stats.clone(),
             durable: durable_state.clone(),
@@ -625,8 +734,15 @@ impl CheckpointDir {
                 }
             })
             .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
-        let dir = CheckpointDir { root, store, remote, _guard: guard, writer: tx, stats, durable_state, listeners };
+        let dir =
+            CheckpointDir { root, store, remote, _guard: guard, fence, writer: tx, stats, durable_state, listeners };
         Ok((dir, recovered))
+    }
+
+    /// This driver's fence on the location: every checkpoint and output
+    /// commit goes through it.
+    pub fn fence(&self) -> Arc<fence::Fence> {
+        self.fence.clone()
     }
 
     /// Whether the location is in an object store (no write-ahead logs there).
@@ -732,8 +848,13 @@ fn take_lock(root: &Path) -> Result<File, CheckpointError> {
     if let Err(e) = lock.try_lock() {
         return match e {
             std::fs::TryLockError::WouldBlock => {
-                let pid =
-                    std::fs::read_to_string(&lock_path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+                // The lease's pid (JSON), or a pid alone (drivers before epochs).
+                let text = std::fs::read_to_string(&lock_path).ok().map(|s| s.trim().to_string());
+                let lease = text.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+                let pid = match lease.and_then(|v| v["pid"].as_u64()) {
+                    Some(p) => Some(p.to_string()),
+                    None => text.filter(|s| !s.is_empty()),
+                };
                 Err(CheckpointError::Locked { dir: root.into(), pid })
             }
             std::fs::TryLockError::Error(e) => Err(io_err(root)(e)),
@@ -767,10 +888,11 @@ fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<V
     Ok(StateRef { time, file: name, partitions: parts.len() as u32, records, bytes: payload.len() as u64 })
 }
 
-/// Writes metadata checkpoint `m.seq`; returns the payload's size.
-fn write_metadata(store: &dyn CheckpointStore, m: &Metadata) -> Result<u64, String> {
+/// Writes metadata checkpoint `m.seq` of driver epoch `epoch`; returns the
+/// payload's size.
+fn write_metadata(store: &dyn CheckpointStore, m: &Metadata, epoch: u64) -> Result<u64, String> {
     let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
-    file::write(store, &format!("metadata/checkpoint-{:020}", m.seq), FileKind::Metadata, &payload)
+    file::write(store, &format!("metadata/checkpoint-{:020}-e{epoch}", m.seq), FileKind::Metadata, &payload)
         .map_err(|e| e.to_string())?;
     Ok(payload.len() as u64)
 }
@@ -786,8 +908,8 @@ fn collect_garbage(
 ) -> BTreeMap<u32, i64> {
     let files = metadata_files(store);
     if files.len() > keep {
-        for (_, name) in &files[..files.len() - keep] {
-            let _ = store.delete(name);
+        for f in &files[..files.len() - keep] {
+            let _ = store.delete(&f.name);
         }
     }
     if kept.is_empty() {
@@ -1014,6 +1136,29 @@ mod tests {
         assert_eq!((id.sources, id.datasets.len()), (vec!["batches in.jsonl".to_string()], 0));
         // Garbage is still refused.
         assert!(decode_metadata_payload(&payload[..payload.len() / 2]).is_err());
+    }
+
+    /// Metadata a fenced driver wrote after a newer epoch had written one
+    /// at or before its sequence number is never recovered; older epochs'
+    /// earlier checkpoints and legacy names stay valid.
+    #[test]
+    fn a_fenced_drivers_metadata_is_never_recovered() {
+        let names = [
+            "checkpoint-00000000000000000000",
+            "checkpoint-00000000000000000001-e1",
+            "checkpoint-00000000000000000002-e2",
+            "checkpoint-00000000000000000002-e1",
+            "checkpoint-00000000000000000003-e1",
+            "checkpoint-00000000000000000004-e2",
+            "checkpoint-x",
+        ];
+        let mut files: Vec<MetadataFile> = names.iter().copied().filter_map(parse_metadata_name).collect();
+        files.sort();
+        assert_eq!(files.len(), 6);
+        let stale: Vec<(u64, u64)> =
+            files.iter().filter(|f| stale_metadata(&files, f).is_some()).map(|f| (f.seq, f.epoch)).collect();
+        assert_eq!(stale, vec![(2, 1), (3, 1)]);
+        assert_eq!((files[0].seq, files[0].epoch), (0, 0));
     }
 
     #[test]

@@ -94,6 +94,13 @@ fn loopback_endpoint() -> bool {
     matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
 }
 
+/// Plain HTTP: by itself for a loopback endpoint, else when
+/// `AWS_ALLOW_HTTP=true` says so. (Read here: the client options set below
+/// replace the ones `from_env` read, `AWS_ALLOW_HTTP` among them.)
+fn allow_http() -> bool {
+    loopback_endpoint() || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
 impl ObjectStoreCheckpoint {
     /// Opens `url` (`s3://bucket/prefix`, ...), configured from the environment.
     pub fn open(url: &str) -> Result<Self, ObjectStoreError> {
@@ -113,7 +120,7 @@ impl ObjectStoreCheckpoint {
         let client = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(30))
-            .with_allow_http(loopback_endpoint());
+            .with_allow_http(allow_http());
         let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
         let build = |source| ObjectStoreError::Build { url: url.clone(), source };
         let store: Arc<dyn ObjectStore> = match scheme.as_str() {
@@ -392,6 +399,10 @@ struct LeaseBody {
     token: u64,
     renewals: u64,
     ttl_ms: u64,
+    /// The driver epoch of the holder (`super::fence`); 0 in leases of
+    /// drivers before epochs.
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// The lease of one checkpoint location, held by this driver while it lives.
@@ -413,6 +424,9 @@ pub struct LeaseState {
     epoch: Instant,
     ttl: Duration,
     why_lost: Mutex<Option<String>>,
+    /// This holder's driver epoch and token.
+    driver_epoch: u64,
+    token: u64,
 }
 
 impl LeaseState {
@@ -437,38 +451,7 @@ impl LeaseState {
     }
 }
 
-fn machine_id() -> String {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.display().to_string()).unwrap_or_default();
-    if boot.trim().is_empty() || ns.is_empty() {
-        return String::new();
-    }
-    format!("{} {ns}", boot.trim())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown host".into())
-}
-
-/// The holder runs on this machine (same boot, same pid namespace) and its
-/// process is gone: its lease can be taken at once.
-fn holder_is_dead_here(b: &LeaseBody) -> bool {
-    let here = machine_id();
-    !here.is_empty() && b.machine == here && !std::path::Path::new(&format!("/proc/{}", b.pid)).exists()
-}
-
-fn random_token() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    h.write_u32(std::process::id());
-    h.finish()
-}
+use super::{holder_is_dead_here, hostname, machine_id, random_token};
 
 /// Why a lease could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -502,13 +485,17 @@ impl Lease {
     /// its TTL, before a taker can have waited a whole TTL.
     pub fn acquire(store: Arc<ObjectStoreCheckpoint>, ttl: Duration) -> Result<Lease, LeaseError> {
         let ttl = ttl.max(Duration::from_millis(300));
-        let body = LeaseBody {
+        // Epochs only grow: above every epoch a metadata checkpoint names
+        // (a released lease object is deleted) and the lease replaced.
+        let floor = super::newest_epoch(&*store);
+        let mut body = LeaseBody {
             owner: format!("pid {} on {}", std::process::id(), hostname()),
             pid: std::process::id(),
             machine: machine_id(),
             token: random_token(),
             renewals: 0,
             ttl_ms: ttl.as_millis() as u64,
+            epoch: floor + 1,
         };
         let encode = |b: &LeaseBody| serde_json::to_vec(b).map_err(std::io::Error::other);
         // (ETag watched, since when, the holder's TTL)
@@ -537,7 +524,8 @@ impl Lease {
             let owner = holder.as_ref().map_or_else(|| "an unreadable lease".to_string(), |h| h.owner.clone());
             // A holder may claim at most 10 minutes; an unreadable lease gets 1 minute.
             let holder_ttl = Duration::from_millis(holder.as_ref().map_or(60_000, |h| h.ttl_ms).clamp(300, 600_000));
-            let take_now = holder.as_ref().is_some_and(holder_is_dead_here);
+            let take_now = holder.as_ref().is_some_and(|h| holder_is_dead_here(&h.machine, h.pid));
+            body.epoch = holder.as_ref().map_or(0, |h| h.epoch).max(floor) + 1;
             let take = match &watched {
                 _ if take_now => true,
                 Some((seen, _, _)) if *seen != etag => return Err(LeaseError::Held { owner }),
@@ -556,7 +544,10 @@ impl Lease {
                 let v = UpdateVersion { e_tag: etag.clone(), version: None };
                 match store.put_mode(LEASE, &encode(&body)?, PutMode::Update(v)) {
                     Ok(new) => {
-                        tracing::warn!("took over the checkpoint lease of {owner} (no longer running)");
+                        tracing::warn!(
+                            "took over the checkpoint lease of {owner} (no longer running); this driver is epoch {}",
+                            body.epoch
+                        );
                         break new;
                     }
                     // Someone else renewed or took it: watch again.
@@ -577,6 +568,8 @@ impl Lease {
             epoch: Instant::now(),
             ttl,
             why_lost: Mutex::new(None),
+            driver_epoch: body.epoch,
+            token: body.token,
         });
         let (st, s, token) = (state.clone(), store.clone(), body.token);
         let renewer = std::thread::Builder::new()
@@ -588,6 +581,48 @@ impl Lease {
 
     pub fn state(&self) -> Arc<LeaseState> {
         self.state.clone()
+    }
+
+    /// This driver's fence on the location (`super::fence`).
+    pub fn fence(&self) -> super::fence::Fence {
+        let holder = LeaseHolder { store: self.store.clone(), state: self.state.clone() };
+        super::fence::Fence::new(self.state.driver_epoch, self.store.url().to_string(), Box::new(holder))
+    }
+}
+
+/// Checks, before each commit, that the lease object still names this
+/// driver: a GET and a comparison, then the commit (a check-then-write
+/// window: see `super::fence`).
+struct LeaseHolder {
+    store: Arc<ObjectStoreCheckpoint>,
+    state: Arc<LeaseState>,
+}
+
+impl super::fence::Holder for LeaseHolder {
+    fn commit_if_held(&self, commit: &mut dyn FnMut()) -> Result<(), super::fence::FenceError> {
+        use super::fence::{FenceError, Fenced};
+        let location = self.store.url().to_string();
+        let check = |why: String| FenceError::Check { location: location.clone(), why };
+        // Overdue but not known to be lost (the store is unreachable, say):
+        // no commit, and no request that would wait for the store.
+        if let Err(why) = self.state.check() {
+            if !self.state.lost.load(Ordering::Acquire) {
+                return Err(check(why));
+            }
+        }
+        let (bytes, _) = self.store.get_bounded(LEASE, MAX_LEASE_BYTES).map_err(|e| check(e.to_string()))?;
+        let body: LeaseBody = serde_json::from_slice(&bytes).map_err(|e| check(format!("unreadable lease: {e}")))?;
+        if body.token != self.state.token {
+            self.state.lose(format!("epoch {} ({}) took over", body.epoch, body.owner));
+            let newer = body.epoch;
+            return Err(
+                Fenced { location: location.clone(), mine: self.state.driver_epoch, newer, owner: body.owner }.into()
+            );
+        }
+        // Ours, but not renewed lately: not sure enough to commit.
+        self.state.check().map_err(check)?;
+        commit();
+        Ok(())
     }
 }
 

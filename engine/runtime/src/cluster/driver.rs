@@ -520,9 +520,18 @@ impl ClusterBackend {
         let backend = ClusterBackend { shared: shared.clone(), blocks, block_addr };
         if cfg.local_executors > 0 {
             let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
-            let args = ["executor", "--driver", &addr.to_string(), "--cores", &cfg.cores.to_string()]
-                .map(String::from)
-                .to_vec();
+            let beat = cfg.heartbeat_timeout.as_millis().to_string();
+            let args = [
+                "executor",
+                "--driver",
+                &addr.to_string(),
+                "--cores",
+                &cfg.cores.to_string(),
+                "--heartbeat-timeout-ms",
+                &beat,
+            ]
+            .map(String::from)
+            .to_vec();
             let mut local = backend.shared.local();
             local.want = cfg.local_executors;
             local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
@@ -729,7 +738,7 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
 /// no executor for too long, and replaces lost `local-cluster` executors.
 fn monitor(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("weir-heartbeats".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(protocol::DRIVER_HEARTBEAT_INTERVAL);
         let connected: Vec<u32> = {
             let mut st = shared.lock();
             let silent: Vec<u64> = st
@@ -746,11 +755,22 @@ fn monitor(shared: Arc<Shared>) {
             if st.stopping {
                 return;
             }
+            heartbeat_executors(&st);
             fail_without_executors(&shared, &mut st);
             st.executors.values().map(|c| c.pid).collect()
         };
         replace_local(&shared, &connected);
     });
+}
+
+/// Tells every executor the driver is alive (every monitor tick, 100 ms), so
+/// an executor whose driver's host vanished notices within its timeout. A
+/// full queue skips the beat: the executor is being sent other frames,
+/// which tell it as much.
+fn heartbeat_executors(st: &State) {
+    for c in st.executors.values() {
+        let _ = c.send(ToExecutor::Heartbeat);
+    }
 }
 
 /// With no executor connected for `no_executor_timeout`, fails the tasks

@@ -6,7 +6,10 @@
 //! threads with a fresh instance per module per task, and sends results and
 //! heartbeats. It exits when its driver goes away — or, with `--rejoin`,
 //! joins again (the same driver after a partition heals, or the next address
-//! of the list after the driver moved to another host).
+//! of the list after the driver moved to another host). The driver
+//! heartbeats too: a driver from which nothing arrives for the heartbeat
+//! timeout (its host vanished, or a partition cut it off, and no TCP error
+//! will say so for minutes) is treated as gone.
 //!
 //! Every join is a new **incarnation**: a new executor id from the driver's
 //! `Welcome`, a new block store, block server and task threads. The old
@@ -36,6 +39,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a TCP connect to a driver address may take (an unreachable
 /// host answers nothing; the OS default is minutes).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an executor waits for anything from its driver (by default):
+/// the driver heartbeats every 100 ms, so this is 30 missed heartbeats, the
+/// driver's own default for its executors.
+pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_millis(3000);
+/// The shortest driver timeout accepted (five driver heartbeats).
+pub const MIN_DRIVER_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between rounds over the driver addresses when rejoining: doubles
 /// from the first to the last.
 const REJOIN_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_millis(500));
@@ -49,6 +58,12 @@ pub enum ExecutorError {
     Refused { addr: String, source: std::io::Error },
     #[error("no driver at {addrs} accepted this executor for {} ms (last: {last})", waited.as_millis())]
     NoDriver { addrs: String, waited: Duration, last: Box<ExecutorError> },
+    #[error(
+        "the driver at {addr} sent nothing (not even a heartbeat) for {} ms: treating it as lost \
+         (its host is gone or cut off); exiting, as --rejoin was not given",
+        silent.as_millis()
+    )]
+    DriverSilent { addr: String, silent: Duration },
     #[error("{0}")]
     Other(String),
 }
@@ -73,12 +88,34 @@ enum Ended {
     /// The connection to the driver ended (the driver died or moved, or it
     /// declared this executor lost and closed it).
     DriverGone,
+    /// Nothing arrived from the driver for the driver timeout.
+    DriverSilent(Duration),
+}
+
+/// How an executor process runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// Tasks at once.
+    pub cores: u32,
+    /// The protocol version to claim (tests use another to check refusal).
+    pub version: u32,
+    /// `Some(give_up_after)`: join again when the driver goes away.
+    pub rejoin: Option<Duration>,
+    /// A driver silent for this long is lost (at least [`MIN_DRIVER_TIMEOUT`]).
+    pub driver_timeout: Duration,
+}
+
+impl ExecutorOptions {
+    pub fn new(cores: u32) -> Self {
+        ExecutorOptions { cores, version: PROTOCOL_VERSION, rejoin: None, driver_timeout: DEFAULT_DRIVER_TIMEOUT }
+    }
 }
 
 /// Runs an executor until its driver goes away. `version` is the protocol
 /// version to claim (tests use another to check refusal).
 pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), ExecutorError> {
-    incarnation(driver, secret, cores, version).map(|_| ())
+    let opts = ExecutorOptions { version, ..ExecutorOptions::new(cores) };
+    run_with(&[driver.to_string()], secret, &opts)
 }
 
 /// Runs an executor that joins the first of `drivers` that accepts it.
@@ -87,28 +124,47 @@ pub fn run(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<(), 
 /// goes away it joins again, as a new incarnation, the first that accepts
 /// it, trying them in turn with backoff, until a driver shuts it down (the
 /// job is over) or none accepts it for `give_up_after`.
-pub fn run_with(
-    drivers: &[String],
-    secret: &[u8],
-    cores: u32,
-    version: u32,
-    rejoin: Option<Duration>,
-) -> Result<(), ExecutorError> {
+pub fn run_with(drivers: &[String], secret: &[u8], opts: &ExecutorOptions) -> Result<(), ExecutorError> {
     if drivers.is_empty() {
         return Err(ExecutorError::Other("no driver address".into()));
     }
+    if opts.driver_timeout < MIN_DRIVER_TIMEOUT {
+        return Err(ExecutorError::Other(format!(
+            "a heartbeat timeout of {} ms is too short: the minimum is {} ms (the driver heartbeats every {} ms)",
+            opts.driver_timeout.as_millis(),
+            MIN_DRIVER_TIMEOUT.as_millis(),
+            protocol::DRIVER_HEARTBEAT_INTERVAL.as_millis()
+        )));
+    }
+    let rejoin = opts.rejoin;
     let mut since = Instant::now();
     let mut backoff = REJOIN_BACKOFF.0;
+    // Where a round starts: after the address whose driver was just lost
+    // (it died, moved, or vanished: the next host is likelier, and an
+    // unreachable one costs a whole connect timeout).
+    let mut first = 0;
     loop {
         let mut last = None;
-        for addr in drivers {
-            match incarnation(addr, secret, cores, version) {
+        for i in 0..drivers.len() {
+            let at = (first + i) % drivers.len();
+            let addr = &drivers[at];
+            match incarnation(addr, secret, opts) {
                 Ok(Ended::Shutdown) => return Ok(()),
                 Ok(Ended::DriverGone) if rejoin.is_none() => return Ok(()),
-                Ok(Ended::DriverGone) => {
+                Ok(Ended::DriverSilent(silent)) if rejoin.is_none() => {
+                    return Err(ExecutorError::DriverSilent { addr: addr.clone(), silent })
+                }
+                Ok(ended) => {
+                    if let Ended::DriverSilent(t) = ended {
+                        tracing::warn!(
+                            "the driver at {addr} sent nothing for {} ms: treating it as lost",
+                            t.as_millis()
+                        );
+                    }
                     tracing::warn!("lost the driver at {addr}; joining again as a new executor");
                     since = Instant::now();
                     backoff = REJOIN_BACKOFF.0;
+                    first = at + 1;
                     last = None;
                     break;
                 }
@@ -174,7 +230,8 @@ struct Joined {
 }
 
 /// Connects to `driver` (with a deadline) and completes the handshake.
-fn join(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<Joined, ExecutorError> {
+fn join(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Joined, ExecutorError> {
+    let (cores, version) = (opts.cores, opts.version);
     let connect_err = |source| ExecutorError::Connect { addr: driver.into(), source };
     let other = |e: std::io::Error| ExecutorError::Other(e.to_string());
     let addr = driver
@@ -191,16 +248,18 @@ fn join(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<Joined,
     let Admission::Welcome { executor_id, limits } = admission else {
         return Err(ExecutorError::Other("refused".into()));
     };
-    // The handshake's deadline set these; from now on the driver may be
-    // quiet for long (no tasks), and heartbeats tell it this one is alive.
-    conn.set_read_timeout(None).map_err(other)?;
+    // The handshake's deadline set these; from now on the driver
+    // heartbeats, so a read that waits longer than the driver timeout means
+    // the driver is gone (or cut off), even though TCP says nothing yet.
+    conn.set_read_timeout(Some(opts.driver_timeout)).map_err(other)?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(other)?;
     Ok(Joined { conn, listener, block_addr, executor_id, limits })
 }
 
 /// One incarnation: joins `driver`, then serves it until it goes away.
-fn incarnation(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<Ended, ExecutorError> {
-    let Joined { conn, listener, block_addr, executor_id, limits } = join(driver, secret, cores, version)?;
+fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Ended, ExecutorError> {
+    let Joined { conn, listener, block_addr, executor_id, limits } = join(driver, secret, opts)?;
+    let cores = opts.cores;
     let blocks = BlockStore::new();
     let secret = Arc::new(secret.to_vec());
     let server = block_server::serve(listener, blocks.clone(), secret.clone());
@@ -212,7 +271,7 @@ fn incarnation(driver: &str, secret: &[u8], cores: u32, version: u32) -> Result<
     let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });
     spawn_heartbeat(link.clone());
     let tasks = spawn_task_threads(cores, executor_id, &link, &registry, &blocks, &secret, &block_addr);
-    let ended = serve_driver(conn, &link, &registry, tasks);
+    let ended = serve_driver(conn, &link, &registry, tasks, opts.driver_timeout);
     // Whatever ended it, this incarnation is over: its connection is shut
     // (its task threads can no longer send), its blocks are served no more.
     {
@@ -276,6 +335,7 @@ fn serve_driver(
     link: &Link,
     registry: &ModuleRegistry,
     tx: Sender<Task>,
+    driver_timeout: Duration,
 ) -> Result<Ended, ExecutorError> {
     let mut waiting: Vec<Task> = Vec::new();
     let mut asked: std::collections::HashSet<ModuleHash> = Default::default();
@@ -326,7 +386,11 @@ fn serve_driver(
                 }
                 waiting.push(*task);
             }
+            Ok(ToExecutor::Heartbeat) => {}
             Ok(ToExecutor::Shutdown) => return Ok(Ended::Shutdown),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Ok(Ended::DriverSilent(driver_timeout))
+            }
             Err(_) => return Ok(Ended::DriverGone),
         }
         let (ready, still): (Vec<Task>, Vec<Task>) = waiting
@@ -345,3 +409,84 @@ type StageRdds = std::collections::BTreeMap<crate::rdd::RddId, crate::rdd::Rdd>;
 
 /// Protocol version this build speaks (for `weir executor`).
 pub const VERSION: u32 = PROTOCOL_VERSION;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake driver that authenticates the executor and then says nothing
+    /// (its host vanished): the executor must give up on it within its
+    /// driver timeout (plus a little), with the error naming the driver,
+    /// instead of waiting for TCP to give up.
+    #[test]
+    fn an_executor_whose_driver_falls_silent_gives_up_within_the_deadline() {
+        let secret = b"silent-driver-secret".to_vec();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let s = secret.clone();
+        let (held_tx, held_rx) = channel::<TcpStream>();
+        let fake = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let limits = UdfLimits::default();
+            protocol::accept(&mut conn, &s, |_| Admission::Welcome { executor_id: 1, limits }).unwrap();
+            // Keep the connection open (no FIN, no RST), and send nothing.
+            held_tx.send(conn).unwrap();
+        });
+        let timeout = Duration::from_millis(700);
+        let opts = ExecutorOptions { driver_timeout: timeout, ..ExecutorOptions::new(1) };
+        let started = Instant::now();
+        let (done_tx, done_rx) = channel();
+        let a = addr.clone();
+        std::thread::spawn(move || done_tx.send(run_with(&[a], &secret, &opts)).unwrap());
+        // A deadline on the test itself: far beyond the executor's.
+        let result = done_rx.recv_timeout(Duration::from_secs(20)).expect("the executor waited for ever");
+        let took = started.elapsed();
+        fake.join().unwrap();
+        let _conn = held_rx.recv().unwrap();
+        match result {
+            Err(ExecutorError::DriverSilent { addr: a, silent }) => {
+                assert_eq!(a, addr);
+                assert_eq!(silent, timeout);
+            }
+            other => panic!("expected the driver to be declared silent, got {other:?}"),
+        }
+        assert!(took >= timeout, "gave up after {took:?}, before its {timeout:?} deadline");
+        assert!(took < timeout + Duration::from_secs(5), "gave up only after {took:?}");
+    }
+
+    /// Heartbeats keep an idle executor with its driver: a fake driver that
+    /// sends only heartbeats, for several driver timeouts, then `Shutdown`,
+    /// ends the executor cleanly (not as silent).
+    #[test]
+    fn driver_heartbeats_keep_an_idle_executor() {
+        let secret = b"beating-driver-secret".to_vec();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let s = secret.clone();
+        let fake = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let limits = UdfLimits::default();
+            protocol::accept(&mut conn, &s, |_| Admission::Welcome { executor_id: 1, limits }).unwrap();
+            let until = Instant::now() + Duration::from_millis(2500);
+            while Instant::now() < until {
+                protocol::write_frame(&mut conn, &ToExecutor::Heartbeat).unwrap();
+                std::thread::sleep(protocol::DRIVER_HEARTBEAT_INTERVAL);
+            }
+            protocol::write_frame(&mut conn, &ToExecutor::Shutdown).unwrap();
+            conn
+        });
+        let opts = ExecutorOptions { driver_timeout: Duration::from_millis(600), ..ExecutorOptions::new(1) };
+        let (done_tx, done_rx) = channel();
+        std::thread::spawn(move || done_tx.send(run_with(&[addr], &secret, &opts)).unwrap());
+        let result = done_rx.recv_timeout(Duration::from_secs(20)).expect("the executor did not end");
+        let _conn = fake.join().unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[test]
+    fn a_driver_timeout_below_the_minimum_is_refused() {
+        let opts = ExecutorOptions { driver_timeout: Duration::from_millis(100), ..ExecutorOptions::new(1) };
+        let e = run_with(&["127.0.0.1:1".into()], b"s", &opts).unwrap_err();
+        assert!(e.to_string().contains("too short"), "{e}");
+    }
+}

@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 3 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 4 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -32,7 +32,11 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// result names the executor incarnation (the `executor_id` it was
 /// welcomed with) that computed it, and the driver drops results of any
 /// other incarnation. Version 4: a result carries the task's UDF usage per
-/// module (calls, fuel, failures).
+/// module (calls, fuel, failures); the driver heartbeats its executors
+/// ([`ToExecutor::Heartbeat`]), and an executor that hears nothing from its
+/// driver for its heartbeat timeout treats the driver as lost. (A version-3
+/// executor would not know the frame, so the versions do not mix: each
+/// side refuses the other at the handshake.)
 pub const PROTOCOL_VERSION: u32 = 4;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
@@ -112,7 +116,14 @@ pub enum ToExecutor {
         task: Box<Task>,
     },
     Shutdown,
+    /// The driver is alive (sent every [`DRIVER_HEARTBEAT_INTERVAL`], idle or
+    /// not): an executor that reads nothing for its heartbeat timeout
+    /// treats its driver as lost (its host vanished, or it was cut off).
+    Heartbeat,
 }
+
+/// How often the driver tells each executor it is alive.
+pub const DRIVER_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Executor -> driver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -410,6 +421,7 @@ mod tests {
         let valid: Vec<Vec<u8>> = vec![
             encode_frame(&ToExecutor::Stage { stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
             encode_frame(&FromExecutor::UnknownStage { stage: 7, task_id: 3 }).unwrap(),
+            encode_frame(&ToExecutor::Heartbeat).unwrap(),
             encode_frame(&Hello {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,

@@ -292,7 +292,7 @@ impl Driver {
                 rate_limits,
             };
             self.write_outputs(batch, computed);
-            if let Err(e) = self.check_pending() {
+            if let Err(e) = self.check_pending().and_then(|()| self.check_fence()) {
                 self.finish_written();
                 if let Some(c) = &self.ckpt {
                     c.flush();
@@ -305,8 +305,19 @@ impl Driver {
             c.flush();
             self.report.checkpoint = Some(c.stats());
         }
+        self.check_fence()?;
         self.report.metrics = self.dag.metrics.clone();
         Ok(self.report)
+    }
+
+    /// A driver whose checkpoint location another driver took over (a
+    /// newer epoch) stops: its commits are refused, so nothing it computes
+    /// would be recorded.
+    fn check_fence(&self) -> Result<(), EngineError> {
+        match self.ckpt.as_ref().and_then(|c| c.fence().fenced()) {
+            Some(f) => Err(f.into()),
+            None => Ok(()),
+        }
     }
 
     /// Hands a computed batch's outputs to the writer. Test hooks that look
@@ -314,7 +325,8 @@ impl Driver {
     /// starts, so then (and if the writer cannot start) it waits for them.
     fn write_outputs(&mut self, batch: InFlight, computed: Vec<Computed>) {
         if self.writer.is_none() {
-            match OutputWriter::start(self.opts.output_retries, self.opts.output_retry_backoff) {
+            let fence = self.ckpt.as_ref().map(|c| c.fence());
+            match OutputWriter::start(self.opts.output_retries, self.opts.output_retry_backoff, fence) {
                 Ok(w) => self.writer = Some(w),
                 Err(e) => tracing::warn!("cannot start the output writer thread ({e}); writing outputs in line"),
             }
@@ -328,8 +340,9 @@ impl Driver {
                 }
             }
             None => {
-                let done =
-                    output_writer::write_now(time, computed, self.opts.output_retries, self.opts.output_retry_backoff);
+                let fence = self.ckpt.as_ref().map(|c| c.fence());
+                let (retries, backoff) = (self.opts.output_retries, self.opts.output_retry_backoff);
+                let done = output_writer::write_now(time, computed, retries, backoff, fence.as_deref());
                 self.complete_batch(done);
             }
         }

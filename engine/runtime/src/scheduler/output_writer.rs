@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::fence::Fence;
 use crate::listener::OutputOpInfo;
-use crate::sink::Sink;
+use crate::sink::{CommitGate, Sink, SinkError};
 
 /// One output of a batch, computed and ready to write.
 pub(super) struct Computed {
@@ -51,23 +52,27 @@ pub(super) struct OutputWriter {
     /// How failed writes are retried (also for a batch written in line).
     retries: u32,
     backoff: Duration,
+    fence: Option<Arc<Fence>>,
 }
 
 impl OutputWriter {
     /// Starts the thread; failed writes are tried again `retries` times,
     /// `backoff` apart (doubling).
-    pub(super) fn start(retries: u32, backoff: Duration) -> std::io::Result<OutputWriter> {
+    /// Every write is a commit through `fence` (the checkpoint location's):
+    /// a fenced driver publishes nothing.
+    pub(super) fn start(retries: u32, backoff: Duration, fence: Option<Arc<Fence>>) -> std::io::Result<OutputWriter> {
         let (tx, jobs) = channel::<Batch>();
         let (done, rx) = channel();
+        let f = fence.clone();
         let thread = std::thread::Builder::new().name("weir-output".into()).spawn(move || {
             for b in jobs {
-                let written = write_batch(b, retries, backoff);
+                let written = write_batch(b, retries, backoff, f.as_deref());
                 if done.send(written).is_err() {
                     return;
                 }
             }
         })?;
-        Ok(OutputWriter { tx: Some(tx), rx, thread: Some(thread), in_flight: 0, retries, backoff })
+        Ok(OutputWriter { tx: Some(tx), rx, thread: Some(thread), in_flight: 0, retries, backoff, fence })
     }
 
     /// Hands a batch's outputs to the thread (or writes them here if the
@@ -76,13 +81,14 @@ impl OutputWriter {
         let batch = Batch { time, outputs };
         // Without the thread (gone, or being dropped) the batch is written
         // here, with the same retries: nothing computed is dropped.
-        let Some(tx) = self.tx.as_ref() else { return Some(write_batch(batch, self.retries, self.backoff)) };
+        let fence = self.fence.as_deref();
+        let Some(tx) = self.tx.as_ref() else { return Some(write_batch(batch, self.retries, self.backoff, fence)) };
         match tx.send(batch) {
             Ok(()) => {
                 self.in_flight += 1;
                 None
             }
-            Err(e) => Some(write_batch(e.0, self.retries, self.backoff)),
+            Err(e) => Some(write_batch(e.0, self.retries, self.backoff, fence)),
         }
     }
 
@@ -108,19 +114,32 @@ impl Drop for OutputWriter {
 }
 
 /// Writes a batch's outputs here, on the calling thread.
-pub(super) fn write_now(time: i64, outputs: Vec<Computed>, retries: u32, backoff: Duration) -> Written {
-    write_batch(Batch { time, outputs }, retries, backoff)
+pub(super) fn write_now(
+    time: i64,
+    outputs: Vec<Computed>,
+    retries: u32,
+    backoff: Duration,
+    fence: Option<&Fence>,
+) -> Written {
+    write_batch(Batch { time, outputs }, retries, backoff, fence)
 }
 
-/// Writes a batch's outputs in order, each with its retries.
-fn write_batch(b: Batch, retries: u32, backoff: Duration) -> Written {
+/// Writes a batch's outputs in order, each with its retries, each as one
+/// commit through `fence` (refused once another driver took over).
+fn write_batch(b: Batch, retries: u32, backoff: Duration, fence: Option<&Fence>) -> Written {
     let mut outputs = Vec::with_capacity(b.outputs.len());
     for c in b.outputs {
         let mut info = c.info;
         if let Some((sink, result)) = c.write {
             let written = result.and_then(|parts| {
                 let sink = sink.ok_or("the output has no sink")?;
-                write_with_retries(sink.as_ref(), b.time, info.index, &parts, retries, backoff)
+                let gate = |commit: &mut dyn FnMut() -> Result<(), SinkError>| -> Result<(), SinkError> {
+                    match fence {
+                        Some(f) => f.commit(commit).map_err(|e| SinkError::Fenced(e.to_string()))?,
+                        None => commit(),
+                    }
+                };
+                write_with_retries(sink.as_ref(), b.time, info.index, &parts, retries, backoff, &gate)
             });
             if let Err(e) = written {
                 tracing::error!("batch {} ms failed: {e}", b.time);
@@ -143,11 +162,12 @@ pub(super) fn write_with_retries(
     parts: &[Vec<u8>],
     retries: u32,
     mut backoff: Duration,
+    gate: CommitGate,
 ) -> Result<(), String> {
     let mut attempt = 0;
     loop {
         // A sink that panics fails its output, not the writer thread.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write(time, parts)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write_gated(time, parts, gate)))
             .map_err(|_| format!("output {index} panicked while writing batch {time} ms"))?;
         match result {
             Ok(()) => return Ok(()),
