@@ -641,7 +641,6 @@ fn netns_all_executors_lost_fails_batches_clearly_then_a_restart_fills_them() {
 /// without executors, waits in its batch for the no-executor timeout, 60 s;
 /// the first commit it tries after that is refused.)
 #[test]
-#[ignore = "known failure (issue 18): the new driver deletes the lease object when it releases it, so the old one finds no lease and reports a failed check instead of naming the newer epoch"]
 fn netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover() {
     let Some(()) = require("netns_a_partitioned_driver_kept_alive_is_fenced_after_a_takeover") else { return };
     let py = repo().join("target/test-servers/py");

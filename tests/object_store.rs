@@ -569,7 +569,6 @@ fn a_part_bigger_than_8_mib_is_a_multipart_upload_and_a_failed_one_is_aborted() 
 /// was paused) must be of epoch 1 and ignored by the next recovery; the
 /// outputs equal an uninterrupted run's.
 #[test]
-#[ignore = "known failure (issue 18): the new driver deletes the lease object when it releases it, so the old one finds no lease and reports a failed check instead of naming the newer epoch"]
 fn a_paused_driver_taken_over_on_s3_is_fenced_and_its_late_writes_are_ignored() {
     use crate::cluster::{signal, wait_until, SIGCONT, SIGSTOP};
     let Some(server) = S3Server::start() else { return };

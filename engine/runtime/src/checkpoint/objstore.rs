@@ -403,10 +403,15 @@ struct LeaseBody {
     /// drivers before epochs.
     #[serde(default)]
     epoch: u64,
+    /// Released by its holder at exit: free to take at once. The object is
+    /// kept (not deleted) so that an older driver that wakes up later still
+    /// finds the newer epoch that fenced it.
+    #[serde(default)]
+    released: bool,
 }
 
 /// The lease of one checkpoint location, held by this driver while it lives.
-/// Dropping it stops the renewals and deletes the lease object.
+/// Dropping it stops the renewals and marks the lease object released.
 pub struct Lease {
     store: Arc<ObjectStoreCheckpoint>,
     state: Arc<LeaseState>,
@@ -486,7 +491,7 @@ impl Lease {
     pub fn acquire(store: Arc<ObjectStoreCheckpoint>, ttl: Duration) -> Result<Lease, LeaseError> {
         let ttl = ttl.max(Duration::from_millis(300));
         // Epochs only grow: above every epoch a metadata checkpoint names
-        // (a released lease object is deleted) and the lease replaced.
+        // and the lease replaced.
         let floor = super::newest_epoch(&*store);
         let mut body = LeaseBody {
             owner: format!("pid {} on {}", std::process::id(), hostname()),
@@ -496,6 +501,7 @@ impl Lease {
             renewals: 0,
             ttl_ms: ttl.as_millis() as u64,
             epoch: floor + 1,
+            released: false,
         };
         let encode = |b: &LeaseBody| serde_json::to_vec(b).map_err(std::io::Error::other);
         // (ETag watched, since when, the holder's TTL)
@@ -524,7 +530,7 @@ impl Lease {
             let owner = holder.as_ref().map_or_else(|| "an unreadable lease".to_string(), |h| h.owner.clone());
             // A holder may claim at most 10 minutes; an unreadable lease gets 1 minute.
             let holder_ttl = Duration::from_millis(holder.as_ref().map_or(60_000, |h| h.ttl_ms).clamp(300, 600_000));
-            let take_now = holder.as_ref().is_some_and(|h| holder_is_dead_here(&h.machine, h.pid));
+            let take_now = holder.as_ref().is_some_and(|h| h.released || holder_is_dead_here(&h.machine, h.pid));
             body.epoch = holder.as_ref().map_or(0, |h| h.epoch).max(floor) + 1;
             let take = match &watched {
                 _ if take_now => true,
@@ -662,18 +668,22 @@ impl Drop for Lease {
         if let Some(h) = self.renewer.take() {
             let _ = h.join();
         }
-        // Released only when still ours (never after a takeover). Not atomic
-        // (no conditional DELETE on every store): a taker between the GET and
-        // the DELETE loses its lease object, its next renewal fails, and it
-        // stops writing — safe, if unlucky.
-        let ours = self
+        // Released only when still ours (never after a takeover), by a
+        // conditional PUT on the ETag just read: a taker in between keeps
+        // its lease. The object stays, marked released, with this epoch: an
+        // older driver that wakes up later is fenced naming it.
+        let held = self
             .store
             .get_bounded(LEASE, MAX_LEASE_BYTES)
             .ok()
-            .and_then(|(b, _)| serde_json::from_slice::<LeaseBody>(&b).ok())
-            .is_some_and(|b| b.token == self.token);
-        if ours {
-            if let Err(e) = self.store.delete(LEASE) {
+            .and_then(|(b, etag)| serde_json::from_slice::<LeaseBody>(&b).ok().map(|b| (b, etag)))
+            .filter(|(b, _)| b.token == self.token);
+        if let Some((mut body, etag)) = held {
+            body.released = true;
+            let released = serde_json::to_vec(&body).map_err(std::io::Error::other).and_then(|bytes| {
+                self.store.put_mode(LEASE, &bytes, PutMode::Update(UpdateVersion { e_tag: etag, version: None }))
+            });
+            if let Err(e) = released {
                 tracing::warn!("cannot release the checkpoint lease {}/{LEASE}: {e}", self.store.url());
             }
         }
