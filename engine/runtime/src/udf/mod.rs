@@ -824,6 +824,17 @@ impl CoreInstance {
         UdfError::new(site, kind)
     }
 
+    /// The message of a guest's error return (bounded; invalid UTF-8
+    /// replaced), or a malformed-output error when it lies outside memory.
+    fn guest_message(&self, at: Option<(&str, UdfKind)>, packed: abi::Packed) -> Result<String, UdfError> {
+        let mut msg = vec![0u8; packed.len.min(MAX_ERROR_MESSAGE) as usize];
+        if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
+            let m = "error message lies outside linear memory".to_string();
+            return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
+        }
+        Ok(String::from_utf8_lossy(&msg).into_owned())
+    }
+
     fn abi_version(&mut self) -> Result<i64, UdfError> {
         let f = self
             .instance
@@ -888,13 +899,8 @@ impl CoreInstance {
             }
         };
         if packed.error {
-            let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
-            let mut msg = vec![0u8; n];
-            if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
-                let m = "error message lies outside linear memory".to_string();
-                return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
-            }
-            let m = format!("weir_params refused {}: {}", params.text(), String::from_utf8_lossy(&msg));
+            let msg = self.guest_message(at, packed)?;
+            let m = format!("weir_params refused {}: {msg}", params.text());
             return Err(self.error(at, UdfErrorKind::Params(m)));
         }
         Ok(())
@@ -978,13 +984,8 @@ impl CoreInstance {
                 }
             };
             if packed.error {
-                let n = packed.len.min(MAX_ERROR_MESSAGE) as usize;
-                let mut msg = vec![0u8; n];
-                if self.memory.read(&self.store, packed.ptr as usize, &mut msg).is_err() {
-                    let m = "error message lies outside linear memory".to_string();
-                    return Err(self.error(at, UdfErrorKind::MalformedOutput(m)));
-                }
-                return Err(self.error(at, UdfErrorKind::Guest(String::from_utf8_lossy(&msg).into_owned())));
+                let msg = self.guest_message(at, packed)?;
+                return Err(self.error(at, UdfErrorKind::Guest(msg)));
             }
             if packed.len as usize > limits.output_bytes {
                 let k = UdfErrorKind::OutputTooLarge { size: packed.len as usize, limit: limits.output_bytes };
