@@ -162,6 +162,31 @@ fn javascript_wordcount_gives_the_rust_modules_bytes_for_every_function() {
     assert_wordcount_matches_rust(&wordcount_js(), "JavaScript");
 }
 
+/// What every hostile guest must show alike: a wrong kind is refused, an
+/// endless loop runs out of fuel (deterministic: not retried, naming the
+/// module and export), memory growth stops at the job's limit.
+fn assert_contained(m: &Arc<UdfModule>, file: &str) {
+    let e = call_at(m, 0, 0, "shout", UdfKind::FlatMap, &[s("x")]).expect_err("wrong kind");
+    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
+    let e = call_at(m, 0, 0, "spin", UdfKind::Map, &[s("x")]).expect_err("spin");
+    assert!(matches!(e.kind, UdfErrorKind::OutOfFuel { .. }), "{e}");
+    assert!(e.is_deterministic());
+    let text = e.to_string();
+    assert!(text.contains(file) && text.contains("\"map:spin\""), "{text}");
+    let e = call_at(m, 0, 0, "grow", UdfKind::Map, &[s("x")]).expect_err("grow");
+    assert!(matches!(e.kind, UdfErrorKind::MemoryLimit { limit } if limit == 256 << 20), "{e}");
+}
+
+/// Random numbers are a function of (module, batch time, partition).
+fn assert_seeded_random(m: &Arc<UdfModule>) -> Vec<u8> {
+    let rand = |batch, part| call_at(m, batch, part, "entropy", UdfKind::Map, &[s("r")]).expect("entropy");
+    let r = rand(2000, 1);
+    assert_eq!(rand(2000, 1), r);
+    assert_ne!(rand(2000, 2), r);
+    assert_ne!(rand(3000, 1), r);
+    r
+}
+
 #[test]
 fn python_errors_are_typed_and_name_the_function_batch_and_partition() {
     let m = hostile_py();
@@ -173,16 +198,7 @@ fn python_errors_are_typed_and_name_the_function_batch_and_partition() {
     assert!(msg.contains("about to fail on x"), "the captured stdout is attached: {msg}");
     assert!(text.contains("hostile_py.wasm") && text.contains("\"map:shout\""), "{text}");
     assert!(text.contains("batch 5000 ms") && text.contains("partition 3"), "{text}");
-    // A function the component does not have, or the wrong kind.
-    let e = call_at(&m, 0, 0, "shout", UdfKind::FlatMap, &[s("x")]).expect_err("wrong kind");
-    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
-    // An endless loop runs out of fuel (deterministic: not retried).
-    let e = call_at(&m, 0, 0, "spin", UdfKind::Map, &[s("x")]).expect_err("spin");
-    assert!(matches!(e.kind, UdfErrorKind::OutOfFuel { .. }), "{e}");
-    assert!(e.is_deterministic());
-    // Memory growth stops at the job's memory limit.
-    let e = call_at(&m, 0, 0, "grow", UdfKind::Map, &[s("x")]).expect_err("grow");
-    assert!(matches!(e.kind, UdfErrorKind::MemoryLimit { limit } if limit == 256 << 20), "{e}");
+    assert_contained(&m, "hostile_py.wasm");
     // No filesystem: nothing is preopened, so no path opens.
     for path in ["/etc/passwd", "wordcount.py", "."] {
         let e = call_at(&m, 0, 0, "read_file", UdfKind::Map, &[s(path)]).expect_err("read_file");
@@ -212,12 +228,7 @@ fn python_clock_and_random_are_functions_of_batch_and_partition() {
     ]);
     assert_eq!(v, vec![want]);
     assert_ne!(clock(1_700_000_001_000, 0), first, "another batch reads another time");
-    // Random bytes: a function of (module, batch time, partition).
-    let rand = |batch, part| call_at(&m, batch, part, "entropy", UdfKind::Map, &[s("r")]).expect("entropy");
-    let r = rand(2000, 1);
-    assert_eq!(rand(2000, 1), r);
-    assert_ne!(rand(2000, 2), r);
-    assert_ne!(rand(3000, 1), r);
+    assert_seeded_random(&m);
 }
 
 #[test]
@@ -233,18 +244,7 @@ fn javascript_errors_are_typed_and_name_the_function_batch_and_partition() {
     assert!(msg.contains("about to fail on x"), "the captured stdout is attached: {msg}");
     assert!(text.contains("hostile_js.wasm") && text.contains("\"map:shout\""), "{text}");
     assert!(text.contains("batch 5000 ms") && text.contains("partition 3"), "{text}");
-    let e = call_at(&m, 0, 0, "shout", UdfKind::FlatMap, &[s("x")]).expect_err("wrong kind");
-    assert!(matches!(e.kind, UdfErrorKind::NoSuchFunction { .. }), "{e}");
-    // An endless loop runs out of fuel (deterministic: not retried), and the
-    // error names the module and the export.
-    let e = call_at(&m, 0, 0, "spin", UdfKind::Map, &[s("x")]).expect_err("spin");
-    assert!(matches!(e.kind, UdfErrorKind::OutOfFuel { .. }), "{e}");
-    assert!(e.is_deterministic());
-    let text = e.to_string();
-    assert!(text.contains("hostile_js.wasm") && text.contains("\"map:spin\""), "{text}");
-    // Memory growth stops at the job's memory limit.
-    let e = call_at(&m, 0, 0, "grow", UdfKind::Map, &[s("x")]).expect_err("grow");
-    assert!(matches!(e.kind, UdfErrorKind::MemoryLimit { limit } if limit == 256 << 20), "{e}");
+    assert_contained(&m, "hostile_js.wasm");
     // No network and no files: fetch has no wasi:http behind it and stops
     // the call with a typed error, whatever the URL.
     for path in ["/etc/passwd", "wordcount.js"] {
@@ -268,14 +268,8 @@ fn javascript_clock_and_random_are_functions_of_batch_and_partition() {
     let [Value::Tuple(t)] = v.as_slice() else { panic!("one tuple: {v:?}") };
     assert_eq!(t[..3], [s("r"), s("still"), Value::I64(1_700_000_000_000)], "{v:?}");
     assert_ne!(clock(1_700_000_001_000, 0), first, "another batch reads another time");
-    // crypto.getRandomValues and Math.random: functions of (module, batch
-    // time, partition).
-    let rand = |batch, part| call_at(&m, batch, part, "entropy", UdfKind::Map, &[s("r")]).expect("entropy");
-    let r = rand(2000, 1);
-    assert_eq!(rand(2000, 1), r);
-    assert_ne!(rand(2000, 2), r);
-    assert_ne!(rand(3000, 1), r);
-    let v = decode(&r);
+    // crypto.getRandomValues and Math.random.
+    let v = decode(&assert_seeded_random(&m));
     let [Value::Tuple(t)] = v.as_slice() else { panic!("one tuple: {v:?}") };
     assert!(matches!(&t[1], Value::Bytes(b) if b.len() == 8 && b.iter().any(|&x| x != 0)), "{v:?}");
     assert!(matches!(t[2], Value::F64(x) if (0.0..1.0).contains(&x)), "{v:?}");
