@@ -163,10 +163,10 @@ fn udf_check_lists_functions_and_rejects_hostile_modules() {
     }
 }
 
-#[test]
-fn a_trapping_udf_fails_its_batch_with_a_clear_error_and_later_batches_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("in.jsonl"), "[\"a\", \"b\"]\n[\"c\", \"panic\", \"d\"]\n[\"e\"]\n").unwrap();
+/// Three batches whose second holds a record (`panic`) on which
+/// `testops.panic_on_panic` traps.
+fn trapping_job(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("in.jsonl"), "[\"a\", \"b\"]\n[\"c\", \"panic\", \"d\"]\n[\"e\"]\n").unwrap();
     let job = format!(
         r#"batch_interval = "1s"
 [modules]
@@ -183,7 +183,13 @@ prefix = "out/checked"
 "#,
         module("testops.wasm").display()
     );
-    let job = write_job(tmp.path(), &job);
+    write_job(dir, &job)
+}
+
+#[test]
+fn a_trapping_udf_fails_its_batch_with_a_clear_error_and_later_batches_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = trapping_job(tmp.path());
     let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical"]));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "a failed batch makes the exit status 1: {err}");
@@ -202,24 +208,7 @@ prefix = "out/checked"
 #[test]
 fn progress_json_reports_udf_calls_fuel_and_failures_per_module() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("in.jsonl"), "[\"a\", \"b\"]\n[\"c\", \"panic\", \"d\"]\n[\"e\"]\n").unwrap();
-    let job = format!(
-        r#"batch_interval = "1s"
-[modules]
-ops = "{}"
-[sources.lines]
-type = "batches"
-path = "in.jsonl"
-[streams]
-checked = "lines.map(ops.panic_on_panic)"
-[[outputs]]
-stream = "checked"
-type = "save_as_text_files"
-prefix = "out/checked"
-"#,
-        module("testops.wasm").display()
-    );
-    let job = write_job(tmp.path(), &job);
+    let job = trapping_job(tmp.path());
     let out = run(weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--progress", "json"]));
     let err = text(&out.stderr);
     let usage: BTreeMap<i64, serde_json::Value> = err

@@ -53,10 +53,20 @@ impl<'a> UdfCalls<'a> {
         }
     }
 
-    fn usage_of(&mut self, module: &str) -> &mut UdfUsage {
-        self.usage
-            .entry(module.to_string())
-            .or_insert_with(|| UdfUsage { module: module.to_string(), ..Default::default() })
+    /// Adds to a module's figures; its name is allocated only the first
+    /// time (this runs on every call).
+    fn add_usage(&mut self, module: &str, calls: u64, fuel: u64, failures: u64) {
+        match self.usage.get_mut(module) {
+            Some(u) => {
+                u.calls += calls;
+                u.fuel += fuel;
+                u.failures += failures;
+            }
+            None => {
+                let u = UdfUsage { module: module.to_string(), calls, fuel, failures };
+                self.usage.insert(module.to_string(), u);
+            }
+        }
     }
 
     /// Counts `calls` calls of `f`'s module, and a failure when `failed`:
@@ -64,10 +74,7 @@ impl<'a> UdfCalls<'a> {
     fn account(&mut self, f: &UdfRef, key: &InstanceKey, calls: u64, failed: bool) {
         self.count += calls;
         let fuel = if failed { self.instances.remove(key).map_or(0, |i| i.fuel_burned()) } else { 0 };
-        let u = self.usage_of(&f.module_name);
-        u.calls += calls;
-        u.fuel += fuel;
-        u.failures += u64::from(failed);
+        self.add_usage(&f.module_name, calls, fuel, u64::from(failed));
     }
 
     /// What each module cost in this task so far, by module name: the fuel
@@ -118,7 +125,7 @@ impl<'a> UdfCalls<'a> {
                 Ok(i) => i,
                 Err(e) => {
                     // A start-up that traps or runs out of fuel is the module's failure.
-                    self.usage_of(&f.module_name).failures += 1;
+                    self.add_usage(&f.module_name, 0, 0, 1);
                     return Err(e.into());
                 }
             };
