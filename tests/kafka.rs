@@ -137,6 +137,26 @@ impl Broker {
         assert_eq!(n.trim(), lines.len().to_string(), "records produced");
     }
 
+    /// Waits (60 s at most) until the broker reports, through kafka-python,
+    /// at least `want` records in all of `topic`'s partitions together:
+    /// a broker under load may acknowledge records before it shows them to
+    /// consumers, and a job cut into fixed batches must start after that.
+    pub(crate) fn wait_visible(&self, topic: &str, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.client(&["ends", topic], "");
+            let ends: BTreeMap<String, i64> = serde_json::from_str(out.trim()).unwrap();
+            if ends.values().sum::<i64>() >= want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker shows only {ends:?} of {want} records in {topic} after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         let r = unsafe { libc::kill(self.child.id() as i32, sig) };

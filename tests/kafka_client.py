@@ -7,6 +7,9 @@ produces lines from stdin.
     kafka_client.py consume BROKERS TOPIC N
         (the first N records of every partition from the start, one JSON
         object a line: partition, value, headers)
+    kafka_client.py ends BROKERS TOPIC
+        (the end offset the broker reports for every partition, as one JSON
+        object: {"<partition>": <end>, ...})
 
 Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
 of a partition as the first offset of its newest record batch plus one, so
@@ -59,6 +62,12 @@ def main():
             print(json.dumps({"partition": r.partition, "value": r.value.decode(), "headers": headers}))
         if len(got) < want:
             sys.exit(f"only {len(got)} of {want} records within {TIMEOUT_S} s")
+    elif cmd == "ends":
+        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        ends = consumer.end_offsets(tps)
+        consumer.close()
+        print(json.dumps({str(tp.partition): end for tp, end in sorted(ends.items())}))
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -91,6 +91,9 @@ fn kafka_windowed_wordcount_on_s3_is_byte_identical_after_20_sigkills_and_a_brok
     // newest record stays invisible): an empty line per partition (no
     // words, whether it is read or not) moves the end past the input.
     broker.produce("lines", &[String::new(), String::new(), String::new()]);
+    // Every batch's contents are fixed only if all input is visible before
+    // the first batch is cut.
+    broker.wait_visible("lines", input.len() as i64);
     eprintln!("produced in {:?}", started.elapsed());
     let tmp = tempfile::tempdir().unwrap();
     let end = BATCHES * 200;
@@ -109,7 +112,12 @@ fn kafka_windowed_wordcount_on_s3_is_byte_identical_after_20_sigkills_and_a_brok
         .filter(|(k, _)| k.starts_with(&format!("totals-{end}/part-")))
         .flat_map(|(_, v)| text(v).lines().map(String::from).collect::<Vec<_>>())
         .collect::<Vec<_>>();
-    assert_eq!(sum_counts(&last_totals), native_counts(input.iter().map(String::as_str)), "the clean run's totals");
+    assert_eq!(
+        sum_counts(&last_totals),
+        native_counts(input.iter().map(String::as_str)),
+        "the clean run's totals; its log:\n{}",
+        d.log()
+    );
     assert_eq!(
         expected.keys().filter(|k| k.ends_with("/_SUCCESS")).count() as i64,
         BATCHES + BATCHES / 2,
