@@ -161,7 +161,9 @@ impl World {
     }
 
     /// `weir ARGS` on host `name`, in its working directory, with the
-    /// cluster secret; stderr is read line by line ([`Proc`]).
+    /// cluster secret and the host's own compiled-code cache (no shared
+    /// disk: a host compiles a module the first time it meets it); stderr
+    /// is read line by line ([`Proc`]).
     pub(crate) fn spawn(&self, name: &str, secret: &str, args: &[&str]) -> Proc {
         let h = self.host(name);
         let mut c = Command::new("ip");
@@ -169,6 +171,7 @@ impl World {
             .args(args)
             .current_dir(&h.dir)
             .env("WEIR_SECRET", secret)
+            .env("WEIR_CACHE_DIR", h.dir.join(".weir-cache"))
             .env_remove("WEIR_LOG");
         Proc::spawn(&mut c)
     }

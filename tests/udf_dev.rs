@@ -532,3 +532,42 @@ prefix = "out/flat"
     let outputs = read_outputs(&tmp.path().join("out"), "flat");
     assert_eq!(outputs[&1000], vec!["a", "b"]);
 }
+
+#[test]
+fn compiled_modules_are_cached_on_disk_for_the_next_process_and_a_damaged_entry_is_recompiled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let m = module("wordcount.wasm");
+    let check_with_cache = || {
+        let out = run(weir().env("WEIR_CACHE_DIR", &cache).args(["udf", "check", m.to_str().unwrap()]));
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    let first = check_with_cache();
+    assert!(first.contains(&format!("  compiled now ({})", cache.display())), "{first}");
+    let entries: Vec<_> = std::fs::read_dir(cache.join("modules")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(entries.len(), 1, "one compiled module: {entries:?}");
+    assert!(entries[0].extension().is_some_and(|e| e == "cwasm"), "{entries:?}");
+    let second = check_with_cache();
+    assert!(second.contains("  loaded compiled from the cache"), "{second}");
+    // A damaged entry is refused by wasmtime, compiled afresh and rewritten.
+    let good = std::fs::read(&entries[0]).unwrap();
+    std::fs::write(&entries[0], &good[..good.len() / 3]).unwrap();
+    let third = check_with_cache();
+    assert!(third.contains("  compiled now"), "{third}");
+    assert_eq!(std::fs::read(&entries[0]).unwrap().len(), good.len(), "the entry was rewritten");
+    // Off: nothing written, still works.
+    let off = tmp.path().join("off");
+    let out = run(weir().env("WEIR_CACHE_DIR", "").env("HOME", &off).args(["udf", "check", m.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("  compiled now (cache off)"), "{}", text(&out.stdout));
+    assert!(!off.exists(), "the cache off writes nothing");
+    // Code loaded from the cache runs.
+    let out = run(weir()
+        .env("WEIR_CACHE_DIR", &cache)
+        .args(["udf", "call", m.to_str().unwrap(), "split"])
+        .args(["--input", r#"["to be or"]"#]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, serde_json::json!(["to", "be", "or"]));
+}

@@ -65,12 +65,13 @@ pub fn check(path: &Path) -> Result<ExitCode> {
     }
     describe(&mut out, &report, &limits);
     if let Ok(m) = &loaded {
-        if let Some(from) = m.compiled_from() {
-            let how = match from {
-                weir::udf::component::CompiledFrom::Cache => "loaded compiled from the cache",
-                weir::udf::component::CompiledFrom::Compiled => "compiled now",
+        {
+            use weir::udf::cache::CompiledFrom;
+            let how = match m.compiled_from() {
+                CompiledFrom::Cache => "loaded compiled from the cache",
+                CompiledFrom::Compiled | CompiledFrom::Process => "compiled now",
             };
-            let dir = weir::udf::component::cache_dir()
+            let dir = weir::udf::cache::cache_root()
                 .map(|d| format!(" ({})", d.display()))
                 .unwrap_or_else(|| " (cache off)".into());
             let _ = writeln!(out, "  {how}{dir}");
@@ -78,14 +79,14 @@ pub fn check(path: &Path) -> Result<ExitCode> {
         // What a job may hand it besides batches (ABI §3a).
         let params = if m.takes_params() {
             "yes (exports weir_params: a job may write module.function(args))"
-        } else if m.compiled_from().is_some() {
+        } else if m.is_component() {
             "no (components take no parameters)"
         } else {
             "no (no weir_params export)"
         };
         let time = if m.takes_batch_time() {
             "yes (exports weir_batch_time)"
-        } else if m.compiled_from().is_some() {
+        } else if m.is_component() {
             "read from the WASI clocks (a component)"
         } else {
             "no (no weir_batch_time export)"

@@ -14,10 +14,9 @@
 //! stderr captured into the UDF's log lines (bounded per call; the last lines
 //! are attached to a failure, with its batch and partition).
 //!
-//! Compiled components are cached on disk (see [`cache_dir`]), keyed by the
-//! SHA-256 of the component and a hash of the engine's version and
-//! configuration, because an interpreter-sized component takes tens of
-//! seconds to compile.
+//! Compiled components are cached in the process and on disk (see
+//! [`cache_dir`] and `udf/cache.rs`), because an interpreter-sized component
+//! takes tens of seconds to compile.
 
 use std::io;
 use std::path::PathBuf;
@@ -276,80 +275,12 @@ impl tokio::io::AsyncWrite for Captured {
     }
 }
 
-/// Where compiled components are cached: `$WEIR_CACHE_DIR/components`, else
-/// `$XDG_CACHE_HOME/weir/components`, else `$HOME/.cache/weir/components`.
-/// `WEIR_CACHE_DIR` set to the empty string turns the cache off.
+/// Where compiled components are cached: `<cache>/components`, where
+/// `<cache>` is [`cache_root`](super::cache::cache_root) (`$WEIR_CACHE_DIR`,
+/// else `$XDG_CACHE_HOME/weir`, else `$HOME/.cache/weir`; `WEIR_CACHE_DIR`
+/// set to the empty string turns the disk cache off).
 pub fn cache_dir() -> Option<PathBuf> {
-    let base = match std::env::var_os("WEIR_CACHE_DIR") {
-        Some(d) if d.is_empty() => return None,
-        Some(d) => PathBuf::from(d),
-        None => match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-            Some(d) => PathBuf::from(d).join("weir"),
-            None => PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?).join(".cache/weir"),
-        },
-    };
-    Some(base.join("components"))
+    super::cache::cache_dir_of::<Component>()
 }
 
-/// The cache file of a component: its hash, and a hash of everything that
-/// makes compiled code differ (wasmtime's version and configuration, as
-/// wasmtime itself hashes them; Weir's version).
-fn cache_file(engine: &Engine, hash: &ModuleHash) -> Option<PathBuf> {
-    use std::hash::{Hash, Hasher};
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    env!("CARGO_PKG_VERSION").hash(&mut h);
-    Some(cache_dir()?.join(format!("{}-{:016x}.cwasm", hash.hex(), h.finish())))
-}
-
-/// How a component was obtained, for `weir udf check` and the benches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompiledFrom {
-    /// Compiled now (and written to the cache when there is one).
-    Compiled,
-    /// Loaded from the on-disk cache.
-    Cache,
-}
-
-/// Compiles `binary` or loads it from the cache.
-pub(super) fn compile(
-    engine: &Engine,
-    binary: &[u8],
-    hash: &ModuleHash,
-) -> Result<(Component, CompiledFrom), UdfErrorKind> {
-    let file = cache_file(engine, hash);
-    if let Some(file) = file.as_ref().filter(|f| f.is_file()) {
-        // SAFETY: `deserialize_file` trusts the file to be wasmtime's own
-        // output. It is: the cache directory is Weir's, each file is written
-        // by `store` below from `Component::serialize` under a temporary name
-        // and renamed into place (never seen half-written), and its name is
-        // the SHA-256 of the component plus the engine's compatibility hash,
-        // so it holds the compilation of exactly these bytes for exactly this
-        // engine. wasmtime still checks the header, version and
-        // configuration, and a file it refuses is compiled afresh.
-        match unsafe { Component::deserialize_file(engine, file) } {
-            Ok(c) => return Ok((c, CompiledFrom::Cache)),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), "compiled component cache entry refused, recompiling: {e:#}")
-            }
-        }
-    }
-    let component = Component::new(engine, binary).map_err(|e| UdfErrorKind::Malformed(format!("{e:#}")))?;
-    if let Some(file) = file {
-        if let Err(e) = store(&component, &file) {
-            tracing::warn!(file = %file.display(), "cannot cache the compiled component: {e}");
-        }
-    }
-    Ok((component, CompiledFrom::Compiled))
-}
-
-fn store(component: &Component, file: &std::path::Path) -> io::Result<()> {
-    let bytes = component.serialize().map_err(|e| io::Error::other(format!("{e:#}")))?;
-    let dir = file.parent().ok_or_else(|| io::Error::other("no cache directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    io::Write::write_all(&mut tmp, &bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(file).map_err(|e| e.error)?;
-    Ok(())
-}
+pub use super::cache::CompiledFrom;

@@ -17,6 +17,7 @@
 
 pub use weir_plan::udf::{abi, error, exports, limits, ModuleHash};
 
+pub mod cache;
 pub mod component;
 pub mod inspect;
 
@@ -59,6 +60,9 @@ pub struct UdfRuntime {
     linker: Linker<HostState>,
     component_linker: wasmtime::component::Linker<component::ComponentState>,
     stop: Arc<AtomicBool>,
+    /// Compiled code by module hash, kept for the process (`udf/cache.rs`).
+    modules: cache::Memo<Module>,
+    components: cache::Memo<wasmtime::component::Component>,
 }
 
 impl UdfRuntime {
@@ -117,7 +121,14 @@ impl UdfRuntime {
                 })
                 .map_err(|e| UdfError::new(UdfSite::default(), UdfErrorKind::Instantiate(e.to_string())))?;
         }
-        Ok(Arc::new(UdfRuntime { engine, linker, component_linker, stop }))
+        Ok(Arc::new(UdfRuntime {
+            engine,
+            linker,
+            component_linker,
+            stop,
+            modules: cache::Memo::new(),
+            components: cache::Memo::new(),
+        }))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -270,7 +281,13 @@ pub struct UdfModule {
 /// A module's compiled, pre-linked code.
 enum Code {
     /// ABI v1: a core module, with which optional exports it has.
-    Core { pre: InstancePre<HostState>, has_initialize: bool, has_batch_time: bool, has_params: bool },
+    Core {
+        pre: InstancePre<HostState>,
+        has_initialize: bool,
+        has_batch_time: bool,
+        has_params: bool,
+        from: cache::CompiledFrom,
+    },
     /// ABI v2: a component.
     Component { pre: component::GuestPre<component::ComponentState>, from: component::CompiledFrom },
 }
@@ -309,9 +326,9 @@ impl UdfModule {
             return Self::from_component(runtime, name, path, binary.into_owned(), hash, limits, site);
         }
         let declared = inspect::declared_exports(&binary).map_err(|kind| UdfError::new(site.clone(), kind))?;
-        let module = match Module::new(&runtime.engine, &binary) {
+        let (module, from) = match cache::compiled(&runtime.engine, &runtime.modules, &binary, &hash) {
             Ok(m) => m,
-            Err(e) => return fail(&site, UdfErrorKind::Malformed(format!("{e:#}"))),
+            Err(kind) => return fail(&site, kind),
         };
         for imp in module.imports() {
             let ok = imp.module() == abi::IMPORT_MODULE
@@ -424,7 +441,7 @@ impl UdfModule {
             path,
             hash,
             functions,
-            code: Code::Core { pre, has_initialize, has_batch_time, has_params },
+            code: Code::Core { pre, has_initialize, has_batch_time, has_params, from },
             limits,
             size: binary.len(),
             bytes: Arc::new(binary.into_owned()),
@@ -454,7 +471,7 @@ impl UdfModule {
         site: UdfSite,
     ) -> Result<Arc<Self>, UdfError> {
         let fail = |kind| Err(UdfError::new(site.clone(), kind));
-        let (compiled, from) = match component::compile(&runtime.engine, &binary, &hash) {
+        let (compiled, from) = match cache::compiled(&runtime.engine, &runtime.components, &binary, &hash) {
             Ok(c) => c,
             Err(kind) => return fail(kind),
         };
@@ -562,13 +579,17 @@ impl UdfModule {
         inst.call(name, kind, &0u32.to_le_bytes()).map(|_| ())
     }
 
-    /// For a component: whether it was compiled now or read from the disk
-    /// cache (`None` for a core module).
-    pub fn compiled_from(&self) -> Option<component::CompiledFrom> {
+    /// Whether its code was compiled now, read from the disk cache or
+    /// already compiled by this process (`udf/cache.rs`).
+    pub fn compiled_from(&self) -> cache::CompiledFrom {
         match self.code {
-            Code::Core { .. } => None,
-            Code::Component { from, .. } => Some(from),
+            Code::Core { from, .. } | Code::Component { from, .. } => from,
         }
+    }
+
+    /// Whether it is a component (ABI v2) rather than a core module.
+    pub fn is_component(&self) -> bool {
+        matches!(self.code, Code::Component { .. })
     }
 
     pub fn name(&self) -> &str {

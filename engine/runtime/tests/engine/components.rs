@@ -286,9 +286,15 @@ fn compiled_components_are_cached_on_disk_by_hash_and_engine() {
         .filter(|n| n.starts_with(&hex) && n.ends_with(".cwasm"))
         .collect();
     assert_eq!(entries.len(), 1, "one cache entry for {hex} in {}: {entries:?}", dir.display());
-    // A second load (other limits: a new module) reads the cache.
-    let again = load_with("wordcount_py.wasm", UdfLimits { fuel_per_call: 1_000_000_000, ..UdfLimits::default() });
-    assert_eq!(again.compiled_from(), Some(CompiledFrom::Cache));
+    // A second load in this process (other limits: a new module) reuses
+    // the process's compiled code; one through a runtime of its own (as in
+    // another process) reads the disk cache.
+    let limits = UdfLimits { fuel_per_call: 1_000_000_000, ..UdfLimits::default() };
+    let same = load_with("wordcount_py.wasm", limits);
+    assert_eq!(same.compiled_from(), CompiledFrom::Process);
+    let fresh = UdfRuntime::new().expect("a runtime of its own");
+    let again = UdfModule::load(&fresh, &module_path("wordcount_py.wasm"), limits).expect("load");
+    assert_eq!(again.compiled_from(), CompiledFrom::Cache);
     assert_eq!(again.hash(), m.hash());
     let mut inst = again.instantiate(Some(1), Some(0)).expect("instance");
     let out = inst.call("split", UdfKind::FlatMap, &Value::encode_batch(&[s("a b")])).expect("split");
@@ -302,8 +308,11 @@ fn a_damaged_cache_entry_is_recompiled_never_trusted_blindly() {
     let path = module_path("check/component.wat");
     let binary = weir::udf::to_binary(&std::fs::read(&path).expect("read")).expect("WAT").into_owned();
     let hex = weir::udf::ModuleHash::of(&binary).hex();
+    // Each load through a runtime of its own (as in a new process), so that
+    // it reads the disk cache rather than the process's compiled code.
     let load = || {
-        let e = UdfModule::load(&runtime(), &path, UdfLimits::default()).expect_err("no weir:udf/udf export");
+        let rt = UdfRuntime::new().expect("a runtime of its own");
+        let e = UdfModule::load(&rt, &path, UdfLimits::default()).expect_err("no weir:udf/udf export");
         assert!(matches!(&e.kind, UdfErrorKind::MissingExport { name } if name == "weir:udf/udf@2.0.0"), "{e}");
     };
     load();

@@ -905,3 +905,48 @@ fn a_reused_instance_slot_starts_from_zeroed_memory() {
         assert_eq!(peeked.unwrap_or_else(|e| panic!("round {round}: memory of an earlier instance: {e}")), input);
     }
 }
+
+/// A core module no other test loads (a constant from the clock and the
+/// process id), so whether it was compiled or cached is this test's alone.
+fn unique_wat_module() -> Vec<u8> {
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ^ u128::from(std::process::id());
+    let text = std::fs::read_to_string(module_path("wat/wordcount_plain.wat")).expect("read");
+    // A global no function reads: other bytes, the same behaviour.
+    let at = text.rfind(')').expect("a module");
+    format!("{}(global $nonce i64 (i64.const {}))){}", &text[..at], nonce as i64, &text[at + 1..]).into_bytes()
+}
+
+#[test]
+fn compiled_core_modules_are_kept_in_the_process_and_on_disk() {
+    use weir::udf::cache::{cache_root, CompiledFrom};
+    let bytes = unique_wat_module();
+    let load = |rt: &Arc<UdfRuntime>| {
+        UdfModule::from_bytes(rt, "nonce.wat".into(), "nonce.wat".into(), &bytes, UdfLimits::default())
+            .unwrap_or_else(|e| panic!("loading: {e}"))
+    };
+    let first = load(&runtime());
+    assert_eq!(first.compiled_from(), CompiledFrom::Compiled);
+    // The same bytes again in this process (another registry, another
+    // executor incarnation): no compile, no disk.
+    let again = load(&runtime());
+    assert_eq!(again.compiled_from(), CompiledFrom::Process);
+    // A runtime of its own stands for another process: the disk cache.
+    let fresh = UdfRuntime::new().expect("a runtime of its own");
+    let other = load(&fresh);
+    assert_eq!(other.compiled_from(), CompiledFrom::Cache);
+    let hex = other.hash().hex();
+    let dir = cache_root().expect("a cache directory").join("modules");
+    assert!(
+        std::fs::read_dir(&dir)
+            .expect("modules cache")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&hex)),
+        "no entry for {hex} in {}",
+        dir.display()
+    );
+    // Code from either cache computes what freshly compiled code computes.
+    for m in [&first, &again, &other] {
+        assert_eq!(ok(m, "split", UdfKind::FlatMap, &[Value::Str("a b a".into())]).len(), 3);
+    }
+}
