@@ -7,7 +7,7 @@
 //! by each new incarnation of an executor that rejoins a (new) driver, and by
 //! a driver that restarts on another host. So compiled code is kept twice:
 //!
-//! - in the process, by SHA-256 (a [`Memo`] in the shared runtime), so a new
+//! - in the process, by SHA-256 (a `Memo` in the shared runtime), so a new
 //!   job, registry or executor incarnation in the same process never compiles
 //!   a module the process has compiled before;
 //! - on disk, under [`cache_root`], so the next process loads it in
@@ -90,7 +90,7 @@ pub(super) trait Compiled: Clone + Sized {
     fn compile(engine: &Engine, binary: &[u8]) -> wasmtime::Result<Self>;
     /// # Safety
     /// `file` must hold wasmtime's own serialization of this kind (see
-    /// [`compiled`]).
+    /// `compiled`).
     unsafe fn deserialize(engine: &Engine, file: &Path) -> wasmtime::Result<Self>;
     fn serialize(&self) -> wasmtime::Result<Vec<u8>>;
 }
