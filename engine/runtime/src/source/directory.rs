@@ -26,7 +26,7 @@
 //! each file's length as read ([`FileSpan`]), so a replay reads the same
 //! bytes (into the same partitions) even if the file grew since.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -305,12 +305,14 @@ impl Source for DirectorySource {
         self.listed = true;
         // Only names still there are remembered: memory follows the
         // directory, not its history (a name that comes back is a new file).
-        let present: BTreeSet<&PathBuf> = listing.iter().collect();
-        self.seen.retain(|p| present.contains(p));
-        self.attempts.retain(|p, _| present.contains(p));
-        self.given_up.retain(|p| present.contains(p));
-        self.warned.retain(|p| present.contains(p));
-        self.waiting.retain(|p| present.contains(p));
+        // Hashed, not ordered: a path comparison walks components, and this
+        // runs for every remembered name in every batch.
+        let present: HashSet<&Path> = listing.iter().map(PathBuf::as_path).collect();
+        self.seen.retain(|p| present.contains(p.as_path()));
+        self.attempts.retain(|p, _| present.contains(p.as_path()));
+        self.given_up.retain(|p| present.contains(p.as_path()));
+        self.warned.retain(|p| present.contains(p.as_path()));
+        self.waiting.retain(|p| present.contains(p.as_path()));
 
         let candidates = self.candidates(&listing, time, wall, first);
         let mut taken = self.scan_candidates(candidates);
