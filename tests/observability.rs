@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{module, run, text, weir};
+use crate::common::{module, read_outputs, run, text, weir};
 use crate::drivers::{progress, Driver};
 
 const LINES_PER_BATCH: u64 = 7;
@@ -180,6 +180,12 @@ fn parse_metrics(s: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// The rows of the Streaming page's completed-batches table.
+fn batch_rows(html: &str) -> Vec<String> {
+    let table = html.split("<table id=\"batches\">").nth(1).expect("a batch table").split("</table>").next().unwrap();
+    table.split("<tr>").skip(2).map(|r| r.to_string()).collect()
+}
+
 #[test]
 fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,6 +222,12 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let (&t0, _) = seen.iter().next().unwrap();
     let one = json(addr, &format!("/api/v1/batches/{t0}"));
     assert_eq!(one["records_in"].as_u64(), Some(LINES_PER_BATCH));
+    // Records out: what the output wrote to its files for that batch.
+    let t0_lines = read_outputs(&dir.path().join("out"), "counts")[&t0].len() as u64;
+    assert!(t0_lines > 0);
+    assert_eq!(one["outputs"][0]["records_out"].as_u64(), Some(t0_lines), "{one}");
+    assert_eq!(one["outputs"][0]["stream"].as_u64(), Some(3), "{one}");
+    assert_eq!(one["records_per_source"], serde_json::json!([LINES_PER_BATCH]), "{one}");
     let stages: Vec<&str> =
         one["outputs"][0]["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(stages, ["shuffle map", "result"], "{one}");
@@ -274,6 +286,8 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert!(!home.body.contains("src=") && !home.body.contains("href=\"http"), "nothing loaded from elsewhere");
     let batch = get_ok(addr, &format!("/batches/{t0}"));
     assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
+    assert!(batch.body.contains(&format!("<span class=\"records-out\">{t0_lines} records out</span>")), "{}", batch.body);
+    assert!(batch.body.contains(&format!("Records in per source: 0 (generator): {LINES_PER_BATCH}")), "{}", batch.body);
     let jobp = get_ok(addr, "/job");
     assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
     assert!(jobp.body.contains("fuel_per_call"));
@@ -298,6 +312,11 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
 
+    // The live page's batch table, to compare with the history's.
+    let live_home = get_ok(addr, "/").body;
+    let live_rows = batch_rows(&live_home);
+    assert!(live_rows.len() >= seen.len(), "{live_home}");
+
     // SIGTERM: the job drains; then `weir history` serves the same figures.
     let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
     assert!(ok.success());
@@ -314,8 +333,33 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert_eq!(hb.as_array().unwrap().len(), all.len());
     let hm = parse_metrics(&get_ok(haddr, "/metrics").body);
     assert_eq!(hm["weir_batches_total"], all.len() as f64);
+    // Records out over the whole run: every line of every output file.
+    let written = read_outputs(&dir.path().join("out"), "counts");
+    assert_eq!(written.len(), all.len(), "a file per batch");
+    let lines_out: u64 = written.values().map(|l| l.len() as u64).sum();
+    assert_eq!(hs["totals"]["records_out"].as_u64(), Some(lines_out), "{hs}");
+    assert_eq!(hm["weir_records_out_total"], lines_out as f64);
+    assert_eq!(hm["weir_stream_records_out_total{output=\"0\",stream=\"3\"}"], lines_out as f64);
+    let hstreams = json(haddr, "/api/v1/streams");
+    assert_eq!(hstreams["outputs"][0]["records_out"].as_u64(), Some(lines_out), "{hstreams}");
+    let (&last, last_lines) = written.iter().next_back().unwrap();
+    assert_eq!(hstreams["outputs"][0]["last_batch_records_out"].as_u64(), Some(last_lines.len() as u64));
+    for b in hb.as_array().unwrap() {
+        let t = b["time"].as_i64().unwrap();
+        assert_eq!(b["records_out"].as_u64(), Some(written[&t].len() as u64), "batch {t} (last {last})");
+    }
     let hhome = get_ok(haddr, "/");
     assert!(!hhome.body.contains("http-equiv=\"refresh\""), "a finished job's page does not refresh");
+    // The history's batch table has every row the live page showed, as it was.
+    // (It lists the newest 100: live rows older than its oldest are not compared.)
+    let hrows = batch_rows(&hhome.body);
+    let row_time = |r: &str| -> i64 { r.split("href=\"/batches/").nth(1).unwrap().split('"').next().unwrap().parse().unwrap() };
+    let oldest = hrows.iter().map(|r| row_time(r)).min().unwrap();
+    let compared = live_rows.iter().filter(|r| row_time(r) >= oldest).count();
+    assert!(compared >= seen.len().min(hrows.len()), "{compared} rows compared");
+    for row in live_rows.iter().filter(|r| row_time(r) >= oldest) {
+        assert!(hrows.contains(row), "the live row {row} is not in the history's table:\n{}", hhome.body);
+    }
     assert_eq!(hhome.body.matches("<path class=\"data\" d=\"M").count(), 8);
     get_ok(haddr, &format!("/batches/{t0}"));
     h.kill();
@@ -339,9 +383,23 @@ fn progress_json_writes_one_object_per_batch() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect();
     assert_eq!(lines.len(), 3, "{}", text(&out.stderr));
+    // Records out: each batch's count is the lines its output wrote, and
+    // the running total their sum.
+    let written = read_outputs(&dir.path().join("out"), "counts");
+    assert_eq!(written.len(), 3, "{written:?}");
+    let mut total = 0;
     for l in &lines {
         assert_eq!(l["records_in"].as_u64(), Some(LINES_PER_BATCH));
+        assert_eq!(l["records_per_source"], serde_json::json!([LINES_PER_BATCH]), "{l}");
         assert!(l["processing_ms"].as_f64().is_some() && l["errors"].as_array().unwrap().is_empty());
+        let t = l["time"].as_i64().unwrap();
+        let want = written[&t].len() as u64;
+        assert!(want > 0, "batch {t} wrote nothing");
+        assert_eq!(l["outputs"][0]["records_out"].as_u64(), Some(want), "batch {t}: {l}");
+        // counts = reduce_by_key(...) is node 3 (lines, words, pairs before it).
+        assert_eq!(l["outputs"][0]["stream"].as_u64(), Some(3), "{l}");
+        total += want;
+        assert_eq!(l["records_out_total"], serde_json::json!([total]), "{l}");
     }
 }
 
@@ -596,4 +654,68 @@ fn verbose_logs_show_weirs_events_but_not_the_compilers() {
     assert!(err.lines().any(|l| l.contains("DEBUG")), "-vv shows Weir's debug events:\n{err}");
     // Cranelift at debug level writes thousands of lines compiling a module.
     assert!(err.lines().count() < 500, "{} lines: wasmtime/cranelift internals leaked into -vv", err.lines().count());
+}
+
+/// A real TCP server drops the receiver's connection `DROPS` times (after
+/// sending it lines), then keeps the last connection open: the receiver
+/// reconnected exactly `DROPS` times, is connected, and took every line.
+/// Then the server goes away: the receiver shows as disconnected, and each
+/// change of state was one warning.
+#[test]
+fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
+    const DROPS: u64 = 3;
+    const LINES: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let mut last = None;
+    for i in 0..=DROPS {
+        let mut conn = crate::drivers::accept(&server, Duration::from_secs(30));
+        for j in 0..LINES {
+            writeln!(conn, "conn{i} line{j}").unwrap();
+        }
+        conn.flush().unwrap();
+        if i < DROPS {
+            drop(conn); // the server closes: the receiver must reconnect
+        } else {
+            last = Some(conn);
+        }
+    }
+    let total = (DROPS + 1) * LINES;
+    let s = poll(addr, "/api/v1/sources", "every line in and the last connection up", |v| {
+        v[0]["records_in"].as_u64() == Some(total) && v[0]["connected"] == true
+    });
+    assert_eq!(s[0]["reconnects"].as_u64(), Some(DROPS), "{s}");
+    assert_eq!(json(addr, "/api/v1/status")["totals"]["receiver_reconnects"].as_u64(), Some(DROPS));
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_receiver_reconnects_total{source=\"0\"}"], DROPS as f64);
+    assert_eq!(m["weir_receiver_connected{source=\"0\"}"], 1.0);
+    let page = get_ok(addr, "/sources").body;
+    assert!(page.contains("<td class=\"reconnects\">3</td>"), "{page}");
+    assert!(page.contains("<span class=\"ok\">connected</span>"), "{page}");
+
+    // The server goes away: the connection ends and reconnecting fails.
+    drop(server);
+    drop(last);
+    let s = poll(addr, "/api/v1/sources", "the receiver disconnected", |v| {
+        v[0]["connected"] == false && v[0]["errors"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(s[0]["reconnects"].as_u64(), Some(DROPS), "{s}");
+    assert!(s[0]["last_disconnect"].as_str().unwrap().contains("closed"), "{s}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_receiver_connected{source=\"0\"}"], 0.0);
+    assert_eq!(m["weir_receiver_reconnects_total{source=\"0\"}"], DROPS as f64);
+    assert!(get_ok(addr, "/sources").body.contains("<span class=\"fail\">disconnected</span>"));
+    d.kill();
+    let log = d.log();
+    let warn = |what: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
+    assert_eq!(warn("closed the connection"), DROPS as usize + 1, "{log}");
+    assert_eq!(warn("cannot connect"), 1, "{log}");
 }

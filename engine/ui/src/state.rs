@@ -90,6 +90,26 @@ pub struct SourceView {
     pub errors: u64,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<u64>,
+    /// Receivers: connected now (`None` before the first attempt ends).
+    pub connected: Option<bool>,
+    /// Receivers: connections made after the first one.
+    pub reconnects: u64,
+    /// Receivers: when the connection state last changed, and why it was
+    /// last lost.
+    pub connection_changed_at_ms: Option<u64>,
+    pub last_disconnect: Option<String>,
+}
+
+/// What one output operation wrote, over every batch seen.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutputView {
+    /// The stream it writes (graph node id).
+    pub stream: Option<u32>,
+    /// Records written since the start (completed writes; a batch re-run
+    /// after recovery counts again).
+    pub records_out: u64,
+    /// Records it wrote in the newest batch (`None`: nothing to write then).
+    pub last_batch_records_out: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +136,8 @@ pub struct Totals {
     pub batches_completed: u64,
     pub batches_failed: u64,
     pub records_in: u64,
+    /// Records written by all output operations.
+    pub records_out: u64,
     pub task_retries: u64,
     pub blocks_recomputed: u64,
     pub blocks_digest_mismatch: u64,
@@ -124,6 +146,7 @@ pub struct Totals {
     pub executors_added: u64,
     pub executors_lost: u64,
     pub receiver_errors: u64,
+    pub receiver_reconnects: u64,
 }
 
 /// The whole UI state.
@@ -143,6 +166,8 @@ pub struct UiState {
     pub checkpoints: VecDeque<CheckpointView>,
     pub executors: BTreeMap<String, ExecutorView>,
     pub sources: BTreeMap<u32, SourceView>,
+    /// Per output operation (by index, only the job's).
+    pub outputs: BTreeMap<usize, OutputView>,
     pub recovery: VecDeque<Note>,
     pub last_event_ms: Option<u64>,
     /// The newest batch lineage shown: (batch time, (output, plan) pairs),
@@ -249,6 +274,17 @@ impl UiState {
                     self.totals.batches_failed += 1;
                 }
                 self.totals.records_in += r.records_in;
+                // Only outputs the job lists (an event log is not trusted to
+                // have few indices).
+                let known = self.job.as_ref().map_or(0, |j| j.outputs.len());
+                for o in r.outputs.iter().filter(|o| o.index < known) {
+                    let v = self.outputs.entry(o.index).or_default();
+                    v.stream = o.stream.or(v.stream);
+                    v.last_batch_records_out = o.records_out;
+                    let n = o.records_out.unwrap_or(0);
+                    v.records_out = v.records_out.saturating_add(n);
+                    self.totals.records_out = self.totals.records_out.saturating_add(n);
+                }
                 let view = BatchView {
                     record: r.clone(),
                     replayed: p.replayed,
@@ -266,6 +302,25 @@ impl UiState {
                 s.errors += 1;
                 s.last_error = Some(message.clone());
                 s.last_error_at_ms = Some(at);
+            }
+            Event::ReceiverConnected { source, reconnects, .. } => {
+                if self.known_source(*source) {
+                    let s = self.sources.entry(*source).or_default();
+                    if *reconnects > 0 {
+                        s.reconnects = s.reconnects.saturating_add(1);
+                        self.totals.receiver_reconnects = self.totals.receiver_reconnects.saturating_add(1);
+                    }
+                    s.connected = Some(true);
+                    s.connection_changed_at_ms = Some(at);
+                }
+            }
+            Event::ReceiverDisconnected { source, reason, .. } => {
+                if self.known_source(*source) {
+                    let s = self.sources.entry(*source).or_default();
+                    s.connected = Some(false);
+                    s.connection_changed_at_ms = Some(at);
+                    s.last_disconnect = Some(cut_at(reason, 1024));
+                }
             }
             Event::Recovery { what, detail } => push_bounded(
                 &mut self.recovery,
@@ -364,6 +419,10 @@ impl UiState {
         }
     }
 
+    fn known_source(&self, id: u32) -> bool {
+        self.job.as_ref().is_some_and(|j| (id as usize) < j.sources.len())
+    }
+
     fn evict_executor(&mut self) {
         let victim = self
             .executors
@@ -385,6 +444,7 @@ mod tests {
         BatchRecord {
             time,
             records_in,
+            records_per_source: vec![records_in],
             processing_ms: 1.0,
             scheduling_delay_ms: 0.5,
             total_delay_ms: 1.5,
