@@ -231,6 +231,10 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let stages: Vec<&str> =
         one["outputs"][0]["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(stages, ["shuffle map", "result"], "{one}");
+    // local[N]: the driver's own threads ran every task.
+    for st in one["outputs"][0]["stages"].as_array().unwrap() {
+        assert_eq!(st["executors"], serde_json::json!([""]), "{one}");
+    }
     let streams = json(addr, "/api/v1/streams");
     let kinds: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["source", "narrow", "narrow", "shuffle"]);
@@ -287,6 +291,7 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let batch = get_ok(addr, &format!("/batches/{t0}"));
     assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
     assert!(batch.body.contains(&format!("<span class=\"records-out\">{t0_lines} records out</span>")), "{}", batch.body);
+    assert!(batch.body.contains("<td class=\"executors\">driver</td>"), "{}", batch.body);
     assert!(batch.body.contains(&format!("Records in per source: 0 (generator): {LINES_PER_BATCH}")), "{}", batch.body);
     let jobp = get_ok(addr, "/job");
     assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
@@ -540,6 +545,39 @@ fn the_streaming_page_renders_in_headless_chromium() {
     assert!(status.success(), "chromium: {status:?}");
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+
+    // The page as the browser built it (its DOM after parsing and layout):
+    // the four plots have data and the batch table has rows.
+    let dom_file = shots.join("streaming.dom.html");
+    let mut c = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{addr}/"))
+        .stdout(std::fs::File::create(&dom_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("chromium --dump-dom did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium --dump-dom: {status:?}");
+    let dom = std::fs::read_to_string(&dom_file).unwrap();
+    let paths: Vec<&str> = dom.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(paths.len(), 8, "the browser's DOM has four timelines and four histograms");
+    assert!(paths.iter().all(|p| p.starts_with('M') && p.len() > 10), "an empty plot in the browser: {paths:?}");
+    let rows = batch_rows(&dom);
+    assert!(rows.len() >= 3, "the browser's batch table has {} rows: {dom}", rows.len());
+    assert!(rows.iter().all(|r| r.contains("href=\"/batches/")), "{rows:?}");
     d.kill();
 }
 
@@ -614,6 +652,18 @@ prefix = "out/totals"
     });
     for x in execs.as_array().unwrap() {
         assert!(x["added_reason"].as_str().unwrap().contains("pid"), "{x}");
+    }
+    // A batch's stages name the executors (block server addresses) that
+    // ran their tasks.
+    let addrs: Vec<&str> = execs.as_array().unwrap().iter().map(|x| x["executor"].as_str().unwrap()).collect();
+    let b = poll(addr, "/api/v1/batches", "a batch", |v| v.as_array().is_some_and(|a| !a.is_empty()));
+    let t = b[0]["time"].as_i64().unwrap();
+    let one = json(addr, &format!("/api/v1/batches/{t}"));
+    let stages = one["outputs"][0]["stages"].as_array().unwrap();
+    assert!(!stages.is_empty(), "{one}");
+    for st in stages {
+        let ran: Vec<&str> = st["executors"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert!(!ran.is_empty() && ran.iter().all(|x| addrs.contains(x)), "{ran:?} not among {addrs:?}: {one}");
     }
     let cps = poll(addr, "/api/v1/checkpoints", "checkpoints written", |v| {
         v["checkpoints"]

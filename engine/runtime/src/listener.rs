@@ -82,6 +82,9 @@ pub struct StageInfo {
     pub kind: &'static str,
     pub tasks: u32,
     pub duration: Duration,
+    /// The executors that ran its tasks, retries included (block server
+    /// addresses; `""` for the driver's own threads under `local[N]`).
+    pub executors: Vec<String>,
 }
 
 /// One output operation of a batch.

@@ -338,6 +338,10 @@ pub struct StageRecord {
     pub kind: String,
     pub tasks: u32,
     pub duration_ms: f64,
+    /// The executors that ran its tasks (`""`: the driver's threads under
+    /// `local[N]`); absent in event logs of earlier versions.
+    #[serde(default)]
+    pub executors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -375,6 +379,7 @@ impl From<&l::BatchReport> for BatchRecord {
                             kind: s.kind.to_string(),
                             tasks: s.tasks,
                             duration_ms: ms(s.duration),
+                            executors: s.executors.clone(),
                         })
                         .collect(),
                     error: o.error.clone(),

@@ -226,7 +226,13 @@ mod cost {
     fn cost_of_a_batch_event() {
         let shared = Shared::new(Limits::default());
         let l = UiListener::new(shared.clone(), None);
-        let stage = StageRecord { rdd: "rdd_3@600".into(), kind: "result".into(), tasks: 2, duration_ms: 1.0 };
+        let stage = StageRecord {
+            rdd: "rdd_3@600".into(),
+            kind: "result".into(),
+            tasks: 2,
+            duration_ms: 1.0,
+            executors: vec![String::new()],
+        };
         let out = OutputRecord {
             index: 0,
             description: "save".into(),

@@ -372,7 +372,7 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
     for o in &r.outputs {
         let _ = write!(
             body,
-            "<h4>Output {}: <code>{}</code>{} &middot; {} &middot; <span class=\"records-out\">{}</span>{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th></tr>",
+            "<h4>Output {}: <code>{}</code>{} &middot; {} &middot; <span class=\"records-out\">{}</span>{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th><th>Executors</th></tr>",
             o.index,
             esc(&o.description),
             o.stream
@@ -388,11 +388,12 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
         for s in &o.stages {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"executors\">{}</td></tr>",
                 esc(&s.rdd),
                 esc(&s.kind),
                 s.tasks,
-                fmt_ms(s.duration_ms)
+                fmt_ms(s.duration_ms),
+                esc(&s.executors.iter().map(|x| if x.is_empty() { "driver" } else { x.as_str() }).collect::<Vec<_>>().join(", "))
             );
         }
         body.push_str("</table>");
