@@ -290,7 +290,11 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert!(!home.body.contains("src=") && !home.body.contains("href=\"http"), "nothing loaded from elsewhere");
     let batch = get_ok(addr, &format!("/batches/{t0}"));
     assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
-    assert!(batch.body.contains(&format!("<span class=\"records-out\">{t0_lines} records out</span>")), "{}", batch.body);
+    assert!(
+        batch.body.contains(&format!("<span class=\"records-out\">{t0_lines} records out</span>")),
+        "{}",
+        batch.body
+    );
     assert!(batch.body.contains("<td class=\"executors\">driver</td>"), "{}", batch.body);
     assert!(batch.body.contains(&format!("Records in per source: 0 (generator): {LINES_PER_BATCH}")), "{}", batch.body);
     let jobp = get_ok(addr, "/job");
@@ -358,7 +362,8 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     // The history's batch table has every row the live page showed, as it was.
     // (It lists the newest 100: live rows older than its oldest are not compared.)
     let hrows = batch_rows(&hhome.body);
-    let row_time = |r: &str| -> i64 { r.split("href=\"/batches/").nth(1).unwrap().split('"').next().unwrap().parse().unwrap() };
+    let row_time =
+        |r: &str| -> i64 { r.split("href=\"/batches/").nth(1).unwrap().split('"').next().unwrap().parse().unwrap() };
     let oldest = hrows.iter().map(|r| row_time(r)).min().unwrap();
     let compared = live_rows.iter().filter(|r| row_time(r) >= oldest).count();
     assert!(compared >= seen.len().min(hrows.len()), "{compared} rows compared");
@@ -572,7 +577,8 @@ fn the_streaming_page_renders_in_headless_chromium() {
     };
     assert!(status.success(), "chromium --dump-dom: {status:?}");
     let dom = std::fs::read_to_string(&dom_file).unwrap();
-    let paths: Vec<&str> = dom.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    let paths: Vec<&str> =
+        dom.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
     assert_eq!(paths.len(), 8, "the browser's DOM has four timelines and four histograms");
     assert!(paths.iter().all(|p| p.starts_with('M') && p.len() > 10), "an empty plot in the browser: {paths:?}");
     let rows = batch_rows(&dom);

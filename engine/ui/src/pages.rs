@@ -393,7 +393,12 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
                 esc(&s.kind),
                 s.tasks,
                 fmt_ms(s.duration_ms),
-                esc(&s.executors.iter().map(|x| if x.is_empty() { "driver" } else { x.as_str() }).collect::<Vec<_>>().join(", "))
+                esc(&s
+                    .executors
+                    .iter()
+                    .map(|x| if x.is_empty() { "driver" } else { x.as_str() })
+                    .collect::<Vec<_>>()
+                    .join(", "))
             );
         }
         body.push_str("</table>");

@@ -315,7 +315,13 @@ impl DagScheduler {
         self.stage_executors.clear();
         let r = self.run_stage_tasks(tasks, rdd);
         let executors = std::mem::take(&mut self.stage_executors).into_iter().collect();
-        self.stages.push(StageInfo { rdd: rdd.to_string(), kind, tasks: count, duration: started.elapsed(), executors });
+        self.stages.push(StageInfo {
+            rdd: rdd.to_string(),
+            kind,
+            tasks: count,
+            duration: started.elapsed(),
+            executors,
+        });
         r
     }
 
