@@ -235,20 +235,16 @@ impl Metrics {
                 *self.output_streams.lock().unwrap_or_else(|p| p.into_inner()) =
                     j.outputs.iter().map(|o| o.stream).collect();
             }
-            Event::ReceiverConnected { source, reconnects, .. } => {
-                if self.known_source(*source) {
-                    let labels = vec![("source".to_string(), source.to_string())];
-                    if *reconnects > 0 {
-                        self.receiver_reconnects.get_or_create(&labels).inc();
-                    }
-                    self.receiver_connected.get_or_create(&labels).set(1);
+            Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
+                let labels = vec![("source".to_string(), source.to_string())];
+                if *reconnects > 0 {
+                    self.receiver_reconnects.get_or_create(&labels).inc();
                 }
+                self.receiver_connected.get_or_create(&labels).set(1);
             }
-            Event::ReceiverDisconnected { source, .. } => {
-                if self.known_source(*source) {
-                    let labels = vec![("source".to_string(), source.to_string())];
-                    self.receiver_connected.get_or_create(&labels).set(0);
-                }
+            Event::ReceiverDisconnected { source, .. } if self.known_source(*source) => {
+                let labels = vec![("source".to_string(), source.to_string())];
+                self.receiver_connected.get_or_create(&labels).set(0);
             }
             Event::BatchSubmitted { records_per_source, .. } => {
                 let names = self.source_names.lock().unwrap_or_else(|p| p.into_inner());

@@ -303,25 +303,23 @@ impl UiState {
                 s.last_error = Some(message.clone());
                 s.last_error_at_ms = Some(at);
             }
-            Event::ReceiverConnected { source, reconnects, .. } => {
-                if self.known_source(*source) {
-                    let s = self.sources.entry(*source).or_default();
-                    if *reconnects > 0 {
-                        s.reconnects = s.reconnects.saturating_add(1);
-                        self.totals.receiver_reconnects = self.totals.receiver_reconnects.saturating_add(1);
-                    }
-                    s.connected = Some(true);
-                    s.connection_changed_at_ms = Some(at);
+            Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
+                let s = self.sources.entry(*source).or_default();
+                if *reconnects > 0 {
+                    s.reconnects = s.reconnects.saturating_add(1);
+                    self.totals.receiver_reconnects = self.totals.receiver_reconnects.saturating_add(1);
                 }
+                s.connected = Some(true);
+                s.connection_changed_at_ms = Some(at);
             }
-            Event::ReceiverDisconnected { source, reason, .. } => {
-                if self.known_source(*source) {
-                    let s = self.sources.entry(*source).or_default();
-                    s.connected = Some(false);
-                    s.connection_changed_at_ms = Some(at);
-                    s.last_disconnect = Some(cut_at(reason, 1024));
-                }
+            Event::ReceiverDisconnected { source, reason, .. } if self.known_source(*source) => {
+                let s = self.sources.entry(*source).or_default();
+                s.connected = Some(false);
+                s.connection_changed_at_ms = Some(at);
+                s.last_disconnect = Some(cut_at(reason, 1024));
             }
+            // Of a source the job does not list (an event log is not trusted).
+            Event::ReceiverConnected { .. } | Event::ReceiverDisconnected { .. } => {}
             Event::Recovery { what, detail } => push_bounded(
                 &mut self.recovery,
                 Note { what: what.clone(), detail: detail.clone(), at_ms: at },
