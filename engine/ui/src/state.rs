@@ -503,6 +503,45 @@ mod tests {
     }
 
     #[test]
+    fn records_out_and_reconnects_count_only_the_jobs_outputs_and_sources() {
+        let mut s = UiState::new(Limits::default());
+        let mut job = one_source_job();
+        job.outputs = vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into() }];
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(job) });
+        let out = |index: usize, records_out: Option<u64>| crate::event::OutputRecord {
+            index,
+            description: String::new(),
+            stream: Some(3),
+            duration_ms: 0.0,
+            stages: vec![],
+            error: None,
+            records_out,
+        };
+        for (t, n) in [(1, Some(4)), (2, None), (3, Some(6))] {
+            let mut b = batch(t, 1);
+            // A hostile event log: an output the job does not have.
+            b.outputs = vec![out(0, n), out(9, Some(1000))];
+            s.apply(&Logged { at_ms: 1, event: Event::BatchCompleted(b) });
+        }
+        assert_eq!(s.totals.records_out, 10);
+        assert_eq!(s.outputs.len(), 1);
+        assert_eq!((s.outputs[&0].records_out, s.outputs[&0].last_batch_records_out), (10, Some(6)));
+        for (source, reconnects) in [(0, 0), (0, 1), (5, 1), (0, 2)] {
+            let event = Event::ReceiverConnected { source, address: "a:1".into(), reconnects };
+            s.apply(&Logged { at_ms: 2, event });
+        }
+        let event = Event::ReceiverDisconnected { source: 5, address: "a:1".into(), reason: "x".into() };
+        s.apply(&Logged { at_ms: 3, event });
+        assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
+        assert_eq!((s.sources[&0].reconnects, s.sources[&0].connected), (2, Some(true)));
+        assert_eq!(s.totals.receiver_reconnects, 2);
+        let event = Event::ReceiverDisconnected { source: 0, address: "a:1".into(), reason: "gone".into() };
+        s.apply(&Logged { at_ms: 4, event });
+        assert_eq!(s.sources[&0].connected, Some(false));
+        assert_eq!(s.sources[&0].last_disconnect.as_deref(), Some("gone"));
+    }
+
+    #[test]
     fn keeps_the_newest_batches_and_attributes_retries() {
         let mut s = UiState::new(Limits { batches: 3, ..Limits::default() });
         for t in 1..=5 {
