@@ -775,3 +775,79 @@ fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
     assert_eq!(warn("closed the connection"), DROPS as usize + 1, "{log}");
     assert_eq!(warn("cannot connect"), 1, "{log}");
 }
+
+/// A forced task retry: a UDF slower than its deadline (`testops.spin` over
+/// 5000 lines, `deadline_ms = 1`) fails every attempt with a deadline, which
+/// is retried (a deadline is not deterministic) up to 4 attempts; the batch
+/// fails. The event log's history shows each retry on the Batch page, in the
+/// API and in `weir_task_retries_total`, and the failed batch.
+#[test]
+fn forced_task_retries_show_on_the_batch_page_api_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "100ms"
+[limits]
+deadline_ms = 1
+[modules]
+testops = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = 5000
+words_per_line = 3
+vocabulary = 50
+batches = 1
+[streams]
+slow = "lines.map(testops.spin)"
+[[outputs]]
+stream = "slow"
+type = "save_as_text_files"
+prefix = "out/slow"
+"#,
+            module("testops.wasm").display()
+        ),
+    )
+    .unwrap();
+    let events = dir.path().join("events");
+    let out = run(weir()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&job)
+        .args(["--clock", "logical", "--ui", "off", "--event-log"])
+        .arg(&events));
+    let err = text(&out.stderr);
+    assert!(err.contains("deadline"), "{err}");
+    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut h, "the history address");
+    let batches = json(addr, "/api/v1/batches");
+    assert_eq!(batches.as_array().unwrap().len(), 1, "{batches}");
+    let t = batches[0]["time"].as_i64().unwrap();
+    assert_eq!(batches[0]["failed"], true, "{batches}");
+    let b = json(addr, &format!("/api/v1/batches/{t}"));
+    let retries = b["retries"].as_array().unwrap();
+    // Per failing partition: attempts 0, 1 and 2 failed and were retried
+    // (the 4th attempt's failure fails the batch).
+    let mut attempts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in retries {
+        assert!(r["failure"].as_str().unwrap().contains("deadline"), "{r}");
+        attempts.entry(r["partition"].as_u64().unwrap()).or_default().push(r["attempt"].as_u64().unwrap());
+    }
+    assert!(!attempts.is_empty(), "{b}");
+    for (p, a) in &attempts {
+        let mut a = a.clone();
+        a.sort();
+        assert_eq!(a, [0, 1, 2], "partition {p}: {b}");
+    }
+    assert_eq!(b["outputs"][0]["records_out"], serde_json::Value::Null, "a failed output wrote nothing: {b}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_task_retries_total"], retries.len() as f64);
+    assert_eq!(m["weir_batches_failed_total"], 1.0);
+    assert_eq!(m["weir_records_out_total"], 0.0);
+    assert_eq!(json(addr, "/api/v1/status")["totals"]["task_retries"].as_u64(), Some(retries.len() as u64));
+    let page = get_ok(addr, &format!("/batches/{t}")).body;
+    assert!(page.contains(&format!("<h3>Task retries ({})</h3>", retries.len())), "{page}");
+    assert!(page.contains("no records out") && page.contains("class=\"fail\""), "{page}");
+    h.kill();
+}
