@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::{module, run, text, weir};
+use crate::common::{module, read_outputs, run, text, weir};
 use crate::drivers::{progress, Driver};
 
 const LINES_PER_BATCH: u64 = 7;
@@ -180,6 +180,12 @@ fn parse_metrics(s: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// The rows of the Streaming page's completed-batches table.
+fn batch_rows(html: &str) -> Vec<String> {
+    let table = html.split("<table id=\"batches\">").nth(1).expect("a batch table").split("</table>").next().unwrap();
+    table.split("<tr>").skip(2).map(|r| r.to_string()).collect()
+}
+
 #[test]
 fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,9 +222,19 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let (&t0, _) = seen.iter().next().unwrap();
     let one = json(addr, &format!("/api/v1/batches/{t0}"));
     assert_eq!(one["records_in"].as_u64(), Some(LINES_PER_BATCH));
+    // Records out: what the output wrote to its files for that batch.
+    let t0_lines = read_outputs(&dir.path().join("out"), "counts")[&t0].len() as u64;
+    assert!(t0_lines > 0);
+    assert_eq!(one["outputs"][0]["records_out"].as_u64(), Some(t0_lines), "{one}");
+    assert_eq!(one["outputs"][0]["stream"].as_u64(), Some(3), "{one}");
+    assert_eq!(one["records_per_source"], serde_json::json!([LINES_PER_BATCH]), "{one}");
     let stages: Vec<&str> =
         one["outputs"][0]["stages"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(stages, ["shuffle map", "result"], "{one}");
+    // local[N]: the driver's own threads ran every task.
+    for st in one["outputs"][0]["stages"].as_array().unwrap() {
+        assert_eq!(st["executors"], serde_json::json!([""]), "{one}");
+    }
     let streams = json(addr, "/api/v1/streams");
     let kinds: Vec<&str> = streams["streams"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["source", "narrow", "narrow", "shuffle"]);
@@ -274,6 +290,13 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert!(!home.body.contains("src=") && !home.body.contains("href=\"http"), "nothing loaded from elsewhere");
     let batch = get_ok(addr, &format!("/batches/{t0}"));
     assert!(batch.body.contains("shuffle map") && batch.body.contains("Recomputed blocks (0)"), "{}", batch.body);
+    assert!(
+        batch.body.contains(&format!("<span class=\"records-out\">{t0_lines} records out</span>")),
+        "{}",
+        batch.body
+    );
+    assert!(batch.body.contains("<td class=\"executors\">driver</td>"), "{}", batch.body);
+    assert!(batch.body.contains(&format!("Records in per source: 0 (generator): {LINES_PER_BATCH}")), "{}", batch.body);
     let jobp = get_ok(addr, "/job");
     assert!(jobp.body.contains("reduce_by_key(wordcount.sum)") && jobp.body.contains("wordcount.wasm"));
     assert!(jobp.body.contains("fuel_per_call"));
@@ -298,6 +321,11 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
 
+    // The live page's batch table, to compare with the history's.
+    let live_home = get_ok(addr, "/").body;
+    let live_rows = batch_rows(&live_home);
+    assert!(live_rows.len() >= seen.len(), "{live_home}");
+
     // SIGTERM: the job drains; then `weir history` serves the same figures.
     let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
     assert!(ok.success());
@@ -314,8 +342,34 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert_eq!(hb.as_array().unwrap().len(), all.len());
     let hm = parse_metrics(&get_ok(haddr, "/metrics").body);
     assert_eq!(hm["weir_batches_total"], all.len() as f64);
+    // Records out over the whole run: every line of every output file.
+    let written = read_outputs(&dir.path().join("out"), "counts");
+    assert_eq!(written.len(), all.len(), "a file per batch");
+    let lines_out: u64 = written.values().map(|l| l.len() as u64).sum();
+    assert_eq!(hs["totals"]["records_out"].as_u64(), Some(lines_out), "{hs}");
+    assert_eq!(hm["weir_records_out_total"], lines_out as f64);
+    assert_eq!(hm["weir_stream_records_out_total{output=\"0\",stream=\"3\"}"], lines_out as f64);
+    let hstreams = json(haddr, "/api/v1/streams");
+    assert_eq!(hstreams["outputs"][0]["records_out"].as_u64(), Some(lines_out), "{hstreams}");
+    let (&last, last_lines) = written.iter().next_back().unwrap();
+    assert_eq!(hstreams["outputs"][0]["last_batch_records_out"].as_u64(), Some(last_lines.len() as u64));
+    for b in hb.as_array().unwrap() {
+        let t = b["time"].as_i64().unwrap();
+        assert_eq!(b["records_out"].as_u64(), Some(written[&t].len() as u64), "batch {t} (last {last})");
+    }
     let hhome = get_ok(haddr, "/");
     assert!(!hhome.body.contains("http-equiv=\"refresh\""), "a finished job's page does not refresh");
+    // The history's batch table has every row the live page showed, as it was.
+    // (It lists the newest 100: live rows older than its oldest are not compared.)
+    let hrows = batch_rows(&hhome.body);
+    let row_time =
+        |r: &str| -> i64 { r.split("href=\"/batches/").nth(1).unwrap().split('"').next().unwrap().parse().unwrap() };
+    let oldest = hrows.iter().map(|r| row_time(r)).min().unwrap();
+    let compared = live_rows.iter().filter(|r| row_time(r) >= oldest).count();
+    assert!(compared >= seen.len().min(hrows.len()), "{compared} rows compared");
+    for row in live_rows.iter().filter(|r| row_time(r) >= oldest) {
+        assert!(hrows.contains(row), "the live row {row} is not in the history's table:\n{}", hhome.body);
+    }
     assert_eq!(hhome.body.matches("<path class=\"data\" d=\"M").count(), 8);
     get_ok(haddr, &format!("/batches/{t0}"));
     h.kill();
@@ -339,9 +393,23 @@ fn progress_json_writes_one_object_per_batch() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect();
     assert_eq!(lines.len(), 3, "{}", text(&out.stderr));
+    // Records out: each batch's count is the lines its output wrote, and
+    // the running total their sum.
+    let written = read_outputs(&dir.path().join("out"), "counts");
+    assert_eq!(written.len(), 3, "{written:?}");
+    let mut total = 0;
     for l in &lines {
         assert_eq!(l["records_in"].as_u64(), Some(LINES_PER_BATCH));
+        assert_eq!(l["records_per_source"], serde_json::json!([LINES_PER_BATCH]), "{l}");
         assert!(l["processing_ms"].as_f64().is_some() && l["errors"].as_array().unwrap().is_empty());
+        let t = l["time"].as_i64().unwrap();
+        let want = written[&t].len() as u64;
+        assert!(want > 0, "batch {t} wrote nothing");
+        assert_eq!(l["outputs"][0]["records_out"].as_u64(), Some(want), "batch {t}: {l}");
+        // counts = reduce_by_key(...) is node 3 (lines, words, pairs before it).
+        assert_eq!(l["outputs"][0]["stream"].as_u64(), Some(3), "{l}");
+        total += want;
+        assert_eq!(l["records_out_total"], serde_json::json!([total]), "{l}");
     }
 }
 
@@ -482,6 +550,40 @@ fn the_streaming_page_renders_in_headless_chromium() {
     assert!(status.success(), "chromium: {status:?}");
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000, "{} bytes", bytes.len());
+
+    // The page as the browser built it (its DOM after parsing and layout):
+    // the four plots have data and the batch table has rows.
+    let dom_file = shots.join("streaming.dom.html");
+    let mut c = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{addr}/"))
+        .stdout(std::fs::File::create(&dom_file).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("chromium --dump-dom did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "chromium --dump-dom: {status:?}");
+    let dom = std::fs::read_to_string(&dom_file).unwrap();
+    let paths: Vec<&str> =
+        dom.split("<path class=\"data\" d=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(paths.len(), 8, "the browser's DOM has four timelines and four histograms");
+    assert!(paths.iter().all(|p| p.starts_with('M') && p.len() > 10), "an empty plot in the browser: {paths:?}");
+    let rows = batch_rows(&dom);
+    assert!(rows.len() >= 3, "the browser's batch table has {} rows: {dom}", rows.len());
+    assert!(rows.iter().all(|r| r.contains("href=\"/batches/")), "{rows:?}");
     d.kill();
 }
 
@@ -557,6 +659,18 @@ prefix = "out/totals"
     for x in execs.as_array().unwrap() {
         assert!(x["added_reason"].as_str().unwrap().contains("pid"), "{x}");
     }
+    // A batch's stages name the executors (block server addresses) that
+    // ran their tasks.
+    let addrs: Vec<&str> = execs.as_array().unwrap().iter().map(|x| x["executor"].as_str().unwrap()).collect();
+    let b = poll(addr, "/api/v1/batches", "a batch", |v| v.as_array().is_some_and(|a| !a.is_empty()));
+    let t = b[0]["time"].as_i64().unwrap();
+    let one = json(addr, &format!("/api/v1/batches/{t}"));
+    let stages = one["outputs"][0]["stages"].as_array().unwrap();
+    assert!(!stages.is_empty(), "{one}");
+    for st in stages {
+        let ran: Vec<&str> = st["executors"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+        assert!(!ran.is_empty() && ran.iter().all(|x| addrs.contains(x)), "{ran:?} not among {addrs:?}: {one}");
+    }
     let cps = poll(addr, "/api/v1/checkpoints", "checkpoints written", |v| {
         v["checkpoints"]
             .as_array()
@@ -596,4 +710,144 @@ fn verbose_logs_show_weirs_events_but_not_the_compilers() {
     assert!(err.lines().any(|l| l.contains("DEBUG")), "-vv shows Weir's debug events:\n{err}");
     // Cranelift at debug level writes thousands of lines compiling a module.
     assert!(err.lines().count() < 500, "{} lines: wasmtime/cranelift internals leaked into -vv", err.lines().count());
+}
+
+/// A real TCP server drops the receiver's connection `DROPS` times (after
+/// sending it lines), then keeps the last connection open: the receiver
+/// reconnected exactly `DROPS` times, is connected, and took every line.
+/// Then the server goes away: the receiver shows as disconnected, and each
+/// change of state was one warning.
+#[test]
+fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
+    const DROPS: u64 = 3;
+    const LINES: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let mut d = Driver::spawn(
+        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
+    );
+    let addr = page_addr(&mut d, "the status page address");
+    let mut last = None;
+    for i in 0..=DROPS {
+        let mut conn = crate::drivers::accept(&server, Duration::from_secs(30));
+        for j in 0..LINES {
+            writeln!(conn, "conn{i} line{j}").unwrap();
+        }
+        conn.flush().unwrap();
+        if i < DROPS {
+            drop(conn); // the server closes: the receiver must reconnect
+        } else {
+            last = Some(conn);
+        }
+    }
+    let total = (DROPS + 1) * LINES;
+    let s = poll(addr, "/api/v1/sources", "every line in and the last connection up", |v| {
+        v[0]["records_in"].as_u64() == Some(total) && v[0]["connected"] == true
+    });
+    assert_eq!(s[0]["reconnects"].as_u64(), Some(DROPS), "{s}");
+    assert_eq!(json(addr, "/api/v1/status")["totals"]["receiver_reconnects"].as_u64(), Some(DROPS));
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_receiver_reconnects_total{source=\"0\"}"], DROPS as f64);
+    assert_eq!(m["weir_receiver_connected{source=\"0\"}"], 1.0);
+    let page = get_ok(addr, "/sources").body;
+    assert!(page.contains("<td class=\"reconnects\">3</td>"), "{page}");
+    assert!(page.contains("<span class=\"ok\">connected</span>"), "{page}");
+
+    // The server goes away: the connection ends and reconnecting fails.
+    drop(server);
+    drop(last);
+    let s = poll(addr, "/api/v1/sources", "the receiver disconnected", |v| {
+        v[0]["connected"] == false && v[0]["errors"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(s[0]["reconnects"].as_u64(), Some(DROPS), "{s}");
+    assert!(s[0]["last_disconnect"].as_str().unwrap().contains("closed"), "{s}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_receiver_connected{source=\"0\"}"], 0.0);
+    assert_eq!(m["weir_receiver_reconnects_total{source=\"0\"}"], DROPS as f64);
+    assert!(get_ok(addr, "/sources").body.contains("<span class=\"fail\">disconnected</span>"));
+    d.kill();
+    let log = d.log();
+    let warn = |what: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
+    assert_eq!(warn("closed the connection"), DROPS as usize + 1, "{log}");
+    assert_eq!(warn("cannot connect"), 1, "{log}");
+}
+
+/// A forced task retry: a UDF slower than its deadline (`testops.spin` over
+/// 5000 lines, `deadline_ms = 1`) fails every attempt with a deadline, which
+/// is retried (a deadline is not deterministic) up to 4 attempts; the batch
+/// fails. The event log's history shows each retry on the Batch page, in the
+/// API and in `weir_task_retries_total`, and the failed batch.
+#[test]
+fn forced_task_retries_show_on_the_batch_page_api_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "100ms"
+[limits]
+deadline_ms = 1
+[modules]
+testops = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = 5000
+words_per_line = 3
+vocabulary = 50
+batches = 1
+[streams]
+slow = "lines.map(testops.spin)"
+[[outputs]]
+stream = "slow"
+type = "save_as_text_files"
+prefix = "out/slow"
+"#,
+            module("testops.wasm").display()
+        ),
+    )
+    .unwrap();
+    let events = dir.path().join("events");
+    let out = run(weir()
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&job)
+        .args(["--clock", "logical", "--ui", "off", "--event-log"])
+        .arg(&events));
+    let err = text(&out.stderr);
+    assert!(err.contains("deadline"), "{err}");
+    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut h, "the history address");
+    let batches = json(addr, "/api/v1/batches");
+    assert_eq!(batches.as_array().unwrap().len(), 1, "{batches}");
+    let t = batches[0]["time"].as_i64().unwrap();
+    assert_eq!(batches[0]["failed"], true, "{batches}");
+    let b = json(addr, &format!("/api/v1/batches/{t}"));
+    let retries = b["retries"].as_array().unwrap();
+    // Per failing partition: attempts 0, 1 and 2 failed and were retried
+    // (the 4th attempt's failure fails the batch).
+    let mut attempts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for r in retries {
+        assert!(r["failure"].as_str().unwrap().contains("deadline"), "{r}");
+        attempts.entry(r["partition"].as_u64().unwrap()).or_default().push(r["attempt"].as_u64().unwrap());
+    }
+    assert!(!attempts.is_empty(), "{b}");
+    for (p, a) in &attempts {
+        let mut a = a.clone();
+        a.sort();
+        assert_eq!(a, [0, 1, 2], "partition {p}: {b}");
+    }
+    assert_eq!(b["outputs"][0]["records_out"], serde_json::Value::Null, "a failed output wrote nothing: {b}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_task_retries_total"], retries.len() as f64);
+    assert_eq!(m["weir_batches_failed_total"], 1.0);
+    assert_eq!(m["weir_records_out_total"], 0.0);
+    assert_eq!(json(addr, "/api/v1/status")["totals"]["task_retries"].as_u64(), Some(retries.len() as u64));
+    let page = get_ok(addr, &format!("/batches/{t}")).body;
+    assert!(page.contains(&format!("<h3>Task retries ({})</h3>", retries.len())), "{page}");
+    assert!(page.contains("no records out") && page.contains("class=\"fail\""), "{page}");
+    h.kill();
 }

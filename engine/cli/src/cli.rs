@@ -500,7 +500,7 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     match args.progress {
         ProgressArg::Json if !quiet => {
             opts.listeners.push(Arc::new(ConsoleProgress { batches: false }));
-            opts.listeners.push(Arc::new(weir_ui::JsonProgress));
+            opts.listeners.push(Arc::new(weir_ui::JsonProgress::default()));
         }
         _ => opts.listeners.push(Arc::new(ConsoleProgress { batches: !quiet })),
     }

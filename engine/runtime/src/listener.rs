@@ -82,6 +82,9 @@ pub struct StageInfo {
     pub kind: &'static str,
     pub tasks: u32,
     pub duration: Duration,
+    /// The executors that ran its tasks, retries included (block server
+    /// addresses; `""` for the driver's own threads under `local[N]`).
+    pub executors: Vec<String>,
 }
 
 /// One output operation of a batch.
@@ -91,10 +94,16 @@ pub struct OutputOpInfo {
     /// The output's index in the job and what it is (`print`, ...).
     pub index: usize,
     pub description: String,
+    /// The stream (graph node id) the output writes.
+    pub stream: u32,
     pub duration: Duration,
     pub stages: Vec<StageInfo>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// Records the output wrote: its stream's records at this batch (the
+    /// sum of its partitions' record counts). `None` when the stream has no
+    /// RDD at this time (a window between slides) or the output failed.
+    pub records_out: Option<u64>,
 }
 
 /// What happened in one batch.
@@ -103,6 +112,8 @@ pub struct OutputOpInfo {
 pub struct BatchReport {
     pub time: i64,
     pub records_in: u64,
+    /// Records each source gave (by source index; the sum is `records_in`).
+    pub records_per_source: Vec<u64>,
     pub processing: Duration,
     pub scheduling_delay: Duration,
     /// The error of each output operation that failed.
@@ -128,7 +139,15 @@ pub use weir_plan::task::UdfUsage;
 
 impl OutputOpInfo {
     pub fn new(index: usize, description: String) -> Self {
-        OutputOpInfo { index, description, duration: Duration::ZERO, stages: Vec::new(), error: None }
+        OutputOpInfo {
+            index,
+            description,
+            stream: 0,
+            duration: Duration::ZERO,
+            stages: Vec::new(),
+            error: None,
+            records_out: None,
+        }
     }
 }
 
@@ -145,6 +164,30 @@ impl BatchReport {
 pub struct ReceiverError {
     pub source: u32,
     pub message: String,
+}
+
+/// A receiver connected to its server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiverConnected {
+    pub source: u32,
+    /// `host:port` it connected to.
+    pub address: String,
+    /// Connections this receiver made before this one (0 on the first
+    /// connection; each later one is a reconnect).
+    pub reconnects: u64,
+}
+
+/// A receiver's connection ended (the server closed it, it broke, or the
+/// receiver dropped it by its `on_invalid_utf8 = "fail"` policy); the
+/// receiver reconnects with backoff. Not sent when the job stops.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReceiverDisconnected {
+    pub source: u32,
+    pub address: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// What a receiver did with a line it could not take as it was.
@@ -237,6 +280,8 @@ pub trait StreamingListener: Send + Sync {
     fn on_batch_started(&self, _e: &BatchStarted) {}
     fn on_batch_completed(&self, _e: &BatchReport) {}
     fn on_receiver_error(&self, _e: &ReceiverError) {}
+    fn on_receiver_connected(&self, _e: &ReceiverConnected) {}
+    fn on_receiver_disconnected(&self, _e: &ReceiverDisconnected) {}
     fn on_receiver_bad_line(&self, _e: &ReceiverBadLine) {}
     fn on_recovery(&self, _e: &RecoveryEvent) {}
     fn on_checkpoint_written(&self, _e: &CheckpointEvent) {}

@@ -64,6 +64,19 @@ pub enum Event {
         source: u32,
         message: String,
     },
+    /// A receiver connected; `reconnects` counts the connections before
+    /// this one.
+    ReceiverConnected {
+        source: u32,
+        address: String,
+        reconnects: u64,
+    },
+    /// A receiver's connection ended (it reconnects).
+    ReceiverDisconnected {
+        source: u32,
+        address: String,
+        reason: String,
+    },
     Recovery {
         what: String,
         detail: String,
@@ -280,6 +293,10 @@ impl JobInfo {
 pub struct BatchRecord {
     pub time: i64,
     pub records_in: u64,
+    /// Records each source gave (by source index); absent in event logs of
+    /// earlier versions.
+    #[serde(default)]
+    pub records_per_source: Vec<u64>,
     pub processing_ms: f64,
     pub scheduling_delay_ms: f64,
     pub total_delay_ms: f64,
@@ -302,9 +319,17 @@ pub struct BatchRecord {
 pub struct OutputRecord {
     pub index: usize,
     pub description: String,
+    /// The stream (graph node id) the output writes; absent in event logs
+    /// of earlier versions.
+    #[serde(default)]
+    pub stream: Option<u32>,
     pub duration_ms: f64,
     pub stages: Vec<StageRecord>,
     pub error: Option<String>,
+    /// Records the output wrote in this batch (`null`: none to write at
+    /// this time, or the output failed).
+    #[serde(default)]
+    pub records_out: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +338,10 @@ pub struct StageRecord {
     pub kind: String,
     pub tasks: u32,
     pub duration_ms: f64,
+    /// The executors that ran its tasks (`""`: the driver's threads under
+    /// `local[N]`); absent in event logs of earlier versions.
+    #[serde(default)]
+    pub executors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +358,7 @@ impl From<&l::BatchReport> for BatchRecord {
         BatchRecord {
             time: b.time,
             records_in: b.records_in,
+            records_per_source: b.records_per_source.clone(),
             processing_ms: ms(b.processing),
             scheduling_delay_ms: ms(b.scheduling_delay),
             total_delay_ms: ms(b.total_delay()),
@@ -339,6 +369,7 @@ impl From<&l::BatchReport> for BatchRecord {
                 .map(|o| OutputRecord {
                     index: o.index,
                     description: o.description.clone(),
+                    stream: Some(o.stream),
                     duration_ms: ms(o.duration),
                     stages: o
                         .stages
@@ -348,9 +379,11 @@ impl From<&l::BatchReport> for BatchRecord {
                             kind: s.kind.to_string(),
                             tasks: s.tasks,
                             duration_ms: ms(s.duration),
+                            executors: s.executors.clone(),
                         })
                         .collect(),
                     error: o.error.clone(),
+                    records_out: o.records_out,
                 })
                 .collect(),
             executors_lost: b.executors_lost,

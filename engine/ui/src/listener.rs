@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
     BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ReceiverError, RecoveryEvent, SourceProgress, StreamingListener, TaskRetry,
+    ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress, StreamingListener,
+    TaskRetry,
 };
 
 use crate::event::{ms, now_ms, BatchRecord, Event, Logged, PartitionPosition};
@@ -99,6 +100,20 @@ impl StreamingListener for UiListener {
     fn on_receiver_error(&self, e: &ReceiverError) {
         self.record(Event::ReceiverError { source: e.source, message: e.message.clone() });
     }
+    fn on_receiver_connected(&self, e: &ReceiverConnected) {
+        self.record(Event::ReceiverConnected {
+            source: e.source,
+            address: e.address.clone(),
+            reconnects: e.reconnects,
+        });
+    }
+    fn on_receiver_disconnected(&self, e: &ReceiverDisconnected) {
+        self.record(Event::ReceiverDisconnected {
+            source: e.source,
+            address: e.address.clone(),
+            reason: e.reason.clone(),
+        });
+    }
     fn on_recovery(&self, e: &RecoveryEvent) {
         self.record(e.into());
     }
@@ -148,25 +163,54 @@ impl StreamingListener for ReceiverLog {
             tracing::warn!("receiver of source {}: {} (retrying)", e.source, e.message);
         }
     }
+    /// A connection made is a change of state: the next failure to
+    /// connect warns again, even with the same message.
+    fn on_receiver_connected(&self, e: &ReceiverConnected) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&e.source);
+    }
 }
 
 /// `--progress json`: one JSON object per completed batch on stderr (the
-/// fields of `/api/v1/batches/{time}` without the retained details).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct JsonProgress;
+/// fields of `/api/v1/batches/{time}` without the retained details), plus
+/// `records_out_total`: per output, the records it wrote since the start.
+#[derive(Debug, Default)]
+pub struct JsonProgress {
+    /// Per output (by index): records written so far.
+    totals: Mutex<Vec<u64>>,
+}
+
+/// A progress line: the batch and the running totals.
+#[derive(serde::Serialize)]
+struct ProgressLine<'a> {
+    #[serde(flatten)]
+    batch: &'a BatchRecord,
+    records_out_total: &'a [u64],
+}
 
 impl JsonProgress {
-    pub fn format(b: &BatchReport) -> String {
+    /// The line of a batch; `totals` are the outputs' running totals after it.
+    pub fn format(b: &BatchReport, totals: &[u64]) -> String {
         let r = BatchRecord::from(b);
-        serde_json::to_string(&r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        serde_json::to_string(&ProgressLine { batch: &r, records_out_total: totals })
+            .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
 }
 
 impl StreamingListener for JsonProgress {
     fn on_batch_completed(&self, b: &BatchReport) {
+        let line = {
+            let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+            // The job's outputs are few and fixed: one slot each.
+            for o in &b.outputs {
+                if totals.len() <= o.index {
+                    totals.resize(o.index + 1, 0);
+                }
+                totals[o.index] = totals[o.index].saturating_add(o.records_out.unwrap_or(0));
+            }
+            Self::format(b, &totals)
+        };
         // The text progress line is written the same way (stderr is the
         // console; a line per batch is what the user asked for).
-        let line = Self::format(b);
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "{line}");
     }
@@ -182,13 +226,21 @@ mod cost {
     fn cost_of_a_batch_event() {
         let shared = Shared::new(Limits::default());
         let l = UiListener::new(shared.clone(), None);
-        let stage = StageRecord { rdd: "rdd_3@600".into(), kind: "result".into(), tasks: 2, duration_ms: 1.0 };
+        let stage = StageRecord {
+            rdd: "rdd_3@600".into(),
+            kind: "result".into(),
+            tasks: 2,
+            duration_ms: 1.0,
+            executors: vec![String::new()],
+        };
         let out = OutputRecord {
             index: 0,
             description: "save".into(),
+            stream: Some(3),
             duration_ms: 2.0,
             stages: vec![stage.clone(), stage],
             error: None,
+            records_out: Some(5),
         };
         let n = 200_000;
         let t = std::time::Instant::now();
@@ -198,6 +250,7 @@ mod cost {
             l.record(Event::BatchCompleted(BatchRecord {
                 time: i,
                 records_in: 5,
+                records_per_source: vec![5],
                 processing_ms: 3.0,
                 scheduling_delay_ms: 0.0,
                 total_delay_ms: 3.0,

@@ -22,6 +22,12 @@ pub struct Metrics {
     batches: Counter,
     batches_failed: Counter,
     records_in: Counter,
+    records_out: Counter,
+    stream_records_out: Family<Labels, Counter>,
+    receiver_reconnects: Family<Labels, Counter>,
+    receiver_connected: Family<Labels, Gauge>,
+    /// The job's outputs: the stream (graph node id) each writes.
+    output_streams: std::sync::Mutex<Vec<u32>>,
     source_records_in: Family<Labels, Counter>,
     source_lag: Family<Labels, Gauge>,
     processing: Histogram,
@@ -51,6 +57,11 @@ fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
     vec![("source".into(), id.to_string()), ("kind".into(), kind.to_string())]
 }
 
+/// An output's series labels: its index and the stream it writes.
+fn output_labels(index: usize, stream: u32) -> Labels {
+    vec![("output".into(), index.to_string()), ("stream".into(), stream.to_string())]
+}
+
 /// Seconds, 1 ms to about 65 s.
 fn seconds_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -69,6 +80,11 @@ impl Metrics {
             batches: Counter::default(),
             batches_failed: Counter::default(),
             records_in: Counter::default(),
+            records_out: Counter::default(),
+            stream_records_out: Family::default(),
+            receiver_reconnects: Family::default(),
+            receiver_connected: Family::default(),
+            output_streams: Default::default(),
             source_records_in: Family::default(),
             source_lag: Family::default(),
             processing: seconds_buckets(),
@@ -92,6 +108,22 @@ impl Metrics {
         registry.register("batches", "Batches completed", m.batches.clone());
         registry.register("batches_failed", "Batches with a failed output operation", m.batches_failed.clone());
         registry.register("records_in", "Records taken from the sources", m.records_in.clone());
+        registry.register("records_out", "Records written by the output operations", m.records_out.clone());
+        registry.register(
+            "stream_records_out",
+            "Records each output operation wrote (labels: the output's index and the stream it writes)",
+            m.stream_records_out.clone(),
+        );
+        registry.register(
+            "receiver_reconnects",
+            "Connections a receiver made after its first one (per source)",
+            m.receiver_reconnects.clone(),
+        );
+        registry.register(
+            "receiver_connected",
+            "1 while a receiver is connected to its server, else 0 (per source)",
+            m.receiver_connected.clone(),
+        );
         registry.register(
             "source_records_in",
             "Records taken from each source (label: the source's index and name)",
@@ -157,6 +189,14 @@ impl Metrics {
                     self.batches_failed.inc();
                 }
                 self.records_in.inc_by(b.records_in);
+                let streams = self.output_streams.lock().unwrap_or_else(|p| p.into_inner());
+                for o in &b.outputs {
+                    // Only the job's outputs (an event log is not trusted).
+                    let (Some(stream), Some(n)) = (streams.get(o.index), o.records_out) else { continue };
+                    self.records_out.inc_by(n);
+                    self.stream_records_out.get_or_create(&output_labels(o.index, *stream)).inc_by(n);
+                }
+                drop(streams);
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
@@ -183,7 +223,28 @@ impl Metrics {
                 for s in &j.sources {
                     drop(self.source_records_in.get_or_create(&source_labels(s.id, &j.sources)));
                 }
+                for s in j.sources.iter().filter(|s| s.receiver) {
+                    let labels = vec![("source".to_string(), s.id.to_string())];
+                    drop(self.receiver_reconnects.get_or_create(&labels));
+                    drop(self.receiver_connected.get_or_create(&labels));
+                }
                 *self.source_names.lock().unwrap_or_else(|p| p.into_inner()) = j.sources.clone();
+                for o in &j.outputs {
+                    drop(self.stream_records_out.get_or_create(&output_labels(o.index, o.stream)));
+                }
+                *self.output_streams.lock().unwrap_or_else(|p| p.into_inner()) =
+                    j.outputs.iter().map(|o| o.stream).collect();
+            }
+            Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
+                let labels = vec![("source".to_string(), source.to_string())];
+                if *reconnects > 0 {
+                    self.receiver_reconnects.get_or_create(&labels).inc();
+                }
+                self.receiver_connected.get_or_create(&labels).set(1);
+            }
+            Event::ReceiverDisconnected { source, .. } if self.known_source(*source) => {
+                let labels = vec![("source".to_string(), source.to_string())];
+                self.receiver_connected.get_or_create(&labels).set(0);
             }
             Event::BatchSubmitted { records_per_source, .. } => {
                 let names = self.source_names.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,6 +287,10 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    fn known_source(&self, id: u32) -> bool {
+        (id as usize) < self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The exposition text (ends with `# EOF`).

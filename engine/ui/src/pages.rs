@@ -267,11 +267,12 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     };
     let _ = write!(
         body,
-        "<p>Batch interval <b>{interval} ms</b> &middot; up {uptime} &middot; <b>{}</b> completed batches ({} failed, {} retained) &middot; <b>{}</b> records in</p>",
+        "<p>Batch interval <b>{interval} ms</b> &middot; up {uptime} &middot; <b>{}</b> completed batches ({} failed, {} retained) &middot; <b>{}</b> records in &middot; <b>{}</b> records out</p>",
         t.batches_completed,
         t.batches_failed,
         st.batches.len(),
-        t.records_in
+        t.records_in,
+        t.records_out
     );
     body.push_str(
         "<table class=\"plot\" id=\"plots\"><tr><th></th><th>Timeline (batch time)</th><th>Histogram</th></tr>",
@@ -297,7 +298,7 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     }
     let _ = write!(
         body,
-        "<h3>Completed batches (newest {} of {})</h3><table id=\"batches\"><tr><th>Batch time</th><th>Records</th><th>Scheduling delay</th>\
+        "<h3>Completed batches (newest {} of {})</h3><table id=\"batches\"><tr><th>Batch time</th><th>Records</th><th>Records out</th><th>Scheduling delay</th>\
 <th>Processing time</th><th>Total delay</th><th>Outputs</th><th>Status</th></tr>",
         bs.len().min(TABLE_ROWS),
         t.batches_completed
@@ -311,8 +312,9 @@ fn streaming_page(st: &UiState, q: &str) -> String {
         };
         let _ = write!(
             body,
-            "<tr><td><a href=\"/batches/{t}{q}\" title=\"{t} ms\">{tt}</a>{rep}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
+            "<tr><td><a href=\"/batches/{t}{q}\" title=\"{t} ms\">{tt}</a>{rep}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{status}</td></tr>",
             r.records_in,
+            r.outputs.iter().filter_map(|o| o.records_out).sum::<u64>(),
             fmt_ms(r.scheduling_delay_ms),
             fmt_ms(r.processing_ms),
             fmt_ms(r.total_delay_ms),
@@ -346,6 +348,18 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
         r.blocks_recomputed,
         r.tasks_resubmitted,
     );
+    let sources: Vec<String> = r
+        .records_per_source
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let name = st.job.as_ref().and_then(|j| j.sources.get(i)).map(|s| s.kind.as_str()).unwrap_or("source");
+            format!("{i} ({name}): {n}")
+        })
+        .collect();
+    if !sources.is_empty() {
+        let _ = write!(body, "<p id=\"records-in\">Records in per source: {}</p>", esc(&sources.join(", ")));
+    }
     if r.rate_limits.iter().any(Option::is_some) {
         let limits: Vec<String> = r
             .rate_limits
@@ -358,20 +372,33 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
     for o in &r.outputs {
         let _ = write!(
             body,
-            "<h4>Output {}: <code>{}</code> &middot; {}{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th></tr>",
+            "<h4>Output {}: <code>{}</code>{} &middot; {} &middot; <span class=\"records-out\">{}</span>{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th><th>Executors</th></tr>",
             o.index,
             esc(&o.description),
+            o.stream
+                .map(|id| {
+                    let label = st.job.as_ref().and_then(|j| j.streams.iter().find(|s| s.id == id)).map(|s| s.label.as_str());
+                    format!(" of stream {id} <code>{}</code>", esc(label.unwrap_or("")))
+                })
+                .unwrap_or_default(),
             fmt_ms(o.duration_ms),
+            o.records_out.map_or_else(|| "no records out".to_string(), |n| format!("{n} records out")),
             o.error.as_ref().map(|e| format!(" &middot; <span class=\"fail\">{}</span>", esc(e))).unwrap_or_default()
         );
         for s in &o.stages {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"executors\">{}</td></tr>",
                 esc(&s.rdd),
                 esc(&s.kind),
                 s.tasks,
-                fmt_ms(s.duration_ms)
+                fmt_ms(s.duration_ms),
+                esc(&s
+                    .executors
+                    .iter()
+                    .map(|x| if x.is_empty() { "driver" } else { x.as_str() })
+                    .collect::<Vec<_>>()
+                    .join(", "))
             );
         }
         body.push_str("</table>");
@@ -463,7 +490,13 @@ fn job_page(st: &UiState, q: &str) -> String {
         "<p class=\"muted\">Each output with the streams it reads, down to the sources.</p><ul id=\"graph\">",
     );
     for o in &j.outputs {
-        let _ = write!(body, "<li><b>output {}</b> <code>{}</code><ul>", o.index, esc(&o.description));
+        let out = st.outputs.get(&o.index).map_or(0, |v| v.records_out);
+        let _ = write!(
+            body,
+            "<li><b>output {}</b> <code>{}</code> &middot; {out} records out<ul>",
+            o.index,
+            esc(&o.description)
+        );
         stream_tree(j, o.stream, 0, &mut body);
         body.push_str("</ul></li>");
     }
@@ -585,15 +618,25 @@ fn sources_page(st: &UiState, q: &str) -> String {
         rate.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
         st.totals.receiver_errors
     );
-    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Records in</th><th>Newest batch</th><th>Errors</th><th>Last error</th></tr>");
+    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Reconnects</th><th>Rate limit</th><th>Records in</th><th>Newest batch</th><th>Errors</th><th>Last error</th></tr>");
     for s in sources(st) {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=\"receiver\">{}</td><td class=\"reconnects\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             s.id,
             esc(&s.kind),
             esc(&s.description),
-            if s.receiver { "yes" } else { "no" },
+            match (s.receiver, s.connected) {
+                (false, _) => "no".to_string(),
+                (true, None) => "not connected yet".to_string(),
+                (true, Some(true)) => "<span class=\"ok\">connected</span>".to_string(),
+                (true, Some(false)) => format!(
+                    "<span class=\"fail\">disconnected</span> {}",
+                    s.last_disconnect.as_deref().map(esc).unwrap_or_default()
+                ),
+            },
+            if s.receiver { s.reconnects.to_string() } else { "-".into() },
+            s.rate_limit.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.0} records/s")),
             s.records_in,
             s.last_batch_records,
             s.errors,
@@ -646,6 +689,15 @@ struct SourceJson {
     errors: u64,
     last_error: Option<String>,
     last_error_at_ms: Option<u64>,
+    /// Receivers: connected now (`null` before the first attempt ended).
+    connected: Option<bool>,
+    /// Receivers: connections made after the first one.
+    reconnects: u64,
+    connection_changed_at_ms: Option<u64>,
+    last_disconnect: Option<String>,
+    /// Records per second the source may take (backpressure, `[rate] max`)
+    /// when the newest batch took its records; `null`: unbounded.
+    rate_limit: Option<f64>,
 }
 
 fn sources(st: &UiState) -> Vec<SourceJson> {
@@ -666,6 +718,11 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 errors: v.errors,
                 last_error: v.last_error,
                 last_error_at_ms: v.last_error_at_ms,
+                connected: v.connected,
+                reconnects: v.reconnects,
+                connection_changed_at_ms: v.connection_changed_at_ms,
+                last_disconnect: v.last_disconnect,
+                rate_limit: rate_limit(st, s.id),
             }
         })
         .collect();
@@ -683,10 +740,38 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 errors: v.errors,
                 last_error: v.last_error.clone(),
                 last_error_at_ms: v.last_error_at_ms,
+                connected: v.connected,
+                reconnects: v.reconnects,
+                connection_changed_at_ms: v.connection_changed_at_ms,
+                last_disconnect: v.last_disconnect.clone(),
+                rate_limit: rate_limit(st, *id),
             });
         }
     }
     out
+}
+
+/// A source's rate limit when the newest batch took its records.
+fn rate_limit(st: &UiState, id: u32) -> Option<f64> {
+    st.batches.back().and_then(|b| b.record.rate_limits.get(id as usize).copied().flatten())
+}
+
+/// The job's outputs with what each wrote so far.
+fn outputs_json(st: &UiState) -> Vec<serde_json::Value> {
+    st.job
+        .iter()
+        .flat_map(|j| j.outputs.iter())
+        .map(|o| {
+            let v = st.outputs.get(&o.index).cloned().unwrap_or_default();
+            json!({
+                "index": o.index,
+                "stream": o.stream,
+                "description": o.description,
+                "records_out": v.records_out,
+                "last_batch_records_out": v.last_batch_records_out,
+            })
+        })
+        .collect()
 }
 
 fn json_resp(v: &impl Serialize) -> Response {
@@ -724,6 +809,7 @@ fn api(st: &UiState, rest: &[&str]) -> Response {
                         "failed": !r.errors.is_empty(),
                         "replayed": b.replayed,
                         "outputs": r.outputs.len(),
+                        "records_out": r.outputs.iter().filter_map(|o| o.records_out).sum::<u64>(),
                         "task_retries": b.retries.len(),
                         "blocks_recomputed": b.recomputed_blocks.len(),
                         "rate_limits": r.rate_limits,
@@ -746,7 +832,7 @@ fn api(st: &UiState, rest: &[&str]) -> Response {
             Some(j) => json_resp(&json!({
                 "batch_interval_ms": j.batch_interval_ms,
                 "streams": j.streams,
-                "outputs": j.outputs,
+                "outputs": outputs_json(st),
                 "modules": j.modules,
                 "limits": j.limits,
             })),

@@ -90,6 +90,26 @@ pub struct SourceView {
     pub errors: u64,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<u64>,
+    /// Receivers: connected now (`None` before the first attempt ends).
+    pub connected: Option<bool>,
+    /// Receivers: connections made after the first one.
+    pub reconnects: u64,
+    /// Receivers: when the connection state last changed, and why it was
+    /// last lost.
+    pub connection_changed_at_ms: Option<u64>,
+    pub last_disconnect: Option<String>,
+}
+
+/// What one output operation wrote, over every batch seen.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutputView {
+    /// The stream it writes (graph node id).
+    pub stream: Option<u32>,
+    /// Records written since the start (completed writes; a batch re-run
+    /// after recovery counts again).
+    pub records_out: u64,
+    /// Records it wrote in the newest batch (`None`: nothing to write then).
+    pub last_batch_records_out: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +136,8 @@ pub struct Totals {
     pub batches_completed: u64,
     pub batches_failed: u64,
     pub records_in: u64,
+    /// Records written by all output operations.
+    pub records_out: u64,
     pub task_retries: u64,
     pub blocks_recomputed: u64,
     pub blocks_digest_mismatch: u64,
@@ -124,6 +146,7 @@ pub struct Totals {
     pub executors_added: u64,
     pub executors_lost: u64,
     pub receiver_errors: u64,
+    pub receiver_reconnects: u64,
 }
 
 /// The whole UI state.
@@ -143,6 +166,8 @@ pub struct UiState {
     pub checkpoints: VecDeque<CheckpointView>,
     pub executors: BTreeMap<String, ExecutorView>,
     pub sources: BTreeMap<u32, SourceView>,
+    /// Per output operation (by index, only the job's).
+    pub outputs: BTreeMap<usize, OutputView>,
     pub recovery: VecDeque<Note>,
     pub last_event_ms: Option<u64>,
     /// The newest batch lineage shown: (batch time, (output, plan) pairs),
@@ -249,6 +274,17 @@ impl UiState {
                     self.totals.batches_failed += 1;
                 }
                 self.totals.records_in += r.records_in;
+                // Only outputs the job lists (an event log is not trusted to
+                // have few indices).
+                let known = self.job.as_ref().map_or(0, |j| j.outputs.len());
+                for o in r.outputs.iter().filter(|o| o.index < known) {
+                    let v = self.outputs.entry(o.index).or_default();
+                    v.stream = o.stream.or(v.stream);
+                    v.last_batch_records_out = o.records_out;
+                    let n = o.records_out.unwrap_or(0);
+                    v.records_out = v.records_out.saturating_add(n);
+                    self.totals.records_out = self.totals.records_out.saturating_add(n);
+                }
                 let view = BatchView {
                     record: r.clone(),
                     replayed: p.replayed,
@@ -267,6 +303,23 @@ impl UiState {
                 s.last_error = Some(message.clone());
                 s.last_error_at_ms = Some(at);
             }
+            Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
+                let s = self.sources.entry(*source).or_default();
+                if *reconnects > 0 {
+                    s.reconnects = s.reconnects.saturating_add(1);
+                    self.totals.receiver_reconnects = self.totals.receiver_reconnects.saturating_add(1);
+                }
+                s.connected = Some(true);
+                s.connection_changed_at_ms = Some(at);
+            }
+            Event::ReceiverDisconnected { source, reason, .. } if self.known_source(*source) => {
+                let s = self.sources.entry(*source).or_default();
+                s.connected = Some(false);
+                s.connection_changed_at_ms = Some(at);
+                s.last_disconnect = Some(cut_at(reason, 1024));
+            }
+            // Of a source the job does not list (an event log is not trusted).
+            Event::ReceiverConnected { .. } | Event::ReceiverDisconnected { .. } => {}
             Event::Recovery { what, detail } => push_bounded(
                 &mut self.recovery,
                 Note { what: what.clone(), detail: detail.clone(), at_ms: at },
@@ -364,6 +417,10 @@ impl UiState {
         }
     }
 
+    fn known_source(&self, id: u32) -> bool {
+        self.job.as_ref().is_some_and(|j| (id as usize) < j.sources.len())
+    }
+
     fn evict_executor(&mut self) {
         let victim = self
             .executors
@@ -385,6 +442,7 @@ mod tests {
         BatchRecord {
             time,
             records_in,
+            records_per_source: vec![records_in],
             processing_ms: 1.0,
             scheduling_delay_ms: 0.5,
             total_delay_ms: 1.5,
@@ -442,6 +500,45 @@ mod tests {
         s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions } });
         assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
         assert_eq!(s.sources[&0].positions.len(), MAX_PARTITIONS);
+    }
+
+    #[test]
+    fn records_out_and_reconnects_count_only_the_jobs_outputs_and_sources() {
+        let mut s = UiState::new(Limits::default());
+        let mut job = one_source_job();
+        job.outputs = vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into() }];
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(job) });
+        let out = |index: usize, records_out: Option<u64>| crate::event::OutputRecord {
+            index,
+            description: String::new(),
+            stream: Some(3),
+            duration_ms: 0.0,
+            stages: vec![],
+            error: None,
+            records_out,
+        };
+        for (t, n) in [(1, Some(4)), (2, None), (3, Some(6))] {
+            let mut b = batch(t, 1);
+            // A hostile event log: an output the job does not have.
+            b.outputs = vec![out(0, n), out(9, Some(1000))];
+            s.apply(&Logged { at_ms: 1, event: Event::BatchCompleted(b) });
+        }
+        assert_eq!(s.totals.records_out, 10);
+        assert_eq!(s.outputs.len(), 1);
+        assert_eq!((s.outputs[&0].records_out, s.outputs[&0].last_batch_records_out), (10, Some(6)));
+        for (source, reconnects) in [(0, 0), (0, 1), (5, 1), (0, 2)] {
+            let event = Event::ReceiverConnected { source, address: "a:1".into(), reconnects };
+            s.apply(&Logged { at_ms: 2, event });
+        }
+        let event = Event::ReceiverDisconnected { source: 5, address: "a:1".into(), reason: "x".into() };
+        s.apply(&Logged { at_ms: 3, event });
+        assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
+        assert_eq!((s.sources[&0].reconnects, s.sources[&0].connected), (2, Some(true)));
+        assert_eq!(s.totals.receiver_reconnects, 2);
+        let event = Event::ReceiverDisconnected { source: 0, address: "a:1".into(), reason: "gone".into() };
+        s.apply(&Logged { at_ms: 4, event });
+        assert_eq!(s.sources[&0].connected, Some(false));
+        assert_eq!(s.sources[&0].last_disconnect.as_deref(), Some("gone"));
     }
 
     #[test]

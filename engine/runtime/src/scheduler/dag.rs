@@ -86,6 +86,9 @@ pub struct DagScheduler {
     pub listeners: ListenerBus,
     /// Stages run since the last [`DagScheduler::take_stages`].
     stages: Vec<StageInfo>,
+    /// Executors that ran a task of the stage running now (sorted, for the
+    /// stage's [`StageInfo`]).
+    stage_executors: std::collections::BTreeSet<String>,
     /// The executor the current job's tasks are kept on after one of its
     /// fetches failed (see [`DagScheduler::run_job`]).
     colocated: Option<String>,
@@ -108,6 +111,7 @@ impl DagScheduler {
             metrics: SchedulerMetrics::default(),
             listeners: ListenerBus::default(),
             stages: Vec::new(),
+            stage_executors: Default::default(),
             colocated: None,
         }
     }
@@ -308,8 +312,16 @@ impl DagScheduler {
             Some(TaskKind::ShuffleMap { .. }) => (tasks.len() as u32, "shuffle map"),
             _ => (tasks.len() as u32, "result"),
         };
+        self.stage_executors.clear();
         let r = self.run_stage_tasks(tasks, rdd);
-        self.stages.push(StageInfo { rdd: rdd.to_string(), kind, tasks: count, duration: started.elapsed() });
+        let executors = std::mem::take(&mut self.stage_executors).into_iter().collect();
+        self.stages.push(StageInfo {
+            rdd: rdd.to_string(),
+            kind,
+            tasks: count,
+            duration: started.elapsed(),
+            executors,
+        });
         r
     }
 
@@ -335,6 +347,10 @@ impl DagScheduler {
                 Err(_) => return Err(StageError::Job(JobError::Lost("all executors are gone".into()))),
             };
             let Some((i, task)) = run.index.remove(&res.task_id) else { continue };
+            // Bounded by the executors there are (a name each).
+            if !self.stage_executors.contains(&res.executor) {
+                self.stage_executors.insert(res.executor.clone());
+            }
             if !res.executor.is_empty() {
                 for (b, _) in &res.blocks {
                     self.locations.insert(*b, res.executor.clone());

@@ -601,11 +601,14 @@ impl Driver {
         for (index, (o, r)) in g.outputs.iter().zip(outs.iter().copied()).enumerate() {
             let started = Instant::now();
             let mut info = OutputOpInfo::new(index, format!("{:?}", o.spec));
+            info.stream = o.node;
             let mut write = None;
             match r {
                 Some(rdd) => {
                     tracing::debug!("batch {time} ms, output {:?}:\n{}", o.spec, self.dag.lineage.explain(rdd));
                     let result = self.dag.run_job(rdd).map_err(|e| e.to_string());
+                    // The writer clears it if the write fails.
+                    info.records_out = result.as_ref().ok().map(|parts| records_in_partitions(parts));
                     write = Some((self.job.sinks.get(index).cloned(), result));
                 }
                 None => {
@@ -741,6 +744,7 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
     BatchReport {
         time: b.time,
         records_in: b.records_in,
+        records_per_source: b.per_source.clone(),
         processing: done.finished.saturating_duration_since(b.started),
         scheduling_delay: b.scheduling_delay,
         errors: done.outputs.iter().filter_map(|o| o.error.clone()).collect(),
@@ -752,6 +756,12 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
         rate_limits: b.rate_limits.clone(),
         udf_usage: usage_between(&before.udf, &m.udf),
     }
+}
+
+/// Records in a job's result: each partition is an encoded batch whose
+/// header counts its records (an empty partition may be no bytes at all).
+fn records_in_partitions(parts: &[Vec<u8>]) -> u64 {
+    parts.iter().map(|p| weir_codec::Records::new(p).map_or(0, |r| u64::from(r.remaining()))).sum()
 }
 
 /// The UDF usage of the modules between two snapshots of the counters.

@@ -144,6 +144,7 @@ fn write_batch(b: Batch, retries: u32, backoff: Duration, fence: Option<&Fence>)
             if let Err(e) = written {
                 tracing::error!("batch {} ms failed: {e}", b.time);
                 info.error = Some(e);
+                info.records_out = None;
             }
         }
         info.duration = c.started.elapsed();

@@ -29,7 +29,9 @@ use super::lines::{LineSplitter, RawLine};
 use super::queue::lines_batch;
 use super::{InputDescriptor, Source, SourceCursor, SourceError, WalPosition, WalRange};
 use crate::checkpoint::wal::{self, WalWriter};
-use crate::listener::{BadLineAction, ListenerBus, ReceiverBadLine, ReceiverError};
+use crate::listener::{
+    BadLineAction, ListenerBus, ReceiverBadLine, ReceiverConnected, ReceiverDisconnected, ReceiverError,
+};
 use weir_plan::source::{InvalidUtf8Policy, LongLinePolicy};
 
 /// Bytes read from the socket at a time.
@@ -251,29 +253,43 @@ impl Receiver {
     }
 
     /// Connects, reads, reconnects with backoff until the source is dropped.
+    /// Listeners hear of every connection made and lost (a status page
+    /// shows whether the receiver is connected and counts reconnects).
     fn run(&mut self) {
         let mut backoff = Duration::from_millis(100);
+        let mut connections: u64 = 0;
         while !self.stopped() {
             let (host, port) = (self.host.clone(), self.port);
+            let address = format!("{host}:{port}");
             match TcpStream::connect((host.as_str(), port)) {
                 Ok(conn) => {
-                    tracing::info!("receiver connected to {host}:{port}");
+                    tracing::info!("receiver connected to {address}");
                     backoff = Duration::from_millis(100);
-                    match self.read_connection(conn) {
+                    let e = ReceiverConnected { source: self.index, address: address.clone(), reconnects: connections };
+                    connections += 1;
+                    self.bus.emit(|l| l.on_receiver_connected(&e));
+                    let reason = match self.read_connection(conn) {
                         Closed::Stopped => return,
-                        Closed::Eof => tracing::info!("receiver: {host}:{port} closed the connection; reconnecting"),
+                        Closed::Eof => {
+                            tracing::warn!("receiver: {address} closed the connection; reconnecting");
+                            "the server closed the connection".to_string()
+                        }
                         Closed::Lost(e) => {
-                            tracing::warn!("receiver lost {host}:{port}: {e}; reconnecting");
-                            self.report(format!("lost {host}:{port}: {e}"));
+                            tracing::warn!("receiver lost {address}: {e}; reconnecting");
+                            self.report(format!("lost {address}: {e}"));
+                            format!("lost: {e}")
                         }
                         Closed::Invalid => {
-                            tracing::info!("receiver: dropped the connection to {host}:{port}; reconnecting")
+                            tracing::info!("receiver: dropped the connection to {address}; reconnecting");
+                            "dropped by the receiver (on_invalid_utf8 = \"fail\")".to_string()
                         }
-                    }
+                    };
+                    let e = ReceiverDisconnected { source: self.index, address, reason };
+                    self.bus.emit(|l| l.on_receiver_disconnected(&e));
                 }
                 Err(e) => {
-                    tracing::debug!("receiver cannot connect to {host}:{port}: {e}; retrying in {backoff:?}");
-                    self.report(format!("cannot connect to {host}:{port}: {e}"));
+                    tracing::debug!("receiver cannot connect to {address}: {e}; retrying in {backoff:?}");
+                    self.report(format!("cannot connect to {address}: {e}"));
                 }
             }
             if !self.pause(backoff) {
