@@ -20,6 +20,8 @@ mod hardening_ports;
 mod hardening_signals;
 mod hardening_socket;
 mod kafka;
+mod kafka_records;
+mod kafka_secrets;
 mod kafka_s3;
 mod netns;
 mod netns_hosts;
