@@ -69,8 +69,9 @@ fn keyed_json_records_reach_the_udfs_as_key_value_pairs() {
     let words = ["alpha", "beta", "gamma"];
     // Keys are words, values JSON integers; one record without a key and
     // one with an array value (a tuple).
-    let mut records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
-        (0..30i64).map(|i| (Some(words[i as usize % 3].as_bytes().to_vec()), Some(i.to_string().into_bytes()))).collect();
+    let mut records: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = (0..30i64)
+        .map(|i| (Some(words[i as usize % 3].as_bytes().to_vec()), Some(i.to_string().into_bytes())))
+        .collect();
     records.push((None, Some(b"100".to_vec())));
     let borrowed: Vec<(Option<&[u8]>, Option<&[u8]>)> =
         records.iter().map(|(k, v)| (k.as_deref(), v.as_deref())).collect();
@@ -104,7 +105,8 @@ fn keyed_json_records_reach_the_udfs_as_key_value_pairs() {
     assert_eq!(all_lines(tmp.path(), "json", "sums"), want_sums, "{log}");
 
     // The same records without `key`: the values alone.
-    let j = job(tmp.path(), "values", &broker, "kv", "value_format = \"json\"", &[("seen", "lines.map(testops.identity)")]);
+    let j =
+        job(tmp.path(), "values", &broker, "kv", "value_format = \"json\"", &[("seen", "lines.map(testops.identity)")]);
     let out = weir_run(&j, &["--batches", "1"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut want: Vec<String> = (0..30).map(|i: i64| i.to_string()).chain(["100".to_string()]).collect();
@@ -175,7 +177,8 @@ fn a_record_that_is_not_json_fails_the_batch_naming_topic_partition_and_offset()
     // A JSON object is a record the codec has no shape for: refused the same way.
     broker.create("obj", 1);
     produce_kv(&broker, "obj", &[(None, Some(b"7")), (None, Some(b"{\"a\": 1}"))]);
-    let j = job(tmp.path(), "obj", &broker, "obj", "value_format = \"json\"", &[("seen", "lines.map(testops.identity)")]);
+    let j =
+        job(tmp.path(), "obj", &broker, "obj", "value_format = \"json\"", &[("seen", "lines.map(testops.identity)")]);
     let out = weir_run(&j, &["--batches", "1"]);
     let log = text(&out.stderr);
     assert!(!out.status.success(), "{log}");
@@ -186,12 +189,14 @@ fn a_record_that_is_not_json_fails_the_batch_naming_topic_partition_and_offset()
 
 const INTERVAL_MS: u64 = 200;
 
-/// One `--progress json` line: (records in, the source's rate limit).
-fn json_batch(line: &str) -> Option<(u64, Option<f64>)> {
+/// One `--progress json` line: (records in, the source's rate limit,
+/// processing and scheduling delay in ms, for the report).
+fn json_batch(line: &str) -> Option<(u64, Option<f64>, f64, f64)> {
     let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
     let records = v.get("records_in")?.as_u64()?;
     let limit = v.get("rate_limits")?.as_array()?.first().and_then(serde_json::Value::as_f64);
-    Some((records, limit))
+    let ms = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    Some((records, limit, ms("processing_ms"), ms("scheduling_delay_ms")))
 }
 
 #[test]
@@ -199,14 +204,16 @@ fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once
     let broker = Broker::start();
     let partitions = 2u64;
     broker.create("backlog", partitions as u32);
-    let n = 20_000u64;
+    let n = 60_000u64;
     let sent: Vec<String> = (0..n).map(|i| format!("rec-{i:06}")).collect();
     let count = broker.client(&["produce-backlog", "backlog"], &(sent.join("\n") + "\n"));
     assert_eq!(count.trim(), n.to_string(), "records produced");
 
-    // `testops.spin` costs tens of microseconds a record: the first batch's
-    // 10 000 records (initial = 50 000/s over 200 ms) are several intervals
-    // of work, so the estimator must lower the rate.
+    // `testops.spin` costs tens of microseconds a record: the first
+    // batches' 10 000 records (initial = 50 000/s over 200 ms; the rate
+    // stays at `initial` until the second batch completes) are several
+    // intervals of work, so the estimator must lower the rate, and the
+    // rest of the backlog (40 000) is taken under its estimates.
     let initial = 50_000.0;
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("bp.toml");
@@ -246,23 +253,40 @@ fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once
         }
     }
     d.kill();
-    let report = batches.iter().map(|(r, l)| format!("{r} in, limit {l:?}")).collect::<Vec<_>>().join("\n");
+    let report = batches
+        .iter()
+        .map(|(r, l, p, d)| format!("{r} in, limit {l:?}, processed in {p} ms, scheduling delay {d} ms"))
+        .collect::<Vec<_>>()
+        .join("\n");
     eprintln!("{report}");
     assert_eq!(taken, n, "every record counted once in records_in:\n{report}");
-    for (i, (records, limit)) in batches.iter().enumerate() {
+    for (i, (records, limit, ..)) in batches.iter().enumerate() {
         let limit = limit.unwrap_or_else(|| panic!("batch {i} has no rate limit:\n{report}"));
         assert!(limit >= 100.0, "never below min:\n{report}");
         // Per partition: the limit split evenly, over one interval, at
         // least one record (`per_partition_limit`); the JSON has the exact
         // limit.
         let per = ((limit / partitions as f64) * INTERVAL_MS as f64 / 1000.0).floor().max(1.0) as u64;
-        assert!(*records <= per * partitions, "batch {i} took {records} > {} at {limit}/s:\n{report}", per * partitions);
+        assert!(
+            *records <= per * partitions,
+            "batch {i} took {records} > {} at {limit}/s:\n{report}",
+            per * partitions
+        );
     }
     let first = batches.iter().find(|b| b.0 > 0).unwrap();
     assert!(first.0 <= 10_000, "initial = 50 000/s over 200 ms:\n{report}");
     let lowest = batches.iter().filter_map(|b| b.1).fold(f64::INFINITY, f64::min);
     assert!(lowest < initial / 2.0, "the rate estimate dropped below half of initial:\n{report}");
-    assert!(batches.iter().filter(|b| b.0 > 0).count() >= 4, "the backlog took several batches:\n{report}");
+    // Taken under the estimates: more batches than `initial` would need.
+    let under_estimates = batches.iter().filter(|b| b.0 > 0 && b.1.is_some_and(|l| l < initial)).count();
+    assert!(under_estimates >= 3, "the backlog's rest was taken under the lowered estimates:\n{report}");
+
+    // The scheduling delay the first batches built up is worked off: the
+    // newest quarter of the batches starts sooner than the worst did.
+    let delays: Vec<f64> = batches.iter().map(|b| b.3).collect();
+    let peak = delays.iter().copied().fold(0.0, f64::max);
+    let tail = delays[delays.len() * 3 / 4..].iter().copied().fold(0.0, f64::max);
+    assert!(tail < peak, "the delay came down from its peak ({peak} ms; newest quarter up to {tail} ms):\n{report}");
 
     // The outputs: every record once.
     let got: Vec<String> = read_outputs(&tmp.path().join("out"), "slow").into_values().flatten().collect();

@@ -128,11 +128,13 @@ fn corpus(n: usize, words: usize) -> Vec<String> {
     (0..n).map(|_| (0..words).map(|_| format!("w{}", next() % 10_000)).collect::<Vec<_>>().join(" ")).collect()
 }
 
-/// What a plain loop read: records, value bytes, words (0 when not counted).
+/// What a plain loop read: records, value bytes, words (0 when not
+/// counted), and the seconds spent counting.
 struct Read {
     records: u64,
     bytes: u64,
     words: u64,
+    counting: f64,
 }
 
 /// rskafka fetching every partition of `topic` from 0 to its high
@@ -141,21 +143,16 @@ fn plain_loop(addr: &str, topic: &str, count_words: bool) -> Read {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = ClientBuilder::new(vec![addr.to_string()]).max_message_size(16 << 20).build().await.unwrap();
-        let partitions = client
-            .list_topics()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|t| t.name == topic)
-            .expect("the topic")
-            .partitions;
-        let mut read = Read { records: 0, bytes: 0, words: 0 };
+        let partitions =
+            client.list_topics().await.unwrap().into_iter().find(|t| t.name == topic).expect("the topic").partitions;
+        let mut read = Read { records: 0, bytes: 0, words: 0, counting: 0.0 };
         for p in partitions {
             let pc = client.partition_client(topic.to_string(), p, UnknownTopicHandling::Error).await.unwrap();
             let mut counts: HashMap<Vec<u8>, u64, Fast> = HashMap::default();
             let mut off = 0i64;
             loop {
                 let (recs, high) = pc.fetch_records(off, 1..FETCH_MAX_BYTES, 500).await.unwrap();
+                let t = Instant::now();
                 for r in &recs {
                     let v = r.record.value.as_deref().unwrap_or_default();
                     read.records += 1;
@@ -173,6 +170,7 @@ fn plain_loop(addr: &str, topic: &str, count_words: bool) -> Read {
                     }
                     off = off.max(r.offset + 1);
                 }
+                read.counting += t.elapsed().as_secs_f64();
                 if off >= high {
                     break;
                 }
@@ -278,6 +276,7 @@ fn main() {
         let r = plain_loop(&addr, TOPIC, false);
         let s = t.elapsed().as_secs_f64();
         assert_eq!(r.records, records as u64, "the plain loop read every record");
+        let mb = r.bytes / 1_000_000;
         fetch.push(records as f64 / s);
 
         let t = Instant::now();
@@ -285,6 +284,7 @@ fn main() {
         let s = t.elapsed().as_secs_f64();
         assert_eq!(r.words, words_total, "the plain loop's words");
         count.push(records as f64 / s);
+        let counting = r.counting;
 
         let (s0, r0, _) = weir_run(&weir, dir.path(), &empty, EMPTY);
         assert_eq!(r0, 0);
@@ -294,10 +294,10 @@ fn main() {
         net.push(records as f64 / (s - s0).max(1e-3));
         base.push(s0);
         println!(
-            "rep {rep}: fetch {:.0} rec/s ({} MB), fetch+count {:.0} rec/s; weir run {s:.2} s ({:.0} rec/s), \
+            "rep {rep}: fetch {:.0} rec/s ({} MB), fetch+count {:.0} rec/s (counting {counting:.3} s); weir run {s:.2} s ({:.0} rec/s), \
              empty topic {s0:.2} s, net {:.0} rec/s",
             fetch[rep],
-            r.bytes / 1_000_000,
+            mb,
             count[rep],
             whole[rep],
             net[rep]
@@ -308,13 +308,18 @@ fn main() {
     println!("\nmedians of {reps} ({records} records, {partitions} partitions):");
     println!("  plain rskafka loop, fetch only:           {f:>10.0} records/s");
     println!("  plain rskafka loop, fetch + native count: {c:>10.0} records/s");
-    println!("  weir run WordCount, whole process:        {w:>10.0} records/s ({:.0}% of fetch + count)", 100.0 * w / c);
+    println!(
+        "  weir run WordCount, whole process:        {w:>10.0} records/s ({:.0}% of fetch + count)",
+        100.0 * w / c
+    );
     println!(
         "  weir run WordCount, net of start-up:      {n:>10.0} records/s ({:.0}% of fetch + count; start-up {b:.2} s)",
         100.0 * n / c
     );
     if let (Some(before), Some(after)) = (steal, cpu_steal()) {
-        println!("  hypervisor steal during the run: {:.1}%", 100.0 * (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64);
+        println!(
+            "  hypervisor steal during the run: {:.1}%",
+            100.0 * (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
+        );
     }
 }
-

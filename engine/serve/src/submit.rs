@@ -311,12 +311,7 @@ fn cap_limits(t: &Tenant, doc: &mut DocumentMut) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn rewrite_outputs(
-    t: &Tenant,
-    root: &Path,
-    doc: &mut DocumentMut,
-    job_dir: &Path,
-) -> Result<Vec<PathBuf>, ServeError> {
+fn rewrite_outputs(t: &Tenant, root: &Path, doc: &mut DocumentMut, job_dir: &Path) -> Result<Vec<PathBuf>, ServeError> {
     let mut out = Vec::new();
     let Some(outputs) = doc.get_mut("outputs") else { return Ok(out) };
     let Some(arr) = outputs.as_array_of_tables_mut() else {
@@ -487,15 +482,14 @@ mod tests {
     fn kafka_password_env_is_refused_and_tls_files_stay_in_the_tenant_root() {
         let f = fixture();
         let t = tenant("kafka_topic_prefixes = [\"acme.\"]\n");
-        let src = |extra: &str| {
-            format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopics = [\"acme.in\"]\n{extra}")
-        };
-        let sink = |extra: &str| {
-            format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopic = \"acme.out\"\n{extra}")
-        };
+        let src =
+            |extra: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopics = [\"acme.in\"]\n{extra}");
+        let sink =
+            |extra: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopic = \"acme.out\"\n{extra}");
         // The server's environment is not the tenant's: AWS_SECRET_ACCESS_KEY
         // would go to the broker as the password.
-        let env = "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"AWS_SECRET_ACCESS_KEY\"";
+        let env =
+            "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"AWS_SECRET_ACCESS_KEY\"";
         let e = prep(&f, &t, &job(&src(env), SAVE, "")).unwrap_err();
         assert!(matches!(e, ServeError::Refused(_)), "{e}");
         assert!(e.to_string().contains("sources.lines.sasl.password_env"), "{e}");
@@ -514,8 +508,8 @@ mod tests {
         let doc: toml::Table = toml::from_str(&p.text).unwrap();
         let want = f.root.join("in/ca.pem");
         assert_eq!(doc["sources"]["lines"]["tls"]["ca_file"].as_str().unwrap(), want.to_str().unwrap());
-        let p = prep(&f, &t, &job(DIR, &sink("tls = { key_file = \"in/k.pem\", cert_file = \"in/c.pem\" }"), ""))
-            .unwrap();
+        let p =
+            prep(&f, &t, &job(DIR, &sink("tls = { key_file = \"in/k.pem\", cert_file = \"in/c.pem\" }"), "")).unwrap();
         let doc: toml::Table = toml::from_str(&p.text).unwrap();
         let tls = &doc["outputs"][0]["tls"];
         assert_eq!(tls["key_file"].as_str().unwrap(), f.root.join("in/k.pem").to_str().unwrap());
