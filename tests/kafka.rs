@@ -54,7 +54,7 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    fn start() -> Broker {
+    pub(crate) fn start() -> Broker {
         Broker::start_on(free_port())
     }
 
@@ -67,9 +67,21 @@ impl Broker {
     /// broker process, so a broker killed and started again on the same
     /// port and storage is a broker restart).
     pub(crate) fn start_with(port: u16, storage: &str, env: &[(String, String)]) -> Broker {
+        Broker::spawn(port, port, storage, env)
+    }
+
+    /// A broker on `port` (in memory) that tells clients to find it at
+    /// `advertised` (a proxy in front of it: every connection a client
+    /// makes after the bootstrap goes there).
+    pub(crate) fn start_advertising(port: u16, advertised: u16) -> Broker {
+        Broker::spawn(port, advertised, "memory://tansu/", &[])
+    }
+
+    fn spawn(port: u16, advertised: u16, storage: &str, env: &[(String, String)]) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(&tools().tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", storage, "--silent"])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -4,6 +4,13 @@ produces lines from stdin.
     kafka_client.py create BROKERS TOPIC PARTITIONS
     kafka_client.py produce BROKERS TOPIC [COMPRESSION]
         (lines on stdin, round-robin over partitions; COMPRESSION e.g. gzip)
+    kafka_client.py produce-kv BROKERS TOPIC
+        (one record a line on stdin: KEY VALUE, each hex-encoded, `-` for
+        none; round-robin over partitions)
+    kafka_client.py produce-backlog BROKERS TOPIC
+        (lines on stdin, round-robin, sent without waiting for each
+        acknowledgement, so the client packs many into one request; the
+        last line of each partition is then sent on its own, see below)
     kafka_client.py consume BROKERS TOPIC N
         (the first N records of every partition from the start, one JSON
         object a line: partition, value, headers)
@@ -14,7 +21,10 @@ produces lines from stdin.
 Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
 of a partition as the first offset of its newest record batch plus one, so
 the tail of a multi-record batch would stay invisible to consumers until the
-next produce.
+next produce. `produce-backlog` packs records into few requests (fast
+enough for tens of thousands of records) and then sends its last
+line-per-partition one at a time, so each partition's newest record batch
+holds a single record and the whole backlog is visible.
 """
 import json
 import sys
@@ -45,6 +55,31 @@ def main():
             n += 1
         producer.close(timeout=TIMEOUT_S)
         print(n)
+    elif cmd == "produce-kv":
+        producer = KafkaProducer(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
+        partitions = sorted(producer.partitions_for(topic))
+        n = 0
+        for i, line in enumerate(sys.stdin):
+            k, v = (None if f == "-" else bytes.fromhex(f) for f in line.split())
+            p = partitions[i % len(partitions)]
+            producer.send(topic, v, key=k, partition=p).get(timeout=TIMEOUT_S)
+            n += 1
+        producer.close(timeout=TIMEOUT_S)
+        print(n)
+    elif cmd == "produce-backlog":
+        producer = KafkaProducer(
+            bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000, linger_ms=20, batch_size=256 * 1024
+        )
+        partitions = sorted(producer.partitions_for(topic))
+        lines = [l.rstrip("\n").encode() for l in sys.stdin]
+        tail = len(partitions)
+        for i, line in enumerate(lines[:-tail]):
+            producer.send(topic, line, partition=partitions[i % len(partitions)])
+        producer.flush(timeout=TIMEOUT_S)
+        for i in range(max(0, len(lines) - tail), len(lines)):
+            producer.send(topic, lines[i], partition=partitions[i % len(partitions)]).get(timeout=TIMEOUT_S)
+        producer.close(timeout=TIMEOUT_S)
+        print(len(lines))
     elif cmd == "consume":
         want = int(sys.argv[4])
         consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)

@@ -178,17 +178,35 @@ pub struct KafkaTls {
 }
 
 /// SASL authentication to Kafka brokers (`[sources.NAME.sasl]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The password is a secret: it is read from the job file (or, with
+/// `password_env`, from the environment when the client is built) and kept
+/// in memory only. It is never serialized (a serialized spec carries
+/// `password_env` but not `password`) and its `Debug` shows `<redacted>`,
+/// so neither a spec printed into a log nor a hash over a spec's `Debug`
+/// holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
     pub mechanism: SaslMechanism,
     pub username: String,
     /// The password itself (the job file then holds a secret)...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing)]
     pub password: Option<String>,
     /// ...or the environment variable holding it (exactly one of the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaSasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .finish()
+    }
 }
 
 /// A SASL mechanism, named as Kafka names it.

@@ -125,13 +125,75 @@ struct OutputFile {
     sasl: Option<weir_plan::source::KafkaSasl>,
 }
 
+/// Where inline SASL passwords are in a job file (`sources.NAME.sasl.password`,
+/// `outputs[i].sasl.password`): only what the job hash needs to leave them
+/// out. Every other field is ignored here (the full parse checks them).
+#[derive(Deserialize)]
+struct SecretSpans {
+    #[serde(default)]
+    sources: BTreeMap<String, HoldsSasl>,
+    #[serde(default)]
+    outputs: Vec<HoldsSasl>,
+}
+
+#[derive(Deserialize)]
+struct HoldsSasl {
+    #[serde(default)]
+    sasl: Option<SaslSecret>,
+}
+
+#[derive(Deserialize)]
+struct SaslSecret {
+    #[serde(default)]
+    password: Option<Spanned<toml::Value>>,
+}
+
+/// SHA-256 of the job file, as recorded in checkpoints (`job_hash`) — with
+/// every inline SASL password replaced by `"<redacted>"` first, so the
+/// checkpoint holds no hash of the secret (a hash of a known file with one
+/// unknown password is a password verifier) and a rotated password is not
+/// a changed job. A file without an inline password hashes as its bytes,
+/// as it always did. A file that does not parse hashes as its bytes too
+/// (loading it fails anyway, naming the line).
+fn job_hash(text: &str) -> String {
+    let spans: Vec<std::ops::Range<usize>> = match toml::from_str::<SecretSpans>(text) {
+        Ok(f) => {
+            let mut v: Vec<_> = f
+                .sources
+                .into_values()
+                .chain(f.outputs)
+                .filter_map(|h| h.sasl.and_then(|s| s.password).map(|p| p.span()))
+                .collect();
+            v.sort_by_key(|r| r.start);
+            v
+        }
+        Err(_) => Vec::new(),
+    };
+    if spans.is_empty() {
+        return crate::udf::ModuleHash::of(text.as_bytes()).hex();
+    }
+    let mut redacted = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in spans {
+        // Spans come from the parser over `text`; checked all the same.
+        let (Some(before), true) = (text.get(at..r.start), r.end <= text.len() && r.start >= at) else {
+            continue;
+        };
+        redacted.push_str(before);
+        redacted.push_str("\"<redacted>\"");
+        at = r.end;
+    }
+    redacted.push_str(text.get(at..).unwrap_or_default());
+    crate::udf::ModuleHash::of(redacted.as_bytes()).hex()
+}
+
 /// A parsed job, ready to run.
 pub struct Job {
     pub path: PathBuf,
     pub context: StreamingContext,
     /// The clock the job asks for (the CLI may override it).
     pub clock: Option<Clock>,
-    /// SHA-256 of the job file.
+    /// SHA-256 of the job file (inline SASL passwords left out, see `job_hash`).
     pub hash: String,
 }
 
@@ -208,7 +270,7 @@ fn normalize(base: &Path, path: &str) -> PathBuf {
 /// Loads a job file: parses it, loads its modules, builds its graph.
 pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, EngineError> {
     let text = read_job_file(path)?;
-    let hash = crate::udf::ModuleHash::of(text.as_bytes()).hex();
+    let hash = job_hash(&text);
     let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
     let err = |span: Option<std::ops::Range<usize>>, message: String| JobFileError {
         file: path.into(),
@@ -1318,6 +1380,35 @@ mod tests {
         for p in parts {
             assert!(msg.contains(p), "should say {p:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn inline_sasl_passwords_are_left_out_of_the_job_hash_and_of_debug_and_serialized_specs() {
+        let file = |pw: &str| {
+            format!(
+                "batch_interval = \"1s\"\n[sources.lines]\ntype = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]\n\
+                 [sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = {pw}\n\
+                 [[outputs]]\nstream = \"lines\"\ntype = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"o\"\n\
+                 sasl = {{ mechanism = \"PLAIN\", username = \"u\", password = {pw} }}\n"
+            )
+        };
+        let secret = file("\"s3cr3t-hunter2\"");
+        // Both passwords (source and output) are replaced, in place.
+        assert_eq!(job_hash(&secret), crate::udf::ModuleHash::of(file("\"<redacted>\"").as_bytes()).hex());
+        assert_ne!(job_hash(&secret), crate::udf::ModuleHash::of(secret.as_bytes()).hex());
+        // A rotated password (written as a literal string) is the same job.
+        assert_eq!(job_hash(&secret), job_hash(&file("'another one'")));
+        // Without a password, the file's bytes as before.
+        let plain = "batch_interval = \"1s\"\n";
+        assert_eq!(job_hash(plain), crate::udf::ModuleHash::of(plain.as_bytes()).hex());
+
+        let sasl: weir_plan::source::KafkaSasl =
+            toml::from_str("mechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"s3cr3t-hunter2\"").unwrap();
+        assert_eq!(sasl.password.as_deref(), Some("s3cr3t-hunter2"), "kept in memory for the client");
+        let debug = format!("{sasl:?}");
+        assert!(!debug.contains("s3cr3t") && debug.contains("<redacted>"), "{debug}");
+        let json = serde_json::to_string(&sasl).unwrap();
+        assert!(!json.contains("s3cr3t") && !json.contains("password\""), "{json}");
     }
 
     /// Loads a job whose only source is `source` (TOML fields after `[sources.lines]`).

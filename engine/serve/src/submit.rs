@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use toml_edit::{DocumentMut, Item, Value};
+use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 use crate::config::Tenant;
 use crate::store::ModuleStore;
@@ -137,6 +137,32 @@ fn kafka_source_allowed(t: &Tenant, what: &str, src: &Item) -> Result<(), ServeE
     Ok(())
 }
 
+/// A Kafka source's or output's `tls` and `sasl` tables: TLS files are the
+/// tenant's (paths inside its root, rewritten absolute, like a directory
+/// source's), and `sasl.password_env` is refused — it names a variable of
+/// the *server's* environment, which would let a job send any of the
+/// server's secrets (a cloud key, another tenant's password) to a broker
+/// as its password.
+fn kafka_security_allowed(root: &Path, what: &str, item: &mut dyn TableLike) -> Result<(), ServeError> {
+    if let Some(sasl) = item.get("sasl") {
+        if sasl.get("password_env").is_some() {
+            return Err(refused(format!(
+                "{what}.sasl.password_env: a job on weir serve may not read the server's environment; \
+                 give the password in the job (`password`)"
+            )));
+        }
+    }
+    if let Some(tls) = item.get_mut("tls").and_then(Item::as_table_like_mut) {
+        for key in ["ca_file", "cert_file", "key_file"] {
+            if let Some(p) = tls.get(key).and_then(Item::as_str) {
+                let full = inside_root(root, &format!("{what}.tls.{key}"), p)?;
+                tls.insert(key, toml_edit::value(full.display().to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn str_of<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
     item.get(key).and_then(Item::as_str)
 }
@@ -181,7 +207,12 @@ pub fn prepare(
                     let port = src.get("port").and_then(Item::as_integer).unwrap_or(0);
                     hosts_allowed(t, &format!("{host}:{port}")).map_err(|e| refused(format!("{what}: {e}")))?;
                 }
-                Some("kafka") => kafka_source_allowed(t, &what, src)?,
+                Some("kafka") => {
+                    kafka_source_allowed(t, &what, src)?;
+                    if let Some(tl) = src.as_table_like_mut() {
+                        kafka_security_allowed(root, &what, tl)?;
+                    }
+                }
                 // Generators read nothing; unknown types are the loader's to refuse.
                 _ => {}
             }
@@ -195,7 +226,7 @@ pub fn prepare(
             }
         }
     }
-    let outputs = rewrite_outputs(t, &mut doc, job_dir)?;
+    let outputs = rewrite_outputs(t, root, &mut doc, job_dir)?;
     // cap_limits set it: the job's own value or the capped default.
     let memory_bytes = doc
         .get("limits")
@@ -280,7 +311,7 @@ fn cap_limits(t: &Tenant, doc: &mut DocumentMut) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn rewrite_outputs(t: &Tenant, doc: &mut DocumentMut, job_dir: &Path) -> Result<Vec<PathBuf>, ServeError> {
+fn rewrite_outputs(t: &Tenant, root: &Path, doc: &mut DocumentMut, job_dir: &Path) -> Result<Vec<PathBuf>, ServeError> {
     let mut out = Vec::new();
     let Some(outputs) = doc.get_mut("outputs") else { return Ok(out) };
     let Some(arr) = outputs.as_array_of_tables_mut() else {
@@ -309,6 +340,7 @@ fn rewrite_outputs(t: &Tenant, doc: &mut DocumentMut, job_dir: &Path) -> Result<
                 if let Some(topic) = o.get("topic").and_then(Item::as_str) {
                     topic_allowed(t, &format!("{what}.topic"), topic)?;
                 }
+                kafka_security_allowed(root, &what, o)?;
             }
             _ => {}
         }
@@ -444,5 +476,47 @@ mod tests {
         let pattern = format!("{}\ntopic_pattern = \"acme\\\\..*\"", kafka("\"acme.in\""));
         let e = prep(&f, &t, &job(&pattern, SAVE, "")).unwrap_err().to_string();
         assert!(e.contains("topic patterns are not allowed"), "{e}");
+    }
+
+    #[test]
+    fn kafka_password_env_is_refused_and_tls_files_stay_in_the_tenant_root() {
+        let f = fixture();
+        let t = tenant("kafka_topic_prefixes = [\"acme.\"]\n");
+        let src =
+            |extra: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopics = [\"acme.in\"]\n{extra}");
+        let sink =
+            |extra: &str| format!("type = \"kafka\"\nbrokers = \"feed.local:9092\"\ntopic = \"acme.out\"\n{extra}");
+        // The server's environment is not the tenant's: AWS_SECRET_ACCESS_KEY
+        // would go to the broker as the password.
+        let env =
+            "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_env = \"AWS_SECRET_ACCESS_KEY\"";
+        let e = prep(&f, &t, &job(&src(env), SAVE, "")).unwrap_err();
+        assert!(matches!(e, ServeError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("sources.lines.sasl.password_env"), "{e}");
+        let e = prep(
+            &f,
+            &t,
+            &job(DIR, &sink("sasl = { mechanism = \"PLAIN\", username = \"u\", password_env = \"HOME\" }"), ""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("outputs[0].sasl.password_env"), "{e}");
+        // An inline password is the tenant's own.
+        let inline = "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"";
+        assert!(prep(&f, &t, &job(&src(inline), SAVE, "")).is_ok());
+        // TLS files: inside the root, rewritten absolute (table and inline).
+        let p = prep(&f, &t, &job(&src("[sources.lines.tls]\nca_file = \"in/ca.pem\""), SAVE, "")).unwrap();
+        let doc: toml::Table = toml::from_str(&p.text).unwrap();
+        let want = f.root.join("in/ca.pem");
+        assert_eq!(doc["sources"]["lines"]["tls"]["ca_file"].as_str().unwrap(), want.to_str().unwrap());
+        let p =
+            prep(&f, &t, &job(DIR, &sink("tls = { key_file = \"in/k.pem\", cert_file = \"in/c.pem\" }"), "")).unwrap();
+        let doc: toml::Table = toml::from_str(&p.text).unwrap();
+        let tls = &doc["outputs"][0]["tls"];
+        assert_eq!(tls["key_file"].as_str().unwrap(), f.root.join("in/k.pem").to_str().unwrap());
+        assert_eq!(tls["cert_file"].as_str().unwrap(), f.root.join("in/c.pem").to_str().unwrap());
+        for bad in ["/etc/weir/serve.key", "../other/key.pem"] {
+            let e = prep(&f, &t, &job(DIR, &sink(&format!("tls = {{ key_file = \"{bad}\" }}")), "")).unwrap_err();
+            assert!(e.to_string().contains("outputs[0].tls.key_file"), "{bad}: {e}");
+        }
     }
 }
