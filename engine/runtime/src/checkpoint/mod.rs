@@ -521,13 +521,27 @@ fn decode_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, b
             $(
                 if budget <= 1usize << $bits {
                     let config = bincode::config::standard().with_limit::<{ 1usize << $bits }>();
-                    return bincode::serde::decode_from_slice(payload, config).map(|(v, _)| v);
+                    return bincode::serde::decode_from_slice(payload, config).and_then(|(v, n)| whole(v, n, payload));
                 }
             )*
         };
     }
     within!(16, 20, 24, 28, 32, 36, 40, 44);
     Err(bincode::error::DecodeError::LimitExceeded)
+}
+
+/// A value decoded from `n` bytes of `payload` counts only if they are all
+/// of it: bincode stops where the value ends, so a longer payload of a newer
+/// shape (or a truncated one) would otherwise decode as an older, shorter
+/// shape and lose what follows.
+fn whole<T>(v: T, n: usize, payload: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    match payload.len().checked_sub(n) {
+        Some(0) => Ok(v),
+        _ => Err(bincode::error::DecodeError::OtherString(format!(
+            "{} byte(s) after the value",
+            payload.len().saturating_sub(n)
+        ))),
+    }
 }
 
 fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
