@@ -284,3 +284,70 @@ fn the_rust_api_joins_a_dataset_in_a_transform_closure_and_hands_it_to_a_udf() {
     );
     assert_eq!(show(&looked_up), vec![(1000, lines(&["(u1,Ada)", "(u3,null)"])), (2000, lines(&["(u2,Bob)"]))]);
 }
+
+#[test]
+fn checkpoint_inspect_shows_each_dataset_with_its_source_and_content_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A file and a directory inside transform, and a file handed to a UDF
+    // as a parameter only (no RDD of it in the graph).
+    let job = format!(
+        "batch_interval = \"1s\"\n\
+         [modules]\nops = \"{}\"\n\
+         [datasets]\nusers = \"users.jsonl\"\nknown = \"known\"\nnames = \"names.jsonl\"\n\
+         [sources.events]\ntype = \"batches\"\npath = \"events.jsonl\"\n\
+         [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n\
+         [streams]\njoined = 'events.transform(\"rdd.join(users)\")'\n\
+         unknown = 'ids.transform(\"rdd.subtract(known)\")'\n\
+         named = \"ids.map(ops.lookup(names))\"\n{}{}{}",
+        module("testops.wasm").display(),
+        saved("joined"),
+        saved("unknown"),
+        saved("named")
+    );
+    std::fs::write(d.join("job.toml"), job).unwrap();
+    std::fs::write(d.join("users.jsonl"), USERS).unwrap();
+    std::fs::write(d.join("names.jsonl"), "[[\"k1\", \"Kay\"]]\n").unwrap();
+    std::fs::create_dir(d.join("known")).unwrap();
+    std::fs::write(d.join("known/a.txt"), "k1\n").unwrap();
+    std::fs::write(d.join("events.jsonl"), "[[\"u1\", 1]]\n[[\"u2\", 2]]\n").unwrap();
+    std::fs::write(d.join("ids.jsonl"), "[\"k1\", \"u9\"]\n[]\n").unwrap();
+    ok(&run(&mut weir_run(d, "ckpt", &["-q"])));
+
+    // `dataset NAME: SOURCE (sha256 HASH)`, one line per dataset: the hashes.
+    let inspect = || {
+        let out = run(weir().args(["checkpoint", "inspect"]).arg(d.join("ckpt")));
+        let s = text(&out.stdout);
+        assert!(out.status.success(), "{s}{}", text(&out.stderr));
+        let mut found = BTreeMap::new();
+        for (name, source) in
+            [("known", "directory known"), ("names", "file names.jsonl"), ("users", "file users.jsonl")]
+        {
+            let head = format!("dataset {name}: {source} (sha256 ");
+            let line = s.lines().find(|l| l.starts_with(&head)).unwrap_or_else(|| panic!("no {head:?} in:\n{s}"));
+            let hash = line[head.len()..].trim_end_matches(')').to_string();
+            assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+            found.insert(name, hash);
+        }
+        assert_eq!(s.lines().filter(|l| l.starts_with("dataset ")).count(), 3, "{s}");
+        found
+    };
+    let before = inspect();
+    assert_eq!(before.values().collect::<std::collections::BTreeSet<_>>().len(), 3, "distinct contents: {before:?}");
+
+    // The hash is the one recovery compares: a changed file is refused
+    // naming the recorded hash, and once accepted, inspect shows the new one.
+    std::fs::write(d.join("users.jsonl"), USERS.replace("Bob", "Bea")).unwrap();
+    let out = run(&mut weir_run(d, "ckpt", &[]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("content sha256 {} in the checkpoint", &before["users"][..12])), "{err}");
+    // More input, so the accepted run writes a checkpoint of its own.
+    std::fs::write(d.join("events.jsonl"), "[[\"u1\", 1]]\n[[\"u2\", 2]]\n[[\"u2\", 3]]\n").unwrap();
+    std::fs::write(d.join("ids.jsonl"), "[\"k1\", \"u9\"]\n[]\n[\"k1\"]\n").unwrap();
+    ok(&run(&mut weir_run(d, "ckpt", &["-q", "--accept-job-change"])));
+    assert_eq!(read_outputs(&d.join("out"), "joined")[&3000], vec!["(u2,(3,Bea))".to_string()], "the new dataset");
+    let after = inspect();
+    assert_ne!(after["users"], before["users"], "the new content's hash");
+    assert_eq!((&after["known"], &after["names"]), (&before["known"], &before["names"]));
+}

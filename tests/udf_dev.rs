@@ -227,6 +227,81 @@ fn udf_call_errors_name_the_module_the_export_and_what_to_do() {
     assert!(err.contains("\"flat_map:same\" (flat_map)"), "{err}");
 }
 
+#[test]
+fn udf_call_passes_parameters_as_a_job_file_gives_them_and_names_a_bad_one() {
+    let ops = module("testops.wasm");
+    let ok = |args: &[&str]| {
+        let (code, json, err) = call(&ops, args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        (json.unwrap(), err)
+    };
+    // Positional (`ops.plus(4)`) and named (`ops.plus(n = -10)`).
+    let (json, err) = ok(&["plus", "--input", "[1, 2]", "--param", "4"]);
+    assert_eq!(json, serde_json::json!([5, 6]));
+    assert!(err.contains("\"map:plus\" (map) with parameters (4): 2 record(s) in"), "{err}");
+    let (json, _) = ok(&["plus", "--input", "[1, 2]", "--param", "n=-10"]);
+    assert_eq!(json, serde_json::json!([-9, -8]));
+    // A string, and decimals by name in any order.
+    let logs = r#"["ERROR disk full", "INFO started", "WARN slow"]"#;
+    let (json, _) = ok(&["level_is", "--input", logs, "--param", "\"WARN\""]);
+    assert_eq!(json, serde_json::json!([false, false, true]));
+    let points = "[[52.52, 13.40], [52.39, 13.06], [53.55, 9.99]]";
+    let within = |km: &str| {
+        let km = format!("km={km}");
+        ok(&["within", "--input", points, "--param", &km, "--param", "lon=13.4", "--param", "lat=52.5"]).0
+    };
+    assert_eq!(within("10"), serde_json::json!([true, false, false]));
+    assert_eq!(within("100"), serde_json::json!([true, true, false]), "the parameter changes the result");
+    // @PATH: a dataset's records as one list (a job file's `ops.lookup(users)`).
+    let tmp = tempfile::tempdir().unwrap();
+    let users = tmp.path().join("users.jsonl");
+    std::fs::write(&users, "[[\"u1\", \"Ada\"]]\n[[\"u2\", \"Bob\"]]\n").unwrap();
+    let (json, err) = ok(&["lookup", "--input", r#"["u2", "u9"]"#, "--param", &format!("@{}", users.display())]);
+    assert_eq!(json, serde_json::json!([["u2", "Bob"], ["u9", null]]));
+    assert!(err.contains(&format!("with parameters (@{})", users.display())), "{err}");
+
+    // Errors name the parameter and say what is wrong.
+    let wat = module("wat/wordcount.wat");
+    let missing = format!("@{}", tmp.path().join("nope.jsonl").display());
+    for (m, args, want) in [
+        (&ops, &["level_is", "--input", "[]", "--param", "level=ERROR"][..], "--param level: \"ERROR\" is not a value"),
+        (
+            &ops,
+            &["plus", "--input", "[]", "--param", "n=[1, 2]"],
+            "--param n: [1, 2] is not a value a job file can give",
+        ),
+        (
+            &ops,
+            &["plus", "--input", "[]", "--param", "n=1", "--param", "2"],
+            "--param 2 (positional value 1) follows a named one",
+        ),
+        (
+            &ops,
+            &["plus", "--input", "[]", "--param", "n=1", "--param", "n=2"],
+            "--param: parameter \"n\" is given twice",
+        ),
+        (&ops, &["plus", "--input", "[1]", "--param", "m=1"], "unknown parameter `m`"),
+        (&ops, &["plus", "--input", "[1]", "--param", "m=1"], "export \"map:plus\""),
+        (&ops, &["plus", "--input", "[1]", "--param", "\"x\""], "export \"map:plus\""),
+        (&ops, &["double", "--input", "[1]", "--param", "3"], "map:double takes no parameters"),
+        (
+            &wat,
+            &["split", "--input", "[]", "--param", "3"],
+            "the module takes no parameters (it does not export weir_params)",
+        ),
+        (&ops, &["lookup", "--input", "[]", "--param", &format!("users={missing}")], "--param users"),
+        (&ops, &["lookup", "--input", "[]", "--param", &format!("users={missing}")], "nope.jsonl"),
+    ] {
+        let (code, _, err) = call(m, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+    }
+    // Without --param, a function that needs one says which.
+    let (code, _, err) = call(&ops, &["plus", "--input", "[1]"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("missing parameter `n`"), "{err}");
+}
+
 /// WordCount over a directory with `module`: the `save_as_text_files` outputs.
 fn wordcount_outputs(dir: &Path, module: &Path) -> std::collections::BTreeMap<i64, Vec<String>> {
     let job = dir.join("job.toml");
@@ -427,6 +502,11 @@ fn the_zig_sdk_exports_every_kind_with_parameters_and_the_batch_time() {
             r#"[["a", [1, 2], null, false], ["b", [5], 10, false], ["c", [], 3, true]]"#,
             serde_json::json!([[[1, 3], 3], [[15], 15], [[], null]]),
         ),
+        // The generic weir.reduce: strings, tuples, optionals, any value.
+        ("longest", r#"[["a", "abc", "ab", "xyz"], ["x"]]"#, serde_json::json!(["abc", "x"])),
+        ("span", "[[[1, 5], [0, 3], [2, 9]], [[4, 4]]]", serde_json::json!([[0, 9], [4, 4]])),
+        ("first_set", "[[null, 4, 5], [null, null]]", serde_json::json!([4, null])),
+        ("widest", r#"[[1, "abc", [1, 2], null]]"#, serde_json::json!([[1, 2]])),
     ] {
         let (code, json, err) = call(&m, &[f, "--input", input]);
         assert_eq!(code, Some(0), "{f}: {err}");
@@ -451,6 +531,16 @@ fn the_zig_sdk_exports_every_kind_with_parameters_and_the_batch_time() {
     assert!(err.contains("export \"first\" (key_by): the function reported an error: first: an empty tuple"), "{err}");
     let (_, _, err) = call(&m, &["is_long", "--input", "[1]"]);
     assert!(err.contains("expected a string"), "{err}");
+    // A value of the wrong type fails the generic reduce, naming the export.
+    for (f, input, want) in [
+        ("longest", "[[\"a\", 1]]", "export \"longest\" (reduce): the function reported an error: expected a string"),
+        ("span", "[[[1, 2, 3]]]", "a tuple of the wrong length"),
+        ("span", "[[[1, \"x\"]]]", "expected an i64"),
+    ] {
+        let (code, _, err) = call(&m, &[f, "--input", input]);
+        assert_eq!(code, Some(1), "{f}: {err}");
+        assert!(err.contains(want), "{f}: expected {want:?} in {err}");
+    }
 
     // In a job: parameters (positional and named), the batch time, and
     // update_state_by_key's function reading it.
@@ -458,7 +548,7 @@ fn the_zig_sdk_exports_every_kind_with_parameters_and_the_batch_time() {
     std::fs::write(tmp.path().join("nums.jsonl"), "[1, 2]\n[10]\n").unwrap();
     std::fs::write(tmp.path().join("pairs.jsonl"), "[[\"a\", 1], [\"b\", 2]]\n[[\"a\", 3]]\n").unwrap();
     let job = |streams: &str| {
-        let outs: String = ["plus4", "minus10", "stamped", "totals"]
+        let outs: String = ["plus4", "minus10", "stamped", "totals", "merged"]
             .iter()
             .filter(|s| streams.contains(&format!("{s} =")))
             .map(|s| format!("[[outputs]]\nstream = \"{s}\"\ntype = \"save_as_text_files\"\nprefix = \"out/{s}\"\n"))
@@ -480,13 +570,17 @@ fn the_zig_sdk_exports_every_kind_with_parameters_and_the_batch_time() {
             .arg(&ckpt))
     };
     let out = job("plus4 = \"nums.map(z.plus(4))\"\nminus10 = \"nums.map(z.plus(n = -10))\"\n\
-         stamped = \"nums.map(z.stamp)\"\ntotals = \"pairs.update_state_by_key(z.sum_with_times)\"\n");
+         stamped = \"nums.map(z.stamp)\"\ntotals = \"pairs.update_state_by_key(z.sum_with_times)\"\n\
+         merged = \"nums.glom().reduce(z.merged)\"\n");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got = |s: &str| read_outputs(&tmp.path().join("out"), s);
     let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     assert_eq!(got("plus4")[&1000], l(&["5", "6"]));
     assert_eq!(got("plus4")[&2000], l(&["14"]));
     assert_eq!(got("minus10")[&1000], l(&["-9", "-8"]), "a named, negative parameter");
+    // weir.reduce over lists: each partition's list (glom), concatenated.
+    assert_eq!(got("merged")[&1000], l(&["[1, 2]"]));
+    assert_eq!(got("merged")[&2000], l(&["[10]"]));
     assert_eq!(got("stamped")[&1000], l(&["(1,1000)", "(2,1000)"]));
     assert_eq!(got("stamped")[&2000], l(&["(10,2000)"]), "each batch's own time");
     let mut totals = got("totals")[&2000].clone();

@@ -14,6 +14,14 @@ use std::process::Output;
 /// when `body` uses it (loading it costs a compilation).
 fn modules(body: &str) -> String {
     let mut m = format!("\n[modules]\nops = \"{}\"\n", module("testops.wasm").display());
+    // The C and AssemblyScript guests of the same functions (weir_abi.h's
+    // and the AssemblyScript SDK's parameter helpers).
+    if body.contains("c.") {
+        m.push_str(&format!("c = \"{}\"\n", module("c_params.wasm").display()));
+    }
+    if body.contains("asc.") {
+        m.push_str(&format!("asc = \"{}\"\n", module("params_as.wasm").display()));
+    }
     if body.contains("py.") {
         m.push_str(&format!("py = \"{}\"\n", module("wordcount_py.wasm").display()));
     }
@@ -190,8 +198,95 @@ fn udf_check_says_whether_a_module_takes_parameters_and_the_batch_time() {
     assert!(out.status.success(), "{s}{}", text(&out.stderr));
     assert!(s.contains("parameters: yes (exports weir_params"), "{s}");
     assert!(s.contains("batch time: yes (exports weir_batch_time)"), "{s}");
-    let out = run(weir().args(["udf", "check"]).arg(module("wordcount_c.wasm")));
+    for m in ["c_params.wasm", "params_as.wasm"] {
+        let out = run(weir().args(["udf", "check"]).arg(module(m)));
+        let s = text(&out.stdout);
+        assert!(s.contains("parameters: yes (exports weir_params"), "{m}: {s}");
+        assert!(s.contains("batch time: yes (exports weir_batch_time)"), "{m}: {s}");
+    }
+    let out = run(weir().args(["udf", "check"]).arg(module("wat/wordcount.wat")));
     let s = text(&out.stdout);
     assert!(s.contains("parameters: no (no weir_params export)"), "{s}");
     assert!(s.contains("batch time: no (no weir_batch_time export)"), "{s}");
+}
+
+#[test]
+fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sdk_does() {
+    // The same streams over testops (Rust SDK), c_params.wasm (weir_abi.h)
+    // and params_as.wasm (the AssemblyScript SDK).
+    let streams = [
+        ("plus4", "nums.map({m}.plus(4))"),
+        ("minus10", "nums.map({m}.plus(n = -10))"),
+        ("errors", "logs.filter({m}.level_is(\"ERROR\"))"),
+        ("warns", "logs.filter({m}.level_is(\"WARN\"))"),
+        ("stamped", "nums.map({m}.scaled_at(factor = 10))"),
+        ("named", "ids.map({m}.lookup(users))"),
+    ];
+    let mods = ["ops", "c", "asc"];
+    let mut body = "[datasets]\nusers = \"users.jsonl\"\n\
+        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
+        [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n[streams]\n"
+        .to_string();
+    let mut outs = String::new();
+    for m in mods {
+        for (name, expr) in streams {
+            body.push_str(&format!("{m}_{name} = '{}'\n", expr.replace("{m}", m)));
+            outs.push_str(&saved(&format!("{m}_{name}")));
+        }
+    }
+    let body = format!("{body}{outs}");
+    let files = [
+        ("nums.jsonl", NUMS),
+        ("logs.jsonl", LOGS),
+        ("ids.jsonl", "[\"u1\", \"u9\"]\n[\"u2\"]\n[]\n"),
+        ("users.jsonl", "[[\"u1\", \"Ada\"], [\"u2\", \"Bob\"]]\n"),
+    ];
+    let mut dirs = Vec::new();
+    for master in ["local[2]", "local-cluster[2]"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = write_job(tmp.path(), &body, &files);
+        ok(&run_on(&job, master, &[]));
+        dirs.push(tmp);
+    }
+    let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    for dir in &dirs {
+        let out = |s: &str| -> BTreeMap<i64, Vec<String>> { read_outputs(&dir.path().join("out"), s) };
+        for m in ["c", "asc"] {
+            let o = |s: &str| out(&format!("{m}_{s}"));
+            assert_eq!(o("plus4")[&1000], l(&["5", "6", "7"]), "{m}");
+            assert_eq!(o("plus4")[&2000], l(&["14"]), "{m}");
+            assert_eq!(o("minus10")[&1000], l(&["-9", "-8", "-7"]), "{m}: a named, negative parameter");
+            assert_eq!(o("errors")[&1000], l(&["ERROR disk full", "ERROR again"]), "{m}");
+            assert_eq!(o("warns")[&1000], l(&["WARN slow"]), "{m}: the parameter changes the result");
+            assert_eq!(o("stamped")[&1000], l(&["(10,1000)", "(20,1000)", "(30,1000)"]), "{m}");
+            assert_eq!(o("stamped")[&2000], l(&["(100,2000)"]), "{m}: each batch's own time");
+            assert_eq!(o("named")[&1000], l(&["(u1,Ada)", "(u9,null)"]), "{m}: a dataset as a lookup table");
+            assert_eq!(o("named")[&2000], l(&["(u2,Bob)"]), "{m}");
+            // And every stream is the Rust SDK's, batch for batch.
+            for (name, _) in streams {
+                assert_eq!(o(name), out(&format!("ops_{name}")), "{m}_{name} differs from the Rust SDK's");
+            }
+        }
+    }
+    // A function that takes no parameters refuses them when the job loads,
+    // and one that needs them names the missing one.
+    for m in ["c", "asc"] {
+        for (expr, want) in
+            [("nums.map({m}.double(3))", "map:double takes no parameters"), ("nums.map({m}.plus)", "no parameter n")]
+        {
+            let tmp = tempfile::tempdir().unwrap();
+            let body = format!(
+                "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{}\"\n{}",
+                expr.replace("{m}", m),
+                saved("x")
+            );
+            let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
+            let out = run_on(&job, "local[2]", &[]);
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{m}: {expr}: {err}");
+            assert!(err.contains(want), "{m}: {expr}: expected {want:?} in {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
 }

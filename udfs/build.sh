@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds every UDF module the examples and tests use into udfs/*.wasm:
 #   Rust (udf-sdk)  -> udfs/wordcount.wasm, udfs/testops.wasm
-#   C (clang)       -> udfs/wordcount_c.wasm, udfs/c_helpers.wasm
-#   AssemblyScript  -> udfs/wordcount_as.wasm (npm's assemblyscript, installed
+#   C (clang)       -> udfs/wordcount_c.wasm, udfs/c_helpers.wasm, udfs/c_params.wasm
+#   AssemblyScript  -> udfs/wordcount_as.wasm, udfs/params_as.wasm (npm's assemblyscript, installed
 #                      under target/assemblyscript when missing)
 #   Zig             -> udfs/wordcount_zig.wasm, udfs/zig_helpers.wasm (PyPI's
 #                      ziglang, installed under target/ziglang when missing)
@@ -35,6 +35,10 @@ if command -v clang >/dev/null 2>&1 && command -v wasm-ld >/dev/null 2>&1; then
   clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wall -Werror \
     -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
     -o "$here/c_helpers.wasm" c/helpers.c
+  # Parameters and the batch time (tests/udf_params.rs).
+  clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wall -Werror \
+    -Wl,--no-entry -Wl,--export-dynamic -Wl,--strip-all \
+    -o "$here/c_params.wasm" c/params.c
 else
   # Not fatal: the examples need only the Rust modules. The tests need this
   # one and say so; scripts/test.sh installs clang and lld first.
@@ -51,8 +55,10 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     mkdir -p "$as_dir"
     (cd "$as_dir" && npm install --no-audit --no-fund --silent assemblyscript@0.28.20 >&2)
   fi
-  "$asc" assemblyscript/wordcount.ts --runtime stub --use abort= -O3 --noAssert -o "$here/wordcount_as.wasm"
-  node ../udf-sdk/assemblyscript/declare.cjs "$here/wordcount_as.wasm" assemblyscript/wordcount.exports
+  for m in wordcount:wordcount_as params:params_as; do
+    "$asc" "assemblyscript/${m%%:*}.ts" --runtime stub --use abort= -O3 --noAssert -o "$here/${m#*:}.wasm"
+    node ../udf-sdk/assemblyscript/declare.cjs "$here/${m#*:}.wasm" "assemblyscript/${m%%:*}.exports"
+  done
 else
   echo "udfs/build.sh: skipping the AssemblyScript guest (udfs/assemblyscript/): node and npm not found (Debian: apt-get install nodejs npm)" >&2
 fi

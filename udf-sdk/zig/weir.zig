@@ -17,8 +17,8 @@
 //!     fn sum(a: i64, b: i64) i64 { return a +% b; }
 //!
 //!     comptime {
-//!         weir.map("pair", pair);      // export "pair", declared "pair = map"
-//!         weir.reduceI64("sum", sum);  // export "sum", declared "sum = reduce"
+//!         weir.map("pair", pair);  // export "pair", declared "pair = map"
+//!         weir.reduce("sum", sum); // export "sum", declared "sum = reduce"
 //!     }
 //!
 //! Why the custom section and not `@export(.., .{ .name = "map:pair" })`:
@@ -617,40 +617,132 @@ pub fn mapPartitions(comptime name: []const u8, comptime f: anytype) void {
     }.run);
 }
 
-/// Exports `f` as the `reduce` function `name` over i64 values: the left
-/// fold `f(f(v1, v2), v3)...` of each group.
-pub fn reduceI64(comptime name: []const u8, comptime f: fn (i64, i64) i64) void {
-    exportAs(name, "reduce", Reduce("reduce:" ++ name, i64, f).run);
+/// Exports `f` as the `reduce` function `name`: the left fold
+/// `f(f(v1, v2), v3)...` of each group, over values of any type `T` that
+/// `read` and `write` know (`f: fn (T, T) T`; Rust's `#[weir_udf::reduce]`):
+///
+///     fn longest(a: []const u8, b: []const u8) []const u8 { return if (b.len > a.len) b else a; }
+///     fn span(a: struct { i64, i64 }, b: struct { i64, i64 }) struct { i64, i64 } { ... }
+///     comptime { weir.reduce("longest", longest); weir.reduce("span", span); }
+///
+/// A value that is not a `T` fails the call, naming the export.
+pub fn reduce(comptime name: []const u8, comptime f: anytype) void {
+    const F = @typeInfo(@TypeOf(f)).@"fn";
+    const T = F.return_type orelse @compileError("weir.reduce: f must return its value type");
+    if (F.param_types.len != 2 or F.param_types[0] != T or F.param_types[1] != T)
+        @compileError("weir.reduce: f must be fn (T, T) T, got " ++ @typeName(@TypeOf(f)));
+    exportAs(name, "reduce", Reduce("reduce:" ++ name, T, f).run);
 }
 
-/// Exports `f` as the `reduce` function `name` over f64 values.
+/// `reduce` over i64 values (kept for modules written before `reduce`).
+pub fn reduceI64(comptime name: []const u8, comptime f: fn (i64, i64) i64) void {
+    reduce(name, f);
+}
+
+/// `reduce` over f64 values.
 pub fn reduceF64(comptime name: []const u8, comptime f: fn (f64, f64) f64) void {
-    exportAs(name, "reduce", Reduce("reduce:" ++ name, f64, f).run);
+    reduce(name, f);
 }
 
 fn Reduce(comptime export_name: []const u8, comptime T: type, comptime f: fn (T, T) T) type {
     return struct {
-        fn read(r: *Reader) T {
-            return if (T == i64) r.int() else r.float();
-        }
         fn run(ptr: u32, len: u32) callconv(.c) i64 {
             if (refuseParams(export_name, false)) |e| return e;
             var r = Reader.init(input(ptr, len));
-            const n = r.batch(5 + 9);
-            var w = Writer.init(4 + 9 * @as(usize, n));
+            // A group is a list (5 bytes) of at least one value (1 byte).
+            const n = r.batch(5 + 1);
+            var w = Writer.init(@as(usize, len) + 64);
             var i: u32 = 0;
             while (i < n and r.err == null) : (i += 1) {
                 const k = r.list();
                 if (r.err != null) break;
                 if (k == 0) return failWith("a group to reduce is empty");
-                var acc = read(&r);
+                var acc = read(T, &r);
                 var j: u32 = 1;
-                while (j < k and r.err == null) : (j += 1) acc = f(acc, read(&r));
-                if (T == i64) w.int(acc) else w.float(acc);
+                while (j < k and r.err == null) : (j += 1) acc = f(acc, read(T, &r));
+                if (r.err != null) break;
+                write(T, &w, acc);
             }
             return done(&r, &w, n);
         }
     };
+}
+
+/// Any value, still encoded (read with `Reader.init(v.encoded)`, written
+/// back unchanged): a `T` of `read`, `write` and `reduce` that takes every
+/// type.
+pub const Raw = struct { encoded: []const u8 };
+
+/// Reads one value as a `T`: `i64`, `f64`, `bool`, `[]const u8` (a string),
+/// `Raw` (any value), `?T` (null or a `T`), `[]const T` (a list; its
+/// elements are copied into memory from `bump`, valid until the call
+/// returns), or a struct (a tuple of its fields, in order: `struct { []const
+/// u8, i64 }` is a pair). A value of another type sets `r.err` and gives a
+/// zero value.
+pub fn read(comptime T: type, r: *Reader) T {
+    if (T == i64) return r.int();
+    if (T == f64) return r.float();
+    if (T == bool) return r.boolean();
+    if (T == []const u8) return r.str();
+    if (T == Raw) return .{ .encoded = r.raw() };
+    switch (@typeInfo(T)) {
+        .optional => |o| {
+            if (r.peek() == NULL) {
+                r.pos += 1;
+                return null;
+            }
+            return read(o.child, r);
+        },
+        .pointer => |p| {
+            if (p.size != .slice or !p.attrs.@"const") @compileError("weir.read: a list is a []const T, not " ++ @typeName(T));
+            const n = r.list();
+            // Every element takes at least one byte: a count that does not
+            // fit in the input is refused before allocating.
+            if (n > r.avail()) {
+                r.fail("a list's count runs past the end of the input");
+                return &.{};
+            }
+            if (r.err != null or n == 0) return &.{};
+            const size = std.math.mul(usize, n, @sizeOf(p.child)) catch {
+                r.fail("a list too large for memory");
+                return &.{};
+            };
+            const items: [*]p.child = @ptrCast(@alignCast(bump(size)));
+            var i: u32 = 0;
+            while (i < n) : (i += 1) items[i] = read(p.child, r);
+            return items[0..n];
+        },
+        .@"struct" => |st| {
+            var v: T = undefined;
+            const n = r.tuple();
+            if (r.err == null and n != st.field_names.len) r.fail("a tuple of the wrong length");
+            inline for (st.field_names, st.field_types) |fname, ftype| @field(v, fname) = read(ftype, r);
+            return v;
+        },
+        else => @compileError("weir.read: no encoding for " ++ @typeName(T)),
+    }
+}
+
+/// Writes `v` as `read` reads a `T`.
+pub fn write(comptime T: type, w: *Writer, v: T) void {
+    if (T == i64) return w.int(v);
+    if (T == f64) return w.float(v);
+    if (T == bool) return w.boolean(v);
+    if (T == []const u8) return w.str(v);
+    if (T == Raw) return w.raw(v.encoded);
+    switch (@typeInfo(T)) {
+        .optional => |o| if (v) |x| write(o.child, w, x) else w.nil(),
+        .pointer => |p| {
+            if (p.size != .slice or !p.attrs.@"const") @compileError("weir.write: a list is a []const T, not " ++ @typeName(T));
+            w.list(@intCast(v.len));
+            for (v) |x| write(p.child, w, x);
+        },
+        .@"struct" => |st| {
+            w.tuple(st.field_names.len);
+            inline for (st.field_names, st.field_types) |fname, ftype| write(ftype, w, @field(v, fname));
+        },
+        else => @compileError("weir.write: no encoding for " ++ @typeName(T)),
+    }
 }
 
 /// Reads a group's `state or null` field.

@@ -10,10 +10,17 @@
  *   - a bounds-checked reader for encoded values (struct weir_rd);
  *   - a growable writer for the output batch (struct weir_wr);
  *   - weir_ok / weir_err, which pack the i64 a UDF export returns;
+ *   - the batch time and the job file's parameters (docs/udf-abi.md,
+ *     section 3a): the header exports `weir_batch_time` and `weir_params`;
+ *     weir_batch_time() returns the time, weir_param("n", 0, &rd) puts a
+ *     reader at the parameter named "n", else at positional value 0;
  *   - per-kind wrappers (WEIR_MAP, WEIR_FLAT_MAP, WEIR_FILTER, WEIR_KEY_BY,
  *     WEIR_MAP_PARTITIONS, WEIR_REDUCE_I64, WEIR_REDUCE_F64) that define the
  *     export, walk the input batch and write the output batch's header, so
- *     a function only reads its record and writes its value(s):
+ *     a function only reads its record and writes its value(s). They refuse
+ *     parameters ("map:f takes no parameters"); a function that reads them
+ *     is exported with WEIR_MAP_PARAMS (and WEIR_FLAT_MAP_PARAMS,
+ *     WEIR_FILTER_PARAMS, WEIR_KEY_BY_PARAMS, WEIR_MAP_PARTITIONS_PARAMS):
  *
  *       static void pair(struct weir_rd *in, struct weir_wr *out) {
  *           uint32_t n;
@@ -23,6 +30,15 @@
  *           weir_put_i64(out, 1);
  *       }
  *       WEIR_MAP(pair)        // exports "map:pair"
+ *
+ *       static void plus(struct weir_rd *in, struct weir_wr *out) {
+ *           struct weir_rd p;        // `ops.plus(4)` or `ops.plus(n = 4)`
+ *           if (!weir_param("n", 0, &p)) { weir_fail(in, "plus: no parameter n"); return; }
+ *           int64_t n = weir_rd_i64(&p);
+ *           if (p.err) { weir_fail(in, p.err); return; }
+ *           weir_put_i64(out, weir_rd_i64(in) + n);
+ *       }
+ *       WEIR_MAP_PARAMS(plus) // exports "map:plus", which takes parameters
  *
  * The encoding, little-endian throughout:
  *
@@ -41,6 +57,8 @@
  * heap base before allocating: a call's input and everything the call
  * allocates live until the next weir_alloc, and an instance that serves many
  * calls does not grow without bound. Nothing is ever freed individually.
+ * The parameters (weir_params) are the exception: their buffer stays, and
+ * weir_alloc resets to just above it instead.
  *
  * Errors: the reader records the first error in `rd.err` (a static string)
  * and afterwards returns zeros, so a function can read a whole record and
@@ -100,6 +118,8 @@ void *memset(void *dst, int c, size_t n) {
 extern unsigned char __heap_base;
 
 static uintptr_t weir_heap_top;
+/* Where weir_alloc resets to: the heap base, or above the parameters. */
+static uintptr_t weir_heap_floor;
 
 /* Returns `len` bytes, 8-aligned; grows linear memory as needed; traps
  * (the host reports a trap, or a memory-limit error) when it cannot grow. */
@@ -121,7 +141,8 @@ static inline void *weir_bump(uint32_t len) {
 WEIR_EXPORT("weir_abi_version") int weir_abi_version(void) { return 1; }
 
 WEIR_EXPORT("weir_alloc") void *weir_alloc(uint32_t len) {
-    weir_heap_top = (uintptr_t)&__heap_base; /* see "Memory" above */
+    uintptr_t base = (uintptr_t)&__heap_base;
+    weir_heap_top = weir_heap_floor > base ? weir_heap_floor : base; /* see "Memory" above */
     return weir_bump(len);
 }
 
@@ -313,6 +334,96 @@ static inline const uint8_t *weir_rd_raw(struct weir_rd *r, uint32_t *len) {
     weir_rd_skip(r);
     *len = r->err ? 0 : (uint32_t)(r->p - start);
     return start;
+}
+
+/* ------------------------------------------------------------ batch time and parameters */
+
+/* docs/udf-abi.md, section 3a. The host calls weir_batch_time on every fresh
+ * instance in a job and weir_params once on an instance that serves a
+ * function the job file gives parameters, before any call. */
+
+static int64_t weir_batch_time_ms;
+/* The parameters' positional list and named list (encoded), or 0. */
+static const uint8_t *weir_params_pos, *weir_params_named, *weir_params_fn;
+static uint32_t weir_params_pos_len, weir_params_named_len, weir_params_fn_len;
+
+WEIR_EXPORT("weir_batch_time") void weir_export_batch_time(int64_t time_ms) { weir_batch_time_ms = time_ms; }
+
+/* `(function, [positional], [(name, value)...])`, named ones sorted by name. */
+WEIR_EXPORT("weir_params") int64_t weir_export_params(const uint8_t *ptr, uint32_t len) {
+    struct weir_rd r = weir_reader(ptr, len);
+    uint32_t fn_len, pos_len, named_len;
+    if (weir_rd_tuple(&r) != 3) return weir_err("malformed parameters: expected (function, [positional], [named])");
+    const uint8_t *fn = weir_rd_str(&r, &fn_len);
+    uint8_t pos_tag = weir_rd_peek(&r);
+    const uint8_t *pos = weir_rd_raw(&r, &pos_len);
+    uint8_t named_tag = weir_rd_peek(&r);
+    const uint8_t *named = weir_rd_raw(&r, &named_len);
+    if (r.err || weir_avail(&r) || pos_tag != WEIR_LIST || named_tag != WEIR_LIST)
+        return weir_err("malformed parameters: expected (function, [positional], [named])");
+    weir_params_fn = fn;
+    weir_params_fn_len = fn_len;
+    weir_params_pos = pos;
+    weir_params_pos_len = pos_len;
+    weir_params_named = named;
+    weir_params_named_len = named_len;
+    /* The buffer came from the last weir_alloc: keep it below the floor. */
+    weir_heap_floor = weir_heap_top;
+    return 0;
+}
+
+/* The batch time (ms since the epoch) of the RDD this instance computes;
+ * 0 outside a job (`weir udf call`). */
+static inline int64_t weir_batch_time(void) { return weir_batch_time_ms; }
+
+/* Whether the job file gave this function parameters. */
+static inline int weir_has_params(void) { return weir_params_pos != 0; }
+
+/* `<kind>:<name>` of the function the parameters are for (0 without). */
+static inline const uint8_t *weir_params_function(uint32_t *len) {
+    *len = weir_params_fn_len;
+    return weir_params_fn;
+}
+
+/* How many positional values the parameters have. */
+static inline uint32_t weir_param_count(void) {
+    if (!weir_params_pos) return 0;
+    struct weir_rd r = weir_reader(weir_params_pos, weir_params_pos_len);
+    return weir_rd_list(&r);
+}
+
+static inline int weir_name_is(const uint8_t *s, uint32_t n, const char *name) {
+    uint32_t i = 0;
+    for (; i < n; i++)
+        if (!name[i] || (uint8_t)name[i] != s[i]) return 0;
+    return name[i] == 0;
+}
+
+/* Sets *out to a reader at the parameter named `name` (NUL-terminated; 0
+ * for none), else at positional value `index`, and returns 1; returns 0
+ * when neither was given. Read the value with the weir_rd_* functions and
+ * check out->err. */
+static inline int weir_param(const char *name, uint32_t index, struct weir_rd *out) {
+    if (!weir_params_pos) return 0;
+    struct weir_rd r = weir_reader(weir_params_named, weir_params_named_len);
+    uint32_t n = weir_rd_list(&r);
+    for (uint32_t i = 0; name && i < n && !r.err; i++) {
+        uint32_t len;
+        weir_rd_tuple(&r);
+        const uint8_t *k = weir_rd_str(&r, &len);
+        if (!r.err && weir_name_is(k, len, name)) {
+            *out = r;
+            return 1;
+        }
+        weir_rd_skip(&r);
+    }
+    r = weir_reader(weir_params_pos, weir_params_pos_len);
+    n = weir_rd_list(&r);
+    if (index >= n) return 0;
+    for (uint32_t i = 0; i < index && !r.err; i++) weir_rd_skip(&r);
+    if (r.err) return 0;
+    *out = r;
+    return 1;
 }
 
 /* ------------------------------------------------------------ writing */
@@ -521,36 +632,28 @@ static inline int64_t weir_run_reduce_f64(const uint8_t *in, uint32_t len, doubl
     return weir_ok(&w, n);
 }
 
-/* Each macro exports function `fn` (defined above it) as "<kind>:fn". */
-#define WEIR_MAP(fn)                                                                                        \
-    WEIR_EXPORT("map:" #fn) int64_t weir_export_map_##fn(const uint8_t *in, uint32_t len) {                 \
-        return weir_run_map(in, len, fn);                                                                   \
+/* Each macro exports function `fn` (defined above it) as "<kind>:fn". The
+ * plain ones refuse parameters (so a job file's `m.fn(4)` fails when the
+ * job loads, not silently); the _PARAMS ones are for functions that read
+ * them with weir_param. */
+#define WEIR_DEFINE_EXPORT(kind, fn, run, refuse)                                                          \
+    WEIR_EXPORT(#kind ":" #fn) int64_t weir_export_##kind##_##fn(const uint8_t *in, uint32_t len) {        \
+        if (refuse && weir_has_params())                                                                   \
+            return weir_err(#kind ":" #fn " takes no parameters (export it with the _PARAMS macro)");      \
+        return weir_run_##run(in, len, fn);                                                                \
     }
-#define WEIR_KEY_BY(fn)                                                                                     \
-    WEIR_EXPORT("key_by:" #fn) int64_t weir_export_key_by_##fn(const uint8_t *in, uint32_t len) {           \
-        return weir_run_map(in, len, fn);                                                                   \
-    }
-#define WEIR_FLAT_MAP(fn)                                                                                   \
-    WEIR_EXPORT("flat_map:" #fn) int64_t weir_export_flat_map_##fn(const uint8_t *in, uint32_t len) {       \
-        return weir_run_flat_map(in, len, fn);                                                              \
-    }
-#define WEIR_FILTER(fn)                                                                                     \
-    WEIR_EXPORT("filter:" #fn) int64_t weir_export_filter_##fn(const uint8_t *in, uint32_t len) {           \
-        return weir_run_filter(in, len, fn);                                                                \
-    }
-#define WEIR_MAP_PARTITIONS(fn)                                                                             \
-    WEIR_EXPORT("map_partitions:" #fn) int64_t weir_export_map_partitions_##fn(const uint8_t *in,           \
-                                                                               uint32_t len) {              \
-        return weir_run_map_partitions(in, len, fn);                                                        \
-    }
-#define WEIR_REDUCE_I64(fn)                                                                                 \
-    WEIR_EXPORT("reduce:" #fn) int64_t weir_export_reduce_##fn(const uint8_t *in, uint32_t len) {           \
-        return weir_run_reduce_i64(in, len, fn);                                                            \
-    }
-#define WEIR_REDUCE_F64(fn)                                                                                 \
-    WEIR_EXPORT("reduce:" #fn) int64_t weir_export_reduce_##fn(const uint8_t *in, uint32_t len) {           \
-        return weir_run_reduce_f64(in, len, fn);                                                            \
-    }
+#define WEIR_MAP(fn) WEIR_DEFINE_EXPORT(map, fn, map, 1)
+#define WEIR_MAP_PARAMS(fn) WEIR_DEFINE_EXPORT(map, fn, map, 0)
+#define WEIR_KEY_BY(fn) WEIR_DEFINE_EXPORT(key_by, fn, map, 1)
+#define WEIR_KEY_BY_PARAMS(fn) WEIR_DEFINE_EXPORT(key_by, fn, map, 0)
+#define WEIR_FLAT_MAP(fn) WEIR_DEFINE_EXPORT(flat_map, fn, flat_map, 1)
+#define WEIR_FLAT_MAP_PARAMS(fn) WEIR_DEFINE_EXPORT(flat_map, fn, flat_map, 0)
+#define WEIR_FILTER(fn) WEIR_DEFINE_EXPORT(filter, fn, filter, 1)
+#define WEIR_FILTER_PARAMS(fn) WEIR_DEFINE_EXPORT(filter, fn, filter, 0)
+#define WEIR_MAP_PARTITIONS(fn) WEIR_DEFINE_EXPORT(map_partitions, fn, map_partitions, 1)
+#define WEIR_MAP_PARTITIONS_PARAMS(fn) WEIR_DEFINE_EXPORT(map_partitions, fn, map_partitions, 0)
+#define WEIR_REDUCE_I64(fn) WEIR_DEFINE_EXPORT(reduce, fn, reduce_i64, 1)
+#define WEIR_REDUCE_F64(fn) WEIR_DEFINE_EXPORT(reduce, fn, reduce_f64, 1)
 
 /* Declares a plain export as a UDF in the module's "weir:exports" custom
  * section (docs/udf-abi.md, section 1), for an export whose name cannot be

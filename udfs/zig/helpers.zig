@@ -9,6 +9,11 @@
 //!   first           key_by           a tuple's first element
 //!   count           map_partitions   the partition's record count
 //!   fmax            reduce           the largest f64 of each group
+//!   longest         reduce           the longest string (the first of equals)
+//!   span            reduce           (min, max) pairs -> the pair spanning them all
+//!   merged          reduce           lists of i64 -> their concatenation
+//!   first_set       reduce           the first non-null value (i64 or null)
+//!   widest          reduce           any values -> the one with the longest encoding (weir.Raw)
 //!   sum_with_times  update           state (sum, [batch times that brought values])
 //!   running         map_with_state   a running total per key, emitted per value
 //!   swap            map              (a, b) -> (b, a): a hand-written export,
@@ -57,6 +62,33 @@ fn count(r: *weir.Reader, n: u32, w: *weir.Writer) u32 {
 
 fn fmax(a: f64, b: f64) f64 {
     return if (b > a) b else a;
+}
+
+// The generic weir.reduce over strings, tuples, lists, optionals and
+// values of any type.
+fn longest(a: []const u8, b: []const u8) []const u8 {
+    return if (b.len > a.len) b else a;
+}
+
+const Span = struct { i64, i64 };
+
+fn span(a: Span, b: Span) Span {
+    return .{ @min(a[0], b[0]), @max(a[1], b[1]) };
+}
+
+fn merged(a: []const i64, b: []const i64) []const i64 {
+    const out: [*]i64 = @ptrCast(@alignCast(weir.bump((a.len + b.len) * @sizeOf(i64))));
+    @memcpy(out[0..a.len], a);
+    @memcpy(out[a.len .. a.len + b.len], b);
+    return out[0 .. a.len + b.len];
+}
+
+fn firstSet(a: ?i64, b: ?i64) ?i64 {
+    return a orelse b;
+}
+
+fn widest(a: weir.Raw, b: weir.Raw) weir.Raw {
+    return if (b.encoded.len > a.encoded.len) b else a;
 }
 
 fn sumWithTimes(g: *weir.UpdateGroup, w: *weir.Writer) void {
@@ -130,6 +162,11 @@ comptime {
     weir.keyBy("first", first);
     weir.mapPartitions("count", count);
     weir.reduceF64("fmax", fmax);
+    weir.reduce("longest", longest);
+    weir.reduce("span", span);
+    weir.reduce("merged", merged);
+    weir.reduce("first_set", firstSet);
+    weir.reduce("widest", widest);
     weir.update("sum_with_times", sumWithTimes);
     weir.mapWithState("running", running);
     weir.declare("swap = map:swap_pair");

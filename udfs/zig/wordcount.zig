@@ -54,6 +54,6 @@ fn subtract(a: i64, b: i64) i64 {
 comptime {
     weir.flatMap("split", split);
     weir.map("pair", pair);
-    weir.reduceI64("sum", sum);
-    weir.reduceI64("subtract", subtract);
+    weir.reduce("sum", sum);
+    weir.reduce("subtract", subtract);
 }

@@ -258,6 +258,14 @@ pub enum UdfCommand {
         /// that name.
         #[arg(long, value_parser = parse_kind)]
         kind: Option<UdfKind>,
+        /// A parameter for the function, as a job file's `module.f(...)`
+        /// gives it (docs/udf-abi.md, section 3a): `NAME=VALUE` (named) or
+        /// `VALUE` (positional, in order, before the named ones). VALUE is
+        /// a JSON number, "string", true, false or null, or @PATH: a
+        /// dataset's records (a `batches` file or a directory of text
+        /// files). Repeatable.
+        #[arg(long = "param", value_name = "[NAME=]VALUE")]
+        params: Vec<String>,
     },
     /// Write a ready-to-build UDF project (a WordCount) into directory NAME.
     New {
@@ -334,8 +342,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Udf { command: UdfCommand::Check { module } } => crate::udf::check(&module),
-        Command::Udf { command: UdfCommand::Call { module, function, input, kind } } => {
-            crate::udf::call(&module, &function, &input, kind)
+        Command::Udf { command: UdfCommand::Call { module, function, input, kind, params } } => {
+            crate::udf::call(&module, &function, &input, kind, &params)
         }
         Command::Udf { command: UdfCommand::New { lang, name, dir, sdk } } => {
             crate::udf_new::new(lang, &name, dir.as_deref(), sdk.as_deref())

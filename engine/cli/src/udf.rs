@@ -247,13 +247,22 @@ fn hints(r: &Report, e: &UdfErrorKind) -> Vec<String> {
     h
 }
 
-/// `weir udf call MODULE FUNC --input JSON [--kind K]`.
-pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>) -> Result<ExitCode> {
+/// `weir udf call MODULE FUNC --input JSON [--kind K] [--param [NAME=]VALUE]...`.
+pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>, params: &[String]) -> Result<ExitCode> {
     let runtime = UdfRuntime::shared()?;
     let m = UdfModule::load(&runtime, path, UdfLimits::default())
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
     let kind = resolve_kind(&m, path, function, kind)?;
     m.check_function(function, kind)?;
+    // Parsed before the input, so a bad --param is named first.
+    let params = parse_params(params)?;
+    if let Some(p) = &params {
+        m.check_params(function, kind)?;
+        // What a job does when it loads: the parameters handed over on a
+        // fresh instance, and a call on an empty batch (where the Rust SDK
+        // decodes them, naming a missing or unknown one).
+        m.probe_params(function, kind, p)?;
+    }
     // `@FILE`: the records from a file (a command line holds at most 128 KiB).
     let file_text;
     let input = match input.strip_prefix('@') {
@@ -277,7 +286,7 @@ pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>) -> 
         batch.push_raw(&enc);
     }
     let batch = batch.finish();
-    let mut inst = m.instantiate(None, None)?;
+    let mut inst = m.instantiate_with(None, None, params.as_ref().map(|p| (function, kind, p)))?;
     let started = Instant::now();
     let out = inst.call(function, kind, &batch)?;
     let elapsed = started.elapsed();
@@ -286,14 +295,93 @@ pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>) -> 
     let json: Vec<serde_json::Value> = values.iter().map(value_to_json).collect();
     print_out(&format!("{}\n", serde_json::Value::Array(json)))?;
     let export = m.function(function, kind).map(|f| f.export.clone()).unwrap_or_else(|| kind.export_name(function));
+    let given = params.as_ref().map(|p| format!(" with parameters ({p})")).unwrap_or_default();
     eprintln!(
-        "weir: {} {export:?} ({kind}): {} record(s) in, {} out; fuel {fuel}; {:.3} ms",
+        "weir: {} {export:?} ({kind}){given}: {} record(s) in, {} out; fuel {fuel}; {:.3} ms",
         m.name(),
         records.len(),
         values.len(),
         elapsed.as_secs_f64() * 1000.0
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--param` flags as the parameters a job file would give
+/// (`ops.plus(4)`, `geo.within(lat = 52.5)`): `NAME=VALUE` is named, a bare
+/// `VALUE` positional; `None` when there are none. A value is a JSON
+/// scalar (the values a job file can write) or `@PATH`, a dataset's
+/// records as one list (a job file's bare dataset name). Errors name the
+/// flag.
+fn parse_params(flags: &[String]) -> Result<Option<weir::rdd::UdfParams>> {
+    if flags.is_empty() {
+        return Ok(None);
+    }
+    let mut positional = Vec::new();
+    let mut named: Vec<(String, Value)> = Vec::new();
+    let mut shown = Vec::new();
+    let mut has_dataset = false;
+    for flag in flags {
+        let (name, text) = split_param(flag);
+        let what = match name {
+            Some(n) => format!("--param {n}"),
+            None => format!("--param {flag} (positional value {})", positional.len() + 1),
+        };
+        let value = if let Some(file) = text.strip_prefix('@') {
+            has_dataset = true;
+            weir::dstream::dataset_param_from_path(Path::new(file)).with_context(|| what.clone())?
+        } else {
+            param_value(text).map_err(|e| anyhow!("{what}: {e}"))?
+        };
+        shown.push(match name {
+            Some(n) => format!("{n} = {}", if text.starts_with('@') { text.to_string() } else { show(&value) }),
+            None if text.starts_with('@') => text.to_string(),
+            None => show(&value),
+        });
+        match name {
+            Some(n) => named.push((n.to_string(), value)),
+            None if !named.is_empty() => {
+                bail!("{what} follows a named one: give the positional values first, as a job file does")
+            }
+            None => positional.push(value),
+        }
+    }
+    let p = weir::rdd::UdfParams::new(positional, named).map_err(|e| anyhow!("--param: {e}"))?;
+    Ok(Some(if has_dataset { p.with_shown(shown.join(", ")) } else { p }))
+}
+
+/// `NAME=VALUE` -> `(Some(NAME), VALUE)`, anything else `(None, flag)`. A
+/// name is what a job file allows (letters, digits, `_`, `-`, not starting
+/// with a digit or `-`), so a quoted string holding `=` stays positional.
+fn split_param(flag: &str) -> (Option<&str>, &str) {
+    if let Some((name, value)) = flag.split_once('=') {
+        let mut cs = name.chars();
+        let starts = cs.next().is_some_and(|c| c.is_alphabetic() || c == '_');
+        if starts && cs.all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+            return (Some(name), value);
+        }
+    }
+    (None, flag)
+}
+
+/// One parameter value: a JSON number, string, boolean or null.
+fn param_value(text: &str) -> Result<Value, String> {
+    const KINDS: &str = "a value is a JSON number, \"text\" in double quotes (--param 'level=\"ERROR\"'), \
+                         true, false, null, or @PATH (a dataset's records)";
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|_| format!("{text:?} is not a value ({KINDS})"))?;
+    match j {
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+            Err(format!("{text} is not a value a job file can give ({KINDS})"))
+        }
+        j => weir::source::json_to_value(&j),
+    }
+}
+
+/// A value as a job file writes it (`"ERROR"`, `4`, `52.5`).
+fn show(v: &Value) -> String {
+    match v {
+        Value::Str(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
 }
 
 /// The kind to call `function` as: `--kind`, or the only kind the module

@@ -29,6 +29,22 @@ pub struct JobIdentity {
     /// A changed dataset changes what re-run batches compute.
     #[serde(default)]
     pub datasets: BTreeMap<String, String>,
+    /// Every static dataset the job loaded (in `transform`, as a UDF's
+    /// parameter, or unused): name -> where it was read from and its
+    /// content hash, for `weir checkpoint inspect`. Not compared: what a
+    /// dataset changes is in `datasets` and in the lineage signatures.
+    #[serde(default)]
+    pub loaded_datasets: BTreeMap<String, LoadedDataset>,
+}
+
+/// A static dataset as a checkpoint describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedDataset {
+    /// Where its records came from: `file users.jsonl`, `directory
+    /// users/`, `records given by the program`.
+    pub source: String,
+    /// Hex SHA-256 of its content (`weir_plan::dataset::Dataset::hash`).
+    pub hash: String,
 }
 
 /// [`JobIdentity`] as checkpoints wrote it before datasets existed (bincode
@@ -41,7 +57,22 @@ pub struct JobIdentityV1 {
 
 impl From<JobIdentityV1> for JobIdentity {
     fn from(v: JobIdentityV1) -> Self {
-        JobIdentity { sources: v.sources, stateful: v.stateful, datasets: BTreeMap::new() }
+        JobIdentity { sources: v.sources, stateful: v.stateful, ..Default::default() }
+    }
+}
+
+/// [`JobIdentity`] as checkpoints wrote it before the loaded datasets were
+/// recorded ([`JobIdentity::loaded_datasets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIdentityV2 {
+    pub sources: Vec<String>,
+    pub stateful: Vec<StatefulStream>,
+    pub datasets: BTreeMap<String, String>,
+}
+
+impl From<JobIdentityV2> for JobIdentity {
+    fn from(v: JobIdentityV2) -> Self {
+        JobIdentity { sources: v.sources, stateful: v.stateful, datasets: v.datasets, ..Default::default() }
     }
 }
 
@@ -228,7 +259,7 @@ impl JobIdentity {
                 _ => None,
             })
             .collect();
-        JobIdentity { sources, stateful, datasets }
+        JobIdentity { sources, stateful, datasets, loaded_datasets: BTreeMap::new() }
     }
 
     /// Compares the identity a checkpoint recorded (`self`) with a new job's.

@@ -13,6 +13,13 @@
 //   }
 //   export function pair(ptr: usize, len: u32): i64 { return runMap(ptr, len, pairWord); }
 //
+// The batch time and the job file's parameters (docs/udf-abi.md, section
+// 3a): a module that wants them also re-exports `weir_batch_time` and
+// `weir_params`; then `batchTime()` returns the time and `param("n", 0)` a
+// Reader at the parameter named "n", else at positional value 0 (null when
+// neither was given). A function that takes none should refuse them:
+// `if (hasParams()) return fail("map:double takes no parameters");`.
+//
 // AssemblyScript cannot name an export "map:pair", so a module declares its
 // UDFs in a `weir:exports` custom section, appended after the build by
 // `node declare.cjs MODULE.wasm DECLARATIONS` (one `export = kind` per line).
@@ -41,6 +48,92 @@ export function weir_abi_version(): i32 {
 
 export function weir_alloc(len: i32): usize {
   return heap.alloc(<usize>len);
+}
+
+// ------------------------------------------------------------ batch time and parameters
+
+let batchTimeMs: i64 = 0;
+// The encoded positional and named lists of the parameters (0: none given).
+let paramsPos: usize = 0;
+let paramsPosLen: u32 = 0;
+let paramsNamed: usize = 0;
+let paramsNamedLen: u32 = 0;
+let paramsFn: string | null = null;
+
+/// The host calls it on every fresh instance in a job, before any call.
+export function weir_batch_time(timeMs: i64): void {
+  batchTimeMs = timeMs;
+}
+
+/// The host calls it once on an instance that serves a function given
+/// parameters, before any call: `(function, [positional], [(name, value)])`.
+/// The buffer is from `weir_alloc` and the stub runtime never frees, so it
+/// stays valid for the instance's life.
+export function weir_params(ptr: usize, len: u32): i64 {
+  const r = new Reader(ptr, len);
+  const malformed = "malformed parameters: expected (function, [positional], [named])";
+  if (r.tuple() != 3) return fail(malformed);
+  const f = r.string();
+  const pos = r.p;
+  const posIsList = r.peek() == LIST;
+  r.skip();
+  const named = r.p;
+  const namedIsList = r.peek() == LIST;
+  r.skip();
+  if (r.err !== null || r.avail != 0 || !posIsList || !namedIsList) return fail(malformed);
+  paramsFn = f;
+  paramsPos = pos;
+  paramsPosLen = <u32>(named - pos);
+  paramsNamed = named;
+  paramsNamedLen = <u32>(r.p - named);
+  return 0;
+}
+
+/// The batch time (ms since the epoch) of the RDD this instance computes;
+/// 0 outside a job (`weir udf call`).
+export function batchTime(): i64 {
+  return batchTimeMs;
+}
+
+/// Whether the job file gave this instance's function parameters.
+export function hasParams(): bool {
+  return paramsPos != 0;
+}
+
+/// `<kind>:<name>` of the function the parameters are for, or null.
+export function paramsFunction(): string | null {
+  return paramsFn;
+}
+
+/// How many positional values the parameters have.
+export function paramCount(): u32 {
+  if (paramsPos == 0) return 0;
+  return new Reader(paramsPos, paramsPosLen).list();
+}
+
+/// A Reader at the parameter named `name` (null: by position only), else
+/// at positional value `index`; null when neither was given. Read the value
+/// with the Reader's methods and check its `err`.
+export function param(name: string | null, index: u32): Reader | null {
+  if (paramsPos == 0) return null;
+  if (name !== null) {
+    const want = String.UTF8.encode(name);
+    const wp = changetype<usize>(want);
+    const wn = <u32>want.byteLength;
+    const r = new Reader(paramsNamed, paramsNamedLen);
+    const n = r.list();
+    for (let i: u32 = 0; i < n && r.err === null; i++) {
+      r.tuple();
+      const k = r.str();
+      if (r.err === null && r.strLen == wn && memory.compare(k, wp, <usize>wn) == 0) return r;
+      r.skip();
+    }
+  }
+  const p = new Reader(paramsPos, paramsPosLen);
+  const m = p.list();
+  if (index >= m) return null;
+  for (let j: u32 = 0; j < index; j++) p.skip();
+  return p.err === null ? p : null;
 }
 
 /// The packed result: bits 0..31 pointer, 32..62 length, 63 error flag.

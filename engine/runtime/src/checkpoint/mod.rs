@@ -90,10 +90,12 @@ pub struct Metadata {
     pub identity: Option<weir_plan::identity::JobIdentity>,
 }
 
-/// A metadata checkpoint as written before the job identity recorded
-/// static datasets (`weir_plan::identity::JobIdentity::datasets`).
+/// A metadata checkpoint as written with an older shape of the job
+/// identity `I`: before it recorded static datasets
+/// (`weir_plan::identity::JobIdentityV1`), or before it recorded the
+/// datasets' sources (`JobIdentityV2`).
 #[derive(Serialize, Deserialize)]
-struct MetadataV2 {
+struct MetadataV2<I> {
     seq: u64,
     job_hash: String,
     job: String,
@@ -105,11 +107,11 @@ struct MetadataV2 {
     inputs: BTreeMap<i64, Vec<InputRecord>>,
     cursors: Vec<SourceCursor>,
     state: BTreeMap<u32, StateRef>,
-    identity: Option<weir_plan::identity::JobIdentityV1>,
+    identity: Option<I>,
 }
 
-impl From<MetadataV2> for Metadata {
-    fn from(m: MetadataV2) -> Self {
+impl<I: Into<weir_plan::identity::JobIdentity>> From<MetadataV2<I>> for Metadata {
+    fn from(m: MetadataV2<I>) -> Self {
         Metadata {
             seq: m.seq,
             job_hash: m.job_hash,
@@ -519,13 +521,27 @@ fn decode_bounded<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, b
             $(
                 if budget <= 1usize << $bits {
                     let config = bincode::config::standard().with_limit::<{ 1usize << $bits }>();
-                    return bincode::serde::decode_from_slice(payload, config).map(|(v, _)| v);
+                    return bincode::serde::decode_from_slice(payload, config).and_then(|(v, n)| whole(v, n, payload));
                 }
             )*
         };
     }
     within!(16, 20, 24, 28, 32, 36, 40, 44);
     Err(bincode::error::DecodeError::LimitExceeded)
+}
+
+/// A value decoded from `n` bytes of `payload` counts only if they are all
+/// of it: bincode stops where the value ends, so a longer payload of a newer
+/// shape (or a truncated one) would otherwise decode as an older, shorter
+/// shape and lose what follows.
+fn whole<T>(v: T, n: usize, payload: &[u8]) -> Result<T, bincode::error::DecodeError> {
+    match payload.len().checked_sub(n) {
+        Some(0) => Ok(v),
+        _ => Err(bincode::error::DecodeError::OtherString(format!(
+            "{} byte(s) after the value",
+            payload.len().saturating_sub(n)
+        ))),
+    }
 }
 
 fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, String> {
@@ -537,7 +553,12 @@ fn decode_metadata(store: &dyn CheckpointStore, name: &str) -> Result<Metadata, 
 /// A metadata checkpoint of this version, or of the one before identities.
 fn decode_metadata_payload(payload: &[u8]) -> Result<Metadata, bincode::error::DecodeError> {
     decode_bounded::<Metadata>(payload)
-        .or_else(|e| decode_bounded::<MetadataV2>(payload).map(Metadata::from).map_err(|_| e))
+        .or_else(|e| {
+            decode_bounded::<MetadataV2<weir_plan::identity::JobIdentityV2>>(payload).map(Metadata::from).map_err(|_| e)
+        })
+        .or_else(|e| {
+            decode_bounded::<MetadataV2<weir_plan::identity::JobIdentityV1>>(payload).map(Metadata::from).map_err(|_| e)
+        })
         .or_else(|e| decode_bounded::<MetadataV1>(payload).map(Metadata::from).map_err(|_| e))
 }
 
@@ -1045,8 +1066,23 @@ fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {
             let _ = writeln!(s, "  reads {w}");
         }
     }
+    inspect_datasets(&mut s, &m);
     inspect_streams(&mut s, store, &m);
     s
+}
+
+/// The static datasets the job loaded: name, where the records came from,
+/// content hash. A checkpoint written before sources were recorded shows
+/// the datasets its identity compares, without a source.
+fn inspect_datasets(s: &mut String, m: &Metadata) {
+    use std::fmt::Write;
+    let Some(id) = &m.identity else { return };
+    for (name, d) in &id.loaded_datasets {
+        let _ = writeln!(s, "dataset {name}: {} (sha256 {})", d.source, d.hash);
+    }
+    for (name, hash) in id.datasets.iter().filter(|(n, _)| !id.loaded_datasets.contains_key(*n)) {
+        let _ = writeln!(s, "dataset {name}: source not recorded (sha256 {hash})");
+    }
 }
 
 /// The stateful streams (by name where the job file gives one) and the
@@ -1108,6 +1144,10 @@ mod tests {
             sources: vec!["batches in.jsonl".into()],
             stateful: vec![],
             datasets: BTreeMap::from([("users".to_string(), "ef".to_string())]),
+            loaded_datasets: BTreeMap::from([(
+                "users".to_string(),
+                weir_plan::identity::LoadedDataset { source: "file users.jsonl".into(), hash: "ef".into() },
+            )]),
         });
         let payload = bincode::serde::encode_to_vec(&now, bincode::config::standard()).unwrap();
         assert_eq!(decode_metadata_payload(&payload).unwrap(), now);
@@ -1134,6 +1174,29 @@ mod tests {
         let m = decode_metadata_payload(&old).unwrap();
         let id = m.identity.expect("the identity is kept");
         assert_eq!((id.sources, id.datasets.len()), (vec!["batches in.jsonl".to_string()], 0));
+        // One written before the datasets' sources were recorded decodes
+        // with its datasets and no sources.
+        let v3 = MetadataV2 {
+            seq: 7,
+            job_hash: "ab".into(),
+            job: "job.toml".into(),
+            modules: BTreeMap::new(),
+            batch_interval_ms: 1000,
+            zero_time: 0,
+            last_completed: Some(7000),
+            pending: vec![8000],
+            inputs: BTreeMap::new(),
+            cursors: vec![SourceCursor::Next(8)],
+            state: BTreeMap::new(),
+            identity: Some(weir_plan::identity::JobIdentityV2 {
+                sources: vec!["batches in.jsonl".into()],
+                stateful: vec![],
+                datasets: BTreeMap::from([("users".to_string(), "ef".to_string())]),
+            }),
+        };
+        let old = bincode::serde::encode_to_vec(&v3, bincode::config::standard()).unwrap();
+        let id = decode_metadata_payload(&old).unwrap().identity.expect("the identity is kept");
+        assert_eq!((id.datasets.len(), id.loaded_datasets.len()), (1, 0));
         // Garbage is still refused.
         assert!(decode_metadata_payload(&payload[..payload.len() / 2]).is_err());
     }

@@ -55,6 +55,23 @@ impl DatasetHandle {
     }
 }
 
+/// The records of a dataset file or directory (the formats of
+/// [`StreamingContext::dataset_from_path`]), as the list a UDF receives
+/// when the dataset is one of its parameters: what `weir udf call --param
+/// NAME=@PATH` hands over. At most [`MAX_DATASET_BYTES`] of records.
+pub fn dataset_param_from_path(path: &Path) -> Result<Value, EngineError> {
+    let name = path.display().to_string();
+    let batch = read_path(path).map_err(|e| invalid(&name, e.to_string()))?;
+    if batch.len() as u64 > MAX_DATASET_BYTES {
+        return Err(invalid(
+            &name,
+            format!("{} bytes of records, over the limit of {MAX_DATASET_BYTES} bytes", batch.len()),
+        ));
+    }
+    let records = Value::decode_batch(&batch).map_err(|e| invalid(&name, e.to_string()))?;
+    Ok(Value::List(records))
+}
+
 fn invalid(name: &str, message: String) -> EngineError {
     EngineError::Dataset(format!("dataset {name}: {message}"))
 }
@@ -63,7 +80,7 @@ impl StreamingContext {
     /// A dataset of `records`, cut into the job's `parallelism` partitions
     /// (set the parallelism first). At most [`MAX_DATASET_BYTES`] encoded.
     pub fn dataset(&self, name: &str, records: &[Value]) -> Result<DatasetHandle, EngineError> {
-        self.dataset_of_batch(name, Value::encode_batch(records))
+        self.dataset_of_batch(name, Value::encode_batch(records), "records given by the program".into())
     }
 
     /// A dataset read from `path` (relative to the base directory): a file
@@ -72,12 +89,15 @@ impl StreamingContext {
     /// name order; names starting with `.` or `_` skipped). At most
     /// [`MAX_DATASET_BYTES`] of files.
     pub fn dataset_from_path(&self, name: &str, path: impl AsRef<Path>) -> Result<DatasetHandle, EngineError> {
-        let full = self.base_dir.join(path);
+        let full = self.base_dir.join(path.as_ref());
         let batch = read_path(&full).map_err(|e| invalid(name, e.to_string()))?;
-        self.dataset_of_batch(name, batch)
+        // As written (relative to the job's directory), as the job file
+        // names it.
+        let what = if full.is_dir() { "directory" } else { "file" };
+        self.dataset_of_batch(name, batch, format!("{what} {}", path.as_ref().display()))
     }
 
-    fn dataset_of_batch(&self, name: &str, batch: Vec<u8>) -> Result<DatasetHandle, EngineError> {
+    fn dataset_of_batch(&self, name: &str, batch: Vec<u8>, source: String) -> Result<DatasetHandle, EngineError> {
         if batch.len() as u64 > MAX_DATASET_BYTES {
             return Err(invalid(
                 name,
@@ -86,7 +106,10 @@ impl StreamingContext {
         }
         let n = self.inner.borrow().graph.parallelism;
         let parts = crate::source::split_batch(batch, n).map_err(|e| invalid(name, e.to_string()))?;
-        Ok(DatasetHandle { dataset: Dataset::new(name, parts) })
+        let dataset = Dataset::new(name, parts);
+        let loaded = weir_plan::identity::LoadedDataset { source, hash: dataset.hash().to_string() };
+        self.inner.borrow_mut().datasets.insert(name.to_string(), loaded);
+        Ok(DatasetHandle { dataset })
     }
 }
 

@@ -28,7 +28,7 @@ pub use weir_plan::graph;
 mod dataset;
 mod state_spec;
 mod transform;
-pub use dataset::{Dataset, DatasetHandle, MAX_DATASET_BYTES};
+pub use dataset::{dataset_param_from_path, Dataset, DatasetHandle, MAX_DATASET_BYTES};
 pub use state_spec::StateSpec;
 pub use transform::BatchRdd;
 
@@ -118,6 +118,9 @@ struct Inner {
     remember_ms: i64,
     /// Set once the job runs on its own thread: where `slice` asks.
     slices: Option<crate::scheduler::SliceQueue>,
+    /// Every static dataset loaded (name -> source and content hash): the
+    /// checkpoint records them for `weir checkpoint inspect`.
+    datasets: std::collections::BTreeMap<String, weir_plan::identity::LoadedDataset>,
 }
 
 /// The entry point: holds the graph being built and the job's modules.
@@ -162,6 +165,7 @@ impl StreamingContext {
                 names: Default::default(),
                 remember_ms: 0,
                 slices: None,
+                datasets: Default::default(),
             })),
             registry,
             base_dir: PathBuf::from("."),
@@ -311,7 +315,10 @@ impl StreamingContext {
             ("(Rust API job)".to_string(), hash)
         });
         let identity = match opts.checkpoint {
-            Some(_) => weir_plan::identity::JobIdentity::of(&inner.graph, &inner.names),
+            Some(_) => weir_plan::identity::JobIdentity {
+                loaded_datasets: inner.datasets.clone(),
+                ..weir_plan::identity::JobIdentity::of(&inner.graph, &inner.names)
+            },
             None => Default::default(),
         };
         let mut sinks = Vec::new();
