@@ -382,7 +382,8 @@ enum HostileS3 {
     /// Listing the metadata checkpoints: "truncated", with a new
     /// continuation token and no key, page after page for ever.
     EndlessEmptyListing,
-    /// The same, with 1000 keys a page.
+    /// The same, with 5000 keys a page (more than S3's 1000: the key bound
+    /// is met before the page bound).
     EndlessListing,
 }
 
@@ -471,7 +472,7 @@ fn serve_s3(mut s: TcpStream, mode: HostileS3) {
                     .and_then(|t| t.trim_start_matches("page").parse().ok())
                     .unwrap_or(0);
                 let keys: String = if mode == HostileS3::EndlessListing {
-                    (0..1000).map(|i| contents(&format!("p/metadata/checkpoint-{:020}", page * 1000 + i))).collect()
+                    (0..5000).map(|i| contents(&format!("p/metadata/checkpoint-{:020}", page * 5000 + i))).collect()
                 } else {
                     String::new()
                 };
