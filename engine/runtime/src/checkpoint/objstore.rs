@@ -57,7 +57,7 @@ pub const MULTIPART_PART_BYTES: usize = 8 << 20;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 /// The longest an object's body may go without a byte: a server that sends
 /// the headers and part of a body and then stalls is given up on then, not
-/// after the whole [`REQUEST_DEADLINE`] (the client's own 30 s attempt
+/// after the whole request deadline of 120 s (the client's own 30 s attempt
 /// timeout would be retried, each retry stalling again).
 pub const BODY_STALL_DEADLINE: Duration = Duration::from_secs(15);
 /// The most pages one listing may take. S3 returns up to 1000 keys a page
