@@ -232,6 +232,37 @@ fn a_corrupt_newest_state_checkpoint_falls_back_to_an_older_consistent_one() {
     assert_same_tree(&tree(&tmp.path().join("out")), &want, "outputs after state fallback vs a clean run");
 }
 
+#[test]
+fn a_state_checkpoint_file_over_its_bound_is_refused_before_it_is_read() {
+    let want = clean_outputs();
+    let tmp = tempfile::tempdir().unwrap();
+    let job = setup(tmp.path(), &stateful_job());
+    let ckpt = tmp.path().join("ckpt");
+    ok(&run_job(&job, &ckpt, &["--batches", "8"]), "the first 8 batches");
+    let s = text(&run(weir().args(["checkpoint", "inspect"]).arg(&ckpt)).stdout);
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("state of stream") && l.contains("batch 6000 ms"))
+        .unwrap_or_else(|| panic!("no state at 6000 ms:\n{s}"));
+    let file = line.split("state/").nth(1).unwrap().split(' ').next().unwrap();
+    // The newest data checkpoint becomes 2 GiB (sparse: no disk used), over
+    // the 1 GiB a data checkpoint may hold. Reading it whole, as before,
+    // costs 2 GiB of memory.
+    let path = ckpt.join("state").join(file);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(2 << 30).unwrap();
+
+    let r = run_bounded(weir().arg("run").arg(&job).arg("--checkpoint").arg(&ckpt), Duration::from_secs(120));
+    let err = &r.stderr;
+    eprintln!("exit {:?} in {:?}, peak RSS {} kB", r.code, r.elapsed, r.peak_kb);
+    assert!(!r.timed_out && r.code == Some(0) && !err.contains("panicked"), "{:?}:\n{err}", r.code);
+    let named =
+        err.lines().find(|l| l.contains(file) && l.contains("2147483648 bytes, more than the 1073741824 allowed"));
+    assert!(named.is_some(), "the file and the bound are named:\n{err}");
+    assert!(err.contains("falling back") && err.contains("recovered from checkpoint"), "{err}");
+    assert!(r.peak_kb < 200 << 10, "peak RSS {} kB:\n{err}", r.peak_kb);
+    assert_same_tree(&tree(&tmp.path().join("out")), &want, "outputs after a refused state file vs a clean run");
+}
+
 /// bincode 2 (standard): a varint of 2^62 (0xFD marker, then u64le).
 fn huge_len() -> Vec<u8> {
     let mut v = vec![0xFD];

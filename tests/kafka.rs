@@ -542,6 +542,9 @@ enum Hostile {
     HugeRecords,
     /// Accepts, reads, never answers.
     Silent,
+    /// A fetch response whose one gzip record batch (about 1 MiB) inflates
+    /// to two records of 512 MiB each.
+    GzipBomb,
 }
 
 const TOPIC: &str = "t";
@@ -646,6 +649,20 @@ fn serve_hostile(mut s: TcpStream, port: u16, mode: Hostile) {
                 put_i64(&mut b, -1);
                 put_i64(&mut b, if ts == -2 { 0 } else { 10 });
             }
+            (Hostile::GzipBomb, 1) => {
+                put_i32(&mut b, 0); // throttle
+                put_i32(&mut b, 1);
+                put_str(&mut b, TOPIC);
+                put_i32(&mut b, 1);
+                put_i32(&mut b, 0);
+                put_i16(&mut b, 0);
+                put_i64(&mut b, 10);
+                put_i64(&mut b, 10);
+                put_i32(&mut b, -1); // no aborted transactions
+                let batch = gzip_bomb_batch();
+                put_i32(&mut b, batch.len() as i32);
+                b.extend_from_slice(batch);
+            }
             (_, 1) => {
                 // Fetch v4 of offset 0: one partition, high watermark 10.
                 put_i32(&mut b, 0); // throttle
@@ -677,6 +694,65 @@ fn serve_hostile(mut s: TcpStream, port: u16, mode: Hostile) {
             return;
         }
     }
+}
+
+/// A Kafka varint (zigzag).
+fn put_varint(b: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        b.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    b.push(z as u8);
+}
+
+/// The inflated size of [`gzip_bomb_batch`].
+const BOMB_RECORD_BYTES: usize = 512 << 20;
+
+/// A valid record batch (magic 2, gzip, CRC-32C right) of two records of
+/// [`BOMB_RECORD_BYTES`] each: about 1 MiB on the wire. Built once.
+fn gzip_bomb_batch() -> &'static [u8] {
+    static BATCH: OnceLock<Vec<u8>> = OnceLock::new();
+    BATCH.get_or_init(|| {
+        use flate2::write::GzEncoder;
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let chunk = vec![b'a'; 1 << 20];
+        for i in 0..2 {
+            let mut head = vec![0u8]; // attributes
+            put_varint(&mut head, 0); // timestamp delta
+            put_varint(&mut head, i); // offset delta
+            put_varint(&mut head, -1); // no key
+            put_varint(&mut head, BOMB_RECORD_BYTES as i64);
+            let mut rec = Vec::new();
+            put_varint(&mut rec, (head.len() + BOMB_RECORD_BYTES + 1) as i64);
+            rec.extend_from_slice(&head);
+            gz.write_all(&rec).unwrap();
+            for _ in 0..BOMB_RECORD_BYTES / chunk.len() {
+                gz.write_all(&chunk).unwrap();
+            }
+            gz.write_all(&[0]).unwrap(); // no headers
+        }
+        let records = gz.finish().unwrap();
+        // From the attributes on: what the CRC covers.
+        let mut body = Vec::new();
+        put_i16(&mut body, 1); // attributes: gzip
+        put_i32(&mut body, 1); // last offset delta
+        put_i64(&mut body, 0); // first timestamp
+        put_i64(&mut body, 0); // max timestamp
+        put_i64(&mut body, -1); // producer id
+        put_i16(&mut body, -1); // producer epoch
+        put_i32(&mut body, -1); // base sequence
+        put_i32(&mut body, 2); // records
+        body.extend_from_slice(&records);
+        let mut batch = Vec::new();
+        put_i64(&mut batch, 0); // base offset
+        put_i32(&mut batch, (4 + 1 + 4 + body.len()) as i32);
+        put_i32(&mut batch, 0); // leader epoch
+        batch.push(2); // magic
+        batch.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        batch.extend_from_slice(&body);
+        batch
+    })
 }
 
 /// A `mode` broker on a free port; serves connections until the test ends.
@@ -716,6 +792,32 @@ fn a_hostile_broker_costs_bounded_memory_and_ends_in_a_clear_error() {
         assert!(last.contains(&addr), "{mode:?}: the error names the broker: {last}\n{log}");
         assert!(r.peak_kb < 100 << 10, "{mode:?}: peak RSS {} kB\n{log}", r.peak_kb);
     }
+}
+
+#[test]
+fn a_gzip_bomb_from_a_broker_is_refused_within_bounded_memory_naming_topic_partition_and_offset() {
+    // 1 GiB inflated from about 1 MiB: the client may inflate at most
+    // 256 MiB per fetch response (vendor/rskafka/VENDORED.md).
+    let wire = gzip_bomb_batch().len();
+    assert!(wire < 4 << 20, "the bomb is {wire} bytes on the wire");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = hostile_broker(Hostile::GzipBomb);
+    let addr = format!("127.0.0.1:{port}");
+    let job = job(tmp.path(), "bomb", &addr, TOPIC, "broker_timeout_ms = 3000", "counts");
+    let r = run_bounded(weir().args(["run", job.to_str().unwrap(), "--batches", "2"]), Duration::from_secs(120));
+    let log = &r.stderr;
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!("gzip bomb ({wire} bytes): exit {:?} in {:?}, peak RSS {} kB: {last}", r.code, r.elapsed, r.peak_kb);
+    assert!(!r.timed_out, "weir did not end within 120 s:\n{log}");
+    assert!(r.code.is_some_and(|c| c != 0), "a failure exit, not a crash or success: {:?}\n{log}", r.code);
+    assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
+    assert!(
+        last.contains(&format!("kafka {TOPIC}/0: fetch at offset 0"))
+            && last.contains("inflate to more than 268435456"),
+        "the error names topic, partition, offset and the bound: {last}\n{log}"
+    );
+    // The bound is 256 MiB of inflated records; the bomb is 1 GiB.
+    assert!(r.peak_kb < 600 << 10, "peak RSS {} kB\n{log}", r.peak_kb);
 }
 
 #[test]

@@ -370,7 +370,26 @@ enum HostileS3 {
     /// Listing the metadata checkpoints fails (HTTP 500, every time): the
     /// run must not take the location for an empty one.
     ListFails,
+    /// The metadata checkpoint: headers declaring 1000 bytes, 10 bytes of
+    /// body, then nothing (the connection held open).
+    StalledMetadata,
+    /// A real metadata checkpoint ([`REAL_METADATA`]) whose data checkpoint
+    /// stalls like `StalledMetadata`.
+    StalledState,
+    /// A real metadata checkpoint whose data checkpoint declares 2 GiB (over
+    /// the 1 GiB bound, under the 4 GiB one of before) and streams zeros.
+    HugeState,
+    /// Listing the metadata checkpoints: "truncated", with a new
+    /// continuation token and no key, page after page for ever.
+    EndlessEmptyListing,
+    /// The same, with 5000 keys a page (more than S3's 1000: the key bound
+    /// is met before the page bound).
+    EndlessListing,
 }
+
+/// The name and bytes of a metadata checkpoint of a real run, for the
+/// hostile modes that need one (set before those servers start).
+static REAL_METADATA: std::sync::OnceLock<(String, Vec<u8>)> = std::sync::OnceLock::new();
 
 /// Serves one connection (keep-alive) as a `mode` bucket.
 fn serve_s3(mut s: TcpStream, mode: HostileS3) {
@@ -406,7 +425,59 @@ fn serve_s3(mut s: TcpStream, mode: HostileS3) {
         let reply = |s: &mut TcpStream, status: &str, body: &str| {
             write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"e1\"\r\n\r\n{body}", body.len())
         };
+        // Headers and 10 bytes of 1000, then the connection is held open
+        // until the client hangs up.
+        let stall = |s: &mut TcpStream| {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: \"h\"\r\nLast-Modified: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\n0123456789");
+            let _ = s.flush();
+            let _ = s.read(&mut [0u8; 1]);
+        };
+        let listing_page = |keys: &str, token: Option<&str>| {
+            let more = match token {
+                Some(t) => format!("<IsTruncated>true</IsTruncated><NextContinuationToken>{t}</NextContinuationToken>"),
+                None => "<IsTruncated>false</IsTruncated>".to_string(),
+            };
+            format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>bucket</Name>{more}{keys}</ListBucketResult>")
+        };
+        let contents = |key: &str| {
+            format!("<Contents><Key>{key}</Key><LastModified>2026-11-30T00:00:00.000Z</LastModified><ETag>\"m\"</ETag><Size>100</Size></Contents>")
+        };
+        let real = matches!(mode, HostileS3::StalledState | HostileS3::HugeState);
+        let listing_metadata = target.contains("list-type=2") && target.contains("prefix=p%2Fmetadata%2F");
         let ok = match (method.as_str(), path.as_str()) {
+            ("GET", "/bucket") if listing_metadata && real => {
+                let (name, _) = REAL_METADATA.get().unwrap();
+                reply(&mut s, "200 OK", &listing_page(&contents(&format!("p/metadata/{name}")), None))
+            }
+            ("GET", p) if real && p.starts_with("/bucket/p/metadata/") => {
+                let (_, bytes) = REAL_METADATA.get().unwrap();
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"r\"\r\nLast-Modified: Mon, 30 Nov 2026 00:00:00 GMT\r\n\r\n", bytes.len());
+                s.write_all(bytes)
+            }
+            ("GET", p) if mode == HostileS3::StalledState && p.starts_with("/bucket/p/state/") => return stall(&mut s),
+            ("GET", p) if mode == HostileS3::HugeState && p.starts_with("/bucket/p/state/") => {
+                return endless(&mut s, 2 << 30)
+            }
+            ("GET", "/bucket/p/metadata/checkpoint-1000") if mode == HostileS3::StalledMetadata => {
+                return stall(&mut s)
+            }
+            ("GET", "/bucket")
+                if listing_metadata && matches!(mode, HostileS3::EndlessEmptyListing | HostileS3::EndlessListing) =>
+            {
+                // Each page's token is new: the client never sees a repeat.
+                let page: u64 = target
+                    .split("continuation-token=")
+                    .nth(1)
+                    .and_then(|t| t.split('&').next())
+                    .and_then(|t| t.trim_start_matches("page").parse().ok())
+                    .unwrap_or(0);
+                let keys: String = if mode == HostileS3::EndlessListing {
+                    (0..5000).map(|i| contents(&format!("p/metadata/checkpoint-{:020}", page * 5000 + i))).collect()
+                } else {
+                    String::new()
+                };
+                reply(&mut s, "200 OK", &listing_page(&keys, Some(&format!("page{}", page + 1))))
+            }
             // The lease is taken by a conditional PUT: refused, so the
             // driver reads the holder's lease.
             ("PUT", "/bucket/p/lock") if mode == HostileS3::HugeLease => reply(&mut s, "412 Precondition Failed", ""),
@@ -456,6 +527,8 @@ fn hostile_s3(mode: HostileS3) -> u16 {
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { return };
+            // Answers go out at once (headers and body are separate writes).
+            let _ = s.set_nodelay(true);
             std::thread::spawn(move || serve_s3(s, mode));
         }
     });
@@ -518,6 +591,54 @@ fn big_part_job(dir: &Path, prefix: &str) -> PathBuf {
     let p = dir.join(format!("big-{}.toml", prefix.replace(['/', ':'], "_")));
     std::fs::write(&p, job).unwrap();
     p
+}
+
+#[test]
+fn a_stalled_body_an_oversized_state_object_and_an_endless_listing_end_in_bounded_time_and_memory() {
+    // A real metadata checkpoint naming a data checkpoint, from a local run.
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), 6);
+    let local = tmp.path().join("ckpt");
+    let out = run(weir().arg("run").arg(&job).arg("--checkpoint").arg(&local).arg("-q"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let newest = std::fs::read_dir(local.join("metadata"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .max()
+        .unwrap();
+    let bytes = std::fs::read(local.join("metadata").join(&newest)).unwrap();
+    REAL_METADATA.get_or_init(|| (newest.clone(), bytes));
+    for (mode, object, says) in [
+        (
+            HostileS3::StalledMetadata,
+            "metadata/checkpoint-1000",
+            "the server stalled: no byte for 15 s after 10 of the 1000 bytes",
+        ),
+        (HostileS3::StalledState, "state/", "the server stalled: no byte for 15 s after 10 of the 1000 bytes"),
+        (HostileS3::HugeState, "state/", "2147483648 bytes, more than the 1073741824 allowed"),
+        (HostileS3::EndlessEmptyListing, "metadata", "the listing goes on past 100 pages (0 keys so far)"),
+        (HostileS3::EndlessListing, "metadata", "the listing holds more than 100000 keys"),
+    ] {
+        let port = hostile_s3(mode);
+        let mut c = weir();
+        c.args(["run", job.to_str().unwrap(), "--checkpoint", "s3://bucket/p", "--batches", "1"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+        let r = run_bounded(&mut c, Duration::from_secs(90));
+        let err = &r.stderr;
+        eprintln!("{mode:?}: exit {:?} in {:?}, peak RSS {} kB", r.code, r.elapsed, r.peak_kb);
+        assert!(!r.timed_out, "{mode:?}: no end within 90 s:\n{err}");
+        assert!(r.code.is_some() && !err.contains("panicked"), "{mode:?}: crashed:\n{err}");
+        assert!(r.peak_kb < 200 << 10, "{mode:?}: peak RSS {} kB:\n{err}", r.peak_kb);
+        // Well within the whole request's 120 s deadline.
+        assert!(r.elapsed < Duration::from_secs(60), "{mode:?}: took {:?}:\n{err}", r.elapsed);
+        let place = format!("s3://bucket/p/{object}");
+        let named = err.lines().find(|l| l.contains(&place) && l.contains(says));
+        assert!(named.is_some(), "{mode:?}: no message naming {place} and saying {says:?}:\n{err}");
+    }
 }
 
 #[test]

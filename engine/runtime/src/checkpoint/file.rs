@@ -44,8 +44,9 @@ pub fn frame(kind: FileKind, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Checks a checkpoint file of `kind` read from `path` and returns its payload.
-pub fn unframe(path: &Path, bytes: &[u8], kind: FileKind) -> Result<Vec<u8>, CheckpointFileError> {
+/// Checks a checkpoint file of `kind` read from `path` and returns its
+/// payload (the header removed in place: no second copy of a big file).
+pub fn unframe(path: &Path, mut bytes: Vec<u8>, kind: FileKind) -> Result<Vec<u8>, CheckpointFileError> {
     if bytes.len() < HEADER {
         return Err(invalid(path, format!("truncated: {} bytes, shorter than the {HEADER}-byte header", bytes.len())));
     }
@@ -62,15 +63,16 @@ pub fn unframe(path: &Path, bytes: &[u8], kind: FileKind) -> Result<Vec<u8>, Che
     }
     let mut len8 = [0u8; 8];
     len8.copy_from_slice(&bytes[16..24]);
-    let len = u64::from_le_bytes(len8) as usize;
-    if bytes.len() - HEADER != len {
+    let len = u64::from_le_bytes(len8);
+    if (bytes.len() - HEADER) as u64 != len {
         return Err(invalid(path, format!("torn: payload is {} bytes, header says {len}", bytes.len() - HEADER)));
     }
-    let payload = &bytes[HEADER..];
-    if crc32c::crc32c(payload) != u32_at(24) {
+    let crc = u32_at(24);
+    if crc32c::crc32c(&bytes[HEADER..]) != crc {
         return Err(invalid(path, "checksum mismatch (corrupt)"));
     }
-    Ok(payload.to_vec())
+    bytes.drain(..HEADER);
+    Ok(bytes)
 }
 
 /// Reads and checks a checkpoint file from `store`.
@@ -81,16 +83,26 @@ pub fn read(
 ) -> Result<Vec<u8>, CheckpointFileError> {
     let path = store.locate(name);
     let bytes = store.get(name).map_err(|source| CheckpointFileError::Io { path: path.clone(), source })?;
-    unframe(&path, &bytes, kind)
+    unframe(&path, bytes, kind)
 }
 
-/// Frames and stores a checkpoint file.
+/// Frames and stores a checkpoint file. A file over its bound
+/// ([`super::store::max_file_bytes`]) is not written: it could not be read
+/// back.
 pub fn write(
     store: &dyn super::store::CheckpointStore,
     name: &str,
     kind: FileKind,
     payload: &[u8],
 ) -> Result<(), CheckpointFileError> {
+    let limit = super::store::max_file_bytes(name);
+    let size = (HEADER + payload.len()) as u64;
+    if size > limit {
+        return Err(invalid(
+            &store.locate(name),
+            format!("not written: {size} bytes, more than the {limit} a checkpoint file of its kind may hold"),
+        ));
+    }
     store
         .put(name, &frame(kind, payload))
         .map_err(|source| CheckpointFileError::Io { path: store.locate(name), source })

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     ClientOptions, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
@@ -38,14 +39,12 @@ use object_store::{
 
 use super::store::CheckpointStore;
 
-/// The most a checkpoint object may hold: a bigger (corrupt or hostile)
-/// object is refused before it is read.
-pub const MAX_OBJECT_BYTES: u64 = 4 << 30;
-/// The most a metadata checkpoint object may hold. Metadata is small (a
-/// few KiB; pending batches are capped), so a server declaring more, or
-/// streaming an endless body under a huge declared length, is refused long
-/// before it costs memory.
-pub const MAX_METADATA_OBJECT_BYTES: u64 = 64 << 20;
+/// The most a data checkpoint object may hold (the same bound as on disk).
+pub const MAX_OBJECT_BYTES: u64 = super::store::MAX_STATE_FILE_BYTES;
+/// The most a metadata checkpoint object may hold (the same bound as on
+/// disk): a server declaring more, or streaming an endless body under a huge
+/// declared length, is refused long before it costs memory.
+pub const MAX_METADATA_OBJECT_BYTES: u64 = super::store::MAX_METADATA_FILE_BYTES;
 /// The most the lease object may hold.
 const MAX_LEASE_BYTES: u64 = 64 << 10;
 /// What a read reserves before the body arrives (the rest grows with it).
@@ -56,6 +55,19 @@ const INITIAL_READ_BYTES: u64 = 8 << 20;
 pub const MULTIPART_PART_BYTES: usize = 8 << 20;
 /// The deadline of one request, retries included.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
+/// The longest an object's body may go without a byte: a server that sends
+/// the headers and part of a body and then stalls is given up on then, not
+/// after the whole request deadline of 120 s (the client's own 30 s attempt
+/// timeout would be retried, each retry stalling again).
+pub const BODY_STALL_DEADLINE: Duration = Duration::from_secs(15);
+/// The most pages one listing may take. S3 returns up to 1000 keys a page
+/// and a checkpoint location holds a few hundred objects (one page), so a
+/// server that says "truncated" page after page is hostile or broken; 100
+/// full pages are [`MAX_LIST_KEYS`].
+pub const MAX_LIST_PAGES: usize = 100;
+/// The most keys one listing may return: past it, the listing is refused
+/// rather than grown in memory.
+pub const MAX_LIST_KEYS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +87,8 @@ pub struct ObjectStoreCheckpoint {
     /// The location's URL, without a trailing `/` (for messages).
     url: String,
     store: Arc<dyn ObjectStore>,
+    /// The same client, listing page by page (bounded; see [`MAX_LIST_PAGES`]).
+    lister: Arc<dyn PaginatedListStore>,
     prefix: ObjectPath,
     rt: tokio::runtime::Runtime,
 }
@@ -123,8 +137,12 @@ impl ObjectStoreCheckpoint {
             .with_allow_http(allow_http());
         let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(60), ..Default::default() };
         let build = |source| ObjectStoreError::Build { url: url.clone(), source };
-        let store: Arc<dyn ObjectStore> = match scheme.as_str() {
-            "s3" | "s3a" => Arc::new(
+        fn both<S: ObjectStore + PaginatedListStore>(s: S) -> (Arc<dyn ObjectStore>, Arc<dyn PaginatedListStore>) {
+            let s = Arc::new(s);
+            (s.clone(), s)
+        }
+        let (store, lister) = match scheme.as_str() {
+            "s3" | "s3a" => both(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_client_options(client)
@@ -132,7 +150,7 @@ impl ObjectStoreCheckpoint {
                     .build()
                     .map_err(build)?,
             ),
-            "gs" => Arc::new(
+            "gs" => both(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
                     .with_client_options(client)
@@ -140,7 +158,7 @@ impl ObjectStoreCheckpoint {
                     .build()
                     .map_err(build)?,
             ),
-            _ => Arc::new(
+            _ => both(
                 object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(bucket)
                     .with_client_options(client)
@@ -153,7 +171,7 @@ impl ObjectStoreCheckpoint {
             .enable_all()
             .build()
             .map_err(|source| ObjectStoreError::Runtime { url: url.clone(), source })?;
-        Ok(ObjectStoreCheckpoint { url, store, prefix, rt })
+        Ok(ObjectStoreCheckpoint { url, store, lister, prefix, rt })
     }
 
     /// The same bucket, another prefix under this one (a batch's output).
@@ -203,8 +221,24 @@ impl ObjectStoreCheckpoint {
             // and stop at the first byte past the declared size.
             let mut body = r.into_stream();
             let mut out = Vec::with_capacity(declared.min(INITIAL_READ_BYTES) as usize);
-            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-                let chunk = chunk?;
+            loop {
+                let next = tokio::time::timeout(BODY_STALL_DEADLINE, futures_util::StreamExt::next(&mut body));
+                let Ok(next) = next.await else {
+                    return Err(object_store::Error::Generic {
+                        store: "weir",
+                        source: format!(
+                            "{url}/{name}: the server stalled: no byte for {} s after {} of the {declared} bytes declared",
+                            BODY_STALL_DEADLINE.as_secs(),
+                            out.len()
+                        )
+                        .into(),
+                    });
+                };
+                let Some(chunk) = next else { break };
+                let chunk = chunk.map_err(|e| object_store::Error::Generic {
+                    store: "weir",
+                    source: format!("{url}/{name}: reading the body after {} bytes: {e}", out.len()).into(),
+                })?;
                 if out.len() as u64 + chunk.len() as u64 > declared {
                     return Err(object_store::Error::Generic {
                         store: "weir",
@@ -350,14 +384,45 @@ impl CheckpointStore for ObjectStoreCheckpoint {
         self.get_bounded(name, limit).map(|(b, _)| b)
     }
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
-        let key = self.key(dir);
-        let listed = self.run(dir, self.store.list_with_delimiter(Some(&key)))?;
-        let mut v: Vec<String> = listed
-            .objects
-            .into_iter()
-            .filter_map(|o| o.location.filename().map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
-            .collect();
+        // Page by page, bounded: `list_with_delimiter` follows continuation
+        // tokens for as long as the server hands them out, keeping every key.
+        let prefix = format!("{}/", self.key(dir));
+        let url = &self.url;
+        let refuse =
+            |why: String| object_store::Error::Generic { store: "weir", source: format!("{url}/{dir}: {why}").into() };
+        let mut v: Vec<String> = Vec::new();
+        self.run(dir, async {
+            let mut token = None;
+            for page in 1.. {
+                if page > MAX_LIST_PAGES {
+                    return Err(refuse(format!(
+                        "the listing goes on past {MAX_LIST_PAGES} pages ({} keys so far); refused",
+                        v.len()
+                    )));
+                }
+                let opts = PaginatedListOptions {
+                    delimiter: Some("/".into()),
+                    page_token: token.take(),
+                    ..Default::default()
+                };
+                let r = self.lister.list_paginated(Some(&prefix), opts).await?;
+                if v.len() + r.result.objects.len() > MAX_LIST_KEYS {
+                    return Err(refuse(format!("the listing holds more than {MAX_LIST_KEYS} keys; refused")));
+                }
+                v.extend(
+                    r.result
+                        .objects
+                        .into_iter()
+                        .filter_map(|o| o.location.filename().map(str::to_string))
+                        .filter(|n| !n.starts_with('.')),
+                );
+                match r.page_token {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            Ok(())
+        })?;
         v.sort();
         Ok(v)
     }

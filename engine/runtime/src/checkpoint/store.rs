@@ -6,8 +6,36 @@
 //! files beside it (an append-only log and a flock have no object-store
 //! equivalent without more design).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
+/// The most a metadata checkpoint file may hold, on disk or as an object.
+/// Metadata is small (a few KiB; pending batches are capped), so a bigger
+/// file is corrupt or hostile, and is refused before it is read.
+pub const MAX_METADATA_FILE_BYTES: u64 = 64 << 20;
+/// The most a data checkpoint (`state/` file: every partition of one
+/// stateful stream at one time) may hold, on disk or as an object. Reading
+/// one back costs about twice its size (the file, then the decoded
+/// partitions), so a bigger one is refused before anything is allocated for
+/// it, and a state that would encode bigger is not written (a failed
+/// checkpoint write, logged; the job goes on) rather than written and found
+/// unreadable at recovery.
+pub const MAX_STATE_FILE_BYTES: u64 = 1 << 30;
+
+/// The most the checkpoint file `name` (`metadata/...`, `state/...`) may hold.
+pub fn max_file_bytes(name: &str) -> u64 {
+    if name.starts_with("metadata/") {
+        MAX_METADATA_FILE_BYTES
+    } else {
+        MAX_STATE_FILE_BYTES
+    }
+}
+
+/// The error of a checkpoint file over its bound: `size` bytes (declared by
+/// a server, or a file's length), more than `limit`.
+pub fn too_big(what: &str, size: u64, limit: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}{size} bytes, more than the {limit} allowed"))
+}
 
 /// Checkpoint storage: names are `dir/file` (e.g. `metadata/checkpoint-…`).
 pub trait CheckpointStore: Send + Sync {
@@ -83,7 +111,27 @@ impl CheckpointStore for LocalDir {
         sync_dir(&dir)
     }
     fn get(&self, name: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.root.join(name))
+        // Not `fs::read`: it allocates whatever length the file has. The
+        // length is checked first, on the open handle, and the read is cut
+        // one byte past the bound in case the file grows meanwhile.
+        let limit = max_file_bytes(name);
+        let f = std::fs::File::open(self.root.join(name))?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
+        }
+        if meta.len() > limit {
+            return Err(too_big("", meta.len(), limit));
+        }
+        let mut out = Vec::with_capacity(meta.len() as usize);
+        f.take(limit + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("grew past the {limit} bytes allowed while it was read"),
+            ));
+        }
+        Ok(out)
     }
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
         let mut v: Vec<String> = std::fs::read_dir(self.root.join(dir))?

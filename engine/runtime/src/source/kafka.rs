@@ -211,6 +211,12 @@ impl KafkaSource {
                         "kafka {}/{}: offset {off} is no longer in the log (deleted by retention?): {m}",
                         r.topic, r.partition
                     )),
+                    // Where it failed: a broken or hostile answer (say, a
+                    // decompression bomb) is about one partition and offset.
+                    SourceError::Kafka(m) => SourceError::Kafka(format!(
+                        "kafka {}/{}: fetch at offset {off} (range {}..{}): {m}",
+                        r.topic, r.partition, r.from, r.until
+                    )),
                     e => e,
                 })?;
                 if recs.is_empty() && high <= off {
