@@ -75,11 +75,11 @@ impl<T: Clone> Memo<T> {
         if map.len() >= MEMO_ENTRIES && !map.contains_key(hash) {
             // Which entry goes does not matter for correctness (a module
             // dropped here is compiled or loaded from disk again if needed).
-            if let Some(k) = map.keys().next().cloned() {
+            if let Some(k) = map.keys().next().copied() {
                 map.remove(&k);
             }
         }
-        map.insert(hash.clone(), code.clone());
+        map.insert(*hash, code.clone());
     }
 }
 
