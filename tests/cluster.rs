@@ -924,7 +924,11 @@ fn an_executor_that_stops_reading_is_lost_while_the_driver_sends_it_big_tasks() 
         .and_then(|(_, r)| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no running-task count in the loss report: {line}"));
-    assert!(given >= 16, "the stopped executor was given only {given} task(s): the stall was not exercised");
+    // How many depends on how far the stages got while the others (2 slots
+    // each) joined and ran; on a loaded machine 13 were seen. Far more than
+    // the others' 4 slots is what makes the driver write to a reader that
+    // never reads.
+    assert!(given >= 8, "the stopped executor was given only {given} task(s): the stall was not exercised");
 
     let status = d.finish();
     let log = d.text();

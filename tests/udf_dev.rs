@@ -665,3 +665,26 @@ fn compiled_modules_are_cached_on_disk_for_the_next_process_and_a_damaged_entry_
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json, serde_json::json!(["to", "be", "or"]));
 }
+
+#[test]
+fn udf_call_hands_the_instance_the_batch_time_given() {
+    let m = module("testops.wasm");
+    let input = r#"[["a", [1, 2], null], ["b", [4], [10, [7]]]]"#;
+    let at = |extra: &[&str]| {
+        let mut args = vec!["sum_with_times", "--input", input];
+        args.extend_from_slice(extra);
+        let (code, json, err) = call(&m, &args);
+        assert_eq!(code, Some(0), "{err}");
+        json.unwrap()
+    };
+    // The state records the batch times that brought values: the one given,
+    // or 0 without the flag.
+    assert_eq!(at(&["--batch-time", "5000"]), serde_json::json!([[3, [5000]], [14, [7, 5000]]]));
+    assert_eq!(at(&["--batch-time", "5000", "--partition", "3"]), serde_json::json!([[3, [5000]], [14, [7, 5000]]]));
+    assert_eq!(at(&[]), serde_json::json!([[3, [0]], [14, [7, 0]]]));
+    let (_, _, err) = call(&m, &["sum_with_times", "--input", input, "--batch-time", "5000"]);
+    assert!(err.contains("(update) at batch time 5000: 2 record(s) in"), "{err}");
+    let (code, _, err) = call(&m, &["sum_with_times", "--input", input, "--batch-time", "soon"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--batch-time") && err.contains("soon"), "{err}");
+}

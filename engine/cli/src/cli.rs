@@ -266,6 +266,16 @@ pub enum UdfCommand {
         /// files). Repeatable.
         #[arg(long = "param", value_name = "[NAME=]VALUE")]
         params: Vec<String>,
+        /// The batch time the instance is handed (ms since the epoch; the
+        /// module's `weir_batch_time`, a component's WASI clocks), as in
+        /// the batch of that time. Without it: 0.
+        #[arg(long = "batch-time", value_name = "MS")]
+        batch_time: Option<i64>,
+        /// The partition the call stands for (it seeds a component's WASI
+        /// random numbers with the module hash and the batch time). Without
+        /// it: 0.
+        #[arg(long)]
+        partition: Option<u32>,
     },
     /// Write a ready-to-build UDF project (a WordCount) into directory NAME.
     New {
@@ -342,8 +352,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Udf { command: UdfCommand::Check { module } } => crate::udf::check(&module),
-        Command::Udf { command: UdfCommand::Call { module, function, input, kind, params } } => {
-            crate::udf::call(&module, &function, &input, kind, &params)
+        Command::Udf { command: UdfCommand::Call { module, function, input, kind, params, batch_time, partition } } => {
+            crate::udf::call(&module, &function, &input, kind, &params, (batch_time, partition))
         }
         Command::Udf { command: UdfCommand::New { lang, name, dir, sdk } } => {
             crate::udf_new::new(lang, &name, dir.as_deref(), sdk.as_deref())

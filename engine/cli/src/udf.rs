@@ -247,8 +247,16 @@ fn hints(r: &Report, e: &UdfErrorKind) -> Vec<String> {
     h
 }
 
-/// `weir udf call MODULE FUNC --input JSON [--kind K] [--param [NAME=]VALUE]...`.
-pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>, params: &[String]) -> Result<ExitCode> {
+/// `weir udf call MODULE FUNC --input JSON [--kind K] [--param [NAME=]VALUE]...
+/// [--batch-time MS] [--partition N]`; `at` is (batch time, partition).
+pub fn call(
+    path: &Path,
+    function: &str,
+    input: &str,
+    kind: Option<UdfKind>,
+    params: &[String],
+    at: (Option<i64>, Option<u32>),
+) -> Result<ExitCode> {
     let runtime = UdfRuntime::shared()?;
     let m = UdfModule::load(&runtime, path, UdfLimits::default())
         .with_context(|| format!("{} is not a valid Weir UDF module", path.display()))?;
@@ -286,7 +294,7 @@ pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>, par
         batch.push_raw(&enc);
     }
     let batch = batch.finish();
-    let mut inst = m.instantiate_with(None, None, params.as_ref().map(|p| (function, kind, p)))?;
+    let mut inst = m.instantiate_with(at.0, at.1, params.as_ref().map(|p| (function, kind, p)))?;
     let started = Instant::now();
     let out = inst.call(function, kind, &batch)?;
     let elapsed = started.elapsed();
@@ -295,7 +303,10 @@ pub fn call(path: &Path, function: &str, input: &str, kind: Option<UdfKind>, par
     let json: Vec<serde_json::Value> = values.iter().map(value_to_json).collect();
     print_out(&format!("{}\n", serde_json::Value::Array(json)))?;
     let export = m.function(function, kind).map(|f| f.export.clone()).unwrap_or_else(|| kind.export_name(function));
-    let given = params.as_ref().map(|p| format!(" with parameters ({p})")).unwrap_or_default();
+    let mut given = params.as_ref().map(|p| format!(" with parameters ({p})")).unwrap_or_default();
+    if let Some(t) = at.0 {
+        given.push_str(&format!(" at batch time {t}"));
+    }
     eprintln!(
         "weir: {} {export:?} ({kind}){given}: {} record(s) in, {} out; fuel {fuel}; {:.3} ms",
         m.name(),

@@ -162,7 +162,9 @@ impl From<std::io::Error> for Refused {
 /// Holds an exclusive flock on `<root>/metadata` until dropped, waiting for
 /// it at most [`LOCK_WAIT`].
 fn short_lock(root: &Path) -> std::io::Result<File> {
-    let f = File::open(super::metadata_dir(root))?;
+    let path = super::metadata_dir(root);
+    // Named in the error: the directory in the way or missing is the cause.
+    let f = File::open(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let until = Instant::now() + LOCK_WAIT;
     loop {
         match f.try_lock() {
