@@ -558,6 +558,21 @@ fn put_i32(b: &mut Vec<u8>, v: i32) {
 fn put_i64(b: &mut Vec<u8>, v: i64) {
     b.extend_from_slice(&v.to_be_bytes());
 }
+/// A Fetch v4 response up to its record set: one topic, one partition (0),
+/// no error, high watermark and last stable offset 10, no aborted
+/// transactions.
+fn fetch_header(b: &mut Vec<u8>) {
+    put_i32(b, 0); // throttle
+    put_i32(b, 1);
+    put_str(b, TOPIC);
+    put_i32(b, 1);
+    put_i32(b, 0);
+    put_i16(b, 0);
+    put_i64(b, 10);
+    put_i64(b, 10);
+    put_i32(b, -1); // no aborted transactions
+}
+
 fn put_str(b: &mut Vec<u8>, s: &str) {
     put_i16(b, s.len() as i16);
     b.extend_from_slice(s.as_bytes());
@@ -650,30 +665,14 @@ fn serve_hostile(mut s: TcpStream, port: u16, mode: Hostile) {
                 put_i64(&mut b, if ts == -2 { 0 } else { 10 });
             }
             (Hostile::GzipBomb, 1) => {
-                put_i32(&mut b, 0); // throttle
-                put_i32(&mut b, 1);
-                put_str(&mut b, TOPIC);
-                put_i32(&mut b, 1);
-                put_i32(&mut b, 0);
-                put_i16(&mut b, 0);
-                put_i64(&mut b, 10);
-                put_i64(&mut b, 10);
-                put_i32(&mut b, -1); // no aborted transactions
+                fetch_header(&mut b);
                 let batch = gzip_bomb_batch();
                 put_i32(&mut b, batch.len() as i32);
                 b.extend_from_slice(batch);
             }
             (_, 1) => {
                 // Fetch v4 of offset 0: one partition, high watermark 10.
-                put_i32(&mut b, 0); // throttle
-                put_i32(&mut b, 1);
-                put_str(&mut b, TOPIC);
-                put_i32(&mut b, 1);
-                put_i32(&mut b, 0);
-                put_i16(&mut b, 0);
-                put_i64(&mut b, 10);
-                put_i64(&mut b, 10);
-                put_i32(&mut b, -1); // no aborted transactions
+                fetch_header(&mut b);
                 let mut batch = Vec::new();
                 put_i64(&mut batch, 0); // base offset
                 put_i32(&mut batch, 0x7fff_fff0); // batch length: ~2 GiB

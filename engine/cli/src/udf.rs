@@ -67,7 +67,9 @@ pub fn check(path: &Path) -> Result<ExitCode> {
     if let Ok(m) = &loaded {
         {
             use weir::udf::cache::CompiledFrom;
-            let how = match m.compiled_from() {
+            // The inspection compiled a core module (or found it compiled);
+            // the load then reused that code.
+            let how = match report.compiled_from.unwrap_or(m.compiled_from()) {
                 CompiledFrom::Cache => "loaded compiled from the cache",
                 CompiledFrom::Compiled | CompiledFrom::Process => "compiled now",
             };

@@ -89,6 +89,10 @@ pub struct Report {
     pub declared: Result<Vec<DeclaredExport>, String>,
     /// The linear memory: (initial, maximum) in 64 KiB pages.
     pub memory: Option<(u64, Option<u64>)>,
+    /// How a core module's code was obtained (compiled now or from a cache,
+    /// `udf/cache.rs`); loading it afterwards reuses that code. None for a
+    /// component, which is inspected without compiling.
+    pub compiled_from: Option<super::cache::CompiledFrom>,
 }
 
 /// Inspects a module's bytes (binary or WAT). Fails only when the bytes are
@@ -104,6 +108,7 @@ pub fn inspect(runtime: &Arc<UdfRuntime>, bytes: &[u8]) -> Result<Report, UdfErr
         unnamed: Vec::new(),
         declared: Ok(Vec::new()),
         memory: None,
+        compiled_from: None,
     };
     if is_component(&binary) {
         report.component = Some(component_info(&binary)?);
@@ -113,7 +118,10 @@ pub fn inspect(runtime: &Arc<UdfRuntime>, bytes: &[u8]) -> Result<Report, UdfErr
         UdfErrorKind::ExportsSection(m) => m,
         other => other.to_string(),
     });
-    let module = Module::new(runtime.engine(), &binary).map_err(|e| UdfErrorKind::Malformed(format!("{e:#}")))?;
+    // Through the process's compiled-code cache: loading the module next
+    // (as `weir udf check` does) does not compile it again.
+    let (module, from) = super::cache::compiled::<Module>(runtime.engine(), &runtime.modules, &binary, &report.hash)?;
+    report.compiled_from = Some(from);
     for imp in module.imports() {
         let ty = type_string(&imp.ty());
         let provided = imp.module() == abi::IMPORT_MODULE && imp.name() == abi::IMPORT_LOG && ty == "func (i32, i32)";
