@@ -148,13 +148,10 @@ impl DirectorySource {
     }
 
     /// The files to read at `time`, oldest first.
-    fn candidates(&mut self, listing: &[PathBuf], time: i64, wall: bool, first: bool) -> Vec<PathBuf> {
+    fn candidates(&mut self, unseen: &[&Path], time: i64, wall: bool, first: bool) -> Vec<PathBuf> {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(time.max(0) as u64);
         let mut new = Vec::new();
-        for path in listing {
-            if self.seen.contains(path) || self.given_up.contains(path) {
-                continue;
-            }
+        for &path in unseen {
             // Follows symlinks: a link to a regular file is read.
             let meta = match std::fs::metadata(path) {
                 Ok(m) => m,
@@ -194,13 +191,22 @@ impl DirectorySource {
                 );
                 continue;
             }
-            new.push((mtime, path.clone()));
+            new.push((mtime, path.to_path_buf()));
         }
         new.sort();
         // Beyond the per-batch limit, files wait (and keep their place).
         self.waiting = new.iter().skip(self.max_files).map(|(_, p)| p.clone()).collect();
         new.into_iter().take(self.max_files).map(|(_, p)| p).collect()
     }
+}
+
+/// A path's bytes: the key of the lookups over a listing. Hashed and
+/// compared as bytes, not component by component as `Path` does (which cost
+/// more than the rest of a small batch's listing); every name here comes
+/// from the same `read_dir` joins, so equal paths have equal bytes. Sets of
+/// them are only looked up, never iterated.
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
 }
 
 /// A test-only race (cargo feature `failpoints`): the file named by
@@ -307,14 +313,20 @@ impl Source for DirectorySource {
         // directory, not its history (a name that comes back is a new file).
         // Hashed, not ordered: a path comparison walks components, and this
         // runs for every remembered name in every batch.
-        let present: HashSet<&Path> = listing.iter().map(PathBuf::as_path).collect();
-        self.seen.retain(|p| present.contains(p.as_path()));
-        self.attempts.retain(|p, _| present.contains(p.as_path()));
-        self.given_up.retain(|p| present.contains(p.as_path()));
-        self.warned.retain(|p| present.contains(p.as_path()));
-        self.waiting.retain(|p| present.contains(p.as_path()));
+        let present: HashSet<&[u8]> = listing.iter().map(|p| path_bytes(p)).collect();
+        self.seen.retain(|p| present.contains(path_bytes(p)));
+        self.attempts.retain(|p, _| present.contains(path_bytes(p)));
+        self.given_up.retain(|p| present.contains(path_bytes(p)));
+        self.warned.retain(|p| present.contains(path_bytes(p)));
+        self.waiting.retain(|p| present.contains(path_bytes(p)));
+        // Names read or given up on are dropped before anything else looks
+        // at the listing (most of a long-lived directory, every batch).
+        let unseen: Vec<&Path> = {
+            let known: HashSet<&[u8]> = self.seen.iter().chain(&self.given_up).map(|p| path_bytes(p)).collect();
+            listing.iter().map(PathBuf::as_path).filter(|p| !known.contains(path_bytes(p))).collect()
+        };
 
-        let candidates = self.candidates(&listing, time, wall, first);
+        let candidates = self.candidates(&unseen, time, wall, first);
         let mut taken = self.scan_candidates(candidates);
         // A file that fails while its lines are read (truncated since the
         // scan) is put back like one that failed the scan, and the batch is
@@ -377,7 +389,16 @@ impl Source for DirectorySource {
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
         match c {
             SourceCursor::Files(f) => {
-                self.seen = f.clone();
+                // Spelled as this run's listing spells them (`dir.join(name)`)
+                // however the job file spelled the directory before, so the
+                // byte-wise lookups of `path_bytes` find them.
+                self.seen = f
+                    .iter()
+                    .map(|p| match (p.parent(), p.file_name()) {
+                        (Some(d), Some(n)) if d == self.dir => self.dir.join(n),
+                        _ => p.clone(),
+                    })
+                    .collect();
                 Ok(())
             }
             other => Err(SourceError::Replay(format!("a directory source cannot resume at {other:?}"))),
@@ -385,5 +406,33 @@ impl Source for DirectorySource {
     }
     fn exhausted(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cursor saved with one spelling of the directory still marks its
+    /// files as read when the job file spells the directory another way
+    /// (the lookups compare bytes, so the restore respells the names).
+    #[test]
+    fn a_restored_cursor_matches_however_the_directory_is_spelled() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "read before\n").unwrap();
+        std::fs::write(dir.path().join("b"), "new\n").unwrap();
+        let respelled = PathBuf::from(format!("{}//", dir.path().display()));
+        let options = Options { new_files_only: false, utf8: InvalidUtf8Policy::Replace, max_files: 10 };
+        let mut s = DirectorySource::new(respelled, options, ListenerBus::default(), 0);
+        s.restore(&SourceCursor::Files([dir.path().join("a")].into())).unwrap();
+        let (parts, _) = s.poll_partitions(1000, false, 1).unwrap();
+        let lines: Vec<String> = parts
+            .iter()
+            .flat_map(|p| weir_codec::Records::new(p).unwrap().map(|r| weir_codec::display::render(r.unwrap())))
+            .collect();
+        assert_eq!(lines, vec!["new"]);
+        // And it is not read again.
+        let (parts, _) = s.poll_partitions(2000, false, 1).unwrap();
+        assert_eq!(parts.iter().map(|p| weir_codec::Records::new(p).unwrap().remaining()).sum::<u32>(), 0);
     }
 }

@@ -16,7 +16,7 @@
 //! recorded lengths, so it gets the same partitions, byte for byte.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,11 +124,7 @@ pub(super) fn encode(files: &[Scanned], n: u32, policy: InvalidUtf8Policy) -> Re
     let total: u64 = files.iter().map(|f| f.lines).sum();
     let n = slices(total, n);
     let ranges: Vec<(u64, u64)> = (0..n).map(|p| (slice_start(total, n, p), slice_start(total, n, p + 1))).collect();
-    let threads = if total < PARALLEL_LINES {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |c| c.get()).min(ranges.len())
-    };
+    let threads = if total < PARALLEL_LINES { 1 } else { cores().min(ranges.len()) };
     let next = AtomicUsize::new(0);
     let work = || -> Result<Vec<(usize, Vec<u8>, Vec<u64>)>, (usize, FileError)> {
         let mut done = Vec::new();
@@ -163,6 +159,13 @@ pub(super) fn encode(files: &[Scanned], n: u32, policy: InvalidUtf8Policy) -> Re
     Ok(Encoded { parts, invalid })
 }
 
+/// The cores this process may use, asked once: the answer reads cgroup
+/// files, which cost more than a small batch's encoding.
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
+}
+
 /// Lines `from..to` of the files (counted over all of them) as one batch.
 fn encode_range(
     files: &[Scanned],
@@ -171,7 +174,11 @@ fn encode_range(
     policy: InvalidUtf8Policy,
     invalid: &mut [u64],
 ) -> Result<Vec<u8>, (usize, FileError)> {
-    let mut b = BatchBuilder::new();
+    // Sized up front from the files' bytes per line (plus each record's
+    // 5-byte header), so the partition is not copied as it grows.
+    let (bytes, lines) = files.iter().fold((0u64, 0u64), |(b, l), f| (b + f.len, l + f.lines));
+    let want = (to - from).saturating_mul(bytes / lines.max(1) + 6);
+    let mut b = BatchBuilder::with_capacity(usize::try_from(want).unwrap_or(0).min(MAX_PRESIZE));
     let mut first = 0u64;
     for (i, f) in files.iter().enumerate() {
         let (lo, hi) = (from.max(first), to.min(first + f.lines));
@@ -183,7 +190,19 @@ fn encode_range(
     Ok(b.finish())
 }
 
+/// The most a partition's buffer is sized for before it is read (it grows
+/// past this if it must): an estimate must not reserve memory for nothing.
+const MAX_PRESIZE: usize = 256 << 20;
+
+/// Bytes read from a file at a time by one thread.
+const CHUNK: usize = 256 * 1024;
+
 /// Reads lines `from..to` of one file into `b`.
+///
+/// Chunks of the file are read whole and cut at `\n`; the complete lines of
+/// a chunk are checked as UTF-8 in one pass (a line of a valid run is valid:
+/// it is cut at ASCII bytes), and only a run that fails is checked line by
+/// line to find, count and treat its bad lines.
 fn read_lines(
     f: &Scanned,
     from: u64,
@@ -193,40 +212,83 @@ fn read_lines(
     invalid: &mut u64,
 ) -> Result<(), FileError> {
     let start = f.marks.get((from / STRIDE) as usize).copied().unwrap_or(0);
-    let mut r = BufReader::with_capacity(READ_BUFFER, At { file: &f.file, pos: start, end: f.len });
-    let mut line = Vec::new();
+    let mut src = At { file: &f.file, pos: start, end: f.len };
+    let mut buf = vec![0u8; CHUNK];
+    let (mut have, mut eof) = (0usize, false);
     let mut k = from - from % STRIDE;
     while k < to {
-        line.clear();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            // Fewer lines than the scan counted: the file changed under us.
-            return Err(FileError::Short { has: r.get_ref().pos, len: f.len });
+        if !eof {
+            if have == buf.len() {
+                // One line longer than the buffer: room for more of it.
+                buf.resize(buf.len() * 2, 0);
+            }
+            let got = read_full(&mut src, &mut buf[have..])?;
+            eof = have + got < buf.len();
+            have += got;
         }
-        k += 1;
-        if k <= from {
-            continue;
-        }
-        // As `str::lines`: `\n` or `\r\n` ends a line; a bare `\r` does not.
-        let text = match line.strip_suffix(b"\n") {
-            Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
-            None => &line[..],
-        };
-        match std::str::from_utf8(text) {
-            Ok(t) => b.push_with(|w| w.str(t)),
-            Err(_) => {
-                *invalid += 1;
-                match policy {
-                    InvalidUtf8Policy::Replace => {
-                        let t = String::from_utf8_lossy(text);
-                        b.push_with(|w| w.str(&t));
-                    }
-                    InvalidUtf8Policy::Skip => {}
-                    InvalidUtf8Policy::Fail => return Err(FileError::InvalidUtf8 { line: k }),
+        // The complete lines read so far; at the end, the rest is a line.
+        let complete = if eof { have } else { memchr::memrchr(b'\n', &buf[..have]).map_or(0, |i| i + 1) };
+        let run = &buf[..complete];
+        let valid = std::str::from_utf8(run).is_ok();
+        let mut at = 0;
+        while at < complete && k < to {
+            let end = memchr::memchr(b'\n', &run[at..]).map_or(complete, |i| at + i + 1);
+            let line = &run[at..end];
+            at = end;
+            k += 1;
+            if k <= from {
+                continue;
+            }
+            // As `str::lines`: `\n` or `\r\n` ends a line; a bare `\r` does not.
+            let text = match line.strip_suffix(b"\n") {
+                Some(l) => l.strip_suffix(b"\r").unwrap_or(l),
+                None => line,
+            };
+            if valid || std::str::from_utf8(text).is_ok() {
+                b.push_with(|w| push_str(w, text));
+                continue;
+            }
+            *invalid += 1;
+            match policy {
+                InvalidUtf8Policy::Replace => {
+                    let t = String::from_utf8_lossy(text);
+                    b.push_with(|w| w.str(&t));
                 }
+                InvalidUtf8Policy::Skip => {}
+                InvalidUtf8Policy::Fail => return Err(FileError::InvalidUtf8 { line: k }),
             }
         }
+        if k < to && eof && at >= have {
+            // Fewer lines than the scan counted: the file changed under us.
+            return Err(FileError::Short { has: src.pos, len: f.len });
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
     }
     Ok(())
+}
+
+/// Writes `text`, known to be UTF-8, as a string value (as `Writer::str`,
+/// without checking it again).
+#[inline]
+fn push_str(w: &mut weir_codec::Writer<'_>, text: &[u8]) {
+    w.buf.push(weir_codec::TAG_STR);
+    w.buf.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    w.buf.extend_from_slice(text);
+}
+
+/// Fills `buf` from `r` until it is full or `r` ends; how many bytes came.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// Positioned reads of `file` from `pos` up to `end`: threads share the
@@ -408,6 +470,49 @@ mod tests {
             Err((0, FileError::InvalidUtf8 { line: 2 })) => {}
             other => panic!("expected line 2 of file 0, got {:?}", other.map(|e| e.invalid)),
         }
+    }
+
+    /// Lines cut across read chunks, a line longer than a chunk, `\r\n`
+    /// at a chunk's edge and invalid UTF-8 deep in a chunk read the same as
+    /// decoding the whole file line by line does.
+    #[test]
+    fn lines_across_chunks_read_as_the_whole_file_decodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let mut bytes = Vec::new();
+        let mut l = 0u64;
+        while bytes.len() < 3 * CHUNK {
+            match l % 997 {
+                5 => bytes.extend(std::iter::repeat_n(b'x', CHUNK + 17)),
+                11 => bytes.extend_from_slice(b"bad \xff\xfe here"),
+                _ => bytes.extend_from_slice(format!("line {l} {}", "y".repeat((l % 13) as usize)).as_bytes()),
+            }
+            bytes.extend_from_slice(if l % 3 == 0 { b"\r\n" } else { b"\n" });
+            l += 1;
+        }
+        bytes.extend_from_slice(b"last without newline");
+        std::fs::write(&path, &bytes).unwrap();
+        let want: Vec<String> = bytes
+            .split(|&c| c == b'\n')
+            .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
+            .collect();
+        let files = vec![scan(&path, None).unwrap()];
+        for n in [1, 2, 5] {
+            let got = encode(&files, n, InvalidUtf8Policy::Replace).unwrap();
+            let got: Vec<String> = got
+                .parts
+                .iter()
+                .flat_map(|p| Records::new(p).unwrap().map(|r| weir_codec::Value::decode(r.unwrap()).unwrap()))
+                .map(|v| match v {
+                    weir_codec::Value::Str(s) => s,
+                    other => panic!("not a string: {other:?}"),
+                })
+                .collect();
+            assert_eq!(got.len(), want.len(), "n = {n}");
+            assert!(got == want, "n = {n}: lines differ");
+        }
+        let skipped = encode(&files, 3, InvalidUtf8Policy::Skip).unwrap();
+        assert_eq!(skipped.invalid, vec![want.iter().filter(|l| l.contains('\u{fffd}')).count() as u64]);
     }
 
     #[test]
