@@ -7,6 +7,7 @@
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -381,4 +382,105 @@ fn max_files_per_batch_takes_the_oldest_and_the_rest_wait() {
     assert!(out.status.success(), "{err}");
     assert_eq!(records_in(&err), vec![1, 2, 3, 4, 5], "waiting files keep their place:\n{err}");
     assert!(warnings_naming(&err, "remember window").is_empty(), "{err}");
+}
+
+/// Prefetch under SIGKILL: with `max_files_per_batch = 1` and a backlog of
+/// files, the driver reads each next batch's file while the current batch
+/// runs (`scheduler/prefetch.rs`). A driver killed at seeded moments —
+/// often with a file read early but not yet recorded — is restarted from
+/// its checkpoint until the backlog is done; every word is then counted
+/// exactly once over all the batches' outputs (a file read early and lost
+/// with the driver is read again, never skipped, never counted twice).
+#[test]
+fn files_read_early_are_counted_exactly_once_across_sigkills() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = 24;
+    let mut all = String::new();
+    for i in 0..files {
+        // File i: words w0..w{i}, word wk (k <= i) written k+1 times.
+        let text: String = (0..=i).flat_map(|k| std::iter::repeat_n(format!("w{k}\n"), k + 1)).collect();
+        all.push_str(&text);
+        std::fs::write(dir.join(format!("f{i:02}.txt")), text).unwrap();
+        age(&dir.join(format!("f{i:02}.txt")), Duration::from_secs(600 - i as u64));
+    }
+    let expected = native_counts(all.lines());
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "batch_interval = \"1s\"\nclock = \"logical\"\n[modules]\nwordcount = \"{}\"\n[sources.lines]\n\
+             type = \"directory\"\npath = \"in\"\nmax_files_per_batch = 1\n[streams]\n\
+             words = \"lines.flat_map(wordcount.split)\"\npairs = \"words.map(wordcount.pair)\"\n\
+             counts = \"pairs.reduce_by_key(wordcount.sum)\"\n[[outputs]]\nstream = \"counts\"\n\
+             type = \"save_as_text_files\"\nprefix = \"out/counts\"\n",
+            module("wordcount.wasm").display()
+        ),
+    )
+    .unwrap();
+    let ckpt = tmp.path().join("ckpt");
+    let run_batches = |n: usize| {
+        let mut c = weir();
+        c.args(["run", job.to_str().unwrap(), "--checkpoint", ckpt.to_str().unwrap(), "--batches", &n.to_string()]);
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    };
+    // The feature is on in this setting: the log says so.
+    let probe = run(run_batches(3).env("WEIR_LOG", "weir=debug"));
+    assert!(probe.status.success(), "{}", text(&probe.stderr));
+    assert!(text(&probe.stderr).contains("read early"), "no batch read its input early:\n{}", text(&probe.stderr));
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+
+    let mut rng = Rng(20261201);
+    let (mut kills, mut runs) = (0, 0);
+    loop {
+        runs += 1;
+        assert!(runs < 200, "the job never finished ({kills} kills)");
+        // The run ends once the backlog is read (plus a few empty batches).
+        let mut child = run_batches(files + 3).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("batch ") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let wait_for = rng.below(4);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for _ in 0..wait_for {
+            if rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(6)));
+        // After eight kills the run is left to finish the backlog.
+        if kills < 8 && child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        let err = reader.join().unwrap();
+        assert!(!err.contains("panicked"), "{err}");
+        if status.success() && kills >= 8 {
+            break;
+        }
+        assert!(status.success() || status.code().is_none(), "the driver failed: {err}");
+        if status.success() {
+            // Done before enough kills: start again from nothing.
+            std::fs::remove_dir_all(&ckpt).unwrap();
+            std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+        }
+    }
+    let outputs = read_outputs(&tmp.path().join("out"), "counts");
+    let got = sum_counts(outputs.values().flatten());
+    assert_eq!(got, expected, "after {kills} kills in {runs} runs");
 }

@@ -21,11 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_codec::Records;
-
 use super::dag::{DagScheduler, SchedulerMetrics};
 use super::options::{Clock, Master, RunOptions};
 use super::output_writer::{self, Computed, OutputWriter, Written};
+use super::prefetch::{poll_all, Polled};
 use crate::checkpoint::{CheckpointDir, CheckpointStats, InputRecord, Metadata};
 use crate::cluster::{ClusterBackend, ClusterConfig};
 use crate::executor::{BlockStore, ExecutorBackend, LocalExecutors};
@@ -135,7 +134,9 @@ pub struct Driver {
     drained: bool,
     /// With the logical clock, how long to wait before the next batch after
     /// empty ones (grows while the sources stay empty, reset by a record).
-    idle: Duration,
+    pub(super) idle: Duration,
+    /// The next batch's input, read while this batch ran (`prefetch.rs`).
+    pub(super) prefetched: Option<super::prefetch::Prefetched>,
     /// Writes batches' outputs while the next batch computes.
     writer: Option<OutputWriter>,
     /// Batches computed whose outputs are being written, oldest first.
@@ -230,6 +231,7 @@ impl Driver {
             lineage_shown: None,
             drained: false,
             idle: Duration::ZERO,
+            prefetched: None,
             writer: None,
             in_flight: VecDeque::new(),
             slices: Default::default(),
@@ -273,7 +275,7 @@ impl Driver {
             let records_in = per_source.iter().sum();
             self.note_idle(records_in, replayed);
             let outs = self.generate(time, &per_source, replayed, &input_partitions);
-            let computed = self.run_outputs(time, &outs);
+            let computed = self.run_outputs_prefetching(time, &outs, ran);
             // The previous batch's writes overlapped this batch's jobs.
             self.finish_written();
             let after = self.dag.metrics.clone();
@@ -453,14 +455,15 @@ impl Driver {
         }
         if stop.is_requested() {
             // Graceful: one last batch takes what the sources hold, unless
-            // it was already taken after the request.
+            // it was already taken after the request. (A batch whose input
+            // was read early, before the request, runs first.)
             if self.drained {
                 return None;
             }
-            self.drained = true;
+            self.drained = self.prefetched.is_none();
         }
         let finite = self.opts.clock == Clock::Logical && !self.sources.is_empty();
-        if finite && self.sources.iter().all(|s| s.exhausted()) {
+        if finite && self.prefetched.is_none() && self.sources.iter().all(|s| s.exhausted()) {
             return None;
         }
         self.progress.k += 1;
@@ -505,13 +508,17 @@ impl Driver {
             }
             return Ok((input_partitions, per_source));
         }
-        let wall = self.opts.clock == Clock::Wall;
+        let polled = match self.take_prefetched(time)? {
+            Some(p) => p,
+            None => {
+                let wall = self.opts.clock == Clock::Wall;
+                poll_all(&mut self.sources, time, wall, self.job.graph.parallelism)?
+            }
+        };
         let mut recs = Vec::new();
-        for i in 0..self.sources.len() {
-            let (parts, descriptor) = self.sources[i].poll_partitions(time, wall, self.job.graph.parallelism)?;
-            let n = parts.iter().map(|p| Records::new(p).map(|r| r.remaining() as u64).unwrap_or(0)).sum();
+        for (i, Polled { parts, descriptor, positions }) in polled.into_iter().enumerate() {
+            let n = records_in_partitions(&parts);
             per_source.push(n);
-            let positions = self.sources[i].positions();
             if !positions.is_empty() {
                 let e = SourceProgress { source: i as u32, time, positions };
                 self.listeners.emit(|l| l.on_source_progress(&e));
@@ -595,7 +602,7 @@ impl Driver {
     /// Run outputs: one job per output operation, its result to be handed
     /// to the output's sink (by the writer). A failed output fails the
     /// batch, not the run.
-    fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<Computed> {
+    pub(super) fn run_outputs(&mut self, time: i64, outs: &[Option<RddId>]) -> Vec<Computed> {
         let g = &self.job.graph;
         let mut computed = Vec::new();
         for (index, (o, r)) in g.outputs.iter().zip(outs.iter().copied()).enumerate() {
@@ -713,7 +720,7 @@ impl Driver {
             last_completed: p.last_completed,
             pending: p.pending.clone(),
             inputs: p.inputs.clone(),
-            cursors: self.sources.iter().map(|s| s.cursor()).collect(),
+            cursors: self.cursors(),
             state: BTreeMap::new(),
             identity: Some(self.job.identity.clone()),
         }

@@ -7,6 +7,7 @@ pub mod driver;
 mod job_change;
 pub mod options;
 mod output_writer;
+mod prefetch;
 mod recover;
 pub mod slice;
 

@@ -407,6 +407,9 @@ impl Source for DirectorySource {
     fn exhausted(&self) -> bool {
         false
     }
+    fn has_backlog(&self) -> bool {
+        !self.waiting.is_empty()
+    }
 }
 
 #[cfg(test)]

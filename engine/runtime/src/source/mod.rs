@@ -122,6 +122,14 @@ pub trait Source: Send {
     fn waits_for_input(&self) -> bool {
         true
     }
+    /// True when input for the next batch is already waiting beyond what
+    /// the last batch took (files left over by `max_files_per_batch`): the
+    /// driver may then read the next batch while this one runs
+    /// (`scheduler/prefetch.rs`). False (the default) when what the next
+    /// batch gets may still change before its time.
+    fn has_backlog(&self) -> bool {
+        false
+    }
     /// Bounds how many records per second the source takes from now on
     /// (`None`: unbounded): backpressure's estimate and `[rate] max`. The
     /// driver calls it before the first batch and after each batch the

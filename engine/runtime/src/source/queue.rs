@@ -132,4 +132,8 @@ impl Source for QueueSource {
     fn waits_for_input(&self) -> bool {
         false
     }
+    /// Every batch is fixed up front: the next one may be read any time.
+    fn has_backlog(&self) -> bool {
+        !self.exhausted()
+    }
 }
