@@ -92,7 +92,9 @@ fn a_state_checkpoint_over_max_state_bytes_is_refused_and_the_job_goes_on() {
     for t in [2000, 3000, 4000] {
         let line = log.lines().find(|l| {
             l.contains("checkpoint write failed")
-                && l.contains("data checkpoint of stream \"totals\" (update_state_by_key(wordcount.running_total)) (node")
+                && l.contains(
+                    "data checkpoint of stream \"totals\" (update_state_by_key(wordcount.running_total)) (node",
+                )
                 && l.contains(&format!(") at {t} ms ("))
                 && l.contains("the largest, partition")
                 && l.contains("more than the 1024 allowed ([checkpoint] max_state_bytes in the job file)")

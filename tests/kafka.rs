@@ -804,10 +804,7 @@ fn a_gzip_bomb_from_a_broker_is_refused_within_bounded_memory_naming_topic_parti
     let port = hostile_broker(Hostile::GzipBomb);
     let addr = format!("127.0.0.1:{port}");
     // (extra source settings, the bound the error names, peak RSS allowed)
-    let cases = [
-        ("", 256u64 << 20, 600u64 << 10),
-        ("max_decompressed_bytes = 16777216\n", 16 << 20, 200 << 10),
-    ];
+    let cases = [("", 256u64 << 20, 600u64 << 10), ("max_decompressed_bytes = 16777216\n", 16 << 20, 200 << 10)];
     for (i, (extra, bound, rss)) in cases.into_iter().enumerate() {
         let settings = format!("{extra}broker_timeout_ms = 3000");
         let job = job(tmp.path(), &format!("bomb{i}"), &addr, TOPIC, &settings, "counts");

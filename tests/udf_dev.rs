@@ -676,10 +676,11 @@ fn the_compiled_code_cache_evicts_the_least_recently_used_entries_past_its_bound
     let tmp = tempfile::tempdir().unwrap();
     let mods = [module("wordcount.wasm"), module("testops.wasm"), module("wordcount_c.wasm")];
     let check = |cache: &Path, max: u64, m: &Path| {
-        let out = run(weir()
-            .env("WEIR_CACHE_DIR", cache)
-            .env("WEIR_CACHE_MAX_BYTES", max.to_string())
-            .args(["udf", "check", m.to_str().unwrap()]));
+        let out = run(weir().env("WEIR_CACHE_DIR", cache).env("WEIR_CACHE_MAX_BYTES", max.to_string()).args([
+            "udf",
+            "check",
+            m.to_str().unwrap(),
+        ]));
         assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
         text(&out.stdout)
     };
@@ -715,7 +716,11 @@ fn the_compiled_code_cache_evicts_the_least_recently_used_entries_past_its_bound
         std::fs::File::options().write(true).open(&file).unwrap().set_modified(t).unwrap();
     }
     let left = entries(&cache);
-    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), { let mut v = vec![name(1), name(2)]; v.sort(); v });
+    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![name(1), name(2)];
+        v.sort();
+        v
+    });
     assert!(left.values().sum::<u64>() <= bound, "{left:?} over {bound}");
     // The second is used (loaded from the cache: it becomes the most
     // recently used), then the evicted first is compiled again: the one
@@ -724,7 +729,11 @@ fn the_compiled_code_cache_evicts_the_least_recently_used_entries_past_its_bound
     let again = check(&cache, bound, &mods[0]);
     assert!(again.contains("  compiled now"), "the evicted module is compiled again: {again}");
     let left = entries(&cache);
-    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), { let mut v = vec![name(0), name(1)]; v.sort(); v });
+    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![name(0), name(1)];
+        v.sort();
+        v
+    });
     // Code compiled again after its eviction runs.
     let out = run(weir()
         .env("WEIR_CACHE_DIR", &cache)

@@ -438,6 +438,9 @@ impl ConfigWatch {
                 c.master = w.config.master.clone();
                 c.tls_cert = w.config.tls_cert.clone();
                 c.tls_key = w.config.tls_key.clone();
+                // The cache bound follows the file (from the next write on;
+                // a removed key falls back to WEIR_CACHE_MAX_BYTES or 2 GiB).
+                weir::udf::cache::set_cache_max_bytes(c.cache_max_bytes.unwrap_or(0));
                 tracing::info!(target: "weir::serve", "configuration reloaded ({} tenant(s))", c.tenants.len());
                 w.config = Arc::new(c);
             }

@@ -213,12 +213,7 @@ impl ObjectStoreCheckpoint {
 
     /// [`Self::get_bounded`]; `setting`, when the bound is a job setting,
     /// names it in the error of an object over it.
-    fn get_within(
-        &self,
-        name: &str,
-        limit: u64,
-        setting: Option<&str>,
-    ) -> std::io::Result<(Vec<u8>, Option<String>)> {
+    fn get_within(&self, name: &str, limit: u64, setting: Option<&str>) -> std::io::Result<(Vec<u8>, Option<String>)> {
         let key = self.key(name);
         let url = &self.url;
         let stall = Duration::from_millis(self.bounds.stall_timeout_ms);

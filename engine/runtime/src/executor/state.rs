@@ -405,7 +405,8 @@ pub(crate) fn read_checkpointed(
     };
     let path = std::path::Path::new(path);
     let r = crate::checkpoint::StateRef { time: 0, file: name, partitions: 0, records: 0, bytes: 0 };
-    let parts = crate::checkpoint::read_state_bounded(dir, &r, bounds).map_err(|e| engine_fault(format!("data checkpoint: {e}")))?;
+    let parts = crate::checkpoint::read_state_bounded(dir, &r, bounds)
+        .map_err(|e| engine_fault(format!("data checkpoint: {e}")))?;
     parts
         .into_iter()
         .nth(p as usize)

@@ -74,8 +74,9 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 2 << 30;
 static CACHE_MAX_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets this process's bound on the disk cache (`weir serve`'s
-/// `cache_max_bytes`), over `WEIR_CACHE_MAX_BYTES`. 0 is refused (ignored):
-/// to turn the disk cache off, set `WEIR_CACHE_DIR` to the empty string.
+/// `cache_max_bytes`), over `WEIR_CACHE_MAX_BYTES`; 0 unsets it (back to
+/// the variable or the default). To keep no compiled code on disk, set
+/// `WEIR_CACHE_DIR` to the empty string.
 pub fn set_cache_max_bytes(bytes: u64) {
     CACHE_MAX_BYTES.store(bytes, Ordering::Relaxed);
 }
