@@ -6,6 +6,7 @@ mod common;
 mod drivers;
 
 mod backpressure;
+mod checkpoint_bounds;
 mod checkpoint_failures;
 mod cli;
 mod cluster;

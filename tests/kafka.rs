@@ -796,27 +796,33 @@ fn a_hostile_broker_costs_bounded_memory_and_ends_in_a_clear_error() {
 #[test]
 fn a_gzip_bomb_from_a_broker_is_refused_within_bounded_memory_naming_topic_partition_and_offset() {
     // 1 GiB inflated from about 1 MiB: the client may inflate at most
-    // 256 MiB per fetch response (vendor/rskafka/VENDORED.md).
+    // 256 MiB per fetch response by default (vendor/rskafka/VENDORED.md),
+    // and at most the source's `max_decompressed_bytes` when it sets one.
     let wire = gzip_bomb_batch().len();
     assert!(wire < 4 << 20, "the bomb is {wire} bytes on the wire");
     let tmp = tempfile::tempdir().unwrap();
     let port = hostile_broker(Hostile::GzipBomb);
     let addr = format!("127.0.0.1:{port}");
-    let job = job(tmp.path(), "bomb", &addr, TOPIC, "broker_timeout_ms = 3000", "counts");
-    let r = run_bounded(weir().args(["run", job.to_str().unwrap(), "--batches", "2"]), Duration::from_secs(120));
-    let log = &r.stderr;
-    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    eprintln!("gzip bomb ({wire} bytes): exit {:?} in {:?}, peak RSS {} kB: {last}", r.code, r.elapsed, r.peak_kb);
-    assert!(!r.timed_out, "weir did not end within 120 s:\n{log}");
-    assert!(r.code.is_some_and(|c| c != 0), "a failure exit, not a crash or success: {:?}\n{log}", r.code);
-    assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
-    assert!(
-        last.contains(&format!("kafka {TOPIC}/0: fetch at offset 0"))
-            && last.contains("inflate to more than 268435456"),
-        "the error names topic, partition, offset and the bound: {last}\n{log}"
-    );
-    // The bound is 256 MiB of inflated records; the bomb is 1 GiB.
-    assert!(r.peak_kb < 600 << 10, "peak RSS {} kB\n{log}", r.peak_kb);
+    // (extra source settings, the bound the error names, peak RSS allowed)
+    let cases = [("", 256u64 << 20, 600u64 << 10), ("max_decompressed_bytes = 16777216\n", 16 << 20, 200 << 10)];
+    for (i, (extra, bound, rss)) in cases.into_iter().enumerate() {
+        let settings = format!("{extra}broker_timeout_ms = 3000");
+        let job = job(tmp.path(), &format!("bomb{i}"), &addr, TOPIC, &settings, "counts");
+        let r = run_bounded(weir().args(["run", job.to_str().unwrap(), "--batches", "2"]), Duration::from_secs(120));
+        let log = &r.stderr;
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        eprintln!("gzip bomb ({wire} bytes): exit {:?} in {:?}, peak RSS {} kB: {last}", r.code, r.elapsed, r.peak_kb);
+        assert!(!r.timed_out, "weir did not end within 120 s:\n{log}");
+        assert!(r.code.is_some_and(|c| c != 0), "a failure exit, not a crash or success: {:?}\n{log}", r.code);
+        assert!(!log.contains("panicked") && !log.contains("memory allocation"), "{log}");
+        assert!(
+            last.contains(&format!("kafka {TOPIC}/0: fetch at offset 0"))
+                && last.contains(&format!("inflate to more than {bound} bytes")),
+            "the error names topic, partition, offset and the bound {bound}: {last}\n{log}"
+        );
+        // The bound is of inflated records; the bomb is 1 GiB.
+        assert!(r.peak_kb < rss, "peak RSS {} kB\n{log}", r.peak_kb);
+    }
 }
 
 #[test]

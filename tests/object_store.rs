@@ -609,16 +609,29 @@ fn a_stalled_body_an_oversized_state_object_and_an_endless_listing_end_in_bounde
         .unwrap();
     let bytes = std::fs::read(local.join("metadata").join(&newest)).unwrap();
     REAL_METADATA.get_or_init(|| (newest.clone(), bytes));
-    for (mode, object, says) in [
+    // The same job with every object-store bound of `[checkpoint]` set
+    // lower than its default: the settings, not the defaults, decide.
+    let bounded = tmp.path().join("bounded.toml");
+    let settings = "\n[checkpoint]\nstall_timeout_ms = 2000\nmax_state_bytes = 4096\nmax_list_pages = 7\n\
+                    max_list_keys = 12000\n";
+    std::fs::write(&bounded, std::fs::read_to_string(&job).unwrap() + settings).unwrap();
+    let stalled = "the server stalled: no byte for 15000 ms ([checkpoint] stall_timeout_ms) after 10 of the 1000 bytes";
+    let stalled_2s = "the server stalled: no byte for 2000 ms ([checkpoint] stall_timeout_ms) after 10 of the 1000";
+    for (mode, job, object, says) in [
+        (HostileS3::StalledMetadata, &job, "metadata/checkpoint-1000", stalled),
+        (HostileS3::StalledState, &job, "state/", stalled),
+        (HostileS3::HugeState, &job, "state/", "2147483648 bytes, more than the 1073741824 allowed"),
+        (HostileS3::EndlessEmptyListing, &job, "metadata", "the listing goes on past 100 pages (0 keys so far)"),
+        (HostileS3::EndlessListing, &job, "metadata", "the listing holds more than 100000 keys"),
+        (HostileS3::StalledMetadata, &bounded, "metadata/checkpoint-1000", stalled_2s),
         (
-            HostileS3::StalledMetadata,
-            "metadata/checkpoint-1000",
-            "the server stalled: no byte for 15 s after 10 of the 1000 bytes",
+            HostileS3::HugeState,
+            &bounded,
+            "state/",
+            "2147483648 bytes, more than the 4096 allowed ([checkpoint] max_state_bytes in the job file)",
         ),
-        (HostileS3::StalledState, "state/", "the server stalled: no byte for 15 s after 10 of the 1000 bytes"),
-        (HostileS3::HugeState, "state/", "2147483648 bytes, more than the 1073741824 allowed"),
-        (HostileS3::EndlessEmptyListing, "metadata", "the listing goes on past 100 pages (0 keys so far)"),
-        (HostileS3::EndlessListing, "metadata", "the listing holds more than 100000 keys"),
+        (HostileS3::EndlessEmptyListing, &bounded, "metadata", "the listing goes on past 7 pages (0 keys so far)"),
+        (HostileS3::EndlessListing, &bounded, "metadata", "the listing holds more than 12000 keys"),
     ] {
         let port = hostile_s3(mode);
         let mut c = weir();

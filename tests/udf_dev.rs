@@ -5,7 +5,9 @@
 //! called.
 
 use crate::common::*;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 fn check(path: &Path) -> (Option<i32>, String, String) {
     let out = run(weir().args(["udf", "check", path.to_str().unwrap()]));
@@ -660,6 +662,83 @@ fn compiled_modules_are_cached_on_disk_for_the_next_process_and_a_damaged_entry_
     let out = run(weir()
         .env("WEIR_CACHE_DIR", &cache)
         .args(["udf", "call", m.to_str().unwrap(), "split"])
+        .args(["--input", r#"["to be or"]"#]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json, serde_json::json!(["to", "be", "or"]));
+}
+
+/// The disk cache is bounded (`WEIR_CACHE_MAX_BYTES`): past the bound the
+/// least recently used entries go, the newest stays, and a process whose
+/// module was evicted compiles it again and runs it.
+#[test]
+fn the_compiled_code_cache_evicts_the_least_recently_used_entries_past_its_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mods = [module("wordcount.wasm"), module("testops.wasm"), module("wordcount_c.wasm")];
+    let check = |cache: &Path, max: u64, m: &Path| {
+        let out = run(weir().env("WEIR_CACHE_DIR", cache).env("WEIR_CACHE_MAX_BYTES", max.to_string()).args([
+            "udf",
+            "check",
+            m.to_str().unwrap(),
+        ]));
+        assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    let entries = |cache: &Path| -> BTreeMap<String, u64> {
+        std::fs::read_dir(cache.join("modules"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect()
+    };
+    // Each module's entry (its name starts with the module's SHA-256) and size,
+    // from a cache with room for all.
+    let sizes = tmp.path().join("sizes");
+    let mut entry: Vec<(String, u64)> = Vec::new();
+    for m in &mods {
+        check(&sizes, 1 << 40, m);
+        let new = entries(&sizes).into_iter().find(|(n, _)| !entry.iter().any(|(e, _)| e == n)).unwrap();
+        entry.push(new);
+    }
+    assert_eq!(entries(&sizes).len(), 3);
+    // Room for any two entries, not for three.
+    let total: u64 = entry.iter().map(|(_, n)| n).sum();
+    let bound = total - entry.iter().map(|(_, n)| *n).min().unwrap();
+    let cache = tmp.path().join("cache");
+    let name = |i: usize| entry[i].0.clone();
+    for (i, m) in mods.iter().enumerate() {
+        let out = check(&cache, bound, m);
+        assert!(out.contains("  compiled now"), "{out}");
+        // Distinct modification times, whatever the filesystem's resolution.
+        let file = cache.join("modules").join(name(i));
+        let t = std::time::SystemTime::now() - Duration::from_secs(100 - 10 * i as u64);
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(t).unwrap();
+    }
+    let left = entries(&cache);
+    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![name(1), name(2)];
+        v.sort();
+        v
+    });
+    assert!(left.values().sum::<u64>() <= bound, "{left:?} over {bound}");
+    // The second is used (loaded from the cache: it becomes the most
+    // recently used), then the evicted first is compiled again: the one
+    // that goes now is the third, the least recently used.
+    assert!(check(&cache, bound, &mods[1]).contains("  loaded compiled from the cache"));
+    let again = check(&cache, bound, &mods[0]);
+    assert!(again.contains("  compiled now"), "the evicted module is compiled again: {again}");
+    let left = entries(&cache);
+    assert_eq!(left.keys().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![name(0), name(1)];
+        v.sort();
+        v
+    });
+    // Code compiled again after its eviction runs.
+    let out = run(weir()
+        .env("WEIR_CACHE_DIR", &cache)
+        .env("WEIR_CACHE_MAX_BYTES", bound.to_string())
+        .args(["udf", "call", mods[0].to_str().unwrap(), "split"])
         .args(["--input", r#"["to be or"]"#]));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -114,6 +114,9 @@ pub struct Graph {
     /// How fast sources may take records (backpressure, `[rate]`).
     #[serde(default)]
     pub rate: crate::rate::RateSpec,
+    /// What its checkpoints may cost (`[checkpoint]`).
+    #[serde(default)]
+    pub checkpoint: crate::limits::CheckpointBounds,
     pub sources: Vec<SourceSpec>,
     pub nodes: Vec<Node>,
     pub outputs: Vec<Output>,
@@ -131,6 +134,7 @@ impl Graph {
             batch_interval_ms,
             parallelism,
             rate: Default::default(),
+            checkpoint: Default::default(),
             sources: vec![],
             nodes: vec![],
             outputs: vec![],

@@ -47,6 +47,93 @@ pub const MAX_TAKE: u64 = 1_000_000;
 /// records): a partition is built in memory.
 pub const MAX_CARTESIAN_BYTES: u64 = 1 << 30;
 
+/// Default of [`CheckpointBounds::max_state_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 1 << 30;
+/// Default of [`CheckpointBounds::max_metadata_bytes`]: 64 MiB.
+pub const DEFAULT_MAX_METADATA_BYTES: u64 = 64 << 20;
+/// Default of [`CheckpointBounds::stall_timeout_ms`]: 15 s.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
+/// Default of [`CheckpointBounds::max_list_pages`].
+pub const DEFAULT_MAX_LIST_PAGES: u32 = 100;
+/// Default of [`CheckpointBounds::max_list_keys`].
+pub const DEFAULT_MAX_LIST_KEYS: u32 = 100_000;
+/// The smallest file bound a job may set: a checkpoint file's frame alone
+/// is 28 bytes, and a metadata checkpoint of the smallest job a few hundred.
+pub const MIN_CHECKPOINT_FILE_BYTES: u64 = 1024;
+/// The largest file bound a job may set (1 TiB): a file is read whole into
+/// memory, so this is far past any machine, but keeps sums finite.
+pub const MAX_CHECKPOINT_FILE_BYTES: u64 = 1 << 40;
+
+/// What reading and writing a job's checkpoints may cost: the `[checkpoint]`
+/// table of a job file (`docs/jobs.md`). Every length read from a checkpoint
+/// file or an object store is held against these before anything is
+/// allocated for it, and a file over its bound is not written (it could
+/// not be read back). Travels with the lineage to executors, which read
+/// data checkpoints under the same bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointBounds {
+    /// The most a data checkpoint (`state/` file: every partition of one
+    /// stateful stream at one time, framed) may hold.
+    pub max_state_bytes: u64,
+    /// The most a metadata checkpoint file may hold.
+    pub max_metadata_bytes: u64,
+    /// Object stores: the longest a response body may go without a byte.
+    pub stall_timeout_ms: u64,
+    /// Object stores: the most pages one listing may take.
+    pub max_list_pages: u32,
+    /// Object stores: the most keys one listing may return.
+    pub max_list_keys: u32,
+}
+
+impl Default for CheckpointBounds {
+    fn default() -> Self {
+        CheckpointBounds {
+            max_state_bytes: DEFAULT_MAX_STATE_BYTES,
+            max_metadata_bytes: DEFAULT_MAX_METADATA_BYTES,
+            stall_timeout_ms: DEFAULT_STALL_TIMEOUT_MS,
+            max_list_pages: DEFAULT_MAX_LIST_PAGES,
+            max_list_keys: DEFAULT_MAX_LIST_KEYS,
+        }
+    }
+}
+
+impl CheckpointBounds {
+    /// The bound of the checkpoint file `name` (`metadata/...`, `state/...`)
+    /// and the setting that sets it.
+    pub fn max_file_bytes(&self, name: &str) -> (u64, &'static str) {
+        if name.starts_with("metadata/") {
+            (self.max_metadata_bytes, "max_metadata_bytes")
+        } else {
+            (self.max_state_bytes, "max_state_bytes")
+        }
+    }
+
+    /// Checks every bound against its range; the error names the setting.
+    pub fn check(&self) -> Result<(), String> {
+        let file = |name: &str, v: u64| {
+            if (MIN_CHECKPOINT_FILE_BYTES..=MAX_CHECKPOINT_FILE_BYTES).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} ({v}) must be between {MIN_CHECKPOINT_FILE_BYTES} and {MAX_CHECKPOINT_FILE_BYTES} bytes"
+                ))
+            }
+        };
+        file("max_state_bytes", self.max_state_bytes)?;
+        file("max_metadata_bytes", self.max_metadata_bytes)?;
+        if !(1..=3_600_000).contains(&self.stall_timeout_ms) {
+            return Err(format!("stall_timeout_ms ({}) must be between 1 and 3600000", self.stall_timeout_ms));
+        }
+        if !(1..=1_000_000).contains(&self.max_list_pages) {
+            return Err(format!("max_list_pages ({}) must be between 1 and 1000000", self.max_list_pages));
+        }
+        if !(1..=100_000_000).contains(&self.max_list_keys) {
+            return Err(format!("max_list_keys ({}) must be between 1 and 100000000", self.max_list_keys));
+        }
+        Ok(())
+    }
+}
+
 /// Checks a duration in milliseconds against `1..=MAX_DURATION_MS`.
 pub fn check_duration_ms(what: &str, ms: i64) -> Result<(), String> {
     if ms <= 0 {
@@ -86,5 +173,19 @@ mod tests {
         assert!(check_partitions("n", 4096).is_ok());
         assert!(check_partitions("n", 4097).unwrap_err().contains("between 1 and 4096"));
         assert!(check_partitions("n", 0).is_err());
+    }
+
+    #[test]
+    fn checkpoint_bounds_outside_their_ranges_are_refused_by_name() {
+        assert!(CheckpointBounds::default().check().is_ok());
+        let b = CheckpointBounds { max_state_bytes: 10, ..Default::default() };
+        assert!(b.check().unwrap_err().starts_with("max_state_bytes (10) must be between 1024"), "{:?}", b.check());
+        let b = CheckpointBounds { stall_timeout_ms: 0, ..Default::default() };
+        assert!(b.check().unwrap_err().starts_with("stall_timeout_ms (0)"));
+        let b = CheckpointBounds { max_list_keys: 0, ..Default::default() };
+        assert!(b.check().unwrap_err().starts_with("max_list_keys (0)"));
+        let d = CheckpointBounds::default();
+        assert_eq!(d.max_file_bytes("metadata/checkpoint-1-e1"), (64 << 20, "max_metadata_bytes"));
+        assert_eq!(d.max_file_bytes("state/3-1000.state"), (1 << 30, "max_state_bytes"));
     }
 }

@@ -357,8 +357,9 @@ pub enum RddOp {
         inverse: Reducer,
         filter: Option<PairFilter>,
     },
-    /// Partitions read back from a data checkpoint (lineage truncated here).
-    Checkpointed { path: String },
+    /// Partitions read back from a data checkpoint (lineage truncated here),
+    /// under the job's checkpoint bounds.
+    Checkpointed { path: String, bounds: crate::limits::CheckpointBounds },
     /// Reads a shuffle of `parents` (several only for cogroup), whose map
     /// sides have `map_partitions[i]` partitions each.
     Shuffled { parents: Vec<RddId>, map_partitions: Vec<u32>, aggregation: Aggregation },

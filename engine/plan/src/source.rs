@@ -86,6 +86,10 @@ pub enum SourceSpec {
         /// backoff) before the job fails.
         #[serde(default = "default_broker_timeout_ms")]
         broker_timeout_ms: u64,
+        /// The most bytes the compressed record batches of one fetch
+        /// response may inflate to (a decompression bomb is refused).
+        #[serde(default = "default_max_decompressed_bytes")]
+        max_decompressed_bytes: u64,
         /// TLS to the brokers (`[sources.NAME.tls]`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tls: Option<Box<KafkaTls>>,
@@ -225,6 +229,16 @@ pub const KAFKA_MAX_RECORDS_PER_PARTITION: u64 = 1_000_000;
 
 fn default_broker_timeout_ms() -> u64 {
     60_000
+}
+
+/// Default of a Kafka source's `max_decompressed_bytes`: 256 MiB.
+pub const KAFKA_DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 256 << 20;
+/// The range a Kafka source's `max_decompressed_bytes` may take: at least
+/// one fetch's worth of raw bytes (4 MiB are asked for), at most 64 GiB.
+pub const KAFKA_MAX_DECOMPRESSED_BYTES_RANGE: std::ops::RangeInclusive<u64> = (4 << 20)..=(64 << 30);
+
+fn default_max_decompressed_bytes() -> u64 {
+    KAFKA_DEFAULT_MAX_DECOMPRESSED_BYTES
 }
 
 /// A socket source's handling of a line longer than `max_line_bytes`.

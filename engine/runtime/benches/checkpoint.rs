@@ -112,7 +112,7 @@ fn main() {
         let (dir, _) = CheckpointDir::open(tmp.path(), 10).unwrap();
         let parts = state_batch(keys, 2);
         let t = Instant::now();
-        dir.write_state(0, 1000, parts);
+        dir.write_state(0, "bench", 1000, parts);
         dir.flush();
         let took = t.elapsed();
         let st = dir.stats();

@@ -66,6 +66,9 @@ struct JobFile {
     backpressure: Option<Spanned<bool>>,
     #[serde(default)]
     rate: Option<Spanned<RateFile>>,
+    /// `[checkpoint]`: what reading and writing its checkpoints may cost.
+    #[serde(default)]
+    checkpoint: Option<Spanned<CheckpointFile>>,
     #[serde(default)]
     modules: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -95,6 +98,61 @@ struct RateFile {
     min: Option<Spanned<u64>>,
     #[serde(default)]
     max: Option<Spanned<u64>>,
+}
+
+/// `[checkpoint]`: the bounds of `weir_plan::limits::CheckpointBounds`,
+/// each defaulting to its constant there.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointFile {
+    #[serde(default)]
+    max_state_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_metadata_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    stall_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_list_pages: Option<Spanned<u32>>,
+    #[serde(default)]
+    max_list_keys: Option<Spanned<u32>>,
+}
+
+impl CheckpointFile {
+    /// The bounds it sets (the rest default), or the span of the first
+    /// setting out of its range and why.
+    fn bounds(&self) -> Result<weir_plan::limits::CheckpointBounds, (std::ops::Range<usize>, String)> {
+        let mut b = weir_plan::limits::CheckpointBounds::default();
+        let one = |v: &Option<Spanned<u64>>, set: &mut u64| {
+            if let Some(v) = v {
+                *set = *v.get_ref();
+            }
+        };
+        one(&self.max_state_bytes, &mut b.max_state_bytes);
+        one(&self.max_metadata_bytes, &mut b.max_metadata_bytes);
+        one(&self.stall_timeout_ms, &mut b.stall_timeout_ms);
+        if let Some(v) = &self.max_list_pages {
+            b.max_list_pages = *v.get_ref();
+        }
+        if let Some(v) = &self.max_list_keys {
+            b.max_list_keys = *v.get_ref();
+        }
+        b.check().map_err(|m| {
+            // The line of the setting the message names.
+            let span = if m.starts_with("max_state_bytes") {
+                self.max_state_bytes.as_ref().map(Spanned::span)
+            } else if m.starts_with("max_metadata_bytes") {
+                self.max_metadata_bytes.as_ref().map(Spanned::span)
+            } else if m.starts_with("stall_timeout_ms") {
+                self.stall_timeout_ms.as_ref().map(Spanned::span)
+            } else if m.starts_with("max_list_pages") {
+                self.max_list_pages.as_ref().map(Spanned::span)
+            } else {
+                self.max_list_keys.as_ref().map(Spanned::span)
+            };
+            (span.unwrap_or_default(), format!("[checkpoint] {m}"))
+        })?;
+        Ok(b)
+    }
 }
 
 #[derive(Deserialize)]
@@ -332,6 +390,13 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
         }
         ssc.set_rate(spec)?;
     }
+    if let Some(c) = &file.checkpoint {
+        let bounds = c.get_ref().bounds().map_err(|(span, m)| {
+            let span = if span.is_empty() { c.span() } else { span };
+            err(Some(span), m)
+        })?;
+        ssc.set_checkpoint_bounds(bounds)?;
+    }
     // A stream named like a source would hide it: every reference to the
     // name would mean one of them, silently.
     for (name, expr) in &file.streams {
@@ -395,9 +460,18 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                     .map_err(|e| err(at.clone(), format!("source {name}: {}: {e}", full.display())))?;
             }
         }
-        if let SourceSpec::Kafka { brokers, topics, max_rate_per_partition, broker_timeout_ms, tls, sasl, .. } =
-            spec.get_ref()
+        if let SourceSpec::Kafka {
+            brokers,
+            topics,
+            max_rate_per_partition,
+            broker_timeout_ms,
+            max_decompressed_bytes,
+            tls,
+            sasl,
+            ..
+        } = spec.get_ref()
         {
+            let inflate = weir_plan::source::KAFKA_MAX_DECOMPRESSED_BYTES_RANGE;
             let problem = if brokers.split(',').all(|b| b.trim().is_empty()) {
                 Some("brokers must name at least one \"host:port\"".to_string())
             } else if topics.is_empty() || topics.iter().any(|t| t.is_empty()) {
@@ -406,6 +480,12 @@ pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, Eng
                 Some("max_rate_per_partition must be at least 1".to_string())
             } else if !(1..=3_600_000).contains(broker_timeout_ms) {
                 Some(format!("broker_timeout_ms must be between 1 and 3600000 (got {broker_timeout_ms})"))
+            } else if !inflate.contains(max_decompressed_bytes) {
+                Some(format!(
+                    "max_decompressed_bytes must be between {} and {} (got {max_decompressed_bytes})",
+                    inflate.start(),
+                    inflate.end()
+                ))
             } else {
                 check_kafka_security(tls.as_deref(), sasl.as_deref(), &base).err()
             };
@@ -1425,6 +1505,38 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_bounds_default_are_set_and_are_refused_naming_the_setting_and_line() {
+        use weir_plan::limits::CheckpointBounds;
+        // Line 7 is `[checkpoint]`, line 8 its first setting.
+        let src = "type = \"batches\"\npath = \"in.jsonl\"\n[checkpoint]\n";
+        let job = load_source(src).unwrap();
+        assert_eq!(job.context.graph().checkpoint, CheckpointBounds::default());
+        let set = "max_state_bytes = 4096\nmax_metadata_bytes = 2048\nstall_timeout_ms = 500\n\
+                   max_list_pages = 3\nmax_list_keys = 10";
+        let job = load_source(&format!("{src}{set}")).unwrap();
+        let want = CheckpointBounds {
+            max_state_bytes: 4096,
+            max_metadata_bytes: 2048,
+            stall_timeout_ms: 500,
+            max_list_pages: 3,
+            max_list_keys: 10,
+        };
+        assert_eq!(job.context.graph().checkpoint, want);
+        for (setting, says) in [
+            ("max_state_bytes = 10", "[checkpoint] max_state_bytes (10) must be between 1024 and 1099511627776"),
+            ("max_metadata_bytes = 0", "[checkpoint] max_metadata_bytes (0) must be between 1024"),
+            ("stall_timeout_ms = 0", "[checkpoint] stall_timeout_ms (0) must be between 1 and 3600000"),
+            ("max_list_pages = 0", "[checkpoint] max_list_pages (0) must be between 1"),
+            ("max_list_keys = 0", "[checkpoint] max_list_keys (0) must be between 1"),
+            ("max_state_bytes = -1", "invalid value"),
+            ("max_state = 1", "unknown field `max_state`, expected one of `max_state_bytes`, `max_metadata_bytes`"),
+        ] {
+            let msg = load_source(&format!("{src}{setting}")).err().expect(setting).to_string();
+            assert!(msg.contains("job.toml:8: ") && msg.contains(says), "{setting}: {msg}");
+        }
+    }
+
+    #[test]
     fn kafka_sources_take_defaults_and_refuse_bad_fields_naming_the_line() {
         use weir_plan::source::{KafkaValueFormat, OffsetOutOfRangePolicy, StartingOffsets};
         let job = load_source("type = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]").unwrap();
@@ -1439,9 +1551,11 @@ mod tests {
                 client_id,
                 on_offset_out_of_range,
                 broker_timeout_ms,
+                max_decompressed_bytes,
                 tls,
                 sasl,
             } => {
+                assert_eq!(*max_decompressed_bytes, 256 << 20);
                 assert_eq!((tls, sasl), (&None, &None));
                 assert_eq!((brokers.as_str(), topics.as_slice()), ("b:9092", &["t".to_string()][..]));
                 assert_eq!(*starting_offsets, StartingOffsets::Latest);
@@ -1458,6 +1572,10 @@ mod tests {
             ("brokers = \"b:1\"\ntopics = []", "topics must name"),
             ("brokers = \"b:1\"\ntopics = [\"t\"]\nmax_rate_per_partition = 0", "at least 1"),
             ("brokers = \"b:1\"\ntopics = [\"t\"]\nbroker_timeout_ms = 0", "broker_timeout_ms must be"),
+            (
+                "brokers = \"b:1\"\ntopics = [\"t\"]\nmax_decompressed_bytes = 1024",
+                "max_decompressed_bytes must be between 4194304 and 68719476736 (got 1024)",
+            ),
             ("brokers = \"b:1\"\ntopics = [\"t\"]\nstarting_offsets = \"first\"", "unknown variant `first`"),
         ];
         for (fields, want) in cases {

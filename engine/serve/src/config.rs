@@ -55,6 +55,9 @@ struct ConfigFile {
     read_timeout_ms: Option<u64>,
     #[serde(default)]
     storage_check_interval_ms: Option<u64>,
+    /// The bound on the compiled-code disk cache (`weir::udf::cache`).
+    #[serde(default)]
+    cache_max_bytes: Option<u64>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
@@ -152,6 +155,9 @@ pub struct Config {
     /// How often the roots of tenants with live jobs are measured against
     /// their `storage_quota_bytes` (`quota`).
     pub storage_check_interval_ms: u64,
+    /// The bound on the compiled-code disk cache, in bytes (`None`:
+    /// `WEIR_CACHE_MAX_BYTES`, else 2 GiB; `weir::udf::cache`).
+    pub cache_max_bytes: Option<u64>,
     pub tenants: BTreeMap<String, Tenant>,
 }
 
@@ -307,6 +313,13 @@ impl Config {
                 return Err(err(key, format!("{key} must be between 100 and 600000")));
             }
         }
+        if f.cache_max_bytes == Some(0) {
+            return Err(err(
+                "cache_max_bytes",
+                "cache_max_bytes must be positive (to keep no compiled code on disk, set WEIR_CACHE_DIR to \"\")"
+                    .into(),
+            ));
+        }
         if f.tls_cert.is_some() != f.tls_key.is_some() {
             return Err(err("tls_", "tls_cert and tls_key go together".into()));
         }
@@ -330,6 +343,7 @@ impl Config {
             request_timeout_ms,
             read_timeout_ms,
             storage_check_interval_ms,
+            cache_max_bytes: f.cache_max_bytes,
             tenants,
         })
     }
@@ -424,6 +438,9 @@ impl ConfigWatch {
                 c.master = w.config.master.clone();
                 c.tls_cert = w.config.tls_cert.clone();
                 c.tls_key = w.config.tls_key.clone();
+                // The cache bound follows the file (from the next write on;
+                // a removed key falls back to WEIR_CACHE_MAX_BYTES or 2 GiB).
+                weir::udf::cache::set_cache_max_bytes(c.cache_max_bytes.unwrap_or(0));
                 tracing::info!(target: "weir::serve", "configuration reloaded ({} tenant(s))", c.tenants.len());
                 w.config = Arc::new(c);
             }
@@ -498,5 +515,13 @@ mod tests {
         assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
         assert!(e.to_string().contains("names are"), "{e}");
+    }
+
+    #[test]
+    fn the_compiled_code_cache_bound_is_optional_and_positive() {
+        assert_eq!(parse("").unwrap().cache_max_bytes, None);
+        assert_eq!(parse("cache_max_bytes = 1_073_741_824\n").unwrap().cache_max_bytes, Some(1 << 30));
+        let e = parse("listen = \"127.0.0.1:1\"\ncache_max_bytes = 0\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:2:") && e.contains("cache_max_bytes must be positive"), "{e}");
     }
 }

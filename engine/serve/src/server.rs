@@ -90,6 +90,9 @@ impl Server {
     /// Opens the state directory (refused if another server holds it) and
     /// the module store. Jobs are not started yet ([`Server::recover`]).
     pub fn open(config: Config) -> Result<Arc<Server>, ServeError> {
+        if let Some(n) = config.cache_max_bytes {
+            weir::udf::cache::set_cache_max_bytes(n);
+        }
         let registry = Registry::open(&config.state_dir)?;
         let store = ModuleStore::open(&config.state_dir)?;
         let runtime = UdfRuntime::shared().map_err(|e| ServeError::Io(format!("the WebAssembly engine: {e}")))?;

@@ -50,3 +50,6 @@ pub mod topic;
 pub use chrono;
 
 mod validation;
+
+// Weir: the decompression bound (see VENDORED.md).
+pub use protocol::record::{MAX_INFLATED_BYTES_PER_FETCH, with_max_inflated_bytes_per_fetch};

@@ -86,21 +86,26 @@ pub fn read(
     unframe(&path, bytes, kind)
 }
 
-/// Frames and stores a checkpoint file. A file over its bound
-/// ([`super::store::max_file_bytes`]) is not written: it could not be read
-/// back.
+/// Frames and stores a checkpoint file. A file over its bound (the store's
+/// [`super::store::CheckpointBounds`]) is not written: it could not be read
+/// back. `what` says what it holds, for that error (`data checkpoint of
+/// stream "totals" at 5000 ms`).
 pub fn write(
     store: &dyn super::store::CheckpointStore,
     name: &str,
     kind: FileKind,
     payload: &[u8],
+    what: &str,
 ) -> Result<(), CheckpointFileError> {
-    let limit = super::store::max_file_bytes(name);
-    let size = (HEADER + payload.len()) as u64;
+    let (limit, setting) = store.bounds().max_file_bytes(name);
+    let size = (HEADER as u64).saturating_add(payload.len() as u64);
     if size > limit {
         return Err(invalid(
             &store.locate(name),
-            format!("not written: {size} bytes, more than the {limit} a checkpoint file of its kind may hold"),
+            format!(
+                "not written: the {what} is {size} bytes, more than the {limit} allowed \
+                 ([checkpoint] {setting} in the job file)"
+            ),
         ));
     }
     store

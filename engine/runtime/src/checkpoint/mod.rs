@@ -43,7 +43,7 @@ use file::FileKind;
 use weir_plan::source::{InputDescriptor, SourceCursor};
 
 use crate::listener::{CheckpointEvent, ListenerBus};
-pub use store::{CheckpointStore, LocalDir};
+pub use store::{CheckpointBounds, CheckpointStore, LocalDir};
 
 /// A source's part of one batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,14 +269,14 @@ pub fn local_path(p: &Path) -> PathBuf {
     }
 }
 
-/// The shared store of an object-store URL.
+/// The shared store of an object-store URL, under `bounds`.
 #[cfg(feature = "object-store")]
-fn remote_store(url: &str) -> Result<Arc<objstore::ObjectStoreCheckpoint>, CheckpointError> {
-    objstore::shared(url).map_err(|e| CheckpointError::ObjectStore(e.to_string()))
+fn remote_store(url: &str, bounds: CheckpointBounds) -> Result<Arc<objstore::ObjectStoreCheckpoint>, CheckpointError> {
+    objstore::shared_with(url, bounds).map_err(|e| CheckpointError::ObjectStore(e.to_string()))
 }
 
 #[cfg(not(feature = "object-store"))]
-fn remote_store(url: &str) -> Result<Arc<LocalDir>, CheckpointError> {
+fn remote_store(url: &str, _bounds: CheckpointBounds) -> Result<Arc<LocalDir>, CheckpointError> {
     Err(CheckpointError::ObjectStore(format!(
         "{url}: this build of Weir has no object-storage support (cargo feature `weir/object-store`)"
     )))
@@ -306,6 +306,8 @@ impl Drop for Guard {
 enum WriteJob {
     State {
         node: u32,
+        /// The stream's name, for messages.
+        stream: String,
         time: i64,
         partitions: Vec<Arc<Vec<u8>>>,
     },
@@ -373,7 +375,9 @@ impl Writer {
                 let _ = ack.send(());
                 return;
             }
-            WriteJob::State { node, time, partitions } => ("state", Some(time), self.state(node, time, &partitions)),
+            WriteJob::State { node, stream, time, partitions } => {
+                ("state", Some(time), self.state(node, &stream, time, &partitions))
+            }
             WriteJob::Metadata(m, until) => ("metadata", m.newest_batch(), self.metadata(*m, until)),
         };
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -400,9 +404,11 @@ impl Writer {
         }
     }
 
-    fn state(&mut self, node: u32, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
-        let r =
-            self.fence.commit(|| write_state(&*self.store, node, time, partitions)).map_err(|e| e.to_string())??;
+    fn state(&mut self, node: u32, stream: &str, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
+        let r = self
+            .fence
+            .commit(|| write_state(&*self.store, node, stream, time, partitions))
+            .map_err(|e| e.to_string())??;
         let bytes = r.bytes;
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         st.state_written += 1;
@@ -610,9 +616,15 @@ fn load_newest_of(store: &dyn CheckpointStore, files: Vec<MetadataFile>) -> Reco
 /// Reads the partitions of a data checkpoint of a checkpoint directory or
 /// object-store location (`root` is then its URL).
 pub fn read_state(root: &Path, r: &StateRef) -> Result<Vec<Vec<u8>>, String> {
+    read_state_bounded(root, r, CheckpointBounds::default())
+}
+
+/// [`read_state`] under the job's checkpoint bounds (an executor reading a
+/// data checkpoint its lineage names).
+pub fn read_state_bounded(root: &Path, r: &StateRef, bounds: CheckpointBounds) -> Result<Vec<Vec<u8>>, String> {
     match object_store_url(root) {
-        Some(url) => read_state_in(&*remote_store(&url).map_err(|e| e.to_string())?, r),
-        None => read_state_in(&LocalDir::new(local_path(root)), r),
+        Some(url) => read_state_in(&*remote_store(&url, bounds).map_err(|e| e.to_string())?, r),
+        None => read_state_in(&LocalDir::with_bounds(local_path(root), bounds), r),
     }
 }
 
@@ -626,17 +638,22 @@ pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Ve
 impl CheckpointDir {
     /// Opens the checkpoint location of `c` — a local directory (`file://`
     /// URLs too) or an object-store URL — clearing it first with `fresh`.
-    pub fn open_location(c: &crate::scheduler::CheckpointOptions) -> Result<(Self, Recovered), CheckpointError> {
+    /// Its files are read and written under `bounds` (the job's
+    /// `[checkpoint]`).
+    pub fn open_location(
+        c: &crate::scheduler::CheckpointOptions,
+        bounds: CheckpointBounds,
+    ) -> Result<(Self, Recovered), CheckpointError> {
         let Some(url) = object_store_url(&c.dir) else {
             let root = local_path(&c.dir);
             if c.fresh {
                 CheckpointDir::clear(&root).map_err(|source| CheckpointError::Io { dir: root.clone(), source })?;
             }
-            return CheckpointDir::open_leased(&root, c.keep, c.lease_ttl);
+            return CheckpointDir::open_bounded(&root, c.keep, c.lease_ttl, bounds);
         };
         #[cfg(feature = "object-store")]
         {
-            let store = remote_store(&url)?;
+            let store = remote_store(&url, bounds)?;
             let lease = objstore::Lease::acquire(store.clone(), c.lease_ttl).map_err(|e| match e {
                 objstore::LeaseError::Held { owner } => CheckpointError::Leased { location: url.clone(), owner },
                 other => CheckpointError::ObjectStore(format!("{url}/lock: cannot take the lease: {other}")),
@@ -657,7 +674,7 @@ impl CheckpointDir {
         #[cfg(not(feature = "object-store"))]
         {
             // Always an error in this build.
-            remote_store(&url).and_then(|_| Err(CheckpointError::ObjectStore(url.clone())))
+            remote_store(&url, bounds).and_then(|_| Err(CheckpointError::ObjectStore(url.clone())))
         }
     }
 
@@ -676,6 +693,16 @@ impl CheckpointDir {
         root: &Path,
         keep: usize,
         ttl: std::time::Duration,
+    ) -> Result<(Self, Recovered), CheckpointError> {
+        CheckpointDir::open_bounded(root, keep, ttl, CheckpointBounds::default())
+    }
+
+    /// [`CheckpointDir::open_leased`], its files read and written under `bounds`.
+    pub fn open_bounded(
+        root: &Path,
+        keep: usize,
+        ttl: std::time::Duration,
+        bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
         // Absolute, because the lineage hands this path to executors to
         // read data checkpoints from, and an executor process (on another
@@ -702,7 +729,7 @@ impl CheckpointDir {
         let epoch = lease.epoch();
         tracing::info!("checkpoint directory {}: driver epoch {epoch}", root.display());
         let fence = Arc::new(fence::Fence::new(epoch, root.display().to_string(), Box::new(lease.clone())));
-        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::new(root));
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::with_bounds(root, bounds));
         CheckpointDir::start(root.to_path_buf(), store, false, Guard::Flock(lock, lease), fence, keep)
     }
 
@@ -806,8 +833,9 @@ impl CheckpointDir {
     }
 
     /// Queues a data checkpoint of a stateful stream's RDD at `time`.
-    pub fn write_state(&self, node: u32, time: i64, partitions: Vec<Arc<Vec<u8>>>) {
-        let _ = self.writer.send(WriteJob::State { node, time, partitions });
+    /// `stream` names it in messages (`"totals" (update_state_by_key(...))`).
+    pub fn write_state(&self, node: u32, stream: &str, time: i64, partitions: Vec<Arc<Vec<u8>>>) {
+        let _ = self.writer.send(WriteJob::State { node, stream: stream.to_string(), time, partitions });
     }
 
     /// Waits until every queued write is done (or failed).
@@ -900,11 +928,25 @@ fn remove_temporary_files(root: &Path) {
     }
 }
 
-fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<Vec<u8>>]) -> Result<StateRef, String> {
+fn write_state(
+    store: &dyn CheckpointStore,
+    node: u32,
+    stream: &str,
+    time: i64,
+    parts: &[Arc<Vec<u8>>],
+) -> Result<StateRef, String> {
     let plain: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
     let payload = bincode::serde::encode_to_vec(&plain, bincode::config::standard()).map_err(|e| e.to_string())?;
     let name = format!("{node}-{time}.state");
-    file::write(store, &format!("state/{name}"), FileKind::State, &payload).map_err(|e| e.to_string())?;
+    // Which partition made it big, for the message of a refused one.
+    let (largest, largest_bytes) =
+        parts.iter().enumerate().map(|(i, p)| (i, p.len())).max_by_key(|(_, n)| *n).unwrap_or_default();
+    let what = format!(
+        "data checkpoint of stream {stream} (node {node}) at {time} ms ({} partition(s); the largest, partition \
+         {largest}, {largest_bytes} bytes)",
+        parts.len()
+    );
+    file::write(store, &format!("state/{name}"), FileKind::State, &payload, &what).map_err(|e| e.to_string())?;
     let records = parts.iter().map(|p| crate::udf::abi::batch_count(p) as u64).sum();
     Ok(StateRef { time, file: name, partitions: parts.len() as u32, records, bytes: payload.len() as u64 })
 }
@@ -913,7 +955,8 @@ fn write_state(store: &dyn CheckpointStore, node: u32, time: i64, parts: &[Arc<V
 /// payload's size.
 fn write_metadata(store: &dyn CheckpointStore, m: &Metadata, epoch: u64) -> Result<u64, String> {
     let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
-    file::write(store, &format!("metadata/checkpoint-{:020}-e{epoch}", m.seq), FileKind::Metadata, &payload)
+    let what = format!("metadata checkpoint {}", m.seq);
+    file::write(store, &format!("metadata/checkpoint-{:020}-e{epoch}", m.seq), FileKind::Metadata, &payload, &what)
         .map_err(|e| e.to_string())?;
     Ok(payload.len() as u64)
 }
@@ -995,7 +1038,7 @@ fn collect_garbage(
 /// `root` may be an object-store URL: read-only, it takes no lease.
 pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
     if let Some(url) = object_store_url(root) {
-        let store = remote_store(&url)?;
+        let store = remote_store(&url, CheckpointBounds::default())?;
         // Listing first: a missing bucket or bad credentials are an error,
         // not "no checkpoint".
         store.list("metadata").map_err(|e| CheckpointError::ObjectStore(format!("{url}/metadata: {e}")))?;

@@ -37,14 +37,8 @@ use object_store::{
     ClientOptions, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 
-use super::store::CheckpointStore;
+use super::store::{CheckpointBounds, CheckpointStore};
 
-/// The most a data checkpoint object may hold (the same bound as on disk).
-pub const MAX_OBJECT_BYTES: u64 = super::store::MAX_STATE_FILE_BYTES;
-/// The most a metadata checkpoint object may hold (the same bound as on
-/// disk): a server declaring more, or streaming an endless body under a huge
-/// declared length, is refused long before it costs memory.
-pub const MAX_METADATA_OBJECT_BYTES: u64 = super::store::MAX_METADATA_FILE_BYTES;
 /// The most the lease object may hold.
 const MAX_LEASE_BYTES: u64 = 64 << 10;
 /// What a read reserves before the body arrives (the rest grows with it).
@@ -55,19 +49,22 @@ const INITIAL_READ_BYTES: u64 = 8 << 20;
 pub const MULTIPART_PART_BYTES: usize = 8 << 20;
 /// The deadline of one request, retries included.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
-/// The longest an object's body may go without a byte: a server that sends
-/// the headers and part of a body and then stalls is given up on then, not
-/// after the whole request deadline of 120 s (the client's own 30 s attempt
-/// timeout would be retried, each retry stalling again).
-pub const BODY_STALL_DEADLINE: Duration = Duration::from_secs(15);
-/// The most pages one listing may take. S3 returns up to 1000 keys a page
-/// and a checkpoint location holds a few hundred objects (one page), so a
-/// server that says "truncated" page after page is hostile or broken; 100
-/// full pages are [`MAX_LIST_KEYS`].
-pub const MAX_LIST_PAGES: usize = 100;
-/// The most keys one listing may return: past it, the listing is refused
-/// rather than grown in memory.
-pub const MAX_LIST_KEYS: usize = 100_000;
+// The bounds on reads and listings are the job's `[checkpoint]` settings
+// (`CheckpointBounds`, defaults in `weir_plan::limits`):
+//
+// * `stall_timeout_ms` (15 s): the longest an object's body may go without
+//   a byte. A server that sends the headers and part of a body and then
+//   stalls is given up on then, not after the whole request deadline of
+//   120 s (the client's own 30 s attempt timeout would be retried, each
+//   retry stalling again).
+// * `max_list_pages` (100): S3 returns up to 1000 keys a page and a
+//   checkpoint location holds a few hundred objects (one page), so a server
+//   that says "truncated" page after page is hostile or broken.
+// * `max_list_keys` (100 000): past it, a listing is refused rather than
+//   grown in memory.
+// * `max_state_bytes` / `max_metadata_bytes` (1 GiB / 64 MiB, as on disk):
+//   a server declaring more, or streaming an endless body under a huge
+//   declared length, is refused long before it costs memory.
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,10 +84,11 @@ pub struct ObjectStoreCheckpoint {
     /// The location's URL, without a trailing `/` (for messages).
     url: String,
     store: Arc<dyn ObjectStore>,
-    /// The same client, listing page by page (bounded; see [`MAX_LIST_PAGES`]).
+    /// The same client, listing page by page (bounded: `max_list_pages`).
     lister: Arc<dyn PaginatedListStore>,
     prefix: ObjectPath,
     rt: tokio::runtime::Runtime,
+    bounds: CheckpointBounds,
 }
 
 impl std::fmt::Debug for ObjectStoreCheckpoint {
@@ -116,8 +114,14 @@ fn allow_http() -> bool {
 }
 
 impl ObjectStoreCheckpoint {
-    /// Opens `url` (`s3://bucket/prefix`, ...), configured from the environment.
+    /// Opens `url` (`s3://bucket/prefix`, ...), configured from the
+    /// environment, under the default bounds.
     pub fn open(url: &str) -> Result<Self, ObjectStoreError> {
+        Self::open_with(url, CheckpointBounds::default())
+    }
+
+    /// Opens `url`, its reads and listings under `bounds`.
+    pub fn open_with(url: &str, bounds: CheckpointBounds) -> Result<Self, ObjectStoreError> {
         let url = url.trim_end_matches('/').to_string();
         let bad = || ObjectStoreError::Url { url: url.clone() };
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
@@ -171,7 +175,7 @@ impl ObjectStoreCheckpoint {
             .enable_all()
             .build()
             .map_err(|source| ObjectStoreError::Runtime { url: url.clone(), source })?;
-        Ok(ObjectStoreCheckpoint { url, store, lister, prefix, rt })
+        Ok(ObjectStoreCheckpoint { url, store, lister, prefix, rt, bounds })
     }
 
     /// The same bucket, another prefix under this one (a batch's output).
@@ -204,14 +208,22 @@ impl ObjectStoreCheckpoint {
 
     /// GET of at most `limit` bytes; returns the bytes and the ETag.
     fn get_bounded(&self, name: &str, limit: u64) -> std::io::Result<(Vec<u8>, Option<String>)> {
+        self.get_within(name, limit, None)
+    }
+
+    /// [`Self::get_bounded`]; `setting`, when the bound is a job setting,
+    /// names it in the error of an object over it.
+    fn get_within(&self, name: &str, limit: u64, setting: Option<&str>) -> std::io::Result<(Vec<u8>, Option<String>)> {
         let key = self.key(name);
         let url = &self.url;
+        let stall = Duration::from_millis(self.bounds.stall_timeout_ms);
         self.run(name, async {
             let r = self.store.get(&key).await?;
             if r.meta.size > limit {
+                let by = setting.map(|s| format!(" ([checkpoint] {s} in the job file)")).unwrap_or_default();
                 return Err(object_store::Error::Generic {
                     store: "weir",
-                    source: format!("{url}/{name}: {} bytes, more than the {limit} allowed", r.meta.size).into(),
+                    source: format!("{url}/{name}: {} bytes, more than the {limit} allowed{by}", r.meta.size).into(),
                 });
             }
             let etag = r.meta.e_tag.clone();
@@ -222,13 +234,14 @@ impl ObjectStoreCheckpoint {
             let mut body = r.into_stream();
             let mut out = Vec::with_capacity(declared.min(INITIAL_READ_BYTES) as usize);
             loop {
-                let next = tokio::time::timeout(BODY_STALL_DEADLINE, futures_util::StreamExt::next(&mut body));
+                let next = tokio::time::timeout(stall, futures_util::StreamExt::next(&mut body));
                 let Ok(next) = next.await else {
                     return Err(object_store::Error::Generic {
                         store: "weir",
                         source: format!(
-                            "{url}/{name}: the server stalled: no byte for {} s after {} of the {declared} bytes declared",
-                            BODY_STALL_DEADLINE.as_secs(),
+                            "{url}/{name}: the server stalled: no byte for {} ms ([checkpoint] stall_timeout_ms) \
+                             after {} of the {declared} bytes declared",
+                            stall.as_millis(),
                             out.len()
                         )
                         .into(),
@@ -380,8 +393,8 @@ impl CheckpointStore for ObjectStoreCheckpoint {
         self.put_mode(name, bytes, PutMode::Overwrite).map(|_| ())
     }
     fn get(&self, name: &str) -> std::io::Result<Vec<u8>> {
-        let limit = if name.starts_with("metadata/") { MAX_METADATA_OBJECT_BYTES } else { MAX_OBJECT_BYTES };
-        self.get_bounded(name, limit).map(|(b, _)| b)
+        let (limit, setting) = self.bounds.max_file_bytes(name);
+        self.get_within(name, limit, Some(setting)).map(|(b, _)| b)
     }
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
         // Page by page, bounded: `list_with_delimiter` follows continuation
@@ -391,12 +404,14 @@ impl CheckpointStore for ObjectStoreCheckpoint {
         let refuse =
             |why: String| object_store::Error::Generic { store: "weir", source: format!("{url}/{dir}: {why}").into() };
         let mut v: Vec<String> = Vec::new();
+        let (max_pages, max_keys) = (self.bounds.max_list_pages as usize, self.bounds.max_list_keys as usize);
         self.run(dir, async {
             let mut token = None;
             for page in 1.. {
-                if page > MAX_LIST_PAGES {
+                if page > max_pages {
                     return Err(refuse(format!(
-                        "the listing goes on past {MAX_LIST_PAGES} pages ({} keys so far); refused",
+                        "the listing goes on past {max_pages} pages ({} keys so far); refused \
+                         ([checkpoint] max_list_pages)",
                         v.len()
                     )));
                 }
@@ -406,8 +421,10 @@ impl CheckpointStore for ObjectStoreCheckpoint {
                     ..Default::default()
                 };
                 let r = self.lister.list_paginated(Some(&prefix), opts).await?;
-                if v.len() + r.result.objects.len() > MAX_LIST_KEYS {
-                    return Err(refuse(format!("the listing holds more than {MAX_LIST_KEYS} keys; refused")));
+                if v.len() + r.result.objects.len() > max_keys {
+                    return Err(refuse(format!(
+                        "the listing holds more than {max_keys} keys; refused ([checkpoint] max_list_keys)"
+                    )));
                 }
                 v.extend(
                     r.result
@@ -432,19 +449,30 @@ impl CheckpointStore for ObjectStoreCheckpoint {
     fn locate(&self, name: &str) -> PathBuf {
         PathBuf::from(format!("{}/{name}", self.url))
     }
+    fn bounds(&self) -> CheckpointBounds {
+        self.bounds
+    }
 }
 
 /// Stores opened by URL, shared (a store and its runtime are not free, and
-/// executors read data checkpoints by URL).
+/// executors read data checkpoints by URL), under the default bounds.
 pub fn shared(url: &str) -> Result<Arc<ObjectStoreCheckpoint>, ObjectStoreError> {
-    static STORES: OnceLock<Mutex<HashMap<String, Arc<ObjectStoreCheckpoint>>>> = OnceLock::new();
+    shared_with(url, CheckpointBounds::default())
+}
+
+/// [`shared`] under `bounds`: one store per URL and bounds (jobs of one
+/// `weir serve` may set different bounds on one bucket).
+pub fn shared_with(url: &str, bounds: CheckpointBounds) -> Result<Arc<ObjectStoreCheckpoint>, ObjectStoreError> {
+    type Stores = HashMap<(String, CheckpointBounds), Arc<ObjectStoreCheckpoint>>;
+    static STORES: OnceLock<Mutex<Stores>> = OnceLock::new();
     let url = url.trim_end_matches('/');
     let mut m = STORES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(s) = m.get(url) {
+    let key = (url.to_string(), bounds);
+    if let Some(s) = m.get(&key) {
         return Ok(s.clone());
     }
-    let s = Arc::new(ObjectStoreCheckpoint::open(url)?);
-    m.insert(url.to_string(), s.clone());
+    let s = Arc::new(ObjectStoreCheckpoint::open_with(url, bounds)?);
+    m.insert(key, s.clone());
     Ok(s)
 }
 

@@ -9,32 +9,29 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The most a metadata checkpoint file may hold, on disk or as an object.
-/// Metadata is small (a few KiB; pending batches are capped), so a bigger
-/// file is corrupt or hostile, and is refused before it is read.
-pub const MAX_METADATA_FILE_BYTES: u64 = 64 << 20;
-/// The most a data checkpoint (`state/` file: every partition of one
-/// stateful stream at one time) may hold, on disk or as an object. Reading
-/// one back costs about twice its size (the file, then the decoded
-/// partitions), so a bigger one is refused before anything is allocated for
-/// it, and a state that would encode bigger is not written (a failed
-/// checkpoint write, logged; the job goes on) rather than written and found
-/// unreadable at recovery.
-pub const MAX_STATE_FILE_BYTES: u64 = 1 << 30;
+pub use weir_plan::limits::CheckpointBounds;
 
-/// The most the checkpoint file `name` (`metadata/...`, `state/...`) may hold.
-pub fn max_file_bytes(name: &str) -> u64 {
-    if name.starts_with("metadata/") {
-        MAX_METADATA_FILE_BYTES
-    } else {
-        MAX_STATE_FILE_BYTES
-    }
-}
+/// The default bound of a metadata checkpoint file, on disk or as an object
+/// (`[checkpoint] max_metadata_bytes`). Metadata is small (a few KiB;
+/// pending batches are capped), so a bigger file is corrupt or hostile, and
+/// is refused before it is read.
+pub const MAX_METADATA_FILE_BYTES: u64 = weir_plan::limits::DEFAULT_MAX_METADATA_BYTES;
+/// The default bound of a data checkpoint (`state/` file: every partition of
+/// one stateful stream at one time), on disk or as an object
+/// (`[checkpoint] max_state_bytes`). Reading one back costs about twice its
+/// size (the file, then the decoded partitions), so a bigger one is refused
+/// before anything is allocated for it, and a state that would encode bigger
+/// is not written (a failed checkpoint write, logged; the job goes on)
+/// rather than written and found unreadable at recovery.
+pub const MAX_STATE_FILE_BYTES: u64 = weir_plan::limits::DEFAULT_MAX_STATE_BYTES;
 
 /// The error of a checkpoint file over its bound: `size` bytes (declared by
-/// a server, or a file's length), more than `limit`.
-pub fn too_big(what: &str, size: u64, limit: u64) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what}{size} bytes, more than the {limit} allowed"))
+/// a server, or a file's length), more than `limit`, which `setting` sets.
+pub fn too_big(what: &str, size: u64, limit: u64, setting: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("{what}{size} bytes, more than the {limit} allowed ([checkpoint] {setting} in the job file)"),
+    )
 }
 
 /// Checkpoint storage: names are `dir/file` (e.g. `metadata/checkpoint-…`).
@@ -47,17 +44,26 @@ pub trait CheckpointStore: Send + Sync {
     fn delete(&self, name: &str) -> std::io::Result<()>;
     /// Where `name` is, for messages (a path, a URL).
     fn locate(&self, name: &str) -> PathBuf;
+    /// The bounds its files are read and written under.
+    fn bounds(&self) -> CheckpointBounds;
 }
 
 /// A checkpoint directory on a local filesystem: write to a temporary name,
 /// fsync, rename into place, fsync the directory.
 pub struct LocalDir {
     root: PathBuf,
+    bounds: CheckpointBounds,
 }
 
 impl LocalDir {
+    /// The directory `root`, under the default bounds.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalDir { root: root.into() }
+        LocalDir::with_bounds(root, CheckpointBounds::default())
+    }
+
+    /// The directory `root`, its files read and written under `bounds`.
+    pub fn with_bounds(root: impl Into<PathBuf>, bounds: CheckpointBounds) -> Self {
+        LocalDir { root: root.into(), bounds }
     }
 }
 
@@ -114,14 +120,14 @@ impl CheckpointStore for LocalDir {
         // Not `fs::read`: it allocates whatever length the file has. The
         // length is checked first, on the open handle, and the read is cut
         // one byte past the bound in case the file grows meanwhile.
-        let limit = max_file_bytes(name);
+        let (limit, setting) = self.bounds.max_file_bytes(name);
         let f = std::fs::File::open(self.root.join(name))?;
         let meta = f.metadata()?;
         if !meta.is_file() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
         }
         if meta.len() > limit {
-            return Err(too_big("", meta.len(), limit));
+            return Err(too_big("", meta.len(), limit, setting));
         }
         let mut out = Vec::with_capacity(meta.len() as usize);
         f.take(limit + 1).read_to_end(&mut out)?;
@@ -147,5 +153,8 @@ impl CheckpointStore for LocalDir {
     }
     fn locate(&self, name: &str) -> PathBuf {
         self.root.join(name)
+    }
+    fn bounds(&self) -> CheckpointBounds {
+        self.bounds
     }
 }

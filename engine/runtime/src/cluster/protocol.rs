@@ -36,8 +36,10 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// ([`ToExecutor::Heartbeat`]), and an executor that hears nothing from its
 /// driver for its heartbeat timeout treats the driver as lost. (A version-3
 /// executor would not know the frame, so the versions do not mix: each
-/// side refuses the other at the handshake.)
-pub const PROTOCOL_VERSION: u32 = 4;
+/// side refuses the other at the handshake.) Version 5: a lineage's
+/// data-checkpoint read (`RddOp::Checkpointed`) carries the job's
+/// checkpoint bounds, which the executor reads the file under.
+pub const PROTOCOL_VERSION: u32 = 5;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
 /// lineage, a block, a module).

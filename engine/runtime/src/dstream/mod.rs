@@ -192,6 +192,15 @@ impl StreamingContext {
 
     /// How fast sources may take records: backpressure and the `[rate]`
     /// bounds (checked with [`RateSpec::check`](weir_plan::rate::RateSpec::check)).
+    /// What reading and writing the job's checkpoints may cost (a job
+    /// file's `[checkpoint]`; defaults otherwise): data and metadata
+    /// checkpoints over their bound are not written, and refused when read.
+    pub fn set_checkpoint_bounds(&mut self, bounds: weir_plan::limits::CheckpointBounds) -> Result<(), EngineError> {
+        bounds.check().map_err(EngineError::Graph)?;
+        self.inner.borrow_mut().graph.checkpoint = bounds;
+        Ok(())
+    }
+
     pub fn set_rate(&mut self, rate: weir_plan::rate::RateSpec) -> Result<(), EngineError> {
         rate.check().map_err(EngineError::Graph)?;
         self.inner.borrow_mut().graph.rate = rate;

@@ -393,14 +393,20 @@ pub(crate) fn select_tagged(input: &[u8], tag: u8) -> Result<Vec<u8>, TaskFailur
 
 /// Reads partition `p` of a data checkpoint file.
 /// `path` is `<root>/state/<file>`; `<root>` may be an object-store URL.
-pub(crate) fn read_checkpointed(path: &str, p: u32) -> Result<Vec<u8>, TaskFailure> {
+/// The file is read under the job's checkpoint `bounds`.
+pub(crate) fn read_checkpointed(
+    path: &str,
+    p: u32,
+    bounds: weir_plan::limits::CheckpointBounds,
+) -> Result<Vec<u8>, TaskFailure> {
     let (dir, name) = match path.rsplit_once("/state/") {
         Some((root, name)) => (std::path::Path::new(root), name.to_string()),
         None => (std::path::Path::new("."), path.to_string()),
     };
     let path = std::path::Path::new(path);
     let r = crate::checkpoint::StateRef { time: 0, file: name, partitions: 0, records: 0, bytes: 0 };
-    let parts = crate::checkpoint::read_state(dir, &r).map_err(|e| engine_fault(format!("data checkpoint: {e}")))?;
+    let parts = crate::checkpoint::read_state_bounded(dir, &r, bounds)
+        .map_err(|e| engine_fault(format!("data checkpoint: {e}")))?;
     parts
         .into_iter()
         .nth(p as usize)

@@ -176,7 +176,7 @@ impl TaskCx<'_, '_> {
                 Some(bytes) => Arc::new(bytes.to_vec()),
                 None => return Err(engine_fault(format!("dataset {} has no partition {p}", d.name()))),
             },
-            RddOp::Checkpointed { path } => Arc::new(state::read_checkpointed(path, p)?),
+            RddOp::Checkpointed { path, bounds } => Arc::new(state::read_checkpointed(path, p, *bounds)?),
             RddOp::State { prev, grouped, update, initial } => {
                 let prev = match (prev, initial) {
                     (Some(r), _) => Some(self.compute(*r, p)?),

@@ -651,7 +651,12 @@ impl Driver {
                 continue;
             }
             match self.dag.run_job(id) {
-                Ok(parts) => c.write_state(n.id, time, parts.into_iter().map(Arc::new).collect()),
+                Ok(parts) => {
+                    // The job-file name of the stream, for messages.
+                    let stateful = self.job.identity.stateful.iter().find(|s| s.node == n.id);
+                    let name = stateful.map_or_else(|| n.label.clone(), |s| s.display_name());
+                    c.write_state(n.id, &name, time, parts.into_iter().map(Arc::new).collect())
+                }
                 Err(e) => tracing::warn!("cannot take a data checkpoint of {} at {time} ms: {e}", n.label),
             }
         }
@@ -675,7 +680,7 @@ impl Driver {
                         horizon = horizon.min(r.time - n.op.lookback_ms());
                         let id = RddId { time: r.time, node: n.id };
                         if let Some(rdd) = self.dag.lineage.rdds.get_mut(&id) {
-                            rdd.op = RddOp::Checkpointed { path: c.state_path(&r.file) };
+                            rdd.op = RddOp::Checkpointed { path: c.state_path(&r.file), bounds: g.checkpoint };
                         }
                     }
                     None => horizon = horizon.min(self.progress.zero_time + 1),

@@ -27,7 +27,7 @@ pub(super) fn open_checkpoint(
     listeners: &ListenerBus,
 ) -> Result<(Option<CheckpointDir>, Option<Metadata>), EngineError> {
     let Some(c) = &opts.checkpoint else { return Ok((None, None)) };
-    let (mut dir, rec) = CheckpointDir::open_location(c)?;
+    let (mut dir, rec) = CheckpointDir::open_location(c, job.graph.checkpoint)?;
     dir.set_listeners(listeners.clone());
     for (_, why) in &rec.invalid {
         let e = RecoveryEvent::InvalidCheckpoint { reason: why.clone() };
@@ -141,7 +141,7 @@ impl Driver {
                 self.blocks.put(bid, Arc::new(data));
             }
             let label = self.job.graph.nodes.get(*node as usize).map(|n| n.label.clone()).unwrap_or_default();
-            let op = RddOp::Checkpointed { path: c.state_path(&r.file) };
+            let op = RddOp::Checkpointed { path: c.state_path(&r.file), bounds: self.job.graph.checkpoint };
             register(
                 &mut self.memo,
                 &mut self.dag.lineage,

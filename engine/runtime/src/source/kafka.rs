@@ -61,6 +61,8 @@ pub(super) struct KafkaConfig {
     pub client_id: Option<String>,
     pub on_offset_out_of_range: OffsetOutOfRangePolicy,
     pub broker_timeout: Duration,
+    /// The most one fetch response's compressed batches may inflate to.
+    pub max_decompressed_bytes: u64,
     pub batch_interval_ms: i64,
     /// TLS and SASL, loaded when the job starts.
     pub security: crate::kafka_security::KafkaSecurity,
@@ -196,6 +198,7 @@ impl KafkaSource {
     /// Reads the records of `ranges`, in order, into one batch.
     fn fetch(&self, ranges: &[KafkaRange]) -> Result<Vec<u8>, SourceError> {
         let mut b = BatchBuilder::new();
+        let max_inflated = self.cfg.max_decompressed_bytes;
         for r in ranges {
             let key = (r.topic.clone(), r.partition);
             let pc = self.partition(&key)?;
@@ -204,7 +207,10 @@ impl KafkaSource {
             let mut idle = EMPTY_FETCH_PAUSE;
             while off < r.until {
                 let (recs, high) = retry(&self.rt, &self.cfg, "fetch", || {
-                    pc.fetch_records(off, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS)
+                    rskafka::with_max_inflated_bytes_per_fetch(
+                        max_inflated,
+                        pc.fetch_records(off, 1..FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS),
+                    )
                 })
                 .map_err(|e| match e {
                     SourceError::Kafka(m) if m.contains("OffsetOutOfRange") => SourceError::Kafka(format!(

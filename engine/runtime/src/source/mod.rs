@@ -199,9 +199,11 @@ pub fn open(
             client_id,
             on_offset_out_of_range,
             broker_timeout_ms,
+            max_decompressed_bytes,
             tls,
             sasl,
         } => Box::new(kafka::KafkaSource::start(kafka::KafkaConfig {
+            max_decompressed_bytes: *max_decompressed_bytes,
             brokers: brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect(),
             topics: topics.clone(),
             starting_offsets: *starting_offsets,

@@ -24,28 +24,47 @@ use std::io::{Cursor, Read, Write};
 // Weir: a bound on decompression (see VENDORED.md). A compressed record
 // batch is inflated while its records are read, and a gzip batch of 1 MiB can
 // inflate to 1 GiB: the records of one fetch response may inflate to at most
-// `MAX_INFLATED_BYTES_PER_FETCH` bytes in all, counted on the reading thread
+// `MAX_INFLATED_BYTES_PER_FETCH` bytes in all (or the limit the caller set
+// with `with_max_inflated_bytes_per_fetch`), counted on the reading thread
 // (a response is parsed synchronously on one thread) and reset when a fetch
 // response starts to be read (`reset_inflate_budget`).
 
 /// The most bytes the compressed record batches of one fetch response may
-/// inflate to, all batches and partitions together.
+/// inflate to, all batches and partitions together, unless the caller sets
+/// another limit ([`with_max_inflated_bytes_per_fetch`]).
 pub const MAX_INFLATED_BYTES_PER_FETCH: u64 = 256 << 20;
 
 thread_local! {
-    static INFLATE_BUDGET: std::cell::Cell<u64> = const { std::cell::Cell::new(MAX_INFLATED_BYTES_PER_FETCH) };
+    // (the limit of the response being read, what is left of it)
+    static INFLATE_BUDGET: std::cell::Cell<(u64, u64)> =
+        const { std::cell::Cell::new((MAX_INFLATED_BYTES_PER_FETCH, MAX_INFLATED_BYTES_PER_FETCH)) };
+}
+
+tokio::task_local! {
+    // The limit of the fetches made inside `with_max_inflated_bytes_per_fetch`.
+    // A task-local, not a thread-local: the response is parsed in the task
+    // that made the request, whichever thread polls it.
+    static INFLATE_LIMIT: u64;
+}
+
+/// Runs `f` (fetches through this crate's clients) with `limit` as the most
+/// bytes the compressed record batches of one fetch response may inflate to.
+pub async fn with_max_inflated_bytes_per_fetch<F: std::future::Future>(limit: u64, f: F) -> F::Output {
+    INFLATE_LIMIT.scope(limit, f).await
 }
 
 /// Gives the next fetch response read on this thread its whole budget.
 pub(crate) fn reset_inflate_budget() {
-    INFLATE_BUDGET.with(|b| b.set(MAX_INFLATED_BYTES_PER_FETCH));
+    let limit = INFLATE_LIMIT.try_with(|l| *l).unwrap_or(MAX_INFLATED_BYTES_PER_FETCH);
+    INFLATE_BUDGET.with(|b| b.set((limit, limit)));
 }
 
 fn over_budget() -> std::io::Error {
+    let limit = INFLATE_BUDGET.with(|b| b.get().0);
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
         format!(
-            "compressed record batches inflate to more than {MAX_INFLATED_BYTES_PER_FETCH} bytes in one fetch \
+            "compressed record batches inflate to more than {limit} bytes in one fetch \
              response (a decompression bomb?); refused"
         ),
     )
@@ -54,14 +73,12 @@ fn over_budget() -> std::io::Error {
 /// Takes `n` inflated bytes from this thread's budget, or fails (taking none).
 #[allow(dead_code)] // only used by some features
 fn take_inflate_budget(n: u64) -> Result<(), std::io::Error> {
-    INFLATE_BUDGET.with(|b| {
-        let left = b.get();
-        if n > left {
-            return Err(over_budget());
-        }
-        b.set(left - n);
-        Ok(())
-    })
+    let (limit, left) = INFLATE_BUDGET.with(|b| b.get());
+    if n > left {
+        return Err(over_budget());
+    }
+    INFLATE_BUDGET.with(|b| b.set((limit, left - n)));
+    Ok(())
 }
 
 /// A decompressor's output, counted against this thread's budget: a read
@@ -72,7 +89,7 @@ struct Budgeted<R>(R);
 
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = INFLATE_BUDGET.with(|b| b.get());
+        let left = INFLATE_BUDGET.with(|b| b.get().1);
         if left == 0 {
             let mut one = [0u8; 1];
             return match self.0.read(&mut one)? {
