@@ -307,7 +307,10 @@ impl TaskCx<'_, '_> {
                 // A range sort's bounds are read by the other map tasks;
                 // their own map task has nothing to send.
                 for r in 0..rdd.partitions {
-                    self.store(BlockId::Shuffle { shuffle, map, reduce: r }, Arc::new(codec::BatchBuilder::new().finish()));
+                    self.store(
+                        BlockId::Shuffle { shuffle, map, reduce: r },
+                        Arc::new(codec::BatchBuilder::new().finish()),
+                    );
                 }
                 return Ok(TaskOutput::MapDone);
             }
