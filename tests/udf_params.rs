@@ -145,8 +145,9 @@ fn malformed_parameter_lists_are_refused_naming_the_line() {
         ("nums.map(ops.plus())", "missing parameter `n`"),
         ("nums.map(ops.plus(\"four\"))", "parameter `n`"),
         ("nums.map(ops.double(2))", "map:double takes no parameters"),
-        // A component (ABI v2) takes none: a clear error, not a silent drop.
-        ("nums.flat_map(py.split(1))", "components (ABI v2) take no parameters"),
+        // A component (ABI v2) built without weir:udf/params takes none: a
+        // clear error, not a silent drop.
+        ("nums.flat_map(py.split(1))", "does not export the interface weir:udf/params@2.0.0"),
     ];
     for (expr, want) in cases {
         let tmp = tempfile::tempdir().unwrap();

@@ -969,6 +969,20 @@ fn drop_and_recompute(dag: &mut DagScheduler, rdd: RddId, victims: &[BlockId]) -
 }
 
 #[test]
+fn a_python_components_parameters_reach_each_use_of_its_function() {
+    // `map(py.plus(4)).map(py.plus(n = 100))` over a component exporting
+    // weir:udf/params: each use gets its own instance with its own values.
+    let ssc = ctx();
+    let py = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/params_py.wasm"));
+    let p4 = py.udf("plus").with_params(weir::rdd::UdfParams::new(vec![i(4)], vec![]).unwrap());
+    let p100 = py.udf("plus").with_params(weir::rdd::UdfParams::new(vec![], vec![("n".into(), i(100))]).unwrap());
+    let out = ssc.queue_stream(vec![ints(&[1, 2, 3]), ints(&[10])]).map(&p4).unwrap().map(&p100).unwrap();
+    let c = out.collect().unwrap();
+    run_ok(ssc, opts(2));
+    assert_eq!(taken(&c), every_second(vec![ints(&[105, 106, 107]), ints(&[114])]));
+}
+
+#[test]
 fn the_batch_time_and_parameters_recompute_to_identical_blocks() {
     // update_state_by_key's function gets the batch time (its state lists
     // the batches that brought values) after a map_values with a
