@@ -36,7 +36,7 @@ const KEYS_PER_PARTITION: u64 = 20;
 const MAX_SAMPLE: u64 = 1_000_000;
 
 /// The seed every sort's reservoirs start from (with the map index mixed in).
-const SEED: u64 = 0x5EED_0F_5047_0001;
+const SEED: u64 = 0x005E_ED0F_5047_0001;
 
 /// How many keys a map partition samples, out of `maps` map partitions, for
 /// `partitions` output partitions: Spark's `ceil(3 * sampleSize / maps)`
