@@ -340,7 +340,9 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         zipped = \"words.zip_with_index()\"\n\
         cartesian = \"nums.take(2).cartesian(other)\"\n\
         coalesced = \"nums.coalesce(1).glom()\"\n\
-        sampled = \"many.sample(0.5, 7)\"\n";
+        sampled = \"many.sample(0.5, 7)\"\n\
+        ranged = \"spread.sort_by_key(false, 3)\"\n\
+        [sources.spread]\ntype = \"batches\"\npath = \"spread.jsonl\"\n";
     let names = [
         "sorted",
         "sorted_by",
@@ -353,16 +355,25 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         "cartesian",
         "coalesced",
         "sampled",
+        "ranged",
     ];
     let body = format!("{body}{}", names.iter().map(|n| saved(n)).collect::<String>());
     let many: Vec<String> = (1..=200).map(|x| x.to_string()).collect();
     let many = format!("[{}]\n[{}]\n[]\n", many.join(","), many.join(","));
+    // 300 pairs over 101 keys, then all one key, then none.
+    let spread: Vec<(i64, i64)> = (0..300).map(|x| ((x * 37) % 101, x)).collect();
+    let pair_json = |ps: &[(i64, i64)]| ps.iter().map(|(k, v)| format!("[{k}, {v}]")).collect::<Vec<_>>().join(",");
+    let same: Vec<(i64, i64)> = (0..50).map(|x| (9, x)).collect();
+    let spread_file = format!("[{}]\n[{}]\n[]\n", pair_json(&spread), pair_json(&same));
+    let spread_input = [spread, same, vec![]];
+    let spread = spread_file;
     let files = [
         ("nums.jsonl", "[1, 2, 3, 4, 2, 3]\n[5, 5, 6]\n[]\n".to_string()),
         ("other.jsonl", "[2, 3, 4]\n[6]\n[1]\n".to_string()),
         ("pairs.jsonl", "[[\"b\", 2], [\"a\", 1], [\"c\", 3], [\"a\", 0]]\n[]\n[[\"x\", 1]]\n".to_string()),
         ("words.jsonl", "[\"banana\", \"apple\", \"cherry\", \"avocado\"]\n[\"x\"]\n[]\n".to_string()),
         ("many.jsonl", many),
+        ("spread.jsonl", spread),
     ];
     let (out, dir) = run_both(&body, &files, None);
     ok(&out);
@@ -410,4 +421,49 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
     }
     assert_ne!(sampled[0], sampled[1]);
     assert_eq!(sampled[2], none);
+    // sort_by_key(false, 3): three part files per batch, each a range of
+    // keys (descending), together the batch stably sorted: what one
+    // partition's sort gives (SortingSuite "sort descending").
+    let ranged: Vec<(i64, Vec<Vec<(i64, i64)>>)> = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let t: i64 = e.file_name().to_str()?.strip_prefix("ranged-")?.parse().ok()?;
+            let mut names: Vec<_> = std::fs::read_dir(e.path())
+                .unwrap()
+                .map(|f| f.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.starts_with("part-"))
+                .collect();
+            names.sort();
+            let parts = names
+                .iter()
+                .map(|n| {
+                    let text = std::fs::read_to_string(e.path().join(n)).unwrap();
+                    text.lines()
+                        .map(|l| {
+                            let (k, v) = l.trim_matches(|c| c == '(' || c == ')').split_once(',').unwrap();
+                            (k.parse().unwrap(), v.parse().unwrap())
+                        })
+                        .collect()
+                })
+                .collect();
+            Some((t, parts))
+        })
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    assert_eq!(ranged.len(), 3, "three batches");
+    for ((t, parts), input) in ranged.iter().zip(&spread_input) {
+        assert_eq!(parts.len(), 3, "batch {t}: one part file per partition");
+        let mut want = input.clone();
+        want.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+        assert_eq!(parts.concat(), want, "batch {t}");
+        let full: Vec<&Vec<(i64, i64)>> = parts.iter().filter(|p| !p.is_empty()).collect();
+        for w in full.windows(2) {
+            let (last, first) = (w[0].last().unwrap().0, w[1].first().unwrap().0);
+            assert!(last > first, "batch {t}: part ranges overlap ({last} then {first})");
+        }
+    }
+    assert!(ranged[0].1.iter().all(|p| p.len() > 30), "300 records over 101 keys spread: {:?}", ranged[0].1);
+    assert_eq!(ranged[1].1.iter().filter(|p| !p.is_empty()).count(), 1, "one key: one range");
 }

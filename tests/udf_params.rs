@@ -145,8 +145,9 @@ fn malformed_parameter_lists_are_refused_naming_the_line() {
         ("nums.map(ops.plus())", "missing parameter `n`"),
         ("nums.map(ops.plus(\"four\"))", "parameter `n`"),
         ("nums.map(ops.double(2))", "map:double takes no parameters"),
-        // A component (ABI v2) takes none: a clear error, not a silent drop.
-        ("nums.flat_map(py.split(1))", "components (ABI v2) take no parameters"),
+        // A component (ABI v2) built without weir:udf/params takes none: a
+        // clear error, not a silent drop.
+        ("nums.flat_map(py.split(1))", "does not export the interface weir:udf/params@2.0.0"),
     ];
     for (expr, want) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -288,5 +289,27 @@ fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sd
             assert!(err.contains(want), "{m}: {expr}: expected {want:?} in {err}");
             assert!(!err.contains("panicked"), "{err}");
         }
+    }
+    // The AssemblyScript SDK checks what the module declared
+    // (`takesParams("map:plus", ["n"])`) itself, when the job loads: an
+    // unknown, repeated or missing name, too many values.
+    for (expr, want) in [
+        ("nums.map(asc.plus(m = 1))", "unknown parameter `m` (parameters: n)"),
+        ("nums.map(asc.plus(1, n = 2))", "parameter `n` is given twice"),
+        ("nums.map(asc.plus())", "missing parameter `n`"),
+        ("nums.map(asc.plus(1, 2))", "map:plus takes 1 parameter(s) (n), given 2 by position"),
+        ("nums.map(asc.scaled_at(n = 2))", "unknown parameter `n` (parameters: factor)"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = format!(
+            "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{expr}\"\n{}",
+            saved("x")
+        );
+        let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
+        let out = run_on(&job, "local[2]", &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{expr}: {err}");
+        assert!(err.contains("weir_params refused") && err.contains(want), "{expr}: expected {want:?} in {err}");
+        assert!(!err.contains("batch 1000 ms"), "{expr}: refused before any batch ran:\n{err}");
     }
 }

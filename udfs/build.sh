@@ -6,7 +6,7 @@
 #                      under target/assemblyscript when missing)
 #   Zig             -> udfs/wordcount_zig.wasm, udfs/zig_helpers.wasm (PyPI's
 #                      ziglang, installed under target/ziglang when missing)
-#   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm (components
+#   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm, udfs/params_py.wasm (components
 #                      of ABI v2, by PyPI's componentize-py, installed under
 #                      target/componentize-py when missing)
 #   JavaScript      -> udfs/wordcount_js.wasm, udfs/hostile_js.wasm (components
@@ -90,12 +90,15 @@ if command -v python3 >/dev/null 2>&1; then
   if [ ! -f "$py_dir/bin/componentize-py" ]; then
     python3 -m pip install --quiet --disable-pip-version-check --target "$py_dir" componentize-py==0.25.1 >&2
   fi
-  for m in wordcount hostile; do
+  # params takes the job file's parameters: the world with weir:udf/params.
+  for m in wordcount hostile params; do
     out="$here/${m}_py.wasm"
     if [ -f "$out" ] && [ -z "$(find python/$m.py ../udf-sdk/python ../udf-sdk/wit "$py_dir/bin" -newer "$out" -type f 2>/dev/null)" ]; then
       continue
     fi
-    PYTHONPATH="$py_dir" python3 "$py_dir/bin/componentize-py" -d ../udf-sdk/wit -w guest \
+    world=guest
+    if [ "$m" = params ]; then world=guest-with-params; fi
+    PYTHONPATH="$py_dir" python3 "$py_dir/bin/componentize-py" -d ../udf-sdk/wit -w "$world" \
       componentize "$m" -p python -p ../udf-sdk/python -o "$out.tmp" >&2
     mv "$out.tmp" "$out"
   done

@@ -8,18 +8,19 @@
 //   scaled_at  map     x -> (x * factor, batch time)  (`a.scaled_at(factor = 10)`)
 //   lookup     map     key -> (key, name or null), from a dataset of [key,
 //                      name] pairs (`a.lookup(users)`)
-//   double     map     x -> 2x; takes no parameters (refuses them)
+//   double     map     x -> 2x; takes no parameters (the SDK refuses them)
 //
+// takesParams declares each function's parameters: the SDK refuses an
+// unknown, repeated or missing one, and any for `double`, when the job loads.
 // params.exports declares the kinds (the weir:exports section).
 import {
   Reader,
   Writer,
   batchTime,
-  fail,
-  hasParams,
   param,
   runFilter,
   runMap,
+  takesParams,
 } from "../../udf-sdk/assemblyscript/assembly/index";
 export {
   weir_abi_version,
@@ -27,6 +28,11 @@ export {
   weir_batch_time,
   weir_params,
 } from "../../udf-sdk/assemblyscript/assembly/index";
+
+takesParams("map:plus", ["n"]);
+takesParams("filter:level_is", ["level"]);
+takesParams("map:scaled_at", ["factor"]);
+takesParams("map:lookup", ["table"]);
 
 /// An i64 parameter named `name` or at positional `index`; a missing or
 /// mistyped one fails the record's reader (the call's error).
@@ -134,6 +140,5 @@ export function lookup(ptr: usize, len: u32): i64 {
 }
 
 export function double(ptr: usize, len: u32): i64 {
-  if (hasParams()) return fail("map:double takes no parameters");
   return runMap(ptr, len, twice);
 }

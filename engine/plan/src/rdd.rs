@@ -311,9 +311,21 @@ pub enum Aggregation {
     Reduce(Reducer),
     /// Into one partition, every record in map-partition order.
     Gather,
-    /// sort_by_key: into one partition, pairs stably sorted by key in the
-    /// value order (`docs/jobs.md`, "Ordering"); ties keep map order.
+    /// sort_by_key: pairs stably sorted by key in the value order
+    /// (`docs/jobs.md`, "Ordering"); ties keep map order. With one parent,
+    /// into one partition. With a second parent — a [`Aggregation::RangeBounds`]
+    /// RDD of one partition, read by every map task (see
+    /// [`RddOp::map_side_reads`]) — each pair goes to the range its key falls
+    /// in, so the partitions in order are the whole sorted batch (Spark's
+    /// RangePartitioner). The second parent's own map task writes nothing.
     SortByKey { ascending: bool },
+    /// The range bounds of a sort into `partitions` partitions, into one
+    /// partition: each map partition sends its record count and a seeded
+    /// reservoir sample of its keys; the reduce side weighs the samples by
+    /// their partition's size and picks at most `partitions - 1` distinct
+    /// bounds, ascending, as one record (a list of keys). Spark's
+    /// `RangePartitioner.sketch` and `determineBounds`.
+    RangeBounds { partitions: u32 },
     /// take: into one partition, the first `n` records in map-partition order.
     Take(u64),
     /// top: into one partition, the `n` greatest records, greatest first.
@@ -381,6 +393,19 @@ pub fn coalesced(i: u32, n: u32, parent: u32) -> std::ops::Range<u32> {
 }
 
 impl RddOp {
+    /// RDDs a shuffle's map tasks read besides the partition they bucket:
+    /// a range sort's bounds (partition 0 of its second parent). They belong
+    /// to every map task's lineage, so a recomputed map output is cut by the
+    /// same bounds.
+    pub fn map_side_reads(&self) -> Vec<RddId> {
+        match self {
+            RddOp::Shuffled { parents, aggregation: Aggregation::SortByKey { .. }, .. } => {
+                parents.get(1).copied().into_iter().collect()
+            }
+            _ => vec![],
+        }
+    }
+
     /// Parents read partition by partition (no shuffle in between).
     pub fn narrow_parents(&self) -> Vec<RddId> {
         match self {

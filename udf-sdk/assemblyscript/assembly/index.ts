@@ -17,8 +17,11 @@
 // 3a): a module that wants them also re-exports `weir_batch_time` and
 // `weir_params`; then `batchTime()` returns the time and `param("n", 0)` a
 // Reader at the parameter named "n", else at positional value 0 (null when
-// neither was given). A function that takes none should refuse them:
-// `if (hasParams()) return fail("map:double takes no parameters");`.
+// neither was given). A module declares which functions take which
+// parameters at its top level, `takesParams("map:plus", ["n"]);`, and the
+// SDK then refuses, when the job loads, parameters for a function that
+// declares none (`map:double takes no parameters`), an unknown, repeated
+// or missing name and surplus positional values.
 //
 // AssemblyScript cannot name an export "map:pair", so a module declares its
 // UDFs in a `weir:exports` custom section, appended after the build by
@@ -59,6 +62,64 @@ let paramsPosLen: u32 = 0;
 let paramsNamed: usize = 0;
 let paramsNamedLen: u32 = 0;
 let paramsFn: string | null = null;
+// What takesParams declared: functions (`<kind>:<name>`) and their names.
+let declaredFns: Array<string> | null = null;
+let declaredNames: Array<Array<string>> = [];
+
+/// Declares that function `fn` (`<kind>:<name>`, as "map:plus") takes the
+/// parameters `names` from the job file; positional values take the names
+/// in order. Call it at the module's top level (it runs when the instance
+/// starts, before `weir_params`). Once a module declares one function,
+/// `weir_params` refuses, for every function, what the declarations do not
+/// allow: parameters for an undeclared function (`map:double takes no
+/// parameters`), a name not declared (``unknown parameter `m` (parameters:
+/// n)``), a name given twice, a missing one (``missing parameter `n```),
+/// more positional values than names. A module that declares nothing checks
+/// nothing (as before this existed).
+export function takesParams(fn: string, names: Array<string>): void {
+  let fns = declaredFns;
+  if (fns === null) {
+    fns = [];
+    declaredFns = fns;
+  }
+  fns.push(fn);
+  declaredNames.push(names);
+}
+
+/// Why the declarations refuse parameters `(pos, named)` for `f`, or null.
+function refusal(f: string, pos: usize, posLen: u32, named: usize, namedLen: u32): string | null {
+  const fns = declaredFns;
+  if (fns === null) return null;
+  const at = fns.indexOf(f);
+  if (at < 0) return f + " takes no parameters";
+  const names = declaredNames[at];
+  const list = names.join(", ");
+  const given = new Array<bool>(names.length);
+  const p = new Reader(pos, posLen);
+  const m = p.list();
+  if (p.err !== null) return "malformed parameters";
+  if (<i32>m > names.length) {
+    return f + " takes " + names.length.toString() + " parameter(s) (" + list + "), given " + m.toString() + " by position";
+  }
+  for (let j: i32 = 0; j < <i32>m; j++) given[j] = true;
+  const r = new Reader(named, namedLen);
+  const n = r.list();
+  for (let k: u32 = 0; k < n && r.err === null; k++) {
+    r.tuple();
+    const key = r.string();
+    r.skip();
+    if (r.err !== null) break;
+    const i = names.indexOf(key);
+    if (i < 0) return "unknown parameter `" + key + "` (parameters: " + list + ")";
+    if (given[i]) return "parameter `" + key + "` is given twice";
+    given[i] = true;
+  }
+  if (r.err !== null) return "malformed parameters";
+  for (let j: i32 = 0; j < names.length; j++) {
+    if (!given[j]) return "missing parameter `" + names[j] + "`";
+  }
+  return null;
+}
 
 /// The host calls it on every fresh instance in a job, before any call.
 export function weir_batch_time(timeMs: i64): void {
@@ -81,6 +142,8 @@ export function weir_params(ptr: usize, len: u32): i64 {
   const namedIsList = r.peek() == LIST;
   r.skip();
   if (r.err !== null || r.avail != 0 || !posIsList || !namedIsList) return fail(malformed);
+  const refused = refusal(f, pos, <u32>(named - pos), named, <u32>(r.p - named));
+  if (refused !== null) return fail(refused);
   paramsFn = f;
   paramsPos = pos;
   paramsPosLen = <u32>(named - pos);

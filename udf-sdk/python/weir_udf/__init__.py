@@ -44,28 +44,36 @@ __all__ = [
     "map_with_state",
     "State",
     "Udf",
+    "Params",
+    "set_params",
 ]
 
 # (name, kind) -> the user's function, in definition order.
 _FUNCTIONS = {}
+# (name, kind) -> the names of the parameters it takes from the job file.
+_PARAM_NAMES = {}
+# (name, kind) -> the function with this instance's parameters bound.
+_BOUND = {}
 
 KINDS = ("map", "flat_map", "filter", "key_by", "map_partitions", "reduce", "update", "map_with_state")
 
 
-def _register(kind, f, name=None):
+def _register(kind, f, name=None, params=None):
     name = name or f.__name__
     if (name, kind) in _FUNCTIONS:
         raise ValueError(f"two {kind} functions named {name!r}")
     _FUNCTIONS[(name, kind)] = f
+    if params is not None:
+        _PARAM_NAMES[(name, kind)] = tuple(params)
     return f
 
 
 def _decorator(kind):
-    def deco(f=None, *, name=None):
-        # Both @weir.map and @weir.map(name="other").
+    def deco(f=None, *, name=None, params=None):
+        # Both @weir.map and @weir.map(name="other", params=("n",)).
         if f is None:
-            return lambda g: _register(kind, g, name)
-        return _register(kind, f, name)
+            return lambda g: _register(kind, g, name, params)
+        return _register(kind, f, name, params)
 
     deco.__name__ = kind
     deco.__doc__ = f"Declares a {kind} function (its Python name, or name=...)."
@@ -177,11 +185,45 @@ _RUNNERS = {
 
 def call(name, kind, batch):
     """Runs function name of kind (a string of KINDS) on one encoded batch."""
-    f = _FUNCTIONS.get((name, kind))
+    f = _BOUND.get((name, kind)) or _FUNCTIONS.get((name, kind))
     if f is None:
         have = ", ".join(f"{n} ({k})" for n, k in _FUNCTIONS) or "none"
         raise LookupError(f"no {kind} function named {name!r} (have: {have})")
+    if (name, kind) in _PARAM_NAMES and (name, kind) not in _BOUND:
+        raise ValueError(f"{kind}:{name} needs parameters ({', '.join(_PARAM_NAMES[(name, kind)])})")
     return _RUNNERS[kind](f, batch)
+
+
+def set_params(encoded):
+    """Binds the job file's parameters (docs/udf-abi.md §3a) to the function
+    they are for, checked against the names its decorator declares
+    (``params=("n",)``): positional values take the names in order, named
+    ones their own; an unknown, repeated or missing name, too many values or
+    a function that declares none raise ValueError (the job is refused).
+    The function then gets them as keyword arguments after its usual ones."""
+    (function, positional, named), _ = decode_value(encoded, 0)
+    kind, _, name = function.partition(":")
+    f = _FUNCTIONS.get((name, kind))
+    if f is None:
+        raise LookupError(f"no {kind} function named {name!r}")
+    declared = _PARAM_NAMES.get((name, kind))
+    if declared is None:
+        raise ValueError(f"{function} takes no parameters")
+    if len(positional) > len(declared):
+        raise ValueError(
+            f"{function} takes {len(declared)} parameter(s) ({', '.join(declared)}), given {len(positional)} by position"
+        )
+    values = dict(zip(declared, positional))
+    for key, value in named:
+        if key not in declared:
+            raise ValueError(f"{function}: unknown parameter {key!r} (it takes: {', '.join(declared)})")
+        if key in values:
+            raise ValueError(f"{function}: parameter {key!r} is given twice")
+        values[key] = value
+    missing = [d for d in declared if d not in values]
+    if missing:
+        raise ValueError(f"{function}: missing parameter(s) {', '.join(missing)}")
+    _BOUND[(name, kind)] = functools.partial(f, **values)
 
 
 def functions():
@@ -212,5 +254,21 @@ try:
             except Exception:
                 raise Err(traceback.format_exc(limit=20))
 
+    if hasattr(exports, "Params"):
+
+        class Params(exports.Params):
+            """The optional export weir:udf/params@2.0.0 (the world
+            guest-with-params): the job file's parameters."""
+
+            def set_params(self, params):
+                try:
+                    set_params(params)
+                except Exception as e:
+                    raise Err(str(e))
+
+    else:
+        Params = None
+
 except ImportError:
     Udf = None
+    Params = None

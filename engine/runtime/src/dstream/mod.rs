@@ -573,17 +573,37 @@ impl DStream {
         self.join_kind(other, JoinKind::FullOuter, "full_outer_join")
     }
 
-    /// On pairs: each batch sorted by key (Spark's sortByKey), in one
-    /// partition. Keys compare as decoded values
+    /// On pairs: each batch sorted by key (Spark's sortByKey), into
+    /// `parallelism` partitions by range: the partitions in order are the
+    /// sorted batch. Keys compare as decoded values
     /// ([`crate::executor::order`]); equal keys keep their order.
     pub fn sort_by_key(&self, ascending: bool) -> R {
-        let label = if ascending { "sort_by_key" } else { "sort_by_key(false)" };
-        self.shuffle(&[], Aggregation::SortByKey { ascending }, Some(1), label.into())
+        self.sort_by_key_into(ascending, None)
+    }
+    /// `sort_by_key` into `partitions` partitions (default: `parallelism`).
+    /// Above one, a first shuffle samples the keys and picks the range
+    /// bounds (Spark's RangePartitioner; see `executor::range`), which are
+    /// part of the lineage of every partition of the sorted RDD.
+    pub fn sort_by_key_into(&self, ascending: bool, partitions: Option<u32>) -> R {
+        let n = partitions.unwrap_or_else(|| self.parallelism()).max(1);
+        let name = if ascending { "sort_by_key" } else { "sort_by_key(false)" };
+        if n == 1 {
+            return self.shuffle(&[], Aggregation::SortByKey { ascending }, Some(1), name.into());
+        }
+        let bounds =
+            self.shuffle(&[], Aggregation::RangeBounds { partitions: n }, Some(1), format!("range_bounds({n})"))?;
+        self.shuffle(&[&bounds], Aggregation::SortByKey { ascending }, Some(n), name.into())
     }
     /// Each batch sorted by `f(x)` (`f` of kind `key_by`; Spark's sortBy),
-    /// in one partition.
+    /// into `parallelism` partitions by range, as `sort_by_key`.
     pub fn sort_by(&self, f: &Udf, ascending: bool) -> R {
-        self.key_by(f)?.sort_by_key(ascending)?.narrow(NarrowOp::Values, format!("sort_by({})", f.label()))
+        self.sort_by_into(f, ascending, None)
+    }
+    /// `sort_by` into `partitions` partitions (default: `parallelism`).
+    pub fn sort_by_into(&self, f: &Udf, ascending: bool, partitions: Option<u32>) -> R {
+        self.key_by(f)?
+            .sort_by_key_into(ascending, partitions)?
+            .narrow(NarrowOp::Values, format!("sort_by({})", f.label()))
     }
     /// Each distinct record of a batch once (Spark's distinct).
     pub fn distinct(&self) -> R {

@@ -94,6 +94,10 @@ impl BatchRdd {
         sort_by_key(ascending: bool);
         /// See [`DStream::sort_by`].
         sort_by(f: &Udf, ascending: bool);
+        /// See [`DStream::sort_by_key_into`].
+        sort_by_key_into(ascending: bool, partitions: Option<u32>);
+        /// See [`DStream::sort_by_into`].
+        sort_by_into(f: &Udf, ascending: bool, partitions: Option<u32>);
         /// See [`DStream::distinct`].
         distinct();
         /// See [`DStream::distinct_into`].

@@ -10,6 +10,7 @@ mod calls;
 mod groups;
 pub mod order;
 pub mod pool;
+mod range;
 pub mod shuffle;
 pub mod state;
 pub mod task;

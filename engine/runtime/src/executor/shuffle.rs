@@ -11,6 +11,7 @@ use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls}
 pub(crate) use super::groups::key_hash;
 use super::groups::{fold_i64, Groups, KeyMap, Site};
 use super::order;
+use super::range;
 use crate::rdd::{Aggregation, RddId, Reducer};
 use crate::udf::UdfKind;
 
@@ -90,6 +91,10 @@ pub(crate) struct MapSide<'a> {
     seen: u64,
     /// Values for a global reduce; records for count.
     values: codec::BatchBuilder,
+    /// A range sort's bounds (ascending), when it has them.
+    bounds: Option<Vec<Vec<u8>>>,
+    /// The sample of a range sort's bounds shuffle.
+    reservoir: Option<range::Reservoir>,
 }
 
 impl<'a> MapSide<'a> {
@@ -106,7 +111,30 @@ impl<'a> MapSide<'a> {
             },
             seen: 0,
             values: codec::BatchBuilder::new(),
+            bounds: None,
+            reservoir: match agg {
+                Aggregation::RangeBounds { partitions } => {
+                    Some(range::Reservoir::new(range::sample_per_map(*partitions, 1), map))
+                }
+                _ => None,
+            },
         }
+    }
+
+    /// A range sort's map side: cut by `bounds` (ascending, see
+    /// [`range::partition_of`]) instead of gathering into bucket 0.
+    pub(crate) fn with_bounds(mut self, bounds: Vec<Vec<u8>>) -> Self {
+        self.bounds = Some(bounds);
+        self
+    }
+
+    /// A range bounds shuffle's map side, out of `maps` map partitions: how
+    /// many keys it samples (Spark's per-partition sample size).
+    pub(crate) fn with_maps(mut self, maps: u32) -> Self {
+        if let Aggregation::RangeBounds { partitions } = self.agg {
+            self.reservoir = Some(range::Reservoir::new(range::sample_per_map(*partitions, maps), self.map));
+        }
+        self
     }
 
     /// Takes one batch of the map partition.
@@ -136,12 +164,22 @@ impl<'a> MapSide<'a> {
             Aggregation::Count => self.seen += records(batch)?.remaining() as u64,
             Aggregation::Reduce(_) | Aggregation::Top(_) => self.values.append_batch(batch)?,
             Aggregation::Gather => self.buckets[0].append_batch(batch)?,
-            Aggregation::SortByKey { .. } => {
+            Aggregation::SortByKey { ascending } => {
+                let last = self.buckets.len().saturating_sub(1);
                 for rec in records(batch)? {
                     let rec = rec?;
                     // Refused here, in the map task, naming the bad record.
-                    pair(rec)?;
-                    self.buckets[0].push_raw(rec);
+                    let (k, _) = pair(rec)?;
+                    let b = match &self.bounds {
+                        Some(bounds) => range::partition_of(bounds, k, *ascending).min(last),
+                        None => 0,
+                    };
+                    self.buckets[b].push_raw(rec);
+                }
+            }
+            Aggregation::RangeBounds { .. } => {
+                if let Some(r) = self.reservoir.as_mut() {
+                    r.feed(batch)?;
                 }
             }
             Aggregation::Take(k) => {
@@ -191,6 +229,11 @@ impl<'a> MapSide<'a> {
                 }
             }
             Aggregation::Count => self.buckets[0].push_raw(&codec::encode_i64(self.seen as i64)),
+            Aggregation::RangeBounds { .. } => {
+                if let (Some(r), Some(b)) = (self.reservoir.take(), self.buckets.first_mut()) {
+                    r.finish(b);
+                }
+            }
             Aggregation::Reduce(r) => {
                 let values = self.values.finish();
                 let vals: Vec<&[u8]> =
@@ -347,6 +390,7 @@ pub(crate) fn reduce_side(
             out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
             recs.iter().for_each(|(_, r)| out.push_raw(r));
         }
+        Aggregation::RangeBounds { partitions } => range::bounds(buckets, *partitions, &mut out)?,
         Aggregation::Take(k) => {
             let mut left = *k;
             'all: for b in buckets {

@@ -295,12 +295,28 @@ impl TaskCx<'_, '_> {
 
     fn shuffle_map(&mut self, shuffle: ShuffleId, parent_index: u32, map: u32) -> Result<TaskOutput, TaskFailure> {
         let rdd = self.rdd(shuffle)?.clone();
-        let RddOp::Shuffled { parents, aggregation, .. } = &rdd.op else {
+        let RddOp::Shuffled { parents, aggregation, map_partitions } = &rdd.op else {
             return Err(engine_fault(format!("{shuffle} is not a shuffled RDD")));
         };
         let parent =
             *parents.get(parent_index as usize).ok_or_else(|| engine_fault("shuffle parent index out of range"))?;
-        let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions);
+        let maps = map_partitions.iter().sum();
+        let mut side = shuffle::MapSide::new(aggregation, shuffle, map, rdd.partitions).with_maps(maps);
+        if let Some(&bounds) = rdd.op.map_side_reads().first() {
+            if bounds == parent {
+                // A range sort's bounds are read by the other map tasks;
+                // their own map task has nothing to send.
+                for r in 0..rdd.partitions {
+                    self.store(
+                        BlockId::Shuffle { shuffle, map, reduce: r },
+                        Arc::new(codec::BatchBuilder::new().finish()),
+                    );
+                }
+                return Ok(TaskOutput::MapDone);
+            }
+            let block = self.compute(bounds, 0)?;
+            side = side.with_bounds(super::range::read_bounds(&block)?);
+        }
         self.compute_into(parent, self.task.partition, &mut |chunk| side.feed(chunk))?;
         let outer = self.udfs.set_time(shuffle.time);
         let buckets = side.finish(&mut self.udfs);

@@ -277,7 +277,9 @@ impl DagScheduler {
             for (i, (parent, n)) in parents.iter().zip(map_partitions).enumerate() {
                 for p in 0..*n {
                     if !done.get(m as usize).copied().unwrap_or(false) {
-                        let mut rdds = self.lineage.stage_closure(&[*parent]);
+                        let mut roots = vec![*parent];
+                        roots.extend(r.op.map_side_reads());
+                        let mut rdds = self.lineage.stage_closure(&roots);
                         rdds.insert(shuffle, r.clone());
                         let kind = TaskKind::ShuffleMap { shuffle, parent_index: i as u32, map: m };
                         tasks.push(self.task(shuffle.time, rdds, p, kind));

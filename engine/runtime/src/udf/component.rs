@@ -44,6 +44,18 @@ wasmtime::component::bindgen!({
 
 pub(super) use exports::weir::udf::udf::{FunctionInfo, Kind};
 
+/// The optional interface of a component that takes parameters.
+pub const PARAMS_INTERFACE: &str = "weir:udf/params@2.0.0";
+
+/// The `set-params` function of a component that exports
+/// [`PARAMS_INTERFACE`] (the world `guest-with-params`), looked up once when
+/// it loads; `None` for a component without it (it takes no parameters).
+pub(super) fn set_params_export(c: &Component) -> Option<wasmtime::component::ComponentExportIndex> {
+    let (_, iface) = c.get_export(None, PARAMS_INTERFACE)?;
+    let (_, f) = c.get_export(Some(&iface), "set-params")?;
+    Some(f)
+}
+
 /// The ABI version of a component.
 pub const ABI_VERSION: i64 = 2;
 /// The interface a UDF component exports (its name carries the version).

@@ -288,8 +288,13 @@ enum Code {
         has_params: bool,
         from: cache::CompiledFrom,
     },
-    /// ABI v2: a component.
-    Component { pre: component::GuestPre<component::ComponentState>, from: component::CompiledFrom },
+    /// ABI v2: a component, with its `set-params` function when it exports
+    /// the optional `weir:udf/params` interface.
+    Component {
+        pre: component::GuestPre<component::ComponentState>,
+        set_params: Option<wasmtime::component::ComponentExportIndex>,
+        from: component::CompiledFrom,
+    },
 }
 
 impl fmt::Debug for UdfModule {
@@ -475,6 +480,7 @@ impl UdfModule {
             Ok(c) => c,
             Err(kind) => return fail(kind),
         };
+        let set_params = component::set_params_export(&compiled);
         let pre = match runtime.component_linker.instantiate_pre(&compiled) {
             Ok(p) => p,
             Err(e) => return fail(UdfErrorKind::Instantiate(format!("{e:#}"))),
@@ -489,7 +495,7 @@ impl UdfModule {
             path,
             hash,
             functions: Vec::new(),
-            code: Code::Component { pre, from },
+            code: Code::Component { pre, set_params, from },
             limits,
             size: binary.len(),
             bytes: Arc::new(binary),
@@ -533,9 +539,10 @@ impl UdfModule {
     }
 
     /// Whether the module takes parameters from the job file (a core
-    /// module exporting `weir_params`; components do not).
+    /// module exporting `weir_params`, a component exporting
+    /// `weir:udf/params`).
     pub fn takes_params(&self) -> bool {
-        matches!(self.code, Code::Core { has_params: true, .. })
+        matches!(self.code, Code::Core { has_params: true, .. } | Code::Component { set_params: Some(_), .. })
     }
 
     /// Whether the module asks for the batch time (a core module exporting
@@ -552,8 +559,8 @@ impl UdfModule {
         }
         let why = match self.code {
             Code::Component { .. } => {
-                "components (ABI v2) take no parameters from the job file; use a core module (ABI v1) \
-                 that exports weir_params"
+                "the component takes no parameters (it does not export the interface weir:udf/params@2.0.0; \
+                 build it for the world guest-with-params)"
             }
             Code::Core { .. } => "the module takes no parameters (it does not export weir_params)",
         };
@@ -689,13 +696,14 @@ impl UdfModule {
         };
         let (pre, has_initialize, has_batch_time) = match &self.code {
             Code::Core { pre, has_initialize, has_batch_time, .. } => (pre, *has_initialize, *has_batch_time),
-            Code::Component { pre, .. } => {
+            Code::Component { pre, set_params, .. } => {
                 if let Some((name, kind, _)) = params {
-                    return Err(self.check_params(name, kind).err().unwrap_or_else(|| {
-                        UdfError::new(site, UdfErrorKind::Params("a component takes no parameters".into()))
-                    }));
+                    self.check_params(name, kind)?;
                 }
-                let inst = ComponentInstance::new(self, pre, state, batch_time_ms, partition, site)?;
+                let mut inst = ComponentInstance::new(self, pre, state, batch_time_ms, partition, site)?;
+                if let (Some((name, kind, p)), Some(f)) = (params, set_params) {
+                    inst.set_params(f, name, kind, p)?;
+                }
                 return Ok(UdfInstance { inner: Inner::Component(Box::new(inst)) });
             }
         };
@@ -1136,6 +1144,7 @@ impl UdfInstance {
 struct ComponentInstance {
     module: Arc<UdfModule>,
     store: Store<component::ComponentState>,
+    instance: wasmtime::component::Instance,
     guest: component::Guest,
     site: UdfSite,
 }
@@ -1159,14 +1168,61 @@ impl ComponentInstance {
         // interpreter's initialisation): a call's fuel, not housekeeping's.
         grant_fuel(&mut store, module.limits.fuel_per_call);
         store.set_epoch_deadline(deadline_ticks(module.limits.deadline_ms));
-        let guest = match pre.instantiate(&mut store) {
-            Ok(g) => g,
+        // Instantiated by hand, not through the bindings' `instantiate`, to
+        // keep the instance: the optional `set-params` export is looked up
+        // on it.
+        let made = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| component::Guest::new(&mut store, &instance).map(|g| (instance, g)));
+        let (instance, guest) = match made {
+            Ok(made) => made,
             Err(e) => {
                 let kind = classify_state(e, &store.data().host, &module.limits);
                 return Err(UdfError::new(site, kind));
             }
         };
-        Ok(ComponentInstance { module: module.clone(), store, guest, site })
+        Ok(ComponentInstance { module: module.clone(), store, instance, guest, site })
+    }
+
+    /// Hands the instance the parameters of function `name` of `kind`
+    /// through `weir:udf/params#set-params` (`f`): the value ABI v1's
+    /// `weir_params` gets, under a call's fuel and deadline; an error is
+    /// the guest refusing them.
+    fn set_params(
+        &mut self,
+        f: &wasmtime::component::ComponentExportIndex,
+        name: &str,
+        kind: UdfKind,
+        params: &weir_plan::rdd::UdfParams,
+    ) -> Result<(), UdfError> {
+        let at = Some((name, kind));
+        let func = self
+            .instance
+            .get_typed_func::<(&[u8],), (Result<(), String>,)>(&mut self.store, f)
+            .map_err(|e| self.error(at, UdfErrorKind::Params(format!("weir:udf/params#set-params: {e:#}"))))?;
+        let input = params.handoff(&kind.export_name(name));
+        self.arm();
+        let r = func.call(&mut self.store, (&input,));
+        self.drain_output();
+        match r {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(mut msg),)) => {
+                if msg.len() > MAX_ERROR_MESSAGE as usize {
+                    let mut cut = MAX_ERROR_MESSAGE as usize;
+                    while !msg.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    msg.truncate(cut);
+                }
+                let m = format!("set-params refused {}: {msg}", params.text());
+                Err(self.error(at, UdfErrorKind::Params(m)))
+            }
+            Err(e) => {
+                let kind = classify_state(e, &self.store.data().host, &self.module.limits);
+                Err(self.error(at, kind))
+            }
+        }
     }
 
     fn error(&self, export: Option<(&str, UdfKind)>, kind: UdfErrorKind) -> UdfError {

@@ -332,3 +332,80 @@ fn a_damaged_cache_entry_is_recompiled_never_trusted_blindly() {
         assert_eq!(now.len(), good.len(), "by a fresh compile of the same component");
     }
 }
+
+// ------------------------------------------------- parameters (weir:udf/params)
+
+fn params_py() -> Arc<UdfModule> {
+    static M: OnceLock<Arc<UdfModule>> = OnceLock::new();
+    M.get_or_init(|| load_with("params_py.wasm", UdfLimits::default())).clone()
+}
+
+fn params(positional: Vec<Value>, named: Vec<(&str, Value)>) -> weir::rdd::UdfParams {
+    weir::rdd::UdfParams::new(positional, named.into_iter().map(|(n, v)| (n.to_string(), v)).collect()).unwrap()
+}
+
+/// Calls `name` of `kind` on an instance given `p` (as a job hands them).
+fn call_with(
+    m: &Arc<UdfModule>,
+    name: &str,
+    kind: UdfKind,
+    p: &weir::rdd::UdfParams,
+    input: &[Value],
+) -> Result<Vec<Value>, weir::udf::UdfError> {
+    let mut inst = m.instantiate_with(Some(1000), Some(0), Some((name, kind, p)))?;
+    Ok(decode(&inst.call(name, kind, &Value::encode_batch(input))?))
+}
+
+#[test]
+fn a_component_exporting_weir_udf_params_gets_the_job_files_parameters() {
+    let m = params_py();
+    assert!(m.takes_params(), "params_py exports weir:udf/params");
+    let ints = |xs: &[i64]| xs.iter().map(|&x| Value::I64(x)).collect::<Vec<_>>();
+    // py.plus(4) and py.plus(n = 10): the SDK binds them to `n`.
+    let out = call_with(&m, "plus", UdfKind::Map, &params(vec![Value::I64(4)], vec![]), &ints(&[1, 2])).unwrap();
+    assert_eq!(out, ints(&[5, 6]));
+    let out = call_with(&m, "plus", UdfKind::Map, &params(vec![], vec![("n", Value::I64(10))]), &ints(&[1])).unwrap();
+    assert_eq!(out, ints(&[11]));
+    // A string parameter for a filter (a call returns its verdicts).
+    let lines = [s("ERROR disk"), s("INFO ok"), s("ERROR net")];
+    let out = call_with(&m, "level_is", UdfKind::Filter, &params(vec![s("ERROR")], vec![]), &lines).unwrap();
+    assert_eq!(out, vec![Value::Bool(true), Value::Bool(false), Value::Bool(true)]);
+    // Two instances with different parameters do not share them.
+    let p100 = params(vec![Value::I64(100)], vec![]);
+    assert_eq!(call_with(&m, "plus", UdfKind::Map, &p100, &ints(&[1])).unwrap(), ints(&[101]));
+    // The component refuses what its functions do not declare, when the
+    // instance is made (the job fails to load), with its message.
+    let refused = |name: &str, kind, p: weir::rdd::UdfParams| {
+        let e = m.probe_params(name, kind, &p).expect_err("refused");
+        let UdfErrorKind::Params(msg) = &e.kind else { panic!("not a parameter error: {e}") };
+        msg.clone()
+    };
+    let msg = refused("plus", UdfKind::Map, params(vec![], vec![("m", Value::I64(1))]));
+    assert!(msg.contains("set-params refused m = 1") && msg.contains("unknown parameter 'm'"), "{msg}");
+    let msg = refused("plus", UdfKind::Map, params(vec![Value::I64(1), Value::I64(2)], vec![]));
+    assert!(msg.contains("given 2 by position"), "{msg}");
+    let msg = refused("double", UdfKind::Map, params(vec![Value::I64(1)], vec![]));
+    assert!(msg.contains("map:double takes no parameters"), "{msg}");
+    assert!(m.probe_params("plus", UdfKind::Map, &params(vec![Value::I64(4)], vec![])).is_ok());
+    // Without parameters, a function that declares some fails its call;
+    // one that declares none works as before.
+    let e = call_at(&m, 0, 0, "plus", UdfKind::Map, &ints(&[1])).expect_err("plus needs n");
+    assert!(e.to_string().contains("map:plus needs parameters (n)"), "{e}");
+    assert_eq!(decode(&call_at(&m, 0, 0, "double", UdfKind::Map, &ints(&[4])).unwrap()), ints(&[8]));
+}
+
+#[test]
+fn a_component_without_weir_udf_params_is_refused_parameters() {
+    // Built for the world `guest` (no weir:udf/params): unchanged, and a
+    // job giving it parameters is refused before any instance is made.
+    let m = wordcount_py();
+    assert!(!m.takes_params());
+    let e = m.check_params("pair", UdfKind::Map).expect_err("no parameters");
+    let text = e.to_string();
+    assert!(text.contains("does not export the interface weir:udf/params@2.0.0"), "{text}");
+    let e = m
+        .instantiate_with(None, None, Some(("pair", UdfKind::Map, &params(vec![Value::I64(1)], vec![]))))
+        .err()
+        .expect("refused");
+    assert!(matches!(e.kind, UdfErrorKind::Params(_)), "{e}");
+}

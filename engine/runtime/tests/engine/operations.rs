@@ -969,6 +969,20 @@ fn drop_and_recompute(dag: &mut DagScheduler, rdd: RddId, victims: &[BlockId]) -
 }
 
 #[test]
+fn a_python_components_parameters_reach_each_use_of_its_function() {
+    // `map(py.plus(4)).map(py.plus(n = 100))` over a component exporting
+    // weir:udf/params: each use gets its own instance with its own values.
+    let ssc = ctx();
+    let py = load(&ssc, concat!(env!("CARGO_MANIFEST_DIR"), "/../../udfs/params_py.wasm"));
+    let p4 = py.udf("plus").with_params(weir::rdd::UdfParams::new(vec![i(4)], vec![]).unwrap());
+    let p100 = py.udf("plus").with_params(weir::rdd::UdfParams::new(vec![], vec![("n".into(), i(100))]).unwrap());
+    let out = ssc.queue_stream(vec![ints(&[1, 2, 3]), ints(&[10])]).map(&p4).unwrap().map(&p100).unwrap();
+    let c = out.collect().unwrap();
+    run_ok(ssc, opts(2));
+    assert_eq!(taken(&c), every_second(vec![ints(&[105, 106, 107]), ints(&[114])]));
+}
+
+#[test]
 fn the_batch_time_and_parameters_recompute_to_identical_blocks() {
     // update_state_by_key's function gets the batch time (its state lists
     // the batches that brought values) after a map_values with a
@@ -1408,11 +1422,15 @@ fn sort_by_key() {
             vec![],
         ])
     );
-    // One partition, whatever the input's.
-    let out = run1(vec![kvs(&[("b", 1), ("a", 2), ("d", 3), ("c", 4), ("e", 5)])], |_, src| {
+    // `parallelism` (2) partitions by range, whatever the input's; the
+    // partitions in order are the sorted batch.
+    let out = run1(vec![kvs(&[("b", 1), ("a", 2), ("d", 3), ("c", 4), ("e", 5), ("f", 6)])], |_, src| {
         src.repartition(3)?.sort_by_key(true)?.glom()
     });
-    assert_eq!(out, every_second(vec![vec![l(kvs(&[("a", 2), ("b", 1), ("c", 4), ("d", 3), ("e", 5)]))]]));
+    assert_eq!(
+        out,
+        every_second(vec![vec![l(kvs(&[("a", 2), ("b", 1), ("c", 4)])), l(kvs(&[("d", 3), ("e", 5), ("f", 6)]))]])
+    );
     // Records that are not pairs fail the batch, not the job.
     let ssc = ctx();
     let c = ssc.queue_stream(vec![ints(&[1]), kvs(&[("a", 1)])]).sort_by_key(true).unwrap();
@@ -1420,6 +1438,99 @@ fn sort_by_key() {
     let report = ssc.run(opts(2)).expect("run");
     assert_eq!(report.failed_batches().map(|b| b.time).collect::<Vec<_>>(), vec![1000]);
     assert_eq!(taken(&c), vec![(2000, kvs(&[("a", 1)]))]);
+}
+
+/// The partitions of one batch sorted by `sort_by_key_into(ascending, n)`
+/// (a glom), with the input cut into `input_partitions` by `repartition`.
+fn sorted_partitions(input: Vec<Value>, input_partitions: Option<u32>, ascending: bool, n: u32) -> Vec<Vec<Value>> {
+    let out = run1(vec![input], |_, src| {
+        let src = match input_partitions {
+            Some(k) => src.repartition(k)?,
+            None => src.clone(),
+        };
+        src.sort_by_key_into(ascending, Some(n))?.glom()
+    });
+    assert_eq!(out.len(), 1, "one batch");
+    let parts: Vec<Vec<Value>> = out[0]
+        .1
+        .iter()
+        .map(|g| match g {
+            Value::List(xs) => xs.clone(),
+            other => panic!("glom gave {other:?}"),
+        })
+        .collect();
+    assert_eq!(parts.len(), n as usize, "the sorted RDD has the {n} partitions asked for");
+    parts
+}
+
+fn key_of(v: &Value) -> i64 {
+    match v {
+        Value::Tuple(kv) => match kv.first() {
+            Some(Value::I64(k)) => *k,
+            other => panic!("key {other:?}"),
+        },
+        other => panic!("not a pair: {other:?}"),
+    }
+}
+
+#[test]
+fn sort_by_key_partitions_by_range_as_sparks_sorting_suite() {
+    // SortingSuite "large array with many partitions" / "partition
+    // balancing" / "partition balancing for descending sort": 1000 distinct
+    // keys, shuffled, sorted into 4 partitions: the concatenation is the
+    // sorted array, each partition holds a range (its last key before the
+    // next one's first) and none is far from a quarter.
+    let pairs: Vec<Value> = (0..1000i64).map(|x| p(i((x * 7919) % 1000), i(x))).collect();
+    let mut want = pairs.clone();
+    want.sort_by_key(key_of);
+    for ascending in [true, false] {
+        let parts = sorted_partitions(pairs.clone(), Some(5), ascending, 4);
+        let all: Vec<Value> = parts.concat();
+        let mut expected = want.clone();
+        if !ascending {
+            expected.reverse();
+        }
+        assert_eq!(all, expected, "ascending {ascending}");
+        for w in parts.windows(2) {
+            let (a, b) = (key_of(w[0].last().unwrap()), key_of(w[1].first().unwrap()));
+            assert!(if ascending { a < b } else { a > b }, "ranges out of order: {a} then {b}");
+        }
+        let sizes: Vec<usize> = parts.iter().map(|x| x.len()).collect();
+        assert!(sizes.iter().all(|&n| n > 100 && n < 400), "unbalanced: {sizes:?}");
+    }
+    // The same batch sorted again (another run) is cut at the same bounds.
+    assert_eq!(sorted_partitions(pairs.clone(), Some(5), true, 4), sorted_partitions(pairs, Some(5), true, 4));
+
+    // "more partitions than elements": 2 elements into 30 partitions; the
+    // ranges beyond the keys stay empty (Spark's RDD would have fewer).
+    let parts = sorted_partitions(vec![p(i(2), s("b")), p(i(1), s("a"))], None, true, 30);
+    assert_eq!(parts.concat(), vec![p(i(1), s("a")), p(i(2), s("b"))]);
+    assert_eq!(parts.iter().filter(|x| !x.is_empty()).count(), 2);
+    // "empty RDD".
+    assert!(sorted_partitions(vec![], None, false, 3).iter().all(|x| x.is_empty()));
+
+    // Skewed: every key equal. One partition gets them all, in their order
+    // in the batch (partitions in order), ascending or descending.
+    let same: Vec<Value> = (0..300).map(|x| p(i(7), i(x))).collect();
+    for ascending in [true, false] {
+        let parts = sorted_partitions(same.clone(), None, ascending, 4);
+        assert_eq!(parts.iter().filter(|x| !x.is_empty()).count(), 1, "{parts:?}");
+        assert_eq!(parts.concat(), same);
+    }
+
+    // Fewer distinct keys than partitions, with ties: a stable sort, as the
+    // one-partition sort gives (equal keys keep their order in the batch).
+    let few: Vec<Value> = (0..60i64).map(|x| p(i((x * 7) % 3 - 1), i(x))).collect();
+    let mut stable = few.clone();
+    stable.sort_by_key(key_of);
+    let one = sorted_partitions(few.clone(), None, true, 1);
+    assert_eq!(one.concat(), stable);
+    let parts = sorted_partitions(few.clone(), None, true, 8);
+    assert_eq!(parts.concat(), stable);
+    assert!(parts.iter().filter(|x| !x.is_empty()).count() <= 3);
+    let mut desc = few.clone();
+    desc.sort_by_key(|v| std::cmp::Reverse(key_of(v)));
+    assert_eq!(sorted_partitions(few, None, false, 8).concat(), desc);
 }
 
 #[test]
@@ -1611,6 +1722,44 @@ fn lost_blocks_of_sorted_and_distinct_rdds_are_recomputed_to_the_same_bytes() {
             kvs(&[("z", 1), ("z", 3), ("y", 2)]),
         ])
     );
+}
+
+#[test]
+fn lost_range_bounds_and_sort_buckets_are_recomputed_to_the_same_bytes() {
+    // A sort into 3 partitions by range: dropping every block map partition
+    // 0 wrote — its key sample for the bounds and its sorted buckets —
+    // recomputes both shuffles; the bounds come out the same, so every
+    // bucket has its original digest (drop_and_recompute checks them).
+    let ssc = ctx();
+    let batch: Vec<Value> = (0..400i64).map(|x| p(i((x * 37) % 101), i(x))).collect();
+    let sorted_s = ssc.queue_stream(vec![batch.clone(), batch]).sort_by_key_into(false, Some(3)).unwrap();
+    let node = sorted_s.node();
+    let c = sorted_s.collect().unwrap();
+    let recomputed: Arc<Mutex<Batches>> = Arc::default();
+    let r2 = recomputed.clone();
+    let mut o = opts(2);
+    o.after_batch = Some(hook(move |dag, time, outs| {
+        let rdd = outs[0].expect("sorted every batch");
+        assert_eq!(rdd.node, node);
+        let RddOp::Shuffled { parents, .. } = dag.lineage.get(rdd).unwrap().op.clone() else { panic!("not a shuffle") };
+        let bounds = parents[1];
+        let victims: Vec<BlockId> = dag
+            .backend()
+            .blocks()
+            .ids()
+            .into_iter()
+            .filter(|b| matches!(b, BlockId::Shuffle { shuffle, map: 0, .. } if *shuffle == rdd || *shuffle == bounds))
+            .collect();
+        // One sample bucket, three sort buckets.
+        assert_eq!(victims.len(), 4, "{victims:?}");
+        let again = drop_and_recompute(dag, rdd, &victims);
+        r2.lock().unwrap().push((time, decode(&again)));
+    }));
+    run_ok(ssc, o);
+    assert_eq!(*recomputed.lock().unwrap(), taken(&c));
+    let mut want: Vec<Value> = (0..400i64).map(|x| p(i((x * 37) % 101), i(x))).collect();
+    want.sort_by_key(|v| std::cmp::Reverse(key_of(v)));
+    assert_eq!(taken(&c), every_second(vec![want.clone(), want]));
 }
 
 #[test]
