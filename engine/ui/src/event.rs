@@ -101,11 +101,51 @@ pub enum Event {
     BlockRecomputed {
         block: String,
         digest_matches: bool,
+        /// The executor whose loss made it necessary (absent: another
+        /// reason, or an event log of an earlier version).
+        #[serde(default)]
+        lost_executor: Option<String>,
+    },
+    /// Every executor's status, sent with each batch's completion.
+    ExecutorsStatus {
+        executors: Vec<ExecutorStatusRecord>,
     },
     JobEnded {
         batches_run: u64,
         batches_failed: u64,
     },
+}
+
+/// One executor's status (see `weir::listener::ExecutorStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorStatusRecord {
+    /// Block server address; `""`: the driver's own threads (`local[N]`).
+    pub executor: String,
+    pub alive: bool,
+    /// Heartbeats received (`null`: in-process threads do not heartbeat).
+    pub heartbeats: Option<u64>,
+    pub last_heartbeat_age_ms: Option<u64>,
+    pub tasks_run: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+}
+
+impl From<&l::ExecutorStatus> for ExecutorStatusRecord {
+    fn from(s: &l::ExecutorStatus) -> Self {
+        ExecutorStatusRecord {
+            executor: s.executor.clone(),
+            alive: s.alive,
+            heartbeats: s.heartbeats,
+            last_heartbeat_age_ms: s.last_heartbeat_age_ms,
+            tasks_run: s.tasks_run,
+            tasks_failed: s.tasks_failed,
+            tasks_running: s.tasks_running,
+            udf_memory_bytes: s.udf_memory_bytes,
+            udf_memory_peak_bytes: s.udf_memory_peak_bytes,
+        }
+    }
 }
 
 /// One partition of a source: `end - next` records wait (Kafka's lag).

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
     BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress, StreamingListener,
-    TaskRetry,
+    ExecutorStatus, ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress,
+    StreamingListener, TaskRetry,
 };
 
 use crate::event::{ms, now_ms, BatchRecord, Event, Logged, PartitionPosition};
@@ -139,7 +139,14 @@ impl StreamingListener for UiListener {
         });
     }
     fn on_block_recomputed(&self, e: &BlockRecomputed) {
-        self.record(Event::BlockRecomputed { block: e.block.clone(), digest_matches: e.digest_matches });
+        self.record(Event::BlockRecomputed {
+            block: e.block.clone(),
+            digest_matches: e.digest_matches,
+            lost_executor: e.lost_executor.clone(),
+        });
+    }
+    fn on_executors_status(&self, e: &[ExecutorStatus]) {
+        self.record(Event::ExecutorsStatus { executors: e.iter().map(Into::into).collect() });
     }
 }
 

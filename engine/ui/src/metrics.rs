@@ -49,7 +49,22 @@ pub struct Metrics {
     udf_calls: Family<Labels, Counter>,
     udf_fuel: Family<Labels, Counter>,
     udf_failures: Family<Labels, Counter>,
+    /// Per executor (label `executor`: its block server address, `driver`
+    /// for the driver's own threads).
+    executor_tasks: Family<Labels, Counter>,
+    executor_task_failures: Family<Labels, Counter>,
+    executor_tasks_running: Family<Labels, Gauge>,
+    executor_heartbeats: Family<Labels, Counter>,
+    executor_udf_memory: Family<Labels, Gauge>,
+    executor_blocks_recomputed: Family<Labels, Counter>,
+    /// The executors that have series (at most [`MAX_EXECUTOR_SERIES`]).
+    executor_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Executors given series of their own: a cluster that replaces executors
+/// for days gets new addresses, and the series must stay bounded (the
+/// status page keeps as many).
+const MAX_EXECUTOR_SERIES: usize = 1000;
 
 /// A source's series labels: its index and kind.
 fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
@@ -103,6 +118,13 @@ impl Metrics {
             udf_calls: Family::default(),
             udf_fuel: Family::default(),
             udf_failures: Family::default(),
+            executor_tasks: Family::default(),
+            executor_task_failures: Family::default(),
+            executor_tasks_running: Family::default(),
+            executor_heartbeats: Family::default(),
+            executor_udf_memory: Family::default(),
+            executor_blocks_recomputed: Family::default(),
+            executor_names: Default::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
@@ -168,6 +190,36 @@ impl Metrics {
             "source_rate_limit",
             "Records per second a source may take (backpressure, [rate] max), per source",
             m.source_rate_limit.clone(),
+        );
+        registry.register(
+            "executor_tasks",
+            "Tasks an executor finished, successful or not (label: executor)",
+            m.executor_tasks.clone(),
+        );
+        registry.register(
+            "executor_task_failures",
+            "Tasks that failed on an executor (label: executor)",
+            m.executor_task_failures.clone(),
+        );
+        registry.register(
+            "executor_tasks_running",
+            "Tasks running on an executor when the newest batch completed (label: executor)",
+            m.executor_tasks_running.clone(),
+        );
+        registry.register(
+            "executor_heartbeats",
+            "Heartbeats the driver received from an executor process (label: executor)",
+            m.executor_heartbeats.clone(),
+        );
+        registry.register(
+            "executor_udf_memory_bytes",
+            "Linear memory held by an executor's UDF instances when the newest batch completed (label: executor)",
+            m.executor_udf_memory.clone(),
+        );
+        registry.register(
+            "executor_blocks_recomputed",
+            "Blocks recomputed because the executor holding them was lost (label: executor)",
+            m.executor_blocks_recomputed.clone(),
         );
         // Series known in advance exist from the start (at 0), so a
         // dashboard sees them before the first checkpoint or recomputation.
@@ -265,9 +317,30 @@ impl Metrics {
             Event::TaskRetry { .. } => {
                 self.task_retries.inc();
             }
-            Event::BlockRecomputed { digest_matches, .. } => {
+            Event::BlockRecomputed { digest_matches, lost_executor, .. } => {
                 let d = if *digest_matches { "match" } else { "mismatch" };
                 self.blocks_recomputed.get_or_create(&vec![("digest".into(), d.into())]).inc();
+                if let Some(labels) = lost_executor.as_deref().and_then(|e| self.executor_labels(e)) {
+                    self.executor_blocks_recomputed.get_or_create(&labels).inc();
+                }
+            }
+            Event::ExecutorsStatus { executors } => {
+                for s in executors {
+                    let Some(labels) = self.executor_labels(&s.executor) else { continue };
+                    // The status carries totals; a counter only goes up.
+                    let up = |c: &Counter, total: u64| {
+                        c.inc_by(total.saturating_sub(c.get()));
+                    };
+                    up(&self.executor_tasks.get_or_create(&labels), s.tasks_run);
+                    up(&self.executor_task_failures.get_or_create(&labels), s.tasks_failed);
+                    self.executor_tasks_running.get_or_create(&labels).set(s.tasks_running as i64);
+                    if let Some(h) = s.heartbeats {
+                        up(&self.executor_heartbeats.get_or_create(&labels), h);
+                    }
+                    if let Some(m) = s.udf_memory_bytes {
+                        self.executor_udf_memory.get_or_create(&labels).set(m as i64);
+                    }
+                }
             }
             Event::CheckpointWritten(c) => {
                 self.checkpoint_writes.get_or_create(&vec![("kind".into(), c.kind.clone())]).inc();
@@ -287,6 +360,20 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// The labels of executor `name`'s series (`driver` for the driver's
+    /// threads); `None` past [`MAX_EXECUTOR_SERIES`] executors.
+    fn executor_labels(&self, name: &str) -> Option<Labels> {
+        let mut names = self.executor_names.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.contains(name) {
+            if names.len() >= MAX_EXECUTOR_SERIES {
+                return None;
+            }
+            names.insert(name.to_string());
+        }
+        let label = if name.is_empty() { "driver" } else { name };
+        Some(vec![("executor".into(), label.to_string())])
     }
 
     fn known_source(&self, id: u32) -> bool {

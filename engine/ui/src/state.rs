@@ -43,6 +43,8 @@ pub struct Retry {
 pub struct Recomputed {
     pub block: String,
     pub digest_matches: bool,
+    /// The executor whose loss made it necessary, if one did.
+    pub lost_executor: Option<String>,
     pub at_ms: u64,
 }
 
@@ -76,6 +78,46 @@ pub struct ExecutorView {
     pub added_reason: String,
     pub lost_at_ms: Option<u64>,
     pub lost_reason: Option<String>,
+    /// Heartbeats the driver received from it (`None`: in-process threads,
+    /// or no status yet), and when the newest came (ms since the epoch).
+    pub heartbeats: Option<u64>,
+    pub last_heartbeat_at_ms: Option<u64>,
+    /// Tasks it finished (retries and resubmissions each count), tasks that
+    /// failed there, and tasks running there at the newest status.
+    pub tasks_run: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    /// Linear memory of its UDF instances at the newest status, and the
+    /// most at once (bytes; `None` until it said).
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+    /// Blocks recomputed because this executor was lost (they were held
+    /// there), with the digest check of each in the batch's details.
+    pub blocks_recomputed: u64,
+    /// When the newest status was taken (ms since the epoch).
+    pub status_at_ms: Option<u64>,
+}
+
+impl ExecutorView {
+    fn new(executor: &str) -> Self {
+        ExecutorView {
+            executor: executor.to_string(),
+            active: false,
+            added_at_ms: None,
+            added_reason: String::new(),
+            lost_at_ms: None,
+            lost_reason: None,
+            heartbeats: None,
+            last_heartbeat_at_ms: None,
+            tasks_run: 0,
+            tasks_failed: 0,
+            tasks_running: 0,
+            udf_memory_bytes: None,
+            udf_memory_peak_bytes: None,
+            blocks_recomputed: 0,
+            status_at_ms: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -346,12 +388,10 @@ impl UiState {
                 self.executors.insert(
                     executor.clone(),
                     ExecutorView {
-                        executor: executor.clone(),
                         active: true,
                         added_at_ms: Some(at),
                         added_reason: reason.clone(),
-                        lost_at_ms: None,
-                        lost_reason: None,
+                        ..ExecutorView::new(executor)
                     },
                 );
             }
@@ -360,14 +400,7 @@ impl UiState {
                 if self.executors.len() >= lim.executors && !self.executors.contains_key(executor) {
                     self.evict_executor();
                 }
-                let x = self.executors.entry(executor.clone()).or_insert_with(|| ExecutorView {
-                    executor: executor.clone(),
-                    active: false,
-                    added_at_ms: None,
-                    added_reason: String::new(),
-                    lost_at_ms: None,
-                    lost_reason: None,
-                });
+                let x = self.executors.entry(executor.clone()).or_insert_with(|| ExecutorView::new(executor));
                 x.active = false;
                 x.lost_at_ms = Some(at);
                 x.lost_reason = Some(reason.clone());
@@ -389,12 +422,45 @@ impl UiState {
                     }
                 }
             }
-            Event::BlockRecomputed { block, digest_matches } => {
+            Event::ExecutorsStatus { executors } => {
+                for s in executors.iter().take(lim.executors) {
+                    if self.executors.len() >= lim.executors && !self.executors.contains_key(&s.executor) {
+                        self.evict_executor();
+                    }
+                    let x = self.executors.entry(s.executor.clone()).or_insert_with(|| ExecutorView {
+                        // Seen only through its status (the driver's threads).
+                        active: s.alive,
+                        ..ExecutorView::new(&s.executor)
+                    });
+                    if !s.alive {
+                        x.active = false;
+                    }
+                    x.heartbeats = s.heartbeats.or(x.heartbeats);
+                    if let Some(age) = s.last_heartbeat_age_ms {
+                        x.last_heartbeat_at_ms = Some(at.saturating_sub(age));
+                    }
+                    x.tasks_run = s.tasks_run;
+                    x.tasks_failed = s.tasks_failed;
+                    x.tasks_running = s.tasks_running;
+                    x.udf_memory_bytes = s.udf_memory_bytes.or(x.udf_memory_bytes);
+                    x.udf_memory_peak_bytes = s.udf_memory_peak_bytes.or(x.udf_memory_peak_bytes);
+                    x.status_at_ms = Some(at);
+                }
+            }
+            Event::BlockRecomputed { block, digest_matches, lost_executor } => {
                 self.totals.blocks_recomputed += 1;
                 if !digest_matches {
                     self.totals.blocks_digest_mismatch += 1;
                 }
-                let r = Recomputed { block: block.clone(), digest_matches: *digest_matches, at_ms: at };
+                if let Some(x) = lost_executor.as_ref().and_then(|e| self.executors.get_mut(e)) {
+                    x.blocks_recomputed = x.blocks_recomputed.saturating_add(1);
+                }
+                let r = Recomputed {
+                    block: block.clone(),
+                    digest_matches: *digest_matches,
+                    lost_executor: lost_executor.as_ref().map(|e| cut_at(e, 300)),
+                    at_ms: at,
+                };
                 // A block is recomputed while a batch runs (or right after, by
                 // a test hook): it belongs to the running or newest batch.
                 if let Some(p) = self.running.and_then(|t| self.pending.get_mut(&t)) {

@@ -401,6 +401,10 @@ impl Driver {
         self.checkpoint(time);
         let report = batch_report(&b, &done);
         self.estimate_rates(&b, &report);
+        if !self.listeners.is_empty() {
+            let status = self.dag.executors_status();
+            self.listeners.emit(|l| l.on_executors_status(&status));
+        }
         self.listeners.emit(|l| l.on_batch_completed(&report));
         self.report.push(report, self.opts.report_history);
         #[cfg(feature = "test-hooks")]
