@@ -244,7 +244,12 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let src_records = sources[0]["records_in"].as_u64().unwrap();
     assert!(src_records >= LINES_PER_BATCH && src_records.is_multiple_of(LINES_PER_BATCH), "{sources}");
     assert_eq!(sources[0]["last_batch_records"].as_u64(), Some(LINES_PER_BATCH), "{sources}");
-    assert!(json(addr, "/api/v1/executors").is_array());
+    // The driver's threads as the one executor, with the tasks it ran so far
+    // (at least the two stages of each completed batch).
+    let x = json(addr, "/api/v1/executors");
+    assert_eq!(x.as_array().map(Vec::len), Some(1), "{x}");
+    assert_eq!(x[0]["executor"], "", "{x}");
+    assert!(x[0]["tasks_run"].as_u64().unwrap() >= 2 * done, "{x}");
     assert!(json(addr, "/api/v1/checkpoints")["checkpoints"].is_array());
     assert_eq!(get(addr, "/api/v1/nothing", None).status, 404);
     assert_eq!(get(addr, "/batches/1", None).status, 404);
@@ -357,6 +362,38 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
         let t = b["time"].as_i64().unwrap();
         assert_eq!(b["records_out"].as_u64(), Some(written[&t].len() as u64), "batch {t} (last {last})");
     }
+    // local[N]: one executor, the driver's threads, which ran every task
+    // of every stage of every batch (no retries, no checkpoint jobs here).
+    let stage_tasks: u64 = hb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let one = json(haddr, &format!("/api/v1/batches/{}", b["time"]));
+            let stages = one["outputs"][0]["stages"].as_array().unwrap().clone();
+            stages.iter().map(|s| s["tasks"].as_u64().unwrap()).sum::<u64>()
+        })
+        .sum();
+    assert!(stage_tasks >= 2 * all.len() as u64, "{stage_tasks} tasks in {} batches", all.len());
+    let hx = json(haddr, "/api/v1/executors");
+    let hx = hx.as_array().unwrap();
+    assert_eq!(hx.len(), 1, "{hx:?}");
+    let x = &hx[0];
+    assert_eq!((x["executor"].as_str(), x["active"].as_bool()), (Some(""), Some(true)), "{x}");
+    assert_eq!(x["tasks_run"].as_u64(), Some(stage_tasks), "{x}");
+    assert_eq!((x["tasks_failed"].as_u64(), x["tasks_running"].as_u64()), (Some(0), Some(0)), "{x}");
+    assert!(x["heartbeats"].is_null() && x["last_heartbeat_at_ms"].is_null(), "threads do not heartbeat: {x}");
+    assert_eq!(x["blocks_recomputed"].as_u64(), Some(0), "{x}");
+    // UDF memory: whole WebAssembly pages (64 KiB), some held at the peak.
+    let peak = x["udf_memory_peak_bytes"].as_u64().unwrap();
+    assert!(peak >= 65536 && peak.is_multiple_of(65536), "{x}");
+    assert!(x["udf_memory_bytes"].as_u64().unwrap() <= peak, "{x}");
+    assert_eq!(hm["weir_executor_tasks_total{executor=\"driver\"}"], stage_tasks as f64);
+    assert_eq!(hm["weir_executor_task_failures_total{executor=\"driver\"}"], 0.0);
+    assert_eq!(hm["weir_executor_tasks_running{executor=\"driver\"}"], 0.0);
+    let xpage = get_ok(haddr, "/executors").body;
+    assert!(xpage.contains("driver (in-process threads)"), "{xpage}");
+    assert!(xpage.contains(&format!("<td class=\"tasks-run\">{stage_tasks}</td>")), "{xpage}");
     let hhome = get_ok(haddr, "/");
     assert!(!hhome.body.contains("http-equiv=\"refresh\""), "a finished job's page does not refresh");
     // The history's batch table has every row the live page showed, as it was.
@@ -644,12 +681,15 @@ prefix = "out/totals"
     )
     .unwrap();
     let ckpt = dir.path().join("ckpt");
+    let events = dir.path().join("events");
     let mut d = Driver::spawn(
         weir()
             .current_dir(dir.path())
             .arg("run")
             .arg(&job)
-            .args(["--master", "local-cluster[2]", "--ui", "127.0.0.1:0", "--checkpoint"])
+            .args(["--master", "local-cluster[2]", "--ui", "127.0.0.1:0", "--event-log"])
+            .arg(&events)
+            .arg("--checkpoint")
             .arg(&ckpt),
     );
     let addr = page_addr(&mut d, "the status page address");
@@ -661,7 +701,8 @@ prefix = "out/totals"
     }
     // A batch's stages name the executors (block server addresses) that
     // ran their tasks.
-    let addrs: Vec<&str> = execs.as_array().unwrap().iter().map(|x| x["executor"].as_str().unwrap()).collect();
+    let addrs: Vec<String> =
+        execs.as_array().unwrap().iter().map(|x| x["executor"].as_str().unwrap().to_string()).collect();
     let b = poll(addr, "/api/v1/batches", "a batch", |v| v.as_array().is_some_and(|a| !a.is_empty()));
     let t = b[0]["time"].as_i64().unwrap();
     let one = json(addr, &format!("/api/v1/batches/{t}"));
@@ -669,7 +710,25 @@ prefix = "out/totals"
     assert!(!stages.is_empty(), "{one}");
     for st in stages {
         let ran: Vec<&str> = st["executors"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
-        assert!(!ran.is_empty() && ran.iter().all(|x| addrs.contains(x)), "{ran:?} not among {addrs:?}: {one}");
+        assert!(
+            !ran.is_empty() && ran.iter().all(|x| addrs.iter().any(|a| a == x)),
+            "{ran:?} not among {addrs:?}: {one}"
+        );
+    }
+    // Both executors heartbeat (every 100 ms), ran tasks with UDF memory
+    // (whole 64 KiB pages) and lost none; the driver's status is fresh.
+    let execs = poll(addr, "/api/v1/executors", "heartbeats and tasks from both executors", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter().filter(|x| x["heartbeats"].as_u64() >= Some(3) && x["tasks_run"].as_u64() >= Some(1)).count() == 2
+        })
+    });
+    for x in execs.as_array().unwrap() {
+        let (beat, status) = (x["last_heartbeat_at_ms"].as_u64().unwrap(), x["status_at_ms"].as_u64().unwrap());
+        // Fresh: within a few heartbeat timeouts (3 s) even on a loaded machine.
+        assert!(beat <= status && status - beat < 10_000, "a recent heartbeat: {x}");
+        assert_eq!(x["tasks_failed"].as_u64(), Some(0), "{x}");
+        let peak = x["udf_memory_peak_bytes"].as_u64().unwrap();
+        assert!(peak >= 65536 && peak.is_multiple_of(65536), "{x}");
     }
     let cps = poll(addr, "/api/v1/checkpoints", "checkpoints written", |v| {
         v["checkpoints"]
@@ -680,23 +739,85 @@ prefix = "out/totals"
     let page = get_ok(addr, "/checkpoints");
     assert!(page.body.contains("metadata") && page.body.contains("written"));
 
-    // kill -9 one executor: the driver notices, the pages say so.
+    // kill -9 one executor: the driver notices, the pages say so, and the
+    // state blocks it held are recomputed (to their original digests) and
+    // charged to its loss.
     let kids = children(d.pid());
     assert_eq!(kids.len(), 2, "{kids:?}");
     let ok = std::process::Command::new("kill").args(["-KILL", &kids[0].to_string()]).status().unwrap();
     assert!(ok.success());
-    let execs = poll(addr, "/api/v1/executors", "an executor lost", |v| {
-        v.as_array().is_some_and(|a| a.iter().any(|x| x["active"] == false))
+    let execs = poll(addr, "/api/v1/executors", "an executor lost, its blocks recomputed", |v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|x| x["active"] == false && x["blocks_recomputed"].as_u64() >= Some(1)))
     });
     let lost: Vec<&serde_json::Value> = execs.as_array().unwrap().iter().filter(|x| x["active"] == false).collect();
     assert_eq!(lost.len(), 1, "{execs}");
     assert!(lost[0]["lost_reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(lost[0]["added_reason"].as_str().unwrap().contains(&format!("pid {}", kids[0])), "{execs}");
+    let victim = lost[0]["executor"].as_str().unwrap().to_string();
     let m = parse_metrics(&get_ok(addr, "/metrics").body);
-    assert_eq!(m["weir_executors_added_total"], 2.0);
+    assert!(m["weir_executors_added_total"] >= 2.0, "a replacement may have joined");
     assert_eq!(m["weir_executors_lost_total"], 1.0);
     assert!(m["weir_checkpoint_writes_total{kind=\"metadata\"}"] >= 1.0);
     assert!(get_ok(addr, "/executors").body.contains("lost"));
-    d.kill();
+
+    // SIGTERM; the event log, served by `weir history`, holds the figures
+    // still (nothing moves any more, so they can be compared exactly).
+    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
+    let haddr = page_addr(&mut h, "the history address");
+    let hx = json(haddr, "/api/v1/executors");
+    let x = hx.as_array().unwrap().iter().find(|x| x["executor"] == victim.as_str()).unwrap();
+    assert_eq!(x["active"], false, "{x}");
+    let charged = x["blocks_recomputed"].as_u64().unwrap();
+    // Every block charged to the loss is on a batch's page, with its digest
+    // check, and no block is charged to an executor that was not lost.
+    let mut listed = 0;
+    let mut page_of = None;
+    for b in json(haddr, "/api/v1/batches").as_array().unwrap() {
+        let t = b["time"].as_i64().unwrap();
+        let one = json(haddr, &format!("/api/v1/batches/{t}"));
+        assert_eq!(one["dropped_details"], 0, "{one}");
+        for r in one["recomputed_blocks"].as_array().unwrap() {
+            if let Some(e) = r["lost_executor"].as_str() {
+                assert_eq!(e, victim, "{one}");
+                assert_eq!(r["digest_matches"], true, "{one}");
+                listed += 1;
+                page_of.get_or_insert((t, r["block"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    assert!(charged >= 1 && listed == charged, "{charged} charged to {victim}, {listed} listed");
+    let hm = parse_metrics(&get_ok(haddr, "/metrics").body);
+    assert_eq!(hm[&format!("weir_executor_blocks_recomputed_total{{executor=\"{victim}\"}}")], charged as f64);
+    assert!(hm["weir_blocks_recomputed_total{digest=\"match\"}"] >= charged as f64);
+    assert_eq!(hm["weir_blocks_recomputed_total{digest=\"mismatch\"}"], 0.0);
+    let (t, block) = page_of.unwrap();
+    let bpage = get_ok(haddr, &format!("/batches/{t}")).body;
+    assert!(
+        bpage.contains(&format!(
+            "<tr><td><code>{block}</code></td><td><span class=\"ok\">matches the original</span></td>\
+<td>executor <code>{victim}</code> was lost</td></tr>"
+        )),
+        "{bpage}"
+    );
+    let xpage = get_ok(haddr, "/executors").body;
+    assert!(xpage.contains(&format!("<td class=\"recomputed\">{charged}</td>")), "{xpage}");
+    // Tasks per executor: each executor ran at least the tasks the stages
+    // name it for (once per stage), and the per-executor series agree.
+    for x in hx.as_array().unwrap() {
+        let name = x["executor"].as_str().unwrap();
+        let run = x["tasks_run"].as_u64().unwrap();
+        assert_eq!(hm[&format!("weir_executor_tasks_total{{executor=\"{name}\"}}")], run as f64, "{x}");
+        assert_eq!(
+            hm[&format!("weir_executor_heartbeats_total{{executor=\"{name}\"}}")],
+            x["heartbeats"].as_u64().unwrap() as f64
+        );
+    }
+    h.kill();
 }
 
 #[test]
