@@ -877,6 +877,23 @@ fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
     let page = get_ok(addr, "/sources").body;
     assert!(page.contains("<td class=\"reconnects\">3</td>"), "{page}");
     assert!(page.contains("<span class=\"ok\">connected</span>"), "{page}");
+    // The write-ahead log: one segment (this run's) holding every line sent,
+    // 8 bytes of header each ("connI lineJ" is 11 bytes), as on disk. It is
+    // measured as a batch is cut: wait for a batch cut after the last line.
+    let wal_bytes = total * (8 + 11);
+    let s = poll(addr, "/api/v1/sources", "the write-ahead log with every line", |v| {
+        v[0]["wal_bytes"].as_u64() == Some(wal_bytes)
+    });
+    assert_eq!(s[0]["wal_files"].as_u64(), Some(1), "{s}");
+    let on_disk: Vec<u64> = walk(&ckpt)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(on_disk, [wal_bytes], "the segment files under {}", ckpt.display());
+    assert_eq!(parse_metrics(&get_ok(addr, "/metrics").body)["weir_source_wal_bytes{source=\"0\"}"], wal_bytes as f64);
+    let page = get_ok(addr, "/sources").body;
+    assert!(page.contains(&format!("<p class=\"wal\">{wal_bytes} bytes in 1 segment file(s)</p>")), "{page}");
 
     // The server goes away: the connection ends and reconnecting fails.
     drop(server);
@@ -948,19 +965,24 @@ prefix = "out/slow"
     assert_eq!(batches[0]["failed"], true, "{batches}");
     let b = json(addr, &format!("/api/v1/batches/{t}"));
     let retries = b["retries"].as_array().unwrap();
-    // Per failing partition: attempts 0, 1 and 2 failed and were retried
-    // (the 4th attempt's failure fails the batch).
+    // The partition that failed the batch: attempts 0, 1 and 2 failed and
+    // were retried (its 4th attempt's failure fails the batch). The other
+    // partition runs beside it and is retried only until then, so its
+    // attempts are a shorter run from 0.
     let mut attempts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for r in retries {
         assert!(r["failure"].as_str().unwrap().contains("deadline"), "{r}");
         attempts.entry(r["partition"].as_u64().unwrap()).or_default().push(r["attempt"].as_u64().unwrap());
     }
     assert!(!attempts.is_empty(), "{b}");
+    let mut exhausted = 0;
     for (p, a) in &attempts {
         let mut a = a.clone();
         a.sort();
-        assert_eq!(a, [0, 1, 2], "partition {p}: {b}");
+        assert!(a.len() <= 3 && a.iter().enumerate().all(|(i, x)| *x == i as u64), "partition {p}: {a:?}: {b}");
+        exhausted += usize::from(a.len() == 3);
     }
+    assert!(exhausted >= 1, "no partition was retried to its last attempt: {b}");
     assert_eq!(b["outputs"][0]["records_out"], serde_json::Value::Null, "a failed output wrote nothing: {b}");
     let m = parse_metrics(&get_ok(addr, "/metrics").body);
     assert_eq!(m["weir_task_retries_total"], retries.len() as f64);
@@ -971,4 +993,82 @@ prefix = "out/slow"
     assert!(page.contains(&format!("<h3>Task retries ({})</h3>", retries.len())), "{page}");
     assert!(page.contains("no records out") && page.contains("class=\"fail\""), "{page}");
     h.kill();
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A directory source given files one at a time: the Sources page, API and
+/// metrics count the files it read and list the newest five, newest first
+/// on the page.
+#[test]
+fn the_sources_page_shows_the_files_a_directory_source_read() {
+    const FILES: u64 = 7;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "100ms"
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "directory"
+path = "in"
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+counts = "pairs.reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+            module("wordcount.wasm").display()
+        ),
+    )
+    .unwrap();
+    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut d, "the status page address");
+    let mut names = Vec::new();
+    for i in 1..=FILES {
+        // Written under a hidden name, then renamed: never read half-written.
+        let name = format!("part-{i}.txt");
+        std::fs::write(input.join(".tmp"), format!("file {i} a\nfile {i} b\n")).unwrap();
+        std::fs::rename(input.join(".tmp"), input.join(&name)).unwrap();
+        names.push(name);
+        poll(addr, "/api/v1/sources", "the file read", |v| v[0]["files_seen"].as_u64() == Some(i));
+    }
+    let s = json(addr, "/api/v1/sources");
+    assert_eq!(s[0]["records_in"].as_u64(), Some(2 * FILES), "{s}");
+    let recent: Vec<String> = s[0]["recent_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| Path::new(f.as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(recent, names[2..], "the newest five, oldest first: {s}");
+    assert!(s[0]["wal_bytes"].is_null(), "no write-ahead log: {s}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_source_files_read_total{source=\"0\"}"], FILES as f64);
+    let page = get_ok(addr, "/sources").body;
+    assert!(page.contains(&format!("<p class=\"files-seen\">{FILES} file(s) read</p>")), "{page}");
+    let listed = page.split("<ul class=\"recent-files\">").nth(1).unwrap().split("</ul>").next().unwrap();
+    let on_page: Vec<&str> = listed.split("<li>").skip(1).collect();
+    assert_eq!(on_page.len(), 5, "{listed}");
+    assert!(on_page[0].contains("part-7.txt") && on_page[4].contains("part-3.txt"), "newest first: {listed}");
+    d.kill();
 }

@@ -53,6 +53,23 @@ pub struct SourceProgress {
     pub source: u32,
     pub time: i64,
     pub positions: Vec<SourcePosition>,
+    /// What else the source can tell (its write-ahead log, the files it
+    /// read), when it has something to tell.
+    pub details: Option<SourceDetails>,
+}
+
+/// A source's own figures for status pages, taken as a batch is cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceDetails {
+    /// A receiver with a write-ahead log: the bytes and segment files its
+    /// log holds on disk now.
+    pub wal_bytes: Option<u64>,
+    pub wal_files: Option<u64>,
+    /// A directory source: files read since this run started, and the
+    /// newest few of their paths (oldest first).
+    pub files_seen: Option<u64>,
+    pub recent_files: Vec<String>,
 }
 
 /// One partition of a source: `end - next` records are waiting.

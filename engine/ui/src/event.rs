@@ -53,6 +53,10 @@ pub enum Event {
         source: u32,
         time: i64,
         positions: Vec<PartitionPosition>,
+        /// The source's write-ahead log or files read (absent: nothing to
+        /// tell, or an event log of an earlier version).
+        #[serde(default)]
+        details: Option<SourceDetailsRecord>,
     },
     /// The outputs' lineage of a batch (at most one a second).
     BatchLineage {
@@ -114,6 +118,30 @@ pub enum Event {
         batches_run: u64,
         batches_failed: u64,
     },
+}
+
+/// A source's own figures (see `weir::listener::SourceDetails`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDetailsRecord {
+    /// A receiver's write-ahead log on disk: bytes and segment files.
+    pub wal_bytes: Option<u64>,
+    pub wal_files: Option<u64>,
+    /// A directory source: files read since the run started, and the
+    /// newest few paths (oldest first).
+    pub files_seen: Option<u64>,
+    #[serde(default)]
+    pub recent_files: Vec<String>,
+}
+
+impl From<&l::SourceDetails> for SourceDetailsRecord {
+    fn from(d: &l::SourceDetails) -> Self {
+        SourceDetailsRecord {
+            wal_bytes: d.wal_bytes,
+            wal_files: d.wal_files,
+            files_seen: d.files_seen,
+            recent_files: d.recent_files.clone(),
+        }
+    }
 }
 
 /// One executor's status (see `weir::listener::ExecutorStatus`).

@@ -89,7 +89,12 @@ impl StreamingListener for UiListener {
             .iter()
             .map(|p| PartitionPosition { partition: p.partition.clone(), next: p.next, end: p.end })
             .collect();
-        self.record(Event::SourceProgress { source: e.source, time: e.time, positions });
+        self.record(Event::SourceProgress {
+            source: e.source,
+            time: e.time,
+            positions,
+            details: e.details.as_ref().map(Into::into),
+        });
     }
     fn on_batch_started(&self, e: &BatchStarted) {
         self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });

@@ -57,6 +57,9 @@ pub struct Metrics {
     executor_heartbeats: Family<Labels, Counter>,
     executor_udf_memory: Family<Labels, Gauge>,
     executor_blocks_recomputed: Family<Labels, Counter>,
+    /// Per source: a receiver's write-ahead log bytes, a directory's files read.
+    source_wal_bytes: Family<Labels, Gauge>,
+    source_files_read: Family<Labels, Counter>,
     /// The executors that have series (at most [`MAX_EXECUTOR_SERIES`]).
     executor_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
@@ -125,6 +128,8 @@ impl Metrics {
             executor_udf_memory: Family::default(),
             executor_blocks_recomputed: Family::default(),
             executor_names: Default::default(),
+            source_wal_bytes: Family::default(),
+            source_files_read: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
@@ -221,6 +226,16 @@ impl Metrics {
             "Blocks recomputed because the executor holding them was lost (label: executor)",
             m.executor_blocks_recomputed.clone(),
         );
+        registry.register(
+            "source_wal_bytes",
+            "Bytes of a receiver's write-ahead log on disk when the newest batch was cut (per source)",
+            m.source_wal_bytes.clone(),
+        );
+        registry.register(
+            "source_files_read",
+            "Files a directory source read since the run started (per source)",
+            m.source_files_read.clone(),
+        );
         // Series known in advance exist from the start (at 0), so a
         // dashboard sees them before the first checkpoint or recomputation.
         for kind in ["metadata", "state"] {
@@ -304,9 +319,18 @@ impl Metrics {
                     self.source_records_in.get_or_create(&source_labels(i as u32, &names)).inc_by(*n);
                 }
             }
-            Event::SourceProgress { source, positions, .. } => {
+            Event::SourceProgress { source, positions, details, .. } => {
                 let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
                 if (*source as usize) < known {
+                    let labels = vec![("source".to_string(), source.to_string())];
+                    if let Some(b) = details.as_ref().and_then(|d| d.wal_bytes) {
+                        self.source_wal_bytes.get_or_create(&labels).set(b as i64);
+                    }
+                    if let Some(n) = details.as_ref().and_then(|d| d.files_seen) {
+                        // A total since the run started; a counter only goes up.
+                        let c = self.source_files_read.get_or_create(&labels);
+                        c.inc_by(n.saturating_sub(c.get()));
+                    }
                     for p in positions.iter().take(crate::state::MAX_PARTITIONS) {
                         let labels =
                             vec![("source".into(), source.to_string()), ("partition".into(), p.partition.clone())];

@@ -678,6 +678,26 @@ fn sources_page(st: &UiState, q: &str) -> String {
         );
     }
     body.push_str("</table>");
+    for s in sources(st) {
+        let d = &s.details;
+        if let (Some(bytes), Some(files)) = (d.wal_bytes, d.wal_files) {
+            let _ = write!(
+                body,
+                "<h3>Source {} write-ahead log</h3><p class=\"wal\">{bytes} bytes in {files} segment file(s)</p>",
+                s.id
+            );
+        }
+        if let Some(n) = d.files_seen {
+            let _ = write!(body, "<h3>Source {} files</h3><p class=\"files-seen\">{n} file(s) read</p>", s.id);
+            if !d.recent_files.is_empty() {
+                body.push_str("<ul class=\"recent-files\">");
+                for f in d.recent_files.iter().rev() {
+                    let _ = write!(body, "<li><code>{}</code></li>", esc(f));
+                }
+                body.push_str("</ul>");
+            }
+        }
+    }
     for s in sources(st).iter().filter(|s| !s.positions.is_empty()) {
         let lag: i64 = s.positions.iter().map(|p| (p.end - p.next).max(0)).sum();
         let _ = write!(
@@ -725,6 +745,10 @@ struct SourceJson {
     /// Records per second the source may take (backpressure, `[rate] max`)
     /// when the newest batch took its records; `null`: unbounded.
     rate_limit: Option<f64>,
+    /// A receiver's write-ahead log (`wal_bytes`, `wal_files`), a
+    /// directory's files read (`files_seen`, `recent_files`).
+    #[serde(flatten)]
+    details: crate::event::SourceDetailsRecord,
 }
 
 fn sources(st: &UiState) -> Vec<SourceJson> {
@@ -750,6 +774,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect,
                 rate_limit: rate_limit(st, s.id),
+                details: v.details,
             }
         })
         .collect();
@@ -772,6 +797,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect.clone(),
                 rate_limit: rate_limit(st, *id),
+                details: v.details.clone(),
             });
         }
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition};
+use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition, SourceDetailsRecord};
 
 /// How much the state keeps.
 #[derive(Debug, Clone, Copy)]
@@ -140,7 +140,15 @@ pub struct SourceView {
     /// last lost.
     pub connection_changed_at_ms: Option<u64>,
     pub last_disconnect: Option<String>,
+    /// A receiver's write-ahead log, a directory's files read, as the
+    /// newest batch was cut.
+    #[serde(flatten)]
+    pub details: SourceDetailsRecord,
 }
+
+/// Recent file paths kept per source, and the longest path kept.
+const MAX_RECENT_FILES: usize = 5;
+const MAX_PATH_BYTES: usize = 4096;
 
 /// What one output operation wrote, over every batch seen.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -291,13 +299,21 @@ impl UiState {
                 );
             }
             Event::BatchStarted { time, .. } => self.running = Some(*time),
-            Event::SourceProgress { source, positions, .. } => {
+            Event::SourceProgress { source, positions, details, .. } => {
                 let known = self.job.as_ref().map_or(0, |j| j.sources.len());
                 if (*source as usize) < known {
                     let v = self.sources.entry(*source).or_default();
                     v.positions = positions.iter().take(MAX_PARTITIONS).cloned().collect();
                     for p in &mut v.positions {
                         p.partition = cut_at(&p.partition, 300);
+                    }
+                    if let Some(d) = details {
+                        // Bounded: an event log is not trusted to list few files.
+                        let skip = d.recent_files.len().saturating_sub(MAX_RECENT_FILES);
+                        v.details = SourceDetailsRecord {
+                            recent_files: d.recent_files.iter().skip(skip).map(|f| cut_at(f, MAX_PATH_BYTES)).collect(),
+                            ..d.clone()
+                        };
                     }
                 }
             }
@@ -561,9 +577,9 @@ mod tests {
             .collect();
         s.apply(&Logged {
             at_ms: 2,
-            event: Event::SourceProgress { source: 0, time: 2, positions: positions.clone() },
+            event: Event::SourceProgress { source: 0, time: 2, positions: positions.clone(), details: None },
         });
-        s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions } });
+        s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions, details: None } });
         assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
         assert_eq!(s.sources[&0].positions.len(), MAX_PARTITIONS);
     }

@@ -516,8 +516,9 @@ impl Driver {
             let n = parts.iter().map(|p| Records::new(p).map(|r| r.remaining() as u64).unwrap_or(0)).sum();
             per_source.push(n);
             let positions = self.sources[i].positions();
-            if !positions.is_empty() {
-                let e = SourceProgress { source: i as u32, time, positions };
+            let details = if self.listeners.is_empty() { None } else { self.sources[i].details() };
+            if !positions.is_empty() || details.is_some() {
+                let e = SourceProgress { source: i as u32, time, positions, details };
                 self.listeners.emit(|l| l.on_source_progress(&e));
             }
             let partitions = match self.source_nodes.get(&(i as u32)) {
