@@ -353,7 +353,7 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let lines_out: u64 = written.values().map(|l| l.len() as u64).sum();
     assert_eq!(hs["totals"]["records_out"].as_u64(), Some(lines_out), "{hs}");
     assert_eq!(hm["weir_records_out_total"], lines_out as f64);
-    assert_eq!(hm["weir_stream_records_out_total{output=\"0\",stream=\"3\"}"], lines_out as f64);
+    assert_eq!(hm["weir_stream_records_out_total{output=\"save_as_text_files#0\",stream=\"3\"}"], lines_out as f64);
     let hstreams = json(haddr, "/api/v1/streams");
     assert_eq!(hstreams["outputs"][0]["records_out"].as_u64(), Some(lines_out), "{hstreams}");
     let (&last, last_lines) = written.iter().next_back().unwrap();

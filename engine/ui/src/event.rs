@@ -230,6 +230,32 @@ pub struct OutputSpecInfo {
     pub index: usize,
     pub stream: u32,
     pub description: String,
+    /// The output operation's kind as the job file names it (`print`,
+    /// `save_as_text_files`, `kafka`, ...); empty in event logs of earlier
+    /// versions.
+    #[serde(default)]
+    pub kind: String,
+}
+
+impl OutputSpecInfo {
+    /// The output's name in metric labels: its kind and index
+    /// (`save_as_text_files#0`), readable and as bounded as the job's
+    /// outputs. An event log without kinds takes the description's leading
+    /// word.
+    pub fn label(&self) -> String {
+        let kind = if self.kind.is_empty() {
+            let k: String =
+                self.description.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            if k.is_empty() {
+                "output".to_string()
+            } else {
+                k
+            }
+        } else {
+            self.kind.clone()
+        };
+        format!("{kind}#{}", self.index)
+    }
 }
 
 impl JobInfo {
@@ -319,6 +345,15 @@ impl JobInfo {
             .map(|(i, o)| OutputSpecInfo {
                 index: i,
                 stream: o.node,
+                kind: match &o.spec {
+                    OutputSpec::Print { .. } => "print",
+                    OutputSpec::SaveAsTextFiles { .. } => "save_as_text_files",
+                    OutputSpec::Collect { .. } => "collect",
+                    OutputSpec::ForeachRdd { .. } => "foreach_rdd",
+                    OutputSpec::Custom { .. } => "custom",
+                    OutputSpec::Kafka { .. } => "kafka",
+                }
+                .into(),
                 description: match &o.spec {
                     OutputSpec::Print { num } => format!("print({num})"),
                     OutputSpec::SaveAsTextFiles { prefix, suffix } => format!(

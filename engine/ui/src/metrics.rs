@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::AtomicU64;
 
-use crate::event::{Event, SourceInfo};
+use crate::event::{Event, OutputSpecInfo, SourceInfo};
 
 type Labels = Vec<(String, String)>;
 
@@ -26,8 +26,8 @@ pub struct Metrics {
     stream_records_out: Family<Labels, Counter>,
     receiver_reconnects: Family<Labels, Counter>,
     receiver_connected: Family<Labels, Gauge>,
-    /// The job's outputs: the stream (graph node id) each writes.
-    output_streams: std::sync::Mutex<Vec<u32>>,
+    /// The job's outputs (for their series' labels).
+    output_specs: std::sync::Mutex<Vec<OutputSpecInfo>>,
     source_records_in: Family<Labels, Counter>,
     source_lag: Family<Labels, Gauge>,
     processing: Histogram,
@@ -75,9 +75,10 @@ fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
     vec![("source".into(), id.to_string()), ("kind".into(), kind.to_string())]
 }
 
-/// An output's series labels: its index and the stream it writes.
-fn output_labels(index: usize, stream: u32) -> Labels {
-    vec![("output".into(), index.to_string()), ("stream".into(), stream.to_string())]
+/// An output's series labels: its name (kind and index,
+/// `save_as_text_files#0`) and the stream it writes.
+fn output_labels(o: &OutputSpecInfo) -> Labels {
+    vec![("output".into(), o.label()), ("stream".into(), o.stream.to_string())]
 }
 
 /// Seconds, 1 ms to about 65 s.
@@ -102,7 +103,7 @@ impl Metrics {
             stream_records_out: Family::default(),
             receiver_reconnects: Family::default(),
             receiver_connected: Family::default(),
-            output_streams: Default::default(),
+            output_specs: Default::default(),
             source_records_in: Family::default(),
             source_lag: Family::default(),
             processing: seconds_buckets(),
@@ -138,7 +139,7 @@ impl Metrics {
         registry.register("records_out", "Records written by the output operations", m.records_out.clone());
         registry.register(
             "stream_records_out",
-            "Records each output operation wrote (labels: the output's index and the stream it writes)",
+            "Records each output operation wrote (labels: the output's kind#index and the stream it writes)",
             m.stream_records_out.clone(),
         );
         registry.register(
@@ -256,14 +257,14 @@ impl Metrics {
                     self.batches_failed.inc();
                 }
                 self.records_in.inc_by(b.records_in);
-                let streams = self.output_streams.lock().unwrap_or_else(|p| p.into_inner());
+                let specs = self.output_specs.lock().unwrap_or_else(|p| p.into_inner());
                 for o in &b.outputs {
                     // Only the job's outputs (an event log is not trusted).
-                    let (Some(stream), Some(n)) = (streams.get(o.index), o.records_out) else { continue };
+                    let (Some(spec), Some(n)) = (specs.get(o.index), o.records_out) else { continue };
                     self.records_out.inc_by(n);
-                    self.stream_records_out.get_or_create(&output_labels(o.index, *stream)).inc_by(n);
+                    self.stream_records_out.get_or_create(&output_labels(spec)).inc_by(n);
                 }
-                drop(streams);
+                drop(specs);
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
@@ -296,11 +297,19 @@ impl Metrics {
                     drop(self.receiver_connected.get_or_create(&labels));
                 }
                 *self.source_names.lock().unwrap_or_else(|p| p.into_inner()) = j.sources.clone();
-                for o in &j.outputs {
-                    drop(self.stream_records_out.get_or_create(&output_labels(o.index, o.stream)));
+                // Indexed by output index (an event log's are not trusted
+                // to be in order).
+                let mut specs: Vec<OutputSpecInfo> = j.outputs.clone();
+                specs.sort_by_key(|o| o.index);
+                specs.retain(|o| o.index < j.outputs.len());
+                specs.dedup_by_key(|o| o.index);
+                if specs.iter().enumerate().any(|(i, o)| o.index != i) {
+                    specs.clear();
                 }
-                *self.output_streams.lock().unwrap_or_else(|p| p.into_inner()) =
-                    j.outputs.iter().map(|o| o.stream).collect();
+                for o in &specs {
+                    drop(self.stream_records_out.get_or_create(&output_labels(o)));
+                }
+                *self.output_specs.lock().unwrap_or_else(|p| p.into_inner()) = specs;
             }
             Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
                 let labels = vec![("source".to_string(), source.to_string())];
@@ -410,5 +419,63 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BatchRecord, JobInfo, OutputRecord};
+
+    /// Outputs are labelled `kind#index`; an event log of an earlier
+    /// version (no kind) takes the description's leading word; an output
+    /// the job does not list gets no series.
+    #[test]
+    fn outputs_are_labelled_by_kind_and_index() {
+        let m = Metrics::new();
+        let out = |index: usize, stream: u32, description: &str, kind: &str| OutputSpecInfo {
+            index,
+            stream,
+            description: description.into(),
+            kind: kind.into(),
+        };
+        let job = JobInfo {
+            outputs: vec![out(0, 3, "print(10)", "print"), out(1, 4, "save_as_text_files(out/x)", "")],
+            ..JobInfo::default()
+        };
+        m.observe(&Event::JobStarted(job));
+        let written = |index: usize, n: u64| OutputRecord {
+            index,
+            description: String::new(),
+            stream: None,
+            duration_ms: 0.0,
+            stages: vec![],
+            error: None,
+            records_out: Some(n),
+        };
+        m.observe(&Event::BatchCompleted(BatchRecord {
+            time: 1,
+            records_in: 0,
+            records_per_source: vec![],
+            processing_ms: 0.0,
+            scheduling_delay_ms: 0.0,
+            total_delay_ms: 0.0,
+            errors: vec![],
+            outputs: vec![written(0, 5), written(1, 7), written(2, 1000)],
+            executors_lost: 0,
+            map_tasks_recomputed: 0,
+            blocks_recomputed: 0,
+            tasks_resubmitted: 0,
+            rate_limits: vec![],
+            udf_usage: vec![],
+        }));
+        let text = m.render();
+        assert!(text.contains("weir_stream_records_out_total{output=\"print#0\",stream=\"3\"} 5"), "{text}");
+        assert!(
+            text.contains("weir_stream_records_out_total{output=\"save_as_text_files#1\",stream=\"4\"} 7"),
+            "{text}"
+        );
+        assert_eq!(text.matches("weir_stream_records_out_total{").count(), 2, "{text}");
+        assert!(text.contains("weir_records_out_total 12"), "{text}");
     }
 }

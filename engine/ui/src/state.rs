@@ -588,7 +588,8 @@ mod tests {
     fn records_out_and_reconnects_count_only_the_jobs_outputs_and_sources() {
         let mut s = UiState::new(Limits::default());
         let mut job = one_source_job();
-        job.outputs = vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into() }];
+        job.outputs =
+            vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into(), kind: "print".into() }];
         s.apply(&Logged { at_ms: 0, event: Event::JobStarted(job) });
         let out = |index: usize, records_out: Option<u64>| crate::event::OutputRecord {
             index,
@@ -621,6 +622,62 @@ mod tests {
         s.apply(&Logged { at_ms: 4, event });
         assert_eq!(s.sources[&0].connected, Some(false));
         assert_eq!(s.sources[&0].last_disconnect.as_deref(), Some("gone"));
+    }
+
+    /// Executor status snapshots update the executors' views (a heartbeat's
+    /// age becomes a time), a block recomputed after a loss is charged to
+    /// the lost executor only, the executors kept stay bounded, and a
+    /// source's recent files stay at five.
+    #[test]
+    fn executor_status_and_recomputations_after_a_loss_are_kept_bounded() {
+        use crate::event::ExecutorStatusRecord;
+        let mut s = UiState::new(Limits { executors: 3, ..Limits::default() });
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(one_source_job()) });
+        for x in ["a:1", "b:1"] {
+            s.apply(&Logged { at_ms: 1, event: Event::ExecutorAdded { executor: x.into(), reason: "pid".into() } });
+        }
+        let status = |executor: &str, alive: bool, tasks_run: u64| ExecutorStatusRecord {
+            executor: executor.into(),
+            alive,
+            heartbeats: Some(7),
+            last_heartbeat_age_ms: Some(40),
+            tasks_run,
+            tasks_failed: 1,
+            tasks_running: 2,
+            udf_memory_bytes: Some(65536),
+            udf_memory_peak_bytes: Some(131072),
+        };
+        s.apply(&Logged {
+            at_ms: 1000,
+            event: Event::ExecutorsStatus { executors: vec![status("a:1", true, 5), status("b:1", true, 6)] },
+        });
+        let a = &s.executors["a:1"];
+        assert_eq!((a.tasks_run, a.tasks_failed, a.tasks_running, a.heartbeats), (5, 1, 2, Some(7)));
+        assert_eq!((a.last_heartbeat_at_ms, a.udf_memory_peak_bytes), (Some(960), Some(131072)));
+        s.apply(&Logged { at_ms: 1100, event: Event::ExecutorLost { executor: "a:1".into(), reason: "gone".into() } });
+        for lost in [Some("a:1"), Some("nobody:1"), None] {
+            let event = Event::BlockRecomputed {
+                block: "rdd_1@1_p0".into(),
+                digest_matches: true,
+                lost_executor: lost.map(String::from),
+            };
+            s.apply(&Logged { at_ms: 1200, event });
+        }
+        assert_eq!((s.executors["a:1"].blocks_recomputed, s.executors["b:1"].blocks_recomputed), (1, 0));
+        assert_eq!(s.totals.blocks_recomputed, 3);
+        assert!(!s.executors.contains_key("nobody:1"));
+        // A hostile event log: many executors in one status.
+        let many: Vec<ExecutorStatusRecord> = (0..50).map(|i| status(&format!("x:{i}"), true, 1)).collect();
+        s.apply(&Logged { at_ms: 1300, event: Event::ExecutorsStatus { executors: many } });
+        assert!(s.executors.len() <= 3, "{}", s.executors.len());
+        let details = crate::event::SourceDetailsRecord {
+            files_seen: Some(40),
+            recent_files: (0..40).map(|i| format!("f{i}")).collect(),
+            ..Default::default()
+        };
+        let event = Event::SourceProgress { source: 0, time: 1, positions: vec![], details: Some(details) };
+        s.apply(&Logged { at_ms: 1400, event });
+        assert_eq!(s.sources[&0].details.recent_files, ["f35", "f36", "f37", "f38", "f39"]);
     }
 
     #[test]
