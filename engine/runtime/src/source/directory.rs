@@ -287,10 +287,11 @@ impl DirectorySource {
 
 impl Source for DirectorySource {
     fn details(&self) -> Option<crate::listener::SourceDetails> {
-        let mut d = crate::listener::SourceDetails::default();
-        d.files_seen = Some(self.files_read);
-        d.recent_files = self.recent.iter().map(|p| p.display().to_string()).collect();
-        Some(d)
+        Some(crate::listener::SourceDetails {
+            files_seen: Some(self.files_read),
+            recent_files: self.recent.iter().map(|p| p.display().to_string()).collect(),
+            ..Default::default()
+        })
     }
     fn poll(&mut self, time: i64, wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         let (mut parts, d) = self.poll_partitions(time, wall, 1)?;

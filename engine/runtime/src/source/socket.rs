@@ -564,7 +564,6 @@ impl Source for SocketSource {
     /// a `stat` per segment, once a batch; only with a checkpoint directory).
     fn details(&self) -> Option<crate::listener::SourceDetails> {
         let (dir, source) = self.wal.as_ref()?;
-        let mut d = crate::listener::SourceDetails::default();
         let (mut bytes, mut files) = (0u64, 0u64);
         for seq in wal::segments(dir, *source) {
             // A segment removed meanwhile (pruned after a checkpoint) is
@@ -574,8 +573,7 @@ impl Source for SocketSource {
                 files += 1;
             }
         }
-        (d.wal_bytes, d.wal_files) = (Some(bytes), Some(files));
-        Some(d)
+        Some(crate::listener::SourceDetails { wal_bytes: Some(bytes), wal_files: Some(files), ..Default::default() })
     }
     fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         // A batch takes at most rate × interval lines (at least one).
