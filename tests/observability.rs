@@ -88,6 +88,34 @@ fn page_addr(d: &mut Driver, what: &str) -> SocketAddr {
     a.parse().unwrap()
 }
 
+/// `weir run JOB` in `dir` with the status page on any free port and
+/// `args` after it; the driver and the page's address.
+fn run_with_ui(dir: &Path, job: &Path, args: &[&str]) -> (Driver, SocketAddr) {
+    let mut d = Driver::spawn(weir().current_dir(dir).arg("run").arg(job).args(["--ui", "127.0.0.1:0"]).args(args));
+    let addr = page_addr(&mut d, "the status page address");
+    (d, addr)
+}
+
+/// `weir history EVENTS` on any free port; the server and its address.
+fn history(events: &Path) -> (Driver, SocketAddr) {
+    let mut h = Driver::spawn(weir().arg("history").arg(events).args(["--ui", "127.0.0.1:0"]));
+    let addr = page_addr(&mut h, "the history address");
+    (h, addr)
+}
+
+/// SIGTERM: the driver drains and must exit successfully.
+fn stop(d: &mut Driver) {
+    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
+    assert!(ok.success());
+    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
+    assert!(st.success(), "{st:?}\n{}", d.log());
+}
+
+/// A path as a command-line argument (temporary directories are UTF-8).
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// A strict reader of the Prometheus/OpenMetrics text format: every sample
 /// belongs to a family declared by `# TYPE` with a suffix its type allows,
 /// names and labels are well formed, values are numbers, `# EOF` ends it,
@@ -191,10 +219,7 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     let dir = tempfile::tempdir().unwrap();
     let job = generator_job(dir.path(), None);
     let events = dir.path().join("events");
-    let mut d = Driver::spawn(
-        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--event-log"]).arg(&events),
-    );
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--event-log", arg(&events)]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = BTreeMap::new();
     while seen.len() < 4 {
@@ -332,13 +357,9 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     assert!(live_rows.len() >= seen.len(), "{live_home}");
 
     // SIGTERM: the job drains; then `weir history` serves the same figures.
-    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
-    assert!(ok.success());
-    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
-    assert!(st.success(), "{st:?}\n{}", d.log());
+    stop(&mut d);
     let all: Vec<(i64, u64)> = d.log().lines().filter_map(progress).collect();
-    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
-    let haddr = page_addr(&mut h, "the history address");
+    let (mut h, haddr) = history(&events);
     let hs = json(haddr, "/api/v1/status");
     assert_eq!(hs["state"], "history");
     assert_eq!(hs["totals"]["batches_completed"].as_u64(), Some(all.len() as u64), "{hs}");
@@ -462,15 +483,7 @@ fn a_page_off_loopback_needs_a_token_and_a_token_is_checked() {
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret-t0ken\n").unwrap();
     let job = generator_job(dir.path(), None);
-    let mut d = Driver::spawn(
-        weir()
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(&job)
-            .args(["--ui", "127.0.0.1:0", "--ui-token-file"])
-            .arg(&token),
-    );
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--ui-token-file", arg(&token)]);
     assert_eq!(get(addr, "/", None).status, 401);
     assert_eq!(get(addr, "/metrics", Some("wrong")).status, 401);
     assert_eq!(get(addr, "/api/v1/status?token=s3cret-t0kem", None).status, 401);
@@ -489,10 +502,7 @@ fn a_receiver_that_cannot_connect_warns_once_and_the_sources_page_shows_it() {
     let job = dir.path().join("job.toml");
     std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
     let ckpt = dir.path().join("ckpt");
-    let mut d = Driver::spawn(
-        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
-    );
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--checkpoint", arg(&ckpt)]);
     // Poll the API (with a deadline) until the receiver has failed 3 times.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -535,8 +545,7 @@ fn the_streaming_page_renders_in_headless_chromium() {
     };
     let dir = tempfile::tempdir().unwrap();
     let job = generator_job(dir.path(), None);
-    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0"]));
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     for _ in 0..3 {
         d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
@@ -682,17 +691,11 @@ prefix = "out/totals"
     .unwrap();
     let ckpt = dir.path().join("ckpt");
     let events = dir.path().join("events");
-    let mut d = Driver::spawn(
-        weir()
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(&job)
-            .args(["--master", "local-cluster[2]", "--ui", "127.0.0.1:0", "--event-log"])
-            .arg(&events)
-            .arg("--checkpoint")
-            .arg(&ckpt),
+    let (mut d, addr) = run_with_ui(
+        dir.path(),
+        &job,
+        &["--master", "local-cluster[2]", "--event-log", arg(&events), "--checkpoint", arg(&ckpt)],
     );
-    let addr = page_addr(&mut d, "the status page address");
     let execs = poll(addr, "/api/v1/executors", "two executors", |v| {
         v.as_array().is_some_and(|a| a.iter().filter(|x| x["active"] == true).count() == 2)
     });
@@ -763,12 +766,8 @@ prefix = "out/totals"
 
     // SIGTERM; the event log, served by `weir history`, holds the figures
     // still (nothing moves any more, so they can be compared exactly).
-    let ok = std::process::Command::new("kill").args(["-TERM", &d.pid().to_string()]).status().unwrap();
-    assert!(ok.success());
-    let st = d.wait_exit(Duration::from_secs(60), "the driver to exit after SIGTERM");
-    assert!(st.success(), "{st:?}\n{}", d.log());
-    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
-    let haddr = page_addr(&mut h, "the history address");
+    stop(&mut d);
+    let (mut h, haddr) = history(&events);
     let hx = json(haddr, "/api/v1/executors");
     let x = hx.as_array().unwrap().iter().find(|x| x["executor"] == victim.as_str()).unwrap();
     assert_eq!(x["active"], false, "{x}");
@@ -848,10 +847,7 @@ fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
     let job = dir.path().join("job.toml");
     std::fs::write(&job, crate::drivers::socket_totals_job(port, None)).unwrap();
     let ckpt = dir.path().join("ckpt");
-    let mut d = Driver::spawn(
-        weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0", "--checkpoint"]).arg(&ckpt),
-    );
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--checkpoint", arg(&ckpt)]);
     let mut last = None;
     for i in 0..=DROPS {
         let mut conn = crate::drivers::accept(&server, Duration::from_secs(30));
@@ -957,8 +953,7 @@ prefix = "out/slow"
         .arg(&events));
     let err = text(&out.stderr);
     assert!(err.contains("deadline"), "{err}");
-    let mut h = Driver::spawn(weir().arg("history").arg(&events).args(["--ui", "127.0.0.1:0"]));
-    let addr = page_addr(&mut h, "the history address");
+    let (mut h, addr) = history(&events);
     let batches = json(addr, "/api/v1/batches");
     assert_eq!(batches.as_array().unwrap().len(), 1, "{batches}");
     let t = batches[0]["time"].as_i64().unwrap();
@@ -1041,8 +1036,7 @@ prefix = "out/counts"
         ),
     )
     .unwrap();
-    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job).args(["--ui", "127.0.0.1:0"]));
-    let addr = page_addr(&mut d, "the status page address");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &[]);
     let mut names = Vec::new();
     for i in 1..=FILES {
         // Written under a hidden name, then renamed: never read half-written.
