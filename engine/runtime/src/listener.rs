@@ -53,6 +53,23 @@ pub struct SourceProgress {
     pub source: u32,
     pub time: i64,
     pub positions: Vec<SourcePosition>,
+    /// What else the source can tell (its write-ahead log, the files it
+    /// read), when it has something to tell.
+    pub details: Option<SourceDetails>,
+}
+
+/// A source's own figures for status pages, taken as a batch is cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceDetails {
+    /// A receiver with a write-ahead log: the bytes and segment files its
+    /// log holds on disk now.
+    pub wal_bytes: Option<u64>,
+    pub wal_files: Option<u64>,
+    /// A directory source: files read since this run started, and the
+    /// newest few of their paths (oldest first).
+    pub files_seen: Option<u64>,
+    pub recent_files: Vec<String>,
 }
 
 /// One partition of a source: `end - next` records are waiting.
@@ -271,6 +288,52 @@ pub struct BlockRecomputed {
     pub block: String,
     /// True when the recomputed bytes have the original digest.
     pub digest_matches: bool,
+    /// The executor whose loss made it necessary (the block was held there
+    /// when it was lost); `None` when it was recomputed for another reason
+    /// (a dropped block, a lost shuffle fetch, a test hook).
+    pub lost_executor: Option<String>,
+}
+
+/// Where one executor stands: sent for every executor the scheduler knows,
+/// with each batch's completion ([`StreamingListener::on_executors_status`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ExecutorStatus {
+    /// Its block server address (`""`: the driver's own threads, `local[N]`).
+    pub executor: String,
+    /// Connected now (false once it was lost).
+    pub alive: bool,
+    /// Heartbeats the driver received from it (`None`: in-process threads,
+    /// which do not heartbeat).
+    pub heartbeats: Option<u64>,
+    /// Since its last heartbeat (or any message), in milliseconds, when the
+    /// status was taken (`None` as for `heartbeats`, or once it is lost).
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Tasks it finished (successful or not; retries and resubmissions
+    /// each count), tasks that failed there, and tasks running there now.
+    pub tasks_run: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    /// Linear memory of the UDF instances alive in it now, and the most at
+    /// once since it started (bytes; `None` when it has not said yet).
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+}
+
+impl ExecutorStatus {
+    pub fn new(executor: String) -> Self {
+        ExecutorStatus {
+            executor,
+            alive: true,
+            heartbeats: None,
+            last_heartbeat_age_ms: None,
+            tasks_run: 0,
+            tasks_failed: 0,
+            tasks_running: 0,
+            udf_memory_bytes: None,
+            udf_memory_peak_bytes: None,
+        }
+    }
 }
 
 /// Observes a running job. Every method has an empty default, so a listener
@@ -290,6 +353,8 @@ pub trait StreamingListener: Send + Sync {
     fn on_executor_lost(&self, _e: &ExecutorEvent) {}
     fn on_task_retry(&self, _e: &TaskRetry) {}
     fn on_block_recomputed(&self, _e: &BlockRecomputed) {}
+    /// Every executor's status, just before each [`BatchReport`].
+    fn on_executors_status(&self, _e: &[ExecutorStatus]) {}
     /// True to be sent [`BatchLineage`] events (explaining a plan costs a
     /// little, so the driver does it only for listeners that show it).
     fn wants_lineage(&self) -> bool {

@@ -255,8 +255,13 @@ mod tests {
                 stream(5, "state", "totals", &[4]),
             ],
             vec![
-                OutputSpecInfo { index: 0, stream: 5, description: "print".into() },
-                OutputSpecInfo { index: 1, stream: 4, description: "save_as_text_files out/j".into() },
+                OutputSpecInfo { index: 0, stream: 5, description: "print".into(), kind: "print".into() },
+                OutputSpecInfo {
+                    index: 1,
+                    stream: 4,
+                    description: "save_as_text_files out/j".into(),
+                    kind: String::new(),
+                },
             ],
         )
     }

@@ -53,6 +53,10 @@ pub enum Event {
         source: u32,
         time: i64,
         positions: Vec<PartitionPosition>,
+        /// The source's write-ahead log or files read (absent: nothing to
+        /// tell, or an event log of an earlier version).
+        #[serde(default)]
+        details: Option<SourceDetailsRecord>,
     },
     /// The outputs' lineage of a batch (at most one a second).
     BatchLineage {
@@ -101,11 +105,75 @@ pub enum Event {
     BlockRecomputed {
         block: String,
         digest_matches: bool,
+        /// The executor whose loss made it necessary (absent: another
+        /// reason, or an event log of an earlier version).
+        #[serde(default)]
+        lost_executor: Option<String>,
+    },
+    /// Every executor's status, sent with each batch's completion.
+    ExecutorsStatus {
+        executors: Vec<ExecutorStatusRecord>,
     },
     JobEnded {
         batches_run: u64,
         batches_failed: u64,
     },
+}
+
+/// A source's own figures (see `weir::listener::SourceDetails`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceDetailsRecord {
+    /// A receiver's write-ahead log on disk: bytes and segment files.
+    pub wal_bytes: Option<u64>,
+    pub wal_files: Option<u64>,
+    /// A directory source: files read since the run started, and the
+    /// newest few paths (oldest first).
+    pub files_seen: Option<u64>,
+    #[serde(default)]
+    pub recent_files: Vec<String>,
+}
+
+impl From<&l::SourceDetails> for SourceDetailsRecord {
+    fn from(d: &l::SourceDetails) -> Self {
+        SourceDetailsRecord {
+            wal_bytes: d.wal_bytes,
+            wal_files: d.wal_files,
+            files_seen: d.files_seen,
+            recent_files: d.recent_files.clone(),
+        }
+    }
+}
+
+/// One executor's status (see `weir::listener::ExecutorStatus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorStatusRecord {
+    /// Block server address; `""`: the driver's own threads (`local[N]`).
+    pub executor: String,
+    pub alive: bool,
+    /// Heartbeats received (`null`: in-process threads do not heartbeat).
+    pub heartbeats: Option<u64>,
+    pub last_heartbeat_age_ms: Option<u64>,
+    pub tasks_run: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+}
+
+impl From<&l::ExecutorStatus> for ExecutorStatusRecord {
+    fn from(s: &l::ExecutorStatus) -> Self {
+        ExecutorStatusRecord {
+            executor: s.executor.clone(),
+            alive: s.alive,
+            heartbeats: s.heartbeats,
+            last_heartbeat_age_ms: s.last_heartbeat_age_ms,
+            tasks_run: s.tasks_run,
+            tasks_failed: s.tasks_failed,
+            tasks_running: s.tasks_running,
+            udf_memory_bytes: s.udf_memory_bytes,
+            udf_memory_peak_bytes: s.udf_memory_peak_bytes,
+        }
+    }
 }
 
 /// One partition of a source: `end - next` records wait (Kafka's lag).
@@ -162,6 +230,32 @@ pub struct OutputSpecInfo {
     pub index: usize,
     pub stream: u32,
     pub description: String,
+    /// The output operation's kind as the job file names it (`print`,
+    /// `save_as_text_files`, `kafka`, ...); empty in event logs of earlier
+    /// versions.
+    #[serde(default)]
+    pub kind: String,
+}
+
+impl OutputSpecInfo {
+    /// The output's name in metric labels: its kind and index
+    /// (`save_as_text_files#0`), readable and as bounded as the job's
+    /// outputs. An event log without kinds takes the description's leading
+    /// word.
+    pub fn label(&self) -> String {
+        let kind = if self.kind.is_empty() {
+            let k: String =
+                self.description.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            if k.is_empty() {
+                "output".to_string()
+            } else {
+                k
+            }
+        } else {
+            self.kind.clone()
+        };
+        format!("{kind}#{}", self.index)
+    }
 }
 
 impl JobInfo {
@@ -251,6 +345,15 @@ impl JobInfo {
             .map(|(i, o)| OutputSpecInfo {
                 index: i,
                 stream: o.node,
+                kind: match &o.spec {
+                    OutputSpec::Print { .. } => "print",
+                    OutputSpec::SaveAsTextFiles { .. } => "save_as_text_files",
+                    OutputSpec::Collect { .. } => "collect",
+                    OutputSpec::ForeachRdd { .. } => "foreach_rdd",
+                    OutputSpec::Custom { .. } => "custom",
+                    OutputSpec::Kafka { .. } => "kafka",
+                }
+                .into(),
                 description: match &o.spec {
                     OutputSpec::Print { num } => format!("print({num})"),
                     OutputSpec::SaveAsTextFiles { prefix, suffix } => format!(

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
     BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress, StreamingListener,
-    TaskRetry,
+    ExecutorStatus, ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress,
+    StreamingListener, TaskRetry,
 };
 
 use crate::event::{ms, now_ms, BatchRecord, Event, Logged, PartitionPosition};
@@ -89,7 +89,12 @@ impl StreamingListener for UiListener {
             .iter()
             .map(|p| PartitionPosition { partition: p.partition.clone(), next: p.next, end: p.end })
             .collect();
-        self.record(Event::SourceProgress { source: e.source, time: e.time, positions });
+        self.record(Event::SourceProgress {
+            source: e.source,
+            time: e.time,
+            positions,
+            details: e.details.as_ref().map(Into::into),
+        });
     }
     fn on_batch_started(&self, e: &BatchStarted) {
         self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });
@@ -139,7 +144,14 @@ impl StreamingListener for UiListener {
         });
     }
     fn on_block_recomputed(&self, e: &BlockRecomputed) {
-        self.record(Event::BlockRecomputed { block: e.block.clone(), digest_matches: e.digest_matches });
+        self.record(Event::BlockRecomputed {
+            block: e.block.clone(),
+            digest_matches: e.digest_matches,
+            lost_executor: e.lost_executor.clone(),
+        });
+    }
+    fn on_executors_status(&self, e: &[ExecutorStatus]) {
+        self.record(Event::ExecutorsStatus { executors: e.iter().map(Into::into).collect() });
     }
 }
 

@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use std::sync::atomic::AtomicU64;
 
-use crate::event::{Event, SourceInfo};
+use crate::event::{Event, OutputSpecInfo, SourceInfo};
 
 type Labels = Vec<(String, String)>;
 
@@ -26,8 +26,8 @@ pub struct Metrics {
     stream_records_out: Family<Labels, Counter>,
     receiver_reconnects: Family<Labels, Counter>,
     receiver_connected: Family<Labels, Gauge>,
-    /// The job's outputs: the stream (graph node id) each writes.
-    output_streams: std::sync::Mutex<Vec<u32>>,
+    /// The job's outputs (for their series' labels).
+    output_specs: std::sync::Mutex<Vec<OutputSpecInfo>>,
     source_records_in: Family<Labels, Counter>,
     source_lag: Family<Labels, Gauge>,
     processing: Histogram,
@@ -49,7 +49,25 @@ pub struct Metrics {
     udf_calls: Family<Labels, Counter>,
     udf_fuel: Family<Labels, Counter>,
     udf_failures: Family<Labels, Counter>,
+    /// Per executor (label `executor`: its block server address, `driver`
+    /// for the driver's own threads).
+    executor_tasks: Family<Labels, Counter>,
+    executor_task_failures: Family<Labels, Counter>,
+    executor_tasks_running: Family<Labels, Gauge>,
+    executor_heartbeats: Family<Labels, Counter>,
+    executor_udf_memory: Family<Labels, Gauge>,
+    executor_blocks_recomputed: Family<Labels, Counter>,
+    /// Per source: a receiver's write-ahead log bytes, a directory's files read.
+    source_wal_bytes: Family<Labels, Gauge>,
+    source_files_read: Family<Labels, Counter>,
+    /// The executors that have series (at most [`MAX_EXECUTOR_SERIES`]).
+    executor_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Executors given series of their own: a cluster that replaces executors
+/// for days gets new addresses, and the series must stay bounded (the
+/// status page keeps as many).
+const MAX_EXECUTOR_SERIES: usize = 1000;
 
 /// A source's series labels: its index and kind.
 fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
@@ -57,9 +75,10 @@ fn source_labels(id: u32, sources: &[SourceInfo]) -> Labels {
     vec![("source".into(), id.to_string()), ("kind".into(), kind.to_string())]
 }
 
-/// An output's series labels: its index and the stream it writes.
-fn output_labels(index: usize, stream: u32) -> Labels {
-    vec![("output".into(), index.to_string()), ("stream".into(), stream.to_string())]
+/// An output's series labels: its name (kind and index,
+/// `save_as_text_files#0`) and the stream it writes.
+fn output_labels(o: &OutputSpecInfo) -> Labels {
+    vec![("output".into(), o.label()), ("stream".into(), o.stream.to_string())]
 }
 
 /// Seconds, 1 ms to about 65 s.
@@ -84,7 +103,7 @@ impl Metrics {
             stream_records_out: Family::default(),
             receiver_reconnects: Family::default(),
             receiver_connected: Family::default(),
-            output_streams: Default::default(),
+            output_specs: Default::default(),
             source_records_in: Family::default(),
             source_lag: Family::default(),
             processing: seconds_buckets(),
@@ -103,6 +122,15 @@ impl Metrics {
             udf_calls: Family::default(),
             udf_fuel: Family::default(),
             udf_failures: Family::default(),
+            executor_tasks: Family::default(),
+            executor_task_failures: Family::default(),
+            executor_tasks_running: Family::default(),
+            executor_heartbeats: Family::default(),
+            executor_udf_memory: Family::default(),
+            executor_blocks_recomputed: Family::default(),
+            executor_names: Default::default(),
+            source_wal_bytes: Family::default(),
+            source_files_read: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches completed", m.batches.clone());
@@ -111,7 +139,7 @@ impl Metrics {
         registry.register("records_out", "Records written by the output operations", m.records_out.clone());
         registry.register(
             "stream_records_out",
-            "Records each output operation wrote (labels: the output's index and the stream it writes)",
+            "Records each output operation wrote (labels: the output's kind#index and the stream it writes)",
             m.stream_records_out.clone(),
         );
         registry.register(
@@ -169,6 +197,46 @@ impl Metrics {
             "Records per second a source may take (backpressure, [rate] max), per source",
             m.source_rate_limit.clone(),
         );
+        registry.register(
+            "executor_tasks",
+            "Tasks an executor finished, successful or not (label: executor)",
+            m.executor_tasks.clone(),
+        );
+        registry.register(
+            "executor_task_failures",
+            "Tasks that failed on an executor (label: executor)",
+            m.executor_task_failures.clone(),
+        );
+        registry.register(
+            "executor_tasks_running",
+            "Tasks running on an executor when the newest batch completed (label: executor)",
+            m.executor_tasks_running.clone(),
+        );
+        registry.register(
+            "executor_heartbeats",
+            "Heartbeats the driver received from an executor process (label: executor)",
+            m.executor_heartbeats.clone(),
+        );
+        registry.register(
+            "executor_udf_memory_bytes",
+            "Linear memory held by an executor's UDF instances when the newest batch completed (label: executor)",
+            m.executor_udf_memory.clone(),
+        );
+        registry.register(
+            "executor_blocks_recomputed",
+            "Blocks recomputed because the executor holding them was lost (label: executor)",
+            m.executor_blocks_recomputed.clone(),
+        );
+        registry.register(
+            "source_wal_bytes",
+            "Bytes of a receiver's write-ahead log on disk when the newest batch was cut (per source)",
+            m.source_wal_bytes.clone(),
+        );
+        registry.register(
+            "source_files_read",
+            "Files a directory source read since the run started (per source)",
+            m.source_files_read.clone(),
+        );
         // Series known in advance exist from the start (at 0), so a
         // dashboard sees them before the first checkpoint or recomputation.
         for kind in ["metadata", "state"] {
@@ -189,14 +257,14 @@ impl Metrics {
                     self.batches_failed.inc();
                 }
                 self.records_in.inc_by(b.records_in);
-                let streams = self.output_streams.lock().unwrap_or_else(|p| p.into_inner());
+                let specs = self.output_specs.lock().unwrap_or_else(|p| p.into_inner());
                 for o in &b.outputs {
                     // Only the job's outputs (an event log is not trusted).
-                    let (Some(stream), Some(n)) = (streams.get(o.index), o.records_out) else { continue };
+                    let (Some(spec), Some(n)) = (specs.get(o.index), o.records_out) else { continue };
                     self.records_out.inc_by(n);
-                    self.stream_records_out.get_or_create(&output_labels(o.index, *stream)).inc_by(n);
+                    self.stream_records_out.get_or_create(&output_labels(spec)).inc_by(n);
                 }
-                drop(streams);
+                drop(specs);
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
@@ -229,11 +297,19 @@ impl Metrics {
                     drop(self.receiver_connected.get_or_create(&labels));
                 }
                 *self.source_names.lock().unwrap_or_else(|p| p.into_inner()) = j.sources.clone();
-                for o in &j.outputs {
-                    drop(self.stream_records_out.get_or_create(&output_labels(o.index, o.stream)));
+                // Indexed by output index (an event log's are not trusted
+                // to be in order).
+                let mut specs: Vec<OutputSpecInfo> = j.outputs.clone();
+                specs.sort_by_key(|o| o.index);
+                specs.retain(|o| o.index < j.outputs.len());
+                specs.dedup_by_key(|o| o.index);
+                if specs.iter().enumerate().any(|(i, o)| o.index != i) {
+                    specs.clear();
                 }
-                *self.output_streams.lock().unwrap_or_else(|p| p.into_inner()) =
-                    j.outputs.iter().map(|o| o.stream).collect();
+                for o in &specs {
+                    drop(self.stream_records_out.get_or_create(&output_labels(o)));
+                }
+                *self.output_specs.lock().unwrap_or_else(|p| p.into_inner()) = specs;
             }
             Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
                 let labels = vec![("source".to_string(), source.to_string())];
@@ -252,9 +328,18 @@ impl Metrics {
                     self.source_records_in.get_or_create(&source_labels(i as u32, &names)).inc_by(*n);
                 }
             }
-            Event::SourceProgress { source, positions, .. } => {
+            Event::SourceProgress { source, positions, details, .. } => {
                 let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
                 if (*source as usize) < known {
+                    let labels = vec![("source".to_string(), source.to_string())];
+                    if let Some(b) = details.as_ref().and_then(|d| d.wal_bytes) {
+                        self.source_wal_bytes.get_or_create(&labels).set(b as i64);
+                    }
+                    if let Some(n) = details.as_ref().and_then(|d| d.files_seen) {
+                        // A total since the run started; a counter only goes up.
+                        let c = self.source_files_read.get_or_create(&labels);
+                        c.inc_by(n.saturating_sub(c.get()));
+                    }
                     for p in positions.iter().take(crate::state::MAX_PARTITIONS) {
                         let labels =
                             vec![("source".into(), source.to_string()), ("partition".into(), p.partition.clone())];
@@ -265,9 +350,30 @@ impl Metrics {
             Event::TaskRetry { .. } => {
                 self.task_retries.inc();
             }
-            Event::BlockRecomputed { digest_matches, .. } => {
+            Event::BlockRecomputed { digest_matches, lost_executor, .. } => {
                 let d = if *digest_matches { "match" } else { "mismatch" };
                 self.blocks_recomputed.get_or_create(&vec![("digest".into(), d.into())]).inc();
+                if let Some(labels) = lost_executor.as_deref().and_then(|e| self.executor_labels(e)) {
+                    self.executor_blocks_recomputed.get_or_create(&labels).inc();
+                }
+            }
+            Event::ExecutorsStatus { executors } => {
+                for s in executors {
+                    let Some(labels) = self.executor_labels(&s.executor) else { continue };
+                    // The status carries totals; a counter only goes up.
+                    let up = |c: &Counter, total: u64| {
+                        c.inc_by(total.saturating_sub(c.get()));
+                    };
+                    up(&self.executor_tasks.get_or_create(&labels), s.tasks_run);
+                    up(&self.executor_task_failures.get_or_create(&labels), s.tasks_failed);
+                    self.executor_tasks_running.get_or_create(&labels).set(s.tasks_running as i64);
+                    if let Some(h) = s.heartbeats {
+                        up(&self.executor_heartbeats.get_or_create(&labels), h);
+                    }
+                    if let Some(m) = s.udf_memory_bytes {
+                        self.executor_udf_memory.get_or_create(&labels).set(m as i64);
+                    }
+                }
             }
             Event::CheckpointWritten(c) => {
                 self.checkpoint_writes.get_or_create(&vec![("kind".into(), c.kind.clone())]).inc();
@@ -289,6 +395,20 @@ impl Metrics {
         }
     }
 
+    /// The labels of executor `name`'s series (`driver` for the driver's
+    /// threads); `None` past [`MAX_EXECUTOR_SERIES`] executors.
+    fn executor_labels(&self, name: &str) -> Option<Labels> {
+        let mut names = self.executor_names.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.contains(name) {
+            if names.len() >= MAX_EXECUTOR_SERIES {
+                return None;
+            }
+            names.insert(name.to_string());
+        }
+        let label = if name.is_empty() { "driver" } else { name };
+        Some(vec![("executor".into(), label.to_string())])
+    }
+
     fn known_source(&self, id: u32) -> bool {
         (id as usize) < self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -299,5 +419,63 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{BatchRecord, JobInfo, OutputRecord};
+
+    /// Outputs are labelled `kind#index`; an event log of an earlier
+    /// version (no kind) takes the description's leading word; an output
+    /// the job does not list gets no series.
+    #[test]
+    fn outputs_are_labelled_by_kind_and_index() {
+        let m = Metrics::new();
+        let out = |index: usize, stream: u32, description: &str, kind: &str| OutputSpecInfo {
+            index,
+            stream,
+            description: description.into(),
+            kind: kind.into(),
+        };
+        let job = JobInfo {
+            outputs: vec![out(0, 3, "print(10)", "print"), out(1, 4, "save_as_text_files(out/x)", "")],
+            ..JobInfo::default()
+        };
+        m.observe(&Event::JobStarted(job));
+        let written = |index: usize, n: u64| OutputRecord {
+            index,
+            description: String::new(),
+            stream: None,
+            duration_ms: 0.0,
+            stages: vec![],
+            error: None,
+            records_out: Some(n),
+        };
+        m.observe(&Event::BatchCompleted(BatchRecord {
+            time: 1,
+            records_in: 0,
+            records_per_source: vec![],
+            processing_ms: 0.0,
+            scheduling_delay_ms: 0.0,
+            total_delay_ms: 0.0,
+            errors: vec![],
+            outputs: vec![written(0, 5), written(1, 7), written(2, 1000)],
+            executors_lost: 0,
+            map_tasks_recomputed: 0,
+            blocks_recomputed: 0,
+            tasks_resubmitted: 0,
+            rate_limits: vec![],
+            udf_usage: vec![],
+        }));
+        let text = m.render();
+        assert!(text.contains("weir_stream_records_out_total{output=\"print#0\",stream=\"3\"} 5"), "{text}");
+        assert!(
+            text.contains("weir_stream_records_out_total{output=\"save_as_text_files#1\",stream=\"4\"} 7"),
+            "{text}"
+        );
+        assert_eq!(text.matches("weir_stream_records_out_total{").count(), 2, "{text}");
+        assert!(text.contains("weir_records_out_total 12"), "{text}");
     }
 }

@@ -420,17 +420,21 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
     }
     let _ = write!(body, "<h3>Recomputed blocks ({})</h3>", b.recomputed_blocks.len());
     if !b.recomputed_blocks.is_empty() {
-        body.push_str("<table><tr><th>Block</th><th>Digest check</th></tr>");
+        body.push_str("<table><tr><th>Block</th><th>Digest check</th><th>Because</th></tr>");
         for x in &b.recomputed_blocks {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
                 esc(&x.block),
                 if x.digest_matches {
                     "<span class=\"ok\">matches the original</span>"
                 } else {
                     "<span class=\"fail\">DIFFERS from the original</span>"
-                }
+                },
+                x.lost_executor
+                    .as_ref()
+                    .map(|e| format!("executor <code>{}</code> was lost", esc(e)))
+                    .unwrap_or_else(|| "the block was missing".into())
             );
         }
         body.push_str("</table>");
@@ -547,18 +551,41 @@ fn executors_page(st: &UiState, q: &str) -> String {
     );
     if st.executors.is_empty() {
         let master = st.job.as_ref().map_or("", |j| j.master.as_str());
-        let _ = write!(body, "<p class=\"muted\">No executor events: with master <code>{}</code> tasks may run on threads of the driver.</p>", esc(master));
+        let _ = write!(body, "<p class=\"muted\">No executor status yet (master <code>{}</code>): it comes with the first completed batch.</p>", esc(master));
     } else {
-        body.push_str("<table><tr><th>Executor</th><th>Status</th><th>Added</th><th>Lost</th><th>Reason</th></tr>");
+        body.push_str(
+            "<table><tr><th>Executor</th><th>Status</th><th>Added</th><th>Lost</th><th>Reason</th>\
+<th>Heartbeats</th><th>Last heartbeat</th><th>Tasks run</th><th>Running</th><th>Failed</th>\
+<th>UDF memory (peak)</th><th>Blocks recomputed after its loss</th></tr>",
+        );
+        // Ages are against the newest event, so a history page shows them
+        // as they were when the job ended.
+        let now = st.last_event_ms.unwrap_or(0);
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
         for x in st.executors.values() {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(if x.executor.is_empty() { "(in-process)" } else { &x.executor }),
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+<td class=\"heartbeats\">{}</td><td>{}</td><td class=\"tasks-run\">{}</td><td class=\"tasks-running\">{}</td>\
+<td class=\"tasks-failed\">{}</td><td class=\"udf-memory\">{}</td><td class=\"recomputed\">{}</td></tr>",
+                esc(if x.executor.is_empty() { "driver (in-process threads)" } else { &x.executor }),
                 if x.active { "<span class=\"ok\">active</span>" } else { "<span class=\"fail\">lost</span>" },
                 x.added_at_ms.map(fmt_time).unwrap_or_default(),
                 x.lost_at_ms.map(fmt_time).unwrap_or_default(),
                 esc(x.lost_reason.as_deref().unwrap_or(&x.added_reason)),
+                x.heartbeats.map(|h| h.to_string()).unwrap_or_else(|| "&ndash;".into()),
+                x.last_heartbeat_at_ms
+                    .map(|t| format!("{} ms ago", now.saturating_sub(t)))
+                    .unwrap_or_else(|| "&ndash;".into()),
+                x.tasks_run,
+                x.tasks_running,
+                x.tasks_failed,
+                match (x.udf_memory_bytes, x.udf_memory_peak_bytes) {
+                    (Some(m), Some(p)) => format!("{} ({})", mib(m), mib(p)),
+                    (Some(m), None) => mib(m),
+                    _ => "&ndash;".into(),
+                },
+                x.blocks_recomputed,
             );
         }
         body.push_str("</table>");
@@ -651,6 +678,26 @@ fn sources_page(st: &UiState, q: &str) -> String {
         );
     }
     body.push_str("</table>");
+    for s in sources(st) {
+        let d = &s.details;
+        if let (Some(bytes), Some(files)) = (d.wal_bytes, d.wal_files) {
+            let _ = write!(
+                body,
+                "<h3>Source {} write-ahead log</h3><p class=\"wal\">{bytes} bytes in {files} segment file(s)</p>",
+                s.id
+            );
+        }
+        if let Some(n) = d.files_seen {
+            let _ = write!(body, "<h3>Source {} files</h3><p class=\"files-seen\">{n} file(s) read</p>", s.id);
+            if !d.recent_files.is_empty() {
+                body.push_str("<ul class=\"recent-files\">");
+                for f in d.recent_files.iter().rev() {
+                    let _ = write!(body, "<li><code>{}</code></li>", esc(f));
+                }
+                body.push_str("</ul>");
+            }
+        }
+    }
     for s in sources(st).iter().filter(|s| !s.positions.is_empty()) {
         let lag: i64 = s.positions.iter().map(|p| (p.end - p.next).max(0)).sum();
         let _ = write!(
@@ -698,6 +745,10 @@ struct SourceJson {
     /// Records per second the source may take (backpressure, `[rate] max`)
     /// when the newest batch took its records; `null`: unbounded.
     rate_limit: Option<f64>,
+    /// A receiver's write-ahead log (`wal_bytes`, `wal_files`), a
+    /// directory's files read (`files_seen`, `recent_files`).
+    #[serde(flatten)]
+    details: crate::event::SourceDetailsRecord,
 }
 
 fn sources(st: &UiState) -> Vec<SourceJson> {
@@ -723,6 +774,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect,
                 rate_limit: rate_limit(st, s.id),
+                details: v.details,
             }
         })
         .collect();
@@ -745,6 +797,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect.clone(),
                 rate_limit: rate_limit(st, *id),
+                details: v.details.clone(),
             });
         }
     }

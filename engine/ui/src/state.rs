@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition};
+use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition, SourceDetailsRecord};
 
 /// How much the state keeps.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +43,8 @@ pub struct Retry {
 pub struct Recomputed {
     pub block: String,
     pub digest_matches: bool,
+    /// The executor whose loss made it necessary, if one did.
+    pub lost_executor: Option<String>,
     pub at_ms: u64,
 }
 
@@ -76,6 +78,46 @@ pub struct ExecutorView {
     pub added_reason: String,
     pub lost_at_ms: Option<u64>,
     pub lost_reason: Option<String>,
+    /// Heartbeats the driver received from it (`None`: in-process threads,
+    /// or no status yet), and when the newest came (ms since the epoch).
+    pub heartbeats: Option<u64>,
+    pub last_heartbeat_at_ms: Option<u64>,
+    /// Tasks it finished (retries and resubmissions each count), tasks that
+    /// failed there, and tasks running there at the newest status.
+    pub tasks_run: u64,
+    pub tasks_failed: u64,
+    pub tasks_running: u64,
+    /// Linear memory of its UDF instances at the newest status, and the
+    /// most at once (bytes; `None` until it said).
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+    /// Blocks recomputed because this executor was lost (they were held
+    /// there), with the digest check of each in the batch's details.
+    pub blocks_recomputed: u64,
+    /// When the newest status was taken (ms since the epoch).
+    pub status_at_ms: Option<u64>,
+}
+
+impl ExecutorView {
+    fn new(executor: &str) -> Self {
+        ExecutorView {
+            executor: executor.to_string(),
+            active: false,
+            added_at_ms: None,
+            added_reason: String::new(),
+            lost_at_ms: None,
+            lost_reason: None,
+            heartbeats: None,
+            last_heartbeat_at_ms: None,
+            tasks_run: 0,
+            tasks_failed: 0,
+            tasks_running: 0,
+            udf_memory_bytes: None,
+            udf_memory_peak_bytes: None,
+            blocks_recomputed: 0,
+            status_at_ms: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -98,7 +140,15 @@ pub struct SourceView {
     /// last lost.
     pub connection_changed_at_ms: Option<u64>,
     pub last_disconnect: Option<String>,
+    /// A receiver's write-ahead log, a directory's files read, as the
+    /// newest batch was cut.
+    #[serde(flatten)]
+    pub details: SourceDetailsRecord,
 }
+
+/// Recent file paths kept per source, and the longest path kept.
+const MAX_RECENT_FILES: usize = 5;
+const MAX_PATH_BYTES: usize = 4096;
 
 /// What one output operation wrote, over every batch seen.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -249,13 +299,21 @@ impl UiState {
                 );
             }
             Event::BatchStarted { time, .. } => self.running = Some(*time),
-            Event::SourceProgress { source, positions, .. } => {
+            Event::SourceProgress { source, positions, details, .. } => {
                 let known = self.job.as_ref().map_or(0, |j| j.sources.len());
                 if (*source as usize) < known {
                     let v = self.sources.entry(*source).or_default();
                     v.positions = positions.iter().take(MAX_PARTITIONS).cloned().collect();
                     for p in &mut v.positions {
                         p.partition = cut_at(&p.partition, 300);
+                    }
+                    if let Some(d) = details {
+                        // Bounded: an event log is not trusted to list few files.
+                        let skip = d.recent_files.len().saturating_sub(MAX_RECENT_FILES);
+                        v.details = SourceDetailsRecord {
+                            recent_files: d.recent_files.iter().skip(skip).map(|f| cut_at(f, MAX_PATH_BYTES)).collect(),
+                            ..d.clone()
+                        };
                     }
                 }
             }
@@ -346,12 +404,10 @@ impl UiState {
                 self.executors.insert(
                     executor.clone(),
                     ExecutorView {
-                        executor: executor.clone(),
                         active: true,
                         added_at_ms: Some(at),
                         added_reason: reason.clone(),
-                        lost_at_ms: None,
-                        lost_reason: None,
+                        ..ExecutorView::new(executor)
                     },
                 );
             }
@@ -360,14 +416,7 @@ impl UiState {
                 if self.executors.len() >= lim.executors && !self.executors.contains_key(executor) {
                     self.evict_executor();
                 }
-                let x = self.executors.entry(executor.clone()).or_insert_with(|| ExecutorView {
-                    executor: executor.clone(),
-                    active: false,
-                    added_at_ms: None,
-                    added_reason: String::new(),
-                    lost_at_ms: None,
-                    lost_reason: None,
-                });
+                let x = self.executors.entry(executor.clone()).or_insert_with(|| ExecutorView::new(executor));
                 x.active = false;
                 x.lost_at_ms = Some(at);
                 x.lost_reason = Some(reason.clone());
@@ -389,12 +438,45 @@ impl UiState {
                     }
                 }
             }
-            Event::BlockRecomputed { block, digest_matches } => {
+            Event::ExecutorsStatus { executors } => {
+                for s in executors.iter().take(lim.executors) {
+                    if self.executors.len() >= lim.executors && !self.executors.contains_key(&s.executor) {
+                        self.evict_executor();
+                    }
+                    let x = self.executors.entry(s.executor.clone()).or_insert_with(|| ExecutorView {
+                        // Seen only through its status (the driver's threads).
+                        active: s.alive,
+                        ..ExecutorView::new(&s.executor)
+                    });
+                    if !s.alive {
+                        x.active = false;
+                    }
+                    x.heartbeats = s.heartbeats.or(x.heartbeats);
+                    if let Some(age) = s.last_heartbeat_age_ms {
+                        x.last_heartbeat_at_ms = Some(at.saturating_sub(age));
+                    }
+                    x.tasks_run = s.tasks_run;
+                    x.tasks_failed = s.tasks_failed;
+                    x.tasks_running = s.tasks_running;
+                    x.udf_memory_bytes = s.udf_memory_bytes.or(x.udf_memory_bytes);
+                    x.udf_memory_peak_bytes = s.udf_memory_peak_bytes.or(x.udf_memory_peak_bytes);
+                    x.status_at_ms = Some(at);
+                }
+            }
+            Event::BlockRecomputed { block, digest_matches, lost_executor } => {
                 self.totals.blocks_recomputed += 1;
                 if !digest_matches {
                     self.totals.blocks_digest_mismatch += 1;
                 }
-                let r = Recomputed { block: block.clone(), digest_matches: *digest_matches, at_ms: at };
+                if let Some(x) = lost_executor.as_ref().and_then(|e| self.executors.get_mut(e)) {
+                    x.blocks_recomputed = x.blocks_recomputed.saturating_add(1);
+                }
+                let r = Recomputed {
+                    block: block.clone(),
+                    digest_matches: *digest_matches,
+                    lost_executor: lost_executor.as_ref().map(|e| cut_at(e, 300)),
+                    at_ms: at,
+                };
                 // A block is recomputed while a batch runs (or right after, by
                 // a test hook): it belongs to the running or newest batch.
                 if let Some(p) = self.running.and_then(|t| self.pending.get_mut(&t)) {
@@ -495,9 +577,9 @@ mod tests {
             .collect();
         s.apply(&Logged {
             at_ms: 2,
-            event: Event::SourceProgress { source: 0, time: 2, positions: positions.clone() },
+            event: Event::SourceProgress { source: 0, time: 2, positions: positions.clone(), details: None },
         });
-        s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions } });
+        s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions, details: None } });
         assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
         assert_eq!(s.sources[&0].positions.len(), MAX_PARTITIONS);
     }
@@ -506,7 +588,8 @@ mod tests {
     fn records_out_and_reconnects_count_only_the_jobs_outputs_and_sources() {
         let mut s = UiState::new(Limits::default());
         let mut job = one_source_job();
-        job.outputs = vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into() }];
+        job.outputs =
+            vec![crate::event::OutputSpecInfo { index: 0, stream: 3, description: "o".into(), kind: "print".into() }];
         s.apply(&Logged { at_ms: 0, event: Event::JobStarted(job) });
         let out = |index: usize, records_out: Option<u64>| crate::event::OutputRecord {
             index,
@@ -539,6 +622,62 @@ mod tests {
         s.apply(&Logged { at_ms: 4, event });
         assert_eq!(s.sources[&0].connected, Some(false));
         assert_eq!(s.sources[&0].last_disconnect.as_deref(), Some("gone"));
+    }
+
+    /// Executor status snapshots update the executors' views (a heartbeat's
+    /// age becomes a time), a block recomputed after a loss is charged to
+    /// the lost executor only, the executors kept stay bounded, and a
+    /// source's recent files stay at five.
+    #[test]
+    fn executor_status_and_recomputations_after_a_loss_are_kept_bounded() {
+        use crate::event::ExecutorStatusRecord;
+        let mut s = UiState::new(Limits { executors: 3, ..Limits::default() });
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(one_source_job()) });
+        for x in ["a:1", "b:1"] {
+            s.apply(&Logged { at_ms: 1, event: Event::ExecutorAdded { executor: x.into(), reason: "pid".into() } });
+        }
+        let status = |executor: &str, alive: bool, tasks_run: u64| ExecutorStatusRecord {
+            executor: executor.into(),
+            alive,
+            heartbeats: Some(7),
+            last_heartbeat_age_ms: Some(40),
+            tasks_run,
+            tasks_failed: 1,
+            tasks_running: 2,
+            udf_memory_bytes: Some(65536),
+            udf_memory_peak_bytes: Some(131072),
+        };
+        s.apply(&Logged {
+            at_ms: 1000,
+            event: Event::ExecutorsStatus { executors: vec![status("a:1", true, 5), status("b:1", true, 6)] },
+        });
+        let a = &s.executors["a:1"];
+        assert_eq!((a.tasks_run, a.tasks_failed, a.tasks_running, a.heartbeats), (5, 1, 2, Some(7)));
+        assert_eq!((a.last_heartbeat_at_ms, a.udf_memory_peak_bytes), (Some(960), Some(131072)));
+        s.apply(&Logged { at_ms: 1100, event: Event::ExecutorLost { executor: "a:1".into(), reason: "gone".into() } });
+        for lost in [Some("a:1"), Some("nobody:1"), None] {
+            let event = Event::BlockRecomputed {
+                block: "rdd_1@1_p0".into(),
+                digest_matches: true,
+                lost_executor: lost.map(String::from),
+            };
+            s.apply(&Logged { at_ms: 1200, event });
+        }
+        assert_eq!((s.executors["a:1"].blocks_recomputed, s.executors["b:1"].blocks_recomputed), (1, 0));
+        assert_eq!(s.totals.blocks_recomputed, 3);
+        assert!(!s.executors.contains_key("nobody:1"));
+        // A hostile event log: many executors in one status.
+        let many: Vec<ExecutorStatusRecord> = (0..50).map(|i| status(&format!("x:{i}"), true, 1)).collect();
+        s.apply(&Logged { at_ms: 1300, event: Event::ExecutorsStatus { executors: many } });
+        assert!(s.executors.len() <= 3, "{}", s.executors.len());
+        let details = crate::event::SourceDetailsRecord {
+            files_seen: Some(40),
+            recent_files: (0..40).map(|i| format!("f{i}")).collect(),
+            ..Default::default()
+        };
+        let event = Event::SourceProgress { source: 0, time: 1, positions: vec![], details: Some(details) };
+        s.apply(&Logged { at_ms: 1400, event });
+        assert_eq!(s.sources[&0].details.recent_files, ["f35", "f36", "f37", "f38", "f39"]);
     }
 
     #[test]

@@ -180,6 +180,11 @@ struct Conn {
     /// The stage lineages it holds, oldest first (mirrors its cache).
     stages: VecDeque<StageId>,
     last_seen: Instant,
+    /// Heartbeats received, when the last came, and the UDF memory (now,
+    /// peak) it reported, for the status page.
+    heartbeats: u64,
+    last_heartbeat: Option<Instant>,
+    udf_memory: Option<(u64, u64)>,
 }
 
 struct State {
@@ -659,6 +664,9 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
                 running: HashMap::new(),
                 stages: VecDeque::new(),
                 last_seen: Instant::now(),
+                heartbeats: 0,
+                last_heartbeat: None,
+                udf_memory: None,
             },
         );
         tracing::info!("executor {id} (pid {pid}, blocks at {block_addr}) joined with {slots} slot(s)");
@@ -676,8 +684,11 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
 fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<FromExecutor>) -> bool {
     let Some(c) = st.executors.get_mut(&id) else { return false }; // lost: ignore it
     let sent = match msg {
-        Ok(FromExecutor::Heartbeat) => {
+        Ok(FromExecutor::Heartbeat { udf_memory_bytes, udf_memory_peak_bytes }) => {
             c.last_seen = Instant::now();
+            c.heartbeats = c.heartbeats.saturating_add(1);
+            c.last_heartbeat = Some(c.last_seen);
+            c.udf_memory = Some((udf_memory_bytes, udf_memory_peak_bytes));
             Ok(())
         }
         Ok(FromExecutor::NeedModule { hash }) => {
@@ -903,6 +914,22 @@ impl ExecutorBackend for ClusterBackend {
         let mut st = self.shared.lock();
         st.prefer = executor.map(String::from);
         self.shared.dispatch(&mut st);
+    }
+    /// The connected executors (lost ones are the scheduler's to report).
+    fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
+        let st = self.shared.lock();
+        st.executors
+            .values()
+            .map(|c| {
+                let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
+                s.heartbeats = Some(c.heartbeats);
+                s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
+                s.tasks_running = c.running.len() as u64;
+                s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
+                s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
+                s
+            })
+            .collect()
     }
 }
 

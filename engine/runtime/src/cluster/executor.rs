@@ -286,7 +286,8 @@ fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<En
 fn spawn_heartbeat(link: Arc<Link>) {
     let _ = std::thread::Builder::new().name("weir-heartbeat".into()).spawn(move || loop {
         std::thread::sleep(HEARTBEAT_INTERVAL);
-        if !link.send(&FromExecutor::Heartbeat) {
+        let (udf_memory_bytes, udf_memory_peak_bytes) = crate::udf::udf_memory();
+        if !link.send(&FromExecutor::Heartbeat { udf_memory_bytes, udf_memory_peak_bytes }) {
             return;
         }
     });

@@ -38,7 +38,9 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// executor would not know the frame, so the versions do not mix: each
 /// side refuses the other at the handshake.) Version 5: a lineage's
 /// data-checkpoint read (`RddOp::Checkpointed`) carries the job's
-/// checkpoint bounds, which the executor reads the file under.
+/// checkpoint bounds, which the executor reads the file under; an
+/// executor's heartbeat carries its UDF instances' linear memory (now and
+/// peak), for the status page.
 pub const PROTOCOL_VERSION: u32 = 5;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
@@ -134,22 +136,16 @@ pub enum FromExecutor {
     /// `Welcome` of the connection the task came on). An executor that
     /// rejoined its driver is a new incarnation with a new id; a result
     /// computed for an earlier one is stale and is never counted.
-    Result {
-        executor_id: u64,
-        result: Box<TaskResult>,
-    },
-    Heartbeat,
+    Result { executor_id: u64, result: Box<TaskResult> },
+    /// The executor is alive, with the linear memory its UDF instances
+    /// hold now and the most they held at once (bytes).
+    Heartbeat { udf_memory_bytes: u64, udf_memory_peak_bytes: u64 },
     /// A task needs a module this executor does not have.
-    NeedModule {
-        hash: ModuleHash,
-    },
+    NeedModule { hash: ModuleHash },
     /// Task `task_id` named a stage whose lineage this executor does not
     /// hold (evicted, or never registered); it did not run. The driver sends
     /// the lineage and the task again.
-    UnknownStage {
-        stage: StageId,
-        task_id: u64,
-    },
+    UnknownStage { stage: StageId, task_id: u64 },
 }
 
 /// Block fetches, after the handshake.

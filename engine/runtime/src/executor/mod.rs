@@ -54,6 +54,12 @@ pub trait ExecutorBackend: Send + Sync {
     /// address is `executor`, while it is connected (None: anywhere again).
     /// Executors in this process share one block store: nothing to do.
     fn prefer(&self, _executor: Option<&str>) {}
+    /// Each executor's liveness, heartbeats, running tasks and UDF memory
+    /// (the scheduler adds the tasks it saw finish). Empty when the backend
+    /// cannot tell (a pool shared by jobs).
+    fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
+        Vec::new()
+    }
 }
 
 /// Stack of a thread that runs tasks (and of the driver's thread): a task
@@ -67,6 +73,8 @@ pub struct LocalExecutors {
     queue: Sender<Task>,
     slots: usize,
     blocks: Arc<BlockStore>,
+    /// Tasks submitted and not finished (queued or running on a thread).
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LocalExecutors {
@@ -78,26 +86,30 @@ impl LocalExecutors {
         let (queue, tasks) = channel::<Task>();
         let (results_tx, results) = channel::<BackendEvent>();
         let tasks = Arc::new(Mutex::new(tasks));
+        let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for i in 0..slots.max(1) {
-            let (tasks, results_tx, registry, blocks) =
-                (tasks.clone(), results_tx.clone(), registry.clone(), blocks.clone());
+            let (tasks, results_tx, registry, blocks, in_flight) =
+                (tasks.clone(), results_tx.clone(), registry.clone(), blocks.clone(), in_flight.clone());
             std::thread::Builder::new().name(format!("weir-executor-{i}")).stack_size(TASK_STACK_BYTES).spawn(
                 move || loop {
                     let next = tasks.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(task) = next else { return };
                     let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: None, executor: String::new() };
-                    if results_tx.send(BackendEvent::Task(run_task_guarded(&env, &task))).is_err() {
+                    let result = run_task_guarded(&env, &task);
+                    in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if results_tx.send(BackendEvent::Task(result)).is_err() {
                         return;
                     }
                 },
             )?;
         }
-        Ok((LocalExecutors { queue, slots: slots.max(1), blocks }, results))
+        Ok((LocalExecutors { queue, slots: slots.max(1), blocks, in_flight }, results))
     }
 }
 
 impl ExecutorBackend for LocalExecutors {
     fn submit(&self, task: Task) {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The workers only stop when this sender is dropped, so this cannot fail.
         let _ = self.queue.send(task);
     }
@@ -106,5 +118,14 @@ impl ExecutorBackend for LocalExecutors {
     }
     fn blocks(&self) -> &Arc<BlockStore> {
         &self.blocks
+    }
+    /// The driver's threads as one executor (`""`), with this process's
+    /// UDF memory.
+    fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
+        let mut s = crate::listener::ExecutorStatus::new(String::new());
+        s.tasks_running = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        let (now, peak) = crate::udf::udf_memory();
+        (s.udf_memory_bytes, s.udf_memory_peak_bytes) = (Some(now), Some(peak));
+        vec![s]
     }
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
-use crate::listener::{BlockRecomputed, ExecutorEvent, ListenerBus, StageInfo, TaskRetry};
+use crate::listener::{BlockRecomputed, ExecutorEvent, ExecutorStatus, ListenerBus, StageInfo, TaskRetry};
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
 use weir_plan::task::UdfUsage;
 
@@ -92,7 +92,20 @@ pub struct DagScheduler {
     /// The executor the current job's tasks are kept on after one of its
     /// fetches failed (see [`DagScheduler::run_job`]).
     colocated: Option<String>,
+    /// Per executor (block server address; `""` for the driver's threads):
+    /// tasks finished there and tasks that failed there.
+    executor_tasks: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Executors lost (kept while their task counts are).
+    lost_executors: std::collections::BTreeSet<String>,
+    /// Blocks held by an executor when it was lost, with its address: a
+    /// recomputation of one is charged to that loss. Forgotten with their
+    /// batch ([`DagScheduler::forget_before`]).
+    lost_blocks: HashMap<BlockId, String>,
 }
+
+/// Executors whose task counts are kept (lost ones are forgotten first):
+/// a cluster that replaces executors for days gets new addresses.
+const MAX_EXECUTORS_KEPT: usize = 1024;
 
 /// Fetch-failure rounds before giving up on a job.
 const MAX_STAGE_ROUNDS: u32 = 16;
@@ -113,6 +126,9 @@ impl DagScheduler {
             stages: Vec::new(),
             stage_executors: Default::default(),
             colocated: None,
+            executor_tasks: Default::default(),
+            lost_executors: Default::default(),
+            lost_blocks: HashMap::new(),
         }
     }
 
@@ -136,6 +152,7 @@ impl DagScheduler {
         let mut lost_maps = 0;
         for b in &gone {
             self.locations.remove(b);
+            self.lost_blocks.insert(*b, executor.to_string());
             if let BlockId::Shuffle { shuffle, map, .. } = b {
                 if let Some(m) = self.map_outputs.get_mut(shuffle).and_then(|v| v.get_mut(*map as usize)) {
                     if *m {
@@ -146,12 +163,57 @@ impl DagScheduler {
             }
         }
         self.metrics.executors_lost += 1;
+        if self.executor_tasks.contains_key(executor) {
+            self.lost_executors.insert(executor.to_string());
+        }
         let e = ExecutorEvent { executor: executor.to_string(), reason: reason.to_string() };
         self.listeners.emit(|l| l.on_executor_lost(&e));
         tracing::warn!(
             "executor {executor} lost ({reason}): {} block(s) gone, {lost_maps} map output(s) to recompute",
             gone.len()
         );
+    }
+
+    /// Counts a finished task against the executor that ran it. In a
+    /// cluster, `""` marks results the driver made up for tasks whose
+    /// executor was lost (or that no executor took): not counted.
+    fn count_task(&mut self, executor: &str, outcome: &Result<TaskOutput, TaskFailure>) {
+        if executor.is_empty() && self.backend.block_address().is_some() {
+            return;
+        }
+        if !self.executor_tasks.contains_key(executor) && self.executor_tasks.len() >= MAX_EXECUTORS_KEPT {
+            let victim = self.lost_executors.pop_first().or_else(|| self.executor_tasks.keys().next().cloned());
+            if let Some(v) = victim {
+                self.executor_tasks.remove(&v);
+            }
+        }
+        let c = self.executor_tasks.entry(executor.to_string()).or_default();
+        c.0 += 1;
+        if outcome.is_err() {
+            c.1 += 1;
+        }
+    }
+
+    /// Every executor's status: the backend's (liveness, heartbeats,
+    /// running tasks, UDF memory) with the tasks this scheduler saw finish
+    /// on it, and the executors it saw lost.
+    pub fn executors_status(&self) -> Vec<ExecutorStatus> {
+        let mut out = self.backend.executor_status();
+        for s in &mut out {
+            if let Some((run, failed)) = self.executor_tasks.get(&s.executor) {
+                (s.tasks_run, s.tasks_failed) = (*run, *failed);
+            }
+        }
+        for (name, (run, failed)) in &self.executor_tasks {
+            if out.iter().any(|s| &s.executor == name) {
+                continue;
+            }
+            let mut s = ExecutorStatus::new(name.clone());
+            s.alive = !self.lost_executors.contains(name);
+            (s.tasks_run, s.tasks_failed) = (*run, *failed);
+            out.push(s);
+        }
+        out
     }
 
     /// The stages run since the last call (timings for listeners).
@@ -359,6 +421,7 @@ impl DagScheduler {
                 }
             }
             self.metrics.tasks_run += 1;
+            self.count_task(&res.executor, &res.outcome);
             self.metrics.udf_calls += res.udf_calls;
             for u in &res.udf_usage {
                 self.metrics
@@ -399,7 +462,8 @@ impl DagScheduler {
         for (block, d) in blocks {
             match self.digests.get(block) {
                 Some(orig) if orig != d => {
-                    let e = BlockRecomputed { block: block.to_string(), digest_matches: false };
+                    let lost_executor = self.lost_blocks.remove(block);
+                    let e = BlockRecomputed { block: block.to_string(), digest_matches: false, lost_executor };
                     self.listeners.emit(|l| l.on_block_recomputed(&e));
                     if failure.is_none() {
                         *failure = Some(StageError::Job(JobError::Nondeterministic {
@@ -411,7 +475,8 @@ impl DagScheduler {
                 }
                 Some(_) => {
                     self.metrics.blocks_recomputed += 1;
-                    let e = BlockRecomputed { block: block.to_string(), digest_matches: true };
+                    let lost_executor = self.lost_blocks.remove(block);
+                    let e = BlockRecomputed { block: block.to_string(), digest_matches: true, lost_executor };
                     self.listeners.emit(|l| l.on_block_recomputed(&e));
                 }
                 None => {
@@ -484,6 +549,7 @@ impl DagScheduler {
         };
         self.digests.retain(|b, _| !old(b));
         self.locations.retain(|b, _| !old(b));
+        self.lost_blocks.retain(|b, _| !old(b));
         self.backend.blocks().remove_where(old);
     }
 }

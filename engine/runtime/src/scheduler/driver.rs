@@ -403,6 +403,10 @@ impl Driver {
         self.checkpoint(time);
         let report = batch_report(&b, &done);
         self.estimate_rates(&b, &report);
+        if !self.listeners.is_empty() {
+            let status = self.dag.executors_status();
+            self.listeners.emit(|l| l.on_executors_status(&status));
+        }
         self.listeners.emit(|l| l.on_batch_completed(&report));
         self.report.push(report, self.opts.report_history);
         #[cfg(feature = "test-hooks")]
@@ -512,15 +516,16 @@ impl Driver {
             Some(p) => p,
             None => {
                 let wall = self.opts.clock == Clock::Wall;
-                poll_all(&mut self.sources, time, wall, self.job.graph.parallelism)?
+                let details = !self.listeners.is_empty();
+                poll_all(&mut self.sources, time, wall, self.job.graph.parallelism, details)?
             }
         };
         let mut recs = Vec::new();
-        for (i, Polled { parts, descriptor, positions }) in polled.into_iter().enumerate() {
+        for (i, Polled { parts, descriptor, positions, details }) in polled.into_iter().enumerate() {
             let n = records_in_partitions(&parts);
             per_source.push(n);
-            if !positions.is_empty() {
-                let e = SourceProgress { source: i as u32, time, positions };
+            if !positions.is_empty() || details.is_some() {
+                let e = SourceProgress { source: i as u32, time, positions, details };
                 self.listeners.emit(|l| l.on_source_progress(&e));
             }
             let partitions = match self.source_nodes.get(&(i as u32)) {

@@ -23,7 +23,7 @@
 use super::driver::Driver;
 use super::options::Clock;
 use super::output_writer::Computed;
-use crate::listener::SourcePosition;
+use crate::listener::{SourceDetails, SourcePosition};
 use crate::rdd::RddId;
 use crate::source::{InputDescriptor, Source, SourceCursor, SourceError};
 
@@ -32,6 +32,8 @@ pub(super) struct Polled {
     pub(super) parts: Vec<Vec<u8>>,
     pub(super) descriptor: InputDescriptor,
     pub(super) positions: Vec<SourcePosition>,
+    /// For status pages (asked only when someone listens).
+    pub(super) details: Option<SourceDetails>,
 }
 
 /// The next batch's input, read early.
@@ -43,17 +45,20 @@ pub(super) struct Prefetched {
     pub(super) polled: Result<Vec<Polled>, SourceError>,
 }
 
-/// Reads every source's batch at `time`, in `n` partitions each.
+/// Reads every source's batch at `time`, in `n` partitions each (with the
+/// sources' details when `details`).
 pub(super) fn poll_all(
     sources: &mut [Box<dyn Source>],
     time: i64,
     wall: bool,
     n: u32,
+    details: bool,
 ) -> Result<Vec<Polled>, SourceError> {
     let mut out = Vec::with_capacity(sources.len());
     for s in sources.iter_mut() {
         let (parts, descriptor) = s.poll_partitions(time, wall, n)?;
-        out.push(Polled { parts, descriptor, positions: s.positions() });
+        let details = if details { s.details() } else { None };
+        out.push(Polled { parts, descriptor, positions: s.positions(), details });
     }
     Ok(out)
 }
@@ -93,10 +98,11 @@ impl Driver {
         let cursors = self.sources.iter().map(|s| s.cursor()).collect();
         let mut sources = std::mem::take(&mut self.sources);
         let (wall, n) = (self.opts.clock == Clock::Wall, self.job.graph.parallelism);
+        let details = !self.listeners.is_empty();
         let (computed, polled) = std::thread::scope(|s| {
             let reader = std::thread::Builder::new()
                 .name("weir-prefetch".into())
-                .spawn_scoped(s, || poll_all(&mut sources, next, wall, n));
+                .spawn_scoped(s, || poll_all(&mut sources, next, wall, n, details));
             let computed = self.run_outputs(time, outs);
             let polled = match reader {
                 Ok(h) => Some(h.join().unwrap_or_else(|_| {

@@ -84,7 +84,14 @@ pub(super) struct DirectorySource {
     missing: bool,
     bus: ListenerBus,
     index: u32,
+    /// Files read in this run, and the newest [`RECENT_FILES`] of them
+    /// (for the Sources page).
+    files_read: u64,
+    recent: std::collections::VecDeque<PathBuf>,
 }
+
+/// Paths of the newest files read kept for the Sources page.
+const RECENT_FILES: usize = 5;
 
 impl DirectorySource {
     pub(super) fn new(dir: PathBuf, options: Options, bus: ListenerBus, index: u32) -> DirectorySource {
@@ -102,6 +109,8 @@ impl DirectorySource {
             missing: false,
             bus,
             index,
+            files_read: 0,
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -283,6 +292,13 @@ impl DirectorySource {
 }
 
 impl Source for DirectorySource {
+    fn details(&self) -> Option<crate::listener::SourceDetails> {
+        Some(crate::listener::SourceDetails {
+            files_seen: Some(self.files_read),
+            recent_files: self.recent.iter().map(|p| p.display().to_string()).collect(),
+            ..Default::default()
+        })
+    }
     fn poll(&mut self, time: i64, wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         let (mut parts, d) = self.poll_partitions(time, wall, 1)?;
         Ok((parts.pop().unwrap_or_else(|| weir_codec::BatchBuilder::new().finish()), d))
@@ -355,6 +371,11 @@ impl Source for DirectorySource {
             }
             self.attempts.remove(&f.path);
             self.seen.insert(f.path.clone());
+            self.files_read += 1;
+            if self.recent.len() >= RECENT_FILES {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(f.path.clone());
             spans.push(FileSpan { path: f.path, len: f.len });
         }
         Ok((encoded.parts, InputDescriptor::FileSpans(spans)))

@@ -111,6 +111,12 @@ pub trait Source: Send {
     fn positions(&self) -> Vec<SourcePosition> {
         Vec::new()
     }
+    /// For status pages: the source's write-ahead log, the files it read
+    /// ([`crate::listener::SourceDetails`]); `None` when it has nothing to
+    /// tell (the default).
+    fn details(&self) -> Option<crate::listener::SourceDetails> {
+        None
+    }
     /// Resumes at a cursor taken by `cursor` (driver recovery).
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError>;
     /// True when the source is finite and has nothing more to give.

@@ -560,6 +560,21 @@ fn take_front(r: &mut Received, n: usize) -> (Vec<String>, Vec<WalRange>, Option
 }
 
 impl Source for SocketSource {
+    /// The write-ahead log's segments of this source on disk (a listing and
+    /// a `stat` per segment, once a batch; only with a checkpoint directory).
+    fn details(&self) -> Option<crate::listener::SourceDetails> {
+        let (dir, source) = self.wal.as_ref()?;
+        let (mut bytes, mut files) = (0u64, 0u64);
+        for seq in wal::segments(dir, *source) {
+            // A segment removed meanwhile (pruned after a checkpoint) is
+            // simply not counted.
+            if let Ok(m) = std::fs::metadata(wal::segment_path(dir, *source, seq)) {
+                bytes = bytes.saturating_add(m.len());
+                files += 1;
+            }
+        }
+        Some(crate::listener::SourceDetails { wal_bytes: Some(bytes), wal_files: Some(files), ..Default::default() })
+    }
     fn poll(&mut self, _time: i64, _wall: bool) -> Result<(Vec<u8>, InputDescriptor), SourceError> {
         // A batch takes at most rate × interval lines (at least one).
         let most = match self.rate.get() {

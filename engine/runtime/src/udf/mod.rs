@@ -181,6 +181,30 @@ pub struct HostState {
     /// (see [`grant_fuel`]): what the module cost, for metrics.
     fuel_granted: u64,
     fuel_burned: u64,
+    /// Linear memory this store's instance holds now (bytes), counted in
+    /// [`UDF_MEMORY_IN_USE`] until the store is dropped.
+    memory_bytes: usize,
+}
+
+/// Linear memory held by the UDF instances alive in this process (bytes):
+/// what the Executors page shows as UDF memory in use. Grown by
+/// [`ResourceLimiter::memory_growing`] (which wasmtime also calls for a
+/// memory's initial size), given back when an instance's store is dropped.
+static UDF_MEMORY_IN_USE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The most [`UDF_MEMORY_IN_USE`] has been since the process started.
+static UDF_MEMORY_PEAK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Linear memory of the UDF instances alive in this process now, and the
+/// most there has been at once (bytes).
+pub fn udf_memory() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (UDF_MEMORY_IN_USE.load(Relaxed), UDF_MEMORY_PEAK.load(Relaxed))
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        UDF_MEMORY_IN_USE.fetch_sub(self.memory_bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A store whose data holds the [`HostState`] (core modules and components).
@@ -231,6 +255,12 @@ impl ResourceLimiter for HostState {
             // memory bomb stops at the cap instead of spinning on failures.
             return Err(wasmtime::Error::msg("linear memory limit reached"));
         }
+        // Counted as granted: a failed growth after this is not retried.
+        use std::sync::atomic::Ordering::Relaxed;
+        let more = desired.saturating_sub(self.memory_bytes);
+        self.memory_bytes = self.memory_bytes.max(desired);
+        let now = UDF_MEMORY_IN_USE.fetch_add(more as u64, Relaxed).saturating_add(more as u64);
+        UDF_MEMORY_PEAK.fetch_max(now, Relaxed);
         Ok(true)
     }
     fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
@@ -693,6 +723,7 @@ impl UdfModule {
             module: self.name.clone(),
             fuel_granted: 0,
             fuel_burned: 0,
+            memory_bytes: 0,
         };
         let (pre, has_initialize, has_batch_time) = match &self.code {
             Code::Core { pre, has_initialize, has_batch_time, .. } => (pre, *has_initialize, *has_batch_time),
