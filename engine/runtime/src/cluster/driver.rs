@@ -1441,4 +1441,134 @@ mod tests {
         // Far less than 60 tasks' worth of lineage (~5 MB) went over the wire.
         assert!(stats.bytes < 400_000, "{stats:?}");
     }
+
+    /// What a fake executor of a shared cluster saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Frame {
+        Job(JobId, u64),
+        EndJob(JobId),
+        Stage(JobId, StageId),
+        Run(JobId, StageId, u64),
+    }
+
+    /// A fake executor with one slot that records every job frame and
+    /// answers each task at once, marking the result with its job
+    /// (`udf_calls = job * 100 + task id`).
+    fn recording_executor(addr: String, secret: Vec<u8>) -> std::thread::JoinHandle<Vec<Frame>> {
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut conn = loop {
+                match TcpStream::connect(&addr) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 1 };
+            let Admission::Welcome { executor_id: me, .. } =
+                protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap()
+            else {
+                panic!("refused")
+            };
+            let mut seen = Vec::new();
+            loop {
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Job { job, limits }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
+                    Ok(ToExecutor::EndJob { job }) => seen.push(Frame::EndJob(job)),
+                    Ok(ToExecutor::Stage { job, stage, .. }) => seen.push(Frame::Stage(job, stage)),
+                    Ok(ToExecutor::Run { job, stage, task }) => {
+                        seen.push(Frame::Run(job, stage, task.id));
+                        let FromExecutor::Result { result, .. } = result_of(&task, me, job * 100 + task.id) else {
+                            unreachable!()
+                        };
+                        let reply = FromExecutor::Result { executor_id: me, job, result };
+                        protocol::write_frame(&mut conn, &reply).unwrap();
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => return seen,
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Two tenants' jobs (weights 2 and 1) with equal lineage and equal task
+    /// ids on one executor slot: the slot goes to them 2:1, each job is
+    /// registered once with its own limits, their stages get different ids,
+    /// each job's results reach that job only, and a job that ends is told
+    /// to the executor.
+    #[test]
+    fn two_tenants_jobs_share_an_executor_by_weight_and_never_mix() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let cfg = ClusterConfig {
+            local_executors: 0,
+            cores: 1,
+            listen: Some(addr.clone()),
+            wait_for: 0,
+            secret: Some(secret.clone()),
+            heartbeat_timeout: Duration::from_secs(30),
+            no_executor_timeout: Duration::from_secs(60),
+            executor_binary: None,
+            listeners: Default::default(),
+        };
+        let cluster = SharedCluster::start(&cfg).unwrap();
+        cluster.set_tenant("a", 2, 1);
+        cluster.set_tenant("b", 1, 1);
+        let runtime = UdfRuntime::shared().unwrap();
+        let limits = |fuel| crate::udf::UdfLimits { fuel_per_call: fuel, ..Default::default() };
+        let reg_a = Arc::new(ModuleRegistry::new(runtime.clone(), limits(111)));
+        let reg_b = Arc::new(ModuleRegistry::new(runtime, limits(222)));
+        let (ja, ra) = cluster.tenant("a").executors(reg_a, BlockStore::new()).unwrap();
+        let (jb, rb) = cluster.tenant("b").executors(reg_b, BlockStore::new()).unwrap();
+        // Queued before any executor joins; the same lineage and task ids in both.
+        let rdds = lineage(1000, 10);
+        for i in 1..=6u64 {
+            ja.submit(task(i, &rdds));
+            jb.submit(task(i, &rdds));
+        }
+        assert_eq!(cluster.load("a"), (6, 0));
+        let exec = recording_executor(addr, secret);
+        let results = |rx: &Receiver<BackendEvent>| {
+            let mut got = Vec::new();
+            for _ in 0..6 {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(BackendEvent::Task(r)) => got.push((r.task_id, r.udf_calls)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got.sort();
+            got
+        };
+        let (got_a, got_b) = (results(&ra), results(&rb));
+        drop(ja);
+        drop(cluster);
+        let seen = exec.join().unwrap();
+        let job_of = |fuel| {
+            seen.iter().find_map(|f| matches!(f, Frame::Job(_, l) if *l == fuel).then(|| match f {
+                Frame::Job(j, _) => *j,
+                _ => unreachable!(),
+            }))
+        };
+        let (a, b) = (job_of(111).expect("job a registered"), job_of(222).expect("job b registered"));
+        assert_ne!(a, b);
+        assert_eq!(got_a, (1..=6).map(|i| (i, a * 100 + i)).collect::<Vec<_>>(), "job a got another's results");
+        assert_eq!(got_b, (1..=6).map(|i| (i, b * 100 + i)).collect::<Vec<_>>(), "job b got another's results");
+        assert!(rb.try_recv().is_err() && ra.try_recv().is_err());
+        let jobs: Vec<&Frame> = seen.iter().filter(|f| matches!(f, Frame::Job(..))).collect();
+        assert_eq!(jobs.len(), 2, "each job registered once: {seen:?}");
+        let stages: Vec<(JobId, StageId)> =
+            seen.iter().filter_map(|f| if let Frame::Stage(j, s) = f { Some((*j, *s)) } else { None }).collect();
+        assert_eq!(stages.len(), 2, "one stage per job: {seen:?}");
+        assert_ne!(stages[0].1, stages[1].1, "two jobs shared a stage id: {seen:?}");
+        let runs: Vec<JobId> =
+            seen.iter().filter_map(|f| if let Frame::Run(j, _, _) = f { Some(*j) } else { None }).collect();
+        assert_eq!(runs.len(), 12);
+        let first6_a = runs[..6].iter().filter(|j| **j == a).count();
+        assert_eq!(first6_a, 4, "weights 2:1 give 4 of the first 6 slots to a: {runs:?}");
+        assert!(seen.contains(&Frame::EndJob(a)), "the ended job was not told: {seen:?}");
+        assert!(!seen.contains(&Frame::EndJob(b)), "{seen:?}");
+    }
 }

@@ -447,8 +447,8 @@ mod tests {
         let id = RddId { time: 1000, node: 1 };
         let rdd = Rdd { id, partitions: 2, op: RddOp::Input { source: 0 }, persist: true, label: "x".into() };
         let valid: Vec<Vec<u8>> = vec![
-            encode_frame(&ToExecutor::Stage { stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
-            encode_frame(&FromExecutor::UnknownStage { stage: 7, task_id: 3 }).unwrap(),
+            encode_frame(&ToExecutor::Stage { job: 1, stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
+            encode_frame(&FromExecutor::UnknownStage { job: 1, stage: 7, task_id: 3 }).unwrap(),
             encode_frame(&ToExecutor::Heartbeat).unwrap(),
             encode_frame(&Hello {
                 magic: MAGIC,
