@@ -695,7 +695,12 @@ fn wait_executors(server: &Driver, n: usize, what: &str) -> Vec<u32> {
         if kids.len() == n {
             return kids;
         }
-        assert!(Instant::now() < deadline, "{what}: {} executor(s), not {n}\nserver log:\n{}", kids.len(), server.log());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} executor(s), not {n}\nserver log:\n{}",
+            kids.len(),
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -714,7 +719,7 @@ fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_ex
         "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local-cluster[2]\"\n\
          [tenants.victim]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
          [tenants.noisy]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
-         [tenants.evil]\ntoken_sha256 = \"{}\"\nmax_slots = 1\n\
+         [tenants.evil]\ntoken_sha256 = \"{}\"\nmax_jobs = 2\nmax_slots = 1\nmemory_quota_bytes = 40_000_000\n\
          [tenants.evil.limits]\nfuel_per_call = 50_000_000\ndeadline_ms = 2000\nmemory_bytes = 16_777_216\n",
         sha(VICTIM),
         sha(NOISY),
@@ -742,6 +747,8 @@ fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_ex
 
     let spin = generator_job(tmp.path(), "spin.toml", &module("hostile/infinite_loop.wat"), "map(m.spin)", "");
     let spin_id = submit(&addr, EVIL, &spin).unwrap();
+    let bomb = generator_job(tmp.path(), "bomb.toml", &module("hostile/memory_bomb.wat"), "map(m.grow)", "");
+    let bomb_id = submit(&addr, EVIL, &bomb).unwrap();
     let noisy_job = generator_wordcount(&tmp.path().join("noisy"), 3_000, noisy_batches as u32, 2);
     let noisy = submit(&addr, NOISY, &noisy_job).unwrap();
     let victim_job = generator_wordcount(&tmp.path().join("victim"), 300, victim_batches as u32, 2);
@@ -769,8 +776,14 @@ fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_ex
         let logs = text(&client(&addr, token, &["logs", id]).stdout);
         assert!(logs.contains("shared executor pool"), "{logs}");
     }
+    // The tenant's ceilings hold inside the executor processes: the loop
+    // ran out of evil's 50 000 000 units (the engine's default is larger),
+    // and the memory bomb's batches failed at its 16 MiB.
     let spin_logs = text(&client(&addr, EVIL, &["logs", &spin_id]).stdout);
-    assert!(spin_logs.contains("fuel"), "{spin_logs}");
+    assert!(spin_logs.contains("ran out of fuel (50000000 units per call)"), "{spin_logs}");
+    let bomb_logs = text(&client(&addr, EVIL, &["logs", &bomb_id]).stdout);
+    assert!(bomb_logs.contains("FAILED"), "{bomb_logs}");
+    assert_eq!(status_json(&addr, EVIL, &bomb_id)["state"], "running", "{bomb_logs}");
 
     // The loss was seen, and the pool is back to two processes.
     let log = server.log();

@@ -531,8 +531,8 @@ mod tests {
         assert!(e.contains("serve.toml:2:") && e.contains("runs threads"), "{e}");
         let c = parse("master = \"local-cluster[2,3]\"\n").unwrap();
         assert_eq!(c.slots(), 6);
-        let c = parse("master = \"cluster[2]\"\ncluster_listen = \"0.0.0.0:7078\"\ncluster_secret_file = \"s\"\n")
-            .unwrap();
+        let c =
+            parse("master = \"cluster[2]\"\ncluster_listen = \"0.0.0.0:7078\"\ncluster_secret_file = \"s\"\n").unwrap();
         assert_eq!(c.cluster_secret_file.as_deref(), Some(Path::new("/etc/weir/s")));
         let e = parse(&format!("{}kafka_topic_prefixes = [\"acme.\", \"\"]\n", acme())).unwrap_err().to_string();
         assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");

@@ -40,9 +40,12 @@ impl ServePool {
     /// Starts the pool `master` names: its threads, or its executor
     /// processes (not waiting for them to join: tasks queue meanwhile).
     pub fn start(config: &Config) -> Result<ServePool, ServeError> {
-        let fail = |e: std::io::Error| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master));
+        let fail =
+            |e: std::io::Error| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master));
         let pool = match config.master.parse::<Master>() {
-            Ok(Master::LocalCluster { executors, cores }) => Executors::Processes(start_cluster(config, executors, cores)?),
+            Ok(Master::LocalCluster { executors, cores }) => {
+                Executors::Processes(start_cluster(config, executors, cores)?)
+            }
             Ok(Master::Cluster { .. }) => Executors::Processes(start_cluster(config, 0, 1)?),
             _ => Executors::Threads(SharedPool::start(config.slots() as usize).map_err(fail)?),
         };

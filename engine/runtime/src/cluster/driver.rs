@@ -551,7 +551,9 @@ fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<O
     for out in rx {
         let msg = match out {
             Outgoing::Msg(m) => m,
-            Outgoing::Module { job, name, hash, bytes } => ToExecutor::Module { job, name, hash, bytes: bytes.to_vec() },
+            Outgoing::Module { job, name, hash, bytes } => {
+                ToExecutor::Module { job, name, hash, bytes: bytes.to_vec() }
+            }
         };
         let (stage, run) = match &msg {
             ToExecutor::Stage { .. } => (1, 0),
@@ -631,109 +633,107 @@ fn wait_for_executors(shared: &Shared, want: u32) -> std::io::Result<()> {
 /// Starts listening and starts the local executor processes (without
 /// waiting for them to join), with no job yet.
 fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<Shared>> {
-    {
-        if cfg.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a heartbeat timeout of {} ms is too short: the minimum is {} ms (executors heartbeat every {} ms)",
-                    cfg.heartbeat_timeout.as_millis(),
-                    MIN_HEARTBEAT_TIMEOUT.as_millis(),
-                    super::executor::HEARTBEAT_INTERVAL.as_millis()
-                ),
-            ));
-        }
-        if cfg.no_executor_timeout < MIN_HEARTBEAT_TIMEOUT {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a no-executor timeout of {} ms is too short: the minimum is {} ms",
-                    cfg.no_executor_timeout.as_millis(),
-                    MIN_HEARTBEAT_TIMEOUT.as_millis()
-                ),
-            ));
-        }
-        if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the cluster secret is empty: a cluster secret cannot be empty",
-            ));
-        }
-        let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let loopback = listen.starts_with("127.") || listen.starts_with("localhost") || listen.starts_with("[::1]");
-        let secret = match (&cfg.secret, loopback) {
-            (Some(s), _) => s.clone(),
-            (None, true) => protocol::random_bytes()?.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes(),
-            (None, false) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("refusing to accept executors on {listen} without a cluster secret (set WEIR_SECRET or --secret-file); without one the driver listens on loopback only"),
-                ))
-            }
-        };
-        let secret = Arc::new(secret);
-        let listener = TcpListener::bind(&listen)?;
-        let addr = listener.local_addr()?;
-        // The driver's own block server (input blocks), on the same interface.
-        let block_listener = TcpListener::bind((addr.ip(), 0))?;
-        let block_addr = block_listener.local_addr()?.to_string();
-        let blocks = Arc::new(JobBlocks::default());
-        // Serves for the driver's lifetime: its handle is never retired.
-        let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
-
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                executors: BTreeMap::new(),
-                queue,
-                jobs: HashMap::new(),
-                next_job: 0,
-                next_id: 0,
-                stopping: false,
-                empty_since: None,
-                empty_reported: false,
-            }),
-            joined: Condvar::new(),
-            blocks,
-            block_addr,
-            secret: secret.clone(),
-            timeout: cfg.heartbeat_timeout,
-            listeners: cfg.listeners.clone(),
-            stages: Mutex::new(Stages::default()),
-            counters: Counters::default(),
-            no_executor_timeout: cfg.no_executor_timeout,
-            local: Mutex::new(Local::default()),
-        });
-        accept_loop(listener, shared.clone());
-        monitor(shared.clone());
-
-        if cfg.local_executors > 0 {
-            let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
-            let beat = cfg.heartbeat_timeout.as_millis().to_string();
-            let args = [
-                "executor",
-                "--driver",
-                &addr.to_string(),
-                "--cores",
-                &cfg.cores.to_string(),
-                "--heartbeat-timeout-ms",
-                &beat,
-            ]
-            .map(String::from)
-            .to_vec();
-            let mut local = shared.local();
-            local.want = cfg.local_executors;
-            local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
-            for _ in 0..cfg.local_executors {
-                if let Err(e) = local.spawn() {
-                    drop(local);
-                    shared.shutdown();
-                    return Err(e);
-                }
-            }
-        }
-        tracing::info!("driver accepting executors on {addr}; waiting for {}", cfg.local_executors + cfg.wait_for);
-        Ok(shared)
+    if cfg.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a heartbeat timeout of {} ms is too short: the minimum is {} ms (executors heartbeat every {} ms)",
+                cfg.heartbeat_timeout.as_millis(),
+                MIN_HEARTBEAT_TIMEOUT.as_millis(),
+                super::executor::HEARTBEAT_INTERVAL.as_millis()
+            ),
+        ));
     }
+    if cfg.no_executor_timeout < MIN_HEARTBEAT_TIMEOUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a no-executor timeout of {} ms is too short: the minimum is {} ms",
+                cfg.no_executor_timeout.as_millis(),
+                MIN_HEARTBEAT_TIMEOUT.as_millis()
+            ),
+        ));
+    }
+    if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the cluster secret is empty: a cluster secret cannot be empty",
+        ));
+    }
+    let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+    let loopback = listen.starts_with("127.") || listen.starts_with("localhost") || listen.starts_with("[::1]");
+    let secret = match (&cfg.secret, loopback) {
+        (Some(s), _) => s.clone(),
+        (None, true) => protocol::random_bytes()?.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes(),
+        (None, false) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("refusing to accept executors on {listen} without a cluster secret (set WEIR_SECRET or --secret-file); without one the driver listens on loopback only"),
+            ))
+        }
+    };
+    let secret = Arc::new(secret);
+    let listener = TcpListener::bind(&listen)?;
+    let addr = listener.local_addr()?;
+    // The driver's own block server (input blocks), on the same interface.
+    let block_listener = TcpListener::bind((addr.ip(), 0))?;
+    let block_addr = block_listener.local_addr()?.to_string();
+    let blocks = Arc::new(JobBlocks::default());
+    // Serves for the driver's lifetime: its handle is never retired.
+    let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            executors: BTreeMap::new(),
+            queue,
+            jobs: HashMap::new(),
+            next_job: 0,
+            next_id: 0,
+            stopping: false,
+            empty_since: None,
+            empty_reported: false,
+        }),
+        joined: Condvar::new(),
+        blocks,
+        block_addr,
+        secret: secret.clone(),
+        timeout: cfg.heartbeat_timeout,
+        listeners: cfg.listeners.clone(),
+        stages: Mutex::new(Stages::default()),
+        counters: Counters::default(),
+        no_executor_timeout: cfg.no_executor_timeout,
+        local: Mutex::new(Local::default()),
+    });
+    accept_loop(listener, shared.clone());
+    monitor(shared.clone());
+
+    if cfg.local_executors > 0 {
+        let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
+        let beat = cfg.heartbeat_timeout.as_millis().to_string();
+        let args = [
+            "executor",
+            "--driver",
+            &addr.to_string(),
+            "--cores",
+            &cfg.cores.to_string(),
+            "--heartbeat-timeout-ms",
+            &beat,
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut local = shared.local();
+        local.want = cfg.local_executors;
+        local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
+        for _ in 0..cfg.local_executors {
+            if let Err(e) = local.spawn() {
+                drop(local);
+                shared.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    tracing::info!("driver accepting executors on {addr}; waiting for {}", cfg.local_executors + cfg.wait_for);
+    Ok(shared)
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -1547,10 +1547,12 @@ mod tests {
         drop(cluster);
         let seen = exec.join().unwrap();
         let job_of = |fuel| {
-            seen.iter().find_map(|f| matches!(f, Frame::Job(_, l) if *l == fuel).then(|| match f {
-                Frame::Job(j, _) => *j,
-                _ => unreachable!(),
-            }))
+            seen.iter().find_map(|f| {
+                matches!(f, Frame::Job(_, l) if *l == fuel).then(|| match f {
+                    Frame::Job(j, _) => *j,
+                    _ => unreachable!(),
+                })
+            })
         };
         let (a, b) = (job_of(111).expect("job a registered"), job_of(222).expect("job b registered"));
         assert_ne!(a, b);

@@ -428,17 +428,17 @@ fn join_threads(
     registry: Arc<ModuleRegistry>,
     blocks: Arc<BlockStore>,
 ) -> std::io::Result<(PooledExecutors, Receiver<BackendEvent>)> {
-        let (results, rx) = channel();
-        let mut s = inner.lock();
-        if s.shutdown {
-            return Err(std::io::Error::other("the shared executor pool has shut down"));
-        }
-        let job = s.next_job;
-        s.next_job += 1;
-        s.jobs.insert(job, JobEnv { registry, blocks: blocks.clone(), results });
-        let slots = s.drr.tenants.get(tenant).map_or(inner.workers, |t| t.cap.min(inner.workers));
-        drop(s);
-        Ok((PooledExecutors { inner: inner.clone(), tenant: tenant.to_string(), job, slots, blocks }, rx))
+    let (results, rx) = channel();
+    let mut s = inner.lock();
+    if s.shutdown {
+        return Err(std::io::Error::other("the shared executor pool has shut down"));
+    }
+    let job = s.next_job;
+    s.next_job += 1;
+    s.jobs.insert(job, JobEnv { registry, blocks: blocks.clone(), results });
+    let slots = s.drr.tenants.get(tenant).map_or(inner.workers, |t| t.cap.min(inner.workers));
+    drop(s);
+    Ok((PooledExecutors { inner: inner.clone(), tenant: tenant.to_string(), job, slots, blocks }, rx))
 }
 
 /// One job's executors on a [`SharedPool`].
