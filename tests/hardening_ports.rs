@@ -291,7 +291,7 @@ fn a_non_reading_executor_flooding_module_requests_does_not_stop_the_driver() {
     let role = Role::Executor { slots: 4096, block_addr: "127.0.0.1:1".into(), pid: 4_000_001 };
     protocol::connect(&mut s, SECRET.as_bytes(), role, protocol::PROTOCOL_VERSION).unwrap();
     let hash = weir::udf::ModuleHash::of(&std::fs::read(module("wordcount.wasm")).unwrap());
-    let frame = protocol::encode_frame(&FromExecutor::NeedModule { hash }).unwrap();
+    let frame = protocol::encode_frame(&FromExecutor::NeedModule { job: 0, hash }).unwrap();
     let start = Instant::now();
     let mut peak = 0;
     let mut sent = 0u64;

@@ -667,3 +667,127 @@ fn serve_runs_two_tenants_on_one_shared_pool_and_the_victim_keeps_pace_beside_a_
         assert!(logs.contains("shared executor pool"), "{logs}");
     }
 }
+
+/// Live (not zombie) `weir executor` processes whose parent is `pid`.
+fn executor_children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next().unwrap_or(""), f.next().and_then(|p| p.parse::<u32>().ok()));
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && state != "Z" && String::from_utf8_lossy(&cmdline).contains("executor") {
+            found.push(child);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Waits until `pid` has `n` live executor children, whose pids it returns.
+fn wait_executors(server: &Driver, n: usize, what: &str) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let kids = executor_children(server.pid());
+        if kids.len() == n {
+            return kids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} executor(s), not {n}\nserver log:\n{}",
+            kids.len(),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `master = "local-cluster[2]"`: the server's one pool is two executor
+/// processes it started. Two honest tenants' WordCount jobs (the same
+/// graph and parallelism, so their RDD and block ids coincide: only the
+/// job identity on every frame keeps their blocks apart) run on it beside
+/// a hostile tenant's infinite loop; one executor is SIGKILLed mid-run.
+/// Both outputs are byte-identical to `weir run` alone, the victim finishes
+/// while the loop still runs, and the server replaces the killed executor.
+#[test]
+fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_executor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local-cluster[2]\"\n\
+         [tenants.victim]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
+         [tenants.noisy]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
+         [tenants.evil]\ntoken_sha256 = \"{}\"\nmax_jobs = 2\nmax_slots = 1\nmemory_quota_bytes = 40_000_000\n\
+         [tenants.evil.limits]\nfuel_per_call = 50_000_000\ndeadline_ms = 2000\nmemory_bytes = 16_777_216\n",
+        sha(VICTIM),
+        sha(NOISY),
+        sha(EVIL)
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let (victim_batches, noisy_batches) = (40u64, 60u64);
+    let jobs = [("victim", 300, victim_batches), ("noisy", 3_000, noisy_batches)];
+    let mut want = Vec::new();
+    for (name, lines, batches) in jobs {
+        let reference = tmp.path().join("reference").join(name);
+        let job = generator_wordcount(&reference, lines, batches as u32, 2);
+        let out = run(weir().args(["run", job.to_str().unwrap(), "-q"]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let files = tree(&reference.join("out"));
+        assert_eq!(files.len() as u64, batches * 3, "{name}: {:?}", files.keys().collect::<Vec<_>>());
+        want.push(files);
+    }
+
+    let (server, addr) = start_server(&config);
+    let first = wait_executors(&server, 2, "the pool at start");
+    // Executor processes, not threads: the server runs no task threads.
+    assert_eq!(threads_named(server.pid(), "weir-pool-"), 0);
+
+    let spin = generator_job(tmp.path(), "spin.toml", &module("hostile/infinite_loop.wat"), "map(m.spin)", "");
+    let spin_id = submit(&addr, EVIL, &spin).unwrap();
+    let bomb = generator_job(tmp.path(), "bomb.toml", &module("hostile/memory_bomb.wat"), "map(m.grow)", "");
+    let bomb_id = submit(&addr, EVIL, &bomb).unwrap();
+    let noisy_job = generator_wordcount(&tmp.path().join("noisy"), 3_000, noisy_batches as u32, 2);
+    let noisy = submit(&addr, NOISY, &noisy_job).unwrap();
+    let victim_job = generator_wordcount(&tmp.path().join("victim"), 300, victim_batches as u32, 2);
+    let victim = submit(&addr, VICTIM, &victim_job).unwrap();
+
+    // Mid-run: kill -9 one executor process.
+    wait_status(&server, &addr, VICTIM, &victim, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(3));
+    let killed = first[0];
+    let out = run(Command::new("kill").args(["-9", &killed.to_string()]));
+    assert!(out.status.success(), "kill -9 {killed}: {}", text(&out.stderr));
+    let at_kill = status_json(&addr, NOISY, &noisy);
+    assert_eq!(at_kill["state"], "running", "the neighbour ended before the kill: {at_kill}");
+
+    let done = wait_status(&server, &addr, VICTIM, &victim, 300, |v| v["state"] != "running");
+    assert_eq!(done["state"], "finished", "{done}\nserver log:\n{}", server.log());
+    assert_eq!(done["progress"]["batches_completed"].as_u64(), Some(victim_batches), "{done}");
+    // The infinite loop was running all along and did not hold the victim up.
+    assert_eq!(status_json(&addr, EVIL, &spin_id)["state"], "running");
+    let noisy_end = wait_status(&server, &addr, NOISY, &noisy, 600, |v| v["state"] != "running");
+    assert_eq!(noisy_end["state"], "finished", "{noisy_end}\nserver log:\n{}", server.log());
+
+    for ((name, id, token), want) in [("victim", &victim, VICTIM), ("noisy", &noisy, NOISY)].into_iter().zip(&want) {
+        let got = tree(&tmp.path().join("state/tenants").join(name).join("jobs").join(id).join("out/out"));
+        assert_same_tree(&got, want, &format!("{name} on local-cluster[2] (an executor SIGKILLed) vs weir run alone"));
+        let logs = text(&client(&addr, token, &["logs", id]).stdout);
+        assert!(logs.contains("shared executor pool"), "{logs}");
+    }
+    // The tenant's ceilings hold inside the executor processes: the loop
+    // ran out of evil's 50 000 000 units (the engine's default is larger),
+    // and the memory bomb's batches failed at its 16 MiB.
+    let spin_logs = text(&client(&addr, EVIL, &["logs", &spin_id]).stdout);
+    assert!(spin_logs.contains("ran out of fuel (50000000 units per call)"), "{spin_logs}");
+    let bomb_logs = text(&client(&addr, EVIL, &["logs", &bomb_id]).stdout);
+    assert!(bomb_logs.contains("FAILED"), "{bomb_logs}");
+    assert_eq!(status_json(&addr, EVIL, &bomb_id)["state"], "running", "{bomb_logs}");
+
+    // The loss was seen, and the pool is back to two processes.
+    let log = server.log();
+    assert!(log.contains(&format!("(pid {killed}")) && log.contains("lost"), "{log}");
+    let now = wait_executors(&server, 2, "after the replacement");
+    assert!(!now.contains(&killed), "{now:?}");
+}

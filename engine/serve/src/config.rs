@@ -42,6 +42,10 @@ struct ConfigFile {
     #[serde(default)]
     master: Option<String>,
     #[serde(default)]
+    cluster_listen: Option<String>,
+    #[serde(default)]
+    cluster_secret_file: Option<PathBuf>,
+    #[serde(default)]
     tls_cert: Option<PathBuf>,
     #[serde(default)]
     tls_key: Option<PathBuf>,
@@ -143,6 +147,12 @@ pub struct Config {
     /// Absolute.
     pub state_dir: PathBuf,
     pub master: String,
+    /// Where executors join (`local-cluster[N]`, `cluster[N]`); `None`:
+    /// loopback, any free port.
+    pub cluster_listen: Option<String>,
+    /// The cluster secret's file (absolute): executors prove they know it.
+    /// Needed for `cluster[N]`; `local-cluster[N]` generates one without it.
+    pub cluster_secret_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     admin_token_sha256: Option<[u8; 32]>,
@@ -324,10 +334,24 @@ impl Config {
             return Err(err("tls_", "tls_cert and tls_key go together".into()));
         }
         let master = f.master.unwrap_or_else(|| "local[2]".into());
+        let cluster_secret_file = f.cluster_secret_file.map(|p| base.join(p));
         match master.parse::<weir::scheduler::Master>() {
-            Ok(weir::scheduler::Master::Local(_)) => {}
-            Ok(_) => {
-                return Err(err("master", format!("master {master:?}: only local[N] is supported by weir serve yet")))
+            Ok(weir::scheduler::Master::Local(_)) => {
+                if f.cluster_listen.is_some() || cluster_secret_file.is_some() {
+                    return Err(err(
+                        "cluster_",
+                        format!("cluster_listen and cluster_secret_file need executor processes: master {master:?} runs threads"),
+                    ));
+                }
+            }
+            Ok(weir::scheduler::Master::LocalCluster { .. }) => {}
+            Ok(weir::scheduler::Master::Cluster { .. }) => {
+                if cluster_secret_file.is_none() || f.cluster_listen.is_none() {
+                    return Err(err(
+                        "master",
+                        format!("master {master:?}: executors join over the network, so cluster_listen (the address they join) and cluster_secret_file (the secret they prove) are required"),
+                    ));
+                }
             }
             Err(m) => return Err(err("master", format!("master: {m}"))),
         }
@@ -336,6 +360,8 @@ impl Config {
             listen: f.listen.unwrap_or_else(|| "127.0.0.1:7077".into()),
             state_dir,
             master,
+            cluster_listen: f.cluster_listen,
+            cluster_secret_file,
             tls_cert: f.tls_cert.map(|p| base.join(p)),
             tls_key: f.tls_key.map(|p| base.join(p)),
             admin_token_sha256,
@@ -366,11 +392,16 @@ impl Config {
         found
     }
 
-    /// The executor threads of `local[N]`.
+    /// The task slots of the pool: the threads of `local[N]`, the
+    /// executors times their cores of `local-cluster[N,C]`. Executors that
+    /// join (`cluster[N]`) say their own cores, so there is no bound but
+    /// each tenant's `max_slots`.
     pub fn slots(&self) -> u32 {
         match self.master.parse::<weir::scheduler::Master>() {
             Ok(weir::scheduler::Master::Local(n)) => u32::try_from(n).unwrap_or(u32::MAX),
-            _ => 1,
+            Ok(weir::scheduler::Master::LocalCluster { executors, cores }) => executors.saturating_mul(cores),
+            Ok(weir::scheduler::Master::Cluster { .. }) => u32::MAX,
+            Err(_) => 1,
         }
     }
 }
@@ -436,6 +467,8 @@ impl ConfigWatch {
                 c.listen = w.config.listen.clone();
                 c.state_dir = w.config.state_dir.clone();
                 c.master = w.config.master.clone();
+                c.cluster_listen = w.config.cluster_listen.clone();
+                c.cluster_secret_file = w.config.cluster_secret_file.clone();
                 c.tls_cert = w.config.tls_cert.clone();
                 c.tls_key = w.config.tls_key.clone();
                 // The cache bound follows the file (from the next write on;
@@ -510,7 +543,14 @@ mod tests {
             .to_string();
         assert!(e.contains("another tenant's token"), "{e}");
         let e = parse("master = \"cluster[2]\"\n").unwrap_err().to_string();
-        assert!(e.contains("serve.toml:1:") && e.contains("only local[N]"), "{e}");
+        assert!(e.contains("serve.toml:1:") && e.contains("cluster_secret_file"), "{e}");
+        let e = parse("master = \"local[2]\"\ncluster_listen = \"127.0.0.1:0\"\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:2:") && e.contains("runs threads"), "{e}");
+        let c = parse("master = \"local-cluster[2,3]\"\n").unwrap();
+        assert_eq!(c.slots(), 6);
+        let c =
+            parse("master = \"cluster[2]\"\ncluster_listen = \"0.0.0.0:7078\"\ncluster_secret_file = \"s\"\n").unwrap();
+        assert_eq!(c.cluster_secret_file.as_deref(), Some(Path::new("/etc/weir/s")));
         let e = parse(&format!("{}kafka_topic_prefixes = [\"acme.\", \"\"]\n", acme())).unwrap_err().to_string();
         assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();

@@ -5,6 +5,11 @@
 //! shuffle bucket is a fetch failure, a missing cached partition is
 //! recomputed from lineage.
 //!
+//! A block server serves the stores of every job its process holds blocks
+//! for ([`JobBlocks`]): a request names its job, and a block id is looked up
+//! in that job's store only, so jobs that share executors (`weir serve`)
+//! never read each other's blocks, even where their block ids coincide.
+//!
 //! Connections are capped ([`super::gate`]), the handshake has a deadline,
 //! and an authenticated peer gets [`IDLE_TIMEOUT`] between requests and for
 //! each reply it does not read.
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::gate::Gate;
-use super::protocol::{self, Admission, BlockReply, BlockRequest, Role};
+use super::protocol::{self, Admission, BlockReply, BlockRequest, JobId, Role};
 use crate::executor::{Block, BlockStore};
 use crate::rdd::BlockId;
 use crate::udf::UdfLimits;
@@ -31,6 +36,42 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn accept_failed(e: &std::io::Error) {
     tracing::warn!("accepting a connection failed: {e}");
     std::thread::sleep(Duration::from_millis(50));
+}
+
+/// The block stores of the jobs a process serves, by job.
+#[derive(Default)]
+pub struct JobBlocks {
+    stores: std::sync::Mutex<std::collections::HashMap<JobId, Arc<BlockStore>>>,
+}
+
+impl JobBlocks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<JobId, Arc<BlockStore>>> {
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves `store` as job `job`'s (replacing nothing: an existing store stays).
+    pub fn insert(&self, job: JobId, store: Arc<BlockStore>) -> Arc<BlockStore> {
+        self.lock().entry(job).or_insert(store).clone()
+    }
+
+    /// Job `job`'s store, if it has one.
+    pub fn get(&self, job: JobId) -> Option<Arc<BlockStore>> {
+        self.lock().get(&job).cloned()
+    }
+
+    /// Stops serving job `job`'s blocks; they are freed once no task holds them.
+    pub fn remove(&self, job: JobId) -> Option<Arc<BlockStore>> {
+        self.lock().remove(&job)
+    }
+
+    /// Jobs served.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A running block server. An executor that rejoins its driver as a new
@@ -53,9 +94,9 @@ impl BlockServer {
     }
 }
 
-/// Serves `store` on `listener` until the process ends or the returned
-/// handle is retired.
-pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>) -> BlockServer {
+/// Serves the jobs' stores in `store` on `listener` until the process ends
+/// or the returned handle is retired.
+pub fn serve(listener: TcpListener, store: Arc<JobBlocks>, secret: Arc<Vec<u8>>) -> BlockServer {
     let live = Arc::new(AtomicBool::new(true));
     let handle = BlockServer { addr: listener.local_addr().ok(), live: live.clone() };
     let _ = std::thread::Builder::new().name("weir-block-server".into()).spawn(move || {
@@ -92,11 +133,14 @@ pub fn serve(listener: TcpListener, store: Arc<BlockStore>, secret: Arc<Vec<u8>>
                 {
                     return;
                 }
-                while let Ok(BlockRequest::Get(ids)) = protocol::read_frame::<BlockRequest>(&mut conn) {
+                while let Ok(BlockRequest::Get { job, ids }) = protocol::read_frame::<BlockRequest>(&mut conn) {
                     if !live.load(Ordering::SeqCst) {
                         return;
                     }
-                    let blocks = ids.iter().map(|id| store.get(id).map(|b| b.to_vec())).collect();
+                    // A job this process does not (or no longer) serve has no blocks here.
+                    let store = store.get(job);
+                    let blocks =
+                        ids.iter().map(|id| store.as_ref().and_then(|s| s.get(id)).map(|b| b.to_vec())).collect();
                     if protocol::write_frame(&mut conn, &BlockReply::Blocks(blocks)).is_err() {
                         return;
                     }
@@ -123,14 +167,14 @@ pub struct Fetcher {
 impl Fetcher {
     /// [`fetch`], except that a peer that failed within [`UNREACHABLE_FOR`]
     /// is not asked again (None for every block, as if it had not answered).
-    pub fn fetch(&self, addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
+    pub fn fetch(&self, addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Vec<Option<Block>> {
         let mut down = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
         down.retain(|_, since| since.elapsed() < UNREACHABLE_FOR);
         if down.contains_key(addr) {
             return ids.iter().map(|_| None).collect();
         }
         drop(down);
-        match try_fetch(addr, secret, ids) {
+        match try_fetch(addr, secret, job, ids) {
             Some(bs) => bs,
             None => {
                 tracing::info!(
@@ -144,15 +188,15 @@ impl Fetcher {
     }
 }
 
-/// Fetches blocks from the block server at `addr` (None for each block it
-/// does not have, or for all if it cannot be reached in time).
-pub fn fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Vec<Option<Block>> {
-    try_fetch(addr, secret, ids).unwrap_or_else(|| ids.iter().map(|_| None).collect())
+/// Fetches job `job`'s blocks from the block server at `addr` (None for
+/// each block it does not have, or for all if it cannot be reached in time).
+pub fn fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Vec<Option<Block>> {
+    try_fetch(addr, secret, job, ids).unwrap_or_else(|| ids.iter().map(|_| None).collect())
 }
 
 /// The blocks, or None when the server could not be reached or did not
 /// answer in time.
-fn try_fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Option<Vec<Option<Block>>> {
+fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Option<Vec<Option<Block>>> {
     let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
@@ -161,7 +205,7 @@ fn try_fetch(addr: &str, secret: &[u8], ids: &[BlockId]) -> Option<Vec<Option<Bl
         // The handshake set its own timeouts.
         conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
         conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
-        protocol::write_frame(&mut conn, &BlockRequest::Get(ids.to_vec())).ok()?;
+        protocol::write_frame(&mut conn, &BlockRequest::Get { job, ids: ids.to_vec() }).ok()?;
         let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
         (bs.len() == ids.len()).then_some(bs)
     };

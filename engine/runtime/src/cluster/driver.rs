@@ -16,13 +16,25 @@
 //! Module answers are queued as references to the registry's bytes, so a
 //! peer that asks again and again costs a bounded queue of pointers.
 //!
+//! One driver may run many jobs' tasks on its executors ([`SharedCluster`],
+//! `weir serve`'s pool); `weir run`'s [`ClusterBackend`] is the case of one
+//! job. Each job registers its module registry (so its sandbox limits),
+//! block store and result channel; its tasks are queued under its tenant,
+//! and a free executor slot takes the next task that deficit round robin
+//! ([`Drr`]) grants, so tenants share the executors by weight, each capped at
+//! its `max_slots`. Every frame names its job: the executors keep each job's
+//! modules and blocks apart, a module is sent only from the asking job's own
+//! registry, and a job that ends is told to every executor (`EndJob`) so
+//! they drop its blocks. A lost executor's running tasks go back to their
+//! own jobs as `ExecutorLost`, and every job hears that its blocks are gone.
+//!
 //! Connections are capped ([`super::gate`]); the handshake has a deadline.
 //! `local-cluster[N]` starts a replacement when one of its executors is lost
 //! (after a backoff, up to [`MAX_RESTARTS`] in a row), and a driver with no
 //! executor for `no_executor_timeout` fails the tasks it holds with a clear
 //! error instead of waiting for ever.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
@@ -32,13 +44,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::block_server;
+use super::block_server::{self, JobBlocks};
 use super::gate::{Gate, Ticket};
-use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, STAGE_CACHE};
+use super::protocol::{self, Admission, FromExecutor, JobId, Role, StageId, ToExecutor, STAGE_CACHE};
+use crate::executor::pool::{Drr, Pool, PoolTenant};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
 use crate::listener::{ExecutorEvent, ListenerBus};
 use crate::rdd::{Rdd, RddId};
-use crate::udf::{ModuleHash, ModuleRegistry};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfLimits};
 
 /// The shortest heartbeat timeout accepted: several heartbeat intervals, so
 /// one late heartbeat does not lose an executor (and 0 does not lose all).
@@ -110,11 +123,12 @@ pub fn find_executor_binary(configured: Option<&std::path::Path>) -> std::io::Re
 
 type StageRdds = BTreeMap<RddId, Rdd>;
 
-/// Lineages the driver has given stage ids to, newest first. Tasks with
-/// equal lineage get the same id, so an executor receives it once.
+/// Lineages the driver has given stage ids to, newest first. Tasks of one
+/// job with equal lineage get the same id, so an executor receives it once;
+/// two jobs never share a stage id, even with equal lineage.
 #[derive(Default)]
 struct Stages {
-    recent: VecDeque<(StageId, Arc<StageRdds>)>,
+    recent: VecDeque<(StageId, JobId, Arc<StageRdds>)>,
     next: StageId,
 }
 
@@ -123,12 +137,12 @@ struct Stages {
 const STAGES_REMEMBERED: usize = 64;
 
 impl Stages {
-    fn id_of(&mut self, rdds: &StageRdds) -> StageId {
-        if let Some((id, _)) = self.recent.iter().find(|(_, r)| **r == *rdds) {
+    fn id_of(&mut self, job: JobId, rdds: &StageRdds) -> StageId {
+        if let Some((id, _, _)) = self.recent.iter().find(|(_, j, r)| *j == job && **r == *rdds) {
             return *id;
         }
         self.next += 1;
-        self.recent.push_front((self.next, Arc::new(rdds.clone())));
+        self.recent.push_front((self.next, job, Arc::new(rdds.clone())));
         self.recent.truncate(STAGES_REMEMBERED);
         self.next
     }
@@ -165,6 +179,8 @@ impl Counters {
 struct Running {
     stage: StageId,
     task: Task,
+    /// Whose slot it holds in the [`Drr`].
+    tenant: String,
 }
 
 struct Conn {
@@ -176,9 +192,12 @@ struct Conn {
     /// To its writer thread; dropping it ends the thread.
     out: SyncSender<Outgoing>,
     writer: Option<JoinHandle<()>>,
-    running: HashMap<u64, Running>,
+    /// Its running tasks, by job and task id.
+    running: HashMap<(JobId, u64), Running>,
     /// The stage lineages it holds, oldest first (mirrors its cache).
     stages: VecDeque<StageId>,
+    /// The jobs it has been told of (`Job`), not yet ended.
+    jobs: HashSet<JobId>,
     last_seen: Instant,
     /// Heartbeats received, when the last came, and the UDF memory (now,
     /// peak) it reported, for the status page.
@@ -187,9 +206,30 @@ struct Conn {
     udf_memory: Option<(u64, u64)>,
 }
 
+/// A job running on the driver's executors.
+struct JobEntry {
+    tenant: String,
+    /// Its modules (sent only to its own tasks' executors) and limits.
+    registry: Arc<ModuleRegistry>,
+    events: Sender<BackendEvent>,
+    /// Its tasks go only to the executor with this block address, while
+    /// it is connected ([`ExecutorBackend::prefer`]).
+    prefer: Option<String>,
+}
+
+/// A task waiting for an executor slot.
+struct Queued {
+    job: JobId,
+    stage: StageId,
+    task: Task,
+}
+
 struct State {
     executors: BTreeMap<u64, Conn>,
-    queue: VecDeque<(StageId, Task)>,
+    /// Queued tasks, by tenant (one tenant for `weir run`).
+    queue: Drr<Queued>,
+    jobs: HashMap<JobId, JobEntry>,
+    next_job: JobId,
     next_id: u64,
     /// The driver is stopping: executors leaving is expected.
     stopping: bool,
@@ -197,16 +237,14 @@ struct State {
     empty_since: Option<Instant>,
     /// The no-executor timeout has been logged as an error (once per spell).
     empty_reported: bool,
-    /// Tasks go only to the executor with this block address, while it is
-    /// connected ([`ExecutorBackend::prefer`]).
-    prefer: Option<String>,
 }
 
 struct Shared {
     state: Mutex<State>,
     joined: Condvar,
-    events: Sender<BackendEvent>,
-    registry: Arc<ModuleRegistry>,
+    /// Each job's blocks on the driver (input blocks), served by its block server.
+    blocks: Arc<JobBlocks>,
+    block_addr: String,
     secret: Arc<Vec<u8>>,
     timeout: Duration,
     listeners: ListenerBus,
@@ -249,18 +287,18 @@ impl Local {
     }
 }
 
-/// `local-cluster[N]` and remote executors.
+/// `local-cluster[N]` and remote executors, for one job (`weir run`).
 pub struct ClusterBackend {
     shared: Arc<Shared>,
+    job: JobId,
     blocks: Arc<BlockStore>,
-    block_addr: String,
 }
 
 /// What a writer thread sends: a message, or a module by reference (encoded
 /// only when written, so queued answers do not copy its bytes).
 enum Outgoing {
     Msg(ToExecutor),
-    Module { name: String, hash: ModuleHash, bytes: Arc<Vec<u8>> },
+    Module { job: JobId, name: String, hash: ModuleHash, bytes: Arc<Vec<u8>> },
 }
 
 /// Why a message could not be queued for an executor.
@@ -290,11 +328,16 @@ impl Conn {
         })
     }
 
-    /// Queues task `task` of stage `stage`, with the stage's lineage first
-    /// unless the executor holds it.
-    fn send_task(&mut self, stage: StageId, task: &Task) -> Result<(), QueueError> {
+    /// Queues task `task` of job `job`'s stage `stage`, with the job's
+    /// registration and the stage's lineage first unless the executor holds
+    /// them.
+    fn send_task(&mut self, job: JobId, limits: UdfLimits, stage: StageId, task: &Task) -> Result<(), QueueError> {
+        if !self.jobs.contains(&job) {
+            self.send(ToExecutor::Job { job, limits })?;
+            self.jobs.insert(job);
+        }
         if !self.stages.contains(&stage) {
-            self.send(ToExecutor::Stage { stage, rdds: task.rdds.clone() })?;
+            self.send(ToExecutor::Stage { job, stage, rdds: task.rdds.clone() })?;
             self.stages.push_back(stage);
             while self.stages.len() > STAGE_CACHE {
                 self.stages.pop_front();
@@ -309,7 +352,7 @@ impl Conn {
             kind: task.kind.clone(),
             locations: task.locations.clone(),
         };
-        self.send(ToExecutor::Run { stage, task: Box::new(bare) })
+        self.send(ToExecutor::Run { job, stage, task: Box::new(bare) })
     }
 }
 
@@ -323,12 +366,18 @@ impl Shared {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues tasks for executors with free slots (least loaded first). Only
-    /// queues: the executors' writer threads do the writing.
+    /// Queues tasks for executors with free slots (least loaded first), in
+    /// the order the [`Drr`] grants them across tenants. Only queues: the
+    /// executors' writer threads do the writing.
     fn dispatch(&self, st: &mut State) {
-        loop {
-            let Some((stage, task)) = st.queue.pop_front() else { return };
-            let preferred = st.prefer.as_ref().and_then(|a| st.executors.iter().find(|(_, c)| c.addr == *a));
+        while st.executors.values().any(|c| (c.running.len() as u32) < c.slots) {
+            let Some((tenant, q)) = st.queue.grant() else { return };
+            let Some(entry) = st.jobs.get(&q.job) else {
+                st.queue.done(&tenant); // its job ended after queuing it
+                continue;
+            };
+            let limits = *entry.registry.limits();
+            let preferred = entry.prefer.as_ref().and_then(|a| st.executors.iter().find(|(_, c)| c.addr == *a));
             let preferred = preferred.map(|(id, _)| *id);
             let pick = st
                 .executors
@@ -338,16 +387,18 @@ impl Shared {
                 .min_by_key(|(id, c)| (c.running.len(), **id))
                 .map(|(id, _)| *id);
             let Some(id) = pick else {
-                st.queue.push_front((stage, task));
+                // Its preferred executor is busy: it waits for that one.
+                st.queue.requeue(&tenant, q);
                 return;
             };
             let Some(conn) = st.executors.get_mut(&id) else { return };
-            match conn.send_task(stage, &task) {
+            match conn.send_task(q.job, limits, q.stage, &q.task) {
                 Ok(()) => {
-                    conn.running.insert(task.id, Running { stage, task });
+                    let Queued { job, stage, task } = q;
+                    conn.running.insert((job, task.id), Running { stage, task, tenant });
                 }
                 Err(e) => {
-                    st.queue.push_front((stage, task));
+                    st.queue.requeue(&tenant, q);
                     self.lose(st, id, &format!("cannot send to it: {e}"));
                 }
             }
@@ -355,11 +406,14 @@ impl Shared {
     }
 
     /// Removes an executor: its tasks fail with ExecutorLost, its blocks are
-    /// reported gone, and nothing it sends from now on is heard.
+    /// reported gone (to every job), and nothing it sends from now on is heard.
     fn lose(&self, st: &mut State, id: u64, reason: &str) {
         let Some(conn) = st.executors.remove(&id) else { return };
         // Also wakes its writer thread if it is blocked writing.
         let _ = conn.sock.shutdown(std::net::Shutdown::Both);
+        for r in conn.running.values() {
+            st.queue.done(&r.tenant);
+        }
         if st.stopping {
             return;
         }
@@ -369,11 +423,14 @@ impl Shared {
             conn.addr,
             conn.running.len()
         );
-        let _ =
-            self.events.send(BackendEvent::ExecutorLost { executor: conn.addr.clone(), reason: reason.to_string() });
-        for (_, r) in conn.running {
+        for j in st.jobs.values() {
+            let lost = BackendEvent::ExecutorLost { executor: conn.addr.clone(), reason: reason.to_string() };
+            let _ = j.events.send(lost);
+        }
+        for ((job, _), r) in conn.running {
+            let Some(j) = st.jobs.get(&job) else { continue };
             let t = r.task;
-            let _ = self.events.send(BackendEvent::Task(TaskResult {
+            let _ = j.events.send(BackendEvent::Task(TaskResult {
                 task_id: t.id,
                 attempt: t.attempt,
                 outcome: Err(TaskFailure::ExecutorLost(format!("executor {id}: {reason}"))),
@@ -383,6 +440,97 @@ impl Shared {
                 executor: String::new(),
                 udf_usage: Vec::new(),
             }));
+        }
+    }
+
+    /// Registers a job of `tenant`: its modules, its blocks on the driver,
+    /// and the channel its results go to.
+    fn add_job(
+        &self,
+        tenant: &str,
+        registry: Arc<ModuleRegistry>,
+        blocks: &Arc<BlockStore>,
+    ) -> std::io::Result<(JobId, Receiver<BackendEvent>)> {
+        let (events, rx) = std::sync::mpsc::channel();
+        let mut st = self.lock();
+        if st.stopping {
+            return Err(std::io::Error::other("the executor pool has shut down"));
+        }
+        let job = st.next_job;
+        st.next_job += 1;
+        self.blocks.insert(job, blocks.clone());
+        st.jobs.insert(job, JobEntry { tenant: tenant.to_string(), registry, events, prefer: None });
+        Ok((job, rx))
+    }
+
+    /// Job `job` is over: its queued tasks are dropped, its running ones'
+    /// results will be, and every executor that ran it drops its blocks and
+    /// modules.
+    fn remove_job(&self, job: JobId) {
+        let mut st = self.lock();
+        st.jobs.remove(&job);
+        st.queue.retain(|q| q.job != job);
+        self.blocks.remove(job);
+        for c in st.executors.values_mut() {
+            if c.jobs.remove(&job) {
+                if let Err(e) = c.send(ToExecutor::EndJob { job }) {
+                    // Its blocks stay on that executor until it goes.
+                    tracing::warn!("cannot tell executor (pid {}) that job {job} ended: {e}", c.pid);
+                }
+            }
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Queues a task of job `job` (under its tenant) and hands out work.
+    fn submit(&self, job: JobId, task: Task) {
+        // Matched outside the global lock: comparing lineage takes time.
+        let stage = self.stages.lock().unwrap_or_else(|p| p.into_inner()).id_of(job, &task.rdds);
+        let mut st = self.lock();
+        let Some(tenant) = st.jobs.get(&job).map(|j| j.tenant.clone()) else { return };
+        st.queue.push(&tenant, Queued { job, stage, task });
+        self.dispatch(&mut st);
+    }
+
+    /// Task slots of every connected executor.
+    fn slots(&self) -> usize {
+        self.lock().executors.values().map(|c| c.slots as usize).sum()
+    }
+
+    fn prefer(&self, job: JobId, executor: Option<&str>) {
+        let mut st = self.lock();
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.prefer = executor.map(String::from);
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// Stops every executor (`Shutdown`) and the local ones' processes.
+    fn shutdown(&self) {
+        let conns = {
+            let mut st = self.lock();
+            st.stopping = true;
+            std::mem::take(&mut st.executors)
+        };
+        // Queued after what each executor has been sent; dropping the conns
+        // closes the queues, so the writers end once they have written them.
+        let mut writers = Vec::new();
+        for (_, mut c) in conns {
+            let _ = c.send(ToExecutor::Shutdown);
+            writers.extend(c.writer.take());
+        }
+        // A writer stuck on an executor that does not read gives up after
+        // its write timeout; do not wait longer than that for the rest.
+        let deadline = Instant::now() + self.timeout.min(Duration::from_secs(2));
+        while writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut local = self.local();
+        local.want = 0;
+        for c in local.children.iter_mut() {
+            // Executors exit when their driver goes; make sure of it.
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -408,7 +556,9 @@ fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<O
     for out in rx {
         let msg = match out {
             Outgoing::Msg(m) => m,
-            Outgoing::Module { name, hash, bytes } => ToExecutor::Module { name, hash, bytes: bytes.to_vec() },
+            Outgoing::Module { job, name, hash, bytes } => {
+                ToExecutor::Module { job, name, hash, bytes: bytes.to_vec() }
+            }
         };
         let (stage, run) = match &msg {
             ToExecutor::Stage { .. } => (1, 0),
@@ -449,116 +599,11 @@ impl ClusterBackend {
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Self, Receiver<BackendEvent>)> {
-        if cfg.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a heartbeat timeout of {} ms is too short: the minimum is {} ms (executors heartbeat every {} ms)",
-                    cfg.heartbeat_timeout.as_millis(),
-                    MIN_HEARTBEAT_TIMEOUT.as_millis(),
-                    super::executor::HEARTBEAT_INTERVAL.as_millis()
-                ),
-            ));
-        }
-        if cfg.no_executor_timeout < MIN_HEARTBEAT_TIMEOUT {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a no-executor timeout of {} ms is too short: the minimum is {} ms",
-                    cfg.no_executor_timeout.as_millis(),
-                    MIN_HEARTBEAT_TIMEOUT.as_millis()
-                ),
-            ));
-        }
-        if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the cluster secret is empty: a cluster secret cannot be empty",
-            ));
-        }
-        let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let loopback = listen.starts_with("127.") || listen.starts_with("localhost") || listen.starts_with("[::1]");
-        let secret = match (&cfg.secret, loopback) {
-            (Some(s), _) => s.clone(),
-            (None, true) => protocol::random_bytes()?.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes(),
-            (None, false) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("refusing to accept executors on {listen} without a cluster secret (set WEIR_SECRET or --secret-file); without one the driver listens on loopback only"),
-                ))
-            }
-        };
-        let secret = Arc::new(secret);
-        let listener = TcpListener::bind(&listen)?;
-        let addr = listener.local_addr()?;
-        // The driver's own block server (input blocks), on the same interface.
-        let block_listener = TcpListener::bind((addr.ip(), 0))?;
-        let block_addr = block_listener.local_addr()?.to_string();
-        // Serves for the driver's lifetime: its handle is never retired.
-        let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
-
-        let (events, rx) = std::sync::mpsc::channel();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                executors: BTreeMap::new(),
-                queue: VecDeque::new(),
-                next_id: 0,
-                stopping: false,
-                empty_since: None,
-                empty_reported: false,
-                prefer: None,
-            }),
-            joined: Condvar::new(),
-            events,
-            registry,
-            secret: secret.clone(),
-            timeout: cfg.heartbeat_timeout,
-            listeners: cfg.listeners.clone(),
-            stages: Mutex::new(Stages::default()),
-            counters: Counters::default(),
-            no_executor_timeout: cfg.no_executor_timeout,
-            local: Mutex::new(Local::default()),
-        });
-        accept_loop(listener, shared.clone());
-        monitor(shared.clone());
-
-        let backend = ClusterBackend { shared: shared.clone(), blocks, block_addr };
-        if cfg.local_executors > 0 {
-            let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
-            let beat = cfg.heartbeat_timeout.as_millis().to_string();
-            let args = [
-                "executor",
-                "--driver",
-                &addr.to_string(),
-                "--cores",
-                &cfg.cores.to_string(),
-                "--heartbeat-timeout-ms",
-                &beat,
-            ]
-            .map(String::from)
-            .to_vec();
-            let mut local = backend.shared.local();
-            local.want = cfg.local_executors;
-            local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
-            for _ in 0..cfg.local_executors {
-                local.spawn()?;
-            }
-        }
-        let want = cfg.local_executors + cfg.wait_for;
-        tracing::info!("driver accepting executors on {addr}; waiting for {want}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut st = shared.lock();
-        while (st.executors.len() as u32) < want {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("only {} of {want} executors joined within 60 s", st.executors.len()),
-                ));
-            }
-            st = shared.joined.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
-        drop(st);
+        let shared = start_shared(cfg, Drr::new(usize::MAX))?;
+        // One job, of one tenant: the DRR is then a FIFO.
+        let (job, rx) = shared.add_job("", registry, &blocks)?;
+        let backend = ClusterBackend { shared: shared.clone(), job, blocks };
+        wait_for_executors(&shared, cfg.local_executors + cfg.wait_for)?;
         Ok((backend, rx))
     }
 
@@ -571,6 +616,129 @@ impl ClusterBackend {
     pub fn executor_pids(&self) -> Vec<u32> {
         self.shared.local().children.iter().map(|c| c.id()).collect()
     }
+}
+
+/// Waits (at most 60 s) until `want` executors are connected.
+fn wait_for_executors(shared: &Shared, want: u32) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut st = shared.lock();
+    while (st.executors.len() as u32) < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("only {} of {want} executors joined within 60 s", st.executors.len()),
+            ));
+        }
+        st = shared.joined.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+    }
+    Ok(())
+}
+
+/// Starts listening and starts the local executor processes (without
+/// waiting for them to join), with no job yet.
+fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<Shared>> {
+    if cfg.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a heartbeat timeout of {} ms is too short: the minimum is {} ms (executors heartbeat every {} ms)",
+                cfg.heartbeat_timeout.as_millis(),
+                MIN_HEARTBEAT_TIMEOUT.as_millis(),
+                super::executor::HEARTBEAT_INTERVAL.as_millis()
+            ),
+        ));
+    }
+    if cfg.no_executor_timeout < MIN_HEARTBEAT_TIMEOUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a no-executor timeout of {} ms is too short: the minimum is {} ms",
+                cfg.no_executor_timeout.as_millis(),
+                MIN_HEARTBEAT_TIMEOUT.as_millis()
+            ),
+        ));
+    }
+    if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the cluster secret is empty: a cluster secret cannot be empty",
+        ));
+    }
+    let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+    let loopback = listen.starts_with("127.") || listen.starts_with("localhost") || listen.starts_with("[::1]");
+    let secret = match (&cfg.secret, loopback) {
+        (Some(s), _) => s.clone(),
+        (None, true) => protocol::random_bytes()?.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes(),
+        (None, false) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("refusing to accept executors on {listen} without a cluster secret (set WEIR_SECRET or --secret-file); without one the driver listens on loopback only"),
+            ))
+        }
+    };
+    let secret = Arc::new(secret);
+    let listener = TcpListener::bind(&listen)?;
+    let addr = listener.local_addr()?;
+    // The driver's own block server (input blocks), on the same interface.
+    let block_listener = TcpListener::bind((addr.ip(), 0))?;
+    let block_addr = block_listener.local_addr()?.to_string();
+    let blocks = Arc::new(JobBlocks::default());
+    // Serves for the driver's lifetime: its handle is never retired.
+    let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            executors: BTreeMap::new(),
+            queue,
+            jobs: HashMap::new(),
+            next_job: 0,
+            next_id: 0,
+            stopping: false,
+            empty_since: None,
+            empty_reported: false,
+        }),
+        joined: Condvar::new(),
+        blocks,
+        block_addr,
+        secret: secret.clone(),
+        timeout: cfg.heartbeat_timeout,
+        listeners: cfg.listeners.clone(),
+        stages: Mutex::new(Stages::default()),
+        counters: Counters::default(),
+        no_executor_timeout: cfg.no_executor_timeout,
+        local: Mutex::new(Local::default()),
+    });
+    accept_loop(listener, shared.clone());
+    monitor(shared.clone());
+
+    if cfg.local_executors > 0 {
+        let exe = find_executor_binary(cfg.executor_binary.as_deref())?;
+        let beat = cfg.heartbeat_timeout.as_millis().to_string();
+        let args = [
+            "executor",
+            "--driver",
+            &addr.to_string(),
+            "--cores",
+            &cfg.cores.to_string(),
+            "--heartbeat-timeout-ms",
+            &beat,
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut local = shared.local();
+        local.want = cfg.local_executors;
+        local.command = Some((exe, args, String::from_utf8_lossy(&secret).into_owned()));
+        for _ in 0..cfg.local_executors {
+            if let Err(e) = local.spawn() {
+                drop(local);
+                shared.shutdown();
+                return Err(e);
+            }
+        }
+    }
+    tracing::info!("driver accepting executors on {addr}; waiting for {}", cfg.local_executors + cfg.wait_for);
+    Ok(shared)
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -607,7 +775,8 @@ fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>
         st.next_id += 1;
         st.next_id
     };
-    let limits = *shared.registry.limits();
+    // Each job's limits go with its `Job` frame; the welcome's are unused.
+    let limits = UdfLimits::default();
     let role = match protocol::accept(&mut conn, &shared.secret, |role| match role {
         Role::Executor { .. } => Admission::Welcome { executor_id: id, limits },
         Role::BlockFetch => Admission::Refused { reason: "this is the driver's executor port".into() },
@@ -663,6 +832,7 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
                 writer: Some(writer),
                 running: HashMap::new(),
                 stages: VecDeque::new(),
+                jobs: HashSet::new(),
                 last_seen: Instant::now(),
                 heartbeats: 0,
                 last_heartbeat: None,
@@ -691,28 +861,31 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
             c.udf_memory = Some((udf_memory_bytes, udf_memory_peak_bytes));
             Ok(())
         }
-        Ok(FromExecutor::NeedModule { hash }) => {
+        Ok(FromExecutor::NeedModule { job, hash }) => {
             c.last_seen = Instant::now();
-            let msg = match shared.registry.get(&hash) {
-                Some(m) => Outgoing::Module { name: m.name().to_string(), hash, bytes: m.bytes().clone() },
-                None => Outgoing::Msg(ToExecutor::NoModule { hash }),
+            // Only the asking job's own modules: a job never gets another's
+            // module by naming its hash.
+            let msg = match st.jobs.get(&job).and_then(|j| j.registry.get(&hash)) {
+                Some(m) => Outgoing::Module { job, name: m.name().to_string(), hash, bytes: m.bytes().clone() },
+                None => Outgoing::Msg(ToExecutor::NoModule { job, hash }),
             };
             c.send_out(msg)
         }
-        Ok(FromExecutor::UnknownStage { stage, task_id }) => {
+        Ok(FromExecutor::UnknownStage { job, stage, task_id }) => {
             c.last_seen = Instant::now();
             // It evicted (or never got) the lineage: forget that it holds
             // it, so the task goes again with its lineage.
             c.stages.retain(|s| *s != stage);
-            match c.running.get(&task_id) {
-                Some(r) if r.stage == stage => {
+            let limits = st.jobs.get(&job).map(|j| *j.registry.limits());
+            match (c.running.get(&(job, task_id)), limits) {
+                (Some(r), Some(limits)) if r.stage == stage => {
                     let task = r.task.clone();
-                    c.send_task(stage, &task)
+                    c.send_task(job, limits, stage, &task)
                 }
                 _ => Ok(()), // no longer its task: nothing to resend
             }
         }
-        Ok(FromExecutor::Result { executor_id, result: r }) => {
+        Ok(FromExecutor::Result { executor_id, job, result: r }) => {
             c.last_seen = Instant::now();
             if executor_id != id {
                 // A result of another incarnation (this process rejoined, or
@@ -725,8 +898,12 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
                 );
                 return true;
             }
-            if c.running.remove(&r.task_id).is_some() {
-                let _ = shared.events.send(BackendEvent::Task(*r));
+            if let Some(run) = c.running.remove(&(job, r.task_id)) {
+                st.queue.done(&run.tenant);
+                // A job that ended no longer listens: its result is dropped.
+                if let Some(j) = st.jobs.get(&job) {
+                    let _ = j.events.send(BackendEvent::Task(*r));
+                }
             }
             shared.dispatch(st);
             Ok(())
@@ -805,10 +982,16 @@ fn fail_without_executors(shared: &Shared, st: &mut State) {
     if !std::mem::replace(&mut st.empty_reported, true) {
         tracing::error!("{why}: failing the tasks that wait for one until an executor joins");
     }
-    for (_, t) in st.queue.drain(..) {
-        let _ = shared.events.send(BackendEvent::Task(TaskResult {
-            task_id: t.id,
-            attempt: t.attempt,
+    let mut failed = Vec::new();
+    st.queue.retain(|q| {
+        failed.push((q.job, q.task.id, q.task.attempt));
+        false
+    });
+    for (job, task_id, attempt) in failed {
+        let Some(j) = st.jobs.get(&job) else { continue };
+        let _ = j.events.send(BackendEvent::Task(TaskResult {
+            task_id,
+            attempt,
             outcome: Err(TaskFailure::engine(why.clone())),
             blocks: vec![],
             udf_calls: 0,
@@ -895,25 +1078,19 @@ fn replace_local(shared: &Shared, connected: &[u32]) {
 
 impl ExecutorBackend for ClusterBackend {
     fn submit(&self, task: Task) {
-        // Matched outside the global lock: comparing lineage takes time.
-        let stage = self.shared.stages.lock().unwrap_or_else(|p| p.into_inner()).id_of(&task.rdds);
-        let mut st = self.shared.lock();
-        st.queue.push_back((stage, task));
-        self.shared.dispatch(&mut st);
+        self.shared.submit(self.job, task);
     }
     fn block_address(&self) -> Option<String> {
-        Some(self.block_addr.clone())
+        Some(self.shared.block_addr.clone())
     }
     fn slots(&self) -> usize {
-        self.shared.lock().executors.values().map(|c| c.slots as usize).sum()
+        self.shared.slots()
     }
     fn blocks(&self) -> &Arc<BlockStore> {
         &self.blocks
     }
     fn prefer(&self, executor: Option<&str>) {
-        let mut st = self.shared.lock();
-        st.prefer = executor.map(String::from);
-        self.shared.dispatch(&mut st);
+        self.shared.prefer(self.job, executor);
     }
     /// The connected executors (lost ones are the scheduler's to report).
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
@@ -935,31 +1112,122 @@ impl ExecutorBackend for ClusterBackend {
 
 impl Drop for ClusterBackend {
     fn drop(&mut self) {
-        let conns = {
-            let mut st = self.shared.lock();
-            st.stopping = true;
-            std::mem::take(&mut st.executors)
-        };
-        // Queued after what each executor has been sent; dropping the conns
-        // closes the queues, so the writers end once they have written them.
-        let mut writers = Vec::new();
-        for (_, mut c) in conns {
-            let _ = c.send(ToExecutor::Shutdown);
-            writers.extend(c.writer.take());
-        }
-        // A writer stuck on an executor that does not read gives up after
-        // its write timeout; do not wait longer than that for the rest.
-        let deadline = Instant::now() + self.shared.timeout.min(Duration::from_secs(2));
-        while writers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut local = self.shared.local();
-        local.want = 0;
-        for c in local.children.iter_mut() {
-            // Executors exit when their driver goes; make sure of it.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.shared.shutdown();
+    }
+}
+
+/// One set of executor processes shared by many jobs (`weir serve` with
+/// `master = "local-cluster[N]"` or `"cluster[N]"`): the cluster analogue of
+/// [`crate::executor::SharedPool`]. Jobs join it through a [`PoolTenant`]
+/// ([`SharedCluster::tenant`]); its executor slots go to tenants by
+/// deficit round robin with their weights, each tenant capped at its
+/// `max_slots`. Dropping it shuts the executors down.
+pub struct SharedCluster {
+    shared: Arc<Shared>,
+}
+
+impl SharedCluster {
+    /// Starts listening and starts `cfg.local_executors` executor processes
+    /// (replaced when lost). It does not wait for executors: tasks queue
+    /// until one joins (and fail after the no-executor timeout).
+    pub fn start(cfg: &ClusterConfig) -> std::io::Result<SharedCluster> {
+        Ok(SharedCluster { shared: start_shared(cfg, Drr::new(1))? })
+    }
+
+    /// Sets `tenant`'s weight and its cap on running tasks (`max_slots`).
+    /// Takes effect at the next task handed out.
+    pub fn set_tenant(&self, tenant: &str, weight: u32, max_slots: usize) {
+        let mut st = self.shared.lock();
+        st.queue.set_tenant(tenant, weight, max_slots);
+        self.shared.dispatch(&mut st);
+    }
+
+    /// Where the jobs of `tenant` get their executors.
+    pub fn tenant(&self, tenant: &str) -> PoolTenant {
+        PoolTenant::new(Arc::new(ClusterSeat { shared: self.shared.clone() }), tenant)
+    }
+
+    /// Tasks of `tenant` queued, and running.
+    pub fn load(&self, tenant: &str) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.queue.queued(tenant), st.queue.running(tenant))
+    }
+
+    /// Executors connected now, and their task slots together.
+    pub fn executors(&self) -> (usize, usize) {
+        let st = self.shared.lock();
+        (st.executors.len(), st.executors.values().map(|c| c.slots as usize).sum())
+    }
+
+    /// Jobs registered now.
+    pub fn jobs(&self) -> usize {
+        self.shared.lock().jobs.len()
+    }
+
+    /// Pids of the executor processes it started (and has not reaped).
+    pub fn executor_pids(&self) -> Vec<u32> {
+        self.shared.local().children.iter().map(|c| c.id()).collect()
+    }
+}
+
+impl Drop for SharedCluster {
+    fn drop(&mut self) {
+        self.shared.shutdown();
+    }
+}
+
+/// A [`SharedCluster`] as a [`Pool`].
+struct ClusterSeat {
+    shared: Arc<Shared>,
+}
+
+impl Pool for ClusterSeat {
+    fn join(
+        &self,
+        tenant: &str,
+        registry: Arc<ModuleRegistry>,
+        blocks: Arc<BlockStore>,
+    ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {
+        let (job, rx) = self.shared.add_job(tenant, registry, &blocks)?;
+        let b = ClusterJob { shared: self.shared.clone(), job, tenant: tenant.to_string(), blocks };
+        Ok((Box::new(b), rx))
+    }
+    fn describe(&self) -> String {
+        format!("executor processes (driver port for executors: {})", self.shared.block_addr)
+    }
+}
+
+/// One job's executors on a [`SharedCluster`]. Dropping it (the job ended)
+/// removes its queued tasks and tells the executors to drop its blocks.
+struct ClusterJob {
+    shared: Arc<Shared>,
+    job: JobId,
+    tenant: String,
+    blocks: Arc<BlockStore>,
+}
+
+impl ExecutorBackend for ClusterJob {
+    fn submit(&self, task: Task) {
+        self.shared.submit(self.job, task);
+    }
+    fn block_address(&self) -> Option<String> {
+        Some(self.shared.block_addr.clone())
+    }
+    fn slots(&self) -> usize {
+        let cap = self.shared.lock().queue.cap(&self.tenant);
+        self.shared.slots().min(cap).max(1)
+    }
+    fn blocks(&self) -> &Arc<BlockStore> {
+        &self.blocks
+    }
+    fn prefer(&self, executor: Option<&str>) {
+        self.shared.prefer(self.job, executor);
+    }
+}
+
+impl Drop for ClusterJob {
+    fn drop(&mut self) {
+        self.shared.remove_job(self.job);
     }
 }
 
@@ -1008,6 +1276,7 @@ mod tests {
     fn result_of(task: &Task, executor_id: u64, udf_calls: u64) -> FromExecutor {
         FromExecutor::Result {
             executor_id,
+            job: 0,
             result: Box::new(TaskResult {
                 task_id: task.id,
                 attempt: task.attempt,
@@ -1051,12 +1320,12 @@ mod tests {
             let mut forgot = false;
             loop {
                 match protocol::read_frame::<ToExecutor>(&mut conn) {
-                    Ok(ToExecutor::Stage { stage, rdds }) => seen.stages.push((stage, rdds)),
-                    Ok(ToExecutor::Run { stage, task }) => {
+                    Ok(ToExecutor::Stage { stage, rdds, .. }) => seen.stages.push((stage, rdds)),
+                    Ok(ToExecutor::Run { stage, task, .. }) => {
                         assert!(task.rdds.is_empty(), "a task carried its lineage");
                         let reply = if stage == forget && !forgot {
                             forgot = true;
-                            FromExecutor::UnknownStage { stage, task_id: task.id }
+                            FromExecutor::UnknownStage { job: 0, stage, task_id: task.id }
                         } else {
                             seen.runs.push((stage, task.id));
                             if stale {
@@ -1198,5 +1467,137 @@ mod tests {
         assert_eq!(stats.run_frames, 61, "60 tasks and the one re-sent");
         // Far less than 60 tasks' worth of lineage (~5 MB) went over the wire.
         assert!(stats.bytes < 400_000, "{stats:?}");
+    }
+
+    /// What a fake executor of a shared cluster saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Frame {
+        Job(JobId, u64),
+        EndJob(JobId),
+        Stage(JobId, StageId),
+        Run(JobId, StageId, u64),
+    }
+
+    /// A fake executor with one slot that records every job frame and
+    /// answers each task at once, marking the result with its job
+    /// (`udf_calls = job * 100 + task id`).
+    fn recording_executor(addr: String, secret: Vec<u8>) -> std::thread::JoinHandle<Vec<Frame>> {
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut conn = loop {
+                match TcpStream::connect(&addr) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 1 };
+            let Admission::Welcome { executor_id: me, .. } =
+                protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap()
+            else {
+                panic!("refused")
+            };
+            let mut seen = Vec::new();
+            loop {
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Job { job, limits }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
+                    Ok(ToExecutor::EndJob { job }) => seen.push(Frame::EndJob(job)),
+                    Ok(ToExecutor::Stage { job, stage, .. }) => seen.push(Frame::Stage(job, stage)),
+                    Ok(ToExecutor::Run { job, stage, task }) => {
+                        seen.push(Frame::Run(job, stage, task.id));
+                        let FromExecutor::Result { result, .. } = result_of(&task, me, job * 100 + task.id) else {
+                            unreachable!()
+                        };
+                        let reply = FromExecutor::Result { executor_id: me, job, result };
+                        protocol::write_frame(&mut conn, &reply).unwrap();
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => return seen,
+                    Ok(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Two tenants' jobs (weights 2 and 1) with equal lineage and equal task
+    /// ids on one executor slot: the slot goes to them 2:1, each job is
+    /// registered once with its own limits, their stages get different ids,
+    /// each job's results reach that job only, and a job that ends is told
+    /// to the executor.
+    #[test]
+    fn two_tenants_jobs_share_an_executor_by_weight_and_never_mix() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let cfg = ClusterConfig {
+            local_executors: 0,
+            cores: 1,
+            listen: Some(addr.clone()),
+            wait_for: 0,
+            secret: Some(secret.clone()),
+            heartbeat_timeout: Duration::from_secs(30),
+            no_executor_timeout: Duration::from_secs(60),
+            executor_binary: None,
+            listeners: Default::default(),
+        };
+        let cluster = SharedCluster::start(&cfg).unwrap();
+        cluster.set_tenant("a", 2, 1);
+        cluster.set_tenant("b", 1, 1);
+        let runtime = UdfRuntime::shared().unwrap();
+        let limits = |fuel| crate::udf::UdfLimits { fuel_per_call: fuel, ..Default::default() };
+        let reg_a = Arc::new(ModuleRegistry::new(runtime.clone(), limits(111)));
+        let reg_b = Arc::new(ModuleRegistry::new(runtime, limits(222)));
+        let (ja, ra) = cluster.tenant("a").executors(reg_a, BlockStore::new()).unwrap();
+        let (jb, rb) = cluster.tenant("b").executors(reg_b, BlockStore::new()).unwrap();
+        // Queued before any executor joins; the same lineage and task ids in both.
+        let rdds = lineage(1000, 10);
+        for i in 1..=6u64 {
+            ja.submit(task(i, &rdds));
+            jb.submit(task(i, &rdds));
+        }
+        assert_eq!(cluster.load("a"), (6, 0));
+        let exec = recording_executor(addr, secret);
+        let results = |rx: &Receiver<BackendEvent>| {
+            let mut got = Vec::new();
+            for _ in 0..6 {
+                match rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(BackendEvent::Task(r)) => got.push((r.task_id, r.udf_calls)),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            got.sort();
+            got
+        };
+        let (got_a, got_b) = (results(&ra), results(&rb));
+        drop(ja);
+        drop(cluster);
+        let seen = exec.join().unwrap();
+        let job_of = |fuel| {
+            seen.iter().find_map(|f| {
+                matches!(f, Frame::Job(_, l) if *l == fuel).then(|| match f {
+                    Frame::Job(j, _) => *j,
+                    _ => unreachable!(),
+                })
+            })
+        };
+        let (a, b) = (job_of(111).expect("job a registered"), job_of(222).expect("job b registered"));
+        assert_ne!(a, b);
+        assert_eq!(got_a, (1..=6).map(|i| (i, a * 100 + i)).collect::<Vec<_>>(), "job a got another's results");
+        assert_eq!(got_b, (1..=6).map(|i| (i, b * 100 + i)).collect::<Vec<_>>(), "job b got another's results");
+        assert!(rb.try_recv().is_err() && ra.try_recv().is_err());
+        let jobs: Vec<&Frame> = seen.iter().filter(|f| matches!(f, Frame::Job(..))).collect();
+        assert_eq!(jobs.len(), 2, "each job registered once: {seen:?}");
+        let stages: Vec<(JobId, StageId)> =
+            seen.iter().filter_map(|f| if let Frame::Stage(j, s) = f { Some((*j, *s)) } else { None }).collect();
+        assert_eq!(stages.len(), 2, "one stage per job: {seen:?}");
+        assert_ne!(stages[0].1, stages[1].1, "two jobs shared a stage id: {seen:?}");
+        let runs: Vec<JobId> =
+            seen.iter().filter_map(|f| if let Frame::Run(j, _, _) = f { Some(*j) } else { None }).collect();
+        assert_eq!(runs.len(), 12);
+        let first6_a = runs[..6].iter().filter(|j| **j == a).count();
+        assert_eq!(first6_a, 4, "weights 2:1 give 4 of the first 6 slots to a: {runs:?}");
+        assert!(seen.contains(&Frame::EndJob(a)), "the ended job was not told: {seen:?}");
+        assert!(!seen.contains(&Frame::EndJob(b)), "{seen:?}");
     }
 }

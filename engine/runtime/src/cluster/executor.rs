@@ -11,6 +11,13 @@
 //! timeout (its host vanished, or a partition cut it off, and no TCP error
 //! will say so for minutes) is treated as gone.
 //!
+//! One executor serves every job its driver gives it (`weir serve` runs many
+//! jobs on one set of executors): each job is registered with its own UDF
+//! sandbox limits (`Job`), its modules are compiled under those limits in a
+//! registry of its own and its blocks kept in a store of its own, and
+//! `EndJob` drops both. A task names its job, so blocks and modules of
+//! different jobs never mix even where their ids or hashes coincide.
+//!
 //! Every join is a new **incarnation**: a new executor id from the driver's
 //! `Welcome`, a new block store, block server and task threads. The old
 //! incarnation's block server is retired and its task threads can write
@@ -26,9 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::block_server;
-use super::protocol::{self, Admission, FromExecutor, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
-use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv};
-use crate::udf::{ModuleHash, ModuleRegistry, UdfLimits, UdfRuntime};
+use super::block_server::JobBlocks;
+use super::protocol::{self, Admission, FromExecutor, JobId, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
+use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv, TaskFailure, TaskResult};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
 /// How often an executor tells its driver it is alive.
 /// (Several fit in the driver's minimum heartbeat timeout.)
@@ -220,13 +228,13 @@ impl Link {
 }
 
 /// A joined incarnation: its connection, the listener of its block server
-/// (on the interface that reaches the driver), its id and the job's limits.
+/// (on the interface that reaches the driver) and its id. (Each job's
+/// sandbox limits come with its `Job` frame, not with the welcome.)
 struct Joined {
     conn: TcpStream,
     listener: TcpListener,
     block_addr: String,
     executor_id: u64,
-    limits: UdfLimits,
 }
 
 /// Connects to `driver` (with a deadline) and completes the handshake.
@@ -245,7 +253,7 @@ fn join(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Joined, E
     let role = Role::Executor { slots: cores.max(1), block_addr: block_addr.clone(), pid: std::process::id() };
     let admission = protocol::connect(&mut conn, secret, role, version)
         .map_err(|e| ExecutorError::Refused { addr: driver.into(), source: e })?;
-    let Admission::Welcome { executor_id, limits } = admission else {
+    let Admission::Welcome { executor_id, .. } = admission else {
         return Err(ExecutorError::Other("refused".into()));
     };
     // The handshake's deadline set these; from now on the driver
@@ -253,25 +261,27 @@ fn join(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Joined, E
     // the driver is gone (or cut off), even though TCP says nothing yet.
     conn.set_read_timeout(Some(opts.driver_timeout)).map_err(other)?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(other)?;
-    Ok(Joined { conn, listener, block_addr, executor_id, limits })
+    Ok(Joined { conn, listener, block_addr, executor_id })
 }
 
 /// One incarnation: joins `driver`, then serves it until it goes away.
 fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Ended, ExecutorError> {
-    let Joined { conn, listener, block_addr, executor_id, limits } = join(driver, secret, opts)?;
+    let Joined { conn, listener, block_addr, executor_id } = join(driver, secret, opts)?;
     let cores = opts.cores;
-    let blocks = BlockStore::new();
+    // Each job's blocks apart (its `Job` frame adds its store): a fetch
+    // names its job, so jobs sharing this executor never read each other's.
+    let blocks = Arc::new(JobBlocks::default());
     let secret = Arc::new(secret.to_vec());
     let server = block_server::serve(listener, blocks.clone(), secret.clone());
     tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
 
     let runtime = UdfRuntime::shared().map_err(|e| ExecutorError::Other(e.to_string()))?;
-    let registry = Arc::new(ModuleRegistry::new(runtime, limits));
     let writer = conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });
     spawn_heartbeat(link.clone());
-    let tasks = spawn_task_threads(cores, executor_id, &link, &registry, &blocks, &secret, &block_addr);
-    let ended = serve_driver(conn, &link, &registry, tasks, opts.driver_timeout);
+    let tasks = spawn_task_threads(cores, executor_id, &link, &secret, &block_addr);
+    let env = DriverEnv { link: &link, runtime, blocks: &blocks, executor_id, block_addr: &block_addr };
+    let ended = serve_driver(conn, &env, tasks, opts.driver_timeout);
     // Whatever ended it, this incarnation is over: its connection is shut
     // (its task threads can no longer send), its blocks are served no more.
     {
@@ -293,34 +303,46 @@ fn spawn_heartbeat(link: Arc<Link>) {
     });
 }
 
+/// A task ready to run, with what its job computes with.
+struct ReadyTask {
+    job: JobId,
+    registry: Arc<ModuleRegistry>,
+    blocks: Arc<BlockStore>,
+    task: Task,
+}
+
+/// A job this executor runs tasks of: its modules (compiled under its own
+/// sandbox limits) and its block store.
+struct JobEnv {
+    registry: Arc<ModuleRegistry>,
+    blocks: Arc<BlockStore>,
+}
+
 /// Starts the incarnation's task threads; they end when the returned
 /// sender is dropped, or when their result cannot be sent.
 fn spawn_task_threads(
     cores: u32,
     executor_id: u64,
     link: &Arc<Link>,
-    registry: &Arc<ModuleRegistry>,
-    blocks: &Arc<BlockStore>,
     secret: &Arc<Vec<u8>>,
     block_addr: &str,
-) -> Sender<Task> {
-    let (tx, rx) = channel::<Task>();
+) -> Sender<ReadyTask> {
+    let (tx, rx) = channel::<ReadyTask>();
     let rx = Arc::new(Mutex::new(rx));
     let fetcher = Arc::new(block_server::Fetcher::default());
     for i in 0..cores.max(1) {
-        let (rx, link, registry, blocks, secret, addr) =
-            (rx.clone(), link.clone(), registry.clone(), blocks.clone(), secret.clone(), block_addr.to_string());
+        let (rx, link, secret, addr) = (rx.clone(), link.clone(), secret.clone(), block_addr.to_string());
         let fetcher = fetcher.clone();
         let _ = std::thread::Builder::new()
             .name(format!("weir-task-{i}"))
             .stack_size(crate::executor::TASK_STACK_BYTES)
             .spawn(move || loop {
                 let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok(task) = next else { return };
-                let fetch = |ids: &[crate::rdd::BlockId], from: &str| fetcher.fetch(from, &secret, ids);
+                let Ok(ReadyTask { job, registry, blocks, task }) = next else { return };
+                let fetch = |ids: &[crate::rdd::BlockId], from: &str| fetcher.fetch(from, &secret, job, ids);
                 let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
                 let result = run_task_guarded(&env, &task);
-                if !link.send(&FromExecutor::Result { executor_id, result: Box::new(result) }) {
+                if !link.send(&FromExecutor::Result { executor_id, job, result: Box::new(result) }) {
                     return;
                 }
             });
@@ -328,64 +350,125 @@ fn spawn_task_threads(
     tx
 }
 
+/// What [`serve_driver`] works with.
+struct DriverEnv<'a> {
+    link: &'a Link,
+    runtime: Arc<UdfRuntime>,
+    blocks: &'a Arc<JobBlocks>,
+    executor_id: u64,
+    block_addr: &'a str,
+}
+
+/// Jobs an executor holds at once: a driver never has more in flight (a
+/// server's jobs are capped by its tenants' `max_jobs`); a peer that
+/// registers more is refused rather than served without bound.
+pub const MAX_JOBS: usize = 4096;
+
 /// Reads what the driver sends until it goes away (or shuts this executor
 /// down). Tasks wait here until the modules they use have arrived: a module
-/// this executor lacks is fetched from the driver by hash, once.
+/// this executor lacks is fetched from the driver by hash, once per job.
 fn serve_driver(
     mut conn: TcpStream,
-    link: &Link,
-    registry: &ModuleRegistry,
-    tx: Sender<Task>,
+    env: &DriverEnv<'_>,
+    tx: Sender<ReadyTask>,
     driver_timeout: Duration,
 ) -> Result<Ended, ExecutorError> {
-    let mut waiting: Vec<Task> = Vec::new();
-    let mut asked: std::collections::HashSet<ModuleHash> = Default::default();
-    let mut unavailable: std::collections::HashSet<ModuleHash> = Default::default();
+    let link = env.link;
+    let mut jobs: std::collections::HashMap<JobId, JobEnv> = Default::default();
+    let mut waiting: Vec<(JobId, Task)> = Vec::new();
+    let mut asked: std::collections::HashSet<(JobId, ModuleHash)> = Default::default();
+    let mut unavailable: std::collections::HashSet<(JobId, ModuleHash)> = Default::default();
     // Stage lineages, oldest first (the driver mirrors this bound and order).
-    let mut stages: std::collections::VecDeque<(StageId, Arc<StageRdds>)> = Default::default();
+    let mut stages: std::collections::VecDeque<(StageId, JobId, Arc<StageRdds>)> = Default::default();
     loop {
         match protocol::read_frame::<ToExecutor>(&mut conn) {
-            Ok(ToExecutor::Module { name, hash, bytes }) => match registry.insert_bytes(&name, &bytes) {
-                Ok(m) if m.hash() == hash => {}
-                Ok(m) => {
-                    return Err(ExecutorError::Other(format!(
-                        "module {name} arrived with sha256 {}, expected {hash}",
-                        m.hash()
-                    )))
+            Ok(ToExecutor::Job { job, limits }) => {
+                if !jobs.contains_key(&job) {
+                    if jobs.len() >= MAX_JOBS {
+                        return Err(ExecutorError::Other(format!(
+                            "the driver registered more than {MAX_JOBS} jobs at once on this executor"
+                        )));
+                    }
+                    let registry = Arc::new(ModuleRegistry::new(env.runtime.clone(), limits));
+                    let blocks = env.blocks.insert(job, BlockStore::new());
+                    jobs.insert(job, JobEnv { registry, blocks });
                 }
-                Err(e) => return Err(ExecutorError::Other(format!("module {name}: {e}"))),
-            },
-            Ok(ToExecutor::NoModule { hash }) => {
-                // The tasks that need it run anyway and fail with a clear error.
-                tracing::error!("the driver has no module with sha256 {hash}");
-                unavailable.insert(hash);
             }
-            Ok(ToExecutor::Stage { stage, rdds }) => {
-                stages.retain(|(s, _)| *s != stage);
-                stages.push_back((stage, Arc::new(rdds)));
+            Ok(ToExecutor::EndJob { job }) => {
+                // Its running tasks keep what they hold until they end; its
+                // blocks are served no more and freed with the last of them.
+                jobs.remove(&job);
+                env.blocks.remove(job);
+                waiting.retain(|(j, _)| *j != job);
+                asked.retain(|(j, _)| *j != job);
+                unavailable.retain(|(j, _)| *j != job);
+            }
+            Ok(ToExecutor::Module { job, name, hash, bytes }) => {
+                let Some(j) = jobs.get(&job) else { continue }; // the job ended meanwhile
+                match j.registry.insert_bytes(&name, &bytes) {
+                    Ok(m) if m.hash() == hash => {}
+                    Ok(m) => {
+                        return Err(ExecutorError::Other(format!(
+                            "module {name} arrived with sha256 {}, expected {hash}",
+                            m.hash()
+                        )))
+                    }
+                    // A module that does not compile under its job's limits
+                    // fails that job's tasks, never the executor.
+                    Err(e) => {
+                        tracing::error!("job {job}: module {name}: {e}");
+                        unavailable.insert((job, hash));
+                    }
+                }
+            }
+            Ok(ToExecutor::NoModule { job, hash }) => {
+                // The tasks that need it run anyway and fail with a clear error.
+                tracing::error!("the driver has no module with sha256 {hash} for job {job}");
+                unavailable.insert((job, hash));
+            }
+            Ok(ToExecutor::Stage { job, stage, rdds }) => {
+                stages.retain(|(s, _, _)| *s != stage);
+                stages.push_back((stage, job, Arc::new(rdds)));
                 while stages.len() > STAGE_CACHE {
                     stages.pop_front();
                 }
             }
-            Ok(ToExecutor::Run { stage, mut task }) => {
-                let Some((_, rdds)) = stages.iter().find(|(s, _)| *s == stage) else {
+            Ok(ToExecutor::Run { job, stage, mut task }) => {
+                let Some((_, _, rdds)) = stages.iter().find(|(s, j, _)| *s == stage && *j == job) else {
                     // Never guess a lineage: the driver sends it and the task again.
                     tracing::debug!("task {} names stage {stage}, which this executor does not hold", task.id);
-                    if !link.send(&FromExecutor::UnknownStage { stage, task_id: task.id }) {
+                    if !link.send(&FromExecutor::UnknownStage { job, stage, task_id: task.id }) {
                         return Ok(Ended::DriverGone);
                     }
                     continue;
                 };
+                if !jobs.contains_key(&job) {
+                    // The driver registers a job before its first task; a
+                    // task of a job not held fails (it is retried).
+                    let result = TaskResult {
+                        task_id: task.id,
+                        attempt: task.attempt,
+                        outcome: Err(TaskFailure::engine(format!("job {job} is not registered on this executor"))),
+                        blocks: vec![],
+                        udf_calls: 0,
+                        micros: 0,
+                        executor: env.block_addr.to_string(),
+                        udf_usage: Vec::new(),
+                    };
+                    let msg = FromExecutor::Result { executor_id: env.executor_id, job, result: Box::new(result) };
+                    if !link.send(&msg) {
+                        return Ok(Ended::DriverGone);
+                    }
+                    continue;
+                }
                 task.rdds = (**rdds).clone();
                 for h in task.modules() {
-                    if registry.get(&h).is_none()
-                        && asked.insert(h)
-                        && !link.send(&FromExecutor::NeedModule { hash: h })
-                    {
+                    let have = jobs.get(&job).is_some_and(|j| j.registry.get(&h).is_some());
+                    if !have && asked.insert((job, h)) && !link.send(&FromExecutor::NeedModule { job, hash: h }) {
                         return Ok(Ended::DriverGone);
                     }
                 }
-                waiting.push(*task);
+                waiting.push((job, *task));
             }
             Ok(ToExecutor::Heartbeat) => {}
             Ok(ToExecutor::Shutdown) => return Ok(Ended::Shutdown),
@@ -394,12 +477,16 @@ fn serve_driver(
             }
             Err(_) => return Ok(Ended::DriverGone),
         }
-        let (ready, still): (Vec<Task>, Vec<Task>) = waiting
-            .drain(..)
-            .partition(|t| t.modules().iter().all(|h| registry.get(h).is_some() || unavailable.contains(h)));
+        let (ready, still): (Vec<(JobId, Task)>, Vec<(JobId, Task)>) =
+            waiting.drain(..).partition(|(job, t)| match jobs.get(job) {
+                Some(j) => t.modules().iter().all(|h| j.registry.get(h).is_some() || unavailable.contains(&(*job, *h))),
+                None => true,
+            });
         waiting = still;
-        for t in ready {
-            if tx.send(t).is_err() {
+        for (job, task) in ready {
+            let Some(j) = jobs.get(&job) else { continue };
+            let ready = ReadyTask { job, registry: j.registry.clone(), blocks: j.blocks.clone(), task };
+            if tx.send(ready).is_err() {
                 return Ok(Ended::DriverGone);
             }
         }
@@ -414,6 +501,7 @@ pub const VERSION: u32 = PROTOCOL_VERSION;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::udf::UdfLimits;
 
     /// A fake driver that authenticates the executor and then says nothing
     /// (its host vanished): the executor must give up on it within its

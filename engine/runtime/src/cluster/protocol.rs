@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 4 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 5 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -40,7 +40,11 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// data-checkpoint read (`RddOp::Checkpointed`) carries the job's
 /// checkpoint bounds, which the executor reads the file under; an
 /// executor's heartbeat carries its UDF instances' linear memory (now and
-/// peak), for the status page.
+/// peak), for the status page; and executors may serve many jobs at once
+/// (`weir serve`'s shared `local-cluster` pool): every task, stage, module
+/// and result frame and every block fetch names its [`JobId`], a job's
+/// sandbox limits come with its [`ToExecutor::Job`] frame, and
+/// [`ToExecutor::EndJob`] releases what a job left on the executor.
 pub const PROTOCOL_VERSION: u32 = 5;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
@@ -88,6 +92,11 @@ pub enum Admission {
 /// A stage lineage's id on one driver (never reused for other lineage).
 pub type StageId = u64;
 
+/// A job's number on one driver (never reused): the executors keep each
+/// job's blocks and modules apart by it. `weir run` has one job (0);
+/// `weir serve` numbers its jobs as they start.
+pub type JobId = u64;
+
 /// Stage lineages an executor keeps, oldest evicted first. The driver
 /// mirrors each executor's cache with the same bound, so it re-sends a
 /// lineage exactly when the executor has evicted it.
@@ -96,26 +105,40 @@ pub const STAGE_CACHE: usize = 16;
 /// Driver -> executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToExecutor {
-    /// A UDF module the executor asked for; it checks that the bytes' SHA-256
-    /// is `hash` before using them.
+    /// Job `job` runs tasks on this executor from now on, under these UDF
+    /// sandbox limits (sent before the job's first task on it).
+    Job {
+        job: JobId,
+        limits: UdfLimits,
+    },
+    /// Job `job` is over: the executor drops its blocks and modules.
+    EndJob {
+        job: JobId,
+    },
+    /// A UDF module the executor asked for (for job `job`); it checks that
+    /// the bytes' SHA-256 is `hash` before using them.
     Module {
+        job: JobId,
         name: String,
         hash: ModuleHash,
         bytes: Vec<u8>,
     },
     /// The driver does not have a module the executor asked for.
     NoModule {
+        job: JobId,
         hash: ModuleHash,
     },
     /// Registers the lineage (the RDDs, see `Lineage::stage_closure`) of
     /// stage `stage`, which the `Run`s that follow name.
     Stage {
+        job: JobId,
         stage: StageId,
         rdds: BTreeMap<RddId, Rdd>,
     },
     /// A task of stage `stage`; its `rdds` are empty on the wire and are the
     /// stage's registered lineage.
     Run {
+        job: JobId,
         stage: StageId,
         task: Box<Task>,
     },
@@ -136,22 +159,37 @@ pub enum FromExecutor {
     /// `Welcome` of the connection the task came on). An executor that
     /// rejoined its driver is a new incarnation with a new id; a result
     /// computed for an earlier one is stale and is never counted.
-    Result { executor_id: u64, result: Box<TaskResult> },
+    Result {
+        executor_id: u64,
+        job: JobId,
+        result: Box<TaskResult>,
+    },
     /// The executor is alive, with the linear memory its UDF instances
     /// hold now and the most they held at once (bytes).
-    Heartbeat { udf_memory_bytes: u64, udf_memory_peak_bytes: u64 },
-    /// A task needs a module this executor does not have.
-    NeedModule { hash: ModuleHash },
+    Heartbeat {
+        udf_memory_bytes: u64,
+        udf_memory_peak_bytes: u64,
+    },
+    /// A task of job `job` needs a module this executor does not have.
+    NeedModule {
+        job: JobId,
+        hash: ModuleHash,
+    },
     /// Task `task_id` named a stage whose lineage this executor does not
     /// hold (evicted, or never registered); it did not run. The driver sends
     /// the lineage and the task again.
-    UnknownStage { stage: StageId, task_id: u64 },
+    UnknownStage {
+        job: JobId,
+        stage: StageId,
+        task_id: u64,
+    },
 }
 
 /// Block fetches, after the handshake.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum BlockRequest {
-    Get(Vec<BlockId>),
+    /// Blocks of job `job` (a block id is unique within its job only).
+    Get { job: JobId, ids: Vec<BlockId> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -417,8 +455,8 @@ mod tests {
         let id = RddId { time: 1000, node: 1 };
         let rdd = Rdd { id, partitions: 2, op: RddOp::Input { source: 0 }, persist: true, label: "x".into() };
         let valid: Vec<Vec<u8>> = vec![
-            encode_frame(&ToExecutor::Stage { stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
-            encode_frame(&FromExecutor::UnknownStage { stage: 7, task_id: 3 }).unwrap(),
+            encode_frame(&ToExecutor::Stage { job: 1, stage: 7, rdds: [(id, rdd)].into_iter().collect() }).unwrap(),
+            encode_frame(&FromExecutor::UnknownStage { job: 1, stage: 7, task_id: 3 }).unwrap(),
             encode_frame(&ToExecutor::Heartbeat).unwrap(),
             encode_frame(&Hello {
                 magic: MAGIC,

@@ -184,6 +184,30 @@ impl<T> Drr<T> {
         self.ring.retain(|n| tenants.get(n).is_some_and(|t| !t.queue.is_empty()));
     }
 
+    /// Puts `item`, handed out by [`Drr::grant`] and not run after all (no
+    /// executor could take it), back at the head of `tenant`'s queue, and
+    /// gives back its running count.
+    pub fn requeue(&mut self, tenant: &str, item: T) {
+        let t = self.entry(tenant);
+        t.running = t.running.saturating_sub(1);
+        let joins = t.queue.is_empty();
+        t.queue.push_front(item);
+        if joins {
+            t.fresh = true;
+            self.ring.push_front(tenant.to_string());
+        }
+    }
+
+    /// No tenant has anything queued.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// The cap on `tenant`'s running items (the default for a tenant never configured).
+    pub fn cap(&self, tenant: &str) -> usize {
+        self.tenants.get(tenant).map_or(self.default_cap, |t| t.cap)
+    }
+
     /// Items queued for `tenant`.
     pub fn queued(&self, tenant: &str) -> usize {
         self.tenants.get(tenant).map_or(0, |t| t.queue.len())
@@ -275,7 +299,7 @@ impl SharedPool {
 
     /// Where the jobs of `tenant` get their executors.
     pub fn tenant(&self, tenant: &str) -> PoolTenant {
-        PoolTenant { inner: self.inner.clone(), tenant: tenant.to_string() }
+        PoolTenant::new(Arc::new(ThreadSeat { inner: self.inner.clone() }), tenant)
     }
 
     /// Tasks of `tenant` queued, and running.
@@ -326,21 +350,42 @@ fn work(inner: &Inner) {
     }
 }
 
-/// A tenant's seat at a [`SharedPool`]: what a job is run with
+/// An executor pool many jobs share: [`SharedPool`]'s threads, or executor
+/// processes ([`crate::cluster::SharedCluster`]). A job joins it under its
+/// tenant and gets its own backend and result channel.
+pub trait Pool: Send + Sync {
+    /// Registers a job of `tenant` (its modules and block store).
+    fn join(
+        &self,
+        tenant: &str,
+        registry: Arc<ModuleRegistry>,
+        blocks: Arc<BlockStore>,
+    ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)>;
+    /// What the pool is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// A tenant's seat at a shared pool ([`SharedPool`], or a
+/// [`crate::cluster::SharedCluster`]): what a job is run with
 /// ([`RunOptions::pool`](crate::scheduler::RunOptions)).
 #[derive(Clone)]
 pub struct PoolTenant {
-    inner: Arc<Inner>,
+    pool: Arc<dyn Pool>,
     tenant: String,
 }
 
 impl std::fmt::Debug for PoolTenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PoolTenant({} on {} workers)", self.tenant, self.inner.workers)
+        write!(f, "PoolTenant({} on {})", self.tenant, self.pool.describe())
     }
 }
 
 impl PoolTenant {
+    /// `tenant`'s seat at `pool`.
+    pub fn new(pool: Arc<dyn Pool>, tenant: &str) -> Self {
+        PoolTenant { pool, tenant: tenant.to_string() }
+    }
+
     pub fn tenant(&self) -> &str {
         &self.tenant
     }
@@ -351,19 +396,49 @@ impl PoolTenant {
         &self,
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
-    ) -> std::io::Result<(PooledExecutors, Receiver<BackendEvent>)> {
-        let (results, rx) = channel();
-        let mut s = self.inner.lock();
-        if s.shutdown {
-            return Err(std::io::Error::other("the shared executor pool has shut down"));
-        }
-        let job = s.next_job;
-        s.next_job += 1;
-        s.jobs.insert(job, JobEnv { registry, blocks: blocks.clone(), results });
-        let slots = s.drr.tenants.get(&self.tenant).map_or(self.inner.workers, |t| t.cap.min(self.inner.workers));
-        drop(s);
-        Ok((PooledExecutors { inner: self.inner.clone(), tenant: self.tenant.clone(), job, slots, blocks }, rx))
+    ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {
+        self.pool.join(&self.tenant, registry, blocks)
     }
+}
+
+/// The threads of a [`SharedPool`] as a [`Pool`].
+struct ThreadSeat {
+    inner: Arc<Inner>,
+}
+
+impl Pool for ThreadSeat {
+    fn join(
+        &self,
+        tenant: &str,
+        registry: Arc<ModuleRegistry>,
+        blocks: Arc<BlockStore>,
+    ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {
+        let (b, rx) = join_threads(&self.inner, tenant, registry, blocks)?;
+        Ok((Box::new(b), rx))
+    }
+    fn describe(&self) -> String {
+        format!("{} pool threads", self.inner.workers)
+    }
+}
+
+/// Registers a job of `tenant` with the pool's threads.
+fn join_threads(
+    inner: &Arc<Inner>,
+    tenant: &str,
+    registry: Arc<ModuleRegistry>,
+    blocks: Arc<BlockStore>,
+) -> std::io::Result<(PooledExecutors, Receiver<BackendEvent>)> {
+    let (results, rx) = channel();
+    let mut s = inner.lock();
+    if s.shutdown {
+        return Err(std::io::Error::other("the shared executor pool has shut down"));
+    }
+    let job = s.next_job;
+    s.next_job += 1;
+    s.jobs.insert(job, JobEnv { registry, blocks: blocks.clone(), results });
+    let slots = s.drr.tenants.get(tenant).map_or(inner.workers, |t| t.cap.min(inner.workers));
+    drop(s);
+    Ok((PooledExecutors { inner: inner.clone(), tenant: tenant.to_string(), job, slots, blocks }, rx))
 }
 
 /// One job's executors on a [`SharedPool`].

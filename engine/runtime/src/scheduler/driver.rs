@@ -811,7 +811,7 @@ fn start_executors(
         let (b, r) = pool.executors(job.registry.clone(), blocks.clone()).map_err(|e| {
             EngineError::Executor(format!("cannot join the shared executor pool as tenant {}: {e}", pool.tenant()))
         })?;
-        let mut dag = DagScheduler::new(Box::new(b), r);
+        let mut dag = DagScheduler::new(b, r);
         dag.listeners = listeners.clone();
         return Ok(dag);
     }
