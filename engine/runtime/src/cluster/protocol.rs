@@ -159,30 +159,16 @@ pub enum FromExecutor {
     /// `Welcome` of the connection the task came on). An executor that
     /// rejoined its driver is a new incarnation with a new id; a result
     /// computed for an earlier one is stale and is never counted.
-    Result {
-        executor_id: u64,
-        job: JobId,
-        result: Box<TaskResult>,
-    },
+    Result { executor_id: u64, job: JobId, result: Box<TaskResult> },
     /// The executor is alive, with the linear memory its UDF instances
     /// hold now and the most they held at once (bytes).
-    Heartbeat {
-        udf_memory_bytes: u64,
-        udf_memory_peak_bytes: u64,
-    },
+    Heartbeat { udf_memory_bytes: u64, udf_memory_peak_bytes: u64 },
     /// A task of job `job` needs a module this executor does not have.
-    NeedModule {
-        job: JobId,
-        hash: ModuleHash,
-    },
+    NeedModule { job: JobId, hash: ModuleHash },
     /// Task `task_id` named a stage whose lineage this executor does not
     /// hold (evicted, or never registered); it did not run. The driver sends
     /// the lineage and the task again.
-    UnknownStage {
-        job: JobId,
-        stage: StageId,
-        task_id: u64,
-    },
+    UnknownStage { job: JobId, stage: StageId, task_id: u64 },
 }
 
 /// Block fetches, after the handshake.
