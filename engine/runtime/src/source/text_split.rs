@@ -487,7 +487,7 @@ mod tests {
                 11 => bytes.extend_from_slice(b"bad \xff\xfe here"),
                 _ => bytes.extend_from_slice(format!("line {l} {}", "y".repeat((l % 13) as usize)).as_bytes()),
             }
-            bytes.extend_from_slice(if l % 3 == 0 { b"\r\n" } else { b"\n" });
+            bytes.extend_from_slice(if l.is_multiple_of(3) { b"\r\n" } else { b"\n" });
             l += 1;
         }
         bytes.extend_from_slice(b"last without newline");
