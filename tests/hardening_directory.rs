@@ -391,6 +391,12 @@ fn max_files_per_batch_takes_the_oldest_and_the_rest_wait() {
 /// its checkpoint until the backlog is done; every word is then counted
 /// exactly once over all the batches' outputs (a file read early and lost
 /// with the driver is read again, never skipped, never counted twice).
+/// The window in which a checkpoint could record a file read early is
+/// short, and eight kills rarely land in it: with the cursors taken after
+/// the early read (a deliberate bug, tried 2026-12-01) this test passed
+/// while `crash_recovery`'s (its `batches` source reads ahead too, under
+/// 20+ kills and torn checkpoint writes) failed. This one guards the
+/// directory source's own side: names read early, respelled, pruned.
 #[test]
 fn files_read_early_are_counted_exactly_once_across_sigkills() {
     use std::io::BufRead;
