@@ -416,6 +416,12 @@ impl Driver {
         self.forget(time);
     }
 
+    /// Whether any source's intake is bounded: a `[rate] max` or
+    /// backpressure's estimate.
+    pub(super) fn rate_controlled(&self) -> bool {
+        self.rates.iter().any(|r| r.estimator.is_some() || r.limit.is_some())
+    }
+
     /// Backpressure: feeds each source's estimator with the batch and gives
     /// the source its new limit. A re-run batch is not fed: its input was
     /// taken before this run (at another rate), and its scheduling delay

@@ -11,8 +11,9 @@
 //! time (the run is behind; a directory source takes files by modification
 //! time up to the batch time, so reading now or later takes the same files).
 //! Otherwise (a run that keeps up, a logical-clock run whose input arrives
-//! between batches) the next batch reads its sources at its own start, as
-//! before.
+//! between batches, a source under a rate limit or backpressure, whose next
+//! limit comes from this batch's completion) the next batch reads its
+//! sources at its own start, as before.
 //!
 //! Recovery stays exact: the input read early is recorded in the metadata
 //! checkpoint only when its batch is generated, so until then every
@@ -79,7 +80,11 @@ impl Driver {
             || stop.is_requested()
             || self.opts.max_batches.is_some_and(|m| ran >= m)
             || !self.idle.is_zero()
+            || self.rate_controlled()
         {
+            // A rate limit or backpressure decides how much the next batch
+            // takes from what this batch's completion teaches: read early,
+            // it would take it at the old rate.
             return None;
         }
         let next = self.progress.zero_time + (self.progress.k + 1) * self.job.graph.batch_interval_ms;
