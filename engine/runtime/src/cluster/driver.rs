@@ -1292,6 +1292,29 @@ mod tests {
 
     /// [`fake_executor`]; with `stale`, every result is preceded by one for
     /// the same task claiming another incarnation (`udf_calls` 666).
+    /// Connects to the driver at `addr` as an executor with `slots` slots
+    /// (retrying until it listens, within 30 s): the link and the id it got.
+    fn join_driver(addr: &str, secret: &[u8], slots: u32) -> (TcpStream, u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            match TcpStream::connect(addr) {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let role = Role::Executor { slots, block_addr: "127.0.0.1:1".into(), pid: 1 };
+        let Admission::Welcome { executor_id, .. } =
+            protocol::connect(&mut conn, secret, role, protocol::PROTOCOL_VERSION).unwrap()
+        else {
+            panic!("refused")
+        };
+        (conn, executor_id)
+    }
+
     fn fake_executor_with(
         addr: String,
         secret: Vec<u8>,
@@ -1299,23 +1322,7 @@ mod tests {
         stale: bool,
     ) -> std::thread::JoinHandle<Seen> {
         std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut conn = loop {
-                match TcpStream::connect(&addr) {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            };
-            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let role = Role::Executor { slots: 4, block_addr: "127.0.0.1:1".into(), pid: 1 };
-            let Admission::Welcome { executor_id: me, .. } =
-                protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap()
-            else {
-                panic!("refused")
-            };
+            let (mut conn, me) = join_driver(&addr, &secret, 4);
             let mut seen = Seen::default();
             let mut forgot = false;
             loop {
@@ -1483,23 +1490,7 @@ mod tests {
     /// (`udf_calls = job * 100 + task id`).
     fn recording_executor(addr: String, secret: Vec<u8>) -> std::thread::JoinHandle<Vec<Frame>> {
         std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut conn = loop {
-                match TcpStream::connect(&addr) {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "cannot reach the driver: {e}");
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            };
-            conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 1 };
-            let Admission::Welcome { executor_id: me, .. } =
-                protocol::connect(&mut conn, &secret, role, protocol::PROTOCOL_VERSION).unwrap()
-            else {
-                panic!("refused")
-            };
+            let (mut conn, me) = join_driver(&addr, &secret, 1);
             let mut seen = Vec::new();
             loop {
                 match protocol::read_frame::<ToExecutor>(&mut conn) {
