@@ -4,7 +4,8 @@
 //! while the job goes on as the checkpoint-failure policy says, and a
 //! restart still recovers the exact state; a metadata checkpoint larger
 //! than `max_metadata_bytes` is refused on recovery, naming the file and
-//! the bound, and recovery falls back to the older one.
+//! the bound, and recovery falls back to the older one. `weir checkpoint
+//! inspect --job` reads a checkpoint under the job file's bounds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -84,6 +85,29 @@ fn a_state_checkpoint_over_max_state_bytes_is_refused_and_the_job_goes_on() {
 
     // The same job with max_state_bytes = 1024, four batches first.
     let j = job(&bounded, "job.toml", "[checkpoint]\nmax_state_bytes = 1024\n");
+
+    // `weir checkpoint inspect --job` reads a checkpoint under that job's
+    // bounds: the reference's newest state (over 1 KiB) is one the bounded
+    // job would refuse, and the default bounds accept it.
+    let inspect = |extra: &[&std::ffi::OsStr]| {
+        let out = run(weir().args(["checkpoint", "inspect"]).arg(reference.join("ckpt")).args(extra));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let plain = inspect(&[]);
+    assert!(!plain.contains("INVALID") && plain.contains("last completed batch: 6000 ms"), "{plain}");
+    let under_job = inspect(&["--job".as_ref(), j.as_os_str()]);
+    assert!(
+        under_job.lines().any(|l| l.contains("INVALID")
+            && l.contains("more than the 1024 allowed ([checkpoint] max_state_bytes in the job file)")),
+        "{under_job}"
+    );
+    let out = run(weir()
+        .args(["checkpoint", "inspect"])
+        .arg(reference.join("ckpt"))
+        .arg("--job")
+        .arg(bounded.join("missing.toml")));
+    assert!(!out.status.success() && text(&out.stderr).contains("missing.toml"), "{}", text(&out.stderr));
     let ckpt = bounded.join("ckpt");
     let out = run(weir().arg("run").arg(&j).arg("--checkpoint").arg(&ckpt).args(["--batches", "4"]));
     let log = text(&out.stderr);

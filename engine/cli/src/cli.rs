@@ -131,6 +131,11 @@ pub enum CheckpointCommand {
     Inspect {
         /// The checkpoint directory, or object-store URL (s3://bucket/prefix).
         dir: PathBuf,
+        /// The job file whose `[checkpoint]` bounds (max_state_bytes,
+        /// max_metadata_bytes, ...) to read the checkpoint under, as that
+        /// job does; without it, the defaults.
+        #[arg(long)]
+        job: Option<PathBuf>,
     },
 }
 
@@ -373,8 +378,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             weir::cluster::executor::run_with(&a.driver, &secret, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Checkpoint { command: CheckpointCommand::Inspect { dir } } => {
-            print_out(&weir::checkpoint::inspect(&dir)?)?;
+        Command::Checkpoint { command: CheckpointCommand::Inspect { dir, job } } => {
+            let bounds = match &job {
+                Some(job) => weir::job::checkpoint_bounds(job)?,
+                None => weir::checkpoint::CheckpointBounds::default(),
+            };
+            print_out(&weir::checkpoint::inspect_bounded(&dir, bounds)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::History(a) => history(&a),

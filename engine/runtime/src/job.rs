@@ -325,6 +325,33 @@ fn normalize(base: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// The `[checkpoint]` bounds a job file sets (the rest default), read
+/// without loading its modules: `weir checkpoint inspect --job` reads a
+/// checkpoint under the bounds its job writes and recovers it under, so a
+/// file the job accepts is not reported invalid (nor one it refuses valid).
+pub fn checkpoint_bounds(path: &Path) -> Result<weir_plan::limits::CheckpointBounds, JobFileError> {
+    /// Only `[checkpoint]`; every other key is the full parser's business.
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        checkpoint: Option<Spanned<CheckpointFile>>,
+    }
+    let text = read_job_file(path)?;
+    let err = |span: Option<std::ops::Range<usize>>, message: String| JobFileError {
+        file: path.into(),
+        line: span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message,
+    };
+    let file: Only = toml::from_str(&text).map_err(|e| err(e.span(), e.message().to_string()))?;
+    match &file.checkpoint {
+        None => Ok(weir_plan::limits::CheckpointBounds::default()),
+        Some(c) => c.get_ref().bounds().map_err(|(span, m)| {
+            let span = if span.is_empty() { c.span() } else { span };
+            err(Some(span), m)
+        }),
+    }
+}
+
 /// Loads a job file: parses it, loads its modules, builds its graph.
 pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, EngineError> {
     let text = read_job_file(path)?;

@@ -1037,8 +1037,14 @@ fn collect_garbage(
 /// `weir checkpoint inspect`: what the newest valid checkpoint holds.
 /// `root` may be an object-store URL: read-only, it takes no lease.
 pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
+    inspect_bounded(root, CheckpointBounds::default())
+}
+
+/// [`inspect`] reading every file under `bounds` (a job's `[checkpoint]`
+/// table), as the job itself would on recovery.
+pub fn inspect_bounded(root: &Path, bounds: CheckpointBounds) -> Result<String, CheckpointError> {
     if let Some(url) = object_store_url(root) {
-        let store = remote_store(&url, CheckpointBounds::default())?;
+        let store = remote_store(&url, bounds)?;
         // Listing first: a missing bucket or bad credentials are an error,
         // not "no checkpoint".
         store.list("metadata").map_err(|e| CheckpointError::ObjectStore(format!("{url}/metadata: {e}")))?;
@@ -1048,7 +1054,7 @@ pub fn inspect(root: &Path) -> Result<String, CheckpointError> {
     if !root.is_dir() {
         return Err(CheckpointError::Mismatch(format!("{} is not a directory", root.display())));
     }
-    Ok(inspect_in(&LocalDir::new(&root), &format!("checkpoint directory {}", root.display())))
+    Ok(inspect_in(&LocalDir::with_bounds(&root, bounds), &format!("checkpoint directory {}", root.display())))
 }
 
 fn inspect_in(store: &dyn CheckpointStore, title: &str) -> String {

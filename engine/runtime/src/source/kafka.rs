@@ -409,6 +409,21 @@ impl Source for KafkaSource {
     fn exhausted(&self) -> bool {
         false
     }
+
+    /// With `max_rate_per_partition`, a batch takes a fixed number of
+    /// records from each partition; once every partition held at least that
+    /// many past its position when the last batch was cut, the next batch's
+    /// ranges are fixed (a log only grows), so it may be read early and
+    /// takes exactly what it would at its time. Without the cap a batch
+    /// takes what is there when it is cut, and is not read early; under a
+    /// driver rate limit the driver reads nothing early anyway.
+    fn has_backlog(&self) -> bool {
+        if self.cfg.max_rate_per_partition.is_none() || self.rate.is_some() || self.next.is_empty() {
+            return false;
+        }
+        let limit = self.limit(self.next.len());
+        self.next.iter().all(|(key, next)| self.ends.get(key).is_some_and(|end| end - next >= limit))
+    }
 }
 
 /// The client's own retries end quickly so that [`with_retries`] (which
