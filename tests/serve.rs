@@ -829,6 +829,7 @@ fn serve_shows_its_pool_executors_with_their_slots_and_only_the_tenants_own_jobs
         "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local-cluster[2,2]\"\n\
          admin_token_sha256 = \"{}\"\n\
          [tenants.acme]\ntoken_sha256 = \"{}\"\nmax_slots = 4\n\
+         [tenants.acme.limits]\nfuel_per_call = 100_000_000_000\n\
          [tenants.evil]\ntoken_sha256 = \"{}\"\n",
         sha(ADMIN),
         sha(ACME),
@@ -864,7 +865,7 @@ fn serve_shows_its_pool_executors_with_their_slots_and_only_the_tenants_own_jobs
 
     // acme's job keeps the pool busy (more work per batch than an interval).
     let job = format!(
-        "batch_interval = \"500ms\"\nparallelism = 8\n[modules]\ntestops = \"{}\"\n[sources.lines]\n\
+        "batch_interval = \"500ms\"\nparallelism = 8\n[limits]\nfuel_per_call = 50000000000\n[modules]\ntestops = \"{}\"\n[sources.lines]\n\
          type = \"generator\"\nlines_per_batch = 16000\nwords_per_line = 2\n[streams]\n\
          slow = \"lines.map(testops.spin)\"\n[[outputs]]\nstream = \"slow\"\ntype = \"save_as_text_files\"\n\
          prefix = \"out/x\"\n",

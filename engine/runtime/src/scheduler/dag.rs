@@ -259,7 +259,8 @@ impl DagScheduler {
             // Gone with the scheduler: the run is over.
             let Some(tasks) = tasks.upgrade() else { return Vec::new() };
             let connected = backend.as_ref().map(|b| b()).unwrap_or_default();
-            lock(&tasks).add_to(connected)
+            let status = lock(&tasks).add_to(connected);
+            status
         })
     }
 
