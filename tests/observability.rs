@@ -1107,7 +1107,8 @@ fn a_stopped_executor_shows_a_growing_heartbeat_age_while_its_batch_runs() {
     const LINES: u64 = 60_000;
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.toml");
-    // One batch: "before the batch completes" is "no batch completed yet".
+    // One batch of records: "before the batch completes" is "no batch
+    // completed yet".
     // The sandbox's deadline is generous: a stopped executor's call takes
     // as long as it is stopped.
     std::fs::write(
@@ -1204,10 +1205,16 @@ prefix = "out/lines"
     let m = parse_metrics(&get_ok(addr, "/metrics").body);
     assert!(m[&format!("weir_executor_tasks_running{{executor=\"{victim}\"}}")] >= 1.0, "{grown}");
 
-    // Continued: its task finishes and the job completes with every record.
+    // Continued: its task finishes and the batch completes with every
+    // record (the source then gives empty batches until SIGTERM).
     drop(stopped);
-    let st = d.wait_exit(Duration::from_secs(300), "the job to complete after SIGCONT");
-    assert!(st.success(), "{st:?}\n{}", d.log());
+    poll(addr, "/api/v1/status", "the batch to complete after SIGCONT", |v| {
+        v["totals"]["batches_completed"].as_u64() >= Some(1)
+    });
+    let b = json(addr, "/api/v1/batches");
+    let first = b.as_array().unwrap().last().unwrap();
+    assert_eq!((first["records_in"].as_u64(), &first["failed"]), (Some(LINES), &serde_json::json!(false)), "{b}");
+    stop(&mut d);
     let lines: usize = read_outputs(&dir.path().join("out"), "lines").values().map(Vec::len).sum();
     assert_eq!(lines as u64, LINES, "{}", d.log());
 }
