@@ -1066,3 +1066,155 @@ prefix = "out/counts"
     assert!(on_page[0].contains("part-7.txt") && on_page[4].contains("part-3.txt"), "newest first: {listed}");
     d.kill();
 }
+
+/// Sends `sig` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// A process stopped with SIGSTOP, continued when this is dropped (so a
+/// test that fails midway leaves no stopped executor behind).
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal("-STOP", pid);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+/// The executor named `addr` in an `/api/v1/executors` answer.
+fn executor<'a>(execs: &'a serde_json::Value, addr: &str) -> &'a serde_json::Value {
+    execs.as_array().unwrap().iter().find(|x| x["executor"] == addr).unwrap_or_else(|| panic!("{addr}: {execs}"))
+}
+
+/// Executor status is live: during one long batch (a UDF that spins on
+/// every record) the API shows the tasks running now, and an executor
+/// process stopped with SIGSTOP shows a heartbeat age that grows past the
+/// heartbeat interval (100 ms) while its batch is still in flight and the
+/// other executor keeps heartbeating. Before, the figures came only with
+/// a completed batch: none at all during the first. SIGCONT, and the job
+/// completes with every record.
+#[test]
+fn a_stopped_executor_shows_a_growing_heartbeat_age_while_its_batch_runs() {
+    const LINES: u64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    // One batch of records: "before the batch completes" is "no batch
+    // completed yet".
+    // The sandbox's deadline is generous: a stopped executor's call takes
+    // as long as it is stopped.
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "500ms"
+parallelism = 2
+[limits]
+deadline_ms = 600000
+fuel_per_call = 1000000000000
+[modules]
+testops = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = {LINES}
+words_per_line = 2
+batches = 1
+[streams]
+slow = "lines.map(testops.spin)"
+[[outputs]]
+stream = "slow"
+type = "save_as_text_files"
+prefix = "out/lines"
+"#,
+            module("testops.wasm").display()
+        ),
+    )
+    .unwrap();
+    // A heartbeat timeout far above the test's stop, so the stopped
+    // executor is not declared lost meanwhile.
+    let (mut d, addr) =
+        run_with_ui(dir.path(), &job, &["--master", "local-cluster[2]", "--heartbeat-timeout-ms", "60000"]);
+    let pid_of = |x: &serde_json::Value| -> u32 {
+        let r = x["added_reason"].as_str().unwrap();
+        r.strip_prefix("pid ")
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{x}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // An executor running a task now; stopped. (If its task ended between
+    // the answer and the signal, it is continued and another is picked.)
+    let (stopped, victim, other, first) = loop {
+        let execs = poll(addr, "/api/v1/executors", "an executor running a task", |v| {
+            v.as_array().is_some_and(|a| {
+                a.iter().filter(|x| x["active"] == true).count() == 2
+                    && a.iter().any(|x| x["tasks_running"].as_u64() >= Some(1))
+            })
+        });
+        let busy = execs.as_array().unwrap().iter().find(|x| x["tasks_running"].as_u64() >= Some(1)).unwrap();
+        let victim = busy["executor"].as_str().unwrap().to_string();
+        let other = execs.as_array().unwrap().iter().find(|x| x["executor"] != victim.as_str()).unwrap();
+        let other = other["executor"].as_str().unwrap().to_string();
+        let stopped = Stopped::stop(pid_of(busy));
+        let now = json(addr, "/api/v1/executors");
+        if executor(&now, &victim)["tasks_running"].as_u64() >= Some(1) {
+            break (stopped, victim, other, now);
+        }
+        drop(stopped);
+        assert!(Instant::now() < deadline, "no executor could be stopped while running a task: {now}");
+    };
+    let status = json(addr, "/api/v1/status");
+    assert_eq!(status["totals"]["batches_completed"], 0, "the batch completed before the stop: {status}");
+    let beats_before = executor(&first, &other)["heartbeats"].as_u64().unwrap();
+
+    // The stopped one's heartbeat age grows past the interval, as of now
+    // (status_at_ms), its task still running there; the other heartbeats on.
+    let silent = poll(addr, "/api/v1/executors", "the stopped executor's heartbeat age to grow", |v| {
+        let x = executor(v, &victim);
+        x["last_heartbeat_age_ms"].as_u64() > Some(1000)
+            && executor(v, &other)["heartbeats"].as_u64() > Some(beats_before)
+    });
+    let x = executor(&silent, &victim);
+    assert_eq!(x["active"], true, "{silent}");
+    assert!(x["tasks_running"].as_u64() >= Some(1), "{silent}");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let at = x["status_at_ms"].as_u64().unwrap();
+    assert!(at + 5_000 >= now_ms, "the status is taken as the API is asked: {at} vs {now_ms}");
+    let age = x["last_heartbeat_age_ms"].as_u64().unwrap();
+    let grown = poll(addr, "/api/v1/executors", "the age to keep growing", |v| {
+        executor(v, &victim)["last_heartbeat_age_ms"].as_u64() > Some(age + 300)
+    });
+    let status = json(addr, "/api/v1/status");
+    assert_eq!(status["totals"]["batches_completed"], 0, "still in flight: {status}");
+    assert_eq!(status["in_flight"].as_array().map(Vec::len), Some(1), "{status}");
+    // The page and the metrics say so too.
+    let page = get_ok(addr, "/executors").body;
+    let ages: Vec<u64> = page
+        .split("<td class=\"heartbeat-age\">")
+        .skip(1)
+        .filter_map(|r| r.split(" ms ago").next().and_then(|n| n.parse().ok()))
+        .collect();
+    assert!(ages.iter().any(|a| *a > 1000), "{page}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert!(m[&format!("weir_executor_tasks_running{{executor=\"{victim}\"}}")] >= 1.0, "{grown}");
+
+    // Continued: its task finishes and the batch completes with every
+    // record (the source then gives empty batches until SIGTERM).
+    drop(stopped);
+    poll(addr, "/api/v1/status", "the batch to complete after SIGCONT", |v| {
+        v["totals"]["batches_completed"].as_u64() >= Some(1)
+    });
+    let b = json(addr, "/api/v1/batches");
+    let first = b.as_array().unwrap().last().unwrap();
+    assert_eq!((first["records_in"].as_u64(), &first["failed"]), (Some(LINES), &serde_json::json!(false)), "{b}");
+    stop(&mut d);
+    let lines: usize = read_outputs(&dir.path().join("out"), "lines").values().map(Vec::len).sum();
+    assert_eq!(lines as u64, LINES, "{}", d.log());
+}

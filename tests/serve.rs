@@ -791,3 +791,143 @@ fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_ex
     let now = wait_executors(&server, 2, "after the replacement");
     assert!(!now.contains(&killed), "{now:?}");
 }
+
+/// `GET /api/v1/pool` as `token`: the parsed answer.
+fn pool(addr: &str, token: &str) -> serde_json::Value {
+    let (code, body) = http(addr, "GET", "/api/v1/pool", Some(token), b"", 0);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Polls the pool as `token` until `pred` holds (panics with the server's log after 120 s).
+fn wait_pool(
+    d: &Driver,
+    addr: &str,
+    token: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = pool(addr, token);
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: the pool is {v}\nserver log:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `master = "local-cluster[2,2]"`: the server's API and page show its
+/// pool: both executor processes (their pids), 2 slots each, heartbeats
+/// arriving, and the jobs with tasks on each — a tenant sees the executors
+/// but only its own jobs (the admin token every tenant's, with the tenant).
+#[test]
+fn serve_shows_its_pool_executors_with_their_slots_and_only_the_tenants_own_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local-cluster[2,2]\"\n\
+         admin_token_sha256 = \"{}\"\n\
+         [tenants.acme]\ntoken_sha256 = \"{}\"\nmax_slots = 4\n\
+         [tenants.acme.limits]\nfuel_per_call = 100_000_000_000\n\
+         [tenants.evil]\ntoken_sha256 = \"{}\"\n",
+        sha(ADMIN),
+        sha(ACME),
+        sha(EVIL)
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let (server, addr) = start_server(&config);
+    let kids = wait_executors(&server, 2, "the pool at start");
+    let (code, _) = http(&addr, "GET", "/api/v1/pool", None, b"", 0);
+    assert_eq!(code, 401);
+
+    // Both processes, with their slots, heartbeating.
+    let p = wait_pool(&server, &addr, ACME, "two executors heartbeating", |v| {
+        v["executors"].as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|x| x["heartbeats"].as_u64() >= Some(2)))
+    });
+    assert_eq!(
+        (p["master"].as_str(), p["kind"].as_str(), p["slots"].as_u64()),
+        (Some("local-cluster[2,2]"), Some("processes"), Some(4)),
+        "{p}"
+    );
+    let mut pids: Vec<u32> =
+        p["executors"].as_array().unwrap().iter().map(|x| x["pid"].as_u64().unwrap() as u32).collect();
+    pids.sort();
+    assert_eq!(pids, kids, "{p}");
+    for x in p["executors"].as_array().unwrap() {
+        assert_eq!(x["slots"], 2, "{x}");
+        assert!(x["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{x}");
+        // Healthy: heartbeats every 100 ms (within the 3 s timeout, or it would be gone).
+        assert!(x["last_heartbeat_age_ms"].as_u64().is_some_and(|a| a < 3000), "{x}");
+        assert_eq!(x["jobs"], serde_json::json!([]), "{x}");
+    }
+
+    // acme's job keeps the pool busy (more work per batch than an interval).
+    let job = format!(
+        "batch_interval = \"500ms\"\nparallelism = 8\n[limits]\nfuel_per_call = 50000000000\n[modules]\ntestops = \"{}\"\n[sources.lines]\n\
+         type = \"generator\"\nlines_per_batch = 16000\nwords_per_line = 2\n[streams]\n\
+         slow = \"lines.map(testops.spin)\"\n[[outputs]]\nstream = \"slow\"\ntype = \"save_as_text_files\"\n\
+         prefix = \"out/x\"\n",
+        module("testops.wasm").display()
+    );
+    let job_file = tmp.path().join("busy.toml");
+    std::fs::write(&job_file, job).unwrap();
+    let id = submit(&addr, ACME, &job_file).unwrap();
+    let on = |v: &serde_json::Value| {
+        v["executors"].as_array().is_some_and(|a| {
+            a.iter().any(|x| {
+                x["jobs"].as_array().is_some_and(|j| {
+                    j.iter().any(|j| j["job"] == id.as_str() && j["tasks_running"].as_u64() >= Some(1))
+                })
+            })
+        })
+    };
+    let mine = wait_pool(&server, &addr, ACME, "acme's job on an executor", on);
+    for x in mine["executors"].as_array().unwrap() {
+        for j in x["jobs"].as_array().unwrap() {
+            assert_eq!((j["tenant"].as_str(), j["job"].as_str()), (Some("acme"), Some(id.as_str())), "{mine}");
+        }
+    }
+    let all = wait_pool(&server, &addr, ADMIN, "the operator to see acme's job", on);
+    let all_tasks: u64 =
+        all["executors"].as_array().unwrap().iter().map(|x| x["tasks_running"].as_u64().unwrap()).sum();
+    assert!(all_tasks >= 1, "{all}");
+    // Right after, another tenant sees the executors, but neither acme's
+    // job nor its tasks.
+    let theirs = pool(&addr, EVIL);
+    assert_eq!(theirs["executors"].as_array().map(Vec::len), Some(2), "{theirs}");
+    assert!(!theirs.to_string().contains(&id), "{theirs}");
+    for x in theirs["executors"].as_array().unwrap() {
+        assert_eq!((x["tasks_running"].as_u64(), &x["jobs"]), (Some(0), &serde_json::json!([])), "{theirs}");
+    }
+    // The page shows the pool too, with the tenant's own job.
+    let page = wait_until_page(&server, &addr, ACME, &id);
+    for pid in &kids {
+        assert!(page.contains(&format!("<td class=\"pid\">{pid}</td>")), "{page}");
+    }
+    assert_eq!(page.matches("<td class=\"slots\">2</td>").count(), 2, "{page}");
+    let (code, evil_page) = http(&addr, "GET", "/ui", Some(EVIL), b"", 0);
+    assert_eq!(code, 200);
+    assert!(evil_page.contains("Executor pool") && !evil_page.contains(&id), "{evil_page}");
+    let out = client(&addr, ACME, &["stop", &id, "--now"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The `/ui` page as `token` once it lists job `id` on an executor.
+fn wait_until_page(d: &Driver, addr: &str, token: &str, id: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, page) = http(addr, "GET", "/ui", Some(token), b"", 0);
+        assert_eq!(code, 200, "{page}");
+        if page.contains("Executor pool") && page.contains(&format!("{id}</a> (")) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {id} on an executor: {page}\nserver log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -336,6 +336,40 @@ impl ExecutorStatus {
     }
 }
 
+/// Every executor's status *now*, for status pages that show it between
+/// batches ([`StreamingListener::on_executors_status`] comes only as batches
+/// complete, so during a long batch, or with an executor that stopped
+/// answering, it is stale exactly when a user looks). Handed once to each
+/// listener when the run's executors start
+/// ([`StreamingListener::on_live_executors`]). Nothing is computed until
+/// [`LiveExecutors::status`] is called: then the backend copies a few
+/// figures per executor under its lock (no I/O) and the scheduler adds the
+/// tasks it saw finish, so heartbeats and tasks starting and finishing show
+/// at once, and a heartbeat's age grows while an executor is silent. Empty
+/// once the run's executors are gone. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct LiveExecutors {
+    status: Arc<dyn Fn() -> Vec<ExecutorStatus> + Send + Sync>,
+}
+
+impl LiveExecutors {
+    pub fn new(status: impl Fn() -> Vec<ExecutorStatus> + Send + Sync + 'static) -> Self {
+        LiveExecutors { status: Arc::new(status) }
+    }
+
+    /// Every executor's status as of now (the same figures as
+    /// [`StreamingListener::on_executors_status`]).
+    pub fn status(&self) -> Vec<ExecutorStatus> {
+        (self.status)()
+    }
+}
+
+impl std::fmt::Debug for LiveExecutors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveExecutors")
+    }
+}
+
 /// Observes a running job. Every method has an empty default, so a listener
 /// implements only what it needs.
 pub trait StreamingListener: Send + Sync {
@@ -355,6 +389,9 @@ pub trait StreamingListener: Send + Sync {
     fn on_block_recomputed(&self, _e: &BlockRecomputed) {}
     /// Every executor's status, just before each [`BatchReport`].
     fn on_executors_status(&self, _e: &[ExecutorStatus]) {}
+    /// Where to read every executor's status at any time (once, as the
+    /// executors start): keep it to show live figures between batches.
+    fn on_live_executors(&self, _e: &LiveExecutors) {}
     /// True to be sent [`BatchLineage`] events (explaining a plan costs a
     /// little, so the driver does it only for listeners that show it).
     fn wants_lineage(&self) -> bool {

@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/jobs/{id}/stop"),
     ("get", "/api/v1/jobs/{id}/logs"),
     ("get", "/api/v1/jobs/{id}/outputs"),
+    ("get", "/api/v1/pool"),
     ("get", "/ui"),
     ("get", "/ui/login"),
     ("post", "/ui/login"),
@@ -102,6 +103,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/jobs/{id}/stop", post(stop_job))
         .route("/api/v1/jobs/{id}/logs", get(job_logs))
         .route("/api/v1/jobs/{id}/outputs", get(job_outputs))
+        .route("/api/v1/pool", get(pool_status))
         .merge(crate::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(move |req: Request, next: Next| deadline(timeout, limit, req, next)))
@@ -251,6 +253,17 @@ async fn job_outputs(State(s): State<Arc<Server>>, Path(id): Path<String>, heade
     let t = tenant(&s, &headers)?;
     let v = s.status(&t, &id)?;
     Ok(Json(json!({ "outputs": v.outputs, "checkpoint": v.checkpoint })).into_response())
+}
+
+/// The shared executor pool now: its executor processes (slots,
+/// heartbeats, the jobs with tasks on each). A tenant sees every executor
+/// but only its own jobs on them; the admin token sees every tenant's.
+async fn pool_status(State(s): State<Arc<Server>>, headers: HeaderMap) -> ApiResult<Response> {
+    let only = match principal(&s, &headers)? {
+        Principal::Tenant(t) => Some(t),
+        Principal::Admin => None,
+    };
+    Ok(Json(s.pool_status(only.as_deref())).into_response())
 }
 
 /// `/metrics`: per job (`tenant`, `job` labels) and per tenant; a tenant's

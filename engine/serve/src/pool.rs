@@ -16,6 +16,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
+
 use weir::cluster::{ClusterConfig, SharedCluster};
 use weir::executor::{PoolTenant, SharedPool};
 use weir::scheduler::{ClusterOptions, Master};
@@ -31,6 +33,8 @@ enum Executors {
 
 pub struct ServePool {
     pool: Executors,
+    /// `serve.toml`'s `master`, for the status.
+    master: String,
     /// The configuration whose tenants the pool has (compared by pointer:
     /// a reload makes a new one).
     applied: Mutex<Option<Arc<Config>>>,
@@ -49,7 +53,7 @@ impl ServePool {
             Ok(Master::Cluster { .. }) => Executors::Processes(start_cluster(config, 0, 1)?),
             _ => Executors::Threads(SharedPool::start(config.slots() as usize).map_err(fail)?),
         };
-        let p = ServePool { pool, applied: Mutex::new(None) };
+        let p = ServePool { pool, master: config.master.clone(), applied: Mutex::new(None) };
         p.set_tenants(config);
         Ok(p)
     }
@@ -84,6 +88,56 @@ impl ServePool {
         }
     }
 
+    /// What the pool is now, as the tenant `only` may see it (`None`: the
+    /// operator, who sees everything): each executor process with its
+    /// slots and heartbeats, and the jobs with tasks on it — of `only`'s
+    /// jobs alone, and the tasks running counted of those alone, so a tenant
+    /// learns nothing of another's jobs. Threads (`local[N]`) have no
+    /// per-executor rows. Read under the pool's lock, no I/O.
+    pub fn status(&self, only: Option<&str>) -> PoolView {
+        match &self.pool {
+            Executors::Threads(p) => {
+                PoolView { master: self.master.clone(), kind: "threads", slots: p.workers(), executors: Vec::new() }
+            }
+            Executors::Processes(c) => {
+                let executors: Vec<ExecutorView> = c
+                    .status()
+                    .into_iter()
+                    .map(|x| {
+                        let jobs: Vec<JobTasksView> = x
+                            .jobs
+                            .into_iter()
+                            .filter(|j| only.is_none_or(|t| t == j.tenant))
+                            .map(|j| JobTasksView { tenant: j.tenant, job: j.job, tasks_running: j.tasks_running })
+                            .collect();
+                        let tasks_running = match only {
+                            None => x.tasks_running,
+                            Some(_) => jobs.iter().map(|j| j.tasks_running).sum(),
+                        };
+                        ExecutorView {
+                            id: x.id,
+                            pid: x.pid,
+                            address: x.address,
+                            slots: x.slots,
+                            heartbeats: x.heartbeats,
+                            last_heartbeat_age_ms: x.last_heartbeat_age_ms,
+                            tasks_running,
+                            udf_memory_bytes: x.udf_memory_bytes,
+                            udf_memory_peak_bytes: x.udf_memory_peak_bytes,
+                            jobs,
+                        }
+                    })
+                    .collect();
+                PoolView {
+                    master: self.master.clone(),
+                    kind: "processes",
+                    slots: executors.iter().map(|x| x.slots as usize).sum(),
+                    executors,
+                }
+            }
+        }
+    }
+
     /// The pool's task slots now: worker threads, or the connected
     /// executors' slots together.
     pub fn workers(&self) -> usize {
@@ -92,6 +146,49 @@ impl ServePool {
             Executors::Processes(c) => c.executors().1,
         }
     }
+}
+
+/// The pool as `GET /api/v1/pool` answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    /// `serve.toml`'s `master`.
+    pub master: String,
+    /// `"threads"` (`local[N]`) or `"processes"` (`local-cluster[N]`,
+    /// `cluster[N]`).
+    pub kind: &'static str,
+    /// Task slots: the threads, or the connected executors' together.
+    pub slots: usize,
+    /// The connected executor processes (none for threads).
+    pub executors: Vec<ExecutorView>,
+}
+
+/// One executor process of the pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorView {
+    pub id: u64,
+    pub pid: u32,
+    /// Its block server address.
+    pub address: String,
+    pub slots: u32,
+    pub heartbeats: u64,
+    /// How long ago its newest heartbeat came, as of this answer (every
+    /// 100 ms while it is healthy; it grows while it is silent, and past
+    /// the heartbeat timeout it is lost and gone from the list).
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Tasks running on it now (a tenant: of its own jobs only).
+    pub tasks_running: u64,
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+    /// The jobs with tasks running on it (a tenant: its own only).
+    pub jobs: Vec<JobTasksView>,
+}
+
+/// A job's tasks running on one executor.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobTasksView {
+    pub tenant: String,
+    pub job: String,
+    pub tasks_running: u64,
 }
 
 /// The executor processes of `local-cluster[N,CORES]` (`local` of them

@@ -127,6 +127,11 @@ impl Server {
         self.config.reload_now();
     }
 
+    /// The executor pool now, as `only` may see it (`None`: the operator).
+    pub fn pool_status(&self, only: Option<&str>) -> crate::pool::PoolView {
+        self.pool.status(only)
+    }
+
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
     }
@@ -168,7 +173,7 @@ impl Server {
         let me = Arc::downgrade(self);
         let id = rec.id.clone();
         self.config(); // the pool knows the tenant's current weight and cap
-        let seat = self.pool.tenant(&rec.tenant);
+        let seat = self.pool.tenant(&rec.tenant).for_job(&rec.id);
         let handle = runner::spawn(rec, self.runtime.clone(), seat, move |o: Outcome| {
             let Some(s) = me.upgrade() else { return };
             // A server shutting down stops its jobs, but they stay

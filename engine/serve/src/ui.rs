@@ -211,7 +211,60 @@ async fn jobs_page(State(s): State<Arc<Server>>, headers: HeaderMap) -> Response
     if jobs.is_empty() {
         b.push_str("<p>No jobs yet: <code>weir submit JOB.toml</code>.</p>");
     }
+    let only = match &who {
+        Principal::Tenant(t) => Some(t.as_str()),
+        Principal::Admin => None,
+    };
+    pool_section(&mut b, &s.pool_status(only), admin);
     html(StatusCode::OK, "Jobs", Some(&who), true, &b)
+}
+
+/// The shared executor pool under the jobs: each executor process with its
+/// slots, heartbeats and the jobs with tasks on it (a tenant: its own).
+fn pool_section(b: &mut String, pool: &crate::pool::PoolView, admin: bool) {
+    let _ =
+        write!(b, "<h3>Executor pool</h3><p><code>{}</code> &middot; {} slot(s)</p>", esc(&pool.master), pool.slots);
+    if pool.kind == "threads" {
+        b.push_str("<p class=\"muted\">Threads of this server (no executor processes).</p>");
+        return;
+    }
+    if pool.executors.is_empty() {
+        b.push_str("<p class=\"muted\">No executor connected: tasks wait for one.</p>");
+        return;
+    }
+    b.push_str(
+        "<table class=\"pool\"><tr><th>Executor</th><th>Pid</th><th>Address</th><th>Slots</th><th>Heartbeats</th>\
+         <th>Last heartbeat</th><th>Tasks running</th><th>UDF memory (peak)</th><th>Jobs with tasks on it</th></tr>",
+    );
+    let mib = |m: u64| format!("{:.1} MiB", m as f64 / (1024.0 * 1024.0));
+    for x in &pool.executors {
+        let jobs: Vec<String> = x
+            .jobs
+            .iter()
+            .map(|j| {
+                let who = if admin { format!("{}: ", esc(&j.tenant)) } else { String::new() };
+                format!("{who}<a href=\"/ui/jobs/{0}\">{0}</a> ({1})", esc(&j.job), j.tasks_running)
+            })
+            .collect();
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td class=\"pid\">{}</td><td><code>{}</code></td><td class=\"slots\">{}</td><td>{}</td>\
+             <td class=\"heartbeat-age\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            x.id,
+            x.pid,
+            esc(&x.address),
+            x.slots,
+            x.heartbeats,
+            x.last_heartbeat_age_ms.map(|a| format!("{a} ms ago")).unwrap_or_else(|| "-".into()),
+            x.tasks_running,
+            match (x.udf_memory_bytes, x.udf_memory_peak_bytes) {
+                (Some(m), Some(p)) => format!("{} ({})", mib(m), mib(p)),
+                _ => "-".into(),
+            },
+            if jobs.is_empty() { "-".to_string() } else { jobs.join(", ") },
+        );
+    }
+    b.push_str("</table>");
 }
 
 /// Job `id` if `who` may see it (another tenant's job is "not found").

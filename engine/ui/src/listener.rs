@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
     BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ExecutorStatus, ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent, SourceProgress,
-    StreamingListener, TaskRetry,
+    ExecutorStatus, LiveExecutors, ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent,
+    SourceProgress, StreamingListener, TaskRetry,
 };
 
-use crate::event::{ms, now_ms, BatchRecord, Event, Logged, PartitionPosition};
+use crate::event::{ms, now_ms, BatchRecord, Event, ExecutorStatusRecord, Logged, PartitionPosition};
 use crate::eventlog::EventLogSender;
 use crate::metrics::Metrics;
 use crate::state::{Limits, UiState};
@@ -26,11 +26,40 @@ use crate::state::{Limits, UiState};
 pub struct Shared {
     state: Mutex<UiState>,
     pub metrics: Metrics,
+    /// Where the running job's executors' status is read between batches
+    /// (until the job ends).
+    live: Mutex<Option<LiveExecutors>>,
 }
 
 impl Shared {
     pub fn new(limits: Limits) -> Arc<Shared> {
-        Arc::new(Shared { state: Mutex::new(UiState::new(limits)), metrics: Metrics::new() })
+        Arc::new(Shared { state: Mutex::new(UiState::new(limits)), metrics: Metrics::new(), live: Mutex::new(None) })
+    }
+
+    fn live(&self) -> MutexGuard<'_, Option<LiveExecutors>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads every executor's status now into the state and the metrics,
+    /// while the job runs: the server calls it before answering the
+    /// executors page, its API and `/metrics`, so they show heartbeats,
+    /// running tasks and UDF memory as they are, not as of the newest
+    /// completed batch. The read copies a few figures per executor under the
+    /// backend's lock, taken and released before this state's lock (never
+    /// both at once, no I/O under either); a job nobody looks at pays nothing.
+    pub fn refresh_executors(&self) {
+        let Some(live) = self.live().clone() else { return };
+        let executors: Vec<ExecutorStatusRecord> = live.status().iter().map(Into::into).collect();
+        if executors.is_empty() {
+            return;
+        }
+        let mut st = self.state();
+        if !st.live() {
+            return;
+        }
+        st.apply_executors_status(now_ms(), &executors);
+        drop(st);
+        self.metrics.observe(&Event::ExecutorsStatus { executors });
     }
 
     /// The state, even if a thread panicked while holding it (it stays
@@ -42,6 +71,10 @@ impl Shared {
     pub fn apply(&self, e: &Logged) {
         self.metrics.observe(&e.event);
         self.state().apply(e);
+        if matches!(e.event, Event::JobEnded { .. }) {
+            // The executors are gone: the page keeps their last figures.
+            *self.live() = None;
+        }
     }
 }
 
@@ -152,6 +185,9 @@ impl StreamingListener for UiListener {
     }
     fn on_executors_status(&self, e: &[ExecutorStatus]) {
         self.record(Event::ExecutorsStatus { executors: e.iter().map(Into::into).collect() });
+    }
+    fn on_live_executors(&self, e: &LiveExecutors) {
+        *self.shared.live() = Some(e.clone());
     }
 }
 

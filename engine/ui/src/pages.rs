@@ -27,6 +27,11 @@ pub fn route(req: &Request, shared: &Shared, with_token: bool) -> Response {
     };
     let path = req.path.trim_end_matches('/');
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // What shows executors reads their status now, not as of the newest
+    // completed batch (before the state's lock is taken).
+    if matches!(segs.as_slice(), ["metrics"] | ["executors"] | ["api", "v1", "executors"]) {
+        shared.refresh_executors();
+    }
     if segs.as_slice() == ["metrics"] {
         return Response::new(
             200,
@@ -551,22 +556,27 @@ fn executors_page(st: &UiState, q: &str) -> String {
     );
     if st.executors.is_empty() {
         let master = st.job.as_ref().map_or("", |j| j.master.as_str());
-        let _ = write!(body, "<p class=\"muted\">No executor status yet (master <code>{}</code>): it comes with the first completed batch.</p>", esc(master));
+        let _ = write!(
+            body,
+            "<p class=\"muted\">No executor status yet (master <code>{}</code>): it comes as the executors start.</p>",
+            esc(master)
+        );
     } else {
         body.push_str(
             "<table><tr><th>Executor</th><th>Status</th><th>Added</th><th>Lost</th><th>Reason</th>\
 <th>Heartbeats</th><th>Last heartbeat</th><th>Tasks run</th><th>Running</th><th>Failed</th>\
 <th>UDF memory (peak)</th><th>Blocks recomputed after its loss</th></tr>",
         );
-        // Ages are against the newest event, so a history page shows them
-        // as they were when the job ended.
+        // While the job runs the figures are read as the page is asked
+        // (a heartbeat's age grows while an executor is silent); a history
+        // page shows them as of the newest status in its log.
         let now = st.last_event_ms.unwrap_or(0);
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
         for x in st.executors.values() {
             let _ = write!(
                 body,
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-<td class=\"heartbeats\">{}</td><td>{}</td><td class=\"tasks-run\">{}</td><td class=\"tasks-running\">{}</td>\
+<td class=\"heartbeats\">{}</td><td class=\"heartbeat-age\">{}</td><td class=\"tasks-run\">{}</td><td class=\"tasks-running\">{}</td>\
 <td class=\"tasks-failed\">{}</td><td class=\"udf-memory\">{}</td><td class=\"recomputed\">{}</td></tr>",
                 esc(if x.executor.is_empty() { "driver (in-process threads)" } else { &x.executor }),
                 if x.active { "<span class=\"ok\">active</span>" } else { "<span class=\"fail\">lost</span>" },
@@ -574,8 +584,9 @@ fn executors_page(st: &UiState, q: &str) -> String {
                 x.lost_at_ms.map(fmt_time).unwrap_or_default(),
                 esc(x.lost_reason.as_deref().unwrap_or(&x.added_reason)),
                 x.heartbeats.map(|h| h.to_string()).unwrap_or_else(|| "&ndash;".into()),
-                x.last_heartbeat_at_ms
-                    .map(|t| format!("{} ms ago", now.saturating_sub(t)))
+                x.last_heartbeat_age_ms
+                    .or(x.last_heartbeat_at_ms.map(|t| now.saturating_sub(t)))
+                    .map(|age| format!("{age} ms ago"))
                     .unwrap_or_else(|| "&ndash;".into()),
                 x.tasks_run,
                 x.tasks_running,

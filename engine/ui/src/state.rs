@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{BatchRecord, CheckpointRecord, Event, JobInfo, Logged, PartitionPosition, SourceDetailsRecord};
+use crate::event::{
+    BatchRecord, CheckpointRecord, Event, ExecutorStatusRecord, JobInfo, Logged, PartitionPosition, SourceDetailsRecord,
+};
 
 /// How much the state keeps.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +84,11 @@ pub struct ExecutorView {
     /// or no status yet), and when the newest came (ms since the epoch).
     pub heartbeats: Option<u64>,
     pub last_heartbeat_at_ms: Option<u64>,
+    /// How long before `status_at_ms` the newest heartbeat came (`None`
+    /// for in-process threads and lost executors). While the job runs the
+    /// status is read as the page or API is asked, so this grows while an
+    /// executor is silent.
+    pub last_heartbeat_age_ms: Option<u64>,
     /// Tasks it finished (retries and resubmissions each count), tasks that
     /// failed there, and tasks running there at the newest status.
     pub tasks_run: u64,
@@ -109,6 +116,7 @@ impl ExecutorView {
             lost_reason: None,
             heartbeats: None,
             last_heartbeat_at_ms: None,
+            last_heartbeat_age_ms: None,
             tasks_run: 0,
             tasks_failed: 0,
             tasks_running: 0,
@@ -438,31 +446,7 @@ impl UiState {
                     }
                 }
             }
-            Event::ExecutorsStatus { executors } => {
-                for s in executors.iter().take(lim.executors) {
-                    if self.executors.len() >= lim.executors && !self.executors.contains_key(&s.executor) {
-                        self.evict_executor();
-                    }
-                    let x = self.executors.entry(s.executor.clone()).or_insert_with(|| ExecutorView {
-                        // Seen only through its status (the driver's threads).
-                        active: s.alive,
-                        ..ExecutorView::new(&s.executor)
-                    });
-                    if !s.alive {
-                        x.active = false;
-                    }
-                    x.heartbeats = s.heartbeats.or(x.heartbeats);
-                    if let Some(age) = s.last_heartbeat_age_ms {
-                        x.last_heartbeat_at_ms = Some(at.saturating_sub(age));
-                    }
-                    x.tasks_run = s.tasks_run;
-                    x.tasks_failed = s.tasks_failed;
-                    x.tasks_running = s.tasks_running;
-                    x.udf_memory_bytes = s.udf_memory_bytes.or(x.udf_memory_bytes);
-                    x.udf_memory_peak_bytes = s.udf_memory_peak_bytes.or(x.udf_memory_peak_bytes);
-                    x.status_at_ms = Some(at);
-                }
-            }
+            Event::ExecutorsStatus { executors } => self.apply_executors_status(at, executors),
             Event::BlockRecomputed { block, digest_matches, lost_executor } => {
                 self.totals.blocks_recomputed += 1;
                 if !digest_matches {
@@ -496,6 +480,42 @@ impl UiState {
             Event::JobEnded { .. } => {
                 self.ended_at_ms = Some(at);
             }
+        }
+    }
+
+    /// Every executor's status taken at `at`: with each completed batch
+    /// (an event), or read live as the page or API is asked
+    /// ([`crate::Shared::refresh_executors`]; not an event: it is not
+    /// logged and does not move `last_event_ms`). Counts only go up: a live
+    /// read that raced a batch's status does not take them back.
+    pub fn apply_executors_status(&mut self, at: u64, executors: &[ExecutorStatusRecord]) {
+        let lim = self.limits;
+        for s in executors.iter().take(lim.executors) {
+            if self.executors.len() >= lim.executors && !self.executors.contains_key(&s.executor) {
+                self.evict_executor();
+            }
+            let x = self.executors.entry(s.executor.clone()).or_insert_with(|| ExecutorView {
+                // Seen only through its status (the driver's threads).
+                active: s.alive,
+                ..ExecutorView::new(&s.executor)
+            });
+            if !s.alive {
+                x.active = false;
+            }
+            x.heartbeats = match (s.heartbeats, x.heartbeats) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(age) = s.last_heartbeat_age_ms {
+                x.last_heartbeat_at_ms = Some(at.saturating_sub(age));
+            }
+            x.last_heartbeat_age_ms = if x.active { s.last_heartbeat_age_ms } else { None };
+            x.tasks_run = x.tasks_run.max(s.tasks_run);
+            x.tasks_failed = x.tasks_failed.max(s.tasks_failed);
+            x.tasks_running = s.tasks_running;
+            x.udf_memory_bytes = s.udf_memory_bytes.or(x.udf_memory_bytes);
+            x.udf_memory_peak_bytes = s.udf_memory_peak_bytes.or(x.udf_memory_peak_bytes);
+            x.status_at_ms = Some(at);
         }
     }
 
@@ -678,6 +698,40 @@ mod tests {
         let event = Event::SourceProgress { source: 0, time: 1, positions: vec![], details: Some(details) };
         s.apply(&Logged { at_ms: 1400, event });
         assert_eq!(s.sources[&0].details.recent_files, ["f35", "f36", "f37", "f38", "f39"]);
+    }
+
+    /// A status read live (as the API is asked) moves the figures on
+    /// without an event: the heartbeat's age is as of the read, counts never
+    /// go back (a live read that raced a batch's status), and a lost
+    /// executor has no age.
+    #[test]
+    fn live_statuses_update_ages_and_keep_counts_monotone() {
+        let mut s = UiState::new(Limits::default());
+        s.apply(&Logged { at_ms: 1, event: Event::ExecutorAdded { executor: "a:1".into(), reason: "pid".into() } });
+        let status = |age: u64, tasks_run: u64, alive: bool| ExecutorStatusRecord {
+            executor: "a:1".into(),
+            alive,
+            heartbeats: Some(tasks_run),
+            last_heartbeat_age_ms: alive.then_some(age),
+            tasks_run,
+            tasks_failed: 0,
+            tasks_running: 1,
+            udf_memory_bytes: None,
+            udf_memory_peak_bytes: None,
+        };
+        s.apply_executors_status(5000, &[status(100, 9, true)]);
+        s.apply_executors_status(7000, &[status(2100, 7, true)]);
+        let a = &s.executors["a:1"];
+        assert_eq!(
+            (a.last_heartbeat_age_ms, a.last_heartbeat_at_ms, a.status_at_ms),
+            (Some(2100), Some(4900), Some(7000))
+        );
+        assert_eq!((a.tasks_run, a.heartbeats), (9, Some(9)), "counts never go back");
+        assert_eq!(s.last_event_ms, Some(1), "a live read is not an event");
+        s.apply(&Logged { at_ms: 8000, event: Event::ExecutorLost { executor: "a:1".into(), reason: "x".into() } });
+        s.apply_executors_status(9000, &[status(0, 10, false)]);
+        let a = &s.executors["a:1"];
+        assert_eq!((a.active, a.last_heartbeat_age_ms, a.tasks_run), (false, None, 10));
     }
 
     #[test]

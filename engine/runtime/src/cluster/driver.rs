@@ -209,6 +209,8 @@ struct Conn {
 /// A job running on the driver's executors.
 struct JobEntry {
     tenant: String,
+    /// Its name in the pool's status (a server's job id; `""`: unnamed).
+    name: String,
     /// Its modules (sent only to its own tasks' executors) and limits.
     registry: Arc<ModuleRegistry>,
     events: Sender<BackendEvent>,
@@ -448,6 +450,7 @@ impl Shared {
     fn add_job(
         &self,
         tenant: &str,
+        name: &str,
         registry: Arc<ModuleRegistry>,
         blocks: &Arc<BlockStore>,
     ) -> std::io::Result<(JobId, Receiver<BackendEvent>)> {
@@ -459,7 +462,8 @@ impl Shared {
         let job = st.next_job;
         st.next_job += 1;
         self.blocks.insert(job, blocks.clone());
-        st.jobs.insert(job, JobEntry { tenant: tenant.to_string(), registry, events, prefer: None });
+        let entry = JobEntry { tenant: tenant.to_string(), name: name.to_string(), registry, events, prefer: None };
+        st.jobs.insert(job, entry);
         Ok((job, rx))
     }
 
@@ -601,7 +605,7 @@ impl ClusterBackend {
     ) -> std::io::Result<(Self, Receiver<BackendEvent>)> {
         let shared = start_shared(cfg, Drr::new(usize::MAX))?;
         // One job, of one tenant: the DRR is then a FIFO.
-        let (job, rx) = shared.add_job("", registry, &blocks)?;
+        let (job, rx) = shared.add_job("", "", registry, &blocks)?;
         let backend = ClusterBackend { shared: shared.clone(), job, blocks };
         wait_for_executors(&shared, cfg.local_executors + cfg.wait_for)?;
         Ok((backend, rx))
@@ -1094,20 +1098,32 @@ impl ExecutorBackend for ClusterBackend {
     }
     /// The connected executors (lost ones are the scheduler's to report).
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
-        let st = self.shared.lock();
-        st.executors
-            .values()
-            .map(|c| {
-                let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
-                s.heartbeats = Some(c.heartbeats);
-                s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
-                s.tasks_running = c.running.len() as u64;
-                s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
-                s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
-                s
-            })
-            .collect()
+        connected_status(&self.shared)
     }
+    fn live_status(&self) -> Option<crate::executor::LiveStatus> {
+        // Weak: a status page asking after the run must not keep the
+        // driver's state alive.
+        let shared = Arc::downgrade(&self.shared);
+        Some(Arc::new(move || shared.upgrade().map(|s| connected_status(&s)).unwrap_or_default()))
+    }
+}
+
+/// Every connected executor's status, copied under the lock (a few figures
+/// each; the heartbeat's age is taken now, so it grows while one is silent).
+fn connected_status(shared: &Shared) -> Vec<crate::listener::ExecutorStatus> {
+    let st = shared.lock();
+    st.executors
+        .values()
+        .map(|c| {
+            let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
+            s.heartbeats = Some(c.heartbeats);
+            s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
+            s.tasks_running = c.running.len() as u64;
+            s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
+            s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
+            s
+        })
+        .collect()
 }
 
 impl Drop for ClusterBackend {
@@ -1164,6 +1180,41 @@ impl SharedCluster {
         self.shared.lock().jobs.len()
     }
 
+    /// Every connected executor now: process, slots, heartbeats (the age
+    /// taken now, so it grows while one is silent), UDF memory, and the
+    /// jobs whose tasks run on it. Copied under the driver's lock (no I/O);
+    /// bounded by the executors and their slots.
+    pub fn status(&self) -> Vec<PoolExecutor> {
+        let st = self.shared.lock();
+        st.executors
+            .iter()
+            .map(|(id, c)| {
+                let mut jobs: BTreeMap<JobId, PoolJobTasks> = BTreeMap::new();
+                for (job, _) in c.running.keys() {
+                    let Some(j) = st.jobs.get(job) else { continue };
+                    let e = jobs.entry(*job).or_insert_with(|| PoolJobTasks {
+                        tenant: j.tenant.clone(),
+                        job: j.name.clone(),
+                        tasks_running: 0,
+                    });
+                    e.tasks_running += 1;
+                }
+                PoolExecutor {
+                    id: *id,
+                    pid: c.pid,
+                    address: c.addr.clone(),
+                    slots: c.slots,
+                    heartbeats: c.heartbeats,
+                    last_heartbeat_age_ms: c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
+                    tasks_running: c.running.len() as u64,
+                    udf_memory_bytes: c.udf_memory.map(|m| m.0),
+                    udf_memory_peak_bytes: c.udf_memory.map(|m| m.1),
+                    jobs: jobs.into_values().collect(),
+                }
+            })
+            .collect()
+    }
+
     /// Pids of the executor processes it started (and has not reaped).
     pub fn executor_pids(&self) -> Vec<u32> {
         self.shared.local().children.iter().map(|c| c.id()).collect()
@@ -1176,6 +1227,42 @@ impl Drop for SharedCluster {
     }
 }
 
+/// One executor of a [`SharedCluster`], as [`SharedCluster::status`] sees
+/// it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolExecutor {
+    /// The id the driver gave it (never reused).
+    pub id: u64,
+    /// Its process id (on its own machine) and block server address.
+    pub pid: u32,
+    pub address: String,
+    /// Tasks it runs at once.
+    pub slots: u32,
+    /// Heartbeats received from it, and how long ago the newest came
+    /// (`None` before the first).
+    pub heartbeats: u64,
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// Tasks running on it now, of every job.
+    pub tasks_running: u64,
+    /// Linear memory of its UDF instances, now and at the peak (bytes; as
+    /// of its newest heartbeat).
+    pub udf_memory_bytes: Option<u64>,
+    pub udf_memory_peak_bytes: Option<u64>,
+    /// The jobs with tasks running on it, by the order they joined.
+    pub jobs: Vec<PoolJobTasks>,
+}
+
+/// A job's tasks running on one executor of a [`SharedCluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolJobTasks {
+    pub tenant: String,
+    /// The job's name ([`PoolTenant::for_job`]; `""`: unnamed).
+    pub job: String,
+    pub tasks_running: u64,
+}
+
 /// A [`SharedCluster`] as a [`Pool`].
 struct ClusterSeat {
     shared: Arc<Shared>,
@@ -1185,10 +1272,11 @@ impl Pool for ClusterSeat {
     fn join(
         &self,
         tenant: &str,
+        job: &str,
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {
-        let (job, rx) = self.shared.add_job(tenant, registry, &blocks)?;
+        let (job, rx) = self.shared.add_job(tenant, job, registry, &blocks)?;
         let b = ClusterJob { shared: self.shared.clone(), job, tenant: tenant.to_string(), blocks };
         Ok((Box::new(b), rx))
     }

@@ -60,7 +60,17 @@ pub trait ExecutorBackend: Send + Sync {
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
         Vec::new()
     }
+    /// [`ExecutorBackend::executor_status`] callable from any thread at any
+    /// time (a status page asking between batches), without this backend:
+    /// it answers empty once the backend is gone. `None` when the backend
+    /// cannot tell.
+    fn live_status(&self) -> Option<LiveStatus> {
+        None
+    }
 }
+
+/// See [`ExecutorBackend::live_status`].
+pub type LiveStatus = Arc<dyn Fn() -> Vec<crate::listener::ExecutorStatus> + Send + Sync>;
 
 /// Stack of a thread that runs tasks (and of the driver's thread): a task
 /// computes its partition through its lineage recursively, one frame set
@@ -122,10 +132,21 @@ impl ExecutorBackend for LocalExecutors {
     /// The driver's threads as one executor (`""`), with this process's
     /// UDF memory.
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
-        let mut s = crate::listener::ExecutorStatus::new(String::new());
-        s.tasks_running = self.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-        let (now, peak) = crate::udf::udf_memory();
-        (s.udf_memory_bytes, s.udf_memory_peak_bytes) = (Some(now), Some(peak));
-        vec![s]
+        vec![local_status(&self.in_flight)]
     }
+    fn live_status(&self) -> Option<LiveStatus> {
+        // Weak: the worker threads hold the counter until the run ends.
+        let in_flight = Arc::downgrade(&self.in_flight);
+        Some(Arc::new(move || in_flight.upgrade().map(|n| vec![local_status(&n)]).unwrap_or_default()))
+    }
+}
+
+/// The driver's threads as one executor: tasks submitted and not finished,
+/// and this process's UDF memory.
+fn local_status(in_flight: &std::sync::atomic::AtomicU64) -> crate::listener::ExecutorStatus {
+    let mut s = crate::listener::ExecutorStatus::new(String::new());
+    s.tasks_running = in_flight.load(std::sync::atomic::Ordering::Relaxed);
+    let (now, peak) = crate::udf::udf_memory();
+    (s.udf_memory_bytes, s.udf_memory_peak_bytes) = (Some(now), Some(peak));
+    s
 }

@@ -354,10 +354,12 @@ fn work(inner: &Inner) {
 /// processes ([`crate::cluster::SharedCluster`]). A job joins it under its
 /// tenant and gets its own backend and result channel.
 pub trait Pool: Send + Sync {
-    /// Registers a job of `tenant` (its modules and block store).
+    /// Registers a job of `tenant` (its modules and block store); `job`
+    /// names it in the pool's status (`""`: unnamed).
     fn join(
         &self,
         tenant: &str,
+        job: &str,
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)>;
@@ -372,6 +374,8 @@ pub trait Pool: Send + Sync {
 pub struct PoolTenant {
     pool: Arc<dyn Pool>,
     tenant: String,
+    /// The job's name in the pool's status.
+    job: String,
 }
 
 impl std::fmt::Debug for PoolTenant {
@@ -383,7 +387,14 @@ impl std::fmt::Debug for PoolTenant {
 impl PoolTenant {
     /// `tenant`'s seat at `pool`.
     pub fn new(pool: Arc<dyn Pool>, tenant: &str) -> Self {
-        PoolTenant { pool, tenant: tenant.to_string() }
+        PoolTenant { pool, tenant: tenant.to_string(), job: String::new() }
+    }
+
+    /// This seat for the job named `job` (a server's job id): the pool's
+    /// status names the jobs whose tasks run on each executor.
+    pub fn for_job(mut self, job: &str) -> Self {
+        self.job = job.to_string();
+        self
     }
 
     pub fn tenant(&self) -> &str {
@@ -397,7 +408,7 @@ impl PoolTenant {
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {
-        self.pool.join(&self.tenant, registry, blocks)
+        self.pool.join(&self.tenant, &self.job, registry, blocks)
     }
 }
 
@@ -410,6 +421,7 @@ impl Pool for ThreadSeat {
     fn join(
         &self,
         tenant: &str,
+        _job: &str,
         registry: Arc<ModuleRegistry>,
         blocks: Arc<BlockStore>,
     ) -> std::io::Result<(Box<dyn ExecutorBackend>, Receiver<BackendEvent>)> {

@@ -11,11 +11,14 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
 
 use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
-use crate::listener::{BlockRecomputed, ExecutorEvent, ExecutorStatus, ListenerBus, StageInfo, TaskRetry};
+use crate::listener::{
+    BlockRecomputed, ExecutorEvent, ExecutorStatus, ListenerBus, LiveExecutors, StageInfo, TaskRetry,
+};
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
 use weir_plan::task::UdfUsage;
 
@@ -92,15 +95,51 @@ pub struct DagScheduler {
     /// The executor the current job's tasks are kept on after one of its
     /// fetches failed (see [`DagScheduler::run_job`]).
     colocated: Option<String>,
-    /// Per executor (block server address; `""` for the driver's threads):
-    /// tasks finished there and tasks that failed there.
-    executor_tasks: std::collections::BTreeMap<String, (u64, u64)>,
-    /// Executors lost (kept while their task counts are).
-    lost_executors: std::collections::BTreeSet<String>,
+    /// Tasks finished per executor, and the executors lost; shared with
+    /// [`DagScheduler::live_executors`] (a status page reads them between
+    /// batches), so behind a lock taken once per finished task.
+    executor_tasks: Arc<Mutex<ExecutorTasks>>,
     /// Blocks held by an executor when it was lost, with its address: a
     /// recomputation of one is charged to that loss. Forgotten with their
     /// batch ([`DagScheduler::forget_before`]).
     lost_blocks: HashMap<BlockId, String>,
+}
+
+/// Per executor (block server address; `""` for the driver's threads):
+/// tasks finished there and tasks that failed there; and the executors
+/// lost (kept while their task counts are).
+#[derive(Debug, Default)]
+struct ExecutorTasks {
+    counts: std::collections::BTreeMap<String, (u64, u64)>,
+    lost: std::collections::BTreeSet<String>,
+}
+
+impl ExecutorTasks {
+    /// The backend's status of its connected executors (`connected`) with
+    /// the tasks finished on each, plus the executors only these counts
+    /// know (lost ones, or all when the backend cannot tell).
+    fn add_to(&self, mut out: Vec<ExecutorStatus>) -> Vec<ExecutorStatus> {
+        for s in &mut out {
+            if let Some((run, failed)) = self.counts.get(&s.executor) {
+                (s.tasks_run, s.tasks_failed) = (*run, *failed);
+            }
+        }
+        for (name, (run, failed)) in &self.counts {
+            if out.iter().any(|s| &s.executor == name) {
+                continue;
+            }
+            let mut s = ExecutorStatus::new(name.clone());
+            s.alive = !self.lost.contains(name);
+            (s.tasks_run, s.tasks_failed) = (*run, *failed);
+            out.push(s);
+        }
+        out
+    }
+}
+
+/// The lock, even if a thread panicked holding it (counts stay usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Executors whose task counts are kept (lost ones are forgotten first):
@@ -127,7 +166,6 @@ impl DagScheduler {
             stage_executors: Default::default(),
             colocated: None,
             executor_tasks: Default::default(),
-            lost_executors: Default::default(),
             lost_blocks: HashMap::new(),
         }
     }
@@ -163,8 +201,11 @@ impl DagScheduler {
             }
         }
         self.metrics.executors_lost += 1;
-        if self.executor_tasks.contains_key(executor) {
-            self.lost_executors.insert(executor.to_string());
+        {
+            let mut t = lock(&self.executor_tasks);
+            if t.counts.contains_key(executor) {
+                t.lost.insert(executor.to_string());
+            }
         }
         let e = ExecutorEvent { executor: executor.to_string(), reason: reason.to_string() };
         self.listeners.emit(|l| l.on_executor_lost(&e));
@@ -181,16 +222,22 @@ impl DagScheduler {
         if executor.is_empty() && self.backend.block_address().is_some() {
             return;
         }
-        if !self.executor_tasks.contains_key(executor) && self.executor_tasks.len() >= MAX_EXECUTORS_KEPT {
-            let victim = self.lost_executors.pop_first().or_else(|| self.executor_tasks.keys().next().cloned());
-            if let Some(v) = victim {
-                self.executor_tasks.remove(&v);
+        let mut t = lock(&self.executor_tasks);
+        let t = &mut *t;
+        if !t.counts.contains_key(executor) {
+            if t.counts.len() >= MAX_EXECUTORS_KEPT {
+                let victim = t.lost.pop_first().or_else(|| t.counts.keys().next().cloned());
+                if let Some(v) = victim {
+                    t.counts.remove(&v);
+                }
             }
+            t.counts.insert(executor.to_string(), (0, 0));
         }
-        let c = self.executor_tasks.entry(executor.to_string()).or_default();
-        c.0 += 1;
-        if outcome.is_err() {
-            c.1 += 1;
+        if let Some(c) = t.counts.get_mut(executor) {
+            c.0 += 1;
+            if outcome.is_err() {
+                c.1 += 1;
+            }
         }
     }
 
@@ -198,22 +245,32 @@ impl DagScheduler {
     /// running tasks, UDF memory) with the tasks this scheduler saw finish
     /// on it, and the executors it saw lost.
     pub fn executors_status(&self) -> Vec<ExecutorStatus> {
-        let mut out = self.backend.executor_status();
-        for s in &mut out {
-            if let Some((run, failed)) = self.executor_tasks.get(&s.executor) {
-                (s.tasks_run, s.tasks_failed) = (*run, *failed);
-            }
+        // The backend's lock is taken and released before the counts' (never both).
+        let connected = self.backend.executor_status();
+        lock(&self.executor_tasks).add_to(connected)
+    }
+
+    /// [`DagScheduler::executors_status`] for any thread at any time: a
+    /// status page reads it between batches. Costs nothing until asked.
+    pub fn live_executors(&self) -> LiveExecutors {
+        let backend = self.backend.live_status();
+        let tasks = Arc::downgrade(&self.executor_tasks);
+        LiveExecutors::new(move || {
+            // Gone with the scheduler: the run is over.
+            let Some(tasks) = tasks.upgrade() else { return Vec::new() };
+            let connected = backend.as_ref().map(|b| b()).unwrap_or_default();
+            let status = lock(&tasks).add_to(connected);
+            status
+        })
+    }
+
+    /// Gives the listeners [`DagScheduler::live_executors`] (once, as the
+    /// run's executors start).
+    pub fn announce_live_executors(&self) {
+        if !self.listeners.is_empty() {
+            let live = self.live_executors();
+            self.listeners.emit(|l| l.on_live_executors(&live));
         }
-        for (name, (run, failed)) in &self.executor_tasks {
-            if out.iter().any(|s| &s.executor == name) {
-                continue;
-            }
-            let mut s = ExecutorStatus::new(name.clone());
-            s.alive = !self.lost_executors.contains(name);
-            (s.tasks_run, s.tasks_failed) = (*run, *failed);
-            out.push(s);
-        }
-        out
     }
 
     /// The stages run since the last call (timings for listeners).

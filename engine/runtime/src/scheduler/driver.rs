@@ -819,6 +819,7 @@ fn start_executors(
         })?;
         let mut dag = DagScheduler::new(b, r);
         dag.listeners = listeners.clone();
+        dag.announce_live_executors();
         return Ok(dag);
     }
     let (backend, results): (Box<dyn ExecutorBackend>, _) = match opts.master {
@@ -851,5 +852,6 @@ fn start_executors(
     };
     let mut dag = DagScheduler::new(backend, results);
     dag.listeners = listeners.clone();
+    dag.announce_live_executors();
     Ok(dag)
 }
