@@ -10,7 +10,9 @@ pub mod executor;
 pub mod gate;
 pub mod protocol;
 
-pub use driver::{find_executor_binary, ClusterBackend, ClusterConfig, SendStats, SharedCluster, DEFAULT_LOCALITY_WAIT};
+pub use driver::{
+    find_executor_binary, ClusterBackend, ClusterConfig, SendStats, SharedCluster, DEFAULT_LOCALITY_WAIT,
+};
 
 /// The cluster secret from a file (trimmed) or `WEIR_SECRET`. An empty or
 /// whitespace-only secret is an error, never a secret: anyone could prove
