@@ -668,6 +668,22 @@ fn serve_runs_two_tenants_on_one_shared_pool_and_the_victim_keeps_pace_beside_a_
     }
 }
 
+/// `weir run` alone of each (tenant, lines per batch, batches) WordCount
+/// job (parallelism 2) under `dir/reference/`: its output trees.
+fn references(dir: &Path, jobs: &[(&str, u32, u64)]) -> Vec<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut want = Vec::new();
+    for &(name, lines, batches) in jobs {
+        let reference = dir.join("reference").join(name);
+        let job = generator_wordcount(&reference, lines, batches as u32, 2);
+        let out = run(weir().args(["run", job.to_str().unwrap(), "-q"]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let files = tree(&reference.join("out"));
+        assert_eq!(files.len() as u64, batches * 3, "{name}: {:?}", files.keys().collect::<Vec<_>>());
+        want.push(files);
+    }
+    want
+}
+
 /// Live (not zombie) `weir executor` processes whose parent is `pid`.
 fn executor_children(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
@@ -728,17 +744,7 @@ fn serve_on_local_cluster_matches_weir_run_beside_a_hostile_loop_and_a_killed_ex
     let config = tmp.path().join("serve.toml");
     std::fs::write(&config, cfg).unwrap();
     let (victim_batches, noisy_batches) = (40u64, 60u64);
-    let jobs = [("victim", 300, victim_batches), ("noisy", 3_000, noisy_batches)];
-    let mut want = Vec::new();
-    for (name, lines, batches) in jobs {
-        let reference = tmp.path().join("reference").join(name);
-        let job = generator_wordcount(&reference, lines, batches as u32, 2);
-        let out = run(weir().args(["run", job.to_str().unwrap(), "-q"]));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let files = tree(&reference.join("out"));
-        assert_eq!(files.len() as u64, batches * 3, "{name}: {:?}", files.keys().collect::<Vec<_>>());
-        want.push(files);
-    }
+    let want = references(tmp.path(), &[("victim", 300, victim_batches), ("noisy", 3_000, noisy_batches)]);
 
     let (server, addr) = start_server(&config);
     let first = wait_executors(&server, 2, "the pool at start");
@@ -930,4 +936,80 @@ fn wait_until_page(d: &Driver, addr: &str, token: &str, id: &str) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `master = "cluster[2]"`: the executors are processes the operator starts
+/// (`weir executor --driver CLUSTER_LISTEN --secret-file FILE`), not the
+/// server's children. Two such executors join with the secret of
+/// `cluster_secret_file`; two tenants' WordCount jobs of the same graph run
+/// on them. One executor is SIGKILLed mid-run: nothing replaces it, the
+/// server declares it lost and both jobs complete on the other (its tasks
+/// re-run, its blocks recomputed), with outputs byte-identical to `weir run`
+/// alone. Each job that ends is released on the surviving executor
+/// (`EndJob`): it ends holding no job's blocks or modules.
+#[test]
+fn serve_on_cluster_with_executors_the_operator_started_survives_a_killed_executor() {
+    use crate::cluster::{alive, executor_cmd, free_port, signal, Proc, SIGKILL};
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster_listen = format!("127.0.0.1:{}", free_port());
+    let secret = tmp.path().join("cluster.secret");
+    std::fs::write(&secret, "serve-cluster-test-secret\n").unwrap();
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"cluster[2]\"\n\
+         cluster_listen = \"{cluster_listen}\"\ncluster_secret_file = \"cluster.secret\"\n\
+         [tenants.victim]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n\
+         [tenants.noisy]\ntoken_sha256 = \"{}\"\nweight = 1\nmax_slots = 2\n",
+        sha(VICTIM),
+        sha(NOISY)
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let (victim_batches, noisy_batches) = (30u64, 40u64);
+    let want = references(tmp.path(), &[("victim", 300, victim_batches), ("noisy", 3_000, noisy_batches)]);
+
+    let (server, addr) = start_server(&config);
+    let executor = || {
+        let mut c = executor_cmd(&cluster_listen);
+        c.args(["--cores", "2", "--secret-file", secret.to_str().unwrap()]).env("WEIR_LOG", "warn,weir=info");
+        let mut p = Proc::spawn(&mut c);
+        p.wait_line(Duration::from_secs(60), |l| l.contains("joined")).expect("the executor exited before joining");
+        p
+    };
+    let (mut doomed, mut survivor) = (executor(), executor());
+    // The server starts no executor of its own.
+    assert_eq!(executor_children(server.pid()), Vec::<u32>::new());
+    assert_eq!(threads_named(server.pid(), "weir-pool-"), 0);
+
+    let noisy_job = generator_wordcount(&tmp.path().join("noisy"), 3_000, noisy_batches as u32, 2);
+    let noisy = submit(&addr, NOISY, &noisy_job).unwrap();
+    let victim_job = generator_wordcount(&tmp.path().join("victim"), 300, victim_batches as u32, 2);
+    let victim = submit(&addr, VICTIM, &victim_job).unwrap();
+
+    // Mid-run: kill -9 one executor.
+    wait_status(&server, &addr, VICTIM, &victim, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(3));
+    let killed = doomed.pid();
+    signal(killed, SIGKILL);
+    assert!(doomed.finish().code().is_none(), "the executor was not killed");
+    let at_kill = status_json(&addr, NOISY, &noisy);
+    assert_eq!(at_kill["state"], "running", "the neighbour ended before the kill: {at_kill}");
+
+    for (id, token, batches) in [(&victim, VICTIM, victim_batches), (&noisy, NOISY, noisy_batches)] {
+        let done = wait_status(&server, &addr, token, id, 600, |v| v["state"] != "running");
+        assert_eq!(done["state"], "finished", "{done}\nserver log:\n{}", server.log());
+        assert_eq!(done["progress"]["batches_completed"].as_u64(), Some(batches), "{done}");
+    }
+    for ((name, id), want) in [("victim", &victim), ("noisy", &noisy)].into_iter().zip(&want) {
+        let got = tree(&tmp.path().join("state/tenants").join(name).join("jobs").join(id).join("out/out"));
+        assert_same_tree(&got, want, &format!("{name} on cluster[2] (an executor SIGKILLed) vs weir run alone"));
+    }
+    let log = server.log();
+    assert!(log.contains(&format!("(pid {killed}")) && log.contains("lost"), "{log}");
+    assert!(!log.contains("started executor pid"), "the server started an executor of its own:\n{log}");
+
+    // Both jobs ran on the survivor after the kill, and both were released there.
+    let ended = |l: &str| l.contains("ended: released");
+    survivor.wait_line(Duration::from_secs(60), ended).expect("the survivor exited");
+    let (_, last) = survivor.wait_line(Duration::from_secs(60), ended).expect("the survivor exited");
+    assert!(last.ends_with("; 0 job(s) held"), "{last}\n{}", survivor.text());
+    assert!(alive(survivor.pid()), "{}", survivor.text());
 }

@@ -211,6 +211,7 @@ fn start_cluster(config: &Config, local: u32, cores: u32) -> Result<SharedCluste
         no_executor_timeout: defaults.no_executor_timeout,
         executor_binary: defaults.executor_binary,
         listeners: Default::default(),
+        locality_wait: weir::cluster::DEFAULT_LOCALITY_WAIT,
     };
     SharedCluster::start(&cfg)
         .map_err(|e| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master)))

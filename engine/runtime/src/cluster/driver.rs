@@ -25,7 +25,12 @@
 //! its `max_slots`. Every frame names its job: the executors keep each job's
 //! modules and blocks apart, a module is sent only from the asking job's own
 //! registry, and a job that ends is told to every executor (`EndJob`) so
-//! they drop its blocks. A lost executor's running tasks go back to their
+//! they drop its blocks — if an executor's send queue is full then, its
+//! `EndJob` waits on the driver and is queued as soon as there is room.
+//! A task whose job prefers an executor that is busy is passed over, not
+//! waited for, by the tasks behind it, and waits for that executor at most
+//! the locality wait while other jobs' tasks hold it.
+//! A lost executor's running tasks go back to their
 //! own jobs as `ExecutorLost`, and every job hears that its blocks are gone.
 //!
 //! Connections are capped ([`super::gate`]); the handshake has a deadline.
@@ -92,7 +97,15 @@ pub struct ClusterConfig {
     pub executor_binary: Option<std::path::PathBuf>,
     /// Told when executors join (losses are told by the scheduler).
     pub listeners: ListenerBus,
+    /// How long a task waits for its job's preferred executor
+    /// ([`ExecutorBackend::prefer`]) while other jobs' tasks fill that
+    /// executor's slots, before it runs on any executor (Spark's
+    /// `spark.locality.wait`); [`DEFAULT_LOCALITY_WAIT`] by default.
+    pub locality_wait: Duration,
 }
+
+/// [`ClusterConfig::locality_wait`]'s default (Spark's `spark.locality.wait`).
+pub const DEFAULT_LOCALITY_WAIT: Duration = Duration::from_secs(3);
 
 /// The program `local-cluster[N]` starts as executors: the configured one,
 /// else `weir` beside the current executable, else `weir` on `PATH`.
@@ -198,6 +211,11 @@ struct Conn {
     stages: VecDeque<StageId>,
     /// The jobs it has been told of (`Job`), not yet ended.
     jobs: HashSet<JobId>,
+    /// Jobs that ended while its send queue was full: their `EndJob` is
+    /// queued as soon as there is room (each monitor tick), so an executor
+    /// that was busy when a job ended still drops that job's blocks and
+    /// modules. At most one per job it was told of.
+    ends: VecDeque<JobId>,
     last_seen: Instant,
     /// Heartbeats received, when the last came, and the UDF memory (now,
     /// peak) it reported, for the status page.
@@ -224,6 +242,9 @@ struct Queued {
     job: JobId,
     stage: StageId,
     task: Task,
+    /// When dispatch first found it waiting for its job's preferred
+    /// executor (busy): after the locality wait it may run anywhere.
+    blocked_since: std::cell::Cell<Option<Instant>>,
 }
 
 struct State {
@@ -253,6 +274,8 @@ struct Shared {
     stages: Mutex<Stages>,
     counters: Counters,
     no_executor_timeout: Duration,
+    /// [`ClusterConfig::locality_wait`].
+    locality_wait: Duration,
     /// The `local-cluster` executor processes, and how to start more.
     local: Mutex<Local>,
 }
@@ -323,6 +346,36 @@ impl Conn {
         self.send_out(Outgoing::Msg(msg))
     }
 
+    /// Tells the executor that `job` ended, now if its queue has room, else
+    /// as soon as it has ([`Conn::send_ends`]).
+    fn end_job(&mut self, job: JobId) {
+        self.ends.push_back(job);
+        self.send_ends();
+        if self.ends.contains(&job) {
+            tracing::debug!(
+                "executor (pid {}): its send queue is full; it is told that job {job} ended once it has room",
+                self.pid
+            );
+        }
+    }
+
+    /// Queues the `EndJob`s that waited for room, oldest first, while there is room.
+    fn send_ends(&mut self) {
+        while let Some(&job) = self.ends.front() {
+            match self.send(ToExecutor::EndJob { job }) {
+                Ok(()) => {
+                    self.ends.pop_front();
+                }
+                Err(QueueError::Full) => return,
+                // Its connection is going: the executor drops every job with it.
+                Err(QueueError::Closed) => {
+                    self.ends.clear();
+                    return;
+                }
+            }
+        }
+    }
+
     fn send_out(&self, msg: Outgoing) -> Result<(), QueueError> {
         self.out.try_send(msg).map_err(|e| match e {
             TrySendError::Full(_) => QueueError::Full,
@@ -371,32 +424,51 @@ impl Shared {
     /// Queues tasks for executors with free slots (least loaded first), in
     /// the order the [`Drr`] grants them across tenants. Only queues: the
     /// executors' writer threads do the writing.
+    ///
+    /// A task whose job prefers an executor ([`ExecutorBackend::prefer`])
+    /// goes there; while that executor's slots are full the task waits, but
+    /// it is passed over rather than holding up the tasks behind it (its
+    /// tenant's and other tenants'). If other jobs' tasks fill that
+    /// executor, it waits at most the locality wait, then runs anywhere
+    /// (its own job's tasks there end, and it follows them).
     fn dispatch(&self, st: &mut State) {
+        let now = Instant::now();
+        let wait = self.locality_wait;
         while st.executors.values().any(|c| (c.running.len() as u32) < c.slots) {
-            let Some((tenant, q)) = st.queue.grant() else { return };
+            let (jobs, executors) = (&st.jobs, &st.executors);
+            let fits = |q: &Queued| match preferred_of(jobs, executors, q.job) {
+                None => true,
+                Some((_, c)) if (c.running.len() as u32) < c.slots => true,
+                Some((_, c)) => {
+                    let since = q.blocked_since.get().unwrap_or(now);
+                    q.blocked_since.set(Some(since));
+                    now.duration_since(since) >= wait && c.running.keys().any(|(j, _)| *j != q.job)
+                }
+            };
+            let Some((tenant, q)) = st.queue.grant_where(fits) else { return };
             let Some(entry) = st.jobs.get(&q.job) else {
                 st.queue.done(&tenant); // its job ended after queuing it
                 continue;
             };
             let limits = *entry.registry.limits();
-            let preferred = entry.prefer.as_ref().and_then(|a| st.executors.iter().find(|(_, c)| c.addr == *a));
-            let preferred = preferred.map(|(id, _)| *id);
-            let pick = st
-                .executors
-                .iter()
-                .filter(|(id, _)| preferred.is_none_or(|p| p == **id))
+            let preferred = preferred_of(&st.jobs, &st.executors, q.job)
                 .filter(|(_, c)| (c.running.len() as u32) < c.slots)
-                .min_by_key(|(id, c)| (c.running.len(), **id))
-                .map(|(id, _)| *id);
+                .map(|(id, _)| id);
+            let pick = preferred.or_else(|| {
+                st.executors
+                    .iter()
+                    .filter(|(_, c)| (c.running.len() as u32) < c.slots)
+                    .min_by_key(|(id, c)| (c.running.len(), **id))
+                    .map(|(id, _)| *id)
+            });
             let Some(id) = pick else {
-                // Its preferred executor is busy: it waits for that one.
-                st.queue.requeue(&tenant, q);
+                st.queue.requeue(&tenant, q); // not reached: it fitted
                 return;
             };
             let Some(conn) = st.executors.get_mut(&id) else { return };
             match conn.send_task(q.job, limits, q.stage, &q.task) {
                 Ok(()) => {
-                    let Queued { job, stage, task } = q;
+                    let Queued { job, stage, task, .. } = q;
                     conn.running.insert((job, task.id), Running { stage, task, tenant });
                 }
                 Err(e) => {
@@ -477,10 +549,7 @@ impl Shared {
         self.blocks.remove(job);
         for c in st.executors.values_mut() {
             if c.jobs.remove(&job) {
-                if let Err(e) = c.send(ToExecutor::EndJob { job }) {
-                    // Its blocks stay on that executor until it goes.
-                    tracing::warn!("cannot tell executor (pid {}) that job {job} ended: {e}", c.pid);
-                }
+                c.end_job(job);
             }
         }
         self.dispatch(&mut st);
@@ -492,7 +561,7 @@ impl Shared {
         let stage = self.stages.lock().unwrap_or_else(|p| p.into_inner()).id_of(job, &task.rdds);
         let mut st = self.lock();
         let Some(tenant) = st.jobs.get(&job).map(|j| j.tenant.clone()) else { return };
-        st.queue.push(&tenant, Queued { job, stage, task });
+        st.queue.push(&tenant, Queued { job, stage, task, blocked_since: Default::default() });
         self.dispatch(&mut st);
     }
 
@@ -506,6 +575,13 @@ impl Shared {
         if let Some(j) = st.jobs.get_mut(&job) {
             j.prefer = executor.map(String::from);
         }
+        // A new preference starts a new wait.
+        st.queue.retain(|q| {
+            if q.job == job {
+                q.blocked_since.set(None);
+            }
+            true
+        });
         self.dispatch(&mut st);
     }
 
@@ -545,6 +621,16 @@ impl Shared {
         self.lose(&mut st, id, reason);
         self.dispatch(&mut st);
     }
+}
+
+/// The executor job `job` prefers, when it prefers one and that one is connected.
+fn preferred_of<'a>(
+    jobs: &HashMap<JobId, JobEntry>,
+    executors: &'a BTreeMap<u64, Conn>,
+    job: JobId,
+) -> Option<(u64, &'a Conn)> {
+    let addr = jobs.get(&job)?.prefer.as_ref()?;
+    executors.iter().find(|(_, c)| c.addr == *addr).map(|(id, c)| (*id, c))
 }
 
 /// Writes what is queued for executor `id`, outside the driver's lock; a
@@ -711,6 +797,7 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
         stages: Mutex::new(Stages::default()),
         counters: Counters::default(),
         no_executor_timeout: cfg.no_executor_timeout,
+        locality_wait: cfg.locality_wait,
         local: Mutex::new(Local::default()),
     });
     accept_loop(listener, shared.clone());
@@ -837,6 +924,7 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
                 running: HashMap::new(),
                 stages: VecDeque::new(),
                 jobs: HashSet::new(),
+                ends: VecDeque::new(),
                 last_seen: Instant::now(),
                 heartbeats: 0,
                 last_heartbeat: None,
@@ -946,6 +1034,9 @@ fn monitor(shared: Arc<Shared>) {
             shared.dispatch(&mut st);
             if st.stopping {
                 return;
+            }
+            for c in st.executors.values_mut() {
+                c.send_ends();
             }
             heartbeat_executors(&st);
             fail_without_executors(&shared, &mut st);
@@ -1383,6 +1474,11 @@ mod tests {
     /// Connects to the driver at `addr` as an executor with `slots` slots
     /// (retrying until it listens, within 30 s): the link and the id it got.
     fn join_driver(addr: &str, secret: &[u8], slots: u32) -> (TcpStream, u64) {
+        join_driver_as(addr, secret, slots, "127.0.0.1:1")
+    }
+
+    /// [`join_driver`] as an executor whose blocks are at `block_addr`.
+    fn join_driver_as(addr: &str, secret: &[u8], slots: u32, block_addr: &str) -> (TcpStream, u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut conn = loop {
             match TcpStream::connect(addr) {
@@ -1394,7 +1490,7 @@ mod tests {
             }
         };
         conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let role = Role::Executor { slots, block_addr: "127.0.0.1:1".into(), pid: 1 };
+        let role = Role::Executor { slots, block_addr: block_addr.into(), pid: 1 };
         let Admission::Welcome { executor_id, .. } =
             protocol::connect(&mut conn, secret, role, protocol::PROTOCOL_VERSION).unwrap()
         else {
@@ -1448,6 +1544,7 @@ mod tests {
             no_executor_timeout: Duration::from_secs(60),
             executor_binary: None,
             listeners: Default::default(),
+            locality_wait: DEFAULT_LOCALITY_WAIT,
         };
         let registry = Arc::new(ModuleRegistry::new(UdfRuntime::shared().unwrap(), Default::default()));
         ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap()
@@ -1619,6 +1716,7 @@ mod tests {
             no_executor_timeout: Duration::from_secs(60),
             executor_binary: None,
             listeners: Default::default(),
+            locality_wait: DEFAULT_LOCALITY_WAIT,
         };
         let cluster = SharedCluster::start(&cfg).unwrap();
         cluster.set_tenant("a", 2, 1);
@@ -1678,5 +1776,199 @@ mod tests {
         assert_eq!(first6_a, 4, "weights 2:1 give 4 of the first 6 slots to a: {runs:?}");
         assert!(seen.contains(&Frame::EndJob(a)), "the ended job was not told: {seen:?}");
         assert!(!seen.contains(&Frame::EndJob(b)), "{seen:?}");
+    }
+
+    /// A shared cluster's configuration for fake executors joining at `addr`.
+    fn shared_config(addr: &str, secret: &[u8], locality_wait: Duration) -> ClusterConfig {
+        ClusterConfig {
+            local_executors: 0,
+            cores: 1,
+            listen: Some(addr.to_string()),
+            wait_for: 0,
+            secret: Some(secret.to_vec()),
+            heartbeat_timeout: Duration::from_secs(30),
+            no_executor_timeout: Duration::from_secs(60),
+            executor_binary: None,
+            listeners: Default::default(),
+            locality_wait,
+        }
+    }
+
+    /// Waits until `n` executors have joined `cluster`.
+    fn await_executors(cluster: &SharedCluster, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.executors().0 < n {
+            assert!(Instant::now() < deadline, "only {} of {n} executors joined", cluster.executors().0);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// A job ends while the executor that ran it is not reading and its
+    /// send queue is full (its writer is stuck in a frame bigger than the
+    /// socket buffers, the rest of the queue is heartbeats): once the
+    /// executor reads again, the `EndJob` arrives after all, so it drops the
+    /// job's blocks and modules (the driver once dropped it with a warning).
+    #[test]
+    fn an_end_job_that_finds_the_send_queue_full_arrives_once_it_drains() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let cluster = SharedCluster::start(&shared_config(&addr, &secret, DEFAULT_LOCALITY_WAIT)).unwrap();
+        let (stuck_tx, stuck_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (a, sec) = (addr.clone(), secret.clone());
+        let exec = std::thread::spawn(move || {
+            let (mut conn, _) = join_driver(&a, &sec, 1);
+            // Reads nothing until the driver is writing the big frame (more
+            // than a `Job` frame is waiting in the socket).
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut buf = vec![0u8; 64 << 10];
+            while conn.peek(&mut buf).unwrap() < 32 << 10 {
+                assert!(Instant::now() < deadline, "the driver never sent the big frame");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stuck_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // Now reads everything, for at most 20 s (the driver heartbeats,
+            // so a read never waits long).
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Job { job, limits }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
+                    Ok(ToExecutor::EndJob { job }) => {
+                        seen.push(Frame::EndJob(job));
+                        break;
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            seen
+        });
+        await_executors(&cluster, 1);
+        let registry = Arc::new(ModuleRegistry::new(UdfRuntime::shared().unwrap(), Default::default()));
+        let (job, _results) = cluster.tenant("a").executors(registry, BlockStore::new()).unwrap();
+        // Its lineage (24 MiB) is more than the socket buffers hold.
+        job.submit(task(1, &lineage(1000, 24 << 20)));
+        stuck_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        {
+            let st = cluster.shared.lock();
+            let c = st.executors.values().next().unwrap();
+            let mut queued = 0;
+            while c.send(ToExecutor::Heartbeat).is_ok() {
+                queued += 1;
+                assert!(queued <= queue_bound(1), "the writer is not stuck");
+            }
+        }
+        drop(job);
+        {
+            let st = cluster.shared.lock();
+            let c = st.executors.values().next().unwrap();
+            assert_eq!(c.ends.len(), 1, "the EndJob found room: the queue was not full");
+            assert!(c.jobs.is_empty());
+        }
+        go_tx.send(()).unwrap();
+        let seen = exec.join().unwrap();
+        let Some(Frame::Job(j, _)) = seen.first() else { panic!("no Job frame: {seen:?}") };
+        assert_eq!(seen.last(), Some(&Frame::EndJob(*j)), "the ended job was never told: {seen:?}");
+        assert!(cluster.shared.lock().executors.values().all(|c| c.ends.is_empty()));
+    }
+
+    /// A fake executor with one slot, its blocks at `block_addr`: reports
+    /// each task it is given, (job, task id), and answers the oldest task
+    /// it holds each time it is told to (so its slot stays taken until then).
+    fn holding_executor(
+        addr: String,
+        secret: Vec<u8>,
+        block_addr: &'static str,
+    ) -> (Receiver<(JobId, u64)>, Sender<()>) {
+        let (given_tx, given_rx) = std::sync::mpsc::channel();
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut conn, me) = join_driver_as(&addr, &secret, 1, block_addr);
+            let mut held = VecDeque::new();
+            loop {
+                // The driver heartbeats every 100 ms: a read never waits long.
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Run { job, task, .. }) => {
+                        let _ = given_tx.send((job, task.id));
+                        held.push_back((job, task));
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                while answer_rx.try_recv().is_ok() {
+                    let Some((job, task)) = held.pop_front() else { break };
+                    let FromExecutor::Result { result, .. } = result_of(&task, me, 1) else { unreachable!() };
+                    let reply = FromExecutor::Result { executor_id: me, job, result };
+                    if protocol::write_frame(&mut conn, &reply).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (given_rx, answer_tx)
+    }
+
+    /// A job that prefers an executor whose slot another job's task holds
+    /// does not hold up the tasks queued behind it (they take the free
+    /// executor), and after the locality wait its task runs on another
+    /// executor. While only its own job's task holds the preferred
+    /// executor, it waits for that one.
+    #[test]
+    fn a_busy_preferred_executor_holds_up_no_other_task_and_is_waited_for_a_bounded_time() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let wait = Duration::from_millis(500);
+        let cluster = SharedCluster::start(&shared_config(&addr, &secret, wait)).unwrap();
+        cluster.set_tenant("a", 1, 2);
+        cluster.set_tenant("b", 1, 2);
+        // X joins first (executor 1: least loaded ties go to it), then Y.
+        let (x, answer_x) = holding_executor(addr.clone(), secret.clone(), "127.0.0.1:1");
+        await_executors(&cluster, 1);
+        let (y, answer_y) = holding_executor(addr, secret, "127.0.0.2:1");
+        await_executors(&cluster, 2);
+        let runtime = UdfRuntime::shared().unwrap();
+        let registry = || Arc::new(ModuleRegistry::new(runtime.clone(), Default::default()));
+        let (ja, _ra) = cluster.tenant("a").executors(registry(), BlockStore::new()).unwrap();
+        let (jb, _rb) = cluster.tenant("b").executors(registry(), BlockStore::new()).unwrap();
+        let (a, b) = (0, 1); // their job numbers, in order of joining
+        ja.prefer(Some("127.0.0.1:1"));
+        let soon = Duration::from_secs(10);
+        let rdds = lineage(1000, 10);
+
+        jb.submit(task(1, &rdds));
+        assert_eq!(x.recv_timeout(soon).unwrap(), (b, 1));
+        jb.submit(task(2, &rdds));
+        assert_eq!(y.recv_timeout(soon).unwrap(), (b, 2));
+        // Both slots taken: a's task (first in the ring) and b's third wait.
+        jb.submit(task(3, &rdds));
+        ja.submit(task(1, &rdds));
+        assert_eq!(cluster.load("a"), (1, 0));
+        assert_eq!(cluster.load("b"), (1, 2));
+
+        // Y frees: a's task is granted first but waits for X (b's task
+        // holds it), and b's third task takes Y meanwhile.
+        answer_y.send(()).unwrap();
+        let freed = Instant::now();
+        assert_eq!(y.recv_timeout(soon).unwrap(), (b, 3), "b's task waited behind a's locality preference");
+        // Y frees again while X is still held by b: after the locality
+        // wait, a's task runs on Y.
+        answer_y.send(()).unwrap();
+        assert_eq!(y.recv_timeout(soon).unwrap(), (a, 1));
+        assert!(freed.elapsed() >= wait, "a's task did not wait for its preferred executor");
+        assert!(x.try_recv().is_err());
+
+        // X frees: a's next task goes there; the one after waits for X,
+        // which only a's own task holds, however long, though Y is free.
+        answer_x.send(()).unwrap();
+        ja.submit(task(2, &rdds));
+        assert_eq!(x.recv_timeout(soon).unwrap(), (a, 2));
+        ja.submit(task(3, &rdds));
+        answer_y.send(()).unwrap();
+        assert!(y.recv_timeout(wait * 3).is_err(), "a's task left its preferred executor, which its own job held");
+        answer_x.send(()).unwrap();
+        assert_eq!(x.recv_timeout(soon).unwrap(), (a, 3));
+        drop((ja, jb));
     }
 }

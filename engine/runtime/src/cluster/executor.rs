@@ -397,11 +397,18 @@ fn serve_driver(
             Ok(ToExecutor::EndJob { job }) => {
                 // Its running tasks keep what they hold until they end; its
                 // blocks are served no more and freed with the last of them.
-                jobs.remove(&job);
-                env.blocks.remove(job);
+                let had = jobs.remove(&job).is_some();
+                let released = env.blocks.remove(job);
                 waiting.retain(|(j, _)| *j != job);
                 asked.retain(|(j, _)| *j != job);
                 unavailable.retain(|(j, _)| *j != job);
+                if had {
+                    let (n, bytes) = released.map_or((0, 0), |b| (b.ids().len(), b.bytes()));
+                    tracing::info!(
+                        "job {job} ended: released its {n} block(s) ({bytes} bytes) and modules; {} job(s) held",
+                        jobs.len()
+                    );
+                }
             }
             Ok(ToExecutor::Module { job, name, hash, bytes }) => {
                 let Some(j) = jobs.get(&job) else { continue }; // the job ended meanwhile

@@ -12,6 +12,7 @@ pub mod protocol;
 
 pub use driver::{
     find_executor_binary, ClusterBackend, ClusterConfig, PoolExecutor, PoolJobTasks, SendStats, SharedCluster,
+    DEFAULT_LOCALITY_WAIT,
 };
 
 /// The cluster secret from a file (trimmed) or `WEIR_SECRET`. An empty or

@@ -121,13 +121,28 @@ impl<T> Drr<T> {
     /// is under its cap; the tenant's running count goes up by one (give it
     /// back with [`Drr::done`]).
     pub fn grant(&mut self) -> Option<(String, T)> {
-        let cost = self
-            .ring
-            .iter()
-            .filter_map(|n| self.tenants.get(n))
-            .filter(|t| t.running < t.cap && !t.queue.is_empty())
-            .map(|t| t.weight)
-            .max()?;
+        self.grant_where(|_| true)
+    }
+
+    /// [`Drr::grant`] among the items for which `fits` holds: a tenant
+    /// whose first item that fits is not first in its queue gets that one
+    /// (its earlier items keep their places), and a tenant with none that
+    /// fits is passed over like one at its cap, keeping its credit. So an
+    /// item that cannot run yet (its preferred executor is busy) holds up
+    /// neither its tenant's other items nor other tenants'.
+    pub fn grant_where(&mut self, mut fits: impl FnMut(&T) -> bool) -> Option<(String, T)> {
+        // Each runnable tenant's first item that fits, found once.
+        let mut first: HashMap<String, usize> = HashMap::new();
+        for n in &self.ring {
+            let Some(t) = self.tenants.get(n) else { continue };
+            if t.running >= t.cap || first.contains_key(n) {
+                continue;
+            }
+            if let Some(i) = t.queue.iter().position(&mut fits) {
+                first.insert(n.clone(), i);
+            }
+        }
+        let cost = first.keys().filter_map(|n| self.tenants.get(n)).map(|t| t.weight).max()?;
         // The heaviest runnable tenant is served on its visit, so one lap
         // of the ring is enough; the bound only guards the invariant.
         for _ in 0..=self.ring.len() {
@@ -137,10 +152,11 @@ impl<T> Drr<T> {
                 t.deficit = 0;
                 continue;
             }
-            if t.running >= t.cap {
+            let Some(&at) = first.get(&name) else {
+                // At its cap, or nothing of it can run now.
                 self.ring.push_back(name);
                 continue;
-            }
+            };
             if t.fresh {
                 t.fresh = false;
             } else {
@@ -151,7 +167,7 @@ impl<T> Drr<T> {
                 }
                 t.deficit -= cost;
             }
-            let item = t.queue.pop_front()?;
+            let item = t.queue.remove(at)?;
             t.running += 1;
             if t.queue.is_empty() {
                 t.deficit = 0;
@@ -528,6 +544,27 @@ mod tests {
         backlog(&mut d, "b", 100);
         let order: String = (0..60).map(|_| if d.grant().unwrap().0 == "a" { 'a' } else { 'b' }).collect();
         assert!(!order.contains("bbb") && !order.contains("aaaaa"), "{order}");
+    }
+
+    /// Items that cannot run now are passed over, not waited for: a
+    /// tenant's later item that can run is granted before its earlier one
+    /// (which keeps its place), and a tenant with nothing that can run
+    /// keeps its turn for when it can.
+    #[test]
+    fn grant_where_passes_over_items_that_cannot_run() {
+        let mut d = Drr::new(1000);
+        d.push("a", 1); // cannot run (odd)
+        d.push("a", 2);
+        d.push("b", 3); // cannot run
+        let even = |i: &u32| i.is_multiple_of(2);
+        assert_eq!(d.grant_where(even), Some(("a".into(), 2)));
+        assert_eq!(d.grant_where(even), None, "only items that cannot run are left");
+        d.push("b", 4);
+        assert_eq!(d.grant_where(even), Some(("b".into(), 4)));
+        // What was passed over is still queued, first in its tenant's queue.
+        assert_eq!(d.grant(), Some(("a".into(), 1)));
+        assert_eq!(d.grant(), Some(("b".into(), 3)));
+        assert!(d.is_empty());
     }
 
     #[test]

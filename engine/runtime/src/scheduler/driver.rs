@@ -844,6 +844,7 @@ fn start_executors(
                 no_executor_timeout: opts.cluster.no_executor_timeout,
                 executor_binary: opts.cluster.executor_binary.clone(),
                 listeners: listeners.clone(),
+                locality_wait: crate::cluster::DEFAULT_LOCALITY_WAIT,
             };
             let (b, r) = ClusterBackend::start(&cfg, job.registry.clone(), blocks.clone())
                 .map_err(|e| EngineError::Executor(format!("cannot start the cluster: {e}")))?;
