@@ -363,7 +363,8 @@ fn a_64_mib_line_is_cut_or_skipped_with_a_warning_and_memory_stays_bounded() {
         assert_eq!(warned.len(), 1, "{extra:?}: {err}");
         let what = if kept { "truncated" } else { "skipped" };
         assert!(
-            warned[0].contains(&format!("line 1001 ({} bytes) is longer than max_line_bytes = 1048576; {what}", 64 << 20)),
+            warned[0]
+                .contains(&format!("line 1001 ({} bytes) is longer than max_line_bytes = 1048576; {what}", 64 << 20)),
             "{}",
             warned[0]
         );

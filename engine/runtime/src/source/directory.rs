@@ -543,7 +543,8 @@ mod tests {
         std::fs::write(dir.path().join("a"), "read before\n").unwrap();
         std::fs::write(dir.path().join("b"), "new\n").unwrap();
         let respelled = PathBuf::from(format!("{}//", dir.path().display()));
-        let options = Options { new_files_only: false, lines: policy(1 << 20, LongLinePolicy::Truncate), max_files: 10 };
+        let options =
+            Options { new_files_only: false, lines: policy(1 << 20, LongLinePolicy::Truncate), max_files: 10 };
         let mut s = DirectorySource::new(respelled, options, ListenerBus::default(), 0);
         s.restore(&SourceCursor::Files([dir.path().join("a")].into())).unwrap();
         let (parts, _) = s.poll_partitions(1000, false, 1).unwrap();

@@ -179,22 +179,20 @@ pub fn open(
             max_files_per_batch,
             max_line_bytes,
             on_long_line,
-        } => {
-            Box::new(DirectorySource::new(
-                base.join(path),
-                directory::Options {
-                    new_files_only: *new_files_only,
-                    lines: text_split::LinePolicy {
-                        utf8: *on_invalid_utf8,
-                        max_line_bytes: *max_line_bytes as usize,
-                        on_long_line: *on_long_line,
-                    },
-                    max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
+        } => Box::new(DirectorySource::new(
+            base.join(path),
+            directory::Options {
+                new_files_only: *new_files_only,
+                lines: text_split::LinePolicy {
+                    utf8: *on_invalid_utf8,
+                    max_line_bytes: *max_line_bytes as usize,
+                    on_long_line: *on_long_line,
                 },
-                listeners.clone(),
-                wal.as_ref().map_or(0, |(_, i)| *i),
-            ))
-        }
+                max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
+            },
+            listeners.clone(),
+            wal.as_ref().map_or(0, |(_, i)| *i),
+        )),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
             Box::new(GeneratorSource {

@@ -795,7 +795,12 @@ mod tests {
                     let lines = strings(&got.parts);
                     assert_eq!(lines.len(), want.len(), "max {max}, {long:?}, n = {n}");
                     for (i, (g, w)) in lines.iter().zip(&want).enumerate() {
-                        assert!(g == w, "max {max}, {long:?}, n = {n}: line {i} differs ({} vs {} bytes)", g.len(), w.len());
+                        assert!(
+                            g == w,
+                            "max {max}, {long:?}, n = {n}: line {i} differs ({} vs {} bytes)",
+                            g.len(),
+                            w.len()
+                        );
                     }
                     let st = got.stats[0];
                     assert_eq!((st.long, st.first_long), (longs.len() as u64, longs.first().copied()), "max {max}");
@@ -852,7 +857,11 @@ mod tests {
         bytes.extend_from_slice(b"\n\xffbad\nok\n");
         std::fs::write(&path, &bytes).unwrap();
         let files = vec![scan(&path, None).unwrap()];
-        let policy = |max| LinePolicy { utf8: InvalidUtf8Policy::Fail, max_line_bytes: max, on_long_line: LongLinePolicy::Truncate };
+        let policy = |max| LinePolicy {
+            utf8: InvalidUtf8Policy::Fail,
+            max_line_bytes: max,
+            on_long_line: LongLinePolicy::Truncate,
+        };
         match encode(&files, 1, policy(10)) {
             Err((0, FileError::InvalidUtf8 { line: 3 })) => {}
             other => panic!("expected line 3, got {:?}", other.map(|e| e.stats)),
