@@ -3,7 +3,9 @@
 //! a missing directory, follows symlinks, takes the files already there in
 //! a fresh job's first batch (so the file example works on a clone of any
 //! age), reads files line by line (peak memory about one copy of the file),
-//! and replays exactly the bytes a batch read.
+//! cuts or skips a line longer than `max_line_bytes` without ever holding
+//! it (peak memory bounded by the limit, not the line), and replays exactly
+//! the bytes a batch read.
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
@@ -278,6 +280,97 @@ fn a_big_file_costs_about_one_copy_of_memory() {
     assert!(ratio < 1.6, "peak RSS {peak_kb} kB is {ratio:.2}x the {file}-byte file");
 }
 
+/// A job writing the lines of `[sources.lines]` as they are.
+fn save_job(dir: &Path, input: &str, source_extra: &str) -> PathBuf {
+    let p = dir.join(format!("job-{input}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "batch_interval = \"1s\"\n[sources.lines]\ntype = \"directory\"\npath = \"{input}\"\n{source_extra}\n\
+             [[outputs]]\nstream = \"lines\"\ntype = \"save_as_text_files\"\nprefix = \"out-{input}/lines\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// One 64 MiB line (no newline inside) between normal lines: every normal
+/// line is written exactly once, the long one is cut to `max_line_bytes`
+/// (1 MiB by default, at a character) or skipped, a warning names the file
+/// and the line, and the driver's peak memory stays within a few MiB of a
+/// run over the same directory without the long file (the line was held
+/// whole, twice, before `max_line_bytes`: about 190 MiB more).
+#[test]
+fn a_64_mib_line_is_cut_or_skipped_with_a_warning_and_memory_stays_bounded() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let normal = |from: usize, n: usize| -> String { (from..from + n).map(|i| format!("line {i} é\n")).collect() };
+    // The baseline: the normal files alone.
+    let (base, long) = (tmp.path().join("base"), tmp.path().join("long"));
+    for d in [&base, &long] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("a.txt"), normal(0, 2000)).unwrap();
+        std::fs::write(d.join("c.txt"), normal(4000, 2000)).unwrap();
+    }
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(long.join("big.txt")).unwrap());
+        w.write_all(normal(2000, 1000).as_bytes()).unwrap();
+        // "é" straddles the 1 MiB limit: the cut falls before it.
+        w.write_all(&vec![b'x'; (1 << 20) - 1]).unwrap();
+        w.write_all("é".as_bytes()).unwrap();
+        w.write_all(&vec![b'z'; (64 << 20) - (1 << 20) - 1]).unwrap();
+        w.write_all(b"\r\n").unwrap();
+        w.write_all(normal(3000, 1000).as_bytes()).unwrap();
+        w.flush().unwrap();
+    }
+    let want_normal: Vec<String> = normal(0, 6000).lines().map(String::from).collect();
+    let run_job = |input: &str, extra: &str| {
+        let job = save_job(tmp.path(), input, extra);
+        let r = run_bounded(
+            weir().args(["run", job.to_str().unwrap(), "--clock", "logical", "--batches", "1"]),
+            Duration::from_secs(120),
+        );
+        assert!(!r.timed_out && r.code == Some(0), "{input} {extra:?}: {}", r.stderr);
+        let mut out = read_outputs(&tmp.path().join(format!("out-{input}")), "lines");
+        std::fs::remove_dir_all(tmp.path().join(format!("out-{input}"))).unwrap();
+        assert_eq!(out.len(), 1, "{}", r.stderr);
+        let lines = out.pop_first().unwrap().1;
+        (lines, r.peak_kb, r.stderr)
+    };
+    let (lines, base_kb, _) = run_job("base", "");
+    let (mut normal_lines, _): (Vec<String>, Vec<String>) = lines.into_iter().partition(|l| l.starts_with("line "));
+    normal_lines.sort_by_key(|l| l[5..].split(' ').next().unwrap().parse::<u32>().unwrap());
+    assert_eq!(normal_lines.len(), 4000);
+    for (extra, kept) in [("", true), ("on_long_line = \"skip\"", false)] {
+        let (lines, peak_kb, err) = run_job("long", extra);
+        let (mut normal_lines, other): (Vec<String>, Vec<String>) =
+            lines.into_iter().partition(|l| l.starts_with("line "));
+        normal_lines.sort_by_key(|l| l[5..].split(' ').next().unwrap().parse::<u32>().unwrap());
+        eprintln!("{extra:?}: peak RSS {peak_kb} KiB, without the long file {base_kb} KiB");
+        assert!(
+            peak_kb < base_kb + (48 << 10),
+            "{extra:?}: peak RSS {peak_kb} KiB for a 64 MiB line, {base_kb} KiB without it"
+        );
+        assert_eq!(normal_lines.len(), want_normal.len(), "{extra:?}");
+        assert!(normal_lines == want_normal, "{extra:?}: the normal lines differ");
+        if kept {
+            assert_eq!(other.len(), 1, "{extra:?}");
+            assert!(other[0] == "x".repeat((1 << 20) - 1), "the long line kept {} bytes", other[0].len());
+        } else {
+            assert!(other.is_empty(), "{extra:?}: a skipped line was written ({} bytes)", other[0].len());
+        }
+        let warned = warnings_naming(&err, "big.txt");
+        assert_eq!(warned.len(), 1, "{extra:?}: {err}");
+        let what = if kept { "truncated" } else { "skipped" };
+        assert!(
+            warned[0]
+                .contains(&format!("line 1001 ({} bytes) is longer than max_line_bytes = 1048576; {what}", 64 << 20)),
+            "{}",
+            warned[0]
+        );
+    }
+}
+
 // ------------------------------------------------------ the source itself
 
 fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warnings>) {
@@ -288,6 +381,8 @@ fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warni
         new_files_only: false,
         on_invalid_utf8: utf8,
         max_files_per_batch: None,
+        max_line_bytes: weir::source::DEFAULT_MAX_LINE_BYTES,
+        on_long_line: Default::default(),
     };
     (weir::source::open(&spec, Path::new("/"), None, &bus, 1000).unwrap(), warnings)
 }

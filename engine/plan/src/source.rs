@@ -39,6 +39,13 @@ pub enum SourceSpec {
         /// if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_files_per_batch: Option<u32>,
+        /// The longest line kept whole, in bytes (without its line ending):
+        /// a reader never holds more of one line, however long it is.
+        #[serde(default = "default_max_line_bytes")]
+        max_line_bytes: u32,
+        /// What a line longer than `max_line_bytes` becomes.
+        #[serde(default)]
+        on_long_line: LongLinePolicy,
     },
     Batches {
         path: PathBuf,
@@ -241,7 +248,8 @@ fn default_max_decompressed_bytes() -> u64 {
     KAFKA_DEFAULT_MAX_DECOMPRESSED_BYTES
 }
 
-/// A socket source's handling of a line longer than `max_line_bytes`.
+/// A text source's (socket, directory) handling of a line longer than
+/// `max_line_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LongLinePolicy {
@@ -252,10 +260,10 @@ pub enum LongLinePolicy {
     Skip,
 }
 
-/// 1 MiB: the default `max_line_bytes` of a socket source.
+/// 1 MiB: the default `max_line_bytes` of a socket or directory source.
 pub const DEFAULT_MAX_LINE_BYTES: u32 = 1 << 20;
 
-/// 1 GiB: the largest `max_line_bytes` a socket source accepts.
+/// 1 GiB: the largest `max_line_bytes` a socket or directory source accepts.
 pub const MAX_MAX_LINE_BYTES: u32 = 1 << 30;
 
 fn default_max_line_bytes() -> u32 {
@@ -264,12 +272,15 @@ fn default_max_line_bytes() -> u32 {
 
 impl SourceSpec {
     /// Checks the fields a spec's type bounds (`docs/jobs.md`, "Limits"):
-    /// a generator's sizes, a socket's port and line limit.
+    /// a generator's sizes, a socket's port, a socket's or directory's line
+    /// limit.
     pub fn check(&self) -> Result<(), String> {
         use crate::limits::{MAX_GENERATOR_LINES, MAX_GENERATOR_WORDS, MAX_GENERATOR_WORDS_PER_LINE};
         match self {
             SourceSpec::Socket { port: 0, .. } => Err("port 0 is not a port to connect to (1 to 65535)".into()),
-            SourceSpec::Socket { max_line_bytes, .. } if !(1..=MAX_MAX_LINE_BYTES).contains(max_line_bytes) => {
+            SourceSpec::Socket { max_line_bytes, .. } | SourceSpec::Directory { max_line_bytes, .. }
+                if !(1..=MAX_MAX_LINE_BYTES).contains(max_line_bytes) =>
+            {
                 Err(format!("max_line_bytes must be between 1 and {MAX_MAX_LINE_BYTES} (got {max_line_bytes})"))
             }
             SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, .. } => {

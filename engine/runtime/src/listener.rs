@@ -221,17 +221,20 @@ pub enum BadLineAction {
     Failed,
 }
 
-/// A receiver read a line that was not valid UTF-8 or was longer than its
-/// `max_line_bytes`, and applied its policy.
+/// A receiver (or a directory source) read a line that was not valid
+/// UTF-8 or was longer than its `max_line_bytes`, and applied its policy.
+/// A receiver tells of each line; a directory source tells once per file
+/// and kind of problem in a batch, naming the file (and, for long lines,
+/// the first one's number).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReceiverBadLine {
     pub source: u32,
-    /// What was wrong with the line.
+    /// What was wrong with the line (or the file's lines).
     pub problem: String,
     pub action: BadLineAction,
-    /// Lines this receiver has treated with `action` since it started,
-    /// this one included.
+    /// Lines this source has treated with `action` since it started,
+    /// these included.
     pub count: u64,
 }
 

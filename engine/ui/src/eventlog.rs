@@ -212,6 +212,31 @@ impl Writer {
     }
 }
 
+/// Reads and discards bytes up to and including the next `\n` (or the
+/// end), holding no more than the reader's buffer.
+fn skip_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let data = match r.fill_buf() {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        match data.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = data.len();
+                r.consume(n);
+            }
+        }
+    }
+}
+
 /// Reads every event of the log in `dir`, oldest first. Lines that are too
 /// long or do not parse are skipped and counted (a log cut by a crash ends
 /// in half a line).
@@ -237,9 +262,9 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<Logged>, usize), Error> {
             }
             if buf.len() > MAX_LINE {
                 bad += 1;
-                // Skip the rest of the long line.
-                let mut sink = Vec::new();
-                let _ = r.read_until(b'\n', &mut sink);
+                // Skip the rest of the long line, a buffer at a time (never
+                // held: a line of a damaged log may be any length).
+                skip_line(&mut r).map_err(|e| Error::Io { path: path.clone(), source: e })?;
                 continue;
             }
             match serde_json::from_slice::<Logged>(&buf) {
@@ -287,5 +312,21 @@ mod tests {
         assert!(matches!(events.last().unwrap().event, Event::BatchSubmitted { time: 49, .. }));
         let starts = events.iter().filter(|e| matches!(e.event, Event::JobStarted(_))).count();
         assert_eq!(starts, 1);
+    }
+
+    /// The rest of a line over the limit is skipped without being kept,
+    /// and the lines after it are read.
+    #[test]
+    fn skip_line_discards_up_to_the_newline_a_buffer_at_a_time() {
+        let mut bytes = vec![b'x'; 3 * MAX_LINE];
+        bytes.extend_from_slice(b"\nnext\n");
+        let mut r = BufReader::with_capacity(4096, &bytes[..]);
+        skip_line(&mut r).unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "next\n");
+        let mut r = BufReader::new(&b"no newline"[..]);
+        skip_line(&mut r).unwrap();
+        assert!(r.fill_buf().unwrap().is_empty());
     }
 }

@@ -83,9 +83,20 @@ impl Default for UiOptions {
     }
 }
 
-/// Reads a token file (its first line, trimmed).
+/// The largest token file read.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 << 10;
+
+/// Reads a token file (its first line, trimmed): a regular file of at most
+/// 64 KiB (`/dev/zero` or a FIFO given by mistake is refused, not read for
+/// ever).
 pub fn read_token(path: &Path) -> Result<String, Error> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let bytes = weir::files::read_limited(path, MAX_TOKEN_FILE_BYTES).map_err(|e| match e {
+        weir::files::ReadError::Io(e) => io(e),
+        other => io(std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string())),
+    })?;
+    let s = String::from_utf8(bytes)
+        .map_err(|_| io(std::io::Error::new(std::io::ErrorKind::InvalidData, "the token file is not UTF-8 text")))?;
     let t = s.lines().next().unwrap_or("").trim().to_string();
     if t.is_empty() {
         return Err(Error::EmptyToken(path.to_path_buf()));
@@ -173,4 +184,22 @@ pub fn serve_history(
     }
     let a = start_server(addr, token, shared)?;
     Ok((a, bad, n))
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn a_token_file_is_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  s3cret \nsecond line\n").unwrap();
+        assert_eq!(read_token(&f).unwrap(), "s3cret");
+        let e = read_token(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::write(&f, vec![b'a'; (64 << 10) + 1]).unwrap();
+        let e = read_token(&f).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
+    }
 }

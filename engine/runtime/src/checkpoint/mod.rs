@@ -898,7 +898,10 @@ fn take_lock(root: &Path) -> Result<File, CheckpointError> {
         return match e {
             std::fs::TryLockError::WouldBlock => {
                 // The lease's pid (JSON), or a pid alone (drivers before epochs).
-                let text = std::fs::read_to_string(&lock_path).ok().map(|s| s.trim().to_string());
+                // Bounded: only a pid is wanted from it, whatever it holds.
+                let text = crate::files::read_limited(&lock_path, 64 << 10)
+                    .ok()
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string());
                 let lease = text.as_deref().and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
                 let pid = match lease.and_then(|v| v["pid"].as_u64()) {
                     Some(p) => Some(p.to_string()),

@@ -238,7 +238,8 @@ impl StreamingContext {
     }
 
     /// Lines of new files in a directory (the first batch takes the files
-    /// already there; invalid UTF-8 is replaced).
+    /// already there; invalid UTF-8 is replaced; a line longer than 1 MiB is
+    /// truncated).
     pub fn text_file_stream(&self, dir: impl Into<PathBuf>) -> DStream {
         let path = dir.into();
         let label = format!("directory({})", path.display());
@@ -247,6 +248,8 @@ impl StreamingContext {
             new_files_only: false,
             on_invalid_utf8: Default::default(),
             max_files_per_batch: None,
+            max_line_bytes: weir_plan::source::DEFAULT_MAX_LINE_BYTES,
+            on_long_line: Default::default(),
         };
         self.source(spec, &label)
     }

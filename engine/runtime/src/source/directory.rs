@@ -18,7 +18,10 @@
 //!   later batch (after [`READ_ATTEMPTS`] tries, what was read is taken);
 //! * with `max_files_per_batch`, the oldest files are taken and the rest
 //!   wait (a waiting file is exempt from the age rule: the job, not the
-//!   file, is late).
+//!   file, is late);
+//! * a line longer than `max_line_bytes` is cut or skipped (`on_long_line`)
+//!   with a warning naming the file and the line, and is never held whole
+//!   (a file of one 200 MB line costs the limit, not the line).
 //!
 //! Files are scanned (lines counted), then read line by line straight into
 //! the batch's partitions on every core (`text_split`), so the driver holds
@@ -30,10 +33,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::text_split::{encode, scan, FileError, Scanned};
+use super::text_split::{encode, scan, FileError, FileStats, LinePolicy, Scanned};
 use super::{InputDescriptor, Source, SourceCursor, SourceError};
-use crate::listener::{ListenerBus, ReceiverError};
-use weir_plan::source::{FileSpan, InvalidUtf8Policy};
+use crate::listener::{BadLineAction, ListenerBus, ReceiverBadLine, ReceiverError};
+use weir_plan::source::{FileSpan, InvalidUtf8Policy, LongLinePolicy};
 
 /// How far back, before a batch time, a new file's modification time may be.
 const DIRECTORY_REMEMBER: Duration = Duration::from_secs(60);
@@ -56,7 +59,8 @@ fn ignored_name(name: &str) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Options {
     pub(super) new_files_only: bool,
-    pub(super) utf8: InvalidUtf8Policy,
+    /// Invalid UTF-8 and long lines.
+    pub(super) lines: LinePolicy,
     /// At most this many files per batch.
     pub(super) max_files: usize,
 }
@@ -64,7 +68,7 @@ pub(super) struct Options {
 pub(super) struct DirectorySource {
     dir: PathBuf,
     new_files_only: bool,
-    utf8: InvalidUtf8Policy,
+    lines: LinePolicy,
     max_files: usize,
     /// Files left for a later batch by `max_files` (exempt from the age rule).
     waiting: BTreeSet<PathBuf>,
@@ -88,6 +92,9 @@ pub(super) struct DirectorySource {
     /// (for the Sources page).
     files_read: u64,
     recent: std::collections::VecDeque<PathBuf>,
+    /// Lines replaced, skipped, truncated in this run (the running counts
+    /// of `ReceiverBadLine`, by `BadLineAction`).
+    bad_lines: [u64; 3],
 }
 
 /// Paths of the newest files read kept for the Sources page.
@@ -98,7 +105,7 @@ impl DirectorySource {
         DirectorySource {
             dir,
             new_files_only: options.new_files_only,
-            utf8: options.utf8,
+            lines: options.lines,
             max_files: options.max_files.max(1),
             waiting: BTreeSet::new(),
             seen: BTreeSet::new(),
@@ -111,7 +118,54 @@ impl DirectorySource {
             index,
             files_read: 0,
             recent: std::collections::VecDeque::new(),
+            bad_lines: [0; 3],
         }
+    }
+
+    /// Warns of the lines of `path` a policy changed or dropped in this
+    /// batch (one warning per file and kind, naming the first long line),
+    /// and tells listeners as a receiver does
+    /// (`StreamingListener::on_receiver_bad_line`, one event per file and
+    /// kind, with the running count of the source).
+    fn bad_lines(&mut self, path: &Path, st: &FileStats) {
+        if st.invalid > 0 {
+            let (action, what) = match self.lines.utf8 {
+                InvalidUtf8Policy::Skip => (BadLineAction::Skipped, "skipped"),
+                _ => (BadLineAction::Replaced, "replaced"),
+            };
+            let problem = format!("{}: {} line(s) of invalid UTF-8 {what}", path.display(), st.invalid);
+            self.warn(problem.clone());
+            self.tell(problem, action, st.invalid);
+        }
+        if let (true, Some((line, len))) = (st.long > 0, st.first_long) {
+            let max = self.lines.max_line_bytes;
+            let (action, what) = match self.lines.on_long_line {
+                LongLinePolicy::Skip => (BadLineAction::Skipped, "skipped"),
+                LongLinePolicy::Truncate => (BadLineAction::Truncated, "truncated"),
+            };
+            let problem = if st.long == 1 {
+                format!("{}: line {line} ({len} bytes) is longer than max_line_bytes = {max}; {what}", path.display())
+            } else {
+                format!(
+                    "{}: {} lines longer than max_line_bytes = {max} {what} (the first, line {line}, has {len} bytes)",
+                    path.display(),
+                    st.long
+                )
+            };
+            self.warn(problem.clone());
+            self.tell(problem, action, st.long);
+        }
+    }
+
+    fn tell(&mut self, problem: String, action: BadLineAction, lines: u64) {
+        let slot = match action {
+            BadLineAction::Replaced => 0,
+            BadLineAction::Skipped => 1,
+            _ => 2,
+        };
+        self.bad_lines[slot] += lines;
+        let e = ReceiverBadLine { source: self.index, problem, action, count: self.bad_lines[slot] };
+        self.bus.emit(|l| l.on_receiver_bad_line(&e));
     }
 
     /// Logs a warning and tells listeners (as a receiver error of this source).
@@ -348,7 +402,7 @@ impl Source for DirectorySource {
         // scan) is put back like one that failed the scan, and the batch is
         // read again without it.
         let encoded = loop {
-            match encode(&taken, n, self.utf8) {
+            match encode(&taken, n, self.lines) {
                 Ok(e) => break e,
                 Err((i, FileError::InvalidUtf8 { line })) => {
                     return Err(SourceError::Parse {
@@ -364,11 +418,8 @@ impl Source for DirectorySource {
             }
         };
         let mut spans = Vec::new();
-        for (f, invalid) in taken.into_iter().zip(encoded.invalid) {
-            if invalid > 0 {
-                let what = if self.utf8 == InvalidUtf8Policy::Skip { "skipped" } else { "replaced" };
-                self.warn(format!("{}: {invalid} line(s) of invalid UTF-8 {what}", f.path.display()));
-            }
+        for (f, st) in taken.into_iter().zip(encoded.stats) {
+            self.bad_lines(&f.path, &st);
             self.attempts.remove(&f.path);
             self.seen.insert(f.path.clone());
             self.files_read += 1;
@@ -402,7 +453,7 @@ impl Source for DirectorySource {
         for (path, len) in spans {
             files.push(scan(path, len).map_err(|e| failed(path, e))?);
         }
-        encode(&files, n, self.utf8).map(|e| e.parts).map_err(|(i, e)| failed(&files[i].path, e))
+        encode(&files, n, self.lines).map(|e| e.parts).map_err(|(i, e)| failed(&files[i].path, e))
     }
     fn cursor(&self) -> SourceCursor {
         SourceCursor::Files(self.seen.clone())
@@ -437,6 +488,52 @@ impl Source for DirectorySource {
 mod tests {
     use super::*;
 
+    fn policy(max_line_bytes: usize, on_long_line: LongLinePolicy) -> LinePolicy {
+        LinePolicy { utf8: InvalidUtf8Policy::Replace, max_line_bytes, on_long_line }
+    }
+
+    /// Lines heard by a listener.
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<(BadLineAction, u64, String)>>);
+
+    impl crate::listener::StreamingListener for Heard {
+        fn on_receiver_bad_line(&self, e: &ReceiverBadLine) {
+            self.0.lock().unwrap().push((e.action, e.count, e.problem.clone()));
+        }
+    }
+
+    /// A long line is cut (or skipped), warned of with its file and line,
+    /// and counted in the receivers' bad-line event, with a running count.
+    #[test]
+    fn long_lines_are_cut_or_skipped_and_reported_with_file_and_line() {
+        for (long, kept) in [(LongLinePolicy::Truncate, Some("0123456789")), (LongLinePolicy::Skip, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("a"), "ok\n0123456789abcdef\nok\n0123456789xyz").unwrap();
+            let heard = std::sync::Arc::new(Heard::default());
+            let bus = ListenerBus::new(vec![heard.clone()]);
+            let options = Options { new_files_only: false, lines: policy(10, long), max_files: 10 };
+            let mut s = DirectorySource::new(dir.path().to_path_buf(), options, bus, 3);
+            let (parts, _) = s.poll_partitions(1000, false, 2).unwrap();
+            let lines: Vec<String> = parts
+                .iter()
+                .flat_map(|p| weir_codec::Records::new(p).unwrap().map(|r| weir_codec::display::render(r.unwrap())))
+                .collect();
+            let mut want = vec!["ok"];
+            want.extend(kept);
+            want.push("ok");
+            want.extend(kept);
+            assert_eq!(lines, want, "{long:?}");
+            std::fs::write(dir.path().join("b"), "0123456789+\n").unwrap();
+            s.poll_partitions(2000, false, 1).unwrap();
+            let heard = heard.0.lock().unwrap();
+            let action = if kept.is_some() { BadLineAction::Truncated } else { BadLineAction::Skipped };
+            assert_eq!(heard.iter().map(|h| (h.0, h.1)).collect::<Vec<_>>(), vec![(action, 2), (action, 3)]);
+            assert!(heard[0].2.contains("/a: 2 lines longer than max_line_bytes = 10"), "{}", heard[0].2);
+            assert!(heard[0].2.contains("line 2, has 16 bytes"), "{}", heard[0].2);
+            assert!(heard[1].2.contains("/b: line 1 (11 bytes) is longer"), "{}", heard[1].2);
+        }
+    }
+
     /// A cursor saved with one spelling of the directory still marks its
     /// files as read when the job file spells the directory another way
     /// (the lookups compare bytes, so the restore respells the names).
@@ -446,7 +543,8 @@ mod tests {
         std::fs::write(dir.path().join("a"), "read before\n").unwrap();
         std::fs::write(dir.path().join("b"), "new\n").unwrap();
         let respelled = PathBuf::from(format!("{}//", dir.path().display()));
-        let options = Options { new_files_only: false, utf8: InvalidUtf8Policy::Replace, max_files: 10 };
+        let options =
+            Options { new_files_only: false, lines: policy(1 << 20, LongLinePolicy::Truncate), max_files: 10 };
         let mut s = DirectorySource::new(respelled, options, ListenerBus::default(), 0);
         s.restore(&SourceCursor::Files([dir.path().join("a")].into())).unwrap();
         let (parts, _) = s.poll_partitions(1000, false, 1).unwrap();

@@ -9,7 +9,8 @@
 //!   there (unless `new_files_only`); later, with the wall clock, only files
 //!   modified within the remember window (60 s) before the batch time count.
 //!   Unreadable files, a missing directory and odd entries are skipped with
-//!   a warning, never fatal.
+//!   a warning, never fatal; a line longer than `max_line_bytes` is cut or
+//!   skipped, and never held whole.
 //! * `batches` — a JSON-lines file, one line per batch (a JSON array of
 //!   records), for tests and replays; finite.
 //! * `generator` — seeded synthetic text, for benchmarks; deterministic per
@@ -38,7 +39,7 @@ use socket::SocketSource;
 pub use text_split::split_batch;
 pub use weir_plan::source::{
     FileSpan, InputDescriptor, InvalidUtf8Policy, KafkaOffset, KafkaRange, KafkaValueFormat, LongLinePolicy,
-    OffsetOutOfRangePolicy, SourceCursor, SourceSpec, StartingOffsets, WalPosition, WalRange,
+    OffsetOutOfRangePolicy, SourceCursor, SourceSpec, StartingOffsets, WalPosition, WalRange, DEFAULT_MAX_LINE_BYTES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -171,18 +172,27 @@ pub fn open(
             };
             Box::new(SocketSource::start(host.clone(), *port, policy, wal, listeners.clone(), batch_interval_ms)?)
         }
-        SourceSpec::Directory { path, new_files_only, on_invalid_utf8, max_files_per_batch } => {
-            Box::new(DirectorySource::new(
-                base.join(path),
-                directory::Options {
-                    new_files_only: *new_files_only,
+        SourceSpec::Directory {
+            path,
+            new_files_only,
+            on_invalid_utf8,
+            max_files_per_batch,
+            max_line_bytes,
+            on_long_line,
+        } => Box::new(DirectorySource::new(
+            base.join(path),
+            directory::Options {
+                new_files_only: *new_files_only,
+                lines: text_split::LinePolicy {
                     utf8: *on_invalid_utf8,
-                    max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
+                    max_line_bytes: *max_line_bytes as usize,
+                    on_long_line: *on_long_line,
                 },
-                listeners.clone(),
-                wal.as_ref().map_or(0, |(_, i)| *i),
-            ))
-        }
+                max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
+            },
+            listeners.clone(),
+            wal.as_ref().map_or(0, |(_, i)| *i),
+        )),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {
             Box::new(GeneratorSource {
