@@ -334,7 +334,7 @@ fn components_read_parameters_as_the_rust_sdk_does_and_alike_on_both_masters() {
         ("minus10", "nums.map({m}.plus(n = -10))"),
         ("twice", "nums.map({m}.plus(4)).map({m}.plus(100)).map({m}.double)"),
         ("errors", "logs.filter({m}.level_is(\"ERROR\"))"),
-        ("warns", "logs.filter({m}.level_is(level = \"WARN\"))"),
+        ("warns", "logs.filter({m}.level_is(\"WARN\"))"),
         ("stamped", "nums.map({m}.scaled_at(factor = 10))"),
         ("named", "ids.map({m}.lookup(users))"),
     ];
@@ -394,7 +394,7 @@ fn components_read_parameters_as_the_rust_sdk_does_and_alike_on_both_masters() {
             assert_eq!(o("named")[&2000], l(&["(u2,Bob)"]));
         }
         // And every stream is the Rust SDK's, batch for batch.
-        for name in names {
+        for &name in names {
             assert_eq!(o(name), out(&format!("ops_{name}")), "{m}_{name} differs from the Rust SDK's");
         }
     }
