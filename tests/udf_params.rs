@@ -439,9 +439,10 @@ fn the_javascript_sdk_refuses_parameters_its_functions_do_not_declare() {
     let s = text(&out.stdout);
     assert!(s.contains("parameters: no (does not export weir:udf/params@2.0.0)"), "{s}");
     let call = |param: &str| {
-        let out = run(weir().args(["udf", "call"]).arg(module("params_js.wasm")).args([
-            "plus", "--input", "[1, 2]", "--param", param,
-        ]));
+        let out = run(weir()
+            .args(["udf", "call"])
+            .arg(module("params_js.wasm"))
+            .args(["plus", "--input", "[1, 2]", "--param", param]));
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
