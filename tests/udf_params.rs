@@ -25,6 +25,14 @@ fn modules(body: &str) -> String {
     if body.contains("py.") {
         m.push_str(&format!("py = \"{}\"\n", module("wordcount_py.wasm").display()));
     }
+    // The components (ABI v2) that export weir:udf/params: the JavaScript
+    // and Python SDKs' parameters.
+    if body.contains("js.") {
+        m.push_str(&format!("js = \"{}\"\n", module("params_js.wasm").display()));
+    }
+    if body.contains("pyp.") {
+        m.push_str(&format!("pyp = \"{}\"\n", module("params_py.wasm").display()));
+    }
     m
 }
 
@@ -312,4 +320,132 @@ fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sd
         assert!(err.contains("weir_params refused") && err.contains(want), "{expr}: expected {want:?} in {err}");
         assert!(!err.contains("batch 1000 ms"), "{expr}: refused before any batch ran:\n{err}");
     }
+}
+
+#[test]
+fn components_read_parameters_as_the_rust_sdk_does_and_alike_on_both_masters() {
+    // The same streams over testops (Rust SDK), params_js.wasm (the
+    // JavaScript SDK) and params_py.wasm (the Python SDK): components that
+    // export weir:udf/params. On local-cluster[2] the executor processes
+    // load the components themselves and get each use's parameters with
+    // its task.
+    let streams = [
+        ("plus4", "nums.map({m}.plus(4))"),
+        ("minus10", "nums.map({m}.plus(n = -10))"),
+        ("twice", "nums.map({m}.plus(4)).map({m}.plus(100)).map({m}.double)"),
+        ("errors", "logs.filter({m}.level_is(\"ERROR\"))"),
+        ("warns", "logs.filter({m}.level_is(\"WARN\"))"),
+        ("stamped", "nums.map({m}.scaled_at(factor = 10))"),
+        ("named", "ids.map({m}.lookup(users))"),
+    ];
+    // udfs/python/params.py has plus, level_is and double only.
+    let mods: [(&str, &[&str]); 3] = [
+        ("ops", &["plus4", "minus10", "twice", "errors", "warns", "stamped", "named"]),
+        ("js", &["plus4", "minus10", "twice", "errors", "warns", "stamped", "named"]),
+        ("pyp", &["plus4", "minus10", "twice", "errors", "warns"]),
+    ];
+    let mut body = "[datasets]\nusers = \"users.jsonl\"\n\
+        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
+        [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n[streams]\n"
+        .to_string();
+    let mut outs = String::new();
+    for (m, names) in mods {
+        for (name, expr) in streams.iter().filter(|(n, _)| names.contains(n)) {
+            body.push_str(&format!("{m}_{name} = '{}'\n", expr.replace("{m}", m)));
+            outs.push_str(&saved(&format!("{m}_{name}")));
+        }
+    }
+    let body = format!("{body}{outs}");
+    let files = [
+        ("nums.jsonl", NUMS),
+        ("logs.jsonl", LOGS),
+        ("ids.jsonl", "[\"u1\", \"u9\"]\n[\"u2\"]\n[]\n"),
+        ("users.jsonl", "[[\"u1\", \"Ada\"], [\"u2\", \"Bob\"]]\n"),
+    ];
+    let mut trees = Vec::new();
+    let mut dirs = Vec::new();
+    for master in ["local[2]", "local-cluster[2]"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let job = write_job(tmp.path(), &body, &files);
+        ok(&run_on(&job, master, &[]));
+        trees.push(tree(&tmp.path().join("out")));
+        dirs.push(tmp);
+    }
+    assert!(!trees[0].is_empty());
+    assert_eq!(
+        trees[0], trees[1],
+        "components with parameters write the same files on local-cluster[2] as on local[2], byte for byte"
+    );
+    let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let out = |s: &str| -> BTreeMap<i64, Vec<String>> { read_outputs(&dirs[0].path().join("out"), s) };
+    for (m, names) in [mods[1], mods[2]] {
+        let o = |s: &str| out(&format!("{m}_{s}"));
+        assert_eq!(o("plus4")[&1000], l(&["5", "6", "7"]), "{m}");
+        assert_eq!(o("plus4")[&2000], l(&["14"]), "{m}");
+        assert_eq!(o("minus10")[&1000], l(&["-9", "-8", "-7"]), "{m}: a named, negative parameter");
+        assert_eq!(o("twice")[&1000], l(&["210", "212", "214"]), "{m}: each use keeps its own parameters");
+        assert_eq!(o("errors")[&1000], l(&["ERROR disk full", "ERROR again"]), "{m}");
+        assert_eq!(o("warns")[&1000], l(&["WARN slow"]), "{m}: another parameter, another result");
+        if m == "js" {
+            assert_eq!(o("stamped")[&1000], l(&["(10,1000)", "(20,1000)", "(30,1000)"]), "Date.now()");
+            assert_eq!(o("stamped")[&2000], l(&["(100,2000)"]), "each batch's own time");
+            assert_eq!(o("named")[&1000], l(&["(u1,Ada)", "(u9,null)"]), "a dataset as a lookup table");
+            assert_eq!(o("named")[&2000], l(&["(u2,Bob)"]));
+        }
+        // And every stream is the Rust SDK's, batch for batch.
+        for &name in names {
+            assert_eq!(o(name), out(&format!("ops_{name}")), "{m}_{name} differs from the Rust SDK's");
+        }
+    }
+}
+
+#[test]
+fn the_javascript_sdk_refuses_parameters_its_functions_do_not_declare() {
+    // Refused when the job loads (set-params, then the probe), with the
+    // SDK's message and the job file's line; a function that declares
+    // parameters and is given none fails its first call.
+    for (expr, want, at_load) in [
+        ("nums.map(js.plus(m = 1))", "map:plus: unknown parameter 'm' (it takes: n)", true),
+        ("nums.map(js.plus(1, n = 2))", "map:plus: parameter 'n' is given twice", true),
+        ("nums.map(js.plus(1, 2))", "map:plus takes 1 parameter(s) (n), given 2 by position", true),
+        ("nums.map(js.scaled_at())", "map:scaled_at: missing parameter(s) factor", true),
+        ("nums.map(js.double(3))", "map:double takes no parameters", true),
+        ("nums.map(js.plus)", "map:plus needs parameters (n)", false),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let body = format!(
+            "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{expr}\"\n{}",
+            saved("x")
+        );
+        let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
+        let out = run_on(&job, "local[2]", &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{expr} was accepted:\n{err}");
+        assert!(err.contains(want), "{expr}: expected {want:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        if at_load {
+            assert!(err.contains("set-params refused"), "{expr}: refused by the component:\n{err}");
+            assert!(err.contains("job.toml:6: stream x"), "{expr}: the error names the file and line:\n{err}");
+            assert!(!err.contains("batch 1000 ms"), "{expr}: refused before any batch ran:\n{err}");
+        }
+    }
+    // What `weir udf check` and `weir udf call --param` say of it.
+    let out = run(weir().args(["udf", "check"]).arg(module("params_js.wasm")));
+    let s = text(&out.stdout);
+    assert!(out.status.success(), "{s}{}", text(&out.stderr));
+    assert!(s.contains("parameters: yes (exports weir:udf/params@2.0.0"), "{s}");
+    let out = run(weir().args(["udf", "check"]).arg(module("wordcount_js.wasm")));
+    let s = text(&out.stdout);
+    assert!(s.contains("parameters: no (does not export weir:udf/params@2.0.0)"), "{s}");
+    let call = |param: &str| {
+        let out = run(weir()
+            .args(["udf", "call"])
+            .arg(module("params_js.wasm"))
+            .args(["plus", "--input", "[1, 2]", "--param", param]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(call("4"), serde_json::json!([5, 6]));
+    assert_eq!(call("n=-10"), serde_json::json!([-9, -8]), "the parameter changes the result");
 }

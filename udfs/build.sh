@@ -9,8 +9,8 @@
 #   Python          -> udfs/wordcount_py.wasm, udfs/hostile_py.wasm, udfs/params_py.wasm (components
 #                      of ABI v2, by PyPI's componentize-py, installed under
 #                      target/componentize-py when missing)
-#   JavaScript      -> udfs/wordcount_js.wasm, udfs/hostile_js.wasm (components
-#                      of ABI v2, by npm's componentize-js and rolldown, the
+#   JavaScript      -> udfs/wordcount_js.wasm, udfs/hostile_js.wasm, udfs/params_js.wasm
+#                      (components of ABI v2, by npm's componentize-js and rolldown, the
 #                      versions of udf-sdk/js/package-lock.json, installed
 #                      under target/componentize-js when missing or changed)
 # WAT modules (udfs/wat/, udfs/hostile/) need no build: the engine loads .wat.
@@ -118,10 +118,11 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     cp ../udf-sdk/js/package.json ../udf-sdk/js/package-lock.json "$js_dir/"
     (cd "$js_dir" && npm ci --no-audit --no-fund --silent >&2)
   fi
-  # The two builds run side by side (each is mostly one single-threaded
-  # wizer run); `wait PID` passes a failure on.
+  # The builds run side by side (each is mostly one single-threaded wizer
+  # run); `wait PID` passes a failure on. params exports `params` too, so
+  # build.mjs builds it for the world with weir:udf/params.
   pids=()
-  for m in wordcount hostile; do
+  for m in wordcount hostile params; do
     out="$here/${m}_js.wasm"
     if [ -f "$out" ] && [ -z "$(find js/$m.js ../udf-sdk/js ../udf-sdk/wit "$js_dir/package-lock.json" -newer "$out" -type f 2>/dev/null)" ]; then
       continue

@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // Builds a JavaScript or TypeScript UDF into a Weir UDF component (ABI v2):
 //
-//     node udf-sdk/js/build.mjs SOURCE.js|.ts -o OUT.wasm [--toolchain DIR]
+//     node udf-sdk/js/build.mjs SOURCE.js|.ts -o OUT.wasm [--toolchain DIR] [--world W]
 //
 // Two steps: rolldown bundles the source and `weir-udf` (this package) into
 // one ES module, stripping TypeScript types on the way, because
 // componentize-js evaluates a single script at build time and resolves no
 // package imports; then componentize-js (SpiderMonkey, pre-initialised by
-// wizer) makes the component of the WIT world `weir:udf/guest` (../wit). The
+// wizer) makes the component of the WIT world `weir:udf/guest` (../wit), or
+// of `weir:udf/guest-with-params` when the module also exports `params` (the
+// job file's parameters, `export { udf, params } from "weir-udf"`). The
 // `http` and `fetch-event` features are left out: Weir serves no wasi:http,
 // and a UDF has no network. stdio, random and clocks stay (Weir's
 // deterministic stand-ins serve them).
@@ -24,11 +26,11 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 
 function usage(msg) {
-  console.error(`weir-udf build: ${msg}\nusage: node build.mjs SOURCE.js|.ts -o OUT.wasm [--toolchain DIR] [--wit DIR]`);
+  console.error(`weir-udf build: ${msg}\nusage: node build.mjs SOURCE.js|.ts -o OUT.wasm [--toolchain DIR] [--wit DIR] [--world W]`);
   process.exit(2);
 }
 
-let source, out, wit = join(here, "..", "wit");
+let source, out, world, wit = join(here, "..", "wit");
 let toolchain = process.env.WEIR_JS_TOOLCHAIN || process.cwd();
 const args = process.argv.slice(2);
 for (let i = 0; i < args.length; i++) {
@@ -36,6 +38,7 @@ for (let i = 0; i < args.length; i++) {
   if (a === "-o" || a === "--out") out = args[++i];
   else if (a === "--toolchain") toolchain = args[++i];
   else if (a === "--wit") wit = args[++i];
+  else if (a === "--world") world = args[++i];
   else if (a.startsWith("-")) usage(`unknown option ${a}`);
   else if (source === undefined) source = a;
   else usage(`a second source ${a}`);
@@ -75,10 +78,17 @@ try {
   await bundle.close();
   const bundled = join(work, "udf.js");
   await writeFile(bundled, output[0].code);
+  // The world follows the module's exports: `params` is the optional
+  // interface weir:udf/params, and a component without it takes no
+  // parameters (the host refuses them when the job loads).
+  const exported = output[0].exports;
+  if (!Array.isArray(exported)) throw new Error("rolldown gave no list of the bundle's exports");
+  if (!exported.includes("udf")) throw new Error(`${source} does not export udf (export { udf } from "weir-udf")`);
+  world ??= exported.includes("params") ? "guest-with-params" : "guest";
   const { component } = await componentize({
     sourcePath: bundled,
     witPath: resolve(wit),
-    worldName: "guest",
+    worldName: world,
     disableFeatures: ["http", "fetch-event"],
   });
   // Written under a temporary name and renamed: never a half-written module.

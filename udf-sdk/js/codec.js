@@ -76,6 +76,20 @@ export function decodeBatch(buf) {
   return out;
 }
 
+/**
+ * Decodes one value that fills `buf` (a Uint8Array): the job file's
+ * parameters (docs/udf-abi.md §3a) are one such value, not a batch.
+ */
+export function decodeValue(buf) {
+  const bytes = buf instanceof Uint8Array ? buf : Uint8Array.from(buf);
+  const r = new Reader(bytes);
+  const v = r.value(0);
+  if (r.p !== bytes.length) {
+    throw new EncodingError(`${bytes.length - r.p} trailing bytes after a value`);
+  }
+  return v;
+}
+
 /** Encodes the values of an iterable as one batch (a Uint8Array). */
 export function encodeBatch(values) {
   const w = new Writer();

@@ -79,10 +79,12 @@ pub fn check(path: &Path) -> Result<ExitCode> {
             let _ = writeln!(out, "  {how}{dir}");
         }
         // What a job may hand it besides batches (ABI §3a).
-        let params = if m.takes_params() {
+        let params = if m.takes_params() && m.is_component() {
+            "yes (exports weir:udf/params@2.0.0: a job may write module.function(args))"
+        } else if m.takes_params() {
             "yes (exports weir_params: a job may write module.function(args))"
         } else if m.is_component() {
-            "no (components take no parameters)"
+            "no (does not export weir:udf/params@2.0.0)"
         } else {
             "no (no weir_params export)"
         };
