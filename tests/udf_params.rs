@@ -66,6 +66,55 @@ fn ok(out: &Output) -> String {
     err
 }
 
+/// One job running `streams` (`{m}` standing for the module) over each
+/// module `m` of `mods` (only the streams it names), written to
+/// `out/<m>_<stream>`, over the batches, logs and ids sources and the
+/// `users` dataset; run on `local[2]` and on `local-cluster[2]`. The
+/// directories of the two runs, in that order.
+fn on_both_masters(mods: &[(&str, &[&str])], streams: &[(&str, &str)]) -> Vec<tempfile::TempDir> {
+    let mut body = "[datasets]\nusers = \"users.jsonl\"\n\
+        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
+        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
+        [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n[streams]\n"
+        .to_string();
+    let mut outs = String::new();
+    for (m, names) in mods {
+        for (name, expr) in streams.iter().filter(|(n, _)| names.contains(n)) {
+            body.push_str(&format!("{m}_{name} = '{}'\n", expr.replace("{m}", m)));
+            outs.push_str(&saved(&format!("{m}_{name}")));
+        }
+    }
+    let body = format!("{body}{outs}");
+    let files = [
+        ("nums.jsonl", NUMS),
+        ("logs.jsonl", LOGS),
+        ("ids.jsonl", "[\"u1\", \"u9\"]\n[\"u2\"]\n[]\n"),
+        ("users.jsonl", "[[\"u1\", \"Ada\"], [\"u2\", \"Bob\"]]\n"),
+    ];
+    ["local[2]", "local-cluster[2]"]
+        .iter()
+        .map(|master| {
+            let tmp = tempfile::tempdir().unwrap();
+            let job = write_job(tmp.path(), &body, &files);
+            ok(&run_on(&job, master, &[]));
+            tmp
+        })
+        .collect()
+}
+
+/// Runs the one stream `x = expr` over `nums.jsonl` on `local[2]`, which
+/// must fail: its stderr.
+fn refused_on_local(expr: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let body =
+        format!("[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{expr}\"\n{}", saved("x"));
+    let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
+    let out = run_on(&job, "local[2]", &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{expr} was accepted:\n{err}");
+    err
+}
+
 const NUMS: &str = "[1, 2, 3]\n[10]\n[]\n";
 const LOGS: &str = "[\"ERROR disk full\", \"INFO started\", \"WARN slow\", \"ERROR again\"]\n[\"INFO x\"]\n[]\n";
 /// Berlin (52.52, 13.40), Potsdam (52.39, 13.06, about 26 km away) and
@@ -231,33 +280,9 @@ fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sd
         ("stamped", "nums.map({m}.scaled_at(factor = 10))"),
         ("named", "ids.map({m}.lookup(users))"),
     ];
-    let mods = ["ops", "c", "asc"];
-    let mut body = "[datasets]\nusers = \"users.jsonl\"\n\
-        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
-        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
-        [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n[streams]\n"
-        .to_string();
-    let mut outs = String::new();
-    for m in mods {
-        for (name, expr) in streams {
-            body.push_str(&format!("{m}_{name} = '{}'\n", expr.replace("{m}", m)));
-            outs.push_str(&saved(&format!("{m}_{name}")));
-        }
-    }
-    let body = format!("{body}{outs}");
-    let files = [
-        ("nums.jsonl", NUMS),
-        ("logs.jsonl", LOGS),
-        ("ids.jsonl", "[\"u1\", \"u9\"]\n[\"u2\"]\n[]\n"),
-        ("users.jsonl", "[[\"u1\", \"Ada\"], [\"u2\", \"Bob\"]]\n"),
-    ];
-    let mut dirs = Vec::new();
-    for master in ["local[2]", "local-cluster[2]"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let job = write_job(tmp.path(), &body, &files);
-        ok(&run_on(&job, master, &[]));
-        dirs.push(tmp);
-    }
+    let all: Vec<&str> = streams.iter().map(|(n, _)| *n).collect();
+    let mods: Vec<(&str, &[&str])> = ["ops", "c", "asc"].iter().map(|m| (*m, &all[..])).collect();
+    let dirs = on_both_masters(&mods, &streams);
     let l = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     for dir in &dirs {
         let out = |s: &str| -> BTreeMap<i64, Vec<String>> { read_outputs(&dir.path().join("out"), s) };
@@ -284,16 +309,7 @@ fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sd
         for (expr, want) in
             [("nums.map({m}.double(3))", "map:double takes no parameters"), ("nums.map({m}.plus)", "no parameter n")]
         {
-            let tmp = tempfile::tempdir().unwrap();
-            let body = format!(
-                "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{}\"\n{}",
-                expr.replace("{m}", m),
-                saved("x")
-            );
-            let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
-            let out = run_on(&job, "local[2]", &[]);
-            let err = text(&out.stderr);
-            assert!(!out.status.success(), "{m}: {expr}: {err}");
+            let err = refused_on_local(&expr.replace("{m}", m));
             assert!(err.contains(want), "{m}: {expr}: expected {want:?} in {err}");
             assert!(!err.contains("panicked"), "{err}");
         }
@@ -308,15 +324,7 @@ fn c_and_assemblyscript_guests_read_parameters_and_the_batch_time_as_the_rust_sd
         ("nums.map(asc.plus(1, 2))", "map:plus takes 1 parameter(s) (n), given 2 by position"),
         ("nums.map(asc.scaled_at(n = 2))", "unknown parameter `n` (parameters: factor)"),
     ] {
-        let tmp = tempfile::tempdir().unwrap();
-        let body = format!(
-            "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{expr}\"\n{}",
-            saved("x")
-        );
-        let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
-        let out = run_on(&job, "local[2]", &[]);
-        let err = text(&out.stderr);
-        assert!(!out.status.success(), "{expr}: {err}");
+        let err = refused_on_local(expr);
         assert!(err.contains("weir_params refused") && err.contains(want), "{expr}: expected {want:?} in {err}");
         assert!(!err.contains("batch 1000 ms"), "{expr}: refused before any batch ran:\n{err}");
     }
@@ -344,34 +352,8 @@ fn components_read_parameters_as_the_rust_sdk_does_and_alike_on_both_masters() {
         ("js", &["plus4", "minus10", "twice", "errors", "warns", "stamped", "named"]),
         ("pyp", &["plus4", "minus10", "twice", "errors", "warns"]),
     ];
-    let mut body = "[datasets]\nusers = \"users.jsonl\"\n\
-        [sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n\
-        [sources.logs]\ntype = \"batches\"\npath = \"logs.jsonl\"\n\
-        [sources.ids]\ntype = \"batches\"\npath = \"ids.jsonl\"\n[streams]\n"
-        .to_string();
-    let mut outs = String::new();
-    for (m, names) in mods {
-        for (name, expr) in streams.iter().filter(|(n, _)| names.contains(n)) {
-            body.push_str(&format!("{m}_{name} = '{}'\n", expr.replace("{m}", m)));
-            outs.push_str(&saved(&format!("{m}_{name}")));
-        }
-    }
-    let body = format!("{body}{outs}");
-    let files = [
-        ("nums.jsonl", NUMS),
-        ("logs.jsonl", LOGS),
-        ("ids.jsonl", "[\"u1\", \"u9\"]\n[\"u2\"]\n[]\n"),
-        ("users.jsonl", "[[\"u1\", \"Ada\"], [\"u2\", \"Bob\"]]\n"),
-    ];
-    let mut trees = Vec::new();
-    let mut dirs = Vec::new();
-    for master in ["local[2]", "local-cluster[2]"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let job = write_job(tmp.path(), &body, &files);
-        ok(&run_on(&job, master, &[]));
-        trees.push(tree(&tmp.path().join("out")));
-        dirs.push(tmp);
-    }
+    let dirs = on_both_masters(&mods, &streams);
+    let trees: Vec<_> = dirs.iter().map(|d| tree(&d.path().join("out"))).collect();
     assert!(!trees[0].is_empty());
     assert_eq!(
         trees[0], trees[1],
@@ -413,15 +395,7 @@ fn the_javascript_sdk_refuses_parameters_its_functions_do_not_declare() {
         ("nums.map(js.double(3))", "map:double takes no parameters", true),
         ("nums.map(js.plus)", "map:plus needs parameters (n)", false),
     ] {
-        let tmp = tempfile::tempdir().unwrap();
-        let body = format!(
-            "[sources.nums]\ntype = \"batches\"\npath = \"nums.jsonl\"\n[streams]\nx = \"{expr}\"\n{}",
-            saved("x")
-        );
-        let job = write_job(tmp.path(), &body, &[("nums.jsonl", NUMS)]);
-        let out = run_on(&job, "local[2]", &[]);
-        let err = text(&out.stderr);
-        assert!(!out.status.success(), "{expr} was accepted:\n{err}");
+        let err = refused_on_local(expr);
         assert!(err.contains(want), "{expr}: expected {want:?} in:\n{err}");
         assert!(!err.contains("panicked"), "{err}");
         if at_load {

@@ -325,6 +325,20 @@ fn normalize(base: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// The 1-based line of byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// A job file error at a span of `text` (the file `path` holds): the
+/// message with the span's line.
+fn span_error<'a>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Fn(Option<std::ops::Range<usize>>, String) -> JobFileError + 'a {
+    move |span, message| JobFileError { file: path.into(), line: span.map(|s| line_at(text, s.start)), message }
+}
+
 /// The `[checkpoint]` bounds a job file sets (the rest default), read
 /// without loading its modules: `weir checkpoint inspect --job` reads a
 /// checkpoint under the bounds its job writes and recovers it under, so a
@@ -337,11 +351,7 @@ pub fn checkpoint_bounds(path: &Path) -> Result<weir_plan::limits::CheckpointBou
         checkpoint: Option<Spanned<CheckpointFile>>,
     }
     let text = read_job_file(path)?;
-    let err = |span: Option<std::ops::Range<usize>>, message: String| JobFileError {
-        file: path.into(),
-        line: span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
-        message,
-    };
+    let err = span_error(path, &text);
     let file: Only = toml::from_str(&text).map_err(|e| err(e.span(), e.message().to_string()))?;
     match &file.checkpoint {
         None => Ok(weir_plan::limits::CheckpointBounds::default()),
@@ -356,12 +366,8 @@ pub fn checkpoint_bounds(path: &Path) -> Result<weir_plan::limits::CheckpointBou
 pub fn load(path: &Path, runtime: std::sync::Arc<UdfRuntime>) -> Result<Job, EngineError> {
     let text = read_job_file(path)?;
     let hash = job_hash(&text);
-    let line_of = |offset: usize| Some(text[..offset.min(text.len())].matches('\n').count() + 1);
-    let err = |span: Option<std::ops::Range<usize>>, message: String| JobFileError {
-        file: path.into(),
-        line: span.and_then(|s| line_of(s.start)),
-        message,
-    };
+    let line_of = |offset: usize| Some(line_at(&text, offset));
+    let err = span_error(path, &text);
     let file: JobFile = toml::from_str(&text).map_err(|e| err(e.span(), e.message().to_string()))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
 
