@@ -447,3 +447,104 @@ fn wal_segment_len(wal_dir: &Path) -> impl Fn() -> u64 + '_ {
             .sum()
     }
 }
+
+/// Whether the newest log segment ends with `line` (the receiver appends in
+/// order, so every line sent before it is logged too). A segment deleted
+/// or growing meanwhile is simply looked at again.
+fn logged_up_to(wal_dir: &Path, line: &str) -> bool {
+    let Some(&last) = wal::segments(wal_dir, 0).last() else { return false };
+    wal::read_from(wal_dir, 0, wal::WalPosition { seq: last, offset: 0 })
+        .is_ok_and(|(lines, _)| lines.last().is_some_and(|l| l == line))
+}
+
+/// A line longer than `max_line_bytes` (cut, or skipped, by policy) among
+/// the lines of a checkpointed stateful job whose driver is SIGKILLed as
+/// soon as its lines are logged, with batches pending and lines not yet in
+/// any batch; the log rolls over to a new segment every 4 KiB (the long
+/// line's record alone is bigger), and segments no checkpoint needs any more
+/// are deleted while it runs. Restarted on the same checkpoint, the job
+/// counts every line that was acknowledged (logged) exactly once, the long
+/// one as its policy made it.
+#[test]
+fn a_long_line_and_a_sigkill_count_every_acknowledged_line_once() {
+    const MAX: usize = 6000;
+    for policy in ["truncate", "skip"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ckpt = tmp.path().join("ckpt");
+        let wal_dir = ckpt.join("wal");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let job = socket_totals_job(port, Some("200ms")).replace(
+            &format!("port = {port}\n"),
+            &format!("port = {port}\nmax_line_bytes = {MAX}\non_long_line = \"{policy}\"\n"),
+        );
+        let job_path = tmp.path().join("job.toml");
+        std::fs::write(&job_path, job).unwrap();
+        let driver = |extra: &[&str]| {
+            Driver::spawn(
+                weir()
+                    .arg("run")
+                    .arg(&job_path)
+                    .args(["--clock", "wall", "--checkpoint"])
+                    .arg(&ckpt)
+                    .args(extra)
+                    .env("WEIR_FAILPOINT_WAL_SEGMENT_BYTES", "4096"),
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let lines = |tag: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{tag} w{} w{} common", i % 7, i % 23)).collect()
+        };
+        // 200 KB of words in one line: cut at MAX bytes (ASCII), or skipped.
+        let long: String = (0..200_000 / 8).map(|i| format!("long{:03} ", i % 500)).collect();
+        let kept_long = match policy {
+            "truncate" => vec![long[..MAX].to_string()],
+            _ => vec![],
+        };
+        let (a1, a2, b) = (lines("a", 300), lines("after", 300), lines("b", 500));
+
+        let mut d1 = driver(&[]);
+        let mut conn = accept(&listener, TIMEOUT);
+        let mut first: Vec<String> = a1.clone();
+        first.push(long.clone());
+        first.extend(a2.iter().cloned());
+        send_lines(&mut conn, &first);
+        let n_first = (a1.len() + kept_long.len() + a2.len()) as u64;
+        wait_records(&mut d1, n_first, deadline);
+        // Batches ran and were checkpointed: the first segments are no
+        // longer needed once a data checkpoint covers them.
+        while wal::segments(&wal_dir, 0).first() == Some(&0) {
+            assert!(Instant::now() < deadline, "segment 0 was never deleted:\n{}", d1.log());
+            d1.wait_for(deadline, "a batch", |l| progress(l).is_some());
+        }
+        // More lines, in five sends (so in at least five appends, about
+        // 2.5 KB each: the log rolls over); killed as soon as the last of
+        // them is logged (some in no batch yet, the batch that took others
+        // maybe not checkpointed).
+        for chunk in b.chunks(100) {
+            send_lines(&mut conn, chunk);
+            while !logged_up_to(&wal_dir, chunk.last().unwrap()) {
+                assert!(Instant::now() < deadline, "the lines never reached the log:\n{}", d1.log());
+                std::thread::yield_now();
+            }
+        }
+        d1.kill();
+        drop(conn);
+        let segments = wal::segments(&wal_dir, 0);
+        assert!(segments.len() >= 4, "{policy}: the log did not roll over: {segments:?}\n{}", d1.log());
+
+        let mut d2 = driver(&["--batches", "5"]);
+        let status = d2.wait_exit(TIMEOUT, "the restarted driver to run 5 batches");
+        let logs = format!("--- {policy}: driver 1\n{}--- driver 2\n{}", d1.log(), d2.log());
+        assert!(status.success(), "{logs}");
+        assert!(d2.log().contains("recovered from checkpoint"), "{logs}");
+        let sent: Vec<String> = a1.iter().chain(&kept_long).chain(&a2).chain(&b).cloned().collect();
+        let outputs = read_outputs(&tmp.path().join("out"), "totals");
+        let (_, newest) = outputs.iter().next_back().unwrap_or_else(|| panic!("no output:\n{logs}"));
+        let want = native_counts(sent.iter().map(|s| s.as_str()));
+        assert_eq!(sum_counts(newest), want, "{logs}");
+        if policy == "truncate" {
+            assert!(want.keys().any(|w| w.starts_with("long")), "the cut line counts");
+        }
+    }
+}

@@ -1171,6 +1171,7 @@ fn inspect_streams(s: &mut String, store: &dyn CheckpointStore, m: &Metadata) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wal::{WalPosition, WalRange};
 
     #[test]
     fn metadata_of_the_version_before_identities_still_decodes() {
@@ -1274,6 +1275,60 @@ mod tests {
             files.iter().filter(|f| stale_metadata(&files, f).is_some()).map(|f| (f.seq, f.epoch)).collect();
         assert_eq!(stale, vec![(2, 1), (3, 1)]);
         assert_eq!((files[0].seq, files[0].epoch), (0, 0));
+    }
+
+    /// A metadata checkpoint with these WAL cursors (source by source) and
+    /// the WAL ranges of one batch's inputs.
+    fn wal_metadata(cursors: &[(u64, u64)], input: &[Vec<WalRange>]) -> Metadata {
+        let rec = |ranges: &Vec<WalRange>| InputRecord {
+            partitions: 1,
+            records: 1,
+            descriptor: InputDescriptor::Wal(ranges.clone()),
+        };
+        Metadata {
+            seq: 0,
+            job_hash: String::new(),
+            job: String::new(),
+            modules: BTreeMap::new(),
+            batch_interval_ms: 100,
+            zero_time: 0,
+            last_completed: None,
+            pending: vec![100],
+            inputs: BTreeMap::from([(100, input.iter().map(rec).collect())]),
+            cursors: cursors.iter().map(|&(seq, offset)| SourceCursor::Wal(WalPosition { seq, offset })).collect(),
+            state: BTreeMap::new(),
+            identity: None,
+        }
+    }
+
+    /// Segments wholly before the oldest position a kept checkpoint names
+    /// (a cursor or a pending batch's range) are deleted, source by source;
+    /// the rest stay.
+    #[test]
+    fn wal_segments_before_every_kept_checkpoint_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_root = wal_dir(dir.path());
+        for source in 0..2 {
+            let mut w = wal::WalWriter::with_segment_bytes(&wal_root, source, 1).unwrap();
+            for i in 0..6 {
+                w.append(&[format!("line {i}")]).unwrap();
+            }
+        }
+        let store = LocalDir::new(dir.path());
+        let r = |seq| WalRange { seq, start: 0, end: 14 };
+        let older = wal_metadata(&[(3, 0), (1, 14)], &[vec![r(2)], vec![r(0), r(1)]]);
+        let newer = wal_metadata(&[(4, 14), (2, 0)], &[vec![r(3), r(4)], vec![r(2)]]);
+        let mut kept = VecDeque::from([older, newer]);
+        collect_garbage(&store, Some(&wal_root), &kept, 2);
+        assert_eq!(wal::segments(&wal_root, 0), vec![2, 3, 4, 5], "source 0: the older batch's range is in 2");
+        assert_eq!(wal::segments(&wal_root, 1), (0..6).collect::<Vec<_>>(), "source 1: a range in 0");
+        kept.pop_front();
+        collect_garbage(&store, Some(&wal_root), &kept, 1);
+        assert_eq!(wal::segments(&wal_root, 0), vec![3, 4, 5]);
+        assert_eq!(wal::segments(&wal_root, 1), vec![2, 3, 4, 5]);
+        // What is left reads on from the oldest cursor.
+        let (lines, _) = wal::read_from(&wal_root, 1, WalPosition { seq: 2, offset: 0 }).unwrap();
+        assert_eq!(lines, ["line 2", "line 3", "line 4", "line 5"]);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub enum SourceError {
     Parse { path: PathBuf, line: usize, what: String },
     #[error("cannot re-read the input of a batch: {0}")]
     Replay(String),
+    /// A receiver's write-ahead log could not be read (a segment or a range
+    /// of it, named).
+    #[error("{0}")]
+    Wal(#[from] crate::checkpoint::wal::WalError),
     /// A Kafka source failed (a missing topic, an unreachable broker past its
     /// timeout, offsets out of range, an undecodable record).
     #[error("{0}")]

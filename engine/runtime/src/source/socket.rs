@@ -142,7 +142,8 @@ pub(super) struct SocketSource {
     wal: Option<(PathBuf, u32)>,
     /// Everything before this has been given to a batch.
     allocated: Option<WalPosition>,
-    /// The log segment this run writes.
+    /// The first log segment this run writes (later ones, rolled over to,
+    /// are numbered above it).
     segment: Option<u64>,
     /// The rate limit the receiver reads at (set by the driver).
     rate: SharedRate,
@@ -604,10 +605,7 @@ impl Source for SocketSource {
             (InputDescriptor::Wal(ranges), Some((dir, source))) => {
                 let mut lines = Vec::new();
                 for r in ranges {
-                    lines.extend(
-                        wal::read_range(dir, *source, r)
-                            .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?,
-                    );
+                    lines.extend(wal::read_range(dir, *source, r)?);
                 }
                 Ok(lines_batch(lines.iter().map(|s| s.as_str())))
             }
@@ -626,10 +624,10 @@ impl Source for SocketSource {
         let (SourceCursor::Wal(from), Some((dir, source))) = (c, &self.wal) else { return Ok(()) };
         // Received before the crash but not yet in a batch: the next batch takes it.
         // Only earlier runs' segments: what this run's receiver has already
-        // logged in its own segment is in the buffer.
+        // logged in its own segments (this run's first one, and those it
+        // rolled over to) is in the buffer.
         let before = self.segment.unwrap_or(u64::MAX);
-        let (lines, ranges) = wal::read_from_before(dir, *source, *from, before)
-            .map_err(|e| SourceError::Io { path: dir.clone(), source: e })?;
+        let (lines, ranges) = wal::read_from_before(dir, *source, *from, before)?;
         // Until the next batch takes them, those lines are still untaken:
         // a checkpoint written before then (the re-runs of pending batches)
         // must resume here, not at this run's new segment.
