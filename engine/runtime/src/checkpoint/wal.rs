@@ -66,15 +66,6 @@ pub enum WalError {
     BeyondSegment { path: PathBuf, start: u64, end: u64, len: u64 },
 }
 
-impl WalError {
-    /// The segment it is about.
-    pub fn path(&self) -> &Path {
-        match self {
-            WalError::Io { path, .. } | WalError::BadRange { path, .. } | WalError::BeyondSegment { path, .. } => path,
-        }
-    }
-}
-
 pub fn segment_path(dir: &Path, source: u32, seq: u64) -> PathBuf {
     dir.join(format!("{source}-{seq:010}.log"))
 }
