@@ -501,7 +501,7 @@ fn a_long_line_and_a_sigkill_count_every_acknowledged_line_once() {
             "truncate" => vec![long[..MAX].to_string()],
             _ => vec![],
         };
-        let (a1, a2, b) = (lines("a", 300), lines("after", 300), lines("b", 500));
+        let (a1, a2, b, c) = (lines("a", 300), lines("after", 300), lines("b", 300), lines("c", 300));
 
         let mut d1 = driver(&[]);
         let mut conn = accept(&listener, TIMEOUT);
@@ -511,34 +511,43 @@ fn a_long_line_and_a_sigkill_count_every_acknowledged_line_once() {
         send_lines(&mut conn, &first);
         let n_first = (a1.len() + kept_long.len() + a2.len()) as u64;
         wait_records(&mut d1, n_first, deadline);
-        // Batches ran and were checkpointed: the first segments are no
-        // longer needed once a data checkpoint covers them.
+        // Sends of 100 lines (about 2.5 KB: each goes to a new segment),
+        // each logged before the next is sent.
+        let send_logged = |conn: &mut TcpStream, lines: &[String], d: &Driver| {
+            for chunk in lines.chunks(100) {
+                send_lines(conn, chunk);
+                while !logged_up_to(&wal_dir, chunk.last().unwrap()) {
+                    assert!(Instant::now() < deadline, "the lines never reached the log:\n{}", d.log());
+                    std::thread::yield_now();
+                }
+            }
+        };
+        send_logged(&mut conn, &b, &d1);
+        wait_records(&mut d1, b.len() as u64, deadline);
+        // Batches took everything in segment 0 and a data checkpoint covers
+        // them: once the kept checkpoints no longer name it, it is deleted.
         while wal::segments(&wal_dir, 0).first() == Some(&0) {
             assert!(Instant::now() < deadline, "segment 0 was never deleted:\n{}", d1.log());
             d1.wait_for(deadline, "a batch", |l| progress(l).is_some());
         }
-        // More lines, in five sends (so in at least five appends, about
-        // 2.5 KB each: the log rolls over); killed as soon as the last of
-        // them is logged (some in no batch yet, the batch that took others
-        // maybe not checkpointed).
-        for chunk in b.chunks(100) {
-            send_lines(&mut conn, chunk);
-            while !logged_up_to(&wal_dir, chunk.last().unwrap()) {
-                assert!(Instant::now() < deadline, "the lines never reached the log:\n{}", d1.log());
-                std::thread::yield_now();
-            }
-        }
+        // Killed as soon as the last line is logged: some lines in no batch
+        // yet, the batch that took others maybe not checkpointed.
+        send_logged(&mut conn, &c, &d1);
         d1.kill();
         drop(conn);
         let segments = wal::segments(&wal_dir, 0);
-        assert!(segments.len() >= 4, "{policy}: the log did not roll over: {segments:?}\n{}", d1.log());
+        assert!(
+            segments.last().is_some_and(|s| *s >= 6),
+            "{policy}: the log did not roll over: {segments:?}\n{}",
+            d1.log()
+        );
 
         let mut d2 = driver(&["--batches", "5"]);
         let status = d2.wait_exit(TIMEOUT, "the restarted driver to run 5 batches");
         let logs = format!("--- {policy}: driver 1\n{}--- driver 2\n{}", d1.log(), d2.log());
         assert!(status.success(), "{logs}");
         assert!(d2.log().contains("recovered from checkpoint"), "{logs}");
-        let sent: Vec<String> = a1.iter().chain(&kept_long).chain(&a2).chain(&b).cloned().collect();
+        let sent: Vec<String> = a1.iter().chain(&kept_long).chain(&a2).chain(&b).chain(&c).cloned().collect();
         let outputs = read_outputs(&tmp.path().join("out"), "totals");
         let (_, newest) = outputs.iter().next_back().unwrap_or_else(|| panic!("no output:\n{logs}"));
         let want = native_counts(sent.iter().map(|s| s.as_str()));
