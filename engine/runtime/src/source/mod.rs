@@ -59,7 +59,7 @@ pub enum SourceError {
     Replay(String),
     /// A receiver's write-ahead log could not be read (a segment or a range
     /// of it, named).
-    #[error("{0}")]
+    #[error(transparent)]
     Wal(#[from] crate::checkpoint::wal::WalError),
     /// A Kafka source failed (a missing topic, an unreachable broker past its
     /// timeout, offsets out of range, an undecodable record).
