@@ -88,8 +88,8 @@ fn serve_flags() -> Vec<String> {
         .collect()
 }
 
-/// The one workload that runs `weir serve` (its first argument is `serve`),
-/// and the one that runs `weir executor`, if any.
+/// The workloads (StatefulSets, Deployments) whose container runs `weir
+/// COMMAND` (its first argument is `command`).
 fn workload<'a>(docs: &'a [(String, Value)], command: &str) -> Vec<&'a Value> {
     docs.iter()
         .map(|(_, v)| v)
