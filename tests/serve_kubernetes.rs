@@ -94,7 +94,9 @@ fn workload<'a>(docs: &'a [(String, Value)], command: &str) -> Vec<&'a Value> {
     docs.iter()
         .map(|(_, v)| v)
         .filter(|v| v["kind"] == "StatefulSet" || v["kind"] == "Deployment")
-        .filter(|w| str_list(&w["spec"]["template"]["spec"]["containers"][0]["args"]).first().is_some_and(|a| a == command))
+        .filter(|w| {
+            str_list(&w["spec"]["template"]["spec"]["containers"][0]["args"]).first().is_some_and(|a| a == command)
+        })
         .collect()
 }
 
@@ -157,8 +159,7 @@ fn serve_config(docs: &[(String, Value)], server: &Value) -> weir_serve::Config 
         .find(|v| v["name"] == m["name"])
         .and_then(|v| v["configMap"]["name"].as_str())
         .expect("a ConfigMap");
-    let cm =
-        named(docs, "ConfigMap", cm_name).unwrap_or_else(|| panic!("ConfigMap {cm_name} is not in the manifests"));
+    let cm = named(docs, "ConfigMap", cm_name).unwrap_or_else(|| panic!("ConfigMap {cm_name} is not in the manifests"));
     let toml = cm["data"][key.to_str().unwrap()].as_str().unwrap_or_else(|| panic!("{cm_name} has no key {key:?}"));
     weir_serve::Config::parse(&config_path, toml).unwrap_or_else(|e| panic!("{cm_name}'s serve.toml: {e}"))
 }
@@ -335,7 +336,8 @@ fn serve_kubernetes_executors_join_the_server() {
     let env = c["env"].as_array().cloned().unwrap_or_default();
     let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
     if let Some(cache) = env.iter().find(|e| e["name"] == "WEIR_CACHE_DIR").and_then(|e| e["value"].as_str()) {
-        let (m, _) = mount_of(&mounts, Path::new(cache)).unwrap_or_else(|| panic!("WEIR_CACHE_DIR {cache} is on no volume"));
+        let (m, _) =
+            mount_of(&mounts, Path::new(cache)).unwrap_or_else(|| panic!("WEIR_CACHE_DIR {cache} is on no volume"));
         assert!(m["readOnly"] != true, "WEIR_CACHE_DIR {cache} is mounted read-only");
     }
 }

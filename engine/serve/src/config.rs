@@ -351,7 +351,9 @@ impl Config {
         if locality_wait_ms > MAX_LOCALITY_WAIT_MS {
             return Err(err(
                 "locality_wait_ms",
-                format!("locality_wait_ms must be between 0 (no wait) and {MAX_LOCALITY_WAIT_MS}, not {locality_wait_ms}"),
+                format!(
+                    "locality_wait_ms must be between 0 (no wait) and {MAX_LOCALITY_WAIT_MS}, not {locality_wait_ms}"
+                ),
             ));
         }
         match master.parse::<weir::scheduler::Master>() {
@@ -596,7 +598,8 @@ mod tests {
         assert_eq!(c.locality_wait_ms, MAX_LOCALITY_WAIT_MS);
         let e = parse(&format!("{cluster}locality_wait_ms = 60001\n")).unwrap_err().to_string();
         assert!(
-            e.contains("serve.toml:4:") && e.contains("locality_wait_ms must be between 0 (no wait) and 60000, not 60001"),
+            e.contains("serve.toml:4:")
+                && e.contains("locality_wait_ms must be between 0 (no wait) and 60000, not 60001"),
             "{e}"
         );
         let e = parse(&format!("{cluster}locality_wait_ms = -1\n")).unwrap_err().to_string();
