@@ -367,7 +367,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run_job(args, cli.quiet),
         Command::Executor(a) => {
             let secret = weir::cluster::secret_from(a.secret_file.as_deref())
-                .context("reading the cluster secret")?
+                .with_context(|| secret_what(a.secret_file.as_deref()))?
                 .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
             let opts = weir::cluster::executor::ExecutorOptions {
                 cores: a.cores,
@@ -393,6 +393,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => crate::serve::status(&a),
         Command::Stop { job, now } => crate::serve::stop(&job, now),
         Command::Logs { job, follow } => crate::serve::logs(&job, follow),
+    }
+}
+
+/// What reading the cluster secret was, for its error: the file it names
+/// (a missing one's error says only "No such file or directory").
+fn secret_what(file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(f) => format!("reading the cluster secret from {}", f.display()),
+        None => "reading the cluster secret (WEIR_SECRET)".into(),
     }
 }
 
@@ -533,7 +542,8 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     }
     let mut cluster = ClusterOptions::default();
     cluster.listen = args.listen.clone();
-    cluster.secret = weir::cluster::secret_from(args.secret_file.as_deref()).context("reading the cluster secret")?;
+    cluster.secret = weir::cluster::secret_from(args.secret_file.as_deref())
+        .with_context(|| secret_what(args.secret_file.as_deref()))?;
     cluster.heartbeat_timeout = std::time::Duration::from_millis(args.heartbeat_timeout_ms);
     cluster.no_executor_timeout = std::time::Duration::from_millis(args.no_executor_timeout_ms);
     // Executors are this very program, whatever it is called.

@@ -31,6 +31,12 @@ pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 /// Default UDF memory of a tenant's live jobs together: 1 GiB (sixteen
 /// instances at the default ceiling).
 pub const DEFAULT_MEMORY_QUOTA_BYTES: u64 = 1 << 30;
+/// Default `locality_wait_ms`: the runtime's (Spark's `spark.locality.wait`, 3 s).
+pub const DEFAULT_LOCALITY_WAIT_MS: u64 = 3_000;
+/// Largest `locality_wait_ms`: a minute (a task held up longer than that
+/// for one busy executor is no longer a locality question; the no-executor
+/// timeout is a minute too).
+pub const MAX_LOCALITY_WAIT_MS: u64 = 60_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +51,8 @@ struct ConfigFile {
     cluster_listen: Option<String>,
     #[serde(default)]
     cluster_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    locality_wait_ms: Option<u64>,
     #[serde(default)]
     tls_cert: Option<PathBuf>,
     #[serde(default)]
@@ -153,6 +161,10 @@ pub struct Config {
     /// The cluster secret's file (absolute): executors prove they know it.
     /// Needed for `cluster[N]`; `local-cluster[N]` generates one without it.
     pub cluster_secret_file: Option<PathBuf>,
+    /// How long a task waits for its job's preferred executor while other
+    /// jobs' tasks fill it, before it runs on any executor (ms; 0: it does
+    /// not wait). Executor processes only (`weir::cluster::ClusterConfig::locality_wait`).
+    pub locality_wait_ms: u64,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     admin_token_sha256: Option<[u8; 32]>,
@@ -335,12 +347,27 @@ impl Config {
         }
         let master = f.master.unwrap_or_else(|| "local[2]".into());
         let cluster_secret_file = f.cluster_secret_file.map(|p| base.join(p));
+        let locality_wait_ms = f.locality_wait_ms.unwrap_or(DEFAULT_LOCALITY_WAIT_MS);
+        if locality_wait_ms > MAX_LOCALITY_WAIT_MS {
+            return Err(err(
+                "locality_wait_ms",
+                format!(
+                    "locality_wait_ms must be between 0 (no wait) and {MAX_LOCALITY_WAIT_MS}, not {locality_wait_ms}"
+                ),
+            ));
+        }
         match master.parse::<weir::scheduler::Master>() {
             Ok(weir::scheduler::Master::Local(_)) => {
                 if f.cluster_listen.is_some() || cluster_secret_file.is_some() {
                     return Err(err(
                         "cluster_",
                         format!("cluster_listen and cluster_secret_file need executor processes: master {master:?} runs threads"),
+                    ));
+                }
+                if f.locality_wait_ms.is_some() {
+                    return Err(err(
+                        "locality_wait_ms",
+                        format!("locality_wait_ms needs executor processes: master {master:?} runs threads, which share one block store and prefer none"),
                     ));
                 }
             }
@@ -362,6 +389,7 @@ impl Config {
             master,
             cluster_listen: f.cluster_listen,
             cluster_secret_file,
+            locality_wait_ms,
             tls_cert: f.tls_cert.map(|p| base.join(p)),
             tls_key: f.tls_key.map(|p| base.join(p)),
             admin_token_sha256,
@@ -469,6 +497,7 @@ impl ConfigWatch {
                 c.master = w.config.master.clone();
                 c.cluster_listen = w.config.cluster_listen.clone();
                 c.cluster_secret_file = w.config.cluster_secret_file.clone();
+                c.locality_wait_ms = w.config.locality_wait_ms;
                 c.tls_cert = w.config.tls_cert.clone();
                 c.tls_key = w.config.tls_key.clone();
                 // The cache bound follows the file (from the next write on;
@@ -555,6 +584,28 @@ mod tests {
         assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
         assert!(e.to_string().contains("names are"), "{e}");
+    }
+
+    #[test]
+    fn the_locality_wait_is_a_bounded_key_of_executor_processes() {
+        let cluster = "master = \"cluster[2]\"\ncluster_listen = \"0.0.0.0:7078\"\ncluster_secret_file = \"s\"\n";
+        assert_eq!(parse(cluster).unwrap().locality_wait_ms, DEFAULT_LOCALITY_WAIT_MS);
+        assert_eq!(parse("").unwrap().locality_wait_ms, 3000, "the default, whatever the master");
+        let c = parse(&format!("{cluster}locality_wait_ms = 250\n")).unwrap();
+        assert_eq!(c.locality_wait_ms, 250);
+        assert_eq!(parse(&format!("{cluster}locality_wait_ms = 0\n")).unwrap().locality_wait_ms, 0, "0: no wait");
+        let c = parse("master = \"local-cluster[2]\"\nlocality_wait_ms = 60000\n").unwrap();
+        assert_eq!(c.locality_wait_ms, MAX_LOCALITY_WAIT_MS);
+        let e = parse(&format!("{cluster}locality_wait_ms = 60001\n")).unwrap_err().to_string();
+        assert!(
+            e.contains("serve.toml:4:")
+                && e.contains("locality_wait_ms must be between 0 (no wait) and 60000, not 60001"),
+            "{e}"
+        );
+        let e = parse(&format!("{cluster}locality_wait_ms = -1\n")).unwrap_err().to_string();
+        assert!(e.contains("serve.toml:4:"), "a negative wait is refused at its line: {e}");
+        let e = parse("master = \"local[2]\"\nlocality_wait_ms = 100\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:2:") && e.contains("locality_wait_ms needs executor processes"), "{e}");
     }
 
     #[test]

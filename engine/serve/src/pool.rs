@@ -200,8 +200,16 @@ fn start_cluster(config: &Config, local: u32, cores: u32) -> Result<SharedCluste
             .map_err(|e| ServeError::Io(format!("cluster_secret_file {}: {e}", f.display())))?,
         None => None,
     };
+    SharedCluster::start(&cluster_config(config, local, cores, secret))
+        .map_err(|e| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master)))
+}
+
+/// The runtime's cluster configuration from `serve.toml`: where executors
+/// join, their secret, and the locality wait (`locality_wait_ms`); the
+/// timeouts are `weir run`'s defaults.
+fn cluster_config(config: &Config, local: u32, cores: u32, secret: Option<Vec<u8>>) -> ClusterConfig {
     let defaults = ClusterOptions::default();
-    let cfg = ClusterConfig {
+    ClusterConfig {
         local_executors: local,
         cores,
         listen: config.cluster_listen.clone(),
@@ -211,8 +219,37 @@ fn start_cluster(config: &Config, local: u32, cores: u32) -> Result<SharedCluste
         no_executor_timeout: defaults.no_executor_timeout,
         executor_binary: defaults.executor_binary,
         listeners: Default::default(),
-        locality_wait: weir::cluster::DEFAULT_LOCALITY_WAIT,
-    };
-    SharedCluster::start(&cfg)
-        .map_err(|e| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master)))
+        locality_wait: std::time::Duration::from_millis(config.locality_wait_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            "master = \"cluster[2]\"\ncluster_listen = \"0.0.0.0:7078\"\ncluster_secret_file = \"secret\"\n{extra}"
+        );
+        Config::parse(Path::new("/etc/weir/serve.toml"), &text).unwrap()
+    }
+
+    /// `locality_wait_ms` is what the shared cluster's scheduler waits
+    /// (`ClusterConfig::locality_wait`, which the runtime's unit test
+    /// `a_busy_preferred_executor_holds_up_no_other_task_and_is_waited_for_a_bounded_time`
+    /// shows it honours), and its default is the runtime's.
+    #[test]
+    fn locality_wait_ms_reaches_the_cluster_config() {
+        let cfg = cluster_config(&config("locality_wait_ms = 250\n"), 0, 1, Some(b"s".to_vec()));
+        assert_eq!(cfg.locality_wait, Duration::from_millis(250));
+        assert_eq!(cfg.listen.as_deref(), Some("0.0.0.0:7078"));
+        assert_eq!((cfg.local_executors, cfg.wait_for), (0, 0));
+        let cfg = cluster_config(&config("locality_wait_ms = 0\n"), 0, 1, None);
+        assert_eq!(cfg.locality_wait, Duration::ZERO, "0: no wait");
+        let cfg = cluster_config(&config(""), 2, 3, None);
+        assert_eq!(cfg.locality_wait, weir::cluster::DEFAULT_LOCALITY_WAIT);
+        assert_eq!((cfg.local_executors, cfg.cores), (2, 3));
+    }
 }

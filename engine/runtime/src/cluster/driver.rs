@@ -222,6 +222,12 @@ struct Conn {
     heartbeats: u64,
     last_heartbeat: Option<Instant>,
     udf_memory: Option<(u64, u64)>,
+    /// When the driver listens on an unspecified address (`0.0.0.0:P`,
+    /// `[::]:P`, as in a container), its block server's address names no
+    /// host another machine can reach: (that address, the one this
+    /// executor reached the driver on with the block server's port). Its
+    /// tasks' block locations are rewritten from the first to the second.
+    driver_blocks: Option<(String, String)>,
 }
 
 /// A job running on the driver's executors.
@@ -405,7 +411,14 @@ impl Conn {
             rdds: BTreeMap::new(),
             partition: task.partition,
             kind: task.kind.clone(),
-            locations: task.locations.clone(),
+            locations: match &self.driver_blocks {
+                Some((own, reached)) => task
+                    .locations
+                    .iter()
+                    .map(|(b, a)| (*b, if a == own { reached.clone() } else { a.clone() }))
+                    .collect(),
+                None => task.locations.clone(),
+            },
         };
         self.send(ToExecutor::Run { job, stage, task: Box::new(bare) })
     }
@@ -897,6 +910,21 @@ fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>
     }
 }
 
+/// When the driver's block server is on an unspecified address (its
+/// executor port listens on `0.0.0.0` or `[::]`): that address, and the one
+/// an executor whose connection arrived at `local` reaches it on (the
+/// interface it connected to, with the block server's port; an IPv4 peer
+/// of an IPv6 socket gets the IPv4 address). `None` when the address is
+/// one every executor can use as it is.
+fn reachable_block_addr(own: &str, local: Option<std::net::SocketAddr>) -> Option<(String, String)> {
+    let own_addr: std::net::SocketAddr = own.parse().ok()?;
+    if !own_addr.ip().is_unspecified() {
+        return None;
+    }
+    let ip = local?.ip().to_canonical();
+    Some((own.to_string(), std::net::SocketAddr::new(ip, own_addr.port()).to_string()))
+}
+
 /// Adds an authenticated executor, with its writer thread, and hands it
 /// work. False when it could not be set up (the connection is closed).
 fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32, block_addr: &str, pid: u32) -> bool {
@@ -929,6 +957,7 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
                 heartbeats: 0,
                 last_heartbeat: None,
                 udf_memory: None,
+                driver_blocks: reachable_block_addr(&shared.block_addr, conn.local_addr().ok()),
             },
         );
         tracing::info!("executor {id} (pid {pid}, blocks at {block_addr}) joined with {slots} slot(s)");
@@ -1970,5 +1999,70 @@ mod tests {
         answer_x.send(()).unwrap();
         assert_eq!(x.recv_timeout(soon).unwrap(), (a, 3));
         drop((ja, jb));
+    }
+
+    /// The driver's block address on an unspecified listen address is the
+    /// one an executor reached it on; a specific one is left alone.
+    #[test]
+    fn an_unspecified_block_address_becomes_the_interface_the_executor_reached() {
+        let at = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            reachable_block_addr("0.0.0.0:4100", at("10.1.2.3:7078")),
+            Some(("0.0.0.0:4100".into(), "10.1.2.3:4100".into()))
+        );
+        assert_eq!(
+            reachable_block_addr("[::]:4100", at("[::ffff:10.1.2.3]:7078")),
+            Some(("[::]:4100".into(), "10.1.2.3:4100".into())),
+            "an IPv4 executor of a dual-stack driver gets the IPv4 address"
+        );
+        assert_eq!(
+            reachable_block_addr("[::]:4100", at("[fd00::5]:7078")),
+            Some(("[::]:4100".into(), "[fd00::5]:4100".into()))
+        );
+        assert_eq!(reachable_block_addr("10.1.2.3:4100", at("10.1.2.3:7078")), None);
+        assert_eq!(reachable_block_addr("0.0.0.0:4100", None), None);
+    }
+
+    /// A driver listening on 0.0.0.0 (a pod's `cluster_listen`) binds its
+    /// block server there too: the tasks it sends an executor locate the
+    /// driver's input blocks at the address that executor reached it on
+    /// (where the block server answers), not at 0.0.0.0, which names the
+    /// executor's own host; other executors' locations are left alone.
+    #[test]
+    fn tasks_locate_the_drivers_blocks_where_the_executor_reached_it() {
+        let port = free_addr().rsplit(':').next().unwrap().to_string();
+        let secret = b"unit-test-secret".to_vec();
+        let cluster =
+            SharedCluster::start(&shared_config(&format!("0.0.0.0:{port}"), &secret, DEFAULT_LOCALITY_WAIT)).unwrap();
+        let own = cluster.shared.block_addr.clone();
+        assert!(own.starts_with("0.0.0.0:"), "{own}");
+        let block_port = own.rsplit(':').next().unwrap().to_string();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (a, sec) = (format!("127.0.0.1:{port}"), secret.clone());
+        std::thread::spawn(move || {
+            let (mut conn, _) = join_driver(&a, &sec, 1);
+            loop {
+                match protocol::read_frame::<ToExecutor>(&mut conn) {
+                    Ok(ToExecutor::Run { task, .. }) => {
+                        let _ = seen_tx.send(task.locations.clone());
+                    }
+                    Ok(ToExecutor::Shutdown) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        await_executors(&cluster, 1);
+        let registry = Arc::new(ModuleRegistry::new(UdfRuntime::shared().unwrap(), Default::default()));
+        let (job, _results) = cluster.tenant("a").executors(registry, BlockStore::new()).unwrap();
+        let block = |p: u32| crate::rdd::BlockId::Rdd { rdd: RddId { time: 1000, node: 1 }, partition: p };
+        let mut t = task(1, &lineage(1000, 10));
+        t.locations = vec![(block(0), own.clone()), (block(1), "10.9.8.7:4100".into())];
+        job.submit(t);
+        let locations = seen_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let reached = format!("127.0.0.1:{block_port}");
+        assert_eq!(locations, vec![(block(0), reached.clone()), (block(1), "10.9.8.7:4100".into())]);
+        // The driver's block server answers there.
+        TcpStream::connect(&reached).unwrap();
+        drop(job);
     }
 }
