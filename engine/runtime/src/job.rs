@@ -1525,6 +1525,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "kafka")]
     fn a_password_file_resolves_under_the_job_file_and_its_contents_are_not_in_the_job_hash() {
         let dir = tempfile::tempdir().unwrap();
         let jobs = dir.path().join("jobs");

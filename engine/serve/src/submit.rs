@@ -4,6 +4,9 @@
 //! `[limits]` stay under the tenant's ceilings (a job asking for more is
 //! refused, naming the ceiling; one asking for nothing gets the engine's
 //! default capped by the ceiling), network sources reach only allowed hosts.
+//! Kafka secrets stay out of the server's state: a SASL password comes
+//! from a `password_file` inside the tenant's root (an inline `password`
+//! only where the operator allows it, `password_env` never).
 //!
 //! The rewrite edits the TOML document in place (`toml_edit`), so the lines
 //! of the loader's errors are the lines of the file the tenant submitted.
