@@ -382,10 +382,9 @@ fn serve_confines_kafka_password_files_to_the_root_and_keeps_inline_passwords_ou
 
     // The operator allows inline passwords (serve.toml is re-read): the job
     // file then holds the password, readable by the server's user only.
-    let allowed = std::fs::read_to_string(&config).unwrap().replace(
-        "read_timeout_ms = 1000\n",
-        "read_timeout_ms = 1000\nallow_inline_kafka_passwords = true\n",
-    );
+    let allowed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("read_timeout_ms = 1000\n", "read_timeout_ms = 1000\nallow_inline_kafka_passwords = true\n");
     std::fs::write(&config, allowed).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let id = loop {

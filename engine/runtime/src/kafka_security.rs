@@ -238,7 +238,10 @@ mod tests {
         // Oversized: refused before it is read, naming the file and the limit.
         std::fs::write(&f, vec![b'a'; MAX_PASSWORD_FILE_BYTES as usize + 1]).unwrap();
         let e = load_sasl(&s, dir.path()).unwrap_err();
-        assert!(e.contains("sasl.password_file") && e.contains("kafka.pw") && e.contains("over the limit of 65536"), "{e}");
+        assert!(
+            e.contains("sasl.password_file") && e.contains("kafka.pw") && e.contains("over the limit of 65536"),
+            "{e}"
+        );
         // A device is not read for ever; empty and non-UTF-8 files are refused.
         let e = load_sasl(&sasl(None, None, Some("/dev/zero")), dir.path()).unwrap_err();
         assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");

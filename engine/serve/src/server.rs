@@ -268,8 +268,7 @@ impl Server {
         }
         let id = lock(&self.registry).next_id(&t.name);
         let dir = root.join("jobs").join(&id);
-        let policy =
-            submit::ServerPolicy { allow_inline_kafka_passwords: self.config().allow_inline_kafka_passwords };
+        let policy = submit::ServerPolicy { allow_inline_kafka_passwords: self.config().allow_inline_kafka_passwords };
         let prepared = match submit::prepare(&t, policy, &root, &dir, &sub.job, &sub.modules, &self.store) {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(tenant, "policy", e)),

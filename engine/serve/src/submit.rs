@@ -549,8 +549,9 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("sources.lines.sasl.password:") && msg.contains("`password_file`"), "{msg}");
         assert!(!msg.contains("\"p\""), "the refusal does not echo the password: {msg}");
-        let e = prep(&f, &t, &job(DIR, &sink("sasl = { mechanism = \"PLAIN\", username = \"u\", password = \"p\" }"), ""))
-            .unwrap_err();
+        let e =
+            prep(&f, &t, &job(DIR, &sink("sasl = { mechanism = \"PLAIN\", username = \"u\", password = \"p\" }"), ""))
+                .unwrap_err();
         assert!(e.to_string().contains("outputs[0].sasl.password:"), "{e}");
         // ...and accepted where the operator allows it.
         let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
@@ -577,7 +578,11 @@ mod tests {
             let e = prep(
                 &f,
                 &t,
-                &job(DIR, &sink(&format!("sasl = {{ mechanism = \"PLAIN\", username = \"u\", password_file = \"{bad}\" }}")), ""),
+                &job(
+                    DIR,
+                    &sink(&format!("sasl = {{ mechanism = \"PLAIN\", username = \"u\", password_file = \"{bad}\" }}")),
+                    "",
+                ),
             )
             .unwrap_err();
             assert!(matches!(e, ServeError::Refused(_)), "{bad}: {e}");
