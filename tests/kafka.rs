@@ -922,7 +922,13 @@ fn kafka_tls_and_sasl_settings_are_checked_at_start_naming_the_field_and_path() 
         (
             "two passwords",
             "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"\npassword_env = \"HOME\"".into(),
-            "kafka sasl: give exactly one of password and password_env".into(),
+            "kafka sasl: give exactly one of password, password_env and password_file (given: password and password_env)"
+                .into(),
+        ),
+        (
+            "password file missing",
+            "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = \"missing.pw\"".into(),
+            format!("kafka sasl.password_file {}: No such file", tmp.path().join("missing.pw").display()),
         ),
         (
             "unknown mechanism",

@@ -1,11 +1,13 @@
 //! A Kafka SASL password is a secret: it reaches the broker and nothing
 //! else. A job authenticates (SASL PLAIN) with an inline `password` on its
-//! source and a `password_env` on its Kafka output, runs batches with a
-//! checkpoint, an event log, `--progress json`, the status page and every
-//! log level on; then no file under the checkpoint directory, the event
-//! log, the outputs, the stderr log or any page of the status page holds
-//! either password (nor its hex or base64 forms), while the broker was
-//! sent both.
+//! source, a `password_env` on one Kafka output and a `password_file` on
+//! another, runs batches with a checkpoint, an event log, `--progress
+//! json`, the status page and every log level on; then no file under the
+//! checkpoint directory, the event log, the outputs, the stderr log or any
+//! page of the status page holds any password (nor its hex or base64
+//! forms), while the broker was sent each. The password file is rotated
+//! before the recovery: the job is the same job (its hash covers the path,
+//! not the contents) and the new password is the one sent.
 //!
 //! Tansu 0.6 does not complete SASL for a client without its own user
 //! store set up, so the test puts a small proxy in front of it: the
@@ -178,13 +180,23 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
     let seen = sasl_proxy(proxy, ([127, 0, 0, 1], broker.port).into());
     broker.create("in", 2);
     broker.create("out", 1);
+    broker.create("out-file", 1);
     let input = crate::kafka::lines(7, 40);
     broker.produce("in", &input);
 
     // Distinct, unlikely strings: any occurrence is a leak.
     let inline = "Inl1ne-S3cret-9f2c7a";
     let from_env = "Env-S3cret-41d8b0e6";
+    let from_file = "F1le-S3cret-7be2c015";
+    let rotated = "R0tated-F1le-S3cret-c3a9";
     let tmp = tempfile::tempdir().unwrap();
+    // Relative to the job file's folder (the runs' working directory is
+    // another one); a trailing newline, as `echo` leaves, is not part of it.
+    std::fs::create_dir(tmp.path().join("secrets")).unwrap();
+    let pw_file = tmp.path().join("secrets/kafka.pw");
+    std::fs::write(&pw_file, format!("{from_file}\n")).unwrap();
+    let cwd = tmp.path().join("elsewhere");
+    std::fs::create_dir(&cwd).unwrap();
     let proxied = format!("127.0.0.1:{proxy_port}");
     let job = tmp.path().join("secret.toml");
     std::fs::write(
@@ -198,7 +210,9 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
              counts = \"pairs.reduce_by_key(wordcount.sum)\"\n\
              [[outputs]]\nstream = \"counts\"\ntype = \"save_as_text_files\"\nprefix = \"out/counts\"\n\
              [[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{proxied}\"\ntopic = \"out\"\n\
-             sasl = {{ mechanism = \"PLAIN\", username = \"weir-out\", password_env = \"WEIR_TEST_KAFKA_PW\" }}\n",
+             sasl = {{ mechanism = \"PLAIN\", username = \"weir-out\", password_env = \"WEIR_TEST_KAFKA_PW\" }}\n\
+             [[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{proxied}\"\ntopic = \"out-file\"\n\
+             sasl = {{ mechanism = \"PLAIN\", username = \"weir-file\", password_file = \"secrets/kafka.pw\" }}\n",
             module("wordcount.wasm").display()
         ),
     )
@@ -207,7 +221,7 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
     let events = tmp.path().join("events");
     let run = |batches: &str| {
         let mut cmd = weir();
-        cmd.current_dir(tmp.path())
+        cmd.current_dir(&cwd)
             .env("WEIR_TEST_KAFKA_PW", from_env)
             .env("WEIR_LOG", "trace")
             .arg("run")
@@ -247,7 +261,9 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
     let log1 = d.log();
     assert!(status.success(), "{log1}");
     // A second run recovers from the checkpoint (the password is taken from
-    // the job file again, not from anywhere the first run wrote).
+    // the job file again, not from anywhere the first run wrote), with the
+    // password file rotated meanwhile: the same job, the new password.
+    std::fs::write(&pw_file, format!("{rotated}\n")).unwrap();
     let mut d = run("6");
     let status = d.wait_exit(Duration::from_secs(90), "the recovered job to finish");
     let log2 = d.log();
@@ -258,6 +274,12 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
     let sent = seen.lock().unwrap().clone();
     assert!(sent.iter().any(|f| contains(f, format!("\0weir-in\0{inline}").as_bytes())), "source authenticated");
     assert!(sent.iter().any(|f| contains(f, format!("\0weir-out\0{from_env}").as_bytes())), "output authenticated");
+    let file_auth = |pw: &str| sent.iter().any(|f| contains(f, format!("\0weir-file\0{pw}").as_bytes()));
+    assert!(file_auth(from_file), "the password file's output authenticated");
+    assert!(file_auth(rotated), "the recovery read the rotated password file");
+    for pw in [from_file, rotated] {
+        assert!(!sent.iter().any(|f| contains(f, format!("{pw}\n").as_bytes())), "the newline was dropped");
+    }
     let counted = sum_counts(read_outputs(&tmp.path().join("out"), "counts").values().flatten());
     assert_eq!(counted, native_counts(input.iter().map(String::as_str)), "the job read everything");
 
@@ -271,7 +293,7 @@ fn sasl_passwords_reach_the_broker_and_no_file_log_or_page() {
     places.extend(pages);
     assert!(places.len() > 10, "{places:?}");
     for (what, bytes) in &places {
-        for secret in [inline, from_env] {
+        for secret in [inline, from_env, from_file, rotated] {
             for form in forms(secret) {
                 assert!(!contains(bytes, &form), "{what} holds a password ({}):\n{}", text(&form), text(bytes));
             }

@@ -314,6 +314,101 @@ fn serve_refuses_bad_tokens_escapes_ceilings_floods_oversized_and_slow_clients()
     server.kill();
 }
 
+/// A job of evil's reading Kafka (an allowed broker and topic) with SASL
+/// `sasl` (the fields of `[sources.lines.sasl]`).
+fn kafka_sasl_job(dir: &Path, name: &str, sasl: &str) -> PathBuf {
+    let job = format!(
+        "batch_interval = \"1s\"\n[modules]\nm = \"{}\"\n[sources.lines]\ntype = \"kafka\"\n\
+         brokers = \"kafka.local:9092\"\ntopics = [\"evil.in\"]\nbroker_timeout_ms = 1000\n\
+         [sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"evil\"\n{sasl}\n\
+         [streams]\nout = \"lines.map(m.identity)\"\n[[outputs]]\nstream = \"out\"\n\
+         type = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+        module("hostile/infinite_loop.wat").display()
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, job).unwrap();
+    p
+}
+
+#[test]
+fn serve_confines_kafka_password_files_to_the_root_and_keeps_inline_passwords_out_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let evil_root = tmp.path().join("state/tenants/evil");
+    let acme_root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(evil_root.join("secrets")).unwrap();
+    std::fs::create_dir_all(&acme_root).unwrap();
+    std::fs::write(acme_root.join("kafka.pw"), "acme-password\n").unwrap();
+    std::os::unix::fs::symlink(acme_root.join("kafka.pw"), evil_root.join("secrets/stolen.pw")).unwrap();
+    std::fs::write(evil_root.join("secrets/kafka.pw"), "Evil-F1le-Passw0rd\n").unwrap();
+    let (mut server, addr) = start_server(&config);
+
+    // A password file outside evil's root: absolute, `..`, a symlink out.
+    for (file, says) in [
+        ("/etc/passwd", "absolute path"),
+        ("../acme/kafka.pw", "`..`"),
+        ("secrets/stolen.pw", "resolves outside the tenant's root (a symlink)"),
+    ] {
+        let job = kafka_sasl_job(tmp.path(), "pwfile.toml", &format!("password_file = \"{file}\""));
+        let e = submit(&addr, EVIL, &job).unwrap_err();
+        assert!(e.contains("403") && e.contains("sources.lines.sasl.password_file") && e.contains(says), "{file}: {e}");
+    }
+    // The server's environment, and an inline password: refused, saying
+    // to use a password file.
+    let env = kafka_sasl_job(tmp.path(), "env.toml", "password_env = \"HOME\"");
+    let e = submit(&addr, EVIL, &env).unwrap_err();
+    assert!(e.contains("403") && e.contains("sources.lines.sasl.password_env") && e.contains("password_file"), "{e}");
+    let inline = kafka_sasl_job(tmp.path(), "inline.toml", "password = \"Inl1ne-Evil-Passw0rd\"");
+    let e = submit(&addr, EVIL, &inline).unwrap_err();
+    assert!(e.contains("403") && e.contains("sources.lines.sasl.password:") && e.contains("`password_file`"), "{e}");
+    assert!(!e.contains("Inl1ne-Evil"), "the refusal does not echo the password: {e}");
+    // Nothing of the refused jobs was kept.
+    assert!(!evil_root.join("jobs").exists() || std::fs::read_dir(evil_root.join("jobs")).unwrap().count() == 0);
+
+    // A password file inside the root is accepted; the job file the server
+    // keeps names it (absolute) and holds no password; it is 0600.
+    let good = kafka_sasl_job(tmp.path(), "good.toml", "password_file = \"secrets/kafka.pw\"");
+    let id = submit(&addr, EVIL, &good).unwrap();
+    let kept = evil_root.join("jobs").join(&id).join("job.toml");
+    let body = std::fs::read_to_string(&kept).unwrap();
+    let want = evil_root.canonicalize().unwrap().join("secrets/kafka.pw");
+    assert!(body.contains(&format!("password_file = \"{}\"", want.display())), "{body}");
+    assert!(!body.contains("Evil-F1le"), "{body}");
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    // (It may have failed already: kafka.local does not resolve.)
+    let _ = client(&addr, EVIL, &["stop", &id, "--now"]);
+    wait_status(&server, &addr, EVIL, &id, 90, |v| v["state"] != "running" && v["state"] != "stopping");
+
+    // The operator allows inline passwords (serve.toml is re-read): the job
+    // file then holds the password, readable by the server's user only.
+    let allowed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("read_timeout_ms = 1000\n", "read_timeout_ms = 1000\nallow_inline_kafka_passwords = true\n");
+    std::fs::write(&config, allowed).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        match submit(&addr, EVIL, &inline) {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(e.contains("sources.lines.sasl.password:"), "{e}");
+                assert!(Instant::now() < deadline, "serve.toml was not re-read:\n{}", server.log());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let kept = evil_root.join("jobs").join(&id).join("job.toml");
+    assert!(std::fs::read_to_string(&kept).unwrap().contains("Inl1ne-Evil-Passw0rd"));
+    assert_eq!(std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777, 0o600);
+    let registry = tmp.path().join("state/registry");
+    assert_eq!(std::fs::metadata(&registry).unwrap().permissions().mode() & 0o777, 0o700);
+    let _ = client(&addr, EVIL, &["stop", &id, "--now"]);
+    // The server's log holds neither password.
+    let log = server.log();
+    assert!(!log.contains("Inl1ne-Evil") && !log.contains("Evil-F1le"), "{log}");
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

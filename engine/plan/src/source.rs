@@ -190,12 +190,13 @@ pub struct KafkaTls {
 
 /// SASL authentication to Kafka brokers (`[sources.NAME.sasl]`).
 ///
-/// The password is a secret: it is read from the job file (or, with
-/// `password_env`, from the environment when the client is built) and kept
-/// in memory only. It is never serialized (a serialized spec carries
-/// `password_env` but not `password`) and its `Debug` shows `<redacted>`,
-/// so neither a spec printed into a log nor a hash over a spec's `Debug`
-/// holds it.
+/// The password is a secret: it is read from the job file, or (with
+/// `password_env` / `password_file`) from the environment or a file when
+/// the client is built, and kept in memory only. It is never serialized (a
+/// serialized spec carries `password_env` or `password_file`, which name
+/// where it is, but not `password`) and its `Debug` shows `<redacted>`, so
+/// neither a spec printed into a log nor a hash over a spec's `Debug` holds
+/// it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
@@ -204,9 +205,13 @@ pub struct KafkaSasl {
     /// The password itself (the job file then holds a secret)...
     #[serde(default, skip_serializing)]
     pub password: Option<String>,
-    /// ...or the environment variable holding it (exactly one of the two).
+    /// ...or the environment variable holding it...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// ...or a file holding it (trailing line breaks dropped; relative to
+    /// the job file's folder). Exactly one of the three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for KafkaSasl {
@@ -216,6 +221,7 @@ impl std::fmt::Debug for KafkaSasl {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_env", &self.password_env)
+            .field("password_file", &self.password_file)
             .finish()
     }
 }

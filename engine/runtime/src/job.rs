@@ -1524,6 +1524,36 @@ mod tests {
         assert!(!json.contains("s3cr3t") && !json.contains("password\""), "{json}");
     }
 
+    #[test]
+    #[cfg(feature = "kafka")]
+    fn a_password_file_resolves_under_the_job_file_and_its_contents_are_not_in_the_job_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = dir.path().join("jobs");
+        std::fs::create_dir_all(jobs.join("secrets")).unwrap();
+        std::fs::write(jobs.join("stub.wat"), stub_module()).unwrap();
+        let pw = jobs.join("secrets/kafka.pw");
+        std::fs::write(&pw, "first-password\n").unwrap();
+        let body = "batch_interval = \"1s\"\n[modules]\nstub = \"stub.wat\"\n\
+                    [sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
+                    [streams]\nout = \"lines.map(stub.map)\"\n[[outputs]]\nstream = \"out\"\ntype = \"kafka\"\n\
+                    brokers = \"b:9092\"\ntopic = \"o\"\n\
+                    sasl = { mechanism = \"PLAIN\", username = \"u\", password_file = \"secrets/kafka.pw\" }\n";
+        let path = jobs.join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        // Relative to the job file's folder, not the working directory.
+        let first = load(&path, runtime()).unwrap();
+        // The file holds only the path: the hash is the file's bytes, and
+        // a rotated password (new file contents) is the same job.
+        assert_eq!(first.hash, crate::udf::ModuleHash::of(body.as_bytes()).hex());
+        std::fs::write(&pw, "second-password\n").unwrap();
+        assert_eq!(load(&path, runtime()).unwrap().hash, first.hash);
+        // A missing file fails the load naming the line, the key and the path.
+        std::fs::remove_file(&pw).unwrap();
+        let e = load(&path, runtime()).err().expect("a missing password file is an error").to_string();
+        assert!(e.contains("job.toml:") && e.contains("kafka sasl.password_file"), "{e}");
+        assert!(e.contains(&pw.display().to_string()) && e.contains("No such file"), "{e}");
+    }
+
     /// Loads a job whose only source is `source` (TOML fields after `[sources.lines]`).
     fn load_source(source: &str) -> Result<Job, EngineError> {
         let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,11 @@
 //! connection: a missing, unreadable, oversized or empty file is an error
 //! naming the field (`tls.ca_file`) and the path, before any broker is
 //! contacted. Files are untrusted input: each is bounded before it is read.
+//!
+//! The SASL password comes from the job file (`password`), the environment
+//! (`password_env`) or a file (`password_file`, at most
+//! [`MAX_PASSWORD_FILE_BYTES`], trailing line breaks dropped); whichever it
+//! is, it stays in this process's memory and no error or `Debug` shows it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +22,9 @@ use weir_plan::source::{KafkaSasl, KafkaTls, SaslMechanism};
 
 /// The largest PEM file read (a CA bundle of the whole web is ~250 KiB).
 const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// The largest `sasl.password_file` read (as the cluster secret's file).
+pub(crate) const MAX_PASSWORD_FILE_BYTES: u64 = 64 << 10;
 
 /// The TLS and SASL settings of one Kafka client, loaded.
 #[derive(Clone, Default)]
@@ -64,7 +72,7 @@ impl KafkaSecurity {
     /// file's folder).
     pub(crate) fn load(tls: Option<&KafkaTls>, sasl: Option<&KafkaSasl>, base: &Path) -> Result<Self, String> {
         let tls = tls.map(|t| load_tls(t, base)).transpose()?;
-        let sasl = sasl.map(load_sasl).transpose()?;
+        let sasl = sasl.map(|s| load_sasl(s, base)).transpose()?;
         Ok(KafkaSecurity { tls, sasl })
     }
 
@@ -125,13 +133,43 @@ fn load_tls(t: &KafkaTls, base: &Path) -> Result<Arc<rustls::ClientConfig>, Stri
     Ok(Arc::new(config))
 }
 
-fn load_sasl(s: &KafkaSasl) -> Result<SaslConfig, String> {
-    let password = match (&s.password, &s.password_env) {
-        (Some(p), None) => p.clone(),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
+/// The password in `path` (`sasl.password_file`): a regular file of at most
+/// [`MAX_PASSWORD_FILE_BYTES`], UTF-8, trailing `\n` / `\r` dropped (what
+/// `echo` leaves), not empty. Errors name the key and the path, never the
+/// contents.
+fn read_password_file(path: &Path) -> Result<String, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("kafka sasl.password_file {}: {e}", path.display());
+    let bytes = crate::files::read_limited(path, MAX_PASSWORD_FILE_BYTES).map_err(|e| fail(&e))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| fail(&"not UTF-8 text"))?;
+    let kept = text.trim_end_matches(['\n', '\r']).len();
+    text.truncate(kept);
+    if text.is_empty() {
+        return Err(fail(&"the file is empty: a password cannot be empty"));
+    }
+    Ok(text)
+}
+
+fn load_sasl(s: &KafkaSasl, base: &Path) -> Result<SaslConfig, String> {
+    let given: Vec<&str> = [
+        ("password", s.password.is_some()),
+        ("password_env", s.password_env.is_some()),
+        ("password_file", s.password_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    let password = match (&s.password, &s.password_env, &s.password_file) {
+        (Some(p), None, None) => p.clone(),
+        (None, Some(var), None) => std::env::var(var).map_err(|_| {
             format!("kafka sasl.password_env: the environment variable {var} is not set (or not UTF-8)")
         })?,
-        _ => return Err("kafka sasl: give exactly one of password and password_env".into()),
+        (None, None, Some(file)) => read_password_file(&base.join(file))?,
+        _ => {
+            let found = if given.is_empty() { "none".to_string() } else { given.join(" and ") };
+            return Err(format!(
+                "kafka sasl: give exactly one of password, password_env and password_file (given: {found})"
+            ));
+        }
     };
     if s.username.is_empty() {
         return Err("kafka sasl.username is empty".into());
@@ -142,4 +180,93 @@ fn load_sasl(s: &KafkaSasl) -> Result<SaslConfig, String> {
         SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(c),
         SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(c),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sasl(password: Option<&str>, env: Option<&str>, file: Option<&str>) -> KafkaSasl {
+        KafkaSasl {
+            mechanism: SaslMechanism::Plain,
+            username: "u".into(),
+            password: password.map(Into::into),
+            password_env: env.map(Into::into),
+            password_file: file.map(Into::into),
+        }
+    }
+
+    fn password_of(c: SaslConfig) -> String {
+        match c {
+            SaslConfig::Plain(c) | SaslConfig::ScramSha256(c) | SaslConfig::ScramSha512(c) => c.password,
+            _ => unreachable!("only PLAIN and SCRAM are built"),
+        }
+    }
+
+    #[test]
+    fn exactly_one_password_source_is_given_and_the_error_names_the_keys() {
+        let base = Path::new("/nonexistent");
+        for (s, found) in [
+            (sasl(None, None, None), "(given: none)"),
+            (sasl(Some("p"), Some("HOME"), None), "(given: password and password_env)"),
+            (sasl(Some("p"), None, Some("pw")), "(given: password and password_file)"),
+            (sasl(None, Some("HOME"), Some("pw")), "(given: password_env and password_file)"),
+            (sasl(Some("p"), Some("HOME"), Some("pw")), "(given: password and password_env and password_file)"),
+        ] {
+            let e = load_sasl(&s, base).unwrap_err();
+            assert!(e.contains("exactly one of password, password_env and password_file") && e.contains(found), "{e}");
+        }
+        assert_eq!(password_of(load_sasl(&sasl(Some("inline"), None, None), base).unwrap()), "inline");
+    }
+
+    #[test]
+    fn a_password_file_is_read_relative_to_the_job_bounded_and_trimmed_and_errors_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        let f = dir.path().join("secrets/kafka.pw");
+        // Trailing line breaks go; inner and leading spaces stay (a password's own).
+        std::fs::write(&f, " p4ss word \r\n\n").unwrap();
+        let s = sasl(None, None, Some("secrets/kafka.pw"));
+        assert_eq!(password_of(load_sasl(&s, dir.path()).unwrap()), " p4ss word ");
+        // An absolute path is taken as is.
+        let abs = sasl(None, None, Some(f.to_str().unwrap()));
+        assert_eq!(password_of(load_sasl(&abs, Path::new("/elsewhere")).unwrap()), " p4ss word ");
+        // Missing: the key and the full path.
+        let e = load_sasl(&sasl(None, None, Some("secrets/nope")), dir.path()).unwrap_err();
+        let want = format!("kafka sasl.password_file {}:", dir.path().join("secrets/nope").display());
+        assert!(e.starts_with(&want) && e.contains("No such file"), "{e}");
+        // Oversized: refused before it is read, naming the file and the limit.
+        std::fs::write(&f, vec![b'a'; MAX_PASSWORD_FILE_BYTES as usize + 1]).unwrap();
+        let e = load_sasl(&s, dir.path()).unwrap_err();
+        assert!(
+            e.contains("sasl.password_file") && e.contains("kafka.pw") && e.contains("over the limit of 65536"),
+            "{e}"
+        );
+        // A device is not read for ever; empty and non-UTF-8 files are refused.
+        let e = load_sasl(&sasl(None, None, Some("/dev/zero")), dir.path()).unwrap_err();
+        assert!(e.contains("/dev/zero") && e.contains("not a regular file"), "{e}");
+        std::fs::write(&f, "\n").unwrap();
+        let e = load_sasl(&s, dir.path()).unwrap_err();
+        assert!(e.contains("kafka.pw") && e.contains("empty"), "{e}");
+        std::fs::write(&f, [0xff, 0xfe]).unwrap();
+        let e = load_sasl(&s, dir.path()).unwrap_err();
+        assert!(e.contains("kafka.pw") && e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn no_error_or_debug_shows_the_password_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "Hunter2-file\n").unwrap();
+        let s = sasl(None, None, Some("pw"));
+        let sec = KafkaSecurity::load(None, Some(&s), dir.path()).unwrap();
+        assert!(!format!("{sec:?}").contains("Hunter2"), "{sec:?}");
+        let spec = format!("{s:?}");
+        assert!(spec.contains("password_file: Some(\"pw\")") && !spec.contains("Hunter2"), "{spec}");
+        // A file that is not UTF-8 only because of its last byte: the error
+        // names the file, not what it holds.
+        std::fs::write(&f, b"Hunter2-file\xff").unwrap();
+        let e = load_sasl(&s, dir.path()).unwrap_err();
+        assert!(!e.contains("Hunter2"), "{e}");
+    }
 }

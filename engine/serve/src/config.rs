@@ -70,6 +70,10 @@ struct ConfigFile {
     /// The bound on the compiled-code disk cache (`weir::udf::cache`).
     #[serde(default)]
     cache_max_bytes: Option<u64>,
+    /// Whether a job may give a Kafka SASL password inline (it then lies in
+    /// the registry's job file); by default only `password_file`.
+    #[serde(default)]
+    allow_inline_kafka_passwords: Option<bool>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
@@ -180,6 +184,11 @@ pub struct Config {
     /// The bound on the compiled-code disk cache, in bytes (`None`:
     /// `WEIR_CACHE_MAX_BYTES`, else 2 GiB; `weir::udf::cache`).
     pub cache_max_bytes: Option<u64>,
+    /// Whether a submitted job may give a Kafka SASL `password` inline
+    /// (default false: the server would keep every tenant's password in its
+    /// state directory; jobs name a `password_file` in their root instead).
+    /// Follows reloads (it is checked at submission).
+    pub allow_inline_kafka_passwords: bool,
     pub tenants: BTreeMap<String, Tenant>,
 }
 
@@ -398,6 +407,7 @@ impl Config {
             read_timeout_ms,
             storage_check_interval_ms,
             cache_max_bytes: f.cache_max_bytes,
+            allow_inline_kafka_passwords: f.allow_inline_kafka_passwords.unwrap_or(false),
             tenants,
         })
     }
@@ -549,6 +559,8 @@ mod tests {
         assert!(b.kafka_topic_prefixes.is_empty(), "no Kafka topic by default");
         assert_eq!(b.memory_quota_bytes, DEFAULT_MEMORY_QUOTA_BYTES);
         assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
+        assert!(!c.allow_inline_kafka_passwords, "inline Kafka passwords are refused by default");
+        assert!(parse("allow_inline_kafka_passwords = true\n").unwrap().allow_inline_kafka_passwords);
         assert_eq!(c.authenticate(TOKEN), Some(Principal::Tenant("acme".into())));
         assert_eq!(c.authenticate("bob"), Some(Principal::Tenant("bob".into())));
         assert_eq!(c.authenticate("s3cret-acmf"), None);

@@ -4,6 +4,15 @@
 //! SIGKILL leaves either the old record or the new one. The state
 //! directory is locked (`serve.lock`) for the server's life: a second
 //! server on it is refused.
+//!
+//! What the server keeps is private to its user: the state directory (when
+//! the server creates it), the registry and the module store are 0700, and
+//! every file written through [`write_atomic`] (records, modules, each
+//! job's `job.toml`) is 0600, since a job file may hold a tenant's Kafka
+//! password (where the operator allows inline ones). Job files an older
+//! server wrote readable by others are made 0600 when the registry is
+//! opened. Jobs' directories (outputs, checkpoints, logs, in the tenant's
+//! root) keep the umask: their outputs are the tenant's to read.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -84,13 +93,37 @@ pub struct Registry {
     _lock: File,
 }
 
-/// Writes `bytes` to `path` atomically and durably.
+/// Creates `dir` and its missing parents with mode 0700 (an existing
+/// directory is left as it is).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Takes group and other permissions off `path` if it has any (the
+/// registry's directory, or a job file, as an older server left them).
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    let mode = meta.permissions().mode();
+    if meta.file_type().is_symlink() || mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+}
+
+/// Writes `bytes` to `path` atomically and durably, readable and writable
+/// by the server's user only (0600).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // A temporary file a crash left keeps its mode when reopened: set
+        // it before anything is written.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -104,7 +137,7 @@ impl Registry {
     /// disk for the operator), never fatal.
     pub fn open(state_dir: &Path) -> Result<Registry, ServeError> {
         let io = |what: &str, e: std::io::Error| ServeError::Io(format!("{what} {}: {e}", state_dir.display()));
-        std::fs::create_dir_all(state_dir).map_err(|e| io("cannot create", e))?;
+        create_private_dir(state_dir).map_err(|e| io("cannot create", e))?;
         let lock_path = state_dir.join("serve.lock");
         let lock = File::options()
             .create(true)
@@ -120,7 +153,8 @@ impl Registry {
             Err(std::fs::TryLockError::Error(e)) => return Err(io("cannot lock", e)),
         }
         let dir = state_dir.join("registry");
-        std::fs::create_dir_all(&dir).map_err(|e| io("cannot create the registry in", e))?;
+        create_private_dir(&dir).map_err(|e| io("cannot create the registry in", e))?;
+        make_private(&dir).map_err(|e| io("cannot make private the registry in", e))?;
         let mut jobs = BTreeMap::new();
         let mut next = 1;
         let entries = std::fs::read_dir(&dir).map_err(|e| io("cannot read the registry in", e))?;
@@ -136,6 +170,14 @@ impl Registry {
                 Ok(r) if p.file_stem().is_some_and(|s| s.to_string_lossy() == r.id) => {
                     if let Some(n) = r.id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()) {
                         next = next.max(n + 1);
+                    }
+                    // Written by an older server, the job file may be
+                    // readable by others (and hold an inline password).
+                    let job_file = r.job_file();
+                    if let Err(e) = make_private(&job_file) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(target: "weir::serve", "{}: cannot make it private: {e}", job_file.display());
+                        }
                     }
                     jobs.insert(r.id.clone(), r);
                 }
@@ -219,5 +261,50 @@ mod tests {
         assert_eq!(r.get("acme-7").unwrap().state, JobState::Stopped);
         assert!(r.get("acme-9").is_none());
         assert_eq!(r.next_id("bob"), "bob-8");
+    }
+
+    #[test]
+    fn what_the_server_writes_is_private_and_older_job_files_are_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        // A job directory and file as an older server left them: 0755 / 0644,
+        // and its registry directory 0755.
+        let job_dir = tmp.path().join("root/jobs/acme-1");
+        std::fs::create_dir_all(&job_dir).unwrap();
+        std::fs::set_permissions(&job_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(job_dir.join("job.toml"), "password = \"p\"\n").unwrap();
+        std::fs::set_permissions(job_dir.join("job.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir_all(state.join("registry")).unwrap();
+        std::fs::set_permissions(state.join("registry"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        {
+            let mut r = Registry::open(&state).unwrap();
+            // The operator's state directory is left as it is; the registry is the server's.
+            assert_eq!(mode(&state), 0o755);
+            assert_eq!(mode(&state.join("registry")), 0o700);
+            r.put(JobRecord { dir: job_dir.clone(), ..rec("acme-1", JobState::Running) }).unwrap();
+            assert_eq!(mode(&state.join("registry/acme-1.json")), 0o600);
+            let f = tmp.path().join("any");
+            write_atomic(&f, b"x").unwrap();
+            assert_eq!(mode(&f), 0o600);
+            // Over a temporary file a crash left readable by others.
+            std::fs::write(tmp.path().join(".any.tmp"), b"old").unwrap();
+            std::fs::set_permissions(tmp.path().join(".any.tmp"), std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_atomic(&f, b"y").unwrap();
+            assert_eq!((mode(&f), std::fs::read(&f).unwrap()), (0o600, b"y".to_vec()));
+            create_private_dir(&tmp.path().join("a/b")).unwrap();
+            assert_eq!((mode(&tmp.path().join("a")), mode(&tmp.path().join("a/b"))), (0o700, 0o700));
+        }
+        // Opened again, the registry makes the old job's file private (its
+        // directory, the tenant's outputs, keeps its mode).
+        let _r = Registry::open(&state).unwrap();
+        assert_eq!(mode(&job_dir.join("job.toml")), 0o600);
+        assert_eq!(mode(&job_dir), 0o755);
+        // A state directory the server creates is private.
+        let fresh = tmp.path().join("fresh/state");
+        let _f = Registry::open(&fresh).unwrap();
+        assert_eq!((mode(&tmp.path().join("fresh")), mode(&fresh)), (0o700, 0o700));
     }
 }

@@ -268,7 +268,8 @@ impl Server {
         }
         let id = lock(&self.registry).next_id(&t.name);
         let dir = root.join("jobs").join(&id);
-        let prepared = match submit::prepare(&t, &root, &dir, &sub.job, &sub.modules, &self.store) {
+        let policy = submit::ServerPolicy { allow_inline_kafka_passwords: self.config().allow_inline_kafka_passwords };
+        let prepared = match submit::prepare(&t, policy, &root, &dir, &sub.job, &sub.modules, &self.store) {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(tenant, "policy", e)),
         };
@@ -287,6 +288,10 @@ impl Server {
             udf_memory_bytes,
         };
         let io = |e: std::io::Error| ServeError::Io(format!("job directory {}: {e}", dir.display()));
+        // The job file may hold an inline Kafka password (where the
+        // operator allows one): it is the server's alone (0600, as
+        // everything `write_atomic` writes). The directory keeps the
+        // operator's umask: its outputs are the tenant's to read.
         std::fs::create_dir_all(&dir).map_err(io)?;
         crate::registry::write_atomic(&rec.job_file(), prepared.text.as_bytes()).map_err(io)?;
         // The loader checks everything else (and names the line); a job

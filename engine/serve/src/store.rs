@@ -22,7 +22,7 @@ pub fn valid_hash(h: &str) -> bool {
 impl ModuleStore {
     pub fn open(state_dir: &Path) -> Result<ModuleStore, ServeError> {
         let dir = state_dir.join("modules");
-        std::fs::create_dir_all(dir.join("owners"))
+        crate::registry::create_private_dir(&dir.join("owners"))
             .map_err(|e| ServeError::Io(format!("cannot create {}: {e}", dir.display())))?;
         Ok(ModuleStore { dir })
     }
@@ -57,7 +57,7 @@ impl ModuleStore {
         }
         let marker = self.marker(tenant, hash);
         if let Some(d) = marker.parent() {
-            std::fs::create_dir_all(d).map_err(io)?;
+            crate::registry::create_private_dir(d).map_err(io)?;
         }
         write_atomic(&marker, b"").map_err(io)
     }

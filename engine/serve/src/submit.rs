@@ -4,6 +4,9 @@
 //! `[limits]` stay under the tenant's ceilings (a job asking for more is
 //! refused, naming the ceiling; one asking for nothing gets the engine's
 //! default capped by the ceiling), network sources reach only allowed hosts.
+//! Kafka secrets stay out of the server's state: a SASL password comes
+//! from a `password_file` inside the tenant's root (an inline `password`
+//! only where the operator allows it, `password_env` never).
 //!
 //! The rewrite edits the TOML document in place (`toml_edit`), so the lines
 //! of the loader's errors are the lines of the file the tenant submitted.
@@ -137,19 +140,40 @@ fn kafka_source_allowed(t: &Tenant, what: &str, src: &Item) -> Result<(), ServeE
     Ok(())
 }
 
-/// A Kafka source's or output's `tls` and `sasl` tables: TLS files are the
-/// tenant's (paths inside its root, rewritten absolute, like a directory
-/// source's), and `sasl.password_env` is refused — it names a variable of
-/// the *server's* environment, which would let a job send any of the
-/// server's secrets (a cloud key, another tenant's password) to a broker
-/// as its password.
-fn kafka_security_allowed(root: &Path, what: &str, item: &mut dyn TableLike) -> Result<(), ServeError> {
-    if let Some(sasl) = item.get("sasl") {
+/// A Kafka source's or output's `tls` and `sasl` tables: TLS files and
+/// `sasl.password_file` are the tenant's (paths inside its root, rewritten
+/// absolute, like a directory source's). `sasl.password_env` is refused —
+/// it names a variable of the *server's* environment, which would let a job
+/// send any of the server's secrets (a cloud key, another tenant's
+/// password) to a broker as its password. An inline `sasl.password` is
+/// refused unless the operator allows it (`allow_inline_kafka_passwords`):
+/// the job file, password included, would stay in the server's state
+/// directory for the job's restarts.
+fn kafka_security_allowed(
+    root: &Path,
+    what: &str,
+    item: &mut dyn TableLike,
+    allow_inline_password: bool,
+) -> Result<(), ServeError> {
+    if let Some(sasl) = item.get_mut("sasl") {
         if sasl.get("password_env").is_some() {
             return Err(refused(format!(
                 "{what}.sasl.password_env: a job on weir serve may not read the server's environment; \
-                 give the password in the job (`password`)"
+                 put the password in a file inside the tenant's root and name it with `password_file`"
             )));
+        }
+        if sasl.get("password").is_some() && !allow_inline_password {
+            return Err(refused(format!(
+                "{what}.sasl.password: this server does not keep Kafka passwords in its job registry; \
+                 put the password in a file inside the tenant's root and name it with `password_file` \
+                 (the operator may allow inline passwords with allow_inline_kafka_passwords = true)"
+            )));
+        }
+        if let Some(sasl) = sasl.as_table_like_mut() {
+            if let Some(p) = sasl.get("password_file").and_then(Item::as_str) {
+                let full = inside_root(root, &format!("{what}.sasl.password_file"), p)?;
+                sasl.insert("password_file", toml_edit::value(full.display().to_string()));
+            }
         }
     }
     if let Some(tls) = item.get_mut("tls").and_then(Item::as_table_like_mut) {
@@ -167,11 +191,20 @@ fn str_of<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
     item.get(key).and_then(Item::as_str)
 }
 
+/// What the server allows every tenant's jobs beyond their own tenant's
+/// settings (from the top of `serve.toml`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerPolicy {
+    /// `allow_inline_kafka_passwords`.
+    pub allow_inline_kafka_passwords: bool,
+}
+
 /// Checks and rewrites the job `text` of tenant `t` (root `root`,
 /// canonical) to run from `job_dir`. `modules` maps the job's module names
 /// to the hashes uploaded.
 pub fn prepare(
     t: &Tenant,
+    policy: ServerPolicy,
     root: &Path,
     job_dir: &Path,
     text: &str,
@@ -210,7 +243,7 @@ pub fn prepare(
                 Some("kafka") => {
                     kafka_source_allowed(t, &what, src)?;
                     if let Some(tl) = src.as_table_like_mut() {
-                        kafka_security_allowed(root, &what, tl)?;
+                        kafka_security_allowed(root, &what, tl, policy.allow_inline_kafka_passwords)?;
                     }
                 }
                 // Generators read nothing; unknown types are the loader's to refuse.
@@ -226,7 +259,7 @@ pub fn prepare(
             }
         }
     }
-    let outputs = rewrite_outputs(t, root, &mut doc, job_dir)?;
+    let outputs = rewrite_outputs(t, policy, root, &mut doc, job_dir)?;
     // cap_limits set it: the job's own value or the capped default.
     let memory_bytes = doc
         .get("limits")
@@ -311,7 +344,13 @@ fn cap_limits(t: &Tenant, doc: &mut DocumentMut) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn rewrite_outputs(t: &Tenant, root: &Path, doc: &mut DocumentMut, job_dir: &Path) -> Result<Vec<PathBuf>, ServeError> {
+fn rewrite_outputs(
+    t: &Tenant,
+    policy: ServerPolicy,
+    root: &Path,
+    doc: &mut DocumentMut,
+    job_dir: &Path,
+) -> Result<Vec<PathBuf>, ServeError> {
     let mut out = Vec::new();
     let Some(outputs) = doc.get_mut("outputs") else { return Ok(out) };
     let Some(arr) = outputs.as_array_of_tables_mut() else {
@@ -340,7 +379,7 @@ fn rewrite_outputs(t: &Tenant, root: &Path, doc: &mut DocumentMut, job_dir: &Pat
                 if let Some(topic) = o.get("topic").and_then(Item::as_str) {
                     topic_allowed(t, &format!("{what}.topic"), topic)?;
                 }
-                kafka_security_allowed(root, &what, o)?;
+                kafka_security_allowed(root, &what, o, policy.allow_inline_kafka_passwords)?;
             }
             _ => {}
         }
@@ -389,7 +428,7 @@ mod tests {
 
     fn prep(f: &Fixture, t: &Tenant, text: &str) -> Result<Prepared, ServeError> {
         let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
-        prepare(t, &f.root, &f.root.join("jobs/acme-1"), text, &m, &f.store)
+        prepare(t, ServerPolicy::default(), &f.root, &f.root.join("jobs/acme-1"), text, &m, &f.store)
     }
 
     const DIR: &str = "type = \"directory\"\npath = \"in\"";
@@ -450,7 +489,8 @@ mod tests {
         assert!(prep(&f, &t, &job(&sock("feed.local"), SAVE, "")).is_ok());
         // A module hash this tenant never uploaded.
         let m = BTreeMap::from([("wc".to_string(), sha256_hex(b"someone else's"))]);
-        let e = prepare(&t, &f.root, &f.root.join("j"), &job(DIR, SAVE, ""), &m, &f.store).unwrap_err();
+        let e = prepare(&t, ServerPolicy::default(), &f.root, &f.root.join("j"), &job(DIR, SAVE, ""), &m, &f.store)
+            .unwrap_err();
         assert!(e.to_string().contains("was not uploaded by tenant acme"), "{e}");
     }
 
@@ -479,7 +519,7 @@ mod tests {
     }
 
     #[test]
-    fn kafka_password_env_is_refused_and_tls_files_stay_in_the_tenant_root() {
+    fn kafka_password_env_and_inline_passwords_are_refused_and_password_and_tls_files_stay_in_the_tenant_root() {
         let f = fixture();
         let t = tenant("kafka_topic_prefixes = [\"acme.\"]\n");
         let src =
@@ -500,9 +540,55 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("outputs[0].sasl.password_env"), "{e}");
-        // An inline password is the tenant's own.
+        assert!(e.to_string().contains("password_file"), "the refusal says what to do instead: {e}");
+        // An inline password would stay in the server's state directory:
+        // refused by default, naming the key and what to use instead...
         let inline = "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword = \"p\"";
-        assert!(prep(&f, &t, &job(&src(inline), SAVE, "")).is_ok());
+        let e = prep(&f, &t, &job(&src(inline), SAVE, "")).unwrap_err();
+        assert!(matches!(e, ServeError::Refused(_)), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("sources.lines.sasl.password:") && msg.contains("`password_file`"), "{msg}");
+        assert!(!msg.contains("\"p\""), "the refusal does not echo the password: {msg}");
+        let e =
+            prep(&f, &t, &job(DIR, &sink("sasl = { mechanism = \"PLAIN\", username = \"u\", password = \"p\" }"), ""))
+                .unwrap_err();
+        assert!(e.to_string().contains("outputs[0].sasl.password:"), "{e}");
+        // ...and accepted where the operator allows it.
+        let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
+        let allow = ServerPolicy { allow_inline_kafka_passwords: true };
+        assert!(prepare(&t, allow, &f.root, &f.root.join("j"), &job(&src(inline), SAVE, ""), &m, &f.store).is_ok());
+        // A password file: inside the root, rewritten absolute (table and inline).
+        let file = "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = \"in/kafka.pw\"";
+        let p = prep(&f, &t, &job(&src(file), SAVE, "")).unwrap();
+        let doc: toml::Table = toml::from_str(&p.text).unwrap();
+        let want = f.root.join("in/kafka.pw");
+        assert_eq!(doc["sources"]["lines"]["sasl"]["password_file"].as_str().unwrap(), want.to_str().unwrap());
+        let inline_file = "sasl = { mechanism = \"PLAIN\", username = \"u\", password_file = \"in/kafka.pw\" }";
+        let p = prep(&f, &t, &job(DIR, &sink(inline_file), "")).unwrap();
+        let doc: toml::Table = toml::from_str(&p.text).unwrap();
+        assert_eq!(doc["outputs"][0]["sasl"]["password_file"].as_str().unwrap(), want.to_str().unwrap());
+        // Outside the root: absolute, `..`, or a symlink out.
+        std::os::unix::fs::symlink("/etc", f.root.join("in/etc")).unwrap();
+        for (bad, says) in [
+            ("/etc/weir/kafka.pw", "absolute path"),
+            ("../other/kafka.pw", "`..`"),
+            ("in/../../kafka.pw", "`..`"),
+            ("in/etc/passwd", "symlink"),
+        ] {
+            let e = prep(
+                &f,
+                &t,
+                &job(
+                    DIR,
+                    &sink(&format!("sasl = {{ mechanism = \"PLAIN\", username = \"u\", password_file = \"{bad}\" }}")),
+                    "",
+                ),
+            )
+            .unwrap_err();
+            assert!(matches!(e, ServeError::Refused(_)), "{bad}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("outputs[0].sasl.password_file") && msg.contains(says), "{bad}: {msg}");
+        }
         // TLS files: inside the root, rewritten absolute (table and inline).
         let p = prep(&f, &t, &job(&src("[sources.lines.tls]\nca_file = \"in/ca.pem\""), SAVE, "")).unwrap();
         let doc: toml::Table = toml::from_str(&p.text).unwrap();
