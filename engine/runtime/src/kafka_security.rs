@@ -150,14 +150,6 @@ fn read_password_file(path: &Path) -> Result<String, String> {
 }
 
 fn load_sasl(s: &KafkaSasl, base: &Path) -> Result<SaslConfig, String> {
-    let given: Vec<&str> = [
-        ("password", s.password.is_some()),
-        ("password_env", s.password_env.is_some()),
-        ("password_file", s.password_file.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(k, set)| set.then_some(k))
-    .collect();
     let password = match (&s.password, &s.password_env, &s.password_file) {
         (Some(p), None, None) => p.clone(),
         (None, Some(var), None) => std::env::var(var).map_err(|_| {
@@ -165,6 +157,14 @@ fn load_sasl(s: &KafkaSasl, base: &Path) -> Result<SaslConfig, String> {
         })?,
         (None, None, Some(file)) => read_password_file(&base.join(file))?,
         _ => {
+            let given: Vec<&str> = [
+                ("password", s.password.is_some()),
+                ("password_env", s.password_env.is_some()),
+                ("password_file", s.password_file.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect();
             let found = if given.is_empty() { "none".to_string() } else { given.join(" and ") };
             return Err(format!(
                 "kafka sasl: give exactly one of password, password_env and password_file (given: {found})"

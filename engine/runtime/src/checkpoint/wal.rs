@@ -221,7 +221,7 @@ pub fn read_range(dir: &Path, source: u32, r: &WalRange) -> Result<Vec<String>, 
 }
 
 /// [`read_range`] in an open segment of `len` bytes.
-fn read_range_in<F: Read + Seek>(mut file: F, len: u64, path: &Path, r: &WalRange) -> Result<Vec<String>, WalError> {
+fn read_range_in<F: Read + Seek>(file: F, len: u64, path: &Path, r: &WalRange) -> Result<Vec<String>, WalError> {
     if r.start > r.end {
         return Err(WalError::BadRange { path: path.to_path_buf(), start: r.start, end: r.end });
     }
@@ -229,11 +229,8 @@ fn read_range_in<F: Read + Seek>(mut file: F, len: u64, path: &Path, r: &WalRang
         return Err(WalError::BeyondSegment { path: path.to_path_buf(), start: r.start, end: r.end, len });
     }
     let want = r.end - r.start;
-    file.seek(SeekFrom::Start(r.start)).map_err(|e| WalError::Io { path: path.to_path_buf(), source: e })?;
-    let cap = usize::try_from(want).map_or(READ_BUFFER, |w| w.clamp(1, READ_BUFFER));
-    let mut reader = BufReader::with_capacity(cap, file.take(want));
     let (lines, used) =
-        read_records(&mut reader, want).map_err(|e| WalError::Io { path: path.to_path_buf(), source: e })?;
+        records_at(file, r.start, want).map_err(|e| WalError::Io { path: path.to_path_buf(), source: e })?;
     if used < want {
         tracing::warn!(
             "write-ahead log segment {}: a torn or corrupt record at byte {} of range {}..{}; \
@@ -269,19 +266,24 @@ pub fn read_from_before(
     for seq in segments(dir, source).into_iter().filter(|s| *s >= from.seq && *s < before) {
         let path = segment_path(dir, source, seq);
         let io = |e| WalError::Io { path: path.clone(), source: e };
-        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let file = std::fs::File::open(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let start = if seq == from.seq { from.offset.min(len) } else { 0 };
-        file.seek(SeekFrom::Start(start)).map_err(io)?;
-        let left = len - start;
-        let mut reader = BufReader::with_capacity(READ_BUFFER, file.take(left));
-        let (ls, used) = read_records(&mut reader, left).map_err(io)?;
+        let (ls, used) = records_at(file, start, len - start).map_err(io)?;
         if !ls.is_empty() {
             ranges.push(WalRange { seq, start, end: start + used });
             lines.extend(ls);
         }
     }
     Ok((lines, ranges))
+}
+
+/// The whole records in the `left` bytes of `file` from `start` on, read
+/// through a buffer no larger than those bytes (see [`read_records`]).
+fn records_at<F: Read + Seek>(mut file: F, start: u64, left: u64) -> std::io::Result<(Vec<String>, u64)> {
+    file.seek(SeekFrom::Start(start))?;
+    let cap = usize::try_from(left).map_or(READ_BUFFER, |w| w.clamp(1, READ_BUFFER));
+    read_records(&mut BufReader::with_capacity(cap, file.take(left)), left)
 }
 
 /// Reads whole records from `r`, which holds at most `left` more bytes;
