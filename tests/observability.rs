@@ -660,6 +660,88 @@ fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(&serde_json::Val
     }
 }
 
+/// An executor killed while no batch runs shows as lost at once, not when
+/// the next batch's first stage hears of it: the page's loss time is before
+/// the next batch's time, and that batch's report counts the loss.
+#[test]
+fn an_executor_killed_between_batches_shows_lost_before_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.toml");
+    // Batches far apart (3 s) and small: the kill lands well between two.
+    std::fs::write(
+        &job,
+        format!(
+            r#"batch_interval = "3s"
+parallelism = 2
+[modules]
+wordcount = "{}"
+[sources.lines]
+type = "generator"
+lines_per_batch = 200
+words_per_line = 3
+vocabulary = 50
+[streams]
+words  = "lines.flat_map(wordcount.split)"
+pairs  = "words.map(wordcount.pair)"
+counts = "pairs.reduce_by_key(wordcount.sum)"
+[[outputs]]
+stream = "counts"
+type = "save_as_text_files"
+prefix = "out/counts"
+"#,
+            module("wordcount.wasm").display()
+        ),
+    )
+    .unwrap();
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--master", "local-cluster[2]"]);
+    // A batch completed with tasks on both executors, none in flight.
+    let execs = poll(addr, "/api/v1/executors", "both executors to run tasks", |v| {
+        v.as_array().is_some_and(|a| {
+            a.iter().filter(|x| x["active"] == true && x["tasks_run"].as_u64() >= Some(1)).count() == 2
+        })
+    });
+    let done = poll(addr, "/api/v1/status", "a completed batch, none in flight", |v| {
+        v["totals"]["batches_completed"].as_u64() >= Some(1) && v["in_flight"].as_array().is_some_and(Vec::is_empty)
+    });
+    let completed = done["totals"]["batches_completed"].as_u64().unwrap();
+    let x = &execs.as_array().unwrap()[0];
+    let victim = x["executor"].as_str().unwrap().to_string();
+    let pid: u32 = x["added_reason"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("pid "))
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{x}"));
+    let ok = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(ok.success());
+    // First the live status says so; then the driver's loss event (its
+    // reason and time) comes, while it waits for the next batch.
+    poll(addr, "/api/v1/executors", "the killed executor shown inactive", |v| executor(v, &victim)["active"] == false);
+    let lost = poll(addr, "/api/v1/executors", "the killed executor's loss event", |v| {
+        executor(v, &victim)["lost_reason"].as_str().is_some_and(|r| !r.is_empty())
+    });
+    let x = executor(&lost, &victim);
+    assert_eq!(x["active"], false, "{lost}");
+    let lost_at = x["lost_at_ms"].as_i64().unwrap_or_else(|| panic!("{lost}"));
+    // The next batch: its time is after the loss, and it counts it.
+    let next =
+        poll(addr, "/api/v1/status", "the next batch", |v| v["totals"]["batches_completed"].as_u64() > Some(completed));
+    let batches = json(addr, "/api/v1/batches");
+    let mut times: Vec<i64> = batches.as_array().unwrap().iter().map(|b| b["time"].as_i64().unwrap()).collect();
+    times.sort();
+    // The batch after the loss counts it, the one before does not; the
+    // loss came before the later batch's time.
+    let lost_in = |t: i64| json(addr, &format!("/api/v1/batches/{t}"))["executors_lost"].as_u64();
+    let t = times[completed as usize];
+    assert!(lost_at < t, "lost at {lost_at}, after batch {t} ms started: {lost}\n{batches}\n{next}");
+    for b in &times {
+        assert_eq!(lost_in(*b), Some(u64::from(*b == t)), "batch {b}: {batches}");
+    }
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_executors_lost_total"], 1.0);
+    stop(&mut d);
+}
+
 #[test]
 fn executors_and_checkpoints_pages_follow_a_local_cluster_losing_an_executor() {
     let dir = tempfile::tempdir().unwrap();

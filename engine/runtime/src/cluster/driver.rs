@@ -266,7 +266,14 @@ struct State {
     empty_since: Option<Instant>,
     /// The no-executor timeout has been logged as an error (once per spell).
     empty_reported: bool,
+    /// Addresses of the executors lost, newest last (at most
+    /// [`LOST_KEPT`]): a status read between batches shows them lost at
+    /// once, before a job's scheduler hears of the loss.
+    lost: std::collections::VecDeque<String>,
 }
+
+/// Lost executors' addresses kept for status reads.
+const LOST_KEPT: usize = 1024;
 
 struct Shared {
     state: Mutex<State>,
@@ -504,6 +511,11 @@ impl Shared {
         if st.stopping {
             return;
         }
+        st.lost.retain(|a| a != &conn.addr);
+        if st.lost.len() >= LOST_KEPT {
+            st.lost.pop_front();
+        }
+        st.lost.push_back(conn.addr.clone());
         tracing::warn!(
             "executor {id} (pid {}, {}) lost: {reason}; {} running task(s) go elsewhere",
             conn.pid,
@@ -800,6 +812,7 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
             stopping: false,
             empty_since: None,
             empty_reported: false,
+            lost: Default::default(),
         }),
         joined: Condvar::new(),
         blocks,
@@ -1216,7 +1229,7 @@ impl ExecutorBackend for ClusterBackend {
     fn prefer(&self, executor: Option<&str>) {
         self.shared.prefer(self.job, executor);
     }
-    /// The connected executors (lost ones are the scheduler's to report).
+    /// The connected executors, then the lost ones ([`connected_status`]).
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
         connected_status(&self.shared)
     }
@@ -1229,21 +1242,29 @@ impl ExecutorBackend for ClusterBackend {
 }
 
 /// Every connected executor's status, copied under the lock (a few figures
-/// each; the heartbeat's age is taken now, so it grows while one is silent).
+/// each; the heartbeat's age is taken now, so it grows while one is silent),
+/// then the executors lost (`alive: false`; a scheduler keeps only those
+/// that ran its tasks), so a loss shows at once, not when a job's next stage
+/// hears of it.
 fn connected_status(shared: &Shared) -> Vec<crate::listener::ExecutorStatus> {
     let st = shared.lock();
-    st.executors
-        .values()
-        .map(|c| {
-            let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
-            s.heartbeats = Some(c.heartbeats);
-            s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
-            s.tasks_running = c.running.len() as u64;
-            s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
-            s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
-            s
-        })
-        .collect()
+    let connected = st.executors.values().map(|c| {
+        let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
+        s.heartbeats = Some(c.heartbeats);
+        s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
+        s.tasks_running = c.running.len() as u64;
+        s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
+        s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
+        s
+    });
+    // An address that rejoined (a restarted executor on the same port) is
+    // connected, not lost.
+    let lost = st.lost.iter().filter(|a| !st.executors.values().any(|c| &c.addr == *a)).map(|a| {
+        let mut s = crate::listener::ExecutorStatus::new(a.clone());
+        s.alive = false;
+        s
+    });
+    connected.chain(lost).collect()
 }
 
 impl Drop for ClusterBackend {

@@ -10,7 +10,7 @@
 //! the job fails loudly (a UDF or the engine is not deterministic).
 
 use std::collections::HashMap;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 
 use std::time::Instant;
@@ -119,6 +119,9 @@ impl ExecutorTasks {
     /// the tasks finished on each, plus the executors only these counts
     /// know (lost ones, or all when the backend cannot tell).
     fn add_to(&self, mut out: Vec<ExecutorStatus>) -> Vec<ExecutorStatus> {
+        // The backend's lost executors that never ran a task of this job are
+        // another job's (a shared pool) or none of its business.
+        out.retain(|s| s.alive || self.counts.contains_key(&s.executor));
         for s in &mut out {
             if let Some((run, failed)) = self.counts.get(&s.executor) {
                 (s.tasks_run, s.tasks_failed) = (*run, *failed);
@@ -172,6 +175,31 @@ impl DagScheduler {
 
     pub fn backend(&self) -> &dyn ExecutorBackend {
         &*self.backend
+    }
+
+    /// Waits until `deadline` (between batches), handling the backend's
+    /// events meanwhile: an executor lost while no stage runs is marked lost
+    /// at once (its blocks forgotten, listeners told), not when the next
+    /// batch's first stage reads the event. A task result arriving now is a
+    /// finished stage's straggler (a resubmitted task's first attempt), which
+    /// a stage would ignore too.
+    pub fn idle_until(&mut self, deadline: Instant) {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.results.recv_timeout(left) {
+                Ok(BackendEvent::ExecutorLost { executor, reason }) => self.executor_lost(&executor, &reason),
+                Ok(BackendEvent::Task(_)) => {}
+                Err(RecvTimeoutError::Timeout) => return,
+                // No backend left to hear from: the next stage reports it.
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left);
+                    return;
+                }
+            }
+        }
     }
 
     /// Records an input block stored by the driver.

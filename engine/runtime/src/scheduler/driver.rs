@@ -151,6 +151,8 @@ pub struct Driver {
     last_output_error: Option<String>,
     /// Per source: its backpressure estimator and the rate limit in force.
     rates: Vec<RateControl>,
+    /// Executor losses counted in batch reports so far.
+    lost_reported: u64,
 }
 
 /// One source's rate controller (Spark's `RateController`): fed each
@@ -239,6 +241,7 @@ impl Driver {
             horizon: i64::MIN,
             last_output_error: None,
             rates,
+            lost_reported: 0,
         };
         d.recover(recovered)?;
         Ok(d)
@@ -264,7 +267,9 @@ impl Driver {
             };
             self.listeners.emit(|l| l.on_batch_started(&BatchStarted { time, scheduling_delay }));
             let started = Instant::now();
-            let before = self.dag.metrics.clone();
+            let mut before = self.dag.metrics.clone();
+            // An executor lost between batches counts in the next batch's report.
+            before.executors_lost = self.lost_reported;
             let (input_partitions, per_source) = match self.receive(time, replayed) {
                 Ok(r) => r,
                 Err(e) => {
@@ -279,6 +284,7 @@ impl Driver {
             // The previous batch's writes overlapped this batch's jobs.
             self.finish_written();
             let after = self.dag.metrics.clone();
+            self.lost_reported = after.executors_lost;
             let per_source = self.progress.inputs.get(&time).map(|r| r.iter().map(|i| i.records).collect());
             let rate_limits = self.rates.iter().map(|r| r.limit).collect();
             let batch = InFlight {
@@ -483,13 +489,14 @@ impl Driver {
             self.finish_written();
             let wait = time - now_ms();
             if wait > 0 {
-                std::thread::sleep(Duration::from_millis(wait as u64));
+                // Executors lost meanwhile show as lost at once.
+                self.dag.idle_until(Instant::now() + Duration::from_millis(wait as u64));
             }
         } else if !self.idle.is_zero() && !self.drained {
             self.finish_written();
             // Logical clock, sources with nothing to give: a short backoff
             // instead of thousands of empty batches a second.
-            std::thread::sleep(self.idle);
+            self.dag.idle_until(Instant::now() + self.idle);
         }
         Some((time, false))
     }
