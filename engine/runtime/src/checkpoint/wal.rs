@@ -64,6 +64,13 @@ pub enum WalError {
          (the segment was truncated or replaced after the range was logged)"
     )]
     BeyondSegment { path: PathBuf, start: u64, end: u64, len: u64 },
+    /// A torn or corrupt record inside a range that was acknowledged (and
+    /// recorded in a checkpoint): lines the sender was told were safe are
+    /// gone, so the batch cannot be read again as it was first computed.
+    #[error(
+        "write-ahead log segment {path}: a torn or corrupt record at byte {at}, inside the acknowledged range          {start}..{end}: the {lines} line(s) before it are intact, the rest of the range is lost (damage to the          log after it was written), so its batch cannot be read again as it was computed"
+    )]
+    Damaged { path: PathBuf, at: u64, start: u64, end: u64, lines: usize },
 }
 
 pub fn segment_path(dir: &Path, source: u32, seq: u64) -> PathBuf {
@@ -209,9 +216,10 @@ fn open_new(dir: &Path, source: u32, seq: u64) -> std::io::Result<std::fs::File>
 
 /// Reads the lines of a range: seeks to its start and reads exactly its
 /// bytes. The range comes from a checkpoint: one that ends before it starts
-/// or past the end of the segment is an error naming the segment. A torn or
-/// corrupt record inside it ends the read (with a warning: the range was
-/// acknowledged, so that is damage to the log).
+/// or past the end of the segment is an error naming the segment, and so is
+/// a torn or corrupt record inside it ([`WalError::Damaged`]: the range was
+/// acknowledged, so that is damage to the log; a batch re-run with part of
+/// its input would silently differ from the one first computed).
 pub fn read_range(dir: &Path, source: u32, r: &WalRange) -> Result<Vec<String>, WalError> {
     let path = segment_path(dir, source, r.seq);
     let io = |e| WalError::Io { path: path.clone(), source: e };
@@ -232,15 +240,13 @@ fn read_range_in<F: Read + Seek>(file: F, len: u64, path: &Path, r: &WalRange) -
     let (lines, used) =
         records_at(file, r.start, want).map_err(|e| WalError::Io { path: path.to_path_buf(), source: e })?;
     if used < want {
-        tracing::warn!(
-            "write-ahead log segment {}: a torn or corrupt record at byte {} of range {}..{}; \
-             the {} line(s) before it are read, the rest of the range is lost",
-            path.display(),
-            r.start + used,
-            r.start,
-            r.end,
-            lines.len()
-        );
+        return Err(WalError::Damaged {
+            path: path.to_path_buf(),
+            at: r.start + used,
+            start: r.start,
+            end: r.end,
+            lines: lines.len(),
+        });
     }
     Ok(lines)
 }
@@ -430,9 +436,15 @@ mod tests {
         let (got, ranges) = read_from(dir.path(), 0, WalPosition { seq: 0, offset: 0 }).unwrap();
         assert_eq!(got, before);
         assert_eq!(ranges, vec![WalRange { seq: 0, start: 0, end: r.end }]);
+        // A range over the damage (one a checkpoint acknowledged) is refused,
+        // naming where the damage is and what is intact.
         let len = std::fs::metadata(&path).unwrap().len();
         let all = WalRange { seq: 0, start: 0, end: len };
-        assert_eq!(read_range(dir.path(), 0, &all).unwrap(), before);
+        let e = read_range(dir.path(), 0, &all).unwrap_err();
+        assert!(matches!(e, WalError::Damaged { at, lines: 20, .. } if at == r.end), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&path.display().to_string()) && msg.contains(&format!("byte {}", r.end)), "{msg}");
+        assert_eq!(read_range(dir.path(), 0, &WalRange { seq: 0, start: 0, end: r.end }).unwrap(), before);
 
         // The length is refused before the data is read: a reader that
         // claims endless bytes is asked for the header only, whether the
