@@ -234,6 +234,7 @@ fn serve_kubernetes_manifests_match_the_server() {
         cfg.state_dir.display()
     );
     assert!(m["readOnly"] != true, "state_dir is mounted read-only");
+    cache_is_writable(c);
 
     // Every Secret and ConfigMap a workload names exists.
     let mut refs: BTreeMap<String, &str> = BTreeMap::new();
@@ -333,13 +334,27 @@ fn serve_kubernetes_executors_join_the_server() {
     assert!(str_list(&c["securityContext"]["capabilities"]["drop"]).contains(&"ALL".to_string()));
     assert!(c["resources"]["limits"]["memory"].is_string(), "no memory limit");
     assert!(c["resources"]["requests"]["cpu"].is_string(), "no CPU request");
+    cache_is_writable(c);
+}
+
+/// A container with a read-only root file system has its compiled-code
+/// cache (`WEIR_CACHE_DIR`) on a volume it may write (else every start
+/// compiles every module again, and the cache's writes fail).
+fn cache_is_writable(c: &Value) {
+    let name = c["name"].as_str().unwrap_or("?");
     let env = c["env"].as_array().cloned().unwrap_or_default();
     let mounts = c["volumeMounts"].as_array().cloned().unwrap_or_default();
-    if let Some(cache) = env.iter().find(|e| e["name"] == "WEIR_CACHE_DIR").and_then(|e| e["value"].as_str()) {
-        let (m, _) =
-            mount_of(&mounts, Path::new(cache)).unwrap_or_else(|| panic!("WEIR_CACHE_DIR {cache} is on no volume"));
-        assert!(m["readOnly"] != true, "WEIR_CACHE_DIR {cache} is mounted read-only");
-    }
+    let cache = env.iter().find(|e| e["name"] == "WEIR_CACHE_DIR").and_then(|e| e["value"].as_str());
+    let Some(cache) = cache else {
+        assert!(
+            c["securityContext"]["readOnlyRootFilesystem"] != true,
+            "container {name}: a read-only root file system and no WEIR_CACHE_DIR"
+        );
+        return;
+    };
+    let (m, _) = mount_of(&mounts, Path::new(cache))
+        .unwrap_or_else(|| panic!("container {name}: WEIR_CACHE_DIR {cache} is on no volume"));
+    assert!(m["readOnly"] != true, "container {name}: WEIR_CACHE_DIR {cache} is mounted read-only");
 }
 
 /// Names of the Secrets and ConfigMaps that `v` refers to (volumes, env,
