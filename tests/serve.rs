@@ -676,6 +676,61 @@ fn serve_fails_a_job_over_its_storage_quota_and_keeps_the_others_running() {
     server.kill();
 }
 
+/// evil's blocks may hold 50 kB; its job receives far more per batch. The
+/// job fails with the quota named, its bytes are given back, and acme's
+/// job goes on.
+#[test]
+fn serve_holds_a_tenant_to_its_block_quota_and_keeps_the_others_running() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let cfg = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[tenants.evil.limits]", "block_quota_bytes = 50_000\n\n[tenants.evil.limits]");
+    std::fs::write(&config, cfg).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let wc = module("wordcount.wasm");
+    let acme_id = submit(&addr, ACME, &generator_job(tmp.path(), "a.toml", &wc, "flat_map(m.split)", "")).unwrap();
+    let big = tmp.path().join("big.toml");
+    std::fs::write(
+        &big,
+        format!(
+            "batch_interval = \"500ms\"\n[modules]\nm = \"{}\"\n[sources.lines]\ntype = \"generator\"\n\
+             lines_per_batch = 5000\nwords_per_line = 10\n[streams]\nwords = \"lines.flat_map(m.split)\"\n\
+             [[outputs]]\nstream = \"words\"\ntype = \"save_as_text_files\"\nprefix = \"out/w\"\n",
+            wc.display()
+        ),
+    )
+    .unwrap();
+    let evil_id = submit(&addr, EVIL, &big).unwrap();
+    let failed = wait_status(&server, &addr, EVIL, &evil_id, 120, |v| v["state"] != "running");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let msg = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("the input of source 0") && msg.contains("over tenant evil's block_quota_bytes = 50000"),
+        "{failed}"
+    );
+    // Given back: evil holds nothing now; the quota is in the metrics.
+    let (code, metrics) = http(&addr, "GET", "/metrics", Some(ADMIN), b"", 0);
+    assert_eq!(code, 200, "{metrics}");
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(sample("weir_serve_block_bytes{tenant=\"evil\"} "), 0.0);
+    assert_eq!(sample("weir_serve_block_quota_bytes{tenant=\"evil\"} "), 50_000.0);
+    assert_eq!(sample("weir_serve_block_quota_bytes{tenant=\"acme\"} "), (1u64 << 30) as f64);
+    // acme's job goes on.
+    let n = status_json(&addr, ACME, &acme_id)["progress"]["batches_completed"].as_u64().unwrap_or(0);
+    let later = wait_status(&server, &addr, ACME, &acme_id, 120, |v| {
+        v["progress"]["batches_completed"].as_u64() >= Some(n + 2)
+    });
+    assert_eq!(later["state"], "running", "{later}");
+    assert_eq!(later["progress"]["batches_failed"].as_u64(), Some(0), "{later}");
+    server.kill();
+}
+
 const VICTIM: &str = "victim-token-0123456789";
 const NOISY: &str = "noisy-token-0123456789";
 

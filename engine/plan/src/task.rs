@@ -149,6 +149,11 @@ pub enum TaskFailure {
     /// As [`TaskFailure::Engine`], for records the operation cannot use.
     #[error("bad data{}: {message}", Site(*batch_time, *rdd, *partition))]
     BadData { batch_time: i64, rdd: Option<RddId>, partition: u32, message: String },
+    /// A block the task computed does not fit in its job's block budget
+    /// (a `weir serve` tenant's `block_quota_bytes`): retried, as the
+    /// tenant's other jobs may free blocks meanwhile.
+    #[error("{0}")]
+    OverBudget(String),
 }
 
 impl TaskFailure {
@@ -183,7 +188,10 @@ impl TaskFailure {
         match self {
             TaskFailure::Udf { deterministic, .. } => *deterministic,
             TaskFailure::BadData { .. } | TaskFailure::InputLost(_) => true,
-            TaskFailure::FetchFailed { .. } | TaskFailure::ExecutorLost(_) | TaskFailure::Engine { .. } => false,
+            TaskFailure::FetchFailed { .. }
+            | TaskFailure::ExecutorLost(_)
+            | TaskFailure::Engine { .. }
+            | TaskFailure::OverBudget(_) => false,
         }
     }
 }

@@ -58,4 +58,8 @@ pub enum EngineError {
     /// this one writes nothing more and stops.
     #[error(transparent)]
     Fenced(#[from] checkpoint::fence::Fenced),
+    /// A batch's input does not fit in the job's block budget (a
+    /// `weir serve` tenant's `block_quota_bytes`).
+    #[error("batch {time} ms, the input of source {source_index}: {error}")]
+    OverBudget { time: i64, source_index: u32, error: executor::block_store::OverBudget },
 }

@@ -304,6 +304,16 @@ async fn metrics(State(s): State<Arc<Server>>, headers: HeaderMap) -> ApiResult<
             refused.get_or_create(&vec![("tenant".into(), tenant), ("reason".into(), reason.into())]).inc_by(n);
         }
     }
+    let blocks = Family::<Labels, Gauge>::default();
+    let block_quota = Family::<Labels, Gauge>::default();
+    for t in s.config().tenants.values().filter(|t| only.as_deref().is_none_or(|o| o == t.name)) {
+        let l = vec![("tenant".to_string(), t.name.clone())];
+        let held = s.block_budget(&t.name).map_or(0, |b| b.held());
+        blocks.get_or_create(&l).set(i64::try_from(held).unwrap_or(i64::MAX));
+        block_quota.get_or_create(&l).set(i64::try_from(t.block_quota_bytes).unwrap_or(i64::MAX));
+    }
+    reg.register("block_bytes", "Bytes of blocks a tenant's live jobs hold in the server", blocks);
+    reg.register("block_quota_bytes", "A tenant's block_quota_bytes", block_quota);
     reg.register("batches", "Batches completed by a job (since the server started)", batches);
     reg.register("batches_failed", "Batches of a job in which an output failed", failed);
     reg.register("records_in", "Records a job received", records);

@@ -31,6 +31,9 @@ pub const DEFAULT_MEMORY_BYTES: usize = 64 << 20;
 /// Default UDF memory of a tenant's live jobs together: 1 GiB (sixteen
 /// instances at the default ceiling).
 pub const DEFAULT_MEMORY_QUOTA_BYTES: u64 = 1 << 30;
+/// Default bytes of blocks a tenant's live jobs hold together in the
+/// server: 1 GiB.
+pub const DEFAULT_BLOCK_QUOTA_BYTES: u64 = 1 << 30;
 /// Default `locality_wait_ms`: the runtime's (Spark's `spark.locality.wait`, 3 s).
 pub const DEFAULT_LOCALITY_WAIT_MS: u64 = 3_000;
 /// Largest `locality_wait_ms`: a minute (a task held up longer than that
@@ -97,6 +100,8 @@ struct TenantFile {
     #[serde(default)]
     memory_quota_bytes: Option<u64>,
     #[serde(default)]
+    block_quota_bytes: Option<u64>,
+    #[serde(default)]
     allowed_hosts: Vec<String>,
     #[serde(default)]
     kafka_topic_prefixes: Vec<String>,
@@ -143,6 +148,10 @@ pub struct Tenant {
     /// UDF memory all its live jobs may hold at once: each job counts
     /// `memory_bytes` x its modules x its executor threads.
     pub memory_quota_bytes: u64,
+    /// Bytes of blocks (received input, shuffle outputs, persisted and
+    /// state partitions) its live jobs may hold together in the server:
+    /// a block past it fails its task (retried) or, for input, the job.
+    pub block_quota_bytes: u64,
     /// Hosts (`host` or `host:port`) socket sources and Kafka may reach.
     pub allowed_hosts: Vec<String>,
     /// Kafka topics this tenant may read and write: those that start with
@@ -279,6 +288,11 @@ fn tenant_from(
             Some(0) => return Err(err(format!("tenant {name}: memory_quota_bytes must be at least 1"))),
             Some(n) => n,
             None => DEFAULT_MEMORY_QUOTA_BYTES,
+        },
+        block_quota_bytes: match t.block_quota_bytes {
+            Some(0) => return Err(err(format!("tenant {name}: block_quota_bytes must be at least 1"))),
+            Some(n) => n,
+            None => DEFAULT_BLOCK_QUOTA_BYTES,
         },
         allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         kafka_topic_prefixes: t.kafka_topic_prefixes,
@@ -558,6 +572,7 @@ mod tests {
         assert!(b.allowed_hosts.is_empty());
         assert!(b.kafka_topic_prefixes.is_empty(), "no Kafka topic by default");
         assert_eq!(b.memory_quota_bytes, DEFAULT_MEMORY_QUOTA_BYTES);
+        assert_eq!(b.block_quota_bytes, DEFAULT_BLOCK_QUOTA_BYTES);
         assert_eq!(b.ceilings.fuel_per_call, DEFAULT_FUEL_PER_CALL);
         assert!(!c.allow_inline_kafka_passwords, "inline Kafka passwords are refused by default");
         assert!(parse("allow_inline_kafka_passwords = true\n").unwrap().allow_inline_kafka_passwords);

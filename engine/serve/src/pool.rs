@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use weir::cluster::{ClusterConfig, SharedCluster};
+use weir::executor::block_store::BlockBudget;
 use weir::executor::{PoolTenant, SharedPool};
 use weir::scheduler::{ClusterOptions, Master};
 
@@ -38,6 +39,9 @@ pub struct ServePool {
     /// The configuration whose tenants the pool has (compared by pointer:
     /// a reload makes a new one).
     applied: Mutex<Option<Arc<Config>>>,
+    /// Each tenant's block budget (`block_quota_bytes`), shared by its
+    /// jobs; a reload changes the limits in place.
+    budgets: Mutex<std::collections::BTreeMap<String, Arc<BlockBudget>>>,
 }
 
 impl ServePool {
@@ -53,13 +57,21 @@ impl ServePool {
             Ok(Master::Cluster { .. }) => Executors::Processes(start_cluster(config, 0, 1)?),
             _ => Executors::Threads(SharedPool::start(config.slots() as usize).map_err(fail)?),
         };
-        let p = ServePool { pool, master: config.master.clone(), applied: Mutex::new(None) };
+        let p = ServePool { pool, master: config.master.clone(), applied: Mutex::new(None), budgets: Mutex::default() };
         p.set_tenants(config);
         Ok(p)
     }
 
     fn set_tenants(&self, config: &Config) {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         for t in config.tenants.values() {
+            match budgets.get(&t.name) {
+                Some(b) => b.set_limit(t.block_quota_bytes),
+                None => {
+                    let what = format!("tenant {}'s block_quota_bytes", t.name);
+                    budgets.insert(t.name.clone(), BlockBudget::new(what, t.block_quota_bytes));
+                }
+            }
             match &self.pool {
                 Executors::Threads(p) => p.set_tenant(&t.name, t.weight, t.max_slots as usize),
                 Executors::Processes(c) => c.set_tenant(&t.name, t.weight, t.max_slots as usize),
@@ -82,10 +94,20 @@ impl ServePool {
 
     /// Where a job of `tenant` runs its tasks.
     pub fn tenant(&self, tenant: &str) -> PoolTenant {
-        match &self.pool {
+        let seat = match &self.pool {
             Executors::Threads(p) => p.tenant(tenant),
             Executors::Processes(c) => c.tenant(tenant),
+        };
+        match self.block_budget(tenant) {
+            Some(b) => seat.with_block_budget(b),
+            None => seat,
         }
+    }
+
+    /// `tenant`'s block budget (bytes its live jobs' blocks hold now, and
+    /// its `block_quota_bytes`).
+    pub fn block_budget(&self, tenant: &str) -> Option<Arc<BlockBudget>> {
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned()
     }
 
     /// What the pool is now, as the tenant `only` may see it (`None`: the

@@ -127,6 +127,12 @@ impl Server {
         self.config.reload_now();
     }
 
+    /// `tenant`'s block budget: the bytes of blocks its live jobs hold in
+    /// the server, against its `block_quota_bytes`.
+    pub fn block_budget(&self, tenant: &str) -> Option<Arc<weir::executor::block_store::BlockBudget>> {
+        self.pool.block_budget(tenant)
+    }
+
     /// The executor pool now, as `only` may see it (`None`: the operator).
     pub fn pool_status(&self, only: Option<&str>) -> crate::pool::PoolView {
         self.pool.status(only)

@@ -392,6 +392,9 @@ pub struct PoolTenant {
     tenant: String,
     /// The job's name in the pool's status.
     job: String,
+    /// What the tenant's jobs' blocks may hold together (held by the job's
+    /// driver and, on a pool of threads, by its tasks).
+    budget: Option<Arc<super::block_store::BlockBudget>>,
 }
 
 impl std::fmt::Debug for PoolTenant {
@@ -403,7 +406,18 @@ impl std::fmt::Debug for PoolTenant {
 impl PoolTenant {
     /// `tenant`'s seat at `pool`.
     pub fn new(pool: Arc<dyn Pool>, tenant: &str) -> Self {
-        PoolTenant { pool, tenant: tenant.to_string(), job: String::new() }
+        PoolTenant { pool, tenant: tenant.to_string(), job: String::new(), budget: None }
+    }
+
+    /// This seat with the tenant's block budget: every job run on it keeps
+    /// its blocks within it (see [`super::block_store`]).
+    pub fn with_block_budget(mut self, budget: Arc<super::block_store::BlockBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    pub fn block_budget(&self) -> Option<&Arc<super::block_store::BlockBudget>> {
+        self.budget.as_ref()
     }
 
     /// This seat for the job named `job` (a server's job id): the pool's

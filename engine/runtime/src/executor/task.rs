@@ -113,10 +113,10 @@ impl TaskCx<'_, '_> {
         self.task.rdds.get(&id).ok_or_else(|| engine_fault(format!("task lineage lacks {id}")))
     }
 
-    fn store(&mut self, id: BlockId, block: Block) -> Block {
+    fn store(&mut self, id: BlockId, block: Block) -> Result<Block, TaskFailure> {
+        self.env.blocks.put(id, block.clone()).map_err(|e| TaskFailure::OverBudget(e.to_string()))?;
         self.written.push((id, crate::rdd::digest(&block)));
-        self.env.blocks.put(id, block.clone());
-        block
+        Ok(block)
     }
 
     /// A block from this executor's store, or fetched from where the task
@@ -128,7 +128,8 @@ impl TaskCx<'_, '_> {
         let fetch = self.env.fetch?;
         let (_, addr) = self.task.locations.iter().find(|(b, _)| b == id)?;
         let b = fetch(std::slice::from_ref(id), addr).pop().flatten()?;
-        self.env.blocks.put(*id, b.clone());
+        // Not kept when over the budget: used by this task alone.
+        let _ = self.env.blocks.put(*id, b.clone());
         Some(b)
     }
 
@@ -148,7 +149,8 @@ impl TaskCx<'_, '_> {
         for (addr, ids) in by_addr {
             for (id, b) in ids.iter().zip(fetch(&ids, addr)) {
                 if let Some(b) = b {
-                    self.env.blocks.put(*id, b);
+                    // Over the budget: fetched again when read.
+                    let _ = self.env.blocks.put(*id, b);
                 }
             }
         }
@@ -287,7 +289,7 @@ impl TaskCx<'_, '_> {
             }
         };
         if rdd.persist {
-            Ok(self.store(block_id, data))
+            self.store(block_id, data)
         } else {
             Ok(data)
         }
@@ -310,7 +312,7 @@ impl TaskCx<'_, '_> {
                     self.store(
                         BlockId::Shuffle { shuffle, map, reduce: r },
                         Arc::new(codec::BatchBuilder::new().finish()),
-                    );
+                    )?;
                 }
                 return Ok(TaskOutput::MapDone);
             }
@@ -323,7 +325,7 @@ impl TaskCx<'_, '_> {
         self.udfs.set_time(outer);
         let buckets = buckets?;
         for (r, data) in buckets.into_iter().enumerate() {
-            self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data));
+            self.store(BlockId::Shuffle { shuffle, map, reduce: r as u32 }, Arc::new(data))?;
         }
         Ok(TaskOutput::MapDone)
     }

@@ -201,7 +201,10 @@ impl Driver {
                 _ => None,
             })
             .collect();
-        let blocks = BlockStore::new();
+        let blocks = match opts.pool.as_ref().and_then(|p| p.block_budget()) {
+            Some(b) => BlockStore::with_budget(b.clone()),
+            None => BlockStore::new(),
+        };
         let dag = start_executors(&job, &opts, &blocks, &listeners)?;
         let zero_time = match opts.clock {
             Clock::Logical => 0,
@@ -542,7 +545,7 @@ impl Driver {
                 self.listeners.emit(|l| l.on_source_progress(&e));
             }
             let partitions = match self.source_nodes.get(&(i as u32)) {
-                Some(&node) => self.store_input(time, node, i as u32, parts).partitions,
+                Some(&node) => self.store_input(time, node, i as u32, parts)?.partitions,
                 None => 1,
             };
             input_partitions.insert(i as u32, partitions);
@@ -713,7 +716,13 @@ impl Driver {
     }
 
     /// Stores a source's partitions as the blocks of its input RDD at `time`.
-    pub(super) fn store_input(&mut self, time: i64, node: u32, source: u32, parts: Vec<Vec<u8>>) -> Rdd {
+    pub(super) fn store_input(
+        &mut self,
+        time: i64,
+        node: u32,
+        source: u32,
+        parts: Vec<Vec<u8>>,
+    ) -> Result<Rdd, EngineError> {
         let id = RddId { time, node };
         let rdd = Rdd {
             id,
@@ -724,10 +733,15 @@ impl Driver {
         };
         for (p, data) in parts.into_iter().enumerate() {
             let bid = BlockId::Rdd { rdd: id, partition: p as u32 };
-            self.dag.register_block(bid, crate::rdd::digest(&data));
-            self.blocks.put(bid, Arc::new(data));
+            let digest = crate::rdd::digest(&data);
+            self.blocks.put(bid, Arc::new(data)).map_err(|error| EngineError::OverBudget {
+                time,
+                source_index: source,
+                error,
+            })?;
+            self.dag.register_block(bid, digest);
         }
-        rdd
+        Ok(rdd)
     }
 
     /// The metadata checkpoint of where the run is now.

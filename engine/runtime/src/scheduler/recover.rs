@@ -120,7 +120,7 @@ impl Driver {
             for (i, rec) in recs.iter().enumerate() {
                 let Some(&node) = self.source_nodes.get(&(i as u32)) else { continue };
                 let parts = self.sources[i].replay_partitions(*t, &rec.descriptor, self.job.graph.parallelism)?;
-                let rdd = self.store_input(*t, node, i as u32, parts);
+                let rdd = self.store_input(*t, node, i as u32, parts)?;
                 register(&mut self.memo, &mut self.dag.lineage, node, rdd);
             }
         }
@@ -138,7 +138,9 @@ impl Driver {
             for (p, data) in parts.into_iter().enumerate() {
                 let bid = BlockId::Rdd { rdd: id, partition: p as u32 };
                 self.dag.register_block(bid, crate::rdd::digest(&data));
-                self.blocks.put(bid, Arc::new(data));
+                self.blocks.put(bid, Arc::new(data)).map_err(|e| {
+                    EngineError::Checkpoint(CheckpointError::Mismatch(format!("cannot restore state: {e}")))
+                })?;
             }
             let label = self.job.graph.nodes.get(*node as usize).map(|n| n.label.clone()).unwrap_or_default();
             let op = RddOp::Checkpointed { path: c.state_path(&r.file), bounds: self.job.graph.checkpoint };
