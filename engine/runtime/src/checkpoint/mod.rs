@@ -662,11 +662,7 @@ impl CheckpointDir {
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
         let Some(url) = object_store_url(&c.dir) else {
-            let root = local_path(&c.dir);
-            if c.fresh {
-                CheckpointDir::clear(&root).map_err(|source| CheckpointError::Io { dir: root.clone(), source })?;
-            }
-            return CheckpointDir::open_bounded(&root, c.keep, c.lease_ttl, bounds);
+            return CheckpointDir::open_local(&local_path(&c.dir), c.keep, c.lease_ttl, bounds, c.fresh);
         };
         #[cfg(feature = "object-store")]
         {
@@ -721,6 +717,20 @@ impl CheckpointDir {
         ttl: std::time::Duration,
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
+        CheckpointDir::open_local(root, keep, ttl, bounds, false)
+    }
+
+    /// [`CheckpointDir::open_bounded`], its checkpoints cleared first with
+    /// `fresh` — once the lease is this driver's: a live driver's directory
+    /// is never cleared (its lease refuses this driver), and one taken over
+    /// from a paused driver is fenced.
+    fn open_local(
+        root: &Path,
+        keep: usize,
+        ttl: std::time::Duration,
+        bounds: CheckpointBounds,
+        fresh: bool,
+    ) -> Result<(Self, Recovered), CheckpointError> {
         // Absolute, because the lineage hands this path to executors to
         // read data checkpoints from, and an executor process (on another
         // host, or started elsewhere) has its own working directory: a
@@ -738,6 +748,15 @@ impl CheckpointDir {
             fence::Refused::Held { holder } => CheckpointError::Locked { dir: root.clone(), holder },
             fence::Refused::Io(e) => io_err(root)(e),
         })?;
+        if fresh {
+            let cleared = remove_checkpoints(root).and_then(|()| {
+                [metadata_dir(root), state_dir(root), wal_dir(root)].iter().try_for_each(std::fs::create_dir_all)
+            });
+            if let Err(e) = cleared {
+                lease.release();
+                return Err(io_err(root)(e));
+            }
+        }
         if lock.is_some() {
             // Only when no live driver holds the directory: a paused one's
             // half-written file is not a leftover until it is fenced.
@@ -895,13 +914,19 @@ impl CheckpointDir {
             CheckpointError::Io { source, .. } => source,
             other => std::io::Error::other(other.to_string()),
         })?;
-        for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
-            if d.exists() {
-                std::fs::remove_dir_all(&d)?;
-            }
-        }
-        Ok(())
+        remove_checkpoints(root)
     }
+}
+
+/// Removes the metadata and data checkpoints and the write-ahead logs (not
+/// the lease files: epochs keep growing across a fresh start).
+fn remove_checkpoints(root: &Path) -> std::io::Result<()> {
+    for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+    }
+    Ok(())
 }
 
 /// Takes the directory's lifetime flock, or says which live driver holds it
