@@ -2,7 +2,8 @@
 //! last one was (`docs/fault-tolerance.md`).
 //!
 //! ```text
-//! <dir>/lock                          the driver's lease and epoch (JSON; see [`fence`])
+//! <dir>/epochs/<epoch>                one file per driver epoch: its lease (JSON; see [`fence`])
+//! <dir>/lock                          the newest driver's lease, for Weir versions before epoch files
 //! <dir>/metadata/checkpoint-<seq>-e<epoch>  metadata checkpoints (newest N kept)
 //! <dir>/state/<node>-<time>.state     data checkpoints of state RDDs
 //! <dir>/wal/<source>-<seq>.log        receivers' write-ahead logs
@@ -11,7 +12,7 @@
 //! The location may also be an object-store URL (`s3://bucket/prefix`, ...;
 //! cargo feature `object-store`, [`objstore`]): the same `metadata/` and
 //! `state/` objects, each written whole by one PUT, and a lease object `lock`
-//! instead of the flock. There is no `wal/` there: a source that needs a
+//! instead of the epoch files. There is no `wal/` there: a source that needs a
 //! write-ahead log (a socket) is refused with an object-store checkpoint.
 //!
 //! A metadata checkpoint is written when a batch is generated (its inputs are
@@ -190,9 +191,13 @@ pub enum CheckpointError {
     Io { dir: PathBuf, source: std::io::Error },
     #[error(
         "checkpoint directory {dir} is in use by another driver{}; one driver per checkpoint directory",
-        pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default()
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
     )]
-    Locked { dir: PathBuf, pid: Option<String> },
+    Locked {
+        dir: PathBuf,
+        /// Who: `pid N on HOST, driver epoch E; why` (or less, when less is known).
+        holder: Option<String>,
+    },
     #[error("{0}")]
     Mismatch(String),
     #[error(
@@ -407,7 +412,10 @@ impl Writer {
     fn state(&mut self, node: u32, stream: &str, time: i64, partitions: &[Arc<Vec<u8>>]) -> Result<u64, String> {
         let r = self
             .fence
-            .commit(|| write_state(&*self.store, node, stream, time, partitions))
+            .commit(|| {
+                fence::failpoint_stop_in_commit("state");
+                write_state(&*self.store, node, stream, time, partitions)
+            })
             .map_err(|e| e.to_string())??;
         let bytes = r.bytes;
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,14 +431,23 @@ impl Writer {
         // Only data checkpoints known to be durable are named.
         m.state = newest_until(&self.durable.lock().unwrap_or_else(|p| p.into_inner()), until);
         let epoch = self.fence.epoch();
-        let bytes = self.fence.commit(|| write_metadata(&*self.store, &m, epoch)).map_err(|e| e.to_string())??;
+        let bytes = self
+            .fence
+            .commit(|| {
+                fence::failpoint_stop_in_commit("metadata");
+                write_metadata(&*self.store, &m, epoch)
+            })
+            .map_err(|e| e.to_string())??;
         self.seq += 1;
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
         self.kept.push_back(m);
         while self.kept.len() > self.keep {
             self.kept.pop_front();
         }
-        let oldest = collect_garbage(&*self.store, self.wal_root.as_deref(), &self.kept, self.keep);
+        // Deleting is a commit too: a driver taken over since its write above
+        // deletes nothing (its view of what to keep is stale).
+        let gc = self.fence.commit(|| collect_garbage(&*self.store, self.wal_root.as_deref(), &self.kept, self.keep));
+        let Ok(oldest) = gc else { return Ok(bytes) };
         // Forget what garbage collection deleted (older than any kept checkpoint names).
         for (node, refs) in self.durable.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             if let Some(&o) = oldest.get(node) {
@@ -645,11 +662,7 @@ impl CheckpointDir {
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
         let Some(url) = object_store_url(&c.dir) else {
-            let root = local_path(&c.dir);
-            if c.fresh {
-                CheckpointDir::clear(&root).map_err(|source| CheckpointError::Io { dir: root.clone(), source })?;
-            }
-            return CheckpointDir::open_bounded(&root, c.keep, c.lease_ttl, bounds);
+            return CheckpointDir::open_local(&local_path(&c.dir), c.keep, c.lease_ttl, bounds, c.fresh);
         };
         #[cfg(feature = "object-store")]
         {
@@ -678,10 +691,10 @@ impl CheckpointDir {
         }
     }
 
-    /// Opens (creating) a checkpoint directory, takes its lock, and reads the
-    /// newest valid metadata checkpoint. A lock held by a live driver is
-    /// refused; a dead driver's lock is released by the kernel with its
-    /// process, so it is simply taken.
+    /// Opens (creating) a checkpoint directory, takes its lease, and reads
+    /// the newest valid metadata checkpoint. A lease renewed by a live
+    /// driver is refused; a dead driver's (on this machine) or a released
+    /// one is simply taken ([`fence::LocalLease`]).
     pub fn open(root: &Path, keep: usize) -> Result<(Self, Recovered), CheckpointError> {
         CheckpointDir::open_leased(root, keep, std::time::Duration::from_secs(30))
     }
@@ -704,6 +717,20 @@ impl CheckpointDir {
         ttl: std::time::Duration,
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
+        CheckpointDir::open_local(root, keep, ttl, bounds, false)
+    }
+
+    /// [`CheckpointDir::open_bounded`], its checkpoints cleared first with
+    /// `fresh` — once the lease is this driver's: a live driver's directory
+    /// is never cleared (its lease refuses this driver), and one taken over
+    /// from a paused driver is fenced.
+    fn open_local(
+        root: &Path,
+        keep: usize,
+        ttl: std::time::Duration,
+        bounds: CheckpointBounds,
+        fresh: bool,
+    ) -> Result<(Self, Recovered), CheckpointError> {
         // Absolute, because the lineage hands this path to executors to
         // read data checkpoints from, and an executor process (on another
         // host, or started elsewhere) has its own working directory: a
@@ -718,9 +745,18 @@ impl CheckpointDir {
             Err(e) => return Err(e),
         };
         let lease = fence::LocalLease::acquire(root, ttl, lock.is_some()).map_err(|e| match e {
-            fence::Refused::Held(pid) => CheckpointError::Locked { dir: root.clone(), pid },
+            fence::Refused::Held { holder } => CheckpointError::Locked { dir: root.clone(), holder },
             fence::Refused::Io(e) => io_err(root)(e),
         })?;
+        if fresh {
+            let cleared = remove_checkpoints(root).and_then(|()| {
+                [metadata_dir(root), state_dir(root), wal_dir(root)].iter().try_for_each(std::fs::create_dir_all)
+            });
+            if let Err(e) = cleared {
+                lease.release();
+                return Err(io_err(root)(e));
+            }
+        }
         if lock.is_some() {
             // Only when no live driver holds the directory: a paused one's
             // half-written file is not a leftover until it is fenced.
@@ -868,29 +904,37 @@ impl CheckpointDir {
             return Ok(());
         }
         let _lock = take_lock(root).map_err(|e| match e {
-            CheckpointError::Locked { pid, .. } => std::io::Error::new(
+            CheckpointError::Locked { holder, .. } => std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
                 format!(
                     "in use by another driver{}; one driver per checkpoint directory",
-                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                    holder.map(|h| format!(" ({h})")).unwrap_or_default()
                 ),
             ),
             CheckpointError::Io { source, .. } => source,
             other => std::io::Error::other(other.to_string()),
         })?;
-        for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
-            if d.exists() {
-                std::fs::remove_dir_all(&d)?;
-            }
-        }
-        Ok(())
+        remove_checkpoints(root)
     }
 }
 
-/// Takes the directory's lock, or says which live driver holds it (the pid
-/// in `<root>/lock`). The flock is on the checkpoint directory itself, not
-/// on a file in it: a file can be deleted under a live driver, and a second
-/// driver would then lock a new one and run beside it.
+/// Removes the metadata and data checkpoints and the write-ahead logs (not
+/// the lease files: epochs keep growing across a fresh start).
+fn remove_checkpoints(root: &Path) -> std::io::Result<()> {
+    for d in [metadata_dir(root), state_dir(root), wal_dir(root)] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes the directory's lifetime flock, or says which live driver holds it
+/// (the pid in `<root>/lock`). A hint only: the lease files decide
+/// ([`fence::LocalLease`]); a held flock keeps a driver out only when no
+/// lease file names a holder (deleted, or a Weir before epochs), and keeps
+/// `--fresh` from clearing the directory. It is on the directory itself, not
+/// on a file in it, which could be deleted under a live driver.
 fn take_lock(root: &Path) -> Result<File, CheckpointError> {
     let lock_path = root.join("lock");
     let lock = File::open(root).map_err(io_err(root))?;
@@ -907,7 +951,7 @@ fn take_lock(root: &Path) -> Result<File, CheckpointError> {
                     Some(p) => Some(p.to_string()),
                     None => text.filter(|s| !s.is_empty()),
                 };
-                Err(CheckpointError::Locked { dir: root.into(), pid })
+                Err(CheckpointError::Locked { dir: root.into(), holder: pid.map(|p| format!("pid {p}")) })
             }
             std::fs::TryLockError::Error(e) => Err(io_err(root)(e)),
         };

@@ -2,9 +2,9 @@
 //! blobs, each written atomically and durably, listed by directory. The
 //! default, [`LocalDir`], is a directory on a local filesystem; an object
 //! store (S3-compatible, through the `object_store` crate) can implement the
-//! same four calls. The lock and the receivers' write-ahead logs are local
-//! files beside it (an append-only log and a flock have no object-store
-//! equivalent without more design).
+//! same four calls. The lease files and the receivers' write-ahead logs are
+//! local files beside it (an object store has its own lease, and an
+//! append-only log has no object-store equivalent without more design).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,8 @@ pub trait CheckpointStore: Send + Sync {
     fn bounds(&self) -> CheckpointBounds;
 }
 
-/// A checkpoint directory on a local filesystem: write to a temporary name,
-/// fsync, rename into place, fsync the directory.
+/// A checkpoint directory on a local filesystem: write to a temporary name
+/// (`.<name>.<pid>.tmp`), fsync, rename into place, fsync the directory.
 pub struct LocalDir {
     root: PathBuf,
     bounds: CheckpointBounds,
@@ -102,7 +102,9 @@ impl CheckpointStore for LocalDir {
         let path = self.root.join(name);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{file}.tmp"));
+        // This process's own temporary name: a driver fenced in the middle
+        // of a write must not truncate a newer driver's file of that name.
+        let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         if crash_injection_due() {
             // Die with half a file written: what a power cut or SIGKILL leaves.

@@ -135,7 +135,12 @@ fn write_batch(b: Batch, retries: u32, backoff: Duration, fence: Option<&Fence>)
                 let sink = sink.ok_or("the output has no sink")?;
                 let gate = |commit: &mut dyn FnMut() -> Result<(), SinkError>| -> Result<(), SinkError> {
                     match fence {
-                        Some(f) => f.commit(commit).map_err(|e| SinkError::Fenced(e.to_string()))?,
+                        Some(f) => f
+                            .commit(|| {
+                                crate::checkpoint::fence::failpoint_stop_in_commit("output");
+                                commit()
+                            })
+                            .map_err(|e| SinkError::Fenced(e.to_string()))?,
                         None => commit(),
                     }
                 };
