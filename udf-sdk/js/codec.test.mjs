@@ -206,6 +206,11 @@ test("nesting: 64 levels and no more", () => {
 test("a Uint8Array of another realm (componentize-js's list<u8>) decodes in place", () => {
   const other = vm.runInNewContext("new Uint8Array([9, 9, 1, 0, 0, 0, 5, 2, 0, 0, 0, 104, 105, 9]).subarray(2, 13)");
   assert.ok(!(other instanceof Uint8Array));
+  // Not copied through the iterator protocol (Uint8Array.from: ~18 000
+  // units of fuel a byte in the component).
+  other[Symbol.iterator] = () => {
+    throw new Error("iterated");
+  };
   assert.deepEqual(decodeBatch(other), ["hi"]);
   assert.equal(decodeValue(other.subarray(4)), "hi");
   assert.throws(() => decodeBatch(vm.runInNewContext("new Uint8Array([1, 0, 0, 0, 0, 0])")), /trailing/);
@@ -256,6 +261,9 @@ test("a large batch grows the buffer and stays byte for byte", () => {
   assert.deepEqual(back[3], values[3]);
   assert.deepEqual(back[29999], values[29999]);
   assert.deepEqual(back.at(-1), values.at(-1));
+  // A first value many times the starting 4 KiB, and a long string.
+  const lone = [new Uint8Array(100000).fill(5), "é".repeat(40000)];
+  assert.equal(Buffer.compare(Buffer.from(encodeBatch(lone)), refBatch(lone)), 0);
   // The same through an iterator and a writer.
   assert.equal(Buffer.compare(Buffer.from(encodeBatch(values.values())), Buffer.from(enc)), 0);
   const w = writer();
