@@ -118,6 +118,10 @@ if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     cp ../udf-sdk/js/package.json ../udf-sdk/js/package-lock.json "$js_dir/"
     (cd "$js_dir" && npm ci --no-audit --no-fund --silent >&2)
   fi
+  # The SDK's own tests first (codec.js against a reference encoder, and
+  # index.js's runners; a couple of seconds): a broken codec fails here,
+  # before a minute of building components with it.
+  node --test ../udf-sdk/js/codec.test.mjs >&2
   # The builds run side by side (each is mostly one single-threaded wizer
   # run); `wait PID` passes a failure on. params exports `params` too, so
   # build.mjs builds it for the world with weir:udf/params.

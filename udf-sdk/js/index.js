@@ -38,7 +38,7 @@
 // `weir:udf/params`; build.mjs then builds it for the world
 // `guest-with-params`.
 
-import { decodeBatch, decodeValue, encodeBatch, writer, tuple } from "./codec.js";
+import { decodeBatch, decodeValue, encodeBatch, encodeFlat, encodeMapped, tuple } from "./codec.js";
 
 export { decodeBatch, decodeValue, encodeBatch, EncodingError, Tuple, tuple, Float, float } from "./codec.js";
 
@@ -122,47 +122,52 @@ export class State {
   }
 }
 
-function* mapped(f, recs) {
-  for (const v of recs) yield f(v);
+// The runners hand the function to encodeMapped/encodeFlat, which call it
+// per record in a plain indexed loop: a generator's yield or an iterator's
+// step (array destructuring is one) costs as much as encoding a value in
+// SpiderMonkey's interpreter (codec.js).
+const RUNNERS = {
+  map: (f, batch) => encodeMapped(f, decodeBatch(batch)),
+  "flat-map": (f, batch) => encodeFlat(f, decodeBatch(batch)),
+  filter: (f, batch) => encodeMapped((v) => Boolean(f(v)), decodeBatch(batch)),
+  "key-by": (f, batch) => encodeMapped(f, decodeBatch(batch)),
+  "map-partitions": (f, batch) => encodeBatch(f(decodeBatch(batch))),
+  reduce: (f, batch) => encodeMapped((group) => fold(f, group), decodeBatch(batch)),
+  // `arity`: the user's function's, without its parameters object.
+  update: (f, batch, arity) =>
+    encodeMapped(
+      arity === 2 ? (r) => f(r[1], r[2]) : (r) => f(r[0], r[1], r[2]),
+      decodeBatch(batch),
+    ),
+  "map-with-state": (f, batch) => encodeMapped((r) => mapWithState1(f, r), decodeBatch(batch)),
+};
+
+// A left fold over one group, as Array.prototype.reduce without an initial
+// value (a decoded group has no holes).
+function fold(f, group) {
+  const n = group.length;
+  if (n === 0) throw new Error("reduce: an empty group");
+  let acc = group[0];
+  for (let i = 1; i < n; i++) acc = f(acc, group[i]);
+  return acc;
 }
 
-const RUNNERS = {
-  map: (f, batch) => encodeBatch(mapped(f, decodeBatch(batch))),
-  "flat-map": (f, batch) => {
-    const w = writer();
-    let n = 0;
-    for (const v of decodeBatch(batch)) {
-      for (const o of f(v)) {
-        w.value(o, 0);
-        n++;
-      }
-    }
-    return w.finish(n);
-  },
-  filter: (f, batch) => encodeBatch(mapped((v) => Boolean(f(v)), decodeBatch(batch))),
-  "key-by": (f, batch) => encodeBatch(mapped(f, decodeBatch(batch))),
-  "map-partitions": (f, batch) => encodeBatch(f(decodeBatch(batch))),
-  reduce: (f, batch) =>
-    encodeBatch(
-      mapped((group) => {
-        if (group.length === 0) throw new Error("reduce: an empty group");
-        return group.reduce((a, b) => f(a, b));
-      }, decodeBatch(batch)),
-    ),
-  // `arity`: the user's function's, without its parameters object.
-  update: (f, batch, arity) => {
-    const two = arity === 2;
-    return encodeBatch(mapped(([key, values, state]) => (two ? f(values, state) : f(key, values, state)), decodeBatch(batch)));
-  },
-  "map-with-state": (f, batch) =>
-    encodeBatch(
-      mapped(([key, values, value, timingOut]) => {
-        const state = new State(value, timingOut);
-        const outputs = timingOut ? [f(key, null, state)] : values.map((v) => f(key, v, state));
-        return tuple(outputs, state.exists() ? state.get() : null);
-      }, decodeBatch(batch)),
-    ),
-};
+// One key of mapWithState: the record is (key, values, state, timingOut).
+function mapWithState1(f, r) {
+  const key = r[0];
+  const values = r[1];
+  const timingOut = r[3];
+  const state = new State(r[2], timingOut);
+  let outputs;
+  if (timingOut) {
+    outputs = [f(key, null, state)];
+  } else {
+    const n = values.length;
+    outputs = new Array(n);
+    for (let i = 0; i < n; i++) outputs[i] = f(key, values[i], state);
+  }
+  return tuple(outputs, state.exists() ? state.get() : null);
+}
 
 /** Runs function `name` of `kind` (a WIT kind, "flat-map", ...) on one batch. */
 export function call(name, kind, batch) {
