@@ -1229,7 +1229,7 @@ impl ExecutorBackend for ClusterBackend {
     fn prefer(&self, executor: Option<&str>) {
         self.shared.prefer(self.job, executor);
     }
-    /// The connected executors, then the lost ones ([`connected_status`]).
+    /// The connected executors, then the lost ones (alive: false).
     fn executor_status(&self) -> Vec<crate::listener::ExecutorStatus> {
         connected_status(&self.shared)
     }
