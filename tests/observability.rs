@@ -666,33 +666,13 @@ fn poll(addr: SocketAddr, path: &str, what: &str, done: impl Fn(&serde_json::Val
 #[test]
 fn an_executor_killed_between_batches_shows_lost_before_the_next_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("job.toml");
-    // Batches far apart (3 s) and small: the kill lands well between two.
-    std::fs::write(
-        &job,
-        format!(
-            r#"batch_interval = "3s"
-parallelism = 2
-[modules]
-wordcount = "{}"
-[sources.lines]
-type = "generator"
-lines_per_batch = 200
-words_per_line = 3
-vocabulary = 50
-[streams]
-words  = "lines.flat_map(wordcount.split)"
-pairs  = "words.map(wordcount.pair)"
-counts = "pairs.reduce_by_key(wordcount.sum)"
-[[outputs]]
-stream = "counts"
-type = "save_as_text_files"
-prefix = "out/counts"
-"#,
-            module("wordcount.wasm").display()
-        ),
-    )
-    .unwrap();
+    // Batches far apart (3 s) and small: the kill lands well between two;
+    // two partitions, so both executors run tasks.
+    let job = generator_job(dir.path(), None);
+    let text = std::fs::read_to_string(&job).unwrap();
+    let slow = text.replace("batch_interval = \"100ms\"", "batch_interval = \"3s\"\nparallelism = 2");
+    assert_ne!(text, slow);
+    std::fs::write(&job, slow).unwrap();
     let (mut d, addr) = run_with_ui(dir.path(), &job, &["--master", "local-cluster[2]"]);
     // A batch completed with tasks on both executors, none in flight.
     let execs = poll(addr, "/api/v1/executors", "both executors to run tasks", |v| {

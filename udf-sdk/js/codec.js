@@ -474,47 +474,51 @@ function unencodable(v) {
   );
 }
 
-/** Encodes the values of an iterable as one batch (a Uint8Array). */
-export function encodeBatch(values) {
+// A batch written by `write` (which writes its values with writeValue
+// and returns how many), in a fresh writer made current meanwhile.
+function encodeWith(write) {
   const w = writer();
   const saved = enter(w);
   let n = 0;
   try {
-    if (Array.isArray(values)) {
-      n = values.length;
-      for (let i = 0; i < n; i++) writeValue(values[i], 0);
-    } else {
-      for (const v of values) {
-        writeValue(v, 0);
-        n++;
-      }
-    }
+    n = write();
   } finally {
     leave(w, saved);
   }
   return w.finish(n);
+}
+
+/** Encodes the values of an iterable as one batch (a Uint8Array). */
+export function encodeBatch(values) {
+  return encodeWith(() => {
+    if (Array.isArray(values)) {
+      const n = values.length;
+      for (let i = 0; i < n; i++) writeValue(values[i], 0);
+      return n;
+    }
+    let n = 0;
+    for (const v of values) {
+      writeValue(v, 0);
+      n++;
+    }
+    return n;
+  });
 }
 
 /** The batch of `f(x)` for each x of the Array `records`. */
 export function encodeMapped(f, records) {
-  const w = writer();
-  const saved = enter(w);
-  const n = records.length;
-  try {
+  return encodeWith(() => {
+    const n = records.length;
     for (let i = 0; i < n; i++) writeValue(f(records[i]), 0);
-  } finally {
-    leave(w, saved);
-  }
-  return w.finish(n);
+    return n;
+  });
 }
 
 /** The batch of the values of every `f(x)` (an iterable) for each x of the Array `records`. */
 export function encodeFlat(f, records) {
-  const w = writer();
-  const saved = enter(w);
-  const len = records.length;
-  let n = 0;
-  try {
+  return encodeWith(() => {
+    const len = records.length;
+    let n = 0;
     for (let i = 0; i < len; i++) {
       const out = f(records[i]);
       if (Array.isArray(out)) {
@@ -528,10 +532,8 @@ export function encodeFlat(f, records) {
         }
       }
     }
-  } finally {
-    leave(w, saved);
-  }
-  return w.finish(n);
+    return n;
+  });
 }
 
 /** The writer, for the kinds that write a batch as they go. */
