@@ -162,14 +162,27 @@ fn run(rate: &str, n: usize) -> Vec<Batch> {
     seen
 }
 
-/// A spin is tens of microseconds: 30 000 lines are seconds of work, far
+/// A spin is tens of microseconds: 60 000 lines are seconds of work, far
 /// more than one 200 ms batch can process.
-const LINES: usize = 30_000;
+const LINES: usize = 60_000;
+
+/// Records per second of processing time over `batches`.
+fn processing_rate(batches: &[Batch]) -> f64 {
+    let (n, ms) = batches.iter().fold((0, 0), |(n, ms), b| (n + b.records, ms + b.processing_ms));
+    n as f64 * 1000.0 / ms.max(1) as f64
+}
 
 #[test]
 fn backpressure_bounds_the_scheduling_delay_where_an_unlimited_job_falls_behind() {
     let free = run("", LINES);
-    let limited = run("backpressure = true\n[rate]\ninitial = 500\nmin = 50", LINES);
+    // The limited run must last long enough for the estimator to settle and
+    // be judged (at least 10 batches after the first 5) whatever this
+    // machine's speed: it gets about 30 batches' worth of what the free run
+    // processed per second (a fast machine once finished 30 000 lines in 12
+    // batches).
+    let per_batch = processing_rate(&free) * INTERVAL_MS as f64 / 1000.0;
+    let n = LINES.max((per_batch * 30.0) as usize);
+    let limited = run("backpressure = true\n[rate]\ninitial = 500\nmin = 50", n);
     let report = |bs: &[Batch]| {
         bs.iter()
             .map(|b| format!("{} ms: {} in, delay {} ms, limit {:?}", b.time, b.records, b.scheduling_ms, b.limit))
@@ -219,8 +232,7 @@ fn backpressure_bounds_the_scheduling_delay_where_an_unlimited_job_falls_behind(
     let mut limits: Vec<f64> = tail.iter().filter_map(|b| b.limit).collect();
     limits.sort_by(f64::total_cmp);
     let median = limits[limits.len() / 2];
-    let (n, ms) = settled.iter().fold((0, 0), |(n, ms), b| (n + b.records, ms + b.processing_ms));
-    let processed = n as f64 * 1000.0 / ms.max(1) as f64;
+    let processed = processing_rate(&settled.iter().map(|b| **b).collect::<Vec<_>>());
     assert!(
         median >= processed / 3.0 && median <= processed * 3.0,
         "the rate limit should settle near the processing rate ({processed:.0}/s; median limit {median:.0}/s):\n{}",

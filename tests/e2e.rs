@@ -24,6 +24,7 @@ mod kafka;
 mod kafka_records;
 mod kafka_s3;
 mod kafka_secrets;
+mod kafka_tls;
 mod netns;
 mod netns_hosts;
 mod object_store;

@@ -294,8 +294,13 @@ fn a_checkpoint_claiming_a_huge_length_is_refused_not_allocated() {
     assert!(err.contains("not usable"), "{err}");
 }
 
+/// A live driver's lease is its epoch file (`DIR/epochs/<epoch>`), with
+/// the legacy `DIR/lock` written beside it and an flock on `DIR` as a hint.
+/// Deleting the legacy file leaves the epoch file to refuse a second driver;
+/// deleting the epoch files too leaves the flock to refuse it. Neither
+/// deletion stops the first driver.
 #[test]
-fn deleting_the_lock_file_does_not_let_a_second_driver_in() {
+fn deleting_the_lease_files_does_not_let_a_second_driver_in() {
     let tmp = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let job = tmp.path().join("job.toml");
@@ -306,17 +311,26 @@ fn deleting_the_lock_file_does_not_let_a_second_driver_in() {
         c.arg("run").arg(&job).args(["--clock", "wall", "--checkpoint"]).arg(&ckpt);
         c
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let mut first = Driver::spawn(&mut cmd());
     first.wait_for(deadline, "the first driver's first batch", |l| progress(l).is_some());
-    let _ = std::fs::remove_file(ckpt.join("lock"));
-
-    let mut second = Driver::spawn(&mut cmd());
-    let status = second.wait_exit(Duration::from_secs(30), "the second driver to give up");
-    let err = second.log();
-    assert!(!status.success(), "a second driver ran beside a live one:\n{err}");
-    assert!(err.contains("in use by another driver"), "{err}");
-    first.wait_for(deadline, "the first driver's next batch", |l| progress(l).is_some());
+    assert!(ckpt.join("epochs").is_dir(), "the lease is kept in epoch files");
+    for (deleted, why) in [("lock", "the epoch file"), ("epochs", "the flock")] {
+        let p = ckpt.join(deleted);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+        let mut second = Driver::spawn(&mut cmd());
+        let status = second.wait_exit(Duration::from_secs(40), "the second driver to give up");
+        let err = second.log();
+        assert!(!status.success(), "with {deleted} deleted a second driver ran beside a live one:\n{err}");
+        assert!(err.contains("in use by another driver"), "with {deleted} deleted, {why} refuses: {err}");
+        // The first driver goes on: a batch after every one it had done.
+        let last = first.log().lines().filter_map(progress).map(|(t, _)| t).max().unwrap();
+        first.wait_for(deadline, "the first driver's next batch", |l| progress(l).is_some_and(|(t, _)| t > last));
+    }
     first.kill();
 }
 

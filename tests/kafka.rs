@@ -110,37 +110,7 @@ impl Broker {
     /// Runs the kafka-python client (60 s at most): its stdout, or why it
     /// failed.
     pub(crate) fn try_client(&self, args: &[&str], stdin: &str) -> Result<String, String> {
-        let mut child = Command::new("python3")
-            .arg(repo().join("tests/kafka_client.py"))
-            .arg(args[0])
-            .arg(self.addr())
-            .args(&args[1..])
-            .env("PYTHONPATH", &tools().pythonpath)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot run python3");
-        let mut input = child.stdin.take().unwrap();
-        let data = stdin.to_string();
-        let writer = std::thread::spawn(move || {
-            let _ = input.write_all(data.as_bytes());
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("kafka_client.py {args:?} did not finish within 60 s"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        writer.join().unwrap();
-        let out = child.wait_with_output().unwrap();
-        if !out.status.success() {
-            return Err(format!("kafka_client.py {args:?} failed: {}", text(&out.stderr)));
-        }
-        Ok(text(&out.stdout))
+        client_at(&self.addr(), &[], args, stdin)
     }
 
     pub(crate) fn create(&self, topic: &str, partitions: u32) {
@@ -262,6 +232,42 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+/// Runs the kafka-python client against `addr` with `env` (60 s at most):
+/// its stdout, or why it failed.
+pub(crate) fn client_at(addr: &str, env: &[(&str, &Path)], args: &[&str], stdin: &str) -> Result<String, String> {
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/kafka_client.py"))
+        .arg(args[0])
+        .arg(addr)
+        .args(&args[1..])
+        .envs(env.iter().copied())
+        .env("PYTHONPATH", &tools().pythonpath)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run python3");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(data.as_bytes());
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("kafka_client.py {args:?} did not finish within 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!("kafka_client.py {args:?} failed: {}", text(&out.stderr)));
+    }
+    Ok(text(&out.stdout))
 }
 
 /// Seeded lines of words.

@@ -18,6 +18,10 @@ produces lines from stdin.
         (the end offset the broker reports for every partition, as one JSON
         object: {"<partition>": <end>, ...})
 
+With WEIR_TEST_KAFKA_CA (and WEIR_TEST_KAFKA_CERT, WEIR_TEST_KAFKA_KEY) set,
+every connection is TLS (`security_protocol="SSL"`) trusting that CA and
+presenting that client certificate.
+
 Each record is sent and acknowledged on its own: Tansu 0.6 reports the end
 of a partition as the first offset of its newest record batch plus one, so
 the tail of a multi-record batch would stay invisible to consumers until the
@@ -27,6 +31,7 @@ line-per-partition one at a time, so each partition's newest record batch
 holds a single record and the whole backlog is visible.
 """
 import json
+import os
 import sys
 import time
 
@@ -36,16 +41,30 @@ from kafka.admin import KafkaAdminClient, NewTopic
 TIMEOUT_S = 30
 
 
+def tls():
+    """The TLS settings of every client, from the environment (none without)."""
+    ca = os.environ.get("WEIR_TEST_KAFKA_CA")
+    if not ca:
+        return {}
+    return dict(
+        security_protocol="SSL",
+        ssl_cafile=ca,
+        ssl_certfile=os.environ.get("WEIR_TEST_KAFKA_CERT"),
+        ssl_keyfile=os.environ.get("WEIR_TEST_KAFKA_KEY"),
+        ssl_check_hostname=True,
+    )
+
+
 def main():
     cmd, brokers, topic = sys.argv[1:4]
     if cmd == "create":
-        admin = KafkaAdminClient(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
+        admin = KafkaAdminClient(bootstrap_servers=brokers, **tls(), request_timeout_ms=TIMEOUT_S * 1000)
         admin.create_topics([NewTopic(topic, num_partitions=int(sys.argv[4]), replication_factor=1)])
         admin.close()
     elif cmd == "produce":
         compression = sys.argv[4] if len(sys.argv) > 4 else None
         producer = KafkaProducer(
-            bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000, compression_type=compression
+            bootstrap_servers=brokers, **tls(), request_timeout_ms=TIMEOUT_S * 1000, compression_type=compression
         )
         partitions = sorted(producer.partitions_for(topic))
         n = 0
@@ -56,7 +75,7 @@ def main():
         producer.close(timeout=TIMEOUT_S)
         print(n)
     elif cmd == "produce-kv":
-        producer = KafkaProducer(bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000)
+        producer = KafkaProducer(bootstrap_servers=brokers, **tls(), request_timeout_ms=TIMEOUT_S * 1000)
         partitions = sorted(producer.partitions_for(topic))
         n = 0
         for i, line in enumerate(sys.stdin):
@@ -68,7 +87,7 @@ def main():
         print(n)
     elif cmd == "produce-backlog":
         producer = KafkaProducer(
-            bootstrap_servers=brokers, request_timeout_ms=TIMEOUT_S * 1000, linger_ms=20, batch_size=256 * 1024
+            bootstrap_servers=brokers, **tls(), request_timeout_ms=TIMEOUT_S * 1000, linger_ms=20, batch_size=256 * 1024
         )
         partitions = sorted(producer.partitions_for(topic))
         lines = [l.rstrip("\n").encode() for l in sys.stdin]
@@ -82,7 +101,7 @@ def main():
         print(len(lines))
     elif cmd == "consume":
         want = int(sys.argv[4])
-        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=brokers, **tls(), enable_auto_commit=False)
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
@@ -98,7 +117,7 @@ def main():
         if len(got) < want:
             sys.exit(f"only {len(got)} of {want} records within {TIMEOUT_S} s")
     elif cmd == "ends":
-        consumer = KafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=brokers, **tls(), enable_auto_commit=False)
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
         ends = consumer.end_offsets(tps)
         consumer.close()
