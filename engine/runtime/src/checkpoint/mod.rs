@@ -26,6 +26,7 @@
 
 pub mod fence;
 pub mod file;
+mod gc;
 #[cfg(feature = "object-store")]
 pub mod objstore;
 pub mod store;
@@ -370,6 +371,8 @@ struct Writer {
     keep: usize,
     seq: u64,
     listeners: Arc<OnceLock<ListenerBus>>,
+    /// What the location holds, for garbage collection between listings.
+    known: gc::Known,
 }
 
 impl Writer {
@@ -418,6 +421,7 @@ impl Writer {
             })
             .map_err(|e| e.to_string())??;
         let bytes = r.bytes;
+        self.known.wrote_state(&r.file);
         let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         st.state_written += 1;
         st.last_state_bytes = r.bytes;
@@ -438,6 +442,7 @@ impl Writer {
                 write_metadata(&*self.store, &m, epoch)
             })
             .map_err(|e| e.to_string())??;
+        self.known.wrote_metadata(&metadata_name(m.seq, epoch));
         self.seq += 1;
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).metadata_written += 1;
         self.kept.push_back(m);
@@ -446,7 +451,9 @@ impl Writer {
         }
         // Deleting is a commit too: a driver taken over since its write above
         // deletes nothing (its view of what to keep is stale).
-        let gc = self.fence.commit(|| collect_garbage(&*self.store, self.wal_root.as_deref(), &self.kept, self.keep));
+        let (store, wal_root, kept, keep, known) =
+            (&*self.store, self.wal_root.as_deref(), &self.kept, self.keep, &mut self.known);
+        let gc = self.fence.commit(|| gc::collect_garbage(store, wal_root, kept, keep, known));
         let Ok(oldest) = gc else { return Ok(bytes) };
         // Forget what garbage collection deleted (older than any kept checkpoint names).
         for (node, refs) in self.durable.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
@@ -809,6 +816,7 @@ impl CheckpointDir {
             keep: keep.max(1),
             seq: next_seq,
             listeners: listeners.clone(),
+            known: gc::Known::default(),
         };
         std::thread::Builder::new()
             .name("weir-checkpoint".into())
@@ -1003,82 +1011,15 @@ fn write_state(
 fn write_metadata(store: &dyn CheckpointStore, m: &Metadata, epoch: u64) -> Result<u64, String> {
     let payload = bincode::serde::encode_to_vec(m, bincode::config::standard()).map_err(|e| e.to_string())?;
     let what = format!("metadata checkpoint {}", m.seq);
-    file::write(store, &format!("metadata/checkpoint-{:020}-e{epoch}", m.seq), FileKind::Metadata, &payload, &what)
+    file::write(store, &format!("metadata/{}", metadata_name(m.seq, epoch)), FileKind::Metadata, &payload, &what)
         .map_err(|e| e.to_string())?;
     Ok(payload.len() as u64)
 }
 
-/// Deletes metadata beyond the newest `keep`, and state files and WAL
-/// segments that no kept metadata checkpoint refers to.
-/// Returns, of each stream, the oldest data checkpoint a kept one names.
-fn collect_garbage(
-    store: &dyn CheckpointStore,
-    wal_root: Option<&Path>,
-    kept: &VecDeque<Metadata>,
-    keep: usize,
-) -> BTreeMap<u32, i64> {
-    let files = metadata_files(store);
-    if files.len() > keep {
-        for f in &files[..files.len() - keep] {
-            let _ = store.delete(&f.name);
-        }
-    }
-    if kept.is_empty() {
-        return BTreeMap::new();
-    }
-    // A state file is kept if a kept checkpoint names it, or if it is newer
-    // than everything they name for its stream (a later checkpoint will).
-    let referenced: std::collections::HashSet<&str> =
-        kept.iter().flat_map(|m| m.state.values().map(|r| r.file.as_str())).collect();
-    let mut oldest: BTreeMap<u32, i64> = BTreeMap::new();
-    for m in kept {
-        for (node, r) in &m.state {
-            let e = oldest.entry(*node).or_insert(r.time);
-            *e = (*e).min(r.time);
-        }
-    }
-    for n in store.list("state").unwrap_or_default() {
-        let Some((node, time)) = n
-            .strip_suffix(".state")
-            .and_then(|s| s.split_once('-'))
-            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<i64>().ok()?)))
-        else {
-            continue;
-        };
-        let stale = oldest.get(&node).is_some_and(|&o| time < o);
-        if stale && !referenced.contains(n.as_str()) {
-            let _ = store.delete(&format!("state/{n}"));
-        }
-    }
-    // WAL segments older than every kept checkpoint's oldest referenced range.
-    let mut min_seq: BTreeMap<u32, u64> = BTreeMap::new();
-    for m in kept {
-        for (i, c) in m.cursors.iter().enumerate() {
-            if let SourceCursor::Wal(p) = c {
-                let e = min_seq.entry(i as u32).or_insert(p.seq);
-                *e = (*e).min(p.seq);
-            }
-        }
-        for recs in m.inputs.values() {
-            for (i, r) in recs.iter().enumerate() {
-                if let InputDescriptor::Wal(ranges) = &r.descriptor {
-                    for rg in ranges {
-                        let e = min_seq.entry(i as u32).or_insert(rg.seq);
-                        *e = (*e).min(rg.seq);
-                    }
-                }
-            }
-        }
-    }
-    let Some(wal_root) = wal_root else { return oldest };
-    for (source, min) in min_seq {
-        for seq in wal::segments(wal_root, source) {
-            if seq < min {
-                let _ = std::fs::remove_file(wal::segment_path(wal_root, source, seq));
-            }
-        }
-    }
-    oldest
+/// The name (in `metadata/`) of metadata checkpoint `seq` of driver epoch
+/// `epoch`.
+fn metadata_name(seq: u64, epoch: u64) -> String {
+    format!("checkpoint-{seq:020}-e{epoch}")
 }
 
 /// `weir checkpoint inspect`: what the newest valid checkpoint holds.
@@ -1363,11 +1304,11 @@ mod tests {
         let older = wal_metadata(&[(3, 0), (1, 14)], &[vec![r(2)], vec![r(0), r(1)]]);
         let newer = wal_metadata(&[(4, 14), (2, 0)], &[vec![r(3), r(4)], vec![r(2)]]);
         let mut kept = VecDeque::from([older, newer]);
-        collect_garbage(&store, Some(&wal_root), &kept, 2);
+        gc::collect_garbage(&store, Some(&wal_root), &kept, 2, &mut gc::Known::default());
         assert_eq!(wal::segments(&wal_root, 0), vec![2, 3, 4, 5], "source 0: the older batch's range is in 2");
         assert_eq!(wal::segments(&wal_root, 1), (0..6).collect::<Vec<_>>(), "source 1: a range in 0");
         kept.pop_front();
-        collect_garbage(&store, Some(&wal_root), &kept, 1);
+        gc::collect_garbage(&store, Some(&wal_root), &kept, 1, &mut gc::Known::default());
         assert_eq!(wal::segments(&wal_root, 0), vec![3, 4, 5]);
         assert_eq!(wal::segments(&wal_root, 1), vec![2, 3, 4, 5]);
         // What is left reads on from the oldest cursor.
