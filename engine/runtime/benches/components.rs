@@ -1,23 +1,33 @@
-//! UDF components (ABI v2) against core modules: the cold start of the
-//! Python and JavaScript WordCount components (compiling each, and loading
-//! it from the disk cache), a task's instantiation, and WordCount's split,
-//! pair and sum over a batch of 10 000 lines through each, through the Zig
-//! core module and through Rust.
+//! WordCount's functions in every guest language, against native Rust: the
+//! cold start of each module (compiling it; for the Python and JavaScript
+//! components also loading it from the disk cache), a task's
+//! instantiation, and split, pair and sum over a batch of 10 000 lines
+//! through each guest — Python and JavaScript (components, ABI v2), Zig,
+//! AssemblyScript, C, hand-written WAT and Rust (core modules) — and the
+//! same three steps as plain Rust over the decoded lines (words borrowed
+//! from the input, one FxHash map for the sums: no encoding, no sandbox).
 //!
 //!     cargo bench -p weir --bench components
-//!     WEIR_BENCH_GUESTS=js cargo bench -p weir --bench components   # one guest (py, js, zig)
+//!     WEIR_BENCH_GUESTS=js,c cargo bench -p weir --bench components   # some guests (py, js, zig, as, c, wat)
 //!
-//! The modules are `udfs/wordcount_py.wasm`, `udfs/wordcount_js.wasm`,
-//! `udfs/wordcount_zig.wasm` and `udfs/wordcount.wasm` (`bash udfs/build.sh`). The compile is measured against an empty cache
-//! directory of its own (`WEIR_CACHE_DIR` is set to a temporary directory),
-//! so it neither reads nor fills the user's cache. Prints a Markdown table
-//! (docs/benchmarks.md).
+//! The modules are built by `bash udfs/build.sh` (`udfs/wordcount_*.wasm`,
+//! `udfs/wat/wordcount.wat` is read as text). The compile is measured
+//! against an empty cache directory of its own (`WEIR_CACHE_DIR` is set to a
+//! temporary directory), so it neither reads nor fills the user's cache.
+//! Every guest's sums are checked against Rust's, and Rust's against the
+//! native count. Prints a Markdown table (docs/benchmarks.md).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir::codec::Value;
+
+// The FxHash of the native loops (benches/shared/native.rs).
+#[allow(dead_code)]
+#[path = "shared/native.rs"]
+mod native_loop;
+use native_loop::Fast;
 use weir::udf::{UdfKind, UdfLimits, UdfModule, UdfRuntime};
 
 const LINES: usize = 10_000;
@@ -76,6 +86,29 @@ fn groups(pairs: &[u8]) -> Vec<u8> {
     Value::encode_batch(&groups.into_iter().map(Value::List).collect::<Vec<_>>())
 }
 
+/// split, pair and sum as plain Rust over `lines`: each line split on
+/// whitespace into words borrowed from it, each word paired with 1, the
+/// pairs summed by word in one FxHash map. Returns the three times (best of
+/// REPS each) and the sums.
+fn native(lines: &[String]) -> ([Duration; 3], std::collections::HashMap<&str, i64, Fast>) {
+    let (split, words) = best(REPS, || {
+        let mut words: Vec<&str> = Vec::with_capacity(lines.len() * 10);
+        for l in lines {
+            words.extend(l.split_ascii_whitespace());
+        }
+        words
+    });
+    let (pair, pairs) = best(REPS, || words.iter().map(|w| (*w, 1i64)).collect::<Vec<_>>());
+    let (sum, sums) = best(REPS, || {
+        let mut m: std::collections::HashMap<&str, i64, Fast> = Default::default();
+        for (w, n) in &pairs {
+            *m.entry(w).or_insert(0) += n;
+        }
+        m
+    });
+    ([split, pair, sum], sums)
+}
+
 /// (split ms, pair ms, sum ms, fuel of the three) for one module.
 fn wordcount(m: &Arc<UdfModule>, input: &[u8]) -> ([Duration; 3], u64, Vec<u8>) {
     let mut fuel = 0;
@@ -120,6 +153,9 @@ fn main() {
         ("Python", "udfs/wordcount_py.wasm", "py"),
         ("JavaScript", "udfs/wordcount_js.wasm", "js"),
         ("Zig", "udfs/wordcount_zig.wasm", "zig"),
+        ("AssemblyScript", "udfs/wordcount_as.wasm", "as"),
+        ("C", "udfs/wordcount_c.wasm", "c"),
+        ("WAT", "udfs/wat/wordcount.wat", "wat"),
     ];
     let only = std::env::var("WEIR_BENCH_GUESTS").ok();
     let guests: Vec<_> =
@@ -138,6 +174,17 @@ fn main() {
     let (rust_load, rust) = best(REPS, || UdfModule::load(&rt, &rust_path, limits).expect("load the Rust module"));
     let inst_rust = best(20, || rust.instantiate(Some(1000), Some(0)).expect("instance")).0;
     let (t_rust, fuel_rust, out_rust) = wordcount(&rust, &input);
+    let texts: Vec<String> =
+        lines().into_iter().map(|v| if let Value::Str(s) = v { s } else { unreachable!() }).collect();
+    let (t_native, native_sums) = native(&texts);
+    let total = native_sums.values().sum::<i64>();
+    assert_eq!(total, 100_000, "the native count");
+    let rust_total: i64 = Value::decode_batch(&out_rust)
+        .expect("sums")
+        .iter()
+        .map(|v| if let Value::I64(n) = v { *n } else { panic!("a sum that is not an integer: {v:?}") })
+        .sum();
+    assert_eq!(rust_total, total, "Rust's sums and the native count");
     let mut figures = Vec::new();
     for (name, rel, _) in &guests {
         let path = root.join(rel);
@@ -223,4 +270,16 @@ fn main() {
         })
     );
     println!("| fuel, split+pair+sum | {} |", cols(&|f| format!("{:.1} M", f.fuel as f64 / 1e6)));
+    let native_total: Duration = t_native.iter().sum();
+    println!(
+        "| split+pair+sum against native Rust ({} ms: {} / {} / {}) | {} |",
+        ms(native_total),
+        ms(t_native[0]),
+        ms(t_native[1]),
+        ms(t_native[2]),
+        cols(&|f| {
+            let total: Duration = f.times.iter().sum();
+            format!("{:.1}x", total.as_secs_f64() / native_total.as_secs_f64().max(1e-9))
+        })
+    );
 }
