@@ -383,6 +383,7 @@ fn directory(dir: &Path, utf8: InvalidUtf8Policy) -> (Box<dyn Source>, Arc<Warni
         max_files_per_batch: None,
         max_line_bytes: weir::source::DEFAULT_MAX_LINE_BYTES,
         on_long_line: Default::default(),
+        root: None,
     };
     (weir::source::open(&spec, Path::new("/"), None, &bus, 1000).unwrap(), warnings)
 }

@@ -409,6 +409,66 @@ fn serve_confines_kafka_password_files_to_the_root_and_keeps_inline_passwords_ou
     server.kill();
 }
 
+/// Everything a job wrote under `out/x-*` (its `save_as_text_files` prefix
+/// `out/x`), as one string.
+fn job_output(root: &Path, id: &str) -> String {
+    read_outputs(&root.join("jobs").join(id).join("out/out"), "x")
+        .into_values()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A directory source's path is checked at submission, but the directory
+/// is read for as long as the job runs: a symlink the tenant puts there
+/// later (to another tenant's file) is refused when the file is opened,
+/// with a warning in the job's log, while a symlink within the root and
+/// plain files are read.
+#[test]
+fn serve_reads_a_directory_source_only_inside_the_tenant_root_whatever_is_linked_in_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let evil_root = tmp.path().join("state/tenants/evil");
+    let acme_root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(evil_root.join("in")).unwrap();
+    std::fs::create_dir_all(&acme_root).unwrap();
+    std::fs::write(evil_root.join("in/a"), "evil-line-1\n").unwrap();
+    let (mut server, addr) = start_server(&config);
+    let job = tmp.path().join("dir.toml");
+    std::fs::write(
+        &job,
+        "batch_interval = \"200ms\"\n[sources.lines]\ntype = \"directory\"\npath = \"in\"\n\
+         [[outputs]]\nstream = \"lines\"\ntype = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+    )
+    .unwrap();
+    let id = submit(&addr, EVIL, &job).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !job_output(&evil_root, &id).contains("evil-line-1") {
+        assert!(Instant::now() < deadline, "the first file was not read:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Written now, so their age makes them new files for the next batches.
+    std::fs::write(acme_root.join("secret.txt"), "acme-secret-data\n").unwrap();
+    std::fs::write(evil_root.join("inside.txt"), "evil-inside-line\n").unwrap();
+    std::os::unix::fs::symlink(acme_root.join("secret.txt"), evil_root.join("in/b-out")).unwrap();
+    std::os::unix::fs::symlink(evil_root.join("inside.txt"), evil_root.join("in/c-in")).unwrap();
+    std::fs::write(evil_root.join("in/d"), "evil-line-2\n").unwrap();
+    let logs = || text(&client(&addr, EVIL, &["logs", &id]).stdout);
+    loop {
+        let out = job_output(&evil_root, &id);
+        if out.contains("evil-line-2") && out.contains("evil-inside-line") && logs().contains("b-out") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the later files were not read or refused:\n{out}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = logs();
+    assert!(log.contains("b-out: leads to") && log.contains("outside the source's root"), "{log}");
+    assert!(!job_output(&evil_root, &id).contains("acme-secret"), "another tenant's file was read");
+    let _ = client(&addr, EVIL, &["stop", &id, "--now"]);
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

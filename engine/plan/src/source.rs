@@ -46,6 +46,12 @@ pub enum SourceSpec {
         /// What a line longer than `max_line_bytes` becomes.
         #[serde(default)]
         on_long_line: LongLinePolicy,
+        /// Only files whose real path (symlinks followed, checked on the
+        /// opened file) is inside this directory are read; one that leads
+        /// out of it is skipped with a warning (and fails a replay).
+        /// `weir serve` sets it to the tenant's root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<PathBuf>,
     },
     Batches {
         path: PathBuf,

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -191,6 +192,7 @@ pub fn spawn(
     rec: &JobRecord,
     runtime: Arc<UdfRuntime>,
     seat: PoolTenant,
+    root: Option<PathBuf>,
     on_end: impl FnOnce(Outcome) + Send + 'static,
 ) -> std::io::Result<Handle> {
     let shared = JobShared::new(rec);
@@ -198,7 +200,7 @@ pub fn spawn(
     let (sh, st, rec) = (shared.clone(), stop.clone(), rec.clone());
     let thread = std::thread::Builder::new().name(format!("weir-job-{}", rec.id)).spawn(move || {
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run(&rec, runtime, seat, sh.clone(), st.clone())
+            run(&rec, runtime, seat, root, sh.clone(), st.clone())
         })) {
             Ok(o) => o,
             Err(_) => Outcome { state: JobState::Failed, message: Some("the job's driver panicked".into()) },
@@ -218,6 +220,7 @@ fn run(
     rec: &JobRecord,
     runtime: Arc<UdfRuntime>,
     seat: PoolTenant,
+    root: Option<PathBuf>,
     shared: Arc<JobShared>,
     stop: StopSignal,
 ) -> Outcome {
@@ -228,6 +231,7 @@ fn run(
     };
     let mut opts = RunOptions::default();
     opts.pool = Some(seat);
+    opts.source_root = root;
     opts.clock = job.clock.unwrap_or(Clock::Wall);
     opts.stop = stop.clone();
     opts.listeners.push(Arc::new(JobListener(shared.clone())));

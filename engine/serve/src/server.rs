@@ -180,7 +180,16 @@ impl Server {
         let id = rec.id.clone();
         self.config(); // the pool knows the tenant's current weight and cap
         let seat = self.pool.tenant(&rec.tenant).for_job(&rec.id);
-        let handle = runner::spawn(rec, self.runtime.clone(), seat, move |o: Outcome| {
+        // Directory sources read only inside the tenant's root, checked on
+        // every file they open (a symlink put there after submission).
+        // (A root that cannot be resolved confines to itself as written,
+        // which then holds nothing; a tenant no longer configured, to the
+        // job's own directory.)
+        let root = match self.config().tenants.get(&rec.tenant) {
+            Some(t) => t.root.canonicalize().unwrap_or_else(|_| t.root.clone()),
+            None => rec.dir.clone(),
+        };
+        let handle = runner::spawn(rec, self.runtime.clone(), seat, Some(root), move |o: Outcome| {
             let Some(s) = me.upgrade() else { return };
             // A server shutting down stops its jobs, but they stay
             // `running` in the registry: the next start resumes them.

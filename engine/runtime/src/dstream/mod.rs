@@ -250,6 +250,7 @@ impl StreamingContext {
             max_files_per_batch: None,
             max_line_bytes: weir_plan::source::DEFAULT_MAX_LINE_BYTES,
             on_long_line: Default::default(),
+            root: None,
         };
         self.source(spec, &label)
     }

@@ -189,6 +189,9 @@ impl Driver {
                 stateful.join(", ")
             )));
         }
+        if let Some(root) = &opts.source_root {
+            super::recover::confine_directory_sources(&mut job, root);
+        }
         let listeners = ListenerBus::new(opts.listeners.clone());
         let (ckpt, recovered) = super::recover::open_checkpoint(&job, &opts, &listeners)?;
         let sources = super::recover::open_sources(&mut job, ckpt.as_ref(), &listeners)?;

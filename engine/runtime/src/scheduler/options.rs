@@ -87,6 +87,11 @@ pub struct RunOptions {
     pub checkpoint: Option<CheckpointOptions>,
     /// For executor processes: where to listen, the secret, the heartbeat timeout.
     pub cluster: ClusterOptions,
+    /// Directory sources read only files whose real path (symlinks
+    /// followed, checked on each opened file) is inside this directory; a
+    /// file that leads out is skipped with a warning. Overrides a source's
+    /// own `root`. `weir serve` sets it to the tenant's root.
+    pub source_root: Option<PathBuf>,
     /// Benchmarks only: run stateful streams without a checkpoint directory
     /// (state lives in memory; a crash loses it).
     pub allow_state_without_checkpoint: bool,
@@ -223,6 +228,7 @@ impl Default for RunOptions {
             after_batch: None,
             checkpoint: None,
             cluster: ClusterOptions::default(),
+            source_root: None,
             allow_state_without_checkpoint: false,
             output_retries: 2,
             output_retry_backoff: Duration::from_millis(100),

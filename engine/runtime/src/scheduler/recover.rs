@@ -7,6 +7,7 @@
 //! batch runs: a driver killed at any moment after its receivers opened
 //! restarts from it and replays what they logged.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::driver::{Driver, Job};
@@ -49,6 +50,17 @@ pub(super) fn open_checkpoint(
 }
 
 /// Starts the job's sources; receivers log to the checkpoint's WAL.
+/// Sets every directory source's `root` to `root` (the embedder's, e.g.
+/// a tenant's, overrides the job's own). The job's hash and identity were
+/// taken from the job as written, so checkpoints still match.
+pub(super) fn confine_directory_sources(job: &mut Job, root: &Path) {
+    for s in &mut job.graph.sources {
+        if let SourceSpec::Directory { root: r, .. } = s {
+            *r = Some(root.to_path_buf());
+        }
+    }
+}
+
 pub(super) fn open_sources(
     job: &mut Job,
     ckpt: Option<&CheckpointDir>,

@@ -55,9 +55,20 @@ fn ignored_name(name: &str) -> bool {
         || name.ends_with('~')
 }
 
+/// A directory source's `root` as the reads compare it: canonical (so a
+/// root reached through a symlink still holds its files), or as given when
+/// it cannot be resolved (then nothing is inside it, and every file is
+/// refused, naming it).
+pub(super) fn confinement(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
+}
+
 /// The job's settings of a directory source.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Options {
+    /// Files are read only if their real path is inside this directory
+    /// (canonical).
+    pub(super) root: Option<PathBuf>,
     pub(super) new_files_only: bool,
     /// Invalid UTF-8 and long lines.
     pub(super) lines: LinePolicy,
@@ -67,6 +78,8 @@ pub(super) struct Options {
 
 pub(super) struct DirectorySource {
     dir: PathBuf,
+    /// Files outside it (by their real path) are not read.
+    root: Option<PathBuf>,
     new_files_only: bool,
     lines: LinePolicy,
     max_files: usize,
@@ -104,6 +117,7 @@ impl DirectorySource {
     pub(super) fn new(dir: PathBuf, options: Options, bus: ListenerBus, index: u32) -> DirectorySource {
         DirectorySource {
             dir,
+            root: options.root,
             new_files_only: options.new_files_only,
             lines: options.lines,
             max_files: options.max_files.max(1),
@@ -320,7 +334,7 @@ impl DirectorySource {
         for path in files {
             remove_before_read(&path);
             swap_before_read(&path);
-            match scan(&path, None) {
+            match scan(&path, None, self.root.as_deref()) {
                 Ok(f) if f.changed && self.attempts.get(&path).copied().unwrap_or(0) + 1 < READ_ATTEMPTS => {
                     self.failed(&path, "changed while it was read (still being written?)");
                 }
@@ -337,6 +351,12 @@ impl DirectorySource {
                 Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.attempts.remove(&path);
                     self.warn(format!("{}: deleted before it could be read; skipped", path.display()));
+                }
+                Err(e @ FileError::OutsideRoot { .. }) => {
+                    // Not worth another attempt: the link leads out.
+                    self.attempts.remove(&path);
+                    self.given_up.insert(path.clone());
+                    self.warn(format!("{}: {e}; skipped for good", path.display()));
                 }
                 Err(e) => self.failed(&path, &e.to_string()),
             }
@@ -451,7 +471,7 @@ impl Source for DirectorySource {
         };
         let mut files = Vec::new();
         for (path, len) in spans {
-            files.push(scan(path, len).map_err(|e| failed(path, e))?);
+            files.push(scan(path, len, self.root.as_deref()).map_err(|e| failed(path, e))?);
         }
         encode(&files, n, self.lines).map(|e| e.parts).map_err(|(i, e)| failed(&files[i].path, e))
     }
@@ -502,6 +522,16 @@ mod tests {
         }
     }
 
+    /// Warnings (receiver errors) heard by a listener.
+    #[derive(Default)]
+    struct Warnings(std::sync::Mutex<Vec<String>>);
+
+    impl crate::listener::StreamingListener for Warnings {
+        fn on_receiver_error(&self, e: &ReceiverError) {
+            self.0.lock().unwrap().push(e.message.clone());
+        }
+    }
+
     /// A long line is cut (or skipped), warned of with its file and line,
     /// and counted in the receivers' bad-line event, with a running count.
     #[test]
@@ -511,7 +541,7 @@ mod tests {
             std::fs::write(dir.path().join("a"), "ok\n0123456789abcdef\nok\n0123456789xyz").unwrap();
             let heard = std::sync::Arc::new(Heard::default());
             let bus = ListenerBus::new(vec![heard.clone()]);
-            let options = Options { new_files_only: false, lines: policy(10, long), max_files: 10 };
+            let options = Options { root: None, new_files_only: false, lines: policy(10, long), max_files: 10 };
             let mut s = DirectorySource::new(dir.path().to_path_buf(), options, bus, 3);
             let (parts, _) = s.poll_partitions(1000, false, 2).unwrap();
             let lines: Vec<String> = parts
@@ -543,8 +573,12 @@ mod tests {
         std::fs::write(dir.path().join("a"), "read before\n").unwrap();
         std::fs::write(dir.path().join("b"), "new\n").unwrap();
         let respelled = PathBuf::from(format!("{}//", dir.path().display()));
-        let options =
-            Options { new_files_only: false, lines: policy(1 << 20, LongLinePolicy::Truncate), max_files: 10 };
+        let options = Options {
+            root: None,
+            new_files_only: false,
+            lines: policy(1 << 20, LongLinePolicy::Truncate),
+            max_files: 10,
+        };
         let mut s = DirectorySource::new(respelled, options, ListenerBus::default(), 0);
         s.restore(&SourceCursor::Files([dir.path().join("a")].into())).unwrap();
         let (parts, _) = s.poll_partitions(1000, false, 1).unwrap();
@@ -556,5 +590,62 @@ mod tests {
         // And it is not read again.
         let (parts, _) = s.poll_partitions(2000, false, 1).unwrap();
         assert_eq!(parts.iter().map(|p| weir_codec::Records::new(p).unwrap().remaining()).sum::<u32>(), 0);
+    }
+
+    /// With a root, a file is read only if its real path is inside it: a
+    /// symlink in the directory to a file outside the root is skipped for
+    /// good with a warning (also when it was swapped in after an earlier
+    /// batch listed a regular file under that name), a symlink within the
+    /// root is followed, and a replay of a range whose file now leads out
+    /// fails instead of reading it.
+    #[test]
+    fn a_root_keeps_symlinks_out_of_it_from_being_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let dir = root.join("in");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(root.join("mine"), "inside\n").unwrap();
+        std::fs::write(tmp.path().join("secret"), "outside\n").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("a-out")).unwrap();
+        std::os::unix::fs::symlink(root.join("mine"), dir.join("b-in")).unwrap();
+        std::fs::write(dir.join("c"), "plain\n").unwrap();
+        let options = Options {
+            root: Some(confinement(&root)),
+            new_files_only: false,
+            lines: policy(1 << 20, LongLinePolicy::Truncate),
+            max_files: 10,
+        };
+        let warned = std::sync::Arc::new(Warnings::default());
+        let bus = ListenerBus::new(vec![warned.clone()]);
+        let mut s = DirectorySource::new(dir.clone(), options, bus, 0);
+        let read = |parts: &[Vec<u8>]| -> Vec<String> {
+            parts
+                .iter()
+                .flat_map(|p| weir_codec::Records::new(p).unwrap().map(|r| weir_codec::display::render(r.unwrap())))
+                .collect()
+        };
+        let (parts, d) = s.poll_partitions(1000, false, 1).unwrap();
+        assert_eq!(read(&parts), vec!["inside", "plain"]);
+        let w = warned.0.lock().unwrap().join("\n");
+        assert!(w.contains("a-out: leads to") && w.contains("outside the source's root"), "{w}");
+        assert!(w.contains("skipped for good"), "{w}");
+        // Nothing tries it again.
+        let (parts, _) = s.poll_partitions(2000, false, 1).unwrap();
+        assert!(read(&parts).is_empty());
+        // The file read at 1000 swapped for a link out: its replay refuses.
+        std::fs::remove_file(dir.join("c")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("c")).unwrap();
+        let e = s.replay_partitions(1000, &d, 1).unwrap_err().to_string();
+        assert!(e.contains("outside the source's root"), "{e}");
+        // Without a root the same link is followed.
+        let options = Options {
+            root: None,
+            new_files_only: false,
+            lines: policy(1 << 20, LongLinePolicy::Truncate),
+            max_files: 10,
+        };
+        let mut free = DirectorySource::new(dir, options, ListenerBus::default(), 0);
+        let (parts, _) = free.poll_partitions(1000, false, 1).unwrap();
+        assert_eq!(read(&parts), vec!["outside", "inside", "outside"]);
     }
 }

@@ -183,9 +183,11 @@ pub fn open(
             max_files_per_batch,
             max_line_bytes,
             on_long_line,
+            root,
         } => Box::new(DirectorySource::new(
             base.join(path),
             directory::Options {
+                root: root.as_ref().map(|r| directory::confinement(&base.join(r))),
                 new_files_only: *new_files_only,
                 lines: text_split::LinePolicy {
                     utf8: *on_invalid_utf8,

@@ -55,6 +55,9 @@ pub(super) enum FileError {
     Short { has: u64, len: u64 },
     #[error("line {line}: invalid UTF-8")]
     InvalidUtf8 { line: u64 },
+    /// The file opened (a symlink followed) is not inside the source's root.
+    #[error("leads to {}, outside the source's root {} (a symlink out of it); not read", real.display(), root.display())]
+    OutsideRoot { real: PathBuf, root: PathBuf },
 }
 
 /// A file taken into a batch: the open handle and what the scan found.
@@ -72,13 +75,29 @@ pub(super) struct Scanned {
     pub(super) changed: bool,
 }
 
+/// Where the open `file` (opened as `path`) really is: the kernel's name
+/// for the descriptor (`/proc/self/fd`), so a symlink swapped in after any
+/// earlier check cannot redirect it; the canonical `path` where `/proc`
+/// is missing.
+fn real_path(file: &File, path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| path.canonicalize())
+}
+
 /// Opens `path` and counts the lines of its first `limit` bytes (the whole
-/// file as it is when opened if `None`).
-pub(super) fn scan(path: &Path, limit: Option<u64>) -> Result<Scanned, FileError> {
+/// file as it is when opened if `None`). With a `root` (canonical), a file
+/// whose real path is outside it is refused before anything is read.
+pub(super) fn scan(path: &Path, limit: Option<u64>, root: Option<&Path>) -> Result<Scanned, FileError> {
     // Non-blocking: a name swapped for a FIFO since the listing would block
     // the open until a writer came (for ever). The flag changes nothing for
     // a regular file's reads; anything else is refused below.
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if let Some(root) = root {
+        let real = real_path(&file, path)?;
+        if !real.starts_with(root) {
+            return Err(FileError::OutsideRoot { real, root: root.to_path_buf() });
+        }
+    }
     let before = file.metadata()?;
     // Checked on the open file: the name may have changed since the listing.
     if !before.is_file() {
@@ -601,7 +620,7 @@ mod tests {
                     writeln!(f, "{text}").unwrap();
                 }
             }
-            files.push(scan(&path, None).unwrap());
+            files.push(scan(&path, None, None).unwrap());
         }
         let all = all.finish();
         for n in [1, 2, 3, 7, 64] {
@@ -639,7 +658,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad");
         std::fs::write(&path, b"ok\n\xff\xfe\nok\n").unwrap();
-        let files = vec![scan(&path, None).unwrap()];
+        let files = vec![scan(&path, None, None).unwrap()];
         let got = encode(&files, 2, utf8(InvalidUtf8Policy::Skip)).unwrap();
         assert_eq!(got.stats[0].invalid, 1);
         assert_eq!(lines_of(&got.parts).concat(), vec!["ok", "ok"]);
@@ -673,7 +692,7 @@ mod tests {
             .split(|&c| c == b'\n')
             .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
             .collect();
-        let files = vec![scan(&path, None).unwrap()];
+        let files = vec![scan(&path, None, None).unwrap()];
         for n in [1, 2, 5] {
             let got = encode(&files, n, utf8(InvalidUtf8Policy::Replace)).unwrap();
             let got: Vec<String> = got
@@ -697,9 +716,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grew");
         std::fs::write(&path, b"a\nb\nc\n").unwrap();
-        let files = vec![scan(&path, Some(4)).unwrap()];
+        let files = vec![scan(&path, Some(4), None).unwrap()];
         assert_eq!(lines_of(&encode(&files, 1, utf8(InvalidUtf8Policy::Replace)).unwrap().parts), vec![vec!["a", "b"]]);
-        assert!(matches!(scan(&path, Some(100)), Err(FileError::Short { has: 6, len: 100 })));
+        assert!(matches!(scan(&path, Some(100), None), Err(FileError::Short { has: 6, len: 100 })));
     }
 
     /// What the lines of `bytes` should be: the socket's splitter (which
@@ -783,7 +802,7 @@ mod tests {
             let (bytes, _) = messy(max);
             let path = dir.path().join(format!("messy-{max}"));
             std::fs::write(&path, &bytes).unwrap();
-            let files = vec![scan(&path, None).unwrap()];
+            let files = vec![scan(&path, None, None).unwrap()];
             assert_eq!(files[0].len, bytes.len() as u64);
             for long in [LongLinePolicy::Truncate, LongLinePolicy::Skip] {
                 let (want, longs) = expected(&bytes, max, long);
@@ -829,7 +848,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         // Inside the first chunk read of the line, and chunks later.
         for part in [5000, 2 * CHUNK + 5] {
-            let files = vec![scan(&path, Some((at + part) as u64)).unwrap()];
+            let files = vec![scan(&path, Some((at + part) as u64), None).unwrap()];
             assert_eq!(files[0].lines, 1201);
             for (long, n) in [(LongLinePolicy::Truncate, 1201), (LongLinePolicy::Skip, 1200)] {
                 let policy = LinePolicy { utf8: InvalidUtf8Policy::Replace, max_line_bytes: 1000, on_long_line: long };
@@ -856,7 +875,7 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0xff, CHUNK * 2));
         bytes.extend_from_slice(b"\n\xffbad\nok\n");
         std::fs::write(&path, &bytes).unwrap();
-        let files = vec![scan(&path, None).unwrap()];
+        let files = vec![scan(&path, None, None).unwrap()];
         let policy = |max| LinePolicy {
             utf8: InvalidUtf8Policy::Fail,
             max_line_bytes: max,
