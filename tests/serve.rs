@@ -469,6 +469,47 @@ fn serve_reads_a_directory_source_only_inside_the_tenant_root_whatever_is_linked
     server.kill();
 }
 
+/// Files a job names are read again when a restarted server reloads it:
+/// a `batches` file checked at submission and swapped afterwards for a
+/// symlink to another tenant's file is refused on the reload (the job
+/// fails, naming the file), not read into the job's outputs.
+#[test]
+fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reloads_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let evil_root = tmp.path().join("state/tenants/evil");
+    let acme_root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(&evil_root).unwrap();
+    std::fs::create_dir_all(&acme_root).unwrap();
+    // Enough batches to still be running when the server is killed.
+    let batch = |w: &str| format!("[\"{w}\"]\n").repeat(2000);
+    std::fs::write(evil_root.join("in.jsonl"), batch("evil-line")).unwrap();
+    std::fs::write(acme_root.join("secret.jsonl"), batch("acme-secret-data")).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let job = tmp.path().join("batches.toml");
+    std::fs::write(
+        &job,
+        "batch_interval = \"200ms\"\n[sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
+         [[outputs]]\nstream = \"lines\"\ntype = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+    )
+    .unwrap();
+    let id = submit(&addr, EVIL, &job).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !job_output(&evil_root, &id).contains("evil-line") {
+        assert!(Instant::now() < deadline, "the job did not run:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    std::fs::remove_file(evil_root.join("in.jsonl")).unwrap();
+    std::os::unix::fs::symlink(acme_root.join("secret.jsonl"), evil_root.join("in.jsonl")).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let v = wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] == "failed");
+    let why = v["message"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("in.jsonl") && why.contains("outside"), "{v}");
+    assert!(!job_output(&evil_root, &id).contains("acme-secret"), "another tenant's file was read");
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,10 +3,17 @@
 //! symlinks): a device such as `/dev/zero` would be read until memory runs
 //! out, and opening a FIFO waits for a writer for ever. The size is checked
 //! before reading and enforced while reading (the file may grow meanwhile).
+//!
+//! A thread may be confined to a directory ([`confine_thread`]): then
+//! every file read here must really be inside it, judged on the opened
+//! descriptor after every symlink (`/proc/self/fd`), so a link swapped in
+//! after a job was checked cannot lead a read out. `weir serve` confines
+//! each job's thread to its tenant's root while it loads and runs the job.
 
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +24,9 @@ pub enum ReadError {
     NotRegular(&'static str),
     #[error("the file is {size} bytes or more, over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    /// This thread is confined to `root` and the file opened is not in it.
+    #[error("leads to {}, outside {} (a symlink out of it); not read", real.display(), root.display())]
+    OutsideRoot { real: PathBuf, root: PathBuf },
 }
 
 /// What kind of file `meta` describes, for an error message.
@@ -38,6 +48,51 @@ fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
+thread_local! {
+    /// The directory this thread's reads must stay inside (canonical).
+    static CONFINED_TO: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Confines this thread's reads through this module to `root` (made
+/// canonical; a root that cannot be resolved confines to itself as given,
+/// which then holds nothing) until the guard is dropped.
+pub fn confine_thread(root: &Path) -> Confined {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let before = CONFINED_TO.with(|c| c.replace(Some(root)));
+    Confined { before }
+}
+
+/// Ends a [`confine_thread`] (restoring what was there before).
+pub struct Confined {
+    before: Option<PathBuf>,
+}
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        let before = self.before.take();
+        CONFINED_TO.with(|c| *c.borrow_mut() = before);
+    }
+}
+
+/// Where the open `file` (opened as `path`) really is: the kernel's name
+/// for the descriptor, so no symlink swapped in after an earlier check can
+/// redirect it; the canonical `path` where `/proc` is missing.
+pub(crate) fn real_path(file: &File, path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| path.canonicalize())
+}
+
+/// Refuses `file` when this thread is confined and it is outside the root.
+fn check_confined(file: &File, path: &Path) -> Result<(), ReadError> {
+    let Some(root) = CONFINED_TO.with(|c| c.borrow().clone()) else { return Ok(()) };
+    let real = real_path(file, path)?;
+    if real.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(ReadError::OutsideRoot { real, root })
+    }
+}
+
 /// Checks that `path` is a regular file of at most `limit` bytes, without
 /// opening it.
 pub fn check_regular(path: &Path, limit: u64) -> Result<u64, ReadError> {
@@ -51,13 +106,28 @@ pub fn check_regular(path: &Path, limit: u64) -> Result<u64, ReadError> {
     Ok(meta.len())
 }
 
-/// Reads the regular file `path`, at most `limit` bytes.
+/// Reads the regular file `path`, at most `limit` bytes (the engine's own
+/// files: the job file, modules, checkpoints; never confined).
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    read_bounded(path, limit, false)
+}
+
+/// Reads a data file the job names (a `batches` file, an initial state, a
+/// dataset, a Kafka TLS or password file): as [`read_limited`], and inside
+/// this thread's confinement when it has one ([`confine_thread`]).
+pub fn read_data(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    read_bounded(path, limit, true)
+}
+
+fn read_bounded(path: &Path, limit: u64, confined: bool) -> Result<Vec<u8>, ReadError> {
     // Checked before opening: opening a FIFO blocks.
     let size = check_regular(path, limit)?;
     // Non-blocking, so that a name swapped for a FIFO after the check does
     // not block the open; a regular file reads the same either way.
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if confined {
+        check_confined(&file, path)?;
+    }
     // And again on what was opened (the path may have been replaced).
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -74,6 +144,35 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A confined thread reads data files only inside its root (judged on
+    /// the opened file, so through symlinks), engine files anywhere, and
+    /// the confinement ends with its guard; other threads never had it.
+    #[test]
+    fn a_confined_thread_reads_data_only_inside_its_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("in"), b"mine").unwrap();
+        std::fs::write(tmp.path().join("secret"), b"theirs").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), root.join("out")).unwrap();
+        std::os::unix::fs::symlink(root.join("in"), root.join("also-in")).unwrap();
+        {
+            let _c = confine_thread(&root);
+            assert_eq!(read_data(&root.join("in"), 10).unwrap(), b"mine");
+            assert_eq!(read_data(&root.join("also-in"), 10).unwrap(), b"mine");
+            let e = read_data(&root.join("out"), 10).unwrap_err();
+            assert!(matches!(e, ReadError::OutsideRoot { .. }), "{e}");
+            assert!(e.to_string().contains("secret, outside"), "{e}");
+            assert_eq!(read_limited(&root.join("out"), 10).unwrap(), b"theirs", "engine files are not confined");
+            let other = std::thread::spawn({
+                let out = root.join("out");
+                move || read_data(&out, 10).unwrap()
+            });
+            assert_eq!(other.join().unwrap(), b"theirs", "only this thread is confined");
+        }
+        assert_eq!(read_data(&root.join("out"), 10).unwrap(), b"theirs", "the guard ended it");
+    }
 
     #[test]
     fn devices_fifos_directories_and_large_files_are_refused() {

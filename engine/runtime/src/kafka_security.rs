@@ -40,20 +40,10 @@ impl std::fmt::Debug for KafkaSecurity {
     }
 }
 
-/// Reads a PEM file of `field`, bounded.
+/// Reads a PEM file of `field`, bounded (a regular file, and inside the
+/// thread's confinement when it has one: `crate::files`).
 fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("kafka {field} {}: {e}", path.display());
-    let len = std::fs::metadata(path).map_err(|e| fail(&e))?.len();
-    if len > MAX_PEM_BYTES {
-        return Err(fail(&format!("{len} bytes, more than the {MAX_PEM_BYTES} allowed for a PEM file")));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(|e| fail(&e))?, MAX_PEM_BYTES),
-        &mut bytes,
-    )
-    .map_err(|e| fail(&e))?;
-    Ok(bytes)
+    crate::files::read_data(path, MAX_PEM_BYTES).map_err(|e| format!("kafka {field} {}: {e}", path.display()))
 }
 
 fn certificates(field: &str, path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
@@ -139,7 +129,7 @@ fn load_tls(t: &KafkaTls, base: &Path) -> Result<Arc<rustls::ClientConfig>, Stri
 /// contents.
 fn read_password_file(path: &Path) -> Result<String, String> {
     let fail = |e: &dyn std::fmt::Display| format!("kafka sasl.password_file {}: {e}", path.display());
-    let bytes = crate::files::read_limited(path, MAX_PASSWORD_FILE_BYTES).map_err(|e| fail(&e))?;
+    let bytes = crate::files::read_data(path, MAX_PASSWORD_FILE_BYTES).map_err(|e| fail(&e))?;
     let mut text = String::from_utf8(bytes).map_err(|_| fail(&"not UTF-8 text"))?;
     let kept = text.trim_end_matches(['\n', '\r']).len();
     text.truncate(kept);

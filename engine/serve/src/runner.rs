@@ -225,6 +225,12 @@ fn run(
     stop: StopSignal,
 ) -> Outcome {
     let failed = |m: String| Outcome { state: JobState::Failed, message: Some(m) };
+    // Every data file the job names (a batches file, an initial state, a
+    // dataset, Kafka TLS and password files) is read on this thread, when
+    // the job loads and when its clients are built: confined to the
+    // tenant's root, checked on each opened file (a symlink swapped in
+    // after submission leads nowhere).
+    let _confined = root.as_deref().map(weir::files::confine_thread);
     let job = match weir::job::load(&rec.job_file(), runtime) {
         Ok(j) => j,
         Err(e) => return failed(e.to_string()),

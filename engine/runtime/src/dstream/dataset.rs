@@ -147,7 +147,7 @@ fn read_path(path: &Path) -> Result<Vec<u8>, SourceError> {
         let file = path.join(&name);
         let left = MAX_DATASET_BYTES.saturating_sub(total);
         let bytes =
-            crate::files::read_limited(&file, left).map_err(|e| SourceError::File { path: file.clone(), source: e })?;
+            crate::files::read_data(&file, left).map_err(|e| SourceError::File { path: file.clone(), source: e })?;
         total += bytes.len() as u64;
         let text = String::from_utf8(bytes).map_err(|e| SourceError::Parse {
             path: file.clone(),

@@ -39,8 +39,7 @@ pub fn read_batches_file(path: &Path) -> Result<Vec<Vec<u8>>, SourceError> {
 
 /// As [`read_batches_file`], for a file of at most `limit` bytes.
 pub fn read_batches_file_limited(path: &Path, limit: u64) -> Result<Vec<Vec<u8>>, SourceError> {
-    let bytes =
-        crate::files::read_limited(path, limit).map_err(|e| SourceError::File { path: path.into(), source: e })?;
+    let bytes = crate::files::read_data(path, limit).map_err(|e| SourceError::File { path: path.into(), source: e })?;
     let text = String::from_utf8(bytes).map_err(|e| SourceError::Parse {
         path: path.into(),
         line: e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1,

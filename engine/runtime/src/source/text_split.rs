@@ -75,15 +75,6 @@ pub(super) struct Scanned {
     pub(super) changed: bool,
 }
 
-/// Where the open `file` (opened as `path`) really is: the kernel's name
-/// for the descriptor (`/proc/self/fd`), so a symlink swapped in after any
-/// earlier check cannot redirect it; the canonical `path` where `/proc`
-/// is missing.
-fn real_path(file: &File, path: &Path) -> std::io::Result<PathBuf> {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| path.canonicalize())
-}
-
 /// Opens `path` and counts the lines of its first `limit` bytes (the whole
 /// file as it is when opened if `None`). With a `root` (canonical), a file
 /// whose real path is outside it is refused before anything is read.
@@ -93,7 +84,7 @@ pub(super) fn scan(path: &Path, limit: Option<u64>, root: Option<&Path>) -> Resu
     // a regular file's reads; anything else is refused below.
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if let Some(root) = root {
-        let real = real_path(&file, path)?;
+        let real = crate::files::real_path(&file, path)?;
         if !real.starts_with(root) {
             return Err(FileError::OutsideRoot { real, root: root.to_path_buf() });
         }
