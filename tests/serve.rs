@@ -510,6 +510,44 @@ fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reload
     server.kill();
 }
 
+/// A job's output directory swapped for a symlink out of the root while
+/// the server was down: the reloaded job fails naming it, and writes
+/// nothing where the link leads.
+#[test]
+fn serve_refuses_to_write_through_an_output_directory_swapped_for_a_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let evil_root = tmp.path().join("state/tenants/evil");
+    let acme_root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(&evil_root).unwrap();
+    std::fs::create_dir_all(&acme_root).unwrap();
+    std::fs::write(evil_root.join("in.jsonl"), "[\"evil-line\"]\n".repeat(2000)).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let job = tmp.path().join("batches.toml");
+    std::fs::write(
+        &job,
+        "batch_interval = \"200ms\"\n[sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
+         [[outputs]]\nstream = \"lines\"\ntype = \"save_as_text_files\"\nprefix = \"out/x\"\n",
+    )
+    .unwrap();
+    let id = submit(&addr, EVIL, &job).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !job_output(&evil_root, &id).contains("evil-line") {
+        assert!(Instant::now() < deadline, "the job did not run:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+    let out = evil_root.join("jobs").join(&id).join("out");
+    std::fs::rename(&out, evil_root.join("old-out")).unwrap();
+    std::os::unix::fs::symlink(&acme_root, &out).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let v = wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] == "failed");
+    let why = v["message"].as_str().unwrap_or_default().to_string();
+    assert!(why.contains("outside the tenant's root") && why.contains("not written"), "{v}");
+    assert_eq!(std::fs::read_dir(&acme_root).unwrap().count(), 0, "nothing was written in acme's root");
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

@@ -216,6 +216,28 @@ pub fn spawn(
     Ok(Handle { shared, stop, thread: Some(thread) })
 }
 
+/// Why writing at `place` would leave `root` (canonical): the longest
+/// existing part of its path, symlinks followed, is outside it. `None`
+/// when it stays inside.
+fn leads_out_of(root: &std::path::Path, place: &std::path::Path) -> Option<String> {
+    let mut existing = place;
+    loop {
+        if std::fs::symlink_metadata(existing).is_ok() {
+            return match existing.canonicalize() {
+                Ok(real) if real.starts_with(root) => None,
+                Ok(real) => Some(format!(
+                    "{} leads to {}, outside the tenant's root {} (a symlink); not written",
+                    existing.display(),
+                    real.display(),
+                    root.display()
+                )),
+                Err(e) => Some(format!("{}: {e}", existing.display())),
+            };
+        }
+        existing = existing.parent()?;
+    }
+}
+
 fn run(
     rec: &JobRecord,
     runtime: Arc<UdfRuntime>,
@@ -235,6 +257,16 @@ fn run(
         Ok(j) => j,
         Err(e) => return failed(e.to_string()),
     };
+    // Where the job writes (its checkpoint, its outputs) must still be in
+    // the root as the server made it: a directory swapped for a symlink
+    // while the server was down would lead the writes elsewhere.
+    if let Some(root) = &root {
+        let mut places = vec![rec.checkpoint_dir()];
+        places.extend(rec.outputs.iter().cloned());
+        if let Some(escape) = places.iter().find_map(|p| leads_out_of(root, p)) {
+            return failed(escape);
+        }
+    }
     let mut opts = RunOptions::default();
     opts.pool = Some(seat);
     opts.source_root = root;
