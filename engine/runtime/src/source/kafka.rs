@@ -437,9 +437,22 @@ pub(crate) fn client_backoff(timeout: Duration) -> BackoffConfig {
     }
 }
 
+/// What rustls says when the broker's certificate does not verify
+/// (`invalid peer certificate: UnknownIssuer`, a name mismatch, expiry) or
+/// when the broker refuses ours with a TLS alert (`received fatal alert:
+/// CertificateRequired`, `BadCertificate`, `UnknownCA`, ...): the TLS
+/// settings are wrong, and another attempt would fail the same way. The
+/// client keeps them only in its messages (no typed cause reaches here).
+const TLS_REFUSALS: [&str; 2] = ["invalid peer certificate", "received fatal alert"];
+
 /// True for errors that a later attempt may not have: the broker is
-/// unreachable, a request failed or timed out.
+/// unreachable, a request failed or timed out. A TLS handshake refused
+/// for its certificates is not (the job fails at once, naming the reason).
 fn transient(e: &KafkaError) -> bool {
+    let text = e.to_string();
+    if TLS_REFUSALS.iter().any(|r| text.contains(r)) {
+        return false;
+    }
     match e {
         KafkaError::Connection(_) | KafkaError::RetryFailed(_) | KafkaError::Timeout => true,
         // A connection that broke is worth another attempt; a response that
