@@ -469,24 +469,19 @@ fn serve_reads_a_directory_source_only_inside_the_tenant_root_whatever_is_linked
     server.kill();
 }
 
-/// Files a job names are read again when a restarted server reloads it:
-/// a `batches` file checked at submission and swapped afterwards for a
-/// symlink to another tenant's file is refused on the reload (the job
-/// fails, naming the file), not read into the job's outputs.
-#[test]
-fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reloads_the_job() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path());
-    let evil_root = tmp.path().join("state/tenants/evil");
-    let acme_root = tmp.path().join("state/tenants/acme");
+/// Evil's long-running job over its `batches` file `in.jsonl` (2000
+/// batches of `evil-line`), writing under `out/x`; the server, its address, the
+/// roots of evil and acme and the job's id, once the job has written.
+fn running_batches_job(tmp: &Path) -> (Driver, String, PathBuf, PathBuf, String) {
+    let config = write_config(tmp);
+    let evil_root = tmp.join("state/tenants/evil");
+    let acme_root = tmp.join("state/tenants/acme");
     std::fs::create_dir_all(&evil_root).unwrap();
     std::fs::create_dir_all(&acme_root).unwrap();
     // Enough batches to still be running when the server is killed.
-    let batch = |w: &str| format!("[\"{w}\"]\n").repeat(2000);
-    std::fs::write(evil_root.join("in.jsonl"), batch("evil-line")).unwrap();
-    std::fs::write(acme_root.join("secret.jsonl"), batch("acme-secret-data")).unwrap();
-    let (mut server, addr) = start_server(&config);
-    let job = tmp.path().join("batches.toml");
+    std::fs::write(evil_root.join("in.jsonl"), "[\"evil-line\"]\n".repeat(2000)).unwrap();
+    let (server, addr) = start_server(&config);
+    let job = tmp.join("batches.toml");
     std::fs::write(
         &job,
         "batch_interval = \"200ms\"\n[sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
@@ -499,10 +494,22 @@ fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reload
         assert!(Instant::now() < deadline, "the job did not run:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    (server, addr, evil_root, acme_root, id)
+}
+
+/// Files a job names are read again when a restarted server reloads it:
+/// a `batches` file checked at submission and swapped afterwards for a
+/// symlink to another tenant's file is refused on the reload (the job
+/// fails, naming the file), not read into the job's outputs.
+#[test]
+fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reloads_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, _, evil_root, acme_root, id) = running_batches_job(tmp.path());
+    std::fs::write(acme_root.join("secret.jsonl"), "[\"acme-secret-data\"]\n".repeat(2000)).unwrap();
     server.kill();
     std::fs::remove_file(evil_root.join("in.jsonl")).unwrap();
     std::os::unix::fs::symlink(acme_root.join("secret.jsonl"), evil_root.join("in.jsonl")).unwrap();
-    let (mut server, addr) = start_server(&config);
+    let (mut server, addr) = start_server(&tmp.path().join("serve.toml"));
     let v = wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] == "failed");
     let why = v["message"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("in.jsonl") && why.contains("outside"), "{v}");
@@ -516,31 +523,12 @@ fn serve_refuses_a_job_file_swapped_for_a_symlink_out_of_the_root_when_it_reload
 #[test]
 fn serve_refuses_to_write_through_an_output_directory_swapped_for_a_symlink() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path());
-    let evil_root = tmp.path().join("state/tenants/evil");
-    let acme_root = tmp.path().join("state/tenants/acme");
-    std::fs::create_dir_all(&evil_root).unwrap();
-    std::fs::create_dir_all(&acme_root).unwrap();
-    std::fs::write(evil_root.join("in.jsonl"), "[\"evil-line\"]\n".repeat(2000)).unwrap();
-    let (mut server, addr) = start_server(&config);
-    let job = tmp.path().join("batches.toml");
-    std::fs::write(
-        &job,
-        "batch_interval = \"200ms\"\n[sources.lines]\ntype = \"batches\"\npath = \"in.jsonl\"\n\
-         [[outputs]]\nstream = \"lines\"\ntype = \"save_as_text_files\"\nprefix = \"out/x\"\n",
-    )
-    .unwrap();
-    let id = submit(&addr, EVIL, &job).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !job_output(&evil_root, &id).contains("evil-line") {
-        assert!(Instant::now() < deadline, "the job did not run:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut server, _, evil_root, acme_root, id) = running_batches_job(tmp.path());
     server.kill();
     let out = evil_root.join("jobs").join(&id).join("out");
     std::fs::rename(&out, evil_root.join("old-out")).unwrap();
     std::os::unix::fs::symlink(&acme_root, &out).unwrap();
-    let (mut server, addr) = start_server(&config);
+    let (mut server, addr) = start_server(&tmp.path().join("serve.toml"));
     let v = wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] == "failed");
     let why = v["message"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("outside the tenant's root") && why.contains("not written"), "{v}");

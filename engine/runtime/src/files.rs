@@ -57,9 +57,15 @@ thread_local! {
 /// canonical; a root that cannot be resolved confines to itself as given,
 /// which then holds nothing) until the guard is dropped.
 pub fn confine_thread(root: &Path) -> Confined {
-    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    let before = CONFINED_TO.with(|c| c.replace(Some(root)));
+    let before = CONFINED_TO.with(|c| c.replace(Some(confinement(root))));
     Confined { before }
+}
+
+/// A root as confinement compares it: canonical (so a root reached
+/// through a symlink still holds its files), or as given when it cannot be
+/// resolved (then nothing is inside it, and every file is refused).
+pub(crate) fn confinement(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
 }
 
 /// Ends a [`confine_thread`] (restoring what was there before).
@@ -74,22 +80,22 @@ impl Drop for Confined {
     }
 }
 
-/// Where the open `file` (opened as `path`) really is: the kernel's name
-/// for the descriptor, so no symlink swapped in after an earlier check can
-/// redirect it; the canonical `path` where `/proc` is missing.
-pub(crate) fn real_path(file: &File, path: &Path) -> std::io::Result<PathBuf> {
+/// Where the open `file` (opened as `path`) really is, when that is not
+/// inside `root` (canonical); `None` when it is. Judged by the kernel's
+/// name for the descriptor, so no symlink swapped in after an earlier
+/// check can redirect it; by the canonical `path` where `/proc` is missing.
+pub(crate) fn outside_root(file: &File, path: &Path, root: &Path) -> std::io::Result<Option<PathBuf>> {
     use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| path.canonicalize())
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).or_else(|_| path.canonicalize())?;
+    Ok((!real.starts_with(root)).then_some(real))
 }
 
 /// Refuses `file` when this thread is confined and it is outside the root.
 fn check_confined(file: &File, path: &Path) -> Result<(), ReadError> {
     let Some(root) = CONFINED_TO.with(|c| c.borrow().clone()) else { return Ok(()) };
-    let real = real_path(file, path)?;
-    if real.starts_with(&root) {
-        Ok(())
-    } else {
-        Err(ReadError::OutsideRoot { real, root })
+    match outside_root(file, path, &root)? {
+        None => Ok(()),
+        Some(real) => Err(ReadError::OutsideRoot { real, root }),
     }
 }
 

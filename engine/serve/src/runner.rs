@@ -216,25 +216,17 @@ pub fn spawn(
     Ok(Handle { shared, stop, thread: Some(thread) })
 }
 
-/// Why writing at `place` would leave `root` (canonical): the longest
-/// existing part of its path, symlinks followed, is outside it. `None`
-/// when it stays inside.
+/// Why writing at `place` would leave `root` (canonical), if it would.
 fn leads_out_of(root: &std::path::Path, place: &std::path::Path) -> Option<String> {
-    let mut existing = place;
-    loop {
-        if std::fs::symlink_metadata(existing).is_ok() {
-            return match existing.canonicalize() {
-                Ok(real) if real.starts_with(root) => None,
-                Ok(real) => Some(format!(
-                    "{} leads to {}, outside the tenant's root {} (a symlink); not written",
-                    existing.display(),
-                    real.display(),
-                    root.display()
-                )),
-                Err(e) => Some(format!("{}: {e}", existing.display())),
-            };
-        }
-        existing = existing.parent()?;
+    match crate::submit::resolves_outside(root, place) {
+        Ok(None) => None,
+        Ok(Some((existing, real))) => Some(format!(
+            "{} leads to {}, outside the tenant's root {} (a symlink); not written",
+            existing.display(),
+            real.display(),
+            root.display()
+        )),
+        Err(e) => Some(format!("{}: {e}", place.display())),
     }
 }
 

@@ -74,18 +74,27 @@ fn check_relative(what: &str, rel: &str) -> Result<PathBuf, ServeError> {
 /// followed) and must still be inside the root.
 pub fn inside_root(root: &Path, what: &str, rel: &str) -> Result<PathBuf, ServeError> {
     let full = root.join(check_relative(what, rel)?);
-    let mut existing = full.as_path();
+    match resolves_outside(root, &full) {
+        Ok(None) => Ok(full),
+        Ok(Some(_)) => Err(refused(format!("{what}: {rel:?} resolves outside the tenant's root (a symlink)"))),
+        Err(e) => Err(refused(format!("{what}: {rel:?}: {e}"))),
+    }
+}
+
+/// Where `full` (a path under `root`, canonical) really leads when that is
+/// outside `root`: the longest existing part of it and its canonical path
+/// (symlinks followed). `None` when it stays inside (or nothing of it
+/// under the root exists yet).
+pub fn resolves_outside(root: &Path, full: &Path) -> std::io::Result<Option<(PathBuf, PathBuf)>> {
+    let mut existing = full;
     loop {
         if std::fs::symlink_metadata(existing).is_ok() {
-            let canon = existing.canonicalize().map_err(|e| refused(format!("{what}: {rel:?}: {e}")))?;
-            if !canon.starts_with(root) {
-                return Err(refused(format!("{what}: {rel:?} resolves outside the tenant's root (a symlink)")));
-            }
-            return Ok(full);
+            let real = existing.canonicalize()?;
+            return Ok((!real.starts_with(root)).then(|| (existing.to_path_buf(), real)));
         }
         match existing.parent() {
             Some(p) if p.starts_with(root) => existing = p,
-            _ => return Ok(full),
+            _ => return Ok(None),
         }
     }
 }

@@ -55,14 +55,6 @@ fn ignored_name(name: &str) -> bool {
         || name.ends_with('~')
 }
 
-/// A directory source's `root` as the reads compare it: canonical (so a
-/// root reached through a symlink still holds its files), or as given when
-/// it cannot be resolved (then nothing is inside it, and every file is
-/// refused, naming it).
-pub(super) fn confinement(root: &Path) -> PathBuf {
-    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
-}
-
 /// The job's settings of a directory source.
 #[derive(Debug, Clone)]
 pub(super) struct Options {
@@ -610,7 +602,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("mine"), dir.join("b-in")).unwrap();
         std::fs::write(dir.join("c"), "plain\n").unwrap();
         let options = Options {
-            root: Some(confinement(&root)),
+            root: Some(crate::files::confinement(&root)),
             new_files_only: false,
             lines: policy(1 << 20, LongLinePolicy::Truncate),
             max_files: 10,

@@ -187,7 +187,7 @@ pub fn open(
         } => Box::new(DirectorySource::new(
             base.join(path),
             directory::Options {
-                root: root.as_ref().map(|r| directory::confinement(&base.join(r))),
+                root: root.as_ref().map(|r| crate::files::confinement(&base.join(r))),
                 new_files_only: *new_files_only,
                 lines: text_split::LinePolicy {
                     utf8: *on_invalid_utf8,

@@ -84,8 +84,7 @@ pub(super) fn scan(path: &Path, limit: Option<u64>, root: Option<&Path>) -> Resu
     // a regular file's reads; anything else is refused below.
     let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
     if let Some(root) = root {
-        let real = crate::files::real_path(&file, path)?;
-        if !real.starts_with(root) {
+        if let Some(real) = crate::files::outside_root(&file, path, root)? {
             return Err(FileError::OutsideRoot { real, root: root.to_path_buf() });
         }
     }
