@@ -449,16 +449,6 @@ pub mod rt {
         Ok((u32::from_le_bytes([v[1], v[2], v[3], v[4]]), 5))
     }
 
-    fn elements(v: &[u8], mut p: usize, n: u32) -> Result<Vec<&[u8]>, String> {
-        let mut xs = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let e = weir_codec::skip_value(v, p).map_err(|e| e.to_string())?;
-            xs.push(&v[p..e]);
-            p = e;
-        }
-        Ok(xs)
-    }
-
     /// Folds each input group (a non-empty list) left to right. The groups
     /// are walked once, value by value (no separate pass to find where each
     /// group ends).
@@ -504,13 +494,13 @@ pub mod rt {
         for (i, r) in recs.enumerate() {
             let g = r.map_err(|e| e.to_string())?;
             let (n, p) = container(g, TAG_TUPLE, "(key, values, state) tuple")?;
-            let parts = elements(g, p, n)?;
-            if parts.len() != 3 {
+            if n != 3 {
                 return Err(format!("group {i}: expected (key, values, state)"));
             }
-            let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
-            let values = Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
-            let state = Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
+            // Each part decoded where it starts: the values are walked once.
+            let (key, p) = K::decode_at(g, p).map_err(|e| format!("group {i} key: {e}"))?;
+            let (values, p) = Vec::<V>::decode_at(g, p).map_err(|e| format!("group {i} values: {e}"))?;
+            let (state, _) = Option::<S>::decode_at(g, p).map_err(|e| format!("group {i} state: {e}"))?;
             match f(key, values, state)? {
                 Some(s) => s.write(out),
                 None => out.push(TAG_NULL),
@@ -548,14 +538,13 @@ pub mod rt {
         for (i, r) in recs.enumerate() {
             let g = r.map_err(|e| e.to_string())?;
             let (n, p) = container(g, TAG_TUPLE, "(key, values, state, timing_out) tuple")?;
-            let parts = elements(g, p, n)?;
-            if parts.len() != 4 {
+            if n != 4 {
                 return Err(format!("group {i}: expected (key, values, state, timing_out)"));
             }
-            let key = K::from_value(parts[0]).map_err(|e| format!("group {i} key: {e}"))?;
-            let values = Vec::<V>::from_value(parts[1]).map_err(|e| format!("group {i} values: {e}"))?;
-            let value = Option::<S>::from_value(parts[2]).map_err(|e| format!("group {i} state: {e}"))?;
-            let timing_out = bool::from_value(parts[3]).map_err(|e| format!("group {i} timing_out: {e}"))?;
+            let (key, p) = K::decode_at(g, p).map_err(|e| format!("group {i} key: {e}"))?;
+            let (values, p) = Vec::<V>::decode_at(g, p).map_err(|e| format!("group {i} values: {e}"))?;
+            let (value, p) = Option::<S>::decode_at(g, p).map_err(|e| format!("group {i} state: {e}"))?;
+            let (timing_out, _) = bool::decode_at(g, p).map_err(|e| format!("group {i} timing_out: {e}"))?;
             let mut state = State { value, timing_out };
             out.push(TAG_TUPLE);
             out.extend_from_slice(&2u32.to_le_bytes());

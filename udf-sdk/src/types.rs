@@ -117,6 +117,7 @@ impl<'a> FromValue<'a> for i64 {
             Some(b) if b[0] == TAG_I64 => {
                 Ok((i64::from_le_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]), at + 9))
             }
+            _ if buf.get(at) == Some(&TAG_I64) => truncated(),
             _ => mismatch("i64", buf.get(at..).unwrap_or_default()),
         }
     }
@@ -169,6 +170,14 @@ impl<'a, T: FromValue<'a>> FromValue<'a> for Option<T> {
             T::from_value(v).map(Some)
         }
     }
+    #[inline]
+    fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+        if buf.get(at) == Some(&TAG_NULL) {
+            Ok((None, at + 1))
+        } else {
+            T::decode_at(buf, at).map(|(x, end)| (Some(x), end))
+        }
+    }
 }
 impl<'a> FromValue<'a> for Value {
     fn from_value(v: &'a [u8]) -> Result<Self, String> {
@@ -176,17 +185,30 @@ impl<'a> FromValue<'a> for Value {
     }
 }
 
-fn children<'a>(v: &'a [u8], tags: &[u8], want: &str) -> Result<Vec<&'a [u8]>, String> {
-    match v.first() {
-        Some(t) if tags.contains(t) => {}
-        _ => return mismatch(want, v),
-    }
-    elements(v).map_err(|e| e.to_string())
-}
-
 impl<'a, T: FromValue<'a>> FromValue<'a> for Vec<T> {
     fn from_value(v: &'a [u8]) -> Result<Self, String> {
-        children(v, &[TAG_LIST, TAG_TUPLE], "list")?.into_iter().map(T::from_value).collect()
+        Self::decode_at(v, 0).map(|(xs, _)| xs)
+    }
+    /// One pass over the elements, each decoded where it starts (no
+    /// separate pass to cut the list into slices first): the values of an
+    /// `update` group are read once.
+    #[inline]
+    fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+        match buf.get(at) {
+            Some(&TAG_LIST) | Some(&TAG_TUPLE) => {}
+            _ => return mismatch("list", buf.get(at..).unwrap_or_default()),
+        }
+        let n = u32_at(buf, at + 1)? as usize;
+        // Every element takes at least a byte: a count past the bytes left
+        // is malformed, and must not size the allocation.
+        let mut xs = Vec::with_capacity(n.min(buf.len().saturating_sub(at + 5)));
+        let mut p = at + 5;
+        for _ in 0..n {
+            let (x, end) = T::decode_at(buf, p)?;
+            xs.push(x);
+            p = end;
+        }
+        Ok((xs, p))
     }
 }
 
@@ -194,11 +216,24 @@ macro_rules! tuple_impls {
     ($n:expr; $($t:ident $i:tt),+) => {
         impl<'a, $($t: FromValue<'a>),+> FromValue<'a> for ($($t,)+) {
             fn from_value(v: &'a [u8]) -> Result<Self, String> {
-                let xs = children(v, &[TAG_TUPLE, TAG_LIST], concat!(stringify!($n), "-tuple"))?;
-                if xs.len() != $n {
-                    return Err(format!("expected a {}-tuple, got {} elements", $n, xs.len()));
+                Self::decode_at(v, 0).map(|(x, _)| x)
+            }
+            /// One pass: each element decoded where it starts.
+            #[inline]
+            #[allow(non_snake_case)]
+            fn decode_at(buf: &'a [u8], at: usize) -> Result<(Self, usize), String> {
+                match buf.get(at) {
+                    Some(&TAG_TUPLE) | Some(&TAG_LIST) => {}
+                    _ => return mismatch(concat!(stringify!($n), "-tuple"), buf.get(at..).unwrap_or_default()),
                 }
-                Ok(($($t::from_value(xs[$i])?,)+))
+                let n = u32_at(buf, at + 1)?;
+                if n != $n {
+                    return Err(format!("expected a {}-tuple, got {} elements", $n, n));
+                }
+                let p = at + 5;
+                // Each element's value is bound to its type parameter's name.
+                $(let ($t, p) = <$t>::decode_at(buf, p)?;)+
+                Ok((($($t,)+), p))
             }
         }
         impl<$($t: ToValue),+> ToValue for ($($t,)+) {
@@ -336,5 +371,27 @@ mod tests {
             Writer::new(&mut want).str(s);
             assert_eq!(fast, want, "length {n}");
         }
+    }
+
+    /// Lists, tuples and options decode in one pass where they start, end
+    /// where the value ends, and refuse malformed counts without sizing an
+    /// allocation by them.
+    #[test]
+    fn containers_decode_in_place_and_refuse_bad_counts() {
+        let v: Vec<(&str, Option<i64>)> = vec![("a", Some(1)), ("bc", None), ("", Some(-7))];
+        let mut buf = vec![9u8];
+        v.write(&mut buf);
+        let end = buf.len();
+        (Some(3i64),).write(&mut buf);
+        let (got, at) = Vec::<(&str, Option<i64>)>::decode_at(&buf, 1).unwrap();
+        assert_eq!((got, at), (v.clone(), end));
+        assert_eq!(<(Option<i64>,)>::decode_at(&buf, at).unwrap(), ((Some(3),), buf.len()));
+        assert_eq!(Vec::<(&str, Option<i64>)>::from_value(&buf[1..end]).unwrap(), v);
+        // A count of 2^32 - 1 elements in a 9-byte buffer: truncated, not an abort.
+        let huge = [TAG_LIST, 0xff, 0xff, 0xff, 0xff, TAG_I64, 0, 0, 0];
+        assert_eq!(Vec::<i64>::decode_at(&huge, 0).unwrap_err(), "truncated value");
+        let wrong = [TAG_TUPLE, 3, 0, 0, 0, TAG_NULL, TAG_NULL, TAG_NULL];
+        assert_eq!(<((), ())>::decode_at(&wrong, 0).unwrap_err(), "expected a 2-tuple, got 3 elements");
+        assert_eq!(Vec::<i64>::from_value(&[TAG_I64, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(), "expected list, got i64");
     }
 }

@@ -266,47 +266,113 @@ impl<'a> MapSide<'a> {
 /// values in map-partition order, then input order: the same records as
 /// grouping every pair here would give.
 fn merge_groups(buckets: &[Block], out: &mut codec::BatchBuilder) -> Result<(), TaskFailure> {
-    // Per key: its bytes, its value count, and its lists (first, last) as a
-    // chain in `lists` of (list body, next).
-    let mut keys: Vec<(&[u8], u32, usize, usize)> = Vec::new();
-    let mut lists: Vec<(&[u8], usize)> = Vec::new();
-    let mut index: KeyMap<'_, usize> = KeyMap::default();
-    let mut bytes = 0usize;
+    let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
+    let mut m = ListMerge::with_capacity(records);
     for b in buckets {
-        for rec in records(b)? {
+        m.add_groups(b)?;
+    }
+    *out = codec::BatchBuilder::with_capacity(m.bytes());
+    for i in 0..m.keys.len() {
+        out.push_with(|w| {
+            w.tuple(2);
+            w.raw(m.keys[i].key);
+            m.write_values(i, w);
+        });
+    }
+    Ok(())
+}
+
+/// One key of a [`ListMerge`]: its bytes, its value count, and its lists
+/// (first, last) as a chain in [`ListMerge::lists`].
+pub(crate) struct MergedKey<'a> {
+    pub(crate) key: &'a [u8],
+    count: u32,
+    first: usize,
+    last: usize,
+}
+
+/// The end of a chain of lists.
+const NO_LIST: usize = usize::MAX;
+
+/// Value lists of map-side `(key, [values])` groups merged per key without
+/// copying them: each key keeps a chain of the list bodies it had in each
+/// bucket, written out back to back when its record is built. Keys are in
+/// the order they were first seeded or seen; values in bucket order.
+pub(crate) struct ListMerge<'a> {
+    pub(crate) keys: Vec<MergedKey<'a>>,
+    /// (list body, next in the key's chain).
+    lists: Vec<(&'a [u8], usize)>,
+    index: KeyMap<'a, usize>,
+    /// Bytes of the keys and values, with room for the headers.
+    bytes: usize,
+}
+
+impl<'a> ListMerge<'a> {
+    /// Room for about `keys` distinct keys.
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        let mut index = KeyMap::default();
+        index.reserve(keys);
+        ListMerge { keys: Vec::with_capacity(keys), lists: Vec::with_capacity(keys), index, bytes: 0 }
+    }
+
+    /// A key without values yet, placed before any key seen later (a state's
+    /// keys, in the state's order). A key seeded twice keeps its first
+    /// place; false then.
+    pub(crate) fn seed(&mut self, key: &'a [u8]) -> bool {
+        match self.index.entry(key) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.keys.len());
+                self.keys.push(MergedKey { key, count: 0, first: NO_LIST, last: NO_LIST });
+                self.bytes += key.len() + 10;
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Adds a batch of `(key, [values])` records.
+    pub(crate) fn add_groups(&mut self, batch: &'a [u8]) -> Result<(), TaskFailure> {
+        for rec in records(batch)? {
             let (k, vs) = pair(rec.map_err(|e| bad_data(e.to_string()))?)?;
             let (count, body) = list_body(vs).ok_or_else(|| bad_data("grouped values are not a list"))?;
-            bytes += k.len() + body.len() + 10;
-            lists.push((body, usize::MAX));
-            let at = lists.len() - 1;
-            match index.get(k) {
-                Some(&i) => {
-                    let key = &mut keys[i];
-                    key.1 = key.1.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
-                    lists[key.3].1 = at;
-                    key.3 = at;
+            let at = self.lists.len();
+            self.lists.push((body, NO_LIST));
+            self.bytes += body.len();
+            match self.index.entry(k) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let key = &mut self.keys[*e.get()];
+                    key.count = key.count.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
+                    match key.last {
+                        NO_LIST => key.first = at,
+                        last => self.lists[last].1 = at,
+                    }
+                    key.last = at;
                 }
-                None => {
-                    index.insert(k, keys.len());
-                    keys.push((k, count, at, at));
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(self.keys.len());
+                    self.keys.push(MergedKey { key: k, count, first: at, last: at });
+                    self.bytes += k.len() + 10;
                 }
             }
         }
+        Ok(())
     }
-    *out = codec::BatchBuilder::with_capacity(bytes);
-    for &(k, count, first, _) in &keys {
-        out.push_with(|w| {
-            w.tuple(2);
-            w.raw(k);
-            w.list(count);
-        });
-        let mut at = first;
-        while let Some(&(body, next)) = lists.get(at) {
-            out.extend_current(body);
+
+    /// About the bytes of every key and value list, encoded.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Writes key `i`'s values as one list (`[]` for a seeded key no batch had).
+    pub(crate) fn write_values(&self, i: usize, w: &mut codec::Writer<'_>) {
+        let key = &self.keys[i];
+        w.list(key.count);
+        let mut at = key.first;
+        while let Some(&(body, next)) = self.lists.get(at) {
+            w.raw(body);
             at = next;
         }
     }
-    Ok(())
 }
 
 /// A whole encoded list (as `pair` cut it): its count and its elements' bytes.

@@ -10,66 +10,58 @@ use weir_codec as codec;
 
 use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 use super::groups::KeyMap;
-use super::shuffle::{fold, key_hash};
+use super::shuffle::{fold, key_hash, ListMerge};
 use crate::rdd::{PairFilter, Reducer, UdfRef};
 use crate::udf::UdfKind;
 
 /// update_state_by_key on one partition: `prev` holds `(k, state)` pairs,
-/// `grouped` holds `(k, [values])`. The update function is called for every
-/// key (with `[]` for keys without new values); a null result removes the key.
+/// `groups` the batch's `(k, [values])` records: the map sides' groups of
+/// the shuffle (a key in several of them has its lists joined in their
+/// order) or one block already merged. The update function is called for
+/// every key (with `[]` for keys without new values); a null result removes
+/// the key. The groups are merged straight into the function's input: each
+/// key is hashed once and each value copied once.
 pub(crate) fn update_state(
     cx: &mut UdfCalls<'_>,
     update: &UdfRef,
     prev: Option<&[u8]>,
-    grouped: &[u8],
+    groups: &[&[u8]],
     p: u32,
 ) -> Result<Vec<u8>, TaskFailure> {
-    let empty_list: &[u8] = &[codec::TAG_LIST, 0, 0, 0, 0];
     let null: &[u8] = &[codec::TAG_NULL];
-    // Only this batch's keys are hashed (usually far fewer than the keys in
-    // the state): each state key is looked up among them.
-    let n_new = codec::Records::new(grouped).map(|r| r.remaining() as usize).unwrap_or(0);
-    let mut new: Vec<(&[u8], &[u8], bool)> = Vec::with_capacity(n_new);
-    let mut index: KeyMap<'_, usize> = KeyMap::default();
-    index.reserve(n_new);
-    for r in records(grouped)? {
-        let (k, vs) = pair(r?)?;
-        index.insert(k, new.len());
-        new.push((k, vs, false));
-    }
-    // (key, values, state): the state's keys in their order, then new keys
-    // in first-seen order.
     let n_prev = prev.and_then(|p| codec::Records::new(p).ok()).map_or(0, |r| r.remaining() as usize);
-    let mut groups: Vec<(&[u8], &[u8], &[u8])> = Vec::with_capacity(n_prev + n_new);
+    let n_new: usize = groups.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
+    // The state's keys first, in its order; then new keys in first-seen order.
+    let mut merged = ListMerge::with_capacity(n_prev.max(n_new));
+    let mut states: Vec<&[u8]> = Vec::with_capacity(n_prev);
     if let Some(prev) = prev {
         for r in records(prev)? {
             let (k, s) = pair(r?)?;
-            match index.get(k) {
-                Some(&i) => {
-                    new[i].2 = true;
-                    groups.push((k, new[i].1, s));
-                }
-                None => groups.push((k, empty_list, s)),
+            // A key twice (only an initial state can hold one so) keeps its
+            // first state, as Spark's cogroup takes `headOption`.
+            if merged.seed(k) {
+                states.push(s);
             }
         }
     }
-    groups.extend(new.iter().filter(|(_, _, seen)| !seen).map(|&(k, vs, _)| (k, vs, null)));
-    let bytes: usize = groups.iter().map(|(k, vs, s)| 5 + k.len() + vs.len() + s.len()).sum();
-    let mut input = codec::BatchBuilder::with_capacity(bytes);
-    for (k, vs, s) in &groups {
+    for g in groups {
+        merged.add_groups(g)?;
+    }
+    let mut input = codec::BatchBuilder::with_capacity(merged.bytes() + states.iter().map(|s| s.len()).sum::<usize>());
+    for i in 0..merged.keys.len() {
         input.push_with(|w| {
             w.tuple(3);
-            w.raw(k);
-            w.raw(vs);
-            w.raw(s);
+            w.raw(merged.keys[i].key);
+            merged.write_values(i, w);
+            w.raw(states.get(i).copied().unwrap_or(null));
         });
     }
     let out = cx.call_kind(update, UdfKind::Update, &input.finish(), p)?;
-    let mut b = codec::BatchBuilder::with_capacity(out.len() + groups.len() * 16);
-    for ((k, _, _), s) in groups.iter().zip(records(&out)?) {
+    let mut b = codec::BatchBuilder::with_capacity(out.len() + merged.keys.len() * 16);
+    for (key, s) in merged.keys.iter().zip(records(&out)?) {
         let s = s?;
         if s != null {
-            b.push_with(|w| codec::write_pair(w.buf, k, s));
+            b.push_with(|w| codec::write_pair(w.buf, key.key, s));
         }
     }
     Ok(b.finish())

@@ -13,7 +13,7 @@ use weir_codec as codec;
 use super::block_store::{Block, BlockStore};
 use super::calls::{bad_data, engine_fault, pair, records, UdfCalls};
 use super::{shuffle, state};
-use crate::rdd::{BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
+use crate::rdd::{Aggregation, BlockId, JoinKind, NarrowOp, Rdd, RddId, RddOp, ShuffleId, UdfRef};
 use crate::udf::abi::batch_count;
 use crate::udf::{ModuleRegistry, UdfKind};
 pub use weir_plan::task::{Task, TaskFailure, TaskKind, TaskOutput, TaskResult};
@@ -185,12 +185,13 @@ impl TaskCx<'_, '_> {
                     (None, Some(init)) => Some(Arc::new(state::partition_of_pairs(init, p, rdd.partitions)?)),
                     (None, None) => None,
                 };
-                let grouped = self.compute(*grouped, p)?;
+                let groups = self.groups_of(*grouped, p)?;
+                let groups: Vec<&[u8]> = groups.iter().map(|b| b.as_slice()).collect();
                 Arc::new(state::update_state(
                     &mut self.udfs,
                     update,
                     prev.as_deref().map(|v| v.as_slice()),
-                    &grouped,
+                    &groups,
                     p,
                 )?)
             }
@@ -258,24 +259,7 @@ impl TaskCx<'_, '_> {
                 Arc::new(cartesian(&lb, &rb)?)
             }
             RddOp::Shuffled { map_partitions, aggregation, .. } => {
-                let total: u32 = map_partitions.iter().sum();
-                let mut buckets = Vec::with_capacity(total as usize);
-                // Every missing map output is reported at once, so the
-                // scheduler recomputes them all in one round.
-                let mut missing = Vec::new();
-                let ids: Vec<BlockId> =
-                    (0..total).map(|m| BlockId::Shuffle { shuffle: id, map: m, reduce: p }).collect();
-                self.prefetch(&ids);
-                for m in 0..total {
-                    let bid = BlockId::Shuffle { shuffle: id, map: m, reduce: p };
-                    match self.get_block(&bid) {
-                        Some(b) => buckets.push(b),
-                        None => missing.push(m),
-                    }
-                }
-                if !missing.is_empty() {
-                    return Err(TaskFailure::FetchFailed { shuffle: id, maps: missing });
-                }
+                let buckets = self.buckets(id, map_partitions.iter().sum(), p)?;
                 let parent_of_map = parent_index_table(map_partitions);
                 Arc::new(shuffle::reduce_side(
                     &mut self.udfs,
@@ -292,6 +276,41 @@ impl TaskCx<'_, '_> {
             self.store(block_id, data)
         } else {
             Ok(data)
+        }
+    }
+
+    /// The buckets of reduce partition `p` of shuffle `id`, one per map
+    /// partition, in map-partition order.
+    fn buckets(&self, id: RddId, maps: u32, p: u32) -> Result<Vec<Block>, TaskFailure> {
+        let ids: Vec<BlockId> = (0..maps).map(|m| BlockId::Shuffle { shuffle: id, map: m, reduce: p }).collect();
+        self.prefetch(&ids);
+        let mut buckets = Vec::with_capacity(ids.len());
+        // Every missing map output is reported at once, so the scheduler
+        // recomputes them all in one round.
+        let mut missing = Vec::new();
+        for (m, bid) in (0..maps).zip(&ids) {
+            match self.get_block(bid) {
+                Some(b) => buckets.push(b),
+                None => missing.push(m),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(TaskFailure::FetchFailed { shuffle: id, maps: missing });
+        }
+        Ok(buckets)
+    }
+
+    /// The `(key, [values])` groups of partition `p` of `id`, the grouping
+    /// under update_state_by_key: the map sides' groups as they are when
+    /// `id` is a group_by_key shuffle that nothing keeps (the update merges
+    /// them into its own input), else `id`'s partition.
+    fn groups_of(&mut self, id: RddId, p: u32) -> Result<Vec<Block>, TaskFailure> {
+        let rdd = self.rdd(id)?;
+        match &rdd.op {
+            RddOp::Shuffled { map_partitions, aggregation: Aggregation::GroupByKey, .. } if !rdd.persist => {
+                self.buckets(id, map_partitions.iter().sum(), p)
+            }
+            _ => Ok(vec![self.compute(id, p)?]),
         }
     }
 

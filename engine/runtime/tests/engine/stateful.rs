@@ -73,8 +73,19 @@ fn update_state_by_key_keeps_running_totals_calls_every_key_and_removes_on_null(
         .unwrap()
         .collect()
         .unwrap();
+    // An initial state holding a key twice: the key keeps its first state
+    // (Spark's cogroup takes `headOption`), and is one key afterwards.
+    let seeded_twice = input
+        .update_state_by_key_with_initial(&wc.udf("running_total"), Some(pairs(&[("a", 100), ("z", 7), ("a", 5)])))
+        .unwrap()
+        .collect()
+        .unwrap();
     let report = ssc.run(opts(tmp.path())).unwrap();
     assert!(report.failed_batches().next().is_none());
+    assert_eq!(
+        sorted(&seeded_twice.lock().unwrap())[..2],
+        [(1000, strs(&["(a,102)", "(b,1)", "(z,7)"])), (2000, strs(&["(a,102)", "(b,6)", "(z,7)"]))]
+    );
     assert_eq!(
         sorted(&totals.lock().unwrap()),
         vec![
