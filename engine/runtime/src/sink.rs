@@ -146,7 +146,7 @@ fn save_as_text_files_gated(
         let path = path.to_path_buf();
         move |source| SinkError::Io { path, source }
     };
-    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    crate::checkpoint::store::create_dir_all_durable(&parent).map_err(io(&parent))?;
     // Leftovers of an earlier attempt at this batch by a driver that died.
     let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
     remove_leftovers(&parent, |n| n.starts_with(&tmp_prefix) || n.starts_with(&old_prefix));
@@ -251,7 +251,9 @@ fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
     results.into_iter().collect::<Result<(), _>>()?;
     let success = tmp.join("_SUCCESS");
     std::fs::File::create(&success).map_err(|source| SinkError::Io { path: success.clone(), source })?;
-    Ok(())
+    // The parts' names (and `_SUCCESS`) are entries of `tmp`: durable only
+    // once `tmp` is, before the rename publishes it.
+    crate::checkpoint::store::sync_dir(tmp).map_err(|source| SinkError::Io { path: tmp.to_path_buf(), source })
 }
 
 /// One part file, written whole and fsynced.
@@ -372,7 +374,8 @@ impl Sink for TextFilesSink {
         let target = batch_dir(&self.base, &self.prefix, self.suffix.as_deref(), time);
         let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        std::fs::create_dir_all(&parent).map_err(|source| SinkError::Io { path: parent.clone(), source })?;
+        crate::checkpoint::store::create_dir_all_durable(&parent)
+            .map_err(|source| SinkError::Io { path: parent.clone(), source })?;
         if !self.swept.swap(true, std::sync::atomic::Ordering::AcqRel) {
             let zero = batch_dir(&self.base, &self.prefix, None, 0);
             let zero = zero.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -601,5 +604,27 @@ mod tests {
         std::fs::create_dir(out.join(".counts-100.tmp-1")).unwrap();
         sink.write(400, &[batch]).unwrap();
         assert!(out.join(".counts-100.tmp-1").exists(), "a later write listed the directory again");
+    }
+
+    /// What a crash must not take back once a batch is written: the new
+    /// output directories' names, the parts' names in the batch directory
+    /// (synced before the rename publishes it), and the rename itself.
+    #[test]
+    fn a_batch_directory_is_durable_down_to_its_parts_and_up_to_new_parents() {
+        use crate::checkpoint::store::synced;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = TextFilesSink::new(dir.path().to_path_buf(), "out/deep/counts".into(), None);
+        let batch = weir_codec::Value::encode_batch(&[weir_codec::Value::str("a")]);
+        synced::take();
+        sink.write(300, std::slice::from_ref(&batch)).unwrap();
+        let out = dir.path().join("out");
+        let tmp = out.join("deep").join(format!(".counts-300.tmp-{}", std::process::id()));
+        assert_eq!(
+            synced::take(),
+            [dir.path().to_path_buf(), out.clone(), tmp, out.join("deep")],
+            "synced: the parents of the two new directories, the batch directory before its rename, its parent after"
+        );
+        sink.write(400, &[batch]).unwrap();
+        assert_eq!(synced::take().len(), 2, "an existing parent is not synced again");
     }
 }

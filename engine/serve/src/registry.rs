@@ -95,9 +95,10 @@ pub struct Registry {
 
 /// Creates `dir` and its missing parents with mode 0700 (an existing
 /// directory is left as it is).
+/// Each directory created is made durable in its parent (records and
+/// modules are then committed into it).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    weir::checkpoint::store::create_dir_all_durable_mode(dir, 0o700)
 }
 
 /// Takes group and other permissions off `path` if it has any (the

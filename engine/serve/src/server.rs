@@ -307,7 +307,7 @@ impl Server {
         // operator allows one): it is the server's alone (0600, as
         // everything `write_atomic` writes). The directory keeps the
         // operator's umask: its outputs are the tenant's to read.
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        weir::checkpoint::store::create_dir_all_durable(&dir).map_err(io)?;
         crate::registry::write_atomic(&rec.job_file(), prepared.text.as_bytes()).map_err(io)?;
         // The loader checks everything else (and names the line); a job
         // that does not load is never registered.

@@ -449,7 +449,7 @@ impl LocalLease {
     pub(crate) fn acquire(root: &Path, ttl: Duration, dir_locked: bool) -> Result<Arc<LocalLease>, Refused> {
         let ttl = ttl.max(MIN_TTL);
         let dir = epochs_dir(root);
-        std::fs::create_dir_all(&dir).map_err(at(&dir))?;
+        super::store::create_dir_all_durable(&dir).map_err(at(&dir))?;
         let (top, takeover) = await_takeable(root, ttl, dir_locked)?;
         // Epochs only grow: above every lease file and metadata checkpoint.
         let epoch = top.max(super::newest_epoch(&super::store::LocalDir::new(root))) + 1;

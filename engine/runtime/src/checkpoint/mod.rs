@@ -744,7 +744,7 @@ impl CheckpointDir {
         // relative `ckpt/state/...` would name a file that is not there.
         let root = &std::path::absolute(root).map_err(io_err(root))?;
         for d in [root.to_path_buf(), metadata_dir(root), state_dir(root), wal_dir(root)] {
-            std::fs::create_dir_all(&d).map_err(io_err(root))?;
+            store::create_dir_all_durable(&d).map_err(io_err(root))?;
         }
         let lock = match take_lock(root) {
             Ok(l) => Some(l),
@@ -757,7 +757,9 @@ impl CheckpointDir {
         })?;
         if fresh {
             let cleared = remove_checkpoints(root).and_then(|()| {
-                [metadata_dir(root), state_dir(root), wal_dir(root)].iter().try_for_each(std::fs::create_dir_all)
+                [metadata_dir(root), state_dir(root), wal_dir(root)]
+                    .iter()
+                    .try_for_each(|d| store::create_dir_all_durable(d))
             });
             if let Err(e) = cleared {
                 lease.release();

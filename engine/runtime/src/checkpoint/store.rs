@@ -69,7 +69,71 @@ impl LocalDir {
 
 /// Fsyncs a directory, so a rename in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    synced::record(dir);
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, with every directory it creates made durable in its
+/// parent (the parent fsynced after the create): files committed into a new
+/// directory must not vanish with it in a crash because its own name was
+/// never written out. Directories that exist already are left as they are.
+pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
+    create_dir_all_durable_mode(dir, 0o777)
+}
+
+/// [`create_dir_all_durable`], each directory it creates made with `mode`
+/// (less the umask).
+pub fn create_dir_all_durable_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing = Vec::new();
+    let mut d = dir;
+    // An empty parent is the working directory, which exists.
+    while !d.as_os_str().is_empty() && !d.is_dir() {
+        missing.push(d);
+        match d.parent() {
+            Some(p) => d = p,
+            None => break,
+        }
+    }
+    for m in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(mode).create(m) {
+            Ok(()) => {}
+            // Made meanwhile by another writer: its name may not be durable
+            // yet either, so the parent is synced all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && m.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        sync_dir(parent_or_cwd(m))?;
+    }
+    Ok(())
+}
+
+/// A path's parent directory, `.` for a bare relative name.
+fn parent_or_cwd(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// The directories this thread fsynced, for tests of what is made durable
+/// (unit tests only).
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local!(static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) });
+
+    pub(crate) fn record(dir: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(dir.to_path_buf()));
+    }
+
+    /// The directories fsynced on this thread since the last call.
+    pub(crate) fn take() -> Vec<PathBuf> {
+        SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
 }
 
 /// Crash injection for fault tests (cargo feature `failpoints`, off in
@@ -158,5 +222,25 @@ impl CheckpointStore for LocalDir {
     }
     fn bounds(&self) -> CheckpointBounds {
         self.bounds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creating_directories_durably_syncs_the_parent_of_each_one_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a/b/c");
+        synced::take();
+        create_dir_all_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        let want: Vec<PathBuf> = ["", "a", "a/b"].iter().map(|p| tmp.path().join(p)).collect();
+        assert_eq!(synced::take(), want);
+        create_dir_all_durable(&deep).unwrap();
+        assert!(synced::take().is_empty(), "nothing created, nothing synced");
+        std::fs::write(tmp.path().join("file"), b"").unwrap();
+        assert!(create_dir_all_durable(&tmp.path().join("file/x")).is_err(), "a file in the way is an error");
     }
 }

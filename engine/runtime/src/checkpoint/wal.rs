@@ -129,7 +129,7 @@ impl WalWriter {
     /// As [`WalWriter::create`], rolling over to a new segment once an
     /// append would take one past `segment_bytes`.
     pub fn with_segment_bytes(dir: &Path, source: u32, segment_bytes: u64) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        super::store::create_dir_all_durable(dir)?;
         let seq = segments(dir, source).last().map(|s| s + 1).unwrap_or(0);
         let file = open_new(dir, source, seq)?;
         Ok(WalWriter {
