@@ -416,8 +416,11 @@ impl<'a> Records<'a> {
     pub fn new(batch: &'a [u8]) -> Result<Self, CodecError> {
         Ok(Records { buf: batch, pos: 4, left: read_u32(batch, 0)? })
     }
+    /// Records left, as the header claims them, but never more than the
+    /// bytes left (a record takes at least one): a size hint a malformed or
+    /// hostile header cannot inflate. Exact for a well-formed batch.
     pub fn remaining(&self) -> u32 {
-        self.left
+        self.left.min(u32::try_from(self.buf.len().saturating_sub(self.pos)).unwrap_or(u32::MAX))
     }
 }
 
@@ -563,7 +566,9 @@ pub fn elements(v: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
         _ => return err(0, "expected a list or tuple"),
     }
     let n = read_u32(v, 1)?;
-    let mut out = Vec::with_capacity(n as usize);
+    // Each element takes at least a byte: a count past the bytes left must
+    // not size the allocation (the walk below refuses it).
+    let mut out = Vec::with_capacity((n as usize).min(v.len().saturating_sub(5)));
     let mut p = 5;
     for _ in 0..n {
         let e = skip_value(v, p)?;
@@ -609,6 +614,23 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec;
+
+    /// Counts in headers are claims: as size hints they are bounded by the
+    /// bytes that follow, and walking past what is there is an error, never
+    /// an allocation of 4 G entries.
+    #[test]
+    fn lying_counts_cannot_size_allocations() {
+        let lie = [0xff, 0xff, 0xff, 0xff, TAG_NULL, TAG_NULL];
+        let recs = Records::new(&lie).unwrap();
+        assert_eq!(recs.remaining(), 2);
+        assert_eq!(recs.filter(|r| r.is_ok()).count(), 2);
+        let list = [TAG_LIST, 0xff, 0xff, 0xff, 0xff, TAG_NULL];
+        assert!(elements(&list).is_err());
+        let mut good = vec![0u8; 4];
+        good[0] = 3;
+        good.extend_from_slice(&[TAG_NULL, TAG_TRUE, TAG_FALSE]);
+        assert_eq!(Records::new(&good).unwrap().remaining(), 3, "exact for a well-formed batch");
+    }
 
     fn strs(xs: &[&str]) -> Vec<u8> {
         let mut b = BatchBuilder::new();

@@ -266,7 +266,7 @@ impl<'a> MapSide<'a> {
 /// values in map-partition order, then input order: the same records as
 /// grouping every pair here would give.
 fn merge_groups(buckets: &[Block], out: &mut codec::BatchBuilder) -> Result<(), TaskFailure> {
-    let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
+    let records: usize = buckets.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
     let mut m = ListMerge::with_capacity(records);
     for b in buckets {
         m.add_groups(b)?;
@@ -400,7 +400,8 @@ pub(crate) fn reduce_side(
             // About the buckets' size: each key once, each value once.
             out = codec::BatchBuilder::with_capacity(buckets.iter().map(|b| b.len()).sum());
             // At most as many keys as records in the buckets.
-            let records: usize = buckets.iter().map(|b| crate::udf::abi::batch_count(b) as usize).sum();
+            let records: usize =
+                buckets.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
             let mut g = Groups::at(Site { node: shuffle.node, reduce_side: true }, Some(records));
             for b in buckets {
                 g.add_all(pairs(b)?.map(|kv| kv.map_err(|e| not_a_pair(b, e))))?;
