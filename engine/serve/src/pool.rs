@@ -193,9 +193,10 @@ pub struct ExecutorView {
     pub address: String,
     pub slots: u32,
     pub heartbeats: u64,
-    /// How long ago its newest heartbeat came, as of this answer (every
-    /// 100 ms while it is healthy; it grows while it is silent, and past
-    /// the heartbeat timeout it is lost and gone from the list).
+    /// How long ago it was last heard from (its newest heartbeat or other
+    /// message, or its joining), as of this answer (every 100 ms while it
+    /// is healthy; it grows while it is silent, and past the heartbeat
+    /// timeout it is lost and gone from the list).
     pub last_heartbeat_age_ms: Option<u64>,
     /// Tasks running on it now (a tenant: of its own jobs only).
     pub tasks_running: u64,

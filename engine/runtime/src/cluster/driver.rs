@@ -217,10 +217,10 @@ struct Conn {
     /// modules. At most one per job it was told of.
     ends: VecDeque<JobId>,
     last_seen: Instant,
-    /// Heartbeats received, when the last came, and the UDF memory (now,
-    /// peak) it reported, for the status page.
+    /// Heartbeats received and the UDF memory (now, peak) it reported, for
+    /// the status page (whose heartbeat age is `last_seen`'s: the silence
+    /// the heartbeat timeout measures, from the join on).
     heartbeats: u64,
-    last_heartbeat: Option<Instant>,
     udf_memory: Option<(u64, u64)>,
     /// When the driver listens on an unspecified address (`0.0.0.0:P`,
     /// `[::]:P`, as in a container), its block server's address names no
@@ -968,7 +968,6 @@ fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32
                 ends: VecDeque::new(),
                 last_seen: Instant::now(),
                 heartbeats: 0,
-                last_heartbeat: None,
                 udf_memory: None,
                 driver_blocks: reachable_block_addr(&shared.block_addr, conn.local_addr().ok()),
             },
@@ -991,7 +990,6 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
         Ok(FromExecutor::Heartbeat { udf_memory_bytes, udf_memory_peak_bytes }) => {
             c.last_seen = Instant::now();
             c.heartbeats = c.heartbeats.saturating_add(1);
-            c.last_heartbeat = Some(c.last_seen);
             c.udf_memory = Some((udf_memory_bytes, udf_memory_peak_bytes));
             Ok(())
         }
@@ -1251,7 +1249,7 @@ fn connected_status(shared: &Shared) -> Vec<crate::listener::ExecutorStatus> {
     let connected = st.executors.values().map(|c| {
         let mut s = crate::listener::ExecutorStatus::new(c.addr.clone());
         s.heartbeats = Some(c.heartbeats);
-        s.last_heartbeat_age_ms = c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64);
+        s.last_heartbeat_age_ms = Some(c.last_seen.elapsed().as_millis() as u64);
         s.tasks_running = c.running.len() as u64;
         s.udf_memory_bytes = c.udf_memory.map(|m| m.0);
         s.udf_memory_peak_bytes = c.udf_memory.map(|m| m.1);
@@ -1346,7 +1344,7 @@ impl SharedCluster {
                     address: c.addr.clone(),
                     slots: c.slots,
                     heartbeats: c.heartbeats,
-                    last_heartbeat_age_ms: c.last_heartbeat.map(|t| t.elapsed().as_millis() as u64),
+                    last_heartbeat_age_ms: Some(c.last_seen.elapsed().as_millis() as u64),
                     tasks_running: c.running.len() as u64,
                     udf_memory_bytes: c.udf_memory.map(|m| m.0),
                     udf_memory_peak_bytes: c.udf_memory.map(|m| m.1),
@@ -1380,8 +1378,9 @@ pub struct PoolExecutor {
     pub address: String,
     /// Tasks it runs at once.
     pub slots: u32,
-    /// Heartbeats received from it, and how long ago the newest came
-    /// (`None` before the first).
+    /// Heartbeats received from it, and how long it has been silent: since
+    /// its newest heartbeat or other message, or since it joined (the
+    /// silence the heartbeat timeout measures).
     pub heartbeats: u64,
     pub last_heartbeat_age_ms: Option<u64>,
     /// Tasks running on it now, of every job.
@@ -1623,6 +1622,23 @@ mod tests {
                 Err(e) => panic!("only {done} of {n} results: {e}"),
             }
         }
+    }
+
+    /// An executor silent since it joined (no heartbeat yet: stopped, or
+    /// hung, right after joining) shows how long it has been silent, from
+    /// its joining, as the heartbeat timeout counts it, not "never heard".
+    #[test]
+    fn an_executor_that_never_heartbeat_shows_its_silence_since_joining() {
+        let addr = free_addr();
+        let secret = b"unit-test-secret".to_vec();
+        let exec = fake_executor(addr.clone(), secret.clone(), 0);
+        let (backend, _events) = start(addr, secret);
+        let status = backend.executor_status();
+        assert_eq!(status.len(), 1, "{status:?}");
+        assert_eq!(status[0].heartbeats, Some(0), "the fake executor does not heartbeat");
+        assert!(status[0].last_heartbeat_age_ms.is_some(), "no age for a silent executor: {status:?}");
+        drop(backend);
+        exec.join().unwrap();
     }
 
     /// Once an executor has been sent more stages than it keeps, the oldest
