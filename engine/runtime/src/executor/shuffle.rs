@@ -4,6 +4,8 @@
 //! Keys are grouped in first-seen order, so the output never depends on hash
 //! map iteration or on the order in which map tasks finished.
 
+use std::collections::hash_map::Entry;
+
 use weir_codec as codec;
 
 use super::block_store::Block;
@@ -266,8 +268,8 @@ impl<'a> MapSide<'a> {
 /// values in map-partition order, then input order: the same records as
 /// grouping every pair here would give.
 fn merge_groups(buckets: &[Block], out: &mut codec::BatchBuilder) -> Result<(), TaskFailure> {
-    let records: usize = buckets.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
-    let mut m = ListMerge::with_capacity(records);
+    let buckets: Vec<&[u8]> = buckets.iter().map(|b| b.as_slice()).collect();
+    let mut m = ListMerge::for_batches(&buckets, 0);
     for b in buckets {
         m.add_groups(b)?;
     }
@@ -308,8 +310,11 @@ pub(crate) struct ListMerge<'a> {
 }
 
 impl<'a> ListMerge<'a> {
-    /// Room for about `keys` distinct keys.
-    pub(crate) fn with_capacity(keys: usize) -> Self {
+    /// Room for `seeds` keys to be seeded and the records of `batches`
+    /// (their counts bounded by their bytes).
+    pub(crate) fn for_batches(batches: &[&[u8]], seeds: usize) -> Self {
+        let records: usize = batches.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
+        let keys = seeds.max(records);
         let mut index = KeyMap::default();
         index.reserve(keys);
         ListMerge { keys: Vec::with_capacity(keys), lists: Vec::with_capacity(keys), index, bytes: 0 }
@@ -320,13 +325,13 @@ impl<'a> ListMerge<'a> {
     /// place; false then.
     pub(crate) fn seed(&mut self, key: &'a [u8]) -> bool {
         match self.index.entry(key) {
-            std::collections::hash_map::Entry::Vacant(e) => {
+            Entry::Vacant(e) => {
                 e.insert(self.keys.len());
                 self.keys.push(MergedKey { key, count: 0, first: NO_LIST, last: NO_LIST });
                 self.bytes += key.len() + 10;
                 true
             }
-            std::collections::hash_map::Entry::Occupied(_) => false,
+            Entry::Occupied(_) => false,
         }
     }
 
@@ -339,7 +344,7 @@ impl<'a> ListMerge<'a> {
             self.lists.push((body, NO_LIST));
             self.bytes += body.len();
             match self.index.entry(k) {
-                std::collections::hash_map::Entry::Occupied(e) => {
+                Entry::Occupied(e) => {
                     let key = &mut self.keys[*e.get()];
                     key.count = key.count.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
                     match key.last {
@@ -348,7 +353,7 @@ impl<'a> ListMerge<'a> {
                     }
                     key.last = at;
                 }
-                std::collections::hash_map::Entry::Vacant(e) => {
+                Entry::Vacant(e) => {
                     e.insert(self.keys.len());
                     self.keys.push(MergedKey { key: k, count, first: at, last: at });
                     self.bytes += k.len() + 10;

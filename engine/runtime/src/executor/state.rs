@@ -30,9 +30,8 @@ pub(crate) fn update_state(
 ) -> Result<Vec<u8>, TaskFailure> {
     let null: &[u8] = &[codec::TAG_NULL];
     let n_prev = prev.and_then(|p| codec::Records::new(p).ok()).map_or(0, |r| r.remaining() as usize);
-    let n_new: usize = groups.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
     // The state's keys first, in its order; then new keys in first-seen order.
-    let mut merged = ListMerge::with_capacity(n_prev.max(n_new));
+    let mut merged = ListMerge::for_batches(groups, n_prev);
     let mut states: Vec<&[u8]> = Vec::with_capacity(n_prev);
     if let Some(prev) = prev {
         for r in records(prev)? {
