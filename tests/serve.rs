@@ -67,7 +67,12 @@ memory_bytes = 16_777_216
 
 /// `weir serve` started, and the address it serves on.
 fn start_server(config: &Path) -> (Driver, String) {
-    let mut d = Driver::spawn(weir().args(["serve", "--config", config.to_str().unwrap()]));
+    start_server_with(weir(), config)
+}
+
+/// [`start_server`] from a prepared `weir` command (an S3 server's environment).
+fn start_server_with(mut weir: Command, config: &Path) -> (Driver, String) {
+    let mut d = Driver::spawn(weir.args(["serve", "--config", config.to_str().unwrap()]));
     let line = d.wait_for(Instant::now() + Duration::from_secs(120), "the server to listen", |l| {
         l.starts_with("weir: serving")
     });
@@ -591,6 +596,107 @@ fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     assert!(spin_logs.contains("fuel"), "{spin_status}\n{spin_logs}");
     let bomb_logs = text(&client(&addr, EVIL, &["logs", &bomb_id]).stdout);
     assert!(bomb_logs.contains("FAILED"), "{bomb_logs}");
+}
+
+/// Bytes of the files under `dir` as the server's quota walk counts them
+/// (symlinks by their own length).
+fn walked_bytes(dir: &Path) -> u64 {
+    let mut todo = vec![dir.to_path_buf()];
+    let mut bytes = 0;
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else {
+                bytes += m.len();
+            }
+        }
+    }
+    bytes
+}
+
+/// The keys under `prefix` in bucket `serve-ckpt` (without it) and their
+/// sizes, listed by boto3 (a running job deletes old checkpoints, so
+/// nothing is read back).
+fn listed(s3: &crate::object_store::S3Server, prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = s3.boto3(&format!(
+        "out = {{}}\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='serve-ckpt', Prefix='{prefix}'):\n    \
+         for o in page.get('Contents', []):\n        out[o['Key'][len('{prefix}'):]] = o['Size']\nprint(json.dumps(out))\n"
+    ));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// `checkpoint_root` on object storage: a stateful job's checkpoint is in
+/// the bucket under its tenant and job, not in the job's directory; the
+/// server SIGKILLed mid-run and started again recovers the job from the
+/// bucket, byte-identical to `weir run`; and the objects count against the
+/// tenant's storage quota.
+#[test]
+fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_in_the_quota() {
+    let Some(s3) = crate::object_store::S3Server::start() else { return };
+    s3.bucket("serve-ckpt");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let base = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("admin_token_sha256", "checkpoint_root = \"s3://serve-ckpt/weir/\"\nadmin_token_sha256");
+    std::fs::write(&config, &base).unwrap();
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).unwrap();
+    let job = stateful_job(&reference, 120);
+    let out = run(weir().args(["run", job.to_str().unwrap(), "--checkpoint"]).arg(reference.join("ckpt")).arg("-q"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let want = tree(&reference.join("out"));
+    let root = tmp.path().join("state/tenants/acme");
+    std::fs::create_dir_all(&root).unwrap();
+    let acme_job = stateful_job(&root, 120);
+
+    let (mut server, addr) = start_server_with(s3.weir(), &config);
+    let id = submit(&addr, ACME, &acme_job).unwrap();
+    let before =
+        wait_status(&server, &addr, ACME, &id, 120, |v| v["progress"]["batches_completed"].as_u64().unwrap_or(0) >= 10);
+    let ckpt = before["checkpoint"].as_str().unwrap().to_string();
+    let prefix = format!("weir/acme/{id}-");
+    assert!(ckpt.starts_with(&format!("s3://serve-ckpt/{prefix}")), "{before}");
+    let key = ckpt.trim_start_matches("s3://serve-ckpt/").to_string();
+    let objects = listed(&s3, &format!("{key}/"));
+    assert!(objects.keys().any(|k| k.starts_with("metadata/")), "{:?}", objects.keys().collect::<Vec<_>>());
+    assert!(!root.join("jobs").join(&id).join("checkpoint").exists(), "a checkpoint in the job's directory too");
+    server.kill(); // SIGKILL, mid-run
+
+    let (mut server, addr) = start_server_with(s3.weir(), &config);
+    let done = wait_status(&server, &addr, ACME, &id, 300, |v| v["state"] != "running");
+    assert_eq!(done["state"], "finished", "{done}\n{}", server.log());
+    assert_eq!(done["checkpoint"], ckpt.as_str());
+    assert_same_tree(&tree(&root.join("jobs").join(&id).join("out/out")), &want, "weir serve, checkpoint on S3");
+    let logs = text(&client(&addr, ACME, &["logs", &id]).stdout);
+    assert!(logs.contains("recovered from checkpoint"), "{logs}");
+    // The checkpoint reads back whole where the status says it is.
+    let inspect = run(s3.weir().args(["checkpoint", "inspect", &ckpt]));
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    server.kill();
+
+    // A quota between the root alone and the root with the bucket's
+    // checkpoint refuses the next submission, naming both together.
+    let in_root = walked_bytes(&root);
+    let in_bucket: u64 = listed(&s3, "weir/acme/").values().sum();
+    assert!(in_bucket > 1000, "{in_bucket} bytes in the bucket");
+    let quota = in_root + in_bucket / 2;
+    let cfg = base.replace("max_slots = 2\n", &format!("max_slots = 2\nstorage_quota_bytes = {quota}\n"));
+    std::fs::write(&config, cfg).unwrap();
+    let (mut server, addr) = start_server_with(s3.weir(), &config);
+    let refused = submit(&addr, ACME, &acme_job).unwrap_err();
+    let used: u64 = refused
+        .split("uses ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{refused}"));
+    assert!(used >= in_root + in_bucket, "{used} < {in_root} + {in_bucket}: {refused}");
+    assert!(refused.contains(&format!("storage_quota_bytes = {quota}")), "{refused}");
+    server.kill();
 }
 
 /// A self-signed certificate for 127.0.0.1 (the openssl command, which

@@ -77,6 +77,10 @@ struct ConfigFile {
     /// the registry's job file); by default only `password_file`.
     #[serde(default)]
     allow_inline_kafka_passwords: Option<bool>,
+    /// Where jobs' checkpoints go: an object-store URL (`None`: each job's
+    /// directory in its tenant's root).
+    #[serde(default)]
+    checkpoint_root: Option<String>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
@@ -105,6 +109,8 @@ struct TenantFile {
     allowed_hosts: Vec<String>,
     #[serde(default)]
     kafka_topic_prefixes: Vec<String>,
+    #[serde(default)]
+    checkpoint_root: Option<String>,
     #[serde(default)]
     limits: Option<CeilingsFile>,
 }
@@ -157,6 +163,12 @@ pub struct Tenant {
     /// Kafka topics this tenant may read and write: those that start with
     /// one of these (none by default).
     pub kafka_topic_prefixes: Vec<String>,
+    /// Where this tenant's jobs keep their checkpoints: an object-store URL
+    /// (`s3://bucket/prefix`, `gs://…`, `az://…`; its own, else the
+    /// server's `checkpoint_root`), under which each job gets
+    /// `<tenant>/<job id>-<submission ms>`. `None`: the job's directory in
+    /// the root. The bytes there count against `storage_quota_bytes`.
+    pub checkpoint_root: Option<String>,
     pub ceilings: Ceilings,
 }
 
@@ -235,6 +247,20 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// A `checkpoint_root` as given, checked: an object-store URL with a
+/// bucket, without its trailing `/`. Local checkpoints need no setting (they
+/// live in each job's directory, inside its tenant's root).
+fn checkpoint_root(url: &str) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/');
+    if !weir::checkpoint::is_object_store_url(url) || url.split_once("://").is_some_and(|(_, r)| r.starts_with('/')) {
+        return Err(format!(
+            "checkpoint_root = {url:?}: expected an object-store URL (s3://bucket/prefix, gs://bucket/prefix or \
+             az://container/prefix); local checkpoints need no setting"
+        ));
+    }
+    Ok(url.to_string())
+}
+
 /// One `[tenants.NAME]` table with its defaults applied; `err` names the
 /// table's line.
 fn tenant_from(
@@ -296,6 +322,10 @@ fn tenant_from(
         },
         allowed_hosts: t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         kafka_topic_prefixes: t.kafka_topic_prefixes,
+        checkpoint_root: t
+            .checkpoint_root
+            .map(|u| checkpoint_root(&u).map_err(|m| err(format!("tenant {name}: {m}"))))
+            .transpose()?,
         ceilings,
     })
 }
@@ -330,12 +360,19 @@ impl Config {
                 err("admin_token_sha256", "admin_token_sha256: expected 64 hex digits (sha256 of the token)".into())
             })?),
         };
+        let server_checkpoint_root = match &f.checkpoint_root {
+            Some(u) => Some(checkpoint_root(u).map_err(|m| err("checkpoint_root", m))?),
+            None => None,
+        };
         let mut tenants = BTreeMap::new();
         let mut seen_tokens: Vec<[u8; 32]> = Vec::new();
         for (name, t) in f.tenants {
             let key = format!("[tenants.{name}]");
             let e = |m: String| err(&key, m);
-            let tenant = tenant_from(&name, t, &state_dir, &e)?;
+            let mut tenant = tenant_from(&name, t, &state_dir, &e)?;
+            if tenant.checkpoint_root.is_none() {
+                tenant.checkpoint_root.clone_from(&server_checkpoint_root);
+            }
             if seen_tokens.contains(&tenant.token_sha256) || admin_token_sha256 == Some(tenant.token_sha256) {
                 return Err(e(format!("tenant {name}: token_sha256 is another tenant's token")));
             }
@@ -549,6 +586,27 @@ mod tests {
 
     fn acme() -> String {
         format!("[tenants.acme]\ntoken_sha256 = \"{}\"\n", sha256_hex(TOKEN.as_bytes()))
+    }
+
+    #[test]
+    fn checkpoint_roots_are_object_store_urls_a_tenants_own_first() {
+        let bob = format!("[tenants.bob]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"bob"));
+        // None by default: checkpoints stay in the jobs' directories.
+        assert_eq!(parse(&acme()).unwrap().tenants["acme"].checkpoint_root, None);
+        let c = parse(&format!(
+            "checkpoint_root = \"s3://ckpts/weir/\"\n{}checkpoint_root = \"gs://acme-own\"\n{bob}",
+            acme()
+        ))
+        .unwrap();
+        assert_eq!(c.tenants["acme"].checkpoint_root.as_deref(), Some("gs://acme-own"));
+        assert_eq!(c.tenants["bob"].checkpoint_root.as_deref(), Some("s3://ckpts/weir"), "the server's, without its /");
+        for bad in ["/var/ckpt", "file:///var/ckpt", "s3://", "s3:///x", "ftp://h/x"] {
+            let e = parse(&format!("master = \"local[2]\"\ncheckpoint_root = \"{bad}\"\n{}", acme())).err().unwrap();
+            let m = e.to_string();
+            assert!(m.contains("serve.toml:2") && m.contains("object-store URL") && m.contains(bad), "{bad}: {m}");
+            let e = parse(&format!("{}checkpoint_root = \"{bad}\"\n", acme())).err().unwrap();
+            assert!(e.to_string().contains("tenant acme: checkpoint_root"), "{bad}: {e}");
+        }
     }
 
     #[test]

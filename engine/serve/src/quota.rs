@@ -1,5 +1,6 @@
 //! The storage quota while jobs run: a background thread measures, every
-//! `storage_check_interval_ms`, the root of each tenant that has live jobs;
+//! `storage_check_interval_ms`, the root of each tenant that has live jobs
+//! and its jobs' checkpoints on object storage (a `checkpoint_root`; listed);
 //! a root over `storage_quota_bytes` fails that tenant's live jobs (each
 //! stopped after its batch in flight, so its checkpoint is whole, then
 //! recorded `failed` with the quota and the usage in its status and log).
@@ -62,7 +63,8 @@ pub fn measure(dir: &Path, max_entries: usize, deadline: Instant) -> Usage {
 /// The message a job over quota ends with.
 pub fn over_quota_message(tenant: &str, used: u64, quota: u64) -> String {
     format!(
-        "storage quota exceeded: tenant {tenant}'s root holds {used} bytes, over its storage_quota_bytes = {quota}; \
+        "storage quota exceeded: tenant {tenant}'s storage (its root and its jobs' checkpoints) holds {used} bytes, \
+         over its storage_quota_bytes = {quota}; \
          the job was stopped after its batch in flight (its checkpoint is kept)"
     )
 }
@@ -87,7 +89,7 @@ fn check(s: &Arc<Server>) {
     let cfg = s.config();
     for (tenant, ids) in s.live_jobs_by_tenant() {
         let Some(t) = cfg.tenants.get(&tenant) else { continue };
-        let usage = measure(&t.root, WALK_ENTRIES, Instant::now() + WALK_DEADLINE);
+        let usage = s.storage_usage(&tenant, &t.root, WALK_ENTRIES, Instant::now() + WALK_DEADLINE);
         if !usage.complete {
             tracing::debug!(target: "weir::serve", "tenant {tenant}: storage walk cut short at {} bytes", usage.bytes);
         }

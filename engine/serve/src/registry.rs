@@ -70,14 +70,24 @@ pub struct JobRecord {
     /// older servers have none.
     #[serde(default)]
     pub udf_memory_bytes: u64,
+    /// The object-store URL of the job's checkpoint, fixed at submission
+    /// (the tenant's `checkpoint_root` then); `None`: `checkpoint` in its
+    /// directory. Records of older servers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl JobRecord {
     pub fn job_file(&self) -> PathBuf {
         self.dir.join("job.toml")
     }
+    /// Where the job's checkpoint is: its object-store URL, or
+    /// `checkpoint` in its directory.
     pub fn checkpoint_dir(&self) -> PathBuf {
-        self.dir.join("checkpoint")
+        match &self.checkpoint {
+            Some(url) => PathBuf::from(url),
+            None => self.dir.join("checkpoint"),
+        }
     }
     pub fn log_file(&self) -> PathBuf {
         self.dir.join("job.log")
@@ -242,6 +252,7 @@ mod tests {
             slots: 1,
             message: None,
             udf_memory_bytes: 0,
+            checkpoint: None,
         }
     }
 
@@ -253,6 +264,8 @@ mod tests {
         assert_eq!(id, "acme-1");
         r.put(rec(&id, JobState::Running)).unwrap();
         r.put(rec("acme-7", JobState::Stopped)).unwrap();
+        let url = "s3://b/weir/acme/acme-8-1700000000000";
+        r.put(JobRecord { checkpoint: Some(url.into()), ..rec("acme-8", JobState::Running) }).unwrap();
         assert!(matches!(Registry::open(tmp.path()), Err(ServeError::Locked(_))));
         // A torn or hostile record is skipped, not fatal.
         std::fs::write(tmp.path().join("registry/acme-9.json"), b"{not json").unwrap();
@@ -261,7 +274,11 @@ mod tests {
         assert_eq!(r.get("acme-1").unwrap().state, JobState::Running);
         assert_eq!(r.get("acme-7").unwrap().state, JobState::Stopped);
         assert!(r.get("acme-9").is_none());
-        assert_eq!(r.next_id("bob"), "bob-8");
+        // A checkpoint on object storage comes back as its URL; one in the
+        // job's directory (every record of an older server) as that path.
+        assert_eq!(r.get("acme-8").unwrap().checkpoint_dir(), PathBuf::from(url));
+        assert_eq!(r.get("acme-1").unwrap().checkpoint_dir(), PathBuf::from("/x/checkpoint"));
+        assert_eq!(r.next_id("bob"), "bob-9");
     }
 
     #[test]

@@ -253,7 +253,8 @@ fn run(
     // the root as the server made it: a directory swapped for a symlink
     // while the server was down would lead the writes elsewhere.
     if let Some(root) = &root {
-        let mut places = vec![rec.checkpoint_dir()];
+        // (An object-store checkpoint is the operator's location, not a path.)
+        let mut places: Vec<PathBuf> = rec.checkpoint.is_none().then(|| rec.checkpoint_dir()).into_iter().collect();
         places.extend(rec.outputs.iter().cloned());
         if let Some(escape) = places.iter().find_map(|p| leads_out_of(root, p)) {
             return failed(escape);

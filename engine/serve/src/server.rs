@@ -73,6 +73,9 @@ pub struct Server {
     /// Jobs being stopped because they must fail (the storage quota), with
     /// the message they end with.
     failing: Mutex<HashMap<String, String>>,
+    /// Bytes of object-store checkpoints of jobs that no longer run (they
+    /// no longer change): listed once for the storage quota, then reused.
+    settled_usage: Mutex<HashMap<PathBuf, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,6 +113,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             refusals: Mutex::new(BTreeMap::new()),
             failing: Mutex::new(HashMap::new()),
+            settled_usage: Mutex::new(HashMap::new()),
         });
         crate::quota::spawn_watch(Arc::downgrade(&server), interval)
             .map_err(|e| ServeError::Io(format!("cannot start the storage-quota thread: {e}")))?;
@@ -218,6 +222,46 @@ impl Server {
         out
     }
 
+    /// What `tenant`'s storage holds: its `root` (walked within
+    /// `max_entries` and `deadline`) and its jobs' object-store checkpoints
+    /// (listed; a job that no longer runs is listed once). A listing that
+    /// fails counts nothing and makes the figure a lower bound.
+    pub(crate) fn storage_usage(
+        &self,
+        tenant: &str,
+        root: &Path,
+        max_entries: usize,
+        deadline: Instant,
+    ) -> crate::quota::Usage {
+        let mut u = crate::quota::measure(root, max_entries, deadline);
+        let remote: Vec<(PathBuf, bool)> = lock(&self.registry)
+            .all()
+            .filter(|r| r.tenant == tenant && r.checkpoint.is_some())
+            .map(|r| (r.checkpoint_dir(), r.state.is_live()))
+            .collect();
+        for (loc, live) in remote {
+            if let Some(b) = lock(&self.settled_usage).get(&loc).filter(|_| !live) {
+                u.bytes = u.bytes.saturating_add(*b);
+                continue;
+            }
+            match weir::checkpoint::remote_usage(&loc) {
+                Some(Ok((bytes, complete))) => {
+                    u.bytes = u.bytes.saturating_add(bytes);
+                    u.complete &= complete;
+                    if !live && complete {
+                        lock(&self.settled_usage).insert(loc, bytes);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(target: "weir::serve", "tenant {tenant}: storage quota: {e}");
+                    u.complete = false;
+                }
+                None => {}
+            }
+        }
+        u
+    }
+
     /// Stops job `id` after its batch in flight (its checkpoint written)
     /// and records it `failed` with `why` when its driver returns. Once per
     /// job: a job already failing is left alone.
@@ -264,13 +308,15 @@ impl Server {
         }
         std::fs::create_dir_all(&t.root).map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
         let root = t.root.canonicalize().map_err(|e| ServeError::Io(format!("tenant root: {e}")))?;
-        let used = crate::quota::measure(
-            &root,
-            QUOTA_WALK_ENTRIES,
-            // Bounded by entries, as before; no deadline of its own here.
-            std::time::Instant::now() + std::time::Duration::from_secs(24 * 3600),
-        )
-        .bytes;
+        let used = self
+            .storage_usage(
+                &t.name,
+                &root,
+                QUOTA_WALK_ENTRIES,
+                // Bounded by entries, as before; no deadline of its own here.
+                Instant::now() + Duration::from_secs(24 * 3600),
+            )
+            .bytes;
         if used >= t.storage_quota_bytes {
             return Err(self.refuse(
                 tenant,
@@ -290,12 +336,16 @@ impl Server {
         };
         let slots = t.max_slots.min(self.config().slots()).max(1);
         let udf_memory_bytes = self.memory_reservation(&t, &prepared, slots)?;
+        let submitted_ms = now_ms();
         let rec = JobRecord {
             id: id.clone(),
             tenant: t.name.clone(),
             name: sub.name.unwrap_or_else(|| "job.toml".into()).chars().take(200).collect(),
             state: JobState::Running,
-            submitted_ms: now_ms(),
+            submitted_ms,
+            // The submission time keeps a job's location its own even if a
+            // state directory started afresh hands out its id again.
+            checkpoint: t.checkpoint_root.as_ref().map(|r| format!("{r}/{}/{id}-{submitted_ms}", t.name)),
             dir: dir.clone(),
             outputs: prepared.outputs,
             slots,

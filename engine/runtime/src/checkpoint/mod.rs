@@ -267,6 +267,20 @@ pub fn object_store_url(p: &Path) -> Option<String> {
     is_object_store_url(s).then(|| s.trim_end_matches('/').to_string())
 }
 
+/// The bytes a checkpoint location holds and whether all were counted, for
+/// object-store locations (a local one is measured by walking it; `None`).
+/// For `weir serve`'s storage quotas.
+pub fn remote_usage(p: &Path) -> Option<Result<(u64, bool), CheckpointError>> {
+    let url = object_store_url(p)?;
+    #[cfg(feature = "object-store")]
+    let usage = remote_store(&url, CheckpointBounds::default()).and_then(|store| {
+        store.usage().map_err(|e| CheckpointError::ObjectStore(format!("{url}: listing its objects: {e}")))
+    });
+    #[cfg(not(feature = "object-store"))]
+    let usage = remote_store(&url, CheckpointBounds::default()).map(|_| (0, false));
+    Some(usage)
+}
+
 /// A local checkpoint path: `file:///x` is `/x`, anything else is itself.
 pub fn local_path(p: &Path) -> PathBuf {
     match p.to_str().and_then(|s| s.strip_prefix("file://")) {

@@ -387,6 +387,35 @@ fn to_io(e: object_store::Error) -> std::io::Error {
     std::io::Error::new(kind, e.to_string())
 }
 
+impl ObjectStoreCheckpoint {
+    /// Bytes of every object under this prefix, at any depth (a storage
+    /// quota's measure), listing at most `max_list_pages` pages; `false`
+    /// when the listing was cut there, so the sum is a lower bound.
+    pub fn usage(&self) -> std::io::Result<(u64, bool)> {
+        // Keys under the prefix, not beside it (`p/a`, not `pa/`).
+        let prefix = (!self.prefix.as_ref().is_empty()).then(|| format!("{}/", self.prefix));
+        let max_pages = self.bounds.max_list_pages as usize;
+        let (mut bytes, mut complete) = (0u64, false);
+        self.run("", async {
+            let mut token = None;
+            for _ in 0..max_pages {
+                let opts = PaginatedListOptions { page_token: token.take(), ..Default::default() };
+                let r = self.lister.list_paginated(prefix.as_deref(), opts).await?;
+                bytes = r.result.objects.iter().fold(bytes, |b, o| b.saturating_add(o.size));
+                match r.page_token {
+                    Some(t) => token = Some(t),
+                    None => {
+                        complete = true;
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok((bytes, complete))
+    }
+}
+
 impl CheckpointStore for ObjectStoreCheckpoint {
     fn put(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
         // One PUT: the object appears whole or not at all.
