@@ -601,6 +601,12 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("secret"), dir.join("a-out")).unwrap();
         std::os::unix::fs::symlink(root.join("mine"), dir.join("b-in")).unwrap();
         std::fs::write(dir.join("c"), "plain\n").unwrap();
+        // One modification time for all (files are taken in (mtime, name)
+        // order): the writes above may straddle a tick of the file clock.
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+        for f in [root.join("mine"), tmp.path().join("secret"), dir.join("c")] {
+            std::fs::File::options().write(true).open(f).unwrap().set_modified(when).unwrap();
+        }
         let options = Options {
             root: Some(crate::files::confinement(&root)),
             new_files_only: false,
