@@ -63,3 +63,10 @@ pub enum EngineError {
     #[error("batch {time} ms, the input of source {source_index}: {error}")]
     OverBudget { time: i64, source_index: u32, error: executor::block_store::OverBudget },
 }
+
+/// The cores this process may use, asked once: the answer reads cgroup
+/// files, which cost more than a small batch's encoding or output.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
+}

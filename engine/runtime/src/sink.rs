@@ -227,7 +227,7 @@ fn write_batch_dir(
 /// otherwise be one core's serial work in every batch.
 fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len()).max(1);
+    let threads = crate::cores().min(partitions.len()).max(1);
     let worker = || -> Result<(), SinkError> {
         let mut text = String::new();
         loop {
@@ -241,10 +241,13 @@ fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
     let results: Vec<Result<(), SinkError>> = if threads == 1 {
         vec![worker()]
     } else {
+        // This thread is one of the writers: one thread fewer to start per batch.
         std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+            let hs: Vec<_> = (1..threads).map(|_| s.spawn(worker)).collect();
+            let mine = worker();
             hs.into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err(SinkError::Custom("a part writer panicked".into()))))
+                .chain([mine])
                 .collect()
         })
     };

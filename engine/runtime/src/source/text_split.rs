@@ -184,7 +184,7 @@ pub(super) fn encode(files: &[Scanned], n: u32, policy: LinePolicy) -> Result<En
     let total: u64 = files.iter().map(|f| f.lines).sum();
     let n = slices(total, n);
     let ranges: Vec<(u64, u64)> = (0..n).map(|p| (slice_start(total, n, p), slice_start(total, n, p + 1))).collect();
-    let threads = if total < PARALLEL_LINES { 1 } else { cores().min(ranges.len()) };
+    let threads = if total < PARALLEL_LINES { 1 } else { crate::cores().min(ranges.len()) };
     let next = AtomicUsize::new(0);
     let work = || -> Result<Vec<(usize, Vec<u8>, Vec<FileStats>)>, (usize, FileError)> {
         let mut done = Vec::new();
@@ -199,12 +199,15 @@ pub(super) fn encode(files: &[Scanned], n: u32, policy: LinePolicy) -> Result<En
     let results = if threads <= 1 {
         vec![work()]
     } else {
+        // This thread is one of the readers: one thread fewer to start per batch.
         std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            let hs: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mine = work();
             hs.into_iter()
                 .map(|h| {
                     h.join().unwrap_or_else(|_| Err((0, FileError::Io(std::io::Error::other("a reader panicked")))))
                 })
+                .chain([mine])
                 .collect()
         })
     };
@@ -217,13 +220,6 @@ pub(super) fn encode(files: &[Scanned], n: u32, policy: LinePolicy) -> Result<En
         }
     }
     Ok(Encoded { parts, stats })
-}
-
-/// The cores this process may use, asked once: the answer reads cgroup
-/// files, which cost more than a small batch's encoding.
-fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |c| c.get()))
 }
 
 /// Lines `from..to` of the files (counted over all of them) as one batch.
