@@ -695,6 +695,72 @@ fn a_part_bigger_than_8_mib_is_a_multipart_upload_and_a_failed_one_is_aborted() 
     assert!(!small.contains('-'), "a small part is one PUT: ETag {small}");
 }
 
+/// A TCP proxy in front of `to` that counts, in what clients send, the
+/// occurrences of `pattern` (a request line): its port and the count.
+fn counting_proxy(to: u16, pattern: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let Ok(mut up) = TcpStream::connect(("127.0.0.1", to)) else { return };
+            let (mut c2, mut up2) = (c.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut up2, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                // The pattern may straddle two reads: the tail is kept.
+                let (mut buf, mut tail) = (vec![0u8; 1 << 16], Vec::new());
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || up.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    tail.extend_from_slice(&buf[..n]);
+                    counted.fetch_add(tail.windows(pattern.len()).filter(|w| *w == pattern).count(), Ordering::SeqCst);
+                    tail.drain(..tail.len().saturating_sub(pattern.len() - 1));
+                }
+                let _ = up.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, count)
+}
+
+/// A driver whose lease was renewed lately commits without reading the
+/// lease object (issue 13: it was read before every commit, about seven
+/// GETs a batch): a 20-batch run with a checkpoint and an output every
+/// batch reads it a few times in all, and its outputs are those of a run on
+/// local disk. (That a paused driver still reads it, and finds it fenced, is
+/// the next test.)
+#[test]
+fn a_driver_with_a_fresh_lease_commits_without_reading_the_lease_object() {
+    let Some(server) = S3Server::start() else { return };
+    server.bucket("weir-lease");
+    let tmp = tempfile::tempdir().unwrap();
+    let job = stateful_job(tmp.path(), 20);
+    let local = run(weir().args(["run", job.to_str().unwrap(), "--checkpoint"]).arg(tmp.path().join("ck")).arg("-q"));
+    assert!(local.status.success(), "{}", text(&local.stderr));
+    let want = tree(&tmp.path().join("out"));
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    let (port, gets) = counting_proxy(server.port, b"GET /weir-lease/job/lock ");
+    let mut c = server.weir();
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    c.args(["run", job.to_str().unwrap(), "--checkpoint", "s3://weir-lease/job", "-q"]);
+    let out = run(&mut c);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_same_tree(&tree(&tmp.path().join("out")), &want, "outputs with the checkpoint on S3");
+    let n = gets.load(std::sync::atomic::Ordering::SeqCst);
+    // At most: taking the lease, and releasing it at the end.
+    assert!(n <= 3, "{n} GETs of the lease object for 20 batches");
+    // The proxy saw the run: its lease was written through it.
+    assert!(!server.objects("weir-lease", "job/metadata/").is_empty());
+}
+
 /// Fencing on object storage (issue 18): driver A is paused past its
 /// lease, driver B takes the location over (epoch 2) and runs the job to
 /// its end, then A is continued. A must stop, fenced, naming both epochs,

@@ -25,8 +25,10 @@
 //!   directory itself stays flocked by the holder for its life, as a hint
 //!   that a live driver is there when no lease file says so.
 //! * **Object store** (`objstore::Lease`): the lease object carries the
-//!   epoch and is only ever replaced by a conditional PUT; a commit GETs it
-//!   and compares — a **check-then-write window**, as no object store offers a
+//!   epoch and is only ever replaced by a conditional PUT; a commit whose
+//!   driver renewed the lease within half its TTL needs no read (a taker
+//!   waits a whole TTL of no renewal), any other GETs it and compares — a
+//!   **check-then-write window**, as no object store offers a
 //!   transaction over two objects: a driver frozen between its check and its
 //!   PUT can still write once after a takeover. Recovery then ignores that
 //!   write (see `super::stale_metadata`).
