@@ -617,17 +617,6 @@ fn walked_bytes(dir: &Path) -> u64 {
     bytes
 }
 
-/// The keys under `prefix` in bucket `serve-ckpt` (without it) and their
-/// sizes, listed by boto3 (a running job deletes old checkpoints, so
-/// nothing is read back).
-fn listed(s3: &crate::object_store::S3Server, prefix: &str) -> std::collections::BTreeMap<String, u64> {
-    let out = s3.boto3(&format!(
-        "out = {{}}\nfor page in s3.get_paginator('list_objects_v2').paginate(Bucket='serve-ckpt', Prefix='{prefix}'):\n    \
-         for o in page.get('Contents', []):\n        out[o['Key'][len('{prefix}'):]] = o['Size']\nprint(json.dumps(out))\n"
-    ));
-    serde_json::from_str(out.trim()).unwrap()
-}
-
 /// `checkpoint_root` on object storage: a stateful job's checkpoint is in
 /// the bucket under its tenant and job, not in the job's directory; the
 /// server SIGKILLed mid-run and started again recovers the job from the
@@ -643,12 +632,7 @@ fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_
         .unwrap()
         .replace("admin_token_sha256", "checkpoint_root = \"s3://serve-ckpt/weir/\"\nadmin_token_sha256");
     std::fs::write(&config, &base).unwrap();
-    let reference = tmp.path().join("reference");
-    std::fs::create_dir_all(&reference).unwrap();
-    let job = stateful_job(&reference, 120);
-    let out = run(weir().args(["run", job.to_str().unwrap(), "--checkpoint"]).arg(reference.join("ckpt")).arg("-q"));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let want = tree(&reference.join("out"));
+    let want = crate::fencing::reference(120);
     let root = tmp.path().join("state/tenants/acme");
     std::fs::create_dir_all(&root).unwrap();
     let acme_job = stateful_job(&root, 120);
@@ -661,7 +645,7 @@ fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_
     let prefix = format!("weir/acme/{id}-");
     assert!(ckpt.starts_with(&format!("s3://serve-ckpt/{prefix}")), "{before}");
     let key = ckpt.trim_start_matches("s3://serve-ckpt/").to_string();
-    let objects = listed(&s3, &format!("{key}/"));
+    let objects = s3.sizes("serve-ckpt", &format!("{key}/"));
     assert!(objects.keys().any(|k| k.starts_with("metadata/")), "{:?}", objects.keys().collect::<Vec<_>>());
     assert!(!root.join("jobs").join(&id).join("checkpoint").exists(), "a checkpoint in the job's directory too");
     server.kill(); // SIGKILL, mid-run
@@ -681,7 +665,7 @@ fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_
     // A quota between the root alone and the root with the bucket's
     // checkpoint refuses the next submission, naming both together.
     let in_root = walked_bytes(&root);
-    let in_bucket: u64 = listed(&s3, "weir/acme/").values().sum();
+    let in_bucket: u64 = s3.sizes("serve-ckpt", "weir/acme/").values().sum();
     assert!(in_bucket > 1000, "{in_bucket} bytes in the bucket");
     let quota = in_root + in_bucket / 2;
     let cfg = base.replace("max_slots = 2\n", &format!("max_slots = 2\nstorage_quota_bytes = {quota}\n"));
