@@ -826,3 +826,69 @@ impl Drop for Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Write};
+
+    /// A bucket whose listing never ends: every page "truncated", with a new
+    /// token and one object claiming `u64::MAX` bytes.
+    fn endless_listing() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = s.set_nodelay(true);
+                std::thread::spawn(move || {
+                    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                    for page in 0u64.. {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let body = format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>b</Name>\
+                             <IsTruncated>true</IsTruncated><NextContinuationToken>t{page}</NextContinuationToken>\
+                             <Contents><Key>p/k{page}</Key><LastModified>2026-11-30T00:00:00.000Z</LastModified>\
+                             <ETag>\"e\"</ETag><Size>{}</Size></Contents></ListBucketResult>",
+                            u64::MAX
+                        );
+                        if write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A hostile listing cannot keep a storage-quota measure going or
+    /// overflow it: it stops at `max_list_pages`, says the sum is a lower
+    /// bound, and sizes saturate.
+    #[test]
+    fn usage_stops_at_the_page_bound_and_saturates() {
+        let port = endless_listing();
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "test".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ] {
+            std::env::set_var(k, v);
+        }
+        let bounds = CheckpointBounds { max_list_pages: 5, ..Default::default() };
+        let store = ObjectStoreCheckpoint::open_with("s3://b/p", bounds).unwrap();
+        let started = Instant::now();
+        assert_eq!(store.usage().unwrap(), (u64::MAX, false));
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}
