@@ -1006,6 +1006,10 @@ fn serve_runs_two_tenants_on_one_shared_pool_and_the_victim_keeps_pace_beside_a_
 
     let (server, addr) = start_server(&config);
     // One pool for the server: two worker threads, and no job starts its own.
+    // (A new thread takes its name itself, just after it starts: waited for.)
+    crate::cluster::wait_until("the pool's two named threads", Duration::from_secs(10), || {
+        threads_named(server.pid(), "weir-pool-") >= 2
+    });
     assert_eq!(threads_named(server.pid(), "weir-pool-"), 2);
     let noisy_job = generator_wordcount(&tmp.path().join("noisy"), 20_000, noisy_batches as u32, 4);
     let noisy = submit(&addr, NOISY, &noisy_job).unwrap();
