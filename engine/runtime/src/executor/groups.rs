@@ -208,7 +208,11 @@ impl Groups {
 
     #[inline]
     fn add_hashed(&mut self, k: &[u8], v: &[u8], h: u64) {
-        let g = match self.table.find(h, k, &self.groups, &self.keys) {
+        let (groups, keys) = (&self.groups, &self.keys);
+        let g = match self.table.find(h, k, |g| {
+            let (at, n) = groups[g as usize].key;
+            &keys[at..at + n]
+        }) {
             Ok(g) => g,
             Err(slot) => {
                 let g = self.groups.len() as u32;
@@ -407,6 +411,70 @@ pub(crate) fn fold_i64<'v>(
 
 // ------------------------------------------------------------------ table
 
+/// Hints the CPU to fetch the cache line of `at` (a no-op elsewhere than
+/// x86_64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it reads nothing the program sees
+    // and never faults, and the address is that of a live reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(at as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// An index from encoded keys to their positions in a caller's list (the
+/// reduce side's merge of map-side groups and state): the grouping table
+/// (short keys inline, hash tags, prefetch) without the values. Its slots
+/// come from, and go back to, the executor thread's spare table.
+pub(crate) struct KeyIndex {
+    table: Table,
+}
+
+impl KeyIndex {
+    /// An empty index with room for about `keys` keys.
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        let slots = (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS);
+        let spare = SPARE.with(|b| std::mem::take(&mut b.borrow_mut().table));
+        KeyIndex { table: Table::reusing(spare, slots) }
+    }
+
+    /// Hints the CPU to fetch where the lookup of hash `h` starts.
+    #[inline]
+    pub(crate) fn prefetch(&self, h: u64) {
+        self.table.prefetch(h);
+    }
+
+    /// The position of key `k` (hash `h`, from [`key_hash`]); when it is
+    /// new, records it at position `next` and returns `None`. `key_of(i)`
+    /// gives the key at position `i`.
+    #[inline]
+    pub(crate) fn get_or_insert<'k>(
+        &mut self,
+        h: u64,
+        k: &[u8],
+        next: u32,
+        key_of: impl Fn(u32) -> &'k [u8],
+    ) -> Option<u32> {
+        match self.table.find(h, k, key_of) {
+            Ok(i) => Some(i),
+            Err(slot) => {
+                self.table.fill(slot, h, k, next);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for KeyIndex {
+    fn drop(&mut self) {
+        let table = std::mem::take(&mut self.table);
+        SPARE.with(|b| b.borrow_mut().keep_table(table));
+    }
+}
+
 /// The smallest table (32 KiB), and the largest a remembered size may ask
 /// for up front (128 MiB; a table grows past it if it must).
 const MIN_SLOTS: usize = 1 << 10;
@@ -500,26 +568,19 @@ impl Table {
     /// Hints the CPU to fetch the slot where the probe for `h` starts.
     #[inline]
     fn prefetch(&self, h: u64) {
-        if self.slots.is_empty() {
-            return;
+        if let Some(slot) = self.slots.get(tag_of(h) as usize & self.mask()) {
+            prefetch(slot);
         }
-        let slot: *const Slot = &self.slots[tag_of(h) as usize & self.mask()];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint: it reads nothing the program
-        // sees and never faults, and the address is a slot of the table.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(slot as *const i8, std::arch::x86_64::_MM_HINT_T0)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 
     /// The group of key `k` (hash `h`), or the empty slot where it goes.
     #[inline]
-    fn find(&mut self, h: u64, k: &[u8], groups: &[Group], keys: &[u8]) -> Result<u32, usize> {
+    /// `long_key(g)` gives the bytes of group `g`'s key when it is too long
+    /// to live in its slot.
+    fn find<'k>(&mut self, h: u64, k: &[u8], long_key: impl Fn(u32) -> &'k [u8]) -> Result<u32, usize> {
         // Grow at 3/4 full: linear probing's runs stay short up to there.
         if (self.len + 1) * 4 > self.slots.len() * 3 {
-            self.grow(groups);
+            self.grow();
         }
         let tag = tag_of(h);
         let mask = self.mask();
@@ -533,8 +594,7 @@ impl Table {
                 let same = if k.len() <= INLINE_KEY {
                     key_eq(&s.inline[..k.len()], k)
                 } else {
-                    let (at, n) = groups[(s.group - self.base) as usize - 1].key;
-                    key_eq(&keys[at..at + n], k)
+                    key_eq(long_key(s.group - self.base - 1), k)
                 };
                 if same {
                     return Ok(s.group - self.base - 1);
@@ -566,7 +626,7 @@ impl Table {
     }
 
     #[cold]
-    fn grow(&mut self, groups: &[Group]) {
+    fn grow(&mut self) {
         let n = (self.slots.len() * 2).max(MIN_SLOTS);
         let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
         let mask = n - 1;
@@ -575,7 +635,6 @@ impl Table {
         self.top = 0;
         for mut s in old.into_iter().filter(|s| s.group > base) {
             s.group -= base;
-            debug_assert_eq!(s.tag, tag_of(groups[s.group as usize - 1].hash));
             self.top = self.top.max(s.group);
             let mut i = s.tag as usize & mask;
             while self.slots[i].group != 0 {
@@ -589,6 +648,14 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The long keys of `groups`, as `Table::find` reads them.
+    fn long<'k>(groups: &'k [Group], keys: &'k [u8]) -> impl Fn(u32) -> &'k [u8] {
+        move |g| {
+            let (at, n) = groups[g as usize].key;
+            &keys[at..at + n]
+        }
+    }
 
     fn enc(s: &str) -> Vec<u8> {
         codec::Value::str(s).encode()
@@ -677,17 +744,17 @@ mod tests {
         for g in 0..100u32 {
             let k = format!("key{g}").into_bytes();
             let h = key_hash(&k);
-            let slot = t.find(h, &k, &groups, &keys).unwrap_err();
+            let slot = t.find(h, &k, long(&groups, &keys)).unwrap_err();
             t.fill(slot, h, &k, g);
         }
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(7));
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(7));
         let mut t = Table::reusing(t, 1024);
         assert_eq!(t.base, 100, "same size: emptied by the base, not rewritten");
-        assert!(t.find(key_hash(b"key7"), b"key7", &groups, &keys).is_err());
-        let slot = t.find(key_hash(b"key7"), b"key7", &groups, &keys).unwrap_err();
+        assert!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)).is_err());
+        let slot = t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)).unwrap_err();
         t.fill(slot, key_hash(b"key7"), b"key7", 0);
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(0));
-        assert!(t.find(key_hash(b"key8"), b"key8", &groups, &keys).is_err());
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(0));
+        assert!(t.find(key_hash(b"key8"), b"key8", long(&groups, &keys)).is_err());
         // Growing a reused table keeps this grouping's keys only. (`grow`
         // checks tags against the groups in debug builds: give it some.)
         let mut groups = vec![Group { hash: key_hash(b"key7"), key: (0, 4), count: 0, bytes: 0, start: 0 }];
@@ -695,13 +762,13 @@ mod tests {
             let k = format!("other{g}").into_bytes();
             let h = key_hash(&k);
             groups.push(Group { hash: h, key: (0, 0), count: 0, bytes: 0, start: 0 });
-            let slot = t.find(h, &k, &groups, &keys).unwrap_err();
+            let slot = t.find(h, &k, long(&groups, &keys)).unwrap_err();
             t.fill(slot, h, &k, g);
         }
         assert!(t.slots.len() > 1024, "it grew");
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", &groups, &keys), Ok(0));
-        assert_eq!(t.find(key_hash(b"other1234"), b"other1234", &groups, &keys), Ok(1234));
-        assert!(t.find(key_hash(b"key8"), b"key8", &groups, &keys).is_err());
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(0));
+        assert_eq!(t.find(key_hash(b"other1234"), b"other1234", long(&groups, &keys)), Ok(1234));
+        assert!(t.find(key_hash(b"key8"), b"key8", long(&groups, &keys)).is_err());
         t.top = u32::MAX / 2;
         let n = t.slots.len();
         let t = Table::reusing(t, n);
@@ -716,13 +783,13 @@ mod tests {
         let mut t = Table::with_slots(4);
         let (groups, keys): (Vec<Group>, Vec<u8>) = (Vec::new(), Vec::new());
         let h = 0xdead_beef_0000_0001;
-        let slot = t.find(h, b"ab", &groups, &keys).unwrap_err();
+        let slot = t.find(h, b"ab", long(&groups, &keys)).unwrap_err();
         t.fill(slot, h, b"ab", 0);
-        assert_eq!(t.find(h, b"ab", &groups, &keys), Ok(0));
-        let other = t.find(h, b"ac", &groups, &keys).unwrap_err();
+        assert_eq!(t.find(h, b"ab", long(&groups, &keys)), Ok(0));
+        let other = t.find(h, b"ac", long(&groups, &keys)).unwrap_err();
         assert_ne!(other, slot);
         t.fill(other, h, b"ac", 1);
-        assert_eq!(t.find(h, b"ac", &groups, &keys), Ok(1));
-        assert_eq!(t.find(h, b"ab", &groups, &keys), Ok(0));
+        assert_eq!(t.find(h, b"ac", long(&groups, &keys)), Ok(1));
+        assert_eq!(t.find(h, b"ab", long(&groups, &keys)), Ok(0));
     }
 }

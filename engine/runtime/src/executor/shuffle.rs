@@ -4,14 +4,12 @@
 //! Keys are grouped in first-seen order, so the output never depends on hash
 //! map iteration or on the order in which map tasks finished.
 
-use std::collections::hash_map::Entry;
-
 use weir_codec as codec;
 
 use super::block_store::Block;
 use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
 pub(crate) use super::groups::key_hash;
-use super::groups::{fold_i64, Groups, KeyMap, Site};
+use super::groups::{fold_i64, prefetch, Groups, KeyIndex, KeyMap, Site};
 use super::order;
 use super::range;
 use crate::rdd::{Aggregation, RddId, Reducer};
@@ -275,6 +273,7 @@ fn merge_groups(buckets: &[Block], out: &mut codec::BatchBuilder) -> Result<(), 
     }
     *out = codec::BatchBuilder::with_capacity(m.bytes());
     for i in 0..m.keys.len() {
+        m.prefetch_values(i + 4);
         out.push_with(|w| {
             w.tuple(2);
             w.raw(m.keys[i].key);
@@ -296,6 +295,12 @@ pub(crate) struct MergedKey<'a> {
 /// The end of a chain of lists.
 const NO_LIST: usize = usize::MAX;
 
+/// How many records the merge hashes (and prefetches the index for) ahead
+/// of the one it looks up: a state or a bucket of tens of thousands of keys
+/// outgrows the caches, and these lookups would otherwise wait on memory one
+/// after another.
+const AHEAD: usize = 8;
+
 /// Value lists of map-side `(key, [values])` groups merged per key without
 /// copying them: each key keeps a chain of the list bodies it had in each
 /// bucket, written out back to back when its record is built. Keys are in
@@ -304,7 +309,7 @@ pub(crate) struct ListMerge<'a> {
     pub(crate) keys: Vec<MergedKey<'a>>,
     /// (list body, next in the key's chain).
     lists: Vec<(&'a [u8], usize)>,
-    index: KeyMap<'a, usize>,
+    index: KeyIndex,
     /// Bytes of the keys and values, with room for the headers.
     bytes: usize,
 }
@@ -315,57 +320,123 @@ impl<'a> ListMerge<'a> {
     pub(crate) fn for_batches(batches: &[&[u8]], seeds: usize) -> Self {
         let records: usize = batches.iter().map(|b| codec::Records::new(b).map_or(0, |r| r.remaining() as usize)).sum();
         let keys = seeds.max(records);
-        let mut index = KeyMap::default();
-        index.reserve(keys);
-        ListMerge { keys: Vec::with_capacity(keys), lists: Vec::with_capacity(keys), index, bytes: 0 }
+        ListMerge {
+            keys: Vec::with_capacity(keys),
+            lists: Vec::with_capacity(records),
+            index: KeyIndex::with_capacity(keys),
+            bytes: 0,
+        }
     }
 
-    /// A key without values yet, placed before any key seen later (a state's
-    /// keys, in the state's order). A key seeded twice keeps its first
-    /// place; false then.
-    pub(crate) fn seed(&mut self, key: &'a [u8]) -> bool {
-        match self.index.entry(key) {
-            Entry::Vacant(e) => {
-                e.insert(self.keys.len());
-                self.keys.push(MergedKey { key, count: 0, first: NO_LIST, last: NO_LIST });
-                self.bytes += key.len() + 10;
-                true
+    /// Seeds the keys of a state's `(key, state)` pairs, in its order (each
+    /// before any key added later, without values yet), and returns their
+    /// states in the same order. A key twice (only an initial state can hold
+    /// one so) keeps its first place and first state, as Spark's cogroup
+    /// takes `headOption`.
+    pub(crate) fn seed_pairs(&mut self, pairs: &'a [u8]) -> Result<Vec<&'a [u8]>, TaskFailure> {
+        let mut states = Vec::with_capacity(self.keys.capacity());
+        let mut ring: [(&'a [u8], &'a [u8], u64); AHEAD] = [(&[], &[], 0); AHEAD];
+        let mut n = 0usize;
+        let mut seed = |(k, s, h): (&'a [u8], &'a [u8], u64), m: &mut Self| {
+            if m.insert(k, h, 0, NO_LIST) {
+                states.push(s);
             }
-            Entry::Occupied(_) => false,
+        };
+        for r in records(pairs)? {
+            let (k, s) = pair(r?)?;
+            let h = key_hash(k);
+            self.index.prefetch(h);
+            if n >= AHEAD {
+                seed(ring[n % AHEAD], self);
+            }
+            ring[n % AHEAD] = (k, s, h);
+            n += 1;
         }
+        for i in n.saturating_sub(AHEAD)..n {
+            seed(ring[i % AHEAD], self);
+        }
+        Ok(states)
     }
 
     /// Adds a batch of `(key, [values])` records.
     pub(crate) fn add_groups(&mut self, batch: &'a [u8]) -> Result<(), TaskFailure> {
+        let mut ring: [(&'a [u8], &'a [u8], u32, u64); AHEAD] = [(&[], &[], 0, 0); AHEAD];
+        let mut n = 0usize;
         for rec in records(batch)? {
-            let (k, vs) = pair(rec.map_err(|e| bad_data(e.to_string()))?)?;
+            let (k, vs) = key_and_rest(rec.map_err(|e| bad_data(e.to_string()))?)?;
             let (count, body) = list_body(vs).ok_or_else(|| bad_data("grouped values are not a list"))?;
-            let at = self.lists.len();
-            self.lists.push((body, NO_LIST));
-            self.bytes += body.len();
-            match self.index.entry(k) {
-                Entry::Occupied(e) => {
-                    let key = &mut self.keys[*e.get()];
-                    key.count = key.count.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
-                    match key.last {
-                        NO_LIST => key.first = at,
-                        last => self.lists[last].1 = at,
-                    }
-                    key.last = at;
-                }
-                Entry::Vacant(e) => {
-                    e.insert(self.keys.len());
-                    self.keys.push(MergedKey { key: k, count, first: at, last: at });
-                    self.bytes += k.len() + 10;
-                }
+            let h = key_hash(k);
+            self.index.prefetch(h);
+            if n >= AHEAD {
+                let (k, body, count, h) = ring[n % AHEAD];
+                self.add_list(k, body, count, h)?;
             }
+            ring[n % AHEAD] = (k, body, count, h);
+            n += 1;
+        }
+        for i in n.saturating_sub(AHEAD)..n {
+            let (k, body, count, h) = ring[i % AHEAD];
+            self.add_list(k, body, count, h)?;
         }
         Ok(())
+    }
+
+    /// Adds key `k`'s list (`count` values in `body`) at the end of its chain.
+    #[inline]
+    fn add_list(&mut self, k: &'a [u8], body: &'a [u8], count: u32, h: u64) -> Result<(), TaskFailure> {
+        let at = self.lists.len();
+        self.lists.push((body, NO_LIST));
+        self.bytes += body.len();
+        let keys = &self.keys;
+        match self.index.get_or_insert(h, k, keys.len() as u32, |i| keys[i as usize].key) {
+            Some(i) => {
+                let key = &mut self.keys[i as usize];
+                key.count = key.count.checked_add(count).ok_or_else(|| bad_data("a key with over 2^32 values"))?;
+                match key.last {
+                    NO_LIST => key.first = at,
+                    last => self.lists[last].1 = at,
+                }
+                key.last = at;
+            }
+            None => self.push_key(k, count, at),
+        }
+        Ok(())
+    }
+
+    /// Inserts key `k` (hash `h`) with its first list at `first` unless it
+    /// is there already; whether it was inserted.
+    #[inline]
+    fn insert(&mut self, k: &'a [u8], h: u64, count: u32, first: usize) -> bool {
+        let keys = &self.keys;
+        match self.index.get_or_insert(h, k, keys.len() as u32, |i| keys[i as usize].key) {
+            Some(_) => false,
+            None => {
+                self.push_key(k, count, first);
+                true
+            }
+        }
+    }
+
+    fn push_key(&mut self, k: &'a [u8], count: u32, first: usize) {
+        self.keys.push(MergedKey { key: k, count, first, last: first });
+        self.bytes += k.len() + 10;
     }
 
     /// About the bytes of every key and value list, encoded.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Hints the CPU to fetch key `i`'s first values, a few keys before
+    /// [`write_values`](Self::write_values) copies them: the lists of
+    /// consecutive keys lie far apart in the buckets.
+    #[inline]
+    pub(crate) fn prefetch_values(&self, i: usize) {
+        if let Some(&(body, _)) = self.keys.get(i).and_then(|k| self.lists.get(k.first)) {
+            if let Some(b) = body.first() {
+                prefetch(b);
+            }
+        }
     }
 
     /// Writes key `i`'s values as one list (`[]` for a seeded key no batch had).
@@ -378,6 +449,24 @@ impl<'a> ListMerge<'a> {
             at = next;
         }
     }
+}
+
+/// A `(key, value)` record (one whole value, as a batch's records are cut)
+/// split into its key and its value, without walking the value again.
+#[inline]
+fn key_and_rest(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
+    match rec {
+        [codec::TAG_TUPLE, 2, 0, 0, 0, ..] => {
+            let k_end = codec::skip_value(rec, 5).map_err(|_| not_pair_rec(rec))?;
+            Ok((&rec[5..k_end], &rec[k_end..]))
+        }
+        _ => Err(not_pair_rec(rec)),
+    }
+}
+
+#[cold]
+fn not_pair_rec(rec: &[u8]) -> TaskFailure {
+    bad_data(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
 }
 
 /// A whole encoded list (as `pair` cut it): its count and its elements' bytes.
@@ -516,4 +605,96 @@ pub(crate) fn reduce_side(
         }
     }
     Ok(out.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(s: &str) -> Vec<u8> {
+        codec::Value::str(s).encode()
+    }
+
+    /// The merge against a plain model: seeded keys first in the state's
+    /// order (a key seeded twice keeps its first state), then new keys in
+    /// first-seen order; each key's values in bucket order. Enough keys to
+    /// fill the prefetch ring many times and grow the index, short (inline)
+    /// and long keys, and a record that is not a pair refused.
+    #[test]
+    fn list_merge_keeps_state_order_then_first_seen_order() {
+        let key = |i: usize| {
+            if i.is_multiple_of(5) {
+                enc(&format!("a-key-longer-than-twenty-bytes-{i}"))
+            } else {
+                enc(&format!("k{i}"))
+            }
+        };
+        // The state: keys 0..3000 with a duplicate of key 7 (its second state must lose).
+        let mut state = codec::BatchBuilder::new();
+        let mut model: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<i64>)> = Vec::new();
+        for i in 0..3000 {
+            let s = codec::encode_i64(i as i64 * 10);
+            state.push_with(|w| codec::write_pair(w.buf, &key(i), &s));
+            model.push((key(i), Some(s.to_vec()), Vec::new()));
+        }
+        state.push_with(|w| codec::write_pair(w.buf, &key(7), &codec::encode_i64(-1)));
+        let state = state.finish();
+        // Three buckets of (key, [values]) groups over keys 2000..6000.
+        let buckets: Vec<Vec<u8>> = (0..3)
+            .map(|b| {
+                let mut out = codec::BatchBuilder::new();
+                for i in (2000 + b * 7..6000).step_by(3 + b) {
+                    out.push_with(|w| {
+                        w.tuple(2);
+                        w.raw(&key(i));
+                        w.list(2);
+                        w.raw(&codec::encode_i64((b * 100_000 + i) as i64));
+                        w.raw(&codec::encode_i64(-((b * 100_000 + i) as i64)));
+                    });
+                    let at = match model.iter().position(|(k, _, _)| *k == key(i)) {
+                        Some(at) => at,
+                        None => {
+                            model.push((key(i), None, Vec::new()));
+                            model.len() - 1
+                        }
+                    };
+                    model[at].2.extend([(b * 100_000 + i) as i64, -((b * 100_000 + i) as i64)]);
+                }
+                out.finish()
+            })
+            .collect();
+        let slices: Vec<&[u8]> = buckets.iter().map(|b| b.as_slice()).collect();
+        let mut m = ListMerge::for_batches(&slices, 3000);
+        let states = m.seed_pairs(&state).unwrap();
+        for b in &slices {
+            m.add_groups(b).unwrap();
+        }
+        assert_eq!(m.keys.len(), model.len());
+        assert_eq!(states.len(), 3000, "the duplicate key is seeded once");
+        for (i, (k, s, vals)) in model.iter().enumerate() {
+            assert_eq!(m.keys[i].key, k.as_slice(), "key {i}");
+            if let Some(s) = s {
+                assert_eq!(states[i], s.as_slice(), "key {i} keeps its first state");
+            }
+            let mut buf = Vec::new();
+            m.write_values(i, &mut codec::Writer::new(&mut buf));
+            let got: Vec<i64> = match codec::Value::decode(&buf).unwrap() {
+                codec::Value::List(vs) => vs
+                    .iter()
+                    .map(|v| match v {
+                        codec::Value::I64(x) => *x,
+                        v => panic!("not an i64: {v:?}"),
+                    })
+                    .collect(),
+                v => panic!("not a list: {v:?}"),
+            };
+            assert_eq!(&got, vals, "values of key {i}");
+        }
+        // A record that is not a pair is bad data, not a panic.
+        let mut bad = codec::BatchBuilder::new();
+        bad.push_with(|w| w.raw(&enc("loose")));
+        let bad = bad.finish();
+        let mut m = ListMerge::for_batches(&[&bad], 0);
+        assert!(m.add_groups(&bad).is_err());
+    }
 }

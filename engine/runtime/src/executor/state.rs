@@ -32,22 +32,16 @@ pub(crate) fn update_state(
     let n_prev = prev.and_then(|p| codec::Records::new(p).ok()).map_or(0, |r| r.remaining() as usize);
     // The state's keys first, in its order; then new keys in first-seen order.
     let mut merged = ListMerge::for_batches(groups, n_prev);
-    let mut states: Vec<&[u8]> = Vec::with_capacity(n_prev);
-    if let Some(prev) = prev {
-        for r in records(prev)? {
-            let (k, s) = pair(r?)?;
-            // A key twice (only an initial state can hold one so) keeps its
-            // first state, as Spark's cogroup takes `headOption`.
-            if merged.seed(k) {
-                states.push(s);
-            }
-        }
-    }
+    let states = match prev {
+        Some(prev) => merged.seed_pairs(prev)?,
+        None => Vec::new(),
+    };
     for g in groups {
         merged.add_groups(g)?;
     }
     let mut input = codec::BatchBuilder::with_capacity(merged.bytes() + states.iter().map(|s| s.len()).sum::<usize>());
     for i in 0..merged.keys.len() {
+        merged.prefetch_values(i + 4);
         input.push_with(|w| {
             w.tuple(3);
             w.raw(merged.keys[i].key);
