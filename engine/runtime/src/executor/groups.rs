@@ -1,5 +1,6 @@
 //! Grouping by key: the table behind reduce_by_key's map-side combine and
-//! the reduce side of reduce_by_key and group_by_key.
+//! the reduce side of reduce_by_key and group_by_key, and the key index
+//! ([`KeyIndex`]) of the reduce side's merge of groups and state.
 //!
 //! Keys are kept in first-seen order with their values, owned (the records
 //! they come from may be a UDF's output, gone after the next call), so a
