@@ -209,6 +209,20 @@ pub(crate) fn pair(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
     codec::split_pair(rec).map_err(|_| not_pair(rec))
 }
 
+/// [`pair`] of a record that is one whole value (as a batch's records are
+/// cut, which walked it already): the value is the rest of the record, so
+/// its elements are not walked again.
+#[inline]
+pub(crate) fn pair_of_record(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
+    match rec {
+        [codec::TAG_TUPLE, 2, 0, 0, 0, ..] => {
+            let k_end = codec::skip_value(rec, 5).map_err(|_| not_pair(rec))?;
+            Ok((&rec[5..k_end], &rec[k_end..]))
+        }
+        _ => Err(not_pair(rec)),
+    }
+}
+
 #[cold]
 fn not_pair(rec: &[u8]) -> TaskFailure {
     bad_data(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))

@@ -138,9 +138,39 @@ pub(crate) struct Group {
     start: usize,
 }
 
-/// How many records [`Groups::add_all`] hashes (and prefetches) ahead of the
-/// one it inserts: enough to cover a miss to memory at a few ns per record.
+/// How many records [`with_lookahead`] hashes (and prefetches) ahead of the
+/// one it looks up: enough to cover a miss to memory at a few ns per record.
 const AHEAD: usize = 8;
+
+/// Runs `each` over `items` in order, [`AHEAD`] items behind `hint`, which
+/// sees each item as it arrives (to prefetch where its lookup will go): the
+/// waits of lookups in a table larger than the caches then overlap instead
+/// of adding up. `s` is what both work on.
+#[inline(always)]
+pub(crate) fn with_lookahead<S, T: Copy + Default, E>(
+    s: &mut S,
+    items: impl Iterator<Item = Result<T, E>>,
+    hint: impl Fn(&S, &T),
+    mut each: impl FnMut(&mut S, T) -> Result<(), E>,
+) -> Result<(), E> {
+    // Plain values, not options: this is the map side's inner loop.
+    let mut ring = [T::default(); AHEAD];
+    let mut n = 0usize;
+    for item in items {
+        let item = item?;
+        hint(s, &item);
+        let at = n % AHEAD;
+        if n >= AHEAD {
+            each(s, ring[at])?;
+        }
+        ring[at] = item;
+        n += 1;
+    }
+    for i in n.saturating_sub(AHEAD)..n {
+        each(s, ring[i % AHEAD])?;
+    }
+    Ok(())
+}
 
 impl Groups {
     #[cfg(test)]
@@ -186,25 +216,16 @@ impl Groups {
         &mut self,
         pairs: impl Iterator<Item = Result<(&'b [u8], &'b [u8]), E>>,
     ) -> Result<(), E> {
-        let mut ring: [(&[u8], &[u8], u64); AHEAD] = [(&[], &[], 0); AHEAD];
-        let mut n = 0usize;
-        for kv in pairs {
-            let (k, v) = kv?;
-            let h = key_hash(k);
-            self.table.prefetch(h);
-            let at = n % AHEAD;
-            if n >= AHEAD {
-                let (k0, v0, h0) = ring[at];
-                self.add_hashed(k0, v0, h0);
-            }
-            ring[at] = (k, v, h);
-            n += 1;
-        }
-        for i in n.saturating_sub(AHEAD)..n {
-            let (k, v, h) = ring[i % AHEAD];
-            self.add_hashed(k, v, h);
-        }
-        Ok(())
+        let items = pairs.map(|kv| kv.map(|(k, v)| (k, v, key_hash(k))));
+        with_lookahead(
+            self,
+            items,
+            |g, &(_, _, h)| g.table.prefetch(h),
+            |g, (k, v, h)| {
+                g.add_hashed(k, v, h);
+                Ok(())
+            },
+        )
     }
 
     #[inline]

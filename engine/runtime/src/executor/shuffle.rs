@@ -7,9 +7,9 @@
 use weir_codec as codec;
 
 use super::block_store::Block;
-use super::calls::{bad_data, engine_fault, pair, records, TaskFailure, UdfCalls};
+use super::calls::{bad_data, engine_fault, pair, pair_of_record, records, TaskFailure, UdfCalls};
 pub(crate) use super::groups::key_hash;
-use super::groups::{fold_i64, prefetch, Groups, KeyIndex, KeyMap, Site};
+use super::groups::{fold_i64, prefetch, with_lookahead, Groups, KeyIndex, KeyMap, Site};
 use super::order;
 use super::range;
 use crate::rdd::{Aggregation, RddId, Reducer};
@@ -295,12 +295,6 @@ pub(crate) struct MergedKey<'a> {
 /// The end of a chain of lists.
 const NO_LIST: usize = usize::MAX;
 
-/// How many records the merge hashes (and prefetches the index for) ahead
-/// of the one it looks up: a state or a bucket of tens of thousands of keys
-/// outgrows the caches, and these lookups would otherwise wait on memory one
-/// after another.
-const AHEAD: usize = 8;
-
 /// Value lists of map-side `(key, [values])` groups merged per key without
 /// copying them: each key keeps a chain of the list bodies it had in each
 /// bucket, written out back to back when its record is built. Keys are in
@@ -335,50 +329,39 @@ impl<'a> ListMerge<'a> {
     /// takes `headOption`.
     pub(crate) fn seed_pairs(&mut self, pairs: &'a [u8]) -> Result<Vec<&'a [u8]>, TaskFailure> {
         let mut states = Vec::with_capacity(self.keys.capacity());
-        let mut ring: [(&'a [u8], &'a [u8], u64); AHEAD] = [(&[], &[], 0); AHEAD];
-        let mut n = 0usize;
-        let mut seed = |(k, s, h): (&'a [u8], &'a [u8], u64), m: &mut Self| {
-            if m.insert(k, h, 0, NO_LIST) {
-                states.push(s);
-            }
-        };
-        for r in records(pairs)? {
+        let items = records(pairs)?.map(|r| {
             let (k, s) = pair(r?)?;
-            let h = key_hash(k);
-            self.index.prefetch(h);
-            if n >= AHEAD {
-                seed(ring[n % AHEAD], self);
-            }
-            ring[n % AHEAD] = (k, s, h);
-            n += 1;
-        }
-        for i in n.saturating_sub(AHEAD)..n {
-            seed(ring[i % AHEAD], self);
-        }
+            Ok::<_, TaskFailure>((k, s, key_hash(k)))
+        });
+        // A state of tens of thousands of keys outgrows the caches: its
+        // lookups are prefetched a few keys ahead (as the map side's).
+        with_lookahead(
+            self,
+            items,
+            |m, &(_, _, h)| m.index.prefetch(h),
+            |m, (k, s, h)| {
+                if m.insert(k, h, 0, NO_LIST) {
+                    states.push(s);
+                }
+                Ok(())
+            },
+        )?;
         Ok(states)
     }
 
     /// Adds a batch of `(key, [values])` records.
     pub(crate) fn add_groups(&mut self, batch: &'a [u8]) -> Result<(), TaskFailure> {
-        let mut ring: [(&'a [u8], &'a [u8], u32, u64); AHEAD] = [(&[], &[], 0, 0); AHEAD];
-        let mut n = 0usize;
-        for rec in records(batch)? {
-            let (k, vs) = key_and_rest(rec.map_err(|e| bad_data(e.to_string()))?)?;
+        let items = records(batch)?.map(|rec| {
+            let (k, vs) = pair_of_record(rec.map_err(|e| bad_data(e.to_string()))?)?;
             let (count, body) = list_body(vs).ok_or_else(|| bad_data("grouped values are not a list"))?;
-            let h = key_hash(k);
-            self.index.prefetch(h);
-            if n >= AHEAD {
-                let (k, body, count, h) = ring[n % AHEAD];
-                self.add_list(k, body, count, h)?;
-            }
-            ring[n % AHEAD] = (k, body, count, h);
-            n += 1;
-        }
-        for i in n.saturating_sub(AHEAD)..n {
-            let (k, body, count, h) = ring[i % AHEAD];
-            self.add_list(k, body, count, h)?;
-        }
-        Ok(())
+            Ok::<_, TaskFailure>((k, body, count, key_hash(k)))
+        });
+        with_lookahead(
+            self,
+            items,
+            |m, &(_, _, _, h)| m.index.prefetch(h),
+            |m, (k, body, count, h)| m.add_list(k, body, count, h),
+        )
     }
 
     /// Adds key `k`'s list (`count` values in `body`) at the end of its chain.
@@ -449,24 +432,6 @@ impl<'a> ListMerge<'a> {
             at = next;
         }
     }
-}
-
-/// A `(key, value)` record (one whole value, as a batch's records are cut)
-/// split into its key and its value, without walking the value again.
-#[inline]
-fn key_and_rest(rec: &[u8]) -> Result<(&[u8], &[u8]), TaskFailure> {
-    match rec {
-        [codec::TAG_TUPLE, 2, 0, 0, 0, ..] => {
-            let k_end = codec::skip_value(rec, 5).map_err(|_| not_pair_rec(rec))?;
-            Ok((&rec[5..k_end], &rec[k_end..]))
-        }
-        _ => Err(not_pair_rec(rec)),
-    }
-}
-
-#[cold]
-fn not_pair_rec(rec: &[u8]) -> TaskFailure {
-    bad_data(format!("expected a (key, value) pair, got {}", codec::display::render(rec)))
 }
 
 /// A whole encoded list (as `pair` cut it): its count and its elements' bytes.
