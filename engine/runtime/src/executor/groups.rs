@@ -186,8 +186,7 @@ impl Groups {
     pub(crate) fn at(site: Site, at_most: Option<usize>) -> Self {
         let last = LAST_KEYS.with(|m| m.borrow().get(&site).copied()).unwrap_or(0);
         let keys = at_most.map_or(last, |n| last.min(n));
-        // Room for `keys` at the table's 3/4 load limit, within bounds.
-        let slots = (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS);
+        let slots = slots_for(keys);
         let b = SPARE.with(|b| std::mem::take(&mut *b.borrow_mut()));
         Groups {
             table: Table::reusing(b.table, slots),
@@ -230,11 +229,7 @@ impl Groups {
 
     #[inline]
     fn add_hashed(&mut self, k: &[u8], v: &[u8], h: u64) {
-        let (groups, keys) = (&self.groups, &self.keys);
-        let g = match self.table.find(h, k, |g| {
-            let (at, n) = groups[g as usize].key;
-            &keys[at..at + n]
-        }) {
+        let g = match self.table.find(h, k, group_keys(&self.groups, &self.keys)) {
             Ok(g) => g,
             Err(slot) => {
                 let g = self.groups.len() as u32;
@@ -255,8 +250,7 @@ impl Groups {
     /// Lays the values out group by group (stable: values keep their input
     /// order within a key) and frees the table.
     pub(crate) fn finish(&mut self) {
-        let table = std::mem::take(&mut self.table);
-        SPARE.with(|b| b.borrow_mut().keep_table(table));
+        keep_spare_table(std::mem::take(&mut self.table));
         if let Some(site) = self.site {
             LAST_KEYS.with(|m| m.borrow_mut().insert(site, self.groups.len()));
         }
@@ -433,6 +427,25 @@ pub(crate) fn fold_i64<'v>(
 
 // ------------------------------------------------------------------ table
 
+/// Slots for `keys` keys at the table's 3/4 load limit, within bounds.
+fn slots_for(keys: usize) -> usize {
+    (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS)
+}
+
+/// Gives a table's slots back to the executor thread for its next grouping.
+fn keep_spare_table(t: Table) {
+    SPARE.with(|b| b.borrow_mut().keep_table(t));
+}
+
+/// Group `g`'s key in `keys` (how [`Table::find`] reads the keys too long
+/// to live in a slot).
+fn group_keys<'k>(groups: &'k [Group], keys: &'k [u8]) -> impl Fn(u32) -> &'k [u8] {
+    move |g| {
+        let (at, n) = groups[g as usize].key;
+        &keys[at..at + n]
+    }
+}
+
 /// Hints the CPU to fetch the cache line of `at` (a no-op elsewhere than
 /// x86_64).
 #[inline(always)]
@@ -458,7 +471,7 @@ pub(crate) struct KeyIndex {
 impl KeyIndex {
     /// An empty index with room for about `keys` keys.
     pub(crate) fn with_capacity(keys: usize) -> Self {
-        let slots = (keys + keys / 3 + 1).clamp(MIN_SLOTS, MAX_START_SLOTS);
+        let slots = slots_for(keys);
         let spare = SPARE.with(|b| std::mem::take(&mut b.borrow_mut().table));
         KeyIndex { table: Table::reusing(spare, slots) }
     }
@@ -492,8 +505,7 @@ impl KeyIndex {
 
 impl Drop for KeyIndex {
     fn drop(&mut self) {
-        let table = std::mem::take(&mut self.table);
-        SPARE.with(|b| b.borrow_mut().keep_table(table));
+        keep_spare_table(std::mem::take(&mut self.table));
     }
 }
 
@@ -671,14 +683,6 @@ impl Table {
 mod tests {
     use super::*;
 
-    /// The long keys of `groups`, as `Table::find` reads them.
-    fn long<'k>(groups: &'k [Group], keys: &'k [u8]) -> impl Fn(u32) -> &'k [u8] {
-        move |g| {
-            let (at, n) = groups[g as usize].key;
-            &keys[at..at + n]
-        }
-    }
-
     fn enc(s: &str) -> Vec<u8> {
         codec::Value::str(s).encode()
     }
@@ -766,17 +770,17 @@ mod tests {
         for g in 0..100u32 {
             let k = format!("key{g}").into_bytes();
             let h = key_hash(&k);
-            let slot = t.find(h, &k, long(&groups, &keys)).unwrap_err();
+            let slot = t.find(h, &k, group_keys(&groups, &keys)).unwrap_err();
             t.fill(slot, h, &k, g);
         }
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(7));
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", group_keys(&groups, &keys)), Ok(7));
         let mut t = Table::reusing(t, 1024);
         assert_eq!(t.base, 100, "same size: emptied by the base, not rewritten");
-        assert!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)).is_err());
-        let slot = t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)).unwrap_err();
+        assert!(t.find(key_hash(b"key7"), b"key7", group_keys(&groups, &keys)).is_err());
+        let slot = t.find(key_hash(b"key7"), b"key7", group_keys(&groups, &keys)).unwrap_err();
         t.fill(slot, key_hash(b"key7"), b"key7", 0);
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(0));
-        assert!(t.find(key_hash(b"key8"), b"key8", long(&groups, &keys)).is_err());
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", group_keys(&groups, &keys)), Ok(0));
+        assert!(t.find(key_hash(b"key8"), b"key8", group_keys(&groups, &keys)).is_err());
         // Growing a reused table keeps this grouping's keys only. (`grow`
         // checks tags against the groups in debug builds: give it some.)
         let mut groups = vec![Group { hash: key_hash(b"key7"), key: (0, 4), count: 0, bytes: 0, start: 0 }];
@@ -784,13 +788,13 @@ mod tests {
             let k = format!("other{g}").into_bytes();
             let h = key_hash(&k);
             groups.push(Group { hash: h, key: (0, 0), count: 0, bytes: 0, start: 0 });
-            let slot = t.find(h, &k, long(&groups, &keys)).unwrap_err();
+            let slot = t.find(h, &k, group_keys(&groups, &keys)).unwrap_err();
             t.fill(slot, h, &k, g);
         }
         assert!(t.slots.len() > 1024, "it grew");
-        assert_eq!(t.find(key_hash(b"key7"), b"key7", long(&groups, &keys)), Ok(0));
-        assert_eq!(t.find(key_hash(b"other1234"), b"other1234", long(&groups, &keys)), Ok(1234));
-        assert!(t.find(key_hash(b"key8"), b"key8", long(&groups, &keys)).is_err());
+        assert_eq!(t.find(key_hash(b"key7"), b"key7", group_keys(&groups, &keys)), Ok(0));
+        assert_eq!(t.find(key_hash(b"other1234"), b"other1234", group_keys(&groups, &keys)), Ok(1234));
+        assert!(t.find(key_hash(b"key8"), b"key8", group_keys(&groups, &keys)).is_err());
         t.top = u32::MAX / 2;
         let n = t.slots.len();
         let t = Table::reusing(t, n);
@@ -805,13 +809,13 @@ mod tests {
         let mut t = Table::with_slots(4);
         let (groups, keys): (Vec<Group>, Vec<u8>) = (Vec::new(), Vec::new());
         let h = 0xdead_beef_0000_0001;
-        let slot = t.find(h, b"ab", long(&groups, &keys)).unwrap_err();
+        let slot = t.find(h, b"ab", group_keys(&groups, &keys)).unwrap_err();
         t.fill(slot, h, b"ab", 0);
-        assert_eq!(t.find(h, b"ab", long(&groups, &keys)), Ok(0));
-        let other = t.find(h, b"ac", long(&groups, &keys)).unwrap_err();
+        assert_eq!(t.find(h, b"ab", group_keys(&groups, &keys)), Ok(0));
+        let other = t.find(h, b"ac", group_keys(&groups, &keys)).unwrap_err();
         assert_ne!(other, slot);
         t.fill(other, h, b"ac", 1);
-        assert_eq!(t.find(h, b"ac", long(&groups, &keys)), Ok(1));
-        assert_eq!(t.find(h, b"ab", long(&groups, &keys)), Ok(0));
+        assert_eq!(t.find(h, b"ac", group_keys(&groups, &keys)), Ok(1));
+        assert_eq!(t.find(h, b"ab", group_keys(&groups, &keys)), Ok(0));
     }
 }
