@@ -229,13 +229,13 @@ fn write_parts(tmp: &Path, partitions: &[Vec<u8>]) -> Result<(), SinkError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = crate::cores().min(partitions.len()).max(1);
     let worker = || -> Result<(), SinkError> {
-        let mut text = String::new();
+        let mut text = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(p) = partitions.get(i) else { return Ok(()) };
             text.clear();
             render_lines_into(p, &mut text)?;
-            write_part(&tmp.join(format!("part-{i:05}")), text.as_bytes())?;
+            write_part(&tmp.join(format!("part-{i:05}")), &text)?;
         }
     };
     let results: Vec<Result<(), SinkError>> = if threads == 1 {
@@ -268,11 +268,11 @@ fn write_part(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
 }
 
 /// Appends a partition's records to `out` as text lines, one per record.
-fn render_lines_into(partition: &[u8], out: &mut String) -> Result<(), SinkError> {
+fn render_lines_into(partition: &[u8], out: &mut Vec<u8>) -> Result<(), SinkError> {
     let malformed = |e: weir_codec::CodecError| SinkError::Malformed(e.to_string());
     for r in Records::new(partition).map_err(malformed)? {
-        weir_codec::display::render_append(r.map_err(malformed)?, out).map_err(malformed)?;
-        out.push('\n');
+        weir_codec::display::render_append_bytes(r.map_err(malformed)?, out).map_err(malformed)?;
+        out.push(b'\n');
     }
     Ok(())
 }
@@ -479,15 +479,15 @@ fn write_object_part(
     use crate::checkpoint::objstore::MULTIPART_PART_BYTES;
     let malformed = |e: weir_codec::CodecError| PartError::Sink(SinkError::Malformed(e.to_string()));
     let mut writer = store.writer(key);
-    let mut text = String::new();
+    let mut text = Vec::new();
     for r in Records::new(partition).map_err(malformed)? {
-        weir_codec::display::render_append(r.map_err(malformed)?, &mut text).map_err(malformed)?;
-        text.push('\n');
+        weir_codec::display::render_append_bytes(r.map_err(malformed)?, &mut text).map_err(malformed)?;
+        text.push(b'\n');
         if text.len() >= MULTIPART_PART_BYTES {
-            writer.put_part(std::mem::take(&mut text).into_bytes()).map_err(PartError::Io)?;
+            writer.put_part(std::mem::take(&mut text)).map_err(PartError::Io)?;
         }
     }
-    writer.finish(text.into_bytes()).map_err(PartError::Io)
+    writer.finish(text).map_err(PartError::Io)
 }
 
 #[cfg(not(feature = "object-store"))]

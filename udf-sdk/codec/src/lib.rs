@@ -315,7 +315,7 @@ pub fn validate_value(buf: &mut [u8], at: usize) -> Result<usize, CodecError> {
 /// and without a loop: two overlapping word loads cover any length from k to
 /// 2k bytes.
 #[inline(always)]
-fn ascii(b: &[u8]) -> bool {
+pub(crate) fn ascii(b: &[u8]) -> bool {
     const HI: u64 = 0x8080_8080_8080_8080;
     let n = b.len();
     let word = |at: usize| {

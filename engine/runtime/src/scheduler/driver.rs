@@ -164,6 +164,11 @@ struct RateControl {
     limit: Option<f64>,
 }
 
+/// Batches whose writes may be in flight while the next batch computes:
+/// the writer thread shares the cores with the executors, so it may fall a
+/// batch behind and catch up in the next batch instead of holding the
+/// executors idle at every batch's end (`output_writer.rs`).
+const WRITES_IN_FLIGHT: usize = 2;
 /// How often, and in how many lines per output, listeners that ask for it
 /// are shown the lineage.
 const LINEAGE_EVERY: Duration = Duration::from_secs(1);
@@ -287,8 +292,8 @@ impl Driver {
             self.note_idle(records_in, replayed);
             let outs = self.generate(time, &per_source, replayed, &input_partitions);
             let computed = self.run_outputs_prefetching(time, &outs, ran);
-            // The previous batch's writes overlapped this batch's jobs.
-            self.finish_written();
+            // The previous batches' writes overlapped this batch's jobs.
+            self.finish_written_to(WRITES_IN_FLIGHT - 1);
             let after = self.dag.metrics.clone();
             self.lost_reported = after.executors_lost;
             let per_source = self.progress.inputs.get(&time).map(|r| r.iter().map(|i| i.records).collect());
@@ -388,9 +393,15 @@ impl Driver {
         }))
     }
 
-    /// Waits for the batch whose writes are in flight, and completes it.
+    /// Waits for the batches whose writes are in flight, and completes them.
     fn finish_written(&mut self) {
-        while !self.in_flight.is_empty() {
+        self.finish_written_to(0);
+    }
+
+    /// Waits for the oldest batches whose writes are in flight until at
+    /// most `keep` are, and completes them.
+    fn finish_written_to(&mut self, keep: usize) {
+        while self.in_flight.len() > keep {
             let done = self.writer.as_mut().and_then(|w| w.take());
             let done = done.unwrap_or_else(|| {
                 let time = self.in_flight.front().map_or(0, |b| b.time);

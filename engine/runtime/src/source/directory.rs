@@ -75,8 +75,9 @@ pub(super) struct DirectorySource {
     new_files_only: bool,
     lines: LinePolicy,
     max_files: usize,
-    /// Files left for a later batch by `max_files` (exempt from the age rule).
-    waiting: BTreeSet<PathBuf>,
+    /// Files left for a later batch by `max_files` (exempt from the age
+    /// rule), with the modification time they were taken in order by.
+    waiting: BTreeMap<PathBuf, SystemTime>,
     /// Files read (the cursor); only names still in the directory are kept.
     seen: BTreeSet<PathBuf>,
     /// Files not read yet, with the batches that tried and failed.
@@ -100,6 +101,9 @@ pub(super) struct DirectorySource {
     /// Lines replaced, skipped, truncated in this run (the running counts
     /// of `ReceiverBadLine`, by `BadLineAction`).
     bad_lines: [u64; 3],
+    /// Files whose metadata was read, in all (for tests).
+    #[cfg(test)]
+    looked_at: u64,
 }
 
 /// Paths of the newest files read kept for the Sources page.
@@ -113,7 +117,7 @@ impl DirectorySource {
             new_files_only: options.new_files_only,
             lines: options.lines,
             max_files: options.max_files.max(1),
-            waiting: BTreeSet::new(),
+            waiting: BTreeMap::new(),
             seen: BTreeSet::new(),
             attempts: BTreeMap::new(),
             given_up: BTreeSet::new(),
@@ -125,6 +129,8 @@ impl DirectorySource {
             files_read: 0,
             recent: std::collections::VecDeque::new(),
             bad_lines: [0; 3],
+            #[cfg(test)]
+            looked_at: 0,
         }
     }
 
@@ -221,6 +227,17 @@ impl DirectorySource {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(time.max(0) as u64);
         let mut new = Vec::new();
         for &path in unseen {
+            // A file left waiting was looked at in an earlier batch and keeps
+            // its place: with a backlog of N files and `max_files` per batch,
+            // looking at every one again made each batch cost N `stat`s.
+            if let Some(&mtime) = self.waiting.get(path) {
+                new.push((mtime, path.to_path_buf()));
+                continue;
+            }
+            #[cfg(test)]
+            {
+                self.looked_at += 1;
+            }
             // Follows symlinks: a link to a regular file is read.
             let meta = match std::fs::metadata(path) {
                 Ok(m) => m,
@@ -239,10 +256,7 @@ impl DirectorySource {
             let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
             // The first listing of a run takes every file unless
             // `new_files_only`; a file being retried keeps its place.
-            let age_rule = wall
-                && (!first || self.new_files_only)
-                && !self.attempts.contains_key(path)
-                && !self.waiting.contains(path);
+            let age_rule = wall && (!first || self.new_files_only) && !self.attempts.contains_key(path);
             if wall && mtime > t {
                 // Modified after the batch time: it belongs to a later batch.
                 continue;
@@ -264,7 +278,7 @@ impl DirectorySource {
         }
         new.sort();
         // Beyond the per-batch limit, files wait (and keep their place).
-        self.waiting = new.iter().skip(self.max_files).map(|(_, p)| p.clone()).collect();
+        self.waiting = new.iter().skip(self.max_files).map(|(m, p)| (p.clone(), *m)).collect();
         new.into_iter().take(self.max_files).map(|(_, p)| p).collect()
     }
 }
@@ -400,7 +414,7 @@ impl Source for DirectorySource {
         self.attempts.retain(|p, _| present.contains(path_bytes(p)));
         self.given_up.retain(|p| present.contains(path_bytes(p)));
         self.warned.retain(|p| present.contains(path_bytes(p)));
-        self.waiting.retain(|p| present.contains(path_bytes(p)));
+        self.waiting.retain(|p, _| present.contains(path_bytes(p)));
         // Names read or given up on are dropped before anything else looks
         // at the listing (most of a long-lived directory, every batch).
         let unseen: Vec<&Path> = {
@@ -554,6 +568,47 @@ mod tests {
             assert!(heard[0].2.contains("line 2, has 16 bytes"), "{}", heard[0].2);
             assert!(heard[1].2.contains("/b: line 1 (11 bytes) is longer"), "{}", heard[1].2);
         }
+    }
+
+    /// A backlog drained `max_files` at a time looks at each file's
+    /// metadata once, not once per batch, and still takes every file once,
+    /// oldest first; a file that arrives meanwhile is looked at once too.
+    #[test]
+    fn a_backlog_is_looked_at_once_and_taken_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for i in 0..40u64 {
+            let path = dir.path().join(format!("f{i:02}"));
+            std::fs::write(&path, format!("line {i}\n")).unwrap();
+            // Newest first by name, so the order taken is the times', not the names'.
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(t - Duration::from_secs(i)).unwrap();
+        }
+        let options = Options {
+            root: None,
+            new_files_only: false,
+            lines: policy(1 << 20, LongLinePolicy::Truncate),
+            max_files: 2,
+        };
+        let mut s = DirectorySource::new(dir.path().to_path_buf(), options, ListenerBus::default(), 0);
+        let mut lines = Vec::new();
+        for b in 0..25i64 {
+            if b == 5 {
+                std::fs::write(dir.path().join("late"), "late\n").unwrap();
+            }
+            let (parts, _) = s.poll_partitions(1000 * (b + 1), false, 1).unwrap();
+            lines.extend(
+                parts.iter().flat_map(|p| {
+                    weir_codec::Records::new(p).unwrap().map(|r| weir_codec::display::render(r.unwrap()))
+                }),
+            );
+        }
+        let mut want: Vec<String> = (0..40).rev().map(|i| format!("line {i}")).collect();
+        let late_at = want.len();
+        want.insert(late_at, "late".into());
+        assert_eq!(lines, want);
+        assert_eq!(s.looked_at, 41, "each file's metadata read once");
+        assert!(!s.has_backlog());
     }
 
     /// A cursor saved with one spelling of the directory still marks its
