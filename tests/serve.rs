@@ -617,20 +617,22 @@ fn walked_bytes(dir: &Path) -> u64 {
     bytes
 }
 
-/// `checkpoint_root` on object storage: a stateful job's checkpoint is in
-/// the bucket under its tenant and job, not in the job's directory; the
-/// server SIGKILLed mid-run and started again recovers the job from the
-/// bucket, byte-identical to `weir run`; and the objects count against the
+/// `checkpoint_root` and `output_root` on object storage: a stateful job's
+/// checkpoint and outputs are in the bucket under its tenant and job, not in
+/// the job's directory; the server SIGKILLed mid-run and started again
+/// recovers the job from the bucket, its outputs (read back with boto3)
+/// byte-identical to `weir run`'s files; and the objects count against the
 /// tenant's storage quota.
 #[test]
-fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_in_the_quota() {
+fn serve_keeps_checkpoints_and_outputs_on_object_storage_recovers_from_them_and_counts_them_in_the_quota() {
     let Some(s3) = crate::object_store::S3Server::start() else { return };
     s3.bucket("serve-ckpt");
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path());
-    let base = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("admin_token_sha256", "checkpoint_root = \"s3://serve-ckpt/weir/\"\nadmin_token_sha256");
+    let base = std::fs::read_to_string(&config).unwrap().replace(
+        "admin_token_sha256",
+        "checkpoint_root = \"s3://serve-ckpt/weir/\"\noutput_root = \"s3://serve-ckpt/outputs\"\nadmin_token_sha256",
+    );
     std::fs::write(&config, &base).unwrap();
     let want = crate::fencing::reference(120);
     let root = tmp.path().join("state/tenants/acme");
@@ -648,13 +650,20 @@ fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_
     let objects = s3.sizes("serve-ckpt", &format!("{key}/"));
     assert!(objects.keys().any(|k| k.starts_with("metadata/")), "{:?}", objects.keys().collect::<Vec<_>>());
     assert!(!root.join("jobs").join(&id).join("checkpoint").exists(), "a checkpoint in the job's directory too");
+    let outputs: Vec<String> =
+        before["outputs"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+    let out_key = format!("outputs/acme/{}", key.trim_start_matches("weir/acme/"));
+    assert_eq!(outputs.len(), 2, "{before}");
+    assert!(outputs.iter().all(|o| o.starts_with(&format!("s3://serve-ckpt/{out_key}/out/"))), "{before}");
     server.kill(); // SIGKILL, mid-run
 
     let (mut server, addr) = start_server_with(s3.weir(), &config);
     let done = wait_status(&server, &addr, ACME, &id, 300, |v| v["state"] != "running");
     assert_eq!(done["state"], "finished", "{done}\n{}", server.log());
     assert_eq!(done["checkpoint"], ckpt.as_str());
-    assert_same_tree(&tree(&root.join("jobs").join(&id).join("out/out")), &want, "weir serve, checkpoint on S3");
+    let got = s3.objects("serve-ckpt", &format!("{out_key}/out/"));
+    assert_same_tree(&got, &want, "weir serve, checkpoint and outputs on S3, read back with boto3");
+    assert!(!root.join("jobs").join(&id).join("out").exists(), "outputs in the job's directory too");
     let logs = text(&client(&addr, ACME, &["logs", &id]).stdout);
     assert!(logs.contains("recovered from checkpoint"), "{logs}");
     // The checkpoint reads back whole where the status says it is.
@@ -665,8 +674,10 @@ fn serve_keeps_checkpoints_on_object_storage_recovers_from_them_and_counts_them_
     // A quota between the root alone and the root with the bucket's
     // checkpoint refuses the next submission, naming both together.
     let in_root = walked_bytes(&root);
-    let in_bucket: u64 = s3.sizes("serve-ckpt", "weir/acme/").values().sum();
-    assert!(in_bucket > 1000, "{in_bucket} bytes in the bucket");
+    let in_bucket: u64 = s3.sizes("serve-ckpt", "weir/acme/").values().sum::<u64>()
+        + s3.sizes("serve-ckpt", "outputs/acme/").values().sum::<u64>();
+    let outputs_bytes: u64 = got.values().map(|v| v.len() as u64).sum();
+    assert!(in_bucket > 1000 + outputs_bytes, "{in_bucket} bytes in the bucket, {outputs_bytes} of them outputs");
     let quota = in_root + in_bucket / 2;
     let cfg = base.replace("max_slots = 2\n", &format!("max_slots = 2\nstorage_quota_bytes = {quota}\n"));
     std::fs::write(&config, cfg).unwrap();

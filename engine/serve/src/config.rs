@@ -81,6 +81,10 @@ struct ConfigFile {
     /// directory in its tenant's root).
     #[serde(default)]
     checkpoint_root: Option<String>,
+    /// Where jobs' `save_as_text_files` outputs go: an object-store URL
+    /// (`None`: each job's directory in its tenant's root).
+    #[serde(default)]
+    output_root: Option<String>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
@@ -111,6 +115,8 @@ struct TenantFile {
     kafka_topic_prefixes: Vec<String>,
     #[serde(default)]
     checkpoint_root: Option<String>,
+    #[serde(default)]
+    output_root: Option<String>,
     #[serde(default)]
     limits: Option<CeilingsFile>,
 }
@@ -169,6 +175,12 @@ pub struct Tenant {
     /// `<tenant>/<job id>-<submission ms>`. `None`: the job's directory in
     /// the root. The bytes there count against `storage_quota_bytes`.
     pub checkpoint_root: Option<String>,
+    /// Where this tenant's jobs write their `save_as_text_files` outputs: an
+    /// object-store URL (its own, else the server's `output_root`), under
+    /// which each job gets `<tenant>/<job id>-<submission ms>/<prefix>`.
+    /// `None`: `out/` in the job's directory in the root. The bytes there
+    /// count against `storage_quota_bytes`.
+    pub output_root: Option<String>,
     pub ceilings: Ceilings,
 }
 
@@ -247,15 +259,17 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// A `checkpoint_root` as given, checked: an object-store URL with a
-/// bucket, without its trailing `/`. Local checkpoints need no setting (they
-/// live in each job's directory, inside its tenant's root).
-fn checkpoint_root(url: &str) -> Result<String, String> {
+/// A `checkpoint_root` or `output_root` (`key`) as given, checked: an
+/// object-store URL with a bucket, without its trailing `/`. Local
+/// checkpoints and outputs need no setting (they live in each job's
+/// directory, inside its tenant's root).
+fn object_root(key: &str, url: &str) -> Result<String, String> {
     let url = url.trim().trim_end_matches('/');
     if !weir::checkpoint::is_object_store_url(url) || url.split_once("://").is_some_and(|(_, r)| r.starts_with('/')) {
+        let what = if key == "checkpoint_root" { "checkpoints" } else { "outputs" };
         return Err(format!(
-            "checkpoint_root = {url:?}: expected an object-store URL (s3://bucket/prefix, gs://bucket/prefix or \
-             az://container/prefix); local checkpoints need no setting"
+            "{key} = {url:?}: expected an object-store URL (s3://bucket/prefix, gs://bucket/prefix or \
+             az://container/prefix); local {what} need no setting"
         ));
     }
     Ok(url.to_string())
@@ -324,7 +338,11 @@ fn tenant_from(
         kafka_topic_prefixes: t.kafka_topic_prefixes,
         checkpoint_root: t
             .checkpoint_root
-            .map(|u| checkpoint_root(&u).map_err(|m| err(format!("tenant {name}: {m}"))))
+            .map(|u| object_root("checkpoint_root", &u).map_err(|m| err(format!("tenant {name}: {m}"))))
+            .transpose()?,
+        output_root: t
+            .output_root
+            .map(|u| object_root("output_root", &u).map_err(|m| err(format!("tenant {name}: {m}"))))
             .transpose()?,
         ceilings,
     })
@@ -361,7 +379,11 @@ impl Config {
             })?),
         };
         let server_checkpoint_root = match &f.checkpoint_root {
-            Some(u) => Some(checkpoint_root(u).map_err(|m| err("checkpoint_root", m))?),
+            Some(u) => Some(object_root("checkpoint_root", u).map_err(|m| err("checkpoint_root", m))?),
+            None => None,
+        };
+        let server_output_root = match &f.output_root {
+            Some(u) => Some(object_root("output_root", u).map_err(|m| err("output_root", m))?),
             None => None,
         };
         let mut tenants = BTreeMap::new();
@@ -372,6 +394,9 @@ impl Config {
             let mut tenant = tenant_from(&name, t, &state_dir, &e)?;
             if tenant.checkpoint_root.is_none() {
                 tenant.checkpoint_root.clone_from(&server_checkpoint_root);
+            }
+            if tenant.output_root.is_none() {
+                tenant.output_root.clone_from(&server_output_root);
             }
             if seen_tokens.contains(&tenant.token_sha256) || admin_token_sha256 == Some(tenant.token_sha256) {
                 return Err(e(format!("tenant {name}: token_sha256 is another tenant's token")));
@@ -589,24 +614,40 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_roots_are_object_store_urls_a_tenants_own_first() {
+    fn checkpoint_and_output_roots_are_object_store_urls_a_tenants_own_first() {
         let bob = format!("[tenants.bob]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"bob"));
-        // None by default: checkpoints stay in the jobs' directories.
-        assert_eq!(parse(&acme()).unwrap().tenants["acme"].checkpoint_root, None);
-        let c = parse(&format!(
-            "checkpoint_root = \"s3://ckpts/weir/\"\n{}checkpoint_root = \"gs://acme-own\"\n{bob}",
-            acme()
-        ))
-        .unwrap();
-        assert_eq!(c.tenants["acme"].checkpoint_root.as_deref(), Some("gs://acme-own"));
-        assert_eq!(c.tenants["bob"].checkpoint_root.as_deref(), Some("s3://ckpts/weir"), "the server's, without its /");
-        for bad in ["/var/ckpt", "file:///var/ckpt", "s3://", "s3:///x", "ftp://h/x"] {
-            let e = parse(&format!("master = \"local[2]\"\ncheckpoint_root = \"{bad}\"\n{}", acme())).err().unwrap();
-            let m = e.to_string();
-            assert!(m.contains("serve.toml:2") && m.contains("object-store URL") && m.contains(bad), "{bad}: {m}");
-            let e = parse(&format!("{}checkpoint_root = \"{bad}\"\n", acme())).err().unwrap();
-            assert!(e.to_string().contains("tenant acme: checkpoint_root"), "{bad}: {e}");
+        let field = |t: &Tenant, key: &str| {
+            if key == "checkpoint_root" {
+                t.checkpoint_root.clone()
+            } else {
+                t.output_root.clone()
+            }
+        };
+        for key in ["checkpoint_root", "output_root"] {
+            // None by default: checkpoints and outputs stay in the jobs' directories.
+            assert_eq!(field(&parse(&acme()).unwrap().tenants["acme"], key), None);
+            let c =
+                parse(&format!("{key} = \"s3://ckpts/weir/\"\n{}{key} = \"gs://acme-own\"\n{bob}", acme())).unwrap();
+            assert_eq!(field(&c.tenants["acme"], key).as_deref(), Some("gs://acme-own"), "{key}");
+            assert_eq!(
+                field(&c.tenants["bob"], key).as_deref(),
+                Some("s3://ckpts/weir"),
+                "{key}: the server's, without its /"
+            );
+            for bad in ["/var/ckpt", "file:///var/ckpt", "s3://", "s3:///x", "ftp://h/x"] {
+                let e = parse(&format!("master = \"local[2]\"\n{key} = \"{bad}\"\n{}", acme())).err().unwrap();
+                let m = e.to_string();
+                assert!(
+                    m.contains("serve.toml:2") && m.contains(key) && m.contains("object-store URL") && m.contains(bad),
+                    "{bad}: {m}"
+                );
+                let e = parse(&format!("{}{key} = \"{bad}\"\n", acme())).err().unwrap();
+                assert!(e.to_string().contains(&format!("tenant acme: {key}")), "{bad}: {e}");
+            }
         }
+        // Each is its own: a checkpoint root does not move outputs.
+        let c = parse(&format!("checkpoint_root = \"s3://ckpts/weir\"\n{}", acme())).unwrap();
+        assert_eq!(c.tenants["acme"].output_root, None);
     }
 
     #[test]

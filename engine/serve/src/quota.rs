@@ -1,6 +1,7 @@
 //! The storage quota while jobs run: a background thread measures, every
 //! `storage_check_interval_ms`, the root of each tenant that has live jobs
-//! and its jobs' checkpoints on object storage (a `checkpoint_root`; listed);
+//! and its jobs' checkpoints and outputs on object storage (a
+//! `checkpoint_root`, an `output_root`; listed);
 //! a root over `storage_quota_bytes` fails that tenant's live jobs (each
 //! stopped after its batch in flight, so its checkpoint is whole, then
 //! recorded `failed` with the quota and the usage in its status and log).
@@ -63,7 +64,7 @@ pub fn measure(dir: &Path, max_entries: usize, deadline: Instant) -> Usage {
 /// The message a job over quota ends with.
 pub fn over_quota_message(tenant: &str, used: u64, quota: u64) -> String {
     format!(
-        "storage quota exceeded: tenant {tenant}'s storage (its root and its jobs' checkpoints) holds {used} bytes, \
+        "storage quota exceeded: tenant {tenant}'s storage (its root and its jobs' object-store checkpoints and outputs) holds {used} bytes, \
          over its storage_quota_bytes = {quota}; \
          the job was stopped after its batch in flight (its checkpoint is kept)"
     )

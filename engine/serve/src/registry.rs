@@ -75,6 +75,11 @@ pub struct JobRecord {
     /// directory. Records of older servers have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// The object-store URL its `save_as_text_files` outputs go under,
+    /// fixed at submission (the tenant's `output_root` then); `None`: `out/`
+    /// in its directory. Records of older servers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 impl JobRecord {
@@ -253,6 +258,7 @@ mod tests {
             message: None,
             udf_memory_bytes: 0,
             checkpoint: None,
+            output: None,
         }
     }
 

@@ -253,9 +253,12 @@ fn run(
     // the root as the server made it: a directory swapped for a symlink
     // while the server was down would lead the writes elsewhere.
     if let Some(root) = &root {
-        // (An object-store checkpoint is the operator's location, not a path.)
+        // (An object-store checkpoint or output location is the operator's,
+        // not a path.)
         let mut places: Vec<PathBuf> = rec.checkpoint.is_none().then(|| rec.checkpoint_dir()).into_iter().collect();
-        places.extend(rec.outputs.iter().cloned());
+        if rec.output.is_none() {
+            places.extend(rec.outputs.iter().cloned());
+        }
         if let Some(escape) = places.iter().find_map(|p| leads_out_of(root, p)) {
             return failed(escape);
         }

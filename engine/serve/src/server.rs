@@ -224,8 +224,8 @@ impl Server {
 
     /// What `tenant`'s storage holds: its `root` (walked within
     /// `max_entries` and `deadline`) and its jobs' object-store checkpoints
-    /// (listed; a job that no longer runs is listed once). A listing that
-    /// fails counts nothing and makes the figure a lower bound.
+    /// and outputs (listed; a job that no longer runs is listed once). A
+    /// listing that fails counts nothing and makes the figure a lower bound.
     pub(crate) fn storage_usage(
         &self,
         tenant: &str,
@@ -236,8 +236,12 @@ impl Server {
         let mut u = crate::quota::measure(root, max_entries, deadline);
         let remote: Vec<(PathBuf, bool)> = lock(&self.registry)
             .all()
-            .filter(|r| r.tenant == tenant && r.checkpoint.is_some())
-            .map(|r| (r.checkpoint_dir(), r.state.is_live()))
+            .filter(|r| r.tenant == tenant)
+            .flat_map(|r| {
+                let live = r.state.is_live();
+                let places = r.checkpoint.iter().chain(&r.output);
+                places.map(move |url| (PathBuf::from(url), live)).collect::<Vec<_>>()
+            })
             .collect();
         for (loc, live) in remote {
             if let Some(b) = lock(&self.settled_usage).get(&loc).filter(|_| !live) {
@@ -329,23 +333,27 @@ impl Server {
         }
         let id = lock(&self.registry).next_id(&t.name);
         let dir = root.join("jobs").join(&id);
+        let submitted_ms = now_ms();
+        // The submission time keeps a job's locations its own even if a
+        // state directory started afresh hands out its id again.
+        let remote = |r: &String| format!("{r}/{}/{id}-{submitted_ms}", t.name);
+        let output = t.output_root.as_ref().map(remote);
         let policy = submit::ServerPolicy { allow_inline_kafka_passwords: self.config().allow_inline_kafka_passwords };
-        let prepared = match submit::prepare(&t, policy, &root, &dir, &sub.job, &sub.modules, &self.store) {
+        let place = submit::Place { dir: &dir, output: output.as_deref() };
+        let prepared = match submit::prepare(&t, policy, &root, place, &sub.job, &sub.modules, &self.store) {
             Ok(p) => p,
             Err(e) => return Err(self.refuse(tenant, "policy", e)),
         };
         let slots = t.max_slots.min(self.config().slots()).max(1);
         let udf_memory_bytes = self.memory_reservation(&t, &prepared, slots)?;
-        let submitted_ms = now_ms();
         let rec = JobRecord {
             id: id.clone(),
             tenant: t.name.clone(),
             name: sub.name.unwrap_or_else(|| "job.toml".into()).chars().take(200).collect(),
             state: JobState::Running,
             submitted_ms,
-            // The submission time keeps a job's location its own even if a
-            // state directory started afresh hands out its id again.
-            checkpoint: t.checkpoint_root.as_ref().map(|r| format!("{r}/{}/{id}-{submitted_ms}", t.name)),
+            checkpoint: t.checkpoint_root.as_ref().map(remote),
+            output,
             dir: dir.clone(),
             outputs: prepared.outputs,
             slots,

@@ -208,14 +208,31 @@ pub struct ServerPolicy {
     pub allow_inline_kafka_passwords: bool,
 }
 
+/// Where a job lives: its directory (job file, log, local checkpoint and
+/// outputs) and, when its outputs go to object storage, their location.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub dir: &'a Path,
+    /// An object-store URL (`<output_root>/<tenant>/<id>-<ms>`): every
+    /// `save_as_text_files` prefix goes under it instead of `dir/out`.
+    pub output: Option<&'a str>,
+}
+
+impl<'a> Place<'a> {
+    /// Everything in `dir`.
+    pub fn local(dir: &'a Path) -> Place<'a> {
+        Place { dir, output: None }
+    }
+}
+
 /// Checks and rewrites the job `text` of tenant `t` (root `root`,
-/// canonical) to run from `job_dir`. `modules` maps the job's module names
+/// canonical) to run from `place`. `modules` maps the job's module names
 /// to the hashes uploaded.
 pub fn prepare(
     t: &Tenant,
     policy: ServerPolicy,
     root: &Path,
-    job_dir: &Path,
+    place: Place<'_>,
     text: &str,
     modules: &BTreeMap<String, String>,
     store: &ModuleStore,
@@ -268,7 +285,7 @@ pub fn prepare(
             }
         }
     }
-    let outputs = rewrite_outputs(t, policy, root, &mut doc, job_dir)?;
+    let outputs = rewrite_outputs(t, policy, root, &mut doc, place)?;
     // cap_limits set it: the job's own value or the capped default.
     let memory_bytes = doc
         .get("limits")
@@ -358,7 +375,7 @@ fn rewrite_outputs(
     policy: ServerPolicy,
     root: &Path,
     doc: &mut DocumentMut,
-    job_dir: &Path,
+    place: Place<'_>,
 ) -> Result<Vec<PathBuf>, ServeError> {
     let mut out = Vec::new();
     let Some(outputs) = doc.get_mut("outputs") else { return Ok(out) };
@@ -371,7 +388,19 @@ fn rewrite_outputs(
             Some("save_as_text_files") => {
                 if let Some(prefix) = o.get("prefix").and_then(Item::as_str) {
                     let rel = check_relative(&format!("{what}.prefix"), prefix)?;
-                    let full = job_dir.join("out").join(rel);
+                    let full = match place.output {
+                        // Object keys: the prefix's parts joined with `/`
+                        // (no `.` parts; `..` was refused).
+                        Some(url) => {
+                            let parts: Vec<String> = rel
+                                .components()
+                                .filter(|c| matches!(c, Component::Normal(_)))
+                                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                                .collect();
+                            PathBuf::from(format!("{url}/{}", parts.join("/")))
+                        }
+                        None => place.dir.join("out").join(rel),
+                    };
                     o["prefix"] = toml_edit::value(full.display().to_string());
                     out.push(full);
                 }
@@ -437,11 +466,31 @@ mod tests {
 
     fn prep(f: &Fixture, t: &Tenant, text: &str) -> Result<Prepared, ServeError> {
         let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
-        prepare(t, ServerPolicy::default(), &f.root, &f.root.join("jobs/acme-1"), text, &m, &f.store)
+        prepare(t, ServerPolicy::default(), &f.root, Place::local(&f.root.join("jobs/acme-1")), text, &m, &f.store)
     }
 
     const DIR: &str = "type = \"directory\"\npath = \"in\"";
     const SAVE: &str = "type = \"save_as_text_files\"\nprefix = \"out/w\"";
+
+    /// With an output location on object storage, a prefix goes under it
+    /// (its `.` parts dropped, `/`-joined), and `..` is still refused.
+    #[test]
+    fn outputs_go_under_the_jobs_object_store_location() {
+        let f = fixture();
+        let t = tenant("");
+        let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
+        let dir = f.root.join("jobs/acme-1");
+        let place = Place { dir: &dir, output: Some("s3://b/weir/acme/acme-1-7") };
+        let text = job(DIR, "type = \"save_as_text_files\"\nprefix = \"./out/./w\"", "");
+        let p = prepare(&t, ServerPolicy::default(), &f.root, place, &text, &m, &f.store).unwrap();
+        let want = "s3://b/weir/acme/acme-1-7/out/w";
+        assert_eq!(p.outputs, vec![PathBuf::from(want)]);
+        let doc: DocumentMut = p.text.parse().unwrap();
+        assert_eq!(doc["outputs"][0]["prefix"].as_str(), Some(want));
+        let bad = job(DIR, "type = \"save_as_text_files\"\nprefix = \"../bob/w\"", "");
+        let e = prepare(&t, ServerPolicy::default(), &f.root, place, &bad, &m, &f.store).unwrap_err();
+        assert!(e.to_string().contains("`..` is not allowed"), "{e}");
+    }
 
     #[test]
     fn an_honest_job_is_rewritten_into_the_store_the_root_and_the_job_directory() {
@@ -498,8 +547,16 @@ mod tests {
         assert!(prep(&f, &t, &job(&sock("feed.local"), SAVE, "")).is_ok());
         // A module hash this tenant never uploaded.
         let m = BTreeMap::from([("wc".to_string(), sha256_hex(b"someone else's"))]);
-        let e = prepare(&t, ServerPolicy::default(), &f.root, &f.root.join("j"), &job(DIR, SAVE, ""), &m, &f.store)
-            .unwrap_err();
+        let e = prepare(
+            &t,
+            ServerPolicy::default(),
+            &f.root,
+            Place::local(&f.root.join("j")),
+            &job(DIR, SAVE, ""),
+            &m,
+            &f.store,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("was not uploaded by tenant acme"), "{e}");
     }
 
@@ -565,7 +622,8 @@ mod tests {
         // ...and accepted where the operator allows it.
         let m = BTreeMap::from([("wc".to_string(), f.hash.clone())]);
         let allow = ServerPolicy { allow_inline_kafka_passwords: true };
-        assert!(prepare(&t, allow, &f.root, &f.root.join("j"), &job(&src(inline), SAVE, ""), &m, &f.store).is_ok());
+        let j = f.root.join("j");
+        assert!(prepare(&t, allow, &f.root, Place::local(&j), &job(&src(inline), SAVE, ""), &m, &f.store).is_ok());
         // A password file: inside the root, rewritten absolute (table and inline).
         let file = "[sources.lines.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\npassword_file = \"in/kafka.pw\"";
         let p = prep(&f, &t, &job(&src(file), SAVE, "")).unwrap();
