@@ -925,10 +925,12 @@ fn an_executor_that_stops_reading_is_lost_while_the_driver_sends_it_big_tasks() 
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no running-task count in the loss report: {line}"));
     // How many depends on how far the stages got while the others (2 slots
-    // each) joined and ran; on a loaded machine 13 were seen. Far more than
-    // the others' 4 slots is what makes the driver write to a reader that
-    // never reads.
-    assert!(given >= 8, "the stopped executor was given only {given} task(s): the stall was not exercised");
+    // each) joined and ran: 7 to 21 were seen over ten runs on one quiet
+    // machine (binaries from before and after the writer change alike).
+    // More than the others' 4 slots means the victim was given tasks the
+    // others could not have taken, each stage's with its 2 MB lineage: the
+    // driver wrote to a reader that never reads.
+    assert!(given > 4, "the stopped executor was given only {given} task(s): the stall was not exercised");
 
     let status = d.finish();
     let log = d.text();
