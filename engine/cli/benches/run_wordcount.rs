@@ -22,15 +22,21 @@
 //! batch's completion to the last's, over the words of the batches after the
 //! first), which is what a long-running job sees. WEIR_BENCH_CASES picks
 //! cases by name (comma-separated substrings).
+//!
+//! `weir run` is started by a launcher process (this bench again, with
+//! WEIR_BENCH_LAUNCHER set) that is spawned before the corpus is read: Linux
+//! carries a parent's peak RSS into a child it forks, across `exec`, so a
+//! `weir` spawned by the bench itself, which holds the corpus, reported the
+//! bench's peak instead of its own.
 
 #[path = "../../runtime/benches/shared/native.rs"]
 mod native;
 
 use native::{cpu_steal, Fast};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Counts the words of `buf` (ASCII whitespace separates them, as the
@@ -137,6 +143,78 @@ fn wait_usage(child: &mut std::process::Child, started: Instant) -> Usage {
     Usage { wall, cpu: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_kb: ru.ru_maxrss as u64 }
 }
 
+/// Separates a command's arguments on the launcher's input.
+const SEP: char = '\u{1f}';
+/// Starts the launcher's line that ends a command's output.
+const DONE: &str = "\u{1}done ";
+
+/// The process that starts `weir` for the bench (see the module doc).
+struct Launcher {
+    _child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+}
+
+impl Launcher {
+    fn start() -> Launcher {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("WEIR_BENCH_LAUNCHER", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the launcher");
+        let (to, from) = (child.stdin.take().unwrap(), BufReader::new(child.stdout.take().unwrap()));
+        Launcher { _child: child, to, from }
+    }
+
+    /// Runs `program` with `args` to its end, handing each line of its
+    /// stderr to `line`; wall time counts from this call.
+    fn run(&mut self, program: &Path, args: &[String], mut line: impl FnMut(&str)) -> Usage {
+        let started = Instant::now();
+        let mut req = program.display().to_string();
+        for a in args {
+            req.push(SEP);
+            req.push_str(a);
+        }
+        writeln!(self.to, "{req}").and_then(|()| self.to.flush()).expect("the launcher's input");
+        let mut l = String::new();
+        loop {
+            l.clear();
+            assert!(self.from.read_line(&mut l).expect("the launcher's output") > 0, "the launcher ended");
+            let l = l.trim_end_matches('\n');
+            if let Some(rest) = l.strip_prefix(DONE) {
+                let n: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap()).collect();
+                return Usage { wall: started.elapsed(), cpu: Duration::from_micros(n[0]), max_rss_kb: n[1] };
+            }
+            line(l);
+        }
+    }
+}
+
+/// The launcher: runs each command read from stdin, passes its stderr
+/// through to stdout, then its CPU time and peak RSS (from `wait4`).
+fn launcher() {
+    let mut out = std::io::stdout().lock();
+    for req in std::io::stdin().lock().lines() {
+        let req = req.unwrap();
+        let parts: Vec<&str> = req.split(SEP).collect();
+        let mut child = Command::new(parts[0])
+            .args(&parts[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting weir");
+        let started = Instant::now();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            writeln!(out, "{}", line.unwrap()).unwrap();
+            out.flush().unwrap();
+        }
+        let u = wait_usage(&mut child, started);
+        writeln!(out, "{DONE}{} {}", u.cpu.as_micros(), u.max_rss_kb).unwrap();
+        out.flush().unwrap();
+    }
+}
+
 /// One `weir run` case.
 struct Case {
     name: &'static str,
@@ -157,7 +235,15 @@ struct Run {
     steady_words: u64,
 }
 
-fn run_weir(weir: &Path, module: &Path, dir: &Path, case: &Case, batches: usize, tmp: &Path) -> Run {
+fn run_weir(
+    launcher: &mut Launcher,
+    weir: &Path,
+    module: &Path,
+    dir: &Path,
+    case: &Case,
+    batches: usize,
+    tmp: &Path,
+) -> Run {
     let _ = std::fs::remove_dir_all(tmp);
     std::fs::create_dir_all(tmp).unwrap();
     let stream = if case.stateful {
@@ -178,19 +264,16 @@ fn run_weir(weir: &Path, module: &Path, dir: &Path, case: &Case, batches: usize,
         dir.display()
     );
     std::fs::write(tmp.join("job.toml"), job).unwrap();
-    let mut cmd = Command::new(weir);
-    cmd.arg("run").arg(tmp.join("job.toml")).args(["--master", "local[2]", "--clock", "logical"]);
-    cmd.args(["--ui", if case.ui { "127.0.0.1:0" } else { "off" }]);
-    cmd.args(["--progress", "json", "--batches", &batches.to_string()]);
+    let mut args: Vec<String> = vec!["run".into(), tmp.join("job.toml").display().to_string()];
+    args.extend(["--master", "local[2]", "--clock", "logical"].map(String::from));
+    args.extend(["--ui".to_string(), if case.ui { "127.0.0.1:0" } else { "off" }.to_string()]);
+    args.extend(["--progress".to_string(), "json".into(), "--batches".into(), batches.to_string()]);
     if case.stateful {
-        cmd.arg("--checkpoint").arg(tmp.join("ckpt"));
+        args.extend(["--checkpoint".to_string(), tmp.join("ckpt").display().to_string()]);
     }
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = cmd.spawn().unwrap();
     let mut stamps = Vec::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
+    let usage = launcher.run(weir, &args, |line| {
         if let Some(rest) = line.strip_prefix("{\"time\":") {
             let records: u64 = rest
                 .split("\"records_in\":")
@@ -203,8 +286,7 @@ fn run_weir(weir: &Path, module: &Path, dir: &Path, case: &Case, batches: usize,
         } else if !line.trim().is_empty() {
             eprintln!("weir: {line}");
         }
-    }
-    let usage = wait_usage(&mut child, started);
+    });
     assert_eq!(stamps.len(), batches, "batches completed");
     let steady = (stamps[batches - 1].0 - stamps[0].0).as_secs_f64();
     // Lines, here; turned into words by the caller (files hold equal lines).
@@ -273,6 +355,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    if std::env::var_os("WEIR_BENCH_LAUNCHER").is_some() {
+        return launcher();
+    }
+    // Before anything big is in memory (see the module doc).
+    let mut launcher = Launcher::start();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let weir = PathBuf::from(std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").into()));
     let module = root.join("udfs/wordcount.wasm").canonicalize().expect("run udfs/build.sh first");
@@ -349,7 +436,7 @@ fn main() {
         }
         for (i, case) in cases.iter().enumerate() {
             let files = &sets[case.files];
-            let run = run_weir(&weir, &module, &dirs[case.files], case, files.len(), &tmp);
+            let run = run_weir(&mut launcher, &weir, &module, &dirs[case.files], case, files.len(), &tmp);
             if case.output == "text" {
                 let (words, distinct) = check_output(&tmp, case.stateful);
                 assert_eq!(words, want.words, "{}: words counted", case.name);
