@@ -1395,3 +1395,62 @@ fn serve_on_cluster_with_executors_the_operator_started_survives_a_killed_execut
     assert!(last.ends_with("; 0 job(s) held"), "{last}\n{}", survivor.text());
     assert!(alive(survivor.pid()), "{}", survivor.text());
 }
+
+/// On executor processes (`local-cluster[1]`) a tenant's `block_quota_bytes`
+/// holds its blocks there too, not only on the server: evil's input (about
+/// 5 kB a batch) fits its 30 kB on the server, but the shuffle its job
+/// writes on the executor (every character of every line, grouped: about
+/// 60 kB a batch) does not, and its batches fail naming the quota. acme's
+/// job on the same executor goes on.
+#[test]
+fn serve_on_local_cluster_holds_a_tenant_to_its_block_quota_on_the_executors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local-cluster[1]\"\n\
+         [tenants.acme]\ntoken_sha256 = \"{}\"\nmax_slots = 1\n\
+         [tenants.evil]\ntoken_sha256 = \"{}\"\nmax_slots = 1\nblock_quota_bytes = 30_000\n",
+        sha(ACME),
+        sha(EVIL)
+    );
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, cfg).unwrap();
+    let (mut server, addr) = start_server(&config);
+    let wc = module("wordcount.wasm");
+    let acme_id = submit(&addr, ACME, &generator_job(tmp.path(), "a.toml", &wc, "flat_map(m.split)", "")).unwrap();
+    let chars = tmp.path().join("chars.toml");
+    std::fs::write(
+        &chars,
+        format!(
+            "batch_interval = \"500ms\"\n[modules]\nt = \"{}\"\nw = \"{}\"\n[sources.lines]\ntype = \"generator\"\n\
+             lines_per_batch = 100\nwords_per_line = 10\n[streams]\nc = \"lines.flat_map(t.chars)\"\n\
+             g = \"c.map(w.pair).group_by_key()\"\n[[outputs]]\nstream = \"g\"\ntype = \"save_as_text_files\"\n\
+             prefix = \"out/g\"\n",
+            module("testops.wasm").display(),
+            wc.display()
+        ),
+    )
+    .unwrap();
+    let evil_id = submit(&addr, EVIL, &chars).unwrap();
+    // Its batches fail (each one's shuffle is refused after retries; the
+    // job itself fails once more than --max-pending-batches are pending).
+    let failing = wait_status(&server, &addr, EVIL, &evil_id, 120, |v| {
+        v["progress"]["batches_failed"].as_u64() >= Some(2) || v["state"] != "running"
+    });
+    let p = &failing["progress"];
+    assert_eq!(p["batches_completed"], p["batches_failed"], "every batch of evil's failed: {failing}");
+    let logs = text(&client(&addr, EVIL, &["logs", &evil_id]).stdout);
+    assert!(
+        logs.contains("block shuffle_") && logs.contains("over tenant evil's block_quota_bytes = 30000"),
+        "{failing}\n{logs}"
+    );
+    assert!(!logs.contains("the input of source 0"), "the server's budget refused it, not the executor's: {logs}");
+    assert!(client(&addr, EVIL, &["stop", &evil_id, "--now"]).status.success());
+    // acme's job goes on, on the same executor.
+    let n = status_json(&addr, ACME, &acme_id)["progress"]["batches_completed"].as_u64().unwrap_or(0);
+    let later = wait_status(&server, &addr, ACME, &acme_id, 120, |v| {
+        v["progress"]["batches_completed"].as_u64() >= Some(n + 2)
+    });
+    assert_eq!(later["state"], "running", "{later}");
+    assert_eq!(later["progress"]["batches_failed"].as_u64(), Some(0), "{later}");
+    server.kill();
+}

@@ -51,7 +51,8 @@ use std::time::{Duration, Instant};
 
 use super::block_server::{self, JobBlocks};
 use super::gate::{Gate, Ticket};
-use super::protocol::{self, Admission, FromExecutor, JobId, Role, StageId, ToExecutor, STAGE_CACHE};
+use super::protocol::{self, Admission, BlockQuota, FromExecutor, JobId, Role, StageId, ToExecutor, STAGE_CACHE};
+use crate::executor::block_store::BlockBudget;
 use crate::executor::pool::{Drr, Pool, PoolTenant};
 use crate::executor::{BackendEvent, BlockStore, ExecutorBackend, Task, TaskFailure, TaskResult};
 use crate::listener::{ExecutorEvent, ListenerBus};
@@ -231,12 +232,32 @@ struct Conn {
 }
 
 /// A job running on the driver's executors.
+/// What an executor is told of a job before its first task there.
+#[derive(Clone)]
+struct JobTerms {
+    job: JobId,
+    limits: UdfLimits,
+    quota: Option<BlockQuota>,
+}
+
+impl JobTerms {
+    /// Its limits, and its block budget's limit as it is now (a server's
+    /// reload reaches the executors a job is first sent to after it).
+    fn of(job: JobId, e: &JobEntry) -> JobTerms {
+        let quota = e.budget.as_ref().map(|b| BlockQuota { what: b.what().to_string(), bytes: b.limit() });
+        JobTerms { job, limits: *e.registry.limits(), quota }
+    }
+}
+
 struct JobEntry {
     tenant: String,
     /// Its name in the pool's status (a server's job id; `""`: unnamed).
     name: String,
     /// Its modules (sent only to its own tasks' executors) and limits.
     registry: Arc<ModuleRegistry>,
+    /// The budget of its blocks on the driver, which executors apply to
+    /// its blocks on them too (`None`: unbounded).
+    budget: Option<Arc<BlockBudget>>,
     events: Sender<BackendEvent>,
     /// Its tasks go only to the executor with this block address, while
     /// it is connected ([`ExecutorBackend::prefer`]).
@@ -399,9 +420,10 @@ impl Conn {
     /// Queues task `task` of job `job`'s stage `stage`, with the job's
     /// registration and the stage's lineage first unless the executor holds
     /// them.
-    fn send_task(&mut self, job: JobId, limits: UdfLimits, stage: StageId, task: &Task) -> Result<(), QueueError> {
+    fn send_task(&mut self, job: &JobTerms, stage: StageId, task: &Task) -> Result<(), QueueError> {
+        let JobTerms { job, limits, quota } = job.clone();
         if !self.jobs.contains(&job) {
-            self.send(ToExecutor::Job { job, limits })?;
+            self.send(ToExecutor::Job { job, limits, blocks: quota })?;
             self.jobs.insert(job);
         }
         if !self.stages.contains(&stage) {
@@ -470,7 +492,7 @@ impl Shared {
                 st.queue.done(&tenant); // its job ended after queuing it
                 continue;
             };
-            let limits = *entry.registry.limits();
+            let terms = JobTerms::of(q.job, entry);
             let preferred = preferred_of(&st.jobs, &st.executors, q.job)
                 .filter(|(_, c)| (c.running.len() as u32) < c.slots)
                 .map(|(id, _)| id);
@@ -486,7 +508,7 @@ impl Shared {
                 return;
             };
             let Some(conn) = st.executors.get_mut(&id) else { return };
-            match conn.send_task(q.job, limits, q.stage, &q.task) {
+            match conn.send_task(&terms, q.stage, &q.task) {
                 Ok(()) => {
                     let Queued { job, stage, task, .. } = q;
                     conn.running.insert((job, task.id), Running { stage, task, tenant });
@@ -559,7 +581,8 @@ impl Shared {
         let job = st.next_job;
         st.next_job += 1;
         self.blocks.insert(job, blocks.clone());
-        let entry = JobEntry { tenant: tenant.to_string(), name: name.to_string(), registry, events, prefer: None };
+        let (tenant, name, budget) = (tenant.to_string(), name.to_string(), blocks.budget().cloned());
+        let entry = JobEntry { tenant, name, registry, budget, events, prefer: None };
         st.jobs.insert(job, entry);
         Ok((job, rx))
     }
@@ -1008,11 +1031,11 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
             // It evicted (or never got) the lineage: forget that it holds
             // it, so the task goes again with its lineage.
             c.stages.retain(|s| *s != stage);
-            let limits = st.jobs.get(&job).map(|j| *j.registry.limits());
-            match (c.running.get(&(job, task_id)), limits) {
-                (Some(r), Some(limits)) if r.stage == stage => {
+            let terms = st.jobs.get(&job).map(|j| JobTerms::of(job, j));
+            match (c.running.get(&(job, task_id)), terms) {
+                (Some(r), Some(terms)) if r.stage == stage => {
                     let task = r.task.clone();
-                    c.send_task(job, limits, stage, &task)
+                    c.send_task(&terms, stage, &task)
                 }
                 _ => Ok(()), // no longer its task: nothing to resend
             }
@@ -1745,7 +1768,7 @@ mod tests {
             let mut seen = Vec::new();
             loop {
                 match protocol::read_frame::<ToExecutor>(&mut conn) {
-                    Ok(ToExecutor::Job { job, limits }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
+                    Ok(ToExecutor::Job { job, limits, .. }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
                     Ok(ToExecutor::EndJob { job }) => seen.push(Frame::EndJob(job)),
                     Ok(ToExecutor::Stage { job, stage, .. }) => seen.push(Frame::Stage(job, stage)),
                     Ok(ToExecutor::Run { job, stage, task }) => {
@@ -1900,7 +1923,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 match protocol::read_frame::<ToExecutor>(&mut conn) {
-                    Ok(ToExecutor::Job { job, limits }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
+                    Ok(ToExecutor::Job { job, limits, .. }) => seen.push(Frame::Job(job, limits.fuel_per_call)),
                     Ok(ToExecutor::EndJob { job }) => {
                         seen.push(Frame::EndJob(job));
                         break;

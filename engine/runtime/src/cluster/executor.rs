@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use super::block_server;
 use super::block_server::JobBlocks;
+use super::protocol::BlockQuota;
 use super::protocol::{self, Admission, FromExecutor, JobId, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
+use crate::executor::block_store::BlockBudget;
 use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv, TaskFailure, TaskResult};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
 
@@ -359,6 +361,28 @@ struct DriverEnv<'a> {
     block_addr: &'a str,
 }
 
+/// The block budgets of the jobs on this executor, by the name the driver
+/// gives them: a `weir serve` tenant's `block_quota_bytes` holds all of its
+/// jobs' blocks in this process together, as the server's own budget holds
+/// them in the server's.
+#[derive(Default)]
+struct Budgets(std::collections::HashMap<String, Arc<BlockBudget>>);
+
+impl Budgets {
+    /// A new job's block store, under `quota` (unbounded without one). The
+    /// limit follows the newest `Job` frame that names the budget.
+    fn store(&mut self, quota: Option<BlockQuota>) -> Arc<BlockStore> {
+        let Some(BlockQuota { what, bytes }) = quota else { return BlockStore::new() };
+        // Budgets no store holds any more are dropped: the map follows the
+        // jobs held (at most MAX_JOBS), not the executor's history.
+        self.0.retain(|_, b| Arc::strong_count(b) > 1);
+        let what: String = what.chars().take(200).collect();
+        let budget = self.0.entry(what.clone()).or_insert_with(|| BlockBudget::new(what, bytes));
+        budget.set_limit(bytes);
+        BlockStore::with_budget(budget.clone())
+    }
+}
+
 /// Jobs an executor holds at once: a driver never has more in flight (a
 /// server's jobs are capped by its tenants' `max_jobs`); a peer that
 /// registers more is refused rather than served without bound.
@@ -380,9 +404,10 @@ fn serve_driver(
     let mut unavailable: std::collections::HashSet<(JobId, ModuleHash)> = Default::default();
     // Stage lineages, oldest first (the driver mirrors this bound and order).
     let mut stages: std::collections::VecDeque<(StageId, JobId, Arc<StageRdds>)> = Default::default();
+    let mut budgets = Budgets::default();
     loop {
         match protocol::read_frame::<ToExecutor>(&mut conn) {
-            Ok(ToExecutor::Job { job, limits }) => {
+            Ok(ToExecutor::Job { job, limits, blocks: quota }) => {
                 if !jobs.contains_key(&job) {
                     if jobs.len() >= MAX_JOBS {
                         return Err(ExecutorError::Other(format!(
@@ -390,7 +415,7 @@ fn serve_driver(
                         )));
                     }
                     let registry = Arc::new(ModuleRegistry::new(env.runtime.clone(), limits));
-                    let blocks = env.blocks.insert(job, BlockStore::new());
+                    let blocks = env.blocks.insert(job, budgets.store(quota));
                     jobs.insert(job, JobEnv { registry, blocks });
                 }
             }

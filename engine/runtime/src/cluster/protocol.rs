@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 5 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 6 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -45,7 +45,10 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// and result frame and every block fetch names its [`JobId`], a job's
 /// sandbox limits come with its [`ToExecutor::Job`] frame, and
 /// [`ToExecutor::EndJob`] releases what a job left on the executor.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 6: the `Job` frame carries the job's block budget (a server
+/// tenant's `block_quota_bytes`), which the executor holds the job's blocks
+/// on it to, shared by the jobs that name the same budget.
+pub const PROTOCOL_VERSION: u32 = 6;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
 /// lineage, a block, a module).
@@ -102,6 +105,14 @@ pub type JobId = u64;
 /// lineage exactly when the executor has evicted it.
 pub const STAGE_CACHE: usize = 16;
 
+/// A block budget as the driver names it to an executor: the name errors
+/// give it (`tenant acme's block_quota_bytes`) and its limit in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockQuota {
+    pub what: String,
+    pub bytes: u64,
+}
+
 /// Driver -> executor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToExecutor {
@@ -110,6 +121,10 @@ pub enum ToExecutor {
     Job {
         job: JobId,
         limits: UdfLimits,
+        /// The budget its blocks on this executor count against (a `weir
+        /// serve` tenant's `block_quota_bytes`), shared by every job that
+        /// names the same one; `None`: unbounded.
+        blocks: Option<BlockQuota>,
     },
     /// Job `job` is over: the executor drops its blocks and modules.
     EndJob {

@@ -42,6 +42,11 @@ impl BlockBudget {
         self.limit.load(Ordering::Acquire)
     }
 
+    /// What the limit is, as errors name it.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
     pub fn set_limit(&self, limit_bytes: u64) {
         self.limit.store(limit_bytes, Ordering::Release);
     }
@@ -89,6 +94,11 @@ impl BlockStore {
     /// A store whose blocks count against `budget`.
     pub fn with_budget(budget: Arc<BlockBudget>) -> Arc<Self> {
         Arc::new(BlockStore { blocks: Mutex::default(), budget: Some(budget) })
+    }
+
+    /// The budget its blocks count against, if any.
+    pub fn budget(&self) -> Option<&Arc<BlockBudget>> {
+        self.budget.as_ref()
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, Block>> {
