@@ -231,24 +231,27 @@ struct Conn {
     driver_blocks: Option<(String, String)>,
 }
 
-/// A job running on the driver's executors.
 /// What an executor is told of a job before its first task there.
-#[derive(Clone)]
 struct JobTerms {
     job: JobId,
     limits: UdfLimits,
-    quota: Option<BlockQuota>,
+    budget: Option<Arc<BlockBudget>>,
 }
 
 impl JobTerms {
-    /// Its limits, and its block budget's limit as it is now (a server's
-    /// reload reaches the executors a job is first sent to after it).
     fn of(job: JobId, e: &JobEntry) -> JobTerms {
-        let quota = e.budget.as_ref().map(|b| BlockQuota { what: b.what().to_string(), bytes: b.limit() });
-        JobTerms { job, limits: *e.registry.limits(), quota }
+        JobTerms { job, limits: *e.registry.limits(), budget: e.budget.clone() }
+    }
+
+    /// The `Job` frame, with the budget's limit as it is now (a server's
+    /// reload reaches the executors a job is first sent to after it).
+    fn frame(&self) -> ToExecutor {
+        let blocks = self.budget.as_ref().map(|b| BlockQuota { what: b.what().to_string(), bytes: b.limit() });
+        ToExecutor::Job { job: self.job, limits: self.limits, blocks }
     }
 }
 
+/// A job running on the driver's executors.
 struct JobEntry {
     tenant: String,
     /// Its name in the pool's status (a server's job id; `""`: unnamed).
@@ -417,13 +420,13 @@ impl Conn {
         })
     }
 
-    /// Queues task `task` of job `job`'s stage `stage`, with the job's
+    /// Queues task `task` of stage `stage` of the job `terms` describe, with the job's
     /// registration and the stage's lineage first unless the executor holds
     /// them.
-    fn send_task(&mut self, job: &JobTerms, stage: StageId, task: &Task) -> Result<(), QueueError> {
-        let JobTerms { job, limits, quota } = job.clone();
+    fn send_task(&mut self, terms: &JobTerms, stage: StageId, task: &Task) -> Result<(), QueueError> {
+        let job = terms.job;
         if !self.jobs.contains(&job) {
-            self.send(ToExecutor::Job { job, limits, blocks: quota })?;
+            self.send(terms.frame())?;
             self.jobs.insert(job);
         }
         if !self.stages.contains(&stage) {

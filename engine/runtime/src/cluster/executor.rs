@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use super::block_server;
 use super::block_server::JobBlocks;
-use super::protocol::BlockQuota;
-use super::protocol::{self, Admission, FromExecutor, JobId, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE};
+use super::protocol::{
+    self, Admission, BlockQuota, FromExecutor, JobId, Role, StageId, ToExecutor, PROTOCOL_VERSION, STAGE_CACHE,
+};
 use crate::executor::block_store::BlockBudget;
 use crate::executor::{run_task_guarded, BlockStore, Task, TaskEnv, TaskFailure, TaskResult};
 use crate::udf::{ModuleHash, ModuleRegistry, UdfRuntime};
