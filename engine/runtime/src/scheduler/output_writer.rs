@@ -9,7 +9,9 @@
 //! * a batch is recorded as completed only once every output was written
 //!   (until then the metadata checkpoint lists it as pending, and a restart
 //!   re-runs it), exactly as before;
-//! * at most one batch's writes are in flight (memory: two batches' results).
+//! * at most `WRITES_IN_FLIGHT` (two) batches' writes are in flight while the
+//!   next batch computes (memory: three batches' results; `driver.rs` says
+//!   why two).
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
