@@ -541,6 +541,33 @@ fn serve_refuses_to_write_through_an_output_directory_swapped_for_a_symlink() {
     server.kill();
 }
 
+/// The same swap while the job runs: its next batches fail, naming the
+/// link, and nothing is written through it into acme's root.
+#[test]
+fn serve_refuses_to_write_through_an_output_directory_swapped_for_a_symlink_while_the_job_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, addr, evil_root, acme_root, id) = running_batches_job(tmp.path());
+    let out = evil_root.join("jobs").join(&id).join("out");
+    // A batch may recreate `out` between the rename and the link: again.
+    let mut moved = 0;
+    loop {
+        std::fs::rename(&out, evil_root.join(format!("old-out-{moved}"))).unwrap();
+        moved += 1;
+        if std::os::unix::fs::symlink(&acme_root, &out).is_ok() {
+            break;
+        }
+    }
+    let v = wait_status(&server, &addr, EVIL, &id, 60, |v| {
+        v["progress"]["last_error"].as_str().is_some_and(|e| e.contains("outside the tenant's root"))
+    });
+    let why = v["progress"]["last_error"].as_str().unwrap_or_default();
+    assert!(why.contains(&out.display().to_string()) && why.contains("not written"), "{v}");
+    assert!(client(&addr, EVIL, &["stop", &id, "--now"]).status.success());
+    wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] != "running");
+    assert_eq!(std::fs::read_dir(&acme_root).unwrap().count(), 0, "nothing was written in acme's root");
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();

@@ -99,6 +99,24 @@ fn check_confined(file: &File, path: &Path) -> Result<(), ReadError> {
     }
 }
 
+/// Where `full` (a path under `root`, canonical) really leads when that is
+/// outside `root`: the longest existing part of it and its canonical path
+/// (symlinks followed). `None` when it stays inside (or nothing of it
+/// under the root exists yet).
+pub fn resolves_outside(root: &Path, full: &Path) -> std::io::Result<Option<(PathBuf, PathBuf)>> {
+    let mut existing = full;
+    loop {
+        if std::fs::symlink_metadata(existing).is_ok() {
+            let real = existing.canonicalize()?;
+            return Ok((!real.starts_with(root)).then(|| (existing.to_path_buf(), real)));
+        }
+        match existing.parent() {
+            Some(p) if p.starts_with(root) => existing = p,
+            _ => return Ok(None),
+        }
+    }
+}
+
 /// Checks that `path` is a regular file of at most `limit` bytes, without
 /// opening it.
 pub fn check_regular(path: &Path, limit: u64) -> Result<u64, ReadError> {

@@ -63,6 +63,10 @@ pub enum SinkError {
     /// over (`checkpoint::fence`). Never retried.
     #[error("{0}")]
     Fenced(String),
+    /// The output directory leads out of the directory the run's outputs
+    /// are confined to (a symlink put in its place). Never retried.
+    #[error("{dir} leads to {real}, outside the tenant's root {root} (a symlink); not written")]
+    OutsideRoot { dir: PathBuf, real: PathBuf, root: PathBuf },
 }
 
 /// Runs an output's commit step — the rename that publishes a batch, a
@@ -324,6 +328,12 @@ pub trait Sink: Send + Sync {
     fn write_gated(&self, time: i64, partitions: &[Vec<u8>], gate: CommitGate) -> Result<(), SinkError> {
         gate(&mut || self.write(time, partitions))
     }
+
+    /// This sink writing only under `root` (canonical), checked at every
+    /// write, if it writes local files; `None` for the others.
+    fn confined(&self, _root: &Path) -> Option<Arc<dyn Sink>> {
+        None
+    }
 }
 
 /// `print`: Spark's block on stdout. At-least-once.
@@ -359,11 +369,13 @@ pub struct TextFilesSink {
     prefix: String,
     suffix: Option<String>,
     swept: Arc<std::sync::atomic::AtomicBool>,
+    /// Writes only where this really is (see [`Sink::confined`]).
+    root: Option<PathBuf>,
 }
 
 impl TextFilesSink {
     pub fn new(base: PathBuf, prefix: String, suffix: Option<String>) -> TextFilesSink {
-        TextFilesSink { base, prefix, suffix, swept: Arc::default() }
+        TextFilesSink { base, prefix, suffix, swept: Arc::default(), root: None }
     }
 }
 
@@ -377,6 +389,17 @@ impl Sink for TextFilesSink {
         let target = batch_dir(&self.base, &self.prefix, self.suffix.as_deref(), time);
         let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Checked before anything is created: a directory swapped for a
+        // symlink out of the root would otherwise lead the writes (and the
+        // directories made for them) elsewhere. What remains is the moment
+        // between this check and the rename.
+        if let Some(root) = &self.root {
+            match crate::files::resolves_outside(root, &parent) {
+                Ok(None) => {}
+                Ok(Some((dir, real))) => return Err(SinkError::OutsideRoot { dir, real, root: root.clone() }),
+                Err(source) => return Err(SinkError::Io { path: parent, source }),
+            }
+        }
         crate::checkpoint::store::create_dir_all_durable(&parent)
             .map_err(|source| SinkError::Io { path: parent.clone(), source })?;
         if !self.swept.swap(true, std::sync::atomic::Ordering::AcqRel) {
@@ -386,6 +409,10 @@ impl Sink for TextFilesSink {
             remove_leftovers(&parent, |n| is_batch_leftover(n, stem, self.suffix.as_deref()));
         }
         write_batch_dir(&parent, &name, &target, partitions, gate).map(|_| ())
+    }
+
+    fn confined(&self, root: &Path) -> Option<Arc<dyn Sink>> {
+        Some(Arc::new(TextFilesSink { root: Some(root.to_path_buf()), ..self.clone() }))
     }
 }
 

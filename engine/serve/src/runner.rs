@@ -265,6 +265,8 @@ fn run(
     }
     let mut opts = RunOptions::default();
     opts.pool = Some(seat);
+    // Outputs on object storage are the operator's location, not a path.
+    opts.output_root = root.clone().filter(|_| rec.output.is_none());
     opts.source_root = root;
     opts.clock = job.clock.unwrap_or(Clock::Wall);
     opts.stop = stop.clone();

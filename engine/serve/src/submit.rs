@@ -81,23 +81,7 @@ pub fn inside_root(root: &Path, what: &str, rel: &str) -> Result<PathBuf, ServeE
     }
 }
 
-/// Where `full` (a path under `root`, canonical) really leads when that is
-/// outside `root`: the longest existing part of it and its canonical path
-/// (symlinks followed). `None` when it stays inside (or nothing of it
-/// under the root exists yet).
-pub fn resolves_outside(root: &Path, full: &Path) -> std::io::Result<Option<(PathBuf, PathBuf)>> {
-    let mut existing = full;
-    loop {
-        if std::fs::symlink_metadata(existing).is_ok() {
-            let real = existing.canonicalize()?;
-            return Ok((!real.starts_with(root)).then(|| (existing.to_path_buf(), real)));
-        }
-        match existing.parent() {
-            Some(p) if p.starts_with(root) => existing = p,
-            _ => return Ok(None),
-        }
-    }
-}
+pub use weir::files::resolves_outside;
 
 /// Whether every `host:port` of `list` (comma-separated) is allowed.
 fn hosts_allowed(t: &Tenant, list: &str) -> Result<(), ServeError> {

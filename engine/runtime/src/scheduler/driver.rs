@@ -197,6 +197,9 @@ impl Driver {
         if let Some(root) = &opts.source_root {
             super::recover::confine_directory_sources(&mut job, root);
         }
+        if let Some(root) = &opts.output_root {
+            super::recover::confine_outputs(&mut job, root);
+        }
         let listeners = ListenerBus::new(opts.listeners.clone());
         let (ckpt, recovered) = super::recover::open_checkpoint(&job, &opts, &listeners)?;
         let sources = super::recover::open_sources(&mut job, ckpt.as_ref(), &listeners)?;

@@ -92,6 +92,11 @@ pub struct RunOptions {
     /// file that leads out is skipped with a warning. Overrides a source's
     /// own `root`. `weir serve` sets it to the tenant's root.
     pub source_root: Option<PathBuf>,
+    /// `save_as_text_files` outputs write only where the real path of
+    /// their directory (symlinks followed, checked at every batch) is
+    /// inside this directory; a batch whose directory leads out fails
+    /// without writing. `weir serve` sets it to the tenant's root.
+    pub output_root: Option<PathBuf>,
     /// Benchmarks only: run stateful streams without a checkpoint directory
     /// (state lives in memory; a crash loses it).
     pub allow_state_without_checkpoint: bool,
@@ -229,6 +234,7 @@ impl Default for RunOptions {
             checkpoint: None,
             cluster: ClusterOptions::default(),
             source_root: None,
+            output_root: None,
             allow_state_without_checkpoint: false,
             output_retries: 2,
             output_retry_backoff: Duration::from_millis(100),

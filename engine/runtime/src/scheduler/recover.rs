@@ -49,7 +49,6 @@ pub(super) fn open_checkpoint(
     Ok((Some(dir), metadata))
 }
 
-/// Starts the job's sources; receivers log to the checkpoint's WAL.
 /// Sets every directory source's `root` to `root` (the embedder's, e.g.
 /// a tenant's, overrides the job's own). The job's hash and identity were
 /// taken from the job as written, so checkpoints still match.
@@ -61,6 +60,16 @@ pub(super) fn confine_directory_sources(job: &mut Job, root: &Path) {
     }
 }
 
+/// Confines every sink that writes local files to `root` ([`crate::sink::Sink::confined`]).
+pub(super) fn confine_outputs(job: &mut Job, root: &Path) {
+    for s in &mut job.sinks {
+        if let Some(c) = s.confined(root) {
+            *s = c;
+        }
+    }
+}
+
+/// Starts the job's sources; receivers log to the checkpoint's WAL.
 pub(super) fn open_sources(
     job: &mut Job,
     ckpt: Option<&CheckpointDir>,
