@@ -220,12 +220,10 @@ pub fn spawn(
 fn leads_out_of(root: &std::path::Path, place: &std::path::Path) -> Option<String> {
     match crate::submit::resolves_outside(root, place) {
         Ok(None) => None,
-        Ok(Some((existing, real))) => Some(format!(
-            "{} leads to {}, outside the tenant's root {} (a symlink); not written",
-            existing.display(),
-            real.display(),
-            root.display()
-        )),
+        // The message a confined output gives when it refuses a batch.
+        Ok(Some((dir, real))) => {
+            Some(weir::sink::SinkError::OutsideRoot { dir, real, root: root.to_path_buf() }.to_string())
+        }
         Err(e) => Some(format!("{}: {e}", place.display())),
     }
 }
