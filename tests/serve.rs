@@ -1479,3 +1479,137 @@ fn serve_on_local_cluster_holds_a_tenant_to_its_block_quota_on_the_executors() {
     acme_goes_on(&server, &addr, &acme_id);
     server.kill();
 }
+
+/// A fresh cgroup v1 `cpu` directory for one test, removed at the end (once
+/// the server that used it is gone), or why there can be none here.
+struct CpuCgroup(PathBuf);
+
+impl CpuCgroup {
+    fn new() -> Result<CpuCgroup, String> {
+        let base = Path::new("/sys/fs/cgroup/cpu");
+        if !base.join("cpu.shares").is_file() {
+            return Err(format!("{} is not a cgroup v1 cpu hierarchy", base.display()));
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = base.join(format!("weir-test-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        Ok(CpuCgroup(dir))
+    }
+
+    /// The thread ids in `tenant`'s cgroup.
+    fn tasks(&self, tenant: &str) -> Vec<u32> {
+        let s = std::fs::read_to_string(self.0.join(tenant).join("tasks")).unwrap_or_default();
+        s.split_whitespace().filter_map(|t| t.parse().ok()).collect()
+    }
+
+    fn shares(&self, tenant: &str) -> String {
+        std::fs::read_to_string(self.0.join(tenant).join("cpu.shares")).unwrap_or_default().trim().to_string()
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        // A cgroup goes only when empty: children first, then itself.
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The names (comm) of process `pid`'s threads, by thread id.
+fn thread_names(pid: u32) -> std::collections::BTreeMap<u32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            Some((tid, std::fs::read_to_string(t.path().join("comm")).ok()?.trim().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn serve_gives_each_tenant_a_cpu_cgroup_with_its_weight_and_puts_its_driver_and_task_threads_there() {
+    let cg = match CpuCgroup::new() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIPPED serve_gives_each_tenant_a_cpu_cgroup…: {why}");
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let base = std::fs::read_to_string(&config).unwrap();
+    let with_cgroup = |acme_weight: u32| {
+        let t = base.replace("max_slots = 2\n", &format!("max_slots = 2\nweight = {acme_weight}\n"));
+        format!("cpu_cgroup = {:?}\n{t}", cg.0.display().to_string())
+    };
+    std::fs::write(&config, with_cgroup(3)).unwrap();
+    let (server, addr) = start_server(&config);
+    // Every tenant's cgroup exists from the start, weighted.
+    assert_eq!(cg.shares("acme"), "3072");
+    assert_eq!(cg.shares("evil"), "1024");
+    assert!(cg.tasks("acme").is_empty() && cg.tasks("evil").is_empty(), "no thread placed before any job");
+
+    let wasm = module("wordcount.wasm");
+    let acme = submit(&addr, ACME, &generator_job(tmp.path(), "acme.toml", &wasm, "flat_map(m.split)", "")).unwrap();
+    wait_status(&server, &addr, ACME, &acme, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    // Its driver thread, and the pool thread(s) that ran its tasks, are in
+    // acme's cgroup; nothing of the server's is in evil's.
+    let named = |tids: &[u32], prefix: &str| {
+        let names = thread_names(server.pid());
+        tids.iter().filter(|t| names.get(t).is_some_and(|n| n.starts_with(prefix))).count()
+    };
+    let placed = cg.tasks("acme");
+    assert_eq!(
+        named(&placed, "weir-job-"),
+        1,
+        "acme's driver thread in acme's cgroup: {placed:?} {:?}",
+        thread_names(server.pid())
+    );
+    assert!(
+        named(&placed, "weir-pool-") >= 1,
+        "a pool thread that ran acme's task: {placed:?} {:?}",
+        thread_names(server.pid())
+    );
+    assert!(cg.tasks("evil").is_empty());
+
+    // Once evil runs too, pool threads follow the tenant whose task they
+    // run: each cgroup gets its own driver and, in turn, pool threads.
+    let evil = submit(&addr, EVIL, &generator_job(tmp.path(), "evil.toml", &wasm, "flat_map(m.split)", "")).unwrap();
+    wait_status(&server, &addr, EVIL, &evil, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(1));
+    let (mut acme_pool, mut evil_pool) = (false, false);
+    crate::cluster::wait_until("pool threads in both tenants' cgroups", Duration::from_secs(60), || {
+        acme_pool |= named(&cg.tasks("acme"), "weir-pool-") >= 1;
+        evil_pool |= named(&cg.tasks("evil"), "weir-pool-") >= 1;
+        acme_pool && evil_pool
+    });
+    assert_eq!(named(&cg.tasks("evil"), "weir-job-"), 1);
+    assert_eq!(named(&cg.tasks("acme"), "weir-job-"), 1);
+
+    // A weight changed in serve.toml reaches the cgroup without a restart.
+    std::fs::write(&config, with_cgroup(5)).unwrap();
+    crate::cluster::wait_until("acme's new weight in cpu.shares", Duration::from_secs(60), || {
+        let _ = status_json(&addr, ACME, &acme); // a request re-reads a changed serve.toml
+        cg.shares("acme") == "5120"
+    });
+    acme_goes_on(&server, &addr, &acme);
+    drop(server);
+}
+
+#[test]
+fn serve_refuses_a_cpu_cgroup_that_is_not_one_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let base = std::fs::read_to_string(&config).unwrap();
+    let dir = tmp.path().join("not-a-cgroup");
+    std::fs::write(&config, format!("cpu_cgroup = {:?}\n{base}", dir.display().to_string())).unwrap();
+    let out = run(weir().args(["serve", "--config", config.to_str().unwrap()]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("cpu_cgroup {}", dir.display())) && err.contains("cpu.shares"), "{err}");
+}

@@ -7,7 +7,9 @@
 //! It runs the release binary (`target/release/weir`, or WEIR_BIN; build it
 //! first with `cargo build --release -p weir-cli`), on `master = "local[2]"` (WEIR_BENCH_SLOTS). Both tenants have
 //! `max_slots` = the pool's size; the neighbour weight 1, the victim
-//! WEIR_BENCH_VICTIM_WEIGHT (default 1).
+//! WEIR_BENCH_VICTIM_WEIGHT (default 1). WEIR_BENCH_CPU_CGROUP names a
+//! cgroup v1 `cpu` directory for the server's `cpu_cgroup` (each tenant's
+//! threads in a cgroup weighted by its weight; unset: none).
 //!
 //! - The victim: WordCount over a `directory` source, one 10 000-line corpus
 //!   file per batch (the `run_wordcount` bench's files: `gen_corpus.py`,
@@ -282,8 +284,10 @@ fn main() {
         )
     };
     let config = tmp.path().join("serve.toml");
+    let cgroup = std::env::var("WEIR_BENCH_CPU_CGROUP").ok().filter(|c| !c.is_empty());
     let text = format!(
-        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local[{slots}]\"\n{}{}",
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"state\"\nmaster = \"local[{slots}]\"\n{}{}{}",
+        cgroup.as_ref().map(|c| format!("cpu_cgroup = {c:?}\n")).unwrap_or_default(),
         tenant("victim", VICTIM, victim_weight),
         tenant("noisy", NOISY, 1)
     );
@@ -307,7 +311,8 @@ fn main() {
     println!(
         "noisy neighbour: weir serve, local[{slots}], victim WordCount {batches} batches of 10000 lines every {interval}, \
          neighbour WordCount 1M words/batch in {partitions} partitions back to back; weights victim {victim_weight}, \
-         neighbour 1; {reps} repetition(s)"
+         neighbour 1; {reps} repetition(s); cpu_cgroup {}",
+        cgroup.as_deref().unwrap_or("none")
     );
     let (mut alone, mut beside) = (Vec::new(), Vec::new());
     for rep in 0..reps {

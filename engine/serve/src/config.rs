@@ -85,6 +85,10 @@ struct ConfigFile {
     /// (`None`: each job's directory in its tenant's root).
     #[serde(default)]
     output_root: Option<String>,
+    /// A cgroup v1 `cpu` directory where each tenant gets a child with its
+    /// weight in `cpu.shares` ([`crate::cpu`]).
+    #[serde(default)]
+    cpu_cgroup: Option<PathBuf>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
 }
@@ -222,6 +226,10 @@ pub struct Config {
     /// state directory; jobs name a `password_file` in their root instead).
     /// Follows reloads (it is checked at submission).
     pub allow_inline_kafka_passwords: bool,
+    /// Where each tenant gets a CPU cgroup weighted by its `weight`, which
+    /// its jobs' driver threads and the pool's threads running its tasks
+    /// join ([`crate::cpu`]); absolute. `None`: no cgroups. Read at start.
+    pub cpu_cgroup: Option<PathBuf>,
     pub tenants: BTreeMap<String, Tenant>,
 }
 
@@ -456,6 +464,14 @@ impl Config {
                     ));
                 }
             }
+            Ok(weir::scheduler::Master::LocalCluster { .. } | weir::scheduler::Master::Cluster { .. })
+                if f.cpu_cgroup.is_some() =>
+            {
+                return Err(err(
+                    "cpu_cgroup",
+                    format!("cpu_cgroup needs master local[N]: master {master:?} runs tasks in executor processes, which the server does not place in its tenants' cgroups"),
+                ));
+            }
             Ok(weir::scheduler::Master::LocalCluster { .. }) => {}
             Ok(weir::scheduler::Master::Cluster { .. }) => {
                 if cluster_secret_file.is_none() || f.cluster_listen.is_none() {
@@ -484,6 +500,7 @@ impl Config {
             storage_check_interval_ms,
             cache_max_bytes: f.cache_max_bytes,
             allow_inline_kafka_passwords: f.allow_inline_kafka_passwords.unwrap_or(false),
+            cpu_cgroup: f.cpu_cgroup.map(|p| base.join(p)),
             tenants,
         })
     }
@@ -586,6 +603,7 @@ impl ConfigWatch {
                 c.locality_wait_ms = w.config.locality_wait_ms;
                 c.tls_cert = w.config.tls_cert.clone();
                 c.tls_key = w.config.tls_key.clone();
+                c.cpu_cgroup = w.config.cpu_cgroup.clone();
                 // The cache bound follows the file (from the next write on;
                 // a removed key falls back to WEIR_CACHE_MAX_BYTES or 2 GiB).
                 weir::udf::cache::set_cache_max_bytes(c.cache_max_bytes.unwrap_or(0));
@@ -732,6 +750,18 @@ mod tests {
         assert!(e.contains("serve.toml:4:"), "a negative wait is refused at its line: {e}");
         let e = parse("master = \"local[2]\"\nlocality_wait_ms = 100\n").unwrap_err().to_string();
         assert!(e.contains("serve.toml:2:") && e.contains("locality_wait_ms needs executor processes"), "{e}");
+    }
+
+    #[test]
+    fn the_cpu_cgroup_is_a_path_for_a_pool_of_threads() {
+        assert_eq!(parse("").unwrap().cpu_cgroup, None);
+        let c = parse("cpu_cgroup = \"/sys/fs/cgroup/cpu/weir\"\n").unwrap();
+        assert_eq!(c.cpu_cgroup.as_deref(), Some(Path::new("/sys/fs/cgroup/cpu/weir")));
+        let c = parse("cpu_cgroup = \"cg\"\n").unwrap();
+        assert_eq!(c.cpu_cgroup.as_deref(), Some(Path::new("/etc/weir/cg")), "relative to serve.toml");
+        let e =
+            parse("master = \"local-cluster[2]\"\ncpu_cgroup = \"/sys/fs/cgroup/cpu/weir\"\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:2:") && e.contains("cpu_cgroup needs master local[N]"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`registry`]: the durable list of jobs and the state directory's lock;
 //! - [`pool`]: the one executor pool every job's tasks run on, shared by
 //!   tenants by weight (deficit round robin);
+//! - [`cpu`]: each tenant's CPU cgroup weighted by its `weight`
+//!   (`cpu_cgroup`), which its driver threads and the pool threads running
+//!   its tasks join;
 //! - [`runner`]: a job's driver on a thread of its own, through the `weir`
 //!   library, with its status and logs;
 //! - [`quota`]: the storage quota of tenants with running jobs, measured
@@ -21,6 +24,7 @@
 
 pub mod api;
 pub mod config;
+pub mod cpu;
 pub mod http;
 pub mod pool;
 pub mod quota;

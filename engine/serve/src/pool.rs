@@ -20,10 +20,11 @@ use serde::Serialize;
 
 use weir::cluster::{ClusterConfig, SharedCluster};
 use weir::executor::block_store::BlockBudget;
-use weir::executor::{PoolTenant, SharedPool};
+use weir::executor::{PoolTenant, SharedPool, ThreadPlacement};
 use weir::scheduler::{ClusterOptions, Master};
 
 use crate::config::Config;
+use crate::cpu::CpuShares;
 use crate::ServeError;
 
 /// Threads, or executor processes.
@@ -42,12 +43,19 @@ pub struct ServePool {
     /// Each tenant's block budget (`block_quota_bytes`), shared by its
     /// jobs; a reload changes the limits in place.
     budgets: Mutex<std::collections::BTreeMap<String, Arc<BlockBudget>>>,
+    /// The tenants' CPU cgroups (`cpu_cgroup`), if the operator set them.
+    cpu: Option<Arc<CpuShares>>,
 }
 
 impl ServePool {
     /// Starts the pool `master` names: its threads, or its executor
     /// processes (not waiting for them to join: tasks queue meanwhile).
     pub fn start(config: &Config) -> Result<ServePool, ServeError> {
+        // (Config refuses `cpu_cgroup` with executor processes.)
+        let cpu = match &config.cpu_cgroup {
+            Some(dir) => Some(Arc::new(CpuShares::open(dir, config)?)),
+            None => None,
+        };
         let fail =
             |e: std::io::Error| ServeError::Io(format!("cannot start the executor pool ({}): {e}", config.master));
         let pool = match config.master.parse::<Master>() {
@@ -55,14 +63,26 @@ impl ServePool {
                 Executors::Processes(start_cluster(config, executors, cores)?)
             }
             Ok(Master::Cluster { .. }) => Executors::Processes(start_cluster(config, 0, 1)?),
-            _ => Executors::Threads(SharedPool::start(config.slots() as usize).map_err(fail)?),
+            _ => {
+                let place = cpu.clone().map(|c| c as Arc<dyn ThreadPlacement>);
+                Executors::Threads(SharedPool::start_placed(config.slots() as usize, place).map_err(fail)?)
+            }
         };
-        let p = ServePool { pool, master: config.master.clone(), applied: Mutex::new(None), budgets: Mutex::default() };
+        let p = ServePool {
+            pool,
+            master: config.master.clone(),
+            applied: Mutex::new(None),
+            budgets: Mutex::default(),
+            cpu,
+        };
         p.set_tenants(config);
         Ok(p)
     }
 
     fn set_tenants(&self, config: &Config) {
+        if let Some(cpu) = &self.cpu {
+            cpu.apply(config);
+        }
         let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
         for t in config.tenants.values() {
             match budgets.get(&t.name) {
@@ -90,6 +110,12 @@ impl ServePool {
         }
         self.set_tenants(config);
         *applied = Some(config.clone());
+    }
+
+    /// Where a job's driver thread goes as it starts (its tenant's CPU
+    /// cgroup), if anywhere.
+    pub fn placement(&self) -> Option<Arc<dyn ThreadPlacement>> {
+        self.cpu.clone().map(|c| c as Arc<dyn ThreadPlacement>)
     }
 
     /// Where a job of `tenant` runs its tasks.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
-use weir::executor::PoolTenant;
+use weir::executor::{PoolTenant, ThreadPlacement};
 use weir::listener::{
     BatchReport, CheckpointEvent, ConsoleProgress, ExecutorEvent, ReceiverError, RecoveryEvent, StreamingListener,
     TaskRetry,
@@ -193,12 +193,17 @@ pub fn spawn(
     runtime: Arc<UdfRuntime>,
     seat: PoolTenant,
     root: Option<PathBuf>,
+    place: Option<Arc<dyn ThreadPlacement>>,
     on_end: impl FnOnce(Outcome) + Send + 'static,
 ) -> std::io::Result<Handle> {
     let shared = JobShared::new(rec);
     let stop = StopSignal::default();
     let (sh, st, rec) = (shared.clone(), stop.clone(), rec.clone());
     let thread = std::thread::Builder::new().name(format!("weir-job-{}", rec.id)).spawn(move || {
+        // First: the threads the job starts are born in the same cgroup.
+        if let Some(p) = place {
+            p.enter(&rec.tenant);
+        }
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run(&rec, runtime, seat, root, sh.clone(), st.clone())
         })) {

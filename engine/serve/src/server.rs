@@ -193,7 +193,8 @@ impl Server {
             Some(t) => t.root.canonicalize().unwrap_or_else(|_| t.root.clone()),
             None => rec.dir.clone(),
         };
-        let handle = runner::spawn(rec, self.runtime.clone(), seat, Some(root), move |o: Outcome| {
+        let place = self.pool.placement();
+        let handle = runner::spawn(rec, self.runtime.clone(), seat, Some(root), place, move |o: Outcome| {
             let Some(s) = me.upgrade() else { return };
             // A server shutting down stops its jobs, but they stay
             // `running` in the registry: the next start resumes them.

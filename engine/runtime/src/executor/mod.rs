@@ -21,7 +21,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 pub use block_store::{Block, BlockStore};
-pub use pool::{Pool, PoolTenant, PooledExecutors, SharedPool};
+pub use pool::{Pool, PoolTenant, PooledExecutors, SharedPool, ThreadPlacement};
 pub use task::{run_task, run_task_guarded, Task, TaskEnv, TaskFailure, TaskKind, TaskOutput, TaskResult};
 
 use crate::udf::ModuleRegistry;

@@ -261,6 +261,8 @@ struct Inner {
     /// Signalled when a task is queued or the pool shuts down.
     wake: Condvar,
     workers: usize,
+    /// Where a worker's thread goes while it runs a tenant's tasks.
+    placement: Option<Arc<dyn ThreadPlacement>>,
 }
 
 impl Inner {
@@ -271,6 +273,19 @@ impl Inner {
     }
 }
 
+/// Where a worker's thread is placed while it runs a tenant's tasks: `weir
+/// serve` puts it in the tenant's CPU cgroup (`cpu_cgroup` of `serve.toml`),
+/// so the kernel shares the cores by tenant weight among everything each
+/// tenant has running, tasks and job drivers alike (the pool's DRR alone
+/// cannot: it hands out slots, and a job's driver-side work takes no slot).
+pub trait ThreadPlacement: Send + Sync {
+    /// Places the calling thread with `tenant`. Called on a worker before
+    /// it runs a task of `tenant` when its last task was another tenant's
+    /// (or it has run none). A failure is the implementation's to report:
+    /// the task runs regardless.
+    fn enter(&self, tenant: &str);
+}
+
 /// N executor threads shared by every job given one of its [`PoolTenant`]s.
 pub struct SharedPool {
     inner: Arc<Inner>,
@@ -279,7 +294,13 @@ pub struct SharedPool {
 impl SharedPool {
     /// Starts `workers` threads (at least one).
     pub fn start(workers: usize) -> std::io::Result<SharedPool> {
-        let pool = SharedPool::idle(workers);
+        SharedPool::start_placed(workers, None)
+    }
+
+    /// [`SharedPool::start`], with each worker placed by `placement` for
+    /// the tenant whose task it runs.
+    pub fn start_placed(workers: usize, placement: Option<Arc<dyn ThreadPlacement>>) -> std::io::Result<SharedPool> {
+        let pool = SharedPool::idle(workers, placement);
         for i in 0..pool.inner.workers {
             let inner = pool.inner.clone();
             std::thread::Builder::new()
@@ -291,13 +312,14 @@ impl SharedPool {
     }
 
     /// The pool's bookkeeping without its threads.
-    fn idle(workers: usize) -> SharedPool {
+    fn idle(workers: usize, placement: Option<Arc<dyn ThreadPlacement>>) -> SharedPool {
         let workers = workers.max(1);
         SharedPool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { drr: Drr::new(workers), jobs: HashMap::new(), next_job: 0, shutdown: false }),
                 wake: Condvar::new(),
                 workers,
+                placement,
             }),
         }
     }
@@ -339,6 +361,8 @@ impl Drop for SharedPool {
 
 /// A worker: takes the next task the scheduler grants, runs it, reports it.
 fn work(inner: &Inner) {
+    // The tenant this thread was last placed for.
+    let mut placed: Option<String> = None;
     loop {
         let (tenant, queued, env) = {
             let mut s = inner.lock();
@@ -356,6 +380,12 @@ fn work(inner: &Inner) {
                 }
             }
         };
+        if let Some(p) = &inner.placement {
+            if placed.as_deref() != Some(tenant.as_str()) {
+                p.enter(&tenant);
+                placed = Some(tenant.clone());
+            }
+        }
         let env_ref = TaskEnv { registry: &env.registry, blocks: &env.blocks, fetch: None, executor: String::new() };
         let result = run_task_guarded(&env_ref, &queued.task);
         inner.lock().drr.done(&tenant);
@@ -695,7 +725,7 @@ mod tests {
     #[test]
     fn dropping_a_jobs_backend_removes_its_queued_tasks_only() {
         // No worker threads: the tasks stay queued.
-        let pool = SharedPool::idle(2);
+        let pool = SharedPool::idle(2, None);
         let registry =
             Arc::new(ModuleRegistry::new(crate::udf::UdfRuntime::shared().expect("engine"), Default::default()));
         let (one, _rx1) = pool.tenant("t").executors(registry.clone(), BlockStore::new()).expect("job one");
