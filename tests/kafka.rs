@@ -618,6 +618,91 @@ fn the_kafka_output_produces_every_record_with_identifying_headers() {
     assert_eq!(got, want);
 }
 
+/// The records of `topic` (the kafka-python client's `consume`), every
+/// one: an end marker is produced to each of its `partitions` first, so
+/// Tansu shows the tail of the last record batch, and the markers are left out.
+fn consume_all(broker: &Broker, topic: &str, partitions: usize) -> Vec<serde_json::Value> {
+    broker.produce(topic, &vec!["end-marker".to_string(); partitions]);
+    let ends: BTreeMap<String, u64> = serde_json::from_str(broker.client(&["ends", topic], "").trim()).unwrap();
+    let total: u64 = ends.values().sum();
+    let consumed = broker.client(&["consume", topic, &total.to_string()], "");
+    consumed
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["value"] != "end-marker")
+        .collect()
+}
+
+#[test]
+fn the_kafka_output_after_sigkills_has_every_record_and_its_headers_drop_the_copies() {
+    let broker = Broker::start();
+    broker.create("in", 1);
+    broker.create("out", 2);
+    broker.produce("in", &lines(43, 120));
+    let tmp = tempfile::tempdir().unwrap();
+    let job = job(tmp.path(), "k", &broker.addr(), "in", "max_rate_per_partition = 10", "counts");
+    let mut body = "parallelism = 3\n".to_string() + &std::fs::read_to_string(&job).unwrap();
+    body += &format!(
+        "[[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"out\"\n",
+        broker.addr()
+    );
+    std::fs::write(&job, body).unwrap();
+    let ckpt = tmp.path().join("ckpt").display().to_string();
+
+    // Killed after a seeded number of progress lines, four times, then run
+    // to the end; the text output (exactly-once) is the reference.
+    let mut rng = Rng(20261203);
+    let mut kills = 0;
+    for run in 0.. {
+        assert!(run < 30, "the job never finished");
+        let mut cmd = weir();
+        cmd.arg("run").arg(&job).args(["--batches", "12", "--checkpoint", &ckpt]);
+        let mut d = Driver::spawn(&mut cmd);
+        if kills < 4 {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..rng.below(5) {
+                d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
+            }
+            d.kill();
+            kills += 1;
+            continue;
+        }
+        let status = d.wait_exit(Duration::from_secs(120), "the last run to finish");
+        assert!(status.success(), "{}", d.log());
+        break;
+    }
+    let files = read_outputs(&tmp.path().join("out-k"), "counts");
+    // (`--batches` counts each run's batches: the last run went on past 12.)
+    assert!(files.len() >= 12, "every batch's text output: {}", files.len());
+    let mut want: Vec<(i64, String)> = files.iter().flat_map(|(t, l)| l.iter().map(|l| (*t, l.clone()))).collect();
+    want.sort();
+    assert!(!want.is_empty());
+
+    // Every record arrived; a re-run batch's copies carry the same
+    // headers and value, so dropping them by (batch time, partition,
+    // sequence) leaves exactly the text output's records.
+    let records = consume_all(&broker, "out", 2);
+    let mut by_id: BTreeMap<(i64, String, String), String> = BTreeMap::new();
+    for r in &records {
+        let h = &r["headers"];
+        let time: i64 = h["weir-batch-time"].as_str().unwrap().parse().unwrap();
+        let id = (time, h["weir-partition"].as_str().unwrap().to_string(), h["weir-seq"].as_str().unwrap().to_string());
+        let value = r["value"].as_str().unwrap().to_string();
+        if let Some(first) = by_id.insert(id.clone(), value.clone()) {
+            assert_eq!(first, value, "a copy of {id:?} with another value");
+        }
+    }
+    let mut got: Vec<(i64, String)> = by_id.into_iter().map(|((t, _, _), v)| (t, v)).collect();
+    got.sort();
+    assert_eq!(got, want, "the kafka output without copies vs the text output");
+    eprintln!(
+        "kafka output: {} records produced for {} distinct ({} copies)",
+        records.len(),
+        want.len(),
+        records.len() - want.len()
+    );
+}
+
 // ------------------------------------------------------- a hostile broker
 //
 // A broker held by the test on 127.0.0.1 that speaks just enough of the

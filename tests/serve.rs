@@ -568,6 +568,41 @@ fn serve_refuses_to_write_through_an_output_directory_swapped_for_a_symlink_whil
     server.kill();
 }
 
+/// The job's checkpoint directory swapped while the job runs for a symlink
+/// to a look-alike in another tenant's root: its checkpoint writes fail,
+/// naming where the link leads, and nothing is written through it; the job
+/// goes on (a failed checkpoint fails no batch).
+#[test]
+fn serve_refuses_to_write_checkpoints_through_a_checkpoint_directory_swapped_for_a_symlink_while_the_job_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, addr, evil_root, acme_root, id) = running_batches_job(tmp.path());
+    // Where the link leads looks like a checkpoint directory, so a write
+    // that followed it would land.
+    let target = acme_root.join("data");
+    for d in ["metadata", "state", "wal"] {
+        std::fs::create_dir_all(target.join(d)).unwrap();
+    }
+    let ckpt = evil_root.join("jobs").join(&id).join("checkpoint");
+    std::fs::rename(&ckpt, evil_root.join("old-checkpoint")).unwrap();
+    std::os::unix::fs::symlink(&target, &ckpt).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let logs = text(&client(&addr, EVIL, &["logs", &id]).stdout);
+        if logs.contains("checkpoint failed") && logs.contains("outside") {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint refused:\n{logs}\nserver:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(logs.contains(&target.canonicalize().unwrap().display().to_string()), "{logs}");
+    acme_goes_on_as(&server, &addr, EVIL, &id);
+    assert!(client(&addr, EVIL, &["stop", &id, "--now"]).status.success());
+    wait_status(&server, &addr, EVIL, &id, 60, |v| v["state"] != "running");
+    let written = tree(&target);
+    assert!(written.is_empty(), "written through the link into acme's root: {:?}", written.keys());
+    server.kill();
+}
+
 #[test]
 fn serve_outputs_match_weir_run_beside_a_hostile_tenant_and_after_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
@@ -982,9 +1017,14 @@ fn serve_holds_a_tenant_to_its_block_quota_and_keeps_the_others_running() {
 
 /// acme's job completes two more batches, none failed, and still runs.
 fn acme_goes_on(server: &Driver, addr: &str, acme_id: &str) {
-    let n = status_json(addr, ACME, acme_id)["progress"]["batches_completed"].as_u64().unwrap_or(0);
+    acme_goes_on_as(server, addr, ACME, acme_id)
+}
+
+/// A running job of the tenant of `token` completes two more batches, none failed.
+fn acme_goes_on_as(server: &Driver, addr: &str, token: &str, id: &str) {
+    let n = status_json(addr, token, id)["progress"]["batches_completed"].as_u64().unwrap_or(0);
     let later =
-        wait_status(server, addr, ACME, acme_id, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(n + 2));
+        wait_status(server, addr, token, id, 120, |v| v["progress"]["batches_completed"].as_u64() >= Some(n + 2));
     assert_eq!(later["state"], "running", "{later}");
     assert_eq!(later["progress"]["batches_failed"].as_u64(), Some(0), "{later}");
 }

@@ -117,6 +117,20 @@ pub fn resolves_outside(root: &Path, full: &Path) -> std::io::Result<Option<(Pat
     }
 }
 
+/// `Err` (permission denied, saying where it leads) when `path` (under
+/// `root`, canonical) leads outside `root` ([`resolves_outside`]): checked
+/// before each write of a confined checkpoint directory, so a directory
+/// swapped for a symlink while the job runs leads no write elsewhere.
+pub fn check_inside(root: &Path, path: &Path) -> std::io::Result<()> {
+    match resolves_outside(root, path)? {
+        None => Ok(()),
+        Some((at, real)) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} leads to {}, outside {}: not written", at.display(), real.display(), root.display()),
+        )),
+    }
+}
+
 /// Checks that `path` is a regular file of at most `limit` bytes, without
 /// opening it.
 pub fn check_regular(path: &Path, limit: u64) -> Result<u64, ReadError> {

@@ -270,11 +270,15 @@ fn run(
     opts.pool = Some(seat);
     // Outputs on object storage are the operator's location, not a path.
     opts.output_root = root.clone().filter(|_| rec.output.is_none());
+    let mut checkpoint = CheckpointOptions::new(rec.checkpoint_dir());
+    // A local checkpoint directory swapped for a symlink while the job
+    // runs leads no checkpoint or log write elsewhere.
+    checkpoint.confine = root.clone().filter(|_| rec.checkpoint.is_none());
     opts.source_root = root;
     opts.clock = job.clock.unwrap_or(Clock::Wall);
     opts.stop = stop.clone();
     opts.listeners.push(Arc::new(JobListener(shared.clone())));
-    opts.checkpoint = Some(CheckpointOptions::new(rec.checkpoint_dir()));
+    opts.checkpoint = Some(checkpoint);
     shared.log(format!("job {}: starting on the shared executor pool (tenant {})", rec.id, rec.tenant));
     match job.context.run(opts) {
         Err(e) => failed(e.to_string()),

@@ -361,6 +361,9 @@ pub struct CheckpointDir {
     root: PathBuf,
     store: Arc<dyn CheckpointStore>,
     remote: bool,
+    /// A local directory's files only inside this directory
+    /// ([`crate::scheduler::CheckpointOptions::confine`]).
+    confine: Option<PathBuf>,
     _guard: Guard,
     fence: Arc<fence::Fence>,
     writer: Sender<WriteJob>,
@@ -374,6 +377,8 @@ pub struct CheckpointDir {
 struct Writer {
     /// Where receivers' write-ahead logs are (local directories only).
     wal_root: Option<PathBuf>,
+    /// Old log segments are deleted only while `wal_root` is inside this.
+    confine: Option<PathBuf>,
     /// Every write is a commit through this driver's fence: none once
     /// another driver has taken the location over.
     fence: Arc<fence::Fence>,
@@ -465,8 +470,13 @@ impl Writer {
         }
         // Deleting is a commit too: a driver taken over since its write above
         // deletes nothing (its view of what to keep is stale).
-        let (store, wal_root, kept, keep, known) =
-            (&*self.store, self.wal_root.as_deref(), &self.kept, self.keep, &mut self.known);
+        // A log directory that leads out of the root (swapped for a link)
+        // has nothing of this job's to delete.
+        let wal_root = self.wal_root.as_deref().filter(|w| match &self.confine {
+            Some(root) => crate::files::check_inside(root, w).is_ok(),
+            None => true,
+        });
+        let (store, kept, keep, known) = (&*self.store, &self.kept, self.keep, &mut self.known);
         let gc = self.fence.commit(|| gc::collect_garbage(store, wal_root, kept, keep, known));
         let Ok(oldest) = gc else { return Ok(bytes) };
         // Forget what garbage collection deleted (older than any kept checkpoint names).
@@ -673,6 +683,11 @@ pub fn read_state_in(store: &dyn CheckpointStore, r: &StateRef) -> Result<Vec<Ve
     decode_bounded(&payload).map_err(|e| format!("{}: undecodable state: {e}", store.locate(&name).display()))
 }
 
+/// What a local checkpoint directory has that an object store has not.
+struct Local {
+    confine: Option<PathBuf>,
+}
+
 impl CheckpointDir {
     /// Opens the checkpoint location of `c` — a local directory (`file://`
     /// URLs too) or an object-store URL — clearing it first with `fresh`.
@@ -683,7 +698,8 @@ impl CheckpointDir {
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
         let Some(url) = object_store_url(&c.dir) else {
-            return CheckpointDir::open_local(&local_path(&c.dir), c.keep, c.lease_ttl, bounds, c.fresh);
+            let confine = c.confine.clone();
+            return CheckpointDir::open_local(&local_path(&c.dir), c.keep, c.lease_ttl, bounds, c.fresh, confine);
         };
         #[cfg(feature = "object-store")]
         {
@@ -703,7 +719,7 @@ impl CheckpointDir {
             }
             let fence = Arc::new(lease.fence());
             tracing::info!("checkpoint location {url}: driver epoch {}", fence.epoch());
-            CheckpointDir::start(PathBuf::from(&url), store, true, Guard::Lease(lease), fence, c.keep)
+            CheckpointDir::start(PathBuf::from(&url), store, None, Guard::Lease(lease), fence, c.keep)
         }
         #[cfg(not(feature = "object-store"))]
         {
@@ -738,7 +754,7 @@ impl CheckpointDir {
         ttl: std::time::Duration,
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
-        CheckpointDir::open_local(root, keep, ttl, bounds, false)
+        CheckpointDir::open_local(root, keep, ttl, bounds, false, None)
     }
 
     /// [`CheckpointDir::open_bounded`], its checkpoints cleared first with
@@ -751,6 +767,7 @@ impl CheckpointDir {
         ttl: std::time::Duration,
         bounds: CheckpointBounds,
         fresh: bool,
+        confine: Option<PathBuf>,
     ) -> Result<(Self, Recovered), CheckpointError> {
         // Absolute, because the lineage hands this path to executors to
         // read data checkpoints from, and an executor process (on another
@@ -788,15 +805,17 @@ impl CheckpointDir {
         let epoch = lease.epoch();
         tracing::info!("checkpoint directory {}: driver epoch {epoch}", root.display());
         let fence = Arc::new(fence::Fence::new(epoch, root.display().to_string(), Box::new(lease.clone())));
-        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::with_bounds(root, bounds));
-        CheckpointDir::start(root.to_path_buf(), store, false, Guard::Flock(lock, lease), fence, keep)
+        let store: Arc<dyn CheckpointStore> = Arc::new(LocalDir::with_bounds(root, bounds).confined(confine.clone()));
+        let local = Some(Local { confine });
+        CheckpointDir::start(root.to_path_buf(), store, local, Guard::Flock(lock, lease), fence, keep)
     }
 
-    /// Reads the newest checkpoint of a held location and starts the writer.
+    /// Reads the newest checkpoint of a held location and starts the writer
+    /// (`local`: `None` for an object store).
     fn start(
         root: PathBuf,
         store: Arc<dyn CheckpointStore>,
-        remote: bool,
+        local: Option<Local>,
         guard: Guard,
         fence: Arc<fence::Fence>,
         keep: usize,
@@ -822,8 +841,11 @@ impl CheckpointDir {
         let durable_state = Arc::new(Mutex::new(durable));
         let (tx, rx) = channel::<WriteJob>();
         let listeners: Arc<OnceLock<ListenerBus>> = Arc::default();
+        let remote = local.is_none();
+        let confine = local.and_then(|l| l.confine);
         let mut writer = Writer {
             wal_root: (!remote).then(|| wal_dir(&root)),
+            confine: confine.clone(),
             fence: fence.clone(),
             store: store.clone(),
             stats: stats.clone(),
@@ -842,8 +864,18 @@ impl CheckpointDir {
                 }
             })
             .map_err(|source| CheckpointError::Io { dir: PathBuf::new(), source })?;
-        let dir =
-            CheckpointDir { root, store, remote, _guard: guard, fence, writer: tx, stats, durable_state, listeners };
+        let dir = CheckpointDir {
+            root,
+            store,
+            remote,
+            confine,
+            _guard: guard,
+            fence,
+            writer: tx,
+            stats,
+            durable_state,
+            listeners,
+        };
         Ok((dir, recovered))
     }
 
@@ -865,6 +897,11 @@ impl CheckpointDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The directory this local checkpoint's files must stay inside, if any.
+    pub fn confine(&self) -> Option<&Path> {
+        self.confine.as_deref()
     }
 
     /// Listeners told of every checkpoint written or failed (set once).
@@ -1310,7 +1347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_root = wal_dir(dir.path());
         for source in 0..2 {
-            let mut w = wal::WalWriter::with_segment_bytes(&wal_root, source, 1).unwrap();
+            let mut w = wal::WalWriter::with_segment_bytes(&wal_root, source, 1, None).unwrap();
             for i in 0..6 {
                 w.append(&[format!("line {i}")]).unwrap();
             }

@@ -53,6 +53,9 @@ pub trait CheckpointStore: Send + Sync {
 pub struct LocalDir {
     root: PathBuf,
     bounds: CheckpointBounds,
+    /// Files are read, written and deleted only where their real path is
+    /// inside this directory (`weir serve`: the tenant's root).
+    confine: Option<PathBuf>,
 }
 
 impl LocalDir {
@@ -63,7 +66,22 @@ impl LocalDir {
 
     /// The directory `root`, its files read and written under `bounds`.
     pub fn with_bounds(root: impl Into<PathBuf>, bounds: CheckpointBounds) -> Self {
-        LocalDir { root: root.into(), bounds }
+        LocalDir { root: root.into(), bounds, confine: None }
+    }
+
+    /// This directory, its files read, written and deleted only where
+    /// their real path (symlinks followed, checked at each) is inside
+    /// `root` (canonical); elsewhere the operation fails.
+    pub fn confined(mut self, root: Option<PathBuf>) -> Self {
+        self.confine = root;
+        self
+    }
+
+    fn check(&self, path: &Path) -> std::io::Result<()> {
+        match &self.confine {
+            Some(root) => crate::files::check_inside(root, path),
+            None => Ok(()),
+        }
     }
 }
 
@@ -169,7 +187,13 @@ impl CheckpointStore for LocalDir {
         // This process's own temporary name: a driver fenced in the middle
         // of a write must not truncate a newer driver's file of that name.
         let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
-        let mut f = std::fs::File::create(&tmp)?;
+        self.check(&dir)?;
+        // Made new (O_EXCL): a symlink left at the temporary name is not
+        // followed, it is removed (a leftover of this pid, or planted).
+        if std::fs::symlink_metadata(&tmp).is_ok() {
+            std::fs::remove_file(&tmp)?;
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         if crash_injection_due() {
             // Die with half a file written: what a power cut or SIGKILL leaves.
             let _ = f.write_all(&bytes[..bytes.len() / 2]);
@@ -187,6 +211,7 @@ impl CheckpointStore for LocalDir {
         // length is checked first, on the open handle, and the read is cut
         // one byte past the bound in case the file grows meanwhile.
         let (limit, setting) = self.bounds.max_file_bytes(name);
+        self.check(&self.root.join(name))?;
         let f = std::fs::File::open(self.root.join(name))?;
         let meta = f.metadata()?;
         if !meta.is_file() {
@@ -206,6 +231,7 @@ impl CheckpointStore for LocalDir {
         Ok(out)
     }
     fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        self.check(&self.root.join(dir))?;
         let mut v: Vec<String> = std::fs::read_dir(self.root.join(dir))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -215,7 +241,10 @@ impl CheckpointStore for LocalDir {
         Ok(v)
     }
     fn delete(&self, name: &str) -> std::io::Result<()> {
-        std::fs::remove_file(self.root.join(name))
+        // (`remove_file` never follows a link: the directory is what counts.)
+        let path = self.root.join(name);
+        self.check(path.parent().unwrap_or(&self.root))?;
+        std::fs::remove_file(path)
     }
     fn locate(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -242,5 +271,44 @@ mod tests {
         assert!(synced::take().is_empty(), "nothing created, nothing synced");
         std::fs::write(tmp.path().join("file"), b"").unwrap();
         assert!(create_dir_all_durable(&tmp.path().join("file/x")).is_err(), "a file in the way is an error");
+    }
+
+    #[test]
+    fn a_confined_directory_writes_reads_and_deletes_nothing_through_a_link_out_of_its_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(root.join("ckpt/metadata")).unwrap();
+        std::fs::create_dir_all(other.join("metadata")).unwrap();
+        let root = root.canonicalize().unwrap();
+        let dir = LocalDir::new(root.join("ckpt")).confined(Some(root.clone()));
+        dir.put("metadata/a", b"inside").unwrap();
+        assert_eq!(dir.get("metadata/a").unwrap(), b"inside");
+
+        // A file of the directory swapped for a link to another's file.
+        std::fs::write(other.join("secret"), b"secret").unwrap();
+        std::fs::remove_file(root.join("ckpt/metadata/a")).unwrap();
+        std::os::unix::fs::symlink(other.join("secret"), root.join("ckpt/metadata/a")).unwrap();
+        let e = dir.get("metadata/a").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        // A link planted at the temporary name is not followed.
+        let tmp_name = root.join(format!("ckpt/metadata/.b.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(other.join("secret"), &tmp_name).unwrap();
+        dir.put("metadata/b", b"mine").unwrap();
+        assert_eq!(std::fs::read(other.join("secret")).unwrap(), b"secret");
+
+        // The directory itself swapped for a link: nothing goes through it.
+        std::fs::rename(root.join("ckpt/metadata"), root.join("old")).unwrap();
+        std::os::unix::fs::symlink(other.join("metadata"), root.join("ckpt/metadata")).unwrap();
+        let e = dir.put("metadata/c", b"leak").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("outside") && e.to_string().contains("other"), "{e}");
+        assert!(dir.list("metadata").is_err());
+        std::fs::write(other.join("metadata/d"), b"theirs").unwrap();
+        assert!(dir.delete("metadata/d").is_err());
+        assert_eq!(std::fs::read_dir(other.join("metadata")).unwrap().count(), 1, "only their own file");
+        // Unconfined, the same directory follows the link (what `weir run` does with a user's own links).
+        LocalDir::new(root.join("ckpt")).put("metadata/e", b"x").unwrap();
+        assert!(other.join("metadata/e").exists());
     }
 }

@@ -118,17 +118,36 @@ pub struct WalWriter {
     torn: bool,
     /// Roll over to a new segment past this size.
     segment_bytes: u64,
+    /// New segments only where the log's directory really is inside this
+    /// directory (`weir serve`: the tenant's root).
+    confine: Option<PathBuf>,
 }
 
 impl WalWriter {
     /// Opens the next segment after the existing ones.
     pub fn create(dir: &Path, source: u32) -> std::io::Result<Self> {
-        Self::with_segment_bytes(dir, source, segment_bytes())
+        Self::with_segment_bytes(dir, source, segment_bytes(), None)
+    }
+
+    /// As [`WalWriter::create`], making segments only while `dir`'s real
+    /// path (symlinks followed, checked at each new segment) is inside
+    /// `root` (canonical): otherwise the creation, or the append that would
+    /// roll over, fails.
+    pub fn create_confined(dir: &Path, source: u32, root: Option<PathBuf>) -> std::io::Result<Self> {
+        Self::with_segment_bytes(dir, source, segment_bytes(), root)
     }
 
     /// As [`WalWriter::create`], rolling over to a new segment once an
     /// append would take one past `segment_bytes`.
-    pub fn with_segment_bytes(dir: &Path, source: u32, segment_bytes: u64) -> std::io::Result<Self> {
+    pub fn with_segment_bytes(
+        dir: &Path,
+        source: u32,
+        segment_bytes: u64,
+        confine: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        if let Some(root) = &confine {
+            crate::files::check_inside(root, dir)?;
+        }
         super::store::create_dir_all_durable(dir)?;
         let seq = segments(dir, source).last().map(|s| s + 1).unwrap_or(0);
         let file = open_new(dir, source, seq)?;
@@ -140,6 +159,7 @@ impl WalWriter {
             offset: 0,
             torn: false,
             segment_bytes: segment_bytes.max(1),
+            confine,
         })
     }
 
@@ -148,6 +168,11 @@ impl WalWriter {
     fn roll_over(&mut self) -> std::io::Result<()> {
         let seq = self.seq + 1;
         let path = segment_path(&self.dir, self.source, seq);
+        if let Some(root) = &self.confine {
+            // The segment's own path too: a link planted at its name
+            // would be followed by the open below.
+            crate::files::check_inside(root, &path)?;
+        }
         // Only this writer makes segment `seq` (the checkpoint lock): one
         // there already is from an earlier attempt that failed after the
         // create, and is taken if it is still empty.
@@ -363,7 +388,7 @@ mod tests {
     #[test]
     fn a_range_of_a_big_segment_reads_only_its_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, u64::MAX).unwrap();
+        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, u64::MAX, None).unwrap();
         // About 4 MiB before and after the range.
         let filler: Vec<String> = (0..4096).map(|i| format!("{i:01000}")).collect();
         w.append(&filler).unwrap();
@@ -497,7 +522,7 @@ mod tests {
     #[test]
     fn segments_roll_over_and_an_append_stays_in_one_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, 1000).unwrap();
+        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, 1000, None).unwrap();
         let mut all = Vec::new();
         let mut appended = Vec::new();
         for i in 0..40 {
@@ -531,7 +556,7 @@ mod tests {
     #[test]
     fn a_roll_over_retried_after_a_failure_takes_the_empty_segment_it_made() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, 100).unwrap();
+        let mut w = WalWriter::with_segment_bytes(dir.path(), 0, 100, None).unwrap();
         let a = lines("a", 4);
         w.append(&a).unwrap();
         // As if a first attempt created segment 1 and then failed.
@@ -545,5 +570,24 @@ mod tests {
         let e = w.append(&lines("c", 4)).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
         assert_eq!(w.seq, 1);
+    }
+
+    #[test]
+    fn a_confined_log_makes_no_segment_through_a_link_out_of_its_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(root.join("wal")).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let root = root.canonicalize().unwrap();
+        let mut w = WalWriter::with_segment_bytes(&root.join("wal"), 0, 10, Some(root.clone())).unwrap();
+        w.append(&["first line".to_string()]).unwrap();
+        // The directory swapped for a link: the append that would roll over fails.
+        std::fs::rename(root.join("wal"), root.join("old-wal")).unwrap();
+        std::os::unix::fs::symlink(&other, root.join("wal")).unwrap();
+        let e = w.append(&["second line".to_string()]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+        assert!(WalWriter::create_confined(&root.join("wal"), 1, Some(root.clone())).is_err());
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0, "no segment made through the link");
     }
 }

@@ -198,6 +198,13 @@ pub struct CheckpointOptions {
     /// (renewed every third of it; a second driver waits this long before
     /// taking over a lease nobody renews). Default 30 s.
     pub lease_ttl: Duration,
+    /// A local directory's files (checkpoints, write-ahead logs) are
+    /// written, read and deleted only while their real path (symlinks
+    /// followed, checked at each) is inside this directory (canonical);
+    /// elsewhere the operation fails like a write to a full disk, and
+    /// nothing is written through the link. `weir serve` sets it to the
+    /// tenant's root.
+    pub confine: Option<PathBuf>,
 }
 
 impl CheckpointOptions {
@@ -209,6 +216,7 @@ impl CheckpointOptions {
             accept_module_change: false,
             accept_job_change: false,
             lease_ttl: Duration::from_secs(30),
+            confine: None,
         }
     }
 }

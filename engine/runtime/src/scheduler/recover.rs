@@ -97,7 +97,11 @@ pub(super) fn open_sources(
                 ))));
             }
         }
-        let wal = ckpt.map(|c| (checkpoint::wal_dir(c.root()), i as u32));
+        let wal = ckpt.map(|c| source::WalAt {
+            dir: checkpoint::wal_dir(c.root()),
+            source: i as u32,
+            confine: c.confine().map(Path::to_path_buf),
+        });
         sources.push(source::open(s, &job.base_dir, wal, listeners, job.graph.batch_interval_ms)?);
     }
     Ok(sources)

@@ -154,15 +154,26 @@ fn split_or_refuse(batch: Vec<u8>, n: u32, time: i64) -> Result<Vec<Vec<u8>>, So
     split_batch(batch, n).map_err(|e| SourceError::Custom(format!("a malformed batch at {time} ms: {e}")))
 }
 
+/// Where a receiver keeps its write-ahead log.
+#[derive(Debug, Clone)]
+pub struct WalAt {
+    /// The checkpoint's WAL directory.
+    pub dir: PathBuf,
+    /// The source's index in the job.
+    pub source: u32,
+    /// The log is written and read only while `dir`'s real path (symlinks
+    /// followed) is inside this directory (`weir serve`: the tenant's root).
+    pub confine: Option<PathBuf>,
+}
+
 /// Starts the source a spec describes. `base` resolves relative paths;
-/// `wal` is the checkpoint's WAL directory and the source's index, for
-/// receivers.
+/// `wal` is where a receiver logs what it receives.
 /// `listeners` hear of receiver errors. `batch_interval_ms` turns per-second
 /// rate limits into per-batch ones.
 pub fn open(
     spec: &SourceSpec,
     base: &Path,
-    wal: Option<(PathBuf, u32)>,
+    wal: Option<WalAt>,
     listeners: &ListenerBus,
     batch_interval_ms: i64,
 ) -> Result<Box<dyn Source>, SourceError> {
@@ -197,7 +208,7 @@ pub fn open(
                 max_files: max_files_per_batch.map_or(usize::MAX, |n| n as usize),
             },
             listeners.clone(),
-            wal.as_ref().map_or(0, |(_, i)| *i),
+            wal.as_ref().map_or(0, |w| w.source),
         )),
         SourceSpec::Batches { path } => Box::new(QueueSource::new(read_batches_file(&base.join(path))?)),
         SourceSpec::Generator { lines_per_batch, words_per_line, vocabulary, seed, batches } => {

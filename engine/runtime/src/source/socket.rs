@@ -20,7 +20,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -139,7 +138,7 @@ type Shared = Arc<(Mutex<Received>, Condvar)>;
 pub(super) struct SocketSource {
     buffer: Shared,
     stop: Arc<AtomicBool>,
-    wal: Option<(PathBuf, u32)>,
+    wal: Option<super::WalAt>,
     /// Everything before this has been given to a batch.
     allocated: Option<WalPosition>,
     /// The first log segment this run writes (later ones, rolled over to,
@@ -155,17 +154,18 @@ impl SocketSource {
         host: String,
         port: u16,
         policy: LinePolicy,
-        wal: Option<(PathBuf, u32)>,
+        wal: Option<super::WalAt>,
         bus: ListenerBus,
         batch_interval_ms: i64,
     ) -> Result<Self, SourceError> {
-        let index = wal.as_ref().map_or(0, |(_, i)| *i);
+        let index = wal.as_ref().map_or(0, |w| w.source);
         let buffer: Shared = Arc::new((Mutex::new(Received::default()), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let writer = match &wal {
-            Some((dir, source)) => {
-                Some(WalWriter::create(dir, *source).map_err(|e| SourceError::Io { path: dir.clone(), source: e })?)
-            }
+            Some(w) => Some(
+                WalWriter::create_confined(&w.dir, w.source, w.confine.clone())
+                    .map_err(|e| SourceError::Io { path: w.dir.clone(), source: e })?,
+            ),
             None => None,
         };
         let allocated = writer.as_ref().map(|w| WalPosition { seq: w.seq, offset: 0 });
@@ -564,7 +564,8 @@ impl Source for SocketSource {
     /// The write-ahead log's segments of this source on disk (a listing and
     /// a `stat` per segment, once a batch; only with a checkpoint directory).
     fn details(&self) -> Option<crate::listener::SourceDetails> {
-        let (dir, source) = self.wal.as_ref()?;
+        let w = self.wal.as_ref()?;
+        let (dir, source) = (&w.dir, &w.source);
         let (mut bytes, mut files) = (0u64, 0u64);
         for seq in wal::segments(dir, *source) {
             // A segment removed meanwhile (pruned after a checkpoint) is
@@ -602,10 +603,11 @@ impl Source for SocketSource {
     }
     fn replay(&self, _time: i64, d: &InputDescriptor) -> Result<Vec<u8>, SourceError> {
         match (d, &self.wal) {
-            (InputDescriptor::Wal(ranges), Some((dir, source))) => {
+            (InputDescriptor::Wal(ranges), Some(w)) => {
+                confined(w)?;
                 let mut lines = Vec::new();
                 for r in ranges {
-                    lines.extend(wal::read_range(dir, *source, r)?);
+                    lines.extend(wal::read_range(&w.dir, w.source, r)?);
                 }
                 Ok(lines_batch(lines.iter().map(|s| s.as_str())))
             }
@@ -621,7 +623,9 @@ impl Source for SocketSource {
         }
     }
     fn restore(&mut self, c: &SourceCursor) -> Result<(), SourceError> {
-        let (SourceCursor::Wal(from), Some((dir, source))) = (c, &self.wal) else { return Ok(()) };
+        let (SourceCursor::Wal(from), Some(w)) = (c, &self.wal) else { return Ok(()) };
+        confined(w)?;
+        let (dir, source) = (&w.dir, &w.source);
         // Received before the crash but not yet in a batch: the next batch takes it.
         // Only earlier runs' segments: what this run's receiver has already
         // logged in its own segments (this run's first one, and those it
@@ -650,6 +654,17 @@ impl Drop for SocketSource {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.buffer.1.notify_all();
+    }
+}
+
+/// Refuses to read a log whose directory leads out of its root (a
+/// directory swapped for a symlink to someone else's files).
+fn confined(w: &super::WalAt) -> Result<(), SourceError> {
+    match &w.confine {
+        Some(root) => {
+            crate::files::check_inside(root, &w.dir).map_err(|e| SourceError::Io { path: w.dir.clone(), source: e })
+        }
+        None => Ok(()),
     }
 }
 
