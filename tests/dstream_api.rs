@@ -337,6 +337,8 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         intersection = \"nums.intersection(other)\"\n\
         taken = 'nums.transform(\"rdd.take(3)\")'\n\
         top = \"nums.top(2)\"\n\
+        top_by = \"words.top(3, ops.first_char)\"\n\
+        top_by_in = 'words.transform(\"rdd.top(1, ops.first_char)\")'\n\
         zipped = \"words.zip_with_index()\"\n\
         cartesian = \"nums.take(2).cartesian(other)\"\n\
         coalesced = \"nums.coalesce(1).glom()\"\n\
@@ -351,6 +353,8 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         "intersection",
         "taken",
         "top",
+        "top_by",
+        "top_by_in",
         "zipped",
         "cartesian",
         "coalesced",
@@ -399,6 +403,10 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
     // Partitions in order: [1, 2, 3] and [4, 2, 3].
     assert_eq!(exact("taken"), vec![lines(&["1", "2", "3"]), lines(&["5", "5", "6"]), none.clone()]);
     assert_eq!(exact("top"), vec![lines(&["4", "3"]), lines(&["6", "5"]), none.clone()]);
+    // Greatest first character first; apple and avocado tie on it and come
+    // in their own order, greatest first (RDDSuite "top with custom ordering").
+    assert_eq!(exact("top_by"), vec![lines(&["cherry", "banana", "avocado"]), lines(&["x"]), none.clone()]);
+    assert_eq!(exact("top_by_in"), vec![lines(&["cherry"]), lines(&["x"]), none.clone()]);
     assert_eq!(
         exact("zipped"),
         vec![lines(&["(banana,0)", "(apple,1)", "(cherry,2)", "(avocado,3)"]), lines(&["(x,0)"]), none.clone()]

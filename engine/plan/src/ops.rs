@@ -342,7 +342,7 @@ pub static OPERATIONS: &[OpSpec] = &[
     op(Op::Intersection, "intersection", &[OTHER], "the records in both streams, each once (a shuffle)"),
     op(Op::Sample, "sample", &[req("fraction", ParamKind::Fraction), req("seed", ParamKind::Seed)], "each record with probability `fraction` (without replacement), decided by a hash of `seed`, the batch time, the record and its position: the same every run"),
     op(Op::Take, "take", &[req("n", ParamKind::Records)], "the first `n` records (partitions in order), in one partition"),
-    op(Op::Top, "top", &[req("n", ParamKind::Records)], "the `n` greatest records in the value order, greatest first, in one partition"),
+    op(Op::Top, "top", &[req("n", ParamKind::Records), opt("f", ParamKind::Udf(UdfKind::KeyBy))], "the `n` greatest records in the value order, greatest first, in one partition; with `f` (kind `key_by`, as `sort_by`'s), the `n` records whose `f(x)` is greatest, records with equal `f(x)` in their own value order, greatest first (Spark's `top(n)(ordering)`; the tie rule makes the result independent of partitioning)"),
     op(Op::ZipWithIndex, "zip_with_index", &[], "`(x, i)`, `i` the record's position in the batch from 0, in one partition"),
     op(Op::Cartesian, "cartesian", &[OTHER], "`(x, y)` for every record `x` here and `y` there"),
     op(Op::Coalesce, "coalesce", &[req("n", ParamKind::Count)], "at most `n` partitions, neighbours merged in order (no shuffle)"),

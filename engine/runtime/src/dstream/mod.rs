@@ -664,6 +664,16 @@ impl DStream {
         Self::check_take(n, "top")?;
         self.shuffle(&[], Aggregation::Top(n), Some(1), format!("top({n})"))
     }
+    /// The `n` records of each batch whose `f(x)` is greatest, greatest
+    /// first, in one partition (Spark's `top(n)(ordering)` with an ordering
+    /// on `f(x)`). Records with equal `f(x)` come in their own value order,
+    /// so the result does not depend on partitioning.
+    pub fn top_by(&self, n: u64, f: &Udf) -> R {
+        Self::check_take(n, "top")?;
+        self.key_by(f)?
+            .shuffle(&[], Aggregation::Top(n), Some(1), format!("top({n}, {})", f.label()))?
+            .narrow(NarrowOp::Values, "values".into())
+    }
     /// `(x, i)`, `i` the position of `x` in its batch from 0 (Spark's
     /// zipWithIndex), gathered into one partition.
     pub fn zip_with_index(&self) -> R {

@@ -108,6 +108,8 @@ impl BatchRdd {
         take(n: u64);
         /// See [`DStream::top`].
         top(n: u64);
+        /// See [`DStream::top_by`].
+        top_by(n: u64, f: &Udf);
         /// See [`DStream::zip_with_index`].
         zip_with_index();
     }

@@ -1619,6 +1619,12 @@ fn take_and_top() {
     assert_eq!(out, every_second(vec![ints(&[9, 6, 5]), vec![], ints(&[7])]));
     let out = run1(vec![strs(&["b", "a", "d", "c", "a"])], |_, src| src.top(10));
     assert_eq!(out, every_second(vec![strs(&["d", "c", "b", "a", "a"])]));
+    // RDDSuite "top with custom ordering": by f(x), ties in the value order.
+    let words = vec![strs(&["banana", "apple", "cherry", "avocado"])];
+    let out = run1(words.clone(), |ssc, src| src.top_by(3, &testops(ssc).udf("first_char")));
+    assert_eq!(out, every_second(vec![strs(&["cherry", "banana", "avocado"])]));
+    let out = run1(words, |ssc, src| src.top_by(10, &testops(ssc).udf("first_char")));
+    assert_eq!(out, every_second(vec![strs(&["cherry", "banana", "avocado", "apple"])]));
     let ssc = ctx();
     let src = ssc.queue_stream(vec![]);
     assert!(matches!(src.take(1_000_001), Err(EngineError::Graph(_))));
