@@ -232,7 +232,7 @@ fn dataset_errors_name_the_file_and_line() {
     // An unknown name in a transform: the valid ones, with their lines.
     check(
         job("out = 'events.transform(\"rdd.join(usres)\")'", users),
-        &["job.toml:11:", "no dataset named \"usres\"", "users (line 3), zones (line 4)"],
+        &["job.toml:11:", "no dataset, source or stream named \"usres\"", "users (line 3), zones (line 4)"],
     );
     check(job("out = \"events.map(ops.lookup(usres))\"", users), &["job.toml:11:", "`usres`", "users (line 3)"]);
     // A dataset outside a transform is refused, saying where it goes.

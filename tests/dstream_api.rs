@@ -339,6 +339,7 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         top = \"nums.top(2)\"\n\
         top_by = \"words.top(3, ops.first_char)\"\n\
         top_by_in = 'words.transform(\"rdd.top(1, ops.first_char)\")'\n\
+        several = 'nums.transform(\"rdd.subtract(other).union(other)\")'\n\
         zipped = \"words.zip_with_index()\"\n\
         cartesian = \"nums.take(2).cartesian(other)\"\n\
         coalesced = \"nums.coalesce(1).glom()\"\n\
@@ -355,6 +356,7 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
         "top",
         "top_by",
         "top_by_in",
+        "several",
         "zipped",
         "cartesian",
         "coalesced",
@@ -407,6 +409,8 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
     // in their own order, greatest first (RDDSuite "top with custom ordering").
     assert_eq!(exact("top_by"), vec![lines(&["cherry", "banana", "avocado"]), lines(&["x"]), none.clone()]);
     assert_eq!(exact("top_by_in"), vec![lines(&["cherry"]), lines(&["x"]), none.clone()]);
+    // A transform naming another stream (Spark's context-level transform).
+    assert_eq!(unordered("several"), vec![lines(&["1", "2", "3", "4"]), lines(&["5", "5", "6"]), lines(&["1"])]);
     assert_eq!(
         exact("zipped"),
         vec![lines(&["(banana,0)", "(apple,1)", "(cherry,2)", "(avocado,3)"]), lines(&["(x,0)"]), none.clone()]

@@ -1207,7 +1207,7 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                         )))
                     }
                 },
-                (ParamKind::Stream, Some(Arg::Name(n))) => match &self.in_transform {
+                (ParamKind::Stream, Some(Arg::Name(n))) => match self.in_transform.clone() {
                     None if self.datasets.contains_key(n) && !self.file.streams.contains_key(n) => {
                         return Err(what(format!(
                             "{n:?} is a dataset: name it inside a transform expression, \
@@ -1215,16 +1215,30 @@ impl<E: Fn(Option<std::ops::Range<usize>>, String) -> JobFileError> Builder<'_, 
                         )))
                     }
                     None => Val::Stream(self.resolve(n, span.clone())?),
-                    Some(Some(o)) if n == "other" => Val::Stream(o.clone()),
+                    Some(Some(o)) if n == "other" => Val::Stream(o),
                     Some(other) => match self.datasets.get(n) {
                         Some(d) => Val::Stream(s.dataset_rdd(d)?),
+                        // Another stream's RDD of the same batch: a transform
+                        // over several streams (Spark's context-level
+                        // `transform`).
+                        None if self.file.sources.contains_key(n) || self.file.streams.contains_key(n) => {
+                            // (Resolved as outside the expression: the
+                            // stream may itself be a transform.)
+                            self.in_transform = None;
+                            let resolved = self.resolve(n, span.clone());
+                            self.in_transform = Some(other);
+                            Val::Stream(resolved?)
+                        }
                         None => {
                             let valid = self.dataset_list();
                             let o = if other.is_some() { "; `other` is transform_with's stream" } else { "" };
+                            let mut streams: Vec<&str> =
+                                self.file.sources.keys().chain(self.file.streams.keys()).map(|k| k.as_str()).collect();
+                            streams.sort_unstable();
                             return Err(what(format!(
-                                "no dataset named {n:?} (datasets: {valid}{o}); inside a transform expression \
-                                 only datasets{} name RDDs",
-                                if other.is_some() { " and `other`" } else { "" }
+                                "no dataset, source or stream named {n:?} (datasets: {valid}{o}; sources and \
+                                 streams: {})",
+                                streams.join(", ")
                             )));
                         }
                     },
@@ -1764,10 +1778,16 @@ mod tests {
             STREAMS_LINE,
             &["does not act on one batch's RDD"],
         );
+        // Other streams' RDDs of the batch (a transform over several streams).
+        assert_eq!(
+            ops_of("x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(x).subtract(lines)\")'"),
+            ops_of("x = \"lines.map(stub.map)\"\nout = \"lines.union(x).subtract(lines)\"")
+        );
         assert_error(
-            "x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(x)\")'",
+            "x = \"lines.map(stub.map)\"\nout = 'lines.transform(\"rdd.union(y)\")'",
             STREAMS_LINE + 1,
-            &["no dataset named \"x\" (datasets: none: declare one under [datasets])"],
+            &["no dataset, source or stream named \"y\" (datasets: none: declare one under [datasets]; sources and \
+               streams: lines, out, x)"],
         );
         assert_error("out = 'lines.transform(\"lines.distinct()\")'", STREAMS_LINE, &["starts from `rdd`"]);
         assert_error(

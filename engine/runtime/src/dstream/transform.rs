@@ -14,7 +14,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::{DStream, Udf, R};
+use super::{DStream, StreamingContext, Udf, R};
 use crate::EngineError;
 
 /// Each batch's RDD inside [`DStream::transform`]: its methods are the
@@ -148,5 +148,25 @@ impl DStream {
     pub fn transform_with(&self, other: &DStream, f: impl FnOnce(BatchRdd, BatchRdd) -> B) -> R {
         self.same_context(&[other])?;
         f(BatchRdd(self.clone()), BatchRdd(other.clone())).map(|b| b.0)
+    }
+}
+
+impl StreamingContext {
+    /// Spark's context-level `transform`: `f` builds, from the batch's RDD
+    /// of each of `streams` (in that order), the RDD the new stream has for
+    /// that batch, out of per-batch operations ([`BatchRdd`]). Job files
+    /// write it as a transform expression that names the other streams
+    /// (`a.transform("rdd.union(b).subtract(c)")`).
+    pub fn transform(&self, streams: &[&DStream], f: impl FnOnce(Vec<BatchRdd>) -> B) -> R {
+        let Some(first) = streams.first() else {
+            return Err(EngineError::Graph("transform over several streams needs at least one stream".into()));
+        };
+        if !std::rc::Rc::ptr_eq(&self.inner, &first.inner) {
+            return Err(EngineError::Graph(
+                "transform: the streams belong to another StreamingContext (each context is its own job)".into(),
+            ));
+        }
+        first.same_context(&streams[1..])?;
+        f(streams.iter().map(|s| BatchRdd((*s).clone())).collect()).map(|b| b.0)
     }
 }

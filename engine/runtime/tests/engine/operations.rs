@@ -1826,6 +1826,17 @@ fn transform_and_transform_with() {
     let want = run2(join_left(), join_right(), |_, a, b| a.join(b)?.sort_by_key(true));
     assert_eq!(out, want);
     assert!(!out.iter().all(|(_, v)| v.is_empty()));
+    // The context's transform over several streams (Spark's
+    // ssc.transform(Seq(a, b), ...)): each stream's RDD of the batch, in order.
+    let out = run2(join_left(), join_right(), |ssc, a, b| {
+        ssc.transform(&[a, b], |rdds| rdds[1].join(&rdds[0])?.sort_by_key(true))
+    });
+    let want = run2(join_left(), join_right(), |_, a, b| b.join(a)?.sort_by_key(true));
+    assert_eq!(out, want);
+    let ssc = ctx();
+    assert!(matches!(ssc.transform(&[], |mut r| Ok(r.remove(0))), Err(EngineError::Graph(_))));
+    let elsewhere = ctx().queue_stream(vec![]);
+    assert!(matches!(ssc.transform(&[&elsewhere], |mut r| Ok(r.remove(0))), Err(EngineError::Graph(_))));
 }
 
 /// WordCount whose `split` and `pair` come from the guest `wc` (a file
