@@ -972,6 +972,49 @@ fn receiver_reconnects_are_counted_and_the_connection_state_shown() {
     assert_eq!(warn("cannot connect"), 1, "{log}");
 }
 
+/// Lines a socket source's policies skip and truncate are counted per
+/// action in the sources API, on the page and in
+/// `weir_receiver_bad_lines_total`, and in the event log's history.
+#[test]
+fn bad_lines_a_receiver_skips_and_truncates_are_counted_in_the_api_metrics_page_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let job = dir.path().join("job.toml");
+    let body = crate::drivers::socket_totals_job(port, None).replace(
+        &format!("port = {port}\n"),
+        &format!("port = {port}\non_invalid_utf8 = \"skip\"\nmax_line_bytes = 16\n"),
+    );
+    std::fs::write(&job, body).unwrap();
+    let events = dir.path().join("events.jsonl");
+    let ckpt = dir.path().join("ckpt");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--event-log", arg(&events), "--checkpoint", arg(&ckpt)]);
+    let mut conn = crate::drivers::accept(&server, Duration::from_secs(30));
+    conn.write_all(
+        b"good one\nbad \xff\xfe one\nbad \xc3 two\na line far longer than sixteen bytes\nbad \xff three\ngood two\n",
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    let s = poll(addr, "/api/v1/sources", "the good and truncated lines in, the bad counted", |v| {
+        v[0]["records_in"].as_u64() == Some(3) && v[0]["bad_lines"]["skipped"].as_u64() == Some(3)
+    });
+    assert_eq!(s[0]["bad_lines"]["truncated"].as_u64(), Some(1), "{s}");
+    assert!(s[0]["last_bad_line"].as_str().is_some_and(|p| !p.is_empty()), "{s}");
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_receiver_bad_lines_total{source=\"0\",action=\"skipped\"}"], 3.0);
+    assert_eq!(m["weir_receiver_bad_lines_total{source=\"0\",action=\"truncated\"}"], 1.0);
+    let page = get_ok(addr, "/sources").body;
+    assert!(page.contains("<p class=\"bad-lines\">3 skipped, 1 truncated;"), "{page}");
+    drop(conn);
+    stop(&mut d);
+    // The history shows the same counts from the event log.
+    let (mut h, haddr) = history(&events);
+    let s = json(haddr, "/api/v1/sources");
+    assert_eq!(s[0]["bad_lines"]["skipped"].as_u64(), Some(3), "{s}");
+    assert_eq!(s[0]["bad_lines"]["truncated"].as_u64(), Some(1), "{s}");
+    h.kill();
+}
+
 /// A forced task retry: a UDF slower than its deadline (`testops.spin` over
 /// 5000 lines, `deadline_ms = 1`) fails every attempt with a deadline, which
 /// is retried (a deadline is not deterministic) up to 4 attempts; the batch

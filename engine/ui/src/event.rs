@@ -68,6 +68,17 @@ pub enum Event {
         source: u32,
         message: String,
     },
+    /// Lines a source's policies changed or dropped (`on_invalid_utf8`,
+    /// `on_long_line`): `count` is the total of `action` (`replaced`,
+    /// `skipped`, `truncated`, `failed`) since it started, `problem` the
+    /// newest. Recorded at the first such line and then at most once a
+    /// batch, so a stream of bad lines does not flood the event log.
+    ReceiverBadLines {
+        source: u32,
+        action: String,
+        count: u64,
+        problem: String,
+    },
     /// A receiver connected; `reconnects` counts the connections before
     /// this one.
     ReceiverConnected {

@@ -6,14 +6,14 @@
 //! (atomic adds), and hand the event to the event-log writer through a
 //! bounded channel without waiting. No I/O happens here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use weir::listener::{
-    BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent, ExecutorEvent,
-    ExecutorStatus, LiveExecutors, ReceiverConnected, ReceiverDisconnected, ReceiverError, RecoveryEvent,
-    SourceProgress, StreamingListener, TaskRetry,
+    BadLineAction, BatchLineage, BatchReport, BatchStarted, BatchSubmitted, BlockRecomputed, CheckpointEvent,
+    ExecutorEvent, ExecutorStatus, LiveExecutors, ReceiverBadLine, ReceiverConnected, ReceiverDisconnected,
+    ReceiverError, RecoveryEvent, SourceProgress, StreamingListener, TaskRetry,
 };
 
 use crate::event::{ms, now_ms, BatchRecord, Event, ExecutorStatusRecord, Logged, PartitionPosition};
@@ -83,11 +83,36 @@ impl Shared {
 pub struct UiListener {
     shared: Arc<Shared>,
     log: Option<EventLogSender>,
+    /// Bad lines per (source, action): the newest total and problem, and
+    /// the total last recorded ([`Event::ReceiverBadLines`]).
+    bad_lines: Mutex<BTreeMap<(u32, &'static str), (u64, String, u64)>>,
 }
 
 impl UiListener {
     pub fn new(shared: Arc<Shared>, log: Option<EventLogSender>) -> Self {
-        UiListener { shared, log }
+        UiListener { shared, log, bad_lines: Mutex::default() }
+    }
+
+    /// Records the bad-line totals that grew since they were last recorded.
+    fn flush_bad_lines(&self) {
+        let due: Vec<Event> = {
+            let mut m = self.bad_lines.lock().unwrap_or_else(|p| p.into_inner());
+            m.iter_mut()
+                .filter(|(_, (count, _, recorded))| count > recorded)
+                .map(|((source, action), (count, problem, recorded))| {
+                    *recorded = *count;
+                    Event::ReceiverBadLines {
+                        source: *source,
+                        action: (*action).to_string(),
+                        count: *count,
+                        problem: problem.clone(),
+                    }
+                })
+                .collect()
+        };
+        for e in due {
+            self.record(e);
+        }
     }
 
     /// Records an event (also used for `JobStarted` and `JobEnded`, which
@@ -133,10 +158,31 @@ impl StreamingListener for UiListener {
         self.record(Event::BatchStarted { time: e.time, scheduling_delay_ms: ms(e.scheduling_delay) });
     }
     fn on_batch_completed(&self, e: &BatchReport) {
+        self.flush_bad_lines();
         self.record(Event::BatchCompleted(e.into()));
     }
     fn on_receiver_error(&self, e: &ReceiverError) {
         self.record(Event::ReceiverError { source: e.source, message: e.message.clone() });
+    }
+    fn on_receiver_bad_line(&self, e: &ReceiverBadLine) {
+        let action = match e.action {
+            BadLineAction::Replaced => "replaced",
+            BadLineAction::Skipped => "skipped",
+            BadLineAction::Truncated => "truncated",
+            _ => "failed",
+        };
+        let first = {
+            let mut m = self.bad_lines.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = m.entry((e.source, action)).or_insert((0, String::new(), 0));
+            entry.0 = entry.0.max(e.count);
+            entry.1.clone_from(&e.problem);
+            entry.2 == 0
+        };
+        // The first one at once (a page shows a new problem without waiting
+        // for the batch); later ones with the next batch.
+        if first {
+            self.flush_bad_lines();
+        }
     }
     fn on_receiver_connected(&self, e: &ReceiverConnected) {
         self.record(Event::ReceiverConnected {

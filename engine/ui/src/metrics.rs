@@ -41,6 +41,7 @@ pub struct Metrics {
     executors_added: Counter,
     executors_lost: Counter,
     receiver_errors: Family<Labels, Counter>,
+    receiver_bad_lines: Family<Labels, Counter>,
     /// The job's sources (for the labels of per-source series).
     source_names: std::sync::Mutex<Vec<SourceInfo>>,
     /// Per source: its rate limit in records per second (absent: unbounded).
@@ -117,6 +118,7 @@ impl Metrics {
             executors_added: Counter::default(),
             executors_lost: Counter::default(),
             receiver_errors: Family::default(),
+            receiver_bad_lines: Family::default(),
             source_names: Default::default(),
             source_rate_limit: Family::default(),
             udf_calls: Family::default(),
@@ -181,6 +183,11 @@ impl Metrics {
         registry.register("executors_added", "Executors that joined", m.executors_added.clone());
         registry.register("executors_lost", "Executors lost", m.executors_lost.clone());
         registry.register("receiver_errors", "Receiver errors (per source)", m.receiver_errors.clone());
+        registry.register(
+            "receiver_bad_lines",
+            "Lines a source's on_invalid_utf8 / on_long_line policy replaced, skipped, truncated or failed on (per source and action)",
+            m.receiver_bad_lines.clone(),
+        );
         registry.register("udf_calls", "UDF calls, per module", m.udf_calls.clone());
         registry.register(
             "udf_fuel",
@@ -390,6 +397,15 @@ impl Metrics {
             }
             Event::ReceiverError { source, .. } => {
                 self.receiver_errors.get_or_create(&vec![("source".into(), source.to_string())]).inc();
+            }
+            Event::ReceiverBadLines { source, action, count, .. }
+                if self.known_source(*source)
+                    && ["replaced", "skipped", "truncated", "failed"].contains(&action.as_str()) =>
+            {
+                let labels = vec![("source".to_string(), source.to_string()), ("action".to_string(), action.clone())];
+                // `count` is a total: the counter goes up to it.
+                let c = self.receiver_bad_lines.get_or_create(&labels);
+                c.inc_by(count.saturating_sub(c.get()));
             }
             _ => {}
         }

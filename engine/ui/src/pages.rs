@@ -689,6 +689,16 @@ fn sources_page(st: &UiState, q: &str) -> String {
         );
     }
     body.push_str("</table>");
+    for s in sources(st).into_iter().filter(|s| !s.bad_lines.is_empty()) {
+        let counts: Vec<String> = s.bad_lines.iter().map(|(a, n)| format!("{n} {}", esc(a))).collect();
+        let _ = write!(
+            body,
+            "<h3>Source {} bad lines</h3><p class=\"bad-lines\">{}; newest: {}</p>",
+            s.id,
+            counts.join(", "),
+            s.last_bad_line.as_deref().map(esc).unwrap_or_default()
+        );
+    }
     for s in sources(st) {
         let d = &s.details;
         if let (Some(bytes), Some(files)) = (d.wal_bytes, d.wal_files) {
@@ -753,6 +763,10 @@ struct SourceJson {
     reconnects: u64,
     connection_changed_at_ms: Option<u64>,
     last_disconnect: Option<String>,
+    /// Lines its `on_invalid_utf8` / `on_long_line` policies changed or
+    /// dropped, per action, and the newest problem.
+    bad_lines: std::collections::BTreeMap<String, u64>,
+    last_bad_line: Option<String>,
     /// Records per second the source may take (backpressure, `[rate] max`)
     /// when the newest batch took its records; `null`: unbounded.
     rate_limit: Option<f64>,
@@ -784,6 +798,8 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 reconnects: v.reconnects,
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect,
+                bad_lines: v.bad_lines,
+                last_bad_line: v.last_bad_line,
                 rate_limit: rate_limit(st, s.id),
                 details: v.details,
             }
@@ -807,6 +823,8 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 reconnects: v.reconnects,
                 connection_changed_at_ms: v.connection_changed_at_ms,
                 last_disconnect: v.last_disconnect.clone(),
+                bad_lines: v.bad_lines.clone(),
+                last_bad_line: v.last_bad_line.clone(),
                 rate_limit: rate_limit(st, *id),
                 details: v.details.clone(),
             });

@@ -148,6 +148,10 @@ pub struct SourceView {
     /// last lost.
     pub connection_changed_at_ms: Option<u64>,
     pub last_disconnect: Option<String>,
+    /// Lines its policies changed or dropped, per action (`replaced`,
+    /// `skipped`, `truncated`, `failed`), and the newest problem.
+    pub bad_lines: BTreeMap<String, u64>,
+    pub last_bad_line: Option<String>,
     /// A receiver's write-ahead log, a directory's files read, as the
     /// newest batch was cut.
     #[serde(flatten)]
@@ -369,6 +373,15 @@ impl UiState {
                 s.last_error = Some(message.clone());
                 s.last_error_at_ms = Some(at);
             }
+            Event::ReceiverBadLines { source, action, count, problem } if self.known_source(*source) => {
+                let s = self.sources.entry(*source).or_default();
+                // At most the four actions (an event log is not trusted).
+                if s.bad_lines.contains_key(action) || s.bad_lines.len() < 4 {
+                    let c = s.bad_lines.entry(action.clone()).or_default();
+                    *c = (*c).max(*count);
+                }
+                s.last_bad_line = Some(cut_at(problem, MAX_PATH_BYTES));
+            }
             Event::ReceiverConnected { source, reconnects, .. } if self.known_source(*source) => {
                 let s = self.sources.entry(*source).or_default();
                 if *reconnects > 0 {
@@ -385,7 +398,7 @@ impl UiState {
                 s.last_disconnect = Some(cut_at(reason, 1024));
             }
             // Of a source the job does not list (an event log is not trusted).
-            Event::ReceiverConnected { .. } | Event::ReceiverDisconnected { .. } => {}
+            Event::ReceiverConnected { .. } | Event::ReceiverDisconnected { .. } | Event::ReceiverBadLines { .. } => {}
             Event::Recovery { what, detail } => push_bounded(
                 &mut self.recovery,
                 Note { what: what.clone(), detail: detail.clone(), at_ms: at },
