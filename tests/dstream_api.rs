@@ -226,6 +226,47 @@ fn map_with_state_may_emit_nothing_for_a_call() {
 }
 
 #[test]
+fn map_with_state_functions_get_the_batch_time() {
+    // Spark's StateSpec.function((time, key, value, state) => ...): the
+    // mapping function is given the batch time; testops.stamp emits
+    // (key, time) per value and keeps the time as the key's state, on both
+    // masters alike.
+    let body = "[sources.pairs]\ntype = \"batches\"\npath = \"pairs.jsonl\"\n\
+        [streams]\n\
+        stamped = \"pairs.map_with_state(ops.stamp)\"\n\
+        states = \"stamped.state_snapshots()\"\n";
+    let input = "[[\"a\", 1], [\"a\", 2], [\"b\", 3]]\n[[\"a\", 4], [\"c\", 6]]\n[]\n".to_string();
+    let (out, dir) =
+        run_both(&format!("{body}{}{}", saved("stamped"), saved("states")), &[("pairs.jsonl", input)], None);
+    ok(&out);
+    let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<(i64, Vec<String>)> {
+        m.into_iter()
+            .map(|(t, mut v)| {
+                v.sort();
+                (t, v)
+            })
+            .collect()
+    };
+    let stamped = sorted(outputs(dir.path(), "stamped"));
+    assert_eq!(stamped.len(), 3, "{stamped:?}");
+    let (t1, t2) = (stamped[0].0, stamped[1].0);
+    assert!(t1 > 0 && t2 > t1, "{stamped:?}");
+    let at = |t: i64, keys: &[&str]| keys.iter().map(|k| format!("({k},{t})")).collect::<Vec<_>>();
+    assert_eq!(stamped[0].1, at(t1, &["a", "a", "b"]));
+    assert_eq!(stamped[1].1, at(t2, &["a", "c"]));
+    assert!(stamped[2].1.is_empty());
+    // The state is the time of each key's newest value.
+    let states = sorted(outputs(dir.path(), "states"));
+    let mut second = at(t2, &["a", "c"]);
+    second.extend(at(t1, &["b"]));
+    second.sort();
+    assert_eq!(
+        states.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+        vec![at(t1, &["a", "b"]), second.clone(), second]
+    );
+}
+
+#[test]
 fn map_with_state_times_out_on_checkpointed_batches_from_an_initial_state() {
     // Spark's mapWithState: keys time out only on batches whose state is
     // checkpointed (MapWithStateRDD's full scan), when last updated before

@@ -211,6 +211,23 @@ fn modules_and_batches_files_must_be_regular_files() {
     refused_file(Path::new("/dev/zero"), "/dev/zero", &["not a regular file"]);
 }
 
+/// A module bigger than `[limits] module_bytes` is refused by its length,
+/// naming the module, its size and the bound, before it is read or compiled.
+#[test]
+fn a_module_over_module_bytes_is_refused_naming_it_and_the_bound() {
+    let size = std::fs::metadata(module("wordcount.wasm")).unwrap().len();
+    let limit = size / 2;
+    let body = job(&format!("[limits]\nmodule_bytes = {limit}"), "out = \"lines.flat_map(wc.split)\"", PRINT);
+    refused(&body, "wordcount.wasm", &[&size.to_string(), &limit.to_string(), "[limits] module_bytes"]);
+    // At its own size it loads and runs.
+    let body = job(&format!("[limits]\nmodule_bytes = {size}"), "out = \"lines.flat_map(wc.split)\"", PRINT);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "[\"a b\", \"c\"]\n").unwrap();
+    std::fs::write(dir.path().join("job.toml"), body).unwrap();
+    let (code, err) = run_job(&dir.path().join("job.toml"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
 #[test]
 fn a_stream_named_like_a_source_is_refused() {
     let body = job("", "lines = \"lines.flat_map(wc.split)\"\nout = \"lines\"", PRINT);

@@ -47,7 +47,7 @@ impl fmt::Display for UdfSite {
 pub enum UdfErrorKind {
     #[error("cannot read the module file: {0}")]
     Io(#[source] std::io::Error),
-    #[error("module is {size} bytes, over the limit of {limit} bytes")]
+    #[error("module is {size} bytes, over the limit of {limit} bytes ([limits] module_bytes)")]
     ModuleTooLarge { size: usize, limit: usize },
     #[error("not a WebAssembly module (no \\0asm header and not WAT text)")]
     NotWasm,
