@@ -1309,6 +1309,18 @@ prefix = "out/lines"
     assert!(ages.iter().any(|a| *a > 1000), "{page}");
     let m = parse_metrics(&get_ok(addr, "/metrics").body);
     assert!(m[&format!("weir_executor_tasks_running{{executor=\"{victim}\"}}")] >= 1.0, "{grown}");
+    // The batch in flight is linked from the Streaming page's active table,
+    // and its page says what is known so far.
+    let time = status["in_flight"][0]["time"].as_i64().unwrap_or_else(|| panic!("{status}"));
+    let streaming = get_ok(addr, "/").body;
+    let active = streaming.split("<h3>Active batches</h3>").nth(1).unwrap_or_else(|| panic!("{streaming}"));
+    assert!(active.contains(&format!("<a href=\"/batches/{time}\">{time} ms</a>")), "{active}");
+    let page = get_ok(addr, &format!("/batches/{time}")).body;
+    assert!(page.contains(&format!("Batch {time} (active)")), "{page}");
+    assert!(
+        page.contains(&format!("<td>{LINES}</td>")) && page.contains("<td class=\"active\">running</td>"),
+        "{page}"
+    );
 
     // Continued: its task finishes and the batch completes with every
     // record (the source then gives empty batches until SIGTERM).

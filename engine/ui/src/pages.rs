@@ -42,8 +42,12 @@ pub fn route(req: &Request, shared: &Shared, with_token: bool) -> Response {
     let st = shared.state();
     match segs.as_slice() {
         [] => Response::new(200, HTML, streaming_page(&st, &q)),
-        ["batches", t] => match t.parse::<i64>().ok().and_then(|t| st.batch(t)) {
-            Some(b) => Response::new(200, HTML, batch_page(&st, b, &q)),
+        ["batches", t] => match t.parse::<i64>().ok() {
+            Some(t) => match (st.batch(t), st.active(t)) {
+                (Some(b), _) => Response::new(200, HTML, batch_page(&st, b, &q)),
+                (None, Some(a)) => Response::new(200, HTML, active_batch_page(&st, &a, &q)),
+                (None, None) => not_found(&st, &q),
+            },
             None => not_found(&st, &q),
         },
         ["job"] => Response::new(200, HTML, job_page(&st, &q)),
@@ -297,7 +301,11 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     if !in_flight.is_empty() {
         body.push_str("<h3>Active batches</h3><table><tr><th>Batch time</th><th>Records</th><th>Submitted</th></tr>");
         for (time, recs, at) in in_flight {
-            let _ = write!(body, "<tr><td>{time} ms</td><td>{recs}</td><td>{}</td></tr>", fmt_time(at));
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/batches/{time}{q}\">{time} ms</a></td><td>{recs}</td><td>{}</td></tr>",
+                fmt_time(at)
+            );
         }
         body.push_str("</table>");
     }
@@ -331,6 +339,36 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     }
     body.push_str("</table>");
     page(st, q, "Streaming", &body)
+}
+
+/// A batch still in flight: what is known so far (the page refreshes
+/// itself, and shows the completed batch once it is).
+fn active_batch_page(st: &UiState, a: &crate::state::ActiveBatch, q: &str) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<table><tr><th>Batch time</th><td>{} ms{}</td></tr><tr><th>Records in</th><td>{}</td></tr>\
+<tr><th>Submitted</th><td>{}</td></tr><tr><th>Status</th><td class=\"active\">{}</td></tr>\
+<tr><th>So far</th><td>{} task retry(ies), {} block(s) recomputed</td></tr></table>",
+        a.time,
+        if a.replayed { " (re-run after recovery)" } else { "" },
+        a.records_in,
+        fmt_time(a.submitted_at_ms),
+        if a.running { "running" } else { "queued (waits for the batch before it)" },
+        a.retries.len(),
+        a.recomputed.len()
+    );
+    for r in &a.retries {
+        let _ = write!(
+            body,
+            "<p class=\"retry\">{} partition {} attempt {}: {}</p>",
+            esc(&r.rdd),
+            r.partition,
+            r.attempt,
+            esc(&r.failure)
+        );
+    }
+    page(st, q, &format!("Batch {} (active)", a.time), &body)
 }
 
 fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {

@@ -192,6 +192,19 @@ struct Pending {
     dropped: u64,
 }
 
+/// A batch in flight ([`UiState::active`]).
+#[derive(Debug, Clone)]
+pub struct ActiveBatch {
+    pub time: i64,
+    pub records_in: u64,
+    pub replayed: bool,
+    pub submitted_at_ms: u64,
+    /// Its jobs are running (else it waits for the batch before it).
+    pub running: bool,
+    pub retries: Vec<Retry>,
+    pub recomputed: Vec<Recomputed>,
+}
+
 /// Totals since the job started (not bounded by the retained window).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
@@ -275,6 +288,19 @@ impl UiState {
     /// The batch submitted but not completed, with its submission time.
     pub fn in_flight(&self) -> Vec<(i64, u64, u64)> {
         self.pending.iter().map(|(t, p)| (*t, p.records_in, p.submitted_at_ms)).collect()
+    }
+
+    /// A batch submitted and not completed yet, as far as it got.
+    pub fn active(&self, time: i64) -> Option<ActiveBatch> {
+        self.pending.get(&time).map(|p| ActiveBatch {
+            time,
+            records_in: p.records_in,
+            replayed: p.replayed,
+            submitted_at_ms: p.submitted_at_ms,
+            running: self.running == Some(time),
+            retries: p.retries.clone(),
+            recomputed: p.recomputed.clone(),
+        })
     }
 
     pub fn batch(&self, time: i64) -> Option<&BatchView> {
