@@ -433,6 +433,37 @@ fn the_status_page_metrics_api_and_history_show_what_the_job_did() {
     h.kill();
 }
 
+/// A page port that is taken: the next free one is used and printed, for
+/// the default `127.0.0.1:4040` and for a port given with `--ui`.
+#[test]
+fn a_taken_page_port_moves_to_the_next_free_one_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    // A port given: held here, so the page goes to one of the next.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let (mut d, addr) = run_with_ui_at(dir.path(), &job, &format!("127.0.0.1:{port}"));
+    assert!((port + 1..port + 16).contains(&addr.port()), "{port} taken, page at {addr}");
+    assert_eq!(get(addr, "/", None).status, 200);
+    stop(&mut d);
+    // The default: 4040 held here (when another job on the machine holds
+    // it instead, it may free it meanwhile: then 4040 is fine too).
+    let held_default = std::net::TcpListener::bind("127.0.0.1:4040");
+    let mut d = Driver::spawn(weir().current_dir(dir.path()).arg("run").arg(&job));
+    let addr = page_addr(&mut d, "the status page address");
+    let first = if held_default.is_ok() { 4041 } else { 4040 };
+    assert!((first..4056).contains(&addr.port()), "4040 taken, page at {addr}");
+    assert_eq!(get(addr, "/", None).status, 200);
+    stop(&mut d);
+}
+
+/// `weir run JOB` in `dir` with the status page at `ui`.
+fn run_with_ui_at(dir: &Path, job: &Path, ui: &str) -> (Driver, SocketAddr) {
+    let mut d = Driver::spawn(weir().current_dir(dir).arg("run").arg(job).args(["--ui", ui]));
+    let addr = page_addr(&mut d, "the status page address");
+    (d, addr)
+}
+
 #[test]
 fn progress_json_writes_one_object_per_batch() {
     let dir = tempfile::tempdir().unwrap();
