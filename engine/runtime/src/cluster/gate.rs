@@ -27,9 +27,26 @@ struct State {
 }
 
 /// One listening port's connection caps.
-#[derive(Default)]
 pub struct Gate {
     state: Mutex<State>,
+    caps: Caps,
+}
+
+/// The caps of a [`Gate`].
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    per_peer: usize,
+    total: usize,
+    authenticated: usize,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            state: Mutex::default(),
+            caps: Caps { per_peer: PENDING_PER_PEER, total: PENDING_TOTAL, authenticated: AUTHENTICATED_TOTAL },
+        }
+    }
 }
 
 /// A connection admitted by a [`Gate`]; dropping it frees its place.
@@ -61,16 +78,20 @@ impl Gate {
     /// Admits a new, unauthenticated connection, dropping the oldest pending
     /// one if a cap is reached.
     pub fn admit(self: &Arc<Self>, conn: &TcpStream) -> Result<Ticket, GateError> {
-        let ip = conn.peer_addr()?.ip();
+        self.admit_from(conn.peer_addr()?.ip(), conn)
+    }
+
+    /// [`Gate::admit`] of a connection from `ip`.
+    fn admit_from(self: &Arc<Self>, ip: IpAddr, conn: &TcpStream) -> Result<Ticket, GateError> {
         let handle = conn.try_clone()?;
         let mut st = self.lock();
-        if st.authenticated >= AUTHENTICATED_TOTAL {
+        if st.authenticated >= self.caps.authenticated {
             return Err(GateError::Full(st.authenticated));
         }
         let from_peer = st.pending.values().filter(|(p, _)| *p == ip).count();
-        let victim = if from_peer >= PENDING_PER_PEER {
+        let victim = if from_peer >= self.caps.per_peer {
             st.pending.iter().find(|(_, (p, _))| *p == ip).map(|(id, _)| *id)
-        } else if st.pending.len() >= PENDING_TOTAL {
+        } else if st.pending.len() >= self.caps.total {
             st.pending.keys().next().copied()
         } else {
             None
@@ -145,5 +166,43 @@ mod tests {
         assert_eq!(gate.counts(), (PENDING_PER_PEER - 1, 1));
         tickets.clear();
         assert_eq!(gate.counts(), (0, 0));
+    }
+
+    /// `n` connected pairs (client, accepted) on `l`.
+    fn pairs(l: &TcpListener, n: usize) -> Vec<(TcpStream, TcpStream)> {
+        let addr = l.local_addr().unwrap();
+        (0..n).map(|_| (TcpStream::connect(addr).unwrap(), l.accept().unwrap().0)).collect()
+    }
+
+    #[test]
+    fn the_oldest_pending_connection_of_anyone_makes_room_past_the_total() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let gate = Arc::new(Gate { state: Mutex::default(), caps: Caps { per_peer: 3, total: 8, authenticated: 4 } });
+        let conns = pairs(&l, 12);
+        // Four peers, three connections each: within each peer's cap, but
+        // twelve past the total of eight.
+        let ip = |i: usize| IpAddr::from([10, 0, 0, (i / 3) as u8]);
+        let mut tickets: Vec<Ticket> =
+            conns.iter().enumerate().map(|(i, (_, s))| gate.admit_from(ip(i), s).unwrap()).collect();
+        assert_eq!(gate.counts(), (8, 0));
+        // The four oldest (peer 0's three and peer 1's first) were dropped:
+        // their peers see the connection shut.
+        for t in &mut tickets[..4] {
+            assert!(!t.authenticated());
+        }
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &conns[0].0, &mut buf).unwrap(), 0, "dropped: end of stream");
+        for t in &mut tickets[4..8] {
+            assert!(t.authenticated());
+        }
+        assert_eq!(gate.counts(), (4, 4));
+        // Authenticated ones are capped in total: a new connection is refused.
+        let more = pairs(&l, 1);
+        assert!(matches!(gate.admit_from(ip(0), &more[0].1), Err(GateError::Full(4))));
+        // The pending ones leave; then the authenticated ones (tickets 4..8).
+        drop(tickets.drain(8..));
+        assert_eq!(gate.counts(), (0, 4));
+        tickets.truncate(4);
+        assert_eq!(gate.counts(), (0, 0), "every place freed");
     }
 }
