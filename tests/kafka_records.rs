@@ -199,6 +199,12 @@ fn json_batch(line: &str) -> Option<(u64, Option<f64>, f64, f64)> {
     Some((records, limit, ms("processing_ms"), ms("scheduling_delay_ms")))
 }
 
+/// A `--progress json` line's backpressure estimate of source 0.
+fn backpressure_rate(line: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    v.get("backpressure_rates")?.as_array()?.first().and_then(serde_json::Value::as_f64)
+}
+
 #[test]
 fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once() {
     let broker = Broker::start();
@@ -241,6 +247,7 @@ fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once
     ]));
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut batches = Vec::new();
+    let mut lines_seen = Vec::new();
     let mut taken = 0;
     // Until the backlog is taken and an empty batch follows (caught up).
     loop {
@@ -248,6 +255,7 @@ fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once
         let b = json_batch(&line).unwrap();
         taken += b.0;
         batches.push(b);
+        lines_seen.push(line);
         if taken >= n && b.0 == 0 {
             break;
         }
@@ -260,6 +268,16 @@ fn backpressure_bounds_kafka_batches_over_a_backlog_and_counts_every_record_once
         .join("\n");
     eprintln!("{report}");
     assert_eq!(taken, n, "every record counted once in records_in:\n{report}");
+    // The limit is backpressure's estimate once there is one (no `[rate]
+    // max` here), `initial` before: both are reported.
+    let estimates: Vec<Option<f64>> = lines_seen.iter().map(|l| backpressure_rate(l)).collect();
+    assert!(estimates.iter().filter(|e| e.is_some()).count() >= 3, "estimates reported: {estimates:?}\n{report}");
+    for ((_, limit, ..), e) in batches.iter().zip(&estimates) {
+        match e {
+            Some(e) => assert_eq!(*limit, Some(*e), "the limit is the estimate:\n{report}"),
+            None => assert_eq!(*limit, Some(initial), "before any estimate, initial:\n{report}"),
+        }
+    }
     for (i, (records, limit, ..)) in batches.iter().enumerate() {
         let limit = limit.unwrap_or_else(|| panic!("batch {i} has no rate limit:\n{report}"));
         assert!(limit >= 100.0, "never below min:\n{report}");

@@ -147,6 +147,11 @@ pub struct BatchReport {
     /// when the batch took its records (`None`: unbounded). Set by
     /// backpressure and `[rate] max`.
     pub rate_limits: Vec<Option<f64>>,
+    /// Per source: backpressure's newest rate estimate (records per second)
+    /// when the batch took its records, before `[rate] max` bounds it
+    /// (`None`: no backpressure, or no estimate yet: the limit is then
+    /// `[rate] initial` or `max`).
+    pub backpressure_rates: Vec<Option<f64>>,
     /// Per module (by name, sorted): the batch's UDF calls, fuel burned and
     /// failed calls, retried and recomputing tasks included.
     pub udf_usage: Vec<UdfUsage>,

@@ -424,6 +424,10 @@ pub struct BatchRecord {
     /// batch took its records; `null`: unbounded.
     #[serde(default)]
     pub rate_limits: Vec<Option<f64>>,
+    /// Per source: backpressure's newest estimate (records per second)
+    /// then, before `[rate] max`; `null`: no backpressure or no estimate yet.
+    #[serde(default)]
+    pub backpressure_rates: Vec<Option<f64>>,
     /// Per module: the batch's UDF calls, fuel burned and failed calls.
     #[serde(default)]
     pub udf_usage: Vec<l::UdfUsage>,
@@ -505,6 +509,7 @@ impl From<&l::BatchReport> for BatchRecord {
             blocks_recomputed: b.blocks_recomputed,
             tasks_resubmitted: b.tasks_resubmitted,
             rate_limits: b.rate_limits.clone(),
+            backpressure_rates: b.backpressure_rates.clone(),
             udf_usage: b.udf_usage.clone(),
         }
     }

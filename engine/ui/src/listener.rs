@@ -355,6 +355,7 @@ mod cost {
                 blocks_recomputed: 0,
                 tasks_resubmitted: 0,
                 rate_limits: vec![],
+                backpressure_rates: vec![],
                 udf_usage: vec![],
             }));
         }

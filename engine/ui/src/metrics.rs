@@ -46,6 +46,7 @@ pub struct Metrics {
     source_names: std::sync::Mutex<Vec<SourceInfo>>,
     /// Per source: its rate limit in records per second (absent: unbounded).
     source_rate_limit: Family<Labels, Gauge<f64, AtomicU64>>,
+    source_backpressure_rate: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Per module (by the job's name for it): calls, fuel, failed calls.
     udf_calls: Family<Labels, Counter>,
     udf_fuel: Family<Labels, Counter>,
@@ -121,6 +122,7 @@ impl Metrics {
             receiver_bad_lines: Family::default(),
             source_names: Default::default(),
             source_rate_limit: Family::default(),
+            source_backpressure_rate: Family::default(),
             udf_calls: Family::default(),
             udf_fuel: Family::default(),
             udf_failures: Family::default(),
@@ -205,6 +207,11 @@ impl Metrics {
             m.source_rate_limit.clone(),
         );
         registry.register(
+            "source_backpressure_rate",
+            "Backpressure's newest rate estimate, records per second, before [rate] max bounds it, per source",
+            m.source_backpressure_rate.clone(),
+        );
+        registry.register(
             "executor_tasks",
             "Tasks an executor finished, successful or not (label: executor)",
             m.executor_tasks.clone(),
@@ -281,7 +288,9 @@ impl Metrics {
                     self.udf_fuel.get_or_create(&labels).inc_by(u.fuel);
                     self.udf_failures.get_or_create(&labels).inc_by(u.failures);
                 }
-                for (i, r) in b.rate_limits.iter().enumerate() {
+                // Only the job's sources (an event log is not trusted).
+                let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
+                for (i, r) in b.rate_limits.iter().enumerate().take(known) {
                     let labels = vec![("source".to_string(), i.to_string())];
                     match r {
                         Some(r) => {
@@ -289,6 +298,17 @@ impl Metrics {
                         }
                         None => {
                             self.source_rate_limit.remove(&labels);
+                        }
+                    }
+                }
+                for (i, r) in b.backpressure_rates.iter().enumerate().take(known) {
+                    let labels = vec![("source".to_string(), i.to_string())];
+                    match r {
+                        Some(r) => {
+                            self.source_backpressure_rate.get_or_create(&labels).set(*r);
+                        }
+                        None => {
+                            self.source_backpressure_rate.remove(&labels);
                         }
                     }
                 }
@@ -483,6 +503,7 @@ mod tests {
             blocks_recomputed: 0,
             tasks_resubmitted: 0,
             rate_limits: vec![],
+            backpressure_rates: vec![],
             udf_usage: vec![],
         }));
         let text = m.render();

@@ -694,11 +694,11 @@ fn sources_page(st: &UiState, q: &str) -> String {
         rate.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
         st.totals.receiver_errors
     );
-    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Reconnects</th><th>Rate limit</th><th>Records in</th><th>Newest batch</th><th>Errors</th><th>Last error</th></tr>");
+    body.push_str("<table><tr><th>#</th><th>Kind</th><th>Description</th><th>Receiver</th><th>Reconnects</th><th>Rate limit</th><th>Backpressure rate</th><th>Records in</th><th>Newest batch</th><th>Errors</th><th>Last error</th></tr>");
     for s in sources(st) {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=\"receiver\">{}</td><td class=\"reconnects\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td class=\"receiver\">{}</td><td class=\"reconnects\">{}</td><td>{}</td><td class=\"backpressure\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             s.id,
             esc(&s.kind),
             esc(&s.description),
@@ -713,6 +713,7 @@ fn sources_page(st: &UiState, q: &str) -> String {
             },
             if s.receiver { s.reconnects.to_string() } else { "-".into() },
             s.rate_limit.map_or_else(|| "unbounded".to_string(), |r| format!("{r:.0} records/s")),
+            s.backpressure_rate.map_or_else(|| "-".to_string(), |r| format!("{r:.0} records/s")),
             s.records_in,
             s.last_batch_records,
             s.errors,
@@ -808,6 +809,9 @@ struct SourceJson {
     /// Records per second the source may take (backpressure, `[rate] max`)
     /// when the newest batch took its records; `null`: unbounded.
     rate_limit: Option<f64>,
+    /// Backpressure's estimate then, before `[rate] max` bounds it; `null`:
+    /// no backpressure, or no estimate yet.
+    backpressure_rate: Option<f64>,
     /// A receiver's write-ahead log (`wal_bytes`, `wal_files`), a
     /// directory's files read (`files_seen`, `recent_files`).
     #[serde(flatten)]
@@ -839,6 +843,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 bad_lines: v.bad_lines,
                 last_bad_line: v.last_bad_line,
                 rate_limit: rate_limit(st, s.id),
+                backpressure_rate: backpressure_rate(st, s.id),
                 details: v.details,
             }
         })
@@ -864,6 +869,7 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
                 bad_lines: v.bad_lines.clone(),
                 last_bad_line: v.last_bad_line.clone(),
                 rate_limit: rate_limit(st, *id),
+                backpressure_rate: backpressure_rate(st, *id),
                 details: v.details.clone(),
             });
         }
@@ -874,6 +880,11 @@ fn sources(st: &UiState) -> Vec<SourceJson> {
 /// A source's rate limit when the newest batch took its records.
 fn rate_limit(st: &UiState, id: u32) -> Option<f64> {
     st.batches.back().and_then(|b| b.record.rate_limits.get(id as usize).copied().flatten())
+}
+
+/// A source's backpressure estimate when the newest batch took its records.
+fn backpressure_rate(st: &UiState, id: u32) -> Option<f64> {
+    st.batches.back().and_then(|b| b.record.backpressure_rates.get(id as usize).copied().flatten())
 }
 
 /// The job's outputs with what each wrote so far.

@@ -594,6 +594,7 @@ mod tests {
             blocks_recomputed: 0,
             tasks_resubmitted: 0,
             rate_limits: vec![],
+            backpressure_rates: vec![],
             udf_usage: vec![],
         }
     }

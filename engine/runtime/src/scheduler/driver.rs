@@ -162,6 +162,9 @@ struct RateControl {
     estimator: Option<PidRateEstimator>,
     /// Records per second the source may take now (`None`: unbounded).
     limit: Option<f64>,
+    /// Backpressure's newest estimate (records per second), before `[rate]
+    /// max` bounds it; `None` before the first.
+    estimate: Option<f64>,
 }
 
 /// Batches whose writes may be in flight while the next batch computes:
@@ -228,7 +231,11 @@ impl Driver {
             .map(|s| {
                 let limit = rate.effective(None);
                 s.set_rate_limit(limit);
-                RateControl { estimator: rate.backpressure.then(|| rate.estimator(job.graph.batch_interval_ms)), limit }
+                RateControl {
+                    estimator: rate.backpressure.then(|| rate.estimator(job.graph.batch_interval_ms)),
+                    limit,
+                    estimate: None,
+                }
             })
             .collect();
         let mut d = Driver {
@@ -301,6 +308,7 @@ impl Driver {
             self.lost_reported = after.executors_lost;
             let per_source = self.progress.inputs.get(&time).map(|r| r.iter().map(|i| i.records).collect());
             let rate_limits = self.rates.iter().map(|r| r.limit).collect();
+            let backpressure_rates = self.rates.iter().map(|r| r.estimate).collect();
             let batch = InFlight {
                 time,
                 records_in,
@@ -312,6 +320,7 @@ impl Driver {
                 replayed,
                 per_source: per_source.unwrap_or_default(),
                 rate_limits,
+                backpressure_rates,
             };
             self.write_outputs(batch, computed);
             if let Err(e) = self.check_pending().and_then(|()| self.check_fence()) {
@@ -465,6 +474,7 @@ impl Driver {
             let Some(e) = c.estimator.as_mut() else { continue };
             let n = b.per_source.get(i).copied().unwrap_or(0);
             let Some(estimate) = e.compute(b.time, n, processing, scheduling) else { continue };
+            c.estimate = Some(estimate);
             let limit = rate.effective(Some(estimate));
             tracing::debug!(source = i, estimate, ?limit, "backpressure: new rate estimate");
             if limit != c.limit {
@@ -798,6 +808,8 @@ struct InFlight {
     per_source: Vec<u64>,
     /// Each source's rate limit when the batch took its records.
     rate_limits: Vec<Option<f64>>,
+    /// Each source's backpressure estimate then.
+    backpressure_rates: Vec<Option<f64>>,
 }
 
 fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
@@ -815,6 +827,7 @@ fn batch_report(b: &InFlight, done: &Written) -> BatchReport {
         blocks_recomputed: m.blocks_recomputed - before.blocks_recomputed,
         tasks_resubmitted: m.tasks_resubmitted - before.tasks_resubmitted,
         rate_limits: b.rate_limits.clone(),
+        backpressure_rates: b.backpressure_rates.clone(),
         udf_usage: usage_between(&before.udf, &m.udf),
     }
 }
