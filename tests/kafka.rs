@@ -574,6 +574,20 @@ fn offsets_out_of_range_fail_by_default_or_skip_ahead_with_a_warning() {
     assert_eq!(newest, native_counts(after.iter().map(String::as_str)));
 }
 
+/// WordCount over topic `in` whose counts go to `out-NAME/` as text and to
+/// topic `out` through the `kafka` output, in three partitions (over the
+/// topic's two).
+fn kafka_output_job(dir: &Path, name: &str, broker: &Broker, source: &str) -> PathBuf {
+    let job = job(dir, name, &broker.addr(), "in", source, "counts");
+    let mut body = "parallelism = 3\n".to_string() + &std::fs::read_to_string(&job).unwrap();
+    body += &format!(
+        "[[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"out\"\n",
+        broker.addr()
+    );
+    std::fs::write(&job, body).unwrap();
+    job
+}
+
 #[test]
 fn the_kafka_output_produces_every_record_with_identifying_headers() {
     let broker = Broker::start();
@@ -581,14 +595,7 @@ fn the_kafka_output_produces_every_record_with_identifying_headers() {
     broker.create("out", 2);
     broker.produce("in", &lines(41, 50));
     let tmp = tempfile::tempdir().unwrap();
-    let job = job(tmp.path(), "o", &broker.addr(), "in", "max_rate_per_partition = 20", "counts");
-    // Three output partitions over two Kafka partitions.
-    let mut body = "parallelism = 3\n".to_string() + &std::fs::read_to_string(&job).unwrap();
-    body += &format!(
-        "[[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"out\"\n",
-        broker.addr()
-    );
-    std::fs::write(&job, body).unwrap();
+    let job = kafka_output_job(tmp.path(), "o", &broker, "max_rate_per_partition = 20");
     let out = weir_run(&job, &["--batches", "3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let files = read_outputs(&tmp.path().join("out-o"), "counts");
@@ -640,13 +647,7 @@ fn the_kafka_output_after_sigkills_has_every_record_and_its_headers_drop_the_cop
     broker.create("out", 2);
     broker.produce("in", &lines(43, 120));
     let tmp = tempfile::tempdir().unwrap();
-    let job = job(tmp.path(), "k", &broker.addr(), "in", "max_rate_per_partition = 10", "counts");
-    let mut body = "parallelism = 3\n".to_string() + &std::fs::read_to_string(&job).unwrap();
-    body += &format!(
-        "[[outputs]]\nstream = \"counts\"\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"out\"\n",
-        broker.addr()
-    );
-    std::fs::write(&job, body).unwrap();
+    let job = kafka_output_job(tmp.path(), "k", &broker, "max_rate_per_partition = 10");
     let ckpt = tmp.path().join("ckpt").display().to_string();
 
     // Killed after a seeded number of progress lines, four times, then run

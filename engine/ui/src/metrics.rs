@@ -290,28 +290,8 @@ impl Metrics {
                 }
                 // Only the job's sources (an event log is not trusted).
                 let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
-                for (i, r) in b.rate_limits.iter().enumerate().take(known) {
-                    let labels = vec![("source".to_string(), i.to_string())];
-                    match r {
-                        Some(r) => {
-                            self.source_rate_limit.get_or_create(&labels).set(*r);
-                        }
-                        None => {
-                            self.source_rate_limit.remove(&labels);
-                        }
-                    }
-                }
-                for (i, r) in b.backpressure_rates.iter().enumerate().take(known) {
-                    let labels = vec![("source".to_string(), i.to_string())];
-                    match r {
-                        Some(r) => {
-                            self.source_backpressure_rate.get_or_create(&labels).set(*r);
-                        }
-                        None => {
-                            self.source_backpressure_rate.remove(&labels);
-                        }
-                    }
-                }
+                set_per_source(&self.source_rate_limit, &b.rate_limits, known);
+                set_per_source(&self.source_backpressure_rate, &b.backpressure_rates, known);
             }
             Event::JobStarted(j) => {
                 // Every source's series exists from the start (at 0).
@@ -455,6 +435,22 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+}
+
+/// Sets each of the first `known` sources' gauge in `family` to its value,
+/// or removes it where the value is `None` (unbounded, no estimate).
+fn set_per_source(family: &Family<Labels, Gauge<f64, AtomicU64>>, values: &[Option<f64>], known: usize) {
+    for (i, r) in values.iter().enumerate().take(known) {
+        let labels = vec![("source".to_string(), i.to_string())];
+        match r {
+            Some(r) => {
+                family.get_or_create(&labels).set(*r);
+            }
+            None => {
+                family.remove(&labels);
+            }
+        }
     }
 }
 

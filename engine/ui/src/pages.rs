@@ -341,6 +341,26 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     page(st, q, "Streaming", &body)
 }
 
+/// The "Task retries (N)" heading and table of a batch's retries.
+fn retries_table(body: &mut String, retries: &[crate::state::Retry]) {
+    let _ = write!(body, "<h3>Task retries ({})</h3>", retries.len());
+    if retries.is_empty() {
+        return;
+    }
+    body.push_str("<table><tr><th>RDD</th><th>Partition</th><th>Attempt</th><th>Failure</th></tr>");
+    for x in retries {
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&x.rdd),
+            x.partition,
+            x.attempt,
+            esc(&x.failure)
+        );
+    }
+    body.push_str("</table>");
+}
+
 /// A batch still in flight: what is known so far (the page refreshes
 /// itself, and shows the completed batch once it is).
 fn active_batch_page(st: &UiState, a: &crate::state::ActiveBatch, q: &str) -> String {
@@ -358,16 +378,7 @@ fn active_batch_page(st: &UiState, a: &crate::state::ActiveBatch, q: &str) -> St
         a.retries.len(),
         a.recomputed.len()
     );
-    for r in &a.retries {
-        let _ = write!(
-            body,
-            "<p class=\"retry\">{} partition {} attempt {}: {}</p>",
-            esc(&r.rdd),
-            r.partition,
-            r.attempt,
-            esc(&r.failure)
-        );
-    }
+    retries_table(&mut body, &a.retries);
     page(st, q, &format!("Batch {} (active)", a.time), &body)
 }
 
@@ -446,21 +457,7 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
         }
         body.push_str("</table>");
     }
-    let _ = write!(body, "<h3>Task retries ({})</h3>", b.retries.len());
-    if !b.retries.is_empty() {
-        body.push_str("<table><tr><th>RDD</th><th>Partition</th><th>Attempt</th><th>Failure</th></tr>");
-        for x in &b.retries {
-            let _ = write!(
-                body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&x.rdd),
-                x.partition,
-                x.attempt,
-                esc(&x.failure)
-            );
-        }
-        body.push_str("</table>");
-    }
+    retries_table(&mut body, &b.retries);
     let _ = write!(body, "<h3>Recomputed blocks ({})</h3>", b.recomputed_blocks.len());
     if !b.recomputed_blocks.is_empty() {
         body.push_str("<table><tr><th>Block</th><th>Digest check</th><th>Because</th></tr>");
