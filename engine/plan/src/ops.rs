@@ -244,6 +244,7 @@ impl ArgShape {
 
 /// Why an operation's arguments were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArgsError {
     #[error("unknown operation {name:?} (valid: {})", names().join(", "))]
     Unknown { name: String },

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReadError {
     #[error("{0}")]
     Io(#[from] std::io::Error),

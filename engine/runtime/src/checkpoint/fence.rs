@@ -54,6 +54,7 @@ pub struct Fenced {
 
 /// Why a commit did not happen: fenced, or the fence could not be checked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FenceError {
     #[error(transparent)]
     Fenced(#[from] Fenced),

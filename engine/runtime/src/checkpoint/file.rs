@@ -20,6 +20,7 @@ pub enum FileKind {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckpointFileError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

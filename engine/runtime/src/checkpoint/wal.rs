@@ -51,6 +51,7 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// Why a segment or a range could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WalError {
     #[error("write-ahead log segment {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -23,6 +23,7 @@ pub type Sliced = Vec<(i64, Vec<Value>)>;
 
 /// Why a slice was not answered.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SliceError {
     #[error("slice: the job has not been started (slice works on a job started with StreamingContext::start)")]
     NotStarted,
