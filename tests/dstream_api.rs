@@ -197,6 +197,17 @@ fn an_inverse_window_with_a_filter_follows_spark_and_fails_on_a_key_dropped_insi
     assert!(!dropped.contains_key(&3000), "the failed batch wrote nothing: {dropped:?}");
 }
 
+/// Each batch's output lines, sorted (their order across partitions is not
+/// part of the result).
+fn sorted_batches(m: BTreeMap<i64, Vec<String>>) -> Vec<(i64, Vec<String>)> {
+    m.into_iter()
+        .map(|(t, mut v)| {
+            v.sort();
+            (t, v)
+        })
+        .collect()
+}
+
 #[test]
 fn map_with_state_may_emit_nothing_for_a_call() {
     // MapWithStateSuite's mapping functions return Option (Spark's
@@ -209,14 +220,8 @@ fn map_with_state_may_emit_nothing_for_a_call() {
     let input = "[[\"a\", 1], [\"a\", 2], [\"b\", 3]]\n[[\"a\", 4], [\"b\", 5], [\"c\", 6]]\n[]\n".to_string();
     let (out, dir) = run_both(&format!("{body}{}{}", saved("first"), saved("states")), &[("pairs.jsonl", input)], None);
     ok(&out);
-    let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<Vec<String>> {
-        m.into_values()
-            .map(|mut v| {
-                v.sort();
-                v
-            })
-            .collect()
-    };
+    let sorted =
+        |m: BTreeMap<i64, Vec<String>>| -> Vec<Vec<String>> { sorted_batches(m).into_iter().map(|(_, v)| v).collect() };
     assert_eq!(sorted(outputs(dir.path(), "first")), vec![lines(&["(a,1)", "(b,3)"]), lines(&["(c,6)"]), vec![]]);
     // Every call still updates the state (the count of values seen).
     assert_eq!(
@@ -239,14 +244,7 @@ fn map_with_state_functions_get_the_batch_time() {
     let (out, dir) =
         run_both(&format!("{body}{}{}", saved("stamped"), saved("states")), &[("pairs.jsonl", input)], None);
     ok(&out);
-    let sorted = |m: BTreeMap<i64, Vec<String>>| -> Vec<(i64, Vec<String>)> {
-        m.into_iter()
-            .map(|(t, mut v)| {
-                v.sort();
-                (t, v)
-            })
-            .collect()
-    };
+    let sorted = sorted_batches;
     let stamped = sorted(outputs(dir.path(), "stamped"));
     assert_eq!(stamped.len(), 3, "{stamped:?}");
     let (t1, t2) = (stamped[0].0, stamped[1].0);

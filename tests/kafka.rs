@@ -424,6 +424,23 @@ fn until(t: &BTreeMap<String, Vec<u8>>, until: i64) -> BTreeMap<String, Vec<u8>>
         .collect()
 }
 
+/// `weir run JOB ARGS` SIGKILLed `kills` times, each after a seeded number
+/// of progress lines below `most` (0: during start-up or recovery), then
+/// run once more to its end, which must succeed.
+fn run_killed(job: &Path, args: &[&str], kills: usize, most: u64, rng: &mut Rng) {
+    for _ in 0..kills {
+        let mut d = Driver::spawn(weir().arg("run").arg(job).args(args));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..rng.below(most) {
+            d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
+        }
+        d.kill();
+    }
+    let mut d = Driver::spawn(weir().arg("run").arg(job).args(args));
+    let status = d.wait_exit(Duration::from_secs(120), "the last run to finish");
+    assert!(status.success(), "{}", d.log());
+}
+
 #[test]
 fn running_totals_are_exactly_once_after_sigkills() {
     let broker = Broker::start();
@@ -445,28 +462,7 @@ fn running_totals_are_exactly_once_after_sigkills() {
     let final_totals = sum_counts(last.values().next_back().unwrap());
     assert_eq!(final_totals, native_counts(input.iter().map(String::as_str)));
 
-    let mut rng = Rng(20261130);
-    let mut kills = 0;
-    for run in 0.. {
-        assert!(run < 40, "the job never finished");
-        let mut cmd = weir();
-        cmd.arg("run").arg(&job).args(["--batches", "24", "--checkpoint", &ckpt("ckpt")]);
-        let mut d = Driver::spawn(&mut cmd);
-        if kills < 5 {
-            // Killed after a seeded number of progress lines (0: during
-            // start-up or recovery).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            for _ in 0..rng.below(6) {
-                d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
-            }
-            d.kill();
-            kills += 1;
-            continue;
-        }
-        let status = d.wait_exit(Duration::from_secs(120), "the last run to finish");
-        assert!(status.success(), "{}", d.log());
-        break;
-    }
+    run_killed(&job, &["--batches", "24", "--checkpoint", &ckpt("ckpt")], 5, 6, &mut Rng(20261130));
     let all = tree(&tmp.path().join("out-t"));
     assert!(all.len() > expected.len(), "the last run resumed past the clean run's batches (a fresh start would not)");
     let got = until(&all, 24_000);
@@ -652,26 +648,7 @@ fn the_kafka_output_after_sigkills_has_every_record_and_its_headers_drop_the_cop
 
     // Killed after a seeded number of progress lines, four times, then run
     // to the end; the text output (exactly-once) is the reference.
-    let mut rng = Rng(20261203);
-    let mut kills = 0;
-    for run in 0.. {
-        assert!(run < 30, "the job never finished");
-        let mut cmd = weir();
-        cmd.arg("run").arg(&job).args(["--batches", "12", "--checkpoint", &ckpt]);
-        let mut d = Driver::spawn(&mut cmd);
-        if kills < 4 {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            for _ in 0..rng.below(5) {
-                d.wait_for(deadline, "a progress line", |l| progress(l).is_some());
-            }
-            d.kill();
-            kills += 1;
-            continue;
-        }
-        let status = d.wait_exit(Duration::from_secs(120), "the last run to finish");
-        assert!(status.success(), "{}", d.log());
-        break;
-    }
+    run_killed(&job, &["--batches", "12", "--checkpoint", &ckpt], 4, 5, &mut Rng(20261203));
     let files = read_outputs(&tmp.path().join("out-k"), "counts");
     // (`--batches` counts each run's batches: the last run went on past 12.)
     assert!(files.len() >= 12, "every batch's text output: {}", files.len());
