@@ -29,6 +29,9 @@ pub struct Logged {
     pub event: Event,
 }
 
+/// The actions of [`Event::ReceiverBadLines`] (an event log's others are ignored).
+pub const BAD_LINE_ACTIONS: [&str; 4] = ["replaced", "skipped", "truncated", "failed"];
+
 /// Everything the UI records (one JSON object per line in an event log).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

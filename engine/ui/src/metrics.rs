@@ -399,8 +399,7 @@ impl Metrics {
                 self.receiver_errors.get_or_create(&vec![("source".into(), source.to_string())]).inc();
             }
             Event::ReceiverBadLines { source, action, count, .. }
-                if self.known_source(*source)
-                    && ["replaced", "skipped", "truncated", "failed"].contains(&action.as_str()) =>
+                if self.known_source(*source) && crate::event::BAD_LINE_ACTIONS.contains(&action.as_str()) =>
             {
                 let labels = vec![("source".to_string(), source.to_string()), ("action".to_string(), action.clone())];
                 // `count` is a total: the counter goes up to it.

@@ -401,8 +401,8 @@ impl UiState {
             }
             Event::ReceiverBadLines { source, action, count, problem } if self.known_source(*source) => {
                 let s = self.sources.entry(*source).or_default();
-                // At most the four actions (an event log is not trusted).
-                if s.bad_lines.contains_key(action) || s.bad_lines.len() < 4 {
+                // Only the four actions (an event log is not trusted).
+                if crate::event::BAD_LINE_ACTIONS.contains(&action.as_str()) {
                     let c = s.bad_lines.entry(action.clone()).or_default();
                     *c = (*c).max(*count);
                 }
@@ -642,6 +642,30 @@ mod tests {
         s.apply(&Logged { at_ms: 2, event: Event::SourceProgress { source: 7, time: 2, positions, details: None } });
         assert_eq!(s.sources.len(), 1, "an unknown source is ignored");
         assert_eq!(s.sources[&0].positions.len(), MAX_PARTITIONS);
+    }
+
+    #[test]
+    fn bad_line_counts_from_an_event_log_are_bounded() {
+        let mut s = UiState::new(Limits::default());
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(one_source_job()) });
+        // A hostile event log: an unknown source, a flood of made-up
+        // actions, a problem text of 1 MiB.
+        let bad = |source: u32, action: String, problem: String| Logged {
+            at_ms: 1,
+            event: Event::ReceiverBadLines { source, action, count: 3, problem },
+        };
+        s.apply(&bad(7, "skipped".into(), "x".into()));
+        assert!(!s.sources.contains_key(&7), "an unknown source is ignored");
+        for i in 0..100 {
+            s.apply(&bad(0, format!("action-{i}"), "y".repeat(1 << 20)));
+        }
+        s.apply(&bad(0, "skipped".into(), "z".into()));
+        let v = &s.sources[&0];
+        assert_eq!(v.bad_lines.keys().collect::<Vec<_>>(), ["skipped"], "only the four actions");
+        assert_eq!(v.last_bad_line.as_deref(), Some("z"));
+        s.apply(&bad(0, "truncated".into(), "y".repeat(1 << 20)));
+        let cut = s.sources[&0].last_bad_line.clone().unwrap_or_default();
+        assert!(cut.len() <= MAX_PATH_BYTES + 4, "the problem text is cut: {} bytes", cut.len());
     }
 
     #[test]
