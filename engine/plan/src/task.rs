@@ -240,7 +240,7 @@ mod tests {
         assert!(codec_error.is_deterministic());
         assert!(!TaskFailure::engine("checkpoint unreadable").is_deterministic());
         assert!(TaskFailure::Udf { message: "trap".into(), deterministic: true }.is_deterministic());
-        assert!(!TaskFailure::Udf { message: "deadline".into(), deterministic: false }.is_deterministic());
+        assert!(!TaskFailure::Udf { message: "host I/O".into(), deterministic: false }.is_deterministic());
         assert!(!TaskFailure::ExecutorLost("gone".into()).is_deterministic());
     }
 }

@@ -111,10 +111,12 @@ impl UdfError {
         UdfError { site: Box::new(site), kind }
     }
 
-    /// True when the failure comes from the data or the code of the call
-    /// (retrying on a fresh instance gives the same result), as opposed to
-    /// the wall-clock watchdog.
+    /// True when retrying the call cannot help: the failure comes from the
+    /// data or the code of the call, or from a limit it ran into. The
+    /// deadline counts as one: it sits far above what the fuel allows, so a
+    /// call that reaches it is looping or blocked, and four more tries would
+    /// only cost four more deadlines. Only host I/O is transient.
     pub fn is_deterministic(&self) -> bool {
-        !matches!(self.kind, UdfErrorKind::Deadline { .. } | UdfErrorKind::Io(_))
+        !matches!(self.kind, UdfErrorKind::Io(_))
     }
 }

@@ -1,8 +1,12 @@
 //! Fault injection for tests (feature `test-hooks`): make a task panic when a
 //! narrow operation is about to process a chosen record, to check that a
-//! panic fails its task (and batch) instead of hanging the job.
+//! panic fails its task (and batch) instead of hanging the job. A process
+//! under test (the `weir` binary) takes its record from the environment
+//! variable `WEIR_TEST_PANIC_ON_RECORD` (a string record): a panic is an
+//! engine fault, so this is how end-to-end tests force transient task
+//! failures and their retries.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use weir_codec as codec;
 
@@ -35,7 +39,11 @@ impl Drop for PanicOnRecord {
 
 /// Panics if `batch` holds a record registered with [`panic_on_record`].
 pub(crate) fn check_batch(batch: &[u8]) {
-    let list = PANIC_ON.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    static FROM_ENV: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    let from_env =
+        FROM_ENV.get_or_init(|| std::env::var("WEIR_TEST_PANIC_ON_RECORD").ok().map(|r| codec::Value::Str(r).encode()));
+    let mut list = PANIC_ON.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    list.extend(from_env.iter().cloned());
     if list.is_empty() {
         return;
     }

@@ -883,8 +883,10 @@ mod tests {
     #[test]
     fn deterministic_failures_are_not_retried() {
         let trap = TaskFailure::Udf { message: "trapped: unreachable".into(), deterministic: true };
+        let deadline = TaskFailure::Udf { message: "exceeded the wall-clock deadline".into(), deterministic: true };
         for f in [
             trap,
+            deadline,
             TaskFailure::bad_data("malformed batch"),
             TaskFailure::InputLost(BlockId::Rdd { rdd: id(0), partition: 0 }),
         ] {
@@ -896,8 +898,8 @@ mod tests {
 
     #[test]
     fn transient_failures_are_retried_up_to_max_task_failures() {
-        let deadline = TaskFailure::Udf { message: "exceeded the wall-clock deadline".into(), deterministic: false };
-        for f in [deadline, TaskFailure::engine("checkpoint unreadable")] {
+        let io = TaskFailure::Udf { message: "host I/O failed".into(), deterministic: false };
+        for f in [io, TaskFailure::engine("checkpoint unreadable")] {
             let (attempts, err) = attempts_when_failing_with(f.clone());
             assert_eq!(attempts, 4, "{f}: {err}");
             assert!(err.to_string().contains("4 time(s)"), "{err}");
