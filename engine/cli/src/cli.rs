@@ -369,12 +369,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let secret = weir::cluster::secret_from(a.secret_file.as_deref())
                 .with_context(|| secret_what(a.secret_file.as_deref()))?
                 .context("no cluster secret: set WEIR_SECRET or pass --secret-file")?;
-            let opts = weir::cluster::executor::ExecutorOptions {
-                cores: a.cores,
-                version: a.protocol_version,
-                rejoin: a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms)),
-                driver_timeout: std::time::Duration::from_millis(a.heartbeat_timeout_ms),
-            };
+            let mut opts = weir::cluster::executor::ExecutorOptions::new(a.cores);
+            opts.version = a.protocol_version;
+            opts.rejoin = a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms));
+            opts.driver_timeout = std::time::Duration::from_millis(a.heartbeat_timeout_ms);
             weir::cluster::executor::run_with(&a.driver, &secret, &opts)?;
             Ok(ExitCode::SUCCESS)
         }

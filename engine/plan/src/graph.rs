@@ -125,6 +125,7 @@ pub struct Graph {
 /// A graph that is not well formed, with the node that makes it so.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
+#[non_exhaustive]
 pub struct GraphError(pub String);
 
 impl Graph {

@@ -45,6 +45,7 @@ use weir_plan::ops::{self, ArgShape, Op, ParamKind};
 /// A job file problem: where and what.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[non_exhaustive]
 pub struct JobFileError {
     pub file: PathBuf,
     pub line: Option<usize>,

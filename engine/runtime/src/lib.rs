@@ -14,8 +14,6 @@ pub mod files;
 pub mod job;
 #[cfg(feature = "kafka")]
 mod kafka_security;
-#[cfg(feature = "kafka")]
-mod kafka_sink;
 pub mod listener;
 pub mod scheduler;
 pub mod sink;

@@ -99,6 +99,7 @@ pub enum UdfErrorKind {
 /// A UDF failure at a site.
 #[derive(Debug, thiserror::Error)]
 #[error("{site}: {kind}")]
+#[non_exhaustive]
 pub struct UdfError {
     /// Boxed: errors travel in `Result`s on hot paths; keep them small.
     pub site: Box<UdfSite>,

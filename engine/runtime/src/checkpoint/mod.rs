@@ -29,6 +29,7 @@ pub mod file;
 mod gc;
 #[cfg(feature = "object-store")]
 pub mod objstore;
+mod options;
 pub mod store;
 pub mod wal;
 
@@ -45,6 +46,7 @@ use file::FileKind;
 use weir_plan::source::{InputDescriptor, SourceCursor};
 
 use crate::listener::{CheckpointEvent, ListenerBus};
+pub use options::CheckpointOptions;
 pub use store::{CheckpointBounds, CheckpointStore, LocalDir};
 
 /// A source's part of one batch.
@@ -362,7 +364,7 @@ pub struct CheckpointDir {
     store: Arc<dyn CheckpointStore>,
     remote: bool,
     /// A local directory's files only inside this directory
-    /// ([`crate::scheduler::CheckpointOptions::confine`]).
+    /// ([`CheckpointOptions::confine`]).
     confine: Option<PathBuf>,
     _guard: Guard,
     fence: Arc<fence::Fence>,
@@ -694,7 +696,7 @@ impl CheckpointDir {
     /// Its files are read and written under `bounds` (the job's
     /// `[checkpoint]`).
     pub fn open_location(
-        c: &crate::scheduler::CheckpointOptions,
+        c: &CheckpointOptions,
         bounds: CheckpointBounds,
     ) -> Result<(Self, Recovered), CheckpointError> {
         let Some(url) = object_store_url(&c.dir) else {

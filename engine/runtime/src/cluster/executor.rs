@@ -105,6 +105,7 @@ enum Ended {
 
 /// How an executor process runs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExecutorOptions {
     /// Tasks at once.
     pub cores: u32,

@@ -3,6 +3,7 @@
 //! host against real modules and components.
 
 mod api;
+mod architecture;
 mod budget;
 mod components;
 mod operations;

@@ -21,7 +21,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use weir_codec::{display::render, Records};
 
-use crate::sink::{Sink, SinkError};
+use super::{Sink, SinkError};
 use crate::source::kafka::{client_backoff, with_retries, MAX_FRAME_BYTES};
 
 /// The most bytes of record text in one produce request (under Kafka's

@@ -12,13 +12,16 @@
 //!   `object-store`) there is no rename: each part is one object (one PUT),
 //!   and `_SUCCESS` is written last — a reader that waits for `_SUCCESS` never
 //!   sees half a batch, and a re-run batch overwrites the same keys.
-//! * `kafka` — each record's text produced to a Kafka topic (`kafka_sink`,
+//! * `kafka` — each record's text produced to a Kafka topic (`sink/kafka.rs`,
 //!   behind the `kafka` feature). At-least-once: headers let readers drop
 //!   the copies a re-run batch produces.
 //! * `collect` — keeps the records in memory, decoded (Rust API, tests).
 //! * `foreach_rdd` — hands each batch's encoded partitions to a function on
 //!   the driver (Rust API): Spark's `foreachRDD`, for custom sinks and for
 //!   consumers that read the records in place without decoding them.
+
+#[cfg(feature = "kafka")]
+mod kafka;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -467,17 +470,15 @@ pub fn open(
         }
         OutputSpec::Custom { id } => custom.get(*id).ok_or(missing("custom sink", *id))?.clone(),
         #[cfg(feature = "kafka")]
-        OutputSpec::Kafka { brokers, topic, client_id, timeout_ms, tls, sasl } => {
-            Arc::new(crate::kafka_sink::KafkaSink::new(
-                brokers,
-                topic,
-                client_id.clone(),
-                std::time::Duration::from_millis(*timeout_ms),
-                job,
-                crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
-                    .map_err(SinkError::Kafka)?,
-            )?)
-        }
+        OutputSpec::Kafka { brokers, topic, client_id, timeout_ms, tls, sasl } => Arc::new(kafka::KafkaSink::new(
+            brokers,
+            topic,
+            client_id.clone(),
+            std::time::Duration::from_millis(*timeout_ms),
+            job,
+            crate::kafka_security::KafkaSecurity::load(tls.as_deref(), sasl.as_deref(), base)
+                .map_err(SinkError::Kafka)?,
+        )?),
         #[cfg(not(feature = "kafka"))]
         OutputSpec::Kafka { .. } => {
             return Err(SinkError::Kafka(
