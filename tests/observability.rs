@@ -1108,6 +1108,21 @@ prefix = "out/upper"
         a.sort();
         assert_eq!(a, [0, 1, 2], "partition {p}: {b}");
     }
+    // The stage lists every attempt: the poisoned partition's four, failed,
+    // and the other partition's one, which passed.
+    let tasks = b["outputs"][0]["stages"][0]["task_list"].as_array().unwrap();
+    let failed: Vec<u64> =
+        tasks.iter().filter(|t| !t["failure"].is_null()).map(|t| t["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(failed, [0, 1, 2, 3], "{b}");
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| !t["failure"].is_null())
+            .all(|t| t["failure"].as_str().unwrap().contains("task panicked")),
+        "{b}"
+    );
+    assert_eq!(tasks.iter().filter(|t| t["failure"].is_null()).count(), 1, "{b}");
+    assert!(b["outputs"][0]["stages"][0]["task_ms"].as_array().is_some_and(|q| q.len() == 3), "{b}");
     assert_eq!(b["outputs"][0]["records_out"], serde_json::Value::Null, "a failed output wrote nothing: {b}");
     let m = parse_metrics(&get_ok(addr, "/metrics").body);
     assert_eq!(m["weir_task_retries_total"], retries.len() as f64);
@@ -1117,6 +1132,7 @@ prefix = "out/upper"
     let page = get_ok(addr, &format!("/batches/{t}")).body;
     assert!(page.contains(&format!("<h3>Task retries ({})</h3>", retries.len())), "{page}");
     assert!(page.contains("no records out") && page.contains("class=\"fail\""), "{page}");
+    assert_eq!(page.matches("<tr class=\"task\">").count(), 5, "{page}");
     h.kill();
 }
 

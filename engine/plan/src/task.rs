@@ -101,6 +101,11 @@ pub struct UdfUsage {
     pub fuel: u64,
     /// Calls that failed (a trap, a limit, malformed output, a guest error).
     pub failures: u64,
+    /// Of the failures, the calls whose code trapped (`unreachable`, an
+    /// out-of-bounds access, a division by zero, a stack overflow, ...);
+    /// absent from peers of earlier versions.
+    #[serde(default)]
+    pub traps: u64,
 }
 
 impl UdfUsage {
@@ -109,6 +114,7 @@ impl UdfUsage {
         self.calls += other.calls;
         self.fuel += other.fuel;
         self.failures += other.failures;
+        self.traps += other.traps;
     }
 }
 

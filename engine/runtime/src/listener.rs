@@ -102,6 +102,52 @@ pub struct StageInfo {
     /// The executors that ran its tasks, retries included (block server
     /// addresses; `""` for the driver's own threads under `local[N]`).
     pub executors: Vec<String>,
+    /// Some of its task attempts, by partition then attempt: every failed
+    /// one and the slowest of the rest, at most [`TASKS_SHOWN`] in all (a
+    /// stage may have thousands of tasks; the summary covers them all).
+    pub task_list: Vec<TaskInfo>,
+    /// The shortest, median and longest run time of all its task attempts
+    /// that finished (`None` when none did).
+    pub task_times: Option<[Duration; 3]>,
+}
+
+/// The most task attempts a [`StageInfo`] lists.
+pub const TASKS_SHOWN: usize = 32;
+
+/// One attempt of one task of a stage, as its executor reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    pub partition: u32,
+    /// 0 for the first attempt.
+    pub attempt: u32,
+    /// The executor that ran it (`""`: the driver's threads).
+    pub executor: String,
+    /// Its run time on the executor.
+    pub duration: Duration,
+    /// Why it failed, if it did.
+    pub failure: Option<String>,
+}
+
+impl TaskInfo {
+    pub fn new(partition: u32, attempt: u32, executor: String, duration: Duration, failure: Option<String>) -> Self {
+        TaskInfo { partition, attempt, executor, duration, failure }
+    }
+}
+
+/// What a stage's listeners see of its task attempts: the shortest, median
+/// and longest run time of them all, and at most [`TASKS_SHOWN`] of them
+/// (failures first, then the slowest), in partition and attempt order.
+pub fn summarize_tasks(mut tasks: Vec<TaskInfo>) -> (Vec<TaskInfo>, Option<[Duration; 3]>) {
+    let mut times: Vec<Duration> = tasks.iter().map(|t| t.duration).collect();
+    times.sort_unstable();
+    let quantiles = (!times.is_empty()).then(|| [times[0], times[times.len() / 2], times[times.len() - 1]]);
+    if tasks.len() > TASKS_SHOWN {
+        tasks.sort_by(|a, b| b.failure.is_some().cmp(&a.failure.is_some()).then(b.duration.cmp(&a.duration)));
+        tasks.truncate(TASKS_SHOWN);
+    }
+    tasks.sort_by_key(|t| (t.partition, t.attempt));
+    (tasks, quantiles)
 }
 
 /// One output operation of a batch.
@@ -502,5 +548,37 @@ impl StreamingListener for ConsoleProgress {
                 last_completed.map(|t| format!("{t} ms")).unwrap_or_else(|| "none".into()),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod task_summary_tests {
+    use super::*;
+
+    fn t(partition: u32, attempt: u32, ms: u64, failed: bool) -> TaskInfo {
+        TaskInfo::new(partition, attempt, String::new(), Duration::from_millis(ms), failed.then(|| "boom".into()))
+    }
+
+    #[test]
+    fn a_long_stage_keeps_its_failures_and_slowest_tasks_in_partition_order() {
+        // 200 tasks of 1..=200 ms; partitions 7 and 150 failed (fast).
+        let tasks: Vec<TaskInfo> = (0..200).map(|p| t(p, 0, u64::from(p) + 1, p == 7 || p == 150)).collect();
+        let (shown, times) = summarize_tasks(tasks);
+        assert_eq!(times, Some([Duration::from_millis(1), Duration::from_millis(101), Duration::from_millis(200)]));
+        assert_eq!(shown.len(), TASKS_SHOWN);
+        let parts: Vec<u32> = shown.iter().map(|t| t.partition).collect();
+        let mut expected = vec![7, 150];
+        expected.extend(200 - (TASKS_SHOWN as u32 - 2)..200);
+        expected.sort();
+        assert_eq!(parts, expected);
+    }
+
+    #[test]
+    fn a_short_stage_keeps_every_attempt() {
+        let (shown, times) = summarize_tasks(vec![t(1, 1, 5, false), t(1, 0, 9, true), t(0, 0, 3, false)]);
+        let order: Vec<(u32, u32)> = shown.iter().map(|t| (t.partition, t.attempt)).collect();
+        assert_eq!(order, [(0, 0), (1, 0), (1, 1)]);
+        assert_eq!(times, Some([Duration::from_millis(3), Duration::from_millis(5), Duration::from_millis(9)]));
+        assert_eq!(summarize_tasks(vec![]), (vec![], None));
     }
 }

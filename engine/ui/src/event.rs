@@ -463,6 +463,55 @@ pub struct StageRecord {
     /// `local[N]`); absent in event logs of earlier versions.
     #[serde(default)]
     pub executors: Vec<String>,
+    /// Some of its task attempts (every failed one and the slowest, at most
+    /// `weir::listener::TASKS_SHOWN`), by partition and attempt; absent in
+    /// event logs of earlier versions.
+    #[serde(default)]
+    pub task_list: Vec<TaskRecord>,
+    /// The shortest, median and longest run time of all its task attempts,
+    /// in milliseconds.
+    #[serde(default)]
+    pub task_ms: Option<[f64; 3]>,
+}
+
+/// One task attempt of a stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub partition: u32,
+    pub attempt: u32,
+    /// `""`: the driver's threads under `local[N]`.
+    pub executor: String,
+    pub duration_ms: f64,
+    /// Why it failed (cut to [`MAX_TASK_FAILURE_BYTES`]), if it did.
+    pub failure: Option<String>,
+}
+
+/// The longest task failure a [`TaskRecord`] keeps (a trap's message may
+/// carry a long WebAssembly backtrace; the batch's error has it whole).
+pub const MAX_TASK_FAILURE_BYTES: usize = 1024;
+
+impl From<&l::TaskInfo> for TaskRecord {
+    fn from(t: &l::TaskInfo) -> Self {
+        TaskRecord {
+            partition: t.partition,
+            attempt: t.attempt,
+            executor: t.executor.clone(),
+            duration_ms: ms(t.duration),
+            failure: t.failure.as_deref().map(|f| cut(f, MAX_TASK_FAILURE_BYTES)),
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked when cut.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n...", &s[..end])
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -501,6 +550,8 @@ impl From<&l::BatchReport> for BatchRecord {
                             tasks: s.tasks,
                             duration_ms: ms(s.duration),
                             executors: s.executors.clone(),
+                            task_list: s.task_list.iter().map(TaskRecord::from).collect(),
+                            task_ms: s.task_times.map(|q| q.map(ms)),
                         })
                         .collect(),
                     error: o.error.clone(),

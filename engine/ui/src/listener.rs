@@ -326,6 +326,8 @@ mod cost {
             tasks: 2,
             duration_ms: 1.0,
             executors: vec![String::new()],
+            task_list: vec![],
+            task_ms: None,
         };
         let out = OutputRecord {
             index: 0,

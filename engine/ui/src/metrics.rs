@@ -44,6 +44,8 @@ pub struct Metrics {
     receiver_bad_lines: Family<Labels, Counter>,
     /// The job's sources (for the labels of per-source series).
     source_names: std::sync::Mutex<Vec<SourceInfo>>,
+    /// The job's UDF module names: the only `module` labels taken.
+    module_names: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Per source: its rate limit in records per second (absent: unbounded).
     source_rate_limit: Family<Labels, Gauge<f64, AtomicU64>>,
     source_backpressure_rate: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -51,6 +53,7 @@ pub struct Metrics {
     udf_calls: Family<Labels, Counter>,
     udf_fuel: Family<Labels, Counter>,
     udf_failures: Family<Labels, Counter>,
+    udf_traps: Family<Labels, Counter>,
     /// Per executor (label `executor`: its block server address, `driver`
     /// for the driver's own threads).
     executor_tasks: Family<Labels, Counter>,
@@ -121,11 +124,13 @@ impl Metrics {
             receiver_errors: Family::default(),
             receiver_bad_lines: Family::default(),
             source_names: Default::default(),
+            module_names: Default::default(),
             source_rate_limit: Family::default(),
             source_backpressure_rate: Family::default(),
             udf_calls: Family::default(),
             udf_fuel: Family::default(),
             udf_failures: Family::default(),
+            udf_traps: Family::default(),
             executor_tasks: Family::default(),
             executor_task_failures: Family::default(),
             executor_tasks_running: Family::default(),
@@ -200,6 +205,11 @@ impl Metrics {
             "udf_failures",
             "UDF calls that failed (trap, fuel, memory or deadline limit, malformed output, guest error), per module",
             m.udf_failures.clone(),
+        );
+        registry.register(
+            "udf_traps",
+            "UDF calls whose WebAssembly code trapped (unreachable, out-of-bounds access, division by zero, stack overflow), per module",
+            m.udf_traps.clone(),
         );
         registry.register(
             "source_rate_limit",
@@ -282,11 +292,14 @@ impl Metrics {
                 self.processing.observe(b.processing_ms / 1000.0);
                 self.scheduling_delay.observe(b.scheduling_delay_ms / 1000.0);
                 self.last_batch_time.set(b.time);
-                for u in &b.udf_usage {
+                // Only the job's modules (an event log is not trusted).
+                let modules = self.module_names.lock().unwrap_or_else(|p| p.into_inner());
+                for u in b.udf_usage.iter().filter(|u| modules.contains(&u.module)) {
                     let labels = vec![("module".to_string(), u.module.clone())];
                     self.udf_calls.get_or_create(&labels).inc_by(u.calls);
                     self.udf_fuel.get_or_create(&labels).inc_by(u.fuel);
                     self.udf_failures.get_or_create(&labels).inc_by(u.failures);
+                    self.udf_traps.get_or_create(&labels).inc_by(u.traps);
                 }
                 // Only the job's sources (an event log is not trusted).
                 let known = self.source_names.lock().unwrap_or_else(|p| p.into_inner()).len();
@@ -304,6 +317,7 @@ impl Metrics {
                     drop(self.receiver_connected.get_or_create(&labels));
                 }
                 *self.source_names.lock().unwrap_or_else(|p| p.into_inner()) = j.sources.clone();
+                *self.module_names.lock().unwrap_or_else(|p| p.into_inner()) = j.modules.keys().cloned().collect();
                 // Indexed by output index (an event log's are not trusted
                 // to be in order).
                 let mut specs: Vec<OutputSpecInfo> = j.outputs.clone();
@@ -509,5 +523,44 @@ mod tests {
         );
         assert_eq!(text.matches("weir_stream_records_out_total{").count(), 2, "{text}");
         assert!(text.contains("weir_records_out_total 12"), "{text}");
+    }
+
+    /// UDF figures count per module, traps apart from other failures, and
+    /// only for the modules the job loaded (an event log is not trusted).
+    #[test]
+    fn udf_traps_are_counted_per_known_module() {
+        let m = Metrics::new();
+        let job = JobInfo { modules: [("ops.wasm".to_string(), "ab".to_string())].into(), ..JobInfo::default() };
+        m.observe(&Event::JobStarted(job));
+        let usage = |module: &str, failures: u64, traps: u64| weir_plan::task::UdfUsage {
+            module: module.into(),
+            calls: 10,
+            fuel: 100,
+            failures,
+            traps,
+        };
+        for t in 1..=2 {
+            m.observe(&Event::BatchCompleted(BatchRecord {
+                time: t,
+                records_in: 0,
+                records_per_source: vec![],
+                processing_ms: 0.0,
+                scheduling_delay_ms: 0.0,
+                total_delay_ms: 0.0,
+                errors: vec![],
+                outputs: vec![],
+                executors_lost: 0,
+                map_tasks_recomputed: 0,
+                blocks_recomputed: 0,
+                tasks_resubmitted: 0,
+                rate_limits: vec![],
+                backpressure_rates: vec![],
+                udf_usage: vec![usage("ops.wasm", 3, 2), usage("made-up.wasm", 1, 1)],
+            }));
+        }
+        let text = m.render();
+        assert!(text.contains("weir_udf_traps_total{module=\"ops.wasm\"} 4"), "{text}");
+        assert!(text.contains("weir_udf_failures_total{module=\"ops.wasm\"} 6"), "{text}");
+        assert!(!text.contains("made-up.wasm"), "{text}");
     }
 }

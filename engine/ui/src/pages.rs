@@ -341,6 +341,42 @@ fn streaming_page(st: &UiState, q: &str) -> String {
     page(st, q, "Streaming", &body)
 }
 
+/// `""` is the driver's own threads (`local[N]`).
+fn executor_name(x: &str) -> &str {
+    if x.is_empty() {
+        "driver"
+    } else {
+        x
+    }
+}
+
+/// A stage's task attempts (those the record keeps: failures and the
+/// slowest), folded under the stage table.
+fn tasks_table(body: &mut String, s: &crate::event::StageRecord) {
+    let _ = write!(
+        body,
+        "<details class=\"tasks\"><summary>Tasks of <code>{}</code> ({} attempt(s) shown{})</summary><table><tr><th>Partition</th><th>Attempt</th><th>Executor</th><th>Duration</th><th>Result</th></tr>",
+        esc(&s.rdd),
+        s.task_list.len(),
+        if s.task_list.len() >= weir::listener::TASKS_SHOWN { ", at most this many: the failed ones, then the slowest" } else { "" }
+    );
+    for t in &s.task_list {
+        let _ = write!(
+            body,
+            "<tr class=\"task\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            t.partition,
+            t.attempt,
+            esc(executor_name(&t.executor)),
+            fmt_ms(t.duration_ms),
+            t.failure.as_ref().map_or_else(
+                || "<span class=\"ok\">ok</span>".to_string(),
+                |f| format!("<span class=\"fail\">{}</span>", esc(f))
+            )
+        );
+    }
+    body.push_str("</table></details>");
+}
+
 /// The "Task retries (N)" heading and table of a batch's retries.
 fn retries_table(body: &mut String, retries: &[crate::state::Retry]) {
     let _ = write!(body, "<h3>Task retries ({})</h3>", retries.len());
@@ -426,7 +462,7 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
     for o in &r.outputs {
         let _ = write!(
             body,
-            "<h4>Output {}: <code>{}</code>{} &middot; {} &middot; <span class=\"records-out\">{}</span>{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th><th>Executors</th></tr>",
+            "<h4>Output {}: <code>{}</code>{} &middot; {} &middot; <span class=\"records-out\">{}</span>{}</h4><table><tr><th>Stage (RDD)</th><th>Kind</th><th>Tasks</th><th>Duration</th><th>Task time (min / median / max)</th><th>Executors</th></tr>",
             o.index,
             esc(&o.description),
             o.stream
@@ -442,20 +478,19 @@ fn batch_page(st: &UiState, b: &BatchView, q: &str) -> String {
         for s in &o.stages {
             let _ = write!(
                 body,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"executors\">{}</td></tr>",
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td class=\"task-times\">{}</td><td class=\"executors\">{}</td></tr>",
                 esc(&s.rdd),
                 esc(&s.kind),
                 s.tasks,
                 fmt_ms(s.duration_ms),
-                esc(&s
-                    .executors
-                    .iter()
-                    .map(|x| if x.is_empty() { "driver" } else { x.as_str() })
-                    .collect::<Vec<_>>()
-                    .join(", "))
+                s.task_ms.map_or_else(|| "-".into(), |[a, m, z]| format!("{} / {} / {}", fmt_ms(a), fmt_ms(m), fmt_ms(z))),
+                esc(&s.executors.iter().map(|x| executor_name(x)).collect::<Vec<_>>().join(", "))
             );
         }
         body.push_str("</table>");
+        for s in o.stages.iter().filter(|s| !s.task_list.is_empty()) {
+            tasks_table(&mut body, s);
+        }
     }
     retries_table(&mut body, &b.retries);
     let _ = write!(body, "<h3>Recomputed blocks ({})</h3>", b.recomputed_blocks.len());

@@ -258,14 +258,25 @@ pub const MAX_PLAN_BYTES: usize = 64 * 1024;
 const MAX_PLANS: usize = 64;
 
 fn cut_at(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+    crate::event::cut(s, max)
+}
+
+/// A batch record as kept: each stage's task list at most
+/// [`weir::listener::TASKS_SHOWN`] long and its failures cut (an event log
+/// is not trusted to keep them short).
+fn bounded(r: &BatchRecord) -> BatchRecord {
+    let mut r = r.clone();
+    for s in r.outputs.iter_mut().flat_map(|o| o.stages.iter_mut()) {
+        s.task_list.truncate(weir::listener::TASKS_SHOWN);
+        for t in &mut s.task_list {
+            if let Some(f) = &mut t.failure {
+                if f.len() > crate::event::MAX_TASK_FAILURE_BYTES {
+                    *f = cut_at(f, crate::event::MAX_TASK_FAILURE_BYTES);
+                }
+            }
+        }
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}\n...", &s[..end])
+    r
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, x: T, max: usize) {
@@ -382,7 +393,7 @@ impl UiState {
                     self.totals.records_out = self.totals.records_out.saturating_add(n);
                 }
                 let view = BatchView {
-                    record: r.clone(),
+                    record: bounded(r),
                     replayed: p.replayed,
                     submitted_at_ms: (p.submitted_at_ms > 0).then_some(p.submitted_at_ms),
                     completed_at_ms: at,
@@ -666,6 +677,44 @@ mod tests {
         s.apply(&bad(0, "truncated".into(), "y".repeat(1 << 20)));
         let cut = s.sources[&0].last_bad_line.clone().unwrap_or_default();
         assert!(cut.len() <= MAX_PATH_BYTES + 4, "the problem text is cut: {} bytes", cut.len());
+    }
+
+    #[test]
+    fn a_batchs_task_lists_from_an_event_log_are_bounded() {
+        let mut s = UiState::new(Limits::default());
+        s.apply(&Logged { at_ms: 0, event: Event::JobStarted(one_source_job()) });
+        // A hostile event log: 10 000 task attempts, the first failures 1 MiB.
+        let task = |p: u32| crate::event::TaskRecord {
+            partition: p,
+            attempt: 0,
+            executor: String::new(),
+            duration_ms: 1.0,
+            failure: Some("f".repeat(if p < 4 { 1 << 20 } else { 10 })),
+        };
+        let stage = crate::event::StageRecord {
+            rdd: "r".into(),
+            kind: "result".into(),
+            tasks: 10_000,
+            duration_ms: 1.0,
+            executors: vec![],
+            task_list: (0..10_000).map(task).collect(),
+            task_ms: None,
+        };
+        let mut b = batch(1, 1);
+        b.outputs = vec![crate::event::OutputRecord {
+            index: 0,
+            description: String::new(),
+            stream: None,
+            duration_ms: 0.0,
+            stages: vec![stage],
+            error: None,
+            records_out: None,
+        }];
+        s.apply(&Logged { at_ms: 1, event: Event::BatchCompleted(b) });
+        let kept = &s.batches.back().expect("the batch is kept").record.outputs[0].stages[0].task_list;
+        assert_eq!(kept.len(), weir::listener::TASKS_SHOWN);
+        let longest = kept.iter().filter_map(|t| t.failure.as_ref()).map(String::len).max().unwrap_or(0);
+        assert!(longest <= crate::event::MAX_TASK_FAILURE_BYTES + 4, "failures are cut: {longest} bytes");
     }
 
     #[test]

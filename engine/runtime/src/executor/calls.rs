@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use weir_codec as codec;
 
 use crate::rdd::{UdfParams, UdfRef};
-use crate::udf::{ModuleHash, ModuleRegistry, UdfInstance, UdfKind};
+use crate::udf::{ModuleHash, ModuleRegistry, UdfError, UdfErrorKind, UdfInstance, UdfKind};
 pub use weir_plan::task::{TaskFailure, UdfUsage};
 
 /// Which instance serves a call: one per module, and apart from that one
@@ -55,15 +55,20 @@ impl<'a> UdfCalls<'a> {
 
     /// Adds to a module's figures; its name is allocated only the first
     /// time (this runs on every call).
-    fn add_usage(&mut self, module: &str, calls: u64, fuel: u64, failures: u64) {
+    fn add_usage(&mut self, module: &str, calls: u64, fuel: u64, failed: Option<&UdfError>) {
+        let failures = u64::from(failed.is_some());
+        let traps = u64::from(
+            failed.is_some_and(|e| matches!(e.kind, UdfErrorKind::Trap { .. } | UdfErrorKind::StackOverflow)),
+        );
         match self.usage.get_mut(module) {
             Some(u) => {
                 u.calls += calls;
                 u.fuel += fuel;
                 u.failures += failures;
+                u.traps += traps;
             }
             None => {
-                let u = UdfUsage { module: module.to_string(), calls, fuel, failures };
+                let u = UdfUsage { module: module.to_string(), calls, fuel, failures, traps };
                 self.usage.insert(module.to_string(), u);
             }
         }
@@ -71,10 +76,10 @@ impl<'a> UdfCalls<'a> {
 
     /// Counts `calls` calls of `f`'s module, and a failure when `failed`:
     /// the failed instance is dropped (never reused) and its fuel counted.
-    fn account(&mut self, f: &UdfRef, key: &InstanceKey, calls: u64, failed: bool) {
+    fn account(&mut self, f: &UdfRef, key: &InstanceKey, calls: u64, failed: Option<&UdfError>) {
         self.count += calls;
-        let fuel = if failed { self.instances.remove(key).map_or(0, |i| i.fuel_burned()) } else { 0 };
-        self.add_usage(&f.module_name, calls, fuel, u64::from(failed));
+        let fuel = if failed.is_some() { self.instances.remove(key).map_or(0, |i| i.fuel_burned()) } else { 0 };
+        self.add_usage(&f.module_name, calls, fuel, failed);
     }
 
     /// What each module cost in this task so far, by module name: the fuel
@@ -125,7 +130,7 @@ impl<'a> UdfCalls<'a> {
                 Ok(i) => i,
                 Err(e) => {
                     // A start-up that traps or runs out of fuel is the module's failure.
-                    self.add_usage(&f.module_name, 0, 0, 1);
+                    self.add_usage(&f.module_name, 0, 0, Some(&e));
                     return Err(e.into());
                 }
             };
@@ -149,7 +154,7 @@ impl<'a> UdfCalls<'a> {
         let names: Vec<(&str, UdfKind)> = steps.iter().map(|f| (f.function.as_str(), f.kind)).collect();
         let (inst, key) = self.instance(steps[0], partition)?;
         let r = inst.call_chain_with(&names, count, parts, consume);
-        self.account(steps[0], &key, steps.len() as u64, r.is_err());
+        self.account(steps[0], &key, steps.len() as u64, r.as_ref().err());
         r.map_err(Into::into)
     }
 
@@ -166,7 +171,7 @@ impl<'a> UdfCalls<'a> {
     ) -> Result<Result<R, TaskFailure>, TaskFailure> {
         let (inst, key) = self.instance(f, partition)?;
         let r = inst.call_chain_with(&[(f.function.as_str(), kind)], count, parts, consume);
-        self.account(f, &key, 1, r.is_err());
+        self.account(f, &key, 1, r.as_ref().err());
         r.map_err(Into::into)
     }
 
@@ -184,7 +189,7 @@ impl<'a> UdfCalls<'a> {
     ) -> Result<Vec<u8>, TaskFailure> {
         let (inst, key) = self.instance(f, partition)?;
         let r = inst.call(&f.function, kind, input);
-        self.account(f, &key, 1, r.is_err());
+        self.account(f, &key, 1, r.as_ref().err());
         r.map_err(Into::into)
     }
 }

@@ -13,11 +13,12 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::executor::{BackendEvent, ExecutorBackend, Task, TaskFailure, TaskKind, TaskOutput};
 use crate::listener::{
-    BlockRecomputed, ExecutorEvent, ExecutorStatus, ListenerBus, LiveExecutors, StageInfo, TaskRetry,
+    summarize_tasks, BlockRecomputed, ExecutorEvent, ExecutorStatus, ListenerBus, LiveExecutors, StageInfo, TaskInfo,
+    TaskRetry,
 };
 use crate::rdd::{BlockId, Lineage, RddId, RddOp, ShuffleId};
 use weir_plan::task::UdfUsage;
@@ -92,6 +93,8 @@ pub struct DagScheduler {
     /// Executors that ran a task of the stage running now (sorted, for the
     /// stage's [`StageInfo`]).
     stage_executors: std::collections::BTreeSet<String>,
+    /// The task attempts of the stage running now (for its [`StageInfo`]).
+    stage_tasks: Vec<TaskInfo>,
     /// The executor the current job's tasks are kept on after one of its
     /// fetches failed (see [`DagScheduler::run_job`]).
     colocated: Option<String>,
@@ -167,6 +170,7 @@ impl DagScheduler {
             listeners: ListenerBus::default(),
             stages: Vec::new(),
             stage_executors: Default::default(),
+            stage_tasks: Vec::new(),
             colocated: None,
             executor_tasks: Default::default(),
             lost_blocks: HashMap::new(),
@@ -462,14 +466,18 @@ impl DagScheduler {
             _ => (tasks.len() as u32, "result"),
         };
         self.stage_executors.clear();
+        self.stage_tasks.clear();
         let r = self.run_stage_tasks(tasks, rdd);
         let executors = std::mem::take(&mut self.stage_executors).into_iter().collect();
+        let (task_list, task_times) = summarize_tasks(std::mem::take(&mut self.stage_tasks));
         self.stages.push(StageInfo {
             rdd: rdd.to_string(),
             kind,
             tasks: count,
             duration: started.elapsed(),
             executors,
+            task_list,
+            task_times,
         });
         r
     }
@@ -496,6 +504,13 @@ impl DagScheduler {
                 Err(_) => return Err(StageError::Job(JobError::Lost("all executors are gone".into()))),
             };
             let Some((i, task)) = run.index.remove(&res.task_id) else { continue };
+            self.stage_tasks.push(TaskInfo::new(
+                task.partition,
+                task.attempt,
+                res.executor.clone(),
+                Duration::from_micros(res.micros),
+                res.outcome.as_ref().err().map(ToString::to_string),
+            ));
             // Bounded by the executors there are (a name each).
             if !self.stage_executors.contains(&res.executor) {
                 self.stage_executors.insert(res.executor.clone());

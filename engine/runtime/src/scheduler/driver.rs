@@ -847,9 +847,10 @@ fn usage_between(before: &BTreeMap<String, UdfUsage>, after: &BTreeMap<String, U
             let b = before.get(&a.module).unwrap_or(&zero);
             UdfUsage {
                 module: a.module.clone(),
-                calls: a.calls - b.calls,
-                fuel: a.fuel - b.fuel,
-                failures: a.failures - b.failures,
+                calls: a.calls.saturating_sub(b.calls),
+                fuel: a.fuel.saturating_sub(b.fuel),
+                failures: a.failures.saturating_sub(b.failures),
+                traps: a.traps.saturating_sub(b.traps),
             }
         })
         .filter(|u| u.calls + u.failures > 0)

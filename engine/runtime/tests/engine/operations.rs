@@ -1240,6 +1240,21 @@ fn a_udf_failure_fails_only_its_batch() {
     // Only the partition holding "boom" failed, once: an error the guest
     // reports is deterministic, so it is not retried.
     assert_eq!(report.metrics.task_failures, 1);
+    // A guest's own error is a failed call, not a trap.
+    let usage = &report.batches[1].udf_usage;
+    assert_eq!(
+        usage.iter().map(|u| (u.module.as_str(), u.failures, u.traps)).collect::<Vec<_>>(),
+        [("testops.wasm", 1, 0)]
+    );
+    // Both partitions' tasks are listed, with the shortest, median and
+    // longest task time.
+    let stage = &report.batches[1].outputs[0].stages[0];
+    let parts: Vec<(u32, u32, bool)> =
+        stage.task_list.iter().map(|t| (t.partition, t.attempt, t.failure.is_some())).collect();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts.iter().filter(|p| p.2).count(), 1, "{parts:?}");
+    let [lo, mid, hi] = stage.task_times.expect("task times");
+    assert!(lo <= mid && mid <= hi, "{lo:?} {mid:?} {hi:?}");
     assert_eq!(taken(&c), vec![(1000, strs(&["a", "b"])), (3000, strs(&["c"])), (4000, vec![])]);
 }
 
@@ -1278,6 +1293,18 @@ fn a_trapping_udf_is_attempted_once() {
     // A trap fails the same way on a fresh instance: retrying cannot help.
     assert_eq!(report.metrics.task_failures, 1);
     assert_eq!(taken(&c), vec![(1000, strs(&["a"])), (3000, strs(&["c"]))]);
+    // The module's figures count the call as a failure and a trap.
+    let usage = &report.batches[1].udf_usage;
+    assert_eq!(
+        usage.iter().map(|u| (u.module.as_str(), u.failures, u.traps)).collect::<Vec<_>>(),
+        [("testops.wasm", 1, 1)]
+    );
+    // The stage lists its task attempts: the failed one with its failure.
+    let tasks: Vec<_> = report.batches[1].outputs.iter().flat_map(|o| &o.stages).flat_map(|s| &s.task_list).collect();
+    let failed: Vec<_> = tasks.iter().filter(|t| t.failure.is_some()).collect();
+    assert_eq!(failed.len(), 1, "{tasks:?}");
+    assert_eq!(failed[0].attempt, 0);
+    assert!(failed[0].failure.as_deref().unwrap().contains("asked to panic"), "{failed:?}");
 }
 
 /// A panic inside a task (here injected by a test hook when a narrow
