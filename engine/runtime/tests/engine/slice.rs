@@ -102,3 +102,24 @@ fn without_remember_old_rdds_are_forgotten_and_a_slice_of_them_is_refused() {
     );
     handle.stop(false).unwrap();
 }
+
+/// `DStream::remember` on one stream (not the context) keeps its RDDs far
+/// back; a stream derived from it slices the same range from them, as in
+/// Spark (whose `slice` computes a forgotten RDD from its parents').
+#[test]
+fn a_streams_own_remember_keeps_its_rdds_for_slices() {
+    let (ssc, lines, collected) = job(None);
+    lines.remember(Duration::from_secs(3600)).unwrap();
+    let counts = lines.count().unwrap();
+    let counted = counts.collect().unwrap();
+    let latest = Arc::new(Latest::default());
+    let handle = ssc.start(opts(&latest)).unwrap();
+    latest.wait_for(20_000);
+    let at = |c: &Arc<Mutex<Vec<(i64, Vec<Value>)>>>, t: i64| -> Vec<(i64, Vec<Value>)> {
+        c.lock().unwrap().iter().filter(|(x, _)| *x == t).cloned().collect()
+    };
+    assert_eq!(lines.slice(1000, 1000).unwrap(), at(&collected, 1000));
+    assert_eq!(counts.slice(1000, 2000).unwrap(), [at(&counted, 1000), at(&counted, 2000)].concat());
+    assert_eq!(counts.slice(1000, 1000).unwrap(), vec![(1000, vec![Value::I64(3)])]);
+    handle.stop(false).unwrap();
+}
