@@ -1431,3 +1431,70 @@ prefix = "out/lines"
     let lines: usize = read_outputs(&dir.path().join("out"), "lines").values().map(Vec::len).sum();
     assert_eq!(lines as u64, LINES, "{}", d.log());
 }
+
+/// The Checkpoints page, API and metrics follow checkpoint writes that fail
+/// (the metadata directory replaced by a file mid-run) and resume (put
+/// back), and a restart from the directory shows its recovery, also after
+/// a corrupt newest checkpoint file (an older one is used, and the page
+/// says which was refused).
+#[test]
+fn checkpoint_failures_and_recovery_show_on_the_checkpoints_page_api_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = generator_job(dir.path(), None);
+    let ckpt = dir.path().join("ckpt");
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--checkpoint", arg(&ckpt)]);
+    let written = |v: &serde_json::Value| v["written"].as_u64().unwrap_or(0);
+    let before = written(&poll(addr, "/api/v1/checkpoints", "a checkpoint written", |v| written(v) >= 2));
+    // Break: `metadata/` becomes a plain file; writes fail, the job goes on.
+    let meta = weir::checkpoint::metadata_dir(&ckpt);
+    let away = meta.with_file_name("metadata.away");
+    std::fs::rename(&meta, &away).unwrap();
+    std::fs::write(&meta, "not a directory").unwrap();
+    let cps = poll(addr, "/api/v1/checkpoints", "failed checkpoint writes", |v| v["failed"].as_u64() >= Some(2));
+    let failed: Vec<&serde_json::Value> =
+        cps["checkpoints"].as_array().unwrap().iter().filter(|c| !c["error"].is_null()).collect();
+    assert!(!failed.is_empty(), "{cps}");
+    for c in &failed {
+        assert_eq!(c["kind"], "metadata", "{c}");
+        let e = c["error"].as_str().unwrap();
+        assert!(e.contains("Not a directory") && e.contains(arg(&meta)), "the cause and the path: {e}");
+    }
+    let m = parse_metrics(&get_ok(addr, "/metrics").body);
+    assert_eq!(m["weir_checkpoint_failures_total{kind=\"metadata\"}"], cps["failed"].as_u64().unwrap() as f64);
+    let page = get_ok(addr, "/checkpoints").body;
+    assert!(page.contains("<span class=\"fail\">failed</span>: ") && page.contains("Not a directory"), "{page}");
+    // Repair: writes resume and the count of writes grows again.
+    std::fs::remove_file(&meta).unwrap();
+    std::fs::rename(&away, &meta).unwrap();
+    let after_break = written(&cps);
+    assert!(after_break >= before);
+    let cps = poll(addr, "/api/v1/checkpoints", "writes after the repair", |v| written(v) >= after_break + 2);
+    assert!(cps["recovery"].as_array().unwrap().is_empty(), "a fresh job recovered nothing: {cps}");
+    stop(&mut d);
+
+    // Corrupt the newest metadata checkpoint: a restart refuses it, falls
+    // back to an older one and recovers; the page shows both.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&meta).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let newest = files.last().expect("metadata checkpoints").clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    let (mut d, addr) = run_with_ui(dir.path(), &job, &["--checkpoint", arg(&ckpt)]);
+    let cps = poll(addr, "/api/v1/checkpoints", "the recovery", |v| {
+        v["recovery"].as_array().is_some_and(|a| a.iter().any(|n| n["what"] == "recovered"))
+    });
+    let notes = cps["recovery"].as_array().unwrap();
+    let name = newest.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        notes.iter().any(|n| n["what"] == "invalid checkpoint" && n["detail"].as_str().unwrap().contains(&name)),
+        "the refused file is named: {cps}"
+    );
+    let page = get_ok(addr, "/checkpoints").body;
+    assert!(
+        page.contains("recovered") && page.contains("from checkpoint") && page.contains("invalid checkpoint"),
+        "{page}"
+    );
+    stop(&mut d);
+}
