@@ -252,6 +252,14 @@ fn netns_executor_nemeses_keep_outputs_identical() {
     print_figures("executor nemeses", &figures);
 }
 
+/// A silent executor (stopped, or cut off) is declared lost by the
+/// heartbeat timeout: allowed a generous margin for a loaded machine, but
+/// not the minutes a TCP retransmission timeout would take.
+fn assert_lost_in_time(after: Duration, what: &str) {
+    let bound = Duration::from_millis(HEARTBEAT_MS + 4000);
+    assert!(after <= bound, "{what} was declared lost after {after:?}, not within the heartbeat timeout ({HEARTBEAT_MS} ms, margin to {bound:?})");
+}
+
 /// SIGKILLs the executors on `victims` at the same moment; waits for the
 /// losses and a batch without them, then starts new ones there.
 fn kill(r: &mut Run, victims: &[&str]) -> Figure {
@@ -293,6 +301,7 @@ fn pause(r: &mut Run, victim: &str) -> Figure {
     let at = Instant::now();
     signal(pid, SIGSTOP);
     let lost = r.await_driver("the paused executor's loss", |l| lost_line(l, pid) && l.contains("no heartbeat"));
+    assert_lost_in_time(lost - at, "a stopped executor");
     let first = r.first_batch_after(at);
     let after_loss = r.first_batch_after(lost);
     signal(pid, SIGCONT);
@@ -317,6 +326,7 @@ fn link_down(r: &mut Run, victim: &str) -> Figure {
     let at = Instant::now();
     r.world.link(victim, false);
     let lost = r.await_driver("the cut-off executor's loss", |l| lost_line(l, pid));
+    assert_lost_in_time(lost - at, "a cut-off executor");
     let first = r.first_batch_after(at);
     let after_loss = r.first_batch_after(lost);
     r.world.link(victim, true);
@@ -351,6 +361,14 @@ fn partition_executors(r: &mut Run, hosts: &[&str]) -> Figure {
     }
     // Heartbeats passed all along: nobody was declared lost.
     let during: Vec<&str> = r.driver.timed_lines()[from..].iter().map(|(_, l)| l.as_str()).collect();
+    // The partition was real: a shuffle fetch between executors failed, and
+    // the scheduler kept a job's tasks on one executor.
+    assert!(
+        during.iter().any(|l| l.contains("could not fetch from a peer")),
+        "no shuffle fetch failed while the executors were partitioned:
+{}",
+        during.join("\n")
+    );
     assert!(
         !during.iter().any(|l| l.contains(") lost: ")),
         "an executor was declared lost although it reached the driver:

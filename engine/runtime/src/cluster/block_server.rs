@@ -211,3 +211,38 @@ fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Option<V
     };
     attempt().map(|bs| bs.into_iter().map(|b| b.map(Arc::new)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rdd::RddId;
+
+    /// A retired server (the block server of an incarnation the driver
+    /// declared lost) serves nothing more: not on a connection opened
+    /// before it was retired, not on a new one. So no stale block of an old
+    /// incarnation reaches a newer stage.
+    #[test]
+    fn a_retired_block_server_serves_no_stale_block() {
+        let secret = Arc::new(b"block-server-test".to_vec());
+        let store = BlockStore::new();
+        let id = BlockId::Rdd { rdd: RddId { time: 1000, node: 2 }, partition: 0 };
+        store.put(id, Arc::new(b"stale bytes".to_vec())).unwrap();
+        let jobs = Arc::new(JobBlocks::default());
+        jobs.insert(7, store);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = serve(listener, jobs, secret.clone());
+        let got = fetch(&addr, &secret, 7, &[id]);
+        assert_eq!(got[0].as_deref().map(Vec::as_slice), Some(&b"stale bytes"[..]), "served while live");
+        // A peer connected and authenticated before the retirement.
+        let sock = addr.to_socket_addrs().unwrap().next().unwrap();
+        let mut open = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).unwrap();
+        protocol::connect_within(&mut open, &secret, Role::BlockFetch, protocol::PROTOCOL_VERSION, FETCH_TIMEOUT)
+            .unwrap();
+        open.set_read_timeout(Some(FETCH_TIMEOUT)).unwrap();
+        server.retire();
+        protocol::write_frame(&mut open, &BlockRequest::Get { job: 7, ids: vec![id] }).unwrap();
+        assert!(protocol::read_frame::<BlockReply>(&mut open).is_err(), "an open connection is answered no more");
+        assert!(try_fetch(&addr, &secret, 7, &[id]).is_none(), "a new connection is served nothing");
+    }
+}
