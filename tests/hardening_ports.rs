@@ -312,6 +312,45 @@ fn a_non_reading_executor_flooding_module_requests_does_not_stop_the_driver() {
     c.still_working(3, "a module-request flood");
 }
 
+/// `--max-frame-bytes` lowers the limit of frames from authenticated
+/// peers: an executor that sends a frame over it (2 MiB against 1 MiB, far
+/// under the 1 GiB default) is disconnected and declared lost, naming the
+/// limit, and the batches go on. Out-of-range limits are refused.
+#[test]
+fn a_configured_frame_limit_disconnects_an_authenticated_peer_over_it() {
+    use weir::cluster::protocol::{self, Role};
+    let _serial = serial();
+    let mut c = Cluster::start(&["--max-frame-bytes", "1048576"], None);
+    let mut s = TcpStream::connect(&c.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 4_000_002 };
+    protocol::connect(&mut s, SECRET.as_bytes(), role, protocol::PROTOCOL_VERSION).unwrap();
+    s.write_all(&(2u32 << 20).to_le_bytes()).unwrap();
+    let _ = s.write_all(&[0u8; 4096]);
+    let (_, line) =
+        c.d.wait_line(Duration::from_secs(30), |l| l.contains("lost") && l.contains("4000002"))
+            .unwrap_or_else(|| panic!("the peer over the limit was never lost:\n{}", c.d.text()));
+    assert!(line.contains("over the 1048576-byte limit"), "{line}");
+    c.still_working(2, "a frame over the configured limit");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let job = long_job(tmp.path());
+    for bytes in ["1000", "2147483648"] {
+        let mut cmd = run_cmd(&job, "local-cluster[1]", &["--max-frame-bytes", bytes]);
+        cmd.current_dir(tmp.path());
+        let (status, err) = run_with_deadline(&mut cmd, Duration::from_secs(30));
+        assert!(
+            !status.success() && err.contains("--max-frame-bytes") && err.contains("out of range"),
+            "{bytes}: {err}"
+        );
+        let mut ex = executor_cmd("127.0.0.1:1");
+        ex.args(["--max-frame-bytes", bytes]).env("WEIR_SECRET", SECRET);
+        let (status, err) = run_with_deadline(&mut ex, Duration::from_secs(20));
+        assert!(!status.success() && err.contains("out of range"), "executor, {bytes}: {err}");
+    }
+}
+
 /// An empty or whitespace-only secret file is an error, not a secret.
 #[test]
 fn an_empty_secret_file_is_refused() {

@@ -117,6 +117,10 @@ pub struct ExecutorArgs {
     /// Tasks to run at once.
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
+    /// The largest frame taken from the driver, a block fetcher or a block
+    /// server, in bytes (from 1 MiB to 1 GiB).
+    #[arg(long, default_value_t = weir::cluster::protocol::MAX_FRAME as u64)]
+    pub max_frame_bytes: u64,
     /// File holding the cluster secret (default: the WEIR_SECRET environment variable).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
@@ -210,6 +214,11 @@ pub struct RunArgs {
     /// long (ms; at least 500), instead of waiting for one.
     #[arg(long, default_value_t = 60000)]
     pub no_executor_timeout_ms: u64,
+    /// The largest frame the driver (and its local-cluster executors) take
+    /// from an authenticated executor or block fetcher, in bytes (from 1 MiB
+    /// to 1 GiB).
+    #[arg(long, default_value_t = weir::cluster::protocol::MAX_FRAME as u64)]
+    pub max_frame_bytes: u64,
     /// Serve the status page, /metrics and /api/v1 on HOST:PORT (a taken
     /// port: the next free one; port 0: any free port), or `off`.
     #[arg(long, default_value = weir_ui::DEFAULT_ADDR, value_name = "HOST:PORT|off")]
@@ -373,6 +382,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             opts.version = a.protocol_version;
             opts.rejoin = a.rejoin.then(|| std::time::Duration::from_millis(a.rejoin_timeout_ms));
             opts.driver_timeout = std::time::Duration::from_millis(a.heartbeat_timeout_ms);
+            opts.max_frame = weir::cluster::protocol::check_frame_limit(a.max_frame_bytes)
+                .map_err(anyhow::Error::msg)
+                .context("--max-frame-bytes")?;
             weir::cluster::executor::run_with(&a.driver, &secret, &opts)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -544,6 +556,9 @@ fn run_job(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         .with_context(|| secret_what(args.secret_file.as_deref()))?;
     cluster.heartbeat_timeout = std::time::Duration::from_millis(args.heartbeat_timeout_ms);
     cluster.no_executor_timeout = std::time::Duration::from_millis(args.no_executor_timeout_ms);
+    cluster.max_frame_bytes = weir::cluster::protocol::check_frame_limit(args.max_frame_bytes)
+        .map_err(anyhow::Error::msg)
+        .context("--max-frame-bytes")?;
     // Executors are this very program, whatever it is called.
     cluster.executor_binary = std::env::current_exe().ok();
     opts.cluster = cluster;

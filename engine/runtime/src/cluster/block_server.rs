@@ -95,8 +95,9 @@ impl BlockServer {
 }
 
 /// Serves the jobs' stores in `store` on `listener` until the process ends
-/// or the returned handle is retired.
-pub fn serve(listener: TcpListener, store: Arc<JobBlocks>, secret: Arc<Vec<u8>>) -> BlockServer {
+/// or the returned handle is retired; a request over `max_frame` bytes ends
+/// its connection.
+pub fn serve(listener: TcpListener, store: Arc<JobBlocks>, secret: Arc<Vec<u8>>, max_frame: usize) -> BlockServer {
     let live = Arc::new(AtomicBool::new(true));
     let handle = BlockServer { addr: listener.local_addr().ok(), live: live.clone() };
     let _ = std::thread::Builder::new().name("weir-block-server".into()).spawn(move || {
@@ -133,7 +134,9 @@ pub fn serve(listener: TcpListener, store: Arc<JobBlocks>, secret: Arc<Vec<u8>>)
                 {
                     return;
                 }
-                while let Ok(BlockRequest::Get { job, ids }) = protocol::read_frame::<BlockRequest>(&mut conn) {
+                while let Ok(BlockRequest::Get { job, ids }) =
+                    protocol::read_frame_limited::<BlockRequest>(&mut conn, max_frame)
+                {
                     if !live.load(Ordering::SeqCst) {
                         return;
                     }
@@ -159,12 +162,24 @@ pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 
 /// Block fetches of one executor incarnation, remembering which peers just
 /// failed to answer.
-#[derive(Default)]
 pub struct Fetcher {
     unreachable: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The largest reply taken.
+    max_frame: usize,
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Fetcher::new(protocol::MAX_FRAME)
+    }
 }
 
 impl Fetcher {
+    /// A fetcher that takes replies of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Fetcher { unreachable: Default::default(), max_frame }
+    }
+
     /// [`fetch`], except that a peer that failed within [`UNREACHABLE_FOR`]
     /// is not asked again (None for every block, as if it had not answered).
     pub fn fetch(&self, addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Vec<Option<Block>> {
@@ -174,7 +189,7 @@ impl Fetcher {
             return ids.iter().map(|_| None).collect();
         }
         drop(down);
-        match try_fetch(addr, secret, job, ids) {
+        match try_fetch(addr, secret, job, ids, self.max_frame) {
             Some(bs) => bs,
             None => {
                 tracing::info!(
@@ -191,12 +206,12 @@ impl Fetcher {
 /// Fetches job `job`'s blocks from the block server at `addr` (None for
 /// each block it does not have, or for all if it cannot be reached in time).
 pub fn fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Vec<Option<Block>> {
-    try_fetch(addr, secret, job, ids).unwrap_or_else(|| ids.iter().map(|_| None).collect())
+    try_fetch(addr, secret, job, ids, protocol::MAX_FRAME).unwrap_or_else(|| ids.iter().map(|_| None).collect())
 }
 
 /// The blocks, or None when the server could not be reached or did not
 /// answer in time.
-fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Option<Vec<Option<Block>>> {
+fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId], max_frame: usize) -> Option<Vec<Option<Block>>> {
     let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
@@ -206,7 +221,7 @@ fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Option<V
         conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
         conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
         protocol::write_frame(&mut conn, &BlockRequest::Get { job, ids: ids.to_vec() }).ok()?;
-        let BlockReply::Blocks(bs) = protocol::read_frame::<BlockReply>(&mut conn).ok()?;
+        let BlockReply::Blocks(bs) = protocol::read_frame_limited::<BlockReply>(&mut conn, max_frame).ok()?;
         (bs.len() == ids.len()).then_some(bs)
     };
     attempt().map(|bs| bs.into_iter().map(|b| b.map(Arc::new)).collect())
@@ -231,7 +246,7 @@ mod tests {
         jobs.insert(7, store);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let server = serve(listener, jobs, secret.clone());
+        let server = serve(listener, jobs, secret.clone(), protocol::MAX_FRAME);
         let got = fetch(&addr, &secret, 7, &[id]);
         assert_eq!(got[0].as_deref().map(Vec::as_slice), Some(&b"stale bytes"[..]), "served while live");
         // A peer connected and authenticated before the retirement.
@@ -243,6 +258,9 @@ mod tests {
         server.retire();
         protocol::write_frame(&mut open, &BlockRequest::Get { job: 7, ids: vec![id] }).unwrap();
         assert!(protocol::read_frame::<BlockReply>(&mut open).is_err(), "an open connection is answered no more");
-        assert!(try_fetch(&addr, &secret, 7, &[id]).is_none(), "a new connection is served nothing");
+        assert!(
+            try_fetch(&addr, &secret, 7, &[id], protocol::MAX_FRAME).is_none(),
+            "a new connection is served nothing"
+        );
     }
 }

@@ -103,6 +103,10 @@ pub struct ClusterConfig {
     /// executor's slots, before it runs on any executor (Spark's
     /// `spark.locality.wait`); [`DEFAULT_LOCALITY_WAIT`] by default.
     pub locality_wait: Duration,
+    /// The largest frame taken from an authenticated executor or block
+    /// fetcher ([`protocol::check_frame_limit`]); local executors get the
+    /// same limit.
+    pub max_frame: usize,
 }
 
 /// [`ClusterConfig::locality_wait`]'s default (Spark's `spark.locality.wait`).
@@ -313,6 +317,8 @@ struct Shared {
     no_executor_timeout: Duration,
     /// [`ClusterConfig::locality_wait`].
     locality_wait: Duration,
+    /// [`ClusterConfig::max_frame`].
+    max_frame: usize,
     /// The `local-cluster` executor processes, and how to start more.
     local: Mutex<Local>,
 }
@@ -800,6 +806,8 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
             ),
         ));
     }
+    protocol::check_frame_limit(cfg.max_frame as u64)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     if cfg.secret.as_ref().is_some_and(|s| s.iter().all(|b| b.is_ascii_whitespace())) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -826,7 +834,7 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
     let block_addr = block_listener.local_addr()?.to_string();
     let blocks = Arc::new(JobBlocks::default());
     // Serves for the driver's lifetime: its handle is never retired.
-    let _ = block_server::serve(block_listener, blocks.clone(), secret.clone());
+    let _ = block_server::serve(block_listener, blocks.clone(), secret.clone(), cfg.max_frame);
 
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -850,6 +858,7 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
         counters: Counters::default(),
         no_executor_timeout: cfg.no_executor_timeout,
         locality_wait: cfg.locality_wait,
+        max_frame: cfg.max_frame,
         local: Mutex::new(Local::default()),
     });
     accept_loop(listener, shared.clone());
@@ -866,6 +875,8 @@ fn start_shared(cfg: &ClusterConfig, queue: Drr<Queued>) -> std::io::Result<Arc<
             &cfg.cores.to_string(),
             "--heartbeat-timeout-ms",
             &beat,
+            "--max-frame-bytes",
+            &cfg.max_frame.to_string(),
         ]
         .map(String::from)
         .to_vec();
@@ -941,7 +952,7 @@ fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>
     let _ = conn.set_read_timeout(None);
     // Results and heartbeats, until the connection ends.
     loop {
-        let msg = protocol::read_frame::<FromExecutor>(&mut conn);
+        let msg = protocol::read_frame_limited::<FromExecutor>(&mut conn, shared.max_frame);
         let mut st = shared.lock();
         if !on_message(&shared, &mut st, id, msg) {
             return;
@@ -1620,6 +1631,7 @@ mod tests {
             executor_binary: None,
             listeners: Default::default(),
             locality_wait: DEFAULT_LOCALITY_WAIT,
+            max_frame: protocol::MAX_FRAME,
         };
         let registry = Arc::new(ModuleRegistry::new(UdfRuntime::shared().unwrap(), Default::default()));
         ClusterBackend::start(&cfg, registry, BlockStore::new()).unwrap()
@@ -1809,6 +1821,7 @@ mod tests {
             executor_binary: None,
             listeners: Default::default(),
             locality_wait: DEFAULT_LOCALITY_WAIT,
+            max_frame: protocol::MAX_FRAME,
         };
         let cluster = SharedCluster::start(&cfg).unwrap();
         cluster.set_tenant("a", 2, 1);
@@ -1883,6 +1896,7 @@ mod tests {
             executor_binary: None,
             listeners: Default::default(),
             locality_wait,
+            max_frame: protocol::MAX_FRAME,
         }
     }
 

@@ -115,11 +115,20 @@ pub struct ExecutorOptions {
     pub rejoin: Option<Duration>,
     /// A driver silent for this long is lost (at least [`MIN_DRIVER_TIMEOUT`]).
     pub driver_timeout: Duration,
+    /// The largest frame taken from the driver, a block fetcher or a block
+    /// server ([`protocol::check_frame_limit`]).
+    pub max_frame: usize,
 }
 
 impl ExecutorOptions {
     pub fn new(cores: u32) -> Self {
-        ExecutorOptions { cores, version: PROTOCOL_VERSION, rejoin: None, driver_timeout: DEFAULT_DRIVER_TIMEOUT }
+        ExecutorOptions {
+            cores,
+            version: PROTOCOL_VERSION,
+            rejoin: None,
+            driver_timeout: DEFAULT_DRIVER_TIMEOUT,
+            max_frame: protocol::MAX_FRAME,
+        }
     }
 }
 
@@ -140,6 +149,7 @@ pub fn run_with(drivers: &[String], secret: &[u8], opts: &ExecutorOptions) -> Re
     if drivers.is_empty() {
         return Err(ExecutorError::Other("no driver address".into()));
     }
+    protocol::check_frame_limit(opts.max_frame as u64).map_err(ExecutorError::Other)?;
     if opts.driver_timeout < MIN_DRIVER_TIMEOUT {
         return Err(ExecutorError::Other(format!(
             "a heartbeat timeout of {} ms is too short: the minimum is {} ms (the driver heartbeats every {} ms)",
@@ -276,16 +286,16 @@ fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<En
     // names its job, so jobs sharing this executor never read each other's.
     let blocks = Arc::new(JobBlocks::default());
     let secret = Arc::new(secret.to_vec());
-    let server = block_server::serve(listener, blocks.clone(), secret.clone());
+    let server = block_server::serve(listener, blocks.clone(), secret.clone(), opts.max_frame);
     tracing::info!("executor {executor_id} joined {driver}; blocks at {block_addr}");
 
     let runtime = UdfRuntime::shared().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let writer = conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });
     spawn_heartbeat(link.clone());
-    let tasks = spawn_task_threads(cores, executor_id, &link, &secret, &block_addr);
+    let tasks = spawn_task_threads(cores, executor_id, &link, &secret, &block_addr, opts.max_frame);
     let env = DriverEnv { link: &link, runtime, blocks: &blocks, executor_id, block_addr: &block_addr };
-    let ended = serve_driver(conn, &env, tasks, opts.driver_timeout);
+    let ended = serve_driver(conn, &env, tasks, opts);
     // Whatever ended it, this incarnation is over: its connection is shut
     // (its task threads can no longer send), its blocks are served no more.
     {
@@ -330,10 +340,11 @@ fn spawn_task_threads(
     link: &Arc<Link>,
     secret: &Arc<Vec<u8>>,
     block_addr: &str,
+    max_frame: usize,
 ) -> Sender<ReadyTask> {
     let (tx, rx) = channel::<ReadyTask>();
     let rx = Arc::new(Mutex::new(rx));
-    let fetcher = Arc::new(block_server::Fetcher::default());
+    let fetcher = Arc::new(block_server::Fetcher::new(max_frame));
     for i in 0..cores.max(1) {
         let (rx, link, secret, addr) = (rx.clone(), link.clone(), secret.clone(), block_addr.to_string());
         let fetcher = fetcher.clone();
@@ -397,8 +408,9 @@ fn serve_driver(
     mut conn: TcpStream,
     env: &DriverEnv<'_>,
     tx: Sender<ReadyTask>,
-    driver_timeout: Duration,
+    opts: &ExecutorOptions,
 ) -> Result<Ended, ExecutorError> {
+    let driver_timeout = opts.driver_timeout;
     let link = env.link;
     let mut jobs: std::collections::HashMap<JobId, JobEnv> = Default::default();
     let mut waiting: Vec<(JobId, Task)> = Vec::new();
@@ -408,7 +420,7 @@ fn serve_driver(
     let mut stages: std::collections::VecDeque<(StageId, JobId, Arc<StageRdds>)> = Default::default();
     let mut budgets = Budgets::default();
     loop {
-        match protocol::read_frame::<ToExecutor>(&mut conn) {
+        match protocol::read_frame_limited::<ToExecutor>(&mut conn, opts.max_frame) {
             Ok(ToExecutor::Job { job, limits, blocks: quota }) => {
                 if !jobs.contains_key(&job) {
                     if jobs.len() >= MAX_JOBS {

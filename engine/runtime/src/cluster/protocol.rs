@@ -48,11 +48,28 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// Version 6: the `Job` frame carries the job's block budget (a server
 /// tenant's `block_quota_bytes`), which the executor holds the job's blocks
 /// on it to, shared by the jobs that name the same budget.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: a result's UDF usage counts the calls that trapped apart
+/// (`UdfUsage::traps`).
+pub const PROTOCOL_VERSION: u32 = 7;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
-/// lineage, a block, a module).
+/// lineage, a block, a module) unless configured lower
+/// (`--max-frame-bytes`; [`check_frame_limit`]).
 pub const MAX_FRAME: usize = 1 << 30;
+/// The lowest frame limit that can be configured: a stage's lineage, a
+/// module and a task's result must fit.
+pub const MIN_FRAME_LIMIT: usize = 1 << 20;
+
+/// `bytes` as a limit for frames from authenticated peers, or why not:
+/// from [`MIN_FRAME_LIMIT`] to [`MAX_FRAME`].
+pub fn check_frame_limit(bytes: u64) -> Result<usize, String> {
+    match usize::try_from(bytes) {
+        Ok(b) if (MIN_FRAME_LIMIT..=MAX_FRAME).contains(&b) => Ok(b),
+        _ => Err(format!(
+            "a frame limit of {bytes} bytes is out of range: from {MIN_FRAME_LIMIT} (1 MiB) to {MAX_FRAME} (1 GiB)"
+        )),
+    }
+}
 /// Largest frame accepted during the handshake (a challenge, a hello, an
 /// admission are well under 1 KiB; a few KiB of addresses and reasons).
 pub const HANDSHAKE_FRAME: usize = 64 << 10;

@@ -897,6 +897,7 @@ fn start_executors(
                 executor_binary: opts.cluster.executor_binary.clone(),
                 listeners: listeners.clone(),
                 locality_wait: crate::cluster::DEFAULT_LOCALITY_WAIT,
+                max_frame: opts.cluster.max_frame_bytes,
             };
             let (b, r) = ClusterBackend::start(&cfg, job.registry.clone(), blocks.clone())
                 .map_err(|e| EngineError::Executor(format!("cannot start the cluster: {e}")))?;

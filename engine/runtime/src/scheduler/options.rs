@@ -164,6 +164,10 @@ pub struct ClusterOptions {
     /// The program `local-cluster[N]` starts as executors (see
     /// [`crate::cluster::find_executor_binary`]).
     pub executor_binary: Option<PathBuf>,
+    /// The largest frame the driver (and its local executors) take from an
+    /// authenticated peer: from 1 MiB to 1 GiB, the default
+    /// ([`crate::cluster::protocol::MAX_FRAME`]).
+    pub max_frame_bytes: usize,
 }
 
 impl Default for ClusterOptions {
@@ -174,6 +178,7 @@ impl Default for ClusterOptions {
             heartbeat_timeout: Duration::from_secs(3),
             no_executor_timeout: Duration::from_secs(60),
             executor_binary: None,
+            max_frame_bytes: crate::cluster::protocol::MAX_FRAME,
         }
     }
 }
