@@ -518,3 +518,63 @@ fn rdd_operations_follow_spark_through_weir_run_on_both_masters() {
     assert!(ranged[0].1.iter().all(|p| p.len() > 30), "300 records over 101 keys spread: {:?}", ranged[0].1);
     assert_eq!(ranged[1].1.iter().filter(|p| !p.is_empty()).count(), 1, "one key: one range");
 }
+
+/// Spark's `DStream.slice` (Rust API) on `local-cluster[2]`: the driver
+/// computes the sliced RDDs on executor processes, and they equal what the
+/// stream produced (a reduce, so a shuffle between the executors).
+#[test]
+fn slice_on_a_local_cluster_returns_the_rdds_the_stream_produced() {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+    use weir::codec::Value;
+    use weir::dstream::StreamingContext;
+    use weir::listener::{BatchReport, StreamingListener};
+    use weir::plan::source::SourceSpec;
+    use weir::scheduler::{Clock, Master, RunOptions};
+
+    #[derive(Default)]
+    struct Done(Mutex<i64>, Condvar);
+    impl StreamingListener for Done {
+        fn on_batch_completed(&self, b: &BatchReport) {
+            *self.0.lock().unwrap() = b.time;
+            self.1.notify_all();
+        }
+    }
+    let ssc = StreamingContext::new(Duration::from_secs(1)).unwrap();
+    let wc = ssc.module(module("wordcount.wasm")).unwrap();
+    let spec = SourceSpec::Generator { lines_per_batch: 20, words_per_line: 3, vocabulary: 7, seed: 3, batches: None };
+    let words = ssc.source(spec, "generator").flat_map(&wc.udf("split")).unwrap();
+    let counts = words.map(&wc.udf("pair")).unwrap().reduce_by_key(&wc.udf("sum")).unwrap();
+    let collected = counts.collect().unwrap();
+    ssc.remember(Duration::from_secs(3600));
+    let done = Arc::new(Done::default());
+    let mut o = RunOptions::default();
+    o.master = Master::LocalCluster { executors: 2, cores: 1 };
+    o.clock = Clock::Logical;
+    o.listeners = vec![done.clone()];
+    o.cluster.executor_binary = Some(env!("CARGO_BIN_EXE_weir").into());
+    let handle = ssc.start(o).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut t = done.0.lock().unwrap();
+    while *t < 4000 {
+        assert!(std::time::Instant::now() < deadline, "batch 4000 never completed");
+        t = done.1.wait_timeout(t, Duration::from_secs(1)).unwrap().0;
+    }
+    drop(t);
+    let sorted = |mut v: Vec<Value>| {
+        v.sort_by_key(|x| x.encode());
+        v
+    };
+    let want: Vec<(i64, Vec<Value>)> = collected
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| (2000..=4000).contains(t))
+        .map(|(t, v)| (*t, sorted(v.clone())))
+        .collect();
+    assert_eq!(want.len(), 3);
+    let got: Vec<(i64, Vec<Value>)> =
+        counts.slice(2000, 4000).unwrap().into_iter().map(|(t, v)| (t, sorted(v))).collect();
+    assert_eq!(got, want);
+    handle.stop(false).unwrap();
+}

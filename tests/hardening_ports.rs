@@ -288,7 +288,7 @@ fn a_non_reading_executor_flooding_module_requests_does_not_stop_the_driver() {
     let mut s = TcpStream::connect(&c.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    let role = Role::Executor { slots: 4096, block_addr: "127.0.0.1:1".into(), pid: 4_000_001 };
+    let role = Role::Executor { slots: 4096, block_addr: "127.0.0.1:1".into(), pid: 4_000_001, max_frame: 1 << 30 };
     protocol::connect(&mut s, SECRET.as_bytes(), role, protocol::PROTOCOL_VERSION).unwrap();
     let hash = weir::udf::ModuleHash::of(&std::fs::read(module("wordcount.wasm")).unwrap());
     let frame = protocol::encode_frame(&FromExecutor::NeedModule { job: 0, hash }).unwrap();
@@ -324,7 +324,7 @@ fn a_configured_frame_limit_disconnects_an_authenticated_peer_over_it() {
     let mut s = TcpStream::connect(&c.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 4_000_002 };
+    let role = Role::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 4_000_002, max_frame: 1 << 30 };
     protocol::connect(&mut s, SECRET.as_bytes(), role, protocol::PROTOCOL_VERSION).unwrap();
     s.write_all(&(2u32 << 20).to_le_bytes()).unwrap();
     let _ = s.write_all(&[0u8; 4096]);
@@ -349,6 +349,52 @@ fn a_configured_frame_limit_disconnects_an_authenticated_peer_over_it() {
         let (status, err) = run_with_deadline(&mut ex, Duration::from_secs(20));
         assert!(!status.success() && err.contains("out of range"), "executor, {bytes}: {err}");
     }
+}
+
+/// Legitimate frames over a lowered `--max-frame-bytes` fail clearly
+/// instead of losing executor after executor: a job whose module (the
+/// Python WordCount, about 19 MB) could not be sent to the executors is
+/// refused at start naming it; a task whose result (a partition of about
+/// 3 MB of output lines) is over the driver's limit fails once,
+/// deterministically, naming the limit, with no executor lost; on the
+/// way, shuffle fetches over the limit are split block by block.
+#[test]
+fn frames_over_a_lowered_limit_fail_the_job_or_the_task_naming_the_limit() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let py = tmp.path().join("py.toml");
+    std::fs::write(
+        &py,
+        format!(
+            "batch_interval = \"1s\"\n[modules]\nwc = \"{}\"\n[sources.lines]\ntype = \"generator\"\nlines_per_batch = 10\nwords_per_line = 2\nvocabulary = 5\nbatches = 1\n[streams]\nwords = \"lines.flat_map(wc.split)\"\n[[outputs]]\nstream = \"words\"\ntype = \"print\"\n",
+            module("wordcount_py.wasm").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = run_cmd(&py, "local-cluster[1]", &["--max-frame-bytes", "1048576", "--ui", "off"]);
+    cmd.current_dir(tmp.path());
+    let (status, err) = run_with_deadline(&mut cmd, Duration::from_secs(60));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("module wordcount_py.wasm is") && err.contains("--max-frame-bytes"), "{err}");
+
+    let big = tmp.path().join("big.toml");
+    std::fs::write(
+        &big,
+        // Eight input partitions of about 0.5 MB (under the limit, fetched
+        // one each), one output partition of about 4 MB (over it): the
+        // reducer's fetch of several buckets at once is over the limit too,
+        // and is asked for again block by block.
+        "batch_interval = \"1s\"\nparallelism = 8\n[sources.lines]\ntype = \"generator\"\nlines_per_batch = 200000\nwords_per_line = 3\nvocabulary = 1000\nbatches = 2\n[streams]\none = \"lines.repartition(1)\"\n[[outputs]]\nstream = \"one\"\ntype = \"save_as_text_files\"\nprefix = \"out/one\"\n",
+    )
+    .unwrap();
+    let mut cmd =
+        run_cmd(&big, "local-cluster[2]", &["--max-frame-bytes", "1048576", "--ui", "off", "--clock", "logical"]);
+    cmd.current_dir(tmp.path());
+    let (status, err) = run_with_deadline(&mut cmd, Duration::from_secs(120));
+    assert!(!status.success(), "the batches fail: {err}");
+    assert!(err.contains("over the driver's frame limit of 1048576 bytes"), "{err}");
+    assert!(err.contains("1 time(s)") && !err.contains("4 time(s)"), "deterministic, not retried: {err}");
+    assert!(!err.contains(") lost: "), "no executor is lost over it: {err}");
 }
 
 /// An empty or whitespace-only secret file is an error, not a secret.

@@ -102,8 +102,9 @@ pub struct UdfUsage {
     /// Calls that failed (a trap, a limit, malformed output, a guest error).
     pub failures: u64,
     /// Of the failures, the calls whose code trapped (`unreachable`, an
-    /// out-of-bounds access, a division by zero, a stack overflow, ...);
-    /// absent from peers of earlier versions.
+    /// out-of-bounds access, a division by zero, a stack overflow, ...).
+    /// `serde(default)` reads JSON event logs of earlier versions (the
+    /// cluster protocol's bincode has no defaults: its version changed).
     #[serde(default)]
     pub traps: u64,
 }
@@ -111,10 +112,11 @@ pub struct UdfUsage {
 impl UdfUsage {
     /// Adds `other`'s figures (same module) into this one.
     pub fn add(&mut self, other: &UdfUsage) {
-        self.calls += other.calls;
-        self.fuel += other.fuel;
-        self.failures += other.failures;
-        self.traps += other.traps;
+        // Figures from peers: saturate rather than overflow.
+        self.calls = self.calls.saturating_add(other.calls);
+        self.fuel = self.fuel.saturating_add(other.fuel);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.traps = self.traps.saturating_add(other.traps);
     }
 }
 
@@ -189,7 +191,7 @@ impl TaskFailure {
     /// True when running the task again gives the same failure, so it is
     /// not retried: a deterministic UDF failure, bad data, or a lost input
     /// block (nothing can recompute it). Everything else (a lost executor, a
-    /// missing shuffle output, an engine fault, the UDF watchdog) may pass.
+    /// missing shuffle output, an engine fault, host I/O) may pass.
     pub fn is_deterministic(&self) -> bool {
         match self {
             TaskFailure::Udf { deterministic, .. } => *deterministic,

@@ -15,6 +15,18 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+/// A job file problem: where and what (re-exported as
+/// `weir::job::JobFileError`; it lives here, at the bottom of the crate,
+/// because the crate's error ([`crate::EngineError`]) carries it).
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+#[non_exhaustive]
+pub struct JobFileError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -42,15 +42,9 @@ use crate::udf::{ModuleRegistry, UdfLimits, UdfLimitsOverrides, UdfRuntime};
 use crate::EngineError;
 use weir_plan::ops::{self, ArgShape, Op, ParamKind};
 
-/// A job file problem: where and what.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-#[non_exhaustive]
-pub struct JobFileError {
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub message: String,
-}
+/// A job file problem: where and what (defined in [`crate::files`], below
+/// the scheduler, which reports it through [`crate::EngineError`]).
+pub use crate::files::JobFileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -38,7 +38,7 @@ pub enum EngineError {
     #[error(transparent)]
     Udf(#[from] udf::UdfError),
     #[error(transparent)]
-    JobFile(#[from] job::JobFileError),
+    JobFile(#[from] files::JobFileError),
     #[error(transparent)]
     Source(#[from] source::SourceError),
     #[error(transparent)]

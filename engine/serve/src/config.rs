@@ -57,6 +57,8 @@ struct ConfigFile {
     #[serde(default)]
     locality_wait_ms: Option<u64>,
     #[serde(default)]
+    cluster_max_frame_bytes: Option<u64>,
+    #[serde(default)]
     tls_cert: Option<PathBuf>,
     #[serde(default)]
     tls_key: Option<PathBuf>,
@@ -206,6 +208,9 @@ pub struct Config {
     /// jobs' tasks fill it, before it runs on any executor (ms; 0: it does
     /// not wait). Executor processes only (`weir::cluster::ClusterConfig::locality_wait`).
     pub locality_wait_ms: u64,
+    /// The largest frame taken from an authenticated executor or block
+    /// fetcher (bytes, 1 MiB to 1 GiB; `weir run --max-frame-bytes`).
+    pub cluster_max_frame_bytes: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     admin_token_sha256: Option<[u8; 32]>,
@@ -449,8 +454,18 @@ impl Config {
                 ),
             ));
         }
+        let cluster_max_frame_bytes = weir::cluster::protocol::check_frame_limit(
+            f.cluster_max_frame_bytes.unwrap_or(weir::cluster::protocol::MAX_FRAME as u64),
+        )
+        .map_err(|e| err("cluster_max_frame_bytes", format!("cluster_max_frame_bytes: {e}")))?;
         match master.parse::<weir::scheduler::Master>() {
             Ok(weir::scheduler::Master::Local(_)) => {
+                if f.cluster_max_frame_bytes.is_some() {
+                    return Err(err(
+                        "cluster_max_frame_bytes",
+                        format!("cluster_max_frame_bytes needs executor processes: master {master:?} runs threads"),
+                    ));
+                }
                 if f.cluster_listen.is_some() || cluster_secret_file.is_some() {
                     return Err(err(
                         "cluster_",
@@ -491,6 +506,7 @@ impl Config {
             cluster_listen: f.cluster_listen,
             cluster_secret_file,
             locality_wait_ms,
+            cluster_max_frame_bytes,
             tls_cert: f.tls_cert.map(|p| base.join(p)),
             tls_key: f.tls_key.map(|p| base.join(p)),
             admin_token_sha256,
@@ -728,6 +744,20 @@ mod tests {
         assert!(e.contains("serve.toml:1:") && e.contains("kafka_topic_prefixes"), "{e}");
         let e = parse(&format!("[tenants.\"../x\"]\ntoken_sha256 = \"{}\"\n", sha256_hex(b"x"))).unwrap_err();
         assert!(e.to_string().contains("names are"), "{e}");
+    }
+
+    #[test]
+    fn the_cluster_frame_limit_is_a_bounded_key_of_executor_processes() {
+        let cluster = "master = \"local-cluster[2]\"\n";
+        assert_eq!(parse(cluster).unwrap().cluster_max_frame_bytes, weir::cluster::protocol::MAX_FRAME);
+        let c = parse(&format!("{cluster}cluster_max_frame_bytes = 2097152\n")).unwrap();
+        assert_eq!(c.cluster_max_frame_bytes, 2 << 20);
+        for bad in ["1000", "2147483648"] {
+            let e = parse(&format!("{cluster}cluster_max_frame_bytes = {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("serve.toml:2:") && e.contains("out of range"), "{bad}: {e}");
+        }
+        let e = parse("master = \"local[2]\"\ncluster_max_frame_bytes = 2097152\n").unwrap_err().to_string();
+        assert!(e.contains("serve.toml:2:") && e.contains("runs threads"), "{e}");
     }
 
     #[test]

@@ -269,7 +269,7 @@ fn cluster_config(config: &Config, local: u32, cores: u32, secret: Option<Vec<u8
         executor_binary: defaults.executor_binary,
         listeners: Default::default(),
         locality_wait: std::time::Duration::from_millis(config.locality_wait_ms),
-        max_frame: defaults.max_frame_bytes,
+        max_frame: config.cluster_max_frame_bytes,
     }
 }
 

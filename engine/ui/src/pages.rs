@@ -358,7 +358,7 @@ fn tasks_table(body: &mut String, s: &crate::event::StageRecord) {
         "<details class=\"tasks\"><summary>Tasks of <code>{}</code> ({} attempt(s) shown{})</summary><table><tr><th>Partition</th><th>Attempt</th><th>Executor</th><th>Duration</th><th>Result</th></tr>",
         esc(&s.rdd),
         s.task_list.len(),
-        if s.task_list.len() >= weir::listener::TASKS_SHOWN { ", at most this many: the failed ones, then the slowest" } else { "" }
+        if s.task_list.len() >= weir::listener::TASKS_SHOWN { "; a stage lists at most this many: the failed ones first, then the slowest" } else { "" }
     );
     for t in &s.task_list {
         let _ = write!(

@@ -123,7 +123,9 @@ pub fn serve(listener: TcpListener, store: Arc<JobBlocks>, secret: Arc<Vec<u8>>,
             let (store, secret, live) = (store.clone(), secret.clone(), live.clone());
             let _ = std::thread::Builder::new().name("weir-block-conn".into()).spawn(move || {
                 let admitted = protocol::accept(&mut conn, &secret, |role| match role {
-                    Role::BlockFetch => Admission::Welcome { executor_id: 0, limits: UdfLimits::default() },
+                    Role::BlockFetch => {
+                        Admission::Welcome { executor_id: 0, limits: UdfLimits::default(), max_frame: max_frame as u64 }
+                    }
                     Role::Executor { .. } => Admission::Refused { reason: "this is a block server".into() },
                 });
                 if admitted.is_err() || !ticket.authenticated() {
@@ -190,8 +192,16 @@ impl Fetcher {
         }
         drop(down);
         match try_fetch(addr, secret, job, ids, self.max_frame) {
-            Some(bs) => bs,
-            None => {
+            Fetched::Blocks(bs) => bs,
+            // Asked again block by block: each may fit where all did not.
+            Fetched::TooBig(_) if ids.len() > 1 => {
+                ids.iter().flat_map(|id| self.fetch(addr, secret, job, std::slice::from_ref(id))).collect()
+            }
+            Fetched::TooBig(why) => {
+                tracing::warn!("block {} from {addr}: {why} (this executor's --max-frame-bytes)", ids[0]);
+                vec![None]
+            }
+            Fetched::Unreachable => {
                 tracing::info!(
                     "block server {addr} did not answer; treating it as unreachable for {UNREACHABLE_FOR:?}"
                 );
@@ -206,13 +216,26 @@ impl Fetcher {
 /// Fetches job `job`'s blocks from the block server at `addr` (None for
 /// each block it does not have, or for all if it cannot be reached in time).
 pub fn fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId]) -> Vec<Option<Block>> {
-    try_fetch(addr, secret, job, ids, protocol::MAX_FRAME).unwrap_or_else(|| ids.iter().map(|_| None).collect())
+    match try_fetch(addr, secret, job, ids, protocol::MAX_FRAME) {
+        Fetched::Blocks(bs) => bs,
+        Fetched::TooBig(_) | Fetched::Unreachable => ids.iter().map(|_| None).collect(),
+    }
 }
 
-/// The blocks, or None when the server could not be reached or did not
-/// answer in time.
-fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId], max_frame: usize) -> Option<Vec<Option<Block>>> {
-    let attempt = || -> Option<Vec<Option<Vec<u8>>>> {
+/// What a fetch got.
+enum Fetched {
+    Blocks(Vec<Option<Block>>),
+    /// The reply was over the fetcher's frame limit (why).
+    TooBig(String),
+    /// The server could not be reached, or did not answer in time.
+    Unreachable,
+}
+
+/// The blocks; or the reply was over `max_frame`; or the server could not
+/// be reached or did not answer in time.
+fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId], max_frame: usize) -> Fetched {
+    let mut too_big = None;
+    let mut attempt = || -> Option<Vec<Option<Vec<u8>>>> {
         let sock = addr.to_socket_addrs().ok()?.next()?;
         let mut conn = TcpStream::connect_timeout(&sock, FETCH_TIMEOUT).ok()?;
         protocol::connect_within(&mut conn, secret, Role::BlockFetch, protocol::PROTOCOL_VERSION, FETCH_TIMEOUT)
@@ -221,10 +244,19 @@ fn try_fetch(addr: &str, secret: &[u8], job: JobId, ids: &[BlockId], max_frame: 
         conn.set_read_timeout(Some(FETCH_TIMEOUT)).ok()?;
         conn.set_write_timeout(Some(FETCH_TIMEOUT)).ok()?;
         protocol::write_frame(&mut conn, &BlockRequest::Get { job, ids: ids.to_vec() }).ok()?;
-        let BlockReply::Blocks(bs) = protocol::read_frame_limited::<BlockReply>(&mut conn, max_frame).ok()?;
+        let reply = protocol::read_frame_limited::<BlockReply>(&mut conn, max_frame);
+        if let Err(e) = &reply {
+            if protocol::is_too_big(e) {
+                too_big = Some(e.to_string());
+            }
+        }
+        let BlockReply::Blocks(bs) = reply.ok()?;
         (bs.len() == ids.len()).then_some(bs)
     };
-    attempt().map(|bs| bs.into_iter().map(|b| b.map(Arc::new)).collect())
+    match attempt() {
+        Some(bs) => Fetched::Blocks(bs.into_iter().map(|b| b.map(Arc::new)).collect()),
+        None => too_big.map_or(Fetched::Unreachable, Fetched::TooBig),
+    }
 }
 
 #[cfg(test)]
@@ -259,8 +291,33 @@ mod tests {
         protocol::write_frame(&mut open, &BlockRequest::Get { job: 7, ids: vec![id] }).unwrap();
         assert!(protocol::read_frame::<BlockReply>(&mut open).is_err(), "an open connection is answered no more");
         assert!(
-            try_fetch(&addr, &secret, 7, &[id], protocol::MAX_FRAME).is_none(),
+            matches!(try_fetch(&addr, &secret, 7, &[id], protocol::MAX_FRAME), Fetched::Unreachable),
             "a new connection is served nothing"
         );
+    }
+
+    /// A reply over the fetcher's frame limit is asked for again block by
+    /// block; a single block over it is missing (named in a warning), and
+    /// the peer is not taken for unreachable: later fetches from it work.
+    #[test]
+    fn a_reply_over_the_fetchers_limit_is_fetched_block_by_block() {
+        let secret = Arc::new(b"block-server-test".to_vec());
+        let store = BlockStore::new();
+        let id = |p: u32| BlockId::Rdd { rdd: RddId { time: 1000, node: 3 }, partition: p };
+        store.put(id(0), Arc::new(vec![1; 700 << 10])).unwrap();
+        store.put(id(1), Arc::new(vec![2; 700 << 10])).unwrap();
+        store.put(id(2), Arc::new(vec![3; 2 << 20])).unwrap();
+        let jobs = Arc::new(JobBlocks::default());
+        jobs.insert(7, store);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let _server = serve(listener, jobs, secret.clone(), protocol::MAX_FRAME);
+        let fetcher = Fetcher::new(protocol::MIN_FRAME_LIMIT);
+        assert!(matches!(try_fetch(&addr, &secret, 7, &[id(0), id(1)], protocol::MIN_FRAME_LIMIT), Fetched::TooBig(_)));
+        let got = fetcher.fetch(&addr, &secret, 7, &[id(0), id(1)]);
+        let lens: Vec<Option<usize>> = got.iter().map(|b| b.as_ref().map(|b| b.len())).collect();
+        assert_eq!(lens, [Some(700 << 10), Some(700 << 10)], "both, one request each");
+        assert!(fetcher.fetch(&addr, &secret, 7, &[id(2)])[0].is_none(), "a block over the limit is missing");
+        assert!(fetcher.fetch(&addr, &secret, 7, &[id(0)])[0].is_some(), "the peer is still asked");
     }
 }

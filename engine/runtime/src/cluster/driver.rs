@@ -582,6 +582,17 @@ impl Shared {
         registry: Arc<ModuleRegistry>,
         blocks: &Arc<BlockStore>,
     ) -> std::io::Result<(JobId, Receiver<BackendEvent>)> {
+        // A module goes to executors in one frame: one over the limit the
+        // driver's executors are started with is refused here, by name.
+        if let Some((module, bytes)) = registry.module_sizes().into_iter().find(|(_, b)| b + 1024 > self.max_frame) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "module {module} is {bytes} bytes: it cannot be sent to executors under a frame limit of {} bytes (--max-frame-bytes)",
+                    self.max_frame
+                ),
+            ));
+        }
         let (events, rx) = std::sync::mpsc::channel();
         let mut st = self.lock();
         if st.stopping {
@@ -691,10 +702,11 @@ fn preferred_of<'a>(
 }
 
 /// Writes what is queued for executor `id`, outside the driver's lock; a
-/// write that fails or makes no progress for the heartbeat timeout loses the
-/// executor. Ends when the queue's sender is dropped (the executor was
-/// removed) or after a failed write.
-fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<Outgoing>) {
+/// write that fails or makes no progress for the heartbeat timeout, or a
+/// frame over the executor's `limit`, loses the executor. Ends when the
+/// queue's sender is dropped (the executor was removed) or after a failed
+/// write.
+fn writer_loop(shared: Arc<Shared>, (id, limit): (u64, usize), mut sock: TcpStream, rx: Receiver<Outgoing>) {
     let timeout = shared.timeout.max(Duration::from_millis(1));
     if let Err(e) = sock.set_write_timeout(Some(timeout)) {
         shared.lose_and_dispatch(id, &format!("cannot set a write timeout on its connection ({e})"));
@@ -712,8 +724,23 @@ fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<O
             ToExecutor::Run { .. } => (0, 1),
             _ => (0, 0),
         };
+        let what = match &msg {
+            ToExecutor::Module { name, .. } => format!("module {name}"),
+            ToExecutor::Stage { .. } => "a stage's lineage".to_string(),
+            ToExecutor::Run { .. } => "a task".to_string(),
+            _ => "a frame".to_string(),
+        };
         let written = protocol::encode_frame(&msg).and_then(|frame| {
             drop(msg);
+            if frame.len() - 4 > limit {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{what} is a frame of {} bytes, over the executor's limit of {limit} bytes (its --max-frame-bytes)",
+                        frame.len() - 4
+                    ),
+                ));
+            }
             sock.write_all(&frame)?;
             sock.flush()?;
             Ok(frame.len() as u64)
@@ -728,6 +755,8 @@ fn writer_loop(shared: Arc<Shared>, id: u64, mut sock: TcpStream, rx: Receiver<O
             Err(e) => {
                 let why = if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
                     format!("it accepted nothing sent to it for {} ms", timeout.as_millis())
+                } else if e.kind() == std::io::ErrorKind::InvalidInput {
+                    e.to_string()
                 } else {
                     format!("cannot send to it ({e})")
                 };
@@ -932,7 +961,7 @@ fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>
     // Each job's limits go with its `Job` frame; the welcome's are unused.
     let limits = UdfLimits::default();
     let role = match protocol::accept(&mut conn, &shared.secret, |role| match role {
-        Role::Executor { .. } => Admission::Welcome { executor_id: id, limits },
+        Role::Executor { .. } => Admission::Welcome { executor_id: id, limits, max_frame: shared.max_frame as u64 },
         Role::BlockFetch => Admission::Refused { reason: "this is the driver's executor port".into() },
     }) {
         Ok(r) => r,
@@ -945,8 +974,9 @@ fn serve_connection(mut conn: TcpStream, mut ticket: Ticket, shared: Arc<Shared>
     if !ticket.authenticated() {
         return; // dropped to make room meanwhile
     }
-    let Role::Executor { slots, block_addr, pid } = role else { return };
-    if !register_executor(&conn, &shared, id, slots.max(1), &block_addr, pid) {
+    let Role::Executor { slots, block_addr, pid, max_frame } = role else { return };
+    let limit = protocol::peer_frame_limit(max_frame);
+    if !register_executor(&conn, &shared, id, (slots.max(1), limit), &block_addr, pid) {
         return;
     }
     let _ = conn.set_read_timeout(None);
@@ -977,14 +1007,23 @@ fn reachable_block_addr(own: &str, local: Option<std::net::SocketAddr>) -> Optio
 
 /// Adds an authenticated executor, with its writer thread, and hands it
 /// work. False when it could not be set up (the connection is closed).
-fn register_executor(conn: &TcpStream, shared: &Arc<Shared>, id: u64, slots: u32, block_addr: &str, pid: u32) -> bool {
+/// `(slots, limit)`: its task slots and the largest frame it takes.
+fn register_executor(
+    conn: &TcpStream,
+    shared: &Arc<Shared>,
+    id: u64,
+    (slots, limit): (u32, usize),
+    block_addr: &str,
+    pid: u32,
+) -> bool {
     let (Ok(sock), Ok(wsock)) = (conn.try_clone(), conn.try_clone()) else { return false };
     let (out, rx) = std::sync::mpsc::sync_channel(queue_bound(slots));
     {
         let mut st = shared.lock();
         let w = shared.clone();
-        let writer =
-            std::thread::Builder::new().name("weir-executor-send".into()).spawn(move || writer_loop(w, id, wsock, rx));
+        let writer = std::thread::Builder::new()
+            .name("weir-executor-send".into())
+            .spawn(move || writer_loop(w, (id, limit), wsock, rx));
         let Ok(writer) = writer else {
             tracing::warn!("cannot start a writer thread for executor {id} (pid {pid}); closing it");
             let _ = sock.shutdown(std::net::Shutdown::Both);
@@ -1576,7 +1615,8 @@ mod tests {
             }
         };
         conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let role = Role::Executor { slots, block_addr: block_addr.into(), pid: 1 };
+        let role =
+            Role::Executor { slots, block_addr: block_addr.into(), pid: 1, max_frame: protocol::MAX_FRAME as u64 };
         let Admission::Welcome { executor_id, .. } =
             protocol::connect(&mut conn, secret, role, protocol::PROTOCOL_VERSION).unwrap()
         else {

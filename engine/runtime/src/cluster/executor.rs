@@ -26,6 +26,7 @@
 //! the driver declared lost and may have re-run elsewhere — is ever
 //! delivered or served as current.
 
+use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -219,6 +220,8 @@ pub fn run_with(drivers: &[String], secret: &[u8], opts: &ExecutorOptions) -> Re
 struct Link {
     writer: Mutex<TcpStream>,
     live: AtomicBool,
+    /// The largest frame the driver takes (its welcome said).
+    driver_limit: usize,
 }
 
 impl Link {
@@ -229,6 +232,38 @@ impl Link {
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if protocol::write_frame(&mut *w, msg).is_err() {
+            self.kill(&w);
+            return false;
+        }
+        true
+    }
+
+    /// Sends a task's result; one over the driver's frame limit is sent as
+    /// the task's failure instead (deterministic: the same task makes the
+    /// same result), naming the limit. Encoded once.
+    fn send_result(&self, executor_id: u64, job: JobId, result: TaskResult) -> bool {
+        let msg = FromExecutor::Result { executor_id, job, result: Box::new(result) };
+        let size = match protocol::encode_frame(&msg) {
+            Ok(frame) if frame.len() - 4 <= self.driver_limit => return self.send_frame(&frame),
+            Ok(frame) => format!("{} bytes", frame.len() - 4),
+            Err(e) => format!("not sendable ({e})"),
+        };
+        let FromExecutor::Result { mut result, .. } = msg else { return false };
+        result.outcome = Err(TaskFailure::bad_data(format!(
+            "the task's result is {size}, over the driver's frame limit of {} bytes (--max-frame-bytes)",
+            self.driver_limit
+        )));
+        result.blocks.clear();
+        self.send(&FromExecutor::Result { executor_id, job, result })
+    }
+
+    /// Sends an encoded frame; false (and the link is dead) when it cannot.
+    fn send_frame(&self, frame: &[u8]) -> bool {
+        if !self.live.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.write_all(frame).and_then(|()| w.flush()).is_err() {
             self.kill(&w);
             return false;
         }
@@ -249,6 +284,8 @@ struct Joined {
     listener: TcpListener,
     block_addr: String,
     executor_id: u64,
+    /// The largest frame the driver takes.
+    driver_limit: usize,
 }
 
 /// Connects to `driver` (with a deadline) and completes the handshake.
@@ -264,23 +301,29 @@ fn join(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Joined, E
     let mut conn = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(connect_err)?;
     let listener = TcpListener::bind((conn.local_addr().map_err(other)?.ip(), 0)).map_err(other)?;
     let block_addr = listener.local_addr().map_err(other)?.to_string();
-    let role = Role::Executor { slots: cores.max(1), block_addr: block_addr.clone(), pid: std::process::id() };
+    let role = Role::Executor {
+        slots: cores.max(1),
+        block_addr: block_addr.clone(),
+        pid: std::process::id(),
+        max_frame: opts.max_frame as u64,
+    };
     let admission = protocol::connect(&mut conn, secret, role, version)
         .map_err(|e| ExecutorError::Refused { addr: driver.into(), source: e })?;
-    let Admission::Welcome { executor_id, .. } = admission else {
+    let Admission::Welcome { executor_id, max_frame, .. } = admission else {
         return Err(ExecutorError::Other("refused".into()));
     };
+    let driver_limit = protocol::peer_frame_limit(max_frame);
     // The handshake's deadline set these; from now on the driver
     // heartbeats, so a read that waits longer than the driver timeout means
     // the driver is gone (or cut off), even though TCP says nothing yet.
     conn.set_read_timeout(Some(opts.driver_timeout)).map_err(other)?;
     conn.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(other)?;
-    Ok(Joined { conn, listener, block_addr, executor_id })
+    Ok(Joined { conn, listener, block_addr, executor_id, driver_limit })
 }
 
 /// One incarnation: joins `driver`, then serves it until it goes away.
 fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<Ended, ExecutorError> {
-    let Joined { conn, listener, block_addr, executor_id } = join(driver, secret, opts)?;
+    let Joined { conn, listener, block_addr, executor_id, driver_limit } = join(driver, secret, opts)?;
     let cores = opts.cores;
     // Each job's blocks apart (its `Job` frame adds its store): a fetch
     // names its job, so jobs sharing this executor never read each other's.
@@ -291,7 +334,7 @@ fn incarnation(driver: &str, secret: &[u8], opts: &ExecutorOptions) -> Result<En
 
     let runtime = UdfRuntime::shared().map_err(|e| ExecutorError::Other(e.to_string()))?;
     let writer = conn.try_clone().map_err(|e| ExecutorError::Other(e.to_string()))?;
-    let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true) });
+    let link = Arc::new(Link { writer: Mutex::new(writer), live: AtomicBool::new(true), driver_limit });
     spawn_heartbeat(link.clone());
     let tasks = spawn_task_threads(cores, executor_id, &link, &secret, &block_addr, opts.max_frame);
     let env = DriverEnv { link: &link, runtime, blocks: &blocks, executor_id, block_addr: &block_addr };
@@ -357,7 +400,7 @@ fn spawn_task_threads(
                 let fetch = |ids: &[crate::rdd::BlockId], from: &str| fetcher.fetch(from, &secret, job, ids);
                 let env = TaskEnv { registry: &registry, blocks: &blocks, fetch: Some(&fetch), executor: addr.clone() };
                 let result = run_task_guarded(&env, &task);
-                if !link.send(&FromExecutor::Result { executor_id, job, result: Box::new(result) }) {
+                if !link.send_result(executor_id, job, result) {
                     return;
                 }
             });
@@ -521,7 +564,16 @@ fn serve_driver(
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 return Ok(Ended::DriverSilent(driver_timeout))
             }
-            Err(_) => return Ok(Ended::DriverGone),
+            Err(e) => {
+                // Say why when it is this side's refusal (a frame over its
+                // limit, a malformed frame), not just a closed connection.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    tracing::warn!(
+                        "leaving the driver: it sent a frame this executor refuses: {e} (--max-frame-bytes)"
+                    );
+                }
+                return Ok(Ended::DriverGone);
+            }
         }
         let (ready, still): (Vec<(JobId, Task)>, Vec<(JobId, Task)>) =
             waiting.drain(..).partition(|(job, t)| match jobs.get(job) {
@@ -563,7 +615,12 @@ mod tests {
         let fake = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let limits = UdfLimits::default();
-            protocol::accept(&mut conn, &s, |_| Admission::Welcome { executor_id: 1, limits }).unwrap();
+            protocol::accept(&mut conn, &s, |_| Admission::Welcome {
+                executor_id: 1,
+                limits,
+                max_frame: protocol::MAX_FRAME as u64,
+            })
+            .unwrap();
             // Keep the connection open (no FIN, no RST), and send nothing.
             held_tx.send(conn).unwrap();
         });
@@ -601,7 +658,12 @@ mod tests {
         let fake = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let limits = UdfLimits::default();
-            protocol::accept(&mut conn, &s, |_| Admission::Welcome { executor_id: 1, limits }).unwrap();
+            protocol::accept(&mut conn, &s, |_| Admission::Welcome {
+                executor_id: 1,
+                limits,
+                max_frame: protocol::MAX_FRAME as u64,
+            })
+            .unwrap();
             let until = Instant::now() + Duration::from_millis(2500);
             while Instant::now() < until {
                 protocol::write_frame(&mut conn, &ToExecutor::Heartbeat).unwrap();

@@ -1,4 +1,4 @@
-//! The driver <-> executor protocol, version 6 (`docs/cluster.md`).
+//! The driver <-> executor protocol, version 7 (`docs/cluster.md`).
 //!
 //! Every connection (an executor's control connection to the driver, or a
 //! block fetch from a block server) starts the same way: the server sends a
@@ -49,16 +49,43 @@ use crate::udf::{ModuleHash, UdfLimits};
 /// tenant's `block_quota_bytes`), which the executor holds the job's blocks
 /// on it to, shared by the jobs that name the same budget.
 /// Version 7: a result's UDF usage counts the calls that trapped apart
-/// (`UdfUsage::traps`).
+/// (`UdfUsage::traps`), and each side of a handshake tells the other the
+/// largest frame it takes (`max_frame` in the executor's [`Role`] and the
+/// driver's [`Admission::Welcome`]), so a sender refuses what its peer
+/// would refuse, saying why.
 pub const PROTOCOL_VERSION: u32 = 7;
 const MAGIC: [u8; 4] = *b"WEIR";
 /// Largest frame accepted from an authenticated peer (a task with its
 /// lineage, a block, a module) unless configured lower
 /// (`--max-frame-bytes`; [`check_frame_limit`]).
 pub const MAX_FRAME: usize = 1 << 30;
-/// The lowest frame limit that can be configured: a stage's lineage, a
-/// module and a task's result must fit.
+/// The lowest frame limit that can be configured. Frames over a peer's
+/// limit are not sent: a job with a module over the driver's limit is
+/// refused, a task result over it fails the task, any other frame over an
+/// executor's loses that executor, each naming the limit; a block reply
+/// over a fetcher's is asked for again block by block (`docs/cluster.md`).
 pub const MIN_FRAME_LIMIT: usize = 1 << 20;
+
+/// A frame whose length is over the reader's limit (the payload of the
+/// `InvalidData` error [`read_frame_limited`] returns then; see
+/// [`is_too_big`]).
+#[derive(Debug, thiserror::Error)]
+#[error("a frame of {len} bytes is over the {limit}-byte limit")]
+pub struct FrameTooBig {
+    pub len: usize,
+    pub limit: usize,
+}
+
+/// True when `e` says a frame was over the reader's limit.
+pub fn is_too_big(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|x| x.downcast_ref::<FrameTooBig>().is_some())
+}
+
+/// A peer's stated frame limit, as the limit this side sends it under
+/// (untrusted: brought into the configurable range).
+pub fn peer_frame_limit(max_frame: u64) -> usize {
+    usize::try_from(max_frame).unwrap_or(MAX_FRAME).clamp(MIN_FRAME_LIMIT, MAX_FRAME)
+}
 
 /// `bytes` as a limit for frames from authenticated peers, or why not:
 /// from [`MIN_FRAME_LIMIT`] to [`MAX_FRAME`].
@@ -90,7 +117,8 @@ pub struct Challenge {
 pub enum Role {
     /// An executor joining: how many tasks it runs at once, where its block
     /// server listens, its pid (for logs).
-    Executor { slots: u32, block_addr: String, pid: u32 },
+    /// `max_frame`: the largest frame it takes (`--max-frame-bytes`).
+    Executor { slots: u32, block_addr: String, pid: u32, max_frame: u64 },
     /// A peer fetching blocks.
     BlockFetch,
 }
@@ -105,8 +133,15 @@ pub struct Hello {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Admission {
-    Welcome { executor_id: u64, limits: UdfLimits },
-    Refused { reason: String },
+    /// `max_frame`: the largest frame the welcoming side takes.
+    Welcome {
+        executor_id: u64,
+        limits: UdfLimits,
+        max_frame: u64,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// A stage lineage's id on one driver (never reused for other lineage).
@@ -279,10 +314,7 @@ pub fn read_frame_limited<T: DeserializeOwned>(r: &mut impl Read, limit: usize) 
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes is over the {limit}-byte limit"),
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, FrameTooBig { len, limit }));
     }
     let mut buf = Vec::with_capacity(len.min(READ_CHUNK));
     let got = r.take(len as u64).read_to_end(&mut buf)?;
@@ -480,7 +512,7 @@ mod tests {
                 magic: MAGIC,
                 version: PROTOCOL_VERSION,
                 proof: [7; 32],
-                role: Role::Executor { slots: 2, block_addr: "127.0.0.1:1".into(), pid: 9 },
+                role: Role::Executor { slots: 2, block_addr: "127.0.0.1:1".into(), pid: 9, max_frame: 1 << 20 },
             })
             .unwrap(),
             encode_frame(&Admission::Refused { reason: "no".into() }).unwrap(),

@@ -504,13 +504,17 @@ impl DagScheduler {
                 Err(_) => return Err(StageError::Job(JobError::Lost("all executors are gone".into()))),
             };
             let Some((i, task)) = run.index.remove(&res.task_id) else { continue };
-            self.stage_tasks.push(TaskInfo::new(
-                task.partition,
-                task.attempt,
-                res.executor.clone(),
-                Duration::from_micros(res.micros),
-                res.outcome.as_ref().err().map(ToString::to_string),
-            ));
+            // An attempt lost with its executor never reported: it runs
+            // again (same attempt number), and that run is the one listed.
+            if !matches!(res.outcome, Err(TaskFailure::ExecutorLost(_))) {
+                self.stage_tasks.push(TaskInfo::new(
+                    task.partition,
+                    task.attempt,
+                    res.executor.clone(),
+                    Duration::from_micros(res.micros),
+                    res.outcome.as_ref().err().map(ToString::to_string),
+                ));
+            }
             // Bounded by the executors there are (a name each).
             if !self.stage_executors.contains(&res.executor) {
                 self.stage_executors.insert(res.executor.clone());

@@ -853,7 +853,7 @@ fn usage_between(before: &BTreeMap<String, UdfUsage>, after: &BTreeMap<String, U
                 traps: a.traps.saturating_sub(b.traps),
             }
         })
-        .filter(|u| u.calls + u.failures > 0)
+        .filter(|u| u.calls > 0 || u.failures > 0)
         .collect()
 }
 

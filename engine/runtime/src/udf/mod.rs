@@ -1426,6 +1426,12 @@ impl ModuleRegistry {
         Ok(map.entry(m.hash()).or_insert(m).clone())
     }
 
+    /// Every loaded module's file name and size in bytes.
+    pub fn module_sizes(&self) -> Vec<(String, usize)> {
+        let map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|m| (m.name().to_string(), m.bytes().len())).collect()
+    }
+
     /// Every loaded module: file name -> SHA-256 (hex).
     pub fn modules(&self) -> std::collections::BTreeMap<String, String> {
         let map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());

@@ -97,11 +97,7 @@ fn modules_import_only_modules_below_them() {
     let rank = |m: &str| order.iter().position(|x| x == m);
     let mut wrong = Vec::new();
     for m in &order {
-        let mut files = Vec::new();
-        let file = src.join(format!("{m}.rs"));
-        let dir = src.join(m);
-        rust_files(if file.is_file() { &file } else { &dir }, &mut files);
-        for f in files {
+        for f in files_of(&src, m) {
             let text = std::fs::read_to_string(&f).unwrap();
             for r in referenced(&code(&text)) {
                 if let Some(r_rank) = rank(&r) {
@@ -116,6 +112,48 @@ fn modules_import_only_modules_below_them() {
         }
     }
     assert!(wrong.is_empty(), "a lower module imports a higher one:\n{}", wrong.join("\n"));
+}
+
+/// Module `m`'s files: `src/m.rs` and everything under `src/m/`.
+fn files_of(src: &Path, m: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for p in [src.join(format!("{m}.rs")), src.join(m)] {
+        if p.exists() {
+            rust_files(&p, &mut files);
+        }
+    }
+    files
+}
+
+/// The crate's error (`EngineError`, in `lib.rs`) is used by some modules
+/// and names types of others: those must all be below every user, or the
+/// error hides a cycle (a user -> `EngineError` -> a module above it).
+#[test]
+fn the_crates_error_names_only_modules_below_its_users() {
+    let src = Path::new(MANIFEST).join("src");
+    let order = documented_order();
+    let rank = |m: &str| order.iter().position(|x| x == m).unwrap();
+    let lib = code(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
+    let lib: String = lib
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            !(l.starts_with("pub mod") || l.starts_with("mod ") || l.starts_with("pub use") || l.starts_with("#["))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let named: BTreeSet<&String> =
+        order.iter().filter(|m| lib.contains(&format!("{m}::")) || lib.contains(&format!("crate::{m}"))).collect();
+    assert!(!named.is_empty(), "lib.rs names no module: the scan is broken");
+    let users: Vec<&String> = order
+        .iter()
+        .filter(|m| {
+            files_of(&src, m).iter().any(|f| code(&std::fs::read_to_string(f).unwrap()).contains("EngineError"))
+        })
+        .collect();
+    let lowest = users.iter().map(|m| rank(m)).min().expect("EngineError has users");
+    let wrong: Vec<&&String> = named.iter().filter(|m| rank(m) >= lowest).collect();
+    assert!(wrong.is_empty(), "EngineError (lib.rs) names {wrong:?}, not below `{}`, which uses it", order[lowest]);
 }
 
 #[test]
