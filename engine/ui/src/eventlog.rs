@@ -158,6 +158,24 @@ impl Writer {
 
     fn write(&mut self, e: &Logged) -> Result<(), Error> {
         let mut line = serde_json::to_string(e).map_err(|e| Error::Json(e.to_string()))?;
+        if line.len() >= MAX_LINE {
+            // `weir history` skips a line this long: a batch keeps its record
+            // without its stages' task lists (the figures and errors stay).
+            let Event::BatchCompleted(b) = &e.event else {
+                tracing::warn!("event log: an event of {} bytes is over {MAX_LINE}: not written", line.len());
+                return Ok(());
+            };
+            let mut b = b.clone();
+            for s in b.outputs.iter_mut().flat_map(|o| o.stages.iter_mut()) {
+                s.task_list.clear();
+            }
+            let slim = Logged { at_ms: e.at_ms, event: Event::BatchCompleted(b) };
+            line = serde_json::to_string(&slim).map_err(|e| Error::Json(e.to_string()))?;
+            if line.len() >= MAX_LINE {
+                tracing::warn!("event log: batch record of {} bytes is over {MAX_LINE}: not written", line.len());
+                return Ok(());
+            }
+        }
         line.push('\n');
         if matches!(e.event, Event::JobStarted(_)) {
             self.header = Some(line.clone());
@@ -312,6 +330,72 @@ mod tests {
         assert!(matches!(events.last().unwrap().event, Event::BatchSubmitted { time: 49, .. }));
         let starts = events.iter().filter(|e| matches!(e.event, Event::JobStarted(_))).count();
         assert_eq!(starts, 1);
+    }
+
+    /// A batch record whose task lists would make a line over the reader's
+    /// limit is written without them (its figures and errors kept), so
+    /// `weir history` still shows the batch.
+    #[test]
+    fn a_batch_record_too_long_for_a_line_loses_its_task_lists_not_itself() {
+        use crate::event::{BatchRecord, OutputRecord, StageRecord, TaskRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::start(dir.path(), Rotation::default()).unwrap();
+        let tx = log.sender().unwrap();
+        let task = |p: u32| TaskRecord {
+            partition: p,
+            attempt: 0,
+            executor: String::new(),
+            duration_ms: 1.0,
+            failure: Some("x".repeat(1024)),
+        };
+        let stage = StageRecord {
+            rdd: "r".into(),
+            kind: "result".into(),
+            tasks: 32,
+            duration_ms: 1.0,
+            executors: vec![],
+            task_list: (0..32).map(task).collect(),
+            task_ms: Some([1.0, 1.0, 1.0]),
+        };
+        let output = OutputRecord {
+            index: 0,
+            description: String::new(),
+            stream: None,
+            duration_ms: 1.0,
+            stages: vec![stage; 40],
+            error: Some("boom".into()),
+            records_out: None,
+        };
+        let record = BatchRecord {
+            time: 1000,
+            records_in: 5,
+            records_per_source: vec![5],
+            processing_ms: 1.0,
+            scheduling_delay_ms: 0.0,
+            total_delay_ms: 1.0,
+            errors: vec!["boom".into()],
+            outputs: vec![output],
+            executors_lost: 0,
+            map_tasks_recomputed: 0,
+            blocks_recomputed: 0,
+            tasks_resubmitted: 0,
+            rate_limits: vec![],
+            backpressure_rates: vec![],
+            udf_usage: vec![],
+        };
+        assert!(serde_json::to_string(&record).unwrap().len() > MAX_LINE, "the record must be too long");
+        tx.send(Logged { at_ms: 1, event: Event::BatchCompleted(record) });
+        drop(tx);
+        log.finish();
+        let (events, bad) = read_dir(dir.path()).unwrap();
+        assert_eq!(bad, 0);
+        let Some(Event::BatchCompleted(b)) =
+            events.iter().map(|e| &e.event).find(|e| matches!(e, Event::BatchCompleted(_)))
+        else {
+            panic!("the batch was not written: {events:?}")
+        };
+        assert_eq!((b.time, b.errors.len(), b.outputs[0].stages.len()), (1000, 1, 40));
+        assert!(b.outputs[0].stages.iter().all(|s| s.task_list.is_empty() && s.task_ms.is_some()));
     }
 
     /// The rest of a line over the limit is skipped without being kept,
