@@ -7,6 +7,7 @@ mod architecture;
 mod budget;
 mod components;
 mod operations;
+mod properties;
 mod slice;
 mod stateful;
 mod udf_host;
