@@ -64,11 +64,16 @@ impl Value {
         Ok(v)
     }
 
-    /// Decodes a batch into its records.
+    /// Decodes a batch into its records; bytes after the last record are
+    /// an error, as for [`crate::validate_batch`].
     pub fn decode_batch(buf: &[u8]) -> Result<Vec<Value>, CodecError> {
         let mut out = Vec::new();
-        for r in Records::new(buf)? {
+        let mut records = Records::new(buf)?;
+        for r in records.by_ref() {
             out.push(Value::decode(r?)?);
+        }
+        if records.pos != buf.len() {
+            return Err(CodecError { offset: records.pos, what: "trailing bytes after the batch's records" });
         }
         Ok(out)
     }

@@ -205,6 +205,8 @@ struct Conn {
     addr: String,
     pid: u32,
     slots: u32,
+    /// The largest frame it takes (its handshake said; clamped).
+    limit: usize,
     /// For shutting the connection when the executor is lost.
     sock: TcpStream,
     /// To its writer thread; dropping it ends the thread.
@@ -777,7 +779,14 @@ impl ClusterBackend {
     ) -> std::io::Result<(Self, Receiver<BackendEvent>)> {
         let shared = start_shared(cfg, Drr::new(usize::MAX))?;
         // One job, of one tenant: the DRR is then a FIFO.
-        let (job, rx) = shared.add_job("", "", registry, &blocks)?;
+        let (job, rx) = match shared.add_job("", "", registry, &blocks) {
+            Ok(j) => j,
+            Err(e) => {
+                // Nothing else will stop the executors and threads started.
+                shared.shutdown();
+                return Err(e);
+            }
+        };
         let backend = ClusterBackend { shared: shared.clone(), job, blocks };
         wait_for_executors(&shared, cfg.local_executors + cfg.wait_for)?;
         Ok((backend, rx))
@@ -1035,6 +1044,7 @@ fn register_executor(
                 addr: block_addr.to_string(),
                 pid,
                 slots,
+                limit,
                 sock,
                 out,
                 writer: Some(writer),
@@ -1074,6 +1084,19 @@ fn on_message(shared: &Shared, st: &mut State, id: u64, msg: std::io::Result<Fro
             // Only the asking job's own modules: a job never gets another's
             // module by naming its hash.
             let msg = match st.jobs.get(&job).and_then(|j| j.registry.get(&hash)) {
+                // Over what it takes: it is told there is none, and the
+                // tasks that need it fail (a bounded number of attempts)
+                // instead of the executor being lost over it again and again.
+                Some(m) if m.bytes().len() + 1024 > c.limit => {
+                    tracing::warn!(
+                        "executor {id} (pid {}) takes frames of at most {} bytes: module {} ({} bytes) cannot be sent to it",
+                        c.pid,
+                        c.limit,
+                        m.name(),
+                        m.bytes().len()
+                    );
+                    Outgoing::Msg(ToExecutor::NoModule { job, hash })
+                }
                 Some(m) => Outgoing::Module { job, name: m.name().to_string(), hash, bytes: m.bytes().clone() },
                 None => Outgoing::Msg(ToExecutor::NoModule { job, hash }),
             };

@@ -123,6 +123,15 @@ pub enum Role {
     BlockFetch,
 }
 
+/// The fields a [`Hello`] of any version starts with (bincode reads a
+/// prefix and ignores the rest).
+#[derive(Deserialize)]
+struct HelloHead {
+    magic: [u8; 4],
+    version: u32,
+    proof: [u8; 32],
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
     pub magic: [u8; 4],
@@ -310,6 +319,13 @@ pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> std::io::Result<T> 
 /// and decoding may claim (for strings and byte buffers) no more than a
 /// small multiple of the frame's length, so a hostile length costs nothing.
 pub fn read_frame_limited<T: DeserializeOwned>(r: &mut impl Read, limit: usize) -> std::io::Result<T> {
+    let buf = read_frame_bytes(r, limit)?;
+    decode_bounded(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+}
+
+/// One frame's payload, undecoded (at most `limit` bytes, read as they arrive).
+fn read_frame_bytes(r: &mut impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -324,8 +340,7 @@ pub fn read_frame_limited<T: DeserializeOwned>(r: &mut impl Read, limit: usize) 
             format!("the peer closed after {got} of a frame's {len} bytes"),
         ));
     }
-    decode_bounded(&buf)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed frame: {e}")))
+    Ok(buf)
 }
 
 /// Decodes `buf` with a bincode limit of the smallest power of four (from
@@ -391,8 +406,12 @@ pub fn accept(conn: &mut TcpStream, secret: &[u8], admit: impl FnOnce(&Role) -> 
     let conn = &mut Deadline { sock: conn, until: Instant::now() + HANDSHAKE_DEADLINE };
     let nonce = random_bytes()?;
     write_frame(conn, &Challenge { magic: MAGIC, version: PROTOCOL_VERSION, nonce })?;
-    let hello: Hello =
-        read_frame_limited(conn, HANDSHAKE_FRAME).map_err(|e| invalid(format!("not a Weir peer (bad hello: {e})")))?;
+    let bad = |e: String| invalid(format!("not a Weir peer (bad hello: {e})"));
+    let buf = read_frame_bytes(conn, HANDSHAKE_FRAME).map_err(|e| bad(e.to_string()))?;
+    // The fields every version's hello starts with, first: a peer of
+    // another version (whose role may be shaped differently) is refused
+    // with the reason, not dropped as malformed.
+    let hello: HelloHead = decode_bounded(&buf).map_err(|e| bad(format!("malformed frame: {e}")))?;
     let refusal = if hello.magic != MAGIC {
         Some("not a Weir peer".to_string())
     } else if hello.version != PROTOCOL_VERSION {
@@ -409,6 +428,7 @@ pub fn accept(conn: &mut TcpStream, secret: &[u8], admit: impl FnOnce(&Role) -> 
         let _ = write_frame(conn, &Admission::Refused { reason: reason.clone() });
         return Err(invalid(reason));
     }
+    let hello: Hello = decode_bounded(&buf).map_err(|e| bad(format!("malformed frame: {e}")))?;
     match admit(&hello.role) {
         Admission::Refused { reason } => {
             let _ = write_frame(conn, &Admission::Refused { reason: reason.clone() });
@@ -487,6 +507,40 @@ mod tests {
         let f = encode_frame(&msg).unwrap();
         let Admission::Refused { reason } = read_frame::<Admission>(&mut f.as_slice()).unwrap() else { panic!() };
         assert_eq!(reason.len(), 100_000);
+    }
+
+    /// A peer of version 6, whose hello's role is shaped as it was then
+    /// (no `max_frame`), is refused naming its version, as any other
+    /// version is: not dropped as a malformed frame.
+    #[test]
+    fn a_version_6_hello_is_refused_naming_its_version() {
+        #[derive(Serialize)]
+        enum Role6 {
+            Executor { slots: u32, block_addr: String, pid: u32 },
+        }
+        #[derive(Serialize)]
+        struct Hello6 {
+            magic: [u8; 4],
+            version: u32,
+            proof: [u8; 32],
+            role: Role6,
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let welcome = |_: &Role| Admission::Welcome { executor_id: 1, limits: UdfLimits::default(), max_frame: 0 };
+            accept(&mut c, b"s", welcome).map(drop).map_err(|e| e.to_string())
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let ch: Challenge = read_frame_limited(&mut c, HANDSHAKE_FRAME).unwrap();
+        let role = Role6::Executor { slots: 1, block_addr: "127.0.0.1:1".into(), pid: 1 };
+        write_frame(&mut c, &Hello6 { magic: MAGIC, version: 6, proof: hmac(b"s", &ch.nonce), role }).unwrap();
+        let adm: Admission = read_frame_limited(&mut c, HANDSHAKE_FRAME).expect("a refusal, not a closed connection");
+        let Admission::Refused { reason } = adm else { panic!("admitted") };
+        assert!(reason.contains("protocol version 6 is not supported"), "{reason}");
+        assert!(server.join().unwrap().unwrap_err().contains("version 6"));
     }
 
     /// Bounded random input (a fuzz run in every `cargo test`): random and

@@ -98,20 +98,26 @@ proptest! {
 
     #[test]
     fn any_frame_bytes_decode_or_fail_within_the_limit(
-        bytes in proptest::collection::vec(any::<u8>(), 0..256),
-        limit in prop_oneof![Just(64usize), Just(4096), Just(MIN_FRAME_LIMIT)],
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        limit in prop_oneof![Just(0usize), Just(16), Just(64), Just(300)],
     ) {
         read_all_ways(&bytes, limit);
     }
 
     #[test]
-    fn a_frame_header_with_any_length_costs_no_more_than_the_bytes_there(
+    fn a_frame_header_with_any_length_is_bounded_by_the_limit(
         len in any::<u32>(),
-        body in proptest::collection::vec(any::<u8>(), 0..128),
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        limit in prop_oneof![Just(16usize), Just(128), Just(MIN_FRAME_LIMIT)],
     ) {
         let mut bytes = len.to_le_bytes().to_vec();
         bytes.extend_from_slice(&body);
-        read_all_ways(&bytes, MIN_FRAME_LIMIT);
+        read_all_ways(&bytes, limit);
+        // A length over the limit is refused as such, before its body.
+        let r = protocol::read_frame_limited::<ToExecutor>(&mut bytes.as_slice(), limit);
+        if len as usize > limit {
+            prop_assert!(r.as_ref().is_err_and(protocol::is_too_big), "{:?}", r.err());
+        }
     }
 }
 
