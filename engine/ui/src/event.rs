@@ -406,7 +406,7 @@ impl JobInfo {
 }
 
 /// A completed batch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BatchRecord {
     pub time: i64,
     pub records_in: u64,

@@ -375,13 +375,7 @@ mod tests {
             total_delay_ms: 1.0,
             errors: vec!["boom".into()],
             outputs: vec![output],
-            executors_lost: 0,
-            map_tasks_recomputed: 0,
-            blocks_recomputed: 0,
-            tasks_resubmitted: 0,
-            rate_limits: vec![],
-            backpressure_rates: vec![],
-            udf_usage: vec![],
+            ..BatchRecord::default()
         };
         assert!(serde_json::to_string(&record).unwrap().len() > MAX_LINE, "the record must be too long");
         tx.send(Logged { at_ms: 1, event: Event::BatchCompleted(record) });

@@ -350,15 +350,8 @@ mod cost {
                 processing_ms: 3.0,
                 scheduling_delay_ms: 0.0,
                 total_delay_ms: 3.0,
-                errors: vec![],
                 outputs: vec![out.clone()],
-                executors_lost: 0,
-                map_tasks_recomputed: 0,
-                blocks_recomputed: 0,
-                tasks_resubmitted: 0,
-                rate_limits: vec![],
-                backpressure_rates: vec![],
-                udf_usage: vec![],
+                ..BatchRecord::default()
             }));
         }
         eprintln!("{:?} per batch", t.elapsed() / n as u32);

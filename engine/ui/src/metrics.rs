@@ -500,20 +500,8 @@ mod tests {
         };
         m.observe(&Event::BatchCompleted(BatchRecord {
             time: 1,
-            records_in: 0,
-            records_per_source: vec![],
-            processing_ms: 0.0,
-            scheduling_delay_ms: 0.0,
-            total_delay_ms: 0.0,
-            errors: vec![],
             outputs: vec![written(0, 5), written(1, 7), written(2, 1000)],
-            executors_lost: 0,
-            map_tasks_recomputed: 0,
-            blocks_recomputed: 0,
-            tasks_resubmitted: 0,
-            rate_limits: vec![],
-            backpressure_rates: vec![],
-            udf_usage: vec![],
+            ..BatchRecord::default()
         }));
         let text = m.render();
         assert!(text.contains("weir_stream_records_out_total{output=\"print#0\",stream=\"3\"} 5"), "{text}");
@@ -542,20 +530,8 @@ mod tests {
         for t in 1..=2 {
             m.observe(&Event::BatchCompleted(BatchRecord {
                 time: t,
-                records_in: 0,
-                records_per_source: vec![],
-                processing_ms: 0.0,
-                scheduling_delay_ms: 0.0,
-                total_delay_ms: 0.0,
-                errors: vec![],
-                outputs: vec![],
-                executors_lost: 0,
-                map_tasks_recomputed: 0,
-                blocks_recomputed: 0,
-                tasks_resubmitted: 0,
-                rate_limits: vec![],
-                backpressure_rates: vec![],
                 udf_usage: vec![usage("ops.wasm", 3, 2), usage("made-up.wasm", 1, 1)],
+                ..BatchRecord::default()
             }));
         }
         let text = m.render();

@@ -598,15 +598,7 @@ mod tests {
             processing_ms: 1.0,
             scheduling_delay_ms: 0.5,
             total_delay_ms: 1.5,
-            errors: vec![],
-            outputs: vec![],
-            executors_lost: 0,
-            map_tasks_recomputed: 0,
-            blocks_recomputed: 0,
-            tasks_resubmitted: 0,
-            rate_limits: vec![],
-            backpressure_rates: vec![],
-            udf_usage: vec![],
+            ..BatchRecord::default()
         }
     }
 
